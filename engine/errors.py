@@ -1,0 +1,75 @@
+"""The engine's exceptions, under the one tree rooted in ``events.errors.AutonomyError``.
+
+    AutonomyError
+    ├── EventStoreError ...            (events.errors: store, concurrency, corruption)
+    ├── SchemaError                    (events.errors)
+    ├── ConfigError                    a wrong key, type or value in autonomy.toml / flags / env
+    ├── IllegalTransition              the phase or task machine refused a move; nothing applied
+    ├── ModelError                     a model call failed; never counted as a success
+    │   ├── ModelTimeout               connect or read timeout, after retries
+    │   ├── ModelUnavailable           connection refused / reset, after retries and fallbacks
+    │   ├── ModelHTTPError             a non-retryable or exhausted HTTP error status
+    │   └── ModelResponseInvalid       the reply cannot be used (bad JSON, empty tool name);
+    │                                  its message is fit to feed back to the model
+    ├── ToolError                      a tool refused or failed; recorded in tool.executed
+    │   └── PathOutsideWorkspace       a path that leaves the workspace or enters .autonomy/.git
+    └── ReplayDivergence               replay asked something the log never answered
+"""
+
+from __future__ import annotations
+
+from events.errors import AutonomyError
+
+
+class ConfigError(AutonomyError):
+    """The configuration is invalid."""
+
+
+class IllegalTransition(AutonomyError):
+    """That transition is not allowed from the current state."""
+
+
+class ModelError(AutonomyError):
+    """The model call failed."""
+
+    kind = "error"
+
+
+class ModelTimeout(ModelError):
+    """The model server did not answer in time."""
+
+    kind = "timeout"
+
+
+class ModelUnavailable(ModelError):
+    """The model server could not be reached."""
+
+    kind = "unavailable"
+
+
+class ModelHTTPError(ModelError):
+    """The model server answered with an error status."""
+
+    kind = "http"
+
+    def __init__(self, message: str | None = None, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ModelResponseInvalid(ModelError):
+    """The model's reply could not be used."""
+
+    kind = "invalid"
+
+
+class ToolError(AutonomyError):
+    """The tool could not do what was asked."""
+
+
+class PathOutsideWorkspace(ToolError):
+    """That path is outside the workspace."""
+
+
+class ReplayDivergence(AutonomyError):
+    """The replayed run asked something the recorded run never answered."""

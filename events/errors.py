@@ -1,0 +1,81 @@
+"""The exception tree of autonomy.
+
+Every error the project raises on purpose derives from ``AutonomyError``; a caller
+that wants "any mistake we know how to describe" catches that one class. The CLI
+prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
+
+    AutonomyError                      base; its docstring is the default message
+    ├── EventStoreError                anything the event store refuses or cannot do
+    │   ├── ConcurrencyError           stale expected_version; nothing was written
+    │   ├── StoreCorrupted             the database file is unreadable or not ours
+    │   ├── BlobNotFound               no blob stored under that digest
+    │   └── RunNotFound                no events for that run id
+    ├── SchemaError                    an event that cannot be decoded: unknown type,
+    │                                  failing upcaster, or data that does not match
+    │                                  its schema (names the position and type)
+    └── (engine.errors adds ConfigError, ModelError, ToolError, ... under AutonomyError)
+
+Driver errors (``sqlite3.*``) are mapped to this tree in one place:
+``events.sqlite._mapped_errors``.
+"""
+
+from __future__ import annotations
+
+
+class AutonomyError(Exception):
+    """autonomy failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class EventStoreError(AutonomyError):
+    """The event store could not complete the operation."""
+
+
+class ConcurrencyError(EventStoreError):
+    """Another writer appended to this run first; nothing was written."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"run {run_id!r}: expected version {expected} but the log is at {actual}; "
+            "nothing was written"
+        )
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreCorrupted(EventStoreError):
+    """The event database is unreadable or was not created by autonomy."""
+
+
+class BlobNotFound(EventStoreError):
+    """No blob is stored under that digest."""
+
+
+class RunNotFound(EventStoreError):
+    """No events are recorded for that run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r} in this log")
+        self.run_id = run_id
+
+
+class SchemaError(AutonomyError):
+    """An event could not be decoded."""
+
+    def __init__(self, message: str, *, position: int | None = None, type: str | None = None):
+        where = []
+        if position is not None:
+            where.append(f"position {position}")
+        if type is not None:
+            where.append(f"type {type!r}")
+        prefix = f"event at {', '.join(where)}: " if where else ""
+        super().__init__(prefix + message)
+        self.position = position
+        self.type = type

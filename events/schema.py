@@ -1,0 +1,229 @@
+"""The event catalogue: what can happen in a run.
+
+Every event is a frozen msgspec Struct in one tagged union (`Event`). The tag is
+explicit (``type="tool.executed"``), never derived from a class name, and it is
+also the ``type`` column of the stored row. Rules for evolving a type (msgspec's
+schema-evolution rules): a new field gets a default; a field never changes type;
+a breaking change bumps the class's ``schema_version`` and registers an upcaster
+in ``events.upcasters`` for the old version.
+
+Large bodies (file contents, long tool output) are not stored inline: they go to
+the blob table and the event keeps the digest plus a short preview.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, get_args
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event payload."""
+
+    schema_version: ClassVar[int] = 1
+
+    @classmethod
+    def type_name(cls) -> str:
+        tag = cls.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+# -- value types carried inside events ------------------------------------------------
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call as a model asked for it, normalised across wire formats."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A chat message. ``content_ref`` is set when the full content lives in a blob
+    and ``content`` holds only a preview."""
+
+    role: str
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+    content_ref: str = ""
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class FileChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A file a tool changed: sha256 of its content before and after (None: absent)."""
+
+    path: str
+    before: str | None = None
+    after: str | None = None
+    size: int = 0
+
+
+# -- runs --------------------------------------------------------------------------
+
+
+class RunStarted(Event, kw_only=True, tag="run.started"):
+    goal: str
+    workspace: str
+    mode: str = "orchestrated"
+    config: dict[str, Any] = {}
+    engine_version: str = ""
+
+
+class RunFinished(Event, kw_only=True, tag="run.finished"):
+    status: str
+    reason: str = ""
+
+
+class RunRewound(Event, kw_only=True, tag="run.rewound"):
+    to_version: int
+    reason: str = ""
+
+
+class RunForked(Event, kw_only=True, tag="run.forked"):
+    parent_run: str
+    at_version: int
+    workspace: str = ""
+
+
+class UserAsked(Event, kw_only=True, tag="user.asked"):
+    question: str
+
+
+class UserAnswered(Event, kw_only=True, tag="user.answered"):
+    answer: str
+
+
+# -- pipeline ----------------------------------------------------------------------
+
+
+class PhaseChanged(Event, kw_only=True, tag="phase.changed"):
+    trigger: str
+    from_phase: str
+    to_phase: str
+    reason: str = ""
+    decided_by: str = "rules"
+
+
+class TaskAdded(Event, kw_only=True, tag="task.added"):
+    task_id: str
+    title: str
+    description: str = ""
+    target_file: str = ""
+    priority: int = 5
+    dependencies: tuple[str, ...] = ()
+
+
+class TaskUpdated(Event, kw_only=True, tag="task.updated"):
+    task_id: str
+    status: str
+    attempt: int = 0
+    error: str = ""
+    priority: int | None = None
+
+
+# -- orchestration -------------------------------------------------------------------
+
+
+class ModelRequested(Event, kw_only=True, tag="model.requested"):
+    """A request to a model. ``messages`` holds only the messages after
+    ``message_offset`` of the same conversation's previous request; the full
+    conversation is a projection. ``request_digest`` covers the whole request."""
+
+    call_id: str
+    role: str
+    model: str
+    endpoint: str = ""
+    api: str = "ollama"
+    conversation: str = ""
+    request_digest: str
+    prompt_digest: str = ""
+    message_offset: int = 0
+    messages: tuple[Message, ...] = ()
+    tool_names: tuple[str, ...] = ()
+    options: dict[str, Any] = {}
+
+
+class ModelResponded(Event, kw_only=True, tag="model.responded"):
+    call_id: str
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = Usage()
+    done_reason: str = ""
+    duration_ms: float = 0.0
+    model_identity: str = ""
+    extracted_from_text: bool = False
+    cached_from: str = ""
+
+
+class ModelFailed(Event, kw_only=True, tag="model.failed"):
+    call_id: str
+    kind: str
+    detail: str = ""
+    attempt: int = 1
+    endpoint: str = ""
+
+
+class ArbiterDecided(Event, kw_only=True, tag="arbiter.decided"):
+    """One coordinator step: what was decided, by whom, and any fallback."""
+
+    action: str
+    parameters: dict[str, Any] = {}
+    reasoning: str = ""
+    decided_by: str = "rules"
+    fallback_used: bool = False
+    fallback_reason: str = ""
+
+
+class SpecialistConsulted(Event, kw_only=True, tag="specialist.consulted"):
+    specialist: str
+    task_id: str = ""
+    outcome: str = ""
+    summary: str = ""
+
+
+class ToolRequested(Event, kw_only=True, tag="tool.requested"):
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] = {}
+
+
+class ToolExecuted(Event, kw_only=True, tag="tool.executed"):
+    call_id: str
+    tool: str = ""
+    ok: bool
+    result: str = ""
+    result_ref: str = ""
+    error: str = ""
+    files_changed: tuple[FileChange, ...] = ()
+
+
+AnyEvent = (
+    RunStarted
+    | RunFinished
+    | RunRewound
+    | RunForked
+    | UserAsked
+    | UserAnswered
+    | PhaseChanged
+    | TaskAdded
+    | TaskUpdated
+    | ModelRequested
+    | ModelResponded
+    | ModelFailed
+    | ArbiterDecided
+    | SpecialistConsulted
+    | ToolRequested
+    | ToolExecuted
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.type_name(): cls for cls in get_args(AnyEvent)}
+"""Every event class by its tag; the single list of what the log may contain."""

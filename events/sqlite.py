@@ -1,0 +1,319 @@
+"""The SQLite event store: the embedded default.
+
+Durability is a setting: ``synchronous="NORMAL"`` (the default, with WAL) survives a
+crash of the process: a committed append is never lost when autonomy dies. It may
+lose the last transactions on a power loss or OS crash. ``synchronous="FULL"`` also
+survives those, at the cost of an fsync per append (measure it with
+``benchmarks/bench_store.py``).
+
+The hot path (append, read) uses the stdlib ``sqlite3`` with prepared statements;
+``sqlite-utils`` creates the schema and the audit views. Every driver error is
+mapped to the project's exception tree in ``_mapped_errors``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+from events.codec import Codec
+from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
+from events.store import (
+    READ_CHUNK,
+    Clock,
+    Draft,
+    EventStore,
+    RunInfo,
+    StoredEvent,
+    check_expected,
+    number,
+    utc_now,
+)
+
+APPLICATION_ID = 0x6175746F  # "auto": marks a database as autonomy's
+SCHEMA_VERSION = 1
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
+
+_TRIGGERS = [
+    """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END""",
+    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_update BEFORE UPDATE ON blobs
+       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: UPDATE refused'); END""",
+    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_delete BEFORE DELETE ON blobs
+       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: DELETE refused'); END""",
+]
+
+
+@contextmanager
+def _mapped_errors(where: str) -> Iterator[None]:
+    """Turn sqlite3 errors into the project's own, with the driver's as cause."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        text = str(e)
+        if isinstance(e, sqlite3.OperationalError) and "locked" in text:
+            raise EventStoreError(
+                f"{where}: the database is locked by another writer ({text})"
+            ) from e
+        if isinstance(e, sqlite3.OperationalError):
+            raise EventStoreError(f"{where}: {text}") from e
+        if isinstance(e, sqlite3.IntegrityError):
+            raise EventStoreError(f"{where}: {text}") from e
+        raise StoreCorrupted(
+            f"{where}: the database is corrupt or not an SQLite file ({text})"
+        ) from e
+
+
+class SQLiteEventStore(EventStore):
+    """Event store in an SQLite file (or ``":memory:"``)."""
+
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        synchronous: Synchronous = "NORMAL",
+        clock: Clock = utc_now,
+        codec: Codec | None = None,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(clock=clock, codec=codec)
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = str(path)
+        self._lock = threading.RLock()
+        where = f"opening {self.path}"
+        if self.path != ":memory:":
+            target = Path(self.path)
+            if target.is_dir():
+                raise StoreCorrupted(f"{where}: that is a directory, not a database file")
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with _mapped_errors(where):
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+        try:
+            with _mapped_errors(where):
+                self._open(synchronous)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self, synchronous: str) -> None:
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id not in (0, APPLICATION_ID) or (tables and "events" not in tables):
+            raise StoreCorrupted(
+                f"{self.path} is an SQLite database, but not an autonomy event log"
+            )
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        if (
+            "events" not in tables
+            or conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
+        ):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._create_schema()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _create_schema(self) -> None:
+        db = sqlite_utils.Database(self._conn)
+        db["events"].create(
+            {
+                "position": int,
+                "run_id": str,
+                "version": int,
+                "type": str,
+                "schema_version": int,
+                "recorded_at": str,
+                "causation": int,
+                "hash": str,
+                "data": str,
+            },
+            pk="position",
+            not_null={"run_id", "version", "type", "schema_version", "recorded_at", "hash", "data"},
+            if_not_exists=True,
+        )
+        db["events"].create_index(["run_id", "version"], unique=True, if_not_exists=True)
+        db["events"].create_index(["type"], if_not_exists=True)
+        db["blobs"].create(
+            {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
+        )
+        for trigger in _TRIGGERS:
+            self._conn.execute(trigger)
+        self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _append_rows(
+        self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
+    ) -> list[StoredEvent]:
+        conn = self._conn
+        with self._lock, _mapped_errors(f"appending to run {run_id!r}"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute(
+                    "SELECT version, hash FROM events WHERE run_id = ? ORDER BY version DESC LIMIT 1",
+                    (run_id,),
+                ).fetchone()
+                last_version, last_hash = last if last else (0, "")
+                check_expected(run_id, expected_version, last_version)
+                top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+                rows = number(
+                    run_id,
+                    drafts,
+                    last_version=last_version,
+                    last_hash=last_hash,
+                    recorded_at=recorded_at,
+                    first_position=top + 1,
+                )
+                conn.executemany(
+                    f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.position,
+                            r.run_id,
+                            r.version,
+                            r.type,
+                            r.schema_version,
+                            r.recorded_at,
+                            r.causation,
+                            r.hash,
+                            r.data,
+                        )
+                        for r in rows
+                    ],
+                )
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                conn.execute("ROLLBACK")
+                # A writer that bypassed BEGIN IMMEDIATE (or another store) won the race.
+                raise ConcurrencyError(run_id, expected_version, self.last_version(run_id)) from e
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return rows
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[StoredEvent]:
+        with self._lock, _mapped_errors(where):
+            return [
+                StoredEvent(
+                    position=p,
+                    run_id=r,
+                    version=v,
+                    type=t,
+                    schema_version=s,
+                    recorded_at=at,
+                    causation=c,
+                    hash=h,
+                    data=d,
+                )
+                for (p, r, v, t, s, at, c, h, d) in self._conn.execute(sql, params)
+            ]
+
+    def read_raw(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[StoredEvent]:
+        bound = upto if upto is not None else 2**62
+        while True:
+            rows = self._fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND version > ? AND version <= ?"
+                " ORDER BY version LIMIT ?",
+                (run_id, after, bound, READ_CHUNK),
+                f"reading run {run_id!r}",
+            )
+            yield from rows
+            if len(rows) < READ_CHUNK:
+                return
+            after = rows[-1].version
+
+    def read_all_raw(
+        self,
+        *,
+        after_position: int = 0,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        wanted = sorted(set(types)) if types is not None else None
+        if wanted == []:
+            return
+        filter_sql = f" AND type IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        remaining = limit if limit is not None else 2**62
+        while remaining > 0:
+            chunk = min(READ_CHUNK, remaining)
+            rows = self._fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE position > ?{filter_sql} ORDER BY position LIMIT ?",
+                (after_position, *(wanted or ()), chunk),
+                "reading the log",
+            )
+            yield from rows
+            remaining -= len(rows)
+            if len(rows) < chunk:
+                return
+            after_position = rows[-1].position
+
+    def last_version(self, run_id: str) -> int:
+        with self._lock, _mapped_errors(f"reading run {run_id!r}"):
+            row = self._conn.execute(
+                "SELECT max(version) FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return int(row[0] or 0)
+
+    def runs(self) -> list[RunInfo]:
+        with self._lock, _mapped_errors("listing runs"):
+            rows = self._conn.execute(
+                "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
+                " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
+            ).fetchall()
+        return [
+            RunInfo(
+                run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e
+            )
+            for (r, v, f, la, s, e) in rows
+        ]
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def _put_blob(self, digest: str, content: bytes) -> None:
+        with self._lock, _mapped_errors("storing a blob"):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
+                (digest, len(content), content),
+            )
+
+    def _get_blob(self, digest: str) -> bytes | None:
+        with self._lock, _mapped_errors("reading a blob"):
+            row = self._conn.execute(
+                "SELECT content FROM blobs WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # -- misc ------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The underlying connection, for audit queries and tests."""
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,315 @@
+"""The event store: an append-only log of runs, and a content-addressed blob table.
+
+Backends (``events.sqlite.SQLiteEventStore``, ``events.memory.MemoryEventStore``)
+only move ``StoredEvent`` rows: the payload is JSON text they never interpret. This
+base class does the mapping (encode on append, typed decode on read) and the parts
+of the contract that are the same for every backend: version checks, the hash
+chain, verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from events.codec import Codec, chain_hash, encode
+from events.errors import BlobNotFound, ConcurrencyError
+from events.schema import Event
+
+Clock = Callable[[], datetime]
+READ_CHUNK = 1000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the events table, payload still encoded."""
+
+    position: int
+    run_id: str
+    version: int
+    type: str
+    schema_version: int
+    recorded_at: str
+    causation: int | None
+    hash: str
+    data: str
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as read back from the log: the envelope and the typed payload."""
+
+    position: int
+    run_id: str
+    version: int
+    type: str
+    schema_version: int
+    recorded_at: str
+    causation: int | None
+    hash: str
+    data: Event
+
+
+class Draft(msgspec.Struct, frozen=True, kw_only=True):
+    """An event about to be appended: encoded, not yet numbered."""
+
+    type: str
+    schema_version: int
+    data: str
+    causation: int | None
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    version: int
+    first_position: int
+    last_position: int
+    started_at: str
+    last_at: str
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of ``verify``: ``ok`` or the first bad event and what is wrong with it."""
+
+    run_id: str
+    ok: bool
+    checked: int
+    first_bad_position: int | None = None
+    first_bad_version: int | None = None
+    problem: str = ""
+
+
+def blob_digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def number(
+    run_id: str,
+    drafts: Sequence[Draft],
+    *,
+    last_version: int,
+    last_hash: str,
+    recorded_at: str,
+    first_position: int,
+) -> list[StoredEvent]:
+    """Give drafts their versions, positions and chained hashes. Backends call this
+    inside their write transaction, after checking the expected version."""
+    rows = []
+    previous = last_hash
+    for offset, draft in enumerate(drafts):
+        version = last_version + offset + 1
+        digest = chain_hash(
+            previous,
+            run_id=run_id,
+            version=version,
+            type=draft.type,
+            schema_version=draft.schema_version,
+            recorded_at=recorded_at,
+            causation=draft.causation,
+            data=draft.data,
+        )
+        rows.append(
+            StoredEvent(
+                position=first_position + offset,
+                run_id=run_id,
+                version=version,
+                type=draft.type,
+                schema_version=draft.schema_version,
+                recorded_at=recorded_at,
+                causation=draft.causation,
+                hash=digest,
+                data=draft.data,
+            )
+        )
+        previous = digest
+    return rows
+
+
+class EventStore(ABC):
+    """The log. ``append`` is atomic per batch and checks the expected version."""
+
+    def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
+        self.clock = clock
+        self.codec = codec if codec is not None else Codec()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        expected_version: int,
+        *,
+        causation: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Append ``events`` to ``run_id`` if its last version is ``expected_version``.
+
+        Raises ``ConcurrencyError`` and writes nothing when another writer got there
+        first. Returns the recorded events (positions, versions and hashes filled in).
+        """
+        if not events:
+            return []
+        drafts = [
+            Draft(
+                type=e.type_name(),
+                schema_version=e.schema_version,
+                data=encode(e),
+                causation=causation,
+            )
+            for e in events
+        ]
+        rows = self._append_rows(run_id, drafts, expected_version, format_time(self.clock()))
+        return [self._recorded(row, event) for row, event in zip(rows, events, strict=True)]
+
+    @abstractmethod
+    def _append_rows(
+        self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
+    ) -> list[StoredEvent]:
+        """Check the version, number the drafts with ``number`` and store them atomically."""
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """The events of one run with ``after < version <= upto``, in order."""
+        for row in self.read_raw(run_id, after=after, upto=upto):
+            yield self.decode(row)
+
+    def read_all(
+        self,
+        *,
+        after_position: int = 0,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Events of every run after a global position, optionally of some types only."""
+        for row in self.read_all_raw(after_position=after_position, types=types, limit=limit):
+            yield self.decode(row)
+
+    def decode(self, row: StoredEvent) -> RecordedEvent:
+        event = self.codec.decode(row.type, row.schema_version, row.data, position=row.position)
+        return self._recorded(row, event)
+
+    @staticmethod
+    def _recorded(row: StoredEvent, event: Event) -> RecordedEvent:
+        return RecordedEvent(
+            position=row.position,
+            run_id=row.run_id,
+            version=row.version,
+            type=row.type,
+            schema_version=row.schema_version,
+            recorded_at=row.recorded_at,
+            causation=row.causation,
+            hash=row.hash,
+            data=event,
+        )
+
+    @abstractmethod
+    def read_raw(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[StoredEvent]:
+        """Rows of one run, payload undecoded."""
+
+    @abstractmethod
+    def read_all_raw(
+        self,
+        *,
+        after_position: int = 0,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Rows of every run after a position, payload undecoded."""
+
+    @abstractmethod
+    def last_version(self, run_id: str) -> int:
+        """The run's last version, 0 when it has no events."""
+
+    @abstractmethod
+    def runs(self) -> list[RunInfo]:
+        """One entry per run, in order of first appearance."""
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def put(self, content: bytes) -> str:
+        """Store ``content`` once under its sha256; returns the digest."""
+        digest = blob_digest(content)
+        self._put_blob(digest, content)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        content = self._get_blob(digest)
+        if content is None:
+            raise BlobNotFound(f"no blob {digest!r} in this log")
+        return content
+
+    def has_blob(self, digest: str) -> bool:
+        return self._get_blob(digest) is not None
+
+    @abstractmethod
+    def _put_blob(self, digest: str, content: bytes) -> None: ...
+
+    @abstractmethod
+    def _get_blob(self, digest: str) -> bytes | None: ...
+
+    # -- integrity -------------------------------------------------------------------
+
+    def verify(self, run_id: str) -> VerifyReport:
+        """Recompute the run's hash chain; report the first event that breaks it."""
+        previous = ""
+        checked = 0
+        for row in self.read_raw(run_id):
+            checked += 1
+            problem = ""
+            if row.version != checked:
+                problem = f"version {row.version} where {checked} was expected (a gap)"
+            else:
+                expected = chain_hash(
+                    previous,
+                    run_id=row.run_id,
+                    version=row.version,
+                    type=row.type,
+                    schema_version=row.schema_version,
+                    recorded_at=row.recorded_at,
+                    causation=row.causation,
+                    data=row.data,
+                )
+                if expected != row.hash:
+                    problem = (
+                        "hash does not match the chain: the row was changed after it was written"
+                    )
+            if problem:
+                return VerifyReport(
+                    run_id=run_id,
+                    ok=False,
+                    checked=checked,
+                    first_bad_position=row.position,
+                    first_bad_version=row.version,
+                    problem=problem,
+                )
+            previous = row.hash
+        return VerifyReport(run_id=run_id, ok=True, checked=checked)
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+        """Release the backend's resources."""
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_expected(run_id: str, expected: int, actual: int) -> None:
+    if expected != actual:
+        raise ConcurrencyError(run_id, expected, actual)
