@@ -14,8 +14,8 @@ from events.store import (
     Clock,
     Draft,
     EventStore,
+    Row,
     RunInfo,
-    StoredEvent,
     check_expected,
     number,
     utc_now,
@@ -27,72 +27,66 @@ class MemoryEventStore(EventStore):
 
     def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
         super().__init__(clock=clock, codec=codec)
-        self._rows: list[StoredEvent] = []
-        self._by_run: dict[str, list[StoredEvent]] = {}
+        self._log: list[Row] = []
+        self._by_run: dict[str, list[Row]] = {}
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.RLock()
 
     def _append_rows(
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
-    ) -> list[StoredEvent]:
+    ) -> list[Row]:
         with self._lock:
             stream = self._by_run.get(run_id, [])
             last = stream[-1] if stream else None
-            check_expected(run_id, expected_version, last.version if last else 0)
+            check_expected(run_id, expected_version, last[2] if last else 0)
             rows = number(
                 run_id,
                 drafts,
-                last_version=last.version if last else 0,
-                last_hash=last.hash if last else "",
+                last_version=last[2] if last else 0,
+                last_hash=last[7] if last else "",
                 recorded_at=recorded_at,
-                first_position=len(self._rows) + 1,
+                first_position=len(self._log) + 1,
             )
-            self._rows.extend(rows)
+            self._log.extend(rows)
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
 
-    def read_raw(
-        self, run_id: str, *, after: int = 0, upto: int | None = None
-    ) -> Iterator[StoredEvent]:
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
         with self._lock:
             stream = list(self._by_run.get(run_id, ()))
         # versions are 1..n without gaps, so version v sits at index v - 1
-        yield from stream[max(after, 0) : upto]
+        yield from stream[max(after, 0) : None if upto is None else max(upto, 0)]
 
-    def read_all_raw(
-        self,
-        *,
-        after_position: int = 0,
-        types: Iterable[str] | None = None,
-        limit: int | None = None,
-    ) -> Iterator[StoredEvent]:
+    def _all_rows(
+        self, after_position: int, types: Iterable[str] | None, limit: int | None
+    ) -> Iterator[Row]:
         wanted = set(types) if types is not None else None
         with self._lock:
-            rows = self._rows[max(after_position, 0) :]
+            rows = self._log[max(after_position, 0) :]
         count = 0
         for row in rows:
             if limit is not None and count >= limit:
                 return
-            if wanted is None or row.type in wanted:
+            if wanted is None or row[3] in wanted:
                 count += 1
                 yield row
 
     def last_version(self, run_id: str) -> int:
         with self._lock:
             stream = self._by_run.get(run_id)
-            return stream[-1].version if stream else 0
+            return stream[-1][2] if stream else 0
 
     def runs(self) -> list[RunInfo]:
         with self._lock:
-            streams = sorted(self._by_run.values(), key=lambda s: s[0].position)
+            streams = sorted(self._by_run.values(), key=lambda s: s[0][0])
             return [
                 RunInfo(
-                    run_id=s[0].run_id,
-                    version=s[-1].version,
-                    first_position=s[0].position,
-                    last_position=s[-1].position,
-                    started_at=min(r.recorded_at for r in s),
-                    last_at=max(r.recorded_at for r in s),
+                    run_id=s[0][1],
+                    version=s[-1][2],
+                    first_position=s[0][0],
+                    last_position=s[-1][0],
+                    started_at=min(r[5] for r in s),
+                    last_at=max(r[5] for r in s),
                 )
                 for s in streams
             ]

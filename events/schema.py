@@ -70,7 +70,7 @@ class FileChange(msgspec.Struct, frozen=True, kw_only=True):
 # -- runs --------------------------------------------------------------------------
 
 
-class RunStarted(Event, kw_only=True, tag="run.started"):
+class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     goal: str
     workspace: str
     mode: str = "orchestrated"
@@ -78,34 +78,34 @@ class RunStarted(Event, kw_only=True, tag="run.started"):
     engine_version: str = ""
 
 
-class RunFinished(Event, kw_only=True, tag="run.finished"):
+class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
     status: str
     reason: str = ""
 
 
-class RunRewound(Event, kw_only=True, tag="run.rewound"):
+class RunRewound(Event, frozen=True, kw_only=True, tag="run.rewound"):
     to_version: int
     reason: str = ""
 
 
-class RunForked(Event, kw_only=True, tag="run.forked"):
+class RunForked(Event, frozen=True, kw_only=True, tag="run.forked"):
     parent_run: str
     at_version: int
     workspace: str = ""
 
 
-class UserAsked(Event, kw_only=True, tag="user.asked"):
+class UserAsked(Event, frozen=True, kw_only=True, tag="user.asked"):
     question: str
 
 
-class UserAnswered(Event, kw_only=True, tag="user.answered"):
+class UserAnswered(Event, frozen=True, kw_only=True, tag="user.answered"):
     answer: str
 
 
 # -- pipeline ----------------------------------------------------------------------
 
 
-class PhaseChanged(Event, kw_only=True, tag="phase.changed"):
+class PhaseChanged(Event, frozen=True, kw_only=True, tag="phase.changed"):
     trigger: str
     from_phase: str
     to_phase: str
@@ -113,7 +113,7 @@ class PhaseChanged(Event, kw_only=True, tag="phase.changed"):
     decided_by: str = "rules"
 
 
-class TaskAdded(Event, kw_only=True, tag="task.added"):
+class TaskAdded(Event, frozen=True, kw_only=True, tag="task.added"):
     task_id: str
     title: str
     description: str = ""
@@ -122,7 +122,7 @@ class TaskAdded(Event, kw_only=True, tag="task.added"):
     dependencies: tuple[str, ...] = ()
 
 
-class TaskUpdated(Event, kw_only=True, tag="task.updated"):
+class TaskUpdated(Event, frozen=True, kw_only=True, tag="task.updated"):
     task_id: str
     status: str
     attempt: int = 0
@@ -133,7 +133,7 @@ class TaskUpdated(Event, kw_only=True, tag="task.updated"):
 # -- orchestration -------------------------------------------------------------------
 
 
-class ModelRequested(Event, kw_only=True, tag="model.requested"):
+class ModelRequested(Event, frozen=True, kw_only=True, tag="model.requested"):
     """A request to a model. ``messages`` holds only the messages after
     ``message_offset`` of the same conversation's previous request; the full
     conversation is a projection. ``request_digest`` covers the whole request."""
@@ -152,7 +152,7 @@ class ModelRequested(Event, kw_only=True, tag="model.requested"):
     options: dict[str, Any] = {}
 
 
-class ModelResponded(Event, kw_only=True, tag="model.responded"):
+class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
     call_id: str
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
@@ -164,7 +164,7 @@ class ModelResponded(Event, kw_only=True, tag="model.responded"):
     cached_from: str = ""
 
 
-class ModelFailed(Event, kw_only=True, tag="model.failed"):
+class ModelFailed(Event, frozen=True, kw_only=True, tag="model.failed"):
     call_id: str
     kind: str
     detail: str = ""
@@ -172,7 +172,7 @@ class ModelFailed(Event, kw_only=True, tag="model.failed"):
     endpoint: str = ""
 
 
-class ArbiterDecided(Event, kw_only=True, tag="arbiter.decided"):
+class ArbiterDecided(Event, frozen=True, kw_only=True, tag="arbiter.decided"):
     """One coordinator step: what was decided, by whom, and any fallback."""
 
     action: str
@@ -183,20 +183,20 @@ class ArbiterDecided(Event, kw_only=True, tag="arbiter.decided"):
     fallback_reason: str = ""
 
 
-class SpecialistConsulted(Event, kw_only=True, tag="specialist.consulted"):
+class SpecialistConsulted(Event, frozen=True, kw_only=True, tag="specialist.consulted"):
     specialist: str
     task_id: str = ""
     outcome: str = ""
     summary: str = ""
 
 
-class ToolRequested(Event, kw_only=True, tag="tool.requested"):
+class ToolRequested(Event, frozen=True, kw_only=True, tag="tool.requested"):
     call_id: str
     tool: str
     arguments: dict[str, Any] = {}
 
 
-class ToolExecuted(Event, kw_only=True, tag="tool.executed"):
+class ToolExecuted(Event, frozen=True, kw_only=True, tag="tool.executed"):
     call_id: str
     tool: str = ""
     ok: bool

@@ -29,8 +29,8 @@ from events.store import (
     Clock,
     Draft,
     EventStore,
+    Row,
     RunInfo,
-    StoredEvent,
     check_expected,
     number,
     utc_now,
@@ -41,6 +41,13 @@ SCHEMA_VERSION = 1
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
+
+_LAST_SQL = "SELECT version, hash FROM events WHERE run_id = ? ORDER BY version DESC LIMIT 1"
+_INSERT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_RUN_SQL = (
+    f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND version > ? AND version <= ?"
+    " ORDER BY version LIMIT ?"
+)
 
 _TRIGGERS = [
     """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
@@ -67,7 +74,8 @@ def _mapped_errors(where: str) -> Iterator[None]:
             ) from e
         if isinstance(e, sqlite3.OperationalError):
             raise EventStoreError(f"{where}: {text}") from e
-        if isinstance(e, sqlite3.IntegrityError):
+        if isinstance(e, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            # ProgrammingError: a misuse such as a closed store, not a damaged file
             raise EventStoreError(f"{where}: {text}") from e
         raise StoreCorrupted(
             f"{where}: the database is corrupt or not an SQLite file ({text})"
@@ -112,7 +120,10 @@ class SQLiteEventStore(EventStore):
         conn = self._conn
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id not in (0, APPLICATION_ID) or (tables and "events" not in tables):
+        # our schema and our application_id are written in one transaction, so a
+        # database with tables but without our id is someone else's, even if one of
+        # its tables happens to be called "events"
+        if app_id not in (0, APPLICATION_ID) or (tables and app_id != APPLICATION_ID):
             raise StoreCorrupted(
                 f"{self.path} is an SQLite database, but not an autonomy event log"
             )
@@ -133,7 +144,7 @@ class SQLiteEventStore(EventStore):
 
     def _create_schema(self) -> None:
         db = sqlite_utils.Database(self._conn)
-        db["events"].create(
+        db.table("events").create(
             {
                 "position": int,
                 "run_id": str,
@@ -149,9 +160,9 @@ class SQLiteEventStore(EventStore):
             not_null={"run_id", "version", "type", "schema_version", "recorded_at", "hash", "data"},
             if_not_exists=True,
         )
-        db["events"].create_index(["run_id", "version"], unique=True, if_not_exists=True)
-        db["events"].create_index(["type"], if_not_exists=True)
-        db["blobs"].create(
+        db.table("events").create_index(["run_id", "version"], unique=True, if_not_exists=True)
+        db.table("events").create_index(["type"], if_not_exists=True)
+        db.table("blobs").create(
             {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
         )
         for trigger in _TRIGGERS:
@@ -163,15 +174,12 @@ class SQLiteEventStore(EventStore):
 
     def _append_rows(
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
-    ) -> list[StoredEvent]:
+    ) -> list[Row]:
         conn = self._conn
         with self._lock, _mapped_errors(f"appending to run {run_id!r}"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                last = conn.execute(
-                    "SELECT version, hash FROM events WHERE run_id = ? ORDER BY version DESC LIMIT 1",
-                    (run_id,),
-                ).fetchone()
+                last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
                 last_version, last_hash = last if last else (0, "")
                 check_expected(run_id, expected_version, last_version)
                 top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
@@ -183,23 +191,7 @@ class SQLiteEventStore(EventStore):
                     recorded_at=recorded_at,
                     first_position=top + 1,
                 )
-                conn.executemany(
-                    f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.position,
-                            r.run_id,
-                            r.version,
-                            r.type,
-                            r.schema_version,
-                            r.recorded_at,
-                            r.causation,
-                            r.hash,
-                            r.data,
-                        )
-                        for r in rows
-                    ],
-                )
+                conn.executemany(_INSERT_SQL, rows)
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 conn.execute("ROLLBACK")
@@ -213,46 +205,24 @@ class SQLiteEventStore(EventStore):
 
     # -- reading ---------------------------------------------------------------------
 
-    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[StoredEvent]:
+    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Row]:
         with self._lock, _mapped_errors(where):
-            return [
-                StoredEvent(
-                    position=p,
-                    run_id=r,
-                    version=v,
-                    type=t,
-                    schema_version=s,
-                    recorded_at=at,
-                    causation=c,
-                    hash=h,
-                    data=d,
-                )
-                for (p, r, v, t, s, at, c, h, d) in self._conn.execute(sql, params)
-            ]
+            return self._conn.execute(sql, params).fetchall()
 
-    def read_raw(
-        self, run_id: str, *, after: int = 0, upto: int | None = None
-    ) -> Iterator[StoredEvent]:
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
         bound = upto if upto is not None else 2**62
         while True:
             rows = self._fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND version > ? AND version <= ?"
-                " ORDER BY version LIMIT ?",
-                (run_id, after, bound, READ_CHUNK),
-                f"reading run {run_id!r}",
+                _RUN_SQL, (run_id, after, bound, READ_CHUNK), f"reading run {run_id!r}"
             )
             yield from rows
             if len(rows) < READ_CHUNK:
                 return
-            after = rows[-1].version
+            after = rows[-1][2]
 
-    def read_all_raw(
-        self,
-        *,
-        after_position: int = 0,
-        types: Iterable[str] | None = None,
-        limit: int | None = None,
-    ) -> Iterator[StoredEvent]:
+    def _all_rows(
+        self, after_position: int, types: Iterable[str] | None, limit: int | None
+    ) -> Iterator[Row]:
         wanted = sorted(set(types)) if types is not None else None
         if wanted == []:
             return
@@ -261,7 +231,8 @@ class SQLiteEventStore(EventStore):
         while remaining > 0:
             chunk = min(READ_CHUNK, remaining)
             rows = self._fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE position > ?{filter_sql} ORDER BY position LIMIT ?",
+                f"SELECT {_COLUMNS} FROM events WHERE position > ?{filter_sql}"
+                " ORDER BY position LIMIT ?",
                 (after_position, *(wanted or ()), chunk),
                 "reading the log",
             )
@@ -269,7 +240,7 @@ class SQLiteEventStore(EventStore):
             remaining -= len(rows)
             if len(rows) < chunk:
                 return
-            after_position = rows[-1].position
+            after_position = rows[-1][0]
 
     def last_version(self, run_id: str) -> int:
         with self._lock, _mapped_errors(f"reading run {run_id!r}"):

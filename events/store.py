@@ -32,7 +32,12 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+Row = tuple[int, str, int, str, int, str, int | None, str, str]
+"""(position, run_id, version, type, schema_version, recorded_at, causation, hash, data):
+what backends store and yield; the field order of ``StoredEvent``."""
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
     """One row of the events table, payload still encoded."""
 
     position: int
@@ -46,7 +51,7 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: str
 
 
-class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class RecordedEvent(msgspec.Struct, frozen=True):
     """An event as read back from the log: the envelope and the typed payload."""
 
     position: int
@@ -101,10 +106,10 @@ def number(
     last_hash: str,
     recorded_at: str,
     first_position: int,
-) -> list[StoredEvent]:
+) -> list[Row]:
     """Give drafts their versions, positions and chained hashes. Backends call this
     inside their write transaction, after checking the expected version."""
-    rows = []
+    rows: list[Row] = []
     previous = last_hash
     for offset, draft in enumerate(drafts):
         version = last_version + offset + 1
@@ -119,16 +124,16 @@ def number(
             data=draft.data,
         )
         rows.append(
-            StoredEvent(
-                position=first_position + offset,
-                run_id=run_id,
-                version=version,
-                type=draft.type,
-                schema_version=draft.schema_version,
-                recorded_at=recorded_at,
-                causation=draft.causation,
-                hash=digest,
-                data=draft.data,
+            (
+                first_position + offset,
+                run_id,
+                version,
+                draft.type,
+                draft.schema_version,
+                recorded_at,
+                draft.causation,
+                digest,
+                draft.data,
             )
         )
         previous = digest
@@ -169,12 +174,12 @@ class EventStore(ABC):
             for e in events
         ]
         rows = self._append_rows(run_id, drafts, expected_version, format_time(self.clock()))
-        return [self._recorded(row, event) for row, event in zip(rows, events, strict=True)]
+        return [RecordedEvent(*row[:8], event) for row, event in zip(rows, events, strict=True)]
 
     @abstractmethod
     def _append_rows(
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
-    ) -> list[StoredEvent]:
+    ) -> list[Row]:
         """Check the version, number the drafts with ``number`` and store them atomically."""
 
     # -- reading ---------------------------------------------------------------------
@@ -183,8 +188,9 @@ class EventStore(ABC):
         self, run_id: str, *, after: int = 0, upto: int | None = None
     ) -> Iterator[RecordedEvent]:
         """The events of one run with ``after < version <= upto``, in order."""
-        for row in self.read_raw(run_id, after=after, upto=upto):
-            yield self.decode(row)
+        decode = self._decode_row
+        for row in self._rows(run_id, after, upto):
+            yield decode(row)
 
     def read_all(
         self,
@@ -194,34 +200,17 @@ class EventStore(ABC):
         limit: int | None = None,
     ) -> Iterator[RecordedEvent]:
         """Events of every run after a global position, optionally of some types only."""
-        for row in self.read_all_raw(after_position=after_position, types=types, limit=limit):
-            yield self.decode(row)
+        decode = self._decode_row
+        for row in self._all_rows(after_position, types, limit):
+            yield decode(row)
 
-    def decode(self, row: StoredEvent) -> RecordedEvent:
-        event = self.codec.decode(row.type, row.schema_version, row.data, position=row.position)
-        return self._recorded(row, event)
-
-    @staticmethod
-    def _recorded(row: StoredEvent, event: Event) -> RecordedEvent:
-        return RecordedEvent(
-            position=row.position,
-            run_id=row.run_id,
-            version=row.version,
-            type=row.type,
-            schema_version=row.schema_version,
-            recorded_at=row.recorded_at,
-            causation=row.causation,
-            hash=row.hash,
-            data=event,
-        )
-
-    @abstractmethod
     def read_raw(
         self, run_id: str, *, after: int = 0, upto: int | None = None
     ) -> Iterator[StoredEvent]:
         """Rows of one run, payload undecoded."""
+        for row in self._rows(run_id, after, upto):
+            yield StoredEvent(*row)
 
-    @abstractmethod
     def read_all_raw(
         self,
         *,
@@ -230,6 +219,26 @@ class EventStore(ABC):
         limit: int | None = None,
     ) -> Iterator[StoredEvent]:
         """Rows of every run after a position, payload undecoded."""
+        for row in self._all_rows(after_position, types, limit):
+            yield StoredEvent(*row)
+
+    def decode(self, row: StoredEvent) -> RecordedEvent:
+        """The typed event of a stored row (upcast first if it is an old version)."""
+        return self._decode_row(msgspec.structs.astuple(row))
+
+    def _decode_row(self, row: Row) -> RecordedEvent:
+        event = self.codec.decode(row[3], row[4], row[8], position=row[0])
+        return RecordedEvent(*row[:8], event)
+
+    @abstractmethod
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
+        """Row tuples of one run with ``after < version <= upto``, in version order."""
+
+    @abstractmethod
+    def _all_rows(
+        self, after_position: int, types: Iterable[str] | None, limit: int | None
+    ) -> Iterator[Row]:
+        """Row tuples of every run after a position, in position order."""
 
     @abstractmethod
     def last_version(self, run_id: str) -> int:

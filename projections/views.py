@@ -1,0 +1,160 @@
+"""SQL views over the events table: audit questions answered without any Python.
+
+The payload is JSON text, so each view is ``json_extract`` over ``data``. Install
+them with ``install_views(store)`` (the engine does it whenever it opens a log);
+afterwards ``sqlite3 events.db "SELECT * FROM tool_calls WHERE ok = 0"`` works.
+
+    runs           one row per run: goal, status, reason, events, start and end
+    phase_changes  every phase change with its trigger, reason and decider
+    tasks          every task with its latest status, attempts and last error
+    model_calls    every model request joined to its response or failures
+    tool_calls     every tool request joined to its execution
+    decisions      every coordinator decision, with fallbacks and why
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+VIEWS: dict[str, str] = {
+    "runs": """
+SELECT
+  e.run_id,
+  min(e.recorded_at) AS started_at,
+  max(e.recorded_at) AS last_event_at,
+  max(e.version) AS events,
+  (SELECT json_extract(s.data, '$.goal') FROM events s
+     WHERE s.run_id = e.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
+  (SELECT json_extract(s.data, '$.workspace') FROM events s
+     WHERE s.run_id = e.run_id AND s.type IN ('run.started', 'run.forked')
+     ORDER BY s.version LIMIT 1) AS workspace,
+  coalesce(
+    (SELECT CASE l.type
+              WHEN 'run.finished' THEN json_extract(l.data, '$.status')
+              WHEN 'user.asked' THEN 'waiting_for_input'
+              ELSE 'running' END
+       FROM events l
+       WHERE l.run_id = e.run_id
+         AND l.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
+                        'user.asked', 'user.answered')
+       ORDER BY l.version DESC LIMIT 1),
+    'running') AS status,
+  (SELECT json_extract(f.data, '$.reason') FROM events f
+     WHERE f.run_id = e.run_id AND f.type = 'run.finished'
+     ORDER BY f.version DESC LIMIT 1) AS reason
+FROM events e
+GROUP BY e.run_id
+""",
+    "phase_changes": """
+SELECT run_id, version, recorded_at,
+  json_extract(data, '$.trigger') AS trigger,
+  json_extract(data, '$.from_phase') AS from_phase,
+  json_extract(data, '$.to_phase') AS to_phase,
+  json_extract(data, '$.reason') AS reason,
+  json_extract(data, '$.decided_by') AS decided_by
+FROM events WHERE type = 'phase.changed'
+""",
+    "tasks": """
+SELECT a.run_id,
+  json_extract(a.data, '$.task_id') AS task_id,
+  json_extract(a.data, '$.title') AS title,
+  json_extract(a.data, '$.target_file') AS target_file,
+  coalesce(
+    (SELECT json_extract(u.data, '$.priority') FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
+         AND json_extract(u.data, '$.priority') IS NOT NULL
+       ORDER BY u.version DESC LIMIT 1),
+    json_extract(a.data, '$.priority')) AS priority,
+  coalesce(
+    (SELECT json_extract(u.data, '$.status') FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
+       ORDER BY u.version DESC LIMIT 1),
+    'new') AS status,
+  (SELECT max(json_extract(u.data, '$.attempt')) FROM events u
+     WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+       AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')) AS attempts,
+  (SELECT json_extract(u.data, '$.error') FROM events u
+     WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+       AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
+       AND json_extract(u.data, '$.error') != ''
+     ORDER BY u.version DESC LIMIT 1) AS last_error,
+  a.version AS added_version
+FROM events a WHERE a.type = 'task.added'
+""",
+    "model_calls": """
+SELECT q.run_id,
+  json_extract(q.data, '$.call_id') AS call_id,
+  q.version,
+  q.recorded_at AS requested_at,
+  json_extract(q.data, '$.role') AS role,
+  json_extract(q.data, '$.model') AS model,
+  json_extract(q.data, '$.endpoint') AS endpoint,
+  json_extract(q.data, '$.conversation') AS conversation,
+  json_extract(q.data, '$.request_digest') AS request_digest,
+  CASE WHEN r.position IS NOT NULL THEN 'ok'
+       WHEN f.failures > 0 THEN 'failed' ELSE 'pending' END AS status,
+  coalesce(f.failures, 0) AS failures,
+  f.last_failure,
+  json_extract(r.data, '$.usage.prompt_tokens') AS prompt_tokens,
+  json_extract(r.data, '$.usage.completion_tokens') AS completion_tokens,
+  json_extract(r.data, '$.duration_ms') AS duration_ms,
+  json_extract(r.data, '$.done_reason') AS done_reason,
+  json_extract(r.data, '$.model_identity') AS model_identity,
+  json_array_length(r.data, '$.tool_calls') AS tool_calls,
+  json_extract(r.data, '$.extracted_from_text') AS extracted_from_text,
+  json_extract(r.data, '$.cached_from') AS cached_from
+FROM events q
+LEFT JOIN events r
+  ON r.run_id = q.run_id AND r.type = 'model.responded'
+ AND json_extract(r.data, '$.call_id') = json_extract(q.data, '$.call_id')
+LEFT JOIN (
+  SELECT run_id, json_extract(data, '$.call_id') AS call_id, count(*) AS failures,
+         json_extract(data, '$.kind') || ': ' || json_extract(data, '$.detail') AS last_failure
+  FROM events WHERE type = 'model.failed' GROUP BY run_id, call_id
+) f ON f.run_id = q.run_id AND f.call_id = json_extract(q.data, '$.call_id')
+WHERE q.type = 'model.requested'
+""",
+    "tool_calls": """
+SELECT q.run_id,
+  json_extract(q.data, '$.call_id') AS call_id,
+  q.version AS requested_version,
+  x.version AS executed_version,
+  q.recorded_at AS requested_at,
+  json_extract(q.data, '$.tool') AS tool,
+  json_extract(q.data, '$.arguments') AS arguments,
+  json_extract(x.data, '$.ok') AS ok,
+  json_extract(x.data, '$.error') AS error,
+  json_extract(x.data, '$.result') AS result,
+  json_extract(x.data, '$.files_changed') AS files_changed
+FROM events q
+LEFT JOIN events x
+  ON x.run_id = q.run_id AND x.type = 'tool.executed'
+ AND json_extract(x.data, '$.call_id') = json_extract(q.data, '$.call_id')
+WHERE q.type = 'tool.requested'
+""",
+    "decisions": """
+SELECT run_id, version, recorded_at,
+  json_extract(data, '$.action') AS action,
+  json_extract(data, '$.parameters') AS parameters,
+  json_extract(data, '$.reasoning') AS reasoning,
+  json_extract(data, '$.decided_by') AS decided_by,
+  json_extract(data, '$.fallback_used') AS fallback_used,
+  json_extract(data, '$.fallback_reason') AS fallback_reason
+FROM events WHERE type = 'arbiter.decided'
+""",
+}
+
+
+def install_views(connection: sqlite3.Connection) -> None:
+    """Create (or replace) every audit view on an autonomy database."""
+    import sqlite_utils
+
+    existing = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'"))
+    db = sqlite_utils.Database(connection)
+    for name, sql in VIEWS.items():
+        # Only touch the schema when a view is missing or changed: opening a log
+        # must not need a write transaction every time.
+        if name not in existing or sql.strip() not in existing[name]:
+            db.create_view(name, sql.strip(), replace=True)
