@@ -1,0 +1,119 @@
+"""Shared fixtures: hypothesis profiles, a deterministic clock, fresh stores.
+
+Hypothesis profiles: ``dev`` (the default) keeps the local run quick; ``ci`` is
+selected when ``CI=true`` and draws more examples, still sized so that the whole
+suite finishes in a few minutes on 2 cores. ``HYPOTHESIS_PROFILE=<name>`` picks one
+explicitly. Neither has a deadline: timing on a shared CI machine is noise, and a
+slow example is not a wrong one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from events import EventStore, MemoryEventStore, SQLiteEventStore
+
+settings.register_profile(
+    "dev",
+    max_examples=25,
+    deadline=None,
+    stateful_step_count=25,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    stateful_step_count=30,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(
+    os.environ.get(
+        "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI", "").lower() == "true" else "dev"
+    )
+)
+
+
+class TickingClock:
+    """A clock that starts at a fixed moment and advances by ``step`` per call, so
+    two stores given two equal clocks record equal times (and equal hashes)."""
+
+    def __init__(
+        self,
+        start: datetime = datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=UTC),
+        step: timedelta = timedelta(milliseconds=1),
+    ) -> None:
+        self.now = start
+        self.step = step
+        self.calls = 0
+
+    def __call__(self) -> datetime:
+        moment = self.now
+        self.now += self.step
+        self.calls += 1
+        return moment
+
+
+BACKENDS = ("memory", "sqlite-memory", "sqlite-file")
+
+
+def open_store(backend: str, directory: Path, **kwargs: object) -> EventStore:
+    """A fresh store of the named backend; a file store lives in ``directory``."""
+    if backend == "memory":
+        return MemoryEventStore(**kwargs)  # type: ignore[arg-type]
+    if backend == "sqlite-memory":
+        return SQLiteEventStore(":memory:", **kwargs)  # type: ignore[arg-type]
+    if backend == "sqlite-file":
+        return SQLiteEventStore(directory / "events.db", **kwargs)  # type: ignore[arg-type]
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@pytest.fixture
+def make_clock() -> type[TickingClock]:
+    """The ``TickingClock`` class, for tests that need several equal clocks."""
+    return TickingClock
+
+
+@pytest.fixture
+def clock() -> TickingClock:
+    return TickingClock()
+
+
+@pytest.fixture
+def memory_store(clock: TickingClock) -> Iterator[MemoryEventStore]:
+    store = MemoryEventStore(clock=clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(clock: TickingClock) -> Iterator[SQLiteEventStore]:
+    """SQLite in memory."""
+    store = SQLiteEventStore(":memory:", clock=clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def file_store(tmp_path: Path, clock: TickingClock) -> Iterator[SQLiteEventStore]:
+    """SQLite in a file under the test's temporary directory."""
+    store = SQLiteEventStore(tmp_path / "events.db", clock=clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: TickingClock
+) -> Iterator[EventStore]:
+    """A fresh store of each backend in turn."""
+    opened = open_store(request.param, tmp_path, clock=clock)
+    yield opened
+    opened.close()

@@ -1,0 +1,417 @@
+"""The event store contract, written once and run against every backend.
+
+``StoreContract`` holds the tests; each backend subclasses it in a few lines and
+says how to open a fresh store. A new backend (PostgreSQL) adds one subclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import events.sqlite
+import events.store
+from events import (
+    BlobNotFound,
+    ConcurrencyError,
+    EventStore,
+    MemoryEventStore,
+    PhaseChanged,
+    RecordedEvent,
+    RunFinished,
+    RunStarted,
+    SQLiteEventStore,
+    TaskAdded,
+    TaskUpdated,
+    ToolExecuted,
+    ToolRequested,
+)
+from events.codec import chain_hash
+from events.schema import Event, FileChange
+from events.store import Clock
+
+START = RunStarted(goal="write a todo app", workspace="/work/todo", config={"steps": 40})
+
+
+def task(n: int) -> TaskAdded:
+    return TaskAdded(task_id=f"t{n}", title=f"task {n}", target_file=f"src/m{n}.py", priority=n)
+
+
+def versions(recorded: list[RecordedEvent]) -> list[int]:
+    return [r.version for r in recorded]
+
+
+class StoreContract(ABC):
+    """What every ``EventStore`` must do. Subclasses implement ``open_store``."""
+
+    @abstractmethod
+    def open_store(self, clock: Clock) -> EventStore: ...
+
+    @pytest.fixture(autouse=True)
+    def _fresh_store(self, tmp_path: Path, make_clock: Callable[[], Any]) -> Iterator[None]:
+        self.tmp_path = tmp_path
+        self.make_clock = make_clock
+        self.clock = make_clock()
+        self.store = self.open_store(self.clock)
+        yield
+        self.store.close()
+
+    # -- append and read ---------------------------------------------------------------
+
+    def test_appended_events_read_back_equal(self) -> None:
+        events: list[Event] = [START, task(1), TaskUpdated(task_id="t1", status="in_progress")]
+        self.store.append("run-1", events, 0)
+
+        read = list(self.store.read("run-1"))
+
+        assert [r.data for r in read] == events
+        assert [r.type for r in read] == ["run.started", "task.added", "task.updated"]
+        assert {r.run_id for r in read} == {"run-1"}
+        assert [r.schema_version for r in read] == [1, 1, 1]
+
+    def test_append_returns_what_read_returns(self) -> None:
+        appended = self.store.append("run-1", [START, task(1)], 0)
+        appended += self.store.append("run-1", [task(2)], 2)
+
+        assert appended == list(self.store.read("run-1"))
+
+    def test_versions_count_from_one_without_gaps(self) -> None:
+        self.store.append("run-1", [START], 0)
+        self.store.append("run-1", [task(1), task(2), task(3)], 1)
+        self.store.append("run-1", [task(4)], 4)
+
+        assert versions(list(self.store.read("run-1"))) == [1, 2, 3, 4, 5]
+        assert self.store.last_version("run-1") == 5
+
+    def test_each_run_has_its_own_versions(self) -> None:
+        self.store.append("run-a", [START, task(1)], 0)
+        self.store.append("run-b", [START], 0)
+
+        assert versions(list(self.store.read("run-a"))) == [1, 2]
+        assert versions(list(self.store.read("run-b"))) == [1]
+
+    def test_positions_strictly_increase_across_interleaved_runs(self) -> None:
+        self.store.append("run-a", [START], 0)
+        self.store.append("run-b", [START, task(1)], 0)
+        self.store.append("run-a", [task(2)], 1)
+        self.store.append("run-b", [task(3)], 2)
+
+        positions = [r.position for r in self.store.read_all()]
+        assert positions == sorted(set(positions))
+        assert len(positions) == 5
+        run_a = [r.position for r in self.store.read("run-a")]
+        assert run_a[0] < run_a[1]
+
+    def test_read_of_an_unknown_run_is_empty(self) -> None:
+        self.store.append("run-1", [START], 0)
+
+        assert list(self.store.read("no-such-run")) == []
+        assert self.store.last_version("no-such-run") == 0
+
+    def test_empty_append_is_a_no_op(self) -> None:
+        self.store.append("run-1", [START], 0)
+
+        assert self.store.append("run-1", [], 1) == []
+        assert self.store.append("run-2", [], 0) == []
+
+        assert self.store.last_version("run-1") == 1
+        assert [r.run_id for r in self.store.runs()] == ["run-1"]
+        later = self.store.append("run-1", [task(1)], 1)
+        assert later[0].position == 2  # the empty append took no position
+
+    # -- optimistic concurrency -------------------------------------------------------------
+
+    def test_stale_expected_version_raises_and_writes_nothing(self) -> None:
+        self.store.append("run-1", [START, task(1)], 0)
+        before = list(self.store.read_all())
+
+        with pytest.raises(ConcurrencyError) as caught:
+            self.store.append("run-1", [task(2)], 1)
+
+        assert (caught.value.run_id, caught.value.expected, caught.value.actual) == ("run-1", 1, 2)
+        assert list(self.store.read_all()) == before
+
+    def test_expected_version_ahead_of_the_log_raises(self) -> None:
+        self.store.append("run-1", [START], 0)
+
+        with pytest.raises(ConcurrencyError):
+            self.store.append("run-1", [task(1)], 5)
+        with pytest.raises(ConcurrencyError):
+            self.store.append("new-run", [START], 1)
+
+        assert self.store.last_version("run-1") == 1
+        assert self.store.last_version("new-run") == 0
+
+    def test_a_conflicting_batch_writes_none_of_its_events(self) -> None:
+        self.store.append("run-1", [START], 0)
+        self.store.append("run-1", [task(1)], 1)  # another writer got there first
+
+        with pytest.raises(ConcurrencyError):
+            self.store.append("run-1", [task(2), task(3), task(4)], 1)
+
+        assert [r.data for r in self.store.read("run-1")] == [START, task(1)]
+        assert len(list(self.store.read_all())) == 2
+
+    def test_the_store_accepts_appends_after_a_conflict(self) -> None:
+        self.store.append("run-1", [START], 0)
+        with pytest.raises(ConcurrencyError):
+            self.store.append("run-1", [task(1)], 0)
+
+        recorded = self.store.append("run-1", [task(1)], 1)
+
+        assert versions(recorded) == [2]
+        assert self.store.verify("run-1").ok
+
+    # -- read windows --------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("after", "upto", "expected"),
+        [
+            (0, None, [1, 2, 3, 4, 5]),
+            (2, None, [3, 4, 5]),
+            (0, 3, [1, 2, 3]),
+            (1, 4, [2, 3, 4]),
+            (3, 3, []),
+            (4, 2, []),
+            (5, None, []),
+            (0, 99, [1, 2, 3, 4, 5]),
+            (0, 0, []),
+            (0, -1, []),
+            (-3, 2, [1, 2]),
+        ],
+    )
+    def test_read_returns_versions_after_and_up_to(
+        self, after: int, upto: int | None, expected: list[int]
+    ) -> None:
+        self.store.append("run-1", [START, task(1), task(2), task(3), task(4)], 0)
+
+        assert versions(list(self.store.read("run-1", after=after, upto=upto))) == expected
+
+    def test_read_all_after_a_position(self) -> None:
+        self.store.append("run-a", [START, task(1)], 0)
+        self.store.append("run-b", [START], 0)
+        self.store.append("run-a", [task(2)], 2)
+        everything = list(self.store.read_all())
+
+        after_two = list(self.store.read_all(after_position=everything[1].position))
+
+        assert after_two == everything[2:]
+        assert list(self.store.read_all(after_position=everything[-1].position)) == []
+
+    def test_read_all_filters_by_type(self) -> None:
+        self.store.append("run-a", [START, task(1), TaskUpdated(task_id="t1", status="done")], 0)
+        self.store.append("run-b", [START, task(2)], 0)
+
+        added = list(self.store.read_all(types=["task.added"]))
+        started_or_updated = list(self.store.read_all(types={"run.started", "task.updated"}))
+
+        assert [(r.run_id, r.data) for r in added] == [("run-a", task(1)), ("run-b", task(2))]
+        assert [r.type for r in started_or_updated] == [
+            "run.started",
+            "task.updated",
+            "run.started",
+        ]
+        assert list(self.store.read_all(types=[])) == []
+        assert list(self.store.read_all(types=["no.such.type"])) == []
+
+    def test_read_all_limit_counts_only_matching_events(self) -> None:
+        self.store.append("run-a", [START, task(1), task(2), task(3)], 0)
+
+        limited = list(self.store.read_all(types=["task.added"], limit=2))
+        first = list(self.store.read_all(limit=1))
+
+        assert [r.data for r in limited] == [task(1), task(2)]
+        assert [r.data for r in first] == [START]
+        assert list(self.store.read_all(limit=0)) == []
+
+    def test_read_all_combines_position_types_and_limit(self) -> None:
+        self.store.append("run-a", [START, task(1), task(2)], 0)
+        self.store.append("run-b", [START, task(3), task(4)], 0)
+        after = list(self.store.read_all())[1].position  # run-a's task(1)
+
+        page = list(self.store.read_all(after_position=after, types=["task.added"], limit=2))
+
+        assert [r.data for r in page] == [task(2), task(3)]
+
+    def test_reads_span_several_fetch_chunks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(events.store, "READ_CHUNK", 2)
+        monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
+        self.store.append("run-a", [START, *(task(n) for n in range(1, 7))], 0)
+        self.store.append("run-b", [START, task(9)], 0)
+
+        assert versions(list(self.store.read("run-a"))) == [1, 2, 3, 4, 5, 6, 7]
+        assert versions(list(self.store.read("run-a", after=1, upto=6))) == [2, 3, 4, 5, 6]
+        assert len(list(self.store.read_all())) == 9
+        assert len(list(self.store.read_all(limit=5))) == 5
+        added = list(self.store.read_all(types=["task.added"], limit=7))
+        assert [r.data for r in added] == [*(task(n) for n in range(1, 7)), task(9)]
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def test_runs_lists_each_run_in_order_of_first_appearance(self) -> None:
+        self.store.append("run-b", [START], 0)
+        self.store.append("run-a", [START, task(1)], 0)
+        self.store.append("run-b", [task(2), task(3)], 1)
+        log = list(self.store.read_all())
+
+        runs = self.store.runs()
+
+        assert [(r.run_id, r.version) for r in runs] == [("run-b", 3), ("run-a", 2)]
+        run_b = runs[0]
+        b_rows = [r for r in log if r.run_id == "run-b"]
+        assert (run_b.first_position, run_b.last_position) == (
+            b_rows[0].position,
+            b_rows[-1].position,
+        )
+        assert (run_b.started_at, run_b.last_at) == (b_rows[0].recorded_at, b_rows[-1].recorded_at)
+
+    def test_runs_of_an_empty_store_is_empty(self) -> None:
+        assert self.store.runs() == []
+
+    # -- envelope ------------------------------------------------------------------------------------
+
+    def test_causation_is_stored_with_each_event_of_the_batch(self) -> None:
+        self.store.append("run-1", [START], 0)
+        self.store.append(
+            "run-1",
+            [ToolRequested(call_id="c1", tool="write_file"), ToolExecuted(call_id="c1", ok=True)],
+            1,
+            causation=1,
+        )
+
+        assert [r.causation for r in self.store.read("run-1")] == [None, 1, 1]
+
+    def test_recorded_at_comes_from_the_injected_clock(self) -> None:
+        self.store.append("run-1", [START], 0)
+        self.store.append("run-1", [task(1), task(2)], 1)
+
+        assert [r.recorded_at for r in self.store.read("run-1")] == [
+            "2025-03-14T15:09:26.535897Z",
+            "2025-03-14T15:09:26.536897Z",
+            "2025-03-14T15:09:26.536897Z",  # one batch, one moment
+        ]
+        assert self.clock.calls == 2
+
+    def test_recorded_at_is_utc_whatever_the_clock_zone(self) -> None:
+        paris = timezone(timedelta(hours=1))
+        store = self.open_store(lambda: datetime(2025, 1, 1, 13, 0, tzinfo=paris))
+        try:
+            store.append("run-1", [START], 0)
+            assert next(store.read("run-1")).recorded_at == "2025-01-01T12:00:00.000000Z"
+        finally:
+            store.close()
+
+    def test_recorded_events_carry_a_sha256_hash_chain(self) -> None:
+        recorded = self.store.append("run-1", [START, task(1), task(2)], 0)
+
+        hashes = [r.hash for r in recorded]
+        assert all(len(h) == 64 and int(h, 16) >= 0 for h in hashes)
+        assert len(set(hashes)) == 3
+
+    def test_equal_input_gives_equal_hashes_in_every_backend(self) -> None:
+        reference = MemoryEventStore(clock=self.make_clock())
+        events: list[Event] = [
+            START,
+            task(1),
+            PhaseChanged(trigger="plan", from_phase="start", to_phase="planning"),
+        ]
+
+        ours = self.store.append("run-1", events, 0)
+        theirs = reference.append("run-1", events, 0)
+
+        assert [r.hash for r in ours] == [r.hash for r in theirs]
+
+    # -- blobs -----------------------------------------------------------------------------------------
+
+    def test_put_returns_the_sha256_and_get_returns_the_content(self) -> None:
+        content = b"def main() -> None:\n    print('hello')\n"
+
+        digest = self.store.put(content)
+
+        assert digest == hashlib.sha256(content).hexdigest()
+        assert self.store.get(digest) == content
+        assert self.store.has_blob(digest)
+
+    def test_put_is_idempotent(self) -> None:
+        first = self.store.put(b"same bytes")
+        second = self.store.put(b"same bytes")
+
+        assert first == second
+        assert self.store.get(first) == b"same bytes"
+
+    def test_empty_content_is_a_blob_too(self) -> None:
+        digest = self.store.put(b"")
+
+        assert self.store.get(digest) == b""
+        assert self.store.has_blob(digest)
+
+    def test_unknown_blob_raises_blob_not_found(self) -> None:
+        missing = "0" * 64
+
+        assert not self.store.has_blob(missing)
+        with pytest.raises(BlobNotFound, match=missing):
+            self.store.get(missing)
+
+    # -- integrity -------------------------------------------------------------------------------------
+
+    def test_verify_accepts_an_untouched_run(self) -> None:
+        self.store.append("run-1", [START, task(1)], 0)
+        self.store.append("run-2", [START], 0)
+        self.store.append("run-1", [RunFinished(status="completed")], 2)
+
+        report = self.store.verify("run-1")
+
+        assert report.ok
+        assert report.checked == 3
+        assert report.first_bad_position is None
+
+    def test_verify_recomputes_the_chain_from_the_rows(self) -> None:
+        self.store.append("run-1", [START, task(1)], 0)
+        rows = list(self.store.read_raw("run-1"))
+
+        assert rows[1].hash == chain_hash(
+            rows[0].hash,
+            run_id=rows[1].run_id,
+            version=rows[1].version,
+            type=rows[1].type,
+            schema_version=rows[1].schema_version,
+            recorded_at=rows[1].recorded_at,
+            causation=rows[1].causation,
+            data=rows[1].data,
+        )
+
+    def test_payloads_with_nested_values_survive_the_store(self) -> None:
+        executed = ToolExecuted(
+            call_id="c7",
+            tool="write_file",
+            ok=True,
+            result="wrote 2 files",
+            files_changed=(
+                FileChange(path="src/app.py", before=None, after="ab" * 32, size=120),
+                FileChange(path="README.md", before="cd" * 32, after="ef" * 32, size=980),
+            ),
+        )
+        self.store.append("run-1", [START, executed], 0)
+
+        assert [r.data for r in self.store.read("run-1")] == [START, executed]
+
+
+class TestMemoryStore(StoreContract):
+    def open_store(self, clock: Clock) -> EventStore:
+        return MemoryEventStore(clock=clock)
+
+
+class TestSQLiteInMemory(StoreContract):
+    def open_store(self, clock: Clock) -> EventStore:
+        return SQLiteEventStore(":memory:", clock=clock)
+
+
+class TestSQLiteFile(StoreContract):
+    def open_store(self, clock: Clock) -> EventStore:
+        return SQLiteEventStore(self.tmp_path / "events.db", clock=clock)

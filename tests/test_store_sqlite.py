@@ -1,0 +1,391 @@
+"""What only the SQLite store promises: triggers, pragmas, files that are not ours,
+tampering found by ``verify``, and real processes racing for one run."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from events import (
+    ConcurrencyError,
+    EventStoreError,
+    RunStarted,
+    SQLiteEventStore,
+    StoreCorrupted,
+    TaskAdded,
+)
+from events.sqlite import APPLICATION_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+START = RunStarted(goal="write a todo app", workspace="/work/todo")
+
+
+def task(n: int) -> TaskAdded:
+    return TaskAdded(task_id=f"t{n}", title=f"task {n}")
+
+
+def pragma(store: SQLiteEventStore, name: str) -> object:
+    return store.connection.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# -- append-only by construction ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET data = '{}' WHERE version = 1",
+        "UPDATE events SET run_id = 'other'",
+        "DELETE FROM events WHERE version = 2",
+        "DELETE FROM events",
+    ],
+)
+def test_update_and_delete_of_events_are_refused(
+    file_store: SQLiteEventStore, statement: str
+) -> None:
+    file_store.append("run-1", [START, task(1)], 0)
+    before = list(file_store.read_raw("run-1"))
+
+    with pytest.raises(sqlite3.DatabaseError, match="events are append-only"):
+        file_store.connection.execute(statement)
+
+    assert list(file_store.read_raw("run-1")) == before
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE blobs SET content = x'00'", "DELETE FROM blobs"],
+)
+def test_update_and_delete_of_blobs_are_refused(
+    file_store: SQLiteEventStore, statement: str
+) -> None:
+    digest = file_store.put(b"print('hello')\n")
+
+    with pytest.raises(sqlite3.DatabaseError, match="blobs are append-only"):
+        file_store.connection.execute(statement)
+
+    assert file_store.get(digest) == b"print('hello')\n"
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def test_opening_twice_keeps_the_schema_and_the_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as first:
+        first.append("run-1", [START, task(1)], 0)
+        first.put(b"blob")
+
+    with SQLiteEventStore(path) as second:
+        assert [r.data for r in second.read("run-1")] == [START, task(1)]
+        assert second.verify("run-1").ok
+        second.append("run-1", [task(2)], 2)
+        triggers = second.connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+        ).fetchone()[0]
+    assert triggers == 4
+
+
+def test_two_stores_may_hold_the_same_file_open(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as writer, SQLiteEventStore(path) as reader:
+        writer.append("run-1", [START], 0)
+
+        assert [r.data for r in reader.read("run-1")] == [START]
+        with pytest.raises(ConcurrencyError):
+            reader.append("run-1", [task(1)], 0)
+
+
+def test_a_new_database_is_marked_as_ours(file_store: SQLiteEventStore) -> None:
+    assert pragma(file_store, "application_id") == APPLICATION_ID
+    assert pragma(file_store, "user_version") >= 1
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "events.db"
+    with SQLiteEventStore(path) as store:
+        store.append("run-1", [START], 0)
+    assert path.is_file()
+
+
+def test_a_file_database_uses_wal(file_store: SQLiteEventStore) -> None:
+    assert pragma(file_store, "journal_mode") == "wal"
+
+
+@pytest.mark.parametrize(("setting", "value"), [("NORMAL", 1), ("FULL", 2)])
+def test_synchronous_setting_is_applied(tmp_path: Path, setting: str, value: int) -> None:
+    with SQLiteEventStore(tmp_path / "events.db", synchronous=setting) as store:
+        assert pragma(store, "synchronous") == value
+
+
+def test_synchronous_defaults_to_normal(file_store: SQLiteEventStore) -> None:
+    assert pragma(file_store, "synchronous") == 1
+
+
+def test_an_invalid_synchronous_value_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EventStoreError, match=r"synchronous.*'SOMETIMES'"):
+        SQLiteEventStore(tmp_path / "events.db", synchronous="SOMETIMES")
+    assert not (tmp_path / "events.db").exists()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"hello, this is not a database\n" * 200, b"\x00\xff" * 4096, b"not a db\n"],
+    ids=["text", "binary", "short"],
+)
+def test_a_file_that_is_not_a_database_raises_store_corrupted(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    path = tmp_path / "events.db"
+    path.write_bytes(garbage)
+
+    with pytest.raises(StoreCorrupted, match=r"events\.db.*not an SQLite file") as caught:
+        SQLiteEventStore(path)
+
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+    assert path.read_bytes() == garbage  # opening must not touch a file that is not ours
+
+
+def test_an_sqlite_file_made_by_something_else_raises_store_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    conn.close()
+
+    with pytest.raises(StoreCorrupted, match="not an autonomy event log"):
+        SQLiteEventStore(path)
+
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert tables == {"notes"}
+
+
+def test_an_sqlite_file_of_another_application_raises_store_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA application_id = 42")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(StoreCorrupted, match="not an autonomy event log"):
+        SQLiteEventStore(path)
+
+
+def test_a_directory_as_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EventStoreError, match="directory"):
+        SQLiteEventStore(tmp_path)
+
+
+def test_using_a_closed_store_is_an_event_store_error_not_corruption(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "events.db")
+    store.append("run-1", [START], 0)
+    store.close()
+
+    with pytest.raises(EventStoreError) as caught:
+        list(store.read("run-1"))
+
+    assert not isinstance(caught.value, StoreCorrupted)
+    assert "closed" in str(caught.value)
+
+
+# -- tampering --------------------------------------------------------------------------------
+
+
+def test_verify_reports_the_position_of_a_changed_row(file_store: SQLiteEventStore) -> None:
+    file_store.append("run-1", [START, task(1)], 0)
+    file_store.append("run-2", [START], 0)
+    file_store.append("run-1", [task(2), task(3)], 2)
+    victim = next(r for r in file_store.read_raw("run-1") if r.version == 3)
+    conn = file_store.connection
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute(
+        "UPDATE events SET data = json_set(data, '$.title', 'something else') WHERE position = ?",
+        (victim.position,),
+    )
+
+    report = file_store.verify("run-1")
+
+    assert not report.ok
+    assert report.first_bad_position == victim.position
+    assert report.first_bad_version == 3
+    assert "changed" in report.problem
+    assert file_store.verify("run-2").ok
+
+
+def test_verify_reports_a_changed_time_or_causation(file_store: SQLiteEventStore) -> None:
+    file_store.append("run-1", [START, task(1)], 0)
+    conn = file_store.connection
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute("UPDATE events SET causation = 1 WHERE version = 2")
+
+    report = file_store.verify("run-1")
+
+    assert (report.ok, report.first_bad_version) == (False, 2)
+
+
+def test_verify_reports_a_gap_in_versions(file_store: SQLiteEventStore) -> None:
+    file_store.append("run-1", [START, task(1), task(2), task(3)], 0)
+    conn = file_store.connection
+    conn.execute("DROP TRIGGER events_append_only_delete")
+    conn.execute("DELETE FROM events WHERE run_id = 'run-1' AND version = 3")
+    after_gap = next(r for r in file_store.read_raw("run-1") if r.version == 4)
+
+    report = file_store.verify("run-1")
+
+    assert not report.ok
+    assert report.first_bad_position == after_gap.position
+    assert report.first_bad_version == 4
+    assert "gap" in report.problem
+
+
+# -- real processes -----------------------------------------------------------------------------
+
+_RACER = textwrap.dedent(
+    """
+    import sys
+    from events import ConcurrencyError, SQLiteEventStore, TaskAdded
+
+    path, name, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = SQLiteEventStore(path, busy_timeout=20)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both processes are open: go
+    batch = [TaskAdded(task_id=f"{name}-{i}", title=name) for i in range(3)]
+    try:
+        store.append("run-1", batch, expected)
+    except ConcurrencyError as e:
+        print("conflict", e.actual, flush=True)
+    else:
+        print("won", flush=True)
+    store.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_appending_at_the_same_version_one_wins(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as store:
+        store.append("run-1", [START], 0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(path), name, "1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("alpha", "beta")
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert racer.stdout.readline().strip() == "ready"
+        outputs = [racer.communicate("go\n", timeout=30) for racer in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+
+    results = sorted(out.split()[0] for out, _ in outputs)
+    assert results == ["conflict", "won"], outputs
+    assert all(r.returncode == 0 for r in racers), [err for _, err in outputs]
+    with SQLiteEventStore(path) as store:
+        log = list(store.read("run-1"))
+        assert [r.version for r in log] == [1, 2, 3, 4]
+        writers = {r.data.task_id for r in log[1:]}
+        assert len({w.split("-")[0] for w in writers}) == 1  # one writer's whole batch
+        assert store.verify("run-1").ok
+        positions = [r.position for r in store.read_all()]
+        assert positions == sorted(set(positions))
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from events import ConcurrencyError, SQLiteEventStore, TaskAdded
+
+    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = SQLiteEventStore(path, busy_timeout=20)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    conflicts = 0
+    for i in range(count):
+        while True:
+            try:
+                store.append("run-1", [TaskAdded(task_id=f"{name}-{i}", title=name)],
+                             store.last_version("run-1"))
+                break
+            except ConcurrencyError:
+                conflicts += 1
+    print("done", conflicts, flush=True)
+    store.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_retrying_on_conflict_leave_a_log_without_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as store:
+        store.append("run-1", [START], 0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), name, "40"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("alpha", "beta")
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        outputs = [worker.communicate("go\n", timeout=60) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    assert [out.split()[0] for out, _ in outputs] == ["done", "done"], outputs
+    with SQLiteEventStore(path) as store:
+        log = list(store.read("run-1"))
+        assert [r.version for r in log] == list(range(1, 82))
+        ids = [r.data.task_id for r in log[1:]]
+        assert sorted(ids) == sorted({f"{n}-{i}" for n in ("alpha", "beta") for i in range(40)})
+        for name in ("alpha", "beta"):  # each writer's events keep their order
+            mine = [int(i.split("-")[1]) for i in ids if i.startswith(name)]
+            assert mine == list(range(40))
+        assert store.verify("run-1").ok
+
+
+def test_a_foreign_database_with_its_own_events_table_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "calendar.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, title TEXT)")
+    conn.execute("INSERT INTO events (title) VALUES ('dentist')")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(StoreCorrupted, match="not an autonomy event log"):
+        SQLiteEventStore(path)
+
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.execute("UPDATE events SET title = 'doctor'")  # no append-only trigger was added
+    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    conn.close()
+    assert names == {"events"}
+    assert application_id == 0
