@@ -1,19 +1,21 @@
 """The engine's exceptions, under the one tree rooted in ``events.errors.AutonomyError``.
 
-    AutonomyError
-    ├── EventStoreError ...            (events.errors: store, concurrency, corruption)
-    ├── SchemaError                    (events.errors)
-    ├── ConfigError                    a wrong key, type or value in autonomy.toml / flags / env
-    ├── IllegalTransition              the phase or task machine refused a move; nothing applied
-    ├── ModelError                     a model call failed; never counted as a success
-    │   ├── ModelTimeout               connect or read timeout, after retries
-    │   ├── ModelUnavailable           connection refused / reset, after retries and fallbacks
-    │   ├── ModelHTTPError             a non-retryable or exhausted HTTP error status
-    │   └── ModelResponseInvalid       the reply cannot be used (bad JSON, empty tool name);
-    │                                  its message is fit to feed back to the model
-    ├── ToolError                      a tool refused or failed; recorded in tool.executed
-    │   └── PathOutsideWorkspace       a path that leaves the workspace or enters .autonomy/.git
-    └── ReplayDivergence               replay asked something the log never answered
+AutonomyError
+├── EventStoreError ...            (events.errors: store, concurrency, corruption)
+├── SchemaError                    (events.errors)
+├── ConfigError                    a wrong key, type or value in autonomy.toml / flags / env
+├── IllegalTransition              the phase or task machine refused a move; nothing applied
+├── ModelError                     a model call failed; never counted as a success
+│   ├── ModelTimeout               connect or read timeout, after retries
+│   ├── ModelUnavailable           connection refused / reset, after retries and fallbacks
+│   ├── ModelHTTPError             a non-retryable or exhausted HTTP error status
+│   └── ModelResponseInvalid       the reply cannot be used (bad JSON, empty tool name);
+│                                  its message is fit to feed back to the model
+│   (every ModelError has .kind, recorded in model.failed, and .retryable, which the
+│    client's retry loop reads: timeouts, unreachable hosts, 429 and 5xx are retryable)
+├── ToolError                      a tool refused or failed; recorded in tool.executed
+│   └── PathOutsideWorkspace       a path that leaves the workspace or enters .autonomy/.git
+└── ReplayDivergence               replay asked something the log never answered
 """
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ class ModelError(AutonomyError):
     """The model call failed."""
 
     kind = "error"
+    retryable = False
+    """Whether another attempt (or another endpoint) may succeed; the client's retry
+    loop reads this instead of keeping its own list of exception types."""
 
 
 class ModelTimeout(ModelError):
     """The model server did not answer in time."""
 
     kind = "timeout"
+    retryable = True
 
 
 class ModelUnavailable(ModelError):
     """The model server could not be reached."""
 
     kind = "unavailable"
+    retryable = True
 
 
 class ModelHTTPError(ModelError):
@@ -52,9 +59,20 @@ class ModelHTTPError(ModelError):
 
     kind = "http"
 
-    def __init__(self, message: str | None = None, *, status: int = 0) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int = 0,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), if it said."""
+        # 429 and 5xx are the server's trouble and may pass; other 4xx are ours and won't.
+        self.retryable = (status == 429 or status >= 500) if retryable is None else retryable
 
 
 class ModelResponseInvalid(ModelError):

@@ -1,0 +1,80 @@
+"""The model layer: one client for Ollama and OpenAI-compatible servers, the role
+configuration, the prose tool-call fallback, and the recorder that turns every call
+into events.
+
+    client = ModelClient(httpx.Client(), stream=True)
+    reply = client.chat(Roles().coding.endpoints(), messages, tools, Roles().coding.options())
+    recorder = RecordingModel(client, runlog, Roles())
+    reply = recorder.chat("coding", messages, tools, conversation="task:T1")
+
+``engine.testing.ScriptedModelServer`` is a real HTTP server that speaks both formats,
+for tests.
+"""
+
+from engine.model.client import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    FailedAttempt,
+    ModelClient,
+    OnFailure,
+    RetryPolicy,
+    Timeouts,
+    tool_names,
+)
+from engine.model.recording import (
+    INLINE_LIMIT,
+    RecordingModel,
+    RunLog,
+    common_prefix,
+    request_digest,
+    stored_form,
+)
+from engine.model.roles import ROLE_NAMES, Endpoint, RoleConfig, Roles, roles_from_mapping
+from engine.model.textcalls import extract_tool_call
+from engine.model.wire import (
+    NO_OPTIONS,
+    Api,
+    ChatOptions,
+    ModelInfo,
+    ModelReply,
+    chat_body,
+    parse_chat,
+    parse_models,
+    parse_ollama,
+    parse_ollama_stream,
+    parse_openai,
+)
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "INLINE_LIMIT",
+    "NO_OPTIONS",
+    "ROLE_NAMES",
+    "Api",
+    "ChatOptions",
+    "Endpoint",
+    "FailedAttempt",
+    "ModelClient",
+    "ModelInfo",
+    "ModelReply",
+    "OnFailure",
+    "RecordingModel",
+    "RetryPolicy",
+    "RoleConfig",
+    "Roles",
+    "RunLog",
+    "Timeouts",
+    "chat_body",
+    "common_prefix",
+    "extract_tool_call",
+    "parse_chat",
+    "parse_models",
+    "parse_ollama",
+    "parse_ollama_stream",
+    "parse_openai",
+    "request_digest",
+    "roles_from_mapping",
+    "stored_form",
+    "tool_names",
+]

@@ -1,0 +1,214 @@
+"""``RecordingModel``: every model call becomes events in the run's log.
+
+One call leaves, in order::
+
+    model.requested   call id, role, model, endpoint, digest of the full request,
+                      the conversation's new messages only, tool names, options
+    model.failed      one per failed attempt (kind, detail, attempt, endpoint)
+    model.responded   content, tool calls, usage, done reason, duration, identity
+
+``model.failed`` and ``model.responded`` are caused by (``causation`` = version of)
+their ``model.requested``. A call that fails for good leaves only ``model.failed``
+events and raises the typed error: an error is never recorded as a response.
+Usage and conversations are then projections of the log (``OrchestrationState``),
+not counters kept in an object.
+
+Ids come from the log, not from uuid: the call id is ``{run_id}/m{version}`` where
+``version`` is the one its ``model.requested`` gets, so a replay produces the same ids.
+
+Growth stays linear: a request repeats the whole conversation, so the event holds
+only the messages after the longest common prefix with the conversation's previous
+request (``message_offset`` says where they go). Messages longer than
+``INLINE_LIMIT`` characters are kept in *stored form*: the full text goes to the
+blob table, the message keeps a preview and ``content_ref`` (the blob's sha256).
+Prefixes are compared on stored forms, which is how the projection holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from engine.model.client import FailedAttempt, ModelClient, tool_names
+from engine.model.roles import Roles
+from engine.model.wire import ModelReply
+from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded
+from events.store import EventStore, RecordedEvent, blob_digest
+from projections.orchestration import OrchestrationState
+
+INLINE_LIMIT = 4096
+"""Message content longer than this (in characters) goes to a blob."""
+
+PREVIEW_CHARS = 200
+"""How much of a blobbed message stays inline, for people reading the log."""
+
+
+class RunLog(Protocol):
+    """What the recorder needs of a run's log (``engine.runlog.RunLog`` has it)."""
+
+    @property
+    def store(self) -> EventStore: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def version(self) -> int:
+        """The version of the run's last event (0 before the first)."""
+        ...
+
+    @property
+    def orchestration(self) -> OrchestrationState: ...
+
+    def append(self, *events: Event, causation: int | None = None) -> list[RecordedEvent]: ...
+
+
+def stored_form(message: Message, *, limit: int = INLINE_LIMIT) -> Message:
+    """The message as the log keeps it: long content replaced by preview + digest.
+
+    Pure: the digest is computed here, the blob is written by whoever records the
+    message for the first time.
+    """
+    if message.content_ref or len(message.content) <= limit:
+        return message
+    digest = blob_digest(message.content.encode("utf-8"))
+    return msgspec.structs.replace(
+        message, content=message.content[:PREVIEW_CHARS], content_ref=digest
+    )
+
+
+def request_digest(
+    model: str,
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any],
+) -> str:
+    """sha256 of the canonical JSON of a whole request (full messages, not stored
+    forms): equal requests have equal digests, whatever the dict order.
+    Replay computes the same digest to find the recorded answer."""
+    canonical = {
+        "model": model,
+        "messages": [msgspec.to_builtins(m) for m in messages],
+        "tools": [dict(t) for t in tools],
+        "options": dict(options),
+    }
+    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+
+
+def common_prefix(previous: Sequence[Message], current: Sequence[Message]) -> int:
+    """How many leading messages the two lists share."""
+    count = 0
+    for old, new in zip(previous, current, strict=False):
+        if old != new:
+            break
+        count += 1
+    return count
+
+
+class RecordingModel:
+    """A ``ModelClient`` whose every call, attempt and answer is appended to a run log.
+
+    ``roles`` says which model, endpoints and options each role uses. After ``chat``
+    returns, the ``model.responded`` event is the log's last event (its version is
+    ``runlog.version``), so tool events can name it as their cause.
+    """
+
+    def __init__(
+        self,
+        client: ModelClient,
+        runlog: RunLog,
+        roles: Roles,
+        *,
+        inline_limit: int = INLINE_LIMIT,
+    ) -> None:
+        self.client = client
+        self.runlog = runlog
+        self.roles = roles
+        self.inline_limit = inline_limit
+
+    def chat(
+        self,
+        role: str,
+        messages: Sequence[Message],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        conversation: str,
+        causation: int | None = None,
+        prompt_digest: str = "",
+    ) -> ModelReply:
+        """Ask ``role``'s model, recording the request, each failure and the answer.
+
+        ``conversation`` names the thread of messages this request continues (e.g.
+        ``"task:T3"``); ``causation`` is the version of the event that led to the
+        call. ``messages`` are the full messages (not stored forms): they are what
+        the model is sent. Raises the client's typed ``ModelError`` after recording
+        the failures.
+        """
+        config = self.roles.get(role)
+        primary = config.primary
+        options = config.options()
+        log = self.runlog
+        call_id = f"{log.run_id}/m{log.version + 1}"
+
+        stored = [stored_form(m, limit=self.inline_limit) for m in messages]
+        offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
+        delta = tuple(stored[offset:])
+        self._put_blobs(messages[offset:], delta)
+
+        requested = log.append(
+            ModelRequested(
+                call_id=call_id,
+                role=role,
+                model=primary.model,
+                endpoint=primary.label,
+                api=primary.api,
+                conversation=conversation,
+                request_digest=request_digest(primary.model, messages, tools, options.as_dict()),
+                prompt_digest=prompt_digest,
+                message_offset=offset,
+                messages=delta,
+                tool_names=tool_names(tools),
+                options=options.as_dict(),
+            ),
+            causation=causation,
+        )[0]
+
+        def record_failure(failed: FailedAttempt) -> None:
+            log.append(
+                ModelFailed(
+                    call_id=call_id,
+                    kind=failed.error.kind,
+                    detail=str(failed.error),
+                    attempt=failed.attempt,
+                    endpoint=failed.endpoint.label,
+                ),
+                causation=requested.version,
+            )
+
+        reply = self.client.chat(
+            config.endpoints(), messages, tools, options, on_failure=record_failure
+        )
+        log.append(
+            ModelResponded(
+                call_id=call_id,
+                content=reply.content,
+                tool_calls=reply.tool_calls,
+                usage=reply.usage,
+                done_reason=reply.done_reason,
+                duration_ms=reply.duration_ms,
+                model_identity=reply.model_identity,
+                extracted_from_text=reply.extracted_from_text,
+            ),
+            causation=requested.version,
+        )
+        return reply
+
+    def _put_blobs(self, originals: Sequence[Message], stored: Sequence[Message]) -> None:
+        # only the new messages: the prefix was blobbed when it was new
+        for original, kept in zip(originals, stored, strict=True):
+            if kept.content_ref and not original.content_ref:
+                digest = self.runlog.store.put(original.content.encode("utf-8"))
+                assert digest == kept.content_ref, "blob digest differs from stored form"

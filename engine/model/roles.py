@@ -1,0 +1,144 @@
+"""Which model plays which role, where it runs, and where to go when that host is down.
+
+Four roles use a model: the **arbiter** (picks the next step in orchestrated mode),
+**coding** (writes files through tools), **reasoning** (plans and debugs) and
+**analysis** (reviews and summarises). Each role names one model on one server and
+an ordered list of fallbacks, tried in turn when the one before is unreachable.
+
+The defaults reproduce the predecessor's real set-up: ``qwen2.5:14b`` for the arbiter
+and analysis, ``qwen2.5-coder:32b`` for coding, ``qwen2.5:32b`` for reasoning, on two
+Ollama hosts. Here the first host is ``http://localhost:11434`` (Ollama's default
+port) and the second, the fallback for every role, ``http://localhost:11435``
+(a second ``ollama serve`` with ``OLLAMA_HOST=127.0.0.1:11435``, or a tunnel to
+another machine). The context sizes and temperatures are this project's choices:
+low temperatures because the engine wants repeatable decisions.
+
+In ``autonomy.toml`` a role is a table; keys left out keep their default::
+
+    [models.coding]
+    model = "qwen2.5-coder:32b"
+    base_url = "http://gpu-box:11434"
+    num_ctx = 32768
+    fallbacks = [
+        { base_url = "http://localhost:11434", model = "qwen2.5-coder:14b" },
+        { base_url = "http://localhost:8000", api = "openai", model = "Qwen2.5-Coder-32B" },
+    ]
+
+``roles_from_mapping(data["models"])`` turns that into ``Roles``; a wrong key or type
+is a ``ConfigError`` that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from engine.errors import ConfigError
+from engine.model.wire import Api, ChatOptions
+
+PRIMARY_HOST = "http://localhost:11434"
+SECOND_HOST = "http://localhost:11435"
+ROLE_NAMES = ("arbiter", "coding", "reasoning", "analysis")
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One place a model can be asked: a server, the API it speaks, a model on it."""
+
+    base_url: str
+    model: str
+    api: Api = "ollama"
+
+    @property
+    def label(self) -> str:
+        """How the endpoint is named in events and messages."""
+        return self.base_url.rstrip("/")
+
+
+class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The model for one role, its sampling options and its fallbacks, in order."""
+
+    model: str
+    base_url: str = PRIMARY_HOST
+    api: Api = "ollama"
+    num_ctx: int = 8192
+    temperature: float = 0.2
+    seed: int | None = None
+    fallbacks: tuple[Endpoint, ...] = ()
+
+    @property
+    def primary(self) -> Endpoint:
+        return Endpoint(base_url=self.base_url, model=self.model, api=self.api)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The primary endpoint, then each fallback: the order the client tries them."""
+        return (self.primary, *self.fallbacks)
+
+    def options(self) -> ChatOptions:
+        return ChatOptions(temperature=self.temperature, num_ctx=self.num_ctx, seed=self.seed)
+
+
+def _on_both_hosts(model: str, *, num_ctx: int, temperature: float) -> RoleConfig:
+    return RoleConfig(
+        model=model,
+        base_url=PRIMARY_HOST,
+        num_ctx=num_ctx,
+        temperature=temperature,
+        fallbacks=(Endpoint(base_url=SECOND_HOST, model=model),),
+    )
+
+
+def _default_arbiter() -> RoleConfig:
+    return _on_both_hosts("qwen2.5:14b", num_ctx=8192, temperature=0.1)
+
+
+def _default_coding() -> RoleConfig:
+    return _on_both_hosts("qwen2.5-coder:32b", num_ctx=16384, temperature=0.2)
+
+
+def _default_reasoning() -> RoleConfig:
+    return _on_both_hosts("qwen2.5:32b", num_ctx=16384, temperature=0.3)
+
+
+def _default_analysis() -> RoleConfig:
+    return _on_both_hosts("qwen2.5:14b", num_ctx=8192, temperature=0.2)
+
+
+class Roles(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The four roles. ``Roles()`` is the documented default set-up."""
+
+    arbiter: RoleConfig = msgspec.field(default_factory=_default_arbiter)
+    coding: RoleConfig = msgspec.field(default_factory=_default_coding)
+    reasoning: RoleConfig = msgspec.field(default_factory=_default_reasoning)
+    analysis: RoleConfig = msgspec.field(default_factory=_default_analysis)
+
+    def get(self, role: str) -> RoleConfig:
+        """The config of ``role``; an unknown role is a ``ConfigError``."""
+        if role not in ROLE_NAMES:
+            raise ConfigError(f"unknown model role {role!r}; the roles are {', '.join(ROLE_NAMES)}")
+        config: RoleConfig = getattr(self, role)
+        return config
+
+
+def roles_from_mapping(data: Mapping[str, Any]) -> Roles:
+    """``Roles`` from a config table such as ``[models]`` in ``autonomy.toml``.
+
+    Each role's keys are laid over that role's defaults, so ``{"coding": {"base_url":
+    ...}}`` moves coding to another host and keeps its model and fallbacks.
+    """
+    defaults = msgspec.to_builtins(Roles())
+    merged: dict[str, Any] = {}
+    for role, table in data.items():
+        if role not in ROLE_NAMES:
+            raise ConfigError(
+                f"models.{role}: unknown model role; the roles are {', '.join(ROLE_NAMES)}"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"models.{role}: expected a table, got {type(table).__name__}")
+        merged[role] = {**defaults[role], **table}
+    try:
+        return msgspec.convert(merged, Roles)
+    except msgspec.ValidationError as e:
+        # msgspec names the path as `$.coding.num_ctx`; say it the way the file does
+        raise ConfigError(f"models: {str(e).replace('$.', 'models.')}") from e

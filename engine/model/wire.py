@@ -1,0 +1,403 @@
+"""The two wire formats: request bodies out, one normalised ``ModelReply`` in.
+
+Ollama (``POST /api/chat``) and OpenAI-compatible servers (``POST /v1/chat/completions``)
+disagree on small things that matter:
+
+==========================  ==============================  ===============================
+                            Ollama                          OpenAI-compatible
+==========================  ==============================  ===============================
+tool-call arguments         a JSON object                   a JSON *string*
+tool-call ids               usually absent                  ``"call_..."``
+tool result message         ``tool_name``                   ``tool_call_id``
+options                     under ``"options"``             top level (no ``num_ctx``)
+usage                       ``prompt_eval_count``,          ``usage.prompt_tokens``,
+                            ``eval_count``                  ``usage.completion_tokens``
+duration                    ``total_duration`` (ns)         not sent (the client measures)
+identity                    ``model`` (+ digest from tags)  ``model`` + ``system_fingerprint``
+streaming                   NDJSON, the default             not used by this client
+==========================  ==============================  ===============================
+
+This module does no I/O. Parsing never guesses: a tool call with an empty name or with
+arguments that are not a JSON object raises ``ModelResponseInvalid`` whose message is
+written to be fed back to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from engine.errors import ModelHTTPError, ModelResponseInvalid, ModelUnavailable
+from events.schema import Message, ToolCall, Usage
+
+Api = Literal["ollama", "openai"]
+"""The API flavour a server speaks."""
+
+CHAT_PATHS: dict[str, str] = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
+MODELS_PATHS: dict[str, str] = {"ollama": "/api/tags", "openai": "/v1/models"}
+
+_NS_PER_MS = 1_000_000
+
+
+class ChatOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Sampling options. ``None`` means "the server's default" and is not sent."""
+
+    temperature: float | None = None
+    num_ctx: int | None = None
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options that are set, as recorded in ``model.requested``."""
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+
+
+NO_OPTIONS = ChatOptions()
+"""Every option left to the server (options are frozen, so one instance serves all)."""
+
+
+class ModelReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's answer, the same whatever server or format produced it.
+
+    ``duration_ms`` is the server's own ``total_duration`` when it reports one
+    (Ollama), else the wall time the client measured. ``model_identity`` names the
+    weights that answered as precisely as the server allows: ``model@digest`` for
+    Ollama when the digest is known, ``model@system_fingerprint`` for OpenAI servers
+    that send one, else the model name alone. ``endpoint`` is the base URL that
+    answered (a fallback's, if the first was unreachable).
+    """
+
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    done_reason: str = ""
+    usage: Usage = Usage()
+    duration_ms: float = 0.0
+    model_identity: str = ""
+    extracted_from_text: bool = False
+    endpoint: str = ""
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One model a server offers (from ``/api/tags`` or ``/v1/models``)."""
+
+    name: str
+    digest: str = ""
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+def ollama_message(message: Message) -> dict[str, Any]:
+    """One message in Ollama's shape: tool-call arguments as objects, results by name."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": dict(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.role == "tool" and message.name:
+        out["tool_name"] = message.name
+    return out
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    """One message in OpenAI's shape: arguments as JSON strings, results by call id."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        # OpenAI's own servers answer tool-call turns with null content; some
+        # compatible servers reject "" there, none reject null.
+        if not message.content:
+            out["content"] = None
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": _json_text(c.arguments)},
+            }
+            for c in message.tool_calls
+        ]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def chat_body(
+    api: Api,
+    model: str,
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]] = (),
+    options: ChatOptions = NO_OPTIONS,
+    *,
+    stream: bool = False,
+) -> dict[str, Any]:
+    """The JSON body of a chat request. ``stream`` applies to Ollama only."""
+    if api == "ollama":
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [ollama_message(m) for m in messages],
+            # always explicit: Ollama streams when "stream" is absent
+            "stream": stream,
+        }
+        if tools:
+            body["tools"] = list(tools)
+        opts = options.as_dict()
+        if opts:
+            body["options"] = opts
+        return body
+    body = {"model": model, "messages": [openai_message(m) for m in messages]}
+    if tools:
+        body["tools"] = list(tools)
+    # num_ctx is an Ollama notion; OpenAI servers size the context themselves
+    if options.temperature is not None:
+        body["temperature"] = options.temperature
+    if options.seed is not None:
+        body["seed"] = options.seed
+    return body
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# -- responses: typed views of what the servers send ------------------------------------
+
+
+class _Function(msgspec.Struct):
+    name: str = ""
+    # Ollama sends an object, OpenAI a string; some proxies mix them up, so accept both
+    arguments: dict[str, Any] | str | None = None
+
+
+class _WireToolCall(msgspec.Struct):
+    function: _Function
+    id: str = ""
+
+
+class _WireMessage(msgspec.Struct):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[_WireToolCall] | None = None
+
+
+class _OllamaChat(msgspec.Struct):
+    model: str = ""
+    message: _WireMessage | None = None
+    done: bool = False
+    done_reason: str = ""
+    total_duration: int = 0
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    digest: str = ""
+    error: str = ""
+
+
+class _OpenAIChoice(msgspec.Struct):
+    message: _WireMessage
+    finish_reason: str | None = None
+
+
+class _OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _OpenAIChat(msgspec.Struct):
+    model: str = ""
+    choices: list[_OpenAIChoice] = []
+    usage: _OpenAIUsage | None = None
+    system_fingerprint: str | None = None
+
+
+class _OllamaTag(msgspec.Struct):
+    name: str = ""
+    model: str = ""
+    digest: str = ""
+
+
+class _OllamaTags(msgspec.Struct):
+    models: list[_OllamaTag] = []
+
+
+class _OpenAIModel(msgspec.Struct):
+    id: str
+
+
+class _OpenAIModels(msgspec.Struct):
+    data: list[_OpenAIModel] = []
+
+
+_OLLAMA = msgspec.json.Decoder(_OllamaChat)
+_OPENAI = msgspec.json.Decoder(_OpenAIChat)
+_TAGS = msgspec.json.Decoder(_OllamaTags)
+_MODELS = msgspec.json.Decoder(_OpenAIModels)
+_ANY = msgspec.json.Decoder()
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as e:
+        # ValidationError is a DecodeError: wrong shapes and broken JSON alike
+        raise ModelResponseInvalid(
+            f"the server's {what} is not the expected JSON ({e}): {_excerpt(data)}"
+        ) from e
+
+
+def _excerpt(data: bytes | str, limit: int = 200) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+# -- tool calls ---------------------------------------------------------------------------
+
+
+def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCall:
+    """Normalise one tool call; refuse (never repair) an unusable one.
+
+    ``index`` is the call's position in the reply: it makes the id ``call_{index}``
+    when the server sent none, so that a replayed run sees the same ids.
+    """
+    number = index + 1
+    if not name or not name.strip():
+        raise ModelResponseInvalid(
+            f"Your tool call #{number} has an empty function name. Call a tool by its "
+            "exact name with its arguments as a JSON object."
+        )
+    if arguments is None:
+        parsed: object = {}
+    elif isinstance(arguments, str):
+        if not arguments.strip():
+            parsed = {}  # an empty string is how some servers spell "no arguments"
+        else:
+            try:
+                parsed = _ANY.decode(arguments)
+            except msgspec.DecodeError as e:
+                raise ModelResponseInvalid(
+                    f"The arguments of your call to {name!r} are not valid JSON ({e}). "
+                    "Send the arguments as one JSON object, e.g. "
+                    '{"path": "main.py"}.'
+                ) from e
+    else:
+        parsed = arguments
+    if not isinstance(parsed, dict):
+        raise ModelResponseInvalid(
+            f"The arguments of your call to {name!r} must be a JSON object, "
+            f"not {type(parsed).__name__}: {_excerpt(_json_text(parsed))}."
+        )
+    return ToolCall(id=call_id or f"call_{index}", name=name, arguments=parsed)
+
+
+def _tool_calls(calls: Iterable[_WireToolCall], start: int = 0) -> tuple[ToolCall, ...]:
+    return tuple(
+        tool_call(start + i, c.id, c.function.name, c.function.arguments)
+        for i, c in enumerate(calls)
+    )
+
+
+def _identity(model: str, detail: str | None) -> str:
+    return f"{model}@{detail}" if detail else model
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def parse_ollama(body: bytes | str) -> ModelReply:
+    """A non-streamed ``/api/chat`` answer."""
+    chat: _OllamaChat = _decode(_OLLAMA, body, "chat reply")
+    if chat.error:
+        raise ModelHTTPError(f"the server reported an error: {chat.error}", status=200)
+    if chat.message is None:
+        raise ModelResponseInvalid(f"the server's chat reply has no message: {_excerpt(body)}")
+    return ModelReply(
+        content=chat.message.content or "",
+        tool_calls=_tool_calls(chat.message.tool_calls or ()),
+        done_reason=chat.done_reason,
+        usage=Usage(prompt_tokens=chat.prompt_eval_count, completion_tokens=chat.eval_count),
+        duration_ms=chat.total_duration / _NS_PER_MS,
+        model_identity=_identity(chat.model, chat.digest),
+    )
+
+
+def parse_ollama_stream(lines: Iterable[bytes | str]) -> ModelReply:
+    """Assemble a streamed ``/api/chat`` answer from its NDJSON lines.
+
+    Content arrives in pieces; tool calls arrive whole, in any chunk; the final
+    ``"done": true`` chunk carries the statistics. A stream that stops before that
+    chunk is a dropped connection, not an answer.
+    """
+    content: list[str] = []
+    calls: list[ToolCall] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        chunk: _OllamaChat = _decode(_OLLAMA, line, "stream chunk")
+        if chunk.error:
+            # Ollama reports a failure after the 200 status line this way; the
+            # model runner crashing is the server's trouble, so another try may work
+            raise ModelHTTPError(
+                f"the server reported an error mid-stream: {chunk.error}",
+                status=200,
+                retryable=True,
+            )
+        if chunk.message is not None:
+            content.append(chunk.message.content or "")
+            calls.extend(_tool_calls(chunk.message.tool_calls or (), start=len(calls)))
+        if chunk.done:
+            return ModelReply(
+                content="".join(content),
+                tool_calls=tuple(calls),
+                done_reason=chunk.done_reason,
+                usage=Usage(
+                    prompt_tokens=chunk.prompt_eval_count, completion_tokens=chunk.eval_count
+                ),
+                duration_ms=chunk.total_duration / _NS_PER_MS,
+                model_identity=_identity(chunk.model, chunk.digest),
+            )
+    raise ModelUnavailable('the stream ended before its final chunk ("done": true)')
+
+
+def parse_openai(body: bytes | str) -> ModelReply:
+    """A ``/v1/chat/completions`` answer (first choice)."""
+    chat: _OpenAIChat = _decode(_OPENAI, body, "chat completion")
+    if not chat.choices:
+        raise ModelResponseInvalid(f"the server's chat completion has no choices: {_excerpt(body)}")
+    choice = chat.choices[0]
+    usage = chat.usage or _OpenAIUsage()
+    return ModelReply(
+        content=choice.message.content or "",
+        tool_calls=_tool_calls(choice.message.tool_calls or ()),
+        done_reason=choice.finish_reason or "",
+        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        model_identity=_identity(chat.model, chat.system_fingerprint),
+    )
+
+
+def parse_chat(api: Api, body: bytes | str) -> ModelReply:
+    """A non-streamed chat answer in either format."""
+    return parse_ollama(body) if api == "ollama" else parse_openai(body)
+
+
+def parse_models(api: Api, body: bytes | str) -> tuple[ModelInfo, ...]:
+    """The answer of ``GET /api/tags`` or ``GET /v1/models``."""
+    if api == "ollama":
+        tags: _OllamaTags = _decode(_TAGS, body, "model list")
+        return tuple(ModelInfo(name=t.name or t.model, digest=t.digest) for t in tags.models)
+    models: _OpenAIModels = _decode(_MODELS, body, "model list")
+    return tuple(ModelInfo(name=m.id) for m in models.data)
+
+
+def error_text(body: bytes, limit: int = 500) -> str:
+    """The human part of an error body: Ollama's ``{"error": "..."}``, OpenAI's
+    ``{"error": {"message": ...}}``, or the raw text."""
+    try:
+        data = _ANY.decode(body)
+    except msgspec.DecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:limit]
+        if isinstance(error, str):
+            return error[:limit]
+    return body.decode("utf-8", "replace").strip()[:limit]

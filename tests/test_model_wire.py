@@ -1,0 +1,408 @@
+"""The wire formats: request bodies for Ollama and OpenAI, and replies parsed into one shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from engine.errors import ModelHTTPError, ModelResponseInvalid, ModelUnavailable
+from engine.model.wire import (
+    ChatOptions,
+    ModelInfo,
+    chat_body,
+    error_text,
+    ollama_message,
+    openai_message,
+    parse_chat,
+    parse_models,
+    parse_ollama,
+    parse_ollama_stream,
+    parse_openai,
+)
+from events.schema import Message, ToolCall, Usage
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "create_file",
+            "description": "Create a file in the workspace.",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+                "required": ["path", "content"],
+            },
+        },
+    }
+]
+
+CALL = ToolCall(id="call_7", name="create_file", arguments={"path": "app.py", "content": "x = 1"})
+
+CONVERSATION = [
+    Message(role="system", content="You write Python."),
+    Message(role="user", content="Create app.py"),
+    Message(role="assistant", tool_calls=(CALL,)),
+    Message(role="tool", content="created app.py", tool_call_id="call_7", name="create_file"),
+]
+
+
+def ollama_reply(**overrides: Any) -> bytes:
+    body: dict[str, Any] = {
+        "model": "qwen2.5:14b",
+        "created_at": "2024-07-22T20:33:28.123648Z",
+        "message": {"role": "assistant", "content": "Hello"},
+        "done_reason": "stop",
+        "done": True,
+        "total_duration": 885095291,
+        "load_duration": 3753500,
+        "prompt_eval_count": 122,
+        "prompt_eval_duration": 328493000,
+        "eval_count": 33,
+        "eval_duration": 552222000,
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def openai_reply(message: dict[str, Any], **overrides: Any) -> bytes:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1721680408,
+        "model": "qwen2.5-coder:32b",
+        "system_fingerprint": "fp_44709d6fcb",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 57, "completion_tokens": 17, "total_tokens": 74},
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def test_ollama_messages_carry_arguments_as_objects_and_results_by_tool_name() -> None:
+    assistant, tool = (ollama_message(m) for m in CONVERSATION[2:])
+    assert assistant == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "function": {
+                    "name": "create_file",
+                    "arguments": {"path": "app.py", "content": "x = 1"},
+                }
+            }
+        ],
+    }
+    assert tool == {"role": "tool", "content": "created app.py", "tool_name": "create_file"}
+
+
+def test_openai_messages_carry_arguments_as_json_strings_and_results_by_call_id() -> None:
+    assistant, tool = (openai_message(m) for m in CONVERSATION[2:])
+    assert assistant["content"] is None
+    (call,) = assistant["tool_calls"]
+    assert call["id"] == "call_7" and call["type"] == "function"
+    assert isinstance(call["function"]["arguments"], str)
+    assert json.loads(call["function"]["arguments"]) == {"path": "app.py", "content": "x = 1"}
+    assert tool == {"role": "tool", "content": "created app.py", "tool_call_id": "call_7"}
+
+
+def test_system_and_user_messages_are_the_same_in_both_formats() -> None:
+    for message in CONVERSATION[:2]:
+        expected = {"role": message.role, "content": message.content}
+        assert ollama_message(message) == expected == openai_message(message)
+
+
+def test_ollama_body_puts_options_under_options_and_always_says_whether_to_stream() -> None:
+    options = ChatOptions(temperature=0.1, num_ctx=8192, seed=42)
+    body = chat_body("ollama", "qwen2.5:14b", CONVERSATION, TOOLS, options)
+    assert body["stream"] is False
+    assert body["options"] == {"temperature": 0.1, "num_ctx": 8192, "seed": 42}
+    assert body["tools"] == TOOLS
+    assert len(body["messages"]) == 4
+    assert chat_body("ollama", "m", CONVERSATION, stream=True)["stream"] is True
+
+
+def test_openai_body_puts_temperature_and_seed_at_top_level_and_drops_num_ctx() -> None:
+    options = ChatOptions(temperature=0.1, num_ctx=8192, seed=42)
+    body = chat_body("openai", "qwen2.5-coder:32b", CONVERSATION, TOOLS, options)
+    assert body["temperature"] == 0.1 and body["seed"] == 42
+    assert "num_ctx" not in json.dumps(body) and "options" not in body
+    assert "stream" not in body
+
+
+def test_unset_options_and_absent_tools_are_not_sent() -> None:
+    for api in ("ollama", "openai"):
+        body = chat_body(api, "m", CONVERSATION[:2])
+        assert set(body) <= {"model", "messages", "stream"}
+
+
+# -- non-streamed replies ---------------------------------------------------------------------
+
+
+def test_ollama_reply_gives_usage_from_eval_counts_and_duration_from_nanoseconds() -> None:
+    reply = parse_ollama(ollama_reply())
+    assert reply.content == "Hello"
+    assert reply.usage == Usage(prompt_tokens=122, completion_tokens=33)
+    assert reply.duration_ms == pytest.approx(885.095291)
+    assert reply.done_reason == "stop"
+    assert reply.model_identity == "qwen2.5:14b"
+    assert reply.tool_calls == () and not reply.extracted_from_text
+
+
+def test_ollama_tool_calls_get_deterministic_ids_when_the_server_sends_none() -> None:
+    message = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"function": {"index": 0, "name": "read_file", "arguments": {"path": "a.py"}}},
+            {"function": {"index": 1, "name": "read_file", "arguments": {"path": "b.py"}}},
+        ],
+    }
+    first = parse_ollama(ollama_reply(message=message))
+    assert [c.id for c in first.tool_calls] == ["call_0", "call_1"]
+    assert first.tool_calls[1].arguments == {"path": "b.py"}
+    assert parse_ollama(ollama_reply(message=message)) == first
+
+
+def test_ollama_tool_call_ids_from_the_server_are_kept() -> None:
+    message = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_abc", "function": {"name": "ls", "arguments": {}}}],
+    }
+    assert parse_ollama(ollama_reply(message=message)).tool_calls[0].id == "call_abc"
+
+
+def test_openai_reply_decodes_string_arguments_and_reads_usage() -> None:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_Xy1",
+                "type": "function",
+                "function": {
+                    "name": "create_file",
+                    "arguments": '{"path": "app.py", "content": "x"}',
+                },
+            }
+        ],
+    }
+    reply = parse_openai(
+        openai_reply(message, choices=[{"message": message, "finish_reason": "tool_calls"}])
+    )
+    assert reply.tool_calls == (
+        ToolCall(id="call_Xy1", name="create_file", arguments={"path": "app.py", "content": "x"}),
+    )
+    assert reply.content == ""
+    assert reply.done_reason == "tool_calls"
+    assert reply.usage == Usage(prompt_tokens=57, completion_tokens=17)
+    assert reply.model_identity == "qwen2.5-coder:32b@fp_44709d6fcb"
+    assert reply.duration_ms == 0.0  # not sent by OpenAI servers: the client measures it
+
+
+def test_openai_reply_without_usage_or_fingerprint_has_zero_usage_and_bare_identity() -> None:
+    body = openai_reply({"role": "assistant", "content": "hi"}, usage=None, system_fingerprint=None)
+    reply = parse_openai(body)
+    assert reply.usage == Usage()
+    assert reply.model_identity == "qwen2.5-coder:32b"
+
+
+def test_both_argument_shapes_normalise_to_the_same_call() -> None:
+    args = {"path": "app.py", "content": "print('{}')"}
+    ollama = parse_ollama(
+        ollama_reply(
+            message={
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "create_file", "arguments": args}}],
+            }
+        )
+    )
+    openai = parse_openai(
+        openai_reply(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_0",
+                        "type": "function",
+                        "function": {"name": "create_file", "arguments": json.dumps(args)},
+                    }
+                ],
+            }
+        )
+    )
+    assert ollama.tool_calls == openai.tool_calls
+
+
+def test_empty_string_arguments_mean_no_arguments() -> None:
+    message = {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "ls", "arguments": ""}}
+        ],
+    }
+    assert parse_openai(openai_reply(message)).tool_calls[0].arguments == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "says"),
+    [
+        ("", '{"path": "a.py"}', "empty function name"),
+        ("   ", "{}", "empty function name"),
+        ("create_file", '{"path": "a.py", "content": ', "not valid JSON"),
+        ("create_file", "{'path': 'a.py'}", "not valid JSON"),
+        ("create_file", '["a.py"]', "must be a JSON object"),
+        ("create_file", '"a.py"', "must be a JSON object"),
+    ],
+    ids=["empty", "blank", "truncated", "python-quotes", "array", "string"],
+)
+def test_unusable_tool_calls_are_refused_with_a_message_for_the_model(
+    name: str, arguments: str, says: str
+) -> None:
+    message = {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": name, "arguments": arguments}}
+        ],
+    }
+    with pytest.raises(ModelResponseInvalid, match=says) as caught:
+        parse_openai(openai_reply(message))
+    if name.strip():
+        assert repr(name) in str(caught.value)  # the model is told which call was wrong
+
+
+def test_ollama_refuses_an_empty_tool_name_too() -> None:
+    message = {"role": "assistant", "tool_calls": [{"function": {"name": "", "arguments": {}}}]}
+    with pytest.raises(ModelResponseInvalid, match="empty function name"):
+        parse_ollama(ollama_reply(message=message))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b'{"model": "x", "message": {"content": "trunc', b"[1, 2]"],
+    ids=["empty", "text", "truncated", "array"],
+)
+def test_a_body_that_is_not_a_chat_reply_is_invalid(body: bytes) -> None:
+    for api in ("ollama", "openai"):
+        with pytest.raises(ModelResponseInvalid):
+            parse_chat(api, body)
+
+
+def test_an_openai_reply_without_choices_is_invalid() -> None:
+    with pytest.raises(ModelResponseInvalid, match="no choices"):
+        parse_openai(openai_reply({}, choices=[]))
+
+
+def test_an_ollama_reply_without_message_is_invalid_and_an_error_body_is_an_http_error() -> None:
+    with pytest.raises(ModelResponseInvalid, match="no message"):
+        parse_ollama(ollama_reply(message=None))
+    with pytest.raises(ModelHTTPError, match="model runner"):
+        parse_ollama(json.dumps({"error": "model runner has unexpectedly stopped"}).encode())
+
+
+# -- streamed replies -------------------------------------------------------------------------
+
+
+def chunk(content: str = "", done: bool = False, **extra: Any) -> bytes:
+    body: dict[str, Any] = {
+        "model": "qwen2.5:14b",
+        "created_at": "2024-07-22T20:33:28.123648Z",
+        "message": {"role": "assistant", "content": content},
+        "done": done,
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+FINAL = {
+    "done_reason": "stop",
+    "total_duration": 4883583458,
+    "prompt_eval_count": 26,
+    "eval_count": 282,
+}
+
+
+def test_a_stream_is_assembled_and_its_last_chunk_gives_the_statistics() -> None:
+    lines = [chunk("The"), chunk(" sky"), b"", chunk(" is blue."), chunk("", True, **FINAL)]
+    reply = parse_ollama_stream(lines)
+    assert reply.content == "The sky is blue."
+    assert reply.usage == Usage(prompt_tokens=26, completion_tokens=282)
+    assert reply.duration_ms == pytest.approx(4883.583458)
+    assert reply.done_reason == "stop"
+
+
+def test_tool_calls_in_a_stream_arrive_whole_and_are_numbered_across_chunks() -> None:
+    calls_a = [{"function": {"name": "read_file", "arguments": {"path": "a.py"}}}]
+    calls_b = [{"function": {"name": "read_file", "arguments": {"path": "b.py"}}}]
+    lines = [
+        chunk("", message={"role": "assistant", "content": "", "tool_calls": calls_a}),
+        chunk("", message={"role": "assistant", "content": "", "tool_calls": calls_b}),
+        chunk("", True, **FINAL),
+    ]
+    reply = parse_ollama_stream(lines)
+    assert [(c.id, c.arguments["path"]) for c in reply.tool_calls] == [
+        ("call_0", "a.py"),
+        ("call_1", "b.py"),
+    ]
+
+
+def test_a_stream_that_stops_before_done_is_a_lost_connection_not_an_answer() -> None:
+    with pytest.raises(ModelUnavailable, match="before its final chunk"):
+        parse_ollama_stream([chunk("The"), chunk(" sky")])
+
+
+def test_an_error_line_in_a_stream_is_a_retryable_http_error() -> None:
+    lines = [chunk("The"), json.dumps({"error": "out of memory"}).encode()]
+    with pytest.raises(ModelHTTPError, match="out of memory") as caught:
+        parse_ollama_stream(lines)
+    assert caught.value.retryable
+
+
+def test_a_malformed_line_in_a_stream_is_invalid() -> None:
+    with pytest.raises(ModelResponseInvalid):
+        parse_ollama_stream([chunk("The"), b'{"model": "x", "mess'])
+
+
+def test_streamed_and_whole_replies_parse_to_the_same_reply() -> None:
+    whole = parse_ollama(
+        ollama_reply(message={"role": "assistant", "content": "Hi there"}, **FINAL)
+    )
+    streamed = parse_ollama_stream([chunk("Hi"), chunk(" there"), chunk("", True, **FINAL)])
+    assert whole == streamed
+
+
+# -- discovery and errors --------------------------------------------------------------------
+
+
+def test_model_lists_from_both_servers() -> None:
+    tags = {"models": [{"name": "qwen2.5:14b", "model": "qwen2.5:14b", "digest": "abc"}]}
+    assert parse_models("ollama", json.dumps(tags)) == (
+        ModelInfo(name="qwen2.5:14b", digest="abc"),
+    )
+    models = {"object": "list", "data": [{"id": "gpt-x", "object": "model"}]}
+    assert parse_models("openai", json.dumps(models)) == (ModelInfo(name="gpt-x"),)
+    with pytest.raises(ModelResponseInvalid):
+        parse_models("openai", b"<html>")
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (b'{"error": "model \\"x\\" not found, try pulling it first"}', 'model "x" not found'),
+        (
+            b'{"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}',
+            "Rate limit reached",
+        ),
+        (b"Bad Gateway\n", "Bad Gateway"),
+    ],
+    ids=["ollama", "openai", "plain"],
+)
+def test_error_text_finds_the_message_in_each_server_s_error_body(body: bytes, text: str) -> None:
+    assert error_text(body).startswith(text)
