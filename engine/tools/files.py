@@ -1,0 +1,507 @@
+"""File tools: read, list, search, create, modify, delete — all inside the sandbox.
+
+Every write goes through one path (``_commit``): a ``.py`` file is compiled first
+and refused, untouched, if it does not parse; the old and the new content are put in
+the blob store; the file is replaced atomically (a temporary file renamed over it),
+so a crash leaves either the old or the new content — which ``resume`` can tell
+apart by hash — never half a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from engine.errors import ToolError
+from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
+from engine.tools.sandbox import Sandbox, is_protected_name
+from events.schema import FileChange
+
+Meta = msgspec.Meta
+
+# Directories a recursive listing or a search never enters: generated, vendored or
+# tooling state, where matches only bury the project's own code.
+NOISE_DIRS = frozenset(
+    {"__pycache__", ".venv", "venv", "node_modules", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+)
+MAX_LIST_ENTRIES = 500
+MAX_SEARCH_FILE_BYTES = 2_000_000
+_BINARY_PROBE = 8192
+
+
+class ReadFileArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``read_file``."""
+
+    path: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="File to read, relative to the workspace root",
+            examples=["src/app.py"],
+        ),
+    ]
+    start_line: Annotated[
+        int,
+        Meta(ge=1, description="First line to show (1-based); use it to continue a truncated read"),
+    ] = 1
+
+
+class ListDirectoryArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``list_directory``."""
+
+    path: Annotated[
+        str,
+        Meta(
+            description="Directory relative to the workspace root; '.' is the root", examples=["."]
+        ),
+    ] = "."
+    recursive: Annotated[bool, Meta(description="Also list subdirectories")] = False
+
+
+class SearchCodeArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``search_code``."""
+
+    pattern: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Text to find (a Python regular expression if regex is true)",
+            examples=["def "],
+        ),
+    ]
+    path: Annotated[
+        str, Meta(description="File or directory to search; '.' is the whole workspace")
+    ] = "."
+    regex: Annotated[bool, Meta(description="Treat pattern as a regular expression")] = False
+    glob: Annotated[str, Meta(description="Only files whose name matches this glob, e.g. *.py")] = (
+        ""
+    )
+    max_results: Annotated[int, Meta(ge=1, description="Stop after this many matching lines")] = 50
+
+
+class CreateFileArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``create_file``."""
+
+    path: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="File to create, relative to the workspace root; missing directories are created",
+            examples=["src/calc.py"],
+        ),
+    ]
+    content: Annotated[
+        str,
+        Meta(
+            description="The complete content of the file",
+            examples=["def add(a, b):\n    return a + b\n"],
+        ),
+    ]
+    overwrite: Annotated[bool, Meta(description="Replace the file if it already exists")] = False
+
+
+class ModifyFileArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``modify_file``."""
+
+    path: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="File to change, relative to the workspace root",
+            examples=["src/app.py"],
+        ),
+    ]
+    old_text: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Text currently in the file, copied exactly, with enough lines to be unique",
+            examples=["return 1"],
+        ),
+    ]
+    new_text: Annotated[str, Meta(description="Text to put in its place", examples=["return 2"])]
+    replace_all: Annotated[
+        bool, Meta(description="Replace every exact occurrence instead of requiring exactly one")
+    ] = False
+
+
+class DeleteFileArgs(Args, frozen=True, kw_only=True):
+    """Arguments of ``delete_file``."""
+
+    path: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="File to delete, relative to the workspace root",
+            examples=["src/obsolete.py"],
+        ),
+    ]
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def _read_bytes(sandbox: Sandbox, raw: str) -> tuple[Path, str, bytes]:
+    path = sandbox.resolve(raw)
+    rel = sandbox.relative(path)
+    if path.is_dir():
+        raise ToolError(f"{rel} is a directory; use list_directory to see what it holds")
+    try:
+        return path, rel, path.read_bytes()
+    except FileNotFoundError:
+        raise ToolError(
+            f"{rel} does not exist; use list_directory or search_code to find files"
+        ) from None
+    except OSError as e:
+        raise ToolError(f"cannot read {rel}: {e.strerror}") from e
+
+
+def _is_binary(data: bytes) -> bool:
+    return b"\x00" in data[:_BINARY_PROBE]
+
+
+def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolOutcome:
+    """Return a text file's content, from ``start_line``, up to ``max_read_bytes``."""
+    _, rel, data = _read_bytes(Sandbox(ctx.workspace), args.path)
+    if _is_binary(data):
+        raise ToolError(f"{rel} is a binary file ({len(data)} bytes); only text files can be read")
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    if args.start_line > max(len(lines), 1):
+        raise ToolError(
+            f"{rel} has {len(lines)} lines; start_line {args.start_line} is past the end"
+        )
+    start = end = args.start_line - 1
+    size = 0
+    while end < len(lines):
+        size += len(lines[end].encode("utf-8"))
+        if size > ctx.max_read_bytes and end > start:
+            break  # always show at least one line, however long
+        end += 1
+    text = "".join(lines[start:end])
+    if end < len(lines):
+        text += (
+            f"\n[truncated: showing lines {start + 1}-{end} of {len(lines)}; "
+            f"call read_file with start_line={end + 1} to continue]"
+        )
+    return ToolOutcome(ok=True, result=text)
+
+
+def _walk(top: Path, sandbox: Sandbox, recursive: bool) -> Iterator[Path]:
+    """Entries under ``top``, sorted, never entering protected or noise directories
+    nor following symbolic links out."""
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as e:
+        raise ToolError(f"cannot list {sandbox.relative(top)}: {e.strerror}") from e
+    for entry in entries:
+        if is_protected_name(entry.name):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(sandbox.root):
+            continue
+        yield path
+        if recursive and entry.is_dir(follow_symlinks=False) and entry.name not in NOISE_DIRS:
+            yield from _walk(path, sandbox, recursive)
+
+
+def list_directory(args: ListDirectoryArgs, ctx: ToolContext) -> ToolOutcome:
+    """List a directory: one entry per line, directories with a trailing ``/``."""
+    sandbox = Sandbox(ctx.workspace)
+    top = sandbox.resolve(args.path)
+    rel = sandbox.relative(top)
+    if not top.exists():
+        raise ToolError(f"{rel} does not exist")
+    if not top.is_dir():
+        raise ToolError(f"{rel} is a file, not a directory; use read_file to read it")
+    lines: list[str] = []
+    for path in _walk(top, sandbox, args.recursive):
+        if len(lines) == MAX_LIST_ENTRIES:
+            lines.append(f"[truncated at {MAX_LIST_ENTRIES} entries; list a subdirectory]")
+            break
+        name = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
+        if path.is_dir():
+            lines.append(f"{name}/")
+        else:
+            lines.append(f"{name}  ({path.lstat().st_size} bytes)")
+    return ToolOutcome(ok=True, result="\n".join(lines) if lines else f"{rel} is empty")
+
+
+def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
+    """Find lines matching a substring or regex in the workspace's text files."""
+    sandbox = Sandbox(ctx.workspace)
+    top = sandbox.resolve(args.path)
+    try:
+        matcher = re.compile(args.pattern if args.regex else re.escape(args.pattern))
+    except re.error as e:
+        raise ToolError(f"invalid regular expression {args.pattern!r}: {e}") from e
+    limit = min(args.max_results, ctx.max_search_results)
+    if top.is_file():
+        files: Iterator[Path] = iter([top])
+    elif top.is_dir():
+        files = (p for p in _walk(top, sandbox, recursive=True) if p.is_file())
+    else:
+        raise ToolError(f"{sandbox.relative(top)} does not exist")
+    hits: list[str] = []
+    for path in files:
+        if args.glob and not fnmatch.fnmatch(path.name, args.glob):
+            continue
+        try:
+            if path.stat().st_size > MAX_SEARCH_FILE_BYTES:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue  # vanished or unreadable: a search is best effort
+        if _is_binary(data):
+            continue
+        rel = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if matcher.search(line):
+                hits.append(f"{rel}:{number}: {line.strip()[:200]}")
+                if len(hits) == limit:
+                    hits.append(f"[stopped after {limit} matches; narrow the pattern or path]")
+                    return ToolOutcome(ok=True, result="\n".join(hits))
+    return ToolOutcome(ok=True, result="\n".join(hits) if hits else "no matches")
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def check_python(rel: str, text: str) -> None:
+    """Refuse Python source that does not compile, saying where and why."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escapes: not our concern here
+            compile(text, rel, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        where = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
+        shown = f": {e.text.rstrip()}" if e.text else ""
+        raise ToolError(
+            f"{rel} was not written: Python syntax error at {where}: {e.msg}{shown}. "
+            "The file is unchanged; fix the code and try again."
+        ) from e
+    except ValueError as e:  # e.g. NUL bytes in the source
+        raise ToolError(f"{rel} was not written: {e}. The file is unchanged.") from e
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)  # mkstemp makes 0600; keep the file's own permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _commit(ctx: ToolContext, path: Path, rel: str, before: bytes | None, text: str) -> FileChange:
+    """Check, store and write ``text`` to ``path``; the single way tools write."""
+    if path.suffix == ".py":
+        check_python(rel, text)
+    data = text.encode("utf-8")
+    # The old content is stored too, so a rewind can restore files the run found.
+    before_digest = ctx.blobs.put(before) if before is not None else None
+    after_digest = ctx.blobs.put(data)
+    try:
+        _write_atomic(path, data)
+    except OSError as e:
+        raise ToolError(f"cannot write {rel}: {e.strerror}") from e
+    return FileChange(path=rel, before=before_digest, after=after_digest, size=len(data))
+
+
+def create_file(args: CreateFileArgs, ctx: ToolContext) -> ToolOutcome:
+    """Create a file with the given content (or replace it, with ``overwrite``)."""
+    sandbox = Sandbox(ctx.workspace)
+    path = sandbox.resolve(args.path)
+    rel = sandbox.relative(path)
+    if path.is_dir():
+        raise ToolError(f"{rel} is a directory")
+    before: bytes | None = None
+    if path.exists():
+        if not args.overwrite:
+            raise ToolError(
+                f"{rel} already exists ({path.stat().st_size} bytes); use modify_file to "
+                "change part of it, or create_file with overwrite=true to replace it"
+            )
+        before = path.read_bytes()
+    change = _commit(ctx, path, rel, before, args.content)
+    verb = "replaced" if before is not None else "created"
+    return ToolOutcome(
+        ok=True, result=f"{verb} {rel} ({change.size} bytes)", files_changed=(change,)
+    )
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def _normal(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _tolerant_spans(lines: list[str], old: str) -> list[tuple[int, int]]:
+    """Line spans (first, last) whose non-blank lines equal ``old``'s non-blank lines
+    once runs of whitespace are collapsed: indentation, trailing spaces and blank
+    lines may differ, the words may not."""
+    want = [_normal(line) for line in old.splitlines() if line.strip()]
+    have = [(i, _normal(line)) for i, line in enumerate(lines) if line.strip()]
+    k = len(want)
+    return [
+        (have[j][0], have[j + k - 1][0])
+        for j in range(len(have) - k + 1)
+        if [n for _, n in have[j : j + k]] == want
+    ]
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _reindent(new: str, old: str, file_line: str) -> str:
+    """Shift ``new`` by the indentation difference between the file and ``old`` (a
+    model that quoted a method without its class indentation writes it the same way)."""
+    old_first = next((line for line in old.splitlines() if line.strip()), "")
+    have, said = _indent(file_line), _indent(old_first)
+    if have == said:
+        return new
+    out = []
+    for line in new.splitlines(keepends=True):
+        if not line.strip():
+            out.append(line)
+        elif have.startswith(said):
+            out.append(have[len(said) :] + line)
+        elif said.startswith(have) and line.startswith(said[len(have) :]):
+            out.append(line[len(said) - len(have) :])
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def _not_found_hint(lines: list[str], old: str) -> str:
+    first = next((line.strip() for line in old.splitlines() if line.strip()), "")
+    stripped = [line.strip() for line in lines]
+    close = difflib.get_close_matches(first, stripped, n=1, cutoff=0.6)
+    if not close:
+        return "read the file again and copy the text exactly"
+    return f"the closest line is {stripped.index(close[0]) + 1}: {close[0]!r}"
+
+
+def apply_edit(
+    text: str, old: str, new: str, *, replace_all: bool = False, rel: str = "file"
+) -> tuple[str, str]:
+    """``text`` with ``old`` replaced by ``new``, and how it matched ("exact" or
+    "ignoring whitespace"). ``ToolError`` when there is no match or more than one."""
+    if not old.strip():
+        raise ToolError("old_text is empty; quote the text to replace")
+    if old == new:
+        raise ToolError("old_text and new_text are the same; nothing to change")
+    count = text.count(old)
+    if count == 1 or (count > 1 and replace_all):
+        return text.replace(old, new), "exact"
+    if count > 1:
+        where, start = [], text.find(old)
+        while start != -1:
+            where.append(str(_line_of(text, start)))
+            start = text.find(old, start + 1)
+        raise ToolError(
+            f"old_text occurs {count} times in {rel} (lines {', '.join(where)}); include "
+            "more surrounding lines to make it unique, or set replace_all=true"
+        )
+    lines = text.splitlines(keepends=True)
+    spans = _tolerant_spans(lines, old)
+    if not spans:
+        raise ToolError(
+            f"old_text was not found in {rel}, exactly or ignoring whitespace; "
+            f"{_not_found_hint(lines, old)}. The file is unchanged."
+        )
+    if len(spans) > 1:
+        starts = ", ".join(str(a + 1) for a, _ in spans)
+        raise ToolError(
+            f"old_text matches {len(spans)} places in {rel} when whitespace is ignored "
+            f"(lines {starts}) and none exactly; quote it exactly or with more context. "
+            "The file is unchanged."
+        )
+    first, last = spans[0]
+    block = _reindent(new, old, lines[first])
+    ending = lines[last][len(lines[last].rstrip("\r\n")) :]
+    if block and ending and not block.endswith("\n"):
+        block += ending
+    return "".join(lines[:first]) + block + "".join(lines[last + 1 :]), "ignoring whitespace"
+
+
+def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
+    """Replace one unique piece of a file (exactly, or ignoring whitespace if that
+    match is unique); the file is untouched when the edit cannot be placed."""
+    sandbox = Sandbox(ctx.workspace)
+    path, rel, before = _read_bytes(sandbox, args.path)
+    try:
+        text = before.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ToolError(f"{rel} is not UTF-8 text and cannot be edited") from e
+    updated, how = apply_edit(
+        text, args.old_text, args.new_text, replace_all=args.replace_all, rel=rel
+    )
+    change = _commit(ctx, path, rel, before, updated)
+    return ToolOutcome(
+        ok=True,
+        result=f"modified {rel} (matched {how}; now {change.size} bytes)",
+        files_changed=(change,),
+    )
+
+
+def delete_file(args: DeleteFileArgs, ctx: ToolContext) -> ToolOutcome:
+    """Delete one file (never a directory); its content stays in the blob store."""
+    sandbox = Sandbox(ctx.workspace)
+    path, rel, before = _read_bytes(sandbox, args.path)
+    digest = ctx.blobs.put(before)
+    try:
+        path.unlink()
+    except OSError as e:
+        raise ToolError(f"cannot delete {rel}: {e.strerror}") from e
+    change = FileChange(path=rel, before=digest, after=None, size=0)
+    return ToolOutcome(ok=True, result=f"deleted {rel}", files_changed=(change,))
+
+
+FILE_TOOLS: tuple[Tool[Any], ...] = (
+    Tool("read_file", "Read a text file of the workspace.", ReadFileArgs, read_file),
+    Tool(
+        "list_directory",
+        "List the files and directories at a path of the workspace.",
+        ListDirectoryArgs,
+        list_directory,
+    ),
+    Tool(
+        "search_code",
+        "Search the workspace's text files for a string or regular expression; "
+        "returns path:line: text for each match.",
+        SearchCodeArgs,
+        search_code,
+    ),
+    Tool(
+        "create_file",
+        "Create a file with the given content. Python files must compile.",
+        CreateFileArgs,
+        create_file,
+    ),
+    Tool(
+        "modify_file",
+        "Replace a unique piece of text in a file with new text. Quote old_text exactly "
+        "as it is in the file. Python files must still compile.",
+        ModifyFileArgs,
+        modify_file,
+    ),
+    Tool("delete_file", "Delete a file of the workspace.", DeleteFileArgs, delete_file),
+)
+"""The file tools, in the order they are offered."""

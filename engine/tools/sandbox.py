@@ -1,0 +1,94 @@
+"""Resolving a model-given path inside the workspace, or refusing it.
+
+A path is accepted only if, after normalising ``..`` and following every symlink
+that exists along the way (intermediate directories included), it is the workspace
+or inside it, and no part of it is ``.autonomy`` (the run's own log) or ``.git``.
+The check is done twice — on the path as written and on the path as resolved — so
+neither ``sub/../../x`` nor a link ``inside -> /etc`` nor a link ``notes -> .git``
+gets through.
+
+This guards against a model's mistakes, not an adversary: ``run_command`` runs test
+code the model wrote, which could do anything the user can. The refusal messages
+are written for the model, since they go back to it as the tool result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from engine.errors import PathOutsideWorkspace
+
+PROTECTED: frozenset[str] = frozenset({".autonomy", ".git"})
+"""Directory names no tool may read or write, at any depth."""
+
+
+class Sandbox:
+    """One workspace: ``resolve`` turns model paths into safe absolute paths and
+    ``relative`` turns them back into the workspace-relative form events record."""
+
+    def __init__(self, workspace: Path | str) -> None:
+        # Resolve once: on systems where the temp dir is itself a symlink
+        # (/tmp -> /private/tmp) every comparison below uses the real location.
+        self.root = Path(workspace).resolve(strict=True)
+        self._given = Path(os.path.abspath(workspace))
+
+    def resolve(self, raw: str) -> Path:
+        """The absolute, symlink-free path for ``raw``; raises ``PathOutsideWorkspace``.
+
+        The file need not exist (``create_file``). Relative paths are taken from the
+        workspace; an absolute path is accepted only if it lies inside it."""
+        if not raw or not raw.strip():
+            raise PathOutsideWorkspace("empty path: give a path relative to the workspace")
+        if "\x00" in raw:
+            raise PathOutsideWorkspace(f"path {raw!r} contains a NUL byte")
+        text = raw.replace("\\", "/") if os.sep == "/" else raw
+        relative = self._lexical_relative(raw, text)
+        self._refuse_protected(raw, relative.parts)
+        resolved = Path(os.path.realpath(self.root.joinpath(*relative.parts)))
+        if not resolved.is_relative_to(self.root):
+            raise PathOutsideWorkspace(
+                f"path {raw!r} leads outside the workspace through a symbolic link; "
+                "only files inside the workspace can be used"
+            )
+        self._refuse_protected(raw, resolved.relative_to(self.root).parts)
+        return resolved
+
+    def relative(self, path: Path) -> str:
+        """``path`` (as returned by ``resolve``) relative to the workspace, in POSIX
+        form; ``.`` for the workspace itself."""
+        return PurePosixPath(*path.relative_to(self.root).parts).as_posix() or "."
+
+    def _lexical_relative(self, raw: str, text: str) -> PurePosixPath:
+        candidate = Path(text)
+        if candidate.is_absolute():
+            normal = Path(os.path.normpath(candidate))
+            for base in (self.root, self._given):
+                if normal.is_relative_to(base):
+                    return PurePosixPath(*normal.relative_to(base).parts)
+            raise PathOutsideWorkspace(
+                f"absolute path {raw!r} is outside the workspace; "
+                "use a path relative to the workspace root"
+            )
+        normal_text = os.path.normpath(text)
+        if normal_text == ".." or normal_text.startswith("../"):
+            raise PathOutsideWorkspace(
+                f"path {raw!r} climbs out of the workspace with '..'; "
+                "use a path relative to the workspace root"
+            )
+        return PurePosixPath(normal_text) if normal_text != "." else PurePosixPath()
+
+    @staticmethod
+    def _refuse_protected(raw: str, parts: tuple[str, ...]) -> None:
+        # casefold: on case-insensitive file systems .GIT is .git.
+        hit = next((p for p in parts if p.casefold() in PROTECTED), None)
+        if hit is not None:
+            raise PathOutsideWorkspace(
+                f"path {raw!r} is inside {hit}/, which belongs to the tooling, "
+                "not the project; it cannot be read or changed"
+            )
+
+
+def is_protected_name(name: str) -> bool:
+    """Whether a directory entry is one listings and searches must skip."""
+    return name.casefold() in PROTECTED

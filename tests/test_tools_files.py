@@ -1,0 +1,302 @@
+"""The file tools: reading with a cap, listing, searching, and writes that are
+syntax-checked, stored as blobs and reported with before/after hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import ToolError
+from engine.tools import ToolContext, ToolOutcome, default_registry, execute
+from engine.tools.files import apply_edit
+from events import MemoryEventStore
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "app.py").write_text("def f():\n    return 1\n")
+    (ws / "README.md").write_text("# demo\nhello world\n")
+    (ws / ".git").mkdir()
+    (ws / ".git" / "HEAD").write_text("hello world\n")
+    (ws / ".autonomy").mkdir()
+    (ws / ".autonomy" / "notes").write_text("hello world\n")
+    (ws / "blob.bin").write_bytes(b"hello world\x00\x01\x02")
+    return ws
+
+
+@pytest.fixture
+def blobs() -> MemoryEventStore:
+    return MemoryEventStore()
+
+
+@pytest.fixture
+def ctx(workspace: Path, blobs: MemoryEventStore) -> ToolContext:
+    return ToolContext(workspace=workspace, blobs=blobs, max_read_bytes=1000)
+
+
+def call(ctx: ToolContext, name: str, **arguments: Any) -> ToolOutcome:
+    return execute(default_registry(), name, arguments, ctx)
+
+
+# -- read_file -------------------------------------------------------------------------
+
+
+def test_read_file_returns_the_content(ctx: ToolContext) -> None:
+    outcome = call(ctx, "read_file", path="src/app.py")
+    assert outcome.ok and outcome.result == "def f():\n    return 1\n"
+
+
+def test_read_file_is_capped_and_says_how_to_continue(ctx: ToolContext, workspace: Path) -> None:
+    lines = [f"line {i:04d} " + "x" * 40 + "\n" for i in range(1, 101)]
+    (workspace / "big.txt").write_text("".join(lines))
+    first = call(ctx, "read_file", path="big.txt")
+    assert first.ok
+    assert len(first.result) < 1200
+    assert (
+        "[truncated: showing lines 1-19 of 100; call read_file with start_line=20" in first.result
+    )
+    second = call(ctx, "read_file", path="big.txt", start_line=20)
+    assert second.result.startswith("line 0020 ")
+    last = call(ctx, "read_file", path="big.txt", start_line=100)
+    assert last.result == lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("blob.bin", "binary file"),
+        ("missing.py", "does not exist"),
+        ("src", "is a directory; use list_directory"),
+    ],
+)
+def test_read_file_refusals(ctx: ToolContext, path: str, error: str) -> None:
+    outcome = call(ctx, "read_file", path=path)
+    assert not outcome.ok and error in outcome.error
+
+
+# -- list_directory and search_code -----------------------------------------------------
+
+
+def test_list_directory_shows_entries_but_not_tooling(ctx: ToolContext) -> None:
+    outcome = call(ctx, "list_directory")
+    assert outcome.result.splitlines() == [
+        "README.md  (19 bytes)",
+        "blob.bin  (14 bytes)",
+        "src/",
+    ]
+    deep = call(ctx, "list_directory", path=".", recursive=True)
+    assert "src/app.py  (22 bytes)" in deep.result
+    assert call(ctx, "list_directory", path="src/app.py").error.endswith("use read_file to read it")
+
+
+def test_search_code_finds_substrings_and_skips_tooling_and_binaries(ctx: ToolContext) -> None:
+    outcome = call(ctx, "search_code", pattern="hello world")
+    assert outcome.ok
+    assert outcome.result == "README.md:2: hello world"
+
+
+def test_search_code_regex_glob_and_single_file(ctx: ToolContext) -> None:
+    assert call(ctx, "search_code", pattern=r"return \d", regex=True).result == (
+        "src/app.py:2: return 1"
+    )
+    assert call(ctx, "search_code", pattern="e", glob="*.py").result.startswith("src/app.py:")
+    assert (
+        call(ctx, "search_code", pattern="def", path="src/app.py").result
+        == "src/app.py:1: def f():"
+    )
+    # without regex=True the pattern is literal
+    assert call(ctx, "search_code", pattern=r"return \d").result == "no matches"
+
+
+def test_search_code_is_bounded(ctx: ToolContext, workspace: Path) -> None:
+    (workspace / "many.txt").write_text("needle\n" * 500)
+    outcome = call(ctx, "search_code", pattern="needle", max_results=7)
+    lines = outcome.result.splitlines()
+    assert len(lines) == 8 and lines[-1].startswith("[stopped after 7 matches")
+    capped = execute(
+        default_registry(),
+        "search_code",
+        {"pattern": "needle", "max_results": 10_000},
+        ToolContext(workspace=workspace, blobs=MemoryEventStore(), max_search_results=3),
+    )
+    assert len(capped.result.splitlines()) == 4
+
+
+def test_search_code_reports_a_bad_regex(ctx: ToolContext) -> None:
+    outcome = call(ctx, "search_code", pattern="(unclosed", regex=True)
+    assert not outcome.ok and "invalid regular expression" in outcome.error
+
+
+# -- create_file -----------------------------------------------------------------------
+
+
+def test_create_file_writes_stores_the_blob_and_reports_the_hashes(
+    ctx: ToolContext, workspace: Path, blobs: MemoryEventStore
+) -> None:
+    content = "def add(a, b):\n    return a + b\n"
+    outcome = call(ctx, "create_file", path="pkg/sub/calc.py", content=content)
+    assert outcome.ok, outcome.error
+    data = content.encode()
+    assert (workspace / "pkg" / "sub" / "calc.py").read_bytes() == data
+    (change,) = outcome.files_changed
+    assert change.path == "pkg/sub/calc.py"
+    assert change.before is None
+    assert change.after == sha(data)
+    assert change.size == len(data)
+    assert blobs.get(change.after) == data
+    assert not outcome.finishes
+
+
+def test_create_file_refuses_to_clobber_unless_asked(
+    ctx: ToolContext, workspace: Path, blobs: MemoryEventStore
+) -> None:
+    old = (workspace / "README.md").read_bytes()
+    refused = call(ctx, "create_file", path="README.md", content="new\n")
+    assert (
+        not refused.ok and "already exists" in refused.error and "overwrite=true" in refused.error
+    )
+    assert (workspace / "README.md").read_bytes() == old
+    replaced = call(ctx, "create_file", path="README.md", content="new\n", overwrite=True)
+    (change,) = replaced.files_changed
+    assert change.before == sha(old) and change.after == sha(b"new\n")
+    assert blobs.get(change.before) == old  # the old content can be restored
+
+
+def test_a_python_syntax_error_is_refused_and_nothing_is_written(
+    ctx: ToolContext, workspace: Path, blobs: MemoryEventStore
+) -> None:
+    outcome = call(ctx, "create_file", path="src/bad.py", content="def f(:\n    pass\n")
+    assert not outcome.ok
+    assert "line 1" in outcome.error and "unchanged" in outcome.error
+    assert not (workspace / "src" / "bad.py").exists()
+    assert outcome.files_changed == ()
+
+
+def test_non_python_files_are_not_syntax_checked(ctx: ToolContext) -> None:
+    assert call(ctx, "create_file", path="notes.txt", content="def f(:\n").ok
+
+
+# -- modify_file -----------------------------------------------------------------------
+
+
+def test_modify_file_exact_match(ctx: ToolContext, workspace: Path) -> None:
+    outcome = call(ctx, "modify_file", path="src/app.py", old_text="return 1", new_text="return 2")
+    assert outcome.ok and "matched exact" in outcome.result
+    assert (workspace / "src" / "app.py").read_text() == "def f():\n    return 2\n"
+    (change,) = outcome.files_changed
+    assert change.before == sha(b"def f():\n    return 1\n")
+    assert change.after == sha(b"def f():\n    return 2\n")
+
+
+def test_modify_file_tolerates_whitespace_when_the_match_is_unique(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    source = "class A:\n    def f(self):\n        x = 1\n\n        return x\n"
+    (workspace / "a.py").write_text(source)
+    # quoted without the class indentation, with a blank line dropped and odd spacing
+    outcome = call(
+        ctx,
+        "modify_file",
+        path="a.py",
+        old_text="def f(self):\n    x =  1\n    return x",
+        new_text="def f(self):\n    x = 2\n    return x * 2",
+    )
+    assert outcome.ok, outcome.error
+    assert "ignoring whitespace" in outcome.result
+    assert (workspace / "a.py").read_text() == (
+        "class A:\n    def f(self):\n        x = 2\n        return x * 2\n"
+    )
+
+
+def test_modify_file_refuses_an_ambiguous_whitespace_match(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    source = "def f():\n    return 1\n\ndef g():\n        return 1\n"
+    (workspace / "two.py").write_text(source)
+    outcome = call(ctx, "modify_file", path="two.py", old_text="  return 1 ", new_text="return 3")
+    assert not outcome.ok
+    assert "matches 2 places" in outcome.error and "lines 2, 5" in outcome.error
+    assert (workspace / "two.py").read_text() == source
+
+
+def test_modify_file_refuses_repeated_exact_text_unless_replace_all(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    (workspace / "r.txt").write_text("a\nb\na\n")
+    outcome = call(ctx, "modify_file", path="r.txt", old_text="a", new_text="c")
+    assert not outcome.ok and "occurs 2 times" in outcome.error and "lines 1, 3" in outcome.error
+    assert (workspace / "r.txt").read_text() == "a\nb\na\n"
+    assert call(ctx, "modify_file", path="r.txt", old_text="a", new_text="c", replace_all=True).ok
+    assert (workspace / "r.txt").read_text() == "c\nb\nc\n"
+
+
+def test_modify_file_with_missing_text_leaves_the_file_and_hints(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    outcome = call(ctx, "modify_file", path="src/app.py", old_text="return 11", new_text="x")
+    assert not outcome.ok
+    assert "not found" in outcome.error and "closest line is 2: 'return 1'" in outcome.error
+    assert (workspace / "src" / "app.py").read_text() == "def f():\n    return 1\n"
+
+
+def test_modify_file_that_breaks_python_leaves_the_file_untouched(
+    ctx: ToolContext, workspace: Path, blobs: MemoryEventStore
+) -> None:
+    path = workspace / "src" / "app.py"
+    before = path.read_bytes()
+    outcome = call(ctx, "modify_file", path="src/app.py", old_text="return 1", new_text="return (")
+    assert not outcome.ok
+    assert "syntax error at line 2" in outcome.error
+    assert path.read_bytes() == before
+    assert not blobs.has_blob(sha(b"def f():\n    return (\n"))
+
+
+def test_modify_file_keeps_the_file_mode(ctx: ToolContext, workspace: Path) -> None:
+    script = workspace / "run.sh"
+    script.write_text("echo 1\n")
+    script.chmod(0o755)
+    assert call(ctx, "modify_file", path="run.sh", old_text="1", new_text="2").ok
+    assert script.stat().st_mode & 0o777 == 0o755
+
+
+def test_apply_edit_directly() -> None:
+    assert apply_edit("a b\n", "a b", "c") == ("c\n", "exact")
+    assert apply_edit("x\n  a   b  \ny\n", "a b", "c") == ("x\n  c\ny\n", "ignoring whitespace")
+    with pytest.raises(ToolError, match="empty"):
+        apply_edit("a", "  \n", "b")
+    with pytest.raises(ToolError, match="the same"):
+        apply_edit("a", "a", "a")
+
+
+# -- delete_file -----------------------------------------------------------------------
+
+
+def test_delete_file_reports_the_old_hash_and_keeps_the_content(
+    ctx: ToolContext, workspace: Path, blobs: MemoryEventStore
+) -> None:
+    old = (workspace / "README.md").read_bytes()
+    outcome = call(ctx, "delete_file", path="README.md")
+    assert outcome.ok
+    assert not (workspace / "README.md").exists()
+    (change,) = outcome.files_changed
+    assert (change.path, change.before, change.after, change.size) == (
+        "README.md",
+        sha(old),
+        None,
+        0,
+    )
+    assert blobs.get(sha(old)) == old
+
+
+def test_delete_file_refuses_directories_and_missing_files(ctx: ToolContext) -> None:
+    assert "is a directory" in call(ctx, "delete_file", path="src").error
+    assert "does not exist" in call(ctx, "delete_file", path="nope.txt").error
