@@ -1,0 +1,160 @@
+"""The rules coordinator: the next step, decided from projected state alone.
+
+``decide`` is a pure function of ``PipelineState`` and the limits: the same log
+always gives the same decision, which is what makes a run replayable and a bad
+decision explainable. Its order of concerns:
+
+1. limits: ``max_steps`` and the no-progress limit end the run as failed;
+2. bookkeeping: a failed task is retried or skipped, blocked tasks are blocked,
+   unblocked or skipped;
+3. work: no tasks -> plan; qa_pending -> qa; qa_failed -> debug; a ready task ->
+   code; nothing open -> documentation -> completed; open tasks none of which can
+   move -> the run fails, saying which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.config import Limits
+from engine.tasks import (
+    blocked_for_good,
+    is_done,
+    next_status_after_failure,
+    ready_tasks,
+    should_block,
+    should_unblock,
+)
+from projections.pipeline import PipelineState, TaskState
+
+WORK_PHASE = {
+    "plan": "planning",
+    "code": "coding",
+    "qa": "qa",
+    "debug": "debugging",
+    "document": "documentation",
+    "complete": "completed",
+}
+"""The phase each kind of work happens in."""
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True):
+    """One decision: what to do, on which task, and why."""
+
+    action: str
+    """plan, code, qa, debug, document, complete, set_status or finish."""
+    reason: str
+    task_id: str = ""
+    status: str = ""
+    """For set_status: the task's new status; for finish: the run's final status."""
+
+    @property
+    def phase(self) -> str:
+        """The phase this step's work needs ("" for bookkeeping)."""
+        if self.action == "finish":
+            return self.status
+        return WORK_PHASE.get(self.action, "")
+
+    def parameters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.task_id:
+            out["task_id"] = self.task_id
+        if self.status:
+            out["status"] = self.status
+        if self.phase:
+            out["phase"] = self.phase
+        return out
+
+
+def _ordered(tasks: list[TaskState]) -> list[TaskState]:
+    # Lower priority numbers first (1 is most urgent); the log's order breaks ties.
+    return sorted(tasks, key=lambda t: t.priority)
+
+
+def decide(state: PipelineState, limits: Limits) -> Step:
+    """The next step for a run in ``state``."""
+    if state.steps >= limits.max_steps:
+        return Step(
+            action="finish", status="failed", reason=f"reached max_steps ({limits.max_steps})"
+        )
+    if state.steps_since_progress >= limits.no_progress_limit:
+        return Step(
+            action="finish",
+            status="failed",
+            reason=f"no progress in {state.steps_since_progress} steps "
+            "(no file changed and no task changed status)",
+        )
+    tasks = state.tasks
+    for task in tasks.values():
+        if task.status == "failed":
+            status = next_status_after_failure(task.attempts, limits.max_attempts_per_task)
+            verb = "retry" if status == "in_progress" else "skip"
+            return Step(
+                action="set_status",
+                task_id=task.task_id,
+                status=status,
+                reason=f"{verb} {task.task_id} after attempt {task.attempts} of "
+                f"{limits.max_attempts_per_task}: {task.last_error or 'failed'}",
+            )
+        if task.status == "qa_failed" and task.attempts >= limits.max_attempts_per_task:
+            return Step(
+                action="set_status",
+                task_id=task.task_id,
+                status="failed",
+                reason=f"{task.task_id} failed review after {task.attempts} attempt(s): "
+                f"{task.last_error or 'rejected'}",
+            )
+        if blocked_for_good(task, tasks):
+            return Step(
+                action="set_status",
+                task_id=task.task_id,
+                status="skipped",
+                reason=f"{task.task_id} depends on a task that will never complete",
+            )
+        if should_block(task, tasks):
+            return Step(
+                action="set_status",
+                task_id=task.task_id,
+                status="blocked",
+                reason=f"{task.task_id} waits on a failed or blocked dependency",
+            )
+        if should_unblock(task, tasks):
+            return Step(
+                action="set_status",
+                task_id=task.task_id,
+                status="new",
+                reason=f"{task.task_id}'s dependencies can complete again",
+            )
+    if not tasks:
+        return Step(action="plan", reason="no tasks yet: make a plan for the goal")
+    by_status = _ordered(list(tasks.values()))
+    for wanted, action, why in (
+        ("qa_pending", "qa", "is waiting for review"),
+        ("qa_failed", "debug", "failed review"),
+    ):
+        for task in by_status:
+            if task.status == wanted:
+                return Step(action=action, task_id=task.task_id, reason=f"{task.task_id} {why}")
+    ready = _ordered([t for t in ready_tasks(tasks) if isinstance(t, TaskState)])
+    if ready:
+        task = ready[0]
+        return Step(action="code", task_id=task.task_id, reason=f"{task.task_id} is ready to code")
+    open_tasks = [t.task_id for t in tasks.values() if not is_done(t.status)]
+    if open_tasks:
+        return Step(
+            action="finish",
+            status="failed",
+            reason=f"open tasks cannot move: {', '.join(open_tasks)}",
+        )
+    completed = [t for t in tasks.values() if t.status == "completed"]
+    if not completed:
+        return Step(
+            action="finish", status="failed", reason=f"every task was skipped ({len(tasks)})"
+        )
+    if state.phase != "documentation":
+        return Step(action="document", reason="every task is done")
+    skipped = len(tasks) - len(completed)
+    note = f"; {skipped} skipped" if skipped else ""
+    return Step(action="complete", reason=f"{len(completed)} task(s) completed{note}")

@@ -1,0 +1,57 @@
+"""``RunLog``: one run's stream, as the engine writes and reads it.
+
+It is the engine's only way to change the world (``append``) and its only source of
+facts (``state``, the projection of everything appended so far). The state is not
+kept beside the log: it is the fold of the log, extended by exactly the events
+each ``append`` wrote, and the store's expected-version check guarantees nobody
+else wrote in between (a second writer gets ``ConcurrencyError``).
+"""
+
+from __future__ import annotations
+
+from events.schema import Event
+from events.store import EventStore, RecordedEvent
+from projections.fold import RunState, apply, project
+from projections.orchestration import OrchestrationState
+from projections.pipeline import PipelineState
+
+
+class RunLog:
+    """Appends to one run and keeps its projection current."""
+
+    def __init__(self, store: EventStore, run_id: str, state: RunState | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.state = state if state is not None else project(store, run_id)
+
+    @classmethod
+    def create(cls, store: EventStore, run_id: str, first: Event) -> RunLog:
+        """Start a new run with its first event; fails if the run id is taken."""
+        log = cls(store, run_id, RunState(run_id=run_id))
+        log.append(first)
+        return log
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+    @property
+    def pipeline(self) -> PipelineState:
+        return self.state.pipeline
+
+    @property
+    def orchestration(self) -> OrchestrationState:
+        return self.state.orchestration
+
+    def append(self, *events: Event, causation: int | None = None) -> list[RecordedEvent]:
+        """Append ``events`` atomically after the version this log has seen."""
+        recorded = self.store.append(self.run_id, events, self.version, causation=causation)
+        state = self.state
+        for event in recorded:
+            state = apply(state, event)
+        self.state = state
+        return recorded
+
+    def next_id(self, prefix: str) -> str:
+        """An id for something the next event introduces: stable across replays."""
+        return f"{self.run_id}/{prefix}{self.version + 1}"

@@ -1,0 +1,304 @@
+"""Running a goal to the end, step by step, and resuming a run from its log.
+
+Each step is: decide (from projected state only) -> record the decision -> move
+the phase machine if the work needs another phase -> do the work, which appends
+its own events. The loop ends when the run's projected status is no longer
+``running``; every way out is bounded (steps, no progress, attempts, turns).
+
+``Engine`` holds only collaborators (log, model client, tools, settings): the one
+fact it works from is ``log.state``, the projection of the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from engine import __version__
+from engine.config import Settings
+from engine.conversation import run_conversation
+from engine.coordinator import Step, decide
+from engine.errors import IllegalTransition
+from engine.model.client import ModelClient
+from engine.model.recording import RecordingModel
+from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
+from engine.prompts import digest, opening
+from engine.runlog import RunLog
+from engine.tasks import check_status_change
+from engine.tools import TOOLSETS, ToolRegistry, default_registry
+from events.errors import AutonomyError
+from events.schema import (
+    ArbiterDecided,
+    FileChange,
+    RunFinished,
+    RunStarted,
+    TaskUpdated,
+    ToolExecuted,
+)
+from events.store import EventStore
+
+Progress = Callable[[str], None]
+
+ROLE = {"plan": "reasoning", "code": "coding", "debug": "coding", "qa": "analysis"}
+"""Which model role does each kind of work."""
+
+TOOLSET = {"plan": "planning", "code": "coding", "debug": "debugging", "qa": "qa"}
+
+_FILE_TOOLS = ("create_file", "modify_file", "delete_file")
+
+
+class ResumeRefused(AutonomyError):
+    """This run cannot be resumed."""
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    moment = now or datetime.now(UTC)
+    return f"run-{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class Engine:
+    """Drives one run until it is no longer running."""
+
+    def __init__(
+        self,
+        log: RunLog,
+        *,
+        settings: Settings,
+        client: ModelClient,
+        workspace: Path,
+        tools: ToolRegistry | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.log = log
+        self.settings = settings
+        self.workspace = workspace
+        self.tools = tools if tools is not None else default_registry()
+        self.model = RecordingModel(client, log, settings.models)
+        self.progress = progress or (lambda line: None)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until the run finishes or waits for input."""
+        while self.log.pipeline.status == "running":
+            self.step()
+
+    def step(self) -> None:
+        state = self.log.pipeline
+        step = decide(state, self.settings.limits)
+        decided = self.log.append(
+            ArbiterDecided(
+                action=step.action,
+                parameters=step.parameters(),
+                reasoning=step.reason,
+                decided_by="rules",
+            )
+        )[0]
+        cause = decided.version
+        try:
+            self._enter_phase(step, cause)
+        except IllegalTransition as e:
+            self._finish("failed", f"the phase machine refused {step.action}: {e}", cause)
+            return
+        if step.action == "finish":
+            self.log.append(RunFinished(status=step.status, reason=step.reason), causation=cause)
+        elif step.action == "complete":
+            self.log.append(RunFinished(status="completed", reason=step.reason), causation=cause)
+        elif step.action == "set_status":
+            self._set_status(step.task_id, step.status, cause)
+        elif step.action in ROLE:
+            self._work(step, cause)
+        self._report(step)
+
+    def _enter_phase(self, step: Step, cause: int) -> None:
+        target = step.phase
+        current = self.log.pipeline.phase
+        if not target or target == current:
+            return
+        machine = PhaseMachine.restore(current)
+        facts = PhaseFacts.from_tasks(self.log.pipeline.tasks)
+        event = phase_changed_to(machine, target, step.reason, "rules", facts)
+        self.log.append(event, causation=cause)
+
+    def _finish(self, status: str, reason: str, cause: int) -> None:
+        machine = PhaseMachine.restore(self.log.pipeline.phase)
+        events = []
+        if not machine.is_final:
+            events.append(phase_changed_to(machine, status, reason, "rules", None))
+        self.log.append(*events, RunFinished(status=status, reason=reason), causation=cause)
+
+    def _set_status(self, task_id: str, status: str, cause: int, error: str = "") -> None:
+        task = self.log.pipeline.tasks[task_id]
+        limit = self.settings.limits.max_attempts_per_task
+        check_status_change(task.status, status, attempts=task.attempts, max_attempts=limit)
+        starting = status == "in_progress" and task.status in ("new", "failed", "qa_failed")
+        attempt = task.attempts + 1 if starting else task.attempts
+        self.log.append(
+            TaskUpdated(task_id=task_id, status=status, attempt=attempt, error=error),
+            causation=cause,
+        )
+
+    # -- work ------------------------------------------------------------------------
+
+    def _work(self, step: Step, cause: int) -> None:
+        action, task_id = step.action, step.task_id
+        task = self.log.pipeline.tasks.get(task_id) if task_id else None
+        if action == "code" and task is not None and task.status == "new":
+            self._set_status(task_id, "in_progress", cause)
+        if action == "debug" and task is not None:
+            self._set_status(task_id, "in_progress", cause)  # rework: counts as an attempt
+        task = self.log.pipeline.tasks.get(task_id) if task_id else None
+        messages = opening(action, self.log.pipeline, task)
+        outcome = run_conversation(
+            log=self.log,
+            model=self.model,
+            tools=self.tools.subset(TOOLSETS[TOOLSET[action]]),
+            settings=self.settings,
+            workspace=self.workspace,
+            role=ROLE[action],
+            messages=messages,
+            conversation=f"{action}:{task_id or 'run'}",
+            task_id=task_id,
+            causation=cause,
+            prompt_digest=digest(messages),
+        )
+        if outcome.finished or not task_id:
+            return
+        current = self.log.pipeline.tasks[task_id].status
+        if action == "qa" and current == "qa_pending":
+            # No verdict is never approval.
+            self._set_status(
+                task_id, "qa_failed", cause, f"review ended without a verdict: {outcome.reason}"
+            )
+        elif current == "in_progress":
+            self._set_status(task_id, "failed", cause, outcome.reason)
+
+    def _report(self, step: Step) -> None:
+        p = self.log.pipeline
+        tokens = self.log.orchestration.total_tokens
+        task = f" {step.task_id}" if step.task_id else ""
+        self.progress(
+            f"step {p.steps:>3} | {p.phase:<13} | {step.action}{task} | {tokens} tokens | {step.reason}"
+        )
+
+    # -- resume ------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Settle tools that were requested but never reported (a crash in between),
+        by comparing the workspace with the hashes the log holds."""
+        notes = []
+        for pending in list(self.log.pipeline.pending_tools.values()):
+            path = pending.arguments.get("path")
+            if pending.tool in _FILE_TOOLS and isinstance(path, str):
+                event = self._settle_file_tool(pending.call_id, pending.tool, path)
+            else:
+                event = ToolExecuted(
+                    call_id=pending.call_id,
+                    tool=pending.tool,
+                    ok=False,
+                    error="interrupted by a crash; whether it finished is unknown, so it counts as not done",
+                )
+            self.log.append(event, causation=pending.version)
+            notes.append(
+                f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
+            )
+        return notes
+
+    def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
+        target = (self.workspace / path).resolve()
+        known = self.log.pipeline.files.get(path)
+        before = known.digest if known else None
+        try:
+            content: bytes | None = target.read_bytes() if target.is_file() else None
+        except OSError:
+            content = None
+        now = hashlib.sha256(content).hexdigest() if content is not None else None
+        if now == before:
+            return ToolExecuted(
+                call_id=call_id,
+                tool=tool,
+                ok=False,
+                error="interrupted by a crash before it changed the workspace; not applied",
+            )
+        if content is not None:
+            self.log.store.put(content)
+        change = FileChange(path=path, before=before, after=now, size=len(content or b""))
+        return ToolExecuted(
+            call_id=call_id,
+            tool=tool,
+            ok=True,
+            files_changed=(change,),
+            result="completed before a crash (recovered by comparing the workspace)",
+        )
+
+
+def start_run(
+    store: EventStore,
+    *,
+    goal: str,
+    workspace: Path,
+    settings: Settings,
+    http: httpx.Client | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> RunLog:
+    """Record ``run.started`` for ``goal`` and run it to the end."""
+    workspace = workspace.resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    log = RunLog.create(
+        store,
+        run_id or new_run_id(),
+        RunStarted(
+            goal=goal,
+            workspace=str(workspace),
+            mode=settings.mode,
+            config=msgspec.to_builtins(settings),
+            engine_version=__version__,
+        ),
+    )
+    if progress:
+        progress(f"run {log.run_id} started in {workspace}")
+    Engine(
+        log,
+        settings=settings,
+        client=ModelClient(http or httpx.Client()),
+        workspace=workspace,
+        progress=progress,
+    ).run()
+    return log
+
+
+def resume_run(
+    store: EventStore,
+    run_id: str,
+    *,
+    settings: Settings,
+    http: httpx.Client | None = None,
+    progress: Progress | None = None,
+) -> RunLog:
+    """Continue a run that crashed or stopped, from its log alone."""
+    log = RunLog(store, run_id)
+    status = log.pipeline.status
+    if status not in ("running", "new"):
+        raise ResumeRefused(
+            f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
+        )
+    workspace = Path(log.pipeline.workspace)
+    engine = Engine(
+        log,
+        settings=settings,
+        client=ModelClient(http or httpx.Client()),
+        workspace=workspace,
+        progress=progress,
+    )
+    for note in engine.recover():
+        if progress:
+            progress(f"recovered {note}")
+    engine.run()
+    return log

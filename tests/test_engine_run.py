@@ -1,0 +1,149 @@
+"""End-to-end runs of the rules engine against the scripted model server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.config import Settings, load_settings
+from engine.demo import DemoModels
+from engine.runner import resume_run, start_run
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from events import MemoryEventStore, ToolExecuted
+from projections import project
+
+
+def settings_for(server: ScriptedModelServer, **overrides: Any) -> Settings:
+    return load_settings(
+        env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m", **overrides}
+    )
+
+
+def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[MemoryEventStore, str, Path]:
+    store = MemoryEventStore()
+    workspace = tmp_path / "ws"
+    with ScriptedModelServer(script) as server, httpx.Client() as http:
+        log = start_run(
+            store,
+            goal="build calc",
+            workspace=workspace,
+            settings=settings_for(server, **overrides),
+            http=http,
+        )
+    return store, log.run_id, workspace
+
+
+def tool_results(store: MemoryEventStore, run_id: str) -> list[ToolExecuted]:
+    return [e.data for e in store.read(run_id) if isinstance(e.data, ToolExecuted)]
+
+
+def test_a_run_plans_codes_passes_review_after_debugging_and_completes(tmp_path: Path) -> None:
+    store, run_id, workspace = run(DemoModels(), tmp_path)
+    state = project(store, run_id).pipeline
+    assert state.status == "completed", state.reason
+    assert {t.task_id: t.status for t in state.tasks.values()} == {
+        "t1": "completed",
+        "t2": "completed",
+    }
+    phases = [p.to_phase for p in state.phase_history]
+    assert phases[0] == "planning" and phases[-1] == "completed"
+    assert "debugging" in phases, "the first review rejected t1, so debugging must follow"
+    assert phases.index("debugging") > phases.index("qa")
+    assert '"""Return the sum of a and b."""' in (workspace / "calc.py").read_text()
+    assert set(state.files) == {"calc.py", "test_calc.py"}
+    pytest_runs = [r for r in tool_results(store, run_id) if "passed" in r.result]
+    assert pytest_runs, "pytest must really have run in the workspace"
+    assert store.verify(run_id).ok
+
+
+def test_every_file_written_is_restorable_from_blobs(tmp_path: Path) -> None:
+    store, run_id, workspace = run(DemoModels(), tmp_path)
+    for path, file in project(store, run_id).pipeline.files.items():
+        assert store.get(file.digest) == (workspace / path).read_bytes()
+
+
+class NeverFinishes:
+    """Plans one task, then codes forever without calling complete_task."""
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool(
+                "create_task_plan", tasks=[{"title": "never done", "target_file": "x.py"}]
+            )
+        return Reply.tool("list_directory", path=".")
+
+
+def test_a_task_that_keeps_failing_is_retried_then_skipped_and_the_run_fails(
+    tmp_path: Path,
+) -> None:
+    store, run_id, _ = run(NeverFinishes(), tmp_path, max_steps=40)
+    state = project(store, run_id).pipeline
+    task = state.tasks["t1"]
+    assert task.status == "skipped"
+    limits = Settings().limits
+    assert task.attempts == limits.max_attempts_per_task
+    assert all("max_turns_per_task" in error for error in task.errors)
+    assert state.status == "failed"
+    assert "skipped" in state.reason
+
+
+def test_a_model_that_never_calls_a_tool_ends_the_run_with_a_reason(tmp_path: Path) -> None:
+    script = lambda request: Reply.text("I think we should write some code.")  # noqa: E731
+    store, run_id, _ = run(script, tmp_path)
+    state = project(store, run_id).pipeline
+    assert state.status == "failed"
+    assert "no progress" in state.reason
+    assert state.steps <= Settings().limits.no_progress_limit + 1
+
+
+class Escaper:
+    """Plans a task, then tries to leave the workspace three ways, then finishes."""
+
+    def __init__(self, outside: Path) -> None:
+        self.moves = [
+            Reply.tool("read_file", path="../../etc/passwd"),
+            Reply.tool("create_file", path=str(outside / "pwned.txt"), content="x"),
+            Reply.tool("create_file", path="link/pwned.txt", content="x"),
+            Reply.tool("modify_file", path="link/secret.txt", old_text="secret", new_text="stolen"),
+            Reply.tool("create_file", path="ok.py", content="X = 1\n"),
+            Reply.tool("complete_task", task_id="t1", summary="done"),
+        ]
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool(
+                "create_task_plan", tasks=[{"title": "escape", "target_file": "ok.py"}]
+            )
+        if "approve_code" in offered:
+            return Reply.tool("approve_code", task_id="t1", summary="fine")
+        done = sum(1 for m in request.body["messages"] if m["role"] == "tool")
+        return self.moves[min(done, len(self.moves) - 1)]
+
+
+def test_paths_outside_the_workspace_are_refused_recorded_and_untouched(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "link").symlink_to(outside, target_is_directory=True)
+    store, run_id, _ = run(Escaper(outside), tmp_path)
+    refused = [r for r in tool_results(store, run_id) if not r.ok]
+    assert len(refused) == 4
+    assert all("outside" in r.error or "workspace" in r.error for r in refused)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "secret"
+    assert project(store, run_id).pipeline.status == "completed"
+
+
+def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> None:
+    from engine.runner import ResumeRefused
+
+    store, run_id, _ = run(DemoModels(), tmp_path)
+    with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
+        resume_run(store, run_id, settings=settings_for(server))
