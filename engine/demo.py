@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from engine.config import load_settings
-from engine.runner import start_run
+from engine.runner import start_run, summary
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from projections.fold import project
@@ -131,18 +131,9 @@ def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print
                 store, goal=GOAL, workspace=workspace, settings=settings, http=http, progress=echo
             )
             state = project(store, log.run_id)
-    p = state.pipeline
     echo("")
-    echo(f"run {log.run_id}: {p.status} ({p.reason})")
-    for task in p.tasks.values():
-        echo(f"  task {task.task_id} [{task.status}] {task.title} (attempts: {task.attempts})")
-    for path, f in sorted(p.files.items()):
-        echo(f"  file {path} ({f.size} bytes, sha256 {f.digest[:12]})")
-    for model, usage in state.orchestration.usage_by_model.items():
-        echo(
-            f"  model {model}: {usage.calls} calls, {usage.prompt_tokens} prompt + "
-            f"{usage.completion_tokens} completion tokens"
-        )
+    for line in summary(state):
+        echo(line)
     echo(f"workspace: {workspace}")
     echo(f"database:  {db}  (try: autonomy events {log.run_id} --db {db})")
-    return 0 if p.status == "completed" else 1
+    return 0 if state.pipeline.status == "completed" else 1

@@ -42,6 +42,7 @@ from events.schema import (
     ToolExecuted,
 )
 from events.store import EventStore
+from projections.fold import RunState
 
 Progress = Callable[[str], None]
 
@@ -236,6 +237,26 @@ class Engine:
             files_changed=(change,),
             result="completed before a crash (recovered by comparing the workspace)",
         )
+
+
+def summary(state: RunState) -> list[str]:
+    """What a person wants to see when a run stops: status, tasks, files, tokens."""
+    p = state.pipeline
+    lines = [f"run {state.run_id}: {p.status} ({p.reason})"]
+    if p.status == "waiting_for_input":
+        lines.append(f"  question: {p.question}")
+    for task in p.tasks.values():
+        lines.append(
+            f"  task {task.task_id} [{task.status}] {task.title} (attempts: {task.attempts})"
+        )
+    for path, f in sorted(p.files.items()):
+        lines.append(f"  file {path} ({f.size} bytes, sha256 {f.digest[:12]})")
+    for model, usage in state.orchestration.usage_by_model.items():
+        lines.append(
+            f"  model {model}: {usage.calls} calls, {usage.failures} failed attempts, "
+            f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
+        )
+    return lines
 
 
 def start_run(

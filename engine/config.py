@@ -1,0 +1,414 @@
+"""Settings: what a run may do and which models it talks to, as data.
+
+Four layers, each over the one before::
+
+    defaults  <  autonomy.toml  <  environment  <  CLI flags (``overrides``)
+
+``autonomy.toml`` is read with ``tomllib`` and converted with ``msgspec.convert``
+into frozen Structs that forbid unknown fields, so a wrong key or type is a
+``ConfigError`` naming it (``limits.max_stepz: unknown key; did you mean
+max_steps?``). Every key, with its default::
+
+    mode = "rules"                  # or "orchestrated": the arbiter model decides
+    synchronous = "NORMAL"          # or "FULL": see engine.storage
+
+    [limits]
+    max_steps = 60                  # coordinator steps per run
+    max_attempts_per_task = 3       # then the task is skipped
+    max_turns_per_task = 12         # model turns in one task's conversation
+    no_progress_limit = 8           # steps without a file or task change -> failed
+    arbiter_repeat_limit = 3        # the same arbiter decision in a row
+
+    [tools]
+    allowlist = [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
+    command_timeout = 120.0         # seconds per run_command
+    output_cap = 20000              # characters of command output kept
+
+    [models.coding]                 # one table per role; see engine.model.roles
+    model = "qwen2.5-coder:32b"
+
+The environment: ``AUTONOMY_MODE``, ``USE_ORCHESTRATION=true|false`` (the
+predecessor's switch; ``AUTONOMY_MODE`` wins when both are set),
+``AUTONOMY_MAX_STEPS``, and ``AUTONOMY_MODEL_URL``, ``AUTONOMY_API``,
+``AUTONOMY_MODEL``. The last three (and the flags ``--model-url``, ``--api``,
+``--model``) point every role at one server and one model at once and clear the
+fallbacks: the common case of a single local Ollama. ``autonomy.toml`` sets roles
+one by one.
+
+``Settings`` encodes to JSON with msgspec; ``run.started`` records it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from engine.errors import ConfigError
+from engine.model.roles import Roles, roles_from_mapping
+from engine.model.wire import Api
+
+CONFIG_FILE = "autonomy.toml"
+"""The config file ``locate_config`` looks for in a workspace."""
+
+Mode = Literal["orchestrated", "rules"]
+Synchronous = Literal["NORMAL", "FULL"]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+def _default_allowlist() -> list[list[str]]:
+    return [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The bounds that make every loop of the engine finite."""
+
+    max_steps: PositiveInt = 60
+    max_attempts_per_task: PositiveInt = 3
+    max_turns_per_task: PositiveInt = 12
+    no_progress_limit: PositiveInt = 8
+    arbiter_repeat_limit: PositiveInt = 3
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What ``run_command`` may run, for how long, and how much output is kept."""
+
+    allowlist: list[list[str]] = msgspec.field(default_factory=_default_allowlist)
+    command_timeout: PositiveFloat = 120.0
+    output_cap: PositiveInt = 20000
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything configurable about a run. ``Settings()`` is the default set-up."""
+
+    mode: Mode = "rules"
+    limits: Limits = msgspec.field(default_factory=Limits)
+    tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    models: Roles = msgspec.field(default_factory=Roles)
+    synchronous: Synchronous = "NORMAL"
+
+
+ENV_VARS: Mapping[str, str] = {
+    "AUTONOMY_MODE": "mode",
+    "AUTONOMY_MAX_STEPS": "max_steps",
+    "AUTONOMY_MODEL_URL": "model_url",
+    "AUTONOMY_API": "api",
+    "AUTONOMY_MODEL": "model",
+}
+"""Environment variable -> the override it sets (``USE_ORCHESTRATION`` aside)."""
+
+_OVERRIDE_TYPES: Mapping[str, Any] = {
+    "mode": Mode,
+    "max_steps": PositiveInt,
+    "model_url": str,
+    "api": Api,
+    "model": str,
+}
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def locate_config(config_file: Path | str | None, workspace: Path | str | None) -> Path | None:
+    """The config file to read: ``config_file`` if given (it must exist), else
+    ``autonomy.toml`` in ``workspace`` when there is one, else None."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist or is not a file")
+        return path
+    if workspace is not None:
+        candidate = Path(workspace) / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Settings | None = None,
+) -> Settings:
+    """The effective settings: defaults (or ``base``, e.g. the settings a run
+    recorded when it started), then ``config_file``, then ``env``
+    (``os.environ`` when None), then ``overrides`` (CLI flags; None values are
+    ignored). Keys of ``overrides``: mode, max_steps, model_url, api, model.
+
+    Raises ``ConfigError`` naming the file and key, the variable or the flag."""
+    if config_file is not None:
+        settings = read_config(config_file)
+    else:
+        settings = base if base is not None else Settings()
+    layered = _from_env(os.environ if env is None else env)
+    for key, value in (overrides or {}).items():
+        if key not in _OVERRIDE_TYPES:
+            raise ConfigError(
+                f"unknown override {key!r}; the overrides are {', '.join(_OVERRIDE_TYPES)}"
+            )
+        if value is not None:
+            layered[key] = _convert(value, key, f"--{key.replace('_', '-')}")
+    return _apply(settings, layered)
+
+
+def read_config(path: Path) -> Settings:
+    """Settings from one TOML file laid over the defaults (no environment)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
+    try:
+        return settings_from_mapping(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e.__cause__
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Settings from a parsed config table (what ``tomllib`` gives). Each role
+    under ``models`` is laid over that role's defaults (``roles_from_mapping``)."""
+    rest = {k: v for k, v in data.items() if k != "models"}
+    try:
+        settings = msgspec.convert(rest, Settings)
+    except msgspec.ValidationError as e:
+        raise ConfigError(describe(e, Settings)) from e
+    if "models" not in data:
+        return settings
+    models = data["models"]
+    if not isinstance(models, Mapping):
+        raise ConfigError(f"models: expected a table, got {type(models).__name__}")
+    try:
+        roles = roles_from_mapping(models)
+    except ConfigError as e:
+        if isinstance(e.__cause__, msgspec.ValidationError):
+            raise ConfigError(describe(e.__cause__, Roles, prefix="models")) from e.__cause__
+        raise
+    return msgspec.structs.replace(settings, models=roles)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    layered: dict[str, Any] = {}
+    switch = env.get("USE_ORCHESTRATION", "").strip().lower()
+    if switch:
+        if switch not in ("true", "false", "1", "0"):
+            raise ConfigError(
+                f"USE_ORCHESTRATION={env['USE_ORCHESTRATION']!r}: expected true or false"
+            )
+        layered["mode"] = "orchestrated" if switch in ("true", "1") else "rules"
+    for var, key in ENV_VARS.items():
+        value = env.get(var, "").strip()
+        if value:  # an empty variable counts as unset, as in click
+            layered[key] = _convert(value, key, var)
+    return layered
+
+
+def _convert(value: Any, key: str, name: str) -> Any:
+    """``value`` as the type of override ``key``; errors name ``name`` (the
+    variable or flag it came from)."""
+    try:
+        converted = msgspec.convert(value, _OVERRIDE_TYPES[key], strict=False)
+    except msgspec.ValidationError as e:
+        node = msgspec.inspect.type_info(_OVERRIDE_TYPES[key])
+        raise ConfigError(f"{name}={value!r}: {_reworded(str(e), node)}") from e
+    if key == "model_url" and not re.match(r"https?://", converted):
+        raise ConfigError(f"{name}={value!r}: expected an http:// or https:// URL")
+    return converted
+
+
+def _apply(settings: Settings, layered: Mapping[str, Any]) -> Settings:
+    replace = msgspec.structs.replace
+    if "mode" in layered:
+        settings = replace(settings, mode=layered["mode"])
+    if "max_steps" in layered:
+        settings = replace(
+            settings, limits=replace(settings.limits, max_steps=layered["max_steps"])
+        )
+    if any(k in layered for k in ("model_url", "api", "model")):
+        roles = point_all_roles(
+            settings.models,
+            base_url=layered.get("model_url"),
+            api=layered.get("api"),
+            model=layered.get("model"),
+        )
+        settings = replace(settings, models=roles)
+    return settings
+
+
+def point_all_roles(
+    roles: Roles,
+    *,
+    base_url: str | None = None,
+    api: Api | None = None,
+    model: str | None = None,
+) -> Roles:
+    """Every role on one server (``base_url``, ``api``) and/or one ``model``, with
+    no fallbacks: what ``--model-url``, ``--api`` and ``--model`` do. A None
+    argument keeps each role's own value."""
+    changes: dict[str, Any] = {"fallbacks": ()}
+    if base_url is not None:
+        changes["base_url"] = base_url
+    if api is not None:
+        changes["api"] = api
+    if model is not None:
+        changes["model"] = model
+    replace = msgspec.structs.replace
+    return Roles(
+        arbiter=replace(roles.arbiter, **changes),
+        coding=replace(roles.coding, **changes),
+        reasoning=replace(roles.reasoning, **changes),
+        analysis=replace(roles.analysis, **changes),
+    )
+
+
+# -- error messages ----------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+
+
+def describe(error: msgspec.ValidationError, root: type, *, prefix: str = "") -> str:
+    """A msgspec validation error as the config file would say it:
+    ``limits.max_stepz: unknown key; did you mean max_steps?``."""
+    match = _AT.match(str(error))
+    assert match is not None  # the pattern matches any text
+    what, path = match["what"], (match["path"] or "")
+    path = f"{prefix}{path}" if prefix else path.lstrip(".")
+    unknown = _UNKNOWN.match(what)
+    if unknown is None:
+        node = _node_at(root, path[len(prefix) :] if prefix else path)
+        return f"{path or '(top level)'}: {_reworded(what, node)}"
+    key = unknown["key"]
+    known = _known_keys(root, path[len(prefix) :] if prefix else path)
+    hint = ""
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        hint = f"; did you mean {close[0]}?"
+    elif known:
+        hint = f"; the keys here are {', '.join(known)}"
+    return f"{f'{path}.' if path else ''}{key}: unknown key{hint}"
+
+
+def _lower(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _node_at(root: Any, path: str) -> Any:
+    """The ``msgspec.inspect`` type at ``path`` (``limits``, ``models.coding``,
+    ``models.coding.fallbacks[0]``) under ``root``, or None."""
+    node: Any = msgspec.inspect.type_info(root)
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            node = getattr(node, "item_type", None)
+        elif isinstance(node, msgspec.inspect.StructType):
+            node = next((f.type for f in node.fields if f.encode_name == part), None)
+        else:
+            return None
+    return node
+
+
+def _known_keys(root: type, path: str) -> list[str]:
+    node = _node_at(root, path)
+    if isinstance(node, msgspec.inspect.StructType):
+        return [f.encode_name for f in node.fields]
+    return []
+
+
+def _reworded(what: str, node: Any) -> str:
+    """msgspec's wording of one problem, in the words of a config file."""
+    if what.startswith("Expected `object`"):
+        return "expected a table"
+    invalid = re.match(r"Invalid enum value (?P<value>.*)$", what)
+    if invalid and isinstance(node, msgspec.inspect.LiteralType):
+        choices = ", ".join(repr(v) for v in node.values)
+        return f"expected one of {choices}, got {invalid['value']}"
+    return _lower(what)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def dump_toml(settings: Settings) -> str:
+    """``settings`` as an ``autonomy.toml`` that ``read_config`` reads back equal."""
+    data = msgspec.to_builtins(settings)
+    lines: list[str] = []
+    _dump_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping) and v is not None}
+    tables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+    if path and scalars:
+        lines.append(f"\n[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, [*path, key], lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = (f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(items) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters (DEL too,
+    which TOML forbids raw but JSON allows) escaped."""
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "ENV_VARS",
+    "Limits",
+    "Mode",
+    "Settings",
+    "Synchronous",
+    "ToolSettings",
+    "describe",
+    "dump_toml",
+    "load_settings",
+    "locate_config",
+    "point_all_roles",
+    "read_config",
+    "settings_from_mapping",
+]

@@ -1,0 +1,77 @@
+"""Where the event log lives, and opening it ready for audit.
+
+The log is one SQLite file, by default ``.autonomy/events.db`` under the workspace
+(or under the current directory when there is no workspace); ``--db PATH`` or
+``AUTONOMY_DB`` put it elsewhere. ``open_store`` opens it and installs the audit
+views (``projections.views``), so ``sqlite3 .autonomy/events.db "SELECT * FROM
+tool_calls WHERE ok = 0"`` works on any log the engine has touched.
+
+``synchronous`` is the durability setting: ``NORMAL`` (the default, with WAL)
+never loses a committed event when autonomy crashes, but may lose the last
+transactions on a power loss or an OS crash; ``FULL`` survives those too, at the
+cost of an fsync per append.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+
+from events.errors import EventStoreError
+from events.sqlite import SQLiteEventStore, Synchronous
+from projections.views import install_views
+
+DB_ENV = "AUTONOMY_DB"
+"""The environment variable naming the log, when ``--db`` is not given."""
+
+DB_DIR = ".autonomy"
+DB_NAME = "events.db"
+
+
+def default_db_path(workspace: Path | None) -> Path:
+    """``workspace/.autonomy/events.db``, or ``./.autonomy/events.db`` without one."""
+    return (workspace if workspace is not None else Path(".")) / DB_DIR / DB_NAME
+
+
+def resolve_db(
+    db_option: Path | str | None,
+    workspace: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """The log to use: ``db_option`` if given, else ``$AUTONOMY_DB`` (from ``env``,
+    ``os.environ`` when None), else ``default_db_path(workspace)``."""
+    if db_option is not None and str(db_option) != "":
+        return Path(db_option)
+    from_env = (os.environ if env is None else env).get(DB_ENV, "").strip()
+    if from_env:
+        return Path(from_env)
+    return default_db_path(workspace)
+
+
+def open_store(
+    db: Path | str,
+    *,
+    synchronous: Synchronous = "NORMAL",
+    must_exist: bool = False,
+) -> SQLiteEventStore:
+    """Open (creating if needed) the log at ``db`` with the audit views installed.
+
+    ``must_exist=True`` is for commands that only read a log: a missing file is
+    an ``EventStoreError`` instead of a new, empty log.
+    """
+    path = Path(db)
+    if must_exist and str(db) != ":memory:" and not path.exists():
+        raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
+    store = SQLiteEventStore(path, synchronous=synchronous)
+    try:
+        install_views(store.connection)
+    except sqlite3.DatabaseError as e:
+        store.close()
+        raise EventStoreError(f"installing the audit views in {path}: {e}") from e
+    except BaseException:
+        store.close()
+        raise
+    return store

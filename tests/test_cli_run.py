@@ -1,0 +1,88 @@
+"""`autonomy run`, `autonomy demo` and friends, end to end through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.demo import GOAL, DemoModels
+from engine.testing import Reply, ScriptedModelServer
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_run_shows_progress_and_a_summary_and_exits_zero_when_completed(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    with ScriptedModelServer(DemoModels()) as server:
+        code, out = invoke(
+            "run",
+            GOAL,
+            "--workspace",
+            str(ws),
+            "--model-url",
+            server.url,
+            "--api",
+            "ollama",
+            "--model",
+            "m",
+            "--run-id",
+            "r1",
+        )
+    assert code == 0, out
+    assert "step   1 | planning" in out
+    assert "tokens" in out
+    assert "run r1: completed" in out
+    assert "task t1 [completed]" in out and "file calc.py" in out
+    assert (ws / ".autonomy" / "events.db").is_file(), "the default log lives in the workspace"
+    code, out = invoke("runs", "--db", str(ws / ".autonomy" / "events.db"))
+    assert code == 0 and "r1" in out and "completed" in out
+
+
+def test_run_reads_master_plan_when_no_goal_is_given(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "MASTER_PLAN.md").write_text("# Plan\nDo nothing at all.\n")
+    with ScriptedModelServer(lambda request: Reply.text("no")) as server:
+        code, out = invoke(
+            "run",
+            "--workspace",
+            str(ws),
+            "--model-url",
+            server.url,
+            "--model",
+            "m",
+            "--run-id",
+            "r2",
+            "--max-steps",
+            "3",
+        )
+        body = server.chat_requests[0].body
+    assert code == 1, "a run that did not complete exits non-zero"
+    assert "Do nothing at all." in body["messages"][1]["content"]
+    assert "run r2: failed" in out
+
+
+def test_run_without_goal_or_master_plan_is_a_clean_error(tmp_path: Path) -> None:
+    code, out = invoke("run", "--workspace", str(tmp_path))
+    assert code != 0
+    assert "MASTER_PLAN.md" in out and "Traceback" not in out
+
+
+def test_run_with_a_wrong_config_key_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "autonomy.toml").write_text("[limits]\nmax_stepz = 3\n")
+    code, out = invoke("run", "goal", "--workspace", str(tmp_path))
+    assert code != 0 and "max_stepz" in out and "Traceback" not in out
+
+
+def test_demo_completes_and_says_where_the_database_is(tmp_path: Path) -> None:
+    code, out = invoke("demo", "--workdir", str(tmp_path))
+    assert code == 0, out
+    assert "completed" in out
+    assert f"database:  {tmp_path / 'events.db'}" in out
+    code, out = invoke("verify", "--db", str(tmp_path / "events.db"))
+    assert code == 0, out

@@ -1,0 +1,308 @@
+"""Settings: defaults < autonomy.toml < environment < flags, and every mistake named."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.config import (
+    CONFIG_FILE,
+    Limits,
+    Settings,
+    ToolSettings,
+    dump_toml,
+    load_settings,
+    locate_config,
+    point_all_roles,
+    read_config,
+    settings_from_mapping,
+)
+from engine.errors import ConfigError
+from engine.model.roles import SECOND_HOST, Endpoint, Roles
+from events import RunStarted, encode
+from events.codec import Codec
+
+
+def write(tmp_path: Path, text: str, name: str = CONFIG_FILE) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- defaults --------------------------------------------------------------------------
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings()
+    assert settings.mode == "rules"
+    assert settings.synchronous == "NORMAL"
+    assert settings.limits == Limits(
+        max_steps=60,
+        max_attempts_per_task=3,
+        max_turns_per_task=12,
+        no_progress_limit=8,
+        arbiter_repeat_limit=3,
+    )
+    assert settings.tools.allowlist == [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
+    assert settings.tools.command_timeout == 120.0
+    assert settings.tools.output_cap == 20000
+    assert settings.models == Roles()
+
+
+def test_no_file_no_env_no_overrides_gives_the_defaults() -> None:
+    assert load_settings(env={}) == Settings()
+
+
+def test_default_allowlists_are_not_shared_between_instances() -> None:
+    first, second = ToolSettings(), ToolSettings()
+    first.allowlist.append(["make"])
+    assert second.allowlist == [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
+
+
+# -- the file --------------------------------------------------------------------------
+
+
+def test_file_values_are_laid_over_the_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+mode = "orchestrated"
+synchronous = "FULL"
+[limits]
+max_steps = 7
+[tools]
+allowlist = [["python", "-m", "pytest", "-q"]]
+[models.coding]
+base_url = "http://gpu-box:11434"
+""",
+    )
+    settings = load_settings(path, env={})
+    assert settings.mode == "orchestrated"
+    assert settings.synchronous == "FULL"
+    assert settings.limits.max_steps == 7
+    assert settings.limits.max_attempts_per_task == 3  # untouched keys keep their default
+    assert settings.tools.allowlist == [["python", "-m", "pytest", "-q"]]
+    assert settings.models.coding.base_url == "http://gpu-box:11434"
+    assert settings.models.coding.model == Roles().coding.model
+    assert settings.models.arbiter == Roles().arbiter
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[limits]\nmax_stepz = 1\n", "limits.max_stepz: unknown key; did you mean max_steps?"),
+        ("modee = 'rules'\n", "modee: unknown key; did you mean mode?"),
+        ("[limits]\nmax_steps = 'many'\n", "limits.max_steps: expected `int`, got `str`"),
+        ("[limits]\nmax_steps = 0\n", "limits.max_steps: expected `int` >= 1"),
+        ("limits = 3\n", "limits: expected a table"),
+        ("mode = 'auto'\n", "mode: expected one of 'orchestrated', 'rules', got 'auto'"),
+        ("synchronous = 'OFF'\n", "synchronous: expected one of"),
+        ("[tools]\nallowlist = [['python', 1]]\n", "tools.allowlist[0][1]: expected `str`"),
+        ("[tools]\ncommand_timeout = -1\n", "tools.command_timeout: expected `float` > 0"),
+        ("[models.coding]\nmodle = 'x'\n", "models.coding.modle: unknown key; did you mean model?"),
+        ("[models.coding]\nnum_ctx = 'big'\n", "models.coding.num_ctx: expected `int`, got `str`"),
+        (
+            "[models.coding]\nfallbacks = [{ url = 'http://x' }]\n",
+            "models.coding.fallbacks[0].url: unknown key; the keys here are base_url, model, api",
+        ),
+        ("[models.painter]\nmodel = 'x'\n", "models.painter: unknown model role"),
+        ("models = 'qwen'\n", "models: expected a table"),
+    ],
+)
+def test_a_wrong_key_or_type_is_an_error_naming_file_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value).startswith(f"{path}: ")
+    assert expected in str(caught.value)
+
+
+def test_a_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'mode = "rules"\n\n[limits\nmax_steps = 3\n')
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 3") as caught:
+        read_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_config(tmp_path)  # a directory
+
+
+def test_settings_from_mapping_accepts_what_tomllib_gives() -> None:
+    settings = settings_from_mapping({"limits": {"max_turns_per_task": 4}})
+    assert settings.limits.max_turns_per_task == 4
+
+
+# -- finding the file ------------------------------------------------------------------
+
+
+def test_locate_config_prefers_the_explicit_file(tmp_path: Path) -> None:
+    write(tmp_path, "")
+    explicit = write(tmp_path, "", name="other.toml")
+    assert locate_config(explicit, tmp_path) == explicit
+
+
+def test_locate_config_finds_autonomy_toml_in_the_workspace(tmp_path: Path) -> None:
+    assert locate_config(None, tmp_path) is None
+    path = write(tmp_path, "")
+    assert locate_config(None, tmp_path) == path
+    assert locate_config(None, None) is None
+
+
+def test_an_explicit_config_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        locate_config(tmp_path / "missing.toml", tmp_path)
+
+
+# -- the environment and the flags -----------------------------------------------------
+
+
+def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmax_steps = 10\n")
+    assert load_settings(path, env={}).limits.max_steps == 10
+    env = {"AUTONOMY_MAX_STEPS": "20"}
+    assert load_settings(path, env=env).limits.max_steps == 20
+    assert load_settings(path, env=env, overrides={"max_steps": 30}).limits.max_steps == 30
+
+
+def test_none_overrides_are_ignored() -> None:
+    settings = load_settings(env={"AUTONOMY_MODE": "orchestrated"}, overrides={"mode": None})
+    assert settings.mode == "orchestrated"
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTONOMY_MAX_STEPS", "11")
+    assert load_settings().limits.max_steps == 11
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("true", "orchestrated"), ("TRUE", "orchestrated"), ("false", "rules")]
+)
+def test_use_orchestration_is_understood_for_the_predecessors_sake(value: str, mode: str) -> None:
+    assert load_settings(env={"USE_ORCHESTRATION": value}).mode == mode
+
+
+def test_autonomy_mode_wins_over_use_orchestration() -> None:
+    env = {"USE_ORCHESTRATION": "true", "AUTONOMY_MODE": "rules"}
+    assert load_settings(env=env).mode == "rules"
+
+
+def test_an_empty_variable_counts_as_unset() -> None:
+    assert load_settings(env={"AUTONOMY_MAX_STEPS": "", "AUTONOMY_MODEL": " "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("AUTONOMY_MAX_STEPS", "abc", "expected `int`, got `str`"),
+        ("AUTONOMY_MAX_STEPS", "-3", "expected `int` >= 1"),
+        ("AUTONOMY_MODE", "auto", "expected one of 'orchestrated', 'rules'"),
+        ("AUTONOMY_API", "grpc", "expected one of 'ollama', 'openai'"),
+        ("AUTONOMY_MODEL_URL", "localhost:11434", "expected an http:// or https:// URL"),
+        ("USE_ORCHESTRATION", "maybe", "expected true or false"),
+    ],
+)
+def test_a_malformed_variable_is_an_error_naming_it(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={variable: value})
+    assert str(caught.value).startswith(f"{variable}={value!r}: ")
+    assert expected in str(caught.value)
+
+
+def test_a_malformed_override_is_an_error_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^--max-steps='lots': "):
+        load_settings(env={}, overrides={"max_steps": "lots"})
+
+
+def test_an_unknown_override_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown override 'max_stepz'"):
+        load_settings(env={}, overrides={"max_stepz": 3})
+
+
+def test_one_server_flags_point_every_role_at_it_and_clear_fallbacks() -> None:
+    settings = load_settings(
+        env={"AUTONOMY_MODEL_URL": "http://gpu:11434"},
+        overrides={"api": "openai", "model": "qwen2.5-coder:7b"},
+    )
+    for role in ("arbiter", "coding", "reasoning", "analysis"):
+        config = settings.models.get(role)
+        assert config.endpoints() == (
+            Endpoint(base_url="http://gpu:11434", model="qwen2.5-coder:7b", api="openai"),
+        )
+        assert config.num_ctx == Roles().get(role).num_ctx  # sampling options stay per role
+
+
+def test_a_url_alone_keeps_each_roles_model() -> None:
+    settings = load_settings(env={}, overrides={"model_url": "http://box:11434"})
+    assert settings.models.coding.model == Roles().coding.model
+    assert settings.models.arbiter.model == Roles().arbiter.model
+    assert settings.models.coding.fallbacks == ()
+
+
+def test_point_all_roles_without_arguments_only_clears_fallbacks() -> None:
+    roles = point_all_roles(Roles())
+    assert roles.coding.base_url == Roles().coding.base_url
+    assert all(not roles.get(r).fallbacks for r in ("arbiter", "coding", "reasoning", "analysis"))
+    assert Roles().coding.fallbacks[0].base_url == SECOND_HOST
+
+
+# -- recording and writing -------------------------------------------------------------
+
+
+def test_settings_encode_to_json_and_ride_on_run_started() -> None:
+    settings = load_settings(env={}, overrides={"model_url": "http://x:1", "max_steps": 5})
+    assert msgspec.json.decode(msgspec.json.encode(settings), type=Settings) == settings
+    started = RunStarted(goal="g", workspace="/w", config=msgspec.to_builtins(settings))
+    decoded = Codec().decode("run.started", 1, encode(started))
+    assert isinstance(decoded, RunStarted)
+    assert msgspec.convert(decoded.config, Settings) == settings
+
+
+def test_dump_toml_reads_back_equal(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(tmp_path, '[models.reasoning]\nseed = 7\nmodel = "qwen \\"big\\" \\\\ 32b"\n'),
+        env={"USE_ORCHESTRATION": "true"},
+    )
+    again = read_config(write(tmp_path, dump_toml(settings), name="again.toml"))
+    assert again == settings
+    assert again.models.reasoning.seed == 7
+
+
+_text = st.text(max_size=12)
+
+
+@given(
+    model=_text,
+    url=_text,
+    allowlist=st.lists(st.lists(_text, max_size=3), max_size=3),
+    max_steps=st.integers(1, 2**40),
+    temperature=st.floats(0, 2, allow_nan=False),
+)
+def test_dump_toml_round_trips_any_text_and_numbers(
+    model: str, url: str, allowlist: list[list[str]], max_steps: int, temperature: float
+) -> None:
+    replace = msgspec.structs.replace
+    defaults = Settings()
+    coding = replace(
+        defaults.models.coding,
+        model=model,
+        temperature=temperature,
+        fallbacks=(Endpoint(base_url=url, model=model),),
+    )
+    settings = replace(
+        defaults,
+        limits=replace(defaults.limits, max_steps=max_steps),
+        tools=replace(defaults.tools, allowlist=allowlist),
+        models=replace(defaults.models, coding=coding),
+    )
+    assert settings_from_mapping(tomllib.loads(dump_toml(settings))) == settings

@@ -1,0 +1,121 @@
+"""Crashes and resumes: nothing lost, nothing duplicated, the run completes."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.config import load_settings
+from engine.demo import GOAL, DemoModels
+from engine.runlog import RunLog
+from engine.runner import resume_run
+from engine.storage import open_store
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from events import RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
+from projections import project
+
+
+def rows(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT position, run_id, version, type, hash, data FROM events ORDER BY position"
+        ).fetchall()
+
+
+def crashed_run(tmp_path: Path) -> tuple[SQLiteEventStore, RunLog, Path]:
+    """A run whose last event is a tool.requested for create_file: the crash point."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    log.append(
+        ToolRequested(
+            call_id="r1/t2", tool="create_file", arguments={"path": "calc.py", "content": "X = 1\n"}
+        )
+    )
+    return store, log, workspace
+
+
+def settings(server: ScriptedModelServer) -> object:
+    return load_settings(env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m"})
+
+
+def test_a_tool_that_ran_before_the_crash_is_recorded_as_applied_on_resume(tmp_path: Path) -> None:
+    store, _, workspace = crashed_run(tmp_path)
+    (workspace / "calc.py").write_text("X = 1\n")  # the tool did its work, then the process died
+    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    executed = [e.data for e in store.read("r1") if isinstance(e.data, ToolExecuted)]
+    first = executed[0]
+    assert first.call_id == "r1/t2" and first.ok
+    assert first.files_changed[0].after == hashlib.sha256(b"X = 1\n").hexdigest()
+    assert store.get(first.files_changed[0].after) == b"X = 1\n"
+    assert project(store, "r1").pipeline.status == "completed"
+
+
+def test_a_tool_that_never_ran_is_recorded_as_not_applied_on_resume(tmp_path: Path) -> None:
+    store, _, _ = crashed_run(tmp_path)
+    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    first = next(e.data for e in store.read("r1") if isinstance(e.data, ToolExecuted))
+    assert first.call_id == "r1/t2" and not first.ok
+    assert "not applied" in first.error
+    state = project(store, "r1").pipeline
+    assert state.status == "completed" and not state.pending_tools
+
+
+class Slow:
+    """The demo models, answering slowly so that a run can be killed mid-way."""
+
+    def __init__(self) -> None:
+        self.models = DemoModels()
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        return Reply.delayed(0.15, self.models(request))
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    workspace = tmp_path / "ws"
+    autonomy = Path(sys.executable).parent / "autonomy"
+    with ScriptedModelServer(Slow()) as server:
+        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+        proc = subprocess.Popen(
+            [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if db.exists() and len(rows(db)) >= 25:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before it could be killed"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        before = rows(db)
+        run_id = str(before[0][1])
+        assert project(open_store(db), run_id).pipeline.status == "running"
+        result = CliRunner().invoke(cli, ["resume", run_id, "--db", str(db), *model])
+        assert result.exit_code == 0, result.output
+    after = rows(db)
+    assert after[: len(before)] == before, "resume must not change or drop what was written"
+    assert [r[2] for r in after] == list(range(1, len(after) + 1)), (
+        "versions 1..n, no gap or duplicate"
+    )
+    store = open_store(db)
+    assert store.verify(run_id).ok
+    assert project(store, run_id).pipeline.status == "completed"
