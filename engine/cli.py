@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import click
 import msgspec
-from tabulate import tabulate  # type: ignore[import-untyped]
+from tabulate import tabulate
 
 from engine import __version__
 from engine.config import Settings, dump_toml, load_settings, locate_config, settings_from_mapping

@@ -24,7 +24,7 @@ from engine import __version__
 from engine.config import Settings
 from engine.conversation import run_conversation
 from engine.coordinator import Step, decide
-from engine.errors import IllegalTransition
+from engine.errors import ConfigError, IllegalTransition
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
@@ -270,6 +270,12 @@ def start_run(
     progress: Progress | None = None,
 ) -> RunLog:
     """Record ``run.started`` for ``goal`` and run it to the end."""
+    if settings.mode != "rules":
+        # Refuse rather than quietly run the rules: the log would say "orchestrated".
+        raise ConfigError(
+            f"mode {settings.mode!r} is not available yet; use --mode rules "
+            "(or AUTONOMY_MODE=rules, USE_ORCHESTRATION=false)"
+        )
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     log = RunLog.create(

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli
 from engine.config import Settings, load_settings
 from engine.demo import DemoModels
+from engine.errors import ConfigError
 from engine.runner import resume_run, start_run
+from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from events import MemoryEventStore, ToolExecuted
+from events import EventStore, MemoryEventStore, ToolExecuted
 from projections import project
 
 
@@ -22,21 +25,48 @@ def settings_for(server: ScriptedModelServer, **overrides: Any) -> Settings:
     )
 
 
-def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[MemoryEventStore, str, Path]:
-    store = MemoryEventStore()
+def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str, Path]:
+    """``autonomy run`` through the CLI against a scripted server; the log it wrote."""
     workspace = tmp_path / "ws"
-    with ScriptedModelServer(script) as server, httpx.Client() as http:
-        log = start_run(
-            store,
-            goal="build calc",
-            workspace=workspace,
-            settings=settings_for(server, **overrides),
-            http=http,
+    db = tmp_path / "events.db"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
+    with ScriptedModelServer(script) as server:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                "build calc",
+                "--workspace",
+                str(workspace),
+                "--db",
+                str(db),
+                "--model-url",
+                server.url,
+                "--api",
+                "ollama",
+                "--model",
+                "m",
+                "--run-id",
+                "r",
+                *flags,
+            ],
         )
-    return store, log.run_id, workspace
+    assert "Traceback" not in result.output
+    assert result.exit_code in (0, 1), result.output
+    return open_store(db), "r", workspace
 
 
-def tool_results(store: MemoryEventStore, run_id: str) -> list[ToolExecuted]:
+def test_orchestrated_mode_is_refused_clearly_until_it_exists(tmp_path: Path) -> None:
+    with ScriptedModelServer([]) as server, pytest.raises(ConfigError, match="not available"):
+        start_run(
+            MemoryEventStore(),
+            goal="g",
+            workspace=tmp_path,
+            settings=settings_for(server, mode="orchestrated"),
+        )
+
+
+def tool_results(store: EventStore, run_id: str) -> list[ToolExecuted]:
     return [e.data for e in store.read(run_id) if isinstance(e.data, ToolExecuted)]
 
 
