@@ -671,3 +671,7 @@ def _short(text: str, limit: int) -> str:
 def _seconds(recorded_at: str) -> str:
     """``2025-03-14T15:09:26.535897Z`` as ``2025-03-14 15:09:26``."""
     return recorded_at[:19].replace("T", " ")
+
+
+# Command groups kept in their own modules; importing them registers their commands.
+from engine import cli_audit, cli_history, cli_orchestration  # noqa: E402, F401

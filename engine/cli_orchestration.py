@@ -1,0 +1,3 @@
+"""CLI commands: orchestration. Registered on ``engine.cli.cli`` when that module is imported."""
+
+from __future__ import annotations
