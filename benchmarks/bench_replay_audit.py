@@ -1,0 +1,447 @@
+"""Audit query latency with and without the audit indexes, and replay throughput
+against the rebuild-only rate, each baseline measured in the same run.
+
+    python benchmarks/bench_replay_audit.py                       # 1M events, 200 runs
+    python benchmarks/bench_replay_audit.py --events 200000 --repeat 5
+    python benchmarks/bench_replay_audit.py --db /tmp/audit-1m.db  # reuse a built log
+    python benchmarks/bench_replay_audit.py --skip-replay --replay-tasks 40
+
+1. Audit: a log of ``--events`` realistic events over ``--runs`` runs (model,
+   tool, decision, phase and task events; some tool failures and sandbox
+   refusals), written with ``executemany`` straight into the store's own schema
+   (built once into ``--db``, reused when it already holds that many events).
+   Each named query of ``engine.audit`` runs for one run id, first with the
+   store's own indexes only (``(run_id, version)`` and ``type``: the audit
+   indexes dropped, so the views' json_extract joins scan the run), then after
+   ``ensure_indexes``. Medians over ``--repeat``; the ratio is scan/indexed.
+2. Replay: a long run recorded by the engine against a scripted model server
+   (``--replay-tasks`` tasks), replayed with ``engine.replay.replay`` (tools
+   really run in a scratch workspace) against ``projections.project`` of the
+   same run. Both as events/s; the ratio is replay/rebuild.
+
+Hashes in the generated log are placeholders (``autonomy verify`` would reject
+them); nothing here checks the chain. This is a script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from engine.audit import INDEXES, QUERIES, ensure_indexes, run_query  # noqa: E402
+from events import SQLiteEventStore  # noqa: E402
+from projections.views import install_views  # noqa: E402
+
+_encode = msgspec.json.Encoder().encode
+_INSERT = (
+    "INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,"
+    " causation, hash, data) VALUES (?, ?, ?, ?, 1, ?, NULL, ?, ?)"
+)
+_WORDS = [
+    "parse",
+    "the",
+    "config",
+    "file",
+    "and",
+    "validate",
+    "every",
+    "key",
+    "against",
+    "the",
+    "schema",
+    "so",
+    "a",
+    "typo",
+    "fails",
+]
+_ROLES = ("coding", "analysis", "reasoning")
+_MODELS = ("qwen2.5-coder:7b", "qwen2.5:14b", "qwen2.5:32b")
+_PHASES = ("planning", "coding", "qa", "debugging", "documentation")
+_REFUSALS = (
+    "path '../{0}' climbs out of the workspace with '..'; use a path relative to the workspace root",
+    "path '.git/{0}' is inside .git/, which belongs to the tooling, not the project; "
+    "it cannot be read or changed",
+)
+BENCH_PATH = "src/module_3.py"  # every run writes it, so file-history has rows
+
+
+# -- a realistic log -----------------------------------------------------------------------
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def _digest(rng: random.Random) -> str:
+    return f"{rng.getrandbits(256):064x}"
+
+
+def run_payloads(run_id: str, count: int, rng: random.Random) -> Iterator[tuple[str, bytes]]:
+    """``count`` (type, JSON data) pairs shaped like one engine run."""
+    emitted = 0
+
+    def event(type_: str, data: dict[str, Any]) -> tuple[str, bytes]:
+        nonlocal emitted
+        emitted += 1
+        return type_, _encode(data)
+
+    yield event("run.started", {"goal": _text(rng, 20), "workspace": f"/w/{run_id}"})
+    phase, task_no, call_no = "start", 0, 0
+    contents: dict[str, str] = {}
+    while emitted < count - 1:
+        task_no += 1
+        task_id, target = f"t{task_no}", f"src/module_{task_no % 12}.py"
+        to_phase = _PHASES[task_no % len(_PHASES)]
+        fallback = rng.random() < 0.05
+        yield event(
+            "arbiter.decided",
+            {
+                "action": "code",
+                "parameters": {"task_id": task_id},
+                "reasoning": _text(rng, 10),
+                "decided_by": "arbiter",
+                "fallback_used": fallback,
+                "fallback_reason": "arbiter reply was not a valid decision" if fallback else "",
+            },
+        )
+        yield event(
+            "phase.changed",
+            {"trigger": "next", "from_phase": phase, "to_phase": to_phase, "reason": _text(rng, 6)},
+        )
+        phase = to_phase
+        yield event(
+            "task.added", {"task_id": task_id, "title": _text(rng, 6), "target_file": target}
+        )
+        for _turn in range(rng.randint(3, 8)):
+            call_no += 1
+            call_id, tool_call = f"{run_id}/m{call_no}", f"{run_id}/t{call_no}"
+            role = rng.choice(_ROLES)
+            yield event(
+                "model.requested",
+                {
+                    "call_id": call_id,
+                    "role": role,
+                    "model": _MODELS[_ROLES.index(role)],
+                    "endpoint": "http://127.0.0.1:11434",
+                    "conversation": f"{role}:{task_id}",
+                    "request_digest": _digest(rng),
+                    "messages": [{"role": "tool", "content": _text(rng, 30)}],
+                },
+            )
+            if rng.random() < 0.03:
+                yield event(
+                    "model.failed",
+                    {
+                        "call_id": call_id,
+                        "kind": "timeout",
+                        "detail": "read timed out",
+                        "attempt": 1,
+                    },
+                )
+            yield event(
+                "model.responded",
+                {
+                    "call_id": call_id,
+                    "content": _text(rng, 20),
+                    "usage": {
+                        "prompt_tokens": rng.randint(800, 6000),
+                        "completion_tokens": rng.randint(50, 800),
+                    },
+                    "duration_ms": rng.uniform(500, 20_000),
+                },
+            )
+            refused = rng.random() < 0.02
+            failed = refused or rng.random() < 0.05
+            path = target if not refused else rng.choice(("../etc/passwd", ".git/config"))
+            yield event(
+                "tool.requested",
+                {"call_id": tool_call, "tool": "create_file", "arguments": {"path": path}},
+            )
+            if failed:
+                error = (
+                    rng.choice(_REFUSALS).format(path.split("/")[-1])
+                    if refused
+                    else "SyntaxError: invalid syntax (line 3)"
+                )
+                yield event(
+                    "tool.executed",
+                    {"call_id": tool_call, "tool": "create_file", "ok": False, "error": error},
+                )
+            else:
+                after = _digest(rng)
+                change = {"path": target, "before": contents.get(target), "after": after}
+                contents[target] = after
+                yield event(
+                    "tool.executed",
+                    {
+                        "call_id": tool_call,
+                        "tool": "create_file",
+                        "ok": True,
+                        "result": f"wrote {target}",
+                        "files_changed": [{**change, "size": rng.randint(200, 9000)}],
+                    },
+                )
+        yield event(
+            "task.updated",
+            {"task_id": task_id, "status": "completed", "attempt": 1, "error": ""},
+        )
+    yield event("run.finished", {"status": "completed", "reason": "all tasks done"})
+
+
+def build_log(path: Path, events: int, runs: int) -> None:
+    """Write ``events`` events over ``runs`` runs into a new log at ``path``."""
+    SQLiteEventStore(path).close()  # the store's own tables, indexes and triggers
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    rng = random.Random(7)
+    position = 0
+    per_run = events // runs
+    conn.execute("BEGIN")
+    for r in range(runs):
+        run_id = f"run-{r:04d}"
+        count = per_run if r < runs - 1 else events - per_run * (runs - 1)
+        rows = []
+        payloads = list(run_payloads(run_id, count, rng))[:count]
+        for version, (type_, data) in enumerate(payloads, start=1):
+            position += 1
+            rows.append(
+                (
+                    position,
+                    run_id,
+                    version,
+                    type_,
+                    f"2026-01-01T00:00:{position % 60:02d}.000000Z",
+                    "0" * 64,
+                    data.decode(),
+                )
+            )
+        conn.executemany(_INSERT, rows)
+    conn.execute("COMMIT")
+    install_views(conn)
+    conn.close()
+
+
+def log_size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return 0
+    finally:
+        conn.close()
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _query(
+    conn: sqlite3.Connection, name: str, run_id: str, args: tuple[str, ...]
+) -> Callable[[], object]:
+    return lambda: run_query(conn, name, run_id, args)
+
+
+def audit_latency(path: Path, repeat: int, run_id: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    conn.execute("ANALYZE")
+    cases: list[tuple[str, tuple[str, ...]]] = [
+        (name, (BENCH_PATH,) if query.parameters else ()) for name, query in QUERIES.items()
+    ]
+    scan: dict[str, tuple[float, int]] = {}
+    for name, args in cases:
+        rows = len(run_query(conn, name, run_id, args).rows)
+        scan[name] = (
+            median_seconds(_query(conn, name, run_id, args), repeat),
+            rows,
+        )
+    start = time.perf_counter()
+    ensure_indexes(conn)
+    conn.execute("ANALYZE")
+    built = time.perf_counter() - start
+    print(f"ensure_indexes on this log: {built:.1f} s (once)", flush=True)
+    print(
+        f"{'query (one run)':<16} {'rows':>6} {'scan ms':>10} {'indexed ms':>11} {'scan/indexed':>13}"
+    )
+    for name, args in cases:
+        rows = len(run_query(conn, name, run_id, args).rows)
+        assert rows == scan[name][1], f"{name}: the indexes changed the answer"
+        indexed = median_seconds(_query(conn, name, run_id, args), repeat)
+        full = scan[name][0]
+        print(
+            f"{name:<16} {rows:>6} {full * 1000:>10.1f} {indexed * 1000:>11.2f} {full / indexed:>12.0f}x",
+            flush=True,
+        )
+    conn.close()
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+class LongRun:
+    """Scripted models for a long run: ``tasks`` tasks, each written, compiled,
+    completed and approved, so every model and tool event type appears. The arbiter
+    (orchestrated mode) answers as the demo's does: the move its prompt suggests."""
+
+    def __init__(self, tasks: int) -> None:
+        from engine.demo import DemoModels
+
+        self.tasks = tasks
+        self.demo = DemoModels()
+
+    def __call__(self, request: Any) -> Any:
+        import re
+
+        from engine.testing import Reply
+
+        body = request.body or {}
+        offered = {t["function"]["name"] for t in body.get("tools", [])}
+        messages = body.get("messages", [])
+        done = sum(1 for m in messages if m.get("role") == "tool")
+        opening = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        found = re.search(r"Task (t\d+)", opening)
+        task = found.group(1) if found else "t1"
+        if "consult_coding_specialist" in offered:
+            return self.demo.arbiter(messages)
+        if "create_task_plan" in offered:
+            plan = [
+                {"title": f"Write module m{i}", "target_file": f"m{i}.py", "priority": 1}
+                for i in range(1, self.tasks + 1)
+            ]
+            return Reply.tool("create_task_plan", tasks=plan)
+        target = f"m{task[1:]}.py"
+        if "approve_code" in offered:
+            if done == 0:
+                return Reply.tool("read_file", path=target)
+            return Reply.tool("approve_code", task_id=task, summary="fine")
+        steps = [
+            Reply.tool("create_file", path=target, content=f"def f{task[1:]}():\n    return 1\n"),
+            Reply.tool("read_file", path=target),
+            Reply.tool("complete_task", task_id=task, summary="written"),
+        ]
+        return steps[min(done, len(steps) - 1)]
+
+
+def record_long_run(path: Path, workspace: Path, tasks: int) -> str:
+    import httpx
+
+    from engine.config import load_settings
+    from engine.runner import start_run
+    from engine.storage import open_store
+    from engine.testing import ScriptedModelServer
+
+    with ScriptedModelServer(LongRun(tasks)) as server:
+        settings = load_settings(
+            env={},
+            overrides={
+                "model_url": server.url,
+                "api": "ollama",
+                "model": "qwen2.5-coder:7b",
+                "max_steps": tasks * 6 + 20,
+            },
+        )
+        with open_store(path) as store, httpx.Client() as http:
+            log = start_run(
+                store, goal="many modules", workspace=workspace, settings=settings, http=http
+            )
+            return log.run_id
+
+
+def replay_throughput(workdir: Path, tasks: int, repeat: int) -> None:
+    from engine.replay import replay
+    from engine.storage import open_store
+    from projections import project
+
+    db = workdir / "long.db"
+    start = time.perf_counter()
+    run_id = record_long_run(db, workdir / "ws", tasks)
+    recorded = time.perf_counter() - start
+    with closing(open_store(db)) as store:
+        events = store.last_version(run_id)
+        status = project(store, run_id).pipeline.status
+        fallbacks = store.connection.execute(
+            "SELECT count(*) FROM decisions WHERE run_id = ? AND fallback_used", (run_id,)
+        ).fetchone()[0]
+        print(
+            f"long run: {events:,} events, {tasks} tasks, status {status}, {fallbacks} fallbacks,"
+            f" recorded in {recorded:.1f} s",
+            flush=True,
+        )
+        result = replay(store, run_id)
+        if not result.identical:
+            print(f"replay is not identical, throughput not measured:\n{result.report()}")
+            return
+        replayed = median_seconds(lambda: replay(store, run_id), repeat)
+        rebuilt = median_seconds(lambda: project(store, run_id), repeat)
+    print(
+        f"replay   {events / replayed:>10,.0f} ev/s   rebuild-only {events / rebuilt:>10,.0f} ev/s"
+        f"   replay/rebuild {rebuilt / replayed:.3f}  (replay re-runs the engine and its tools)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the audit log")
+    parser.add_argument("--runs", type=int, default=200, help="runs in the audit log")
+    parser.add_argument("--db", type=Path, help="the audit log: built if missing, else reused")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians")
+    parser.add_argument("--replay-tasks", type=int, default=30, help="tasks in the replayed run")
+    parser.add_argument("--skip-audit", action="store_true")
+    parser.add_argument("--skip-replay", action="store_true")
+    args = parser.parse_args(argv)
+    print(
+        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}; median of {args.repeat}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-replay-audit-") as tmp:
+        workdir = Path(tmp)
+        if not args.skip_audit:
+            db = args.db or Path(tempfile.gettempdir()) / f"bench-audit-{args.events}.db"
+            if log_size(db) != args.events:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
+                start = time.perf_counter()
+                build_log(db, args.events, args.runs)
+                print(
+                    f"built {db}: {args.events:,} events over {args.runs} runs in "
+                    f"{time.perf_counter() - start:.1f} s, {db.stat().st_size / 2**20:.0f} MiB",
+                    flush=True,
+                )
+            else:
+                print(f"reusing {db} ({args.events:,} events)", flush=True)
+            audit_latency(db, args.repeat, f"run-{args.runs // 2:04d}")
+        if not args.skip_replay:
+            replay_throughput(workdir, args.replay_tasks, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

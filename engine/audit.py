@@ -1,0 +1,278 @@
+"""Named audit queries over the documented SQL views, and read-only ad-hoc SQL.
+
+Every named query is plain SQL over the views of ``projections.views`` (``runs``,
+``phase_changes``, ``tasks``, ``model_calls``, ``tool_calls``, ``decisions``), so
+what ``autonomy audit`` prints can be reproduced with ``sqlite3`` alone. A query
+is restricted to one run when a run id is given, to every run otherwise.
+
+    QUERIES          name -> AuditQuery(sql, description, parameters, example)
+    run_query        one named query on an open connection -> AuditResult
+    run_sql          any SELECT on a read-only connection to a database file
+    ensure_indexes   the expression indexes that make the views' joins fast
+    format_result    an AuditResult as a table, JSON or CSV
+
+``ensure_indexes`` belongs with ``install_views`` in ``projections.views`` (the
+views are what need it); it lives here until that module can take it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tabulate import tabulate
+
+from events.errors import AutonomyError
+
+Format = Literal["table", "json", "csv"]
+FORMATS: tuple[Format, ...] = ("table", "json", "csv")
+
+
+class AuditError(AutonomyError):
+    """An audit query could not be run: an unknown name, a missing argument, or SQL
+    that SQLite refused (a write on the read-only connection, a syntax error)."""
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """A named query. ``sql`` has a ``{run}`` slot, filled with a run filter on the
+    column ``run_id`` (or ``1`` for every run), and binds ``parameters`` by name."""
+
+    sql: str
+    description: str
+    parameters: tuple[str, ...] = ()
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Column names and rows, in the order SQLite returned them."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+# The sandbox's refusals (engine/tools/sandbox.py), recognised by their wording.
+_REFUSED = """(
+     error LIKE '%outside the workspace%'
+  OR error LIKE '%out of the workspace%'
+  OR error LIKE '%belongs to the tooling%'
+  OR error LIKE 'empty path: give a path relative to the workspace%'
+  OR error LIKE '%contains a NUL byte%')"""
+
+QUERIES: dict[str, AuditQuery] = {
+    "tool-failures": AuditQuery(
+        sql="""
+SELECT run_id, requested_version AS version, call_id, tool, arguments,
+  CASE WHEN executed_version IS NULL THEN 'never executed' ELSE 'failed' END AS outcome,
+  error
+FROM tool_calls
+WHERE {run} AND (ok = 0 OR executed_version IS NULL)
+ORDER BY run_id, requested_version""",
+        description="Tool calls that failed (with the error), or were requested but "
+        "never reported (a crash in between).",
+        example="autonomy audit RUN_ID tool-failures",
+    ),
+    "decisions": AuditQuery(
+        sql="""
+SELECT run_id, version, action, parameters, decided_by, fallback_used, fallback_reason,
+  reasoning
+FROM decisions
+WHERE {run}
+ORDER BY run_id, version""",
+        description="Every coordinator decision: action, who decided, whether a "
+        "fallback was used and why.",
+        example="autonomy audit decisions --format json",
+    ),
+    "model-usage": AuditQuery(
+        sql="""
+SELECT model, role, count(*) AS calls,
+  sum(status = 'failed') AS failed_calls,
+  sum(failures) AS failed_attempts,
+  coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+  coalesce(sum(completion_tokens), 0) AS completion_tokens,
+  round(coalesce(sum(duration_ms), 0) / 1000.0, 3) AS seconds
+FROM model_calls
+WHERE {run}
+GROUP BY model, role
+ORDER BY model, role""",
+        description="Per model and role: calls, failed calls and attempts, prompt and "
+        "completion tokens, time spent answering.",
+        example="autonomy audit RUN_ID model-usage",
+    ),
+    "phase-timeline": AuditQuery(
+        sql="""
+SELECT run_id, version, recorded_at, from_phase, to_phase, trigger, decided_by, reason
+FROM phase_changes
+WHERE {run}
+ORDER BY run_id, version""",
+        description="Every phase change in order, with its trigger, decider and reason.",
+        example="autonomy audit RUN_ID phase-timeline",
+    ),
+    "tasks": AuditQuery(
+        sql="""
+SELECT run_id, task_id, title, target_file, priority, status, attempts, last_error
+FROM tasks
+WHERE {run}
+ORDER BY run_id, added_version""",
+        description="Every task with its latest status, attempts and last error.",
+        example="autonomy audit RUN_ID tasks",
+    ),
+    "file-history": AuditQuery(
+        sql="""
+SELECT t.run_id, t.executed_version AS version, t.call_id, t.tool,
+  CASE WHEN json_extract(f.value, '$.after') IS NULL THEN 'delete'
+       WHEN json_extract(f.value, '$.before') IS NULL THEN 'create'
+       ELSE 'modify' END AS change,
+  json_extract(f.value, '$.before') AS before_hash,
+  json_extract(f.value, '$.after') AS after_hash,
+  json_extract(f.value, '$.size') AS size
+FROM tool_calls t, json_each(t.files_changed) f
+WHERE {run} AND json_extract(f.value, '$.path') = :path
+ORDER BY t.run_id, t.executed_version""",
+        description="Every write or delete of PATH (relative to the workspace): version, "
+        "tool, content hashes before and after.",
+        parameters=("path",),
+        example="autonomy audit RUN_ID file-history calc.py",
+    ),
+    "refused-paths": AuditQuery(
+        sql=f"""
+SELECT run_id, requested_version AS version, call_id, tool,
+  coalesce(json_extract(arguments, '$.path'), arguments) AS path, error
+FROM tool_calls
+WHERE {{run}} AND ok = 0 AND {_REFUSED}
+ORDER BY run_id, requested_version""",
+        description="Tool calls the sandbox refused: paths outside the workspace or "
+        "inside .autonomy/ or .git/.",
+        example="autonomy audit refused-paths --format csv",
+    ),
+}
+
+# The views join events to events on (run_id, type, a json_extract of data): without
+# these, every lookup scans the whole run. Expressions must match the views' text.
+INDEXES: dict[str, str] = {
+    "events_call_id": "CREATE INDEX IF NOT EXISTS events_call_id"
+    " ON events(run_id, type, json_extract(data, '$.call_id'))",
+    "events_task_id": "CREATE INDEX IF NOT EXISTS events_task_id"
+    " ON events(run_id, type, json_extract(data, '$.task_id'))",
+    "events_type_run": "CREATE INDEX IF NOT EXISTS events_type_run ON events(type, run_id, version)",
+}
+
+
+def ensure_indexes(connection: sqlite3.Connection) -> None:
+    """Create the audit indexes that are missing (a no-op once they exist)."""
+    existing = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    missing = [ddl for name, ddl in INDEXES.items() if name not in existing]
+    if not missing:
+        return
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        for ddl in missing:
+            connection.execute(ddl)
+        connection.execute("COMMIT")
+    except sqlite3.DatabaseError as e:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise AuditError(f"creating the audit indexes: {e}") from e
+
+
+def query_sql(name: str, run_id: str | None) -> str:
+    """The SQL of a named query, filtered to ``run_id`` (bound as ``:run_id``) if given."""
+    query = _query(name)
+    return query.sql.format(run="run_id = :run_id" if run_id is not None else "1").strip()
+
+
+def run_query(
+    connection: sqlite3.Connection,
+    name: str,
+    run_id: str | None = None,
+    arguments: tuple[str, ...] = (),
+) -> AuditResult:
+    """Run the named query; ``arguments`` fill its ``parameters`` in order."""
+    query = _query(name)
+    if len(arguments) != len(query.parameters):
+        wanted = " ".join(p.upper() for p in query.parameters) or "no arguments"
+        raise AuditError(
+            f"{name} takes {wanted}, got {len(arguments)} argument(s); e.g. {query.example}"
+        )
+    params: dict[str, Any] = dict(zip(query.parameters, arguments, strict=True))
+    if run_id is not None:
+        params["run_id"] = run_id
+    return _execute(connection, query_sql(name, run_id), params, f"audit query {name}")
+
+
+def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> AuditResult:
+    """Run ``sql`` on a read-only connection to the database file ``db``.
+
+    The connection is opened with ``mode=ro`` and ``PRAGMA query_only``, so any
+    write (INSERT, CREATE, ATTACH-and-write...) is refused by SQLite itself and
+    reported as an ``AuditError``."""
+    path = Path(db)
+    if not path.is_file():
+        raise AuditError(f"no database file at {path}")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as e:
+        raise AuditError(f"opening {path} read-only: {e}") from e
+    try:
+        connection.execute("PRAGMA query_only = ON")
+        return _execute(connection, sql, params or {}, "the SQL query (read-only)")
+    finally:
+        connection.close()
+
+
+def format_result(result: AuditResult, fmt: Format) -> str:
+    """The rows as a plain-text table, a JSON array of objects, or CSV with a header."""
+    if fmt == "json":
+        return json.dumps(result.as_dicts(), indent=2, ensure_ascii=False)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+        return out.getvalue().rstrip("\n")
+    if fmt == "table":
+        if not result.rows:
+            return "(no rows)"
+        return str(tabulate(result.rows, headers=result.columns, disable_numparse=True))
+    raise AuditError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def describe_queries() -> str:
+    """One paragraph per named query, for help texts."""
+    lines = []
+    for name, query in QUERIES.items():
+        args = "".join(f" {p.upper()}" for p in query.parameters)
+        lines.append(f"{name}{args}: {query.description}")
+    return "\n".join(lines)
+
+
+def _query(name: str) -> AuditQuery:
+    try:
+        return QUERIES[name]
+    except KeyError:
+        raise AuditError(
+            f"unknown audit query {name!r}; the queries are {', '.join(QUERIES)} (or --sql)"
+        ) from None
+
+
+def _execute(
+    connection: sqlite3.Connection, sql: str, params: dict[str, Any], what: str
+) -> AuditResult:
+    try:
+        cursor = connection.execute(sql, params)
+        rows = cursor.fetchall()
+    except sqlite3.Error as e:
+        raise AuditError(f"{what} failed: {e}") from e
+    columns = tuple(d[0] for d in cursor.description or ())
+    return AuditResult(columns=columns, rows=rows)

@@ -1,0 +1,189 @@
+"""The pytest plugin: harmless when unused, ``--replay-db``, ``replay_run``, strategies.
+
+Sessions run in-process with ``pytester`` against a log recorded by the demo models.
+Most tests put a stand-in ``engine.replay`` in ``sys.modules`` so that they check the
+plugin, not the replay engine; one test replays for real.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.demo import GOAL, DemoModels
+from engine.pytest_plugin import replay_run
+from engine.storage import open_store
+from engine.testing import ScriptedModelServer
+from events.schema import RunForked
+
+pytest_plugins = ["pytester"]
+
+RUN_FLAGS = ("run", GOAL, "--api", "ollama", "--model", "qwen2.5-coder:7b")
+GOOD, BAD, FORKED = "calc-good", "calc-bad", "calc-forked"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two runs of the demo, and a fork of the first."""
+    base = tmp_path_factory.mktemp("plugin")
+    db = base / "events.db"
+    for run_id in (GOOD, BAD):
+        with ScriptedModelServer(DemoModels()) as server:
+            result = CliRunner().invoke(
+                cli,
+                [
+                    *RUN_FLAGS,
+                    "--workspace",
+                    str(base / run_id),
+                    "--db",
+                    str(db),
+                    "--model-url",
+                    server.url,
+                    "--run-id",
+                    run_id,
+                ],
+            )
+        assert result.exit_code == 0, result.output
+    with open_store(db) as store:
+        store.append(FORKED, [RunForked(parent_run=GOOD, at_version=5, workspace="/w")], 0)
+    return db
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    identical: bool
+    text: str
+
+    def report(self) -> str:
+        return self.text
+
+
+class FakeRefused(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_replay(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``engine.replay`` stand-in: GOOD is identical, BAD diverges, FORKED is refused.
+    Returns the run ids replayed, in order."""
+    replayed: list[str] = []
+
+    def replay(store: object, run_id: str) -> FakeResult:
+        replayed.append(run_id)
+        if run_id == FORKED:
+            raise FakeRefused("it was forked")
+        if run_id == BAD:
+            return FakeResult(False, "diverged at version 7: expected tool.executed")
+        return FakeResult(True, "identical (95 events)")
+
+    module = types.ModuleType("engine.replay")
+    module.replay = replay  # type: ignore[attr-defined]
+    module.ReplayRefused = FakeRefused  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "engine.replay", module)
+    return replayed
+
+
+def test_the_plugin_is_loaded_and_harmless_when_unused(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_plain(request):
+            assert request.config.pluginmanager.hasplugin("autonomy")
+            assert request.config.getoption("--replay-db") is None
+        """
+    )
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*replay*")
+
+
+def test_replay_db_adds_one_test_per_run(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    result = pytester.runpytest("--replay-db", str(db), "-v", "-rs")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*replay?{GOOD}? PASSED*",
+            f"*replay?{BAD}? FAILED*",
+            f"*replay?{FORKED}? SKIPPED*",
+            "*diverged at version 7: expected tool.executed*",
+            "*cannot be replayed: it was forked*",
+        ]
+    )
+    assert sorted(fake_replay) == sorted([GOOD, BAD, FORKED])
+
+
+def test_replay_items_are_selected_with_k(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    result = pytester.runpytest("--replay-db", str(db), "-k", "good")
+    result.assert_outcomes(passed=1, deselected=2)
+    assert fake_replay == [GOOD]
+
+
+def test_a_replay_db_that_does_not_exist_is_a_usage_error(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    result = pytester.runpytest("--replay-db", str(tmp_path / "missing.db"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--replay-db*missing.db*no event log*"])
+
+
+def test_replay_run_asserts_in_a_users_test(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    pytester.makepyfile(
+        f"""
+        from engine.pytest_plugin import replay_run
+
+        def test_good():
+            replay_run({str(db)!r}, {GOOD!r})
+
+        def test_bad():
+            replay_run({str(db)!r}, {BAD!r})
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*AssertionError: replay of run 'calc-bad'*diverged:*", "*diverged at version 7*"]
+    )
+
+
+def test_strategies_are_re_exported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from hypothesis import given, settings
+        from engine.pytest_plugin import any_event, run_events
+        from events.schema import Event
+
+        @settings(max_examples=5)
+        @given(any_event())
+        def test_any(event):
+            assert isinstance(event, Event)
+
+        @settings(max_examples=3)
+        @given(run_events())
+        def test_runs(events):
+            assert isinstance(events, (list, tuple))
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import engine.pytest_plugin as plugin
+
+    with pytest.raises(AttributeError, match="no_such_strategy"):
+        _ = plugin.no_such_strategy
+
+
+def test_replay_run_passes_on_a_recorded_demo_run_with_the_real_replay(db: Path) -> None:
+    pytest.importorskip("engine.replay")
+    replay_run(db, GOOD)

@@ -1,0 +1,164 @@
+"""``autonomy report RUN_ID --html FILE``: one self-contained page, checked by parsing it."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_audit import MARK, OTHER, RUN, DemoWithMistakes, record_synthetic_run
+
+from engine.cli import cli
+from engine.demo import GOAL
+from engine.storage import open_store
+from engine.testing import ScriptedModelServer
+from events.schema import RunFinished, RunStarted, ToolExecuted, ToolRequested
+
+RUN_FLAGS = ("run", GOAL, "--api", "ollama", "--model", "qwen2.5-coder:7b")
+HOSTILE = "hostile"
+SCRIPT = "<script>alert('x')</script>"
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: sections, classed rows and their text,
+    every tag and the URLs it refers to."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.sections: dict[str, str] = {}
+        self.rows: list[tuple[str, str]] = []  # (class, text)
+        self.tags: list[str] = []
+        self.urls: list[str] = []
+        self._section: str | None = None
+        self._row: tuple[str, list[str]] | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        attributes = dict(attrs)
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href")]
+        if tag == "section":
+            self._section = attributes.get("id") or ""
+            self.sections[self._section] = ""
+        if tag == "tr":
+            self._row = (attributes.get("class") or "", [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section = None
+        if tag == "tr" and self._row is not None:
+            self.rows.append((self._row[0], " ".join(self._row[1])))
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._section is not None:
+            self.sections[self._section] += data
+        if self._row is not None:
+            self._row[1].append(data)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("report")
+    db = base / "events.db"
+    with ScriptedModelServer(DemoWithMistakes()) as server:
+        result = CliRunner().invoke(
+            cli,
+            [
+                *RUN_FLAGS,
+                "--workspace",
+                str(base / "ws"),
+                "--db",
+                str(db),
+                "--model-url",
+                server.url,
+                "--run-id",
+                RUN,
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    record_synthetic_run(db)
+    with closing(open_store(db)) as store:
+        store.append(
+            HOSTILE,
+            [
+                RunStarted(goal=f"goal {SCRIPT}", workspace="/w", mode="rules"),
+                ToolRequested(call_id="h/t1", tool="read_file", arguments={"path": SCRIPT}),
+                ToolExecuted(call_id="h/t1", tool="read_file", ok=False, error=f"bad {SCRIPT}"),
+                RunFinished(status="failed", reason=f"because {SCRIPT}"),
+            ],
+            0,
+        )
+    return db
+
+
+def report(db: Path, run_id: str, out: Path) -> Page:
+    result = CliRunner().invoke(cli, ["report", run_id, "--html", str(out), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return Page(out.read_text(encoding="utf-8"))
+
+
+def test_the_page_has_every_section(db: Path, tmp_path: Path) -> None:
+    page = report(db, RUN, tmp_path / "r.html")
+    assert list(page.sections) == [
+        "summary",
+        "phases",
+        "decisions",
+        "tasks",
+        "tool-calls",
+        "tokens",
+    ]
+    assert "completed" in page.sections["summary"]
+    assert "documentation" in page.sections["phases"]
+    assert "t1 failed review" in page.sections["decisions"]
+    assert "Write pytest tests for add" in page.sections["tasks"]
+    assert "qwen2.5-coder:7b" in page.sections["tokens"]
+    assert "analysis" in page.sections["tokens"] and "coding" in page.sections["tokens"]
+
+
+def test_failed_tool_calls_are_marked_with_their_error(db: Path, tmp_path: Path) -> None:
+    page = report(db, RUN, tmp_path / "r.html")
+    failed = [text for css, text in page.rows if css == "failed"]
+    assert len(failed) == 3
+    assert "climbs out of the workspace" in failed[0] and MARK in failed[0]
+    assert "does not exist" in failed[2]
+    ok_rows = [text for css, text in page.rows if css == "" and "create_file" in text]
+    assert ok_rows, "successful calls are listed too, unmarked"
+
+
+def test_fallback_decisions_are_marked(db: Path, tmp_path: Path) -> None:
+    page = report(db, OTHER, tmp_path / "r.html")
+    [fallback] = [text for css, text in page.rows if css == "fallback"]
+    assert "arbiter reply was not a valid decision" in fallback
+    assert "never executed" in page.sections["tool-calls"]
+    assert "big:70b" in page.sections["tokens"] and "arbiter" in page.sections["tokens"]
+
+
+def test_the_page_is_self_contained(db: Path, tmp_path: Path) -> None:
+    page = report(db, RUN, tmp_path / "r.html")
+    assert "script" not in page.tags
+    assert "link" not in page.tags and "img" not in page.tags
+    assert page.urls == []
+    assert "style" in page.tags
+
+
+def test_everything_from_the_log_is_escaped(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    page = report(db, HOSTILE, out)
+    assert "script" not in page.tags
+    assert SCRIPT not in out.read_text(encoding="utf-8")
+    assert SCRIPT in page.sections["summary"]  # shown as text, not run
+    [failed] = [text for css, text in page.rows if css == "failed"]
+    assert f"bad {SCRIPT}" in failed
+
+
+def test_an_unknown_run_is_a_clean_error(db: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["report", "nope", "--html", str(tmp_path / "r.html"), "--db", str(db)]
+    )
+    assert result.exit_code == 1
+    assert "no run 'nope'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r.html").exists()
