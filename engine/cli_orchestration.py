@@ -1,3 +1,42 @@
 """CLI commands: orchestration. Registered on ``engine.cli.cli`` when that module is imported."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engine.cli import cli, db_option, opened_log
+from engine.errors import ConfigError
+from engine.runlog import RunLog
+from events.schema import UserAnswered
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("text")
+@db_option
+def answer(run_id: str, text: str, db: Path | None) -> None:
+    """Answer the question a waiting run asked; then `autonomy resume RUN_ID`.
+
+    The answer is recorded as a `user.answered` event and the run is running
+    again; the arbiter sees the question and the answer in its next prompt.
+
+    Example:
+
+    \b
+        autonomy answer run-20261124-101500-ab12 "Use Python 3.12 only"
+        autonomy resume run-20261124-101500-ab12
+    """
+    with opened_log(db) as store:
+        log = RunLog(store, run_id)
+        status = log.pipeline.status
+        if status != "waiting_for_input":
+            raise ConfigError(f"run {run_id} is {status}, not waiting for an answer")
+        if not text.strip():
+            raise ConfigError("the answer is empty")
+        question = log.pipeline.question
+        log.append(UserAnswered(answer=text), causation=log.version)
+        click.echo(
+            f"answered {question!r} for run {run_id}; continue with: autonomy resume {run_id}"
+        )

@@ -9,7 +9,7 @@ into frozen Structs that forbid unknown fields, so a wrong key or type is a
 ``ConfigError`` naming it (``limits.max_stepz: unknown key; did you mean
 max_steps?``). Every key, with its default::
 
-    mode = "rules"                  # or "orchestrated": the arbiter model decides
+    mode = "orchestrated"           # or "rules" (deprecated): who picks the next step
     synchronous = "NORMAL"          # or "FULL": see engine.storage
 
     [limits]
@@ -88,7 +88,7 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything configurable about a run. ``Settings()`` is the default set-up."""
 
-    mode: Mode = "rules"
+    mode: Mode = "orchestrated"
     limits: Limits = msgspec.field(default_factory=Limits)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     models: Roles = msgspec.field(default_factory=Roles)

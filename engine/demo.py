@@ -6,14 +6,19 @@ function and its pytest tests. The scripted reviewer rejects the first version
 once, so the run shows every phase: planning, coding, qa, debugging, qa again,
 documentation, completed. The tools really run: files are written in a temporary
 workspace and pytest runs on them.
+
+The run is orchestrated: whenever more than one move is legal the scripted arbiter
+is asked, and it takes the move its prompt suggests (a well-behaved arbiter).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -54,11 +59,21 @@ class DemoModels:
         opening = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
         found = re.search(r"Task (t\d+)", opening)
         task = found.group(1) if found else ""
+        if "consult_coding_specialist" in offered:
+            return self.arbiter(messages)
         if "create_task_plan" in offered:
             return self._plan()
         if "approve_code" in offered:
             return self._review(task, done)
         return self._code(task, done, "Last problem reported" in opening)
+
+    def arbiter(self, messages: list[dict[str, Any]]) -> Reply:
+        """The arbiter's answer: the suggested move from its prompt."""
+        prompt = messages[-1].get("content", "") if messages else ""
+        found = re.search(r"^Suggested next move: (\w+) (\{.*\})$", prompt, re.MULTILINE)
+        if found is None:
+            return Reply.text("I cannot tell what to do next.")
+        return Reply.tool(found.group(1), **json.loads(found.group(2)))
 
     def _plan(self) -> Reply:
         return Reply.tool(

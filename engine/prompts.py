@@ -1,14 +1,34 @@
-"""Prompts: a base system prompt per kind of work, and the opening user message.
+"""Prompts: a base system prompt per kind of work, the opening user message, and
+fitting a conversation to a model's context window.
 
 Every input a prompt depends on comes from projected state (goal, task, files,
 last error), so the same log always builds the same prompt; its digest rides on
 ``model.requested``.
+
+*Dynamic enhancement*: ``complexity`` scores a task 1-10 from the size of its
+target file, its dependencies, its attempts so far and the phase; the score adds
+guidance to the system prompt of a complex task (read first, change in small
+steps, test each; do not repeat failed attempts).
+
+*Fitting*: ``fit`` trims a conversation to a context window of ``num_ctx``
+tokens, oldest history first, never the system prompt nor the opening message
+(the current task). Tokens are estimated as characters / 4 (``estimate_tokens``),
+the usual rule of thumb for English and code with BPE tokenizers: cheap, stable,
+and deliberately rough, so ``fit`` also keeps ``REPLY_RESERVE`` of the window
+free for the answer.
+
+*Caching*: building a prompt is a pure function of its inputs, so built
+prompts are memoised by those inputs (``build_prompt``'s LRU cache).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
 
 from events.schema import Message
 from projections.pipeline import PipelineState, TaskState
@@ -31,6 +51,12 @@ SYSTEM = {
         "failed review; the reviewer's report is below. Find the cause, fix it with "
         "the file tools, check with run_command, then call complete_task."
     ),
+    "reason": (
+        "You are the reasoning specialist of an autonomous coding agent: strategy and "
+        "failure diagnosis. Read the goal, the tasks and their errors below. If work is "
+        "missing, add tasks with create_task_plan; if the order of work is wrong, call "
+        "set_task_priority on the task that should move. Always answer with a tool call."
+    ),
     "qa": (
         "You are the reviewer of an autonomous coding agent. Read the task's files and "
         "run the tests with run_command. Then call approve_code if the task is done "
@@ -45,23 +71,151 @@ NUDGE = (
 )
 
 
-def opening(action: str, state: PipelineState, task: TaskState | None) -> list[Message]:
-    """The system prompt and first user message for one conversation."""
-    lines = [f"Goal:\n{state.goal.strip()}"]
+PHASE_WEIGHT = {"plan": 2, "reason": 2, "code": 1, "debug": 2, "qa": 0}
+"""Extra complexity a kind of work carries: debugging and planning are harder."""
+
+COMPLEX = 7
+"""Scores at or above this get the 'complex task' guidance."""
+
+ENHANCEMENT = {
+    "complex": (
+        "This task is complex (score {score}/10): read the files involved first, change "
+        "one thing at a time, run the checks after each change, and only finish when "
+        "they pass."
+    ),
+    "retry": "Earlier attempts at this task failed ({attempts}); do not repeat them.",
+}
+"""Guidance added to the base prompt. Below ``COMPLEX`` the base prompt is sent
+as is: a simple task gains nothing from more words, and a prompt that does not
+change keeps replays of older runs identical."""
+
+
+def complexity(action: str, task: TaskState | None, file_sizes: Mapping[str, int]) -> int:
+    """A 1-10 score for a piece of work: +1 per 2 KB of the target file (up to
+    +4), +1 per dependency (up to +2), +1 per earlier attempt (up to +2), plus the
+    kind of work's ``PHASE_WEIGHT``."""
+    score = 1 + PHASE_WEIGHT.get(action, 0)
     if task is not None:
-        lines.append(f"Task {task.task_id}: {task.title}")
-        if task.description:
-            lines.append(task.description)
-        if task.target_file:
-            lines.append(f"Target file: {task.target_file}")
-        if task.errors and action in ("debug", "code"):
-            lines.append(f"Last problem reported:\n{task.errors[-1]}")
-    if state.files:
-        lines.append("Files in the workspace written so far: " + ", ".join(sorted(state.files)))
-    return [
-        Message(role="system", content=SYSTEM[action]),
+        score += min(4, file_sizes.get(task.target_file, 0) // 2048)
+        score += min(2, len(task.dependencies))
+        score += min(2, max(0, task.attempts - 1))
+    return max(1, min(10, score))
+
+
+def enhancement(action: str, score: int, attempts: int) -> str:
+    """The guidance added to the base system prompt for this score ("" below
+    ``COMPLEX``)."""
+    if score < COMPLEX:
+        return ""
+    parts = [ENHANCEMENT["complex"].format(score=score)]
+    if attempts > 1 and action in ("code", "debug"):
+        parts.append(ENHANCEMENT["retry"].format(attempts=attempts - 1))
+    return " ".join(parts)
+
+
+def opening(action: str, state: PipelineState, task: TaskState | None) -> list[Message]:
+    """The system prompt (base + enhancement) and first user message for one
+    conversation."""
+    sizes = {path: f.size for path, f in state.files.items()}
+    score = complexity(action, task, sizes)
+    task_key: tuple[Any, ...] = ()
+    if task is not None:
+        last_error = task.errors[-1] if task.errors and action in ("debug", "code") else ""
+        task_key = (
+            task.task_id,
+            task.title,
+            task.description,
+            task.target_file,
+            last_error,
+            task.attempts,
+        )
+    tasks: tuple[str, ...] = ()
+    if action == "reason":
+        tasks = tuple(
+            f"{t.task_id} [{t.status}] priority {t.priority}: {t.title}"
+            + (f" (last error: {t.last_error[:200]})" if t.last_error else "")
+            for t in state.tasks.values()
+        )
+    files = tuple(sorted(state.files))
+    return list(build_prompt(action, state.goal, task_key, files, score, tasks))
+
+
+@functools.lru_cache(maxsize=256)
+def build_prompt(
+    action: str,
+    goal: str,
+    task: tuple[Any, ...],
+    files: tuple[str, ...],
+    score: int,
+    tasks: tuple[str, ...] = (),
+) -> tuple[Message, Message]:
+    """The two opening messages, memoised by their inputs (all hashable): the
+    engine asks for the same prompt again on a retry and on every replay."""
+    lines = [f"Goal:\n{goal.strip()}"]
+    attempts = 0
+    if task:
+        task_id, title, description, target_file, last_error, attempts = task
+        lines.append(f"Task {task_id}: {title}")
+        if description:
+            lines.append(description)
+        if target_file:
+            lines.append(f"Target file: {target_file}")
+        if last_error:
+            lines.append(f"Last problem reported:\n{last_error}")
+    if tasks:
+        lines.append("Tasks:\n" + "\n".join(tasks))
+    if files:
+        lines.append("Files in the workspace written so far: " + ", ".join(files))
+    system = SYSTEM[action]
+    extra = enhancement(action, score, attempts)
+    if extra:
+        system = f"{system}\n\n{extra}"
+    return (
+        Message(role="system", content=system),
         Message(role="user", content="\n\n".join(lines)),
-    ]
+    )
+
+
+CHARS_PER_TOKEN = 4
+"""The token estimate's ratio (see the module docstring)."""
+
+REPLY_RESERVE = 0.25
+"""Share of the context window kept free for the model's answer."""
+
+
+def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()) -> int:
+    """Tokens a request will take, estimated as characters / ``CHARS_PER_TOKEN``
+    (content, tool call arguments and tool schemas)."""
+    chars = 0
+    for m in messages:
+        chars += len(m.content) + 8
+        for call in m.tool_calls:
+            chars += len(call.name) + len(msgspec.json.encode(call.arguments))
+    for tool in tools:
+        chars += len(msgspec.json.encode(tool))
+    return chars // CHARS_PER_TOKEN + 1
+
+
+def fit(
+    messages: Sequence[Message], num_ctx: int, tools: Sequence[Mapping[str, Any]] = ()
+) -> list[Message]:
+    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve.
+
+    The first two messages (system prompt and current task) always stay; history
+    after them is dropped oldest first, an assistant turn together with the tool
+    results answering it, so no tool result is left without its call. If even the
+    system prompt and the task do not fit, they are sent anyway: the server
+    truncates, and the log shows what was sent."""
+    budget = int(num_ctx * (1 - REPLY_RESERVE))
+    kept = list(messages)
+    if estimate_tokens(kept, tools) <= budget:
+        return kept
+    head, history = kept[:2], kept[2:]
+    while history and estimate_tokens(head + history, tools) > budget:
+        history.pop(0)
+        while history and history[0].role == "tool":
+            history.pop(0)
+    return head + history
 
 
 def digest(messages: Sequence[Message]) -> str:

@@ -5,6 +5,15 @@ the phase machine if the work needs another phase -> do the work, which appends
 its own events. The loop ends when the run's projected status is no longer
 ``running``; every way out is bounded (steps, no progress, attempts, turns).
 
+Who decides depends on ``settings.mode``: in ``orchestrated`` mode (the default)
+``engine.arbiter.decide`` asks the arbiter model and falls back to the rules with
+the reason recorded; in ``rules`` mode (deprecated) ``engine.coordinator.decide``
+alone decides. Work is done by a specialist (``engine.specialists``); in
+orchestrated mode each consultation is recorded as ``specialist.consulted``. An
+arbiter's ``request_user_input`` records ``user.asked``, which sets the run
+``waiting_for_input`` and ends ``run``; ``autonomy answer`` records the answer and
+``resume_run`` continues.
+
 ``Engine`` holds only collaborators (log, model client, tools, settings): the one
 fact it works from is ``log.state``, the projection of the log.
 """
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,36 +30,38 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from engine import __version__
+from engine import __version__, arbiter
 from engine.config import Settings
 from engine.conversation import run_conversation
 from engine.coordinator import Step, decide
-from engine.errors import ConfigError, IllegalTransition
+from engine.errors import IllegalTransition
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
 from engine.prompts import digest, opening
 from engine.runlog import RunLog
+from engine.specialists import specialist_for
 from engine.tasks import check_status_change
-from engine.tools import TOOLSETS, ToolRegistry, default_registry
+from engine.tools import ToolRegistry, default_registry
+from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError
 from events.schema import (
     ArbiterDecided,
     FileChange,
     RunFinished,
     RunStarted,
+    SpecialistConsulted,
     TaskUpdated,
     ToolExecuted,
+    UserAsked,
 )
 from events.store import EventStore
 from projections.fold import RunState
 
 Progress = Callable[[str], None]
 
-ROLE = {"plan": "reasoning", "code": "coding", "debug": "coding", "qa": "analysis"}
-"""Which model role does each kind of work."""
-
-TOOLSET = {"plan": "planning", "code": "coding", "debug": "debugging", "qa": "qa"}
+WORK = ("plan", "reason", "code", "debug", "qa")
+"""The kinds of work a specialist does (``engine.specialists``)."""
 
 _FILE_TOOLS = ("create_file", "modify_file", "delete_file")
 
@@ -79,9 +91,12 @@ class Engine:
         self.log = log
         self.settings = settings
         self.workspace = workspace
-        self.tools = tools if tools is not None else default_registry()
+        self.tools = (
+            tools if tools is not None else ToolRegistry((*default_registry(), SET_TASK_PRIORITY))
+        )
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
+        self._decided_by = "rules"  # who decided the current step: labels its phase.changed
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -91,17 +106,34 @@ class Engine:
             self.step()
 
     def step(self) -> None:
-        state = self.log.pipeline
-        step = decide(state, self.settings.limits)
+        if self.settings.mode == "orchestrated":
+            verdict = arbiter.decide(self.log.state, self.settings.limits, self.model)
+        else:
+            rules = decide(self.log.pipeline, self.settings.limits)
+            verdict = arbiter.Verdict(
+                step=rules,
+                action=rules.action,
+                parameters=rules.parameters(),
+                reasoning=rules.reason,
+                decided_by="rules",
+            )
+        step = verdict.step
         decided = self.log.append(
             ArbiterDecided(
-                action=step.action,
-                parameters=step.parameters(),
-                reasoning=step.reason,
-                decided_by="rules",
+                action=verdict.action,
+                parameters=verdict.parameters,
+                reasoning=verdict.reasoning,
+                decided_by=verdict.decided_by,
+                fallback_used=bool(verdict.fallback_reason),
+                fallback_reason=verdict.fallback_reason,
             )
         )[0]
         cause = decided.version
+        self._decided_by = verdict.decided_by
+        if step.action == "ask":
+            self.log.append(UserAsked(question=verdict.question), causation=cause)
+            self._report(step)
+            return
         try:
             self._enter_phase(step, cause)
         except IllegalTransition as e:
@@ -113,7 +145,7 @@ class Engine:
             self.log.append(RunFinished(status="completed", reason=step.reason), causation=cause)
         elif step.action == "set_status":
             self._set_status(step.task_id, step.status, cause)
-        elif step.action in ROLE:
+        elif step.action in WORK:
             self._work(step, cause)
         self._report(step)
 
@@ -124,7 +156,7 @@ class Engine:
             return
         machine = PhaseMachine.restore(current)
         facts = PhaseFacts.from_tasks(self.log.pipeline.tasks)
-        event = phase_changed_to(machine, target, step.reason, "rules", facts)
+        event = phase_changed_to(machine, target, step.reason, self._decided_by, facts)
         self.log.append(event, causation=cause)
 
     def _finish(self, status: str, reason: str, cause: int) -> None:
@@ -156,19 +188,30 @@ class Engine:
             self._set_status(task_id, "in_progress", cause)  # rework: counts as an attempt
         task = self.log.pipeline.tasks.get(task_id) if task_id else None
         messages = opening(action, self.log.pipeline, task)
+        specialist = specialist_for(action)
         outcome = run_conversation(
             log=self.log,
             model=self.model,
-            tools=self.tools.subset(TOOLSETS[TOOLSET[action]]),
+            tools=self.tools.subset(specialist.tools),
             settings=self.settings,
             workspace=self.workspace,
-            role=ROLE[action],
+            role=specialist.role,
             messages=messages,
             conversation=f"{action}:{task_id or 'run'}",
             task_id=task_id,
             causation=cause,
             prompt_digest=digest(messages),
         )
+        if self.settings.mode == "orchestrated":
+            self.log.append(
+                SpecialistConsulted(
+                    specialist=specialist.name,
+                    task_id=task_id,
+                    outcome="finished" if outcome.finished else "unfinished",
+                    summary=f"{action}: {outcome.reason} ({outcome.turns} turn(s))",
+                ),
+                causation=cause,
+            )
         if outcome.finished or not task_id:
             return
         current = self.log.pipeline.tasks[task_id].status
@@ -184,8 +227,10 @@ class Engine:
         p = self.log.pipeline
         tokens = self.log.orchestration.total_tokens
         task = f" {step.task_id}" if step.task_id else ""
+        who = " (arbiter)" if self._decided_by == "arbiter" else ""
         self.progress(
-            f"step {p.steps:>3} | {p.phase:<13} | {step.action}{task} | {tokens} tokens | {step.reason}"
+            f"step {p.steps:>3} | {p.phase:<13} | {step.action}{task}{who} | {tokens} tokens "
+            f"| {step.reason}"
         )
 
     # -- resume ------------------------------------------------------------------------
@@ -270,12 +315,15 @@ def start_run(
     progress: Progress | None = None,
 ) -> RunLog:
     """Record ``run.started`` for ``goal`` and run it to the end."""
-    if settings.mode != "rules":
-        # Refuse rather than quietly run the rules: the log would say "orchestrated".
-        raise ConfigError(
-            f"mode {settings.mode!r} is not available yet; use --mode rules "
-            "(or AUTONOMY_MODE=rules, USE_ORCHESTRATION=false)"
+    if settings.mode == "rules":
+        warnings.warn(
+            "rules mode is deprecated; orchestrated mode (the default) falls back to the "
+            "rules whenever the arbiter's decision is invalid",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
+            progress("note: rules mode is deprecated; orchestrated mode is the default")
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     log = RunLog.create(
@@ -312,6 +360,11 @@ def resume_run(
     """Continue a run that crashed or stopped, from its log alone."""
     log = RunLog(store, run_id)
     status = log.pipeline.status
+    if status == "waiting_for_input":
+        raise ResumeRefused(
+            f"run {run_id} is waiting for an answer to: {log.pipeline.question}; "
+            f'answer first with: autonomy answer {run_id} "..."'
+        )
     if status not in ("running", "new"):
         raise ResumeRefused(
             f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"

@@ -39,7 +39,7 @@ def write(tmp_path: Path, text: str, name: str = CONFIG_FILE) -> Path:
 
 def test_defaults_are_the_documented_ones() -> None:
     settings = Settings()
-    assert settings.mode == "rules"
+    assert settings.mode == "orchestrated"
     assert settings.synchronous == "NORMAL"
     assert settings.limits == Limits(
         max_steps=60,

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from engine.cli import cli
 from engine.config import Settings, load_settings
 from engine.demo import DemoModels
-from engine.errors import ConfigError
 from engine.runner import resume_run, start_run
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
@@ -56,14 +55,15 @@ def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str,
     return open_store(db), "r", workspace
 
 
-def test_orchestrated_mode_is_refused_clearly_until_it_exists(tmp_path: Path) -> None:
-    with ScriptedModelServer([]) as server, pytest.raises(ConfigError, match="not available"):
-        start_run(
+def test_rules_mode_still_runs_but_warns_that_it_is_deprecated(tmp_path: Path) -> None:
+    with ScriptedModelServer(DemoModels()) as server, pytest.warns(DeprecationWarning):
+        log = start_run(
             MemoryEventStore(),
             goal="g",
             workspace=tmp_path,
-            settings=settings_for(server, mode="orchestrated"),
+            settings=settings_for(server, mode="rules"),
         )
+    assert log.pipeline.status == "completed"
 
 
 def tool_results(store: EventStore, run_id: str) -> list[ToolExecuted]:

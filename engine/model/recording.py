@@ -22,6 +22,15 @@ request (``message_offset`` says where they go). Messages longer than
 ``INLINE_LIMIT`` characters are kept in *stored form*: the full text goes to the
 blob table, the message keeps a preview and ``content_ref`` (the blob's sha256).
 Prefixes are compared on stored forms, which is how the projection holds them.
+
+Fewer model calls: a request whose digest equals one already answered in this run
+and whose temperature is 0 is answered from the log. It still leaves
+``model.requested``, then a ``model.responded`` copying the first answer with
+``cached_from`` = that answer's call id, no usage and no HTTP request.
+
+Before sending, the messages are fitted to the role's ``num_ctx``
+(``engine.prompts.fit``): oldest history goes first, never the system prompt or
+the current task.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ import msgspec
 from engine.model.client import FailedAttempt, ModelClient, tool_names
 from engine.model.roles import Roles
 from engine.model.wire import ModelReply
-from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded
+from engine.prompts import fit
+from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
 from events.store import EventStore, RecordedEvent, blob_digest
 from projections.orchestration import OrchestrationState
 
@@ -152,6 +162,9 @@ class RecordingModel:
         options = config.options()
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
+        messages = fit(messages, config.num_ctx, tools)
+        digest = request_digest(primary.model, messages, tools, options.as_dict())
+        cached = self._cached(digest, options.as_dict().get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
@@ -166,7 +179,7 @@ class RecordingModel:
                 endpoint=primary.label,
                 api=primary.api,
                 conversation=conversation,
-                request_digest=request_digest(primary.model, messages, tools, options.as_dict()),
+                request_digest=digest,
                 prompt_digest=prompt_digest,
                 message_offset=offset,
                 messages=delta,
@@ -175,6 +188,25 @@ class RecordingModel:
             ),
             causation=causation,
         )[0]
+
+        if cached is not None:
+            log.append(
+                msgspec.structs.replace(
+                    cached,
+                    call_id=call_id,
+                    usage=Usage(),
+                    duration_ms=0.0,
+                    cached_from=cached.call_id,
+                ),
+                causation=requested.version,
+            )
+            return ModelReply(
+                content=cached.content,
+                tool_calls=cached.tool_calls,
+                done_reason=cached.done_reason,
+                model_identity=cached.model_identity,
+                extracted_from_text=cached.extracted_from_text,
+            )
 
         def record_failure(failed: FailedAttempt) -> None:
             log.append(
@@ -205,6 +237,20 @@ class RecordingModel:
             causation=requested.version,
         )
         return reply
+
+    def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
+        """The first answer to this exact request in this run, if the request is
+        deterministic (temperature 0) and was answered."""
+        if temperature != 0:
+            return None
+        original = self.runlog.orchestration.answered.get(digest)
+        if original is None:
+            return None
+        for recorded in self.runlog.store.read(self.runlog.run_id):
+            data = recorded.data
+            if isinstance(data, ModelResponded) and data.call_id == original:
+                return data
+        return None
 
     def _put_blobs(self, originals: Sequence[Message], stored: Sequence[Message]) -> None:
         # only the new messages: the prefix was blobbed when it was new

@@ -222,6 +222,31 @@ def report_issue(args: ReportIssueArgs, ctx: ToolContext) -> ToolOutcome:
     )
 
 
+class SetTaskPriorityArgs(Args, frozen=True, kw_only=True):
+    task_id: Annotated[
+        str, Meta(min_length=1, description="The task to re-prioritise", examples=["t1"])
+    ]
+    priority: Annotated[
+        int, Meta(ge=1, le=10, description="1 (most urgent) to 10 (least)", examples=[1])
+    ]
+    reason: Annotated[str, Meta(description="Why the order should change")] = ""
+
+
+def set_task_priority(args: SetTaskPriorityArgs, ctx: ToolContext) -> ToolOutcome:
+    """Re-prioritise an open task (the reasoning specialist's lever on the order of work)."""
+    current = ctx.tasks.get(args.task_id)
+    if current is None:
+        raise ToolError(f"unknown task {args.task_id!r}; tasks: {', '.join(ctx.tasks) or 'none'}")
+    if current in ("completed", "skipped"):
+        raise ToolError(f"task {args.task_id} is {current}; only open tasks can be re-prioritised")
+    event = TaskUpdated(task_id=args.task_id, status=current, priority=args.priority)
+    return ToolOutcome(
+        ok=True,
+        result=f"task {args.task_id} now has priority {args.priority}: {args.reason}",
+        events=(event,),
+    )
+
+
 WORKFLOW_TOOLS: tuple[Tool[Any], ...] = (
     Tool(
         "create_task_plan",
@@ -254,3 +279,14 @@ WORKFLOW_TOOLS: tuple[Tool[Any], ...] = (
         finishes=True,
     ),
 )
+
+SET_TASK_PRIORITY: Tool[Any] = Tool(
+    "set_task_priority",
+    "Reasoning: change an open task's priority (1 most urgent) so the work order "
+    "changes. Ends the conversation.",
+    SetTaskPriorityArgs,
+    set_task_priority,
+    finishes=True,
+)
+"""The reasoning specialist's extra tool; not in ``WORKFLOW_TOOLS`` (the issue's
+tool list): ``engine.runner`` adds it to the engine's registry."""
