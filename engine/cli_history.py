@@ -1,3 +1,236 @@
-"""CLI commands: history. Registered on ``engine.cli.cli`` when that module is imported."""
+r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind`` and ``fork``.
+
+Registered on ``engine.cli.cli`` when that module is imported. Each opens the log,
+calls one library function (``engine.replay``, ``projections.project``,
+``engine.workspace``) and prints the answer.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from tabulate import tabulate
+
+from engine.cli import cli, db_option, opened_log
+from engine.replay import replay as replay_run
+from engine.runner import new_run_id
+from engine.workspace import fork as fork_run
+from engine.workspace import rewind as rewind_run
+from events.errors import RunNotFound
+from projections import RunState, project
+from projections.sequence import Appended
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option(
+    "--until",
+    type=click.IntRange(min=1),
+    metavar="V",
+    help="Replay and compare only up to version V.",
+)
+@db_option
+@click.pass_context
+def replay(ctx: click.Context, run_id: str, until: int | None, db: Path | None) -> None:
+    """Re-execute a run with the current code; the model answers from the log.
+
+    No model server is asked: the i-th model request gets the i-th recorded
+    answer, once the request is checked to be the one recorded. Tools really run,
+    in a temporary copy of the workspace restored from the log as it was when the
+    run started. The events written are compared with the recorded ones (times,
+    durations, hashes and timings in outputs aside). Prints "identical (N
+    events)", or the first divergence: its version, the expected and actual event
+    types and a diff (for a model request: which message changed and how). Exit
+    status 1 on a divergence.
+
+    Example:
+
+    \b
+        autonomy replay run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
+        autonomy replay RUN_ID --until 40
+    """
+    with opened_log(db) as store:
+        result = replay_run(store, run_id, until=until)
+    click.echo(result.report())
+    if not result.identical:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--at", "at", type=click.IntRange(min=0), metavar="V", help="The state at version V.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+@db_option
+def state(run_id: str, at: int | None, as_json: bool, db: Path | None) -> None:
+    """Show a run's pipeline and orchestration state, now or at any version.
+
+    The state is the fold of the run's events up to that version (rewinds and
+    forks included): status, phase, tasks, files, phase history, decisions,
+    model usage, conversations. --json prints the whole state as one JSON object.
+
+    Example:
+
+    \b
+        autonomy state RUN_ID
+        autonomy state RUN_ID --at 25 --json | jq .pipeline.tasks
+    """
+    with opened_log(db) as store:
+        if store.last_version(run_id) == 0:
+            raise RunNotFound(run_id)
+        projected = project(store, run_id, upto=at)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(state_document(projected))).decode())
+    else:
+        for line in state_lines(projected):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--to", "to", type=click.IntRange(min=1), required=True, metavar="V")
+@click.option("--reason", default="", help="Why, for the log.")
+@db_option
+def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
+    """Return a run to version V; `autonomy resume` then continues from there.
+
+    Appends run.rewound (nothing is deleted: the later events stay in the log),
+    and restores the workspace files the run touched to their content at V from
+    the log's blobs: files created after V are removed, files changed after V get
+    their old content back, files the run never touched are left alone.
+
+    Example:
+
+    \b
+        autonomy rewind RUN_ID --to 40 --reason "try the review again"
+        autonomy resume RUN_ID
+    """
+    with opened_log(db) as store:
+        restored = rewind_run(store, run_id, to, reason=reason)
+        pipeline = project(store, run_id).pipeline
+    click.echo(f"rewound {run_id} to version {to}: {restored.summary()}")
+    click.echo(f"status at version {to}: {pipeline.status}, phase {pipeline.phase}")
+    if pipeline.status in ("running", "new"):
+        click.echo(f"continue with: autonomy resume {run_id}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--at", "at", type=click.IntRange(min=1), required=True, metavar="V")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The new run's workspace: a new or empty directory.",
+)
+@click.option("--as", "new_id", metavar="NEW_ID", help="The new run's id (default: time-based).")
+@db_option
+def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | None) -> None:
+    """Start a new run from RUN_ID's state at version V, in a new workspace.
+
+    The new run's first event is run.forked; its workspace gets the parent's
+    files as they were at V. The parent run, its events and its workspace are
+    left as they are. `autonomy resume NEW_ID` continues the new run.
+
+    Example:
+
+    \b
+        autonomy fork RUN_ID --at 40 --workspace ../calc-retry --as calc-retry
+        autonomy resume calc-retry
+    """
+    run_as = new_id or new_run_id()
+    with opened_log(db) as store:
+        restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
+        pipeline = project(store, run_as).pipeline
+    click.echo(f"forked {run_id} at version {at} as {run_as} in {pipeline.workspace}")
+    click.echo(f"workspace: {restored.summary()}")
+    click.echo(f"status: {pipeline.status}, phase {pipeline.phase}")
+    if pipeline.status in ("running", "new"):
+        click.echo(f"continue with: autonomy resume {run_as}")
+
+
+# -- showing a state -----------------------------------------------------------------------
+
+
+def _builtins(obj: Any) -> Any:
+    # the projections' persistent containers: a Mapping or a sequence to JSON
+    if isinstance(obj, Mapping):
+        return dict(obj.items())
+    if isinstance(obj, Appended):
+        return list(obj)
+    raise NotImplementedError(f"cannot show {type(obj).__name__}")
+
+
+def state_document(projected: RunState) -> dict[str, Any]:
+    """The state as plain JSON types: run id, version, pipeline, orchestration."""
+    document = {
+        "run_id": projected.run_id,
+        "version": projected.version,
+        "pipeline": projected.pipeline,
+        "orchestration": projected.orchestration,
+    }
+    result: dict[str, Any] = msgspec.to_builtins(document, enc_hook=_builtins)
+    result["orchestration"]["total_tokens"] = projected.orchestration.total_tokens
+    return result
+
+
+def state_lines(projected: RunState) -> list[str]:
+    """The state, readable."""
+    p, o = projected.pipeline, projected.orchestration
+    lines = [
+        f"run {projected.run_id} at version {projected.version}",
+        f"  status: {p.status}" + (f" ({p.reason})" if p.reason else ""),
+        f"  phase: {p.phase}, steps: {p.steps} ({p.steps_since_progress} since progress)",
+        f"  workspace: {p.workspace}",
+    ]
+    if p.parent_run:
+        lines.append(f"  forked from {p.parent_run} at version {p.forked_at}")
+    if p.question:
+        lines.append(f"  waiting for an answer to: {p.question}")
+    if p.tasks:
+        rows = [
+            [t.task_id, t.status, t.attempts, t.priority, t.title, t.last_error[:60]]
+            for t in p.tasks.values()
+        ]
+        lines += ["", "tasks:"]
+        table = tabulate(rows, ["id", "status", "attempts", "priority", "title", "last error"])
+        lines += ["  " + line for line in table.splitlines()]
+    if p.files:
+        lines += ["", "files:"]
+        lines += [
+            f"  {path} ({f.size} bytes, sha256 {f.digest[:12]}, version {f.changed_at})"
+            for path, f in sorted(p.files.items())
+        ]
+    if p.pending_tools:
+        lines += ["", "tools requested but not reported:"]
+        lines += [f"  {t.call_id} {t.tool} (version {t.version})" for t in p.pending_tools.values()]
+    if len(p.phase_history):
+        lines += ["", "phases:"]
+        lines += [
+            f"  {e.version:>5}  {e.from_phase} -> {e.to_phase} ({e.trigger}, {e.decided_by})"
+            for e in p.phase_history
+        ]
+    if len(o.decisions):
+        lines += ["", f"decisions: {len(o.decisions)}, the last:"]
+        last = o.decisions[-1]
+        fallback = f" [fallback: {last.fallback_reason}]" if last.fallback_used else ""
+        lines.append(
+            f"  {last.version:>5}  {last.action} by {last.decided_by}: {last.reasoning}{fallback}"
+        )
+    if o.usage_by_model:
+        lines += ["", "models:"]
+        lines += [
+            f"  {name}: {u.calls} calls, {u.failures} failed attempts, "
+            f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens"
+            for name, u in o.usage_by_model.items()
+        ]
+    if o.conversations:
+        lines += ["", "conversations:"]
+        lines += [f"  {name}: {len(msgs)} messages" for name, msgs in o.conversations.items()]
+    if o.open_calls:
+        lines += ["", "model calls without an answer:"]
+        lines += [f"  {cid} ({c.role}, {c.model})" for cid, c in o.open_calls.items()]
+    return lines

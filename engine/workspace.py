@@ -1,0 +1,214 @@
+"""A workspace as it was at any version of a run, restored byte for byte from the blobs;
+and the two history operations built on that: rewinding a run and forking it.
+
+Every file a tool writes is in the blob table, before and after
+(``tool.executed.files_changed``), so the content of any path the run touched is
+known at every version:
+
+- if an event that is part of the state at V changed the path, its content is
+  that change's ``after`` (``None``: the file did not exist);
+- otherwise the run had not touched it yet at V, so its content is the ``before``
+  of the first change the run ever made to it (``None``: created later).
+
+"Part of the state at V" follows rewinds and forks the way the projection does:
+after ``run.rewound(to=W)`` the changes in effect are those in effect at W, and a
+fork starts from its parent's changes in effect at the fork point. Paths the run
+never touched are not the log's business and are left alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from events.errors import AutonomyError, RunNotFound
+from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
+from events.store import EventStore
+from projections.fold import project
+
+SKIPPED = frozenset({".autonomy", ".git", "__pycache__", ".pytest_cache", ".mypy_cache"})
+"""Directories never copied between workspaces: the log itself and caches."""
+
+
+class HistoryError(AutonomyError):
+    """That rewind or fork cannot be done."""
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """An immutable linked list of file changes, newest first: a version's changes
+    in effect share their tail with the earlier version's, so keeping one per
+    version costs O(1) each."""
+
+    change: FileChange
+    older: _Changes | None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore did to a directory."""
+
+    written: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.written)} file(s) restored, {len(self.removed)} removed, "
+            f"{len(self.unchanged)} already as they were"
+        )
+
+
+def _in_effect(store: EventStore, run_id: str, upto: int) -> _Changes | None:
+    """The file changes in effect at version ``upto`` of ``run_id``, newest first."""
+    heads: dict[int, _Changes | None] = {0: None}
+    head: _Changes | None = None
+    for recorded in store.read(run_id, upto=upto):
+        data = recorded.data
+        if isinstance(data, RunForked):
+            head = _in_effect(store, data.parent_run, data.at_version)
+            heads[0] = head  # rewinding a fork to 0 returns to its base, as the fold does
+        elif isinstance(data, RunRewound):
+            head = heads.get(min(data.to_version, recorded.version - 1))
+        elif isinstance(data, ToolExecuted):
+            for change in data.files_changed:
+                head = _Changes(change, head)
+        heads[recorded.version] = head
+    return head
+
+
+def _first_befores(store: EventStore, run_id: str, into: dict[str, str | None]) -> None:
+    """For every path the run (or a run it was forked from) ever changed: its
+    content before the first change, in the order the changes happened."""
+    events = store.read(run_id)
+    first = next(events, None)
+    if first is not None and isinstance(first.data, RunForked):
+        _first_befores(store, first.data.parent_run, into)
+    for recorded in events if first is None else (first, *events):
+        if isinstance(recorded.data, ToolExecuted):
+            for change in recorded.data.files_changed:
+                into.setdefault(change.path, change.before)
+
+
+def files_at(store: EventStore, run_id: str, version: int) -> dict[str, str | None]:
+    """Every path the run ever touched -> the sha256 of its content at ``version``
+    (``None``: the file did not exist then)."""
+    contents: dict[str, str | None] = {}
+    _first_befores(store, run_id, contents)
+    seen: set[str] = set()
+    node = _in_effect(store, run_id, version)
+    while node is not None:
+        path = node.change.path
+        if path not in seen:  # newest first: the first one seen is the last change
+            seen.add(path)
+            contents[path] = node.change.after
+        node = node.older
+    return contents
+
+
+def restore(
+    store: EventStore,
+    run_id: str,
+    version: int,
+    directory: Path,
+    *,
+    copy_from: Path | None = None,
+) -> Restored:
+    """Make ``directory`` hold every file the run touched as it was at ``version``.
+
+    With ``copy_from``, the files there are first copied in (the log and caches
+    excepted): that brings along files the run never touched. Every blob is read
+    before anything is written, so a missing blob (``BlobNotFound``) changes nothing.
+    """
+    wanted = files_at(store, run_id, version)
+    contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
+    directory.mkdir(parents=True, exist_ok=True)
+    if copy_from is not None and copy_from.is_dir():
+        shutil.copytree(
+            copy_from,
+            directory,
+            dirs_exist_ok=True,
+            symlinks=True,
+            ignore=lambda _dir, names: [n for n in names if n in SKIPPED],
+        )
+    return _write(directory, wanted, contents)
+
+
+def _write(
+    directory: Path, wanted: Mapping[str, str | None], contents: Mapping[str, bytes]
+) -> Restored:
+    written: list[str] = []
+    removed: list[str] = []
+    unchanged: list[str] = []
+    for path in sorted(wanted):
+        target = directory / path
+        content = contents.get(path)
+        if content is None:
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+                removed.append(path)
+            continue
+        if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
+            unchanged.append(path)
+            continue
+        if target.is_symlink():
+            target.unlink()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        written.append(path)
+    return Restored(tuple(written), tuple(removed), tuple(unchanged))
+
+
+# -- rewind and fork ---------------------------------------------------------------
+
+
+def _check_version(store: EventStore, run_id: str, version: int) -> int:
+    last = store.last_version(run_id)
+    if last == 0:
+        raise RunNotFound(run_id)
+    if not 1 <= version <= last:
+        raise HistoryError(f"run {run_id} has versions 1 to {last}; {version} is not one of them")
+    return last
+
+
+def rewind(store: EventStore, run_id: str, to: int, *, reason: str = "") -> Restored:
+    """Append ``run.rewound(to)`` and restore the run's workspace to version ``to``.
+
+    Nothing is deleted from the log: the rewound events stay, the projection
+    continues from the state at ``to``, and ``resume`` carries on from there.
+    """
+    last = _check_version(store, run_id, to)
+    workspace = Path(project(store, run_id).pipeline.workspace)
+    wanted = files_at(store, run_id, to)
+    contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
+    store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
+    workspace.mkdir(parents=True, exist_ok=True)
+    return _write(workspace, wanted, contents)
+
+
+def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id: str) -> Restored:
+    """Start ``new_run_id`` from ``run_id``'s state at version ``at`` in ``workspace``.
+
+    The new run's first event is ``run.forked(parent, at, workspace)``; its
+    workspace gets the parent's files (those the parent never touched are copied
+    from the parent's workspace, if it still exists) as they were at ``at``. The
+    parent's events and workspace are not touched.
+    """
+    _check_version(store, run_id, at)
+    if store.last_version(new_run_id) != 0:
+        raise HistoryError(f"there is already a run {new_run_id!r} in this log")
+    workspace = workspace.resolve()
+    if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
+        raise HistoryError(f"{workspace} is not an empty directory; a fork needs a new workspace")
+    parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
+    if parent_workspace.resolve() == workspace:
+        raise HistoryError("a fork needs its own workspace, not its parent's")
+    restored = restore(store, run_id, at, workspace, copy_from=parent_workspace)
+    store.append(
+        new_run_id,
+        [RunForked(parent_run=run_id, at_version=at, workspace=str(workspace))],
+        0,
+    )
+    return restored

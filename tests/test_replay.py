@@ -1,0 +1,259 @@
+"""`autonomy replay` and `autonomy state`: a recorded run re-executed without a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engine import prompts
+from engine.cli import cli
+from engine.cli_history import state_document
+from engine.demo import GOAL, DemoModels
+from engine.model.wire import NO_OPTIONS
+from engine.replay import Recording, ReplayClient, RequestNotRecorded, replay
+from engine.storage import open_store
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from events import ArbiterDecided, MemoryEventStore, ModelRequested, RunStarted
+from events.schema import Message
+from projections import project
+
+pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def record(tmp_path: Path, script: Any = None, run_id: str = "r", mode: str = "rules") -> Path:
+    """A complete run through `autonomy run` against the scripted demo models; its log."""
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(script or DemoModels()) as server:
+        code, out = invoke(
+            "run",
+            GOAL,
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--db",
+            str(db),
+            "--model-url",
+            server.url,
+            "--api",
+            "ollama",
+            "--model",
+            "m",
+            "--mode",
+            mode,
+            "--run-id",
+            run_id,
+        )
+    assert code == 0, out
+    return db
+
+
+def change_prompt(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, text: str
+) -> None:
+    """Change the qa system prompt for this test (built prompts may be memoised)."""
+    monkeypatch.setitem(prompts.SYSTEM, "qa", text)
+    clear = getattr(getattr(prompts, "build_prompt", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+        request.addfinalizer(clear)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record(tmp_path_factory.mktemp("recorded"))
+
+
+def versions_of(db: Path, run_id: str, kind: type) -> list[int]:
+    with open_store(db) as store:
+        return [e.version for e in store.read(run_id) if isinstance(e.data, kind)]
+
+
+def test_replay_of_a_recorded_run_is_identical(recorded: Path) -> None:
+    with open_store(recorded) as store:
+        last = store.last_version("r")
+
+    code, out = invoke("replay", "r", "--db", str(recorded))
+
+    assert code == 0, out
+    assert out.strip() == f"identical ({last} events)"
+
+
+def test_replay_of_an_orchestrated_run_is_identical(tmp_path: Path) -> None:
+    db = record(tmp_path, mode="orchestrated")
+    with open_store(db) as store:
+        result = replay(store, "r")
+    assert result.identical, result.report()
+
+
+def test_replay_never_calls_a_model_server(recorded: Path) -> None:
+    # the run recorded against a server that is gone: a replay must not notice
+    with open_store(recorded) as store:
+        result = replay(store, "r")
+    assert result.identical, result.report()
+
+
+def test_a_changed_prompt_is_reported_at_the_first_request_that_uses_it(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    original = prompts.SYSTEM["qa"]
+    change_prompt(monkeypatch, request, original + " Be brief.")
+    with open_store(recorded) as store:
+        requests = [
+            (e.version, e.data) for e in store.read("r") if isinstance(e.data, ModelRequested)
+        ]
+    first_qa = next(i for i, (_, r) in enumerate(requests) if r.conversation.startswith("qa:"))
+
+    code, out = invoke("replay", "r", "--db", str(recorded))
+
+    assert code == 1
+    version = requests[first_qa][0]
+    assert out.startswith(
+        f"diverged at version {version}: expected model.requested, got model.requested"
+    )
+    assert f"model request {first_qa + 1} " in out
+    assert "message 1 (system) changed" in out
+    assert "+" + original + " Be brief." in out
+    assert "-" + original + "\n" in out
+    assert "message 2" not in out, "only the changed message is named"
+
+
+def test_replay_until_a_version_before_the_change_is_identical(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    change_prompt(monkeypatch, request, "Review.")
+    with open_store(recorded) as store:
+        first_qa = next(
+            e.version
+            for e in store.read("r")
+            if isinstance(e.data, ModelRequested) and e.data.conversation.startswith("qa:")
+        )
+
+    code, out = invoke("replay", "r", "--db", str(recorded), "--until", str(first_qa - 1))
+
+    assert code == 0, out
+    assert out.strip() == f"identical ({first_qa - 1} events)"
+
+
+def test_a_changed_decision_is_reported_as_a_diff_of_the_event(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msgspec
+
+    from engine.coordinator import decide
+
+    def reworded(*args: Any, **kwargs: Any) -> Any:
+        return msgspec.structs.replace(decide(*args, **kwargs), reason="reworded")
+
+    monkeypatch.setattr("engine.runner.decide", reworded)
+    first_decision = versions_of(recorded, "r", ArbiterDecided)[0]
+
+    code, out = invoke("replay", "r", "--db", str(recorded))
+
+    assert code == 1
+    assert out.startswith(
+        f"diverged at version {first_decision}: expected arbiter.decided, got arbiter.decided"
+    )
+    assert '+    "reasoning": "reworded"' in out
+    assert '-    "reasoning": ' in out
+
+
+def test_replay_replays_failed_attempts_and_is_identical(tmp_path: Path) -> None:
+    class FlakyFirst(DemoModels):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __call__(self, request: ScriptedRequest) -> Reply:
+            self.calls += 1
+            if self.calls == 1:
+                return Reply.server_error()
+            return super().__call__(request)
+
+    db = record(tmp_path, FlakyFirst())
+    with open_store(db) as store:
+        failed = [e for e in store.read("r") if e.type == "model.failed"]
+        assert failed, "the recorded run has a failed attempt"
+        result = replay(store, "r")
+
+    assert result.identical, result.report()
+
+
+def test_a_request_beyond_the_recording_is_refused_with_what_was_asked() -> None:
+    store = MemoryEventStore()
+    store.append("x", [RunStarted(goal="g", workspace="/nowhere", mode="rules")], 0)
+    client = ReplayClient(Recording(store, "x"))
+
+    with pytest.raises(RequestNotRecorded, match="made only 0 model requests") as caught:
+        client.chat([], [Message(role="user", content="hello?")], (), NO_OPTIONS)
+
+    assert "hello?" in caught.value.diff
+    client.close()
+
+
+def test_replay_of_a_fork_is_refused_clearly(recorded: Path, tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    db.write_bytes(recorded.read_bytes())
+    code, out = invoke("fork", "r", "--at", "5", "--workspace", str(tmp_path / "f"), "--as", "f")
+    assert code != 0  # no --db: the default log does not exist
+    code, out = invoke(
+        "fork", "r", "--at", "5", "--workspace", str(tmp_path / "f"), "--as", "f", "--db", str(db)
+    )
+    assert code == 0, out
+
+    code, out = invoke("replay", "f", "--db", str(db))
+
+    assert code == 1 and "fork of r" in out and "replay the parent" in out
+
+
+def test_replay_of_an_unknown_run_is_a_clean_error(recorded: Path) -> None:
+    code, out = invoke("replay", "nope", "--db", str(recorded))
+    assert code == 1 and "nope" in out
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("at", [1, 12, 40, None])
+def test_state_json_at_a_version_is_the_projection_at_that_version(
+    recorded: Path, at: int | None
+) -> None:
+    args = ["state", "r", "--db", str(recorded), "--json"] + (
+        [] if at is None else ["--at", str(at)]
+    )
+
+    code, out = invoke(*args)
+
+    assert code == 0, out
+    document = json.loads(out)
+    with open_store(recorded) as store:
+        expected = project(store, "r", upto=at)
+    assert document == json.loads(json.dumps(state_document(expected)))
+    assert document["version"] == expected.version
+    assert document["pipeline"]["status"] == expected.pipeline.status
+    assert set(document["pipeline"]["tasks"]) == set(expected.pipeline.tasks)
+    assert document["pipeline"]["files"] == {
+        path: {"path": f.path, "digest": f.digest, "size": f.size, "changed_at": f.changed_at}
+        for path, f in expected.pipeline.files.items()
+    }
+    assert len(document["orchestration"]["decisions"]) == len(expected.orchestration.decisions)
+
+
+def test_state_text_shows_phase_tasks_and_files(recorded: Path) -> None:
+    code, out = invoke("state", "r", "--db", str(recorded))
+    assert code == 0, out
+    assert "status: completed" in out
+    assert "t1" in out and "calc.py" in out and "phases:" in out
+
+
+def test_state_of_an_unknown_run_is_a_clean_error(recorded: Path) -> None:
+    code, out = invoke("state", "nope", "--db", str(recorded))
+    assert code == 1 and "nope" in out

@@ -1,0 +1,298 @@
+"""`autonomy rewind` and `autonomy fork`: back to any version, byte for byte, and on again."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.demo import CALC_V1, GOAL, DemoModels
+from engine.storage import open_store
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.workspace import SKIPPED, files_at, restore
+from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
+from events.schema import FileChange, ToolExecuted
+from projections import project
+
+pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
+
+UNTOUCHED = b"notes the run never touches\n"
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (the log and caches aside), path -> bytes."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and not SKIPPED.intersection(relative.parts):
+            files[relative.as_posix()] = path.read_bytes()
+    return files
+
+
+class Snapshots(DemoModels):
+    """The demo models, photographing the workspace whenever a request arrives: the
+    request's model.requested is then the log's last event."""
+
+    def __init__(self, workspace: Path) -> None:
+        super().__init__()
+        self.workspace = workspace
+        self.seen: list[dict[str, bytes]] = []
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        self.seen.append(snapshot(self.workspace))
+        return super().__call__(request)
+
+
+def flags(server: ScriptedModelServer) -> list[str]:
+    return ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+
+
+def record(tmp_path: Path) -> tuple[Path, Path, Snapshots]:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "NOTES.txt").write_bytes(UNTOUCHED)
+    db = tmp_path / "events.db"
+    models = Snapshots(workspace)
+    with ScriptedModelServer(models) as server:
+        code, out = invoke(
+            "run", GOAL, "--workspace", str(workspace), "--db", str(db), "--run-id", "r",
+            "--mode", "rules", *flags(server),
+        )  # fmt: skip
+    assert code == 0, out
+    return db, workspace, models
+
+
+def request_versions(db: Path, run_id: str) -> list[int]:
+    with open_store(db) as store:
+        return [e.version for e in store.read(run_id) if isinstance(e.data, ModelRequested)]
+
+
+def rows(db: Path, run_id: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT position, version, type, hash, data FROM events WHERE run_id = ? "
+            "ORDER BY position",
+            (run_id,),
+        ).fetchall()
+
+
+@pytest.fixture
+def first_review(tmp_path: Path) -> tuple[Path, Path, int, dict[str, bytes]]:
+    """A completed run, the version of its first review request, and the workspace
+    as it was at that version."""
+    db, workspace, models = record(tmp_path)
+    versions = request_versions(db, "r")
+    with open_store(db) as store:
+        conversations = [
+            e.data.conversation for e in store.read("r") if isinstance(e.data, ModelRequested)
+        ]
+    index = conversations.index("qa:t1")
+    return db, workspace, versions[index], models.seen[index]
+
+
+def test_files_at_a_version_are_the_files_the_workspace_had(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+) -> None:
+    db, _, version, then = first_review
+    with open_store(db) as store:
+        digests = files_at(store, "r", version)
+        contents = {p: store.get(d) for p, d in digests.items() if d is not None}
+
+    assert contents == {k: v for k, v in then.items() if k != "NOTES.txt"}
+    assert contents == {"calc.py": CALC_V1.encode()}
+    assert digests["test_calc.py"] is None, "created later: absent at that version"
+
+
+def test_rewind_restores_the_workspace_byte_for_byte_and_resume_completes(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+) -> None:
+    db, workspace, version, then = first_review
+    before = rows(db, "r")
+    assert snapshot(workspace) != then, "the run changed the workspace after that version"
+
+    code, out = invoke("rewind", "r", "--to", str(version), "--reason", "again", "--db", str(db))
+
+    assert code == 0, out
+    assert snapshot(workspace) == then
+    assert (workspace / "NOTES.txt").read_bytes() == UNTOUCHED
+    after = rows(db, "r")
+    assert after[: len(before)] == before, "nothing is deleted or changed"
+    assert after[len(before)][2] == "run.rewound"
+    with open_store(db) as store:
+        state = project(store, "r")
+        rewound = next(e.data for e in store.read("r") if isinstance(e.data, RunRewound))
+    assert rewound == RunRewound(to_version=version, reason="again")
+    assert state.pipeline.status == "running"
+    assert state.pipeline.files.keys() == {"calc.py"}
+
+    with ScriptedModelServer(DemoModels()) as server:
+        code, out = invoke("resume", "r", "--db", str(db), *flags(server))
+
+    assert code == 0, out
+    with open_store(db) as store:
+        final = project(store, "r").pipeline
+    assert final.status == "completed"
+    assert {t.status for t in final.tasks.values()} == {"completed"}
+    assert (workspace / "test_calc.py").is_file()
+    assert '"""Return the sum of a and b."""' in (workspace / "calc.py").read_text()
+
+    code, out = invoke("replay", "r", "--db", str(db))
+
+    assert code == 0, out
+    assert out.startswith("identical ("), "the rewind and the resume replay too"
+
+
+def test_rewind_to_a_version_that_does_not_exist_changes_nothing(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+) -> None:
+    db, workspace, _, _ = first_review
+    before, files = rows(db, "r"), snapshot(workspace)
+
+    code, out = invoke("rewind", "r", "--to", "100000", "--db", str(db))
+
+    assert code == 1 and "100000" in out
+    assert rows(db, "r") == before and snapshot(workspace) == files
+
+
+def test_fork_leaves_the_parent_untouched_and_resumes_to_completion(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    db, workspace, version, then = first_review
+    parent_rows, parent_files = rows(db, "r"), snapshot(workspace)
+    new = tmp_path / "fork-ws"
+
+    code, out = invoke(
+        "fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f", "--db", str(db)
+    )
+
+    assert code == 0, out
+    assert "autonomy resume f" in out
+    assert snapshot(new) == then, "the fork's workspace is the parent's at that version"
+    with open_store(db) as store:
+        first = next(store.read("f")).data
+        forked = project(store, "f")
+    assert first == RunForked(parent_run="r", at_version=version, workspace=str(new.resolve()))
+    assert forked.pipeline.status == "running"
+    assert forked.pipeline.workspace == str(new.resolve())
+
+    with ScriptedModelServer(DemoModels()) as server:
+        code, out = invoke("resume", "f", "--db", str(db), *flags(server))
+
+    assert code == 0, out
+    with open_store(db) as store:
+        assert project(store, "f").pipeline.status == "completed"
+    assert (new / "test_calc.py").is_file()
+    assert rows(db, "r") == parent_rows, "the parent's events are untouched"
+    assert snapshot(workspace) == parent_files, "the parent's workspace is untouched"
+
+
+def test_fork_into_a_non_empty_directory_is_refused(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    db, _, version, _ = first_review
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+
+    code, out = invoke(
+        "fork", "r", "--at", str(version), "--workspace", str(busy), "--as", "f", "--db", str(db)
+    )
+
+    assert code == 1 and "not an empty directory" in out
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+
+
+def test_a_fork_rewound_returns_to_its_own_files(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    db, _, version, then = first_review
+    new = tmp_path / "fork-ws"
+    assert (
+        invoke(
+            "fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f", "--db", str(db)
+        )[0]
+        == 0
+    )
+    with ScriptedModelServer(DemoModels()) as server:
+        assert invoke("resume", "f", "--db", str(db), *flags(server))[0] == 0
+
+    code, out = invoke("rewind", "f", "--to", "1", "--db", str(db))
+
+    assert code == 0, out
+    assert snapshot(new) == then
+
+
+# -- restoring from the blobs, on a log written by hand -----------------------------------
+
+
+def changed(store: MemoryEventStore, path: str, before: bytes | None, after: bytes | None) -> Any:
+    return ToolExecuted(
+        call_id=f"c{store.last_version('h') + 1}",
+        tool="modify_file",
+        ok=True,
+        files_changed=(
+            FileChange(
+                path=path,
+                before=store.put(before) if before is not None else None,
+                after=store.put(after) if after is not None else None,
+                size=len(after or b""),
+            ),
+        ),
+    )
+
+
+def append(store: MemoryEventStore, event: Any) -> int:
+    return store.append("h", [event], store.last_version("h"))[0].version
+
+
+def test_a_file_that_existed_before_the_run_gets_its_original_content_back(
+    tmp_path: Path,
+) -> None:
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    append(store, changed(store, "old.txt", b"original\n", b"edited\n"))
+    v3 = append(store, changed(store, "new.txt", None, b"created\n"))
+    append(store, changed(store, "old.txt", b"edited\n", None))  # then deleted
+
+    (tmp_path / "old.txt").write_bytes(b"whatever is there now")
+    restore(store, "h", 1, tmp_path)
+    assert snapshot(tmp_path) == {"old.txt": b"original\n"}
+
+    restore(store, "h", v3, tmp_path)
+    assert snapshot(tmp_path) == {"old.txt": b"edited\n", "new.txt": b"created\n"}
+
+    restore(store, "h", store.last_version("h"), tmp_path)
+    assert snapshot(tmp_path) == {"new.txt": b"created\n"}
+
+
+def test_files_at_follows_rewinds_like_the_projection(tmp_path: Path) -> None:
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    append(store, changed(store, "a.txt", None, b"one\n"))  # 2
+    append(store, changed(store, "a.txt", b"one\n", b"two\n"))  # 3
+    append(store, RunRewound(to_version=2))  # 4: a.txt is "one" again
+    append(store, changed(store, "b.txt", None, b"b\n"))  # 5
+    append(store, RunRewound(to_version=3))  # 6: back to "two", and no b.txt
+
+    with_digests = {version: files_at(store, "h", version) for version in range(1, 7)}
+
+    assert store.get(with_digests[4]["a.txt"] or "") == b"one\n"
+    assert with_digests[4]["b.txt"] is None
+    assert store.get(with_digests[5]["b.txt"] or "") == b"b\n"
+    assert store.get(with_digests[6]["a.txt"] or "") == b"two\n"
+    assert with_digests[6]["b.txt"] is None
+    for version in range(1, 7):
+        projected = project(store, "h", upto=version).pipeline.files
+        present = {p: d for p, d in with_digests[version].items() if d is not None}
+        assert present == {p: f.digest for p, f in projected.items()}
