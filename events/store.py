@@ -51,8 +51,10 @@ class StoredEvent(msgspec.Struct, frozen=True):
     data: str
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
-    """An event as read back from the log: the envelope and the typed payload."""
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as read back from the log: the envelope and the typed payload.
+
+    ``gc=False`` like the payloads: scalars and an event, never part of a cycle."""
 
     position: int
     run_id: str

@@ -14,7 +14,7 @@ from projections.orchestration import (
     apply_orchestration,
 )
 from projections.pipeline import FileState, PhaseEntry, PipelineState, TaskState, apply_pipeline
-from projections.sequence import Appended, FirstSeen
+from projections.sequence import Appended, PersistentMap
 from projections.views import VIEWS, install_views
 
 __all__ = [
@@ -24,8 +24,8 @@ __all__ = [
     "Consultation",
     "Decision",
     "FileState",
-    "FirstSeen",
     "OrchestrationState",
+    "PersistentMap",
     "PhaseEntry",
     "PipelineState",
     "RunState",

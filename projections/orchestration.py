@@ -3,10 +3,17 @@
 Model usage is a projection of ``model.*`` events, never a counter in an object,
 so it cannot drift from what was recorded. Conversations are rebuilt from the
 message deltas carried by ``model.requested``.
+
+Like ``apply_pipeline``, ``apply_orchestration`` is pure, returns its input when
+an event does not concern it, keeps growing parts in persistent collections,
+writes each event's step once against an ``OrchestrationBuilder`` (see
+``projections.pipeline``), and its state Structs are ``gc=False`` (built
+bottom-up, never part of a cycle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -22,12 +29,22 @@ from events.schema import (
     UserAnswered,
     UserAsked,
 )
-from projections.sequence import Appended, FirstSeen
+from projections.sequence import (
+    Appended,
+    AppendedEditor,
+    Growing,
+    MapEditor,
+    PersistentMap,
+    freeze_map,
+    freeze_sequence,
+    thaw_map,
+    thaw_sequence,
+)
 
 replace = msgspec.structs.replace
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
+class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     version: int
     action: str
     parameters: dict[str, Any] = {}
@@ -37,7 +54,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     fallback_reason: str = ""
 
 
-class Consultation(msgspec.Struct, frozen=True, kw_only=True):
+class Consultation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     version: int
     specialist: str
     task_id: str = ""
@@ -45,7 +62,7 @@ class Consultation(msgspec.Struct, frozen=True, kw_only=True):
     summary: str = ""
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
+class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Totals for one model or one role."""
 
     calls: int = 0
@@ -59,7 +76,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
         return self.prompt_tokens + self.completion_tokens
 
 
-class CallInfo(msgspec.Struct, frozen=True, kw_only=True):
+class CallInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a model call was, so that its response can be attributed."""
 
     role: str
@@ -70,16 +87,25 @@ class CallInfo(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
-class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True):
-    decisions: Appended[Decision] = msgspec.field(default_factory=Appended)
-    consultations: Appended[Consultation] = msgspec.field(default_factory=Appended)
-    usage_by_model: dict[str, Usage] = {}
-    usage_by_role: dict[str, Usage] = {}
-    conversations: dict[str, tuple[Message, ...]] = {}
+_NO_USAGE: PersistentMap[str, Usage] = PersistentMap()
+_NO_CONVERSATIONS: PersistentMap[str, tuple[Message, ...]] = PersistentMap()
+_NO_CALLS: PersistentMap[str, CallInfo] = PersistentMap()
+_NOTHING_ANSWERED: PersistentMap[str, str] = PersistentMap()
+_NO_DECISIONS: Appended[Decision] = Appended()
+_NO_CONSULTATIONS: Appended[Consultation] = Appended()
+_UNUSED = Usage()
+
+
+class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    decisions: Appended[Decision] = _NO_DECISIONS
+    consultations: Appended[Consultation] = _NO_CONSULTATIONS
+    usage_by_model: PersistentMap[str, Usage] = _NO_USAGE
+    usage_by_role: PersistentMap[str, Usage] = _NO_USAGE
+    conversations: PersistentMap[str, tuple[Message, ...]] = _NO_CONVERSATIONS
     """Full message list of each conversation's latest request (stored form)."""
-    open_calls: dict[str, CallInfo] = {}
+    open_calls: PersistentMap[str, CallInfo] = _NO_CALLS
     """Requests not yet answered (a call that finally failed stays here)."""
-    answered: FirstSeen[str, str] = msgspec.field(default_factory=FirstSeen)
+    answered: PersistentMap[str, str] = _NOTHING_ANSWERED
     """request digest -> call id of the first successful response to it."""
     user_messages: tuple[tuple[str, str], ...] = ()
     """(question, answer) pairs; an open question has answer ""."""
@@ -89,67 +115,143 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True):
         return sum(u.tokens for u in self.usage_by_model.values())
 
 
-def _add(table: dict[str, Usage], key: str, **delta: float) -> dict[str, Usage]:
-    old = table.get(key, Usage())
-    new = Usage(
-        calls=old.calls + int(delta.get("calls", 0)),
-        failures=old.failures + int(delta.get("failures", 0)),
-        prompt_tokens=old.prompt_tokens + int(delta.get("prompt_tokens", 0)),
-        completion_tokens=old.completion_tokens + int(delta.get("completion_tokens", 0)),
-        duration_ms=old.duration_ms + float(delta.get("duration_ms", 0.0)),
+class OrchestrationBuilder:
+    """An ``OrchestrationState`` under construction (see ``PipelineBuilder``)."""
+
+    __slots__ = (
+        "answered",
+        "consultations",
+        "conversations",
+        "decisions",
+        "open_calls",
+        "usage_by_model",
+        "usage_by_role",
+        "user_messages",
     )
-    return {**table, key: new}
+
+    decisions: Growing[Decision]
+    consultations: Growing[Consultation]
+    usage_by_model: MutableMapping[str, Usage]
+    usage_by_role: MutableMapping[str, Usage]
+    conversations: MutableMapping[str, tuple[Message, ...]]
+    open_calls: MutableMapping[str, CallInfo]
+    answered: MutableMapping[str, str]
+
+    def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
+        """Start from ``state``: over copies of its collections when ``transient``
+        (for many events), else over editors of them (for one)."""
+        self.user_messages = state.user_messages
+        if transient:
+            self.decisions = thaw_sequence(state.decisions)
+            self.consultations = thaw_sequence(state.consultations)
+            self.usage_by_model = thaw_map(state.usage_by_model)
+            self.usage_by_role = thaw_map(state.usage_by_role)
+            self.conversations = thaw_map(state.conversations)
+            self.open_calls = thaw_map(state.open_calls)
+            self.answered = thaw_map(state.answered)
+        else:
+            self.decisions = AppendedEditor(state.decisions)
+            self.consultations = AppendedEditor(state.consultations)
+            self.usage_by_model = MapEditor(state.usage_by_model)
+            self.usage_by_role = MapEditor(state.usage_by_role)
+            self.conversations = MapEditor(state.conversations)
+            self.open_calls = MapEditor(state.open_calls)
+            self.answered = MapEditor(state.answered)
+
+    def freeze(self) -> OrchestrationState:
+        """The state built; a transient builder must not be used afterwards."""
+        return OrchestrationState(
+            decisions=freeze_sequence(self.decisions),
+            consultations=freeze_sequence(self.consultations),
+            usage_by_model=freeze_map(self.usage_by_model),
+            usage_by_role=freeze_map(self.usage_by_role),
+            conversations=freeze_map(self.conversations),
+            open_calls=freeze_map(self.open_calls),
+            answered=freeze_map(self.answered),
+            user_messages=self.user_messages,
+        )
+
+
+Step = Callable[[OrchestrationBuilder, Any, int], None]
+"""How one event type changes orchestration under construction (``event``, ``version``)."""
 
 
 def apply_orchestration(
     state: OrchestrationState, event: Event, version: int
 ) -> OrchestrationState:
     """The orchestration state after ``event`` (recorded at ``version``)."""
-    if isinstance(event, ModelRequested):
-        previous = state.conversations.get(event.conversation, ())
-        messages = (*previous[: event.message_offset], *event.messages)
-        temperature = event.options.get("temperature")
-        call = CallInfo(
-            role=event.role,
-            model=event.model,
-            conversation=event.conversation,
-            request_digest=event.request_digest,
-            temperature=float(temperature) if isinstance(temperature, int | float) else None,
-            version=version,
-        )
-        return replace(
-            state,
-            conversations={**state.conversations, event.conversation: messages},
-            open_calls={**state.open_calls, event.call_id: call},
-        )
-    if isinstance(event, ModelResponded):
-        answered_call = state.open_calls.get(event.call_id)
-        if answered_call is None:
-            return state
-        delta = {
-            "calls": 1,
-            "prompt_tokens": event.usage.prompt_tokens,
-            "completion_tokens": event.usage.completion_tokens,
-            "duration_ms": event.duration_ms,
-        }
-        return replace(
-            state,
-            open_calls={k: v for k, v in state.open_calls.items() if k != event.call_id},
-            usage_by_model=_add(state.usage_by_model, answered_call.model, **delta),
-            usage_by_role=_add(state.usage_by_role, answered_call.role, **delta),
-            answered=state.answered.with_first(answered_call.request_digest, event.call_id),
-        )
-    if isinstance(event, ModelFailed):
-        failed_call = state.open_calls.get(event.call_id)
-        if failed_call is None:
-            return state
-        return replace(
-            state,
-            usage_by_model=_add(state.usage_by_model, failed_call.model, failures=1),
-            usage_by_role=_add(state.usage_by_role, failed_call.role, failures=1),
-        )
-    if isinstance(event, ArbiterDecided):
-        decision = Decision(
+    step = ORCHESTRATION_STEPS.get(type(event))
+    if step is None:
+        return state
+    building = OrchestrationBuilder(state, transient=False)
+    step(building, event, version)
+    return building.freeze()
+
+
+def _model_requested(b: OrchestrationBuilder, event: ModelRequested, version: int) -> None:
+    conversations = b.conversations
+    previous = conversations.get(event.conversation, ())
+    added = event.messages
+    if type(added) is not tuple:  # a hand-made event may carry a list
+        added = tuple(added)
+    offset = event.message_offset
+    if offset < len(previous):
+        conversations[event.conversation] = previous[:offset] + added
+    else:
+        conversations[event.conversation] = previous + added if previous else added
+    temperature = event.options.get("temperature")
+    b.open_calls[event.call_id] = CallInfo(
+        role=event.role,
+        model=event.model,
+        conversation=event.conversation,
+        request_digest=event.request_digest,
+        temperature=float(temperature) if isinstance(temperature, (int, float)) else None,
+        version=version,
+    )
+
+
+def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: int) -> None:
+    call = b.open_calls.pop(event.call_id, None)
+    if call is None:
+        return
+    prompt = event.usage.prompt_tokens
+    completion = event.usage.completion_tokens
+    duration = event.duration_ms
+    by_model = b.usage_by_model
+    old = by_model.get(call.model, _UNUSED)
+    by_model[call.model] = Usage(
+        calls=old.calls + 1,
+        failures=old.failures,
+        prompt_tokens=old.prompt_tokens + prompt,
+        completion_tokens=old.completion_tokens + completion,
+        duration_ms=old.duration_ms + duration,
+    )
+    by_role = b.usage_by_role
+    old = by_role.get(call.role, _UNUSED)
+    by_role[call.role] = Usage(
+        calls=old.calls + 1,
+        failures=old.failures,
+        prompt_tokens=old.prompt_tokens + prompt,
+        completion_tokens=old.completion_tokens + completion,
+        duration_ms=old.duration_ms + duration,
+    )
+    answered = b.answered
+    if call.request_digest not in answered:
+        answered[call.request_digest] = event.call_id
+
+
+def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> None:
+    call = b.open_calls.get(event.call_id)
+    if call is None:
+        return
+    for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
+        old = table.get(key, _UNUSED)
+        table[key] = replace(old, failures=old.failures + 1)
+
+
+def _arbiter_decided(b: OrchestrationBuilder, event: ArbiterDecided, version: int) -> None:
+    b.decisions.append(
+        Decision(
             version=version,
             action=event.action,
             parameters=event.parameters,
@@ -158,20 +260,39 @@ def apply_orchestration(
             fallback_used=event.fallback_used,
             fallback_reason=event.fallback_reason,
         )
-        return replace(state, decisions=state.decisions.append(decision))
-    if isinstance(event, SpecialistConsulted):
-        consultation = Consultation(
+    )
+
+
+def _specialist_consulted(
+    b: OrchestrationBuilder, event: SpecialistConsulted, version: int
+) -> None:
+    b.consultations.append(
+        Consultation(
             version=version,
             specialist=event.specialist,
             task_id=event.task_id,
             outcome=event.outcome,
             summary=event.summary,
         )
-        return replace(state, consultations=state.consultations.append(consultation))
-    if isinstance(event, UserAsked):
-        return replace(state, user_messages=(*state.user_messages, (event.question, "")))
-    if isinstance(event, UserAnswered):
-        pairs = list(state.user_messages) or [("", "")]
-        pairs[-1] = (pairs[-1][0], event.answer)
-        return replace(state, user_messages=tuple(pairs))
-    return state
+    )
+
+
+def _user_asked(b: OrchestrationBuilder, event: UserAsked, version: int) -> None:
+    b.user_messages = (*b.user_messages, (event.question, ""))
+
+
+def _user_answered(b: OrchestrationBuilder, event: UserAnswered, version: int) -> None:
+    pairs = b.user_messages or (("", ""),)
+    b.user_messages = (*pairs[:-1], (pairs[-1][0], event.answer))
+
+
+ORCHESTRATION_STEPS: dict[type[Event], Step] = {
+    ModelRequested: _model_requested,
+    ModelResponded: _model_responded,
+    ModelFailed: _model_failed,
+    ArbiterDecided: _arbiter_decided,
+    SpecialistConsulted: _specialist_consulted,
+    UserAsked: _user_asked,
+    UserAnswered: _user_answered,
+}
+"""The step of each event type that changes orchestration; other types leave it as is."""

@@ -1,12 +1,26 @@
 """PipelineState: where the run stands — status, phase, tasks, files, counters.
 
-``apply_pipeline`` is a pure step: it never mutates its input (dicts are copied on
-write) and returns the same object when an event does not concern it, which keeps
-a rebuild of a long run cheap.
+``apply_pipeline`` is a pure step: it never mutates its input and returns the same
+object when an event does not concern it. The growing parts (tasks, files,
+pending tools, phase history) are persistent collections, so a step never copies
+what the run has accumulated.
+
+Each event's step is written once, as a change to a ``PipelineBuilder``: the
+state's fields, with dicts and lists for its collections. ``apply_pipeline``
+builds over editors of the persistent collections (one event, one persistent
+update); ``projections.fold`` folds many events into one transient builder over
+plain dicts and lists and freezes it once at the end. Either way no state that
+anyone else holds is ever changed.
+
+Every state Struct here is ``gc=False``: states are built bottom-up from frozen
+values and hold no reference back to anything that holds them, so they can
+never be part of a reference cycle, and a long run's many states then cost the
+cyclic garbage collector nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -25,12 +39,22 @@ from events.schema import (
     UserAnswered,
     UserAsked,
 )
-from projections.sequence import Appended
+from projections.sequence import (
+    Appended,
+    AppendedEditor,
+    Growing,
+    MapEditor,
+    PersistentMap,
+    freeze_map,
+    freeze_sequence,
+    thaw_map,
+    thaw_sequence,
+)
 
 replace = msgspec.structs.replace
 
 
-class TaskState(msgspec.Struct, frozen=True, kw_only=True):
+class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     task_id: str
     title: str
     description: str = ""
@@ -48,7 +72,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
         return self.errors[-1] if self.errors else ""
 
 
-class FileState(msgspec.Struct, frozen=True, kw_only=True):
+class FileState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     path: str
     digest: str
     size: int
@@ -56,7 +80,7 @@ class FileState(msgspec.Struct, frozen=True, kw_only=True):
     """Version of the event that last changed the file."""
 
 
-class PhaseEntry(msgspec.Struct, frozen=True, kw_only=True):
+class PhaseEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     version: int
     trigger: str
     from_phase: str
@@ -65,7 +89,7 @@ class PhaseEntry(msgspec.Struct, frozen=True, kw_only=True):
     decided_by: str = ""
 
 
-class PendingTool(msgspec.Struct, frozen=True, kw_only=True):
+class PendingTool(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A tool.requested without its tool.executed (yet): visible after a crash."""
 
     call_id: str
@@ -74,7 +98,13 @@ class PendingTool(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
-class PipelineState(msgspec.Struct, frozen=True, kw_only=True):
+_NO_TASKS: PersistentMap[str, TaskState] = PersistentMap()
+_NO_FILES: PersistentMap[str, FileState] = PersistentMap()
+_NO_PENDING: PersistentMap[str, PendingTool] = PersistentMap()
+_NO_PHASES: Appended[PhaseEntry] = Appended()
+
+
+class PipelineState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     run_id: str = ""
     goal: str = ""
     workspace: str = ""
@@ -84,88 +114,129 @@ class PipelineState(msgspec.Struct, frozen=True, kw_only=True):
     """new, running, waiting_for_input, completed, failed or stopped."""
     reason: str = ""
     phase: str = "start"
-    tasks: dict[str, TaskState] = {}
-    files: dict[str, FileState] = {}
-    phase_history: Appended[PhaseEntry] = msgspec.field(default_factory=Appended)
+    tasks: PersistentMap[str, TaskState] = _NO_TASKS
+    files: PersistentMap[str, FileState] = _NO_FILES
+    phase_history: Appended[PhaseEntry] = _NO_PHASES
     steps: int = 0
     steps_since_progress: int = 0
-    pending_tools: dict[str, PendingTool] = {}
+    pending_tools: PersistentMap[str, PendingTool] = _NO_PENDING
     question: str = ""
     answers: tuple[str, ...] = ()
     parent_run: str = ""
     forked_at: int = 0
 
 
+class PipelineBuilder:
+    """A ``PipelineState`` under construction (see the module docstring)."""
+
+    __slots__ = (
+        "answers",
+        "config",
+        "files",
+        "forked_at",
+        "goal",
+        "mode",
+        "parent_run",
+        "pending_tools",
+        "phase",
+        "phase_history",
+        "question",
+        "reason",
+        "run_id",
+        "status",
+        "steps",
+        "steps_since_progress",
+        "tasks",
+        "workspace",
+    )
+
+    tasks: MutableMapping[str, TaskState]
+    files: MutableMapping[str, FileState]
+    phase_history: Growing[PhaseEntry]
+    pending_tools: MutableMapping[str, PendingTool]
+
+    def __init__(self, state: PipelineState, *, transient: bool) -> None:
+        """Start from ``state``: over copies of its collections when ``transient``
+        (for many events), else over editors of them (for one)."""
+        self.run_id = state.run_id
+        self.goal = state.goal
+        self.workspace = state.workspace
+        self.mode = state.mode
+        self.config = state.config
+        self.status = state.status
+        self.reason = state.reason
+        self.phase = state.phase
+        self.steps = state.steps
+        self.steps_since_progress = state.steps_since_progress
+        self.question = state.question
+        self.answers = state.answers
+        self.parent_run = state.parent_run
+        self.forked_at = state.forked_at
+        if transient:
+            self.tasks = thaw_map(state.tasks)
+            self.files = thaw_map(state.files)
+            self.phase_history = thaw_sequence(state.phase_history)
+            self.pending_tools = thaw_map(state.pending_tools)
+        else:
+            self.tasks = MapEditor(state.tasks)
+            self.files = MapEditor(state.files)
+            self.phase_history = AppendedEditor(state.phase_history)
+            self.pending_tools = MapEditor(state.pending_tools)
+
+    def freeze(self) -> PipelineState:
+        """The state built; a transient builder must not be used afterwards."""
+        return PipelineState(
+            run_id=self.run_id,
+            goal=self.goal,
+            workspace=self.workspace,
+            mode=self.mode,
+            config=self.config,
+            status=self.status,
+            reason=self.reason,
+            phase=self.phase,
+            tasks=freeze_map(self.tasks),
+            files=freeze_map(self.files),
+            phase_history=freeze_sequence(self.phase_history),
+            steps=self.steps,
+            steps_since_progress=self.steps_since_progress,
+            pending_tools=freeze_map(self.pending_tools),
+            question=self.question,
+            answers=self.answers,
+            parent_run=self.parent_run,
+            forked_at=self.forked_at,
+        )
+
+
+Step = Callable[[PipelineBuilder, Any, int], None]
+"""How one event type changes a pipeline under construction (``event``, ``version``)."""
+
+
 def apply_pipeline(state: PipelineState, event: Event, version: int) -> PipelineState:
     """The pipeline state after ``event`` (recorded at ``version``)."""
-    if isinstance(event, ArbiterDecided):
-        return replace(
-            state, steps=state.steps + 1, steps_since_progress=state.steps_since_progress + 1
-        )
-    if isinstance(event, ToolRequested):
-        pending = PendingTool(
-            call_id=event.call_id, tool=event.tool, arguments=event.arguments, version=version
-        )
-        return replace(state, pending_tools={**state.pending_tools, event.call_id: pending})
-    if isinstance(event, ToolExecuted):
-        return _tool_executed(state, event, version)
-    if isinstance(event, TaskAdded):
-        task = TaskState(
-            task_id=event.task_id,
-            title=event.title,
-            description=event.description,
-            target_file=event.target_file,
-            priority=event.priority,
-            dependencies=event.dependencies,
-            added_at=version,
-            updated_at=version,
-        )
-        return replace(state, tasks={**state.tasks, event.task_id: task}, steps_since_progress=0)
-    if isinstance(event, TaskUpdated):
-        return _task_updated(state, event, version)
-    if isinstance(event, PhaseChanged):
-        entry = PhaseEntry(
-            version=version,
-            trigger=event.trigger,
-            from_phase=event.from_phase,
-            to_phase=event.to_phase,
-            reason=event.reason,
-            decided_by=event.decided_by,
-        )
-        return replace(state, phase=event.to_phase, phase_history=state.phase_history.append(entry))
-    if isinstance(event, RunStarted):
-        return replace(
-            state,
-            goal=event.goal,
-            workspace=event.workspace,
-            mode=event.mode,
-            config=event.config,
-            status="running",
-            reason="",
-        )
-    if isinstance(event, RunFinished):
-        return replace(state, status=event.status, reason=event.reason)
-    if isinstance(event, UserAsked):
-        return replace(state, status="waiting_for_input", question=event.question)
-    if isinstance(event, UserAnswered):
-        return replace(state, status="running", question="", answers=(*state.answers, event.answer))
-    if isinstance(event, RunForked):
-        return replace(
-            state,
-            parent_run=event.parent_run,
-            forked_at=event.at_version,
-            workspace=event.workspace or state.workspace,
-        )
-    return state
+    step = PIPELINE_STEPS.get(type(event))
+    if step is None:
+        return state
+    building = PipelineBuilder(state, transient=False)
+    step(building, event, version)
+    return building.freeze()
 
 
-def _tool_executed(state: PipelineState, event: ToolExecuted, version: int) -> PipelineState:
-    pending = state.pending_tools
-    if event.call_id in pending:
-        pending = {k: v for k, v in pending.items() if k != event.call_id}
+def _arbiter_decided(b: PipelineBuilder, event: ArbiterDecided, version: int) -> None:
+    b.steps += 1
+    b.steps_since_progress += 1
+
+
+def _tool_requested(b: PipelineBuilder, event: ToolRequested, version: int) -> None:
+    b.pending_tools[event.call_id] = PendingTool(
+        call_id=event.call_id, tool=event.tool, arguments=event.arguments, version=version
+    )
+
+
+def _tool_executed(b: PipelineBuilder, event: ToolExecuted, version: int) -> None:
+    b.pending_tools.pop(event.call_id, None)
     if not event.files_changed:
-        return state if pending is state.pending_tools else replace(state, pending_tools=pending)
-    files = dict(state.files)
+        return
+    files = b.files
     for change in event.files_changed:
         if change.after is None:
             files.pop(change.path, None)
@@ -173,14 +244,28 @@ def _tool_executed(state: PipelineState, event: ToolExecuted, version: int) -> P
             files[change.path] = FileState(
                 path=change.path, digest=change.after, size=change.size, changed_at=version
             )
-    return replace(state, files=files, pending_tools=pending, steps_since_progress=0)
+    b.steps_since_progress = 0
 
 
-def _task_updated(state: PipelineState, event: TaskUpdated, version: int) -> PipelineState:
-    task = state.tasks.get(event.task_id)
+def _task_added(b: PipelineBuilder, event: TaskAdded, version: int) -> None:
+    b.tasks[event.task_id] = TaskState(
+        task_id=event.task_id,
+        title=event.title,
+        description=event.description,
+        target_file=event.target_file,
+        priority=event.priority,
+        dependencies=event.dependencies,
+        added_at=version,
+        updated_at=version,
+    )
+    b.steps_since_progress = 0
+
+
+def _task_updated(b: PipelineBuilder, event: TaskUpdated, version: int) -> None:
+    task = b.tasks.get(event.task_id)
     if task is None:  # an update of a task the log never added: keep it visible
         task = TaskState(task_id=event.task_id, title=event.task_id, added_at=version)
-    task = replace(
+    b.tasks[event.task_id] = replace(
         task,
         status=event.status,
         attempts=max(task.attempts, event.attempt),
@@ -188,4 +273,65 @@ def _task_updated(state: PipelineState, event: TaskUpdated, version: int) -> Pip
         priority=event.priority if event.priority is not None else task.priority,
         updated_at=version,
     )
-    return replace(state, tasks={**state.tasks, event.task_id: task}, steps_since_progress=0)
+    b.steps_since_progress = 0
+
+
+def _phase_changed(b: PipelineBuilder, event: PhaseChanged, version: int) -> None:
+    b.phase = event.to_phase
+    b.phase_history.append(
+        PhaseEntry(
+            version=version,
+            trigger=event.trigger,
+            from_phase=event.from_phase,
+            to_phase=event.to_phase,
+            reason=event.reason,
+            decided_by=event.decided_by,
+        )
+    )
+
+
+def _run_started(b: PipelineBuilder, event: RunStarted, version: int) -> None:
+    b.goal = event.goal
+    b.workspace = event.workspace
+    b.mode = event.mode
+    b.config = event.config
+    b.status = "running"
+    b.reason = ""
+
+
+def _run_finished(b: PipelineBuilder, event: RunFinished, version: int) -> None:
+    b.status = event.status
+    b.reason = event.reason
+
+
+def _user_asked(b: PipelineBuilder, event: UserAsked, version: int) -> None:
+    b.status = "waiting_for_input"
+    b.question = event.question
+
+
+def _user_answered(b: PipelineBuilder, event: UserAnswered, version: int) -> None:
+    b.status = "running"
+    b.question = ""
+    b.answers = (*b.answers, event.answer)
+
+
+def _run_forked(b: PipelineBuilder, event: RunForked, version: int) -> None:
+    b.parent_run = event.parent_run
+    b.forked_at = event.at_version
+    b.workspace = event.workspace or b.workspace
+
+
+PIPELINE_STEPS: dict[type[Event], Step] = {
+    ArbiterDecided: _arbiter_decided,
+    ToolRequested: _tool_requested,
+    ToolExecuted: _tool_executed,
+    TaskAdded: _task_added,
+    TaskUpdated: _task_updated,
+    PhaseChanged: _phase_changed,
+    RunStarted: _run_started,
+    RunFinished: _run_finished,
+    UserAsked: _user_asked,
+    UserAnswered: _user_answered,
+    RunForked: _run_forked,
+}
+"""The step of each event type that changes the pipeline; other types leave it as is."""

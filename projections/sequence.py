@@ -1,18 +1,46 @@
-"""A persistent append-only sequence, so that folds stay pure *and* linear.
+"""Persistent collections, so that folds stay pure *and* linear.
 
-Folds return new states instead of mutating old ones. Copying a tuple to append one
-item would make a fold of n events O(n^2); ``Appended`` shares one list between all
-versions of a sequence and appends in place when it can (the common case: each
-state is extended once). Appending to an older version copies its prefix, so no
-version ever sees an item it did not append.
+Folds return new states instead of mutating old ones. Copying a dict or a tuple to
+change one entry would make a fold of n events O(n^2), so the growing parts of a
+state use structures whose versions share storage:
+
+- ``Appended``: an immutable sequence. All versions share one list; a version
+  appends in place when it is the longest one (the common case: each state is
+  extended once) and copies its prefix otherwise, so no version ever sees an
+  item it did not append.
+- ``PersistentMap``: an immutable map with ``set`` and ``delete``. A version is a
+  shared base dict that is never mutated plus a small overlay of the changes made
+  since the base was built (deleted keys are tombstones in the overlay). Setting
+  a key copies only the overlay; when the overlay outgrows about the square root
+  of the base, the two are merged into a new base. A change costs O(sqrt n) in
+  the worst case and far less in practice, versions never affect each other, and
+  no version is ever mutated, so any version may be read from any thread.
+
+Both compare by content; ``PersistentMap`` is a ``collections.abc.Mapping``, so
+code written against dicts keeps working. ``MapEditor`` and ``AppendedEditor``
+give fold steps dict and list syntax over them (see ``projections.pipeline``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Generic, TypeVar, overload
+from collections.abc import (
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from itertools import islice
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+_new = object.__new__  # versions are made without __init__: it is the hot path of a fold
 
 
 class Appended(Generic[T]):
@@ -20,25 +48,49 @@ class Appended(Generic[T]):
 
     __slots__ = ("_items", "_length")
 
-    def __init__(self, items: list[T] | None = None, length: int | None = None) -> None:
-        self._items: list[T] = items if items is not None else []
-        self._length = len(self._items) if length is None else length
+    _items: list[T]
+    _length: int
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._items = list(items)
+        self._length = len(self._items)
+
+    @staticmethod
+    def adopt(items: list[T]) -> Appended[T]:
+        """A sequence over ``items`` itself, not a copy: whoever hands the list over
+        must never change it again (this is how a transient builder freezes)."""
+        adopted: Appended[T] = _new(Appended)
+        adopted._items = items
+        adopted._length = len(items)
+        return adopted
+
+    def to_list(self) -> list[T]:
+        """A new list with the same items."""
+        return self._items[: self._length]
 
     def append(self, item: T) -> Appended[T]:
-        if len(self._items) == self._length:
-            self._items.append(item)
-            return Appended(self._items, self._length + 1)
-        items = self._items[: self._length]
-        items.append(item)
-        return Appended(items)
+        items = self._items
+        length = self._length
+        grown: Appended[T] = _new(Appended)
+        if length == 0:
+            # A fresh list: an empty version (a default, EMPTY) is shared widely
+            # and must not keep the first item anyone appended to it.
+            grown._items = [item]
+        elif len(items) == length:
+            items.append(item)
+            grown._items = items
+        else:
+            grown._items = items[:length]
+            grown._items.append(item)
+        grown._length = length + 1
+        return grown
 
     def __len__(self) -> int:
         return self._length
 
     def __iter__(self) -> Iterator[T]:
-        items = self._items
-        for i in range(self._length):
-            yield items[i]
+        # bounded: a newer version may append to the shared list while this iterates
+        return islice(self._items, self._length)
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -69,57 +121,282 @@ class Appended(Generic[T]):
         return f"Appended({self._items[: self._length]!r})"
 
 
-K = TypeVar("K")
-V = TypeVar("V")
+# -- maps ------------------------------------------------------------------------------
+
+_MISSING: Any = object()  # "not in this dict" for dict.get
+_DELETED: Any = object()  # a tombstone: the key is deleted in this overlay
+_MIN_OVERLAY = 8
 
 
-class FirstSeen(Generic[K, V]):
-    """An immutable map where a key keeps the first value given to it.
+class PersistentMap(Mapping[K, V]):
+    """An immutable mapping with cheap ``set``/``delete`` returning new versions.
 
-    Like ``Appended``, versions share one dict; each entry remembers when it was
-    added, and a version sees only the entries added before it was made.
+    It iterates in insertion order exactly as a dict built by the same sets and
+    deletes would (an updated key keeps its place, a deleted and re-added key
+    moves to the end), and equals any mapping with the same items.
     """
 
-    __slots__ = ("_entries", "_length")
+    __slots__ = ("_base", "_length", "_overlay")
 
-    def __init__(self, entries: dict[K, tuple[int, V]] | None = None, length: int = 0) -> None:
-        self._entries: dict[K, tuple[int, V]] = entries if entries is not None else {}
-        self._length = length
+    _base: dict[K, V]
+    """Never mutated once a version holds it, so versions share it freely."""
+    _overlay: dict[K, V]
+    """Changes since ``_base``: new values, or ``_DELETED`` for keys of the base."""
+    _length: int
 
-    def get(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[0] >= self._length:
-            return None
-        return entry[1]
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._base = dict(items)
+        self._overlay = {}
+        self._length = len(self._base)
+
+    @staticmethod
+    def adopt(items: dict[K, V]) -> PersistentMap[K, V]:
+        """A map over ``items`` itself, not a copy: whoever hands the dict over must
+        never change it again (this is how a transient builder freezes)."""
+        return PersistentMap._make(items, {}, len(items))
+
+    @staticmethod
+    def _make(base: dict[K, V], overlay: dict[K, V], length: int) -> PersistentMap[K, V]:
+        made: PersistentMap[K, V] = _new(PersistentMap)
+        made._base = base
+        made._overlay = overlay
+        made._length = length
+        return made
+
+    # -- new versions ------------------------------------------------------------------
+
+    def set(self, key: K, value: V) -> PersistentMap[K, V]:
+        """This map with ``key`` bound to ``value`` (itself if it already was)."""
+        base = self._base
+        overlay = self._overlay
+        old = overlay.get(key, _MISSING)
+        if old is _MISSING:
+            old = base.get(key, _MISSING)
+            if old is value:
+                return self
+            length = self._length if old is not _MISSING else self._length + 1
+        elif old is _DELETED:
+            # A key of the base deleted and now added again must move to the end,
+            # as in a dict; merging first makes it an ordinary new key.
+            return self._merged_version().set(key, value)
+        elif old is value:
+            return self
+        else:
+            length = self._length
+        changed = overlay.copy()
+        changed[key] = value
+        if len(changed) > _MIN_OVERLAY and len(changed) * len(changed) > len(base):
+            return self._make(_merge(base, changed), {}, length)
+        return self._make(base, changed, length)
+
+    def delete(self, key: K) -> PersistentMap[K, V]:
+        """This map without ``key`` (itself if ``key`` is absent)."""
+        base = self._base
+        overlay = self._overlay
+        in_overlay = overlay.get(key, _MISSING)
+        if in_overlay is _DELETED or (in_overlay is _MISSING and key not in base):
+            return self
+        changed = overlay.copy()
+        if key in base:
+            changed[key] = _DELETED
+        else:  # added since the base: forgetting it is enough
+            del changed[key]
+        if len(changed) > _MIN_OVERLAY and len(changed) * len(changed) > len(base):
+            return self._make(_merge(base, changed), {}, self._length - 1)
+        return self._make(base, changed, self._length - 1)
+
+    def update(self, items: Mapping[K, V] | Iterable[tuple[K, V]]) -> PersistentMap[K, V]:
+        """This map with every pair of ``items`` set, in order."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        result = self
+        for key, value in pairs:
+            result = result.set(key, value)
+        return result
+
+    def _merged_version(self) -> PersistentMap[K, V]:
+        if not self._overlay:
+            return self
+        return self._make(_merge(self._base, self._overlay), {}, self._length)
+
+    def to_dict(self) -> dict[K, V]:
+        """A new plain dict with the same items, in the same order."""
+        if not self._overlay:
+            return self._base.copy()
+        return _merge(self._base, self._overlay)
+
+    # -- Mapping -----------------------------------------------------------------------
+
+    def __getitem__(self, key: K) -> V:
+        value = self._overlay.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return cast(V, value)
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, /, default: V | T) -> V | T: ...
+    def get(self, key: K, /, default: Any = None) -> Any:
+        value = self._overlay.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base.get(key, default)
+        return default if value is _DELETED else value
 
     def __contains__(self, key: object) -> bool:
-        entry = self._entries.get(key)  # type: ignore[arg-type]
-        return entry is not None and entry[0] < self._length
-
-    def with_first(self, key: K, value: V) -> FirstSeen[K, V]:
-        """This map plus ``key -> value`` unless ``key`` is already present."""
-        if key in self:
-            return self
-        if len(self._entries) == self._length and key not in self._entries:
-            self._entries[key] = (self._length, value)
-            return FirstSeen(self._entries, self._length + 1)
-        entries = {k: e for k, e in self._entries.items() if e[0] < self._length}
-        entries[key] = (self._length, value)
-        return FirstSeen(entries, self._length + 1)
+        value = self._overlay.get(key, _MISSING)  # type: ignore[arg-type]
+        if value is _MISSING:
+            return key in self._base
+        return value is not _DELETED
 
     def __len__(self) -> int:
         return self._length
 
-    def items(self) -> list[tuple[K, V]]:
-        return [(k, e[1]) for k, e in self._entries.items() if e[0] < self._length]
+    def __iter__(self) -> Iterator[K]:
+        if not self._overlay:
+            return iter(self._base)
+        return iter(_merge(self._base, self._overlay))
+
+    def keys(self) -> KeysView[K]:
+        return self._view().keys()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._view().items()
+
+    def values(self) -> ValuesView[V]:
+        return self._view().values()
+
+    def _view(self) -> dict[K, V]:
+        # The base is never mutated, so its views are safe to hand out.
+        return self._base if not self._overlay else _merge(self._base, self._overlay)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FirstSeen):
+        if self is other:
+            return True
+        if not isinstance(other, Mapping):
             return NotImplemented
-        return self._length == other._length and self.items() == other.items()
+        if self._length != len(other):
+            return False
+        mine = self._view()
+        if isinstance(other, PersistentMap):
+            return mine == other._view()
+        return mine == dict(other.items())
 
-    def __hash__(self) -> int:
-        return hash(tuple(self.items()))
+    __hash__ = None  # type: ignore[assignment]  # equal to dicts, which are unhashable
 
     def __repr__(self) -> str:
-        return f"FirstSeen({dict(self.items())!r})"
+        return f"PersistentMap({self._view()!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PersistentMap, (self.to_dict(),))
+
+
+def _merge(base: dict[K, V], overlay: dict[K, V]) -> dict[K, V]:
+    """A new dict: ``base`` with ``overlay`` applied, in dict insertion order."""
+    merged = base.copy()
+    for key, value in overlay.items():
+        if value is _DELETED:
+            del merged[key]
+        else:
+            merged[key] = value
+    return merged
+
+
+# -- editing: one step on persistent values, with the syntax of dicts and lists ----------
+
+
+class MapEditor(MutableMapping[K, V]):
+    """A dict-like handle on a ``PersistentMap`` whose writes make new versions.
+
+    Fold steps are written once, against dict syntax: a fold of many events runs
+    them on plain dicts (copied once, frozen with ``PersistentMap.adopt``), and
+    ``apply`` of a single event runs them on editors, so that one event costs a
+    persistent update, never a copy of the whole map.
+    """
+
+    __slots__ = ("value",)
+
+    value: PersistentMap[K, V]
+
+    def __init__(self, value: Mapping[K, V]) -> None:
+        # a state built by hand may hold a plain dict
+        self.value = value if isinstance(value, PersistentMap) else PersistentMap(value)
+
+    def __getitem__(self, key: K) -> V:
+        return self.value[key]
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self.value.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.value = self.value.set(key, value)
+
+    def __delitem__(self, key: K) -> None:
+        if key not in self.value:
+            raise KeyError(key)
+        self.value = self.value.delete(key)
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        found = self.value.get(key, _MISSING)
+        if found is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        self.value = self.value.delete(key)
+        return found
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.value)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+class AppendedEditor(Generic[T]):
+    """A list-like handle on an ``Appended`` whose ``append`` makes a new version."""
+
+    __slots__ = ("value",)
+
+    value: Appended[T]
+
+    def __init__(self, value: Iterable[T]) -> None:
+        self.value = value if isinstance(value, Appended) else Appended(value)
+
+    def append(self, item: T) -> None:
+        self.value = self.value.append(item)
+
+
+class Growing(Protocol[T_contra]):
+    """What a fold step needs of a sequence field: a list, or an ``AppendedEditor``."""
+
+    def append(self, item: T_contra, /) -> None: ...
+
+
+def thaw_map(items: Mapping[K, V]) -> dict[K, V]:
+    """A new dict with the items of a persistent map (or of any mapping)."""
+    return items.to_dict() if isinstance(items, PersistentMap) else dict(items)
+
+
+def thaw_sequence(items: Iterable[T]) -> list[T]:
+    """A new list with the items of an ``Appended`` (or of any iterable)."""
+    return items.to_list() if isinstance(items, Appended) else list(items)
+
+
+def freeze_map(items: MutableMapping[K, V]) -> PersistentMap[K, V]:
+    """The persistent map a step's dict (adopted, so never use it again) or editor holds."""
+    if isinstance(items, MapEditor):
+        return items.value
+    assert type(items) is dict
+    return PersistentMap.adopt(items)
+
+
+def freeze_sequence(items: Growing[T]) -> Appended[T]:
+    """The ``Appended`` a step's list (adopted, so never use it again) or editor holds."""
+    if isinstance(items, AppendedEditor):
+        return cast(Appended[T], items.value)
+    assert isinstance(items, list)
+    return Appended.adopt(items)

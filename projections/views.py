@@ -4,7 +4,9 @@ The payload is JSON text, so each view is ``json_extract`` over ``data``. Instal
 them with ``install_views(store)`` (the engine does it whenever it opens a log);
 afterwards ``sqlite3 events.db "SELECT * FROM tool_calls WHERE ok = 0"`` works.
 
-    runs           one row per run: goal, status, reason, events, start and end
+    runs           one row per run: goal, status, reason, events, start and end (a
+                   rewound run shows as running; ``projections.project`` gives the
+                   exact state at any version)
     phase_changes  every phase change with its trigger, reason and decider
     tasks          every task with its latest status, attempts and last error
     model_calls    every model request joined to its response or failures
@@ -18,32 +20,25 @@ import sqlite3
 
 VIEWS: dict[str, str] = {
     "runs": """
-SELECT
-  e.run_id,
-  min(e.recorded_at) AS started_at,
-  max(e.recorded_at) AS last_event_at,
-  max(e.version) AS events,
+SELECT r.run_id, r.started_at, r.last_event_at, r.events,
   (SELECT json_extract(s.data, '$.goal') FROM events s
-     WHERE s.run_id = e.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
+     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
   (SELECT json_extract(s.data, '$.workspace') FROM events s
-     WHERE s.run_id = e.run_id AND s.type IN ('run.started', 'run.forked')
+     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
      ORDER BY s.version LIMIT 1) AS workspace,
-  coalesce(
-    (SELECT CASE l.type
-              WHEN 'run.finished' THEN json_extract(l.data, '$.status')
+  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.status')
               WHEN 'user.asked' THEN 'waiting_for_input'
-              ELSE 'running' END
-       FROM events l
-       WHERE l.run_id = e.run_id
-         AND l.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
-                        'user.asked', 'user.answered')
-       ORDER BY l.version DESC LIMIT 1),
-    'running') AS status,
-  (SELECT json_extract(f.data, '$.reason') FROM events f
-     WHERE f.run_id = e.run_id AND f.type = 'run.finished'
-     ORDER BY f.version DESC LIMIT 1) AS reason
-FROM events e
-GROUP BY e.run_id
+              ELSE 'running' END AS status,
+  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.reason') END AS reason
+FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
+             max(version) AS events
+        FROM events GROUP BY run_id) r
+LEFT JOIN events l ON l.position = (
+  SELECT x.position FROM events x
+   WHERE x.run_id = r.run_id
+     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
+                    'user.asked', 'user.answered')
+   ORDER BY x.version DESC LIMIT 1)
 """,
     "phase_changes": """
 SELECT run_id, version, recorded_at,
@@ -72,9 +67,11 @@ SELECT a.run_id,
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
        ORDER BY u.version DESC LIMIT 1),
     'new') AS status,
-  (SELECT max(json_extract(u.data, '$.attempt')) FROM events u
-     WHERE u.run_id = a.run_id AND u.type = 'task.updated'
-       AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')) AS attempts,
+  coalesce(
+    (SELECT max(json_extract(u.data, '$.attempt')) FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')),
+    0) AS attempts,
   (SELECT json_extract(u.data, '$.error') FROM events u
      WHERE u.run_id = a.run_id AND u.type = 'task.updated'
        AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
@@ -110,8 +107,13 @@ LEFT JOIN events r
   ON r.run_id = q.run_id AND r.type = 'model.responded'
  AND json_extract(r.data, '$.call_id') = json_extract(q.data, '$.call_id')
 LEFT JOIN (
+  -- with one max() aggregate, SQLite takes the bare columns from the row holding
+  -- the maximum: last_failure describes the latest failure
   SELECT run_id, json_extract(data, '$.call_id') AS call_id, count(*) AS failures,
-         json_extract(data, '$.kind') || ': ' || json_extract(data, '$.detail') AS last_failure
+         max(version) AS last_failed_version,
+         CASE json_extract(data, '$.detail') WHEN '' THEN json_extract(data, '$.kind')
+              ELSE json_extract(data, '$.kind') || ': ' || json_extract(data, '$.detail')
+         END AS last_failure
   FROM events WHERE type = 'model.failed' GROUP BY run_id, call_id
 ) f ON f.run_id = q.run_id AND f.call_id = json_extract(q.data, '$.call_id')
 WHERE q.type = 'model.requested'
