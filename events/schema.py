@@ -120,12 +120,17 @@ class PhaseChanged(Event, frozen=True, kw_only=True, tag="phase.changed"):
 
 
 class TaskAdded(Event, frozen=True, kw_only=True, tag="task.added"):
+    """Version 2 stores ``dependencies`` under the key ``depends_on`` (version 1:
+    ``dependencies``; the upcaster renames it)."""
+
+    schema_version: ClassVar[int] = 2
+
     task_id: str
     title: str
     description: str = ""
     target_file: str = ""
     priority: int = 5
-    dependencies: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = msgspec.field(default=(), name="depends_on")
 
 
 class TaskUpdated(Event, frozen=True, kw_only=True, tag="task.updated"):

@@ -40,5 +40,21 @@ class UpcasterRegistry:
 
 
 def project_upcasters() -> UpcasterRegistry:
-    """The upcasters of this project's own schema changes."""
-    return UpcasterRegistry()
+    """The upcasters of this project's own schema changes, one per version step.
+
+    ========================  ==========================================================
+    ``task.added`` 1 -> 2     the prerequisites' key ``dependencies`` became
+                              ``depends_on`` (the field is still ``dependencies`` in
+                              Python; only the stored name changed)
+    ========================  ==========================================================
+    """
+    registry = UpcasterRegistry()
+    registry.register("task.added", 1)(_task_added_depends_on)
+    return registry
+
+
+def _task_added_depends_on(raw: dict[str, Any]) -> dict[str, Any]:
+    """task.added v1 -> v2: ``dependencies`` is stored as ``depends_on``."""
+    if "dependencies" in raw:
+        raw["depends_on"] = raw.pop("dependencies")
+    return raw

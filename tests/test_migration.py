@@ -1,9 +1,11 @@
-"""Migration: a log recorded by an earlier version of the code still verifies and replays.
+"""Migration: a log recorded before a schema change still verifies and replays.
 
 ``tests/data/pre_v2.db`` was recorded (the scripted demo run, through ``autonomy
-run``) while ``task.added`` was at schema version 1. When a type's schema changes,
-its upcaster in ``events.upcasters.project_upcasters`` must carry these rows to
-the new version before the typed decode; the old rows are never rewritten.
+run``) while ``task.added`` was at schema version 1, whose payload called a task's
+prerequisites ``dependencies``. Version 2 stores them as ``depends_on``; the
+upcaster ``task.added`` v1 -> v2 in ``events.upcasters.project_upcasters`` renames
+the key before the typed decode. The old rows are never rewritten: the log stays
+as it was recorded, hash chain included.
 
 Never re-record the database to make a test pass: it stands for a user's old log.
 """
@@ -19,7 +21,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.storage import open_store
-from events import TaskAdded
+from events import Codec, TaskAdded
 from projections import project
 
 OLD_DB = Path(__file__).parent / "data" / "pre_v2.db"
@@ -46,9 +48,17 @@ def stored_versions(db: Path, type_: str) -> set[int]:
         return {version for (version,) in rows}
 
 
-def test_the_old_database_holds_task_added_at_schema_version_1(old_db: Path) -> None:
+def test_the_old_database_holds_task_added_at_a_version_older_than_the_code(old_db: Path) -> None:
     assert stored_versions(old_db, "task.added") == {1}
-    assert TaskAdded.schema_version >= 1
+    assert TaskAdded.schema_version == 2
+
+
+def test_the_upcaster_renames_dependencies_to_depends_on() -> None:
+    v1 = '{"type":"task.added","task_id":"t2","title":"tests","dependencies":["t1"]}'
+
+    event = Codec().decode("task.added", 1, v1)
+
+    assert event == TaskAdded(task_id="t2", title="tests", dependencies=("t1",))
 
 
 def test_verify_passes_on_the_database_recorded_before_the_change(old_db: Path) -> None:
@@ -56,6 +66,7 @@ def test_verify_passes_on_the_database_recorded_before_the_change(old_db: Path) 
 
     assert code == 0, out
     assert f"{RUN}: ok" in out
+    assert stored_versions(old_db, "task.added") == {1}, "upcasting never rewrites the log"
 
 
 def test_replay_is_identical_on_the_database_recorded_before_the_change(old_db: Path) -> None:

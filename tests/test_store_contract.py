@@ -73,7 +73,7 @@ class StoreContract(ABC):
         assert [r.data for r in read] == events
         assert [r.type for r in read] == ["run.started", "task.added", "task.updated"]
         assert {r.run_id for r in read} == {"run-1"}
-        assert [r.schema_version for r in read] == [1, 1, 1]
+        assert [r.schema_version for r in read] == [e.schema_version for e in events]
 
     def test_append_returns_what_read_returns(self) -> None:
         appended = self.store.append("run-1", [START, task(1)], 0)
