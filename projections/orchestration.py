@@ -66,6 +66,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Totals for one model or one role."""
 
     calls: int = 0
+    """Answers that came from a model server."""
+    cached: int = 0
+    """Answers taken from the log instead (``model.responded.cached_from``)."""
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -217,10 +220,12 @@ def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: in
     prompt = event.usage.prompt_tokens
     completion = event.usage.completion_tokens
     duration = event.duration_ms
+    served, cached = (0, 1) if event.cached_from else (1, 0)
     by_model = b.usage_by_model
     old = by_model.get(call.model, _UNUSED)
     by_model[call.model] = Usage(
-        calls=old.calls + 1,
+        calls=old.calls + served,
+        cached=old.cached + cached,
         failures=old.failures,
         prompt_tokens=old.prompt_tokens + prompt,
         completion_tokens=old.completion_tokens + completion,
@@ -229,7 +234,8 @@ def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: in
     by_role = b.usage_by_role
     old = by_role.get(call.role, _UNUSED)
     by_role[call.role] = Usage(
-        calls=old.calls + 1,
+        calls=old.calls + served,
+        cached=old.cached + cached,
         failures=old.failures,
         prompt_tokens=old.prompt_tokens + prompt,
         completion_tokens=old.completion_tokens + completion,

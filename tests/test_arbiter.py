@@ -78,3 +78,7 @@ def test_an_identical_temperature_0_request_is_answered_from_the_log(tmp_path: P
     assert first.content == second.content == "hello"
     responded = [e.data for e in log.store.read("r") if isinstance(e.data, ModelResponded)]
     assert responded[1].cached_from == responded[0].call_id
+    usage = log.orchestration.usage_by_role["arbiter"]
+    assert (usage.calls, usage.cached) == (len(server.chat_requests), 1), (
+        "usage counts what the server answered; answers from the log are counted apart"
+    )

@@ -134,11 +134,12 @@ def test_usage_is_the_sum_of_the_recorded_usage(events: list[Event]) -> None:
         if isinstance(event, ModelResponded | ModelFailed):
             call = requests[event.call_id]
             for key in (("model", call.model), ("role", call.role)):
-                totals = expected.setdefault(key, [0, 0, 0, 0, 0.0])
+                totals = expected.setdefault(key, [0, 0, 0, 0, 0.0, 0])
                 if isinstance(event, ModelFailed):
                     totals[1] += 1
                 else:
-                    totals[0] += 1
+                    # an answer taken from the log (cached_from) never reached a server
+                    totals[5 if event.cached_from else 0] += 1
                     totals[2] += event.usage.prompt_tokens
                     totals[3] += event.usage.completion_tokens
                     totals[4] += event.duration_ms
@@ -148,9 +149,9 @@ def test_usage_is_the_sum_of_the_recorded_usage(events: list[Event]) -> None:
     actual = {("model", k): u for k, u in orchestration.usage_by_model.items()}
     actual |= {("role", k): u for k, u in orchestration.usage_by_role.items()}
     assert set(actual) == set(expected)
-    for key, (calls, failures, prompt, completion, duration) in expected.items():
+    for key, (calls, failures, prompt, completion, duration, cached) in expected.items():
         usage = actual[key]
-        assert (usage.calls, usage.failures) == (calls, failures)
+        assert (usage.calls, usage.cached, usage.failures) == (calls, cached, failures)
         assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, completion)
         assert usage.duration_ms == pytest.approx(duration)
     assert orchestration.total_tokens == sum(
