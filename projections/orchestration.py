@@ -217,30 +217,17 @@ def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: in
     call = b.open_calls.pop(event.call_id, None)
     if call is None:
         return
-    prompt = event.usage.prompt_tokens
-    completion = event.usage.completion_tokens
-    duration = event.duration_ms
     served, cached = (0, 1) if event.cached_from else (1, 0)
-    by_model = b.usage_by_model
-    old = by_model.get(call.model, _UNUSED)
-    by_model[call.model] = Usage(
-        calls=old.calls + served,
-        cached=old.cached + cached,
-        failures=old.failures,
-        prompt_tokens=old.prompt_tokens + prompt,
-        completion_tokens=old.completion_tokens + completion,
-        duration_ms=old.duration_ms + duration,
-    )
-    by_role = b.usage_by_role
-    old = by_role.get(call.role, _UNUSED)
-    by_role[call.role] = Usage(
-        calls=old.calls + served,
-        cached=old.cached + cached,
-        failures=old.failures,
-        prompt_tokens=old.prompt_tokens + prompt,
-        completion_tokens=old.completion_tokens + completion,
-        duration_ms=old.duration_ms + duration,
-    )
+    for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
+        old = table.get(key, _UNUSED)
+        table[key] = Usage(
+            calls=old.calls + served,
+            cached=old.cached + cached,
+            failures=old.failures,
+            prompt_tokens=old.prompt_tokens + event.usage.prompt_tokens,
+            completion_tokens=old.completion_tokens + event.usage.completion_tokens,
+            duration_ms=old.duration_ms + event.duration_ms,
+        )
     answered = b.answered
     if call.request_digest not in answered:
         answered[call.request_digest] = event.call_id

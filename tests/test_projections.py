@@ -653,14 +653,15 @@ def test_a_rewind_refolds_an_upcast_event_as_it_was_upcast(monkeypatch: pytest.M
     # A row stored at an older schema version is kept decoded (upcast), not as
     # text: decoding the text again would skip the upcaster.
     upcasters = UpcasterRegistry()
+    current = TaskAdded.schema_version
 
-    @upcasters.register("task.added", 1)
+    @upcasters.register("task.added", current)
     def shout(raw: dict[str, Any]) -> dict[str, Any]:
         return {**raw, "title": raw["title"].upper()}
 
     store = MemoryEventStore(codec=Codec(upcasters))
     record(store, "r1", START, TaskAdded(task_id="t1", title="quiet"))
-    monkeypatch.setattr(TaskAdded, "schema_version", 2)
+    monkeypatch.setattr(TaskAdded, "schema_version", current + 1)
     record(store, "r1", TaskAdded(task_id="t2", title="late"), RunRewound(to_version=3))
 
     state = project(store, "r1")
