@@ -127,9 +127,16 @@ def pytest_collection_modifyitems(
 def __getattr__(name: str) -> Any:
     """The hypothesis strategies of ``events.strategies``, imported on first use so
     that loading the plugin never needs hypothesis."""
-    if name.startswith("_"):
+    # pytest probes a plugin for hooks and markers (pytest_*, pytestmark): those
+    # must not import hypothesis, which only the test extra installs.
+    if name.startswith(("_", "pytest")):
         raise AttributeError(name)
-    strategies = importlib.import_module("events.strategies")
+    try:
+        strategies = importlib.import_module("events.strategies")
+    except ModuleNotFoundError as e:
+        raise AttributeError(
+            f"{name!r} is a hypothesis strategy; install the test extra: pip install 'autonomy[test]'"
+        ) from e
     try:
         return getattr(strategies, name)
     except AttributeError:

@@ -187,3 +187,27 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 def test_replay_run_passes_on_a_recorded_demo_run_with_the_real_replay(db: Path) -> None:
     pytest.importorskip("engine.replay")
     replay_run(db, GOOD)
+
+
+def test_probing_the_plugin_for_hooks_never_imports_hypothesis() -> None:
+    """pytest probes every plugin for pytest_* hooks; a user's project without the
+    test extra (the agent's own `python -m pytest` runs) must still load the plugin."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['hypothesis'] = None  # as if it were not installed\n"
+        "import engine.pytest_plugin as plugin\n"
+        "assert not hasattr(plugin, 'pytest_collection_modifyitems_x')\n"
+        "assert not hasattr(plugin, 'pytestmark')\n"
+        "assert 'events.strategies' not in sys.modules\n"
+        "try:\n"
+        "    plugin.any_event\n"
+        "except AttributeError as e:\n"
+        "    assert 'test extra' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('a strategy without hypothesis must be an AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
