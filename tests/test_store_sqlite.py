@@ -275,30 +275,11 @@ def test_two_processes_appending_at_the_same_version_one_wins(tmp_path: Path) ->
     path = tmp_path / "events.db"
     with SQLiteEventStore(path) as store:
         store.append("run-1", [START], 0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACER, str(path), name, "1"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for name in ("alpha", "beta")
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert racer.stdout.readline().strip() == "ready"
-        outputs = [racer.communicate("go\n", timeout=30) for racer in racers]
-    finally:
-        for racer in racers:
-            racer.kill()
+    outputs, codes = _start_together(_RACER, path, "1", timeout=30)
 
     results = sorted(out.split()[0] for out, _ in outputs)
     assert results == ["conflict", "won"], outputs
-    assert all(r.returncode == 0 for r in racers), [err for _, err in outputs]
+    assert codes == [0, 0], [err for _, err in outputs]
     with SQLiteEventStore(path) as store:
         log = list(store.read("run-1"))
         assert [r.version for r in log] == [1, 2, 3, 4]
@@ -338,26 +319,7 @@ def test_two_processes_retrying_on_conflict_leave_a_log_without_gaps(tmp_path: P
     path = tmp_path / "events.db"
     with SQLiteEventStore(path) as store:
         store.append("run-1", [START], 0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(path), name, "40"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for name in ("alpha", "beta")
-    ]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            assert worker.stdout.readline().strip() == "ready"
-        outputs = [worker.communicate("go\n", timeout=60) for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
+    outputs, _ = _start_together(_WORKER, path, "40", timeout=60)
 
     assert [out.split()[0] for out, _ in outputs] == ["done", "done"], outputs
     with SQLiteEventStore(path) as store:
@@ -389,3 +351,31 @@ def test_a_foreign_database_with_its_own_events_table_is_not_taken_over(tmp_path
     conn.close()
     assert names == {"events"}
     assert application_id == 0
+
+
+def _start_together(
+    script: str, path: Path, count: str, *, timeout: float
+) -> tuple[list[tuple[str, str]], list[int]]:
+    """Run ``script`` in two processes ("alpha", "beta") that wait at a barrier until
+    both are ready, then go at once; returns their (stdout, stderr) and exit codes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), name, count],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("alpha", "beta")
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        outputs = [proc.communicate("go\n", timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    return outputs, [proc.returncode for proc in procs]
