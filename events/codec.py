@@ -34,6 +34,15 @@ def current_version(type: str) -> int:
     return cls.schema_version
 
 
+CURRENT: msgspec.json.Decoder[AnyEvent] = _DECODER
+"""Decodes a payload written at its type's current schema version, its tag picking
+the type: the common case of ``Codec.decode`` without its checks, for a hot loop
+(``projections.project``). The caller must check that the class decoded is the
+row's type (``EVENT_TYPES``) at the row's schema version, and send any other row,
+and any that fails here, through ``Codec.decode`` for the upcast or the
+``SchemaError`` naming the row."""
+
+
 class Codec:
     """Decodes stored payloads, upcasting old schema versions first."""
 

@@ -13,12 +13,13 @@ mapped to the project's exception tree in ``_mapped_errors``.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlite_utils
 
@@ -29,6 +30,7 @@ from events.store import (
     Clock,
     Draft,
     EventStore,
+    Payload,
     Row,
     RunInfo,
     check_expected,
@@ -44,10 +46,11 @@ _COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causat
 
 _LAST_SQL = "SELECT version, hash FROM events WHERE run_id = ? ORDER BY version DESC LIMIT 1"
 _INSERT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RUN_SQL = (
-    f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND version > ? AND version <= ?"
-    " ORDER BY version LIMIT ?"
+_RUN_WHERE = (
+    "FROM events WHERE run_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
 )
+_RUN_SQL = f"SELECT {_COLUMNS} {_RUN_WHERE}"
+_PAYLOADS_SQL = f"SELECT version, type, schema_version, data {_RUN_WHERE}"
 
 _TRIGGERS = [
     """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
@@ -205,20 +208,34 @@ class SQLiteEventStore(EventStore):
 
     # -- reading ---------------------------------------------------------------------
 
-    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Row]:
+    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
         with self._lock, _mapped_errors(where):
             return self._conn.execute(sql, params).fetchall()
 
     def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
+        return itertools.chain.from_iterable(self._run_chunks(_RUN_SQL, 2, run_id, after, upto))
+
+    def read_payloads(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[Payload]:
+        return itertools.chain.from_iterable(
+            self._run_chunks(_PAYLOADS_SQL, 0, run_id, after, upto)
+        )
+
+    def _run_chunks(
+        self, sql: str, version_at: int, run_id: str, after: int, upto: int | None
+    ) -> Iterator[list[Any]]:
+        """The rows ``sql`` selects from one run, READ_CHUNK at a time (``version_at``
+        is the version's column). Each chunk is a query of its own, so no statement
+        stays open, and no lock held, while the caller works on a chunk; the chunks
+        are chained in C (``_rows``, ``read_payloads``), not re-yielded row by row."""
         bound = upto if upto is not None else 2**62
         while True:
-            rows = self._fetch(
-                _RUN_SQL, (run_id, after, bound, READ_CHUNK), f"reading run {run_id!r}"
-            )
-            yield from rows
+            rows = self._fetch(sql, (run_id, after, bound, READ_CHUNK), f"reading run {run_id!r}")
+            yield rows
             if len(rows) < READ_CHUNK:
                 return
-            after = rows[-1][2]
+            after = rows[-1][version_at]
 
     def _all_rows(
         self, after_position: int, types: Iterable[str] | None, limit: int | None

@@ -31,9 +31,10 @@ from typing import Any
 
 import msgspec
 
+from events.codec import CURRENT
 from events.errors import RunNotFound
-from events.schema import AnyEvent, Event, RunForked, RunRewound
-from events.store import EventStore, RecordedEvent
+from events.schema import EVENT_TYPES, Event, RunForked, RunRewound
+from events.store import EventStore, Payload, RecordedEvent
 from projections.orchestration import (
     ORCHESTRATION_STEPS,
     OrchestrationBuilder,
@@ -104,10 +105,9 @@ def _same_history(mine: History, theirs: History) -> bool:
         return True
     if len(mine) != len(theirs):
         return False
-    texts = msgspec.json.Decoder(AnyEvent)
 
     def decoded(index: int, entry: Folded | str) -> Folded:
-        return Folded(index + 1, texts.decode(entry)) if isinstance(entry, str) else entry
+        return Folded(index + 1, CURRENT.decode(entry)) if isinstance(entry, str) else entry
 
     return all(
         decoded(i, a) == decoded(i, b) for i, (a, b) in enumerate(zip(mine, theirs, strict=True))
@@ -247,15 +247,12 @@ def _refold(
 ) -> _RunBuilder:
     """The run at ``to_version``: ``history`` up to it, folded again from ``base``."""
     target = _RunBuilder(base if base is not None else EMPTY)
-    texts: msgspec.json.Decoder[AnyEvent] | None = None
     for index, earlier in enumerate(history):
         if isinstance(earlier, str):
             version = index + 1
             if version > to_version:
                 break
-            if texts is None:
-                texts = msgspec.json.Decoder(AnyEvent)
-            event: Event = texts.decode(earlier)
+            event: Event = CURRENT.decode(earlier)
         else:
             version = earlier.version
             if version > to_version:
@@ -288,43 +285,51 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
     parent's state at the fork point, read from the same store.
     """
     # The rows are read and decoded here rather than through ``store.read`` so
-    # that history can keep each row's JSON text instead of the decoded event.
-    rows = store.read_raw(run_id, upto=upto)
+    # that history can keep each row's JSON text instead of the decoded event, and
+    # so that a row at its type's current schema version (all of them, but for a
+    # log written by an older autonomy) costs one C-level decode and no objects
+    # besides the event.
+    rows = store.read_payloads(run_id, upto=upto)
     first = next(rows, None)
     if first is None:
         if upto is not None and upto <= 0 and store.last_version(run_id) > 0:
             return RunState(run_id=run_id)
         raise RunNotFound(run_id)
-    decode = store.codec.decode
-    event = decode(first.type, first.schema_version, first.data, position=first.position)
+    version, _, _, data = first
+    event, current = _decode_payload(store, run_id, first)
     start = EMPTY
     if isinstance(event, RunForked):
         start = project(store, event.parent_run, upto=event.at_version)
-    entry: Folded | str = first.data
-    if first.version != 1 or first.schema_version != event.schema_version:
-        entry = Folded(first.version, event)
-    run = _RunBuilder(_apply(start, event, first.version, first.run_id, entry))
-    # The hot loop of a rebuild: ``_step`` with its common path inlined. The
-    # builder's version and run id are only brought up to date where something
-    # reads them: before a rewind or fork, and at the end.
-    previous = first
+    entry: Folded | str = data if current and version == 1 else Folded(version, event)
+    run = _RunBuilder(_apply(start, event, version, run_id, entry))
+    # The hot loop of a rebuild: ``_decode_payload`` and ``_step`` with their
+    # common paths inlined. The builder's version is only brought up to date where
+    # something reads it: before a rewind or fork, and at the end.
+    previous = version
+    decode_text = CURRENT.decode
+    class_of = EVENT_TYPES.get
     steps_of = _STEPS.get
     history = run.history
     pipeline = run.pipeline
     orchestration = run.orchestration
     text_version = len(history) + 1  # the version a text appended now would have
-    for row in rows:
-        event = decode(row.type, row.schema_version, row.data, position=row.position)
-        version = row.version
-        if version == text_version and row.schema_version == event.schema_version:
-            entry = row.data
+    for version, type_name, schema_version, data in rows:
+        try:
+            event = decode_text(data)
+            kind = type(event)
+            current = class_of(type_name) is kind and kind.schema_version == schema_version
+        except msgspec.MsgspecError:
+            current = False
+        if current and version == text_version:
+            entry = data
         else:
+            if not current:
+                event = _decode_row(store, run_id, version)
             entry = Folded(version, event)
         steps = steps_of(type(event))
         if steps is None:
-            run.version = previous.version
-            run.run_id = previous.run_id
-            run = _step(run, event, version, row.run_id, entry)
+            run.version = previous
+            run = _step(run, event, version, run_id, entry)
             history = run.history
             pipeline = run.pipeline
             orchestration = run.orchestration
@@ -337,7 +342,29 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
                 orchestration_step(orchestration, event, version)
             history.append(entry)
             text_version += 1
-        previous = row
-    run.version = previous.version
-    run.run_id = previous.run_id
+        previous = version
+    run.version = previous
+    run.run_id = run_id
     return run.freeze()
+
+
+def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> tuple[Event, bool]:
+    """The event of a payload, and whether its text is at the current schema version
+    (so that the union alone decodes it back, see ``History``)."""
+    version, type_name, schema_version, data = payload
+    try:
+        event: Event = CURRENT.decode(data)
+        if EVENT_TYPES.get(type_name) is type(event) and event.schema_version == schema_version:
+            return event, True
+    except msgspec.MsgspecError:
+        pass
+    return _decode_row(store, run_id, version), False
+
+
+def _decode_row(store: EventStore, run_id: str, version: int) -> Event:
+    """A row the fast path cannot take (an older schema version, or broken data),
+    read whole and decoded by the codec: upcast, checked against the row's type,
+    or a ``SchemaError`` naming its position."""
+    for row in store.read_raw(run_id, after=version - 1, upto=version):
+        return store.decode(row).data
+    raise RunNotFound(run_id)  # pragma: no cover - rows are never deleted

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ from events import (
     SchemaError,
     SQLiteEventStore,
     TaskAdded,
+    TaskUpdated,
     UpcasterRegistry,
     encode,
 )
 from events.codec import chain_hash, current_version
 from events.strategies import any_event, event_of_type
+from projections import project
 
 START = RunStarted(goal="write a todo app", workspace="/work/todo")
 
@@ -137,10 +140,29 @@ def log(sqlite_store: SQLiteEventStore) -> SQLiteEventStore:
     return sqlite_store
 
 
-def read_error(store: EventStore, run_id: str = "run-1") -> SchemaError:
-    with pytest.raises(SchemaError) as caught:
-        list(store.read(run_id))
-    return caught.value
+READERS = {
+    "read": lambda store, run_id: list(store.read(run_id)),
+    # the rebuild's own fast path (read_payloads, one C-level decode per row) must
+    # refuse exactly what the full decode refuses, with the same error
+    "project": project,
+}
+
+
+@pytest.fixture(params=sorted(READERS))
+def reader(request: pytest.FixtureRequest) -> Callable[[EventStore, str], object]:
+    return READERS[request.param]
+
+
+@pytest.fixture
+def read_error(
+    reader: Callable[[EventStore, str], object],
+) -> Callable[..., SchemaError]:
+    def error(store: EventStore, run_id: str = "run-1") -> SchemaError:
+        with pytest.raises(SchemaError) as caught:
+            reader(store, run_id)
+        return caught.value
+
+    return error
 
 
 def assert_names_the_row(error: SchemaError, position: int, type: str) -> None:
@@ -149,7 +171,9 @@ def assert_names_the_row(error: SchemaError, position: int, type: str) -> None:
     assert repr(type) in str(error)
 
 
-def test_an_unknown_type_is_a_schema_error(log: SQLiteEventStore) -> None:
+def test_an_unknown_type_is_a_schema_error(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError]
+) -> None:
     position = insert_row(log, "run-1", "task.teleported", '{"type":"task.teleported"}')
 
     error = read_error(log)
@@ -158,7 +182,9 @@ def test_an_unknown_type_is_a_schema_error(log: SQLiteEventStore) -> None:
     assert "unknown event type" in str(error)
 
 
-def test_undecodable_json_is_a_schema_error(log: SQLiteEventStore) -> None:
+def test_undecodable_json_is_a_schema_error(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError]
+) -> None:
     position = insert_row(log, "run-1", "task.added", '{"type": "task.added", "task_id": ')
 
     error = read_error(log)
@@ -176,7 +202,9 @@ def test_undecodable_json_is_a_schema_error(log: SQLiteEventStore) -> None:
         '["task.added"]',  # not an object
     ],
 )
-def test_data_not_matching_its_schema_is_a_schema_error(log: SQLiteEventStore, data: str) -> None:
+def test_data_not_matching_its_schema_is_a_schema_error(
+    log: SQLiteEventStore, data: str, read_error: Callable[..., SchemaError]
+) -> None:
     position = insert_row(log, "run-1", "task.added", data)
 
     error = read_error(log)
@@ -185,7 +213,9 @@ def test_data_not_matching_its_schema_is_a_schema_error(log: SQLiteEventStore, d
     assert "does not match the schema" in str(error)
 
 
-def test_data_tagged_with_another_type_is_a_schema_error(log: SQLiteEventStore) -> None:
+def test_data_tagged_with_another_type_is_a_schema_error(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError]
+) -> None:
     position = insert_row(
         log,
         "run-1",
@@ -200,7 +230,24 @@ def test_data_tagged_with_another_type_is_a_schema_error(log: SQLiteEventStore) 
     assert "run.started" in str(error)
 
 
-def test_a_schema_version_newer_than_the_code_is_a_schema_error(log: SQLiteEventStore) -> None:
+def test_data_tagged_with_another_type_of_the_same_schema_version_is_a_schema_error(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError]
+) -> None:
+    # Both at schema version 1: only the row's type tells that the tag is wrong.
+    assert TaskUpdated.schema_version == RunStarted.schema_version
+    position = insert_row(
+        log, "run-1", "task.updated", encode(RunStarted(goal="g", workspace="/w"))
+    )
+
+    error = read_error(log)
+
+    assert_names_the_row(error, position, "task.updated")
+    assert "run.started" in str(error)
+
+
+def test_a_schema_version_newer_than_the_code_is_a_schema_error(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError]
+) -> None:
     data = encode(TaskAdded(task_id="t1", title="x"))
     position = insert_row(
         log, "run-1", "task.added", data, schema_version=TaskAdded.schema_version + 1
@@ -210,6 +257,22 @@ def test_a_schema_version_newer_than_the_code_is_a_schema_error(log: SQLiteEvent
 
     assert_names_the_row(error, position, "task.added")
     assert "newer" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("type", "data"),
+    [
+        ("task.teleported", '{"type":"task.teleported"}'),
+        ("task.added", '{"type": "task.added", "task_id": '),
+        ("task.updated", encode(RunStarted(goal="g", workspace="/w"))),
+    ],
+)
+def test_a_bad_first_row_is_a_schema_error_too(
+    log: SQLiteEventStore, read_error: Callable[..., SchemaError], type: str, data: str
+) -> None:
+    position = insert_row(log, "run-2", type, data)
+
+    assert_names_the_row(read_error(log, "run-2"), position, type)
 
 
 def test_read_all_names_the_bad_row_too(log: SQLiteEventStore) -> None:
@@ -304,7 +367,9 @@ def test_a_store_reads_old_rows_through_its_codecs_upcasters(
 
 
 def test_a_missing_upcaster_is_a_schema_error(
-    monkeypatch: pytest.MonkeyPatch, log: SQLiteEventStore
+    monkeypatch: pytest.MonkeyPatch,
+    log: SQLiteEventStore,
+    read_error: Callable[..., SchemaError],
 ) -> None:
     position = insert_row(log, "run-1", "task.added", V1_DATA, schema_version=1)
     monkeypatch.setattr(TaskAdded, "schema_version", 3)
@@ -329,7 +394,9 @@ def test_the_project_registry_has_no_upcaster_for_an_unknown_old_version(
 
 
 def test_a_failing_upcaster_is_a_schema_error(
-    monkeypatch: pytest.MonkeyPatch, log: SQLiteEventStore
+    monkeypatch: pytest.MonkeyPatch,
+    log: SQLiteEventStore,
+    read_error: Callable[..., SchemaError],
 ) -> None:
     bad = '{"type": "task.added", "id": "t1", "name": "x", "priority": "urgent"}'
     position = insert_row(log, "run-1", "task.added", bad, schema_version=1)

@@ -252,6 +252,21 @@ class StoreContract(ABC):
         added = list(self.store.read_all(types=["task.added"], limit=7))
         assert [r.data for r in added] == [*(task(n) for n in range(1, 7)), task(9)]
 
+    @pytest.mark.parametrize(("after", "upto"), [(0, None), (2, 5), (0, 0), (6, None)])
+    def test_payloads_are_the_rows_version_type_schema_version_and_data(
+        self, monkeypatch: pytest.MonkeyPatch, after: int, upto: int | None
+    ) -> None:
+        monkeypatch.setattr(events.store, "READ_CHUNK", 2)
+        monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
+        self.store.append("run-a", [START, *(task(n) for n in range(1, 7))], 0)
+        self.store.append("run-b", [START, task(9)], 0)
+
+        payloads = list(self.store.read_payloads("run-a", after=after, upto=upto))
+
+        rows = self.store.read_raw("run-a", after=after, upto=upto)
+        assert payloads == [(r.version, r.type, r.schema_version, r.data) for r in rows]
+        assert list(self.store.read_payloads("nobody")) == []
+
     # -- runs ------------------------------------------------------------------------------------
 
     def test_runs_lists_each_run_in_order_of_first_appearance(self) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import events.sqlite
 from events import (
     ConcurrencyError,
     EventStoreError,
@@ -379,3 +380,26 @@ def _start_together(
         for proc in procs:
             proc.kill()
     return outputs, [proc.returncode for proc in procs]
+
+
+# -- reads hold nothing between chunks ------------------------------------------------------
+
+
+@pytest.mark.parametrize("read", ["read", "read_raw", "read_payloads"])
+def test_a_read_in_progress_does_not_stop_appends_after_another_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    # Each chunk is a query of its own. A statement left open between chunks would
+    # pin this connection to an old snapshot, and its next append would fail as
+    # "locked" once another connection had written.
+    monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
+    path = tmp_path / "log.db"
+    with SQLiteEventStore(path) as mine, SQLiteEventStore(path) as theirs:
+        mine.append("run-1", [START, *(task(n) for n in range(1, 6))], 0)
+        reading = getattr(mine, read)("run-1")
+        next(reading)
+
+        theirs.append("run-1", [task(6)], 6)
+        mine.append("run-1", [task(7)], 7)
+
+        assert len(list(reading)) == 7, "the rest of the read sees both appends"
