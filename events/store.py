@@ -29,7 +29,9 @@ def utc_now() -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-11-24T12:00:00.000000Z``: UTC, microseconds, sortable as text."""
+    # isoformat is twice as fast as strftime, and this runs on every append
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 Row = tuple[int, str, int, str, int, str, int | None, str, str]
