@@ -4,7 +4,6 @@ doing the same work in the same run on the same machine.
     python benchmarks/bench_store.py                      # --events 10000 --repeat 5
     python benchmarks/bench_store.py --events 2000 --repeat 3 --rebuild-events 20000
     python benchmarks/bench_store.py --profile rebuild    # where does our time go?
-    python benchmarks/bench_store.py --history-forms      # what keeping a run's events costs
 
 Three measurements, each as events/s for ours and for raw (medians over ``--repeat``
 runs), and the ratio ours/raw: the median of the ratios of ``--repeat`` pairs, ours
@@ -20,11 +19,6 @@ highest pair in brackets:
    tokens). Also the peak memory of the rebuild: tracemalloc's peak (Python
    allocations during the rebuild) and ru_maxrss of a process doing only that.
 
-``--history-forms`` measures the choice behind ``RunState.history`` (a state keeps
-the events it folded, so that ``run.rewound`` can be answered without I/O): reading
-and decoding the run while keeping each event in one of several forms, against
-keeping nothing, as time per event and tracemalloc peak.
-
 Raw does what a careful hand-written event log would: BEGIN IMMEDIATE, select the
 run's last version and hash, compare with the expected version, chain sha256 over
 the same canonical bytes, insert, COMMIT. Its tables are created by our store so
@@ -38,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import gc
 import hashlib
 import json
@@ -507,42 +500,6 @@ def child_rebuild(kind: str, path: Path) -> None:
     print(json.dumps({"before": before, "after": peak_rss_kib()}))
 
 
-HISTORY_FORMS = ("nothing", "JSON text", "stored row", "decoded payload", "RecordedEvent")
-
-
-def keep_history(path: Path, form: str) -> list[Any]:
-    """Read and decode the run as ``project`` does, keeping each event as ``form``."""
-    kept: list[Any] = []
-    with SQLiteEventStore(path) as store:
-        if form == "RecordedEvent":
-            kept.extend(store.read(RUN_ID))
-            return kept
-        decode = store.codec.decode
-        for row in store.read_raw(RUN_ID):
-            event = decode(row.type, row.schema_version, row.data, position=row.position)
-            if form == "JSON text":
-                kept.append(row.data)
-            elif form == "stored row":
-                kept.append(row)
-            elif form == "decoded payload":
-                kept.append(event)
-    return kept
-
-
-def history_forms(path: Path, count: int, repeat: int) -> None:
-    baseline = 0.0
-    for form in HISTORY_FORMS:
-        keep = functools.partial(keep_history, path, form)
-        seconds = min(timed(keep) for _ in range(repeat))
-        baseline = baseline or seconds  # the first form keeps nothing
-        peak = traced_peak(keep)
-        print(
-            f"history kept as {form:<16} {seconds / count * 1e9:>6,.0f} ns/event"
-            f" (+{(seconds - baseline) / count * 1e9:>5,.0f})   peak {peak / 2**20:6.1f} MiB",
-            flush=True,
-        )
-
-
 def profile(which: str, events: list[Event], rebuild_db: Path | None, workdir: Path) -> None:
     if which == "single":
         fn: Callable[[], object] = single_appends(events, workdir, ours=True)
@@ -567,11 +524,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", choices=("single", "batch", "rebuild"), help="cProfile ours instead"
     )
-    parser.add_argument(
-        "--history-forms",
-        action="store_true",
-        help="compare the forms a state's history could keep events in, instead",
-    )
     parser.add_argument("--child-rebuild", nargs=2, metavar=("KIND", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_rebuild:
@@ -587,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         events = realistic_events(args.events)
         rebuild_db = None
-        if args.profile in (None, "rebuild") or args.history_forms:
+        if args.profile in (None, "rebuild"):
             rebuild_db = workdir / "rebuild.db"
             with SQLiteEventStore(rebuild_db) as store:
                 everything = realistic_events(args.rebuild_events, seed=11)
@@ -596,10 +548,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 del everything
         if args.profile:
             profile(args.profile, events, rebuild_db, workdir)
-            return 0
-        if args.history_forms:
-            assert rebuild_db is not None
-            history_forms(rebuild_db, args.rebuild_events, args.repeat)
             return 0
 
         compare(

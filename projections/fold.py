@@ -12,10 +12,13 @@ holds both projections. It understands:
   the fork's first event is applied to; the fold keeps it as ``base`` so a rewind
   inside the fork can return to it.
 
-To answer a rewind without I/O the state keeps the events it has folded
-(``history``). ``project`` keeps each stored row's JSON text rather than the
-decoded event: one untracked string, several times smaller than the decoded
-object graph; only a rewind decodes the texts again.
+To answer a rewind a state knows every event it has folded: those ``project``
+read are left in the log, which is append-only, so a state refers to them as
+"the first N events of run R in this store" (``logged``); events folded in memory
+afterwards (``apply``, ``fold``) are kept in ``history``. Only a rewind, and
+comparing states of different origins, reads the logged part again. Keeping a
+copy of every row instead made a rebuild hold the whole run in memory (64 MiB
+for 100k events) and cost it a tenth of its speed.
 
 Speed: ``apply`` makes persistent updates (one event, a few small allocations).
 ``fold`` and ``project`` fold many events into one private, transient builder
@@ -26,6 +29,7 @@ neither ever changes a state it was given.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,17 +52,30 @@ replace = msgspec.structs.replace
 
 
 class Folded(msgspec.Struct, frozen=True, gc=False):
-    """An event of a run's history with its version (see ``History``)."""
+    """An event of a run's history with its version."""
 
     version: int
     event: Event
 
 
-History = Appended[Folded | str]
-"""The events a state has folded, in order. An entry is a ``Folded``, or, for
-rows read by ``project``, the row's JSON text: then its version is its index + 1
-and it is at its type's current schema version (anything else is kept decoded),
-so the tagged union alone decodes it back to the same event."""
+History = Appended[Folded]
+"""Events a state has folded in memory, in order (see ``RunState.logged``)."""
+
+
+class Logged(msgspec.Struct, frozen=True, gc=False):
+    """The events of ``run_id`` in ``store`` with ``after < version <= upto``: the
+    part of a state's history that ``project`` read and left in the (append-only)
+    log. ``after`` is 0 but after a fork event in the middle of a run."""
+
+    store: EventStore
+    run_id: str
+    after: int
+    upto: int
+
+    def events(self) -> list[Folded]:
+        rows = self.store.read(self.run_id, after=self.after, upto=self.upto)
+        return [Folded(r.version, r.data) for r in rows]
+
 
 _NO_HISTORY: History = Appended()
 _EMPTY_PIPELINE = PipelineState()
@@ -69,17 +86,19 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False, eq=False):
     """Both projections of one run at one version.
 
     ``gc=False``: a state refers only to older, immutable values (its base, the
-    shared history), so it can never be part of a reference cycle. Two states are
-    equal when every field is, history compared by the events it holds (a text
-    and the decoded event it stands for are the same entry).
+    shared history, the store), so it can never be part of a reference cycle. Two
+    states are equal when every field is, history compared by the events it holds
+    wherever they are kept.
     """
 
     run_id: str = ""
     version: int = 0
     pipeline: PipelineState = _EMPTY_PIPELINE
     orchestration: OrchestrationState = _EMPTY_ORCHESTRATION
+    logged: Logged | None = None
+    """The events folded first, left in the log (a state made by ``project``)."""
     history: History = _NO_HISTORY
-    """Every event folded into this state, in order (rewinds re-fold a prefix)."""
+    """The events folded after ``logged``, in order (rewinds re-fold a prefix)."""
     base: RunState | None = None
     """The state this run started from: its parent's, for a fork."""
 
@@ -92,26 +111,23 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False, eq=False):
             and self.pipeline == other.pipeline
             and self.orchestration == other.orchestration
             and self.base == other.base
-            and _same_history(self.history, other.history)
+            and _same_history(self, other)
         )
 
     def __ne__(self, other: object) -> bool:
         equal = self.__eq__(other)
         return equal if equal is NotImplemented else not equal
 
+    def events(self) -> list[Folded]:
+        """Every event this run has folded since ``base``, in order, wherever it is
+        kept (read from the log for the ``logged`` part)."""
+        return [*(self.logged.events() if self.logged else ()), *self.history]
 
-def _same_history(mine: History, theirs: History) -> bool:
-    if mine == theirs:
+
+def _same_history(mine: RunState, theirs: RunState) -> bool:
+    if mine.logged == theirs.logged and mine.history == theirs.history:
         return True
-    if len(mine) != len(theirs):
-        return False
-
-    def decoded(index: int, entry: Folded | str) -> Folded:
-        return Folded(index + 1, CURRENT.decode(entry)) if isinstance(entry, str) else entry
-
-    return all(
-        decoded(i, a) == decoded(i, b) for i, (a, b) in enumerate(zip(mine, theirs, strict=True))
-    )
+    return mine.events() == theirs.events()
 
 
 EMPTY = RunState()
@@ -132,50 +148,39 @@ _STEPS: dict[type[Event], _Steps] = {
 
 def apply(state: RunState, event: RecordedEvent) -> RunState:
     """The state after one more event."""
-    return _apply(state, event.data, event.version, event.run_id, Folded(event.version, event.data))
-
-
-def _apply(
-    state: RunState, data: Event, version: int, run_id: str, entry: Folded | str
-) -> RunState:
+    data, version, run_id = event.data, event.version, event.run_id
+    entry = Folded(version, data)
     kind = type(data)
     if kind is RunForked:
-        return _forked(state, data, version, run_id, entry)
+        return _forked(state, entry, run_id)
     if kind is RunRewound:
         assert isinstance(data, RunRewound)
-        target = _refold(state.base, state.history, data.to_version, run_id)
-        return RunState(
-            run_id=run_id,
-            version=version,
-            pipeline=target.pipeline.freeze(),
-            orchestration=target.orchestration.freeze(),
-            history=state.history.append(entry),
-            base=state.base,
-        )
-    pipeline = apply_pipeline(state.pipeline, data, version)
-    if not pipeline.run_id:
-        pipeline = replace(pipeline, run_id=run_id)
+        target = _refold(state, data.to_version, run_id)
+        pipeline, orchestration = target.pipeline.freeze(), target.orchestration.freeze()
+    else:
+        pipeline = apply_pipeline(state.pipeline, data, version)
+        if not pipeline.run_id:
+            pipeline = replace(pipeline, run_id=run_id)
+        orchestration = apply_orchestration(state.orchestration, data, version)
     return RunState(
         run_id=run_id,
         version=version,
         pipeline=pipeline,
-        orchestration=apply_orchestration(state.orchestration, data, version),
+        orchestration=orchestration,
+        logged=state.logged,
         history=state.history.append(entry),
         base=state.base,
     )
 
 
-def _forked(
-    state: RunState, data: Event, version: int, run_id: str, entry: Folded | str
-) -> RunState:
-    # The state given is the parent's at the fork point: it becomes the base, and
-    # the fork's own history starts here.
-    if isinstance(entry, str) and version != 1:
-        entry = Folded(version, data)  # a text's version is its index + 1
-    pipeline = replace(apply_pipeline(state.pipeline, data, version), run_id=run_id)
+def _forked(state: RunState, entry: Folded, run_id: str) -> RunState:
+    # The state given is the parent's at the fork point (or, for a fork event in
+    # the middle of a run, the run so far): it becomes the base, and the fork's
+    # own history starts here.
+    pipeline = replace(apply_pipeline(state.pipeline, entry.event, entry.version), run_id=run_id)
     return RunState(
         run_id=run_id,
-        version=version,
+        version=entry.version,
         pipeline=pipeline,
         orchestration=state.orchestration,
         history=Appended((entry,)),
@@ -191,15 +196,16 @@ class _RunBuilder:
     dicts and lists copied from the state it starts from, and the history as a
     list. Private to one fold; frozen once at its end."""
 
-    __slots__ = ("base", "history", "orchestration", "pipeline", "run_id", "version")
+    __slots__ = ("base", "history", "logged", "orchestration", "pipeline", "run_id", "version")
 
-    history: list[Folded | str]
+    history: list[Folded]
 
     def __init__(self, state: RunState) -> None:
         self.run_id = state.run_id
         self.version = state.version
         self.pipeline = PipelineBuilder(state.pipeline, transient=True)
         self.orchestration = OrchestrationBuilder(state.orchestration, transient=True)
+        self.logged = state.logged
         self.history = thaw_sequence(state.history)
         self.base = state.base
 
@@ -210,15 +216,21 @@ class _RunBuilder:
             version=self.version,
             pipeline=self.pipeline.freeze(),
             orchestration=self.orchestration.freeze(),
+            logged=self.logged,
             history=Appended.adopt(self.history),
             base=self.base,
         )
 
+    def rewind(self, to_version: int) -> None:
+        """Take the projections of this run at ``to_version``."""
+        target = _refold(self, to_version, self.run_id)
+        self.pipeline = target.pipeline
+        self.orchestration = target.orchestration
 
-def _step(
-    run: _RunBuilder, data: Event, version: int, run_id: str, entry: Folded | str
-) -> _RunBuilder:
+
+def _step(run: _RunBuilder, entry: Folded, run_id: str) -> _RunBuilder:
     """Fold one event into ``run``; returns the builder to continue with."""
+    data, version = entry.event, entry.version
     kind = type(data)
     steps = _STEPS.get(kind)
     if steps is not None:
@@ -229,11 +241,10 @@ def _step(
             orchestration_step(run.orchestration, data, version)
     elif kind is RunRewound:
         assert isinstance(data, RunRewound)
-        target = _refold(run.base, run.history, data.to_version, run_id)
-        run.pipeline = target.pipeline
-        run.orchestration = target.orchestration
+        run.run_id = run_id
+        run.rewind(data.to_version)
     elif kind is RunForked:
-        return _RunBuilder(_forked(run.freeze(), data, version, run_id, entry))
+        return _RunBuilder(_forked(run.freeze(), entry, run_id))
     if not run.pipeline.run_id:
         run.pipeline.run_id = run_id
     run.run_id = run_id
@@ -242,23 +253,20 @@ def _step(
     return run
 
 
-def _refold(
-    base: RunState | None, history: Iterable[Folded | str], to_version: int, run_id: str
-) -> _RunBuilder:
-    """The run at ``to_version``: ``history`` up to it, folded again from ``base``."""
-    target = _RunBuilder(base if base is not None else EMPTY)
-    for index, earlier in enumerate(history):
-        if isinstance(earlier, str):
-            version = index + 1
-            if version > to_version:
-                break
-            event: Event = CURRENT.decode(earlier)
-        else:
-            version = earlier.version
-            if version > to_version:
-                break
-            event = earlier.event
-        target = _step(target, event, version, run_id, earlier)
+def _refold(state: RunState | _RunBuilder, to_version: int, run_id: str) -> _RunBuilder:
+    """The run of ``state`` at ``to_version``, folded again: from its base up to
+    the logged events (read from the log) and on through its history."""
+    logged = state.logged
+    if logged is not None and to_version > logged.after:
+        # the same fold, over the same events, as the history it stands for
+        start = project(logged.store, logged.run_id, upto=min(to_version, logged.upto))
+    else:
+        start = state.base if state.base is not None else EMPTY
+    target = _RunBuilder(start)
+    for entry in state.history:
+        if entry.version > to_version:
+            break
+        target = _step(target, entry, run_id)
     target.pipeline.run_id = run_id
     return target
 
@@ -274,7 +282,7 @@ def fold(events: Iterable[RecordedEvent], state: RunState = EMPTY) -> RunState:
     for event in events:
         if run is None:
             run = _RunBuilder(state)
-        run = _step(run, event.data, event.version, event.run_id, Folded(event.version, event.data))
+        run = _step(run, Folded(event.version, event.data), event.run_id)
     return state if run is None else run.freeze()
 
 
@@ -282,83 +290,85 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
     """The state of ``run_id`` at version ``upto`` (the latest by default).
 
     Raises ``RunNotFound`` when the run has no events. A fork starts from its
-    parent's state at the fork point, read from the same store.
+    parent's state at the fork point, read from the same store. The state's
+    history is left in the log (``RunState.logged``).
     """
-    # The rows are read and decoded here rather than through ``store.read`` so
-    # that history can keep each row's JSON text instead of the decoded event, and
-    # so that a row at its type's current schema version (all of them, but for a
-    # log written by an older autonomy) costs one C-level decode and no objects
-    # besides the event.
+    # The rows are read and decoded here rather than through ``store.read``: a row
+    # at its type's current schema version (all of them, but for a log written by
+    # an older autonomy) costs one C-level decode and no objects besides the event.
     rows = store.read_payloads(run_id, upto=upto)
     first = next(rows, None)
     if first is None:
         if upto is not None and upto <= 0 and store.last_version(run_id) > 0:
             return RunState(run_id=run_id)
         raise RunNotFound(run_id)
-    version, _, _, data = first
-    event, current = _decode_payload(store, run_id, first)
     start = EMPTY
-    if isinstance(event, RunForked):
-        start = project(store, event.parent_run, upto=event.at_version)
-    entry: Folded | str = data if current and version == 1 else Folded(version, event)
-    run = _RunBuilder(_apply(start, event, version, run_id, entry))
+    forked = _decode_payload(store, run_id, first)
+    if isinstance(forked, RunForked):
+        start = project(store, forked.parent_run, upto=forked.at_version)
+    run = _RunBuilder(start)
     # The hot loop of a rebuild: ``_decode_payload`` and ``_step`` with their
-    # common paths inlined. The builder's version is only brought up to date where
-    # something reads it: before a rewind or fork, and at the end.
-    previous = version
+    # common paths inlined. What the builder folds stays in the log: its history
+    # is kept empty and its ``logged`` and version are brought up to date only
+    # where something reads them (a rewind, a fork event, the end).
+    after = 0
+    previous = 0
     decode_text = CURRENT.decode
     class_of = EVENT_TYPES.get
     steps_of = _STEPS.get
-    history = run.history
     pipeline = run.pipeline
     orchestration = run.orchestration
-    text_version = len(history) + 1  # the version a text appended now would have
-    for version, type_name, schema_version, data in rows:
+    event: Event
+    for version, type_name, schema_version, data in itertools.chain((first,), rows):
         try:
             event = decode_text(data)
             kind = type(event)
-            current = class_of(type_name) is kind and kind.schema_version == schema_version
-        except msgspec.MsgspecError:
-            current = False
-        if current and version == text_version:
-            entry = data
-        else:
-            if not current:
+            if class_of(type_name) is not kind or kind.schema_version != schema_version:
                 event = _decode_row(store, run_id, version)
-            entry = Folded(version, event)
+        except msgspec.MsgspecError:
+            event = _decode_row(store, run_id, version)
         steps = steps_of(type(event))
         if steps is None:
-            run.version = previous
-            run = _step(run, event, version, run_id, entry)
-            history = run.history
+            if previous:  # else the builder is still the state the run starts from
+                _catch_up(run, Logged(store, run_id, after, previous))
+            run = _step(run, Folded(version, event), run_id)
+            run.history.clear()
+            if type(event) is RunForked:
+                after = version - 1  # the state so far is the fork's base
             pipeline = run.pipeline
             orchestration = run.orchestration
-            text_version = len(history) + 1
         else:
             pipeline_step, orchestration_step = steps
             if pipeline_step is not None:
                 pipeline_step(pipeline, event, version)
             if orchestration_step is not None:
                 orchestration_step(orchestration, event, version)
-            history.append(entry)
-            text_version += 1
         previous = version
-    run.version = previous
-    run.run_id = run_id
+    _catch_up(run, Logged(store, run_id, after, previous))
     return run.freeze()
 
 
-def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> tuple[Event, bool]:
-    """The event of a payload, and whether its text is at the current schema version
-    (so that the union alone decodes it back, see ``History``)."""
+def _catch_up(run: _RunBuilder, logged: Logged) -> None:
+    """Bring what ``project``'s loop leaves behind up to date: the builder has
+    folded ``logged`` (its last event included) and kept it in the log."""
+    run.run_id = logged.run_id
+    run.version = logged.upto
+    run.logged = logged
+    if not run.pipeline.run_id:
+        run.pipeline.run_id = logged.run_id
+
+
+def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> Event:
+    """The event of a payload: decoded by the tagged union when it is the row's
+    type at its current schema version, else by the codec (``_decode_row``)."""
     version, type_name, schema_version, data = payload
     try:
         event: Event = CURRENT.decode(data)
         if EVENT_TYPES.get(type_name) is type(event) and event.schema_version == schema_version:
-            return event, True
+            return event
     except msgspec.MsgspecError:
         pass
-    return _decode_row(store, run_id, version), False
+    return _decode_row(store, run_id, version)
 
 
 def _decode_row(store: EventStore, run_id: str, version: int) -> Event:

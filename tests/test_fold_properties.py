@@ -48,7 +48,7 @@ def one_by_one(recorded: list[RecordedEvent], state: RunState = EMPTY) -> list[R
 def test_folding_at_once_one_by_one_or_resumed_anywhere_gives_the_same_state(
     events: list[Event],
 ) -> None:
-    _, recorded = logged(events)
+    store, recorded = logged(events)
 
     at_once = fold(recorded)
     stepwise = one_by_one(recorded)
@@ -58,6 +58,12 @@ def test_folding_at_once_one_by_one_or_resumed_anywhere_gives_the_same_state(
         head = fold(recorded[:split])
         assert head == (stepwise[split - 1] if split else EMPTY)
         assert fold(recorded[split:], head) == at_once
+        if split:
+            # a state from the log, whose history stays there, goes on the same way:
+            # a later rewind reads what it needs back from the log
+            projected = project(store, "r1", upto=split)
+            assert fold(recorded[split:], projected) == at_once
+            assert ([projected, *one_by_one(recorded[split:], projected)])[-1] == at_once
 
 
 @given(run_events(rewinds=True))
