@@ -32,6 +32,21 @@ def rows(db: Path) -> list[tuple[object, ...]]:
         ).fetchall()
 
 
+def events_written(db: Path) -> int:
+    """How many events another process has committed to ``db`` so far: 0 while the
+    file or its schema does not exist yet (the writer creates both as it starts)."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if "events" not in tables:
+                return 0
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # the file exists but its header is not written yet
+
+
 def crashed_run(tmp_path: Path) -> tuple[SQLiteEventStore, RunLog, Path]:
     """A run whose last event is a tool.requested for create_file: the crash point."""
     workspace = tmp_path / "ws"
@@ -99,7 +114,7 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline and proc.poll() is None:
-                if db.exists() and len(rows(db)) >= 25:
+                if events_written(db) >= 25:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, "the run ended before it could be killed"
