@@ -7,10 +7,12 @@ AutonomyError
 ├── IllegalTransition              the phase or task machine refused a move; nothing applied
 ├── ModelError                     a model call failed; never counted as a success
 │   ├── ModelTimeout               connect or read timeout, after retries
+│   │   └── ModelDeadline          the role's deadline for the whole call passed
 │   ├── ModelUnavailable           connection refused / reset, after retries and fallbacks
 │   ├── ModelHTTPError             a non-retryable or exhausted HTTP error status
-│   └── ModelResponseInvalid       the reply cannot be used (bad JSON, empty tool name);
-│                                  its message is fit to feed back to the model
+│   └── ModelResponseInvalid       the reply cannot be used (bad JSON or UTF-8, empty tool
+│       │                          name); its message is fit to feed back to the model
+│       └── ModelResponseTooLarge  the body passed the role's max_response_bytes
 │   (every ModelError has .kind, recorded in model.failed, and .retryable, which the
 │    client's retry loop reads: timeouts, unreachable hosts, 429 and 5xx are retryable)
 ├── ToolError                      a tool refused or failed; recorded in tool.executed
@@ -47,6 +49,13 @@ class ModelTimeout(ModelError):
     retryable = True
 
 
+class ModelDeadline(ModelTimeout):
+    """The call as a whole (every attempt and every wait between) ran out of time."""
+
+    kind = "deadline"
+    retryable = False  # the deadline covers the retries: there is no time left for one
+
+
 class ModelUnavailable(ModelError):
     """The model server could not be reached."""
 
@@ -79,6 +88,12 @@ class ModelResponseInvalid(ModelError):
     """The model's reply could not be used."""
 
     kind = "invalid"
+
+
+class ModelResponseTooLarge(ModelResponseInvalid):
+    """The model server sent more bytes than the role accepts; the rest was not read."""
+
+    kind = "too_large"
 
 
 class ToolError(AutonomyError):

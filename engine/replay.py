@@ -44,7 +44,8 @@ from engine.errors import (
     ModelUnavailable,
     ReplayDivergence,
 )
-from engine.model.client import FailedAttempt, ModelClient, OnFailure, RetryPolicy
+from engine.model.bounds import Bounds, RetryPolicy
+from engine.model.client import FailedAttempt, ModelClient, OnFailure
 from engine.model.recording import request_digest
 from engine.model.roles import Endpoint
 from engine.model.wire import NO_OPTIONS, ChatOptions, ModelReply
@@ -223,6 +224,7 @@ class ReplayClient(ModelClient):
         options: ChatOptions = NO_OPTIONS,
         *,
         on_failure: OnFailure | None = None,
+        bounds: Bounds | None = None,  # a replay waits for nothing
     ) -> ModelReply:
         listed = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
         self.asked += 1

@@ -31,8 +31,10 @@ or a function ``(ScriptedRequest) -> Reply`` asked for every chat request. Each
 ``Reply`` may carry a fault instead of an answer: ``Reply.delayed``, ``Reply.timeout``
 (hangs past the client's read timeout, bounded by ``max_hang``),
 ``Reply.http_error`` / ``Reply.server_error`` / ``Reply.rate_limited``,
-``Reply.malformed`` (a body that is not JSON), ``Reply.reset`` (the socket is reset,
-no answer), ``Reply.empty_tool_name`` and ``Reply.invalid_arguments``. When a list
+``Reply.malformed`` (a body that is not JSON), ``Reply.invalid_utf8`` (in an answer
+or an error body), ``Reply.huge`` (a very long answer), ``Reply.trickled`` (one byte
+at a time), ``Reply.hanging`` (headers, then silence), ``Reply.reset`` (the socket is
+reset, no answer), ``Reply.empty_tool_name`` and ``Reply.invalid_arguments``. When a list
 script runs out, the server answers HTTP 500 with a body that says so — it never
 hangs. Every request is kept in ``server.requests`` (method, path, parsed body).
 
@@ -58,9 +60,12 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Fault = Literal["timeout", "malformed", "reset"]
+Fault = Literal["timeout", "malformed", "reset", "hang", "invalid_utf8"]
 
 _MALFORMED = b'{"model": "scripted", "message": {"role": "assistant", "content": "unterminated'
+_NOT_UTF8 = "\u2063not-utf-8\u2063"
+"""Stands in a reply's text for bytes that are not UTF-8; swapped on the way out."""
+_NOT_UTF8_BYTES = b"\xff\xfe not UTF-8 \xc3\x28"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Reply:
     error: str = ""
     retry_after: float | None = None
     hang: float = 0.0
+    trickle: float = 0.0
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -131,6 +137,33 @@ class Reply:
     @classmethod
     def rate_limited(cls, *, retry_after: float | None = None) -> Reply:
         return cls.http_error(429, "scripted: too many requests", retry_after=retry_after)
+
+    @classmethod
+    def hanging(cls, seconds: float = 2.0) -> Reply:
+        """Send the status line and headers of an answer, then nothing for ``seconds``
+        (the body never comes), then hang up. Ends early when the server closes."""
+        return cls(fault="hang", hang=seconds)
+
+    @classmethod
+    def trickled(cls, interval: float, reply: Reply | None = None) -> Reply:
+        """``reply`` (default: a short text) sent one byte every ``interval`` seconds:
+        each byte comes well within a read timeout, the whole never does."""
+        return dataclasses.replace(reply if reply is not None else cls.text("ok"), trickle=interval)
+
+    @classmethod
+    def invalid_utf8(cls, status: int = 200) -> Reply:
+        """Bytes that are not UTF-8 inside a JSON string: in the content of an
+        answer, or in the error message of an error ``status``."""
+        if status >= 400:
+            return cls(status=status, error=_NOT_UTF8, fault="invalid_utf8")
+        return cls(content=_NOT_UTF8, fault="invalid_utf8")
+
+    @classmethod
+    def huge(cls, size: int, reply: Reply | None = None) -> Reply:
+        """An answer whose content is ``size`` characters (of ``reply``'s, repeated)."""
+        base = reply if reply is not None else cls.text("0123456789abcdef\n")
+        text = base.content or "x"
+        return dataclasses.replace(base, content=(text * (size // len(text) + 1))[:size])
 
     @classmethod
     def malformed(cls) -> Reply:
@@ -339,6 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, reply: Reply, body: dict[str, Any], number: int, ollama: bool) -> None:
         scripted = self.server.scripted
+        self._reply = reply  # how the body is written: trickled, with bytes that are not UTF-8
         if reply.delay:
             scripted._wait(reply.delay)
         if reply.fault == "timeout":
@@ -392,13 +426,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _raw(
         self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
+        data = self._encoded(data)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self._hung():
+            return
+        self._write(data)
+
+    def _hung(self) -> bool:
+        """For ``Reply.hanging``: the headers are out; wait, then hang up."""
+        reply: Reply | None = getattr(self, "_reply", None)
+        if reply is None or reply.fault != "hang":
+            return False
+        self.wfile.flush()
+        self.server.scripted._wait(reply.hang)
+        self.close_connection = True
+        return True
 
     def _stream(self, lines: Iterable[bytes]) -> None:
         # chunked NDJSON, one chunk per line, as Ollama sends it
@@ -406,11 +453,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if self._hung():
+            return
         for line in lines:
-            data = line + b"\n"
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            data = self._encoded(line) + b"\n"
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
+        self._write(b"0\r\n\r\n")
+
+    def _encoded(self, data: bytes) -> bytes:
+        reply: Reply | None = getattr(self, "_reply", None)
+        if reply is not None and reply.fault == "invalid_utf8":
+            return data.replace(json.dumps(_NOT_UTF8)[1:-1].encode(), _NOT_UTF8_BYTES)
+        return data
+
+    def _write(self, data: bytes) -> None:
+        reply: Reply | None = getattr(self, "_reply", None)
+        if reply is None or not reply.trickle:
+            self.wfile.write(data)
+            return
+        scripted = self.server.scripted
+        for i in range(len(data)):
+            if scripted._closing.is_set():
+                self.close_connection = True
+                return
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            scripted._wait(reply.trickle)
 
 
 # -- the two formats ---------------------------------------------------------------------

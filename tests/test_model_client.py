@@ -193,7 +193,10 @@ def test_usage_summed_over_calls_equals_what_the_server_sent(
 
 def test_ollama_duration_is_the_server_s_and_openai_s_is_measured(http: httpx.Client) -> None:
     ticks = iter([100.0, 100.25, 200.0, 200.5])
-    client = ModelClient(http, clock=lambda: next(ticks), retry=FAST, timeouts=PATIENT)
+    # no deadline: the scripted clock is read only to time the two answers
+    client = ModelClient(
+        http, clock=lambda: next(ticks), retry=FAST, timeouts=PATIENT, deadline=None
+    )
     script = [Reply.text("a", prompt_tokens=10, completion_tokens=2), Reply.text("b")]
     with ScriptedModelServer(script) as server:
         ollama = client.chat(at(server), ASK)

@@ -133,6 +133,8 @@ def recorder(
         temperature=0.2,
         seed=11,
         fallbacks=tuple(Endpoint(base_url=u, model="qwen2.5-coder:32b") for u in others),
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
     )
     client = ModelClient(http, stream=stream, retry=FAST, timeouts=timeouts, sleep=lambda s: None)
     return RecordingModel(client, log, Roles(coding=coding))

@@ -217,9 +217,11 @@ CUSTOM = ToolRegistry(
 )
 
 
-def test_a_genuine_bug_propagates(tmp_path: Path) -> None:
-    with pytest.raises(ZeroDivisionError):
-        execute(CUSTOM, "bug", {}, ToolContext(workspace=tmp_path, blobs=MemoryEventStore()))
+def test_a_handler_that_raises_is_a_failed_outcome_naming_the_exception(tmp_path: Path) -> None:
+    # a bug, or an input nobody foresaw: the call fails, the run goes on
+    outcome = execute(CUSTOM, "bug", {}, ToolContext(workspace=tmp_path, blobs=MemoryEventStore()))
+    assert not outcome.ok
+    assert outcome.error == "bug failed unexpectedly: ZeroDivisionError: a genuine bug"
 
 
 def test_an_os_error_is_an_outcome(tmp_path: Path) -> None:

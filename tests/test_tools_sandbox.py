@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import PathOutsideWorkspace
+from engine.errors import PathOutsideWorkspace, ToolError
 from engine.tools import Sandbox, ToolContext, default_registry, execute
 from events import MemoryEventStore
 
@@ -200,3 +200,28 @@ def test_the_workspace_itself_may_be_reached_through_a_symlink(tmp_path: Path) -
     sandbox = Sandbox(link)
     assert sandbox.resolve("a") == real.resolve() / "a"
     assert sandbox.relative(sandbox.resolve(os.path.join(str(link), "a"))) == "a"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["d/" * 1500 + "x.txt", "d\\" * 64 + "x.txt", "a" * 1025, "/".join(["d"] * 65)],
+    ids=["1500-levels", "backslashes", "1025-chars", "65-levels"],
+)
+def test_a_path_too_long_or_too_deep_is_refused_before_it_is_used(
+    world: tuple[Path, Path], path: str
+) -> None:
+    workspace, _ = world
+    with pytest.raises(ToolError, match="too long or too deep"):
+        Sandbox(workspace).resolve(path)
+    # through a tool, it is a failed call (it used to be a RecursionError in mkdir)
+    ctx = ToolContext(workspace=workspace, blobs=MemoryEventStore())
+    outcome = execute(default_registry(), "create_file", {"path": path, "content": "x"}, ctx)
+    assert not outcome.ok and "too long or too deep" in outcome.error
+    assert not (workspace / "d").exists()
+
+
+def test_the_longest_and_deepest_accepted_paths_resolve(world: tuple[Path, Path]) -> None:
+    workspace, _ = world
+    deep = "/".join(["d"] * 64)
+    assert Sandbox(workspace).resolve(deep) == workspace.resolve().joinpath(*["d"] * 64)
+    assert Sandbox(workspace).resolve("a" * 255).name == "a" * 255

@@ -11,16 +11,15 @@ into events.
 for tests.
 """
 
-from engine.model.client import (
+from engine.model.bounds import (
+    DEFAULT_BOUNDS,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
-    FailedAttempt,
-    ModelClient,
-    OnFailure,
+    Bounds,
     RetryPolicy,
     Timeouts,
-    tool_names,
 )
+from engine.model.client import FailedAttempt, ModelClient, OnFailure, tool_names
 from engine.model.recording import (
     INLINE_LIMIT,
     RecordingModel,
@@ -46,12 +45,14 @@ from engine.model.wire import (
 )
 
 __all__ = [
+    "DEFAULT_BOUNDS",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "INLINE_LIMIT",
     "NO_OPTIONS",
     "ROLE_NAMES",
     "Api",
+    "Bounds",
     "ChatOptions",
     "Endpoint",
     "FailedAttempt",

@@ -4,7 +4,12 @@ and fallback endpoints.
 The predecessor waited forever, returned errors as dicts that were then counted as
 answers, and could not say which attempt failed. Here:
 
-* every request carries finite connect/read/write/pool timeouts (``Timeouts``);
+* every request carries finite connect/read/write/pool timeouts (``Timeouts``), and
+  the call as a whole a deadline: attempts, fallbacks and backoff included, it ends
+  by then (``ModelDeadline``), even against a server that trickles a byte at a time;
+* an answer is read in pieces and counted: past ``max_response_bytes`` the
+  connection is closed and the call fails (``ModelResponseTooLarge``), and error
+  bodies are read only as far as their first ``ERROR_BODY_LIMIT`` bytes;
 * connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
   jitter, at most ``RetryPolicy.attempts`` times per endpoint; other 4xx and unusable
   replies are not retried (asking again would not help, telling the model might);
@@ -23,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import random as _random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,11 +36,22 @@ import httpx
 import msgspec
 
 from engine.errors import (
+    ModelDeadline,
     ModelError,
     ModelHTTPError,
     ModelResponseInvalid,
+    ModelResponseTooLarge,
     ModelTimeout,
     ModelUnavailable,
+)
+from engine.model.bounds import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    Bounds,
+    RetryPolicy,
+    Timeouts,
 )
 from engine.model.roles import Endpoint
 from engine.model.textcalls import extract_tool_call
@@ -57,46 +73,8 @@ from events.schema import Message
 
 T = TypeVar("T")
 
-
-class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
-    """Seconds to wait, per phase of a request (httpx's four timeouts).
-
-    ``read`` bounds the wait for each piece of the answer, not the whole answer: a
-    non-streamed request waits for the entire generation before its first byte, so
-    it must cover the slowest generation you accept; a streamed one only the gap
-    between tokens (plus loading the model).
-    """
-
-    connect: float = 5.0
-    read: float = 300.0
-    write: float = 30.0
-    pool: float = 10.0
-
-    def for_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """How often and how patiently to retry, per endpoint.
-
-    The wait after the n-th failure is ``min(max_delay, base_delay * 2**(n-1))``,
-    spread by ±``jitter`` (a fraction) so that many clients do not retry in step;
-    a ``Retry-After`` from the server replaces it, capped at ``max_delay``.
-    """
-
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    jitter: float = 0.25
-
-    def delay(self, failures: int, random: Callable[[], float]) -> float:
-        backoff = min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
-        spread = 1.0 + self.jitter * (2.0 * random() - 1.0)
-        return max(0.0, backoff * spread)
-
-
-DEFAULT_TIMEOUTS = Timeouts()
-DEFAULT_RETRY = RetryPolicy()
+ERROR_BODY_LIMIT = 65_536
+"""Bytes of an error body read for its message; the rest is not read."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +100,9 @@ class ModelClient:
     ``engine.model.textcalls``). ``identify_models`` looks up an Ollama model's
     digest once per server and model (``GET /api/tags``) so that replies name the
     exact weights; a failed lookup only leaves the identity at the model name.
+
+    ``timeouts``, ``retry``, ``deadline`` and ``max_response_bytes`` are the bounds of
+    a call that gives none; ``chat(..., bounds=...)`` gives a role's own.
     """
 
     def __init__(
@@ -130,6 +111,8 @@ class ModelClient:
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         retry: RetryPolicy = DEFAULT_RETRY,
+        deadline: float | None = DEFAULT_DEADLINE,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         stream: bool = False,
         text_fallback: bool = True,
         identify_models: bool = True,
@@ -137,11 +120,15 @@ class ModelClient:
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        if retry.attempts < 1:
-            raise ValueError("RetryPolicy.attempts must be at least 1")
         self.http = http
-        self.timeouts = timeouts
-        self.retry = retry
+        self.bounds = _checked(
+            Bounds(
+                timeouts=timeouts,
+                retry=retry,
+                deadline=deadline,
+                max_response_bytes=max_response_bytes,
+            )
+        )
         self.stream = stream
         self.text_fallback = text_fallback
         self.identify_models = identify_models
@@ -162,16 +149,20 @@ class ModelClient:
         options: ChatOptions = NO_OPTIONS,
         *,
         on_failure: OnFailure | None = None,
+        bounds: Bounds | None = None,
     ) -> ModelReply:
         """Ask the first endpoint that answers; retry and fall back as documented above.
 
-        Raises the last attempt's ``ModelTimeout``, ``ModelUnavailable``,
-        ``ModelHTTPError`` or ``ModelResponseInvalid`` when no attempt succeeds.
+        Raises the last attempt's ``ModelTimeout`` (``ModelDeadline`` when the call's
+        deadline ended it), ``ModelUnavailable``, ``ModelHTTPError`` or
+        ``ModelResponseInvalid`` (``ModelResponseTooLarge``) when no attempt succeeds.
         """
+        call = self._call(bounds)
         return self._attempts(
             endpoints,
-            lambda endpoint: self.chat_once(endpoint, messages, tools, options),
+            lambda endpoint: self._chat_once(call, endpoint, messages, tools, options),
             on_failure,
+            call,
         )
 
     def chat_once(
@@ -180,29 +171,35 @@ class ModelClient:
         messages: Sequence[Message],
         tools: Sequence[dict[str, Any]] = (),
         options: ChatOptions = NO_OPTIONS,
+        *,
+        bounds: Bounds | None = None,
     ) -> ModelReply:
         """One attempt, no retry: the reply, or a typed ``ModelError``."""
+        return self._chat_once(self._call(bounds), endpoint, messages, tools, options)
+
+    def _chat_once(
+        self,
+        call: _Call,
+        endpoint: Endpoint,
+        messages: Sequence[Message],
+        tools: Sequence[dict[str, Any]],
+        options: ChatOptions,
+    ) -> ModelReply:
         stream = self.stream and endpoint.api == "ollama"
         body = chat_body(endpoint.api, endpoint.model, messages, tools, options, stream=stream)
-        url = endpoint.label + CHAT_PATHS[endpoint.api]
         started = self._clock()
-        with _mapped_errors(endpoint):
-            request = self.http.build_request(
-                "POST",
-                url,
-                content=msgspec.json.encode(body),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=self.timeouts.for_httpx(),
-            )
-            response = self.http.send(request, stream=True)
-            try:
-                _check_status(response, endpoint)
-                if stream:
-                    reply = parse_ollama_stream(response.iter_lines())
-                else:
-                    reply = parse_chat(endpoint.api, response.read())
-            finally:
-                response.close()
+        with self._exchange(
+            call,
+            endpoint,
+            "POST",
+            CHAT_PATHS[endpoint.api],
+            content=msgspec.json.encode(body),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        ) as chunks:
+            if stream:
+                reply = parse_ollama_stream(_lines(chunks))
+            else:
+                reply = parse_chat(endpoint.api, b"".join(chunks))
         elapsed_ms = (self._clock() - started) * 1000.0
         return self._finish(reply, endpoint, tools, elapsed_ms)
 
@@ -235,35 +232,100 @@ class ModelClient:
         """The models a server offers (``GET /api/tags`` or ``GET /v1/models``),
         with the same retries as a chat."""
         endpoint = Endpoint(base_url=base_url, model="", api=api)
-        return self._attempts(endpoint, self._list_once, on_failure)
+        call = self._call(None)
+        return self._attempts(
+            endpoint, lambda target: self._list_once(call, target), on_failure, call
+        )
 
     def has_model(self, endpoint: Endpoint) -> bool:
         """Whether the endpoint's server lists its model (one attempt; False if down)."""
         try:
-            models = self._list_once(endpoint)
+            models = self._list_once(self._call(None), endpoint)
         except ModelError:
             return False
         return any(_same_model(m.name, endpoint.model) for m in models)
 
-    def _list_once(self, endpoint: Endpoint) -> tuple[ModelInfo, ...]:
-        with _mapped_errors(endpoint):
-            response = self.http.get(
-                endpoint.label + MODELS_PATHS[endpoint.api], timeout=self.timeouts.for_httpx()
-            )
-            _check_status(response, endpoint)
-            return parse_models(endpoint.api, response.content)
+    def _list_once(self, call: _Call, endpoint: Endpoint) -> tuple[ModelInfo, ...]:
+        with self._exchange(call, endpoint, "GET", MODELS_PATHS[endpoint.api]) as chunks:
+            return parse_models(endpoint.api, b"".join(chunks))
 
     def _digest(self, endpoint: Endpoint, model: str) -> str:
         key = (endpoint.label, model)
         if key not in self._digests:
             try:
-                models = self._list_once(endpoint)
+                models = self._list_once(self._call(None), endpoint)
             except ModelError:
                 models = ()
             self._digests[key] = next(
                 (m.digest for m in models if m.digest and _same_model(m.name, model)), ""
             )
         return self._digests[key]
+
+    # -- one HTTP exchange, bounded in time and size ---------------------------------------
+
+    def _call(self, bounds: Bounds | None) -> _Call:
+        chosen = self.bounds if bounds is None else _checked(bounds)
+        ends_at = None if chosen.deadline is None else self._clock() + chosen.deadline
+        return _Call(bounds=chosen, ends_at=ends_at)
+
+    def _remaining(self, call: _Call) -> float | None:
+        return None if call.ends_at is None else call.ends_at - self._clock()
+
+    @contextlib.contextmanager
+    def _exchange(
+        self,
+        call: _Call,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        **request: Any,
+    ) -> Iterator[Iterator[bytes]]:
+        """Send one request and hand over its body as counted pieces; an error
+        status becomes ``ModelHTTPError``, httpx's errors ours, and the connection
+        is closed on the way out whatever happened (the rest of a body unread).
+        A timeout whose wait the deadline had shortened is the deadline's."""
+        remaining = self._remaining(call)
+        if remaining is not None and remaining <= 0:
+            raise _deadline_passed(call, endpoint)
+        try:
+            with _mapped_errors(endpoint):
+                sent = self.http.build_request(
+                    method,
+                    endpoint.label + path,
+                    timeout=call.bounds.timeouts.for_httpx(remaining),
+                    **request,
+                )
+                response = self.http.send(sent, stream=True)
+                try:
+                    chunks = self._pieces(response, call, endpoint)
+                    if not response.is_success:
+                        raise _status_error(response, endpoint, _head(chunks, ERROR_BODY_LIMIT))
+                    yield chunks
+                finally:
+                    response.close()
+        except ModelTimeout as error:
+            cause = error.__cause__
+            phase = _TIMEOUT_PHASES.get(type(cause)) if cause is not None else None
+            if remaining is not None and phase and remaining < getattr(call.bounds.timeouts, phase):
+                raise _deadline_passed(call, endpoint, ended=error) from error
+            raise
+
+    def _pieces(self, response: httpx.Response, call: _Call, endpoint: Endpoint) -> Iterator[bytes]:
+        """The body as it arrives, counted: past the cap or the deadline it stops
+        with the matching error (checked per piece, so a trickle is cut too)."""
+        limit = call.bounds.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if response.is_success and declared.isdigit() and int(declared) > limit:
+            raise _too_large(endpoint, limit, f"it announced {int(declared)} bytes")
+        received = 0
+        for piece in response.iter_bytes():
+            received += len(piece)
+            if received > limit and response.is_success:
+                raise _too_large(endpoint, limit, f"more than {limit} bytes arrived")
+            remaining = self._remaining(call)
+            if remaining is not None and remaining <= 0:
+                raise _deadline_passed(call, endpoint, received)
+            yield piece
 
     # -- the retry loop ------------------------------------------------------------------
 
@@ -272,35 +334,117 @@ class ModelClient:
         endpoints: Endpoint | Sequence[Endpoint],
         operation: Callable[[Endpoint], T],
         on_failure: OnFailure | None,
+        call: _Call,
     ) -> T:
         targets = (endpoints,) if isinstance(endpoints, Endpoint) else tuple(endpoints)
         if not targets:
             raise ValueError("no endpoint to ask")
+        retry = call.bounds.retry
         attempt = 0
         last: ModelError | None = None
         for position, endpoint in enumerate(targets):
-            for tries in range(1, self.retry.attempts + 1):
+            for tries in range(1, retry.attempts + 1):
                 attempt += 1
                 try:
                     return operation(endpoint)
                 except ModelError as error:
                     last = error
-                    again_here = error.retryable and tries < self.retry.attempts
+                    again_here = error.retryable and tries < retry.attempts
                     elsewhere = error.retryable and position + 1 < len(targets)
+                    delay = self._delay(tries, error, retry) if again_here else 0.0
+                    remaining = self._remaining(call)
+                    if (again_here or elsewhere) and remaining is not None and remaining <= delay:
+                        # no time left for another attempt: the deadline ends the call
+                        last = _deadline_passed(call, endpoint, before_retry=error)
+                        again_here = elsewhere = False
                     if on_failure is not None:
-                        on_failure(FailedAttempt(attempt, endpoint, error, again_here or elsewhere))
+                        on_failure(FailedAttempt(attempt, endpoint, last, again_here or elsewhere))
+                    if last is not error:
+                        raise last from error
                     if not error.retryable:
                         raise
                     if again_here:
-                        self._sleep(self._delay(tries, error))
+                        self._sleep(delay)
         assert last is not None
         last.add_note(f"gave up after {attempt} attempts on {', '.join(t.label for t in targets)}")
         raise last
 
-    def _delay(self, failures: int, error: ModelError) -> float:
+    def _delay(self, failures: int, error: ModelError, retry: RetryPolicy) -> float:
         if isinstance(error, ModelHTTPError) and error.retry_after is not None:
-            return min(self.retry.max_delay, max(0.0, error.retry_after))
-        return self.retry.delay(failures, self._random)
+            return min(retry.max_delay, max(0.0, error.retry_after))
+        return retry.delay(failures, self._random)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call's bounds and the clock time its deadline falls at (None: none)."""
+
+    bounds: Bounds
+    ends_at: float | None
+
+
+def _checked(bounds: Bounds) -> Bounds:
+    if bounds.retry.attempts < 1:
+        raise ValueError("RetryPolicy.attempts must be at least 1")
+    if bounds.max_response_bytes < 1:
+        raise ValueError("max_response_bytes must be at least 1")
+    return bounds
+
+
+def _deadline_passed(
+    call: _Call,
+    endpoint: Endpoint,
+    received: int | None = None,
+    *,
+    ended: ModelError | None = None,
+    before_retry: ModelError | None = None,
+) -> ModelDeadline:
+    deadline = call.bounds.deadline
+    what = f"the call's deadline of {deadline:g} s (every attempt and wait included) passed"
+    if received is not None:
+        what += f" with {received} bytes of the answer received"
+    if ended is not None:
+        what += f" ({ended})"
+    if before_retry is not None:
+        what += f" before another attempt could be made; the last one failed: {before_retry}"
+    return ModelDeadline(f"{endpoint.label}: {what}")
+
+
+_TIMEOUT_PHASES: dict[type[BaseException], str] = {
+    httpx.ConnectTimeout: "connect",
+    httpx.ReadTimeout: "read",
+    httpx.WriteTimeout: "write",
+    httpx.PoolTimeout: "pool",
+}
+
+
+def _too_large(endpoint: Endpoint, limit: int, how: str) -> ModelResponseTooLarge:
+    return ModelResponseTooLarge(
+        f"{endpoint.label}: the answer is larger than max_response_bytes ({limit}): {how}; "
+        "the connection was closed and the rest not read"
+    )
+
+
+def _head(chunks: Iterator[bytes], limit: int) -> bytes:
+    """At most ``limit`` bytes from the start of a body."""
+    head = bytearray()
+    for piece in chunks:
+        head += piece
+        if len(head) >= limit:
+            break
+    return bytes(head[:limit])
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """NDJSON lines from body pieces, as bytes: decoding stays with the JSON parser,
+    which reports bad UTF-8 as a bad answer instead of raising."""
+    pending = b""
+    for piece in chunks:
+        pending += piece
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        yield pending
 
 
 @contextlib.contextmanager
@@ -341,12 +485,9 @@ def _map_error(endpoint: Endpoint, error: BaseException) -> ModelError | None:
     return None
 
 
-def _check_status(response: httpx.Response, endpoint: Endpoint) -> None:
-    if response.is_success:
-        return
-    body = response.read()
+def _status_error(response: httpx.Response, endpoint: Endpoint, body: bytes) -> ModelHTTPError:
     status = response.status_code
-    raise ModelHTTPError(
+    return ModelHTTPError(
         f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: {error_text(body)}",
         status=status,
         retry_after=_retry_after(response.headers.get("Retry-After")),

@@ -221,7 +221,12 @@ class RecordingModel:
             )
 
         reply = self.client.chat(
-            config.endpoints(), messages, tools, options, on_failure=record_failure
+            config.endpoints(),
+            messages,
+            tools,
+            options,
+            on_failure=record_failure,
+            bounds=config.bounds(self.client.bounds),
         )
         log.append(
             ModelResponded(

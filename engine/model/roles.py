@@ -24,6 +24,16 @@ In ``autonomy.toml`` a role is a table; keys left out keep their default::
         { base_url = "http://localhost:8000", api = "openai", model = "Qwen2.5-Coder-32B" },
     ]
 
+Each role also bounds its calls (``engine.model.bounds``); the defaults suit a slow
+local model::
+
+    [models.coding]
+    connect_timeout = 10.0          # seconds to connect
+    read_timeout = 600.0            # seconds to wait for each piece of the answer
+    deadline = 1800.0               # seconds for the whole call, retries and waits included
+    retries = 2                     # further attempts per endpoint after the first
+    max_response_bytes = 4000000    # a longer answer is cut off and fails the call
+
 ``roles_from_mapping(data["models"])`` turns that into ``Roles``; a wrong key or type
 is a ``ConfigError`` that names it.
 """
@@ -31,16 +41,27 @@ is a ``ConfigError`` that names it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from engine.errors import ConfigError
+from engine.model.bounds import (
+    DEFAULT_BOUNDS,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRIES,
+    Bounds,
+)
 from engine.model.wire import Api, ChatOptions
 
 PRIMARY_HOST = "http://localhost:11434"
 SECOND_HOST = "http://localhost:11435"
 ROLE_NAMES = ("arbiter", "coding", "reasoning", "analysis")
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -66,6 +87,11 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     temperature: float = 0.2
     seed: int | None = None
     fallbacks: tuple[Endpoint, ...] = ()
+    connect_timeout: Seconds = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: Seconds = DEFAULT_READ_TIMEOUT
+    deadline: Seconds = DEFAULT_DEADLINE
+    retries: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RETRIES
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def primary(self) -> Endpoint:
@@ -77,6 +103,18 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def options(self) -> ChatOptions:
         return ChatOptions(temperature=self.temperature, num_ctx=self.num_ctx, seed=self.seed)
+
+    def bounds(self, base: Bounds = DEFAULT_BOUNDS) -> Bounds:
+        """How long and how much this role's calls may take: the role's five
+        settings laid over ``base`` (a client's, which keeps its backoff and its
+        write and pool timeouts)."""
+        replace = msgspec.structs.replace
+        return Bounds(
+            timeouts=replace(base.timeouts, connect=self.connect_timeout, read=self.read_timeout),
+            retry=replace(base.retry, attempts=self.retries + 1),
+            deadline=self.deadline,
+            max_response_bytes=self.max_response_bytes,
+        )
 
 
 def _on_both_hosts(model: str, *, num_ctx: int, temperature: float) -> RoleConfig:

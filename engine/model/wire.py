@@ -17,9 +17,9 @@ identity                    ``model`` (+ digest from tags)  ``model`` + ``system
 streaming                   NDJSON, the default             not used by this client
 ==========================  ==============================  ===============================
 
-This module does no I/O. Parsing never guesses: a tool call with an empty name or with
-arguments that are not a JSON object raises ``ModelResponseInvalid`` whose message is
-written to be fed back to the model.
+This module does no I/O. Parsing never guesses: a body that is not JSON or not UTF-8, a
+tool call with an empty name or with arguments that are not a JSON object raises
+``ModelResponseInvalid`` whose message is written to be fed back to the model.
 """
 
 from __future__ import annotations
@@ -242,6 +242,11 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) ->
         raise ModelResponseInvalid(
             f"the server's {what} is not the expected JSON ({e}): {_excerpt(data)}"
         ) from e
+    except UnicodeDecodeError as e:
+        # msgspec checks UTF-8 inside strings and raises this, not a DecodeError
+        raise ModelResponseInvalid(
+            f"the server's {what} is not valid UTF-8 ({e.reason}): {_excerpt(data)}"
+        ) from e
 
 
 def _excerpt(data: bytes | str, limit: int = 200) -> str:
@@ -390,8 +395,9 @@ def parse_models(api: Api, body: bytes | str) -> tuple[ModelInfo, ...]:
 def error_text(body: bytes, limit: int = 500) -> str:
     """The human part of an error body: Ollama's ``{"error": "..."}``, OpenAI's
     ``{"error": {"message": ...}}``, or the raw text."""
+    text = body.decode("utf-8", "replace")  # a broken error body still says something
     try:
-        data = _ANY.decode(body)
+        data = _ANY.decode(text)
     except msgspec.DecodeError:
         data = None
     if isinstance(data, dict):
@@ -400,4 +406,4 @@ def error_text(body: bytes, limit: int = 500) -> str:
             return str(error["message"])[:limit]
         if isinstance(error, str):
             return error[:limit]
-    return body.decode("utf-8", "replace").strip()[:limit]
+    return text.strip()[:limit]

@@ -8,8 +8,8 @@ receives cannot drift apart.
 Handlers never touch the log. They return a :class:`ToolOutcome` — the text for the
 model, the files changed (with content hashes) and any follow-up events — and the
 engine appends ``tool.executed`` and those events. :func:`execute` turns every
-``ToolError`` (a model mistake or a refusal) into an ``ok=False`` outcome, so only
-genuine bugs escape it.
+exception of a tool (a ``ToolError`` for a model mistake or a refusal, an OS error, a
+bug) into an ``ok=False`` outcome: one bad call never takes the run down.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ def execute(
     ctx: ToolContext,
 ) -> ToolOutcome:
     """Run one tool call. Model mistakes (unknown tool, bad arguments, refused path,
-    failing command) and OS errors come back as ``ok=False``; bugs propagate."""
+    failing command), OS errors and any other exception a handler raises come back as
+    ``ok=False``, the exception named in ``error``."""
     try:
         tool = registry.get(name)
         args = tool.convert(_as_mapping(arguments))
@@ -228,6 +229,12 @@ def execute(
         return ToolOutcome(ok=False, error=str(e))
     except OSError as e:  # the disk, not the model, but still no reason to crash a run
         return ToolOutcome(ok=False, error=f"{name}: {e.strerror or e} ({e.filename or ''})")
+    except Exception as e:
+        # A handler bug or an input nobody foresaw: recorded as this call's failure, so
+        # the run goes on and a resume does not meet the same crash again.
+        return ToolOutcome(
+            ok=False, error=f"{name} failed unexpectedly: {type(e).__name__}: {e}"[:2000]
+        )
     if not isinstance(outcome, ToolOutcome):
         raise TypeError(f"tool {name!r} returned {type(outcome).__name__}, not ToolOutcome")
     finishes = tool.finishes and outcome.ok

@@ -17,10 +17,16 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from engine.errors import PathOutsideWorkspace
+from engine.errors import PathOutsideWorkspace, ToolError
 
 PROTECTED: frozenset[str] = frozenset({".autonomy", ".git"})
 """Directory names no tool may read or write, at any depth."""
+
+MAX_PATH_CHARS = 1024
+MAX_PATH_DEPTH = 64
+"""Longer or deeper paths are refused before anything touches them: no project needs
+them, and the OS and ``Path.mkdir`` fail on them in ways that are no answer (a
+``RecursionError`` for ``"d/" * 1500``)."""
 
 
 class Sandbox:
@@ -34,7 +40,8 @@ class Sandbox:
         self._given = Path(os.path.abspath(workspace))
 
     def resolve(self, raw: str) -> Path:
-        """The absolute, symlink-free path for ``raw``; raises ``PathOutsideWorkspace``.
+        """The absolute, symlink-free path for ``raw``; raises ``PathOutsideWorkspace``
+        (or ``ToolError`` for a path too long or too deep to be a project's).
 
         The file need not exist (``create_file``). Relative paths are taken from the
         workspace; an absolute path is accepted only if it lies inside it."""
@@ -42,6 +49,13 @@ class Sandbox:
             raise PathOutsideWorkspace("empty path: give a path relative to the workspace")
         if "\x00" in raw:
             raise PathOutsideWorkspace(f"path {raw!r} contains a NUL byte")
+        levels = raw.replace("\\", "/").count("/") + 1
+        if len(raw) > MAX_PATH_CHARS or levels > MAX_PATH_DEPTH:
+            raise ToolError(
+                f"path {raw[:40]!r}... is too long or too deep ({len(raw)} characters, "
+                f"{levels} levels); a path may have at most {MAX_PATH_CHARS} characters "
+                f"and {MAX_PATH_DEPTH} levels"
+            )
         text = raw.replace("\\", "/") if os.sep == "/" else raw
         relative = self._lexical_relative(raw, text)
         self._refuse_protected(raw, relative.parts)
