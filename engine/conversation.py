@@ -18,6 +18,7 @@ import msgspec
 from engine.config import Settings
 from engine.errors import ModelError
 from engine.model.recording import RecordingModel
+from engine.model.stored import stored_arguments
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
 from engine.tools import ToolContext, ToolRegistry, execute
@@ -113,8 +114,13 @@ def _run_tool(
     causation: int,
 ) -> tuple[str, bool]:
     call_id = log.next_id("t")
+    # a file's content is already a blob (the model's answer carried it): refer to it
+    kept, refs = stored_arguments(arguments)
+    for argument in refs:
+        log.store.put(str(arguments[argument]).encode("utf-8"))
     requested = log.append(
-        ToolRequested(call_id=call_id, tool=name, arguments=dict(arguments)), causation=causation
+        ToolRequested(call_id=call_id, tool=name, arguments=kept, argument_refs=refs),
+        causation=causation,
     )[0]
     ctx = ToolContext(
         workspace=workspace,

@@ -48,6 +48,7 @@ from engine.model.bounds import Bounds, RetryPolicy
 from engine.model.client import FailedAttempt, ModelClient, OnFailure
 from engine.model.recording import request_digest
 from engine.model.roles import Endpoint
+from engine.model.stored import full_answer, full_message
 from engine.model.wire import NO_OPTIONS, ChatOptions, ModelReply
 from engine.runlog import RunLog
 from engine.runner import Engine
@@ -177,14 +178,7 @@ class Recording:
         """The full messages the recorded request sent (blobbed contents read back)."""
         state = self.state_at(call.requested.version)
         stored = state.orchestration.conversations.get(call.request.conversation, ())
-        return [
-            msgspec.structs.replace(
-                m, content=self.store.get(m.content_ref).decode("utf-8"), content_ref=""
-            )
-            if m.content_ref
-            else m
-            for m in stored
-        ]
+        return [full_message(m, self.store) for m in stored]
 
 
 # -- the model, answering from the log --------------------------------------------------
@@ -257,9 +251,9 @@ class ReplayClient(ModelClient):
                         will_retry=n < len(failures) - 1 or call.responded is not None,
                     )
                 )
-        answer = call.responded
-        if answer is None:
+        if call.responded is None:
             raise errors[-1] if errors else ModelUnavailable("the recorded call has no answer")
+        answer = full_answer(call.responded, self.recording.store)  # long texts from blobs
         return ModelReply(
             content=answer.content,
             tool_calls=answer.tool_calls,

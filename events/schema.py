@@ -39,12 +39,16 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
 # -- value types carried inside events ------------------------------------------------
 
 
-class ToolCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One tool call as a model asked for it, normalised across wire formats."""
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One tool call as a model asked for it, normalised across wire formats.
+
+    ``argument_refs`` names, for each argument too long to keep inline (a file's
+    content), the blob holding its full text; the argument then holds a preview."""
 
     id: str
     name: str
     arguments: dict[str, Any] = {}
+    argument_refs: dict[str, str] = {}
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -164,6 +168,9 @@ class ModelRequested(Event, frozen=True, kw_only=True, tag="model.requested"):
 
 
 class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
+    """A model's answer. Long content is in the blob ``content_ref`` (``content`` is
+    then a preview); long tool-call arguments likewise (``ToolCall.argument_refs``)."""
+
     call_id: str
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
@@ -173,6 +180,7 @@ class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
     model_identity: str = ""
     extracted_from_text: bool = False
     cached_from: str = ""
+    content_ref: str = ""
 
 
 class ModelFailed(Event, frozen=True, kw_only=True, tag="model.failed"):
@@ -202,9 +210,12 @@ class SpecialistConsulted(Event, frozen=True, kw_only=True, tag="specialist.cons
 
 
 class ToolRequested(Event, frozen=True, kw_only=True, tag="tool.requested"):
+    """A tool call about to run; long arguments as in ``ToolCall.argument_refs``."""
+
     call_id: str
     tool: str
     arguments: dict[str, Any] = {}
+    argument_refs: dict[str, str] = {}
 
 
 class ToolExecuted(Event, frozen=True, kw_only=True, tag="tool.executed"):

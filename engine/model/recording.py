@@ -18,10 +18,11 @@ Ids come from the log, not from uuid: the call id is ``{run_id}/m{version}`` whe
 
 Growth stays linear: a request repeats the whole conversation, so the event holds
 only the messages after the longest common prefix with the conversation's previous
-request (``message_offset`` says where they go). Messages longer than
-``INLINE_LIMIT`` characters are kept in *stored form*: the full text goes to the
-blob table, the message keeps a preview and ``content_ref`` (the blob's sha256).
-Prefixes are compared on stored forms, which is how the projection holds them.
+request (``message_offset`` says where they go). Messages, answers and tool-call
+arguments longer than ``INLINE_LIMIT`` characters are kept in *stored form*
+(``engine.model.stored``): the full text goes to the blob table, once, and the
+event keeps a preview and the blob's sha256. Prefixes are compared on stored forms,
+which is how the projection holds them.
 
 Fewer model calls: a request whose digest equals one already answered in this run
 and whose temperature is 0 is answered from the log. It still leaves
@@ -36,24 +37,36 @@ the current task.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from engine.model.client import FailedAttempt, ModelClient, tool_names
 from engine.model.roles import Roles
+from engine.model.stored import (
+    INLINE_LIMIT,
+    PREVIEW_CHARS,
+    blobs_of,
+    full_answer,
+    stored_answer,
+    stored_form,
+)
 from engine.model.wire import ModelReply
 from engine.prompts import fit
 from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
-from events.store import EventStore, RecordedEvent, blob_digest
+from events.store import EventStore, RecordedEvent
 from projections.orchestration import OrchestrationState
 
-INLINE_LIMIT = 4096
-"""Message content longer than this (in characters) goes to a blob."""
-
-PREVIEW_CHARS = 200
-"""How much of a blobbed message stays inline, for people reading the log."""
+__all__ = [
+    "INLINE_LIMIT",
+    "PREVIEW_CHARS",
+    "RecordingModel",
+    "RunLog",
+    "common_prefix",
+    "request_digest",
+    "stored_form",
+]
 
 
 class RunLog(Protocol):
@@ -74,20 +87,6 @@ class RunLog(Protocol):
     def orchestration(self) -> OrchestrationState: ...
 
     def append(self, *events: Event, causation: int | None = None) -> list[RecordedEvent]: ...
-
-
-def stored_form(message: Message, *, limit: int = INLINE_LIMIT) -> Message:
-    """The message as the log keeps it: long content replaced by preview + digest.
-
-    Pure: the digest is computed here, the blob is written by whoever records the
-    message for the first time.
-    """
-    if message.content_ref or len(message.content) <= limit:
-        return message
-    digest = blob_digest(message.content.encode("utf-8"))
-    return msgspec.structs.replace(
-        message, content=message.content[:PREVIEW_CHARS], content_ref=digest
-    )
 
 
 def request_digest(
@@ -200,6 +199,7 @@ class RecordingModel:
                 ),
                 causation=requested.version,
             )
+            cached = full_answer(cached, log.store)
             return ModelReply(
                 content=cached.content,
                 tool_calls=cached.tool_calls,
@@ -228,19 +228,19 @@ class RecordingModel:
             on_failure=record_failure,
             bounds=config.bounds(self.client.bounds),
         )
-        log.append(
-            ModelResponded(
-                call_id=call_id,
-                content=reply.content,
-                tool_calls=reply.tool_calls,
-                usage=reply.usage,
-                done_reason=reply.done_reason,
-                duration_ms=reply.duration_ms,
-                model_identity=reply.model_identity,
-                extracted_from_text=reply.extracted_from_text,
-            ),
-            causation=requested.version,
+        answer = ModelResponded(
+            call_id=call_id,
+            content=reply.content,
+            tool_calls=reply.tool_calls,
+            usage=reply.usage,
+            done_reason=reply.done_reason,
+            duration_ms=reply.duration_ms,
+            model_identity=reply.model_identity,
+            extracted_from_text=reply.extracted_from_text,
         )
+        kept = stored_answer(answer, limit=self.inline_limit)
+        self._put(blobs_of(answer, kept))
+        log.append(kept, causation=requested.version)
         return reply
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
@@ -260,6 +260,8 @@ class RecordingModel:
     def _put_blobs(self, originals: Sequence[Message], stored: Sequence[Message]) -> None:
         # only the new messages: the prefix was blobbed when it was new
         for original, kept in zip(originals, stored, strict=True):
-            if kept.content_ref and not original.content_ref:
-                digest = self.runlog.store.put(original.content.encode("utf-8"))
-                assert digest == kept.content_ref, "blob digest differs from stored form"
+            self._put(blobs_of(original, kept))
+
+    def _put(self, contents: Iterable[bytes]) -> None:
+        for content in contents:
+            self.runlog.store.put(content)

@@ -1,0 +1,162 @@
+"""The stored form of what a model says and is told: long texts go to blobs, once.
+
+A file the model writes travels through several events: the model's answer
+(``model.responded``), the tool call (``tool.requested``), and the next request of
+the conversation, which repeats the answer (``model.requested``). Inline, a 20 MB
+``create_file`` was stored three times. In stored form every text longer than
+``INLINE_LIMIT`` characters — a message's content, an answer's content, a top-level
+string argument of a tool call — is replaced by its first ``PREVIEW_CHARS``
+characters and the sha256 of the full text (``content_ref``, ``argument_refs``),
+the blob table holds the text once (blobs are content-addressed), and every event
+that carries it refers to the same digest.
+
+``stored_*`` are pure (they compute digests, they write nothing); ``blobs_of``
+gives the texts the stored form moved out, for the caller to ``put``;
+``full_*`` read them back (replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from events.schema import Message, ModelResponded, ToolCall
+from events.store import blob_digest
+
+INLINE_LIMIT = 4096
+"""Text longer than this (in characters) goes to a blob."""
+
+PREVIEW_CHARS = 200
+"""How much of a blobbed text stays inline, for people reading the log."""
+
+
+class Blobs(Protocol):
+    """Where blobbed texts are read back (``events.EventStore.get`` fits)."""
+
+    def get(self, digest: str) -> bytes: ...
+
+
+def _digest(text: str) -> str:
+    return blob_digest(text.encode("utf-8"))
+
+
+def stored_arguments(
+    arguments: Mapping[str, Any], refs: Mapping[str, str] = {}, *, limit: int = INLINE_LIMIT
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Arguments with each long top-level string replaced by a preview, and the
+    digests of the full strings by argument name (``refs`` already made are kept)."""
+    kept = dict(arguments)
+    out_refs = dict(refs)
+    for name, value in arguments.items():
+        if name not in out_refs and isinstance(value, str) and len(value) > limit:
+            out_refs[name] = _digest(value)
+            kept[name] = value[:PREVIEW_CHARS]
+    return kept, out_refs
+
+
+def stored_call(call: ToolCall, *, limit: int = INLINE_LIMIT) -> ToolCall:
+    """The tool call with long arguments moved out (see ``stored_arguments``)."""
+    arguments, refs = stored_arguments(call.arguments, call.argument_refs, limit=limit)
+    if refs == call.argument_refs:
+        return call
+    return msgspec.structs.replace(call, arguments=arguments, argument_refs=refs)
+
+
+def stored_form(message: Message, *, limit: int = INLINE_LIMIT) -> Message:
+    """The message as the log keeps it: long content and long tool-call arguments
+    replaced by preview + digest."""
+    changes: dict[str, Any] = {}
+    if not message.content_ref and len(message.content) > limit:
+        changes["content"] = message.content[:PREVIEW_CHARS]
+        changes["content_ref"] = _digest(message.content)
+    if message.tool_calls:
+        calls = tuple(stored_call(c, limit=limit) for c in message.tool_calls)
+        if calls != message.tool_calls:
+            changes["tool_calls"] = calls
+    return msgspec.structs.replace(message, **changes) if changes else message
+
+
+def stored_answer(answer: ModelResponded, *, limit: int = INLINE_LIMIT) -> ModelResponded:
+    """A ``model.responded`` with long content and long tool-call arguments moved out."""
+    as_message = stored_form(
+        Message(
+            role="assistant",
+            content=answer.content,
+            tool_calls=answer.tool_calls,
+            content_ref=answer.content_ref,
+        ),
+        limit=limit,
+    )
+    if as_message.content_ref == answer.content_ref and as_message.tool_calls == answer.tool_calls:
+        return answer
+    return msgspec.structs.replace(
+        answer,
+        content=as_message.content,
+        content_ref=as_message.content_ref,
+        tool_calls=as_message.tool_calls,
+    )
+
+
+def blobs_of(
+    full: Message | ToolCall | ModelResponded, stored: Message | ToolCall | ModelResponded
+) -> Iterator[bytes]:
+    """The texts ``stored`` moved out of ``full``, to ``put`` in the blob table."""
+    if isinstance(full, ToolCall):
+        assert isinstance(stored, ToolCall)
+        for name in stored.argument_refs.keys() - full.argument_refs.keys():
+            yield str(full.arguments[name]).encode("utf-8")
+        return
+    assert not isinstance(stored, ToolCall)
+    if stored.content_ref and not full.content_ref:
+        yield full.content.encode("utf-8")
+    for old, new in zip(full.tool_calls, stored.tool_calls, strict=True):
+        yield from blobs_of(old, new)
+
+
+def full_arguments(
+    arguments: Mapping[str, Any], refs: Mapping[str, str], blobs: Blobs
+) -> dict[str, Any]:
+    """Stored arguments with their moved-out strings read back."""
+    full = dict(arguments)
+    for name, digest in refs.items():
+        full[name] = blobs.get(digest).decode("utf-8")
+    return full
+
+
+def full_call(call: ToolCall, blobs: Blobs) -> ToolCall:
+    """The tool call as the model sent it."""
+    if not call.argument_refs:
+        return call
+    arguments = full_arguments(call.arguments, call.argument_refs, blobs)
+    return msgspec.structs.replace(call, arguments=arguments, argument_refs={})
+
+
+def full_message(message: Message, blobs: Blobs) -> Message:
+    """The message as it was sent."""
+    changes: dict[str, Any] = {}
+    if message.content_ref:
+        changes["content"] = blobs.get(message.content_ref).decode("utf-8")
+        changes["content_ref"] = ""
+    if any(c.argument_refs for c in message.tool_calls):
+        changes["tool_calls"] = tuple(full_call(c, blobs) for c in message.tool_calls)
+    return msgspec.structs.replace(message, **changes) if changes else message
+
+
+def full_answer(answer: ModelResponded, blobs: Blobs) -> ModelResponded:
+    """The ``model.responded`` with content and arguments as the model sent them."""
+    message = full_message(
+        Message(
+            role="assistant",
+            content=answer.content,
+            tool_calls=answer.tool_calls,
+            content_ref=answer.content_ref,
+        ),
+        blobs,
+    )
+    if message.content_ref == answer.content_ref and message.tool_calls == answer.tool_calls:
+        return answer
+    return msgspec.structs.replace(
+        answer, content=message.content, content_ref="", tool_calls=message.tool_calls
+    )
