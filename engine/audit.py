@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from tabulate import tabulate
 
+from engine.storage import open_store
 from events.errors import AutonomyError
 
 Format = Literal["table", "json", "csv"]
@@ -216,23 +217,23 @@ def run_query(
 
 
 def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> AuditResult:
-    """Run ``sql`` on a read-only connection to the database file ``db``.
+    """Run ``sql`` on a read-only connection to the log file ``db``.
 
-    The connection is opened with ``mode=ro`` and ``PRAGMA query_only``, so any
-    write (INSERT, CREATE, ATTACH-and-write...) is refused by SQLite itself and
-    reported as an ``AuditError``."""
+    The log is opened as every reading command opens it (``open_store(read_only=
+    True)``: ``mode=ro``, the views, then ``PRAGMA query_only``), so any write
+    (INSERT, CREATE, ATTACH-and-write...) is refused by SQLite itself and reported
+    as an ``AuditError``, and a log on read-only storage can be queried."""
     path = Path(db)
     if not path.is_file():
         raise AuditError(f"no database file at {path}")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.DatabaseError as e:
+        store = open_store(path, read_only=True)
+    except AutonomyError as e:
         raise AuditError(f"opening {path} read-only: {e}") from e
     try:
-        connection.execute("PRAGMA query_only = ON")
-        return _execute(connection, sql, params or {}, "the SQL query (read-only)")
+        return _execute(store.connection, sql, params or {}, "the SQL query (read-only)")
     finally:
-        connection.close()
+        store.close()
 
 
 def format_result(result: AuditResult, fmt: Format) -> str:

@@ -46,7 +46,7 @@ from engine.errors import ConfigError
 from engine.phases import mermaid
 from engine.runner import resume_run, start_run
 from engine.runner import summary as run_summary
-from engine.storage import DB_ENV, open_store, resolve_db
+from engine.storage import DB_ENV, default_db_path, open_store, resolve_db
 from events.errors import AutonomyError, RunNotFound
 from events.schema import (
     EVENT_TYPES,
@@ -156,11 +156,24 @@ db_option = click.option(
 
 @contextmanager
 def opened_log(
-    db: Path | None, workspace: Path | None = None, *, must_exist: bool = True
+    db: Path | None,
+    workspace: Path | None = None,
+    *,
+    must_exist: bool = True,
+    read_only: bool = False,
 ) -> Iterator[SQLiteEventStore]:
     """The log named by ``--db`` (or ``AUTONOMY_DB``, or the default), opened with
-    the audit views; closed afterwards. Reading commands want ``must_exist``."""
-    store = open_store(resolve_db(db, workspace), must_exist=must_exist)
+    the audit views; closed afterwards. Commands that continue a log want
+    ``must_exist``; commands that only read want ``read_only`` (they then work on
+    read-only files and directories and never write). Only the default log's
+    directory (``.autonomy/``) is created when missing, never one the user named."""
+    path = resolve_db(db, workspace)
+    store = open_store(
+        path,
+        must_exist=must_exist,
+        read_only=read_only,
+        create_dir=path == default_db_path(workspace),
+    )
     try:
         yield store
     finally:
@@ -281,7 +294,7 @@ def runs(ctx: click.Context, db: Path | None) -> None:
     """
     unreadable: list[str] = []
     rows: list[list[str]] = []
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         for info in store.runs():
             try:
                 rows.append(_run_row(store, info.run_id, info.started_at))
@@ -354,7 +367,7 @@ def events(
         autonomy events RUN_ID --type tool.requested --type tool.executed
         autonomy events RUN_ID --from 10 --to 20 --json | jq .data
     """
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
         after = from_version - 1 if from_version is not None else 0
@@ -384,7 +397,7 @@ def verify(ctx: click.Context, run_id: str | None, db: Path | None) -> None:
         autonomy verify
         autonomy verify RUN_ID --db .autonomy/events.db
     """
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         run_ids = [run_id] if run_id is not None else [info.run_id for info in store.runs()]
         if run_id is not None and store.last_version(run_id) == 0:
             raise RunNotFound(run_id)

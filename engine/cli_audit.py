@@ -4,7 +4,8 @@ is imported."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
+import os
+from contextlib import closing
 from pathlib import Path
 from typing import cast
 
@@ -22,8 +23,8 @@ from engine.audit import (
 )
 from engine.cli import cli, db_option, opened_log
 from engine.report import write_report
-from engine.storage import resolve_db
-from events.errors import RunNotFound
+from engine.storage import open_store, resolve_db
+from events.errors import AutonomyError, RunNotFound
 
 
 def _audit_help() -> str:
@@ -65,28 +66,31 @@ Example:
 @click.option("--sql", metavar="SELECT", help="Run this SQL (read-only) instead of a named query.")
 @db_option
 def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) -> None:
-    with opened_log(db) as store:
-        if sql is not None:
-            if len(words) > 1:
-                raise AuditError("with --sql, give at most a RUN_ID (bound as :run_id)")
-            params = {"run_id": words[0]} if words else {}
-            path = resolve_db(db)
-            store.close()  # the read-only connection must see a log nobody writes to
-            result = run_sql(path, sql, params)
-        else:
-            run_id, name, arguments = _split(words)
+    if sql is not None:
+        if len(words) > 1:
+            raise AuditError("with --sql, give at most a RUN_ID (bound as :run_id)")
+        params = {"run_id": words[0]} if words else {}
+        result = run_sql(resolve_db(db), sql, params)
+    else:
+        run_id, name, arguments = _split(words)
+        with opened_log(db, read_only=True) as store:
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            _try_indexes(store.connection)
+            _try_indexes(db)
             result = run_query(store.connection, name, run_id, arguments)
     click.echo(format_result(result, cast(Format, fmt)))
 
 
-def _try_indexes(connection: sqlite3.Connection) -> None:
-    """Add the audit indexes if the log can take them; a log on read-only storage
-    is still queried, only more slowly."""
-    with contextlib.suppress(AuditError):
-        ensure_indexes(connection)
+def _try_indexes(db: Path | None) -> None:
+    """Add the audit indexes if the log can take them, on a connection of their own
+    (the reading one is read-only); a log on read-only storage is still queried,
+    only more slowly, and is never written to."""
+    with contextlib.suppress(AutonomyError, OSError):
+        path = resolve_db(db)
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            return
+        with closing(open_store(path, must_exist=True)) as store:
+            ensure_indexes(store.connection)
 
 
 def _split(words: tuple[str, ...]) -> tuple[str | None, str, tuple[str, ...]]:
@@ -126,9 +130,9 @@ def report(run_id: str, html_file: Path, db: Path | None) -> None:
     \b
         autonomy report RUN_ID --html run.html
     """
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
-        _try_indexes(store.connection)
+        _try_indexes(db)
         write_report(store.connection, run_id, html_file)
     click.echo(f"wrote {html_file}")

@@ -53,7 +53,7 @@ def replay(ctx: click.Context, run_id: str, until: int | None, db: Path | None) 
         autonomy replay run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
         autonomy replay RUN_ID --until 40
     """
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         result = replay_run(store, run_id, until=until)
     click.echo(result.report())
     if not result.identical:
@@ -78,7 +78,7 @@ def state(run_id: str, at: int | None, as_json: bool, db: Path | None) -> None:
         autonomy state RUN_ID
         autonomy state RUN_ID --at 25 --json | jq .pipeline.tasks
     """
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
         projected = project(store, run_id, upto=at)

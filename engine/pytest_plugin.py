@@ -65,7 +65,7 @@ def replay_run(db: Path | str | EventStore, run_id: str) -> None:
     else:
         from engine.storage import open_store
 
-        with open_store(db, must_exist=True) as store:
+        with open_store(db, read_only=True) as store:
             result = replay(store, run_id)
         where = str(db)
     if not result.identical:
@@ -114,7 +114,7 @@ def pytest_collection_modifyitems(
     from engine.storage import open_store
 
     try:
-        with open_store(path, must_exist=True) as store:
+        with open_store(path, read_only=True) as store:
             run_ids = [info.run_id for info in store.runs()]
     except Exception as e:
         raise pytest.UsageError(f"{OPTION} {path}: {e}") from e

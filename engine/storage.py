@@ -6,6 +6,11 @@ The log is one SQLite file, by default ``.autonomy/events.db`` under the workspa
 views (``projections.views``), so ``sqlite3 .autonomy/events.db "SELECT * FROM
 tool_calls WHERE ok = 0"`` works on any log the engine has touched.
 
+Commands that only read open the log with ``read_only=True``: nothing is written to
+the file (no schema, no views: those the file lacks are TEMP views of the
+connection), so archived logs on read-only storage can be read. A writer's ``--db``
+must be in a directory that exists; only the default ``.autonomy/`` is created.
+
 ``synchronous`` is the durability setting: ``NORMAL`` (the default, with WAL)
 never loses a committed event when autonomy crashes, but may lose the last
 transactions on a power loss or an OS crash; ``FULL`` survives those too, at the
@@ -56,18 +61,29 @@ def open_store(
     *,
     synchronous: Synchronous = "NORMAL",
     must_exist: bool = False,
+    read_only: bool = False,
+    create_dir: bool = False,
 ) -> SQLiteEventStore:
-    """Open (creating if needed) the log at ``db`` with the audit views installed.
+    """Open the log at ``db`` with the audit views installed.
 
-    ``must_exist=True`` is for commands that only read a log: a missing file is
-    an ``EventStoreError`` instead of a new, empty log.
+    ``must_exist=True`` is for commands that continue a log: a missing file is an
+    ``EventStoreError`` instead of a new, empty log. ``read_only=True`` is for
+    commands that only read: the file must exist and be a log, and nothing is
+    written to it (``SQLiteEventStore(read_only=True)``; views the file lacks are
+    TEMP views; then ``PRAGMA query_only``). A new log is created only in a
+    directory that exists, unless ``create_dir`` (the default ``.autonomy/``).
     """
     path = Path(db)
-    if must_exist and str(db) != ":memory:" and not path.exists():
+    if (must_exist or read_only) and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
-    store = SQLiteEventStore(path, synchronous=synchronous)
+    if create_dir and not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    store = SQLiteEventStore(path, synchronous=synchronous, read_only=read_only)
     try:
-        install_views(store.connection)
+        install_views(store.connection, temp=read_only)
+        if read_only:
+            # mode=ro guards the file; this also refuses writes through ATTACH
+            store.connection.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {path}: {e}") from e

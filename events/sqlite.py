@@ -9,6 +9,14 @@ survives those, at the cost of an fsync per append (measure it with
 The hot path (append, read) uses the stdlib ``sqlite3`` with prepared statements;
 ``sqlite-utils`` creates the schema and the audit views. Every driver error is
 mapped to the project's exception tree in ``_mapped_errors``.
+
+``read_only=True`` opens a log for reading and never writes to it, so archived and
+shared logs (a read-only file, a read-only directory or medium) can be read: the file
+must exist and be an autonomy log (no schema is ever written into an empty file), it
+is opened with ``mode=ro``, and with ``immutable=1`` as well when its directory cannot
+hold the WAL's ``-shm`` file (then a ``-wal`` left beside it is not read: a log closed
+normally has none). A writer never creates missing directories: the caller does, for
+the default ``.autonomy/`` only.
 """
 
 from __future__ import annotations
@@ -96,6 +104,46 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     return StoreCorrupted(f"{where}: the database is corrupt or not an SQLite file ({text})")
 
 
+def _check_path(target: Path, where: str, read_only: bool) -> None:
+    if target.is_dir():
+        raise StoreCorrupted(f"{where}: that is a directory, not a database file")
+    if read_only:
+        if not target.exists():
+            raise EventStoreError(f"{where}: no such file")
+        if target.stat().st_size == 0:
+            raise StoreCorrupted(f"{where}: the file is empty, not an autonomy event log")
+    elif not target.parent.is_dir():
+        raise EventStoreError(
+            f"{where}: the directory {target.parent} does not exist (create it first)"
+        )
+
+
+def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write to ``path``: ``mode=ro``, plus ``immutable=1``
+    when SQLite cannot open the file that way (a WAL log in a directory that cannot
+    hold its ``-shm``: read-only storage)."""
+    uri = path.resolve().as_uri()
+
+    def connect(query: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"{uri}?{query}",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=busy_timeout,
+        )
+
+    conn = connect("mode=ro")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if "unable to open" not in str(e):
+            raise
+    return connect("mode=ro&immutable=1")
+
+
 class SQLiteEventStore(EventStore):
     """Event store in an SQLite file (or ``":memory:"``)."""
 
@@ -107,22 +155,28 @@ class SQLiteEventStore(EventStore):
         clock: Clock = utc_now,
         codec: Codec | None = None,
         busy_timeout: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__(clock=clock, codec=codec)
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
+        self.read_only = read_only
+        """Opened for reading only: every write is refused by SQLite itself."""
         self._lock = threading.RLock()
         where = f"opening {self.path}"
-        if self.path != ":memory:":
-            target = Path(self.path)
-            if target.is_dir():
-                raise StoreCorrupted(f"{where}: that is a directory, not a database file")
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if self.path == ":memory:":
+            if read_only:
+                raise EventStoreError(f"{where}: an in-memory log cannot be opened read-only")
+        else:
+            _check_path(Path(self.path), where, read_only)
         with _mapped_errors(where):
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-            )
+            if read_only:
+                self._conn = _connect_read_only(Path(self.path), busy_timeout)
+            else:
+                self._conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
         try:
             with _mapped_errors(where):
                 self._open(synchronous)
@@ -141,6 +195,15 @@ class SQLiteEventStore(EventStore):
             raise StoreCorrupted(
                 f"{self.path} is an SQLite database, but not an autonomy event log"
             )
+        if self.read_only:
+            if "events" not in tables:
+                raise StoreCorrupted(f"{self.path} is an empty database, not an autonomy event log")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                raise EventStoreError(
+                    f"{self.path} was written by an older autonomy; open it once with a "
+                    "command that writes (e.g. resume) to bring its schema up to date"
+                )
+            return
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")

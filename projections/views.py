@@ -149,8 +149,12 @@ FROM events WHERE type = 'arbiter.decided'
 }
 
 
-def install_views(connection: sqlite3.Connection) -> None:
-    """Create (or replace) every audit view on an autonomy database."""
+def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None:
+    """Create (or replace) every audit view on an autonomy database.
+
+    ``temp=True`` is for a connection that must not write the file (a read-only
+    log): the views the file lacks, or holds in an older form, are created as TEMP
+    views, which live in the connection and shadow the file's own."""
     import sqlite_utils
 
     existing = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'"))
@@ -158,5 +162,9 @@ def install_views(connection: sqlite3.Connection) -> None:
     for name, sql in VIEWS.items():
         # Only touch the schema when a view is missing or changed: opening a log
         # must not need a write transaction every time.
-        if name not in existing or sql.strip() not in existing[name]:
+        if name in existing and sql.strip() in existing[name]:
+            continue
+        if temp:
+            connection.execute(f"CREATE TEMP VIEW IF NOT EXISTS [{name}] AS {sql.strip()}")
+        else:
             db.create_view(name, sql.strip(), replace=True)

@@ -509,7 +509,7 @@ def test_resolve_db_prefers_the_option_then_the_environment(tmp_path: Path) -> N
 
 
 def test_open_store_installs_the_audit_views(tmp_path: Path) -> None:
-    with open_store(tmp_path / "log" / "events.db", synchronous="FULL") as store:
+    with open_store(tmp_path / "log" / "events.db", synchronous="FULL", create_dir=True) as store:
         store.append("r", BUILD, 0)
         assert isinstance(store, SQLiteEventStore)
         failed = store.connection.execute(

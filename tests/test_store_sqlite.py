@@ -108,11 +108,11 @@ def test_a_new_database_is_marked_as_ours(file_store: SQLiteEventStore) -> None:
     assert pragma(file_store, "user_version") >= 1
 
 
-def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+def test_missing_parent_directories_are_refused_not_created(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "events.db"
-    with SQLiteEventStore(path) as store:
-        store.append("run-1", [START], 0)
-    assert path.is_file()
+    with pytest.raises(EventStoreError, match="does not exist"):
+        SQLiteEventStore(path)
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_file_database_uses_wal(file_store: SQLiteEventStore) -> None:

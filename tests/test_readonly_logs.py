@@ -1,0 +1,171 @@
+"""Read-only logs are first-class: every command that only reads works on a log in a
+read-only directory or a read-only file, and never writes to it; a log that is not
+there, or empty, is a clear error and stays as it was; `run` creates no directory the
+user named.
+
+The tests run as root, and root ignores permission bits, so a chmod would prove
+nothing. The read-only cases are real: the CLI runs in a private mount namespace
+(``unshare -m``) where the log's directory, or the log file itself, is bind-mounted
+read-only, so any write fails with EROFS whoever tries it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.config import load_settings
+from engine.demo import GOAL, DemoModels
+from engine.runner import start_run
+from engine.testing import ScriptedModelServer
+from events import SQLiteEventStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
+
+RUN = "ro-run"
+
+# Runs the CLI on each argument list in one process and prints what each said.
+DRIVER = """
+import json, sys
+from click.testing import CliRunner
+from engine.cli import cli
+said = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(cli, args)
+    crash = result.exception if not isinstance(result.exception, SystemExit) else None
+    said.append([result.exit_code, result.output, repr(crash) if crash else ""])
+print(json.dumps(said))
+"""
+
+
+def read_commands(db: Path, html: Path) -> list[list[str]]:
+    at = ["--db", str(db)]
+    return [
+        ["runs", *at],
+        ["events", RUN, *at],
+        ["verify", *at],
+        ["audit", RUN, "tool-failures", *at],
+        ["audit", RUN, "model-usage", "--format", "json", *at],
+        ["audit", "--sql", "SELECT count(*) AS calls FROM model_calls", *at],
+        ["report", RUN, "--html", str(html), *at],
+        ["state", RUN, *at],
+        ["replay", RUN, *at],
+    ]
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a real log (a short run), closed cleanly (no -wal left).
+    Written by the bare store, so the file has no views: readers must bring them."""
+    base = tmp_path_factory.mktemp("archive")
+    logs = base / "logs"
+    logs.mkdir()
+    store = SQLiteEventStore(logs / "events.db")
+    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+        overrides = {"model_url": server.url, "api": "ollama", "model": "m", "mode": "rules"}
+        settings = load_settings(env={}, overrides={**overrides, "max_steps": 3})
+        start_run(store, goal=GOAL, workspace=base / "ws", settings=settings, http=http, run_id=RUN)
+    store.close()
+    assert sorted(p.name for p in logs.iterdir()) == ["events.db"]
+    return logs
+
+
+def unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount --bind -o ro / / 2>/dev/null || exit 3"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+needs_unshare = pytest.mark.skipif(
+    not unshare_works(), reason="needs unshare -m and mount --bind (root, mount namespaces)"
+)
+
+
+def read_only_cli(mounted: Path, commands: Sequence[list[str]]) -> list[list[object]]:
+    """Run ``commands`` through the CLI where ``mounted`` (a directory or a file) is
+    read-only, also to root."""
+    script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+    argv = ["unshare", "-m", "sh", "-c", script, "sh", str(mounted)]
+    argv += [sys.executable, "-c", DRIVER, json.dumps(list(commands))]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said: list[list[object]] = json.loads(done.stdout)
+    return said
+
+
+def digest_of(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+@needs_unshare
+@pytest.mark.parametrize("what", ["directory", "file"])
+def test_every_read_command_works_on_a_read_only_log(
+    log_dir: Path, tmp_path: Path, what: str
+) -> None:
+    db = log_dir / "events.db"
+    before = digest_of(log_dir)
+    html = tmp_path / "report.html"
+    said = read_only_cli(log_dir if what == "directory" else db, read_commands(db, html))
+    for args, (code, output, crash) in zip(read_commands(db, html), said, strict=True):
+        assert (code, crash) == (0, ""), f"autonomy {' '.join(args[:3])}: {output}"
+        assert "readonly" not in str(output) and "Error" not in str(output)
+    runs, events, verify, failures, usage, sql, _, state, replay = (s[1] for s in said)
+    assert RUN in str(runs) and "run.started" in str(events) and "phase" in str(state)
+    assert str(failures) == "(no rows)\n"  # a query over a view the file lacks
+    assert f"{RUN}: ok" in str(verify) and "identical" in str(replay)
+    assert json.loads(str(usage))[0]["calls"] >= 1  # a view the file does not have
+    assert "calls" in str(sql) and html.is_file()
+    assert digest_of(log_dir)["events.db"] == before["events.db"], "the log was written to"
+    if what == "directory":
+        assert digest_of(log_dir) == before, "a side file was left in a read-only directory"
+
+
+@needs_unshare
+def test_a_command_that_writes_says_so_clearly_on_a_read_only_log(log_dir: Path) -> None:
+    db = log_dir / "events.db"
+    [(code, output, crash)] = read_only_cli(log_dir, [["answer", RUN, "yes", "--db", str(db)]])
+    assert code == 1 and crash == "" and str(output).startswith("Error:")
+
+
+@pytest.mark.parametrize("command", [["runs"], ["events", RUN], ["verify"], ["state", RUN]])
+def test_a_read_command_on_an_empty_file_is_an_error_and_writes_no_schema(
+    tmp_path: Path, command: list[str]
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    result = CliRunner().invoke(cli, [*command, "--db", str(empty)])
+    assert result.exit_code == 1 and "empty" in result.output, result.output
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_a_read_command_on_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["audit", "--sql", "SELECT 1", "--db", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "Error:" in result.output
+    result = CliRunner().invoke(cli, ["runs", "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 1 and "no event log" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_refuses_a_db_in_a_directory_that_does_not_exist(tmp_path: Path) -> None:
+    db = tmp_path / "missing" / "dir" / "x.db"
+    result = CliRunner().invoke(
+        cli, ["run", "goal", "--workspace", str(tmp_path / "ws"), "--db", str(db)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "missing").exists()
