@@ -80,22 +80,27 @@ def stored_form(message: Message, *, limit: int = INLINE_LIMIT) -> Message:
 
 def stored_answer(answer: ModelResponded, *, limit: int = INLINE_LIMIT) -> ModelResponded:
     """A ``model.responded`` with long content and long tool-call arguments moved out."""
-    as_message = stored_form(
-        Message(
-            role="assistant",
-            content=answer.content,
-            tool_calls=answer.tool_calls,
-            content_ref=answer.content_ref,
-        ),
-        limit=limit,
+    return _with_message(answer, stored_form(_as_message(answer), limit=limit))
+
+
+def _as_message(answer: ModelResponded) -> Message:
+    return Message(
+        role="assistant",
+        content=answer.content,
+        tool_calls=answer.tool_calls,
+        content_ref=answer.content_ref,
     )
-    if as_message.content_ref == answer.content_ref and as_message.tool_calls == answer.tool_calls:
+
+
+def _with_message(answer: ModelResponded, message: Message) -> ModelResponded:
+    """``answer`` carrying ``message``'s content and tool calls (itself if unchanged)."""
+    if message == _as_message(answer):
         return answer
     return msgspec.structs.replace(
         answer,
-        content=as_message.content,
-        content_ref=as_message.content_ref,
-        tool_calls=as_message.tool_calls,
+        content=message.content,
+        content_ref=message.content_ref,
+        tool_calls=message.tool_calls,
     )
 
 
@@ -146,17 +151,4 @@ def full_message(message: Message, blobs: Blobs) -> Message:
 
 def full_answer(answer: ModelResponded, blobs: Blobs) -> ModelResponded:
     """The ``model.responded`` with content and arguments as the model sent them."""
-    message = full_message(
-        Message(
-            role="assistant",
-            content=answer.content,
-            tool_calls=answer.tool_calls,
-            content_ref=answer.content_ref,
-        ),
-        blobs,
-    )
-    if message.content_ref == answer.content_ref and message.tool_calls == answer.tool_calls:
-        return answer
-    return msgspec.structs.replace(
-        answer, content=message.content, content_ref="", tool_calls=message.tool_calls
-    )
+    return _with_message(answer, full_message(_as_message(answer), blobs))
