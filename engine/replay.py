@@ -37,9 +37,11 @@ import msgspec
 
 from engine.config import Settings, settings_from_mapping
 from engine.errors import (
+    ModelDeadline,
     ModelError,
     ModelHTTPError,
     ModelResponseInvalid,
+    ModelResponseTooLarge,
     ModelTimeout,
     ModelUnavailable,
     ReplayDivergence,
@@ -79,9 +81,11 @@ TIMING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds?)\b")
 
 _ERRORS: dict[str, type[ModelError]] = {
     "timeout": ModelTimeout,
+    "deadline": ModelDeadline,
     "unavailable": ModelUnavailable,
     "http": ModelHTTPError,
     "invalid": ModelResponseInvalid,
+    "too_large": ModelResponseTooLarge,
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from engine.config import Settings, load_settings
 from engine.demo import GOAL, DemoModels
+from engine.replay import replay
 from engine.runlog import RunLog
 from engine.runner import resume_run, start_run
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
@@ -134,3 +135,6 @@ def test_a_model_that_answers_garbage_then_hangs_is_recorded_and_the_run_goes_on
     errors = [e.error for e in events if isinstance(e, TaskUpdated) and e.status == "failed"]
     assert "not valid UTF-8" in errors[0] and "deadline of 1 s" in errors[1]
     assert project(store, log.run_id).pipeline.status != "running"
+    # and the run replays: the recorded failures come back with their kinds
+    result = replay(store, log.run_id)
+    assert result.identical, result.report()
