@@ -71,7 +71,8 @@ _REFUSED = """(
   OR error LIKE '%out of the workspace%'
   OR error LIKE '%belongs to the tooling%'
   OR error LIKE 'empty path: give a path relative to the workspace%'
-  OR error LIKE '%contains a NUL byte%')"""
+  OR error LIKE '%contains a NUL byte%'
+  OR error LIKE '%is too long or too deep%')"""
 
 QUERIES: dict[str, AuditQuery] = {
     "tool-failures": AuditQuery(
@@ -155,8 +156,8 @@ SELECT run_id, requested_version AS version, call_id, tool,
 FROM tool_calls
 WHERE {{run}} AND ok = 0 AND {_REFUSED}
 ORDER BY run_id, requested_version""",
-        description="Tool calls the sandbox refused: paths outside the workspace or "
-        "inside .autonomy/ or .git/.",
+        description="Tool calls the sandbox refused: paths outside the workspace, "
+        "inside .autonomy/ or .git/, or too long or too deep.",
         example="autonomy audit refused-paths --format csv",
     ),
 }

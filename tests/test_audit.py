@@ -45,11 +45,12 @@ from events.schema import (
 RUN = "demo"
 OTHER = "synthetic"
 MARK = "zz-injected"
+DEEP = f"{MARK}/" + "d/" * 70 + "x.py"  # too deep for the sandbox
 
 
 class DemoWithMistakes:
     """The demo's models, except that t1's first coding answer first tries
-    ``../MARK.txt`` and ``.git/MARK`` (refused) and ``MARK-missing.py`` (absent).
+    ``../MARK.txt``, ``.git/MARK`` and ``DEEP`` (refused) and ``MARK-missing.py`` (absent).
 
     The tool results of those calls are hidden from ``DemoModels``, which counts tool
     results to know its next move."""
@@ -71,6 +72,7 @@ class DemoWithMistakes:
             return Reply.calls(
                 ("read_file", {"path": f"../{MARK}.txt"}),
                 ("create_file", {"path": f".git/{MARK}", "content": "x = 1\n"}),
+                ("read_file", {"path": DEEP}),
                 ("read_file", {"path": f"{MARK}-missing.py"}),
                 *reply.tool_calls,
             )
@@ -154,9 +156,11 @@ def test_tool_failures_lists_the_refused_and_the_missing_file_with_their_errors(
         ("read_file", "failed"),
         ("create_file", "failed"),
         ("read_file", "failed"),
+        ("read_file", "failed"),
     ]
     assert "climbs out of the workspace" in str(failures[0]["error"])
-    assert "does not exist" in str(failures[2]["error"])
+    assert "too long or too deep" in str(failures[2]["error"])
+    assert "does not exist" in str(failures[3]["error"])
 
 
 def test_tool_failures_over_every_run_includes_a_call_never_executed(db: Path) -> None:
@@ -168,7 +172,7 @@ def test_tool_failures_over_every_run_includes_a_call_never_executed(db: Path) -
 
 def test_refused_paths_are_the_sandbox_refusals_only(db: Path) -> None:
     refused = rows(db, RUN, "refused-paths")
-    assert [r["path"] for r in refused] == [f"../{MARK}.txt", f".git/{MARK}"]
+    assert [r["path"] for r in refused] == [f"../{MARK}.txt", f".git/{MARK}", DEEP]
     assert "belongs to the tooling" in str(refused[1]["error"])
 
 
