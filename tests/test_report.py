@@ -122,9 +122,10 @@ def test_the_page_has_every_section(db: Path, tmp_path: Path) -> None:
 def test_failed_tool_calls_are_marked_with_their_error(db: Path, tmp_path: Path) -> None:
     page = report(db, RUN, tmp_path / "r.html")
     failed = [text for css, text in page.rows if css == "failed"]
-    assert len(failed) == 3
+    assert len(failed) == 4
     assert "climbs out of the workspace" in failed[0] and MARK in failed[0]
-    assert "does not exist" in failed[2]
+    assert "too long or too deep" in failed[2]
+    assert "does not exist" in failed[3]
     ok_rows = [text for css, text in page.rows if css == "" and "create_file" in text]
     assert ok_rows, "successful calls are listed too, unmarked"
 
