@@ -120,9 +120,9 @@ def test_the_cap_is_applied_as_bytes_arrive_not_after_reading_everything(
     # 100 kB at one byte per 5 ms would take 500 s to read whole; the deadline of 60 s
     # would end it first. Refused as too large, it was cut while streaming in.
     slow_and_big = Reply.trickled(0.005, Reply.huge(100_000))
-    error = failure(http, slow_and_big, "ollama", True, max_response_bytes=300, deadline=60.0)
+    error = failure(http, slow_and_big, "ollama", True, max_response_bytes=80, deadline=60.0)
     assert isinstance(error, ModelResponseTooLarge)
-    assert "more than 300 bytes arrived" in str(error)
+    assert "more than 80 bytes arrived" in str(error)
 
 
 def test_an_answer_just_under_the_cap_is_read(http: httpx.Client) -> None:
