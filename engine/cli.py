@@ -43,6 +43,7 @@ from tabulate import tabulate
 from engine import __version__
 from engine.config import Settings, dump_toml, load_settings, locate_config, settings_from_mapping
 from engine.errors import ConfigError
+from engine.keys import load_key
 from engine.phases import mermaid
 from engine.runner import resume_run, start_run
 from engine.runner import summary as run_summary
@@ -156,11 +157,18 @@ db_option = click.option(
 
 @contextmanager
 def opened_log(
-    db: Path | None, workspace: Path | None = None, *, must_exist: bool = True
+    db: Path | None,
+    workspace: Path | None = None,
+    *,
+    must_exist: bool = True,
+    create_key: bool = True,
 ) -> Iterator[SQLiteEventStore]:
     """The log named by ``--db`` (or ``AUTONOMY_DB``, or the default), opened with
-    the audit views; closed afterwards. Reading commands want ``must_exist``."""
-    store = open_store(resolve_db(db, workspace), must_exist=must_exist)
+    the audit views and the chain's key (``engine.keys``); closed afterwards.
+    Reading commands want ``must_exist``; ``create_key=False`` is for commands
+    that judge a log (``verify``): a key made now would only be the wrong one."""
+    key = load_key(create=create_key)
+    store = open_store(resolve_db(db, workspace), must_exist=must_exist, key=key)
     try:
         yield store
     finally:
@@ -368,60 +376,6 @@ def events(
 
 
 @cli.command()
-@click.argument("run_id", required=False)
-@db_option
-@click.pass_context
-def verify(ctx: click.Context, run_id: str | None, db: Path | None) -> None:
-    """Check that runs are intact: hash chain, decoding, projection.
-
-    For one run, or every run: the hash chain is unbroken, every event decodes
-    through the typed decoder and the run's state can be rebuilt from it. Prints "ok" per run, or the first problem with its position and type. Exit
-    status 1 when any run has a problem.
-
-    Example:
-
-    \b
-        autonomy verify
-        autonomy verify RUN_ID --db .autonomy/events.db
-    """
-    with opened_log(db) as store:
-        run_ids = [run_id] if run_id is not None else [info.run_id for info in store.runs()]
-        if run_id is not None and store.last_version(run_id) == 0:
-            raise RunNotFound(run_id)
-        if not run_ids:
-            click.echo("no runs in this log")
-            return
-        failed = 0
-        for rid in run_ids:
-            problem = _problem_in(store, rid)
-            if problem is None:
-                click.echo(f"{rid}: ok ({store.last_version(rid)} events)")
-            else:
-                failed += 1
-                click.echo(f"{rid}: FAILED {problem}")
-    if failed:
-        click.echo(f"{failed} of {len(run_ids)} runs failed verification", err=True)
-        ctx.exit(1)
-
-
-def _problem_in(store: SQLiteEventStore, run_id: str) -> str | None:
-    """The first problem of one run, or None."""
-    report = store.verify(run_id)
-    if not report.ok:
-        position = report.first_bad_position or 0
-        row = next(store.read_all_raw(after_position=position - 1, limit=1), None)
-        kind = f", {row.type}" if row is not None else ""
-        return (
-            f"at position {position} (version {report.first_bad_version}{kind}): {report.problem}"
-        )
-    try:
-        project(store, run_id)  # reads every event through the typed decoder
-    except AutonomyError as e:
-        return describe_error(e)
-    return None
-
-
-@cli.command()
 def graph() -> None:
     """Print the phase machine as a Mermaid state diagram.
 
@@ -479,10 +433,23 @@ def config(workspace: Path, as_json: bool, flags: SettingsFlags) -> None:
     help="The directory the agent works in (created if missing).",
 )
 @click.option("--run-id", "run_id", metavar="ID", help="Name the run (default: time-based).")
+@click.option(
+    "--checkpoint-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="AUTONOMY_CHECKPOINT_FILE",
+    show_envvar=True,
+    help="Append the run's checkpoint to FILE when it stops (see `autonomy checkpoint`).",
+)
 @db_option
 @settings_options
 def run(
-    goal: str | None, workspace: Path, run_id: str | None, db: Path | None, flags: SettingsFlags
+    goal: str | None,
+    workspace: Path,
+    run_id: str | None,
+    checkpoint_file: Path | None,
+    db: Path | None,
+    flags: SettingsFlags,
 ) -> None:
     """Run the agent on GOAL until it completes, fails or waits for input.
 
@@ -507,6 +474,10 @@ def run(
             run_id=run_id,
             progress=click.echo,
         )
+        if checkpoint_file is not None:
+            from engine.cli_integrity import append_checkpoint
+
+            append_checkpoint(store, log.run_id, checkpoint_file)
         _finish(project(store, log.run_id))
 
 
@@ -674,4 +645,4 @@ def _seconds(recorded_at: str) -> str:
 
 
 # Command groups kept in their own modules; importing them registers their commands.
-from engine import cli_audit, cli_history, cli_orchestration  # noqa: E402, F401
+from engine import cli_audit, cli_history, cli_integrity, cli_orchestration  # noqa: E402, F401

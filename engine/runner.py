@@ -335,6 +335,7 @@ def start_run(
             mode=settings.mode,
             config=msgspec.to_builtins(settings),
             engine_version=__version__,
+            key_id=store.key_id,
         ),
     )
     if progress:

@@ -56,16 +56,18 @@ def open_store(
     *,
     synchronous: Synchronous = "NORMAL",
     must_exist: bool = False,
+    key: bytes | None = None,
 ) -> SQLiteEventStore:
     """Open (creating if needed) the log at ``db`` with the audit views installed.
 
     ``must_exist=True`` is for commands that only read a log: a missing file is
-    an ``EventStoreError`` instead of a new, empty log.
+    an ``EventStoreError`` instead of a new, empty log. ``key`` keys the chain of
+    the runs started through this store (``engine.keys.load_key``).
     """
     path = Path(db)
     if must_exist and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
-    store = SQLiteEventStore(path, synchronous=synchronous)
+    store = SQLiteEventStore(path, synchronous=synchronous, key=key)
     try:
         install_views(store.connection)
     except sqlite3.DatabaseError as e:

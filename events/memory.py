@@ -17,6 +17,7 @@ from events.store import (
     Row,
     RunInfo,
     check_expected,
+    keyed_marker,
     number,
     utc_now,
 )
@@ -25,8 +26,11 @@ from events.store import (
 class MemoryEventStore(EventStore):
     """Event store in a Python list; behaves like ``SQLiteEventStore``."""
 
-    def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
-        super().__init__(clock=clock, codec=codec)
+    def __init__(
+        self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
+    ) -> None:
+        super().__init__(clock=clock, codec=codec, key=key)
+        self._marker: str | None = None
         self._log: list[Row] = []
         self._by_run: dict[str, list[Row]] = {}
         self._blobs: dict[str, bytes] = {}
@@ -46,7 +50,10 @@ class MemoryEventStore(EventStore):
                 last_hash=last[7] if last else "",
                 recorded_at=recorded_at,
                 first_position=len(self._log) + 1,
+                key=self.key,
             )
+            if not stream and self.key is not None and self._marker is None:
+                self._marker = keyed_marker(self.key, rows[0][0])
             self._log.extend(rows)
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
@@ -95,6 +102,14 @@ class MemoryEventStore(EventStore):
         with self._lock:
             self._blobs.setdefault(digest, bytes(content))
 
-    def _get_blob(self, digest: str) -> bytes | None:
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock:
-            return self._blobs.get(digest)
+            content = self._blobs.get(digest)
+        return None if content is None else (content, len(content))
+
+    def _blob_digests(self) -> Iterator[str]:
+        with self._lock:
+            return iter(sorted(self._blobs))
+
+    def keyed_marker(self) -> str | None:
+        return self._marker

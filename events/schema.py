@@ -77,11 +77,15 @@ class FileChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    """``key_id`` names the key the run's hash chain is keyed with ("" for an
+    unkeyed run): its id (``events.codec.key_id``), never the key."""
+
     goal: str
     workspace: str
     mode: str = "orchestrated"
     config: dict[str, Any] = {}
     engine_version: str = ""
+    key_id: str = ""
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
@@ -238,3 +242,14 @@ AnyEvent = (
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.type_name(): cls for cls in get_args(AnyEvent)}
 """Every event class by its tag; the single list of what the log may contain."""
+
+
+def blob_references(event: Event) -> list[str]:
+    """The digests of the blobs ``event`` refers to: file contents before and after
+    a tool changed them, a long tool result, a long message's full content."""
+    if isinstance(event, ToolExecuted):
+        refs = [d for change in event.files_changed for d in (change.before, change.after) if d]
+        return [*refs, event.result_ref] if event.result_ref else refs
+    if isinstance(event, ModelRequested):
+        return [m.content_ref for m in event.messages if m.content_ref]
+    return []

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from events.codec import Codec
+from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
 from events.store import (
     READ_CHUNK,
@@ -33,12 +33,14 @@ from events.store import (
     Row,
     RunInfo,
     check_expected,
+    format_time,
+    keyed_marker,
     number,
     utc_now,
 )
 
 APPLICATION_ID = 0x6175746F  # "auto": marks a database as autonomy's
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: store_meta and repairs
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
@@ -56,16 +58,19 @@ _RUN_WHERE = (
 _RUN_SQL = f"SELECT {_COLUMNS} {_RUN_WHERE}"
 _PAYLOADS_SQL = f"SELECT version, type, schema_version, data {_RUN_WHERE}"
 
-_TRIGGERS = [
-    """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-       BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-       BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_update BEFORE UPDATE ON blobs
-       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: UPDATE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_delete BEFORE DELETE ON blobs
-       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: DELETE refused'); END""",
-]
+_APPEND_ONLY = ("events", "blobs", "store_meta", "repairs")
+"""Tables whose rows, once written, are never changed: triggers refuse UPDATE and
+DELETE. A writer that opens a log with any of them missing puts it back and
+records that in ``repairs``, where ``verify`` reports it."""
+
+_TRIGGERS = {
+    f"{table}_append_only_{verb.lower()}": (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{verb.lower()} BEFORE {verb} ON "
+        f"{table} BEGIN SELECT RAISE(ABORT, '{table} are append-only: {verb} refused'); END"
+    )
+    for table in _APPEND_ONLY
+    for verb in ("UPDATE", "DELETE")
+}
 
 
 class _mapped_errors:
@@ -107,8 +112,9 @@ class SQLiteEventStore(EventStore):
         clock: Clock = utc_now,
         codec: Codec | None = None,
         busy_timeout: float = 30.0,
+        key: bytes | None = None,
     ) -> None:
-        super().__init__(clock=clock, codec=codec)
+        super().__init__(clock=clock, codec=codec, key=key)
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
@@ -155,6 +161,36 @@ class SQLiteEventStore(EventStore):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        self._reinstall_triggers()
+
+    def _missing_triggers(self) -> list[str]:
+        present = {
+            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        }
+        return [name for name in _TRIGGERS if name not in present]
+
+    def _reinstall_triggers(self) -> None:
+        """Put back append-only triggers someone dropped, and record it in
+        ``repairs`` (one transaction), so that ``verify`` says they were missing."""
+        missing = self._missing_triggers()
+        if not missing:
+            return
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name in self._missing_triggers():  # another writer may have won
+                conn.execute(_TRIGGERS[name])
+            conn.execute(
+                "INSERT INTO repairs (at, what) VALUES (?, ?)",
+                (
+                    format_time(self.clock()),
+                    f"append-only triggers were missing and were reinstalled: {', '.join(missing)}",
+                ),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _create_schema(self) -> None:
         db = sqlite_utils.Database(self._conn)
@@ -179,7 +215,18 @@ class SQLiteEventStore(EventStore):
         db.table("blobs").create(
             {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
         )
-        for trigger in _TRIGGERS:
+        # facts about the log itself: "keyed_from" (events.store.keyed_marker)
+        db.table("store_meta").create(
+            {"name": str, "value": str}, pk="name", not_null={"value"}, if_not_exists=True
+        )
+        # what a writer found wrong with the database and put right, for verify
+        db.table("repairs").create(
+            {"id": int, "at": str, "what": str},
+            pk="id",
+            not_null={"at", "what"},
+            if_not_exists=True,
+        )
+        for trigger in _TRIGGERS.values():
             self._conn.execute(trigger)
         self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -205,8 +252,14 @@ class SQLiteEventStore(EventStore):
                     last_hash=last_hash,
                     recorded_at=recorded_at,
                     first_position=(top or 0) + 1,
+                    key=self.key,
                 )
                 conn.executemany(_INSERT_SQL, rows)
+                if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                        (keyed_marker(self.key, rows[0][0]),),
+                    )
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 conn.execute("ROLLBACK")
@@ -300,12 +353,40 @@ class SQLiteEventStore(EventStore):
                 (digest, len(content), content),
             )
 
-    def _get_blob(self, digest: str) -> bytes | None:
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock, _mapped_errors("reading a blob"):
             row = self._conn.execute(
-                "SELECT content FROM blobs WHERE digest = ?", (digest,)
+                "SELECT content, size FROM blobs WHERE digest = ?", (digest,)
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
+
+    def _blob_digests(self) -> Iterator[str]:
+        rows = self._fetch("SELECT digest FROM blobs ORDER BY digest", (), "listing blobs")
+        return (digest for (digest,) in rows)
+
+    # -- the log as a whole ----------------------------------------------------------------
+
+    def keyed_marker(self) -> str | None:
+        rows = self._fetch(
+            "SELECT value FROM store_meta WHERE name = 'keyed_from'", (), "reading store_meta"
+        )
+        return str(rows[0][0]) if rows else None
+
+    def database_problems(self) -> list[str]:
+        """``PRAGMA quick_check``'s findings, append-only triggers missing now, and
+        every repair a writer made (triggers it found missing and put back)."""
+        problems = []
+        found = [r[0] for r in self._fetch("PRAGMA quick_check", (), "checking the database")]
+        if found != ["ok"]:
+            problems += [f"quick_check: {text}" for text in found]
+        missing = self._missing_triggers()
+        if missing:
+            problems.append(f"append-only triggers are missing: {', '.join(missing)}")
+        for at, what in self._fetch(
+            "SELECT at, what FROM repairs ORDER BY id", (), "reading repairs"
+        ):
+            problems.append(f"{what} (at {at})")
+        return problems
 
     # -- misc ------------------------------------------------------------------------
 

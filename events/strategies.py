@@ -214,6 +214,8 @@ def run_started() -> SearchStrategy[RunStarted]:
         mode=st.sampled_from(("orchestrated", "traditional")),
         config=json_objects(),
         engine_version=st.sampled_from(("", "0.1.0", "0.2.0.dev3")),
+        # the id of the key the store chains the run with: "" for an unkeyed store
+        key_id=st.just(""),
     )
 
 

@@ -61,6 +61,18 @@ class TickingClock:
         return moment
 
 
+@pytest.fixture(autouse=True)
+def _key_file_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test keys its logs with a key of its own, never the user's: the key
+    file is placed (``AUTONOMY_KEY_FILE``) in a fresh temporary directory, and
+    child processes inherit the setting."""
+    path = tmp_path_factory.mktemp("key") / "autonomy" / "key"
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(path))
+    return path
+
+
 BACKENDS = ("memory", "sqlite-memory", "sqlite-file")
 
 

@@ -90,7 +90,7 @@ def test_opening_twice_keeps_the_schema_and_the_events(tmp_path: Path) -> None:
         triggers = second.connection.execute(
             "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
         ).fetchone()[0]
-    assert triggers == 4
+    assert triggers == 8  # UPDATE and DELETE on events, blobs, store_meta, repairs
 
 
 def test_two_stores_may_hold_the_same_file_open(tmp_path: Path) -> None:
