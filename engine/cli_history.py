@@ -18,6 +18,7 @@ from tabulate import tabulate
 from engine.cli import cli, db_option, opened_log
 from engine.replay import replay as replay_run
 from engine.runner import new_run_id
+from engine.verification import refuse_corrupt_blobs
 from engine.workspace import fork as fork_run
 from engine.workspace import rewind as rewind_run
 from events.errors import RunNotFound
@@ -54,6 +55,7 @@ def replay(ctx: click.Context, run_id: str, until: int | None, db: Path | None) 
         autonomy replay RUN_ID --until 40
     """
     with opened_log(db) as store:
+        refuse_corrupt_blobs(store, run_id)  # before anything runs, not when one is read
         result = replay_run(store, run_id, until=until)
     click.echo(result.report())
     if not result.identical:

@@ -40,7 +40,7 @@ def verify(
 ) -> None:
     """Check that the log is intact: database, blobs, every run's chain and events.
 
-    The database passes PRAGMA quick_check and has its append-only triggers (a
+    The database passes PRAGMA integrity_check and has its append-only triggers (a
     writer that found them dropped put them back, and that is reported here);
     every blob matches its digest. For each run: the hash chain is unbroken,
     every event decodes and its blobs are intact, the run's state can be
@@ -85,7 +85,7 @@ def verdict_lines(verdict: LogVerdict) -> list[str]:
     """``database: ok (...)`` or one line per database problem, then per run."""
     lines = [f"database: FAILED {problem}" for problem in verdict.database]
     if not lines:
-        lines.append(f"database: ok (quick_check, append-only triggers, {verdict.blobs} blobs)")
+        lines.append(f"database: ok (integrity_check, append-only triggers, {verdict.blobs} blobs)")
     if not verdict.runs:
         lines.append("no runs in this log")
     for run in verdict.runs:

@@ -2,7 +2,7 @@
 
 What each check proves:
 
-- **The database** — ``PRAGMA quick_check``; the append-only triggers present, and
+- **The database** — ``PRAGMA integrity_check``; the append-only triggers present, and
   any a writer found missing and put back (``repairs``); every blob's content
   matches its digest and size.
 - **Each run's chain** (``EventStore.verify``) — keyed runs recomputed under the
@@ -22,6 +22,7 @@ One unreadable run never stops the others: its error is that run's problem.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -162,6 +163,19 @@ def _verify_run(
         checkpoint=covered,
         problems=tuple(problems),
     )
+
+
+def refuse_corrupt_blobs(store: EventStore, run_id: str) -> None:
+    """Read every blob the run refers to through the checked ``get``: a changed one
+    raises ``BlobCorrupt`` (a missing one is left to whoever needs it). For
+    commands such as ``replay`` that may read a blob late, after work is done."""
+    seen: set[str] = set()
+    for recorded in store.read(run_id):
+        for digest in blob_references(recorded.data):
+            if digest not in seen:
+                seen.add(digest)
+                with contextlib.suppress(BlobNotFound):
+                    store.get(digest)
 
 
 class _BlobChecks:
