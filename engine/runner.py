@@ -48,6 +48,7 @@ from events.errors import AutonomyError
 from events.schema import (
     ArbiterDecided,
     FileChange,
+    PhaseChanged,
     RunFinished,
     RunStarted,
     SpecialistConsulted,
@@ -135,29 +136,35 @@ class Engine:
             self._report(step)
             return
         try:
-            self._enter_phase(step, cause)
+            entering = self._enter_phase(step)
         except IllegalTransition as e:
             self._finish("failed", f"the phase machine refused {step.action}: {e}", cause)
             return
-        if step.action == "finish":
-            self.log.append(RunFinished(status=step.status, reason=step.reason), causation=cause)
-        elif step.action == "complete":
-            self.log.append(RunFinished(status="completed", reason=step.reason), causation=cause)
-        elif step.action == "set_status":
+        if step.action in ("finish", "complete"):
+            # one batch: a crash between a final phase and run.finished would leave
+            # a run that is running in a phase with no way out
+            status = step.status if step.action == "finish" else "completed"
+            finished = RunFinished(status=status, reason=step.reason)
+            self.log.append(*entering, finished, causation=cause)
+            self._report(step)
+            return
+        if entering:
+            self.log.append(*entering, causation=cause)
+        if step.action == "set_status":
             self._set_status(step.task_id, step.status, cause)
         elif step.action in WORK:
             self._work(step, cause)
         self._report(step)
 
-    def _enter_phase(self, step: Step, cause: int) -> None:
+    def _enter_phase(self, step: Step) -> list[PhaseChanged]:
+        """The phase change the step needs (none if it is in its phase already)."""
         target = step.phase
         current = self.log.pipeline.phase
         if not target or target == current:
-            return
+            return []
         machine = PhaseMachine.restore(current)
         facts = PhaseFacts.from_tasks(self.log.pipeline.tasks)
-        event = phase_changed_to(machine, target, step.reason, self._decided_by, facts)
-        self.log.append(event, causation=cause)
+        return [phase_changed_to(machine, target, step.reason, self._decided_by, facts)]
 
     def _finish(self, status: str, reason: str, cause: int) -> None:
         machine = PhaseMachine.restore(self.log.pipeline.phase)
