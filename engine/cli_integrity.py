@@ -101,18 +101,17 @@ def _run_lines(run: RunVerdict) -> list[str]:
 
 
 def _where(problem: Problem) -> str:
-    if problem.position is None and problem.version is None:
-        return ""
-    place = f"at position {problem.position}" if problem.position is not None else "at"
+    """``at position P (version V, type): `` with what is known of the place."""
+    if problem.position is None:
+        return f"at version {problem.version}: " if problem.version is not None else ""
     detail = ", ".join(
-        part
-        for part in (
-            f"version {problem.version}" if problem.version is not None else "",
-            problem.type,
-        )
-        if part
+        part for part in (f"version {problem.version}", problem.type) if "None" not in part and part
     )
-    return f"{place} ({detail}): " if detail else f"{place}: "
+    return (
+        f"at position {problem.position} ({detail}): "
+        if detail
+        else f"at position {problem.position}: "
+    )
 
 
 @cli.command()

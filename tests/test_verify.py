@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ from engine.keys import load_key
 from engine.verification import verify_log
 from events import RunStarted, SQLiteEventStore, TaskAdded, ToolExecuted
 from events.codec import ChainKey, chain_hash
-from events.errors import BlobCorrupt
+from events.errors import BlobCorrupt, StoreCorrupted
 from events.schema import FileChange
+from events.store import Row
 
 KEY = b"s" * 32
 
@@ -171,23 +173,19 @@ def test_without_the_key_a_keyed_log_is_checked_but_not_authenticated(tmp_path: 
 # -- blobs -------------------------------------------------------------------------------
 
 
-def test_get_refuses_a_blob_whose_content_changed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("content = CAST('print(''pwned'')' AS BLOB)", "hashes to"),
+        ("size = size + 1", "were stored"),
+    ],
+)
+def test_get_refuses_a_blob_that_changed(tmp_path: Path, change: str, message: str) -> None:
     db = build(tmp_path / "e.db")
     with SQLiteEventStore(db) as store:
-        digest = store.put(b"print('hello')\n")
-    tamper(
-        db, "UPDATE blobs SET content = ? WHERE digest = ?", params=(b"print('pwned')\n", digest)
-    )
-    with SQLiteEventStore(db) as store, pytest.raises(BlobCorrupt, match="hashes to"):
-        store.get(digest)
-
-
-def test_get_refuses_a_blob_whose_size_changed(tmp_path: Path) -> None:
-    db = build(tmp_path / "e.db")
-    with SQLiteEventStore(db) as store:
-        digest = store.put(b"x")
-    tamper(db, "UPDATE blobs SET size = 2 WHERE digest = ?", params=(digest,))
-    with SQLiteEventStore(db) as store, pytest.raises(BlobCorrupt, match="2 were stored"):
+        digest = store.put(b"print('hello')")
+    tamper(db, f"UPDATE blobs SET {change} WHERE digest = ?", params=(digest,))
+    with SQLiteEventStore(db) as store, pytest.raises(BlobCorrupt, match=message):
         store.get(digest)
 
 
@@ -285,3 +283,26 @@ def test_one_bad_run_does_not_stop_the_others_and_json_says_the_same(tmp_path: P
         ("b", 2),
         ("c", 0),
     ]
+
+
+class OneRunUnreadable(SQLiteEventStore):
+    """A store whose run ``b`` cannot be read, as a damaged page makes one run."""
+
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
+        if run_id == "b":
+            raise StoreCorrupted(f"reading run {run_id!r}: database disk image is malformed")
+        return super()._rows(run_id, after, upto)
+
+
+def test_an_unreadable_run_is_reported_and_the_runs_after_it_are_checked(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db", runs=("a", "b", "c"))
+
+    with OneRunUnreadable(db, key=KEY) as store:
+        found = verify_log(store)
+
+    assert [(r.run_id, r.ok, r.authentication) for r in found.runs] == [
+        ("a", True, "keyed"),
+        ("b", False, "unreadable"),
+        ("c", True, "keyed"),
+    ]
+    assert "database disk image is malformed" in found.runs[1].problems[0].problem
