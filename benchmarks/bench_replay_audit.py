@@ -424,6 +424,29 @@ def replay_throughput(db: Path, workdir: Path, tasks: int, repeat: int, key: byt
 # -- verify ---------------------------------------------------------------------------------
 
 
+def verify_before_keys(store: SQLiteEventStore, run_id: str) -> bool:
+    """``EventStore.verify`` as it was before keys (plain sha256, first problem
+    only): the baseline the keyed chain is held to."""
+    from events.codec import chain_hash
+
+    previous = ""
+    for checked, row in enumerate(store.read_raw(run_id), start=1):
+        expected = chain_hash(
+            previous,
+            run_id=row.run_id,
+            version=row.version,
+            type=row.type,
+            schema_version=row.schema_version,
+            recorded_at=row.recorded_at,
+            causation=row.causation,
+            data=row.data,
+        )
+        if row.version != checked or expected != row.hash:
+            return False
+        previous = row.hash
+    return True
+
+
 def verify_timing(db: Path, key: bytes, runs: int, repeat: int) -> None:
     from engine.verification import verify_log
     from projections import project
@@ -435,18 +458,31 @@ def verify_timing(db: Path, key: bytes, runs: int, repeat: int) -> None:
         for name, group in (("unkeyed", unkeyed), ("keyed", keyed)):
             expected = "unkeyed" if name == "unkeyed" else "keyed"
             assert all(store.verify(i.run_id).authentication == expected for i in group[:1])
-        per_event = {}
-        for name, group in (("unkeyed", unkeyed), ("keyed", keyed)):
-            count = sum(i.version for i in group)
+        count = sum(i.version for i in unkeyed), sum(i.version for i in keyed)
 
-            def check(group: list[Any] = group) -> None:
+        def chain(group: list[Any], check: Callable[[str], bool]) -> Callable[[], None]:
+            def run() -> None:
                 for info in group:
-                    assert store.verify(info.run_id).ok
+                    assert check(info.run_id)
 
-            per_event[name] = median_seconds(check, repeat) / count * 1e6
-            print(f"verify chain, {name:<8} {per_event[name]:>6.2f} us/event over {count:,} events")
+            return run
+
+        cases = {
+            "unkeyed": (chain(unkeyed, lambda r: store.verify(r).ok), count[0]),
+            "keyed": (chain(keyed, lambda r: store.verify(r).ok), count[1]),
+            "before keys": (chain(unkeyed, lambda r: verify_before_keys(store, r)), count[0]),
+        }
+        # interleaved, so that a busy machine slows every case alike
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeat):
+            for name, (fn, events) in cases.items():
+                times[name].append(median_seconds(fn, 1) / events * 1e6)
+        per_event = {name: statistics.median(t) for name, t in times.items()}
+        for name in cases:
+            print(f"verify chain, {name:<12} {per_event[name]:>6.2f} us/event (median of {repeat})")
         print(
-            f"verify chain keyed/unkeyed {per_event['keyed'] / per_event['unkeyed']:.2f}"
+            f"verify chain keyed/unkeyed {per_event['keyed'] / per_event['unkeyed']:.2f}, "
+            f"keyed/before-keys {per_event['keyed'] / per_event['before keys']:.2f}"
             "  (budget 1.5)",
             flush=True,
         )
