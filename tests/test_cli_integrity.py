@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.demo import CALC_V1, GOAL, DemoModels
+from engine.keys import load_key
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from events.checkpoints import loads
-from events.schema import ModelRequested, ToolExecuted
+from events.schema import ArbiterDecided, ModelRequested, RunStarted, ToolExecuted
 
 pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
 
@@ -52,19 +53,39 @@ def unguarded(db: Path) -> sqlite3.Connection:
     return conn
 
 
-@pytest.fixture
-def recorded(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A completed keyed run ``r`` recorded through `autonomy run --checkpoint-file`;
-    its goal is long enough for the opening message to be stored as a blob."""
-    workspace, db, checkpoints = tmp_path / "ws", tmp_path / "events.db", tmp_path / "cp.jsonl"
-    with ScriptedModelServer(DemoModels()) as server:
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, bytes]:
+    """A completed keyed run ``r`` recorded once through `autonomy run
+    --checkpoint-file`, with the key it was written with; its goal is long enough
+    for the opening message to be stored as a blob."""
+    tmp = tmp_path_factory.mktemp("recording")
+    workspace, db, checkpoints = tmp / "ws", tmp / "events.db", tmp / "cp.jsonl"
+    with pytest.MonkeyPatch.context() as env, ScriptedModelServer(DemoModels()) as server:
+        env.setenv("AUTONOMY_KEY_FILE", str(tmp / "key"))
         code, out = invoke(
-            "run", LONG_GOAL, "--workspace", workspace, "--db", db, "--run-id", "r", "--mode", "rules",
-            "--model-url", server.url, "--api", "ollama", "--model", "m",
+            "run", LONG_GOAL, "--workspace", workspace, "--db", db, "--run-id", "r",
+            "--mode", "rules", "--model-url", server.url, "--api", "ollama", "--model", "m",
             "--checkpoint-file", checkpoints,
         )  # fmt: skip
-    assert code == 0, out
-    return db, workspace, checkpoints
+        assert code == 0, out
+    return db, workspace, checkpoints, (tmp / "key").read_bytes()
+
+
+@pytest.fixture
+def recorded(
+    recording: tuple[Path, Path, Path, bytes], tmp_path: Path, _key_file_in_tmp: Path
+) -> tuple[Path, Path, Path]:
+    """This test's copy of the recording's log and checkpoints, and its key; the
+    workspace is shared (the tests only read it, or check it is untouched)."""
+    db, workspace, checkpoints, key = recording
+    _key_file_in_tmp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _key_file_in_tmp.write_bytes(key)
+    _key_file_in_tmp.chmod(0o600)
+    for suffix in ("", "-wal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copyfile(f"{db}{suffix}", tmp_path / f"events.db{suffix}")
+    shutil.copyfile(checkpoints, tmp_path / "cp.jsonl")
+    return tmp_path / "events.db", workspace, tmp_path / "cp.jsonl"
 
 
 def test_run_appends_its_checkpoint_and_checkpoint_prints_the_same(
@@ -125,28 +146,29 @@ def test_a_run_deleted_whole_fails_against_its_checkpoint(
 
 
 def test_a_history_rewritten_with_the_key_fails_against_the_checkpoint(
-    recorded: tuple[Path, Path, Path], tmp_path: Path
+    recorded: tuple[Path, Path, Path],
 ) -> None:
-    db, workspace, checkpoints = recorded
-    # whoever holds the key can write a new history: here, the same goal run again
-    shutil.move(db, tmp_path / "original.db")
-    shutil.rmtree(workspace)
-    with ScriptedModelServer(DemoModels()) as server:
-        code, out = invoke(
-            "run", "another goal", "--workspace", workspace, "--db", db, "--run-id", "r",
-            "--mode", "rules", "--model-url", server.url, "--api", "ollama", "--model", "m",
-        )  # fmt: skip
+    db, _, checkpoints = recorded
     [taken] = loads(checkpoints.read_text())
+    # whoever holds the key can write a new history of the same length
+    db.unlink()
+    with open_store(db, key=load_key(create=False)) as store:
+        store.append(
+            "r",
+            [
+                RunStarted(goal="something else", workspace="/w", key_id=store.key_id),
+                *(ArbiterDecided(action="wait") for _ in range(taken.version - 1)),
+            ],
+            0,
+        )
 
     code, out = invoke("verify", "--db", db)
     assert code == 0, "a keyed chain alone cannot tell"
     code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
 
     assert code == 1
-    assert (
-        f"(version {taken.version}, " in out
-        and "the history up to this version was rewritten" in out
-    )
+    assert f"(version {taken.version}, arbiter.decided): hash differs from the checkpoint" in out
+    assert "the history up to this version was rewritten" in out
 
 
 def test_a_checkpoint_file_that_is_not_one_is_a_clean_error(

@@ -242,7 +242,7 @@ def test_a_crash_at_any_write_leaves_whole_events_that_verify_and_resume(tmp_pat
         _, _, total = demo_run(tmp_path, server, die_at=0)  # never dies: counts the writes
     assert total > 20
 
-    for die_at in spread(total, 12):
+    for die_at in spread(total, 10):
         with ScriptedModelServer(NoCommands()) as server:
             _, db, _ = demo_run(tmp_path, server, die_at)
             with SQLiteEventStore(db, key=KEY) as store:
