@@ -70,6 +70,8 @@ def verify(
     if as_json:
         document = msgspec.to_builtins(verdict)
         document["ok"] = verdict.ok
+        for run, verdict_run in zip(document["runs"], verdict.runs, strict=True):
+            run["ok"] = verdict_run.ok
         click.echo(msgspec.json.encode(document).decode())
     else:
         for line in verdict_lines(verdict):

@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+from engine.keys import load_key
 from events.errors import EventStoreError
 from events.sqlite import SQLiteEventStore, Synchronous
 from projections.views import install_views
@@ -62,8 +63,12 @@ def open_store(
 
     ``must_exist=True`` is for commands that only read a log: a missing file is
     an ``EventStoreError`` instead of a new, empty log. ``key`` keys the chain of
-    the runs started through this store (``engine.keys.load_key``).
+    the runs started through this store; without one, the user's key is used if
+    there is one (``engine.keys.load_key``): a log that holds keyed runs takes new
+    runs only from a store with a key.
     """
+    if key is None:
+        key = load_key(create=False)
     path = Path(db)
     if must_exist and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")

@@ -19,6 +19,7 @@ from events.store import (
     check_expected,
     keyed_marker,
     number,
+    refuse_unkeyed_run,
     utc_now,
 )
 
@@ -43,6 +44,8 @@ class MemoryEventStore(EventStore):
             stream = self._by_run.get(run_id, [])
             last = stream[-1] if stream else None
             check_expected(run_id, expected_version, last[2] if last else 0)
+            if last is None and self.key is None:
+                refuse_unkeyed_run(run_id, self._marker)
             rows = number(
                 run_id,
                 drafts,

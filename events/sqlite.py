@@ -36,6 +36,7 @@ from events.store import (
     format_time,
     keyed_marker,
     number,
+    refuse_unkeyed_run,
     utc_now,
 )
 
@@ -245,6 +246,8 @@ class SQLiteEventStore(EventStore):
                     last = (0, "", conn.execute("SELECT max(position) FROM events").fetchone()[0])
                 last_version, last_hash, top = last
                 check_expected(run_id, expected_version, last_version)
+                if last_version == 0 and self.key is None:
+                    refuse_unkeyed_run(run_id, self._marker())
                 rows = number(
                     run_id,
                     drafts,
@@ -367,10 +370,14 @@ class SQLiteEventStore(EventStore):
     # -- the log as a whole ----------------------------------------------------------------
 
     def keyed_marker(self) -> str | None:
-        rows = self._fetch(
-            "SELECT value FROM store_meta WHERE name = 'keyed_from'", (), "reading store_meta"
-        )
-        return str(rows[0][0]) if rows else None
+        with self._lock, _mapped_errors("reading store_meta"):
+            return self._marker()
+
+    def _marker(self) -> str | None:
+        row = self._conn.execute(
+            "SELECT value FROM store_meta WHERE name = 'keyed_from'"
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def database_problems(self) -> list[str]:
         """``PRAGMA integrity_check``'s findings, append-only triggers missing now,

@@ -210,6 +210,16 @@ def run_key(run_id: str, last_hash: str, key: ChainKey | None) -> ChainKey | Non
     return key
 
 
+def refuse_unkeyed_run(run_id: str, marker: str | None) -> None:
+    """A store without a key may not start a run in a log that holds keyed runs:
+    ``verify`` would take the run for one rewritten by someone without the key."""
+    if marker is not None:
+        raise WrongKey(
+            f"cannot start run {run_id!r} without a key: this log's runs are keyed from "
+            f"position {marker.split(' ')[0]} on"
+        )
+
+
 def keyed_marker(key: ChainKey, position: int) -> str:
     """The log's mark that runs are keyed from ``position`` on: the position, the
     key id, and a MAC of both, so that nobody without the key can move it."""
@@ -423,10 +433,10 @@ class EventStore(ABC):
 
         An unkeyed run is recomputed with plain sha256. A keyed run is recomputed
         under this store's key when it is the run's key; without a key only its
-        structure is checked (versions, one key id throughout, ``run.started``
-        naming it), and the report says it is not authenticated; with another key
-        it fails. A ``run.started`` whose ``key_id`` is not the key its chain was
-        written with fails too: that is a keyed run rewritten as plain sha256.
+        structure is checked (versions, one key id throughout), and the report
+        says it is not authenticated; with another key it fails. A ``run.started``
+        that names a key its chain was not written with fails too: that is a keyed
+        run rewritten as plain sha256.
         """
         problems: list[Problem] = []
         previous = ""
@@ -442,7 +452,9 @@ class EventStore(ABC):
                 if text:
                     problems.append(_problem(row, text))
                 named = self._named_key(row)
-                if named is not None and named != written_with:
+                # (a keyed chain whose run.started names no key proves as much: only
+                # a run.started naming another key than its chain's is a rewrite)
+                if named and named != written_with:
                     chain = f"keyed with {written_with}" if written_with else "unkeyed"
                     problems.append(
                         _problem(

@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.keys import KEY_FILE_ENV, key_file, load_key
-from events import RunStarted, SQLiteEventStore, TaskAdded
+from events import EventStore, MemoryEventStore, RunStarted, SQLiteEventStore, TaskAdded
 from events.codec import ChainKey, chain_hash, hash_key_id, key_id
 from events.errors import WrongKey
 
@@ -20,7 +20,7 @@ KEY = b"k" * 32
 OTHER = b"o" * 32
 
 
-def start(store: SQLiteEventStore, run_id: str = "run-1") -> None:
+def start(store: EventStore, run_id: str = "run-1") -> None:
     store.append(run_id, [RunStarted(goal="g", workspace="/w", key_id=store.key_id)], 0)
     store.append(run_id, [TaskAdded(task_id="t1", title="one")], 1)
 
@@ -123,3 +123,21 @@ def test_an_unkeyed_run_stays_unkeyed_when_a_key_appears(tmp_path: Path) -> None
         assert store.verify("run-1").ok
         assert store.verify("run-2").authentication == "keyed"
         assert store.keyed_marker() is not None
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_store_without_a_key_starts_no_run_in_a_keyed_log(tmp_path: Path, backend: str) -> None:
+    if backend == "memory":
+        store: EventStore = MemoryEventStore(key=KEY)
+        start(store)
+        store.key = None  # the same log, opened without the key
+        keyless = store
+    else:
+        with SQLiteEventStore(tmp_path / "events.db", key=KEY) as keyed:
+            start(keyed)
+        keyless = SQLiteEventStore(tmp_path / "events.db")
+
+    with keyless:
+        with pytest.raises(WrongKey, match="runs are keyed from position 1 on"):
+            keyless.append("run-2", [RunStarted(goal="g", workspace="/w")], 0)
+        assert [info.run_id for info in keyless.runs()] == ["run-1"]

@@ -278,10 +278,10 @@ def test_one_bad_run_does_not_stop_the_others_and_json_says_the_same(tmp_path: P
     code, out = invoke("verify", "--db", db, "--json")
     document = json.loads(out.splitlines()[0])
     assert code == 1 and document["ok"] is False
-    assert [(r["run_id"], len(r["problems"])) for r in document["runs"]] == [
-        ("a", 0),
-        ("b", 2),
-        ("c", 0),
+    assert [(r["run_id"], r["ok"], len(r["problems"])) for r in document["runs"]] == [
+        ("a", True, 0),
+        ("b", False, 2),
+        ("c", True, 0),
     ]
 
 
