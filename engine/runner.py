@@ -34,7 +34,7 @@ from engine import __version__, arbiter
 from engine.config import Settings
 from engine.conversation import run_conversation
 from engine.coordinator import Step, decide
-from engine.errors import IllegalTransition
+from engine.errors import IllegalTransition, PathOutsideWorkspace
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
@@ -42,7 +42,7 @@ from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
 from engine.tasks import check_status_change
-from engine.tools import ToolRegistry, default_registry
+from engine.tools import Sandbox, ToolRegistry, default_registry
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError
 from events.schema import (
@@ -257,7 +257,15 @@ class Engine:
         return notes
 
     def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
-        target = (self.workspace / path).resolve()
+        # The path comes from the log: it goes through the same resolver as when the
+        # tool ran, so a path that was refused then (or edited since) is refused
+        # again and nothing outside the workspace is read or recorded.
+        sandbox = Sandbox(self.workspace)
+        try:
+            target = sandbox.resolve(path)
+        except PathOutsideWorkspace as e:
+            return ToolExecuted(call_id=call_id, tool=tool, ok=False, error=f"not applied: {e}")
+        path = sandbox.relative(target)
         known = self.log.pipeline.files.get(path)
         before = known.digest if known else None
         try:
