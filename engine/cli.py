@@ -20,7 +20,7 @@ command is a few lines::
             ...
 
 ``db_option`` is the shared ``--db PATH`` (also ``AUTONOMY_DB``); ``settings_options``
-adds ``--config``, ``--mode``, ``--max-steps``, ``--model-url``, ``--api`` and
+adds ``--config``, ``--mode``, ``--max-steps``, ``--sandbox``, ``--model-url``, ``--api`` and
 ``--model`` and hands the command one ``SettingsFlags`` whose ``load(workspace)``
 gives the effective ``Settings``.
 """
@@ -225,9 +225,16 @@ _SETTINGS_OPTIONS = (
         metavar="NAME",
         help="Use this one model for every role. [env var: AUTONOMY_MODEL]",
     ),
+    click.option(
+        "--sandbox",
+        type=click.Choice(["auto", "required", "off"]),
+        help="How commands the model runs are confined: auto (bubblewrap when "
+        "installed, else a warning), required (refuse to run without it) or off. "
+        "[env var: AUTONOMY_SANDBOX]",
+    ),
 )
 
-_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model")
+_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model", "sandbox")
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:

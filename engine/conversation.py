@@ -21,6 +21,8 @@ from engine.model.recording import RecordingModel
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
 from engine.tools import ToolContext, ToolRegistry, execute
+from engine.tools.confine import Confinement
+from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
 
 RESULT_PREVIEW = 2000
@@ -47,6 +49,8 @@ def run_conversation(
     task_id: str,
     causation: int,
     prompt_digest: str = "",
+    confinement: Confinement | None = None,
+    digests: WorkspaceDigests | None = None,
 ) -> Outcome:
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
@@ -86,8 +90,19 @@ def run_conversation(
         )
         finished = False
         for call in reply.tool_calls:
+            ctx = ToolContext(
+                workspace=workspace,
+                blobs=log.store,
+                task_id=task_id,
+                tasks={t.task_id: t.status for t in log.pipeline.tasks.values()},
+                allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
+                command_timeout=settings.tools.command_timeout,
+                output_cap=settings.tools.output_cap,
+                confinement=confinement,
+                digests=digests,
+            )
             outcome_text, finishes = _run_tool(
-                log, tools, settings, workspace, task_id, call.name, call.arguments, responded
+                log, tools, ctx, call.name, call.arguments, responded
             )
             history.append(
                 Message(role="tool", content=outcome_text, tool_call_id=call.id, name=call.name)
@@ -105,9 +120,7 @@ def run_conversation(
 def _run_tool(
     log: RunLog,
     tools: ToolRegistry,
-    settings: Settings,
-    workspace: Path,
-    task_id: str,
+    ctx: ToolContext,
     name: str,
     arguments: dict[str, object],
     causation: int,
@@ -116,15 +129,6 @@ def _run_tool(
     requested = log.append(
         ToolRequested(call_id=call_id, tool=name, arguments=dict(arguments)), causation=causation
     )[0]
-    ctx = ToolContext(
-        workspace=workspace,
-        blobs=log.store,
-        task_id=task_id,
-        tasks={t.task_id: t.status for t in log.pipeline.tasks.values()},
-        allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
-        command_timeout=settings.tools.command_timeout,
-        output_cap=settings.tools.output_cap,
-    )
     outcome = execute(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
     if len(result) > RESULT_PREVIEW:

@@ -43,8 +43,11 @@ from engine.runlog import RunLog
 from engine.specialists import specialist_for
 from engine.tasks import check_status_change
 from engine.tools import Sandbox, ToolRegistry, default_registry
+from engine.tools.confine import Confinement, choose
+from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError
+from events.lease import describe_owner
 from events.schema import (
     ArbiterDecided,
     FileChange,
@@ -64,6 +67,11 @@ WORK = ("plan", "reason", "code", "debug", "qa")
 """The kinds of work a specialist does (``engine.specialists``)."""
 
 _FILE_TOOLS = ("create_file", "modify_file", "delete_file")
+
+_INTERRUPTED = (
+    "interrupted: the engine stopped while {tool} was running; it was ended with the "
+    "engine and is not run again, so its result is unknown. Run it again if you need it"
+)
 
 
 class ResumeRefused(AutonomyError):
@@ -87,6 +95,7 @@ class Engine:
         workspace: Path,
         tools: ToolRegistry | None = None,
         progress: Progress | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         self.log = log
         self.settings = settings
@@ -97,6 +106,8 @@ class Engine:
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed
+        self.confinement = confinement
+        self.digests = WorkspaceDigests()  # a cache of file hashes, not state
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -201,6 +212,8 @@ class Engine:
             task_id=task_id,
             causation=cause,
             prompt_digest=digest(messages),
+            confinement=self.confinement,
+            digests=self.digests,
         )
         if self.settings.mode == "orchestrated":
             self.log.append(
@@ -236,8 +249,14 @@ class Engine:
     # -- resume ------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Settle tools that were requested but never reported (a crash in between),
-        by comparing the workspace with the hashes the log holds."""
+        """Settle tools that were requested but never reported (a crash in between).
+
+        A file tool is settled by comparing the workspace with the hashes the log
+        holds. A command is settled as interrupted and never run again: it ended
+        with the engine (the run's lease proves that engine is gone, and the
+        confinement ends a command's process tree with its engine). The task it
+        was run for is marked failed with that reason, which the model reads in
+        the task's next prompt."""
         notes = []
         for pending in list(self.log.pipeline.pending_tools.values()):
             path = pending.arguments.get("path")
@@ -248,12 +267,16 @@ class Engine:
                     call_id=pending.call_id,
                     tool=pending.tool,
                     ok=False,
-                    error="interrupted by a crash; whether it finished is unknown, so it counts as not done",
+                    error=_INTERRUPTED.format(tool=pending.tool),
                 )
             self.log.append(event, causation=pending.version)
             notes.append(
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
             )
+            if pending.tool not in _FILE_TOOLS:
+                for task in self.log.pipeline.tasks.values():
+                    if task.status == "in_progress":
+                        self._set_status(task.task_id, "failed", pending.version, event.error)
         return notes
 
     def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
@@ -312,6 +335,32 @@ def summary(state: RunState) -> list[str]:
     return lines
 
 
+def hidden_from_commands(store: EventStore) -> list[Path]:
+    """What a command the model runs must not see: the log (with its WAL files)."""
+    db = getattr(store, "path", "")
+    if not db or db == ":memory:":
+        return []
+    return [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".leases")]
+
+
+def confine_commands(settings: Settings, store: EventStore) -> Confinement:
+    """The run's confinement, chosen once: ``ConfinementUnavailable`` (before any
+    event is written) when ``tools.sandbox = "required"`` cannot be met."""
+    tools = settings.tools
+    return choose(
+        tools.sandbox,
+        network=tools.network,
+        limits=tools.limits,
+        hidden=hidden_from_commands(store),
+    )
+
+
+def _say_confinement(confinement: Confinement, progress: Progress) -> None:
+    progress(f"commands run confined by {confinement.describe()}")
+    if confinement.warning:
+        progress(confinement.warning)
+
+
 def start_run(
     store: EventStore,
     *,
@@ -332,27 +381,46 @@ def start_run(
         )
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
+    confinement = confine_commands(settings, store)
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or new_run_id()
+    with store.lease(run_id, describe_owner()):
+        return _start(store, run_id, goal, workspace, settings, confinement, http, progress)
+
+
+def _start(
+    store: EventStore,
+    run_id: str,
+    goal: str,
+    workspace: Path,
+    settings: Settings,
+    confinement: Confinement,
+    http: httpx.Client | None,
+    progress: Progress | None,
+) -> RunLog:
     log = RunLog.create(
         store,
-        run_id or new_run_id(),
+        run_id,
         RunStarted(
             goal=goal,
             workspace=str(workspace),
             mode=settings.mode,
             config=msgspec.to_builtins(settings),
             engine_version=__version__,
+            confinement=confinement.describe(),
         ),
     )
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
+        _say_confinement(confinement, progress)
     Engine(
         log,
         settings=settings,
         client=ModelClient(http or httpx.Client()),
         workspace=workspace,
         progress=progress,
+        confinement=confinement,
     ).run()
     return log
 
@@ -365,7 +433,19 @@ def resume_run(
     http: httpx.Client | None = None,
     progress: Progress | None = None,
 ) -> RunLog:
-    """Continue a run that crashed or stopped, from its log alone."""
+    """Continue a run that crashed or stopped, from its log alone. Refused
+    (``LeaseHeld``) while another engine runs it."""
+    with store.lease(run_id, describe_owner()):
+        return _resume(store, run_id, settings, http, progress)
+
+
+def _resume(
+    store: EventStore,
+    run_id: str,
+    settings: Settings,
+    http: httpx.Client | None,
+    progress: Progress | None,
+) -> RunLog:
     log = RunLog(store, run_id)
     status = log.pipeline.status
     if status == "waiting_for_input":
@@ -378,12 +458,16 @@ def resume_run(
             f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
         )
     workspace = Path(log.pipeline.workspace)
+    confinement = confine_commands(settings, store)
+    if progress:
+        _say_confinement(confinement, progress)
     engine = Engine(
         log,
         settings=settings,
         client=ModelClient(http or httpx.Client()),
         workspace=workspace,
         progress=progress,
+        confinement=confinement,
     )
     for note in engine.recover():
         if progress:

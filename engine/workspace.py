@@ -26,6 +26,7 @@ from pathlib import Path
 from engine.errors import PathOutsideWorkspace
 from engine.tools.sandbox import Sandbox
 from events.errors import AutonomyError, RunNotFound
+from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
 from events.store import EventStore
 from projections.fold import project
@@ -204,6 +205,11 @@ def rewind(store: EventStore, run_id: str, to: int, *, reason: str = "") -> Rest
     Nothing is deleted from the log: the rewound events stay, the projection
     continues from the state at ``to``, and ``resume`` carries on from there.
     """
+    with store.lease(run_id, describe_owner()):
+        return _rewind(store, run_id, to, reason)
+
+
+def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     last = _check_version(store, run_id, to)
     workspace = Path(project(store, run_id).pipeline.workspace)
     wanted = files_at(store, run_id, to)

@@ -9,6 +9,7 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     │   ├── ConcurrencyError           stale expected_version; nothing was written
     │   ├── StoreCorrupted             the database file is unreadable or not ours
     │   ├── BlobNotFound               no blob stored under that digest
+    │   ├── LeaseHeld                  another live engine holds that run's lease
     │   └── RunNotFound                no events for that run id
     ├── SchemaError                    an event that cannot be decoded: unknown type,
     │                                  failing upcaster, or data that does not match
@@ -56,6 +57,10 @@ class StoreCorrupted(EventStoreError):
 
 class BlobNotFound(EventStoreError):
     """No blob is stored under that digest."""
+
+
+class LeaseHeld(EventStoreError):
+    """Another engine is running that run; nothing was changed."""
 
 
 class RunNotFound(EventStoreError):

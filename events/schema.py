@@ -82,6 +82,9 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     mode: str = "orchestrated"
     config: dict[str, Any] = {}
     engine_version: str = ""
+    confinement: str = ""
+    """How the run's commands are confined (``engine.tools.confine``), as described
+    when it started; "" in logs written before confinement existed."""
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):

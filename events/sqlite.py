@@ -24,6 +24,7 @@ import sqlite_utils
 
 from events.codec import Codec
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
+from events.lease import FileLeases
 from events.store import (
     READ_CHUNK,
     Clock,
@@ -112,6 +113,8 @@ class SQLiteEventStore(EventStore):
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
+        if self.path != ":memory:":
+            self._leases = FileLeases(Path(self.path + ".leases"))
         self._lock = threading.RLock()
         where = f"opening {self.path}"
         if self.path != ":memory:":

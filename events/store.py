@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import msgspec
 
 from events.codec import Codec, chain_hash, encode
 from events.errors import BlobNotFound, ConcurrencyError
+from events.lease import FileLeases, LocalLeases
 from events.schema import Event
 
 Clock = Callable[[], datetime]
@@ -151,7 +153,10 @@ def number(
 class EventStore(ABC):
     """The log. ``append`` is atomic per batch and checks the expected version."""
 
+    _leases: LocalLeases | FileLeases
+
     def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
+        self._leases = LocalLeases()
         self.clock = clock
         self.codec = codec if codec is not None else Codec()
 
@@ -289,6 +294,13 @@ class EventStore(ABC):
 
     @abstractmethod
     def _get_blob(self, digest: str) -> bytes | None: ...
+
+    # -- leases ----------------------------------------------------------------------
+
+    def lease(self, run_id: str, owner: str) -> AbstractContextManager[None]:
+        """Hold ``run_id``'s lease while the context lasts: ``LeaseHeld`` (naming the
+        owner) if another engine holds it. See ``events.lease``."""
+        return self._leases.hold(run_id, owner)
 
     # -- integrity -------------------------------------------------------------------
 

@@ -18,12 +18,16 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from engine.errors import ToolError
 from events.schema import Event, FileChange
+
+if TYPE_CHECKING:
+    from engine.tools.confine import Confinement
+    from engine.tools.snapshot import WorkspaceDigests
 
 
 class BlobSink(Protocol):
@@ -56,6 +60,11 @@ class ToolContext:
     """Characters of command output kept (head and tail); the middle is elided."""
     max_read_bytes: int = 200_000
     max_search_results: int = 100
+    confinement: Confinement | None = None
+    """How commands run; None: ``tools.sandbox = "auto"`` (``engine.tools.confine``)."""
+    digests: WorkspaceDigests | None = None
+    """The run's cache of file digests, so a command's snapshot rehashes only what
+    changed; None: hash every file."""
 
 
 class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):
