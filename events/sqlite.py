@@ -303,6 +303,20 @@ class SQLiteEventStore(EventStore):
                 (digest, len(content), content),
             )
 
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock, _mapped_errors("storing blobs"):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
+                    [(digest, len(content), content) for digest, content in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     def _get_blob(self, digest: str) -> bytes | None:
         with self._lock, _mapped_errors("reading a blob"):
             row = self._conn.execute(

@@ -280,6 +280,16 @@ class EventStore(ABC):
         self._put_blob(digest, content)
         return digest
 
+    def put_many(self, contents: Iterable[bytes]) -> list[str]:
+        """``put`` each of ``contents``, in one transaction where the backend has them."""
+        items = [(blob_digest(content), content) for content in contents]
+        self._put_blobs(items)
+        return [digest for digest, _ in items]
+
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for digest, content in items:
+            self._put_blob(digest, content)
+
     def get(self, digest: str) -> bytes:
         content = self._get_blob(digest)
         if content is None:

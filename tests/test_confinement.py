@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -79,14 +80,14 @@ DETACHED = textwrap.dedent(
 )
 
 
-def hostile_test(outside: Path, port: int) -> str:
+def hostile_test(outside: Path, system: Path, port: int) -> str:
     """A test file as a model could write it: it tries to get out in every way."""
     return textwrap.dedent(
         f"""
         import os, pathlib, socket, subprocess, sys, time
 
         def test_write_outside():
-            for target in ({str(outside / "escaped.txt")!r}, "/etc/autonomy-escaped.txt"):
+            for target in ({str(outside / "escaped.txt")!r}, {str(system)!r}):
                 try:
                     pathlib.Path(target).write_text("escaped")
                 except OSError as e:
@@ -136,14 +137,18 @@ def test_a_model_written_test_cannot_get_out(
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     port = listener.getsockname()[1]
-    (workspace / "test_escape.py").write_text(hostile_test(outside, port))
+    system = Path("/etc") / f"autonomy-escaped-{uuid.uuid4().hex}.txt"  # outside /tmp too
+    (workspace / "test_escape.py").write_text(hostile_test(outside, system, port))
     confinement = bubblewrap(hidden=[workspace / "mylog.db"])
 
-    outcome = run(workspace, ["python", "-m", "pytest", "-q", "-s"], confinement)
+    try:
+        outcome = run(workspace, ["python", "-m", "pytest", "-q", "-s"], confinement)
+        assert not system.exists()
+    finally:
+        system.unlink(missing_ok=True)
 
     assert "5 passed" in outcome.result, outcome.result
     assert not (outside / "escaped.txt").exists()
-    assert not Path("/etc/autonomy-escaped.txt").exists()
     assert "CONNECTED" not in outcome.result
     with pytest.raises(BlockingIOError):
         listener.accept()

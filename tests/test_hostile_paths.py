@@ -2,7 +2,7 @@
 
 Every entry point that turns a recorded or requested path into a file operation —
 the file tools, crash recovery (settling an interrupted tool), rewind, fork and any
-restore — goes through the one resolver, ``engine.tools.sandbox.Sandbox``. The log
+restore — goes through the one resolver, ``engine.tools.sandbox.Sandbox``. So do the path arguments of the commands the model runs. The log
 is not trusted here: these tests write logs that name hostile paths, as an edited
 log (or a hostile model followed by a crash) would.
 """
@@ -234,6 +234,11 @@ def test_no_entry_point_writes_outside_whatever_the_path(tmp_path_factory, raw: 
         outcome = execute(default_registry(), tool, args, ctx)
         if escapes(root, raw):
             assert not outcome.ok, (tool, raw)
+    if escapes(root, raw) and raw.strip("\x00") and not raw.startswith("-"):
+        # a command's path arguments go through the same resolver: refused, never run
+        argv = ["python", "-m", "py_compile", raw]
+        outcome = execute(default_registry(), "run_command", {"argv": argv}, ctx)
+        assert not outcome.ok and outcome.result == "", (raw, outcome)
     # recovery, rewind, fork and restore of a log that names the path
     store = MemoryEventStore()
     engine = recovering_engine(store, workspace, raw)

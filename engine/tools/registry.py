@@ -36,6 +36,10 @@ class BlobSink(Protocol):
 
     def put(self, content: bytes) -> str: ...
 
+    def put_many(self, contents: Iterable[bytes]) -> list[str]:
+        """``put`` each, in one transaction where the store has them."""
+        ...
+
 
 DEFAULT_ALLOWLIST: tuple[tuple[str, ...], ...] = (
     ("python", "-m", "pytest"),

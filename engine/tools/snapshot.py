@@ -33,6 +33,8 @@ SKIPPED_DIRS = frozenset(
 
 Signature = tuple[int, int, int, int]
 
+_BATCH_BYTES = 16 * 1024 * 1024
+
 
 def _files(root: Path) -> Iterator[tuple[str, Signature]]:
     stack = [(root, "")]
@@ -66,6 +68,8 @@ class WorkspaceDigests:
         new content stored in ``blobs``."""
         found: dict[str, tuple[str, int]] = {}
         known: dict[str, tuple[Signature, str]] = {}
+        pending: list[bytes] = []
+        pending_bytes = 0
         for name, signature in _files(root):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
@@ -77,9 +81,15 @@ class WorkspaceDigests:
                     continue
                 digest = hashlib.sha256(content).hexdigest()
                 if seen is None or seen[1] != digest:
-                    blobs.put(content)
+                    pending.append(content)  # stored in batches: one transaction each
+                    pending_bytes += len(content)
+                    if pending_bytes > _BATCH_BYTES:
+                        blobs.put_many(pending)
+                        pending, pending_bytes = [], 0
             known[name] = (signature, digest)
             found[name] = (digest, signature[0])
+        if pending:
+            blobs.put_many(pending)
         self._known = known
         return found
 
