@@ -4,12 +4,15 @@ The model's tool calls are executed write-ahead (``tool.requested`` is appended
 before the tool runs, ``tool.executed`` after, followed by any events the tool
 produced) and their results go back as ``role: "tool"`` messages, until the model
 calls a finishing tool or the turn limit is reached. A reply without a tool call
-gets one explicit nudge; a second one ends the conversation. Silence is never
+gets one explicit nudge; a second one ends the conversation. A call that fails
+exactly as the same call failed before gets a corrective note; the third time
+ends the conversation with that reason rather than at the turn limit. Silence is never
 success: only a finishing tool that succeeded finishes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +23,19 @@ from engine.errors import ModelError
 from engine.model.recording import RecordingModel
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
-from engine.tools import ToolContext, ToolRegistry, execute
+from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
+
+REPEAT_LIMIT = 3
+"""The same call failing the same way this often ends the task's conversation."""
+
+REPEATED = (
+    "\n\nYou made this exact {tool} call before and it failed the same way. Repeating it "
+    "will not help: read the error above and change the arguments, call a different "
+    "tool, or finish with the tool that ends your task."
+)
 
 RESULT_PREVIEW = 2000
 """Characters of a tool result kept inline in ``tool.executed``; longer goes to a blob."""
@@ -56,6 +68,7 @@ def run_conversation(
     history = list(messages)
     schemas = tools.schemas()
     nudged = False
+    failures: dict[tuple[str, str, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
     for turn in range(1, limit + 1):
         try:
@@ -89,6 +102,7 @@ def run_conversation(
             Message(role="assistant", content=reply.content, tool_calls=reply.tool_calls)
         )
         finished = False
+        repeated = ""
         for call in reply.tool_calls:
             ctx = ToolContext(
                 workspace=workspace,
@@ -101,15 +115,26 @@ def run_conversation(
                 confinement=confinement,
                 digests=digests,
             )
-            outcome_text, finishes = _run_tool(
-                log, tools, ctx, call.name, call.arguments, responded
-            )
-            history.append(
-                Message(role="tool", content=outcome_text, tool_call_id=call.id, name=call.name)
-            )
-            finished = finished or finishes
+            outcome = _run_tool(log, tools, ctx, call.name, call.arguments, responded)
+            text = outcome.text
+            if outcome.ok:
+                failures.clear()
+            else:
+                key = (call.name, _canonical(call.arguments), outcome.error)
+                failures[key] = failures.get(key, 0) + 1
+                if failures[key] >= REPEAT_LIMIT:
+                    repeated = (
+                        f"the model repeated the same failing call {REPEAT_LIMIT} times: "
+                        f"{call.name}: {outcome.error}"
+                    )
+                elif failures[key] > 1:
+                    text += REPEATED.format(tool=call.name)
+            history.append(Message(role="tool", content=text, tool_call_id=call.id, name=call.name))
+            finished = finished or outcome.finishes
         if finished:
             return Outcome(finished=True, reason="finished", turns=turn)
+        if repeated:
+            return Outcome(finished=False, reason=repeated, turns=turn)
     return Outcome(
         finished=False,
         reason=f"reached max_turns_per_task ({limit}) without finishing",
@@ -124,7 +149,7 @@ def _run_tool(
     name: str,
     arguments: dict[str, object],
     causation: int,
-) -> tuple[str, bool]:
+) -> ToolOutcome:
     call_id = log.next_id("t")
     requested = log.append(
         ToolRequested(call_id=call_id, tool=name, arguments=dict(arguments)), causation=causation
@@ -147,4 +172,8 @@ def _run_tool(
         *outcome.events,
         causation=requested.version,
     )
-    return outcome.text, outcome.finishes
+    return outcome
+
+
+def _canonical(arguments: object) -> str:
+    return json.dumps(arguments, sort_keys=True, default=str)

@@ -177,3 +177,37 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
     store, run_id, _ = run(DemoModels(), tmp_path)
     with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
         resume_run(store, run_id, settings=settings_for(server))
+
+
+class RepeatsAFailingCall:
+    """Plans one task, then asks for the same missing file for ever."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []  # each request's tool messages
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool(
+                "create_task_plan", tasks=[{"title": "read it", "target_file": "x.py"}]
+            )
+        messages = request.body.get("messages", [])
+        self.seen.append([m["content"] for m in messages if m.get("role") == "tool"])
+        return Reply.tool("read_file", path="missing.py")
+
+
+def test_the_same_failing_call_is_corrected_then_ends_the_task_turn(tmp_path: Path) -> None:
+    model = RepeatsAFailingCall()
+    store, run_id, _ = run(model, tmp_path, max_steps=4, mode="rules")
+    task = project(store, run_id).pipeline.tasks["t1"]
+    assert task.errors[0].startswith("the model repeated the same failing call 3 times: read_file")
+    reads = [
+        e.data
+        for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted) and e.data.tool == "read_file"
+    ]
+    assert len(reads) >= 3 and not any(r.ok for r in reads)
+    first, second = next(tools for tools in model.seen if len(tools) == 2)
+    assert "You made this exact read_file call before" in second
+    assert "You made this exact" not in first
+    assert not any(len(tools) > 2 for tools in model.seen), "the third failure ends the turn"
