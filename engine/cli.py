@@ -494,8 +494,10 @@ def run(
     """Run the agent on GOAL until it completes, fails or waits for input.
 
     GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
-    in the workspace is the goal. Progress (step, phase, task, tokens) is printed
-    as the run goes; the exit status is 0 only when the run completed.
+    in the workspace is the goal. Progress (step, phase, task, tokens) and every
+    failed model call are printed as the run goes. Exit status: 0 when the run
+    completed (every task done) or waits for an answer, 2 when it ended with some
+    tasks skipped (status partial), 1 otherwise.
 
     Example:
 
@@ -558,7 +560,10 @@ def _finish(state: RunState) -> None:
     click.echo("")
     for line in run_summary(state):
         click.echo(line)
-    if state.pipeline.status not in ("completed", "waiting_for_input"):
+    status = state.pipeline.status
+    if status == "partial":
+        raise click.exceptions.Exit(2)
+    if status not in ("completed", "waiting_for_input"):
         raise click.exceptions.Exit(1)
 
 

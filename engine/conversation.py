@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from engine.config import Settings
-from engine.errors import ModelError
+from engine.errors import ModelError, ModelResponseInvalid
 from engine.model.recording import RecordingModel
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
@@ -28,6 +28,11 @@ from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
 
+INVALID = (
+    "Your last answer could not be used: {error}. Answer again with one valid tool call "
+    "whose arguments are a complete JSON object."
+)
+
 REPEAT_LIMIT = 3
 """The same call failing the same way this often ends the task's conversation."""
 
@@ -35,6 +40,11 @@ REPEATED = (
     "\n\nYou made this exact {tool} call before and it failed the same way. Repeating it "
     "will not help: read the error above and change the arguments, call a different "
     "tool, or finish with the tool that ends your task."
+)
+
+DUPLICATE = (
+    "not run: this {tool} call is identical to an earlier call in the same answer, "
+    "which has run; its result is above"
 )
 
 RESULT_PREVIEW = 2000
@@ -67,7 +77,7 @@ def run_conversation(
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
     schemas = tools.schemas()
-    nudged = False
+    nudged = invalid = False
     failures: dict[tuple[str, str, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
     for turn in range(1, limit + 1):
@@ -80,10 +90,21 @@ def run_conversation(
                 causation=causation,
                 prompt_digest=prompt_digest,
             )
+        except ModelResponseInvalid as e:
+            # the model answered, but unusably (truncated or broken arguments): tell it
+            # why once, as the nudge does for prose; twice in a row ends the turn
+            if invalid:
+                return Outcome(
+                    finished=False, reason=f"model call failed: {e}", turns=turn, model_error=e
+                )
+            invalid = True
+            history.append(Message(role="user", content=INVALID.format(error=e)))
+            continue
         except ModelError as e:
             return Outcome(
                 finished=False, reason=f"model call failed: {e}", turns=turn, model_error=e
             )
+        invalid = False
         responded = log.version
         if not reply.tool_calls:
             if nudged:
@@ -103,7 +124,11 @@ def run_conversation(
         )
         finished = False
         repeated = ""
+        seen: set[str] = set()
         for call in reply.tool_calls:
+            same = f"{call.name}:{_canonical(call.arguments)}"
+            duplicate = same in seen
+            seen.add(same)
             ctx = ToolContext(
                 workspace=workspace,
                 blobs=log.store,
@@ -115,7 +140,9 @@ def run_conversation(
                 confinement=confinement,
                 digests=digests,
             )
-            outcome = _run_tool(log, tools, ctx, call.name, call.arguments, responded)
+            outcome = _run_tool(
+                log, tools, ctx, call.name, call.arguments, responded, duplicate=duplicate
+            )
             text = outcome.text
             if outcome.ok:
                 failures.clear()
@@ -149,12 +176,17 @@ def _run_tool(
     name: str,
     arguments: dict[str, object],
     causation: int,
+    *,
+    duplicate: bool = False,
 ) -> ToolOutcome:
     call_id = log.next_id("t")
     requested = log.append(
         ToolRequested(call_id=call_id, tool=name, arguments=dict(arguments)), causation=causation
     )[0]
-    outcome = execute(tools, name, arguments, ctx)
+    if duplicate:  # the same call twice in one answer runs once
+        outcome = ToolOutcome(ok=False, error=DUPLICATE.format(tool=name))
+    else:
+        outcome = execute(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
     if len(result) > RESULT_PREVIEW:
         result_ref = log.store.put(result.encode("utf-8"))

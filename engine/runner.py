@@ -33,7 +33,7 @@ import msgspec
 from engine import __version__, arbiter
 from engine.config import Settings
 from engine.conversation import run_conversation
-from engine.coordinator import Step, decide
+from engine.coordinator import Step, decide, model_trouble
 from engine.errors import IllegalTransition, PathOutsideWorkspace
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
@@ -51,6 +51,7 @@ from events.lease import describe_owner
 from events.schema import (
     ArbiterDecided,
     FileChange,
+    ModelFailed,
     RunFinished,
     RunStarted,
     SpecialistConsulted,
@@ -58,7 +59,7 @@ from events.schema import (
     ToolExecuted,
     UserAsked,
 )
-from events.store import EventStore
+from events.store import EventStore, RecordedEvent
 from projections.fold import RunState
 
 Progress = Callable[[str], None]
@@ -108,6 +109,8 @@ class Engine:
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed
         self.confinement = confinement
         self.digests = WorkspaceDigests()  # a cache of file hashes, not state
+        if progress is not None:
+            log.listeners.append(self._announce)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -120,7 +123,9 @@ class Engine:
         if self.settings.mode == "orchestrated":
             verdict = arbiter.decide(self.log.state, self.settings.limits, self.model)
         else:
-            rules = decide(self.log.pipeline, self.settings.limits)
+            rules = decide(
+                self.log.pipeline, self.settings.limits, model_trouble(self.log.orchestration)
+            )
             verdict = arbiter.Verdict(
                 step=rules,
                 action=rules.action,
@@ -153,7 +158,8 @@ class Engine:
         if step.action == "finish":
             self.log.append(RunFinished(status=step.status, reason=step.reason), causation=cause)
         elif step.action == "complete":
-            self.log.append(RunFinished(status="completed", reason=step.reason), causation=cause)
+            status = step.status or "completed"
+            self.log.append(RunFinished(status=status, reason=step.reason), causation=cause)
         elif step.action == "set_status":
             self._set_status(step.task_id, step.status, cause)
         elif step.action in WORK:
@@ -235,6 +241,17 @@ class Engine:
             )
         elif current == "in_progress":
             self._set_status(task_id, "failed", cause, outcome.reason)
+
+    def _announce(self, recorded: RecordedEvent) -> None:
+        """Say a failed model call when it happens, not only in the log."""
+        event = recorded.data
+        if isinstance(event, ModelFailed):
+            call = self.log.orchestration.open_calls.get(event.call_id)
+            who = f"{call.role} ({call.model}) " if call else ""
+            self.progress(
+                f"model call failed: {who}at {event.endpoint or '?'}: {event.kind}: "
+                f"{event.detail} (attempt {event.attempt})"
+            )
 
     def _report(self, step: Step) -> None:
         p = self.log.pipeline

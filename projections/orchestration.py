@@ -112,6 +112,10 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """request digest -> call id of the first successful response to it."""
     user_messages: tuple[tuple[str, str], ...] = ()
     """(question, answer) pairs; an open question has answer ""."""
+    failures_since_answer: int = 0
+    """Failed model attempts since the last answer: a model server that keeps failing."""
+    last_failure: str = ""
+    """The latest failed attempt: ``model server URL: kind: detail``."""
 
     @property
     def total_tokens(self) -> int:
@@ -126,6 +130,8 @@ class OrchestrationBuilder:
         "consultations",
         "conversations",
         "decisions",
+        "failures_since_answer",
+        "last_failure",
         "open_calls",
         "usage_by_model",
         "usage_by_role",
@@ -144,6 +150,8 @@ class OrchestrationBuilder:
         """Start from ``state``: over copies of its collections when ``transient``
         (for many events), else over editors of them (for one)."""
         self.user_messages = state.user_messages
+        self.failures_since_answer = state.failures_since_answer
+        self.last_failure = state.last_failure
         if transient:
             self.decisions = thaw_sequence(state.decisions)
             self.consultations = thaw_sequence(state.consultations)
@@ -172,6 +180,8 @@ class OrchestrationBuilder:
             open_calls=freeze_map(self.open_calls),
             answered=freeze_map(self.answered),
             user_messages=self.user_messages,
+            failures_since_answer=self.failures_since_answer,
+            last_failure=self.last_failure,
         )
 
 
@@ -214,6 +224,7 @@ def _model_requested(b: OrchestrationBuilder, event: ModelRequested, version: in
 
 
 def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: int) -> None:
+    b.failures_since_answer = 0
     call = b.open_calls.pop(event.call_id, None)
     if call is None:
         return
@@ -237,6 +248,9 @@ def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> 
     call = b.open_calls.get(event.call_id)
     if call is None:
         return
+    b.failures_since_answer += 1
+    where = f"model server {event.endpoint}: " if event.endpoint else ""
+    b.last_failure = f"{where}{event.kind}: {event.detail}" if event.detail else where + event.kind
     for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
         old = table.get(key, _UNUSED)
         table[key] = replace(old, failures=old.failures + 1)

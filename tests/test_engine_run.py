@@ -211,3 +211,50 @@ def test_the_same_failing_call_is_corrected_then_ends_the_task_turn(tmp_path: Pa
     assert "You made this exact read_file call before" in second
     assert "You made this exact" not in first
     assert not any(len(tools) > 2 for tools in model.seen), "the third failure ends the turn"
+
+
+def test_a_model_server_that_keeps_failing_is_named_live_and_in_the_reason(
+    tmp_path: Path,
+) -> None:
+    missing = lambda request: Reply.http_error(  # noqa: E731
+        404, "model 'm' not found, try pulling it first"
+    )
+    with ScriptedModelServer(missing) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build calc", "--workspace", str(tmp_path / "ws"),
+             "--db", str(tmp_path / "events.db"), "--model-url", server.url, "--api", "ollama",
+             "--model", "m", "--run-id", "r"],
+        )  # fmt: skip
+        url = server.url
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "model call failed: reasoning (m) at" in result.output
+    assert f"at {url}" in result.output and "model 'm' not found" in result.output
+    state = project(open_store(tmp_path / "events.db"), "r").pipeline
+    assert state.status == "failed"
+    assert state.reason.startswith(f"model server {url}")
+    assert "not found, try pulling it first" in state.reason and "failed attempt(s)" in state.reason
+
+
+class OneTaskNeverFinishes(DemoModels):
+    """The demo, but the test task's coder never calls complete_task."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if task == "t2":
+            return Reply.tool("list_directory", path=".")
+        return super()._code(task, done, fixing)
+
+
+def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path: Path) -> None:
+    with ScriptedModelServer(OneTaskNeverFinishes()) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build calc", "--workspace", str(tmp_path / "ws"),
+             "--db", str(tmp_path / "events.db"), "--model-url", server.url, "--api", "ollama",
+             "--model", "m", "--run-id", "r", "--max-steps", "60"],
+        )  # fmt: skip
+    state = project(open_store(tmp_path / "events.db"), "r").pipeline
+    assert state.tasks["t2"].status == "skipped" and state.tasks["t1"].status == "completed"
+    assert state.status == "partial", state.reason
+    assert state.reason == "1 of 2 task(s) completed; 1 skipped"
+    assert result.exit_code == 2, result.output

@@ -206,15 +206,21 @@ hostile_path = st.one_of(
 
 
 def escapes(root: Path, raw: str) -> bool:
-    """Whether writing ``raw`` from the workspace would leave it or enter the tooling."""
+    """Whether ``raw``, read from the workspace, leaves it or enters the tooling's
+    directories — read lexically (``a/..`` is ``.``) or as the kernel reads it (``..``
+    after a symbolic link is the link target's parent): either counts."""
     if "\x00" in raw:
         return True
-    ws = root / "ws"
-    candidate = Path(raw) if os.path.isabs(raw) else ws / raw.replace("\\", "/")
-    real = Path(os.path.realpath(candidate))
-    inside = real.is_relative_to(ws.resolve())
-    parts = {p.casefold() for p in Path(raw.replace("\\", "/")).parts}
-    return not inside or bool(parts & {".git", ".autonomy"})
+    ws = (root / "ws").resolve()
+    text = raw.replace("\\", "/")
+    base = Path(text) if os.path.isabs(text) else ws / text
+    for candidate in (Path(os.path.realpath(base)), Path(os.path.normpath(base))):
+        if not candidate.is_relative_to(ws):
+            return True
+        parts = {p.casefold() for p in candidate.relative_to(ws).parts}
+        if parts & {".git", ".autonomy"}:
+            return True
+    return False
 
 
 @settings(
