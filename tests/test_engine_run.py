@@ -258,3 +258,14 @@ def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path:
     assert state.status == "partial", state.reason
     assert state.reason == "1 of 2 task(s) completed; 1 skipped"
     assert result.exit_code == 2, result.output
+
+
+def test_certificates_are_loaded_only_for_https_model_servers() -> None:
+    from engine.runner import http_client
+
+    plain = load_settings(env={}, overrides={"model_url": "http://127.0.0.1:1", "model": "m"})
+    secure = load_settings(env={}, overrides={"model_url": "https://models.example", "model": "m"})
+    with http_client(plain) as http:
+        assert http._transport._pool._ssl_context.verify_mode.name == "CERT_NONE"  # type: ignore[attr-defined]
+    with http_client(secure) as http:
+        assert http._transport._pool._ssl_context.verify_mode.name == "CERT_REQUIRED"  # type: ignore[attr-defined]
