@@ -8,7 +8,6 @@ rather than skip without it, so that CI cannot pass on the unconfined path.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -16,11 +15,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from waiting import lock_is_free, wait_until
 
 from engine.errors import ConfinementUnavailable
 from engine.tools import ToolContext, ToolOutcome, default_registry, execute
@@ -47,24 +46,6 @@ def run(workspace: Path, argv: list[str], confinement: Confinement, **ctx: objec
         workspace=workspace, blobs=MemoryEventStore(), confinement=confinement, **ctx
     )  # type: ignore[arg-type]
     return execute(default_registry(), "run_command", {"argv": argv}, context)
-
-
-def wait_until(condition: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
-
-
-def lock_is_free(path: Path) -> bool:
-    """Whether nobody holds ``path``'s flock: the process that took it is gone."""
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
 
 
 DETACHED = textwrap.dedent(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import lock_is_free, wait_until
 
 from engine.tools import ToolContext, ToolOutcome, default_registry, execute
 from engine.tools.commands import allowed
@@ -158,21 +158,9 @@ def test_a_timeout_also_stops_what_the_command_started(tmp_path: Path, sandbox: 
     )
     outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
     assert "timed out" in outcome.error and "ready" in outcome.result, outcome.text
-    deadline = time.monotonic() + 20
-    while not lock_is_free(tmp_path / "holder.lock"):
-        assert time.monotonic() < deadline, "the helper outlived the command"
-        time.sleep(0.02)
+    wait_until(lambda: lock_is_free(tmp_path / "holder.lock"), "the helper is gone")
     (tmp_path / "go").write_text("")
     assert not (tmp_path / "late.txt").exists()
-
-
-def lock_is_free(path: Path) -> bool:
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
 
 
 # -- the argv policy ---------------------------------------------------------------------
