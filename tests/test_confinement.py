@@ -300,3 +300,14 @@ def open_store_runs(db: Path) -> list[object]:
 
     with open_store(db) as store:
         return list(store.runs())
+
+
+def test_the_interpreter_and_autonomy_stay_importable_wherever_they_are_installed(
+    tmp_path: Path,
+) -> None:
+    """The private /tmp must not hide a virtualenv or a checkout that lives under /tmp
+    (CI clones there): pytest loads autonomy's plugin in every command."""
+    code = "import engine, events, projections, pytest, sys; print('prefix', sys.prefix)"
+    outcome = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert outcome.ok, outcome.result
+    assert f"prefix {sys.prefix}" in outcome.result

@@ -35,6 +35,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,16 +104,16 @@ class Confinement:
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
         if not self.network:
             args += ["--tmpfs", "/run"]
-        for path in self.hidden:
-            args += _hide(path, workspace)
+        for path in _python_paths():  # a venv or checkout under /tmp stays visible
+            if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
+                args += ["--ro-bind", str(path), str(path)]
         args += ["--bind", str(workspace), str(workspace)]
         if (workspace / ".git").is_dir():
             args += ["--ro-bind", str(workspace / ".git"), str(workspace / ".git")]
         if (workspace / ".autonomy").is_dir():
             args += ["--tmpfs", str(workspace / ".autonomy")]
-        for path in self.hidden:  # again: the workspace bind may have uncovered them
-            if path.is_relative_to(workspace):
-                args += _hide(path, workspace)
+        for path in self.hidden:  # last, so that no bind above uncovers them
+            args += _hide(path)
         args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(workspace), "--", *command]
         return args
 
@@ -190,7 +191,31 @@ def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
     return process.wait()
 
 
-def _hide(path: Path, workspace: Path) -> list[str]:
+def _python_paths() -> list[Path]:
+    """Where the interpreter that runs ``python -m pytest`` lives and imports from:
+    the environment's prefixes and every directory on its import path."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    candidates.update(p for p in sys.path if p)
+    # autonomy's own packages, wherever an editable install maps them from: pytest
+    # loads autonomy's plugin (an entry point) in every test run
+    candidates.add(str(Path(__file__).resolve().parents[1]))  # engine/
+    candidates.update(
+        os.path.dirname(module.__file__ or "")
+        for name in ("events", "projections")
+        if (module := sys.modules.get(name)) is not None
+    )
+    found = []
+    for candidate in sorted(candidates):
+        path = Path(os.path.realpath(candidate))
+        if path.is_dir():
+            found.append(path)
+            if Path(candidate) != path:  # the link itself too (a venv's bin/python)
+                found.append(Path(os.path.abspath(candidate)))
+    # outermost first: a bind inside another bind must come after it
+    return sorted(set(found), key=lambda p: len(p.parts))
+
+
+def _hide(path: Path) -> list[str]:
     if path.is_dir():
         return ["--tmpfs", str(path)]
     if path.exists():
