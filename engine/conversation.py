@@ -10,8 +10,9 @@ success: only a finishing tool that succeeded finishes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -20,8 +21,11 @@ from engine.errors import ModelError
 from engine.model.recording import RecordingModel
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
-from engine.tools import ToolContext, ToolRegistry, execute
+from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from events.schema import Message, ToolExecuted, ToolRequested
+
+ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolOutcome]
+"""Runs one tool call: ``engine.tools.execute``, or a replay's results from the log."""
 
 RESULT_PREVIEW = 2000
 """Characters of a tool result kept inline in ``tool.executed``; longer goes to a blob."""
@@ -47,6 +51,7 @@ def run_conversation(
     task_id: str,
     causation: int,
     prompt_digest: str = "",
+    run_tool: ToolRunner = execute,
 ) -> Outcome:
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
@@ -87,7 +92,15 @@ def run_conversation(
         finished = False
         for call in reply.tool_calls:
             outcome_text, finishes = _run_tool(
-                log, tools, settings, workspace, task_id, call.name, call.arguments, responded
+                log,
+                tools,
+                settings,
+                workspace,
+                task_id,
+                call.name,
+                call.arguments,
+                responded,
+                run_tool,
             )
             history.append(
                 Message(role="tool", content=outcome_text, tool_call_id=call.id, name=call.name)
@@ -111,6 +124,7 @@ def _run_tool(
     name: str,
     arguments: dict[str, object],
     causation: int,
+    run_tool: ToolRunner,
 ) -> tuple[str, bool]:
     call_id = log.next_id("t")
     requested = log.append(
@@ -125,7 +139,7 @@ def _run_tool(
         command_timeout=settings.tools.command_timeout,
         output_cap=settings.tools.output_cap,
     )
-    outcome = execute(tools, name, arguments, ctx)
+    outcome = run_tool(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
     if len(result) > RESULT_PREVIEW:
         result_ref = log.store.put(result.encode("utf-8"))

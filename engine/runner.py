@@ -32,7 +32,7 @@ import msgspec
 
 from engine import __version__, arbiter
 from engine.config import Settings
-from engine.conversation import run_conversation
+from engine.conversation import ToolRunner, run_conversation
 from engine.coordinator import Step, decide
 from engine.errors import IllegalTransition
 from engine.model.client import ModelClient
@@ -42,13 +42,14 @@ from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
 from engine.tasks import check_status_change
-from engine.tools import ToolRegistry, default_registry
+from engine.tools import ToolRegistry, default_registry, execute
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError
 from events.schema import (
     ArbiterDecided,
     FileChange,
     RunFinished,
+    RunResumed,
     RunStarted,
     SpecialistConsulted,
     TaskUpdated,
@@ -87,6 +88,7 @@ class Engine:
         workspace: Path,
         tools: ToolRegistry | None = None,
         progress: Progress | None = None,
+        run_tool: ToolRunner = execute,
     ) -> None:
         self.log = log
         self.settings = settings
@@ -94,6 +96,9 @@ class Engine:
         self.tools = (
             tools if tools is not None else ToolRegistry((*default_registry(), SET_TASK_PRIORITY))
         )
+        self.run_tool = run_tool
+        """Runs one tool call (``engine.tools.execute``); a replay takes results from
+        the log instead (``engine.replay_sources.RecordedTools``)."""
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed
@@ -201,6 +206,7 @@ class Engine:
             task_id=task_id,
             causation=cause,
             prompt_digest=digest(messages),
+            run_tool=self.run_tool,
         )
         if self.settings.mode == "orchestrated":
             self.log.append(
@@ -376,6 +382,15 @@ def resume_run(
         client=ModelClient(http or httpx.Client()),
         workspace=workspace,
         progress=progress,
+    )
+    # marks where the previous engine stopped: a replay stops its own engine there
+    log.append(
+        RunResumed(
+            engine_version=__version__,
+            pending_tools=tuple(log.pipeline.pending_tools),
+            open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
+            config=msgspec.to_builtins(settings),
+        )
     )
     for note in engine.recover():
         if progress:
