@@ -7,6 +7,7 @@ calls one library function (``engine.replay``, ``projections.project``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import msgspec
 from tabulate import tabulate
 
 from engine.cli import cli, db_option, opened_log
+from engine.replay import TOOL_SOURCES, ToolSource
 from engine.replay import replay as replay_run
 from engine.runner import new_run_id
 from engine.workspace import fork as fork_run
@@ -33,29 +35,53 @@ from projections.sequence import Appended
     metavar="V",
     help="Replay and compare only up to version V.",
 )
+@click.option(
+    "--tools",
+    type=click.Choice(TOOL_SOURCES),
+    default="live",
+    show_default=True,
+    envvar="AUTONOMY_REPLAY_TOOLS",
+    show_envvar=True,
+    help="live: run the tools in a scratch workspace (do they still behave the same?); "
+    "recorded: take their results and file changes from the log (does the engine "
+    "still decide the same?), much faster.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
 @db_option
 @click.pass_context
-def replay(ctx: click.Context, run_id: str, until: int | None, db: Path | None) -> None:
+def replay(
+    ctx: click.Context,
+    run_id: str,
+    until: int | None,
+    tools: ToolSource,
+    as_json: bool,
+    db: Path | None,
+) -> None:
     """Re-execute a run with the current code; the model answers from the log.
 
     No model server is asked: the i-th model request gets the i-th recorded
-    answer, once the request is checked to be the one recorded. Tools really run,
-    in a temporary copy of the workspace restored from the log as it was when the
-    run started. The events written are compared with the recorded ones (times,
+    answer, once the whole request (messages, options, tools and their schemas)
+    is checked to be the one recorded. User answers, rewinds, forks, kills and
+    what recovery settled after them are taken from the log where the run met
+    them. With --tools live, tools really run in a temporary copy of the
+    workspace restored from the log; with --tools recorded their results come
+    from the log. The events written are compared with the recorded ones (times,
     durations, hashes and timings in outputs aside). Prints "identical (N
-    events)", or the first divergence: its version, the expected and actual event
-    types and a diff (for a model request: which message changed and how). Exit
-    status 1 on a divergence.
+    events)", or the first divergence: a line saying what differs, then a diff.
+    Exit status 1 on a divergence.
 
     Example:
 
     \b
         autonomy replay run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
-        autonomy replay RUN_ID --until 40
+        autonomy replay RUN_ID --until 40 --tools recorded
     """
     with opened_log(db) as store:
-        result = replay_run(store, run_id, until=until)
-    click.echo(result.report())
+        result = replay_run(store, run_id, until=until, tools=tools)
+    if as_json:
+        click.echo(json.dumps(result.document(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(result.report())
     if not result.identical:
         ctx.exit(1)
 
