@@ -11,6 +11,7 @@ what was written stays, what was not is lost.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,15 @@ class KillableStore(MemoryEventStore):
 class Quick(DemoModels):
     """The demo's plan and reviews, with file tools only (no commands to wait for)."""
 
+    content = "# {task}\nX = {done}\n"
+    """What the coder writes."""
+
     def _code(self, task: str, done: int, fixing: bool) -> Reply:
         target = "calc.py" if task == "t1" else "test_calc.py"
         steps = [
-            Reply.tool("create_file", path=target, content=f"# {task}\nX = {done}\n"),
+            Reply.tool(
+                "create_file", path=target, content=self.content.format(task=task, done=done)
+            ),
             Reply.tool("complete_task", task_id=task, summary="written"),
         ]
         return steps[min(done, len(steps) - 1)]
@@ -111,14 +117,18 @@ def start(
             http=http,
             run_id="r",
         )
+    store.kill_after = None  # a kill not reached by the time the engine stopped
     return "r"
 
 
 def resume(
     store: KillableStore, run_id: str, server: ScriptedModelServer, **overrides: Any
 ) -> None:
-    with httpx.Client() as http, contextlib.suppress(Killed):
-        resume_run(store, run_id, settings=config(server, **overrides), http=http)
+    try:
+        with httpx.Client() as http, contextlib.suppress(Killed):
+            resume_run(store, run_id, settings=config(server, **overrides), http=http)
+    finally:
+        store.kill_after = None  # a kill not reached by the time the engine stopped
 
 
 def answer(store: KillableStore, run_id: str, text: str = "Python 3.12") -> None:
@@ -265,7 +275,8 @@ def test_any_run_the_engine_can_produce_replays_identically(
     store = KillableStore()
     workspace = tmp_path_factory.mktemp("any") / "ws"
     kills = st.one_of(st.none(), st.integers(0, 30))
-    store.kill_after = data.draw(kills, label="first kill")
+    # the first append writes run.started: a kill before it leaves no run at all
+    store.kill_after = data.draw(st.one_of(st.none(), st.integers(1, 30)), label="first kill")
     steps = data.draw(st.integers(3, 30), label="max_steps")
     run_id = start(store, workspace, server, max_steps=steps)
     for _ in range(data.draw(st.integers(0, 4), label="rounds")):
@@ -281,3 +292,159 @@ def test_any_run_the_engine_can_produce_replays_identically(
         except (ResumeRefused, ConcurrencyError):
             store.kill_after = None
     assert_replays(store, run_id)
+
+
+# -- counterfactual replay and diff ------------------------------------------------------
+
+
+class Terse(Quick):
+    """Writes other file contents than ``Quick``: a different model."""
+
+    content = "# {task}, tersely\n"
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from engine.cli import cli as autonomy
+
+    result = CliRunner().invoke(autonomy, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def quick_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete orchestrated run ``q`` of the ``Quick`` models, in a file log."""
+    base = tmp_path_factory.mktemp("live")
+    db = base / "events.db"
+    with ScriptedModelServer(Quick()) as running:
+        code, out = cli(
+            *("run", GOAL, "--workspace", str(base / "ws"), "--db", str(db)),
+            *("--model-url", running.url, "--api", "ollama", "--model", "m", "--run-id", "q"),
+        )
+    assert code == 0, out
+    return db
+
+
+def change_prompt(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, action: str, text: str
+) -> None:
+    """Change one system prompt for this test (built prompts are memoised)."""
+    from engine import prompts
+
+    monkeypatch.setitem(prompts.SYSTEM, action, text)
+    prompts.build_prompt.cache_clear()
+    request.addfinalizer(prompts.build_prompt.cache_clear)
+
+
+def copy_of(db: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    return copy
+
+
+def first_write(db: Path, run_id: str) -> int:
+    from engine.storage import open_store
+
+    with open_store(db) as store:
+        return next(
+            e.version
+            for e in store.read(run_id)
+            if isinstance(e.data, ToolExecuted) and e.data.files_changed
+        )
+
+
+def step_before(db: Path, run_id: str, version: int) -> int:
+    """The last version before the step holding ``version``."""
+    from engine.storage import open_store
+    from events.schema import ArbiterDecided
+
+    with open_store(db) as store:
+        decided = [
+            e.version
+            for e in store.read(run_id, upto=version)
+            if isinstance(e.data, ArbiterDecided)
+        ]
+    return decided[-1] - 1
+
+
+def test_live_from_a_version_forks_the_run_and_a_live_model_continues_it(
+    quick_db: Path, tmp_path: Path
+) -> None:
+    db = copy_of(quick_db, tmp_path)
+    at = step_before(db, "q", first_write(db, "q"))  # the step that writes the first file
+    with ScriptedModelServer(Terse()) as other:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "terse"),
+            *("--workspace", str(tmp_path / "terse"), "--model-url", other.url),
+        )
+        asked = len(other.chat_requests)
+    assert code == 0, out
+    assert f"replayed: identical ({at} events)" in out
+    assert "live branch terse: completed" in out and "autonomy diff q terse" in out
+    assert asked > 0, "the live branch asked the live model"
+    assert (tmp_path / "terse" / "calc.py").read_text() == "# t1, tersely\n"
+
+    code, out = cli("diff", "q", "terse", "--db", str(db))
+
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("first divergent step, after ")
+    assert lines[1].startswith('  q: tool create_file {"content": "# t1\\nX = 0')
+    assert lines[2].startswith('  terse: tool create_file {"content": "# t1, tersely')
+    code, out = cli("diff", "q", "terse", "--db", str(db), "--json")
+    document = json.loads(out)
+    assert document["first_divergent_step"]["q"]["kind"] == "tool"
+    assert set(document["phases"]["coding"]) == {"q", "terse"}
+
+
+def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
+    quick_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from engine import prompts
+
+    db = copy_of(quick_db, tmp_path)
+    change_prompt(monkeypatch, request, "qa", prompts.SYSTEM["qa"] + " Be brief.")
+    with ScriptedModelServer(Quick()) as running:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--continue-live", "--as", "brief"),
+            *("--workspace", str(tmp_path / "brief"), "--model-url", running.url),
+        )
+        prompts_seen = [
+            m["content"]
+            for r in running.chat_requests
+            for m in r.body.get("messages", [])
+            if m.get("role") == "system"
+        ]
+    assert code == 0, out
+    assert "replayed: diverged at version" in out and "message 1 (system) changed" in out
+    assert "live branch brief: completed" in out
+    assert any(p.endswith("Be brief.") for p in prompts_seen), "the new prompt went live"
+
+    code, out = cli("diff", "q", "brief", "--db", str(db))
+    assert code == 0 and "took the same" in out, out
+
+
+def test_live_from_a_version_the_code_does_not_reach_is_refused(
+    quick_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    db = copy_of(quick_db, tmp_path)
+    change_prompt(monkeypatch, request, "code", "Write code.")
+    last = first_write(db, "q") + 40
+    code, out = cli("replay", "q", "--db", str(db), "--live-from", str(last), "--as", "x")
+    assert code == 1 and out.startswith("Error: ") and "--continue-live" in out
+    code, out = cli("runs", "--db", str(db))
+    assert " x " not in out, "nothing was forked"
+
+
+def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None:
+    code, out = cli("diff", "q", "q", "--db", str(quick_db))
+    assert code == 0, out
+    assert out.splitlines()[0].startswith("q and q took the same ")
