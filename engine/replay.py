@@ -283,8 +283,9 @@ class _Segment:
                 recorded = (
                     expected[asked.version - 1].type if asked.version <= len(expected) else "(none)"
                 )
+                detail = str(stopped).removeprefix(stopped.headline).lstrip("\n")
                 divergence = Divergence(
-                    asked.version, recorded, asked.type, str(stopped), headline=stopped.headline
+                    asked.version, recorded, asked.type, detail, headline=stopped.headline
                 )
             return ReplayResult(run_id, asked.version, divergence, run_id)
         divergence = compare(expected, produced, normalise)
