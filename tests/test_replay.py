@@ -347,29 +347,3 @@ def test_a_changed_tool_schema_is_reported_with_what_changed(
     )
     assert "  tool create_file: the description of `path` changed" in out
     assert "+" in out and 'directories are created (relative)"' in out
-
-
-def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from engine.model import recording
-    from engine.tools.registry import Tool
-
-    # a log as older versions wrote it: requests without the tools' schemas
-    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, tools: "")
-    db = record(tmp_path)
-    monkeypatch.undo()
-    original = Tool.schema
-
-    def reworded(self: Tool[Any]) -> dict[str, Any]:
-        schema = original(self)
-        if self.name == "create_file":
-            schema["function"]["description"] += " Carefully."
-        return schema
-
-    monkeypatch.setattr(Tool, "schema", reworded)
-
-    code, out = invoke("replay", "r", "--db", str(db))
-
-    assert code == 1
-    assert "the tools' schemas changed" in out.splitlines()[0]

@@ -448,3 +448,59 @@ def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None
     code, out = cli("diff", "q", "q", "--db", str(quick_db))
     assert code == 0, out
     assert out.splitlines()[0].startswith("q and q took the same ")
+
+
+def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
+    tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.model import recording
+    from engine.tools.registry import Tool
+
+    # a log as older versions wrote it: requests without the tools' schemas
+    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, tools: "")
+    store, run_id = answered_run(tmp_path, server)
+    resume(store, run_id, server)
+    monkeypatch.undo()
+    assert_replays(store, run_id, tools="recorded")
+    original = Tool.schema
+
+    def reworded(self: Tool[Any]) -> dict[str, Any]:
+        schema = original(self)
+        if self.name == "create_file":
+            schema["function"]["description"] += " Carefully."
+        return schema
+
+    monkeypatch.setattr(Tool, "schema", reworded)
+
+    result = replay(store, run_id, tools="recorded")
+
+    assert not result.identical
+    assert "the tools' schemas changed" in result.report().splitlines()[0]
+
+
+def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
+    tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.runlog import RunLog as Log
+
+    append = Log.append
+
+    def without_marker(self: Log, *events: Event, causation: int | None = None) -> Any:
+        if events and all(isinstance(e, RunResumed) for e in events):
+            return []  # as resume did before the marker existed
+        return append(self, *events, causation=causation)
+
+    monkeypatch.setattr(Log, "append", without_marker)
+    for kill_after in range(1, 40):  # the first kill that cuts a model call off
+        store, run_id = answered_run(tmp_path / str(kill_after), server)
+        store.kill_after = kill_after
+        resume(store, run_id, server)
+        if project(store, run_id).orchestration.open_calls:
+            break
+    else:  # pragma: no cover - the scripted run always calls the model
+        pytest.fail("no kill cut a model call off")
+    resume(store, run_id, server)
+    monkeypatch.undo()
+    assert not any(isinstance(e.data, RunResumed) for e in store.read(run_id))
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
