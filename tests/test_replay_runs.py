@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from events import MemoryEventStore
 from events.errors import ConcurrencyError
 from events.schema import Event, RunResumed, ToolExecuted, UserAnswered
 from events.store import RecordedEvent
-from projections import project
+from projections import RunState, project
 
 
 class Killed(BaseException):
@@ -181,6 +181,20 @@ def answered_run(tmp_path: Path, server: ScriptedModelServer) -> tuple[KillableS
     return store, run_id
 
 
+def killed_when(
+    tmp_path: Path, server: ScriptedModelServer, left: Callable[[RunState], bool]
+) -> tuple[KillableStore, str]:
+    """An answered run resumed and killed at the first append that leaves its
+    state as ``left`` says (a tool pending, a model call open)."""
+    for kill_after in range(1, 40):
+        store, run_id = answered_run(tmp_path / str(kill_after), server)
+        store.kill_after = kill_after
+        resume(store, run_id, server)
+        if left(project(store, run_id)):
+            return store, run_id
+    raise AssertionError("no kill left the run that way")
+
+
 @pytest.mark.parametrize("kill_after", [3, 4, 6, 9, 14])
 def test_a_run_killed_at_an_append_and_resumed_replays(
     tmp_path: Path, server: ScriptedModelServer, kill_after: int
@@ -200,16 +214,8 @@ def test_a_run_killed_at_an_append_and_resumed_replays(
 def test_a_tool_settled_by_recovery_is_taken_from_the_log(
     tmp_path: Path, server: ScriptedModelServer
 ) -> None:
-    # the first kill that leaves a tool requested but never reported
-    for kill_after in range(1, 40):
-        store, run_id = answered_run(tmp_path / str(kill_after), server)
-        store.kill_after = kill_after
-        resume(store, run_id, server)
-        pending = set(project(store, run_id).pipeline.pending_tools)
-        if pending:
-            break
-    else:  # pragma: no cover - the scripted run always requests tools
-        pytest.fail("no kill left a tool pending")
+    store, run_id = killed_when(tmp_path, server, lambda state: bool(state.pipeline.pending_tools))
+    pending = set(project(store, run_id).pipeline.pending_tools)
     resume(store, run_id, server)
     settled = [
         e.data
@@ -491,14 +497,9 @@ def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
         return append(self, *events, causation=causation)
 
     monkeypatch.setattr(Log, "append", without_marker)
-    for kill_after in range(1, 40):  # the first kill that cuts a model call off
-        store, run_id = answered_run(tmp_path / str(kill_after), server)
-        store.kill_after = kill_after
-        resume(store, run_id, server)
-        if project(store, run_id).orchestration.open_calls:
-            break
-    else:  # pragma: no cover - the scripted run always calls the model
-        pytest.fail("no kill cut a model call off")
+    store, run_id = killed_when(
+        tmp_path, server, lambda state: bool(state.orchestration.open_calls)
+    )
     resume(store, run_id, server)
     monkeypatch.undo()
     assert not any(isinstance(e.data, RunResumed) for e in store.read(run_id))
