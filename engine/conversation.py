@@ -13,8 +13,9 @@ success: only a finishing tool that succeeded finishes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -27,6 +28,9 @@ from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
+
+ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolOutcome]
+"""Runs one tool call: ``engine.tools.execute``, or a replay's results from the log."""
 
 INVALID = (
     "Your last answer could not be used: {error}. Answer again with one valid tool call "
@@ -73,6 +77,7 @@ def run_conversation(
     prompt_digest: str = "",
     confinement: Confinement | None = None,
     digests: WorkspaceDigests | None = None,
+    run_tool: ToolRunner = execute,
 ) -> Outcome:
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
@@ -141,7 +146,7 @@ def run_conversation(
                 digests=digests,
             )
             outcome = _run_tool(
-                log, tools, ctx, call.name, call.arguments, responded, duplicate=duplicate
+                log, tools, ctx, call.name, call.arguments, responded, run_tool, duplicate=duplicate
             )
             text = outcome.text
             if outcome.ok:
@@ -176,6 +181,7 @@ def _run_tool(
     name: str,
     arguments: dict[str, object],
     causation: int,
+    run_tool: ToolRunner,
     *,
     duplicate: bool = False,
 ) -> ToolOutcome:
@@ -186,7 +192,7 @@ def _run_tool(
     if duplicate:  # the same call twice in one answer runs once
         outcome = ToolOutcome(ok=False, error=DUPLICATE.format(tool=name))
     else:
-        outcome = execute(tools, name, arguments, ctx)
+        outcome = run_tool(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
     if len(result) > RESULT_PREVIEW:
         result_ref = log.store.put(result.encode("utf-8"))

@@ -32,7 +32,7 @@ import msgspec
 
 from engine import __version__, arbiter
 from engine.config import Settings
-from engine.conversation import run_conversation
+from engine.conversation import ToolRunner, run_conversation
 from engine.coordinator import Step, decide, model_trouble
 from engine.errors import IllegalTransition, PathOutsideWorkspace
 from engine.model.client import ModelClient
@@ -43,7 +43,7 @@ from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
 from engine.tasks import check_status_change
-from engine.tools import Sandbox, ToolRegistry, default_registry
+from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
@@ -54,6 +54,7 @@ from events.schema import (
     FileChange,
     ModelFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SpecialistConsulted,
     TaskUpdated,
@@ -69,6 +70,8 @@ WORK = ("plan", "reason", "code", "debug", "qa")
 """The kinds of work a specialist does (``engine.specialists``)."""
 
 _FILE_TOOLS = ("create_file", "modify_file", "delete_file")
+
+_UNKNOWN = "interrupted by a crash; whether it finished is unknown, so it counts as not done"
 
 _INTERRUPTED = (
     "interrupted: the engine stopped while {tool} was running; it was ended with the "
@@ -98,6 +101,7 @@ class Engine:
         tools: ToolRegistry | None = None,
         progress: Progress | None = None,
         confinement: Confinement | None = None,
+        run_tool: ToolRunner = execute,
     ) -> None:
         self.log = log
         self.settings = settings
@@ -105,6 +109,9 @@ class Engine:
         self.tools = (
             tools if tools is not None else ToolRegistry((*default_registry(), SET_TASK_PRIORITY))
         )
+        self.run_tool = run_tool
+        """Runs one tool call (``engine.tools.execute``); a replay takes results from
+        the log instead (``engine.replay_sources.RecordedTools``)."""
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed
@@ -221,6 +228,7 @@ class Engine:
             prompt_digest=digest(messages),
             confinement=self.confinement,
             digests=self.digests,
+            run_tool=self.run_tool,
         )
         if self.settings.mode == "orchestrated":
             self.log.append(
@@ -266,7 +274,7 @@ class Engine:
 
     # -- resume ------------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
+    def recover(self, resumed: int | None = None) -> list[str]:
         """Settle tools that were requested but never reported (a crash in between).
 
         A file tool is settled by comparing the workspace with the hashes the log
@@ -274,27 +282,32 @@ class Engine:
         with the engine (the run's lease proves that engine is gone, and the
         confinement ends a command's process tree with its engine). The task it
         was run for is marked failed with that reason, which the model reads in
-        the task's next prompt."""
+        the task's next prompt; that change is caused by ``resumed`` (the version of
+        ``run.resumed``), which marks it, for a replay, as what the stop brought."""
         notes = []
         for pending in list(self.log.pipeline.pending_tools.values()):
             path = pending.arguments.get("path")
+            command = pending.tool == "run_command"
             if pending.tool in _FILE_TOOLS and isinstance(path, str):
                 event = self._settle_file_tool(pending.call_id, pending.tool, path)
             else:
+                error = _INTERRUPTED if command else _UNKNOWN
                 event = ToolExecuted(
                     call_id=pending.call_id,
                     tool=pending.tool,
                     ok=False,
-                    error=_INTERRUPTED.format(tool=pending.tool),
+                    error=error.format(tool=pending.tool),
                 )
             self.log.append(event, causation=pending.version)
             notes.append(
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
             )
-            if pending.tool not in _FILE_TOOLS:
+            if command:
                 for task in self.log.pipeline.tasks.values():
                     if task.status == "in_progress":
-                        self._set_status(task.task_id, "failed", pending.version, event.error)
+                        self._set_status(
+                            task.task_id, "failed", resumed or pending.version, event.error
+                        )
         return notes
 
     def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
@@ -495,7 +508,16 @@ def _resume(
         progress=progress,
         confinement=confinement,
     )
-    for note in engine.recover():
+    # marks where the previous engine stopped: a replay stops its own engine there
+    resumed = log.append(
+        RunResumed(
+            engine_version=__version__,
+            pending_tools=tuple(log.pipeline.pending_tools),
+            open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
+            config=msgspec.to_builtins(settings),
+        )
+    )
+    for note in engine.recover(resumed[0].version if resumed else None):
         if progress:
             progress(f"recovered {note}")
     engine.run()

@@ -103,6 +103,20 @@ class RunForked(Event, frozen=True, kw_only=True, tag="run.forked"):
     workspace: str = ""
 
 
+class RunResumed(Event, frozen=True, kw_only=True, tag="run.resumed"):
+    """An engine took the run up again (``autonomy resume``), before it settled
+    anything: a replay stops its own engine here, as the crash or the stop did.
+    ``pending_tools`` are the tool calls requested but never reported, which the
+    ``tool.executed`` events right after settle; ``open_calls`` the model calls the
+    stop cut off (never answered, never failed); ``config`` the settings the
+    resumed engine runs with (the recorded ones under any flags given then)."""
+
+    engine_version: str = ""
+    pending_tools: tuple[str, ...] = ()
+    open_calls: tuple[str, ...] = ()
+    config: dict[str, Any] = {}
+
+
 class UserAsked(Event, frozen=True, kw_only=True, tag="user.asked"):
     question: str
 
@@ -164,6 +178,8 @@ class ModelRequested(Event, frozen=True, kw_only=True, tag="model.requested"):
     messages: tuple[Message, ...] = ()
     tool_names: tuple[str, ...] = ()
     options: dict[str, Any] = {}
+    tools_ref: str = ""
+    """sha256 of the blob holding the tools' JSON schemas as sent ("" in older logs)."""
 
 
 class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
@@ -225,6 +241,7 @@ AnyEvent = (
     | RunFinished
     | RunRewound
     | RunForked
+    | RunResumed
     | UserAsked
     | UserAnswered
     | PhaseChanged

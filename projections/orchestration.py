@@ -25,6 +25,7 @@ from events.schema import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
+    RunResumed,
     SpecialistConsulted,
     UserAnswered,
     UserAsked,
@@ -70,6 +71,8 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cached: int = 0
     """Answers taken from the log instead (``model.responded.cached_from``)."""
     failures: int = 0
+    interrupted: int = 0
+    """Calls a stop cut off: never answered, never failed, the run resumed after."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     duration_ms: float = 0.0
@@ -88,6 +91,7 @@ class CallInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     request_digest: str
     temperature: float | None
     version: int
+    failures: int = 0
 
 
 _NO_USAGE: PersistentMap[str, Usage] = PersistentMap()
@@ -248,12 +252,24 @@ def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> 
     call = b.open_calls.get(event.call_id)
     if call is None:
         return
+    b.open_calls[event.call_id] = replace(call, failures=call.failures + 1)
     b.failures_since_answer += 1
     where = f"model server {event.endpoint}: " if event.endpoint else ""
     b.last_failure = f"{where}{event.kind}: {event.detail}" if event.detail else where + event.kind
     for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
         old = table.get(key, _UNUSED)
         table[key] = replace(old, failures=old.failures + 1)
+
+
+def _run_resumed(b: OrchestrationBuilder, event: RunResumed, version: int) -> None:
+    # the calls the stop cut off will never be answered: they count as interrupted
+    for call_id in event.open_calls:
+        call = b.open_calls.pop(call_id, None)
+        if call is None:
+            continue
+        for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
+            old = table.get(key, _UNUSED)
+            table[key] = replace(old, interrupted=old.interrupted + 1)
 
 
 def _arbiter_decided(b: OrchestrationBuilder, event: ArbiterDecided, version: int) -> None:
@@ -301,5 +317,6 @@ ORCHESTRATION_STEPS: dict[type[Event], Step] = {
     SpecialistConsulted: _specialist_consulted,
     UserAsked: _user_asked,
     UserAnswered: _user_answered,
+    RunResumed: _run_resumed,
 }
 """The step of each event type that changes orchestration; other types leave it as is."""

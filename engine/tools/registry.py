@@ -14,6 +14,7 @@ genuine bugs escape it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -113,11 +114,7 @@ class Tool(Generic[A]):
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments, with every ``$ref`` inlined (local
         model servers handle plain nested objects better than references)."""
-        schema = msgspec.json.schema(self.arguments)
-        defs = schema.get("$defs", {})
-        params: dict[str, Any] = _inline(schema, defs)
-        params.pop("title", None)
-        params.pop("description", None)  # the tool's description says it once
+        params: dict[str, Any] = msgspec.json.decode(_parameters(self.arguments))
         return params
 
     def schema(self) -> dict[str, Any]:
@@ -172,6 +169,19 @@ def _type_name(prop: Mapping[str, Any]) -> str:
     if kind == "array":
         return f"array of {_type_name(prop.get('items', {}))}"
     return str(kind)
+
+
+@functools.cache
+def _parameters(arguments: type[msgspec.Struct]) -> bytes:
+    # msgspec.json.schema inspects the Struct's annotations every time (about 0.7 ms
+    # a tool, paid by every subset() and so every task); kept encoded, so that each
+    # caller still gets dicts of its own
+    schema = msgspec.json.schema(arguments)
+    defs = schema.get("$defs", {})
+    params: dict[str, Any] = _inline(schema, defs)
+    params.pop("title", None)
+    params.pop("description", None)  # the tool's description says it once
+    return msgspec.json.encode(params)
 
 
 class ToolRegistry:
