@@ -101,6 +101,7 @@ ORDER BY run_id, version""",
 SELECT model, role, count(*) AS calls,
   sum(status = 'failed') AS failed_calls,
   sum(failures) AS failed_attempts,
+  sum(status = 'interrupted') AS interrupted_calls,
   coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
   coalesce(sum(completion_tokens), 0) AS completion_tokens,
   round(coalesce(sum(duration_ms), 0) / 1000.0, 3) AS seconds
@@ -108,8 +109,8 @@ FROM model_calls
 WHERE {run}
 GROUP BY model, role
 ORDER BY model, role""",
-        description="Per model and role: calls, failed calls and attempts, prompt and "
-        "completion tokens, time spent answering.",
+        description="Per model and role: calls, failed calls and attempts, calls "
+        "interrupted by a stop, prompt and completion tokens, time spent answering.",
         example="autonomy audit RUN_ID model-usage",
     ),
     "phase-timeline": AuditQuery(
@@ -127,7 +128,8 @@ SELECT run_id, task_id, title, target_file, priority, status, attempts, last_err
 FROM tasks
 WHERE {run}
 ORDER BY run_id, added_version""",
-        description="Every task with its latest status, attempts and last error.",
+        description="Every task in effect at the end of the run (after any rewind), with "
+        "its latest status, attempts and last error.",
         example="autonomy audit RUN_ID tasks",
     ),
     "file-history": AuditQuery(

@@ -20,7 +20,7 @@ command is a few lines::
             ...
 
 ``db_option`` is the shared ``--db PATH`` (also ``AUTONOMY_DB``); ``settings_options``
-adds ``--config``, ``--mode``, ``--max-steps``, ``--model-url``, ``--api`` and
+adds ``--config``, ``--mode``, ``--max-steps``, ``--sandbox``, ``--model-url``, ``--api`` and
 ``--model`` and hands the command one ``SettingsFlags`` whose ``load(workspace)``
 gives the effective ``Settings``.
 """
@@ -233,9 +233,16 @@ _SETTINGS_OPTIONS = (
         metavar="NAME",
         help="Use this one model for every role. [env var: AUTONOMY_MODEL]",
     ),
+    click.option(
+        "--sandbox",
+        type=click.Choice(["auto", "required", "off"]),
+        help="How commands the model runs are confined: auto (bubblewrap when "
+        "installed, else a warning), required (refuse to run without it) or off. "
+        "[env var: AUTONOMY_SANDBOX]",
+    ),
 )
 
-_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model")
+_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model", "sandbox")
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -454,8 +461,10 @@ def run(
     """Run the agent on GOAL until it completes, fails or waits for input.
 
     GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
-    in the workspace is the goal. Progress (step, phase, task, tokens) is printed
-    as the run goes; the exit status is 0 only when the run completed.
+    in the workspace is the goal. Progress (step, phase, task, tokens) and every
+    failed model call are printed as the run goes. Exit status: 0 when the run
+    completed (every task done) or waits for an answer, 2 when it ended with some
+    tasks skipped (status partial), 1 otherwise.
 
     Example:
 
@@ -522,7 +531,10 @@ def _finish(state: RunState) -> None:
     click.echo("")
     for line in run_summary(state):
         click.echo(line)
-    if state.pipeline.status not in ("completed", "waiting_for_input"):
+    status = state.pipeline.status
+    if status == "partial":
+        raise click.exceptions.Exit(2)
+    if status not in ("completed", "waiting_for_input"):
         raise click.exceptions.Exit(1)
 
 

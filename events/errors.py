@@ -12,6 +12,7 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     │   ├── BlobCorrupt                a blob whose content does not match its digest
     │   ├── WrongKey                   a keyed run, and this key is not the one it
     │   │                              was written with (or there is none)
+    │   ├── LeaseHeld                  another live engine holds that run's lease
     │   └── RunNotFound                no events for that run id
     ├── CheckpointError                a checkpoint file that cannot be read
     ├── SchemaError                    an event that cannot be decoded: unknown type,
@@ -68,6 +69,8 @@ class BlobCorrupt(EventStoreError):
 
 class WrongKey(EventStoreError):
     """The run was written with another key than this one."""
+class LeaseHeld(EventStoreError):
+    """Another engine is running that run; nothing was changed."""
 
 
 class RunNotFound(EventStoreError):

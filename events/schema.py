@@ -86,6 +86,9 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     config: dict[str, Any] = {}
     engine_version: str = ""
     key_id: str = ""
+    confinement: str = ""
+    """How the run's commands are confined (``engine.tools.confine``), as described
+    when it started; "" in logs written before confinement existed."""
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
@@ -102,6 +105,20 @@ class RunForked(Event, frozen=True, kw_only=True, tag="run.forked"):
     parent_run: str
     at_version: int
     workspace: str = ""
+
+
+class RunResumed(Event, frozen=True, kw_only=True, tag="run.resumed"):
+    """An engine took the run up again (``autonomy resume``), before it settled
+    anything: a replay stops its own engine here, as the crash or the stop did.
+    ``pending_tools`` are the tool calls requested but never reported, which the
+    ``tool.executed`` events right after settle; ``open_calls`` the model calls the
+    stop cut off (never answered, never failed); ``config`` the settings the
+    resumed engine runs with (the recorded ones under any flags given then)."""
+
+    engine_version: str = ""
+    pending_tools: tuple[str, ...] = ()
+    open_calls: tuple[str, ...] = ()
+    config: dict[str, Any] = {}
 
 
 class UserAsked(Event, frozen=True, kw_only=True, tag="user.asked"):
@@ -165,6 +182,8 @@ class ModelRequested(Event, frozen=True, kw_only=True, tag="model.requested"):
     messages: tuple[Message, ...] = ()
     tool_names: tuple[str, ...] = ()
     options: dict[str, Any] = {}
+    tools_ref: str = ""
+    """sha256 of the blob holding the tools' JSON schemas as sent ("" in older logs)."""
 
 
 class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
@@ -226,6 +245,7 @@ AnyEvent = (
     | RunFinished
     | RunRewound
     | RunForked
+    | RunResumed
     | UserAsked
     | UserAnswered
     | PhaseChanged

@@ -24,6 +24,7 @@ import sqlite_utils
 
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
+from events.lease import FileLeases
 from events.store import (
     READ_CHUNK,
     Clock,
@@ -119,6 +120,8 @@ class SQLiteEventStore(EventStore):
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
+        if self.path != ":memory:":
+            self._leases = FileLeases(Path(self.path + ".leases"))
         self._lock = threading.RLock()
         where = f"opening {self.path}"
         if self.path != ":memory:":
@@ -355,6 +358,20 @@ class SQLiteEventStore(EventStore):
                 "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
                 (digest, len(content), content),
             )
+
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock, _mapped_errors("storing blobs"):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
+                    [(digest, len(content), content) for digest, content in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock, _mapped_errors("reading a blob"):

@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import msgspec
 
 from events.codec import ChainKey, Codec, chain_hash, encode, hash_key_id
 from events.errors import BlobCorrupt, BlobNotFound, ConcurrencyError, SchemaError, WrongKey
+from events.lease import FileLeases, LocalLeases
 from events.schema import Event
 
 Clock = Callable[[], datetime]
@@ -245,9 +247,12 @@ class EventStore(ABC):
     ``key`` (secret bytes, or None) keys the hash chain of the runs this store
     starts; see the module docstring."""
 
+    _leases: LocalLeases | FileLeases
+
     def __init__(
         self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
     ) -> None:
+        self._leases = LocalLeases()
         self.clock = clock
         self.codec = codec if codec is not None else Codec()
         self.key = ChainKey(key) if key else None
@@ -378,6 +383,16 @@ class EventStore(ABC):
         self._put_blob(digest, content)
         return digest
 
+    def put_many(self, contents: Iterable[bytes]) -> list[str]:
+        """``put`` each of ``contents``, in one transaction where the backend has them."""
+        items = [(blob_digest(content), content) for content in contents]
+        self._put_blobs(items)
+        return [digest for digest, _ in items]
+
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for digest, content in items:
+            self._put_blob(digest, content)
+
     def get(self, digest: str) -> bytes:
         """The content stored under ``digest``, checked against it: ``BlobCorrupt``
         when its sha256 or its recorded size differs (so nothing restores changed
@@ -425,6 +440,13 @@ class EventStore(ABC):
         """What is wrong with the storage itself (a backend with a file checks it);
         a backend without one has nothing to report."""
         return []
+
+    # -- leases ----------------------------------------------------------------------
+
+    def lease(self, run_id: str, owner: str) -> AbstractContextManager[None]:
+        """Hold ``run_id``'s lease while the context lasts: ``LeaseHeld`` (naming the
+        owner) if another engine holds it. See ``events.lease``."""
+        return self._leases.hold(run_id, owner)
 
     # -- integrity -------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from events.schema import (
     PhaseChanged,
     RunFinished,
     RunForked,
+    RunResumed,
     RunRewound,
     RunStarted,
     SpecialistConsulted,
@@ -236,6 +237,14 @@ def run_forked() -> SearchStrategy[RunForked]:
     )
 
 
+def run_resumed() -> SearchStrategy[RunResumed]:
+    return events_of(
+        RunResumed,
+        pending_tools=st.lists(names(), max_size=3).map(tuple),
+        open_calls=st.lists(names(), max_size=3).map(tuple),
+    )
+
+
 def user_asked() -> SearchStrategy[UserAsked]:
     return events_of(UserAsked)
 
@@ -352,6 +361,7 @@ NAMED: dict[str, Callable[[], SearchStrategy[Any]]] = {
     RunFinished.type_name(): run_finished,
     RunRewound.type_name(): run_rewound,
     RunForked.type_name(): run_forked,
+    RunResumed.type_name(): run_resumed,
     UserAsked.type_name(): user_asked,
     UserAnswered.type_name(): user_answered,
     PhaseChanged.type_name(): phase_changed,
@@ -420,7 +430,7 @@ def run_events(
         serial += 1
         return f"{prefix}{serial}"
 
-    kinds = ["task", "update", "phase", "model", "tool", "arbiter", "specialist", "ask"]
+    kinds = ["task", "update", "phase", "model", "tool", "arbiter", "specialist", "ask", "resume"]
     if rewinds:
         kinds.append("rewind")
     for _ in range(draw(st.integers(0, max_steps))):
@@ -479,6 +489,8 @@ def run_events(
             step.append(draw(specialist_consulted()))
         elif kind == "ask":
             step += [draw(user_asked()), draw(user_answered())]
+        elif kind == "resume":
+            step.append(draw(run_resumed()))
         elif kind == "rewind":
             to_version = draw(st.integers(1, len(events)))
             step.append(msgspec.structs.replace(draw(run_rewound()), to_version=to_version))

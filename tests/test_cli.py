@@ -538,7 +538,7 @@ def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
     commands = [line.strip() for block in _fenced("sh") for line in block.splitlines()]
     main_job = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/autonomy demo"
     tests = (
-        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
+        "bash .ci/system-packages && python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
         ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/pytest -q"
     )
     assert main_job in commands

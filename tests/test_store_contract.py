@@ -33,6 +33,7 @@ from events import (
     ToolRequested,
 )
 from events.codec import chain_hash
+from events.errors import LeaseHeld
 from events.schema import Event, FileChange
 from events.store import Clock
 
@@ -359,6 +360,22 @@ class StoreContract(ABC):
 
         assert first == second
         assert self.store.get(first) == b"same bytes"
+
+    def test_put_many_stores_each_once_and_returns_digests_in_order(self) -> None:
+        existing = self.store.put(b"b")
+        digests = self.store.put_many([b"a", b"b", b"a", b""])
+
+        assert digests[1] == existing and digests[0] == digests[2]
+        assert [self.store.get(d) for d in digests] == [b"a", b"b", b"a", b""]
+
+    def test_a_lease_is_exclusive_per_run_and_ends_with_its_context(self) -> None:
+        with self.store.lease("r", "first owner"):
+            with pytest.raises(LeaseHeld, match="first owner"), self.store.lease("r", "second"):
+                pass
+            with self.store.lease("another run", "second"):
+                pass
+        with self.store.lease("r", "second"):
+            pass
 
     def test_empty_content_is_a_blob_too(self) -> None:
         digest = self.store.put(b"")

@@ -200,3 +200,16 @@ def test_the_workspace_itself_may_be_reached_through_a_symlink(tmp_path: Path) -
     sandbox = Sandbox(link)
     assert sandbox.resolve("a") == real.resolve() / "a"
     assert sandbox.relative(sandbox.resolve(os.path.join(str(link), "a"))) == "a"
+
+
+def test_dot_dot_after_a_link_is_read_as_the_kernel_reads_it(tmp_path: Path) -> None:
+    """``link/..`` is the parent of the link's target for the kernel, but ``.`` for
+    normpath; a command is given the raw text, so the resolver reads it both ways."""
+    workspace, elsewhere = tmp_path / "ws", tmp_path / "elsewhere" / "deep"
+    workspace.mkdir()
+    elsewhere.mkdir(parents=True)
+    (workspace / "link").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PathOutsideWorkspace, match="symbolic link"):
+        Sandbox(workspace).resolve("link/..")
+    (workspace / "sub").mkdir()
+    assert Sandbox(workspace).resolve("sub/..") == workspace.resolve()
