@@ -14,11 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from events.codec import Codec, chain_hash, encode
-from events.errors import BlobNotFound, ConcurrencyError
+from events.errors import BlobNotFound, ConcurrencyError, StoreCorrupted
 from events.lease import FileLeases, LocalLeases
 from events.schema import Event
 
@@ -316,39 +317,27 @@ class EventStore(ABC):
 
     def verify(self, run_id: str) -> VerifyReport:
         """Recompute the run's hash chain; report the first event that breaks it."""
-        previous = ""
-        checked = 0
-        for row in self.read_raw(run_id):
-            checked += 1
-            problem = ""
-            if row.version != checked:
-                problem = f"version {row.version} where {checked} was expected (a gap)"
-            else:
-                expected = chain_hash(
-                    previous,
-                    run_id=row.run_id,
-                    version=row.version,
-                    type=row.type,
-                    schema_version=row.schema_version,
-                    recorded_at=row.recorded_at,
-                    causation=row.causation,
-                    data=row.data,
-                )
-                if expected != row.hash:
-                    problem = (
-                        "hash does not match the chain: the row was changed after it was written"
-                    )
-            if problem:
-                return VerifyReport(
-                    run_id=run_id,
-                    ok=False,
-                    checked=checked,
-                    first_bad_position=row.position,
-                    first_bad_version=row.version,
-                    problem=problem,
-                )
-            previous = row.hash
-        return VerifyReport(run_id=run_id, ok=True, checked=checked)
+        return verify_rows(run_id, self.read_raw(run_id))
+
+    def import_run(self, run_id: str, rows: Sequence[StoredEvent]) -> None:
+        """Add a run copied from another log: its rows as they are (versions, times,
+        causations, hashes), at this log's next positions, in one transaction.
+
+        ``StoreCorrupted`` (nothing written) when the rows' chain does not verify;
+        ``ConcurrencyError`` when this log already has events of ``run_id``."""
+        report = verify_rows(run_id, rows)
+        if not report.ok:
+            raise StoreCorrupted(
+                f"run {run_id!r} does not verify at version {report.first_bad_version}: "
+                f"{report.problem}; nothing was copied"
+            )
+        if rows:
+            self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows])
+
+    @abstractmethod
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        """Store ``rows`` (positions to be replaced by this log's) if the run has no
+        events here, else raise ``ConcurrencyError``; atomically."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
@@ -358,6 +347,74 @@ class EventStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_rows(run_id: str, rows: Iterable[StoredEvent]) -> VerifyReport:
+    """The first row of ``rows`` (one run, in version order) that breaks its chain."""
+    previous = ""
+    checked = 0
+    for row in rows:
+        checked += 1
+        problem = ""
+        if row.version != checked:
+            problem = f"version {row.version} where {checked} was expected (a gap)"
+        else:
+            expected = chain_hash(
+                previous,
+                run_id=run_id,
+                version=row.version,
+                type=row.type,
+                schema_version=row.schema_version,
+                recorded_at=row.recorded_at,
+                causation=row.causation,
+                data=row.data,
+            )
+            if expected != row.hash:
+                problem = "hash does not match the chain: the row was changed after it was written"
+        if problem:
+            return VerifyReport(
+                run_id=run_id,
+                ok=False,
+                checked=checked,
+                first_bad_position=row.position,
+                first_bad_version=row.version,
+                problem=problem,
+            )
+        previous = row.hash
+    return VerifyReport(run_id=run_id, ok=True, checked=checked)
+
+
+RUNS_SQL = (
+    "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
+    " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
+)
+"""What ``runs`` asks of an SQL backend; ``run_infos`` reads its rows."""
+
+
+def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:
+    return [
+        RunInfo(run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e)
+        for (r, v, f, la, s, e) in rows
+    ]
+
+
+def chunks(
+    fetch: Callable[[int, int], list[Any]], after: int, key_at: int, limit: int | None = None
+) -> Iterator[list[Any]]:
+    """Keyset pagination for SQL backends: ``fetch(after, n)`` returns up to ``n``
+    rows whose column ``key_at`` is above ``after``, in order; asked again after the
+    last row's key until a chunk comes back short or ``limit`` rows were read. Each
+    chunk is a query of its own, so no statement stays open (and no lock held)
+    while the caller works on a chunk."""
+    remaining = limit if limit is not None else 2**62
+    while remaining > 0:
+        size = min(READ_CHUNK, remaining)
+        rows = fetch(after, size)
+        yield rows
+        remaining -= len(rows)
+        if len(rows) < size:
+            return
+        after = rows[-1][key_at]
 
 
 def check_expected(run_id: str, expected: int, actual: int) -> None:
