@@ -86,6 +86,18 @@ CREATE TABLE blobs (digest text PRIMARY KEY, size bigint NOT NULL, content bytea
 CREATE TABLE leases (run_id text PRIMARY KEY, owner text NOT NULL);
 """
     + _APPEND_ONLY,
+    # 2: runs queued for workers (engine.workers); a worker holds a row's lock while
+    # it runs that run, and sets done_at when it ends
+    """
+CREATE TABLE queue (
+  run_id text PRIMARY KEY,
+  goal text NOT NULL,
+  template text NOT NULL,
+  submitted_at timestamptz NOT NULL DEFAULT now(),
+  done_at timestamptz,
+  outcome text
+);
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
