@@ -1,11 +1,14 @@
 """A throwaway PostgreSQL server for the tests: one cluster per test session.
 
-``PgServer.start()`` runs ``initdb`` and ``pg_ctl start`` in a temporary directory,
-listening only on a unix socket in that directory (no TCP port at all), and
-``stop()`` removes it. ``initdb`` refuses to run as root, so under root the server
-runs as the ``postgres`` system user (created by the distribution's package), in a
-directory it owns. Durability is off (``fsync``, ``synchronous_commit``): the
-cluster dies with the session anyway.
+``PgServer.start()`` runs ``initdb`` and then ``postgres`` itself in a temporary
+directory, listening only on a unix socket in that directory (no TCP port at all),
+and ``stop()`` removes it. ``initdb`` refuses to run as root, so under root the
+server runs as the ``postgres`` system user (created by the distribution's
+package), in a directory it owns. The server is a child of the test process with a
+parent-death signal (``setpriv --pdeathsig``): a test session killed outright
+takes its server with it instead of leaving it running on a shared machine.
+Durability is off (``fsync``, ``synchronous_commit``): the cluster dies with the
+session anyway.
 
 Each test gets a schema of its own (``new_url``): creating one costs a few
 milliseconds where a database costs a template copy. ``.ci/system-packages``
@@ -19,8 +22,10 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -65,39 +70,41 @@ class PgServer:
                 f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr or done.stdout}"
             )
 
-    def start(self) -> PgServer:
+    def start(self, timeout: float = 60) -> PgServer:
         self._run(
             str(self.bindir / "initdb"),
-            "-D",
-            str(self.data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
+            *("-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"),
         )
-        options = (
-            f"-c listen_addresses='' -c unix_socket_directories='{self.directory}'"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        user = ["--reuid=postgres", "--regid=postgres", "--init-groups"] if self._as else []
+        settings = {
+            "listen_addresses": "",
+            "unix_socket_directories": str(self.directory),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        log = open(self.directory / "server.log", "wb")  # noqa: SIM115 - the server's, kept open
+        self.process = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "SIGQUIT", *user, "--", str(self.bindir / "postgres")]
+            + ["-D", str(self.data)]
+            + [f"-c{name}={value}" for name, value in settings.items()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
         )
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "start",
-            "-D",
-            str(self.data),
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(self.directory / "server.log"),
-            "-o",
-            options,
-        )
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        return self
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:  # ready when it accepts a connection
+            try:
+                with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {DATABASE}")
+                return self
+            except psycopg.OperationalError as e:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    server_log = (self.directory / "server.log").read_text(errors="replace")
+                    raise RuntimeError(f"the server did not start: {e}\n{server_log}") from e
+                time.sleep(0.05)
 
     def url(self, database: str = DATABASE, schema: str | None = None) -> str:
         """A ``postgresql://`` URL to the server's socket (and ``schema`` first on the
@@ -115,10 +122,14 @@ class PgServer:
         return self.url(schema=schema)
 
     def stop(self) -> None:
+        process = getattr(self, "process", None)
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run(
-                    str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate"
-                )
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)  # fast shutdown
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
