@@ -47,7 +47,7 @@ from engine.keys import load_key
 from engine.phases import mermaid
 from engine.runner import resume_run, start_run
 from engine.runner import summary as run_summary
-from engine.storage import DB_ENV, open_store, resolve_db
+from engine.storage import DB_ENV, is_postgres_url, open_store, resolve_db
 from events.errors import AutonomyError, RunNotFound
 from events.schema import (
     EVENT_TYPES,
@@ -69,7 +69,6 @@ from events.schema import (
     UserAnswered,
     UserAsked,
 )
-from events.sqlite import SQLiteEventStore
 from events.store import EventStore, RecordedEvent
 from projections import RunState, project
 
@@ -143,26 +142,40 @@ class Group(click.Group):
 
 # -- shared options ------------------------------------------------------------------------
 
+
+class LogParam(click.ParamType[Any]):
+    """A log: a file path (a ``Path``) or a ``postgresql://`` URL (kept a string:
+    ``Path`` would fold its ``//``)."""
+
+    name = "log"
+    _file = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_postgres_url(value):
+            return value
+        return self._file.convert(value, param, ctx)
+
+
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="PATH",
+    type=LogParam(),
+    metavar="PATH|URL",
     envvar=DB_ENV,
     show_envvar=True,
-    help="The event log. Default: .autonomy/events.db under the workspace, else under "
-    "the current directory.",
+    help="The event log: a file, or a postgresql:// URL. Default: .autonomy/events.db "
+    "under the workspace, else under the current directory.",
 )
-"""``--db PATH`` for every command that reads or writes a log."""
+"""``--db PATH|URL`` for every command that reads or writes a log."""
 
 
 @contextmanager
 def opened_log(
-    db: Path | None,
+    db: Path | str | None,
     workspace: Path | None = None,
     *,
     must_exist: bool = True,
     create_key: bool = True,
-) -> Iterator[SQLiteEventStore]:
+) -> Iterator[EventStore]:
     """The log named by ``--db`` (or ``AUTONOMY_DB``, or the default), opened with
     the audit views and the chain's key (``engine.keys``); closed afterwards.
     Reading commands want ``must_exist``; ``create_key=False`` is for commands
@@ -657,4 +670,10 @@ def _seconds(recorded_at: str) -> str:
 
 
 # Command groups kept in their own modules; importing them registers their commands.
-from engine import cli_audit, cli_history, cli_integrity, cli_orchestration  # noqa: E402, F401
+from engine import (  # noqa: E402, F401
+    cli_audit,
+    cli_history,
+    cli_integrity,
+    cli_orchestration,
+    cli_workers,
+)

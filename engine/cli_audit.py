@@ -4,9 +4,8 @@ is imported."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -24,6 +23,7 @@ from engine.cli import cli, db_option, opened_log
 from engine.report import write_report
 from engine.storage import resolve_db
 from events.errors import RunNotFound
+from events.store import EventStore
 
 
 def _audit_help() -> str:
@@ -77,12 +77,22 @@ def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) ->
             run_id, name, arguments = _split(words)
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            _try_indexes(store.connection)
-            result = run_query(store.connection, name, run_id, arguments)
+            connection = _sql(store)
+            _try_indexes(connection)
+            result = run_query(connection, name, run_id, arguments)
     click.echo(format_result(result, cast(Format, fmt)))
 
 
-def _try_indexes(connection: sqlite3.Connection) -> None:
+def _sql(store: EventStore) -> Any:
+    """The store's SQL connection (an ``sqlite3.Connection``, or
+    ``events.postgres.SQLiteStyle``): the views live there."""
+    connection = getattr(store, "connection", None)
+    if connection is None:
+        raise AuditError("this log has no SQL views to query")
+    return connection
+
+
+def _try_indexes(connection: Any) -> None:
     """Add the audit indexes if the log can take them; a log on read-only storage
     is still queried, only more slowly."""
     with contextlib.suppress(AuditError):
@@ -129,6 +139,7 @@ def report(run_id: str, html_file: Path, db: Path | None) -> None:
     with opened_log(db) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
-        _try_indexes(store.connection)
-        write_report(store.connection, run_id, html_file)
+        connection = _sql(store)
+        _try_indexes(connection)
+        write_report(connection, run_id, html_file)
     click.echo(f"wrote {html_file}")

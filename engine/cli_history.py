@@ -1,4 +1,5 @@
-r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind`` and ``fork``.
+r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind``, ``fork`` and
+``copy`` (runs from one log to another).
 
 Registered on ``engine.cli.cli`` when that module is imported. Each opens the log,
 calls one library function (``engine.replay``, ``projections.project``,
@@ -16,7 +17,8 @@ import click
 import msgspec
 from tabulate import tabulate
 
-from engine.cli import SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.cli import LogParam, SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.copy import copy_runs, describe
 from engine.counterfactual import go_live
 from engine.errors import ConfigError
 from engine.replay import TOOL_SOURCES, ToolSource
@@ -360,3 +362,37 @@ def state_lines(projected: RunState) -> list[str]:
         lines += ["", "model calls without an answer:"]
         lines += [f"  {cid} ({c.role}, {c.model})" for cid, c in o.open_calls.items()]
     return lines
+
+
+@cli.command("copy")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=LogParam(),
+    metavar="PATH|URL",
+    help="The log to copy from.",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=LogParam(),
+    metavar="PATH|URL",
+    help="The log to copy into (created if missing).",
+)
+def copy(run_ids: tuple[str, ...], source: Path | str, target: Path | str) -> None:
+    """Copy runs (every run when none is named) from one log to another, with their
+    blobs: SQLite to PostgreSQL and back. Each run's hash chain is verified before it
+    is written and again on the target; a run the target already has is refused, and
+    then nothing is copied.
+
+    Example:
+
+    \b
+        autonomy copy --from .autonomy/events.db --to postgresql://db.example/autonomy
+    """
+    with opened_log(source) as from_store, opened_log(target, must_exist=False) as to_store:
+        for line in describe(copy_runs(from_store, to_store, run_ids)):
+            click.echo(line)

@@ -20,8 +20,9 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     │                                  its schema (names the position and type)
     └── (engine.errors adds ConfigError, ModelError, ToolError, ... under AutonomyError)
 
-Driver errors (``sqlite3.*``) are mapped to this tree in one place:
-``events.sqlite._mapped_errors``.
+Driver errors are mapped to this tree in one place per driver:
+``events.sqlite._mapped_errors`` (``sqlite3.*``) and ``events.postgres._mapped_errors``
+(``psycopg.*``).
 """
 
 from __future__ import annotations

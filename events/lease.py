@@ -32,7 +32,7 @@ def describe_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def _refusal(run_id: str, owner: str) -> LeaseHeld:
+def refusal(run_id: str, owner: str) -> LeaseHeld:
     return LeaseHeld(
         f"run {run_id} is being run by another engine ({owner or 'owner unknown'}); "
         "wait for it to stop, or stop it: its lease ends with its process"
@@ -50,7 +50,7 @@ class LocalLeases:
     def hold(self, run_id: str, owner: str) -> Iterator[None]:
         with self._lock:
             if run_id in self._held:
-                raise _refusal(run_id, self._held[run_id])
+                raise refusal(run_id, self._held[run_id])
             self._held[run_id] = owner
         try:
             yield
@@ -82,7 +82,7 @@ class FileLeases:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 held_by = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                raise _refusal(run_id, held_by) from None
+                raise refusal(run_id, held_by) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{owner}\n".encode(), 0)
             try:

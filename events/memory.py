@@ -61,6 +61,15 @@ class MemoryEventStore(EventStore):
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
 
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        with self._lock:
+            check_expected(run_id, 0, self.last_version(run_id))
+            first = len(self._log) + 1
+            renumbered = [(first + i, *row[1:]) for i, row in enumerate(rows)]
+            self._log.extend(renumbered)
+            self._by_run[run_id] = renumbered
+            self._marker = self._import_marker(rows, first, self._marker) or self._marker
+
     def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
         with self._lock:
             stream = list(self._by_run.get(run_id, ()))

@@ -13,10 +13,9 @@ mapped to the project's exception tree in ``_mapped_errors``.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,14 +24,11 @@ import sqlite_utils
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
 from events.lease import FileLeases
+from events.sql import COLUMNS, SQLEventStore
 from events.store import (
-    READ_CHUNK,
     Clock,
     Draft,
-    EventStore,
-    Payload,
     Row,
-    RunInfo,
     check_expected,
     format_time,
     keyed_marker,
@@ -45,7 +41,6 @@ APPLICATION_ID = 0x6175746F  # "auto": marks a database as autonomy's
 SCHEMA_VERSION = 2  # 2: store_meta and repairs
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-_COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
 
 # What an append needs in one round trip: the run's last version and hash and the
 # log's last position (no row for a new run: then only the position is read).
@@ -53,12 +48,7 @@ _LAST_SQL = (
     "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
     " WHERE run_id = ? ORDER BY version DESC LIMIT 1"
 )
-_INSERT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RUN_WHERE = (
-    "FROM events WHERE run_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
-)
-_RUN_SQL = f"SELECT {_COLUMNS} {_RUN_WHERE}"
-_PAYLOADS_SQL = f"SELECT version, type, schema_version, data {_RUN_WHERE}"
+_INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 _APPEND_ONLY = ("events", "blobs", "store_meta", "repairs")
 """Tables whose rows, once written, are never changed: triggers refuse UPDATE and
@@ -103,7 +93,7 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     return StoreCorrupted(f"{where}: the database is corrupt or not an SQLite file ({text})")
 
 
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(SQLEventStore):
     """Event store in an SQLite file (or ``":memory:"``)."""
 
     def __init__(
@@ -277,78 +267,33 @@ class SQLiteEventStore(EventStore):
                 raise
         return rows
 
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        conn = self._conn
+        with self._lock, _mapped_errors(f"copying run {run_id!r}"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                check_expected(run_id, 0, self.last_version(run_id))
+                top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+                conn.executemany(
+                    _INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)]
+                )
+                marker = self._import_marker(rows, top + 1, self._marker())
+                if marker:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                        (marker,),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     # -- reading ---------------------------------------------------------------------
 
     def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
         with self._lock, _mapped_errors(where):
             return self._conn.execute(sql, params).fetchall()
-
-    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
-        return itertools.chain.from_iterable(self._run_chunks(_RUN_SQL, 2, run_id, after, upto))
-
-    def read_payloads(
-        self, run_id: str, *, after: int = 0, upto: int | None = None
-    ) -> Iterator[Payload]:
-        return itertools.chain.from_iterable(
-            self._run_chunks(_PAYLOADS_SQL, 0, run_id, after, upto)
-        )
-
-    def _run_chunks(
-        self, sql: str, version_at: int, run_id: str, after: int, upto: int | None
-    ) -> Iterator[list[Any]]:
-        """The rows ``sql`` selects from one run, READ_CHUNK at a time (``version_at``
-        is the version's column). Each chunk is a query of its own, so no statement
-        stays open, and no lock held, while the caller works on a chunk; the chunks
-        are chained in C (``_rows``, ``read_payloads``), not re-yielded row by row."""
-        bound = upto if upto is not None else 2**62
-        while True:
-            rows = self._fetch(sql, (run_id, after, bound, READ_CHUNK), f"reading run {run_id!r}")
-            yield rows
-            if len(rows) < READ_CHUNK:
-                return
-            after = rows[-1][version_at]
-
-    def _all_rows(
-        self, after_position: int, types: Iterable[str] | None, limit: int | None
-    ) -> Iterator[Row]:
-        wanted = sorted(set(types)) if types is not None else None
-        if wanted == []:
-            return
-        filter_sql = f" AND type IN ({', '.join('?' * len(wanted))})" if wanted else ""
-        remaining = limit if limit is not None else 2**62
-        while remaining > 0:
-            chunk = min(READ_CHUNK, remaining)
-            rows = self._fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE position > ?{filter_sql}"
-                " ORDER BY position LIMIT ?",
-                (after_position, *(wanted or ()), chunk),
-                "reading the log",
-            )
-            yield from rows
-            remaining -= len(rows)
-            if len(rows) < chunk:
-                return
-            after_position = rows[-1][0]
-
-    def last_version(self, run_id: str) -> int:
-        with self._lock, _mapped_errors(f"reading run {run_id!r}"):
-            row = self._conn.execute(
-                "SELECT max(version) FROM events WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        return int(row[0] or 0)
-
-    def runs(self) -> list[RunInfo]:
-        with self._lock, _mapped_errors("listing runs"):
-            rows = self._conn.execute(
-                "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
-                " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
-            ).fetchall()
-        return [
-            RunInfo(
-                run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e
-            )
-            for (r, v, f, la, s, e) in rows
-        ]
 
     # -- blobs -----------------------------------------------------------------------
 

@@ -24,11 +24,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from events.codec import ChainKey, Codec, chain_hash, encode, hash_key_id
-from events.errors import BlobCorrupt, BlobNotFound, ConcurrencyError, SchemaError, WrongKey
+from events.errors import (
+    BlobCorrupt,
+    BlobNotFound,
+    ConcurrencyError,
+    SchemaError,
+    StoreCorrupted,
+    WrongKey,
+)
 from events.lease import FileLeases, LocalLeases
 from events.schema import Event
 
@@ -460,13 +468,18 @@ class EventStore(ABC):
         that names a key its chain was not written with fails too: that is a keyed
         run rewritten as plain sha256.
         """
+        return self.verify_rows(run_id, self.read_raw(run_id))
+
+    def verify_rows(self, run_id: str, rows: Iterable[StoredEvent]) -> VerifyReport:
+        """``verify`` of ``rows`` (one run, in version order) from anywhere: this
+        log's, or another's being copied in (``import_run``)."""
         problems: list[Problem] = []
         previous = ""
         checked = 0
         written_with = ""
         key: ChainKey | None = None
         recompute = True
-        for row in self.read_raw(run_id):
+        for row in rows:
             checked += 1
             if checked == 1:
                 written_with = hash_key_id(row.hash)
@@ -498,7 +511,7 @@ class EventStore(ABC):
             elif recompute:
                 expected = chain_hash(
                     previous,
-                    run_id=row.run_id,
+                    run_id=run_id,  # the chain covers the id the rows are read as
                     version=row.version,
                     type=row.type,
                     schema_version=row.schema_version,
@@ -555,6 +568,34 @@ class EventStore(ABC):
         named = getattr(event, "key_id", "")
         return named if isinstance(named, str) else ""
 
+    def import_run(self, run_id: str, rows: Sequence[StoredEvent]) -> None:
+        """Add a run copied from another log: its rows as they are (versions, times,
+        causations, hashes), at this log's next positions, in one transaction.
+
+        ``StoreCorrupted`` (nothing written) when the rows' chain does not verify;
+        ``ConcurrencyError`` when this log already has events of ``run_id``."""
+        report = self.verify_rows(run_id, rows)
+        if not report.ok:
+            raise StoreCorrupted(
+                f"run {run_id!r} does not verify at version {report.first_bad_version}: "
+                f"{report.problem}; nothing was copied"
+            )
+        if rows:
+            self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows])
+
+    def _import_marker(self, rows: Sequence[Row], first_position: int, marker: str | None) -> str:
+        """The keyed mark to write with an imported run ("" for none): a keyed run,
+        written with this store's key, copied into a log that has no mark yet."""
+        written_with = hash_key_id(str(rows[0][7])) if rows else ""
+        if not written_with or marker is not None or self.key is None:
+            return ""
+        return keyed_marker(self.key, first_position) if self.key.id == written_with else ""
+
+    @abstractmethod
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        """Store ``rows`` (positions to be replaced by this log's) if the run has no
+        events here, else raise ``ConcurrencyError``; atomically."""
+
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
 
@@ -567,6 +608,39 @@ class EventStore(ABC):
 
 def _problem(row: StoredEvent, text: str) -> Problem:
     return Problem(position=row.position, version=row.version, type=row.type, problem=text)
+
+
+RUNS_SQL = (
+    "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
+    " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
+)
+"""What ``runs`` asks of an SQL backend; ``run_infos`` reads its rows."""
+
+
+def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:
+    return [
+        RunInfo(run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e)
+        for (r, v, f, la, s, e) in rows
+    ]
+
+
+def chunks(
+    fetch: Callable[[int, int], list[Any]], after: int, key_at: int, limit: int | None = None
+) -> Iterator[list[Any]]:
+    """Keyset pagination for SQL backends: ``fetch(after, n)`` returns up to ``n``
+    rows whose column ``key_at`` is above ``after``, in order; asked again after the
+    last row's key until a chunk comes back short or ``limit`` rows were read. Each
+    chunk is a query of its own, so no statement stays open (and no lock held)
+    while the caller works on a chunk."""
+    remaining = limit if limit is not None else 2**62
+    while remaining > 0:
+        size = min(READ_CHUNK, remaining)
+        rows = fetch(after, size)
+        yield rows
+        remaining -= len(rows)
+        if len(rows) < size:
+            return
+        after = rows[-1][key_at]
 
 
 def check_expected(run_id: str, expected: int, actual: int) -> None:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -129,3 +130,25 @@ def store(
     opened = open_store(request.param, tmp_path, clock=clock)
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server for the session (``tests/pg.py``); fails, never skips,
+    when none can be started."""
+    from pg import PgServer
+
+    try:
+        server = PgServer().start()
+    except (RuntimeError, OSError) as e:
+        pytest.fail(f"cannot start a PostgreSQL server for the tests: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL of a fresh, empty schema on the session's server."""
+    return str(pg_server.new_url())
