@@ -1,26 +1,37 @@
-"""Audit query latency with and without the audit indexes, and replay throughput
-against the rebuild-only rate, each baseline measured in the same run.
+"""Audit query latency with and without the audit indexes, replay throughput
+against the rebuild-only rate, and verify's time per event keyed against the
+plain sha256 chain, each baseline measured in the same run.
 
     python benchmarks/bench_replay_audit.py                       # 1M events, 200 runs
     python benchmarks/bench_replay_audit.py --events 200000 --repeat 5
     python benchmarks/bench_replay_audit.py --db /tmp/audit-1m.db  # reuse a built log
     python benchmarks/bench_replay_audit.py --skip-replay --replay-tasks 40
 
-1. Audit: a log of ``--events`` realistic events over ``--runs`` runs (model,
-   tool, decision, phase and task events; some tool failures and sandbox
-   refusals), written with ``executemany`` straight into the store's own schema
-   (built once into ``--db``, reused when it already holds that many events).
-   Each named query of ``engine.audit`` runs for one run id, first with the
+0. The log: ``--events`` realistic events over ``--runs`` runs (model, tool,
+   decision, phase and task events; some tool failures and sandbox refusals),
+   appended through the store in one batch per run, so that every row is valid:
+   it decodes, its hash chain holds, the file contents it refers to are blobs.
+   The first half of the runs is written without a key (as every log before
+   keys), the second half keyed (the key in ``<db>.key``); then the long run of
+   part 2 is recorded into the same log. Built once into ``--db``, reused when it
+   already holds that many events.
+1. Audit: each named query of ``engine.audit``
+   runs for one run id, first with the
    store's own indexes only (``(run_id, version)`` and ``type``: the audit
    indexes dropped, so the views' json_extract joins scan the run), then after
    ``ensure_indexes``. Medians over ``--repeat``; the ratio is scan/indexed.
 2. Replay: a long run recorded by the engine against a scripted model server
-   (``--replay-tasks`` tasks), replayed with ``engine.replay.replay`` (tools
-   really run in a scratch workspace) against ``projections.project`` of the
-   same run. Both as events/s; the ratio is replay/rebuild.
+   (``--replay-tasks`` tasks) in the same log, replayed with ``engine.replay.replay``
+   with tool results from the log (``tools="recorded"``) and with tools really run in
+   a scratch workspace (``"live"``), against ``projections.project`` of the same run.
+   All as events/s (medians of ``--repeat``); the ratio is replay/rebuild.
+3. Verify: ``EventStore.verify`` (the chain) over ``--verify-runs`` keyed runs and
+   as many unkeyed ones, as microseconds per event; the ratio is keyed/unkeyed
+   (issue 12's budget: 1.5). Then ``engine.verification.verify_log`` over the
+   whole log (database, blobs, every run decoded and rebuilt) and a projection of
+   every run (what ``autonomy runs`` does), once each.
 
-Hashes in the generated log are placeholders (``autonomy verify`` would reject
-them); nothing here checks the chain. This is a script, not a test.
+This is a script, not a test.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import secrets
 import sqlite3
 import statistics
 import sys
@@ -35,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +58,11 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from engine.audit import INDEXES, QUERIES, ensure_indexes, run_query  # noqa: E402
-from events import SQLiteEventStore  # noqa: E402
+from events import RunStarted, SQLiteEventStore  # noqa: E402
 from projections.views import install_views  # noqa: E402
 
 _encode = msgspec.json.Encoder().encode
-_INSERT = (
-    "INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,"
-    " causation, hash, data) VALUES (?, ?, ?, ?, 1, ?, NULL, ?, ?)"
-)
+LONG_RUN = "long-run"
 _WORDS = [
     "parse",
     "the",
@@ -92,14 +102,17 @@ def _digest(rng: random.Random) -> str:
     return f"{rng.getrandbits(256):064x}"
 
 
-def run_payloads(run_id: str, count: int, rng: random.Random) -> Iterator[tuple[str, bytes]]:
-    """``count`` (type, JSON data) pairs shaped like one engine run."""
+def run_payloads(
+    run_id: str, count: int, rng: random.Random, put: Callable[[bytes], str]
+) -> Iterator[tuple[str, bytes]]:
+    """``count`` (type, JSON data) pairs shaped like one engine run; file contents
+    are stored with ``put``, which gives their digest."""
     emitted = 0
 
     def event(type_: str, data: dict[str, Any]) -> tuple[str, bytes]:
         nonlocal emitted
         emitted += 1
-        return type_, _encode(data)
+        return type_, _encode({"type": type_, **data})
 
     yield event("run.started", {"goal": _text(rng, 20), "workspace": f"/w/{run_id}"})
     phase, task_no, call_no = "start", 0, 0
@@ -184,7 +197,8 @@ def run_payloads(run_id: str, count: int, rng: random.Random) -> Iterator[tuple[
                     {"call_id": tool_call, "tool": "create_file", "ok": False, "error": error},
                 )
             else:
-                after = _digest(rng)
+                content = f"# {target}, {call_id}\n{_text(rng, 12)}\n".encode()
+                after = put(content)
                 change = {"path": target, "before": contents.get(target), "after": after}
                 contents[target] = after
                 yield event(
@@ -194,7 +208,7 @@ def run_payloads(run_id: str, count: int, rng: random.Random) -> Iterator[tuple[
                         "tool": "create_file",
                         "ok": True,
                         "result": f"wrote {target}",
-                        "files_changed": [{**change, "size": rng.randint(200, 9000)}],
+                        "files_changed": [{**change, "size": len(content)}],
                     },
                 )
         yield event(
@@ -204,37 +218,31 @@ def run_payloads(run_id: str, count: int, rng: random.Random) -> Iterator[tuple[
     yield event("run.finished", {"status": "completed", "reason": "all tasks done"})
 
 
-def build_log(path: Path, events: int, runs: int) -> None:
-    """Write ``events`` events over ``runs`` runs into a new log at ``path``."""
-    SQLiteEventStore(path).close()  # the store's own tables, indexes and triggers
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")
+def build_log(path: Path, events: int, runs: int, key: bytes) -> None:
+    """Append ``events`` events over ``runs`` runs to a new log at ``path``: the
+    first half of the runs unkeyed, the rest keyed with ``key``."""
+    from events.codec import CURRENT
+
     rng = random.Random(7)
-    position = 0
     per_run = events // runs
-    conn.execute("BEGIN")
+    clock = iter(range(10**9))
+
+    def now() -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=next(clock))
+
     for r in range(runs):
-        run_id = f"run-{r:04d}"
-        count = per_run if r < runs - 1 else events - per_run * (runs - 1)
-        rows = []
-        payloads = list(run_payloads(run_id, count, rng))[:count]
-        for version, (type_, data) in enumerate(payloads, start=1):
-            position += 1
-            rows.append(
-                (
-                    position,
-                    run_id,
-                    version,
-                    type_,
-                    f"2026-01-01T00:00:{position % 60:02d}.000000Z",
-                    "0" * 64,
-                    data.decode(),
-                )
-            )
-        conn.executemany(_INSERT, rows)
-    conn.execute("COMMIT")
-    install_views(conn)
-    conn.close()
+        with SQLiteEventStore(
+            path, synchronous="OFF", clock=now, key=key if r >= runs // 2 else None
+        ) as store:
+            run_id = f"run-{r:04d}"
+            count = per_run if r < runs - 1 else events - per_run * (runs - 1)
+            payloads = list(run_payloads(run_id, count, rng, store.put))[:count]
+            decoded = [CURRENT.decode(data) for _, data in payloads]
+            if isinstance(decoded[0], RunStarted):
+                decoded[0] = msgspec.structs.replace(decoded[0], key_id=store.key_id)
+            store.append(run_id, decoded, 0)
+    with closing(sqlite3.connect(path)) as conn:
+        install_views(conn)
 
 
 def log_size(path: Path) -> int:
@@ -242,7 +250,9 @@ def log_size(path: Path) -> int:
         return 0
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(
+            conn.execute("SELECT count(*) FROM events WHERE run_id LIKE 'run-%'").fetchone()[0]
+        )
     except sqlite3.DatabaseError:
         return 0
     finally:
@@ -350,7 +360,7 @@ class LongRun:
         return steps[min(done, len(steps) - 1)]
 
 
-def record_long_run(path: Path, workspace: Path, tasks: int) -> str:
+def record_long_run(path: Path, workspace: Path, tasks: int, key: bytes) -> str:
     import httpx
 
     from engine.config import load_settings
@@ -368,23 +378,27 @@ def record_long_run(path: Path, workspace: Path, tasks: int) -> str:
                 "max_steps": tasks * 6 + 20,
             },
         )
-        with open_store(path) as store, httpx.Client() as http:
+        with open_store(path, key=key) as store, httpx.Client() as http:
             log = start_run(
-                store, goal="many modules", workspace=workspace, settings=settings, http=http
+                store,
+                goal="many modules",
+                workspace=workspace,
+                settings=settings,
+                http=http,
+                run_id=LONG_RUN,
             )
             return log.run_id
 
 
-def replay_throughput(workdir: Path, tasks: int, repeat: int) -> None:
+def replay_throughput(db: Path, workdir: Path, tasks: int, repeat: int, key: bytes) -> None:
     from engine.replay import replay
     from engine.storage import open_store
     from projections import project
 
-    db = workdir / "long.db"
     start = time.perf_counter()
-    run_id = record_long_run(db, workdir / "ws", tasks)
+    run_id = record_long_run(db, workdir / "ws", tasks, key)
     recorded = time.perf_counter() - start
-    with closing(open_store(db)) as store:
+    with closing(open_store(db, key=key)) as store:
         events = store.last_version(run_id)
         status = project(store, run_id).pipeline.status
         fallbacks = store.connection.execute(
@@ -395,16 +409,101 @@ def replay_throughput(workdir: Path, tasks: int, repeat: int) -> None:
             f" recorded in {recorded:.1f} s",
             flush=True,
         )
-        result = replay(store, run_id)
-        if not result.identical:
-            print(f"replay is not identical, throughput not measured:\n{result.report()}")
-            return
-        replayed = median_seconds(lambda: replay(store, run_id), repeat)
         rebuilt = median_seconds(lambda: project(store, run_id), repeat)
-    print(
-        f"replay   {events / replayed:>10,.0f} ev/s   rebuild-only {events / rebuilt:>10,.0f} ev/s"
-        f"   replay/rebuild {rebuilt / replayed:.3f}  (replay re-runs the engine and its tools)"
-    )
+        print(f"rebuild-only        {events / rebuilt:>10,.0f} ev/s", flush=True)
+        for tools in ("recorded", "live"):
+            result = replay(store, run_id, tools=tools)
+            if not result.identical:
+                print(f"replay --tools {tools} is not identical, not measured:\n{result.report()}")
+                continue
+            replayed = median_seconds(lambda t=tools: replay(store, run_id, tools=t), repeat)
+            print(
+                f"replay --tools {tools:<8} {events / replayed:>10,.0f} ev/s"
+                f"   replay/rebuild {rebuilt / replayed:.3f}",
+                flush=True,
+            )
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify_before_keys(store: SQLiteEventStore, run_id: str) -> bool:
+    """``EventStore.verify`` as it was before keys (plain sha256, first problem
+    only): the baseline the keyed chain is held to."""
+    from events.codec import chain_hash
+
+    previous = ""
+    for checked, row in enumerate(store.read_raw(run_id), start=1):
+        expected = chain_hash(
+            previous,
+            run_id=row.run_id,
+            version=row.version,
+            type=row.type,
+            schema_version=row.schema_version,
+            recorded_at=row.recorded_at,
+            causation=row.causation,
+            data=row.data,
+        )
+        if row.version != checked or expected != row.hash:
+            return False
+        previous = row.hash
+    return True
+
+
+def verify_timing(db: Path, key: bytes, runs: int, repeat: int) -> None:
+    from engine.verification import verify_log
+    from projections import project
+
+    with SQLiteEventStore(db, key=key) as store:
+        infos = [i for i in store.runs() if i.run_id.startswith("run-")]
+        half = len(infos) // 2
+        unkeyed, keyed = infos[: min(runs, half)], infos[half : half + runs]
+        for name, group in (("unkeyed", unkeyed), ("keyed", keyed)):
+            expected = "unkeyed" if name == "unkeyed" else "keyed"
+            assert all(store.verify(i.run_id).authentication == expected for i in group[:1])
+        count = sum(i.version for i in unkeyed), sum(i.version for i in keyed)
+
+        def chain(group: list[Any], check: Callable[[str], bool]) -> Callable[[], None]:
+            def run() -> None:
+                for info in group:
+                    assert check(info.run_id)
+
+            return run
+
+        cases = {
+            "unkeyed": (chain(unkeyed, lambda r: store.verify(r).ok), count[0]),
+            "keyed": (chain(keyed, lambda r: store.verify(r).ok), count[1]),
+            "before keys": (chain(unkeyed, lambda r: verify_before_keys(store, r)), count[0]),
+        }
+        # interleaved, so that a busy machine slows every case alike
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeat):
+            for name, (fn, events) in cases.items():
+                times[name].append(median_seconds(fn, 1) / events * 1e6)
+        per_event = {name: statistics.median(t) for name, t in times.items()}
+        for name in cases:
+            print(f"verify chain, {name:<12} {per_event[name]:>6.2f} us/event (median of {repeat})")
+        print(
+            f"verify chain keyed/unkeyed {per_event['keyed'] / per_event['unkeyed']:.2f}, "
+            f"keyed/before-keys {per_event['keyed'] / per_event['before keys']:.2f}"
+            "  (budget 1.5)",
+            flush=True,
+        )
+        total = sum(i.version for i in store.runs())
+        start = time.perf_counter()
+        verdict = verify_log(store)
+        took = time.perf_counter() - start
+        bad = [r.run_id for r in verdict.runs if not r.ok]
+        print(
+            f"verify_log, whole log: {total:,} events in {took:.1f} s ({took / total * 1e6:.1f}"
+            f" us/event), ok={verdict.ok} {verdict.database or ''}{bad[:3] or ''}",
+            flush=True,
+        )
+        start = time.perf_counter()
+        for info in store.runs():
+            project(store, info.run_id)
+        took = time.perf_counter() - start
+        print(f"runs (project every run): {took:.1f} s ({took / total * 1e6:.1f} us/event)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,6 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replay-tasks", type=int, default=30, help="tasks in the replayed run")
     parser.add_argument("--skip-audit", action="store_true")
     parser.add_argument("--skip-replay", action="store_true")
+    parser.add_argument("--skip-verify", action="store_true")
+    parser.add_argument(
+        "--verify-runs", type=int, default=20, help="keyed (and unkeyed) runs timed by verify"
+    )
     args = parser.parse_args(argv)
     print(
         f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}; median of {args.repeat}",
@@ -423,23 +526,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-replay-audit-") as tmp:
         workdir = Path(tmp)
-        if not args.skip_audit:
-            db = args.db or Path(tempfile.gettempdir()) / f"bench-audit-{args.events}.db"
-            if log_size(db) != args.events:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{db}{suffix}").unlink(missing_ok=True)
-                start = time.perf_counter()
-                build_log(db, args.events, args.runs)
-                print(
-                    f"built {db}: {args.events:,} events over {args.runs} runs in "
-                    f"{time.perf_counter() - start:.1f} s, {db.stat().st_size / 2**20:.0f} MiB",
-                    flush=True,
-                )
-            else:
-                print(f"reusing {db} ({args.events:,} events)", flush=True)
-            audit_latency(db, args.repeat, f"run-{args.runs // 2:04d}")
+        db = args.db or Path(tempfile.gettempdir()) / f"bench-audit-{args.events}.db"
+        key_path = Path(f"{db}.key")
+        if log_size(db) != args.events or not key_path.exists():
+            for suffix in ("", "-wal", "-shm", ".key"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            key_path.write_bytes(secrets.token_bytes(32))
+            start = time.perf_counter()
+            build_log(db, args.events, args.runs, key_path.read_bytes())
+            print(
+                f"built {db}: {args.events:,} events over {args.runs} runs through the store in "
+                f"{time.perf_counter() - start:.1f} s, {db.stat().st_size / 2**20:.0f} MiB",
+                flush=True,
+            )
+        else:
+            print(f"reusing {db} ({args.events:,} events)", flush=True)
+        key = key_path.read_bytes()
         if not args.skip_replay:
-            replay_throughput(workdir, args.replay_tasks, args.repeat)
+            with closing(sqlite3.connect(db)) as conn:
+                recorded = conn.execute(
+                    "SELECT count(*) FROM events WHERE run_id = ?", (LONG_RUN,)
+                ).fetchone()[0]
+            if recorded:
+                print(f"{LONG_RUN} is in the log already: replay not measured (build a new log)")
+            else:
+                replay_throughput(db, workdir, args.replay_tasks, args.repeat, key)
+        if not args.skip_audit:
+            audit_latency(db, args.repeat, f"run-{args.runs // 2:04d}")
+        if not args.skip_verify:
+            verify_timing(db, key, args.verify_runs, args.repeat)
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from engine.config import Limits
-from engine.coordinator import Step
+from engine.coordinator import Step, model_trouble
 from engine.coordinator import decide as rules_decide
 from engine.errors import ModelError
 from engine.model.recording import RecordingModel
@@ -341,7 +341,7 @@ def decide(
 ) -> Verdict:
     """The next step: the arbiter's if it is valid, else the rules' with the reason."""
     p = state.pipeline
-    rules = rules_decide(p, limits)
+    rules = rules_decide(p, limits, model_trouble(state.orchestration))
 
     def fallback(reason: str) -> Verdict:
         return Verdict(

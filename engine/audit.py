@@ -26,13 +26,14 @@ import io
 import json
 import sqlite3
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from tabulate import tabulate
 
-from engine.storage import open_store
-from events.errors import AutonomyError
+from engine.storage import is_postgres_url, open_store
+from events.errors import AutonomyError, EventStoreError
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv")
@@ -46,12 +47,15 @@ class AuditError(AutonomyError):
 @dataclass(frozen=True)
 class AuditQuery:
     """A named query. ``sql`` has a ``{run}`` slot, filled with a run filter on the
-    column ``run_id`` (or ``1`` for every run), and binds ``parameters`` by name."""
+    column ``run_id`` (or ``TRUE`` for every run), and binds ``parameters`` by name.
+    ``postgres`` is its text for a log in PostgreSQL where SQLite's does not run
+    there (JSON functions, boolean sums); empty when the same text runs on both."""
 
     sql: str
     description: str
     parameters: tuple[str, ...] = ()
     example: str = ""
+    postgres: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ ORDER BY run_id, version""",
 SELECT model, role, count(*) AS calls,
   sum(status = 'failed') AS failed_calls,
   sum(failures) AS failed_attempts,
+  sum(status = 'interrupted') AS interrupted_calls,
   coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
   coalesce(sum(completion_tokens), 0) AS completion_tokens,
   round(coalesce(sum(duration_ms), 0) / 1000.0, 3) AS seconds
@@ -110,9 +115,21 @@ FROM model_calls
 WHERE {run}
 GROUP BY model, role
 ORDER BY model, role""",
-        description="Per model and role: calls, failed calls and attempts, prompt and "
-        "completion tokens, time spent answering.",
+        description="Per model and role: calls, failed calls and attempts, calls "
+        "interrupted by a stop, prompt and completion tokens, time spent answering.",
         example="autonomy audit RUN_ID model-usage",
+        postgres="""
+SELECT model, role, count(*) AS calls,
+  sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)::bigint AS failed_calls,
+  sum(failures)::bigint AS failed_attempts,
+  sum(CASE WHEN status = 'interrupted' THEN 1 ELSE 0 END)::bigint AS interrupted_calls,
+  coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+  coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+  round((coalesce(sum(duration_ms), 0) / 1000.0)::numeric, 3)::float8 AS seconds
+FROM model_calls
+WHERE {run}
+GROUP BY model, role
+ORDER BY model, role""",
     ),
     "phase-timeline": AuditQuery(
         sql="""
@@ -129,7 +146,8 @@ SELECT run_id, task_id, title, target_file, priority, status, attempts, last_err
 FROM tasks
 WHERE {run}
 ORDER BY run_id, added_version""",
-        description="Every task with its latest status, attempts and last error.",
+        description="Every task in effect at the end of the run (after any rewind), with "
+        "its latest status, attempts and last error.",
         example="autonomy audit RUN_ID tasks",
     ),
     "file-history": AuditQuery(
@@ -148,6 +166,17 @@ ORDER BY t.run_id, t.executed_version""",
         "tool, content hashes before and after.",
         parameters=("path",),
         example="autonomy audit RUN_ID file-history calc.py",
+        postgres="""
+SELECT t.run_id, t.executed_version AS version, t.call_id, t.tool,
+  CASE WHEN f.value->>'after' IS NULL THEN 'delete'
+       WHEN f.value->>'before' IS NULL THEN 'create'
+       ELSE 'modify' END AS change,
+  f.value->>'before' AS before_hash,
+  f.value->>'after' AS after_hash,
+  (f.value->>'size')::bigint AS size
+FROM tool_calls t, json_array_elements(t.files_changed::json) f
+WHERE {run} AND f.value->>'path' = :path
+ORDER BY t.run_id, t.executed_version""",
     ),
     "refused-paths": AuditQuery(
         sql=f"""
@@ -159,6 +188,12 @@ ORDER BY run_id, requested_version""",
         description="Tool calls the sandbox refused: paths outside the workspace, "
         "inside .autonomy/ or .git/, or too long or too deep.",
         example="autonomy audit refused-paths --format csv",
+        postgres=f"""
+SELECT run_id, requested_version AS version, call_id, tool,
+  coalesce(arguments::json->>'path', arguments) AS path, error
+FROM tool_calls
+WHERE {{run}} AND ok = 0 AND {_REFUSED}
+ORDER BY run_id, requested_version""",
     ),
 }
 
@@ -173,8 +208,25 @@ INDEXES: dict[str, str] = {
 }
 
 
-def ensure_indexes(connection: sqlite3.Connection) -> None:
+# The same for a log in PostgreSQL (``->>`` is what its views compare).
+POSTGRES_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS events_call_id ON events(run_id, type, (data->>'call_id'))",
+    "CREATE INDEX IF NOT EXISTS events_task_id ON events(run_id, type, (data->>'task_id'))",
+    "CREATE INDEX IF NOT EXISTS events_type_run ON events(type, run_id, version)",
+)
+
+
+def dialect(connection: Any) -> str:
+    """``sqlite`` or ``postgres`` (``events.postgres.SQLiteStyle``)."""
+    return str(getattr(connection, "dialect", "sqlite"))
+
+
+def ensure_indexes(connection: Any) -> None:
     """Create the audit indexes that are missing (a no-op once they exist)."""
+    if dialect(connection) == "postgres":
+        for ddl in POSTGRES_INDEXES:
+            _execute(connection, ddl, {}, "creating the audit indexes")
+        return
     existing = {
         row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
     }
@@ -192,14 +244,15 @@ def ensure_indexes(connection: sqlite3.Connection) -> None:
         raise AuditError(f"creating the audit indexes: {e}") from e
 
 
-def query_sql(name: str, run_id: str | None) -> str:
+def query_sql(name: str, run_id: str | None, dialect: str = "sqlite") -> str:
     """The SQL of a named query, filtered to ``run_id`` (bound as ``:run_id``) if given."""
     query = _query(name)
-    return query.sql.format(run="run_id = :run_id" if run_id is not None else "1").strip()
+    sql = query.postgres if dialect == "postgres" and query.postgres else query.sql
+    return sql.format(run="run_id = :run_id" if run_id is not None else "TRUE").strip()
 
 
 def run_query(
-    connection: sqlite3.Connection,
+    connection: Any,
     name: str,
     run_id: str | None = None,
     arguments: tuple[str, ...] = (),
@@ -214,7 +267,8 @@ def run_query(
     params: dict[str, Any] = dict(zip(query.parameters, arguments, strict=True))
     if run_id is not None:
         params["run_id"] = run_id
-    return _execute(connection, query_sql(name, run_id), params, f"audit query {name}")
+    sql = query_sql(name, run_id, dialect(connection))
+    return _execute(connection, sql, params, f"audit query {name}")
 
 
 def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> AuditResult:
@@ -223,7 +277,12 @@ def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> A
     The log is opened as every reading command opens it (``open_store(read_only=
     True)``: ``mode=ro``, the views, then ``PRAGMA query_only``), so any write
     (INSERT, CREATE, ATTACH-and-write...) is refused by SQLite itself and reported
-    as an ``AuditError``, and a log on read-only storage can be queried."""
+    as an ``AuditError``, and a log on read-only storage can be queried. On a
+    ``postgresql://`` URL, the query is one prepared statement in a READ ONLY
+    transaction that has already run a query (so it cannot be made writable
+    again), rolled back afterwards."""
+    if is_postgres_url(db):
+        return _run_sql_postgres(str(db), sql, params or {})
     path = Path(db)
     if not path.is_file():
         raise AuditError(f"no database file at {path}")
@@ -232,15 +291,34 @@ def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> A
     except AutonomyError as e:
         raise AuditError(f"opening {path} read-only: {e}") from e
     try:
-        return _execute(store.connection, sql, params or {}, "the SQL query (read-only)")
+        connection = store.connection  # type: ignore[attr-defined]  # an SQLite log here
+        return _execute(connection, sql, params or {}, "the SQL query (read-only)")
     finally:
         store.close()
+
+
+def _run_sql_postgres(url: str, sql: str, params: dict[str, Any]) -> AuditResult:
+    import psycopg
+
+    from events.postgres import SQLiteStyle, redacted
+
+    try:
+        raw = psycopg.connect(url)
+    except psycopg.Error as e:
+        raise AuditError(f"opening {redacted(url)} read-only: {e}") from e
+    try:
+        raw.read_only = True
+        raw.execute("SELECT 1")  # a query first: the transaction stays READ ONLY
+        return _execute(SQLiteStyle(raw), sql, params, "the SQL query (read-only)")
+    finally:
+        raw.rollback()
+        raw.close()
 
 
 def format_result(result: AuditResult, fmt: Format) -> str:
     """The rows as a plain-text table, a JSON array of objects, or CSV with a header."""
     if fmt == "json":
-        return json.dumps(result.as_dicts(), indent=2, ensure_ascii=False)
+        return json.dumps(result.as_dicts(), indent=2, ensure_ascii=False, default=_jsonable)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -252,6 +330,14 @@ def format_result(result: AuditResult, fmt: Format) -> str:
             return "(no rows)"
         return str(tabulate(result.rows, headers=result.columns, disable_numparse=True))
     raise AuditError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _jsonable(value: object) -> object:
+    """What PostgreSQL returns and JSON has no type for: numerics (sums of
+    integers), dates."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 def describe_queries() -> str:
@@ -272,13 +358,11 @@ def _query(name: str) -> AuditQuery:
         ) from None
 
 
-def _execute(
-    connection: sqlite3.Connection, sql: str, params: dict[str, Any], what: str
-) -> AuditResult:
+def _execute(connection: Any, sql: str, params: dict[str, Any], what: str) -> AuditResult:
     try:
         cursor = connection.execute(sql, params)
-        rows = cursor.fetchall()
-    except sqlite3.Error as e:
+        rows = cursor.fetchall() if cursor.description else []
+    except (sqlite3.Error, EventStoreError) as e:
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())
     return AuditResult(columns=columns, rows=rows)

@@ -20,7 +20,7 @@ command is a few lines::
             ...
 
 ``db_option`` is the shared ``--db PATH`` (also ``AUTONOMY_DB``); ``settings_options``
-adds ``--config``, ``--mode``, ``--max-steps``, ``--model-url``, ``--api`` and
+adds ``--config``, ``--mode``, ``--max-steps``, ``--sandbox``, ``--model-url``, ``--api`` and
 ``--model`` and hands the command one ``SettingsFlags`` whose ``load(workspace)``
 gives the effective ``Settings``.
 """
@@ -43,10 +43,11 @@ from tabulate import tabulate
 from engine import __version__
 from engine.config import Settings, dump_toml, load_settings, locate_config, settings_from_mapping
 from engine.errors import ConfigError
+from engine.keys import load_key
 from engine.phases import mermaid
 from engine.runner import resume_run, start_run
 from engine.runner import summary as run_summary
-from engine.storage import DB_ENV, default_db_path, open_store, resolve_db
+from engine.storage import DB_ENV, default_db_path, is_postgres_url, open_store, resolve_db
 from events.errors import AutonomyError, RunNotFound
 from events.schema import (
     EVENT_TYPES,
@@ -68,7 +69,6 @@ from events.schema import (
     UserAnswered,
     UserAsked,
 )
-from events.sqlite import SQLiteEventStore
 from events.store import EventStore, RecordedEvent
 from projections import RunState, project
 
@@ -142,37 +142,56 @@ class Group(click.Group):
 
 # -- shared options ------------------------------------------------------------------------
 
+
+class LogParam(click.ParamType[Any]):
+    """A log: a file path (a ``Path``) or a ``postgresql://`` URL (kept a string:
+    ``Path`` would fold its ``//``)."""
+
+    name = "log"
+    _file = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_postgres_url(value):
+            return value
+        return self._file.convert(value, param, ctx)
+
+
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="PATH",
+    type=LogParam(),
+    metavar="PATH|URL",
     envvar=DB_ENV,
     show_envvar=True,
-    help="The event log. Default: .autonomy/events.db under the workspace, else under "
-    "the current directory.",
+    help="The event log: a file, or a postgresql:// URL. Default: .autonomy/events.db "
+    "under the workspace, else under the current directory.",
 )
-"""``--db PATH`` for every command that reads or writes a log."""
+"""``--db PATH|URL`` for every command that reads or writes a log."""
 
 
 @contextmanager
 def opened_log(
-    db: Path | None,
+    db: Path | str | None,
     workspace: Path | None = None,
     *,
     must_exist: bool = True,
     read_only: bool = False,
-) -> Iterator[SQLiteEventStore]:
+    create_key: bool = True,
+) -> Iterator[EventStore]:
     """The log named by ``--db`` (or ``AUTONOMY_DB``, or the default), opened with
-    the audit views; closed afterwards. Commands that continue a log want
-    ``must_exist``; commands that only read want ``read_only`` (they then work on
-    read-only files and directories and never write). Only the default log's
-    directory (``.autonomy/``) is created when missing, never one the user named."""
+    the audit views and the chain's key (``engine.keys``); closed afterwards.
+    Commands that continue a log want ``must_exist``; commands that only read want
+    ``read_only`` (they then work on read-only files and directories and never
+    write). Only the default log's directory (``.autonomy/``) is created when
+    missing, never one the user named. ``create_key=False`` is for commands that
+    judge a log (``verify``): a key made now would only be the wrong one."""
     path = resolve_db(db, workspace)
+    key = load_key(create=create_key and not read_only)
     store = open_store(
         path,
         must_exist=must_exist,
         read_only=read_only,
         create_dir=path == default_db_path(workspace),
+        key=key,
     )
     try:
         yield store
@@ -238,9 +257,16 @@ _SETTINGS_OPTIONS = (
         metavar="NAME",
         help="Use this one model for every role. [env var: AUTONOMY_MODEL]",
     ),
+    click.option(
+        "--sandbox",
+        type=click.Choice(["auto", "required", "off"]),
+        help="How commands the model runs are confined: auto (bubblewrap when "
+        "installed, else a warning), required (refuse to run without it) or off. "
+        "[env var: AUTONOMY_SANDBOX]",
+    ),
 )
 
-_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model")
+_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model", "sandbox")
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -381,60 +407,6 @@ def events(
 
 
 @cli.command()
-@click.argument("run_id", required=False)
-@db_option
-@click.pass_context
-def verify(ctx: click.Context, run_id: str | None, db: Path | None) -> None:
-    """Check that runs are intact: hash chain, decoding, projection.
-
-    For one run, or every run: the hash chain is unbroken, every event decodes
-    through the typed decoder and the run's state can be rebuilt from it. Prints "ok" per run, or the first problem with its position and type. Exit
-    status 1 when any run has a problem.
-
-    Example:
-
-    \b
-        autonomy verify
-        autonomy verify RUN_ID --db .autonomy/events.db
-    """
-    with opened_log(db, read_only=True) as store:
-        run_ids = [run_id] if run_id is not None else [info.run_id for info in store.runs()]
-        if run_id is not None and store.last_version(run_id) == 0:
-            raise RunNotFound(run_id)
-        if not run_ids:
-            click.echo("no runs in this log")
-            return
-        failed = 0
-        for rid in run_ids:
-            problem = _problem_in(store, rid)
-            if problem is None:
-                click.echo(f"{rid}: ok ({store.last_version(rid)} events)")
-            else:
-                failed += 1
-                click.echo(f"{rid}: FAILED {problem}")
-    if failed:
-        click.echo(f"{failed} of {len(run_ids)} runs failed verification", err=True)
-        ctx.exit(1)
-
-
-def _problem_in(store: SQLiteEventStore, run_id: str) -> str | None:
-    """The first problem of one run, or None."""
-    report = store.verify(run_id)
-    if not report.ok:
-        position = report.first_bad_position or 0
-        row = next(store.read_all_raw(after_position=position - 1, limit=1), None)
-        kind = f", {row.type}" if row is not None else ""
-        return (
-            f"at position {position} (version {report.first_bad_version}{kind}): {report.problem}"
-        )
-    try:
-        project(store, run_id)  # reads every event through the typed decoder
-    except AutonomyError as e:
-        return describe_error(e)
-    return None
-
-
-@cli.command()
 def graph() -> None:
     """Print the phase machine as a Mermaid state diagram.
 
@@ -492,16 +464,31 @@ def config(workspace: Path, as_json: bool, flags: SettingsFlags) -> None:
     help="The directory the agent works in (created if missing).",
 )
 @click.option("--run-id", "run_id", metavar="ID", help="Name the run (default: time-based).")
+@click.option(
+    "--checkpoint-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="AUTONOMY_CHECKPOINT_FILE",
+    show_envvar=True,
+    help="Append the run's checkpoint to FILE when it stops (see `autonomy checkpoint`).",
+)
 @db_option
 @settings_options
 def run(
-    goal: str | None, workspace: Path, run_id: str | None, db: Path | None, flags: SettingsFlags
+    goal: str | None,
+    workspace: Path,
+    run_id: str | None,
+    checkpoint_file: Path | None,
+    db: Path | None,
+    flags: SettingsFlags,
 ) -> None:
     """Run the agent on GOAL until it completes, fails or waits for input.
 
     GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
-    in the workspace is the goal. Progress (step, phase, task, tokens) is printed
-    as the run goes; the exit status is 0 only when the run completed.
+    in the workspace is the goal. Progress (step, phase, task, tokens) and every
+    failed model call are printed as the run goes. Exit status: 0 when the run
+    completed (every task done) or waits for an answer, 2 when it ended with some
+    tasks skipped (status partial), 1 otherwise.
 
     Example:
 
@@ -520,6 +507,10 @@ def run(
             run_id=run_id,
             progress=click.echo,
         )
+        if checkpoint_file is not None:
+            from engine.cli_integrity import append_checkpoint
+
+            append_checkpoint(store, log.run_id, checkpoint_file)
         _finish(project(store, log.run_id))
 
 
@@ -564,7 +555,10 @@ def _finish(state: RunState) -> None:
     click.echo("")
     for line in run_summary(state):
         click.echo(line)
-    if state.pipeline.status not in ("completed", "waiting_for_input"):
+    status = state.pipeline.status
+    if status == "partial":
+        raise click.exceptions.Exit(2)
+    if status not in ("completed", "waiting_for_input"):
         raise click.exceptions.Exit(1)
 
 
@@ -687,4 +681,10 @@ def _seconds(recorded_at: str) -> str:
 
 
 # Command groups kept in their own modules; importing them registers their commands.
-from engine import cli_audit, cli_history, cli_orchestration  # noqa: E402, F401
+from engine import (  # noqa: E402, F401
+    cli_audit,
+    cli_history,
+    cli_integrity,
+    cli_orchestration,
+    cli_workers,
+)

@@ -7,7 +7,7 @@ import contextlib
 import os
 from contextlib import closing
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -23,8 +23,9 @@ from engine.audit import (
 )
 from engine.cli import cli, db_option, opened_log
 from engine.report import write_report
-from engine.storage import open_store, resolve_db
+from engine.storage import is_postgres_url, open_store, resolve_db
 from events.errors import AutonomyError, RunNotFound
+from events.store import EventStore
 
 
 def _audit_help() -> str:
@@ -76,21 +77,37 @@ def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) ->
         with opened_log(db, read_only=True) as store:
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            _try_indexes(db)
-            result = run_query(store.connection, name, run_id, arguments)
+            connection = _sql(store)
+            _try_indexes(db, connection)
+            result = run_query(connection, name, run_id, arguments)
     click.echo(format_result(result, cast(Format, fmt)))
 
 
-def _try_indexes(db: Path | None) -> None:
-    """Add the audit indexes if the log can take them, on a connection of their own
-    (the reading one is read-only); a log on read-only storage is still queried,
-    only more slowly, and is never written to."""
+def _sql(store: EventStore) -> Any:
+    """The store's SQL connection (an ``sqlite3.Connection``, or
+    ``events.postgres.SQLiteStyle``): the views live there."""
+    connection = getattr(store, "connection", None)
+    if connection is None:
+        raise AuditError("this log has no SQL views to query")
+    return connection
+
+
+def _try_indexes(db: Path | str | None, connection: Any) -> None:
+    """Add the audit indexes if the log can take them. On SQLite that is done on a
+    connection of its own (the reading one is read-only), and a log on read-only
+    storage is still queried, only more slowly, and never written to; a PostgreSQL
+    log takes them on its own connection."""
+    path = resolve_db(db)
+    if is_postgres_url(path):
+        with contextlib.suppress(AuditError):
+            ensure_indexes(connection)
+        return
     with contextlib.suppress(AutonomyError, OSError):
-        path = resolve_db(db)
+        path = Path(path)
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
             return
         with closing(open_store(path, must_exist=True)) as store:
-            ensure_indexes(store.connection)
+            ensure_indexes(store.connection)  # type: ignore[attr-defined]
 
 
 def _split(words: tuple[str, ...]) -> tuple[str | None, str, tuple[str, ...]]:
@@ -133,6 +150,7 @@ def report(run_id: str, html_file: Path, db: Path | None) -> None:
     with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
-        _try_indexes(db)
-        write_report(store.connection, run_id, html_file)
+        connection = _sql(store)
+        _try_indexes(db, connection)
+        write_report(connection, run_id, html_file)
     click.echo(f"wrote {html_file}")

@@ -1,4 +1,5 @@
-r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind`` and ``fork``.
+r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind``, ``fork`` and
+``copy`` (runs from one log to another).
 
 Registered on ``engine.cli.cli`` when that module is imported. Each opens the log,
 calls one library function (``engine.replay``, ``projections.project``,
@@ -7,6 +8,7 @@ calls one library function (``engine.replay``, ``projections.project``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,15 @@ import click
 import msgspec
 from tabulate import tabulate
 
-from engine.cli import cli, db_option, opened_log
+from engine.cli import LogParam, SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.copy import copy_runs, describe
+from engine.counterfactual import go_live
+from engine.errors import ConfigError
+from engine.replay import TOOL_SOURCES, ToolSource
 from engine.replay import replay as replay_run
+from engine.run_diff import diff_runs
 from engine.runner import new_run_id
+from engine.verification import refuse_corrupt_blobs
 from engine.workspace import fork as fork_run
 from engine.workspace import rewind as rewind_run
 from events.errors import RunNotFound
@@ -33,31 +41,151 @@ from projections.sequence import Appended
     metavar="V",
     help="Replay and compare only up to version V.",
 )
+@click.option(
+    "--tools",
+    type=click.Choice(TOOL_SOURCES),
+    default="live",
+    show_default=True,
+    envvar="AUTONOMY_REPLAY_TOOLS",
+    show_envvar=True,
+    help="live: run the tools in a scratch workspace (do they still behave the same?); "
+    "recorded: take their results and file changes from the log (does the engine "
+    "still decide the same?), much faster.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.option(
+    "--live-from",
+    type=click.IntRange(min=1),
+    metavar="V",
+    help="Counterfactual: answers from the log up to version V, then fork the run "
+    "there and let a live model (--model-url, --model, --api) continue the fork.",
+)
+@click.option(
+    "--continue-live",
+    is_flag=True,
+    help="Counterfactual: replay to the first divergence (a changed prompt), then fork "
+    "before that step and continue live with the current code.",
+)
+@click.option("--as", "new_id", metavar="NEW_ID", help="The live branch's run id.")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The live branch's workspace (new or empty; default: beside the run's own).",
+)
 @db_option
+@settings_options
 @click.pass_context
-def replay(ctx: click.Context, run_id: str, until: int | None, db: Path | None) -> None:
+def replay(
+    ctx: click.Context,
+    run_id: str,
+    until: int | None,
+    tools: ToolSource,
+    as_json: bool,
+    live_from: int | None,
+    continue_live: bool,
+    new_id: str | None,
+    workspace: Path | None,
+    db: Path | None,
+    flags: SettingsFlags,
+) -> None:
     """Re-execute a run with the current code; the model answers from the log.
 
     No model server is asked: the i-th model request gets the i-th recorded
-    answer, once the request is checked to be the one recorded. Tools really run,
-    in a temporary copy of the workspace restored from the log as it was when the
-    run started. The events written are compared with the recorded ones (times,
+    answer, once the whole request (messages, options, tools and their schemas)
+    is checked to be the one recorded. User answers, rewinds, forks, kills and
+    what recovery settled after them are taken from the log where the run met
+    them. With --tools live, tools really run in a temporary copy of the
+    workspace restored from the log; with --tools recorded their results come
+    from the log. The events written are compared with the recorded ones (times,
     durations, hashes and timings in outputs aside). Prints "identical (N
-    events)", or the first divergence: its version, the expected and actual event
-    types and a diff (for a model request: which message changed and how). Exit
-    status 1 on a divergence.
+    events)", or the first divergence: a line saying what differs, then a diff.
+    Exit status 1 on a divergence.
+
+    Counterfactual: with --live-from V (versions 1..V must replay identically) or
+    --continue-live (up to the first divergence), the run is forked there and a
+    live model (--model-url, --model, --api) continues the fork; compare the two
+    with `autonomy diff`.
 
     Example:
 
     \b
         autonomy replay run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
-        autonomy replay RUN_ID --until 40
+        autonomy replay RUN_ID --until 40 --tools recorded
+        autonomy replay RUN_ID --continue-live --as RUN_ID-v2 --model-url http://localhost:11434
     """
+    if live_from is not None or continue_live:
+        _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
+        return
     with opened_log(db, read_only=True) as store:
-        result = replay_run(store, run_id, until=until)
-    click.echo(result.report())
+        refuse_corrupt_blobs(store, run_id)  # before anything runs, not when one is read
+        result = replay_run(store, run_id, until=until, tools=tools)
+    if as_json:
+        click.echo(json.dumps(result.document(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(result.report())
     if not result.identical:
         ctx.exit(1)
+
+
+def _go_live(
+    run_id: str,
+    live_from: int | None,
+    continue_live: bool,
+    new_id: str | None,
+    workspace: Path | None,
+    db: Path | None,
+    flags: SettingsFlags,
+) -> None:
+    if live_from is not None and continue_live:
+        raise ConfigError("give --live-from V or --continue-live, not both")
+    branch = new_id or f"{run_id}-live-{new_run_id()[-4:]}"
+    with opened_log(db) as store:
+        if workspace is None:
+            own = Path(project(store, run_id).pipeline.workspace)
+            workspace = own.with_name(f"{own.name}-{branch}")
+        done = go_live(
+            store,
+            run_id,
+            new_run_id=branch,
+            workspace=workspace,
+            settings=flags.load_over,
+            live_from=live_from,
+            continue_live=continue_live,
+            progress=click.echo,
+        )
+        click.echo(f"replayed: {done.replayed.report().splitlines()[0]}")
+        click.echo(f"live branch {done.run_id}: {done.status}, forked at version {done.forked_at}")
+        click.echo(f"compare with: autonomy diff {run_id} {done.run_id}")
+
+
+@cli.command(name="diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as one JSON object.")
+@db_option
+def diff_command(run_a: str, run_b: str, as_json: bool, db: Path | None) -> None:
+    """Compare two runs: the first step where they differ, then figures per phase.
+
+    Steps are what the engine did, not when: each decision (action and
+    parameters), each tool call (tool and arguments) and each file change (path
+    and content hash), along each run's effective history (rewinds followed, a
+    fork's parent up to the fork point). Per phase, for each run: steps, model
+    calls, tokens, model seconds, files written, tests passed. Useful to see what
+    a prompt change did, with a run made by `autonomy replay --continue-live`.
+
+    Example:
+
+    \b
+        autonomy diff calc-run calc-run-brief
+        autonomy diff calc-run calc-run-brief --json | jq .first_divergent_step
+    """
+    with opened_log(db) as store:
+        result = diff_runs(store, run_a, run_b)
+    if as_json:
+        click.echo(json.dumps(result.document(), indent=2, ensure_ascii=False))
+        return
+    for line in result.lines():
+        click.echo(line)
 
 
 @cli.command()
@@ -234,3 +362,37 @@ def state_lines(projected: RunState) -> list[str]:
         lines += ["", "model calls without an answer:"]
         lines += [f"  {cid} ({c.role}, {c.model})" for cid, c in o.open_calls.items()]
     return lines
+
+
+@cli.command("copy")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=LogParam(),
+    metavar="PATH|URL",
+    help="The log to copy from.",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=LogParam(),
+    metavar="PATH|URL",
+    help="The log to copy into (created if missing).",
+)
+def copy(run_ids: tuple[str, ...], source: Path | str, target: Path | str) -> None:
+    """Copy runs (every run when none is named) from one log to another, with their
+    blobs: SQLite to PostgreSQL and back. Each run's hash chain is verified before it
+    is written and again on the target; a run the target already has is refused, and
+    then nothing is copied.
+
+    Example:
+
+    \b
+        autonomy copy --from .autonomy/events.db --to postgresql://db.example/autonomy
+    """
+    with opened_log(source) as from_store, opened_log(target, must_exist=False) as to_store:
+        for line in describe(copy_runs(from_store, to_store, run_ids)):
+            click.echo(line)

@@ -23,13 +23,21 @@ max_steps?``). Every key, with its default::
     allowlist = [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
     command_timeout = 120.0         # seconds per run_command
     output_cap = 20000              # characters of command output kept
+    sandbox = "auto"                # "auto" | "required" | "off": see engine.tools.confine
+    network = false                 # whether commands may use the network
+
+    [tools.limits]                  # per command; 0: no limit
+    cpu_seconds = 600
+    memory_mb = 4096                # address space
+    file_size_mb = 256
+    processes = 256
 
     [models.coding]                 # one table per role; see engine.model.roles
     model = "qwen2.5-coder:32b"
 
 The environment: ``AUTONOMY_MODE``, ``USE_ORCHESTRATION=true|false`` (the
 predecessor's switch; ``AUTONOMY_MODE`` wins when both are set),
-``AUTONOMY_MAX_STEPS``, and ``AUTONOMY_MODEL_URL``, ``AUTONOMY_API``,
+``AUTONOMY_MAX_STEPS``, ``AUTONOMY_SANDBOX``, and ``AUTONOMY_MODEL_URL``, ``AUTONOMY_API``,
 ``AUTONOMY_MODEL``. The last three (and the flags ``--model-url``, ``--api``,
 ``--model``) point every role at one server and one model at once and clear the
 fallbacks: the common case of a single local Ollama. ``autonomy.toml`` sets roles
@@ -53,6 +61,7 @@ import msgspec
 from engine.errors import ConfigError
 from engine.model.roles import Roles, roles_from_mapping
 from engine.model.wire import Api
+from engine.tools.confine import CommandLimits, SandboxSetting
 
 CONFIG_FILE = "autonomy.toml"
 """The config file ``locate_config`` looks for in a workspace."""
@@ -83,6 +92,9 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     allowlist: list[list[str]] = msgspec.field(default_factory=_default_allowlist)
     command_timeout: PositiveFloat = 120.0
     output_cap: PositiveInt = 20000
+    sandbox: SandboxSetting = "auto"
+    network: bool = False
+    limits: CommandLimits = msgspec.field(default_factory=CommandLimits)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +113,7 @@ ENV_VARS: Mapping[str, str] = {
     "AUTONOMY_MODEL_URL": "model_url",
     "AUTONOMY_API": "api",
     "AUTONOMY_MODEL": "model",
+    "AUTONOMY_SANDBOX": "sandbox",
 }
 """Environment variable -> the override it sets (``USE_ORCHESTRATION`` aside)."""
 
@@ -110,6 +123,7 @@ _OVERRIDE_TYPES: Mapping[str, Any] = {
     "model_url": str,
     "api": Api,
     "model": str,
+    "sandbox": SandboxSetting,
 }
 
 
@@ -233,6 +247,8 @@ def _apply(settings: Settings, layered: Mapping[str, Any]) -> Settings:
         settings = replace(
             settings, limits=replace(settings.limits, max_steps=layered["max_steps"])
         )
+    if "sandbox" in layered:
+        settings = replace(settings, tools=replace(settings.tools, sandbox=layered["sandbox"]))
     if any(k in layered for k in ("model_url", "api", "model")):
         roles = point_all_roles(
             settings.models,

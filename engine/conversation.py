@@ -4,25 +4,53 @@ The model's tool calls are executed write-ahead (``tool.requested`` is appended
 before the tool runs, ``tool.executed`` after, followed by any events the tool
 produced) and their results go back as ``role: "tool"`` messages, until the model
 calls a finishing tool or the turn limit is reached. A reply without a tool call
-gets one explicit nudge; a second one ends the conversation. Silence is never
+gets one explicit nudge; a second one ends the conversation. A call that fails
+exactly as the same call failed before gets a corrective note; the third time
+ends the conversation with that reason rather than at the turn limit. Silence is never
 success: only a finishing tool that succeeded finishes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from engine.config import Settings
-from engine.errors import ModelError
+from engine.errors import ModelError, ModelResponseInvalid
 from engine.model.recording import RecordingModel
 from engine.model.stored import stored_arguments
 from engine.prompts import NUDGE
 from engine.runlog import RunLog
-from engine.tools import ToolContext, ToolRegistry, execute
+from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
+from engine.tools.confine import Confinement
+from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
+
+ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolOutcome]
+"""Runs one tool call: ``engine.tools.execute``, or a replay's results from the log."""
+
+INVALID = (
+    "Your last answer could not be used: {error}. Answer again with one valid tool call "
+    "whose arguments are a complete JSON object."
+)
+
+REPEAT_LIMIT = 3
+"""The same call failing the same way this often ends the task's conversation."""
+
+REPEATED = (
+    "\n\nYou made this exact {tool} call before and it failed the same way. Repeating it "
+    "will not help: read the error above and change the arguments, call a different "
+    "tool, or finish with the tool that ends your task."
+)
+
+DUPLICATE = (
+    "not run: this {tool} call is identical to an earlier call in the same answer, "
+    "which has run; its result is above"
+)
 
 RESULT_PREVIEW = 2000
 """Characters of a tool result kept inline in ``tool.executed``; longer goes to a blob."""
@@ -48,11 +76,15 @@ def run_conversation(
     task_id: str,
     causation: int,
     prompt_digest: str = "",
+    confinement: Confinement | None = None,
+    digests: WorkspaceDigests | None = None,
+    run_tool: ToolRunner = execute,
 ) -> Outcome:
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
     schemas = tools.schemas()
-    nudged = False
+    nudged = invalid = False
+    failures: dict[tuple[str, str, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
     for turn in range(1, limit + 1):
         try:
@@ -64,10 +96,21 @@ def run_conversation(
                 causation=causation,
                 prompt_digest=prompt_digest,
             )
+        except ModelResponseInvalid as e:
+            # the model answered, but unusably (truncated or broken arguments): tell it
+            # why once, as the nudge does for prose; twice in a row ends the turn
+            if invalid:
+                return Outcome(
+                    finished=False, reason=f"model call failed: {e}", turns=turn, model_error=e
+                )
+            invalid = True
+            history.append(Message(role="user", content=INVALID.format(error=e)))
+            continue
         except ModelError as e:
             return Outcome(
                 finished=False, reason=f"model call failed: {e}", turns=turn, model_error=e
             )
+        invalid = False
         responded = log.version
         if not reply.tool_calls:
             if nudged:
@@ -86,16 +129,45 @@ def run_conversation(
             Message(role="assistant", content=reply.content, tool_calls=reply.tool_calls)
         )
         finished = False
+        repeated = ""
+        seen: set[str] = set()
         for call in reply.tool_calls:
-            outcome_text, finishes = _run_tool(
-                log, tools, settings, workspace, task_id, call.name, call.arguments, responded
+            same = f"{call.name}:{_canonical(call.arguments)}"
+            duplicate = same in seen
+            seen.add(same)
+            ctx = ToolContext(
+                workspace=workspace,
+                blobs=log.store,
+                task_id=task_id,
+                tasks={t.task_id: t.status for t in log.pipeline.tasks.values()},
+                allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
+                command_timeout=settings.tools.command_timeout,
+                output_cap=settings.tools.output_cap,
+                confinement=confinement,
+                digests=digests,
             )
-            history.append(
-                Message(role="tool", content=outcome_text, tool_call_id=call.id, name=call.name)
+            outcome = _run_tool(
+                log, tools, ctx, call.name, call.arguments, responded, run_tool, duplicate=duplicate
             )
-            finished = finished or finishes
+            text = outcome.text
+            if outcome.ok:
+                failures.clear()
+            else:
+                key = (call.name, _canonical(call.arguments), outcome.error)
+                failures[key] = failures.get(key, 0) + 1
+                if failures[key] >= REPEAT_LIMIT:
+                    repeated = (
+                        f"the model repeated the same failing call {REPEAT_LIMIT} times: "
+                        f"{call.name}: {outcome.error}"
+                    )
+                elif failures[key] > 1:
+                    text += REPEATED.format(tool=call.name)
+            history.append(Message(role="tool", content=text, tool_call_id=call.id, name=call.name))
+            finished = finished or outcome.finishes
         if finished:
             return Outcome(finished=True, reason="finished", turns=turn)
+        if repeated:
+            return Outcome(finished=False, reason=repeated, turns=turn)
     return Outcome(
         finished=False,
         reason=f"reached max_turns_per_task ({limit}) without finishing",
@@ -106,13 +178,14 @@ def run_conversation(
 def _run_tool(
     log: RunLog,
     tools: ToolRegistry,
-    settings: Settings,
-    workspace: Path,
-    task_id: str,
+    ctx: ToolContext,
     name: str,
     arguments: dict[str, object],
     causation: int,
-) -> tuple[str, bool]:
+    run_tool: ToolRunner,
+    *,
+    duplicate: bool = False,
+) -> ToolOutcome:
     call_id = log.next_id("t")
     # a file's content is already a blob (the model's answer carried it): refer to it
     kept, refs = stored_arguments(arguments)
@@ -122,16 +195,10 @@ def _run_tool(
         ToolRequested(call_id=call_id, tool=name, arguments=kept, argument_refs=refs),
         causation=causation,
     )[0]
-    ctx = ToolContext(
-        workspace=workspace,
-        blobs=log.store,
-        task_id=task_id,
-        tasks={t.task_id: t.status for t in log.pipeline.tasks.values()},
-        allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
-        command_timeout=settings.tools.command_timeout,
-        output_cap=settings.tools.output_cap,
-    )
-    outcome = execute(tools, name, arguments, ctx)
+    if duplicate:  # the same call twice in one answer runs once
+        outcome = ToolOutcome(ok=False, error=DUPLICATE.format(tool=name))
+    else:
+        outcome = run_tool(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
     if len(result) > RESULT_PREVIEW:
         result_ref = log.store.put(result.encode("utf-8"))
@@ -149,4 +216,8 @@ def _run_tool(
         *outcome.events,
         causation=requested.version,
     )
-    return outcome.text, outcome.finishes
+    return outcome
+
+
+def _canonical(arguments: object) -> str:
+    return json.dumps(arguments, sort_keys=True, default=str)

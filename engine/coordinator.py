@@ -27,6 +27,7 @@ from engine.tasks import (
     should_block,
     should_unblock,
 )
+from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState, TaskState
 
 WORK_PHASE = {
@@ -48,7 +49,8 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     task_id: str = ""
     status: str = ""
-    """For set_status: the task's new status; for finish: the run's final status."""
+    """For set_status: the task's new status; for finish and complete: the run's final
+    status (complete: "" is "completed", or "partial" when tasks were skipped)."""
 
     @property
     def phase(self) -> str:
@@ -73,17 +75,30 @@ def _ordered(tasks: list[TaskState]) -> list[TaskState]:
     return sorted(tasks, key=lambda t: t.priority)
 
 
-def decide(state: PipelineState, limits: Limits) -> Step:
-    """The next step for a run in ``state``."""
+def model_trouble(orchestration: OrchestrationState) -> str:
+    """The model failures since the last answer, as a cause a person can act on
+    ("" when the last call was answered)."""
+    failed = orchestration.failures_since_answer
+    if not failed:
+        return ""
+    return f"{orchestration.last_failure} ({failed} failed attempt(s) since the last answer)"
+
+
+def decide(state: PipelineState, limits: Limits, trouble: str = "") -> Step:
+    """The next step for a run in ``state``; ``trouble`` (``model_trouble``) names
+    the cause when a run that makes no progress keeps failing to reach its model."""
+    cause = f"{trouble}; " if trouble else ""
     if state.steps >= limits.max_steps:
         return Step(
-            action="finish", status="failed", reason=f"reached max_steps ({limits.max_steps})"
+            action="finish",
+            status="failed",
+            reason=f"{cause}reached max_steps ({limits.max_steps})",
         )
     if state.steps_since_progress >= limits.no_progress_limit:
         return Step(
             action="finish",
             status="failed",
-            reason=f"no progress in {state.steps_since_progress} steps "
+            reason=f"{cause}no progress in {state.steps_since_progress} steps "
             "(no file changed and no task changed status)",
         )
     tasks = state.tasks
@@ -156,5 +171,12 @@ def decide(state: PipelineState, limits: Limits) -> Step:
     if state.phase != "documentation":
         return Step(action="document", reason="every task is done")
     skipped = len(tasks) - len(completed)
-    note = f"; {skipped} skipped" if skipped else ""
-    return Step(action="complete", reason=f"{len(completed)} task(s) completed{note}")
+    if skipped:
+        # the pipeline reached its end, but not every task was done: "completed"
+        # is kept for runs that did all their work
+        return Step(
+            action="complete",
+            status="partial",
+            reason=f"{len(completed)} of {len(tasks)} task(s) completed; {skipped} skipped",
+        )
+    return Step(action="complete", reason=f"{len(completed)} task(s) completed")

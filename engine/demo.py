@@ -20,10 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from engine.config import load_settings
-from engine.runner import start_run, summary
+from engine.keys import load_key
+from engine.runner import http_client, start_run, summary
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from projections.fold import project
@@ -141,7 +140,7 @@ def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print
             overrides={"model_url": server.url, "api": "ollama", "model": "qwen2.5-coder:7b"},
         )
         echo(f"scripted model server on {server.url} (Ollama wire format)")
-        with open_store(db) as store, httpx.Client() as http:
+        with open_store(db, key=load_key(create=True)) as store, http_client(settings) as http:
             log = start_run(
                 store, goal=GOAL, workspace=workspace, settings=settings, http=http, progress=echo
             )

@@ -4,6 +4,7 @@ AutonomyError
 ├── EventStoreError ...            (events.errors: store, concurrency, corruption)
 ├── SchemaError                    (events.errors)
 ├── ConfigError                    a wrong key, type or value in autonomy.toml / flags / env
+├── ConfinementUnavailable         tools.sandbox = "required" but no mechanism works here
 ├── IllegalTransition              the phase or task machine refused a move; nothing applied
 ├── ModelError                     a model call failed; never counted as a success
 │   ├── ModelTimeout               connect or read timeout, after retries
@@ -27,6 +28,10 @@ from events.errors import AutonomyError
 
 class ConfigError(AutonomyError):
     """The configuration is invalid."""
+
+
+class ConfinementUnavailable(AutonomyError):
+    """Commands cannot be confined on this machine."""
 
 
 class IllegalTransition(AutonomyError):

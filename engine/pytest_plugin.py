@@ -12,10 +12,13 @@ beyond pytest until a helper is called.
     def test_the_calc_run_still_decides_the_same():
         replay_run("tests/runs.db", "calc-run")
 
-``pytest --replay-db PATH`` adds one test item per run recorded in that log,
-``replay[RUN_ID]``, which passes when the replay is identical. Runs that cannot be
-replayed as a whole (forked, rewound, recovered after a crash) are skipped with the
-reason. ``-k`` selects among them like any test.
+``pytest --replay-db PATH`` collects that log as a test file: one item per run
+recorded in it, ``PATH::replay[RUN_ID]`` (counted in "collected N items"), which
+passes when the replay is identical. Every kind of run replays (answered, killed
+and resumed, rewound, forked, waiting for input); an item is skipped, with the
+reason, only when ``engine.replay`` refuses the run (a run that does not start
+with ``run.started`` or ``run.forked``). ``-k`` selects among them like any test;
+``--replay-tools recorded`` takes tool results from the log instead of running them.
 
 The hypothesis strategies of ``events.strategies`` are re-exported here, so a
 regression suite needs one import::
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from events.store import EventStore
 
 OPTION = "--replay-db"
+TOOLS_OPTION = "--replay-tools"
+_DB = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,26 +52,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Add one test per run recorded in this autonomy event log: the run is "
         "replayed with the current code and must produce the same events.",
     )
+    group.addoption(
+        TOOLS_OPTION,
+        action="store",
+        choices=("live", "recorded"),
+        default="live",
+        help="With --replay-db: run the tools (live, the default) or take their "
+        "results from the log (recorded).",
+    )
 
 
-def replay_run(db: Path | str | EventStore, run_id: str) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    db = config.getoption(OPTION)
+    if db is None:
+        return
+    path = Path(db).resolve()
+    from engine.storage import open_store
+
+    try:
+        with open_store(path, must_exist=True):
+            pass
+    except Exception as e:
+        raise pytest.UsageError(f"{OPTION} {db}: {e}") from e
+    config.stash[_DB] = path
+    config.args.append(str(path))  # collected like a test file given on the command line
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if parent.config.stash.get(_DB, None) == file_path:
+        return ReplayLogFile.from_parent(parent, path=file_path)
+    return None
+
+
+def replay_run(db: Path | str | EventStore, run_id: str, *, tools: str = "live") -> None:
     """Replay ``run_id`` from the log ``db`` (a path or an open store); raise
     ``AssertionError`` with the divergence report unless the replay is identical.
 
-    Uses ``engine.replay.replay(store, run_id)``, whose result has ``identical`` and
-    ``report()``. Errors that are not divergences (no such run, a run that cannot be
-    replayed) propagate as they are."""
+    Uses ``engine.replay.replay(store, run_id, tools=tools)``, whose result has
+    ``identical`` and ``report()``. ``tools``: ``"live"`` runs the tools in a
+    scratch workspace, ``"recorded"`` takes their results from the log. Errors that
+    are not divergences (no such run, a run that cannot be replayed) propagate."""
     from engine.replay import replay
     from events.store import EventStore
 
+    options: dict[str, Any] = {} if tools == "live" else {"tools": tools}
     if isinstance(db, EventStore):
-        result = replay(db, run_id)
+        result = replay(db, run_id, **options)
         where = "the given store"
     else:
         from engine.storage import open_store
 
         with open_store(db, read_only=True) as store:
-            result = replay(store, run_id)
+            result = replay(store, run_id, **options)
         where = str(db)
     if not result.identical:
         report = result.report() if callable(result.report) else result.report
@@ -76,15 +113,16 @@ def replay_run(db: Path | str | EventStore, run_id: str) -> None:
 class ReplayItem(pytest.Item):
     """One recorded run, replayed as a test."""
 
-    def __init__(self, *, db: Path, run_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, db: Path, run_id: str, tools: str = "live", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.db = db
         self.run_id = run_id
+        self.tools = tools
 
     def runtest(self) -> None:
         refused = getattr(importlib.import_module("engine.replay"), "ReplayRefused", None)
         try:
-            replay_run(self.db, self.run_id)
+            replay_run(self.db, self.run_id, tools=self.tools)
         except Exception as e:
             if refused is not None and isinstance(e, refused):
                 pytest.skip(f"run {self.run_id!r} cannot be replayed: {e}")
@@ -103,25 +141,21 @@ class ReplayItem(pytest.Item):
         return self.db, None, f"replay of run {self.run_id}"
 
 
-@pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so they apply to these items
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    db = config.getoption(OPTION)
-    if db is None:
-        return
-    path = Path(db)
-    from engine.storage import open_store
+class ReplayLogFile(pytest.File):
+    """An event log as a test file: one ``ReplayItem`` per run recorded in it."""
 
-    try:
-        with open_store(path, read_only=True) as store:
+    def collect(self) -> list[pytest.Item]:
+        from engine.storage import open_store
+
+        with open_store(self.path, read_only=True) as store:
             run_ids = [info.run_id for info in store.runs()]
-    except Exception as e:
-        raise pytest.UsageError(f"{OPTION} {path}: {e}") from e
-    items.extend(
-        ReplayItem.from_parent(session, name=f"replay[{run_id}]", db=path, run_id=run_id)
-        for run_id in run_ids
-    )
+        tools = self.config.getoption(TOOLS_OPTION)
+        return [
+            ReplayItem.from_parent(
+                self, name=f"replay[{run_id}]", db=self.path, run_id=run_id, tools=tools
+            )
+            for run_id in run_ids
+        ]
 
 
 def __getattr__(name: str) -> Any:

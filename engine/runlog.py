@@ -9,6 +9,8 @@ else wrote in between (a second writer gets ``ConcurrencyError``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from events.schema import Event
 from events.store import EventStore, RecordedEvent
 from projections.fold import RunState, apply, project
@@ -23,6 +25,9 @@ class RunLog:
         self.store = store
         self.run_id = run_id
         self.state = state if state is not None else project(store, run_id)
+        self.listeners: list[Callable[[RecordedEvent], None]] = []
+        """Called with each event once it is appended and folded: what a face shows
+        live (a failed model call on the terminal). They observe; they decide nothing."""
 
     @classmethod
     def create(cls, store: EventStore, run_id: str, first: Event) -> RunLog:
@@ -50,6 +55,9 @@ class RunLog:
         for event in recorded:
             state = apply(state, event)
         self.state = state
+        for listener in self.listeners:
+            for event in recorded:
+                listener(event)
         return recorded
 
     def next_id(self, prefix: str) -> str:

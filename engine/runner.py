@@ -32,30 +32,38 @@ import msgspec
 
 from engine import __version__, arbiter
 from engine.config import Settings
-from engine.conversation import run_conversation
-from engine.coordinator import Step, decide
-from engine.errors import IllegalTransition
+from engine.conversation import ToolRunner, run_conversation
+from engine.coordinator import Step, decide, model_trouble
+from engine.errors import IllegalTransition, ToolError
+from engine.keys import key_file
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
+from engine.model.roles import ROLE_NAMES
 from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
 from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
 from engine.tasks import check_status_change
-from engine.tools import ToolRegistry, default_registry
+from engine.tools import Sandbox, ToolRegistry, default_registry, execute
+from engine.tools.confine import Confinement, choose
+from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError
+from events.lease import describe_owner
 from events.schema import (
     ArbiterDecided,
     FileChange,
+    ModelFailed,
+    PhaseChanged,
     RunFinished,
+    RunResumed,
     RunStarted,
     SpecialistConsulted,
     TaskUpdated,
     ToolExecuted,
     UserAsked,
 )
-from events.store import EventStore
+from events.store import EventStore, RecordedEvent
 from projections.fold import RunState
 
 Progress = Callable[[str], None]
@@ -64,6 +72,13 @@ WORK = ("plan", "reason", "code", "debug", "qa")
 """The kinds of work a specialist does (``engine.specialists``)."""
 
 _FILE_TOOLS = ("create_file", "modify_file", "delete_file")
+
+_UNKNOWN = "interrupted by a crash; whether it finished is unknown, so it counts as not done"
+
+_INTERRUPTED = (
+    "interrupted: the engine stopped while {tool} was running; it was ended with the "
+    "engine and is not run again, so its result is unknown. Run it again if you need it"
+)
 
 
 class ResumeRefused(AutonomyError):
@@ -87,6 +102,8 @@ class Engine:
         workspace: Path,
         tools: ToolRegistry | None = None,
         progress: Progress | None = None,
+        confinement: Confinement | None = None,
+        run_tool: ToolRunner = execute,
     ) -> None:
         self.log = log
         self.settings = settings
@@ -94,9 +111,16 @@ class Engine:
         self.tools = (
             tools if tools is not None else ToolRegistry((*default_registry(), SET_TASK_PRIORITY))
         )
+        self.run_tool = run_tool
+        """Runs one tool call (``engine.tools.execute``); a replay takes results from
+        the log instead (``engine.replay_sources.RecordedTools``)."""
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed
+        self.confinement = confinement
+        self.digests = WorkspaceDigests()  # a cache of file hashes, not state
+        if progress is not None:
+            log.listeners.append(self._announce)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -109,7 +133,9 @@ class Engine:
         if self.settings.mode == "orchestrated":
             verdict = arbiter.decide(self.log.state, self.settings.limits, self.model)
         else:
-            rules = decide(self.log.pipeline, self.settings.limits)
+            rules = decide(
+                self.log.pipeline, self.settings.limits, model_trouble(self.log.orchestration)
+            )
             verdict = arbiter.Verdict(
                 step=rules,
                 action=rules.action,
@@ -135,29 +161,35 @@ class Engine:
             self._report(step)
             return
         try:
-            self._enter_phase(step, cause)
+            entering = self._enter_phase(step)
         except IllegalTransition as e:
             self._finish("failed", f"the phase machine refused {step.action}: {e}", cause)
             return
-        if step.action == "finish":
-            self.log.append(RunFinished(status=step.status, reason=step.reason), causation=cause)
-        elif step.action == "complete":
-            self.log.append(RunFinished(status="completed", reason=step.reason), causation=cause)
-        elif step.action == "set_status":
+        if step.action in ("finish", "complete"):
+            # one batch: a crash between a final phase and run.finished would leave
+            # a run that is running in a phase with no way out
+            status = step.status if step.action == "finish" else (step.status or "completed")
+            finished = RunFinished(status=status, reason=step.reason)
+            self.log.append(*entering, finished, causation=cause)
+            self._report(step)
+            return
+        if entering:
+            self.log.append(*entering, causation=cause)
+        if step.action == "set_status":
             self._set_status(step.task_id, step.status, cause)
         elif step.action in WORK:
             self._work(step, cause)
         self._report(step)
 
-    def _enter_phase(self, step: Step, cause: int) -> None:
+    def _enter_phase(self, step: Step) -> list[PhaseChanged]:
+        """The phase change the step needs (none if it is in its phase already)."""
         target = step.phase
         current = self.log.pipeline.phase
         if not target or target == current:
-            return
+            return []
         machine = PhaseMachine.restore(current)
         facts = PhaseFacts.from_tasks(self.log.pipeline.tasks)
-        event = phase_changed_to(machine, target, step.reason, self._decided_by, facts)
-        self.log.append(event, causation=cause)
+        return [phase_changed_to(machine, target, step.reason, self._decided_by, facts)]
 
     def _finish(self, status: str, reason: str, cause: int) -> None:
         machine = PhaseMachine.restore(self.log.pipeline.phase)
@@ -201,6 +233,9 @@ class Engine:
             task_id=task_id,
             causation=cause,
             prompt_digest=digest(messages),
+            confinement=self.confinement,
+            digests=self.digests,
+            run_tool=self.run_tool,
         )
         if self.settings.mode == "orchestrated":
             self.log.append(
@@ -223,6 +258,17 @@ class Engine:
         elif current == "in_progress":
             self._set_status(task_id, "failed", cause, outcome.reason)
 
+    def _announce(self, recorded: RecordedEvent) -> None:
+        """Say a failed model call when it happens, not only in the log."""
+        event = recorded.data
+        if isinstance(event, ModelFailed):
+            call = self.log.orchestration.open_calls.get(event.call_id)
+            who = f"{call.role} ({call.model}) " if call else ""
+            self.progress(
+                f"model call failed: {who}at {event.endpoint or '?'}: {event.kind}: "
+                f"{event.detail} (attempt {event.attempt})"
+            )
+
     def _report(self, step: Step) -> None:
         p = self.log.pipeline
         tokens = self.log.orchestration.total_tokens
@@ -235,29 +281,52 @@ class Engine:
 
     # -- resume ------------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
-        """Settle tools that were requested but never reported (a crash in between),
-        by comparing the workspace with the hashes the log holds."""
+    def recover(self, resumed: int | None = None) -> list[str]:
+        """Settle tools that were requested but never reported (a crash in between).
+
+        A file tool is settled by comparing the workspace with the hashes the log
+        holds. A command is settled as interrupted and never run again: it ended
+        with the engine (the run's lease proves that engine is gone, and the
+        confinement ends a command's process tree with its engine). The task it
+        was run for is marked failed with that reason, which the model reads in
+        the task's next prompt; that change is caused by ``resumed`` (the version of
+        ``run.resumed``), which marks it, for a replay, as what the stop brought."""
         notes = []
         for pending in list(self.log.pipeline.pending_tools.values()):
             path = pending.arguments.get("path")
+            command = pending.tool == "run_command"
             if pending.tool in _FILE_TOOLS and isinstance(path, str):
                 event = self._settle_file_tool(pending.call_id, pending.tool, path)
             else:
+                error = _INTERRUPTED if command else _UNKNOWN
                 event = ToolExecuted(
                     call_id=pending.call_id,
                     tool=pending.tool,
                     ok=False,
-                    error="interrupted by a crash; whether it finished is unknown, so it counts as not done",
+                    error=error.format(tool=pending.tool),
                 )
             self.log.append(event, causation=pending.version)
             notes.append(
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
             )
+            if command:
+                for task in self.log.pipeline.tasks.values():
+                    if task.status == "in_progress":
+                        self._set_status(
+                            task.task_id, "failed", resumed or pending.version, event.error
+                        )
         return notes
 
     def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
-        target = (self.workspace / path).resolve()
+        # The path comes from the log: it goes through the same resolver as when the
+        # tool ran, so a path that was refused then (or edited since) is refused
+        # again and nothing outside the workspace is read or recorded.
+        sandbox = Sandbox(self.workspace)
+        try:
+            target = sandbox.resolve(path)
+        except ToolError as e:  # outside, too long, too deep: refused as the tool was
+            return ToolExecuted(call_id=call_id, tool=tool, ok=False, error=f"not applied: {e}")
+        path = sandbox.relative(target)
         known = self.log.pipeline.files.get(path)
         before = known.digest if known else None
         try:
@@ -304,6 +373,42 @@ def summary(state: RunState) -> list[str]:
     return lines
 
 
+def http_client(settings: Settings) -> httpx.Client:
+    """The HTTP client for a run's model servers. Certificates are loaded only when
+    a server is reached over https: loading them costs ~40 ms, a tenth of a short
+    run, for the common case of a local server on plain http."""
+    urls = [e.base_url for role in ROLE_NAMES for e in settings.models.get(role).endpoints()]
+    return httpx.Client(verify=any(url.lower().startswith("https:") for url in urls))
+
+
+def hidden_from_commands(store: EventStore) -> list[Path]:
+    """What a command the model runs must not see: the chain's key, and the log
+    (with its WAL files and leases)."""
+    hidden = [key_file()]
+    db = getattr(store, "path", "")
+    if db and db != ":memory:":
+        hidden += [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".leases")]
+    return hidden
+
+
+def confine_commands(settings: Settings, store: EventStore) -> Confinement:
+    """The run's confinement, chosen once: ``ConfinementUnavailable`` (before any
+    event is written) when ``tools.sandbox = "required"`` cannot be met."""
+    tools = settings.tools
+    return choose(
+        tools.sandbox,
+        network=tools.network,
+        limits=tools.limits,
+        hidden=hidden_from_commands(store),
+    )
+
+
+def _say_confinement(confinement: Confinement, progress: Progress) -> None:
+    progress(f"commands run confined by {confinement.describe()}")
+    if confinement.warning:
+        progress(confinement.warning)
+
+
 def start_run(
     store: EventStore,
     *,
@@ -324,27 +429,47 @@ def start_run(
         )
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
+    confinement = confine_commands(settings, store)
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or new_run_id()
+    with store.lease(run_id, describe_owner()):
+        return _start(store, run_id, goal, workspace, settings, confinement, http, progress)
+
+
+def _start(
+    store: EventStore,
+    run_id: str,
+    goal: str,
+    workspace: Path,
+    settings: Settings,
+    confinement: Confinement,
+    http: httpx.Client | None,
+    progress: Progress | None,
+) -> RunLog:
     log = RunLog.create(
         store,
-        run_id or new_run_id(),
+        run_id,
         RunStarted(
             goal=goal,
             workspace=str(workspace),
             mode=settings.mode,
             config=msgspec.to_builtins(settings),
             engine_version=__version__,
+            key_id=store.key_id,
+            confinement=confinement.describe(),
         ),
     )
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
+        _say_confinement(confinement, progress)
     Engine(
         log,
         settings=settings,
-        client=ModelClient(http or httpx.Client()),
+        client=ModelClient(http or http_client(settings)),
         workspace=workspace,
         progress=progress,
+        confinement=confinement,
     ).run()
     return log
 
@@ -357,7 +482,19 @@ def resume_run(
     http: httpx.Client | None = None,
     progress: Progress | None = None,
 ) -> RunLog:
-    """Continue a run that crashed or stopped, from its log alone."""
+    """Continue a run that crashed or stopped, from its log alone. Refused
+    (``LeaseHeld``) while another engine runs it."""
+    with store.lease(run_id, describe_owner()):
+        return _resume(store, run_id, settings, http, progress)
+
+
+def _resume(
+    store: EventStore,
+    run_id: str,
+    settings: Settings,
+    http: httpx.Client | None,
+    progress: Progress | None,
+) -> RunLog:
     log = RunLog(store, run_id)
     status = log.pipeline.status
     if status == "waiting_for_input":
@@ -370,14 +507,27 @@ def resume_run(
             f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
         )
     workspace = Path(log.pipeline.workspace)
+    confinement = confine_commands(settings, store)
+    if progress:
+        _say_confinement(confinement, progress)
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or httpx.Client()),
+        client=ModelClient(http or http_client(settings)),
         workspace=workspace,
         progress=progress,
+        confinement=confinement,
     )
-    for note in engine.recover():
+    # marks where the previous engine stopped: a replay stops its own engine there
+    resumed = log.append(
+        RunResumed(
+            engine_version=__version__,
+            pending_tools=tuple(log.pipeline.pending_tools),
+            open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
+            config=msgspec.to_builtins(settings),
+        )
+    )
+    for note in engine.recover(resumed[0].version if resumed else None):
         if progress:
             progress(f"recovered {note}")
     engine.run()

@@ -1,6 +1,7 @@
 """Where the event log lives, and opening it ready for audit.
 
-The log is one SQLite file, by default ``.autonomy/events.db`` under the workspace
+The log is one SQLite file (or a PostgreSQL database named by a ``postgresql://``
+URL, see ``events.postgres``), by default ``.autonomy/events.db`` under the workspace
 (or under the current directory when there is no workspace); ``--db PATH`` or
 ``AUTONOMY_DB`` put it elsewhere. ``open_store`` opens it and installs the audit
 views (``projections.views``), so ``sqlite3 .autonomy/events.db "SELECT * FROM
@@ -24,8 +25,10 @@ import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+from engine.keys import load_key
 from events.errors import EventStoreError
 from events.sqlite import SQLiteEventStore, Synchronous
+from events.store import EventStore
 from projections.views import install_views
 
 DB_ENV = "AUTONOMY_DB"
@@ -33,6 +36,11 @@ DB_ENV = "AUTONOMY_DB"
 
 DB_DIR = ".autonomy"
 DB_NAME = "events.db"
+
+
+def is_postgres_url(db: object) -> bool:
+    """Whether ``db`` names a log on a PostgreSQL server rather than a file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
 
 
 def default_db_path(workspace: Path | None) -> Path:
@@ -45,15 +53,17 @@ def resolve_db(
     workspace: Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
-) -> Path:
+) -> Path | str:
     """The log to use: ``db_option`` if given, else ``$AUTONOMY_DB`` (from ``env``,
-    ``os.environ`` when None), else ``default_db_path(workspace)``."""
+    ``os.environ`` when None), else ``default_db_path(workspace)``. A file is a
+    ``Path``; a ``postgresql://`` URL stays the string it is."""
     if db_option is not None and str(db_option) != "":
-        return Path(db_option)
-    from_env = (os.environ if env is None else env).get(DB_ENV, "").strip()
-    if from_env:
-        return Path(from_env)
-    return default_db_path(workspace)
+        chosen = str(db_option)
+    else:
+        chosen = (os.environ if env is None else env).get(DB_ENV, "").strip()
+    if not chosen:
+        return default_db_path(workspace)
+    return chosen if is_postgres_url(chosen) else Path(chosen)
 
 
 def open_store(
@@ -63,7 +73,8 @@ def open_store(
     must_exist: bool = False,
     read_only: bool = False,
     create_dir: bool = False,
-) -> SQLiteEventStore:
+    key: bytes | None = None,
+) -> EventStore:
     """Open the log at ``db`` with the audit views installed.
 
     ``must_exist=True`` is for commands that continue a log: a missing file is an
@@ -72,13 +83,22 @@ def open_store(
     written to it (``SQLiteEventStore(read_only=True)``; views the file lacks are
     TEMP views; then ``PRAGMA query_only``). A new log is created only in a
     directory that exists, unless ``create_dir`` (the default ``.autonomy/``).
+    ``key`` keys the chain of the runs started through this store; without one,
+    the user's key is used if there is one (``engine.keys.load_key``): a log that
+    holds keyed runs takes new runs only from a store with a key. A
+    ``postgresql://`` URL opens the log on that server (its schema is created if
+    missing).
     """
+    if key is None:
+        key = load_key(create=False)
+    if is_postgres_url(db):
+        return open_postgres(str(db), key=key)
     path = Path(db)
     if (must_exist or read_only) and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
     if create_dir and not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    store = SQLiteEventStore(path, synchronous=synchronous, read_only=read_only)
+    store = SQLiteEventStore(path, synchronous=synchronous, read_only=read_only, key=key)
     try:
         install_views(store.connection, temp=read_only)
         if read_only:
@@ -87,6 +107,29 @@ def open_store(
     except sqlite3.DatabaseError as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {path}: {e}") from e
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
+    """The log on the PostgreSQL server at ``url``, with the audit views installed."""
+    try:
+        import psycopg
+
+        from events.postgres import PostgresEventStore
+        from projections.views_postgres import install_views as install_postgres_views
+    except ImportError as e:
+        raise EventStoreError(
+            f"a PostgreSQL log needs psycopg: pip install 'autonomy[postgres]' ({e})"
+        ) from e
+    store = PostgresEventStore(url, key=key)
+    try:
+        install_postgres_views(store.connection.raw)
+    except psycopg.Error as e:
+        store.close()
+        raise EventStoreError(f"installing the audit views in {store.where}: {e}") from e
     except BaseException:
         store.close()
         raise

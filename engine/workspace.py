@@ -19,11 +19,14 @@ never touched are not the log's business and are left alone.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import ToolError
+from engine.tools.sandbox import Sandbox
 from events.errors import AutonomyError, RunNotFound
+from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
 from events.store import EventStore
 from projections.fold import project
@@ -119,12 +122,14 @@ def restore(
     """Make ``directory`` hold every file the run touched as it was at ``version``.
 
     With ``copy_from``, the files there are first copied in (the log and caches
-    excepted): that brings along files the run never touched. Every blob is read
-    before anything is written, so a missing blob (``BlobNotFound``) changes nothing.
+    excepted): that brings along files the run never touched. Every blob is read and
+    every path checked before anything is written, so a missing blob
+    (``BlobNotFound``) or a path that leaves ``directory`` changes nothing.
     """
     wanted = files_at(store, run_id, version)
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
     directory.mkdir(parents=True, exist_ok=True)
+    targets = _targets(directory, wanted)
     if copy_from is not None and copy_from.is_dir():
         shutil.copytree(
             copy_from,
@@ -133,17 +138,38 @@ def restore(
             symlinks=True,
             ignore=lambda _dir, names: [n for n in names if n in SKIPPED],
         )
-    return _write(directory, wanted, contents)
+        targets = _targets(directory, wanted)  # the copy may have brought symlinks
+    return _write(targets, contents)
 
 
-def _write(
-    directory: Path, wanted: Mapping[str, str | None], contents: Mapping[str, bytes]
-) -> Restored:
+def _targets(directory: Path, paths: Iterable[str]) -> dict[str, Path]:
+    """Each recorded path -> where it is inside ``directory``, through the one path
+    resolver the tools use. The log is not trusted: a path that was edited to climb
+    out, to go through a symbolic link that leads out, or to enter ``.autonomy/`` or
+    ``.git/`` is refused, and then nothing at all is written."""
+    sandbox = Sandbox(directory)
+    targets = {}
+    for path in sorted(paths):
+        try:
+            targets[path] = sandbox.resolve(path)
+        except ToolError as e:  # outside the workspace, or too long or deep to be a path
+            raise HistoryError(
+                f"the log names a file outside the workspace {sandbox.root}: {e}; "
+                "nothing was restored (was the log edited?)"
+            ) from e
+        if targets[path].is_dir():
+            raise HistoryError(
+                f"the log names {path!r} as a file, but it is a directory in {sandbox.root}; "
+                "nothing was restored"
+            )
+    return targets
+
+
+def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restored:
     written: list[str] = []
     removed: list[str] = []
     unchanged: list[str] = []
-    for path in sorted(wanted):
-        target = directory / path
+    for path, target in targets.items():
         content = contents.get(path)
         if content is None:
             if target.is_file() or target.is_symlink():
@@ -179,13 +205,19 @@ def rewind(store: EventStore, run_id: str, to: int, *, reason: str = "") -> Rest
     Nothing is deleted from the log: the rewound events stay, the projection
     continues from the state at ``to``, and ``resume`` carries on from there.
     """
+    with store.lease(run_id, describe_owner()):
+        return _rewind(store, run_id, to, reason)
+
+
+def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     last = _check_version(store, run_id, to)
     workspace = Path(project(store, run_id).pipeline.workspace)
     wanted = files_at(store, run_id, to)
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
-    store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
     workspace.mkdir(parents=True, exist_ok=True)
-    return _write(workspace, wanted, contents)
+    targets = _targets(workspace, wanted)
+    store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
+    return _write(targets, contents)
 
 
 def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id: str) -> Restored:

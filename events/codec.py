@@ -1,5 +1,9 @@
 """Encoding and decoding of event payloads, and the per-run hash chain.
 
+The chain is keyed when the store holds a key: each hash is then an HMAC-SHA256
+under the key, written ``<key id>:<hex>`` so that a reader tells a keyed run from
+an unkeyed one (plain sha256 hex, as every log before keys) without the key.
+
 One Encoder and one Decoder are built once at import (they hold no state besides
 the compiled schema). Stored events are always read back through the typed
 decoder, so anything in the log that does not match its schema is found.
@@ -102,6 +106,53 @@ class Codec:
         return raw
 
 
+KEY_ID_SEPARATOR = ":"
+_BLOCK = 64  # sha256's block size, the HMAC key length (RFC 2104)
+
+
+def key_id(key: bytes) -> str:
+    """A public name for ``key``: 16 hex digits of a hash of it. Recorded in
+    ``run.started`` and in every keyed hash; it tells which key wrote a run and
+    reveals nothing of the key."""
+    return hashlib.sha256(b"autonomy key id\0" + key).hexdigest()[:16]
+
+
+def hash_key_id(stored_hash: str) -> str:
+    """The key id a stored hash was written under; "" for an unkeyed hash."""
+    head, sep, _ = stored_hash.partition(KEY_ID_SEPARATOR)
+    return head if sep else ""
+
+
+class ChainKey:
+    """The secret that keys the chain: HMAC-SHA256 with its pads hashed once.
+
+    ``hmac.digest`` re-derives the pads on every call, which made a keyed
+    ``verify`` 3x slower than the plain chain; copying two prepared sha256 states
+    is the same HMAC (a test checks it against ``hmac``) at under 2x."""
+
+    __slots__ = ("_inner", "_outer", "id")
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("an empty key authenticates nothing")
+        self.id = key_id(key)
+        block = hashlib.sha256(key).digest() if len(key) > _BLOCK else key
+        block = block.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def mac(self, message: bytes) -> str:
+        """HMAC-SHA256 of ``message``, as hex."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    def __repr__(self) -> str:  # never the key itself
+        return f"ChainKey(id={self.id!r})"
+
+
 def chain_hash(
     previous: str,
     *,
@@ -112,13 +163,20 @@ def chain_hash(
     recorded_at: str,
     causation: int | None,
     data: str,
+    key: ChainKey | None = None,
 ) -> str:
-    """sha256 over the previous event's hash and this event's canonical bytes.
+    """The hash of one event: over the previous event's hash and this event's
+    canonical bytes. Plain sha256 hex without a key; with one, ``<key id>:`` and
+    the HMAC-SHA256 under it.
 
     Everything in the row except ``position`` (assigned by the store) is covered, so
     a changed payload, type, time or causation breaks the chain from that event on.
+    Anyone can recompute a plain hash, so an unkeyed chain only shows accidents;
+    nobody without the key can recompute a keyed one.
     """
-    canonical = _CANONICAL.encode(
+    message = previous.encode() + _CANONICAL.encode(
         [run_id, version, type, schema_version, recorded_at, causation, data]
     )
-    return hashlib.sha256(previous.encode() + canonical).hexdigest()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return key.id + KEY_ID_SEPARATOR + key.mac(message)

@@ -9,14 +9,20 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     │   ├── ConcurrencyError           stale expected_version; nothing was written
     │   ├── StoreCorrupted             the database file is unreadable or not ours
     │   ├── BlobNotFound               no blob stored under that digest
+    │   ├── BlobCorrupt                a blob whose content does not match its digest
+    │   ├── WrongKey                   a keyed run, and this key is not the one it
+    │   │                              was written with (or there is none)
+    │   ├── LeaseHeld                  another live engine holds that run's lease
     │   └── RunNotFound                no events for that run id
+    ├── CheckpointError                a checkpoint file that cannot be read
     ├── SchemaError                    an event that cannot be decoded: unknown type,
     │                                  failing upcaster, or data that does not match
     │                                  its schema (names the position and type)
     └── (engine.errors adds ConfigError, ModelError, ToolError, ... under AutonomyError)
 
-Driver errors (``sqlite3.*``) are mapped to this tree in one place:
-``events.sqlite._mapped_errors``.
+Driver errors are mapped to this tree in one place per driver:
+``events.sqlite._mapped_errors`` (``sqlite3.*``) and ``events.postgres._mapped_errors``
+(``psycopg.*``).
 """
 
 from __future__ import annotations
@@ -58,12 +64,26 @@ class BlobNotFound(EventStoreError):
     """No blob is stored under that digest."""
 
 
+class BlobCorrupt(EventStoreError):
+    """A blob's content does not match its digest: it was changed after it was stored."""
+
+
+class WrongKey(EventStoreError):
+    """The run was written with another key than this one."""
+class LeaseHeld(EventStoreError):
+    """Another engine is running that run; nothing was changed."""
+
+
 class RunNotFound(EventStoreError):
     """No events are recorded for that run."""
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run {run_id!r} in this log")
         self.run_id = run_id
+
+
+class CheckpointError(AutonomyError):
+    """A checkpoint file could not be read."""
 
 
 class SchemaError(AutonomyError):

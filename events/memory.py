@@ -17,7 +17,9 @@ from events.store import (
     Row,
     RunInfo,
     check_expected,
+    keyed_marker,
     number,
+    refuse_unkeyed_run,
     utc_now,
 )
 
@@ -25,8 +27,11 @@ from events.store import (
 class MemoryEventStore(EventStore):
     """Event store in a Python list; behaves like ``SQLiteEventStore``."""
 
-    def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
-        super().__init__(clock=clock, codec=codec)
+    def __init__(
+        self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
+    ) -> None:
+        super().__init__(clock=clock, codec=codec, key=key)
+        self._marker: str | None = None
         self._log: list[Row] = []
         self._by_run: dict[str, list[Row]] = {}
         self._blobs: dict[str, bytes] = {}
@@ -39,6 +44,8 @@ class MemoryEventStore(EventStore):
             stream = self._by_run.get(run_id, [])
             last = stream[-1] if stream else None
             check_expected(run_id, expected_version, last[2] if last else 0)
+            if last is None and self.key is None:
+                refuse_unkeyed_run(run_id, self._marker)
             rows = number(
                 run_id,
                 drafts,
@@ -46,10 +53,22 @@ class MemoryEventStore(EventStore):
                 last_hash=last[7] if last else "",
                 recorded_at=recorded_at,
                 first_position=len(self._log) + 1,
+                key=self.key,
             )
+            if not stream and self.key is not None and self._marker is None:
+                self._marker = keyed_marker(self.key, rows[0][0])
             self._log.extend(rows)
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
+
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        with self._lock:
+            check_expected(run_id, 0, self.last_version(run_id))
+            first = len(self._log) + 1
+            renumbered = [(first + i, *row[1:]) for i, row in enumerate(rows)]
+            self._log.extend(renumbered)
+            self._by_run[run_id] = renumbered
+            self._marker = self._import_marker(rows, first, self._marker) or self._marker
 
     def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
         with self._lock:
@@ -95,6 +114,14 @@ class MemoryEventStore(EventStore):
         with self._lock:
             self._blobs.setdefault(digest, bytes(content))
 
-    def _get_blob(self, digest: str) -> bytes | None:
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock:
-            return self._blobs.get(digest)
+            content = self._blobs.get(digest)
+        return None if content is None else (content, len(content))
+
+    def _blob_digests(self) -> Iterator[str]:
+        with self._lock:
+            return iter(sorted(self._blobs))
+
+    def keyed_marker(self) -> str | None:
+        return self._marker

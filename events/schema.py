@@ -81,11 +81,18 @@ class FileChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    """``key_id`` names the key the run's hash chain is keyed with ("" for an
+    unkeyed run): its id (``events.codec.key_id``), never the key."""
+
     goal: str
     workspace: str
     mode: str = "orchestrated"
     config: dict[str, Any] = {}
     engine_version: str = ""
+    key_id: str = ""
+    confinement: str = ""
+    """How the run's commands are confined (``engine.tools.confine``), as described
+    when it started; "" in logs written before confinement existed."""
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
@@ -102,6 +109,20 @@ class RunForked(Event, frozen=True, kw_only=True, tag="run.forked"):
     parent_run: str
     at_version: int
     workspace: str = ""
+
+
+class RunResumed(Event, frozen=True, kw_only=True, tag="run.resumed"):
+    """An engine took the run up again (``autonomy resume``), before it settled
+    anything: a replay stops its own engine here, as the crash or the stop did.
+    ``pending_tools`` are the tool calls requested but never reported, which the
+    ``tool.executed`` events right after settle; ``open_calls`` the model calls the
+    stop cut off (never answered, never failed); ``config`` the settings the
+    resumed engine runs with (the recorded ones under any flags given then)."""
+
+    engine_version: str = ""
+    pending_tools: tuple[str, ...] = ()
+    open_calls: tuple[str, ...] = ()
+    config: dict[str, Any] = {}
 
 
 class UserAsked(Event, frozen=True, kw_only=True, tag="user.asked"):
@@ -165,6 +186,8 @@ class ModelRequested(Event, frozen=True, kw_only=True, tag="model.requested"):
     messages: tuple[Message, ...] = ()
     tool_names: tuple[str, ...] = ()
     options: dict[str, Any] = {}
+    tools_ref: str = ""
+    """sha256 of the blob holding the tools' JSON schemas as sent ("" in older logs)."""
 
 
 class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
@@ -233,6 +256,7 @@ AnyEvent = (
     | RunFinished
     | RunRewound
     | RunForked
+    | RunResumed
     | UserAsked
     | UserAnswered
     | PhaseChanged
@@ -249,3 +273,14 @@ AnyEvent = (
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.type_name(): cls for cls in get_args(AnyEvent)}
 """Every event class by its tag; the single list of what the log may contain."""
+
+
+def blob_references(event: Event) -> list[str]:
+    """The digests of the blobs ``event`` refers to: file contents before and after
+    a tool changed them, a long tool result, a long message's full content."""
+    if isinstance(event, ToolExecuted):
+        refs = [d for change in event.files_changed for d in (change.before, change.after) if d]
+        return [*refs, event.result_ref] if event.result_ref else refs
+    if isinstance(event, ModelRequested):
+        return [m.content_ref for m in event.messages if m.content_ref]
+    return []

@@ -21,35 +21,34 @@ the default ``.autonomy/`` only.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlite_utils
 
-from events.codec import Codec
+from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
+from events.lease import FileLeases
+from events.sql import COLUMNS, SQLEventStore
 from events.store import (
-    READ_CHUNK,
     Clock,
     Draft,
-    EventStore,
-    Payload,
     Row,
-    RunInfo,
     check_expected,
+    format_time,
+    keyed_marker,
     number,
+    refuse_unkeyed_run,
     utc_now,
 )
 
 APPLICATION_ID = 0x6175746F  # "auto": marks a database as autonomy's
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: store_meta and repairs
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-_COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
 
 # What an append needs in one round trip: the run's last version and hash and the
 # log's last position (no row for a new run: then only the position is read).
@@ -57,23 +56,21 @@ _LAST_SQL = (
     "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
     " WHERE run_id = ? ORDER BY version DESC LIMIT 1"
 )
-_INSERT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RUN_WHERE = (
-    "FROM events WHERE run_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
-)
-_RUN_SQL = f"SELECT {_COLUMNS} {_RUN_WHERE}"
-_PAYLOADS_SQL = f"SELECT version, type, schema_version, data {_RUN_WHERE}"
+_INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
-_TRIGGERS = [
-    """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-       BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-       BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_update BEFORE UPDATE ON blobs
-       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: UPDATE refused'); END""",
-    """CREATE TRIGGER IF NOT EXISTS blobs_append_only_delete BEFORE DELETE ON blobs
-       BEGIN SELECT RAISE(ABORT, 'blobs are append-only: DELETE refused'); END""",
-]
+_APPEND_ONLY = ("events", "blobs", "store_meta", "repairs")
+"""Tables whose rows, once written, are never changed: triggers refuse UPDATE and
+DELETE. A writer that opens a log with any of them missing puts it back and
+records that in ``repairs``, where ``verify`` reports it."""
+
+_TRIGGERS = {
+    f"{table}_append_only_{verb.lower()}": (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{verb.lower()} BEFORE {verb} ON "
+        f"{table} BEGIN SELECT RAISE(ABORT, '{table} are append-only: {verb} refused'); END"
+    )
+    for table in _APPEND_ONLY
+    for verb in ("UPDATE", "DELETE")
+}
 
 
 class _mapped_errors:
@@ -144,7 +141,7 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return connect("mode=ro&immutable=1")
 
 
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(SQLEventStore):
     """Event store in an SQLite file (or ``":memory:"``)."""
 
     def __init__(
@@ -156,13 +153,16 @@ class SQLiteEventStore(EventStore):
         codec: Codec | None = None,
         busy_timeout: float = 30.0,
         read_only: bool = False,
+        key: bytes | None = None,
     ) -> None:
-        super().__init__(clock=clock, codec=codec)
+        super().__init__(clock=clock, codec=codec, key=key)
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise EventStoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
         self.read_only = read_only
         """Opened for reading only: every write is refused by SQLite itself."""
+        if self.path != ":memory:":
+            self._leases = FileLeases(Path(self.path + ".leases"))
         self._lock = threading.RLock()
         where = f"opening {self.path}"
         if self.path == ":memory:":
@@ -198,11 +198,8 @@ class SQLiteEventStore(EventStore):
         if self.read_only:
             if "events" not in tables:
                 raise StoreCorrupted(f"{self.path} is an empty database, not an autonomy event log")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                raise EventStoreError(
-                    f"{self.path} was written by an older autonomy; open it once with a "
-                    "command that writes (e.g. resume) to bring its schema up to date"
-                )
+            # an older schema is read as it is: what it lacks (store_meta, repairs)
+            # reads as empty; only a writer brings the schema up to date
             return
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
@@ -218,6 +215,45 @@ class SQLiteEventStore(EventStore):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        self._reinstall_triggers()
+
+    def _missing_triggers(self) -> list[str]:
+        """Append-only triggers missing on tables this log has (an older schema
+        lacks some tables, and with them their triggers)."""
+        present = self._names("trigger")
+        tables = self._names("table")
+        return [
+            name
+            for name in _TRIGGERS
+            if name not in present and name.split("_append_only_")[0] in tables
+        ]
+
+    def _names(self, kind: str) -> set[str]:
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = ?", (kind,))
+        return {r[0] for r in rows}
+
+    def _reinstall_triggers(self) -> None:
+        """Put back append-only triggers someone dropped, and record it in
+        ``repairs`` (one transaction), so that ``verify`` says they were missing."""
+        missing = self._missing_triggers()
+        if not missing:
+            return
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name in self._missing_triggers():  # another writer may have won
+                conn.execute(_TRIGGERS[name])
+            conn.execute(
+                "INSERT INTO repairs (at, what) VALUES (?, ?)",
+                (
+                    format_time(self.clock()),
+                    f"append-only triggers were missing and were reinstalled: {', '.join(missing)}",
+                ),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _create_schema(self) -> None:
         db = sqlite_utils.Database(self._conn)
@@ -242,7 +278,18 @@ class SQLiteEventStore(EventStore):
         db.table("blobs").create(
             {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
         )
-        for trigger in _TRIGGERS:
+        # facts about the log itself: "keyed_from" (events.store.keyed_marker)
+        db.table("store_meta").create(
+            {"name": str, "value": str}, pk="name", not_null={"value"}, if_not_exists=True
+        )
+        # what a writer found wrong with the database and put right, for verify
+        db.table("repairs").create(
+            {"id": int, "at": str, "what": str},
+            pk="id",
+            not_null={"at", "what"},
+            if_not_exists=True,
+        )
+        for trigger in _TRIGGERS.values():
             self._conn.execute(trigger)
         self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -261,6 +308,8 @@ class SQLiteEventStore(EventStore):
                     last = (0, "", conn.execute("SELECT max(position) FROM events").fetchone()[0])
                 last_version, last_hash, top = last
                 check_expected(run_id, expected_version, last_version)
+                if last_version == 0 and self.key is None:
+                    refuse_unkeyed_run(run_id, self._marker())
                 rows = number(
                     run_id,
                     drafts,
@@ -268,8 +317,14 @@ class SQLiteEventStore(EventStore):
                     last_hash=last_hash,
                     recorded_at=recorded_at,
                     first_position=(top or 0) + 1,
+                    key=self.key,
                 )
                 conn.executemany(_INSERT_SQL, rows)
+                if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                        (keyed_marker(self.key, rows[0][0]),),
+                    )
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 conn.execute("ROLLBACK")
@@ -281,78 +336,33 @@ class SQLiteEventStore(EventStore):
                 raise
         return rows
 
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        conn = self._conn
+        with self._lock, _mapped_errors(f"copying run {run_id!r}"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                check_expected(run_id, 0, self.last_version(run_id))
+                top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+                conn.executemany(
+                    _INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)]
+                )
+                marker = self._import_marker(rows, top + 1, self._marker())
+                if marker:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                        (marker,),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     # -- reading ---------------------------------------------------------------------
 
     def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
         with self._lock, _mapped_errors(where):
             return self._conn.execute(sql, params).fetchall()
-
-    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
-        return itertools.chain.from_iterable(self._run_chunks(_RUN_SQL, 2, run_id, after, upto))
-
-    def read_payloads(
-        self, run_id: str, *, after: int = 0, upto: int | None = None
-    ) -> Iterator[Payload]:
-        return itertools.chain.from_iterable(
-            self._run_chunks(_PAYLOADS_SQL, 0, run_id, after, upto)
-        )
-
-    def _run_chunks(
-        self, sql: str, version_at: int, run_id: str, after: int, upto: int | None
-    ) -> Iterator[list[Any]]:
-        """The rows ``sql`` selects from one run, READ_CHUNK at a time (``version_at``
-        is the version's column). Each chunk is a query of its own, so no statement
-        stays open, and no lock held, while the caller works on a chunk; the chunks
-        are chained in C (``_rows``, ``read_payloads``), not re-yielded row by row."""
-        bound = upto if upto is not None else 2**62
-        while True:
-            rows = self._fetch(sql, (run_id, after, bound, READ_CHUNK), f"reading run {run_id!r}")
-            yield rows
-            if len(rows) < READ_CHUNK:
-                return
-            after = rows[-1][version_at]
-
-    def _all_rows(
-        self, after_position: int, types: Iterable[str] | None, limit: int | None
-    ) -> Iterator[Row]:
-        wanted = sorted(set(types)) if types is not None else None
-        if wanted == []:
-            return
-        filter_sql = f" AND type IN ({', '.join('?' * len(wanted))})" if wanted else ""
-        remaining = limit if limit is not None else 2**62
-        while remaining > 0:
-            chunk = min(READ_CHUNK, remaining)
-            rows = self._fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE position > ?{filter_sql}"
-                " ORDER BY position LIMIT ?",
-                (after_position, *(wanted or ()), chunk),
-                "reading the log",
-            )
-            yield from rows
-            remaining -= len(rows)
-            if len(rows) < chunk:
-                return
-            after_position = rows[-1][0]
-
-    def last_version(self, run_id: str) -> int:
-        with self._lock, _mapped_errors(f"reading run {run_id!r}"):
-            row = self._conn.execute(
-                "SELECT max(version) FROM events WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        return int(row[0] or 0)
-
-    def runs(self) -> list[RunInfo]:
-        with self._lock, _mapped_errors("listing runs"):
-            rows = self._conn.execute(
-                "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
-                " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
-            ).fetchall()
-        return [
-            RunInfo(
-                run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e
-            )
-            for (r, v, f, la, s, e) in rows
-        ]
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -363,12 +373,69 @@ class SQLiteEventStore(EventStore):
                 (digest, len(content), content),
             )
 
-    def _get_blob(self, digest: str) -> bytes | None:
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock, _mapped_errors("storing blobs"):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
+                    [(digest, len(content), content) for digest, content in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock, _mapped_errors("reading a blob"):
             row = self._conn.execute(
-                "SELECT content FROM blobs WHERE digest = ?", (digest,)
+                "SELECT content, size FROM blobs WHERE digest = ?", (digest,)
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
+
+    def _blob_digests(self) -> Iterator[str]:
+        rows = self._fetch("SELECT digest FROM blobs ORDER BY digest", (), "listing blobs")
+        return (digest for (digest,) in rows)
+
+    # -- the log as a whole ----------------------------------------------------------------
+
+    def keyed_marker(self) -> str | None:
+        with self._lock, _mapped_errors("reading store_meta"):
+            return self._marker()
+
+    def _marker(self) -> str | None:
+        if "store_meta" not in self._names("table"):  # a log from before keys
+            return None
+        row = self._conn.execute(
+            "SELECT value FROM store_meta WHERE name = 'keyed_from'"
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def database_problems(self) -> list[str]:
+        """``PRAGMA integrity_check``'s findings, append-only triggers missing now,
+        and every repair a writer made (triggers it found missing and put back).
+
+        ``integrity_check`` rather than ``quick_check``: only it compares each index
+        with its table, and an index missing rows (a lookup by type or digest that
+        silently finds nothing) is exactly what a damaged file looks like. It costs
+        a few seconds on a million events (``benchmarks/bench_replay_audit.py``)."""
+        problems = []
+        found = [r[0] for r in self._fetch("PRAGMA integrity_check", (), "checking the database")]
+        if found != ["ok"]:
+            problems += [f"integrity_check: {text}" for text in found[:20]]
+        missing = self._missing_triggers()
+        if missing:
+            problems.append(f"append-only triggers are missing: {', '.join(missing)}")
+        with self._lock:
+            has_repairs = "repairs" in self._names("table")  # not in a log from before keys
+        repairs = (
+            self._fetch("SELECT at, what FROM repairs ORDER BY id", (), "reading repairs")
+            if has_repairs
+            else []
+        )
+        problems += [f"{what} (at {at})" for at, what in repairs]
+        return problems
 
     # -- misc ------------------------------------------------------------------------
 

@@ -5,6 +5,16 @@ only move ``StoredEvent`` rows: the payload is JSON text they never interpret. T
 base class does the mapping (encode on append, typed decode on read) and the parts
 of the contract that are the same for every backend: version checks, the hash
 chain, verification.
+
+The chain is keyed when the store is given a key (the engine passes it in; this
+package never reads the environment). A run's first event decides, for good,
+whether the run is keyed: an unkeyed run (every log before keys) stays unkeyed,
+and a keyed run takes appends only from a store holding the same key. The first
+keyed run also leaves a mark in the log (``keyed_marker``): from that position on,
+every run must be keyed, so a run rewritten with plain sha256 by someone without
+the key is found. What cannot be found from the log alone (the mark deleted and
+every keyed run rewritten) is what checkpoints kept elsewhere are for
+(``events.checkpoints``).
 """
 
 from __future__ import annotations
@@ -12,12 +22,22 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
-from events.codec import Codec, chain_hash, encode
-from events.errors import BlobNotFound, ConcurrencyError
+from events.codec import ChainKey, Codec, chain_hash, encode, hash_key_id
+from events.errors import (
+    BlobCorrupt,
+    BlobNotFound,
+    ConcurrencyError,
+    SchemaError,
+    StoreCorrupted,
+    WrongKey,
+)
+from events.lease import FileLeases, LocalLeases
 from events.schema import Event
 
 Clock = Callable[[], datetime]
@@ -91,8 +111,25 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_at: str
 
 
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing wrong with a run: where (position, version, type) and what."""
+
+    position: int | None = None
+    version: int | None = None
+    type: str = ""
+    problem: str
+
+
+MAX_PROBLEMS = 50
+"""Problems reported per run; past that, one more line says how many were left out."""
+
+
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
-    """Result of ``verify``: ``ok`` or the first bad event and what is wrong with it."""
+    """Result of ``verify``: ``ok``, or every problem found (``problems``; the
+    first is repeated in ``first_bad_*`` and ``problem``).
+
+    ``key_id`` is the key the run was written with ("" for an unkeyed run);
+    ``authenticated`` is True only when the chain was recomputed under that key."""
 
     run_id: str
     ok: bool
@@ -100,6 +137,16 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     first_bad_position: int | None = None
     first_bad_version: int | None = None
     problem: str = ""
+    problems: tuple[Problem, ...] = ()
+    key_id: str = ""
+    authenticated: bool = False
+
+    @property
+    def authentication(self) -> str:
+        """How far the chain proves the rows: ``keyed``, ``unkeyed``, or why not."""
+        if not self.key_id:
+            return "unkeyed"
+        return "keyed" if self.authenticated else f"not authenticated (key {self.key_id})"
 
 
 def blob_digest(content: bytes) -> str:
@@ -114,9 +161,14 @@ def number(
     last_hash: str,
     recorded_at: str,
     first_position: int,
+    key: ChainKey | None = None,
 ) -> list[Row]:
     """Give drafts their versions, positions and chained hashes. Backends call this
-    inside their write transaction, after checking the expected version."""
+    inside their write transaction, after checking the expected version.
+
+    A new run is keyed when ``key`` is given; an existing run keeps what its hashes
+    say it is (``run_key``)."""
+    key = run_key(run_id, last_hash, key) if last_version else key
     rows: list[Row] = []
     previous = last_hash
     for offset, draft in enumerate(drafts):
@@ -130,6 +182,7 @@ def number(
             recorded_at=recorded_at,
             causation=draft.causation,
             data=draft.data,
+            key=key,
         )
         rows.append(
             (
@@ -148,12 +201,75 @@ def number(
     return rows
 
 
-class EventStore(ABC):
-    """The log. ``append`` is atomic per batch and checks the expected version."""
+def run_key(run_id: str, last_hash: str, key: ChainKey | None) -> ChainKey | None:
+    """The key to continue a run whose last hash is ``last_hash`` with: none for an
+    unkeyed run; ``key`` for a run keyed with it; else ``WrongKey``."""
+    written_with = hash_key_id(last_hash)
+    if not written_with:
+        return None
+    if key is None:
+        raise WrongKey(
+            f"run {run_id!r} was written with key {written_with}, and this store has no "
+            "key: appending to it would break its chain"
+        )
+    if key.id != written_with:
+        raise WrongKey(
+            f"run {run_id!r} was written with key {written_with}, not with this store's "
+            f"key {key.id}: appending to it would break its chain"
+        )
+    return key
 
-    def __init__(self, *, clock: Clock = utc_now, codec: Codec | None = None) -> None:
+
+def refuse_unkeyed_run(run_id: str, marker: str | None) -> None:
+    """A store without a key may not start a run in a log that holds keyed runs:
+    ``verify`` would take the run for one rewritten by someone without the key."""
+    if marker is not None:
+        raise WrongKey(
+            f"cannot start run {run_id!r} without a key: this log's runs are keyed from "
+            f"position {marker.split(' ')[0]} on"
+        )
+
+
+def keyed_marker(key: ChainKey, position: int) -> str:
+    """The log's mark that runs are keyed from ``position`` on: the position, the
+    key id, and a MAC of both, so that nobody without the key can move it."""
+    return f"{position} {key.id} {key.mac(f'keyed from {position}'.encode())}"
+
+
+def check_keyed_marker(marker: str, key: ChainKey | None) -> tuple[int, str]:
+    """The position a ``keyed_marker`` names, and what is wrong with it ("" if
+    nothing, or if only the key could tell and this is not it)."""
+    try:
+        position_text, marker_key, _mac = marker.split(" ")
+        position = int(position_text)
+    except ValueError:
+        return 0, f"the log's keyed mark {marker!r} is malformed: it was changed"
+    if key is not None and key.id == marker_key and keyed_marker(key, position) != marker:
+        return position, "the log's keyed mark does not match its MAC: it was changed"
+    return position, ""
+
+
+class EventStore(ABC):
+    """The log. ``append`` is atomic per batch and checks the expected version.
+
+    ``key`` (secret bytes, or None) keys the hash chain of the runs this store
+    starts; see the module docstring."""
+
+    _leases: LocalLeases | FileLeases
+
+    def __init__(
+        self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
+    ) -> None:
+        self._leases = LocalLeases()
         self.clock = clock
         self.codec = codec if codec is not None else Codec()
+        self.key = ChainKey(key) if key else None
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key new runs are keyed with ("" without one): what the
+        engine records in ``run.started``."""
+        return self.key.id if self.key is not None else ""
 
     # -- writing ---------------------------------------------------------------------
 
@@ -275,58 +391,210 @@ class EventStore(ABC):
         self._put_blob(digest, content)
         return digest
 
+    def put_many(self, contents: Iterable[bytes]) -> list[str]:
+        """``put`` each of ``contents``, in one transaction where the backend has them."""
+        items = [(blob_digest(content), content) for content in contents]
+        self._put_blobs(items)
+        return [digest for digest, _ in items]
+
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for digest, content in items:
+            self._put_blob(digest, content)
+
     def get(self, digest: str) -> bytes:
-        content = self._get_blob(digest)
-        if content is None:
+        """The content stored under ``digest``, checked against it: ``BlobCorrupt``
+        when its sha256 or its recorded size differs (so nothing restores changed
+        bytes), ``BlobNotFound`` when there is none."""
+        found = self._get_blob(digest)
+        if found is None:
             raise BlobNotFound(f"no blob {digest!r} in this log")
+        content, size = found
+        actual = blob_digest(content)
+        if actual != digest:
+            raise BlobCorrupt(
+                f"blob {digest} is corrupt: its content hashes to {actual}; it was changed "
+                "after it was stored"
+            )
+        if size != len(content):
+            raise BlobCorrupt(
+                f"blob {digest} is corrupt: {len(content)} bytes where {size} were stored"
+            )
         return content
 
     def has_blob(self, digest: str) -> bool:
         return self._get_blob(digest) is not None
 
+    def blob_digests(self) -> Iterator[str]:
+        """The digest of every stored blob."""
+        return self._blob_digests()
+
     @abstractmethod
     def _put_blob(self, digest: str, content: bytes) -> None: ...
 
     @abstractmethod
-    def _get_blob(self, digest: str) -> bytes | None: ...
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
+        """The content stored under ``digest`` and the size recorded with it."""
+
+    @abstractmethod
+    def _blob_digests(self) -> Iterator[str]: ...
+
+    # -- the log as a whole --------------------------------------------------------------
+
+    def keyed_marker(self) -> str | None:
+        """The mark the first keyed run left (``keyed_marker``), None if none did."""
+        return None
+
+    def database_problems(self) -> list[str]:
+        """What is wrong with the storage itself (a backend with a file checks it);
+        a backend without one has nothing to report."""
+        return []
+
+    # -- leases ----------------------------------------------------------------------
+
+    def lease(self, run_id: str, owner: str) -> AbstractContextManager[None]:
+        """Hold ``run_id``'s lease while the context lasts: ``LeaseHeld`` (naming the
+        owner) if another engine holds it. See ``events.lease``."""
+        return self._leases.hold(run_id, owner)
 
     # -- integrity -------------------------------------------------------------------
 
     def verify(self, run_id: str) -> VerifyReport:
-        """Recompute the run's hash chain; report the first event that breaks it."""
+        """Recompute the run's hash chain and report every event that breaks it.
+
+        An unkeyed run is recomputed with plain sha256. A keyed run is recomputed
+        under this store's key when it is the run's key; without a key only its
+        structure is checked (versions, one key id throughout), and the report
+        says it is not authenticated; with another key it fails. A ``run.started``
+        that names a key its chain was not written with fails too: that is a keyed
+        run rewritten as plain sha256.
+        """
+        return self.verify_rows(run_id, self.read_raw(run_id))
+
+    def verify_rows(self, run_id: str, rows: Iterable[StoredEvent]) -> VerifyReport:
+        """``verify`` of ``rows`` (one run, in version order) from anywhere: this
+        log's, or another's being copied in (``import_run``)."""
+        problems: list[Problem] = []
         previous = ""
         checked = 0
-        for row in self.read_raw(run_id):
+        written_with = ""
+        key: ChainKey | None = None
+        recompute = True
+        for row in rows:
             checked += 1
-            problem = ""
+            if checked == 1:
+                written_with = hash_key_id(row.hash)
+                key, recompute, text = self._run_key_for_verify(written_with)
+                if text:
+                    problems.append(_problem(row, text))
+                named = self._named_key(row)
+                # (a keyed chain whose run.started names no key proves as much: only
+                # a run.started naming another key than its chain's is a rewrite)
+                if named and named != written_with:
+                    chain = f"keyed with {written_with}" if written_with else "unkeyed"
+                    problems.append(
+                        _problem(
+                            row,
+                            f"run.started names key {named or 'none'} but the chain is "
+                            f"{chain}: the run was rewritten",
+                        )
+                    )
             if row.version != checked:
-                problem = f"version {row.version} where {checked} was expected (a gap)"
-            else:
+                text = f"version {row.version} where {checked} was expected (a gap)"
+                problems.append(_problem(row, text))
+                checked = row.version
+            if hash_key_id(row.hash) != written_with:
+                text = (
+                    f"hash written with key {hash_key_id(row.hash) or 'none'} in a run "
+                    f"written with key {written_with or 'none'}: the row was changed"
+                )
+                problems.append(_problem(row, text))
+            elif recompute:
                 expected = chain_hash(
                     previous,
-                    run_id=row.run_id,
+                    run_id=run_id,  # the chain covers the id the rows are read as
                     version=row.version,
                     type=row.type,
                     schema_version=row.schema_version,
                     recorded_at=row.recorded_at,
                     causation=row.causation,
                     data=row.data,
+                    key=key,
                 )
                 if expected != row.hash:
-                    problem = (
-                        "hash does not match the chain: the row was changed after it was written"
-                    )
-            if problem:
-                return VerifyReport(
-                    run_id=run_id,
-                    ok=False,
-                    checked=checked,
-                    first_bad_position=row.position,
-                    first_bad_version=row.version,
-                    problem=problem,
-                )
+                    text = "hash does not match the chain: the row was changed after it was written"
+                    problems.append(_problem(row, text))
             previous = row.hash
-        return VerifyReport(run_id=run_id, ok=True, checked=checked)
+        if len(problems) > MAX_PROBLEMS:
+            left = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], Problem(problem=f"... and {left} more")]
+        first = problems[0] if problems else None
+        return VerifyReport(
+            run_id=run_id,
+            ok=not problems,
+            checked=checked,
+            first_bad_position=first.position if first else None,
+            first_bad_version=first.version if first else None,
+            problem=first.problem if first else "",
+            problems=tuple(problems),
+            key_id=written_with,
+            authenticated=key is not None,
+        )
+
+    def _run_key_for_verify(self, written_with: str) -> tuple[ChainKey | None, bool, str]:
+        """For a run written with key ``written_with`` (""=unkeyed): the key to
+        recompute it with, whether it can be recomputed, and a problem if any."""
+        if not written_with:
+            return None, True, ""
+        if self.key is None:
+            return None, False, ""
+        if self.key.id != written_with:
+            return (
+                None,
+                False,
+                f"written with key {written_with}, not with this key ({self.key.id}): "
+                "wrong key, or the run was rewritten",
+            )
+        return self.key, True, ""
+
+    def _named_key(self, row: StoredEvent) -> str | None:
+        """The key id a ``run.started`` row names; None for another type or a row
+        that does not decode (decoding is checked elsewhere)."""
+        if row.type != "run.started":
+            return None
+        try:
+            event = self.codec.decode(row.type, row.schema_version, row.data)
+        except SchemaError:
+            return None
+        named = getattr(event, "key_id", "")
+        return named if isinstance(named, str) else ""
+
+    def import_run(self, run_id: str, rows: Sequence[StoredEvent]) -> None:
+        """Add a run copied from another log: its rows as they are (versions, times,
+        causations, hashes), at this log's next positions, in one transaction.
+
+        ``StoreCorrupted`` (nothing written) when the rows' chain does not verify;
+        ``ConcurrencyError`` when this log already has events of ``run_id``."""
+        report = self.verify_rows(run_id, rows)
+        if not report.ok:
+            raise StoreCorrupted(
+                f"run {run_id!r} does not verify at version {report.first_bad_version}: "
+                f"{report.problem}; nothing was copied"
+            )
+        if rows:
+            self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows])
+
+    def _import_marker(self, rows: Sequence[Row], first_position: int, marker: str | None) -> str:
+        """The keyed mark to write with an imported run ("" for none): a keyed run,
+        written with this store's key, copied into a log that has no mark yet."""
+        written_with = hash_key_id(str(rows[0][7])) if rows else ""
+        if not written_with or marker is not None or self.key is None:
+            return ""
+        return keyed_marker(self.key, first_position) if self.key.id == written_with else ""
+
+    @abstractmethod
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        """Store ``rows`` (positions to be replaced by this log's) if the run has no
+        events here, else raise ``ConcurrencyError``; atomically."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
@@ -336,6 +604,43 @@ class EventStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _problem(row: StoredEvent, text: str) -> Problem:
+    return Problem(position=row.position, version=row.version, type=row.type, problem=text)
+
+
+RUNS_SQL = (
+    "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
+    " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
+)
+"""What ``runs`` asks of an SQL backend; ``run_infos`` reads its rows."""
+
+
+def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:
+    return [
+        RunInfo(run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e)
+        for (r, v, f, la, s, e) in rows
+    ]
+
+
+def chunks(
+    fetch: Callable[[int, int], list[Any]], after: int, key_at: int, limit: int | None = None
+) -> Iterator[list[Any]]:
+    """Keyset pagination for SQL backends: ``fetch(after, n)`` returns up to ``n``
+    rows whose column ``key_at`` is above ``after``, in order; asked again after the
+    last row's key until a chunk comes back short or ``limit`` rows were read. Each
+    chunk is a query of its own, so no statement stays open (and no lock held)
+    while the caller works on a chunk."""
+    remaining = limit if limit is not None else 2**62
+    while remaining > 0:
+        size = min(READ_CHUNK, remaining)
+        rows = fetch(after, size)
+        yield rows
+        remaining -= len(rows)
+        if len(rows) < size:
+            return
+        after = rows[-1][key_at]
 
 
 def check_expected(run_id: str, expected: int, actual: int) -> None:

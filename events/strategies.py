@@ -41,6 +41,7 @@ from events.schema import (
     PhaseChanged,
     RunFinished,
     RunForked,
+    RunResumed,
     RunRewound,
     RunStarted,
     SpecialistConsulted,
@@ -214,6 +215,8 @@ def run_started() -> SearchStrategy[RunStarted]:
         mode=st.sampled_from(("orchestrated", "traditional")),
         config=json_objects(),
         engine_version=st.sampled_from(("", "0.1.0", "0.2.0.dev3")),
+        # the id of the key the store chains the run with: "" for an unkeyed store
+        key_id=st.just(""),
     )
 
 
@@ -231,6 +234,14 @@ def run_forked() -> SearchStrategy[RunForked]:
         parent_run=names(),
         at_version=st.integers(1, 10_000),
         workspace=paths().map(lambda p: "/work/" + p),
+    )
+
+
+def run_resumed() -> SearchStrategy[RunResumed]:
+    return events_of(
+        RunResumed,
+        pending_tools=st.lists(names(), max_size=3).map(tuple),
+        open_calls=st.lists(names(), max_size=3).map(tuple),
     )
 
 
@@ -350,6 +361,7 @@ NAMED: dict[str, Callable[[], SearchStrategy[Any]]] = {
     RunFinished.type_name(): run_finished,
     RunRewound.type_name(): run_rewound,
     RunForked.type_name(): run_forked,
+    RunResumed.type_name(): run_resumed,
     UserAsked.type_name(): user_asked,
     UserAnswered.type_name(): user_answered,
     PhaseChanged.type_name(): phase_changed,
@@ -418,7 +430,7 @@ def run_events(
         serial += 1
         return f"{prefix}{serial}"
 
-    kinds = ["task", "update", "phase", "model", "tool", "arbiter", "specialist", "ask"]
+    kinds = ["task", "update", "phase", "model", "tool", "arbiter", "specialist", "ask", "resume"]
     if rewinds:
         kinds.append("rewind")
     for _ in range(draw(st.integers(0, max_steps))):
@@ -477,6 +489,8 @@ def run_events(
             step.append(draw(specialist_consulted()))
         elif kind == "ask":
             step += [draw(user_asked()), draw(user_answered())]
+        elif kind == "resume":
+            step.append(draw(run_resumed()))
         elif kind == "rewind":
             to_version = draw(st.integers(1, len(events)))
             step.append(msgspec.structs.replace(draw(run_rewound()), to_version=to_version))

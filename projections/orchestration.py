@@ -25,6 +25,7 @@ from events.schema import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
+    RunResumed,
     SpecialistConsulted,
     UserAnswered,
     UserAsked,
@@ -70,6 +71,8 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cached: int = 0
     """Answers taken from the log instead (``model.responded.cached_from``)."""
     failures: int = 0
+    interrupted: int = 0
+    """Calls a stop cut off: never answered, never failed, the run resumed after."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     duration_ms: float = 0.0
@@ -88,6 +91,7 @@ class CallInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     request_digest: str
     temperature: float | None
     version: int
+    failures: int = 0
 
 
 _NO_USAGE: PersistentMap[str, Usage] = PersistentMap()
@@ -112,6 +116,10 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """request digest -> call id of the first successful response to it."""
     user_messages: tuple[tuple[str, str], ...] = ()
     """(question, answer) pairs; an open question has answer ""."""
+    failures_since_answer: int = 0
+    """Failed model attempts since the last answer: a model server that keeps failing."""
+    last_failure: str = ""
+    """The latest failed attempt: ``model server URL: kind: detail``."""
 
     @property
     def total_tokens(self) -> int:
@@ -126,6 +134,8 @@ class OrchestrationBuilder:
         "consultations",
         "conversations",
         "decisions",
+        "failures_since_answer",
+        "last_failure",
         "open_calls",
         "usage_by_model",
         "usage_by_role",
@@ -144,6 +154,8 @@ class OrchestrationBuilder:
         """Start from ``state``: over copies of its collections when ``transient``
         (for many events), else over editors of them (for one)."""
         self.user_messages = state.user_messages
+        self.failures_since_answer = state.failures_since_answer
+        self.last_failure = state.last_failure
         if transient:
             self.decisions = thaw_sequence(state.decisions)
             self.consultations = thaw_sequence(state.consultations)
@@ -172,6 +184,8 @@ class OrchestrationBuilder:
             open_calls=freeze_map(self.open_calls),
             answered=freeze_map(self.answered),
             user_messages=self.user_messages,
+            failures_since_answer=self.failures_since_answer,
+            last_failure=self.last_failure,
         )
 
 
@@ -214,6 +228,7 @@ def _model_requested(b: OrchestrationBuilder, event: ModelRequested, version: in
 
 
 def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: int) -> None:
+    b.failures_since_answer = 0
     call = b.open_calls.pop(event.call_id, None)
     if call is None:
         return
@@ -237,9 +252,24 @@ def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> 
     call = b.open_calls.get(event.call_id)
     if call is None:
         return
+    b.open_calls[event.call_id] = replace(call, failures=call.failures + 1)
+    b.failures_since_answer += 1
+    where = f"model server {event.endpoint}: " if event.endpoint else ""
+    b.last_failure = f"{where}{event.kind}: {event.detail}" if event.detail else where + event.kind
     for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
         old = table.get(key, _UNUSED)
         table[key] = replace(old, failures=old.failures + 1)
+
+
+def _run_resumed(b: OrchestrationBuilder, event: RunResumed, version: int) -> None:
+    # the calls the stop cut off will never be answered: they count as interrupted
+    for call_id in event.open_calls:
+        call = b.open_calls.pop(call_id, None)
+        if call is None:
+            continue
+        for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
+            old = table.get(key, _UNUSED)
+            table[key] = replace(old, interrupted=old.interrupted + 1)
 
 
 def _arbiter_decided(b: OrchestrationBuilder, event: ArbiterDecided, version: int) -> None:
@@ -287,5 +317,6 @@ ORCHESTRATION_STEPS: dict[type[Event], Step] = {
     SpecialistConsulted: _specialist_consulted,
     UserAsked: _user_asked,
     UserAnswered: _user_answered,
+    RunResumed: _run_resumed,
 }
 """The step of each event type that changes orchestration; other types leave it as is."""

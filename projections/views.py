@@ -8,8 +8,12 @@ afterwards ``sqlite3 events.db "SELECT * FROM tool_calls WHERE ok = 0"`` works.
                    rewound run shows as running; ``projections.project`` gives the
                    exact state at any version)
     phase_changes  every phase change with its trigger, reason and decider
-    tasks          every task with its latest status, attempts and last error
-    model_calls    every model request joined to its response or failures
+    tasks          every task in effect at the end of its run (rewinds followed), with
+                   its latest status, attempts and last error
+    effective_spans  for each rewound run, the version ranges in effect at its end
+                   (``after_version < version <= upto_version``)
+    model_calls    every model request joined to its response or failures; status
+                   ok, failed, interrupted (cut off by a stop) or pending
     tool_calls     every tool request joined to its execution
     decisions      every coordinator decision, with fallbacks and why
 """
@@ -49,6 +53,25 @@ SELECT run_id, version, recorded_at,
   json_extract(data, '$.decided_by') AS decided_by
 FROM events WHERE type = 'phase.changed'
 """,
+    "effective_spans": """
+WITH RECURSIVE spans(run_id, lo, hi) AS (
+  SELECT r.run_id,
+    (SELECT max(w.version) FROM events w WHERE w.run_id = r.run_id AND w.type = 'run.rewound'),
+    r.last
+  FROM (SELECT run_id, max(version) AS last FROM events
+         WHERE run_id IN (SELECT run_id FROM events WHERE type = 'run.rewound')
+         GROUP BY run_id) r
+  UNION ALL
+  SELECT s.run_id,
+    coalesce((SELECT max(w.version) FROM events w
+               WHERE w.run_id = s.run_id AND w.type = 'run.rewound'
+                 AND w.version <= json_extract(t.data, '$.to_version')), 0),
+    json_extract(t.data, '$.to_version')
+  FROM spans s JOIN events t ON t.run_id = s.run_id AND t.version = s.lo
+  WHERE s.lo > 0
+)
+SELECT run_id, lo AS after_version, hi AS upto_version FROM spans
+""",
     "tasks": """
 SELECT a.run_id,
   json_extract(a.data, '$.task_id') AS task_id,
@@ -59,26 +82,41 @@ SELECT a.run_id,
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
          AND json_extract(u.data, '$.priority') IS NOT NULL
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
        ORDER BY u.version DESC LIMIT 1),
     json_extract(a.data, '$.priority')) AS priority,
   coalesce(
     (SELECT json_extract(u.data, '$.status') FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
        ORDER BY u.version DESC LIMIT 1),
     'new') AS status,
   coalesce(
     (SELECT max(json_extract(u.data, '$.attempt')) FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
-         AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')),
+         AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))),
     0) AS attempts,
   (SELECT json_extract(u.data, '$.error') FROM events u
      WHERE u.run_id = a.run_id AND u.type = 'task.updated'
        AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
        AND json_extract(u.data, '$.error') != ''
+       AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
      ORDER BY u.version DESC LIMIT 1) AS last_error,
   a.version AS added_version
 FROM events a WHERE a.type = 'task.added'
+  AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id
+                   AND a.version > s.after_version AND a.version <= s.upto_version))
 """,
     "model_calls": """
 SELECT q.run_id,
@@ -91,7 +129,12 @@ SELECT q.run_id,
   json_extract(q.data, '$.conversation') AS conversation,
   json_extract(q.data, '$.request_digest') AS request_digest,
   CASE WHEN r.position IS NOT NULL THEN 'ok'
-       WHEN f.failures > 0 THEN 'failed' ELSE 'pending' END AS status,
+       WHEN f.failures > 0 THEN 'failed'
+       -- an answer follows its request at once: anything else after it means the
+       -- call was cut off (a kill, a crash) and will never be answered
+       WHEN q.version < (SELECT max(z.version) FROM events z WHERE z.run_id = q.run_id)
+         THEN 'interrupted'
+       ELSE 'pending' END AS status,
   coalesce(f.failures, 0) AS failures,
   f.last_failure,
   json_extract(r.data, '$.usage.prompt_tokens') AS prompt_tokens,

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -59,6 +60,18 @@ class TickingClock:
         self.now += self.step
         self.calls += 1
         return moment
+
+
+@pytest.fixture(autouse=True)
+def _key_file_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test keys its logs with a key of its own, never the user's: the key
+    file is placed (``AUTONOMY_KEY_FILE``) in a fresh temporary directory, and
+    child processes inherit the setting."""
+    path = tmp_path_factory.mktemp("key") / "autonomy" / "key"
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(path))
+    return path
 
 
 BACKENDS = ("memory", "sqlite-memory", "sqlite-file")
@@ -117,3 +130,25 @@ def store(
     opened = open_store(request.param, tmp_path, clock=clock)
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server for the session (``tests/pg.py``); fails, never skips,
+    when none can be started."""
+    from pg import PgServer
+
+    try:
+        server = PgServer().start()
+    except (RuntimeError, OSError) as e:
+        pytest.fail(f"cannot start a PostgreSQL server for the tests: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL of a fresh, empty schema on the session's server."""
+    return str(pg_server.new_url())

@@ -19,6 +19,7 @@ from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import (
     MemoryEventStore,
     ModelFailed,
+    ModelRequested,
     RunStarted,
     TaskUpdated,
     ToolExecuted,
@@ -131,9 +132,18 @@ def test_a_model_that_answers_garbage_then_hangs_is_recorded_and_the_run_goes_on
     events = [e.data for e in store.read(log.run_id)]
     failed = [e for e in events if isinstance(e, ModelFailed)]
     assert [f.kind for f in failed] == ["invalid", "deadline"]
-    # each failure ended that attempt of the task with its reason; the run went on
+    # the unusable answer was told to the model, which was asked again; the hang
+    # then ended that attempt of the task with its reason; the run went on
+    told = [
+        m.content
+        for e in events
+        if isinstance(e, ModelRequested)
+        for m in e.messages
+        if m.role == "user" and m.content.startswith("Your last answer could not be used")
+    ]
+    assert told and "not valid UTF-8" in told[0]
     errors = [e.error for e in events if isinstance(e, TaskUpdated) and e.status == "failed"]
-    assert "not valid UTF-8" in errors[0] and "deadline of 1 s" in errors[1]
+    assert "deadline of 1 s" in errors[0]
     assert project(store, log.run_id).pipeline.status != "running"
     # and the run replays: the recorded failures come back with their kinds
     result = replay(store, log.run_id)

@@ -255,9 +255,13 @@ def test_events_refuses_an_unknown_type_and_lists_the_known_ones(
 def test_verify_says_ok_for_every_intact_run(runner: CliRunner, db: Path) -> None:
     result = run(runner, "verify", "--db", db)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["build: ok (12 events)", "asking: ok (2 events)"]
+    assert result.stdout.splitlines() == [
+        "database: ok (integrity_check, append-only triggers, 0 blobs)",
+        "build: ok (12 events, unkeyed)",
+        "asking: ok (2 events, unkeyed)",
+    ]
     result = run(runner, "verify", "asking", "--db", db)
-    assert result.stdout == "asking: ok (2 events)\n"
+    assert result.stdout.splitlines()[1:] == ["asking: ok (2 events, unkeyed)"]
 
 
 def test_verify_reports_a_changed_row_by_position_and_type(runner: CliRunner, db: Path) -> None:
@@ -534,7 +538,7 @@ def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
     commands = [line.strip() for block in _fenced("sh") for line in block.splitlines()]
     main_job = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/autonomy demo"
     tests = (
-        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
+        "bash .ci/system-packages && python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
         ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/pytest -q"
     )
     assert main_job in commands

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from engine.cli import cli
 from engine.config import load_settings
 from engine.demo import GOAL, DemoModels
+from engine.replay import replay
 from engine.runlog import RunLog
 from engine.runner import resume_run
 from engine.storage import open_store
@@ -32,19 +33,12 @@ def rows(db: Path) -> list[tuple[object, ...]]:
         ).fetchall()
 
 
-def events_written(db: Path) -> int:
-    """How many events another process has committed to ``db`` so far: 0 while the
-    file or its schema does not exist yet (the writer creates both as it starts)."""
-    if not db.exists():
+def written(db: Path) -> int:
+    """How many events the log holds: 0 until the writer has created its schema."""
+    try:
+        return len(rows(db)) if db.exists() else 0
+    except sqlite3.OperationalError:  # no such table yet, or the file is being created
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            if "events" not in tables:
-                return 0
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0  # the file exists but its header is not written yet
 
 
 def crashed_run(tmp_path: Path) -> tuple[SQLiteEventStore, RunLog, Path]:
@@ -114,7 +108,7 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline and proc.poll() is None:
-                if events_written(db) >= 25:
+                if written(db) >= 25:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, "the run ended before it could be killed"
@@ -134,3 +128,6 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
     store = open_store(db)
     assert store.verify(run_id).ok
     assert project(store, run_id).pipeline.status == "completed"
+    # the kill and the resume are in the log: the replay stops and resumes where they did
+    result = replay(store, run_id)
+    assert result.identical, result.report()

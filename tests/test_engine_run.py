@@ -177,3 +177,95 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
     store, run_id, _ = run(DemoModels(), tmp_path)
     with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
         resume_run(store, run_id, settings=settings_for(server))
+
+
+class RepeatsAFailingCall:
+    """Plans one task, then asks for the same missing file for ever."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []  # each request's tool messages
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool(
+                "create_task_plan", tasks=[{"title": "read it", "target_file": "x.py"}]
+            )
+        messages = request.body.get("messages", [])
+        self.seen.append([m["content"] for m in messages if m.get("role") == "tool"])
+        return Reply.tool("read_file", path="missing.py")
+
+
+def test_the_same_failing_call_is_corrected_then_ends_the_task_turn(tmp_path: Path) -> None:
+    model = RepeatsAFailingCall()
+    store, run_id, _ = run(model, tmp_path, max_steps=4, mode="rules")
+    task = project(store, run_id).pipeline.tasks["t1"]
+    assert task.errors[0].startswith("the model repeated the same failing call 3 times: read_file")
+    reads = [
+        e.data
+        for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted) and e.data.tool == "read_file"
+    ]
+    assert len(reads) >= 3 and not any(r.ok for r in reads)
+    first, second = next(tools for tools in model.seen if len(tools) == 2)
+    assert "You made this exact read_file call before" in second
+    assert "You made this exact" not in first
+    assert not any(len(tools) > 2 for tools in model.seen), "the third failure ends the turn"
+
+
+def test_a_model_server_that_keeps_failing_is_named_live_and_in_the_reason(
+    tmp_path: Path,
+) -> None:
+    missing = lambda request: Reply.http_error(  # noqa: E731
+        404, "model 'm' not found, try pulling it first"
+    )
+    with ScriptedModelServer(missing) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build calc", "--workspace", str(tmp_path / "ws"),
+             "--db", str(tmp_path / "events.db"), "--model-url", server.url, "--api", "ollama",
+             "--model", "m", "--run-id", "r"],
+        )  # fmt: skip
+        url = server.url
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "model call failed: reasoning (m) at" in result.output
+    assert f"at {url}" in result.output and "model 'm' not found" in result.output
+    state = project(open_store(tmp_path / "events.db"), "r").pipeline
+    assert state.status == "failed"
+    assert state.reason.startswith(f"model server {url}")
+    assert "not found, try pulling it first" in state.reason and "failed attempt(s)" in state.reason
+
+
+class OneTaskNeverFinishes(DemoModels):
+    """The demo, but the test task's coder never calls complete_task."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if task == "t2":
+            return Reply.tool("list_directory", path=".")
+        return super()._code(task, done, fixing)
+
+
+def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path: Path) -> None:
+    with ScriptedModelServer(OneTaskNeverFinishes()) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build calc", "--workspace", str(tmp_path / "ws"),
+             "--db", str(tmp_path / "events.db"), "--model-url", server.url, "--api", "ollama",
+             "--model", "m", "--run-id", "r", "--max-steps", "60"],
+        )  # fmt: skip
+    state = project(open_store(tmp_path / "events.db"), "r").pipeline
+    assert state.tasks["t2"].status == "skipped" and state.tasks["t1"].status == "completed"
+    assert state.status == "partial", state.reason
+    assert state.reason == "1 of 2 task(s) completed; 1 skipped"
+    assert result.exit_code == 2, result.output
+
+
+def test_certificates_are_loaded_only_for_https_model_servers() -> None:
+    from engine.runner import http_client
+
+    plain = load_settings(env={}, overrides={"model_url": "http://127.0.0.1:1", "model": "m"})
+    secure = load_settings(env={}, overrides={"model_url": "https://models.example", "model": "m"})
+    with http_client(plain) as http:
+        assert http._transport._pool._ssl_context.verify_mode.name == "CERT_NONE"  # type: ignore[attr-defined]
+    with http_client(secure) as http:
+        assert http._transport._pool._ssl_context.verify_mode.name == "CERT_REQUIRED"  # type: ignore[attr-defined]

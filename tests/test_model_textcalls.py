@@ -174,3 +174,19 @@ def test_as_call_accepts_exactly_the_call_shape(
     value: dict[str, object], expected: tuple[str, dict[str, object]] | None
 ) -> None:
     assert as_call(value) == expected
+
+
+def test_react_action_lines_are_a_call_under_the_same_rule() -> None:
+    from engine.model.textcalls import extract_tool_call
+
+    text = 'Thought: write it.\nAction: create_file\nAction Input: {"path": "a.py", "content": "x"}'
+    call = extract_tool_call(text, {"create_file"})
+    assert call is not None and call.name == "create_file"
+    assert call.arguments == {"path": "a.py", "content": "x"}
+    assert extract_tool_call(text, {"read_file"}) is None, "a tool that was not offered"
+    twice = text + "\n" + text
+    assert extract_tool_call(twice, {"create_file"}) is None, "two calls stay prose"
+    broken = 'Action: create_file\nAction Input: {"path": "a.py", "content": '
+    assert extract_tool_call(broken, {"create_file"}) is None
+    not_object = "Action: create_file\nAction Input: [1, 2]"
+    assert extract_tool_call(not_object, {"create_file"}) is None

@@ -109,9 +109,10 @@ def test_replay_db_adds_one_test_per_run(
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            f"*replay?{GOOD}? PASSED*",
-            f"*replay?{BAD}? FAILED*",
-            f"*replay?{FORKED}? SKIPPED*",
+            "*collected 3 items",
+            f"*events.db::replay?{GOOD}? PASSED*",
+            f"*events.db::replay?{BAD}? FAILED*",
+            f"*events.db::replay?{FORKED}? SKIPPED*",
             "*diverged at version 7: expected tool.executed*",
             "*cannot be replayed: it was forked*",
         ]
@@ -125,6 +126,15 @@ def test_replay_items_are_selected_with_k(
     result = pytester.runpytest("--replay-db", str(db), "-k", "good")
     result.assert_outcomes(passed=1, deselected=2)
     assert fake_replay == [GOOD]
+
+
+def test_replay_db_items_count_with_the_users_own_tests(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("--replay-db", str(db), "-v")
+    result.stdout.fnmatch_lines(["*collected 4 items"])
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
 
 
 def test_a_replay_db_that_does_not_exist_is_a_usage_error(
@@ -185,8 +195,17 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_replay_run_passes_on_a_recorded_demo_run_with_the_real_replay(db: Path) -> None:
-    pytest.importorskip("engine.replay")
     replay_run(db, GOOD)
+    replay_run(db, GOOD, tools="recorded")
+
+
+def test_the_real_replay_replays_a_fork_instead_of_skipping_it(
+    pytester: pytest.Pytester, db: Path
+) -> None:
+    result = pytester.runpytest(
+        "--replay-db", str(db), "-k", "forked", "--replay-tools", "recorded"
+    )
+    result.assert_outcomes(passed=1, deselected=2)
 
 
 def test_probing_the_plugin_for_hooks_never_imports_hypothesis() -> None:

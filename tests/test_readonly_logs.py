@@ -76,7 +76,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         settings = load_settings(env={}, overrides={**overrides, "max_steps": 3})
         start_run(store, goal=GOAL, workspace=base / "ws", settings=settings, http=http, run_id=RUN)
     store.close()
-    assert sorted(p.name for p in logs.iterdir()) == ["events.db"]
+    # (the run's lease file stays beside the log: removing a lock file races)
+    assert sorted(p.name for p in logs.iterdir()) == ["events.db", "events.db.leases"]
     return logs
 
 
@@ -108,7 +109,11 @@ def read_only_cli(mounted: Path, commands: Sequence[list[str]]) -> list[list[obj
 
 
 def digest_of(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.iterdir()
+        if p.is_file()
+    }
 
 
 @needs_unshare

@@ -116,10 +116,11 @@ def test_a_changed_prompt_is_reported_at_the_first_request_that_uses_it(
 
     assert code == 1
     version = requests[first_qa][0]
-    assert out.startswith(
-        f"diverged at version {version}: expected model.requested, got model.requested"
+    conversation = requests[first_qa][1].conversation
+    assert out.splitlines()[0] == (
+        f"diverged at version {version}: model request {first_qa + 1} "
+        f"(conversation {conversation}): message 1 (system) changed"
     )
-    assert f"model request {first_qa + 1} " in out
     assert "message 1 (system) changed" in out
     assert "+" + original + " Be brief." in out
     assert "-" + original + "\n" in out
@@ -159,11 +160,71 @@ def test_a_changed_decision_is_reported_as_a_diff_of_the_event(
     code, out = invoke("replay", "r", "--db", str(recorded))
 
     assert code == 1
-    assert out.startswith(
-        f"diverged at version {first_decision}: expected arbiter.decided, got arbiter.decided"
-    )
-    assert '+    "reasoning": "reworded"' in out
-    assert '-    "reasoning": ' in out
+    lines = out.splitlines()
+    assert lines[0] == f"diverged at version {first_decision}: arbiter.decided: reasoning changed"
+    assert lines[1] == "  reasoning:"
+    assert lines[2].startswith('    recorded: "') and lines[3] == '    replayed: "reworded"'
+    assert "parameters" not in out, "only what differs is shown"
+
+
+def test_a_long_changed_line_is_highlighted_word_by_word(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    original = prompts.SYSTEM["qa"]
+    words = original.split(" ")
+    middle = len(words) // 2
+    change_prompt(monkeypatch, request, " ".join([*words[:middle], "carefully", *words[middle:]]))
+
+    code, out = invoke("replay", "r", "--db", str(recorded))
+
+    assert code == 1
+    highlighted = next(line for line in out.splitlines() if "in words:" in line)
+    assert " {+carefully+} " in highlighted
+    assert "[-" not in highlighted, "nothing was removed"
+    assert len(highlighted) < len(original), "only the words around the change are kept"
+
+
+def test_a_differing_event_type_shows_both_events_fields() -> None:
+    from engine.divergence import Normaliser, compare
+    from events.schema import TaskAdded, UserAsked
+
+    recorded, replayed = MemoryEventStore(), MemoryEventStore()
+    started = RunStarted(goal="g", workspace="/w")
+    recorded.append("x", [started, TaskAdded(task_id="t1", title="Write calc.py")], 0)
+    replayed.append("x", [started, UserAsked(question="Which Python?")], 0)
+
+    divergence = compare(list(recorded.read("x")), list(replayed.read("x")), Normaliser())
+
+    assert divergence is not None and divergence.version == 2
+    assert divergence.title == "expected task.added, got user.asked"
+    assert '  recorded task.added:\n    task_id: "t1"' in divergence.diff
+    assert '  replayed user.asked:\n    question: "Which Python?"' in divergence.diff
+
+
+def test_a_changed_payload_lists_the_fields_that_changed_with_their_values() -> None:
+    from engine.divergence import Normaliser, compare
+    from events.schema import TaskAdded
+
+    recorded, replayed = MemoryEventStore(), MemoryEventStore()
+    started = RunStarted(goal="g", workspace="/w")
+    recorded.append("x", [started, TaskAdded(task_id="t1", title="a", priority=1)], 0)
+    replayed.append("x", [started, TaskAdded(task_id="t1", title="b", priority=1)], 0)
+
+    divergence = compare(list(recorded.read("x")), list(replayed.read("x")), Normaliser())
+
+    assert divergence is not None
+    assert divergence.title == "task.added: title changed"
+    assert [(c.field, c.recorded, c.replayed) for c in divergence.changes] == [
+        ("data.title", "a", "b")
+    ]
+
+
+def test_replay_json_of_an_identical_run(recorded: Path) -> None:
+    code, out = invoke("replay", "r", "--db", str(recorded), "--json", "--tools", "recorded")
+    assert code == 0, out
+    document = json.loads(out)
+    assert document["identical"] is True and document["divergence"] is None
+    assert document["compared"] > 10
 
 
 def test_replay_replays_failed_attempts_and_is_identical(tmp_path: Path) -> None:
@@ -199,19 +260,22 @@ def test_a_request_beyond_the_recording_is_refused_with_what_was_asked() -> None
     client.close()
 
 
-def test_replay_of_a_fork_is_refused_clearly(recorded: Path, tmp_path: Path) -> None:
+def test_a_fork_replays_as_its_parents_prefix_then_its_own_events(
+    recorded: Path, tmp_path: Path
+) -> None:
     db = tmp_path / "copy.db"
     db.write_bytes(recorded.read_bytes())
-    code, out = invoke("fork", "r", "--at", "5", "--workspace", str(tmp_path / "f"), "--as", "f")
-    assert code != 0  # no --db: the default log does not exist
     code, out = invoke(
         "fork", "r", "--at", "5", "--workspace", str(tmp_path / "f"), "--as", "f", "--db", str(db)
     )
     assert code == 0, out
+    with open_store(db) as store:
+        own = store.last_version("f")
 
     code, out = invoke("replay", "f", "--db", str(db))
 
-    assert code == 1 and "fork of r" in out and "replay the parent" in out
+    assert code == 0, out
+    assert out.strip() == f"identical ({5 + own} events)"
 
 
 def test_replay_of_an_unknown_run_is_a_clean_error(recorded: Path) -> None:
@@ -257,3 +321,29 @@ def test_state_text_shows_phase_tasks_and_files(recorded: Path) -> None:
 def test_state_of_an_unknown_run_is_a_clean_error(recorded: Path) -> None:
     code, out = invoke("state", "nope", "--db", str(recorded))
     assert code == 1 and "nope" in out
+
+
+def test_a_changed_tool_schema_is_reported_with_what_changed(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.tools.registry import Tool
+
+    original = Tool.schema
+
+    def reworded(self: Tool[Any]) -> dict[str, Any]:
+        schema = original(self)
+        if self.name == "create_file":
+            path = schema["function"]["parameters"]["properties"]["path"]
+            path["description"] = path.get("description", "") + " (relative)"
+        return schema
+
+    monkeypatch.setattr(Tool, "schema", reworded)
+
+    code, out = invoke("replay", "r", "--db", str(recorded))
+
+    assert code == 1
+    assert out.splitlines()[0].endswith("tool create_file: the description of `path` changed"), (
+        out.splitlines()[0]
+    )
+    assert "  tool create_file: the description of `path` changed" in out
+    assert "+" in out and 'directories are created (relative)"' in out

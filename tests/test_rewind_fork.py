@@ -15,7 +15,7 @@ from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from engine.workspace import SKIPPED, files_at, restore
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
-from events.schema import FileChange, ToolExecuted
+from events.schema import FileChange, ToolExecuted, ToolRequested
 from projections import project
 
 pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
@@ -296,3 +296,44 @@ def test_files_at_follows_rewinds_like_the_projection(tmp_path: Path) -> None:
         projected = project(store, "h", upto=version).pipeline.files
         present = {p: d for p, d in with_digests[version].items() if d is not None}
         assert present == {p: f.digest for p, f in projected.items()}
+
+
+def test_rewind_and_fork_undo_what_a_command_did(tmp_path: Path) -> None:
+    """run_command records the files it created, changed and deleted, so a rewind
+    puts them back and a fork starts from them, like a file tool's writes."""
+    from engine.runlog import RunLog
+    from engine.tools import ToolContext, default_registry, execute
+    from engine.workspace import fork, rewind
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "data.txt").write_text("original\n")
+    (workspace / "old.txt").write_text("to be deleted\n")
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r", RunStarted(goal="g", workspace=str(workspace), mode="rules"))
+    code = (
+        "import os, pathlib; pathlib.Path('data.txt').write_text('changed by a test\\n'); "
+        "pathlib.Path('made/by').mkdir(parents=True); "
+        "pathlib.Path('made/by/script.txt').write_text('new\\n'); os.remove('old.txt')"
+    )
+    ctx = ToolContext(workspace=workspace, blobs=store, allowlist=(("python", "-c"),))
+    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, ctx)
+    assert outcome.ok, outcome.text
+    log.append(
+        ToolRequested(call_id="r/t2", tool="run_command", arguments={"argv": ["python"]}),
+        ToolExecuted(
+            call_id="r/t2", tool="run_command", ok=True, files_changed=outcome.files_changed
+        ),
+    )
+    forked = fork(store, "r", 3, tmp_path / "fork", new_run_id="f")
+    assert (tmp_path / "fork" / "made" / "by" / "script.txt").read_text() == "new\n"
+    assert not (tmp_path / "fork" / "old.txt").exists() and forked.unchanged
+    restored = rewind(store, "r", 1)
+    assert (workspace / "data.txt").read_text() == "original\n"
+    assert (workspace / "old.txt").read_text() == "to be deleted\n"
+    assert not (workspace / "made" / "by" / "script.txt").exists()
+    assert sorted(restored.removed) == ["made/by/script.txt"]
+    code, out = invoke(
+        "audit", "r", "file-history", "data.txt", "--db", str(tmp_path / "events.db")
+    )
+    assert code == 0 and "run_command" in out

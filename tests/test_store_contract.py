@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import events.sqlite
@@ -33,6 +34,8 @@ from events import (
     ToolRequested,
 )
 from events.codec import chain_hash
+from events.errors import LeaseHeld, StoreCorrupted
+from events.postgres import PostgresEventStore
 from events.schema import Event, FileChange
 from events.store import Clock
 
@@ -54,7 +57,10 @@ class StoreContract(ABC):
     def open_store(self, clock: Clock) -> EventStore: ...
 
     @pytest.fixture(autouse=True)
-    def _fresh_store(self, tmp_path: Path, make_clock: Callable[[], Any]) -> Iterator[None]:
+    def _fresh_store(
+        self, request: pytest.FixtureRequest, tmp_path: Path, make_clock: Callable[[], Any]
+    ) -> Iterator[None]:
+        self.request = request
         self.tmp_path = tmp_path
         self.make_clock = make_clock
         self.clock = make_clock()
@@ -241,7 +247,6 @@ class StoreContract(ABC):
 
     def test_reads_span_several_fetch_chunks(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(events.store, "READ_CHUNK", 2)
-        monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
         self.store.append("run-a", [START, *(task(n) for n in range(1, 7))], 0)
         self.store.append("run-b", [START, task(9)], 0)
 
@@ -257,7 +262,6 @@ class StoreContract(ABC):
         self, monkeypatch: pytest.MonkeyPatch, after: int, upto: int | None
     ) -> None:
         monkeypatch.setattr(events.store, "READ_CHUNK", 2)
-        monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
         self.store.append("run-a", [START, *(task(n) for n in range(1, 7))], 0)
         self.store.append("run-b", [START, task(9)], 0)
 
@@ -360,6 +364,22 @@ class StoreContract(ABC):
         assert first == second
         assert self.store.get(first) == b"same bytes"
 
+    def test_put_many_stores_each_once_and_returns_digests_in_order(self) -> None:
+        existing = self.store.put(b"b")
+        digests = self.store.put_many([b"a", b"b", b"a", b""])
+
+        assert digests[1] == existing and digests[0] == digests[2]
+        assert [self.store.get(d) for d in digests] == [b"a", b"b", b"a", b""]
+
+    def test_a_lease_is_exclusive_per_run_and_ends_with_its_context(self) -> None:
+        with self.store.lease("r", "first owner"):
+            with pytest.raises(LeaseHeld, match="first owner"), self.store.lease("r", "second"):
+                pass
+            with self.store.lease("another run", "second"):
+                pass
+        with self.store.lease("r", "second"):
+            pass
+
     def test_empty_content_is_a_blob_too(self) -> None:
         digest = self.store.put(b"")
 
@@ -401,6 +421,41 @@ class StoreContract(ABC):
             data=rows[1].data,
         )
 
+    # -- copying runs between logs ------------------------------------------------------------
+
+    def test_an_imported_run_keeps_its_rows_and_chain_at_new_positions(self) -> None:
+        source = MemoryEventStore(clock=self.make_clock())
+        source.append("r", [START, task(1)], 0)
+        source.append("r", [ToolRequested(call_id="c", tool="t")], 2, causation=2)
+        self.store.append("mine", [START], 0)
+
+        self.store.import_run("r", list(source.read_raw("r")))
+
+        copied = list(self.store.read_raw("r"))
+        strip = [msgspec.structs.replace(row, position=0) for row in copied]
+        assert strip == [msgspec.structs.replace(row, position=0) for row in source.read_raw("r")]
+        assert [row.position for row in copied] == [2, 3, 4]
+        assert self.store.verify("r").ok and self.store.last_version("r") == 3
+        self.store.append("r", [task(2)], 3)
+        assert self.store.verify("r").ok
+
+    def test_an_import_refuses_a_broken_chain_and_a_run_the_log_has(self) -> None:
+        source = MemoryEventStore(clock=self.make_clock())
+        source.append("r", [START, task(1)], 0)
+        rows = list(source.read_raw("r"))
+        self.store.append("mine", [START], 0)
+
+        tampered = [rows[0], msgspec.structs.replace(rows[1], data=rows[1].data.replace("1", "2"))]
+        with pytest.raises(StoreCorrupted, match="version 2"):
+            self.store.import_run("r", tampered)
+        with pytest.raises(StoreCorrupted, match="version 1"):
+            self.store.import_run("renamed", rows)  # the chain covers the run id
+        self.store.import_run("r", rows)
+        with pytest.raises(ConcurrencyError):
+            self.store.import_run("r", rows)
+
+        assert [(r.run_id, r.version) for r in self.store.runs()] == [("mine", 1), ("r", 2)]
+
     def test_payloads_with_nested_values_survive_the_store(self) -> None:
         executed = ToolExecuted(
             call_id="c7",
@@ -430,3 +485,10 @@ class TestSQLiteInMemory(StoreContract):
 class TestSQLiteFile(StoreContract):
     def open_store(self, clock: Clock) -> EventStore:
         return SQLiteEventStore(self.tmp_path / "events.db", clock=clock)
+
+
+class TestPostgres(StoreContract):
+    """On the session's server (``tests/pg.py``), each store in a fresh schema."""
+
+    def open_store(self, clock: Clock) -> EventStore:
+        return PostgresEventStore(self.request.getfixturevalue("pg_server").new_url(), clock=clock)

@@ -90,7 +90,7 @@ def test_opening_twice_keeps_the_schema_and_the_events(tmp_path: Path) -> None:
         triggers = second.connection.execute(
             "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
         ).fetchone()[0]
-    assert triggers == 4
+    assert triggers == 8  # UPDATE and DELETE on events, blobs, store_meta, repairs
 
 
 def test_two_stores_may_hold_the_same_file_open(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_a_read_in_progress_does_not_stop_appends_after_another_writer(
     # Each chunk is a query of its own. A statement left open between chunks would
     # pin this connection to an old snapshot, and its next append would fail as
     # "locked" once another connection had written.
-    monkeypatch.setattr(events.sqlite, "READ_CHUNK", 2)
+    monkeypatch.setattr(events.store, "READ_CHUNK", 2)
     path = tmp_path / "log.db"
     with SQLiteEventStore(path) as mine, SQLiteEventStore(path) as theirs:
         mine.append("run-1", [START, *(task(n) for n in range(1, 6))], 0)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import lock_is_free, wait_until
 
 from engine.tools import ToolContext, ToolOutcome, default_registry, execute
 from engine.tools.commands import allowed
+from engine.tools.confine import choose
 from events import MemoryEventStore
 
 PYTHON_C = (("python", "-c"),)
@@ -129,21 +130,113 @@ def test_output_is_capped_keeping_head_and_tail(tmp_path: Path) -> None:
     assert "bytes of output omitted" in outcome.result
 
 
-@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
-def test_a_timeout_also_stops_what_the_command_started(tmp_path: Path) -> None:
-    # The child starts a grandchild that marks itself started, then would write a
-    # second file after the timeout has passed; killing the group must prevent that.
-    grandchild = (
-        "import time, pathlib; pathlib.Path('started.txt').write_text('x'); "
-        "time.sleep(1.5); pathlib.Path('late.txt').write_text('x')"
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_a_timeout_also_stops_what_the_command_started(tmp_path: Path, sandbox: str) -> None:
+    """The command starts a helper that holds a lock and would write late.txt once
+    told to; the command is stopped by its timeout. Then the lock must come free
+    (the helper is gone) and late.txt must never appear. No sleeps: the helper's
+    life is read from its lock."""
+    helper = (
+        "import fcntl, pathlib, time; lock = open('holder.lock', 'a'); "
+        "fcntl.flock(lock, fcntl.LOCK_EX); pathlib.Path('alive.txt').write_text('x')\n"
+        "while not pathlib.Path('go').exists(): time.sleep(0.05)\n"
+        "pathlib.Path('late.txt').write_text('x')"
     )
     code = (
-        "import subprocess, sys, time; "
-        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(30)"
+        "import pathlib, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {helper!r}])\n"
+        "while not pathlib.Path('alive.txt').exists(): time.sleep(0.02)\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)"
     )
-    began = time.monotonic()
-    outcome = run(tmp_path, ["python", "-c", code], allowlist=PYTHON_C, command_timeout=1.0)
-    assert "timed out" in outcome.error
-    assert (tmp_path / "started.txt").exists()
-    time.sleep(max(0.0, 2.2 - (time.monotonic() - began)))
+    context = ToolContext(
+        workspace=tmp_path,
+        blobs=MemoryEventStore(),
+        allowlist=PYTHON_C,
+        command_timeout=4.0,
+        confinement=choose(sandbox),  # type: ignore[arg-type]
+    )
+    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
+    assert "timed out" in outcome.error and "ready" in outcome.result, outcome.text
+    wait_until(lambda: lock_is_free(tmp_path / "holder.lock"), "the helper is gone")
+    (tmp_path / "go").write_text("")
     assert not (tmp_path / "late.txt").exists()
+
+
+# -- the argv policy ---------------------------------------------------------------------
+
+REFUSED = [
+    (["python", "-m", "pytest", "--basetemp=/tmp/elsewhere"], "--basetemp"),
+    (["python", "-m", "pytest", "--basetemp", "x"], "--basetemp"),
+    (["python", "-m", "pytest", "-p", "evilplugin"], "-p"),
+    (["python", "-m", "pytest", "-pevilplugin"], "-p"),
+    (["python", "-m", "pytest", "-xp", "evilplugin"], "-p"),
+    (["python", "-m", "pytest", "-c", "other.ini"], "-c"),
+    (["python", "-m", "pytest", "-o", "cache_dir=/tmp/x"], "-o"),
+    (["python", "-m", "pytest", "--override-ini=cache_dir=x"], "--override-ini"),
+    (["python", "-m", "pytest", "--junitxml=report.xml"], "--junitxml"),
+    (["python", "-m", "pytest", "--debug=debug.log"], "--debug"),
+    (["python", "-m", "pytest", "--rootdir=/"], "--rootdir"),
+    (["python", "-m", "pytest", "--confcutdir=/"], "--confcutdir"),
+    (["python", "-m", "py_compile", "/etc/passwd"], "outside the workspace"),
+    (["python", "-m", "py_compile", "../x.py"], "climbs out"),
+    (["python", "-m", "pytest", "tests/../../x/test_a.py::test_b"], "climbs out"),
+    (["python", "-m", "pytest", "--some-option=/etc/passwd"], "outside the workspace"),
+    (["python", "-m", "py_compile", "~/.ssh/id_rsa"], "home directory"),
+    (["python", "-m", "py_compile", "out/secret.py"], "symbolic link"),
+    (["python", "-m", "pytest", ".git/hooks"], ".git"),
+]
+
+
+@pytest.mark.parametrize(("argv", "why"), REFUSED, ids=[" ".join(a[3:]) for a, _ in REFUSED])
+def test_arguments_that_load_code_or_leave_the_workspace_are_refused(
+    tmp_path: Path, argv: list[str], why: str
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (tmp_path / "secret.py").write_text("x = 1\n")
+    (workspace / "out").symlink_to(tmp_path, target_is_directory=True)
+    outcome = run(workspace, argv)
+    assert not outcome.ok and why in outcome.error, outcome.error
+    assert outcome.result == "", "a refused command must not run"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-q"],
+        ["-x", "-vv"],
+        ["-k", "not slow and add"],
+        ["test_a.py::test_add"],
+        ["-W", "ignore::DeprecationWarning"],
+        ["."],
+        ["-rA", "--tb=short"],
+    ],
+)
+def test_ordinary_pytest_arguments_pass_the_policy(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "test_a.py").write_text("def test_add():\n    assert 1 + 1 == 2\n")
+    outcome = run(tmp_path, ["python", "-m", "pytest", *args])
+    assert outcome.ok, outcome.text
+
+
+def test_files_a_command_creates_changes_and_deletes_are_recorded(tmp_path: Path) -> None:
+    (tmp_path / "kept.txt").write_text("same\n")
+    (tmp_path / "changed.txt").write_text("before\n")
+    (tmp_path / "gone.txt").write_text("doomed\n")
+    code = (
+        "import pathlib, os; pathlib.Path('new.txt').write_text('new'); "
+        "pathlib.Path('changed.txt').write_text('after'); os.remove('gone.txt'); "
+        "os.makedirs('__pycache__', exist_ok=True); "
+        "pathlib.Path('__pycache__/x.pyc').write_bytes(b'cache')"
+    )
+    store = MemoryEventStore()
+    context = ToolContext(workspace=tmp_path, blobs=store, allowlist=PYTHON_C)
+    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
+    assert outcome.ok, outcome.text
+    changes = {c.path: c for c in outcome.files_changed}
+    assert sorted(changes) == ["changed.txt", "gone.txt", "new.txt"]
+    assert store.get(changes["changed.txt"].before or "") == b"before\n"
+    assert store.get(changes["changed.txt"].after or "") == b"after"
+    assert changes["gone.txt"].after is None and store.get(changes["gone.txt"].before or "")
+    assert changes["new.txt"].before is None and changes["new.txt"].size == 3
+    assert "[files changed: changed.txt, gone.txt, new.txt]" in outcome.result

@@ -225,3 +225,16 @@ def test_the_longest_and_deepest_accepted_paths_resolve(world: tuple[Path, Path]
     deep = "/".join(["d"] * 64)
     assert Sandbox(workspace).resolve(deep) == workspace.resolve().joinpath(*["d"] * 64)
     assert Sandbox(workspace).resolve("a" * 255).name == "a" * 255
+
+
+def test_dot_dot_after_a_link_is_read_as_the_kernel_reads_it(tmp_path: Path) -> None:
+    """``link/..`` is the parent of the link's target for the kernel, but ``.`` for
+    normpath; a command is given the raw text, so the resolver reads it both ways."""
+    workspace, elsewhere = tmp_path / "ws", tmp_path / "elsewhere" / "deep"
+    workspace.mkdir()
+    elsewhere.mkdir(parents=True)
+    (workspace / "link").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PathOutsideWorkspace, match="symbolic link"):
+        Sandbox(workspace).resolve("link/..")
+    (workspace / "sub").mkdir()
+    assert Sandbox(workspace).resolve("sub/..") == workspace.resolve()

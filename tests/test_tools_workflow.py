@@ -172,7 +172,18 @@ def test_the_task_id_must_be_known_and_the_current_one(tmp_path: Path) -> None:
             task_id="t1",
         ),
     )
-    assert "this conversation is about task t1, not t2" in other.error
+    assert other.ok, "a wrong id in a task's conversation does not sink the task"
+    assert "this conversation is about task t1; task_id 't2' was taken to mean t1" in other.result
+    assert other.events[0].task_id == "t1"  # type: ignore[attr-defined]
+    by_meaning = execute(
+        default_registry(),
+        "complete_task",
+        {"task_id": "calc.py written", "summary": "calc.py written"},
+        ToolContext(
+            workspace=tmp_path, blobs=MemoryEventStore(), tasks={"t1": "in_progress"}, task_id="t1"
+        ),
+    )
+    assert by_meaning.ok and by_meaning.events[0].task_id == "t1"  # type: ignore[attr-defined]
     nowhere = execute(
         default_registry(),
         "complete_task",

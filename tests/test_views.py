@@ -454,3 +454,56 @@ def test_which_tool_calls_failed_and_why_with_the_sqlite_utils_command(
         {"call_id": "c1", "tool": "write_file", "error": SYNTAX_ERROR}
     ]
     assert "no such file" in table.stdout and SYNTAX_ERROR not in table.stdout
+
+
+def _tasks_of(store: SQLiteEventStore, run_id: str) -> list[tuple[str, str, int]]:
+    found = rows(store, "SELECT * FROM tasks WHERE run_id = ? ORDER BY task_id", run_id)
+    return [(r["task_id"], r["status"], r["attempts"]) for r in found]
+
+
+def _projected_tasks(store: SQLiteEventStore, run_id: str) -> list[tuple[str, str, int]]:
+    tasks = project(store, run_id).pipeline.tasks
+    return sorted((t.task_id, t.status, t.attempts) for t in tasks.values())
+
+
+def test_tasks_follow_rewinds_as_the_projection_does(audited: SQLiteEventStore) -> None:
+    store = audited
+    started = RunStarted(goal="g", workspace="/w")
+    store.append("rw", [started], 0)  # 1
+    store.append("rw", [TaskAdded(task_id="t1", title="a")], 1)  # 2
+    store.append("rw", [TaskUpdated(task_id="t1", status="skipped", attempt=3)], 2)  # 3
+    store.append("rw", [RunRewound(to_version=1)], 3)  # 4: before any task
+    assert _tasks_of(store, "rw") == [] == _projected_tasks(store, "rw")
+
+    store.append("rw", [TaskAdded(task_id="t1", title="a")], 4)  # 5
+    store.append("rw", [TaskUpdated(task_id="t1", status="in_progress", attempt=1)], 5)  # 6
+    store.append("rw", [TaskUpdated(task_id="t1", status="failed", attempt=1)], 6)  # 7
+    store.append("rw", [RunRewound(to_version=6)], 7)  # 8: undoes the failure
+    assert _tasks_of(store, "rw") == [("t1", "in_progress", 1)] == _projected_tasks(store, "rw")
+
+    # rewinding into a range an earlier rewind had left: the state that was at 3 then
+    store.append("rw", [RunRewound(to_version=3)], 8)  # 9
+    assert _tasks_of(store, "rw") == [("t1", "skipped", 3)] == _projected_tasks(store, "rw")
+
+
+def test_a_model_call_cut_off_by_a_stop_is_interrupted_in_model_usage(
+    audited: SQLiteEventStore,
+) -> None:
+    from engine.audit import run_query
+    from events.schema import RunResumed
+
+    store = audited
+    store.append("cut", [RunStarted(goal="g", workspace="/w"), requested("cut/m2", "c")], 0)
+    [call] = rows(store, "SELECT status FROM model_calls WHERE run_id = 'cut'")
+    assert call["status"] == "pending", "nothing followed yet: the call may still be answered"
+
+    store.append("cut", [RunResumed(open_calls=("cut/m2",))], 2)
+
+    [call] = rows(store, "SELECT status FROM model_calls WHERE run_id = 'cut'")
+    assert call["status"] == "interrupted"
+    usage = run_query(store.connection, "model-usage", run_id="cut")
+    [row] = [dict(zip(usage.columns, r, strict=True)) for r in usage.rows]
+    assert (row["calls"], row["failed_calls"], row["interrupted_calls"]) == (1, 0, 1)
+    orchestration = project(store, "cut").orchestration
+    assert orchestration.usage_by_model["qwen2.5-coder:7b"].interrupted == 1
+    assert not orchestration.open_calls

@@ -36,7 +36,9 @@ the current task.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -107,6 +109,61 @@ def request_digest(
     return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
 
 
+def tool_schemas_diff(
+    recorded: Sequence[Mapping[str, Any]], replayed: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """What changed between two lists of tool schemas, tool by tool: a line that says
+    what ("tool create_file: the description of `path` changed") and a unified diff
+    of that tool's schema. Empty when they are equal."""
+    old = {_tool_name(t): t for t in recorded}
+    new = {_tool_name(t): t for t in replayed}
+    lines: list[str] = []
+    for name in [*old, *(n for n in new if n not in old)]:
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            lines.append(f"  tool {name}: {'new in the replay' if before is None else 'gone'}")
+            continue
+        changed = [_describe(path) for path in _changed_paths(before, after, ())]
+        lines.append(f"  tool {name}: {', '.join(changed)} changed")
+        diff = difflib.unified_diff(
+            json.dumps(before, indent=2, sort_keys=True).splitlines(),
+            json.dumps(after, indent=2, sort_keys=True).splitlines(),
+            "recorded",
+            "replayed",
+            lineterm="",
+        )
+        lines += ["    " + line for line in diff]
+    return lines
+
+
+def _tool_name(schema: Mapping[str, Any]) -> str:
+    return str(schema.get("function", {}).get("name", ""))
+
+
+def _changed_paths(old: Any, new: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[tuple[str, ...]] = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            if old.get(key) != new.get(key):
+                found += _changed_paths(old.get(key), new.get(key), (*path, str(key)))
+        return found
+    return [path] if old != new else []
+
+
+def _describe(path: tuple[str, ...]) -> str:
+    """``function.parameters.properties.path.description`` -> "the description of `path`"."""
+    inner = path[1:] if path[:1] == ("function",) else path
+    if inner == ("description",):
+        return "its description"
+    if len(inner) >= 3 and inner[:2] == ("parameters", "properties"):
+        rest = inner[3:]
+        what = f"`{inner[2]}`"
+        return f"the {'.'.join(rest)} of {what}" if rest else f"the argument {what}"
+    return "`" + ".".join(inner) + "`"
+
+
 def common_prefix(previous: Sequence[Message], current: Sequence[Message]) -> int:
     """How many leading messages the two lists share."""
     count = 0
@@ -169,6 +226,7 @@ class RecordingModel:
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
         delta = tuple(stored[offset:])
         self._put_blobs(messages[offset:], delta)
+        tools_ref = self._tools_ref(tools)
 
         requested = log.append(
             ModelRequested(
@@ -184,6 +242,7 @@ class RecordingModel:
                 messages=delta,
                 tool_names=tool_names(tools),
                 options=options.as_dict(),
+                tools_ref=tools_ref,
             ),
             causation=causation,
         )[0]
@@ -242,6 +301,12 @@ class RecordingModel:
         self._put(blobs_of(answer, kept))
         log.append(kept, causation=requested.version)
         return reply
+
+    def _tools_ref(self, tools: Sequence[dict[str, Any]]) -> str:
+        """The blob of the tools' schemas as sent ("" without tools): a replay diffs them."""
+        if not tools:
+            return ""
+        return self.runlog.store.put(msgspec.json.encode(list(tools), order="sorted"))
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
         """The first answer to this exact request in this run, if the request is

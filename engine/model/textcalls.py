@@ -16,6 +16,12 @@ small enough to state and test in full:
   Llama models use), and no other keys;
 * that name is one of the tools offered in the request.
 
+The ReAct spelling some models were trained on is the one other form accepted,
+under the same conditions (exactly one, a tool that was offered, a JSON object)::
+
+    Action: create_file
+    Action Input: {"path": "app.py", "content": "print(1)"}
+
 Anything else — two calls, a call to a tool that was not offered, JSON that is not
 a call, broken JSON, nested wrappers — stays prose. Work is bounded: texts longer
 than ``MAX_TEXT`` characters are not scanned and at most ``MAX_ATTEMPTS`` opening
@@ -25,6 +31,7 @@ braces are tried, so a pathological answer costs little.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -79,6 +86,27 @@ def as_call(value: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return name, arguments
 
 
+_ACTION = re.compile(
+    r"^[ \t]*Action:[ \t]*([A-Za-z_][\w.-]*)[ \t]*\r?\n[ \t]*Action Input:[ \t]*", re.M
+)
+
+
+def _action_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``Action: NAME`` / ``Action Input: {...}`` pairs whose input is an object."""
+    if len(text) > MAX_TEXT:
+        return []
+    calls = []
+    for found in _ACTION.finditer(text):
+        try:
+            value, _end = _DECODER.raw_decode(text, found.end())
+        except json.JSONDecodeError:
+            return []  # a broken call is not a call
+        if not isinstance(value, dict):
+            return []
+        calls.append((found.group(1), value))
+    return calls
+
+
 def extract_tool_call(text: str, offered: Collection[str]) -> ToolCall | None:
     """The one tool call written in ``text``, if the rule above finds exactly one.
 
@@ -89,6 +117,8 @@ def extract_tool_call(text: str, offered: Collection[str]) -> ToolCall | None:
     if not offered or "{" not in text:
         return None
     calls = [call for value in json_objects(text) if (call := as_call(value)) is not None]
+    if not calls:
+        calls = _action_lines(text)
     if len(calls) != 1:
         return None
     name, arguments = calls[0]

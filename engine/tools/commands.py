@@ -1,5 +1,6 @@
-"""``run_command``: an allowlisted argv, run without a shell, bounded in time and
-output.
+"""``run_command``: an allowlisted argv, run without a shell, confined
+(``engine.tools.confine``), bounded in time and output, its file changes recorded
+(``engine.tools.snapshot``).
 
 The argv is matched against the allowlist as the model wrote it, then a leading
 ``python`` is replaced by ``sys.executable`` so that ``python -m pytest`` runs with
@@ -14,10 +15,9 @@ summary) and elide the middle.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +26,11 @@ from typing import IO, Annotated, Any
 import msgspec
 
 from engine.errors import ToolError
+from engine.tools.argv_policy import check_argv
+from engine.tools.confine import Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import Sandbox
+from engine.tools.snapshot import WorkspaceDigests, changes
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
 
@@ -72,18 +75,6 @@ def _argv(value: list[str] | str) -> list[str]:
         raise ToolError(f"cannot split command {value!r}: {e}; give argv as a list") from e
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    # The command runs in its own session, so killing the group also ends what it
-    # started (pytest-xdist workers, servers a test forgot to stop).
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(process.pid, signal.SIGKILL)
-        else:  # pragma: no cover - Windows
-            process.kill()
-    except ProcessLookupError:
-        pass
-
-
 def _capped(out: IO[bytes], cap: int) -> str:
     """The output, or its head and tail with a marker saying how much is elided."""
     size = out.seek(0, os.SEEK_END)
@@ -102,8 +93,9 @@ def _capped(out: IO[bytes], cap: int) -> str:
 
 
 def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
-    """Run an allowed command in the workspace; a non-zero exit or a timeout is a
-    failed outcome that still carries the output."""
+    """Run an allowed command in the workspace, confined; a non-zero exit or a
+    timeout is a failed outcome that still carries the output. The files the
+    command created, changed or deleted are recorded like a file tool's writes."""
     argv = _argv(args.argv)
     shown = shlex.join(argv)
     if not allowed(argv, ctx.allowlist):
@@ -111,46 +103,56 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         raise ToolError(f"command not allowed: {shown}. Allowed commands start with: {permitted}")
     if any("\x00" in a for a in argv):
         raise ToolError("an argument contains a NUL byte")
+    sandbox = Sandbox(ctx.workspace)
+    check_argv(argv, sandbox, skip=_prefix_length(argv, ctx.allowlist))
     executable = [sys.executable, *argv[1:]] if argv[0] in _PYTHON_NAMES else argv
     timeout = ctx.command_timeout
     if args.timeout_seconds > 0:
         timeout = min(args.timeout_seconds, ctx.command_timeout)
-    root = Sandbox(ctx.workspace).root
+    confinement = ctx.confinement or default_confinement()
+    digests = ctx.digests or WorkspaceDigests()
+    before = digests.snapshot(sandbox.root, ctx.blobs)
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
         try:
-            process = subprocess.Popen(
-                executable,
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                shell=False,
-                start_new_session=True,
-            )
+            finished = confinement.run(executable, workspace=sandbox.root, out=out, timeout=timeout)
         except OSError as e:
             raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
-        try:
-            code = process.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill(process)
-            code = process.wait()
-            timed_out = True
-        finally:
-            if process.poll() is None:  # interrupted while waiting: leave nothing behind
-                _kill(process)
-                process.wait()
         output = _capped(out, ctx.output_cap)
     elapsed = time.monotonic() - started
+    changed = changes(before, digests.snapshot(sandbox.root, ctx.blobs))
     result = f"$ {shown}\n{output}".rstrip("\n")
-    if timed_out:
+    if changed:
+        result += "\n[files changed: " + ", ".join(c.path for c in changed) + "]"
+    if finished.timed_out:
         return ToolOutcome(
-            ok=False, error=f"timed out after {timeout:g}s and was stopped", result=result
+            ok=False,
+            error=f"timed out after {timeout:g}s and was stopped",
+            result=result,
+            files_changed=changed,
         )
-    if code != 0:
-        return ToolOutcome(ok=False, error=f"exit code {code} after {elapsed:.1f}s", result=result)
-    return ToolOutcome(ok=True, result=f"{result}\n[exit code 0 after {elapsed:.1f}s]")
+    if finished.code != 0:
+        return ToolOutcome(
+            ok=False,
+            error=f"exit code {finished.code} after {elapsed:.1f}s",
+            result=result,
+            files_changed=changed,
+        )
+    return ToolOutcome(
+        ok=True, result=f"{result}\n[exit code 0 after {elapsed:.1f}s]", files_changed=changed
+    )
+
+
+def _prefix_length(argv: list[str], allowlist: tuple[tuple[str, ...], ...]) -> int:
+    head = ["python" if argv[0] in _PYTHON_NAMES else argv[0], *argv[1:]]
+    return max(len(p) for p in allowlist if head[: len(p)] == list(p))
+
+
+@functools.cache
+def default_confinement() -> Confinement:
+    """``tools.sandbox = "auto"`` for callers that give none (the engine always
+    gives the run's own, chosen once when the run starts)."""
+    return choose("auto")
 
 
 COMMAND_TOOLS: tuple[Tool[Any], ...] = (

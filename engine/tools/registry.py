@@ -14,16 +14,21 @@ bug) into an ``ok=False`` outcome: one bad call never takes the run down.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from engine.errors import ToolError
 from events.schema import Event, FileChange
+
+if TYPE_CHECKING:
+    from engine.tools.confine import Confinement
+    from engine.tools.snapshot import WorkspaceDigests
 
 
 class BlobSink(Protocol):
@@ -31,6 +36,10 @@ class BlobSink(Protocol):
     (``events.EventStore.put`` fits)."""
 
     def put(self, content: bytes) -> str: ...
+
+    def put_many(self, contents: Iterable[bytes]) -> list[str]:
+        """``put`` each, in one transaction where the store has them."""
+        ...
 
 
 DEFAULT_ALLOWLIST: tuple[tuple[str, ...], ...] = (
@@ -56,6 +65,11 @@ class ToolContext:
     """Characters of command output kept (head and tail); the middle is elided."""
     max_read_bytes: int = 200_000
     max_search_results: int = 100
+    confinement: Confinement | None = None
+    """How commands run; None: ``tools.sandbox = "auto"`` (``engine.tools.confine``)."""
+    digests: WorkspaceDigests | None = None
+    """The run's cache of file digests, so a command's snapshot rehashes only what
+    changed; None: hash every file."""
 
 
 class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,11 +114,7 @@ class Tool(Generic[A]):
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments, with every ``$ref`` inlined (local
         model servers handle plain nested objects better than references)."""
-        schema = msgspec.json.schema(self.arguments)
-        defs = schema.get("$defs", {})
-        params: dict[str, Any] = _inline(schema, defs)
-        params.pop("title", None)
-        params.pop("description", None)  # the tool's description says it once
+        params: dict[str, Any] = msgspec.json.decode(_parameters(self.arguments))
         return params
 
     def schema(self) -> dict[str, Any]:
@@ -159,6 +169,19 @@ def _type_name(prop: Mapping[str, Any]) -> str:
     if kind == "array":
         return f"array of {_type_name(prop.get('items', {}))}"
     return str(kind)
+
+
+@functools.cache
+def _parameters(arguments: type[msgspec.Struct]) -> bytes:
+    # msgspec.json.schema inspects the Struct's annotations every time (about 0.7 ms
+    # a tool, paid by every subset() and so every task); kept encoded, so that each
+    # caller still gets dicts of its own
+    schema = msgspec.json.schema(arguments)
+    defs = schema.get("$defs", {})
+    params: dict[str, Any] = _inline(schema, defs)
+    params.pop("title", None)
+    params.pop("description", None)  # the tool's description says it once
+    return msgspec.json.encode(params)
 
 
 class ToolRegistry:

@@ -60,12 +60,17 @@ class Sandbox:
         relative = self._lexical_relative(raw, text)
         self._refuse_protected(raw, relative.parts)
         resolved = Path(os.path.realpath(self.root.joinpath(*relative.parts)))
-        if not resolved.is_relative_to(self.root):
-            raise PathOutsideWorkspace(
-                f"path {raw!r} leads outside the workspace through a symbolic link; "
-                "only files inside the workspace can be used"
-            )
-        self._refuse_protected(raw, resolved.relative_to(self.root).parts)
+        # The kernel applies '..' after following the link before it ('link/..' is
+        # the link target's parent), where normpath drops both: check the path as
+        # the kernel would read it too, since a command is given the raw text.
+        physical = Path(os.path.realpath(self.root / text))
+        for candidate in (resolved, physical):
+            if not candidate.is_relative_to(self.root):
+                raise PathOutsideWorkspace(
+                    f"path {raw!r} leads outside the workspace through a symbolic link; "
+                    "only files inside the workspace can be used"
+                )
+            self._refuse_protected(raw, candidate.relative_to(self.root).parts)
         return resolved
 
     def relative(self, path: Path) -> str:

@@ -178,12 +178,21 @@ def create_task_plan(args: CreateTaskPlanArgs, ctx: ToolContext) -> ToolOutcome:
 
 def _task_update(
     ctx: ToolContext, tool: str, requested: str, status: str, error: str = ""
-) -> TaskUpdated:
+) -> tuple[TaskUpdated, str]:
+    """The status change, and a note for the model when its ``task_id`` was not the
+    conversation's task. Inside a task's conversation the task is known: a wrong or
+    made-up id (small models fill ids "by meaning": ``"calc.py written"``) is taken
+    as the conversation's task instead of sinking it."""
     task_id = requested.strip() or ctx.task_id
+    note = ""
+    if ctx.task_id and task_id != ctx.task_id:
+        note = (
+            f" (note: this conversation is about task {ctx.task_id}; task_id "
+            f"{requested!r} was taken to mean {ctx.task_id} — you may leave task_id out)"
+        )
+        task_id = ctx.task_id
     if not task_id:
         raise ToolError(f"{tool} needs a task_id: there is no current task")
-    if ctx.task_id and task_id != ctx.task_id:
-        raise ToolError(f"this conversation is about task {ctx.task_id}, not {task_id}")
     current = ctx.tasks.get(task_id)
     if current is None:
         raise ToolError(f"unknown task {task_id!r}; tasks: {', '.join(ctx.tasks) or 'none'}")
@@ -191,33 +200,35 @@ def _task_update(
         check_status_change(current, status)
     except IllegalTransition as e:
         raise ToolError(f"{tool} cannot be used on task {task_id} now: {e}") from e
-    return TaskUpdated(task_id=task_id, status=status, error=error)
+    return TaskUpdated(task_id=task_id, status=status, error=error), note
 
 
 def complete_task(args: CompleteTaskArgs, ctx: ToolContext) -> ToolOutcome:
     """Hand the task to QA."""
-    event = _task_update(ctx, "complete_task", args.task_id, "qa_pending")
+    event, note = _task_update(ctx, "complete_task", args.task_id, "qa_pending")
     return ToolOutcome(
         ok=True,
-        result=f"task {event.task_id} submitted for review: {args.summary}",
+        result=f"task {event.task_id} submitted for review: {args.summary}{note}",
         events=(event,),
     )
 
 
 def approve_code(args: ApproveCodeArgs, ctx: ToolContext) -> ToolOutcome:
     """Pass QA: the task is completed."""
-    event = _task_update(ctx, "approve_code", args.task_id, "completed")
+    event, note = _task_update(ctx, "approve_code", args.task_id, "completed")
     return ToolOutcome(
-        ok=True, result=f"task {event.task_id} approved: {args.summary}", events=(event,)
+        ok=True, result=f"task {event.task_id} approved: {args.summary}{note}", events=(event,)
     )
 
 
 def report_issue(args: ReportIssueArgs, ctx: ToolContext) -> ToolOutcome:
     """Fail QA: the task goes to debugging with the issue as its error."""
-    event = _task_update(ctx, "report_issue", args.task_id, "qa_failed", error=args.description)
+    event, note = _task_update(
+        ctx, "report_issue", args.task_id, "qa_failed", error=args.description
+    )
     return ToolOutcome(
         ok=True,
-        result=f"issue reported on task {event.task_id}: {args.description}",
+        result=f"issue reported on task {event.task_id}: {args.description}{note}",
         events=(event,),
     )
 

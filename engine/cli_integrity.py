@@ -1,0 +1,155 @@
+r"""CLI commands that judge a log: ``verify`` and ``checkpoint``.
+
+Registered on ``engine.cli.cli`` when that module is imported. ``verify`` calls
+``engine.verification.verify_log`` and prints one line per run; ``checkpoint``
+prints ``events.checkpoints`` lines for the user to keep elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import msgspec
+
+from engine.cli import cli, db_option, opened_log
+from engine.verification import LogVerdict, RunVerdict, verify_log
+from events.checkpoints import Checkpoint, dumps, loads, take
+from events.errors import CheckpointError, RunNotFound
+from events.store import EventStore, Problem
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also check each run against these checkpoints (from `autonomy checkpoint`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the database, each run.")
+@db_option
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    run_id: str | None,
+    checkpoint_file: Path | None,
+    as_json: bool,
+    db: Path | None,
+) -> None:
+    """Check that the log is intact: database, blobs, every run's chain and events.
+
+    The database passes PRAGMA integrity_check and has its append-only triggers (a
+    writer that found them dropped put them back, and that is reported here);
+    every blob matches its digest. For each run: the hash chain is unbroken,
+    every event decodes and its blobs are intact, the run's state can be
+    rebuilt, and, with --checkpoints, the run is as long as each checkpoint and
+    has the same hash at its version. A keyed run is authenticated only with
+    its key (AUTONOMY_KEY_FILE, else ~/.config/autonomy/key): without it, the
+    line says "not authenticated"; with another key, the run fails. Runs from
+    before keys say "unkeyed". Prints one line per run, "ok" or each problem
+    with its position and type; exit status 1 if anything has a problem.
+
+    Example:
+
+    \b
+        autonomy verify
+        autonomy verify RUN_ID --db .autonomy/events.db
+        autonomy verify --checkpoints ~/backup/autonomy.checkpoints --json
+    """
+    checkpoints: list[Checkpoint] = []
+    if checkpoint_file is not None:
+        checkpoints = loads(_read(checkpoint_file), source=str(checkpoint_file))
+    with opened_log(db, read_only=True) as store:
+        if run_id is not None and store.last_version(run_id) == 0:
+            raise RunNotFound(run_id)
+        verdict = verify_log(
+            store, [run_id] if run_id is not None else None, checkpoints=checkpoints
+        )
+    if as_json:
+        document = msgspec.to_builtins(verdict)
+        document["ok"] = verdict.ok
+        for run, verdict_run in zip(document["runs"], verdict.runs, strict=True):
+            run["ok"] = verdict_run.ok
+        click.echo(msgspec.json.encode(document).decode())
+    else:
+        for line in verdict_lines(verdict):
+            click.echo(line)
+    failed = sum(not run.ok for run in verdict.runs)
+    if failed:
+        click.echo(f"{failed} of {len(verdict.runs)} runs failed verification", err=True)
+    if not verdict.ok:
+        ctx.exit(1)
+
+
+def verdict_lines(verdict: LogVerdict) -> list[str]:
+    """``database: ok (...)`` or one line per database problem, then per run."""
+    lines = [f"database: FAILED {problem}" for problem in verdict.database]
+    if not lines:
+        lines.append(f"database: ok (integrity_check, append-only triggers, {verdict.blobs} blobs)")
+    if not verdict.runs:
+        lines.append("no runs in this log")
+    for run in verdict.runs:
+        lines += _run_lines(run)
+    return lines
+
+
+def _run_lines(run: RunVerdict) -> list[str]:
+    if run.ok:
+        checkpointed = f", checkpoint at {run.checkpoint}" if run.checkpoint is not None else ""
+        return [f"{run.run_id}: ok ({run.events} events, {run.authentication}{checkpointed})"]
+    return [f"{run.run_id}: FAILED {_where(problem)}{problem.problem}" for problem in run.problems]
+
+
+def _where(problem: Problem) -> str:
+    """``at position P (version V, type): `` with what is known of the place."""
+    if problem.position is None:
+        return f"at version {problem.version}: " if problem.version is not None else ""
+    detail = ", ".join(
+        part for part in (f"version {problem.version}", problem.type) if "None" not in part and part
+    )
+    return (
+        f"at position {problem.position} ({detail}): "
+        if detail
+        else f"at position {problem.position}: "
+    )
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@db_option
+def checkpoint(run_id: str | None, db: Path | None) -> None:
+    """Print a checkpoint of each run (or of RUN_ID): JSON Lines to keep elsewhere.
+
+    One line per run: run id, last version, hash at that version, time taken.
+    Keep them where the log's writers cannot reach (git, another disk); `autonomy
+    verify --checkpoints FILE` then fails a run that lost events after its
+    checkpoint or whose history up to it was rewritten, even by someone holding
+    the key. `autonomy run --checkpoint-file FILE` appends one when a run stops.
+
+    Example:
+
+    \b
+        autonomy checkpoint >> ~/backup/autonomy.checkpoints
+        autonomy verify --checkpoints ~/backup/autonomy.checkpoints
+    """
+    with opened_log(db, read_only=True) as store:
+        if run_id is not None and store.last_version(run_id) == 0:
+            raise RunNotFound(run_id)
+        for taken in take(store, [run_id] if run_id is not None else None):
+            click.echo(dumps(taken))
+
+
+def append_checkpoint(store: EventStore, run_id: str, path: Path) -> None:
+    """Append the checkpoint of ``run_id`` to the file at ``path``."""
+    lines = "".join(dumps(taken) + "\n" for taken in take(store, [run_id]))
+    with path.open("a", encoding="utf-8") as out:
+        out.write(lines)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read the checkpoint file {path}: {e}") from e

@@ -1,0 +1,103 @@
+"""Counterfactual replay: the log answers up to a version, a live model after it.
+
+``go_live(store, run_id, ...)`` first replays the run with the current code and
+tool results from the log (``engine.replay``), then forks it (``run.forked`` in
+the same log, a workspace of its own restored from the blobs) and resumes the
+fork with a live model, so that the recorded run and the new branch can be
+compared (``autonomy diff``):
+
+- ``live_from=V``: versions 1..V must replay identically (else the current code
+  would not have reached V as recorded); the fork starts at V;
+- ``continue_live=True``: the replay runs until its first divergence (a changed
+  prompt, say); the fork starts before the step that holds it, so the current
+  code takes that step again, live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from engine.config import Settings, settings_from_mapping
+from engine.replay import ReplayRefused, ReplayResult, replay
+from engine.runner import Progress, resume_run
+from engine.workspace import fork
+from events.schema import ArbiterDecided
+from events.store import EventStore
+from projections.fold import project
+
+
+@dataclass(frozen=True)
+class LiveBranch:
+    """What ``go_live`` did."""
+
+    run_id: str
+    """The new run: a fork of the replayed one."""
+    forked_at: int
+    replayed: ReplayResult
+    """The replay that led to the fork point."""
+    status: str
+    """The new run's status when it stopped."""
+
+
+def go_live(
+    store: EventStore,
+    run_id: str,
+    *,
+    new_run_id: str,
+    workspace: Path,
+    settings: Callable[[Settings], Settings],
+    live_from: int | None = None,
+    continue_live: bool = False,
+    http: httpx.Client | None = None,
+    progress: Progress | None = None,
+) -> LiveBranch:
+    """Replay ``run_id`` up to a fork point, then continue a fork of it live.
+
+    ``settings`` turns the run's recorded settings into the live ones (a model
+    server, a model name). Raises ``ReplayRefused`` when the replay does not lead
+    to the fork point."""
+    if (live_from is None) == (not continue_live):
+        raise ReplayRefused("give either a version to go live from, or continue_live")
+    if live_from is not None:
+        result = replay(store, run_id, until=live_from, tools="recorded")
+        if not result.identical:
+            raise ReplayRefused(
+                f"the current code does not replay versions 1..{live_from} of {run_id} as "
+                f"recorded, so it would not have reached version {live_from}; go live at the "
+                f"first divergence instead (--continue-live):\n{result.report()}"
+            )
+        at = live_from
+    else:
+        result = replay(store, run_id, tools="recorded")
+        at = _step_start(store, run_id, result)
+    fork(store, run_id, at, workspace, new_run_id=new_run_id)
+    recorded = project(store, new_run_id).pipeline.config
+    live = settings(settings_from_mapping(recorded) if recorded else Settings())
+    if progress:
+        progress(f"forked {run_id} at version {at} as {new_run_id}; continuing live")
+    resume_run(store, new_run_id, settings=live, http=http, progress=progress)
+    return LiveBranch(new_run_id, at, result, project(store, new_run_id).pipeline.status)
+
+
+def _step_start(store: EventStore, run_id: str, result: ReplayResult) -> int:
+    """The last version before the step holding the first divergence (the run's
+    last version when there is none)."""
+    if result.divergence is None:
+        raise ReplayRefused(
+            f"{result.report()}: nothing diverged; to go on live from a version, "
+            f"give that version (--live-from)"
+        )
+    if result.diverged_in != run_id:
+        raise ReplayRefused(
+            f"{run_id} diverges in the run it was forked from, {result.diverged_in}; "
+            f"continue that one live instead"
+        )
+    divergent = result.divergence.version
+    decided = [
+        e.version for e in store.read(run_id, upto=divergent) if isinstance(e.data, ArbiterDecided)
+    ]
+    return max((decided[-1] if decided else divergent) - 1, 1)

@@ -1,0 +1,79 @@
+"""The secret that keys the log's hash chain: where it lives, reading and creating it.
+
+The key lives outside the log and outside any workspace, in the user's config
+directory: ``$XDG_CONFIG_HOME/autonomy/key`` (``~/.config/autonomy/key`` when
+``XDG_CONFIG_HOME`` is unset), or wherever ``AUTONOMY_KEY_FILE`` names. It is 32
+random bytes, created on first use in a directory only its owner may enter (0700)
+and a file only its owner may read (0600). ``key_file`` is the one place that
+says where it is: the command sandbox asks it which path to hide from the
+commands the agent runs.
+
+Anyone who can write the log but not read this file cannot forge a keyed chain;
+who can read it can. ``events`` never reads it: the engine reads it here and
+passes the bytes to the store's constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+KEY_FILE_ENV = "AUTONOMY_KEY_FILE"
+"""The environment variable that places the key file."""
+
+KEY_BYTES = 32
+
+
+def key_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where the key is: ``$AUTONOMY_KEY_FILE``, else ``$XDG_CONFIG_HOME/autonomy/key``,
+    else ``~/.config/autonomy/key`` (``env`` defaults to ``os.environ``)."""
+    env = os.environ if env is None else env
+    named = env.get(KEY_FILE_ENV, "").strip()
+    if named:
+        return Path(named).expanduser()
+    config_home = env.get("XDG_CONFIG_HOME", "").strip()
+    base = Path(config_home) if config_home else Path(env.get("HOME", "~")) / ".config"
+    return (base / "autonomy" / "key").expanduser()
+
+
+def load_key(env: Mapping[str, str] | None = None, *, create: bool) -> bytes | None:
+    """The key's bytes; None when there is no key file and ``create`` is False.
+
+    With ``create`` a missing key is made (0600, in a 0700 directory). A key file
+    that others may read, or that is empty, is a ``ConfigError``: a key anyone
+    can read authenticates nothing.
+    """
+    path = key_file(env)
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read(path)  # another process created it first: use theirs
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    return key
+
+
+def _read(path: Path) -> bytes:
+    with path.open("rb") as source:
+        mode = os.fstat(source.fileno()).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"the key file {path} may be read by others (mode {stat.filemode(mode)}); "
+                f"make it owner-only: chmod 600 {path}"
+            )
+        key = source.read()
+    if not key:
+        raise ConfigError(f"the key file {path} is empty")
+    return key

@@ -1,0 +1,326 @@
+"""Running a command the model asked for, confined.
+
+The model writes code and then asks to run it (``python -m pytest``), so whatever
+``run_command`` starts is the model's code. It runs:
+
+- **in bubblewrap** (``bwrap``) where installed and working, the mechanism Codex,
+  Claude Code and mini-swe-agent use on Linux: new user, pid, ipc, uts and network
+  namespaces; the whole file system read-only; the workspace and a private ``/tmp``
+  (a tmpfs) writable; ``.git`` read-only; the run's log (``.autonomy/`` and the
+  ``--db`` file wherever it is) and the chain key hidden; ``/run`` hidden (the
+  sockets of local daemons) unless the network is allowed; no network unless
+  ``tools.network = true``. ``--die-with-parent`` and the pid namespace end the
+  whole process tree when the command ends, times out, or the engine dies: a
+  process the command detached (``setsid``) dies with it.
+- **under resource limits** always (``setrlimit`` in the child before ``exec``):
+  CPU seconds, address space, file size, and the number of processes — the latter
+  also through a pids cgroup when one is writable, since the kernel does not apply
+  ``RLIMIT_NPROC`` to root.
+- **with a minimal environment**: ``PATH``, ``HOME``, the locale, ``TMPDIR``;
+  nothing else of the engine's environment (API keys, ``AUTONOMY_*``) reaches it.
+
+Without bubblewrap (``tools.sandbox = "auto"`` on a machine without it, or
+``"off"``) only the limits, the environment and the process group remain: the
+command can then write wherever the user can, and a process it detaches survives.
+``auto`` says so loudly; ``required`` refuses to start a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Literal
+
+import msgspec
+
+from engine.errors import ConfinementUnavailable
+
+SandboxSetting = Literal["auto", "required", "off"]
+
+MIB = 1024 * 1024
+
+_KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV")
+_PR_SET_PDEATHSIG = 1
+
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class CommandLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-command resource limits (``[tools.limits]``); 0 means no limit of that kind."""
+
+    cpu_seconds: NonNegative = 600
+    memory_mb: NonNegative = 4096
+    """Address space, which counts more than resident memory: keep it generous."""
+    file_size_mb: NonNegative = 256
+    processes: NonNegative = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class Confinement:
+    """How commands run: the mechanism, the network, the limits and what is hidden.
+
+    Built once per run by :func:`choose`; ``describe()`` is what ``run.started``
+    records and ``autonomy run`` prints."""
+
+    mechanism: Literal["bubblewrap", "none"]
+    network: bool = False
+    limits: CommandLimits = field(default_factory=CommandLimits)
+    hidden: tuple[Path, ...] = ()
+    """Files or directories a command must not see (the log, the key)."""
+    bwrap: str = ""
+    warning: str = ""
+
+    def describe(self) -> str:
+        net = "network allowed" if self.network else "no network"
+        if self.mechanism == "bubblewrap":
+            return f"bubblewrap ({net}, resource limits)"
+        return "resource limits only (no file-system or network confinement)"
+
+    def environment(self, tmp: Path) -> dict[str, str]:
+        env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(TMPDIR=str(tmp), TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
+        return env
+
+    def argv(self, command: Sequence[str], workspace: Path, tmp: Path) -> list[str]:
+        """The argv to execute: ``command`` itself, or wrapped in bubblewrap."""
+        if self.mechanism != "bubblewrap":
+            return list(command)
+        args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
+        if self.network:
+            args.append("--share-net")
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        if not self.network:
+            args += ["--tmpfs", "/run"]
+        for path in _python_paths():  # a venv or checkout under /tmp stays visible
+            if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
+                args += ["--ro-bind", str(path), str(path)]
+        args += ["--bind", str(workspace), str(workspace)]
+        if (workspace / ".git").is_dir():
+            args += ["--ro-bind", str(workspace / ".git"), str(workspace / ".git")]
+        if (workspace / ".autonomy").is_dir():
+            args += ["--tmpfs", str(workspace / ".autonomy")]
+        for path in self.hidden:  # last, so that no bind above uncovers them
+            args += _hide(path)
+        args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(workspace), "--", *command]
+        return args
+
+    def run(
+        self, command: Sequence[str], *, workspace: Path, out: IO[bytes], timeout: float
+    ) -> Finished:
+        """Run ``command`` confined, output to ``out``, for at most ``timeout`` seconds;
+        whatever it started is ended before this returns. ``OSError`` if it cannot
+        start."""
+        with tempfile.TemporaryDirectory(prefix="autonomy-cmd-") as tmp:
+            cgroup = _pids_cgroup(self.limits.processes)
+            try:
+                process = subprocess.Popen(
+                    self.argv(command, workspace, Path(tmp)),
+                    cwd=workspace,
+                    env=self.environment(Path(tmp)),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    shell=False,
+                    start_new_session=True,
+                    preexec_fn=_child_setup(self.limits, cgroup),
+                )
+                try:
+                    return Finished(code=_wait(process, timeout), timed_out=False)
+                except subprocess.TimeoutExpired:
+                    return Finished(code=None, timed_out=True)
+                finally:  # also when interrupted while waiting: leave nothing behind
+                    _end(process, cgroup)
+            finally:
+                _release(cgroup)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a command ended: its exit code, or ``timed_out``."""
+
+    code: int | None
+    timed_out: bool
+
+
+def _child_setup(limits: CommandLimits, cgroup: Path | None) -> Callable[[], None]:
+    """What the child does before ``exec``: limits, and death with the engine."""
+
+    def setup() -> None:
+        _limit(resource.RLIMIT_CPU, limits.cpu_seconds)
+        _limit(resource.RLIMIT_AS, limits.memory_mb * MIB)
+        _limit(resource.RLIMIT_FSIZE, limits.file_size_mb * MIB)
+        _limit(resource.RLIMIT_NPROC, limits.processes)
+        if cgroup is not None:
+            with contextlib.suppress(OSError):
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return setup
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """``process.wait(timeout)`` without its polling: ``Popen.wait`` sleeps in steps
+    of up to 50 ms, which a short command pays in full. A pidfd becomes readable the
+    moment the process exits (Linux 5.3+); elsewhere, the polling wait."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        return process.wait(timeout=timeout)
+    try:
+        poller = select.poll()  # not select.select: it cannot take descriptors >= 1024
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(max(timeout, 0) * 1000)
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(process.args, timeout)
+    return process.wait()
+
+
+def _python_paths() -> list[Path]:
+    """Where the interpreter that runs ``python -m pytest`` lives and imports from:
+    the environment's prefixes and every directory on its import path."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    candidates.update(p for p in sys.path if p)
+    # autonomy's own packages, wherever an editable install maps them from: pytest
+    # loads autonomy's plugin (an entry point) in every test run
+    candidates.add(str(Path(__file__).resolve().parents[1]))  # engine/
+    candidates.update(
+        os.path.dirname(module.__file__ or "")
+        for name in ("events", "projections")
+        if (module := sys.modules.get(name)) is not None
+    )
+    found = []
+    for candidate in sorted(candidates):
+        path = Path(os.path.realpath(candidate))
+        if path.is_dir():
+            found.append(path)
+            if Path(candidate) != path:  # the link itself too (a venv's bin/python)
+                found.append(Path(os.path.abspath(candidate)))
+    # outermost first: a bind inside another bind must come after it
+    return sorted(set(found), key=lambda p: len(p.parts))
+
+
+def _hide(path: Path) -> list[str]:
+    if path.is_dir():
+        return ["--tmpfs", str(path)]
+    if path.exists():
+        return ["--ro-bind", "/dev/null", str(path)]
+    return []
+
+
+def _limit(kind: int, value: int) -> None:
+    if value <= 0:
+        return
+    _soft, hard = resource.getrlimit(kind)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(kind, (value, value))
+
+
+def _pids_cgroup(limit: int) -> Path | None:
+    """A fresh pids cgroup holding at most ``limit`` processes, if this process may
+    make one (cgroup v1 ``pids`` or v2 with the pids controller); else None."""
+    if limit <= 0 or os.geteuid() != 0:  # RLIMIT_NPROC holds for everyone else
+        return None
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
+            continue
+        group = base / f"autonomy-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            (group / "pids.max").write_text(str(limit))
+            return group
+        except OSError:
+            _release(group)
+    return None
+
+
+def _release(cgroup: Path | None) -> None:
+    if cgroup is not None:
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+
+
+def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:
+    """End what is left of a command's process tree: its process group, and every
+    process in its cgroup (which a ``setsid`` does not leave)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if cgroup is not None:
+        with contextlib.suppress(OSError):
+            for pid in (cgroup / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+    if process.poll() is None:
+        process.wait()
+
+
+def _bwrap_works(bwrap: str) -> str:
+    """'' if bubblewrap can confine a command here, else why not."""
+    probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    try:
+        result = subprocess.run(
+            [*probe, "--", "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if result.returncode != 0:
+        return result.stderr.decode("utf-8", "replace").strip() or f"exit {result.returncode}"
+    return ""
+
+
+def choose(
+    setting: SandboxSetting,
+    *,
+    network: bool = False,
+    limits: CommandLimits | None = None,
+    hidden: Sequence[Path] = (),
+    which: Callable[[str], str | None] = shutil.which,
+) -> Confinement:
+    """The confinement for a run under ``tools.sandbox = setting``.
+
+    ``auto`` takes bubblewrap when it works and otherwise carries a warning;
+    ``required`` raises ``ConfinementUnavailable`` instead; ``off`` never confines
+    the file system or the network (the limits still hold)."""
+    common = {
+        "network": network,
+        "limits": limits or CommandLimits(),
+        "hidden": tuple(Path(os.path.abspath(p)) for p in hidden),
+    }
+    if setting == "off":
+        return Confinement(mechanism="none", **common)  # type: ignore[arg-type]
+    bwrap = which("bwrap")
+    why = "bubblewrap (bwrap) is not installed" if bwrap is None else _bwrap_works(bwrap)
+    if bwrap is not None and not why:
+        return Confinement(mechanism="bubblewrap", bwrap=bwrap, **common)  # type: ignore[arg-type]
+    if setting == "required":
+        raise ConfinementUnavailable(
+            f"tools.sandbox is 'required' but commands cannot be confined: {why}. "
+            "Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf "
+            'install bubblewrap) or set tools.sandbox = "auto"'
+        )
+    warning = (
+        f"warning: commands the model runs are NOT confined ({why}); they can read and "
+        "write whatever you can. Install bubblewrap (apt-get install bubblewrap) to "
+        'confine them, or set tools.sandbox = "off" to silence this warning'
+    )
+    return Confinement(mechanism="none", warning=warning, **common)  # type: ignore[arg-type]

@@ -1,0 +1,210 @@
+"""``verify`` as a library: every check of a log, every run, every problem.
+
+What each check proves:
+
+- **The database** — ``PRAGMA integrity_check``; the append-only triggers present, and
+  any a writer found missing and put back (``repairs``); every blob's content
+  matches its digest and size.
+- **Each run's chain** (``EventStore.verify``) — keyed runs recomputed under the
+  key (``keyed``), or, without it, checked for structure only (``not
+  authenticated``); unkeyed runs (logs from before keys) recomputed with sha256,
+  which shows accidents but not a forger (``unkeyed``).
+- **The keyed mark** — once a run was written keyed, every later run must be:
+  an unkeyed one was rewritten by someone without the key.
+- **Each event** decodes through the typed decoder, the blobs it refers to are
+  present and intact, and the run's state can be rebuilt.
+- **Checkpoints** kept elsewhere (``events.checkpoints``) — the run is at least as
+  long as each, with the same hash at its version: no deleted tail, no rewritten
+  history, whoever holds the key.
+
+One unreadable run never stops the others: its error is that run's problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from events.checkpoints import Checkpoint, check
+from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
+from events.schema import blob_references
+from events.store import EventStore, Problem, check_keyed_marker
+from projections import project
+
+
+class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``verify`` found for one run."""
+
+    run_id: str
+    events: int
+    authentication: str
+    checkpoint: int | None = None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class LogVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``verify`` found: the database's problems, then each run's verdict."""
+
+    database: tuple[str, ...]
+    blobs: int
+    runs: tuple[RunVerdict, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.database and all(run.ok for run in self.runs)
+
+
+def verify_log(
+    store: EventStore,
+    run_ids: Sequence[str] | None = None,
+    *,
+    checkpoints: Iterable[Checkpoint] = (),
+) -> LogVerdict:
+    """Check the database and each run (every run by default, and every run a
+    checkpoint names, even one the log no longer has)."""
+    by_run: dict[str, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        by_run.setdefault(checkpoint.run_id, []).append(checkpoint)
+    database = list(store.database_problems())
+    infos = store.runs()
+    first_position = {info.run_id: info.first_position for info in infos}
+    ids = list(run_ids) if run_ids is not None else list(first_position)
+    ids += [run_id for run_id in by_run if run_id not in ids and run_ids is None]
+    marker = store.keyed_marker()
+    keyed_from: int | None = None
+    if marker is not None:
+        keyed_from, problem = check_keyed_marker(marker, store.key)
+        if problem:
+            database.append(problem)
+    blobs = _BlobChecks(store)
+    verdicts = []
+    for run_id in ids:
+        verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()))
+        first = first_position.get(run_id)
+        if (
+            keyed_from is not None
+            and first is not None
+            and first >= keyed_from
+            and verdict.authentication == "unkeyed"
+        ):
+            text = (
+                f"the log is written keyed from position {keyed_from}, but this run's chain "
+                "is unkeyed: it was rewritten without the key"
+            )
+            verdict = msgspec.structs.replace(
+                verdict, problems=(*verdict.problems, Problem(position=first, problem=text))
+            )
+        verdicts.append(verdict)
+    if marker is None and any(v.authentication != "unkeyed" for v in verdicts):
+        database.append("runs are keyed, but the log's keyed mark is missing: it was deleted")
+    if run_ids is None:
+        database += blobs.check_all()
+    return LogVerdict(database=tuple(database), blobs=blobs.count, runs=tuple(verdicts))
+
+
+def _verify_run(
+    store: EventStore, run_id: str, blobs: _BlobChecks, checkpoints: Sequence[Checkpoint]
+) -> RunVerdict:
+    problems: list[Problem] = []
+    try:
+        report = store.verify(run_id)
+        problems += report.problems
+        authentication, events = report.authentication, report.checked
+        decodes = True
+        for row in store.read_raw(run_id):
+            try:
+                event = store.decode(row).data
+            except SchemaError as e:
+                problems.append(Problem(problem=str(e)))
+                decodes = False
+                continue
+            for digest in blob_references(event):
+                problem = blobs.check(digest)
+                if problem:
+                    problems.append(
+                        Problem(
+                            position=row.position,
+                            version=row.version,
+                            type=row.type,
+                            problem=problem,
+                        )
+                    )
+    except AutonomyError as e:
+        # one unreadable run must not hide the others
+        return RunVerdict(
+            run_id=run_id,
+            events=0,
+            authentication="unreadable",
+            problems=(*problems, Problem(problem=f"unreadable: {e}")),
+        )
+    if decodes:
+        try:
+            project(store, run_id)  # the state can be rebuilt from the events
+        except AutonomyError as e:
+            problems.append(Problem(problem=f"its state cannot be rebuilt: {e}"))
+    covered = None
+    for checkpoint in checkpoints:
+        found = check(store, checkpoint)
+        if found is not None:
+            problems.append(found)
+        covered = max(covered or 0, checkpoint.version)
+    if not events and not problems:
+        problems.append(Problem(problem="no events in this log"))
+    return RunVerdict(
+        run_id=run_id,
+        events=events,
+        authentication=authentication,
+        checkpoint=covered,
+        problems=tuple(problems),
+    )
+
+
+def refuse_corrupt_blobs(store: EventStore, run_id: str) -> None:
+    """Read every blob the run refers to through the checked ``get``: a changed one
+    raises ``BlobCorrupt`` (a missing one is left to whoever needs it). For
+    commands such as ``replay`` that may read a blob late, after work is done."""
+    seen: set[str] = set()
+    for recorded in store.read(run_id):
+        for digest in blob_references(recorded.data):
+            if digest not in seen:
+                seen.add(digest)
+                with contextlib.suppress(BlobNotFound):
+                    store.get(digest)
+
+
+class _BlobChecks:
+    """Each blob checked once (``EventStore.get`` recomputes its digest and size),
+    however many events refer to it."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.found: dict[str, str] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.found)
+
+    def check(self, digest: str) -> str:
+        if digest not in self.found:
+            try:
+                self.store.get(digest)
+                self.found[digest] = ""
+            except (BlobCorrupt, BlobNotFound) as e:
+                self.found[digest] = str(e)
+        return self.found[digest]
+
+    def check_all(self) -> list[str]:
+        """The problems of the blobs no event refers to (those of the others are
+        their runs' problems)."""
+        referenced = set(self.found)
+        return [
+            problem
+            for digest in list(self.store.blob_digests())
+            if digest not in referenced and (problem := self.check(digest))
+        ]

@@ -1,0 +1,382 @@
+"""The PostgreSQL event store: one log shared by many machines.
+
+Same contract as ``events.sqlite`` (``tests/test_store_contract.py`` runs against
+both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
+``options=-csearch_path%3Dschema`` and the ``PG*`` variables all work).
+
+* Payloads are ``json``: Postgres keeps the text exactly as written, which the hash
+  chain needs (``jsonb`` would reorder keys and drop spaces, so it would need the
+  text beside it), and the audit views read it with ``->>``. Measured in
+  ``benchmarks/bench_postgres.py``.
+* Blobs are ``bytea``, stored once under their sha256.
+* Append-only is enforced by the database: triggers refuse UPDATE, DELETE and
+  TRUNCATE on ``events`` and ``blobs``.
+* Appends are serialized by a transaction-level advisory lock, like SQLite's write
+  lock: positions are then ``max + 1`` without gaps and commit in order, so a reader
+  tailing ``read_all(after_position=...)`` never skips an event that commits late.
+* Leases are session-level advisory locks on a hash of the run id, each held on a
+  connection of its own; the owner's description is kept in ``leases`` so that a
+  refusal names it. The server releases the lock when the session ends, however
+  the owner's process ends.
+* The schema is created and upgraded by ``MIGRATIONS``, in order, under an
+  advisory lock; ``autonomy_schema`` records the version reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.types.string import TextLoader
+
+from events.codec import Codec, hash_key_id
+from events.errors import ConcurrencyError, EventStoreError
+from events.lease import refusal
+from events.sql import COLUMNS, SQLEventStore
+from events.store import (
+    Clock,
+    Draft,
+    Row,
+    check_expected,
+    keyed_marker,
+    number,
+    refuse_unkeyed_run,
+    utc_now,
+)
+
+_APPEND_LOCK = (0x6175746F, 1)  # "auto", 1: the two-int key space, apart from run leases
+_MIGRATION_LOCK = (0x6175746F, 2)
+
+_APPEND_ONLY = """
+CREATE FUNCTION autonomy_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
+END $$;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+  FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+  FOR EACH STATEMENT EXECUTE FUNCTION autonomy_append_only();
+CREATE TRIGGER blobs_append_only BEFORE UPDATE OR DELETE ON blobs
+  FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
+CREATE TRIGGER blobs_no_truncate BEFORE TRUNCATE ON blobs
+  FOR EACH STATEMENT EXECUTE FUNCTION autonomy_append_only();
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the log, the blobs, append-only triggers, lease owners
+    """
+CREATE TABLE events (
+  position bigint PRIMARY KEY,
+  run_id text NOT NULL,
+  version integer NOT NULL,
+  type text NOT NULL,
+  schema_version integer NOT NULL,
+  recorded_at text NOT NULL,
+  causation bigint,
+  hash text NOT NULL,
+  data json NOT NULL,
+  UNIQUE (run_id, version)
+);
+CREATE INDEX events_type ON events (type);
+CREATE TABLE blobs (digest text PRIMARY KEY, size bigint NOT NULL, content bytea NOT NULL);
+CREATE TABLE leases (run_id text PRIMARY KEY, owner text NOT NULL);
+"""
+    + _APPEND_ONLY,
+    # 2: runs queued for workers (engine.workers); a worker holds a row's lock while
+    # it runs that run, and sets done_at when it ends
+    """
+CREATE TABLE queue (
+  run_id text PRIMARY KEY,
+  goal text NOT NULL,
+  template text NOT NULL,
+  submitted_at timestamptz NOT NULL DEFAULT now(),
+  done_at timestamptz,
+  outcome text
+);
+""",
+    # 3: facts about the log itself, as in the SQLite log: "keyed_from", the mark the
+    # first keyed run leaves (events.store.keyed_marker); append-only like the events
+    """
+CREATE TABLE store_meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
+  FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
+""",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_LAST_SQL = (
+    "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
+    " WHERE run_id = %s ORDER BY version DESC LIMIT 1"
+)
+_INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return url.split("@", 1)[-1] if "@" in url else url
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+def _lease_key(run_id: str) -> int:
+    """A signed 64-bit advisory lock key for the run."""
+    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Payloads are read as the exact text stored, not parsed into Python objects."""
+    conn.adapters.register_loader("json", TextLoader)
+    conn.adapters.register_loader("jsonb", TextLoader)
+
+
+@contextlib.contextmanager
+def _mapped_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg_pool.PoolTimeout as e:
+        raise EventStoreError(f"{where}: no connection to the database server ({e})") from e
+    except psycopg.Error as e:
+        detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
+        raise EventStoreError(f"{where}: {detail}") from e
+
+
+class PostgresEventStore(SQLEventStore):
+    """Event store in a PostgreSQL database."""
+
+    placeholder = "%s"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = utc_now,
+        codec: Codec | None = None,
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        key: bytes | None = None,
+    ) -> None:
+        super().__init__(clock=clock, codec=codec, key=key)
+        self.url = url
+        self.where = redacted(url)
+        self._closed = threading.Event()
+        self._audit: SQLiteStyle | None = None
+        with _mapped_errors(f"opening {self.where}"):
+            with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout)) as c:
+                migrate(c)
+            self._pool = psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True},
+                configure=_configure,
+                timeout=connect_timeout,
+                open=True,
+            )
+
+    @contextlib.contextmanager
+    def _conn(self, where: str) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed.is_set():
+            raise EventStoreError(f"{where}: the store is closed")
+        with _mapped_errors(where), self._pool.connection() as conn:
+            yield conn
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _append_rows(
+        self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
+    ) -> list[Row]:
+        where = f"appending to run {run_id!r}"
+        with self._conn(where) as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
+                    last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
+                    if last is None:
+                        top = conn.execute("SELECT max(position) FROM events").fetchone()
+                        last = (0, "", top[0] if top else None)
+                    last_version, last_hash, top_position = last
+                    check_expected(run_id, expected_version, last_version)
+                    if last_version == 0 and self.key is None:
+                        refuse_unkeyed_run(run_id, self._marker(conn))
+                    rows = number(
+                        run_id,
+                        drafts,
+                        last_version=last_version,
+                        last_hash=last_hash,
+                        recorded_at=recorded_at,
+                        first_position=(top_position or 0) + 1,
+                        key=self.key,
+                    )
+                    with conn.cursor() as cursor:
+                        cursor.executemany(_INSERT_SQL, rows)
+                    if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
+                        conn.execute(
+                            "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
+                            " ON CONFLICT DO NOTHING",
+                            (keyed_marker(self.key, rows[0][0]),),
+                        )
+            except psycopg.errors.UniqueViolation as e:
+                # a writer that did not take the append lock won the race
+                raise ConcurrencyError(run_id, expected_version, self.last_version(run_id)) from e
+        return rows
+
+    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+        with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
+            found = conn.execute(self._last_version_sql, (run_id,)).fetchone()
+            check_expected(run_id, 0, int(found[0] or 0) if found else 0)
+            top = conn.execute("SELECT max(position) FROM events").fetchone()
+            first = (top[0] if top and top[0] else 0) + 1
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
+                )
+            marker = self._import_marker(rows, first, self._marker(conn))
+            if marker:
+                conn.execute(
+                    "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (marker,),
+                )
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
+        with self._conn(where) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def _put_blob(self, digest: str, content: bytes) -> None:
+        self._put_blobs([(digest, content)])
+
+    def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._conn("storing blobs") as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(
+                _BLOB_SQL, [(digest, len(content), content) for digest, content in items]
+            )
+
+    def keyed_marker(self) -> str | None:
+        with self._conn("reading store_meta") as conn:
+            return self._marker(conn)
+
+    @staticmethod
+    def _marker(conn: psycopg.Connection[Any]) -> str | None:
+        row = conn.execute("SELECT value FROM store_meta WHERE name = 'keyed_from'").fetchone()
+        return str(row[0]) if row else None
+
+    def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
+        rows = self._fetch(
+            "SELECT content, size FROM blobs WHERE digest = %s", (digest,), "reading a blob"
+        )
+        return None if not rows else (bytes(rows[0][0]), int(rows[0][1]))
+
+    def _blob_digests(self) -> Iterator[str]:
+        rows = self._fetch("SELECT digest FROM blobs ORDER BY digest", (), "listing blobs")
+        return (digest for (digest,) in rows)
+
+    # -- leases ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self, run_id: str, owner: str) -> Iterator[None]:
+        """The run's lease: a session-level advisory lock on a connection of its own,
+        released when the context ends or the session dies."""
+        key = _lease_key(run_id)
+        where = f"taking the lease of run {run_id}"
+        with _mapped_errors(where):
+            conn = psycopg.connect(self.url, autocommit=True)
+        try:
+            with _mapped_errors(where):
+                held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if not (held and held[0]):
+                    row = conn.execute(
+                        "SELECT owner FROM leases WHERE run_id = %s", (run_id,)
+                    ).fetchone()
+                    raise refusal(run_id, row[0] if row else "")
+                conn.execute(
+                    "INSERT INTO leases (run_id, owner) VALUES (%s, %s)"
+                    " ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner",
+                    (run_id, owner),
+                )
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()  # ends the session: the server releases the lock
+
+    # -- misc ------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> SQLiteStyle:
+        """A connection of its own for audit queries, taking SQLite's placeholders
+        (see ``SQLiteStyle``); opened on first use, closed with the store."""
+        if self._audit is None:
+            with _mapped_errors(f"opening {self.where}"):
+                conn = psycopg.connect(self.url, autocommit=True)
+            _configure(conn)
+            self._audit = SQLiteStyle(conn)
+        return self._audit
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._pool.close()
+            if self._audit is not None:
+                self._audit.raw.close()
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class SQLiteStyle:
+    """A psycopg connection that takes SQLite's placeholders (``?``, ``:name``), so
+    that the audit code runs the same SQL on either database. Statements are
+    prepared: one statement per call, never a script. Driver errors become
+    ``EventStoreError``."""
+
+    dialect = "postgres"
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(
+        self, sql: str, params: Sequence[object] | dict[str, object] = ()
+    ) -> psycopg.Cursor[Any]:
+        query = sql.replace("%", "%%")
+        if isinstance(params, dict):
+            query = _NAMED.sub(lambda m: f"%({m[1]})s" if m[1] in params else m[0], query)
+        else:
+            query = query.replace("?", "%s")
+        try:
+            return self.raw.execute(query, params, prepare=True)
+        except psycopg.Error as e:
+            detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
+            raise EventStoreError(detail) from e
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the schema of ``conn``'s search path up to ``SCHEMA_VERSION``; returns
+    the version found before. Concurrent openers wait for each other."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
+        conn.execute("CREATE TABLE IF NOT EXISTS autonomy_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM autonomy_schema").fetchone()
+        found = int(row[0] or 0) if row else 0
+        if found > SCHEMA_VERSION:
+            raise EventStoreError(
+                f"the log's schema is version {found}, newer than this autonomy knows "
+                f"({SCHEMA_VERSION}); upgrade autonomy"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            conn.execute(MIGRATIONS[version - 1])
+            conn.execute("INSERT INTO autonomy_schema (version) VALUES (%s)", (version,))
+    return found

@@ -1,0 +1,94 @@
+"""The reads every SQL backend shares (``events.sqlite``, ``events.postgres``).
+
+A backend gives its placeholder (``?`` or ``%s``) and ``_fetch``; the queries are
+written once here, with ``?``. Reads go in ``chunks``: one query per
+``READ_CHUNK`` rows, so no statement stays open (no lock, no pooled connection
+held) while the caller works on a chunk, and the chunks are chained in C
+(``itertools.chain``), not re-yielded row by row.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+from events.store import RUNS_SQL, EventStore, Payload, Row, RunInfo, chunks, run_infos
+
+COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
+_RUN_WHERE = (
+    "FROM events WHERE run_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
+)
+
+
+class SQLEventStore(EventStore):
+    placeholder: ClassVar[str] = "?"
+    _run_sql: ClassVar[str]
+    _payloads_sql: ClassVar[str]
+    _last_version_sql: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._run_sql = cls.sql(f"SELECT {COLUMNS} {_RUN_WHERE}")
+        cls._payloads_sql = cls.sql(f"SELECT version, type, schema_version, data {_RUN_WHERE}")
+        cls._last_version_sql = cls.sql("SELECT max(version) FROM events WHERE run_id = ?")
+
+    @classmethod
+    def sql(cls, text: str) -> str:
+        """``text`` with its ``?`` placeholders in this backend's style."""
+        return text.replace("?", cls.placeholder)
+
+    @abstractmethod
+    def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
+        """All rows of one query."""
+
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
+        return itertools.chain.from_iterable(
+            self._run_chunks(self._run_sql, 2, run_id, after, upto)
+        )
+
+    def read_payloads(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[Payload]:
+        return itertools.chain.from_iterable(
+            self._run_chunks(self._payloads_sql, 0, run_id, after, upto)
+        )
+
+    def _run_chunks(
+        self, sql: str, version_at: int, run_id: str, after: int, upto: int | None
+    ) -> Iterator[list[Any]]:
+        """The rows ``sql`` selects from one run (``version_at``: the version's column)."""
+        bound = upto if upto is not None else 2**62
+        where = f"reading run {run_id!r}"
+        return chunks(
+            lambda last, size: self._fetch(sql, (run_id, last, bound, size), where),
+            after,
+            version_at,
+        )
+
+    def _all_rows(
+        self, after_position: int, types: Iterable[str] | None, limit: int | None
+    ) -> Iterator[Row]:
+        wanted = sorted(set(types)) if types is not None else []
+        if types is not None and not wanted:
+            return iter(())
+        typed = f" AND type IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        sql = self.sql(
+            f"SELECT {COLUMNS} FROM events WHERE position > ?{typed} ORDER BY position LIMIT ?"
+        )
+        return itertools.chain.from_iterable(
+            chunks(
+                lambda last, size: self._fetch(sql, (last, *wanted, size), "reading the log"),
+                after_position,
+                0,
+                limit,
+            )
+        )
+
+    def last_version(self, run_id: str) -> int:
+        rows = self._fetch(self._last_version_sql, (run_id,), f"reading run {run_id!r}")
+        return int(rows[0][0] or 0)
+
+    def runs(self) -> list[RunInfo]:
+        return run_infos(self._fetch(RUNS_SQL, (), "listing runs"))

@@ -1,0 +1,211 @@
+"""The audit views of ``projections.views`` for a log in PostgreSQL: the same names
+and the same columns, so the same questions (and ``autonomy audit``) work on both.
+
+SQLite's ``json_extract`` returns typed values; ``->>`` returns text, so numbers are
+cast back (``::bigint``, ``::float8``) and booleans become 0/1 as in SQLite. JSON
+values that are objects or arrays (``arguments``, ``parameters``,
+``files_changed``) are their JSON text, as SQLite gives them.
+
+``install_views`` creates them, or replaces them when this module's text changed
+(a comment on each view holds the digest of its SQL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+VIEWS: dict[str, str] = {
+    "runs": """
+SELECT r.run_id, r.started_at, r.last_event_at, r.events,
+  (SELECT s.data->>'goal' FROM events s
+     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
+  (SELECT s.data->>'workspace' FROM events s
+     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
+     ORDER BY s.version LIMIT 1) AS workspace,
+  CASE l.type WHEN 'run.finished' THEN l.data->>'status'
+              WHEN 'user.asked' THEN 'waiting_for_input'
+              ELSE 'running' END AS status,
+  CASE l.type WHEN 'run.finished' THEN l.data->>'reason' END AS reason
+FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
+             max(version) AS events
+        FROM events GROUP BY run_id) r
+LEFT JOIN events l ON l.position = (
+  SELECT x.position FROM events x
+   WHERE x.run_id = r.run_id
+     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
+                    'user.asked', 'user.answered')
+   ORDER BY x.version DESC LIMIT 1)
+""",
+    "phase_changes": """
+SELECT run_id, version, recorded_at,
+  data->>'trigger' AS trigger,
+  data->>'from_phase' AS from_phase,
+  data->>'to_phase' AS to_phase,
+  data->>'reason' AS reason,
+  data->>'decided_by' AS decided_by
+FROM events WHERE type = 'phase.changed'
+""",
+    "effective_spans": """
+WITH RECURSIVE spans(run_id, lo, hi) AS (
+  SELECT r.run_id,
+    (SELECT max(w.version) FROM events w
+      WHERE w.run_id = r.run_id AND w.type = 'run.rewound')::bigint,
+    r.last::bigint
+  FROM (SELECT run_id, max(version) AS last FROM events
+         WHERE run_id IN (SELECT run_id FROM events WHERE type = 'run.rewound')
+         GROUP BY run_id) r
+  UNION ALL
+  SELECT s.run_id,
+    coalesce((SELECT max(w.version) FROM events w
+               WHERE w.run_id = s.run_id AND w.type = 'run.rewound'
+                 AND w.version <= (t.data->>'to_version')::bigint), 0)::bigint,
+    (t.data->>'to_version')::bigint
+  FROM spans s JOIN events t ON t.run_id = s.run_id AND t.version = s.lo
+  WHERE s.lo > 0
+)
+SELECT run_id, lo AS after_version, hi AS upto_version FROM spans
+""",
+    "tasks": """
+SELECT a.run_id,
+  a.data->>'task_id' AS task_id,
+  a.data->>'title' AS title,
+  a.data->>'target_file' AS target_file,
+  coalesce(
+    (SELECT (u.data->>'priority')::bigint FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND u.data->>'task_id' = a.data->>'task_id'
+         AND u.data->>'priority' IS NOT NULL
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
+       ORDER BY u.version DESC LIMIT 1),
+    (a.data->>'priority')::bigint) AS priority,
+  coalesce(
+    (SELECT u.data->>'status' FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND u.data->>'task_id' = a.data->>'task_id'
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
+       ORDER BY u.version DESC LIMIT 1),
+    'new') AS status,
+  coalesce(
+    (SELECT max((u.data->>'attempt')::bigint) FROM events u
+       WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+         AND u.data->>'task_id' = a.data->>'task_id'
+         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))),
+    0) AS attempts,
+  (SELECT u.data->>'error' FROM events u
+     WHERE u.run_id = a.run_id AND u.type = 'task.updated'
+       AND u.data->>'task_id' = a.data->>'task_id'
+       AND u.data->>'error' != ''
+       AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
+                   AND u.version > s.after_version AND u.version <= s.upto_version))
+     ORDER BY u.version DESC LIMIT 1) AS last_error,
+  a.version AS added_version
+FROM events a WHERE a.type = 'task.added'
+  AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id
+                   AND a.version > s.after_version AND a.version <= s.upto_version))
+""",
+    "model_calls": """
+SELECT q.run_id,
+  q.data->>'call_id' AS call_id,
+  q.version,
+  q.recorded_at AS requested_at,
+  q.data->>'role' AS role,
+  q.data->>'model' AS model,
+  q.data->>'endpoint' AS endpoint,
+  q.data->>'conversation' AS conversation,
+  q.data->>'request_digest' AS request_digest,
+  CASE WHEN r.position IS NOT NULL THEN 'ok'
+       WHEN f.failures > 0 THEN 'failed'
+       -- an answer follows its request at once: anything else after it means the
+       -- call was cut off (a kill, a crash) and will never be answered
+       WHEN q.version < (SELECT max(z.version) FROM events z WHERE z.run_id = q.run_id)
+         THEN 'interrupted'
+       ELSE 'pending' END AS status,
+  coalesce(f.failures, 0) AS failures,
+  f.last_failure,
+  (r.data#>>'{usage,prompt_tokens}')::bigint AS prompt_tokens,
+  (r.data#>>'{usage,completion_tokens}')::bigint AS completion_tokens,
+  (r.data->>'duration_ms')::float8 AS duration_ms,
+  r.data->>'done_reason' AS done_reason,
+  r.data->>'model_identity' AS model_identity,
+  json_array_length(r.data->'tool_calls') AS tool_calls,
+  (r.data->>'extracted_from_text')::boolean::int AS extracted_from_text,
+  r.data->>'cached_from' AS cached_from
+FROM events q
+LEFT JOIN events r
+  ON r.run_id = q.run_id AND r.type = 'model.responded'
+ AND r.data->>'call_id' = q.data->>'call_id'
+LEFT JOIN LATERAL (
+  SELECT count(*) OVER () AS failures,
+         CASE m.data->>'detail' WHEN '' THEN m.data->>'kind'
+              ELSE (m.data->>'kind') || ': ' || (m.data->>'detail') END AS last_failure
+  FROM events m
+  WHERE m.run_id = q.run_id AND m.type = 'model.failed'
+    AND m.data->>'call_id' = q.data->>'call_id'
+  ORDER BY m.version DESC LIMIT 1
+) f ON true
+WHERE q.type = 'model.requested'
+""",
+    "tool_calls": """
+SELECT q.run_id,
+  q.data->>'call_id' AS call_id,
+  q.version AS requested_version,
+  x.version AS executed_version,
+  q.recorded_at AS requested_at,
+  q.data->>'tool' AS tool,
+  (q.data->'arguments')::text AS arguments,
+  (x.data->>'ok')::boolean::int AS ok,
+  x.data->>'error' AS error,
+  x.data->>'result' AS result,
+  (x.data->'files_changed')::text AS files_changed
+FROM events q
+LEFT JOIN events x
+  ON x.run_id = q.run_id AND x.type = 'tool.executed'
+ AND x.data->>'call_id' = q.data->>'call_id'
+WHERE q.type = 'tool.requested'
+""",
+    "decisions": """
+SELECT run_id, version, recorded_at,
+  data->>'action' AS action,
+  (data->'parameters')::text AS parameters,
+  data->>'reasoning' AS reasoning,
+  data->>'decided_by' AS decided_by,
+  (data->>'fallback_used')::boolean::int AS fallback_used,
+  data->>'fallback_reason' AS fallback_reason
+FROM events WHERE type = 'arbiter.decided'
+""",
+}
+
+_VIEWS_LOCK = (0x6175746F, 3)
+
+
+def _digest(sql: str) -> str:
+    return "autonomy " + hashlib.sha256(sql.strip().encode()).hexdigest()[:16]
+
+
+def install_views(connection: Any) -> None:
+    """Create (or replace) every audit view on an autonomy database (a psycopg
+    connection in autocommit mode); no write when they are all current."""
+    wanted = {name: _digest(sql) for name, sql in VIEWS.items()}
+    current = dict(
+        connection.execute(
+            "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c"
+            " WHERE c.relkind = 'v' AND c.relnamespace = current_schema()::regnamespace"
+        ).fetchall()
+    )
+    if all(current.get(name) == digest for name, digest in wanted.items()):
+        return
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", _VIEWS_LOCK)
+        for name, sql in VIEWS.items():
+            connection.execute(f"DROP VIEW IF EXISTS {name}")
+            connection.execute(f"CREATE VIEW {name} AS {sql.strip()}")
+            connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")

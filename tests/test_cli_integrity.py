@@ -1,0 +1,244 @@
+"""The integrity commands end to end: `checkpoint`, `verify --checkpoints`, `run
+--checkpoint-file`, and `rewind`/`fork`/`replay` refusing a changed blob."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.demo import CALC_V1, GOAL, DemoModels
+from engine.keys import load_key
+from engine.storage import open_store
+from engine.testing import ScriptedModelServer
+from events.checkpoints import loads
+from events.schema import ArbiterDecided, ModelRequested, RunStarted, ToolExecuted
+
+pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
+
+OLD_DB = Path(__file__).parent / "data" / "pre_v2.db"
+LONG_GOAL = GOAL + " Keep it simple." * 300
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rows(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT * FROM events ORDER BY position").fetchall()
+
+
+def unguarded(db: Path) -> sqlite3.Connection:
+    """A connection of someone who dropped the append-only triggers."""
+    conn = sqlite3.connect(db)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    return conn
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, bytes]:
+    """A completed keyed run ``r`` recorded once through `autonomy run
+    --checkpoint-file`, with the key it was written with; its goal is long enough
+    for the opening message to be stored as a blob."""
+    tmp = tmp_path_factory.mktemp("recording")
+    workspace, db, checkpoints = tmp / "ws", tmp / "events.db", tmp / "cp.jsonl"
+    with pytest.MonkeyPatch.context() as env, ScriptedModelServer(DemoModels()) as server:
+        env.setenv("AUTONOMY_KEY_FILE", str(tmp / "key"))
+        code, out = invoke(
+            "run", LONG_GOAL, "--workspace", workspace, "--db", db, "--run-id", "r",
+            "--mode", "rules", "--model-url", server.url, "--api", "ollama", "--model", "m",
+            "--checkpoint-file", checkpoints,
+        )  # fmt: skip
+        assert code == 0, out
+    return db, workspace, checkpoints, (tmp / "key").read_bytes()
+
+
+@pytest.fixture
+def recorded(
+    recording: tuple[Path, Path, Path, bytes], tmp_path: Path, _key_file_in_tmp: Path
+) -> tuple[Path, Path, Path]:
+    """This test's copy of the recording's log and checkpoints, and its key; the
+    workspace is shared (the tests only read it, or check it is untouched)."""
+    db, workspace, checkpoints, key = recording
+    _key_file_in_tmp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _key_file_in_tmp.write_bytes(key)
+    _key_file_in_tmp.chmod(0o600)
+    for suffix in ("", "-wal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copyfile(f"{db}{suffix}", tmp_path / f"events.db{suffix}")
+    shutil.copyfile(checkpoints, tmp_path / "cp.jsonl")
+    return tmp_path / "events.db", workspace, tmp_path / "cp.jsonl"
+
+
+def test_run_appends_its_checkpoint_and_checkpoint_prints_the_same(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    db, _, checkpoints = recorded
+    [written] = loads(checkpoints.read_text())
+
+    code, out = invoke("checkpoint", "--db", db)
+
+    assert code == 0, out
+    [printed] = loads(out)
+    assert (printed.run_id, printed.version, printed.hash) == (
+        written.run_id,
+        written.version,
+        written.hash,
+    )
+    assert set(json.loads(out)) == {"run_id", "version", "hash", "at"}
+    code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
+    assert code == 0, out
+    assert f"r: ok ({written.version} events, keyed, checkpoint at {written.version})" in out
+
+
+def test_a_deleted_tail_fails_against_the_checkpoint_naming_run_and_version(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    db, _, checkpoints = recorded
+    [taken] = loads(checkpoints.read_text())
+    conn = unguarded(db)
+    conn.execute("DELETE FROM events WHERE run_id = 'r' AND version > ?", (taken.version - 3,))
+    conn.commit()
+    conn.close()
+
+    code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
+
+    assert code == 1
+    assert (
+        f"r: FAILED at version {taken.version}: the run has {taken.version - 3} events, but "
+        f"the checkpoint taken at {taken.at} saw {taken.version}: events were deleted"
+    ) in out
+    code, out = invoke("verify", "--db", db)
+    assert code == 1, "without checkpoints, only the dropped triggers give it away"
+    # verify only reads: it reports the dropped triggers and leaves the log as it is
+    assert "database: FAILED append-only triggers are missing: events_append_only_update" in out
+    code, again = invoke("verify", "--db", db)
+    assert "append-only triggers are missing" in again, "verify must not have repaired it"
+
+
+def test_a_run_deleted_whole_fails_against_its_checkpoint(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    db, _, checkpoints = recorded
+    conn = unguarded(db)
+    conn.execute("DELETE FROM events")
+    conn.commit()
+    conn.close()
+
+    code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
+
+    assert code == 1 and "r: FAILED at version" in out and "events were deleted" in out
+
+
+def test_a_history_rewritten_with_the_key_fails_against_the_checkpoint(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    db, _, checkpoints = recorded
+    [taken] = loads(checkpoints.read_text())
+    # whoever holds the key can write a new history of the same length
+    db.unlink()
+    with open_store(db, key=load_key(create=False)) as store:
+        store.append(
+            "r",
+            [
+                RunStarted(goal="something else", workspace="/w", key_id=store.key_id),
+                *(ArbiterDecided(action="wait") for _ in range(taken.version - 1)),
+            ],
+            0,
+        )
+
+    code, out = invoke("verify", "--db", db)
+    assert code == 0, "a keyed chain alone cannot tell"
+    code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
+
+    assert code == 1
+    assert f"(version {taken.version}, arbiter.decided): hash differs from the checkpoint" in out
+    assert "the history up to this version was rewritten" in out
+
+
+def test_a_checkpoint_file_that_is_not_one_is_a_clean_error(
+    recorded: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    db, _, _ = recorded
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run_id": "r"}\n')
+    code, out = invoke("verify", "--db", db, "--checkpoints", bad)
+    assert code == 1 and f"Error: {bad} line 1 is not a checkpoint" in out
+    code, out = invoke("verify", "--db", db, "--checkpoints", tmp_path / "missing.jsonl")
+    assert code == 1 and "Error: cannot read the checkpoint file" in out
+
+
+def test_rewind_fork_and_replay_refuse_a_changed_blob_and_write_nothing(
+    recorded: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    db, workspace, _ = recorded
+    calc = hashlib.sha256(CALC_V1.encode()).hexdigest()
+    with open_store(db) as store:
+        created = next(
+            e.version
+            for e in store.read("r")
+            if isinstance(e.data, ToolExecuted)
+            and any(c.after == calc for c in e.data.files_changed)
+        )
+        # the opening message, which a replay reads back to check the first request
+        opening = next(
+            m.content_ref
+            for e in store.read("r")
+            if isinstance(e.data, ModelRequested)
+            for m in e.data.messages
+            if m.content_ref
+        )
+    conn = unguarded(db)
+    for digest in (calc, opening):
+        conn.execute(
+            "UPDATE blobs SET content = CAST(replace(CAST(content AS TEXT), 'a', 'b') AS BLOB)"
+            " WHERE digest = ?",
+            (digest,),
+        )
+    conn.commit()
+    conn.close()
+    before_rows, before_files = rows(db), snapshot(workspace)
+    fork_workspace = tmp_path / "fork"
+
+    for command, digest in (
+        (("rewind", "r", "--to", str(created)), calc),
+        (("fork", "r", "--at", str(created), "--workspace", fork_workspace, "--as", "f"), calc),
+        (("replay", "r"), opening),
+    ):
+        code, out = invoke(*command, "--db", db)
+
+        assert code == 1, (command, out)
+        assert f"Error: blob {digest} is corrupt: its content hashes to" in out, (command, out)
+        assert rows(db) == before_rows, command
+        assert snapshot(workspace) == before_files, command
+        assert not fork_workspace.exists() or not any(fork_workspace.iterdir()), command
+
+
+def test_a_log_from_before_keys_verifies_as_unkeyed_and_stays_so(tmp_path: Path) -> None:
+    db = tmp_path / "pre_v2.db"
+    shutil.copyfile(OLD_DB, db)
+
+    code, out = invoke("verify", "--db", db)
+
+    assert code == 0, out
+    assert "pre-v2: ok (95 events, unkeyed)" in out
+    code, out = invoke("checkpoint", "pre-v2", "--db", db)
+    assert code == 0 and len(loads(out)[0].hash) == 64, "an unkeyed hash: plain sha256"

@@ -1,0 +1,332 @@
+"""Commands the model runs are confined: what its code may see, write, reach and leave
+behind, and the limits it runs under.
+
+These tests run real commands in real sandboxes. On Linux they need bubblewrap,
+which the README's test command installs (``.ci/system-packages``); they fail
+rather than skip without it, so that CI cannot pass on the unconfined path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from waiting import lock_is_free, wait_until
+
+from engine.errors import ConfinementUnavailable
+from engine.tools import ToolContext, ToolOutcome, default_registry, execute
+from engine.tools.confine import CommandLimits, Confinement, choose
+from events import MemoryEventStore
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap is Linux-only")
+
+PYTHON_C = (("python", "-c"),)
+
+
+def bubblewrap(**kwargs: object) -> Confinement:
+    assert shutil.which("bwrap"), (
+        "bubblewrap is not installed: the README's test command installs it "
+        "(bash .ci/system-packages)"
+    )
+    confinement = choose("required", **kwargs)  # type: ignore[arg-type]
+    assert confinement.mechanism == "bubblewrap"
+    return confinement
+
+
+def run(workspace: Path, argv: list[str], confinement: Confinement, **ctx: object) -> ToolOutcome:
+    context = ToolContext(
+        workspace=workspace, blobs=MemoryEventStore(), confinement=confinement, **ctx
+    )  # type: ignore[arg-type]
+    return execute(default_registry(), "run_command", {"argv": argv}, context)
+
+
+DETACHED = textwrap.dedent(
+    """
+    import fcntl, os, pathlib, time
+    lock = open("holder.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    pathlib.Path("alive.txt").write_text(str(os.getpid()))
+    while not pathlib.Path("go").exists():
+        time.sleep(0.05)
+    pathlib.Path("late.txt").write_text("written after the command ended")
+    """
+)
+
+
+def hostile_test(outside: Path, system: Path, port: int) -> str:
+    """A test file as a model could write it: it tries to get out in every way."""
+    return textwrap.dedent(
+        f"""
+        import os, pathlib, socket, subprocess, sys, time
+
+        def test_write_outside():
+            for target in ({str(outside / "escaped.txt")!r}, {str(system)!r}):
+                try:
+                    pathlib.Path(target).write_text("escaped")
+                except OSError as e:
+                    print("write refused:", e)
+
+        def test_connect_to_loopback():
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+                print("CONNECTED")
+            except OSError as e:
+                print("connect refused:", e)
+
+        def test_read_the_log_and_change_git():
+            for name in (".autonomy/events.db", "mylog.db"):
+                try:
+                    print("LOG:", pathlib.Path(name).read_text())
+                except OSError as e:
+                    print("log hidden:", e)
+            try:
+                pathlib.Path(".git/config").write_text("[core]\\n\\thooksPath = /tmp\\n")
+            except OSError as e:
+                print("git refused:", e)
+
+        def test_environment():
+            print("ENV:", sorted(os.environ))
+
+        def test_leave_a_detached_process():
+            subprocess.Popen([sys.executable, "-c", {DETACHED!r}], start_new_session=True)
+            while not pathlib.Path("alive.txt").exists():
+                time.sleep(0.02)
+        """
+    )
+
+
+def test_a_model_written_test_cannot_get_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    (workspace / ".autonomy").mkdir()
+    (workspace / ".autonomy" / "events.db").write_text("SECRET-LOG-1")
+    (workspace / "mylog.db").write_text("SECRET-LOG-2")
+    (workspace / ".git").mkdir()
+    (workspace / ".git" / "config").write_text("[core]\n")
+    monkeypatch.setenv("AUTONOMY_TEST_SECRET", "SECRET-ENV")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    system = Path("/etc") / f"autonomy-escaped-{uuid.uuid4().hex}.txt"  # outside /tmp too
+    (workspace / "test_escape.py").write_text(hostile_test(outside, system, port))
+    confinement = bubblewrap(hidden=[workspace / "mylog.db"])
+
+    try:
+        outcome = run(workspace, ["python", "-m", "pytest", "-q", "-s"], confinement)
+        assert not system.exists()
+    finally:
+        system.unlink(missing_ok=True)
+
+    assert "5 passed" in outcome.result, outcome.result
+    assert not (outside / "escaped.txt").exists()
+    assert "CONNECTED" not in outcome.result
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+    assert "SECRET-LOG" not in outcome.result and "log hidden" in outcome.result
+    assert (workspace / ".git" / "config").read_text() == "[core]\n"
+    assert "SECRET-ENV" not in outcome.result and "AUTONOMY_TEST_SECRET" not in outcome.result
+    # the detached process started (it wrote alive.txt) and is gone with the command
+    assert (workspace / "alive.txt").exists()
+    wait_until(lambda: lock_is_free(workspace / "holder.lock"), "the detached process is gone")
+    (workspace / "go").write_text("")
+    assert not (workspace / "late.txt").exists()
+    # what the command wrote in the workspace is recorded
+    changed = {c.path for c in outcome.files_changed}
+    assert {"alive.txt", "holder.lock"} <= changed
+
+
+def test_the_network_is_reachable_only_when_allowed(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).close()"
+    refused = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert not refused.ok and "ConnectionRefusedError" in refused.result
+    allowed = run(tmp_path, ["python", "-c", code], bubblewrap(network=True), allowlist=PYTHON_C)
+    assert allowed.ok, allowed.result
+    listener.accept()[0].close()
+    listener.close()
+
+
+def test_the_command_ends_when_the_engine_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the engine mid-command: nothing of the command survives it."""
+    engine = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from engine.tools import ToolContext, default_registry, execute
+        from engine.tools.confine import choose
+        from events import MemoryEventStore
+        ctx = ToolContext(workspace=Path({str(tmp_path)!r}), blobs=MemoryEventStore(),
+                          confinement=choose("required"), allowlist=(("python", "-c"),),
+                          command_timeout=600)
+        execute(default_registry(), "run_command", {{"argv": ["python", "-c", {DETACHED!r}]}}, ctx)
+        """
+    )
+    bubblewrap()
+    process = subprocess.Popen([sys.executable, "-c", engine], start_new_session=True)
+    try:
+        wait_until(lambda: (tmp_path / "alive.txt").exists(), "the command has started")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        wait_until(lambda: lock_is_free(tmp_path / "holder.lock"), "the command is gone")
+        (tmp_path / "go").write_text("")
+        assert not (tmp_path / "late.txt").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    ("limits", "code", "sign"),
+    [
+        (
+            CommandLimits(memory_mb=200),
+            "b = bytearray(1024 * 1024 * 1024)",
+            "MemoryError",
+        ),
+        (
+            CommandLimits(file_size_mb=1),
+            "open('big', 'wb').write(b'x' * (3 * 1024 * 1024))",
+            "",
+        ),
+        (
+            CommandLimits(cpu_seconds=1),
+            "while True: pass",
+            "",
+        ),
+        (
+            CommandLimits(processes=20),
+            "import os, time\nfor i in range(200):\n    if os.fork() == 0:\n        time.sleep(5); os._exit(0)",
+            "BlockingIOError",
+        ),
+    ],
+    ids=["memory", "file-size", "cpu", "processes"],
+)
+def test_resource_limits_stop_a_command(
+    tmp_path: Path, limits: CommandLimits, code: str, sign: str
+) -> None:
+    outcome = run(
+        tmp_path,
+        ["python", "-c", code],
+        bubblewrap(limits=limits),
+        allowlist=PYTHON_C,
+        command_timeout=120,
+    )
+    assert not outcome.ok, outcome.result
+    assert "timed out" not in outcome.error, "the limit, not the timeout, must stop it"
+    assert sign in outcome.result
+
+
+def test_required_without_a_mechanism_refuses_and_auto_warns() -> None:
+    with pytest.raises(ConfinementUnavailable, match="apt-get install bubblewrap"):
+        choose("required", which=lambda _name: None)
+    auto = choose("auto", which=lambda _name: None)
+    assert auto.mechanism == "none" and "NOT confined" in auto.warning
+    off = choose("off")
+    assert off.mechanism == "none" and not off.warning
+
+
+def test_without_bubblewrap_the_limits_and_environment_still_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTONOMY_TEST_SECRET", "SECRET-ENV")
+    code = "import os; print(sorted(os.environ)); bytearray(1024 * 1024 * 1024)"
+    outcome = run(
+        tmp_path,
+        ["python", "-c", code],
+        choose("off", limits=CommandLimits(memory_mb=200)),
+        allowlist=PYTHON_C,
+    )
+    assert "MemoryError" in outcome.result and "AUTONOMY_TEST_SECRET" not in outcome.result
+
+
+def test_the_mechanism_is_recorded_in_run_started_and_printed(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.demo import GOAL, DemoModels
+    from engine.storage import open_store
+    from engine.testing import ScriptedModelServer
+    from events import RunStarted
+
+    bubblewrap()
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(DemoModels()) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", GOAL, "--workspace", str(tmp_path / "ws"), "--db", str(db), "--run-id", "r",
+             "--model-url", server.url, "--api", "ollama", "--model", "m"],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "commands run confined by bubblewrap (no network, resource limits)" in result.output
+    started = next(open_store(db).read("r")).data
+    assert isinstance(started, RunStarted)
+    assert started.confinement == "bubblewrap (no network, resource limits)"
+
+
+def test_required_refuses_to_start_a_run_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no bwrap to be found
+    db = tmp_path / "events.db"
+    result = CliRunner().invoke(
+        cli, ["run", "goal", "--workspace", str(tmp_path / "ws"), "--db", str(db),
+              "--sandbox", "required"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "Error: tools.sandbox is 'required' but commands cannot be confined" in result.output
+    assert "Traceback" not in result.output
+    assert not db.exists() or not open_store_runs(db)
+
+
+def open_store_runs(db: Path) -> list[object]:
+    from engine.storage import open_store
+
+    with open_store(db) as store:
+        return list(store.runs())
+
+
+def test_the_interpreter_and_autonomy_stay_importable_wherever_they_are_installed(
+    tmp_path: Path,
+) -> None:
+    """The private /tmp must not hide a virtualenv or a checkout that lives under /tmp
+    (CI clones there): pytest loads autonomy's plugin in every command."""
+    code = "import engine, events, projections, pytest, sys; print('prefix', sys.prefix)"
+    outcome = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert outcome.ok, outcome.result
+    assert f"prefix {sys.prefix}" in outcome.result
+
+
+def test_the_chain_key_is_hidden_from_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.keys import load_key
+    from engine.runner import hidden_from_commands
+
+    key = tmp_path / "key"  # in the workspace itself, so that only hiding can keep it
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(key))
+    secret = load_key(create=True)
+    assert secret and key.exists()
+    confinement = bubblewrap(hidden=hidden_from_commands(MemoryEventStore()))
+    code = "import pathlib; print('KEY', pathlib.Path('key').read_bytes().hex())"
+    outcome = run(tmp_path, ["python", "-c", code], confinement, allowlist=PYTHON_C)
+    assert outcome.result.startswith("$ python"), outcome.text  # it ran
+    assert secret.hex() not in outcome.result
+    unhidden = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert secret.hex() in unhidden.result, "the test must be able to see a leak"

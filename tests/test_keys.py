@@ -1,0 +1,143 @@
+"""The chain's key: where it lives, how it is created, and what a keyed chain proves."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.keys import KEY_FILE_ENV, key_file, load_key
+from events import EventStore, MemoryEventStore, RunStarted, SQLiteEventStore, TaskAdded
+from events.codec import ChainKey, chain_hash, hash_key_id, key_id
+from events.errors import WrongKey
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+
+
+def start(store: EventStore, run_id: str = "run-1") -> None:
+    store.append(run_id, [RunStarted(goal="g", workspace="/w", key_id=store.key_id)], 0)
+    store.append(run_id, [TaskAdded(task_id="t1", title="one")], 1)
+
+
+# -- where the key lives ------------------------------------------------------------------
+
+
+def test_the_key_file_is_named_by_the_environment_first() -> None:
+    env = {KEY_FILE_ENV: "/keys/k", "XDG_CONFIG_HOME": "/xdg", "HOME": "/home/u"}
+    assert key_file(env) == Path("/keys/k")
+
+
+def test_the_key_file_is_in_the_xdg_config_directory_else_in_home() -> None:
+    assert key_file({"XDG_CONFIG_HOME": "/xdg", "HOME": "/home/u"}) == Path("/xdg/autonomy/key")
+    assert key_file({"HOME": "/home/u"}) == Path("/home/u/.config/autonomy/key")
+
+
+def test_tests_never_use_the_users_key_file(_key_file_in_tmp: Path) -> None:
+    assert key_file() == _key_file_in_tmp
+    assert str(_key_file_in_tmp).startswith(os.environ.get("TMPDIR", "/tmp"))
+
+
+def test_the_key_is_created_on_first_use_for_the_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "config" / "autonomy" / "key"
+    env = {KEY_FILE_ENV: str(path)}
+    assert load_key(env, create=False) is None
+    assert not path.exists(), "a reader never creates the key"
+
+    key = load_key(env, create=True)
+
+    assert key is not None and len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert load_key(env, create=True) == key == load_key(env, create=False)
+
+
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(KEY)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_key({KEY_FILE_ENV: str(path)}, create=True)
+
+
+# -- the keyed chain ----------------------------------------------------------------------
+
+
+def test_chain_key_is_hmac_sha256() -> None:
+    for key in (KEY, b"x", b"long" * 40):
+        message = b"previous" + b"canonical bytes"
+        assert ChainKey(key).mac(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_a_keyed_hash_names_its_key_and_differs_from_the_plain_one() -> None:
+    fields = dict(
+        run_id="r", version=1, type="t", schema_version=1, recorded_at="x", causation=None,
+        data="{}",
+    )  # fmt: skip
+    plain = chain_hash("", **fields)  # type: ignore[arg-type]
+    keyed = chain_hash("", key=ChainKey(KEY), **fields)  # type: ignore[arg-type]
+    assert hash_key_id(plain) == "" and len(plain) == 64
+    assert hash_key_id(keyed) == key_id(KEY) and keyed.split(":")[1] != plain
+    assert KEY.hex() not in keyed and repr(ChainKey(KEY)) == f"ChainKey(id={key_id(KEY)!r})"
+
+
+def test_a_keyed_run_verifies_only_with_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path, key=KEY) as store:
+        start(store)
+        report = store.verify("run-1")
+        assert report.ok and report.authentication == "keyed"
+    with SQLiteEventStore(path) as keyless:
+        report = keyless.verify("run-1")
+        assert report.ok, "without the key the structure is still checked"
+        assert report.authentication == f"not authenticated (key {key_id(KEY)})"
+    with SQLiteEventStore(path, key=OTHER) as wrong:
+        report = wrong.verify("run-1")
+        assert not report.ok and "wrong key" in report.problem
+
+
+@pytest.mark.parametrize("key", [None, OTHER])
+def test_a_keyed_run_takes_no_append_without_its_key(tmp_path: Path, key: bytes | None) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path, key=KEY) as store:
+        start(store)
+    with SQLiteEventStore(path, key=key) as other:
+        with pytest.raises(WrongKey, match="would break its chain"):
+            other.append("run-1", [TaskAdded(task_id="t2", title="two")], 2)
+        assert other.last_version("run-1") == 2
+
+
+def test_an_unkeyed_run_stays_unkeyed_when_a_key_appears(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as old:
+        start(old)
+    with SQLiteEventStore(path, key=KEY) as store:
+        store.append("run-1", [TaskAdded(task_id="t2", title="two")], 2)
+        start(store, "run-2")
+        assert store.verify("run-1").authentication == "unkeyed"
+        assert store.verify("run-1").ok
+        assert store.verify("run-2").authentication == "keyed"
+        assert store.keyed_marker() is not None
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_store_without_a_key_starts_no_run_in_a_keyed_log(tmp_path: Path, backend: str) -> None:
+    if backend == "memory":
+        store: EventStore = MemoryEventStore(key=KEY)
+        start(store)
+        store.key = None  # the same log, opened without the key
+        keyless = store
+    else:
+        with SQLiteEventStore(tmp_path / "events.db", key=KEY) as keyed:
+            start(keyed)
+        keyless = SQLiteEventStore(tmp_path / "events.db")
+
+    with keyless:
+        with pytest.raises(WrongKey, match="runs are keyed from position 1 on"):
+            keyless.append("run-2", [RunStarted(goal="g", workspace="/w")], 0)
+        assert [info.run_id for info in keyless.runs()] == ["run-1"]

@@ -1,0 +1,169 @@
+"""One engine per run: a run's lease, and what resume does with a command a crash cut."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.config import load_settings
+from engine.demo import GOAL, DemoModels
+from engine.prompts import opening
+from engine.runlog import RunLog
+from engine.runner import Engine
+from engine.storage import open_store
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.workspace import rewind
+from events import MemoryEventStore, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
+from events.errors import LeaseHeld
+from events.schema import TaskAdded, TaskUpdated
+from events.store import EventStore
+from projections import project
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> EventStore:
+    if request.param == "memory":
+        return MemoryEventStore()
+    return SQLiteEventStore(tmp_path / "events.db")
+
+
+def test_a_held_lease_refuses_a_second_holder_naming_the_first(store: EventStore) -> None:
+    with store.lease("r", "pid 1 on host-a"):
+        with pytest.raises(LeaseHeld, match="pid 1 on host-a"), store.lease("r", "pid 2"):
+            pass
+        with store.lease("other-run", "pid 2 on host-b"):
+            pass  # leases are per run
+    with store.lease("r", "pid 2 on host-b"):
+        pass  # released on exit
+
+
+def test_a_lease_ends_with_its_process_however_it_dies(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from events import SQLiteEventStore
+        with SQLiteEventStore({str(db)!r}).lease("r", "the holder"):
+            print("held", flush=True)
+            sys.stdin.read()
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "held\n"
+        store = SQLiteEventStore(db)
+        with pytest.raises(LeaseHeld, match="the holder"), store.lease("r", "me"):
+            pass
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        with store.lease("r", "me"):
+            pass  # free at once: no expiry to wait for
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class Gate:
+    """The demo models, but the first request waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.models = DemoModels()
+        self.arrived = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        if not self.arrived.is_set():
+            self.arrived.set()
+            self.opened.wait(timeout=60)
+        return self.models(request)
+
+
+def run_ids(db: Path) -> list[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events")]
+
+
+@pytest.mark.slow
+def test_resume_of_a_live_run_is_refused_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
+    db, workspace = tmp_path / "events.db", tmp_path / "ws"
+    autonomy = Path(sys.executable).parent / "autonomy"
+    gate = Gate()
+    with ScriptedModelServer(gate) as server:
+        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+        process = subprocess.Popen(
+            [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert gate.arrived.wait(timeout=60), "the run never asked the model"
+            (run_id,) = run_ids(db)
+            runner = CliRunner()
+            refused = runner.invoke(cli, ["resume", run_id, "--db", str(db), *model])
+            assert refused.exit_code == 1, refused.output
+            assert f"being run by another engine (pid {process.pid} on" in refused.output
+            refused = runner.invoke(cli, ["rewind", run_id, "--to", "1", "--db", str(db)])
+            assert refused.exit_code == 1 and "being run by another engine" in refused.output
+            before = run_ids(db), open_store(db).last_version(run_id)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            gate.opened.set()
+        assert (run_ids(db), open_store(db).last_version(run_id)) == before, (
+            "refusals write nothing"
+        )
+        resumed = CliRunner().invoke(cli, ["resume", run_id, "--db", str(db), *model])
+        assert resumed.exit_code == 0, resumed.output
+    assert project(open_store(db), run_id).pipeline.status == "completed"
+
+
+def test_an_interrupted_command_is_settled_as_interrupted_never_rerun_and_the_task_told(
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "test_ran.py").write_text(
+        "import pathlib\n\ndef test_x():\n    pathlib.Path('ran.txt').write_text('x')\n"
+    )
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    log.append(
+        TaskAdded(task_id="t1", title="calc", target_file="calc.py"),
+        TaskUpdated(task_id="t1", status="in_progress", attempt=1),
+        ToolRequested(
+            call_id="r1/t4", tool="run_command", arguments={"argv": ["python", "-m", "pytest"]}
+        ),
+    )
+    engine = Engine(log, settings=load_settings(env={}), client=None, workspace=workspace)  # type: ignore[arg-type]
+    assert engine.recover() == ["r1/t4 (run_command): not applied"]
+    events = [e.data for e in store.read("r1")]
+    settled = next(e for e in events if isinstance(e, ToolExecuted))
+    assert settled.call_id == "r1/t4" and not settled.ok
+    assert settled.error.startswith("interrupted: the engine stopped while run_command")
+    assert not (workspace / "ran.txt").exists(), "recovery ran the command again"
+    failed = events[-1]
+    assert isinstance(failed, TaskUpdated) and failed.status == "failed"
+    assert failed.task_id == "t1" and failed.error == settled.error
+    # the model reads it in the task's next prompt
+    task = project(store, "r1").pipeline.tasks["t1"]
+    assert opening("code", project(store, "r1").pipeline, task)[1].content.count("interrupted")
+
+
+def test_rewind_takes_the_lease(tmp_path: Path) -> None:
+    store = MemoryEventStore()
+    RunLog.create(store, "r", RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    with store.lease("r", "a live engine"), pytest.raises(LeaseHeld, match="a live engine"):
+        rewind(store, "r", 1)
+    assert store.last_version("r") == 1

@@ -1,0 +1,537 @@
+"""Every run replays: answered, killed and resumed, rewound (resumed or not, several
+times), forked, waiting for input, stopped by a limit — and, with hypothesis, any
+mix of those the engine can produce.
+
+Runs are made in memory against the scripted models (file tools only, so that
+replays with live tools stay fast). A kill is simulated by a store that refuses
+the N-th append with a ``BaseException``, as a SIGKILL would stop the process:
+what was written stays, what was not is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import Settings, load_settings
+from engine.demo import GOAL, DemoModels
+from engine.replay import replay
+from engine.runlog import RunLog
+from engine.runner import ResumeRefused, resume_run, start_run
+from engine.testing import Reply, ScriptedModelServer
+from engine.workspace import fork, rewind
+from events import MemoryEventStore
+from events.errors import ConcurrencyError
+from events.schema import Event, RunResumed, TaskUpdated, ToolExecuted, UserAnswered
+from events.store import RecordedEvent
+from projections import RunState, project
+
+
+class Killed(BaseException):
+    """The process died."""
+
+
+class KillableStore(MemoryEventStore):
+    """A store whose ``kill_after``-th next append kills the writer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kill_after: int | None = None
+
+    def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        expected_version: int,
+        *,
+        causation: int | None = None,
+    ) -> list[RecordedEvent]:
+        if self.kill_after is not None:
+            if self.kill_after == 0:
+                self.kill_after = None
+                raise Killed()
+            self.kill_after -= 1
+        return super().append(run_id, events, expected_version, causation=causation)
+
+
+class Quick(DemoModels):
+    """The demo's plan and reviews, with file tools only (no commands to wait for)."""
+
+    content = "# {task}\nX = {done}\n"
+    """What the coder writes."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        target = "calc.py" if task == "t1" else "test_calc.py"
+        steps = [
+            Reply.tool(
+                "create_file", path=target, content=self.content.format(task=task, done=done)
+            ),
+            Reply.tool("complete_task", task_id=task, summary="written"),
+        ]
+        return steps[min(done, len(steps) - 1)]
+
+    def _review(self, task: str, done: int) -> Reply:
+        if done == 0:
+            return Reply.tool("read_file", path="calc.py" if task == "t1" else "test_calc.py")
+        return Reply.tool("approve_code", task_id=task, summary="fine")
+
+
+class Asking(Quick):
+    """Asks the user once, then follows the suggestions."""
+
+    def arbiter(self, messages: list[dict[str, Any]]) -> Reply:
+        if "You asked the user" not in messages[-1]["content"]:
+            return Reply.tool("request_user_input", question="Which Python version?")
+        return super().arbiter(messages)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer(Asking()) as running:
+        yield running
+
+
+def config(server: ScriptedModelServer, **overrides: Any) -> Settings:
+    return load_settings(
+        env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m", **overrides}
+    )
+
+
+def start(
+    store: KillableStore, workspace: Path, server: ScriptedModelServer, **overrides: Any
+) -> str:
+    with httpx.Client() as http, contextlib.suppress(Killed):
+        start_run(
+            store,
+            goal=GOAL,
+            workspace=workspace,
+            settings=config(server, **overrides),
+            http=http,
+            run_id="r",
+        )
+    store.kill_after = None  # a kill not reached by the time the engine stopped
+    return "r"
+
+
+def resume(
+    store: KillableStore, run_id: str, server: ScriptedModelServer, **overrides: Any
+) -> None:
+    try:
+        with httpx.Client() as http, contextlib.suppress(Killed):
+            resume_run(store, run_id, settings=config(server, **overrides), http=http)
+    finally:
+        store.kill_after = None  # a kill not reached by the time the engine stopped
+
+
+def answer(store: KillableStore, run_id: str, text: str = "Python 3.12") -> None:
+    log = RunLog(store, run_id)
+    assert log.pipeline.status == "waiting_for_input"
+    log.append(UserAnswered(answer=text), causation=log.version)
+
+
+def assert_replays(store: KillableStore, run_id: str, **kwargs: Any) -> None:
+    result = replay(store, run_id, **kwargs)
+    assert result.identical, result.report()
+
+
+def test_a_run_waiting_for_input_replays(tmp_path: Path, server: ScriptedModelServer) -> None:
+    store = KillableStore()
+    run_id = start(store, tmp_path / "ws", server)
+    assert project(store, run_id).pipeline.status == "waiting_for_input"
+    assert_replays(store, run_id)
+
+
+def test_an_answered_and_resumed_run_replays(tmp_path: Path, server: ScriptedModelServer) -> None:
+    store = KillableStore()
+    run_id = start(store, tmp_path / "ws", server)
+    answer(store, run_id)
+    resume(store, run_id, server)
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")
+
+
+def test_an_answer_is_an_input_a_different_one_is_replayed_as_given(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    store = KillableStore()
+    run_id = start(store, tmp_path / "ws", server)
+    answer(store, run_id, "Python 3.11")
+    resume(store, run_id, server)
+    result = replay(store, run_id)
+    assert result.identical, result.report()
+    assert any(
+        isinstance(e.data, UserAnswered) and e.data.answer == "Python 3.11"
+        for e in store.read(run_id)
+    )
+
+
+def answered_run(tmp_path: Path, server: ScriptedModelServer) -> tuple[KillableStore, str]:
+    store = KillableStore()
+    run_id = start(store, tmp_path / "ws", server)
+    answer(store, run_id)
+    return store, run_id
+
+
+def killed_when(
+    tmp_path: Path, server: ScriptedModelServer, left: Callable[[RunState], bool]
+) -> tuple[KillableStore, str]:
+    """An answered run resumed and killed at the first append that leaves its
+    state as ``left`` says (a tool pending, a model call open)."""
+    for kill_after in range(1, 40):
+        store, run_id = answered_run(tmp_path / str(kill_after), server)
+        store.kill_after = kill_after
+        resume(store, run_id, server)
+        if left(project(store, run_id)):
+            return store, run_id
+    raise AssertionError("no kill left the run that way")
+
+
+@pytest.mark.parametrize("kill_after", [3, 4, 6, 9, 14])
+def test_a_run_killed_at_an_append_and_resumed_replays(
+    tmp_path: Path, server: ScriptedModelServer, kill_after: int
+) -> None:
+    store, run_id = answered_run(tmp_path, server)
+    store.kill_after = kill_after
+    resume(store, run_id, server)
+    assert project(store, run_id).pipeline.status == "running", "the kill stopped it"
+    assert_replays(store, run_id)  # killed, never resumed
+    resume(store, run_id, server)
+    assert project(store, run_id).pipeline.status == "completed"
+    assert any(isinstance(e.data, RunResumed) for e in store.read(run_id))
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")
+
+
+def test_a_tool_settled_by_recovery_is_taken_from_the_log(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    store, run_id = killed_when(tmp_path, server, lambda state: bool(state.pipeline.pending_tools))
+    pending = set(project(store, run_id).pipeline.pending_tools)
+    resume(store, run_id, server)
+    settled = [
+        e.data
+        for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted) and e.data.call_id in pending
+    ]
+    assert settled, "recovery settled the pending tool"
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")
+
+
+def test_rewound_runs_replay_resumed_or_not_and_rewound_twice(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    store, run_id = answered_run(tmp_path, server)
+    resume(store, run_id, server)
+    last = store.last_version(run_id)
+    rewind(store, run_id, last // 2)
+    assert_replays(store, run_id)  # rewound, not resumed
+    rewind(store, run_id, last // 3)  # twice in a row
+    assert_replays(store, run_id)
+    resume(store, run_id, server)
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")
+
+
+def test_a_resumed_fork_replays_from_its_parents_prefix(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    store, run_id = answered_run(tmp_path, server)
+    resume(store, run_id, server)
+    at = store.last_version(run_id) // 2
+    fork(store, run_id, at, tmp_path / "fork", new_run_id="f")
+    resume(store, "f", server)
+    assert project(store, "f").pipeline.status == "completed"
+    result = replay(store, "f")
+    assert result.identical, result.report()
+    assert result.compared == at + store.last_version("f")
+
+
+def test_a_run_stopped_by_its_step_limit_replays(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    store = KillableStore()
+    run_id = start(store, tmp_path / "ws", server, max_steps=4)
+    answer(store, run_id)
+    resume(store, run_id, server, max_steps=4)
+    assert project(store, run_id).pipeline.status not in ("running", "completed")
+    assert_replays(store, run_id)
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.data())
+def test_any_run_the_engine_can_produce_replays_identically(
+    tmp_path_factory: pytest.TempPathFactory, server: ScriptedModelServer, data: st.DataObject
+) -> None:
+    """Kills at random appends, answers, rewinds to random versions, resumes."""
+    store = KillableStore()
+    workspace = tmp_path_factory.mktemp("any") / "ws"
+    kills = st.one_of(st.none(), st.integers(0, 30))
+    # the first append writes run.started: a kill before it leaves no run at all
+    store.kill_after = data.draw(st.one_of(st.none(), st.integers(1, 30)), label="first kill")
+    steps = data.draw(st.integers(3, 30), label="max_steps")
+    run_id = start(store, workspace, server, max_steps=steps)
+    for _ in range(data.draw(st.integers(0, 4), label="rounds")):
+        status = project(store, run_id).pipeline.status
+        if status == "waiting_for_input":
+            answer(store, run_id)
+        elif data.draw(st.booleans(), label="rewind"):
+            to = data.draw(st.integers(1, store.last_version(run_id)), label="to")
+            rewind(store, run_id, to)
+        store.kill_after = data.draw(kills, label="kill")
+        try:
+            resume(store, run_id, server, max_steps=steps)
+        except (ResumeRefused, ConcurrencyError):
+            store.kill_after = None
+    assert_replays(store, run_id)
+
+
+# -- counterfactual replay and diff ------------------------------------------------------
+
+
+class Terse(Quick):
+    """Writes other file contents than ``Quick``: a different model."""
+
+    content = "# {task}, tersely\n"
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from engine.cli import cli as autonomy
+
+    result = CliRunner().invoke(autonomy, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def quick_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete orchestrated run ``q`` of the ``Quick`` models, in a file log."""
+    base = tmp_path_factory.mktemp("live")
+    db = base / "events.db"
+    with ScriptedModelServer(Quick()) as running:
+        code, out = cli(
+            *("run", GOAL, "--workspace", str(base / "ws"), "--db", str(db)),
+            *("--model-url", running.url, "--api", "ollama", "--model", "m", "--run-id", "q"),
+        )
+    assert code == 0, out
+    return db
+
+
+def change_prompt(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, action: str, text: str
+) -> None:
+    """Change one system prompt for this test (built prompts are memoised)."""
+    from engine import prompts
+
+    monkeypatch.setitem(prompts.SYSTEM, action, text)
+    prompts.build_prompt.cache_clear()
+    request.addfinalizer(prompts.build_prompt.cache_clear)
+
+
+def copy_of(db: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    return copy
+
+
+def first_write(db: Path, run_id: str) -> int:
+    from engine.storage import open_store
+
+    with open_store(db) as store:
+        return next(
+            e.version
+            for e in store.read(run_id)
+            if isinstance(e.data, ToolExecuted) and e.data.files_changed
+        )
+
+
+def step_before(db: Path, run_id: str, version: int) -> int:
+    """The last version before the step holding ``version``."""
+    from engine.storage import open_store
+    from events.schema import ArbiterDecided
+
+    with open_store(db) as store:
+        decided = [
+            e.version
+            for e in store.read(run_id, upto=version)
+            if isinstance(e.data, ArbiterDecided)
+        ]
+    return decided[-1] - 1
+
+
+def test_live_from_a_version_forks_the_run_and_a_live_model_continues_it(
+    quick_db: Path, tmp_path: Path
+) -> None:
+    db = copy_of(quick_db, tmp_path)
+    at = step_before(db, "q", first_write(db, "q"))  # the step that writes the first file
+    with ScriptedModelServer(Terse()) as other:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "terse"),
+            *("--workspace", str(tmp_path / "terse"), "--model-url", other.url),
+        )
+        asked = len(other.chat_requests)
+    assert code == 0, out
+    assert f"replayed: identical ({at} events)" in out
+    assert "live branch terse: completed" in out and "autonomy diff q terse" in out
+    assert asked > 0, "the live branch asked the live model"
+    assert (tmp_path / "terse" / "calc.py").read_text() == "# t1, tersely\n"
+
+    code, out = cli("diff", "q", "terse", "--db", str(db))
+
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("first divergent step, after ")
+    assert lines[1].startswith('  q: tool create_file {"content": "# t1\\nX = 0')
+    assert lines[2].startswith('  terse: tool create_file {"content": "# t1, tersely')
+    code, out = cli("diff", "q", "terse", "--db", str(db), "--json")
+    document = json.loads(out)
+    assert document["first_divergent_step"]["q"]["kind"] == "tool"
+    assert set(document["phases"]["coding"]) == {"q", "terse"}
+
+
+def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
+    quick_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from engine import prompts
+
+    db = copy_of(quick_db, tmp_path)
+    change_prompt(monkeypatch, request, "qa", prompts.SYSTEM["qa"] + " Be brief.")
+    with ScriptedModelServer(Quick()) as running:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--continue-live", "--as", "brief"),
+            *("--workspace", str(tmp_path / "brief"), "--model-url", running.url),
+        )
+        prompts_seen = [
+            m["content"]
+            for r in running.chat_requests
+            for m in r.body.get("messages", [])
+            if m.get("role") == "system"
+        ]
+    assert code == 0, out
+    assert "replayed: diverged at version" in out and "message 1 (system) changed" in out
+    assert "live branch brief: completed" in out
+    assert any(p.endswith("Be brief.") for p in prompts_seen), "the new prompt went live"
+
+    code, out = cli("diff", "q", "brief", "--db", str(db))
+    assert code == 0 and "took the same" in out, out
+
+
+def test_live_from_a_version_the_code_does_not_reach_is_refused(
+    quick_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    db = copy_of(quick_db, tmp_path)
+    change_prompt(monkeypatch, request, "code", "Write code.")
+    last = first_write(db, "q") + 40
+    code, out = cli("replay", "q", "--db", str(db), "--live-from", str(last), "--as", "x")
+    assert code == 1 and out.startswith("Error: ") and "--continue-live" in out
+    code, out = cli("runs", "--db", str(db))
+    assert " x " not in out, "nothing was forked"
+
+
+def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None:
+    code, out = cli("diff", "q", "q", "--db", str(quick_db))
+    assert code == 0, out
+    assert out.splitlines()[0].startswith("q and q took the same ")
+
+
+def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
+    tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.model import recording
+    from engine.tools.registry import Tool
+
+    # a log as older versions wrote it: requests without the tools' schemas
+    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, tools: "")
+    store, run_id = answered_run(tmp_path, server)
+    resume(store, run_id, server)
+    monkeypatch.undo()
+    assert_replays(store, run_id, tools="recorded")
+    original = Tool.schema
+
+    def reworded(self: Tool[Any]) -> dict[str, Any]:
+        schema = original(self)
+        if self.name == "create_file":
+            schema["function"]["description"] += " Carefully."
+        return schema
+
+    monkeypatch.setattr(Tool, "schema", reworded)
+
+    result = replay(store, run_id, tools="recorded")
+
+    assert not result.identical
+    assert "the tools' schemas changed" in result.report().splitlines()[0]
+
+
+def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
+    tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.runlog import RunLog as Log
+
+    append = Log.append
+
+    def without_marker(self: Log, *events: Event, causation: int | None = None) -> Any:
+        if events and all(isinstance(e, RunResumed) for e in events):
+            return []  # as resume did before the marker existed
+        return append(self, *events, causation=causation)
+
+    monkeypatch.setattr(Log, "append", without_marker)
+    store, run_id = killed_when(
+        tmp_path, server, lambda state: bool(state.orchestration.open_calls)
+    )
+    resume(store, run_id, server)
+    monkeypatch.undo()
+    assert not any(isinstance(e.data, RunResumed) for e in store.read(run_id))
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
+
+
+def test_a_command_cut_by_a_kill_fails_its_task_and_the_run_replays(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    """Recovery settles an interrupted run_command and fails its task, caused by
+    run.resumed: the replay takes both from the log, as what the stop brought."""
+
+    with ScriptedModelServer(DemoModels()) as commands:  # its coder runs py_compile
+        for kill_after in range(1, 60):
+            store = KillableStore()
+            store.kill_after = kill_after
+            run_id = start(store, tmp_path / str(kill_after), commands)
+            pending = project(store, run_id).pipeline.pending_tools.values()
+            if any(p.tool == "run_command" for p in pending):
+                break
+        else:
+            raise AssertionError("no kill left a command pending")
+        resume(store, run_id, commands)
+    events = list(store.read(run_id))
+    failed = [
+        e
+        for e in events
+        if isinstance(e.data, TaskUpdated) and e.data.error.startswith("interrupted: the engine")
+    ]
+    assert failed, "recovery failed the command's task"
+    assert isinstance(events[failed[0].causation - 1].data, RunResumed)  # type: ignore[operator]
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")

@@ -1,0 +1,139 @@
+"""What the PostgreSQL store does beyond the contract: the database itself refuses
+changes to the log, leases die with their session, concurrent writers, migrations."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from events import ConcurrencyError, RunStarted, TaskAdded
+from events.errors import EventStoreError, LeaseHeld
+from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
+
+START = RunStarted(goal="g", workspace="/w", config={})
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[PostgresEventStore]:
+    opened = PostgresEventStore(pg_url)
+    yield opened
+    opened.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET data = '{}'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "UPDATE blobs SET content = ''",
+        "DELETE FROM blobs",
+        "TRUNCATE blobs",
+    ],
+)
+def test_the_database_refuses_to_change_the_log(
+    store: PostgresEventStore, pg_url: str, statement: str
+) -> None:
+    store.append("r", [START], 0)
+    store.put(b"content")
+    with (
+        psycopg.connect(pg_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+    ):
+        conn.execute(statement)
+    assert store.verify("r").ok and store.get(store.put(b"content")) == b"content"
+
+
+def test_concurrent_writers_on_one_run_never_fork_it(pg_url: str) -> None:
+    stores = [PostgresEventStore(pg_url) for _ in range(4)]
+    stores[0].append("r", [START], 0)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def write(store: PostgresEventStore, n: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            store.append("r", [TaskAdded(task_id=f"t{n}", title="x")], 1)
+            outcomes.append("ok")
+        except ConcurrencyError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=write, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert sorted(outcomes) == ["conflict"] * 3 + ["ok"]
+        assert stores[1].last_version("r") == 2 and stores[2].verify("r").ok
+        assert [r.position for r in stores[3].read_all()] == [1, 2]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_lease_ends_with_its_process_however_it_dies(pg_url: str) -> None:
+    holder = textwrap.dedent(
+        f"""
+        import sys
+        from events.postgres import PostgresEventStore
+        with PostgresEventStore({pg_url!r}).lease("r", "the holder"):
+            print("held", flush=True)
+            sys.stdin.read()
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    store = PostgresEventStore(pg_url)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "held\n"
+        with pytest.raises(LeaseHeld, match="the holder"), store.lease("r", "me"):
+            pass
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        # the server ends the dead client's session as soon as it sees the socket close
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with store.lease("r", "me"):
+                    break
+            except LeaseHeld:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+    finally:
+        store.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_migrations_are_versioned_and_a_newer_schema_is_refused(
+    store: PostgresEventStore, pg_url: str
+) -> None:
+    store.append("r", [START], 0)
+    with PostgresEventStore(pg_url) as again:  # opening again migrates nothing
+        assert again.last_version("r") == 1
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM autonomy_schema")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+        conn.execute("INSERT INTO autonomy_schema VALUES (%s)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(EventStoreError, match="newer than this autonomy knows"):
+        PostgresEventStore(pg_url)
+
+
+def test_an_unreachable_server_is_one_clear_error_without_the_password() -> None:
+    url = "postgresql://me:s3cret@/nowhere?host=/nonexistent-socket-dir"
+    with pytest.raises(EventStoreError, match="opening") as caught:
+        PostgresEventStore(url, connect_timeout=2)
+    assert "s3cret" not in str(caught.value)
+    assert "s3cret" not in redacted(url)

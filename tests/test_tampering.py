@@ -1,0 +1,262 @@
+"""Property tests that try to fool `verify`, and a crash at every write of a real run.
+
+Tampering: hypothesis draws a keyed log of plausible runs (``events.strategies``)
+whose blobs are real, takes a checkpoint of it, then one change made behind the
+store's back: any field of any row, a row or a run's tail deleted, two rows'
+contents swapped, one byte of a blob flipped, triggers dropped. ``verify_log``
+must find every one. ``position`` is the one column the chain does not cover (the
+store assigns it; it orders runs against each other, not a run's events), so it
+is not among the fields changed.
+
+Crashes: a real run (the demo, against the scripted model server) is recorded
+once to count its writes (appends and blobs); then for each of a spread of
+prefixes the same run is started with a store that dies at that write, the log is
+reopened, and it must hold whole events only, verify, and resume to completion.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from engine.config import load_settings
+from engine.demo import GOAL, DemoModels
+from engine.runner import resume_run, start_run
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.verification import verify_log
+from events import SQLiteEventStore
+from events.checkpoints import take
+from events.schema import AnyEvent, Event, RunStarted
+from events.store import Draft, Row
+from events.strategies import run_events
+from projections import project
+
+KEY = b"tamper-test-key-" * 2
+COLUMNS = (
+    "run_id",
+    "version",
+    "type",
+    "schema_version",
+    "recorded_at",
+    "causation",
+    "hash",
+    "data",
+)
+CONTENT = ("type", "schema_version", "recorded_at", "causation", "hash", "data")
+BLOB_KEYS = {"before", "after", "result_ref", "content_ref"}
+
+
+def with_real_blobs(store: SQLiteEventStore, event: Event) -> Event:
+    """``event`` with each blob digest it holds replaced by a stored blob's."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: store.put(f"content {v}".encode()) if k in BLOB_KEYS and v else swap(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [swap(v) for v in value]
+        return value
+
+    return msgspec.convert(swap(msgspec.to_builtins(event)), AnyEvent)  # type: ignore[arg-type]
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> SQLiteEventStore:
+    store = SQLiteEventStore(":memory:", key=KEY)
+    for n in range(draw(st.integers(1, 3))):
+        events = draw(run_events(max_steps=6))
+        first = events[0]
+        assert isinstance(first, RunStarted)
+        events[0] = msgspec.structs.replace(first, key_id=store.key_id)
+        store.append(f"run-{n}", [with_real_blobs(store, e) for e in events], 0)
+    return store
+
+
+def unguard(conn: sqlite3.Connection) -> None:
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+
+
+def changed(value: Any, draw: st.DrawFn) -> Any:
+    """A value of the column's kind that differs from ``value``."""
+    if isinstance(value, int):
+        new: Any = draw(st.integers(-3, 2**40))
+    elif value is None:
+        new = draw(st.integers(0, 50))
+    else:
+        new = draw(st.one_of(st.text(max_size=8), st.just(value[:-1]), st.just(value + " ")))
+    assume(new != value)
+    return new
+
+
+@st.composite
+def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
+    """Apply one drawn tampering to ``conn``; say what it was."""
+    rows = conn.execute("SELECT position, run_id, version FROM events ORDER BY position").fetchall()
+    kind = draw(st.sampled_from(["field", "delete", "suffix", "swap", "blob", "triggers"]))
+    if kind == "triggers":
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
+        for name in draw(st.lists(st.sampled_from(names), min_size=1, unique=True)):
+            conn.execute(f"DROP TRIGGER {name}")
+        return kind
+    unguard(conn)
+    if kind == "field":
+        position, _, _ = draw(st.sampled_from(rows))
+        column = draw(st.sampled_from(COLUMNS))
+        (old,) = conn.execute(
+            f"SELECT {column} FROM events WHERE position = ?", (position,)
+        ).fetchone()
+        new = changed(old, draw)
+        try:
+            conn.execute(f"UPDATE events SET {column} = ? WHERE position = ?", (new, position))
+        except sqlite3.IntegrityError:
+            assume(False)  # (run_id, version) taken: the database itself refuses it
+        return f"{column} of position {position}: {old!r} -> {new!r}"
+    if kind == "delete":
+        position, _, _ = draw(st.sampled_from(rows))
+        conn.execute("DELETE FROM events WHERE position = ?", (position,))
+        return f"delete position {position}"
+    if kind == "suffix":
+        _, run_id, version = draw(st.sampled_from(rows))
+        conn.execute("DELETE FROM events WHERE run_id = ? AND version >= ?", (run_id, version))
+        return f"delete {run_id} from version {version}"
+    if kind == "swap":
+        assume(len(rows) > 1)
+        first, second = draw(st.lists(st.sampled_from(rows), min_size=2, max_size=2, unique=True))
+        a = conn.execute(
+            f"SELECT {', '.join(CONTENT)} FROM events WHERE position = ?", (first[0],)
+        ).fetchone()
+        b = conn.execute(
+            f"SELECT {', '.join(CONTENT)} FROM events WHERE position = ?", (second[0],)
+        ).fetchone()
+        update = f"UPDATE events SET {', '.join(c + ' = ?' for c in CONTENT)} WHERE position = ?"
+        conn.execute(update, (*b, first[0]))
+        conn.execute(update, (*a, second[0]))
+        return f"swap positions {first[0]} and {second[0]}"
+    blobs = conn.execute("SELECT digest, content FROM blobs WHERE length(content) > 0").fetchall()
+    assume(blobs)
+    digest, content = draw(st.sampled_from(blobs))
+    index = draw(st.integers(0, len(content) - 1))
+    bit = draw(st.integers(0, 7))
+    flipped = bytearray(content)
+    flipped[index] ^= 1 << bit
+    conn.execute("UPDATE blobs SET content = ? WHERE digest = ?", (bytes(flipped), digest))
+    return f"flip bit {bit} of byte {index} of blob {digest}"
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_verify_finds_every_tampering(data: st.DataObject) -> None:
+    store = data.draw(logs())
+    try:
+        checkpoints = take(store)
+        before = verify_log(store, checkpoints=checkpoints)
+        assert before.ok, before
+
+        what = data.draw(tamperings(store.connection))
+
+        after = verify_log(store, checkpoints=checkpoints)
+        assert not after.ok, f"not found: {what}"
+    finally:
+        store.close()
+
+
+# -- a crash at every write ------------------------------------------------------------------
+
+
+class NoCommands(DemoModels):
+    """The demo's models, reading a file where they would run a command: the same
+    run, with no subprocess per command, so that many prefixes fit in seconds."""
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        reply = super().__call__(request)
+        if reply.tool_calls and reply.tool_calls[0][0] == "run_command":
+            return Reply.tool("read_file", path="calc.py")
+        return reply
+
+
+class Crash(BaseException):
+    """The process dying: nothing in the engine catches it."""
+
+
+class DyingStore(SQLiteEventStore):
+    """Counts its writes (appends and blob puts) and dies before write ``die_at``."""
+
+    def __init__(self, path: Path, *, die_at: int, key: bytes) -> None:
+        super().__init__(path, key=key)
+        self.writes = 0
+        self.die_at = die_at
+
+    def _write(self) -> None:
+        self.writes += 1
+        if self.writes == self.die_at:
+            raise Crash
+
+    def _append_rows(
+        self, run_id: str, drafts: list[Draft], expected_version: int, recorded_at: str
+    ) -> list[Row]:
+        self._write()
+        return super()._append_rows(run_id, drafts, expected_version, recorded_at)
+
+    def _put_blob(self, digest: str, content: bytes) -> None:
+        self._write()
+        super()._put_blob(digest, content)
+
+
+def demo_run(tmp_path: Path, server: ScriptedModelServer, die_at: int) -> tuple[Path, Path, int]:
+    workspace, db = tmp_path / f"ws-{die_at}", tmp_path / f"events-{die_at}.db"
+    settings = load_settings(
+        env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m"}
+    )
+    store = DyingStore(db, die_at=die_at, key=KEY)
+    try:
+        with httpx.Client() as http:
+            start_run(
+                store, goal=GOAL, workspace=workspace, settings=settings, http=http, run_id="r"
+            )
+    except Crash:
+        pass
+    finally:
+        store.close()
+    return workspace, db, store.writes
+
+
+def spread(total: int, samples: int) -> list[int]:
+    """The first and last writes, and an even spread between them."""
+    step = max(1, total // samples)
+    return sorted({1, 2, 3, *range(1, total + 1, step), total - 1, total})
+
+
+@pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
+def test_a_crash_at_any_write_leaves_whole_events_that_verify_and_resume(tmp_path: Path) -> None:
+    with ScriptedModelServer(NoCommands()) as server:
+        _, _, total = demo_run(tmp_path, server, die_at=0)  # never dies: counts the writes
+    assert total > 20
+
+    for die_at in spread(total, 10):
+        with ScriptedModelServer(NoCommands()) as server:
+            _, db, _ = demo_run(tmp_path, server, die_at)
+            with SQLiteEventStore(db, key=KEY) as store:
+                versions = [r.version for r in store.read_raw("r")]
+                assert versions == list(range(1, len(versions) + 1)), die_at
+                found = verify_log(store)
+                assert found.ok, (die_at, found)
+                if not versions:
+                    continue  # died before run.started: there is no run
+                settings = load_settings(
+                    env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m"}
+                )
+                with httpx.Client() as http:
+                    resume_run(store, "r", settings=settings, http=http)
+                pipeline = project(store, "r").pipeline
+                assert pipeline.status == "completed", (die_at, total, pipeline.reason)
+                assert verify_log(store).ok

@@ -1,0 +1,308 @@
+"""`autonomy verify` against someone with write access to the database file.
+
+Each test plays one attack of issue 12 on a real log: a rewritten row with the
+chain recomputed, a keyed run downgraded to plain sha256, a changed blob, a
+deleted tail, dropped triggers, a damaged index, an unreadable run. Library-level
+tests call ``engine.verification.verify_log``; the CLI tests run the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.keys import load_key
+from engine.verification import verify_log
+from events import RunStarted, SQLiteEventStore, TaskAdded, ToolExecuted
+from events.codec import ChainKey, chain_hash
+from events.errors import BlobCorrupt, StoreCorrupted
+from events.schema import FileChange
+from events.store import Row
+
+KEY = b"s" * 32
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def build(path: Path, key: bytes | None = KEY, runs: tuple[str, ...] = ("a", "b")) -> Path:
+    """A log with ``runs``, each: run.started, a task, a tool that wrote a file."""
+    with SQLiteEventStore(path, key=key) as store:
+        for run_id in runs:
+            before = store.put(f"old {run_id}\n".encode())
+            after = store.put(f"new {run_id}\n".encode())
+            store.append(
+                run_id,
+                [
+                    RunStarted(goal="g", workspace="/w", key_id=store.key_id),
+                    TaskAdded(task_id="t1", title="write the module"),
+                    ToolExecuted(
+                        call_id="c1",
+                        tool="modify_file",
+                        ok=True,
+                        files_changed=(
+                            FileChange(path="m.py", before=before, after=after, size=6),
+                        ),
+                    ),
+                ],
+                0,
+            )
+    return path
+
+
+def tamper(path: Path, *sql: str, params: tuple[object, ...] = ()) -> None:
+    conn = sqlite3.connect(path)
+    for trigger in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {trigger[0]}")
+    for statement in sql:
+        conn.execute(statement, params if "?" in statement else ())
+    conn.commit()
+    conn.close()
+
+
+def rewrite_chain(path: Path, run_id: str, key: ChainKey | None, edit: dict[int, str]) -> None:
+    """What a forger does: change some payloads and recompute the run's chain."""
+    conn = sqlite3.connect(path)
+    rows = conn.execute(
+        "SELECT position, version, type, schema_version, recorded_at, causation, data "
+        "FROM events WHERE run_id = ? ORDER BY version",
+        (run_id,),
+    ).fetchall()
+    previous = ""
+    updates = []
+    for position, version, type_, schema_version, recorded_at, causation, data in rows:
+        data = edit.get(version, data)
+        previous = chain_hash(
+            previous, run_id=run_id, version=version, type=type_, schema_version=schema_version,
+            recorded_at=recorded_at, causation=causation, data=data, key=key,
+        )  # fmt: skip
+        updates.append((data, previous, position))
+    conn.close()
+    tamper(path, "SELECT 1")
+    conn = sqlite3.connect(path)
+    conn.executemany("UPDATE events SET data = ?, hash = ? WHERE position = ?", updates)
+    conn.commit()
+    conn.close()
+
+
+def verdict(path: Path, key: bytes | None = KEY, **kwargs: object):  # type: ignore[no-untyped-def]
+    with SQLiteEventStore(path, key=key) as store:
+        return verify_log(store, **kwargs)  # type: ignore[arg-type]
+
+
+def problems(path: Path, key: bytes | None = KEY) -> dict[str, list[str]]:
+    found = verdict(path, key)
+    out = {run.run_id: [p.problem for p in run.problems] for run in found.runs}
+    # the tampering dropped the triggers: that repair is reported too, and tested apart
+    out["database"] = [p for p in found.database if "triggers were missing" not in p]
+    return out
+
+
+# -- the chain -------------------------------------------------------------------------
+
+
+def test_an_intact_keyed_log_verifies(tmp_path: Path) -> None:
+    found = verdict(build(tmp_path / "e.db"))
+    assert found.ok, found
+    assert [r.authentication for r in found.runs] == ["keyed", "keyed"]
+
+
+def test_a_row_rewritten_with_the_public_formula_is_found(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    task = '{"type":"task.added","task_id":"t1","title":"Create backdoor.py"}'
+    rewrite_chain(db, "a", None, {2: task})  # no key: plain sha256, run.started untouched
+
+    found = problems(db)
+
+    assert any("run.started names key" in p for p in found["a"]), found
+    assert any("unkeyed: it was rewritten without the key" in p for p in found["a"]), found
+    assert found["b"] == []
+
+
+def test_a_keyed_run_downgraded_whole_is_found_by_the_keyed_mark(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    started = '{"type":"run.started","goal":"g","workspace":"/w"}'  # key_id deleted too
+    rewrite_chain(db, "b", None, {1: started})
+
+    found = problems(db)
+
+    assert found["b"] == [
+        "the log is written keyed from position 1, but this run's chain is unkeyed: it was "
+        "rewritten without the key"
+    ]
+    assert found["a"] == [] and found["database"] == []
+
+
+def test_the_keyed_mark_cannot_be_moved_without_the_key(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    conn = sqlite3.connect(db)
+    (value,) = conn.execute("SELECT value FROM store_meta").fetchone()
+    conn.close()
+    tamper(db, "UPDATE store_meta SET value = ?", params=("9" + value,))
+
+    assert "does not match its MAC" in " ".join(problems(db)["database"])
+
+
+def test_a_deleted_keyed_mark_is_found_while_a_keyed_run_remains(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    tamper(db, "DELETE FROM store_meta")
+    assert problems(db)["database"] == [
+        "runs are keyed, but the log's keyed mark is missing: it was deleted"
+    ]
+
+
+def test_without_the_key_a_keyed_log_is_checked_but_not_authenticated(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    found = verdict(db, key=None)
+    assert found.ok
+    assert {r.authentication for r in found.runs} == {
+        "not authenticated (key " + ChainKey(KEY).id + ")"
+    }
+    assert not verdict(db, key=b"another key").ok, "the wrong key fails"
+
+
+# -- blobs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("content = CAST('print(''pwned'')' AS BLOB)", "hashes to"),
+        ("size = size + 1", "were stored"),
+    ],
+)
+def test_get_refuses_a_blob_that_changed(tmp_path: Path, change: str, message: str) -> None:
+    db = build(tmp_path / "e.db")
+    with SQLiteEventStore(db) as store:
+        digest = store.put(b"print('hello')")
+    tamper(db, f"UPDATE blobs SET {change} WHERE digest = ?", params=(digest,))
+    with SQLiteEventStore(db) as store, pytest.raises(BlobCorrupt, match=message):
+        store.get(digest)
+
+
+def test_verify_names_the_event_whose_blob_changed_and_every_stray_blob(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    with SQLiteEventStore(db) as store:
+        stray = store.put(b"nobody refers to me")
+    tamper(
+        db,
+        "UPDATE blobs SET content = CAST('new A' || char(10) AS BLOB) WHERE content = CAST('new a' || char(10) AS BLOB)",
+        f"UPDATE blobs SET content = CAST('changed' AS BLOB) WHERE digest = '{stray}'",
+    )
+
+    found = verdict(db)
+
+    run_a = found.runs[0]
+    assert [(p.version, p.type) for p in run_a.problems] == [(3, "tool.executed")]
+    assert "is corrupt" in run_a.problems[0].problem
+    assert found.runs[1].ok
+    assert [p for p in found.database if stray in p], found.database
+
+
+def test_verify_names_a_blob_that_is_missing(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    tamper(db, "DELETE FROM blobs WHERE content = CAST('old b' || char(10) AS BLOB)")
+    assert [p.split(" in this")[0][:7] for p in problems(db)["b"]] == ["no blob"]
+
+
+# -- the database --------------------------------------------------------------------------
+
+
+def test_dropped_triggers_are_put_back_by_a_writer_and_reported(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    tamper(db, "SELECT 1")  # drops every trigger
+
+    with SQLiteEventStore(db) as store:  # a writer opens it
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            store.connection.execute("DELETE FROM events")
+        found = verify_log(store)
+
+    assert [p.split(":")[0] for p in found.database] == [
+        "append-only triggers were missing and were reinstalled"
+    ]
+    assert "events_append_only_delete" in found.database[0]
+
+
+def test_an_index_missing_rows_fails_integrity_check(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    conn = sqlite3.connect(db)
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_events_type'").fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    (rootpage,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'idx_events_type'"
+    ).fetchone()
+    conn.execute("DELETE FROM sqlite_master WHERE name = 'idx_events_type'")
+    conn.commit()
+    conn.close()
+    with SQLiteEventStore(db, key=KEY) as store:  # rows the index never sees
+        store.append("c", [RunStarted(goal="g", workspace="/w", key_id=store.key_id)], 0)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "INSERT INTO sqlite_master VALUES ('index', 'idx_events_type', 'events', ?, ?)",
+        (rootpage, sql),
+    )
+    conn.commit()
+    conn.close()
+
+    code, out = invoke("verify", "--db", db)
+
+    assert code == 1
+    assert "database: FAILED integrity_check: " in out and "idx_events_type" in out
+
+
+# -- every run -------------------------------------------------------------------------------
+
+
+def test_one_bad_run_does_not_stop_the_others_and_json_says_the_same(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db", key=load_key(create=True), runs=("a", "b", "c"))
+    tamper(db, "UPDATE events SET data = '{not json' WHERE run_id = 'b' AND version = 2")
+
+    code, out = invoke("verify", "--db", db)
+
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[1] == "a: ok (3 events, keyed)"
+    assert lines[2].startswith("b: FAILED at position 5 (version 2, task.added): hash does not")
+    assert "b: FAILED event at position 5, type 'task.added': data is not valid JSON" in out
+    assert "c: ok (3 events, keyed)" in lines
+    code, out = invoke("verify", "--db", db, "--json")
+    document = json.loads(out.splitlines()[0])
+    assert code == 1 and document["ok"] is False
+    assert [(r["run_id"], r["ok"], len(r["problems"])) for r in document["runs"]] == [
+        ("a", True, 0),
+        ("b", False, 2),
+        ("c", True, 0),
+    ]
+
+
+class OneRunUnreadable(SQLiteEventStore):
+    """A store whose run ``b`` cannot be read, as a damaged page makes one run."""
+
+    def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
+        if run_id == "b":
+            raise StoreCorrupted(f"reading run {run_id!r}: database disk image is malformed")
+        return super()._rows(run_id, after, upto)
+
+
+def test_an_unreadable_run_is_reported_and_the_runs_after_it_are_checked(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db", runs=("a", "b", "c"))
+
+    with OneRunUnreadable(db, key=KEY) as store:
+        found = verify_log(store)
+
+    assert [(r.run_id, r.ok, r.authentication) for r in found.runs] == [
+        ("a", True, "keyed"),
+        ("b", False, "unreadable"),
+        ("c", True, "keyed"),
+    ]
+    assert "database disk image is malformed" in found.runs[1].problems[0].problem
