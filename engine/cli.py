@@ -45,7 +45,7 @@ from engine.config import Settings, dump_toml, load_settings, locate_config, set
 from engine.errors import ConfigError
 from engine.keys import load_key
 from engine.phases import mermaid
-from engine.runner import resume_run, start_run
+from engine.runner import RunInterrupted, resume_run, start_run
 from engine.runner import summary as run_summary
 from engine.storage import DB_ENV, default_db_path, is_postgres_url, open_store, resolve_db
 from events.errors import AutonomyError, RunNotFound
@@ -498,7 +498,7 @@ def run(
     """
     text = read_goal(goal, workspace)
     settings = flags.load(workspace)
-    with opened_log(db, workspace, must_exist=False) as store:
+    with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
         log = start_run(
             store,
             goal=text,
@@ -534,8 +534,22 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
     with opened_log(db) as store:
         recorded = project(store, run_id).pipeline.config
         settings = flags.load_over(settings_from_mapping(recorded) if recorded else Settings())
-        resume_run(store, run_id, settings=settings, progress=click.echo)
+        with interrupts(store, db, None):
+            resume_run(store, run_id, settings=settings, progress=click.echo)
         _finish(project(store, run_id))
+
+
+@contextmanager
+def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None) -> Iterator[None]:
+    """Ctrl-C: the run has recorded why it stopped; say how to continue it, exit 130
+    (the shell's code for SIGINT) — never a traceback."""
+    try:
+        yield
+    except RunInterrupted as e:
+        where = resolve_db(db, workspace)
+        click.echo(f"\n{e}; the log says so.", err=True)
+        click.echo(f"continue it with: autonomy resume {e.run_id} --db {where}", err=True)
+        raise click.exceptions.Exit(130) from None
 
 
 def read_goal(goal: str | None, workspace: Path) -> str:

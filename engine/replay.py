@@ -42,7 +42,7 @@ from engine.replay_sources import (
     RequestNotRecorded,
 )
 from engine.runlog import RunLog
-from engine.runner import Engine, confine_commands
+from engine.runner import Engine, confine_commands, is_user_stop
 from engine.workspace import restore
 from events.errors import AutonomyError
 from events.memory import MemoryEventStore
@@ -308,7 +308,7 @@ def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recor
     one left pending by a stop, which no engine of the replay is running; a task
     change caused by ``run.resumed`` is what recovery made of a command the stop cut."""
     data = recorded.data
-    if isinstance(data, INPUTS):
+    if isinstance(data, INPUTS) or is_user_stop(data):
         return True
     if isinstance(data, ToolExecuted):
         return data.call_id in pipeline.pending_tools

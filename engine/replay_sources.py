@@ -45,6 +45,7 @@ from engine.model.roles import Endpoint
 from engine.model.stored import full_answer, full_message
 from engine.model.wire import NO_OPTIONS, ChatOptions, ModelReply
 from engine.runlog import RunLog
+from engine.runner import is_user_stop
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.commands import COMMAND_TOOLS
 from engine.tools.files import FILE_TOOLS
@@ -169,7 +170,8 @@ class Recording:
             return True
         if version > len(self.events):
             return self.killed
-        return isinstance(self.events[version - 1].data, STOPS)
+        data = self.events[version - 1].data
+        return isinstance(data, STOPS) or is_user_stop(data)
 
     def state_at(self, version: int) -> RunState:
         """The recorded state at ``version``; versions must be asked in increasing order

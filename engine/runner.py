@@ -39,7 +39,7 @@ from engine.keys import key_file
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
-from engine.phases import PhaseFacts, PhaseMachine, phase_changed_to
+from engine.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
 from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
@@ -463,15 +463,50 @@ def _start(
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
         _say_confinement(confinement, progress)
-    Engine(
+    engine = Engine(
         log,
         settings=settings,
         client=ModelClient(http or http_client(settings)),
         workspace=workspace,
         progress=progress,
         confinement=confinement,
-    ).run()
+    )
+    _run_until_stopped(engine)
     return log
+
+
+STOPPED_BY_USER = "interrupted by the user (Ctrl-C)"
+
+
+def is_user_stop(event: object) -> bool:
+    """Whether ``event`` is the ``run.finished`` a Ctrl-C wrote: an input from the
+    world, like an answer, which a replay takes from the log."""
+    return (
+        isinstance(event, RunFinished)
+        and event.status == "stopped"
+        and event.reason == STOPPED_BY_USER
+    )
+
+
+class RunInterrupted(Exception):
+    """The user stopped the run (Ctrl-C); ``run.finished(stopped)`` says so in the log
+    and ``autonomy resume`` continues it. Not an ``AutonomyError``: it is no mistake."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was stopped: {STOPPED_BY_USER}")
+        self.run_id = run_id
+
+
+def _run_until_stopped(engine: Engine) -> None:
+    """``engine.run()``; on Ctrl-C, record why the run stopped (from the log as it
+    is: the interrupt may have cut an append short) and raise ``RunInterrupted``."""
+    try:
+        engine.run()
+    except KeyboardInterrupt:
+        log = RunLog(engine.log.store, engine.log.run_id)
+        if log.pipeline.status == "running":
+            log.append(RunFinished(status="stopped", reason=STOPPED_BY_USER))
+        raise RunInterrupted(log.run_id) from None
 
 
 def resume_run(
@@ -502,7 +537,8 @@ def _resume(
             f"run {run_id} is waiting for an answer to: {log.pipeline.question}; "
             f'answer first with: autonomy answer {run_id} "..."'
         )
-    if status not in ("running", "new"):
+    stopped = status == "stopped" and log.pipeline.phase not in TERMINAL
+    if status not in ("running", "new") and not stopped:
         raise ResumeRefused(
             f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
         )
@@ -530,5 +566,5 @@ def _resume(
     for note in engine.recover(resumed[0].version if resumed else None):
         if progress:
             progress(f"recovered {note}")
-    engine.run()
+    _run_until_stopped(engine)
     return log

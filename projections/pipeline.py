@@ -31,6 +31,7 @@ from events.schema import (
     PhaseChanged,
     RunFinished,
     RunForked,
+    RunResumed,
     RunStarted,
     TaskAdded,
     TaskUpdated,
@@ -304,6 +305,12 @@ def _run_finished(b: PipelineBuilder, event: RunFinished, version: int) -> None:
     b.reason = event.reason
 
 
+def _run_resumed(b: PipelineBuilder, event: RunResumed, version: int) -> None:
+    if b.status == "stopped":  # the user stopped it (Ctrl-C); resume carries on
+        b.status = "running"
+        b.reason = ""
+
+
 def _user_asked(b: PipelineBuilder, event: UserAsked, version: int) -> None:
     b.status = "waiting_for_input"
     b.question = event.question
@@ -330,6 +337,7 @@ PIPELINE_STEPS: dict[type[Event], Step] = {
     PhaseChanged: _phase_changed,
     RunStarted: _run_started,
     RunFinished: _run_finished,
+    RunResumed: _run_resumed,
     UserAsked: _user_asked,
     UserAnswered: _user_answered,
     RunForked: _run_forked,

@@ -167,3 +167,45 @@ def test_rewind_takes_the_lease(tmp_path: Path) -> None:
     with store.lease("r", "a live engine"), pytest.raises(LeaseHeld, match="a live engine"):
         rewind(store, "r", 1)
     assert store.last_version("r") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
+    tmp_path: Path,
+) -> None:
+    from engine.replay import replay
+    from events.schema import RunFinished
+
+    db, workspace = tmp_path / "events.db", tmp_path / "ws"
+    autonomy = Path(sys.executable).parent / "autonomy"
+    gate = Gate()
+    with ScriptedModelServer(gate) as server:
+        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+        process = subprocess.Popen(
+            [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert gate.arrived.wait(timeout=60), "the run never asked the model"
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            gate.opened.set()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 130, (out, err)
+        assert "Traceback" not in err
+        (run_id,) = run_ids(db)
+        assert f"continue it with: autonomy resume {run_id} --db {db}" in err
+        last = list(open_store(db).read(run_id))[-1].data
+        assert isinstance(last, RunFinished) and last.status == "stopped"
+        assert last.reason == "interrupted by the user (Ctrl-C)"
+        resumed = CliRunner().invoke(cli, ["resume", run_id, "--db", str(db), *model])
+        assert resumed.exit_code == 0, resumed.output
+    store = open_store(db)
+    assert project(store, run_id).pipeline.status == "completed"
+    result = replay(store, run_id, tools="recorded")
+    assert result.identical, result.report()
