@@ -686,4 +686,4 @@ def _seconds(recorded_at: str) -> str:
 
 
 # Command groups kept in their own modules; importing them registers their commands.
-from engine import cli_audit, cli_history, cli_orchestration  # noqa: E402, F401
+from engine import cli_audit, cli_history, cli_orchestration, cli_serve  # noqa: E402, F401
