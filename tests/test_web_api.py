@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
@@ -12,7 +13,7 @@ from web_runs import Asker, record
 
 from engine.storage import open_store
 from engine.web.app import ServiceSettings, create_app
-from events import ModelRequested, ToolExecuted
+from events import ModelRequested, RunStarted, ToolExecuted, UserAsked
 from projections import project
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -117,7 +118,20 @@ def test_the_run_page_shows_the_trace_with_prompts_escaped(client: TestClient, d
         first = next(e.data for e in store.read("done") if isinstance(e.data, ModelRequested))
     assert "consult_coding_specialist" in page.text and "reasoning specialist" in page.text
     assert first.messages[0].content[:40].replace("'", "&#39;") in page.text
-    assert "<script>alert" not in client.get("/runs/asking").text
+
+
+def test_text_from_the_log_is_escaped_on_every_page(tmp_path: Path) -> None:
+    """Goals, questions and model output are data: a log cannot script the browser."""
+    hostile = "<script>alert(1)</script>"
+    path = tmp_path / "hostile.db"
+    with open_store(path) as store:
+        started = RunStarted(goal=hostile, workspace=str(tmp_path))
+        store.append("hostile run?#", [started, UserAsked(question=hostile)], 0)
+    with client_for(path) as client:
+        pages = [client.get("/"), client.get(f"/runs/{quote('hostile run?#')}")]
+    for page in pages:
+        assert page.status_code == 200 and "&lt;script&gt;alert(1)" in page.text
+        assert hostile not in page.text
 
 
 def test_the_stream_of_a_finished_run_sends_its_events_then_ends(client: TestClient) -> None:
