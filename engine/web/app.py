@@ -47,7 +47,7 @@ from engine.cli_history import state_document
 from engine.errors import ConfigError
 from engine.runlog import answer_question
 from engine.storage import open_store
-from engine.web.trace import build_trace
+from engine.web.trace import build_trace, kind_of
 from events.errors import AutonomyError, BlobNotFound, RunNotFound
 from events.sqlite import SQLiteEventStore
 from events.store import RecordedEvent
@@ -187,6 +187,7 @@ _ENVIRONMENT = jinja2.Environment(
 )
 _ENVIRONMENT.filters["pretty"] = _json
 _ENVIRONMENT.filters["compact"] = _line
+_ENVIRONMENT.filters["kind"] = kind_of
 _ENVIRONMENT.filters["short"] = _short
 _ENVIRONMENT.filters["builtins"] = msgspec.to_builtins
 

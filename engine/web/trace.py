@@ -113,13 +113,21 @@ class Step:
         )
 
     @property
+    def failures(self) -> int:
+        """Failed tool calls and failed model attempts in the step."""
+        tools = [t for m in self.items if isinstance(m, ModelTrace) for t in m.tools]
+        tools += [t for t in self.items if isinstance(t, ToolTrace)]
+        attempts = sum(len(m.failures) for m in self.items if isinstance(m, ModelTrace))
+        return attempts + sum(t.failed for t in tools)
+
+    @property
     def roles(self) -> set[str]:
         return {m.request.role for m in self.items if isinstance(m, ModelTrace)}
 
     @property
     def kinds(self) -> set[str]:
         """The kinds of event in the step (``model``, ``tool``, ``phase``...): the filter."""
-        found = {self.first.type.split(".")[0]}
+        found = {kind_of(self.first.type)}
         for item in self.items:
             if isinstance(item, ModelTrace):
                 found.add("model")
@@ -127,7 +135,7 @@ class Step:
             elif isinstance(item, ToolTrace):
                 found.add("tool")
             else:
-                found.add(item.type.split(".")[0])
+                found.add(kind_of(item.type))
         return found
 
 
@@ -149,6 +157,12 @@ class Trace:
     def width(self, step: Step) -> float:
         total = self.seconds
         return step.seconds / total if total else 0.0
+
+
+def kind_of(event_type: str) -> str:
+    """The kind an event is filtered by: the first word of its type (``task``,
+    ``phase``...), ``decision`` for ``arbiter.decided``."""
+    return "decision" if event_type == "arbiter.decided" else event_type.split(".")[0]
 
 
 def seconds_between(start: str, end: str) -> float:
