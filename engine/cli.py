@@ -700,5 +700,6 @@ from engine import (  # noqa: E402, F401
     cli_history,
     cli_integrity,
     cli_orchestration,
+    cli_serve,
     cli_workers,
 )

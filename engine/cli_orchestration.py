@@ -7,9 +7,7 @@ from pathlib import Path
 import click
 
 from engine.cli import cli, db_option, opened_log
-from engine.errors import ConfigError
-from engine.runlog import RunLog
-from events.schema import UserAnswered
+from engine.runlog import answer_question
 
 
 @cli.command()
@@ -29,14 +27,7 @@ def answer(run_id: str, text: str, db: Path | None) -> None:
         autonomy resume run-20261124-101500-ab12
     """
     with opened_log(db) as store:
-        log = RunLog(store, run_id)
-        status = log.pipeline.status
-        if status != "waiting_for_input":
-            raise ConfigError(f"run {run_id} is {status}, not waiting for an answer")
-        if not text.strip():
-            raise ConfigError("the answer is empty")
-        question = log.pipeline.question
-        log.append(UserAnswered(answer=text), causation=log.version)
+        question = answer_question(store, run_id, text)
         click.echo(
             f"answered {question!r} for run {run_id}; continue with: autonomy resume {run_id}"
         )

@@ -150,4 +150,7 @@ def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print
         echo(line)
     echo(f"workspace: {workspace}")
     echo(f"database:  {db}  (try: autonomy events {log.run_id} --db {db})")
+    echo(
+        f"browse it: autonomy serve --db {db}  (then open http://127.0.0.1:8765/runs/{log.run_id})"
+    )
     return 0 if state.pipeline.status == "completed" else 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from events.schema import Event
+from engine.errors import ConfigError
+from events.schema import Event, UserAnswered
 from events.store import EventStore, RecordedEvent
 from projections.fold import RunState, apply, project
 from projections.orchestration import OrchestrationState
@@ -63,3 +64,18 @@ class RunLog:
     def next_id(self, prefix: str) -> str:
         """An id for something the next event introduces: stable across replays."""
         return f"{self.run_id}/{prefix}{self.version + 1}"
+
+
+def answer_question(store: EventStore, run_id: str, text: str) -> str:
+    """Record ``text`` as the answer to the question run ``run_id`` is waiting on
+    (a ``user.answered`` event); returns the question. ``ConfigError`` when the run
+    is not waiting or the answer is empty, ``RunNotFound`` for an unknown run."""
+    log = RunLog(store, run_id)
+    status = log.pipeline.status
+    if status != "waiting_for_input":
+        raise ConfigError(f"run {run_id} is {status}, not waiting for an answer")
+    if not text.strip():
+        raise ConfigError("the answer is empty")
+    question = log.pipeline.question
+    log.append(UserAnswered(answer=text), causation=log.version)
+    return question

@@ -62,6 +62,16 @@ class TickingClock:
         return moment
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The key of fixtures wider than one test (a log recorded once per module): set
+    before any of them runs, so that none reads or creates the user's own key."""
+    path = tmp_path_factory.mktemp("session-key") / "autonomy" / "key"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AUTONOMY_KEY_FILE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def _key_file_in_tmp(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -436,7 +436,7 @@ def test_graph_prints_the_mermaid_phase_diagram(runner: CliRunner) -> None:
 
 def test_every_command_has_help_with_an_example(runner: CliRunner) -> None:
     assert "Example" in run(runner, "--help").stdout
-    assert set(cli.commands) >= {"runs", "events", "verify", "graph", "config", "demo"}
+    assert set(cli.commands) >= {"runs", "events", "verify", "graph", "config", "demo", "serve"}
     for name, command in cli.commands.items():
         result = run(runner, name, "--help")
         assert result.exit_code == 0, name

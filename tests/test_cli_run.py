@@ -84,5 +84,6 @@ def test_demo_completes_and_says_where_the_database_is(tmp_path: Path) -> None:
     assert code == 0, out
     assert "completed" in out
     assert f"database:  {tmp_path / 'events.db'}" in out
+    assert f"autonomy serve --db {tmp_path / 'events.db'}" in out
     code, out = invoke("verify", "--db", str(tmp_path / "events.db"))
     assert code == 0, out

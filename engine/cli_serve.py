@@ -1,0 +1,90 @@
+r"""CLI command: ``serve``, the JSON API and web run browser over a log. Registered on
+``engine.cli.cli`` when that module is imported."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import click
+
+from engine.cli import cli, db_option
+from engine.errors import ConfigError
+from engine.storage import open_store, resolve_db
+
+TOKEN_ENV = "AUTONOMY_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="The port."
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    metavar="T",
+    help="Require this token on every request (Authorization: Bearer T, or ?token=T "
+    "in the page's address). Needed to bind anything but loopback.",
+)
+@db_option
+def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
+    """Serve the log's runs: a JSON API, a live event stream and a web run browser.
+
+    The run list, and for each run a trace (decisions, specialists, model calls
+    with their prompts and answers, tool calls with their files and diffs), its
+    phases, tasks, state at any version, audit tables, a live tail while it runs
+    and the answer box when it waits for input. Reads the log per request, so a
+    run going on in another process shows up as it goes. Loopback by default;
+    any other address needs --token. Ctrl-C stops it.
+
+    Example:
+
+    \b
+        autonomy serve --db ./calc/.autonomy/events.db
+        autonomy serve --host 0.0.0.0 --port 8080 --token "$(openssl rand -hex 16)"
+    """
+    import uvicorn
+
+    from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
+
+    path = resolve_db(db)
+    open_store(path, must_exist=True).close()  # a missing or foreign log: one clear error now
+    loopback = is_loopback(host)
+    if not loopback and not token:
+        raise ConfigError(
+            f"--host {host} exposes the log beyond this machine: give --token T "
+            f"(or set {TOKEN_ENV}), or bind 127.0.0.1"
+        )
+    settings = ServiceSettings(
+        db=path,
+        token=token or "",
+        allowed_hosts=LOOPBACK_HOSTS if loopback and not token else ("*",),
+    )
+    # bound here rather than by uvicorn: --port 0 then prints the port it got
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+        listener.listen(128)  # connections made from now on wait for uvicorn to accept
+    except OSError as e:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    bound = listener.getsockname()[1]
+    shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
+    click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
+    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
+    uvicorn.Server(config).run(sockets=[listener])

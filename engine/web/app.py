@@ -1,0 +1,444 @@
+"""The service: a JSON API over an event log and the web run browser, as a Starlette app.
+
+    GET  /                                  the run list (HTML)
+    GET  /runs/{run_id}                     a run's page: trace, phases, tasks, state, audit
+    GET  /runs/{run_id}/diff?before=&after= a file's change as a unified diff
+    GET  /api/runs                          one summary per run (the SQL ``runs`` view)
+    GET  /api/runs/{run_id}?at=V            the pipeline and orchestration state at V
+    GET  /api/runs/{run_id}/events?after=V&type=T
+    GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
+    GET  /api/runs/{run_id}/blobs/{digest}  a stored file content
+    GET  /api/audit/{query}?run_id=&arg=    a named audit query (``engine.audit``)
+    POST /api/sql                           {"sql": ..., "run_id": ...}, read-only
+    POST /api/runs/{run_id}/answer          {"answer": ...} for a run waiting for input
+
+Every request opens the log for itself (``open_store``) and closes it: the writer is
+another process (``autonomy run``), and SQLite's WAL lets any number of readers see
+its commits. The service holds no state of its own; each answer comes from the
+library the CLI calls (``projections.project``, ``engine.audit``, the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hmac
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import anyio.to_thread
+import jinja2
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
+from engine.cli_history import state_document
+from engine.errors import ConfigError
+from engine.runlog import answer_question
+from engine.storage import open_store
+from engine.web.trace import build_trace, kind_of
+from events.errors import AutonomyError, BlobNotFound, RunNotFound
+from events.store import EventStore, RecordedEvent
+from projections import project
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+TOKEN_COOKIE = "autonomy_token"
+# a run whose last lifecycle event is one of these is not live: its stream ends
+_PAUSED = ("run.finished", "user.asked")
+_LIFECYCLE = ("run.started", "run.forked", "run.finished", "run.rewound", "user.asked",
+              "user.answered")  # fmt: skip
+
+
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``autonomy serve`` was given."""
+
+    db: Path | str
+    token: str = ""
+    """Required on every request when not empty."""
+    poll_seconds: float = 0.2
+    """How often a live stream looks for new events."""
+    keepalive_seconds: float = 15.0
+    allowed_hosts: tuple[str, ...] = ("*",)
+    """Host headers accepted; loopback names only when serving without a token, so a
+    page elsewhere cannot reach the service by rebinding a DNS name to 127.0.0.1."""
+
+
+def create_app(settings: ServiceSettings) -> Starlette:
+    """The ASGI app serving the log at ``settings.db``."""
+    web = _Web(settings)
+    routes = [
+        Route("/", web.run_list),
+        Route("/runs/{run_id}/diff", web.diff_page),
+        Route("/runs/{run_id}", web.run_page),
+        Route("/api/runs", web.api_runs),
+        Route("/api/runs/{run_id}/events", web.api_events),
+        Route("/api/runs/{run_id}/stream", web.api_stream),
+        Route("/api/runs/{run_id}/blobs/{digest}", web.api_blob),
+        Route("/api/runs/{run_id}/answer", web.api_answer, methods=["POST"]),
+        Route("/api/runs/{run_id}", web.api_state),
+        Route("/api/audit/{query}", web.api_audit),
+        Route("/api/sql", web.api_sql, methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("engine.web", "static")]), name="static"),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))]
+    if settings.token:
+        middleware.append(Middleware(TokenMiddleware, token=settings.token))
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={Exception: _error, HTTPException: _error, AutonomyError: _error},
+    )
+
+
+class TokenMiddleware:
+    """Refuse every request without the token: ``Authorization: Bearer T``, ``?token=T``
+    (which also sets a same-site cookie, so the pages' own requests carry it), or that
+    cookie."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.query_params.get("token", "")
+        header = request.headers.get("authorization", "")
+        candidates = [
+            given,
+            header.removeprefix("Bearer ") if header.startswith("Bearer ") else "",
+            request.cookies.get(TOKEN_COOKIE, ""),
+        ]
+        if not any(c and hmac.compare_digest(c.encode(), self.token) for c in candidates):
+            refused = JSONResponse(
+                {"error": "this service needs its token: Authorization: Bearer T, or ?token=T"},
+                status_code=401,
+            )
+            await refused(scope, receive, send)
+            return
+        if not given:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cookie(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
+
+
+async def _error(request: Request, error: Exception) -> Response:
+    """Errors as JSON with a clear message (HTML for a page), never a traceback."""
+    if isinstance(error, HTTPException):
+        status, message = error.status_code, str(error.detail)
+    elif isinstance(error, RunNotFound | BlobNotFound):
+        status, message = 404, str(error)
+    elif isinstance(error, AuditError | ConfigError):
+        status, message = 400, str(error)
+    elif isinstance(error, AutonomyError):
+        status, message = 500, str(error)
+    else:
+        status, message = 500, f"internal error: {type(error).__name__}: {error}"
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status)
+    return HTMLResponse(
+        _templates().get_template("error.html").render(status=status, message=message),
+        status_code=status,
+    )
+
+
+def _templates() -> jinja2.Environment:
+    return _ENVIRONMENT
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _short(value: str, keep: int = 12) -> str:
+    return value if len(value) <= keep + 1 else value[:keep] + "…"
+
+
+_ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.PackageLoader("engine.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    lstrip_blocks=True,
+)
+_ENVIRONMENT.filters["pretty"] = _json
+_ENVIRONMENT.filters["compact"] = _line
+_ENVIRONMENT.filters["kind"] = kind_of
+_ENVIRONMENT.filters["short"] = _short
+_ENVIRONMENT.filters["builtins"] = msgspec.to_builtins
+
+
+class _Web:
+    """The endpoints; each opens the log, calls the library and shapes the answer."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+
+    @contextmanager
+    def store(self, *, write: bool = False) -> Iterator[EventStore]:
+        """The log for one request: read-only (it may be on read-only storage, and a
+        reader never writes) unless the request writes (an answer)."""
+        store = open_store(self.settings.db, must_exist=True, read_only=not write)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def _render(self, template: str, **context: Any) -> HTMLResponse:
+        return HTMLResponse(_templates().get_template(template).render(**context))
+
+    # -- pages -------------------------------------------------------------------------
+
+    def run_list(self, request: Request) -> HTMLResponse:
+        return self._render("runs.html", runs=self._summaries(), db=str(self.settings.db))
+
+    def run_page(self, request: Request) -> HTMLResponse:
+        run_id = request.path_params["run_id"]
+        with self.store() as store:
+            events = list(store.read(run_id))
+            if not events:
+                raise RunNotFound(run_id)
+            state = project(store, run_id)
+            audit = {
+                name: run_query(cast(Any, store).connection, name, run_id)
+                for name, query in QUERIES.items()
+                if not query.parameters
+            }
+        return self._render(
+            "run.html",
+            run_id=run_id,
+            state=state,
+            trace=build_trace(events),
+            audit=audit,
+            version=events[-1].version,
+            live=_is_live(events),
+        )
+
+    def diff_page(self, request: Request) -> HTMLResponse:
+        run_id = request.path_params["run_id"]
+        path = request.query_params.get("path", "")
+        before, after = (request.query_params.get(k, "") for k in ("before", "after"))
+        with self.store() as store:
+            old = store.get(before).decode(errors="replace") if before else ""
+            new = store.get(after).decode(errors="replace") if after else ""
+        lines = list(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                f"a/{path}" if before else "/dev/null",
+                f"b/{path}" if after else "/dev/null",
+            )
+        )
+        return self._render("diff.html", run_id=run_id, path=path, lines=lines, new=new)
+
+    # -- the API -----------------------------------------------------------------------
+
+    def api_runs(self, request: Request) -> JSONResponse:
+        return JSONResponse(self._summaries())
+
+    def _summaries(self) -> list[dict[str, Any]]:
+        """The ``runs`` view, with each run's tokens and question: two grouped queries,
+        not a fold per run."""
+        with self.store() as store:
+            rows = _query(store, "SELECT * FROM runs ORDER BY started_at DESC, run_id")
+            tokens = dict(
+                cast(Any, store).connection.execute(
+                    "SELECT run_id, sum(coalesce(json_extract(data, '$.usage.prompt_tokens'), 0)"
+                    " + coalesce(json_extract(data, '$.usage.completion_tokens'), 0))"
+                    " FROM events WHERE type = 'model.responded' GROUP BY run_id"
+                ).fetchall()
+            )
+            questions = dict(
+                row[:2]
+                for row in cast(Any, store).connection.execute(
+                    # one max() aggregate: SQLite takes the question from the latest row
+                    "SELECT run_id, json_extract(data, '$.question'), max(version) FROM events"
+                    " WHERE type = 'user.asked' GROUP BY run_id"
+                ).fetchall()
+            )
+        for row in rows:
+            row["tokens"] = tokens.get(row["run_id"], 0)
+            asked = row["status"] == "waiting_for_input"
+            row["question"] = questions.get(row["run_id"], "") if asked else ""
+        return rows
+
+    def api_state(self, request: Request) -> JSONResponse:
+        run_id = request.path_params["run_id"]
+        at = _int_param(request, "at")
+        with self.store() as store:
+            if at is not None and at > store.last_version(run_id) > 0:
+                raise HTTPException(400, f"run {run_id} has no version {at}")
+            return JSONResponse(state_document(project(store, run_id, upto=at)))
+
+    def api_events(self, request: Request) -> JSONResponse:
+        run_id = request.path_params["run_id"]
+        after = _int_param(request, "after") or 0
+        wanted = set(request.query_params.getlist("type"))
+        with self.store() as store:
+            if store.last_version(run_id) == 0:
+                raise RunNotFound(run_id)
+            events = [
+                event_document(e)
+                for e in store.read(run_id, after=after)
+                if not wanted or e.type in wanted
+            ]
+        return JSONResponse(events)
+
+    async def api_stream(self, request: Request) -> StreamingResponse:
+        run_id = request.path_params["run_id"]
+        after = _int_param(request, "after")
+        if after is None:
+            last_id = request.headers.get("last-event-id", "0")
+            after = int(last_id) if last_id.isdigit() else 0
+        store = await anyio.to_thread.run_sync(
+            lambda: open_store(self.settings.db, must_exist=True)
+        )
+        if await anyio.to_thread.run_sync(store.last_version, run_id) == 0:
+            store.close()
+            raise RunNotFound(run_id)
+        return StreamingResponse(
+            self._stream(store, run_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, store: EventStore, run_id: str, after: int) -> AsyncIterator[str]:
+        """The run's events after ``after``, then new ones as they are appended, until
+        the run is no longer live (finished, or waiting for an answer)."""
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        lifecycle = await anyio.to_thread.run_sync(_last_lifecycle, store, run_id)
+        try:
+            while True:
+                events = await anyio.to_thread.run_sync(_read_after, store, run_id, after)
+                for event in events:
+                    yield f"id: {event.version}\ndata: {_line(event_document(event))}\n\n"
+                    after = event.version
+                    if event.type in _LIFECYCLE:
+                        lifecycle = event.type
+                if events:
+                    quiet_since = loop.time()
+                if lifecycle in _PAUSED:
+                    yield f"event: end\ndata: {_line({'status': lifecycle})}\n\n"
+                    return
+                if loop.time() - quiet_since > self.settings.keepalive_seconds:
+                    quiet_since = loop.time()
+                    yield ": keepalive\n\n"
+                await asyncio.sleep(self.settings.poll_seconds)
+        finally:
+            store.close()
+
+    def api_blob(self, request: Request) -> Response:
+        with self.store() as store:
+            content = store.get(request.path_params["digest"])
+        return Response(content, media_type="text/plain; charset=utf-8")
+
+    def api_audit(self, request: Request) -> JSONResponse:
+        name = request.path_params["query"]
+        run_id = request.query_params.get("run_id") or None
+        arguments = tuple(request.query_params.getlist("arg"))
+        with self.store() as store:
+            if run_id is not None and store.last_version(run_id) == 0:
+                raise RunNotFound(run_id)
+            return JSONResponse(_rows(run_query(cast(Any, store).connection, name, run_id, arguments)))
+
+    async def api_sql(self, request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        sql = body.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise HTTPException(400, 'give {"sql": "SELECT ..."} (and optionally "run_id")')
+        params = {"run_id": body["run_id"]} if body.get("run_id") else {}
+        result = await anyio.to_thread.run_sync(run_sql, self.settings.db, sql, params)
+        return JSONResponse(_rows(result))
+
+    async def api_answer(self, request: Request) -> JSONResponse:
+        run_id = request.path_params["run_id"]
+        body = await _json_body(request)
+        text = body.get("answer")
+        if not isinstance(text, str):
+            raise HTTPException(400, 'give {"answer": "..."}')
+
+        def answer() -> str:
+            with self.store(write=True) as store:
+                return answer_question(store, run_id, text)
+
+        question = await anyio.to_thread.run_sync(answer)
+        return JSONResponse(
+            {"run_id": run_id, "question": question, "next": f"autonomy resume {run_id}"}
+        )
+
+
+def event_document(event: RecordedEvent) -> dict[str, Any]:
+    """An event as JSON: the envelope and its data."""
+    document: dict[str, Any] = msgspec.to_builtins(event)
+    return document
+
+
+def _read_after(store: EventStore, run_id: str, after: int) -> list[RecordedEvent]:
+    return list(store.read(run_id, after=after))
+
+
+def _is_live(events: list[RecordedEvent]) -> bool:
+    last = next((e.type for e in reversed(events) if e.type in _LIFECYCLE), "")
+    return last not in _PAUSED
+
+
+def _last_lifecycle(store: EventStore, run_id: str) -> str:
+    row = cast(Any, store).connection.execute(
+        f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(_LIFECYCLE))})"
+        " ORDER BY version DESC LIMIT 1",
+        (run_id, *_LIFECYCLE),
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _query(store: EventStore, sql: str) -> list[dict[str, Any]]:
+    cursor = cast(Any, store).connection.execute(sql)  # SQLite's, or SQLiteStyle
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _rows(result: AuditResult) -> dict[str, Any]:
+    return {"columns": list(result.columns), "rows": result.as_dicts()}
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise HTTPException(400, f"{name} must be a version number, not {value!r}")
+    return int(value)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as e:
+        raise HTTPException(400, f"the request body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the request body must be a JSON object")
+    return body

@@ -1,0 +1,156 @@
+// autonomy's run browser: live refresh of the run list, the live tail, filters, the
+// state at a version and the answer box. Plain DOM, no framework, no build step.
+"use strict";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function shortTime(t) { return (t || "").slice(0, 19).replace("T", " "); }
+
+// -- the run list: refreshed every 2 s, rendered by the server's own template -------------
+function runList(table) {
+  async function refresh() {
+    try {
+      const response = await fetch(location.pathname + location.search, { cache: "no-store" });
+      if (!response.ok) return;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      table.querySelector("tbody").replaceWith(fresh.querySelector("#runs tbody"));
+      document.getElementById("refreshed").textContent = "updated " + new Date().toLocaleTimeString();
+    } catch (e) { /* the server is restarting: try again later */ }
+  }
+  setInterval(refresh, 2000);
+}
+
+// -- the live tail: Server-Sent Events ----------------------------------------------------
+function describe(e) {
+  const d = e.data || {};
+  switch (e.type) {
+    case "model.requested": return `${d.call_id} ${d.role} → ${d.model}`;
+    case "model.responded": return `${d.call_id} ${(d.tool_calls || []).map(c => c.name).join(", ") || JSON.stringify((d.content || "").slice(0, 60))} (${d.usage ? d.usage.prompt_tokens + "+" + d.usage.completion_tokens : 0} tokens)`;
+    case "model.failed": return `${d.call_id} ${d.kind}: ${d.detail}`;
+    case "tool.requested": return `${d.call_id} ${d.tool} ${JSON.stringify(d.arguments).slice(0, 100)}`;
+    case "tool.executed": return `${d.call_id} ${d.tool} ${d.ok ? "ok" : "FAILED: " + d.error}`;
+    case "phase.changed": return `${d.from_phase} → ${d.to_phase} (${d.trigger}, ${d.decided_by})`;
+    case "arbiter.decided": return `${d.action} by ${d.decided_by}${d.fallback_used ? " [fallback: " + d.fallback_reason + "]" : ""}`;
+    case "task.added": return `${d.task_id} ${d.title}`;
+    case "task.updated": return `${d.task_id} ${d.status}${d.error ? ": " + d.error : ""}`;
+    case "specialist.consulted": return `${d.specialist} ${d.task_id || ""}: ${d.outcome}`;
+    case "run.finished": return `${d.status} ${d.reason || ""}`;
+    case "user.asked": return d.question;
+    case "user.answered": return d.answer;
+    default: return JSON.stringify(d).slice(0, 120);
+  }
+}
+
+function liveTail(table) {
+  const body = table.querySelector("tbody");
+  const state = document.getElementById("tail-state");
+  const source = new EventSource(table.dataset.stream);
+  source.onmessage = (message) => {
+    const e = JSON.parse(message.data);
+    const failed = (e.type === "tool.executed" && !e.data.ok) || e.type === "model.failed";
+    body.append(el("tr", { class: failed ? "failed" : "", "data-type": e.type },
+      el("td", { class: "num" }, String(e.version)),
+      el("td", { class: "time" }, shortTime(e.recorded_at).slice(11)),
+      el("td", {}, e.type),
+      el("td", {}, describe(e))));
+    table.parentElement.scrollIntoView({ block: "nearest" });
+  };
+  source.addEventListener("end", () => {
+    source.close();
+    state.textContent = "the run stopped: reloading";
+    setTimeout(() => location.reload(), 800);
+  });
+  source.onerror = () => { state.textContent = "reconnecting…"; };
+  source.onopen = () => { state.textContent = "following"; };
+}
+
+// -- filters --------------------------------------------------------------------------
+function filters(form) {
+  function apply() {
+    const kinds = new Set([...form.querySelectorAll("input[name=kind]:checked")].map(i => i.value));
+    const role = form.querySelector("select[name=role]").value;
+    for (const node of document.querySelectorAll("#trace [data-kind]")) {
+      let shown = kinds.has(node.dataset.kind) || !["decision", "model", "tool", "phase", "task", "run", "user"].includes(node.dataset.kind);
+      if (role && node.dataset.kind === "model" && node.dataset.role !== role) shown = false;
+      node.classList.toggle("hidden", !shown);
+    }
+    for (const step of document.querySelectorAll("#trace .step")) {
+      const roles = step.dataset.roles.split(" ");
+      step.classList.toggle("hidden", Boolean(role) && !roles.includes(role));
+    }
+  }
+  form.addEventListener("change", apply);
+  document.getElementById("expand-all").onclick = () => document.querySelectorAll("#trace details").forEach(d => { d.open = true; });
+  document.getElementById("collapse-all").onclick = () => document.querySelectorAll("#trace details").forEach(d => { d.open = false; });
+}
+
+// -- state at a version ---------------------------------------------------------------
+function stateAt(slider) {
+  const view = document.getElementById("state-view");
+  const shown = document.getElementById("at-shown");
+  let timer = null;
+  async function load(version) {
+    shown.textContent = version;
+    const response = await fetch(slider.dataset.url + "?at=" + version, { cache: "no-store" });
+    const doc = await response.json();
+    if (!response.ok) { view.replaceChildren(el("p", { class: "error-message" }, doc.error)); return; }
+    const p = doc.pipeline;
+    const tasks = Object.values(p.tasks || {}).map(t => `${t.task_id} ${t.status}`).join(", ") || "none";
+    const files = Object.keys(p.files || {}).join(", ") || "none";
+    const pipeline = el("details", { class: "json" }, el("summary", {}, "pipeline"), el("pre", {}, JSON.stringify(p, null, 2)));
+    const orchestration = el("details", { class: "json" }, el("summary", {}, "orchestration"), el("pre", {}, JSON.stringify(doc.orchestration, null, 2)));
+    view.replaceChildren(
+      el("p", {}, `at v${doc.version}: ${p.status}, phase ${p.phase}, ${p.steps} steps; tasks: ${tasks}; files: ${files}`),
+      pipeline, orchestration);
+  }
+  slider.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(slider.value), 120); });
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest("[data-version]");
+    if (!link) return;
+    slider.value = link.dataset.version;
+    document.querySelectorAll(".v.current").forEach(v => v.classList.remove("current"));
+    link.classList.add("current");
+    load(link.dataset.version);
+  });
+}
+
+// -- the answer box -------------------------------------------------------------------
+function answerBox(form) {
+  const result = document.getElementById("answer-result");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const answer = form.elements.answer.value;
+    const response = await fetch(form.dataset.url, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ answer }),
+    });
+    const doc = await response.json();
+    if (response.ok) {
+      form.remove();
+      result.className = "ok";
+      result.textContent = `Answered. Continue the run with: ${doc.next}`;
+      const status = document.getElementById("run-status");
+      if (status) { status.textContent = "running"; status.className = "status status-running"; }
+    } else {
+      result.className = "error-message";
+      result.textContent = doc.error;
+    }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const runs = document.getElementById("runs");
+  if (runs) runList(runs);
+  const tail = document.getElementById("tail");
+  if (tail) liveTail(tail);
+  const form = document.getElementById("filters");
+  if (form) filters(form);
+  const slider = document.getElementById("at");
+  if (slider) stateAt(slider);
+  const answer = document.getElementById("answer-form");
+  if (answer) answerBox(answer);
+});

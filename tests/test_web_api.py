@@ -1,0 +1,189 @@
+"""The service's JSON API and pages, through Starlette's test client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from starlette.testclient import TestClient
+from web_runs import Asker, record
+
+from engine.storage import open_store
+from engine.web.app import ServiceSettings, create_app
+from events import ModelRequested, RunStarted, ToolExecuted, UserAsked
+from projections import project
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _module_key(
+    _key_file_in_tmp: Path, _session_key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's log is recorded once, under the session's key; a test that writes
+    to it (an answer) holds that key, as the log's user would."""
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(_session_key_file))
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One log with a completed demo run ``done`` and a run ``asking`` that waits."""
+    base = tmp_path_factory.mktemp("web")
+    path = base / "events.db"
+    record(path, base / "done", "done")
+    record(path, base / "asking", "asking", Asker())
+    return path
+
+
+def client_for(db: Path, **settings: object) -> TestClient:
+    app = create_app(ServiceSettings(db=db, allowed_hosts=("127.0.0.1",), **settings))  # type: ignore[arg-type]
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(db: Path) -> Iterator[TestClient]:
+    with client_for(db) as c:
+        yield c
+
+
+def test_api_runs_lists_each_run_with_status_goal_and_tokens(client: TestClient) -> None:
+    runs = {r["run_id"]: r for r in client.get("/api/runs").json()}
+    assert runs["done"]["status"] == "completed" and runs["done"]["tokens"] > 0
+    assert runs["asking"]["status"] == "waiting_for_input"
+    assert runs["asking"]["question"] == "Which Python version?"
+    assert "calc.py" in runs["done"]["goal"]
+
+
+def test_api_state_is_the_projection_at_any_version(client: TestClient, db: Path) -> None:
+    with open_store(db) as store:
+        expected = project(store, "done", upto=10)
+    at_10 = client.get("/api/runs/done?at=10").json()
+    assert at_10["version"] == 10 and at_10["pipeline"]["phase"] == expected.pipeline.phase
+    assert sorted(at_10["pipeline"]["tasks"]) == sorted(expected.pipeline.tasks)
+    assert client.get("/api/runs/done").json()["pipeline"]["status"] == "completed"
+
+
+def test_api_events_filters_by_type_and_position(client: TestClient) -> None:
+    events = client.get("/api/runs/done/events?after=5&type=tool.executed").json()
+    assert events and {e["type"] for e in events} == {"tool.executed"}
+    assert all(e["version"] > 5 and "ok" in e["data"] and e["hash"] for e in events)
+
+
+def test_unknown_runs_and_bad_queries_are_json_errors_not_tracebacks(client: TestClient) -> None:
+    for url in ("/api/runs/nope", "/api/runs/nope/events", "/api/runs/nope/stream", "/runs/nope"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert "Traceback" not in response.text and "nope" in response.text
+    assert client.get("/api/runs/nope").json() == {"error": "no run 'nope' in this log"}
+    bad = client.get("/api/audit/no-such-query")
+    assert bad.status_code == 400 and "unknown audit query" in bad.json()["error"]
+    assert client.get("/api/runs/done?at=x").status_code == 400
+    assert client.get("/api/runs/done?at=100000").status_code == 400
+    assert client.get("/api/runs/done/blobs/" + "0" * 64).status_code == 404
+
+
+def test_api_audit_runs_the_named_queries(client: TestClient) -> None:
+    usage = client.get("/api/audit/model-usage?run_id=done").json()
+    assert "prompt_tokens" in usage["columns"] and usage["rows"]
+    history = client.get("/api/audit/file-history?run_id=done&arg=calc.py").json()
+    assert {r["change"] for r in history["rows"]} >= {"create", "modify"}
+
+
+def test_api_sql_is_read_only(client: TestClient, db: Path) -> None:
+    rows = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM runs"}).json()
+    assert rows["rows"] == [{"n": 2}]
+    bound = client.post(
+        "/api/sql",
+        json={"sql": "SELECT status FROM runs WHERE run_id = :run_id", "run_id": "asking"},
+    ).json()
+    assert bound["rows"] == [{"status": "waiting_for_input"}]
+    refused = client.post("/api/sql", json={"sql": "DELETE FROM blobs"})
+    assert refused.status_code == 400 and "read" in refused.json()["error"]
+    assert client.post("/api/sql", content=b"not json").status_code == 400
+
+
+def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: Path) -> None:
+    with open_store(db) as store:
+        changes = [
+            c for e in store.read("done") if isinstance(e.data, ToolExecuted)
+            for c in e.data.files_changed if c.path == "calc.py"
+        ]  # fmt: skip
+    modified = next(c for c in changes if c.before and c.after)
+    content = client.get(f"/api/runs/done/blobs/{modified.after}").text
+    assert "Return the sum" in content
+    diff = client.get(
+        f"/runs/done/diff?path=calc.py&before={modified.before}&after={modified.after}"
+    ).text
+    assert "+    &#34;&#34;&#34;Return the sum" in diff or '+    """Return the sum' in diff
+
+
+def test_the_run_page_shows_the_trace_with_prompts_escaped(client: TestClient, db: Path) -> None:
+    page = client.get("/runs/done")
+    assert page.status_code == 200
+    with open_store(db) as store:
+        first = next(e.data for e in store.read("done") if isinstance(e.data, ModelRequested))
+    assert "consult_coding_specialist" in page.text and "reasoning specialist" in page.text
+    assert first.messages[0].content[:40].replace("'", "&#39;") in page.text
+
+
+def test_text_from_the_log_is_escaped_on_every_page(tmp_path: Path) -> None:
+    """Goals, questions and model output are data: a log cannot script the browser."""
+    hostile = "<script>alert(1)</script>"
+    path = tmp_path / "hostile.db"
+    with open_store(path) as store:
+        started = RunStarted(goal=hostile, workspace=str(tmp_path))
+        store.append("hostile run?#", [started, UserAsked(question=hostile)], 0)
+    with client_for(path) as client:
+        pages = [client.get("/"), client.get(f"/runs/{quote('hostile run?#')}")]
+    for page in pages:
+        assert page.status_code == 200 and "&lt;script&gt;alert(1)" in page.text
+        assert hostile not in page.text
+
+
+def test_the_stream_of_a_finished_run_sends_its_events_then_ends(client: TestClient) -> None:
+    with client.stream("GET", "/api/runs/done/stream?after=100") as response:
+        body = "".join(response.iter_text())
+    data = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert [d["version"] for d in data[:-1]] == list(range(101, 101 + len(data) - 1))
+    assert "event: end" in body and data[-2]["type"] == "run.finished"
+    with client.stream("GET", "/api/runs/done/stream", headers={"Last-Event-ID": "110"}) as again:
+        resumed = "".join(again.iter_text())
+    assert resumed.startswith("id: 111\n")
+
+
+def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    with client_for(copy) as client:
+        empty = client.post("/api/runs/asking/answer", json={"answer": "  "})
+        assert empty.status_code == 400 and "empty" in empty.json()["error"]
+        answered = client.post("/api/runs/asking/answer", json={"answer": "Python 3.12"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["next"] == "autonomy resume asking"
+        again = client.post("/api/runs/asking/answer", json={"answer": "3.11"})
+        assert again.status_code == 400 and "not waiting" in again.json()["error"]
+        assert client.post("/api/runs/nope/answer", json={"answer": "x"}).status_code == 404
+    with open_store(copy) as store:
+        assert project(store, "asking").pipeline.answers == ("Python 3.12",)
+
+
+def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:
+    with client_for(db, token="s3cret") as client:
+        assert client.get("/api/runs").status_code == 401
+        assert client.get("/").status_code == 401
+        assert client.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            client.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        )
+        page = client.get("/?token=s3cret")
+        assert page.status_code == 200 and "autonomy_token" in page.headers["set-cookie"]
+        # the cookie set by the page carries the token for the page's own requests
+        assert client.get("/api/runs").status_code == 200
+
+
+def test_loopback_service_refuses_other_host_names(client: TestClient) -> None:
+    """A page on another site cannot reach it by rebinding its DNS name to 127.0.0.1."""
+    assert client.get("/api/runs", headers={"Host": "attacker.example"}).status_code == 400

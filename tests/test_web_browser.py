@@ -1,0 +1,198 @@
+"""`autonomy serve` in a real process, and the run browser in a real Chromium.
+
+One log and one service per module, one browser per session. Every wait is on a
+condition with a deadline (Playwright's ``expect`` retries until its timeout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from waiting import wait_until
+from web_runs import AUTONOMY, Asker, Gated, model_flags, record, running, serving
+
+from engine.cli import cli
+from engine.storage import open_store
+from engine.testing import ScriptedModelServer
+from projections import project
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def asker() -> Asker:
+    return Asker()
+
+
+@pytest.fixture(autouse=True)
+def _module_key(
+    _key_file_in_tmp: Path, _session_key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's log is recorded once, under the session's key; a test that writes
+    to it (an answer) holds that key, as the log's user would."""
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(_session_key_file))
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory, asker: Asker) -> Path:
+    base = tmp_path_factory.mktemp("browse")
+    path = base / "events.db"
+    record(path, base / "done", "done")
+    record(path, base / "asking", "asking", asker)
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(db: Path) -> Iterator[str]:
+    with serving(db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "install chromium (.ci/system-packages does)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    yield context.new_page()
+    context.close()
+
+
+def started(db: Path, run_id: str) -> bool:
+    with open_store(db) as store:
+        return store.last_version(run_id) > 0
+
+
+# -- the service as a process ------------------------------------------------------------
+
+
+def test_the_stream_sees_events_another_process_appends(
+    db: Path, service: str, tmp_path: Path
+) -> None:
+    script = Gated()
+    with ScriptedModelServer(script) as server, running(db, tmp_path / "ws", "streamed", server):
+        wait_until(lambda: started(db, "streamed"), "the run has started")
+        timeout = httpx.Timeout(30.0)
+        with httpx.stream("GET", f"{service}/api/runs/streamed/stream", timeout=timeout) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            types: list[str] = []
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data: "):
+                    types.append(json.loads(line[6:])["type"])
+                    # the run is held at its first model request: let it go on
+                    script.gate.set()
+                if line == "event: end":
+                    break
+    assert types[0] == "run.started"
+    assert "model.responded" in types and types[-1] == "run.finished"
+
+
+def test_serve_refuses_a_public_address_without_a_token(db: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AUTONOMY_TOKEN"}
+    result = subprocess.run(
+        [AUTONOMY, "serve", "--db", str(db), "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 1 and result.stderr.startswith("Error: ")
+    assert "--token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_served_token_is_required_on_every_request(db: Path) -> None:
+    with serving(db, env={**os.environ, "AUTONOMY_TOKEN": "s3cret"}) as url:
+        assert httpx.get(f"{url}/api/runs").status_code == 401
+        assert httpx.get(f"{url}/").status_code == 401
+        bearer = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(f"{url}/api/runs", headers=bearer).status_code == 200
+        assert httpx.get(f"{url}/?token=s3cret").status_code == 200
+
+
+# -- the browser -------------------------------------------------------------------------
+
+
+def test_the_list_shows_a_recorded_run(page: Page, service: str) -> None:
+    page.goto(f"{service}/")
+    row = page.locator("tr[data-run=done]")
+    expect(row).to_contain_text("completed")
+    expect(row.locator(".num").last).not_to_have_text("0")
+    row.locator("a").click()
+    expect(page.locator("#run-status")).to_have_text("completed")
+
+
+def test_the_run_page_expands_a_model_call_to_its_prompt(page: Page, service: str) -> None:
+    page.goto(f"{service}/runs/done")
+    step = page.locator("details.step").filter(has_text="consult_coding_specialist").first
+    step.locator("summary").first.click()
+    call = step.locator("details.model[data-role=coding]").first
+    prompt = call.locator(".prompt")
+    expect(prompt).to_be_hidden()
+    call.locator("summary").first.click()
+    expect(prompt).to_be_visible()
+    expect(prompt).to_contain_text("Task t1")
+
+
+def test_the_live_tail_and_the_list_follow_a_run_started_during_the_test(
+    page: Page, db: Path, service: str, tmp_path: Path
+) -> None:
+    script = Gated()
+    with ScriptedModelServer(script) as server, running(db, tmp_path / "ws", "live", server):
+        wait_until(lambda: started(db, "live"), "the run has started")
+        listing = page.context.new_page()
+        listing.goto(f"{service}/")
+        expect(listing.locator("tr[data-run=live]")).to_contain_text("running")
+        page.goto(f"{service}/runs/live")
+        expect(page.locator("#run-status")).to_have_text("running")
+        tail = page.locator("#tail tbody")
+        # the run is held at its first model request: its answer is appended only now
+        script.gate.set()
+        expect(tail).to_contain_text("model.responded", timeout=WAIT_MS)
+        # when the run ends the page reloads itself with the whole trace
+        expect(page.locator("#run-status")).to_have_text("completed", timeout=60_000)
+        # the list, left open, refreshed itself
+        expect(listing.locator("tr[data-run=live]")).to_contain_text("completed", timeout=WAIT_MS)
+
+
+def test_a_waiting_run_is_answered_from_the_page_then_resumes(
+    page: Page, db: Path, service: str, asker: Asker
+) -> None:
+    page.goto(f"{service}/runs/asking")
+    expect(page.locator("#answer .question")).to_have_text("Which Python version?")
+    page.locator("#answer-form textarea").fill("Python 3.12")
+    page.locator("#answer-form button").click()
+    expect(page.locator("#answer-result")).to_contain_text("autonomy resume asking")
+    with ScriptedModelServer(asker) as server:
+        resumed = CliRunner().invoke(
+            cli, ["resume", "asking", "--db", str(db), *model_flags(server)]
+        )
+    assert resumed.exit_code == 0, resumed.output
+    with open_store(db) as store:
+        state = project(store, "asking").pipeline
+    assert state.answers == ("Python 3.12",) and state.status == "completed"

@@ -1,0 +1,111 @@
+"""Runs recorded for the service's tests, and `autonomy serve` in a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.demo import GOAL, PYTEST, DemoModels
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+
+AUTONOMY = str(Path(sys.executable).parent / "autonomy")
+
+
+class Quick(DemoModels):
+    """The demo, with its two pytest runs replaced by a syntax check: the same trace in
+    a fraction of the time (each pytest in the workspace costs a second or more)."""
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        reply = super().__call__(request)
+        if reply.tool_calls == (("run_command", {"argv": PYTEST}),):
+            return Reply.tool("run_command", argv=["python", "-m", "py_compile", "test_calc.py"])
+        return reply
+
+
+class Asker(Quick):
+    """The demo, but the arbiter first asks the user which Python to use."""
+
+    def arbiter(self, messages: list[dict[str, Any]]) -> Reply:
+        if "You asked the user" not in messages[-1]["content"]:
+            return Reply.tool("request_user_input", question="Which Python version?")
+        return super().arbiter(messages)
+
+
+class Gated(Quick):
+    """The demo models, holding the first request until ``gate`` is set: a run that
+    is still going while a test looks at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        self.gate.wait(timeout=60)
+        return super().__call__(request)
+
+
+def model_flags(server: ScriptedModelServer) -> list[str]:
+    return ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+
+
+def run_args(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer) -> list[str]:
+    where = ["--workspace", str(workspace), "--db", str(db), "--run-id", run_id]
+    return ["run", GOAL, *where, *model_flags(server)]
+
+
+def record(db: Path, workspace: Path, run_id: str, script: DemoModels | None = None) -> None:
+    """Record a whole run of the demo (or ``script``) into ``db`` as ``run_id``."""
+    with ScriptedModelServer(script or Quick()) as server:
+        result = CliRunner().invoke(cli, run_args(db, workspace, run_id, server))
+    assert result.exit_code == 0, result.output
+
+
+@contextmanager
+def running(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer) -> Iterator[None]:
+    """`autonomy run` in another process, against ``server``; waited for at the end."""
+    process = subprocess.Popen(
+        [AUTONOMY, *run_args(db, workspace, run_id, server)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        try:
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def serving(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`autonomy serve` on a free loopback port; yields its base URL."""
+    process = subprocess.Popen(
+        [AUTONOMY, "serve", "--db", str(db), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the socket listens
+        assert " on http://" in line, (line, process.communicate(timeout=10))
+        yield line.split(" on ", 1)[1].split("?")[0].strip().rstrip("/")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
