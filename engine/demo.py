@@ -132,6 +132,7 @@ class DemoModels:
 def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print) -> int:
     """Run the demo; returns the exit status (0 when the run completed)."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="autonomy-demo-"))
+    base.mkdir(parents=True, exist_ok=True)  # the demo's own directory: it may make it
     workspace = base / "workspace"
     db = base / "events.db"
     with ScriptedModelServer(DemoModels()) as server:

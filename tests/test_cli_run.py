@@ -80,6 +80,7 @@ def test_run_with_a_wrong_config_key_names_the_key(tmp_path: Path) -> None:
 
 
 def test_demo_completes_and_says_where_the_database_is(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "new"  # a --workdir that does not exist yet is the demo's to make
     code, out = invoke("demo", "--workdir", str(tmp_path))
     assert code == 0, out
     assert "completed" in out

@@ -187,3 +187,12 @@ def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:
 def test_loopback_service_refuses_other_host_names(client: TestClient) -> None:
     """A page on another site cannot reach it by rebinding its DNS name to 127.0.0.1."""
     assert client.get("/api/runs", headers={"Host": "attacker.example"}).status_code == 400
+
+
+def test_two_runs_are_compared_as_autonomy_diff_does(client: TestClient) -> None:
+    compared = client.get("/api/runs/done/diff/asking")
+    assert compared.status_code == 200, compared.text
+    document = compared.json()
+    assert document["first_divergent_step"] is not None
+    missing = client.get("/api/runs/done/diff/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]

@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
 from engine.cli_history import state_document
 from engine.errors import ConfigError
+from engine.run_diff import diff_runs
 from engine.runlog import answer_question
 from engine.storage import open_store
 from engine.web.trace import build_trace, kind_of
@@ -85,6 +86,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
         Route("/api/runs/{run_id}/events", web.api_events),
         Route("/api/runs/{run_id}/stream", web.api_stream),
         Route("/api/runs/{run_id}/blobs/{digest}", web.api_blob),
+        Route("/api/runs/{run_a}/diff/{run_b}", web.api_diff),
         Route("/api/runs/{run_id}/answer", web.api_answer, methods=["POST"]),
         Route("/api/runs/{run_id}", web.api_state),
         Route("/api/audit/{query}", web.api_audit),
@@ -355,6 +357,15 @@ class _Web:
         with self.store() as store:
             content = store.get(request.path_params["digest"])
         return Response(content, media_type="text/plain; charset=utf-8")
+
+    def api_diff(self, request: Request) -> JSONResponse:
+        """``autonomy diff A B --json``: the first divergent step, then per phase."""
+        run_a, run_b = request.path_params["run_a"], request.path_params["run_b"]
+        with self.store() as store:
+            for run_id in (run_a, run_b):
+                if store.last_version(run_id) == 0:
+                    raise RunNotFound(run_id)
+            return JSONResponse(diff_runs(store, run_a, run_b).document())
 
     def api_audit(self, request: Request) -> JSONResponse:
         name = request.path_params["query"]
