@@ -167,26 +167,36 @@ class StateMachine:
                 f"states are {', '.join(table.states)}"
             )
         self.table = table
-        self._model = _Model()
-        # No callbacks on purpose: restoring must not re-run anything. Guards are
-        # wrapped so that transitions passes our ``facts`` argument straight through.
-        self._machine = Machine(
-            model=self._model,
-            states=list(table.states),
-            initial=start,
-            transitions=[
-                {
-                    "trigger": edge.trigger,
-                    "source": list(edge.sources),
-                    "dest": edge.dest,
-                    "conditions": [table.guards[edge.guard]] if edge.guard else [],
-                }
-                for edge in table.edges
-            ],
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-            send_event=False,
-        )
+        self._state = start
+        self._model: _Model | None = None  # the transitions Machine's, built on first fire
+
+    def _transitions_model(self) -> _Model:
+        """The ``transitions`` Machine that applies moves, built when the first move
+        is fired: restoring a machine to ask what it may do (``can``, ``allowed``,
+        ``is_final``) reads the table alone, and most machines are made only for that.
+        No callbacks on purpose: restoring must not re-run anything. Guards are
+        wrapped so that transitions passes our ``facts`` argument straight through."""
+        if self._model is None:
+            table = self.table
+            self._model = _Model()
+            Machine(
+                model=self._model,
+                states=list(table.states),
+                initial=self._state,
+                transitions=[
+                    {
+                        "trigger": edge.trigger,
+                        "source": list(edge.sources),
+                        "dest": edge.dest,
+                        "conditions": [table.guards[edge.guard]] if edge.guard else [],
+                    }
+                    for edge in table.edges
+                ],
+                auto_transitions=False,
+                ignore_invalid_triggers=False,
+                send_event=False,
+            )
+        return self._model
 
     def __repr__(self) -> str:
         return f"<StateMachine {self.table.name} state={self.state!r}>"
@@ -194,7 +204,7 @@ class StateMachine:
     @property
     def state(self) -> str:
         """The current state."""
-        return self._model.state
+        return self._model.state if self._model is not None else self._state
 
     @property
     def is_final(self) -> bool:
@@ -202,10 +212,12 @@ class StateMachine:
         return self.state in self.table.final
 
     def can(self, trigger: str, facts: Any = None) -> bool:
-        """Whether ``fire(trigger, facts)`` would succeed now."""
-        if self.table.edge(trigger, self.state) is None:
+        """Whether ``fire(trigger, facts)`` would succeed now: the table has the edge
+        and its guard holds (what the Machine's conditions check, read directly)."""
+        edge = self.table.edge(trigger, self.state)
+        if edge is None:
             return False
-        return bool(self._model.may_trigger(trigger, facts))  # type: ignore[attr-defined]
+        return not edge.guard or bool(self.table.guards[edge.guard](facts))
 
     def allowed(self, facts: Any = None) -> tuple[str, ...]:
         """The triggers that may fire now with these facts, in table order."""
@@ -221,7 +233,7 @@ class StateMachine:
         if edge is None:
             raise IllegalTransition(self._refusal(trigger, source, facts))
         try:
-            moved = self._model.trigger(trigger, facts)  # type: ignore[attr-defined]
+            moved = self._transitions_model().trigger(trigger, facts)  # type: ignore[attr-defined]
         except MachineError as e:  # the table and the Machine disagree: never expected
             raise IllegalTransition(f"{self._refusal(trigger, source, facts)} ({e})") from e
         if not moved:

@@ -145,3 +145,31 @@ def test_mermaid_draws_every_edge_from_the_table() -> None:
 def test_an_inconsistent_table_is_refused(edges: tuple[Edge, ...], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Table(name="t", states=("a", "b", "c"), initial="a", final=frozenset({"c"}), edges=edges)
+
+
+def test_can_says_what_fire_does_for_every_state_trigger_and_facts() -> None:
+    """``can`` reads the table and the guards without building the ``transitions``
+    Machine; ``fire`` applies the move through it. They must agree everywhere."""
+    from engine.phases import PHASE_TABLE, PhaseFacts
+    from engine.tasks import TASK_TABLE
+
+    phase_facts = [
+        None,
+        PhaseFacts(),
+        *(PhaseFacts(**{f: 1}) for f in PhaseFacts.__struct_fields__),
+    ]
+    from engine.tasks import Attempts
+
+    task_facts = [None, *(Attempts(attempts=n, max_attempts=2) for n in range(4))]
+    for table, facts_list in ((PHASE_TABLE, phase_facts), (TASK_TABLE, task_facts)):
+        for state in table.states:
+            for trigger in table.triggers:
+                for facts in facts_list:
+                    machine = StateMachine(table, state)
+                    expected = machine.can(trigger, facts)
+                    try:
+                        machine.fire(trigger, facts)
+                        fired = True
+                    except IllegalTransition:
+                        fired = False
+                    assert expected == fired, (table.name, state, trigger, facts)
