@@ -84,6 +84,17 @@ def _key_file_in_tmp(
     return path
 
 
+@pytest.fixture
+def session_key(
+    _key_file_in_tmp: Path, _session_key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """For a module whose log is recorded once (under the session's key) and then
+    written to by its tests (an answer, a fork): the test holds that key, as the
+    log's user would. Use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(_session_key_file))
+    return _session_key_file
+
+
 BACKENDS = ("memory", "sqlite-memory", "sqlite-file")
 
 

@@ -7,20 +7,21 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from waiting import Gate
 
 from engine.cli import cli
 from engine.config import load_settings
-from engine.demo import GOAL, DemoModels
+from engine.demo import GOAL
 from engine.prompts import opening
 from engine.runlog import RunLog
 from engine.runner import Engine
 from engine.storage import open_store
-from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.testing import ScriptedModelServer
 from engine.workspace import rewind
 from events import MemoryEventStore, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
 from events.errors import LeaseHeld
@@ -75,19 +76,19 @@ def test_a_lease_ends_with_its_process_however_it_dies(tmp_path: Path) -> None:
             process.wait()
 
 
-class Gate:
-    """The demo models, but the first request waits until the test opens the gate."""
+def flags(server: ScriptedModelServer) -> list[str]:
+    return ["--model-url", server.url, "--api", "ollama", "--model", "m"]
 
-    def __init__(self) -> None:
-        self.models = DemoModels()
-        self.arrived = threading.Event()
-        self.opened = threading.Event()
 
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        if not self.arrived.is_set():
-            self.arrived.set()
-            self.opened.wait(timeout=60)
-        return self.models(request)
+def autonomy_run(
+    tmp_path: Path, server: ScriptedModelServer, **popen: Any
+) -> subprocess.Popen[Any]:
+    """``autonomy run`` of the demo goal as its own process, logging to
+    ``tmp_path/events.db``, its workspace ``tmp_path/ws``."""
+    autonomy = Path(sys.executable).parent / "autonomy"
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    argv = [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db)]
+    return subprocess.Popen([*argv, *flags(server)], **popen)
 
 
 def run_ids(db: Path) -> list[str]:
@@ -97,15 +98,12 @@ def run_ids(db: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_of_a_live_run_is_refused_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
-    db, workspace = tmp_path / "events.db", tmp_path / "ws"
-    autonomy = Path(sys.executable).parent / "autonomy"
+    db = tmp_path / "events.db"
     gate = Gate()
     with ScriptedModelServer(gate) as server:
-        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
-        process = subprocess.Popen(
-            [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        model = flags(server)
+        process = autonomy_run(
+            tmp_path, server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             assert gate.arrived.wait(timeout=60), "the run never asked the model"
@@ -176,16 +174,12 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     from engine.replay import replay
     from events.schema import RunFinished
 
-    db, workspace = tmp_path / "events.db", tmp_path / "ws"
-    autonomy = Path(sys.executable).parent / "autonomy"
+    db = tmp_path / "events.db"
     gate = Gate()
     with ScriptedModelServer(gate) as server:
-        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
-        process = subprocess.Popen(
-            [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        model = flags(server)
+        process = autonomy_run(
+            tmp_path, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
             assert gate.arrived.wait(timeout=60), "the run never asked the model"

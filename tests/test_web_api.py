@@ -16,16 +16,11 @@ from engine.web.app import ServiceSettings, create_app
 from events import ModelRequested, RunStarted, ToolExecuted, UserAsked
 from projections import project
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _module_key(
-    _key_file_in_tmp: Path, _session_key_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The module's log is recorded once, under the session's key; a test that writes
-    to it (an answer) holds that key, as the log's user would."""
-    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(_session_key_file))
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # the module's log is recorded once; tests that write to it hold its key
+    pytest.mark.usefixtures("session_key"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,12 @@ from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from projections import project
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # the module's log is recorded once; tests that write to it hold its key
+    pytest.mark.usefixtures("session_key"),
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,15 +46,6 @@ WAIT_MS = 30_000
 @pytest.fixture(scope="module")
 def asker() -> Asker:
     return Asker()
-
-
-@pytest.fixture(autouse=True)
-def _module_key(
-    _key_file_in_tmp: Path, _session_key_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The module's log is recorded once, under the session's key; a test that writes
-    to it (an answer) holds that key, as the log's user would."""
-    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(_session_key_file))
 
 
 @pytest.fixture(scope="module")

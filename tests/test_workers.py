@@ -7,32 +7,21 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from waiting import Gate
 
 from engine.cli import cli
-from engine.demo import GOAL, DemoModels
+from engine.demo import GOAL
 from engine.storage import open_store
-from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.testing import ScriptedModelServer, ScriptedRequest
 from projections import project
 
 
-class Gate:
-    """The demo models, but the first request of job 1 waits until the gate opens."""
-
-    def __init__(self) -> None:
-        self.models = DemoModels()
-        self.arrived = threading.Event()
-        self.opened = threading.Event()
-
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        if "[job 1]" in json.dumps(request.body) and not self.arrived.is_set():
-            self.arrived.set()
-            self.opened.wait(timeout=120)
-        return self.models(request)
+def job_1(request: ScriptedRequest) -> bool:
+    return "[job 1]" in json.dumps(request.body)
 
 
 @pytest.mark.slow
@@ -52,7 +41,7 @@ def test_a_killed_workers_run_is_resumed_by_another_and_all_runs_complete(
         )
         assert result.exit_code == 0 and result.output.strip() == f"job-{job}", result.output
     autonomy = Path(sys.executable).parent / "autonomy"
-    gate = Gate()
+    gate = Gate(when=job_1)
     with ScriptedModelServer(gate) as server:
         worker = [str(autonomy), "worker", "--once", "--db", pg_url]
         worker += ["--workdir", str(tmp_path / "runs"), "--model-url", server.url]

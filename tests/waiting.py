@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
@@ -25,3 +27,23 @@ def lock_is_free(path: Path) -> bool:
             return False
         fcntl.flock(f, fcntl.LOCK_UN)
         return True
+
+
+class Gate:
+    """Scripted models (the demo's by default) whose first request that ``when``
+    accepts waits until the test opens the gate: a run held mid-way, at a moment
+    the test knows (``arrived``), for as long as the test needs."""
+
+    def __init__(self, when: Callable[[Any], bool] = lambda request: True) -> None:
+        from engine.demo import DemoModels
+
+        self.models = DemoModels()
+        self.when = when
+        self.arrived = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, request: Any) -> Any:
+        if not self.arrived.is_set() and self.when(request):
+            self.arrived.set()
+            self.opened.wait(timeout=120)
+        return self.models(request)
