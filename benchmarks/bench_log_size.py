@@ -3,7 +3,7 @@
     python benchmarks/bench_log_size.py              # a 20 MB create_file
     python benchmarks/bench_log_size.py --mb 5
 
-The demo run (``engine.demo``) twice against the scripted model server: once as is
+The demo run (``engine.runs.demo``) twice against the scripted model server: once as is
 (the baseline), once with ``--mb`` megabytes of comment appended to the ``calc.py``
 the model creates. The extra bytes in the log file over the baseline, divided by the
 size of the content, say how many times the content was stored: ideally once (the
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import msgspec
 
+from engine.agent.runner import start_run
 from engine.config import Settings, load_settings
-from engine.demo import CALC_V1, GOAL, DemoModels
-from engine.runner import start_run
+from engine.runs.demo import CALC_V1, GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 

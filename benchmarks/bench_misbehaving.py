@@ -25,9 +25,9 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import httpx  # noqa: E402
 
+from engine.agent.runner import start_run  # noqa: E402
 from engine.config import load_settings  # noqa: E402
 from engine.misbehaving import GOALS, POLICIES, GoalModels, Misbehaving  # noqa: E402
-from engine.runner import start_run  # noqa: E402
 from engine.testing import ScriptedModelServer  # noqa: E402
 from events import MemoryEventStore  # noqa: E402
 from projections import project  # noqa: E402

@@ -4,7 +4,7 @@
     python benchmarks/bench_modes.py --repeat 5 --goal demo
 
 The same goals run in ``orchestrated`` and in ``rules`` mode against
-``ScriptedModelServer`` in this process: the demo's goal (``engine.demo``), the calc and
+``ScriptedModelServer`` in this process: the demo's goal (``engine.runs.demo``), the calc and
 the two-file goals (``engine.misbehaving.GoalModels``), and the calc goal with three
 misbehaving-model policies. One row per goal and mode:
 
@@ -41,12 +41,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import httpx  # noqa: E402
 
+from engine.agent.runner import start_run  # noqa: E402
 from engine.config import load_settings  # noqa: E402
-from engine.demo import GOAL as DEMO_GOAL  # noqa: E402
-from engine.demo import DemoModels  # noqa: E402
 from engine.misbehaving import CALC, TWO_FILES, GoalModels, Misbehaving  # noqa: E402
 from engine.model.client import ModelClient  # noqa: E402
-from engine.runner import start_run  # noqa: E402
+from engine.runs.demo import GOAL as DEMO_GOAL  # noqa: E402
+from engine.runs.demo import DemoModels  # noqa: E402
 from engine.testing import ScriptedModelServer, ScriptedRequest  # noqa: E402
 from engine.tools.confine import Confinement  # noqa: E402
 from events import MemoryEventStore  # noqa: E402

@@ -15,19 +15,19 @@ plain sha256 chain, each baseline measured in the same run.
    keys), the second half keyed (the key in ``<db>.key``); then the long run of
    part 2 is recorded into the same log. Built once into ``--db``, reused when it
    already holds that many events.
-1. Audit: each named query of ``engine.audit``
+1. Audit: each named query of ``engine.runs.audit``
    runs for one run id, first with the
    store's own indexes only (``(run_id, version)`` and ``type``: the audit
    indexes dropped, so the views' json_extract joins scan the run), then after
    ``ensure_indexes``. Medians over ``--repeat``; the ratio is scan/indexed.
 2. Replay: a long run recorded by the engine against a scripted model server
-   (``--replay-tasks`` tasks) in the same log, replayed with ``engine.replay.replay``
+   (``--replay-tasks`` tasks) in the same log, replayed with ``engine.runs.replay.replay``
    with tool results from the log (``tools="recorded"``) and with tools really run in
    a scratch workspace (``"live"``), against ``projections.project`` of the same run.
    All as events/s (medians of ``--repeat``); the ratio is replay/rebuild.
 3. Verify: ``EventStore.verify`` (the chain) over ``--verify-runs`` keyed runs and
    as many unkeyed ones, as microseconds per event; the ratio is keyed/unkeyed
-   (issue 12's budget: 1.5). Then ``engine.verification.verify_log`` over the
+   (issue 12's budget: 1.5). Then ``engine.runs.verification.verify_log`` over the
    whole log (database, blobs, every run decoded and rebuilt) and a projection of
    every run (what ``autonomy runs`` does), once each.
 
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from engine.audit import INDEXES, QUERIES, ensure_indexes, run_query  # noqa: E402
+from engine.runs.audit import INDEXES, QUERIES, ensure_indexes, run_query  # noqa: E402
 from events import RunStarted, SQLiteEventStore  # noqa: E402
 from projections.views import install_views  # noqa: E402
 
@@ -322,7 +322,7 @@ class LongRun:
     (orchestrated mode) answers as the demo's does: the move its prompt suggests."""
 
     def __init__(self, tasks: int) -> None:
-        from engine.demo import DemoModels
+        from engine.runs.demo import DemoModels
 
         self.tasks = tasks
         self.demo = DemoModels()
@@ -363,8 +363,8 @@ class LongRun:
 def record_long_run(path: Path, workspace: Path, tasks: int, key: bytes) -> str:
     import httpx
 
+    from engine.agent.runner import start_run
     from engine.config import load_settings
-    from engine.runner import start_run
     from engine.storage import open_store
     from engine.testing import ScriptedModelServer
 
@@ -391,7 +391,7 @@ def record_long_run(path: Path, workspace: Path, tasks: int, key: bytes) -> str:
 
 
 def replay_throughput(db: Path, workdir: Path, tasks: int, repeat: int, key: bytes) -> None:
-    from engine.replay import replay
+    from engine.runs.replay import replay
     from engine.storage import open_store
     from projections import project
 
@@ -451,7 +451,7 @@ def verify_before_keys(store: SQLiteEventStore, run_id: str) -> bool:
 
 
 def verify_timing(db: Path, key: bytes, runs: int, repeat: int) -> None:
-    from engine.verification import verify_log
+    from engine.runs.verification import verify_log
     from projections import project
 
     with SQLiteEventStore(db, key=key) as store:

@@ -5,7 +5,7 @@ the ``--replay-db`` option: no fixtures, no hooks that do anything, nothing impo
 beyond pytest until a helper is called.
 
 ``replay_run(db, run_id)`` replays a recorded run with the current code (see
-``engine.replay``) and raises ``AssertionError`` with the first divergence::
+``engine.runs.replay``) and raises ``AssertionError`` with the first divergence::
 
     from engine.pytest_plugin import replay_run
 
@@ -16,7 +16,7 @@ beyond pytest until a helper is called.
 recorded in it, ``PATH::replay[RUN_ID]`` (counted in "collected N items"), which
 passes when the replay is identical. Every kind of run replays (answered, killed
 and resumed, rewound, forked, waiting for input); an item is skipped, with the
-reason, only when ``engine.replay`` refuses the run (a run that does not start
+reason, only when ``engine.runs.replay`` refuses the run (a run that does not start
 with ``run.started`` or ``run.forked``). ``-k`` selects among them like any test;
 ``--replay-tools recorded`` takes tool results from the log instead of running them.
 
@@ -88,11 +88,11 @@ def replay_run(db: Path | str | EventStore, run_id: str, *, tools: str = "live")
     """Replay ``run_id`` from the log ``db`` (a path or an open store); raise
     ``AssertionError`` with the divergence report unless the replay is identical.
 
-    Uses ``engine.replay.replay(store, run_id, tools=tools)``, whose result has
+    Uses ``engine.runs.replay.replay(store, run_id, tools=tools)``, whose result has
     ``identical`` and ``report()``. ``tools``: ``"live"`` runs the tools in a
     scratch workspace, ``"recorded"`` takes their results from the log. Errors that
     are not divergences (no such run, a run that cannot be replayed) propagate."""
-    from engine.replay import replay
+    from engine.runs.replay import replay
     from events.store import EventStore
 
     options: dict[str, Any] = {} if tools == "live" else {"tools": tools}
@@ -120,7 +120,7 @@ class ReplayItem(pytest.Item):
         self.tools = tools
 
     def runtest(self) -> None:
-        refused = getattr(importlib.import_module("engine.replay"), "ReplayRefused", None)
+        refused = getattr(importlib.import_module("engine.runs.replay"), "ReplayRefused", None)
         try:
             replay_run(self.db, self.run_id, tools=self.tools)
         except Exception as e:

@@ -88,7 +88,7 @@ CREATE TABLE blobs (digest text PRIMARY KEY, size bigint NOT NULL, content bytea
 CREATE TABLE leases (run_id text PRIMARY KEY, owner text NOT NULL);
 """
     + _APPEND_ONLY,
-    # 2: runs queued for workers (engine.workers); a worker holds a row's lock while
+    # 2: runs queued for workers (engine.runs.workers); a worker holds a row's lock while
     # it runs that run, and sets done_at when it ends
     """
 CREATE TABLE queue (

@@ -8,12 +8,12 @@ import httpx
 import msgspec
 import pytest
 
-from engine.arbiter import ACTIONS, SCHEMAS, Refused, only_move, to_step
+from engine.agent.arbiter import ACTIONS, SCHEMAS, Refused, only_move, to_step
+from engine.agent.coordinator import Step
+from engine.agent.runlog import RunLog
 from engine.config import load_settings
-from engine.coordinator import Step
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
-from engine.runlog import RunLog
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore, ModelResponded, RunStarted
 from events.schema import Message

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from engine.audit import (
+from engine.cli import cli
+from engine.runs.audit import (
     INDEXES,
     QUERIES,
     AuditError,
@@ -28,8 +29,7 @@ from engine.audit import (
     run_query,
     run_sql,
 )
-from engine.cli import cli
-from engine.demo import GOAL, DemoModels
+from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events.schema import (

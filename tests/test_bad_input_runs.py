@@ -10,11 +10,11 @@ import httpx
 import msgspec
 import pytest
 
+from engine.agent.runlog import RunLog
+from engine.agent.runner import resume_run, start_run
 from engine.config import Settings, load_settings
-from engine.demo import GOAL, DemoModels
-from engine.replay import replay
-from engine.runlog import RunLog
-from engine.runner import resume_run, start_run
+from engine.runs.demo import GOAL, DemoModels
+from engine.runs.replay import replay
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import (
     MemoryEventStore,

@@ -13,10 +13,11 @@ import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
-from engine.cli import cli, describe_error, main
+from engine.cli import cli, main
+from engine.cli.base import describe_error
 from engine.config import Limits, Settings, ToolSettings, load_settings, read_config
+from engine.machines.phases import mermaid
 from engine.model.roles import RoleConfig
-from engine.phases import mermaid
 from engine.storage import default_db_path, open_store, resolve_db
 from events import (
     ArbiterDecided,

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.demo import CALC_V1, GOAL, DemoModels
 from engine.keys import load_key
+from engine.runs.demo import CALC_V1, GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from events.checkpoints import loads

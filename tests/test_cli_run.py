@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.demo import GOAL, DemoModels
+from engine.runs.demo import GOAL, DemoModels
 from engine.testing import Reply, ScriptedModelServer
 
 

@@ -256,7 +256,7 @@ def test_the_mechanism_is_recorded_in_run_started_and_printed(tmp_path: Path) ->
     from click.testing import CliRunner
 
     from engine.cli import cli
-    from engine.demo import GOAL, DemoModels
+    from engine.runs.demo import GOAL, DemoModels
     from engine.storage import open_store
     from engine.testing import ScriptedModelServer
     from events import RunStarted
@@ -316,8 +316,8 @@ def test_the_interpreter_and_autonomy_stay_importable_wherever_they_are_installe
 def test_the_chain_key_is_hidden_from_commands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from engine.agent.runner import hidden_from_commands
     from engine.keys import load_key
-    from engine.runner import hidden_from_commands
 
     key = tmp_path / "key"  # in the workspace itself, so that only hiding can keep it
     monkeypatch.setenv("AUTONOMY_KEY_FILE", str(key))

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from engine.agent.runlog import RunLog
+from engine.agent.runner import resume_run
 from engine.cli import cli
 from engine.config import load_settings
-from engine.demo import GOAL, DemoModels
-from engine.replay import replay
-from engine.runlog import RunLog
-from engine.runner import resume_run
+from engine.runs.demo import GOAL, DemoModels
+from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested

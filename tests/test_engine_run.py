@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from engine.agent.runner import resume_run, start_run
 from engine.cli import cli
 from engine.config import Settings, load_settings
-from engine.demo import DemoModels
-from engine.runner import resume_run, start_run
+from engine.runs.demo import DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import EventStore, MemoryEventStore, ToolExecuted
@@ -172,7 +172,7 @@ def test_paths_outside_the_workspace_are_refused_recorded_and_untouched(tmp_path
 
 
 def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> None:
-    from engine.runner import ResumeRefused
+    from engine.agent.runner import ResumeRefused
 
     store, run_id, _ = run(DemoModels(), tmp_path)
     with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
@@ -261,7 +261,7 @@ def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path:
 
 
 def test_certificates_are_loaded_only_for_https_model_servers() -> None:
-    from engine.runner import http_client
+    from engine.agent.runner import http_client
 
     plain = load_settings(env={}, overrides={"model_url": "http://127.0.0.1:1", "model": "m"})
     secure = load_settings(env={}, overrides={"model_url": "https://models.example", "model": "m"})

@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.agent.runlog import RunLog
+from engine.agent.runner import Engine
 from engine.cli import cli
 from engine.config import load_settings
-from engine.runlog import RunLog
-from engine.runner import Engine
+from engine.runs.workspace import HistoryError, fork, restore, rewind
 from engine.storage import open_store
 from engine.tools import ToolContext, default_registry, execute
-from engine.workspace import HistoryError, fork, restore, rewind
 from events import MemoryEventStore, RunStarted, ToolRequested
 from events.schema import FileChange, ToolExecuted
 from events.store import EventStore

@@ -11,8 +11,8 @@ import httpx
 import msgspec
 import pytest
 
+from engine.agent.runner import start_run
 from engine.config import Settings, load_settings
-from engine.demo import CALC_V1, GOAL, DemoModels
 from engine.model import RoleConfig
 from engine.model.stored import (
     PREVIEW_CHARS,
@@ -22,8 +22,8 @@ from engine.model.stored import (
     stored_answer,
     stored_form,
 )
-from engine.replay import replay
-from engine.runner import start_run
+from engine.runs.demo import CALC_V1, GOAL, DemoModels
+from engine.runs.replay import replay
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import (
     MemoryEventStore,

@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 from waiting import Gate
 
+from engine.agent.prompts import opening
+from engine.agent.runlog import RunLog
+from engine.agent.runner import Engine
 from engine.cli import cli
 from engine.config import load_settings
-from engine.demo import GOAL
-from engine.prompts import opening
-from engine.runlog import RunLog
-from engine.runner import Engine
+from engine.runs.demo import GOAL
+from engine.runs.workspace import rewind
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
-from engine.workspace import rewind
 from events import MemoryEventStore, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
 from events.errors import LeaseHeld
 from events.schema import TaskAdded, TaskUpdated
@@ -171,7 +171,7 @@ def test_rewind_takes_the_lease(tmp_path: Path) -> None:
 def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     tmp_path: Path,
 ) -> None:
-    from engine.replay import replay
+    from engine.runs.replay import replay
     from events.schema import RunFinished
 
     db = tmp_path / "events.db"

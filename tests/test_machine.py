@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import IllegalTransition
-from engine.machine import Edge, StateMachine, Table, reachable
+from engine.machines.machine import Edge, StateMachine, Table, reachable
 
 calls: list[object] = []
 
@@ -150,15 +150,15 @@ def test_an_inconsistent_table_is_refused(edges: tuple[Edge, ...], problem: str)
 def test_can_says_what_fire_does_for_every_state_trigger_and_facts() -> None:
     """``can`` reads the table and the guards without building the ``transitions``
     Machine; ``fire`` applies the move through it. They must agree everywhere."""
-    from engine.phases import PHASE_TABLE, PhaseFacts
-    from engine.tasks import TASK_TABLE
+    from engine.machines.phases import PHASE_TABLE, PhaseFacts
+    from engine.machines.tasks import TASK_TABLE
 
     phase_facts = [
         None,
         PhaseFacts(),
         *(PhaseFacts(**{f: 1}) for f in PhaseFacts.__struct_fields__),
     ]
-    from engine.tasks import Attempts
+    from engine.machines.tasks import Attempts
 
     task_facts = [None, *(Attempts(attempts=n, max_attempts=2) for n in range(4))]
     for table, facts_list in ((PHASE_TABLE, phase_facts), (TASK_TABLE, task_facts)):

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.agent.runner import start_run
 from engine.config import load_settings
 from engine.misbehaving import GOALS, POLICIES, Goal, Misbehaving
-from engine.runner import start_run
 from engine.testing import ScriptedModelServer
 from events import MemoryEventStore, ToolExecuted
 from projections import project

@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import pytest
 
+from engine.agent.runlog import RunLog
 from engine.config import ConfigError, settings_from_mapping
 from engine.errors import (
     ModelDeadline,
@@ -29,7 +30,6 @@ from engine.model import (
     Roles,
     Timeouts,
 )
-from engine.runlog import RunLog
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore, Message, ModelFailed, RunStarted
 

@@ -2,7 +2,7 @@
 then model.responded on success — and usage and conversations are projections of that log.
 Also the role configuration the recorder looks up.
 
-``engine.runlog.RunLog`` was being written alongside this module, so these tests use
+``engine.agent.runlog.RunLog`` was being written alongside this module, so these tests use
 ``FakeRunLog``, which has the same interface (store, run_id, version, orchestration,
 append) and folds with the real projections.
 """

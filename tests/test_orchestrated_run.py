@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.config import Settings
-from engine.demo import DemoModels
+from engine.runs.demo import DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import ArbiterDecided, EventStore, ModelRequested, SpecialistConsulted

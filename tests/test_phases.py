@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from engine.errors import IllegalTransition
-from engine.machine import reachable
-from engine.phases import (
+from engine.machines.machine import reachable
+from engine.machines.phases import (
     PHASE_TABLE,
     PHASES,
     START,

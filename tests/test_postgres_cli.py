@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.audit import QUERIES
 from engine.cli import cli
-from engine.demo import GOAL, DemoModels
+from engine.runs.audit import QUERIES
+from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store, resolve_db
 from engine.testing import ScriptedModelServer
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from engine.prompts import SYSTEM, build_prompt, complexity, estimate_tokens, fit, opening
+from engine.agent.prompts import SYSTEM, build_prompt, complexity, opening
+from engine.model.context import estimate_tokens, fit
 from events.schema import Message
 from projections.pipeline import PipelineState, TaskState
 

@@ -1,7 +1,7 @@
 """The pytest plugin: harmless when unused, ``--replay-db``, ``replay_run``, strategies.
 
 Sessions run in-process with ``pytester`` against a log recorded by the demo models.
-Most tests put a stand-in ``engine.replay`` in ``sys.modules`` so that they check the
+Most tests put a stand-in ``engine.runs.replay`` in ``sys.modules`` so that they check the
 plugin, not the replay engine; one test replays for real.
 """
 
@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.demo import GOAL, DemoModels
 from engine.pytest_plugin import replay_run
+from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from events.schema import RunForked
@@ -70,7 +70,7 @@ class FakeRefused(Exception):
 
 @pytest.fixture
 def fake_replay(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``engine.replay`` stand-in: GOOD is identical, BAD diverges, FORKED is refused.
+    """``engine.runs.replay`` stand-in: GOOD is identical, BAD diverges, FORKED is refused.
     Returns the run ids replayed, in order."""
     replayed: list[str] = []
 
@@ -82,10 +82,10 @@ def fake_replay(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             return FakeResult(False, "diverged at version 7: expected tool.executed")
         return FakeResult(True, "identical (95 events)")
 
-    module = types.ModuleType("engine.replay")
+    module = types.ModuleType("engine.runs.replay")
     module.replay = replay  # type: ignore[attr-defined]
     module.ReplayRefused = FakeRefused  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "engine.replay", module)
+    monkeypatch.setitem(sys.modules, "engine.runs.replay", module)
     return replayed
 
 

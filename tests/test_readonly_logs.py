@@ -24,10 +24,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from engine.agent.runner import start_run
 from engine.cli import cli
 from engine.config import load_settings
-from engine.demo import GOAL, DemoModels
-from engine.runner import start_run
+from engine.runs.demo import GOAL, DemoModels
 from engine.testing import ScriptedModelServer
 from events import SQLiteEventStore
 

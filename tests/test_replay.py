@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from engine import prompts
+from engine.agent import prompts
 from engine.cli import cli
-from engine.cli_history import state_document
-from engine.demo import GOAL, DemoModels
 from engine.model.wire import NO_OPTIONS
-from engine.replay import Recording, ReplayClient, RequestNotRecorded, replay
+from engine.runs.demo import GOAL, DemoModels
+from engine.runs.replay import Recording, ReplayClient, RequestNotRecorded, replay
+from engine.runs.state import state_document
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import ArbiterDecided, MemoryEventStore, ModelRequested, RunStarted
@@ -149,12 +149,12 @@ def test_a_changed_decision_is_reported_as_a_diff_of_the_event(
 ) -> None:
     import msgspec
 
-    from engine.coordinator import decide
+    from engine.agent.coordinator import decide
 
     def reworded(*args: Any, **kwargs: Any) -> Any:
         return msgspec.structs.replace(decide(*args, **kwargs), reason="reworded")
 
-    monkeypatch.setattr("engine.runner.decide", reworded)
+    monkeypatch.setattr("engine.agent.runner.decide", reworded)
     first_decision = versions_of(recorded, "r", ArbiterDecided)[0]
 
     code, out = invoke("replay", "r", "--db", str(recorded))
@@ -185,7 +185,7 @@ def test_a_long_changed_line_is_highlighted_word_by_word(
 
 
 def test_a_differing_event_type_shows_both_events_fields() -> None:
-    from engine.divergence import Normaliser, compare
+    from engine.runs.divergence import Normaliser, compare
     from events.schema import TaskAdded, UserAsked
 
     recorded, replayed = MemoryEventStore(), MemoryEventStore()
@@ -202,7 +202,7 @@ def test_a_differing_event_type_shows_both_events_fields() -> None:
 
 
 def test_a_changed_payload_lists_the_fields_that_changed_with_their_values() -> None:
-    from engine.divergence import Normaliser, compare
+    from engine.runs.divergence import Normaliser, compare
     from events.schema import TaskAdded
 
     recorded, replayed = MemoryEventStore(), MemoryEventStore()

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.agent.runlog import RunLog
+from engine.agent.runner import ResumeRefused, resume_run, start_run
 from engine.config import Settings, load_settings
-from engine.demo import GOAL, DemoModels
-from engine.replay import replay
-from engine.runlog import RunLog
-from engine.runner import ResumeRefused, resume_run, start_run
+from engine.runs.demo import GOAL, DemoModels
+from engine.runs.replay import replay
+from engine.runs.workspace import fork, rewind
 from engine.testing import Reply, ScriptedModelServer
-from engine.workspace import fork, rewind
 from events import MemoryEventStore
 from events.errors import ConcurrencyError
 from events.schema import Event, RunResumed, TaskUpdated, ToolExecuted, UserAnswered
@@ -337,7 +337,7 @@ def change_prompt(
     monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, action: str, text: str
 ) -> None:
     """Change one system prompt for this test (built prompts are memoised)."""
-    from engine import prompts
+    from engine.agent import prompts
 
     monkeypatch.setitem(prompts.SYSTEM, action, text)
     prompts.build_prompt.cache_clear()
@@ -411,7 +411,7 @@ def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    from engine import prompts
+    from engine.agent import prompts
 
     db = copy_of(quick_db, tmp_path)
     change_prompt(monkeypatch, request, "qa", prompts.SYSTEM["qa"] + " Be brief.")
@@ -487,7 +487,7 @@ def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
 def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
     tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.runlog import RunLog as Log
+    from engine.agent.runlog import RunLog as Log
 
     append = Log.append
 

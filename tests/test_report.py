@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from test_audit import MARK, OTHER, RUN, DemoWithMistakes, record_synthetic_run
 
 from engine.cli import cli
-from engine.demo import GOAL
+from engine.runs.demo import GOAL
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from events.schema import RunFinished, RunStarted, ToolExecuted, ToolRequested

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.demo import CALC_V1, GOAL, DemoModels
+from engine.runs.demo import CALC_V1, GOAL, DemoModels
+from engine.runs.workspace import SKIPPED, files_at, restore
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from engine.workspace import SKIPPED, files_at, restore
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
 from events.schema import FileChange, ToolExecuted, ToolRequested
 from projections import project
@@ -301,9 +301,9 @@ def test_files_at_follows_rewinds_like_the_projection(tmp_path: Path) -> None:
 def test_rewind_and_fork_undo_what_a_command_did(tmp_path: Path) -> None:
     """run_command records the files it created, changed and deleted, so a rewind
     puts them back and a fork starts from them, like a file tool's writes."""
-    from engine.runlog import RunLog
+    from engine.agent.runlog import RunLog
+    from engine.runs.workspace import fork, rewind
     from engine.tools import ToolContext, default_registry, execute
-    from engine.workspace import fork, rewind
 
     workspace = tmp_path / "ws"
     workspace.mkdir()

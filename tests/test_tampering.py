@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from engine.agent.runner import resume_run, start_run
 from engine.config import load_settings
-from engine.demo import GOAL, DemoModels
-from engine.runner import resume_run, start_run
+from engine.runs.demo import GOAL, DemoModels
+from engine.runs.verification import verify_log
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from engine.verification import verify_log
 from events import SQLiteEventStore
 from events.checkpoints import take
 from events.schema import AnyEvent, Event, RunStarted

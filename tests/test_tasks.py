@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import IllegalTransition
-from engine.machine import reachable
-from engine.tasks import (
+from engine.machines.machine import reachable
+from engine.machines.tasks import (
     DONE,
     TASK_STATUSES,
     TASK_TABLE,

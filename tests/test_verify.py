@@ -3,7 +3,7 @@
 Each test plays one attack of issue 12 on a real log: a rewritten row with the
 chain recomputed, a keyed run downgraded to plain sha256, a changed blob, a
 deleted tail, dropped triggers, a damaged index, an unreadable run. Library-level
-tests call ``engine.verification.verify_log``; the CLI tests run the commands.
+tests call ``engine.runs.verification.verify_log``; the CLI tests run the commands.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.keys import load_key
-from engine.verification import verify_log
+from engine.runs.verification import verify_log
 from events import RunStarted, SQLiteEventStore, TaskAdded, ToolExecuted
 from events.codec import ChainKey, chain_hash
 from events.errors import BlobCorrupt, StoreCorrupted

@@ -489,7 +489,7 @@ def test_tasks_follow_rewinds_as_the_projection_does(audited: SQLiteEventStore) 
 def test_a_model_call_cut_off_by_a_stop_is_interrupted_in_model_usage(
     audited: SQLiteEventStore,
 ) -> None:
-    from engine.audit import run_query
+    from engine.runs.audit import run_query
     from events.schema import RunResumed
 
     store = audited

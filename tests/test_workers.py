@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from waiting import Gate
 
 from engine.cli import cli
-from engine.demo import GOAL
+from engine.runs.demo import GOAL
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer, ScriptedRequest
 from projections import project

@@ -35,7 +35,7 @@ class Gate:
     the test knows (``arrived``), for as long as the test needs."""
 
     def __init__(self, when: Callable[[Any], bool] = lambda request: True) -> None:
-        from engine.demo import DemoModels
+        from engine.runs.demo import DemoModels
 
         self.models = DemoModels()
         self.when = when

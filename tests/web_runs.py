@@ -13,7 +13,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.demo import GOAL, PYTEST, DemoModels
+from engine.runs.demo import GOAL, PYTEST, DemoModels
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 
 AUTONOMY = str(Path(sys.executable).parent / "autonomy")

@@ -30,7 +30,7 @@ and whose temperature is 0 is answered from the log. It still leaves
 ``cached_from`` = that answer's call id, no usage and no HTTP request.
 
 Before sending, the messages are fitted to the role's ``num_ctx``
-(``engine.prompts.fit``): oldest history goes first, never the system prompt or
+(``engine.model.context.fit``): oldest history goes first, never the system prompt or
 the current task.
 """
 
@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import msgspec
 
 from engine.model.client import FailedAttempt, ModelClient, tool_names
+from engine.model.context import fit
 from engine.model.roles import Roles
 from engine.model.stored import (
     INLINE_LIMIT,
@@ -55,7 +56,6 @@ from engine.model.stored import (
     stored_form,
 )
 from engine.model.wire import ModelReply
-from engine.prompts import fit
 from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
 from events.store import EventStore, RecordedEvent
 from projections.orchestration import OrchestrationState
@@ -72,7 +72,7 @@ __all__ = [
 
 
 class RunLog(Protocol):
-    """What the recorder needs of a run's log (``engine.runlog.RunLog`` has it)."""
+    """What the recorder needs of a run's log (``engine.agent.runlog.RunLog`` has it)."""
 
     @property
     def store(self) -> EventStore: ...

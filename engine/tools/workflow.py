@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 
 from engine.errors import IllegalTransition, ToolError
-from engine.tasks import check_status_change
+from engine.machines.tasks import check_status_change
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import Sandbox
 from events.schema import Event, TaskAdded, TaskUpdated
@@ -300,4 +300,4 @@ SET_TASK_PRIORITY: Tool[Any] = Tool(
     finishes=True,
 )
 """The reasoning specialist's extra tool; not in ``WORKFLOW_TOOLS`` (the issue's
-tool list): ``engine.runner`` adds it to the engine's registry."""
+tool list): ``engine.agent.runner`` adds it to the engine's registry."""

@@ -8,14 +8,14 @@
     GET  /api/runs/{run_id}/events?after=V&type=T
     GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
     GET  /api/runs/{run_id}/blobs/{digest}  a stored file content
-    GET  /api/audit/{query}?run_id=&arg=    a named audit query (``engine.audit``)
+    GET  /api/audit/{query}?run_id=&arg=    a named audit query (``engine.runs.audit``)
     POST /api/sql                           {"sql": ..., "run_id": ...}, read-only
     POST /api/runs/{run_id}/answer          {"answer": ...} for a run waiting for input
 
 Every request opens the log for itself (``open_store``) and closes it: the writer is
 another process (``autonomy run``), and SQLite's WAL lets any number of readers see
 its commits. The service holds no state of its own; each answer comes from the
-library the CLI calls (``projections.project``, ``engine.audit``, the store).
+library the CLI calls (``projections.project``, ``engine.runs.audit``, the store).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
-from engine.cli_history import state_document
+from engine.agent.runlog import answer_question
 from engine.errors import ConfigError
-from engine.run_diff import diff_runs
-from engine.runlog import answer_question
+from engine.runs.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
+from engine.runs.diff import diff_runs
+from engine.runs.state import state_document
 from engine.storage import open_store
 from engine.web.trace import build_trace, kind_of
 from events.errors import AutonomyError, BlobNotFound, RunNotFound

@@ -1,8 +1,8 @@
 """The specialists the arbiter consults: coding, reasoning and analysis.
 
 A specialist is data: the model role that answers it, the kind of work it does
-(which selects its system prompt in ``engine.prompts``) and its tool subset. All
-of them run through the one tool loop (``engine.conversation``) and the one tool
+(which selects its system prompt in ``engine.agent.prompts``) and its tool subset. All
+of them run through the one tool loop (``engine.agent.conversation``) and the one tool
 registry, so every call they make is write-ahead logged like any other.
 
 - **coding** implements a task, or reworks one that failed review (``debug``);

@@ -1,5 +1,5 @@
 r"""CLI command: ``serve``, the JSON API and web run browser over a log. Registered on
-``engine.cli.cli`` when that module is imported."""
+the group (``engine.cli.base.cli``) when this module is imported."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 
 import click
 
-from engine.cli import cli, db_option
-from engine.errors import ConfigError
-from engine.storage import open_store, resolve_db
+from engine.cli.base import cli, db_option
 
 TOKEN_ENV = "AUTONOMY_TOKEN"
 
@@ -58,6 +56,8 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     """
     import uvicorn
 
+    from engine.errors import ConfigError
+    from engine.storage import open_store, resolve_db
     from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
 
     path = resolve_db(db)

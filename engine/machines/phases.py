@@ -25,8 +25,8 @@ from __future__ import annotations
 import msgspec
 
 from engine.errors import IllegalTransition
-from engine.machine import Edge, StateMachine, Table
-from engine.tasks import Tasks, count_facts
+from engine.machines.machine import Edge, StateMachine, Table
+from engine.machines.tasks import Tasks, count_facts
 from events.schema import PhaseChanged
 
 START = "start"
@@ -60,7 +60,7 @@ class PhaseFacts(msgspec.Struct, frozen=True, kw_only=True):
     open: int = 0
     """Tasks neither completed nor skipped."""
     ready: int = 0
-    """Tasks that could be coded now (see ``engine.tasks.is_ready``)."""
+    """Tasks that could be coded now (see ``engine.machines.tasks.is_ready``)."""
     qa_pending: int = 0
     qa_failed: int = 0
 

@@ -6,9 +6,9 @@ its own events. The loop ends when the run's projected status is no longer
 ``running``; every way out is bounded (steps, no progress, attempts, turns).
 
 Who decides depends on ``settings.mode``: in ``orchestrated`` mode (the default)
-``engine.arbiter.decide`` asks the arbiter model and falls back to the rules with
-the reason recorded; in ``rules`` mode (deprecated) ``engine.coordinator.decide``
-alone decides. Work is done by a specialist (``engine.specialists``); in
+``engine.agent.arbiter.decide`` asks the arbiter model and falls back to the rules with
+the reason recorded; in ``rules`` mode (deprecated) ``engine.agent.coordinator.decide``
+alone decides. Work is done by a specialist (``engine.agent.specialists``); in
 orchestrated mode each consultation is recorded as ``specialist.consulted``. An
 arbiter's ``request_user_input`` records ``user.asked``, which sets the run
 ``waiting_for_input`` and ends ``run``; ``autonomy answer`` records the answer and
@@ -30,20 +30,21 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from engine import __version__, arbiter
+from engine import __version__
+from engine.agent import arbiter
+from engine.agent.conversation import ToolRunner, run_conversation
+from engine.agent.coordinator import Step, decide, model_trouble
+from engine.agent.prompts import digest, opening
+from engine.agent.runlog import RunLog
+from engine.agent.specialists import specialist_for
 from engine.config import Settings
-from engine.conversation import ToolRunner, run_conversation
-from engine.coordinator import Step, decide, model_trouble
 from engine.errors import IllegalTransition, ToolError
 from engine.keys import key_file
+from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
+from engine.machines.tasks import check_status_change
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
-from engine.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
-from engine.prompts import digest, opening
-from engine.runlog import RunLog
-from engine.specialists import specialist_for
-from engine.tasks import check_status_change
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
 from engine.tools.snapshot import WorkspaceDigests
@@ -69,7 +70,7 @@ from projections.fold import RunState
 Progress = Callable[[str], None]
 
 WORK = ("plan", "reason", "code", "debug", "qa")
-"""The kinds of work a specialist does (``engine.specialists``)."""
+"""The kinds of work a specialist does (``engine.agent.specialists``)."""
 
 _FILE_TOOLS = ("create_file", "modify_file", "delete_file")
 
@@ -113,7 +114,7 @@ class Engine:
         )
         self.run_tool = run_tool
         """Runs one tool call (``engine.tools.execute``); a replay takes results from
-        the log instead (``engine.replay_sources.RecordedTools``)."""
+        the log instead (``engine.runs.replay_sources.RecordedTools``)."""
         self.model = RecordingModel(client, log, settings.models)
         self.progress = progress or (lambda line: None)
         self._decided_by = "rules"  # who decided the current step: labels its phase.changed

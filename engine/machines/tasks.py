@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from engine.errors import IllegalTransition
-from engine.machine import Edge, StateMachine, Table
+from engine.machines.machine import Edge, StateMachine, Table
 
 TASK_STATUSES: tuple[str, ...] = (
     "new",
@@ -223,7 +223,7 @@ def blocked_for_good(task: TaskLike, tasks: Tasks) -> bool:
 
 
 def count_facts(tasks: Tasks) -> dict[str, int]:
-    """Counts for ``engine.phases.PhaseFacts``: total, open, ready, qa_pending,
+    """Counts for ``engine.machines.phases.PhaseFacts``: total, open, ready, qa_pending,
     qa_failed."""
     index = _index(tasks)
     statuses = [t.status for t in index.values()]

@@ -1,36 +1,25 @@
 r"""CLI commands over a run's history: ``replay``, ``state``, ``rewind``, ``fork`` and
 ``copy`` (runs from one log to another).
 
-Registered on ``engine.cli.cli`` when that module is imported. Each opens the log,
-calls one library function (``engine.replay``, ``projections.project``,
-``engine.workspace``) and prints the answer.
+Registered on the group (``engine.cli.base.cli``) when this module is imported. Each opens the log,
+calls one library function (``engine.runs.replay``, ``projections.project``,
+``engine.runs.workspace``) and prints the answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
-import msgspec
-from tabulate import tabulate
 
-from engine.cli import LogParam, SettingsFlags, cli, db_option, opened_log, settings_options
-from engine.copy import copy_runs, describe
-from engine.counterfactual import go_live
-from engine.errors import ConfigError
-from engine.replay import TOOL_SOURCES, ToolSource
-from engine.replay import replay as replay_run
-from engine.run_diff import diff_runs
-from engine.runner import new_run_id
-from engine.verification import refuse_corrupt_blobs
-from engine.workspace import fork as fork_run
-from engine.workspace import rewind as rewind_run
-from events.errors import RunNotFound
-from projections import RunState, project
-from projections.sequence import Appended
+from engine.cli.base import LogParam, SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.runs import TOOL_SOURCES
+
+if TYPE_CHECKING:
+    from engine.runs import ToolSource
+    from projections import RunState
 
 
 @cli.command()
@@ -113,6 +102,9 @@ def replay(
         autonomy replay RUN_ID --until 40 --tools recorded
         autonomy replay RUN_ID --continue-live --as RUN_ID-v2 --model-url http://localhost:11434
     """
+    from engine.runs.replay import replay as replay_run
+    from engine.runs.verification import refuse_corrupt_blobs
+
     if live_from is not None or continue_live:
         _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
         return
@@ -136,6 +128,11 @@ def _go_live(
     db: Path | None,
     flags: SettingsFlags,
 ) -> None:
+    from engine.agent.runner import new_run_id
+    from engine.errors import ConfigError
+    from engine.runs.counterfactual import go_live
+    from projections import project
+
     if live_from is not None and continue_live:
         raise ConfigError("give --live-from V or --continue-live, not both")
     branch = new_id or f"{run_id}-live-{new_run_id()[-4:]}"
@@ -179,6 +176,8 @@ def diff_command(run_a: str, run_b: str, as_json: bool, db: Path | None) -> None
         autonomy diff calc-run calc-run-brief
         autonomy diff calc-run calc-run-brief --json | jq .first_divergent_step
     """
+    from engine.runs.diff import diff_runs
+
     with opened_log(db) as store:
         result = diff_runs(store, run_a, run_b)
     if as_json:
@@ -206,6 +205,12 @@ def state(run_id: str, at: int | None, as_json: bool, db: Path | None) -> None:
         autonomy state RUN_ID
         autonomy state RUN_ID --at 25 --json | jq .pipeline.tasks
     """
+    import msgspec
+
+    from engine.runs.state import state_document
+    from events.errors import RunNotFound
+    from projections import project
+
     with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
@@ -236,6 +241,9 @@ def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
         autonomy rewind RUN_ID --to 40 --reason "try the review again"
         autonomy resume RUN_ID
     """
+    from engine.runs.workspace import rewind as rewind_run
+    from projections import project
+
     with opened_log(db) as store:
         restored = rewind_run(store, run_id, to, reason=reason)
         pipeline = project(store, run_id).pipeline
@@ -269,6 +277,10 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
         autonomy fork RUN_ID --at 40 --workspace ../calc-retry --as calc-retry
         autonomy resume calc-retry
     """
+    from engine.agent.runner import new_run_id
+    from engine.runs.workspace import fork as fork_run
+    from projections import project
+
     run_as = new_id or new_run_id()
     with opened_log(db) as store:
         restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
@@ -283,30 +295,10 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
 # -- showing a state -----------------------------------------------------------------------
 
 
-def _builtins(obj: Any) -> Any:
-    # the projections' persistent containers: a Mapping or a sequence to JSON
-    if isinstance(obj, Mapping):
-        return dict(obj.items())
-    if isinstance(obj, Appended):
-        return list(obj)
-    raise NotImplementedError(f"cannot show {type(obj).__name__}")
-
-
-def state_document(projected: RunState) -> dict[str, Any]:
-    """The state as plain JSON types: run id, version, pipeline, orchestration."""
-    document = {
-        "run_id": projected.run_id,
-        "version": projected.version,
-        "pipeline": projected.pipeline,
-        "orchestration": projected.orchestration,
-    }
-    result: dict[str, Any] = msgspec.to_builtins(document, enc_hook=_builtins)
-    result["orchestration"]["total_tokens"] = projected.orchestration.total_tokens
-    return result
-
-
 def state_lines(projected: RunState) -> list[str]:
     """The state, readable."""
+    from engine.tables import table
+
     p, o = projected.pipeline, projected.orchestration
     lines = [
         f"run {projected.run_id} at version {projected.version}",
@@ -324,8 +316,10 @@ def state_lines(projected: RunState) -> list[str]:
             for t in p.tasks.values()
         ]
         lines += ["", "tasks:"]
-        table = tabulate(rows, ["id", "status", "attempts", "priority", "title", "last error"])
-        lines += ["  " + line for line in table.splitlines()]
+        table_text = table(
+            rows, ["id", "status", "attempts", "priority", "title", "last error"], "numbers"
+        )
+        lines += ["  " + line for line in table_text.splitlines()]
     if p.files:
         lines += ["", "files:"]
         lines += [
@@ -393,6 +387,8 @@ def copy(run_ids: tuple[str, ...], source: Path | str, target: Path | str) -> No
     \b
         autonomy copy --from .autonomy/events.db --to postgresql://db.example/autonomy
     """
+    from engine.runs.copy import copy_runs, describe
+
     with opened_log(source) as from_store, opened_log(target, must_exist=False) as to_store:
         for line in describe(copy_runs(from_store, to_store, run_ids)):
             click.echo(line)

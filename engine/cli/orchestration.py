@@ -1,4 +1,4 @@
-"""CLI commands: orchestration. Registered on ``engine.cli.cli`` when that module is imported."""
+"""CLI commands: orchestration. Registered on the group (``engine.cli.base.cli``) when this module is imported."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from engine.cli import cli, db_option, opened_log
-from engine.runlog import answer_question
+from engine.cli.base import cli, db_option, opened_log
 
 
 @cli.command()
@@ -26,6 +25,8 @@ def answer(run_id: str, text: str, db: Path | None) -> None:
         autonomy answer run-20261124-101500-ab12 "Use Python 3.12 only"
         autonomy resume run-20261124-101500-ab12
     """
+    from engine.agent.runlog import answer_question
+
     with opened_log(db) as store:
         question = answer_question(store, run_id, text)
         click.echo(

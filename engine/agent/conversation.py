@@ -19,12 +19,12 @@ from typing import Any
 
 import msgspec
 
+from engine.agent.prompts import NUDGE
+from engine.agent.runlog import RunLog
 from engine.config import Settings
 from engine.errors import ModelError, ModelResponseInvalid
 from engine.model.recording import RecordingModel
 from engine.model.stored import stored_arguments
-from engine.prompts import NUDGE
-from engine.runlog import RunLog
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests

@@ -1,4 +1,4 @@
-r"""CLI commands: audit and report. Registered on ``engine.cli.cli`` when that module
+r"""CLI commands: audit and report. Registered on the group (``engine.cli.base.cli``) when this module
 is imported."""
 
 from __future__ import annotations
@@ -7,28 +7,20 @@ import contextlib
 import os
 from contextlib import closing
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from engine.audit import (
-    FORMATS,
-    QUERIES,
-    AuditError,
-    Format,
-    ensure_indexes,
-    format_result,
-    run_query,
-    run_sql,
-)
-from engine.cli import cli, db_option, opened_log
-from engine.report import write_report
-from engine.storage import is_postgres_url, open_store, resolve_db
-from events.errors import AutonomyError, RunNotFound
-from events.store import EventStore
+from engine.cli.base import cli, db_option, opened_log
+from engine.runs.audit import FORMATS
+
+if TYPE_CHECKING:
+    from events.store import EventStore
 
 
 def _audit_help() -> str:
+    from engine.runs.audit import QUERIES
+
     names = "\n".join(
         f"    {name}{''.join(' ' + p.upper() for p in q.parameters)}\n        {q.description}"
         for name, q in QUERIES.items()
@@ -67,6 +59,10 @@ Example:
 @click.option("--sql", metavar="SELECT", help="Run this SQL (read-only) instead of a named query.")
 @db_option
 def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) -> None:
+    from engine.runs.audit import AuditError, Format, format_result, run_query, run_sql
+    from engine.storage import resolve_db
+    from events.errors import RunNotFound
+
     if sql is not None:
         if len(words) > 1:
             raise AuditError("with --sql, give at most a RUN_ID (bound as :run_id)")
@@ -86,6 +82,8 @@ def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) ->
 def _sql(store: EventStore) -> Any:
     """The store's SQL connection (an ``sqlite3.Connection``, or
     ``events.postgres.SQLiteStyle``): the views live there."""
+    from engine.runs.audit import AuditError
+
     connection = getattr(store, "connection", None)
     if connection is None:
         raise AuditError("this log has no SQL views to query")
@@ -97,6 +95,10 @@ def _try_indexes(db: Path | str | None, connection: Any) -> None:
     connection of its own (the reading one is read-only), and a log on read-only
     storage is still queried, only more slowly, and never written to; a PostgreSQL
     log takes them on its own connection."""
+    from engine.runs.audit import AuditError, ensure_indexes
+    from engine.storage import is_postgres_url, open_store, resolve_db
+    from events.errors import AutonomyError
+
     path = resolve_db(db)
     if is_postgres_url(path):
         with contextlib.suppress(AuditError):
@@ -112,6 +114,8 @@ def _try_indexes(db: Path | str | None, connection: Any) -> None:
 
 def _split(words: tuple[str, ...]) -> tuple[str | None, str, tuple[str, ...]]:
     """``[RUN_ID] QUERY [ARGS]``: the query name is the first word that names one."""
+    from engine.runs.audit import QUERIES, AuditError
+
     if not words:
         raise AuditError(f"name a query: {', '.join(QUERIES)} (or give --sql)")
     if words[0] in QUERIES:
@@ -147,6 +151,9 @@ def report(run_id: str, html_file: Path, db: Path | None) -> None:
     \b
         autonomy report RUN_ID --html run.html
     """
+    from engine.runs.report import write_report
+    from events.errors import RunNotFound
+
     with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)

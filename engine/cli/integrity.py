@@ -1,22 +1,22 @@
 r"""CLI commands that judge a log: ``verify`` and ``checkpoint``.
 
-Registered on ``engine.cli.cli`` when that module is imported. ``verify`` calls
-``engine.verification.verify_log`` and prints one line per run; ``checkpoint``
+Registered on the group (``engine.cli.base.cli``) when this module is imported. ``verify`` calls
+``engine.runs.verification.verify_log`` and prints one line per run; ``checkpoint``
 prints ``events.checkpoints`` lines for the user to keep elsewhere.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import msgspec
 
-from engine.cli import cli, db_option, opened_log
-from engine.verification import LogVerdict, RunVerdict, verify_log
-from events.checkpoints import Checkpoint, dumps, loads, take
-from events.errors import CheckpointError, RunNotFound
-from events.store import EventStore, Problem
+from engine.cli.base import cli, db_option, opened_log
+
+if TYPE_CHECKING:
+    from engine.runs.verification import LogVerdict, RunVerdict
+    from events.store import EventStore, Problem
 
 
 @cli.command()
@@ -58,6 +58,12 @@ def verify(
         autonomy verify RUN_ID --db .autonomy/events.db
         autonomy verify --checkpoints ~/backup/autonomy.checkpoints --json
     """
+    import msgspec
+
+    from engine.runs.verification import verify_log
+    from events.checkpoints import Checkpoint, loads
+    from events.errors import RunNotFound
+
     checkpoints: list[Checkpoint] = []
     if checkpoint_file is not None:
         checkpoints = loads(_read(checkpoint_file), source=str(checkpoint_file))
@@ -134,6 +140,9 @@ def checkpoint(run_id: str | None, db: Path | None) -> None:
         autonomy checkpoint >> ~/backup/autonomy.checkpoints
         autonomy verify --checkpoints ~/backup/autonomy.checkpoints
     """
+    from events.checkpoints import dumps, take
+    from events.errors import RunNotFound
+
     with opened_log(db, read_only=True) as store:
         if run_id is not None and store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
@@ -143,12 +152,16 @@ def checkpoint(run_id: str | None, db: Path | None) -> None:
 
 def append_checkpoint(store: EventStore, run_id: str, path: Path) -> None:
     """Append the checkpoint of ``run_id`` to the file at ``path``."""
+    from events.checkpoints import dumps, take
+
     lines = "".join(dumps(taken) + "\n" for taken in take(store, [run_id]))
     with path.open("a", encoding="utf-8") as out:
         out.write(lines)
 
 
 def _read(path: Path) -> str:
+    from events.errors import CheckpointError
+
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

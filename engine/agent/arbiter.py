@@ -26,13 +26,13 @@ from typing import Any
 
 import msgspec
 
+from engine.agent.coordinator import Step, model_trouble
+from engine.agent.coordinator import decide as rules_decide
 from engine.config import Limits
-from engine.coordinator import Step, model_trouble
-from engine.coordinator import decide as rules_decide
 from engine.errors import ModelError
+from engine.machines.phases import PhaseFacts, PhaseMachine
+from engine.machines.tasks import ready_tasks
 from engine.model.recording import RecordingModel
-from engine.phases import PhaseFacts, PhaseMachine
-from engine.tasks import ready_tasks
 from events.schema import Message
 from projections.fold import RunState
 from projections.pipeline import PipelineState, TaskState

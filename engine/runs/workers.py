@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.agent.runner import new_run_id, resume_run, start_run
 from engine.config import Settings
-from engine.runner import new_run_id, resume_run, start_run
 from events.errors import AutonomyError, EventStoreError, LeaseHeld
 from events.store import EventStore
 from projections import project

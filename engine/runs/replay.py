@@ -2,10 +2,10 @@
 
 ``replay(store, run_id)`` starts the run again in an in-memory log under the same
 run id (so call ids and task ids come out the same), with the engine unchanged
-except for where its inputs come from (``engine.replay_sources``): model answers
+except for where its inputs come from (``engine.runs.replay_sources``): model answers
 from the log, after a check that each request is the recorded one; tool results
 live, in a scratch copy of the workspace restored from the blobs
-(``engine.workspace.restore``), or with ``tools="recorded"`` from the log.
+(``engine.runs.workspace.restore``), or with ``tools="recorded"`` from the log.
 
 One driver loop replays every kind of run. Before each step of the engine it
 looks at the recorded event that comes next: if it is an input the world gave
@@ -20,7 +20,7 @@ crashed, rewound while running), the replay's is stopped at the same point
 own events.
 
 The events written are then compared with the recorded ones, version by version
-(``engine.divergence``). A request the log never answered stops the replay with
+(``engine.runs.divergence``). A request the log never answered stops the replay with
 ``RequestNotRecorded``, whose message says what changed in the request. The
 result is "identical (N events)" or the first divergence with a diff.
 """
@@ -30,20 +30,21 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from engine.agent.runlog import RunLog
+from engine.agent.runner import Engine, confine_commands, is_user_stop
 from engine.config import Settings, settings_from_mapping
-from engine.divergence import Divergence, Normaliser, compare
-from engine.replay_sources import (
+from engine.runs import TOOL_SOURCES, ToolSource
+from engine.runs.divergence import Divergence, Normaliser, compare
+from engine.runs.replay_sources import (
     Interrupted,
     RecordedTools,
     Recording,
     ReplayClient,
     RequestNotRecorded,
 )
-from engine.runlog import RunLog
-from engine.runner import Engine, confine_commands, is_user_stop
-from engine.workspace import restore
+from engine.runs.workspace import restore
 from events.errors import AutonomyError
 from events.memory import MemoryEventStore
 from events.schema import (
@@ -70,8 +71,6 @@ __all__ = [
     "replay",
 ]
 
-ToolSource = Literal["live", "recorded"]
-TOOL_SOURCES: tuple[ToolSource, ...] = ("live", "recorded")
 
 INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed)
 """Events the world gives a run (a person, or ``resume`` after a stop); the

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from engine.config import Limits
-from engine.tasks import (
+from engine.machines.tasks import (
     blocked_for_good,
     is_done,
     next_status_after_failure,

@@ -1,5 +1,6 @@
-"""Prompts: a base system prompt per kind of work, the opening user message, and
-fitting a conversation to a model's context window.
+"""Prompts: a base system prompt per kind of work and the opening user message
+(fitting a conversation to a model's context window is the model layer's:
+``engine.model.context``).
 
 Every input a prompt depends on comes from projected state (goal, task, files,
 last error), so the same log always builds the same prompt; its digest rides on
@@ -9,13 +10,6 @@ last error), so the same log always builds the same prompt; its digest rides on
 target file, its dependencies, its attempts so far and the phase; the score adds
 guidance to the system prompt of a complex task (read first, change in small
 steps, test each; do not repeat failed attempts).
-
-*Fitting*: ``fit`` trims a conversation to a context window of ``num_ctx``
-tokens, oldest history first, never the system prompt nor the opening message
-(the current task). Tokens are estimated as characters / 4 (``estimate_tokens``),
-the usual rule of thumb for English and code with BPE tokenizers: cheap, stable,
-and deliberately rough, so ``fit`` also keeps ``REPLY_RESERVE`` of the window
-free for the answer.
 
 *Caching*: building a prompt is a pure function of its inputs, so built
 prompts are memoised by those inputs (``build_prompt``'s LRU cache).
@@ -27,8 +21,6 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import msgspec
 
 from events.schema import Message
 from projections.pipeline import PipelineState, TaskState
@@ -174,48 +166,6 @@ def build_prompt(
         Message(role="system", content=system),
         Message(role="user", content="\n\n".join(lines)),
     )
-
-
-CHARS_PER_TOKEN = 4
-"""The token estimate's ratio (see the module docstring)."""
-
-REPLY_RESERVE = 0.25
-"""Share of the context window kept free for the model's answer."""
-
-
-def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()) -> int:
-    """Tokens a request will take, estimated as characters / ``CHARS_PER_TOKEN``
-    (content, tool call arguments and tool schemas)."""
-    chars = 0
-    for m in messages:
-        chars += len(m.content) + 8
-        for call in m.tool_calls:
-            chars += len(call.name) + len(msgspec.json.encode(call.arguments))
-    for tool in tools:
-        chars += len(msgspec.json.encode(tool))
-    return chars // CHARS_PER_TOKEN + 1
-
-
-def fit(
-    messages: Sequence[Message], num_ctx: int, tools: Sequence[Mapping[str, Any]] = ()
-) -> list[Message]:
-    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve.
-
-    The first two messages (system prompt and current task) always stay; history
-    after them is dropped oldest first, an assistant turn together with the tool
-    results answering it, so no tool result is left without its call. If even the
-    system prompt and the task do not fit, they are sent anyway: the server
-    truncates, and the log shows what was sent."""
-    budget = int(num_ctx * (1 - REPLY_RESERVE))
-    kept = list(messages)
-    if estimate_tokens(kept, tools) <= budget:
-        return kept
-    head, history = kept[:2], kept[2:]
-    while history and estimate_tokens(head + history, tools) > budget:
-        history.pop(0)
-        while history and history[0].role == "tool":
-            history.pop(0)
-    return head + history
 
 
 def digest(messages: Sequence[Message]) -> str:

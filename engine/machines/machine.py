@@ -1,7 +1,7 @@
 """One mechanism for every state machine of the engine: a table, and a guarded
 ``transitions`` Machine built from it.
 
-The phase machine (``engine.phases``) and the task lifecycle (``engine.tasks``) are
+The phase machine (``engine.machines.phases``) and the task lifecycle (``engine.machines.tasks``) are
 both a :class:`Table` — states, an initial state, final states, and edges
 ``(trigger, sources, dest, guard)`` — plus a :class:`StateMachine` that holds the
 current state and refuses any move the table does not allow.

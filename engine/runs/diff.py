@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tabulate import tabulate
-
+from engine.tables import table
 from events.errors import RunNotFound
 from events.schema import (
     ArbiterDecided,
@@ -193,7 +192,7 @@ class RunDiff:
             rows.append([phase, *(f"{_cell(da[k])} / {_cell(db[k])}" for k in da)])
         headers = ["phase", "steps", "model calls", "tokens", "model s", "files", "tests passed"]
         lines += ["", f"per phase, {self.run_a} / {self.run_b}:"]
-        lines += tabulate(rows, headers, stralign="right").splitlines()
+        lines += table(rows, headers, "right").splitlines()
         return lines
 
     def document(self) -> dict[str, Any]:

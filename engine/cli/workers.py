@@ -1,18 +1,19 @@
 r"""CLI commands for workers on a PostgreSQL log: ``submit`` and ``worker``
-(``engine.workers``). Registered on ``engine.cli.cli`` when that module is imported."""
+(``engine.runs.workers``). Registered on the group (``engine.cli.base.cli``) when this module is imported."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.cli import SettingsFlags, cli, db_option, opened_log, settings_options
-from engine.config import Settings, settings_from_mapping
-from engine.workers import Worker, submit
+from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 
 @cli.command("submit")
@@ -35,6 +36,8 @@ def submit_command(goal: str, template: Path, run_id: str | None, db: Path | str
     \b
         autonomy submit "Write calc.py with add(a, b) and tests" --workspace-template ./empty --db "$URL"
     """
+    from engine.runs.workers import submit
+
     with opened_log(db) as store:
         click.echo(submit(store, goal, template, run_id))
 
@@ -70,6 +73,8 @@ def worker_command(
     \b
         autonomy worker --db "$URL" --concurrency 2 --model-url http://gpu-1:11434
     """
+    from engine.config import settings_from_mapping
+    from engine.runs.workers import Worker
 
     def settings_for(workspace: Path, recorded: Mapping[str, Any] | None) -> Settings:
         if recorded is None:

@@ -11,7 +11,7 @@ answers, and the stops (a crash, a kill, a rewind). Each has a source in a repla
   commands (``tools="recorded"``: does the engine still decide the same?), by
   ``RecordedTools``; workflow tools are the engine's own code and always run;
 - user answers, rewinds, forks and what recovery settled after a crash are taken
-  from the log by the driver (``engine.replay``);
+  from the log by the driver (``engine.runs.replay``);
 - a stop: where the recorded engine stopped (``Recording.stopped_at``: the log ends
   while the run was running, or a ``run.resumed``/``run.rewound`` comes next), the
   replay's engine is stopped too, by ``Interrupted``, before it writes or runs
@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from engine.divergence import Normaliser, excerpt, indent, message_diff
+from engine.agent.runlog import RunLog
+from engine.agent.runner import is_user_stop
 from engine.errors import (
     ModelDeadline,
     ModelError,
@@ -44,8 +45,7 @@ from engine.model.recording import request_digest, tool_schemas_diff
 from engine.model.roles import Endpoint
 from engine.model.stored import full_answer, full_message
 from engine.model.wire import NO_OPTIONS, ChatOptions, ModelReply
-from engine.runlog import RunLog
-from engine.runner import is_user_stop
+from engine.runs.divergence import Normaliser, excerpt, indent, message_diff
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.commands import COMMAND_TOOLS
 from engine.tools.files import FILE_TOOLS

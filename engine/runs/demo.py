@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.agent.runner import http_client, start_run, summary
 from engine.config import load_settings
 from engine.keys import load_key
-from engine.runner import http_client, start_run, summary
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from projections.fold import project

@@ -1,7 +1,7 @@
 """Counterfactual replay: the log answers up to a version, a live model after it.
 
 ``go_live(store, run_id, ...)`` first replays the run with the current code and
-tool results from the log (``engine.replay``), then forks it (``run.forked`` in
+tool results from the log (``engine.runs.replay``), then forks it (``run.forked`` in
 the same log, a workspace of its own restored from the blobs) and resumes the
 fork with a live model, so that the recorded run and the new branch can be
 compared (``autonomy diff``):
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 
+from engine.agent.runner import Progress, resume_run
 from engine.config import Settings, settings_from_mapping
-from engine.replay import ReplayRefused, ReplayResult, replay
-from engine.runner import Progress, resume_run
-from engine.workspace import fork
+from engine.runs.replay import ReplayRefused, ReplayResult, replay
+from engine.runs.workspace import fork
 from events.schema import ArbiterDecided
 from events.store import EventStore
 from projections.fold import project

@@ -30,9 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from tabulate import tabulate
-
 from engine.storage import is_postgres_url, open_store
+from engine.tables import table
 from events.errors import AutonomyError, EventStoreError
 
 Format = Literal["table", "json", "csv"]
@@ -328,7 +327,7 @@ def format_result(result: AuditResult, fmt: Format) -> str:
     if fmt == "table":
         if not result.rows:
             return "(no rows)"
-        return str(tabulate(result.rows, headers=result.columns, disable_numparse=True))
+        return table(result.rows, result.columns)
     raise AuditError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 

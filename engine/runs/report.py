@@ -20,7 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from engine.audit import AuditError, AuditResult, run_query
+from engine.runs.audit import AuditError, AuditResult, run_query
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }

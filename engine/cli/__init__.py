@@ -1,0 +1,30 @@
+"""The ``autonomy`` command line (see ``engine.cli.base`` for how a command is made).
+
+The group and the shared options live in ``engine.cli.base``; each command module
+imports them and registers its commands; importing this package imports them all.
+No module here imports back up, and the heavy libraries are imported inside the
+commands that use them, so ``autonomy --help`` starts quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.cli import (  # noqa: F401  (importing a command module registers its commands)
+    audit,
+    history,
+    integrity,
+    orchestration,
+    running,
+    serve,
+    show,
+    workers,
+)
+from engine.cli.base import cli
+
+__all__ = ["cli", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``autonomy`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="autonomy")

@@ -1,0 +1,181 @@
+"""Commands that run the agent: ``run``, ``resume`` and ``demo``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import click
+
+from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from events.store import EventStore
+    from projections import RunState
+
+
+@cli.command()
+@click.argument("goal", required=False)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The directory the agent works in (created if missing).",
+)
+@click.option("--run-id", "run_id", metavar="ID", help="Name the run (default: time-based).")
+@click.option(
+    "--checkpoint-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="AUTONOMY_CHECKPOINT_FILE",
+    show_envvar=True,
+    help="Append the run's checkpoint to FILE when it stops (see `autonomy checkpoint`).",
+)
+@db_option
+@settings_options
+def run(
+    goal: str | None,
+    workspace: Path,
+    run_id: str | None,
+    checkpoint_file: Path | None,
+    db: Path | None,
+    flags: SettingsFlags,
+) -> None:
+    """Run the agent on GOAL until it completes, fails or waits for input.
+
+    GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
+    in the workspace is the goal. Progress (step, phase, task, tokens) and every
+    failed model call are printed as the run goes. Exit status: 0 when the run
+    completed (every task done) or waits for an answer, 2 when it ended with some
+    tasks skipped (status partial), 1 otherwise.
+
+    Example:
+
+    \b
+        autonomy run "Write calc.py with add(a, b) and its tests" --workspace ./calc
+        autonomy run --workspace ./project --model-url http://localhost:11434 --model qwen2.5-coder:32b
+    """
+    from engine.agent.runner import start_run
+    from projections import project
+
+    text = read_goal(goal, workspace)
+    settings = flags.load(workspace)
+    with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
+        log = start_run(
+            store,
+            goal=text,
+            workspace=workspace,
+            settings=settings,
+            run_id=run_id,
+            progress=click.echo,
+        )
+        if checkpoint_file is not None:
+            from engine.cli.integrity import append_checkpoint
+
+            append_checkpoint(store, log.run_id, checkpoint_file)
+        _finish(project(store, log.run_id))
+
+
+@cli.command()
+@click.argument("run_id")
+@db_option
+@settings_options
+def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
+    """Continue a run that crashed or was interrupted, from its log alone.
+
+    The settings are the ones the run recorded when it started, under any
+    --config, environment variables and flags given now. A tool call that was
+    requested but never reported is settled first by comparing the workspace
+    with the hashes in the log.
+
+    Example:
+
+    \b
+        autonomy resume run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
+    """
+    from engine.agent.runner import resume_run
+    from engine.config import Settings, settings_from_mapping
+    from projections import project
+
+    with opened_log(db) as store:
+        recorded = project(store, run_id).pipeline.config
+        settings = flags.load_over(settings_from_mapping(recorded) if recorded else Settings())
+        with interrupts(store, db, None):
+            resume_run(store, run_id, settings=settings, progress=click.echo)
+        _finish(project(store, run_id))
+
+
+@contextmanager
+def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None) -> Iterator[None]:
+    """Ctrl-C: the run has recorded why it stopped; say how to continue it, exit 130
+    (the shell's code for SIGINT) — never a traceback."""
+    from engine.agent.runner import RunInterrupted
+    from engine.storage import resolve_db
+
+    try:
+        yield
+    except RunInterrupted as e:
+        where = resolve_db(db, workspace)
+        click.echo(f"\n{e}; the log says so.", err=True)
+        click.echo(f"continue it with: autonomy resume {e.run_id} --db {where}", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def read_goal(goal: str | None, workspace: Path) -> str:
+    """GOAL as given, or the content of the file it names, or MASTER_PLAN.md."""
+    if goal is None:
+        plan = workspace / "MASTER_PLAN.md"
+        if not plan.is_file():
+            raise ConfigError(f"no GOAL given and no MASTER_PLAN.md in {workspace}")
+        return plan.read_text(encoding="utf-8")
+    candidate = Path(goal)
+    if len(goal) < 1024 and "\n" not in goal and candidate.is_file():
+        return candidate.read_text(encoding="utf-8")
+    return goal
+
+
+def _finish(state: RunState) -> None:
+    from engine.agent.runner import summary as run_summary
+
+    click.echo("")
+    for line in run_summary(state):
+        click.echo(line)
+    status = state.pipeline.status
+    if status == "partial":
+        raise click.exceptions.Exit(2)
+    if status not in ("completed", "waiting_for_input"):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo's workspace and log go. Default: a new temporary directory.",
+)
+@click.pass_context
+def demo(ctx: click.Context, workdir: Path | None) -> None:
+    """Run a complete example against a scripted model server.
+
+    A whole run end to end, in a temporary workspace, against the built-in
+    scripted model server on loopback; then what happened and where the log is.
+
+    Example:
+
+    \b
+        autonomy demo
+        autonomy demo --workdir /tmp/autonomy-demo
+    """
+    try:
+        module = importlib.import_module("engine.runs.demo")
+    except ModuleNotFoundError as e:
+        if e.name != "engine.runs.demo":
+            raise
+        raise click.ClickException("this build of autonomy has no demo (engine.runs.demo)") from e
+    run_demo = cast(Callable[..., int], module.run_demo)
+    ctx.exit(run_demo(workdir, echo=click.echo))

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.tables import table
+
+
+def test_a_table_has_a_header_a_rule_and_aligned_columns() -> None:
+    text = table([["a", 1, None], ["bbbb", 22, "x"]], ["h1", "h2", "h3"])
+    assert text == "h1    h2    h3\n----  ----  ----\na     1\nbbbb  22    x"
+
+
+def test_numbers_align_right_only_where_a_column_is_all_numbers() -> None:
+    text = table([["t1", 3, "a"], ["t22", 10, Decimal("1.5")]], ["id", "n", "mixed"], "numbers")
+    assert text.split("\n")[2:] == ["t1      3  a", "t22    10  1.5"]
+
+
+def test_right_alignment_and_an_empty_table() -> None:
+    assert table([["a", "1"], ["bbbb", "22"]], ["h1", "h2"], "right") == (
+        "  h1    h2\n----  ----\n   a     1\nbbbb    22"
+    )
+    assert table([], ["h1", "h2"]) == "h1    h2\n----  ----"
+
+
+@given(st.lists(st.lists(st.text(alphabet="abc xyz", max_size=6), min_size=3, max_size=3)))
+def test_every_row_starts_each_column_at_the_same_place(rows: list[list[str]]) -> None:
+    lines = table(rows, ["one", "two", "three"]).split("\n")
+    rule = lines[1]
+    second = rule.index(" -") + 1  # where the second column's dashes start
+    third = rule.index(" -", second) + 1
+    for line, row in zip(lines[2:], rows, strict=True):
+        assert line[:second].rstrip() == row[0].rstrip()
+        assert line[second:third].rstrip() == row[1].rstrip()
+        assert line[third:] == row[2].rstrip()
