@@ -24,12 +24,13 @@ import os
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.keys import load_key
 from events.errors import EventStoreError
-from events.sqlite import SQLiteEventStore, Synchronous
-from events.store import EventStore
-from projections.views import install_views
+
+if TYPE_CHECKING:
+    from events.sqlite import Synchronous
+    from events.store import EventStore
 
 DB_ENV = "AUTONOMY_DB"
 """The environment variable naming the log, when ``--db`` is not given."""
@@ -89,6 +90,11 @@ def open_store(
     ``postgresql://`` URL opens the log on that server (its schema is created if
     missing).
     """
+    # imported here, not above: the command line's start does not pay for them
+    from engine.keys import load_key
+    from events.sqlite import SQLiteEventStore
+    from projections.views import install_views
+
     if key is None:
         key = load_key(create=False)
     if is_postgres_url(db):

@@ -27,8 +27,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlite_utils
-
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
 from events.lease import FileLeases
@@ -256,6 +254,8 @@ class SQLiteEventStore(SQLEventStore):
             raise
 
     def _create_schema(self) -> None:
+        import sqlite_utils  # only a new log needs it: opening one stays cheap
+
         db = sqlite_utils.Database(self._conn)
         db.table("events").create(
             {

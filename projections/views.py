@@ -198,10 +198,7 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
     ``temp=True`` is for a connection that must not write the file (a read-only
     log): the views the file lacks, or holds in an older form, are created as TEMP
     views, which live in the connection and shadow the file's own."""
-    import sqlite_utils
-
     existing = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'"))
-    db = sqlite_utils.Database(connection)
     for name, sql in VIEWS.items():
         # Only touch the schema when a view is missing or changed: opening a log
         # must not need a write transaction every time.
@@ -210,4 +207,6 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
         if temp:
             connection.execute(f"CREATE TEMP VIEW IF NOT EXISTS [{name}] AS {sql.strip()}")
         else:
-            db.create_view(name, sql.strip(), replace=True)
+            import sqlite_utils  # only when a view changes: opening a log stays cheap
+
+            sqlite_utils.Database(connection).create_view(name, sql.strip(), replace=True)
