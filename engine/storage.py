@@ -29,6 +29,7 @@ from engine.keys import load_key
 from events.errors import EventStoreError
 from events.sqlite import SQLiteEventStore, Synchronous
 from events.store import EventStore
+from projections.summaries import maintain
 from projections.views import install_views
 
 DB_ENV = "AUTONOMY_DB"
@@ -104,6 +105,8 @@ def open_store(
         if read_only:
             # mode=ro guards the file; this also refuses writes through ATTACH
             store.connection.execute("PRAGMA query_only = ON")
+        else:
+            maintain(store)
     except sqlite3.DatabaseError as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {path}: {e}") from e
@@ -127,6 +130,7 @@ def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
     store = PostgresEventStore(url, key=key)
     try:
         install_postgres_views(store.connection.raw)
+        maintain(store)
     except psycopg.Error as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {store.where}: {e}") from e

@@ -3,7 +3,7 @@
     GET  /                                  the run list (HTML)
     GET  /runs/{run_id}                     a run's page: trace, phases, tasks, state, audit
     GET  /runs/{run_id}/diff?before=&after= a file's change as a unified diff
-    GET  /api/runs                          one summary per run (the SQL ``runs`` view)
+    GET  /api/runs                          one summary per run (``projections.summaries``)
     GET  /api/runs/{run_id}?at=V            the pipeline and orchestration state at V
     GET  /api/runs/{run_id}/events?after=V&type=T
     GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
@@ -52,6 +52,7 @@ from engine.web.trace import build_trace, kind_of
 from events.errors import AutonomyError, BlobNotFound, RunNotFound
 from events.store import EventStore, RecordedEvent
 from projections import project
+from projections.summaries import RunSummary, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
@@ -262,29 +263,23 @@ class _Web:
         return JSONResponse(self._summaries())
 
     def _summaries(self) -> list[dict[str, Any]]:
-        """The ``runs`` view, with each run's tokens and question: two grouped queries,
-        not a fold per run."""
+        """Every run's summary (``projections.summaries``: one stored row per run,
+        caught up in memory), newest first; a run that cannot be folded is listed as
+        unreadable, its error as the reason."""
         with self.store() as store:
-            rows = _query(store, "SELECT * FROM runs ORDER BY started_at DESC, run_id")
-            tokens = dict(
-                cast(Any, store).connection.execute(
-                    "SELECT run_id, sum(coalesce(json_extract(data, '$.usage.prompt_tokens'), 0)"
-                    " + coalesce(json_extract(data, '$.usage.completion_tokens'), 0))"
-                    " FROM events WHERE type = 'model.responded' GROUP BY run_id"
-                ).fetchall()
-            )
-            questions = dict(
-                row[:2]
-                for row in cast(Any, store).connection.execute(
-                    # one max() aggregate: SQLite takes the question from the latest row
-                    "SELECT run_id, json_extract(data, '$.question'), max(version) FROM events"
-                    " WHERE type = 'user.asked' GROUP BY run_id"
-                ).fetchall()
-            )
-        for row in rows:
-            row["tokens"] = tokens.get(row["run_id"], 0)
-            asked = row["status"] == "waiting_for_input"
-            row["question"] = questions.get(row["run_id"], "") if asked else ""
+            summaries, problems = summaries_and_problems(store)
+        rows: list[dict[str, Any]] = [msgspec.to_builtins(s) for s in summaries]
+        rows += [
+            {
+                **dict.fromkeys(RunSummary.__struct_fields__, ""),
+                "run_id": run_id,
+                "status": "unreadable",
+                "reason": str(error),
+            }
+            for run_id, error in problems.items()
+        ]
+        rows.sort(key=lambda row: row["run_id"])
+        rows.sort(key=lambda row: row["started_at"], reverse=True)
         return rows
 
     def api_state(self, request: Request) -> JSONResponse:
