@@ -652,9 +652,17 @@ def _problem(row: StoredEvent, text: str) -> Problem:
 
 RUNS_SQL = (
     "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
-    " max(recorded_at) FROM events WHERE position > ? GROUP BY run_id ORDER BY min(position)"
+    " max(recorded_at) FROM {events} GROUP BY run_id ORDER BY min(position)"
 )
-"""What ``runs_after`` asks of an SQL backend; ``run_infos`` reads its rows."""
+"""What ``runs_after`` asks of an SQL backend (``{events}`` the table, or the rows
+after a position); ``run_infos`` reads its rows."""
+RUNS_AFTER_SQL = (
+    "WITH later AS MATERIALIZED (SELECT run_id, version, position, recorded_at FROM events"
+    " WHERE position > ?) " + RUNS_SQL.format(events="later")
+)
+"""The runs with events after a position: only those rows are read. Without the
+materialized CTE, SQLite groups along the (run_id, version) index and reads every
+row of the log (130 ms on a million events, against well under 1 ms)."""
 
 
 def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:

@@ -44,6 +44,10 @@ def folded(store: EventStore) -> list[RunSummary]:
     return [summarize(project(store, info.run_id), info) for info in store.runs()]
 
 
+def failed_run(store: EventStore) -> None:
+    store.append("a", [START, *model_call(1), RunFinished(status="failed")], 0)
+
+
 def model_call(n: int, tokens: int = 10) -> list[Event]:
     return [
         ModelRequested(call_id=f"m{n}", role="coder", model="qwen", request_digest=f"d{n}"),
@@ -185,7 +189,7 @@ def test_a_log_from_before_the_summaries_is_listed_read_only_and_built_on_open(
 ) -> None:
     db = tmp_path / "events.db"
     with SQLiteEventStore(db) as bare:
-        bare.append("a", [START, *model_call(1), RunFinished(status="failed")], 0)
+        failed_run(bare)
     conn = sqlite3.connect(db)
     conn.executescript(
         "DROP TABLE run_summaries; DROP TABLE projection_positions; PRAGMA user_version = 2;"
@@ -208,7 +212,7 @@ def test_verify_reports_a_summary_that_disagrees_with_the_log_and_a_rebuild_fixe
 ) -> None:
     db = tmp_path / "events.db"
     with open_store(db) as store:
-        store.append("a", [START, *model_call(1), RunFinished(status="failed")], 0)
+        failed_run(store)
         store.append("b", [START], 0)
     conn = sqlite3.connect(db)
     text = conn.execute("SELECT summary FROM run_summaries WHERE run_id = 'a'").fetchone()[0]
