@@ -3,10 +3,17 @@
     python benchmarks/bench_serve.py                        # 200k events over 200 runs
     python benchmarks/bench_serve.py --events 1000000 --runs 1000 --db /tmp/serve-1m.db
 
-1. The run list: ``GET /api/runs`` (the SQL ``runs`` view and one grouped query for
-   tokens, through Starlette's test client) against what ``autonomy runs`` does, a
-   ``projections.project`` of every run. Medians over ``--repeat``; the ratio is
-   fold/list.
+1. The run list: ``GET /api/runs`` (through Starlette's test client) and what
+   ``autonomy runs`` does (a read-only open and ``run_summaries``), both reading the
+   stored run summaries, against what ``autonomy runs`` did before them, a
+   ``projections.project`` of every run. Medians over ``--repeat``; the ratios are
+   fold/list. Also the one-time build of the summaries when a writer first opens a
+   log from before them (``--db`` of an older log), and the list while one run has
+   ``MAINTAIN_EVERY`` events its rows do not hold yet (a live run between two
+   catch-ups: read-only readers fold those in memory).
+3. The cost of keeping the summaries as events are appended: single appends to one
+   run through ``open_store`` with the maintainer (``EventStore.after_append``)
+   against the same appends without it. Medians of ``--repeat`` batches.
 2. The live stream: a real ``autonomy serve`` process, and this process appending one
    event at a time to a run; the seconds from each append's commit until its ``data:``
    line arrives on ``/api/runs/RUN/stream``, against the seconds until a new reader
@@ -44,6 +51,7 @@ from engine.storage import open_store  # noqa: E402
 from engine.web.app import ServiceSettings, create_app  # noqa: E402
 from events.schema import PhaseChanged, RunStarted  # noqa: E402
 from projections import project  # noqa: E402
+from projections.summaries import MAINTAIN_EVERY, run_summaries  # noqa: E402
 
 AUTONOMY = str(Path(sys.executable).parent / "autonomy")
 
@@ -56,24 +64,70 @@ def build_log(db: Path, events: int, runs: int) -> None:
 
 
 def run_list(db: Path, repeat: int) -> None:
+    with open_store(db, read_only=True) as store:
+        position = store.summary_position() or 0
+        later = store.runs_after(position)
+        behind = max((i.last_position for i in later), default=position) - position
+    started = time.perf_counter()
+    open_store(db).close()  # a writer's open builds or catches up the summaries
+    built = time.perf_counter() - started
     client = TestClient(create_app(ServiceSettings(db=db)), base_url="http://127.0.0.1")
 
-    def listed() -> object:
+    def served() -> object:
         response = client.get("/api/runs")
         assert response.status_code == 200, response.text
         return response.json()
 
+    def listed() -> object:
+        with open_store(db, read_only=True) as store:
+            return run_summaries(store)
+
     def folded() -> object:
-        with open_store(db) as store:
+        with open_store(db, read_only=True) as store:
             return [project(store, info.run_id).pipeline.status for info in store.runs()]
 
-    runs = len(listed())
-    served = median_seconds(listed, repeat)
+    runs = len(served())
+    api = median_seconds(served, repeat)
+    cli = median_seconds(listed, repeat)
     fold = median_seconds(folded, max(1, repeat // 2))
+    with open_store(db) as store:  # a live run: MAINTAIN_EVERY events past its row
+        store.after_append = None  # (named so that log_size does not count it)
+        version = store.last_version("live")
+        batch = realistic_events(MAINTAIN_EVERY + 1)
+        store.append("live", batch[1:] if version else batch[:-1], version)
+    behind_live = median_seconds(listed, repeat)
     print(f"run list of {runs} runs, {log_size(db)} events (median of {repeat}):")
-    print(f"  GET /api/runs (runs view)        {served * 1000:9.1f} ms")
-    print(f"  a fold per run (autonomy runs)   {fold * 1000:9.1f} ms")
-    print(f"  ratio fold/list                  {fold / served:9.1f}x")
+    if behind:
+        print(f"  a writer's open catching up {behind} events    {built * 1000:9.1f} ms")
+    print(f"  GET /api/runs (run summaries)    {api * 1000:9.1f} ms")
+    print(f"  autonomy runs (run summaries)    {cli * 1000:9.1f} ms")
+    print(f"  a fold per run (autonomy runs before the summaries) {fold * 1000:9.1f} ms")
+    print(f"  ratio fold/GET /api/runs         {fold / api:9.1f}x")
+    print(f"  ratio fold/autonomy runs         {fold / cli:9.1f}x")
+    print(
+        f"  autonomy runs, one run {MAINTAIN_EVERY} events ahead of its row {behind_live * 1000:9.1f} ms"
+    )
+
+
+def append_cost(workdir: Path, repeat: int, appends: int = 400) -> None:
+    """Single appends with and without the maintainer, alternating batches."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    events = realistic_events(appends)
+    for attempt in range(repeat):
+        for maintained in (True, False):
+            db = workdir / f"append-{attempt}-{maintained}.db"
+            with open_store(db) as store:
+                if not maintained:
+                    store.after_append = None
+                started = time.perf_counter()
+                for version, event in enumerate(events):
+                    store.append("r", [event], version)
+                times[maintained].append((time.perf_counter() - started) / appends)
+    kept, bare = statistics.median(times[True]), statistics.median(times[False])
+    print(f"single appends of {appends} events to one run (median of {repeat} batches):")
+    print(f"  with the summaries kept          {kept * 1e6:9.1f} us/append")
+    print(f"  without (after_append = None)    {bare * 1e6:9.1f} us/append")
+    print(f"  ratio kept/without               {kept / bare:9.2f}x")
 
 
 def stream_latency(workdir: Path, appends: int) -> None:
@@ -134,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_log(db, args.events, args.runs)
         run_list(db, args.repeat)
         stream_latency(workdir, args.appends)
+        append_cost(workdir, args.repeat)
     return 0
 
 

@@ -93,6 +93,7 @@ def open_store(
     # imported here, not above: the command line's start does not pay for them
     from engine.keys import load_key
     from events.sqlite import SQLiteEventStore
+    from projections.summaries import maintain
     from projections.views import install_views
 
     if key is None:
@@ -110,6 +111,8 @@ def open_store(
         if read_only:
             # mode=ro guards the file; this also refuses writes through ATTACH
             store.connection.execute("PRAGMA query_only = ON")
+        else:
+            maintain(store)
     except sqlite3.DatabaseError as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {path}: {e}") from e
@@ -125,6 +128,7 @@ def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
         import psycopg
 
         from events.postgres import PostgresEventStore
+        from projections.summaries import maintain
         from projections.views_postgres import install_views as install_postgres_views
     except ImportError as e:
         raise EventStoreError(
@@ -133,6 +137,7 @@ def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
     store = PostgresEventStore(url, key=key)
     try:
         install_postgres_views(store.connection.raw)
+        maintain(store)
     except psycopg.Error as e:
         store.close()
         raise EventStoreError(f"installing the audit views in {store.where}: {e}") from e

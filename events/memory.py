@@ -16,6 +16,7 @@ from events.store import (
     EventStore,
     Row,
     RunInfo,
+    SummaryRow,
     check_expected,
     keyed_marker,
     number,
@@ -35,6 +36,8 @@ class MemoryEventStore(EventStore):
         self._log: list[Row] = []
         self._by_run: dict[str, list[Row]] = {}
         self._blobs: dict[str, bytes] = {}
+        self._summaries: dict[str, SummaryRow] = {}
+        self._summary_position = 0
         self._lock = threading.RLock()
 
     def _append_rows(
@@ -95,20 +98,44 @@ class MemoryEventStore(EventStore):
             stream = self._by_run.get(run_id)
             return stream[-1][2] if stream else 0
 
-    def runs(self) -> list[RunInfo]:
+    def runs_after(self, position: int) -> list[RunInfo]:
         with self._lock:
-            streams = sorted(self._by_run.values(), key=lambda s: s[0][0])
-            return [
-                RunInfo(
-                    run_id=s[0][1],
-                    version=s[-1][2],
-                    first_position=s[0][0],
-                    last_position=s[-1][0],
-                    started_at=min(r[5] for r in s),
-                    last_at=max(r[5] for r in s),
-                )
-                for s in streams
-            ]
+            rows = self._log[max(position, 0) :]
+        found: dict[str, list[Row]] = {}
+        for row in rows:
+            found.setdefault(row[1], []).append(row)
+        return [
+            RunInfo(
+                run_id=run_id,
+                version=s[-1][2],
+                first_position=s[0][0],
+                last_position=s[-1][0],
+                started_at=min(r[5] for r in s),
+                last_at=max(r[5] for r in s),
+            )
+            for run_id, s in found.items()
+        ]
+
+    def summary_position(self) -> int | None:
+        return self._summary_position
+
+    def summary_rows(self, run_ids: Sequence[str] | None = None) -> list[SummaryRow]:
+        with self._lock:
+            if run_ids is None:
+                return list(self._summaries.values())
+            return [self._summaries[r] for r in run_ids if r in self._summaries]
+
+    def save_summaries(
+        self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
+    ) -> bool:
+        with self._lock:
+            if replace:
+                self._summaries.clear()
+            elif self._summary_position != expected:
+                return False
+            self._summary_position = position
+            self._summaries.update((row[0], row) for row in rows)
+        return True
 
     def _put_blob(self, digest: str, content: bytes) -> None:
         with self._lock:

@@ -38,11 +38,18 @@ from psycopg.types.string import TextLoader
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError
 from events.lease import refusal
-from events.sql import COLUMNS, SQLEventStore
+from events.sql import (
+    COLUMNS,
+    MOVE_SUMMARY_POSITION_SQL,
+    SAVE_SUMMARY_SQL,
+    SUMMARY_TABLES,
+    SQLEventStore,
+)
 from events.store import (
     Clock,
     Draft,
     Row,
+    SummaryRow,
     check_expected,
     keyed_marker,
     number,
@@ -107,6 +114,8 @@ CREATE TABLE store_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
   FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
 """,
+    # 4: each run's summary, kept by projections.summaries (derived, rebuilt at will)
+    ";\n".join(SUMMARY_TABLES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -248,6 +257,25 @@ class PostgresEventStore(SQLEventStore):
                     " ON CONFLICT DO NOTHING",
                     (marker,),
                 )
+
+    def save_summaries(
+        self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
+    ) -> bool:
+        with self._conn("saving the run summaries") as conn, conn.transaction() as tx:
+            if replace:
+                conn.execute("DELETE FROM run_summaries")
+                conn.execute(
+                    "UPDATE projection_positions SET position = %s WHERE name = 'run_summaries'",
+                    (position,),
+                )
+            else:
+                moved = conn.execute(self.sql(MOVE_SUMMARY_POSITION_SQL), (position, expected))
+                if moved.rowcount != 1:
+                    raise psycopg.Rollback(tx)
+            with conn.cursor() as cursor:
+                cursor.executemany(self.sql(SAVE_SUMMARY_SQL), rows)
+            return True
+        return False
 
     # -- reading ---------------------------------------------------------------------
 

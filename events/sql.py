@@ -14,7 +14,17 @@ from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from events.store import RUNS_SQL, EventStore, Payload, Row, RunInfo, chunks, run_infos
+from events.store import (
+    RUNS_AFTER_SQL,
+    RUNS_SQL,
+    EventStore,
+    Payload,
+    Row,
+    RunInfo,
+    SummaryRow,
+    chunks,
+    run_infos,
+)
 
 COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causation, hash, data"
 _RUN_WHERE = (
@@ -90,5 +100,49 @@ class SQLEventStore(EventStore):
         rows = self._fetch(self._last_version_sql, (run_id,), f"reading run {run_id!r}")
         return int(rows[0][0] or 0)
 
-    def runs(self) -> list[RunInfo]:
-        return run_infos(self._fetch(RUNS_SQL, (), "listing runs"))
+    def runs_after(self, position: int) -> list[RunInfo]:
+        if position <= 0:  # every row: along the index is the fastest way
+            return run_infos(self._fetch(RUNS_SQL.format(events="events"), (), "listing runs"))
+        return run_infos(self._fetch(self.sql(RUNS_AFTER_SQL), (position,), "listing runs"))
+
+    # -- the run summaries -------------------------------------------------------------
+
+    def summary_position(self) -> int | None:
+        rows = self._fetch(
+            self.sql(SUMMARY_POSITION_SQL), (), "reading the run summaries' position"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def summary_rows(self, run_ids: Sequence[str] | None = None) -> list[SummaryRow]:
+        sql = "SELECT run_id, version, last_position, summary FROM run_summaries"
+        if run_ids is None:
+            return [tuple(r) for r in self._fetch(sql, (), "reading the run summaries")]
+        found: list[SummaryRow] = []
+        for start in range(0, len(run_ids), 500):  # SQLite allows 999 parameters
+            batch = run_ids[start : start + 500]
+            where = f" WHERE run_id IN ({', '.join('?' * len(batch))})"
+            found += [tuple(r) for r in self._fetch(self.sql(sql + where), batch, "reading")]
+        return found
+
+
+SUMMARY_POSITION_SQL = "SELECT position FROM projection_positions WHERE name = 'run_summaries'"
+SAVE_SUMMARY_SQL = (
+    "INSERT INTO run_summaries (run_id, version, last_position, summary) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (run_id) DO UPDATE SET version = excluded.version,"
+    " last_position = excluded.last_position, summary = excluded.summary"
+)
+"""A run's summary row, written over the old one (SQLite and PostgreSQL alike)."""
+MOVE_SUMMARY_POSITION_SQL = (
+    "UPDATE projection_positions SET position = ? WHERE name = 'run_summaries' AND position = ?"
+)
+"""Moves the position only from the one expected: its row count says who caught up."""
+SUMMARY_TABLES = (
+    "CREATE TABLE IF NOT EXISTS run_summaries (run_id TEXT PRIMARY KEY,"
+    " version INTEGER NOT NULL, last_position BIGINT NOT NULL, summary TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY,"
+    " position BIGINT NOT NULL)",
+    "INSERT INTO projection_positions (name, position) VALUES ('run_summaries', 0)"
+    " ON CONFLICT DO NOTHING",
+)
+"""The derived tables of ``projections.summaries``: not append-only (a catch-up
+rewrites a run's row), rebuilt from the log at will, checked by ``verify``."""

@@ -30,11 +30,18 @@ from typing import Any, Literal
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
 from events.lease import FileLeases
-from events.sql import COLUMNS, SQLEventStore
+from events.sql import (
+    COLUMNS,
+    MOVE_SUMMARY_POSITION_SQL,
+    SAVE_SUMMARY_SQL,
+    SUMMARY_TABLES,
+    SQLEventStore,
+)
 from events.store import (
     Clock,
     Draft,
     Row,
+    SummaryRow,
     check_expected,
     format_time,
     keyed_marker,
@@ -44,7 +51,7 @@ from events.store import (
 )
 
 APPLICATION_ID = 0x6175746F  # "auto": marks a database as autonomy's
-SCHEMA_VERSION = 2  # 2: store_meta and repairs
+SCHEMA_VERSION = 3  # 2: store_meta and repairs; 3: run_summaries, projection_positions
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 
@@ -289,6 +296,8 @@ class SQLiteEventStore(SQLEventStore):
             not_null={"at", "what"},
             if_not_exists=True,
         )
+        for statement in SUMMARY_TABLES:
+            self._conn.execute(statement)
         for trigger in _TRIGGERS.values():
             self._conn.execute(trigger)
         self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
@@ -357,6 +366,42 @@ class SQLiteEventStore(SQLEventStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def save_summaries(
+        self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
+    ) -> bool:
+        conn = self._conn
+        with self._lock, _mapped_errors("saving the run summaries"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if replace:
+                    conn.execute("DELETE FROM run_summaries")
+                    conn.execute(
+                        "UPDATE projection_positions SET position = ? WHERE name = 'run_summaries'",
+                        (position,),
+                    )
+                elif conn.execute(MOVE_SUMMARY_POSITION_SQL, (position, expected)).rowcount != 1:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.executemany(SAVE_SUMMARY_SQL, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return True
+
+    def summary_position(self) -> int | None:
+        with self._lock:
+            if "projection_positions" not in self._names("table"):  # an older log
+                return None
+        return super().summary_position()
+
+    def summary_rows(self, run_ids: Sequence[str] | None = None) -> list[SummaryRow]:
+        with self._lock:
+            if "run_summaries" not in self._names("table"):
+                return []
+        return super().summary_rows(run_ids)
 
     # -- reading ---------------------------------------------------------------------
 

@@ -111,6 +111,12 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_at: str
 
 
+SummaryRow = tuple[str, int, int, str]
+"""(run_id, version, last_position, summary): one run's row of the run summaries, a
+derived table a projection keeps (``projections.summaries``). The store keeps the
+summary as text it never reads, like an event's payload."""
+
+
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
     """One thing wrong with a run: where (position, version, type) and what."""
 
@@ -256,10 +262,15 @@ class EventStore(ABC):
     starts; see the module docstring."""
 
     _leases: LocalLeases | FileLeases
+    read_only: bool = False
+    """Opened for reading only: derived tables are then caught up in memory."""
 
     def __init__(
         self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
     ) -> None:
+        self.after_append: Callable[[EventStore, list[RecordedEvent]], None] | None = None
+        """Called after each append commits (``projections.summaries`` keeps the run
+        summaries up to date from it); its errors are the caller's."""
         self._leases = LocalLeases()
         self.clock = clock
         self.codec = codec if codec is not None else Codec()
@@ -298,7 +309,10 @@ class EventStore(ABC):
             for e in events
         ]
         rows = self._append_rows(run_id, drafts, expected_version, format_time(self.clock()))
-        return [RecordedEvent(*row[:8], event) for row, event in zip(rows, events, strict=True)]
+        recorded = [RecordedEvent(*row[:8], event) for row, event in zip(rows, events, strict=True)]
+        if self.after_append is not None:
+            self.after_append(self, recorded)
+        return recorded
 
     @abstractmethod
     def _append_rows(
@@ -379,9 +393,35 @@ class EventStore(ABC):
     def last_version(self, run_id: str) -> int:
         """The run's last version, 0 when it has no events."""
 
-    @abstractmethod
     def runs(self) -> list[RunInfo]:
         """One entry per run, in order of first appearance."""
+        return self.runs_after(0)
+
+    @abstractmethod
+    def runs_after(self, position: int) -> list[RunInfo]:
+        """One entry per run with events after ``position``, in order of its first
+        event there, describing only those events (their versions, positions and
+        times): the runs a catch-up projection must bring up to date."""
+
+    # -- the run summaries (a derived table, see ``projections.summaries``) --------------
+
+    @abstractmethod
+    def summary_position(self) -> int | None:
+        """The position up to which the run summaries hold every event; None when
+        the log has no summaries table (an older log opened read-only)."""
+
+    @abstractmethod
+    def summary_rows(self, run_ids: Sequence[str] | None = None) -> list[SummaryRow]:
+        """The stored summaries of ``run_ids`` (every run's by default)."""
+
+    @abstractmethod
+    def save_summaries(
+        self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
+    ) -> bool:
+        """Store ``rows`` and move the summaries' position from ``expected`` to
+        ``position``, in one transaction, if the position is still ``expected``
+        (else another writer caught up first: nothing is written, False).
+        ``replace`` drops every other row first (a rebuild) whatever the position."""
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -612,9 +652,17 @@ def _problem(row: StoredEvent, text: str) -> Problem:
 
 RUNS_SQL = (
     "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
-    " max(recorded_at) FROM events GROUP BY run_id ORDER BY min(position)"
+    " max(recorded_at) FROM {events} GROUP BY run_id ORDER BY min(position)"
 )
-"""What ``runs`` asks of an SQL backend; ``run_infos`` reads its rows."""
+"""What ``runs_after`` asks of an SQL backend (``{events}`` the table, or the rows
+after a position); ``run_infos`` reads its rows."""
+RUNS_AFTER_SQL = (
+    "WITH later AS MATERIALIZED (SELECT run_id, version, position, recorded_at FROM events"
+    " WHERE position > ?) " + RUNS_SQL.format(events="later")
+)
+"""The runs with events after a position: only those rows are read. Without the
+materialized CTE, SQLite groups along the (run_id, version) index and reads every
+row of the log (130 ms on a million events, against well under 1 ms)."""
 
 
 def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:

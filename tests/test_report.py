@@ -14,10 +14,19 @@ from engine.cli import cli
 from engine.runs.demo import GOAL
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
-from events.schema import RunFinished, RunStarted, ToolExecuted, ToolRequested
+from engine.web.pages import run_page, stylesheet
+from events.schema import (
+    ModelRequested,
+    RunFinished,
+    RunStarted,
+    ToolExecuted,
+    ToolRequested,
+    UserAsked,
+)
 
 RUN_FLAGS = ("run", GOAL, "--api", "ollama", "--model", "qwen2.5-coder:7b")
 HOSTILE = "hostile"
+ASKING = "asking"
 SCRIPT = "<script>alert('x')</script>"
 
 
@@ -31,6 +40,7 @@ class Page(HTMLParser):
         self.rows: list[tuple[str, str]] = []  # (class, text)
         self.tags: list[str] = []
         self.urls: list[str] = []
+        self.ids: set[str] = set()
         self._section: str | None = None
         self._row: tuple[str, list[str]] | None = None
         self.feed(text)
@@ -40,6 +50,7 @@ class Page(HTMLParser):
         self.tags.append(tag)
         attributes = dict(attrs)
         self.urls += [v or "" for k, v in attrs if k in ("src", "href")]
+        self.ids.update(v or "" for k, v in attrs if k == "id")
         if tag == "section":
             self._section = attributes.get("id") or ""
             self.sections[self._section] = ""
@@ -92,6 +103,11 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ],
             0,
         )
+        store.append(
+            ASKING,
+            [RunStarted(goal="g", workspace="/w"), UserAsked(question="Which Python?")],
+            0,
+        )
     return db
 
 
@@ -106,8 +122,9 @@ def test_the_page_has_every_section(db: Path, tmp_path: Path) -> None:
     assert list(page.sections) == [
         "summary",
         "phases",
-        "decisions",
+        "trace",
         "tasks",
+        "decisions",
         "tool-calls",
         "tokens",
     ]
@@ -139,11 +156,42 @@ def test_fallback_decisions_are_marked(db: Path, tmp_path: Path) -> None:
 
 
 def test_the_page_is_self_contained(db: Path, tmp_path: Path) -> None:
-    page = report(db, RUN, tmp_path / "r.html")
+    out = tmp_path / "r.html"
+    page = report(db, RUN, out)
     assert "script" not in page.tags
     assert "link" not in page.tags and "img" not in page.tags
-    assert page.urls == []
+    assert page.urls and all(url.startswith("#") for url in page.urls)  # within the page
+    assert {url[1:] for url in page.urls} <= page.ids
     assert "style" in page.tags
+    assert stylesheet() in out.read_text(encoding="utf-8")  # the service's own, inlined
+
+
+def test_the_page_is_the_services_run_page_with_the_trace_folded(
+    db: Path, tmp_path: Path
+) -> None:
+    page = report(db, RUN, tmp_path / "r.html")
+    with closing(open_store(db, read_only=True)) as store:
+        served = Page(run_page(store, RUN))
+        calls = [r for r in store.read(RUN) if isinstance(r.data, ModelRequested)]
+    # the same templates: the service's sections, less what needs the server
+    assert [s for s in served.sections if s in page.sections] == [
+        "summary",
+        "phases",
+        "trace",
+        "tasks",
+    ]
+    assert "state" in served.sections and "state" not in page.sections
+    # a model call's prompt and answer are in the trace, folded (no script opens them)
+    assert calls[0].data.messages[-1].content[:40] in page.sections["trace"]
+    assert page.tags.count("details") == served.tags.count("details")
+
+
+def test_a_run_waiting_for_input_shows_its_question_without_the_answer_box(
+    db: Path, tmp_path: Path
+) -> None:
+    page = report(db, ASKING, tmp_path / "r.html")
+    assert "Which Python?" in page.sections["answer"]
+    assert "form" not in page.tags and "textarea" not in page.tags
 
 
 def test_everything_from_the_log_is_escaped(db: Path, tmp_path: Path) -> None:

@@ -471,6 +471,43 @@ class StoreContract(ABC):
 
         assert [r.data for r in self.store.read("run-1")] == [START, executed]
 
+    # -- the run summaries' table (a derived table the store keeps, never reads) ----------
+
+    def test_runs_after_a_position_describe_only_the_later_events(self) -> None:
+        self.store.append("run-a", [START, task(1)], 0)
+        self.store.append("run-b", [START], 0)
+        self.store.append("run-a", [task(2)], 2)
+
+        later = self.store.runs_after(2)
+
+        assert [(i.run_id, i.version, i.first_position, i.last_position) for i in later] == [
+            ("run-b", 1, 3, 3),
+            ("run-a", 3, 4, 4),
+        ]
+        assert self.store.runs_after(4) == []
+        assert self.store.runs_after(0) == self.store.runs()
+
+    def test_summaries_move_only_from_the_position_expected(self) -> None:
+        assert self.store.summary_position() == 0
+        assert self.store.save_summaries(0, 5, [("a", 3, 5, "{}"), ("b", 1, 2, "[]")])
+
+        # another writer caught up first: nothing is written
+        assert not self.store.save_summaries(0, 9, [("a", 9, 9, "stale")])
+        assert self.store.summary_position() == 5
+        assert sorted(self.store.summary_rows()) == [("a", 3, 5, "{}"), ("b", 1, 2, "[]")]
+
+        assert self.store.save_summaries(5, 7, [("a", 4, 7, '{"x": 1}')])
+        assert self.store.summary_rows(["a"]) == [("a", 4, 7, '{"x": 1}')]
+        assert self.store.summary_rows(["nobody"]) == []
+
+    def test_a_rebuild_of_the_summaries_replaces_every_row_whatever_the_position(self) -> None:
+        self.store.save_summaries(0, 5, [("a", 3, 5, "{}"), ("gone", 1, 2, "{}")])
+
+        assert self.store.save_summaries(0, 4, [("a", 2, 4, "new")], replace=True)
+
+        assert self.store.summary_position() == 4
+        assert self.store.summary_rows() == [("a", 2, 4, "new")]
+
 
 class TestMemoryStore(StoreContract):
     def open_store(self, clock: Clock) -> EventStore:

@@ -142,22 +142,23 @@ def _split(words: tuple[str, ...]) -> tuple[str | None, str, tuple[str, ...]]:
 def report(run_id: str, html_file: Path, db: Path | None) -> None:
     """Write one self-contained HTML page about a run, for a person to read.
 
-    Final status, phase timeline, decisions (fallbacks marked), tasks, tool calls
+    The service's run page (`autonomy serve`), static: final status, phase
+    timeline, the trace (each decision with its model calls, prompts and answers
+    and tool calls, folded), tasks, decisions (fallbacks marked), tool calls
     (failures marked in red with their error) and tokens per model and per role.
-    No scripts and no external assets: the file can be mailed or attached as is.
+    Its stylesheet is inlined; no scripts and no external assets: the file can be
+    mailed or attached as is.
 
     Example:
 
     \b
         autonomy report RUN_ID --html run.html
     """
-    from engine.runs.report import write_report
+    from engine.web.report import write_report
     from events.errors import RunNotFound
 
     with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
-        connection = _sql(store)
-        _try_indexes(db, connection)
-        write_report(connection, run_id, html_file)
+        write_report(store, run_id, html_file)
     click.echo(f"wrote {html_file}")

@@ -42,7 +42,8 @@ def verify(
 
     The database passes PRAGMA integrity_check and has its append-only triggers (a
     writer that found them dropped put them back, and that is reported here);
-    every blob matches its digest. For each run: the hash chain is unbroken,
+    every blob matches its digest; every stored run summary agrees with a fold of
+    its run (`autonomy runs --rebuild` writes them again). For each run: the hash chain is unbroken,
     every event decodes and its blobs are intact, the run's state can be
     rebuilt, and, with --checkpoints, the run is as long as each checkpoint and
     has the same hash at its version. A keyed run is authenticated only with

@@ -9,61 +9,73 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
-from events.errors import AutonomyError, RunNotFound
+from events.errors import RunNotFound
 
 if TYPE_CHECKING:
     from events.schema import Event
-    from events.store import EventStore, RecordedEvent
+    from events.store import RecordedEvent
+    from projections.summaries import RunSummary
 
 
 @cli.command()
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="First fold every run again and store its summary (when verify found them wrong).",
+)
 @db_option
 @click.pass_context
-def runs(ctx: click.Context, db: Path | None) -> None:
+def runs(ctx: click.Context, rebuild: bool, db: Path | None) -> None:
     """List the runs in the log.
 
-    One row per run, projected from its events: status, phase, steps, tokens
-    and start time (UTC). A run waiting for an answer shows its question. A run
-    whose events cannot be read is listed as unreadable (exit status 1); `autonomy
-    verify RUN_ID` says why.
+    One row per run, from the run summaries the log keeps (each run's state as
+    `autonomy state` folds it, caught up with any newer events): status, phase,
+    steps, tokens and start time (UTC). A run waiting for an answer shows its
+    question. A run whose events cannot be read is listed as unreadable (exit
+    status 1); `autonomy verify RUN_ID` says why.
 
     Example:
 
     \b
         autonomy runs --db .autonomy/events.db
+        autonomy runs --rebuild
     """
     from engine.tables import table
+    from projections.summaries import rebuild_summaries, summaries_and_problems
 
-    unreadable: list[str] = []
-    rows: list[list[str]] = []
+    if rebuild:
+        with opened_log(db, create_key=False) as store:
+            rebuild_summaries(store)
     with opened_log(db, read_only=True) as store:
-        for info in store.runs():
-            try:
-                rows.append(_run_row(store, info.run_id, info.started_at))
-            except AutonomyError as e:
-                # one damaged run must not hide the others
-                unreadable.append(f"run {info.run_id}: {e}")
-                rows.append([info.run_id, "unreadable", "?", "?", "?", _seconds(info.started_at)])
+        summaries, problems = summaries_and_problems(store)
+        rows = [_run_row(summary) for summary in summaries]
+        for run_id in problems:  # one damaged run must not hide the others
+            first = next(store.read_raw(run_id, upto=1), None)
+            started = _seconds(first.recorded_at) if first else "?"
+            rows.append([run_id, "unreadable", "?", "?", "?", started])
     if not rows:
         click.echo("no runs in this log")
         return
     headers = ["run", "status", "phase", "steps", "tokens", "started"]
     click.echo(table(rows, headers))
-    for problem in unreadable:
-        click.echo(f"Error: {problem}", err=True)
-    if unreadable:
+    for run_id, problem in problems.items():
+        click.echo(f"Error: run {run_id}: {problem}", err=True)
+    if problems:
         ctx.exit(1)
 
 
-def _run_row(store: EventStore, run_id: str, started_at: str) -> list[str]:
-    from projections import project
-
-    pipeline, orchestration = (state := project(store, run_id)).pipeline, state.orchestration
-    status = pipeline.status
+def _run_row(summary: RunSummary) -> list[str]:
+    status = summary.status
     if status == "waiting_for_input":
-        status = f"waiting_for_input: {_short(pipeline.question, 50)}"
-    tokens = sum(usage.tokens for usage in orchestration.usage_by_model.values())
-    return [run_id, status, pipeline.phase, str(pipeline.steps), str(tokens), _seconds(started_at)]
+        status = f"waiting_for_input: {_short(summary.question, 50)}"
+    return [
+        summary.run_id,
+        status,
+        summary.phase,
+        str(summary.steps),
+        str(summary.tokens),
+        _seconds(summary.started_at),
+    ]
 
 
 def _check_types(

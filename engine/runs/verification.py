@@ -13,6 +13,8 @@ What each check proves:
   an unkeyed one was rewritten by someone without the key.
 - **Each event** decodes through the typed decoder, the blobs it refers to are
   present and intact, and the run's state can be rebuilt.
+- **The run summaries** (``projections.summaries``, derived data) — each stored row
+  agrees with a fold of its run; ``autonomy runs --rebuild`` writes them again.
 - **Checkpoints** kept elsewhere (``events.checkpoints``) — the run is at least as
   long as each, with the same hash at its version: no deleted tail, no rewritten
   history, whoever holds the key.
@@ -31,7 +33,8 @@ from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
 from events.schema import blob_references
 from events.store import EventStore, Problem, check_keyed_marker
-from projections import project
+from projections import RunState, project
+from projections.summaries import summary_problems
 
 
 class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,8 +87,9 @@ def verify_log(
             database.append(problem)
     blobs = _BlobChecks(store)
     verdicts = []
+    states: dict[str, RunState] = {}
     for run_id in ids:
-        verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()))
+        verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()), states)
         first = first_position.get(run_id)
         if (
             keyed_from is not None
@@ -103,13 +107,18 @@ def verify_log(
         verdicts.append(verdict)
     if marker is None and any(v.authentication != "unkeyed" for v in verdicts):
         database.append("runs are keyed, but the log's keyed mark is missing: it was deleted")
+    database += summary_problems(store, run_ids, states)
     if run_ids is None:
         database += blobs.check_all()
     return LogVerdict(database=tuple(database), blobs=blobs.count, runs=tuple(verdicts))
 
 
 def _verify_run(
-    store: EventStore, run_id: str, blobs: _BlobChecks, checkpoints: Sequence[Checkpoint]
+    store: EventStore,
+    run_id: str,
+    blobs: _BlobChecks,
+    checkpoints: Sequence[Checkpoint],
+    states: dict[str, RunState],
 ) -> RunVerdict:
     problems: list[Problem] = []
     try:
@@ -145,7 +154,7 @@ def _verify_run(
         )
     if decodes:
         try:
-            project(store, run_id)  # the state can be rebuilt from the events
+            states[run_id] = project(store, run_id)  # the state can be rebuilt
         except AutonomyError as e:
             problems.append(Problem(problem=f"its state cannot be rebuilt: {e}"))
     covered = None

@@ -3,7 +3,7 @@
     GET  /                                  the run list (HTML)
     GET  /runs/{run_id}                     a run's page: trace, phases, tasks, state, audit
     GET  /runs/{run_id}/diff?before=&after= a file's change as a unified diff
-    GET  /api/runs                          one summary per run (the SQL ``runs`` view)
+    GET  /api/runs                          one summary per run (``projections.summaries``)
     GET  /api/runs/{run_id}?at=V            the pipeline and orchestration state at V
     GET  /api/runs/{run_id}/events?after=V&type=T
     GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
-import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import anyio.to_thread
-import jinja2
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -48,17 +46,14 @@ from engine.runs.audit import QUERIES, AuditError, AuditResult, run_query, run_s
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import open_store
-from engine.web.trace import build_trace, kind_of
+from engine.web.pages import LIFECYCLE, PAUSED, compact, render, run_page
 from events.errors import AutonomyError, BlobNotFound, RunNotFound
 from events.store import EventStore, RecordedEvent
 from projections import project
+from projections.summaries import RunSummary, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
-# a run whose last lifecycle event is one of these is not live: its stream ends
-_PAUSED = ("run.finished", "user.asked")
-_LIFECYCLE = ("run.started", "run.forked", "run.finished", "run.rewound", "user.asked",
-              "user.answered")  # fmt: skip
 
 
 class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,38 +154,9 @@ async def _error(request: Request, error: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status)
     return HTMLResponse(
-        _templates().get_template("error.html").render(status=status, message=message),
+        render("error.html", status=status, message=message),
         status_code=status,
     )
-
-
-def _templates() -> jinja2.Environment:
-    return _ENVIRONMENT
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def _line(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _short(value: str, keep: int = 12) -> str:
-    return value if len(value) <= keep + 1 else value[:keep] + "…"
-
-
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("engine.web", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    lstrip_blocks=True,
-)
-_ENVIRONMENT.filters["pretty"] = _json
-_ENVIRONMENT.filters["compact"] = _line
-_ENVIRONMENT.filters["kind"] = kind_of
-_ENVIRONMENT.filters["short"] = _short
-_ENVIRONMENT.filters["builtins"] = msgspec.to_builtins
 
 
 class _Web:
@@ -210,7 +176,7 @@ class _Web:
             store.close()
 
     def _render(self, template: str, **context: Any) -> HTMLResponse:
-        return HTMLResponse(_templates().get_template(template).render(**context))
+        return HTMLResponse(render(template, **context))
 
     # -- pages -------------------------------------------------------------------------
 
@@ -220,24 +186,14 @@ class _Web:
     def run_page(self, request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
         with self.store() as store:
-            events = list(store.read(run_id))
-            if not events:
+            if store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            state = project(store, run_id)
             audit = {
                 name: run_query(cast(Any, store).connection, name, run_id)
                 for name, query in QUERIES.items()
                 if not query.parameters
             }
-        return self._render(
-            "run.html",
-            run_id=run_id,
-            state=state,
-            trace=build_trace(events),
-            audit=audit,
-            version=events[-1].version,
-            live=_is_live(events),
-        )
+            return HTMLResponse(run_page(store, run_id, audit=audit))
 
     def diff_page(self, request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
@@ -262,29 +218,23 @@ class _Web:
         return JSONResponse(self._summaries())
 
     def _summaries(self) -> list[dict[str, Any]]:
-        """The ``runs`` view, with each run's tokens and question: two grouped queries,
-        not a fold per run."""
+        """Every run's summary (``projections.summaries``: one stored row per run,
+        caught up in memory), newest first; a run that cannot be folded is listed as
+        unreadable, its error as the reason."""
         with self.store() as store:
-            rows = _query(store, "SELECT * FROM runs ORDER BY started_at DESC, run_id")
-            tokens = dict(
-                cast(Any, store).connection.execute(
-                    "SELECT run_id, sum(coalesce(json_extract(data, '$.usage.prompt_tokens'), 0)"
-                    " + coalesce(json_extract(data, '$.usage.completion_tokens'), 0))"
-                    " FROM events WHERE type = 'model.responded' GROUP BY run_id"
-                ).fetchall()
-            )
-            questions = dict(
-                row[:2]
-                for row in cast(Any, store).connection.execute(
-                    # one max() aggregate: SQLite takes the question from the latest row
-                    "SELECT run_id, json_extract(data, '$.question'), max(version) FROM events"
-                    " WHERE type = 'user.asked' GROUP BY run_id"
-                ).fetchall()
-            )
-        for row in rows:
-            row["tokens"] = tokens.get(row["run_id"], 0)
-            asked = row["status"] == "waiting_for_input"
-            row["question"] = questions.get(row["run_id"], "") if asked else ""
+            summaries, problems = summaries_and_problems(store)
+        rows: list[dict[str, Any]] = [msgspec.to_builtins(s) for s in summaries]
+        rows += [
+            {
+                **dict.fromkeys(RunSummary.__struct_fields__, ""),
+                "run_id": run_id,
+                "status": "unreadable",
+                "reason": str(error),
+            }
+            for run_id, error in problems.items()
+        ]
+        rows.sort(key=lambda row: row["run_id"])
+        rows.sort(key=lambda row: row["started_at"], reverse=True)
         return rows
 
     def api_state(self, request: Request) -> JSONResponse:
@@ -337,14 +287,14 @@ class _Web:
             while True:
                 events = await anyio.to_thread.run_sync(_read_after, store, run_id, after)
                 for event in events:
-                    yield f"id: {event.version}\ndata: {_line(event_document(event))}\n\n"
+                    yield f"id: {event.version}\ndata: {compact(event_document(event))}\n\n"
                     after = event.version
-                    if event.type in _LIFECYCLE:
+                    if event.type in LIFECYCLE:
                         lifecycle = event.type
                 if events:
                     quiet_since = loop.time()
-                if lifecycle in _PAUSED:
-                    yield f"event: end\ndata: {_line({'status': lifecycle})}\n\n"
+                if lifecycle in PAUSED:
+                    yield f"event: end\ndata: {compact({'status': lifecycle})}\n\n"
                     return
                 if loop.time() - quiet_since > self.settings.keepalive_seconds:
                     quiet_since = loop.time()
@@ -412,16 +362,11 @@ def _read_after(store: EventStore, run_id: str, after: int) -> list[RecordedEven
     return list(store.read(run_id, after=after))
 
 
-def _is_live(events: list[RecordedEvent]) -> bool:
-    last = next((e.type for e in reversed(events) if e.type in _LIFECYCLE), "")
-    return last not in _PAUSED
-
-
 def _last_lifecycle(store: EventStore, run_id: str) -> str:
     row = cast(Any, store).connection.execute(
-        f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(_LIFECYCLE))})"
+        f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(LIFECYCLE))})"
         " ORDER BY version DESC LIMIT 1",
-        (run_id, *_LIFECYCLE),
+        (run_id, *LIFECYCLE),
     ).fetchone()
     return str(row[0]) if row else ""
 

@@ -1,0 +1,104 @@
+"""The HTML of a run, rendered from the Jinja2 templates in ``engine/web/templates``:
+by the service (``engine.web.app``, one page per request) and by ``autonomy report``
+(``engine.web.report``, one self-contained file). One environment, one context builder,
+so the page and the report cannot show a run differently.
+
+``static=True`` renders the page for a file: the stylesheet inlined, no scripts,
+nothing that needs the server (the live tail, the answer box, the filters, the
+state slider, links to blobs and diffs), every link an anchor in the page; and, in
+place of what the scripts and the audit section give, the decisions, the tool calls
+and the tokens as tables.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import jinja2
+import msgspec
+
+from engine.web.trace import ToolTrace, build_trace, kind_of
+from events.errors import RunNotFound
+from events.store import EventStore, RecordedEvent
+from projections import project
+
+# a run whose last lifecycle event is one of these is not live: its stream ends
+PAUSED = ("run.finished", "user.asked")
+LIFECYCLE = ("run.started", "run.forked", "run.finished", "run.rewound", "user.asked",
+             "user.answered")  # fmt: skip
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _short(value: str, keep: int = 12) -> str:
+    return value if len(value) <= keep + 1 else value[:keep] + "…"
+
+
+ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.PackageLoader("engine.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    lstrip_blocks=True,
+)
+ENVIRONMENT.filters["pretty"] = pretty
+ENVIRONMENT.filters["compact"] = compact
+ENVIRONMENT.filters["kind"] = kind_of
+ENVIRONMENT.filters["short"] = _short
+ENVIRONMENT.filters["builtins"] = msgspec.to_builtins
+
+
+def render(template: str, **context: Any) -> str:
+    return ENVIRONMENT.get_template(template).render(**context)
+
+
+def stylesheet() -> str:
+    """The service's stylesheet (``static/app.css``), to inline in a static page."""
+    return (resources.files("engine.web") / "static" / "app.css").read_text(encoding="utf-8")
+
+
+def run_page(store: EventStore, run_id: str, *, static: bool = False, **extra: Any) -> str:
+    """The run page of ``run_id``: the service's (``static=False``; ``extra`` holds
+    what only the service shows, the audit tables) or a self-contained file's."""
+    events = list(store.read(run_id))
+    if not events:
+        raise RunNotFound(run_id)
+    context: dict[str, Any] = {
+        "run_id": run_id,
+        "state": project(store, run_id),
+        "trace": build_trace(events),
+        "version": events[-1].version,
+        "live": is_live(events) and not static,
+        "static": static,
+        "audit": {},
+        **extra,
+    }
+    if static:
+        context["css"] = stylesheet()
+        context["tool_calls"] = tool_calls(events)
+    return render("run.html", **context)
+
+
+def is_live(events: list[RecordedEvent]) -> bool:
+    last = next((e.type for e in reversed(events) if e.type in LIFECYCLE), "")
+    return last not in PAUSED
+
+
+def tool_calls(events: list[RecordedEvent]) -> list[ToolTrace]:
+    """Every tool call of the run with its execution (if any), in request order."""
+    calls: dict[str, ToolTrace] = {}
+    for event in events:
+        if event.type == "tool.requested":
+            calls[getattr(event.data, "call_id", "")] = ToolTrace(requested=event)
+        elif event.type == "tool.executed":
+            call = calls.get(getattr(event.data, "call_id", ""))
+            if call is not None:
+                call.executed = event
+    return list(calls.values())
