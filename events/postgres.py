@@ -14,6 +14,8 @@ both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
 * Appends are serialized by a transaction-level advisory lock, like SQLite's write
   lock: positions are then ``max + 1`` without gaps and commit in order, so a reader
   tailing ``read_all(after_position=...)`` never skips an event that commits late.
+* Each append announces its run on the ``autonomy_events`` channel (``NOTIFY``,
+  delivered when it commits): ``wait_for_append`` listens there instead of polling.
 * Leases are session-level advisory locks on a hash of the run id, each held on a
   connection of its own; the owner's description is kept in ``leases`` so that a
   refusal names it. The server releases the lock when the session ends, however
@@ -28,6 +30,7 @@ import contextlib
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -52,6 +55,12 @@ from events.store import (
 
 _APPEND_LOCK = (0x6175746F, 1)  # "auto", 1: the two-int key space, apart from run leases
 _MIGRATION_LOCK = (0x6175746F, 2)
+CHANNEL = "autonomy_events"
+"""Where appends are announced; the payload is the run id (its first
+``_ANNOUNCED_CHARS`` characters: a payload must stay under 8000 bytes)."""
+_ANNOUNCED_CHARS = 1000
+# the lock and the announcement in one round trip; NOTIFY is sent only on commit
+_LOCK_AND_ANNOUNCE = f"SELECT pg_advisory_xact_lock(%s, %s), pg_notify('{CHANNEL}', %s)"
 
 _APPEND_ONLY = """
 CREATE FUNCTION autonomy_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -118,6 +127,15 @@ _INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %
 _BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 
 
+LISTENER_NAME = "autonomy-listener"
+"""The ``application_name`` of ``wait_for_append``'s connection."""
+
+
+def _last_version(conn: psycopg.Connection[Any], run_id: str) -> int:
+    row = conn.execute("SELECT max(version) FROM events WHERE run_id = %s", (run_id,)).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def redacted(url: str) -> str:
     """``url`` without its password, for messages."""
     try:
@@ -131,6 +149,10 @@ def redacted(url: str) -> str:
 def _lease_key(run_id: str) -> int:
     """A signed 64-bit advisory lock key for the run."""
     return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
+
+
+def _announced(run_id: str) -> str:
+    return run_id[:_ANNOUNCED_CHARS]
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -170,6 +192,8 @@ class PostgresEventStore(SQLEventStore):
         self.where = redacted(url)
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listening = threading.Lock()
         with _mapped_errors(f"opening {self.where}"):
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout)) as c:
                 migrate(c)
@@ -199,7 +223,7 @@ class PostgresEventStore(SQLEventStore):
         with self._conn(where) as conn:
             try:
                 with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
+                    conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
                     last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
                     if last is None:
                         top = conn.execute("SELECT max(position) FROM events").fetchone()
@@ -232,7 +256,7 @@ class PostgresEventStore(SQLEventStore):
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
         with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
+            conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
             found = conn.execute(self._last_version_sql, (run_id,)).fetchone()
             check_expected(run_id, 0, int(found[0] or 0) if found else 0)
             top = conn.execute("SELECT max(position) FROM events").fetchone()
@@ -254,6 +278,48 @@ class PostgresEventStore(SQLEventStore):
     def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
         with self._conn(where) as conn:
             return conn.execute(sql, params).fetchall()
+
+    def wait_for_append(self, run_id: str, after: int, timeout: float) -> bool:
+        """Wait on ``LISTEN autonomy_events`` (a connection of the store's own)
+        until an append to ``run_id`` past ``after`` commits, or ``timeout``.
+
+        The run is looked at after ``LISTEN`` and on each announcement of it, so an
+        append that commits at any moment is seen. A notification lost with a
+        dropped connection costs at most ``timeout``: a live tail calls this in a
+        loop with a bounded timeout, which is its fallback poll."""
+        deadline = time.monotonic() + timeout
+        wanted = _announced(run_id)
+        where = f"waiting for run {run_id!r}"
+        with self._listening, _mapped_errors(where):
+            if self._closed.is_set():
+                raise EventStoreError(f"{where}: the store is closed")
+            try:
+                conn = self._listen()
+                while _last_version(conn, run_id) <= after:
+                    while True:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        heard = [n.payload for n in conn.notifies(timeout=left, stop_after=1)]
+                        if wanted in heard:
+                            break
+            except psycopg.OperationalError:
+                self._drop_listener()  # the next wait connects again
+                raise
+            return True
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None:
+            conn = psycopg.connect(self.url, autocommit=True, application_name=LISTENER_NAME)
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._listener = conn
+        return self._listener
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._listener.close()
+            self._listener = None
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -330,6 +396,8 @@ class PostgresEventStore(SQLEventStore):
         if not self._closed.is_set():
             self._closed.set()
             self._pool.close()
+            with self._listening:
+                self._drop_listener()
             if self._audit is not None:
                 self._audit.raw.close()
 
