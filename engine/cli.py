@@ -700,6 +700,7 @@ from engine import (  # noqa: E402, F401
     cli_history,
     cli_integrity,
     cli_orchestration,
+    cli_postgres,
     cli_serve,
     cli_workers,
 )

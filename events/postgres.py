@@ -31,10 +31,11 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import psycopg_pool
 from psycopg.types.string import TextLoader
 
@@ -405,6 +406,50 @@ class PostgresEventStore(SQLEventStore):
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
+APPEND_ONLY_TABLES = ("events", "blobs", "store_meta")
+"""Tables a writer may only read and add to."""
+WORKING_TABLES = ("leases", "queue")
+"""Tables a writer also updates: lease owners, and the queue's outcome of a run."""
+
+
+def grant_writer(
+    conn: psycopg.Connection[Any], role: str, readable: Iterable[str] = ()
+) -> None:
+    """Let ``role`` run, work and read on the log in ``conn``'s schema, and nothing
+    more: SELECT and INSERT on the log's tables, UPDATE only on the working tables,
+    SELECT on ``readable`` (the audit views), never UPDATE, DELETE or TRUNCATE on the
+    log (its triggers are the second wall). Run by the schema's owner, after
+    ``migrate``; again after an upgrade adds a table."""
+    sql = psycopg.sql
+
+    def names(tables: Iterable[str]) -> psycopg.sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, tables))
+
+    statements = [
+        "GRANT USAGE ON SCHEMA {schema} TO {who}",
+        "GRANT SELECT ON autonomy_schema TO {who}",
+        "GRANT SELECT, INSERT ON {log} TO {who}",
+        "GRANT SELECT, INSERT, UPDATE ON {working} TO {who}",
+    ]
+    views = list(readable)
+    if views:
+        statements.append("GRANT SELECT ON {views} TO {who}")
+    with _mapped_errors(f"granting to {role!r}"), conn.transaction():
+        row = conn.execute("SELECT current_schema()").fetchone()
+        if not (row and row[0]):
+            raise EventStoreError(f"granting to {role!r}: no schema on the search path")
+        for statement in statements:
+            conn.execute(
+                sql.SQL(statement).format(
+                    schema=sql.Identifier(row[0]),
+                    who=sql.Identifier(role),
+                    log=names(APPEND_ONLY_TABLES),
+                    working=names(WORKING_TABLES),
+                    views=names(views),
+                )
+            )
+
+
 class SQLiteStyle:
     """A psycopg connection that takes SQLite's placeholders (``?``, ``:name``), so
     that the audit code runs the same SQL on either database. Statements are
@@ -433,10 +478,14 @@ class SQLiteStyle:
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Bring the schema of ``conn``'s search path up to ``SCHEMA_VERSION``; returns
-    the version found before. Concurrent openers wait for each other."""
+    the version found before. Concurrent openers wait for each other. A schema
+    already current is only read, so a role that may not create anything (see
+    ``grant_writer``) opens it."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
-        conn.execute("CREATE TABLE IF NOT EXISTS autonomy_schema (version integer NOT NULL)")
+        exists = conn.execute("SELECT to_regclass('autonomy_schema')").fetchone()
+        if not (exists and exists[0]):
+            conn.execute("CREATE TABLE autonomy_schema (version integer NOT NULL)")
         row = conn.execute("SELECT max(version) FROM autonomy_schema").fetchone()
         found = int(row[0] or 0) if row else 0
         if found > SCHEMA_VERSION:
