@@ -14,6 +14,9 @@ both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
 * Appends are serialized by a transaction-level advisory lock, like SQLite's write
   lock: positions are then ``max + 1`` without gaps and commit in order, so a reader
   tailing ``read_all(after_position=...)`` never skips an event that commits late.
+  The lock is held for as little as that needs: an append to a run that exists is
+  one autocommit statement (``autonomy_append``) that takes it, inserts and commits,
+  so no round trip to the client happens under it (``benchmarks/bench_postgres.py``).
 * Each append announces its run on the ``autonomy_events`` channel (``NOTIFY``,
   delivered when it commits): ``wait_for_append`` listens there instead of polling.
 * Leases are session-level advisory locks on a hash of the run id, each held on a
@@ -55,6 +58,7 @@ from events.store import (
 )
 
 _APPEND_LOCK = (0x6175746F, 1)  # "auto", 1: the two-int key space, apart from run leases
+# (migration 4's autonomy_append takes it by value: 1635087471 = 0x6175746F)
 _MIGRATION_LOCK = (0x6175746F, 2)
 CHANNEL = "autonomy_events"
 """Where appends are announced; the payload is the run id (its first
@@ -117,6 +121,27 @@ CREATE TABLE store_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
   FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
 """,
+    # 4: an append to a run that exists, in one statement (``_APPEND_CALL``): the append
+    # lock is taken, the positions given, the rows inserted and the run announced
+    # inside it, and an autocommit statement commits at once, so the lock is held for
+    # no round trip to the client
+    """
+CREATE FUNCTION autonomy_append(run text, first_version integer, at text, types text[],
+    schema_versions integer[], causations bigint[], hashes text[], payloads text[])
+  RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE top bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(1635087471, 1);
+  SELECT coalesce(max(position), 0) INTO top FROM events;
+  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
+                      causation, hash, data)
+    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
+      FROM unnest(types, schema_versions, causations, hashes, payloads)
+        WITH ORDINALITY AS u(t, s, c, h, d, n);
+  PERFORM pg_notify('autonomy_events', left(run, 1000));
+  RETURN top + 1;
+END $$;
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -124,6 +149,8 @@ _LAST_SQL = (
     "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
     " WHERE run_id = %s ORDER BY version DESC LIMIT 1"
 )
+_RUN_LAST_SQL = "SELECT version, hash FROM events WHERE run_id = %s ORDER BY version DESC LIMIT 1"
+_APPEND_CALL = "SELECT autonomy_append(%s, %s, %s, %b, %b, %b, %b, %b)"
 _INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 
@@ -220,39 +247,87 @@ class PostgresEventStore(SQLEventStore):
     def _append_rows(
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
     ) -> list[Row]:
+        """Two statements, the lock held inside the second only: the run's last
+        version and hash are read without it (versions only grow, so a writer that
+        got there in between makes the insert collide on ``(run_id, version)``);
+        ``autonomy_append`` then takes it, numbers, inserts and commits. A run's first
+        append goes through ``_start_run``."""
         where = f"appending to run {run_id!r}"
         with self._conn(where) as conn:
+            last = conn.execute(_RUN_LAST_SQL, (run_id,)).fetchone()
+            if last is None:
+                return self._start_run(conn, run_id, drafts, expected_version, recorded_at)
+            last_version, last_hash = last
+            check_expected(run_id, expected_version, last_version)
+            rows = number(
+                run_id,
+                drafts,
+                last_version=last_version,
+                last_hash=last_hash,
+                recorded_at=recorded_at,
+                first_position=0,
+                key=self.key,
+            )
             try:
-                with conn.transaction():
-                    conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
-                    last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
-                    if last is None:
-                        top = conn.execute("SELECT max(position) FROM events").fetchone()
-                        last = (0, "", top[0] if top else None)
-                    last_version, last_hash, top_position = last
-                    check_expected(run_id, expected_version, last_version)
-                    if last_version == 0 and self.key is None:
-                        refuse_unkeyed_run(run_id, self._marker(conn))
-                    rows = number(
+                found = conn.execute(
+                    _APPEND_CALL,
+                    (
                         run_id,
-                        drafts,
-                        last_version=last_version,
-                        last_hash=last_hash,
-                        recorded_at=recorded_at,
-                        first_position=(top_position or 0) + 1,
-                        key=self.key,
-                    )
-                    with conn.cursor() as cursor:
-                        cursor.executemany(_INSERT_SQL, rows)
-                    if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
-                        conn.execute(
-                            "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
-                            " ON CONFLICT DO NOTHING",
-                            (keyed_marker(self.key, rows[0][0]),),
-                        )
+                        last_version + 1,
+                        recorded_at,
+                        [r[3] for r in rows],
+                        [r[4] for r in rows],
+                        [r[6] for r in rows],
+                        [r[7] for r in rows],
+                        [r[8] for r in rows],
+                    ),
+                ).fetchone()
             except psycopg.errors.UniqueViolation as e:
-                # a writer that did not take the append lock won the race
-                raise ConcurrencyError(run_id, expected_version, self.last_version(run_id)) from e
+                raise ConcurrencyError(run_id, expected_version, _last_version(conn, run_id)) from e
+        first = int(found[0]) if found else 0
+        return [(first + i, *row[1:]) for i, row in enumerate(rows)]
+
+    def _start_run(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: str,
+        drafts: Sequence[Draft],
+        expected_version: int,
+        recorded_at: str,
+    ) -> list[Row]:
+        """A run's first append: in a transaction under the append lock, which also
+        orders it with the log's keyed mark (read, and written by a first keyed run)."""
+        try:
+            with conn.transaction():
+                conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
+                last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
+                if last is None:
+                    top = conn.execute("SELECT max(position) FROM events").fetchone()
+                    last = (0, "", top[0] if top else None)
+                last_version, last_hash, top_position = last
+                check_expected(run_id, expected_version, last_version)
+                if last_version == 0 and self.key is None:
+                    refuse_unkeyed_run(run_id, self._marker(conn))
+                rows = number(
+                    run_id,
+                    drafts,
+                    last_version=last_version,
+                    last_hash=last_hash,
+                    recorded_at=recorded_at,
+                    first_position=(top_position or 0) + 1,
+                    key=self.key,
+                )
+                with conn.cursor() as cursor:
+                    cursor.executemany(_INSERT_SQL, rows)
+                if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
+                    conn.execute(
+                        "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
+                        " ON CONFLICT DO NOTHING",
+                        (keyed_marker(self.key, rows[0][0]),),
+                    )
+        except psycopg.errors.UniqueViolation as e:
+            # a writer that did not take the append lock won the race
+            raise ConcurrencyError(run_id, expected_version, _last_version(conn, run_id)) from e
         return rows
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
