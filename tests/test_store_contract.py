@@ -494,6 +494,7 @@ class TestSQLiteFile(StoreContract):
         return SQLiteEventStore(self.tmp_path / "events.db", clock=clock)
 
 
+@pytest.mark.usefixtures("pg_server")
 class TestPostgres(StoreContract):
     """On the session's server (``tests/pg.py``), each store in a fresh schema."""
 
