@@ -145,11 +145,7 @@ END $$;
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_LAST_SQL = (
-    "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
-    " WHERE run_id = %s ORDER BY version DESC LIMIT 1"
-)
-_RUN_LAST_SQL = "SELECT version, hash FROM events WHERE run_id = %s ORDER BY version DESC LIMIT 1"
+_LAST_SQL = "SELECT version, hash FROM events WHERE run_id = %s ORDER BY version DESC LIMIT 1"
 _APPEND_CALL = "SELECT autonomy_append(%s, %s, %s, %b, %b, %b, %b, %b)"
 _INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
@@ -254,9 +250,10 @@ class PostgresEventStore(SQLEventStore):
         append goes through ``_start_run``."""
         where = f"appending to run {run_id!r}"
         with self._conn(where) as conn:
-            last = conn.execute(_RUN_LAST_SQL, (run_id,)).fetchone()
+            last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
             if last is None:
-                return self._start_run(conn, run_id, drafts, expected_version, recorded_at)
+                check_expected(run_id, expected_version, 0)
+                return self._start_run(conn, run_id, drafts, recorded_at)
             last_version, last_hash = last
             check_expected(run_id, expected_version, last_version)
             rows = number(
@@ -288,66 +285,55 @@ class PostgresEventStore(SQLEventStore):
         return [(first + i, *row[1:]) for i, row in enumerate(rows)]
 
     def _start_run(
-        self,
-        conn: psycopg.Connection[Any],
-        run_id: str,
-        drafts: Sequence[Draft],
-        expected_version: int,
-        recorded_at: str,
+        self, conn: psycopg.Connection[Any], run_id: str, drafts: Sequence[Draft], recorded_at: str
     ) -> list[Row]:
         """A run's first append: in a transaction under the append lock, which also
         orders it with the log's keyed mark (read, and written by a first keyed run)."""
-        try:
-            with conn.transaction():
-                conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
-                last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
-                if last is None:
-                    top = conn.execute("SELECT max(position) FROM events").fetchone()
-                    last = (0, "", top[0] if top else None)
-                last_version, last_hash, top_position = last
-                check_expected(run_id, expected_version, last_version)
-                if last_version == 0 and self.key is None:
-                    refuse_unkeyed_run(run_id, self._marker(conn))
-                rows = number(
-                    run_id,
-                    drafts,
-                    last_version=last_version,
-                    last_hash=last_hash,
-                    recorded_at=recorded_at,
-                    first_position=(top_position or 0) + 1,
-                    key=self.key,
-                )
-                with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT_SQL, rows)
-                if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
-                    conn.execute(
-                        "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
-                        " ON CONFLICT DO NOTHING",
-                        (keyed_marker(self.key, rows[0][0]),),
-                    )
-        except psycopg.errors.UniqueViolation as e:
-            # a writer that did not take the append lock won the race
-            raise ConcurrencyError(run_id, expected_version, _last_version(conn, run_id)) from e
+        with conn.transaction():
+            first = self._lock_for_new_run(conn, run_id, 0)
+            if self.key is None:
+                refuse_unkeyed_run(run_id, self._marker(conn))
+            rows = number(
+                run_id,
+                drafts,
+                last_version=0,
+                last_hash="",
+                recorded_at=recorded_at,
+                first_position=first,
+                key=self.key,
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(_INSERT_SQL, rows)
+            if self.key is not None and hash_key_id(rows[0][7]):
+                self._mark_keyed(conn, keyed_marker(self.key, first))
         return rows
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
         with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
-            conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
-            found = conn.execute(self._last_version_sql, (run_id,)).fetchone()
-            check_expected(run_id, 0, int(found[0] or 0) if found else 0)
-            top = conn.execute("SELECT max(position) FROM events").fetchone()
-            first = (top[0] if top and top[0] else 0) + 1
+            first = self._lock_for_new_run(conn, run_id, 0)
             with conn.cursor() as cursor:
                 cursor.executemany(
                     _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
                 )
             marker = self._import_marker(rows, first, self._marker(conn))
             if marker:
-                conn.execute(
-                    "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (marker,),
-                )
+                self._mark_keyed(conn, marker)
+
+    @staticmethod
+    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str, expected: int) -> int:
+        """In a transaction: take the append lock (announcing the run), check that
+        the run still has no events, and return the log's next position."""
+        conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
+        check_expected(run_id, expected, _last_version(conn, run_id))
+        top = conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(top[0] or 0) + 1 if top else 1
+
+    @staticmethod
+    def _mark_keyed(conn: psycopg.Connection[Any], marker: str) -> None:
+        conn.execute(
+            "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s) ON CONFLICT DO NOTHING",
+            (marker,),
+        )
 
     # -- reading ---------------------------------------------------------------------
 
