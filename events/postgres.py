@@ -290,7 +290,7 @@ class PostgresEventStore(SQLEventStore):
         """A run's first append: in a transaction under the append lock, which also
         orders it with the log's keyed mark (read, and written by a first keyed run)."""
         with conn.transaction():
-            first = self._lock_for_new_run(conn, run_id, 0)
+            first = self._lock_for_new_run(conn, run_id)
             if self.key is None:
                 refuse_unkeyed_run(run_id, self._marker(conn))
             rows = number(
@@ -310,7 +310,7 @@ class PostgresEventStore(SQLEventStore):
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
         with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
-            first = self._lock_for_new_run(conn, run_id, 0)
+            first = self._lock_for_new_run(conn, run_id)
             with conn.cursor() as cursor:
                 cursor.executemany(
                     _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
@@ -320,11 +320,11 @@ class PostgresEventStore(SQLEventStore):
                 self._mark_keyed(conn, marker)
 
     @staticmethod
-    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str, expected: int) -> int:
+    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str) -> int:
         """In a transaction: take the append lock (announcing the run), check that
         the run still has no events, and return the log's next position."""
         conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
-        check_expected(run_id, expected, _last_version(conn, run_id))
+        check_expected(run_id, 0, _last_version(conn, run_id))
         top = conn.execute("SELECT max(position) FROM events").fetchone()
         return int(top[0] or 0) + 1 if top else 1
 
@@ -544,7 +544,10 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     ``grant_writer``) opens it."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
-        exists = conn.execute("SELECT to_regclass('autonomy_schema')").fetchone()
+        # in the schema CREATE would use, not any on the search path
+        exists = conn.execute(
+            "SELECT to_regclass(format('%I.autonomy_schema', current_schema()))"
+        ).fetchone()
         if not (exists and exists[0]):
             conn.execute("CREATE TABLE autonomy_schema (version integer NOT NULL)")
         row = conn.execute("SELECT max(version) FROM autonomy_schema").fetchone()

@@ -174,3 +174,19 @@ def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:
     result = CliRunner().invoke(cli, ["grant-writer", "nobody_at_all", "--db", pg_url])
     assert result.exit_code == 1 and result.output.startswith("Error: ")
     assert "nobody_at_all" in result.output and "Traceback" not in result.output
+
+
+def test_a_log_is_made_in_the_first_schema_of_the_path_even_when_a_later_has_one(
+    pg_url: str,
+) -> None:
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with PostgresEventStore(pg_url) as store:
+        store.append("r", [START], 0)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}_first")
+    both = pg_url.replace(f"%3D{schema}", f"%3D{schema}_first%2C{schema}")
+    with PostgresEventStore(both) as first:
+        assert first.last_version("r") == 0
+        first.append("r", [START, TaskAdded(task_id="t", title="x")], 0)
+    with PostgresEventStore(pg_url) as store:
+        assert store.last_version("r") == 1
