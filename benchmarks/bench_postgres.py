@@ -33,7 +33,6 @@ with writers up to the server's cores. This is a script, not a test.
 from __future__ import annotations
 
 import argparse
-import gc
 import multiprocessing
 import os
 import statistics
@@ -50,7 +49,14 @@ for entry in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
         sys.path.insert(0, str(entry))
 
 import psycopg  # noqa: E402
-from bench_store import BATCH, encoded, hand_chained, minimal_fold, realistic_events  # noqa: E402
+from bench_store import (  # noqa: E402
+    BATCH,
+    encoded,
+    hand_chained,
+    minimal_fold,
+    realistic_events,
+    timed,
+)
 from pg import PgServer  # noqa: E402
 
 from events.postgres import PostgresEventStore  # noqa: E402
@@ -110,13 +116,6 @@ def our_rebuild(url: str, run_id: str) -> Any:
 
 
 # -- measurements -----------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], object]) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def appends(
