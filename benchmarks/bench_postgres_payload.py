@@ -45,7 +45,8 @@ ORIGINAL = pg_store.MIGRATIONS
 
 
 def fresh(server: PgServer, layout: str) -> PostgresEventStore:
-    pg_store.MIGRATIONS = (ORIGINAL[0].replace("data json NOT NULL", LAYOUTS[layout]),)
+    first = ORIGINAL[0].replace("data json NOT NULL", LAYOUTS[layout])
+    pg_store.MIGRATIONS = (first, *ORIGINAL[1:])
     try:
         return PostgresEventStore(server.new_url())
     finally:
@@ -80,17 +81,17 @@ def measure(
             view = "q.data->>'call_id'" if layout == "json" else "q.doc->>'call_id'"
         expr = view or "q.data->>'call_id'"
         other = expr.replace("q.", "x.")
-        with store.connection() as conn:
-            rows: list[object] = []
+        conn = store.connection.raw
+        rows: list[object] = []
 
-            def scan() -> None:
-                rows[:] = conn.execute(
-                    "SELECT count(*) FROM events q LEFT JOIN events x ON x.run_id = q.run_id"
-                    f" AND x.type = 'tool.executed' AND {other} = {expr}"
-                    " WHERE q.type = 'tool.requested'"
-                ).fetchall()
+        def scan() -> None:
+            rows[:] = conn.execute(
+                "SELECT count(*) FROM events q LEFT JOIN events x ON x.run_id = q.run_id"
+                f" AND x.type = 'tool.executed' AND {other} = {expr}"
+                " WHERE q.type = 'tool.requested'"
+            ).fetchall()
 
-            scan_time = timed(scan)
+        scan_time = timed(scan)
     return [
         len(events) / single,
         len(events) / batch,

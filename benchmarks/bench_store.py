@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -315,8 +315,7 @@ class RawLog:
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def append(self, run_id: str, events: Sequence[Event], expected: int) -> None:
-        encode = _ENCODER.encode
-        payloads = [(e.__struct_config__.tag, e.schema_version, encode(e).decode()) for e in events]
+        payloads = encoded(events)
         recorded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -325,31 +324,57 @@ class RawLog:
         if version != expected:
             conn.execute("ROLLBACK")
             raise RuntimeError(f"expected {expected}, the log is at {version}")
-        rows = []
-        for type_, schema_version, data in payloads:
-            version += 1
-            canonical = encode([run_id, version, type_, schema_version, recorded_at, None, data])
-            previous = hashlib.sha256(previous.encode() + canonical).hexdigest()
-            rows.append((run_id, version, type_, schema_version, recorded_at, None, previous, data))
-        conn.executemany(_INSERT, rows)
+        conn.executemany(_INSERT, hand_chained(run_id, payloads, version, previous, recorded_at))
         conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
 
 
+def encoded(events: Sequence[Event]) -> list[tuple[str, int, str]]:
+    """(type, schema version, JSON text) of each event, as raw code would write them."""
+    encode = _ENCODER.encode
+    return [(e.__struct_config__.tag, e.schema_version, encode(e).decode()) for e in events]
+
+
+def hand_chained(
+    run_id: str,
+    payloads: Sequence[tuple[str, int, str]],
+    version: int,
+    previous: str,
+    recorded_at: str,
+) -> list[tuple[Any, ...]]:
+    """Rows (run_id, version, type, schema_version, recorded_at, causation, hash, data)
+    after ``version``, sha256-chained from ``previous`` by hand."""
+    encode = _ENCODER.encode
+    rows = []
+    for type_, schema_version, data in payloads:
+        version += 1
+        canonical = encode([run_id, version, type_, schema_version, recorded_at, None, data])
+        previous = hashlib.sha256(previous.encode() + canonical).hexdigest()
+        rows.append((run_id, version, type_, schema_version, recorded_at, None, previous, data))
+    return rows
+
+
 def raw_rebuild(path: Path, run_id: str) -> dict[str, Any]:
     """SELECT, typed decode, and a minimal fold into plain dicts."""
     conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT data FROM events WHERE run_id = ? ORDER BY version", (run_id,))
+    try:
+        return minimal_fold(data for (data,) in rows)
+    finally:
+        conn.close()
+
+
+def minimal_fold(payloads: Iterable[str]) -> dict[str, Any]:
+    """Typed decode of each payload and a minimal fold into plain dicts."""
     decode = _DECODER.decode
     tasks: dict[str, str] = {}
     files: dict[str, str | None] = {}
     phase = "start"
     tokens = 0
     count = 0
-    for _position, _version, data in conn.execute(
-        "SELECT position, version, data FROM events WHERE run_id = ? ORDER BY version", (run_id,)
-    ):
+    for data in payloads:
         event = decode(data)
         count += 1
         if isinstance(event, TaskAdded):
@@ -363,7 +388,6 @@ def raw_rebuild(path: Path, run_id: str) -> dict[str, Any]:
             phase = event.to_phase
         elif isinstance(event, ModelResponded):
             tokens += event.usage.prompt_tokens + event.usage.completion_tokens
-    conn.close()
     return {
         "events": count,
         "tasks": len(tasks),

@@ -14,6 +14,11 @@ both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
 * Appends are serialized by a transaction-level advisory lock, like SQLite's write
   lock: positions are then ``max + 1`` without gaps and commit in order, so a reader
   tailing ``read_all(after_position=...)`` never skips an event that commits late.
+  The lock is held for as little as that needs: an append to a run that exists is
+  one autocommit statement (``autonomy_append``) that takes it, inserts and commits,
+  so no round trip to the client happens under it (``benchmarks/bench_postgres.py``).
+* Each append announces its run on the ``autonomy_events`` channel (``NOTIFY``,
+  delivered when it commits): ``wait_for_append`` listens there instead of polling.
 * Leases are session-level advisory locks on a hash of the run id, each held on a
   connection of its own; the owner's description is kept in ``leases`` so that a
   refusal names it. The server releases the lock when the session ends, however
@@ -28,10 +33,12 @@ import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import psycopg_pool
 from psycopg.types.string import TextLoader
 
@@ -58,7 +65,14 @@ from events.store import (
 )
 
 _APPEND_LOCK = (0x6175746F, 1)  # "auto", 1: the two-int key space, apart from run leases
+# (migration 4's autonomy_append takes it by value: 1635087471 = 0x6175746F)
 _MIGRATION_LOCK = (0x6175746F, 2)
+CHANNEL = "autonomy_events"
+"""Where appends are announced; the payload is the run id (its first
+``_ANNOUNCED_CHARS`` characters: a payload must stay under 8000 bytes)."""
+_ANNOUNCED_CHARS = 1000
+# the lock and the announcement in one round trip; NOTIFY is sent only on commit
+_LOCK_AND_ANNOUNCE = f"SELECT pg_advisory_xact_lock(%s, %s), pg_notify('{CHANNEL}', %s)"
 
 _APPEND_ONLY = """
 CREATE FUNCTION autonomy_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -114,17 +128,45 @@ CREATE TABLE store_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
   FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
 """,
-    # 4: each run's summary, kept by projections.summaries (derived, rebuilt at will)
+    # 4: an append to a run that exists, in one statement (``_APPEND_CALL``): the append
+    # lock is taken, the positions given, the rows inserted and the run announced
+    # inside it, and an autocommit statement commits at once, so the lock is held for
+    # no round trip to the client
+    """
+CREATE FUNCTION autonomy_append(run text, first_version integer, at text, types text[],
+    schema_versions integer[], causations bigint[], hashes text[], payloads text[])
+  RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE top bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(1635087471, 1);
+  SELECT coalesce(max(position), 0) INTO top FROM events;
+  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
+                      causation, hash, data)
+    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
+      FROM unnest(types, schema_versions, causations, hashes, payloads)
+        WITH ORDINALITY AS u(t, s, c, h, d, n);
+  PERFORM pg_notify('autonomy_events', left(run, 1000));
+  RETURN top + 1;
+END $$;
+""",
+    # 5: each run's summary, kept by projections.summaries (derived, rebuilt at will)
     ";\n".join(SUMMARY_TABLES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_LAST_SQL = (
-    "SELECT version, hash, (SELECT max(position) FROM events) FROM events"
-    " WHERE run_id = %s ORDER BY version DESC LIMIT 1"
-)
+_LAST_SQL = "SELECT version, hash FROM events WHERE run_id = %s ORDER BY version DESC LIMIT 1"
+_APPEND_CALL = "SELECT autonomy_append(%s, %s, %s, %b, %b, %b, %b, %b)"
 _INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+
+
+LISTENER_NAME = "autonomy-listener"
+"""The ``application_name`` of ``wait_for_append``'s connection."""
+
+
+def _last_version(conn: psycopg.Connection[Any], run_id: str) -> int:
+    row = conn.execute("SELECT max(version) FROM events WHERE run_id = %s", (run_id,)).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def redacted(url: str) -> str:
@@ -140,6 +182,10 @@ def redacted(url: str) -> str:
 def _lease_key(run_id: str) -> int:
     """A signed 64-bit advisory lock key for the run."""
     return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
+
+
+def _announced(run_id: str) -> str:
+    return run_id[:_ANNOUNCED_CHARS]
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -179,6 +225,8 @@ class PostgresEventStore(SQLEventStore):
         self.where = redacted(url)
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listening = threading.Lock()
         with _mapped_errors(f"opening {self.where}"):
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout)) as c:
                 migrate(c)
@@ -204,59 +252,97 @@ class PostgresEventStore(SQLEventStore):
     def _append_rows(
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
     ) -> list[Row]:
+        """Two statements, the lock held inside the second only: the run's last
+        version and hash are read without it (versions only grow, so a writer that
+        got there in between makes the insert collide on ``(run_id, version)``);
+        ``autonomy_append`` then takes it, numbers, inserts and commits. A run's first
+        append goes through ``_start_run``."""
         where = f"appending to run {run_id!r}"
         with self._conn(where) as conn:
+            last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
+            if last is None:
+                check_expected(run_id, expected_version, 0)
+                return self._start_run(conn, run_id, drafts, recorded_at)
+            last_version, last_hash = last
+            check_expected(run_id, expected_version, last_version)
+            rows = number(
+                run_id,
+                drafts,
+                last_version=last_version,
+                last_hash=last_hash,
+                recorded_at=recorded_at,
+                first_position=0,
+                key=self.key,
+            )
             try:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
-                    last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
-                    if last is None:
-                        top = conn.execute("SELECT max(position) FROM events").fetchone()
-                        last = (0, "", top[0] if top else None)
-                    last_version, last_hash, top_position = last
-                    check_expected(run_id, expected_version, last_version)
-                    if last_version == 0 and self.key is None:
-                        refuse_unkeyed_run(run_id, self._marker(conn))
-                    rows = number(
+                found = conn.execute(
+                    _APPEND_CALL,
+                    (
                         run_id,
-                        drafts,
-                        last_version=last_version,
-                        last_hash=last_hash,
-                        recorded_at=recorded_at,
-                        first_position=(top_position or 0) + 1,
-                        key=self.key,
-                    )
-                    with conn.cursor() as cursor:
-                        cursor.executemany(_INSERT_SQL, rows)
-                    if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
-                        conn.execute(
-                            "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
-                            " ON CONFLICT DO NOTHING",
-                            (keyed_marker(self.key, rows[0][0]),),
-                        )
+                        last_version + 1,
+                        recorded_at,
+                        [r[3] for r in rows],
+                        [r[4] for r in rows],
+                        [r[6] for r in rows],
+                        [r[7] for r in rows],
+                        [r[8] for r in rows],
+                    ),
+                ).fetchone()
             except psycopg.errors.UniqueViolation as e:
-                # a writer that did not take the append lock won the race
-                raise ConcurrencyError(run_id, expected_version, self.last_version(run_id)) from e
+                raise ConcurrencyError(run_id, expected_version, _last_version(conn, run_id)) from e
+        first = int(found[0]) if found else 0
+        return [(first + i, *row[1:]) for i, row in enumerate(rows)]
+
+    def _start_run(
+        self, conn: psycopg.Connection[Any], run_id: str, drafts: Sequence[Draft], recorded_at: str
+    ) -> list[Row]:
+        """A run's first append: in a transaction under the append lock, which also
+        orders it with the log's keyed mark (read, and written by a first keyed run)."""
+        with conn.transaction():
+            first = self._lock_for_new_run(conn, run_id)
+            if self.key is None:
+                refuse_unkeyed_run(run_id, self._marker(conn))
+            rows = number(
+                run_id,
+                drafts,
+                last_version=0,
+                last_hash="",
+                recorded_at=recorded_at,
+                first_position=first,
+                key=self.key,
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(_INSERT_SQL, rows)
+            if self.key is not None and hash_key_id(rows[0][7]):
+                self._mark_keyed(conn, keyed_marker(self.key, first))
         return rows
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
         with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _APPEND_LOCK)
-            found = conn.execute(self._last_version_sql, (run_id,)).fetchone()
-            check_expected(run_id, 0, int(found[0] or 0) if found else 0)
-            top = conn.execute("SELECT max(position) FROM events").fetchone()
-            first = (top[0] if top and top[0] else 0) + 1
+            first = self._lock_for_new_run(conn, run_id)
             with conn.cursor() as cursor:
                 cursor.executemany(
                     _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
                 )
             marker = self._import_marker(rows, first, self._marker(conn))
             if marker:
-                conn.execute(
-                    "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (marker,),
-                )
+                self._mark_keyed(conn, marker)
+
+    @staticmethod
+    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str) -> int:
+        """In a transaction: take the append lock (announcing the run), check that
+        the run still has no events, and return the log's next position."""
+        conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
+        check_expected(run_id, 0, _last_version(conn, run_id))
+        top = conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(top[0] or 0) + 1 if top else 1
+
+    @staticmethod
+    def _mark_keyed(conn: psycopg.Connection[Any], marker: str) -> None:
+        conn.execute(
+            "INSERT INTO store_meta (name, value) VALUES ('keyed_from', %s) ON CONFLICT DO NOTHING",
+            (marker,),
+        )
 
     def save_summaries(
         self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
@@ -282,6 +368,48 @@ class PostgresEventStore(SQLEventStore):
     def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
         with self._conn(where) as conn:
             return conn.execute(sql, params).fetchall()
+
+    def wait_for_append(self, run_id: str, after: int, timeout: float) -> bool:
+        """Wait on ``LISTEN autonomy_events`` (a connection of the store's own)
+        until an append to ``run_id`` past ``after`` commits, or ``timeout``.
+
+        The run is looked at after ``LISTEN`` and on each announcement of it, so an
+        append that commits at any moment is seen. A notification lost with a
+        dropped connection costs at most ``timeout``: a live tail calls this in a
+        loop with a bounded timeout, which is its fallback poll."""
+        deadline = time.monotonic() + timeout
+        wanted = _announced(run_id)
+        where = f"waiting for run {run_id!r}"
+        with self._listening, _mapped_errors(where):
+            if self._closed.is_set():
+                raise EventStoreError(f"{where}: the store is closed")
+            try:
+                conn = self._listen()
+                while _last_version(conn, run_id) <= after:
+                    while True:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        heard = [n.payload for n in conn.notifies(timeout=left, stop_after=1)]
+                        if wanted in heard:
+                            break
+            except psycopg.OperationalError:
+                self._drop_listener()  # the next wait connects again
+                raise
+            return True
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None:
+            conn = psycopg.connect(self.url, autocommit=True, application_name=LISTENER_NAME)
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._listener = conn
+        return self._listener
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._listener.close()
+            self._listener = None
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -358,11 +486,63 @@ class PostgresEventStore(SQLEventStore):
         if not self._closed.is_set():
             self._closed.set()
             self._pool.close()
+            with self._listening:
+                self._drop_listener()
             if self._audit is not None:
                 self._audit.raw.close()
 
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+APPEND_ONLY_TABLES = ("events", "blobs", "store_meta")
+"""Tables a writer may only read and add to."""
+WORKING_TABLES = ("leases", "queue")
+"""Tables a writer also updates: lease owners, and the queue's outcome of a run."""
+
+DERIVED_TABLES = ("run_summaries", "projection_positions")
+"""Derived data a writer keeps and may rebuild (``projections.summaries``): never the
+log's truth, so it may be rewritten; ``verify`` checks it against the log."""
+
+
+def grant_writer(
+    conn: psycopg.Connection[Any], role: str, readable: Iterable[str] = ()
+) -> None:
+    """Let ``role`` run, work and read on the log in ``conn``'s schema, and nothing
+    more: SELECT and INSERT on the log's tables, UPDATE only on the working tables,
+    the derived run summaries rewritable, SELECT on ``readable`` (the audit views), never UPDATE, DELETE or TRUNCATE on the
+    log (its triggers are the second wall). Run by the schema's owner, after
+    ``migrate``; again after an upgrade adds a table."""
+    sql = psycopg.sql
+
+    def names(tables: Iterable[str]) -> psycopg.sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, tables))
+
+    statements = [
+        "GRANT USAGE ON SCHEMA {schema} TO {who}",
+        "GRANT SELECT ON autonomy_schema TO {who}",
+        "GRANT SELECT, INSERT ON {log} TO {who}",
+        "GRANT SELECT, INSERT, UPDATE ON {working} TO {who}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {derived} TO {who}",
+    ]
+    views = list(readable)
+    if views:
+        statements.append("GRANT SELECT ON {views} TO {who}")
+    with _mapped_errors(f"granting to {role!r}"), conn.transaction():
+        row = conn.execute("SELECT current_schema()").fetchone()
+        if not (row and row[0]):
+            raise EventStoreError(f"granting to {role!r}: no schema on the search path")
+        for statement in statements:
+            conn.execute(
+                sql.SQL(statement).format(
+                    schema=sql.Identifier(row[0]),
+                    who=sql.Identifier(role),
+                    log=names(APPEND_ONLY_TABLES),
+                    working=names(WORKING_TABLES),
+                    derived=names(DERIVED_TABLES),
+                    views=names(views),
+                )
+            )
 
 
 class SQLiteStyle:
@@ -393,10 +573,17 @@ class SQLiteStyle:
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Bring the schema of ``conn``'s search path up to ``SCHEMA_VERSION``; returns
-    the version found before. Concurrent openers wait for each other."""
+    the version found before. Concurrent openers wait for each other. A schema
+    already current is only read, so a role that may not create anything (see
+    ``grant_writer``) opens it."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
-        conn.execute("CREATE TABLE IF NOT EXISTS autonomy_schema (version integer NOT NULL)")
+        # in the schema CREATE would use, not any on the search path
+        exists = conn.execute(
+            "SELECT to_regclass(format('%I.autonomy_schema', current_schema()))"
+        ).fetchone()
+        if not (exists and exists[0]):
+            conn.execute("CREATE TABLE autonomy_schema (version integer NOT NULL)")
         row = conn.execute("SELECT max(version) FROM autonomy_schema").fetchone()
         found = int(row[0] or 0) if row else 0
         if found > SCHEMA_VERSION:

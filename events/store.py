@@ -20,6 +20,7 @@ every keyed run rewritten) is what checkpoints kept elsewhere are for
 from __future__ import annotations
 
 import hashlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -422,6 +423,22 @@ class EventStore(ABC):
         ``position``, in one transaction, if the position is still ``expected``
         (else another writer caught up first: nothing is written, False).
         ``replace`` drops every other row first (a rebuild) whatever the position."""
+
+    poll_seconds = 0.2
+    """How often ``wait_for_append`` looks at a backend that cannot be told."""
+
+    def wait_for_append(self, run_id: str, after: int, timeout: float) -> bool:
+        """Wait until ``run_id`` has an event past version ``after``, for at most
+        ``timeout`` seconds; whether it has one. The one way a live tail waits
+        (``engine.web``): a backend that is told of appends (PostgreSQL's
+        ``LISTEN``) waits for that; the others look every ``poll_seconds``."""
+        deadline = time.monotonic() + timeout
+        while self.last_version(run_id) <= after:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.poll_seconds, left))
+        return True
 
     # -- blobs -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ slow example is not a wrong one.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,20 +154,73 @@ def store(
     opened.close()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """A PostgreSQL server for the session (``tests/pg.py``); fails, never skips,
-    when none can be started."""
-    from pg import PgServer
+class _EarlyServer:
+    """The session's PostgreSQL server, started in a thread as soon as collection
+    shows a test will need it: ``initdb`` and the server's start (seconds on a busy
+    machine) then overlap the tests that run before the first PostgreSQL test.
 
-    try:
-        server = PgServer().start()
-    except (RuntimeError, OSError) as e:
-        pytest.fail(f"cannot start a PostgreSQL server for the tests: {e}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    The thread lives until the session ends and stops the server itself: the
+    server's parent-death signal fires when the thread that started it ends."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.server: Any = None
+        self.error: Exception | None = None
+
+    def begin(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name="pg-server", daemon=True)
+            self.thread.start()
+
+    def _serve(self) -> None:
+        from pg import PgServer
+
+        try:
+            self.server = PgServer().start()
+        except (RuntimeError, OSError) as e:
+            self.error = e
+        finally:
+            self.ready.set()
+        if self.server is not None:
+            self.done.wait()
+            self.server.stop()
+
+    def wait(self) -> Any:
+        self.begin()
+        self.ready.wait()
+        if self.error is not None:
+            pytest.fail(
+                f"cannot start a PostgreSQL server for the tests: {self.error}", pytrace=False
+            )
+        return self.server
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join()
+
+
+_EARLY_SERVER = _EarlyServer()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if any("pg_server" in getattr(item, "fixturenames", ()) for item in items):
+        _EARLY_SERVER.begin()
+
+
+def pytest_sessionfinish() -> None:
+    _EARLY_SERVER.stop()  # also when no test asked for it after all (-x, -k)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """A PostgreSQL server for the session (``tests/pg.py``), started early (see
+    ``_EarlyServer``) and stopped when the session ends; fails, never skips, when
+    none can be started."""
+    return _EARLY_SERVER.wait()
 
 
 @pytest.fixture

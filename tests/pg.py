@@ -70,7 +70,9 @@ class PgServer:
                 f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr or done.stdout}"
             )
 
-    def start(self, timeout: float = 60) -> PgServer:
+    def start(self, timeout: float = 60, *, durable: bool = False) -> PgServer:
+        """Run the server; ``durable`` keeps fsync and synchronous commits on (for a
+        benchmark that should pay what a real server pays per commit)."""
         self._run(
             str(self.bindir / "initdb"),
             *("-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"),
@@ -79,10 +81,9 @@ class PgServer:
         settings = {
             "listen_addresses": "",
             "unix_socket_directories": str(self.directory),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
         }
+        if not durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         log = open(self.directory / "server.log", "wb")  # noqa: SIM115 - the server's, kept open
         self.process = subprocess.Popen(
             ["setpriv", "--pdeathsig", "SIGQUIT", *user, "--", str(self.bindir / "postgres")]

@@ -456,6 +456,13 @@ class StoreContract(ABC):
 
         assert [(r.run_id, r.version) for r in self.store.runs()] == [("mine", 1), ("r", 2)]
 
+    def test_a_wait_for_an_append_answers_at_once_or_after_its_timeout(self) -> None:
+        self.store.append("r", [START, task(1)], 0)
+
+        assert self.store.wait_for_append("r", 1, timeout=30)
+        assert not self.store.wait_for_append("r", 2, timeout=0.01)
+        assert not self.store.wait_for_append("other", 0, timeout=0)
+
     def test_payloads_with_nested_values_survive_the_store(self) -> None:
         executed = ToolExecuted(
             call_id="c7",
@@ -524,6 +531,7 @@ class TestSQLiteFile(StoreContract):
         return SQLiteEventStore(self.tmp_path / "events.db", clock=clock)
 
 
+@pytest.mark.usefixtures("pg_server")
 class TestPostgres(StoreContract):
     """On the session's server (``tests/pg.py``), each store in a fresh schema."""
 

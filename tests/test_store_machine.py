@@ -1,15 +1,22 @@
-"""A hypothesis state machine drives the SQLite store and the memory store with the
-same operations; the memory store is the oracle. Both read one fixed clock, so every
-answer must be identical, hashes and recorded times included."""
+"""A hypothesis state machine drives a store (SQLite, then PostgreSQL) and the memory
+store with the same operations; the memory store is the oracle. Both read one fixed
+clock, so every answer must be identical, hashes and recorded times included.
+
+The PostgreSQL machine opens a fresh schema per example on the session's server and
+takes fewer, shorter examples: each step is a few round trips, and the suite must
+stay fast."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from events import (
     EVENT_TYPES,
@@ -19,6 +26,7 @@ from events import (
     MemoryEventStore,
     SQLiteEventStore,
 )
+from events.postgres import PostgresEventStore
 from events.schema import Event
 from events.strategies import any_event
 
@@ -35,12 +43,16 @@ def fixed_clock() -> datetime:
 class StoreAgainstOracle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sqlite: EventStore = SQLiteEventStore(":memory:", clock=fixed_clock)
+        self.subject = self.open_subject()
         self.oracle: EventStore = MemoryEventStore(clock=fixed_clock)
         self.blobs: list[str] = []
 
+    def open_subject(self) -> EventStore:
+        """The store under test, on ``fixed_clock``."""
+        return SQLiteEventStore(":memory:", clock=fixed_clock)
+
     def both(self) -> tuple[EventStore, EventStore]:
-        return self.sqlite, self.oracle
+        return self.subject, self.oracle
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -49,9 +61,9 @@ class StoreAgainstOracle(RuleBasedStateMachine):
         self, run_id: str, batch: list[Event], causation: int | None
     ) -> None:
         expected = self.oracle.last_version(run_id)
-        assert self.sqlite.last_version(run_id) == expected
+        assert self.subject.last_version(run_id) == expected
 
-        ours = self.sqlite.append(run_id, batch, expected, causation=causation)
+        ours = self.subject.append(run_id, batch, expected, causation=causation)
         theirs = self.oracle.append(run_id, batch, expected, causation=causation)
 
         assert ours == theirs
@@ -80,13 +92,13 @@ class StoreAgainstOracle(RuleBasedStateMachine):
         assert len(digests) == 1
         digest = digests.pop()
         self.blobs.append(digest)
-        assert self.sqlite.get(digest) == self.oracle.get(digest) == content
+        assert self.subject.get(digest) == self.oracle.get(digest) == content
 
     # -- reads ---------------------------------------------------------------------------
 
     @rule(run_id=RUN_IDS, after=BOUNDS, upto=st.one_of(st.none(), BOUNDS))
     def read_a_run(self, run_id: str, after: int, upto: int | None) -> None:
-        ours = list(self.sqlite.read(run_id, after=after, upto=upto))
+        ours = list(self.subject.read(run_id, after=after, upto=upto))
         theirs = list(self.oracle.read(run_id, after=after, upto=upto))
         assert ours == theirs
 
@@ -96,7 +108,7 @@ class StoreAgainstOracle(RuleBasedStateMachine):
         limit=st.one_of(st.none(), st.integers(0, 10)),
     )
     def read_the_log(self, after_position: int, types: set[str] | None, limit: int | None) -> None:
-        ours = list(self.sqlite.read_all(after_position=after_position, types=types, limit=limit))
+        ours = list(self.subject.read_all(after_position=after_position, types=types, limit=limit))
         theirs = list(self.oracle.read_all(after_position=after_position, types=types, limit=limit))
         assert ours == theirs
         if limit is not None:
@@ -108,7 +120,7 @@ class StoreAgainstOracle(RuleBasedStateMachine):
     def get_a_blob_by_digest(self, content: bytes) -> None:
         digest = hashlib.sha256(content).hexdigest()
         if digest in self.blobs:
-            assert self.sqlite.get(digest) == self.oracle.get(digest) == content
+            assert self.subject.get(digest) == self.oracle.get(digest) == content
             return
         for store in self.both():
             assert not store.has_blob(digest)
@@ -123,19 +135,19 @@ class StoreAgainstOracle(RuleBasedStateMachine):
 
     @invariant()
     def positions_strictly_increase(self) -> None:
-        positions = [r.position for r in self.sqlite.read_all()]
+        positions = [r.position for r in self.subject.read_all()]
         assert all(a < b for a, b in itertools.pairwise(positions))
 
     @invariant()
     def versions_have_no_gaps(self) -> None:
-        for info in self.sqlite.runs():
-            versions = [r.version for r in self.sqlite.read(info.run_id)]
+        for info in self.subject.runs():
+            versions = [r.version for r in self.subject.read(info.run_id)]
             assert versions == list(range(1, info.version + 1))
 
     @invariant()
     def both_stores_hold_the_same_log(self) -> None:
-        assert list(self.sqlite.read_all()) == list(self.oracle.read_all())
-        assert self.sqlite.runs() == self.oracle.runs()
+        assert list(self.subject.read_all()) == list(self.oracle.read_all())
+        assert self.subject.runs() == self.oracle.runs()
 
     @invariant()
     def every_chain_verifies(self) -> None:
@@ -147,7 +159,7 @@ class StoreAgainstOracle(RuleBasedStateMachine):
     @invariant()
     def stored_blobs_are_there(self) -> None:
         for digest in self.blobs:
-            assert self.sqlite.has_blob(digest) and self.oracle.has_blob(digest)
+            assert self.subject.has_blob(digest) and self.oracle.has_blob(digest)
 
     def teardown(self) -> None:
         for store in self.both():
@@ -155,3 +167,16 @@ class StoreAgainstOracle(RuleBasedStateMachine):
 
 
 TestStoreAgainstOracle = StoreAgainstOracle.TestCase
+
+
+def test_the_postgres_store_against_the_oracle(pg_server: Any) -> None:
+    new_url: Callable[[], str] = pg_server.new_url
+
+    class PostgresAgainstOracle(StoreAgainstOracle):
+        def open_subject(self) -> EventStore:
+            return PostgresEventStore(new_url(), clock=fixed_clock, pool_size=1)
+
+    run_state_machine_as_test(
+        PostgresAgainstOracle,
+        settings=settings(settings.default, max_examples=10, stateful_step_count=15),
+    )

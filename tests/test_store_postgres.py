@@ -1,5 +1,6 @@
 """What the PostgreSQL store does beyond the contract: the database itself refuses
-changes to the log, leases die with their session, concurrent writers, migrations."""
+changes to the log (triggers, and a role without the privilege), leases die with
+their session, concurrent writers, migrations."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli
+from engine.runs.workers import submit
+from engine.storage import open_store
 from events import ConcurrencyError, RunStarted, TaskAdded
 from events.errors import EventStoreError, LeaseHeld
 from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
@@ -137,3 +144,49 @@ def test_an_unreachable_server_is_one_clear_error_without_the_password() -> None
         PostgresEventStore(url, connect_timeout=2)
     assert "s3cret" not in str(caught.value)
     assert "s3cret" not in redacted(url)
+
+
+def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_path: Path) -> None:
+    role = "writer_" + pg_url.rsplit("%3D", 1)[1]  # one per test schema: roles are global
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    granted = CliRunner().invoke(cli, ["grant-writer", role, "--db", pg_url])
+    assert granted.exit_code == 0, granted.output
+    as_writer = pg_url.replace("postgres@", f"{role}@", 1)
+
+    with open_store(as_writer) as store:
+        with store.lease("r", "a worker"):
+            store.append("r", [START, TaskAdded(task_id="t1", title="x")], 0)
+        digest = store.put(b"content")
+        submit(store, "another goal", tmp_path, run_id="queued")
+        assert store.verify("r").ok and store.get(digest) == b"content"
+        runs = cast(Any, store).connection.execute("SELECT run_id, events FROM runs").fetchall()
+        assert runs == [("r", 2)]
+    with psycopg.connect(as_writer, autocommit=True) as conn:
+        for statement in ("UPDATE events SET data = '{}'", "DELETE FROM events",
+                          "TRUNCATE events", "UPDATE blobs SET size = 0", "DELETE FROM blobs",
+                          "TRUNCATE store_meta", "CREATE TABLE mine (x int)"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:
+    result = CliRunner().invoke(cli, ["grant-writer", "nobody_at_all", "--db", pg_url])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    assert "nobody_at_all" in result.output and "Traceback" not in result.output
+
+
+def test_a_log_is_made_in_the_first_schema_of_the_path_even_when_a_later_has_one(
+    pg_url: str,
+) -> None:
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with PostgresEventStore(pg_url) as store:
+        store.append("r", [START], 0)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}_first")
+    both = pg_url.replace(f"%3D{schema}", f"%3D{schema}_first%2C{schema}")
+    with PostgresEventStore(both) as first:
+        assert first.last_version("r") == 0
+        first.append("r", [START, TaskAdded(task_id="t", title="x")], 0)
+    with PostgresEventStore(pg_url) as store:
+        assert store.last_version("r") == 1

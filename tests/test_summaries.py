@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from engine.runs.verification import verify_log
 from hypothesis import given
 from hypothesis import strategies as st
 
 import projections.summaries
 from engine.cli import cli
+from engine.runs.verification import verify_log
 from engine.storage import open_store
 from events import MemoryEventStore, RunForked, RunRewound, SQLiteEventStore
 from events.schema import Event, ModelRequested, ModelResponded, RunFinished, RunStarted, Usage

@@ -15,6 +15,7 @@ from engine.cli import (  # noqa: F401  (importing a command module registers it
     history,
     integrity,
     orchestration,
+    postgres,
     running,
     serve,
     show,

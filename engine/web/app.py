@@ -62,8 +62,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     db: Path | str
     token: str = ""
     """Required on every request when not empty."""
-    poll_seconds: float = 0.2
-    """How often a live stream looks for new events."""
+    wait_seconds: float = 1.0
+    """The longest a live stream waits for new events at once (``EventStore.wait_for_append``)
+    before it looks again: what a lost notification can delay it by, and how soon
+    a stream whose client left lets its thread go."""
     keepalive_seconds: float = 15.0
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host headers accepted; loopback names only when serving without a token, so a
@@ -296,10 +298,12 @@ class _Web:
                 if lifecycle in PAUSED:
                     yield f"event: end\ndata: {compact({'status': lifecycle})}\n\n"
                     return
-                if loop.time() - quiet_since > self.settings.keepalive_seconds:
-                    quiet_since = loop.time()
+                quiet = loop.time() - quiet_since
+                if quiet > self.settings.keepalive_seconds:
+                    quiet_since, quiet = loop.time(), 0.0
                     yield ": keepalive\n\n"
-                await asyncio.sleep(self.settings.poll_seconds)
+                wait = min(self.settings.wait_seconds, self.settings.keepalive_seconds - quiet)
+                await anyio.to_thread.run_sync(store.wait_for_append, run_id, after, wait)
         finally:
             store.close()
 
