@@ -166,9 +166,7 @@ def test_the_page_is_self_contained(db: Path, tmp_path: Path) -> None:
     assert stylesheet() in out.read_text(encoding="utf-8")  # the service's own, inlined
 
 
-def test_the_page_is_the_services_run_page_with_the_trace_folded(
-    db: Path, tmp_path: Path
-) -> None:
+def test_the_page_is_the_services_run_page_with_the_trace_folded(db: Path, tmp_path: Path) -> None:
     page = report(db, RUN, tmp_path / "r.html")
     with closing(open_store(db, read_only=True)) as store:
         served = Page(run_page(store, RUN))
