@@ -41,7 +41,7 @@ import msgspec
 from tabulate import tabulate
 
 from engine import __version__
-from engine.config import Settings, dump_toml, load_settings, locate_config, settings_from_mapping
+from engine.config import Settings, dump_toml, load_settings, locate_config, recorded_settings
 from engine.errors import ConfigError
 from engine.keys import load_key
 from engine.phases import mermaid
@@ -533,7 +533,7 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
     """
     with opened_log(db) as store:
         recorded = project(store, run_id).pipeline.config
-        settings = flags.load_over(settings_from_mapping(recorded) if recorded else Settings())
+        settings = flags.load_over(recorded_settings(recorded))
         with interrupts(store, db, None):
             resume_run(store, run_id, settings=settings, progress=click.echo)
         _finish(project(store, run_id))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from engine.cli import SettingsFlags, cli, db_option, opened_log, settings_options
-from engine.config import Settings, settings_from_mapping
+from engine.config import Settings, recorded_settings
 from engine.workers import Worker, submit
 
 
@@ -74,7 +74,7 @@ def worker_command(
     def settings_for(workspace: Path, recorded: Mapping[str, Any] | None) -> Settings:
         if recorded is None:
             return flags.load(workspace)
-        return flags.load_over(settings_from_mapping(recorded))
+        return flags.load_over(recorded_settings(recorded))
 
     workdir.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.config import Settings, settings_from_mapping
+from engine.config import Settings, recorded_settings
 from engine.divergence import Divergence, Normaliser, compare
 from engine.replay_sources import (
     Interrupted,
@@ -240,7 +240,7 @@ class _Segment:
                 )
         log.recording = recording
         config = log.pipeline.config
-        self.settings = settings_from_mapping(config) if config else Settings()
+        self.settings = recorded_settings(config)
         self.log = log
         if isinstance(first.data, RunForked):
             self._restore(log)
@@ -250,7 +250,7 @@ class _Segment:
         log.take(recorded)
         data = recorded.data
         if isinstance(data, RunResumed) and data.config:
-            self.settings = settings_from_mapping(data.config)
+            self.settings = recorded_settings(data.config)
         self._restore(log)
 
     def _restore(self, log: RunLog) -> None:

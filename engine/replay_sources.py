@@ -29,6 +29,7 @@ import msgspec
 
 from engine.divergence import Normaliser, excerpt, indent, message_diff
 from engine.errors import (
+    ModelContextOverflow,
     ModelDeadline,
     ModelError,
     ModelHTTPError,
@@ -77,6 +78,7 @@ _ERRORS: dict[str, type[ModelError]] = {
     "deadline": ModelDeadline,
     "unavailable": ModelUnavailable,
     "http": ModelHTTPError,
+    "context_overflow": ModelContextOverflow,
     "too_large": ModelResponseTooLarge,
     "invalid": ModelResponseInvalid,
 }

@@ -34,13 +34,19 @@ or a function ``(ScriptedRequest) -> Reply`` asked for every chat request. Each
 ``Reply.malformed`` (a body that is not JSON), ``Reply.invalid_utf8`` (in an answer
 or an error body), ``Reply.huge`` (a very long answer), ``Reply.trickled`` (one byte
 at a time), ``Reply.hanging`` (headers, then silence), ``Reply.reset`` (the socket is
-reset, no answer), ``Reply.empty_tool_name`` and ``Reply.invalid_arguments``. When a list
+reset, no answer), ``Reply.cut`` (ended by the length cap), ``Reply.empty_tool_name``
+and ``Reply.invalid_arguments``. When a list
 script runs out, the server answers HTTP 500 with a body that says so — it never
 hangs. Every request is kept in ``server.requests`` (method, path, parsed body).
 
 Token counts are deterministic: unless a ``Reply`` sets them, prompt tokens are the
 words in the request's message contents and completion tokens the words of the
-reply (content plus each call's name and encoded arguments). Durations follow from
+reply (content plus each call's name and encoded arguments). The answer cap a
+request carries (``options.num_predict``, ``max_tokens``) is honoured as a real
+server does: a longer reply is cut to that many words of its raw text (the calls
+written out as JSON, so a call is cut mid-argument) and ends with finish reason
+``length``; ``Reply.cut`` scripts such an answer whatever the cap
+(``honour_caps=False`` sends every reply whole). Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
 """
@@ -176,6 +182,22 @@ class Reply:
         return cls(fault="reset")
 
     @classmethod
+    def cut(cls, reply: Reply | str, tokens: int | None = None) -> Reply:
+        """An answer the length cap ended (finish ``length``), whatever the request's
+        cap: ``reply``'s text, its tool calls written out as the model's raw text,
+        cut after ``tokens`` words (default: in the middle)."""
+        base = cls.text(reply) if isinstance(reply, str) else reply
+        words = _raw_text(base).split()
+        keep = len(words) // 2 if tokens is None else tokens
+        return cls(
+            content=" ".join(words[:keep]),
+            completion_tokens=keep,
+            prompt_tokens=base.prompt_tokens,
+            done_reason="length",
+            delay=base.delay,
+        )
+
+    @classmethod
     def empty_tool_name(cls, **arguments: Any) -> Reply:
         """A tool call whose function name is empty."""
         return cls(tool_calls=(("", arguments),))
@@ -211,8 +233,10 @@ class ScriptedModelServer:
         models: Sequence[str] = ("qwen2.5:14b", "qwen2.5-coder:32b", "qwen2.5:32b"),
         fingerprint: str = "fp_scripted",
         max_hang: float = 10.0,
+        honour_caps: bool = True,
     ) -> None:
         self.models = tuple(models)
+        self.honour_caps = honour_caps
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -390,6 +414,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", ""))
         prompt, completion = _token_counts(reply, body)
+        cap = _answer_cap(body, ollama) if scripted.honour_caps else None
+        if cap is not None and completion > cap and reply.done_reason is None:
+            reply, completion = Reply.cut(reply, cap), cap
         if not ollama:
             if reply.fault == "malformed":
                 self._raw(200, _MALFORMED, "application/json")
@@ -505,6 +532,23 @@ def _token_counts(reply: Reply, body: dict[str, Any]) -> tuple[int, int]:
             for _, args in reply.tool_calls
         )
     return prompt, completion
+
+
+def _raw_text(reply: Reply) -> str:
+    """What the model generated, as text: its content, then each call as JSON."""
+    calls = [json.dumps({"name": name, "arguments": args}) for name, args in reply.tool_calls]
+    return " ".join([reply.content, *calls]).strip()
+
+
+def _answer_cap(body: dict[str, Any], ollama: bool) -> int | None:
+    """The request's cap on the answer: ``options.num_predict`` or ``max_tokens``."""
+    if ollama:
+        options = body.get("options")
+        cap = options.get("num_predict") if isinstance(options, dict) else None
+    else:
+        cap = body.get("max_tokens", body.get("max_completion_tokens"))
+    # Ollama's -1 (and anything not a positive count) means no cap
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
 
 
 def _ollama_tag(name: str) -> dict[str, Any]:

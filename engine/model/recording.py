@@ -29,9 +29,9 @@ and whose temperature is 0 is answered from the log. It still leaves
 ``model.requested``, then a ``model.responded`` copying the first answer with
 ``cached_from`` = that answer's call id, no usage and no HTTP request.
 
-Before sending, the messages are fitted to the role's ``num_ctx``
-(``engine.prompts.fit``): oldest history goes first, never the system prompt or
-the current task.
+Before sending, the messages are fitted to the role's context window, less room
+for the answer, whose cap the request carries (``engine.model.sizing``): oldest
+history goes first, never the system prompt or the current task.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import msgspec
 
 from engine.model.client import FailedAttempt, ModelClient, tool_names
 from engine.model.roles import Roles
+from engine.model.sizing import sizing
 from engine.model.stored import (
     INLINE_LIMIT,
     PREVIEW_CHARS,
@@ -55,7 +56,6 @@ from engine.model.stored import (
     stored_form,
 )
 from engine.model.wire import ModelReply
-from engine.prompts import fit
 from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
 from events.store import EventStore, RecordedEvent
 from projections.orchestration import OrchestrationState
@@ -215,10 +215,11 @@ class RecordingModel:
         """
         config = self.roles.get(role)
         primary = config.primary
-        options = config.options()
+        size = sizing(config)
+        options = config.options(num_predict=size.answer_cap)
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        messages = fit(messages, config.num_ctx, tools)
+        messages = size.fit(messages, tools)
         digest = request_digest(primary.model, messages, tools, options.as_dict())
         cached = self._cached(digest, options.as_dict().get("temperature"))
 

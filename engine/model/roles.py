@@ -34,6 +34,11 @@ local model::
     retries = 2                     # further attempts per endpoint after the first
     max_response_bytes = 4000000    # a longer answer is cut off and fails the call
 
+and the length of one answer, in tokens (``engine.model.sizing``)::
+
+    [models.coding]
+    max_answer_tokens = 2048        # unset: a quarter of the context; 0: no cap
+
 ``roles_from_mapping(data["models"])`` turns that into ``Roles``; a wrong key or type
 is a ``ConfigError`` that names it.
 """
@@ -92,6 +97,9 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     deadline: Seconds = DEFAULT_DEADLINE
     retries: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RETRIES
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RESPONSE_BYTES
+    max_answer_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """The cap on one answer's tokens; None: a quarter of the context; 0: no cap
+    (see ``engine.model.sizing``)."""
 
     @property
     def primary(self) -> Endpoint:
@@ -101,8 +109,14 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         """The primary endpoint, then each fallback: the order the client tries them."""
         return (self.primary, *self.fallbacks)
 
-    def options(self) -> ChatOptions:
-        return ChatOptions(temperature=self.temperature, num_ctx=self.num_ctx, seed=self.seed)
+    def options(self, *, num_predict: int | None = None) -> ChatOptions:
+        """The sampling options of a request, with ``num_predict`` as its answer cap."""
+        return ChatOptions(
+            temperature=self.temperature,
+            num_ctx=self.num_ctx,
+            seed=self.seed,
+            num_predict=num_predict,
+        )
 
     def bounds(self, base: Bounds = DEFAULT_BOUNDS) -> Bounds:
         """How long and how much this role's calls may take: the role's five
