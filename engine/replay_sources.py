@@ -78,7 +78,6 @@ _ERRORS: dict[str, type[ModelError]] = {
     "deadline": ModelDeadline,
     "unavailable": ModelUnavailable,
     "http": ModelHTTPError,
-    "context_overflow": ModelContextOverflow,
     "too_large": ModelResponseTooLarge,
     "invalid": ModelResponseInvalid,
 }
@@ -349,6 +348,10 @@ class ReplayClient(ModelClient):
 
     @staticmethod
     def _error(failed: ModelFailed) -> ModelError:
+        if failed.kind == ModelContextOverflow.kind:
+            return ModelContextOverflow(
+                failed.detail, context=failed.context, prompt_tokens=failed.prompt_tokens
+            )
         return _ERRORS.get(failed.kind, ModelError)(failed.detail)
 
     def close(self) -> None:

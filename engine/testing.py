@@ -46,7 +46,10 @@ request carries (``options.num_predict``, ``max_tokens``) is honoured as a real
 server does: a longer reply is cut to that many words of its raw text (the calls
 written out as JSON, so a call is cut mid-argument) and ends with finish reason
 ``length``; ``Reply.cut`` scripts such an answer whatever the cap
-(``honour_caps=False`` sends every reply whole). Durations follow from
+(``honour_caps=False`` sends every reply whole). ``refuse_over=N`` makes it refuse
+a request of more than N prompt tokens before taking a reply, as llama-server does
+(HTTP 400, ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``; on
+``/api/chat`` an Ollama-style message without the sizes). Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
 """
@@ -234,9 +237,11 @@ class ScriptedModelServer:
         fingerprint: str = "fp_scripted",
         max_hang: float = 10.0,
         honour_caps: bool = True,
+        refuse_over: int | None = None,
     ) -> None:
         self.models = tuple(models)
         self.honour_caps = honour_caps
+        self.refuse_over = refuse_over
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -377,6 +382,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not ollama and body.get("stream"):
             self._error(400, "ScriptedModelServer does not stream OpenAI responses", ollama)
             return
+        limit = scripted.refuse_over
+        if limit is not None and _prompt_tokens(body) > limit:
+            self._overflow(_prompt_tokens(body), limit, ollama)
+            return
         try:
             reply, number = scripted._next(request)
         except Exception as e:  # a broken script function: say so, do not hang
@@ -446,6 +455,21 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"error": {"message": message, "type": kind, "param": None, "code": None}}
         headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
         self._json(status, payload, headers)
+
+    def _overflow(self, prompt: int, limit: int, ollama: bool) -> None:
+        """A prompt longer than the context, refused as llama-server refuses it (and
+        in Ollama's words on its path), before any scripted reply is taken."""
+        if ollama:
+            self._json(400, {"error": "input length exceeds the context length"})
+            return
+        error = {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": limit,
+        }
+        self._json(400, {"error": error})
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._raw(status, json.dumps(payload).encode(), "application/json", headers)
@@ -520,11 +544,15 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages") or []
+    return sum(_words(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+
+
 def _token_counts(reply: Reply, body: dict[str, Any]) -> tuple[int, int]:
     prompt = reply.prompt_tokens
     if prompt is None:
-        messages = body.get("messages") or []
-        prompt = sum(_words(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+        prompt = _prompt_tokens(body)
     completion = reply.completion_tokens
     if completion is None:
         completion = _words(reply.content) + sum(

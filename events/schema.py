@@ -207,11 +207,19 @@ class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
 
 
 class ModelFailed(Event, frozen=True, kw_only=True, tag="model.failed"):
+    """One failed attempt. For a ``context_overflow`` the sizes, when the server said
+    them: its ``context`` window and the ``prompt_tokens`` it counted, in its tokens,
+    and ``estimated_tokens``, the engine's estimate of the same prompt (together they
+    say how the server's tokens compare with the estimate). 0 otherwise."""
+
     call_id: str
     kind: str
     detail: str = ""
     attempt: int = 1
     endpoint: str = ""
+    context: int = 0
+    prompt_tokens: int = 0
+    estimated_tokens: int = 0
 
 
 class ArbiterDecided(Event, frozen=True, kw_only=True, tag="arbiter.decided"):

@@ -13,6 +13,12 @@ fit together.
 ``max_answer_tokens = 0`` turns the cap off. It is also what the settings of a run
 recorded before caps existed say (``engine.config.recorded_settings``): a replay of
 such a run sends the requests it sent, with no cap and fitted as they were.
+
+A server that refuses a request as too long for its window (``ModelContextOverflow``)
+says how long the window is and how many of its tokens the prompt took;
+``model.failed`` records both, with the engine's estimate of the same prompt, and
+from then on that window, and the measured ratio of the server's tokens to the
+estimate, size the role's requests (``sizing(config, learned)``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import msgspec
 from engine.model.roles import RoleConfig
 from engine.prompts import REPLY_RESERVE, fit
 from events.schema import Message
+from projections.orchestration import OrchestrationState
 
 MIN_ANSWER_TOKENS = 128
 """The smallest default cap: enough for one tool call with a short file."""
@@ -40,12 +47,19 @@ class Sizing(msgspec.Struct, frozen=True, kw_only=True):
     """Tokens of the context window the request must fit in."""
     answer_cap: int | None
     """Tokens one answer may take (None: no cap)."""
+    scale: float = 1.0
+    """The server's tokens per estimated token (``engine.prompts.estimate_tokens``),
+    as an overflow error measured it; 1.0 until one did."""
 
     def fit(
         self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()
     ) -> list[Message]:
         """``messages`` fitted to the window, leaving room for the answer."""
-        return fit(messages, self.context, tools, reserve=self.answer_cap)
+        if self.scale == 1.0:
+            return fit(messages, self.context, tools, reserve=self.answer_cap)
+        cap = self.answer_cap
+        reserve = None if cap is None else int(cap / self.scale)
+        return fit(messages, int(self.context / self.scale), tools, reserve=reserve)
 
 
 def answer_cap(config: RoleConfig, context: int) -> int | None:
@@ -56,10 +70,18 @@ def answer_cap(config: RoleConfig, context: int) -> int | None:
     return max(MIN_ANSWER_TOKENS, min(MAX_ANSWER_TOKENS, share))
 
 
-def sizing(config: RoleConfig) -> Sizing:
-    """The window and the answer cap of ``config``'s requests."""
-    context = config.num_ctx
-    return Sizing(context=context, answer_cap=answer_cap(config, context))
+def sizing(config: RoleConfig, learned: OrchestrationState | None = None) -> Sizing:
+    """The window and the answer cap of ``config``'s requests, from the config and
+    what the run ``learned`` of its servers (the projection of its log): a window an
+    overflow error of one of the role's endpoints reported is the window, when it is
+    the tighter (compared in estimated tokens)."""
+    context, scale = config.num_ctx, 1.0
+    if learned is not None:
+        for endpoint in config.endpoints():
+            refused = learned.refused_contexts.get(endpoint.label)
+            if refused is not None and refused.context / refused.scale < context / scale:
+                context, scale = refused.context, refused.scale
+    return Sizing(context=context, answer_cap=answer_cap(config, context), scale=scale)
 
 
 __all__ = ["MAX_ANSWER_TOKENS", "MIN_ANSWER_TOKENS", "Sizing", "answer_cap", "sizing"]
