@@ -53,6 +53,7 @@ from events.schema import (
     EVENT_TYPES,
     ArbiterDecided,
     Event,
+    ModelContextLearned,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -661,6 +662,9 @@ def summary(event: Event) -> str:
             )
         case ModelFailed():
             return f"{event.call_id} {event.kind} (attempt {event.attempt}): {event.detail}"
+        case ModelContextLearned():
+            said = f"window {event.context or '?'}, trained {event.trained or '?'} tokens"
+            return f"{event.model} @ {event.endpoint}: {said} ({event.source})"
         case ArbiterDecided():
             params = _compact(event.parameters) if event.parameters else ""
             fallback = f" [fallback: {event.fallback_reason}]" if event.fallback_used else ""

@@ -368,7 +368,8 @@ def _reworded(what: str, node: Any) -> str:
     if invalid and isinstance(node, msgspec.inspect.LiteralType):
         choices = ", ".join(repr(v) for v in node.values)
         return f"expected one of {choices}, got {invalid['value']}"
-    return _lower(what)
+    # TOML has no null: a key that may be unset takes the type it has when set
+    return _lower(what.replace(" | null`", "`"))
 
 
 # -- writing -----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from events.errors import AutonomyError
 from events.memory import MemoryEventStore
 from events.schema import (
     Event,
+    ModelContextLearned,
     RunForked,
     RunResumed,
     RunRewound,
@@ -73,9 +74,9 @@ __all__ = [
 ToolSource = Literal["live", "recorded"]
 TOOL_SOURCES: tuple[ToolSource, ...] = ("live", "recorded")
 
-INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed)
-"""Events the world gives a run (a person, or ``resume`` after a stop); the
-replay takes them from the log."""
+INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed, ModelContextLearned)
+"""Events the world gives a run (a person, ``resume`` after a stop, a model server
+saying its context window); the replay takes them from the log."""
 
 
 class ReplayRefused(AutonomyError):

@@ -37,6 +37,7 @@ from engine.coordinator import Step, decide, model_trouble
 from engine.errors import IllegalTransition, ToolError
 from engine.keys import key_file
 from engine.model.client import ModelClient
+from engine.model.discovery import learn_contexts
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
@@ -463,10 +464,12 @@ def _start(
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
         _say_confinement(confinement, progress)
+    client = ModelClient(http or http_client(settings))
+    learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or http_client(settings)),
+        client=client,
         workspace=workspace,
         progress=progress,
         confinement=confinement,
@@ -563,6 +566,11 @@ def _resume(
             config=msgspec.to_builtins(settings),
         )
     )
+    if resumed:
+        learn_contexts(
+            log, settings.models, engine.model.client.http, causation=resumed[0].version,
+            progress=progress,
+        )  # fmt: skip
     for note in engine.recover(resumed[0].version if resumed else None):
         if progress:
             progress(f"recovered {note}")

@@ -6,8 +6,8 @@ default, or one JSON object with ``"stream": false``; tool-call arguments as
 objects; ``done_reason``, ``prompt_eval_count``, ``eval_count`` and durations in
 nanoseconds) and ``POST /v1/chat/completions`` the way OpenAI-compatible servers do
 (arguments as JSON strings, ``call_...`` ids, ``finish_reason``, ``usage``,
-``system_fingerprint``), plus the discovery calls ``GET /api/tags`` and
-``GET /v1/models``. What it says comes from a script, and it can misbehave on cue::
+``system_fingerprint``), plus the discovery calls ``GET /api/tags``,
+``GET /v1/models``, ``POST /api/show`` and ``GET /props``. What it says comes from a script, and it can misbehave on cue::
 
     import httpx
     from engine.model import Endpoint, ModelClient, RetryPolicy
@@ -49,7 +49,14 @@ written out as JSON, so a call is cut mid-argument) and ends with finish reason
 (``honour_caps=False`` sends every reply whole). ``refuse_over=N`` makes it refuse
 a request of more than N prompt tokens before taking a reply, as llama-server does
 (HTTP 400, ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``; on
-``/api/chat`` an Ollama-style message without the sizes). Durations follow from
+``/api/chat`` an Ollama-style message without the sizes).
+
+It says its context window where the real servers do (``engine.model.discovery``):
+``POST /api/show`` (``model_info`` ``qwen2.context_length`` = ``trained``, and
+``num_ctx`` among the ``parameters`` when ``context`` is set), ``GET /props``
+(``default_generation_settings.n_ctx``, only when ``context`` is set: 404 otherwise,
+as on servers that are not llama-server) and ``GET /v1/models`` (``meta.n_ctx_train``,
+and ``meta.n_ctx`` when ``context`` is set). ``missing`` names paths it answers 404. Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
 """
@@ -63,11 +70,13 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from engine.model.wire import token_count
 
 Fault = Literal["timeout", "malformed", "reset", "hang", "invalid_utf8"]
 
@@ -238,10 +247,16 @@ class ScriptedModelServer:
         max_hang: float = 10.0,
         honour_caps: bool = True,
         refuse_over: int | None = None,
+        context: int | None = None,
+        trained: int = 32768,
+        missing: Collection[str] = (),
     ) -> None:
         self.models = tuple(models)
         self.honour_caps = honour_caps
         self.refuse_over = refuse_over
+        self.context = context
+        self.trained = trained
+        self.missing = frozenset(missing)
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -350,12 +365,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         scripted = self.server.scripted
         scripted._record(ScriptedRequest("GET", self.path, None, dict(self.headers)))
-        if self.path == "/api/tags":
+        if self.path in scripted.missing:
+            self._json(404, {"error": f"no route for GET {self.path}"})
+        elif self.path == "/props" and scripted.context is not None:
+            settings = {"n_ctx": scripted.context, "temperature": 0.8}
+            self._json(200, {"default_generation_settings": settings, "total_slots": 1})
+        elif self.path == "/api/tags":
             models = [_ollama_tag(name) for name in scripted.models]
             self._json(200, {"models": models})
         elif self.path == "/v1/models":
+            meta = {"n_ctx_train": scripted.trained, "n_vocab": 151936}
+            if scripted.context is not None:
+                meta["n_ctx"] = scripted.context
             data = [
-                {"id": n, "object": "model", "created": 0, "owned_by": "library"}
+                {"id": n, "object": "model", "created": 0, "owned_by": "library", "meta": meta}
                 for n in scripted.models
             ]
             self._json(200, {"object": "list", "data": data})
@@ -372,6 +395,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         request = ScriptedRequest("POST", self.path, body, dict(self.headers))
         scripted._record(request)
+        if self.path == "/api/show" and self.path not in scripted.missing:
+            self._show(body)
+            return
         ollama = self.path == "/api/chat"
         if not ollama and self.path != "/v1/chat/completions":
             self._json(404, {"error": f"no route for POST {self.path}"})
@@ -455,6 +481,20 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"error": {"message": message, "type": kind, "param": None, "code": None}}
         headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
         self._json(status, payload, headers)
+
+    def _show(self, body: Any) -> None:
+        """Ollama's model description: the trained window in ``model_info``, and
+        ``num_ctx`` among the parameters when the server has a context set."""
+        scripted = self.server.scripted
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if name not in scripted.models and f"{name}:latest" not in scripted.models:
+            self._json(404, {"error": f"model '{name}' not found"})
+            return
+        parameters = 'stop "<|im_end|>"'
+        if scripted.context is not None:
+            parameters = f"num_ctx {scripted.context}\n{parameters}"
+        info = {"general.architecture": "qwen2", "qwen2.context_length": scripted.trained}
+        self._json(200, {"parameters": parameters, "model_info": info, "template": "{{ .Prompt }}"})
 
     def _overflow(self, prompt: int, limit: int, ollama: bool) -> None:
         """A prompt longer than the context, refused as llama-server refuses it (and
@@ -576,7 +616,7 @@ def _answer_cap(body: dict[str, Any], ollama: bool) -> int | None:
     else:
         cap = body.get("max_tokens", body.get("max_completion_tokens"))
     # Ollama's -1 (and anything not a positive count) means no cap
-    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+    return token_count(cap) or None
 
 
 def _ollama_tag(name: str) -> dict[str, Any]:

@@ -222,6 +222,21 @@ class ModelFailed(Event, frozen=True, kw_only=True, tag="model.failed"):
     estimated_tokens: int = 0
 
 
+class ModelContextLearned(Event, frozen=True, kw_only=True, tag="model.context_learned"):
+    """What a model server said of a model's context window, asked when the run
+    started or resumed (``engine.model.discovery``): an input the world gave the
+    run, which a replay takes from the log. ``context`` is the window a request gets
+    (Ollama's ``num_ctx`` parameter of the model, llama-server's ``n_ctx``), and
+    ``trained`` the model's own maximum (``*.context_length``, ``n_ctx_train``);
+    0 for what the server did not say. ``source`` names the API that said it."""
+
+    endpoint: str
+    model: str
+    context: int = 0
+    trained: int = 0
+    source: str = ""
+
+
 class ArbiterDecided(Event, frozen=True, kw_only=True, tag="arbiter.decided"):
     """One coordinator step: what was decided, by whom, and any fallback."""
 
@@ -273,6 +288,7 @@ AnyEvent = (
     | ModelRequested
     | ModelResponded
     | ModelFailed
+    | ModelContextLearned
     | ArbiterDecided
     | SpecialistConsulted
     | ToolRequested

@@ -22,6 +22,7 @@ from events.schema import (
     ArbiterDecided,
     Event,
     Message,
+    ModelContextLearned,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -104,7 +105,20 @@ class RefusedContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prompt (1.0 when the server did not count it)."""
 
 
+class ServedContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a server said of one model's context window (``model.context_learned``)."""
+
+    context: int = 0
+    trained: int = 0
+
+
+def served_key(endpoint: str, model: str) -> str:
+    """The key of ``OrchestrationState.served_contexts`` for a model on a server."""
+    return f"{endpoint} {model}"
+
+
 _NO_USAGE: PersistentMap[str, Usage] = PersistentMap()
+_NO_SERVED: PersistentMap[str, ServedContext] = PersistentMap()
 _NO_REFUSALS: PersistentMap[str, RefusedContext] = PersistentMap()
 _NO_CONVERSATIONS: PersistentMap[str, tuple[Message, ...]] = PersistentMap()
 _NO_CALLS: PersistentMap[str, CallInfo] = PersistentMap()
@@ -133,6 +147,8 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The latest failed attempt: ``model server URL: kind: detail``."""
     refused_contexts: PersistentMap[str, RefusedContext] = _NO_REFUSALS
     """endpoint -> the context window its latest overflow error reported."""
+    served_contexts: PersistentMap[str, ServedContext] = _NO_SERVED
+    """``served_key(endpoint, model)`` -> what the server said of the model's window."""
 
     @property
     def total_tokens(self) -> int:
@@ -151,6 +167,7 @@ class OrchestrationBuilder:
         "last_failure",
         "open_calls",
         "refused_contexts",
+        "served_contexts",
         "usage_by_model",
         "usage_by_role",
         "user_messages",
@@ -164,6 +181,7 @@ class OrchestrationBuilder:
     open_calls: MutableMapping[str, CallInfo]
     answered: MutableMapping[str, str]
     refused_contexts: MutableMapping[str, RefusedContext]
+    served_contexts: MutableMapping[str, ServedContext]
 
     def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
         """Start from ``state``: over copies of its collections when ``transient``
@@ -180,6 +198,7 @@ class OrchestrationBuilder:
             self.open_calls = thaw_map(state.open_calls)
             self.answered = thaw_map(state.answered)
             self.refused_contexts = thaw_map(state.refused_contexts)
+            self.served_contexts = thaw_map(state.served_contexts)
         else:
             self.decisions = AppendedEditor(state.decisions)
             self.consultations = AppendedEditor(state.consultations)
@@ -189,6 +208,7 @@ class OrchestrationBuilder:
             self.open_calls = MapEditor(state.open_calls)
             self.answered = MapEditor(state.answered)
             self.refused_contexts = MapEditor(state.refused_contexts)
+            self.served_contexts = MapEditor(state.served_contexts)
 
     def freeze(self) -> OrchestrationState:
         """The state built; a transient builder must not be used afterwards."""
@@ -201,6 +221,7 @@ class OrchestrationBuilder:
             open_calls=freeze_map(self.open_calls),
             answered=freeze_map(self.answered),
             refused_contexts=freeze_map(self.refused_contexts),
+            served_contexts=freeze_map(self.served_contexts),
             user_messages=self.user_messages,
             failures_since_answer=self.failures_since_answer,
             last_failure=self.last_failure,
@@ -283,6 +304,13 @@ def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> 
         b.refused_contexts[event.endpoint] = RefusedContext(context=event.context, scale=scale)
 
 
+def _model_context_learned(
+    b: OrchestrationBuilder, event: ModelContextLearned, version: int
+) -> None:
+    served = ServedContext(context=event.context, trained=event.trained)
+    b.served_contexts[served_key(event.endpoint, event.model)] = served
+
+
 def _run_resumed(b: OrchestrationBuilder, event: RunResumed, version: int) -> None:
     # the calls the stop cut off will never be answered: they count as interrupted
     for call_id in event.open_calls:
@@ -335,6 +363,7 @@ ORCHESTRATION_STEPS: dict[type[Event], Step] = {
     ModelRequested: _model_requested,
     ModelResponded: _model_responded,
     ModelFailed: _model_failed,
+    ModelContextLearned: _model_context_learned,
     ArbiterDecided: _arbiter_decided,
     SpecialistConsulted: _specialist_consulted,
     UserAsked: _user_asked,

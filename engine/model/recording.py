@@ -225,7 +225,7 @@ class RecordingModel:
         overflow: ModelContextOverflow | None = None
         sent: list[Message] = []
         while True:
-            size = sizing(config, self.runlog.orchestration)
+            size = sizing(role, config, self.runlog.orchestration)
             fitted = size.fit(messages, tools)
             if overflow is not None and len(fitted) >= len(sent):
                 # what the server said makes no smaller request: drop a quarter anyway
@@ -250,7 +250,7 @@ class RecordingModel:
         """One request as fitted, recorded; raises the client's error."""
         config = self.roles.get(role)
         primary = config.primary
-        options = config.options(num_predict=size.answer_cap)
+        options = config.options(num_ctx=size.context, num_predict=size.answer_cap)
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
         digest = request_digest(primary.model, messages, tools, options.as_dict())

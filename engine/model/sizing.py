@@ -28,10 +28,10 @@ from typing import Any
 
 import msgspec
 
-from engine.model.roles import RoleConfig
+from engine.model.roles import DEFAULT_CONTEXT, RoleConfig
 from engine.prompts import REPLY_RESERVE, fit
 from events.schema import Message
-from projections.orchestration import OrchestrationState
+from projections.orchestration import OrchestrationState, served_key
 
 MIN_ANSWER_TOKENS = 128
 """The smallest default cap: enough for one tool call with a short file."""
@@ -70,18 +70,33 @@ def answer_cap(config: RoleConfig, context: int) -> int | None:
     return max(MIN_ANSWER_TOKENS, min(MAX_ANSWER_TOKENS, share))
 
 
-def sizing(config: RoleConfig, learned: OrchestrationState | None = None) -> Sizing:
-    """The window and the answer cap of ``config``'s requests, from the config and
-    what the run ``learned`` of its servers (the projection of its log): a window an
-    overflow error of one of the role's endpoints reported is the window, when it is
-    the tighter (compared in estimated tokens)."""
-    context, scale = config.num_ctx, 1.0
+def sizing(role: str, config: RoleConfig, learned: OrchestrationState | None = None) -> Sizing:
+    """The window and the answer cap of ``role``'s requests (``config``), from the
+    config and what the run ``learned`` of its servers (the projection of its log).
+
+    The window is the config's ``num_ctx`` when set; else the one the primary
+    server said (``model.context_learned``); else ``DEFAULT_CONTEXT`` of the role,
+    or the model's trained maximum if that is smaller. A window an overflow error of
+    one of the role's endpoints reported then replaces it when it is the tighter
+    (compared in estimated tokens)."""
+    context, scale = config.num_ctx or _served(role, config, learned), 1.0
     if learned is not None:
         for endpoint in config.endpoints():
             refused = learned.refused_contexts.get(endpoint.label)
             if refused is not None and refused.context / refused.scale < context / scale:
                 context, scale = refused.context, refused.scale
     return Sizing(context=context, answer_cap=answer_cap(config, context), scale=scale)
+
+
+def _served(role: str, config: RoleConfig, learned: OrchestrationState | None) -> int:
+    assumed = DEFAULT_CONTEXT.get(role, min(DEFAULT_CONTEXT.values()))
+    primary = config.primary
+    said = (
+        learned.served_contexts.get(served_key(primary.label, primary.model)) if learned else None
+    )
+    if said is None:
+        return assumed
+    return said.context or min(assumed, said.trained or assumed)
 
 
 __all__ = ["MAX_ANSWER_TOKENS", "MIN_ANSWER_TOKENS", "Sizing", "answer_cap", "sizing"]

@@ -457,7 +457,7 @@ def context_overflow(body: bytes) -> Overflow | None:
     if isinstance(error, dict) and (
         error.get("type") in _OVERFLOW_TYPES or error.get("code") in _OVERFLOW_TYPES
     ):
-        context, prompt = _count(error.get("n_ctx")), _count(error.get("n_prompt_tokens"))
+        context, prompt = token_count(error.get("n_ctx")), token_count(error.get("n_prompt_tokens"))
         if context or prompt:
             return Overflow(context=context, prompt_tokens=prompt)
         return _overflow_in(str(error.get("message", ""))) or Overflow()
@@ -476,7 +476,8 @@ def _overflow_in(message: str) -> Overflow | None:
     )
 
 
-def _count(value: object) -> int:
+def token_count(value: object) -> int:
+    """A count a server sent in JSON: a positive int, else 0 (absent, null, -1, a bool)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
