@@ -22,7 +22,15 @@ from engine.replay import replay
 from engine.runlog import RunLog
 from engine.runner import resume_run, start_run
 from engine.testing import Reply, ScriptedModelServer
-from events import MemoryEventStore, ModelContextLearned, ModelRequested, UserAnswered
+from events import (
+    MemoryEventStore,
+    ModelContextLearned,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    UserAnswered,
+)
+from projections import project
 from projections.orchestration import OrchestrationState, ServedContext, served_key
 from projections.sequence import PersistentMap
 
@@ -177,4 +185,38 @@ def test_a_resumed_run_asks_again_records_it_after_run_resumed_and_replays(
     resumed = next(e for e in events if e.type == "run.resumed")
     learned = [e for e in events if e.type == "model.context_learned"]
     assert [e.causation for e in learned] == [1, resumed.version]
+    assert replay(store, "r", tools="recorded").identical
+
+
+class Rambles(DemoModels):
+    """The demo, but the coder first answers with prose that never ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rambled = False
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if not self.rambled:
+            self.rambled = True
+            return Reply.text("Let me think about this step by step. " * 400)
+        return super()._code(task, done, fixing)
+
+
+def test_against_a_llama_server_like_one_a_rambling_answer_stops_at_the_cap(
+    tmp_path: Path,
+) -> None:
+    # issue 13: llama-server (OpenAI wire, its own window) and no cap let one answer
+    # fill the window; here the window (2048) is learned and the answer is cut at 512
+    store = MemoryEventStore()
+    server = ScriptedModelServer(Rambles(), models=("m",), context=2048, refuse_over=2048)
+    with server:
+        start_run(store, goal="g", workspace=tmp_path / "ws",
+                  settings=settings_for(server, "openai"), run_id="r")  # fmt: skip
+        asked = [r.body for r in server.chat_requests]
+    assert asked and all(body["max_tokens"] == 512 for body in asked)
+    events = [e.data for e in store.read("r")]
+    cut = [e for e in events if isinstance(e, ModelResponded) and e.done_reason == "length"]
+    assert len(cut) == 1 and cut[0].usage.completion_tokens == 512
+    assert not any(isinstance(e, ModelFailed) for e in events)
+    assert project(store, "r").pipeline.tasks["t1"].status == "qa_pending"
     assert replay(store, "r", tools="recorded").identical
