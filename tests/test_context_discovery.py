@@ -69,15 +69,23 @@ def test_vllm_s_max_model_len_is_the_window() -> None:
     [
         (None, "openai", ("/props", "/v1/models"), "/props: HTTP 404; /v1/models: HTTP 404"),
         (None, "ollama", ("/api/show",), "/api/show: HTTP 404"),
+        ("official", "openai", (), "/props: HTTP 404; /v1/models says no window for 'm'"),
         ("down", "ollama", (), "/api/show: ConnectError"),
     ],
 )
 def test_a_server_that_says_nothing_gives_the_reason_not_an_error(
     url: str | None, api: str, missing: tuple[str, ...], reason: str
 ) -> None:
-    with ScriptedModelServer(missing=missing) as server, httpx.Client() as http:
+    def official(request: httpx.Request) -> httpx.Response:  # OpenAI's own: no window said
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}, {"id": "n"}]})
+        return httpx.Response(404, json={"error": {"message": "not found"}})
+
+    mock = httpx.MockTransport(official) if url == "official" else None
+    with ScriptedModelServer(missing=missing) as server, httpx.Client(transport=mock) as http:
         base = refusing_url() if url == "down" else server.url
-        found = discover(http, Endpoint(base_url=base, model="qwen2.5:14b", api=api))  # type: ignore[arg-type]
+        model = "m" if url == "official" else "qwen2.5:14b"
+        found = discover(http, Endpoint(base_url=base, model=model, api=api))  # type: ignore[arg-type]
     assert isinstance(found, str) and found.startswith(reason)
 
 
@@ -116,11 +124,13 @@ def settings_for(server: ScriptedModelServer, api: str, **role: Any) -> Settings
 
 def test_a_run_learns_the_window_records_it_and_sizes_its_requests_to_it(tmp_path: Path) -> None:
     store = MemoryEventStore()
+    lines: list[str] = []
     with ScriptedModelServer(DemoModels(), models=("m",), context=2048) as server:
-        start_run(store, goal="g", workspace=tmp_path / "ws",
+        start_run(store, goal="g", workspace=tmp_path / "ws", progress=lines.append,
                   settings=settings_for(server, "openai"), run_id="r")  # fmt: skip
         asked = [r.body for r in server.chat_requests]
         url = server.url
+    assert f"context window of m at {url}: 2048 tokens (from /props)" in lines
     events = list(store.read("r"))
     learned = events[1]
     assert learned.type == "model.context_learned" and learned.causation == 1

@@ -110,12 +110,15 @@ def learn_contexts(
             continue
         asked.add(key)
         learned = discover(http, endpoint)
+        where = f"context window of {endpoint.model} at {endpoint.label}"
         if isinstance(learned, str):
             if progress is not None:
-                progress(
-                    f"context window of {endpoint.model} at {endpoint.label} not learned: {learned}"
-                )
+                progress(f"{where} not learned: {learned}")
             continue
+        if progress is not None:
+            said = f"{learned.context} tokens" if learned.context else "not said"
+            most = f"; the model's maximum is {learned.trained}" if learned.trained else ""
+            progress(f"{where}: {said}{most} (from {learned.source})")
         log.append(
             ModelContextLearned(
                 endpoint=endpoint.label,
@@ -169,9 +172,10 @@ def _models(http: httpx.Client, endpoint: Endpoint) -> Learned:
     meta = chosen.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     context = token_count(meta.get("n_ctx")) or token_count(chosen.get("max_model_len"))
-    return Learned(
-        context=context, trained=token_count(meta.get("n_ctx_train")), source="/v1/models"
-    )
+    trained = token_count(meta.get("n_ctx_train"))
+    if not context and not trained:
+        raise _Unanswered(f"/v1/models says no window for {chosen.get('id')!r}")
+    return Learned(context=context, trained=trained, source="/v1/models")
 
 
 def _ask(
