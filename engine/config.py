@@ -34,6 +34,7 @@ max_steps?``). Every key, with its default::
 
     [models.coding]                 # one table per role; see engine.model.roles
     model = "qwen2.5-coder:32b"
+    max_answer_tokens = 2048        # unset: a quarter of the context; 0: no cap
 
 The environment: ``AUTONOMY_MODE``, ``USE_ORCHESTRATION=true|false`` (the
 predecessor's switch; ``AUTONOMY_MODE`` wins when both are set),
@@ -59,7 +60,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from engine.errors import ConfigError
-from engine.model.roles import Roles, roles_from_mapping
+from engine.model.roles import ROLE_NAMES, Roles, roles_from_mapping
 from engine.model.wire import Api
 from engine.tools.confine import CommandLimits, SandboxSetting
 
@@ -210,6 +211,26 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     return msgspec.structs.replace(settings, models=roles)
 
 
+RECORDED_BEFORE: Mapping[str, Any] = {"max_answer_tokens": 0}
+"""What a role's settings meant before a key existed, for a run recorded then:
+no answer cap. A key whose default would change an old run's requests belongs here."""
+
+
+def recorded_settings(config: Mapping[str, Any]) -> Settings:
+    """The settings a run recorded (``run.started`` or ``run.resumed`` ``config``).
+
+    A key added since the run was recorded takes the value that reproduces what the
+    run did then (``RECORDED_BEFORE``), not today's default: a replay, a resume or a
+    worker taking the run up sends the requests that run sends."""
+    recorded = config.get("models")
+    models = dict(recorded) if isinstance(recorded, Mapping) else {}
+    for role in ROLE_NAMES:
+        table = models.get(role, {})
+        if isinstance(table, Mapping):
+            models[role] = {**RECORDED_BEFORE, **table}
+    return settings_from_mapping({**config, "models": models})
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     layered: dict[str, Any] = {}
     switch = env.get("USE_ORCHESTRATION", "").strip().lower()
@@ -347,7 +368,8 @@ def _reworded(what: str, node: Any) -> str:
     if invalid and isinstance(node, msgspec.inspect.LiteralType):
         choices = ", ".join(repr(v) for v in node.values)
         return f"expected one of {choices}, got {invalid['value']}"
-    return _lower(what)
+    # TOML has no null: a key that may be unset takes the type it has when set
+    return _lower(what.replace(" | null`", "`"))
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -426,5 +448,6 @@ __all__ = [
     "locate_config",
     "point_all_roles",
     "read_config",
+    "recorded_settings",
     "settings_from_mapping",
 ]

@@ -11,6 +11,7 @@ AutonomyError
 │   │   └── ModelDeadline          the role's deadline for the whole call passed
 │   ├── ModelUnavailable           connection refused / reset, after retries and fallbacks
 │   ├── ModelHTTPError             a non-retryable or exhausted HTTP error status
+│   │   └── ModelContextOverflow   the request did not fit the server's context window
 │   └── ModelResponseInvalid       the reply cannot be used (bad JSON or UTF-8, empty tool
 │       │                          name); its message is fit to feed back to the model
 │       └── ModelResponseTooLarge  the body passed the role's max_response_bytes
@@ -87,6 +88,28 @@ class ModelHTTPError(ModelError):
         """Seconds the server asked us to wait (``Retry-After``), if it said."""
         # 429 and 5xx are the server's trouble and may pass; other 4xx are ours and won't.
         self.retryable = (status == 429 or status >= 500) if retryable is None else retryable
+
+
+class ModelContextOverflow(ModelHTTPError):
+    """The request does not fit the model server's context window.
+
+    ``context`` is the window and ``prompt_tokens`` the request's size, in the
+    server's tokens, when the server said them (0 when it did not). Asking again
+    the same would fail the same: the recorder shrinks the history instead."""
+
+    kind = "context_overflow"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int = 400,
+        context: int = 0,
+        prompt_tokens: int = 0,
+    ) -> None:
+        super().__init__(message, status=status, retryable=False)
+        self.context = context
+        self.prompt_tokens = prompt_tokens
 
 
 class ModelResponseInvalid(ModelError):

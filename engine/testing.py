@@ -6,8 +6,8 @@ default, or one JSON object with ``"stream": false``; tool-call arguments as
 objects; ``done_reason``, ``prompt_eval_count``, ``eval_count`` and durations in
 nanoseconds) and ``POST /v1/chat/completions`` the way OpenAI-compatible servers do
 (arguments as JSON strings, ``call_...`` ids, ``finish_reason``, ``usage``,
-``system_fingerprint``), plus the discovery calls ``GET /api/tags`` and
-``GET /v1/models``. What it says comes from a script, and it can misbehave on cue::
+``system_fingerprint``), plus the discovery calls ``GET /api/tags``,
+``GET /v1/models``, ``POST /api/show`` and ``GET /props``. What it says comes from a script, and it can misbehave on cue::
 
     import httpx
     from engine.model import Endpoint, ModelClient, RetryPolicy
@@ -34,13 +34,29 @@ or a function ``(ScriptedRequest) -> Reply`` asked for every chat request. Each
 ``Reply.malformed`` (a body that is not JSON), ``Reply.invalid_utf8`` (in an answer
 or an error body), ``Reply.huge`` (a very long answer), ``Reply.trickled`` (one byte
 at a time), ``Reply.hanging`` (headers, then silence), ``Reply.reset`` (the socket is
-reset, no answer), ``Reply.empty_tool_name`` and ``Reply.invalid_arguments``. When a list
+reset, no answer), ``Reply.cut`` (ended by the length cap), ``Reply.empty_tool_name``
+and ``Reply.invalid_arguments``. When a list
 script runs out, the server answers HTTP 500 with a body that says so — it never
 hangs. Every request is kept in ``server.requests`` (method, path, parsed body).
 
 Token counts are deterministic: unless a ``Reply`` sets them, prompt tokens are the
 words in the request's message contents and completion tokens the words of the
-reply (content plus each call's name and encoded arguments). Durations follow from
+reply (content plus each call's name and encoded arguments). The answer cap a
+request carries (``options.num_predict``, ``max_tokens``) is honoured as a real
+server does: a longer reply is cut to that many words of its raw text (the calls
+written out as JSON, so a call is cut mid-argument) and ends with finish reason
+``length``; ``Reply.cut`` scripts such an answer whatever the cap
+(``honour_caps=False`` sends every reply whole). ``refuse_over=N`` makes it refuse
+a request of more than N prompt tokens before taking a reply, as llama-server does
+(HTTP 400, ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``; on
+``/api/chat`` an Ollama-style message without the sizes).
+
+It says its context window where the real servers do (``engine.model.discovery``):
+``POST /api/show`` (``model_info`` ``qwen2.context_length`` = ``trained``, and
+``num_ctx`` among the ``parameters`` when ``context`` is set), ``GET /props``
+(``default_generation_settings.n_ctx``, only when ``context`` is set: 404 otherwise,
+as on servers that are not llama-server) and ``GET /v1/models`` (``meta.n_ctx_train``,
+and ``meta.n_ctx`` when ``context`` is set). ``missing`` names paths it answers 404. Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
 """
@@ -54,11 +70,13 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from engine.model.wire import token_count
 
 Fault = Literal["timeout", "malformed", "reset", "hang", "invalid_utf8"]
 
@@ -176,6 +194,22 @@ class Reply:
         return cls(fault="reset")
 
     @classmethod
+    def cut(cls, reply: Reply | str, tokens: int | None = None) -> Reply:
+        """An answer the length cap ended (finish ``length``), whatever the request's
+        cap: ``reply``'s text, its tool calls written out as the model's raw text,
+        cut after ``tokens`` words (default: in the middle)."""
+        base = cls.text(reply) if isinstance(reply, str) else reply
+        words = _raw_text(base).split()
+        keep = len(words) // 2 if tokens is None else tokens
+        return cls(
+            content=" ".join(words[:keep]),
+            completion_tokens=keep,
+            prompt_tokens=base.prompt_tokens,
+            done_reason="length",
+            delay=base.delay,
+        )
+
+    @classmethod
     def empty_tool_name(cls, **arguments: Any) -> Reply:
         """A tool call whose function name is empty."""
         return cls(tool_calls=(("", arguments),))
@@ -211,8 +245,18 @@ class ScriptedModelServer:
         models: Sequence[str] = ("qwen2.5:14b", "qwen2.5-coder:32b", "qwen2.5:32b"),
         fingerprint: str = "fp_scripted",
         max_hang: float = 10.0,
+        honour_caps: bool = True,
+        refuse_over: int | None = None,
+        context: int | None = None,
+        trained: int = 32768,
+        missing: Collection[str] = (),
     ) -> None:
         self.models = tuple(models)
+        self.honour_caps = honour_caps
+        self.refuse_over = refuse_over
+        self.context = context
+        self.trained = trained
+        self.missing = frozenset(missing)
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -321,12 +365,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         scripted = self.server.scripted
         scripted._record(ScriptedRequest("GET", self.path, None, dict(self.headers)))
-        if self.path == "/api/tags":
+        if self.path in scripted.missing:
+            self._json(404, {"error": f"no route for GET {self.path}"})
+        elif self.path == "/props" and scripted.context is not None:
+            settings = {"n_ctx": scripted.context, "temperature": 0.8}
+            self._json(200, {"default_generation_settings": settings, "total_slots": 1})
+        elif self.path == "/api/tags":
             models = [_ollama_tag(name) for name in scripted.models]
             self._json(200, {"models": models})
         elif self.path == "/v1/models":
+            meta = {"n_ctx_train": scripted.trained, "n_vocab": 151936}
+            if scripted.context is not None:
+                meta["n_ctx"] = scripted.context
             data = [
-                {"id": n, "object": "model", "created": 0, "owned_by": "library"}
+                {"id": n, "object": "model", "created": 0, "owned_by": "library", "meta": meta}
                 for n in scripted.models
             ]
             self._json(200, {"object": "list", "data": data})
@@ -343,6 +395,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         request = ScriptedRequest("POST", self.path, body, dict(self.headers))
         scripted._record(request)
+        if self.path == "/api/show" and self.path not in scripted.missing:
+            self._show(body)
+            return
         ollama = self.path == "/api/chat"
         if not ollama and self.path != "/v1/chat/completions":
             self._json(404, {"error": f"no route for POST {self.path}"})
@@ -352,6 +407,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not ollama and body.get("stream"):
             self._error(400, "ScriptedModelServer does not stream OpenAI responses", ollama)
+            return
+        limit = scripted.refuse_over
+        if limit is not None and _prompt_tokens(body) > limit:
+            self._overflow(_prompt_tokens(body), limit, ollama)
             return
         try:
             reply, number = scripted._next(request)
@@ -390,6 +449,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", ""))
         prompt, completion = _token_counts(reply, body)
+        cap = _answer_cap(body, ollama) if scripted.honour_caps else None
+        if cap is not None and completion > cap and reply.done_reason is None:
+            reply, completion = Reply.cut(reply, cap), cap
         if not ollama:
             if reply.fault == "malformed":
                 self._raw(200, _MALFORMED, "application/json")
@@ -419,6 +481,35 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"error": {"message": message, "type": kind, "param": None, "code": None}}
         headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
         self._json(status, payload, headers)
+
+    def _show(self, body: Any) -> None:
+        """Ollama's model description: the trained window in ``model_info``, and
+        ``num_ctx`` among the parameters when the server has a context set."""
+        scripted = self.server.scripted
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if name not in scripted.models and f"{name}:latest" not in scripted.models:
+            self._json(404, {"error": f"model '{name}' not found"})
+            return
+        parameters = 'stop "<|im_end|>"'
+        if scripted.context is not None:
+            parameters = f"num_ctx {scripted.context}\n{parameters}"
+        info = {"general.architecture": "qwen2", "qwen2.context_length": scripted.trained}
+        self._json(200, {"parameters": parameters, "model_info": info, "template": "{{ .Prompt }}"})
+
+    def _overflow(self, prompt: int, limit: int, ollama: bool) -> None:
+        """A prompt longer than the context, refused as llama-server refuses it (and
+        in Ollama's words on its path), before any scripted reply is taken."""
+        if ollama:
+            self._json(400, {"error": "input length exceeds the context length"})
+            return
+        error = {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": limit,
+        }
+        self._json(400, {"error": error})
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._raw(status, json.dumps(payload).encode(), "application/json", headers)
@@ -493,11 +584,15 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages") or []
+    return sum(_words(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+
+
 def _token_counts(reply: Reply, body: dict[str, Any]) -> tuple[int, int]:
     prompt = reply.prompt_tokens
     if prompt is None:
-        messages = body.get("messages") or []
-        prompt = sum(_words(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+        prompt = _prompt_tokens(body)
     completion = reply.completion_tokens
     if completion is None:
         completion = _words(reply.content) + sum(
@@ -505,6 +600,23 @@ def _token_counts(reply: Reply, body: dict[str, Any]) -> tuple[int, int]:
             for _, args in reply.tool_calls
         )
     return prompt, completion
+
+
+def _raw_text(reply: Reply) -> str:
+    """What the model generated, as text: its content, then each call as JSON."""
+    calls = [json.dumps({"name": name, "arguments": args}) for name, args in reply.tool_calls]
+    return " ".join([reply.content, *calls]).strip()
+
+
+def _answer_cap(body: dict[str, Any], ollama: bool) -> int | None:
+    """The request's cap on the answer: ``options.num_predict`` or ``max_tokens``."""
+    if ollama:
+        options = body.get("options")
+        cap = options.get("num_predict") if isinstance(options, dict) else None
+    else:
+        cap = body.get("max_tokens", body.get("max_completion_tokens"))
+    # Ollama's -1 (and anything not a positive count) means no cap
+    return token_count(cap) or None
 
 
 def _ollama_tag(name: str) -> dict[str, Any]:

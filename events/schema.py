@@ -207,11 +207,34 @@ class ModelResponded(Event, frozen=True, kw_only=True, tag="model.responded"):
 
 
 class ModelFailed(Event, frozen=True, kw_only=True, tag="model.failed"):
+    """One failed attempt. For a ``context_overflow`` the sizes, when the server said
+    them: its ``context`` window and the ``prompt_tokens`` it counted, in its tokens,
+    and ``estimated_tokens``, the engine's estimate of the same prompt (together they
+    say how the server's tokens compare with the estimate). 0 otherwise."""
+
     call_id: str
     kind: str
     detail: str = ""
     attempt: int = 1
     endpoint: str = ""
+    context: int = 0
+    prompt_tokens: int = 0
+    estimated_tokens: int = 0
+
+
+class ModelContextLearned(Event, frozen=True, kw_only=True, tag="model.context_learned"):
+    """What a model server said of a model's context window, asked when the run
+    started or resumed (``engine.model.discovery``): an input the world gave the
+    run, which a replay takes from the log. ``context`` is the window a request gets
+    (Ollama's ``num_ctx`` parameter of the model, llama-server's ``n_ctx``), and
+    ``trained`` the model's own maximum (``*.context_length``, ``n_ctx_train``);
+    0 for what the server did not say. ``source`` names the API that said it."""
+
+    endpoint: str
+    model: str
+    context: int = 0
+    trained: int = 0
+    source: str = ""
 
 
 class ArbiterDecided(Event, frozen=True, kw_only=True, tag="arbiter.decided"):
@@ -265,6 +288,7 @@ AnyEvent = (
     | ModelRequested
     | ModelResponded
     | ModelFailed
+    | ModelContextLearned
     | ArbiterDecided
     | SpecialistConsulted
     | ToolRequested

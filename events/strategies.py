@@ -35,6 +35,7 @@ from events.schema import (
     Event,
     FileChange,
     Message,
+    ModelContextLearned,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -317,8 +318,21 @@ def model_failed() -> SearchStrategy[ModelFailed]:
     return events_of(
         ModelFailed,
         call_id=names(),
-        kind=st.sampled_from(("timeout", "connection", "http_status", "invalid_response")),
+        kind=st.sampled_from(
+            ("timeout", "connection", "http_status", "invalid_response", "context_overflow")
+        ),
         attempt=st.integers(1, 5),
+    )
+
+
+def model_context_learned() -> SearchStrategy[ModelContextLearned]:
+    return events_of(
+        ModelContextLearned,
+        endpoint=st.sampled_from(("http://localhost:11434", "http://127.0.0.1:8080")),
+        model=names(),
+        context=st.sampled_from((0, 2048, 4096, 32768)),
+        trained=st.sampled_from((0, 32768, 131072)),
+        source=st.sampled_from(("/api/show", "/props", "/v1/models")),
     )
 
 
@@ -370,6 +384,7 @@ NAMED: dict[str, Callable[[], SearchStrategy[Any]]] = {
     ModelRequested.type_name(): model_requested,
     ModelResponded.type_name(): model_responded,
     ModelFailed.type_name(): model_failed,
+    ModelContextLearned.type_name(): model_context_learned,
     ArbiterDecided.type_name(): arbiter_decided,
     SpecialistConsulted.type_name(): specialist_consulted,
     ToolRequested.type_name(): tool_requested,

@@ -22,6 +22,7 @@ from events.schema import (
     ArbiterDecided,
     Event,
     Message,
+    ModelContextLearned,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -94,7 +95,31 @@ class CallInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     failures: int = 0
 
 
+class RefusedContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The context window a server's overflow error reported (``model.failed``)."""
+
+    context: int
+    """The window, in the server's tokens."""
+    scale: float = 1.0
+    """The server's tokens per token the engine estimated, measured on the refused
+    prompt (1.0 when the server did not count it)."""
+
+
+class ServedContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a server said of one model's context window (``model.context_learned``)."""
+
+    context: int = 0
+    trained: int = 0
+
+
+def served_key(endpoint: str, model: str) -> str:
+    """The key of ``OrchestrationState.served_contexts`` for a model on a server."""
+    return f"{endpoint} {model}"
+
+
 _NO_USAGE: PersistentMap[str, Usage] = PersistentMap()
+_NO_SERVED: PersistentMap[str, ServedContext] = PersistentMap()
+_NO_REFUSALS: PersistentMap[str, RefusedContext] = PersistentMap()
 _NO_CONVERSATIONS: PersistentMap[str, tuple[Message, ...]] = PersistentMap()
 _NO_CALLS: PersistentMap[str, CallInfo] = PersistentMap()
 _NOTHING_ANSWERED: PersistentMap[str, str] = PersistentMap()
@@ -120,6 +145,10 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Failed model attempts since the last answer: a model server that keeps failing."""
     last_failure: str = ""
     """The latest failed attempt: ``model server URL: kind: detail``."""
+    refused_contexts: PersistentMap[str, RefusedContext] = _NO_REFUSALS
+    """endpoint -> the context window its latest overflow error reported."""
+    served_contexts: PersistentMap[str, ServedContext] = _NO_SERVED
+    """``served_key(endpoint, model)`` -> what the server said of the model's window."""
 
     @property
     def total_tokens(self) -> int:
@@ -137,6 +166,8 @@ class OrchestrationBuilder:
         "failures_since_answer",
         "last_failure",
         "open_calls",
+        "refused_contexts",
+        "served_contexts",
         "usage_by_model",
         "usage_by_role",
         "user_messages",
@@ -149,6 +180,8 @@ class OrchestrationBuilder:
     conversations: MutableMapping[str, tuple[Message, ...]]
     open_calls: MutableMapping[str, CallInfo]
     answered: MutableMapping[str, str]
+    refused_contexts: MutableMapping[str, RefusedContext]
+    served_contexts: MutableMapping[str, ServedContext]
 
     def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
         """Start from ``state``: over copies of its collections when ``transient``
@@ -164,6 +197,8 @@ class OrchestrationBuilder:
             self.conversations = thaw_map(state.conversations)
             self.open_calls = thaw_map(state.open_calls)
             self.answered = thaw_map(state.answered)
+            self.refused_contexts = thaw_map(state.refused_contexts)
+            self.served_contexts = thaw_map(state.served_contexts)
         else:
             self.decisions = AppendedEditor(state.decisions)
             self.consultations = AppendedEditor(state.consultations)
@@ -172,6 +207,8 @@ class OrchestrationBuilder:
             self.conversations = MapEditor(state.conversations)
             self.open_calls = MapEditor(state.open_calls)
             self.answered = MapEditor(state.answered)
+            self.refused_contexts = MapEditor(state.refused_contexts)
+            self.served_contexts = MapEditor(state.served_contexts)
 
     def freeze(self) -> OrchestrationState:
         """The state built; a transient builder must not be used afterwards."""
@@ -183,6 +220,8 @@ class OrchestrationBuilder:
             conversations=freeze_map(self.conversations),
             open_calls=freeze_map(self.open_calls),
             answered=freeze_map(self.answered),
+            refused_contexts=freeze_map(self.refused_contexts),
+            served_contexts=freeze_map(self.served_contexts),
             user_messages=self.user_messages,
             failures_since_answer=self.failures_since_answer,
             last_failure=self.last_failure,
@@ -259,6 +298,17 @@ def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> 
     for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
         old = table.get(key, _UNUSED)
         table[key] = replace(old, failures=old.failures + 1)
+    if event.context > 0:
+        counted = event.prompt_tokens > 0 and event.estimated_tokens > 0
+        scale = event.prompt_tokens / event.estimated_tokens if counted else 1.0
+        b.refused_contexts[event.endpoint] = RefusedContext(context=event.context, scale=scale)
+
+
+def _model_context_learned(
+    b: OrchestrationBuilder, event: ModelContextLearned, version: int
+) -> None:
+    served = ServedContext(context=event.context, trained=event.trained)
+    b.served_contexts[served_key(event.endpoint, event.model)] = served
 
 
 def _run_resumed(b: OrchestrationBuilder, event: RunResumed, version: int) -> None:
@@ -313,6 +363,7 @@ ORCHESTRATION_STEPS: dict[type[Event], Step] = {
     ModelRequested: _model_requested,
     ModelResponded: _model_responded,
     ModelFailed: _model_failed,
+    ModelContextLearned: _model_context_learned,
     ArbiterDecided: _arbiter_decided,
     SpecialistConsulted: _specialist_consulted,
     UserAsked: _user_asked,

@@ -178,7 +178,7 @@ def test_a_successful_call_leaves_requested_then_responded(
     )
     assert req.conversation == "task:T1"
     assert req.tool_names == ("create_file",)
-    assert req.options == {"temperature": 0.2, "num_ctx": 16384, "seed": 11}
+    assert req.options == {"temperature": 0.2, "num_ctx": 16384, "seed": 11, "num_predict": 4096}
     assert req.message_offset == 0 and req.messages == (SYSTEM, ASK)
     assert req.request_digest == request_digest(
         "qwen2.5-coder:32b", [SYSTEM, ASK], TOOLS, req.options
@@ -447,7 +447,9 @@ def test_options_recorded_are_the_options_sent(event_store: EventStore, http: ht
     requested = events(log)[0].data
     assert isinstance(requested, ModelRequested)
     assert (
-        requested.options == sent == ChatOptions(temperature=0.2, num_ctx=16384, seed=11).as_dict()
+        requested.options
+        == sent
+        == ChatOptions(temperature=0.2, num_ctx=16384, seed=11, num_predict=4096).as_dict()
     )
 
 

@@ -33,6 +33,7 @@ from engine.errors import ModelError
 from engine.machines.phases import PhaseFacts, PhaseMachine
 from engine.machines.tasks import ready_tasks
 from engine.model.recording import RecordingModel
+from engine.model.wire import LENGTH
 from events.schema import Message
 from projections.fold import RunState
 from projections.pipeline import PipelineState, TaskState
@@ -371,6 +372,9 @@ def decide(
         )
     except ModelError as e:
         return fallback(f"the arbiter model failed: {e}")
+    if reply.done_reason == LENGTH:
+        tokens = reply.usage.completion_tokens
+        return fallback(f"the arbiter's answer was cut off at the length limit ({tokens} tokens)")
     if not reply.tool_calls:
         return fallback(f"the arbiter answered without a tool call: {reply.content[:120]!r}")
     if len(reply.tool_calls) > 1:

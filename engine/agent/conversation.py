@@ -4,8 +4,10 @@ The model's tool calls are executed write-ahead (``tool.requested`` is appended
 before the tool runs, ``tool.executed`` after, followed by any events the tool
 produced) and their results go back as ``role: "tool"`` messages, until the model
 calls a finishing tool or the turn limit is reached. A reply without a tool call
-gets one explicit nudge; a second one ends the conversation. A call that fails
-exactly as the same call failed before gets a corrective note; the third time
+gets one explicit nudge; a second one ends the conversation. An answer the length
+cap cut off (``done_reason`` "length") is not acted on: the model is told it was
+cut and to answer shorter; a second cut in a row ends the conversation. A call that
+fails exactly as the same call failed before gets a corrective note; the third time
 ends the conversation with that reason rather than at the turn limit. Silence is never
 success: only a finishing tool that succeeded finishes.
 """
@@ -25,6 +27,7 @@ from engine.config import Settings
 from engine.errors import ModelError, ModelResponseInvalid
 from engine.model.recording import RecordingModel
 from engine.model.stored import stored_arguments
+from engine.model.wire import LENGTH
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
@@ -36,6 +39,13 @@ ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolO
 INVALID = (
     "Your last answer could not be used: {error}. Answer again with one valid tool call "
     "whose arguments are a complete JSON object."
+)
+
+CUT = (
+    "Your last answer was cut off: it reached the length limit of one answer "
+    "({tokens} tokens) before it ended, so none of it was run. Answer again, shorter: "
+    "exactly one tool call, and write a long file in parts (create it with the first "
+    "part, then add the rest with modify_file)."
 )
 
 REPEAT_LIMIT = 3
@@ -83,7 +93,7 @@ def run_conversation(
     """Talk to ``role`` until a finishing tool succeeds or a bound is hit."""
     history = list(messages)
     schemas = tools.schemas()
-    nudged = invalid = False
+    nudged = invalid = cut = False
     failures: dict[tuple[str, str, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
     for turn in range(1, limit + 1):
@@ -112,6 +122,23 @@ def run_conversation(
             )
         invalid = False
         responded = log.version
+        if reply.done_reason == LENGTH:
+            # the cap ended the answer: its calls may be the first of several, or
+            # one whose arguments were complete by chance; none of it is acted on
+            if cut:
+                return Outcome(
+                    finished=False,
+                    reason="the model's answer was cut off at the length limit twice in a row",
+                    turns=turn,
+                )
+            cut = True
+            tokens = reply.usage.completion_tokens or "its"
+            history += [
+                Message(role="assistant", content=reply.content),
+                Message(role="user", content=CUT.format(tokens=tokens)),
+            ]
+            continue
+        cut = False
         if not reply.tool_calls:
             if nudged:
                 return Outcome(

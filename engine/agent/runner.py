@@ -43,6 +43,7 @@ from engine.keys import key_file
 from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
 from engine.machines.tasks import check_status_change
 from engine.model.client import ModelClient
+from engine.model.discovery import learn_contexts
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
@@ -464,10 +465,12 @@ def _start(
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
         _say_confinement(confinement, progress)
+    client = ModelClient(http or http_client(settings))
+    learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or http_client(settings)),
+        client=client,
         workspace=workspace,
         progress=progress,
         confinement=confinement,
@@ -564,6 +567,11 @@ def _resume(
             config=msgspec.to_builtins(settings),
         )
     )
+    if resumed:
+        learn_contexts(
+            log, settings.models, engine.model.client.http, causation=resumed[0].version,
+            progress=progress,
+        )  # fmt: skip
     for note in engine.recover(resumed[0].version if resumed else None):
         if progress:
             progress(f"recovered {note}")

@@ -99,12 +99,12 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
         autonomy resume run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
     """
     from engine.agent.runner import resume_run
-    from engine.config import Settings, settings_from_mapping
+    from engine.config import recorded_settings
     from projections import project
 
     with opened_log(db) as store:
         recorded = project(store, run_id).pipeline.config
-        settings = flags.load_over(settings_from_mapping(recorded) if recorded else Settings())
+        settings = flags.load_over(recorded_settings(recorded))
         with interrupts(store, db, None):
             resume_run(store, run_id, settings=settings, progress=click.echo)
         _finish(project(store, run_id))

@@ -205,6 +205,7 @@ def summary(event: Event) -> str:
     """A short, one-line description of an event's payload."""
     from events.schema import (
         ArbiterDecided,
+        ModelContextLearned,
         ModelFailed,
         ModelRequested,
         ModelResponded,
@@ -261,6 +262,9 @@ def summary(event: Event) -> str:
             )
         case ModelFailed():
             return f"{event.call_id} {event.kind} (attempt {event.attempt}): {event.detail}"
+        case ModelContextLearned():
+            said = f"window {event.context or '?'}, trained {event.trained or '?'} tokens"
+            return f"{event.model} @ {event.endpoint}: {said} ({event.source})"
         case ArbiterDecided():
             params = _compact(event.parameters) if event.parameters else ""
             fallback = f" [fallback: {event.fallback_reason}]" if event.fallback_used else ""

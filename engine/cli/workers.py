@@ -73,13 +73,13 @@ def worker_command(
     \b
         autonomy worker --db "$URL" --concurrency 2 --model-url http://gpu-1:11434
     """
-    from engine.config import settings_from_mapping
+    from engine.config import recorded_settings
     from engine.runs.workers import Worker
 
     def settings_for(workspace: Path, recorded: Mapping[str, Any] | None) -> Settings:
         if recorded is None:
             return flags.load(workspace)
-        return flags.load_over(settings_from_mapping(recorded))
+        return flags.load_over(recorded_settings(recorded))
 
     workdir.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []

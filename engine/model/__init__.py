@@ -1,6 +1,7 @@
 """The model layer: one client for Ollama and OpenAI-compatible servers, the role
-configuration, the prose tool-call fallback, and the recorder that turns every call
-into events.
+configuration, the prose tool-call fallback, the recorder that turns every call
+into events, the sizes of a request and its answer (``sizing``), and asking a server
+for its context window (``discovery``).
 
     client = ModelClient(httpx.Client(), stream=True)
     reply = client.chat(Roles().coding.endpoints(), messages, tools, Roles().coding.options())
@@ -20,6 +21,7 @@ from engine.model.bounds import (
     Timeouts,
 )
 from engine.model.client import FailedAttempt, ModelClient, OnFailure, tool_names
+from engine.model.discovery import Learned, discover, learn_contexts
 from engine.model.recording import (
     INLINE_LIMIT,
     RecordingModel,
@@ -28,7 +30,15 @@ from engine.model.recording import (
     request_digest,
     stored_form,
 )
-from engine.model.roles import ROLE_NAMES, Endpoint, RoleConfig, Roles, roles_from_mapping
+from engine.model.roles import (
+    DEFAULT_CONTEXT,
+    ROLE_NAMES,
+    Endpoint,
+    RoleConfig,
+    Roles,
+    roles_from_mapping,
+)
+from engine.model.sizing import Sizing, answer_cap, sizing
 from engine.model.textcalls import extract_tool_call
 from engine.model.wire import (
     NO_OPTIONS,
@@ -46,6 +56,7 @@ from engine.model.wire import (
 
 __all__ = [
     "DEFAULT_BOUNDS",
+    "DEFAULT_CONTEXT",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "INLINE_LIMIT",
@@ -56,6 +67,7 @@ __all__ = [
     "ChatOptions",
     "Endpoint",
     "FailedAttempt",
+    "Learned",
     "ModelClient",
     "ModelInfo",
     "ModelReply",
@@ -65,10 +77,14 @@ __all__ = [
     "RoleConfig",
     "Roles",
     "RunLog",
+    "Sizing",
     "Timeouts",
+    "answer_cap",
     "chat_body",
     "common_prefix",
+    "discover",
     "extract_tool_call",
+    "learn_contexts",
     "parse_chat",
     "parse_models",
     "parse_ollama",
@@ -76,6 +92,7 @@ __all__ = [
     "parse_openai",
     "request_digest",
     "roles_from_mapping",
+    "sizing",
     "stored_form",
     "tool_names",
 ]

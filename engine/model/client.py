@@ -36,6 +36,7 @@ import httpx
 import msgspec
 
 from engine.errors import (
+    ModelContextOverflow,
     ModelDeadline,
     ModelError,
     ModelHTTPError,
@@ -57,13 +58,16 @@ from engine.model.roles import Endpoint
 from engine.model.textcalls import extract_tool_call
 from engine.model.wire import (
     CHAT_PATHS,
+    LENGTH,
     MODELS_PATHS,
     NO_OPTIONS,
     Api,
     ChatOptions,
     ModelInfo,
     ModelReply,
+    Overflow,
     chat_body,
+    context_overflow,
     error_text,
     parse_chat,
     parse_models,
@@ -213,7 +217,8 @@ class ModelClient:
         changes: dict[str, Any] = {"endpoint": endpoint.label}
         if not reply.duration_ms:
             changes["duration_ms"] = elapsed_ms
-        if self.text_fallback and tools and not reply.tool_calls:
+        # a cut answer's text ends where the cap fell: a call in it is not to be trusted
+        if self.text_fallback and tools and not reply.tool_calls and reply.done_reason != LENGTH:
             call = extract_tool_call(reply.content, tool_names(tools))
             if call is not None:
                 changes["tool_calls"] = (call,)
@@ -487,11 +492,29 @@ def _map_error(endpoint: Endpoint, error: BaseException) -> ModelError | None:
 
 def _status_error(response: httpx.Response, endpoint: Endpoint, body: bytes) -> ModelHTTPError:
     status = response.status_code
+    overflow = context_overflow(body) if 400 <= status < 500 or status == 500 else None
+    if overflow is not None:
+        return ModelContextOverflow(
+            f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: the request "
+            f"does not fit the context window{_overflow_sizes(overflow)}: {error_text(body)}",
+            status=status,
+            context=overflow.context,
+            prompt_tokens=overflow.prompt_tokens,
+        )
     return ModelHTTPError(
         f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: {error_text(body)}",
         status=status,
         retry_after=_retry_after(response.headers.get("Retry-After")),
     )
+
+
+def _overflow_sizes(overflow: Overflow) -> str:
+    sizes = []
+    if overflow.prompt_tokens:
+        sizes.append(f"{overflow.prompt_tokens} prompt tokens")
+    if overflow.context:
+        sizes.append(f"a window of {overflow.context}")
+    return f" ({' for '.join(sizes)})" if sizes else ""
 
 
 def _retry_after(value: str | None) -> float | None:

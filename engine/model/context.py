@@ -38,16 +38,21 @@ def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, An
 
 
 def fit(
-    messages: Sequence[Message], num_ctx: int, tools: Sequence[Mapping[str, Any]] = ()
+    messages: Sequence[Message],
+    num_ctx: int,
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    reserve: int | None = None,
 ) -> list[Message]:
-    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve.
+    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve:
+    ``reserve`` tokens (the answer's cap), or ``REPLY_RESERVE`` of the window.
 
     The first two messages (system prompt and current task) always stay; history
     after them is dropped oldest first, an assistant turn together with the tool
     results answering it, so no tool result is left without its call. If even the
     system prompt and the task do not fit, they are sent anyway: the server
     truncates, and the log shows what was sent."""
-    budget = int(num_ctx * (1 - REPLY_RESERVE))
+    budget = int(num_ctx * (1 - REPLY_RESERVE)) if reserve is None else num_ctx - reserve
     kept = list(messages)
     if estimate_tokens(kept, tools) <= budget:
         return kept

@@ -29,9 +29,9 @@ and whose temperature is 0 is answered from the log. It still leaves
 ``model.requested``, then a ``model.responded`` copying the first answer with
 ``cached_from`` = that answer's call id, no usage and no HTTP request.
 
-Before sending, the messages are fitted to the role's ``num_ctx``
-(``engine.model.context.fit``): oldest history goes first, never the system prompt or
-the current task.
+Before sending, the messages are fitted to the role's context window, less room
+for the answer, whose cap the request carries (``engine.model.sizing``): oldest
+history goes first, never the system prompt or the current task.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from engine.errors import ModelContextOverflow
 from engine.model.client import FailedAttempt, ModelClient, tool_names
-from engine.model.context import fit
+from engine.model.context import estimate_tokens, fit
 from engine.model.roles import Roles
+from engine.model.sizing import Sizing, sizing
 from engine.model.stored import (
     INLINE_LIMIT,
     PREVIEW_CHARS,
@@ -212,13 +214,45 @@ class RecordingModel:
         call. ``messages`` are the full messages (not stored forms): they are what
         the model is sent. Raises the client's typed ``ModelError`` after recording
         the failures.
+
+        A request the server refuses as too long for its context window
+        (``ModelContextOverflow``) is asked again, as a new call, with the history
+        shrunk to the window the refusal reported (``engine.model.sizing``), or by a
+        quarter when it reported none: never the same request twice. When only the
+        system prompt and the task are left, the overflow is raised.
         """
         config = self.roles.get(role)
+        overflow: ModelContextOverflow | None = None
+        sent: list[Message] = []
+        while True:
+            size = sizing(role, config, self.runlog.orchestration)
+            fitted = size.fit(messages, tools)
+            if overflow is not None and len(fitted) >= len(sent):
+                # what the server said makes no smaller request: drop a quarter anyway
+                fitted = fit(messages, estimate_tokens(sent, tools) * 3 // 4, tools, reserve=0)
+                if len(fitted) >= len(sent):
+                    raise overflow  # only the system prompt and the task are left
+            try:
+                return self._ask(role, size, fitted, tools, conversation, causation, prompt_digest)
+            except ModelContextOverflow as e:
+                overflow, sent = e, fitted
+
+    def _ask(
+        self,
+        role: str,
+        size: Sizing,
+        messages: Sequence[Message],
+        tools: Sequence[dict[str, Any]],
+        conversation: str,
+        causation: int | None,
+        prompt_digest: str,
+    ) -> ModelReply:
+        """One request as fitted, recorded; raises the client's error."""
+        config = self.roles.get(role)
         primary = config.primary
-        options = config.options()
+        options = config.options(num_ctx=size.context, num_predict=size.answer_cap)
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        messages = fit(messages, config.num_ctx, tools)
         digest = request_digest(primary.model, messages, tools, options.as_dict())
         cached = self._cached(digest, options.as_dict().get("temperature"))
 
@@ -268,13 +302,22 @@ class RecordingModel:
             )
 
         def record_failure(failed: FailedAttempt) -> None:
+            error = failed.error
+            sizes: dict[str, int] = {}
+            if isinstance(error, ModelContextOverflow) and error.context:
+                sizes = {
+                    "context": error.context,
+                    "prompt_tokens": error.prompt_tokens,
+                    "estimated_tokens": estimate_tokens(messages, tools),
+                }
             log.append(
                 ModelFailed(
                     call_id=call_id,
-                    kind=failed.error.kind,
-                    detail=str(failed.error),
+                    kind=error.kind,
+                    detail=str(error),
                     attempt=failed.attempt,
                     endpoint=failed.endpoint.label,
+                    **sizes,
                 ),
                 causation=requested.version,
             )

@@ -10,15 +10,22 @@ and analysis, ``qwen2.5-coder:32b`` for coding, ``qwen2.5:32b`` for reasoning, o
 Ollama hosts. Here the first host is ``http://localhost:11434`` (Ollama's default
 port) and the second, the fallback for every role, ``http://localhost:11435``
 (a second ``ollama serve`` with ``OLLAMA_HOST=127.0.0.1:11435``, or a tunnel to
-another machine). The context sizes and temperatures are this project's choices:
-low temperatures because the engine wants repeatable decisions.
+another machine). The temperatures are this project's choices: low because the
+engine wants repeatable decisions.
+
+A role's context window (``num_ctx``) is left unset by default: the run asks the
+server (``engine.model.discovery``) and takes the window it says; a server that says
+only its model's trained maximum gets ``DEFAULT_CONTEXT`` for the role (8192 for the
+arbiter and analysis, 16384 for coding and reasoning) or that maximum if smaller,
+and one that says nothing gets ``DEFAULT_CONTEXT``. A ``num_ctx`` set in the config
+wins over what the server says (Ollama is then asked for that window).
 
 In ``autonomy.toml`` a role is a table; keys left out keep their default::
 
     [models.coding]
     model = "qwen2.5-coder:32b"
     base_url = "http://gpu-box:11434"
-    num_ctx = 32768
+    num_ctx = 32768                 # unset: learned from the server
     fallbacks = [
         { base_url = "http://localhost:11434", model = "qwen2.5-coder:14b" },
         { base_url = "http://localhost:8000", api = "openai", model = "Qwen2.5-Coder-32B" },
@@ -33,6 +40,11 @@ local model::
     deadline = 1800.0               # seconds for the whole call, retries and waits included
     retries = 2                     # further attempts per endpoint after the first
     max_response_bytes = 4000000    # a longer answer is cut off and fails the call
+
+and the length of one answer, in tokens (``engine.model.sizing``)::
+
+    [models.coding]
+    max_answer_tokens = 2048        # unset: a quarter of the context; 0: no cap
 
 ``roles_from_mapping(data["models"])`` turns that into ``Roles``; a wrong key or type
 is a ``ConfigError`` that names it.
@@ -83,7 +95,8 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     model: str
     base_url: str = PRIMARY_HOST
     api: Api = "ollama"
-    num_ctx: int = 8192
+    num_ctx: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The context window, in tokens; None: learned from the server (see above)."""
     temperature: float = 0.2
     seed: int | None = None
     fallbacks: tuple[Endpoint, ...] = ()
@@ -92,6 +105,9 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     deadline: Seconds = DEFAULT_DEADLINE
     retries: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RETRIES
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RESPONSE_BYTES
+    max_answer_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """The cap on one answer's tokens; None: a quarter of the context; 0: no cap
+    (see ``engine.model.sizing``)."""
 
     @property
     def primary(self) -> Endpoint:
@@ -101,8 +117,15 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         """The primary endpoint, then each fallback: the order the client tries them."""
         return (self.primary, *self.fallbacks)
 
-    def options(self) -> ChatOptions:
-        return ChatOptions(temperature=self.temperature, num_ctx=self.num_ctx, seed=self.seed)
+    def options(self, *, num_ctx: int | None = None, num_predict: int | None = None) -> ChatOptions:
+        """The sampling options of a request in a window of ``num_ctx`` tokens (the
+        role's own by default) with ``num_predict`` as its answer cap."""
+        return ChatOptions(
+            temperature=self.temperature,
+            num_ctx=self.num_ctx if num_ctx is None else num_ctx,
+            seed=self.seed,
+            num_predict=num_predict,
+        )
 
     def bounds(self, base: Bounds = DEFAULT_BOUNDS) -> Bounds:
         """How long and how much this role's calls may take: the role's five
@@ -117,30 +140,39 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         )
 
 
-def _on_both_hosts(model: str, *, num_ctx: int, temperature: float) -> RoleConfig:
+DEFAULT_CONTEXT: dict[str, int] = {
+    "arbiter": 8192,
+    "coding": 16384,
+    "reasoning": 16384,
+    "analysis": 8192,
+}
+"""The window a role assumes, and asks Ollama for, when neither its config nor its
+server says one (before context discovery, these were the roles' ``num_ctx``)."""
+
+
+def _on_both_hosts(model: str, *, temperature: float) -> RoleConfig:
     return RoleConfig(
         model=model,
         base_url=PRIMARY_HOST,
-        num_ctx=num_ctx,
         temperature=temperature,
         fallbacks=(Endpoint(base_url=SECOND_HOST, model=model),),
     )
 
 
 def _default_arbiter() -> RoleConfig:
-    return _on_both_hosts("qwen2.5:14b", num_ctx=8192, temperature=0.1)
+    return _on_both_hosts("qwen2.5:14b", temperature=0.1)
 
 
 def _default_coding() -> RoleConfig:
-    return _on_both_hosts("qwen2.5-coder:32b", num_ctx=16384, temperature=0.2)
+    return _on_both_hosts("qwen2.5-coder:32b", temperature=0.2)
 
 
 def _default_reasoning() -> RoleConfig:
-    return _on_both_hosts("qwen2.5:32b", num_ctx=16384, temperature=0.3)
+    return _on_both_hosts("qwen2.5:32b", temperature=0.3)
 
 
 def _default_analysis() -> RoleConfig:
-    return _on_both_hosts("qwen2.5:14b", num_ctx=8192, temperature=0.2)
+    return _on_both_hosts("qwen2.5:14b", temperature=0.2)
 
 
 class Roles(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

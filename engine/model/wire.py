@@ -10,12 +10,19 @@ tool-call arguments         a JSON object                   a JSON *string*
 tool-call ids               usually absent                  ``"call_..."``
 tool result message         ``tool_name``                   ``tool_call_id``
 options                     under ``"options"``             top level (no ``num_ctx``)
+answer cap                  ``options.num_predict``         ``max_tokens``
+finish                      ``done_reason``                 ``finish_reason``
 usage                       ``prompt_eval_count``,          ``usage.prompt_tokens``,
                             ``eval_count``                  ``usage.completion_tokens``
 duration                    ``total_duration`` (ns)         not sent (the client measures)
 identity                    ``model`` (+ digest from tags)  ``model`` + ``system_fingerprint``
 streaming                   NDJSON, the default             not used by this client
 ==========================  ==============================  ===============================
+
+An answer that ran into the cap ends with ``"length"``. Its text stops wherever the
+cap fell, so a tool call in it may be cut mid-JSON: such a call is dropped (the
+reply keeps ``done_reason="length"`` and its text), never refused as a bad answer nor
+repaired; what to tell the model is the caller's business (``engine.agent.conversation``).
 
 This module does no I/O. Parsing never guesses: a body that is not JSON or not UTF-8, a
 tool call with an empty name or with arguments that are not a JSON object raises
@@ -24,6 +31,7 @@ tool call with an empty name or with arguments that are not a JSON object raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -47,6 +55,8 @@ class ChatOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     temperature: float | None = None
     num_ctx: int | None = None
     seed: int | None = None
+    num_predict: int | None = None
+    """The answer cap, in tokens (Ollama's name; ``max_tokens`` on OpenAI's wire)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The options that are set, as recorded in ``model.requested``."""
@@ -153,6 +163,8 @@ def chat_body(
         body["temperature"] = options.temperature
     if options.seed is not None:
         body["seed"] = options.seed
+    if options.num_predict is not None:
+        body["max_tokens"] = options.num_predict
     return body
 
 
@@ -233,6 +245,9 @@ _TAGS = msgspec.json.Decoder(_OllamaTags)
 _MODELS = msgspec.json.Decoder(_OpenAIModels)
 _ANY = msgspec.json.Decoder()
 
+LENGTH = "length"
+"""The finish reason of an answer the cap ended, in both formats."""
+
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> Any:
     try:
@@ -293,11 +308,19 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
     return ToolCall(id=call_id or f"call_{index}", name=name, arguments=parsed)
 
 
-def _tool_calls(calls: Iterable[_WireToolCall], start: int = 0) -> tuple[ToolCall, ...]:
-    return tuple(
-        tool_call(start + i, c.id, c.function.name, c.function.arguments)
-        for i, c in enumerate(calls)
-    )
+def _tool_calls(
+    calls: Iterable[_WireToolCall], start: int = 0, *, cut: bool = False
+) -> tuple[ToolCall, ...]:
+    """The calls, normalised; in an answer the cap ended (``cut``), the calls that
+    do not parse are dropped instead of refusing the answer (see the module doc)."""
+    parsed = []
+    for i, c in enumerate(calls):
+        try:
+            parsed.append(tool_call(start + i, c.id, c.function.name, c.function.arguments))
+        except ModelResponseInvalid:
+            if not cut:
+                raise
+    return tuple(parsed)
 
 
 def _identity(model: str, detail: str | None) -> str:
@@ -316,7 +339,7 @@ def parse_ollama(body: bytes | str) -> ModelReply:
         raise ModelResponseInvalid(f"the server's chat reply has no message: {_excerpt(body)}")
     return ModelReply(
         content=chat.message.content or "",
-        tool_calls=_tool_calls(chat.message.tool_calls or ()),
+        tool_calls=_tool_calls(chat.message.tool_calls or (), cut=chat.done_reason == LENGTH),
         done_reason=chat.done_reason,
         usage=Usage(prompt_tokens=chat.prompt_eval_count, completion_tokens=chat.eval_count),
         duration_ms=chat.total_duration / _NS_PER_MS,
@@ -332,7 +355,7 @@ def parse_ollama_stream(lines: Iterable[bytes | str]) -> ModelReply:
     chunk is a dropped connection, not an answer.
     """
     content: list[str] = []
-    calls: list[ToolCall] = []
+    wire_calls: list[_WireToolCall] = []  # parsed at the end, when the finish is known
     for line in lines:
         if not line.strip():
             continue
@@ -347,11 +370,11 @@ def parse_ollama_stream(lines: Iterable[bytes | str]) -> ModelReply:
             )
         if chunk.message is not None:
             content.append(chunk.message.content or "")
-            calls.extend(_tool_calls(chunk.message.tool_calls or (), start=len(calls)))
+            wire_calls.extend(chunk.message.tool_calls or ())
         if chunk.done:
             return ModelReply(
                 content="".join(content),
-                tool_calls=tuple(calls),
+                tool_calls=_tool_calls(wire_calls, cut=chunk.done_reason == LENGTH),
                 done_reason=chunk.done_reason,
                 usage=Usage(
                     prompt_tokens=chunk.prompt_eval_count, completion_tokens=chunk.eval_count
@@ -371,7 +394,7 @@ def parse_openai(body: bytes | str) -> ModelReply:
     usage = chat.usage or _OpenAIUsage()
     return ModelReply(
         content=choice.message.content or "",
-        tool_calls=_tool_calls(choice.message.tool_calls or ()),
+        tool_calls=_tool_calls(choice.message.tool_calls or (), cut=choice.finish_reason == LENGTH),
         done_reason=choice.finish_reason or "",
         usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
         model_identity=_identity(chat.model, chat.system_fingerprint),
@@ -390,6 +413,72 @@ def parse_models(api: Api, body: bytes | str) -> tuple[ModelInfo, ...]:
         return tuple(ModelInfo(name=t.name or t.model, digest=t.digest) for t in tags.models)
     models: _OpenAIModels = _decode(_MODELS, body, "model list")
     return tuple(ModelInfo(name=m.id) for m in models.data)
+
+
+class Overflow(msgspec.Struct, frozen=True, kw_only=True):
+    """What an error body says of a request too long for the context window."""
+
+    context: int = 0
+    """The window, in tokens (0: not said)."""
+    prompt_tokens: int = 0
+    """The request's prompt, in the server's tokens (0: not said)."""
+
+
+_OVERFLOW_TYPES = {"exceed_context_size_error", "context_length_exceeded"}
+"""llama-server's error ``type``; OpenAI's error ``code``."""
+
+_OVERFLOW_TEXT = re.compile(
+    r"context[ _](length|size|window)[ _]exceeded"
+    r"|exceeds? (the )?(maximum |available )?context"
+    r"|maximum context length"
+    r"|input length exceeds",
+    re.IGNORECASE,
+)
+_CONTEXT_SAID = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
+_PROMPT_SAID = re.compile(
+    r"(?:resulted in|requested) (\d+) tokens(?: \((\d+) in the messages)?", re.IGNORECASE
+)
+
+
+def context_overflow(body: bytes) -> Overflow | None:
+    """The overflow an error body reports, or None if it reports another error.
+
+    Recognised: llama-server's ``{"error": {"type": "exceed_context_size_error",
+    "n_prompt_tokens": ..., "n_ctx": ...}}``, OpenAI's ``code``
+    ``context_length_exceeded`` ("This model's maximum context length is 8192
+    tokens. However, your messages resulted in 9000 tokens"), vLLM's wording of
+    the same, and Ollama-style "input length exceeds the context length"."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = _ANY.decode(text)
+    except msgspec.DecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and (
+        error.get("type") in _OVERFLOW_TYPES or error.get("code") in _OVERFLOW_TYPES
+    ):
+        context, prompt = token_count(error.get("n_ctx")), token_count(error.get("n_prompt_tokens"))
+        if context or prompt:
+            return Overflow(context=context, prompt_tokens=prompt)
+        return _overflow_in(str(error.get("message", ""))) or Overflow()
+    return _overflow_in(error_text(body))
+
+
+def _overflow_in(message: str) -> Overflow | None:
+    if not _OVERFLOW_TEXT.search(message):
+        return None
+    context = _CONTEXT_SAID.search(message)
+    prompt = _PROMPT_SAID.search(message)
+    return Overflow(
+        context=int(context.group(1)) if context else 0,
+        # vLLM counts the answer's cap in "requested"; its messages alone are in brackets
+        prompt_tokens=int(prompt.group(2) or prompt.group(1)) if prompt else 0,
+    )
+
+
+def token_count(value: object) -> int:
+    """A count a server sent in JSON: a positive int, else 0 (absent, null, -1, a bool)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def error_text(body: bytes, limit: int = 500) -> str:

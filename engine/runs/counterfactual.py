@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from engine.agent.runner import Progress, resume_run
-from engine.config import Settings, settings_from_mapping
+from engine.config import Settings, recorded_settings
 from engine.runs.replay import ReplayRefused, ReplayResult, replay
 from engine.runs.workspace import fork
 from events.schema import ArbiterDecided
@@ -76,7 +76,7 @@ def go_live(
         at = _step_start(store, run_id, result)
     fork(store, run_id, at, workspace, new_run_id=new_run_id)
     recorded = project(store, new_run_id).pipeline.config
-    live = settings(settings_from_mapping(recorded) if recorded else Settings())
+    live = settings(recorded_settings(recorded))
     if progress:
         progress(f"forked {run_id} at version {at} as {new_run_id}; continuing live")
     resume_run(store, new_run_id, settings=live, http=http, progress=progress)

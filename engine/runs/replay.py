@@ -34,7 +34,7 @@ from typing import Any
 
 from engine.agent.runlog import RunLog
 from engine.agent.runner import Engine, confine_commands, is_user_stop
-from engine.config import Settings, settings_from_mapping
+from engine.config import Settings, recorded_settings
 from engine.runs import TOOL_SOURCES, ToolSource
 from engine.runs.divergence import Divergence, Normaliser, compare
 from engine.runs.replay_sources import (
@@ -49,6 +49,7 @@ from events.errors import AutonomyError
 from events.memory import MemoryEventStore
 from events.schema import (
     Event,
+    ModelContextLearned,
     RunForked,
     RunResumed,
     RunRewound,
@@ -72,9 +73,9 @@ __all__ = [
 ]
 
 
-INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed)
-"""Events the world gives a run (a person, or ``resume`` after a stop); the
-replay takes them from the log."""
+INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed, ModelContextLearned)
+"""Events the world gives a run (a person, ``resume`` after a stop, a model server
+saying its context window); the replay takes them from the log."""
 
 
 class ReplayRefused(AutonomyError):
@@ -239,7 +240,7 @@ class _Segment:
                 )
         log.recording = recording
         config = log.pipeline.config
-        self.settings = settings_from_mapping(config) if config else Settings()
+        self.settings = recorded_settings(config)
         self.log = log
         if isinstance(first.data, RunForked):
             self._restore(log)
@@ -249,7 +250,7 @@ class _Segment:
         log.take(recorded)
         data = recorded.data
         if isinstance(data, RunResumed) and data.config:
-            self.settings = settings_from_mapping(data.config)
+            self.settings = recorded_settings(data.config)
         self._restore(log)
 
     def _restore(self, log: RunLog) -> None:

@@ -30,6 +30,7 @@ import msgspec
 from engine.agent.runlog import RunLog
 from engine.agent.runner import is_user_stop
 from engine.errors import (
+    ModelContextOverflow,
     ModelDeadline,
     ModelError,
     ModelHTTPError,
@@ -347,6 +348,10 @@ class ReplayClient(ModelClient):
 
     @staticmethod
     def _error(failed: ModelFailed) -> ModelError:
+        if failed.kind == ModelContextOverflow.kind:
+            return ModelContextOverflow(
+                failed.detail, context=failed.context, prompt_tokens=failed.prompt_tokens
+            )
         return _ERRORS.get(failed.kind, ModelError)(failed.detail)
 
     def close(self) -> None:
