@@ -186,18 +186,24 @@ REPLY_RESERVE = 0.25
 def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()) -> int:
     """Tokens a request will take, estimated as characters / ``CHARS_PER_TOKEN``
     (content, tool call arguments and tool schemas)."""
-    chars = 0
+    return _estimate(messages, sum(len(msgspec.json.encode(tool)) for tool in tools))
+
+
+def _estimate(messages: Sequence[Message], tool_chars: int) -> int:
+    chars = tool_chars
     for m in messages:
         chars += len(m.content) + 8
         for call in m.tool_calls:
             chars += len(call.name) + len(msgspec.json.encode(call.arguments))
-    for tool in tools:
-        chars += len(msgspec.json.encode(tool))
     return chars // CHARS_PER_TOKEN + 1
 
 
 def fit(
-    messages: Sequence[Message], num_ctx: int, tools: Sequence[Mapping[str, Any]] = ()
+    messages: Sequence[Message],
+    num_ctx: int,
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    tool_chars: int | None = None,
 ) -> list[Message]:
     """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve.
 
@@ -205,13 +211,16 @@ def fit(
     after them is dropped oldest first, an assistant turn together with the tool
     results answering it, so no tool result is left without its call. If even the
     system prompt and the task do not fit, they are sent anyway: the server
-    truncates, and the log shows what was sent."""
+    truncates, and the log shows what was sent. ``tool_chars`` is what ``tools``
+    count, when the caller has it already (``OfferedTools.chars``)."""
     budget = int(num_ctx * (1 - REPLY_RESERVE))
+    if tool_chars is None:
+        tool_chars = sum(len(msgspec.json.encode(tool)) for tool in tools)
     kept = list(messages)
-    if estimate_tokens(kept, tools) <= budget:
+    if _estimate(kept, tool_chars) <= budget:
         return kept
     head, history = kept[:2], kept[2:]
-    while history and estimate_tokens(head + history, tools) > budget:
+    while history and _estimate(head + history, tool_chars) > budget:
         history.pop(0)
         while history and history[0].role == "tool":
             history.pop(0)

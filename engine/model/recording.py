@@ -63,6 +63,7 @@ from projections.orchestration import OrchestrationState
 __all__ = [
     "INLINE_LIMIT",
     "PREVIEW_CHARS",
+    "OfferedTools",
     "RecordingModel",
     "RunLog",
     "common_prefix",
@@ -94,19 +95,41 @@ class RunLog(Protocol):
 def request_digest(
     model: str,
     messages: Sequence[Message],
-    tools: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | OfferedTools,
     options: Mapping[str, Any],
 ) -> str:
     """sha256 of the canonical JSON of a whole request (full messages, not stored
     forms): equal requests have equal digests, whatever the dict order.
-    Replay computes the same digest to find the recorded answer."""
-    canonical = {
-        "model": model,
-        "messages": [msgspec.to_builtins(m) for m in messages],
-        "tools": [dict(t) for t in tools],
-        "options": dict(options),
-    }
-    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+    Replay computes the same digest to find the recorded answer.
+
+    The canonical JSON is ``{"messages": [...], "model": ..., "options": {...},
+    "tools": [...]}`` with every key sorted; it is hashed part by part, so the tools,
+    the same for every turn of a conversation, are encoded once (``OfferedTools``)."""
+    offered = tools if isinstance(tools, OfferedTools) else OfferedTools(tools)
+    h = hashlib.sha256(b'{"messages":')
+    h.update(msgspec.json.encode([msgspec.to_builtins(m) for m in messages], order="sorted"))
+    h.update(b',"model":')
+    h.update(msgspec.json.encode(model))
+    h.update(b',"options":')
+    h.update(msgspec.json.encode(dict(options), order="sorted"))
+    h.update(b',"tools":')
+    h.update(offered.canonical)
+    h.update(b"}")
+    return h.hexdigest()
+
+
+class OfferedTools:
+    """The tools' schemas of a request, encoded once: their canonical JSON (in the
+    request digest, and the blob ``tools_ref`` names), their names, and the
+    characters ``engine.prompts.fit`` counts for them."""
+
+    def __init__(self, schemas: Sequence[Mapping[str, Any]]) -> None:
+        self.schemas = schemas
+        self.canonical = msgspec.json.encode([dict(t) for t in schemas], order="sorted")
+        self.names = tool_names(schemas)  # type: ignore[arg-type]
+        # what estimate_tokens counts: each schema's compact JSON (key order does not
+        # change its length), i.e. the list without its brackets and commas
+        self.chars = len(self.canonical) - 1 - len(schemas) if schemas else 0
 
 
 def tool_schemas_diff(
@@ -194,6 +217,9 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
+        self._offered: tuple[OfferedTools, str] | None = None
+        """The last tools offered and their blob: a conversation offers the same list
+        on every turn. A cache of an encoding, not state."""
 
     def chat(
         self,
@@ -216,17 +242,18 @@ class RecordingModel:
         config = self.roles.get(role)
         primary = config.primary
         options = config.options()
+        sent_options = options.as_dict()
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        messages = fit(messages, config.num_ctx, tools)
-        digest = request_digest(primary.model, messages, tools, options.as_dict())
-        cached = self._cached(digest, options.as_dict().get("temperature"))
+        offered, tools_ref = self._offer(tools)
+        messages = fit(messages, config.num_ctx, tool_chars=offered.chars)
+        digest = request_digest(primary.model, messages, offered, sent_options)
+        cached = self._cached(digest, sent_options.get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
         delta = tuple(stored[offset:])
         self._put_blobs(messages[offset:], delta)
-        tools_ref = self._tools_ref(tools)
 
         requested = log.append(
             ModelRequested(
@@ -240,8 +267,8 @@ class RecordingModel:
                 prompt_digest=prompt_digest,
                 message_offset=offset,
                 messages=delta,
-                tool_names=tool_names(tools),
-                options=options.as_dict(),
+                tool_names=offered.names,
+                options=sent_options,
                 tools_ref=tools_ref,
             ),
             causation=causation,
@@ -302,11 +329,16 @@ class RecordingModel:
         log.append(kept, causation=requested.version)
         return reply
 
-    def _tools_ref(self, tools: Sequence[dict[str, Any]]) -> str:
+    def _offer(self, tools: Sequence[dict[str, Any]]) -> tuple[OfferedTools, str]:
+        """The tools encoded, and their blob; worked out again only for another list."""
+        if self._offered is None or self._offered[0].schemas is not tools:
+            offered = OfferedTools(tools)
+            self._offered = offered, self._tools_ref(offered)
+        return self._offered
+
+    def _tools_ref(self, offered: OfferedTools) -> str:
         """The blob of the tools' schemas as sent ("" without tools): a replay diffs them."""
-        if not tools:
-            return ""
-        return self.runlog.store.put(msgspec.json.encode(list(tools), order="sorted"))
+        return self.runlog.store.put(offered.canonical) if offered.schemas else ""
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
         """The first answer to this exact request in this run, if the request is
