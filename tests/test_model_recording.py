@@ -601,11 +601,11 @@ def test_a_conversation_encodes_its_tools_once(
     monkeypatch.setattr(OfferedTools, "__init__", counted)
     log = FakeRunLog(event_store)
     tools, same = list(TOOLS), list(TOOLS)
-    with ScriptedModelServer([Reply.text("a"), Reply.text("b"), Reply.text("c")]) as server:
+    with ScriptedModelServer([Reply.text(str(n)) for n in range(4)]) as server:
         model = recorder(log, http, server.url, stream=False)
-        for _ in range(2):
-            model.chat("coding", [SYSTEM, ASK], tools, conversation="task:T1")
-        model.chat("coding", [SYSTEM, ASK], same, conversation="task:T2")
+        for conversation in ("task:T1", "task:T2", "task:T1", "task:T2"):  # interleaved
+            offered = tools if conversation == "task:T1" else same
+            model.chat("coding", [SYSTEM, ASK], offered, conversation=conversation)
     assert len(made) == 2 and made[0] is tools and made[1] is same
     requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
     assert len({r.tools_ref for r in requests}) == 1 and requests[0].tools_ref

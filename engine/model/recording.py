@@ -72,6 +72,10 @@ __all__ = [
 ]
 
 
+OFFERED_KEPT = 8
+"""Tools lists whose encoding a recorder keeps (the arbiter's and a few conversations')."""
+
+
 class RunLog(Protocol):
     """What the recorder needs of a run's log (``engine.runlog.RunLog`` has it)."""
 
@@ -217,9 +221,10 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
-        self._offered: tuple[OfferedTools, str] | None = None
-        """The last tools offered and their blob: a conversation offers the same list
-        on every turn. A cache of an encoding, not state."""
+        self._offered: dict[int, tuple[OfferedTools, str]] = {}
+        """Tools lists offered, by identity, with their blob: a conversation offers the
+        same list on every turn, the arbiter its own between them. A cache of an
+        encoding, not state (each entry keeps its list, so no id is reused)."""
 
     def chat(
         self,
@@ -331,10 +336,13 @@ class RecordingModel:
 
     def _offer(self, tools: Sequence[dict[str, Any]]) -> tuple[OfferedTools, str]:
         """The tools encoded, and their blob; worked out again only for another list."""
-        if self._offered is None or self._offered[0].schemas is not tools:
+        known = self._offered.get(id(tools))
+        if known is None or known[0].schemas is not tools:
+            if len(self._offered) >= OFFERED_KEPT:
+                self._offered.clear()
             offered = OfferedTools(tools)
-            self._offered = offered, self._tools_ref(offered)
-        return self._offered
+            known = self._offered[id(tools)] = offered, self._tools_ref(offered)
+        return known
 
     def _tools_ref(self, offered: OfferedTools) -> str:
         """The blob of the tools' schemas as sent ("" without tools): a replay diffs them."""
