@@ -1,8 +1,9 @@
 """Orchestrated against rules, side by side: what the arbiter costs and what it buys.
 
     python benchmarks/bench_modes.py                 # every goal, both modes, 5 repetitions
-    python benchmarks/bench_modes.py --quick         # 2 repetitions: under two minutes
+    python benchmarks/bench_modes.py --quick         # 2 repetitions: about a minute
     python benchmarks/bench_modes.py --repeat 7 --goal demo
+    python benchmarks/bench_modes.py --temperature 0 # the request cache answers repeats
 
 The same goals run in ``orchestrated`` and in ``rules`` mode against
 ``ScriptedModelServer`` in this process: the demo's goal (``engine.demo``), the calc and
@@ -24,9 +25,9 @@ misbehaving-model policies. One row per goal and mode:
   server's threads are not counted).
 
 Then the orchestrated/rules ratio of each column, per goal, and the median engine ms per
-model call (wall and CPU) over every timed run. The scripted arbiter takes the move the rules suggest,
-so both modes reach the same files: the ratio is the arbiter's cost in calls, tokens and
-engine time. Not part of the test run.
+model call (wall and CPU) over every timed run. The scripted arbiter takes the move the
+rules suggest, so both modes reach the same files: the ratio is the arbiter's cost in
+calls, tokens and engine time. Not part of the test run.
 """
 
 from __future__ import annotations
