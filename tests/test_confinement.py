@@ -330,3 +330,21 @@ def test_the_chain_key_is_hidden_from_commands(
     assert secret.hex() not in outcome.result
     unhidden = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
     assert secret.hex() in unhidden.result, "the test must be able to see a leak"
+
+
+def test_bubblewrap_is_probed_once_per_binary_and_again_when_it_changes(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bwrap"
+    fake.write_text(f"#!/bin/sh\necho probed >> {calls}\n")
+    fake.chmod(0o755)
+
+    def probes() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    for _ in range(3):
+        assert choose("auto", which=lambda _name: str(fake)).mechanism == "bubblewrap"
+    assert probes() == 1
+    fake.write_text(f"#!/bin/sh\necho probed >> {calls}\necho 'no namespaces' >&2\nexit 1\n")
+    refused = choose("auto", which=lambda _name: str(fake))
+    assert probes() == 2
+    assert refused.mechanism == "none" and "no namespaces" in refused.warning

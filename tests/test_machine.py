@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
+import engine.machines.machine
 from engine.errors import IllegalTransition
 from engine.machines.machine import Edge, StateMachine, Table, reachable
 
@@ -104,6 +108,52 @@ def test_machines_of_one_table_are_independent() -> None:
     first, second = StateMachine(table), StateMachine(table)
     first.fire("lock")
     assert (first.state, second.state) == ("locked", "closed")
+
+
+def test_a_table_builds_one_transitions_machine_for_all_its_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[object] = []
+    real = engine.machines.machine.Machine
+
+    def counted(**kwargs: Any) -> Any:
+        built.append(kwargs["model"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(engine.machines.machine, "Machine", counted)
+    table = door_table()
+    assert StateMachine(table).can("lock") and not built  # asking builds nothing
+    locked = table.restore("locked")
+    for _ in range(3):
+        door = StateMachine(table)
+        assert door.fire("lock") == ("closed", "locked")
+        assert locked.fire("unlock", "open sesame") == ("locked", "closed")
+        assert locked.fire("lock") == ("closed", "locked")
+    assert len(built) == 1
+
+
+def test_machines_sharing_a_table_move_apart_in_threads() -> None:
+    table = door_table()
+    wrong: list[tuple[str, str]] = []
+
+    def cycle(door: StateMachine) -> None:
+        for _ in range(300):
+            for trigger, facts, move in (
+                ("lock", None, ("closed", "locked")),
+                ("unlock", "open sesame", ("locked", "closed")),
+                ("open_up", None, ("closed", "open")),
+                ("close", None, ("open", "closed")),
+            ):
+                got = door.fire(trigger, facts)
+                if got != move:
+                    wrong.append(got)
+
+    threads = [threading.Thread(target=cycle, args=(StateMachine(table),)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
 
 
 def test_table_queries() -> None:

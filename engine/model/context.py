@@ -24,16 +24,22 @@ REPLY_RESERVE = 0.25
 """Share of the context window kept free for the model's answer."""
 
 
-def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()) -> int:
+def estimate_tokens(
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    tool_chars: int | None = None,
+) -> int:
     """Tokens a request will take, estimated as characters / ``CHARS_PER_TOKEN``
-    (content, tool call arguments and tool schemas)."""
-    chars = 0
+    (content, tool call arguments and tool schemas). ``tool_chars`` is what ``tools``
+    count, when the caller has it already (``OfferedTools.chars``)."""
+    if tool_chars is None:
+        tool_chars = sum(len(msgspec.json.encode(tool)) for tool in tools)
+    chars = tool_chars
     for m in messages:
         chars += len(m.content) + 8
         for call in m.tool_calls:
             chars += len(call.name) + len(msgspec.json.encode(call.arguments))
-    for tool in tools:
-        chars += len(msgspec.json.encode(tool))
     return chars // CHARS_PER_TOKEN + 1
 
 
@@ -43,6 +49,7 @@ def fit(
     tools: Sequence[Mapping[str, Any]] = (),
     *,
     reserve: int | None = None,
+    tool_chars: int | None = None,
 ) -> list[Message]:
     """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve:
     ``reserve`` tokens (the answer's cap), or ``REPLY_RESERVE`` of the window.
@@ -51,13 +58,16 @@ def fit(
     after them is dropped oldest first, an assistant turn together with the tool
     results answering it, so no tool result is left without its call. If even the
     system prompt and the task do not fit, they are sent anyway: the server
-    truncates, and the log shows what was sent."""
+    truncates, and the log shows what was sent. ``tool_chars`` as for
+    ``estimate_tokens``."""
     budget = int(num_ctx * (1 - REPLY_RESERVE)) if reserve is None else num_ctx - reserve
+    if tool_chars is None:
+        tool_chars = sum(len(msgspec.json.encode(tool)) for tool in tools)
     kept = list(messages)
-    if estimate_tokens(kept, tools) <= budget:
+    if estimate_tokens(kept, tool_chars=tool_chars) <= budget:
         return kept
     head, history = kept[:2], kept[2:]
-    while history and estimate_tokens(head + history, tools) > budget:
+    while history and estimate_tokens(head + history, tool_chars=tool_chars) > budget:
         history.pop(0)
         while history and history[0].role == "tool":
             history.pop(0)

@@ -65,12 +65,17 @@ from projections.orchestration import OrchestrationState
 __all__ = [
     "INLINE_LIMIT",
     "PREVIEW_CHARS",
+    "OfferedTools",
     "RecordingModel",
     "RunLog",
     "common_prefix",
     "request_digest",
     "stored_form",
 ]
+
+
+OFFERED_KEPT = 8
+"""Tools lists whose encoding a recorder keeps (the arbiter's and a few conversations')."""
 
 
 class RunLog(Protocol):
@@ -96,19 +101,41 @@ class RunLog(Protocol):
 def request_digest(
     model: str,
     messages: Sequence[Message],
-    tools: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | OfferedTools,
     options: Mapping[str, Any],
 ) -> str:
     """sha256 of the canonical JSON of a whole request (full messages, not stored
     forms): equal requests have equal digests, whatever the dict order.
-    Replay computes the same digest to find the recorded answer."""
-    canonical = {
-        "model": model,
-        "messages": [msgspec.to_builtins(m) for m in messages],
-        "tools": [dict(t) for t in tools],
-        "options": dict(options),
-    }
-    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+    Replay computes the same digest to find the recorded answer.
+
+    The canonical JSON is ``{"messages": [...], "model": ..., "options": {...},
+    "tools": [...]}`` with every key sorted; it is hashed part by part, so the tools,
+    the same for every turn of a conversation, are encoded once (``OfferedTools``)."""
+    offered = tools if isinstance(tools, OfferedTools) else OfferedTools([dict(t) for t in tools])
+    h = hashlib.sha256(b'{"messages":')
+    h.update(msgspec.json.encode([msgspec.to_builtins(m) for m in messages], order="sorted"))
+    h.update(b',"model":')
+    h.update(msgspec.json.encode(model))
+    h.update(b',"options":')
+    h.update(msgspec.json.encode(dict(options), order="sorted"))
+    h.update(b',"tools":')
+    h.update(offered.canonical)
+    h.update(b"}")
+    return h.hexdigest()
+
+
+class OfferedTools:
+    """The tools' schemas of a request, encoded once: their canonical JSON (in the
+    request digest, and the blob ``tools_ref`` names), their names, and the
+    characters ``engine.model.context.fit`` counts for them."""
+
+    def __init__(self, schemas: Sequence[dict[str, Any]]) -> None:
+        self.schemas = schemas
+        self.canonical = msgspec.json.encode([dict(t) for t in schemas], order="sorted")
+        self.names = tool_names(schemas)
+        # what estimate_tokens counts: each schema's compact JSON (key order does not
+        # change its length), i.e. the list without its brackets and commas
+        self.chars = len(self.canonical) - 1 - len(schemas) if schemas else 0
 
 
 def tool_schemas_diff(
@@ -196,6 +223,10 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
+        self._offered: dict[int, tuple[OfferedTools, str]] = {}
+        """Tools lists offered, by identity, with their blob: a conversation offers the
+        same list on every turn, the arbiter its own between them. A cache of an
+        encoding, not state (each entry keeps its list, so no id is reused)."""
 
     def chat(
         self,
@@ -222,18 +253,21 @@ class RecordingModel:
         system prompt and the task are left, the overflow is raised.
         """
         config = self.roles.get(role)
+        offer = self._offer(tools)
+        chars = offer[0].chars
         overflow: ModelContextOverflow | None = None
         sent: list[Message] = []
         while True:
             size = sizing(role, config, self.runlog.orchestration)
-            fitted = size.fit(messages, tools)
+            fitted = size.fit(messages, tool_chars=chars)
             if overflow is not None and len(fitted) >= len(sent):
                 # what the server said makes no smaller request: drop a quarter anyway
-                fitted = fit(messages, estimate_tokens(sent, tools) * 3 // 4, tools, reserve=0)
+                budget = estimate_tokens(sent, tool_chars=chars) * 3 // 4
+                fitted = fit(messages, budget, tool_chars=chars, reserve=0)
                 if len(fitted) >= len(sent):
                     raise overflow  # only the system prompt and the task are left
             try:
-                return self._ask(role, size, fitted, tools, conversation, causation, prompt_digest)
+                return self._ask(role, size, fitted, offer, conversation, causation, prompt_digest)
             except ModelContextOverflow as e:
                 overflow, sent = e, fitted
 
@@ -242,7 +276,7 @@ class RecordingModel:
         role: str,
         size: Sizing,
         messages: Sequence[Message],
-        tools: Sequence[dict[str, Any]],
+        offer: tuple[OfferedTools, str],
         conversation: str,
         causation: int | None,
         prompt_digest: str,
@@ -250,17 +284,18 @@ class RecordingModel:
         """One request as fitted, recorded; raises the client's error."""
         config = self.roles.get(role)
         primary = config.primary
+        offered, tools_ref = offer
         options = config.options(num_ctx=size.context, num_predict=size.answer_cap)
+        sent_options = options.as_dict()
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        digest = request_digest(primary.model, messages, tools, options.as_dict())
-        cached = self._cached(digest, options.as_dict().get("temperature"))
+        digest = request_digest(primary.model, messages, offered, sent_options)
+        cached = self._cached(digest, sent_options.get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
         delta = tuple(stored[offset:])
         self._put_blobs(messages[offset:], delta)
-        tools_ref = self._tools_ref(tools)
 
         requested = log.append(
             ModelRequested(
@@ -274,8 +309,8 @@ class RecordingModel:
                 prompt_digest=prompt_digest,
                 message_offset=offset,
                 messages=delta,
-                tool_names=tool_names(tools),
-                options=options.as_dict(),
+                tool_names=offered.names,
+                options=sent_options,
                 tools_ref=tools_ref,
             ),
             causation=causation,
@@ -308,7 +343,7 @@ class RecordingModel:
                 sizes = {
                     "context": error.context,
                     "prompt_tokens": error.prompt_tokens,
-                    "estimated_tokens": estimate_tokens(messages, tools),
+                    "estimated_tokens": estimate_tokens(messages, tool_chars=offered.chars),
                 }
             log.append(
                 ModelFailed(
@@ -325,7 +360,7 @@ class RecordingModel:
         reply = self.client.chat(
             config.endpoints(),
             messages,
-            tools,
+            offered.schemas,
             options,
             on_failure=record_failure,
             bounds=config.bounds(self.client.bounds),
@@ -345,11 +380,19 @@ class RecordingModel:
         log.append(kept, causation=requested.version)
         return reply
 
-    def _tools_ref(self, tools: Sequence[dict[str, Any]]) -> str:
+    def _offer(self, tools: Sequence[dict[str, Any]]) -> tuple[OfferedTools, str]:
+        """The tools encoded, and their blob; worked out again only for another list."""
+        known = self._offered.get(id(tools))
+        if known is None or known[0].schemas is not tools:
+            if len(self._offered) >= OFFERED_KEPT:
+                self._offered.clear()
+            offered = OfferedTools(tools)
+            known = self._offered[id(tools)] = offered, self._tools_ref(offered)
+        return known
+
+    def _tools_ref(self, offered: OfferedTools) -> str:
         """The blob of the tools' schemas as sent ("" without tools): a replay diffs them."""
-        if not tools:
-            return ""
-        return self.runlog.store.put(msgspec.json.encode(list(tools), order="sorted"))
+        return self.runlog.store.put(offered.canonical) if offered.schemas else ""
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
         """The first answer to this exact request in this run, if the request is

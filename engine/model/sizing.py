@@ -52,14 +52,27 @@ class Sizing(msgspec.Struct, frozen=True, kw_only=True):
     as an overflow error measured it; 1.0 until one did."""
 
     def fit(
-        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] = (),
+        *,
+        tool_chars: int | None = None,
     ) -> list[Message]:
-        """``messages`` fitted to the window, leaving room for the answer."""
+        """``messages`` fitted to the window, leaving room for the answer
+        (``tool_chars`` as for ``engine.model.context.fit``)."""
         if self.scale == 1.0:
-            return fit(messages, self.context, tools, reserve=self.answer_cap)
+            return fit(
+                messages, self.context, tools, reserve=self.answer_cap, tool_chars=tool_chars
+            )
         cap = self.answer_cap
         reserve = None if cap is None else int(cap / self.scale)
-        return fit(messages, int(self.context / self.scale), tools, reserve=reserve)
+        return fit(
+            messages,
+            int(self.context / self.scale),
+            tools,
+            reserve=reserve,
+            tool_chars=tool_chars,
+        )
 
 
 def answer_cap(config: RoleConfig, context: int) -> int | None:

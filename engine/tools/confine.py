@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import resource
 import select
@@ -275,14 +276,27 @@ def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:
 
 
 def _bwrap_works(bwrap: str) -> str:
-    """'' if bubblewrap can confine a command here, else why not."""
-    probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    """'' if bubblewrap can confine a command here, else why not.
+
+    Probed once per process and binary (a run started in ~15 ms, of which the
+    probe took 12): the answer is a fact of the machine, not of a run. A binary
+    replaced since (another inode, size or mtime) is probed again, and a probe that
+    could not run (no process, a timeout under load) is not remembered. A kernel
+    setting changed under a long-lived process (user namespaces switched off) makes
+    a confined command fail with bubblewrap's error, never run unconfined."""
     try:
-        result = subprocess.run(
-            [*probe, "--", "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
-        )
+        found = os.stat(bwrap)
+        return _probe(bwrap, found.st_ino, found.st_size, found.st_mtime_ns)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
+
+
+@functools.cache
+def _probe(bwrap: str, *identity: int) -> str:
+    probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    result = subprocess.run(
+        [*probe, "--", "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+    )
     if result.returncode != 0:
         return result.stderr.decode("utf-8", "replace").strip() or f"exit {result.returncode}"
     return ""
