@@ -6,7 +6,10 @@ default, or one JSON object with ``"stream": false``; tool-call arguments as
 objects; ``done_reason``, ``prompt_eval_count``, ``eval_count`` and durations in
 nanoseconds) and ``POST /v1/chat/completions`` the way OpenAI-compatible servers do
 (arguments as JSON strings, ``call_...`` ids, ``finish_reason``, ``usage``,
-``system_fingerprint``), plus the discovery calls ``GET /api/tags`` and
+``system_fingerprint``; with ``"stream": true`` as server-sent events: word by word,
+tool calls in deltas by index, the usage in a last ``choices: []`` chunk when
+``stream_options.include_usage`` asks for it, then ``data: [DONE]``, so the
+official ``openai`` client works against it with ``stream=True``), plus the discovery calls ``GET /api/tags`` and
 ``GET /v1/models``. What it says comes from a script, and it can misbehave on cue::
 
     import httpx
@@ -350,9 +353,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._error(400, "request body is not a JSON object", ollama)
             return
-        if not ollama and body.get("stream"):
-            self._error(400, "ScriptedModelServer does not stream OpenAI responses", ollama)
-            return
         try:
             reply, number = scripted._next(request)
         except Exception as e:  # a broken script function: say so, do not hang
@@ -390,6 +390,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", ""))
         prompt, completion = _token_counts(reply, body)
+        if not ollama and body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            whole = _openai(reply, model, number, prompt, completion, scripted.fingerprint)
+            self._stream(_openai_events(reply, whole, usage), "text/event-stream")
+            return
         if not ollama:
             if reply.fault == "malformed":
                 self._raw(200, _MALFORMED, "application/json")
@@ -447,10 +452,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         return True
 
-    def _stream(self, lines: Iterable[bytes]) -> None:
-        # chunked NDJSON, one chunk per line, as Ollama sends it
+    def _stream(self, lines: Iterable[bytes], content_type: str = "application/x-ndjson") -> None:
+        # chunked, one chunk per line, as Ollama sends NDJSON (and servers send SSE)
         self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         if self._hung():
@@ -594,3 +599,34 @@ def _openai(
             "total_tokens": prompt + completion,
         },
     }
+
+
+def _openai_events(reply: Reply, whole: dict[str, Any], usage: bool) -> Iterable[bytes]:
+    """``whole`` (a chat completion) as the server-sent events of a streamed one."""
+    head = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n"
+
+    yield event({"role": "assistant", "content": ""})
+    for piece in re.findall(r"\S+\s*|\s+", reply.content):
+        yield event({"content": piece})
+    if reply.fault == "malformed":
+        yield b"data: " + _MALFORMED + b"\n"
+        return
+    message = whole["choices"][0]["message"]
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        function = call["function"]
+        start = {"index": index, "id": call["id"], "type": "function"}
+        yield event({"tool_calls": [{**start, "function": {"name": function["name"]}}]})
+        text = function["arguments"]
+        middle = len(text) // 2  # in two pieces, as servers cut them anywhere
+        for part in (text[:middle], text[middle:]):
+            yield event({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    yield event({}, whole["choices"][0]["finish_reason"])
+    if usage:
+        last = {**head, "choices": [], "usage": whole["usage"]}
+        yield b"data: " + json.dumps(last).encode() + b"\n"
+    yield b"data: [DONE]\n"

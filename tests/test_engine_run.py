@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.config import Settings, load_settings
 from engine.demo import DemoModels
+from engine.model.roles import ROLE_NAMES
 from engine.runner import resume_run, start_run
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
@@ -269,3 +271,62 @@ def test_certificates_are_loaded_only_for_https_model_servers() -> None:
         assert http._transport._pool._ssl_context.verify_mode.name == "CERT_NONE"  # type: ignore[attr-defined]
     with http_client(secure) as http:
         assert http._transport._pool._ssl_context.verify_mode.name == "CERT_REQUIRED"  # type: ignore[attr-defined]
+
+
+def streaming(settings: Settings, stream: bool) -> Settings:
+    """``settings`` with every role streaming (or not)."""
+    replace = msgspec.structs.replace
+    roles = settings.models
+    return replace(
+        settings,
+        models=replace(
+            roles,
+            **{name: replace(roles.get(name), stream=stream) for name in ROLE_NAMES},
+        ),
+    )
+
+
+def answers(store: EventStore, run_id: str) -> list[Any]:
+    """What the log says the models answered, less where and how long it took (the
+    requests hold tool results with timings)."""
+    found = []
+    for e in store.read(run_id):
+        if e.type == "model.responded":
+            data = msgspec.to_builtins(e.data)
+            data.pop("endpoint", None), data.pop("duration_ms", None)
+            found.append(data)
+    return found
+
+
+class OneFile(DemoModels):
+    """The demo's well-behaved models on a goal of one file and no commands: quick."""
+
+    def _plan(self) -> Reply:
+        return Reply.tool(
+            "create_task_plan", tasks=[{"title": "Write a.py", "target_file": "a.py"}]
+        )
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if done == 0:
+            return Reply.tool("create_file", path="a.py", content="A = 1\n")
+        return Reply.tool("complete_task", task_id=task, summary="a.py written")
+
+    def _review(self, task: str, done: int) -> Reply:
+        return Reply.tool("approve_code", task_id=task, summary="fine")
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_a_run_completes_in_each_wire_format_and_streaming_changes_no_event(
+    tmp_path: Path, api: str
+) -> None:
+    logs = {}
+    for stream in (True, False):
+        store = MemoryEventStore()
+        with ScriptedModelServer(OneFile()) as server:
+            settings = streaming(settings_for(server, api=api), stream)
+            workspace = tmp_path / str(stream)
+            log = start_run(store, goal="g", workspace=workspace, settings=settings, run_id="r")
+        assert log.pipeline.status == "completed", log.pipeline.reason
+        assert {bool(r.body.get("stream")) for r in server.chat_requests} == {stream}
+        logs[stream] = answers(store, log.run_id)
+    assert logs[True] == logs[False]

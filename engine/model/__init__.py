@@ -2,7 +2,7 @@
 configuration, the prose tool-call fallback, and the recorder that turns every call
 into events.
 
-    client = ModelClient(httpx.Client(), stream=True)
+    client = ModelClient(httpx.Client(), stream=True)  # both formats stream
     reply = client.chat(Roles().coding.endpoints(), messages, tools, Roles().coding.options())
     recorder = RecordingModel(client, runlog, Roles())
     reply = recorder.chat("coding", messages, tools, conversation="task:T1")
@@ -19,7 +19,7 @@ from engine.model.bounds import (
     RetryPolicy,
     Timeouts,
 )
-from engine.model.client import FailedAttempt, ModelClient, OnFailure, tool_names
+from engine.model.client import FailedAttempt, ModelClient, OnFailure, OnStream, tool_names
 from engine.model.recording import (
     INLINE_LIMIT,
     RecordingModel,
@@ -42,6 +42,8 @@ from engine.model.wire import (
     parse_ollama,
     parse_ollama_stream,
     parse_openai,
+    parse_openai_stream,
+    parse_stream,
 )
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "ModelInfo",
     "ModelReply",
     "OnFailure",
+    "OnStream",
     "RecordingModel",
     "RetryPolicy",
     "RoleConfig",
@@ -74,6 +77,8 @@ __all__ = [
     "parse_ollama",
     "parse_ollama_stream",
     "parse_openai",
+    "parse_openai_stream",
+    "parse_stream",
     "request_digest",
     "roles_from_mapping",
     "stored_form",

@@ -67,7 +67,7 @@ from engine.model.wire import (
     error_text,
     parse_chat,
     parse_models,
-    parse_ollama_stream,
+    parse_stream,
 )
 from events.schema import Message
 
@@ -90,12 +90,18 @@ class FailedAttempt:
 
 OnFailure = Callable[[FailedAttempt], None]
 
+OnStream = Callable[[int], None]
+"""Told, as a streamed answer arrives, how many pieces (about one token each) the
+current attempt has received so far."""
+
 
 class ModelClient:
     """Chat completions from Ollama or OpenAI-compatible servers.
 
-    ``stream`` selects Ollama's NDJSON streaming (Ollama's own default) instead of
-    one JSON answer; OpenAI-compatible endpoints are always asked without streaming.
+    ``stream`` asks for answers in pieces (Ollama's NDJSON, OpenAI's server-sent
+    events) instead of one JSON body; ``chat(..., stream=...)`` overrides it per call.
+    Each piece is counted to ``on_stream``. The bounds hold the same: the read
+    timeout for each piece, the deadline and ``max_response_bytes`` for the whole.
     ``text_fallback`` extracts a tool call a model wrote as prose (see
     ``engine.model.textcalls``). ``identify_models`` looks up an Ollama model's
     digest once per server and model (``GET /api/tags``) so that replies name the
@@ -114,6 +120,7 @@ class ModelClient:
         deadline: float | None = DEFAULT_DEADLINE,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         stream: bool = False,
+        on_stream: OnStream | None = None,
         text_fallback: bool = True,
         identify_models: bool = True,
         sleep: Callable[[float], None] = time.sleep,
@@ -130,6 +137,7 @@ class ModelClient:
             )
         )
         self.stream = stream
+        self.on_stream = on_stream
         self.text_fallback = text_fallback
         self.identify_models = identify_models
         self._sleep = sleep
@@ -150,6 +158,7 @@ class ModelClient:
         *,
         on_failure: OnFailure | None = None,
         bounds: Bounds | None = None,
+        stream: bool | None = None,
     ) -> ModelReply:
         """Ask the first endpoint that answers; retry and fall back as documented above.
 
@@ -160,7 +169,7 @@ class ModelClient:
         call = self._call(bounds)
         return self._attempts(
             endpoints,
-            lambda endpoint: self._chat_once(call, endpoint, messages, tools, options),
+            lambda endpoint: self._chat_once(call, endpoint, messages, tools, options, stream),
             on_failure,
             call,
         )
@@ -173,9 +182,10 @@ class ModelClient:
         options: ChatOptions = NO_OPTIONS,
         *,
         bounds: Bounds | None = None,
+        stream: bool | None = None,
     ) -> ModelReply:
         """One attempt, no retry: the reply, or a typed ``ModelError``."""
-        return self._chat_once(self._call(bounds), endpoint, messages, tools, options)
+        return self._chat_once(self._call(bounds), endpoint, messages, tools, options, stream)
 
     def _chat_once(
         self,
@@ -184,8 +194,9 @@ class ModelClient:
         messages: Sequence[Message],
         tools: Sequence[dict[str, Any]],
         options: ChatOptions,
+        stream: bool | None = None,
     ) -> ModelReply:
-        stream = self.stream and endpoint.api == "ollama"
+        stream = self.stream if stream is None else stream
         body = chat_body(endpoint.api, endpoint.model, messages, tools, options, stream=stream)
         started = self._clock()
         with self._exchange(
@@ -194,10 +205,13 @@ class ModelClient:
             "POST",
             CHAT_PATHS[endpoint.api],
             content=msgspec.json.encode(body),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": _ACCEPT[endpoint.api] if stream else "application/json",
+            },
         ) as chunks:
             if stream:
-                reply = parse_ollama_stream(_lines(chunks))
+                reply = parse_stream(endpoint.api, _lines(chunks), self._counter())
             else:
                 reply = parse_chat(endpoint.api, b"".join(chunks))
         elapsed_ms = (self._clock() - started) * 1000.0
@@ -223,6 +237,20 @@ class ModelClient:
             if digest:
                 changes["model_identity"] = f"{reply.model_identity or endpoint.model}@{digest}"
         return msgspec.structs.replace(reply, **changes)
+
+    def _counter(self) -> Callable[[str], None] | None:
+        """A fresh count of one attempt's pieces, told to ``on_stream``."""
+        on_stream = self.on_stream
+        if on_stream is None:
+            return None
+        count = 0
+
+        def counted(_piece: str) -> None:
+            nonlocal count
+            count += 1
+            on_stream(count)
+
+        return counted
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -435,9 +463,13 @@ def _head(chunks: Iterator[bytes], limit: int) -> bytes:
     return bytes(head[:limit])
 
 
+_ACCEPT = {"ollama": "application/x-ndjson", "openai": "text/event-stream"}
+
+
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """NDJSON lines from body pieces, as bytes: decoding stays with the JSON parser,
-    which reports bad UTF-8 as a bad answer instead of raising."""
+    """Lines (NDJSON, or server-sent events) from body pieces, as bytes: decoding
+    stays with the JSON parser, which reports bad UTF-8 as a bad answer instead of
+    raising."""
     pending = b""
     for piece in chunks:
         pending += piece

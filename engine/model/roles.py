@@ -33,6 +33,11 @@ local model::
     deadline = 1800.0               # seconds for the whole call, retries and waits included
     retries = 2                     # further attempts per endpoint after the first
     max_response_bytes = 4000000    # a longer answer is cut off and fails the call
+    stream = true                   # answers in pieces (NDJSON / server-sent events)
+
+Streaming changes no event: a streamed answer is recorded as the whole one would be.
+It lets the read timeout bound the gap between tokens rather than the whole answer,
+and lets a face show the answer growing (``autonomy run`` on a terminal).
 
 ``roles_from_mapping(data["models"])`` turns that into ``Roles``; a wrong key or type
 is a ``ConfigError`` that names it.
@@ -92,6 +97,7 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     deadline: Seconds = DEFAULT_DEADLINE
     retries: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RETRIES
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RESPONSE_BYTES
+    stream: bool = True
 
     @property
     def primary(self) -> Endpoint:
