@@ -116,7 +116,7 @@ def one_run(goal: str, script: Any, mode: str, seams: Seams) -> dict[str, float]
     store = MemoryEventStore()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ScriptedModelServer(counting) as server,
+        ScriptedModelServer(counting, models=["m"]) as server,
         httpx.Client() as http,
     ):
         settings = load_settings(

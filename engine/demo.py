@@ -38,6 +38,8 @@ TESTS = (
     "def test_add_floats():\n    assert add(0.5, 0.25) == 0.75\n"
 )
 PYTEST = ["python", "-m", "pytest", "-q"]
+DEMO_MODEL = "qwen2.5-coder:7b"
+"""The model the scripted server plays (and lists, so the preflight finds it)."""
 
 
 class DemoModels:
@@ -135,10 +137,10 @@ def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print
     base.mkdir(parents=True, exist_ok=True)  # the demo's own directory: it may make it
     workspace = base / "workspace"
     db = base / "events.db"
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=[DEMO_MODEL]) as server:
         settings = load_settings(
             env={},
-            overrides={"model_url": server.url, "api": "ollama", "model": "qwen2.5-coder:7b"},
+            overrides={"model_url": server.url, "api": "ollama", "model": DEMO_MODEL},
         )
         echo(f"scripted model server on {server.url} (Ollama wire format)")
         with open_store(db, key=load_key(create=True)) as store, http_client(settings) as http:

@@ -37,6 +37,7 @@ from engine.coordinator import Step, decide, model_trouble
 from engine.errors import IllegalTransition, ToolError
 from engine.keys import key_file
 from engine.model.client import ModelClient
+from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
@@ -430,11 +431,37 @@ def start_run(
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
     confinement = confine_commands(settings, store)
+    client = model_client(settings, http, progress)
+    checked = check_models(client, settings, progress)
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
     with store.lease(run_id, describe_owner()):
-        return _start(store, run_id, goal, workspace, settings, confinement, http, progress)
+        return _start(
+            store, run_id, goal, workspace, settings, confinement, client, progress, checked
+        )
+
+
+def model_client(
+    settings: Settings, http: httpx.Client | None, progress: Progress | None
+) -> ModelClient:
+    """The run's model client."""
+    return ModelClient(http or http_client(settings))
+
+
+def check_models(
+    client: ModelClient, settings: Settings, progress: Progress | None
+) -> tuple[str, ...]:
+    """The preflight's warnings, each said; ``PreflightFailed`` before any event is
+    written when a role's model cannot be asked. Nothing when ``settings.preflight``
+    is off."""
+    if not settings.preflight:
+        return ()
+    warnings = tuple(preflight(client, settings.models))
+    for warning in warnings:
+        if progress:
+            progress(f"warning: {warning}")
+    return warnings
 
 
 def _start(
@@ -444,8 +471,9 @@ def _start(
     workspace: Path,
     settings: Settings,
     confinement: Confinement,
-    http: httpx.Client | None,
+    client: ModelClient,
     progress: Progress | None,
+    checked: tuple[str, ...],
 ) -> RunLog:
     log = RunLog.create(
         store,
@@ -458,6 +486,7 @@ def _start(
             engine_version=__version__,
             key_id=store.key_id,
             confinement=confinement.describe(),
+            preflight=checked,
         ),
     )
     if progress:
@@ -466,7 +495,7 @@ def _start(
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or http_client(settings)),
+        client=client,
         workspace=workspace,
         progress=progress,
         confinement=confinement,
@@ -544,12 +573,14 @@ def _resume(
         )
     workspace = Path(log.pipeline.workspace)
     confinement = confine_commands(settings, store)
+    client = model_client(settings, http, progress)
+    checked = check_models(client, settings, progress)
     if progress:
         _say_confinement(confinement, progress)
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or http_client(settings)),
+        client=client,
         workspace=workspace,
         progress=progress,
         confinement=confinement,
@@ -561,6 +592,7 @@ def _resume(
             pending_tools=tuple(log.pipeline.pending_tools),
             open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
             config=msgspec.to_builtins(settings),
+            preflight=checked,
         )
     )
     for note in engine.recover(resumed[0].version if resumed else None):

@@ -29,6 +29,11 @@ official ``openai`` client works against it with ``stream=True``), plus the disc
     assert len(server.chat_requests) == 2
     assert server.chat_requests[-1].body["messages"][0]["content"] == "make app.py"
 
+It lists the ``models`` it is asked to serve (``GET /api/tags``, ``GET /v1/models``),
+which is what a run's preflight checks: give it the names your settings use
+(``ScriptedModelServer(script, models=["m"])``). ``apis=("openai",)`` makes it
+speak only the OpenAI format, as llama-server does.
+
 The script is a list of ``Reply`` consumed in order (``server.add`` appends more)
 or a function ``(ScriptedRequest) -> Reply`` asked for every chat request. Each
 ``Reply`` may carry a fault instead of an answer: ``Reply.delayed``, ``Reply.timeout``
@@ -214,8 +219,12 @@ class ScriptedModelServer:
         models: Sequence[str] = ("qwen2.5:14b", "qwen2.5-coder:32b", "qwen2.5:32b"),
         fingerprint: str = "fp_scripted",
         max_hang: float = 10.0,
+        apis: Sequence[str] = ("ollama", "openai"),
     ) -> None:
         self.models = tuple(models)
+        self.apis = frozenset(apis)
+        """The wire formats it speaks: ``("openai",)`` plays llama-server, whose
+        Ollama routes (``/api/...``) are 404."""
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -321,9 +330,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing ---------------------------------------------------------------------------
 
+    def _spoken(self) -> bool:
+        """Whether the path belongs to an API the server speaks (else a 404 is sent)."""
+        api = "ollama" if self.path.startswith("/api/") else "openai"
+        if api in self.server.scripted.apis:
+            return True
+        self._json(404, {"error": f"no route for {self.command} {self.path}"})
+        return False
+
     def do_GET(self) -> None:
         scripted = self.server.scripted
         scripted._record(ScriptedRequest("GET", self.path, None, dict(self.headers)))
+        if not self._spoken():
+            return
         if self.path == "/api/tags":
             models = [_ollama_tag(name) for name in scripted.models]
             self._json(200, {"models": models})
@@ -346,6 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         request = ScriptedRequest("POST", self.path, body, dict(self.headers))
         scripted._record(request)
+        if not self._spoken():
+            return
         ollama = self.path == "/api/chat"
         if not ollama and self.path != "/v1/chat/completions":
             self._json(404, {"error": f"no route for POST {self.path}"})

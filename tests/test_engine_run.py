@@ -31,7 +31,7 @@ def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str,
     workspace = tmp_path / "ws"
     db = tmp_path / "events.db"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
-    with ScriptedModelServer(script) as server:
+    with ScriptedModelServer(script, models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             [
@@ -58,7 +58,10 @@ def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str,
 
 
 def test_rules_mode_still_runs_but_warns_that_it_is_deprecated(tmp_path: Path) -> None:
-    with ScriptedModelServer(DemoModels()) as server, pytest.warns(DeprecationWarning):
+    with (
+        ScriptedModelServer(DemoModels(), models=["m"]) as server,
+        pytest.warns(DeprecationWarning),
+    ):
         log = start_run(
             MemoryEventStore(),
             goal="g",
@@ -177,7 +180,10 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
     from engine.runner import ResumeRefused
 
     store, run_id, _ = run(DemoModels(), tmp_path)
-    with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
+    with (
+        ScriptedModelServer([], models=["m"]) as server,
+        pytest.raises(ResumeRefused, match="completed"),
+    ):
         resume_run(store, run_id, settings=settings_for(server))
 
 
@@ -221,7 +227,7 @@ def test_a_model_server_that_keeps_failing_is_named_live_and_in_the_reason(
     missing = lambda request: Reply.http_error(  # noqa: E731
         404, "model 'm' not found, try pulling it first"
     )
-    with ScriptedModelServer(missing) as server:
+    with ScriptedModelServer(missing, models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             ["run", "build calc", "--workspace", str(tmp_path / "ws"),
@@ -248,7 +254,7 @@ class OneTaskNeverFinishes(DemoModels):
 
 
 def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path: Path) -> None:
-    with ScriptedModelServer(OneTaskNeverFinishes()) as server:
+    with ScriptedModelServer(OneTaskNeverFinishes(), models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             ["run", "build calc", "--workspace", str(tmp_path / "ws"),
@@ -322,7 +328,7 @@ def test_a_run_completes_in_each_wire_format_and_streaming_changes_no_event(
     logs = {}
     for stream in (True, False):
         store = MemoryEventStore()
-        with ScriptedModelServer(OneFile()) as server:
+        with ScriptedModelServer(OneFile(), models=["m"]) as server:
             settings = streaming(settings_for(server, api=api), stream)
             workspace = tmp_path / str(stream)
             log = start_run(store, goal="g", workspace=workspace, settings=settings, run_id="r")

@@ -255,12 +255,17 @@ class ModelClient:
     # -- discovery -----------------------------------------------------------------------
 
     def list_models(
-        self, base_url: str, api: Api = "ollama", *, on_failure: OnFailure | None = None
+        self,
+        base_url: str,
+        api: Api = "ollama",
+        *,
+        on_failure: OnFailure | None = None,
+        bounds: Bounds | None = None,
     ) -> tuple[ModelInfo, ...]:
         """The models a server offers (``GET /api/tags`` or ``GET /v1/models``),
-        with the same retries as a chat."""
+        with the same retries as a chat (or as ``bounds`` say)."""
         endpoint = Endpoint(base_url=base_url, model="", api=api)
-        call = self._call(None)
+        call = self._call(bounds)
         return self._attempts(
             endpoint, lambda target: self._list_once(call, target), on_failure, call
         )
@@ -271,7 +276,7 @@ class ModelClient:
             models = self._list_once(self._call(None), endpoint)
         except ModelError:
             return False
-        return any(_same_model(m.name, endpoint.model) for m in models)
+        return any(same_model(m.name, endpoint.model) for m in models)
 
     def _list_once(self, call: _Call, endpoint: Endpoint) -> tuple[ModelInfo, ...]:
         with self._exchange(call, endpoint, "GET", MODELS_PATHS[endpoint.api]) as chunks:
@@ -285,7 +290,7 @@ class ModelClient:
             except ModelError:
                 models = ()
             self._digests[key] = next(
-                (m.digest for m in models if m.digest and _same_model(m.name, model)), ""
+                (m.digest for m in models if m.digest and same_model(m.name, model)), ""
             )
         return self._digests[key]
 
@@ -536,8 +541,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _same_model(listed: str, wanted: str) -> bool:
-    # Ollama lists "llama3.2:latest" for a request that said "llama3.2"
+def same_model(listed: str, wanted: str) -> bool:
+    """Whether a listed model is the one wanted: Ollama lists "llama3.2:latest" for
+    a request that said "llama3.2"."""
     return listed == wanted or listed == f"{wanted}:latest"
 
 
