@@ -314,8 +314,9 @@ def cli() -> None:
 def runs(ctx: click.Context, db: Path | None) -> None:
     """List the runs in the log.
 
-    One row per run, projected from its events: status, phase, steps, tokens
-    and start time (UTC). A run waiting for an answer shows its question. A run
+    One row per run, projected from its events: status, phase, steps, tokens,
+    start time (UTC) and why it ended (a model server that kept failing, say). A
+    run waiting for an answer shows its question. A run
     whose events cannot be read is listed as unreadable (exit status 1); `autonomy
     verify RUN_ID` says why.
 
@@ -333,11 +334,13 @@ def runs(ctx: click.Context, db: Path | None) -> None:
             except AutonomyError as e:
                 # one damaged run must not hide the others
                 unreadable.append(f"run {info.run_id}: {e}")
-                rows.append([info.run_id, "unreadable", "?", "?", "?", _seconds(info.started_at)])
+                rows.append(
+                    [info.run_id, "unreadable", "?", "?", "?", _seconds(info.started_at), ""]
+                )
     if not rows:
         click.echo("no runs in this log")
         return
-    headers = ["run", "status", "phase", "steps", "tokens", "started"]
+    headers = ["run", "status", "phase", "steps", "tokens", "started", "reason"]
     click.echo(tabulate(rows, headers=headers, disable_numparse=True))
     for problem in unreadable:
         click.echo(f"Error: {problem}", err=True)
@@ -351,7 +354,10 @@ def _run_row(store: EventStore, run_id: str, started_at: str) -> list[str]:
     if status == "waiting_for_input":
         status = f"waiting_for_input: {_short(pipeline.question, 50)}"
     tokens = sum(usage.tokens for usage in orchestration.usage_by_model.values())
-    return [run_id, status, pipeline.phase, str(pipeline.steps), str(tokens), _seconds(started_at)]
+    ended = pipeline.status not in ("new", "running", "waiting_for_input")
+    reason = _short(pipeline.reason, 80) if ended else ""
+    steps, started = str(pipeline.steps), _seconds(started_at)
+    return [run_id, status, pipeline.phase, steps, str(tokens), started, reason]
 
 
 def _check_types(

@@ -8,8 +8,10 @@ written by a program we do not control.
 
 Sections (each a ``<section id=...>``): ``summary`` (goal, final status, reason),
 ``phases`` (a timeline), ``decisions`` (fallbacks marked), ``tasks``,
-``tool-calls`` (failures marked with the class ``failed`` and their error), and
-``tokens`` (per model and per role).
+``tool-calls`` (failures marked with the class ``failed`` and their error),
+``model-failures`` (every failed attempt of a model call: role, model, endpoint,
+kind, attempt, detail; the summary's reason says why the run ended) and ``tokens``
+(per model and per role).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def render_html(connection: sqlite3.Connection, run_id: str) -> str:
         _decisions(connection, run_id),
         _tasks(connection, run_id),
         _tool_calls(connection, run_id),
+        _model_failures(connection, run_id),
         _tokens(connection, run_id),
         "</body></html>",
     ]
@@ -178,6 +181,31 @@ def _tool_calls(connection: sqlite3.Connection, run_id: str) -> str:
             )
         )
     return _section("tool-calls", "Tool calls", ["v", "call", "tool", "arguments", "outcome"], rows)
+
+
+def _model_failures(connection: sqlite3.Connection, run_id: str) -> str:
+    rows = [
+        _row(
+            [
+                _e(r["version"]),
+                f"<code>{_e(r['call_id'])}</code>",
+                _e(r["role"]),
+                f"<code>{_e(r['model'])}</code>",
+                f"<code>{_e(r['endpoint'])}</code>",
+                f'<span class="badge failed">{_e(r["kind"])}</span>',
+                _e(r["attempt"]),
+                f'<span class="error">{_e(_clip(r["detail"], 500))}</span>',
+            ],
+            css="failed",
+        )
+        for r in run_query(connection, "model-failures", run_id).as_dicts()
+    ]
+    return _section(
+        "model-failures",
+        "Model failures",
+        ["v", "call", "role", "model", "endpoint", "kind", "attempt", "detail"],
+        rows,
+    )
 
 
 def _tokens(connection: sqlite3.Connection, run_id: str) -> str:
