@@ -45,6 +45,7 @@ from engine.config import Settings, dump_toml, load_settings, locate_config, set
 from engine.errors import ConfigError
 from engine.keys import load_key
 from engine.phases import mermaid
+from engine.progress import run_display
 from engine.runner import RunInterrupted, resume_run, start_run
 from engine.runner import summary as run_summary
 from engine.storage import DB_ENV, default_db_path, is_postgres_url, open_store, resolve_db
@@ -511,14 +512,15 @@ def run(
     text = read_goal(goal, workspace)
     settings = flags.load(workspace)
     with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
-        log = start_run(
-            store,
-            goal=text,
-            workspace=workspace,
-            settings=settings,
-            run_id=run_id,
-            progress=click.echo,
-        )
+        with run_display(settings.limits.max_steps, plain=click.echo) as show:
+            log = start_run(
+                store,
+                goal=text,
+                workspace=workspace,
+                settings=settings,
+                run_id=run_id,
+                progress=show,
+            )
         if checkpoint_file is not None:
             from engine.cli_integrity import append_checkpoint
 
@@ -544,10 +546,15 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
         autonomy resume run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
     """
     with opened_log(db) as store:
-        recorded = project(store, run_id).pipeline.config
+        pipeline = project(store, run_id).pipeline
+        recorded = pipeline.config
         settings = flags.load_over(settings_from_mapping(recorded) if recorded else Settings())
-        with interrupts(store, db, None):
-            resume_run(store, run_id, settings=settings, progress=click.echo)
+        steps = settings.limits.max_steps
+        with (
+            interrupts(store, db, None),
+            run_display(steps, steps=pipeline.steps, plain=click.echo) as show,
+        ):
+            resume_run(store, run_id, settings=settings, progress=show)
         _finish(project(store, run_id))
 
 

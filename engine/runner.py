@@ -41,6 +41,7 @@ from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
+from engine.progress import watching
 from engine.prompts import digest, opening
 from engine.runlog import RunLog
 from engine.specialists import specialist_for
@@ -122,6 +123,8 @@ class Engine:
         self.digests = WorkspaceDigests()  # a cache of file hashes, not state
         if progress is not None:
             log.listeners.append(self._announce)
+        if (watcher := watching(progress)) is not None:
+            log.listeners.append(watcher.event)  # the live display: it observes only
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -445,8 +448,11 @@ def start_run(
 def model_client(
     settings: Settings, http: httpx.Client | None, progress: Progress | None
 ) -> ModelClient:
-    """The run's model client."""
-    return ModelClient(http or http_client(settings))
+    """The run's model client; it tells a watching ``progress`` of streamed pieces."""
+    watcher = watching(progress)
+    return ModelClient(
+        http or http_client(settings), on_stream=watcher.streamed if watcher else None
+    )
 
 
 def check_models(
