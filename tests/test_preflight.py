@@ -229,3 +229,22 @@ def test_the_scripted_server_answers_only_the_apis_it_speaks(http: httpx.Client)
         assert http.get(f"{server.url}/api/tags").status_code == 404
         assert http.post(f"{server.url}/api/chat", json={}).status_code == 404
         assert http.get(f"{server.url}/v1/models").status_code == 200
+
+
+def test_a_server_that_is_down_is_one_line_naming_every_model_asked_of_it(
+    http: httpx.Client,
+) -> None:
+    url = refusing_url()
+    replace = msgspec.structs.replace
+    roles = roles_at(url, "a")
+    roles = replace(
+        roles,
+        coding=replace(roles.coding, model="b"),
+        reasoning=replace(roles.reasoning, model="b"),
+    )
+    with pytest.raises(PreflightFailed) as caught:
+        check(http, roles)
+    assert str(caught.value).startswith(
+        f"preflight: models a (arbiter, analysis), b (coding, reasoning) at {url}: "
+        "cannot connect (connection refused)"
+    )

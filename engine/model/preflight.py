@@ -53,6 +53,9 @@ class _Verdict:
 
     problem: str = ""
     warning: str = ""
+    of_server: bool = False
+    """The problem is the server's (down, wrong URL or API): every model asked of it
+    shares it, and is named in one line with it."""
 
 
 def preflight(client: ModelClient, roles: Roles) -> list[str]:
@@ -60,7 +63,7 @@ def preflight(client: ModelClient, roles: Roles) -> list[str]:
     raises ``PreflightFailed`` listing each unusable role's problems."""
     listings: dict[tuple[str, Api], tuple[ModelInfo, ...] | str] = {}
     verdicts: dict[tuple[str, str, Api], _Verdict] = {}
-    problems: dict[str, list[str]] = {}
+    problems: dict[_Verdict, list[tuple[str, str]]] = {}  # -> (role, model) pairs
     warnings: dict[str, list[str]] = {}
 
     def judge(endpoint: Endpoint, connect: float) -> _Verdict:
@@ -82,16 +85,19 @@ def preflight(client: ModelClient, roles: Roles) -> list[str]:
                 break
         usable, last = tried[-1]
         if last.problem:
-            for _endpoint, verdict in tried:
-                problems.setdefault(verdict.problem, []).append(role)
+            for endpoint, verdict in tried:
+                problems.setdefault(verdict, []).append((role, endpoint.model))
             continue
         if last.warning:
             warnings.setdefault(last.warning, []).append(role)
-        for _endpoint, verdict in tried[:-1]:
-            note = f"{verdict.problem}; the fallback {usable.label} ({usable.model}) serves instead"
+        for endpoint, verdict in tried[:-1]:
+            note = (
+                f"{_said(verdict, endpoint.model)}; "
+                f"the fallback {usable.label} ({usable.model}) serves instead"
+            )
             warnings.setdefault(note, []).append(role)
     if problems:
-        lines = [f"{_who(r)}{p}" for p, r in problems.items()]
+        lines = [_problem_line(v, asked) for v, asked in problems.items()]
         if len(lines) == 1:
             raise PreflightFailed(f"preflight: {lines[0]} {SKIP_HINT}")
         raise PreflightFailed(
@@ -103,6 +109,24 @@ def preflight(client: ModelClient, roles: Roles) -> list[str]:
     return [f"{_who(r)}{w}" for w, r in warnings.items()]
 
 
+def _problem_line(verdict: _Verdict, asked: Sequence[tuple[str, str]]) -> str:
+    if not verdict.of_server:
+        return _who([role for role, _model in asked]) + verdict.problem
+    by_model: dict[str, list[str]] = {}
+    for role, model in asked:
+        by_model.setdefault(model, []).append(role)
+    if len(by_model) == 1:
+        ((model, roles),) = by_model.items()
+        return _who(roles) + _said(verdict, model)
+    models = ", ".join(f"{model} ({', '.join(roles)})" for model, roles in by_model.items())
+    return f"models {models} at {verdict.problem}"
+
+
+def _said(verdict: _Verdict, model: str) -> str:
+    """The problem, naming the model asked for."""
+    return f"model {model} at {verdict.problem}" if verdict.of_server else verdict.problem
+
+
 def _who(roles: Sequence[str]) -> str:
     if len(roles) == len(ROLE_NAMES):
         return ""
@@ -112,7 +136,8 @@ def _who(roles: Sequence[str]) -> str:
 def _listing(
     client: ModelClient, endpoint: Endpoint, connect: float
 ) -> tuple[ModelInfo, ...] | str:
-    """The models the endpoint's server lists, or what is wrong with it (and the fix)."""
+    """The models the endpoint's server lists, or what is wrong with the server (and
+    the fix), said of the server alone: every model asked of it shares the finding."""
     try:
         return _list(client, endpoint.label, endpoint.api, connect)
     except ModelError as error:
@@ -130,29 +155,28 @@ def _list(client: ModelClient, base_url: str, api: Api, connect: float) -> tuple
 
 def _diagnosis(client: ModelClient, endpoint: Endpoint, error: ModelError, connect: float) -> str:
     url, api, path = endpoint.label, endpoint.api, MODELS_PATHS[endpoint.api]
-    where = f"model {endpoint.model} at {url}"
     if isinstance(error.__cause__, httpx.ConnectError):
         start = " (start it with: ollama serve)" if api == "ollama" else ""
-        return f"{where}: cannot connect (connection refused); is the server running?{start}"
+        return f"cannot connect (connection refused); is the server running?{start}"
     if isinstance(error, ModelTimeout):
-        return f"{where}: GET {path} got no answer in time; is the server overloaded?"
+        return f"GET {path} got no answer in time; is the server overloaded?"
     if urlsplit(url).path.rstrip("/").endswith("/v1"):
         fixed = url.rstrip("/")[: -len("/v1")]
         return (
-            f"{where}: GET {url}{path} failed ({_short(error)}); the URL ends in /v1, "
+            f"GET {url}{path} failed ({_short(error)}); the URL ends in /v1, "
             f"but the API's paths are added to it: drop the trailing /v1 (--model-url {fixed})"
         )
     not_found = isinstance(error, ModelHTTPError) and error.status == 404
     wrong_api = not_found or isinstance(error, ModelResponseInvalid)
     if wrong_api and api == "ollama" and _answers(client, url, "openai", connect):
         return (
-            f"{where}: GET {path} failed ({_short(error)}) but GET /v1/models answers: "
+            f"GET {path} failed ({_short(error)}) but GET /v1/models answers: "
             "this is an OpenAI-compatible server, not Ollama; use --api openai "
             '(or api = "openai" in autonomy.toml)'
         )
     if not_found:
-        return f"{where}: GET {path} is not found (HTTP 404); is {url} the model server's base URL?"
-    return f"{where}: GET {path} failed: {_short(error)}"
+        return f"GET {path} is not found (HTTP 404); is {url} the model server's base URL?"
+    return f"GET {path} failed: {_short(error)}"
 
 
 def _answers(client: ModelClient, url: str, api: Api, connect: float) -> bool:
@@ -170,11 +194,11 @@ def _short(error: ModelError) -> str:
 
 def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdict:
     if isinstance(listing, str):
-        return _Verdict(problem=listing)
+        return _Verdict(problem=f"{endpoint.label}: {listing}", of_server=True)
+    where = f"model {endpoint.model} at {endpoint.label}"
     names = [m.name for m in listing]
     if any(same_model(name, endpoint.model) for name in names):
         return _Verdict()
-    where = f"model {endpoint.model} at {endpoint.label}"
     served = ", ".join(names[:10]) + (", …" if len(names) > 10 else "") if names else "none"
     if endpoint.api == "ollama":
         return _Verdict(
