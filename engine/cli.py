@@ -498,8 +498,11 @@ def run(
     """Run the agent on GOAL until it completes, fails or waits for input.
 
     GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
-    in the workspace is the goal. Progress (step, phase, task, tokens) and every
-    failed model call are printed as the run goes. Exit status: 0 when the run
+    in the workspace is the goal. First every role's model server is asked whether
+    it serves the role's model (--no-preflight skips that). Progress (step, phase,
+    task, tokens) and every failed model call are printed as the run goes; on a
+    terminal, with a live line for the model call in flight and a bar of steps.
+    Exit status: 0 when the run
     completed (every task done) or waits for an answer, 2 when it ended with some
     tasks skipped (status partial), 1 otherwise.
 
