@@ -9,8 +9,8 @@ nanoseconds) and ``POST /v1/chat/completions`` the way OpenAI-compatible servers
 ``system_fingerprint``; with ``"stream": true`` as server-sent events: word by word,
 tool calls in deltas by index, the usage in a last ``choices: []`` chunk when
 ``stream_options.include_usage`` asks for it, then ``data: [DONE]``, so the
-official ``openai`` client works against it with ``stream=True``), plus the discovery calls ``GET /api/tags`` and
-``GET /v1/models``. What it says comes from a script, and it can misbehave on cue::
+official ``openai`` client works against it with ``stream=True``), plus the
+discovery calls ``GET /api/tags`` and ``GET /v1/models``. What it says comes from a script, and it can misbehave on cue::
 
     import httpx
     from engine.model import Endpoint, ModelClient, RetryPolicy
