@@ -25,16 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Protocol, runtime_checkable
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.spinner import Spinner
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
 from events.schema import ArbiterDecided, ModelFailed, ModelRequested, ModelResponded, RunFinished
 from events.store import RecordedEvent
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 
 @runtime_checkable
@@ -68,6 +65,12 @@ class LiveDisplay:
         steps: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # rich is imported here, not with the module: only a terminal needs it, and
+        # importing it costs every command (and every piped run) ~90 ms
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.spinner import Spinner
+
         self.console = console
         self._clock = clock
         self._call: _Call | None = None
@@ -120,6 +123,9 @@ class LiveDisplay:
         return f"{call.role} ({call.model}) · {call.pieces} tokens · {seconds:.1f} s"
 
     def __rich__(self) -> RenderableType:
+        from rich.console import Group
+        from rich.text import Text
+
         line = self.model_line()
         if not line:
             return self._steps
@@ -149,6 +155,8 @@ def run_display(
     if not out.isatty():
         yield plain
         return
+    from rich.console import Console
+
     with LiveDisplay(Console(file=out), max_steps=max_steps, steps=steps) as display:
         yield display
 
