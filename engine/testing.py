@@ -29,11 +29,6 @@ discovery calls ``GET /api/tags`` and ``GET /v1/models``. What it says comes fro
     assert len(server.chat_requests) == 2
     assert server.chat_requests[-1].body["messages"][0]["content"] == "make app.py"
 
-It lists the ``models`` it is asked to serve (``GET /api/tags``, ``GET /v1/models``),
-which is what a run's preflight checks: give it the names your settings use
-(``ScriptedModelServer(script, models=["m"])``). ``apis=("openai",)`` makes it
-speak only the OpenAI format, as llama-server does.
-
 The script is a list of ``Reply`` consumed in order (``server.add`` appends more)
 or a function ``(ScriptedRequest) -> Reply`` asked for every chat request. Each
 ``Reply`` may carry a fault instead of an answer: ``Reply.delayed``, ``Reply.timeout``
@@ -51,6 +46,11 @@ words in the request's message contents and completion tokens the words of the
 reply (content plus each call's name and encoded arguments). Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
+
+It lists the ``models`` it is asked to serve (``GET /api/tags``, ``GET /v1/models``),
+which is what a run's preflight checks: give it the names your settings use
+(``ScriptedModelServer(script, models=["m"])``). ``apis=("openai",)`` makes it
+speak only the OpenAI format, as llama-server does.
 """
 
 from __future__ import annotations
