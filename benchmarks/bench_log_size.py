@@ -67,7 +67,7 @@ def settings_for(url: str, cap: int) -> Settings:
 def log_size(models: DemoModels, base: Path, cap: int) -> tuple[int, int, int]:
     """The database file's size, the bytes of event payloads and of blobs."""
     db = base / "events.db"
-    with ScriptedModelServer(models) as server:
+    with ScriptedModelServer(models, models=["m"]) as server:
         store = open_store(db)
         try:
             start_run(

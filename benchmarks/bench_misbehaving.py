@@ -37,7 +37,7 @@ def one_run(model: GoalModels | Misbehaving, goal_text: str) -> tuple[str, int, 
     store = MemoryEventStore()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ScriptedModelServer(model) as server,
+        ScriptedModelServer(model, models=["m"]) as server,
         httpx.Client() as http,
     ):
         settings = load_settings(

@@ -145,7 +145,7 @@ def one_run(
     peak = 0
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ScriptedModelServer(counting) as server,
+        ScriptedModelServer(counting, models=["m"]) as server,
         httpx.Client() as http,
     ):
         settings = load_settings(

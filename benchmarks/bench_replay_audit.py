@@ -368,7 +368,7 @@ def record_long_run(path: Path, workspace: Path, tasks: int, key: bytes) -> str:
     from engine.storage import open_store
     from engine.testing import ScriptedModelServer
 
-    with ScriptedModelServer(LongRun(tasks)) as server:
+    with ScriptedModelServer(LongRun(tasks), models=["qwen2.5-coder:7b"]) as server:
         settings = load_settings(
             env={},
             overrides={

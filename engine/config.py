@@ -11,6 +11,7 @@ max_steps?``). Every key, with its default::
 
     mode = "orchestrated"           # or "rules" (deprecated): who picks the next step
     synchronous = "NORMAL"          # or "FULL": see engine.storage
+    preflight = true                # check every role's model before a run starts
 
     [limits]
     max_steps = 60                  # coordinator steps per run
@@ -38,7 +39,7 @@ max_steps?``). Every key, with its default::
 
 The environment: ``AUTONOMY_MODE``, ``USE_ORCHESTRATION=true|false`` (the
 predecessor's switch; ``AUTONOMY_MODE`` wins when both are set),
-``AUTONOMY_MAX_STEPS``, ``AUTONOMY_SANDBOX``, and ``AUTONOMY_MODEL_URL``, ``AUTONOMY_API``,
+``AUTONOMY_MAX_STEPS``, ``AUTONOMY_SANDBOX``, ``AUTONOMY_PREFLIGHT``, and ``AUTONOMY_MODEL_URL``, ``AUTONOMY_API``,
 ``AUTONOMY_MODEL``. The last three (and the flags ``--model-url``, ``--api``,
 ``--model``) point every role at one server and one model at once and clear the
 fallbacks: the common case of a single local Ollama. ``autonomy.toml`` sets roles
@@ -106,6 +107,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     models: Roles = msgspec.field(default_factory=Roles)
     synchronous: Synchronous = "NORMAL"
+    preflight: bool = True
+    """Check every role's model server and model before a run starts or resumes
+    (``engine.model.preflight``)."""
 
 
 ENV_VARS: Mapping[str, str] = {
@@ -115,6 +119,7 @@ ENV_VARS: Mapping[str, str] = {
     "AUTONOMY_API": "api",
     "AUTONOMY_MODEL": "model",
     "AUTONOMY_SANDBOX": "sandbox",
+    "AUTONOMY_PREFLIGHT": "preflight",
 }
 """Environment variable -> the override it sets (``USE_ORCHESTRATION`` aside)."""
 
@@ -125,6 +130,7 @@ _OVERRIDE_TYPES: Mapping[str, Any] = {
     "api": Api,
     "model": str,
     "sandbox": SandboxSetting,
+    "preflight": bool,
 }
 
 
@@ -270,6 +276,8 @@ def _apply(settings: Settings, layered: Mapping[str, Any]) -> Settings:
         )
     if "sandbox" in layered:
         settings = replace(settings, tools=replace(settings.tools, sandbox=layered["sandbox"]))
+    if "preflight" in layered:
+        settings = replace(settings, preflight=layered["preflight"])
     if any(k in layered for k in ("model_url", "api", "model")):
         roles = point_all_roles(
             settings.models,

@@ -17,6 +17,7 @@ AutonomyError
 │       └── ModelResponseTooLarge  the body passed the role's max_response_bytes
 │   (every ModelError has .kind, recorded in model.failed, and .retryable, which the
 │    client's retry loop reads: timeouts, unreachable hosts, 429 and 5xx are retryable)
+├── PreflightFailed                a role's model cannot be asked; the run was not started
 ├── ToolError                      a tool refused or failed; recorded in tool.executed
 │   └── PathOutsideWorkspace       a path that leaves the workspace or enters .autonomy/.git
 └── ReplayDivergence               replay asked something the log never answered
@@ -122,6 +123,11 @@ class ModelResponseTooLarge(ModelResponseInvalid):
     """The model server sent more bytes than the role accepts; the rest was not read."""
 
     kind = "too_large"
+
+
+class PreflightFailed(AutonomyError):
+    """A role's model cannot be asked (``engine.model.preflight``): the run was not
+    started and nothing was written."""
 
 
 class ToolError(AutonomyError):

@@ -6,7 +6,11 @@ default, or one JSON object with ``"stream": false``; tool-call arguments as
 objects; ``done_reason``, ``prompt_eval_count``, ``eval_count`` and durations in
 nanoseconds) and ``POST /v1/chat/completions`` the way OpenAI-compatible servers do
 (arguments as JSON strings, ``call_...`` ids, ``finish_reason``, ``usage``,
-``system_fingerprint``), plus the discovery calls ``GET /api/tags``,
+``system_fingerprint``; with ``"stream": true`` as server-sent events: word by word,
+tool calls in deltas by index, the usage in a last ``choices: []`` chunk when
+``stream_options.include_usage`` asks for it, then ``data: [DONE]``, so the
+official ``openai`` client works against it with ``stream=True``), plus the
+discovery calls ``GET /api/tags``,
 ``GET /v1/models``, ``POST /api/show`` and ``GET /props``. What it says comes from a script, and it can misbehave on cue::
 
     import httpx
@@ -59,6 +63,11 @@ as on servers that are not llama-server) and ``GET /v1/models`` (``meta.n_ctx_tr
 and ``meta.n_ctx`` when ``context`` is set). ``missing`` names paths it answers 404. Durations follow from
 the counts (0.1 ms per prompt token, 10 ms per completion token, 1 ms load, plus any
 scripted delay), so a test can assert on them.
+
+It lists the ``models`` it is asked to serve (``GET /api/tags``, ``GET /v1/models``),
+which is what a run's preflight checks: give it the names your settings use
+(``ScriptedModelServer(script, models=["m"])``). ``apis=("openai",)`` makes it
+speak only the OpenAI format, as llama-server does.
 """
 
 from __future__ import annotations
@@ -250,6 +259,7 @@ class ScriptedModelServer:
         context: int | None = None,
         trained: int = 32768,
         missing: Collection[str] = (),
+        apis: Sequence[str] = ("ollama", "openai"),
     ) -> None:
         self.models = tuple(models)
         self.honour_caps = honour_caps
@@ -257,6 +267,9 @@ class ScriptedModelServer:
         self.context = context
         self.trained = trained
         self.missing = frozenset(missing)
+        self.apis = frozenset(apis)
+        """The wire formats it speaks: ``("openai",)`` plays llama-server, whose
+        Ollama routes (``/api/...``) are 404."""
         self.fingerprint = fingerprint
         self.max_hang = max_hang
         self.requests: list[ScriptedRequest] = []
@@ -362,9 +375,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing ---------------------------------------------------------------------------
 
+    def _spoken(self) -> bool:
+        """Whether the path belongs to an API the server speaks (else a 404 is sent)."""
+        api = "ollama" if self.path.startswith("/api/") else "openai"
+        if api in self.server.scripted.apis:
+            return True
+        self._json(404, {"error": f"no route for {self.command} {self.path}"})
+        return False
+
     def do_GET(self) -> None:
         scripted = self.server.scripted
         scripted._record(ScriptedRequest("GET", self.path, None, dict(self.headers)))
+        if not self._spoken():
+            return
         if self.path in scripted.missing:
             self._json(404, {"error": f"no route for GET {self.path}"})
         elif self.path == "/props" and scripted.context is not None:
@@ -395,6 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         request = ScriptedRequest("POST", self.path, body, dict(self.headers))
         scripted._record(request)
+        if not self._spoken():
+            return
         if self.path == "/api/show" and self.path not in scripted.missing:
             self._show(body)
             return
@@ -404,9 +429,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not isinstance(body, dict):
             self._error(400, "request body is not a JSON object", ollama)
-            return
-        if not ollama and body.get("stream"):
-            self._error(400, "ScriptedModelServer does not stream OpenAI responses", ollama)
             return
         limit = scripted.refuse_over
         if limit is not None and _prompt_tokens(body) > limit:
@@ -452,6 +474,11 @@ class _Handler(BaseHTTPRequestHandler):
         cap = _answer_cap(body, ollama) if scripted.honour_caps else None
         if cap is not None and completion > cap and reply.done_reason is None:
             reply, completion = Reply.cut(reply, cap), cap
+        if not ollama and body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            whole = _openai(reply, model, number, prompt, completion, scripted.fingerprint)
+            self._stream(_openai_events(reply, whole, usage), "text/event-stream")
+            return
         if not ollama:
             if reply.fault == "malformed":
                 self._raw(200, _MALFORMED, "application/json")
@@ -538,10 +565,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         return True
 
-    def _stream(self, lines: Iterable[bytes]) -> None:
-        # chunked NDJSON, one chunk per line, as Ollama sends it
+    def _stream(self, lines: Iterable[bytes], content_type: str = "application/x-ndjson") -> None:
+        # chunked, one chunk per line, as Ollama sends NDJSON (and servers send SSE)
         self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         if self._hung():
@@ -706,3 +733,34 @@ def _openai(
             "total_tokens": prompt + completion,
         },
     }
+
+
+def _openai_events(reply: Reply, whole: dict[str, Any], usage: bool) -> Iterable[bytes]:
+    """``whole`` (a chat completion) as the server-sent events of a streamed one."""
+    head = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n"
+
+    yield event({"role": "assistant", "content": ""})
+    for piece in re.findall(r"\S+\s*|\s+", reply.content):
+        yield event({"content": piece})
+    if reply.fault == "malformed":
+        yield b"data: " + _MALFORMED + b"\n"
+        return
+    message = whole["choices"][0]["message"]
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        function = call["function"]
+        start = {"index": index, "id": call["id"], "type": "function"}
+        yield event({"tool_calls": [{**start, "function": {"name": function["name"]}}]})
+        text = function["arguments"]
+        middle = len(text) // 2  # in two pieces, as servers cut them anywhere
+        for part in (text[:middle], text[middle:]):
+            yield event({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    yield event({}, whole["choices"][0]["finish_reason"])
+    if usage:
+        last = {**head, "choices": [], "usage": whole["usage"]}
+        yield b"data: " + json.dumps(last).encode() + b"\n"
+    yield b"data: [DONE]\n"

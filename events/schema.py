@@ -93,6 +93,10 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     confinement: str = ""
     """How the run's commands are confined (``engine.tools.confine``), as described
     when it started; "" in logs written before confinement existed."""
+    preflight: tuple[str, ...] = ()
+    """What the preflight (``engine.model.preflight``) warned about before the run
+    started: a model served under another name, a fallback serving for a primary
+    that is down. Empty when it warned of nothing, or did not run."""
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
@@ -123,6 +127,9 @@ class RunResumed(Event, frozen=True, kw_only=True, tag="run.resumed"):
     pending_tools: tuple[str, ...] = ()
     open_calls: tuple[str, ...] = ()
     config: dict[str, Any] = {}
+    preflight: tuple[str, ...] = ()
+    """What the preflight warned about before the resumed engine started (as in
+    ``run.started``)."""
 
 
 class UserAsked(Event, frozen=True, kw_only=True, tag="user.asked"):

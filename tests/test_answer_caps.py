@@ -155,7 +155,7 @@ def test_a_cut_answer_is_not_run_the_model_is_told_and_the_task_gets_done(
 ) -> None:
     store = MemoryEventStore()
     model = CutFirst()
-    with ScriptedModelServer(model) as server:
+    with ScriptedModelServer(model, models=["m"]) as server:
         log = start_run(store, goal="g", workspace=tmp_path / "ws",
                         settings=settings_with_cap(server, 60), run_id="r")  # fmt: skip
     assert log.pipeline.tasks["t1"].status == "qa_pending", log.pipeline.reason
@@ -174,7 +174,7 @@ def test_a_cut_answer_is_not_run_the_model_is_told_and_the_task_gets_done(
 
 def test_two_cut_answers_in_a_row_end_the_task_s_turn(tmp_path: Path) -> None:
     store = MemoryEventStore()
-    with ScriptedModelServer(CutFirst(cuts=99)) as server:
+    with ScriptedModelServer(CutFirst(cuts=99), models=["m"]) as server:
         log = start_run(store, goal="g", workspace=tmp_path / "ws",
                         settings=settings_with_cap(server, 60), run_id="r")  # fmt: skip
     errors = [e for t in log.pipeline.tasks.values() for e in t.errors]
@@ -187,7 +187,7 @@ def test_a_cut_arbiter_answer_falls_back_to_the_rules_with_the_reason(tmp_path: 
             return Reply.cut(super().arbiter(messages), 3)
 
     store = MemoryEventStore()
-    with ScriptedModelServer(CutArbiter()) as server:
+    with ScriptedModelServer(CutArbiter(), models=["m"]) as server:
         log = start_run(store, goal="g", workspace=tmp_path / "ws",
                         settings=settings_with_cap(server, 0), run_id="r")  # fmt: skip
     reasons = [d.fallback_reason for d in log.orchestration.decisions if d.fallback_used]

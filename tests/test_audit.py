@@ -112,7 +112,7 @@ def record_synthetic_run(db: Path) -> None:
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("audit")
     db = base / "events.db"
-    with ScriptedModelServer(DemoWithMistakes()) as server:
+    with ScriptedModelServer(DemoWithMistakes(), models=["qwen2.5-coder:7b"]) as server:
         result = CliRunner().invoke(
             cli,
             [

@@ -73,7 +73,7 @@ def poison_calls(store: MemoryEventStore, run_id: str) -> tuple[list[str], list[
 
 def test_a_poison_path_is_one_failed_call_and_the_run_goes_on(tmp_path: Path) -> None:
     store = MemoryEventStore()
-    with ScriptedModelServer(PoisonOnce()) as server, httpx.Client() as http:
+    with ScriptedModelServer(PoisonOnce(), models=["m"]) as server, httpx.Client() as http:
         settings = rules(server.url, max_steps=4)
         log = start_run(store, goal=GOAL, workspace=tmp_path / "ws", settings=settings, http=http)
     requested, executed = poison_calls(store, log.run_id)
@@ -97,7 +97,7 @@ def test_resuming_a_run_that_crashed_on_a_poison_call_settles_it_once(tmp_path: 
             call_id="r1/t2", tool="create_file", arguments={"path": POISON, "content": "x"}
         )
     )
-    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         resume_run(store, "r1", settings=rules(server.url, max_steps=2), http=http)
     requested, executed = poison_calls(store, "r1")
     assert requested == ["r1/t2"], "the poison call is never made again"
@@ -125,7 +125,7 @@ def test_a_model_that_answers_garbage_then_hangs_is_recorded_and_the_run_goes_on
     tmp_path: Path,
 ) -> None:
     store = MemoryEventStore()
-    with ScriptedModelServer(BadThenGood()) as server, httpx.Client() as http:
+    with ScriptedModelServer(BadThenGood(), models=["m"]) as server, httpx.Client() as http:
         # only the deadline can end the hang: the read timeout is far longer
         settings = rules(server.url, read_timeout=60.0, deadline=1.0)
         log = start_run(store, goal=GOAL, workspace=tmp_path / "ws", settings=settings, http=http)

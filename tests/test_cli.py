@@ -132,9 +132,12 @@ def test_runs_shows_one_projected_row_per_run(runner: CliRunner, db: Path) -> No
     result = run(runner, "runs", "--db", db)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["run", "status", "phase", "steps", "tokens", "started"]
+    assert lines[0].split() == ["run", "status", "phase", "steps", "tokens", "started", "reason"]
     build = next(line for line in lines if line.startswith("build"))
-    assert build.split() == ["build", "failed", "coding", "2", "150", "2025-03-14", "15:09:26"]
+    assert build.split() == [
+        *("build", "failed", "coding", "2", "150", "2025-03-14", "15:09:26"),
+        *("no", "progress"),
+    ]
 
 
 def test_runs_shows_the_question_of_a_run_waiting_for_input(runner: CliRunner, db: Path) -> None:

@@ -60,7 +60,10 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     for the opening message to be stored as a blob."""
     tmp = tmp_path_factory.mktemp("recording")
     workspace, db, checkpoints = tmp / "ws", tmp / "events.db", tmp / "cp.jsonl"
-    with pytest.MonkeyPatch.context() as env, ScriptedModelServer(DemoModels()) as server:
+    with (
+        pytest.MonkeyPatch.context() as env,
+        ScriptedModelServer(DemoModels(), models=["m"]) as server,
+    ):
         env.setenv("AUTONOMY_KEY_FILE", str(tmp / "key"))
         code, out = invoke(
             "run", LONG_GOAL, "--workspace", workspace, "--db", db, "--run-id", "r",

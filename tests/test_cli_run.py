@@ -18,7 +18,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def test_run_shows_progress_and_a_summary_and_exits_zero_when_completed(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         code, out = invoke(
             "run",
             GOAL,
@@ -47,7 +47,7 @@ def test_run_reads_master_plan_when_no_goal_is_given(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "MASTER_PLAN.md").write_text("# Plan\nDo nothing at all.\n")
-    with ScriptedModelServer(lambda request: Reply.text("no")) as server:
+    with ScriptedModelServer(lambda request: Reply.text("no"), models=["m"]) as server:
         code, out = invoke(
             "run",
             "--workspace",

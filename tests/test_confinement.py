@@ -263,7 +263,7 @@ def test_the_mechanism_is_recorded_in_run_started_and_printed(tmp_path: Path) ->
 
     bubblewrap()
     db = tmp_path / "events.db"
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             ["run", GOAL, "--workspace", str(tmp_path / "ws"), "--db", str(db), "--run-id", "r",

@@ -149,9 +149,10 @@ def test_num_ctx_in_the_config_wins_and_nothing_is_asked(tmp_path: Path) -> None
     with ScriptedModelServer(DemoModels(), models=("m",), context=2048) as server:
         start_run(store, goal="g", workspace=tmp_path / "ws",
                   settings=settings_for(server, "openai", num_ctx=8000), run_id="r")  # fmt: skip
-        paths = {r.path for r in server.requests}
+        paths = [r.path for r in server.requests]
         asked = [r.body for r in server.chat_requests]
-    assert "/props" not in paths and "/v1/models" not in paths
+    # /v1/models once: the preflight's question (is the model served?), not discovery's
+    assert "/props" not in paths and paths.count("/v1/models") == 1
     assert not any(e.type == "model.context_learned" for e in store.read("r"))
     assert asked and all(body["max_tokens"] == 2000 for body in asked)
 

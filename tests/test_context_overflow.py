@@ -178,7 +178,7 @@ class ReadsALot:
 
 def test_a_run_that_overflowed_replays_identically(tmp_path: Path) -> None:
     store = MemoryEventStore()
-    with ScriptedModelServer(ReadsALot(), refuse_over=500) as server:
+    with ScriptedModelServer(ReadsALot(), models=["m"], refuse_over=500) as server:
         settings = load_settings(env={}, overrides={
             "model_url": server.url, "api": "openai", "model": "m", "max_steps": 2})  # fmt: skip
         start_run(store, goal="g", workspace=tmp_path / "ws", settings=settings, run_id="r")

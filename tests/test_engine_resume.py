@@ -62,7 +62,7 @@ def settings(server: ScriptedModelServer) -> object:
 def test_a_tool_that_ran_before_the_crash_is_recorded_as_applied_on_resume(tmp_path: Path) -> None:
     store, _, workspace = crashed_run(tmp_path)
     (workspace / "calc.py").write_text("X = 1\n")  # the tool did its work, then the process died
-    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
     executed = [e.data for e in store.read("r1") if isinstance(e.data, ToolExecuted)]
     first = executed[0]
@@ -74,7 +74,7 @@ def test_a_tool_that_ran_before_the_crash_is_recorded_as_applied_on_resume(tmp_p
 
 def test_a_tool_that_never_ran_is_recorded_as_not_applied_on_resume(tmp_path: Path) -> None:
     store, _, _ = crashed_run(tmp_path)
-    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
     first = next(e.data for e in store.read("r1") if isinstance(e.data, ToolExecuted))
     assert first.call_id == "r1/t2" and not first.ok
@@ -98,7 +98,7 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
     db = tmp_path / "events.db"
     workspace = tmp_path / "ws"
     autonomy = Path(sys.executable).parent / "autonomy"
-    with ScriptedModelServer(Slow()) as server:
+    with ScriptedModelServer(Slow(), models=["m"]) as server:
         model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
         proc = subprocess.Popen(
             [str(autonomy), "run", GOAL, "--workspace", str(workspace), "--db", str(db), *model],

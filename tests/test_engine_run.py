@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from engine.agent.runner import resume_run, start_run
 from engine.cli import cli
 from engine.config import Settings, load_settings
+from engine.model.roles import ROLE_NAMES
 from engine.runs.demo import DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
@@ -29,7 +31,7 @@ def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str,
     workspace = tmp_path / "ws"
     db = tmp_path / "events.db"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
-    with ScriptedModelServer(script) as server:
+    with ScriptedModelServer(script, models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             [
@@ -56,7 +58,10 @@ def run(script: Any, tmp_path: Path, **overrides: Any) -> tuple[EventStore, str,
 
 
 def test_rules_mode_still_runs_but_warns_that_it_is_deprecated(tmp_path: Path) -> None:
-    with ScriptedModelServer(DemoModels()) as server, pytest.warns(DeprecationWarning):
+    with (
+        ScriptedModelServer(DemoModels(), models=["m"]) as server,
+        pytest.warns(DeprecationWarning),
+    ):
         log = start_run(
             MemoryEventStore(),
             goal="g",
@@ -175,7 +180,10 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
     from engine.agent.runner import ResumeRefused
 
     store, run_id, _ = run(DemoModels(), tmp_path)
-    with ScriptedModelServer([]) as server, pytest.raises(ResumeRefused, match="completed"):
+    with (
+        ScriptedModelServer([], models=["m"]) as server,
+        pytest.raises(ResumeRefused, match="completed"),
+    ):
         resume_run(store, run_id, settings=settings_for(server))
 
 
@@ -219,7 +227,7 @@ def test_a_model_server_that_keeps_failing_is_named_live_and_in_the_reason(
     missing = lambda request: Reply.http_error(  # noqa: E731
         404, "model 'm' not found, try pulling it first"
     )
-    with ScriptedModelServer(missing) as server:
+    with ScriptedModelServer(missing, models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             ["run", "build calc", "--workspace", str(tmp_path / "ws"),
@@ -246,7 +254,7 @@ class OneTaskNeverFinishes(DemoModels):
 
 
 def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path: Path) -> None:
-    with ScriptedModelServer(OneTaskNeverFinishes()) as server:
+    with ScriptedModelServer(OneTaskNeverFinishes(), models=["m"]) as server:
         result = CliRunner().invoke(
             cli,
             ["run", "build calc", "--workspace", str(tmp_path / "ws"),
@@ -269,3 +277,62 @@ def test_certificates_are_loaded_only_for_https_model_servers() -> None:
         assert http._transport._pool._ssl_context.verify_mode.name == "CERT_NONE"  # type: ignore[attr-defined]
     with http_client(secure) as http:
         assert http._transport._pool._ssl_context.verify_mode.name == "CERT_REQUIRED"  # type: ignore[attr-defined]
+
+
+def streaming(settings: Settings, stream: bool) -> Settings:
+    """``settings`` with every role streaming (or not)."""
+    replace = msgspec.structs.replace
+    roles = settings.models
+    return replace(
+        settings,
+        models=replace(
+            roles,
+            **{name: replace(roles.get(name), stream=stream) for name in ROLE_NAMES},
+        ),
+    )
+
+
+def answers(store: EventStore, run_id: str) -> list[Any]:
+    """What the log says the models answered, less where and how long it took (the
+    requests hold tool results with timings)."""
+    found = []
+    for e in store.read(run_id):
+        if e.type == "model.responded":
+            data = msgspec.to_builtins(e.data)
+            data.pop("endpoint", None), data.pop("duration_ms", None)
+            found.append(data)
+    return found
+
+
+class OneFile(DemoModels):
+    """The demo's well-behaved models on a goal of one file and no commands: quick."""
+
+    def _plan(self) -> Reply:
+        return Reply.tool(
+            "create_task_plan", tasks=[{"title": "Write a.py", "target_file": "a.py"}]
+        )
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if done == 0:
+            return Reply.tool("create_file", path="a.py", content="A = 1\n")
+        return Reply.tool("complete_task", task_id=task, summary="a.py written")
+
+    def _review(self, task: str, done: int) -> Reply:
+        return Reply.tool("approve_code", task_id=task, summary="fine")
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_a_run_completes_in_each_wire_format_and_streaming_changes_no_event(
+    tmp_path: Path, api: str
+) -> None:
+    logs = {}
+    for stream in (True, False):
+        store = MemoryEventStore()
+        with ScriptedModelServer(OneFile(), models=["m"]) as server:
+            settings = streaming(settings_for(server, api=api), stream)
+            workspace = tmp_path / str(stream)
+            log = start_run(store, goal="g", workspace=workspace, settings=settings, run_id="r")
+        assert log.pipeline.status == "completed", log.pipeline.reason
+        assert {bool(r.body.get("stream")) for r in server.chat_requests} == {stream}
+        logs[stream] = answers(store, log.run_id)
+    assert logs[True] == logs[False]

@@ -69,7 +69,7 @@ def big_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("big")
     db = base / "events.db"
     store = SQLiteEventStore(db)
-    with ScriptedModelServer(BigCalc()) as server, httpx.Client() as http:
+    with ScriptedModelServer(BigCalc(), models=["m"]) as server, httpx.Client() as http:
         start_run(
             store,
             goal=GOAL,

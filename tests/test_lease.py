@@ -100,7 +100,7 @@ def run_ids(db: Path) -> list[str]:
 def test_resume_of_a_live_run_is_refused_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     gate = Gate()
-    with ScriptedModelServer(gate) as server:
+    with ScriptedModelServer(gate, models=["m"]) as server:
         model = flags(server)
         process = autonomy_run(
             tmp_path, server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -176,7 +176,7 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
 
     db = tmp_path / "events.db"
     gate = Gate()
-    with ScriptedModelServer(gate) as server:
+    with ScriptedModelServer(gate, models=["m"]) as server:
         model = flags(server)
         process = autonomy_run(
             tmp_path, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -25,7 +25,7 @@ def test_a_misbehaving_model_still_completes_the_goal(
 ) -> None:
     model = Misbehaving(policy, goal)
     store = MemoryEventStore()
-    with ScriptedModelServer(model) as server, httpx.Client() as http:
+    with ScriptedModelServer(model, models=["m"]) as server, httpx.Client() as http:
         settings = load_settings(
             env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m"}
         )

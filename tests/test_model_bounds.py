@@ -34,8 +34,8 @@ from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore, Message, ModelFailed, RunStarted
 
 ASK = [Message(role="user", content="Create app.py that prints hi.")]
-FLAVOURS = [("ollama", True), ("ollama", False), ("openai", False)]
-FLAVOUR_IDS = ["ollama-streamed", "ollama-whole", "openai"]
+FLAVOURS = [("ollama", True), ("ollama", False), ("openai", True), ("openai", False)]
+FLAVOUR_IDS = ["ollama-streamed", "ollama-whole", "openai-streamed", "openai-whole"]
 NO_RETRY = RetryPolicy(attempts=1)
 
 

@@ -51,8 +51,8 @@ ASK = [
     Message(role="system", content="You are a careful Python developer."),
     Message(role="user", content="Create app.py that prints hi."),
 ]
-FLAVOURS = [("ollama", True), ("ollama", False), ("openai", False)]
-FLAVOUR_IDS = ["ollama-streamed", "ollama-whole", "openai"]
+FLAVOURS = [("ollama", True), ("ollama", False), ("openai", True), ("openai", False)]
+FLAVOUR_IDS = ["ollama-streamed", "ollama-whole", "openai-streamed", "openai-whole"]
 
 
 class Sleeps:
@@ -168,10 +168,10 @@ def test_the_openai_request_is_what_openai_servers_expect(
     ]
     options = ChatOptions(temperature=0.2, num_ctx=16384, seed=7)
     with ScriptedModelServer([Reply.text("ok")]) as server:
-        make_client(stream=True).chat(at(server, "openai"), conversation, TOOLS, options)
+        make_client(stream=False).chat(at(server, "openai"), conversation, TOOLS, options)
     body = server.chat_requests[0].body
     assert body["temperature"] == 0.2 and body["seed"] == 7 and "options" not in body
-    assert "stream" not in body  # streaming is an Ollama-only choice here
+    assert "stream" not in body  # a whole answer: the request as before streaming existed
     assert body["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"path":"a"}'
     assert body["messages"][3]["tool_call_id"] == "call_9"
 

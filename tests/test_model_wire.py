@@ -20,6 +20,8 @@ from engine.model.wire import (
     parse_ollama,
     parse_ollama_stream,
     parse_openai,
+    parse_openai_stream,
+    server_sent_data,
 )
 from events.schema import Message, ToolCall, Usage
 
@@ -132,6 +134,12 @@ def test_openai_body_puts_temperature_and_seed_at_top_level_and_drops_num_ctx() 
     assert body["temperature"] == 0.1 and body["seed"] == 42
     assert "num_ctx" not in json.dumps(body) and "options" not in body
     assert "stream" not in body
+
+
+def test_a_streamed_openai_body_asks_for_the_usage_in_the_last_chunk() -> None:
+    body = chat_body("openai", "m", CONVERSATION, stream=True)
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_unset_options_and_absent_tools_are_not_sent() -> None:
@@ -406,3 +414,133 @@ def test_model_lists_from_both_servers() -> None:
 )
 def test_error_text_finds_the_message_in_each_server_s_error_body(body: bytes, text: str) -> None:
     assert error_text(body).startswith(text)
+
+
+# -- streamed OpenAI replies (server-sent events) ----------------------------------------------
+
+
+def sse(*payloads: dict[str, Any] | str) -> list[bytes]:
+    """Each payload as one server-sent event: a ``data:`` line, then a blank line."""
+    lines: list[bytes] = []
+    for payload in payloads:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        lines += [f"data: {text}".encode(), b""]
+    return lines
+
+
+def delta(finish: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "qwen2.5-coder:32b",
+        "system_fingerprint": "fp_44709d6fcb",
+        "choices": [{"index": 0, "delta": fields, "finish_reason": finish}],
+    }
+
+
+USAGE_CHUNK = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "model": "qwen2.5-coder:32b",
+    "choices": [],
+    "usage": {"prompt_tokens": 57, "completion_tokens": 17, "total_tokens": 74},
+}
+
+
+def test_an_openai_stream_is_assembled_and_its_usage_chunk_gives_the_counts() -> None:
+    lines = sse(
+        delta(role="assistant", content=""),
+        delta(content="The"),
+        delta(content=" sky"),
+        delta(content=" is blue."),
+        delta("stop"),
+        USAGE_CHUNK,
+        "[DONE]",
+    )
+    reply = parse_openai_stream([b": keep-alive", b"", *lines])
+    assert reply.content == "The sky is blue."
+    assert reply.usage == Usage(prompt_tokens=57, completion_tokens=17)
+    assert reply.done_reason == "stop"
+    assert reply.model_identity == "qwen2.5-coder:32b@fp_44709d6fcb"
+
+
+def test_openai_tool_call_deltas_are_assembled_by_index_even_interleaved() -> None:
+    def call(index: int, **function: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"index": index, "function": function}
+        if "name" in function:
+            entry.update(id=f"call_{index}x", type="function")
+        return delta(tool_calls=[entry])
+
+    lines = sse(
+        call(0, name="create_file", arguments=""),
+        call(1, name="read_file", arguments='{"pa'),
+        call(0, arguments='{"path": "a.py", '),
+        call(1, arguments='th": "b.py"}'),
+        call(0, arguments='"content": "x = 1\\n"}'),
+        delta("tool_calls"),
+        "[DONE]",
+    )
+    reply = parse_openai_stream(lines)
+    assert [(c.id, c.name, c.arguments) for c in reply.tool_calls] == [
+        ("call_0x", "create_file", {"path": "a.py", "content": "x = 1\n"}),
+        ("call_1x", "read_file", {"path": "b.py"}),
+    ]
+    assert reply.done_reason == "tool_calls"
+
+
+def test_each_piece_of_a_stream_is_told_as_it_is_parsed() -> None:
+    pieces: list[str] = []
+    parse_openai_stream(
+        sse(delta(content="a"), delta(content="b "), delta("stop"), "[DONE]"), pieces.append
+    )
+    parse_ollama_stream([chunk("c"), chunk("", True, **FINAL)], pieces.append)
+    assert pieces == ["a", "b ", "c"]
+
+
+def test_an_openai_stream_that_stops_before_done_is_a_lost_connection() -> None:
+    with pytest.raises(ModelUnavailable, match=r"\[DONE\]"):
+        parse_openai_stream(sse(delta(content="The"), delta("stop"), USAGE_CHUNK))
+
+
+def test_an_error_event_in_an_openai_stream_is_a_retryable_http_error() -> None:
+    lines = sse(delta(content="The"), {"error": {"message": "out of memory", "code": 500}})
+    with pytest.raises(ModelHTTPError, match="out of memory") as caught:
+        parse_openai_stream(lines)
+    assert caught.value.retryable
+
+
+def test_a_malformed_event_in_an_openai_stream_is_invalid() -> None:
+    with pytest.raises(ModelResponseInvalid):
+        parse_openai_stream([b'data: {"choices": [', b""])
+
+
+def test_server_sent_data_joins_multi_line_events_and_skips_other_fields() -> None:
+    lines = [b"event: message", b"data: one", b"data:two", b"", b"id: 7", b"data: three\r"]
+    assert list(server_sent_data(lines)) == [b"one\ntwo", b"three"]
+
+
+def test_streamed_and_whole_openai_replies_parse_to_the_same_reply() -> None:
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
+        }
+    ]
+    whole = parse_openai(
+        openai_reply({"role": "assistant", "content": "Hi there", "tool_calls": calls})
+    )
+    first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "read_file"}}
+    rest = {"index": 0, "function": {"arguments": '{"path": "a.py"}'}}
+    streamed = parse_openai_stream(
+        sse(
+            delta(role="assistant", content="Hi"),
+            delta(content=" there"),
+            delta(tool_calls=[first]),
+            delta(tool_calls=[rest]),
+            delta("stop"),
+            USAGE_CHUNK,
+            "[DONE]",
+        )
+    )
+    assert whole == streamed

@@ -28,7 +28,7 @@ def run(
 ) -> tuple[EventStore, str, Path, list[ScriptedRequest], Any]:
     workspace = tmp_path / name
     db = tmp_path / f"{name}.db"
-    with ScriptedModelServer(script) as server:
+    with ScriptedModelServer(script, models=["m"]) as server:
         result = invoke(
             "run",
             "build calc",
@@ -205,7 +205,7 @@ def test_a_run_that_asks_pauses_gets_an_answer_and_completes(tmp_path: Path) -> 
     assert refused.exit_code == 1 and "answer" in refused.output
     answered = invoke("answer", run_id, "Python 3.12", "--db", db)
     assert answered.exit_code == 0, answered.output
-    with ScriptedModelServer(script) as server:
+    with ScriptedModelServer(script, models=["m"]) as server:
         resumed = invoke("resume", run_id, "--db", db, "--model-url", server.url)
         requests = list(server.chat_requests)
     assert resumed.exit_code == 0, resumed.output

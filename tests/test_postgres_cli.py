@@ -23,7 +23,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 
 def record(db: str, workspace: Path) -> None:
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         code, out = invoke(
             "run",
             GOAL,

@@ -34,7 +34,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("plugin")
     db = base / "events.db"
     for run_id in (GOOD, BAD):
-        with ScriptedModelServer(DemoModels()) as server:
+        with ScriptedModelServer(DemoModels(), models=["qwen2.5-coder:7b"]) as server:
             result = CliRunner().invoke(
                 cli,
                 [

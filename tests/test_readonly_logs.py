@@ -72,7 +72,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     logs = base / "logs"
     logs.mkdir()
     store = SQLiteEventStore(logs / "events.db")
-    with ScriptedModelServer(DemoModels()) as server, httpx.Client() as http:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         overrides = {"model_url": server.url, "api": "ollama", "model": "m", "mode": "rules"}
         settings = load_settings(env={}, overrides={**overrides, "max_steps": 3})
         start_run(store, goal=GOAL, workspace=base / "ws", settings=settings, http=http, run_id=RUN)

@@ -33,7 +33,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def record(tmp_path: Path, script: Any = None, run_id: str = "r", mode: str = "rules") -> Path:
     """A complete run through `autonomy run` against the scripted demo models; its log."""
     db = tmp_path / "events.db"
-    with ScriptedModelServer(script or DemoModels()) as server:
+    with ScriptedModelServer(script or DemoModels(), models=["m"]) as server:
         code, out = invoke(
             "run",
             GOAL,

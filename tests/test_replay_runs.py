@@ -95,7 +95,7 @@ class Asking(Quick):
 
 @pytest.fixture
 def server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer(Asking()) as running:
+    with ScriptedModelServer(Asking(), models=["m"]) as running:
         yield running
 
 
@@ -324,7 +324,7 @@ def quick_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete orchestrated run ``q`` of the ``Quick`` models, in a file log."""
     base = tmp_path_factory.mktemp("live")
     db = base / "events.db"
-    with ScriptedModelServer(Quick()) as running:
+    with ScriptedModelServer(Quick(), models=["m"]) as running:
         code, out = cli(
             *("run", GOAL, "--workspace", str(base / "ws"), "--db", str(db)),
             *("--model-url", running.url, "--api", "ollama", "--model", "m", "--run-id", "q"),
@@ -380,7 +380,7 @@ def test_live_from_a_version_forks_the_run_and_a_live_model_continues_it(
 ) -> None:
     db = copy_of(quick_db, tmp_path)
     at = step_before(db, "q", first_write(db, "q"))  # the step that writes the first file
-    with ScriptedModelServer(Terse()) as other:
+    with ScriptedModelServer(Terse(), models=["m"]) as other:
         code, out = cli(
             *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "terse"),
             *("--workspace", str(tmp_path / "terse"), "--model-url", other.url),
@@ -415,7 +415,7 @@ def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
 
     db = copy_of(quick_db, tmp_path)
     change_prompt(monkeypatch, request, "qa", prompts.SYSTEM["qa"] + " Be brief.")
-    with ScriptedModelServer(Quick()) as running:
+    with ScriptedModelServer(Quick(), models=["m"]) as running:
         code, out = cli(
             *("replay", "q", "--db", str(db), "--continue-live", "--as", "brief"),
             *("--workspace", str(tmp_path / "brief"), "--model-url", running.url),
@@ -513,7 +513,7 @@ def test_a_command_cut_by_a_kill_fails_its_task_and_the_run_replays(
     """Recovery settles an interrupted run_command and fails its task, caused by
     run.resumed: the replay takes both from the log, as what the stop brought."""
 
-    with ScriptedModelServer(DemoModels()) as commands:  # its coder runs py_compile
+    with ScriptedModelServer(DemoModels(), models=["m"]) as commands:  # its coder runs py_compile
         for kill_after in range(1, 60):
             store = KillableStore()
             store.kill_after = kill_after

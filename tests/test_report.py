@@ -75,7 +75,7 @@ class Page(HTMLParser):
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("report")
     db = base / "events.db"
-    with ScriptedModelServer(DemoWithMistakes()) as server:
+    with ScriptedModelServer(DemoWithMistakes(), models=["qwen2.5-coder:7b"]) as server:
         result = CliRunner().invoke(
             cli,
             [
@@ -126,6 +126,7 @@ def test_the_page_has_every_section(db: Path, tmp_path: Path) -> None:
         "tasks",
         "decisions",
         "tool-calls",
+        "model-failures",
         "tokens",
     ]
     assert "completed" in page.sections["summary"]

@@ -63,7 +63,7 @@ def record(tmp_path: Path) -> tuple[Path, Path, Snapshots]:
     (workspace / "NOTES.txt").write_bytes(UNTOUCHED)
     db = tmp_path / "events.db"
     models = Snapshots(workspace)
-    with ScriptedModelServer(models) as server:
+    with ScriptedModelServer(models, models=["m"]) as server:
         code, out = invoke(
             "run", GOAL, "--workspace", str(workspace), "--db", str(db), "--run-id", "r",
             "--mode", "rules", *flags(server),
@@ -135,7 +135,7 @@ def test_rewind_restores_the_workspace_byte_for_byte_and_resume_completes(
     assert state.pipeline.status == "running"
     assert state.pipeline.files.keys() == {"calc.py"}
 
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         code, out = invoke("resume", "r", "--db", str(db), *flags(server))
 
     assert code == 0, out
@@ -185,7 +185,7 @@ def test_fork_leaves_the_parent_untouched_and_resumes_to_completion(
     assert forked.pipeline.status == "running"
     assert forked.pipeline.workspace == str(new.resolve())
 
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         code, out = invoke("resume", "f", "--db", str(db), *flags(server))
 
     assert code == 0, out
@@ -224,7 +224,7 @@ def test_a_fork_rewound_returns_to_its_own_files(
         )[0]
         == 0
     )
-    with ScriptedModelServer(DemoModels()) as server:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
         assert invoke("resume", "f", "--db", str(db), *flags(server))[0] == 0
 
     code, out = invoke("rewind", "f", "--to", "1", "--db", str(db))

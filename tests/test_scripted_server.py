@@ -123,11 +123,54 @@ def test_openai_text_answer_finishes_with_stop(http: httpx.Client) -> None:
     assert choice["finish_reason"] == "stop"
 
 
-def test_openai_streaming_is_refused_clearly(http: httpx.Client) -> None:
-    with ScriptedModelServer([Reply.text("x")]) as server:
-        response = openai(server, http, stream=True)
-    assert response.status_code == 400
-    assert "does not stream" in response.json()["error"]["message"]
+def events_of(response: httpx.Response) -> list[Any]:
+    """The data of each server-sent event, parsed ("[DONE]" kept as text)."""
+    assert response.headers["content-type"] == "text/event-stream"
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert all(b.startswith("data: ") and "\n" not in b for b in blocks), blocks
+    return [b[6:] if b[6:] == "[DONE]" else json.loads(b[6:]) for b in blocks]
+
+
+def test_openai_streams_server_sent_events_ending_with_usage_then_done(
+    http: httpx.Client,
+) -> None:
+    reply = Reply.calls(("read_file", {"path": "app.py"}), content="Let me look.")
+    with ScriptedModelServer([reply, reply]) as server:
+        usage = openai(server, http, stream=True, stream_options={"include_usage": True})
+        bare = openai(server, http, stream=True)
+    *chunks, last, done = events_of(usage)
+    assert done == "[DONE]"
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look."
+    arguments = "".join(
+        call["function"].get("arguments", "") for d in deltas for call in d.get("tool_calls", [])
+    )
+    assert json.loads(arguments) == {"path": "app.py"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # without include_usage there is no usage chunk, as OpenAI's own servers do
+    assert all("usage" not in e for e in events_of(bare)[:-1])
+
+
+def test_the_official_openai_client_streams_from_the_scripted_server() -> None:
+    import openai as sdk
+
+    reply = Reply.calls(("create_file", {"path": "a.py", "content": "x = 1"}), content="Here.")
+    with ScriptedModelServer([reply]) as server:
+        client = sdk.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with client.chat.completions.stream(
+            model="qwen2.5-coder:32b",
+            messages=[{"role": "user", "content": "make a.py"}],
+            stream_options={"include_usage": True},
+        ) as stream:
+            final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == "Here."
+    (call,) = message.tool_calls or []
+    assert call.function.name == "create_file"
+    assert json.loads(call.function.arguments) == {"path": "a.py", "content": "x = 1"}
+    assert final.usage is not None and final.usage.completion_tokens > 0
 
 
 # -- discovery, recording, scripts ---------------------------------------------------------

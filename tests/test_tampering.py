@@ -238,12 +238,12 @@ def spread(total: int, samples: int) -> list[int]:
 
 @pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
 def test_a_crash_at_any_write_leaves_whole_events_that_verify_and_resume(tmp_path: Path) -> None:
-    with ScriptedModelServer(NoCommands()) as server:
+    with ScriptedModelServer(NoCommands(), models=["m"]) as server:
         _, _, total = demo_run(tmp_path, server, die_at=0)  # never dies: counts the writes
     assert total > 20
 
     for die_at in spread(total, 10):
-        with ScriptedModelServer(NoCommands()) as server:
+        with ScriptedModelServer(NoCommands(), models=["m"]) as server:
             _, db, _ = demo_run(tmp_path, server, die_at)
             with SQLiteEventStore(db, key=KEY) as store:
                 versions = [r.version for r in store.read_raw("r")]

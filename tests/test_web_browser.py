@@ -91,7 +91,10 @@ def test_the_stream_sees_events_another_process_appends(
     db: Path, service: str, tmp_path: Path
 ) -> None:
     script = Gated()
-    with ScriptedModelServer(script) as server, running(db, tmp_path / "ws", "streamed", server):
+    with (
+        ScriptedModelServer(script, models=["m"]) as server,
+        running(db, tmp_path / "ws", "streamed", server),
+    ):
         wait_until(lambda: started(db, "streamed"), "the run has started")
         timeout = httpx.Timeout(30.0)
         with httpx.stream("GET", f"{service}/api/runs/streamed/stream", timeout=timeout) as r:
@@ -159,7 +162,10 @@ def test_the_live_tail_and_the_list_follow_a_run_started_during_the_test(
     page: Page, db: Path, service: str, tmp_path: Path
 ) -> None:
     script = Gated()
-    with ScriptedModelServer(script) as server, running(db, tmp_path / "ws", "live", server):
+    with (
+        ScriptedModelServer(script, models=["m"]) as server,
+        running(db, tmp_path / "ws", "live", server),
+    ):
         wait_until(lambda: started(db, "live"), "the run has started")
         listing = page.context.new_page()
         listing.goto(f"{service}/")
@@ -184,7 +190,7 @@ def test_a_waiting_run_is_answered_from_the_page_then_resumes(
     page.locator("#answer-form textarea").fill("Python 3.12")
     page.locator("#answer-form button").click()
     expect(page.locator("#answer-result")).to_contain_text("autonomy resume asking")
-    with ScriptedModelServer(asker) as server:
+    with ScriptedModelServer(asker, models=["m"]) as server:
         resumed = CliRunner().invoke(
             cli, ["resume", "asking", "--db", str(db), *model_flags(server)]
         )

@@ -42,7 +42,7 @@ def test_a_killed_workers_run_is_resumed_by_another_and_all_runs_complete(
         assert result.exit_code == 0 and result.output.strip() == f"job-{job}", result.output
     autonomy = Path(sys.executable).parent / "autonomy"
     gate = Gate(when=job_1)
-    with ScriptedModelServer(gate) as server:
+    with ScriptedModelServer(gate, models=["m"]) as server:
         worker = [str(autonomy), "worker", "--once", "--db", pg_url]
         worker += ["--workdir", str(tmp_path / "runs"), "--model-url", server.url]
         worker += ["--api", "ollama", "--model", "m"]

@@ -63,7 +63,7 @@ def run_args(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer
 
 def record(db: Path, workspace: Path, run_id: str, script: DemoModels | None = None) -> None:
     """Record a whole run of the demo (or ``script``) into ``db`` as ``run_id``."""
-    with ScriptedModelServer(script or Quick()) as server:
+    with ScriptedModelServer(script or Quick(), models=["m"]) as server:
         result = CliRunner().invoke(cli, run_args(db, workspace, run_id, server))
     assert result.exit_code == 0, result.output
 

@@ -34,6 +34,7 @@ from engine import __version__
 from engine.agent import arbiter
 from engine.agent.conversation import ToolRunner, run_conversation
 from engine.agent.coordinator import Step, decide, model_trouble
+from engine.agent.progress import watching
 from engine.agent.prompts import digest, opening
 from engine.agent.runlog import RunLog
 from engine.agent.specialists import specialist_for
@@ -44,6 +45,7 @@ from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_cha
 from engine.machines.tasks import check_status_change
 from engine.model.client import ModelClient
 from engine.model.discovery import learn_contexts
+from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
@@ -123,6 +125,8 @@ class Engine:
         self.digests = WorkspaceDigests()  # a cache of file hashes, not state
         if progress is not None:
             log.listeners.append(self._announce)
+        if (watcher := watching(progress)) is not None:
+            log.listeners.append(watcher.event)  # the live display: it observes only
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -432,11 +436,40 @@ def start_run(
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
     confinement = confine_commands(settings, store)
+    client = model_client(settings, http, progress)
+    checked = check_models(client, settings, progress)
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
     with store.lease(run_id, describe_owner()):
-        return _start(store, run_id, goal, workspace, settings, confinement, http, progress)
+        return _start(
+            store, run_id, goal, workspace, settings, confinement, client, progress, checked
+        )
+
+
+def model_client(
+    settings: Settings, http: httpx.Client | None, progress: Progress | None
+) -> ModelClient:
+    """The run's model client; it tells a watching ``progress`` of streamed pieces."""
+    watcher = watching(progress)
+    return ModelClient(
+        http or http_client(settings), on_stream=watcher.streamed if watcher else None
+    )
+
+
+def check_models(
+    client: ModelClient, settings: Settings, progress: Progress | None
+) -> tuple[str, ...]:
+    """The preflight's warnings, each said; ``PreflightFailed`` before any event is
+    written when a role's model cannot be asked. Nothing when ``settings.preflight``
+    is off."""
+    if not settings.preflight:
+        return ()
+    warnings = tuple(preflight(client, settings.models))
+    for warning in warnings:
+        if progress:
+            progress(f"warning: {warning}")
+    return warnings
 
 
 def _start(
@@ -446,8 +479,9 @@ def _start(
     workspace: Path,
     settings: Settings,
     confinement: Confinement,
-    http: httpx.Client | None,
+    client: ModelClient,
     progress: Progress | None,
+    checked: tuple[str, ...],
 ) -> RunLog:
     log = RunLog.create(
         store,
@@ -460,13 +494,12 @@ def _start(
             engine_version=__version__,
             key_id=store.key_id,
             confinement=confinement.describe(),
+            preflight=checked,
         ),
     )
     if progress:
         progress(f"run {log.run_id} started in {workspace}")
         _say_confinement(confinement, progress)
-    client = ModelClient(http or http_client(settings))
-    learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
     engine = Engine(
         log,
         settings=settings,
@@ -475,6 +508,7 @@ def _start(
         progress=progress,
         confinement=confinement,
     )
+    learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
     _run_until_stopped(engine)
     return log
 
@@ -548,12 +582,14 @@ def _resume(
         )
     workspace = Path(log.pipeline.workspace)
     confinement = confine_commands(settings, store)
+    client = model_client(settings, http, progress)
+    checked = check_models(client, settings, progress)
     if progress:
         _say_confinement(confinement, progress)
     engine = Engine(
         log,
         settings=settings,
-        client=ModelClient(http or http_client(settings)),
+        client=client,
         workspace=workspace,
         progress=progress,
         confinement=confinement,
@@ -565,6 +601,7 @@ def _resume(
             pending_tools=tuple(log.pipeline.pending_tools),
             open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
             config=msgspec.to_builtins(settings),
+            preflight=checked,
         )
     )
     if resumed:

@@ -244,9 +244,15 @@ _SETTINGS_OPTIONS = (
         "installed, else a warning), required (refuse to run without it) or off. "
         "[env var: AUTONOMY_SANDBOX]",
     ),
+    click.option(
+        "--preflight/--no-preflight",
+        default=None,
+        help="Check that every role's model server answers and lists its model before "
+        "the run starts (default: on). [env var: AUTONOMY_PREFLIGHT]",
+    ),
 )
 
-_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model", "sandbox")
+_OVERRIDE_NAMES = ("mode", "max_steps", "model_url", "api", "model", "sandbox", "preflight")
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:

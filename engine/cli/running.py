@@ -49,8 +49,11 @@ def run(
     """Run the agent on GOAL until it completes, fails or waits for input.
 
     GOAL is text or the path of a file holding it; without GOAL, MASTER_PLAN.md
-    in the workspace is the goal. Progress (step, phase, task, tokens) and every
-    failed model call are printed as the run goes. Exit status: 0 when the run
+    in the workspace is the goal. First every role's model server is asked whether
+    it serves the role's model (--no-preflight skips that). Progress (step, phase,
+    task, tokens) and every failed model call are printed as the run goes; on a
+    terminal, with a live line for the model call in flight and a bar of steps.
+    Exit status: 0 when the run
     completed (every task done) or waits for an answer, 2 when it ended with some
     tasks skipped (status partial), 1 otherwise.
 
@@ -60,20 +63,22 @@ def run(
         autonomy run "Write calc.py with add(a, b) and its tests" --workspace ./calc
         autonomy run --workspace ./project --model-url http://localhost:11434 --model qwen2.5-coder:32b
     """
+    from engine.agent.progress import run_display
     from engine.agent.runner import start_run
     from projections import project
 
     text = read_goal(goal, workspace)
     settings = flags.load(workspace)
     with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
-        log = start_run(
-            store,
-            goal=text,
-            workspace=workspace,
-            settings=settings,
-            run_id=run_id,
-            progress=click.echo,
-        )
+        with run_display(settings.limits.max_steps, plain=click.echo) as show:
+            log = start_run(
+                store,
+                goal=text,
+                workspace=workspace,
+                settings=settings,
+                run_id=run_id,
+                progress=show,
+            )
         if checkpoint_file is not None:
             from engine.cli.integrity import append_checkpoint
 
@@ -98,15 +103,20 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
     \b
         autonomy resume run-20261124-101500-ab12 --db ./calc/.autonomy/events.db
     """
+    from engine.agent.progress import run_display
     from engine.agent.runner import resume_run
     from engine.config import recorded_settings
     from projections import project
 
     with opened_log(db) as store:
-        recorded = project(store, run_id).pipeline.config
-        settings = flags.load_over(recorded_settings(recorded))
-        with interrupts(store, db, None):
-            resume_run(store, run_id, settings=settings, progress=click.echo)
+        pipeline = project(store, run_id).pipeline
+        settings = flags.load_over(recorded_settings(pipeline.config))
+        steps = settings.limits.max_steps
+        with (
+            interrupts(store, db, None),
+            run_display(steps, steps=pipeline.steps, plain=click.echo) as show,
+        ):
+            resume_run(store, run_id, settings=settings, progress=show)
         _finish(project(store, run_id))
 
 

@@ -30,8 +30,8 @@ def runs(ctx: click.Context, rebuild: bool, db: Path | None) -> None:
 
     One row per run, from the run summaries the log keeps (each run's state as
     `autonomy state` folds it, caught up with any newer events): status, phase,
-    steps, tokens and start time (UTC). A run waiting for an answer shows its
-    question. A run whose events cannot be read is listed as unreadable (exit
+    steps, tokens, start time (UTC) and why it ended (a model server that kept
+    failing, say). A run waiting for an answer shows its question. A run whose events cannot be read is listed as unreadable (exit
     status 1); `autonomy verify RUN_ID` says why.
 
     Example:
@@ -52,11 +52,11 @@ def runs(ctx: click.Context, rebuild: bool, db: Path | None) -> None:
         for run_id in problems:  # one damaged run must not hide the others
             first = next(store.read_raw(run_id, upto=1), None)
             started = _seconds(first.recorded_at) if first else "?"
-            rows.append([run_id, "unreadable", "?", "?", "?", started])
+            rows.append([run_id, "unreadable", "?", "?", "?", started, ""])
     if not rows:
         click.echo("no runs in this log")
         return
-    headers = ["run", "status", "phase", "steps", "tokens", "started"]
+    headers = ["run", "status", "phase", "steps", "tokens", "started", "reason"]
     click.echo(table(rows, headers))
     for run_id, problem in problems.items():
         click.echo(f"Error: run {run_id}: {problem}", err=True)
@@ -66,6 +66,7 @@ def runs(ctx: click.Context, rebuild: bool, db: Path | None) -> None:
 
 def _run_row(summary: RunSummary) -> list[str]:
     status = summary.status
+    ended = status not in ("new", "running", "waiting_for_input")
     if status == "waiting_for_input":
         status = f"waiting_for_input: {_short(summary.question, 50)}"
     return [
@@ -75,6 +76,7 @@ def _run_row(summary: RunSummary) -> list[str]:
         str(summary.steps),
         str(summary.tokens),
         _seconds(summary.started_at),
+        _short(summary.reason, 80) if ended else "",
     ]
 
 

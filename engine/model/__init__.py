@@ -3,7 +3,7 @@ configuration, the prose tool-call fallback, the recorder that turns every call
 into events, the sizes of a request and its answer (``sizing``), and asking a server
 for its context window (``discovery``).
 
-    client = ModelClient(httpx.Client(), stream=True)
+    client = ModelClient(httpx.Client(), stream=True)  # both formats stream
     reply = client.chat(Roles().coding.endpoints(), messages, tools, Roles().coding.options())
     recorder = RecordingModel(client, runlog, Roles())
     reply = recorder.chat("coding", messages, tools, conversation="task:T1")
@@ -20,7 +20,7 @@ from engine.model.bounds import (
     RetryPolicy,
     Timeouts,
 )
-from engine.model.client import FailedAttempt, ModelClient, OnFailure, tool_names
+from engine.model.client import FailedAttempt, ModelClient, OnFailure, OnStream, tool_names
 from engine.model.discovery import Learned, discover, learn_contexts
 from engine.model.recording import (
     INLINE_LIMIT,
@@ -52,6 +52,8 @@ from engine.model.wire import (
     parse_ollama,
     parse_ollama_stream,
     parse_openai,
+    parse_openai_stream,
+    parse_stream,
 )
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "ModelInfo",
     "ModelReply",
     "OnFailure",
+    "OnStream",
     "RecordingModel",
     "RetryPolicy",
     "RoleConfig",
@@ -90,6 +93,8 @@ __all__ = [
     "parse_ollama",
     "parse_ollama_stream",
     "parse_openai",
+    "parse_openai_stream",
+    "parse_stream",
     "request_digest",
     "roles_from_mapping",
     "sizing",

@@ -71,7 +71,7 @@ from engine.model.wire import (
     error_text,
     parse_chat,
     parse_models,
-    parse_ollama_stream,
+    parse_stream,
 )
 from events.schema import Message
 
@@ -94,12 +94,18 @@ class FailedAttempt:
 
 OnFailure = Callable[[FailedAttempt], None]
 
+OnStream = Callable[[int], None]
+"""Told, as a streamed answer arrives, how many pieces (about one token each) the
+current attempt has received so far."""
+
 
 class ModelClient:
     """Chat completions from Ollama or OpenAI-compatible servers.
 
-    ``stream`` selects Ollama's NDJSON streaming (Ollama's own default) instead of
-    one JSON answer; OpenAI-compatible endpoints are always asked without streaming.
+    ``stream`` asks for answers in pieces (Ollama's NDJSON, OpenAI's server-sent
+    events) instead of one JSON body; ``chat(..., stream=...)`` overrides it per call.
+    Each piece is counted to ``on_stream``. The bounds hold the same: the read
+    timeout for each piece, the deadline and ``max_response_bytes`` for the whole.
     ``text_fallback`` extracts a tool call a model wrote as prose (see
     ``engine.model.textcalls``). ``identify_models`` looks up an Ollama model's
     digest once per server and model (``GET /api/tags``) so that replies name the
@@ -118,6 +124,7 @@ class ModelClient:
         deadline: float | None = DEFAULT_DEADLINE,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         stream: bool = False,
+        on_stream: OnStream | None = None,
         text_fallback: bool = True,
         identify_models: bool = True,
         sleep: Callable[[float], None] = time.sleep,
@@ -134,6 +141,7 @@ class ModelClient:
             )
         )
         self.stream = stream
+        self.on_stream = on_stream
         self.text_fallback = text_fallback
         self.identify_models = identify_models
         self._sleep = sleep
@@ -154,6 +162,7 @@ class ModelClient:
         *,
         on_failure: OnFailure | None = None,
         bounds: Bounds | None = None,
+        stream: bool | None = None,
     ) -> ModelReply:
         """Ask the first endpoint that answers; retry and fall back as documented above.
 
@@ -164,7 +173,7 @@ class ModelClient:
         call = self._call(bounds)
         return self._attempts(
             endpoints,
-            lambda endpoint: self._chat_once(call, endpoint, messages, tools, options),
+            lambda endpoint: self._chat_once(call, endpoint, messages, tools, options, stream),
             on_failure,
             call,
         )
@@ -177,9 +186,10 @@ class ModelClient:
         options: ChatOptions = NO_OPTIONS,
         *,
         bounds: Bounds | None = None,
+        stream: bool | None = None,
     ) -> ModelReply:
         """One attempt, no retry: the reply, or a typed ``ModelError``."""
-        return self._chat_once(self._call(bounds), endpoint, messages, tools, options)
+        return self._chat_once(self._call(bounds), endpoint, messages, tools, options, stream)
 
     def _chat_once(
         self,
@@ -188,8 +198,9 @@ class ModelClient:
         messages: Sequence[Message],
         tools: Sequence[dict[str, Any]],
         options: ChatOptions,
+        stream: bool | None = None,
     ) -> ModelReply:
-        stream = self.stream and endpoint.api == "ollama"
+        stream = self.stream if stream is None else stream
         body = chat_body(endpoint.api, endpoint.model, messages, tools, options, stream=stream)
         started = self._clock()
         with self._exchange(
@@ -198,10 +209,13 @@ class ModelClient:
             "POST",
             CHAT_PATHS[endpoint.api],
             content=msgspec.json.encode(body),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": _ACCEPT[endpoint.api] if stream else "application/json",
+            },
         ) as chunks:
             if stream:
-                reply = parse_ollama_stream(_lines(chunks))
+                reply = parse_stream(endpoint.api, _lines(chunks), self._counter())
             else:
                 reply = parse_chat(endpoint.api, b"".join(chunks))
         elapsed_ms = (self._clock() - started) * 1000.0
@@ -229,15 +243,34 @@ class ModelClient:
                 changes["model_identity"] = f"{reply.model_identity or endpoint.model}@{digest}"
         return msgspec.structs.replace(reply, **changes)
 
+    def _counter(self) -> Callable[[str], None] | None:
+        """A fresh count of one attempt's pieces, told to ``on_stream``."""
+        on_stream = self.on_stream
+        if on_stream is None:
+            return None
+        count = 0
+
+        def counted(_piece: str) -> None:
+            nonlocal count
+            count += 1
+            on_stream(count)
+
+        return counted
+
     # -- discovery -----------------------------------------------------------------------
 
     def list_models(
-        self, base_url: str, api: Api = "ollama", *, on_failure: OnFailure | None = None
+        self,
+        base_url: str,
+        api: Api = "ollama",
+        *,
+        on_failure: OnFailure | None = None,
+        bounds: Bounds | None = None,
     ) -> tuple[ModelInfo, ...]:
         """The models a server offers (``GET /api/tags`` or ``GET /v1/models``),
-        with the same retries as a chat."""
+        with the same retries as a chat (or as ``bounds`` say)."""
         endpoint = Endpoint(base_url=base_url, model="", api=api)
-        call = self._call(None)
+        call = self._call(bounds)
         return self._attempts(
             endpoint, lambda target: self._list_once(call, target), on_failure, call
         )
@@ -248,7 +281,7 @@ class ModelClient:
             models = self._list_once(self._call(None), endpoint)
         except ModelError:
             return False
-        return any(_same_model(m.name, endpoint.model) for m in models)
+        return any(same_model(m.name, endpoint.model) for m in models)
 
     def _list_once(self, call: _Call, endpoint: Endpoint) -> tuple[ModelInfo, ...]:
         with self._exchange(call, endpoint, "GET", MODELS_PATHS[endpoint.api]) as chunks:
@@ -262,7 +295,7 @@ class ModelClient:
             except ModelError:
                 models = ()
             self._digests[key] = next(
-                (m.digest for m in models if m.digest and _same_model(m.name, model)), ""
+                (m.digest for m in models if m.digest and same_model(m.name, model)), ""
             )
         return self._digests[key]
 
@@ -440,9 +473,13 @@ def _head(chunks: Iterator[bytes], limit: int) -> bytes:
     return bytes(head[:limit])
 
 
+_ACCEPT = {"ollama": "application/x-ndjson", "openai": "text/event-stream"}
+
+
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """NDJSON lines from body pieces, as bytes: decoding stays with the JSON parser,
-    which reports bad UTF-8 as a bad answer instead of raising."""
+    """Lines (NDJSON, or server-sent events) from body pieces, as bytes: decoding
+    stays with the JSON parser, which reports bad UTF-8 as a bad answer instead of
+    raising."""
     pending = b""
     for piece in chunks:
         pending += piece
@@ -527,8 +564,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _same_model(listed: str, wanted: str) -> bool:
-    # Ollama lists "llama3.2:latest" for a request that said "llama3.2"
+def same_model(listed: str, wanted: str) -> bool:
+    """Whether a listed model is the one wanted: Ollama lists "llama3.2:latest" for
+    a request that said "llama3.2"."""
     return listed == wanted or listed == f"{wanted}:latest"
 
 

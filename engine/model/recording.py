@@ -364,6 +364,7 @@ class RecordingModel:
             options,
             on_failure=record_failure,
             bounds=config.bounds(self.client.bounds),
+            stream=config.stream,
         )
         answer = ModelResponded(
             call_id=call_id,

@@ -40,6 +40,11 @@ local model::
     deadline = 1800.0               # seconds for the whole call, retries and waits included
     retries = 2                     # further attempts per endpoint after the first
     max_response_bytes = 4000000    # a longer answer is cut off and fails the call
+    stream = true                   # answers in pieces (NDJSON / server-sent events)
+
+Streaming changes no event: a streamed answer is recorded as the whole one would be.
+It lets the read timeout bound the gap between tokens rather than the whole answer,
+and lets a face show the answer growing (``autonomy run`` on a terminal).
 
 and the length of one answer, in tokens (``engine.model.sizing``)::
 
@@ -108,6 +113,7 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_answer_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
     """The cap on one answer's tokens; None: a quarter of the context; 0: no cap
     (see ``engine.model.sizing``)."""
+    stream: bool = True
 
     @property
     def primary(self) -> Endpoint:

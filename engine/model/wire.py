@@ -16,13 +16,19 @@ usage                       ``prompt_eval_count``,          ``usage.prompt_token
                             ``eval_count``                  ``usage.completion_tokens``
 duration                    ``total_duration`` (ns)         not sent (the client measures)
 identity                    ``model`` (+ digest from tags)  ``model`` + ``system_fingerprint``
-streaming                   NDJSON, the default             not used by this client
+streaming                   NDJSON, the default             SSE ``data:`` lines on request,
+                                                            ``data: [DONE]`` at the end;
+                                                            usage in a last ``choices: []``
+                                                            chunk (``include_usage``)
 ==========================  ==============================  ===============================
 
 An answer that ran into the cap ends with ``"length"``. Its text stops wherever the
 cap fell, so a tool call in it may be cut mid-JSON: such a call is dropped (the
 reply keeps ``done_reason="length"`` and its text), never refused as a bad answer nor
 repaired; what to tell the model is the caller's business (``engine.agent.conversation``).
+
+Streaming is a transport detail: a streamed answer parses to the same ``ModelReply``
+as the whole one, so the log (and a replay's request digests) cannot tell them apart.
 
 This module does no I/O. Parsing never guesses: a body that is not JSON or not UTF-8, a
 tool call with an empty name or with arguments that are not a JSON object raises
@@ -32,7 +38,7 @@ tool call with an empty name or with arguments that are not a JSON object raises
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -141,7 +147,8 @@ def chat_body(
     *,
     stream: bool = False,
 ) -> dict[str, Any]:
-    """The JSON body of a chat request. ``stream`` applies to Ollama only."""
+    """The JSON body of a chat request. ``stream`` asks for the answer in pieces
+    (Ollama's NDJSON, OpenAI's server-sent events with the usage in a last chunk)."""
     if api == "ollama":
         body: dict[str, Any] = {
             "model": model,
@@ -158,6 +165,10 @@ def chat_body(
     body = {"model": model, "messages": [openai_message(m) for m in messages]}
     if tools:
         body["tools"] = list(tools)
+    if stream:
+        # without include_usage a streamed answer carries no token counts
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
     # num_ctx is an Ollama notion; OpenAI servers size the context themselves
     if options.temperature is not None:
         body["temperature"] = options.temperature
@@ -308,15 +319,19 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
     return ToolCall(id=call_id or f"call_{index}", name=name, arguments=parsed)
 
 
-def _tool_calls(
-    calls: Iterable[_WireToolCall], start: int = 0, *, cut: bool = False
-) -> tuple[ToolCall, ...]:
-    """The calls, normalised; in an answer the cap ended (``cut``), the calls that
-    do not parse are dropped instead of refusing the answer (see the module doc)."""
+def _tool_calls(calls: Iterable[_WireToolCall], *, cut: bool = False) -> tuple[ToolCall, ...]:
+    """The calls, normalised (see ``_parsed_calls``)."""
+    return _parsed_calls(((c.id, c.function.name, c.function.arguments) for c in calls), cut)
+
+
+def _parsed_calls(calls: Iterable[tuple[str, str, Any]], cut: bool) -> tuple[ToolCall, ...]:
+    """``(id, name, arguments)`` as tool calls; in an answer the cap ended (``cut``),
+    the calls that do not parse are dropped instead of refusing the answer (see the
+    module doc)."""
     parsed = []
-    for i, c in enumerate(calls):
+    for i, (call_id, name, arguments) in enumerate(calls):
         try:
-            parsed.append(tool_call(start + i, c.id, c.function.name, c.function.arguments))
+            parsed.append(tool_call(i, call_id, name, arguments))
         except ModelResponseInvalid:
             if not cut:
                 raise
@@ -347,7 +362,14 @@ def parse_ollama(body: bytes | str) -> ModelReply:
     )
 
 
-def parse_ollama_stream(lines: Iterable[bytes | str]) -> ModelReply:
+OnPiece = Callable[[str], None]
+"""Told each piece of a streamed answer as it is parsed (content, or a tool call's
+name and arguments): how a face shows an answer growing."""
+
+
+def parse_ollama_stream(
+    lines: Iterable[bytes | str], on_piece: OnPiece | None = None
+) -> ModelReply:
     """Assemble a streamed ``/api/chat`` answer from its NDJSON lines.
 
     Content arrives in pieces; tool calls arrive whole, in any chunk; the final
@@ -370,7 +392,12 @@ def parse_ollama_stream(lines: Iterable[bytes | str]) -> ModelReply:
             )
         if chunk.message is not None:
             content.append(chunk.message.content or "")
-            wire_calls.extend(chunk.message.tool_calls or ())
+            new = chunk.message.tool_calls or ()
+            wire_calls.extend(new)
+            if on_piece is not None:
+                for piece in (chunk.message.content, *(c.function.name for c in new)):
+                    if piece:
+                        on_piece(piece)
         if chunk.done:
             return ModelReply(
                 content="".join(content),
@@ -399,6 +426,164 @@ def parse_openai(body: bytes | str) -> ModelReply:
         usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
         model_identity=_identity(chat.model, chat.system_fingerprint),
     )
+
+
+class _DeltaFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: dict[str, Any] | str | None = None
+
+
+class _DeltaCall(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    function: _DeltaFunction | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_DeltaCall] | None = None
+
+
+class _StreamChoice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _OpenAIChunk(msgspec.Struct):
+    model: str = ""
+    choices: list[_StreamChoice] = []
+    usage: _OpenAIUsage | None = None
+    system_fingerprint: str | None = None
+    error: Any = None
+
+
+_CHUNK = msgspec.json.Decoder(_OpenAIChunk)
+
+
+class _CallParts:
+    """One tool call as its deltas arrive: the id once, name and arguments in pieces."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name: list[str] = []
+        self.arguments: list[str] = []
+        self.whole: dict[str, Any] | None = None  # a proxy that sends an object at once
+
+    def add(self, delta: _DeltaCall) -> list[str]:
+        pieces: list[str] = []
+        self.id = delta.id or self.id
+        function = delta.function
+        if function is None:
+            return pieces
+        if function.name:
+            self.name.append(function.name)
+            pieces.append(function.name)
+        if isinstance(function.arguments, dict):
+            self.whole = function.arguments
+        elif function.arguments:
+            self.arguments.append(function.arguments)
+            pieces.append(function.arguments)
+        return pieces
+
+
+def server_sent_data(lines: Iterable[bytes | str]) -> Iterable[bytes]:
+    """The ``data`` of each server-sent event in ``lines``: ``data:`` lines joined
+    by newlines up to a blank line; comments (``:``) and other fields ignored."""
+    data: list[bytes] = []
+    for raw in lines:
+        line = (raw.encode() if isinstance(raw, str) else raw).rstrip(b"\r")
+        if not line:
+            if data:
+                yield b"\n".join(data)
+                data = []
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        yield b"\n".join(data)
+
+
+def parse_openai_stream(
+    lines: Iterable[bytes | str], on_piece: OnPiece | None = None
+) -> ModelReply:
+    """Assemble a streamed ``/v1/chat/completions`` answer from its SSE lines.
+
+    Content arrives in deltas; a tool call arrives in deltas too, keyed by its
+    ``index`` (its id and name first, its arguments in pieces of a JSON string);
+    ``finish_reason`` closes the choice; with ``include_usage`` a last chunk with
+    ``choices: []`` carries the usage; ``data: [DONE]`` ends the stream. A stream
+    that stops before ``[DONE]`` is a dropped connection, not an answer.
+    """
+    content: list[str] = []
+    calls: dict[int, _CallParts] = {}
+    finish = ""
+    model = fingerprint = ""
+    usage = _OpenAIUsage()
+    for data in server_sent_data(lines):
+        if data.strip() == b"[DONE]":
+            tool_calls = _parsed_calls(
+                (
+                    (
+                        parts.id,
+                        "".join(parts.name),
+                        parts.whole if parts.whole is not None else "".join(parts.arguments),
+                    )
+                    for parts in (calls[k] for k in sorted(calls))
+                ),
+                cut=finish == LENGTH,
+            )
+            return ModelReply(
+                content="".join(content),
+                tool_calls=tool_calls,
+                done_reason=finish,
+                usage=Usage(
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                ),
+                model_identity=_identity(model, fingerprint),
+            )
+        chunk: _OpenAIChunk = _decode(_CHUNK, data, "stream chunk")
+        if chunk.error is not None:
+            detail = chunk.error.get("message") if isinstance(chunk.error, dict) else chunk.error
+            raise ModelHTTPError(
+                f"the server reported an error mid-stream: {detail}", status=200, retryable=True
+            )
+        model = chunk.model or model
+        fingerprint = chunk.system_fingerprint or fingerprint
+        usage = chunk.usage or usage
+        for choice in chunk.choices[:1]:  # the first choice, as parse_openai reads
+            finish = choice.finish_reason or finish
+            delta = choice.delta
+            if delta is None:
+                continue
+            pieces = [delta.content] if delta.content else []
+            content.append(delta.content or "")
+            for call in delta.tool_calls or ():
+                index = call.index if call.index is not None else _unindexed(calls, call.id)
+                pieces += calls.setdefault(index, _CallParts()).add(call)
+            if on_piece is not None:
+                for piece in pieces:
+                    on_piece(piece)
+    raise ModelUnavailable("the stream ended before its last event (data: [DONE])")
+
+
+def _unindexed(calls: dict[int, _CallParts], call_id: str | None) -> int:
+    """Where a delta without an ``index`` (some servers) goes: the call with its id,
+    a new call for a new id, else the last call."""
+    for index, parts in calls.items():
+        if call_id and parts.id == call_id:
+            return index
+    if call_id or not calls:
+        return max(calls, default=-1) + 1
+    return max(calls)
+
+
+def parse_stream(
+    api: Api, lines: Iterable[bytes | str], on_piece: OnPiece | None = None
+) -> ModelReply:
+    """A streamed chat answer in either format, from its lines."""
+    if api == "ollama":
+        return parse_ollama_stream(lines, on_piece)
+    return parse_openai_stream(lines, on_piece)
 
 
 def parse_chat(api: Api, body: bytes | str) -> ModelReply:

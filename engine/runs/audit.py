@@ -90,6 +90,39 @@ ORDER BY run_id, requested_version""",
         "never reported (a crash in between).",
         example="autonomy audit RUN_ID tool-failures",
     ),
+    "model-failures": AuditQuery(
+        sql="""
+SELECT run_id, version, call_id, role, model, endpoint, kind, attempt, detail FROM (
+  SELECT f.run_id, f.version, json_extract(f.data, '$.call_id') AS call_id, c.role, c.model,
+    coalesce(nullif(json_extract(f.data, '$.endpoint'), ''), c.endpoint) AS endpoint,
+    json_extract(f.data, '$.kind') AS kind,
+    json_extract(f.data, '$.attempt') AS attempt,
+    json_extract(f.data, '$.detail') AS detail
+  FROM events f
+  LEFT JOIN model_calls c
+    ON c.run_id = f.run_id AND c.call_id = json_extract(f.data, '$.call_id')
+  WHERE f.type = 'model.failed'
+)
+WHERE {run}
+ORDER BY run_id, version""",
+        description="Every failed attempt of a model call: role, model, the endpoint "
+        "that failed, the kind of failure (unavailable, timeout, http, invalid, ...), "
+        "the attempt's number and what went wrong.",
+        example="autonomy audit RUN_ID model-failures",
+        postgres="""
+SELECT run_id, version, call_id, role, model, endpoint, kind, attempt, detail FROM (
+  SELECT f.run_id, f.version, f.data->>'call_id' AS call_id, c.role, c.model,
+    coalesce(nullif(f.data->>'endpoint', ''), c.endpoint) AS endpoint,
+    f.data->>'kind' AS kind,
+    (f.data->>'attempt')::bigint AS attempt,
+    f.data->>'detail' AS detail
+  FROM events f
+  LEFT JOIN model_calls c ON c.run_id = f.run_id AND c.call_id = f.data->>'call_id'
+  WHERE f.type = 'model.failed'
+) failures
+WHERE {run}
+ORDER BY run_id, version""",
+    ),
     "decisions": AuditQuery(
         sql="""
 SELECT run_id, version, action, parameters, decided_by, fallback_used, fallback_reason,

@@ -231,6 +231,7 @@ class ReplayClient(ModelClient):
         *,
         on_failure: OnFailure | None = None,
         bounds: Bounds | None = None,  # a replay waits for nothing
+        stream: bool | None = None,  # nor streams: the answer is in the log
     ) -> ModelReply:
         listed = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
         self.asked += 1

@@ -83,12 +83,34 @@ def run_page(store: EventStore, run_id: str, *, static: bool = False, **extra: A
     if static:
         context["css"] = stylesheet()
         context["tool_calls"] = tool_calls(events)
+        context["model_failures"] = model_failures(events)
     return render("run.html", **context)
 
 
 def is_live(events: list[RecordedEvent]) -> bool:
     last = next((e.type for e in reversed(events) if e.type in LIFECYCLE), "")
     return last not in PAUSED
+
+
+def model_failures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
+    """Every failed attempt of a model call, with the role and model it asked."""
+    asked: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
+    for event in events:
+        data = event.data
+        if event.type == "model.requested":
+            asked[getattr(data, "call_id", "")] = data
+        elif event.type == "model.failed":
+            request = asked.get(getattr(data, "call_id", ""))
+            failures.append(
+                {
+                    "version": event.version,
+                    "failed": data,
+                    "role": getattr(request, "role", "?"),
+                    "model": getattr(request, "model", "?"),
+                }
+            )
+    return failures
 
 
 def tool_calls(events: list[RecordedEvent]) -> list[ToolTrace]:

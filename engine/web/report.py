@@ -11,7 +11,9 @@ steps, tokens, duration), ``phases`` (a timeline), ``trace`` (each step's decisi
 specialist, model calls with their prompts and answers, and tool calls, folded
 ``<details>`` that open without a script), ``tasks``, ``decisions`` (fallbacks
 marked with the class ``fallback``), ``tool-calls`` (failures marked with the class
-``failed`` and their error), and ``tokens`` (per model and per role). A run waiting
+``failed`` and their error), ``model-failures`` (every failed attempt of a model
+call: role, model, endpoint, kind, attempt, detail; the summary's reason says why the
+run ended) and ``tokens`` (per model and per role). A run waiting
 for input adds ``answer`` with its question.
 """
 

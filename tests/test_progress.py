@@ -1,0 +1,172 @@
+"""Live progress: on a terminal, a live model line (role, tokens so far, seconds) and a
+bar of steps above which the progress lines scroll; piped, the plain lines only."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+from rich.console import Console
+from test_engine_run import OneFile, settings_for
+from waiting import Gate
+from web_runs import AUTONOMY
+
+from engine.agent.progress import LiveDisplay, run_display
+from engine.agent.runner import start_run
+from engine.testing import ScriptedModelServer
+from events import MemoryEventStore
+from events.schema import (
+    ArbiterDecided,
+    Event,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+)
+from events.store import RecordedEvent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def recorded(event: Event, version: int = 1) -> RecordedEvent:
+    return RecordedEvent(version, "r", version, "", 1, "", None, "", event)
+
+
+def rendered(display: LiveDisplay) -> str:
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(display)
+    return out.getvalue()
+
+
+def test_the_model_line_follows_a_call_its_streamed_pieces_and_its_attempts() -> None:
+    clock = Clock()
+    display = LiveDisplay(Console(file=io.StringIO()), max_steps=60, clock=clock)
+    assert display.model_line() == ""
+    display.event(
+        recorded(ModelRequested(call_id="r/m1", role="coding", model="q:7b", request_digest=""))
+    )
+    assert display.model_line() == "coding (q:7b) · 0 tokens · 0.0 s"
+    display.streamed(7)
+    clock.now += 2.5
+    assert display.model_line() == "coding (q:7b) · 7 tokens · 2.5 s"
+    assert "coding (q:7b) · 7 tokens · 2.5 s" in rendered(display)
+    display.event(recorded(ModelFailed(call_id="r/m1", kind="timeout", attempt=1)))
+    assert display.model_line() == "coding (q:7b) · 0 tokens · 2.5 s"  # the next attempt
+    display.event(recorded(ModelResponded(call_id="r/m1")))
+    assert display.model_line() == ""
+    display.streamed(3)  # a piece after the answer changes nothing
+    assert display.model_line() == ""
+
+
+def test_the_bar_counts_steps_from_where_the_run_is() -> None:
+    display = LiveDisplay(Console(file=io.StringIO()), max_steps=60, steps=5)
+    for _ in range(3):
+        display.event(recorded(ArbiterDecided(action="plan")))
+    assert re.search(r"steps .* 8/60", rendered(display))
+
+
+def test_piped_output_is_plain_lines() -> None:
+    lines: list[str] = []
+    with run_display(60, plain=lines.append, stream=io.StringIO()) as show:
+        show("step   1 | planning")
+    assert lines == ["step   1 | planning"]
+
+
+def read_until(fd: int, seen: bytearray, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+    """Read the terminal until ``pattern`` shows in its text (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, seen.decode("utf-8", "replace"))
+        if found:
+            return found
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {pattern!r} in:\n{seen.decode()!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the other side closed
+                chunk = b""
+            assert chunk, f"the terminal closed before {pattern!r}:\n{seen.decode()!r}"
+            seen += chunk
+
+
+def test_a_real_run_on_a_terminal_shows_the_live_line_and_the_bar(tmp_path: Path) -> None:
+    gate = Gate()
+    gate.models = OneFile()
+    with ScriptedModelServer(gate, models=["m"]) as server:
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            [
+                *(AUTONOMY, "run", "build it", "--workspace", str(tmp_path / "ws")),
+                *("--db", str(tmp_path / "e.db"), "--run-id", "r", "--max-steps", "20"),
+                *("--model-url", server.url, "--model", "m"),
+            ],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"},
+        )
+        os.close(terminal)
+        seen = bytearray()
+        try:
+            # the first model call is held: the live line counts its seconds
+            read_until(controller, seen, r"\((m)\) · 0 tokens · \d+\.\d s")
+            read_until(controller, seen, r"steps .*\d+/20")
+            gate.opened.set()
+            read_until(controller, seen, r"run r: completed")
+            assert process.wait(timeout=60) == 0
+        finally:
+            gate.opened.set()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(controller)
+    text = seen.decode("utf-8", "replace")
+    assert "step   1 |" in text  # the progress lines are still printed, above the bar
+
+
+class Recorder:
+    """A ``Watcher`` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.types: list[str] = []
+        self.pieces: list[int] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+    def event(self, recorded: RecordedEvent) -> None:
+        self.types.append(recorded.type)
+
+    def streamed(self, pieces: int) -> None:
+        self.pieces.append(pieces)
+
+
+def test_the_runner_feeds_a_watcher_every_event_and_every_streamed_piece(tmp_path: Path) -> None:
+    watcher = Recorder()
+    with ScriptedModelServer(OneFile(), models=["m"]) as server:
+        log = start_run(
+            MemoryEventStore(),
+            goal="g",
+            workspace=tmp_path,
+            settings=settings_for(server),
+            progress=watcher,
+        )
+    assert log.pipeline.status == "completed"
+    assert watcher.types == [e.type for e in log.store.read(log.run_id)][1:]  # after run.started
+    calls = watcher.types.count("model.responded")
+    assert watcher.pieces == [1] * calls  # each answer is one tool call: one piece
+    assert any(line.startswith("step   1 |") for line in watcher.lines)
