@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from transitions import Machine, MachineError
@@ -132,6 +133,32 @@ class Table:
         """A machine in ``state``, as read from the log; no callback runs."""
         return StateMachine(self, state)
 
+    @cached_property
+    def machine(self) -> Machine:
+        """The ``transitions`` Machine that applies this table's moves, built once
+        (building one costs far more than a move) and shared by every
+        ``StateMachine`` of the table: it holds no model, each move is applied to a
+        model of its own (``StateMachine.fire``), so sharing it shares no state.
+        No callbacks on purpose: restoring must not re-run anything. Guards are
+        passed the caller's ``facts`` straight through."""
+        return Machine(
+            model=None,
+            states=list(self.states),
+            initial=self.initial,
+            transitions=[
+                {
+                    "trigger": edge.trigger,
+                    "source": list(edge.sources),
+                    "dest": edge.dest,
+                    "conditions": [self.guards[edge.guard]] if edge.guard else [],
+                }
+                for edge in self.edges
+            ],
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+            send_event=False,
+        )
+
     def mermaid(self) -> str:
         """A Mermaid ``stateDiagram-v2`` of the whole table: one line per edge and
         source, guards in UML brackets."""
@@ -144,10 +171,11 @@ class Table:
 
 
 class _Model:
-    """The object ``transitions`` decorates with ``state`` and trigger methods; kept
-    private so that nothing outside this module depends on those dynamic names."""
+    """What a ``transitions`` move is applied to: it carries the state in and out;
+    kept private so that nothing outside this module depends on it."""
 
-    state: str
+    def __init__(self, state: str) -> None:
+        self.state = state
 
 
 class StateMachine:
@@ -168,35 +196,6 @@ class StateMachine:
             )
         self.table = table
         self._state = start
-        self._model: _Model | None = None  # the transitions Machine's, built on first fire
-
-    def _transitions_model(self) -> _Model:
-        """The ``transitions`` Machine that applies moves, built when the first move
-        is fired: restoring a machine to ask what it may do (``can``, ``allowed``,
-        ``is_final``) reads the table alone, and most machines are made only for that.
-        No callbacks on purpose: restoring must not re-run anything. Guards are
-        wrapped so that transitions passes our ``facts`` argument straight through."""
-        if self._model is None:
-            table = self.table
-            self._model = _Model()
-            Machine(
-                model=self._model,
-                states=list(table.states),
-                initial=self._state,
-                transitions=[
-                    {
-                        "trigger": edge.trigger,
-                        "source": list(edge.sources),
-                        "dest": edge.dest,
-                        "conditions": [table.guards[edge.guard]] if edge.guard else [],
-                    }
-                    for edge in table.edges
-                ],
-                auto_transitions=False,
-                ignore_invalid_triggers=False,
-                send_event=False,
-            )
-        return self._model
 
     def __repr__(self) -> str:
         return f"<StateMachine {self.table.name} state={self.state!r}>"
@@ -204,7 +203,7 @@ class StateMachine:
     @property
     def state(self) -> str:
         """The current state."""
-        return self._model.state if self._model is not None else self._state
+        return self._state
 
     @property
     def is_final(self) -> bool:
@@ -232,8 +231,9 @@ class StateMachine:
         edge = self.table.edge(trigger, source)
         if edge is None:
             raise IllegalTransition(self._refusal(trigger, source, facts))
+        model = _Model(source)
         try:
-            moved = self._transitions_model().trigger(trigger, facts)  # type: ignore[attr-defined]
+            moved = self.table.machine.events[trigger].trigger(model, facts)
         except MachineError as e:  # the table and the Machine disagree: never expected
             raise IllegalTransition(f"{self._refusal(trigger, source, facts)} ({e})") from e
         if not moved:
@@ -243,7 +243,8 @@ class StateMachine:
                 f"{'no facts (none were given)' if facts is None else repr(facts)}; "
                 f"{self._allowed_text(facts)}"
             )
-        return source, self.state
+        self._state = model.state
+        return source, self._state
 
     def _refusal(self, trigger: str, source: str, facts: Any) -> str:
         if trigger not in self.table.triggers:

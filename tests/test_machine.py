@@ -106,6 +106,27 @@ def test_machines_of_one_table_are_independent() -> None:
     assert (first.state, second.state) == ("locked", "closed")
 
 
+def test_a_table_builds_its_transitions_machine_once_for_all_its_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.machine
+
+    built: list[object] = []
+
+    class Counting(engine.machine.Machine):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine.machine, "Machine", Counting)
+    table = door_table()
+    for _ in range(3):
+        machine = StateMachine(table)
+        machine.fire("lock")
+        machine.fire("unlock", "open sesame")
+    assert len(built) == 1
+
+
 def test_table_queries() -> None:
     table = door_table()
     assert table.triggers == ("open_up", "close", "lock", "unlock", "demolish")
