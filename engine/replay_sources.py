@@ -220,6 +220,15 @@ class ReplayClient(ModelClient):
         self.normalise = normalise or Normaliser()
         self.asked = 0
         """How many model requests the replay has made so far."""
+        self.requested: ModelRequested | None = None
+        """The request the replay's recorder has just written (see ``observe``)."""
+
+    def observe(self, event: RecordedEvent) -> None:
+        """A listener for the replay's log: the recorder writes each request's digest
+        (``model.requested``) just before it asks this client, which then compares
+        that digest rather than working it out again."""
+        if isinstance(event.data, ModelRequested):
+            self.requested = event.data
 
     def chat(
         self,
@@ -247,7 +256,12 @@ class ReplayClient(ModelClient):
         call = calls[number - 1]
         recorded = call.request
         model = listed[0].model if listed else recorded.model
-        digest = request_digest(model, messages, tools, options.as_dict())
+        written, self.requested = self.requested, None
+        digest = (
+            written.request_digest
+            if written is not None and written.model == model
+            else request_digest(model, messages, tools, options.as_dict())
+        )
         if digest != recorded.request_digest:
             self._check_same_request(number, call, model, messages, tools, options)
         failures = call.failures

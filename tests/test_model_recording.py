@@ -9,6 +9,7 @@ append) and folds with the real projections.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.errors import (
     ConfigError,
@@ -53,6 +56,7 @@ from events import (
     ToolCall,
     Usage,
     encode,
+    strategies,
 )
 from projections.fold import EMPTY, RunState, apply
 from projections.orchestration import OrchestrationState
@@ -305,6 +309,53 @@ def test_the_digest_covers_the_whole_request_canonically() -> None:
         request_digest("m", [SYSTEM, ASK], TOOLS, {**options, "seed": 1}),
     ):
         assert changed != base
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=strategies.names(),
+    messages=st.lists(strategies.messages(), max_size=4),
+    tools=st.lists(strategies.json_objects(), max_size=3),
+    options=strategies.json_objects(),
+)
+def test_the_digest_is_the_sha256_of_the_request_as_one_sorted_json_document(
+    model: str, messages: list[Message], tools: list[dict[str, Any]], options: dict[str, Any]
+) -> None:
+    # the digest is hashed piece by piece; recorded logs hold the digest of the whole
+    canonical = {
+        "model": model,
+        "messages": [msgspec.to_builtins(m) for m in messages],
+        "tools": tools,
+        "options": options,
+    }
+    whole = hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+    assert request_digest(model, messages, tools, options) == whole
+
+
+def test_a_conversation_s_tool_schemas_are_encoded_and_stored_once(
+    event_store: EventStore, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.model import recording
+
+    encoded: list[object] = []
+    real = recording.tools_json
+    monkeypatch.setattr(recording, "tools_json", lambda tools: encoded.append(tools) or real(tools))
+    log = FakeRunLog(event_store)
+    script = [Reply.text("one"), Reply.text("two"), Reply.text("three")]
+    tools = [dict(t) for t in TOOLS]
+    with ScriptedModelServer(script) as server:
+        model = recorder(log, http, server.url)
+        model.chat("coding", [SYSTEM, ASK], tools, conversation="c")
+        model.chat("coding", [SYSTEM, ASK, ASK], tools, conversation="c")
+        model.chat("coding", [SYSTEM], [dict(t) for t in TOOLS], conversation="d")
+    requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
+    assert len(encoded) == 2  # the second conversation's schemas are other objects
+    assert len({r.tools_ref for r in requests}) == 1
+    assert event_store.get(requests[0].tools_ref) == real(TOOLS)
+    assert [r.request_digest for r in requests] == [
+        request_digest("qwen2.5-coder:32b", m, TOOLS, requests[0].options)
+        for m in ([SYSTEM, ASK], [SYSTEM, ASK, ASK], [SYSTEM])
+    ]
 
 
 # -- failures --------------------------------------------------------------------------------

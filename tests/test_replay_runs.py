@@ -463,7 +463,9 @@ def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
     from engine.tools.registry import Tool
 
     # a log as older versions wrote it: requests without the tools' schemas
-    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, tools: "")
+    monkeypatch.setattr(
+        recording.RecordingModel, "_tools", lambda self, tools: (recording.tools_json(tools), "")
+    )
     store, run_id = answered_run(tmp_path, server)
     resume(store, run_id, server)
     monkeypatch.undo()

@@ -100,13 +100,32 @@ def request_digest(
     """sha256 of the canonical JSON of a whole request (full messages, not stored
     forms): equal requests have equal digests, whatever the dict order.
     Replay computes the same digest to find the recorded answer."""
-    canonical = {
-        "model": model,
-        "messages": [msgspec.to_builtins(m) for m in messages],
-        "tools": [dict(t) for t in tools],
-        "options": dict(options),
-    }
-    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+    return _request_digest(model, messages, tools_json(tools), options)
+
+
+def tools_json(tools: Sequence[Mapping[str, Any]]) -> bytes:
+    """The tools' schemas as canonical JSON: what a request's digest covers, and
+    the blob its ``tools_ref`` names."""
+    return msgspec.json.encode([dict(t) for t in tools], order="sorted")
+
+
+def _request_digest(
+    model: str, messages: Sequence[Message], tools: bytes, options: Mapping[str, Any]
+) -> str:
+    # The bytes of ``{"messages":…,"model":…,"options":…,"tools":…}`` encoded with
+    # sorted keys, hashed piece by piece so that the tools' JSON, the same for every
+    # request of a conversation, is encoded once (``RecordingModel._tools``).
+    encode = msgspec.json.encode
+    digest = hashlib.sha256(b'{"messages":')
+    digest.update(encode(list(messages), order="sorted"))
+    digest.update(b',"model":')
+    digest.update(encode(model))
+    digest.update(b',"options":')
+    digest.update(encode(dict(options), order="sorted"))
+    digest.update(b',"tools":')
+    digest.update(tools)
+    digest.update(b"}")
+    return digest.hexdigest()
 
 
 def tool_schemas_diff(
@@ -194,6 +213,10 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
+        self._last_tools: tuple[list[Mapping[str, Any]], bytes, str] = ([], b"[]", "")
+        """The last tools' schemas, their JSON and their blob: a conversation sends
+        the same schemas with every request (a cache, not state: it is what
+        ``tools_json`` and ``store.put`` would give again)."""
 
     def chat(
         self,
@@ -219,14 +242,14 @@ class RecordingModel:
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
         messages = fit(messages, config.num_ctx, tools)
-        digest = request_digest(primary.model, messages, tools, options.as_dict())
+        schemas, tools_ref = self._tools(tools)
+        digest = _request_digest(primary.model, messages, schemas, options.as_dict())
         cached = self._cached(digest, options.as_dict().get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
         delta = tuple(stored[offset:])
         self._put_blobs(messages[offset:], delta)
-        tools_ref = self._tools_ref(tools)
 
         requested = log.append(
             ModelRequested(
@@ -302,11 +325,17 @@ class RecordingModel:
         log.append(kept, causation=requested.version)
         return reply
 
-    def _tools_ref(self, tools: Sequence[dict[str, Any]]) -> str:
-        """The blob of the tools' schemas as sent ("" without tools): a replay diffs them."""
-        if not tools:
-            return ""
-        return self.runlog.store.put(msgspec.json.encode(list(tools), order="sorted"))
+    def _tools(self, tools: Sequence[dict[str, Any]]) -> tuple[bytes, str]:
+        """The tools' schemas as canonical JSON, and the blob that keeps them as sent
+        ("" without tools: a replay diffs them): worked out again only when the
+        schemas are other objects than the last request's (never changed in place)."""
+        last, schemas, ref = self._last_tools
+        if len(last) == len(tools) and all(a is b for a, b in zip(last, tools, strict=True)):
+            return schemas, ref
+        schemas = tools_json(tools)
+        ref = self.runlog.store.put(schemas) if tools else ""
+        self._last_tools = (list(tools), schemas, ref)
+        return schemas, ref
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
         """The first answer to this exact request in this run, if the request is
