@@ -219,8 +219,14 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
 def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
     """The last ``limit`` decisions, each with what came of it: the specialist's
     outcome, or the fallback that replaced it."""
-    decisions = list(state.orchestration.decisions)[-limit:]
-    consultations = list(state.orchestration.consultations)
+    decisions = state.orchestration.decisions[-limit:]
+    everything = state.orchestration.consultations
+    # only those after the oldest decision remembered: the newest, read backwards
+    first = decisions[0].version if decisions else state.version
+    count = len(everything)
+    while count and everything[count - 1].version > first:
+        count -= 1
+    consultations = everything[count:]
     out = []
     for i, d in enumerate(decisions):
         upto = decisions[i + 1].version if i + 1 < len(decisions) else state.version + 1

@@ -183,23 +183,37 @@ REPLY_RESERVE = 0.25
 """Share of the context window kept free for the model's answer."""
 
 
-def estimate_tokens(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = ()) -> int:
+def estimate_tokens(
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    tools_size: int | None = None,
+) -> int:
     """Tokens a request will take, estimated as characters / ``CHARS_PER_TOKEN``
-    (content, tool call arguments and tool schemas)."""
-    chars = 0
+    (content, tool call arguments and tool schemas; ``tools_size`` is the schemas'
+    ``schemas_size`` when the caller knows it already)."""
+    chars = schemas_size(tools) if tools_size is None else tools_size
     for m in messages:
         chars += len(m.content) + 8
         for call in m.tool_calls:
             chars += len(call.name) + len(msgspec.json.encode(call.arguments))
-    for tool in tools:
-        chars += len(msgspec.json.encode(tool))
     return chars // CHARS_PER_TOKEN + 1
 
 
+def schemas_size(tools: Sequence[Mapping[str, Any]]) -> int:
+    """The characters of the tools' schemas, as the token estimate counts them."""
+    return sum(len(msgspec.json.encode(tool)) for tool in tools)
+
+
 def fit(
-    messages: Sequence[Message], num_ctx: int, tools: Sequence[Mapping[str, Any]] = ()
+    messages: Sequence[Message],
+    num_ctx: int,
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    tools_size: int | None = None,
 ) -> list[Message]:
-    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve.
+    """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve
+    (``tools_size``: see ``estimate_tokens``).
 
     The first two messages (system prompt and current task) always stay; history
     after them is dropped oldest first, an assistant turn together with the tool
@@ -208,10 +222,12 @@ def fit(
     truncates, and the log shows what was sent."""
     budget = int(num_ctx * (1 - REPLY_RESERVE))
     kept = list(messages)
-    if estimate_tokens(kept, tools) <= budget:
+    if tools_size is None:
+        tools_size = schemas_size(tools)
+    if estimate_tokens(kept, tools_size=tools_size) <= budget:
         return kept
     head, history = kept[:2], kept[2:]
-    while history and estimate_tokens(head + history, tools) > budget:
+    while history and estimate_tokens(head + history, tools_size=tools_size) > budget:
         history.pop(0)
         while history and history[0].role == "tool":
             history.pop(0)

@@ -341,20 +341,27 @@ def test_a_conversation_s_tool_schemas_are_encoded_and_stored_once(
     real = recording.tools_json
     monkeypatch.setattr(recording, "tools_json", lambda tools: encoded.append(tools) or real(tools))
     log = FakeRunLog(event_store)
-    script = [Reply.text("one"), Reply.text("two"), Reply.text("three")]
+    script = [Reply.text("one"), Reply.text("two"), Reply.text("three"), Reply.text("four")]
     tools = [dict(t) for t in TOOLS]
     with ScriptedModelServer(script) as server:
         model = recorder(log, http, server.url)
         model.chat("coding", [SYSTEM, ASK], tools, conversation="c")
-        model.chat("coding", [SYSTEM, ASK, ASK], tools, conversation="c")
         model.chat("coding", [SYSTEM], [dict(t) for t in TOOLS], conversation="d")
+        model.chat("coding", [SYSTEM, ASK, ASK], tools, conversation="c")
+        model.chat("coding", [SYSTEM, ASK], [], conversation="e")
     requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
-    assert len(encoded) == 2  # the second conversation's schemas are other objects
-    assert len({r.tools_ref for r in requests}) == 1
+    assert len(encoded) == 3  # conversation d's schemas are other objects, e has none
+    assert [bool(r.tools_ref) for r in requests] == [True, True, True, False]
+    assert len({r.tools_ref for r in requests[:3]}) == 1
     assert event_store.get(requests[0].tools_ref) == real(TOOLS)
     assert [r.request_digest for r in requests] == [
-        request_digest("qwen2.5-coder:32b", m, TOOLS, requests[0].options)
-        for m in ([SYSTEM, ASK], [SYSTEM, ASK, ASK], [SYSTEM])
+        request_digest("qwen2.5-coder:32b", m, t, requests[0].options)
+        for m, t in (
+            ([SYSTEM, ASK], TOOLS),
+            ([SYSTEM], TOOLS),
+            ([SYSTEM, ASK, ASK], TOOLS),
+            ([SYSTEM, ASK], []),
+        )
     ]
 
 

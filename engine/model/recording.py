@@ -40,7 +40,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -55,7 +55,7 @@ from engine.model.stored import (
     stored_form,
 )
 from engine.model.wire import ModelReply
-from engine.prompts import fit
+from engine.prompts import fit, schemas_size
 from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
 from events.store import EventStore, RecordedEvent
 from projections.orchestration import OrchestrationState
@@ -193,6 +193,17 @@ def common_prefix(previous: Sequence[Message], current: Sequence[Message]) -> in
     return count
 
 
+_SCHEMA_SETS = 16
+"""How many sets of tool schemas a recorder keeps encoded (a run uses a few)."""
+
+
+class _Schemas(NamedTuple):
+    tools: list[dict[str, Any]]
+    json: bytes
+    ref: str
+    size: int
+
+
 class RecordingModel:
     """A ``ModelClient`` whose every call, attempt and answer is appended to a run log.
 
@@ -213,9 +224,9 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
-        self._last_tools: tuple[list[Mapping[str, Any]], bytes, str] = ([], b"[]", "")
-        """The last tools' schemas, their JSON and their blob: a conversation sends
-        the same schemas with every request (a cache, not state: it is what
+        self._schemas: dict[tuple[int, ...], _Schemas] = {}
+        """The tools' schemas seen lately, by the identity of their objects: a role
+        sends the same ones with every request (a cache, not state: it holds what
         ``tools_json`` and ``store.put`` would give again)."""
 
     def chat(
@@ -241,9 +252,10 @@ class RecordingModel:
         options = config.options()
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        messages = fit(messages, config.num_ctx, tools)
-        schemas, tools_ref = self._tools(tools)
-        digest = _request_digest(primary.model, messages, schemas, options.as_dict())
+        schemas = self._tools(tools)
+        messages = fit(messages, config.num_ctx, tools, tools_size=schemas.size)
+        tools_ref = schemas.ref
+        digest = _request_digest(primary.model, messages, schemas.json, options.as_dict())
         cached = self._cached(digest, options.as_dict().get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
@@ -325,17 +337,22 @@ class RecordingModel:
         log.append(kept, causation=requested.version)
         return reply
 
-    def _tools(self, tools: Sequence[dict[str, Any]]) -> tuple[bytes, str]:
+    def _tools(self, tools: Sequence[dict[str, Any]]) -> _Schemas:
         """The tools' schemas as canonical JSON, and the blob that keeps them as sent
-        ("" without tools: a replay diffs them): worked out again only when the
-        schemas are other objects than the last request's (never changed in place)."""
-        last, schemas, ref = self._last_tools
-        if len(last) == len(tools) and all(a is b for a, b in zip(last, tools, strict=True)):
-            return schemas, ref
-        schemas = tools_json(tools)
-        ref = self.runlog.store.put(schemas) if tools else ""
-        self._last_tools = (list(tools), schemas, ref)
-        return schemas, ref
+        ("" without tools: a replay diffs them): worked out once for the same
+        schema objects (which nobody changes in place)."""
+        key = tuple(map(id, tools))
+        known = self._schemas.get(key)
+        if known is not None:
+            return known
+        encoded = tools_json(tools)
+        ref = self.runlog.store.put(encoded) if tools else ""
+        # the objects are kept, so that their ids are not reused while cached
+        known = _Schemas(list(tools), encoded, ref, schemas_size(tools))
+        if len(self._schemas) >= _SCHEMA_SETS:
+            del self._schemas[next(iter(self._schemas))]
+        self._schemas[key] = known
+        return known
 
     def _cached(self, digest: str, temperature: object) -> ModelResponded | None:
         """The first answer to this exact request in this run, if the request is
