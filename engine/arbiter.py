@@ -212,8 +212,12 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
             "Work that can be done now: " + "; ".join(f"{s.action} {s.task_id}" for s in work)
         )
     name, args = suggestion(rules, p.phase)
-    lines.append(f"Suggested next move: {name} {json.dumps(args, sort_keys=True)}")
+    lines.append(f"Suggested next move: {name} {_sorted_json(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]
+
+
+_sorted_json = json.JSONEncoder(sort_keys=True).encode
+"""``json.dumps(value, sort_keys=True)``, without building an encoder per call."""
 
 
 def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
@@ -236,7 +240,7 @@ def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
         params = {k: v for k, v in d.parameters.items() if k != "reason"}
         who = f"fallback to rules ({d.fallback_reason})" if d.fallback_used else d.decided_by
         outcome = "; ".join(results) or "no specialist consulted"
-        out.append(f"{d.action} {json.dumps(params, sort_keys=True)} by {who} -> {outcome}")
+        out.append(f"{d.action} {_sorted_json(params)} by {who} -> {outcome}")
     return out
 
 
