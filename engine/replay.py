@@ -41,6 +41,7 @@ from engine.replay_sources import (
     Recording,
     ReplayClient,
     RequestNotRecorded,
+    settled_by_recovery,
 )
 from engine.runlog import RunLog
 from engine.runner import Engine, confine_commands, is_user_stop
@@ -322,7 +323,8 @@ class _Segment:
 def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recording) -> bool:
     """Whether the world gave the run this event (see ``INPUTS``): a settled tool is
     one left pending by a stop, which no engine of the replay is running; a task
-    change caused by ``run.resumed`` is what recovery made of a command the stop cut."""
+    change caused by ``run.resumed`` (or, in a log older than ``run.resumed``, in
+    recovery's words) is what recovery made of a command the stop cut."""
     data = recorded.data
     if isinstance(data, INPUTS) or is_user_stop(data):
         return True
@@ -330,7 +332,10 @@ def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recor
         return data.call_id in pipeline.pending_tools
     if isinstance(data, TaskUpdated) and recorded.causation:
         cause = recording.event(recorded.causation)
-        return cause is not None and isinstance(cause.data, RunResumed)
+        # a log older than run.resumed: recovery's words say what it wrote
+        return cause is not None and (
+            isinstance(cause.data, RunResumed) or settled_by_recovery(data)
+        )
     return False
 
 
