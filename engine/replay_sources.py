@@ -101,6 +101,7 @@ def settled_by_recovery(event: Event) -> bool:
         return False
     return error in RECOVERY_ERRORS or error.startswith(RECOVERY_ERROR_PREFIXES)
 
+
 _ERRORS: dict[str, type[ModelError]] = {
     "timeout": ModelTimeout,
     "deadline": ModelDeadline,
