@@ -202,6 +202,7 @@ class _Schemas(NamedTuple):
     json: bytes
     ref: str
     size: int
+    names: tuple[str, ...]
 
 
 class RecordingModel:
@@ -255,8 +256,9 @@ class RecordingModel:
         schemas = self._tools(tools)
         messages = fit(messages, config.num_ctx, tools, tools_size=schemas.size)
         tools_ref = schemas.ref
-        digest = _request_digest(primary.model, messages, schemas.json, options.as_dict())
-        cached = self._cached(digest, options.as_dict().get("temperature"))
+        sent_options = options.as_dict()
+        digest = _request_digest(primary.model, messages, schemas.json, sent_options)
+        cached = self._cached(digest, sent_options.get("temperature"))
 
         stored = [stored_form(m, limit=self.inline_limit) for m in messages]
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
@@ -275,8 +277,8 @@ class RecordingModel:
                 prompt_digest=prompt_digest,
                 message_offset=offset,
                 messages=delta,
-                tool_names=tool_names(tools),
-                options=options.as_dict(),
+                tool_names=schemas.names,
+                options=sent_options,
                 tools_ref=tools_ref,
             ),
             causation=causation,
@@ -348,7 +350,7 @@ class RecordingModel:
         encoded = tools_json(tools)
         ref = self.runlog.store.put(encoded) if tools else ""
         # the objects are kept, so that their ids are not reused while cached
-        known = _Schemas(list(tools), encoded, ref, schemas_size(tools))
+        known = _Schemas(list(tools), encoded, ref, schemas_size(tools), tool_names(tools))
         if len(self._schemas) >= _SCHEMA_SETS:
             del self._schemas[next(iter(self._schemas))]
         self._schemas[key] = known
