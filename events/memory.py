@@ -26,12 +26,21 @@ from events.store import (
 
 
 class MemoryEventStore(EventStore):
-    """Event store in a Python list; behaves like ``SQLiteEventStore``."""
+    """Event store in a Python list; behaves like ``SQLiteEventStore``.
+
+    ``chained=False`` makes a scratch log: its rows' hashes are left empty (nothing
+    to verify), which saves a hash per append; a replay writes to one."""
 
     def __init__(
-        self, *, clock: Clock = utc_now, codec: Codec | None = None, key: bytes | None = None
+        self,
+        *,
+        clock: Clock = utc_now,
+        codec: Codec | None = None,
+        key: bytes | None = None,
+        chained: bool = True,
     ) -> None:
         super().__init__(clock=clock, codec=codec, key=key)
+        self.chained = chained
         self._marker: str | None = None
         self._log: list[Row] = []
         self._by_run: dict[str, list[Row]] = {}
@@ -57,6 +66,7 @@ class MemoryEventStore(EventStore):
                 recorded_at=recorded_at,
                 first_position=len(self._log) + 1,
                 key=self.key,
+                chained=self.chained,
             )
             if not stream and self.key is not None and self._marker is None:
                 self._marker = keyed_marker(self.key, rows[0][0])

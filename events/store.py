@@ -19,6 +19,7 @@ every keyed run rewritten) is what checkpoints kept elsewhere are for
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from abc import ABC, abstractmethod
@@ -49,9 +50,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=1)
 def format_time(moment: datetime) -> str:
     """``2026-11-24T12:00:00.000000Z``: UTC, microseconds, sortable as text."""
-    # isoformat is twice as fast as strftime, and this runs on every append
+    # isoformat is twice as fast as strftime, and this runs on every append; the
+    # cache serves a clock that stands still (a replay's scratch log, a test's)
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
@@ -169,12 +172,29 @@ def number(
     recorded_at: str,
     first_position: int,
     key: ChainKey | None = None,
+    chained: bool = True,
 ) -> list[Row]:
     """Give drafts their versions, positions and chained hashes. Backends call this
     inside their write transaction, after checking the expected version.
 
     A new run is keyed when ``key`` is given; an existing run keeps what its hashes
-    say it is (``run_key``)."""
+    say it is (``run_key``). ``chained=False`` leaves the hashes empty: for a scratch
+    log that nobody verifies (``MemoryEventStore(chained=False)``)."""
+    if not chained:
+        return [
+            (
+                first_position + offset,
+                run_id,
+                last_version + offset + 1,
+                draft.type,
+                draft.schema_version,
+                recorded_at,
+                draft.causation,
+                "",
+                draft.data,
+            )
+            for offset, draft in enumerate(drafts)
+        ]
     key = run_key(run_id, last_hash, key) if last_version else key
     rows: list[Row] = []
     previous = last_hash

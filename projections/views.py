@@ -4,9 +4,10 @@ The payload is JSON text, so each view is ``json_extract`` over ``data``. Instal
 them with ``install_views(store)`` (the engine does it whenever it opens a log);
 afterwards ``sqlite3 events.db "SELECT * FROM tool_calls WHERE ok = 0"`` works.
 
-    runs           one row per run: goal, status, reason, events, start and end (a
-                   rewound run shows as running; ``projections.project`` gives the
-                   exact state at any version)
+    runs           one row per run: goal, status, reason, events, start and end; the
+                   status and reason are those of the run's effective history (a
+                   rewound run has the status it had at the version it was rewound
+                   to; ``projections.project`` gives the exact state at any version)
     phase_changes  every phase change with its trigger, reason and decider
     tasks          every task in effect at the end of its run (rewinds followed), with
                    its latest status, attempts and last error
@@ -16,43 +17,37 @@ afterwards ``sqlite3 events.db "SELECT * FROM tool_calls WHERE ok = 0"`` works.
                    ok, failed, interrupted (cut off by a stop) or pending
     tool_calls     every tool request joined to its execution
     decisions      every coordinator decision, with fallbacks and why
+
+Every view but ``runs``' size and times lists the effective history only: after a
+``run.rewound``, what the rewind undid is gone from ``phase_changes``, ``tasks``,
+``model_calls``, ``tool_calls`` and ``decisions``, as from the projection (the
+events themselves stay in the log: ``SELECT * FROM events``).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
+
+def with_effective(sql: str) -> str:
+    """``sql`` with each ``EFFECTIVE(alias)`` written out as the condition "the event
+    ``alias`` is in effect at the end of its run": its run was never rewound, or its
+    version lies in one of the run's ``effective_spans``. The same text in SQLite
+    and PostgreSQL."""
+    return _EFFECTIVE.sub(lambda m: _in_effect(m[1]), sql)
+
+
+def _in_effect(e: str) -> str:
+    return f"""(NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = {e}.run_id)
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = {e}.run_id
+                   AND {e}.version > s.after_version AND {e}.version <= s.upto_version))"""
+
+
+_EFFECTIVE = re.compile(r"EFFECTIVE\((\w+)\)")
+
+
 VIEWS: dict[str, str] = {
-    "runs": """
-SELECT r.run_id, r.started_at, r.last_event_at, r.events,
-  (SELECT json_extract(s.data, '$.goal') FROM events s
-     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
-  (SELECT json_extract(s.data, '$.workspace') FROM events s
-     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
-     ORDER BY s.version LIMIT 1) AS workspace,
-  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.status')
-              WHEN 'user.asked' THEN 'waiting_for_input'
-              ELSE 'running' END AS status,
-  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.reason') END AS reason
-FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
-             max(version) AS events
-        FROM events GROUP BY run_id) r
-LEFT JOIN events l ON l.position = (
-  SELECT x.position FROM events x
-   WHERE x.run_id = r.run_id
-     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
-                    'user.asked', 'user.answered')
-   ORDER BY x.version DESC LIMIT 1)
-""",
-    "phase_changes": """
-SELECT run_id, version, recorded_at,
-  json_extract(data, '$.trigger') AS trigger,
-  json_extract(data, '$.from_phase') AS from_phase,
-  json_extract(data, '$.to_phase') AS to_phase,
-  json_extract(data, '$.reason') AS reason,
-  json_extract(data, '$.decided_by') AS decided_by
-FROM events WHERE type = 'phase.changed'
-""",
     "effective_spans": """
 WITH RECURSIVE spans(run_id, lo, hi) AS (
   SELECT r.run_id,
@@ -72,6 +67,37 @@ WITH RECURSIVE spans(run_id, lo, hi) AS (
 )
 SELECT run_id, lo AS after_version, hi AS upto_version FROM spans
 """,
+    "runs": """
+SELECT r.run_id, r.started_at, r.last_event_at, r.events,
+  (SELECT json_extract(s.data, '$.goal') FROM events s
+     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
+  (SELECT json_extract(s.data, '$.workspace') FROM events s
+     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
+     ORDER BY s.version LIMIT 1) AS workspace,
+  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.status')
+              WHEN 'user.asked' THEN 'waiting_for_input'
+              ELSE 'running' END AS status,
+  CASE l.type WHEN 'run.finished' THEN json_extract(l.data, '$.reason') END AS reason
+FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
+             max(version) AS events
+        FROM events GROUP BY run_id) r
+LEFT JOIN events l ON l.position = (
+  SELECT x.position FROM events x
+   WHERE x.run_id = r.run_id
+     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.resumed',
+                    'user.asked', 'user.answered')
+     AND EFFECTIVE(x)
+   ORDER BY x.version DESC LIMIT 1)
+""",
+    "phase_changes": """
+SELECT run_id, version, recorded_at,
+  json_extract(data, '$.trigger') AS trigger,
+  json_extract(data, '$.from_phase') AS from_phase,
+  json_extract(data, '$.to_phase') AS to_phase,
+  json_extract(data, '$.reason') AS reason,
+  json_extract(data, '$.decided_by') AS decided_by
+FROM events e WHERE type = 'phase.changed' AND EFFECTIVE(e)
+""",
     "tasks": """
 SELECT a.run_id,
   json_extract(a.data, '$.task_id') AS task_id,
@@ -82,41 +108,31 @@ SELECT a.run_id,
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
          AND json_extract(u.data, '$.priority') IS NOT NULL
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+         AND EFFECTIVE(u)
        ORDER BY u.version DESC LIMIT 1),
     json_extract(a.data, '$.priority')) AS priority,
   coalesce(
     (SELECT json_extract(u.data, '$.status') FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+         AND EFFECTIVE(u)
        ORDER BY u.version DESC LIMIT 1),
     'new') AS status,
   coalesce(
     (SELECT max(json_extract(u.data, '$.attempt')) FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))),
+         AND EFFECTIVE(u)),
     0) AS attempts,
   (SELECT json_extract(u.data, '$.error') FROM events u
      WHERE u.run_id = a.run_id AND u.type = 'task.updated'
        AND json_extract(u.data, '$.task_id') = json_extract(a.data, '$.task_id')
        AND json_extract(u.data, '$.error') != ''
-       AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+       AND EFFECTIVE(u)
      ORDER BY u.version DESC LIMIT 1) AS last_error,
   a.version AS added_version
 FROM events a WHERE a.type = 'task.added'
-  AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id
-                   AND a.version > s.after_version AND a.version <= s.upto_version))
+  AND EFFECTIVE(a)
 """,
     "model_calls": """
 SELECT q.run_id,
@@ -148,7 +164,7 @@ SELECT q.run_id,
 FROM events q
 LEFT JOIN events r
   ON r.run_id = q.run_id AND r.type = 'model.responded'
- AND json_extract(r.data, '$.call_id') = json_extract(q.data, '$.call_id')
+ AND json_extract(r.data, '$.call_id') = json_extract(q.data, '$.call_id') AND EFFECTIVE(r)
 LEFT JOIN (
   -- with one max() aggregate, SQLite takes the bare columns from the row holding
   -- the maximum: last_failure describes the latest failure
@@ -157,9 +173,10 @@ LEFT JOIN (
          CASE json_extract(data, '$.detail') WHEN '' THEN json_extract(data, '$.kind')
               ELSE json_extract(data, '$.kind') || ': ' || json_extract(data, '$.detail')
          END AS last_failure
-  FROM events WHERE type = 'model.failed' GROUP BY run_id, call_id
+  FROM events m WHERE type = 'model.failed' AND EFFECTIVE(m)
+  GROUP BY run_id, call_id
 ) f ON f.run_id = q.run_id AND f.call_id = json_extract(q.data, '$.call_id')
-WHERE q.type = 'model.requested'
+WHERE q.type = 'model.requested' AND EFFECTIVE(q)
 """,
     "tool_calls": """
 SELECT q.run_id,
@@ -176,8 +193,8 @@ SELECT q.run_id,
 FROM events q
 LEFT JOIN events x
   ON x.run_id = q.run_id AND x.type = 'tool.executed'
- AND json_extract(x.data, '$.call_id') = json_extract(q.data, '$.call_id')
-WHERE q.type = 'tool.requested'
+ AND json_extract(x.data, '$.call_id') = json_extract(q.data, '$.call_id') AND EFFECTIVE(x)
+WHERE q.type = 'tool.requested' AND EFFECTIVE(q)
 """,
     "decisions": """
 SELECT run_id, version, recorded_at,
@@ -187,9 +204,10 @@ SELECT run_id, version, recorded_at,
   json_extract(data, '$.decided_by') AS decided_by,
   json_extract(data, '$.fallback_used') AS fallback_used,
   json_extract(data, '$.fallback_reason') AS fallback_reason
-FROM events WHERE type = 'arbiter.decided'
+FROM events e WHERE type = 'arbiter.decided' AND EFFECTIVE(e)
 """,
 }
+VIEWS = {name: with_effective(sql) for name, sql in VIEWS.items()}
 
 
 def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None:

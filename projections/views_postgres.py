@@ -15,37 +15,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from projections.views import with_effective
+
 VIEWS: dict[str, str] = {
-    "runs": """
-SELECT r.run_id, r.started_at, r.last_event_at, r.events,
-  (SELECT s.data->>'goal' FROM events s
-     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
-  (SELECT s.data->>'workspace' FROM events s
-     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
-     ORDER BY s.version LIMIT 1) AS workspace,
-  CASE l.type WHEN 'run.finished' THEN l.data->>'status'
-              WHEN 'user.asked' THEN 'waiting_for_input'
-              ELSE 'running' END AS status,
-  CASE l.type WHEN 'run.finished' THEN l.data->>'reason' END AS reason
-FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
-             max(version) AS events
-        FROM events GROUP BY run_id) r
-LEFT JOIN events l ON l.position = (
-  SELECT x.position FROM events x
-   WHERE x.run_id = r.run_id
-     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.rewound',
-                    'user.asked', 'user.answered')
-   ORDER BY x.version DESC LIMIT 1)
-""",
-    "phase_changes": """
-SELECT run_id, version, recorded_at,
-  data->>'trigger' AS trigger,
-  data->>'from_phase' AS from_phase,
-  data->>'to_phase' AS to_phase,
-  data->>'reason' AS reason,
-  data->>'decided_by' AS decided_by
-FROM events WHERE type = 'phase.changed'
-""",
     "effective_spans": """
 WITH RECURSIVE spans(run_id, lo, hi) AS (
   SELECT r.run_id,
@@ -66,6 +38,37 @@ WITH RECURSIVE spans(run_id, lo, hi) AS (
 )
 SELECT run_id, lo AS after_version, hi AS upto_version FROM spans
 """,
+    "runs": """
+SELECT r.run_id, r.started_at, r.last_event_at, r.events,
+  (SELECT s.data->>'goal' FROM events s
+     WHERE s.run_id = r.run_id AND s.type = 'run.started' ORDER BY s.version LIMIT 1) AS goal,
+  (SELECT s.data->>'workspace' FROM events s
+     WHERE s.run_id = r.run_id AND s.type IN ('run.started', 'run.forked')
+     ORDER BY s.version LIMIT 1) AS workspace,
+  CASE l.type WHEN 'run.finished' THEN l.data->>'status'
+              WHEN 'user.asked' THEN 'waiting_for_input'
+              ELSE 'running' END AS status,
+  CASE l.type WHEN 'run.finished' THEN l.data->>'reason' END AS reason
+FROM (SELECT run_id, min(recorded_at) AS started_at, max(recorded_at) AS last_event_at,
+             max(version) AS events
+        FROM events GROUP BY run_id) r
+LEFT JOIN events l ON l.position = (
+  SELECT x.position FROM events x
+   WHERE x.run_id = r.run_id
+     AND x.type IN ('run.started', 'run.forked', 'run.finished', 'run.resumed',
+                    'user.asked', 'user.answered')
+     AND EFFECTIVE(x)
+   ORDER BY x.version DESC LIMIT 1)
+""",
+    "phase_changes": """
+SELECT run_id, version, recorded_at,
+  data->>'trigger' AS trigger,
+  data->>'from_phase' AS from_phase,
+  data->>'to_phase' AS to_phase,
+  data->>'reason' AS reason,
+  data->>'decided_by' AS decided_by
+FROM events e WHERE type = 'phase.changed' AND EFFECTIVE(e)
+""",
     "tasks": """
 SELECT a.run_id,
   a.data->>'task_id' AS task_id,
@@ -76,41 +79,31 @@ SELECT a.run_id,
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND u.data->>'task_id' = a.data->>'task_id'
          AND u.data->>'priority' IS NOT NULL
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+         AND EFFECTIVE(u)
        ORDER BY u.version DESC LIMIT 1),
     (a.data->>'priority')::bigint) AS priority,
   coalesce(
     (SELECT u.data->>'status' FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND u.data->>'task_id' = a.data->>'task_id'
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+         AND EFFECTIVE(u)
        ORDER BY u.version DESC LIMIT 1),
     'new') AS status,
   coalesce(
     (SELECT max((u.data->>'attempt')::bigint) FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND u.data->>'task_id' = a.data->>'task_id'
-         AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))),
+         AND EFFECTIVE(u)),
     0) AS attempts,
   (SELECT u.data->>'error' FROM events u
      WHERE u.run_id = a.run_id AND u.type = 'task.updated'
        AND u.data->>'task_id' = a.data->>'task_id'
        AND u.data->>'error' != ''
-       AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = u.run_id
-                   AND u.version > s.after_version AND u.version <= s.upto_version))
+       AND EFFECTIVE(u)
      ORDER BY u.version DESC LIMIT 1) AS last_error,
   a.version AS added_version
 FROM events a WHERE a.type = 'task.added'
-  AND (NOT EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id)
-       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = a.run_id
-                   AND a.version > s.after_version AND a.version <= s.upto_version))
+  AND EFFECTIVE(a)
 """,
     "model_calls": """
 SELECT q.run_id,
@@ -142,17 +135,17 @@ SELECT q.run_id,
 FROM events q
 LEFT JOIN events r
   ON r.run_id = q.run_id AND r.type = 'model.responded'
- AND r.data->>'call_id' = q.data->>'call_id'
+ AND r.data->>'call_id' = q.data->>'call_id' AND EFFECTIVE(r)
 LEFT JOIN LATERAL (
   SELECT count(*) OVER () AS failures,
          CASE m.data->>'detail' WHEN '' THEN m.data->>'kind'
               ELSE (m.data->>'kind') || ': ' || (m.data->>'detail') END AS last_failure
   FROM events m
   WHERE m.run_id = q.run_id AND m.type = 'model.failed'
-    AND m.data->>'call_id' = q.data->>'call_id'
+    AND m.data->>'call_id' = q.data->>'call_id' AND EFFECTIVE(m)
   ORDER BY m.version DESC LIMIT 1
 ) f ON true
-WHERE q.type = 'model.requested'
+WHERE q.type = 'model.requested' AND EFFECTIVE(q)
 """,
     "tool_calls": """
 SELECT q.run_id,
@@ -169,8 +162,8 @@ SELECT q.run_id,
 FROM events q
 LEFT JOIN events x
   ON x.run_id = q.run_id AND x.type = 'tool.executed'
- AND x.data->>'call_id' = q.data->>'call_id'
-WHERE q.type = 'tool.requested'
+ AND x.data->>'call_id' = q.data->>'call_id' AND EFFECTIVE(x)
+WHERE q.type = 'tool.requested' AND EFFECTIVE(q)
 """,
     "decisions": """
 SELECT run_id, version, recorded_at,
@@ -180,9 +173,10 @@ SELECT run_id, version, recorded_at,
   data->>'decided_by' AS decided_by,
   (data->>'fallback_used')::boolean::int AS fallback_used,
   data->>'fallback_reason' AS fallback_reason
-FROM events WHERE type = 'arbiter.decided'
+FROM events e WHERE type = 'arbiter.decided' AND EFFECTIVE(e)
 """,
 }
+VIEWS = {name: with_effective(sql) for name, sql in VIEWS.items()}
 
 _VIEWS_LOCK = (0x6175746F, 3)
 
@@ -205,7 +199,9 @@ def install_views(connection: Any) -> None:
         return
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", _VIEWS_LOCK)
+        # views read each other (effective_spans): all go, then come back in order
+        for name in reversed(VIEWS):
+            connection.execute(f"DROP VIEW IF EXISTS {name} CASCADE")
         for name, sql in VIEWS.items():
-            connection.execute(f"DROP VIEW IF EXISTS {name}")
             connection.execute(f"CREATE VIEW {name} AS {sql.strip()}")
             connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import (
@@ -58,6 +58,7 @@ from events import (
     ToolCall,
     Usage,
     encode,
+    strategies,
 )
 from projections.fold import EMPTY, RunState, apply
 from projections.orchestration import OrchestrationState
@@ -310,6 +311,65 @@ def test_the_digest_covers_the_whole_request_canonically() -> None:
         request_digest("m", [SYSTEM, ASK], TOOLS, {**options, "seed": 1}),
     ):
         assert changed != base
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=strategies.names(),
+    messages=st.lists(strategies.messages(), max_size=4),
+    tools=st.lists(strategies.json_objects(), max_size=3),
+    options=strategies.json_objects(),
+)
+def test_the_digest_is_the_sha256_of_the_request_as_one_sorted_json_document(
+    model: str, messages: list[Message], tools: list[dict[str, Any]], options: dict[str, Any]
+) -> None:
+    # the digest is hashed piece by piece; recorded logs hold the digest of the whole
+    canonical = {
+        "model": model,
+        "messages": [msgspec.to_builtins(m) for m in messages],
+        "tools": tools,
+        "options": options,
+    }
+    whole = hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
+    assert request_digest(model, messages, tools, options) == whole
+
+
+def test_a_conversation_s_tool_schemas_are_encoded_and_stored_once(
+    event_store: EventStore, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.model import recording
+
+    encoded: list[object] = []
+
+    class Counted(OfferedTools):
+        def __init__(self, schemas: Any) -> None:
+            encoded.append(schemas)
+            super().__init__(schemas)
+
+    monkeypatch.setattr(recording, "OfferedTools", Counted)
+    log = FakeRunLog(event_store)
+    script = [Reply.text("one"), Reply.text("two"), Reply.text("three"), Reply.text("four")]
+    tools = [dict(t) for t in TOOLS]
+    with ScriptedModelServer(script) as server:
+        model = recorder(log, http, server.url)
+        model.chat("coding", [SYSTEM, ASK], tools, conversation="c")
+        model.chat("coding", [SYSTEM], [dict(t) for t in TOOLS], conversation="d")
+        model.chat("coding", [SYSTEM, ASK, ASK], tools, conversation="c")
+        model.chat("coding", [SYSTEM, ASK], [], conversation="e")
+    requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
+    assert len(encoded) == 3  # conversation d's schemas are other objects, e has none
+    assert [bool(r.tools_ref) for r in requests] == [True, True, True, False]
+    assert len({r.tools_ref for r in requests[:3]}) == 1
+    assert event_store.get(requests[0].tools_ref) == OfferedTools(TOOLS).canonical
+    assert [r.request_digest for r in requests] == [
+        request_digest("qwen2.5-coder:32b", m, t, requests[0].options)
+        for m, t in (
+            ([SYSTEM, ASK], TOOLS),
+            ([SYSTEM], TOOLS),
+            ([SYSTEM, ASK, ASK], TOOLS),
+            ([SYSTEM, ASK], []),
+        )
+    ]
 
 
 # -- failures --------------------------------------------------------------------------------

@@ -101,6 +101,20 @@ def test_replay_never_calls_a_model_server(recorded: Path) -> None:
     assert result.identical, result.report()
 
 
+def test_replay_compares_the_digest_its_recorder_wrote_without_working_it_out_again(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.runs import replay_sources
+
+    def refuse(*args: object) -> str:
+        raise AssertionError("the recorder's digest was worked out again")
+
+    monkeypatch.setattr(replay_sources, "request_digest", refuse)
+    with open_store(recorded) as store:
+        result = replay(store, "r", tools="recorded")
+    assert result.identical, result.report()
+
+
 def test_a_changed_prompt_is_reported_at_the_first_request_that_uses_it(
     recorded: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:

@@ -30,7 +30,14 @@ from engine.runs.workspace import fork, rewind
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore
 from events.errors import ConcurrencyError
-from events.schema import Event, RunResumed, TaskUpdated, ToolExecuted, UserAnswered
+from events.schema import (
+    Event,
+    RunResumed,
+    TaskUpdated,
+    ToolExecuted,
+    ToolRequested,
+    UserAnswered,
+)
 from events.store import RecordedEvent
 from projections import RunState, project
 
@@ -463,7 +470,7 @@ def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
     from engine.tools.registry import Tool
 
     # a log as older versions wrote it: requests without the tools' schemas
-    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, tools: "")
+    monkeypatch.setattr(recording.RecordingModel, "_tools_ref", lambda self, offered: "")
     store, run_id = answered_run(tmp_path, server)
     resume(store, run_id, server)
     monkeypatch.undo()
@@ -484,19 +491,24 @@ def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
     assert "the tools' schemas changed" in result.report().splitlines()[0]
 
 
+def resume_as_before_run_resumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``resume`` write what it wrote before ``run.resumed`` marked a stop: the
+    same recovery (settled tools, a cut command's failed task caused by its request),
+    without the marker. ``monkeypatch.undo()`` ends it."""
+    append = RunLog.append
+
+    def without_marker(self: RunLog, *events: Event, causation: int | None = None) -> Any:
+        if events and all(isinstance(e, RunResumed) for e in events):
+            return []
+        return append(self, *events, causation=causation)
+
+    monkeypatch.setattr(RunLog, "append", without_marker)
+
+
 def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
     tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.agent.runlog import RunLog as Log
-
-    append = Log.append
-
-    def without_marker(self: Log, *events: Event, causation: int | None = None) -> Any:
-        if events and all(isinstance(e, RunResumed) for e in events):
-            return []  # as resume did before the marker existed
-        return append(self, *events, causation=causation)
-
-    monkeypatch.setattr(Log, "append", without_marker)
+    resume_as_before_run_resumed(monkeypatch)
     store, run_id = killed_when(
         tmp_path, server, lambda state: bool(state.orchestration.open_calls)
     )
@@ -507,6 +519,47 @@ def test_a_model_call_cut_off_replays_in_a_log_written_before_run_resumed(
     assert_replays(store, run_id)
 
 
+def test_a_file_tool_cut_off_replays_in_a_log_written_before_run_resumed(
+    tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resume_as_before_run_resumed(monkeypatch)
+    store, run_id = killed_when(tmp_path, server, lambda state: bool(state.pipeline.pending_tools))
+    (pending,) = project(store, run_id).pipeline.pending_tools
+    resume(store, run_id, server)
+    monkeypatch.undo()
+    events = list(store.read(run_id))
+    assert not any(isinstance(e.data, RunResumed) for e in events)
+    (settled,) = [
+        e.data for e in events if isinstance(e.data, ToolExecuted) and e.data.call_id == pending
+    ]
+    assert "crash" in settled.result + settled.error, "recovery settled it, in its words"
+    assert project(store, run_id).pipeline.status == "completed"
+    assert_replays(store, run_id)
+    assert_replays(store, run_id, tools="recorded")
+
+
+def test_a_command_cut_off_replays_in_a_log_written_before_run_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ScriptedModelServer(DemoModels(), models=["m"]) as commands:  # its coder runs py_compile
+        store = command_cut_by_a_kill(tmp_path, commands)
+        resume_as_before_run_resumed(monkeypatch)
+        resume(store, "r", commands)
+        monkeypatch.undo()
+    events = list(store.read("r"))
+    assert not any(isinstance(e.data, RunResumed) for e in events)
+    failed = [
+        e
+        for e in events
+        if isinstance(e.data, TaskUpdated) and e.data.error.startswith("interrupted: the engine")
+    ]
+    assert failed, "recovery failed the command's task"
+    assert isinstance(events[failed[0].causation - 1].data, ToolRequested)  # type: ignore[operator]
+    assert project(store, "r").pipeline.status == "completed"
+    assert_replays(store, "r")
+    assert_replays(store, "r", tools="recorded")
+
+
 def test_a_command_cut_by_a_kill_fails_its_task_and_the_run_replays(
     tmp_path: Path, server: ScriptedModelServer
 ) -> None:
@@ -514,15 +567,8 @@ def test_a_command_cut_by_a_kill_fails_its_task_and_the_run_replays(
     run.resumed: the replay takes both from the log, as what the stop brought."""
 
     with ScriptedModelServer(DemoModels(), models=["m"]) as commands:  # its coder runs py_compile
-        for kill_after in range(1, 60):
-            store = KillableStore()
-            store.kill_after = kill_after
-            run_id = start(store, tmp_path / str(kill_after), commands)
-            pending = project(store, run_id).pipeline.pending_tools.values()
-            if any(p.tool == "run_command" for p in pending):
-                break
-        else:
-            raise AssertionError("no kill left a command pending")
+        store = command_cut_by_a_kill(tmp_path, commands)
+        run_id = "r"
         resume(store, run_id, commands)
     events = list(store.read(run_id))
     failed = [
@@ -535,3 +581,15 @@ def test_a_command_cut_by_a_kill_fails_its_task_and_the_run_replays(
     assert project(store, run_id).pipeline.status == "completed"
     assert_replays(store, run_id)
     assert_replays(store, run_id, tools="recorded")
+
+
+def command_cut_by_a_kill(tmp_path: Path, commands: ScriptedModelServer) -> KillableStore:
+    """Run ``r`` killed at the first append that leaves a ``run_command`` pending."""
+    for kill_after in range(1, 60):
+        store = KillableStore()
+        store.kill_after = kill_after
+        run_id = start(store, tmp_path / str(kill_after), commands)
+        pending = project(store, run_id).pipeline.pending_tools.values()
+        if any(p.tool == "run_command" for p in pending):
+            return store
+    raise AssertionError("no kill left a command pending")

@@ -325,6 +325,9 @@ def test_rewind_and_fork_undo_what_a_command_did(tmp_path: Path) -> None:
             call_id="r/t2", tool="run_command", ok=True, files_changed=outcome.files_changed
         ),
     )
+    history = ("audit", "r", "file-history", "data.txt", "--db", str(tmp_path / "events.db"))
+    code, out = invoke(*history)
+    assert code == 0 and "run_command" in out
     forked = fork(store, "r", 3, tmp_path / "fork", new_run_id="f")
     assert (tmp_path / "fork" / "made" / "by" / "script.txt").read_text() == "new\n"
     assert not (tmp_path / "fork" / "old.txt").exists() and forked.unchanged
@@ -333,7 +336,5 @@ def test_rewind_and_fork_undo_what_a_command_did(tmp_path: Path) -> None:
     assert (workspace / "old.txt").read_text() == "to be deleted\n"
     assert not (workspace / "made" / "by" / "script.txt").exists()
     assert sorted(restored.removed) == ["made/by/script.txt"]
-    code, out = invoke(
-        "audit", "r", "file-history", "data.txt", "--db", str(tmp_path / "events.db")
-    )
-    assert code == 0 and "run_command" in out
+    code, out = invoke(*history)
+    assert code == 0 and "run_command" not in out, "the rewind undid the change: not in effect"

@@ -521,6 +521,20 @@ class TestMemoryStore(StoreContract):
         return MemoryEventStore(clock=clock)
 
 
+def test_a_scratch_memory_store_numbers_checks_and_reads_back_without_a_chain() -> None:
+    store = MemoryEventStore(chained=False)
+    store.append("run-1", [START, task(1)], 0)
+    store.append("run-1", [task(2)], 2, causation=2)
+
+    read = list(store.read("run-1"))
+
+    assert [r.data for r in read] == [START, task(1), task(2)]
+    assert versions(read) == [1, 2, 3] and read[2].causation == 2
+    assert {r.hash for r in read} == {""}
+    with pytest.raises(ConcurrencyError):
+        store.append("run-1", [task(3)], 2)
+
+
 class TestSQLiteInMemory(StoreContract):
     def open_store(self, clock: Clock) -> EventStore:
         return SQLiteEventStore(":memory:", clock=clock)

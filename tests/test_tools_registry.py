@@ -176,6 +176,15 @@ def test_subset_gives_a_role_only_its_tools() -> None:
         REGISTRY.subset(["read_file", "fly"])
 
 
+def test_a_subset_sends_its_parent_s_schema_objects() -> None:
+    # the recorder encodes each set of schema objects once, so a role's requests
+    # must send the same objects every time
+    parent = {s["function"]["name"]: s for s in REGISTRY.schemas()}
+    first, second = REGISTRY.subset(TOOLSETS["qa"]), REGISTRY.subset(TOOLSETS["qa"])
+    for one, other in zip(first.schemas(), second.schemas(), strict=True):
+        assert one is other is parent[one["function"]["name"]]
+
+
 def test_every_toolset_names_registered_tools_and_finishing_roles_can_finish() -> None:
     for role, names in TOOLSETS.items():
         assert set(names) <= set(TOOL_NAMES), role

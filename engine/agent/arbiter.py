@@ -213,15 +213,25 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
             "Work that can be done now: " + "; ".join(f"{s.action} {s.task_id}" for s in work)
         )
     name, args = suggestion(rules, p.phase)
-    lines.append(f"Suggested next move: {name} {json.dumps(args, sort_keys=True)}")
+    lines.append(f"Suggested next move: {name} {_sorted_json(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]
+
+
+_sorted_json = json.JSONEncoder(sort_keys=True).encode
+"""``json.dumps(value, sort_keys=True)``, without building an encoder per call."""
 
 
 def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
     """The last ``limit`` decisions, each with what came of it: the specialist's
     outcome, or the fallback that replaced it."""
-    decisions = list(state.orchestration.decisions)[-limit:]
-    consultations = list(state.orchestration.consultations)
+    decisions = state.orchestration.decisions[-limit:]
+    everything = state.orchestration.consultations
+    # only those after the oldest decision remembered: the newest, read backwards
+    first = decisions[0].version if decisions else state.version
+    count = len(everything)
+    while count and everything[count - 1].version > first:
+        count -= 1
+    consultations = everything[count:]
     out = []
     for i, d in enumerate(decisions):
         upto = decisions[i + 1].version if i + 1 < len(decisions) else state.version + 1
@@ -231,7 +241,7 @@ def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
         params = {k: v for k, v in d.parameters.items() if k != "reason"}
         who = f"fallback to rules ({d.fallback_reason})" if d.fallback_used else d.decided_by
         outcome = "; ".join(results) or "no specialist consulted"
-        out.append(f"{d.action} {json.dumps(params, sort_keys=True)} by {who} -> {outcome}")
+        out.append(f"{d.action} {_sorted_json(params)} by {who} -> {outcome}")
     return out
 
 

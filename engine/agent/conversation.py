@@ -247,4 +247,8 @@ def _run_tool(
 
 
 def _canonical(arguments: object) -> str:
-    return json.dumps(arguments, sort_keys=True, default=str)
+    return _CANONICAL(arguments)
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str).encode
+"""``json.dumps(value, sort_keys=True, default=str)``, without building an encoder per call."""

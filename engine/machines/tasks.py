@@ -175,9 +175,12 @@ def is_open(status: str) -> bool:
 def is_ready(task: TaskLike, tasks: Tasks) -> bool:
     """Whether ``task`` can be coded now: new or in progress (a retry, or a run
     resumed mid-task) with every dependency completed."""
+    return _is_ready(task, _index(tasks))
+
+
+def _is_ready(task: TaskLike, index: Mapping[str, TaskLike]) -> bool:
     if task.status not in ("new", "in_progress"):
         return False
-    index = _index(tasks)
     return all(
         (dep := index.get(dep_id)) is not None and dep.status == "completed"
         for dep_id in task.dependencies
@@ -187,7 +190,7 @@ def is_ready(task: TaskLike, tasks: Tasks) -> bool:
 def ready_tasks(tasks: Tasks) -> list[TaskLike]:
     """The tasks that are ready, in the order given (the log's order for a dict)."""
     index = _index(tasks)
-    return [t for t in index.values() if is_ready(t, index)]
+    return [t for t in index.values() if _is_ready(t, index)]
 
 
 def blocking_dependencies(task: TaskLike, tasks: Tasks) -> tuple[str, ...]:
@@ -230,7 +233,7 @@ def count_facts(tasks: Tasks) -> dict[str, int]:
     return {
         "total": len(statuses),
         "open": sum(1 for s in statuses if is_open(s)),
-        "ready": sum(1 for t in index.values() if is_ready(t, index)),
+        "ready": sum(1 for t in index.values() if _is_ready(t, index)),
         "qa_pending": statuses.count("qa_pending"),
         "qa_failed": statuses.count("qa_failed"),
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from engine.runs.replay_sources import (
     Recording,
     ReplayClient,
     RequestNotRecorded,
+    settled_by_recovery,
 )
 from engine.runs.workspace import restore
 from events.errors import AutonomyError
@@ -76,6 +78,13 @@ __all__ = [
 INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed, ModelContextLearned)
 """Events the world gives a run (a person, ``resume`` after a stop, a model server
 saying its context window); the replay takes them from the log."""
+
+
+def _scratch_time() -> datetime:
+    return _EPOCH
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ReplayRefused(AutonomyError):
@@ -146,7 +155,8 @@ def _check_replayable(recording: Recording) -> None:
 def _replay(recording: Recording, scratch: Path, live: bool) -> ReplayResult:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
-    memory = MemoryEventStore()
+    # a scratch log: compared by payload, never verified, so neither hashed nor timed
+    memory = MemoryEventStore(chained=False, clock=_scratch_time)
     compared = 0
     for segment in _segments(recording, memory, scratch, live):
         segment.drive()
@@ -179,12 +189,15 @@ class _Segment:
     settings: Settings = field(default_factory=Settings)
     stopped: AutonomyError | None = None
     log: _ReplayLog | None = None
+    produced: list[RecordedEvent] = field(default_factory=list)
+    """What this segment's log was written, as appended (nothing to read back)."""
 
     def drive(self) -> None:
         """Take inputs from the log and step the engine until the recorded run ends."""
         recording = self.recording
         log = self._start()
         client = ReplayClient(recording, self._normaliser(log.pipeline))
+        log.listeners.append(client.observe)
         tools = RecordedTools(recording, log, live=self.live)
         confinement = confine_commands(self.settings, recording.store) if self.live else None
         engine: Engine | None = None
@@ -225,10 +238,14 @@ class _Segment:
         recording = self.recording
         first = recording.events[0]
         if isinstance(first.data, RunForked):
-            self.memory.append(recording.run_id, [first.data], 0, causation=first.causation)
+            self.produced += self.memory.append(
+                recording.run_id, [first.data], 0, causation=first.causation
+            )
             log = _ReplayLog(self.memory, recording.run_id)
+            log.listeners.append(self.produced.append)
         else:
             log = _ReplayLog(self.memory, recording.run_id, RunState(run_id=recording.run_id))
+            log.listeners.append(self.produced.append)
             log.take(first)
             if self.live:
                 restore(
@@ -268,7 +285,7 @@ class _Segment:
         normalise = self._normaliser(log.pipeline)
         run_id = recording.run_id
         until = recording.until
-        produced = list(self.memory.read(run_id))
+        produced = self.produced
         expected = recording.events
         if until is not None:
             expected = [e for e in expected if e.version <= until]
@@ -306,7 +323,8 @@ class _Segment:
 def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recording) -> bool:
     """Whether the world gave the run this event (see ``INPUTS``): a settled tool is
     one left pending by a stop, which no engine of the replay is running; a task
-    change caused by ``run.resumed`` is what recovery made of a command the stop cut."""
+    change caused by ``run.resumed`` (or, in a log older than ``run.resumed``, in
+    recovery's words) is what recovery made of a command the stop cut."""
     data = recorded.data
     if isinstance(data, INPUTS) or is_user_stop(data):
         return True
@@ -314,7 +332,10 @@ def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recor
         return data.call_id in pipeline.pending_tools
     if isinstance(data, TaskUpdated) and recorded.causation:
         cause = recording.event(recorded.causation)
-        return cause is not None and isinstance(cause.data, RunResumed)
+        # a log older than run.resumed: recovery's words say what it wrote
+        return cause is not None and (
+            isinstance(cause.data, RunResumed) or settled_by_recovery(data)
+        )
     return False
 
 

@@ -52,6 +52,7 @@ from engine.tools.commands import COMMAND_TOOLS
 from engine.tools.files import FILE_TOOLS
 from events.errors import RunNotFound
 from events.schema import (
+    Event,
     Message,
     ModelFailed,
     ModelRequested,
@@ -60,6 +61,7 @@ from events.schema import (
     RunForked,
     RunResumed,
     RunRewound,
+    TaskUpdated,
     ToolExecuted,
     UserAsked,
 )
@@ -72,6 +74,34 @@ WORLD_TOOLS = frozenset(tool.name for tool in (*FILE_TOOLS, *COMMAND_TOOLS))
 
 STOPS = (RunResumed, RunRewound)
 """Events written where the recorded run's engine had been stopped from outside."""
+
+RECOVERY_RESULTS = frozenset({"completed before a crash (recovered by comparing the workspace)"})
+RECOVERY_ERRORS = frozenset(
+    {
+        "interrupted by a crash before it changed the workspace; not applied",
+        "interrupted by a crash; whether it finished is unknown, so it counts as not done",
+    }
+)
+RECOVERY_ERROR_PREFIXES = ("interrupted: the engine stopped while ", "not applied: ")
+"""What crash recovery (``Engine.recover``) writes when it settles a tool left
+pending, word for word as resume wrote it before ``run.resumed`` marked a stop: in
+such a log, these texts are how a replay knows that the recorded engine stopped
+before the tool reported. Frozen: old logs keep the words they were written with."""
+
+
+def settled_by_recovery(event: Event) -> bool:
+    """Whether ``event`` is what recovery wrote after a stop: a tool settled, or the
+    task a settled command was run for failed (see ``RECOVERY_RESULTS``)."""
+    if isinstance(event, ToolExecuted):
+        if event.ok:
+            return event.result in RECOVERY_RESULTS
+        error = event.error
+    elif isinstance(event, TaskUpdated) and event.status == "failed":
+        error = event.error
+    else:
+        return False
+    return error in RECOVERY_ERRORS or error.startswith(RECOVERY_ERROR_PREFIXES)
+
 
 _ERRORS: dict[str, type[ModelError]] = {
     "timeout": ModelTimeout,
@@ -172,7 +202,7 @@ class Recording:
         if version > len(self.events):
             return self.killed
         data = self.events[version - 1].data
-        return isinstance(data, STOPS) or is_user_stop(data)
+        return isinstance(data, STOPS) or is_user_stop(data) or settled_by_recovery(data)
 
     def state_at(self, version: int) -> RunState:
         """The recorded state at ``version``; versions must be asked in increasing order
@@ -221,6 +251,15 @@ class ReplayClient(ModelClient):
         self.normalise = normalise or Normaliser()
         self.asked = 0
         """How many model requests the replay has made so far."""
+        self.requested: ModelRequested | None = None
+        """The request the replay's recorder has just written (see ``observe``)."""
+
+    def observe(self, event: RecordedEvent) -> None:
+        """A listener for the replay's log: the recorder writes each request's digest
+        (``model.requested``) just before it asks this client, which then compares
+        that digest rather than working it out again."""
+        if isinstance(event.data, ModelRequested):
+            self.requested = event.data
 
     def chat(
         self,
@@ -249,7 +288,12 @@ class ReplayClient(ModelClient):
         call = calls[number - 1]
         recorded = call.request
         model = listed[0].model if listed else recorded.model
-        digest = request_digest(model, messages, tools, options.as_dict())
+        written, self.requested = self.requested, None
+        digest = (
+            written.request_digest
+            if written is not None and written.model == model
+            else request_digest(model, messages, tools, options.as_dict())
+        )
         if digest != recorded.request_digest:
             self._check_same_request(number, call, model, messages, tools, options)
         failures = call.failures

@@ -187,14 +187,19 @@ def _parameters(arguments: type[msgspec.Struct]) -> bytes:
 class ToolRegistry:
     """A named set of tools; ``subset`` gives the tools of one role."""
 
-    def __init__(self, tools: Iterable[Tool[Any]]) -> None:
+    def __init__(
+        self, tools: Iterable[Tool[Any]], schemas: Mapping[str, dict[str, Any]] | None = None
+    ) -> None:
         self._tools: dict[str, Tool[Any]] = {}
         for tool in tools:
             if tool.name in self._tools:
                 raise ValueError(f"tool {tool.name!r} registered twice")
             self._tools[tool.name] = tool
-        # Generated once: it is sent with every model request.
-        self._schemas = [tool.schema() for tool in self._tools.values()]
+        # Generated once: it is sent with every model request. A subset shares its
+        # parent's, so that a role's requests send the very same schema objects
+        # (the recorder encodes each set of schemas once).
+        known = schemas or {}
+        self._schemas = [known.get(name) or tool.schema() for name, tool in self._tools.items()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -232,7 +237,8 @@ class ToolRegistry:
             raise ValueError(
                 f"no such tools: {', '.join(missing)}; registered: {', '.join(self._tools)}"
             )
-        return ToolRegistry(self._tools[n] for n in wanted)
+        by_name = dict(zip(self._tools, self._schemas, strict=True))
+        return ToolRegistry((self._tools[n] for n in wanted), by_name)
 
 
 def execute(
