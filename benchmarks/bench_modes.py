@@ -18,8 +18,9 @@ misbehaving-model policies. One row per goal and mode:
   that were answered from the log; dup: such requests that reached the server anyway
   (the request cache serves only temperature-0 requests);
 - prompt / completion tokens (from the projection);
-- engine ms/call: (wall time - time inside ``ModelClient.chat`` - time inside command
-  subprocesses) / model calls, measured by timing those two seams in this process;
+- engine ms/call: (wall time - time inside ``ModelClient.chat`` and the run's other
+  questions to the model server (the preflight, context discovery) - time inside
+  command subprocesses) / model calls, measured by timing those seams in this process;
   cpu ms/call: the same with the CPU time of the engine's thread (``time.thread_time``),
   which a loaded machine inflates far less than the wall time (the in-process model
   server's threads are not counted).
@@ -49,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import httpx  # noqa: E402
 
+from engine.agent import runner  # noqa: E402
 from engine.agent.runner import start_run  # noqa: E402
 from engine.config import Settings, load_settings, settings_from_mapping  # noqa: E402
 from engine.misbehaving import CALC, TWO_FILES, GoalModels, Misbehaving  # noqa: E402
@@ -90,6 +92,15 @@ class Seams:
 
         ModelClient.chat = timed_chat  # type: ignore[method-assign]
         Confinement.run = timed_run  # type: ignore[method-assign]
+        # the other questions a run asks its model server, once per run: the preflight
+        # (is the model served?) and context discovery (how large is its window?)
+        for name in ("preflight", "learn_contexts"):
+            asked = getattr(runner, name)
+
+            def timed_ask(*args: Any, _asked: Any = asked, **kwargs: Any) -> Any:
+                return self._timed(_asked, *args, **kwargs)
+
+            setattr(runner, name, timed_ask)
 
     def _timed(self, seam: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         wall, cpu = time.perf_counter(), time.thread_time()
