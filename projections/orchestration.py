@@ -34,9 +34,11 @@ from events.schema import (
 from projections.sequence import (
     Appended,
     AppendedEditor,
+    Edits,
     Growing,
     MapEditor,
     PersistentMap,
+    edited,
     freeze_map,
     freeze_sequence,
     thaw_map,
@@ -185,7 +187,7 @@ class OrchestrationBuilder:
 
     def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
         """Start from ``state``: over copies of its collections when ``transient``
-        (for many events), else over editors of them (for one)."""
+        (for many events), else over editors of them (``_OrchestrationEdit``, for one)."""
         self.user_messages = state.user_messages
         self.failures_since_answer = state.failures_since_answer
         self.last_failure = state.last_failure
@@ -199,16 +201,7 @@ class OrchestrationBuilder:
             self.answered = thaw_map(state.answered)
             self.refused_contexts = thaw_map(state.refused_contexts)
             self.served_contexts = thaw_map(state.served_contexts)
-        else:
-            self.decisions = AppendedEditor(state.decisions)
-            self.consultations = AppendedEditor(state.consultations)
-            self.usage_by_model = MapEditor(state.usage_by_model)
-            self.usage_by_role = MapEditor(state.usage_by_role)
-            self.conversations = MapEditor(state.conversations)
-            self.open_calls = MapEditor(state.open_calls)
-            self.answered = MapEditor(state.answered)
-            self.refused_contexts = MapEditor(state.refused_contexts)
-            self.served_contexts = MapEditor(state.served_contexts)
+        # else ``_OrchestrationEdit`` gives them as editors, made when first touched
 
     def freeze(self) -> OrchestrationState:
         """The state built; a transient builder must not be used afterwards."""
@@ -228,6 +221,37 @@ class OrchestrationBuilder:
         )
 
 
+class _OrchestrationEdit(OrchestrationBuilder):
+    """The builder of ``apply_orchestration``: one event, with editors made only for
+    the collections its step touches, and the others shared with the state as they are."""
+
+    __slots__ = ("edits",)
+
+    def __init__(self, state: OrchestrationState) -> None:
+        super().__init__(state, transient=False)
+        self.edits = Edits(state)
+
+    decisions = edited("decisions", AppendedEditor)
+    consultations = edited("consultations", AppendedEditor)
+    usage_by_model = edited("usage_by_model", MapEditor)
+    usage_by_role = edited("usage_by_role", MapEditor)
+    conversations = edited("conversations", MapEditor)
+    open_calls = edited("open_calls", MapEditor)
+    answered = edited("answered", MapEditor)
+    refused_contexts = edited("refused_contexts", MapEditor)
+    served_contexts = edited("served_contexts", MapEditor)
+
+    def freeze(self) -> OrchestrationState:
+        base: OrchestrationState = self.edits.base
+        return replace(
+            base,
+            user_messages=self.user_messages,
+            failures_since_answer=self.failures_since_answer,
+            last_failure=self.last_failure,
+            **self.edits.changes(),
+        )
+
+
 Step = Callable[[OrchestrationBuilder, Any, int], None]
 """How one event type changes orchestration under construction (``event``, ``version``)."""
 
@@ -239,7 +263,7 @@ def apply_orchestration(
     step = ORCHESTRATION_STEPS.get(type(event))
     if step is None:
         return state
-    building = OrchestrationBuilder(state, transient=False)
+    building = _OrchestrationEdit(state)
     step(building, event, version)
     return building.freeze()
 

@@ -43,9 +43,11 @@ from events.schema import (
 from projections.sequence import (
     Appended,
     AppendedEditor,
+    Edits,
     Growing,
     MapEditor,
     PersistentMap,
+    edited,
     freeze_map,
     freeze_sequence,
     thaw_map,
@@ -158,7 +160,7 @@ class PipelineBuilder:
 
     def __init__(self, state: PipelineState, *, transient: bool) -> None:
         """Start from ``state``: over copies of its collections when ``transient``
-        (for many events), else over editors of them (for one)."""
+        (for many events), else over editors of them (``_PipelineEdit``, for one)."""
         self.run_id = state.run_id
         self.goal = state.goal
         self.workspace = state.workspace
@@ -178,11 +180,7 @@ class PipelineBuilder:
             self.files = thaw_map(state.files)
             self.phase_history = thaw_sequence(state.phase_history)
             self.pending_tools = thaw_map(state.pending_tools)
-        else:
-            self.tasks = MapEditor(state.tasks)
-            self.files = MapEditor(state.files)
-            self.phase_history = AppendedEditor(state.phase_history)
-            self.pending_tools = MapEditor(state.pending_tools)
+        # else ``_PipelineEdit`` gives them as editors, made when first touched
 
     def freeze(self) -> PipelineState:
         """The state built; a transient builder must not be used afterwards."""
@@ -208,6 +206,43 @@ class PipelineBuilder:
         )
 
 
+class _PipelineEdit(PipelineBuilder):
+    """The builder of ``apply_pipeline``: one event, with editors made only for the
+    collections its step touches, and the others shared with the state as they are."""
+
+    __slots__ = ("edits",)
+
+    def __init__(self, state: PipelineState) -> None:
+        super().__init__(state, transient=False)
+        self.edits = Edits(state)
+
+    tasks = edited("tasks", MapEditor)
+    files = edited("files", MapEditor)
+    phase_history = edited("phase_history", AppendedEditor)
+    pending_tools = edited("pending_tools", MapEditor)
+
+    def freeze(self) -> PipelineState:
+        base: PipelineState = self.edits.base
+        return replace(
+            base,
+            run_id=self.run_id,
+            goal=self.goal,
+            workspace=self.workspace,
+            mode=self.mode,
+            config=self.config,
+            status=self.status,
+            reason=self.reason,
+            phase=self.phase,
+            steps=self.steps,
+            steps_since_progress=self.steps_since_progress,
+            question=self.question,
+            answers=self.answers,
+            parent_run=self.parent_run,
+            forked_at=self.forked_at,
+            **self.edits.changes(),
+        )
+
+
 Step = Callable[[PipelineBuilder, Any, int], None]
 """How one event type changes a pipeline under construction (``event``, ``version``)."""
 
@@ -217,7 +252,7 @@ def apply_pipeline(state: PipelineState, event: Event, version: int) -> Pipeline
     step = PIPELINE_STEPS.get(type(event))
     if step is None:
         return state
-    building = PipelineBuilder(state, transient=False)
+    building = _PipelineEdit(state)
     step(building, event, version)
     return building.freeze()
 

@@ -400,3 +400,34 @@ def freeze_sequence(items: Growing[T]) -> Appended[T]:
         return cast(Appended[T], items.value)
     assert isinstance(items, list)
     return Appended.adopt(items)
+
+
+class Edits:
+    """The editors one event's step made, by field name: a collection gets its
+    editor the first time the step touches it (see ``edited``), so ``apply`` of an
+    event costs nothing for the collections it leaves alone (most events change
+    one collection or none)."""
+
+    __slots__ = ("base", "made")
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.made: dict[str, Any] = {}
+
+    def changes(self) -> dict[str, Any]:
+        """The new value of each collection the step changed, by field name."""
+        return {name: editor.value for name, editor in self.made.items()}
+
+
+def edited(name: str, make: type[MapEditor[Any, Any]] | type[AppendedEditor[Any]]) -> Any:
+    """A property giving the editor of collection ``name`` of ``self.edits.base``,
+    made on first use (see ``Edits``)."""
+
+    def get(self: Any) -> Any:
+        made = self.edits.made
+        editor = made.get(name)
+        if editor is None:
+            editor = made[name] = make(getattr(self.edits.base, name))
+        return editor
+
+    return property(get)
