@@ -34,13 +34,12 @@ from events.schema import (
 from projections.sequence import (
     Appended,
     AppendedEditor,
-    Edits,
     Growing,
     MapEditor,
     PersistentMap,
-    edited,
     freeze_map,
     freeze_sequence,
+    one_event_builder,
     thaw_map,
     thaw_sequence,
 )
@@ -185,26 +184,24 @@ class OrchestrationBuilder:
     refused_contexts: MutableMapping[str, RefusedContext]
     served_contexts: MutableMapping[str, ServedContext]
 
-    def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
-        """Start from ``state``: over copies of its collections when ``transient``
-        (for many events), else over editors of them (``_OrchestrationEdit``, for one)."""
+    def __init__(self, state: OrchestrationState) -> None:
+        """Start from ``state``, over copies of its collections: for many events
+        (``apply`` of one event builds over editors instead, see ``one_event_builder``)."""
         self.user_messages = state.user_messages
         self.failures_since_answer = state.failures_since_answer
         self.last_failure = state.last_failure
-        if transient:
-            self.decisions = thaw_sequence(state.decisions)
-            self.consultations = thaw_sequence(state.consultations)
-            self.usage_by_model = thaw_map(state.usage_by_model)
-            self.usage_by_role = thaw_map(state.usage_by_role)
-            self.conversations = thaw_map(state.conversations)
-            self.open_calls = thaw_map(state.open_calls)
-            self.answered = thaw_map(state.answered)
-            self.refused_contexts = thaw_map(state.refused_contexts)
-            self.served_contexts = thaw_map(state.served_contexts)
-        # else ``_OrchestrationEdit`` gives them as editors, made when first touched
+        self.decisions = thaw_sequence(state.decisions)
+        self.consultations = thaw_sequence(state.consultations)
+        self.usage_by_model = thaw_map(state.usage_by_model)
+        self.usage_by_role = thaw_map(state.usage_by_role)
+        self.conversations = thaw_map(state.conversations)
+        self.open_calls = thaw_map(state.open_calls)
+        self.answered = thaw_map(state.answered)
+        self.refused_contexts = thaw_map(state.refused_contexts)
+        self.served_contexts = thaw_map(state.served_contexts)
 
     def freeze(self) -> OrchestrationState:
-        """The state built; a transient builder must not be used afterwards."""
+        """The state built; the builder must not be used afterwards."""
         return OrchestrationState(
             decisions=freeze_sequence(self.decisions),
             consultations=freeze_sequence(self.consultations),
@@ -221,35 +218,21 @@ class OrchestrationBuilder:
         )
 
 
-class _OrchestrationEdit(OrchestrationBuilder):
-    """The builder of ``apply_orchestration``: one event, with editors made only for
-    the collections its step touches, and the others shared with the state as they are."""
-
-    __slots__ = ("edits",)
-
-    def __init__(self, state: OrchestrationState) -> None:
-        super().__init__(state, transient=False)
-        self.edits = Edits(state)
-
-    decisions = edited("decisions", AppendedEditor)
-    consultations = edited("consultations", AppendedEditor)
-    usage_by_model = edited("usage_by_model", MapEditor)
-    usage_by_role = edited("usage_by_role", MapEditor)
-    conversations = edited("conversations", MapEditor)
-    open_calls = edited("open_calls", MapEditor)
-    answered = edited("answered", MapEditor)
-    refused_contexts = edited("refused_contexts", MapEditor)
-    served_contexts = edited("served_contexts", MapEditor)
-
-    def freeze(self) -> OrchestrationState:
-        base: OrchestrationState = self.edits.base
-        return replace(
-            base,
-            user_messages=self.user_messages,
-            failures_since_answer=self.failures_since_answer,
-            last_failure=self.last_failure,
-            **self.edits.changes(),
-        )
+_OrchestrationEdit = one_event_builder(
+    OrchestrationBuilder,
+    ("user_messages", "failures_since_answer", "last_failure"),
+    {
+        "decisions": AppendedEditor,
+        "consultations": AppendedEditor,
+        "usage_by_model": MapEditor,
+        "usage_by_role": MapEditor,
+        "conversations": MapEditor,
+        "open_calls": MapEditor,
+        "answered": MapEditor,
+        "refused_contexts": MapEditor,
+        "served_contexts": MapEditor,
+    },
+)
 
 
 Step = Callable[[OrchestrationBuilder, Any, int], None]

@@ -35,6 +35,8 @@ from collections.abc import (
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
+import msgspec
+
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -403,31 +405,64 @@ def freeze_sequence(items: Growing[T]) -> Appended[T]:
 
 
 class Edits:
-    """The editors one event's step made, by field name: a collection gets its
-    editor the first time the step touches it (see ``edited``), so ``apply`` of an
-    event costs nothing for the collections it leaves alone (most events change
-    one collection or none)."""
+    """What one event's step changed in a state, by field name: the scalars it set
+    and, for each collection it touched, an editor made at the first touch. A
+    builder for one event (``one_event_builder``) reads the state through it and
+    freezes as ``replace(state, **changes)``, so ``apply`` costs nothing for the
+    fields an event leaves alone (most events change one or two)."""
 
-    __slots__ = ("base", "made")
+    __slots__ = ("base", "made", "values")
 
     def __init__(self, base: Any) -> None:
         self.base = base
+        self.values: dict[str, Any] = {}
         self.made: dict[str, Any] = {}
 
-    def changes(self) -> dict[str, Any]:
-        """The new value of each collection the step changed, by field name."""
-        return {name: editor.value for name, editor in self.made.items()}
+    def frozen(self) -> Any:
+        """The state with the changes made."""
+        changes = self.values
+        for name, editor in self.made.items():
+            changes[name] = editor.value
+        return msgspec.structs.replace(self.base, **changes) if changes else self.base
 
 
-def edited(name: str, make: type[MapEditor[Any, Any]] | type[AppendedEditor[Any]]) -> Any:
-    """A property giving the editor of collection ``name`` of ``self.edits.base``,
-    made on first use (see ``Edits``)."""
+def one_event_builder(
+    builder: type[T],
+    scalars: Iterable[str],
+    collections: Mapping[str, type[MapEditor[Any, Any]] | type[AppendedEditor[Any]]],
+) -> type[T]:
+    """A subclass of ``builder`` for one event: constructed with the state alone, its
+    fields are properties over an ``Edits`` (a collection as an editor made on first
+    use), and ``freeze`` replaces only what changed."""
 
-    def get(self: Any) -> Any:
-        made = self.edits.made
-        editor = made.get(name)
-        if editor is None:
-            editor = made[name] = make(getattr(self.edits.base, name))
-        return editor
+    def init(self: Any, state: Any) -> None:
+        self.edits = Edits(state)
 
-    return property(get)
+    def freeze(self: Any) -> Any:
+        return self.edits.frozen()
+
+    def scalar(name: str) -> property:
+        def get(self: Any) -> Any:
+            values = self.edits.values
+            return values[name] if name in values else getattr(self.edits.base, name)
+
+        def set_(self: Any, value: Any) -> None:
+            self.edits.values[name] = value
+
+        return property(get, set_)
+
+    def collection(name: str, make: Any) -> property:
+        def get(self: Any) -> Any:
+            made = self.edits.made
+            editor = made.get(name)
+            if editor is None:
+                editor = made[name] = make(getattr(self.edits.base, name))
+            return editor
+
+        return property(get)
+
+    namespace: dict[str, Any] = {"__slots__": ("edits",), "__init__": init, "freeze": freeze}
+    namespace.update((name, scalar(name)) for name in scalars)
+    namespace.update((name, collection(name, make)) for name, make in collections.items())
+    namespace["__doc__"] = f"{builder.__name__} of one event (see ``one_event_builder``)."
+    return type(f"OneEvent{builder.__name__}", (builder,), namespace)
