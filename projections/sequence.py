@@ -138,18 +138,23 @@ class PersistentMap(Mapping[K, V]):
     moves to the end), and equals any mapping with the same items.
     """
 
-    __slots__ = ("_base", "_length", "_overlay")
+    __slots__ = ("_base", "_length", "_merged", "_overlay")
 
     _base: dict[K, V]
     """Never mutated once a version holds it, so versions share it freely."""
     _overlay: dict[K, V]
     """Changes since ``_base``: new values, or ``_DELETED`` for keys of the base."""
     _length: int
+    _merged: dict[K, V] | None
+    """The base with the overlay applied, made when first read whole (iterated, or
+    asked for keys, values or items: a projected state's tasks are listed many
+    times per engine step) and never mutated, like the base."""
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         self._base = dict(items)
         self._overlay = {}
         self._length = len(self._base)
+        self._merged = None
 
     @staticmethod
     def adopt(items: dict[K, V]) -> PersistentMap[K, V]:
@@ -163,6 +168,7 @@ class PersistentMap(Mapping[K, V]):
         made._base = base
         made._overlay = overlay
         made._length = length
+        made._merged = None
         return made
 
     # -- new versions ------------------------------------------------------------------
@@ -218,13 +224,11 @@ class PersistentMap(Mapping[K, V]):
     def _merged_version(self) -> PersistentMap[K, V]:
         if not self._overlay:
             return self
-        return self._make(_merge(self._base, self._overlay), {}, self._length)
+        return self._make(self._view(), {}, self._length)
 
     def to_dict(self) -> dict[K, V]:
         """A new plain dict with the same items, in the same order."""
-        if not self._overlay:
-            return self._base.copy()
-        return _merge(self._base, self._overlay)
+        return self._view().copy()
 
     # -- Mapping -----------------------------------------------------------------------
 
@@ -256,9 +260,7 @@ class PersistentMap(Mapping[K, V]):
         return self._length
 
     def __iter__(self) -> Iterator[K]:
-        if not self._overlay:
-            return iter(self._base)
-        return iter(_merge(self._base, self._overlay))
+        return iter(self._view())
 
     def keys(self) -> KeysView[K]:
         return self._view().keys()
@@ -270,8 +272,14 @@ class PersistentMap(Mapping[K, V]):
         return self._view().values()
 
     def _view(self) -> dict[K, V]:
-        # The base is never mutated, so its views are safe to hand out.
-        return self._base if not self._overlay else _merge(self._base, self._overlay)
+        # The base and the merged dict are never mutated, so their views are safe
+        # to hand out.
+        if not self._overlay:
+            return self._base
+        merged = self._merged
+        if merged is None:
+            merged = self._merged = _merge(self._base, self._overlay)
+        return merged
 
     def __eq__(self, other: object) -> bool:
         if self is other:
