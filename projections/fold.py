@@ -203,8 +203,8 @@ class _RunBuilder:
     def __init__(self, state: RunState) -> None:
         self.run_id = state.run_id
         self.version = state.version
-        self.pipeline = PipelineBuilder(state.pipeline, transient=True)
-        self.orchestration = OrchestrationBuilder(state.orchestration, transient=True)
+        self.pipeline = PipelineBuilder(state.pipeline)
+        self.orchestration = OrchestrationBuilder(state.orchestration)
         self.logged = state.logged
         self.history = thaw_sequence(state.history)
         self.base = state.base

@@ -39,6 +39,7 @@ from projections.sequence import (
     PersistentMap,
     freeze_map,
     freeze_sequence,
+    one_event_builder,
     thaw_map,
     thaw_sequence,
 )
@@ -183,35 +184,24 @@ class OrchestrationBuilder:
     refused_contexts: MutableMapping[str, RefusedContext]
     served_contexts: MutableMapping[str, ServedContext]
 
-    def __init__(self, state: OrchestrationState, *, transient: bool) -> None:
-        """Start from ``state``: over copies of its collections when ``transient``
-        (for many events), else over editors of them (for one)."""
+    def __init__(self, state: OrchestrationState) -> None:
+        """Start from ``state``, over copies of its collections: for many events
+        (``apply`` of one event builds over editors instead, see ``one_event_builder``)."""
         self.user_messages = state.user_messages
         self.failures_since_answer = state.failures_since_answer
         self.last_failure = state.last_failure
-        if transient:
-            self.decisions = thaw_sequence(state.decisions)
-            self.consultations = thaw_sequence(state.consultations)
-            self.usage_by_model = thaw_map(state.usage_by_model)
-            self.usage_by_role = thaw_map(state.usage_by_role)
-            self.conversations = thaw_map(state.conversations)
-            self.open_calls = thaw_map(state.open_calls)
-            self.answered = thaw_map(state.answered)
-            self.refused_contexts = thaw_map(state.refused_contexts)
-            self.served_contexts = thaw_map(state.served_contexts)
-        else:
-            self.decisions = AppendedEditor(state.decisions)
-            self.consultations = AppendedEditor(state.consultations)
-            self.usage_by_model = MapEditor(state.usage_by_model)
-            self.usage_by_role = MapEditor(state.usage_by_role)
-            self.conversations = MapEditor(state.conversations)
-            self.open_calls = MapEditor(state.open_calls)
-            self.answered = MapEditor(state.answered)
-            self.refused_contexts = MapEditor(state.refused_contexts)
-            self.served_contexts = MapEditor(state.served_contexts)
+        self.decisions = thaw_sequence(state.decisions)
+        self.consultations = thaw_sequence(state.consultations)
+        self.usage_by_model = thaw_map(state.usage_by_model)
+        self.usage_by_role = thaw_map(state.usage_by_role)
+        self.conversations = thaw_map(state.conversations)
+        self.open_calls = thaw_map(state.open_calls)
+        self.answered = thaw_map(state.answered)
+        self.refused_contexts = thaw_map(state.refused_contexts)
+        self.served_contexts = thaw_map(state.served_contexts)
 
     def freeze(self) -> OrchestrationState:
-        """The state built; a transient builder must not be used afterwards."""
+        """The state built; the builder must not be used afterwards."""
         return OrchestrationState(
             decisions=freeze_sequence(self.decisions),
             consultations=freeze_sequence(self.consultations),
@@ -228,6 +218,23 @@ class OrchestrationBuilder:
         )
 
 
+_OrchestrationEdit = one_event_builder(
+    OrchestrationBuilder,
+    ("user_messages", "failures_since_answer", "last_failure"),
+    {
+        "decisions": AppendedEditor,
+        "consultations": AppendedEditor,
+        "usage_by_model": MapEditor,
+        "usage_by_role": MapEditor,
+        "conversations": MapEditor,
+        "open_calls": MapEditor,
+        "answered": MapEditor,
+        "refused_contexts": MapEditor,
+        "served_contexts": MapEditor,
+    },
+)
+
+
 Step = Callable[[OrchestrationBuilder, Any, int], None]
 """How one event type changes orchestration under construction (``event``, ``version``)."""
 
@@ -239,7 +246,7 @@ def apply_orchestration(
     step = ORCHESTRATION_STEPS.get(type(event))
     if step is None:
         return state
-    building = OrchestrationBuilder(state, transient=False)
+    building = _OrchestrationEdit(state)
     step(building, event, version)
     return building.freeze()
 

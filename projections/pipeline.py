@@ -7,10 +7,11 @@ what the run has accumulated.
 
 Each event's step is written once, as a change to a ``PipelineBuilder``: the
 state's fields, with dicts and lists for its collections. ``apply_pipeline``
-builds over editors of the persistent collections (one event, one persistent
-update); ``projections.fold`` folds many events into one transient builder over
-plain dicts and lists and freezes it once at the end. Either way no state that
-anyone else holds is ever changed.
+builds over the state itself, with an editor for each persistent collection the
+step touches (one event, one persistent update, nothing else copied; see
+``projections.sequence.one_event_builder``); ``projections.fold`` folds many
+events into one transient builder over plain dicts and lists and freezes it once
+at the end. Either way no state that anyone else holds is ever changed.
 
 Every state Struct here is ``gc=False``: states are built bottom-up from frozen
 values and hold no reference back to anything that holds them, so they can
@@ -48,6 +49,7 @@ from projections.sequence import (
     PersistentMap,
     freeze_map,
     freeze_sequence,
+    one_event_builder,
     thaw_map,
     thaw_sequence,
 )
@@ -156,9 +158,9 @@ class PipelineBuilder:
     phase_history: Growing[PhaseEntry]
     pending_tools: MutableMapping[str, PendingTool]
 
-    def __init__(self, state: PipelineState, *, transient: bool) -> None:
-        """Start from ``state``: over copies of its collections when ``transient``
-        (for many events), else over editors of them (for one)."""
+    def __init__(self, state: PipelineState) -> None:
+        """Start from ``state``, over copies of its collections: for many events
+        (``apply`` of one event builds over editors instead, see ``one_event_builder``)."""
         self.run_id = state.run_id
         self.goal = state.goal
         self.workspace = state.workspace
@@ -173,19 +175,13 @@ class PipelineBuilder:
         self.answers = state.answers
         self.parent_run = state.parent_run
         self.forked_at = state.forked_at
-        if transient:
-            self.tasks = thaw_map(state.tasks)
-            self.files = thaw_map(state.files)
-            self.phase_history = thaw_sequence(state.phase_history)
-            self.pending_tools = thaw_map(state.pending_tools)
-        else:
-            self.tasks = MapEditor(state.tasks)
-            self.files = MapEditor(state.files)
-            self.phase_history = AppendedEditor(state.phase_history)
-            self.pending_tools = MapEditor(state.pending_tools)
+        self.tasks = thaw_map(state.tasks)
+        self.files = thaw_map(state.files)
+        self.phase_history = thaw_sequence(state.phase_history)
+        self.pending_tools = thaw_map(state.pending_tools)
 
     def freeze(self) -> PipelineState:
-        """The state built; a transient builder must not be used afterwards."""
+        """The state built; the builder must not be used afterwards."""
         return PipelineState(
             run_id=self.run_id,
             goal=self.goal,
@@ -208,6 +204,22 @@ class PipelineBuilder:
         )
 
 
+_PipelineEdit = one_event_builder(
+    PipelineBuilder,
+    [
+        f
+        for f in PipelineBuilder.__slots__
+        if f not in ("tasks", "files", "phase_history", "pending_tools")
+    ],
+    {
+        "tasks": MapEditor,
+        "files": MapEditor,
+        "phase_history": AppendedEditor,
+        "pending_tools": MapEditor,
+    },
+)
+
+
 Step = Callable[[PipelineBuilder, Any, int], None]
 """How one event type changes a pipeline under construction (``event``, ``version``)."""
 
@@ -217,7 +229,7 @@ def apply_pipeline(state: PipelineState, event: Event, version: int) -> Pipeline
     step = PIPELINE_STEPS.get(type(event))
     if step is None:
         return state
-    building = PipelineBuilder(state, transient=False)
+    building = _PipelineEdit(state)
     step(building, event, version)
     return building.freeze()
 

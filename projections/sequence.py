@@ -35,6 +35,8 @@ from collections.abc import (
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
+import msgspec
+
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -136,18 +138,23 @@ class PersistentMap(Mapping[K, V]):
     moves to the end), and equals any mapping with the same items.
     """
 
-    __slots__ = ("_base", "_length", "_overlay")
+    __slots__ = ("_base", "_length", "_merged", "_overlay")
 
     _base: dict[K, V]
     """Never mutated once a version holds it, so versions share it freely."""
     _overlay: dict[K, V]
     """Changes since ``_base``: new values, or ``_DELETED`` for keys of the base."""
     _length: int
+    _merged: dict[K, V] | None
+    """The base with the overlay applied, made when first read whole (iterated, or
+    asked for keys, values or items: a projected state's tasks are listed many
+    times per engine step) and never mutated, like the base."""
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         self._base = dict(items)
         self._overlay = {}
         self._length = len(self._base)
+        self._merged = None
 
     @staticmethod
     def adopt(items: dict[K, V]) -> PersistentMap[K, V]:
@@ -161,6 +168,7 @@ class PersistentMap(Mapping[K, V]):
         made._base = base
         made._overlay = overlay
         made._length = length
+        made._merged = None
         return made
 
     # -- new versions ------------------------------------------------------------------
@@ -216,13 +224,11 @@ class PersistentMap(Mapping[K, V]):
     def _merged_version(self) -> PersistentMap[K, V]:
         if not self._overlay:
             return self
-        return self._make(_merge(self._base, self._overlay), {}, self._length)
+        return self._make(self._view(), {}, self._length)
 
     def to_dict(self) -> dict[K, V]:
         """A new plain dict with the same items, in the same order."""
-        if not self._overlay:
-            return self._base.copy()
-        return _merge(self._base, self._overlay)
+        return self._view().copy()
 
     # -- Mapping -----------------------------------------------------------------------
 
@@ -254,9 +260,7 @@ class PersistentMap(Mapping[K, V]):
         return self._length
 
     def __iter__(self) -> Iterator[K]:
-        if not self._overlay:
-            return iter(self._base)
-        return iter(_merge(self._base, self._overlay))
+        return iter(self._view())
 
     def keys(self) -> KeysView[K]:
         return self._view().keys()
@@ -268,8 +272,14 @@ class PersistentMap(Mapping[K, V]):
         return self._view().values()
 
     def _view(self) -> dict[K, V]:
-        # The base is never mutated, so its views are safe to hand out.
-        return self._base if not self._overlay else _merge(self._base, self._overlay)
+        # The base and the merged dict are never mutated, so their views are safe
+        # to hand out.
+        if not self._overlay:
+            return self._base
+        merged = self._merged
+        if merged is None:
+            merged = self._merged = _merge(self._base, self._overlay)
+        return merged
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -400,3 +410,67 @@ def freeze_sequence(items: Growing[T]) -> Appended[T]:
         return cast(Appended[T], items.value)
     assert isinstance(items, list)
     return Appended.adopt(items)
+
+
+class Edits:
+    """What one event's step changed in a state, by field name: the scalars it set
+    and, for each collection it touched, an editor made at the first touch. A
+    builder for one event (``one_event_builder``) reads the state through it and
+    freezes as ``replace(state, **changes)``, so ``apply`` costs nothing for the
+    fields an event leaves alone (most events change one or two)."""
+
+    __slots__ = ("base", "made", "values")
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.values: dict[str, Any] = {}
+        self.made: dict[str, Any] = {}
+
+    def frozen(self) -> Any:
+        """The state with the changes made."""
+        changes = self.values
+        for name, editor in self.made.items():
+            changes[name] = editor.value
+        return msgspec.structs.replace(self.base, **changes) if changes else self.base
+
+
+def one_event_builder(
+    builder: type[T],
+    scalars: Iterable[str],
+    collections: Mapping[str, type[MapEditor[Any, Any]] | type[AppendedEditor[Any]]],
+) -> type[T]:
+    """A subclass of ``builder`` for one event: constructed with the state alone, its
+    fields are properties over an ``Edits`` (a collection as an editor made on first
+    use), and ``freeze`` replaces only what changed."""
+
+    def init(self: Any, state: Any) -> None:
+        self.edits = Edits(state)
+
+    def freeze(self: Any) -> Any:
+        return self.edits.frozen()
+
+    def scalar(name: str) -> property:
+        def get(self: Any) -> Any:
+            values = self.edits.values
+            return values[name] if name in values else getattr(self.edits.base, name)
+
+        def set_(self: Any, value: Any) -> None:
+            self.edits.values[name] = value
+
+        return property(get, set_)
+
+    def collection(name: str, make: Any) -> property:
+        def get(self: Any) -> Any:
+            made = self.edits.made
+            editor = made.get(name)
+            if editor is None:
+                editor = made[name] = make(getattr(self.edits.base, name))
+            return editor
+
+        return property(get)
+
+    namespace: dict[str, Any] = {"__slots__": ("edits",), "__init__": init, "freeze": freeze}
+    namespace.update((name, scalar(name)) for name in scalars)
+    namespace.update((name, collection(name, make)) for name, make in collections.items())
+    namespace["__doc__"] = f"{builder.__name__} of one event (see ``one_event_builder``)."
+    return type(f"OneEvent{builder.__name__}", (builder,), namespace)

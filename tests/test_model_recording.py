@@ -628,9 +628,10 @@ def test_the_digest_hashed_in_parts_is_the_digest_of_the_whole_canonical_request
     assert offered.names == tool_names(tools)
 
 
-def test_a_conversation_encodes_its_tools_once(
+def test_the_same_schemas_are_encoded_once_whatever_list_holds_them(
     event_store: EventStore, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a registry gives each conversation a list of its own, of the very same schemas
     made: list[object] = []
     real = OfferedTools.__init__
 
@@ -640,13 +641,14 @@ def test_a_conversation_encodes_its_tools_once(
 
     monkeypatch.setattr(OfferedTools, "__init__", counted)
     log = FakeRunLog(event_store)
-    tools, same = list(TOOLS), list(TOOLS)
-    with ScriptedModelServer([Reply.text(str(n)) for n in range(4)]) as server:
+    tools, same, copied = list(TOOLS), list(TOOLS), [dict(t) for t in TOOLS]
+    offers = {"task:T1": tools, "task:T2": same, "task:T3": copied}
+    with ScriptedModelServer([Reply.text(str(n)) for n in range(5)]) as server:
         model = recorder(log, http, server.url, stream=False)
-        for conversation in ("task:T1", "task:T2", "task:T1", "task:T2"):  # interleaved
-            offered = tools if conversation == "task:T1" else same
-            model.chat("coding", [SYSTEM, ASK], offered, conversation=conversation)
-    assert len(made) == 2 and made[0] is tools and made[1] is same
+        for conversation in ("task:T1", "task:T2", "task:T1", "task:T2", "task:T3"):
+            model.chat("coding", [SYSTEM, ASK], offers[conversation], conversation=conversation)
+    # equal schemas in other objects are encoded again: nothing says they were not changed
+    assert len(made) == 2 and made[0] == tools and made[1] == copied
     requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
     assert len({r.tools_ref for r in requests}) == 1 and requests[0].tools_ref
     assert len({r.request_digest for r in requests}) == 1

@@ -31,6 +31,7 @@ from events import (
     RunFinished,
     RunForked,
     RunNotFound,
+    RunResumed,
     RunRewound,
     RunStarted,
     SpecialistConsulted,
@@ -864,3 +865,42 @@ def test_state_defaults_are_empty_collections() -> None:
 
     assert pipeline.tasks == {} and pipeline.files == {} and list(pipeline.phase_history) == []
     assert OrchestrationState().answered == {}
+
+
+def test_one_event_changes_only_the_fields_its_step_touches() -> None:
+    state = run(START, TaskAdded(task_id="t1", title="a"), request("c1", user("hi")))
+    pipeline, orchestration = state.pipeline, state.orchestration
+    # a resume of a running run changes nothing: the very same state comes back
+    assert apply_pipeline(pipeline, RunResumed(), 4) is pipeline
+    answered = apply_orchestration(orchestration, respond("c1"), 4)
+    changed = {"open_calls", "usage_by_model", "usage_by_role", "answered"}
+    for name in OrchestrationState.__struct_fields__:
+        same = getattr(answered, name) is getattr(orchestration, name)
+        assert same != (name in changed), name
+    updated = apply_pipeline(pipeline, TaskUpdated(task_id="t1", status="in_progress"), 4)
+    assert updated.tasks["t1"].status == "in_progress" and updated.files is pipeline.files
+    assert pipeline.tasks["t1"].status == "new"  # the state given is never changed
+
+
+def test_a_map_version_is_merged_once_however_often_it_is_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from projections import sequence
+
+    merged: list[int] = []
+    real = sequence._merge
+
+    def counted(base: dict[str, int], overlay: dict[str, int]) -> dict[str, int]:
+        merged.append(len(overlay))
+        return real(base, overlay)
+
+    monkeypatch.setattr(sequence, "_merge", counted)
+    base = PersistentMap({f"k{i}": i for i in range(100)})
+    version = base.set("k1", -1).delete("k2").set("new", 7)
+    for _ in range(3):
+        assert list(version) == [f"k{i}" for i in range(100) if i != 2] + ["new"]
+        assert list(version.values())[1] == -1 and dict(version.items())["new"] == 7
+    copy = version.to_dict()
+    copy["k1"] = 1  # a copy of its own: the version is unchanged
+    assert version["k1"] == -1 and len(merged) == 1
+    assert base["k1"] == 1 and "k2" in base and "new" not in base

@@ -223,10 +223,11 @@ class RecordingModel:
         self.runlog = runlog
         self.roles = roles
         self.inline_limit = inline_limit
-        self._offered: dict[int, tuple[OfferedTools, str]] = {}
-        """Tools lists offered, by identity, with their blob: a conversation offers the
-        same list on every turn, the arbiter its own between them. A cache of an
-        encoding, not state (each entry keeps its list, so no id is reused)."""
+        self._offered: dict[tuple[int, ...], tuple[OfferedTools, str]] = {}
+        """Tools lists offered, by the identities of their schemas, with their blob: a
+        registry hands every conversation of a role (and every turn) the very same
+        schema objects, in a list of its own. A cache of an encoding, not state (each
+        entry keeps its schemas, so no id is reused)."""
 
     def chat(
         self,
@@ -383,12 +384,13 @@ class RecordingModel:
 
     def _offer(self, tools: Sequence[dict[str, Any]]) -> tuple[OfferedTools, str]:
         """The tools encoded, and their blob; worked out again only for another list."""
-        known = self._offered.get(id(tools))
-        if known is None or known[0].schemas is not tools:
+        key = tuple(map(id, tools))
+        known = self._offered.get(key)
+        if known is None:
             if len(self._offered) >= OFFERED_KEPT:
                 self._offered.clear()
-            offered = OfferedTools(tools)
-            known = self._offered[id(tools)] = offered, self._tools_ref(offered)
+            offered = OfferedTools(list(tools))
+            known = self._offered[key] = offered, self._tools_ref(offered)
         return known
 
     def _tools_ref(self, offered: OfferedTools) -> str:
