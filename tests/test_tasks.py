@@ -202,32 +202,3 @@ def test_the_table_draws_as_mermaid() -> None:
     lines = TASK_TABLE.mermaid().splitlines()
     for (current, new), trigger in EXPECTED.items():
         assert any(line.startswith(f"    {current} --> {new}: {trigger}") for line in lines)
-
-
-def test_the_same_projected_tasks_are_surveyed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # one engine step asks about the same (immutable) tasks several times
-    from engine.machines import tasks as module
-    from projections.sequence import PersistentMap
-
-    board = PersistentMap(tasks(a=("completed", ()), b=("new", ("a",)), c=("qa_pending", ())))
-    checked: list[str] = []
-    real = module._is_ready
-
-    def counted(task: TaskInfo, index: object) -> bool:
-        checked.append(task.task_id)
-        return real(task, index)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(module, "_is_ready", counted)
-    ready = ready_tasks(board)
-    ready.clear()  # each caller gets a list of its own
-    assert [t.task_id for t in ready_tasks(board)] == ["b"]
-    assert count_facts(board)["ready"] == 1
-    assert checked == ["a", "b", "c"]
-
-
-def test_a_mutable_board_is_surveyed_afresh_each_time() -> None:
-    board = tasks(a=("new", ()), b=("new", ("a",)))
-    assert [t.task_id for t in ready_tasks(board)] == ["a"]
-    board["a"] = TaskInfo(task_id="a", status="completed")
-    assert [t.task_id for t in ready_tasks(board)] == ["b"]
-    assert count_facts(board)["open"] == 1

@@ -22,8 +22,7 @@ ask them about projected state without this module importing projections.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from types import MappingProxyType
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -190,41 +189,8 @@ def _is_ready(task: TaskLike, index: Mapping[str, TaskLike]) -> bool:
 
 def ready_tasks(tasks: Tasks) -> list[TaskLike]:
     """The tasks that are ready, in the order given (the log's order for a dict)."""
-    return list(_survey(tasks)[0])
-
-
-class _Survey(msgspec.Struct, frozen=True, gc=False):
-    tasks: object
-    ready: tuple[TaskLike, ...]
-    facts: dict[str, int]
-
-
-_last_survey = _Survey(None, (), {})
-"""The last survey of an immutable mapping of tasks (a projected state's): one step
-of the engine asks about the same tasks several times (the rules, the arbiter's
-prompt and its check of the answer, the phase guard). A cache of a pure function
-of a value that cannot change, kept with the value so that its id is not reused."""
-
-
-def _survey(tasks: Tasks) -> tuple[tuple[TaskLike, ...], dict[str, int]]:
-    """The ready tasks and ``count_facts`` of ``tasks``, in one pass."""
-    global _last_survey
-    last = _last_survey
-    if last.tasks is tasks:
-        return last.ready, last.facts
     index = _index(tasks)
-    statuses = [t.status for t in index.values()]
-    ready = tuple(t for t in index.values() if _is_ready(t, index))
-    facts = {
-        "total": len(statuses),
-        "open": sum(1 for s in statuses if is_open(s)),
-        "ready": len(ready),
-        "qa_pending": statuses.count("qa_pending"),
-        "qa_failed": statuses.count("qa_failed"),
-    }
-    if isinstance(tasks, Mapping) and not isinstance(tasks, MutableMapping | MappingProxyType):
-        _last_survey = _Survey(tasks, ready, facts)
-    return ready, facts
+    return [t for t in index.values() if _is_ready(t, index)]
 
 
 def blocking_dependencies(task: TaskLike, tasks: Tasks) -> tuple[str, ...]:
@@ -262,4 +228,12 @@ def blocked_for_good(task: TaskLike, tasks: Tasks) -> bool:
 def count_facts(tasks: Tasks) -> dict[str, int]:
     """Counts for ``engine.machines.phases.PhaseFacts``: total, open, ready, qa_pending,
     qa_failed."""
-    return dict(_survey(tasks)[1])
+    index = _index(tasks)
+    statuses = [t.status for t in index.values()]
+    return {
+        "total": len(statuses),
+        "open": sum(1 for s in statuses if is_open(s)),
+        "ready": sum(1 for t in index.values() if _is_ready(t, index)),
+        "qa_pending": statuses.count("qa_pending"),
+        "qa_failed": statuses.count("qa_failed"),
+    }
