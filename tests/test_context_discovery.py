@@ -231,3 +231,18 @@ def test_against_a_llama_server_like_one_a_rambling_answer_stops_at_the_cap(
     assert not any(isinstance(e, ModelFailed) for e in events)
     assert project(store, "r").pipeline.tasks["t1"].status == "qa_pending"
     assert replay(store, "r", tools="recorded").identical
+
+
+def test_a_server_that_says_only_the_trained_maximum_is_told_in_words_with_what_the_run_uses(
+    tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    with ScriptedModelServer(DemoModels(), models=("m",), trained=32768) as server:
+        start_run(MemoryEventStore(), goal="g", workspace=tmp_path / "ws", run_id="r",
+                  settings=settings_for(server, "ollama"), progress=lines.append)  # fmt: skip
+        url = server.url
+    assert (
+        f"context window of m at {url}: not said by the server (the model was trained for "
+        "32768 tokens); each role keeps its default window, or that one if smaller "
+        "(num_ctx sets it) (from /api/show)"
+    ) in lines

@@ -116,9 +116,7 @@ def learn_contexts(
                 progress(f"{where} not learned: {learned}")
             continue
         if progress is not None:
-            said = f"{learned.context} tokens" if learned.context else "not said"
-            most = f"; the model's maximum is {learned.trained}" if learned.trained else ""
-            progress(f"{where}: {said}{most} (from {learned.source})")
+            progress(f"{where}: {_described(learned)} (from {learned.source})")
         log.append(
             ModelContextLearned(
                 endpoint=endpoint.label,
@@ -129,6 +127,18 @@ def learn_contexts(
             ),
             causation=causation,
         )
+
+
+def _described(learned: Learned) -> str:
+    """What was learned, and what the run does with it (``engine.model.sizing``)."""
+    if learned.context:
+        return f"{learned.context} tokens"
+    if learned.trained:
+        return (
+            f"not said by the server (the model was trained for {learned.trained} tokens); "
+            "each role keeps its default window, or that one if smaller (num_ctx sets it)"
+        )
+    return "not said by the server; each role keeps its default window (num_ctx sets it)"
 
 
 # -- the three APIs ----------------------------------------------------------------------
