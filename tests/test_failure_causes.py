@@ -105,10 +105,11 @@ def test_the_report_lists_every_failed_attempt_and_the_end_reason(
     assert result.exit_code == 0, result.output
     page = Page(out.read_text(encoding="utf-8"))
     assert f"model server {url}: {kind}" in page.sections["summary"]
-    failures = [text for css, text in page.rows if css == "failed" and f"{case}/m" in text]
+    failures = [text for css, text in page.rows if css == "failed model-failure"]
     assert failures, page.sections["model-failures"]
     for row in failures:
         assert url in row and kind in row and detail in row and " m " in row
+        assert row.split()[1].startswith("m")  # the call id without the run id (it is on hover)
     roles = {row.split()[2] for row in failures}
     assert "reasoning" in roles
     attempts = [row.split()[6] for row in failures]
