@@ -355,6 +355,8 @@ def decide(
     rules = rules_decide(p, limits, model_trouble(state.orchestration))
 
     def fallback(reason: str) -> Verdict:
+        """The rules' step; ``reason`` says why the arbiter's was not taken ("" when
+        the arbiter was not asked)."""
         return Verdict(
             step=rules,
             action=rules.action,
@@ -365,13 +367,7 @@ def decide(
         )
 
     if only_move(rules, p):
-        return Verdict(
-            step=rules,
-            action=rules.action,
-            parameters=rules.parameters(),
-            reasoning=rules.reason,
-            decided_by="rules",
-        )
+        return fallback("")
     try:
         reply = model.chat(
             ROLE,
