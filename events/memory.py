@@ -9,15 +9,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from events.codec import Codec
+from events.codec import Codec, encode
+from events.schema import Event
 from events.store import (
     Clock,
     Draft,
     EventStore,
+    RecordedEvent,
     Row,
     RunInfo,
     SummaryRow,
     check_expected,
+    format_time,
     keyed_marker,
     number,
     refuse_unkeyed_run,
@@ -28,8 +31,9 @@ from events.store import (
 class MemoryEventStore(EventStore):
     """Event store in a Python list; behaves like ``SQLiteEventStore``.
 
-    ``chained=False`` makes a scratch log: its rows' hashes are left empty (nothing
-    to verify), which saves a hash per append; a replay writes to one."""
+    ``chained=False`` (without a key) makes a scratch log: its rows' hashes are left
+    empty (nothing to verify) and an append numbers its events in place, with no
+    hash and no draft; a replay writes to one."""
 
     def __init__(
         self,
@@ -66,13 +70,44 @@ class MemoryEventStore(EventStore):
                 recorded_at=recorded_at,
                 first_position=len(self._log) + 1,
                 key=self.key,
-                chained=self.chained,
             )
             if not stream and self.key is not None and self._marker is None:
                 self._marker = keyed_marker(self.key, rows[0][0])
             self._log.extend(rows)
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
+
+    def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        expected_version: int,
+        *,
+        causation: int | None = None,
+    ) -> list[RecordedEvent]:
+        if self.chained or self.key is not None or not events:
+            return super().append(run_id, events, expected_version, causation=causation)
+        recorded_at = format_time(self.clock())
+        recorded: list[RecordedEvent] = []
+        with self._lock:
+            stream = self._by_run.get(run_id)
+            version = stream[-1][2] if stream else 0
+            check_expected(run_id, expected_version, version)
+            if stream is None:
+                refuse_unkeyed_run(run_id, self._marker)
+                stream = self._by_run[run_id] = []
+            position = len(self._log)
+            for event in events:
+                position += 1
+                version += 1
+                kind, schema = event.type_name(), event.schema_version
+                row = (position, run_id, version, kind, schema, recorded_at, causation, "")
+                self._log.append((*row, encode(event)))
+                stream.append(self._log[-1])
+                recorded.append(RecordedEvent(*row, event))
+        if self.after_append is not None:
+            self.after_append(self, recorded)
+        return recorded
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
         with self._lock:

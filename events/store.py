@@ -172,29 +172,12 @@ def number(
     recorded_at: str,
     first_position: int,
     key: ChainKey | None = None,
-    chained: bool = True,
 ) -> list[Row]:
     """Give drafts their versions, positions and chained hashes. Backends call this
     inside their write transaction, after checking the expected version.
 
     A new run is keyed when ``key`` is given; an existing run keeps what its hashes
-    say it is (``run_key``). ``chained=False`` leaves the hashes empty: for a scratch
-    log that nobody verifies (``MemoryEventStore(chained=False)``)."""
-    if not chained:
-        return [
-            (
-                first_position + offset,
-                run_id,
-                last_version + offset + 1,
-                draft.type,
-                draft.schema_version,
-                recorded_at,
-                draft.causation,
-                "",
-                draft.data,
-            )
-            for offset, draft in enumerate(drafts)
-        ]
+    say it is (``run_key``)."""
     key = run_key(run_id, last_hash, key) if last_version else key
     rows: list[Row] = []
     previous = last_hash

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import httpx
@@ -201,8 +202,16 @@ class Recording:
             return True
         if version > len(self.events):
             return self.killed
-        data = self.events[version - 1].data
-        return isinstance(data, STOPS) or is_user_stop(data) or settled_by_recovery(data)
+        return version in self._stops
+
+    @cached_property
+    def _stops(self) -> frozenset[int]:
+        """The versions of the events written where the recorded engine had been stopped."""
+        return frozenset(
+            e.version
+            for e in self.events
+            if isinstance(e.data, STOPS) or is_user_stop(e.data) or settled_by_recovery(e.data)
+        )
 
     def state_at(self, version: int) -> RunState:
         """The recorded state at ``version``; versions must be asked in increasing order
