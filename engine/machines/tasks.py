@@ -147,7 +147,9 @@ def check_status_change(
             )
         )
     facts = None if max_attempts is None else Attempts(attempts=attempts, max_attempts=max_attempts)
-    StateMachine(TASK_TABLE, current).fire(trigger, facts)
+    machine = StateMachine(TASK_TABLE, current)
+    if not machine.can(trigger, facts):
+        machine.fire(trigger, facts)  # raises, saying which guard refused
     return trigger
 
 
@@ -229,11 +231,14 @@ def count_facts(tasks: Tasks) -> dict[str, int]:
     """Counts for ``engine.machines.phases.PhaseFacts``: total, open, ready, qa_pending,
     qa_failed."""
     index = _index(tasks)
-    statuses = [t.status for t in index.values()]
-    return {
-        "total": len(statuses),
-        "open": sum(1 for s in statuses if is_open(s)),
-        "ready": sum(1 for t in index.values() if _is_ready(t, index)),
-        "qa_pending": statuses.count("qa_pending"),
-        "qa_failed": statuses.count("qa_failed"),
-    }
+    counts = dict.fromkeys(("total", "open", "ready", "qa_pending", "qa_failed"), 0)
+    for task in index.values():
+        status = task.status
+        counts["total"] += 1
+        if status not in DONE:
+            counts["open"] += 1
+            if status in ("qa_pending", "qa_failed"):
+                counts[status] += 1
+            elif _is_ready(task, index):
+                counts["ready"] += 1
+    return counts

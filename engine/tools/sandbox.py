@@ -62,9 +62,12 @@ class Sandbox:
         resolved = Path(os.path.realpath(self.root.joinpath(*relative.parts)))
         # The kernel applies '..' after following the link before it ('link/..' is
         # the link target's parent), where normpath drops both: check the path as
-        # the kernel would read it too, since a command is given the raw text.
-        physical = Path(os.path.realpath(self.root / text))
-        for candidate in (resolved, physical):
+        # the kernel would read it too, since a command is given the raw text. (Without
+        # '..' the two readings are the same path.)
+        candidates = [resolved]
+        if ".." in text.split("/"):
+            candidates.append(Path(os.path.realpath(self.root / text)))
+        for candidate in candidates:
             if not candidate.is_relative_to(self.root):
                 raise PathOutsideWorkspace(
                     f"path {raw!r} leads outside the workspace through a symbolic link; "
