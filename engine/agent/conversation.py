@@ -14,7 +14,6 @@ success: only a finishing tool that succeeded finishes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,7 @@ def run_conversation(
     history = list(messages)
     schemas = tools.schemas()
     nudged = invalid = cut = False
-    failures: dict[tuple[str, str, str], int] = {}  # identical failing calls since a success
+    failures: dict[tuple[str, bytes, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
     for turn in range(1, limit + 1):
         try:
@@ -157,9 +156,9 @@ def run_conversation(
         )
         finished = False
         repeated = ""
-        seen: set[str] = set()
+        seen: set[tuple[str, bytes]] = set()
         for call in reply.tool_calls:
-            same = f"{call.name}:{_canonical(call.arguments)}"
+            same = (call.name, _canonical(call.arguments))
             duplicate = same in seen
             seen.add(same)
             ctx = ToolContext(
@@ -180,7 +179,7 @@ def run_conversation(
             if outcome.ok:
                 failures.clear()
             else:
-                key = (call.name, _canonical(call.arguments), outcome.error)
+                key = (*same, outcome.error)
                 failures[key] = failures.get(key, 0) + 1
                 if failures[key] >= REPEAT_LIMIT:
                     repeated = (
@@ -246,9 +245,9 @@ def _run_tool(
     return outcome
 
 
-def _canonical(arguments: object) -> str:
+def _canonical(arguments: object) -> bytes:
+    """The arguments as JSON with sorted keys: equal calls, equal texts (never recorded)."""
     return _CANONICAL(arguments)
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, default=str).encode
-"""``json.dumps(value, sort_keys=True, default=str)``, without building an encoder per call."""
+_CANONICAL = msgspec.json.Encoder(order="sorted", enc_hook=str).encode
