@@ -89,6 +89,15 @@ CREATE TRIGGER blobs_no_truncate BEFORE TRUNCATE ON blobs
   FOR EACH STATEMENT EXECUTE FUNCTION autonomy_append_only();
 """
 
+APPEND_ONLY_TRIGGERS = (
+    "events_append_only",
+    "events_no_truncate",
+    "blobs_append_only",
+    "blobs_no_truncate",
+    "store_meta_append_only",
+)
+"""The triggers ``_APPEND_ONLY`` and migration 3 create; ``verify`` checks they are there."""
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the log, the blobs, append-only triggers, lease owners
     """
@@ -363,6 +372,26 @@ class PostgresEventStore(SQLEventStore):
             return True
         return False
 
+    # -- integrity -------------------------------------------------------------------
+
+    database_checks = "append-only triggers"
+
+    def database_problems(self) -> list[str]:
+        """The append-only triggers of this schema's tables missing or disabled now
+        (PostgreSQL checks its own pages; a superuser can still drop a trigger)."""
+        rows = self._fetch(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = to_regnamespace(current_schema())"
+            " AND t.tgname = ANY(%s) AND t.tgenabled <> 'D'",
+            (list(APPEND_ONLY_TRIGGERS),),
+            "checking the append-only triggers",
+        )
+        present = {row[0] for row in rows}
+        missing = [name for name in APPEND_ONLY_TRIGGERS if name not in present]
+        if missing:
+            return [f"append-only triggers are missing or disabled: {', '.join(missing)}"]
+        return []
+
     # -- reading ---------------------------------------------------------------------
 
     def _fetch(self, sql: str, params: Sequence[object], where: str) -> list[Any]:
@@ -505,9 +534,7 @@ DERIVED_TABLES = ("run_summaries", "projection_positions")
 log's truth, so it may be rewritten; ``verify`` checks it against the log."""
 
 
-def grant_writer(
-    conn: psycopg.Connection[Any], role: str, readable: Iterable[str] = ()
-) -> None:
+def grant_writer(conn: psycopg.Connection[Any], role: str, readable: Iterable[str] = ()) -> None:
     """Let ``role`` run, work and read on the log in ``conn``'s schema, and nothing
     more: SELECT and INSERT on the log's tables, UPDATE only on the working tables,
     the derived run summaries rewritable, SELECT on ``readable`` (the audit views), never UPDATE, DELETE or TRUNCATE on the

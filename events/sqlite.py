@@ -457,6 +457,8 @@ class SQLiteEventStore(SQLEventStore):
         ).fetchone()
         return str(row[0]) if row else None
 
+    database_checks = "integrity_check, append-only triggers"
+
     def database_problems(self) -> list[str]:
         """``PRAGMA integrity_check``'s findings, append-only triggers missing now,
         and every repair a writer made (triggers it found missing and put back).

@@ -504,6 +504,9 @@ class EventStore(ABC):
         """The mark the first keyed run left (``keyed_marker``), None if none did."""
         return None
 
+    database_checks: str = ""
+    """What ``database_problems`` checks, in a few words, for ``verify`` to say."""
+
     def database_problems(self) -> list[str]:
         """What is wrong with the storage itself (a backend with a file checks it);
         a backend without one has nothing to report."""

@@ -38,6 +38,29 @@ def store(pg_url: str) -> Iterator[PostgresEventStore]:
 @pytest.mark.parametrize(
     "statement",
     [
+        "ALTER TABLE events DISABLE TRIGGER events_append_only",
+        "DROP TRIGGER blobs_no_truncate ON blobs",
+    ],
+)
+def test_verify_says_when_an_append_only_trigger_is_gone(
+    store: PostgresEventStore, pg_url: str, statement: str
+) -> None:
+    store.append("r", [START], 0)
+    code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
+    assert code.exit_code == 0, code.output
+    assert "database: ok (append-only triggers, 0 blobs)" in code.output
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema's owner can
+        conn.execute(statement)
+    name = statement.split("TRIGGER ")[1].split()[0]
+    assert store.database_problems() == [f"append-only triggers are missing or disabled: {name}"]
+    code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
+    assert code.exit_code == 1
+    assert f"database: FAILED append-only triggers are missing or disabled: {name}" in code.output
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
         "UPDATE events SET data = '{}'",
         "DELETE FROM events",
         "TRUNCATE events",

@@ -94,7 +94,8 @@ def verdict_lines(verdict: LogVerdict) -> list[str]:
     """``database: ok (...)`` or one line per database problem, then per run."""
     lines = [f"database: FAILED {problem}" for problem in verdict.database]
     if not lines:
-        lines.append(f"database: ok (integrity_check, append-only triggers, {verdict.blobs} blobs)")
+        checked = ", ".join(filter(None, (verdict.checks, f"{verdict.blobs} blobs")))
+        lines.append(f"database: ok ({checked})")
     if not verdict.runs:
         lines.append("no runs in this log")
     for run in verdict.runs:

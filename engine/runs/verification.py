@@ -57,6 +57,8 @@ class LogVerdict(msgspec.Struct, frozen=True, kw_only=True):
     database: tuple[str, ...]
     blobs: int
     runs: tuple[RunVerdict, ...]
+    checks: str = ""
+    """What was checked of the database itself (``EventStore.database_checks``)."""
 
     @property
     def ok(self) -> bool:
@@ -110,7 +112,12 @@ def verify_log(
     database += summary_problems(store, run_ids, states)
     if run_ids is None:
         database += blobs.check_all()
-    return LogVerdict(database=tuple(database), blobs=blobs.count, runs=tuple(verdicts))
+    return LogVerdict(
+        database=tuple(database),
+        blobs=blobs.count,
+        runs=tuple(verdicts),
+        checks=store.database_checks,
+    )
 
 
 def _verify_run(
