@@ -178,8 +178,11 @@ def suggestion(step: Step, phase: str) -> tuple[str, dict[str, str]]:
 # -- the prompt ----------------------------------------------------------------------------
 
 
-def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
-    """The arbiter's messages: system prompt, then the compact state and memory."""
+def prompt(
+    state: RunState, rules: Step, limits: Limits, work: list[Step] | None = None
+) -> list[Message]:
+    """The arbiter's messages: system prompt, then the compact state and memory
+    (``work``: ``work_steps`` of the state, if the caller has it)."""
     p, o = state.pipeline, state.orchestration
     lines = [
         f"Goal: {p.goal.strip()[:600]}",
@@ -207,7 +210,7 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
     if memory:
         lines.append("Your recent decisions and their outcomes (oldest first):")
         lines += [f"- {m}" for m in memory]
-    work = work_steps(p)
+    work = work_steps(p) if work is None else work
     if work:
         lines.append(
             "Work that can be done now: " + "; ".join(f"{s.action} {s.task_id}" for s in work)
@@ -274,8 +277,14 @@ def _step_for_phase(state: PipelineState, rules: Step, work: list[Step], phase: 
     raise Refused(f"the engine has no work for phase {phase!r} now")
 
 
-def to_step(name: str, args: dict[str, Any], state: PipelineState, rules: Step) -> Step:
-    """The step an arbiter call asks for, or ``Refused``."""
+def to_step(
+    name: str,
+    args: dict[str, Any],
+    state: PipelineState,
+    rules: Step,
+    work: list[Step] | None = None,
+) -> Step:
+    """The step an arbiter call asks for, or ``Refused`` (``work`` as for ``prompt``)."""
     if name not in ACTIONS:
         raise Refused(f"unknown action {name!r}; the actions are {', '.join(ACTIONS)}")
     for key in _REQUIRED[name]:
@@ -289,7 +298,7 @@ def to_step(name: str, args: dict[str, Any], state: PipelineState, rules: Step) 
     if not isinstance(task_id, str):
         raise Refused(f"{name}: task_id must be a string")
     reason = str(args.get("reason") or args.get("question") or "")
-    work = work_steps(state)
+    work = work_steps(state) if work is None else work
     if name == "consult_coding_specialist":
         step = _task_for(state, work, ("debug", "code"), task_id)
     elif name == "consult_analysis_specialist":
@@ -368,10 +377,11 @@ def decide(
 
     if only_move(rules, p):
         return fallback("")
+    work = work_steps(p)
     try:
         reply = model.chat(
             ROLE,
-            prompt(state, rules, limits),
+            prompt(state, rules, limits, work),
             SCHEMAS,
             conversation=f"arbiter:{p.steps + 1}",
             causation=causation,
@@ -391,7 +401,7 @@ def decide(
     call = reply.tool_calls[0]
     args = dict(call.arguments) if isinstance(call.arguments, dict) else {}
     try:
-        step = to_step(call.name, args, p, rules)
+        step = to_step(call.name, args, p, rules, work)
     except Refused as e:
         return fallback(f"arbiter's {call.name}: {e}")
     if repeated(state, call.name, args, limits.arbiter_repeat_limit):

@@ -197,6 +197,8 @@ def ready_tasks(tasks: Tasks) -> list[TaskLike]:
 
 def blocking_dependencies(task: TaskLike, tasks: Tasks) -> tuple[str, ...]:
     """Dependencies that hold ``task`` back: unknown, failed, skipped or blocked."""
+    if not task.dependencies:
+        return ()
     index = _index(tasks)
     return tuple(
         dep_id
