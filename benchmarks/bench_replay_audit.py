@@ -422,6 +422,40 @@ def replay_throughput(db: Path, workdir: Path, tasks: int, repeat: int, key: byt
                 f"   replay/rebuild {rebuilt / replayed:.3f}",
                 flush=True,
             )
+            if tools == "recorded":
+                replay_floor(store, run_id, repeat, replayed)
+
+
+def replay_floor(store: Any, run_id: str, repeat: int, replayed: float) -> None:
+    """What a replay costs before its engine decides anything: reading the recorded
+    run, writing as many events to a scratch log (and folding each into the state the
+    engine reads), comparing them with the recording. The rest is the engine's."""
+    from engine.agent.runlog import RunLog
+    from engine.runs.divergence import Normaliser, compare
+    from engine.runs.replay import _scratch_time
+    from engine.runs.replay_sources import Recording
+    from events.memory import MemoryEventStore
+    from projections.fold import RunState
+
+    recorded = Recording(store, run_id).events
+
+    def write() -> list[Any]:
+        log = RunLog(MemoryEventStore(chained=False, clock=_scratch_time), run_id, RunState())
+        return [log.append(e.data, causation=e.causation)[0] for e in recorded]
+
+    written = write()
+    parts = {
+        "reading the run": median_seconds(lambda: Recording(store, run_id), repeat),
+        "scratch log + fold": median_seconds(write, repeat),
+        "comparing": median_seconds(lambda: compare(recorded, written, Normaliser()), repeat),
+    }
+    floor = sum(parts.values())
+    shares = ", ".join(f"{name} {seconds * 1000:.1f}" for name, seconds in parts.items())
+    print(
+        f"  of its {replayed * 1000:.1f} ms: {shares}; the engine the other"
+        f" {(replayed - floor) * 1000:.1f} ms (no engine at all: {len(recorded) / floor:,.0f} ev/s)",
+        flush=True,
+    )
 
 
 # -- verify ---------------------------------------------------------------------------------
