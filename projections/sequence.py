@@ -336,8 +336,7 @@ class MapEditor(MutableMapping[K, V]):
     value: PersistentMap[K, V]
 
     def __init__(self, value: Mapping[K, V]) -> None:
-        # a state built by hand may hold a plain dict
-        self.value = value if isinstance(value, PersistentMap) else PersistentMap(value)
+        self.value = persistent_map(value)
 
     def __getitem__(self, key: K) -> V:
         return self.value[key]
@@ -395,6 +394,12 @@ class Growing(Protocol[T_contra]):
 def thaw_map(items: Mapping[K, V]) -> dict[K, V]:
     """A new dict with the items of a persistent map (or of any mapping)."""
     return items.to_dict() if isinstance(items, PersistentMap) else dict(items)
+
+
+def persistent_map(items: Mapping[K, V]) -> PersistentMap[K, V]:
+    """``items`` as a persistent map: itself if it is one (a state built by hand may
+    hold a plain dict)."""
+    return items if type(items) is PersistentMap else PersistentMap(items)
 
 
 def thaw_sequence(items: Iterable[T]) -> list[T]:
