@@ -194,14 +194,8 @@ class PersistentMap(Mapping[K, V]):
         changed = overlay.copy()
         changed[key] = value
         if len(changed) > _MIN_OVERLAY and len(changed) * len(changed) > len(base):
-            base, changed = _merge(base, changed), {}
-        # ``_make`` inlined: a fold's commonest write
-        made: PersistentMap[K, V] = _new(PersistentMap)
-        made._base = base
-        made._overlay = changed
-        made._length = length
-        made._merged = None
-        return made
+            return self._make(_merge(base, changed), {}, length)
+        return self._make(base, changed, length)
 
     def delete(self, key: K) -> PersistentMap[K, V]:
         """This map without ``key`` (itself if ``key`` is absent)."""
