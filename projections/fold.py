@@ -158,10 +158,15 @@ def apply(state: RunState, event: RecordedEvent) -> RunState:
         target = _refold(state, data.to_version, run_id)
         pipeline, orchestration = target.pipeline.freeze(), target.orchestration.freeze()
     else:
-        pipeline = apply_pipeline(state.pipeline, data, version)
+        pipeline, orchestration = state.pipeline, state.orchestration
+        steps = _STEPS.get(kind)
+        if steps is not None:  # else neither projection is concerned
+            if steps[0] is not None:
+                pipeline = apply_pipeline(pipeline, data, version)
+            if steps[1] is not None:
+                orchestration = apply_orchestration(orchestration, data, version)
         if not pipeline.run_id:
             pipeline = replace(pipeline, run_id=run_id)
-        orchestration = apply_orchestration(state.orchestration, data, version)
     return RunState(
         run_id=run_id,
         version=version,

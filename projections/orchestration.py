@@ -7,13 +7,14 @@ message deltas carried by ``model.requested``.
 Like ``apply_pipeline``, ``apply_orchestration`` is pure, returns its input when
 an event does not concern it, keeps growing parts in persistent collections,
 writes each event's step once against an ``OrchestrationBuilder`` (see
-``projections.pipeline``), and its state Structs are ``gc=False`` (built
-bottom-up, never part of a cycle).
+``projections.pipeline``; a model call's two events are also written directly
+over the persistent maps, at the end of the module), and its state Structs are
+``gc=False`` (built bottom-up, never part of a cycle).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import msgspec
@@ -40,6 +41,7 @@ from projections.sequence import (
     freeze_map,
     freeze_sequence,
     one_event_builder,
+    persistent_map,
     thaw_map,
     thaw_sequence,
 )
@@ -243,6 +245,9 @@ def apply_orchestration(
     state: OrchestrationState, event: Event, version: int
 ) -> OrchestrationState:
     """The orchestration state after ``event`` (recorded at ``version``)."""
+    persistent = _PERSISTENT_STEPS.get(type(event))
+    if persistent is not None:
+        return persistent(state, event, version)
     step = ORCHESTRATION_STEPS.get(type(event))
     if step is None:
         return state
@@ -253,17 +258,27 @@ def apply_orchestration(
 
 def _model_requested(b: OrchestrationBuilder, event: ModelRequested, version: int) -> None:
     conversations = b.conversations
+    conversations[event.conversation] = _conversation(conversations, event)
+    b.open_calls[event.call_id] = _call(event, version)
+
+
+def _conversation(
+    conversations: Mapping[str, tuple[Message, ...]], event: ModelRequested
+) -> tuple[Message, ...]:
+    """The messages of the request's conversation: those it had, up to the request's
+    offset, and the request's new ones."""
     previous = conversations.get(event.conversation, ())
     added = event.messages
     if type(added) is not tuple:  # a hand-made event may carry a list
         added = tuple(added)
-    offset = event.message_offset
-    if offset < len(previous):
-        conversations[event.conversation] = previous[:offset] + added
-    else:
-        conversations[event.conversation] = previous + added if previous else added
+    if event.message_offset < len(previous):
+        return previous[: event.message_offset] + added
+    return previous + added if previous else added
+
+
+def _call(event: ModelRequested, version: int) -> CallInfo:
     temperature = event.options.get("temperature")
-    b.open_calls[event.call_id] = CallInfo(
+    return CallInfo(
         role=event.role,
         model=event.model,
         conversation=event.conversation,
@@ -278,20 +293,24 @@ def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: in
     call = b.open_calls.pop(event.call_id, None)
     if call is None:
         return
-    served, cached = (0, 1) if event.cached_from else (1, 0)
     for table, key in ((b.usage_by_model, call.model), (b.usage_by_role, call.role)):
-        old = table.get(key, _UNUSED)
-        table[key] = Usage(
-            calls=old.calls + served,
-            cached=old.cached + cached,
-            failures=old.failures,
-            prompt_tokens=old.prompt_tokens + event.usage.prompt_tokens,
-            completion_tokens=old.completion_tokens + event.usage.completion_tokens,
-            duration_ms=old.duration_ms + event.duration_ms,
-        )
+        table[key] = _answered(table.get(key, _UNUSED), event)
     answered = b.answered
     if call.request_digest not in answered:
         answered[call.request_digest] = event.call_id
+
+
+def _answered(old: Usage, event: ModelResponded) -> Usage:
+    """``old`` with the answer counted."""
+    served, cached = (0, 1) if event.cached_from else (1, 0)
+    return Usage(
+        calls=old.calls + served,
+        cached=old.cached + cached,
+        failures=old.failures,
+        prompt_tokens=old.prompt_tokens + event.usage.prompt_tokens,
+        completion_tokens=old.completion_tokens + event.usage.completion_tokens,
+        duration_ms=old.duration_ms + event.duration_ms,
+    )
 
 
 def _model_failed(b: OrchestrationBuilder, event: ModelFailed, version: int) -> None:
@@ -378,3 +397,54 @@ ORCHESTRATION_STEPS: dict[type[Event], Step] = {
     RunResumed: _run_resumed,
 }
 """The step of each event type that changes orchestration; other types leave it as is."""
+
+
+# -- the commonest events, written again over persistent maps --------------------------------
+# A model call is two events of every five a run logs, and ``apply`` of one through a
+# builder for one event costs about twice what these direct updates do (the builder,
+# an editor per map touched, ``freeze``: ``benchmarks/bench_fold_apply.py``). Each
+# does what its step above does, through the same helpers;
+# ``tests/test_fold_properties.py`` holds the two to the same states.
+
+
+def _model_requested_now(
+    state: OrchestrationState, event: ModelRequested, version: int
+) -> OrchestrationState:
+    conversations = persistent_map(state.conversations)
+    return replace(
+        state,
+        conversations=conversations.set(event.conversation, _conversation(conversations, event)),
+        open_calls=persistent_map(state.open_calls).set(event.call_id, _call(event, version)),
+    )
+
+
+def _model_responded_now(
+    state: OrchestrationState, event: ModelResponded, version: int
+) -> OrchestrationState:
+    open_calls = persistent_map(state.open_calls)
+    call = open_calls.get(event.call_id)
+    if call is None:
+        return replace(state, failures_since_answer=0)
+    by_model = persistent_map(state.usage_by_model)
+    by_role = persistent_map(state.usage_by_role)
+    answered = persistent_map(state.answered)
+    if call.request_digest not in answered:
+        answered = answered.set(call.request_digest, event.call_id)
+    return replace(
+        state,
+        failures_since_answer=0,
+        open_calls=open_calls.delete(event.call_id),
+        usage_by_model=by_model.set(
+            call.model, _answered(by_model.get(call.model, _UNUSED), event)
+        ),
+        usage_by_role=by_role.set(call.role, _answered(by_role.get(call.role, _UNUSED), event)),
+        answered=answered,
+    )
+
+
+_PERSISTENT_STEPS: dict[
+    type[Event], Callable[[OrchestrationState, Any, int], OrchestrationState]
+] = {
+    ModelRequested: _model_requested_now,
+    ModelResponded: _model_responded_now,
+}

@@ -11,7 +11,10 @@ builds over the state itself, with an editor for each persistent collection the
 step touches (one event, one persistent update, nothing else copied; see
 ``projections.sequence.one_event_builder``); ``projections.fold`` folds many
 events into one transient builder over plain dicts and lists and freezes it once
-at the end. Either way no state that anyone else holds is ever changed.
+at the end. Either way no state that anyone else holds is ever changed. The two
+events of a tool call, the commonest with a model call's, are also written directly
+over the persistent maps, which ``apply_pipeline`` uses instead (half the cost of a
+builder for one event); a property test holds each to what its builder step makes.
 
 Every state Struct here is ``gc=False``: states are built bottom-up from frozen
 values and hold no reference back to anything that holds them, so they can
@@ -50,6 +53,7 @@ from projections.sequence import (
     freeze_map,
     freeze_sequence,
     one_event_builder,
+    persistent_map,
     thaw_map,
     thaw_sequence,
 )
@@ -226,6 +230,9 @@ Step = Callable[[PipelineBuilder, Any, int], None]
 
 def apply_pipeline(state: PipelineState, event: Event, version: int) -> PipelineState:
     """The pipeline state after ``event`` (recorded at ``version``)."""
+    persistent = _PERSISTENT_STEPS.get(type(event))
+    if persistent is not None:
+        return persistent(state, event, version)
     step = PIPELINE_STEPS.get(type(event))
     if step is None:
         return state
@@ -355,3 +362,42 @@ PIPELINE_STEPS: dict[type[Event], Step] = {
     RunForked: _run_forked,
 }
 """The step of each event type that changes the pipeline; other types leave it as is."""
+
+
+# -- the commonest events, written again over persistent maps --------------------------------
+# A tool call is two events of every seven a run logs; as for a model call
+# (``projections.orchestration``), ``apply`` updates the maps directly rather than
+# through a builder for one event.
+
+
+def _tool_requested_now(state: PipelineState, event: ToolRequested, version: int) -> PipelineState:
+    pending = PendingTool(
+        call_id=event.call_id, tool=event.tool, arguments=event.arguments, version=version
+    )
+    return replace(
+        state, pending_tools=persistent_map(state.pending_tools).set(event.call_id, pending)
+    )
+
+
+def _tool_executed_now(state: PipelineState, event: ToolExecuted, version: int) -> PipelineState:
+    pending = persistent_map(state.pending_tools).delete(event.call_id)
+    if not event.files_changed:
+        return replace(state, pending_tools=pending)
+    files = persistent_map(state.files)
+    for change in event.files_changed:
+        if change.after is None:
+            files = files.delete(change.path)
+        else:
+            files = files.set(
+                change.path,
+                FileState(
+                    path=change.path, digest=change.after, size=change.size, changed_at=version
+                ),
+            )
+    return replace(state, pending_tools=pending, files=files, steps_since_progress=0)
+
+
+_PERSISTENT_STEPS: dict[type[Event], Callable[[PipelineState, Any, int], PipelineState]] = {
+    ToolRequested: _tool_requested_now,
+    ToolExecuted: _tool_executed_now,
+}

@@ -330,8 +330,7 @@ class MapEditor(MutableMapping[K, V]):
     value: PersistentMap[K, V]
 
     def __init__(self, value: Mapping[K, V]) -> None:
-        # a state built by hand may hold a plain dict
-        self.value = value if isinstance(value, PersistentMap) else PersistentMap(value)
+        self.value = persistent_map(value)
 
     def __getitem__(self, key: K) -> V:
         return self.value[key]
@@ -391,6 +390,12 @@ def thaw_map(items: Mapping[K, V]) -> dict[K, V]:
     return items.to_dict() if isinstance(items, PersistentMap) else dict(items)
 
 
+def persistent_map(items: Mapping[K, V]) -> PersistentMap[K, V]:
+    """``items`` as a persistent map: itself if it is one (a state built by hand may
+    hold a plain dict)."""
+    return items if type(items) is PersistentMap else PersistentMap(items)
+
+
 def thaw_sequence(items: Iterable[T]) -> list[T]:
     """A new list with the items of an ``Appended`` (or of any iterable)."""
     return items.to_list() if isinstance(items, Appended) else list(items)
@@ -412,65 +417,59 @@ def freeze_sequence(items: Growing[T]) -> Appended[T]:
     return Appended.adopt(items)
 
 
-class Edits:
-    """What one event's step changed in a state, by field name: the scalars it set
-    and, for each collection it touched, an editor made at the first touch. A
-    builder for one event (``one_event_builder``) reads the state through it and
-    freezes as ``replace(state, **changes)``, so ``apply`` costs nothing for the
-    fields an event leaves alone (most events change one or two)."""
-
-    __slots__ = ("base", "made", "values")
-
-    def __init__(self, base: Any) -> None:
-        self.base = base
-        self.values: dict[str, Any] = {}
-        self.made: dict[str, Any] = {}
-
-    def frozen(self) -> Any:
-        """The state with the changes made."""
-        changes = self.values
-        for name, editor in self.made.items():
-            changes[name] = editor.value
-        return msgspec.structs.replace(self.base, **changes) if changes else self.base
-
-
 def one_event_builder(
     builder: type[T],
     scalars: Iterable[str],
     collections: Mapping[str, type[MapEditor[Any, Any]] | type[AppendedEditor[Any]]],
 ) -> type[T]:
-    """A subclass of ``builder`` for one event: constructed with the state alone, its
-    fields are properties over an ``Edits`` (a collection as an editor made on first
-    use), and ``freeze`` replaces only what changed."""
+    """A subclass of ``builder`` for one event, constructed with the state alone.
+
+    Its fields are properties over the changes the step made, by field name: the
+    scalars it set and, for each collection it touched, an editor made at the
+    first touch; a field not changed reads the state's. ``freeze`` replaces only
+    what changed, so ``apply`` costs nothing for the fields an event leaves alone
+    (most events change one or two) and returns the state itself when nothing did.
+    """
 
     def init(self: Any, state: Any) -> None:
-        self.edits = Edits(state)
+        self._base = state
+        self._changes = {}
 
     def freeze(self: Any) -> Any:
-        return self.edits.frozen()
+        changes = self._changes
+        if not changes:
+            return self._base
+        for name, value in changes.items():
+            if name in collections:
+                changes[name] = value.value
+        return msgspec.structs.replace(self._base, **changes)
 
     def scalar(name: str) -> property:
         def get(self: Any) -> Any:
-            values = self.edits.values
-            return values[name] if name in values else getattr(self.edits.base, name)
+            changes = self._changes
+            return changes[name] if name in changes else getattr(self._base, name)
 
         def set_(self: Any, value: Any) -> None:
-            self.edits.values[name] = value
+            self._changes[name] = value
 
         return property(get, set_)
 
     def collection(name: str, make: Any) -> property:
         def get(self: Any) -> Any:
-            made = self.edits.made
-            editor = made.get(name)
+            changes = self._changes
+            editor = changes.get(name)
             if editor is None:
-                editor = made[name] = make(getattr(self.edits.base, name))
+                editor = changes[name] = make(getattr(self._base, name))
             return editor
 
         return property(get)
 
-    namespace: dict[str, Any] = {"__slots__": ("edits",), "__init__": init, "freeze": freeze}
+    namespace: dict[str, Any] = {
+        "__slots__": ("_base", "_changes"),
+        "__init__": init,
+        "freeze": freeze,
+        "__doc__": f"{builder.__name__} of one event (see ``one_event_builder``).",
+    }
     namespace.update((name, scalar(name)) for name in scalars)
     namespace.update((name, collection(name, make)) for name, make in collections.items())
-    namespace["__doc__"] = f"{builder.__name__} of one event (see ``one_event_builder``)."
     return type(f"OneEvent{builder.__name__}", (builder,), namespace)

@@ -7,6 +7,8 @@ SQLite. Example counts come from the hypothesis profiles in ``conftest.py``.
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -28,6 +30,8 @@ from events import (
 from events.store import RecordedEvent
 from events.strategies import run_events
 from projections import EMPTY, RunState, apply, apply_orchestration, apply_pipeline, fold, project
+from projections import orchestration as orchestration_steps
+from projections import pipeline as pipeline_steps
 
 
 def logged(events: list[Event], run_id: str = "r1") -> tuple[MemoryEventStore, list[RecordedEvent]]:
@@ -64,6 +68,23 @@ def test_folding_at_once_one_by_one_or_resumed_anywhere_gives_the_same_state(
             projected = project(store, "r1", upto=split)
             assert fold(recorded[split:], projected) == at_once
             assert ([projected, *one_by_one(recorded[split:], projected)])[-1] == at_once
+
+
+@given(run_events(rewinds=True))
+def test_the_direct_steps_of_model_and_tool_calls_make_what_their_builder_steps_make(
+    events: list[Event],
+) -> None:
+    _, recorded = logged(events)
+    direct = one_by_one(recorded)
+    assert pipeline_steps._PERSISTENT_STEPS and orchestration_steps._PERSISTENT_STEPS
+    with (
+        patch.dict(pipeline_steps._PERSISTENT_STEPS, clear=True),
+        patch.dict(orchestration_steps._PERSISTENT_STEPS, clear=True),
+    ):
+        built = one_by_one(recorded)
+
+    for mine, theirs in zip(direct, built, strict=True):
+        assert (mine.pipeline, mine.orchestration) == (theirs.pipeline, theirs.orchestration)
 
 
 @given(run_events(rewinds=True))

@@ -860,6 +860,27 @@ def test_a_state_built_by_hand_with_plain_dicts_folds_like_any_other() -> None:
     assert isinstance(one.tasks, PersistentMap) and isinstance(many.tasks, PersistentMap)
 
 
+def test_model_and_tool_calls_fold_into_a_state_built_by_hand_with_plain_dicts() -> None:
+    # apply writes these events straight to the persistent maps, not through editors
+    call = run(START, request("c1", user("hi"))).orchestration.open_calls["c1"]
+    orchestration = OrchestrationState(open_calls={"c1": call})  # type: ignore[arg-type]
+    pending = run(START, ToolRequested(call_id="x1", tool="run_tests")).pipeline.pending_tools
+    pipeline = PipelineState(pending_tools=dict(pending), files={})  # type: ignore[arg-type]
+    answer, again = respond("c1"), request("c2", user("more"))
+    changed = FileChange(path="a.py", before=None, after=DIGEST_A, size=3)
+    executed = ToolExecuted(call_id="x1", tool="run_tests", ok=True, files_changed=(changed,))
+    store = MemoryEventStore()
+    recorded = record(store, "r1", answer, again, executed)
+
+    one = apply_orchestration(apply_orchestration(orchestration, answer, 1), again, 2)
+    ran = apply_pipeline(pipeline, executed, 3)
+    many = fold(recorded, RunState(pipeline=pipeline, orchestration=orchestration))
+
+    assert one == many.orchestration and replace(ran, run_id="r1") == many.pipeline
+    assert one.usage_by_role["coder"].calls == 1 and list(one.open_calls) == ["c2"]
+    assert ran.pending_tools == {} and ran.files["a.py"].digest == DIGEST_A
+
+
 def test_state_defaults_are_empty_collections() -> None:
     pipeline = PipelineState()
 
