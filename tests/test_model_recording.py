@@ -33,6 +33,7 @@ from engine.model import (
     ChatOptions,
     Endpoint,
     ModelClient,
+    ModelReply,
     RecordingModel,
     RetryPolicy,
     RoleConfig,
@@ -43,7 +44,7 @@ from engine.model import (
     stored_form,
 )
 from engine.model.client import tool_names
-from engine.model.recording import OfferedTools
+from engine.model.recording import CONVERSATIONS_KEPT, OfferedTools
 from engine.testing import Reply, ScriptedModelServer
 from events import (
     Event,
@@ -257,6 +258,47 @@ def test_a_follow_up_request_stores_only_the_messages_after_the_common_prefix(
     assert requests[1].messages == tuple(turn2[2:])
     assert log.orchestration.conversations["task:T1"] == tuple(turn2)
     assert requests[0].request_digest != requests[1].request_digest
+
+
+class EchoClient(ModelClient):
+    """Answers every request at once with the number of its messages, and keeps them."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        super().__init__(http)
+        self.sent: list[list[Message]] = []
+
+    def chat(self, endpoints: Any, messages: Any, *args: Any, **kwargs: Any) -> ModelReply:
+        self.sent.append(list(messages))
+        return ModelReply(content=str(len(messages)))
+
+
+def test_conversations_taken_up_again_in_any_order_record_the_digests_of_their_requests(
+    http: httpx.Client,
+) -> None:
+    # more conversations than a recorder keeps worked out, each growing in turn, one
+    # rebuilt from equal copies, one with a message replaced in place, one long text
+    log = FakeRunLog(MemoryEventStore())
+    client = EchoClient(http)
+    model = RecordingModel(client, log, Roles(coding=RoleConfig(model="m", num_ctx=16384)))
+    names = [f"task:T{n}" for n in range(CONVERSATIONS_KEPT + 2)]
+    histories = {name: [SYSTEM, Message(role="user", content=name)] for name in names}
+    for turn in range(3):
+        for name in [*names, *reversed(names[:3])]:
+            history = histories[name]
+            if name == names[1] and turn == 1:
+                histories[name] = history = [msgspec.structs.replace(m) for m in history]
+            if name == names[2] and turn == 2:
+                history[1] = Message(role="user", content="edited")
+            content = "x" * (INLINE_LIMIT + 1) if name == names[3] else f"{name} {turn}"
+            history.append(Message(role="tool", content=content))
+            model.chat("coding", history, TOOLS, conversation=name)
+    requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
+    assert len(requests) == len(client.sent) == 3 * (len(names) + 3)
+    for request, sent in zip(requests, client.sent, strict=True):
+        assert request.request_digest == request_digest("m", sent, TOOLS, request.options)
+    for name in names:
+        stored = [stored_form(m) for m in histories[name]]
+        assert list(log.orchestration.conversations[name]) == stored
 
 
 def test_a_rewritten_history_is_stored_from_where_it_diverges(
