@@ -11,7 +11,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.model.canonical import ConversationCache, OfferedTools, request_digest
+from engine.model.canonical import ConversationCache, OfferedTools, RequestTail, request_digest
 from engine.model.context import estimate_tokens, fit, message_chars
 from engine.model.stored import stored_form
 from events.schema import Message
@@ -80,7 +80,7 @@ def test_a_conversation_cache_works_out_each_request_as_the_whole_request(
         cache.update(history)
         fitted = history[:2] + history[2 + dropped :]
         for sent in (history, fitted):
-            assert cache.digest(model, sent, offered, options) == whole_digest(
+            assert cache.digest(sent, offered, RequestTail(model, options)) == whole_digest(
                 model, sent, tools, options
             )
             assert cache.stored_forms(sent) == [stored_form(m, limit=LIMIT) for m in sent]

@@ -58,28 +58,35 @@ def request_digest(
     forms): equal requests have equal digests, whatever the dict order.
     Replay computes the same digest to find the recorded answer."""
     offered = tools if isinstance(tools, OfferedTools) else OfferedTools([dict(t) for t in tools])
+    return _digest(messages, offered, RequestTail(model, options))
+
+
+def _digest(messages: Sequence[Message], offered: OfferedTools, tail: RequestTail) -> str:
     h = hashlib.sha256(_OPEN)
     h.update(b",".join([msgspec.json.encode(m, order="sorted") for m in messages]))
-    return _finish(h, model, offered, options)
+    return tail.digest(h, offered)
 
 
-def _finish(h: _Hash, model: str, offered: OfferedTools, options: Mapping[str, Any]) -> str:
-    """The digest of a request whose messages ``h`` has hashed."""
-    encode = msgspec.json.encode
-    h.update(
-        b"".join(
+class RequestTail:
+    """The canonical JSON between a request's messages and its tools (its model and
+    options), encoded once for all the requests of a role that share them."""
+
+    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
+        encode = msgspec.json.encode
+        self.encoded = b"".join(
             (
                 b'],"model":',
                 encode(model),
                 b',"options":',
                 encode(dict(options), order="sorted"),
                 b',"tools":',
-                offered.canonical,
-                b"}",
             )
         )
-    )
-    return h.hexdigest()
+
+    def digest(self, h: _Hash, offered: OfferedTools) -> str:
+        """The digest of a request whose messages ``h`` has hashed."""
+        h.update(self.encoded + offered.canonical + b"}")
+        return h.hexdigest()
 
 
 class ConversationCache:
@@ -102,11 +109,7 @@ class ConversationCache:
 
     def update(self, messages: Sequence[Message]) -> None:
         """Describe ``messages`` from now on."""
-        kept = 0
-        for old, new in zip(self.messages, messages, strict=False):
-            if old is not new:
-                break
-            kept += 1
+        kept = _same_prefix(self.messages, messages)
         if kept < len(self.messages):  # not a continuation: all hashed again
             del self.messages[kept:], self.stored[kept:], self.chars[kept:]
             h, added = hashlib.sha256(_OPEN), messages
@@ -136,20 +139,27 @@ class ConversationCache:
             by_id[id(m)] if id(m) in by_id else stored_form(m, limit=self.limit) for m in messages
         ]
 
-    def digest(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        offered: OfferedTools,
-        options: Mapping[str, Any],
-    ) -> str:
-        """``request_digest`` of ``messages`` (a fitted request: some of the described ones)."""
+    def digest(self, messages: Sequence[Message], offered: OfferedTools, tail: RequestTail) -> str:
+        """``request_digest`` of ``messages`` (a fitted request: some of the described
+        ones), with the tools ``offered`` and the model and options in ``tail``."""
         if self._hashed is None or not self._describes(messages):
-            return request_digest(model, messages, offered, options)
-        return _finish(self._hashed.copy(), model, offered, options)
+            return _digest(messages, offered, tail)
+        return tail.digest(self._hashed.copy(), offered)
 
     def _describes(self, messages: Sequence[Message]) -> bool:
         """Whether ``messages`` are the described ones, all of them."""
         return len(messages) == len(self.messages) and all(
             map(operator.is_, messages, self.messages)
         )
+
+
+def _same_prefix(previous: Sequence[object], current: Sequence[object]) -> int:
+    """How many leading items of the two are the very same objects."""
+    if len(current) >= len(previous) and all(map(operator.is_, previous, current)):
+        return len(previous)  # the usual next turn, checked without a Python loop
+    kept = 0
+    for old, new in zip(previous, current, strict=False):
+        if old is not new:
+            break
+        kept += 1
+    return kept

@@ -47,7 +47,12 @@ import msgspec
 
 from engine.errors import ModelContextOverflow
 from engine.model.bounds import Bounds
-from engine.model.canonical import ConversationCache, OfferedTools, request_digest
+from engine.model.canonical import (
+    ConversationCache,
+    OfferedTools,
+    RequestTail,
+    request_digest,
+)
 from engine.model.client import FailedAttempt, ModelClient
 from engine.model.context import estimate_tokens, fit
 from engine.model.roles import Endpoint, RoleConfig, Roles
@@ -162,6 +167,8 @@ def _describe(path: tuple[str, ...]) -> str:
 
 def common_prefix(previous: Sequence[Message], current: Sequence[Message]) -> int:
     """How many leading messages the two lists share."""
+    if len(current) >= len(previous) and all(map(operator.is_, previous, current)):
+        return len(previous)  # the usual next turn: the very messages, then new ones
     count = 0
     for old, new in zip(previous, current, strict=False):
         if old is not new and old != new:
@@ -191,6 +198,7 @@ class RolePlan:
             num_ctx=self.size.context, num_predict=self.size.answer_cap
         )
         self.sent_options = self.options.as_dict()
+        self.tail = RequestTail(self.primary.model, self.sent_options)
 
     def holds(self, config: RoleConfig, learned: OrchestrationState, base: Bounds) -> bool:
         """Whether the plan is still the one these inputs make."""
@@ -296,7 +304,7 @@ class RecordingModel:
         sent_options = dict(plan.sent_options)  # each event its own
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        digest = known.digest(primary.model, messages, offered, sent_options)
+        digest = known.digest(messages, offered, plan.tail)
         cached = self._cached(digest, sent_options.get("temperature"))
 
         stored = known.stored_forms(messages)
