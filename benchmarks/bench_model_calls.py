@@ -110,6 +110,16 @@ def median_of(repeat: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
+def against_whole(repeat: int, measure: Callable[[], float]) -> str:
+    """``measure`` as the recorder is and as a whole-request recorder, medians."""
+    cached = median_of(repeat, measure)
+    with whole_requests():
+        whole = median_of(repeat, measure)
+    return (
+        f"{cached * 1e6:6.1f} us, whole requests {whole * 1e6:6.1f} us, ratio {cached / whole:.2f}"
+    )
+
+
 def replay_calls(db: Path, run_id: str, repeat: int) -> None:
     with closing(open_store(db)) as store, Meter().installed() as meter:
         replay(store, run_id, tools="recorded")  # warm
@@ -126,13 +136,10 @@ def replay_calls(db: Path, run_id: str, repeat: int) -> None:
             return meter.spent / (clock() - start)
 
         calls = meter.calls
-        cached = median_of(repeat, per_call)
+        compared = against_whole(repeat, per_call)
         of_replay = median_of(repeat, share)
-        with whole_requests():
-            whole = median_of(repeat, per_call)
     print(
-        f"replay of {run_id} ({calls} model calls): {cached * 1e6:6.1f} us/call,"
-        f" whole requests {whole * 1e6:6.1f} us/call, ratio {cached / whole:.2f};"
+        f"replay of {run_id}, per model call ({calls} calls): {compared};"
         f" the calls take {of_replay:.0%} of the replay's CPU",
         flush=True,
     )
@@ -169,13 +176,9 @@ def long_conversation(turns: int, repeat: int) -> None:
                 ]
             return meter.spent
 
-    cached = median_of(repeat, last_turn)
-    with whole_requests():
-        whole = median_of(repeat, last_turn)
+    compared = against_whole(repeat, last_turn)
     print(
-        f"turn {turns} of one conversation ({2 + 2 * (turns - 1)} messages):"
-        f" {cached * 1e6:6.1f} us, whole requests {whole * 1e6:6.1f} us,"
-        f" ratio {cached / whole:.2f}",
+        f"turn {turns} of one conversation ({2 + 2 * (turns - 1)} messages): {compared}",
         flush=True,
     )
 

@@ -9,7 +9,6 @@ append) and folds with the real projections.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,8 +17,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from engine.errors import (
     ConfigError,
@@ -43,7 +40,6 @@ from engine.model import (
     roles_from_mapping,
     stored_form,
 )
-from engine.model.client import tool_names
 from engine.model.recording import CONVERSATIONS_KEPT, OfferedTools
 from engine.testing import Reply, ScriptedModelServer
 from events import (
@@ -617,57 +613,6 @@ def test_a_wrong_role_config_is_a_config_error_naming_the_key(
 def test_an_unknown_role_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model role 'planner'"):
         Roles().get("planner")
-
-
-_json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-_json = st.recursive(
-    _json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-_calls = st.builds(
-    ToolCall,
-    id=st.text(max_size=4),
-    name=st.text(max_size=6),
-    arguments=st.dictionaries(st.text(max_size=6), _json, max_size=3),
-)
-_messages = st.lists(
-    st.builds(
-        Message,
-        role=st.sampled_from(("system", "user", "assistant", "tool")),
-        content=st.text(max_size=20),
-        tool_calls=st.lists(_calls, max_size=2).map(tuple),
-        name=st.text(max_size=4),
-    ),
-    max_size=4,
-)
-_tools = st.lists(st.dictionaries(st.text(max_size=6), _json, max_size=4), max_size=3)
-
-
-@given(
-    model=st.text(max_size=8),
-    messages=_messages,
-    tools=_tools,
-    options=st.dictionaries(st.text(max_size=6), _json_scalars, max_size=3),
-)
-def test_the_digest_hashed_in_parts_is_the_digest_of_the_whole_canonical_request(
-    model: str, messages: list[Message], tools: list[dict[str, Any]], options: dict[str, Any]
-) -> None:
-    # the definition every recorded log's digests were made with: replay depends on it
-    whole = {
-        "model": model,
-        "messages": [msgspec.to_builtins(m) for m in messages],
-        "tools": [dict(t) for t in tools],
-        "options": dict(options),
-    }
-    expected = hashlib.sha256(msgspec.json.encode(whole, order="sorted")).hexdigest()
-    offered = OfferedTools(tools)
-    assert request_digest(model, messages, tools, options) == expected
-    assert request_digest(model, messages, offered, options) == expected
-    assert offered.chars == sum(len(msgspec.json.encode(t)) for t in tools)
-    assert offered.names == tool_names(tools)
 
 
 def test_the_same_schemas_are_encoded_once_whatever_list_holds_them(
