@@ -22,7 +22,9 @@ request (``message_offset`` says where they go). Messages, answers and tool-call
 arguments longer than ``INLINE_LIMIT`` characters are kept in *stored form*
 (``engine.model.stored``): the full text goes to the blob table, once, and the
 event keeps a preview and the blob's sha256. Prefixes are compared on stored forms,
-which is how the projection holds them.
+which is how the projection holds them. Each message's stored form, size and share
+of the request digest are worked out once, when it is new to its conversation
+(``engine.model.canonical.ConversationCache``), not again at every turn.
 
 Fewer model calls: a request whose digest equals one already answered in this run
 and whose temperature is 0 is answered from the log. It still leaves
