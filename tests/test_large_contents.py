@@ -123,6 +123,19 @@ def test_stored_forms_round_trip_through_the_blobs() -> None:
     assert stored_form(small) is small and list(blobs_of(small, small)) == []
 
 
+def test_what_holds_no_long_text_is_its_own_stored_and_full_form() -> None:
+    # nothing is copied or compared for the usual short message and answer
+    blobs = MemoryEventStore()
+    call = ToolCall(id="c", name="create_file", arguments={"path": "a.py", "content": "x"})
+    message = Message(role="assistant", content="short", tool_calls=(call,))
+    answer = ModelResponded(call_id="m", content="short", tool_calls=(call,))
+    assert stored_form(message) is message and full_message(message, blobs) is message
+    assert stored_answer(answer) is answer and full_answer(answer, blobs) is answer
+    big = ToolCall(id="c", name="create_file", arguments={"path": "a.py", "content": BIG})
+    moved = stored_form(Message(role="assistant", tool_calls=(big,)))
+    assert stored_form(moved) is moved  # moved out once, not again
+
+
 def test_the_next_request_refers_to_the_answer_s_blob(big_run: Path) -> None:
     store = SQLiteEventStore(big_run)
     repeats = [

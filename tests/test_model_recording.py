@@ -9,7 +9,6 @@ append) and folds with the real projections.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,8 +17,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from engine.errors import (
     ConfigError,
@@ -33,6 +30,7 @@ from engine.model import (
     ChatOptions,
     Endpoint,
     ModelClient,
+    ModelReply,
     RecordingModel,
     RetryPolicy,
     RoleConfig,
@@ -42,8 +40,7 @@ from engine.model import (
     roles_from_mapping,
     stored_form,
 )
-from engine.model.client import tool_names
-from engine.model.recording import OfferedTools
+from engine.model.recording import CONVERSATIONS_KEPT, OfferedTools
 from engine.testing import Reply, ScriptedModelServer
 from events import (
     Event,
@@ -257,6 +254,47 @@ def test_a_follow_up_request_stores_only_the_messages_after_the_common_prefix(
     assert requests[1].messages == tuple(turn2[2:])
     assert log.orchestration.conversations["task:T1"] == tuple(turn2)
     assert requests[0].request_digest != requests[1].request_digest
+
+
+class EchoClient(ModelClient):
+    """Answers every request at once with the number of its messages, and keeps them."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        super().__init__(http)
+        self.sent: list[list[Message]] = []
+
+    def chat(self, endpoints: Any, messages: Any, *args: Any, **kwargs: Any) -> ModelReply:
+        self.sent.append(list(messages))
+        return ModelReply(content=str(len(messages)))
+
+
+def test_conversations_taken_up_again_in_any_order_record_the_digests_of_their_requests(
+    http: httpx.Client,
+) -> None:
+    # more conversations than a recorder keeps worked out, each growing in turn, one
+    # rebuilt from equal copies, one with a message replaced in place, one long text
+    log = FakeRunLog(MemoryEventStore())
+    client = EchoClient(http)
+    model = RecordingModel(client, log, Roles(coding=RoleConfig(model="m", num_ctx=16384)))
+    names = [f"task:T{n}" for n in range(CONVERSATIONS_KEPT + 2)]
+    histories = {name: [SYSTEM, Message(role="user", content=name)] for name in names}
+    for turn in range(3):
+        for name in [*names, *reversed(names[:3])]:
+            history = histories[name]
+            if name == names[1] and turn == 1:
+                histories[name] = history = [msgspec.structs.replace(m) for m in history]
+            if name == names[2] and turn == 2:
+                history[1] = Message(role="user", content="edited")
+            content = "x" * (INLINE_LIMIT + 1) if name == names[3] else f"{name} {turn}"
+            history.append(Message(role="tool", content=content))
+            model.chat("coding", history, TOOLS, conversation=name)
+    requests = [e.data for e in events(log) if isinstance(e.data, ModelRequested)]
+    assert len(requests) == len(client.sent) == 3 * (len(names) + 3)
+    for request, sent in zip(requests, client.sent, strict=True):
+        assert request.request_digest == request_digest("m", sent, TOOLS, request.options)
+    for name in names:
+        stored = [stored_form(m) for m in histories[name]]
+        assert list(log.orchestration.conversations[name]) == stored
 
 
 def test_a_rewritten_history_is_stored_from_where_it_diverges(
@@ -575,57 +613,6 @@ def test_a_wrong_role_config_is_a_config_error_naming_the_key(
 def test_an_unknown_role_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model role 'planner'"):
         Roles().get("planner")
-
-
-_json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-_json = st.recursive(
-    _json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-_calls = st.builds(
-    ToolCall,
-    id=st.text(max_size=4),
-    name=st.text(max_size=6),
-    arguments=st.dictionaries(st.text(max_size=6), _json, max_size=3),
-)
-_messages = st.lists(
-    st.builds(
-        Message,
-        role=st.sampled_from(("system", "user", "assistant", "tool")),
-        content=st.text(max_size=20),
-        tool_calls=st.lists(_calls, max_size=2).map(tuple),
-        name=st.text(max_size=4),
-    ),
-    max_size=4,
-)
-_tools = st.lists(st.dictionaries(st.text(max_size=6), _json, max_size=4), max_size=3)
-
-
-@given(
-    model=st.text(max_size=8),
-    messages=_messages,
-    tools=_tools,
-    options=st.dictionaries(st.text(max_size=6), _json_scalars, max_size=3),
-)
-def test_the_digest_hashed_in_parts_is_the_digest_of_the_whole_canonical_request(
-    model: str, messages: list[Message], tools: list[dict[str, Any]], options: dict[str, Any]
-) -> None:
-    # the definition every recorded log's digests were made with: replay depends on it
-    whole = {
-        "model": model,
-        "messages": [msgspec.to_builtins(m) for m in messages],
-        "tools": [dict(t) for t in tools],
-        "options": dict(options),
-    }
-    expected = hashlib.sha256(msgspec.json.encode(whole, order="sorted")).hexdigest()
-    offered = OfferedTools(tools)
-    assert request_digest(model, messages, tools, options) == expected
-    assert request_digest(model, messages, offered, options) == expected
-    assert offered.chars == sum(len(msgspec.json.encode(t)) for t in tools)
-    assert offered.names == tool_names(tools)
 
 
 def test_the_same_schemas_are_encoded_once_whatever_list_holds_them(

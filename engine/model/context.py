@@ -24,6 +24,22 @@ REPLY_RESERVE = 0.25
 """Share of the context window kept free for the model's answer."""
 
 
+def message_chars(message: Message) -> int:
+    """The characters ``estimate_tokens`` counts for one message: its content, its
+    tool calls' names and arguments, and a few for its role and framing."""
+    chars = len(message.content) + 8
+    if not message.tool_calls:
+        return chars
+    for call in message.tool_calls:
+        chars += len(call.name) + len(msgspec.json.encode(call.arguments))
+    return chars
+
+
+def tools_chars(tools: Sequence[Mapping[str, Any]]) -> int:
+    """The characters ``estimate_tokens`` counts for the tools' schemas."""
+    return sum(len(msgspec.json.encode(tool)) for tool in tools)
+
+
 def estimate_tokens(
     messages: Sequence[Message],
     tools: Sequence[Mapping[str, Any]] = (),
@@ -34,13 +50,8 @@ def estimate_tokens(
     (content, tool call arguments and tool schemas). ``tool_chars`` is what ``tools``
     count, when the caller has it already (``OfferedTools.chars``)."""
     if tool_chars is None:
-        tool_chars = sum(len(msgspec.json.encode(tool)) for tool in tools)
-    chars = tool_chars
-    for m in messages:
-        chars += len(m.content) + 8
-        for call in m.tool_calls:
-            chars += len(call.name) + len(msgspec.json.encode(call.arguments))
-    return chars // CHARS_PER_TOKEN + 1
+        tool_chars = tools_chars(tools)
+    return (tool_chars + sum(map(message_chars, messages))) // CHARS_PER_TOKEN + 1
 
 
 def fit(
@@ -50,6 +61,7 @@ def fit(
     *,
     reserve: int | None = None,
     tool_chars: int | None = None,
+    chars: Sequence[int] | None = None,
 ) -> list[Message]:
     """``messages`` trimmed to fit ``num_ctx`` tokens less the reply reserve:
     ``reserve`` tokens (the answer's cap), or ``REPLY_RESERVE`` of the window.
@@ -59,16 +71,19 @@ def fit(
     results answering it, so no tool result is left without its call. If even the
     system prompt and the task do not fit, they are sent anyway: the server
     truncates, and the log shows what was sent. ``tool_chars`` as for
-    ``estimate_tokens``."""
+    ``estimate_tokens``; ``chars``, when the caller has them, are the
+    ``message_chars`` of each message."""
     budget = int(num_ctx * (1 - REPLY_RESERVE)) if reserve is None else num_ctx - reserve
     if tool_chars is None:
-        tool_chars = sum(len(msgspec.json.encode(tool)) for tool in tools)
+        tool_chars = tools_chars(tools)
+    sizes = list(map(message_chars, messages)) if chars is None else chars
+    total = tool_chars + sum(sizes)
     kept = list(messages)
-    if estimate_tokens(kept, tool_chars=tool_chars) <= budget:
-        return kept
-    head, history = kept[:2], kept[2:]
-    while history and estimate_tokens(head + history, tool_chars=tool_chars) > budget:
-        history.pop(0)
-        while history and history[0].role == "tool":
-            history.pop(0)
-    return head + history
+    first = 2  # the first message of the history still kept
+    while first < len(kept) and total // CHARS_PER_TOKEN + 1 > budget:
+        total -= sizes[first]
+        first += 1
+        while first < len(kept) and kept[first].role == "tool":
+            total -= sizes[first]
+            first += 1
+    return kept if first == 2 else kept[:2] + kept[first:]

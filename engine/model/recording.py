@@ -22,7 +22,9 @@ request (``message_offset`` says where they go). Messages, answers and tool-call
 arguments longer than ``INLINE_LIMIT`` characters are kept in *stored form*
 (``engine.model.stored``): the full text goes to the blob table, once, and the
 event keeps a preview and the blob's sha256. Prefixes are compared on stored forms,
-which is how the projection holds them.
+which is how the projection holds them. Each message's stored form, size and share
+of the request digest are worked out once, when it is new to its conversation
+(``engine.model.canonical.ConversationCache``), not again at every turn.
 
 Fewer model calls: a request whose digest equals one already answered in this run
 and whose temperature is 0 is answered from the log. It still leaves
@@ -37,18 +39,26 @@ history goes first, never the system prompt or the current task.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
+import operator
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from engine.errors import ModelContextOverflow
-from engine.model.client import FailedAttempt, ModelClient, tool_names
+from engine.model.bounds import Bounds
+from engine.model.canonical import (
+    ConversationCache,
+    OfferedTools,
+    RequestTail,
+    request_digest,
+)
+from engine.model.client import FailedAttempt, ModelClient
 from engine.model.context import estimate_tokens, fit
-from engine.model.roles import Roles
-from engine.model.sizing import Sizing, sizing
+from engine.model.roles import Endpoint, RoleConfig, Roles
+from engine.model.sizing import Sizing, sizing, sizing_inputs
 from engine.model.stored import (
     INLINE_LIMIT,
     PREVIEW_CHARS,
@@ -57,7 +67,7 @@ from engine.model.stored import (
     stored_answer,
     stored_form,
 )
-from engine.model.wire import ModelReply
+from engine.model.wire import ChatOptions, ModelReply
 from events.schema import Event, Message, ModelFailed, ModelRequested, ModelResponded, Usage
 from events.store import EventStore, RecordedEvent
 from projections.orchestration import OrchestrationState
@@ -76,6 +86,10 @@ __all__ = [
 
 OFFERED_KEPT = 8
 """Tools lists whose encoding a recorder keeps (the arbiter's and a few conversations')."""
+
+CONVERSATIONS_KEPT = 8
+"""Conversations whose last request a recorder keeps worked out (``ConversationCache``):
+the ones a run goes back to are the few open at once (a task's, the arbiter's)."""
 
 
 class RunLog(Protocol):
@@ -96,46 +110,6 @@ class RunLog(Protocol):
     def orchestration(self) -> OrchestrationState: ...
 
     def append(self, *events: Event, causation: int | None = None) -> list[RecordedEvent]: ...
-
-
-def request_digest(
-    model: str,
-    messages: Sequence[Message],
-    tools: Sequence[Mapping[str, Any]] | OfferedTools,
-    options: Mapping[str, Any],
-) -> str:
-    """sha256 of the canonical JSON of a whole request (full messages, not stored
-    forms): equal requests have equal digests, whatever the dict order.
-    Replay computes the same digest to find the recorded answer.
-
-    The canonical JSON is ``{"messages": [...], "model": ..., "options": {...},
-    "tools": [...]}`` with every key sorted; it is hashed part by part, so the tools,
-    the same for every turn of a conversation, are encoded once (``OfferedTools``)."""
-    offered = tools if isinstance(tools, OfferedTools) else OfferedTools([dict(t) for t in tools])
-    h = hashlib.sha256(b'{"messages":')
-    h.update(msgspec.json.encode([msgspec.to_builtins(m) for m in messages], order="sorted"))
-    h.update(b',"model":')
-    h.update(msgspec.json.encode(model))
-    h.update(b',"options":')
-    h.update(msgspec.json.encode(dict(options), order="sorted"))
-    h.update(b',"tools":')
-    h.update(offered.canonical)
-    h.update(b"}")
-    return h.hexdigest()
-
-
-class OfferedTools:
-    """The tools' schemas of a request, encoded once: their canonical JSON (in the
-    request digest, and the blob ``tools_ref`` names), their names, and the
-    characters ``engine.model.context.fit`` counts for them."""
-
-    def __init__(self, schemas: Sequence[dict[str, Any]]) -> None:
-        self.schemas = schemas
-        self.canonical = msgspec.json.encode([dict(t) for t in schemas], order="sorted")
-        self.names = tool_names(schemas)
-        # what estimate_tokens counts: each schema's compact JSON (key order does not
-        # change its length), i.e. the list without its brackets and commas
-        self.chars = len(self.canonical) - 1 - len(schemas) if schemas else 0
 
 
 def tool_schemas_diff(
@@ -195,12 +169,46 @@ def _describe(path: tuple[str, ...]) -> str:
 
 def common_prefix(previous: Sequence[Message], current: Sequence[Message]) -> int:
     """How many leading messages the two lists share."""
+    if len(current) >= len(previous) and all(map(operator.is_, previous, current)):
+        return len(previous)  # the usual next turn: the very messages, then new ones
     count = 0
     for old, new in zip(previous, current, strict=False):
-        if old != new:
+        if old is not new and old != new:
             break
         count += 1
     return count
+
+
+class RolePlan:
+    """What every request of a role shares while the role's config, what the run
+    learned of its servers (``engine.model.sizing.sizing_inputs``) and the client's
+    bounds stay the same objects: its endpoints, bounds, sizes and options. It holds
+    the objects it was made from, so their ids are not reused while it compares them."""
+
+    def __init__(
+        self, role: str, config: RoleConfig, learned: OrchestrationState, base: Bounds
+    ) -> None:
+        self.config = config
+        self.inputs = sizing_inputs(learned)
+        self.base = base
+        self.size: Sizing = sizing(role, config, learned)
+        self.primary: Endpoint = config.primary
+        self.label = self.primary.label
+        self.endpoints = config.endpoints()
+        self.bounds = config.bounds(base)
+        self.options: ChatOptions = config.options(
+            num_ctx=self.size.context, num_predict=self.size.answer_cap
+        )
+        self.sent_options = self.options.as_dict()
+        self.tail = RequestTail(self.primary.model, self.sent_options)
+
+    def holds(self, config: RoleConfig, learned: OrchestrationState, base: Bounds) -> bool:
+        """Whether the plan is still the one these inputs make."""
+        return (
+            config is self.config
+            and base is self.base
+            and all(map(operator.is_, sizing_inputs(learned), self.inputs))
+        )
 
 
 class RecordingModel:
@@ -228,6 +236,11 @@ class RecordingModel:
         registry hands every conversation of a role (and every turn) the very same
         schema objects, in a list of its own. A cache of an encoding, not state (each
         entry keeps its schemas, so no id is reused)."""
+        self._conversations: OrderedDict[str, ConversationCache] = OrderedDict()
+        """The last request of the conversations asked last, worked out message by
+        message (``engine.model.canonical``): a cache, not state."""
+        self._plans: dict[str, RolePlan] = {}
+        """Each role's plan for its next request: a cache, not state."""
 
     def chat(
         self,
@@ -256,44 +269,47 @@ class RecordingModel:
         config = self.roles.get(role)
         offer = self._offer(tools)
         chars = offer[0].chars
+        known = self._conversation(conversation)
+        known.update(messages)
         overflow: ModelContextOverflow | None = None
         sent: list[Message] = []
         while True:
-            size = sizing(role, config, self.runlog.orchestration)
-            fitted = size.fit(messages, tool_chars=chars)
+            plan = self._plan(role, config)
+            fitted = plan.size.fit(messages, tool_chars=chars, chars=known.chars)
             if overflow is not None and len(fitted) >= len(sent):
                 # what the server said makes no smaller request: drop a quarter anyway
                 budget = estimate_tokens(sent, tool_chars=chars) * 3 // 4
-                fitted = fit(messages, budget, tool_chars=chars, reserve=0)
+                fitted = fit(messages, budget, tool_chars=chars, reserve=0, chars=known.chars)
                 if len(fitted) >= len(sent):
                     raise overflow  # only the system prompt and the task are left
             try:
-                return self._ask(role, size, fitted, offer, conversation, causation, prompt_digest)
+                return self._ask(
+                    role, plan, fitted, offer, known, conversation, causation, prompt_digest
+                )
             except ModelContextOverflow as e:
                 overflow, sent = e, fitted
 
     def _ask(
         self,
         role: str,
-        size: Sizing,
+        plan: RolePlan,
         messages: Sequence[Message],
         offer: tuple[OfferedTools, str],
+        known: ConversationCache,
         conversation: str,
         causation: int | None,
         prompt_digest: str,
     ) -> ModelReply:
         """One request as fitted, recorded; raises the client's error."""
-        config = self.roles.get(role)
-        primary = config.primary
+        primary = plan.primary
         offered, tools_ref = offer
-        options = config.options(num_ctx=size.context, num_predict=size.answer_cap)
-        sent_options = options.as_dict()
+        sent_options = dict(plan.sent_options)  # each event its own
         log = self.runlog
         call_id = f"{log.run_id}/m{log.version + 1}"
-        digest = request_digest(primary.model, messages, offered, sent_options)
+        digest = known.digest(messages, offered, plan.tail)
         cached = self._cached(digest, sent_options.get("temperature"))
 
-        stored = [stored_form(m, limit=self.inline_limit) for m in messages]
+        stored = known.stored_forms(messages)
         offset = common_prefix(log.orchestration.conversations.get(conversation, ()), stored)
         delta = tuple(stored[offset:])
         self._put_blobs(messages[offset:], delta)
@@ -303,7 +319,7 @@ class RecordingModel:
                 call_id=call_id,
                 role=role,
                 model=primary.model,
-                endpoint=primary.label,
+                endpoint=plan.label,
                 api=primary.api,
                 conversation=conversation,
                 request_digest=digest,
@@ -359,13 +375,13 @@ class RecordingModel:
             )
 
         reply = self.client.chat(
-            config.endpoints(),
+            plan.endpoints,
             messages,
             offered.schemas,
-            options,
+            plan.options,
             on_failure=record_failure,
-            bounds=config.bounds(self.client.bounds),
-            stream=config.stream,
+            bounds=plan.bounds,
+            stream=plan.config.stream,
         )
         answer = ModelResponded(
             call_id=call_id,
@@ -378,9 +394,30 @@ class RecordingModel:
             extracted_from_text=reply.extracted_from_text,
         )
         kept = stored_answer(answer, limit=self.inline_limit)
-        self._put(blobs_of(answer, kept))
+        if kept is not answer:
+            self._put(blobs_of(answer, kept))
         log.append(kept, causation=requested.version)
         return reply
+
+    def _plan(self, role: str, config: RoleConfig) -> RolePlan:
+        """The plan of ``role``'s requests, worked out again only when one of its inputs
+        is another object."""
+        learned = self.runlog.orchestration
+        plan = self._plans.get(role)
+        if plan is None or not plan.holds(config, learned, self.client.bounds):
+            plan = self._plans[role] = RolePlan(role, config, learned, self.client.bounds)
+        return plan
+
+    def _conversation(self, name: str) -> ConversationCache:
+        """The cache of conversation ``name``, made the most recently used."""
+        known = self._conversations.get(name)
+        if known is None:
+            known = self._conversations[name] = ConversationCache(limit=self.inline_limit)
+            if len(self._conversations) > CONVERSATIONS_KEPT:
+                self._conversations.popitem(last=False)
+        else:
+            self._conversations.move_to_end(name)
+        return known
 
     def _offer(self, tools: Sequence[dict[str, Any]]) -> tuple[OfferedTools, str]:
         """The tools encoded, and their blob; worked out again only for another list."""
@@ -414,7 +451,8 @@ class RecordingModel:
     def _put_blobs(self, originals: Sequence[Message], stored: Sequence[Message]) -> None:
         # only the new messages: the prefix was blobbed when it was new
         for original, kept in zip(originals, stored, strict=True):
-            self._put(blobs_of(original, kept))
+            if kept is not original:
+                self._put(blobs_of(original, kept))
 
     def _put(self, contents: Iterable[bytes]) -> None:
         for content in contents:

@@ -57,12 +57,18 @@ class Sizing(msgspec.Struct, frozen=True, kw_only=True):
         tools: Sequence[Mapping[str, Any]] = (),
         *,
         tool_chars: int | None = None,
+        chars: Sequence[int] | None = None,
     ) -> list[Message]:
         """``messages`` fitted to the window, leaving room for the answer
-        (``tool_chars`` as for ``engine.model.context.fit``)."""
+        (``tool_chars`` and ``chars`` as for ``engine.model.context.fit``)."""
         if self.scale == 1.0:
             return fit(
-                messages, self.context, tools, reserve=self.answer_cap, tool_chars=tool_chars
+                messages,
+                self.context,
+                tools,
+                reserve=self.answer_cap,
+                tool_chars=tool_chars,
+                chars=chars,
             )
         cap = self.answer_cap
         reserve = None if cap is None else int(cap / self.scale)
@@ -72,6 +78,7 @@ class Sizing(msgspec.Struct, frozen=True, kw_only=True):
             tools,
             reserve=reserve,
             tool_chars=tool_chars,
+            chars=chars,
         )
 
 
@@ -101,6 +108,12 @@ def sizing(role: str, config: RoleConfig, learned: OrchestrationState | None = N
     return Sizing(context=context, answer_cap=answer_cap(config, context), scale=scale)
 
 
+def sizing_inputs(learned: OrchestrationState) -> tuple[object, ...]:
+    """What of the run's state ``sizing`` reads: the same objects, the same sizing
+    (the projection replaces a map only when an event changes it)."""
+    return (learned.refused_contexts, learned.served_contexts)
+
+
 def _served(role: str, config: RoleConfig, learned: OrchestrationState | None) -> int:
     assumed = DEFAULT_CONTEXT.get(role, min(DEFAULT_CONTEXT.values()))
     primary = config.primary
@@ -112,4 +125,11 @@ def _served(role: str, config: RoleConfig, learned: OrchestrationState | None) -
     return said.context or min(assumed, said.trained or assumed)
 
 
-__all__ = ["MAX_ANSWER_TOKENS", "MIN_ANSWER_TOKENS", "Sizing", "answer_cap", "sizing"]
+__all__ = [
+    "MAX_ANSWER_TOKENS",
+    "MIN_ANSWER_TOKENS",
+    "Sizing",
+    "answer_cap",
+    "sizing",
+    "sizing_inputs",
+]

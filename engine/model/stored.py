@@ -49,38 +49,61 @@ def stored_arguments(
     digests of the full strings by argument name (``refs`` already made are kept)."""
     kept = dict(arguments)
     out_refs = dict(refs)
-    for name, value in arguments.items():
-        if name not in out_refs and isinstance(value, str) and len(value) > limit:
-            out_refs[name] = _digest(value)
-            kept[name] = value[:PREVIEW_CHARS]
+    for name in _long_arguments(arguments, refs, limit):
+        value = arguments[name]
+        out_refs[name] = _digest(value)
+        kept[name] = value[:PREVIEW_CHARS]
     return kept, out_refs
 
 
+def _long_arguments(arguments: Mapping[str, Any], refs: Mapping[str, str], limit: int) -> list[str]:
+    """The names of the arguments the stored form moves out (not moved out yet)."""
+    return [
+        name
+        for name, value in arguments.items()
+        if isinstance(value, str) and len(value) > limit and name not in refs
+    ]
+
+
 def stored_call(call: ToolCall, *, limit: int = INLINE_LIMIT) -> ToolCall:
-    """The tool call with long arguments moved out (see ``stored_arguments``)."""
-    arguments, refs = stored_arguments(call.arguments, call.argument_refs, limit=limit)
-    if refs == call.argument_refs:
+    """The tool call with long arguments moved out (see ``stored_arguments``);
+    ``call`` itself when nothing is long."""
+    if not _long_arguments(call.arguments, call.argument_refs, limit):
         return call
+    arguments, refs = stored_arguments(call.arguments, call.argument_refs, limit=limit)
     return msgspec.structs.replace(call, arguments=arguments, argument_refs=refs)
 
 
 def stored_form(message: Message, *, limit: int = INLINE_LIMIT) -> Message:
     """The message as the log keeps it: long content and long tool-call arguments
-    replaced by preview + digest."""
+    replaced by preview + digest; ``message`` itself when nothing is long."""
+    if _all_inline(message.content, message.content_ref, message.tool_calls, limit):
+        return message
     changes: dict[str, Any] = {}
     if not message.content_ref and len(message.content) > limit:
         changes["content"] = message.content[:PREVIEW_CHARS]
         changes["content_ref"] = _digest(message.content)
     if message.tool_calls:
         calls = tuple(stored_call(c, limit=limit) for c in message.tool_calls)
-        if calls != message.tool_calls:
+        if any(new is not old for new, old in zip(calls, message.tool_calls, strict=True)):
             changes["tool_calls"] = calls
     return msgspec.structs.replace(message, **changes) if changes else message
 
 
+def _all_inline(content: str, content_ref: str, calls: tuple[ToolCall, ...], limit: int) -> bool:
+    """Whether a stored form would keep this content and these calls as they are."""
+    if len(content) > limit and not content_ref:
+        return False
+    return not any(_long_arguments(c.arguments, c.argument_refs, limit) for c in calls)
+
+
 def stored_answer(answer: ModelResponded, *, limit: int = INLINE_LIMIT) -> ModelResponded:
-    """A ``model.responded`` with long content and long tool-call arguments moved out."""
-    return _with_message(answer, stored_form(_as_message(answer), limit=limit))
+    """A ``model.responded`` with long content and long tool-call arguments moved out;
+    ``answer`` itself when nothing is long."""
+    if _all_inline(answer.content, answer.content_ref, answer.tool_calls, limit):
+        return answer
+    message = _as_message(answer)
+    return _with_message(answer, message, stored_form(message, limit=limit))
 
 
 def _as_message(answer: ModelResponded) -> Message:
@@ -92,9 +115,10 @@ def _as_message(answer: ModelResponded) -> Message:
     )
 
 
-def _with_message(answer: ModelResponded, message: Message) -> ModelResponded:
-    """``answer`` carrying ``message``'s content and tool calls (itself if unchanged)."""
-    if message == _as_message(answer):
+def _with_message(answer: ModelResponded, was: Message, message: Message) -> ModelResponded:
+    """``answer`` carrying ``message``'s content and tool calls (itself if ``message``
+    is ``was``, the message ``answer`` made, unchanged)."""
+    if message is was:
         return answer
     return msgspec.structs.replace(
         answer,
@@ -108,6 +132,8 @@ def blobs_of(
     full: Message | ToolCall | ModelResponded, stored: Message | ToolCall | ModelResponded
 ) -> Iterator[bytes]:
     """The texts ``stored`` moved out of ``full``, to ``put`` in the blob table."""
+    if stored is full:
+        return
     if isinstance(full, ToolCall):
         assert isinstance(stored, ToolCall)
         for name in stored.argument_refs.keys() - full.argument_refs.keys():
@@ -150,5 +176,9 @@ def full_message(message: Message, blobs: Blobs) -> Message:
 
 
 def full_answer(answer: ModelResponded, blobs: Blobs) -> ModelResponded:
-    """The ``model.responded`` with content and arguments as the model sent them."""
-    return _with_message(answer, full_message(_as_message(answer), blobs))
+    """The ``model.responded`` with content and arguments as the model sent them;
+    ``answer`` itself when nothing was moved out."""
+    if not answer.content_ref and not any(c.argument_refs for c in answer.tool_calls):
+        return answer
+    message = _as_message(answer)
+    return _with_message(answer, message, full_message(message, blobs))

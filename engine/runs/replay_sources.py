@@ -281,7 +281,7 @@ class ReplayClient(ModelClient):
         bounds: Bounds | None = None,  # a replay waits for nothing
         stream: bool | None = None,  # nor streams: the answer is in the log
     ) -> ModelReply:
-        listed = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
+        listed = (endpoints,) if isinstance(endpoints, Endpoint) else endpoints
         self.asked += 1
         number = self.asked
         calls = self.recording.calls
@@ -309,19 +309,9 @@ class ReplayClient(ModelClient):
         answer = call.responded
         if answer is None and not failures:
             raise Interrupted(f"model call {recorded.call_id} was cut off")
-        errors = [self._error(f) for f in failures]
-        for n, (failed, error) in enumerate(zip(failures, errors, strict=True)):
-            if on_failure is not None:
-                on_failure(
-                    FailedAttempt(
-                        attempt=failed.attempt,
-                        endpoint=_endpoint(listed, failed.endpoint, model),
-                        error=error,
-                        will_retry=n < len(failures) - 1 or answer is not None,
-                    )
-                )
-        if answer is None:
-            raise errors[-1]
+        if failures:
+            self._fail_again(failures, answer is not None, listed, model, on_failure)
+        assert answer is not None
         answer = full_answer(answer, self.recording.store)  # long texts from blobs
         return ModelReply(
             content=answer.content,
@@ -333,6 +323,30 @@ class ReplayClient(ModelClient):
             extracted_from_text=answer.extracted_from_text,
             endpoint=listed[0].label if listed else recorded.endpoint,
         )
+
+    def _fail_again(
+        self,
+        failures: Sequence[ModelFailed],
+        answered: bool,
+        listed: Sequence[Endpoint],
+        model: str,
+        on_failure: OnFailure | None,
+    ) -> None:
+        """Report the recorded failed attempts; raise the last one's error if no
+        answer followed."""
+        errors = [self._error(f) for f in failures]
+        for n, (failed, error) in enumerate(zip(failures, errors, strict=True)):
+            if on_failure is not None:
+                on_failure(
+                    FailedAttempt(
+                        attempt=failed.attempt,
+                        endpoint=_endpoint(listed, failed.endpoint, model),
+                        error=error,
+                        will_retry=n < len(failures) - 1 or answered,
+                    )
+                )
+        if not answered:
+            raise errors[-1]
 
     def _check_same_request(
         self,
