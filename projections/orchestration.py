@@ -307,6 +307,7 @@ def _answered(old: Usage, event: ModelResponded) -> Usage:
         calls=old.calls + served,
         cached=old.cached + cached,
         failures=old.failures,
+        interrupted=old.interrupted,
         prompt_tokens=old.prompt_tokens + event.usage.prompt_tokens,
         completion_tokens=old.completion_tokens + event.usage.completion_tokens,
         duration_ms=old.duration_ms + event.duration_ms,

@@ -33,6 +33,7 @@ from events import (
     Usage,
 )
 from projections import VIEWS, install_views, project
+from projections.fold import apply
 
 FAILED_TOOL_CALLS = "SELECT call_id, tool, error FROM tool_calls WHERE run_id = ? AND ok = 0"
 SYNTAX_ERROR = "SyntaxError: invalid syntax (parse.py, line 3)"
@@ -507,3 +508,16 @@ def test_a_model_call_cut_off_by_a_stop_is_interrupted_in_model_usage(
     orchestration = project(store, "cut").orchestration
     assert orchestration.usage_by_model["qwen2.5-coder:7b"].interrupted == 1
     assert not orchestration.open_calls
+
+    # the next call is answered: the interrupted one stays counted, by both folds
+    store.append("cut", [requested("cut/m4", "d"), ModelResponded(call_id="cut/m4")], 3)
+    state = project(store, "cut")
+    for event in store.append(
+        "cut", [requested("cut/m6", "e"), ModelResponded(call_id="cut/m6")], 5
+    ):
+        state = apply(state, event)  # one by one, as the engine folds
+    for state in (project(store, "cut"), state):
+        usage_by_model = state.orchestration.usage_by_model["qwen2.5-coder:7b"]
+        usage_by_role = state.orchestration.usage_by_role["coder"]
+        assert (usage_by_model.calls, usage_by_model.interrupted) == (2, 1)
+        assert (usage_by_role.calls, usage_by_role.interrupted) == (2, 1)
