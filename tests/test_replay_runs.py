@@ -412,6 +412,36 @@ def test_live_from_a_version_forks_the_run_and_a_live_model_continues_it(
     assert set(document["phases"]["coding"]) == {"q", "terse"}
 
 
+def test_live_from_a_model_request_mid_step_goes_live_as_a_resume_would(
+    quick_db: Path, tmp_path: Path
+) -> None:
+    """Forked right after a model request: the call left open counts as interrupted,
+    and the live engine decides its next step afresh."""
+    from engine.storage import open_store
+    from events.schema import ModelRequested, RunResumed
+
+    db = copy_of(quick_db, tmp_path)
+    with open_store(db) as store:
+        at, call_id = next(
+            (e.version, e.data.call_id)
+            for e in store.read("q", upto=first_write(db, "q"))
+            if isinstance(e.data, ModelRequested) and e.data.role == "coding"
+        )
+    with ScriptedModelServer(Terse(), models=["m"]) as other:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "mid"),
+            *("--workspace", str(tmp_path / "mid"), "--model-url", other.url),
+        )
+    assert code == 0, out
+    assert "live branch mid: completed" in out
+    with open_store(db) as store:
+        resumed = next(e.data for e in store.read("mid") if e.type == "run.resumed")
+        usage = project(store, "mid").orchestration.usage_by_role["coding"]
+    assert isinstance(resumed, RunResumed) and resumed.open_calls == (call_id,)
+    assert usage.interrupted == 1
+    assert (tmp_path / "mid" / "calc.py").read_text() == "# t1, tersely\n"
+
+
 def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
     quick_db: Path,
     tmp_path: Path,

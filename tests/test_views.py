@@ -511,12 +511,12 @@ def test_a_model_call_cut_off_by_a_stop_is_interrupted_in_model_usage(
 
     # the next call is answered: the interrupted one stays counted, by both folds
     store.append("cut", [requested("cut/m4", "d"), ModelResponded(call_id="cut/m4")], 3)
-    state = project(store, "cut")
+    folded = project(store, "cut")
     for event in store.append(
         "cut", [requested("cut/m6", "e"), ModelResponded(call_id="cut/m6")], 5
     ):
-        state = apply(state, event)  # one by one, as the engine folds
-    for state in (project(store, "cut"), state):
+        folded = apply(folded, event)  # one by one, as the engine folds
+    for state in (project(store, "cut"), folded):
         usage_by_model = state.orchestration.usage_by_model["qwen2.5-coder:7b"]
         usage_by_role = state.orchestration.usage_by_role["coder"]
         assert (usage_by_model.calls, usage_by_model.interrupted) == (2, 1)
