@@ -24,6 +24,7 @@ give fold steps dict and list syntax over them (see ``projections.pipeline``).
 from __future__ import annotations
 
 from collections.abc import (
+    Callable,
     ItemsView,
     Iterable,
     Iterator,
@@ -138,7 +139,7 @@ class PersistentMap(Mapping[K, V]):
     moves to the end), and equals any mapping with the same items.
     """
 
-    __slots__ = ("_base", "_length", "_merged", "_overlay")
+    __slots__ = ("_base", "_derived", "_length", "_merged", "_overlay")
 
     _base: dict[K, V]
     """Never mutated once a version holds it, so versions share it freely."""
@@ -149,12 +150,15 @@ class PersistentMap(Mapping[K, V]):
     """The base with the overlay applied, made when first read whole (iterated, or
     asked for keys, values or items: a projected state's tasks are listed many
     times per engine step) and never mutated, like the base."""
+    _derived: dict[Callable[[Any], Any], Any] | None
+    """What ``derived`` worked out for this version, by the function that did."""
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         self._base = dict(items)
         self._overlay = {}
         self._length = len(self._base)
         self._merged = None
+        self._derived = None
 
     @staticmethod
     def adopt(items: dict[K, V]) -> PersistentMap[K, V]:
@@ -169,7 +173,20 @@ class PersistentMap(Mapping[K, V]):
         made._overlay = overlay
         made._length = length
         made._merged = None
+        made._derived = None
         return made
+
+    def derived(self, compute: Callable[[PersistentMap[K, V]], T]) -> T:
+        """``compute(self)``, worked out once for this version: for a value that
+        depends on the items alone, as a version's items never change (the ready
+        tasks of a state are asked for several times in one engine step)."""
+        memo = self._derived
+        if memo is None:
+            memo = self._derived = {}
+        found = memo.get(compute, _MISSING)
+        if found is _MISSING:
+            found = memo[compute] = compute(self)
+        return cast(T, found)
 
     # -- new versions ------------------------------------------------------------------
 

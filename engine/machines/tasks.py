@@ -22,13 +22,14 @@ ask them about projected state without this module importing projections.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
 from engine.errors import IllegalTransition
 from engine.machines.machine import Edge, StateMachine, Table
+from projections.sequence import PersistentMap
 
 TASK_STATUSES: tuple[str, ...] = (
     "new",
@@ -111,6 +112,8 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 Tasks = Mapping[str, TaskLike] | Iterable[TaskLike]
 
+T = TypeVar("T")
+
 
 def _index(tasks: Tasks) -> Mapping[str, TaskLike]:
     # Accept both ``state.tasks`` (a dict by id) and a plain list of tasks.
@@ -191,8 +194,20 @@ def _is_ready(task: TaskLike, index: Mapping[str, TaskLike]) -> bool:
 
 def ready_tasks(tasks: Tasks) -> list[TaskLike]:
     """The tasks that are ready, in the order given (the log's order for a dict)."""
+    return list(_once(tasks, _ready))
+
+
+def _ready(tasks: Tasks) -> tuple[TaskLike, ...]:
     index = _index(tasks)
-    return [t for t in index.values() if _is_ready(t, index)]
+    return tuple(t for t in index.values() if _is_ready(t, index))
+
+
+def _once(tasks: Tasks, compute: Callable[[Tasks], T]) -> T:
+    """``compute(tasks)``, worked out once per version of a projected state's tasks
+    (a ``PersistentMap``: its items never change); the engine asks several times a step."""
+    if isinstance(tasks, PersistentMap):
+        return tasks.derived(compute)
+    return compute(tasks)
 
 
 def blocking_dependencies(task: TaskLike, tasks: Tasks) -> tuple[str, ...]:
@@ -232,6 +247,10 @@ def blocked_for_good(task: TaskLike, tasks: Tasks) -> bool:
 def count_facts(tasks: Tasks) -> dict[str, int]:
     """Counts for ``engine.machines.phases.PhaseFacts``: total, open, ready, qa_pending,
     qa_failed."""
+    return dict(_once(tasks, _counts))
+
+
+def _counts(tasks: Tasks) -> dict[str, int]:
     index = _index(tasks)
     counts = dict.fromkeys(("total", "open", "ready", "qa_pending", "qa_failed"), 0)
     for task in index.values():
