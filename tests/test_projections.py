@@ -925,3 +925,28 @@ def test_a_map_version_is_merged_once_however_often_it_is_read_whole(
     copy["k1"] = 1  # a copy of its own: the version is unchanged
     assert version["k1"] == -1 and len(merged) == 1
     assert base["k1"] == 1 and "k2" in base and "new" not in base
+
+
+def test_a_value_derived_from_a_map_version_is_worked_out_once_per_version() -> None:
+    from engine.machines.tasks import count_facts, ready_tasks
+    from projections.pipeline import TaskState
+
+    calls: list[int] = []
+
+    def total(items: PersistentMap[str, int]) -> int:
+        calls.append(len(items))
+        return sum(items.values())
+
+    version = PersistentMap({"a": 1, "b": 2})
+    assert version.derived(total) == 3 and version.derived(total) == 3
+    newer = version.set("c", 4)
+    assert newer.derived(total) == 7 and version.derived(total) == 3
+    assert calls == [2, 3], "once per version, and the old version keeps its own"
+
+    tasks = PersistentMap({"t1": TaskState(task_id="t1", title="a")})
+    assert [t.task_id for t in ready_tasks(tasks)] == ["t1"]
+    ready_tasks(tasks).clear()  # the caller's own list: the derived value is unchanged
+    count_facts(tasks)["ready"] = 0
+    assert [t.task_id for t in ready_tasks(tasks)] == ["t1"] and count_facts(tasks)["ready"] == 1
+    done = tasks.set("t1", TaskState(task_id="t1", title="a", status="completed"))
+    assert ready_tasks(done) == [] and count_facts(done)["open"] == 0
