@@ -96,15 +96,30 @@ class MemoryEventStore(EventStore):
             if stream is None:
                 refuse_unkeyed_run(run_id, self._marker)
                 stream = self._by_run[run_id] = []
-            position = len(self._log)
+            log = self._log
+            position = len(log)
             for event in events:
                 position += 1
                 version += 1
                 kind, schema = event.type_name(), event.schema_version
-                row = (position, run_id, version, kind, schema, recorded_at, causation, "")
-                self._log.append((*row, encode(event)))
-                stream.append(self._log[-1])
-                recorded.append(RecordedEvent(*row, event))
+                row = (
+                    position,
+                    run_id,
+                    version,
+                    kind,
+                    schema,
+                    recorded_at,
+                    causation,
+                    "",
+                    encode(event),
+                )
+                log.append(row)
+                stream.append(row)
+                recorded.append(
+                    RecordedEvent(
+                        position, run_id, version, kind, schema, recorded_at, causation, "", event
+                    )
+                )
         if self.after_append is not None:
             self.after_append(self, recorded)
         return recorded
