@@ -1,7 +1,8 @@
 """A live tail waits for appends instead of polling for them: on PostgreSQL an append
 is announced with ``NOTIFY`` and ``wait_for_append`` listens. The writer is another
-process; the reader is shown to be waiting (its listening session is idle on the
-server) before the writer appends, so only the announcement can wake it."""
+process; the reader is shown to be waiting (``PostgresEventStore.waiting``: it has
+looked at the run since it listens) before the writer appends, so only the
+announcement can wake it."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
 
 from engine.web.app import ServiceSettings, create_app
 from events import RunStarted
-from events.postgres import LISTENER_NAME, PostgresEventStore
+from events.postgres import PostgresEventStore
 
 START = RunStarted(goal="g", workspace="/w", config={})
 WAKE_WITHIN = 30.0
@@ -70,15 +70,9 @@ def writer(url: str, run_id: str) -> Iterator[Callable[[int, str], None]]:
         process.stdout.close()
 
 
-def listening(url: str) -> bool:
-    """Whether a store's listener has looked at the run and is now waiting."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-            " AND state = 'idle' AND query LIKE 'SELECT max(version)%%'",
-            (LISTENER_NAME,),
-        ).fetchone()
-    return bool(row and row[0])
+def listening(store: Any, run_id: str = "r", waiters: int = 1) -> Callable[[], bool]:
+    """Whether ``waiters`` threads wait for ``run_id``'s announcement on ``store``."""
+    return lambda: bool(store.waiting(run_id) >= waiters)
 
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -92,7 +86,7 @@ def test_a_waiting_reader_is_woken_by_another_processes_append(pg_url: str) -> N
     with PostgresEventStore(pg_url) as store, writer(pg_url, "r") as write:
         store.append("r", [START], 0)
         thread, result = in_thread(lambda: store.wait_for_append("r", 1, 2 * WAKE_WITHIN))
-        wait_until(lambda: listening(pg_url), "the reader listens")
+        wait_until(listening(store), "the reader listens")
         write(1, "t1")
         thread.join(timeout=WAKE_WITHIN)
         assert result == {"value": True}
@@ -131,7 +125,7 @@ def test_the_service_streams_another_processes_appends_on_postgres(pg_url: str) 
             return seen
 
         thread, result = in_thread(tail)
-        wait_until(lambda: listening(pg_url), "the stream listens")
+        wait_until(listening(app.state.store), "the stream listens")
         write(1, "t1")
         write(2, "finish")
         thread.join(timeout=WAKE_WITHIN)
