@@ -38,7 +38,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -517,12 +517,27 @@ class PostgresEventStore(SQLEventStore):
         with self._audit_lock:
             if self._closed.is_set():
                 raise EventStoreError(f"reading {self.where}: the store is closed")
-            if self._audit is None or self._audit.raw.closed or self._audit.raw.broken:
-                with _mapped_errors(f"opening {self.where}"):
-                    conn = psycopg.connect(self.url, autocommit=True)
-                _configure(conn)
-                self._audit = SQLiteStyle(conn)  # a lost one is made again
+            if self._audit is None:
+                self._audit = SQLiteStyle(self._audit_connection(), self._audit_again)
             return self._audit
+
+    def _audit_connection(self) -> psycopg.Connection[Any]:
+        with _mapped_errors(f"opening {self.where}"):
+            conn = psycopg.connect(self.url, autocommit=True)
+        _configure(conn)
+        return conn
+
+    def _audit_again(self, lost: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """The audit connection instead of ``lost`` (made once by the first thread
+        that finds it lost)."""
+        with self._audit_lock:
+            if self._closed.is_set() or self._audit is None:
+                raise EventStoreError(f"reading {self.where}: the store is closed")
+            if self._audit.raw is lost:
+                with contextlib.suppress(psycopg.Error):
+                    lost.close()
+                self._audit.raw = self._audit_connection()
+            return self._audit.raw
 
     def close(self) -> None:
         """Close the pool and the connections; threads waiting for an append end."""
@@ -590,12 +605,20 @@ class SQLiteStyle:
     """A psycopg connection that takes SQLite's placeholders (``?``, ``:name``), so
     that the audit code runs the same SQL on either database. Statements are
     prepared: one statement per call, never a script. Driver errors become
-    ``EventStoreError``."""
+    ``EventStoreError``. With ``reconnect`` (given the lost connection, it returns
+    the one to use now), a statement that finds the connection lost (a server
+    restarted) runs once more on a new one: the audit statements are reads, and
+    the queue's insert cannot be doubled (its run id is the key)."""
 
     dialect = "postgres"
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        reconnect: Callable[[psycopg.Connection[Any]], psycopg.Connection[Any]] | None = None,
+    ) -> None:
         self.raw = raw
+        self.reconnect = reconnect
 
     def execute(
         self, sql: str, params: Sequence[object] | dict[str, object] = ()
@@ -605,8 +628,14 @@ class SQLiteStyle:
             query = _NAMED.sub(lambda m: f"%({m[1]})s" if m[1] in params else m[0], query)
         else:
             query = query.replace("?", "%s")
+        raw = self.raw
         try:
-            return self.raw.execute(query, params, prepare=True)
+            try:
+                return raw.execute(query, params, prepare=True)
+            except psycopg.OperationalError:
+                if self.reconnect is None or not raw.broken:
+                    raise
+                return self.reconnect(raw).execute(query, params, prepare=True)
         except psycopg.Error as e:
             detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
             raise EventStoreError(detail) from e

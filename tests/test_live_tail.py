@@ -11,17 +11,19 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
 
 from engine.web.app import ServiceSettings, create_app
-from events import RunStarted
-from events.postgres import PostgresEventStore
+from events import RunStarted, TaskAdded
+from events.postgres import LISTENER_NAME, PostgresEventStore
 
 START = RunStarted(goal="g", workspace="/w", config={})
 WAKE_WITHIN = 30.0
@@ -73,6 +75,22 @@ def writer(url: str, run_id: str) -> Iterator[Callable[[int, str], None]]:
 def listening(store: Any, run_id: str = "r", waiters: int = 1) -> Callable[[], bool]:
     """Whether ``waiters`` threads wait for ``run_id``'s announcement on ``store``."""
     return lambda: bool(store.waiting(run_id) >= waiters)
+
+
+def backends(url: str, *names: str) -> set[int]:
+    """The server's sessions with one of these ``application_name``s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)", (list(names),)
+        ).fetchall()
+    return {pid for (pid,) in rows}
+
+
+def join_all(threads: list[tuple[threading.Thread, dict[str, Any]]], within: float) -> None:
+    """Join every thread, all within ``within`` seconds from now."""
+    deadline = time.monotonic() + within
+    for thread, _ in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -130,3 +148,58 @@ def test_the_service_streams_another_processes_appends_on_postgres(pg_url: str) 
         write(2, "finish")
         thread.join(timeout=WAKE_WITHIN)
     assert result == {"value": ["task.added", "run.finished"]}
+
+
+WAITERS = 8
+
+
+def test_many_waiters_share_one_listening_connection_and_one_append_wakes_them_all(
+    pg_url: str,
+) -> None:
+    others = backends(pg_url, LISTENER_NAME)
+    with PostgresEventStore(pg_url) as store:
+        store.append("r", [START], 0)
+        waits = [
+            in_thread(lambda: store.wait_for_append("r", 1, 2 * WAKE_WITHIN))
+            for _ in range(WAITERS)
+        ]
+        wait_until(listening(store, waiters=WAITERS), "every waiter listens")
+        assert len(backends(pg_url, LISTENER_NAME) - others) == 1
+        store.append("r", [TaskAdded(task_id="t1", title="x")], 1)
+        join_all(waits, WAKE_WITHIN)  # each would wait 2 x WAKE_WITHIN unwoken
+        assert [result for _, result in waits] == [{"value": True}] * WAITERS
+        assert store.waiting("r") == 0
+
+
+def test_closing_the_store_ends_every_wait_and_its_listening_connection(pg_url: str) -> None:
+    others = backends(pg_url, LISTENER_NAME)
+    store = PostgresEventStore(pg_url)
+    store.append("r", [START], 0)
+    waits = [in_thread(lambda: store.wait_for_append("r", 1, 2 * WAKE_WITHIN)) for _ in range(3)]
+    wait_until(listening(store, waiters=3), "every waiter listens")
+    store.close()
+    join_all(waits, WAKE_WITHIN)
+    assert [result for _, result in waits] == [{"value": False}] * 3
+    assert not backends(pg_url, LISTENER_NAME) - others
+
+
+def test_waiters_listen_again_when_their_connection_is_dropped(pg_url: str) -> None:
+    others = backends(pg_url, LISTENER_NAME)
+    with PostgresEventStore(pg_url) as store, writer(pg_url, "r") as write:
+        store.append("r", [START], 0)
+        waits = [
+            in_thread(lambda: store.wait_for_append("r", 1, 2 * WAKE_WITHIN)) for _ in range(3)
+        ]
+        wait_until(listening(store, waiters=3), "every waiter listens")
+        (dropped,) = backends(pg_url, LISTENER_NAME) - others
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+
+        def listening_again() -> bool:
+            new = backends(pg_url, LISTENER_NAME) - others - {dropped}
+            return len(new) == 1 and store.waiting("r") == 3
+
+        wait_until(listening_again, "the waiters listen on a new connection")
+        write(1, "t1")
+        join_all(waits, WAKE_WITHIN)
+        assert [result for _, result in waits] == [{"value": True}] * 3
