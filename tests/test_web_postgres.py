@@ -140,3 +140,21 @@ def test_live_streams_and_pages_share_a_few_connections(
             for thread in threads:
                 thread.join(timeout=60)
     assert heard == [["run.started", "task.added", "run.finished", "event: end"]] * WAITERS
+
+
+def test_a_stream_whose_log_fails_ends_with_an_error_event(
+    service: tuple[TestClient, str], pg_url: str
+) -> None:
+    client, _ = service
+    with PostgresEventStore(pg_url) as store:
+        store.append("s", [START], 0)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with client.stream("GET", "/api/runs/s/stream") as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        wait_until(lambda: store.waiting("s") == 1, "the stream waits")
+        store.close()  # as a server gone would fail the next read
+        rest = list(lines)
+    assert "event: error" in rest
+    error = json.loads(next(line for line in rest if line.startswith("data: "))[6:])
+    assert "closed" in error["error"]
