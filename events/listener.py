@@ -39,11 +39,11 @@ _JOIN_SECONDS = 10.0
 class Subscription:
     """One waiter's view of the announcements of one key (see ``Announcements.subscribed``)."""
 
-    def __init__(self, owner: Announcements, key: str) -> None:
+    def __init__(self, owner: Announcements, key: str, generation: int) -> None:
         self._owner = owner
         self._key = key
         self._seen = owner._heard[key]
-        self._generation = owner._generation
+        self._generation = generation
 
     def wait(self, deadline: float) -> bool:
         """Sleep until the key is announced again or the connection was lost (then
@@ -101,9 +101,9 @@ class Announcements:
         with self._changed:
             self._waiters[key] += 1
         try:
-            self._listen()
+            generation = self._listen()
             with self._changed:
-                subscription = Subscription(self, key)
+                subscription = Subscription(self, key, generation)
             yield subscription
         finally:
             with self._changed:

@@ -241,6 +241,7 @@ class PostgresEventStore(SQLEventStore):
         self.url = url
         self.where = redacted(url)
         self.read_only = read_only
+        self._connect_timeout = int(connect_timeout)
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
         self._audit_lock = threading.Lock()
@@ -441,7 +442,12 @@ class PostgresEventStore(SQLEventStore):
 
     def _listener(self) -> psycopg.Connection[Any]:
         """A new connection listening on ``CHANNEL``."""
-        conn = psycopg.connect(self.url, autocommit=True, application_name=LISTENER_NAME)
+        conn = psycopg.connect(
+            self.url,
+            autocommit=True,
+            application_name=LISTENER_NAME,
+            connect_timeout=self._connect_timeout,
+        )
         try:
             conn.execute(f"LISTEN {CHANNEL}")
         except BaseException:
@@ -523,7 +529,7 @@ class PostgresEventStore(SQLEventStore):
 
     def _audit_connection(self) -> psycopg.Connection[Any]:
         with _mapped_errors(f"opening {self.where}"):
-            conn = psycopg.connect(self.url, autocommit=True)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
         _configure(conn)
         return conn
 

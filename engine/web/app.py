@@ -77,7 +77,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     shared_store: bool = True
     """On a PostgreSQL log, one store for the service's life, shared by every
     request; False opens one per request, as for an SQLite log (the baseline of
-    ``benchmarks/bench_serve.py``)."""
+    ``benchmarks/bench_serve_postgres.py``)."""
 
 
 def create_app(settings: ServiceSettings) -> Starlette:
