@@ -142,7 +142,7 @@ def test_live_streams_and_pages_share_a_few_connections(
     assert heard == [["run.started", "task.added", "run.finished", "event: end"]] * WAITERS
 
 
-def test_a_stream_whose_log_fails_ends_with_an_error_event(
+def test_a_stream_whose_log_fails_ends_with_a_failed_event(
     service: tuple[TestClient, str], pg_url: str
 ) -> None:
     client, _ = service
@@ -155,6 +155,6 @@ def test_a_stream_whose_log_fails_ends_with_an_error_event(
         wait_until(lambda: store.waiting("s") == 1, "the stream waits")
         store.close()  # as a server gone would fail the next read
         rest = list(lines)
-    assert "event: error" in rest
+    assert "event: failed" in rest
     error = json.loads(next(line for line in rest if line.startswith("data: "))[6:])
     assert "closed" in error["error"]

@@ -321,7 +321,8 @@ class _Web:
     ) -> AsyncIterator[str]:
         """The run's events after ``after``, then new ones as they are appended, until
         the run is no longer live (finished, or waiting for an answer). A log that
-        fails meanwhile (a server gone) ends it with an ``error`` event naming why;
+        fails meanwhile (a server gone) ends it with a ``failed`` event naming why (the
+        page's EventSource then connects again, from the last event it got);
         ``opened`` (holding ``store()``'s context) is closed at the end."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
@@ -346,7 +347,8 @@ class _Web:
                 wait = min(self.settings.wait_seconds, self.settings.keepalive_seconds - quiet)
                 await anyio.to_thread.run_sync(store.wait_for_append, run_id, after, wait)
         except EventStoreError as e:
-            yield f"event: error\ndata: {compact({'error': str(e)})}\n\n"
+            # not "error": an EventSource takes that name for its own connection errors
+            yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
         finally:
             opened.close()
 
