@@ -88,7 +88,8 @@ def open_store(
     the user's key is used if there is one (``engine.keys.load_key``): a log that
     holds keyed runs takes new runs only from a store with a key. A
     ``postgresql://`` URL opens the log on that server (its schema is created if
-    missing).
+    missing; ``read_only``: its run summaries are caught up in memory, never
+    written).
     """
     # imported here, not above: the command line's start does not pay for them
     from engine.keys import load_key
@@ -99,7 +100,7 @@ def open_store(
     if key is None:
         key = load_key(create=False)
     if is_postgres_url(db):
-        return open_postgres(str(db), key=key)
+        return open_postgres(str(db), key=key, read_only=read_only)
     path = Path(db)
     if (must_exist or read_only) and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
@@ -122,7 +123,7 @@ def open_store(
     return store
 
 
-def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
+def open_postgres(url: str, *, key: bytes | None = None, read_only: bool = False) -> EventStore:
     """The log on the PostgreSQL server at ``url``, with the audit views installed."""
     try:
         import psycopg
@@ -134,7 +135,7 @@ def open_postgres(url: str, *, key: bytes | None = None) -> EventStore:
         raise EventStoreError(
             f"a PostgreSQL log needs psycopg: pip install 'autonomy[postgres]' ({e})"
         ) from e
-    store = PostgresEventStore(url, key=key)
+    store = PostgresEventStore(url, key=key, read_only=read_only)
     try:
         install_postgres_views(store.connection.raw)
         maintain(store)

@@ -18,7 +18,11 @@ both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
   one autocommit statement (``autonomy_append``) that takes it, inserts and commits,
   so no round trip to the client happens under it (``benchmarks/bench_postgres.py``).
 * Each append announces its run on the ``autonomy_events`` channel (``NOTIFY``,
-  delivered when it commits): ``wait_for_append`` listens there instead of polling.
+  delivered when it commits): ``wait_for_append`` listens there instead of polling,
+  on one connection per store however many threads wait (``events.listener``).
+* A store is safe to share between threads: its pool (``pool_size`` connections at
+  most, each checked before it is lent, so a server that restarted costs no error
+  once it is back), its listener and its audit connection (re-made once lost).
 * Leases are session-level advisory locks on a hash of the run id, each held on a
   connection of its own; the owner's description is kept in ``leases`` so that a
   refusal names it. The server releases the lock when the session ends, however
@@ -34,7 +38,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -45,6 +49,7 @@ from psycopg.types.string import TextLoader
 from events.codec import Codec, hash_key_id
 from events.errors import ConcurrencyError, EventStoreError
 from events.lease import refusal
+from events.listener import Announcements
 from events.sql import (
     COLUMNS,
     MOVE_SUMMARY_POSITION_SQL,
@@ -228,14 +233,19 @@ class PostgresEventStore(SQLEventStore):
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         key: bytes | None = None,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: the derived tables (run summaries) are caught up in memory,
+        never written, as for a read-only SQLite log; appends still work."""
         super().__init__(clock=clock, codec=codec, key=key)
         self.url = url
         self.where = redacted(url)
+        self.read_only = read_only
+        self._connect_timeout = int(connect_timeout)
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
-        self._listener: psycopg.Connection[Any] | None = None
-        self._listening = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._announcements = Announcements(self._listener)
         with _mapped_errors(f"opening {self.where}"):
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout)) as c:
                 migrate(c)
@@ -245,6 +255,7 @@ class PostgresEventStore(SQLEventStore):
                 max_size=pool_size,
                 kwargs={"autocommit": True},
                 configure=_configure,
+                check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=connect_timeout,
                 open=True,
             )
@@ -399,46 +410,50 @@ class PostgresEventStore(SQLEventStore):
             return conn.execute(sql, params).fetchall()
 
     def wait_for_append(self, run_id: str, after: int, timeout: float) -> bool:
-        """Wait on ``LISTEN autonomy_events`` (a connection of the store's own)
-        until an append to ``run_id`` past ``after`` commits, or ``timeout``.
+        """Wait on ``LISTEN autonomy_events`` until an append to ``run_id`` past
+        ``after`` commits, or ``timeout``.
 
-        The run is looked at after ``LISTEN`` and on each announcement of it, so an
-        append that commits at any moment is seen. A notification lost with a
-        dropped connection costs at most ``timeout``: a live tail calls this in a
-        loop with a bounded timeout, which is its fallback poll."""
+        Every thread waits on the store's one listening connection (see
+        ``events.listener``): an announcement of the run wakes all its waiters at
+        once. The run is looked at after ``LISTEN`` and on each announcement of
+        it, so an append that commits at any moment is seen. A dropped listening
+        connection wakes the waiters, which look again and listen on a new one;
+        while it cannot be made, a notification is lost for at most ``timeout``:
+        a live tail calls this in a loop with a bounded timeout, which is its
+        fallback poll. Closing the store ends every wait (False)."""
         deadline = time.monotonic() + timeout
-        wanted = _announced(run_id)
         where = f"waiting for run {run_id!r}"
-        with self._listening, _mapped_errors(where):
-            if self._closed.is_set():
-                raise EventStoreError(f"{where}: the store is closed")
-            try:
-                conn = self._listen()
-                while _last_version(conn, run_id) <= after:
-                    while True:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        heard = [n.payload for n in conn.notifies(timeout=left, stop_after=1)]
-                        if wanted in heard:
-                            break
-            except psycopg.OperationalError:
-                self._drop_listener()  # the next wait connects again
-                raise
+        if self._closed.is_set():
+            raise EventStoreError(f"{where}: the store is closed")
+        with (
+            _mapped_errors(where),
+            self._announcements.subscribed(_announced(run_id)) as announced,
+        ):
+            while self.last_version(run_id) <= after:
+                if not announced.wait(deadline):
+                    return False
             return True
 
-    def _listen(self) -> psycopg.Connection[Any]:
-        if self._listener is None:
-            conn = psycopg.connect(self.url, autocommit=True, application_name=LISTENER_NAME)
-            conn.execute(f"LISTEN {CHANNEL}")
-            self._listener = conn
-        return self._listener
+    def waiting(self, run_id: str) -> int:
+        """How many threads wait for an announcement of ``run_id`` now, having
+        looked at it since they listen: a test or a monitor can tell that an
+        append would reach them only by its announcement."""
+        return self._announcements.asleep(_announced(run_id))
 
-    def _drop_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._listener.close()
-            self._listener = None
+    def _listener(self) -> psycopg.Connection[Any]:
+        """A new connection listening on ``CHANNEL``."""
+        conn = psycopg.connect(
+            self.url,
+            autocommit=True,
+            application_name=LISTENER_NAME,
+            connect_timeout=self._connect_timeout,
+        )
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -503,22 +518,42 @@ class PostgresEventStore(SQLEventStore):
     @property
     def connection(self) -> SQLiteStyle:
         """A connection of its own for audit queries, taking SQLite's placeholders
-        (see ``SQLiteStyle``); opened on first use, closed with the store."""
-        if self._audit is None:
-            with _mapped_errors(f"opening {self.where}"):
-                conn = psycopg.connect(self.url, autocommit=True)
-            _configure(conn)
-            self._audit = SQLiteStyle(conn)
-        return self._audit
+        (see ``SQLiteStyle``); opened on first use (again once lost), closed with
+        the store. psycopg serialises the threads that share it."""
+        with self._audit_lock:
+            if self._closed.is_set():
+                raise EventStoreError(f"reading {self.where}: the store is closed")
+            if self._audit is None:
+                self._audit = SQLiteStyle(self._audit_connection(), self._audit_again)
+            return self._audit
+
+    def _audit_connection(self) -> psycopg.Connection[Any]:
+        with _mapped_errors(f"opening {self.where}"):
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+        _configure(conn)
+        return conn
+
+    def _audit_again(self, lost: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """The audit connection instead of ``lost`` (made once by the first thread
+        that finds it lost)."""
+        with self._audit_lock:
+            if self._closed.is_set() or self._audit is None:
+                raise EventStoreError(f"reading {self.where}: the store is closed")
+            if self._audit.raw is lost:
+                with contextlib.suppress(psycopg.Error):
+                    lost.close()
+                self._audit.raw = self._audit_connection()
+            return self._audit.raw
 
     def close(self) -> None:
+        """Close the pool and the connections; threads waiting for an append end."""
         if not self._closed.is_set():
             self._closed.set()
+            self._announcements.close()
             self._pool.close()
-            with self._listening:
-                self._drop_listener()
-            if self._audit is not None:
-                self._audit.raw.close()
+            with self._audit_lock:
+                if self._audit is not None:
+                    self._audit.raw.close()
 
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -576,12 +611,20 @@ class SQLiteStyle:
     """A psycopg connection that takes SQLite's placeholders (``?``, ``:name``), so
     that the audit code runs the same SQL on either database. Statements are
     prepared: one statement per call, never a script. Driver errors become
-    ``EventStoreError``."""
+    ``EventStoreError``. With ``reconnect`` (given the lost connection, it returns
+    the one to use now), a statement that finds the connection lost (a server
+    restarted) runs once more on a new one: the audit statements are reads, and
+    the queue's insert cannot be doubled (its run id is the key)."""
 
     dialect = "postgres"
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        reconnect: Callable[[psycopg.Connection[Any]], psycopg.Connection[Any]] | None = None,
+    ) -> None:
         self.raw = raw
+        self.reconnect = reconnect
 
     def execute(
         self, sql: str, params: Sequence[object] | dict[str, object] = ()
@@ -591,8 +634,14 @@ class SQLiteStyle:
             query = _NAMED.sub(lambda m: f"%({m[1]})s" if m[1] in params else m[0], query)
         else:
             query = query.replace("?", "%s")
+        raw = self.raw
         try:
-            return self.raw.execute(query, params, prepare=True)
+            try:
+                return raw.execute(query, params, prepare=True)
+            except psycopg.OperationalError:
+                if self.reconnect is None or not raw.broken:
+                    raise
+                return self.reconnect(raw).execute(query, params, prepare=True)
         except psycopg.Error as e:
             detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
             raise EventStoreError(detail) from e

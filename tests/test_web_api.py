@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -11,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 from web_runs import Asker, record
 
+from engine.cli.serve import listen
 from engine.storage import open_store
 from engine.web.app import ServiceSettings, create_app
 from events import ModelRequested, RunStarted, ToolExecuted, UserAsked
@@ -191,3 +193,13 @@ def test_two_runs_are_compared_as_autonomy_diff_does(client: TestClient) -> None
     assert document["first_divergent_step"] is not None
     missing = client.get("/api/runs/done/diff/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def test_the_services_connections_send_a_response_at_once() -> None:
+    """TCP_NODELAY, inherited from the listening socket: without it a response written
+    in two parts waits for the client's delayed ACK (about 40 ms a request)."""
+    listener = listen("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from engine.cli.base import cli, db_option
+from engine.errors import ConfigError
 
 TOKEN_ENV = "AUTONOMY_TOKEN"
 
@@ -22,6 +23,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (0: any free port) for the service."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # the accepted sockets inherit it: without, a response written in two parts (head,
+    # body) waits for the client's delayed ACK, some 40 ms per request on loopback
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+        listener.listen(128)  # connections made from now on wait for uvicorn to accept
+    except OSError as e:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return listener
 
 
 @cli.command()
@@ -45,8 +63,9 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     with their prompts and answers, tool calls with their files and diffs), its
     phases, tasks, state at any version, audit tables, a live tail while it runs
     and the answer box when it waits for input. Reads the log per request, so a
-    run going on in another process shows up as it goes. Loopback by default;
-    any other address needs --token. Ctrl-C stops it.
+    run going on in another process shows up as it goes (a PostgreSQL log through
+    one store, its few connections shared by every page and live stream).
+    Loopback by default; any other address needs --token. Ctrl-C stops it.
 
     Example:
 
@@ -56,7 +75,6 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     """
     import uvicorn
 
-    from engine.errors import ConfigError
     from engine.storage import open_store, resolve_db
     from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
 
@@ -74,17 +92,9 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         allowed_hosts=LOOPBACK_HOSTS if loopback and not token else ("*",),
     )
     # bound here rather than by uvicorn: --port 0 then prints the port it got
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host.strip("[]"), port))
-        listener.listen(128)  # connections made from now on wait for uvicorn to accept
-    except OSError as e:
-        listener.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    listener = listen(host, port)
     bound = listener.getsockname()[1]
-    shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
+    shown = f"[{host.strip('[]')}]" if listener.family == socket.AF_INET6 else host
     click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
     config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
     uvicorn.Server(config).run(sockets=[listener])

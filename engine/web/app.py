@@ -12,10 +12,14 @@
     POST /api/sql                           {"sql": ..., "run_id": ...}, read-only
     POST /api/runs/{run_id}/answer          {"answer": ...} for a run waiting for input
 
-Every request opens the log for itself (``open_store``) and closes it: the writer is
-another process (``autonomy run``), and SQLite's WAL lets any number of readers see
-its commits. The service holds no state of its own; each answer comes from the
-library the CLI calls (``projections.project``, ``engine.runs.audit``, the store).
+On an SQLite log every request opens the log for itself (``open_store``) and closes
+it: the writer is another process (``autonomy run``), and SQLite's WAL lets any
+number of readers see its commits. On a PostgreSQL log the service opens one store
+when it starts (``_Web.lifespan``) and every request shares it: its pool is the
+service's connections, its one ``LISTEN`` connection wakes every live stream
+(``events.postgres``), and a page costs no connection set-up. Either way the
+service holds no state of its own; each answer comes from the library the CLI
+calls (``projections.project``, ``engine.runs.audit``, the store).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import asyncio
 import difflib
 import hmac
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,9 +49,9 @@ from engine.errors import ConfigError
 from engine.runs.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
-from engine.storage import open_store
+from engine.storage import is_postgres_url, open_store
 from engine.web.pages import LIFECYCLE, PAUSED, compact, render, run_page
-from events.errors import AutonomyError, BlobNotFound, RunNotFound
+from events.errors import AutonomyError, BlobNotFound, EventStoreError, RunNotFound
 from events.store import EventStore, RecordedEvent
 from projections import project
 from projections.summaries import RunSummary, summaries_and_problems
@@ -70,6 +74,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host headers accepted; loopback names only when serving without a token, so a
     page elsewhere cannot reach the service by rebinding a DNS name to 127.0.0.1."""
+    shared_store: bool = True
+    """On a PostgreSQL log, one store for the service's life, shared by every
+    request; False opens one per request, as for an SQLite log (the baseline of
+    ``benchmarks/bench_serve_postgres.py``)."""
 
 
 def create_app(settings: ServiceSettings) -> Starlette:
@@ -97,6 +105,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
         routes=routes,
         middleware=middleware,
         exception_handlers={Exception: _error, HTTPException: _error, AutonomyError: _error},
+        lifespan=web.lifespan,
     )
 
 
@@ -162,15 +171,41 @@ async def _error(request: Request, error: Exception) -> Response:
 
 
 class _Web:
-    """The endpoints; each opens the log, calls the library and shapes the answer."""
+    """The endpoints; each takes the log (``store``), calls the library and shapes
+    the answer."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        self.shared: EventStore | None = None
+        """The PostgreSQL log's one store, while the service runs."""
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """On a PostgreSQL log, open the store every request shares (its errors end
+        the start-up) and close it at shutdown; it is ``app.state.store``."""
+        db = self.settings.db
+        if is_postgres_url(db) and self.settings.shared_store:
+            # read_only: summaries are caught up in memory, so a page never writes;
+            # an answer still appends
+            self.shared = await anyio.to_thread.run_sync(
+                lambda: open_store(db, must_exist=True, read_only=True)
+            )
+        app.state.store = self.shared
+        try:
+            yield
+        finally:
+            store, self.shared = self.shared, None
+            if store is not None:
+                await anyio.to_thread.run_sync(store.close)
 
     @contextmanager
     def store(self, *, write: bool = False) -> Iterator[EventStore]:
-        """The log for one request: read-only (it may be on read-only storage, and a
-        reader never writes) unless the request writes (an answer)."""
+        """The log for one request: the shared store of a PostgreSQL log, else one
+        opened for it, read-only (it may be on read-only storage, and a reader
+        never writes) unless the request writes (an answer)."""
+        if self.shared is not None:
+            yield self.shared
+            return
         store = open_store(self.settings.db, must_exist=True, read_only=not write)
         try:
             yield store
@@ -267,25 +302,32 @@ class _Web:
         if after is None:
             last_id = request.headers.get("last-event-id", "0")
             after = int(last_id) if last_id.isdigit() else 0
-        store = await anyio.to_thread.run_sync(
-            lambda: open_store(self.settings.db, must_exist=True)
-        )
-        if await anyio.to_thread.run_sync(store.last_version, run_id) == 0:
-            store.close()
-            raise RunNotFound(run_id)
+        opened = ExitStack()
+        store = await anyio.to_thread.run_sync(opened.enter_context, self.store())
+        try:
+            if await anyio.to_thread.run_sync(store.last_version, run_id) == 0:
+                raise RunNotFound(run_id)
+        except BaseException:
+            opened.close()
+            raise
         return StreamingResponse(
-            self._stream(store, run_id, after),
+            self._stream(opened, store, run_id, after),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def _stream(self, store: EventStore, run_id: str, after: int) -> AsyncIterator[str]:
+    async def _stream(
+        self, opened: ExitStack, store: EventStore, run_id: str, after: int
+    ) -> AsyncIterator[str]:
         """The run's events after ``after``, then new ones as they are appended, until
-        the run is no longer live (finished, or waiting for an answer)."""
+        the run is no longer live (finished, or waiting for an answer). A log that
+        fails meanwhile (a server gone) ends it with a ``failed`` event naming why (the
+        page's EventSource then connects again, from the last event it got);
+        ``opened`` (holding ``store()``'s context) is closed at the end."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
-        lifecycle = await anyio.to_thread.run_sync(_last_lifecycle, store, run_id)
         try:
+            lifecycle = await anyio.to_thread.run_sync(_last_lifecycle, store, run_id)
             while True:
                 events = await anyio.to_thread.run_sync(_read_after, store, run_id, after)
                 for event in events:
@@ -304,8 +346,11 @@ class _Web:
                     yield ": keepalive\n\n"
                 wait = min(self.settings.wait_seconds, self.settings.keepalive_seconds - quiet)
                 await anyio.to_thread.run_sync(store.wait_for_append, run_id, after, wait)
+        except EventStoreError as e:
+            # not "error": an EventSource takes that name for its own connection errors
+            yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
         finally:
-            store.close()
+            opened.close()
 
     def api_blob(self, request: Request) -> Response:
         with self.store() as store:

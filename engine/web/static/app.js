@@ -65,6 +65,9 @@ function liveTail(table) {
     state.textContent = "the run stopped: reloading";
     setTimeout(() => location.reload(), 800);
   });
+  source.addEventListener("failed", (message) => {  // the log failed; EventSource retries
+    state.textContent = `${JSON.parse(message.data).error}: reconnecting…`;
+  });
   source.onerror = () => { state.textContent = "reconnecting…"; };
   source.onopen = () => { state.textContent = "following"; };
 }

@@ -1,0 +1,160 @@
+"""The service on a PostgreSQL log: one store for the service's life, shared by every
+request and every live stream (``engine.web.app``), so a few connections serve any
+number of browsers, and connections the server dropped are made again."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+from test_live_tail import WAITERS, backends, in_thread
+from waiting import wait_until
+from web_runs import serving
+
+from engine.cli import cli
+from engine.web.app import ServiceSettings, create_app
+from events import RunFinished, RunStarted, TaskAdded, UserAsked
+from events.postgres import LISTENER_NAME, PostgresEventStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+START = RunStarted(goal="g", workspace="/w", config={})
+
+
+def named(url: str) -> tuple[str, str]:
+    """``url`` with an ``application_name`` of its own (one per test schema), and the name."""
+    name = "serve_" + url.rsplit("%3D", 1)[1]
+    return f"{url}&application_name={name}", name
+
+
+@pytest.fixture
+def service(pg_url: str) -> Iterator[tuple[TestClient, str]]:
+    """The service in this process on a log with a run ``r`` waiting for an answer;
+    the client, and the ``application_name`` of the service's connections."""
+    with PostgresEventStore(pg_url) as store:
+        store.append("r", [START, TaskAdded(task_id="t1", title="x"), UserAsked(question="q?")], 0)
+    url, name = named(pg_url)
+    app = create_app(ServiceSettings(db=url, allowed_hosts=("127.0.0.1",)))
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        yield client, name
+
+
+def test_pages_share_the_services_store_and_never_write(
+    service: tuple[TestClient, str], pg_url: str
+) -> None:
+    client, name = service
+    with PostgresEventStore(pg_url) as store:
+        store.append("s", [START], 0)  # a run the stored summaries do not hold
+        stored = store.summary_position()
+        for _ in range(3):
+            for path in ("/", "/api/runs", "/runs/r", "/api/runs/r/events"):
+                assert client.get(path).status_code == 200, path
+        statuses = {run["run_id"]: run["status"] for run in client.get("/api/runs").json()}
+        assert statuses == {"r": "waiting_for_input", "s": "running"}
+        assert len(backends(pg_url, name)) <= 5  # the pool (4) and the audit connection
+        assert store.summary_position() == stored  # caught up in memory, not stored
+        answered = client.post("/api/runs/r/answer", json={"answer": "yes"})
+        assert answered.status_code == 200, answered.text
+        assert store.last_version("r") == 4
+
+
+def test_the_service_serves_on_when_the_server_dropped_its_connections(
+    service: tuple[TestClient, str], pg_url: str
+) -> None:
+    client, name = service
+    pages = ("/api/runs", "/runs/r", "/api/audit/model-usage?run_id=r", "/api/runs/r")
+    assert [client.get(path).status_code for path in pages] == [200] * len(pages)
+    dropped = backends(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (list(dropped),)
+        )
+    # pooled connections are checked before they are lent; the audit connection is
+    # made again by the statement that finds it lost
+    assert [client.get(path).status_code for path in pages] == [200] * len(pages)
+    assert backends(pg_url, name) and not dropped & backends(pg_url, name)
+
+
+def test_serve_names_a_log_it_cannot_reach_in_one_line() -> None:
+    url = "postgresql://me:s3cret@/nowhere?host=/nonexistent-socket-dir"
+    result = CliRunner().invoke(cli, ["serve", "--db", url, "--port", "0"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    assert "s3cret" not in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2, result.output
+
+
+def test_live_streams_and_pages_share_a_few_connections(
+    pg_server: Any,
+) -> None:
+    """8 browsers on a live run, and pages: the service's pool (4), its listening
+    connection and its audit connection at most, where a store per request (and per
+    stream) held 2 or more each."""
+    url = pg_server.new_url()
+    served_url, name = named(url)
+    with PostgresEventStore(url) as store:
+        store.append("r", [START], 0)
+        others = backends(url, LISTENER_NAME)
+        with serving(served_url) as base:  # type: ignore[arg-type]
+            heard: list[list[str]] = [[] for _ in range(WAITERS)]
+            started = threading.Barrier(WAITERS + 1, timeout=60)
+
+            def stream(seen: list[str]) -> None:
+                with httpx.stream("GET", f"{base}/api/runs/r/stream", timeout=60) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data: "):
+                            seen.append(json.loads(line[6:]).get("type", ""))
+                            if len(seen) == 1:
+                                started.wait()
+                        if line.startswith("event: "):
+                            seen.append(line)
+                            return
+
+            threads = [in_thread(lambda seen=seen: stream(seen))[0] for seen in heard]
+            started.wait()  # every stream has sent the run's first event
+            store.append("r", [TaskAdded(task_id="t1", title="x")], 1)
+            pages = [
+                in_thread(lambda path=path: httpx.get(base + path, timeout=60).status_code)
+                for path in (
+                    "/",
+                    "/api/runs",
+                    "/runs/r",
+                    "/api/runs/r",
+                    "/api/audit/model-usage?run_id=r",
+                )
+                * 2
+            ]
+            for thread, _ in pages:
+                thread.join(timeout=60)
+            assert [result["value"] for _, result in pages] == [200] * len(pages)
+            wait_until(lambda: all("task.added" in seen for seen in heard), "every stream hears")
+            held = backends(url, name, LISTENER_NAME) - others
+            assert 2 <= len(held) <= 6, held
+            store.append("r", [RunFinished(status="completed")], 2)
+            for thread in threads:
+                thread.join(timeout=60)
+    assert heard == [["run.started", "task.added", "run.finished", "event: end"]] * WAITERS
+
+
+def test_a_stream_whose_log_fails_ends_with_a_failed_event(
+    service: tuple[TestClient, str], pg_url: str
+) -> None:
+    client, _ = service
+    with PostgresEventStore(pg_url) as store:
+        store.append("s", [START], 0)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with client.stream("GET", "/api/runs/s/stream") as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        wait_until(lambda: store.waiting("s") == 1, "the stream waits")
+        store.close()  # as a server gone would fail the next read
+        rest = list(lines)
+    assert "event: failed" in rest
+    error = json.loads(next(line for line in rest if line.startswith("data: "))[6:])
+    assert "closed" in error["error"]
