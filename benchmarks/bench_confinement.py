@@ -130,7 +130,9 @@ def snapshots(files: int, repeat: int) -> None:
         print(f"\nsnapshot of {files} files of 4 KiB ({repeat} repetitions, medians)")
         print(f"  cold (hash and store every file):  {cold_ms:8.1f} ms")
         print(f"  warm (stat only, nothing changed): {warm_ms:8.1f} ms   target < 50 ms")
-        print(f"  bare os.scandir walk with stat:    {bare_ms:8.1f} ms   warm/bare {warm_ms / bare_ms:.2f}x")
+        print(
+            f"  bare os.scandir walk with stat:    {bare_ms:8.1f} ms   warm/bare {warm_ms / bare_ms:.2f}x"
+        )
         print(f"  a command costs two snapshots: {2 * warm_ms:.1f} ms warm")
 
 

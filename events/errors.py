@@ -70,6 +70,8 @@ class BlobCorrupt(EventStoreError):
 
 class WrongKey(EventStoreError):
     """The run was written with another key than this one."""
+
+
 class LeaseHeld(EventStoreError):
     """Another engine is running that run; nothing was changed."""
 

@@ -373,7 +373,9 @@ class _Web:
         with self.store() as store:
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            return JSONResponse(_rows(run_query(cast(Any, store).connection, name, run_id, arguments)))
+            return JSONResponse(
+                _rows(run_query(cast(Any, store).connection, name, run_id, arguments))
+            )
 
     async def api_sql(self, request: Request) -> JSONResponse:
         body = await _json_body(request)
@@ -412,11 +414,15 @@ def _read_after(store: EventStore, run_id: str, after: int) -> list[RecordedEven
 
 
 def _last_lifecycle(store: EventStore, run_id: str) -> str:
-    row = cast(Any, store).connection.execute(
-        f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(LIFECYCLE))})"
-        " ORDER BY version DESC LIMIT 1",
-        (run_id, *LIFECYCLE),
-    ).fetchone()
+    row = (
+        cast(Any, store)
+        .connection.execute(
+            f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(LIFECYCLE))})"
+            " ORDER BY version DESC LIMIT 1",
+            (run_id, *LIFECYCLE),
+        )
+        .fetchone()
+    )
     return str(row[0]) if row else ""
 
 
