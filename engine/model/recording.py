@@ -63,7 +63,7 @@ from engine.model.stored import (
     INLINE_LIMIT,
     PREVIEW_CHARS,
     blobs_of,
-    full_answer,
+    full_reply,
     stored_answer,
     stored_form,
 )
@@ -344,14 +344,8 @@ class RecordingModel:
                 ),
                 causation=requested.version,
             )
-            cached = full_answer(cached, log.store)
-            return ModelReply(
-                content=cached.content,
-                tool_calls=cached.tool_calls,
-                done_reason=cached.done_reason,
-                model_identity=cached.model_identity,
-                extracted_from_text=cached.extracted_from_text,
-            )
+            # the copy cost nothing: no usage, no time
+            return full_reply(cached, log.store, usage=Usage(), duration_ms=0.0)
 
         def record_failure(failed: FailedAttempt) -> None:
             error = failed.error

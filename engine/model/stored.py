@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from engine.model.wire import ModelReply
 from events.schema import Message, ModelResponded, ToolCall
 from events.store import blob_digest
 
@@ -182,3 +183,19 @@ def full_answer(answer: ModelResponded, blobs: Blobs) -> ModelResponded:
         return answer
     message = _as_message(answer)
     return _with_message(answer, message, full_message(message, blobs))
+
+
+def full_reply(answer: ModelResponded, blobs: Blobs, **changes: Any) -> ModelReply:
+    """The reply a recorded ``answer`` stands for, its long texts read back;
+    ``changes`` sets the fields the caller knows otherwise (an endpoint, no usage)."""
+    full = full_answer(answer, blobs)
+    fields: dict[str, Any] = {
+        "content": full.content,
+        "tool_calls": full.tool_calls,
+        "done_reason": full.done_reason,
+        "usage": full.usage,
+        "duration_ms": full.duration_ms,
+        "model_identity": full.model_identity,
+        "extracted_from_text": full.extracted_from_text,
+    }
+    return ModelReply(**(fields | changes))

@@ -45,7 +45,7 @@ from engine.model.bounds import Bounds, RetryPolicy
 from engine.model.client import FailedAttempt, ModelClient, OnFailure
 from engine.model.recording import request_digest, tool_schemas_diff
 from engine.model.roles import Endpoint
-from engine.model.stored import full_answer, full_message
+from engine.model.stored import full_message, full_reply
 from engine.model.wire import NO_OPTIONS, ChatOptions, ModelReply
 from engine.runs.divergence import Normaliser, excerpt, indent, message_diff
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
@@ -312,17 +312,8 @@ class ReplayClient(ModelClient):
         if failures:
             self._fail_again(failures, answer is not None, listed, model, on_failure)
         assert answer is not None
-        answer = full_answer(answer, self.recording.store)  # long texts from blobs
-        return ModelReply(
-            content=answer.content,
-            tool_calls=answer.tool_calls,
-            done_reason=answer.done_reason,
-            usage=answer.usage,
-            duration_ms=answer.duration_ms,
-            model_identity=answer.model_identity,
-            extracted_from_text=answer.extracted_from_text,
-            endpoint=listed[0].label if listed else recorded.endpoint,
-        )
+        endpoint = listed[0].label if listed else recorded.endpoint
+        return full_reply(answer, self.recording.store, endpoint=endpoint)
 
     def _fail_again(
         self,
