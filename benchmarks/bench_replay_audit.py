@@ -432,15 +432,14 @@ def replay_floor(store: Any, run_id: str, repeat: int, replayed: float) -> None:
     engine reads), comparing them with the recording. The rest is the engine's."""
     from engine.agent.runlog import RunLog
     from engine.runs.divergence import Normaliser, compare
-    from engine.runs.replay import _scratch_time
+    from engine.runs.replay import scratch_store
     from engine.runs.replay_sources import Recording
-    from events.memory import MemoryEventStore
     from projections.fold import RunState
 
     recorded = Recording(store, run_id).events
 
     def write() -> list[Any]:
-        log = RunLog(MemoryEventStore(chained=False, clock=_scratch_time), run_id, RunState())
+        log = RunLog(scratch_store(), run_id, RunState())
         return [log.append(e.data, causation=e.causation)[0] for e in recorded]
 
     written = write()

@@ -80,6 +80,12 @@ INPUTS = (RunStarted, RunForked, UserAnswered, RunRewound, RunResumed, ModelCont
 saying its context window); the replay takes them from the log."""
 
 
+def scratch_store() -> MemoryEventStore:
+    """The log a replay writes to: compared by payload, never verified, so neither
+    hashed nor timed."""
+    return MemoryEventStore(chained=False, clock=_scratch_time)
+
+
 def _scratch_time() -> datetime:
     return _EPOCH
 
@@ -155,8 +161,7 @@ def _check_replayable(recording: Recording) -> None:
 def _replay(recording: Recording, scratch: Path, live: bool) -> ReplayResult:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
-    # a scratch log: compared by payload, never verified, so neither hashed nor timed
-    memory = MemoryEventStore(chained=False, clock=_scratch_time)
+    memory = scratch_store()
     compared = 0
     for segment in _segments(recording, memory, scratch, live):
         segment.drive()
