@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         RunNotFound,
         SchemaError,
         StoreCorrupted,
+        StoreUnavailable,
     )
     from events.memory import MemoryEventStore
     from events.schema import (
@@ -86,6 +87,7 @@ _WHERE = {
     "SchemaError": "events.errors",
     "SpecialistConsulted": "events.schema",
     "StoreCorrupted": "events.errors",
+    "StoreUnavailable": "events.errors",
     "StoredEvent": "events.store",
     "TaskAdded": "events.schema",
     "TaskUpdated": "events.schema",
@@ -141,6 +143,7 @@ __all__ = [
     "SchemaError",
     "SpecialistConsulted",
     "StoreCorrupted",
+    "StoreUnavailable",
     "StoredEvent",
     "TaskAdded",
     "TaskUpdated",

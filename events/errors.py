@@ -13,6 +13,8 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     │   ├── WrongKey                   a keyed run, and this key is not the one it
     │   │                              was written with (or there is none)
     │   ├── LeaseHeld                  another live engine holds that run's lease
+    │   ├── StoreUnavailable           the database cannot be reached or is busy now;
+    │   │                              nothing was changed, asking again may work
     │   └── RunNotFound                no events for that run id
     ├── CheckpointError                a checkpoint file that cannot be read
     ├── SchemaError                    an event that cannot be decoded: unknown type,
@@ -74,6 +76,11 @@ class WrongKey(EventStoreError):
 
 class LeaseHeld(EventStoreError):
     """Another engine is running that run; nothing was changed."""
+
+
+class StoreUnavailable(EventStoreError):
+    """The database cannot be reached, or is busy, now: nothing was changed, and the
+    same request may succeed later (a service answers 503)."""
 
 
 class RunNotFound(EventStoreError):

@@ -47,7 +47,7 @@ import psycopg_pool
 from psycopg.types.string import TextLoader
 
 from events.codec import Codec, hash_key_id
-from events.errors import ConcurrencyError, EventStoreError
+from events.errors import ConcurrencyError, EventStoreError, StoreUnavailable
 from events.lease import refusal
 from events.listener import Announcements
 from events.sql import (
@@ -208,15 +208,31 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("jsonb", TextLoader)
 
 
+UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+"""SQLSTATEs (or their class) of a server that cannot be reached or take us now: a
+connection exception, a shutdown (admin, crash, starting up), too many
+connections. A query that fails for them may succeed when asked again."""
+
+
+def mapped_error(e: psycopg.Error, where: str) -> EventStoreError:
+    """The error of this tree that says what happened (see ``events.errors``)."""
+    detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
+    text = f"{where}: {detail}" if where else detail
+    state = e.sqlstate or ""
+    lost = isinstance(e, psycopg.OperationalError) and not state  # no server answered
+    if lost or state.startswith(UNAVAILABLE_STATES):
+        return StoreUnavailable(text)
+    return EventStoreError(text)
+
+
 @contextlib.contextmanager
 def _mapped_errors(where: str) -> Iterator[None]:
     try:
         yield
     except psycopg_pool.PoolTimeout as e:
-        raise EventStoreError(f"{where}: no connection to the database server ({e})") from e
+        raise StoreUnavailable(f"{where}: no connection to the database server ({e})") from e
     except psycopg.Error as e:
-        detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
-        raise EventStoreError(f"{where}: {detail}") from e
+        raise mapped_error(e, where) from e
 
 
 class PostgresEventStore(SQLEventStore):
@@ -643,8 +659,7 @@ class SQLiteStyle:
                     raise
                 return self.reconnect(raw).execute(query, params, prepare=True)
         except psycopg.Error as e:
-            detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
-            raise EventStoreError(detail) from e
+            raise mapped_error(e, "") from e
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from events.codec import Codec, hash_key_id
-from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted
+from events.errors import ConcurrencyError, EventStoreError, StoreCorrupted, StoreUnavailable
 from events.lease import FileLeases
 from events.sql import (
     COLUMNS,
@@ -99,7 +99,7 @@ class _mapped_errors:
 def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     text = str(e)
     if isinstance(e, sqlite3.OperationalError) and "locked" in text:
-        return EventStoreError(f"{where}: the database is locked by another writer ({text})")
+        return StoreUnavailable(f"{where}: the database is locked by another writer ({text})")
     if isinstance(e, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
         # ProgrammingError: a misuse such as a closed store, not a damaged file
         return EventStoreError(f"{where}: {text}")

@@ -16,9 +16,11 @@ import events.sqlite
 from events import (
     ConcurrencyError,
     EventStoreError,
+    RunFinished,
     RunStarted,
     SQLiteEventStore,
     StoreCorrupted,
+    StoreUnavailable,
     TaskAdded,
 )
 from events.sqlite import APPLICATION_ID
@@ -403,3 +405,23 @@ def test_a_read_in_progress_does_not_stop_appends_after_another_writer(
         mine.append("run-1", [task(7)], 7)
 
         assert len(list(reading)) == 7, "the rest of the read sees both appends"
+
+
+def test_a_log_locked_by_another_writer_is_unavailable_not_broken(tmp_path: Path) -> None:
+    """A writer holding the lock longer than the busy timeout: the append says so as
+    ``StoreUnavailable`` (nothing written, ask again: a service answers 503), not as a
+    damaged log."""
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path, busy_timeout=0.05) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w", config={})], 0)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="locked by another writer"):
+                store.append("r", [RunFinished(status="completed")], 1)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.last_version("r") == 1
+        store.append("r", [RunFinished(status="completed")], 1)
+        assert store.last_version("r") == 2

@@ -13,12 +13,14 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from pg import DATABASE
 from starlette.testclient import TestClient
 from test_live_tail import WAITERS, backends, in_thread
 from waiting import wait_until
 from web_runs import serving
 
 from engine.cli import cli
+from engine.storage import open_store
 from engine.web.app import ServiceSettings, create_app
 from events import RunFinished, RunStarted, TaskAdded, UserAsked
 from events.postgres import LISTENER_NAME, PostgresEventStore
@@ -158,3 +160,47 @@ def test_a_stream_whose_log_fails_ends_with_a_failed_event(
     assert "event: failed" in rest
     error = json.loads(next(line for line in rest if line.startswith("data: "))[6:])
     assert "closed" in error["error"]
+
+
+def test_a_log_that_cannot_be_reached_answers_503_and_serves_again_once_it_can(
+    pg_server: Any,
+) -> None:
+    """A server that refuses connections is not an error of the request: every page
+    and API answers 503 with ``Retry-After`` and what happened, never a traceback or
+    a 500; once the server takes connections again, the same service serves."""
+    url = pg_server.new_url()
+    with open_store(url) as store:  # and the audit views
+        store.append("r", [START, UserAsked(question="q?")], 0)
+    served_url, name = named(url)
+    # the store the service shares, handed to it as `autonomy serve` does; a short
+    # timeout, so that a request waits 1 s for a connection, not the default 10
+    shared = PostgresEventStore(served_url, connect_timeout=1, read_only=True)
+    app = create_app(ServiceSettings(db=served_url, allowed_hosts=("127.0.0.1",)), shared)
+    pages = ("/api/runs/r", "/api/runs", "/runs/r", "/", "/api/audit/model-usage?run_id=r")
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        assert [client.get(path).status_code for path in pages] == [200] * len(pages)
+        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (name,),
+                )
+                answers = {path: client.get(path) for path in pages}
+                answered = client.post("/api/runs/r/answer", json={"answer": "yes"})
+            finally:
+                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+        for path, answer in [*answers.items(), ("answer", answered)]:
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["retry-after"] == "2"
+            assert "cannot be reached now" in answer.text and "Traceback" not in answer.text
+        assert answers["/api/runs/r"].json()["error"].startswith("the log cannot be reached")
+        assert "<html" in answers["/runs/r"].text.lower()  # a page, for a person
+        wait_until(
+            lambda: all(client.get(path).status_code == 200 for path in pages),
+            "the service serves again",
+        )
+        assert client.post("/api/runs/r/answer", json={"answer": "yes"}).status_code == 200
+    with PostgresEventStore(url) as store:
+        assert [e.type for e in store.read("r")][-1] == "user.answered"

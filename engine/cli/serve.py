@@ -75,26 +75,43 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     """
     import uvicorn
 
-    from engine.storage import open_store, resolve_db
+    from engine.storage import is_postgres_url, open_store, resolve_db
     from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
 
     path = resolve_db(db)
-    open_store(path, must_exist=True).close()  # a missing or foreign log: one clear error now
     loopback = is_loopback(host)
     if not loopback and not token:
         raise ConfigError(
             f"--host {host} exposes the log beyond this machine: give --token T "
             f"(or set {TOKEN_ENV}), or bind 127.0.0.1"
         )
+    # a missing, foreign or unreachable log: one clear error now, before listening. A
+    # PostgreSQL log stays open: it is the store the service shares (nothing is left
+    # to fail as it starts); an SQLite log is opened by each request.
+    shared = is_postgres_url(path)
+    store = open_store(path, must_exist=True, read_only=shared)
+    if not shared:
+        store.close()
     settings = ServiceSettings(
         db=path,
         token=token or "",
         allowed_hosts=LOOPBACK_HOSTS if loopback and not token else ("*",),
     )
-    # bound here rather than by uvicorn: --port 0 then prints the port it got
-    listener = listen(host, port)
+    try:
+        # bound here rather than by uvicorn: --port 0 then prints the port it got
+        listener = listen(host, port)
+    except BaseException:
+        store.close()
+        raise
     bound = listener.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if listener.family == socket.AF_INET6 else host
     click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run(sockets=[listener])
+    app = create_app(settings, store if shared else None)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[listener])
+    finally:
+        store.close()  # the app closes it as it stops; not when it never started
+    if not server.started:
+        raise ConfigError("the service stopped before it started serving (see above)")

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from engine.storage import is_postgres_url, open_store
 from engine.tables import table
-from events.errors import AutonomyError, EventStoreError
+from events.errors import AutonomyError, EventStoreError, StoreUnavailable
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv")
@@ -332,12 +332,13 @@ def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> A
 def _run_sql_postgres(url: str, sql: str, params: dict[str, Any]) -> AuditResult:
     import psycopg
 
-    from events.postgres import SQLiteStyle, redacted
+    from events.postgres import SQLiteStyle, mapped_error, redacted
 
     try:
         raw = psycopg.connect(url)
     except psycopg.Error as e:
-        raise AuditError(f"opening {redacted(url)} read-only: {e}") from e
+        error = mapped_error(e, f"opening {redacted(url)} read-only")
+        raise (error if isinstance(error, StoreUnavailable) else AuditError(str(error))) from e
     try:
         raw.read_only = True
         raw.execute("SELECT 1")  # a query first: the transaction stays READ ONLY
@@ -394,6 +395,8 @@ def _execute(connection: Any, sql: str, params: dict[str, Any], what: str) -> Au
     try:
         cursor = connection.execute(sql, params)
         rows = cursor.fetchall() if cursor.description else []
+    except StoreUnavailable:
+        raise  # not the query's fault: the same query may succeed later
     except (sqlite3.Error, EventStoreError) as e:
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())

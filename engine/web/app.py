@@ -20,6 +20,11 @@ service's connections, its one ``LISTEN`` connection wakes every live stream
 (``events.postgres``), and a page costs no connection set-up. Either way the
 service holds no state of its own; each answer comes from the library the CLI
 calls (``projections.project``, ``engine.runs.audit``, the store).
+
+Errors are answered with what happened, never a traceback: 404 for an unknown run or
+blob, 400 for a bad query or answer, 503 with ``Retry-After`` while the log cannot
+be reached (``StoreUnavailable``: a PostgreSQL server down or refusing, an SQLite
+log locked), 500 for anything else.
 """
 
 from __future__ import annotations
@@ -51,13 +56,21 @@ from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
 from engine.web.pages import LIFECYCLE, PAUSED, compact, render, run_page
-from events.errors import AutonomyError, BlobNotFound, EventStoreError, RunNotFound
+from events.errors import (
+    AutonomyError,
+    BlobNotFound,
+    EventStoreError,
+    RunNotFound,
+    StoreUnavailable,
+)
 from events.store import EventStore, RecordedEvent
 from projections import project
 from projections.summaries import RunSummary, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
+RETRY_AFTER = 2
+"""Seconds a client is told to wait (``Retry-After``) when the log cannot be reached."""
 
 
 class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,9 +93,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     ``benchmarks/bench_serve_postgres.py``)."""
 
 
-def create_app(settings: ServiceSettings) -> Starlette:
-    """The ASGI app serving the log at ``settings.db``."""
-    web = _Web(settings)
+def create_app(settings: ServiceSettings, store: EventStore | None = None) -> Starlette:
+    """The ASGI app serving the log at ``settings.db``. ``store``: that log, already
+    open, for the app to share and close when it stops (``autonomy serve`` opens a
+    PostgreSQL log before it listens, so that an unreachable server is one clear
+    error); None: the app opens what it needs."""
+    web = _Web(settings, store)
     routes = [
         Route("/", web.run_list),
         Route("/runs/{run_id}/diff", web.diff_page),
@@ -158,15 +174,20 @@ async def _error(request: Request, error: Exception) -> Response:
         status, message = 404, str(error)
     elif isinstance(error, AuditError | ConfigError):
         status, message = 400, str(error)
+    elif isinstance(error, StoreUnavailable):
+        status, message = 503, f"the log cannot be reached now; try again: {error}"
     elif isinstance(error, AutonomyError):
         status, message = 500, str(error)
     else:
         status, message = 500, f"internal error: {type(error).__name__}: {error}"
+    # a log that cannot be reached now is not a failure of this request: ask again
+    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return HTMLResponse(
         render("error.html", status=status, message=message),
         status_code=status,
+        headers=headers,
     )
 
 
@@ -174,17 +195,23 @@ class _Web:
     """The endpoints; each takes the log (``store``), calls the library and shapes
     the answer."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, given: EventStore | None = None) -> None:
         self.settings = settings
+        self.given = given
+        """The store the app was handed, shared from its start."""
         self.shared: EventStore | None = None
         """The PostgreSQL log's one store, while the service runs."""
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """On a PostgreSQL log, open the store every request shares (its errors end
-        the start-up) and close it at shutdown; it is ``app.state.store``."""
+        the start-up) unless the app was given it, and close it at shutdown; it is
+        ``app.state.store``."""
         db = self.settings.db
-        if is_postgres_url(db) and self.settings.shared_store:
+        given, self.given = self.given, None
+        if given is not None:
+            self.shared = given
+        elif is_postgres_url(db) and self.settings.shared_store:
             # read_only: summaries are caught up in memory, so a page never writes;
             # an answer still appends
             self.shared = await anyio.to_thread.run_sync(
