@@ -14,8 +14,10 @@ success: only a finishing tool that succeeded finishes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -31,6 +33,7 @@ from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
+from projections.pipeline import TaskState
 
 ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolOutcome]
 """Runs one tool call: ``engine.tools.execute``, or a replay's results from the log."""
@@ -95,6 +98,17 @@ def run_conversation(
     nudged = invalid = cut = False
     failures: dict[tuple[str, bytes, str], int] = {}  # identical failing calls since a success
     limit = settings.limits.max_turns_per_task
+    context = functools.partial(
+        ToolContext,
+        workspace=workspace,
+        blobs=log.store,
+        task_id=task_id,
+        allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
+        command_timeout=settings.tools.command_timeout,
+        output_cap=settings.tools.output_cap,
+        confinement=confinement,
+        digests=digests,
+    )
     for turn in range(1, limit + 1):
         try:
             reply = model.chat(
@@ -161,17 +175,7 @@ def run_conversation(
             same = (call.name, _canonical(call.arguments))
             duplicate = same in seen
             seen.add(same)
-            ctx = ToolContext(
-                workspace=workspace,
-                blobs=log.store,
-                task_id=task_id,
-                tasks={t.task_id: t.status for t in log.pipeline.tasks.values()},
-                allowlist=tuple(tuple(a) for a in settings.tools.allowlist),
-                command_timeout=settings.tools.command_timeout,
-                output_cap=settings.tools.output_cap,
-                confinement=confinement,
-                digests=digests,
-            )
+            ctx = context(tasks=log.pipeline.tasks.derived(_statuses))
             outcome = _run_tool(
                 log, tools, ctx, call.name, call.arguments, responded, run_tool, duplicate=duplicate
             )
@@ -243,6 +247,12 @@ def _run_tool(
         causation=requested.version,
     )
     return outcome
+
+
+def _statuses(tasks: Mapping[str, TaskState]) -> Mapping[str, str]:
+    """Each task's status by id: what a tool may know of the tasks (read-only, and
+    worked out once per version of the tasks)."""
+    return MappingProxyType({t.task_id: t.status for t in tasks.values()})
 
 
 def _canonical(arguments: object) -> bytes:

@@ -200,6 +200,9 @@ class ToolRegistry:
         # (the recorder encodes each set of schemas once).
         known = schemas or {}
         self._schemas = [known.get(name) or tool.schema() for name, tool in self._tools.items()]
+        self._subsets: dict[tuple[str, ...], ToolRegistry] = {}
+        """The subsets made, by their names: a registry never changes, and the engine
+        asks for a role's tools at every consultation."""
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -231,14 +234,18 @@ class ToolRegistry:
     def subset(self, names: Iterable[str]) -> ToolRegistry:
         """A registry of only ``names`` (a role's tools); ``ValueError`` for a name
         that is not registered, since that is a configuration mistake."""
-        wanted = list(names)
+        wanted = tuple(names)
+        made = self._subsets.get(wanted)
+        if made is not None:
+            return made
         missing = [n for n in wanted if n not in self._tools]
         if missing:
             raise ValueError(
                 f"no such tools: {', '.join(missing)}; registered: {', '.join(self._tools)}"
             )
         by_name = dict(zip(self._tools, self._schemas, strict=True))
-        return ToolRegistry((self._tools[n] for n in wanted), by_name)
+        made = self._subsets[wanted] = ToolRegistry((self._tools[n] for n in wanted), by_name)
+        return made
 
 
 def execute(
