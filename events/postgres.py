@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import threading
 import time
@@ -257,19 +258,20 @@ class PostgresEventStore(SQLEventStore):
         self.url = url
         self.where = redacted(url)
         self.read_only = read_only
-        self._connect_timeout = int(connect_timeout)
+        # whole seconds for libpq, where 0 would mean waiting for ever
+        self._connect_timeout = max(1, math.ceil(connect_timeout))
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
         self._audit_lock = threading.Lock()
         self._announcements = Announcements(self._listener)
         with _mapped_errors(f"opening {self.where}"):
-            with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout)) as c:
+            with psycopg.connect(url, autocommit=True, connect_timeout=self._connect_timeout) as c:
                 migrate(c)
             self._pool = psycopg_pool.ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, "connect_timeout": self._connect_timeout},
                 configure=_configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=connect_timeout,
@@ -510,7 +512,7 @@ class PostgresEventStore(SQLEventStore):
         key = _lease_key(run_id)
         where = f"taking the lease of run {run_id}"
         with _mapped_errors(where):
-            conn = psycopg.connect(self.url, autocommit=True)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
         try:
             with _mapped_errors(where):
                 held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()

@@ -22,7 +22,7 @@ from engine.cli import cli
 from engine.runs.workers import submit
 from engine.storage import open_store
 from events import ConcurrencyError, RunStarted, TaskAdded
-from events.errors import EventStoreError, LeaseHeld
+from events.errors import EventStoreError, LeaseHeld, StoreUnavailable
 from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
 
 START = RunStarted(goal="g", workspace="/w", config={})
@@ -213,3 +213,32 @@ def test_a_log_is_made_in_the_first_schema_of_the_path_even_when_a_later_has_one
         first.append("r", [START, TaskAdded(task_id="t", title="x")], 0)
     with PostgresEventStore(pg_url) as store:
         assert store.last_version("r") == 1
+
+
+def test_a_server_that_never_answers_is_unavailable_within_the_connect_timeout() -> None:
+    """A socket that takes the connection and never says a word (a server hung, or
+    a black hole between): opening the log gives up after ``connect_timeout`` as
+    ``StoreUnavailable``, a fraction of a second included (libpq counts whole
+    seconds, where 0 means waiting for ever)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads
+    port = silent.getsockname()[1]
+    outcome: dict[str, BaseException] = {}
+
+    def open_it() -> None:
+        try:
+            PostgresEventStore(f"postgresql://me@127.0.0.1:{port}/log", connect_timeout=0.5)
+        except BaseException as e:
+            outcome["error"] = e
+
+    opener = threading.Thread(target=open_it, daemon=True)
+    try:
+        opener.start()
+        opener.join(timeout=60)
+        assert not opener.is_alive(), "opening waited for ever"
+    finally:
+        silent.close()
+    assert isinstance(outcome.get("error"), StoreUnavailable), outcome
