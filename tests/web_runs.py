@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -89,7 +90,8 @@ def running(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer)
 
 @contextmanager
 def serving(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`autonomy serve` on a free loopback port; yields its base URL."""
+    """`autonomy serve` on a free loopback port; yields its base URL. Stopped as a
+    person stops it, with Ctrl-C (SIGINT): it must then exit 0, saying nothing."""
     process = subprocess.Popen(
         [AUTONOMY, "serve", "--db", str(db), "--port", "0", *args],
         stdout=subprocess.PIPE,
@@ -102,10 +104,15 @@ def serving(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator
         line = process.stdout.readline()  # printed once the socket listens
         assert " on http://" in line, (line, process.communicate(timeout=10))
         yield line.split(" on ", 1)[1].split("?")[0].strip().rstrip("/")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError("autonomy serve did not stop on Ctrl-C") from None
+    assert process.returncode == 0 and not err.strip(), (process.returncode, err)

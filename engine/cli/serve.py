@@ -111,6 +111,10 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        # Ctrl-C is how the service is stopped: uvicorn has shut down gracefully and
+        # raises it again afterwards; no "Aborted!", no failure status
+        pass
     finally:
         store.close()  # the app closes it as it stops; not when it never started
     if not server.started:
