@@ -120,11 +120,7 @@ class MemoryEventStore(EventStore):
                 row = (position, run_id, version, kind, schema, recorded_at, causation, "", event)
                 log.append(row)
                 stream.append(row)
-                recorded.append(
-                    RecordedEvent(
-                        position, run_id, version, kind, schema, recorded_at, causation, "", event
-                    )
-                )
+                recorded.append(RecordedEvent(*row))
         if self.after_append is not None:
             self.after_append(self, recorded)
         return recorded
