@@ -373,11 +373,7 @@ class EventStore(ABC):
 
     def decode(self, row: StoredEvent) -> RecordedEvent:
         """The typed event of a stored row (upcast first if it is an old version)."""
-        return self._decode_row(msgspec.structs.astuple(row))
-
-    def _decode_row(self, row: Row) -> RecordedEvent:
-        event = self.codec.decode(row[3], row[4], row[8], position=row[0])
-        return RecordedEvent(*row[:8], event)
+        return next(self._decode_rows((msgspec.structs.astuple(row),)))
 
     def _decode_rows(self, rows: Iterable[Row]) -> Iterator[RecordedEvent]:
         """The typed events of ``rows``: a payload at its type's current schema
