@@ -19,7 +19,9 @@ prints ``str(error)`` and its cause chain and exits non-zero, never a traceback.
     ├── CheckpointError                a checkpoint file that cannot be read
     ├── SchemaError                    an event that cannot be decoded: unknown type,
     │                                  failing upcaster, or data that does not match
-    │                                  its schema (names the position and type)
+    │                                  its schema (names the position and type); or
+    │                                  one a scratch log, which encodes only what is
+    │                                  read back, cannot encode
     └── (engine.errors adds ConfigError, ModelError, ToolError, ... under AutonomyError)
 
 Driver errors are mapped to this tree in one place per driver:

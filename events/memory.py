@@ -1,15 +1,21 @@
 """An in-memory event store with the same contract as the SQLite one, for tests.
 
 It keeps the payload encoded, exactly like a database row, so reads go through the
-same typed decode (and the same upcasters) as the SQLite store.
+same typed decode (and the same upcasters) as the SQLite store. A scratch log
+(``chained=False``) encodes a payload when it is first read instead: a replay
+writes one, compares what it appended, and reads back little of it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
+
+import msgspec
 
 from events.codec import Codec, encode
+from events.errors import SchemaError
 from events.schema import Event
 from events.store import (
     Clock,
@@ -27,13 +33,22 @@ from events.store import (
     utc_now,
 )
 
+Kept = tuple[int, str, int, str, int, str, int | None, str, str | Event]
+"""A row as this store keeps it: a ``Row``, or in a scratch log a row whose payload
+is still the event appended (encoded when it is first read, by ``_encoded``)."""
+
 
 class MemoryEventStore(EventStore):
     """Event store in a Python list; behaves like ``SQLiteEventStore``.
 
     ``chained=False`` (without a key) makes a scratch log: its rows' hashes are left
-    empty (nothing to verify) and an append numbers its events in place, with no
-    hash and no draft; a replay writes to one."""
+    empty (nothing to verify), an append numbers its events in place, with no hash
+    and no draft, and keeps each event as it is, to be encoded when a read first
+    asks for its row; a replay writes to one. An event that cannot be encoded, which
+    a database store refuses at append, is then a ``SchemaError`` naming its row at
+    that read (a replay compares every event it appends with a recorded one, which
+    could be encoded). Events are frozen, but a dict inside one is not: one changed
+    after its append would be read back changed."""
 
     def __init__(
         self,
@@ -46,8 +61,8 @@ class MemoryEventStore(EventStore):
         super().__init__(clock=clock, codec=codec, key=key)
         self.chained = chained
         self._marker: str | None = None
-        self._log: list[Row] = []
-        self._by_run: dict[str, list[Row]] = {}
+        self._log: list[Kept] = []
+        self._by_run: dict[str, list[Kept]] = {}
         self._blobs: dict[str, bytes] = {}
         self._summaries: dict[str, SummaryRow] = {}
         self._summary_position = 0
@@ -102,24 +117,10 @@ class MemoryEventStore(EventStore):
                 position += 1
                 version += 1
                 kind, schema = event.type_name(), event.schema_version
-                row = (
-                    position,
-                    run_id,
-                    version,
-                    kind,
-                    schema,
-                    recorded_at,
-                    causation,
-                    "",
-                    encode(event),
-                )
+                row = (position, run_id, version, kind, schema, recorded_at, causation, "", event)
                 log.append(row)
                 stream.append(row)
-                recorded.append(
-                    RecordedEvent(
-                        position, run_id, version, kind, schema, recorded_at, causation, "", event
-                    )
-                )
+                recorded.append(RecordedEvent(*row))
         if self.after_append is not None:
             self.after_append(self, recorded)
         return recorded
@@ -128,7 +129,7 @@ class MemoryEventStore(EventStore):
         with self._lock:
             check_expected(run_id, 0, self.last_version(run_id))
             first = len(self._log) + 1
-            renumbered = [(first + i, *row[1:]) for i, row in enumerate(rows)]
+            renumbered: list[Kept] = [(first + i, *row[1:]) for i, row in enumerate(rows)]
             self._log.extend(renumbered)
             self._by_run[run_id] = renumbered
             self._marker = self._import_marker(rows, first, self._marker) or self._marker
@@ -137,7 +138,7 @@ class MemoryEventStore(EventStore):
         with self._lock:
             stream = list(self._by_run.get(run_id, ()))
         # versions are 1..n without gaps, so version v sits at index v - 1
-        yield from stream[max(after, 0) : None if upto is None else max(upto, 0)]
+        yield from self._encoded(stream[max(after, 0) : None if upto is None else max(upto, 0)])
 
     def _all_rows(
         self, after_position: int, types: Iterable[str] | None, limit: int | None
@@ -145,13 +146,31 @@ class MemoryEventStore(EventStore):
         wanted = set(types) if types is not None else None
         with self._lock:
             rows = self._log[max(after_position, 0) :]
-        count = 0
+        if wanted is not None:
+            rows = [row for row in rows if row[3] in wanted]
+        yield from self._encoded(rows if limit is None else rows[: max(limit, 0)])
+
+    def _encoded(self, rows: Iterable[Kept]) -> Iterator[Row]:
+        """``rows`` as rows: a scratch log's payloads encoded, once (the row is kept
+        encoded for the next read)."""
         for row in rows:
-            if limit is not None and count >= limit:
-                return
-            if wanted is None or row[3] in wanted:
-                count += 1
-                yield row
+            yield cast(Row, row) if type(row[8]) is str else self._encode(row)
+
+    def _encode(self, row: Kept) -> Row:
+        position, run_id, version, kind, schema, at, causation, digest, event = row
+        try:
+            data = encode(cast(Event, event))
+        except (TypeError, ValueError, msgspec.EncodeError) as e:
+            raise SchemaError(
+                f"the event appended to this scratch log cannot be encoded as JSON: {e}",
+                position=position,
+                type=kind,
+            ) from e
+        encoded: Row = (position, run_id, version, kind, schema, at, causation, digest, data)
+        with self._lock:
+            self._log[position - 1] = encoded
+            self._by_run[run_id][version - 1] = encoded
+        return encoded
 
     def last_version(self, run_id: str) -> int:
         with self._lock:
@@ -161,7 +180,7 @@ class MemoryEventStore(EventStore):
     def runs_after(self, position: int) -> list[RunInfo]:
         with self._lock:
             rows = self._log[max(position, 0) :]
-        found: dict[str, list[Row]] = {}
+        found: dict[str, list[Kept]] = {}
         for row in rows:
             found.setdefault(row[1], []).append(row)
         return [

@@ -366,6 +366,28 @@ def test_a_store_reads_old_rows_through_its_codecs_upcasters(
     assert stored == [("run.started", 1), ("task.added", 1), ("task.added", 3)]
 
 
+def test_an_old_row_that_decodes_as_today_is_upcast_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+    log: SQLiteEventStore,
+    reader: Callable[[EventStore, str], object],
+) -> None:
+    # a pretend version 3 keeps version 2's shape and changes what priority means:
+    # only the row's schema version tells the fast decode (``CURRENT``) to step aside
+    old = '{"type": "task.added", "task_id": "t1", "title": "x", "priority": 3}'
+    insert_row(log, "run-1", "task.added", old, schema_version=2)
+    monkeypatch.setattr(TaskAdded, "schema_version", 3)
+    registry = UpcasterRegistry()
+    registry.register("task.added", 2)(lambda raw: {**raw, "priority": raw["priority"] * 10})
+    log.codec = Codec(registry)
+
+    read = reader(log, "run-1")
+
+    if isinstance(read, list):
+        assert read[1].data == TaskAdded(task_id="t1", title="x", priority=30)
+    else:
+        assert read.pipeline.tasks["t1"].priority == 30  # type: ignore[attr-defined]
+
+
 def test_a_missing_upcaster_is_a_schema_error(
     monkeypatch: pytest.MonkeyPatch,
     log: SQLiteEventStore,

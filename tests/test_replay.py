@@ -233,6 +233,28 @@ def test_a_changed_payload_lists_the_fields_that_changed_with_their_values() -> 
     ]
 
 
+def test_a_replayed_event_no_store_could_encode_is_a_divergence_not_a_crash() -> None:
+    from engine.runs.divergence import Normaliser, compare
+    from engine.runs.replay import scratch_store
+    from events.schema import ToolRequested
+
+    recorded = MemoryEventStore()
+    started = RunStarted(goal="g", workspace="/w")
+    asked = ToolRequested(call_id="x/t2", tool="read_file", arguments={"path": "a.py"})
+    recorded.append("x", [started, asked], 0)
+    # the scratch log a replay writes to takes it (it encodes what is read back only)
+    unstorable = ToolRequested(call_id="x/t2", tool="read_file", arguments={"path": Path("a.py")})
+    produced = scratch_store().append("x", [started, unstorable], 0)
+
+    divergence = compare(list(recorded.read("x")), produced, Normaliser())
+
+    assert divergence is not None and divergence.version == 2
+    assert divergence.title == (
+        "the replay wrote a tool.requested that cannot be encoded: "
+        "Encoding objects of type PosixPath is unsupported"
+    )
+
+
 def test_replay_json_of_an_identical_run(recorded: Path) -> None:
     code, out = invoke("replay", "r", "--db", str(recorded), "--json", "--tools", "recorded")
     assert code == 0, out

@@ -13,9 +13,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import msgspec
 import pytest
+from hypothesis import given, settings
 
+import events.memory
 import events.sqlite
 import events.store
 from events import (
@@ -33,11 +36,12 @@ from events import (
     ToolExecuted,
     ToolRequested,
 )
-from events.codec import chain_hash
-from events.errors import LeaseHeld, StoreCorrupted
+from events.codec import chain_hash, encode
+from events.errors import LeaseHeld, SchemaError, StoreCorrupted
 from events.postgres import PostgresEventStore
 from events.schema import Event, FileChange
 from events.store import Clock
+from events.strategies import any_event
 
 START = RunStarted(goal="write a todo app", workspace="/work/todo", config={"steps": 40})
 
@@ -533,6 +537,55 @@ def test_a_scratch_memory_store_numbers_checks_and_reads_back_without_a_chain() 
     assert {r.hash for r in read} == {""}
     with pytest.raises(ConcurrencyError):
         store.append("run-1", [task(3)], 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(any_event(), min_size=1, max_size=6), st.one_of(st.none(), st.integers(1, 9)))
+def test_a_scratch_log_reads_back_the_rows_a_database_would_hold(
+    batch: list[Event], causation: int | None
+) -> None:
+    scratch, chained = MemoryEventStore(chained=False), MemoryEventStore()
+    appended = scratch.append("run-1", batch, 0, causation=causation)
+    chained.append("run-1", batch, 0, causation=causation)
+
+    def without_hashes(rows: Iterator[Any]) -> list[Any]:
+        return [msgspec.structs.replace(r, hash="", recorded_at="") for r in rows]
+
+    assert list(scratch.read("run-1")) == appended
+    assert [r.data for r in scratch.read_all()] == batch
+    assert without_hashes(scratch.read_raw("run-1")) == without_hashes(chained.read_raw("run-1"))
+    assert list(scratch.read_payloads("run-1")) == list(chained.read_payloads("run-1"))
+
+
+def test_a_scratch_log_encodes_each_event_once_when_it_is_first_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded: list[Event] = []
+    monkeypatch.setattr(events.memory, "encode", lambda e: encoded.append(e) or encode(e))
+    store = MemoryEventStore(chained=False)
+    store.append("run-1", [START, task(1), task(2)], 0)
+    assert encoded == []
+
+    list(store.read("run-1", upto=2))
+    list(store.read("run-1"))
+    list(store.read_all())
+
+    assert encoded == [START, task(1), task(2)]
+
+
+def test_an_event_a_scratch_log_cannot_encode_is_a_schema_error_naming_it_when_read() -> None:
+    store = MemoryEventStore(chained=False)
+    bad = ToolRequested(call_id="c1", tool="read_file", arguments={"path": Path("a.py")})
+    store.append("run-1", [START, bad, task(3)], 0)
+
+    assert [r.data for r in store.read("run-1", upto=1)] == [START]
+    with pytest.raises(SchemaError) as caught:
+        list(store.read("run-1"))
+
+    assert (caught.value.position, caught.value.type) == (2, "tool.requested")
+    assert "cannot be encoded as JSON: Encoding objects of type PosixPath" in str(caught.value)
+    with pytest.raises(TypeError):  # which a database store refuses at append
+        MemoryEventStore().append("run-1", [START, bad], 0)
 
 
 class TestSQLiteInMemory(StoreContract):

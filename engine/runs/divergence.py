@@ -185,10 +185,28 @@ def compare(
     normalise: Normaliser,
 ) -> Divergence | None:
     """The first version at which the two differ, or None."""
-    for index in range(max(len(recorded), len(replayed))):
-        old = recorded[index] if index < len(recorded) else None
-        new = replayed[index] if index < len(replayed) else None
-        version = index + 1
+    for version, (old, new) in enumerate(zip(recorded, replayed, strict=False), 1):
+        if old.data == new.data and old.type == new.type and old.causation == new.causation:
+            continue  # equal as they are (the common case): nothing to normalise
+        divergence = _difference(version, old, new, normalise)
+        if divergence is not None:
+            return divergence
+    version = min(len(recorded), len(replayed)) + 1
+    if len(replayed) > len(recorded):
+        return _difference(version, None, replayed[version - 1], normalise)
+    if len(recorded) > len(replayed):
+        return _difference(version, recorded[version - 1], None, normalise)
+    return None
+
+
+def _difference(
+    version: int, old: RecordedEvent | None, new: RecordedEvent | None, normalise: Normaliser
+) -> Divergence | None:
+    """What differs between a recorded and a replayed event (either may be missing).
+
+    A replayed event that no store could encode (a replay's scratch log encodes
+    only what is read back) is such a difference."""
+    try:
         if old is None and new is not None:
             return Divergence(
                 version,
@@ -197,7 +215,8 @@ def compare(
                 _fields_text(comparable(new, normalise)["data"], "replayed"),
                 headline=f"the replay wrote {new.type} after the recorded run's last event",
             )
-        if new is None and old is not None:
+        assert old is not None
+        if new is None:
             return Divergence(
                 version,
                 old.type,
@@ -205,12 +224,18 @@ def compare(
                 _fields_text(comparable(old, normalise)["data"], "recorded"),
                 headline=f"the replay stopped before the recorded run's {old.type}",
             )
-        assert old is not None and new is not None
-        if old.data == new.data and old.type == new.type and old.causation == new.causation:
-            continue  # equal as they are (the common case): nothing to normalise
         expected, actual = comparable(old, normalise), comparable(new, normalise)
-        if expected != actual:
-            return _divergence(version, old.type, new.type, expected, actual)
+    except TypeError as e:  # from msgspec.to_builtins: what was read from a log never fails
+        assert new is not None
+        return Divergence(
+            version,
+            old.type if old is not None else "(none)",
+            new.type,
+            f"  {e}",
+            headline=f"the replay wrote a {new.type} that cannot be encoded: {e}",
+        )
+    if expected != actual:
+        return _divergence(version, old.type, new.type, expected, actual)
     return None
 
 

@@ -148,7 +148,7 @@ def replay(
     _check_replayable(recording)
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix="autonomy-replay-") as tmp:
-            return _replay(recording, Path(tmp) / "workspace", tools == "live")
+            return _replay(recording, Path(tmp), tools == "live")
     return _replay(recording, scratch, tools == "live")
 
 

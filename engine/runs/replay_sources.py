@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import httpx
@@ -88,6 +87,17 @@ RECOVERY_ERROR_PREFIXES = ("interrupted: the engine stopped while ", "not applie
 pending, word for word as resume wrote it before ``run.resumed`` marked a stop: in
 such a log, these texts are how a replay knows that the recorded engine stopped
 before the tool reported. Frozen: old logs keep the words they were written with."""
+
+
+def is_stop(event: Event) -> bool:
+    """Whether ``event`` was written where the recorded run's engine had been stopped
+    from outside: a ``STOPS`` event, a Ctrl-C's ``run.finished``, or what recovery
+    settled after a crash."""
+    return isinstance(event, STOPS) or is_user_stop(event) or settled_by_recovery(event)
+
+
+MAY_STOP = frozenset({*STOPS, RunFinished, ToolExecuted, TaskUpdated})
+"""The classes of the events ``is_stop`` can hold true: the others never are."""
 
 
 def settled_by_recovery(event: Event) -> bool:
@@ -166,16 +176,24 @@ class Recording:
             raise RunNotFound(run_id)
         self.calls: list[RecordedCall] = []
         by_id: dict[str, RecordedCall] = {}
+        stops: list[int] = []
+        # one pass, by the payload's class (the union is closed: no event subclasses one)
         for event in self.events:
             data = event.data
-            if isinstance(data, ModelRequested):
+            if type(data) is ModelRequested:
                 call = RecordedCall(event, [])
                 self.calls.append(call)
                 by_id[data.call_id] = call
-            elif isinstance(data, ModelFailed) and data.call_id in by_id:
-                by_id[data.call_id].failures.append(data)
-            elif isinstance(data, ModelResponded) and data.call_id in by_id:
-                by_id[data.call_id].responded = data
+            elif type(data) is ModelResponded:
+                if data.call_id in by_id:
+                    by_id[data.call_id].responded = data
+            elif type(data) is ModelFailed:
+                if data.call_id in by_id:
+                    by_id[data.call_id].failures.append(data)
+            elif type(data) in MAY_STOP and is_stop(data):
+                stops.append(event.version)
+        self._stops = frozenset(stops)
+        """The versions of the events written where the recorded engine had been stopped."""
         # an answer the recorder copied from an earlier one never reached the client
         self.calls = [c for c in self.calls if not (c.responded and c.responded.cached_from)]
         self.killed = not isinstance(self.events[-1].data, RunFinished | UserAsked)
@@ -203,15 +221,6 @@ class Recording:
         if version > len(self.events):
             return self.killed
         return version in self._stops
-
-    @cached_property
-    def _stops(self) -> frozenset[int]:
-        """The versions of the events written where the recorded engine had been stopped."""
-        return frozenset(
-            e.version
-            for e in self.events
-            if isinstance(e.data, STOPS) or is_user_stop(e.data) or settled_by_recovery(e.data)
-        )
 
     def state_at(self, version: int) -> RunState:
         """The recorded state at ``version``; versions must be asked in increasing order
