@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from engine.agent.arbiter import (
     ACTIONS,
     SCHEMAS,
     Refused,
+    _json_text,
     only_move,
     prompt,
     recent_decisions,
@@ -158,3 +160,15 @@ def test_what_the_arbiter_remembers_between_steps_never_changes_what_it_decides(
     rnd.shuffle(states)
     for state in states:
         _same_as_fresh(state, limits)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON | st.dictionaries(st.integers(), st.text(), max_size=3))
+def test_the_arbiters_json_is_the_encoders_with_sorted_keys(value: Any) -> None:
+    assert _json_text(value) == json.dumps(value, sort_keys=True)

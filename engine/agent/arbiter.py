@@ -195,7 +195,7 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
             )
         )
     name, args = suggestion(rules, p.phase)
-    lines.append(f"Suggested next move: {name} {_sorted_json(args)}")
+    lines.append(f"Suggested next move: {name} {_json_text(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]
 
 
@@ -213,6 +213,27 @@ def _files_line(files: PersistentMap[str, FileState]) -> str:
 
 _sorted_json = json.JSONEncoder(sort_keys=True).encode
 """``json.dumps(value, sort_keys=True)``, without building an encoder per call."""
+
+
+def _json_text(value: Any) -> str:
+    """``json.dumps(value, sort_keys=True)``: the bytes the prompts have always held.
+
+    Strings and objects keyed by strings (the arbiter's arguments and steps) are
+    written here with the encoder's own string escaping: a few calls, where the
+    encoder spends microseconds a step setting itself up. Anything else is the
+    encoder's."""
+    if type(value) is str:
+        return _quoted(value)
+    if type(value) is dict:
+        try:
+            items = [f"{_quoted(k)}: {_json_text(value[k])}" for k in sorted(value)]
+        except TypeError:  # a key that is not a string: the encoder's rules for it
+            return _sorted_json(value)
+        return "{" + ", ".join(items) + "}"
+    return _sorted_json(value)
+
+
+_quoted = json.encoder.encode_basestring_ascii
 
 
 def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
@@ -259,7 +280,7 @@ def _remembered(d: Decision) -> tuple[int, str]:
     """A remembered decision's version, and its prompt line up to its outcome."""
     params = {k: v for k, v in d.parameters.items() if k != "reason"}
     who = f"fallback to rules ({d.fallback_reason})" if d.fallback_used else d.decided_by
-    return d.version, f"- {d.action} {_sorted_json(params)} by {who} -> "
+    return d.version, f"- {d.action} {_json_text(params)} by {who} -> "
 
 
 # -- validation ----------------------------------------------------------------------------
