@@ -192,6 +192,10 @@ class Appended(Generic[T]):
     def __repr__(self) -> str:
         return f"Appended({self._items[: self._length]!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # its items only: not a newer version's, nor what derived_each remembered
+        return (Appended, (self.to_list(),))
+
 
 # -- maps ------------------------------------------------------------------------------
 

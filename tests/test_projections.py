@@ -801,6 +801,13 @@ def test_a_value_derived_from_each_item_is_worked_out_once_per_item_across_versi
     derived = version.derived_each(count)
     derived.clear()  # the caller's own dict
     assert len(version.derived_each(count)) == 19
+    # a copy is the items alone, what was worked out for them stays behind
+    assert pickle.loads(pickle.dumps(version))._lineage is None
+    decisions = Appended([1, 2, 3])
+    assert decisions.derived_each(str) == ["1", "2", "3"] and decisions._lineage
+    assert decisions.append(4) == Appended([1, 2, 3, 4])  # on the very list decisions reads
+    copy = pickle.loads(pickle.dumps(decisions))
+    assert copy == decisions and copy._lineage is None and copy._items == [1, 2, 3]
 
 
 def test_an_empty_default_never_carries_a_memo_to_the_versions_made_from_it() -> None:
