@@ -16,6 +16,12 @@ state use structures whose versions share storage:
   the worst case and far less in practice, versions never affect each other, and
   no version is ever mutated, so any version may be read from any thread.
 
+Values worked out from a collection can be remembered on it, as a cache that never
+changes a result: ``PersistentMap.derived`` once per version (for a value of all
+the items), ``derived_each`` once per item for all the versions that grow from one
+(for a value of each item: an item a version did not change is the very same
+object in the next, so only the changed ones are worked out again).
+
 Both compare by content; ``PersistentMap`` is a ``collections.abc.Mapping``, so
 code written against dicts keeps working. ``MapEditor`` and ``AppendedEditor``
 give fold steps dict and list syntax over them (see ``projections.pipeline``).
@@ -39,24 +45,62 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 import msgspec
 
 T = TypeVar("T")
+U = TypeVar("U")
 K = TypeVar("K")
 V = TypeVar("V")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 _new = object.__new__  # versions are made without __init__: it is the hot path of a fold
 
+_Lineage = dict[Callable[[Any], Any], dict[Any, tuple[Any, Any]]]
+"""``derived_each``'s memo, shared by a version and those made from it: by function,
+then by key or index, the item it was worked out for (compared by identity, so
+that versions with another item there, siblings included, never take its result)
+and the result."""
+
+
+class _HasLineage(Protocol):
+    _lineage: _Lineage | None
+
+
+_BASE: Any = object()  # the key of a map's memo under which its base's results are kept
+
+
+def _each(
+    memo: dict[Any, tuple[Any, Any]], key: Any, value: Any, compute: Callable[[Any], Any]
+) -> Any:
+    known = memo.get(key)
+    if known is None or known[0] is not value:
+        known = memo[key] = (value, compute(value))
+    return known[1]
+
+
+def _memo(version: _HasLineage, compute: Callable[[Any], Any]) -> dict[Any, tuple[Any, Any]]:
+    # Made on the first non-empty version asked: an empty one may be a default that
+    # every state shares, and a memo must not reach from one run's versions to another's.
+    lineage = version._lineage
+    if lineage is None:
+        lineage = version._lineage = {}
+    memo = lineage.get(compute)
+    if memo is None:
+        memo = lineage[compute] = {}
+    return memo
+
 
 class Appended(Generic[T]):
     """An immutable sequence with amortised O(1) ``append`` returning a new sequence."""
 
-    __slots__ = ("_items", "_length")
+    __slots__ = ("_items", "_length", "_lineage")
 
     _items: list[T]
     _length: int
+    _lineage: _Lineage | None
+    """What ``derived_each`` worked out, shared with the versions appended to this one."""
 
     def __init__(self, items: Iterable[T] = ()) -> None:
         self._items = list(items)
         self._length = len(self._items)
+        self._lineage = None
 
     @staticmethod
     def adopt(items: list[T]) -> Appended[T]:
@@ -65,6 +109,7 @@ class Appended(Generic[T]):
         adopted: Appended[T] = _new(Appended)
         adopted._items = items
         adopted._length = len(items)
+        adopted._lineage = None
         return adopted
 
     def to_list(self) -> list[T]:
@@ -86,7 +131,28 @@ class Appended(Generic[T]):
             grown._items = items[:length]
             grown._items.append(item)
         grown._length = length + 1
+        grown._lineage = self._lineage
         return grown
+
+    def derived_each(self, compute: Callable[[T], U], start: int = 0) -> list[U]:
+        """``[compute(item) for item in self[start:]]``, each ``compute(item)`` worked
+        out once for this version and every version appended to it: for values of
+        the last few items that are asked for again after each append (an item never
+        changes once appended). ``compute`` must depend on the item alone."""
+        length = self._length
+        first = max(start + length if start < 0 else start, 0)
+        if first >= length:
+            return []
+        memo = _memo(self, compute)
+        items = self._items
+        out = []
+        for index in range(first, length):
+            item = items[index]
+            known = memo.get(index)
+            if known is None or known[0] is not item:
+                known = memo[index] = (item, compute(item))
+            out.append(known[1])
+        return out
 
     def __len__(self) -> int:
         return self._length
@@ -101,6 +167,9 @@ class Appended(Generic[T]):
     def __getitem__(self, index: slice) -> list[T]: ...
     def __getitem__(self, index: int | slice) -> T | list[T]:
         if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step > 0:  # a slice costs what it holds, not a copy of the whole version
+                return self._items[start:stop:step]
             return self._items[: self._length][index]
         if index < 0:
             index += self._length
@@ -123,6 +192,10 @@ class Appended(Generic[T]):
     def __repr__(self) -> str:
         return f"Appended({self._items[: self._length]!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # its items only: not a newer version's, nor what derived_each remembered
+        return (Appended, (self.to_list(),))
+
 
 # -- maps ------------------------------------------------------------------------------
 
@@ -139,7 +212,7 @@ class PersistentMap(Mapping[K, V]):
     moves to the end), and equals any mapping with the same items.
     """
 
-    __slots__ = ("_base", "_derived", "_length", "_merged", "_overlay")
+    __slots__ = ("_base", "_derived", "_length", "_lineage", "_merged", "_overlay")
 
     _base: dict[K, V]
     """Never mutated once a version holds it, so versions share it freely."""
@@ -152,6 +225,8 @@ class PersistentMap(Mapping[K, V]):
     times per engine step) and never mutated, like the base."""
     _derived: dict[Callable[[Any], Any], Any] | None
     """What ``derived`` worked out for this version, by the function that did."""
+    _lineage: _Lineage | None
+    """What ``derived_each`` worked out, shared with the versions made from this one."""
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         self._base = dict(items)
@@ -159,21 +234,25 @@ class PersistentMap(Mapping[K, V]):
         self._length = len(self._base)
         self._merged = None
         self._derived = None
+        self._lineage = None
 
     @staticmethod
     def adopt(items: dict[K, V]) -> PersistentMap[K, V]:
         """A map over ``items`` itself, not a copy: whoever hands the dict over must
         never change it again (this is how a transient builder freezes)."""
-        return PersistentMap._make(items, {}, len(items))
+        return PersistentMap._make(items, {}, len(items), None)
 
     @staticmethod
-    def _make(base: dict[K, V], overlay: dict[K, V], length: int) -> PersistentMap[K, V]:
+    def _make(
+        base: dict[K, V], overlay: dict[K, V], length: int, lineage: _Lineage | None
+    ) -> PersistentMap[K, V]:
         made: PersistentMap[K, V] = _new(PersistentMap)
         made._base = base
         made._overlay = overlay
         made._length = length
         made._merged = None
         made._derived = None
+        made._lineage = lineage
         return made
 
     def derived(self, compute: Callable[[PersistentMap[K, V]], T]) -> T:
@@ -187,6 +266,29 @@ class PersistentMap(Mapping[K, V]):
         if found is _MISSING:
             found = memo[compute] = compute(self)
         return cast(T, found)
+
+    def derived_each(self, compute: Callable[[V], T]) -> dict[K, T]:
+        """``{key: compute(value)}`` for this version, in its order, each
+        ``compute(value)`` worked out once for all the versions made from this one
+        (a value a version did not change is the same object in the next): for a
+        value of each item asked for again after every change. ``compute`` must
+        depend on the value alone."""
+        if not self._length:
+            return {}
+        memo = _memo(self, compute)
+        base = self._base
+        # the base's results are shared by the versions over it, like the base itself;
+        # a version's own costs only its overlay
+        known = memo.get(_BASE)
+        if known is None or known[0] is not base:
+            known = memo[_BASE] = (base, {k: _each(memo, k, v, compute) for k, v in base.items()})
+        out: dict[K, T] = known[1].copy()
+        for key, value in self._overlay.items():
+            if value is _DELETED:
+                del out[key]
+            else:
+                out[key] = _each(memo, key, value, compute)
+        return out
 
     # -- new versions ------------------------------------------------------------------
 
@@ -211,8 +313,8 @@ class PersistentMap(Mapping[K, V]):
         changed = overlay.copy()
         changed[key] = value
         if len(changed) > _MIN_OVERLAY and len(changed) * len(changed) > len(base):
-            return self._make(_merge(base, changed), {}, length)
-        return self._make(base, changed, length)
+            return self._make(_merge(base, changed), {}, length, self._lineage)
+        return self._make(base, changed, length, self._lineage)
 
     def delete(self, key: K) -> PersistentMap[K, V]:
         """This map without ``key`` (itself if ``key`` is absent)."""
@@ -227,8 +329,8 @@ class PersistentMap(Mapping[K, V]):
         else:  # added since the base: forgetting it is enough
             del changed[key]
         if len(changed) > _MIN_OVERLAY and len(changed) * len(changed) > len(base):
-            return self._make(_merge(base, changed), {}, self._length - 1)
-        return self._make(base, changed, self._length - 1)
+            return self._make(_merge(base, changed), {}, self._length - 1, self._lineage)
+        return self._make(base, changed, self._length - 1, self._lineage)
 
     def update(self, items: Mapping[K, V] | Iterable[tuple[K, V]]) -> PersistentMap[K, V]:
         """This map with every pair of ``items`` set, in order."""
@@ -241,7 +343,7 @@ class PersistentMap(Mapping[K, V]):
     def _merged_version(self) -> PersistentMap[K, V]:
         if not self._overlay:
             return self
-        return self._make(self._view(), {}, self._length)
+        return self._make(self._view(), {}, self._length, self._lineage)
 
     def to_dict(self) -> dict[K, V]:
         """A new plain dict with the same items, in the same order."""

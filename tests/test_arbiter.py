@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from engine.agent.arbiter import ACTIONS, SCHEMAS, Refused, only_move, to_step
+from engine.agent.arbiter import (
+    ACTIONS,
+    SCHEMAS,
+    Refused,
+    _json_text,
+    only_move,
+    prompt,
+    recent_decisions,
+    to_step,
+)
 from engine.agent.coordinator import Step
+from engine.agent.coordinator import decide as rules_decide
 from engine.agent.runlog import RunLog
-from engine.config import load_settings
+from engine.config import Limits, load_settings
+from engine.machines.phases import PHASES
 from engine.model.client import ModelClient
 from engine.model.recording import RecordingModel
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore, ModelResponded, RunStarted
 from events.schema import Message
+from events.strategies import run_events
+from projections import EMPTY, RunState, apply
 from projections.pipeline import PipelineState, TaskState
-from projections.sequence import PersistentMap
+from projections.sequence import Appended, PersistentMap
 
 
 def test_the_arbiter_has_exactly_the_seven_actions_of_the_issue() -> None:
@@ -82,3 +99,76 @@ def test_an_identical_temperature_0_request_is_answered_from_the_log(tmp_path: P
     assert (usage.calls, usage.cached) == (len(server.chat_requests), 1), (
         "usage counts what the server answered; answers from the log are counted apart"
     )
+
+
+def _fresh(state: RunState) -> RunState:
+    """``state`` over collections of its own: nothing worked out for it yet."""
+    p, o = state.pipeline, state.orchestration
+    return msgspec.structs.replace(
+        state,
+        pipeline=msgspec.structs.replace(
+            p, tasks=PersistentMap(p.tasks.items()), files=PersistentMap(p.files.items())
+        ),
+        orchestration=msgspec.structs.replace(
+            o, decisions=Appended(o.decisions), consultations=Appended(o.consultations)
+        ),
+    )
+
+
+ANSWERS = [
+    ("consult_coding_specialist", {"reason": "r"}),
+    ("consult_analysis_specialist", {"reason": "r"}),
+    ("continue_current_phase", {"reason": "r"}),
+    ("finish_run", {"reason": "r"}),
+    *[("change_phase", {"phase": phase, "reason": "r"}) for phase in PHASES],
+]
+
+
+def _outcome(name: str, args: dict[str, str], state: RunState, rules: Step) -> Step | str:
+    try:
+        return to_step(name, args, state.pipeline, rules)
+    except Refused as e:
+        return str(e)
+
+
+def _same_as_fresh(state: RunState, limits: Limits) -> None:
+    again = _fresh(state)
+    rules = rules_decide(state.pipeline, limits)
+    assert rules == rules_decide(again.pipeline, limits)
+    assert prompt(state, rules, limits) == prompt(again, rules, limits)
+    assert recent_decisions(state, 2) == recent_decisions(again, 2)
+    for name, args in ANSWERS:
+        assert _outcome(name, args, state, rules) == _outcome(name, args, again, rules)
+
+
+@given(run_events(rewinds=True, max_steps=30), st.randoms(use_true_random=False))
+def test_what_the_arbiter_remembers_between_steps_never_changes_what_it_decides(
+    events: list[Any], rnd: Any
+) -> None:
+    # The prompt, the rules' step and the validation of every kind of answer, for the
+    # states a run goes through (each made from the one before, so that what was
+    # worked out for a task or a decision is reused), equal those of a fresh state;
+    # and again in any order, rewinds' branches among them.
+    recorded = MemoryEventStore().append("r1", events, 0)
+    limits = Limits(max_attempts_per_task=2)
+    states = []
+    state = EMPTY
+    for event in recorded:
+        state = apply(state, event)
+        states.append(state)
+        _same_as_fresh(state, limits)
+    rnd.shuffle(states)
+    for state in states:
+        _same_as_fresh(state, limits)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON | st.dictionaries(st.integers(), st.text(), max_size=3))
+def test_the_arbiters_json_is_the_encoders_with_sorted_keys(value: Any) -> None:
+    assert _json_text(value) == json.dumps(value, sort_keys=True)

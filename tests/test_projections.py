@@ -746,6 +746,125 @@ def test_every_version_of_a_map_keeps_its_items_and_dict_order(
         assert all(version.get(k, -1) == model.get(k, -1) for k in "abcdefghijklmnop")
 
 
+class Box:
+    """A value compared by identity, as the projected states' values are by derived_each."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def doubled(box: Box) -> int:
+    return box.value * 2
+
+
+@given(OPS, st.integers(0, 5), st.randoms(use_true_random=False))
+def test_what_is_derived_from_each_value_is_that_of_the_version_asked_whatever_the_order(
+    ops: list[Op], branches: int, rnd: Any
+) -> None:
+    # versions branch from older ones, so versions sharing a memo hold different
+    # values under one key; each is asked in an order of its own
+    versions: list[PersistentMap[str, Box]] = [PersistentMap()]
+    for index, (kind, pick, key, value) in enumerate(ops):
+        current = versions[pick % len(versions) if index % 10 < branches else -1]
+        current = current.set(key, Box(value)) if kind == "set" else current.delete(key)
+        versions.append(current)
+        if rnd.random() < 0.3:  # some asked while the lineage grows
+            asked = rnd.choice(versions)
+            assert asked.derived_each(doubled) == {k: doubled(v) for k, v in asked.items()}
+    rnd.shuffle(versions)
+    for version in versions:
+        derived = version.derived_each(doubled)
+        assert list(derived.items()) == [(k, doubled(v)) for k, v in version.items()]
+
+
+def test_a_value_derived_from_each_item_is_worked_out_once_per_item_across_versions() -> None:
+    seen: list[int] = []
+
+    def count(box: Box) -> int:
+        seen.append(box.value)
+        return box.value
+
+    boxes = {str(i): Box(i) for i in range(20)}
+    version = PersistentMap(boxes)
+    assert version.derived_each(count) == {k: b.value for k, b in boxes.items()}
+    for i in range(15):  # past the merge of the overlay into a new base
+        version = version.set(str(i), Box(100 + i))
+        version.derived_each(count)
+    version = version.delete("19")
+    assert list(version.derived_each(count).values()) == [100 + i for i in range(15)] + [
+        15,
+        16,
+        17,
+        18,
+    ]
+    assert sorted(seen) == [*range(20), *range(100, 115)], "each value once"
+    derived = version.derived_each(count)
+    derived.clear()  # the caller's own dict
+    assert len(version.derived_each(count)) == 19
+    # a copy is the items alone, what was worked out for them stays behind
+    assert pickle.loads(pickle.dumps(version))._lineage is None
+    decisions = Appended([1, 2, 3])
+    assert decisions.derived_each(str) == ["1", "2", "3"] and decisions._lineage
+    assert decisions.append(4) == Appended([1, 2, 3, 4])  # on the very list decisions reads
+    copy = pickle.loads(pickle.dumps(decisions))
+    assert copy == decisions and copy._lineage is None and copy._items == [1, 2, 3]
+
+
+def test_an_empty_default_never_carries_a_memo_to_the_versions_made_from_it() -> None:
+    empty_map: PersistentMap[str, Box] = PersistentMap()
+    empty_list: Appended[Box] = Appended()
+    assert empty_map.derived_each(doubled) == {} and empty_list.derived_each(doubled) == []
+    one, other = empty_map.set("a", Box(1)), empty_map.set("a", Box(2))
+    first, second = empty_list.append(Box(1)), empty_list.append(Box(2))
+    assert one.derived_each(doubled) == {"a": 2} and first.derived_each(doubled) == [2]
+    assert empty_map._lineage is None and empty_list._lineage is None
+    assert other._lineage is None and second._lineage is None
+    assert other.derived_each(doubled) == {"a": 4} and second.derived_each(doubled) == [4]
+
+
+APPENDS = st.lists(st.tuples(st.integers(0, 10**6), st.booleans(), st.integers()), max_size=40)
+
+
+@given(APPENDS, st.randoms(use_true_random=False))
+def test_what_is_derived_from_each_item_of_a_sequence_is_that_of_the_version_asked(
+    appends: list[tuple[int, bool, int]], rnd: Any
+) -> None:
+    # each version is asked as it is made, so that its memo reaches the versions made
+    # from it: siblings, with different items at one index, share it
+    versions: list[Appended[Box]] = [Appended()]
+    for pick, branch, value in appends:
+        versions.append(versions[pick % len(versions) if branch else -1].append(Box(value)))
+        assert versions[-1].derived_each(doubled, -3) == [
+            doubled(b) for b in list(versions[-1])[-3:]
+        ]
+        asked = rnd.choice(versions)
+        start = rnd.randint(-5, 5)
+        assert asked.derived_each(doubled, start) == [doubled(b) for b in list(asked)[start:]]
+    rnd.shuffle(versions)
+    for version in versions:
+        start = rnd.randint(-5, 5)
+        assert version.derived_each(doubled, start) == [doubled(b) for b in list(version)[start:]]
+        assert version.derived_each(doubled) == [doubled(b) for b in version]
+
+
+SLICES = st.builds(
+    slice,
+    st.none() | st.integers(-15, 15),
+    st.none() | st.integers(-15, 15),
+    st.sampled_from((None, 1, 2, -1, -3)),
+)
+
+
+@given(st.integers(0, 12), st.integers(0, 5), SLICES)
+def test_a_slice_of_a_sequence_is_that_of_its_list(length: int, more: int, part: slice) -> None:
+    version = Appended(range(length))
+    grown = version
+    for i in range(more):  # newer versions append to the very list this one reads
+        grown = grown.append(100 + i)
+    assert version[part] == list(range(length))[part]
+    assert grown[part] == [*range(length), *range(100, 100 + more)][part]
+
+
 def test_a_key_deleted_from_the_shared_base_and_set_again_moves_to_the_end() -> None:
     merged = PersistentMap[str, int]()
     for i in range(12):  # enough changes to merge the overlay into the base

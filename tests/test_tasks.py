@@ -30,7 +30,9 @@ from engine.machines.tasks import (
     ready_tasks,
     should_block,
     should_unblock,
+    survey,
 )
+from projections.sequence import PersistentMap
 
 # Written out by hand: (from, to) -> trigger. Guarded moves are marked below.
 EXPECTED: dict[tuple[str, str], str] = {
@@ -196,6 +198,46 @@ def test_count_facts() -> None:
         "qa_failed": 1,
     }
     assert count_facts([]) == {"total": 0, "open": 0, "ready": 0, "qa_pending": 0, "qa_failed": 0}
+
+
+BOARDS = st.lists(
+    st.tuples(
+        st.sampled_from((*TASK_STATUSES, "unheard-of")),
+        st.lists(st.sampled_from("abcdefgx"), max_size=3, unique=True),  # x: no such task
+    ),
+    max_size=7,
+)
+
+
+@given(BOARDS)
+def test_a_survey_sorts_the_tasks_as_the_predicates_do_in_one_pass(
+    spec: list[tuple[str, list[str]]],
+) -> None:
+    board = {
+        k: TaskInfo(task_id=k, status=status, dependencies=tuple(deps))
+        for k, (status, deps) in zip("abcdefg", spec, strict=False)
+    }
+    tasks = list(board.values())
+    found = survey(PersistentMap(board))
+
+    assert found == survey(tasks) == survey(board)
+    assert list(found.ready) == [t for t in tasks if is_ready(t, board)] == ready_tasks(board)
+    assert list(found.qa_pending) == [t for t in tasks if t.status == "qa_pending"]
+    assert list(found.qa_failed) == [t for t in tasks if t.status == "qa_failed"]
+    # every task the rules may have to move first, in the log's order
+    assert list(found.unsettled) == [
+        t for t in tasks if t.status in ("failed", "qa_failed", "blocked") or should_block(t, board)
+    ]
+    assert not any(
+        should_unblock(t, board) or blocked_for_good(t, board)
+        for t in tasks
+        if t not in found.unsettled
+    )
+    assert (found.total, found.done, found.completed) == (
+        len(tasks),
+        sum(is_done(t.status) for t in tasks),
+        sum(t.status == "completed" for t in tasks),
+    )
 
 
 def test_the_table_draws_as_mermaid() -> None:

@@ -22,21 +22,24 @@ first plan, documentation and completion).
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
-from engine.agent.coordinator import Step, model_trouble
+from engine.agent.coordinator import Step, agenda, model_trouble
 from engine.agent.coordinator import decide as rules_decide
 from engine.config import Limits
 from engine.errors import ModelError
 from engine.machines.phases import PhaseFacts, PhaseMachine
-from engine.machines.tasks import ready_tasks
 from engine.model.recording import RecordingModel
 from engine.model.wire import LENGTH
 from events.schema import Message
 from projections.fold import RunState
-from projections.pipeline import PipelineState, TaskState
+from projections.orchestration import Consultation, Decision
+from projections.pipeline import FileState, PipelineState, TaskState
+from projections.sequence import Appended, PersistentMap, persistent_map
 
 ROLE = "arbiter"
 MEMORY = 6
@@ -103,6 +106,9 @@ SCHEMAS: list[dict[str, Any]] = [
 
 ACTIONS = tuple(s["function"]["name"] for s in SCHEMAS)
 _REQUIRED = {s["function"]["name"]: s["function"]["parameters"]["required"] for s in SCHEMAS}
+_PARAMETERS = {
+    s["function"]["name"]: frozenset(s["function"]["parameters"]["properties"]) for s in SCHEMAS
+}
 
 SYSTEM = (
     "You are the arbiter of an autonomous coding agent. You do no work yourself: you "
@@ -131,30 +137,6 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
 # -- the legal moves -----------------------------------------------------------------------
 
 
-def _by_priority(tasks: list[TaskState]) -> list[TaskState]:
-    return sorted(tasks, key=lambda t: t.priority)
-
-
-def work_steps(state: PipelineState) -> list[Step]:
-    """The work that could be done now: code a ready task, review a submitted one,
-    rework a rejected one."""
-    tasks = list(state.tasks.values())
-    steps = [
-        Step(action="qa", task_id=t.task_id, reason=f"{t.task_id} is waiting for review")
-        for t in _by_priority([t for t in tasks if t.status == "qa_pending"])
-    ]
-    steps += [
-        Step(action="debug", task_id=t.task_id, reason=f"{t.task_id} failed review")
-        for t in _by_priority([t for t in tasks if t.status == "qa_failed"])
-    ]
-    ready = [t for t in ready_tasks(state.tasks) if isinstance(t, TaskState)]
-    steps += [
-        Step(action="code", task_id=t.task_id, reason=f"{t.task_id} is ready to code")
-        for t in _by_priority(ready)
-    ]
-    return steps
-
-
 def only_move(rules: Step, state: PipelineState) -> bool:
     """Whether the rules' step is the only legal move, so asking would waste a call."""
     return rules.action not in ("code", "qa", "debug") or not state.tasks
@@ -178,11 +160,8 @@ def suggestion(step: Step, phase: str) -> tuple[str, dict[str, str]]:
 # -- the prompt ----------------------------------------------------------------------------
 
 
-def prompt(
-    state: RunState, rules: Step, limits: Limits, work: list[Step] | None = None
-) -> list[Message]:
-    """The arbiter's messages: system prompt, then the compact state and memory
-    (``work``: ``work_steps`` of the state, if the caller has it)."""
+def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
+    """The arbiter's messages: system prompt, then the compact state and memory."""
     p, o = state.pipeline, state.orchestration
     lines = [
         f"Goal: {p.goal.strip()[:600]}",
@@ -191,61 +170,117 @@ def prompt(
     ]
     if p.tasks:
         lines.append("Tasks:")
-        for t in p.tasks.values():
-            deps = f" after {','.join(t.dependencies)}" if t.dependencies else ""
-            err = f" last error: {t.last_error[:160]}" if t.last_error else ""
-            lines.append(
-                f"- {t.task_id} [{t.status}] p{t.priority} attempts {t.attempts}{deps}: "
-                f"{t.title[:80]}{err}"
-            )
+        # a task's line is worked out again only when the task changed
+        lines += persistent_map(p.tasks).derived_each(_task_line).values()
     else:
         lines.append("Tasks: none yet.")
     if p.files:
-        lines.append("Files: " + ", ".join(sorted(p.files)[:30]))
+        lines.append(persistent_map(p.files).derived(_files_line))
     for question, answer in o.user_messages:
         lines.append(
             f"You asked the user: {question}\nThe user answered: {answer or '(no answer yet)'}"
         )
-    memory = recent_decisions(state)
+    memory = _memory(state, MEMORY)
     if memory:
         lines.append("Your recent decisions and their outcomes (oldest first):")
-        lines += [f"- {m}" for m in memory]
-    work = work_steps(p) if work is None else work
-    if work:
+        lines += memory
+    work = agenda(p.tasks)
+    if any(work):
         lines.append(
-            "Work that can be done now: " + "; ".join(f"{s.action} {s.task_id}" for s in work)
+            "Work that can be done now: "
+            + "; ".join(
+                [f"qa {t.task_id}" for t in work.qa]
+                + [f"debug {t.task_id}" for t in work.debug]
+                + [f"code {t.task_id}" for t in work.code]
+            )
         )
     name, args = suggestion(rules, p.phase)
-    lines.append(f"Suggested next move: {name} {_sorted_json(args)}")
+    lines.append(f"Suggested next move: {name} {_json_text(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]
+
+
+def _task_line(t: TaskState) -> str:
+    deps = f" after {','.join(t.dependencies)}" if t.dependencies else ""
+    err = f" last error: {t.last_error[:160]}" if t.last_error else ""
+    return (
+        f"- {t.task_id} [{t.status}] p{t.priority} attempts {t.attempts}{deps}: {t.title[:80]}{err}"
+    )
+
+
+def _files_line(files: PersistentMap[str, FileState]) -> str:
+    return "Files: " + ", ".join(sorted(files)[:30])
 
 
 _sorted_json = json.JSONEncoder(sort_keys=True).encode
 """``json.dumps(value, sort_keys=True)``, without building an encoder per call."""
 
 
+def _json_text(value: Any) -> str:
+    """``json.dumps(value, sort_keys=True)``: the bytes the prompts have always held.
+
+    Strings and objects keyed by strings (the arbiter's arguments and steps) are
+    written here with the encoder's own string escaping: a few calls, where the
+    encoder spends microseconds a step setting itself up. Anything else is the
+    encoder's."""
+    if type(value) is str:
+        return _quoted(value)
+    if type(value) is dict:
+        try:
+            items = [f"{_quoted(k)}: {_json_text(value[k])}" for k in sorted(value)]
+        except TypeError:  # a key that is not a string: the encoder's rules for it
+            return _sorted_json(value)
+        return "{" + ", ".join(items) + "}"
+    return _sorted_json(value)
+
+
+_quoted = json.encoder.encode_basestring_ascii
+
+
 def recent_decisions(state: RunState, limit: int = MEMORY) -> list[str]:
     """The last ``limit`` decisions, each with what came of it: the specialist's
     outcome, or the fallback that replaced it."""
-    decisions = state.orchestration.decisions[-limit:]
-    everything = state.orchestration.consultations
-    # only those after the oldest decision remembered: the newest, read backwards
-    first = decisions[0].version if decisions else state.version
-    count = len(everything)
-    while count and everything[count - 1].version > first:
-        count -= 1
-    consultations = everything[count:]
+    return [line[2:] for line in _memory(state, limit)]
+
+
+def _memory(state: RunState, limit: int) -> list[str]:
+    """``recent_decisions`` as the prompt lists them: "- " and the line."""
+    # what a decision was is worked out once; only what came of it is read each time
+    remembered = state.orchestration.decisions.derived_each(_remembered, -limit)
+    if not remembered:
+        return []
+    after = _consulted_after(state.orchestration.consultations, remembered[0][0])
+    ends = [version for version, _ in remembered[1:]]
+    ends.append(state.version + 1)
     out = []
-    for i, d in enumerate(decisions):
-        upto = decisions[i + 1].version if i + 1 < len(decisions) else state.version + 1
-        results = [
-            f"{c.specialist}: {c.outcome}" for c in consultations if d.version < c.version < upto
-        ]
-        params = {k: v for k, v in d.parameters.items() if k != "reason"}
-        who = f"fallback to rules ({d.fallback_reason})" if d.fallback_used else d.decided_by
-        outcome = "; ".join(results) or "no specialist consulted"
-        out.append(f"{d.action} {_sorted_json(params)} by {who} -> {outcome}")
+    count = 0
+    for (_, head), end in zip(remembered, ends, strict=True):
+        results = []
+        while count < len(after) and (c := after[count]).version < end:
+            results.append(f"{c.specialist}: {c.outcome}")
+            count += 1
+        out.append(head + ("; ".join(results) or "no specialist consulted"))
     return out
+
+
+def _consulted_after(consultations: Appended[Consultation], version: int) -> list[Consultation]:
+    """The consultations after ``version``: a few at the end, so they are looked for
+    in ever longer tails."""
+    size = 8
+    while True:
+        tail = consultations[-size:]
+        if len(tail) == len(consultations) or tail[0].version <= version:
+            return tail[bisect_right(tail, version, key=_version) :]
+        size *= 4
+
+
+_version = attrgetter("version")
+
+
+def _remembered(d: Decision) -> tuple[int, str]:
+    """A remembered decision's version, and its prompt line up to its outcome."""
+    params = {k: v for k, v in d.parameters.items() if k != "reason"}
+    who = f"fallback to rules ({d.fallback_reason})" if d.fallback_used else d.decided_by
+    return d.version, f"- {d.action} {_json_text(params)} by {who} -> "
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -255,60 +290,53 @@ class Refused(Exception):
     """The arbiter's answer cannot be carried out; the message says why."""
 
 
-def _task_for(state: PipelineState, work: list[Step], kinds: tuple[str, ...], task_id: str) -> Step:
-    candidates = [s for s in work if s.action in kinds]
+def _task_for(state: PipelineState, kinds: tuple[str, ...], task_id: str) -> Step:
+    work = agenda(state.tasks)
+    for action, tasks in work.items():
+        if action in kinds:
+            for task in tasks:
+                if not task_id or task.task_id == task_id:
+                    return work.step(action, task)
     if task_id:
-        chosen = [s for s in candidates if s.task_id == task_id]
-        if not chosen:
-            status = state.tasks[task_id].status if task_id in state.tasks else "unknown"
-            raise Refused(f"task {task_id!r} ({status}) cannot take that work now")
-        return chosen[0]
-    if not candidates:
-        raise Refused("no task can take that work now")
-    return candidates[0]
+        status = state.tasks[task_id].status if task_id in state.tasks else "unknown"
+        raise Refused(f"task {task_id!r} ({status}) cannot take that work now")
+    raise Refused("no task can take that work now")
 
 
-def _step_for_phase(state: PipelineState, rules: Step, work: list[Step], phase: str) -> Step:
+def _step_for_phase(state: PipelineState, rules: Step, phase: str) -> Step:
     by_phase = {"coding": ("code",), "qa": ("qa",), "debugging": ("debug",)}
     if phase in by_phase:
-        return _task_for(state, work, by_phase[phase], "")
+        return _task_for(state, by_phase[phase], "")
     if rules.phase == phase:
         return rules
     raise Refused(f"the engine has no work for phase {phase!r} now")
 
 
-def to_step(
-    name: str,
-    args: dict[str, Any],
-    state: PipelineState,
-    rules: Step,
-    work: list[Step] | None = None,
-) -> Step:
-    """The step an arbiter call asks for, or ``Refused`` (``work`` as for ``prompt``)."""
+def to_step(name: str, args: dict[str, Any], state: PipelineState, rules: Step) -> Step:
+    """The step an arbiter call asks for, or ``Refused``."""
     if name not in ACTIONS:
         raise Refused(f"unknown action {name!r}; the actions are {', '.join(ACTIONS)}")
     for key in _REQUIRED[name]:
         value = args.get(key)
         if not isinstance(value, str) or not value.strip():
             raise Refused(f"{name} needs the parameter {key!r} (a non-empty string)")
-    unknown = set(args) - set(SCHEMAS[ACTIONS.index(name)]["function"]["parameters"]["properties"])
+    unknown = args.keys() - _PARAMETERS[name]
     if unknown:
         raise Refused(f"{name} has no parameter(s) {', '.join(sorted(unknown))}")
     task_id = args.get("task_id") or ""
     if not isinstance(task_id, str):
         raise Refused(f"{name}: task_id must be a string")
     reason = str(args.get("reason") or args.get("question") or "")
-    work = work_steps(state) if work is None else work
     if name == "consult_coding_specialist":
-        step = _task_for(state, work, ("debug", "code"), task_id)
+        step = _task_for(state, ("debug", "code"), task_id)
     elif name == "consult_analysis_specialist":
-        step = _task_for(state, work, ("qa",), task_id)
+        step = _task_for(state, ("qa",), task_id)
     elif name == "consult_reasoning_specialist":
         step = Step(action="plan" if not state.tasks else "reason", reason=reason)
     elif name == "change_phase":
         phase = args["phase"].strip()
         _check_phase(state, phase)
-        step = _step_for_phase(state, rules, work, phase)
+        step = _step_for_phase(state, rules, phase)
     elif name == "continue_current_phase":
         if rules.phase and rules.phase != state.phase:
             raise Refused(
@@ -341,7 +369,7 @@ def repeated(state: RunState, name: str, args: dict[str, Any], limit: int) -> bo
     a row with no progress in between."""
     if limit <= 1:
         return state.pipeline.steps_since_progress > 0 and bool(state.orchestration.decisions)
-    last = list(state.orchestration.decisions)[-(limit - 1) :]
+    last = state.orchestration.decisions[-(limit - 1) :]
     if len(last) < limit - 1 or state.pipeline.steps_since_progress < limit - 1:
         return False
     key = {k: v for k, v in args.items() if k != "reason"}
@@ -377,11 +405,10 @@ def decide(
 
     if only_move(rules, p):
         return fallback("")
-    work = work_steps(p)
     try:
         reply = model.chat(
             ROLE,
-            prompt(state, rules, limits, work),
+            prompt(state, rules, limits),
             SCHEMAS,
             conversation=f"arbiter:{p.steps + 1}",
             causation=causation,
@@ -401,7 +428,7 @@ def decide(
     call = reply.tool_calls[0]
     args = dict(call.arguments) if isinstance(call.arguments, dict) else {}
     try:
-        step = to_step(call.name, args, p, rules, work)
+        step = to_step(call.name, args, p, rules)
     except Refused as e:
         return fallback(f"arbiter's {call.name}: {e}")
     if repeated(state, call.name, args, limits.arbiter_repeat_limit):
@@ -433,5 +460,4 @@ __all__ = [
     "repeated",
     "suggestion",
     "to_step",
-    "work_steps",
 ]

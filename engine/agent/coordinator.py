@@ -14,18 +14,21 @@ decision explainable. Its order of concerns:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import msgspec
 
 from engine.config import Limits
 from engine.machines.tasks import (
     blocked_for_good,
+    derived,
     is_done,
     next_status_after_failure,
-    ready_tasks,
     should_block,
     should_unblock,
+    survey,
 )
 from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState, TaskState
@@ -70,9 +73,46 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
         return out
 
 
-def _ordered(tasks: list[TaskState]) -> list[TaskState]:
+WHY = {"qa": "is waiting for review", "debug": "failed review", "code": "is ready to code"}
+"""What makes a task the object of each kind of work, as a step's reason says."""
+
+
+class Agenda(NamedTuple):
+    """The work the tasks offer now, by kind in the order the rules take it, each
+    kind most urgent first (``agenda``)."""
+
+    qa: tuple[TaskState, ...]
+    """Waiting for review."""
+    debug: tuple[TaskState, ...]
+    """Failed review."""
+    code: tuple[TaskState, ...]
+    """Ready to code."""
+
+    def items(self) -> Iterator[tuple[str, tuple[TaskState, ...]]]:
+        """(action, tasks) for each kind of work, in the order the rules take it."""
+        return zip(self._fields, self, strict=True)
+
+    def step(self, action: str, task: TaskState) -> Step:
+        """The step doing ``action`` (a field's name) on ``task``."""
+        return Step(action=action, task_id=task.task_id, reason=f"{task.task_id} {WHY[action]}")
+
+
+def agenda(tasks: Mapping[str, TaskState]) -> Agenda:
+    """The work ``tasks`` offer, worked out once per version of a state's tasks."""
+    return derived(tasks, _agenda)
+
+
+def _agenda(tasks: Mapping[str, TaskState] | Iterable[TaskState]) -> Agenda:
+    found = survey(tasks)
+    return Agenda(_ordered(found.qa_pending), _ordered(found.qa_failed), _ordered(found.ready))
+
+
+def _ordered(tasks: tuple[TaskState, ...]) -> tuple[TaskState, ...]:
     # Lower priority numbers first (1 is most urgent); the log's order breaks ties.
-    return sorted(tasks, key=lambda t: t.priority)
+    return tuple(sorted(tasks, key=_priority)) if len(tasks) > 1 else tasks
+
+
+_priority = attrgetter("priority")
 
 
 def model_trouble(orchestration: OrchestrationState) -> str:
@@ -102,7 +142,9 @@ def decide(state: PipelineState, limits: Limits, trouble: str = "") -> Step:
             "(no file changed and no task changed status)",
         )
     tasks = state.tasks
-    for task in tasks.values():
+    found = survey(tasks)
+    # only the unsettled tasks can need any of these; in the log's order
+    for task in found.unsettled:
         if task.status == "failed":
             status = next_status_after_failure(task.attempts, limits.max_attempts_per_task)
             verb = "retry" if status == "in_progress" else "skip"
@@ -144,39 +186,31 @@ def decide(state: PipelineState, limits: Limits, trouble: str = "") -> Step:
             )
     if not tasks:
         return Step(action="plan", reason="no tasks yet: make a plan for the goal")
-    by_status = _ordered(list(tasks.values()))
-    for wanted, action, why in (
-        ("qa_pending", "qa", "is waiting for review"),
-        ("qa_failed", "debug", "failed review"),
-    ):
-        for task in by_status:
-            if task.status == wanted:
-                return Step(action=action, task_id=task.task_id, reason=f"{task.task_id} {why}")
-    ready = _ordered([t for t in ready_tasks(tasks) if isinstance(t, TaskState)])
-    if ready:
-        task = ready[0]
-        return Step(action="code", task_id=task.task_id, reason=f"{task.task_id} is ready to code")
-    open_tasks = [t.task_id for t in tasks.values() if not is_done(t.status)]
-    if open_tasks:
+    work = agenda(tasks)
+    for action, waiting in work.items():
+        if waiting:
+            return work.step(action, waiting[0])
+    if found.done < found.total:
+        open_tasks = [t.task_id for t in tasks.values() if not is_done(t.status)]
         return Step(
             action="finish",
             status="failed",
             reason=f"open tasks cannot move: {', '.join(open_tasks)}",
         )
-    completed = [t for t in tasks.values() if t.status == "completed"]
+    completed = found.completed
     if not completed:
         return Step(
-            action="finish", status="failed", reason=f"every task was skipped ({len(tasks)})"
+            action="finish", status="failed", reason=f"every task was skipped ({found.total})"
         )
     if state.phase != "documentation":
         return Step(action="document", reason="every task is done")
-    skipped = len(tasks) - len(completed)
+    skipped = found.total - completed
     if skipped:
         # the pipeline reached its end, but not every task was done: "completed"
         # is kept for runs that did all their work
         return Step(
             action="complete",
             status="partial",
-            reason=f"{len(completed)} of {len(tasks)} task(s) completed; {skipped} skipped",
+            reason=f"{completed} of {found.total} task(s) completed; {skipped} skipped",
         )
-    return Step(action="complete", reason=f"{len(completed)} task(s) completed")
+    return Step(action="complete", reason=f"{completed} task(s) completed")

@@ -26,7 +26,7 @@ import msgspec
 
 from engine.errors import IllegalTransition
 from engine.machines.machine import Edge, StateMachine, Table
-from engine.machines.tasks import Tasks, count_facts
+from engine.machines.tasks import Tasks, count_facts, derived
 from events.schema import PhaseChanged
 
 START = "start"
@@ -68,7 +68,11 @@ class PhaseFacts(msgspec.Struct, frozen=True, kw_only=True):
     def from_tasks(cls, tasks: Tasks) -> PhaseFacts:
         """Facts for tasks (anything with task_id, status and dependencies), given
         as a mapping by id (``PipelineState.tasks``) or as an iterable."""
-        return cls(**count_facts(tasks))
+        return derived(tasks, _phase_facts)  # once per version of a state's tasks
+
+
+def _phase_facts(tasks: Tasks) -> PhaseFacts:
+    return PhaseFacts(**count_facts(tasks))
 
 
 def _facts(value: object) -> PhaseFacts:

@@ -23,7 +23,7 @@ ask them about projected state without this module importing projections.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal, Protocol, TypeVar
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -113,9 +113,10 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
 Tasks = Mapping[str, TaskLike] | Iterable[TaskLike]
 
 T = TypeVar("T")
+TL = TypeVar("TL", bound=TaskLike)
 
 
-def _index(tasks: Tasks) -> Mapping[str, TaskLike]:
+def _index(tasks: Mapping[str, TL] | Iterable[TL]) -> Mapping[str, TL]:
     # Accept both ``state.tasks`` (a dict by id) and a plain list of tasks.
     if isinstance(tasks, Mapping):
         return tasks
@@ -194,17 +195,79 @@ def _is_ready(task: TaskLike, index: Mapping[str, TaskLike]) -> bool:
 
 def ready_tasks(tasks: Tasks) -> list[TaskLike]:
     """The tasks that are ready, in the order given (the log's order for a dict)."""
-    return list(_once(tasks, _ready))
+    return list(survey(tasks).ready)
 
 
-def _ready(tasks: Tasks) -> tuple[TaskLike, ...]:
+class Survey(NamedTuple, Generic[TL]):
+    """The tasks by situation, each in the order given: what the coordinator and the
+    phase guards look at (``survey``)."""
+
+    ready: tuple[TL, ...]
+    """Could be coded now (``is_ready``)."""
+    qa_pending: tuple[TL, ...]
+    qa_failed: tuple[TL, ...]
+    unsettled: tuple[TL, ...]
+    """Those whose status may have to change before any work is done: failed,
+    qa_failed and blocked tasks, and new or in-progress ones that ``should_block``."""
+    total: int
+    done: int
+    """Completed or skipped."""
+    completed: int
+
+
+def survey(tasks: Mapping[str, TL] | Iterable[TL]) -> Survey[TL]:
+    """The tasks sorted by situation in one pass, worked out once per version of a
+    projected state's tasks (the engine asks several times a step)."""
+    return derived(tasks, _survey)
+
+
+def _survey(tasks: Mapping[str, TL] | Iterable[TL]) -> Survey[TL]:
     index = _index(tasks)
-    return tuple(t for t in index.values() if _is_ready(t, index))
+    ready: list[TL] = []
+    pending: list[TL] = []
+    failed_review: list[TL] = []
+    unsettled: list[TL] = []
+    done = completed = 0
+    for task in index.values():
+        status = task.status
+        if status in DONE:
+            done += 1
+            completed += status == "completed"
+        elif status == "qa_pending":
+            pending.append(task)
+        elif status == "qa_failed":
+            failed_review.append(task)
+            unsettled.append(task)
+        elif status in _BLOCKABLE:
+            if not task.dependencies:
+                ready.append(task)
+                continue
+            # the one pass over its dependencies says both is_ready and should_block
+            deps = [index.get(dep_id) for dep_id in task.dependencies]
+            if any(dep is None or dep.status in _HOLDING_BACK for dep in deps):
+                unsettled.append(task)
+            elif all(dep is not None and dep.status == "completed" for dep in deps):
+                ready.append(task)
+        elif status in ("failed", "blocked"):
+            unsettled.append(task)
+    return Survey(
+        ready=tuple(ready),
+        qa_pending=tuple(pending),
+        qa_failed=tuple(failed_review),
+        unsettled=tuple(unsettled),
+        total=len(index),
+        done=done,
+        completed=completed,
+    )
 
 
-def _once(tasks: Tasks, compute: Callable[[Tasks], T]) -> T:
+def derived(
+    tasks: Mapping[str, TL] | Iterable[TL],
+    compute: Callable[[Mapping[str, TL] | Iterable[TL]], T],
+) -> T:
     """``compute(tasks)``, worked out once per version of a projected state's tasks
-    (a ``PersistentMap``: its items never change); the engine asks several times a step."""
+    (a ``PersistentMap``: its items never change); ``compute`` must depend on the
+    tasks alone."""
     if isinstance(tasks, PersistentMap):
         return tasks.derived(compute)
     return compute(tasks)
@@ -247,19 +310,11 @@ def blocked_for_good(task: TaskLike, tasks: Tasks) -> bool:
 def count_facts(tasks: Tasks) -> dict[str, int]:
     """Counts for ``engine.machines.phases.PhaseFacts``: total, open, ready, qa_pending,
     qa_failed."""
-    return dict(_once(tasks, _counts))
-
-
-def _counts(tasks: Tasks) -> dict[str, int]:
-    index = _index(tasks)
-    counts = dict.fromkeys(("total", "open", "ready", "qa_pending", "qa_failed"), 0)
-    for task in index.values():
-        status = task.status
-        counts["total"] += 1
-        if status not in DONE:
-            counts["open"] += 1
-            if status in ("qa_pending", "qa_failed"):
-                counts[status] += 1
-            elif _is_ready(task, index):
-                counts["ready"] += 1
-    return counts
+    found = survey(tasks)
+    return {
+        "total": found.total,
+        "open": found.total - found.done,
+        "ready": len(found.ready),
+        "qa_pending": len(found.qa_pending),
+        "qa_failed": len(found.qa_failed),
+    }
