@@ -173,8 +173,8 @@ def test_a_log_that_cannot_be_reached_answers_503_and_serves_again_once_it_can(
         store.append("r", [START, UserAsked(question="q?")], 0)
     served_url, name = named(url)
     # the store the service shares, handed to it as `autonomy serve` does; a short
-    # timeout, so that a request waits 1 s for a connection, not the default 10
-    shared = PostgresEventStore(served_url, connect_timeout=1, read_only=True)
+    # timeout, so that a request waits 0.25 s for a connection, not the default 10
+    shared = PostgresEventStore(served_url, connect_timeout=0.25, read_only=True)
     app = create_app(ServiceSettings(db=served_url, allowed_hosts=("127.0.0.1",)), shared)
     pages = ("/api/runs/r", "/api/runs", "/runs/r", "/", "/api/audit/model-usage?run_id=r")
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
