@@ -96,10 +96,6 @@ def is_stop(event: Event) -> bool:
     return isinstance(event, STOPS) or is_user_stop(event) or settled_by_recovery(event)
 
 
-MAY_STOP = frozenset({*STOPS, RunFinished, ToolExecuted, TaskUpdated})
-"""The classes of the events ``is_stop`` can hold true: the others never are."""
-
-
 def settled_by_recovery(event: Event) -> bool:
     """Whether ``event`` is what recovery wrote after a stop: a tool settled, or the
     task a settled command was run for failed (see ``RECOVERY_RESULTS``)."""
@@ -190,7 +186,7 @@ class Recording:
             elif type(data) is ModelFailed:
                 if data.call_id in by_id:
                     by_id[data.call_id].failures.append(data)
-            elif type(data) in MAY_STOP and is_stop(data):
+            elif is_stop(data):
                 stops.append(event.version)
         self._stops = frozenset(stops)
         """The versions of the events written where the recorded engine had been stopped."""
