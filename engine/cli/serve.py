@@ -88,10 +88,9 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     # a missing, foreign or unreachable log: one clear error now, before listening. A
     # PostgreSQL log stays open: it is the store the service shares (nothing is left
     # to fail as it starts); an SQLite log is opened by each request.
-    shared = is_postgres_url(path)
-    store = open_store(path, must_exist=True, read_only=shared)
-    if not shared:
-        store.close()
+    shared = open_store(path, must_exist=True, read_only=True) if is_postgres_url(path) else None
+    if shared is None:
+        open_store(path, must_exist=True).close()
     settings = ServiceSettings(
         db=path,
         token=token or "",
@@ -101,12 +100,13 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         # bound here rather than by uvicorn: --port 0 then prints the port it got
         listener = listen(host, port)
     except BaseException:
-        store.close()
+        if shared is not None:
+            shared.close()
         raise
     bound = listener.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if listener.family == socket.AF_INET6 else host
     click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
-    app = create_app(settings, store if shared else None)
+    app = create_app(settings, shared)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     try:
@@ -116,4 +116,5 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         # raises it again afterwards; no "Aborted!", no failure status
         pass
     finally:
-        store.close()  # the app closes it as it stops; not when it never started
+        if shared is not None:
+            shared.close()  # the app closes it as it stops; not when it never started

@@ -195,12 +195,11 @@ class _Web:
     """The endpoints; each takes the log (``store``), calls the library and shapes
     the answer."""
 
-    def __init__(self, settings: ServiceSettings, given: EventStore | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, shared: EventStore | None = None) -> None:
         self.settings = settings
-        self.given = given
-        """The store the app was handed, shared from its start."""
-        self.shared: EventStore | None = None
-        """The PostgreSQL log's one store, while the service runs."""
+        self.shared = shared
+        """The PostgreSQL log's one store, while the service runs (or from its start,
+        when the app was handed it)."""
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -208,10 +207,7 @@ class _Web:
         the start-up) unless the app was given it, and close it at shutdown; it is
         ``app.state.store``."""
         db = self.settings.db
-        given, self.given = self.given, None
-        if given is not None:
-            self.shared = given
-        elif is_postgres_url(db) and self.settings.shared_store:
+        if self.shared is None and is_postgres_url(db) and self.settings.shared_store:
             # read_only: summaries are caught up in memory, so a page never writes;
             # an answer still appends
             self.shared = await anyio.to_thread.run_sync(
