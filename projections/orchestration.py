@@ -125,7 +125,7 @@ _NO_SERVED: PersistentMap[str, ServedContext] = PersistentMap()
 _NO_REFUSALS: PersistentMap[str, RefusedContext] = PersistentMap()
 _NO_CONVERSATIONS: PersistentMap[str, tuple[Message, ...]] = PersistentMap()
 _NO_CALLS: PersistentMap[str, CallInfo] = PersistentMap()
-_NOTHING_ANSWERED: PersistentMap[str, str] = PersistentMap()
+_NOTHING_ANSWERED: PersistentMap[str, int] = PersistentMap()
 _NO_DECISIONS: Appended[Decision] = Appended()
 _NO_CONSULTATIONS: Appended[Consultation] = Appended()
 _UNUSED = Usage()
@@ -140,8 +140,9 @@ class OrchestrationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Full message list of each conversation's latest request (stored form)."""
     open_calls: PersistentMap[str, CallInfo] = _NO_CALLS
     """Requests not yet answered (a call that finally failed stays here)."""
-    answered: PersistentMap[str, str] = _NOTHING_ANSWERED
-    """request digest -> call id of the first successful response to it."""
+    answered: PersistentMap[str, int] = _NOTHING_ANSWERED
+    """request digest -> version of the first successful response to it (the one
+    event a recorder reads to answer the same request again)."""
     user_messages: tuple[tuple[str, str], ...] = ()
     """(question, answer) pairs; an open question has answer ""."""
     failures_since_answer: int = 0
@@ -182,7 +183,7 @@ class OrchestrationBuilder:
     usage_by_role: MutableMapping[str, Usage]
     conversations: MutableMapping[str, tuple[Message, ...]]
     open_calls: MutableMapping[str, CallInfo]
-    answered: MutableMapping[str, str]
+    answered: MutableMapping[str, int]
     refused_contexts: MutableMapping[str, RefusedContext]
     served_contexts: MutableMapping[str, ServedContext]
 
@@ -297,7 +298,7 @@ def _model_responded(b: OrchestrationBuilder, event: ModelResponded, version: in
         table[key] = _answered(table.get(key, _UNUSED), event)
     answered = b.answered
     if call.request_digest not in answered:
-        answered[call.request_digest] = event.call_id
+        answered[call.request_digest] = version
 
 
 def _answered(old: Usage, event: ModelResponded) -> Usage:
@@ -430,7 +431,7 @@ def _model_responded_now(
     by_role = persistent_map(state.usage_by_role)
     answered = persistent_map(state.answered)
     if call.request_digest not in answered:
-        answered = answered.set(call.request_digest, event.call_id)
+        answered = answered.set(call.request_digest, version)
     return replace(
         state,
         failures_since_answer=0,

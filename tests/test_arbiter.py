@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from engine.model.recording import RecordingModel
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore, ModelResponded, RunStarted
 from events.schema import Message
+from events.store import RecordedEvent
 from events.strategies import run_events
 from projections import EMPTY, RunState, apply
 from projections.pipeline import PipelineState, TaskState
@@ -85,7 +87,8 @@ def test_an_identical_temperature_0_request_is_answered_from_the_log(tmp_path: P
         roles = msgspec.structs.replace(
             roles, arbiter=msgspec.structs.replace(roles.arbiter, temperature=0.0)
         )
-        log = RunLog.create(MemoryEventStore(), "r", RunStarted(goal="g", workspace=str(tmp_path)))
+        store = _ReadCounting()
+        log = RunLog.create(store, "r", RunStarted(goal="g", workspace=str(tmp_path)))
         with httpx.Client() as http:
             model = RecordingModel(ModelClient(http), log, roles)
             messages = [Message(role="user", content="hi")]
@@ -93,12 +96,27 @@ def test_an_identical_temperature_0_request_is_answered_from_the_log(tmp_path: P
             second = model.chat("arbiter", messages, conversation="b")
         assert len(server.chat_requests) == 1
     assert first.content == second.content == "hello"
+    assert store.ranges == [(2, 3)], "the copy reads the one answer it copies, not the run"
     responded = [e.data for e in log.store.read("r") if isinstance(e.data, ModelResponded)]
     assert responded[1].cached_from == responded[0].call_id
     usage = log.orchestration.usage_by_role["arbiter"]
     assert (usage.calls, usage.cached) == (len(server.chat_requests), 1), (
         "usage counts what the server answered; answers from the log are counted apart"
     )
+
+
+class _ReadCounting(MemoryEventStore):
+    """A log that notes which versions each ``read`` asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: list[tuple[int, int | None]] = []
+
+    def read(
+        self, run_id: str, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        self.ranges.append((after, upto))
+        return super().read(run_id, after=after, upto=upto)
 
 
 def _fresh(state: RunState) -> RunState:

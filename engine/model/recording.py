@@ -433,13 +433,13 @@ class RecordingModel:
         deterministic (temperature 0) and was answered."""
         if temperature != 0:
             return None
-        original = self.runlog.orchestration.answered.get(digest)
-        if original is None:
+        version = self.runlog.orchestration.answered.get(digest)
+        if version is None:
             return None
-        for recorded in self.runlog.store.read(self.runlog.run_id):
-            data = recorded.data
-            if isinstance(data, ModelResponded) and data.call_id == original:
-                return data
+        log = self.runlog
+        for recorded in log.store.read(log.run_id, after=version - 1, upto=version):
+            if isinstance(recorded.data, ModelResponded):
+                return recorded.data
         return None
 
     def _put_blobs(self, originals: Sequence[Message], stored: Sequence[Message]) -> None:
