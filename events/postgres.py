@@ -209,6 +209,13 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("jsonb", TextLoader)
 
 
+RECONNECT_SECONDS = 5.0
+"""How long the pool keeps reconnecting on its own once the server is lost (its
+default, 5 minutes, backs off to waits of 2 minutes between attempts: a service
+would answer 503 for minutes after the server came back). After that each request
+that finds no connection has the pool try one: a server back is served again at
+the next request or so."""
+
 UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 """SQLSTATEs (or their class) of a server that cannot be reached or take us now: a
 connection exception, a shutdown (admin, crash, starting up), too many
@@ -275,6 +282,7 @@ class PostgresEventStore(SQLEventStore):
                 configure=_configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=connect_timeout,
+                reconnect_timeout=RECONNECT_SECONDS,
                 open=True,
             )
 
