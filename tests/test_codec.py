@@ -292,9 +292,10 @@ def test_current_version_of_an_unknown_type_is_a_schema_error() -> None:
 
 # -- upcasting ----------------------------------------------------------------------------------
 #
-# No event type has a second schema version yet, so these tests raise TaskAdded's
-# ``schema_version`` ClassVar for their duration (monkeypatch restores it) and play
-# "a log written by older code, read by newer code".
+# These tests play "a log written by older code, read by newer code" with made-up
+# versions of task.added and a registry of their own: they raise TaskAdded's
+# ``schema_version`` ClassVar to 3 for their duration (monkeypatch restores it). The
+# project's real upcaster (task.added 1 -> 2) is tested in ``test_migration.py``.
 
 # What task.added looked like in its (pretend) first two versions:
 #   v1: {"id", "name", "priority": "high" | "normal" | "low"}
