@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -194,6 +195,23 @@ def redacted(url: str) -> str:
     return psycopg.conninfo.make_conninfo("", **params)
 
 
+def _url_connect_timeout(url: str) -> float:
+    """The ``connect_timeout`` the URL names (libpq's parameter), else 10 seconds."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url).get("connect_timeout")
+    except psycopg.Error:
+        return DEFAULT_CONNECT_TIMEOUT  # psycopg.connect says what is wrong with the URL
+    if given is None:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        seconds = float(given)
+    except (TypeError, ValueError):
+        raise EventStoreError(
+            f"the log's URL has connect_timeout={given!r}: give a number of seconds"
+        ) from None
+    return seconds if 0 < seconds < math.inf else DEFAULT_CONNECT_TIMEOUT
+
+
 def _lease_key(run_id: str) -> int:
     """A signed 64-bit advisory lock key for the run."""
     return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
@@ -208,6 +226,9 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("json", TextLoader)
     conn.adapters.register_loader("jsonb", TextLoader)
 
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds a store waits for the server when neither its caller nor the URL says."""
 
 RECONNECT_SECONDS = 5.0
 """How long the pool keeps reconnecting on its own once the server is lost (its
@@ -234,13 +255,40 @@ def mapped_error(e: psycopg.Error, where: str) -> EventStoreError:
 
 
 @contextlib.contextmanager
-def _mapped_errors(where: str) -> Iterator[None]:
+def _mapped_errors(where: str, pool: str = "") -> Iterator[None]:
     try:
         yield
     except psycopg_pool.PoolTimeout as e:
-        raise StoreUnavailable(f"{where}: no connection to the database server ({e})") from e
+        last = _POOL_TROUBLE.last.get(pool)
+        reason = f"the database server cannot be reached: {last}" if last else "no connection"
+        raise StoreUnavailable(f"{where}: {reason} ({e})") from e
     except psycopg.Error as e:
         raise mapped_error(e, where) from e
+
+
+class _PoolTrouble(logging.Filter):
+    """psycopg_pool logs a warning for each connection it failed to make, or found
+    broken, and deals with it itself (it tries again, makes another); printed, they
+    would come between a run's lines or a service's, as library noise. The store
+    says what happened instead, once, when a caller gives up waiting: so this filter
+    keeps the last failure to connect of each pool (by name) and lets none of the
+    pool's warnings through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        args = record.args
+        if record.msg == "error connecting in %r: %s" and isinstance(args, tuple):
+            self.last[str(args[0])] = str(args[1]).removeprefix("connection failed: ")
+        return False
+
+
+_POOL_TROUBLE = _PoolTrouble()
+logging.getLogger("psycopg.pool").addFilter(_POOL_TROUBLE)
 
 
 class PostgresEventStore(SQLEventStore):
@@ -255,16 +303,21 @@ class PostgresEventStore(SQLEventStore):
         clock: Clock = utc_now,
         codec: Codec | None = None,
         pool_size: int = 4,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         key: bytes | None = None,
         read_only: bool = False,
     ) -> None:
-        """``read_only``: the derived tables (run summaries) are caught up in memory,
+        """``connect_timeout``: seconds to wait for the server, to connect or for a
+        connection of the pool; by default the URL's ``connect_timeout`` when positive
+        (libpq's 0, for ever, is not taken), else 10.
+        ``read_only``: the derived tables (run summaries) are caught up in memory,
         never written, as for a read-only SQLite log; appends still work."""
         super().__init__(clock=clock, codec=codec, key=key)
         self.url = url
         self.where = redacted(url)
         self.read_only = read_only
+        if connect_timeout is None:
+            connect_timeout = _url_connect_timeout(url)
         # whole seconds for libpq, where 0 would mean waiting for ever
         self._connect_timeout = max(1, math.ceil(connect_timeout))
         self._closed = threading.Event()
@@ -286,11 +339,18 @@ class PostgresEventStore(SQLEventStore):
                 open=True,
             )
 
+    @property
+    def connect_timeout(self) -> int:
+        """Whole seconds a connection of this store waits for the server (libpq's
+        ``connect_timeout``): what another connection to the same log should wait."""
+        return self._connect_timeout
+
     @contextlib.contextmanager
     def _conn(self, where: str) -> Iterator[psycopg.Connection[Any]]:
         if self._closed.is_set():
             raise EventStoreError(f"{where}: the store is closed")
-        with _mapped_errors(where), self._pool.connection() as conn:
+        with _mapped_errors(where, self._pool.name), self._pool.connection() as conn:
+            _POOL_TROUBLE.last.pop(self._pool.name, None)
             yield conn
 
     # -- writing ---------------------------------------------------------------------
@@ -577,6 +637,7 @@ class PostgresEventStore(SQLEventStore):
             self._closed.set()
             self._announcements.close()
             self._pool.close()
+            _POOL_TROUBLE.last.pop(self._pool.name, None)
             with self._audit_lock:
                 if self._audit is not None:
                     self._audit.raw.close()
