@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
+from pg import DATABASE
+from waiting import Gate
 
 from engine.cli import cli
 from engine.runs.audit import QUERIES
@@ -188,3 +195,73 @@ def test_rewind_on_a_postgres_log(logs: tuple[str, str]) -> None:
 def test_an_unreachable_server_is_one_error_line() -> None:
     code, out = invoke("runs", "--db", "postgresql://nobody@/x?host=/nonexistent-dir")
     assert code == 1 and out.startswith("Error:") and "Traceback" not in out, out
+
+
+@pytest.mark.slow
+def test_a_run_whose_log_goes_away_stops_with_one_error_and_how_to_resume_it(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """The server refuses every connection while the run waits on its model: the
+    run stops at its next append with one error line that says why, and the command
+    that continues it (exit 1; no traceback, no library warnings). Once the server
+    takes connections again, that command completes the run."""
+    url = pg_server.new_url() + "&connect_timeout=2"  # the URL's timeout is the store's
+    autonomy = Path(sys.executable).parent / "autonomy"
+    gate = Gate(when=lambda request: "review" in json.dumps(request.body).lower())
+    with ScriptedModelServer(gate, models=["m"]) as server:
+        model = ("--model-url", server.url, "--api", "ollama", "--model", "m")
+        run = subprocess.Popen(
+            [
+                *(str(autonomy), "run", GOAL, "--workspace", str(tmp_path / "ws")),
+                *("--db", url, *model, "--run-id", "cut"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert gate.arrived.wait(timeout=60), "the run never reached its review"
+            with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
+                try:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (DATABASE,),
+                    )
+                    gate.opened.set()
+                    _, err = run.communicate(timeout=120)
+                finally:
+                    admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+        finally:
+            gate.opened.set()
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert run.returncode == 1, err
+        error, hint = err.strip().splitlines()
+        assert error.startswith("Error: run cut stopped: appending to run 'cut': "), err
+        assert "the database server cannot be reached" in error
+        assert "not currently accepting connections" in error, "the server's own reason"
+        assert (
+            hint == f"once the log can be reached, continue it with: autonomy resume cut --db {url}"
+        )
+        code, out = invoke(*shlex.split(hint.split(": ", 1)[1])[1:], *model)
+    assert code == 0 and "run cut: completed" in out, out
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("postgresql://me:s3cr%40t@db:5432/log", "postgresql://me:***@db:5432/log"),
+        (
+            "postgresql://me@/log?host=/run&password=x&sslmode=require",
+            "postgresql://me@/log?host=/run&password=***&sslmode=require",
+        ),
+        ("postgresql://db/log", "postgresql://db/log"),
+    ],
+)
+def test_the_resume_hint_never_shows_a_password(given: str, shown: str) -> None:
+    from engine.cli.running import _resume_command
+
+    assert _resume_command("r", given, None) == f"autonomy resume r --db {shown}"

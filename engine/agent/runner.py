@@ -52,7 +52,7 @@ from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
-from events.errors import AutonomyError
+from events.errors import AutonomyError, StoreUnavailable
 from events.lease import describe_owner
 from events.schema import (
     ArbiterDecided,
@@ -535,11 +535,26 @@ class RunInterrupted(Exception):
         self.run_id = run_id
 
 
+class RunCutOff(StoreUnavailable):
+    """The log could not be reached in the middle of a run, so the run stopped where
+    its log stops: nothing is recorded about it being cut off (there is nowhere to
+    record it), and ``autonomy resume`` continues it as after a crash."""
+
+    def __init__(self, run_id: str, error: StoreUnavailable) -> None:
+        super().__init__(
+            f"run {run_id} stopped: {error}; nothing after its last recorded event is lost"
+        )
+        self.run_id = run_id
+
+
 def _run_until_stopped(engine: Engine) -> None:
     """``engine.run()``; on Ctrl-C, record why the run stopped (from the log as it
-    is: the interrupt may have cut an append short) and raise ``RunInterrupted``."""
+    is: the interrupt may have cut an append short) and raise ``RunInterrupted``. A
+    log that cannot be reached stops the run with ``RunCutOff``."""
     try:
         engine.run()
+    except StoreUnavailable as e:
+        raise RunCutOff(engine.log.run_id, e) from e
     except KeyboardInterrupt:
         log = RunLog(engine.log.store, engine.log.run_id)
         if log.pipeline.status == "running":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,17 +125,47 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
 @contextmanager
 def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     """Ctrl-C: the run has recorded why it stopped; say how to continue it, exit 130
-    (the shell's code for SIGINT) — never a traceback."""
-    from engine.agent.runner import RunInterrupted
-    from engine.storage import resolve_db
+    (the shell's code for SIGINT) — never a traceback. A log lost in the middle of
+    the run: say so, and how to continue it once it is back; exit 1."""
+    from engine.agent.runner import RunCutOff, RunInterrupted
 
     try:
         yield
     except RunInterrupted as e:
-        where = resolve_db(db, workspace)
         click.echo(f"\n{e}; the log says so.", err=True)
-        click.echo(f"continue it with: autonomy resume {e.run_id} --db {where}", err=True)
+        click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
         raise click.exceptions.Exit(130) from None
+    except RunCutOff as e:
+        click.echo(f"\nError: {e}", err=True)
+        command = _resume_command(e.run_id, db, workspace)
+        click.echo(f"once the log can be reached, continue it with: {command}", err=True)
+        raise click.exceptions.Exit(1) from None
+
+
+def _resume_command(run_id: str, db: Path | str | None, workspace: Path | None) -> str:
+    """The command that resumes ``run_id`` in the same log: without ``--db`` when the
+    log is ``$AUTONOMY_DB`` (still set for the next command), and never with a
+    password (a URL's is shown as ``***``: hints end up in terminal logs)."""
+    from engine.storage import DB_ENV, resolve_db
+
+    if (db is None or str(db) == "") and os.environ.get(DB_ENV, "").strip():
+        return f"autonomy resume {run_id}"
+    where = resolve_db(db, workspace)
+    return f"autonomy resume {run_id} --db {_without_password(str(where))}"
+
+
+def _without_password(where: str) -> str:
+    parts = urllib.parse.urlsplit(where)
+    if not parts.scheme.startswith("postgres"):
+        return where
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        "password=***" if pair.split("=", 1)[0] == "password" else pair
+        for pair in parts.query.split("&")
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def read_goal(goal: str | None, workspace: Path) -> str:
