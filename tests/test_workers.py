@@ -1,5 +1,7 @@
 """Workers on a PostgreSQL log, as real processes: runs queued with ``submit``, taken
-by two workers, one of them killed in the middle of a run, which the other resumes."""
+by two workers, one of them killed in the middle of a run, which the other resumes;
+a worker whose log goes away in the middle of a run, which it resumes once the log
+is back."""
 
 from __future__ import annotations
 
@@ -7,11 +9,15 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
-from waiting import Gate
+from pg import DATABASE
+from waiting import Gate, wait_until
 
 from engine.cli import cli
 from engine.runs.demo import GOAL
@@ -73,3 +79,76 @@ def test_a_killed_workers_run_is_resumed_by_another_and_all_runs_complete(
         done = store.connection.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
         assert done.fetchone()[0] == 0
     assert (tmp_path / "runs" / "job-1" / "calc.py").is_file()
+
+
+@pytest.mark.slow
+def test_a_worker_whose_log_goes_away_mid_run_waits_and_finishes_the_run_once_it_is_back(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """The server refuses every connection while a worker's run waits on its model:
+    the run is cut off at its next append. The worker says once that it lost the
+    log, keeps the run queued and waits (no traceback, no "error" outcome); once the
+    server takes connections again it resumes the run from its log and completes it."""
+    url = pg_server.new_url() + "&connect_timeout=2"  # the URL's timeout is the store's
+    template = tmp_path / "template"
+    template.mkdir()
+    submitted = CliRunner().invoke(
+        cli,
+        [
+            *("submit", GOAL, "--workspace-template", str(template)),
+            *("--run-id", "job", "--db", url),
+        ],
+    )
+    assert submitted.exit_code == 0, submitted.output
+    autonomy = Path(sys.executable).parent / "autonomy"
+    gate = Gate(when=lambda request: "review" in json.dumps(request.body).lower())
+    lines: list[str] = []
+    with ScriptedModelServer(gate, models=["m"]) as server:
+        worker = subprocess.Popen(
+            [
+                *(str(autonomy), "worker", "--once", "--db", url),
+                *("--workdir", str(tmp_path / "runs"), "--model-url", server.url),
+                *("--api", "ollama", "--model", "m"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        reader = threading.Thread(target=lambda: lines.extend(worker.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            assert gate.arrived.wait(timeout=60), "the run never reached its review"
+            with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
+                try:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (DATABASE,),
+                    )
+                    gate.opened.set()
+                    wait_until(
+                        lambda: any("cannot be reached" in line for line in lines),
+                        "the worker says it lost the log",
+                        timeout=60,
+                    )
+                finally:
+                    admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+            worker.wait(timeout=240)
+            reader.join(timeout=30)
+        finally:
+            gate.opened.set()
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    text = "".join(lines)
+    assert worker.returncode == 0, text
+    assert "Traceback" not in text, text
+    assert sum("cannot be reached" in line for line in lines) == 1, text
+    assert "worker: the log can be reached again" in text, text
+    assert "worker: resuming job" in text and "worker: job completed" in text, text
+    with open_store(url) as store:
+        assert project(store, "job").pipeline.status == "completed"
+        assert store.verify("job").ok
+        outcome = store.connection.execute("SELECT outcome FROM queue WHERE run_id = 'job'")
+        assert outcome.fetchone()[0] == "completed"

@@ -17,19 +17,33 @@ that long (fine for runs of minutes to hours on a log that is only appended to).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.agent.runner import new_run_id, resume_run, start_run
 from engine.config import Settings
-from events.errors import AutonomyError, EventStoreError, LeaseHeld
+from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
 from projections import project
+
+OUTAGE_WAIT = 5.0
+"""The longest a worker waits between two tries to reach a log it lost."""
+
+_RAN, _BUSY, _EMPTY = object(), object(), object()
+
+
+def _sleep(seconds: float, stop: threading.Event | None) -> None:
+    if stop is None:
+        time.sleep(seconds)
+    else:
+        stop.wait(seconds)
+
 
 SettingsFor = Callable[[Path, Mapping[str, Any] | None], Settings]
 """The settings of a run: (its workspace, the config it recorded or None) -> Settings."""
@@ -70,41 +84,78 @@ class Worker:
     settings_for: SettingsFor
     progress: Callable[[str], None] = print
     poll: float = 0.2
+    _waited: float = field(default=0.0, init=False)
+    """The last wait between two tries to reach the log; 0 while it can be reached."""
 
     def run(self, *, once: bool, stop: threading.Event | None = None) -> int:
         """Take and run queued runs; with ``once``, return when every queued run is
-        done (waiting while other workers hold some). Returns how many it ran."""
-        import psycopg
+        done (waiting while other workers hold some). Returns how many it ran.
 
+        While the log cannot be reached (``StoreUnavailable``: the server down or
+        refusing, before or in the middle of a run) the worker says so once and
+        tries again, every ``poll`` seconds doubled up to ``OUTAGE_WAIT``: a run cut
+        off stays queued, and is resumed from its log once the log is back."""
         url = _postgres(self.store)
         ran = 0
         while stop is None or not stop.is_set():
-            with psycopg.connect(url) as claim:
+            try:
+                outcome = self._take(url, once)
+            except StoreUnavailable as e:
+                if not self._waited:
+                    self.progress(f"worker: the log cannot be reached ({e}); waiting for it")
+                self._waited = min(max(self._waited * 2, self.poll), OUTAGE_WAIT)
+                _sleep(self._waited, stop)
+                continue
+            if outcome is _EMPTY:
+                return ran
+            if outcome is _BUSY:
+                _sleep(self.poll, stop)
+                continue
+            ran += 1
+        return ran
+
+    def _take(self, url: str, once: bool) -> object:
+        """Claim the oldest queued run nobody holds and run it: ``_RAN``, or ``_BUSY``
+        (none free now, or another engine runs the one taken), or ``_EMPTY`` (with
+        ``once``: none left at all)."""
+        import psycopg
+
+        from events.postgres import mapped_error
+
+        where = "taking a queued run"
+        try:
+            # closed, not left by ``with`` (which rolls back first, and warns when the
+            # server is gone): what is not committed ends with the session
+            timeout = getattr(self.store, "connect_timeout", None)
+            with contextlib.closing(psycopg.connect(url, connect_timeout=timeout)) as claim:
+                if self._waited:
+                    self.progress("worker: the log can be reached again")
+                    self._waited = 0.0
                 row = claim.execute(_CLAIM_SQL).fetchone()
                 if row is None:
                     claim.rollback()
                     left = claim.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
-                    if once and left.fetchone()[0] == 0:  # type: ignore[index]
-                        return ran
+                    none_left = left.fetchone()[0] == 0  # type: ignore[index]
                     claim.rollback()
-                    time.sleep(self.poll)
-                    continue
+                    return _EMPTY if once and none_left else _BUSY
                 run_id, goal, template = row
+                where = f"marking run {run_id} done"
                 outcome = self._one(run_id, goal, Path(template))
                 if outcome is None:  # another engine runs it (a manual resume)
                     claim.rollback()
-                    time.sleep(self.poll)
-                    continue
+                    return _BUSY
                 claim.execute(
                     "UPDATE queue SET done_at = now(), outcome = %s WHERE run_id = %s",
                     (outcome, run_id),
                 )
                 claim.commit()
-                ran += 1
-        return ran
+                return _RAN
+        except psycopg.Error as e:
+            raise mapped_error(e, where) from e
 
     def _one(self, run_id: str, goal: str, template: Path) -> str | None:
-        """Start or resume one run; its final status (or the error that ended it)."""
+        """Start or resume one run; its final status (or the error that ended it).
+        ``StoreUnavailable`` is raised: the run is not done, it waits for its log."""
         try:
             if self.store.last_version(run_id) == 0:
                 workspace = self.workdir / run_id
@@ -129,6 +180,8 @@ class Worker:
                 resume_run(self.store, run_id, settings=settings, progress=self.progress)
         except LeaseHeld:
             return None
+        except StoreUnavailable:
+            raise
         except (AutonomyError, OSError) as e:
             self.progress(f"worker: {run_id} ended with an error: {e}")
             return f"error: {e}"
