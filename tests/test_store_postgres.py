@@ -242,3 +242,17 @@ def test_a_server_that_never_answers_is_unavailable_within_the_connect_timeout()
     finally:
         silent.close()
     assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+
+
+def test_the_urls_connect_timeout_is_the_stores_and_a_wrong_one_is_a_clear_error(
+    pg_url: str,
+) -> None:
+    with PostgresEventStore(pg_url + "&connect_timeout=3") as store:
+        assert store.connect_timeout == 3
+    with PostgresEventStore(pg_url) as store:
+        assert store.connect_timeout == 10
+    with pytest.raises(EventStoreError, match=r"connect_timeout='soon': give a number of seconds"):
+        PostgresEventStore(pg_url + "&connect_timeout=soon")
+    code = CliRunner().invoke(cli, ["runs", "--db", pg_url + "&connect_timeout=soon"])
+    assert code.exit_code == 1 and "Traceback" not in code.output, code.output
+    assert "give a number of seconds" in code.output
