@@ -35,6 +35,9 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def client_for(db: Path, **settings: object) -> TestClient:
     app = create_app(ServiceSettings(db=db, allowed_hosts=("127.0.0.1",), **settings))  # type: ignore[arg-type]
     return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
@@ -99,7 +102,9 @@ def test_api_sql_is_read_only(client: TestClient, db: Path) -> None:
     assert bound["rows"] == [{"status": "waiting_for_input"}]
     refused = client.post("/api/sql", json={"sql": "DELETE FROM blobs"})
     assert refused.status_code == 400 and "read" in refused.json()["error"]
-    assert client.post("/api/sql", content=b"not json").status_code == 400
+    not_json = client.post("/api/sql", content=b"not json", headers=JSON)
+    assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]
+    assert client.post("/api/sql", content=b"not json").status_code == 415
 
 
 def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: Path) -> None:
@@ -163,6 +168,49 @@ def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) ->
         again = client.post("/api/runs/asking/answer", json={"answer": "3.11"})
         assert again.status_code == 400 and "not waiting" in again.json()["error"]
         assert client.post("/api/runs/nope/answer", json={"answer": "x"}).status_code == 404
+    with open_store(copy) as store:
+        assert project(store, "asking").pipeline.answers == ("Python 3.12",)
+
+
+def test_a_page_of_another_site_cannot_answer_a_run(db: Path, tmp_path: Path) -> None:
+    """Cross-site request forgery: a page the user visits elsewhere posts to the
+    service on their loopback. A form can send ``text/plain`` without asking the
+    service first (no preflight), shaped to parse as JSON; a script can send JSON with
+    its own ``Origin``. Both are refused, and the run still waits; the service's own
+    page (same origin, JSON) and a client that is no browser (no Origin) answer."""
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    forged = '{"answer": "rm -rf ~ is fine", "x": "="}'  # what <form enctype=text/plain> sends
+    with client_for(copy) as client:
+        as_form = client.post(
+            "/api/runs/asking/answer",
+            content=forged,
+            headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+        )
+        assert as_form.status_code == 403, as_form.text
+        assert "another site" in as_form.json()["error"]
+        no_origin = client.post(
+            "/api/runs/asking/answer", content=forged, headers={"Content-Type": "text/plain"}
+        )
+        assert no_origin.status_code == 415, no_origin.text
+        assert "application/json" in no_origin.json()["error"]
+        for origin in ("https://evil.example", "null", "http://127.0.0.1:9999"):
+            scripted = client.post(
+                "/api/runs/asking/answer", json={"answer": "x"}, headers={"Origin": origin}
+            )
+            assert scripted.status_code == 403, (origin, scripted.text)
+        sql = client.post(
+            "/api/sql", json={"sql": "SELECT 1"}, headers={"Origin": "https://evil.example"}
+        )
+        assert sql.status_code == 403
+        with open_store(copy) as store:
+            assert project(store, "asking").pipeline.status == "waiting_for_input"
+        own_page = client.post(
+            "/api/runs/asking/answer",
+            json={"answer": "Python 3.12"},
+            headers={"Origin": "http://127.0.0.1"},
+        )
+        assert own_page.status_code == 200, own_page.text
     with open_store(copy) as store:
         assert project(store, "asking").pipeline.answers == ("Python 3.12",)
 

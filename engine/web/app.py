@@ -114,7 +114,10 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
         Route("/api/sql", web.api_sql, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("engine.web", "static")]), name="static"),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))]
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts)),
+        Middleware(SameOriginWrites),
+    ]
     if settings.token:
         middleware.append(Middleware(TokenMiddleware, token=settings.token))
     return Starlette(
@@ -123,6 +126,45 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
         exception_handlers={Exception: _error, HTTPException: _error, AutonomyError: _error},
         lifespan=web.lifespan,
     )
+
+
+class SameOriginWrites:
+    """Refuse a request that changes something (any method but GET, HEAD, OPTIONS)
+    from a page of another site: cross-site request forgery against a service on the
+    user's loopback, which a browser lets any page attempt. Such a request must carry
+    a JSON body (``Content-Type: application/json``: a browser asks the service before
+    sending that across sites, and this one never says yes; a form can only send
+    ``text/plain``, ``multipart/form-data`` or urlencoded bodies) and, when it says
+    where it comes from (``Origin``, which browsers send), come from this very host.
+    A client that is no browser sends no ``Origin``: it is not refused for that."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.SAFE:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        origin = request.headers.get("origin")
+        refused: tuple[int, str] | None = None
+        if origin is not None and _netloc(origin) != request.headers.get("host", "").lower():
+            refused = (403, f"a page of another site ({origin}) cannot change this service's runs")
+        elif request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            refused = (415, "send the body as application/json")
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = refused
+        await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+def _netloc(origin: str) -> str:
+    """``host[:port]`` of an ``Origin`` header ("" for ``null`` or anything else)."""
+    scheme, _, rest = origin.lower().partition("://")
+    return rest if scheme in ("http", "https") and rest and "/" not in rest else ""
 
 
 class TokenMiddleware:
