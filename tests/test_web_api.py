@@ -229,6 +229,25 @@ def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:
         assert client.get("/api/runs").status_code == 200
 
 
+def test_every_answer_keeps_text_from_the_log_from_acting_as_the_service(
+    client: TestClient, db: Path
+) -> None:
+    """A file the model wrote, served as stored, and every page and API answer: no
+    script but the service's own, no sniffing ``text/plain`` into HTML, no framing."""
+    with open_store(db) as store:
+        digest = next(iter(store.blob_digests()))
+    answers = [
+        client.get(path)
+        for path in ("/", "/runs/done", "/api/runs", f"/api/runs/done/blobs/{digest}", "/nope")
+    ]
+    answers.append(client.get("/api/runs", headers={"Host": "attacker.example"}))
+    answers.append(client.post("/api/sql", content=b"x"))
+    for answer in answers:
+        policy = answer.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy, answer
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 def test_loopback_service_refuses_other_host_names(client: TestClient) -> None:
     """A page on another site cannot reach it by rebinding its DNS name to 127.0.0.1."""
     assert client.get("/api/runs", headers={"Host": "attacker.example"}).status_code == 400

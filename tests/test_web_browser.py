@@ -77,9 +77,18 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    """A page of its own; at the end, no message of the browser says the service's
+    Content-Security-Policy refused something of the service's own pages."""
     context = browser.new_context(viewport={"width": 1366, "height": 768})
-    yield context.new_page()
+    opened = context.new_page()
+    refused: list[str] = []
+    opened.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    yield opened
     context.close()
+    assert refused == [], refused
 
 
 def started(db: Path, run_id: str) -> bool:

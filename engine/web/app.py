@@ -114,7 +114,8 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
         Route("/api/sql", web.api_sql, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("engine.web", "static")]), name="static"),
     ]
-    middleware = [
+    middleware = [  # the first is the outermost: every answer gets the headers
+        Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts)),
         Middleware(SameOriginWrites),
     ]
@@ -159,6 +160,40 @@ class SameOriginWrites:
             return
         status, message = refused
         await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+class SecurityHeaders:
+    """What every answer tells the browser, so that text from the log (which a model
+    wrote) can never act as part of the service even if a page failed to escape it:
+    scripts only from the service's own files (``app.js``: no inline script, no
+    ``eval``), no plugins, not framed by another site, no sniffing a stored file's
+    ``text/plain`` into HTML. Styles may be inline (the trace's waterfall bars)."""
+
+    HEADERS = (
+        (
+            b"content-security-policy",
+            b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            b"img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+            b"form-action 'self'; frame-ancestors 'none'",
+        ),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _netloc(origin: str) -> str:
