@@ -107,6 +107,35 @@ def test_api_sql_is_read_only(client: TestClient, db: Path) -> None:
     assert client.post("/api/sql", content=b"not json").status_code == 415
 
 
+RUNAWAY = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+"""A query that never ends on its own."""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_api_sql_stops_a_runaway_query_and_caps_the_rows(
+    backend: str, db: Path, request: pytest.FixtureRequest
+) -> None:
+    """Within the service's limits (here 0.5 s and 3 rows): a query that would never end
+    is stopped with a clear error, and a large answer is cut, saying so; the service
+    goes on serving."""
+    log: Path | str = db
+    if backend == "postgres":
+        log = request.getfixturevalue("pg_url")
+        with open_store(db) as source, open_store(log) as target:
+            for event in source.read("done"):
+                target.append("done", [event.data], event.version - 1, causation=event.causation)
+    with client_for(log, sql_seconds=0.5, sql_rows=3) as client:
+        stopped = client.post("/api/sql", json={"sql": RUNAWAY})
+        assert stopped.status_code == 400, stopped.text
+        assert "stopped after 0.5 s, this service's limit" in stopped.json()["error"]
+        cut = client.post("/api/sql", json={"sql": "SELECT position FROM events ORDER BY position"})
+        assert cut.status_code == 200, cut.text
+        assert cut.json()["rows"] == [{"position": 1}, {"position": 2}, {"position": 3}]
+        assert cut.json()["truncated"] is True
+        whole = client.post("/api/sql", json={"sql": "SELECT 1 AS one"}).json()
+        assert whole == {"columns": ["one"], "rows": [{"one": 1}], "truncated": False}
+
+
 def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: Path) -> None:
     with open_store(db) as store:
         changes = [

@@ -24,7 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -63,6 +65,8 @@ class AuditResult:
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+    truncated: bool = False
+    """More rows matched than the caller's ``max_rows``: these are the first."""
 
     def as_dicts(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
@@ -303,8 +307,26 @@ def run_query(
     return _execute(connection, sql, params, f"audit query {name}")
 
 
-def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> AuditResult:
-    """Run ``sql`` on a read-only connection to the log file ``db``.
+@dataclass(frozen=True)
+class Limits:
+    """How much one query may take: ``seconds`` of the database's time (then it is
+    stopped, an ``AuditError``), and the first ``max_rows`` rows (``truncated``
+    says there were more). None: no limit."""
+
+    seconds: float | None = None
+    max_rows: int | None = None
+
+
+NO_LIMITS = Limits()
+
+
+def run_sql(
+    db: Path | str,
+    sql: str,
+    params: dict[str, Any] | None = None,
+    limits: Limits = NO_LIMITS,
+) -> AuditResult:
+    """Run ``sql`` on a read-only connection to the log file ``db``, within ``limits``.
 
     The log is opened as every reading command opens it (``open_store(read_only=
     True)``: ``mode=ro``, the views, then ``PRAGMA query_only``), so any write
@@ -314,7 +336,7 @@ def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> A
     transaction that has already run a query (so it cannot be made writable
     again), rolled back afterwards."""
     if is_postgres_url(db):
-        return _run_sql_postgres(str(db), sql, params or {})
+        return _run_sql_postgres(str(db), sql, params or {}, limits)
     path = Path(db)
     if not path.is_file():
         raise AuditError(f"no database file at {path}")
@@ -324,12 +346,16 @@ def run_sql(db: Path | str, sql: str, params: dict[str, Any] | None = None) -> A
         raise AuditError(f"opening {path} read-only: {e}") from e
     try:
         connection = store.connection  # type: ignore[attr-defined]  # an SQLite log here
-        return _execute(connection, sql, params or {}, "the SQL query (read-only)")
+        if limits.seconds is not None:
+            deadline = time.monotonic() + limits.seconds
+            # called every 10,000 virtual machine steps; a true answer stops the query
+            connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        return _execute(connection, sql, params or {}, "the SQL query (read-only)", limits)
     finally:
         store.close()
 
 
-def _run_sql_postgres(url: str, sql: str, params: dict[str, Any]) -> AuditResult:
+def _run_sql_postgres(url: str, sql: str, params: dict[str, Any], limits: Limits) -> AuditResult:
     import psycopg
 
     from events.postgres import SQLiteStyle, mapped_error, redacted
@@ -342,7 +368,10 @@ def _run_sql_postgres(url: str, sql: str, params: dict[str, Any]) -> AuditResult
     try:
         raw.read_only = True
         raw.execute("SELECT 1")  # a query first: the transaction stays READ ONLY
-        return _execute(SQLiteStyle(raw), sql, params, "the SQL query (read-only)")
+        if limits.seconds is not None:
+            milliseconds = str(max(1, math.ceil(limits.seconds * 1000)))
+            raw.execute("SELECT set_config('statement_timeout', %s, true)", (milliseconds,))
+        return _execute(SQLiteStyle(raw), sql, params, "the SQL query (read-only)", limits)
     finally:
         raw.rollback()
         raw.close()
@@ -391,13 +420,32 @@ def _query(name: str) -> AuditQuery:
         ) from None
 
 
-def _execute(connection: Any, sql: str, params: dict[str, Any], what: str) -> AuditResult:
+def _execute(
+    connection: Any, sql: str, params: dict[str, Any], what: str, limits: Limits = NO_LIMITS
+) -> AuditResult:
     try:
         cursor = connection.execute(sql, params)
-        rows = cursor.fetchall() if cursor.description else []
+        if not cursor.description:
+            rows = []
+        elif limits.max_rows is None:
+            rows = cursor.fetchall()
+        else:
+            rows = cursor.fetchmany(limits.max_rows + 1)
     except StoreUnavailable:
         raise  # not the query's fault: the same query may succeed later
     except (sqlite3.Error, EventStoreError) as e:
+        if _timed_out(e) and limits.seconds is not None:
+            raise AuditError(
+                f"{what} was stopped after {limits.seconds:g} s, this service's limit"
+            ) from e
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())
-    return AuditResult(columns=columns, rows=rows)
+    truncated = limits.max_rows is not None and len(rows) > limits.max_rows
+    return AuditResult(columns=columns, rows=rows[: limits.max_rows], truncated=truncated)
+
+
+def _timed_out(error: Exception) -> bool:
+    """SQLite's answer to a progress handler that said stop, PostgreSQL's to a
+    ``statement_timeout``."""
+    text = str(error)
+    return text.endswith("interrupted") or "statement timeout" in text

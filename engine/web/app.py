@@ -51,7 +51,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.agent.runlog import answer_question
 from engine.errors import ConfigError
-from engine.runs.audit import QUERIES, AuditError, AuditResult, run_query, run_sql
+from engine.runs.audit import QUERIES, AuditError, AuditResult, Limits, run_query, run_sql
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
@@ -87,6 +87,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host headers accepted; loopback names only when serving without a token, so a
     page elsewhere cannot reach the service by rebinding a DNS name to 127.0.0.1."""
+    sql_seconds: float = 10.0
+    """The longest a ``POST /api/sql`` query may run: a query that would never end
+    (a recursive one without a stop) keeps neither a thread nor a core."""
+    sql_rows: int = 10_000
+    """The most rows a ``POST /api/sql`` answer holds (``"truncated": true`` when more
+    matched): ``SELECT * FROM events`` of a large log is not read into memory whole."""
     shared_store: bool = True
     """On a PostgreSQL log, one store for the service's life, shared by every
     request; False opens one per request, as for an SQLite log (the baseline of
@@ -483,8 +489,9 @@ class _Web:
         if not isinstance(sql, str) or not sql.strip():
             raise HTTPException(400, 'give {"sql": "SELECT ..."} (and optionally "run_id")')
         params = {"run_id": body["run_id"]} if body.get("run_id") else {}
-        result = await anyio.to_thread.run_sync(run_sql, self.settings.db, sql, params)
-        return JSONResponse(_rows(result))
+        limits = Limits(seconds=self.settings.sql_seconds, max_rows=self.settings.sql_rows)
+        result = await anyio.to_thread.run_sync(run_sql, self.settings.db, sql, params, limits)
+        return JSONResponse({**_rows(result), "truncated": result.truncated})
 
     async def api_answer(self, request: Request) -> JSONResponse:
         run_id = request.path_params["run_id"]
