@@ -244,6 +244,18 @@ def test_a_page_of_another_site_cannot_answer_a_run(db: Path, tmp_path: Path) ->
         assert project(store, "asking").pipeline.answers == ("Python 3.12",)
 
 
+def test_a_body_larger_than_a_mebibyte_is_refused_unread(db: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    huge = json.dumps({"answer": "x" * (1 << 20)})
+    with client_for(copy) as client:
+        refused = client.post("/api/runs/asking/answer", content=huge, headers=JSON)
+        assert refused.status_code == 413, refused.text
+        assert "larger than 1,048,576 bytes" in refused.json()["error"]
+    with open_store(copy) as store:
+        assert project(store, "asking").pipeline.status == "waiting_for_input"
+
+
 def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:
     with client_for(db, token="s3cret") as client:
         assert client.get("/api/runs").status_code == 401

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -552,9 +553,21 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(value)
 
 
+MAX_BODY = 1 << 20
+"""The largest request body read (1 MiB): an answer or a query, never a log's worth."""
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read up to ``MAX_BODY`` bytes (413 beyond)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPException(413, f"the request body is larger than {MAX_BODY:,} bytes")
+        chunks.append(chunk)
     try:
-        body = await request.json()
+        body = json.loads(b"".join(chunks))
     except ValueError as e:
         raise HTTPException(400, f"the request body is not JSON: {e}") from e
     if not isinstance(body, dict):
