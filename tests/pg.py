@@ -18,6 +18,7 @@ skip.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -121,6 +123,24 @@ class PgServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
         return self.url(schema=schema)
+
+    @contextlib.contextmanager
+    def refusing(self, application_name: str | None = None) -> Iterator[None]:
+        """The log's database refuses every new connection and has lost its sessions
+        (all of them, or those of ``application_name``): a server gone, as its
+        clients see it. It takes connections again when the context ends."""
+        with psycopg.connect(self.url("postgres"), autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()"
+                    " AND (%s::text IS NULL OR application_name = %s)",
+                    (DATABASE, application_name, application_name),
+                )
+                yield
+            finally:
+                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
 
     def stop(self) -> None:
         process = getattr(self, "process", None)

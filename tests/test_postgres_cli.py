@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner
-from pg import DATABASE
 from waiting import Gate
 
 from engine.cli import cli
@@ -221,18 +219,9 @@ def test_a_run_whose_log_goes_away_stops_with_one_error_and_how_to_resume_it(
         )
         try:
             assert gate.arrived.wait(timeout=60), "the run never reached its review"
-            with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
-                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
-                try:
-                    admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = %s AND pid <> pg_backend_pid()",
-                        (DATABASE,),
-                    )
-                    gate.opened.set()
-                    _, err = run.communicate(timeout=120)
-                finally:
-                    admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+            with pg_server.refusing():
+                gate.opened.set()
+                _, err = run.communicate(timeout=120)
         finally:
             gate.opened.set()
             if run.poll() is None:

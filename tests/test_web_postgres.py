@@ -13,7 +13,6 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
-from pg import DATABASE
 from starlette.testclient import TestClient
 from test_live_tail import WAITERS, backends, in_thread
 from waiting import wait_until
@@ -182,25 +181,16 @@ def test_a_log_that_cannot_be_reached_answers_503_and_serves_again_once_it_can(
     pages = ("/api/runs/r", "/api/runs", "/runs/r", "/", "/api/audit/model-usage?run_id=r")
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         assert [client.get(path).status_code for path in pages] == [200] * len(pages)
-        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
-            admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
-            try:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = %s",
-                    (name,),
-                )
-                answers = {path: client.get(path) for path in pages}
-                answered = client.post("/api/runs/r/answer", json={"answer": "yes"})
-                # no connection left, none being made: the pool stopped trying on its own
-                pool = shared._pool  # what the pool is doing, not the store
-                wait_until(
-                    lambda: pool.get_stats()["pool_size"] == 0,
-                    "the pool stops reconnecting on its own",
-                    timeout=60,
-                )
-            finally:
-                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+        with pg_server.refusing(name):
+            answers = {path: client.get(path) for path in pages}
+            answered = client.post("/api/runs/r/answer", json={"answer": "yes"})
+            # no connection left, none being made: the pool stopped trying on its own
+            pool = shared._pool  # what the pool is doing, not the store
+            wait_until(
+                lambda: pool.get_stats()["pool_size"] == 0,
+                "the pool stops reconnecting on its own",
+                timeout=60,
+            )
         for path, answer in [*answers.items(), ("answer", answered)]:
             assert answer.status_code == 503, (path, answer.text)
             assert answer.headers["retry-after"] == "2"

@@ -13,10 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner
-from pg import DATABASE
 from waiting import Gate, wait_until
 
 from engine.cli import cli
@@ -118,22 +116,13 @@ def test_a_worker_whose_log_goes_away_mid_run_waits_and_finishes_the_run_once_it
         reader.start()
         try:
             assert gate.arrived.wait(timeout=60), "the run never reached its review"
-            with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
-                admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false")
-                try:
-                    admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = %s AND pid <> pg_backend_pid()",
-                        (DATABASE,),
-                    )
-                    gate.opened.set()
-                    wait_until(
-                        lambda: any("cannot be reached" in line for line in lines),
-                        "the worker says it lost the log",
-                        timeout=60,
-                    )
-                finally:
-                    admin.execute(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true")
+            with pg_server.refusing():
+                gate.opened.set()
+                wait_until(
+                    lambda: any("cannot be reached" in line for line in lines),
+                    "the worker says it lost the log",
+                    timeout=60,
+                )
             worker.wait(timeout=240)
             reader.join(timeout=30)
         finally:
