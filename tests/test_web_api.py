@@ -234,6 +234,9 @@ def test_a_page_of_another_site_cannot_answer_a_run(db: Path, tmp_path: Path) ->
         assert sql.status_code == 403
         with open_store(copy) as store:
             assert project(store, "asking").pipeline.status == "waiting_for_input"
+        proxied = {"Origin": "https://runs.example", "X-Forwarded-Host": "runs.example"}
+        behind_a_proxy = client.post("/api/sql", json={"sql": "SELECT 1"}, headers=proxied)
+        assert behind_a_proxy.status_code == 200, behind_a_proxy.text
         own_page = client.post(
             "/api/runs/asking/answer",
             json={"answer": "Python 3.12"},

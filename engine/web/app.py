@@ -143,7 +143,8 @@ class SameOriginWrites:
     a JSON body (``Content-Type: application/json``: a browser asks the service before
     sending that across sites, and this one never says yes; a form can only send
     ``text/plain``, ``multipart/form-data`` or urlencoded bodies) and, when it says
-    where it comes from (``Origin``, which browsers send), come from this very host.
+    where it comes from (``Origin``, which browsers send), come from this very host
+    (``Host``, or ``X-Forwarded-Host`` behind a reverse proxy).
     A client that is no browser sends no ``Origin``: it is not refused for that."""
 
     SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -158,7 +159,14 @@ class SameOriginWrites:
         request = Request(scope)
         origin = request.headers.get("origin")
         refused: tuple[int, str] | None = None
-        if origin is not None and _netloc(origin) != request.headers.get("host", "").lower():
+        # behind a reverse proxy the Host may be the proxy's upstream; the host the
+        # browser asked is then X-Forwarded-Host, which a page of another site cannot
+        # set (a form sends no header of its own; a script's would need the preflight)
+        hosts = {
+            request.headers.get(name, "").split(",")[0].strip().lower()
+            for name in ("host", "x-forwarded-host")
+        }
+        if origin is not None and _netloc(origin) not in hosts - {""}:
             refused = (403, f"a page of another site ({origin}) cannot change this service's runs")
         elif request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             refused = (415, "send the body as application/json")
