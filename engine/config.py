@@ -222,8 +222,18 @@ RECORDED_BEFORE: Mapping[str, Any] = {"max_answer_tokens": 0}
 no answer cap. A key whose default would change an old run's requests belongs here."""
 
 
+CONFINEMENT_KEYS = ("sandbox", "network", "limits")
+"""The ``[tools]`` keys that protect the machine commands run on. A log says what a
+run was allowed, not what this machine allows: ``recorded_settings`` never takes
+them from it, so a log (shared, or edited) that says ``sandbox = "off"``, the network
+allowed or no limits gets none of that from a replay, a resume or a worker here.
+They come from the settings given now (config file, environment, flags), else the
+defaults."""
+
+
 def recorded_settings(config: Mapping[str, Any]) -> Settings:
-    """The settings a run recorded (``run.started`` or ``run.resumed`` ``config``).
+    """The settings a run recorded (``run.started`` or ``run.resumed`` ``config``),
+    less its confinement (``CONFINEMENT_KEYS``: today's defaults instead).
 
     A key added since the run was recorded takes the value that reproduces what the
     run did then (``RECORDED_BEFORE``), not today's default: a replay, a resume or a
@@ -234,7 +244,11 @@ def recorded_settings(config: Mapping[str, Any]) -> Settings:
         table = models.get(role, {})
         if isinstance(table, Mapping):
             models[role] = {**RECORDED_BEFORE, **table}
-    return settings_from_mapping({**config, "models": models})
+    layered: dict[str, Any] = {**config, "models": models}
+    tools = config.get("tools")
+    if isinstance(tools, Mapping):
+        layered["tools"] = {k: v for k, v in tools.items() if k not in CONFINEMENT_KEYS}
+    return settings_from_mapping(layered)
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

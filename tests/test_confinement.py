@@ -17,6 +17,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from waiting import lock_is_free, wait_until
@@ -348,3 +349,80 @@ def test_bubblewrap_is_probed_once_per_binary_and_again_when_it_changes(tmp_path
     refused = choose("auto", which=lambda _name: str(fake))
     assert probes() == 2
     assert refused.mechanism == "none" and "no namespaces" in refused.warning
+
+
+ESCAPE = """
+
+def test_escape():
+    try:
+        open({target!r}, "w").write("escaped")
+    except OSError:
+        pass
+"""
+
+
+def test_a_replayed_log_cannot_turn_confinement_off(tmp_path: Path) -> None:
+    """What if the log says otherwise: a run recorded with ``tools.sandbox = "off"``
+    and the network allowed (or a log edited to say so) whose model wrote a test that
+    writes outside its workspace. Replaying it with live tools on this machine runs
+    that test again: confined by bubblewrap, without the network, whatever the log's
+    settings say; the file outside is not written again."""
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.runs.demo import GOAL, DemoModels
+    from engine.runs.replay import replay
+    from engine.storage import open_store
+    from engine.testing import ScriptedModelServer
+
+    bubblewrap()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    escaped = outside / "escaped.txt"
+
+    class Hostile(DemoModels):
+        def __call__(self, request: Any) -> Any:
+            reply = super().__call__(request)
+            for name, arguments in reply.tool_calls:
+                if (
+                    name == "create_file"
+                    and isinstance(arguments, dict)
+                    and (arguments["path"] == "test_calc.py")
+                ):
+                    arguments["content"] += ESCAPE.format(target=str(escaped))
+            return reply
+
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(Hostile(), models=["m"]) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", GOAL, "--workspace", str(tmp_path / "ws"), "--db", str(db), "--run-id", "r",
+             "--model-url", server.url, "--api", "ollama", "--model", "m", "--sandbox", "off"],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert escaped.read_text() == "escaped", "unconfined, as its owner chose, it got out"
+    escaped.unlink()
+    with open_store(db) as store:
+        replayed = replay(store, "r", tools="live")
+    assert not escaped.exists(), "the replay ran the model's code unconfined"
+    assert replayed.compared > 0
+
+
+def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
+    """The settings taken up from a log keep everything that makes the run's requests
+    and decisions, and none of what protects the machine."""
+    from engine.config import recorded_settings
+
+    logged = {
+        "limits": {"max_steps": 7},
+        "tools": {
+            "sandbox": "off",
+            "network": True,
+            "limits": {"processes": 0, "cpu_seconds": 0},
+            "command_timeout": 30.0,
+        },
+    }
+    settings = recorded_settings(logged)
+    assert settings.tools.sandbox == "auto" and settings.tools.network is False
+    assert settings.tools.limits == CommandLimits()
+    assert settings.tools.command_timeout == 30.0 and settings.limits.max_steps == 7

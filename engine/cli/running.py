@@ -96,7 +96,9 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
     """Continue a run that crashed or was interrupted, from its log alone.
 
     The settings are the ones the run recorded when it started, under any
-    --config, environment variables and flags given now. A tool call that was
+    --config, environment variables and flags given now; but how commands are
+    confined (sandbox, network, limits) comes only from those given now, never
+    from the log. A tool call that was
     requested but never reported is settled first by comparing the workspace
     with the hashes in the log.
 
