@@ -23,6 +23,7 @@ from engine.agent.runlog import RunLog
 from engine.agent.runner import Engine
 from engine.cli import cli
 from engine.config import load_settings
+from engine.runs import workspace as workspace_module
 from engine.runs.workspace import HistoryError, fork, restore, rewind
 from engine.storage import open_store
 from engine.tools import ToolContext, default_registry, execute
@@ -141,6 +142,31 @@ def test_the_cli_says_why_a_rewind_or_fork_was_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1 and "outside the workspace" in result.output
     untouched(tmp_path)
+
+
+def test_a_fork_or_replay_never_copies_a_root_a_home_or_a_disk_the_log_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork, and a live replay, start from the files of the workspace the log names.
+    Edited to name the root, a home directory or something larger than a project,
+    they refuse before copying anything (here "larger" is 5 files)."""
+    big = tmp_path / "big"
+    big.mkdir()
+    for n in range(6):
+        (big / f"f{n}.txt").write_text("x")
+    monkeypatch.setattr(workspace_module, "COPIED_FILES", 5)
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        for run_id, named in (("root", "/"), ("home", str(Path.home())), ("big", str(big))):
+            store.append(run_id, [RunStarted(goal="g", workspace=named)], 0)
+            target = tmp_path / f"fork-{run_id}"
+            with pytest.raises(HistoryError, match="nothing was copied"):
+                fork(store, run_id, 1, target, new_run_id=f"f-{run_id}")
+            assert not target.exists() or not any(target.iterdir())
+            assert store.last_version(f"f-{run_id}") == 0
+    result = CliRunner().invoke(cli, ["replay", "big", "--db", str(db)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "more than 5 files" in result.output and "nothing was copied" in result.output
 
 
 # -- crash recovery --------------------------------------------------------------------

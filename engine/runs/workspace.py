@@ -18,6 +18,8 @@ never touched are not the log's business and are left alone.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -131,6 +133,7 @@ def restore(
     directory.mkdir(parents=True, exist_ok=True)
     targets = _targets(directory, wanted)
     if copy_from is not None and copy_from.is_dir():
+        _check_copyable(copy_from)
         shutil.copytree(
             copy_from,
             directory,
@@ -140,6 +143,37 @@ def restore(
         )
         targets = _targets(directory, wanted)  # the copy may have brought symlinks
     return _write(targets, contents)
+
+
+COPIED_FILES = 20_000
+COPIED_BYTES = 2 << 30
+"""The most a restore copies from the workspace a log names (files, bytes): a
+project's files, never a home directory or a disk."""
+
+
+def _check_copyable(source: Path) -> None:
+    """``source`` is the workspace a log names: the log is not trusted, so it must
+    not be the root, a home directory or anything larger than a project (``COPIED_*``)
+    before a restore copies it; else ``HistoryError`` and nothing is copied."""
+    resolved = source.resolve()
+    if resolved == Path(resolved.anchor) or resolved in (Path.home().resolve(), Path("/home")):
+        raise HistoryError(
+            f"the log names {source} as the run's workspace: that is no project's "
+            "directory; nothing was copied (was the log edited?)"
+        )
+    files = size = 0
+    for folder, names, filenames in os.walk(resolved):
+        names[:] = [n for n in names if n not in SKIPPED]
+        for name in filenames:
+            files += 1
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(folder, name)).st_size
+            if files > COPIED_FILES or size > COPIED_BYTES:
+                raise HistoryError(
+                    f"the log names {source} as the run's workspace, which holds more "
+                    f"than {COPIED_FILES:,} files or {COPIED_BYTES >> 30} GiB: too much for "
+                    "a project's; nothing was copied (was the log edited?)"
+                )
 
 
 def _targets(directory: Path, paths: Iterable[str]) -> dict[str, Path]:
