@@ -165,6 +165,11 @@ def test_the_page_is_self_contained(db: Path, tmp_path: Path) -> None:
     assert {url[1:] for url in page.urls} <= page.ids
     assert "style" in page.tags
     assert stylesheet() in out.read_text(encoding="utf-8")  # the service's own, inlined
+    # wherever it is opened, a script that escaped the escaping would not run
+    assert (
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'" in out.read_text(encoding="utf-8")
+    )
 
 
 def test_the_page_is_the_services_run_page_with_the_trace_folded(db: Path, tmp_path: Path) -> None:

@@ -267,3 +267,15 @@ def test_a_waiting_run_is_answered_from_the_page_then_resumes(
     with open_store(db) as store:
         state = project(store, "asking").pipeline
     assert state.answers == ("Python 3.12",) and state.status == "completed"
+
+
+def test_the_report_file_renders_under_its_own_policy(page: Page, db: Path, tmp_path: Path) -> None:
+    """``autonomy report``'s page, opened from the disk: styled, and nothing in it is
+    refused by the Content-Security-Policy it carries (the fixture checks that)."""
+    out = tmp_path / "report.html"
+    made = CliRunner().invoke(cli, ["report", "done", "--db", str(db), "--html", str(out)])
+    assert made.exit_code == 0, made.output
+    page.goto(out.as_uri())
+    expect(page.locator(".status").first).to_have_text("completed")
+    background = page.locator(".status").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background != "rgba(0, 0, 0, 0)", "the inlined stylesheet applies"
