@@ -233,7 +233,8 @@ def test_a_run_whose_log_goes_away_stops_with_one_error_and_how_to_resume_it(
         assert "the database server cannot be reached" in error
         assert "not currently accepting connections" in error, "the server's own reason"
         assert (
-            hint == f"once the log can be reached, continue it with: autonomy resume cut --db {url}"
+            hint
+            == f"once the log can be written again, continue it with: autonomy resume cut --db {url}"
         )
         code, out = invoke(*shlex.split(hint.split(": ", 1)[1])[1:], *model)
     assert code == 0 and "run cut: completed" in out, out

@@ -140,7 +140,7 @@ def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None)
     except RunCutOff as e:
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
-        click.echo(f"once the log can be reached, continue it with: {command}", err=True)
+        click.echo(f"once the log can be written again, continue it with: {command}", err=True)
         raise click.exceptions.Exit(1) from None
 
 
