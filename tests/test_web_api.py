@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
+from waiting import wait_until
 from web_runs import Asker, record
 
 from engine.cli.serve import listen
 from engine.storage import open_store
 from engine.web.app import ServiceSettings, create_app
-from events import ModelRequested, RunStarted, ToolExecuted, UserAsked
+from events import ModelRequested, RunFinished, RunStarted, ToolExecuted, UserAsked
 from projections import project
 
 pytestmark = [
@@ -257,6 +259,47 @@ def test_a_body_larger_than_a_mebibyte_is_refused_unread(db: Path, tmp_path: Pat
         assert "larger than 1,048,576 bytes" in refused.json()["error"]
     with open_store(copy) as store:
         assert project(store, "asking").pipeline.status == "waiting_for_input"
+
+
+def test_open_streams_leave_threads_for_the_pages(tmp_path: Path) -> None:
+    """More live streams than the 40 threads requests share, each waiting long for an
+    event (here 10 minutes): a request is still answered at once, since the streams wait in
+    threads of their own (here 2, taken in turns). Once the run ends, every stream ends."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("live", [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+    streams, ended = 45, threading.Semaphore(0)
+    started = threading.Semaphore(0)
+    settings = {"wait_seconds": 600.0, "keepalive_seconds": 1200.0, "stream_threads": 2}
+    with client_for(db, **settings) as client:
+
+        def follow() -> None:
+            with client.stream("GET", "/api/runs/live/stream") as response:
+                lines = response.iter_lines()
+                next(line for line in lines if line.startswith("data: "))
+                started.release()
+                for line in lines:
+                    if line.startswith("event: end"):
+                        ended.release()
+                        return
+
+        followers = [threading.Thread(target=follow, daemon=True) for _ in range(streams)]
+        for follower in followers:
+            follower.start()
+        try:
+            for _ in range(streams):
+                assert started.acquire(timeout=30), "a stream never sent the run's first event"
+            answered: list[int] = []
+            asking = threading.Thread(
+                target=lambda: answered.append(client.get("/api/runs").status_code), daemon=True
+            )
+            asking.start()
+            wait_until(lambda: answered == [200], "a page is answered while the streams wait")
+        finally:  # the run ends: so do the streams, and the client can close
+            with open_store(db) as store:
+                store.append("live", [RunFinished(status="completed")], 1)
+        for _ in range(streams):
+            assert ended.acquire(timeout=60), "a stream did not end with its run"
 
 
 def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:

@@ -85,6 +85,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     before it looks again: what a lost notification can delay it by, and how soon
     a stream whose client left lets its thread go."""
     keepalive_seconds: float = 15.0
+    stream_threads: int = 16
+    """Threads the live streams wait in, all together; more streams than that take
+    turns (each sees new events a little later), and requests keep the rest."""
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host headers accepted; loopback names only when serving without a token, so a
     page elsewhere cannot reach the service by rebinding a DNS name to 127.0.0.1."""
@@ -290,6 +293,7 @@ class _Web:
     def __init__(self, settings: ServiceSettings, shared: EventStore | None = None) -> None:
         self.settings = settings
         self.shared = shared
+        self._stream_threads: anyio.CapacityLimiter | None = None
         """The PostgreSQL log's one store, while the service runs (or from its start,
         when the app was handed it)."""
 
@@ -411,6 +415,15 @@ class _Web:
             ]
         return JSONResponse(events)
 
+    def _waiting(self) -> anyio.CapacityLimiter:
+        """The threads live streams wait for new events in: a pool of their own
+        (``stream_threads``), so that however many streams are open, a page or an API
+        request still gets a thread at once (in the shared pool of 40 they took every
+        one, and each request waited for a stream's wait to end)."""
+        if self._stream_threads is None:  # made in the event loop, on first use
+            self._stream_threads = anyio.CapacityLimiter(self.settings.stream_threads)
+        return self._stream_threads
+
     async def api_stream(self, request: Request) -> StreamingResponse:
         run_id = request.path_params["run_id"]
         after = _int_param(request, "after")
@@ -460,7 +473,9 @@ class _Web:
                     quiet_since, quiet = loop.time(), 0.0
                     yield ": keepalive\n\n"
                 wait = min(self.settings.wait_seconds, self.settings.keepalive_seconds - quiet)
-                await anyio.to_thread.run_sync(store.wait_for_append, run_id, after, wait)
+                await anyio.to_thread.run_sync(
+                    store.wait_for_append, run_id, after, wait, limiter=self._waiting()
+                )
         except EventStoreError as e:
             # not "error": an EventSource takes that name for its own connection errors
             yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
