@@ -16,8 +16,10 @@ from web_runs import Asker, record
 
 from engine.cli.serve import listen
 from engine.storage import open_store
+from engine.web import app as web_app
 from engine.web.app import ServiceSettings, create_app
 from events import ModelRequested, RunFinished, RunStarted, ToolExecuted, UserAsked
+from events.errors import ConcurrencyError
 from projections import project
 
 pytestmark = [
@@ -300,6 +302,24 @@ def test_open_streams_leave_threads_for_the_pages(tmp_path: Path) -> None:
                 store.append("live", [RunFinished(status="completed")], 1)
         for _ in range(streams):
             assert ended.acquire(timeout=60), "a stream did not end with its run"
+
+
+def test_an_answer_that_loses_a_race_is_a_conflict_not_an_error(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two people answer at once: both saw the run waiting, one append wins, and the
+    other's expected version is stale (``ConcurrencyError``). That is a 409 saying so,
+    not a 500."""
+
+    def raced(store: object, run_id: str, text: str) -> str:
+        raise ConcurrencyError(run_id, 15, 16)
+
+    monkeypatch.setattr(web_app, "answer_question", raced)
+    with client_for(db) as client:
+        lost = client.post("/api/runs/asking/answer", json={"answer": "3.12"})
+    assert lost.status_code == 409, lost.text
+    assert "expected version 15 but the log is at 16" in lost.json()["error"]
+    assert "someone else wrote to the run meanwhile" in lost.json()["error"]
 
 
 def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:

@@ -60,6 +60,7 @@ from engine.web.pages import LIFECYCLE, PAUSED, compact, render, run_page
 from events.errors import (
     AutonomyError,
     BlobNotFound,
+    ConcurrencyError,
     EventStoreError,
     RunNotFound,
     StoreUnavailable,
@@ -269,6 +270,8 @@ async def _error(request: Request, error: Exception) -> Response:
         status, message = 404, str(error)
     elif isinstance(error, AuditError | ConfigError):
         status, message = 400, str(error)
+    elif isinstance(error, ConcurrencyError):
+        status, message = 409, f"{error} (someone else wrote to the run meanwhile: look again)"
     elif isinstance(error, StoreUnavailable):
         status, message = 503, f"the log cannot be reached now; try again: {error}"
     elif isinstance(error, AutonomyError):
