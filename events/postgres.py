@@ -40,6 +40,7 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -186,7 +187,19 @@ def _last_version(conn: psycopg.Connection[Any], run_id: str) -> int:
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its password, for messages and hints: a ``postgresql://`` URL
+    stays one, its password (in the user part or the query) shown as ``***``; a
+    ``key=value`` string loses its password."""
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = "&".join(
+            "password=***" if pair.split("=", 1)[0] == "password" else pair
+            for pair in parts.query.split("&")
+        )
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
@@ -319,19 +332,21 @@ class PostgresEventStore(SQLEventStore):
         if connect_timeout is None:
             connect_timeout = _url_connect_timeout(url)
         # whole seconds for libpq, where 0 would mean waiting for ever
-        self._connect_timeout = max(1, math.ceil(connect_timeout))
+        self.connect_timeout = max(1, math.ceil(connect_timeout))
+        """Seconds a connection to this log waits for the server (libpq's
+        ``connect_timeout``): this store's, and another's to the same log (a worker's)."""
         self._closed = threading.Event()
         self._audit: SQLiteStyle | None = None
         self._audit_lock = threading.Lock()
         self._announcements = Announcements(self._listener)
         with _mapped_errors(f"opening {self.where}"):
-            with psycopg.connect(url, autocommit=True, connect_timeout=self._connect_timeout) as c:
+            with psycopg.connect(url, autocommit=True, connect_timeout=self.connect_timeout) as c:
                 migrate(c)
             self._pool = psycopg_pool.ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": self._connect_timeout},
+                kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
                 configure=_configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=connect_timeout,
@@ -339,18 +354,13 @@ class PostgresEventStore(SQLEventStore):
                 open=True,
             )
 
-    @property
-    def connect_timeout(self) -> int:
-        """Whole seconds a connection of this store waits for the server (libpq's
-        ``connect_timeout``): what another connection to the same log should wait."""
-        return self._connect_timeout
-
     @contextlib.contextmanager
     def _conn(self, where: str) -> Iterator[psycopg.Connection[Any]]:
         if self._closed.is_set():
             raise EventStoreError(f"{where}: the store is closed")
         with _mapped_errors(where, self._pool.name), self._pool.connection() as conn:
-            _POOL_TROUBLE.last.pop(self._pool.name, None)
+            if _POOL_TROUBLE.last:  # a failure to connect is past: forget it
+                _POOL_TROUBLE.last.pop(self._pool.name, None)
             yield conn
 
     # -- writing ---------------------------------------------------------------------
@@ -532,7 +542,7 @@ class PostgresEventStore(SQLEventStore):
             self.url,
             autocommit=True,
             application_name=LISTENER_NAME,
-            connect_timeout=self._connect_timeout,
+            connect_timeout=self.connect_timeout,
         )
         try:
             conn.execute(f"LISTEN {CHANNEL}")
@@ -580,7 +590,7 @@ class PostgresEventStore(SQLEventStore):
         key = _lease_key(run_id)
         where = f"taking the lease of run {run_id}"
         with _mapped_errors(where):
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
         try:
             with _mapped_errors(where):
                 held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
@@ -615,7 +625,7 @@ class PostgresEventStore(SQLEventStore):
 
     def _audit_connection(self) -> psycopg.Connection[Any]:
         with _mapped_errors(f"opening {self.where}"):
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
         _configure(conn)
         return conn
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,27 +146,17 @@ def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None)
 def _resume_command(run_id: str, db: Path | str | None, workspace: Path | None) -> str:
     """The command that resumes ``run_id`` in the same log: without ``--db`` when the
     log is ``$AUTONOMY_DB`` (still set for the next command), and never with a
-    password (a URL's is shown as ``***``: hints end up in terminal logs)."""
+    password (``events.postgres.redacted``: hints end up in terminal logs)."""
     from engine.storage import DB_ENV, resolve_db
 
     if (db is None or str(db) == "") and os.environ.get(DB_ENV, "").strip():
         return f"autonomy resume {run_id}"
     where = resolve_db(db, workspace)
-    return f"autonomy resume {run_id} --db {_without_password(str(where))}"
+    if isinstance(where, str):  # a postgresql:// URL
+        from events.postgres import redacted
 
-
-def _without_password(where: str) -> str:
-    parts = urllib.parse.urlsplit(where)
-    if not parts.scheme.startswith("postgres"):
-        return where
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = "&".join(
-        "password=***" if pair.split("=", 1)[0] == "password" else pair
-        for pair in parts.query.split("&")
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+        where = redacted(where)
+    return f"autonomy resume {run_id} --db {where}"
 
 
 def read_goal(goal: str | None, workspace: Path) -> str:

@@ -296,9 +296,10 @@ class _Web:
     def __init__(self, settings: ServiceSettings, shared: EventStore | None = None) -> None:
         self.settings = settings
         self.shared = shared
-        self._stream_threads: anyio.CapacityLimiter | None = None
         """The PostgreSQL log's one store, while the service runs (or from its start,
         when the app was handed it)."""
+        self._stream_threads: anyio.CapacityLimiter | None = None
+        """Where live streams wait (``_waiting``); made in the event loop."""
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
