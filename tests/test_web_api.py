@@ -76,6 +76,44 @@ def test_api_events_filters_by_type_and_position(client: TestClient) -> None:
     assert all(e["version"] > 5 and "ok" in e["data"] and e["hash"] for e in events)
 
 
+def test_api_events_come_in_pages_linked_to_the_next(db: Path) -> None:
+    """At most ``events_page`` events an answer (a larger ``limit`` is cut to it); the
+    ``Link`` header leads through the whole run, filters kept, each event once."""
+    with open_store(db) as store:
+        every = [e.version for e in store.read("done")]
+        executed = [e.version for e in store.read("done") if isinstance(e.data, ToolExecuted)]
+    with client_for(db, events_page=4) as client:
+        for url, expected in (
+            ("/api/runs/done/events?limit=100", every),
+            ("/api/runs/done/events?type=tool.executed&limit=3", executed),
+        ):
+            seen: list[int] = []
+            pages = 0
+            next_url: str | None = url
+            while next_url is not None:
+                response = client.get(next_url)
+                assert response.status_code == 200, response.text
+                page = [e["version"] for e in response.json()]
+                assert 0 < len(page) <= (3 if "limit=3" in url else 4)
+                seen += page
+                pages += 1
+                link = response.headers.get("link")
+                next_url = link[1 : link.index(">")] if link else None
+                assert next_url is None or 'rel="next"' in link
+            assert seen == expected and pages == -(-len(expected) // (3 if "limit=3" in url else 4))
+        assert "link" not in client.get(f"/api/runs/done/events?after={every[-2]}").headers
+        assert client.get("/api/runs/done/events?limit=x").status_code == 400
+
+
+def test_api_audit_answers_are_capped_like_sql_ones(db: Path) -> None:
+    with client_for(db, sql_rows=2) as client:
+        cut = client.get("/api/audit/phase-timeline?run_id=done").json()
+        assert len(cut["rows"]) == 2 and cut["truncated"] is True
+    with client_for(db) as client:
+        whole = client.get("/api/audit/phase-timeline?run_id=done").json()
+        assert len(whole["rows"]) > 2 and whole["truncated"] is False
+
+
 def test_unknown_runs_and_bad_queries_are_json_errors_not_tracebacks(client: TestClient) -> None:
     for url in ("/api/runs/nope", "/api/runs/nope/events", "/api/runs/nope/stream", "/runs/nope"):
         response = client.get(url)

@@ -287,26 +287,6 @@ def query_sql(name: str, run_id: str | None, dialect: str = "sqlite") -> str:
     return sql.format(run="run_id = :run_id" if run_id is not None else "TRUE").strip()
 
 
-def run_query(
-    connection: Any,
-    name: str,
-    run_id: str | None = None,
-    arguments: tuple[str, ...] = (),
-) -> AuditResult:
-    """Run the named query; ``arguments`` fill its ``parameters`` in order."""
-    query = _query(name)
-    if len(arguments) != len(query.parameters):
-        wanted = " ".join(p.upper() for p in query.parameters) or "no arguments"
-        raise AuditError(
-            f"{name} takes {wanted}, got {len(arguments)} argument(s); e.g. {query.example}"
-        )
-    params: dict[str, Any] = dict(zip(query.parameters, arguments, strict=True))
-    if run_id is not None:
-        params["run_id"] = run_id
-    sql = query_sql(name, run_id, dialect(connection))
-    return _execute(connection, sql, params, f"audit query {name}")
-
-
 @dataclass(frozen=True)
 class Limits:
     """How much one query may take: ``seconds`` of the database's time (then it is
@@ -318,6 +298,28 @@ class Limits:
 
 
 NO_LIMITS = Limits()
+
+
+def run_query(
+    connection: Any,
+    name: str,
+    run_id: str | None = None,
+    arguments: tuple[str, ...] = (),
+    max_rows: int | None = None,
+) -> AuditResult:
+    """Run the named query; ``arguments`` fill its ``parameters`` in order. At most
+    ``max_rows`` rows are read (``truncated`` says there were more)."""
+    query = _query(name)
+    if len(arguments) != len(query.parameters):
+        wanted = " ".join(p.upper() for p in query.parameters) or "no arguments"
+        raise AuditError(
+            f"{name} takes {wanted}, got {len(arguments)} argument(s); e.g. {query.example}"
+        )
+    params: dict[str, Any] = dict(zip(query.parameters, arguments, strict=True))
+    if run_id is not None:
+        params["run_id"] = run_id
+    sql = query_sql(name, run_id, dialect(connection))
+    return _execute(connection, sql, params, f"audit query {name}", Limits(max_rows=max_rows))
 
 
 def run_sql(

@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlencode
 
 import anyio.to_thread
 import msgspec
@@ -96,8 +97,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The longest a ``POST /api/sql`` query may run: a query that would never end
     (a recursive one without a stop) keeps neither a thread nor a core."""
     sql_rows: int = 10_000
-    """The most rows a ``POST /api/sql`` answer holds (``"truncated": true`` when more
-    matched): ``SELECT * FROM events`` of a large log is not read into memory whole."""
+    """The most rows a ``POST /api/sql`` or ``/api/audit`` answer holds (``"truncated":
+    true`` when more matched): ``SELECT * FROM events`` of a large log is not read
+    into memory whole."""
+    events_page: int = 1_000
+    """The most events one ``GET /api/runs/RUN/events`` answer holds (and the most a
+    ``limit`` may ask for); a ``Link: <...>; rel="next"`` header points at the rest."""
     shared_store: bool = True
     """On a PostgreSQL log, one store for the service's life, shared by every
     request; False opens one per request, as for an SQLite log (the baseline of
@@ -406,18 +411,32 @@ class _Web:
             return JSONResponse(state_document(project(store, run_id, upto=at)))
 
     def api_events(self, request: Request) -> JSONResponse:
+        """One page of a run's events: at most ``limit`` (``events_page`` at most and by
+        default), read no further than the page needs; a ``Link`` header with
+        ``rel="next"`` when the run has more after it."""
         run_id = request.path_params["run_id"]
         after = _int_param(request, "after") or 0
+        page = self.settings.events_page
+        limit = min(_int_param(request, "limit") or page, page)
         wanted = set(request.query_params.getlist("type"))
+        events: list[dict[str, Any]] = []
+        more = False
         with self.store() as store:
             if store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            events = [
-                event_document(e)
-                for e in store.read(run_id, after=after)
-                if not wanted or e.type in wanted
-            ]
-        return JSONResponse(events)
+            for event in store.read(run_id, after=after):
+                if wanted and event.type not in wanted:
+                    continue
+                if len(events) == limit:
+                    more = True
+                    break
+                events.append(event_document(event))
+        headers = {}
+        if more:
+            query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+            query.append(("after", str(events[-1]["version"])))
+            headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+        return JSONResponse(events, headers=headers)
 
     def _waiting(self) -> anyio.CapacityLimiter:
         """The threads live streams wait for new events in: a pool of their own
@@ -507,9 +526,9 @@ class _Web:
         with self.store() as store:
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
-            return JSONResponse(
-                _rows(run_query(cast(Any, store).connection, name, run_id, arguments))
-            )
+            connection = cast(Any, store).connection
+            result = run_query(connection, name, run_id, arguments, self.settings.sql_rows)
+        return JSONResponse({**_rows(result), "truncated": result.truncated})
 
     async def api_sql(self, request: Request) -> JSONResponse:
         body = await _json_body(request)
