@@ -5,7 +5,7 @@
     GET  /runs/{run_id}/diff?before=&after= a file's change as a unified diff
     GET  /api/runs                          one summary per run (``projections.summaries``)
     GET  /api/runs/{run_id}?at=V            the pipeline and orchestration state at V
-    GET  /api/runs/{run_id}/events?after=V&type=T
+    GET  /api/runs/{run_id}/events?after=V&type=T&limit=N   a page; Link rel=next
     GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
     GET  /api/runs/{run_id}/blobs/{digest}  a stored file content
     GET  /api/audit/{query}?run_id=&arg=    a named audit query (``engine.runs.audit``)
