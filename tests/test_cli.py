@@ -244,6 +244,16 @@ def test_events_of_an_unknown_run_is_a_clean_error(runner: CliRunner, db: Path) 
     assert "no run 'nope' in this log" in result.stderr
 
 
+def test_state_at_a_version_the_run_never_reached_is_a_clean_error(
+    runner: CliRunner, db: Path
+) -> None:
+    """Not the last state under the version asked for: the run has no such version."""
+    result = run(runner, "state", "build", "--at", "99", "--db", db)
+    assert_clean_error(result)
+    assert f"run build has versions 0 to {len(BUILD)}; 99 is not one of them" in result.stderr
+    assert run(runner, "state", "build", "--at", len(BUILD), "--db", db).exit_code == 0
+
+
 def test_events_refuses_an_unknown_type_and_lists_the_known_ones(
     runner: CliRunner, db: Path
 ) -> None:

@@ -207,13 +207,17 @@ def state(run_id: str, at: int | None, as_json: bool, db: Path | None) -> None:
     """
     import msgspec
 
+    from engine.errors import ConfigError
     from engine.runs.state import state_document
     from events.errors import RunNotFound
     from projections import project
 
     with opened_log(db, read_only=True) as store:
-        if store.last_version(run_id) == 0:
+        last = store.last_version(run_id)
+        if last == 0:
             raise RunNotFound(run_id)
+        if at is not None and at > last:
+            raise ConfigError(f"run {run_id} has versions 0 to {last}; {at} is not one of them")
         projected = project(store, run_id, upto=at)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(state_document(projected))).decode())
