@@ -32,6 +32,16 @@ _RUN_WHERE = (
 )
 
 
+BEYOND = 2**62
+"""Past every version and position: what a read with no upper bound is bound by."""
+
+
+def _bounded(number: int) -> int:
+    """``number`` within what the database's 64-bit integers hold: a caller's version
+    or position of any size means the same (none past it, all before it)."""
+    return max(-BEYOND, min(number, BEYOND))
+
+
 class SQLEventStore(EventStore):
     placeholder: ClassVar[str] = "?"
     _run_sql: ClassVar[str]
@@ -69,11 +79,11 @@ class SQLEventStore(EventStore):
         self, sql: str, version_at: int, run_id: str, after: int, upto: int | None
     ) -> Iterator[list[Any]]:
         """The rows ``sql`` selects from one run (``version_at``: the version's column)."""
-        bound = upto if upto is not None else 2**62
+        bound = _bounded(upto if upto is not None else BEYOND)
         where = f"reading run {run_id!r}"
         return chunks(
             lambda last, size: self._fetch(sql, (run_id, last, bound, size), where),
-            after,
+            _bounded(after),
             version_at,
         )
 
@@ -90,7 +100,7 @@ class SQLEventStore(EventStore):
         return itertools.chain.from_iterable(
             chunks(
                 lambda last, size: self._fetch(sql, (last, *wanted, size), "reading the log"),
-                after_position,
+                _bounded(after_position),
                 0,
                 limit,
             )
@@ -103,7 +113,9 @@ class SQLEventStore(EventStore):
     def runs_after(self, position: int) -> list[RunInfo]:
         if position <= 0:  # every row: along the index is the fastest way
             return run_infos(self._fetch(RUNS_SQL.format(events="events"), (), "listing runs"))
-        return run_infos(self._fetch(self.sql(RUNS_AFTER_SQL), (position,), "listing runs"))
+        return run_infos(
+            self._fetch(self.sql(RUNS_AFTER_SQL), (_bounded(position),), "listing runs")
+        )
 
     # -- the run summaries -------------------------------------------------------------
 

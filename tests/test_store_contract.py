@@ -194,6 +194,10 @@ class StoreContract(ABC):
             (0, 0, []),
             (0, -1, []),
             (-3, 2, [1, 2]),
+            # beyond a 64-bit integer (a version typed by a person): none after, all before
+            (10**30, None, []),
+            (0, 10**30, [1, 2, 3, 4, 5]),
+            (-(10**30), 2, [1, 2]),
         ],
     )
     def test_read_returns_versions_after_and_up_to(
@@ -213,6 +217,9 @@ class StoreContract(ABC):
 
         assert after_two == everything[2:]
         assert list(self.store.read_all(after_position=everything[-1].position)) == []
+        assert list(self.store.read_all(after_position=10**30)) == []
+        assert list(self.store.read_all(after_position=-(10**30))) == everything
+        assert self.store.runs_after(10**30) == []
 
     def test_read_all_filters_by_type(self) -> None:
         self.store.append("run-a", [START, task(1), TaskUpdated(task_id="t1", status="done")], 0)

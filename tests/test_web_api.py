@@ -127,6 +127,30 @@ def test_unknown_runs_and_bad_queries_are_json_errors_not_tracebacks(client: Tes
     assert client.get("/api/runs/done/blobs/" + "0" * 64).status_code == 404
 
 
+@pytest.mark.parametrize("value", ["x", "-1", "1e3", "\u00b2", "9" * 30, " 5"])
+def test_numbers_in_a_query_are_checked_not_crashed_on(client: TestClient, value: str) -> None:
+    """A version or count that is not ASCII digits, or too large for the log's 64-bit
+    integers, is a 400 naming it (a superscript two passes ``str.isdigit`` but not
+    ``int``; 30 nines overflow SQLite)."""
+    for url in (
+        f"/api/runs/done?at={quote(value)}",
+        f"/api/runs/done/events?after={quote(value)}",
+        f"/api/runs/done/events?limit={quote(value)}",
+        f"/api/runs/done/stream?after={quote(value)}",
+    ):
+        response = client.get(url)
+        assert response.status_code == 400, (url, response.text)
+        assert "must be a" in response.json()["error"], url
+    assert client.get("/api/runs/done/events?limit=0").status_code == 400
+    # a stream resumed with a Last-Event-ID it cannot read starts from the beginning
+    with client.stream(
+        "GET", "/api/runs/done/stream", headers={"Last-Event-ID": value.encode("latin-1")}
+    ) as s:
+        assert s.status_code == 200
+        first = next(line for line in s.iter_lines() if line.startswith("id:"))
+        assert first == "id: 1"
+
+
 def test_api_audit_runs_the_named_queries(client: TestClient) -> None:
     usage = client.get("/api/audit/model-usage?run_id=done").json()
     assert "prompt_tokens" in usage["columns"] and usage["rows"]

@@ -417,7 +417,7 @@ class _Web:
         run_id = request.path_params["run_id"]
         after = _int_param(request, "after") or 0
         page = self.settings.events_page
-        limit = min(_int_param(request, "limit") or page, page)
+        limit = min(_int_param(request, "limit", "a number of events", least=1) or page, page)
         wanted = set(request.query_params.getlist("type"))
         events: list[dict[str, Any]] = []
         more = False
@@ -452,7 +452,7 @@ class _Web:
         after = _int_param(request, "after")
         if after is None:
             last_id = request.headers.get("last-event-id", "0")
-            after = int(last_id) if last_id.isdigit() else 0
+            after = _whole(last_id) or 0
         opened = ExitStack()
         store = await anyio.to_thread.run_sync(opened.enter_context, self.store())
         try:
@@ -590,13 +590,27 @@ def _rows(result: AuditResult) -> dict[str, Any]:
     return {"columns": list(result.columns), "rows": result.as_dicts()}
 
 
-def _int_param(request: Request, name: str) -> int | None:
+MAX_NUMBER = 2**63 - 1
+"""The largest version or count a request may name: the log's integers are 64-bit."""
+
+
+def _whole(text: str) -> int | None:
+    """``text`` as a whole number the log can hold (ASCII digits only), or None."""
+    if text.isascii() and text.isdigit() and int(text) <= MAX_NUMBER:
+        return int(text)
+    return None
+
+
+def _int_param(
+    request: Request, name: str, what: str = "a version number", least: int = 0
+) -> int | None:
     value = request.query_params.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise HTTPException(400, f"{name} must be a version number, not {value!r}")
-    return int(value)
+    number = _whole(value)
+    if number is None or number < least:
+        raise HTTPException(400, f"{name} must be {what}, not {value!r}")
+    return number
 
 
 MAX_BODY = 1 << 20
