@@ -61,7 +61,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from engine.errors import ConfigError
-from engine.model.roles import ROLE_NAMES, Roles, roles_from_mapping
+from engine.model.roles import ROLE_NAMES, Roles, Seconds, roles_from_mapping
 from engine.model.wire import Api
 from engine.tools.confine import CommandLimits, SandboxSetting
 
@@ -71,7 +71,8 @@ CONFIG_FILE = "autonomy.toml"
 Mode = Literal["orchestrated", "rules"]
 Synchronous = Literal["NORMAL", "FULL"]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+"""An allowed command's leading words: at least one, none empty."""
 
 
 def _default_allowlist() -> list[list[str]]:
@@ -91,9 +92,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What ``run_command`` may run, for how long, and how much output is kept."""
 
-    allowlist: list[list[str]] = msgspec.field(default_factory=_default_allowlist)
-    command_timeout: PositiveFloat = 120.0
-    output_cap: PositiveInt = 20000
+    allowlist: list[Argv] = msgspec.field(default_factory=_default_allowlist)
+    command_timeout: Seconds = 120.0
+    output_cap: Annotated[int, msgspec.Meta(ge=1, le=2**30)] = 20000
     sandbox: SandboxSetting = "auto"
     network: bool = False
     limits: CommandLimits = msgspec.field(default_factory=CommandLimits)

@@ -112,6 +112,23 @@ base_url = "http://gpu-box:11434"
         ),
         ("[models.painter]\nmodel = 'x'\n", "models.painter: unknown model role"),
         ("models = 'qwen'\n", "models: expected a table"),
+        # values no run could use: each failed later, deep inside, before these checks
+        # (an infinite read timeout was an OverflowError traceback from the socket; a
+        # cpu limit past what setrlimit takes failed every command "in preexec_fn";
+        # NaN is not JSON, so a NaN temperature went to the server as null)
+        ("[models.coding]\nread_timeout = inf\n", "read_timeout: expected `float` <= 604800"),
+        ("[models.coding]\ndeadline = 1e400\n", "deadline: expected `float` <= 604800"),
+        ("[tools]\ncommand_timeout = inf\n", "command_timeout: expected `float` <= 604800"),
+        ("[models.coding]\ntemperature = nan\n", "temperature: expected `float` >= 0"),
+        ("[models.coding]\ntemperature = inf\n", "temperature: expected `float` <= 100"),
+        ("[models.coding]\nseed = 99999999999999999999\n", "seed: expected `int` <= "),
+        ("[models.coding]\nnum_ctx = 99999999999999999999\n", "num_ctx: expected `int` <= "),
+        ("[models.coding]\nretries = 1000000\n", "retries: expected `int` <= 100"),
+        ("[tools.limits]\ncpu_seconds = 99999999999999999999\n", "cpu_seconds: expected `int` <="),
+        ("[tools.limits]\nmemory_mb = 9999999999999999\n", "memory_mb: expected `int` <="),
+        ("[tools.limits]\nprocesses = 99999999\n", "processes: expected `int` <="),
+        ("[tools]\nallowlist = [[]]\n", "tools.allowlist[0]: expected `array` of length >= 1"),
+        ("[tools]\nallowlist = [['']]\n", "tools.allowlist[0][0]: expected `str` of length >= 1"),
     ],
 )
 def test_a_wrong_key_or_type_is_an_error_naming_file_and_key(
@@ -284,7 +301,7 @@ _text = st.text(max_size=12)
 @given(
     model=_text,
     url=_text,
-    allowlist=st.lists(st.lists(_text, max_size=3), max_size=3),
+    allowlist=st.lists(st.lists(_text.filter(bool), min_size=1, max_size=3), max_size=3),
     max_steps=st.integers(1, 2**40),
     temperature=st.floats(0, 2, allow_nan=False),
 )

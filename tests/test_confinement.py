@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from waiting import lock_is_free, wait_until
 
@@ -228,6 +229,21 @@ def test_resource_limits_stop_a_command(
     assert not outcome.ok, outcome.result
     assert "timed out" not in outcome.error, "the limit, not the timeout, must stop it"
     assert sign in outcome.result
+
+
+def test_a_command_runs_under_the_largest_limits_the_settings_accept(tmp_path: Path) -> None:
+    """Each limit at its ceiling is one ``setrlimit`` takes: the command runs (a cpu
+    limit of 10**20 s, before it had a ceiling, failed every command "in preexec_fn")."""
+    fields = msgspec.structs.fields(CommandLimits)
+    largest = CommandLimits(**{f.name: _ceiling(f.type) for f in fields})
+    for confinement in (bubblewrap(limits=largest), choose("off", limits=largest)):
+        outcome = run(tmp_path, ["python", "-c", "print('ran')"], confinement, allowlist=PYTHON_C)
+        assert outcome.ok and "ran" in outcome.result, outcome.error
+
+
+def _ceiling(annotated: Any) -> int:
+    """The ``le`` of an ``Annotated[int, msgspec.Meta(...)]``."""
+    return int(next(m.le for m in annotated.__metadata__ if m.le is not None))
 
 
 def test_required_without_a_mechanism_refuses_and_auto_warns() -> None:

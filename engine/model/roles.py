@@ -78,7 +78,12 @@ PRIMARY_HOST = "http://localhost:11434"
 SECOND_HOST = "http://localhost:11435"
 ROLE_NAMES = ("arbiter", "coding", "reasoning", "analysis")
 
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+WEEK = 7 * 24 * 3600.0
+TOKENS = 2**24
+"""More tokens than any model's context window (16,777,216): a bound on sizes in tokens."""
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=WEEK)]
+"""A wait: above zero and at most a week (finite: an infinite socket timeout is an
+``OverflowError`` deep in the client, not "wait for ever")."""
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -100,17 +105,18 @@ class RoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     model: str
     base_url: str = PRIMARY_HOST
     api: Api = "ollama"
-    num_ctx: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    num_ctx: Annotated[int, msgspec.Meta(ge=1, le=TOKENS)] | None = None
     """The context window, in tokens; None: learned from the server (see above)."""
-    temperature: float = 0.2
-    seed: int | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.2
+    """Finite and not negative (NaN, which JSON has no word for, is refused)."""
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     fallbacks: tuple[Endpoint, ...] = ()
     connect_timeout: Seconds = DEFAULT_CONNECT_TIMEOUT
     read_timeout: Seconds = DEFAULT_READ_TIMEOUT
     deadline: Seconds = DEFAULT_DEADLINE
-    retries: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RETRIES
-    max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RESPONSE_BYTES
-    max_answer_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = DEFAULT_RETRIES
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1, le=2**30)] = DEFAULT_MAX_RESPONSE_BYTES
+    max_answer_tokens: Annotated[int, msgspec.Meta(ge=0, le=TOKENS)] | None = None
     """The cap on one answer's tokens; None: a quarter of the context; 0: no cap
     (see ``engine.model.sizing``)."""
     stream: bool = True

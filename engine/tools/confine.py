@@ -55,17 +55,15 @@ _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV")
 _PR_SET_PDEATHSIG = 1
 
 
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-
-
 class CommandLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Per-command resource limits (``[tools.limits]``); 0 means no limit of that kind."""
+    """Per-command resource limits (``[tools.limits]``); 0 means no limit of that kind.
+    Each has a ceiling ``setrlimit`` can take (in bytes, for the sizes)."""
 
-    cpu_seconds: NonNegative = 600
-    memory_mb: NonNegative = 4096
+    cpu_seconds: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 600
+    memory_mb: Annotated[int, msgspec.Meta(ge=0, le=2**30)] = 4096
     """Address space, which counts more than resident memory: keep it generous."""
-    file_size_mb: NonNegative = 256
-    processes: NonNegative = 256
+    file_size_mb: Annotated[int, msgspec.Meta(ge=0, le=2**30)] = 256
+    processes: Annotated[int, msgspec.Meta(ge=0, le=2**22)] = 256
 
 
 @dataclass(frozen=True, kw_only=True)
