@@ -57,6 +57,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -178,7 +179,7 @@ def load_settings(
             )
         if value is not None:
             layered[key] = _convert(value, key, f"--{key.replace('_', '-')}")
-    return _apply(settings, layered)
+    return _checked(_apply(settings, layered))
 
 
 def read_config(path: Path) -> Settings:
@@ -205,7 +206,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     except msgspec.ValidationError as e:
         raise ConfigError(describe(e, Settings)) from e
     if "models" not in data:
-        return settings
+        return _checked(settings)
     models = data["models"]
     if not isinstance(models, Mapping):
         raise ConfigError(f"models: expected a table, got {type(models).__name__}")
@@ -215,7 +216,47 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         if isinstance(e.__cause__, msgspec.ValidationError):
             raise ConfigError(describe(e.__cause__, Roles, prefix="models")) from e.__cause__
         raise
-    return msgspec.structs.replace(settings, models=roles)
+    return _checked(msgspec.structs.replace(settings, models=roles))
+
+
+def _checked(settings: Settings) -> Settings:
+    """``settings``, once every model server's URL is one a request can go to
+    (``url_problem``)."""
+    for role in ROLE_NAMES:
+        config = getattr(settings.models, role)
+        for i, endpoint in enumerate(config.endpoints()):
+            key = f"models.{role}." + (f"fallbacks[{i - 1}]." if i else "") + "base_url"
+            if problem := url_problem(endpoint.base_url):
+                raise ConfigError(f"{key}: {problem}")
+    return settings
+
+
+def _shown(url: str) -> str:
+    """``url`` for a message: a user name and password in it as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a model server's address, or None: it must be
+    http or https, name a host, have a port that is a number, and carry no user name
+    or password (which the log would keep in plain text, in every ``run.started``)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as e:
+        return f"{url!r} is not a URL ({e})"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "the URL carries a user name or password, which every run's log would keep "
+            "in plain text; give the server's URL without them"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not a server's URL; expected http://HOST:PORT or https://HOST"
+    return None
 
 
 RECORDED_BEFORE: Mapping[str, Any] = {"max_answer_tokens": 0}
@@ -276,8 +317,8 @@ def _convert(value: Any, key: str, name: str) -> Any:
     except msgspec.ValidationError as e:
         node = msgspec.inspect.type_info(_OVERRIDE_TYPES[key])
         raise ConfigError(f"{name}={value!r}: {_reworded(str(e), node)}") from e
-    if key == "model_url" and not re.match(r"https?://", converted):
-        raise ConfigError(f"{name}={value!r}: expected an http:// or https:// URL")
+    if key == "model_url" and (problem := url_problem(converted)):
+        raise ConfigError(f"{name}={_shown(converted)!r}: {problem}")
     return converted
 
 

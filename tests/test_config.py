@@ -129,6 +129,13 @@ base_url = "http://gpu-box:11434"
         ("[tools.limits]\nprocesses = 99999999\n", "processes: expected `int` <="),
         ("[tools]\nallowlist = [[]]\n", "tools.allowlist[0]: expected `array` of length >= 1"),
         ("[tools]\nallowlist = [['']]\n", "tools.allowlist[0][0]: expected `str` of length >= 1"),
+        # a model server's URL is checked where it is read (http://[::1 was a traceback)
+        ("[models.coding]\nbase_url = 'http://[::1'\n", "models.coding.base_url: 'http://[::1'"),
+        ("[models.coding]\nbase_url = 'ftp://x'\n", "base_url: 'ftp://x' is not a server's URL"),
+        (
+            "[models.arbiter]\nfallbacks = [{ base_url = 'x', model = 'm' }]\n",
+            "models.arbiter.fallbacks[0].base_url: 'x' is not a server's URL",
+        ),
     ],
 )
 def test_a_wrong_key_or_type_is_an_error_naming_file_and_key(
@@ -223,7 +230,11 @@ def test_an_empty_variable_counts_as_unset() -> None:
         ("AUTONOMY_MAX_STEPS", "-3", "expected `int` >= 1"),
         ("AUTONOMY_MODE", "auto", "expected one of 'orchestrated', 'rules'"),
         ("AUTONOMY_API", "grpc", "expected one of 'ollama', 'openai'"),
-        ("AUTONOMY_MODEL_URL", "localhost:11434", "expected an http:// or https:// URL"),
+        (
+            "AUTONOMY_MODEL_URL",
+            "localhost:11434",
+            "is not a server's URL; expected http://HOST:PORT",
+        ),
         ("USE_ORCHESTRATION", "maybe", "expected true or false"),
     ],
 )
@@ -234,6 +245,20 @@ def test_a_malformed_variable_is_an_error_naming_it(
         load_settings(env={variable: value})
     assert str(caught.value).startswith(f"{variable}={value!r}: ")
     assert expected in str(caught.value)
+
+
+def test_a_model_url_with_a_password_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    """The log keeps every run's settings: a password there would be in plain text."""
+    url = "http://alice:s3cret@127.0.0.1:11434"
+    path = write(tmp_path, f"[models.coding]\nbase_url = '{url}'\n")
+    for load in (
+        lambda: load_settings(path, env={}),
+        lambda: load_settings(env={"AUTONOMY_MODEL_URL": url}),
+        lambda: load_settings(env={}, overrides={"model_url": url}),
+    ):
+        with pytest.raises(ConfigError, match="carries a user name or password") as caught:
+            load()
+        assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
 
 
 def test_a_malformed_override_is_an_error_naming_the_flag() -> None:
@@ -300,7 +325,7 @@ _text = st.text(max_size=12)
 
 @given(
     model=_text,
-    url=_text,
+    url=_text.map(lambda path: f"http://host:1/{path}"),  # any text where a URL has room
     allowlist=st.lists(st.lists(_text.filter(bool), min_size=1, max_size=3), max_size=3),
     max_steps=st.integers(1, 2**40),
     temperature=st.floats(0, 2, allow_nan=False),
