@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import msgspec
-import pytest
 
 from engine.agent.runlog import RunLog
 from engine.agent.runner import resume_run, start_run
@@ -26,8 +25,6 @@ from events import (
     ToolRequested,
 )
 from projections import project
-
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
 
 POISON = "d/" * 1500 + "x.txt"
 

@@ -20,8 +20,6 @@ from engine.testing import ScriptedModelServer
 from events.checkpoints import loads
 from events.schema import ArbiterDecided, ModelRequested, RunStarted, ToolExecuted
 
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
-
 OLD_DB = Path(__file__).parent / "data" / "pre_v2.db"
 LONG_GOAL = GOAL + " Keep it simple." * 300
 

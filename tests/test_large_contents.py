@@ -35,8 +35,6 @@ from events import (
     ToolRequested,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
-
 BIG = CALC_V1 + "# " + "0123456789" * 5_000 + "\n"  # 50 kB of valid Python
 DIGEST = hashlib.sha256(BIG.encode()).hexdigest()
 

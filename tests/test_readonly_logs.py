@@ -31,8 +31,6 @@ from engine.runs.demo import GOAL, DemoModels
 from engine.testing import ScriptedModelServer
 from events import SQLiteEventStore
 
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
-
 RUN = "ro-run"
 
 # Runs the CLI on each argument list in one process and prints what each said.

@@ -21,8 +21,6 @@ from events import ArbiterDecided, MemoryEventStore, ModelRequested, RunStarted
 from events.schema import Message
 from projections import project
 
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
-
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args))

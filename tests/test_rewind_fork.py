@@ -18,8 +18,6 @@ from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunS
 from events.schema import FileChange, ToolExecuted, ToolRequested
 from projections import project
 
-pytestmark = pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
-
 UNTOUCHED = b"notes the run never touches\n"
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import msgspec
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -236,7 +235,6 @@ def spread(total: int, samples: int) -> list[int]:
     return sorted({1, 2, 3, *range(1, total + 1, step), total - 1, total})
 
 
-@pytest.mark.filterwarnings("ignore:rules mode is deprecated:DeprecationWarning")
 def test_a_crash_at_any_write_leaves_whole_events_that_verify_and_resume(tmp_path: Path) -> None:
     with ScriptedModelServer(NoCommands(), models=["m"]) as server:
         _, _, total = demo_run(tmp_path, server, die_at=0)  # never dies: counts the writes
