@@ -192,7 +192,7 @@ def read_config(path: Path) -> Settings:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
     try:
-        return settings_from_mapping(raw)
+        return _checked(settings_from_mapping(raw))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e.__cause__
 
@@ -206,7 +206,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     except msgspec.ValidationError as e:
         raise ConfigError(describe(e, Settings)) from e
     if "models" not in data:
-        return _checked(settings)
+        return settings
     models = data["models"]
     if not isinstance(models, Mapping):
         raise ConfigError(f"models: expected a table, got {type(models).__name__}")
@@ -216,12 +216,14 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         if isinstance(e.__cause__, msgspec.ValidationError):
             raise ConfigError(describe(e.__cause__, Roles, prefix="models")) from e.__cause__
         raise
-    return _checked(msgspec.structs.replace(settings, models=roles))
+    return msgspec.structs.replace(settings, models=roles)
 
 
 def _checked(settings: Settings) -> Settings:
     """``settings``, once every model server's URL is one a request can go to
-    (``url_problem``)."""
+    (``url_problem``): the settings a run is started or resumed with. A log's
+    recorded settings (``recorded_settings``) are not checked: a replay asks no
+    server, and a log is replayed whatever it holds."""
     for role in ROLE_NAMES:
         config = getattr(settings.models, role)
         for i, endpoint in enumerate(config.endpoints()):

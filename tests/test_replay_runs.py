@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from engine.agent.runlog import RunLog
 from engine.agent.runner import ResumeRefused, resume_run, start_run
 from engine.config import Settings, load_settings
+from engine.model.roles import Endpoint
 from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
 from engine.runs.workspace import fork, rewind
@@ -147,6 +149,29 @@ def answer(store: KillableStore, run_id: str, text: str = "Python 3.12") -> None
 def assert_replays(store: KillableStore, run_id: str, **kwargs: Any) -> None:
     result = replay(store, run_id, **kwargs)
     assert result.identical, result.report()
+
+
+def test_a_log_holding_settings_no_run_would_start_with_still_replays(
+    tmp_path: Path, server: ScriptedModelServer
+) -> None:
+    """Settings are checked where a run starts (a password in a server's URL is
+    refused there); a log written before that check, or elsewhere, replays all the
+    same: its recorded settings are taken as they are."""
+    settings = config(server)
+    coding = msgspec.structs.replace(
+        settings.models.coding,
+        fallbacks=(Endpoint(base_url="http://alice:s3cret@127.0.0.1:1", model="m"),),
+    )
+    settings = msgspec.structs.replace(
+        settings, models=msgspec.structs.replace(settings.models, coding=coding)
+    )
+    store = KillableStore()
+    with httpx.Client() as http:
+        start_run(
+            store, goal=GOAL, workspace=tmp_path / "ws", settings=settings, http=http, run_id="r"
+        )
+    assert "s3cret" in json.dumps(project(store, "r").pipeline.config)
+    assert_replays(store, "r")
 
 
 def test_a_run_waiting_for_input_replays(tmp_path: Path, server: ScriptedModelServer) -> None:
