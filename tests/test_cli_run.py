@@ -73,6 +73,23 @@ def test_run_without_goal_or_master_plan_is_a_clean_error(tmp_path: Path) -> Non
     assert "MASTER_PLAN.md" in out and "Traceback" not in out
 
 
+def test_an_empty_goal_is_a_clean_error_and_starts_nothing(tmp_path: Path) -> None:
+    """Given empty, as blanks, or as an empty MASTER_PLAN.md: no run, no log, no call."""
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "MASTER_PLAN.md").write_text("\n  \n")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        for args, ws in (
+            (["run", ""], tmp_path / "a"),
+            (["run", "  \t "], tmp_path / "b"),
+            (["run"], tmp_path / "plan"),
+        ):
+            ws.mkdir(exist_ok=True)
+            code, out = invoke(*args, "--workspace", str(ws), "--model-url", server.url)
+            assert code == 1 and "the goal is empty" in out and "Traceback" not in out, out
+            assert not (ws / ".autonomy").exists()
+        assert server.chat_requests == []
+
+
 def test_run_with_a_wrong_config_key_names_the_key(tmp_path: Path) -> None:
     (tmp_path / "autonomy.toml").write_text("[limits]\nmax_stepz = 3\n")
     code, out = invoke("run", "goal", "--workspace", str(tmp_path))

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from engine.agent.runner import resume_run, start_run
 from engine.cli import cli
 from engine.config import Settings, load_settings
+from engine.errors import ConfigError
 from engine.model.roles import ROLE_NAMES
 from engine.runs.demo import DemoModels
 from engine.storage import open_store
@@ -336,3 +337,13 @@ def test_a_run_completes_in_each_wire_format_and_streaming_changes_no_event(
         assert {bool(r.body.get("stream")) for r in server.chat_requests} == {stream}
         logs[stream] = answers(store, log.run_id)
     assert logs[True] == logs[False]
+
+
+@pytest.mark.parametrize("goal", ["", "   ", "\n\t\n"])
+def test_a_run_with_an_empty_goal_is_refused_before_anything_is_written(
+    tmp_path: Path, goal: str
+) -> None:
+    store = MemoryEventStore()
+    with pytest.raises(ConfigError, match="the goal is empty"):
+        start_run(store, goal=goal, workspace=tmp_path / "ws", settings=Settings(preflight=False))
+    assert store.runs() == [] and not (tmp_path / "ws").exists()

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
+from engine.errors import ConfigError
 from engine.runs.workers import submit
 from engine.storage import open_store
 from events import ConcurrencyError, RunStarted, TaskAdded
@@ -191,6 +192,14 @@ def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_pat
                           "TRUNCATE store_meta", "CREATE TABLE mine (x int)"):  # fmt: skip
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_a_run_with_an_empty_goal_is_not_queued(pg_url: str, tmp_path: Path) -> None:
+    with open_store(pg_url) as store:
+        with pytest.raises(ConfigError, match="the goal is empty"):
+            submit(store, "  \n", tmp_path, run_id="blank")
+        queued = cast(Any, store).connection.execute("SELECT count(*) FROM queue").fetchone()
+        assert queued == (0,)
 
 
 def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:

@@ -39,7 +39,7 @@ from engine.agent.prompts import digest, opening
 from engine.agent.runlog import RunLog
 from engine.agent.specialists import specialist_for
 from engine.config import Settings
-from engine.errors import IllegalTransition, ToolError
+from engine.errors import ConfigError, IllegalTransition, ToolError
 from engine.keys import key_file
 from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
 from engine.machines.tasks import check_status_change
@@ -426,6 +426,7 @@ def start_run(
     progress: Progress | None = None,
 ) -> RunLog:
     """Record ``run.started`` for ``goal`` and run it to the end."""
+    check_goal(goal)
     if settings.mode == "rules":
         warnings.warn(
             "rules mode is deprecated; orchestrated mode (the default) falls back to the "
@@ -445,6 +446,12 @@ def start_run(
         return _start(
             store, run_id, goal, workspace, settings, confinement, client, progress, checked
         )
+
+
+def check_goal(goal: str) -> None:
+    """``ConfigError`` for a goal with nothing in it: a run must be told what to do."""
+    if not goal.strip():
+        raise ConfigError("the goal is empty: say what the run should do")
 
 
 def model_client(

@@ -160,16 +160,21 @@ def _resume_command(run_id: str, db: Path | str | None, workspace: Path | None) 
 
 
 def read_goal(goal: str | None, workspace: Path) -> str:
-    """GOAL as given, or the content of the file it names, or MASTER_PLAN.md."""
+    """GOAL as given, or the content of the file it names, or MASTER_PLAN.md; never
+    empty (``check_goal``), so that no log is opened for a run that cannot start."""
+    from engine.agent.runner import check_goal
+
     if goal is None:
         plan = workspace / "MASTER_PLAN.md"
         if not plan.is_file():
             raise ConfigError(f"no GOAL given and no MASTER_PLAN.md in {workspace}")
-        return plan.read_text(encoding="utf-8")
-    candidate = Path(goal)
-    if len(goal) < 1024 and "\n" not in goal and candidate.is_file():
-        return candidate.read_text(encoding="utf-8")
-    return goal
+        text = plan.read_text(encoding="utf-8")
+    elif len(goal) < 1024 and "\n" not in goal and Path(goal).is_file():
+        text = Path(goal).read_text(encoding="utf-8")
+    else:
+        text = goal
+    check_goal(text)
+    return text
 
 
 def _finish(state: RunState) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.agent.runner import new_run_id, resume_run, start_run
+from engine.agent.runner import check_goal, new_run_id, resume_run, start_run
 from engine.config import Settings
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
@@ -64,6 +64,7 @@ def _postgres(store: EventStore) -> Any:
 def submit(store: EventStore, goal: str, template: Path, run_id: str | None = None) -> str:
     """Queue a run of ``goal`` in a copy of ``template``; returns its run id."""
     _postgres(store)
+    check_goal(goal)
     if not template.is_dir():
         raise EventStoreError(f"the workspace template {template} is not a directory")
     run_id = run_id or new_run_id()
