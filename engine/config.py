@@ -88,6 +88,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_turns_per_task: PositiveInt = 12
     no_progress_limit: PositiveInt = 8
     arbiter_repeat_limit: PositiveInt = 3
+    max_calls_per_answer: PositiveInt = 16
+    """Tool calls run from one model answer; each one past it is answered with an
+    error saying so (a model stuck in a loop can emit thousands in one answer)."""
 
 
 class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -47,6 +47,7 @@ def test_defaults_are_the_documented_ones() -> None:
         max_turns_per_task=12,
         no_progress_limit=8,
         arbiter_repeat_limit=3,
+        max_calls_per_answer=16,
     )
     assert settings.tools.allowlist == [["python", "-m", "pytest"], ["python", "-m", "py_compile"]]
     assert settings.tools.command_timeout == 120.0

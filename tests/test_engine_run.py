@@ -15,6 +15,7 @@ from engine.config import Settings, load_settings
 from engine.errors import ConfigError
 from engine.model.roles import ROLE_NAMES
 from engine.runs.demo import DemoModels
+from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import EventStore, MemoryEventStore, ToolExecuted
@@ -186,6 +187,44 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
         pytest.raises(ResumeRefused, match="completed"),
     ):
         resume_run(store, run_id, settings=settings_for(server))
+
+
+class RunawayAnswer:
+    """Plans one task, then answers its first coding turn with 40 distinct calls."""
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool(
+                "create_task_plan", tasks=[{"title": "write it", "target_file": "x.py"}]
+            )
+        messages = request.body.get("messages", [])
+        if "create_file" in offered and not any(m.get("role") == "tool" for m in messages):
+            return Reply.calls(
+                *(("create_file", {"path": f"n{i}.py", "content": f"N = {i}\n"}) for i in range(40))
+            )
+        return Reply.text("done")
+
+
+def test_only_the_first_calls_of_an_answer_run_the_rest_are_answered_with_why(
+    tmp_path: Path,
+) -> None:
+    """A model in a loop may emit thousands of calls in one answer: the first
+    ``max_calls_per_answer`` run; each further one is recorded, not run, and its
+    result tells the model to ask again; the run goes on, and replays."""
+    store, run_id, workspace = run(RunawayAnswer(), tmp_path, max_steps=4)
+    executed = [
+        e.data for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted) and e.data.tool == "create_file"
+    ]  # fmt: skip
+    cap = Settings().limits.max_calls_per_answer
+    assert cap == 16 and len(executed) >= 40
+    executed = executed[:40]  # the first answer's (the task's next attempt answers alike)
+    assert all(e.ok for e in executed[:cap])
+    assert not any(e.ok for e in executed[cap:])
+    assert "made 40 tool calls and only the first 16 run" in executed[cap].error
+    assert sorted(p.name for p in workspace.glob("n*.py")) == sorted(f"n{i}.py" for i in range(cap))
+    assert replay(store, run_id, tools="recorded").identical
 
 
 class RepeatsAFailingCall:

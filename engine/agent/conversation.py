@@ -63,6 +63,11 @@ DUPLICATE = (
     "not run: this {tool} call is identical to an earlier call in the same answer, "
     "which has run; its result is above"
 )
+BEYOND_CAP = (
+    "not run: this answer made {calls} tool calls and only the first {cap} run "
+    "(limits.max_calls_per_answer); make this call again in your next answer if it "
+    "is still needed"
+)
 
 RESULT_PREVIEW = 2000
 """Characters of a tool result kept inline in ``tool.executed``; longer goes to a blob."""
@@ -171,13 +176,18 @@ def run_conversation(
         finished = False
         repeated = ""
         seen: set[tuple[str, bytes]] = set()
-        for call in reply.tool_calls:
+        cap = settings.limits.max_calls_per_answer
+        for index, call in enumerate(reply.tool_calls):
             same = (call.name, _canonical(call.arguments))
-            duplicate = same in seen
+            refusal = ""
+            if index >= cap:
+                refusal = BEYOND_CAP.format(calls=len(reply.tool_calls), cap=cap)
+            elif same in seen:
+                refusal = DUPLICATE.format(tool=call.name)
             seen.add(same)
             ctx = context(tasks=log.pipeline.tasks.derived(_statuses))
             outcome = _run_tool(
-                log, tools, ctx, call.name, call.arguments, responded, run_tool, duplicate=duplicate
+                log, tools, ctx, call.name, call.arguments, responded, run_tool, refusal=refusal
             )
             text = outcome.text
             if outcome.ok:
@@ -214,7 +224,7 @@ def _run_tool(
     causation: int,
     run_tool: ToolRunner,
     *,
-    duplicate: bool = False,
+    refusal: str = "",
 ) -> ToolOutcome:
     call_id = log.next_id("t")
     # a file's content is already a blob (the model's answer carried it): refer to it
@@ -225,8 +235,8 @@ def _run_tool(
         ToolRequested(call_id=call_id, tool=name, arguments=kept, argument_refs=refs),
         causation=causation,
     )[0]
-    if duplicate:  # the same call twice in one answer runs once
-        outcome = ToolOutcome(ok=False, error=DUPLICATE.format(tool=name))
+    if refusal:  # recorded as asked for, and answered with why it did not run
+        outcome = ToolOutcome(ok=False, error=refusal)
     else:
         outcome = run_tool(tools, name, arguments, ctx)
     result, result_ref = outcome.result, ""
