@@ -4,6 +4,8 @@ syntax-checked, stored as blobs and reported with before/after hashes."""
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,52 @@ def call(ctx: ToolContext, name: str, **arguments: Any) -> ToolOutcome:
 def test_read_file_returns_the_content(ctx: ToolContext) -> None:
     outcome = call(ctx, "read_file", path="src/app.py")
     assert outcome.ok and outcome.result == "def f():\n    return 1\n"
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("read_file", {}),
+        ("modify_file", {"old_text": "a", "new_text": "b"}),
+        ("create_file", {"content": "x = 1\n", "overwrite": True}),
+        ("delete_file", {}),
+    ],
+)
+def test_a_fifo_a_command_left_is_refused_not_waited_on(
+    ctx: ToolContext, workspace: Path, tool: str, arguments: dict[str, Any]
+) -> None:
+    """A command may leave a FIFO in the workspace; opening one to read waits for a
+    writer that never comes, and the engine would hang (as it did)."""
+    os.mkfifo(workspace / "pipe.py")
+    done: list[ToolOutcome] = []
+    worker = threading.Thread(
+        target=lambda: done.append(call(ctx, tool, path="pipe.py", **arguments)), daemon=True
+    )
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # release it (a writer opening the FIFO), then fail
+        os.close(os.open(workspace / "pipe.py", os.O_WRONLY))
+        worker.join()
+        pytest.fail(f"{tool} waited on a FIFO")
+    assert not done[0].ok and "is not a regular file" in done[0].error
+    assert (workspace / "pipe.py").exists(), "nothing is done to it"
+
+
+def test_a_file_too_large_to_be_source_is_refused_and_one_long_line_is_cut(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    """A command can write files of up to file_size_mb: read_file and modify_file take
+    at most 8 MB (a file of 256 MB of short lines took gigabytes as strings), and a
+    single line longer than a read is cut, not returned whole."""
+    (workspace / "data.txt").write_bytes(b"1\n" * 4_500_000)  # 9 MB
+    for tool, extra in (("read_file", {}), ("modify_file", {"old_text": "1", "new_text": "2"})):
+        outcome = call(ctx, tool, path="data.txt", **extra)
+        assert not outcome.ok and "is 9,000,000 bytes" in outcome.error, outcome.error
+    (workspace / "line.txt").write_text("y" * 50_000)
+    outcome = call(ctx, "read_file", path="line.txt")
+    assert outcome.ok and outcome.result.startswith("y" * 1000)
+    assert "[truncated: line 1 is 50,000 characters; showing the first 1,000]" in outcome.result
+    assert len(outcome.result) < 1100
 
 
 def test_read_file_is_capped_and_says_how_to_continue(ctx: ToolContext, workspace: Path) -> None:

@@ -13,6 +13,7 @@ import difflib
 import fnmatch
 import os
 import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -35,6 +36,10 @@ NOISE_DIRS = frozenset(
 )
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILE_BYTES = 2_000_000
+MAX_TEXT_FILE_BYTES = 8_000_000
+"""The largest file ``read_file`` and ``modify_file`` take: a project's source, not
+a data file a command wrote (up to ``[tools.limits] file_size_mb``), whose lines as
+Python strings would take gigabytes of the engine's memory."""
 _BINARY_PROBE = 8192
 
 
@@ -150,19 +155,44 @@ class DeleteFileArgs(Args, frozen=True, kw_only=True):
 # -- reading ---------------------------------------------------------------------------
 
 
-def _read_bytes(sandbox: Sandbox, raw: str) -> tuple[Path, str, bytes]:
+def _read_bytes(sandbox: Sandbox, raw: str, limit: int | None = None) -> tuple[Path, str, bytes]:
     path = sandbox.resolve(raw)
     rel = sandbox.relative(path)
     if path.is_dir():
         raise ToolError(f"{rel} is a directory; use list_directory to see what it holds")
+    return path, rel, _content(path, rel, limit)
+
+
+def _content(path: Path, rel: str, limit: int | None = None) -> bytes:
+    """The content of the regular file at ``path``, the one way the file tools read.
+
+    Opened without following a link or blocking, and checked on the open file: a
+    FIFO, socket or device (which a command may leave in the workspace; reading a
+    FIFO would wait for ever) is refused, as is a file over ``limit`` bytes."""
     try:
-        return path, rel, path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ToolError(
             f"{rel} does not exist; use list_directory or search_code to find files"
         ) from None
     except OSError as e:
         raise ToolError(f"cannot read {rel}: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ToolError(
+                f"{rel} is not a regular file (a FIFO, socket or device); "
+                "the file tools work on regular files only"
+            )
+        if limit is not None and status.st_size > limit:
+            raise ToolError(
+                f"{rel} is {status.st_size:,} bytes; this tool takes files of at most "
+                f"{limit:,} bytes"
+            )
+        try:
+            return handle.read()
+        except OSError as e:
+            raise ToolError(f"cannot read {rel}: {e.strerror}") from e
 
 
 def _is_binary(data: bytes) -> bool:
@@ -171,7 +201,7 @@ def _is_binary(data: bytes) -> bool:
 
 def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Return a text file's content, from ``start_line``, up to ``max_read_bytes``."""
-    _, rel, data = _read_bytes(Sandbox(ctx.workspace), args.path)
+    _, rel, data = _read_bytes(Sandbox(ctx.workspace), args.path, MAX_TEXT_FILE_BYTES)
     if _is_binary(data):
         raise ToolError(f"{rel} is a binary file ({len(data)} bytes); only text files can be read")
     lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
@@ -187,6 +217,11 @@ def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolOutcome:
             break  # always show at least one line, however long
         end += 1
     text = "".join(lines[start:end])
+    if len(text) > ctx.max_read_bytes:  # one line longer than a whole answer may be
+        text = text[: ctx.max_read_bytes] + (
+            f"\n[truncated: line {start + 1} is {len(text):,} characters; "
+            f"showing the first {ctx.max_read_bytes:,}]"
+        )
     if end < len(lines):
         text += (
             f"\n[truncated: showing lines {start + 1}-{end} of {len(lines)}; "
@@ -255,11 +290,9 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
         if args.glob and not fnmatch.fnmatch(path.name, args.glob):
             continue
         try:
-            if path.stat().st_size > MAX_SEARCH_FILE_BYTES:
-                continue
-            data = path.read_bytes()
-        except OSError:
-            continue  # vanished or unreadable: a search is best effort
+            data = _content(path, "", MAX_SEARCH_FILE_BYTES)
+        except ToolError:
+            continue  # vanished, unreadable, too large or not a file: a search is best effort
         if _is_binary(data):
             continue
         rel = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
@@ -335,7 +368,7 @@ def create_file(args: CreateFileArgs, ctx: ToolContext) -> ToolOutcome:
                 f"{rel} already exists ({path.stat().st_size} bytes); use modify_file to "
                 "change part of it, or create_file with overwrite=true to replace it"
             )
-        before = path.read_bytes()
+        before = _content(path, rel)
     change = _commit(ctx, path, rel, before, args.content)
     verb = "replaced" if before is not None else "created"
     return ToolOutcome(
@@ -445,7 +478,7 @@ def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Replace one unique piece of a file (exactly, or ignoring whitespace if that
     match is unique); the file is untouched when the edit cannot be placed."""
     sandbox = Sandbox(ctx.workspace)
-    path, rel, before = _read_bytes(sandbox, args.path)
+    path, rel, before = _read_bytes(sandbox, args.path, MAX_TEXT_FILE_BYTES)
     try:
         text = before.decode("utf-8")
     except UnicodeDecodeError as e:
