@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.runs.demo import CALC_V1, GOAL, DemoModels
-from engine.runs.workspace import SKIPPED, files_at, restore
+from engine.runs.workspace import SKIPPED, Restored, files_at, restore
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
@@ -272,6 +276,50 @@ def test_a_file_that_existed_before_the_run_gets_its_original_content_back(
 
     restore(store, "h", store.last_version("h"), tmp_path)
     assert snapshot(tmp_path) == {"new.txt": b"created\n"}
+
+
+def test_a_restore_replaces_what_a_command_left_in_a_files_place(tmp_path: Path) -> None:
+    """A FIFO (or a link) where the log has a file is replaced, not written through:
+    writing to a FIFO would wait for a reader for ever (a rewind hung on one); where
+    the log has no file, it is removed."""
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    v2 = append(store, changed(store, "a.txt", None, b"one\n"))
+    append(store, changed(store, "b.txt", None, b"b\n"))
+    os.mkfifo(tmp_path / "a.txt")
+    os.mkfifo(tmp_path / "b.txt")
+    restored = run_with_bound(lambda: restore(store, "h", v2, tmp_path))
+    assert restored.written == ("a.txt",) and restored.removed == ("b.txt",)
+    assert snapshot(tmp_path) == {"a.txt": b"one\n"}
+    assert stat.S_ISREG((tmp_path / "a.txt").lstat().st_mode)
+
+
+def test_a_fork_copies_the_parents_files_but_no_fifo_a_command_left(tmp_path: Path) -> None:
+    """Copying a FIFO fails (shutil names it a named pipe, and the whole fork failed
+    with that list); no project holds one, so the copy leaves it out."""
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    parent.mkdir()
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(parent), mode="rules"))
+    v2 = append(store, changed(store, "a.txt", None, b"one\n"))
+    (parent / "a.txt").write_bytes(b"one\n")
+    (parent / "notes.md").write_bytes(b"never touched by the run\n")
+    os.mkfifo(parent / "pipe")
+    restored = run_with_bound(lambda: restore(store, "h", v2, child, copy_from=parent))
+    assert restored.unchanged == ("a.txt",)
+    assert snapshot(child) == {"a.txt": b"one\n", "notes.md": b"never touched by the run\n"}
+    assert not (child / "pipe").exists() and (parent / "pipe").exists()
+
+
+def run_with_bound(work: Callable[[], Restored]) -> Restored:
+    """``work()`` in a thread, failing the test (not hanging it) if it waits on a FIFO."""
+    done: list[Restored] = []
+    worker = threading.Thread(target=lambda: done.append(work()), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        pytest.fail("the restore waited on a FIFO")
+    return done[0]
 
 
 def test_files_at_follows_rewinds_like_the_projection(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,10 +140,25 @@ def restore(
             directory,
             dirs_exist_ok=True,
             symlinks=True,
-            ignore=lambda _dir, names: [n for n in names if n in SKIPPED],
+            ignore=_not_copied,
         )
         targets = _targets(directory, wanted)  # the copy may have brought symlinks
     return _write(targets, contents)
+
+
+def _not_copied(directory: str, names: list[str]) -> list[str]:
+    """What a copy leaves out: the log and caches (``SKIPPED``), and what is neither
+    a file, a directory nor a link (a FIFO, socket or device a command left, which
+    no project holds and which copying would wait on or fail at)."""
+    left = []
+    for name in names:
+        try:
+            mode = os.lstat(os.path.join(directory, name)).st_mode
+        except OSError:
+            continue  # vanished meanwhile: the copy says so if it matters
+        if name in SKIPPED or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            left.append(name)
+    return left
 
 
 COPIED_FILES = 20_000
@@ -205,15 +221,22 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
     unchanged: list[str] = []
     for path, target in targets.items():
         content = contents.get(path)
+        try:
+            mode: int | None = target.lstat().st_mode
+        except FileNotFoundError:
+            mode = None
+        regular = mode is not None and stat.S_ISREG(mode)
         if content is None:
-            if target.is_file() or target.is_symlink():
+            if mode is not None:
                 target.unlink()
                 removed.append(path)
             continue
-        if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
+        if regular and target.read_bytes() == content:
             unchanged.append(path)
             continue
-        if target.is_symlink():
+        if mode is not None and not regular:
+            # a link, or a FIFO, socket or device a command left: never written through
+            # (writing to a FIFO would wait for a reader for ever)
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
