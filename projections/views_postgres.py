@@ -6,6 +6,14 @@ cast back (``::bigint``, ``::float8``) and booleans become 0/1 as in SQLite. JSO
 values that are objects or arrays (``arguments``, ``parameters``,
 ``files_changed``) are their JSON text, as SQLite gives them.
 
+Every payload is read through ``autonomy_clean(data)`` (``nul_safe``): a log keeps
+any text, NUL characters included (a command's output, a model's answer), and
+PostgreSQL's JSON operators refuse a document holding ``\u0000`` anywhere, so one
+such event failed every query that read it (the ``runs`` view, the ``tasks``
+query, the service's run page) and, once the audit indexes existed, every append
+of it. ``autonomy_clean`` gives the document with each NUL as U+FFFD; the log
+itself is untouched.
+
 ``install_views`` creates them, or replaces them when this module's text changed
 (a comment on each view holds the digest of its SQL).
 """
@@ -13,6 +21,7 @@ values that are objects or arrays (``arguments``, ``parameters``,
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from projections.views import with_effective
@@ -188,7 +197,25 @@ def _in_effect(e: str) -> str:
                    AND {e}.version > s.after_version AND {e}.version <= s.upto_version))"""
 
 
-VIEWS = {name: with_effective(sql, _in_effect) for name, sql in VIEWS.items()}
+CLEAN_FUNCTION = r"""
+CREATE OR REPLACE FUNCTION autonomy_clean(doc json) RETURNS json
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN strpos(doc::text, '\u0000') = 0 THEN doc
+    ELSE regexp_replace(doc::text, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g')::json
+  END
+$$"""
+"""``doc``, or when its text holds an escaped NUL (a ``\u0000`` not itself escaped),
+``doc`` with each one as U+FFFD: a document the JSON operators can read."""
+
+_DOCUMENT = re.compile(r"\b((?:\w+\.)?data)(?=->)")
+
+
+def nul_safe(sql: str) -> str:
+    """``sql`` reading each payload (``data->...``) through ``autonomy_clean``."""
+    return _DOCUMENT.sub(r"autonomy_clean(\1)", sql)
+
+
+VIEWS = {name: nul_safe(with_effective(sql, _in_effect)) for name, sql in VIEWS.items()}
 
 _VIEWS_LOCK = (0x6175746F, 3)
 
@@ -214,6 +241,7 @@ def install_views(connection: Any) -> None:
         # views read each other (effective_spans): all go, then come back in order
         for name in reversed(VIEWS):
             connection.execute(f"DROP VIEW IF EXISTS {name} CASCADE")
+        connection.execute(CLEAN_FUNCTION)
         for name, sql in VIEWS.items():
             connection.execute(f"CREATE VIEW {name} AS {sql.strip()}")
             connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")

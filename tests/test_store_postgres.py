@@ -22,7 +22,7 @@ from engine.cli import cli
 from engine.errors import ConfigError
 from engine.runs.workers import submit
 from engine.storage import open_store
-from events import ConcurrencyError, RunStarted, TaskAdded
+from events import ConcurrencyError, RunStarted, TaskAdded, ToolExecuted, ToolRequested
 from events.errors import EventStoreError, LeaseHeld, StoreUnavailable
 from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
 
@@ -200,6 +200,47 @@ def test_a_run_with_an_empty_goal_is_not_queued(pg_url: str, tmp_path: Path) -> 
             submit(store, "  \n", tmp_path, run_id="blank")
         queued = cast(Any, store).connection.execute("SELECT count(*) FROM queue").fetchone()
         assert queued == (0,)
+
+
+def test_text_holding_a_nul_is_kept_and_neither_appends_nor_audits_fail(pg_url: str) -> None:
+    """A log keeps any text (a command's output, a model's answer may hold a NUL).
+    PostgreSQL's JSON operators refuse a document with a ``\\u0000`` in it: once the
+    audit indexes existed every such append failed (the run died), and every view or
+    query reading such an event failed. Indexes made by an older autonomy, on the bare
+    expression, are made again."""
+    from engine.runs.audit import QUERIES, ensure_indexes, run_query
+
+    with open_store(pg_url) as store:
+        connection = cast(Any, store).connection
+        connection.execute(
+            "CREATE INDEX events_call_id ON events(run_id, type, (data->>'call_id'))"
+        )
+        ensure_indexes(connection)
+        store.append("r", [RunStarted(goal="g\x00oal", workspace="/w")], 0)
+        definition = connection.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'events_call_id'"
+        ).fetchone()[0]
+        assert "autonomy_clean" in definition
+        store.append(
+            "r",
+            [
+                TaskAdded(task_id="t1", title="x\x00\x00y \\u0000 z"),
+                ToolRequested(call_id="r/t4", tool="run_command", arguments={"argv": ["\x00"]}),
+                ToolExecuted(
+                    call_id="r/t4", tool="run_command", ok=False, error="e\x00", result="\x00"
+                ),
+            ],
+            1,
+        )
+        assert [e.data for e in store.read("r")][1].title == "x\x00\x00y \\u0000 z"
+        assert store.verify("r").ok
+        for name in QUERIES:
+            run_query(connection, name, "r", ("x",) if name == "file-history" else ())
+        title = connection.execute("SELECT title FROM tasks WHERE run_id = 'r'").fetchone()[0]
+        assert title == "x\ufffd\ufffdy \\u0000 z", "a NUL reads as U+FFFD, an escaped one as it is"
+        assert connection.execute("SELECT goal FROM runs").fetchall() == [("g\ufffdoal",)]
+        failed = connection.execute("SELECT error FROM tool_calls WHERE ok = 0").fetchall()
+        assert failed == [("e\ufffd",)]
 
 
 def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:

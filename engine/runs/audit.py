@@ -35,6 +35,7 @@ from typing import Any, Literal
 from engine.storage import is_postgres_url, open_store
 from engine.tables import table
 from events.errors import AutonomyError, EventStoreError, StoreUnavailable
+from projections.views_postgres import CLEAN_FUNCTION, nul_safe
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv")
@@ -244,12 +245,14 @@ INDEXES: dict[str, str] = {
 }
 
 
-# The same for a log in PostgreSQL (``->>`` is what its views compare).
-POSTGRES_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS events_call_id ON events(run_id, type, (data->>'call_id'))",
-    "CREATE INDEX IF NOT EXISTS events_task_id ON events(run_id, type, (data->>'task_id'))",
-    "CREATE INDEX IF NOT EXISTS events_type_run ON events(type, run_id, version)",
-)
+# The same for a log in PostgreSQL, on the expressions its views compare (read
+# through ``autonomy_clean``: an index on ``data->>'call_id'`` itself refused the
+# append of any event holding a NUL character).
+POSTGRES_INDEXES = {
+    "events_call_id": nul_safe("events(run_id, type, (data->>'call_id'))"),
+    "events_task_id": nul_safe("events(run_id, type, (data->>'task_id'))"),
+    "events_type_run": "events(type, run_id, version)",
+}
 
 
 def dialect(connection: Any) -> str:
@@ -260,8 +263,25 @@ def dialect(connection: Any) -> str:
 def ensure_indexes(connection: Any) -> None:
     """Create the audit indexes that are missing (a no-op once they exist)."""
     if dialect(connection) == "postgres":
-        for ddl in POSTGRES_INDEXES:
-            _execute(connection, ddl, {}, "creating the audit indexes")
+        _execute(connection, CLEAN_FUNCTION, {}, "creating the audit indexes")
+        made = _execute(
+            connection,
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()",
+            {},
+            "creating the audit indexes",
+        )
+        definitions = dict(made.rows)
+        for name, target in POSTGRES_INDEXES.items():
+            old = definitions.get(name, "")
+            if "data" in target and old and "autonomy_clean" not in old:
+                # made by an older autonomy, on the bare expression: made again
+                _execute(connection, f"DROP INDEX {name}", {}, "replacing an audit index")
+            _execute(
+                connection,
+                f"CREATE INDEX IF NOT EXISTS {name} ON {target}",
+                {},
+                "creating the audit indexes",
+            )
         return
     existing = {
         row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
@@ -284,6 +304,8 @@ def query_sql(name: str, run_id: str | None, dialect: str = "sqlite") -> str:
     """The SQL of a named query, filtered to ``run_id`` (bound as ``:run_id``) if given."""
     query = _query(name)
     sql = query.postgres if dialect == "postgres" and query.postgres else query.sql
+    if dialect == "postgres":
+        sql = nul_safe(sql)
     return sql.format(run="run_id = :run_id" if run_id is not None else "TRUE").strip()
 
 
