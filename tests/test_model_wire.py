@@ -544,3 +544,57 @@ def test_streamed_and_whole_openai_replies_parse_to_the_same_reply() -> None:
         )
     )
     assert whole == streamed
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + '"x"' + "]" * depth
+
+
+def _ollama_call(arguments: str) -> str:
+    return (
+        '{"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": '
+        '[{"function": {"name": "create_file", "arguments": ' + arguments + '}}]}, "done": true}'
+    )
+
+
+def _openai_call(arguments: str) -> str:
+    return (
+        '{"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": '
+        '[{"id": "c1", "type": "function", "function": {"name": "create_file", '
+        '"arguments": ' + arguments + '}}]}, "finish_reason": "tool_calls"}]}'
+    )
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # nested past what a recursive decoder can hold: a RecursionError, before
+        ('{"path": "a.py", "content": ' + _nested(20_000) + "}", "nests too deeply"),
+        (json.dumps('{"content": ' + _nested(20_000) + "}"), "nest more than 32 levels"),
+        ('{"content": ' + _nested(32) + "}", "nest more than 32 levels"),
+        (json.dumps('{"content": ' + _nested(32) + "}"), "nest more than 32 levels"),
+    ],
+    ids=["object-20000", "string-20000", "object-33", "string-33"],
+)
+def test_arguments_nested_too_deeply_are_an_invalid_answer_not_a_crash(
+    api: str, arguments: str, message: str
+) -> None:
+    body = (_ollama_call if api == "ollama" else _openai_call)(arguments)
+    with pytest.raises(ModelResponseInvalid, match=message):
+        parse_chat(api, body)  # type: ignore[arg-type]
+
+
+def test_arguments_nested_32_levels_are_taken() -> None:
+    reply = parse_chat("ollama", _ollama_call('{"content": ' + _nested(31) + "}"))
+    assert reply.tool_calls[0].name == "create_file"
+
+
+def test_a_call_written_in_text_that_nests_too_deeply_is_no_call() -> None:
+    from engine.model.textcalls import extract_tool_call
+
+    for depth in (33, 20_000):
+        text = '{"name": "create_file", "arguments": {"content": ' + _nested(depth) + "}}"
+        assert extract_tool_call(text, ["create_file"]) is None
+        action = "Action: create_file\nAction Input: " + '{"c": ' + _nested(depth) + "}"
+        assert extract_tool_call(action, ["create_file"]) is None

@@ -205,7 +205,7 @@ def _ask(
         raise _Unanswered(f"{path}: {type(e).__name__}: {e}") from e
     try:
         answer = msgspec.json.decode(bytes(content))
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise _Unanswered(f"{path}: not JSON") from e
     if not isinstance(answer, dict):
         raise _Unanswered(f"{path}: not a JSON object")

@@ -35,6 +35,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from engine.model.wire import MAX_ARGUMENT_DEPTH, deeper_than
 from events.schema import ToolCall
 
 MAX_TEXT = 100_000
@@ -62,10 +63,10 @@ def json_objects(text: str) -> list[dict[str, Any]]:
         attempts += 1
         try:
             value, end = _DECODER.raw_decode(text, position)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             position = text.find("{", position + 1)
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not deeper_than(value, MAX_ARGUMENT_DEPTH):
             found.append(value)
         position = text.find("{", end)
     return found
@@ -99,9 +100,9 @@ def _action_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
     for found in _ACTION.finditer(text):
         try:
             value, _end = _DECODER.raw_decode(text, found.end())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return []  # a broken call is not a call
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or deeper_than(value, MAX_ARGUMENT_DEPTH):
             return []
         calls.append((found.group(1), value))
     return calls

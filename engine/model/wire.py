@@ -260,9 +260,37 @@ LENGTH = "length"
 """The finish reason of an answer the cap ended, in both formats."""
 
 
+MAX_ARGUMENT_DEPTH = 32
+"""How deep a tool call's arguments may nest: a project's arguments are a few levels;
+an answer nesting thousands (within ``max_response_bytes``) ran every recursive
+decoder and encoder out of stack."""
+
+
+def deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` (JSON as Python values) nests more than ``limit`` levels
+    of objects and arrays; found without recursion."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> Any:
     try:
         return decoder.decode(data)
+    except RecursionError:
+        raise ModelResponseInvalid(
+            f"the server's {what} nests too deeply to be read: {_excerpt(data)}"
+        ) from None
     except msgspec.DecodeError as e:
         # ValidationError is a DecodeError: wrong shapes and broken JSON alike
         raise ModelResponseInvalid(
@@ -295,6 +323,7 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
             f"Your tool call #{number} has an empty function name. Call a tool by its "
             "exact name with its arguments as a JSON object."
         )
+    deep = False
     if arguments is None:
         parsed: object = {}
     elif isinstance(arguments, str):
@@ -303,6 +332,9 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
         else:
             try:
                 parsed = _ANY.decode(arguments)
+            except RecursionError:
+                parsed = [arguments]  # refused below, as too deep
+                deep = True
             except msgspec.DecodeError as e:
                 raise ModelResponseInvalid(
                     f"The arguments of your call to {name!r} are not valid JSON ({e}). "
@@ -311,6 +343,12 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
                 ) from e
     else:
         parsed = arguments
+    if deep or deeper_than(parsed, MAX_ARGUMENT_DEPTH):
+        raise ModelResponseInvalid(
+            f"The arguments of your call to {name!r} nest more than {MAX_ARGUMENT_DEPTH} "
+            "levels deep. Send the arguments as one flat JSON object, e.g. "
+            '{"path": "main.py"}.'
+        )
     if not isinstance(parsed, dict):
         raise ModelResponseInvalid(
             f"The arguments of your call to {name!r} must be a JSON object, "
