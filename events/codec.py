@@ -71,6 +71,10 @@ class Codec:
             ) from e
         except msgspec.DecodeError as e:
             raise SchemaError(f"data is not valid JSON: {e}", position=position, type=type) from e
+        except RecursionError:
+            raise SchemaError(
+                "data nests too deeply to be read (no event does)", position=position, type=type
+            ) from None
         if not isinstance(event, cls):
             raise SchemaError(
                 f"data is tagged {event.type_name()!r}, the row says {type!r}",

@@ -388,7 +388,7 @@ class EventStore(ABC):
                 event: Event = decode(data)
                 if class_of(kind) is not type(event) or event.schema_version != schema:
                     event = self.codec.decode(kind, schema, data, position=position)
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
                 event = self.codec.decode(kind, schema, data, position=position)
             yield RecordedEvent(
                 position, run_id, version, kind, schema, at, causation, digest, event

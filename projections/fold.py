@@ -330,7 +330,7 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
             kind = type(event)
             if class_of(type_name) is not kind or kind.schema_version != schema_version:
                 event = _decode_row(store, run_id, version)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
             event = _decode_row(store, run_id, version)
         steps = steps_of(type(event))
         if steps is None:
@@ -371,7 +371,7 @@ def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> Event:
         event: Event = CURRENT.decode(data)
         if EVENT_TYPES.get(type_name) is type(event) and event.schema_version == schema_version:
             return event
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
         pass
     return _decode_row(store, run_id, version)
 

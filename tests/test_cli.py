@@ -326,6 +326,23 @@ def test_verify_reports_an_event_that_no_longer_decodes(runner: CliRunner, db: P
     )
 
 
+def test_an_event_edited_to_nest_deeper_than_any_decoder_can_is_reported_not_a_crash(
+    runner: CliRunner, db: Path
+) -> None:
+    """An edited row whose JSON nests 50,000 deep ran every decoder out of stack (a
+    RecursionError traceback from verify, events, state and replay)."""
+    deep = '{"type": "task.added", "task_id": "t1", "title": "x", "d": ' + "[" * 50_000
+    tamper(db, "UPDATE events SET data = ? WHERE run_id = 'build' AND version = 4",
+           deep + "]" * 50_000 + "}")  # fmt: skip
+    expected = "event at position 4, type 'task.added': data nests too deeply to be read"
+    verified = run(runner, "verify", "build", "--db", db)
+    assert verified.exit_code == 1 and expected in verified.stdout
+    for command in (["events", "build"], ["state", "build"], ["replay", "build"]):
+        result = run(runner, *command, "--db", db)
+        assert_clean_error(result)
+        assert expected in result.stderr
+
+
 def test_verify_of_an_unknown_run_is_a_clean_error(runner: CliRunner, db: Path) -> None:
     result = run(runner, "verify", "nope", "--db", db)
     assert_clean_error(result)
