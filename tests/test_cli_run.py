@@ -105,3 +105,32 @@ def test_demo_completes_and_says_where_the_database_is(tmp_path: Path) -> None:
     assert f"autonomy serve --db {tmp_path / 'events.db'}" in out
     code, out = invoke("verify", "--db", str(tmp_path / "events.db"))
     assert code == 0, out
+
+
+def test_a_run_id_that_is_a_path_or_odd_is_refused_everywhere_one_is_given(
+    tmp_path: Path,
+) -> None:
+    """A run id names directories (a worker's workspace, a branch's): never "../x"."""
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        code, out = invoke(
+            "run", GOAL, "--workspace", str(tmp_path / "ws"), "--model-url", server.url,
+            "--model", "m", "--run-id", "r1",
+        )  # fmt: skip
+        assert code == 0, out
+        db = str(tmp_path / "ws" / ".autonomy" / "events.db")
+        for bad in ("../x", "a/b", ".hidden", "x" * 129, "sp ace"):
+            attempts = (
+                ["run", GOAL, "--workspace", str(tmp_path / "ws2"), "--model-url", server.url,
+                 "--run-id", bad],
+                ["fork", "r1", "--at", "5", "--workspace", str(tmp_path / "f"), "--as", bad,
+                 "--db", db],
+                ["replay", "r1", "--continue-live", "--as", bad, "--model-url", server.url,
+                 "--db", db],
+            )  # fmt: skip
+            for args in attempts:
+                code, out = invoke(*args)
+                assert code != 0 and "is not allowed" in out and "Traceback" not in out, (
+                    args,
+                    out,
+                )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "f").exists()

@@ -243,6 +243,42 @@ def test_text_holding_a_nul_is_kept_and_neither_appends_nor_audits_fail(pg_url: 
         assert failed == [("e\ufffd",)]
 
 
+def test_a_worker_refuses_queue_rows_that_name_paths_and_touches_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The queue is written by whoever may write the log, on another machine. A run id
+    "../victim" made a worker remove that directory next to its own, then run in it;
+    a template "/" would have been copied whole. Both are refused, and each row is
+    marked done with the reason (a worker does not take it again)."""
+    from engine.config import load_settings
+    from engine.runs.workers import Worker
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    template = tmp_path / "template"
+    template.mkdir()
+    with open_store(pg_url) as store:
+        with pytest.raises(ConfigError, match=r"run id '\.\./victim' is not allowed"):
+            submit(store, "goal", template, run_id="../victim")
+        connection = cast(Any, store).connection
+        for run_id, named in (("../victim", template), ("rooted", Path("/"))):
+            connection.execute(
+                "INSERT INTO queue (run_id, goal, template) VALUES (?, ?, ?)",
+                (run_id, "goal", str(named)),
+            )
+        said: list[str] = []
+        settings = load_settings(env={}, overrides={"preflight": False})
+        ran = Worker(store, workdir, lambda *_: settings, progress=said.append).run(once=True)
+        outcomes = dict(connection.execute("SELECT run_id, outcome FROM queue").fetchall())
+    assert ran == 2 and (victim / "keep.txt").read_text() == "precious"
+    assert "is not allowed" in outcomes["../victim"]
+    assert "the file system's root or a home directory" in outcomes["rooted"]
+    assert list(workdir.iterdir()) == [], "nothing was copied, nothing made"
+
+
 def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:
     result = CliRunner().invoke(cli, ["grant-writer", "nobody_at_all", "--db", pg_url])
     assert result.exit_code == 1 and result.output.startswith("Error: ")

@@ -9,6 +9,7 @@ else wrote in between (a second writer gets ``ConcurrencyError``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from engine.errors import ConfigError
@@ -17,6 +18,21 @@ from events.store import EventStore, RecordedEvent
 from projections.fold import RunState, apply, project
 from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What a new run may be called: a run id names directories (a worker's workspace,
+a counterfactual branch's), so never a path ("../x") nor anything a shell or a URL
+would read otherwise."""
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id``, or ``ConfigError`` when it is not one ``RUN_ID`` allows."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {run_id!r} is not allowed: 1 to 128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return run_id
 
 
 class RunLog:

@@ -36,7 +36,7 @@ from engine.agent.conversation import ToolRunner, run_conversation
 from engine.agent.coordinator import Step, decide, model_trouble
 from engine.agent.progress import watching
 from engine.agent.prompts import digest, opening
-from engine.agent.runlog import RunLog
+from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.specialists import specialist_for
 from engine.config import Settings
 from engine.errors import ConfigError, IllegalTransition, ToolError
@@ -427,6 +427,8 @@ def start_run(
 ) -> RunLog:
     """Record ``run.started`` for ``goal`` and run it to the end."""
     check_goal(goal)
+    if run_id is not None:
+        check_run_id(run_id)
     if settings.mode == "rules":
         warnings.warn(
             "rules mode is deprecated; orchestrated mode (the default) falls back to the "

@@ -128,6 +128,7 @@ def _go_live(
     db: Path | None,
     flags: SettingsFlags,
 ) -> None:
+    from engine.agent.runlog import check_run_id
     from engine.agent.runner import new_run_id
     from engine.errors import ConfigError
     from engine.runs.counterfactual import go_live
@@ -135,7 +136,7 @@ def _go_live(
 
     if live_from is not None and continue_live:
         raise ConfigError("give --live-from V or --continue-live, not both")
-    branch = new_id or f"{run_id}-live-{new_run_id()[-4:]}"
+    branch = check_run_id(new_id or f"{run_id}-live-{new_run_id()[-4:]}")
     with opened_log(db) as store:
         if workspace is None:
             own = Path(project(store, run_id).pipeline.workspace)

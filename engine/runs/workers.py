@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.agent.runlog import check_run_id
 from engine.agent.runner import check_goal, new_run_id, resume_run, start_run
 from engine.config import Settings
+from engine.runs.workspace import copy_workspace
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
 from projections import project
@@ -65,6 +67,8 @@ def submit(store: EventStore, goal: str, template: Path, run_id: str | None = No
     """Queue a run of ``goal`` in a copy of ``template``; returns its run id."""
     _postgres(store)
     check_goal(goal)
+    if run_id is not None:
+        check_run_id(run_id)
     if not template.is_dir():
         raise EventStoreError(f"the workspace template {template} is not a directory")
     run_id = run_id or new_run_id()
@@ -158,11 +162,14 @@ class Worker:
         """Start or resume one run; its final status (or the error that ended it).
         ``StoreUnavailable`` is raised: the run is not done, it waits for its log."""
         try:
+            # the queue is written by whoever may write the log: its run id becomes a
+            # directory here, so it must not be a path ("../x" was removed, then used)
+            check_run_id(run_id)
             if self.store.last_version(run_id) == 0:
                 workspace = self.workdir / run_id
                 if workspace.exists():
                     shutil.rmtree(workspace)
-                shutil.copytree(template, workspace, symlinks=True)
+                copy_workspace(template, workspace)
                 self.progress(f"worker: starting {run_id} in {workspace}")
                 settings = self.settings_for(workspace, None)
                 start_run(

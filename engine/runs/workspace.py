@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.agent.runlog import check_run_id
 from engine.errors import ToolError
 from engine.tools.sandbox import Sandbox
 from events.errors import AutonomyError, RunNotFound
@@ -134,16 +135,17 @@ def restore(
     directory.mkdir(parents=True, exist_ok=True)
     targets = _targets(directory, wanted)
     if copy_from is not None and copy_from.is_dir():
-        _check_copyable(copy_from)
-        shutil.copytree(
-            copy_from,
-            directory,
-            dirs_exist_ok=True,
-            symlinks=True,
-            ignore=_not_copied,
-        )
+        copy_workspace(copy_from, directory)
         targets = _targets(directory, wanted)  # the copy may have brought symlinks
     return _write(targets, contents)
+
+
+def copy_workspace(source: Path, target: Path) -> None:
+    """Copy the workspace ``source`` names into ``target`` (links as links; the log,
+    caches and special files left out), once ``source`` is checked to be a
+    project's directory: a log or a queue that names it is not trusted."""
+    _check_copyable(source)
+    shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True, ignore=_not_copied)
 
 
 def _not_copied(directory: str, names: list[str]) -> list[str]:
@@ -174,8 +176,9 @@ def _check_copyable(source: Path) -> None:
     resolved = source.resolve()
     if resolved == Path(resolved.anchor) or resolved in (Path.home().resolve(), Path("/home")):
         raise HistoryError(
-            f"the log names {source} as the run's workspace: that is no project's "
-            "directory; nothing was copied (was the log edited?)"
+            f"{source} was named as a run's workspace to copy, but it is the file "
+            "system's root or a home directory, no project's; nothing was copied "
+            "(was the log or the queue edited?)"
         )
     files = size = 0
     for folder, names, filenames in os.walk(resolved):
@@ -186,9 +189,9 @@ def _check_copyable(source: Path) -> None:
                 size += os.lstat(os.path.join(folder, name)).st_size
             if files > COPIED_FILES or size > COPIED_BYTES:
                 raise HistoryError(
-                    f"the log names {source} as the run's workspace, which holds more "
+                    f"{source} was named as a run's workspace to copy, but it holds more "
                     f"than {COPIED_FILES:,} files or {COPIED_BYTES >> 30} GiB: too much for "
-                    "a project's; nothing was copied (was the log edited?)"
+                    "a project's; nothing was copied (was the log or the queue edited?)"
                 )
 
 
@@ -286,6 +289,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     parent's events and workspace are not touched.
     """
     _check_version(store, run_id, at)
+    check_run_id(new_run_id)
     if store.last_version(new_run_id) != 0:
         raise HistoryError(f"there is already a run {new_run_id!r} in this log")
     workspace = workspace.resolve()
