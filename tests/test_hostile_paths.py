@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.agent.runlog import RunLog
-from engine.agent.runner import Engine
+from engine.agent.runner import Engine, ResumeRefused, resume_run, start_run
 from engine.cli import cli
 from engine.config import load_settings
+from engine.errors import ConfigError
 from engine.runs import workspace as workspace_module
 from engine.runs.workspace import HistoryError, fork, restore, rewind
 from engine.storage import open_store
@@ -167,6 +168,29 @@ def test_a_fork_or_replay_never_copies_a_root_a_home_or_a_disk_the_log_names(
     result = CliRunner().invoke(cli, ["replay", "big", "--db", str(db)])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "more than 5 files" in result.output and "nothing was copied" in result.output
+
+
+@pytest.mark.parametrize("named", ["/", "/etc", "/usr", "/tmp", "~", "/home"])
+def test_no_run_starts_or_resumes_in_the_root_a_system_directory_or_a_home(
+    named: str, tmp_path: Path
+) -> None:
+    """A workspace is what the agent's commands may write. Given one of these, or
+    named by a log (edited, or another team member's in a shared one) that a resume
+    or a worker takes up, the agent would have the machine: refused, nothing written."""
+    directory = Path(named).expanduser()
+    settings = load_settings(env={}, overrides={"preflight": False})
+    store = MemoryEventStore()
+    with pytest.raises(ConfigError, match="give the run a directory of its own"):
+        start_run(store, goal="g", workspace=directory, settings=settings)
+    assert store.runs() == []
+    store.append("r", [RunStarted(goal="g", workspace=str(directory))], 0)
+    with pytest.raises(ResumeRefused, match="nothing was run"):
+        resume_run(store, "r", settings=settings)
+    assert store.last_version("r") == 1
+    target = tmp_path / "fork"
+    with pytest.raises(HistoryError, match="nothing was copied"):
+        fork(store, "r", 1, target, new_run_id="f")
+    assert store.last_version("f") == 0
 
 
 # -- crash recovery --------------------------------------------------------------------

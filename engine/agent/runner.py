@@ -50,6 +50,7 @@ from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
+from engine.tools.sandbox import not_a_project
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, StoreUnavailable
@@ -438,6 +439,10 @@ def start_run(
         )
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
+    if problem := not_a_project(workspace):
+        raise ConfigError(
+            f"the workspace {workspace} is {problem}: give the run a directory of its own"
+        )
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)
@@ -605,6 +610,11 @@ def _resume(
             f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
         )
     workspace = Path(log.pipeline.workspace)
+    if problem := not_a_project(workspace):
+        raise ResumeRefused(
+            f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
+            "nothing was run (was the log edited?)"
+        )
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from engine.agent.runlog import check_run_id
 from engine.errors import ToolError
-from engine.tools.sandbox import Sandbox
+from engine.tools.sandbox import Sandbox, not_a_project
 from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
@@ -174,11 +174,10 @@ def _check_copyable(source: Path) -> None:
     not be the root, a home directory or anything larger than a project (``COPIED_*``)
     before a restore copies it; else ``HistoryError`` and nothing is copied."""
     resolved = source.resolve()
-    if resolved == Path(resolved.anchor) or resolved in (Path.home().resolve(), Path("/home")):
+    if problem := not_a_project(resolved):
         raise HistoryError(
-            f"{source} was named as a run's workspace to copy, but it is the file "
-            "system's root or a home directory, no project's; nothing was copied "
-            "(was the log or the queue edited?)"
+            f"{source} was named as a run's workspace to copy, but it is {problem}; "
+            "nothing was copied (was the log or the queue edited?)"
         )
     files = size = 0
     for folder, names, filenames in os.walk(resolved):

@@ -114,3 +114,26 @@ class Sandbox:
 def is_protected_name(name: str) -> bool:
     """Whether a directory entry is one listings and searches must skip."""
     return name.casefold() in PROTECTED
+
+
+SYSTEM_DIRECTORIES = frozenset(
+    Path(p)
+    for p in (
+        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+        "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys",
+        "/tmp", "/usr", "/var",
+    )
+)  # fmt: skip
+"""Directories no project is: a run confined to one of them could write the system."""
+
+
+def not_a_project(directory: Path) -> str:
+    """Why ``directory`` cannot be a run's workspace ("" when it can): the file
+    system's root, a system directory, or a home directory or one above it. A
+    workspace is what commands may write; a log or a queue naming one of these
+    (edited, or written by someone else) would hand the agent the machine."""
+    resolved = directory.resolve()
+    home = Path.home().resolve()
+    if resolved in SYSTEM_DIRECTORIES or resolved == home or resolved in home.parents:
+        return "the file system's root, a system directory or a home directory, no project's"
+    return ""
