@@ -100,6 +100,10 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     text = str(e)
     if isinstance(e, sqlite3.OperationalError) and "locked" in text:
         return StoreUnavailable(f"{where}: the database is locked by another writer ({text})")
+    if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        # nothing was written (the transaction failed whole): the run goes on from its
+        # log once there is room, as after any outage
+        return StoreUnavailable(f"{where}: the disk holding the log is full ({text})")
     if isinstance(e, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
         # ProgrammingError: a misuse such as a closed store, not a damaged file
         return EventStoreError(f"{where}: {text}")

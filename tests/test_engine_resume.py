@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.agent.runlog import RunLog
-from engine.agent.runner import resume_run
+from engine.agent.runner import RunCutOff, resume_run, start_run
 from engine.cli import cli
 from engine.config import load_settings
 from engine.runs.demo import GOAL, DemoModels
@@ -81,6 +81,26 @@ def test_a_tool_that_never_ran_is_recorded_as_not_applied_on_resume(tmp_path: Pa
     assert "not applied" in first.error
     state = project(store, "r1").pipeline
     assert state.status == "completed" and not state.pending_tools
+
+
+def test_a_run_cut_by_a_full_disk_stops_clean_resumes_and_replays(tmp_path: Path) -> None:
+    """The disk filling up mid-run (SQLite's limit on the file, ``max_page_count``)
+    stops the run where its log stops, as an outage does; with room again it
+    resumes to the end, and the whole run, cut included, replays identically."""
+    store = SQLiteEventStore(tmp_path / "events.db")
+    store.append("warm", [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count = {pages + 8}")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        with pytest.raises(RunCutOff, match="the disk holding the log is full"):
+            start_run(store, goal=GOAL, workspace=tmp_path / "ws", settings=settings(server),
+                      http=http, run_id="r")  # fmt: skip
+        cut = store.last_version("r")
+        assert cut > 1 and store.verify("r").ok
+        store.connection.execute("PRAGMA max_page_count = 1073741823")
+        resume_run(store, "r", settings=settings(server), http=http)  # type: ignore[arg-type]
+    assert project(store, "r").pipeline.status == "completed"
+    assert replay(store, "r", tools="recorded").identical
 
 
 class Slow:

@@ -188,6 +188,26 @@ def test_a_directory_as_path_is_a_clear_error(tmp_path: Path) -> None:
         SQLiteEventStore(tmp_path)
 
 
+def test_a_full_disk_is_an_outage_that_loses_nothing(file_store: SQLiteEventStore) -> None:
+    """SQLite's "database or disk is full" (here by ``max_page_count``): the append
+    that did not fit is not written at all, the store says the log cannot be written
+    now (``StoreUnavailable``, as for a server that is down: a run stops with the
+    resume hint, a worker waits), and with room again the log goes on, intact."""
+    file_store.append("r", [START], 0)
+    connection = file_store.connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+    version = 1
+    with pytest.raises(StoreUnavailable, match="the disk holding the log is full"):
+        while True:
+            file_store.append("r", [TaskAdded(task_id=f"t{version}", title="x" * 3000)], version)
+            version += 1
+    assert file_store.last_version("r") == version
+    connection.execute("PRAGMA max_page_count = 1073741823")
+    file_store.append("r", [TaskAdded(task_id="last", title="y")], version)
+    assert file_store.verify("r").ok and file_store.last_version("r") == version + 1
+
+
 def test_using_a_closed_store_is_an_event_store_error_not_corruption(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "events.db")
     store.append("run-1", [START], 0)
