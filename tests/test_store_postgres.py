@@ -279,6 +279,15 @@ def test_a_worker_refuses_queue_rows_that_name_paths_and_touches_nothing(
     assert list(workdir.iterdir()) == [], "nothing was copied, nothing made"
 
 
+def test_a_full_disk_on_the_server_is_an_outage_like_sqlites() -> None:
+    """As for a server that is down: the run stops with the resume hint, a worker
+    waits, the service answers 503 (a full disk was a plain error before)."""
+    from events.postgres import mapped_error
+
+    error = mapped_error(psycopg.errors.DiskFull("could not extend file"), "appending")
+    assert isinstance(error, StoreUnavailable) and "could not extend file" in str(error)
+
+
 def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:
     result = CliRunner().invoke(cli, ["grant-writer", "nobody_at_all", "--db", pg_url])
     assert result.exit_code == 1 and result.output.startswith("Error: ")
