@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.runs.demo import CALC_V1, GOAL, DemoModels
-from engine.runs.workspace import SKIPPED, Restored, files_at, restore
+from engine.runs.workspace import SKIPPED, Restored, files_at, finish_rewind, restore
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
@@ -152,6 +152,48 @@ def test_rewind_restores_the_workspace_byte_for_byte_and_resume_completes(
 
     assert code == 0, out
     assert out.startswith("identical ("), "the rewind and the resume replay too"
+
+
+def test_a_rewind_killed_before_its_files_were_restored_is_finished_by_resume(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+) -> None:
+    """``rewind`` appends ``run.rewound``, then restores the files: a kill in between
+    left a log at version V over a workspace still at the end. ``resume`` finishes
+    the restore first when nothing has happened since the rewind (the rewind
+    promised those files), so the run goes on from the files it decided on, and
+    replays with its tools run again."""
+    db, workspace, version, then = first_review
+    with open_store(db) as store:  # the rewind's append, and then the kill
+        store.append("r", [RunRewound(to_version=version)], store.last_version("r"))
+    assert snapshot(workspace) != then
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        code, out = invoke("resume", "r", "--db", str(db), *flags(server))
+    assert code == 0, out
+    assert "restored the workspace to version" in out
+    code, out = invoke("replay", "r", "--tools", "live", "--db", str(db))
+    assert code == 0 and out.startswith("identical ("), out
+
+
+@pytest.mark.parametrize(
+    ("found", "after", "written", "left"),
+    [
+        (b"two\n", b"one\n", ("a.txt",), ()),  # still as before the rewind: cut off
+        (b"by hand\n", b"by hand\n", (), ("a.txt",)),  # edited since: left alone
+        (b"one\n", b"one\n", (), ()),  # the rewind finished
+    ],
+)
+def test_finishing_a_rewind_restores_only_files_still_as_before_it(
+    tmp_path: Path, found: bytes, after: bytes, written: tuple[str, ...], left: tuple[str, ...]
+) -> None:
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    v2 = append(store, changed(store, "a.txt", None, b"one\n"))
+    append(store, changed(store, "a.txt", b"one\n", b"two\n"))
+    v4 = append(store, RunRewound(to_version=v2))
+    (tmp_path / "a.txt").write_bytes(found)
+    done = finish_rewind(store, "h", v4, tmp_path)
+    assert (done.written, done.unchanged) == (written, left)
+    assert (tmp_path / "a.txt").read_bytes() == after
 
 
 def test_rewind_to_a_version_that_does_not_exist_changes_nothing(

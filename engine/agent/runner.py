@@ -48,6 +48,7 @@ from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
+from engine.runs.workspace import finish_rewind
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
 from engine.tools.sandbox import not_a_project
@@ -62,6 +63,7 @@ from events.schema import (
     PhaseChanged,
     RunFinished,
     RunResumed,
+    RunRewound,
     RunStarted,
     SpecialistConsulted,
     TaskUpdated,
@@ -590,6 +592,25 @@ def resume_run(
         return _resume(store, run_id, settings, http, progress)
 
 
+def _finish_a_cut_rewind(log: RunLog, workspace: Path, progress: Progress | None) -> None:
+    """When the run's last event is ``run.rewound``, the files it promised, for a
+    rewind killed before it had written them all (``finish_rewind``)."""
+    last = next(iter(log.store.read(log.run_id, after=log.version - 1)), None)
+    if last is None or not isinstance(last.data, RunRewound):
+        return
+    done = finish_rewind(log.store, log.run_id, log.version, workspace)
+    if progress and (done.written or done.removed):
+        progress(
+            f"restored the workspace to version {last.data.to_version}, which the rewind "
+            f"had not finished: {len(done.written)} file(s) written, {len(done.removed)} removed"
+        )
+    if progress and done.unchanged:
+        progress(
+            f"note: {', '.join(done.unchanged)} changed since the rewind to version "
+            f"{last.data.to_version}; left as they are"
+        )
+
+
 def _resume(
     store: EventStore,
     run_id: str,
@@ -620,6 +641,7 @@ def _resume(
     checked = check_models(client, settings, progress)
     if progress:
         _say_confinement(confinement, progress)
+    _finish_a_cut_rewind(log, workspace, progress)
     engine = Engine(
         log,
         settings=settings,

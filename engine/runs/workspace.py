@@ -19,6 +19,7 @@ never touched are not the log's business and are left alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -266,6 +267,42 @@ def rewind(store: EventStore, run_id: str, to: int, *, reason: str = "") -> Rest
     """
     with store.lease(run_id, describe_owner()):
         return _rewind(store, run_id, to, reason)
+
+
+def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path) -> Restored:
+    """Finish the restore of a rewind (``run.rewound`` at ``version``) that was cut off.
+
+    ``rewind`` appends ``run.rewound`` and then writes the files: a process killed in
+    between leaves files at their content from before the rewind. Exactly those are
+    restored; a file with any other content (edited by hand since) is left alone, and
+    listed in ``unchanged`` when it differs from the rewound state."""
+    wanted = files_at(store, run_id, version)
+    before = files_at(store, run_id, version - 1)
+    targets = _targets(workspace, wanted)
+    cut: dict[str, Path] = {}
+    edited: list[str] = []
+    for path, target in targets.items():
+        now = _digest_of(target)
+        if now == wanted[path]:
+            continue
+        if now == before.get(path):
+            cut[path] = target
+        else:
+            edited.append(path)
+    contents = {p: store.get(d) for p in cut if (d := wanted[p]) is not None}
+    done = _write(cut, contents)
+    return Restored(done.written, done.removed, tuple(edited))
+
+
+def _digest_of(target: Path) -> str | None:
+    """The sha256 of the regular file at ``target``; None when there is none."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
