@@ -20,6 +20,7 @@ from engine.runs.audit import QUERIES
 from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store, resolve_db
 from engine.testing import ScriptedModelServer
+from events import RunFinished
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -171,7 +172,11 @@ def test_copy_sqlite_to_postgres_to_sqlite_is_identical(
         stored = [d for d in digests if a.has_blob(d)]
         assert stored and all(a.get(d) == b.get(d) for d in stored)
     code, out = invoke("copy", "--from", str(first), "--to", str(back))
-    assert code == 1 and "already has run(s) r1; nothing was copied" in out, out
+    assert code == 0 and "r1: already in the target, the same" in out and "skipped" in out, out
+    with open_store(back) as b:  # the target's r1 goes on: it is another run now
+        b.append("r1", [RunFinished(status="failed", reason="x")], b.last_version("r1"))
+    code, out = invoke("copy", "--from", str(first), "--to", str(back))
+    assert code == 1 and "already has run(s) r1, with other events" in out, out
     code, out = invoke("verify", "--db", middle)
     assert code == 0, out
 

@@ -445,3 +445,25 @@ def test_a_log_locked_by_another_writer_is_unavailable_not_broken(tmp_path: Path
         assert store.last_version("r") == 1
         store.append("r", [RunFinished(status="completed")], 1)
         assert store.last_version("r") == 2
+
+
+def test_a_copy_cut_off_half_way_is_finished_by_the_same_copy(tmp_path: Path) -> None:
+    """Runs the target has row for row are skipped, so running the copy again after a
+    kill copies what is left; a run the target has with other events is refused, and
+    then nothing is copied."""
+    from engine.runs.copy import copy_runs, describe
+
+    with SQLiteEventStore(tmp_path / "source.db") as source:
+        for run_id in ("a", "b"):
+            source.append(run_id, [START, task(1)], 0)
+        with SQLiteEventStore(tmp_path / "target.db") as target:
+            copy_runs(source, target, ["a"])  # then the copy of every run was killed
+            lines = describe(copy_runs(source, target))
+            assert lines[0] == "a: already in the target, the same 2 events; skipped"
+            assert lines[1].startswith("copied b: 2 events")
+            assert describe(copy_runs(source, target))[1].endswith("skipped")
+        with SQLiteEventStore(tmp_path / "other.db") as other:
+            other.append("a", [START], 0)
+            with pytest.raises(EventStoreError, match=r"already has run\(s\) a, with other"):
+                copy_runs(source, other)
+            assert other.last_version("b") == 0 and other.last_version("a") == 1

@@ -384,8 +384,9 @@ def state_lines(projected: RunState) -> list[str]:
 def copy(run_ids: tuple[str, ...], source: Path | str, target: Path | str) -> None:
     """Copy runs (every run when none is named) from one log to another, with their
     blobs: SQLite to PostgreSQL and back. Each run's hash chain is verified before it
-    is written and again on the target; a run the target already has is refused, and
-    then nothing is copied.
+    is written and again on the target. A run the target already has row for row is
+    skipped (so a copy cut off is finished by running it again); one it has with other
+    events is refused, and then nothing is copied.
 
     Example:
 

@@ -3,8 +3,10 @@
 A run is copied with its rows as they are — versions, times, causations and hashes —
 at the target's next positions, and with every blob its events name. The rows' hash
 chain is verified before anything is written (``EventStore.import_run``) and again
-on the target afterwards; a run the target already has is refused, and all of them
-are checked before the first is copied.
+on the target afterwards. A run the target already has, row for row (the same
+versions and the same last hash, so the same chain), is skipped: a copy cut off
+half-way is finished by the same command. A run the target has otherwise is refused,
+and all of them are checked before the first is copied.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Copied:
     run_id: str
     events: int
     blobs: int
+    skipped: bool = False
+    """The target had the run already, row for row."""
 
 
 def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = ()) -> list[Copied]:
@@ -35,11 +39,25 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
         if run_id not in known:
             raise RunNotFound(run_id)
     present = [run_id for run_id in wanted if target.last_version(run_id) > 0]
-    if present:
+    differing = [run_id for run_id in present if _head(target, run_id) != _head(source, run_id)]
+    if differing:
         raise EventStoreError(
-            f"the target already has run(s) {', '.join(present)}; nothing was copied"
+            f"the target already has run(s) {', '.join(differing)}, with other events; "
+            "nothing was copied"
         )
-    return [_copy_one(source, target, run_id) for run_id in wanted]
+    return [
+        Copied(run_id, target.last_version(run_id), 0, skipped=True)
+        if run_id in present
+        else _copy_one(source, target, run_id)
+        for run_id in wanted
+    ]
+
+
+def _head(store: EventStore, run_id: str) -> tuple[int, str]:
+    """A run's last version and the hash of its last row: equal heads, equal chains."""
+    last = store.last_version(run_id)
+    row = next(iter(store.read_raw(run_id, after=last - 1)), None)
+    return last, row.hash if row is not None else ""
 
 
 def _copy_one(source: EventStore, target: EventStore, run_id: str) -> Copied:
@@ -57,4 +75,9 @@ def _copy_one(source: EventStore, target: EventStore, run_id: str) -> Copied:
 
 
 def describe(copied: Iterable[Copied]) -> list[str]:
-    return [f"copied {c.run_id}: {c.events} events, {c.blobs} blobs, verified" for c in copied]
+    return [
+        f"{c.run_id}: already in the target, the same {c.events} events; skipped"
+        if c.skipped
+        else f"copied {c.run_id}: {c.events} events, {c.blobs} blobs, verified"
+        for c in copied
+    ]
