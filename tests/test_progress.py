@@ -19,7 +19,7 @@ from web_runs import AUTONOMY
 
 from engine.agent.progress import LiveDisplay, run_display
 from engine.agent.runner import start_run
-from engine.testing import ScriptedModelServer
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import MemoryEventStore
 from events.schema import (
     ArbiterDecided,
@@ -170,3 +170,57 @@ def test_the_runner_feeds_a_watcher_every_event_and_every_streamed_piece(tmp_pat
     calls = watcher.types.count("model.responded")
     assert watcher.pieces == [1] * calls  # each answer is one tool call: one piece
     assert any(line.startswith("step   1 |") for line in watcher.lines)
+
+
+EVIL = "fix\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b[H\u202edone\x9b31m\r"
+"""A task title that, printed as it is, puts "rm -rf ~" on the clipboard (OSC 52),
+clears the screen, reverses the text after it, and overwrites the line."""
+
+
+def test_what_a_model_writes_is_shown_and_never_obeyed_by_the_terminal() -> None:
+    from engine.terminal import printable
+
+    assert printable(EVIL) == (
+        "fix\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J\\x1b[H\\u202edone\\x9b31m\\x0d"
+    )
+    assert printable("tabs\tand\nlines, ünïcödé, 中文 ✓") == "tabs\tand\nlines, ünïcödé, 中文 ✓"
+    out = io.StringIO()
+    display = LiveDisplay(Console(file=out, force_terminal=True, width=200), max_steps=3)
+    display(f"step   1 | planning | {EVIL}")
+    shown = out.getvalue()
+    assert "\\x1b]52" in shown and "\x1b]52" not in shown and "\x07" not in shown
+
+
+class Evil:
+    """Plans one task titled ``EVIL``, then calls a tool whose name is escapes."""
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
+        if "create_task_plan" in offered:
+            return Reply.tool("create_task_plan", tasks=[{"title": EVIL, "target_file": "x.py"}])
+        return Reply.tool("no_such_tool\x1b[31m", path="a")
+
+
+def test_no_command_prints_an_escape_sequence_a_model_wrote(tmp_path: Path) -> None:
+    """Through the console script (its stdout and stderr), piped: ``run`` (its step
+    lines and summary), ``state`` and ``audit`` print the title with visible escapes."""
+    db = tmp_path / "e.db"
+    with ScriptedModelServer(Evil(), models=["m"]) as server:
+        ran = subprocess.run(
+            [
+                *(AUTONOMY, "run", "build it", "--workspace", str(tmp_path / "ws")),
+                *("--db", str(db), "--run-id", "r", "--max-steps", "3"),
+                *("--model-url", server.url, "--model", "m"),
+            ],
+            capture_output=True,
+        )
+    outputs = [ran.stdout + ran.stderr]
+    for command in (["state", "r"], ["audit", "r", "tasks"], ["events", "r"]):
+        shown = subprocess.run([AUTONOMY, *command, "--db", str(db)], capture_output=True)
+        assert shown.returncode == 0, shown.stderr
+        outputs.append(shown.stdout + shown.stderr)
+    for output in outputs:
+        assert not any(byte in output for byte in (b"\x1b", b"\x07", b"\r", "\x9b".encode())), (
+            output
+        )
+    assert b"\\x1b]52;c;" in outputs[1]

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
+from engine.terminal import printable, raw_stream
 from events.schema import ArbiterDecided, ModelFailed, ModelRequested, ModelResponded, RunFinished
 from events.store import RecordedEvent
 
@@ -94,7 +95,7 @@ class LiveDisplay:
     # -- Watcher ------------------------------------------------------------------------
 
     def __call__(self, line: str) -> None:
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
     def event(self, recorded: RecordedEvent) -> None:
         event = recorded.data
@@ -129,7 +130,7 @@ class LiveDisplay:
         line = self.model_line()
         if not line:
             return self._steps
-        self._spinner.text = Text(line)
+        self._spinner.text = Text(printable(line))
         return Group(self._spinner, self._steps)
 
     def __enter__(self) -> LiveDisplay:
@@ -157,7 +158,10 @@ def run_display(
         return
     from rich.console import Console
 
-    with LiveDisplay(Console(file=out), max_steps=max_steps, steps=steps) as display:
+    # rich draws with escape sequences of its own: on the stream under a
+    # PrintableStream, its text made printable first (LiveDisplay)
+    console = Console(file=raw_stream(out))
+    with LiveDisplay(console, max_steps=max_steps, steps=steps) as display:
         yield display
 
 

@@ -27,5 +27,16 @@ __all__ = ["cli", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``autonomy`` console script."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="autonomy")
+    """The ``autonomy`` console script. What it prints goes through
+    ``engine.terminal.PrintableStream``: text from a model or a log is shown, and an
+    escape sequence in it never reaches the terminal as one."""
+    import sys
+
+    from engine.terminal import PrintableStream
+
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="autonomy")
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr

@@ -1,0 +1,49 @@
+"""Text for a terminal: what a model or a log says is shown, never obeyed.
+
+A model writes task titles, reasons, tool names and answers; a log (edited, or
+someone else's) holds any text. Printed as they are, an escape sequence in them is
+read by the terminal as a command: clear the screen or rewrite a line (a failed run
+shown as completed), set the window title, or, where the terminal allows OSC 52, put
+text on the clipboard. ``printable`` writes every control character (C0 but tab and
+newline, DEL, C1) and every bidirectional override as a visible escape (``\\x1b``,
+``\\u202e``), and ``PrintableStream`` does so for everything the command line prints
+(``engine.cli.main`` puts one on stdout and stderr). The live display draws its own
+escape sequences on the stream underneath (``raw``) and passes its text through
+``printable``. JSON output is untouched: its encoder already escapes them.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+_CONTROLS = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]
+_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
+_ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _BIDI}
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character and bidirectional override escaped."""
+    return text.translate(_ESCAPES)
+
+
+class PrintableStream:
+    """A text stream that writes ``printable`` text to ``raw``."""
+
+    def __init__(self, raw: IO[str]) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(text.translate(_ESCAPES))
+        return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def raw_stream(stream: IO[str]) -> IO[str]:
+    """The stream under a ``PrintableStream`` (``stream`` itself otherwise)."""
+    return stream.raw if isinstance(stream, PrintableStream) else stream
