@@ -102,15 +102,31 @@ def test_every_file_written_is_restorable_from_blobs(tmp_path: Path) -> None:
         assert store.get(file.digest) == (workspace / path).read_bytes()
 
 
-class NeverFinishes:
-    """Plans one task, then codes forever without calling complete_task."""
+class PlansOneTask:
+    """A model that plans one task (``title``, for ``target``), then answers each
+    other request with ``work``."""
+
+    title = "the task"
+    target = "x.py"
 
     def __call__(self, request: ScriptedRequest) -> Reply:
         offered = {t["function"]["name"] for t in request.body.get("tools", [])}
         if "create_task_plan" in offered:
             return Reply.tool(
-                "create_task_plan", tasks=[{"title": "never done", "target_file": "x.py"}]
+                "create_task_plan", tasks=[{"title": self.title, "target_file": self.target}]
             )
+        return self.work(request, offered)
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
+        raise NotImplementedError
+
+
+class NeverFinishes(PlansOneTask):
+    """Plans one task, then codes forever without calling complete_task."""
+
+    title = "never done"
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
         return Reply.tool("list_directory", path=".")
 
 
@@ -137,8 +153,11 @@ def test_a_model_that_never_calls_a_tool_ends_the_run_with_a_reason(tmp_path: Pa
     assert state.steps <= Settings().limits.no_progress_limit + 1
 
 
-class Escaper:
+class Escaper(PlansOneTask):
     """Plans a task, then tries to leave the workspace three ways, then finishes."""
+
+    title = "escape"
+    target = "ok.py"
 
     def __init__(self, outside: Path) -> None:
         self.moves = [
@@ -150,12 +169,7 @@ class Escaper:
             Reply.tool("complete_task", task_id="t1", summary="done"),
         ]
 
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
-        if "create_task_plan" in offered:
-            return Reply.tool(
-                "create_task_plan", tasks=[{"title": "escape", "target_file": "ok.py"}]
-            )
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
         if "approve_code" in offered:
             return Reply.tool("approve_code", task_id="t1", summary="fine")
         done = sum(1 for m in request.body["messages"] if m["role"] == "tool")
@@ -189,15 +203,10 @@ def test_resume_refuses_a_finished_run_with_a_clear_error(tmp_path: Path) -> Non
         resume_run(store, run_id, settings=settings_for(server))
 
 
-class RunawayAnswer:
+class RunawayAnswer(PlansOneTask):
     """Plans one task, then answers its first coding turn with 40 distinct calls."""
 
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
-        if "create_task_plan" in offered:
-            return Reply.tool(
-                "create_task_plan", tasks=[{"title": "write it", "target_file": "x.py"}]
-            )
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
         messages = request.body.get("messages", [])
         if "create_file" in offered and not any(m.get("role") == "tool" for m in messages):
             return Reply.calls(
@@ -227,18 +236,15 @@ def test_only_the_first_calls_of_an_answer_run_the_rest_are_answered_with_why(
     assert replay(store, run_id, tools="recorded").identical
 
 
-class RepeatsAFailingCall:
+class RepeatsAFailingCall(PlansOneTask):
     """Plans one task, then asks for the same missing file for ever."""
+
+    title = "read it"
 
     def __init__(self) -> None:
         self.seen: list[list[str]] = []  # each request's tool messages
 
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
-        if "create_task_plan" in offered:
-            return Reply.tool(
-                "create_task_plan", tasks=[{"title": "read it", "target_file": "x.py"}]
-            )
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
         messages = request.body.get("messages", [])
         self.seen.append([m["content"] for m in messages if m.get("role") == "tool"])
         return Reply.tool("read_file", path="missing.py")

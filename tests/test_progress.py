@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from test_engine_run import OneFile, settings_for
+from test_engine_run import OneFile, PlansOneTask, settings_for
 from waiting import Gate
 from web_runs import AUTONOMY
 
@@ -191,13 +191,12 @@ def test_what_a_model_writes_is_shown_and_never_obeyed_by_the_terminal() -> None
     assert "\\x1b]52" in shown and "\x1b]52" not in shown and "\x07" not in shown
 
 
-class Evil:
+class Evil(PlansOneTask):
     """Plans one task titled ``EVIL``, then calls a tool whose name is escapes."""
 
-    def __call__(self, request: ScriptedRequest) -> Reply:
-        offered = {t["function"]["name"] for t in request.body.get("tools", [])}
-        if "create_task_plan" in offered:
-            return Reply.tool("create_task_plan", tasks=[{"title": EVIL, "target_file": "x.py"}])
+    title = EVIL
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
         return Reply.tool("no_such_tool\x1b[31m", path="a")
 
 
