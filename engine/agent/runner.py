@@ -48,7 +48,6 @@ from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
-from engine.runs.workspace import finish_rewind
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose
 from engine.tools.sandbox import not_a_project
@@ -63,7 +62,6 @@ from events.schema import (
     PhaseChanged,
     RunFinished,
     RunResumed,
-    RunRewound,
     RunStarted,
     SpecialistConsulted,
     TaskUpdated,
@@ -585,30 +583,18 @@ def resume_run(
     settings: Settings,
     http: httpx.Client | None = None,
     progress: Progress | None = None,
+    prepare: Prepare | None = None,
 ) -> RunLog:
     """Continue a run that crashed or stopped, from its log alone. Refused
-    (``LeaseHeld``) while another engine runs it."""
+    (``LeaseHeld``) while another engine runs it. ``prepare`` is called with the
+    run's log and workspace once the lease is held, before the engine starts (the
+    faces pass ``engine.runs.workspace.finish_cut_rewind``)."""
     with store.lease(run_id, describe_owner()):
-        return _resume(store, run_id, settings, http, progress)
+        return _resume(store, run_id, settings, http, progress, prepare)
 
 
-def _finish_a_cut_rewind(log: RunLog, workspace: Path, progress: Progress | None) -> None:
-    """When the run's last event is ``run.rewound``, the files it promised, for a
-    rewind killed before it had written them all (``finish_rewind``)."""
-    last = next(iter(log.store.read(log.run_id, after=log.version - 1)), None)
-    if last is None or not isinstance(last.data, RunRewound):
-        return
-    done = finish_rewind(log.store, log.run_id, log.version, workspace)
-    if progress and (done.written or done.removed):
-        progress(
-            f"restored the workspace to version {last.data.to_version}, which the rewind "
-            f"had not finished: {len(done.written)} file(s) written, {len(done.removed)} removed"
-        )
-    if progress and done.unchanged:
-        progress(
-            f"note: {', '.join(done.unchanged)} changed since the rewind to version "
-            f"{last.data.to_version}; left as they are"
-        )
+Prepare = Callable[[RunLog, Path, "Progress | None"], None]
+"""What ``resume_run`` has done to a run's workspace before its engine starts."""
 
 
 def _resume(
@@ -617,6 +603,7 @@ def _resume(
     settings: Settings,
     http: httpx.Client | None,
     progress: Progress | None,
+    prepare: Prepare | None = None,
 ) -> RunLog:
     log = RunLog(store, run_id)
     status = log.pipeline.status
@@ -641,7 +628,8 @@ def _resume(
     checked = check_models(client, settings, progress)
     if progress:
         _say_confinement(confinement, progress)
-    _finish_a_cut_rewind(log, workspace, progress)
+    if prepare is not None:
+        prepare(log, workspace, progress)
     engine = Engine(
         log,
         settings=settings,

@@ -109,6 +109,7 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
     from engine.agent.progress import run_display
     from engine.agent.runner import resume_run
     from engine.config import recorded_settings
+    from engine.runs.workspace import finish_cut_rewind
     from projections import project
 
     with opened_log(db) as store:
@@ -119,7 +120,7 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
             interrupts(store, db, None),
             run_display(steps, steps=pipeline.steps, plain=click.echo) as show,
         ):
-            resume_run(store, run_id, settings=settings, progress=show)
+            resume_run(store, run_id, settings=settings, progress=show, prepare=finish_cut_rewind)
         _finish(project(store, run_id))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from engine.agent.runlog import check_run_id
 from engine.agent.runner import check_goal, new_run_id, resume_run, start_run
 from engine.config import Settings
-from engine.runs.workspace import copy_workspace
+from engine.runs.workspace import copy_workspace, finish_cut_rewind
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
 from projections import project
@@ -185,7 +185,10 @@ class Worker:
                 self.progress(f"worker: resuming {run_id} from version {state.version}")
                 recorded = state.pipeline.config or None
                 settings = self.settings_for(Path(state.pipeline.workspace), recorded)
-                resume_run(self.store, run_id, settings=settings, progress=self.progress)
+                resume_run(
+                    self.store, run_id, settings=settings, progress=self.progress,
+                    prepare=finish_cut_rewind,
+                )  # fmt: skip
         except LeaseHeld:
             return None
         except StoreUnavailable:

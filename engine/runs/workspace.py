@@ -23,11 +23,11 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.agent.runlog import check_run_id
+from engine.agent.runlog import RunLog, check_run_id
 from engine.errors import ToolError
 from engine.tools.sandbox import Sandbox, not_a_project
 from events.errors import AutonomyError, RunNotFound
@@ -292,6 +292,26 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     contents = {p: store.get(d) for p in cut if (d := wanted[p]) is not None}
     done = _write(cut, contents)
     return Restored(done.written, done.removed, tuple(edited))
+
+
+def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], None] | None) -> None:
+    """Before a resume (``resume_run(prepare=...)``): when the run's last event is
+    ``run.rewound``, the files it promised, for a rewind killed before it had
+    written them all (``finish_rewind``); said through ``progress``."""
+    last = next(iter(log.store.read(log.run_id, after=log.version - 1)), None)
+    if last is None or not isinstance(last.data, RunRewound):
+        return
+    done = finish_rewind(log.store, log.run_id, log.version, workspace)
+    if progress and (done.written or done.removed):
+        progress(
+            f"restored the workspace to version {last.data.to_version}, which the rewind "
+            f"had not finished: {len(done.written)} file(s) written, {len(done.removed)} removed"
+        )
+    if progress and done.unchanged:
+        progress(
+            f"note: {', '.join(done.unchanged)} changed since the rewind to version "
+            f"{last.data.to_version}; left as they are"
+        )
 
 
 def _digest_of(target: Path) -> str | None:
