@@ -360,3 +360,14 @@ def _schema(db: Path) -> list[tuple[str, str]]:
         return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
     finally:
         connection.close()
+
+
+def test_the_postgres_indexes_are_on_the_expressions_the_views_compare() -> None:
+    """Written out (importing the views costs every command): kept equal to what
+    ``nul_safe`` makes of the bare expressions, or no query would use them."""
+    from engine.runs.audit import POSTGRES_INDEXES
+    from projections.views_postgres import nul_safe
+
+    for name in ("call_id", "task_id"):
+        bare = f"events(run_id, type, (data->>'{name}'))"
+        assert POSTGRES_INDEXES[f"events_{name}"] == nul_safe(bare)

@@ -35,7 +35,6 @@ from typing import Any, Literal
 from engine.storage import is_postgres_url, open_store
 from engine.tables import table
 from events.errors import AutonomyError, EventStoreError, StoreUnavailable
-from projections.views_postgres import CLEAN_FUNCTION, nul_safe
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv")
@@ -249,8 +248,8 @@ INDEXES: dict[str, str] = {
 # through ``autonomy_clean``: an index on ``data->>'call_id'`` itself refused the
 # append of any event holding a NUL character).
 POSTGRES_INDEXES = {
-    "events_call_id": nul_safe("events(run_id, type, (data->>'call_id'))"),
-    "events_task_id": nul_safe("events(run_id, type, (data->>'task_id'))"),
+    "events_call_id": "events(run_id, type, (autonomy_clean(data)->>'call_id'))",
+    "events_task_id": "events(run_id, type, (autonomy_clean(data)->>'task_id'))",
     "events_type_run": "events(type, run_id, version)",
 }
 
@@ -263,6 +262,8 @@ def dialect(connection: Any) -> str:
 def ensure_indexes(connection: Any) -> None:
     """Create the audit indexes that are missing (a no-op once they exist)."""
     if dialect(connection) == "postgres":
+        from projections.views_postgres import CLEAN_FUNCTION
+
         _execute(connection, CLEAN_FUNCTION, {}, "creating the audit indexes")
         made = _execute(
             connection,
@@ -305,6 +306,8 @@ def query_sql(name: str, run_id: str | None, dialect: str = "sqlite") -> str:
     query = _query(name)
     sql = query.postgres if dialect == "postgres" and query.postgres else query.sql
     if dialect == "postgres":
+        from projections.views_postgres import nul_safe
+
         sql = nul_safe(sql)
     return sql.format(run="run_id = :run_id" if run_id is not None else "TRUE").strip()
 
