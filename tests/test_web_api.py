@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -249,6 +250,34 @@ def test_the_stream_of_a_finished_run_sends_its_events_then_ends(client: TestCli
     with client.stream("GET", "/api/runs/done/stream", headers={"Last-Event-ID": "110"}) as again:
         resumed = "".join(again.iter_text())
     assert resumed.startswith("id: 111\n")
+
+
+def test_a_stream_reads_a_long_run_a_page_at_a_time_and_ends_only_at_its_end(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 4 (``events_page``): no read holds more (a client starting at 0 of a
+    long run made the service read the whole run at once), every event once and in
+    order, then ``end``; a full page is followed by the next, not by the end."""
+    with open_store(db) as store:
+        last = store.last_version("done")
+    read = web_app._read_after
+    sizes: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        events = read(*args)
+        sizes.append(len(events))
+        return events
+
+    monkeypatch.setattr(web_app, "_read_after", counted)
+    with (
+        client_for(db, events_page=4) as client,
+        client.stream("GET", "/api/runs/done/stream") as response,
+    ):
+        body = "".join(response.iter_text())
+    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(1, last + 1)) and body.endswith("event: end\ndata: " +
+        '{"status":"run.finished"}\n\n')  # fmt: skip
+    assert max(sizes) == 4 and sum(sizes) == last
 
 
 def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -102,7 +103,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     into memory whole."""
     events_page: int = 1_000
     """The most events one ``GET /api/runs/RUN/events`` answer holds (and the most a
-    ``limit`` may ask for); a ``Link: <...>; rel="next"`` header points at the rest."""
+    ``limit`` may ask for; a ``Link: <...>; rel="next"`` header points at the rest),
+    and the most a live stream reads at once."""
     shared_store: bool = True
     """On a PostgreSQL log, one store for the service's life, shared by every
     request; False opens one per request, as for an SQLite log (the baseline of
@@ -479,8 +481,9 @@ class _Web:
         quiet_since = loop.time()
         try:
             lifecycle = await anyio.to_thread.run_sync(_last_lifecycle, store, run_id)
+            page = self.settings.events_page
             while True:
-                events = await anyio.to_thread.run_sync(_read_after, store, run_id, after)
+                events = await anyio.to_thread.run_sync(_read_after, store, run_id, after, page)
                 for event in events:
                     yield f"id: {event.version}\ndata: {compact(event_document(event))}\n\n"
                     after = event.version
@@ -488,6 +491,8 @@ class _Web:
                         lifecycle = event.type
                 if events:
                     quiet_since = loop.time()
+                if len(events) == page:
+                    continue  # more already written: the next page, before any end or wait
                 if lifecycle in PAUSED:
                     yield f"event: end\ndata: {compact({'status': lifecycle})}\n\n"
                     return
@@ -563,8 +568,10 @@ def event_document(event: RecordedEvent) -> dict[str, Any]:
     return document
 
 
-def _read_after(store: EventStore, run_id: str, after: int) -> list[RecordedEvent]:
-    return list(store.read(run_id, after=after))
+def _read_after(store: EventStore, run_id: str, after: int, limit: int) -> list[RecordedEvent]:
+    """At most ``limit`` events after ``after``: a stream holds one page at a time,
+    however long the run (a client starting at 0 of a million events took them all)."""
+    return list(itertools.islice(store.read(run_id, after=after), limit))
 
 
 def _last_lifecycle(store: EventStore, run_id: str) -> str:
