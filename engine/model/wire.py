@@ -332,9 +332,8 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
         else:
             try:
                 parsed = _ANY.decode(arguments)
-            except RecursionError:
-                parsed = [arguments]  # refused below, as too deep
-                deep = True
+            except RecursionError:  # refused below
+                parsed, deep = {}, True
             except msgspec.DecodeError as e:
                 raise ModelResponseInvalid(
                     f"The arguments of your call to {name!r} are not valid JSON ({e}). "
