@@ -23,6 +23,8 @@ import msgspec
 import pytest
 from waiting import lock_is_free, wait_until
 
+from engine.agent.runner import confine_commands
+from engine.config import load_settings
 from engine.errors import ConfinementUnavailable
 from engine.tools import ToolContext, ToolOutcome, default_registry, execute
 from engine.tools.confine import CommandLimits, Confinement, choose
@@ -244,6 +246,37 @@ def test_a_command_runs_under_the_largest_limits_the_settings_accept(tmp_path: P
 def _ceiling(annotated: Any) -> int:
     """The ``le`` of an ``Annotated[int, msgspec.Meta(...)]``."""
     return int(next(m.le for m in annotated.__metadata__ if m.le is not None))
+
+
+def test_a_command_cannot_read_the_users_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's code could print ~/.ssh/id_rsa or cloud tokens into a tool result,
+    which the next request sends to the model server: under bubblewrap the usual
+    places are hidden, and the rest of home (a toolchain, say) is still there."""
+    workspace = tmp_path / "ws"
+    home = workspace / "home"  # in the sandbox, the workspace is bound over its /tmp
+    for name, content in ((".ssh/id_rsa", "PRIVATE KEY"), (".aws/credentials", "AWS SECRET"),
+                          (".netrc", "machine x password NETRC"), ("tools/ok.txt", "visible")):  # fmt: skip
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(content)
+    monkeypatch.setenv("HOME", str(home))
+    store = MemoryEventStore()
+    hidden = confine_commands(load_settings(env={}), store).hidden
+    assert {home / ".ssh", home / ".aws", home / ".netrc"} <= set(hidden)
+    code = textwrap.dedent(
+        f"""
+        import pathlib
+        for name in (".ssh/id_rsa", ".aws/credentials", ".netrc", "tools/ok.txt"):
+            path = pathlib.Path({str(home)!r}) / name
+            print(name, path.read_text() if path.is_file() else "(none)")
+        """
+    )
+    outcome = run(workspace, ["python", "-c", code], bubblewrap(hidden=hidden), allowlist=PYTHON_C)
+    assert outcome.ok, outcome.error
+    for secret in ("PRIVATE KEY", "AWS SECRET", "NETRC"):
+        assert secret not in outcome.result
+    assert "tools/ok.txt visible" in outcome.result
 
 
 def test_required_without_a_mechanism_refuses_and_auto_warns() -> None:

@@ -49,7 +49,7 @@ from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
-from engine.tools.confine import Confinement, choose
+from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.sandbox import not_a_project
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
@@ -389,9 +389,9 @@ def http_client(settings: Settings) -> httpx.Client:
 
 
 def hidden_from_commands(store: EventStore) -> list[Path]:
-    """What a command the model runs must not see: the chain's key, and the log
-    (with its WAL files and leases)."""
-    hidden = [key_file()]
+    """What a command the model runs must not see: the chain's key, the log (with
+    its WAL files and leases), and the user's credentials (``confine.credentials``)."""
+    hidden = [key_file(), *credentials()]
     db = getattr(store, "path", "")
     if db and db != ":memory:":
         hidden += [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".leases")]

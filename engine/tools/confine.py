@@ -7,7 +7,9 @@ The model writes code and then asks to run it (``python -m pytest``), so whateve
   Claude Code and mini-swe-agent use on Linux: new user, pid, ipc, uts and network
   namespaces; the whole file system read-only; the workspace and a private ``/tmp``
   (a tmpfs) writable; ``.git`` read-only; the run's log (``.autonomy/`` and the
-  ``--db`` file wherever it is) and the chain key hidden; ``/run`` hidden (the
+  ``--db`` file wherever it is), the chain key and the user's credentials
+  (``CREDENTIALS`` under ``$HOME``: a command's output goes to the model server in
+  the next request) hidden; ``/run`` hidden (the
   sockets of local daemons) unless the network is allowed; no network unless
   ``tools.network = true``. ``--die-with-parent`` and the pid namespace end the
   whole process tree when the command ends, times out, or the engine dies: a
@@ -188,6 +190,20 @@ def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
     if not ready:
         raise subprocess.TimeoutExpired(process.args, timeout)
     return process.wait()
+
+
+CREDENTIALS = (
+    ".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker",
+    ".config/gh", ".password-store", ".netrc", ".git-credentials", ".pypirc", ".npmrc",
+)  # fmt: skip
+"""Where a home directory keeps keys, tokens and passwords (relative to it): hidden
+from commands (``credentials``), which need none of them to build and test a project."""
+
+
+def credentials(home: Path | None = None) -> list[Path]:
+    """The ``CREDENTIALS`` paths of ``home`` (the user's, by default)."""
+    base = home if home is not None else Path.home()
+    return [base / name for name in CREDENTIALS]
 
 
 def _python_paths() -> list[Path]:
