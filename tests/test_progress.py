@@ -223,3 +223,24 @@ def test_no_command_prints_an_escape_sequence_a_model_wrote(tmp_path: Path) -> N
             output
         )
     assert b"\\x1b]52;c;" in outputs[1]
+
+
+def test_a_command_with_its_output_closed_says_nothing_and_does_not_fail(tmp_path: Path) -> None:
+    """``autonomy runs >&-``: click drops what it would print, as it always did; the
+    printable streams must not make a closed stream a crash (they did, once)."""
+    db = tmp_path / "e.db"
+    with ScriptedModelServer(Evil(), models=["m"]) as server:
+        subprocess.run(
+            [AUTONOMY, "run", "g", "--workspace", str(tmp_path / "ws"), "--db", str(db),
+             "--max-steps", "1", "--model-url", server.url, "--model", "m"],
+            capture_output=True,
+        )  # fmt: skip
+    for closed in (1, 2):
+        done = subprocess.run(
+            [AUTONOMY, "runs", "--db", str(db)],
+            stdout=subprocess.PIPE if closed == 2 else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if closed == 1 else subprocess.DEVNULL,
+            preexec_fn=lambda fd=closed: os.close(fd),  # type: ignore[misc]
+        )
+        assert done.returncode == 0, (closed, done.stdout, done.stderr)
+        assert b"Traceback" not in (done.stdout or b"") + (done.stderr or b"")

@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from engine.terminal import PrintableStream
 
     stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
+    # None when the stream was closed (``>&-``): click then prints nothing, as before
+    sys.stdout = PrintableStream(stdout) if stdout is not None else stdout
+    sys.stderr = PrintableStream(stderr) if stderr is not None else stderr
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="autonomy")
     finally:
