@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from waiting import lock_is_free, wait_until
+from waiting import lock_is_free, reaped, wait_until
 
 from engine.agent.runner import confine_commands
 from engine.config import load_settings
@@ -179,17 +179,13 @@ def test_the_command_ends_when_the_engine_is_killed(tmp_path: Path) -> None:
     )
     bubblewrap()
     process = subprocess.Popen([sys.executable, "-c", engine], start_new_session=True)
-    try:
+    with reaped(process):
         wait_until(lambda: (tmp_path / "alive.txt").exists(), "the command has started")
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         wait_until(lambda: lock_is_free(tmp_path / "holder.lock"), "the command is gone")
         (tmp_path / "go").write_text("")
         assert not (tmp_path / "late.txt").exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize(

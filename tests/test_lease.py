@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from waiting import Gate
+from waiting import Gate, reaped
 
 from engine.agent.prompts import opening
 from engine.agent.runlog import RunLog
@@ -61,7 +61,7 @@ def test_a_lease_ends_with_its_process_however_it_dies(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    try:
+    with reaped(process):
         assert process.stdout is not None and process.stdout.readline() == "held\n"
         store = SQLiteEventStore(db)
         with pytest.raises(LeaseHeld, match="the holder"), store.lease("r", "me"):
@@ -70,10 +70,6 @@ def test_a_lease_ends_with_its_process_however_it_dies(tmp_path: Path) -> None:
         process.wait(timeout=30)
         with store.lease("r", "me"):
             pass  # free at once: no expiry to wait for
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def flags(server: ScriptedModelServer) -> list[str]:
@@ -181,15 +177,13 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
         process = autonomy_run(
             tmp_path, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        try:
-            assert gate.arrived.wait(timeout=60), "the run never asked the model"
-            process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=60)
-        finally:
-            gate.opened.set()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        with reaped(process):
+            try:
+                assert gate.arrived.wait(timeout=60), "the run never asked the model"
+                process.send_signal(signal.SIGINT)
+                out, err = process.communicate(timeout=60)
+            finally:
+                gate.opened.set()
         assert process.returncode == 130, (out, err)
         assert "Traceback" not in err
         (run_id,) = run_ids(db)

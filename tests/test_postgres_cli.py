@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from waiting import Gate
+from waiting import Gate, reaped
 
 from engine.cli import cli
 from engine.runs.audit import QUERIES
@@ -222,16 +222,14 @@ def test_a_run_whose_log_goes_away_stops_with_one_error_and_how_to_resume_it(
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            assert gate.arrived.wait(timeout=60), "the run never reached its review"
-            with pg_server.refusing():
+        with reaped(run):
+            try:
+                assert gate.arrived.wait(timeout=60), "the run never reached its review"
+                with pg_server.refusing():
+                    gate.opened.set()
+                    _, err = run.communicate(timeout=120)
+            finally:
                 gate.opened.set()
-                _, err = run.communicate(timeout=120)
-        finally:
-            gate.opened.set()
-            if run.poll() is None:
-                run.kill()
-                run.wait()
         assert run.returncode == 1, err
         error, hint = err.strip().splitlines()
         assert error.startswith("Error: run cut stopped: appending to run 'cut': "), err

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from test_engine_run import OneFile, PlansOneTask, settings_for
-from waiting import Gate
+from waiting import Gate, reaped
 from web_runs import AUTONOMY
 
 from engine.agent.progress import LiveDisplay, run_display
@@ -120,19 +120,17 @@ def test_a_real_run_on_a_terminal_shows_the_live_line_and_the_bar(tmp_path: Path
         )
         os.close(terminal)
         seen = bytearray()
-        try:
-            # the first model call is held: the live line counts its seconds
-            read_until(controller, seen, r"\((m)\) · 0 tokens · \d+\.\d s")
-            read_until(controller, seen, r"steps .*\d+/20")
-            gate.opened.set()
-            read_until(controller, seen, r"run r: completed")
-            assert process.wait(timeout=60) == 0
-        finally:
-            gate.opened.set()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            os.close(controller)
+        with reaped(process):
+            try:
+                # the first model call is held: the live line counts its seconds
+                read_until(controller, seen, r"\((m)\) · 0 tokens · \d+\.\d s")
+                read_until(controller, seen, r"steps .*\d+/20")
+                gate.opened.set()
+                read_until(controller, seen, r"run r: completed")
+                assert process.wait(timeout=60) == 0
+            finally:
+                gate.opened.set()
+                os.close(controller)
     text = seen.decode("utf-8", "replace")
     assert "step   1 |" in text  # the progress lines are still printed, above the bar
 

@@ -4,6 +4,7 @@ their session, concurrent writers, migrations."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any, cast
 import psycopg
 import pytest
 from click.testing import CliRunner
+from waiting import reaped
 
 from engine.cli import cli
 from engine.errors import ConfigError
@@ -125,7 +127,7 @@ def test_a_lease_ends_with_its_process_however_it_dies(pg_url: str) -> None:
         [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     store = PostgresEventStore(pg_url)
-    try:
+    with reaped(process), contextlib.closing(store):
         assert process.stdout is not None and process.stdout.readline() == "held\n"
         with pytest.raises(LeaseHeld, match="the holder"), store.lease("r", "me"):
             pass
@@ -141,11 +143,6 @@ def test_a_lease_ends_with_its_process_however_it_dies(pg_url: str) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-    finally:
-        store.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_migrations_are_versioned_and_a_newer_schema_is_refused(

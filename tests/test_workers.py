@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from waiting import Gate, wait_until
+from waiting import Gate, reaped, wait_until
 
 from engine.cli import cli
 from engine.runs.demo import GOAL
@@ -114,22 +114,20 @@ def test_a_worker_whose_log_goes_away_mid_run_waits_and_finishes_the_run_once_it
         )
         reader = threading.Thread(target=lambda: lines.extend(worker.stdout or ()), daemon=True)
         reader.start()
-        try:
-            assert gate.arrived.wait(timeout=60), "the run never reached its review"
-            with pg_server.refusing():
+        with reaped(worker):
+            try:
+                assert gate.arrived.wait(timeout=60), "the run never reached its review"
+                with pg_server.refusing():
+                    gate.opened.set()
+                    wait_until(
+                        lambda: any("cannot be reached" in line for line in lines),
+                        "the worker says it lost the log",
+                        timeout=60,
+                    )
+                worker.wait(timeout=240)
+                reader.join(timeout=30)
+            finally:
                 gate.opened.set()
-                wait_until(
-                    lambda: any("cannot be reached" in line for line in lines),
-                    "the worker says it lost the log",
-                    timeout=60,
-                )
-            worker.wait(timeout=240)
-            reader.join(timeout=30)
-        finally:
-            gate.opened.set()
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
     text = "".join(lines)
     assert worker.returncode == 0, text
     assert "Traceback" not in text, text

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,18 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.02)
+
+
+@contextmanager
+def reaped(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``process`` for the block; at its end, however it ends, killed if it still
+    runs and waited for: a test never leaves a process behind."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def lock_is_free(path: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from waiting import reaped
 
 from engine.cli import cli
 from engine.runs.demo import GOAL, PYTEST, DemoModels
@@ -77,15 +78,11 @@ def running(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        yield
-    finally:
+    with reaped(process):
         try:
-            process.wait(timeout=60)
+            yield
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            process.wait(timeout=60)
 
 
 @contextmanager
