@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from events.store import (
+    BEYOND,
     RUNS_AFTER_SQL,
     RUNS_SQL,
     EventStore,
@@ -30,10 +31,6 @@ COLUMNS = "position, run_id, version, type, schema_version, recorded_at, causati
 _RUN_WHERE = (
     "FROM events WHERE run_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
 )
-
-
-BEYOND = 2**62
-"""Past every version and position: what a read with no upper bound is bound by."""
 
 
 def _bounded(number: int) -> int:

@@ -706,6 +706,10 @@ def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:
     ]
 
 
+BEYOND = 2**62
+"""More than any log's versions, positions or rows: the bound of a read that has none."""
+
+
 def chunks(
     fetch: Callable[[int, int], list[Any]], after: int, key_at: int, limit: int | None = None
 ) -> Iterator[list[Any]]:
@@ -714,7 +718,7 @@ def chunks(
     last row's key until a chunk comes back short or ``limit`` rows were read. Each
     chunk is a query of its own, so no statement stays open (and no lock held)
     while the caller works on a chunk."""
-    remaining = limit if limit is not None else 2**62
+    remaining = limit if limit is not None else BEYOND
     while remaining > 0:
         size = min(READ_CHUNK, remaining)
         rows = fetch(after, size)

@@ -38,15 +38,15 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
     for run_id in wanted:
         if run_id not in known:
             raise RunNotFound(run_id)
-    present = [run_id for run_id in wanted if target.last_version(run_id) > 0]
-    differing = [run_id for run_id in present if _head(target, run_id) != _head(source, run_id)]
+    present = {run_id: head for run_id in wanted if (head := _head(target, run_id))[0] > 0}
+    differing = [run_id for run_id, head in present.items() if head != _head(source, run_id)]
     if differing:
         raise EventStoreError(
             f"the target already has run(s) {', '.join(differing)}, with other events; "
             "nothing was copied"
         )
     return [
-        Copied(run_id, target.last_version(run_id), 0, skipped=True)
+        Copied(run_id, present[run_id][0], 0, skipped=True)
         if run_id in present
         else _copy_one(source, target, run_id)
         for run_id in wanted
@@ -56,7 +56,7 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
 def _head(store: EventStore, run_id: str) -> tuple[int, str]:
     """A run's last version and the hash of its last row: equal heads, equal chains."""
     last = store.last_version(run_id)
-    row = next(iter(store.read_raw(run_id, after=last - 1)), None)
+    row = next(iter(store.read_raw(run_id, after=last - 1)), None) if last else None
     return last, row.hash if row is not None else ""
 
 

@@ -224,10 +224,7 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
     unchanged: list[str] = []
     for path, target in targets.items():
         content = contents.get(path)
-        try:
-            mode: int | None = target.lstat().st_mode
-        except FileNotFoundError:
-            mode = None
+        mode = _mode_of(target)
         regular = mode is not None and stat.S_ISREG(mode)
         if content is None:
             if mode is not None:
@@ -315,14 +312,21 @@ def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], No
 
 
 def _digest_of(target: Path) -> str | None:
-    """The sha256 of the regular file at ``target``; None when there is none."""
+    """The sha256 of the regular file at ``target``; None when nothing is there, ""
+    for anything else (a link, a FIFO: never a rewind's content)."""
+    mode = _mode_of(target)
+    if mode is None or not stat.S_ISREG(mode):
+        return None if mode is None else ""
+    return hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+def _mode_of(target: Path) -> int | None:
+    """``target``'s own file type and mode (a link's, not its target's); None when
+    nothing is there."""
     try:
-        mode = target.lstat().st_mode
+        return target.lstat().st_mode
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(mode):
-        return "not a regular file"
-    return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
