@@ -268,6 +268,10 @@ RECORDED_BEFORE: Mapping[str, Any] = {"max_answer_tokens": 0}
 """What a role's settings meant before a key existed, for a run recorded then:
 no answer cap. A key whose default would change an old run's requests belongs here."""
 
+LIMITS_RECORDED_BEFORE: Mapping[str, Any] = {"max_calls_per_answer": 2**62}
+"""The same for ``[limits]``: before the cap on calls per answer, every call of an
+answer ran, and a replay of such a run runs them all again."""
+
 
 CONFINEMENT_KEYS = ("sandbox", "network", "limits")
 """The ``[tools]`` keys that protect the machine commands run on. A log says what a
@@ -283,8 +287,9 @@ def recorded_settings(config: Mapping[str, Any]) -> Settings:
     less its confinement (``CONFINEMENT_KEYS``: today's defaults instead).
 
     A key added since the run was recorded takes the value that reproduces what the
-    run did then (``RECORDED_BEFORE``), not today's default: a replay, a resume or a
-    worker taking the run up sends the requests that run sends."""
+    run did then (``RECORDED_BEFORE``, ``LIMITS_RECORDED_BEFORE``), not today's
+    default: a replay, a resume or a worker taking the run up sends the requests that
+    run sends, and runs the calls it ran."""
     recorded = config.get("models")
     models = dict(recorded) if isinstance(recorded, Mapping) else {}
     for role in ROLE_NAMES:
@@ -292,6 +297,9 @@ def recorded_settings(config: Mapping[str, Any]) -> Settings:
         if isinstance(table, Mapping):
             models[role] = {**RECORDED_BEFORE, **table}
     layered: dict[str, Any] = {**config, "models": models}
+    limits = config.get("limits")
+    if isinstance(limits, Mapping):
+        layered["limits"] = {**LIMITS_RECORDED_BEFORE, **limits}
     tools = config.get("tools")
     if isinstance(tools, Mapping):
         layered["tools"] = {k: v for k, v in tools.items() if k not in CONFINEMENT_KEYS}

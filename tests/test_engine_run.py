@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from engine.runs.demo import DemoModels
 from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from events import EventStore, MemoryEventStore, ToolExecuted
+from events import EventStore, MemoryEventStore, RunStarted, ToolExecuted
 from projections import project
 
 
@@ -234,6 +235,36 @@ def test_only_the_first_calls_of_an_answer_run_the_rest_are_answered_with_why(
     assert "made 40 tool calls and only the first 16 run" in executed[cap].error
     assert sorted(p.name for p in workspace.glob("n*.py")) == sorted(f"n{i}.py" for i in range(cap))
     assert replay(store, run_id, tools="recorded").identical
+
+
+def test_a_run_recorded_before_the_cap_on_calls_per_answer_replays_every_call(
+    tmp_path: Path,
+) -> None:
+    """A log written before ``max_calls_per_answer`` existed ran every call of an
+    answer: its replay runs them all too, rather than diverging at the 17th."""
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(RunawayAnswer(), models=["m"]) as server, open_store(db) as store:
+        settings = settings_for(server, max_steps=4)
+        limits = msgspec.structs.replace(settings.limits, max_calls_per_answer=1000)
+        settings = msgspec.structs.replace(settings, limits=limits)
+        start_run(store, goal="g", workspace=tmp_path / "ws", settings=settings, run_id="r")
+    # the run.started row as a log written before the key existed holds it
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER events_append_only_update")
+        conn.execute(
+            "UPDATE events SET data = json_remove(data, '$.config.limits.max_calls_per_answer')"
+            " WHERE type = 'run.started'"
+        )
+    with open_store(db) as store:
+        events = [e.data for e in store.read("r")]
+        result = replay(store, "r", tools="recorded")
+    started = events[0]
+    assert (
+        isinstance(started, RunStarted) and "max_calls_per_answer" not in started.config["limits"]
+    )
+    created = [e for e in events if isinstance(e, ToolExecuted) and e.tool == "create_file"]
+    assert len(created) >= 40 and all(e.ok for e in created[:40])
+    assert result.identical, result.report()
 
 
 class RepeatsAFailingCall(PlansOneTask):
