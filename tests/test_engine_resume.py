@@ -83,6 +83,39 @@ def test_a_tool_that_never_ran_is_recorded_as_not_applied_on_resume(tmp_path: Pa
     assert state.status == "completed" and not state.pending_tools
 
 
+@pytest.mark.parametrize("gone", ["deleted", "a file now"])
+def test_a_run_whose_workspace_is_gone_is_refused_and_the_fork_it_names_completes(
+    tmp_path: Path, gone: str
+) -> None:
+    """Resume writes nothing into a workspace that is no longer there (or no longer a
+    directory) and says how to go on: a fork restored from the log's files."""
+    store, _, workspace = crashed_run(tmp_path)
+    store.close()
+    workspace.rmdir()
+    if gone == "a file now":
+        workspace.write_text("not a workspace")
+    db = str(tmp_path / "events.db")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        flags = ["--db", db, "--model-url", server.url, "--api", "ollama", "--model", "m"]
+        refused = CliRunner().invoke(cli, ["resume", "r1", *flags])
+        assert refused.exit_code == 1 and "Traceback" not in refused.output
+        assert f"run r1's workspace {workspace} is " in refused.output
+        assert ("not a directory" if gone == "a file now" else "gone") in refused.output
+        assert "nothing was run" in refused.output
+        with open_store(db) as store:
+            assert store.last_version("r1") == 2, "nothing written"
+        hint = refused.output.split("autonomy fork ")[1].split(",")[0]
+        new = str(tmp_path / "again")
+        args = hint.replace("NEW_DIR", new).split()
+        forked = CliRunner().invoke(cli, ["fork", *args, "--as", "again", "--db", db])
+        assert forked.exit_code == 0, forked.output
+        resumed = CliRunner().invoke(cli, ["resume", "again", *flags])
+        assert resumed.exit_code == 0, resumed.output
+    with open_store(db) as store:
+        assert project(store, "again").pipeline.status == "completed"
+    assert (tmp_path / "again" / "calc.py").is_file()
+
+
 def test_a_run_cut_by_a_full_disk_stops_clean_resumes_and_replays(tmp_path: Path) -> None:
     """The disk filling up mid-run (SQLite's limit on the file, ``max_page_count``)
     stops the run where its log stops, as an outage does; with room again it

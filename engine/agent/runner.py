@@ -623,6 +623,13 @@ def _resume(
             f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
             "nothing was run (was the log edited?)"
         )
+    if not workspace.is_dir():
+        gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
+        raise ResumeRefused(
+            f"run {run_id}'s workspace {workspace} is {gone}; nothing was run. Put it back, "
+            f"or go on in a new workspace made from the log's files: autonomy fork {run_id} "
+            f"--at {log.version} --workspace NEW_DIR, then autonomy resume the new run"
+        )
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)
