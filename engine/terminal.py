@@ -9,7 +9,8 @@ newline, DEL, C1) and every bidirectional override as a visible escape (``\\x1b`
 ``\\u202e``), and ``PrintableStream`` does so for everything the command line prints
 (``engine.cli.main`` puts one on stdout and stderr). The live display draws its own
 escape sequences on the stream underneath (``raw``) and passes its text through
-``printable``. JSON output is untouched: its encoder already escapes them.
+``printable``. JSON output is untouched: its encoder already escapes them. CSV
+written to a file or a pipe is data, and goes there exactly (``data_stream``).
 """
 
 from __future__ import annotations
@@ -47,3 +48,15 @@ class PrintableStream:
 def raw_stream(stream: IO[str]) -> IO[str]:
     """The stream under a ``PrintableStream`` (``stream`` itself otherwise)."""
     return stream.raw if isinstance(stream, PrintableStream) else stream
+
+
+def data_stream(stream: IO[str]) -> IO[str]:
+    """Where to write data (CSV) meant for ``stream``: the stream underneath when it is
+    a file or a pipe, whose reader wants every value as it is; ``stream`` itself, which
+    escapes, when a terminal would show it."""
+    raw = raw_stream(stream)
+    try:
+        terminal = raw.isatty()
+    except (AttributeError, ValueError):  # no such method, or a closed stream
+        terminal = False
+    return stream if terminal else raw

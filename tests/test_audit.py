@@ -8,11 +8,16 @@ the rules engine never produces on its own (a fallback decision, a failed model 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
+import os
+import pty
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -43,6 +48,7 @@ from events.schema import (
 )
 
 RUN = "demo"
+AUTONOMY = str(Path(sys.executable).parent / "autonomy")
 OTHER = "synthetic"
 MARK = "zz-injected"
 DEEP = f"{MARK}/" + "d/" * 70 + "x.py"  # too deep for the sandbox
@@ -269,6 +275,37 @@ def test_csv_format_round_trips_through_the_csv_module(db: Path) -> None:
     assert [r["to_phase"] for r in parsed] == [
         r["to_phase"] for r in rows(db, RUN, "phase-timeline")
     ]
+
+
+HOSTILE_VALUE = 'a\rb\x1b]52;c;aGk=\x07 \u202e, "q"\nnext\ttab'
+
+
+def test_csv_to_a_pipe_holds_every_value_exactly_and_to_a_terminal_shows_escapes(
+    db: Path,
+) -> None:
+    """CSV is data: piped, a value with a carriage return, an escape sequence or a
+    newline reads back exactly (click dropped what looked like a colour code, and an
+    unquoted carriage return broke the row); on a terminal it is shown, not obeyed."""
+    sql = "SELECT :run_id AS run_id, 1 AS n"
+    args = [AUTONOMY, "audit", HOSTILE_VALUE, "--sql", sql, "--format", "csv", "--db", str(db)]
+    piped = subprocess.run(args, capture_output=True)
+    assert piped.returncode == 0, piped.stderr
+    text = piped.stdout.decode()
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [
+        ["run_id", "n"],
+        [HOSTILE_VALUE, "1"],
+    ]
+    primary, secondary = pty.openpty()
+    with closing(os.fdopen(primary, "rb", buffering=0)) as terminal:
+        done = subprocess.run(args, stdout=secondary, stderr=subprocess.PIPE)
+        os.close(secondary)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once everything written was read
+            while chunk := terminal.read(4096):
+                shown += chunk
+    assert done.returncode == 0, done.stderr
+    assert b"\\x1b]52;c;aGk=\\x07" in shown and b"\\u202e" in shown
+    assert b"\x1b" not in shown and b"\x07" not in shown
 
 
 def test_an_empty_answer_says_so(db: Path) -> None:

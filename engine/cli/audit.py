@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -13,6 +14,7 @@ import click
 
 from engine.cli.base import cli, db_option, opened_log
 from engine.runs.audit import FORMATS
+from engine.terminal import data_stream
 
 if TYPE_CHECKING:
     from events.store import EventStore
@@ -76,7 +78,12 @@ def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) ->
             connection = _sql(store)
             _try_indexes(db, connection)
             result = run_query(connection, name, run_id, arguments)
-    click.echo(format_result(result, cast(Format, fmt)))
+    text = format_result(result, cast(Format, fmt))
+    if fmt == "csv" and sys.stdout is not None:
+        # not click.echo, which drops what looks like a colour code off a terminal
+        data_stream(sys.stdout).write(text + "\n")
+    else:
+        click.echo(text)
 
 
 def _sql(store: EventStore) -> Any:

@@ -411,9 +411,14 @@ def format_result(result: AuditResult, fmt: Format) -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
+        # a value holding a carriage return is quoted too (the writer quotes only for
+        # its own line ending), or no CSV reader reads the row back
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(result.columns)
-        writer.writerows(result.rows)
-        return out.getvalue().rstrip("\n")
+        for row in result.rows:
+            carriage = any(isinstance(value, str) and "\r" in value for value in row)
+            (quoted if carriage else writer).writerow(row)
+        return out.getvalue().removesuffix("\n")
     if fmt == "table":
         if not result.rows:
             return "(no rows)"
