@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -255,6 +258,61 @@ def test_fork_into_a_non_empty_directory_is_refused(
     assert code == 1 and "not an empty directory" in out
     with open_store(db) as store:
         assert store.last_version("f") == 0
+
+
+STOPPED_FORK = """
+import os, sys
+import engine.runs.workspace as workspace
+from engine.cli import main
+
+real = workspace._write
+
+
+def stopped(targets, contents):
+    real(dict(list(targets.items())[:1]), contents)  # the copy half done
+    os.kill(os.getpid(), int(sys.argv[1]))
+
+
+workspace._write = stopped
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_again(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path, sig: int
+) -> None:
+    """The copy is made beside the new workspace and moved into place whole: a fork
+    stopped half-way (Ctrl-C, or killed) leaves the workspace free, no run, and the
+    same command given again makes the fork."""
+    db, _, version, then = first_review
+    new = tmp_path / "fork-ws"
+    args = [
+        "fork",
+        "r",
+        "--at",
+        str(version),
+        "--workspace",
+        str(new),
+        "--as",
+        "f",
+        "--db",
+        str(db),
+    ]
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_FORK, str(int(sig)), *args], capture_output=True, timeout=120
+    )
+    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    assert not new.exists()
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".fork-ws.forking-")]
+    assert len(partial) == (1 if sig == signal.SIGKILL else 0), "Ctrl-C removes the part copied"
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+
+    code, out = invoke(*args)
+
+    assert code == 0, out
+    assert snapshot(new) == then
 
 
 def test_a_fork_rewound_returns_to_its_own_files(

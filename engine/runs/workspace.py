@@ -346,7 +346,8 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     The new run's first event is ``run.forked(parent, at, workspace)``; its
     workspace gets the parent's files (those the parent never touched are copied
     from the parent's workspace, if it still exists) as they were at ``at``. The
-    parent's events and workspace are not touched.
+    parent's events and workspace are not touched. Stopped before its event is
+    written, a fork leaves no workspace.
     """
     _check_version(store, run_id, at)
     check_run_id(new_run_id)
@@ -358,7 +359,17 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
     if parent_workspace.resolve() == workspace:
         raise HistoryError("a fork needs its own workspace, not its parent's")
-    restored = restore(store, run_id, at, workspace, copy_from=parent_workspace)
+    # made beside it and moved into place whole: a fork stopped during the copy leaves
+    # no half workspace that the same command, given again, would refuse as not empty
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    partial = workspace.parent / f".{workspace.name}.forking-{os.getpid()}-{os.urandom(4).hex()}"
+    partial.mkdir()
+    try:
+        restored = restore(store, run_id, at, partial, copy_from=parent_workspace)
+        partial.rename(workspace)  # onto an empty directory too
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     store.append(
         new_run_id,
         [RunForked(parent_run=run_id, at_version=at, workspace=str(workspace))],
