@@ -163,11 +163,14 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     base: Settings | None = None,
+    in_workspace: bool = False,
 ) -> Settings:
     """The effective settings: defaults (or ``base``, e.g. the settings a run
     recorded when it started), then ``config_file``, then ``env``
     (``os.environ`` when None), then ``overrides`` (CLI flags; None values are
     ignored). Keys of ``overrides``: mode, max_steps, model_url, api, model.
+    ``in_workspace``: ``config_file`` is the workspace's own, found there rather
+    than named, and may only tighten confinement (``check_tightens``).
 
     Raises ``ConfigError`` naming the file and key, the variable or the flag."""
     if config_file is not None:
@@ -182,7 +185,40 @@ def load_settings(
             )
         if value is not None:
             layered[key] = _convert(value, key, f"--{key.replace('_', '-')}")
+    if config_file is not None and in_workspace:
+        check_tightens(settings.tools, config_file, sandbox_given="sandbox" in layered)
     return _checked(_apply(settings, layered))
+
+
+_SANDBOX_STRENGTH = {"off": 0, "auto": 1, "required": 2}
+
+
+def check_tightens(tools: ToolSettings, path: Path, *, sandbox_given: bool = False) -> None:
+    """``ConfigError`` when the workspace's own config file ``path`` loosens how
+    commands are confined (``CONFINEMENT_KEYS``) beyond the defaults: a weaker
+    sandbox, the network, a larger or no resource limit. The workspace is what the
+    model's commands write: an ``autonomy.toml`` one of them left there would
+    otherwise unconfine the next run in it. A file named with ``--config``, the
+    environment and the flags are the user's own, and may loosen (``sandbox_given``:
+    the sandbox is set by one of those, whatever the file says)."""
+    default = ToolSettings()
+    loosened = []
+    weaker = _SANDBOX_STRENGTH[tools.sandbox] < _SANDBOX_STRENGTH[default.sandbox]
+    if weaker and not sandbox_given:
+        loosened.append(f'tools.sandbox = "{tools.sandbox}"')
+    if tools.network and not default.network:
+        loosened.append("tools.network = true")
+    for name in tools.limits.__struct_fields__:
+        value, limit = getattr(tools.limits, name), getattr(default.limits, name)
+        if limit and (value == 0 or value > limit):
+            loosened.append(f"tools.limits.{name} = {value} (the default is {limit})")
+    if loosened:
+        raise ConfigError(
+            f"{path}: {'; '.join(loosened)}: a workspace's own autonomy.toml may tighten "
+            "how commands are confined, never loosen it (the model's commands can write "
+            "that file); to loosen it, name the file with --config (or AUTONOMY_CONFIG), "
+            "or use AUTONOMY_SANDBOX / --sandbox"
+        )
 
 
 def read_config(path: Path) -> Settings:

@@ -453,6 +453,59 @@ def test_a_replayed_log_cannot_turn_confinement_off(tmp_path: Path) -> None:
     assert replayed.compared > 0
 
 
+UNCONFINED_TOML = '[tools]\nsandbox = "off"\nnetwork = true\n\n[tools.limits]\nprocesses = 0\n'
+
+
+def test_an_autonomy_toml_the_model_left_in_its_workspace_cannot_unconfine_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """A model writes ``autonomy.toml`` into its workspace saying no sandbox, the
+    network, no process limit. The next ``autonomy run`` there finds that file: it is
+    refused, naming each key, and nothing runs. Named with ``--config`` (the user's
+    own choice), the same file is taken; a workspace file that tightens is taken."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.runs.demo import GOAL, DemoModels
+    from engine.storage import open_store
+    from engine.testing import ScriptedModelServer
+
+    class LeavesAConfig(DemoModels):
+        def __call__(self, request: Any) -> Any:
+            reply = super().__call__(request)
+            if any(name == "create_file" for name, _ in reply.tool_calls):
+                written = ("create_file", {"path": "autonomy.toml", "content": UNCONFINED_TOML})
+                reply = replace(reply, tool_calls=(*reply.tool_calls, written))
+            return reply
+
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
+        flags = ["--workspace", str(workspace), "--db", str(db), "--model-url", server.url,
+                 "--api", "ollama", "--model", "m"]  # fmt: skip
+        first = CliRunner().invoke(cli, ["run", GOAL, "--run-id", "first", *flags])
+        assert first.exit_code == 0, first.output
+        assert (workspace / "autonomy.toml").read_text() == UNCONFINED_TOML, "the model wrote it"
+        second = CliRunner().invoke(cli, ["run", "next goal", "--run-id", "second", *flags])
+    assert second.exit_code == 1 and "Traceback" not in second.output
+    message = " ".join(second.output.split())
+    for key in ('tools.sandbox = "off"', "tools.network = true", "tools.limits.processes = 0"):
+        assert key in message, message
+    assert "may tighten how commands are confined, never loosen it" in message
+    with open_store(db) as store:
+        assert store.last_version("second") == 0, "nothing ran"
+
+    named = CliRunner().invoke(cli, ["config", "--config", str(workspace / "autonomy.toml")])
+    assert named.exit_code == 0 and 'sandbox = "off"' in named.output, named.output
+    (workspace / "autonomy.toml").write_text(
+        '[tools]\nsandbox = "required"\n\n[tools.limits]\nprocesses = 64\n'
+    )
+    tighter = CliRunner().invoke(cli, ["config", "--workspace", str(workspace)])
+    assert tighter.exit_code == 0 and 'sandbox = "required"' in tighter.output, tighter.output
+    assert "processes = 64" in tighter.output
+
+
 def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
     """The settings taken up from a log keep everything that makes the run's requests
     and decisions, and none of what protects the machine."""

@@ -184,11 +184,16 @@ class SettingsFlags:
 
     def load(self, workspace: Path | None) -> Settings:
         """Defaults < the config file (``--config``, else ``autonomy.toml`` in the
-        workspace) < the environment < the flags."""
+        workspace, which may only tighten confinement) < the environment < the flags."""
         from engine.config import load_settings, locate_config
 
         path = locate_config(self.config_file, workspace)
-        return load_settings(path, env=os.environ, overrides=self.overrides)
+        return load_settings(
+            path,
+            env=os.environ,
+            overrides=self.overrides,
+            in_workspace=self.config_file is None and path is not None,
+        )
 
     def load_over(self, base: Settings) -> Settings:
         """``base`` (a run's recorded settings) < ``--config`` if given < the
