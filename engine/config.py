@@ -293,7 +293,8 @@ def url_problem(url: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return (
             "the URL carries a user name or password, which every run's log would keep "
-            "in plain text; give the server's URL without them"
+            "in plain text; give the server's URL without them (a key the server asks "
+            "for goes in ~/.config/autonomy/servers.toml: see the README)"
         )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{url!r} is not a server's URL; expected http://HOST:PORT or https://HOST"

@@ -359,16 +359,16 @@ def test_the_interpreter_and_autonomy_stay_importable_wherever_they_are_installe
     assert f"prefix {sys.prefix}" in outcome.result
 
 
-def test_the_chain_key_is_hidden_from_commands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("variable", ["AUTONOMY_KEY_FILE", "AUTONOMY_SERVER_KEYS"])
+def test_the_chain_key_and_the_servers_keys_are_hidden_from_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     from engine.agent.runner import hidden_from_commands
-    from engine.keys import load_key
 
     key = tmp_path / "key"  # in the workspace itself, so that only hiding can keep it
-    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(key))
-    secret = load_key(create=True)
-    assert secret and key.exists()
+    monkeypatch.setenv(variable, str(key))
+    secret = os.urandom(32)
+    key.write_bytes(secret)
     confinement = bubblewrap(hidden=hidden_from_commands(MemoryEventStore()))
     code = "import pathlib; print('KEY', pathlib.Path('key').read_bytes().hex())"
     outcome = run(tmp_path, ["python", "-c", code], confinement, allowlist=PYTHON_C)

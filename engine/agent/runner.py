@@ -40,7 +40,7 @@ from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.specialists import specialist_for
 from engine.config import Settings
 from engine.errors import ConfigError, IllegalTransition, ToolError
-from engine.keys import key_file
+from engine.keys import key_file, load_server_keys, server_keys_file
 from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
 from engine.machines.tasks import check_status_change
 from engine.model.client import ModelClient
@@ -381,17 +381,20 @@ def summary(state: RunState) -> list[str]:
 
 
 def http_client(settings: Settings) -> httpx.Client:
-    """The HTTP client for a run's model servers. Certificates are loaded only when
+    """The HTTP client for a run's model servers, sending each the key this machine
+    keeps for it (``engine.keys.ServerKeys``). Certificates are loaded only when
     a server is reached over https: loading them costs ~40 ms, a tenth of a short
     run, for the common case of a local server on plain http."""
     urls = [e.base_url for role in ROLE_NAMES for e in settings.models.get(role).endpoints()]
-    return httpx.Client(verify=any(url.lower().startswith("https:") for url in urls))
+    return httpx.Client(
+        verify=any(url.lower().startswith("https:") for url in urls), auth=load_server_keys()
+    )
 
 
 def hidden_from_commands(store: EventStore) -> list[Path]:
     """What a command the model runs must not see: the chain's key, the log (with
     its WAL files and leases), and the user's credentials (``confine.credentials``)."""
-    hidden = [key_file(), *credentials()]
+    hidden = [key_file(), server_keys_file(), *credentials()]
     db = getattr(store, "path", "")
     if db and db != ":memory:":
         hidden += [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".leases")]

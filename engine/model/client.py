@@ -45,6 +45,7 @@ from engine.errors import (
     ModelTimeout,
     ModelUnavailable,
 )
+from engine.keys import redacted
 from engine.model.bounds import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -528,18 +529,21 @@ def _map_error(endpoint: Endpoint, error: BaseException) -> ModelError | None:
 
 
 def _status_error(response: httpx.Response, endpoint: Endpoint, body: bytes) -> ModelHTTPError:
+    """The error for an answer with an error status; what the server said is kept in
+    the log, less the key the request carried (``redacted``)."""
     status = response.status_code
+    said = redacted(error_text(body), response.request)
     overflow = context_overflow(body) if 400 <= status < 500 or status == 500 else None
     if overflow is not None:
         return ModelContextOverflow(
             f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: the request "
-            f"does not fit the context window{_overflow_sizes(overflow)}: {error_text(body)}",
+            f"does not fit the context window{_overflow_sizes(overflow)}: {said}",
             status=status,
             context=overflow.context,
             prompt_tokens=overflow.prompt_tokens,
         )
     return ModelHTTPError(
-        f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: {error_text(body)}",
+        f"{endpoint.label} answered HTTP {status} {response.reason_phrase}: {said}",
         status=status,
         retry_after=_retry_after(response.headers.get("Retry-After")),
     )
