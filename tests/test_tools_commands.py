@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -217,6 +218,28 @@ def test_ordinary_pytest_arguments_pass_the_policy(tmp_path: Path, args: list[st
     (tmp_path / "test_a.py").write_text("def test_add():\n    assert 1 + 1 == 2\n")
     outcome = run(tmp_path, ["python", "-m", "pytest", *args])
     assert outcome.ok, outcome.text
+
+
+def test_installed_packages_in_the_workspace_are_not_recorded(tmp_path: Path) -> None:
+    """A virtualenv or node_modules in the workspace holds installed packages: a
+    command that installs or changes them records none of it, and none of their
+    contents go into the log (they went in whole at a run's first command)."""
+    for name in (".venv/lib/site.py", "venv/bin/tool", "node_modules/x/index.js", "src/app.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    code = (
+        "import os, pathlib; os.mkdir('.tox'); "
+        "[pathlib.Path(p).write_text('changed') for p in "
+        "('.venv/lib/site.py', '.venv/lib/new.py', 'node_modules/y.js', '.tox/log', 'src/app.py')]"
+    )
+    store = MemoryEventStore()
+    context = ToolContext(workspace=tmp_path, blobs=store, allowlist=PYTHON_C)
+    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
+    assert outcome.ok, outcome.text
+    assert [c.path for c in outcome.files_changed] == ["src/app.py"]
+    for name in (".venv/lib/site.py", "venv/bin/tool", "node_modules/x/index.js"):
+        assert not store.has_blob(hashlib.sha256(f"# {name}\n".encode()).hexdigest()), name
+    assert store.has_blob(hashlib.sha256(b"# src/app.py\n").hexdigest())
 
 
 def test_files_a_command_creates_changes_and_deletes_are_recorded(tmp_path: Path) -> None:

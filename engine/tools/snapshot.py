@@ -6,8 +6,8 @@ workspace byte for byte, the command's ``tool.executed`` lists those files as
 ``FileChange`` entries, with the content before and after in the blobs, exactly as
 the file tools record their writes.
 
-A snapshot stats every regular file (symbolic links and the tooling's and caches'
-directories are not the project's files) and hashes only those whose stat
+A snapshot stats every regular file (symbolic links, and the directories of the
+tooling, of installed packages and of caches, are not the project's files) and hashes only those whose stat
 signature (size, mtime, ctime, inode) differs from the one seen last time:
 ``WorkspaceDigests`` remembers the signatures between commands. It is a cache, not
 state: dropping it costs one full hashing pass and changes no result. A file's
@@ -26,10 +26,20 @@ from engine.tools.registry import BlobSink
 from engine.tools.sandbox import PROTECTED
 from events.schema import FileChange
 
+ENVIRONMENT_DIRS = frozenset({".venv", "venv", "node_modules", ".tox", ".nox"})
+"""Installed packages, not the project's files: recorded, a virtualenv in the
+workspace put its thousands of files (hundreds of MB) into the log at a run's first
+command, and was walked again at every command."""
+
 SKIPPED_DIRS = frozenset(
-    {*PROTECTED, "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"}
+    {
+        *PROTECTED,
+        *ENVIRONMENT_DIRS,
+        *("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"),
+    }
 )
-"""Directory names a snapshot never enters: the tooling's own and caches."""
+"""Directory names a snapshot never enters: the tooling's own, installed packages
+and caches."""
 
 Signature = tuple[int, int, int, int]
 
