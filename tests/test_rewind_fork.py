@@ -315,6 +315,60 @@ def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_aga
     assert snapshot(new) == then
 
 
+def test_two_forks_into_one_workspace_at_once_make_one_fork_and_one_clear_error(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """Two processes fork into the same new workspace at once: one fork is made; the
+    other is refused with a clear error (before its copy, or when moving it into a
+    workspace filled meanwhile), and leaves no part copy behind."""
+    db, _, version, then = first_review
+    new = tmp_path / "fork-ws"
+    autonomy = str(Path(sys.executable).parent / "autonomy")
+    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--db", str(db)]
+    forks = [
+        subprocess.Popen(
+            [autonomy, *args, "--as", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for name in ("f1", "f2")
+    ]
+    outputs = [fork.communicate(timeout=120)[0].decode() for fork in forks]
+    codes = [fork.returncode for fork in forks]
+    assert sorted(codes) == [0, 1], outputs
+    refused = outputs[codes.index(1)]
+    assert "Traceback" not in refused, refused
+    assert "nothing was forked" in refused or "not an empty directory" in refused, refused
+    with open_store(db) as store:
+        assert sorted(r for r in ("f1", "f2") if store.last_version(r)) in (["f1"], ["f2"])
+    assert snapshot(new) == then
+    assert not [p for p in tmp_path.iterdir() if ".forking-" in p.name]
+
+
+def test_a_fork_whose_workspace_is_filled_during_its_copy_is_refused_and_leaves_nothing(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.runs.workspace as workspace
+
+    db, _, version, _ = first_review
+    new = tmp_path / "fork-ws"
+    real = workspace.restore
+
+    def and_someone_else(*args: Any, **kwargs: Any) -> Restored:
+        restored = real(*args, **kwargs)
+        new.mkdir()
+        (new / "theirs.txt").write_text("another fork's")
+        return restored
+
+    monkeypatch.setattr(workspace, "restore", and_someone_else)
+    with open_store(db) as store, pytest.raises(workspace.HistoryError, match="nothing was forked"):
+        workspace.fork(store, "r", version, new, new_run_id="f")
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+    assert snapshot(new) == {"theirs.txt": b"another fork's"}
+    assert not [p for p in tmp_path.iterdir() if ".forking-" in p.name]
+
+
 def test_a_fork_rewound_returns_to_its_own_files(
     first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
 ) -> None:

@@ -366,7 +366,12 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     partial.mkdir()
     try:
         restored = restore(store, run_id, at, partial, copy_from=parent_workspace)
-        partial.rename(workspace)  # onto an empty directory too
+        try:
+            partial.rename(workspace)  # onto an empty directory too
+        except OSError as e:  # filled meanwhile (another fork into it), or made a file
+            raise HistoryError(
+                f"{workspace} was filled while the fork copied its files; nothing was forked"
+            ) from e
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
