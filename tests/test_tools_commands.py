@@ -19,9 +19,19 @@ from events import MemoryEventStore
 PYTHON_C = (("python", "-c"),)
 
 
-def run(workspace: Path, argv: Any, **ctx: Any) -> ToolOutcome:
-    context = ToolContext(workspace=workspace, blobs=MemoryEventStore(), **ctx)
+def run(
+    workspace: Path, argv: Any, blobs: MemoryEventStore | None = None, **ctx: Any
+) -> ToolOutcome:
+    context = ToolContext(workspace=workspace, blobs=blobs or MemoryEventStore(), **ctx)
     return execute(default_registry(), "run_command", {"argv": argv}, context)
+
+
+def run_python(workspace: Path, code: str) -> tuple[ToolOutcome, MemoryEventStore]:
+    """``python -c code`` run as the model would, which must succeed; and the blobs."""
+    store = MemoryEventStore()
+    outcome = run(workspace, ["python", "-c", code], store, allowlist=PYTHON_C)
+    assert outcome.ok, outcome.text
+    return outcome, store
 
 
 @pytest.mark.parametrize(
@@ -232,10 +242,7 @@ def test_installed_packages_in_the_workspace_are_not_recorded(tmp_path: Path) ->
         "[pathlib.Path(p).write_text('changed') for p in "
         "('.venv/lib/site.py', '.venv/lib/new.py', 'node_modules/y.js', '.tox/log', 'src/app.py')]"
     )
-    store = MemoryEventStore()
-    context = ToolContext(workspace=tmp_path, blobs=store, allowlist=PYTHON_C)
-    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
-    assert outcome.ok, outcome.text
+    outcome, store = run_python(tmp_path, code)
     assert [c.path for c in outcome.files_changed] == ["src/app.py"]
     for name in (".venv/lib/site.py", "venv/bin/tool", "node_modules/x/index.js"):
         assert not store.has_blob(hashlib.sha256(f"# {name}\n".encode()).hexdigest()), name
@@ -252,10 +259,7 @@ def test_files_a_command_creates_changes_and_deletes_are_recorded(tmp_path: Path
         "os.makedirs('__pycache__', exist_ok=True); "
         "pathlib.Path('__pycache__/x.pyc').write_bytes(b'cache')"
     )
-    store = MemoryEventStore()
-    context = ToolContext(workspace=tmp_path, blobs=store, allowlist=PYTHON_C)
-    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-c", code]}, context)
-    assert outcome.ok, outcome.text
+    outcome, store = run_python(tmp_path, code)
     changes = {c.path: c for c in outcome.files_changed}
     assert sorted(changes) == ["changed.txt", "gone.txt", "new.txt"]
     assert store.get(changes["changed.txt"].before or "") == b"before\n"
