@@ -11,6 +11,10 @@ newline, DEL, C1) and every bidirectional override as a visible escape (``\\x1b`
 escape sequences on the stream underneath (``raw``) and passes its text through
 ``printable``. JSON output is untouched: its encoder already escapes them. CSV
 written to a file or a pipe is data, and goes there exactly (``data_stream``).
+
+Text that is not Unicode at all (``unicode_text``: a file name that is not UTF-8, read
+from the disk or the command line) is shown with its bytes escaped too, so printing it
+is never an error; the tools keep it so in what the log records.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _B
 
 def printable(text: str) -> str:
     """``text`` with each control character and bidirectional override escaped."""
-    return text.translate(_ESCAPES)
+    return unicode_text(text).translate(_ESCAPES)
 
 
 class PrintableStream:
@@ -34,7 +38,7 @@ class PrintableStream:
         self.raw = raw
 
     def write(self, text: str) -> int:
-        self.raw.write(text.translate(_ESCAPES))
+        self.raw.write(unicode_text(text).translate(_ESCAPES))
         return len(text)
 
     def writelines(self, lines: list[str]) -> None:
@@ -60,3 +64,22 @@ def data_stream(stream: IO[str]) -> IO[str]:
     except (AttributeError, ValueError):  # no such method, or a closed stream
         terminal = False
     return stream if terminal else raw
+
+
+def unicode_text(text: str) -> str:
+    """``text`` as Unicode a log can hold: each lone surrogate (a byte of a file name
+    that is not UTF-8, as Python reads one from the disk) shown as ``\\xNN``, or as
+    U+FFFD when it stands for no byte. ``text`` itself when it has none (the common
+    case, and no copy)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_SURROGATES.get(ord(c), c) for c in text)
+    return text
+
+
+_SURROGATES = {c: "\ufffd" for c in range(0xD800, 0xE000)} | {
+    0xDC00 + b: f"\\x{b:02x}" for b in range(0x80, 0x100)
+}

@@ -27,8 +27,17 @@ _CANONICAL = msgspec.json.Encoder()
 
 
 def encode(event: Event) -> str:
-    """The JSON text stored in the ``data`` column."""
-    return _ENCODER.encode(event).decode()
+    """The JSON text stored in the ``data`` column. Text that is not Unicode (a lone
+    surrogate: a file name from the disk that is not UTF-8, say) has no JSON form:
+    ``SchemaError``, and nothing is written."""
+    try:
+        return _ENCODER.encode(event).decode()
+    except UnicodeEncodeError as e:
+        raise SchemaError(
+            f"a {event.type_name()} event holds text that is not valid Unicode "
+            f"({e.object[max(e.start - 20, 0) : e.end + 20]!a}); nothing was written",
+            type=event.type_name(),
+        ) from None
 
 
 def current_version(type: str) -> int:

@@ -32,13 +32,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     escape sequence in it never reaches the terminal as one."""
     import sys
 
-    from engine.terminal import PrintableStream
+    from engine.terminal import PrintableStream, printable, unicode_text
 
+    args = list(argv) if argv is not None else sys.argv[1:]
+    for i, arg in enumerate(args, 1):
+        if unicode_text(arg) is not arg:
+            # a log holds Unicode text only: a goal, a path or a run id that is not
+            # UTF-8 could be neither recorded nor looked up
+            print(
+                f"Error: argument {i} ('{printable(arg)}') is not UTF-8 text",
+                file=sys.stderr,
+            )
+            sys.exit(2)
     stdout, stderr = sys.stdout, sys.stderr
     # None when the stream was closed (``>&-``): click then prints nothing, as before
     sys.stdout = PrintableStream(stdout) if stdout is not None else stdout
     sys.stderr = PrintableStream(stderr) if stderr is not None else stderr
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="autonomy")
+        cli.main(args=args, prog_name="autonomy")
     finally:
         sys.stdout, sys.stderr = stdout, stderr

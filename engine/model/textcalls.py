@@ -35,6 +35,8 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+import msgspec
+
 from engine.model.wire import MAX_ARGUMENT_DEPTH, deeper_than
 from events.schema import ToolCall
 
@@ -66,10 +68,24 @@ def json_objects(text: str) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, RecursionError):
             position = text.find("{", position + 1)
             continue
-        if isinstance(value, dict) and not deeper_than(value, MAX_ARGUMENT_DEPTH):
+        if isinstance(value, dict) and _well_formed(value):
             found.append(value)
         position = text.find("{", end)
     return found
+
+
+def _well_formed(value: dict[str, Any]) -> bool:
+    """Whether ``value`` is what a model's JSON may hold: nested no deeper than
+    arguments may, and only Unicode text (a lone surrogate escape, ``"\\udcff"``,
+    which Python's parser takes and a model answer's parser refuses, has no place in
+    a log)."""
+    if deeper_than(value, MAX_ARGUMENT_DEPTH):
+        return False
+    try:
+        msgspec.json.encode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_call(value: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -102,7 +118,7 @@ def _action_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
             value, _end = _DECODER.raw_decode(text, found.end())
         except (json.JSONDecodeError, RecursionError):
             return []  # a broken call is not a call
-        if not isinstance(value, dict) or deeper_than(value, MAX_ARGUMENT_DEPTH):
+        if not isinstance(value, dict) or not _well_formed(value):
             return []
         calls.append((found.group(1), value))
     return calls

@@ -124,6 +124,11 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     result = f"$ {shown}\n{output}".rstrip("\n")
     if changed:
         result += "\n[files changed: " + ", ".join(c.path for c in changed) + "]"
+    if digests.unnamed:
+        result += (
+            "\n[not recorded, so a rewind leaves them as they are: names that are not "
+            "UTF-8: " + ", ".join(digests.unnamed) + "]"
+        )
     if finished.timed_out:
         return ToolOutcome(
             ok=False,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import msgspec
 
 from engine.errors import ToolError
+from engine.terminal import unicode_text
 from events.schema import Event, FileChange
 
 if TYPE_CHECKING:
@@ -276,6 +277,9 @@ def execute(
     finishes = tool.finishes and outcome.ok
     if outcome.finishes != finishes:
         outcome = msgspec.structs.replace(outcome, finishes=finishes)
+    result, error = unicode_text(outcome.result), unicode_text(outcome.error)
+    if result is not outcome.result or error is not outcome.error:
+        outcome = msgspec.structs.replace(outcome, result=result, error=error)
     return outcome
 
 

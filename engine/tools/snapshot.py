@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.terminal import unicode_text
 from engine.tools.registry import BlobSink
 from engine.tools.sandbox import PROTECTED
 from events.schema import FileChange
@@ -46,7 +47,10 @@ Signature = tuple[int, int, int, int]
 _BATCH_BYTES = 16 * 1024 * 1024
 
 
-def _files(root: Path) -> Iterator[tuple[str, Signature]]:
+def _files(root: Path, unnamed: list[str]) -> Iterator[tuple[str, Signature]]:
+    """Every regular file under ``root`` with its stat signature; a file or directory
+    whose name is not UTF-8 is left out (a log holds Unicode text only, and no restore
+    could write that name back from an escaped one) and named in ``unnamed``."""
     stack = [(root, "")]
     while stack:
         directory, prefix = stack.pop()
@@ -56,6 +60,9 @@ def _files(root: Path) -> Iterator[tuple[str, Signature]]:
             continue
         for entry in entries:
             name = prefix + entry.name
+            if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
+                unnamed.append(unicode_text(name))
+                continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name.casefold() not in SKIPPED_DIRS:
@@ -72,6 +79,8 @@ class WorkspaceDigests:
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[Signature, str]] = {}
+        self.unnamed: tuple[str, ...] = ()
+        """What the last snapshot left out: names that are not UTF-8, shown escaped."""
 
     def snapshot(self, root: Path, blobs: BlobSink) -> dict[str, tuple[str, int]]:
         """Every regular file under ``root`` -> (sha256 of its content, size), each
@@ -80,7 +89,8 @@ class WorkspaceDigests:
         known: dict[str, tuple[Signature, str]] = {}
         pending: list[bytes] = []
         pending_bytes = 0
-        for name, signature in _files(root):
+        unnamed: list[str] = []
+        for name, signature in _files(root, unnamed):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
@@ -101,6 +111,7 @@ class WorkspaceDigests:
         if pending:
             blobs.put_many(pending)
         self._known = known
+        self.unnamed = tuple(sorted(unnamed))
         return found
 
 

@@ -1,0 +1,146 @@
+"""Text that is not Unicode: a file name that is not UTF-8 (which a test the model
+wrote can make), a lone surrogate escape in a tool call the model wrote as text, a
+command-line argument that is not UTF-8. A log holds Unicode text only: none of them
+may crash the engine or a command; each is shown escaped, or refused clearly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_engine_run import PlansOneTask
+
+from engine.cli import cli
+from engine.runs.replay import replay
+from engine.storage import open_store
+from engine.terminal import PrintableStream, unicode_text
+from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.tools import ToolContext, default_registry, execute
+from events import MemoryEventStore, ModelResponded, RunStarted, ToolExecuted, ToolRequested
+from events.errors import SchemaError
+
+AUTONOMY = str(Path(sys.executable).parent / "autonomy")
+BAD_NAME = os.fsdecode(b"bad\xff.txt")
+MAKES_IT = f"def test_it():\n    open({os.fsencode(BAD_NAME)!r}, 'wb').write(b'x')\n"
+
+
+class MakesABadName(PlansOneTask):
+    """Writes a test that makes a file whose name is not UTF-8, runs it, lists the
+    workspace, then says it is done."""
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
+        messages = request.body.get("messages", [])
+        done = sum(m.get("role") == "tool" for m in messages)
+        if "create_file" not in offered:
+            return Reply.text("looks fine")
+        if done == 0:
+            return Reply.calls(
+                ("create_file", {"path": "test_bad.py", "content": MAKES_IT}),
+                ("run_command", {"argv": ["python", "-m", "pytest", "-q"]}),
+                ("list_directory", {"path": "."}),
+            )
+        return Reply.tool("complete_task", summary="done")
+
+
+def run_cli(tmp_path: Path, script: object, *more: str) -> tuple[int, str]:
+    with ScriptedModelServer(script, models=["m"]) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build it", "--workspace", str(tmp_path / "ws"),
+             "--db", str(tmp_path / "e.db"), "--run-id", "r", "--max-steps", "6",
+             "--model-url", server.url, "--api", "ollama", "--model", "m", *more],
+        )  # fmt: skip
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def test_a_file_name_that_is_not_utf8_is_named_escaped_and_the_run_goes_on_and_replays(
+    tmp_path: Path,
+) -> None:
+    _, output = run_cli(tmp_path, MakesABadName())
+    assert (tmp_path / "ws" / BAD_NAME).exists(), "the model's test made it"
+    assert "run r: " in output, "the run went on to its end"
+    with open_store(tmp_path / "e.db") as store:
+        executed = {
+            e.data.tool: e.data for e in store.read("r") if isinstance(e.data, ToolExecuted)
+        }
+        command, listing = executed["run_command"], executed["list_directory"]
+        assert command.ok and listing.ok
+        assert "names that are not UTF-8: bad\\xff.txt" in command.result
+        assert all(change.path != BAD_NAME for change in command.files_changed)
+        assert "bad\\xff.txt" in listing.result
+        assert store.verify("r").ok
+        assert replay(store, "r", tools="recorded").identical
+        assert replay(store, "r").identical
+
+
+class WritesACallWithASurrogate(PlansOneTask):
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
+        if "create_file" in offered:
+            return Reply.text(
+                '{"name": "create_file", "arguments": {"path": "x\\udcff.py", "content": "1"}}'
+            )
+        return Reply.text("fine")
+
+
+def test_a_tool_call_written_as_text_with_a_lone_surrogate_is_no_call(tmp_path: Path) -> None:
+    """Python's JSON parser takes ``"\\udcff"``; a model answer's parser refuses it, and
+    the log could not hold it: the text is prose, not a call, and the run goes on."""
+    run_cli(tmp_path, WritesACallWithASurrogate(), "--max-steps", "3")
+    with open_store(tmp_path / "e.db") as store:
+        answers = [e.data for e in store.read("r") if isinstance(e.data, ModelResponded)]
+        requested = [e.data for e in store.read("r") if isinstance(e.data, ToolRequested)]
+    assert any("x\\udcff.py" in a.content and not a.tool_calls for a in answers)
+    assert all(r.tool != "create_file" for r in requested)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"run", b"goal", b"--workspace", b"/tmp/w\xff"],
+        [b"run", b"go\xffal"],
+        [b"state", b"r\xff"],
+        [b"audit", b"--sql", b"SELECT '\xff'"],
+    ],
+    ids=["workspace", "goal", "run-id", "sql"],
+)
+def test_an_argument_that_is_not_utf8_is_one_clear_error(tmp_path: Path, args: list[bytes]) -> None:
+    done = subprocess.run(
+        [os.fsencode(AUTONOMY), *args, b"--db", os.fsencode(tmp_path / "e.db")],
+        capture_output=True,
+    )
+    assert done.returncode == 2 and b"Traceback" not in done.stderr, done.stderr
+    assert b"is not UTF-8 text" in done.stderr and b"\\xff" in done.stderr
+    assert not (tmp_path / "e.db").exists(), "nothing was written"
+
+
+def test_an_event_holding_text_that_is_not_unicode_is_refused_and_nothing_written(
+    tmp_path: Path,
+) -> None:
+    """The last guard, whatever the source: the store refuses the event clearly."""
+    with open_store(tmp_path / "e.db") as store:
+        with pytest.raises(SchemaError, match="holds text that is not valid Unicode"):
+            store.append("r", [RunStarted(goal="g", workspace=BAD_NAME)], 0)
+        assert store.last_version("r") == 0
+
+
+def test_tools_and_the_terminal_show_such_text_escaped(tmp_path: Path) -> None:
+    (tmp_path / BAD_NAME).write_bytes(b"x")
+    context = ToolContext(workspace=tmp_path, blobs=MemoryEventStore())
+    listing = execute(default_registry(), "list_directory", {"path": "."}, context)
+    assert listing.ok and "bad\\xff.txt" in listing.result
+    assert unicode_text("a\ud800b") == "a\ufffdb" and unicode_text("ok é") == "ok é"
+    written: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> int:
+            text.encode("utf-8")  # what a UTF-8 terminal's stream does: strict
+            written.append(text)
+            return len(text)
+
+    PrintableStream(Out()).write(f"file {BAD_NAME}\n")  # type: ignore[arg-type]
+    assert written == ["file bad\\xff.txt\n"]
