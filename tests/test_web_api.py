@@ -296,6 +296,30 @@ def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) ->
         assert project(store, "asking").pipeline.answers == ("Python 3.12",)
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/runs/asking/answer", b'{"answer": "a \\udcff b"}'),
+        ("/api/sql", b'{"sql": "SELECT \'\\ud800\'"}'),
+        ("/api/sql", b"[" * 100_000 + b"]" * 100_000),
+    ],
+    ids=["answer-surrogate", "sql-surrogate", "nested"],
+)
+def test_a_body_no_log_could_hold_is_a_400_and_writes_nothing(
+    db: Path, tmp_path: Path, path: str, body: bytes
+) -> None:
+    """A lone surrogate escape (which Python's JSON parser takes, and no log holds) or
+    JSON nested past any parser's depth: the client's mistake, said as such."""
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    with client_for(copy) as client:
+        answer = client.post(path, content=body, headers=JSON)
+    assert answer.status_code == 400, answer.text
+    assert "not JSON" in answer.json()["error"]
+    with open_store(copy) as store:
+        assert project(store, "asking").pipeline.status == "waiting_for_input"
+
+
 def test_a_page_of_another_site_cannot_answer_a_run(db: Path, tmp_path: Path) -> None:
     """Cross-site request forgery: a page the user visits elsewhere posts to the
     service on their loopback. A form can send ``text/plain`` without asking the
