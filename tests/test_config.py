@@ -156,6 +156,14 @@ def test_a_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "autonomy.toml"
+    path.write_bytes(b"mode = '\xff'\n")
+    with pytest.raises(ConfigError, match="not valid TOML: 'utf-8' codec can't decode") as caught:
+        read_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
 def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         read_config(tmp_path)  # a directory
