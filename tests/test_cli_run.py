@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
@@ -88,6 +89,24 @@ def test_an_empty_goal_is_a_clean_error_and_starts_nothing(tmp_path: Path) -> No
             assert code == 1 and "the goal is empty" in out and "Traceback" not in out, out
             assert not (ws / ".autonomy").exists()
         assert server.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"Build \xff it\n", "is not UTF-8 text"),
+        (b"x" * 4_000_001, "is larger than a goal may be (1,000,000 characters"),
+        (b"x" * 1_000_001, "the goal is 1,000,001 characters, more than the 1,000,000"),
+    ],
+    ids=["not-utf8", "a-huge-file", "just-too-long"],
+)
+def test_a_goal_file_that_no_run_could_use_is_a_clean_error_and_starts_nothing(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    (tmp_path / "MASTER_PLAN.md").write_bytes(content)
+    code, out = invoke("run", "--workspace", str(tmp_path), "--no-preflight")
+    assert code == 1 and said in " ".join(out.split()) and "Traceback" not in out, out[:500]
+    assert not (tmp_path / ".autonomy").exists()
 
 
 def test_run_with_a_wrong_config_key_names_the_key(tmp_path: Path) -> None:

@@ -458,10 +458,20 @@ def start_run(
         )
 
 
+MAX_GOAL_CHARS = 1_000_000
+"""The longest goal: it goes into every request, and into the log whole."""
+
+
 def check_goal(goal: str) -> None:
-    """``ConfigError`` for a goal with nothing in it: a run must be told what to do."""
+    """``ConfigError`` for a goal with nothing in it (a run must be told what to do),
+    or longer than ``MAX_GOAL_CHARS``."""
     if not goal.strip():
         raise ConfigError("the goal is empty: say what the run should do")
+    if len(goal) > MAX_GOAL_CHARS:
+        raise ConfigError(
+            f"the goal is {len(goal):,} characters, more than the {MAX_GOAL_CHARS:,} a goal "
+            "may have (it goes into every request to the model)"
+        )
 
 
 def model_client(

@@ -169,13 +169,32 @@ def read_goal(goal: str | None, workspace: Path) -> str:
         plan = workspace / "MASTER_PLAN.md"
         if not plan.is_file():
             raise ConfigError(f"no GOAL given and no MASTER_PLAN.md in {workspace}")
-        text = plan.read_text(encoding="utf-8")
+        text = _goal_file(plan)
     elif len(goal) < 1024 and "\n" not in goal and Path(goal).is_file():
-        text = Path(goal).read_text(encoding="utf-8")
+        text = _goal_file(Path(goal))
     else:
         text = goal
     check_goal(text)
     return text
+
+
+def _goal_file(path: Path) -> str:
+    """The goal a file holds, read no further than a goal may be long."""
+    from engine.agent.runner import MAX_GOAL_CHARS
+
+    try:
+        with path.open("rb") as source:
+            data = source.read(4 * MAX_GOAL_CHARS + 1)  # UTF-8: at most 4 bytes a character
+        if len(data) > 4 * MAX_GOAL_CHARS:
+            raise ConfigError(
+                f"the goal file {path} is larger than a goal may be "
+                f"({MAX_GOAL_CHARS:,} characters: it goes into every request to the model)"
+            )
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the goal file {path} is not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the goal file {path}: {e.strerror or e}") from None
 
 
 def _finish(state: RunState) -> None:
