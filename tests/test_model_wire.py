@@ -11,6 +11,7 @@ from engine.errors import ModelHTTPError, ModelResponseInvalid, ModelUnavailable
 from engine.model.wire import (
     ChatOptions,
     ModelInfo,
+    Overflow,
     chat_body,
     error_text,
     ollama_message,
@@ -598,3 +599,44 @@ def test_a_call_written_in_text_that_nests_too_deeply_is_no_call() -> None:
         assert extract_tool_call(text, ["create_file"]) is None
         action = "Action: create_file\nAction Input: " + '{"c": ' + _nested(depth) + "}"
         assert extract_tool_call(action, ["create_file"]) is None
+
+
+NONSENSE = [-5, 10**30, 10**400]
+"""Counts and durations no server means: negative, past 64 bits, past a float."""
+
+
+@pytest.mark.parametrize("number", NONSENSE)
+def test_a_count_or_duration_that_is_no_number_is_recorded_as_unknown_and_the_answer_kept(
+    number: int,
+) -> None:
+    """A server reporting nonsense statistics: the answer is kept; the numbers are 0
+    (dividing 10**400 ns into ms was an OverflowError that ended the run, and a count
+    past 64 bits broke the PostgreSQL views' sums)."""
+    nonsense = {"total_duration": number, "prompt_eval_count": number, "eval_count": number}
+    replies = [
+        parse_ollama(ollama_reply(**nonsense)),
+        parse_ollama_stream([chunk("Hel"), chunk("lo", True, **nonsense)]),
+        parse_openai(
+            openai_reply(
+                {"role": "assistant", "content": "Hello"},
+                usage={"prompt_tokens": number, "completion_tokens": number},
+            )
+        ),
+    ]
+    for reply in replies:
+        assert reply.content == "Hello"
+        assert reply.usage == Usage(prompt_tokens=0, completion_tokens=0)
+        assert reply.duration_ms == 0.0
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, str(10**30)])
+def test_a_context_window_said_in_nonsense_numbers_is_no_window(number: str) -> None:
+    from engine.model.wire import context_overflow
+
+    said = f'{{"type": "exceed_context_size_error", "n_ctx": {number}, "n_prompt_tokens": 5}}'
+    found = context_overflow(f'{{"error": {said}}}'.encode())
+    # a number past what the JSON parser takes makes the body no JSON: no overflow said
+    assert found is None if len(number) > 4000 else found == Overflow(prompt_tokens=5)
+    message = f"This model's maximum context length is {number} tokens, requested 7 tokens"
+    said_so = context_overflow(json.dumps({"error": {"message": message}}).encode())
+    assert said_so is not None and said_so.context == 0

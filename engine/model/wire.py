@@ -54,6 +54,25 @@ MODELS_PATHS: dict[str, str] = {"ollama": "/api/tags", "openai": "/v1/models"}
 
 _NS_PER_MS = 1_000_000
 
+_MOST = 2**53
+"""The largest count or duration (in ns) a server's answer is taken at: beyond it
+(a float's exact integers; 104 days in ns) or below 0, the number is not one."""
+
+
+def _usage(prompt: int, completion: int) -> Usage:
+    """The token counts a server reported; one out of range (negative, or too large
+    for a log's 64-bit integers and every sum of them) is recorded as 0, unknown,
+    and the answer kept."""
+    return Usage(
+        prompt_tokens=prompt if 0 <= prompt <= _MOST else 0,
+        completion_tokens=completion if 0 <= completion <= _MOST else 0,
+    )
+
+
+def _milliseconds(nanoseconds: int) -> float:
+    """A duration the server reported, in ms; 0.0 (unknown) when out of range."""
+    return nanoseconds / _NS_PER_MS if 0 <= nanoseconds <= _MOST else 0.0
+
 
 class ChatOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Sampling options. ``None`` means "the server's default" and is not sent."""
@@ -393,8 +412,8 @@ def parse_ollama(body: bytes | str) -> ModelReply:
         content=chat.message.content or "",
         tool_calls=_tool_calls(chat.message.tool_calls or (), cut=chat.done_reason == LENGTH),
         done_reason=chat.done_reason,
-        usage=Usage(prompt_tokens=chat.prompt_eval_count, completion_tokens=chat.eval_count),
-        duration_ms=chat.total_duration / _NS_PER_MS,
+        usage=_usage(chat.prompt_eval_count, chat.eval_count),
+        duration_ms=_milliseconds(chat.total_duration),
         model_identity=_identity(chat.model, chat.digest),
     )
 
@@ -440,10 +459,8 @@ def parse_ollama_stream(
                 content="".join(content),
                 tool_calls=_tool_calls(wire_calls, cut=chunk.done_reason == LENGTH),
                 done_reason=chunk.done_reason,
-                usage=Usage(
-                    prompt_tokens=chunk.prompt_eval_count, completion_tokens=chunk.eval_count
-                ),
-                duration_ms=chunk.total_duration / _NS_PER_MS,
+                usage=_usage(chunk.prompt_eval_count, chunk.eval_count),
+                duration_ms=_milliseconds(chunk.total_duration),
                 model_identity=_identity(chunk.model, chunk.digest),
             )
     raise ModelUnavailable('the stream ended before its final chunk ("done": true)')
@@ -460,7 +477,7 @@ def parse_openai(body: bytes | str) -> ModelReply:
         content=choice.message.content or "",
         tool_calls=_tool_calls(choice.message.tool_calls or (), cut=choice.finish_reason == LENGTH),
         done_reason=choice.finish_reason or "",
-        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        usage=_usage(usage.prompt_tokens, usage.completion_tokens),
         model_identity=_identity(chat.model, chat.system_fingerprint),
     )
 
@@ -573,9 +590,7 @@ def parse_openai_stream(
                 content="".join(content),
                 tool_calls=tool_calls,
                 done_reason=finish,
-                usage=Usage(
-                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
-                ),
+                usage=_usage(usage.prompt_tokens, usage.completion_tokens),
                 model_identity=_identity(model, fingerprint),
             )
         chunk: _OpenAIChunk = _decode(_CHUNK, data, "stream chunk")
@@ -692,15 +707,24 @@ def _overflow_in(message: str) -> Overflow | None:
     context = _CONTEXT_SAID.search(message)
     prompt = _PROMPT_SAID.search(message)
     return Overflow(
-        context=int(context.group(1)) if context else 0,
+        context=_said(context.group(1)) if context else 0,
         # vLLM counts the answer's cap in "requested"; its messages alone are in brackets
-        prompt_tokens=int(prompt.group(2) or prompt.group(1)) if prompt else 0,
+        prompt_tokens=_said(prompt.group(2) or prompt.group(1)) if prompt else 0,
     )
 
 
+def _said(digits: str) -> int:
+    """A count written in a server's message, 0 when it is no count (more digits than
+    any count has: ``int`` refuses 4,300 of them outright)."""
+    return token_count(int(digits)) if len(digits) <= 16 else 0
+
+
 def token_count(value: object) -> int:
-    """A count a server sent in JSON: a positive int, else 0 (absent, null, -1, a bool)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A count a server sent in JSON: a positive int no larger than a count can be
+    (``_MOST``), else 0 (absent, null, -1, a bool, 10**400)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MOST:
+        return value
+    return 0
 
 
 def error_text(body: bytes, limit: int = 500) -> str:
