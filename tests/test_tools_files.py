@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,44 @@ def test_search_code_is_bounded(ctx: ToolContext, workspace: Path) -> None:
 def test_search_code_reports_a_bad_regex(ctx: ToolContext) -> None:
     outcome = call(ctx, "search_code", pattern="(unclosed", regex=True)
     assert not outcome.ok and "invalid regular expression" in outcome.error
+
+
+SEARCH_FOR_EVER = """
+import sys, time
+from pathlib import Path
+from engine.tools import ToolContext, default_registry, execute
+from events import MemoryEventStore
+
+workspace = Path(sys.argv[1])
+(workspace / "a.txt").write_text("a" * 60 + "b\\n")
+(workspace / "b.txt").write_text("aaa\\n")
+context = ToolContext(workspace=workspace, blobs=MemoryEventStore())
+for pattern in ("(a|aa)+$", "a{3}$"):
+    started = time.monotonic()
+    found = execute(default_registry(), "search_code", {"pattern": pattern, "regex": True}, context)
+    print(found.ok, round(time.monotonic() - started), found.error or found.result)
+"""
+
+
+def test_a_pattern_that_backtracks_for_ever_is_stopped_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Matching runs in the engine: ``(a|aa)+$`` on 60 a's backtracks for longer than
+    any run lasts, and ``re`` cannot be stopped (the engine hung). The search stops
+    after ``SEARCH_SECONDS`` with an error that says why; the next search works."""
+    done = subprocess.run(
+        [sys.executable, "-c", SEARCH_FOR_EVER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    stopped, next_one = done.stdout.splitlines()
+    ok, seconds, said = stopped.split(" ", 2)
+    assert ok == "False" and int(seconds) < 60, stopped
+    assert said.startswith("the search for '(a|aa)+$' was stopped after 2s of matching"), said
+    assert "nested repetition" in said
+    assert next_one.startswith("True ") and next_one.endswith(" b.txt:1: aaa"), next_one
 
 
 # -- create_file -----------------------------------------------------------------------

@@ -12,15 +12,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-import re
 import stat
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import regex
 
 from engine.errors import ToolError
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
@@ -37,6 +38,11 @@ NOISE_DIRS = frozenset(
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILE_BYTES = 2_000_000
 MAX_TEXT_FILE_BYTES = 8_000_000
+SEARCH_SECONDS = 2.0
+"""The longest one search may spend matching, over every file it reads. A pattern
+whose repetition is nested, such as ``(a|aa)+$``, backtracks for longer than any run
+lasts on a short line, and matching runs in the engine itself: Python's ``re`` has
+no way to stop it, the ``regex`` module (same syntax) stops at a timeout."""
 """The largest file ``read_file`` and ``modify_file`` take: a project's source, not
 a data file a command wrote (up to ``[tools.limits] file_size_mb``), whose lines as
 Python strings would take gigabytes of the engine's memory."""
@@ -275,9 +281,10 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     sandbox = Sandbox(ctx.workspace)
     top = sandbox.resolve(args.path)
     try:
-        matcher = re.compile(args.pattern if args.regex else re.escape(args.pattern))
-    except re.error as e:
+        matcher = regex.compile(args.pattern if args.regex else regex.escape(args.pattern))
+    except (regex.error, RecursionError, OverflowError, ValueError) as e:
         raise ToolError(f"invalid regular expression {args.pattern!r}: {e}") from e
+    deadline = time.monotonic() + SEARCH_SECONDS
     limit = min(args.max_results, ctx.max_search_results)
     if top.is_file():
         files: Iterator[Path] = iter([top])
@@ -297,12 +304,25 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
             continue
         rel = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
         for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-            if matcher.search(line):
+            if _matches(matcher, line, deadline, args.pattern):
                 hits.append(f"{rel}:{number}: {line.strip()[:200]}")
                 if len(hits) == limit:
                     hits.append(f"[stopped after {limit} matches; narrow the pattern or path]")
                     return ToolOutcome(ok=True, result="\n".join(hits))
     return ToolOutcome(ok=True, result="\n".join(hits) if hits else "no matches")
+
+
+def _matches(matcher: Any, line: str, deadline: float, pattern: str) -> bool:
+    """Whether ``matcher`` finds ``line``; ``ToolError`` once the search has spent its
+    ``SEARCH_SECONDS``."""
+    try:
+        return matcher.search(line, timeout=max(deadline - time.monotonic(), 0.0)) is not None
+    except TimeoutError:
+        raise ToolError(
+            f"the search for {pattern!r} was stopped after {SEARCH_SECONDS:g}s of matching: "
+            "a pattern with nested repetition, such as (a|aa)+, can take for ever on a short "
+            "line; simplify it"
+        ) from None
 
 
 # -- writing ---------------------------------------------------------------------------
