@@ -13,13 +13,20 @@ from urllib.parse import quote
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
-from web_runs import Asker, record
+from web_runs import Asker, long_run, record
 
 from engine.cli.serve import listen
 from engine.storage import open_store
 from engine.web import app as web_app
 from engine.web.app import ServiceSettings, create_app
-from events import ModelRequested, RunFinished, RunStarted, ToolExecuted, UserAsked
+from engine.web.pages import TRACE_PAGE
+from events import (
+    ModelRequested,
+    RunFinished,
+    RunStarted,
+    ToolExecuted,
+    UserAsked,
+)
 from events.errors import ConcurrencyError
 from projections import project
 
@@ -239,6 +246,29 @@ def test_text_from_the_log_is_escaped_on_every_page(tmp_path: Path) -> None:
     for page in pages:
         assert page.status_code == 200 and "&lt;script&gt;alert(1)" in page.text
         assert hostile not in page.text
+
+
+def test_a_long_runs_page_shows_its_trace_a_page_at_a_time(tmp_path: Path) -> None:
+    """The newest steps first; earlier ones a page away, and each phase's link goes to
+    the page that holds it. The whole trace of 20,000 events was an 11 MB page."""
+    path = tmp_path / "long.db"
+    long_run(path, 450)
+    steps = TRACE_PAGE
+    with client_for(path) as client:
+        last = client.get("/runs/long")
+        first = client.get("/runs/long?page=1")
+        wrong = [client.get(f"/runs/long?page={p}") for p in ("4", "0", "x", "9" * 30)]
+    assert last.status_code == 200 and first.status_code == 200
+    assert "page 3 of 3" in last.text and f"#{2 * steps + 1}</span>" in last.text
+    assert f"#{steps + 1}</span>" not in last.text, "an earlier page's step"
+    assert last.text.count('<details class="step') == 451 - 2 * steps
+    assert 'href="?page=2" rel="prev">earlier' in last.text
+    assert "page 1 of 3" in first.text and "#1</span>" in first.text
+    assert first.text.count('<details class="step') == steps
+    # the phase links: each to its version, on the page that holds it
+    assert 'href="#v2"' in first.text and 'href="?page=3#v' in first.text
+    assert [w.status_code for w in wrong] == [404, 400, 400, 400]
+    assert "has 3 page(s), not a page 4" in wrong[0].text
 
 
 def test_the_stream_of_a_finished_run_sends_its_events_then_ends(client: TestClient) -> None:

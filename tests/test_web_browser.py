@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from waiting import wait_until
-from web_runs import AUTONOMY, Asker, Gated, model_flags, record, running, serving
+from web_runs import AUTONOMY, Asker, Gated, long_run, model_flags, record, running, serving
 
 from engine.cli import cli
 from engine.storage import open_store
@@ -57,6 +58,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, asker: Asker) -> Path:
     path = base / "events.db"
     record(path, base / "done", "done")
     record(path, base / "asking", "asking", asker)
+    long_run(path, 450)
     return path
 
 
@@ -168,6 +170,23 @@ def test_the_run_page_expands_a_model_call_to_its_prompt(page: Page, service: st
     call.locator("summary").first.click()
     expect(prompt).to_be_visible()
     expect(prompt).to_contain_text("Task t1")
+
+
+def test_a_long_runs_trace_pages_through_its_steps_and_a_phase_link_finds_its_step(
+    page: Page, service: str
+) -> None:
+    page.goto(f"{service}/runs/long")
+    pager = page.locator("nav.pager").first
+    expect(pager).to_contain_text("page 3 of 3")
+    expect(page.locator("details.step")).to_have_count(51)
+    pager.locator("a[rel=prev]").click()
+    expect(pager).to_contain_text("page 2 of 3")
+    expect(page.locator("details.step")).to_have_count(200)
+    expect(page.locator("details.step .stepno").first).to_have_text("#200")
+    page.locator("#phases a").first.click()  # planning, at v2: on the first page
+    expect(page).to_have_url(re.compile(r"/runs/long\?page=1#v2$"))
+    expect(page.locator("nav.pager").first).to_contain_text("page 1 of 3")
+    expect(page.locator("#v2")).to_be_visible()
 
 
 def test_the_live_tail_and_the_list_follow_a_run_started_during_the_test(

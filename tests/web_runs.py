@@ -15,8 +15,11 @@ from click.testing import CliRunner
 from waiting import reaped
 
 from engine.cli import cli
+from engine.keys import load_key
 from engine.runs.demo import GOAL, PYTEST, DemoModels
+from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from events import ArbiterDecided, Event, PhaseChanged, RunStarted
 
 AUTONOMY = str(Path(sys.executable).parent / "autonomy")
 
@@ -68,6 +71,19 @@ def record(db: Path, workspace: Path, run_id: str, script: DemoModels | None = N
     with ScriptedModelServer(script or Quick(), models=["m"]) as server:
         result = CliRunner().invoke(cli, run_args(db, workspace, run_id, server))
     assert result.exit_code == 0, result.output
+
+
+def long_run(path: Path, steps: int) -> None:
+    """Run ``long``: ``steps`` decisions, the phase changing at every hundredth."""
+    events: list[Event] = [RunStarted(goal="a long run", workspace="/tmp/long")]
+    phases = ["start", "planning", "coding", "qa", "debugging", "documentation"]
+    for n in range(steps):
+        if n % 100 == 0:
+            before, after = phases[n // 100 % 5], phases[n // 100 % 5 + 1]
+            events.append(PhaseChanged(trigger="t", from_phase=before, to_phase=after))
+        events.append(ArbiterDecided(action="code", reasoning=f"decision {n}"))
+    with open_store(path, key=load_key(create=True)) as store:
+        store.append("long", events, 0)
 
 
 @contextmanager

@@ -57,7 +57,7 @@ from engine.runs.audit import QUERIES, AuditError, AuditResult, Limits, run_quer
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
-from engine.web.pages import LIFECYCLE, PAUSED, compact, render, run_page
+from engine.web.pages import LIFECYCLE, PAUSED, NoSuchPage, compact, render, run_page
 from events.errors import (
     AutonomyError,
     BlobNotFound,
@@ -272,7 +272,7 @@ async def _error(request: Request, error: Exception) -> Response:
     """Errors as JSON with a clear message (HTML for a page), never a traceback."""
     if isinstance(error, HTTPException):
         status, message = error.status_code, str(error.detail)
-    elif isinstance(error, RunNotFound | BlobNotFound):
+    elif isinstance(error, RunNotFound | BlobNotFound | NoSuchPage):
         status, message = 404, str(error)
     elif isinstance(error, AuditError | ConfigError):
         status, message = 400, str(error)
@@ -359,7 +359,8 @@ class _Web:
                 for name, query in QUERIES.items()
                 if not query.parameters
             }
-            return HTMLResponse(run_page(store, run_id, audit=audit))
+            page = _int_param(request, "page", "a page number", least=1)
+            return HTMLResponse(run_page(store, run_id, audit=audit, page=page))
 
     def diff_page(self, request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]

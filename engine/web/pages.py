@@ -12,6 +12,7 @@ and the tokens as tables.
 
 from __future__ import annotations
 
+import bisect
 import json
 from importlib import resources
 from typing import Any
@@ -20,7 +21,7 @@ import jinja2
 import msgspec
 
 from engine.web.trace import ToolTrace, build_trace, kind_of
-from events.errors import RunNotFound
+from events.errors import AutonomyError, RunNotFound
 from events.store import EventStore, RecordedEvent
 from projections import project
 
@@ -64,16 +65,46 @@ def stylesheet() -> str:
     return (resources.files("engine.web") / "static" / "app.css").read_text(encoding="utf-8")
 
 
-def run_page(store: EventStore, run_id: str, *, static: bool = False, **extra: Any) -> str:
+TRACE_PAGE = 200
+"""Steps the service's run page shows at once. A long run's whole trace was a page of
+megabytes (11 MB for 20,000 events) that a browser took seconds to lay out."""
+
+
+class NoSuchPage(AutonomyError):
+    """The run's trace has no such page."""
+
+
+def run_page(
+    store: EventStore, run_id: str, *, static: bool = False, page: int | None = None, **extra: Any
+) -> str:
     """The run page of ``run_id``: the service's (``static=False``; ``extra`` holds
-    what only the service shows, the audit tables) or a self-contained file's."""
+    what only the service shows, the audit tables) or a self-contained file's. The
+    service's shows ``TRACE_PAGE`` steps of the trace, page ``page`` (1-based; the
+    last, where a run's newest steps are, by default); a file shows them all."""
     events = list(store.read(run_id))
     if not events:
         raise RunNotFound(run_id)
+    trace = build_trace(events)
+    pages = 1 if static else max(-(-len(trace.steps) // TRACE_PAGE), 1)
+    if page is not None and not 1 <= page <= pages:
+        raise NoSuchPage(f"the trace of run {run_id} has {pages} page(s), not a page {page}")
+    shown = page or pages
+    firsts = [step.first.version for step in trace.steps]
+
+    def page_of(version: int) -> int:
+        """The page whose steps hold ``version``."""
+        step = max(bisect.bisect_right(firsts, version) - 1, 0)
+        return 1 if static else step // TRACE_PAGE + 1
+
+    window = slice(None) if static else slice((shown - 1) * TRACE_PAGE, shown * TRACE_PAGE)
     context: dict[str, Any] = {
         "run_id": run_id,
         "state": project(store, run_id),
-        "trace": build_trace(events),
+        "trace": trace,
+        "steps": trace.steps[window],
+        "page": shown,
+        "pages": pages,
+        "page_of": page_of,
         "version": events[-1].version,
         "live": is_live(events) and not static,
         "static": static,
