@@ -126,9 +126,6 @@ class ServerKeys(httpx.Auth):
     def __init__(self, keys: Mapping[str, str]) -> None:
         self._keys = {origin(url): key for url, key in keys.items()}
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key = self._keys.get(origin(str(request.url)))
         if key is not None:
