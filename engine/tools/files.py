@@ -38,14 +38,14 @@ NOISE_DIRS = frozenset(
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILE_BYTES = 2_000_000
 MAX_TEXT_FILE_BYTES = 8_000_000
+"""The largest file ``read_file`` and ``modify_file`` take: a project's source, not
+a data file a command wrote (up to ``[tools.limits] file_size_mb``), whose lines as
+Python strings would take gigabytes of the engine's memory."""
 SEARCH_SECONDS = 2.0
 """The longest one search may spend matching, over every file it reads. A pattern
 whose repetition is nested, such as ``(a|aa)+$``, backtracks for longer than any run
 lasts on a short line, and matching runs in the engine itself: Python's ``re`` has
 no way to stop it, the ``regex`` module (same syntax) stops at a timeout."""
-"""The largest file ``read_file`` and ``modify_file`` take: a project's source, not
-a data file a command wrote (up to ``[tools.limits] file_size_mb``), whose lines as
-Python strings would take gigabytes of the engine's memory."""
 _BINARY_PROBE = 8192
 
 
