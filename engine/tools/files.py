@@ -25,16 +25,11 @@ import regex
 
 from engine.errors import ToolError
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import Sandbox, is_protected_name
+from engine.tools.sandbox import NOT_THE_PROJECT, Sandbox, is_protected_name
 from events.schema import FileChange
 
 Meta = msgspec.Meta
 
-# Directories a recursive listing or a search never enters: generated, vendored or
-# tooling state, where matches only bury the project's own code.
-NOISE_DIRS = frozenset(
-    {"__pycache__", ".venv", "venv", "node_modules", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
-)
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILE_BYTES = 2_000_000
 MAX_TEXT_FILE_BYTES = 8_000_000
@@ -250,7 +245,7 @@ def _walk(top: Path, sandbox: Sandbox, recursive: bool) -> Iterator[Path]:
         if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(sandbox.root):
             continue
         yield path
-        if recursive and entry.is_dir(follow_symlinks=False) and entry.name not in NOISE_DIRS:
+        if recursive and entry.is_dir(follow_symlinks=False) and entry.name not in NOT_THE_PROJECT:
             yield from _walk(path, sandbox, recursive)
 
 

@@ -22,6 +22,18 @@ from engine.errors import PathOutsideWorkspace, ToolError
 PROTECTED: frozenset[str] = frozenset({".autonomy", ".git"})
 """Directory names no tool may read or write, at any depth."""
 
+NOT_THE_PROJECT: frozenset[str] = frozenset(
+    {
+        *("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"),
+        *(".venv", "venv", "node_modules", ".tox", ".nox"),
+    }
+)
+"""Directory names that hold the tooling's caches and installed packages, not the
+project's files: a recursive listing or a search does not enter them (matches there
+bury the project's own code), and a snapshot does not record them (a virtualenv in
+the workspace put its thousands of files, hundreds of MB, into the log at a run's
+first command, and was walked again at each command)."""
+
 MAX_PATH_CHARS = 1024
 MAX_PATH_DEPTH = 64
 """Longer or deeper paths are refused before anything touches them: no project needs

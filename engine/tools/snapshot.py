@@ -24,23 +24,12 @@ from pathlib import Path
 
 from engine.terminal import unicode_text
 from engine.tools.registry import BlobSink
-from engine.tools.sandbox import PROTECTED
+from engine.tools.sandbox import NOT_THE_PROJECT, PROTECTED
 from events.schema import FileChange
 
-ENVIRONMENT_DIRS = frozenset({".venv", "venv", "node_modules", ".tox", ".nox"})
-"""Installed packages, not the project's files: recorded, a virtualenv in the
-workspace put its thousands of files (hundreds of MB) into the log at a run's first
-command, and was walked again at every command."""
-
-SKIPPED_DIRS = frozenset(
-    {
-        *PROTECTED,
-        *ENVIRONMENT_DIRS,
-        *("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"),
-    }
-)
-"""Directory names a snapshot never enters: the tooling's own, installed packages
-and caches."""
+SKIPPED_DIRS = PROTECTED | NOT_THE_PROJECT
+"""Directory names a snapshot never enters: the tooling's own, its caches and
+installed packages."""
 
 Signature = tuple[int, int, int, int]
 
