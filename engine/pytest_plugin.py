@@ -19,6 +19,7 @@ and resumed, rewound, forked, waiting for input); an item is skipped, with the
 reason, only when ``engine.runs.replay`` refuses the run (a run that does not start
 with ``run.started`` or ``run.forked``). ``-k`` selects among them like any test;
 ``--replay-tools recorded`` takes tool results from the log instead of running them.
+Names and reports show what the log says escaped (``engine.terminal.printable``).
 
 The hypothesis strategies of ``events.strategies`` are re-exported here, so a
 regression suite needs one import::
@@ -125,7 +126,7 @@ class ReplayItem(pytest.Item):
             replay_run(self.db, self.run_id, tools=self.tools)
         except Exception as e:
             if refused is not None and isinstance(e, refused):
-                pytest.skip(f"run {self.run_id!r} cannot be replayed: {e}")
+                pytest.skip(_shown(f"run {self.run_id!r} cannot be replayed: {e}"))
             raise
 
     def repr_failure(
@@ -134,11 +135,23 @@ class ReplayItem(pytest.Item):
         style: Any = None,
     ) -> str | Any:
         if isinstance(excinfo.value, AssertionError):
-            return str(excinfo.value)
+            return _shown(str(excinfo.value))
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.db, None, f"replay of run {self.run_id}"
+        return self.db, None, f"replay of run {_shown(self.run_id)}"
+
+
+def _shown(text: str, *, one_line: bool = False) -> str:
+    """Text from a log as pytest may print it: a run id, a task title or a model's
+    words hold any characters (a log is shared, or edited), and pytest writes them to
+    the terminal as they are; each control character and bidirectional override is
+    shown as an escape instead (``engine.terminal.printable``), and with ``one_line``
+    (a test's name) each line break too."""
+    from engine.terminal import printable
+
+    shown = printable(text)
+    return shown.replace("\n", "\\n") if one_line else shown
 
 
 class ReplayLogFile(pytest.File):
@@ -152,7 +165,11 @@ class ReplayLogFile(pytest.File):
         tools = self.config.getoption(TOOLS_OPTION)
         return [
             ReplayItem.from_parent(
-                self, name=f"replay[{run_id}]", db=self.path, run_id=run_id, tools=tools
+                self,
+                name=f"replay[{_shown(run_id, one_line=True)}]",
+                db=self.path,
+                run_id=run_id,
+                tools=tools,
             )
             for run_id in run_ids
         ]

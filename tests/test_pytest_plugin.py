@@ -20,7 +20,7 @@ from engine.pytest_plugin import replay_run
 from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
-from events.schema import RunForked
+from events.schema import RunForked, RunStarted
 
 pytest_plugins = ["pytester"]
 
@@ -230,3 +230,31 @@ def test_probing_the_plugin_for_hooks_never_imports_hypothesis() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+HOSTILE_ID = "run\x1b]52;c;aGk=\x07\nsecond line"
+
+
+def test_what_a_log_says_reaches_the_terminal_escaped(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log shared with you (or edited) names its runs and holds the model's words:
+    pytest prints test names and failure reports as they are, so an escape sequence
+    there (the clipboard through OSC 52, a cleared screen) or a bidirectional override
+    would reach the terminal as a command. They are shown escaped."""
+    db = tmp_path / "hostile.db"
+    with open_store(db) as store:
+        store.append(HOSTILE_ID, [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+
+    def replay(store: object, run_id: str) -> FakeResult:
+        return FakeResult(False, "task title changed: 'ok' \u202e\x1b[2J 'evil'")
+
+    module = types.ModuleType("engine.runs.replay")
+    module.replay = replay  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "engine.runs.replay", module)
+    result = pytester.runpytest("--replay-db", str(db), "-v")
+    shown = "\n".join(result.outlines + result.errlines)
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown, shown
+    assert "replay[run\\x1b]52;c;aGk=\\x07\\nsecond line]" in shown
+    assert "'ok' \\u202e\\x1b[2J 'evil'" in shown
+    result.assert_outcomes(failed=1)
