@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from test_engine_run import PlansOneTask
 
 from engine.cli import cli
 from engine.runs.replay import replay
 from engine.storage import open_store
-from engine.terminal import PrintableStream, unicode_text
+from engine.terminal import PrintableStream, printable, unicode_text
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from engine.tools import ToolContext, default_registry, execute
 from events import MemoryEventStore, ModelResponded, RunStarted, ToolExecuted, ToolRequested
@@ -144,3 +146,29 @@ def test_tools_and_the_terminal_show_such_text_escaped(tmp_path: Path) -> None:
 
     PrintableStream(Out()).write(f"file {BAD_NAME}\n")  # type: ignore[arg-type]
     assert written == ["file bad\\xff.txt\n"]
+
+
+HOSTILE_CHARACTERS = st.one_of(
+    st.characters(codec=None, exclude_categories=()),  # lone surrogates too
+    st.sampled_from(["\x1b", "\x07", "\x9b", "\udcff", "\u202e", "\u2066", "\r", "\n"]),
+)
+
+
+@given(st.text(alphabet=HOSTILE_CHARACTERS))
+def test_any_text_is_printed_as_unicode_with_no_control_character(text: str) -> None:
+    """Whatever a log, a disk or a model hands over (lone surrogates included), what
+    is printed encodes as UTF-8 and holds no control character but tab and line
+    break, and no bidirectional override; text that was fine stays as it was."""
+    shown = printable(text)
+    shown.encode("utf-8")
+    assert not any(_hostile(c) for c in shown), shown
+    if not any(_hostile(c) or 0xD800 <= ord(c) < 0xE000 for c in text):
+        assert shown == text, "text that was fine stays as it was"
+
+
+def _hostile(c: str) -> bool:
+    """A control character (but tab and line break), or a bidirectional override."""
+    return (ord(c) < 0x20 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 or c in BIDI
+
+
+BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
