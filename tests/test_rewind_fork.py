@@ -284,7 +284,7 @@ def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_aga
 ) -> None:
     """The copy is made beside the new workspace and moved into place whole: a fork
     stopped half-way (Ctrl-C, or killed) leaves the workspace free, no run, and the
-    same command given again makes the fork."""
+    same command given again makes the fork (and removes a killed fork's part copy)."""
     db, _, version, then = first_review
     new = tmp_path / "fork-ws"
     args = [
@@ -313,6 +313,7 @@ def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_aga
 
     assert code == 0, out
     assert snapshot(new) == then
+    assert not [p for p in tmp_path.iterdir() if ".forking-" in p.name], "the killed one's too"
 
 
 def test_two_forks_into_one_workspace_at_once_make_one_fork_and_one_clear_error(

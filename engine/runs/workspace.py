@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -247,6 +248,22 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
 # -- rewind and fork ---------------------------------------------------------------
 
 
+def _remove_abandoned_copies(workspace: Path) -> None:
+    """Remove the part copies that forks into ``workspace`` left when killed: those of
+    a process that is no longer alive (``.NAME.forking-PID-XXXXXXXX`` beside it)."""
+    pattern = re.compile(re.escape(f".{workspace.name}.forking-") + r"(\d+)-[0-9a-f]{8}")
+    for candidate in workspace.parent.iterdir():
+        found = pattern.fullmatch(candidate.name)
+        if found is None or not candidate.is_dir() or candidate.is_symlink():
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except (PermissionError, OverflowError, ValueError):
+            continue  # alive under another user, or no process id at all
+
+
 def _check_version(store: EventStore, run_id: str, version: int) -> int:
     last = store.last_version(run_id)
     if last == 0:
@@ -362,6 +379,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     # made beside it and moved into place whole: a fork stopped during the copy leaves
     # no half workspace that the same command, given again, would refuse as not empty
     workspace.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_copies(workspace)
     partial = workspace.parent / f".{workspace.name}.forking-{os.getpid()}-{os.urandom(4).hex()}"
     partial.mkdir()
     try:
