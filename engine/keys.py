@@ -76,7 +76,7 @@ def load_key(env: Mapping[str, str] | None = None, *, create: bool) -> bytes | N
     return key
 
 
-def _read(path: Path, what: str = "the key file") -> bytes:
+def _read(path: Path, what: str = "the key file", *, empty_ok: bool = False) -> bytes:
     with path.open("rb") as source:
         mode = os.fstat(source.fileno()).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -85,7 +85,7 @@ def _read(path: Path, what: str = "the key file") -> bytes:
                 f"make it owner-only: chmod 600 {path}"
             )
         key = source.read()
-    if not key:
+    if not key and not empty_ok:
         raise ConfigError(f"{what} {path} is empty")
     return key
 
@@ -126,6 +126,9 @@ class ServerKeys(httpx.Auth):
     def __init__(self, keys: Mapping[str, str]) -> None:
         self._keys = {origin(url): key for url, key in keys.items()}
 
+    def has_key_for(self, url: str) -> bool:
+        return origin(url) in self._keys
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key = self._keys.get(origin(str(request.url)))
         if key is not None:
@@ -139,7 +142,7 @@ def load_server_keys(env: Mapping[str, str] | None = None) -> ServerKeys | None:
     a ``ConfigError`` that names the server, never the key."""
     path = server_keys_file(env)
     try:
-        raw = _read(path, "the server keys file")
+        raw = _read(path, "the server keys file", empty_ok=True)  # no server has a key
     except FileNotFoundError:
         return None
     except OSError as e:

@@ -260,8 +260,12 @@ class ScriptedModelServer:
         trained: int = 32768,
         missing: Collection[str] = (),
         apis: Sequence[str] = ("ollama", "openai"),
+        key: str | None = None,
     ) -> None:
         self.models = tuple(models)
+        self.key = key
+        """The key it asks for, as a server started with ``--api-key`` does: a request
+        without ``Authorization: Bearer KEY`` is answered 401, ``Unauthorized``."""
         self.honour_caps = honour_caps
         self.refuse_over = refuse_over
         self.context = context
@@ -376,7 +380,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def _spoken(self) -> bool:
-        """Whether the path belongs to an API the server speaks (else a 404 is sent)."""
+        """Whether the path belongs to an API the server speaks (else a 404 is sent),
+        asked with the server's key if it has one (else a 401 is sent)."""
+        key = self.server.scripted.key
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+            self._json(401, {"error": "Unauthorized"})
+            return False
         api = "ollama" if self.path.startswith("/api/") else "openai"
         if api in self.server.scripted.apis:
             return True

@@ -137,3 +137,31 @@ def test_no_keys_file_sends_no_key(tmp_path: Path) -> None:
         result = run(tmp_path, server, tmp_path / "none.toml", "--no-preflight", "--max-steps", "1")
         assert all(header(r, "Authorization") is None for r in server.requests)
     assert "HTTP 401" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("given", ["none", "wrong"])
+def test_a_server_that_asks_for_a_key_is_named_by_the_preflight_with_the_fix(
+    tmp_path: Path, given: str
+) -> None:
+    """A server started with --api-key refuses the preflight's listing: the error says
+    it asks for a key, whether one was sent, and where this machine keeps it."""
+    with ScriptedModelServer(DemoModels(), models=["m"], key=KEY) as server:
+        keys = keys_file(tmp_path, f'"{server.url}" = "{WRONG}"\n' if given == "wrong" else "")
+        result = run(tmp_path, server, keys)
+        port = server.url.rsplit(":", 1)[1]
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "the server asks for a key, and " in message
+    sent = "the key sent was refused" if given == "wrong" else "no key was sent"
+    assert sent in message, message
+    assert f'put it in {keys}: "http://127.0.0.1:{port}" = "KEY"' in message
+    assert WRONG not in result.output
+
+
+def test_the_scripted_server_with_a_key_answers_only_requests_that_carry_it(
+    tmp_path: Path,
+) -> None:
+    with ScriptedModelServer(DemoModels(), models=["m"], key=KEY) as server:
+        keys = keys_file(tmp_path, f'"{server.url}" = "{KEY}"\n')
+        result = run(tmp_path, server, keys)
+    assert result.exit_code == 0, result.output

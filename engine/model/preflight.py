@@ -35,6 +35,7 @@ from engine.errors import (
     ModelTimeout,
     PreflightFailed,
 )
+from engine.keys import ServerKeys, origin, server_keys_file
 from engine.model.bounds import Bounds, RetryPolicy, Timeouts
 from engine.model.client import ModelClient, same_model
 from engine.model.roles import ROLE_NAMES, Endpoint, Roles
@@ -176,7 +177,19 @@ def _diagnosis(client: ModelClient, endpoint: Endpoint, error: ModelError, conne
         )
     if not_found:
         return f"GET {path} is not found (HTTP 404); is {url} the model server's base URL?"
+    if isinstance(error, ModelHTTPError) and error.status in (401, 403):
+        sent = "the key sent was refused" if _keyed(client, url) else "no key was sent"
+        return (
+            f"GET {path} failed ({_short(error)}): the server asks for a key, and {sent}; "
+            f'put it in {server_keys_file()}: "{origin(url)}" = "KEY" (see the README)'
+        )
     return f"GET {path} failed: {_short(error)}"
+
+
+def _keyed(client: ModelClient, url: str) -> bool:
+    """Whether the client sends ``url``'s server a key."""
+    auth = client.http.auth
+    return isinstance(auth, ServerKeys) and auth.has_key_for(url)
 
 
 def _answers(client: ModelClient, url: str, api: Api, connect: float) -> bool:
