@@ -586,11 +586,13 @@ class PostgresEventStore(SQLEventStore):
     @contextlib.contextmanager
     def lease(self, run_id: str, owner: str) -> Iterator[None]:
         """The run's lease: a session-level advisory lock on a connection of its own,
-        released when the context ends or the session dies."""
+        released when the context ends (before it ends, so that whoever asks next finds
+        it free) or when the session dies."""
         key = _lease_key(run_id)
         where = f"taking the lease of run {run_id}"
         with _mapped_errors(where):
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        held = None
         try:
             with _mapped_errors(where):
                 held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
@@ -607,7 +609,12 @@ class PostgresEventStore(SQLEventStore):
             yield
         finally:
             with contextlib.suppress(psycopg.Error):
-                conn.close()  # ends the session: the server releases the lock
+                if held and held[0]:
+                    # closing alone releases it only once the server has seen the
+                    # session end, which a loaded server does after the next engine
+                    # has already been refused the lease
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                conn.close()
 
     # -- misc ------------------------------------------------------------------------
 
