@@ -1,5 +1,5 @@
 """Model servers that ask for a key: each key is kept on this machine by server
-(``engine.keys.ServerKeys``), sent to that server only, and never written to a log,
+(``engine.model.credentials.ServerKeys``), sent to that server only, and never written to a log,
 an output or an error."""
 
 from __future__ import annotations

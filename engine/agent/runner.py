@@ -40,10 +40,11 @@ from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.specialists import specialist_for
 from engine.config import Settings
 from engine.errors import ConfigError, IllegalTransition, ToolError
-from engine.keys import key_file, load_server_keys, server_keys_file
+from engine.keys import key_file
 from engine.machines.phases import TERMINAL, PhaseFacts, PhaseMachine, phase_changed_to
 from engine.machines.tasks import check_status_change
 from engine.model.client import ModelClient
+from engine.model.credentials import load_server_keys, server_keys_file
 from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
@@ -382,7 +383,7 @@ def summary(state: RunState) -> list[str]:
 
 def http_client(settings: Settings) -> httpx.Client:
     """The HTTP client for a run's model servers, sending each the key this machine
-    keeps for it (``engine.keys.ServerKeys``). Certificates are loaded only when
+    keeps for it (``engine.model.credentials.ServerKeys``). Certificates are loaded only when
     a server is reached over https: loading them costs ~40 ms, a tenth of a short
     run, for the common case of a local server on plain http."""
     urls = [e.base_url for role in ROLE_NAMES for e in settings.models.get(role).endpoints()]

@@ -45,7 +45,6 @@ from engine.errors import (
     ModelTimeout,
     ModelUnavailable,
 )
-from engine.keys import redacted
 from engine.model.bounds import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -55,6 +54,7 @@ from engine.model.bounds import (
     RetryPolicy,
     Timeouts,
 )
+from engine.model.credentials import redacted
 from engine.model.roles import Endpoint
 from engine.model.textcalls import extract_tool_call
 from engine.model.wire import (

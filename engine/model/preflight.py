@@ -35,9 +35,9 @@ from engine.errors import (
     ModelTimeout,
     PreflightFailed,
 )
-from engine.keys import ServerKeys, origin, server_keys_file
 from engine.model.bounds import Bounds, RetryPolicy, Timeouts
 from engine.model.client import ModelClient, same_model
+from engine.model.credentials import ServerKeys, origin, server_keys_file
 from engine.model.roles import ROLE_NAMES, Endpoint, Roles
 from engine.model.wire import MODELS_PATHS, Api, ModelInfo
 
