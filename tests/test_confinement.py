@@ -506,6 +506,64 @@ def test_an_autonomy_toml_the_model_left_in_its_workspace_cannot_unconfine_the_n
     assert "processes = 64" in tighter.output
 
 
+REDIRECTING_TOML = '[models.coding]\nbase_url = "http://127.0.0.1:9"\n'
+
+
+@pytest.mark.parametrize("how", ["create_file", "a command"])
+def test_an_autonomy_toml_a_model_wrote_is_not_taken_by_the_next_run_unless_named(
+    tmp_path: Path, how: str
+) -> None:
+    """A model (told to by a file it read, say) writes ``autonomy.toml`` pointing a
+    role at another server: the next run there would send that server its prompts and
+    the project's code, and take its answers. The log records every file a tool
+    wrote, commands' too: the next run finds this file there and refuses it, naming
+    the run; named with --config it is the user's choice."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.runs.demo import GOAL, DemoModels
+    from engine.storage import open_store
+    from engine.testing import ScriptedModelServer
+
+    writes = (
+        ("create_file", {"path": "autonomy.toml", "content": REDIRECTING_TOML})
+        if how == "create_file"
+        else ("create_file", {"path": "test_config.py", "content": (
+            f"def test_it():\n    open('autonomy.toml', 'w').write({REDIRECTING_TOML!r})\n"
+        )})
+    )  # fmt: skip
+
+    class LeavesAConfig(DemoModels):
+        def __call__(self, request: Any) -> Any:
+            reply = super().__call__(request)
+            if any(name == "create_file" for name, _ in reply.tool_calls):
+                reply = replace(reply, tool_calls=(*reply.tool_calls, writes))
+            return reply
+
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
+        flags = ["--workspace", str(workspace), "--db", str(db), "--model-url", server.url,
+                 "--api", "ollama", "--model", "m"]  # fmt: skip
+        first = CliRunner().invoke(cli, ["run", GOAL, "--run-id", "first", *flags])
+        assert first.exit_code == 0, first.output
+        assert (workspace / "autonomy.toml").read_text() == REDIRECTING_TOML, "the model wrote it"
+        second = CliRunner().invoke(cli, ["run", "next goal", "--run-id", "second", *flags])
+        named = CliRunner().invoke(
+            cli, ["run", "next goal", "--run-id", "named", *flags, "--no-preflight",
+                  "--max-steps", "1", "--config", str(workspace / "autonomy.toml")],
+        )  # fmt: skip
+    assert second.exit_code == 1 and "Traceback" not in second.output
+    assert "Traceback" not in named.output, named.output
+    message = " ".join(second.output.split())
+    assert f"{workspace / 'autonomy.toml'} is the file a tool of run first wrote" in message
+    assert "name it with --config if you mean to use it" in message
+    with open_store(db) as store:
+        assert store.last_version("second") == 0, "nothing ran"
+        assert store.last_version("named") > 0, "named, it is taken"
+
+
 def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
     """The settings taken up from a log keep everything that makes the run's requests
     and decisions, and none of what protects the machine."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -539,3 +540,27 @@ def test_rewind_and_fork_undo_what_a_command_did(tmp_path: Path) -> None:
     assert sorted(restored.removed) == ["made/by/script.txt"]
     code, out = invoke(*history)
     assert code == 0 and "run_command" not in out, "the rewind undid the change: not in effect"
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_file_a_tool_wrote_is_found_in_the_log_by_its_content(
+    tmp_path: Path, backend: str
+) -> None:
+    from engine.runs.workspace import written_by_a_tool
+
+    store = MemoryEventStore() if backend == "memory" else open_store(tmp_path / "e.db")
+    content = b"[models.coding]\n"
+    digest = hashlib.sha256(content).hexdigest()
+    change = FileChange(path="autonomy.toml", after=digest, size=len(content))
+    store.append(
+        "r",
+        [
+            RunStarted(goal="g", workspace=str(tmp_path)),
+            ToolRequested(call_id="r/t2", tool="run_command", arguments={}),
+            ToolExecuted(call_id="r/t2", tool="run_command", ok=True, files_changed=(change,)),
+        ],
+        0,
+    )
+    assert written_by_a_tool(store, "autonomy.toml", content) == ("r", 3)
+    assert written_by_a_tool(store, "autonomy.toml", b"the user's own") is None
+    assert written_by_a_tool(store, "src/autonomy.toml", content) is None

@@ -5,6 +5,7 @@ their session, concurrent writers, migrations."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import subprocess
 import sys
@@ -368,3 +369,25 @@ def test_the_urls_connect_timeout_is_the_stores_and_a_wrong_one_is_a_clear_error
     code = CliRunner().invoke(cli, ["runs", "--db", pg_url + "&connect_timeout=soon"])
     assert code.exit_code == 1 and "Traceback" not in code.output, code.output
     assert "give a number of seconds" in code.output
+
+
+def test_a_file_a_tool_wrote_is_found_in_a_postgres_log(store: PostgresEventStore) -> None:
+    """``written_by_a_tool`` asks the log in SQL: the same query on PostgreSQL."""
+    from engine.runs.workspace import written_by_a_tool
+    from events.schema import FileChange
+
+    content = b"[models.coding]\n"
+    digest = hashlib.sha256(content).hexdigest()
+    change = FileChange(path="autonomy.toml", after=digest, size=len(content))
+    store.append(
+        "r",
+        [
+            RunStarted(goal="g", workspace="/w"),
+            ToolRequested(call_id="r/t2", tool="create_file", arguments={}),
+            ToolExecuted(call_id="r/t2", tool="create_file", ok=True, files_changed=(change,)),
+        ],
+        0,
+    )
+    assert written_by_a_tool(store, "autonomy.toml", content) == ("r", 3)
+    assert written_by_a_tool(store, "autonomy.toml", b"the user's own") is None
+    assert written_by_a_tool(store, "other.toml", content) is None

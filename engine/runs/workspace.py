@@ -248,6 +248,35 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
 # -- rewind and fork ---------------------------------------------------------------
 
 
+def written_by_a_tool(store: EventStore, path: str, content: bytes) -> tuple[str, int] | None:
+    """The run and version of a tool (a file tool, or a command) that left the file
+    ``path`` of its workspace holding ``content``, as the log records; None when no
+    tool of any run in the log wrote that content there. A file a run's model wrote
+    is the model's, whoever finds it later."""
+    digest = hashlib.sha256(content).hexdigest()
+    connection = getattr(store, "connection", None)
+    if connection is not None:  # a SQL log: the rows that hold the digest at all
+        sql = (
+            "SELECT run_id, version FROM events WHERE type = 'tool.executed'"
+            " AND CAST(data AS TEXT) LIKE ? ORDER BY position"
+        )
+        found = connection.execute(sql, (f"%{digest}%",)).fetchall()
+        events = [
+            e
+            for run_id, version in found
+            for e in store.read(run_id, after=version - 1, upto=version)
+        ]
+    else:
+        events = list(store.read_all(types=("tool.executed",)))
+    for event in events:
+        data = event.data
+        if isinstance(data, ToolExecuted) and any(
+            change.path == path and change.after == digest for change in data.files_changed
+        ):
+            return event.run_id, event.version
+    return None
+
+
 def _remove_abandoned_copies(workspace: Path) -> None:
     """Remove the part copies that forks into ``workspace`` left when killed: those of
     a process that is no longer alive (``.NAME.forking-PID-XXXXXXXX`` beside it)."""
