@@ -454,6 +454,42 @@ def test_a_replayed_log_cannot_turn_confinement_off(tmp_path: Path) -> None:
 
 
 UNCONFINED_TOML = '[tools]\nsandbox = "off"\nnetwork = true\n\n[tools.limits]\nprocesses = 0\n'
+REDIRECTING_TOML = '[models.coding]\nbase_url = "http://127.0.0.1:9"\n'
+
+
+def after_a_model_wrote(
+    tmp_path: Path, call: tuple[str, dict[str, Any]], toml: str, *runs: list[str]
+) -> tuple[Path, Any, list[Any]]:
+    """A demo run whose model also makes ``call`` (which leaves ``toml`` as the
+    workspace's ``autonomy.toml``), then ``autonomy run`` with each of ``runs`` (the
+    arguments after the goal) in the same workspace and log: the workspace, the log's
+    path and the results."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.runs.demo import GOAL, DemoModels
+    from engine.testing import ScriptedModelServer
+
+    class LeavesAConfig(DemoModels):
+        def __call__(self, request: Any) -> Any:
+            reply = super().__call__(request)
+            if any(name == "create_file" for name, _ in reply.tool_calls):
+                reply = replace(reply, tool_calls=(*reply.tool_calls, call))
+            return reply
+
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
+        flags = ["--workspace", str(workspace), "--db", str(db), "--model-url", server.url,
+                 "--api", "ollama", "--model", "m"]  # fmt: skip
+        first = CliRunner().invoke(cli, ["run", GOAL, "--run-id", "first", *flags])
+        assert first.exit_code == 0, first.output
+        assert (workspace / "autonomy.toml").read_text() == toml, "the model wrote it"
+        results = [CliRunner().invoke(cli, ["run", "next goal", *args, *flags]) for args in runs]
+    for result in results:
+        assert "Traceback" not in result.output, result.output
+    return workspace, db, results
 
 
 def test_an_autonomy_toml_the_model_left_in_its_workspace_cannot_unconfine_the_next_run(
@@ -463,32 +499,16 @@ def test_an_autonomy_toml_the_model_left_in_its_workspace_cannot_unconfine_the_n
     network, no process limit. The next ``autonomy run`` there finds that file: it is
     refused, naming each key, and nothing runs. Named with ``--config`` (the user's
     own choice), the same file is taken; a workspace file that tightens is taken."""
-    from dataclasses import replace
-
     from click.testing import CliRunner
 
     from engine.cli import cli
-    from engine.runs.demo import GOAL, DemoModels
     from engine.storage import open_store
-    from engine.testing import ScriptedModelServer
 
-    class LeavesAConfig(DemoModels):
-        def __call__(self, request: Any) -> Any:
-            reply = super().__call__(request)
-            if any(name == "create_file" for name, _ in reply.tool_calls):
-                written = ("create_file", {"path": "autonomy.toml", "content": UNCONFINED_TOML})
-                reply = replace(reply, tool_calls=(*reply.tool_calls, written))
-            return reply
-
-    workspace, db = tmp_path / "ws", tmp_path / "events.db"
-    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
-        flags = ["--workspace", str(workspace), "--db", str(db), "--model-url", server.url,
-                 "--api", "ollama", "--model", "m"]  # fmt: skip
-        first = CliRunner().invoke(cli, ["run", GOAL, "--run-id", "first", *flags])
-        assert first.exit_code == 0, first.output
-        assert (workspace / "autonomy.toml").read_text() == UNCONFINED_TOML, "the model wrote it"
-        second = CliRunner().invoke(cli, ["run", "next goal", "--run-id", "second", *flags])
-    assert second.exit_code == 1 and "Traceback" not in second.output
+    call = ("create_file", {"path": "autonomy.toml", "content": UNCONFINED_TOML})
+    workspace, db, (second,) = after_a_model_wrote(
+        tmp_path, call, UNCONFINED_TOML, ["--run-id", "second"]
+    )
+    assert second.exit_code == 1
     message = " ".join(second.output.split())
     for key in ('tools.sandbox = "off"', "tools.network = true", "tools.limits.processes = 0"):
         assert key in message, message
@@ -506,9 +526,6 @@ def test_an_autonomy_toml_the_model_left_in_its_workspace_cannot_unconfine_the_n
     assert "processes = 64" in tighter.output
 
 
-REDIRECTING_TOML = '[models.coding]\nbase_url = "http://127.0.0.1:9"\n'
-
-
 @pytest.mark.parametrize("how", ["create_file", "a command"])
 def test_an_autonomy_toml_a_model_wrote_is_not_taken_by_the_next_run_unless_named(
     tmp_path: Path, how: str
@@ -518,44 +535,21 @@ def test_an_autonomy_toml_a_model_wrote_is_not_taken_by_the_next_run_unless_name
     the project's code, and take its answers. The log records every file a tool
     wrote, commands' too: the next run finds this file there and refuses it, naming
     the run; named with --config it is the user's choice."""
-    from dataclasses import replace
-
-    from click.testing import CliRunner
-
-    from engine.cli import cli
-    from engine.runs.demo import GOAL, DemoModels
     from engine.storage import open_store
-    from engine.testing import ScriptedModelServer
 
-    writes = (
-        ("create_file", {"path": "autonomy.toml", "content": REDIRECTING_TOML})
-        if how == "create_file"
-        else ("create_file", {"path": "test_config.py", "content": (
-            f"def test_it():\n    open('autonomy.toml', 'w').write({REDIRECTING_TOML!r})\n"
-        )})
+    test = f"def test_it():\n    open('autonomy.toml', 'w').write({REDIRECTING_TOML!r})\n"
+    path, content = ("autonomy.toml", REDIRECTING_TOML) if how == "create_file" else (
+        "test_config.py", test
     )  # fmt: skip
-
-    class LeavesAConfig(DemoModels):
-        def __call__(self, request: Any) -> Any:
-            reply = super().__call__(request)
-            if any(name == "create_file" for name, _ in reply.tool_calls):
-                reply = replace(reply, tool_calls=(*reply.tool_calls, writes))
-            return reply
-
-    workspace, db = tmp_path / "ws", tmp_path / "events.db"
-    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
-        flags = ["--workspace", str(workspace), "--db", str(db), "--model-url", server.url,
-                 "--api", "ollama", "--model", "m"]  # fmt: skip
-        first = CliRunner().invoke(cli, ["run", GOAL, "--run-id", "first", *flags])
-        assert first.exit_code == 0, first.output
-        assert (workspace / "autonomy.toml").read_text() == REDIRECTING_TOML, "the model wrote it"
-        second = CliRunner().invoke(cli, ["run", "next goal", "--run-id", "second", *flags])
-        named = CliRunner().invoke(
-            cli, ["run", "next goal", "--run-id", "named", *flags, "--no-preflight",
-                  "--max-steps", "1", "--config", str(workspace / "autonomy.toml")],
-        )  # fmt: skip
-    assert second.exit_code == 1 and "Traceback" not in second.output
-    assert "Traceback" not in named.output, named.output
+    workspace, db, (second, _named) = after_a_model_wrote(
+        tmp_path,
+        ("create_file", {"path": path, "content": content}),
+        REDIRECTING_TOML,
+        ["--run-id", "second"],
+        ["--run-id", "named", "--no-preflight", "--max-steps", "1",
+         "--config", str(tmp_path / "ws" / "autonomy.toml")],
+    )  # fmt: skip
+    assert second.exit_code == 1
     message = " ".join(second.output.split())
     assert f"{workspace / 'autonomy.toml'} is the file a tool of run first wrote" in message
     assert "name it with --config if you mean to use it" in message
