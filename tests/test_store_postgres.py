@@ -391,3 +391,52 @@ def test_a_file_a_tool_wrote_is_found_in_a_postgres_log(store: PostgresEventStor
     assert written_by_a_tool(store, "autonomy.toml", content) == ("r", 3)
     assert written_by_a_tool(store, "autonomy.toml", b"the user's own") is None
     assert written_by_a_tool(store, "other.toml", content) is None
+
+
+def test_a_worker_refuses_a_template_whose_autonomy_toml_a_run_wrote(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """As ``autonomy run`` does (tests/test_confinement.py): a run's model wrote the
+    template's ``autonomy.toml`` (a role pointed elsewhere); a worker taking a run of
+    that template refuses it, and marks the row done with why."""
+    from dataclasses import replace
+
+    from engine.runs.demo import GOAL, DemoModels
+    from engine.testing import ScriptedModelServer
+
+    toml = '[models.coding]\nbase_url = "http://127.0.0.1:9"\n'
+
+    class LeavesAConfig(DemoModels):
+        def __call__(self, request: Any) -> Any:
+            reply = super().__call__(request)
+            if any(name == "create_file" for name, _ in reply.tool_calls):
+                written = ("create_file", {"path": "autonomy.toml", "content": toml})
+                reply = replace(reply, tool_calls=(*reply.tool_calls, written))
+            return reply
+
+    template = tmp_path / "template"
+    with ScriptedModelServer(LeavesAConfig(), models=["m"]) as server:
+        model = ["--model-url", server.url, "--api", "ollama", "--model", "m"]
+        first = CliRunner().invoke(
+            cli, ["run", GOAL, "--workspace", str(template), "--db", pg_url, "--run-id", "first",
+                  *model],
+        )  # fmt: skip
+        assert first.exit_code == 0, first.output
+        assert (template / "autonomy.toml").read_text() == toml
+        queued = CliRunner().invoke(
+            cli, ["submit", "next goal", "--workspace-template", str(template), "--run-id", "job",
+                  "--db", pg_url],
+        )  # fmt: skip
+        assert queued.exit_code == 0, queued.output
+        worked = CliRunner().invoke(
+            cli, ["worker", "--once", "--db", pg_url, "--workdir", str(tmp_path / "runs"), *model],
+        )  # fmt: skip
+    assert worked.exit_code == 0 and "Traceback" not in worked.output, worked.output
+    with open_store(pg_url) as store:
+        outcome = (
+            cast(Any, store)
+            .connection.execute("SELECT outcome FROM queue WHERE run_id = 'job'")
+            .fetchone()[0]
+        )
+        assert store.last_version("job") == 0, "nothing ran"
+    assert outcome.startswith("error: ") and "is the file a tool of run first wrote" in outcome

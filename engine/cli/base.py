@@ -175,6 +175,31 @@ def opened_log(
         store.close()
 
 
+def refuse_a_config_a_model_wrote(store: EventStore, workspace: Path) -> None:
+    """``ConfigError`` when the workspace's own ``autonomy.toml`` is one a run's tools
+    wrote (the log says so): the model's commands write the workspace, and a config it
+    left would choose the next run's model servers (where the project's code and
+    every prompt go). Named with ``--config``, the file is the user's choice."""
+    from engine.config import CONFIG_FILE
+    from engine.errors import ConfigError
+    from engine.runs.workspace import written_by_a_tool
+
+    path = workspace / CONFIG_FILE
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return  # none (or unreadable: the settings said so already)
+    written = written_by_a_tool(store, CONFIG_FILE, content)
+    if written is not None:
+        run_id, version = written
+        raise ConfigError(
+            f"{path} is the file a tool of run {run_id} wrote (version {version}): a "
+            "model's, not yours, and it chooses the model servers this run would send "
+            "its prompts and your code to; nothing was run. Read it, and name it with "
+            "--config if you mean to use it (or delete it)"
+        )
+
+
 @dataclass(frozen=True)
 class SettingsFlags:
     """What ``settings_options`` collected: the config file and the flags given."""

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.cli.base import (
+    SettingsFlags,
+    cli,
+    db_option,
+    opened_log,
+    refuse_a_config_a_model_wrote,
+    settings_options,
+)
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,7 +79,7 @@ def run(
     settings = flags.load(workspace)
     with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
         if flags.config_file is None:
-            _refuse_a_config_a_model_wrote(store, workspace)
+            refuse_a_config_a_model_wrote(store, workspace)
         with run_display(settings.limits.max_steps, plain=click.echo) as show:
             log = start_run(
                 store,
@@ -178,30 +185,6 @@ def read_goal(goal: str | None, workspace: Path) -> str:
         text = goal
     check_goal(text)
     return text
-
-
-def _refuse_a_config_a_model_wrote(store: EventStore, workspace: Path) -> None:
-    """``ConfigError`` when the workspace's own ``autonomy.toml`` is one a run's tools
-    wrote (the log says so): the model's commands write the workspace, and a config it
-    left would choose the next run's model servers (where the project's code and
-    every prompt go). Named with ``--config``, the file is the user's choice."""
-    from engine.config import CONFIG_FILE
-    from engine.runs.workspace import written_by_a_tool
-
-    path = workspace / CONFIG_FILE
-    try:
-        content = path.read_bytes()
-    except OSError:
-        return  # none (or unreadable: the settings said so already)
-    written = written_by_a_tool(store, CONFIG_FILE, content)
-    if written is not None:
-        run_id, version = written
-        raise ConfigError(
-            f"{path} is the file a tool of run {run_id} wrote (version {version}): a "
-            "model's, not yours, and it chooses the model servers this run would send "
-            "its prompts and your code to; nothing was run. Read it, and name it with "
-            "--config if you mean to use it (or delete it)"
-        )
 
 
 def _goal_file(path: Path) -> str:

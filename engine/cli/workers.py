@@ -10,10 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
+from engine.cli.base import (
+    SettingsFlags,
+    cli,
+    db_option,
+    opened_log,
+    refuse_a_config_a_model_wrote,
+    settings_options,
+)
 
 if TYPE_CHECKING:
     from engine.config import Settings
+    from engine.runs.workers import SettingsFor
+    from events.store import EventStore
 
 
 @cli.command("submit")
@@ -76,10 +85,15 @@ def worker_command(
     from engine.config import recorded_settings
     from engine.runs.workers import Worker
 
-    def settings_for(workspace: Path, recorded: Mapping[str, Any] | None) -> Settings:
-        if recorded is None:
+    def settings_for(store: EventStore) -> SettingsFor:
+        def settings(workspace: Path, recorded: Mapping[str, Any] | None) -> Settings:
+            if recorded is not None:
+                return flags.load_over(recorded_settings(recorded))
+            if flags.config_file is None:  # the template's own, as autonomy run checks it
+                refuse_a_config_a_model_wrote(store, workspace)
             return flags.load(workspace)
-        return flags.load_over(recorded_settings(recorded))
+
+        return settings
 
     workdir.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []
@@ -87,7 +101,8 @@ def worker_command(
     def one() -> None:
         try:
             with opened_log(db) as store:
-                Worker(store, workdir.resolve(), settings_for, progress=click.echo).run(once=once)
+                work = Worker(store, workdir.resolve(), settings_for(store), progress=click.echo)
+                work.run(once=once)
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
