@@ -10,14 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.cli.base import (
-    SettingsFlags,
-    cli,
-    db_option,
-    opened_log,
-    refuse_a_config_a_model_wrote,
-    settings_options,
-)
+from engine.cli.base import SettingsFlags, cli, db_option, opened_log, settings_options
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -82,6 +75,7 @@ def worker_command(
     \b
         autonomy worker --db "$URL" --concurrency 2 --model-url http://gpu-1:11434
     """
+    from engine.cli.base import refuse_a_config_a_model_wrote
     from engine.config import recorded_settings
     from engine.runs.workers import Worker
 
