@@ -558,6 +558,29 @@ def test_an_autonomy_toml_a_model_wrote_is_not_taken_by_the_next_run_unless_name
         assert store.last_version("named") > 0, "named, it is taken"
 
 
+def test_an_autonomy_toml_that_links_to_a_file_no_snapshot_records_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Snapshots record neither links nor installed packages: a command that writes the
+    config into .venv and links autonomy.toml to it would hide its writer from the
+    log. A link to another file of the workspace is refused."""
+    test = (
+        "import os\n"
+        "def test_it():\n"
+        "    os.makedirs('.venv', exist_ok=True)\n"
+        f"    open('.venv/settings.toml', 'w').write({REDIRECTING_TOML!r})\n"
+        "    os.symlink('.venv/settings.toml', 'autonomy.toml')\n"
+    )
+    call = ("create_file", {"path": "test_link.py", "content": test})
+    workspace, _, (second,) = after_a_model_wrote(
+        tmp_path, call, REDIRECTING_TOML, ["--run-id", "second"]
+    )
+    assert (workspace / "autonomy.toml").is_symlink()
+    assert second.exit_code == 1
+    message = " ".join(second.output.split())
+    assert "is a link to" in message and "a file of the workspace itself" in message, message
+
+
 def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
     """The settings taken up from a log keep everything that makes the run's requests
     and decisions, and none of what protects the machine."""

@@ -564,3 +564,15 @@ def test_a_file_a_tool_wrote_is_found_in_the_log_by_its_content(
     assert written_by_a_tool(store, "autonomy.toml", content) == ("r", 3)
     assert written_by_a_tool(store, "autonomy.toml", b"the user's own") is None
     assert written_by_a_tool(store, "src/autonomy.toml", content) is None
+    # written in a directory of the run's workspace: the next run's workspace may be it
+    deeper = b"[models.arbiter]\n"
+    nested = FileChange(path="sub/autonomy.toml", after=hashlib.sha256(deeper).hexdigest())
+    store.append(
+        "r",
+        [
+            ToolRequested(call_id="r/t4", tool="run_command", arguments={}),
+            ToolExecuted(call_id="r/t4", tool="run_command", ok=True, files_changed=(nested,)),
+        ],
+        3,
+    )
+    assert written_by_a_tool(store, "autonomy.toml", deeper) == ("r", 5)

@@ -185,6 +185,14 @@ def refuse_a_config_a_model_wrote(store: EventStore, workspace: Path) -> None:
     from engine.runs.workspace import written_by_a_tool
 
     path = workspace / CONFIG_FILE
+    if path.is_symlink() and path.resolve().is_relative_to(workspace.resolve()):
+        # a link to another file of the workspace: one in a directory no snapshot
+        # records (.venv, say) would hide who wrote it; a shared config elsewhere is fine
+        raise ConfigError(
+            f"{path} is a link to {path.resolve()}, a file of the workspace itself, whose "
+            "writer the log cannot say; nothing was run. Name the file with --config if "
+            "you mean to use it"
+        )
     try:
         content = path.read_bytes()
     except OSError:

@@ -249,10 +249,11 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
 
 
 def written_by_a_tool(store: EventStore, path: str, content: bytes) -> tuple[str, int] | None:
-    """The run and version of a tool (a file tool, or a command) that left the file
-    ``path`` of its workspace holding ``content``, as the log records; None when no
-    tool of any run in the log wrote that content there. A file a run's model wrote
-    is the model's, whoever finds it later."""
+    """The run and version of a tool (a file tool, or a command) that left a file
+    ``path`` (in its workspace, or a directory of it: the next run's workspace may be
+    one) holding ``content``, as the log records; None when no tool of any run in the
+    log wrote that content so. A file a run's model wrote is the model's, whoever
+    finds it later."""
     digest = hashlib.sha256(content).hexdigest()
     connection = getattr(store, "connection", None)
     if connection is not None:  # a SQL log: the rows that hold the digest at all
@@ -271,7 +272,8 @@ def written_by_a_tool(store: EventStore, path: str, content: bytes) -> tuple[str
     for event in events:
         data = event.data
         if isinstance(data, ToolExecuted) and any(
-            change.path == path and change.after == digest for change in data.files_changed
+            change.after == digest and (change.path == path or change.path.endswith(f"/{path}"))
+            for change in data.files_changed
         ):
             return event.run_id, event.version
     return None
