@@ -38,7 +38,7 @@ class PrintableStream:
         self.raw = raw
 
     def write(self, text: str) -> int:
-        self.raw.write(unicode_text(text).translate(_ESCAPES))
+        self.raw.write(printable(text))
         return len(text)
 
     def writelines(self, lines: list[str]) -> None:

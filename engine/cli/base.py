@@ -180,11 +180,13 @@ def refuse_a_config_a_model_wrote(store: EventStore, workspace: Path) -> None:
     wrote (the log says so): the model's commands write the workspace, and a config it
     left would choose the next run's model servers (where the project's code and
     every prompt go). Named with ``--config``, the file is the user's choice."""
-    from engine.config import CONFIG_FILE
+    from engine.config import CONFIG_FILE, locate_config
     from engine.errors import ConfigError
     from engine.runs.workspace import written_by_a_tool
 
-    path = workspace / CONFIG_FILE
+    path = locate_config(None, workspace)
+    if path is None:
+        return
     if path.is_symlink() and path.resolve().is_relative_to(workspace.resolve()):
         # a link to another file of the workspace: one in a directory no snapshot
         # records (.venv, say) would hide who wrote it; a shared config elsewhere is fine
@@ -196,7 +198,7 @@ def refuse_a_config_a_model_wrote(store: EventStore, workspace: Path) -> None:
     try:
         content = path.read_bytes()
     except OSError:
-        return  # none (or unreadable: the settings said so already)
+        return  # unreadable: the settings said so already
     written = written_by_a_tool(store, CONFIG_FILE, content)
     if written is not None:
         run_id, version = written

@@ -52,7 +52,8 @@ class ServerKeys(httpx.Auth):
     names another server (edited, or written by the model) is sent nothing."""
 
     def __init__(self, keys: Mapping[str, str]) -> None:
-        self._keys = {origin(url): key for url, key in keys.items()}
+        self._keys = dict(keys)
+        """Each key by its server's ``origin``."""
 
     def has_key_for(self, url: str) -> bool:
         return origin(url) in self._keys

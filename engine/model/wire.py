@@ -63,10 +63,7 @@ def _usage(prompt: int, completion: int) -> Usage:
     """The token counts a server reported; one out of range (negative, or too large
     for a log's 64-bit integers and every sum of them) is recorded as 0, unknown,
     and the answer kept."""
-    return Usage(
-        prompt_tokens=prompt if 0 <= prompt <= _MOST else 0,
-        completion_tokens=completion if 0 <= completion <= _MOST else 0,
-    )
+    return Usage(prompt_tokens=token_count(prompt), completion_tokens=token_count(completion))
 
 
 def _milliseconds(nanoseconds: int) -> float:

@@ -7,8 +7,9 @@ workspace byte for byte, the command's ``tool.executed`` lists those files as
 the file tools record their writes.
 
 A snapshot stats every regular file (symbolic links, and the directories of the
-tooling, of installed packages and of caches, are not the project's files) and hashes only those whose stat
-signature (size, mtime, ctime, inode) differs from the one seen last time:
+tooling, of installed packages and of caches, are not the project's files) and
+hashes only those whose stat signature (size, mtime, ctime, inode) differs from the
+one seen last time:
 ``WorkspaceDigests`` remembers the signatures between commands. It is a cache, not
 state: dropping it costs one full hashing pass and changes no result. A file's
 content goes into the blobs when it is first hashed, so the content *before* a
