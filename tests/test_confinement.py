@@ -33,6 +33,7 @@ from events import MemoryEventStore
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap is Linux-only")
 
 PYTHON_C = (("python", "-c"),)
+PYTHON = (("python",),)
 
 
 def bubblewrap(**kwargs: object) -> Confinement:
@@ -599,3 +600,90 @@ def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
     assert settings.tools.sandbox == "auto" and settings.tools.network is False
     assert settings.tools.limits == CommandLimits()
     assert settings.tools.command_timeout == 30.0 and settings.limits.max_steps == 7
+
+
+# -- a repository's config runs commands outside any sandbox ------------------------------
+
+PLANT = textwrap.dedent(
+    """
+    import os, pathlib, sys
+    def plant(where, marker):
+        git = pathlib.Path(where) / ".git"
+        for part in ("objects", "refs/heads"):
+            try:
+                (git / part).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                print("refused:", where, e)
+                return
+        (git / "HEAD").write_text("ref: refs/heads/main\\n")
+        (git / "config").write_text(f"[core]\\n\\tfsmonitor = touch {marker}\\n")
+        print("planted:", git)
+    for where in sys.argv[1:]:
+        plant(where, MARKER)
+    """
+)
+
+
+def git_status_runs_nothing(directory: Path, marker: Path) -> bool:
+    """Run ``git status`` where a person would, outside any sandbox: whether the
+    repository's config made git run a command (it touches ``marker``)."""
+    assert shutil.which("git"), "git is not installed: bash .ci/system-packages installs it"
+    subprocess.run(["git", "status"], cwd=directory, capture_output=True, timeout=60)
+    return not marker.exists()
+
+
+@pytest.mark.parametrize("mechanism", ["bubblewrap", "none"])
+def test_a_command_cannot_make_a_repository_whose_config_git_would_run(
+    tmp_path: Path, mechanism: str
+) -> None:
+    """git runs ``core.fsmonitor`` (and hooks, a pager...) from a repository's config
+    on a plain ``git status``: a ``.git`` a command leaves in the workspace, at its
+    top or in a directory of it, would run the model's code outside the sandbox the
+    next time someone (or their shell's prompt) runs git there."""
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    confinement = bubblewrap() if mechanism == "bubblewrap" else choose("off")
+    (workspace / "plant.py").write_text(f"MARKER = {str(marker)!r}\n{PLANT}")
+    outcome = run(workspace, ["python", "plant.py", ".", "sub"], confinement, allowlist=PYTHON)
+    assert not os.path.lexists(workspace / ".git")
+    assert not os.path.lexists(workspace / "sub" / ".git")
+    assert git_status_runs_nothing(workspace, marker)
+    assert git_status_runs_nothing(workspace / "sub", marker)
+    if mechanism == "bubblewrap":  # the top one cannot even be made
+        assert "refused: ." in outcome.result, outcome.result
+        assert "[removed sub/.git: a command may not make a git repository" in outcome.result
+    else:  # nothing confines it: it is made, and removed after
+        assert "[removed .git, sub/.git: a command may not make" in outcome.result
+    assert not {c.path for c in outcome.files_changed} & {".git/config", "sub/.git/config"}
+
+
+def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -> None:
+    """The repositories already there, the workspace's own and any inside it, a
+    ``.git`` directory or a worktree's ``.git`` file, stay as they are."""
+    workspace = tmp_path / "ws"
+    (workspace / "vendor" / "lib" / ".git").mkdir(parents=True)
+    (workspace / "vendor" / "lib" / ".git" / "config").write_text("[core]\n")
+    (workspace / ".git").write_text("gitdir: /nowhere/.git/worktrees/ws\n")
+    code = textwrap.dedent(
+        """
+        import pathlib, shutil
+        for name, text in ((".git", "gitdir: planted\\n"),
+                           ("vendor/lib/.git/config", "[core]\\n\\tfsmonitor = touch x\\n")):
+            try:
+                pathlib.Path(name).write_text(text)
+            except OSError as e:
+                print("refused:", name, type(e).__name__)
+        for name in (".git", "vendor/lib/.git"):
+            try:
+                (shutil.rmtree if pathlib.Path(name).is_dir() else pathlib.Path(name).unlink)(name)
+            except (OSError, TypeError) as e:
+                print("not removed:", name, type(e).__name__)
+        """
+    )
+    (workspace / "change.py").write_text(code)
+    outcome = run(workspace, ["python", "change.py"], bubblewrap(), allowlist=PYTHON)
+    assert outcome.result.count("refused:") == 2, outcome.result
+    assert outcome.result.count("not removed:") == 2, outcome.result
+    assert (workspace / ".git").read_text() == "gitdir: /nowhere/.git/worktrees/ws\n"
+    assert (workspace / "vendor" / "lib" / ".git" / "config").read_text() == "[core]\n"

@@ -11,23 +11,31 @@ Output goes to a temporary file rather than a pipe: a runaway command cannot fil
 the engine's memory, a grandchild that keeps the descriptor open cannot make us wait
 past the timeout, and we can keep the head and the tail (where pytest puts its
 summary) and elide the middle.
+
+A ``.git`` the command made anywhere in the workspace is removed before its changes
+are recorded, and the result says so (``engine.tools.confine.REPOSITORY``): git would
+take that repository's config, and run the commands it names, outside any sandbox.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Annotated, Any
 
 import msgspec
 
 from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
-from engine.tools.confine import Confinement, choose
+from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import Sandbox
 from engine.tools.snapshot import WorkspaceDigests, changes
@@ -111,17 +119,32 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         timeout = min(args.timeout_seconds, ctx.command_timeout)
     confinement = ctx.confinement or default_confinement()
     digests = ctx.digests or WorkspaceDigests()
-    before = digests.snapshot(sandbox.root, ctx.blobs)
+    root = sandbox.root
+    before = digests.snapshot(root, ctx.blobs)
+    repositories = digests.repositories
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
         try:
-            finished = confinement.run(executable, workspace=sandbox.root, out=out, timeout=timeout)
+            finished = confinement.run(
+                executable,
+                workspace=root,
+                out=out,
+                timeout=timeout,
+                repositories=[root / r for r in repositories],
+            )
         except OSError as e:
             raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
         output = _capped(out, ctx.output_cap)
     elapsed = time.monotonic() - started
-    changed = changes(before, digests.snapshot(sandbox.root, ctx.blobs))
+    after = digests.snapshot(root, ctx.blobs)
+    made = sorted(set(digests.repositories) - set(repositories))
+    if made:
+        _remove(root, made)
+        after = digests.snapshot(root, ctx.blobs)
+    changed = changes(before, after)
     result = f"$ {shown}\n{output}".rstrip("\n")
+    if made:
+        result += f"\n[removed {', '.join(made)}: {REPOSITORY}]"
     if changed:
         result += "\n[files changed: " + ", ".join(c.path for c in changed) + "]"
     if digests.unnamed:
@@ -146,6 +169,17 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(
         ok=True, result=f"{result}\n[exit code 0 after {elapsed:.1f}s]", files_changed=changed
     )
+
+
+def _remove(root: Path, names: Sequence[str]) -> None:
+    """Remove each ``.git`` a command made (``REPOSITORY``); links are not followed."""
+    for name in names:
+        path = root / name
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _prefix_length(argv: list[str], allowlist: tuple[tuple[str, ...], ...]) -> int:

@@ -6,7 +6,8 @@ The model writes code and then asks to run it (``python -m pytest``), so whateve
 - **in bubblewrap** (``bwrap``) where installed and working, the mechanism Codex,
   Claude Code and mini-swe-agent use on Linux: new user, pid, ipc, uts and network
   namespaces; the whole file system read-only; the workspace and a private ``/tmp``
-  (a tmpfs) writable; ``.git`` read-only; the run's log (``.autonomy/`` and the
+  (a tmpfs) writable; every ``.git`` of the workspace read-only, and none can be
+  made at its top (``REPOSITORY``); the run's log (``.autonomy/`` and the
   ``--db`` file wherever it is), the chain key and the user's credentials
   (``CREDENTIALS`` under ``$HOME``: a command's output goes to the model server in
   the next request) hidden; ``/run`` hidden (the
@@ -40,7 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Literal
@@ -95,8 +96,15 @@ class Confinement:
         env.update(TMPDIR=str(tmp), TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
         return env
 
-    def argv(self, command: Sequence[str], workspace: Path, tmp: Path) -> list[str]:
-        """The argv to execute: ``command`` itself, or wrapped in bubblewrap."""
+    def argv(
+        self,
+        command: Sequence[str],
+        workspace: Path,
+        tmp: Path,
+        repositories: Sequence[Path] = (),
+    ) -> list[str]:
+        """The argv to execute: ``command`` itself, or wrapped in bubblewrap, with
+        the workspace's ``.git`` and ``repositories`` (others inside it) read-only."""
         if self.mechanism != "bubblewrap":
             return list(command)
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
@@ -109,8 +117,9 @@ class Confinement:
             if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
                 args += ["--ro-bind", str(path), str(path)]
         args += ["--bind", str(workspace), str(workspace)]
-        if (workspace / ".git").is_dir():
-            args += ["--ro-bind", str(workspace / ".git"), str(workspace / ".git")]
+        for path in sorted({workspace / ".git", *repositories}):
+            if os.path.lexists(path):
+                args += ["--ro-bind", str(path), str(path)]
         if (workspace / ".autonomy").is_dir():
             args += ["--tmpfs", str(workspace / ".autonomy")]
         for path in self.hidden:  # last, so that no bind above uncovers them
@@ -119,16 +128,25 @@ class Confinement:
         return args
 
     def run(
-        self, command: Sequence[str], *, workspace: Path, out: IO[bytes], timeout: float
+        self,
+        command: Sequence[str],
+        *,
+        workspace: Path,
+        out: IO[bytes],
+        timeout: float,
+        repositories: Sequence[Path] = (),
     ) -> Finished:
         """Run ``command`` confined, output to ``out``, for at most ``timeout`` seconds;
         whatever it started is ended before this returns. ``OSError`` if it cannot
-        start."""
-        with tempfile.TemporaryDirectory(prefix="autonomy-cmd-") as tmp:
+        start. ``repositories``: the ``.git`` inside the workspace, kept read-only."""
+        with (
+            tempfile.TemporaryDirectory(prefix="autonomy-cmd-") as tmp,
+            self._no_repository_made(workspace),
+        ):
             cgroup = _pids_cgroup(self.limits.processes)
             try:
                 process = subprocess.Popen(
-                    self.argv(command, workspace, Path(tmp)),
+                    self.argv(command, workspace, Path(tmp), repositories),
                     cwd=workspace,
                     env=self.environment(Path(tmp)),
                     stdin=subprocess.DEVNULL,
@@ -146,6 +164,36 @@ class Confinement:
                     _end(process, cgroup)
             finally:
                 _release(cgroup)
+
+    @contextlib.contextmanager
+    def _no_repository_made(self, workspace: Path) -> Iterator[None]:
+        """Where the workspace has no ``.git``, an empty directory stands in for one
+        while a confined command runs, mounted read-only like a real one: the command
+        cannot make a repository there (``REPOSITORY``). It is removed afterwards; one
+        left by a killed engine is empty, which git takes for no repository at all."""
+        git = workspace / ".git"
+        made = False
+        if self.mechanism == "bubblewrap":
+            with contextlib.suppress(OSError):
+                if git.is_dir() and not git.is_symlink() and not any(git.iterdir()):
+                    made = True  # a stand-in a killed engine left
+                else:
+                    git.mkdir()
+                    made = True
+        try:
+            yield
+        finally:
+            if made:
+                with contextlib.suppress(OSError):
+                    git.rmdir()
+
+
+REPOSITORY = (
+    "a command may not make a git repository in the workspace: git runs commands its "
+    "config names (core.fsmonitor on a plain git status, hooks, a pager) outside any sandbox"
+)
+"""Why every ``.git`` of the workspace is read-only for commands, and why a ``.git``
+a command made in one of its directories is removed (``engine.tools.commands``)."""
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,13 @@ Signature = tuple[int, int, int, int]
 _BATCH_BYTES = 16 * 1024 * 1024
 
 
-def _files(root: Path, unnamed: list[str]) -> Iterator[tuple[str, Signature]]:
+def _files(
+    root: Path, unnamed: list[str], repositories: list[str]
+) -> Iterator[tuple[str, Signature]]:
     """Every regular file under ``root`` with its stat signature; a file or directory
     whose name is not UTF-8 is left out (a log holds Unicode text only, and no restore
-    could write that name back from an escaped one) and named in ``unnamed``."""
+    could write that name back from an escaped one) and named in ``unnamed``; every
+    ``.git`` met (a directory, a worktree's file, a link) is named in ``repositories``."""
     stack = [(root, "")]
     while stack:
         directory, prefix = stack.pop()
@@ -53,6 +56,8 @@ def _files(root: Path, unnamed: list[str]) -> Iterator[tuple[str, Signature]]:
             if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
                 unnamed.append(unicode_text(name))
                 continue
+            if entry.name.casefold() == ".git":
+                repositories.append(name)
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name.casefold() not in SKIPPED_DIRS:
@@ -71,6 +76,8 @@ class WorkspaceDigests:
         self._known: dict[str, tuple[Signature, str]] = {}
         self.unnamed: tuple[str, ...] = ()
         """What the last snapshot left out: names that are not UTF-8, shown escaped."""
+        self.repositories: tuple[str, ...] = ()
+        """Every ``.git`` the last snapshot met, by path (see ``engine.tools.confine``)."""
 
     def snapshot(self, root: Path, blobs: BlobSink) -> dict[str, tuple[str, int]]:
         """Every regular file under ``root`` -> (sha256 of its content, size), each
@@ -80,7 +87,8 @@ class WorkspaceDigests:
         pending: list[bytes] = []
         pending_bytes = 0
         unnamed: list[str] = []
-        for name, signature in _files(root, unnamed):
+        repositories: list[str] = []
+        for name, signature in _files(root, unnamed, repositories):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
@@ -102,6 +110,7 @@ class WorkspaceDigests:
             blobs.put_many(pending)
         self._known = known
         self.unnamed = tuple(sorted(unnamed))
+        self.repositories = tuple(sorted(repositories))
         return found
 
 
