@@ -620,6 +620,11 @@ PLANT = textwrap.dedent(
         print("planted:", git)
     for where in sys.argv[1:]:
         plant(where, MARKER)
+    try:  # a log where autonomy looks for one by default
+        pathlib.Path(".autonomy").mkdir()
+        pathlib.Path(".autonomy/events.db").write_text("planted")
+    except OSError as e:
+        print("refused: the log", e)
     """
 )
 
@@ -650,8 +655,9 @@ def test_a_command_cannot_make_a_repository_whose_config_git_would_run(
     assert not os.path.lexists(workspace / "sub" / ".git")
     assert git_status_runs_nothing(workspace, marker)
     assert git_status_runs_nothing(workspace / "sub", marker)
-    if mechanism == "bubblewrap":  # the top one cannot even be made
+    if mechanism == "bubblewrap":  # the top ones cannot even be made
         assert "refused: ." in outcome.result, outcome.result
+        assert not os.path.lexists(workspace / ".autonomy")
         assert "[removed sub/.git: a command may not make a git repository" in outcome.result
     else:  # nothing confines it: it is made, and removed after
         assert "[removed .git, sub/.git: a command may not make" in outcome.result
@@ -687,3 +693,10 @@ def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -
     assert outcome.result.count("not removed:") == 2, outcome.result
     assert (workspace / ".git").read_text() == "gitdir: /nowhere/.git/worktrees/ws\n"
     assert (workspace / "vendor" / "lib" / ".git" / "config").read_text() == "[core]\n"
+
+
+def test_a_stand_in_a_killed_engine_left_is_removed_by_the_next_command(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()  # as an engine killed during a command leaves it
+    outcome = run(tmp_path, ["python", "-c", "print('ran')"], bubblewrap(), allowlist=PYTHON_C)
+    assert outcome.ok and "ran" in outcome.result
+    assert not os.path.lexists(tmp_path / ".git")

@@ -49,6 +49,7 @@ from typing import IO, Annotated, Literal
 import msgspec
 
 from engine.errors import ConfinementUnavailable
+from engine.tools.sandbox import PROTECTED
 
 SandboxSetting = Literal["auto", "required", "off"]
 
@@ -141,7 +142,7 @@ class Confinement:
         start. ``repositories``: the ``.git`` inside the workspace, kept read-only."""
         with (
             tempfile.TemporaryDirectory(prefix="autonomy-cmd-") as tmp,
-            self._no_repository_made(workspace),
+            self._stand_ins(workspace),
         ):
             cgroup = _pids_cgroup(self.limits.processes)
             try:
@@ -166,26 +167,27 @@ class Confinement:
                 _release(cgroup)
 
     @contextlib.contextmanager
-    def _no_repository_made(self, workspace: Path) -> Iterator[None]:
-        """Where the workspace has no ``.git``, an empty directory stands in for one
-        while a confined command runs, mounted read-only like a real one: the command
-        cannot make a repository there (``REPOSITORY``). It is removed afterwards; one
-        left by a killed engine is empty, which git takes for no repository at all."""
-        git = workspace / ".git"
-        made = False
+    def _stand_ins(self, workspace: Path) -> Iterator[None]:
+        """Where the workspace has no ``.git`` (or no ``.autonomy``), an empty
+        directory stands in for it while a confined command runs, mounted like a real
+        one (read-only; hidden): the command cannot make a repository, or a log where
+        autonomy looks for one, at the top of the workspace (``REPOSITORY``). Each is
+        removed afterwards; one a killed engine left is empty, which git takes for no
+        repository at all, and the next command removes it."""
+        made: list[Path] = []
         if self.mechanism == "bubblewrap":
-            with contextlib.suppress(OSError):
-                if git.is_dir() and not git.is_symlink() and not any(git.iterdir()):
-                    made = True  # a stand-in a killed engine left
-                else:
-                    git.mkdir()
-                    made = True
+            for name in sorted(PROTECTED):
+                path = workspace / name
+                with contextlib.suppress(OSError):
+                    if not path.is_dir() or path.is_symlink() or any(path.iterdir()):
+                        path.mkdir()  # FileExistsError: a real one, kept
+                    made.append(path)
         try:
             yield
         finally:
-            if made:
+            for path in made:
                 with contextlib.suppress(OSError):
-                    git.rmdir()
+                    path.rmdir()
 
 
 REPOSITORY = (
