@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
-from web_runs import Asker, long_run, record
+from web_runs import Asker, long_run, record, serving
 
 from engine.cli.serve import listen
 from engine.storage import open_store
@@ -522,3 +524,86 @@ def test_the_services_connections_send_a_response_at_once() -> None:
         accepted, _ = listener.accept()
         with accepted:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_api_sql_opens_no_other_file(client: TestClient, tmp_path: Path) -> None:
+    """``query_only`` covers the log's own file: ATTACH would open, and create, any
+    other the service's user may write, and VACUUM INTO would write one."""
+    for name, sql in (
+        ("plain.db", "ATTACH DATABASE '{}' AS x"),
+        ("uri.db", "ATTACH DATABASE 'file:{}?mode=rwc' AS x"),
+        ("vacuum.db", "VACUUM INTO '{}'"),
+    ):
+        target = tmp_path / name
+        answer = client.post("/api/sql", json={"sql": sql.format(target)})
+        assert answer.status_code == 400, answer.text
+        assert not target.exists(), sql
+
+
+def test_api_sql_answers_are_bounded_in_bytes_and_say_so(db: Path) -> None:
+    """A row cap alone let one row of 300 MB through (``hex(zeroblob(...))``)."""
+    with client_for(db, sql_bytes=20_000) as client:
+        huge = client.post("/api/sql", json={"sql": "SELECT hex(zeroblob(100000)) AS x"})
+        assert huge.status_code == 400 and "too big" in huge.json()["error"], huge.text
+        cut = client.post("/api/sql", json={"sql": "SELECT data FROM events"})
+        assert cut.status_code == 200 and cut.json()["truncated"] is True
+        assert 0 < sum(len(r["data"]) for r in cut.json()["rows"]) <= 20_000
+
+
+def test_api_sql_answers_values_json_has_no_type_for(client: TestClient) -> None:
+    answer = client.post(
+        "/api/sql", json={"sql": "SELECT x'00ff' AS b, 1e999 AS inf, -1e999 AS minus"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["rows"] == [{"b": "00ff", "inf": "inf", "minus": "-inf"}]
+    for run_id in (123, 10**30, ["done"]):
+        wrong = client.post("/api/sql", json={"sql": "SELECT :run_id", "run_id": run_id})
+        assert wrong.status_code == 400 and "string" in wrong.json()["error"], wrong.text
+
+
+def test_a_stream_meeting_an_event_it_cannot_read_says_so_and_ends(
+    db: Path, tmp_path: Path
+) -> None:
+    """A newer writer on a shared log appends a type this service does not know: the
+    stream says why it stops (``failed``) instead of breaking off mid-response, which
+    made the page reconnect for ever."""
+    copy = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.connection.execute("VACUUM INTO ?", (str(copy),))
+    with sqlite3.connect(copy) as raw:  # a live run: its first 5 events, then the new type
+        columns = "version, type, schema_version, recorded_at, causation, hash, data"
+        raw.execute(
+            f"INSERT INTO events (run_id, {columns}) SELECT 'live', {columns} FROM events"
+            " WHERE run_id = 'done' AND version <= 5"
+        )
+        raw.execute(
+            f"INSERT INTO events (run_id, {columns}) VALUES"
+            " ('live', 6, 'future.thing', 1, '2026-11-27T00:00:00Z', NULL, 'x', '{}')"
+        )
+    with (
+        client_for(copy) as client,
+        client.stream("GET", "/api/runs/live/stream?after=2") as response,
+    ):
+        body = "".join(response.iter_text())
+    assert response.status_code == 200
+    ids = [line for line in body.splitlines() if line.startswith("id: ")]
+    assert ids == ["id: 3", "id: 4", "id: 5"], body  # the events before it, then why
+    assert body.endswith("\n\n") and "event: failed" in body and "future.thing" in body
+
+
+def test_a_run_pages_audit_tables_are_capped_with_a_link_to_the_rest(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each table shows at most ``AUDIT_ROWS`` rows, as the trace shows a page of steps:
+    a run of 100,000 decisions made a 52 MB page."""
+    monkeypatch.setattr(web_app, "AUDIT_ROWS", 2)
+    page = client.get("/runs/done").text
+    assert "(the first 2 rows)" in page
+    assert 'href="/api/audit/decisions?run_id=done"' in page
+
+
+def test_a_service_on_another_loopback_address_answers(db: Path) -> None:
+    """127.0.0.2 is loopback too: it served, then refused every request as another host."""
+    with serving(db, "--host", "127.0.0.2") as url:
+        assert url.startswith("http://127.0.0.2:")
+        assert httpx.get(f"{url}/api/runs", timeout=30).status_code == 200

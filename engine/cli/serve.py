@@ -94,7 +94,8 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     settings = ServiceSettings(
         db=path,
         token=token or "",
-        allowed_hosts=LOOPBACK_HOSTS if loopback and not token else ("*",),
+        # the address it listens on too: 127.0.0.2 is loopback as much as 127.0.0.1
+        allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback and not token else ("*",),
     )
     try:
         # bound here rather than by uvicorn: --port 0 then prints the port it got

@@ -320,6 +320,9 @@ class Limits:
 
     seconds: float | None = None
     max_rows: int | None = None
+    max_bytes: int | None = None
+    """The most text and bytes the rows may hold together (``truncated`` past it);
+    on SQLite no single value may be longer either."""
 
 
 NO_LIMITS = Limits()
@@ -373,6 +376,10 @@ def run_sql(
         raise AuditError(f"opening {path} read-only: {e}") from e
     try:
         connection = store.connection  # type: ignore[attr-defined]  # an SQLite log here
+        # query_only covers the log's own file: ATTACH would open (and create) others
+        connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        if limits.max_bytes is not None:  # no single value longer than all may be
+            connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(limits.max_bytes, 1_000))
         if limits.seconds is not None:
             deadline = time.monotonic() + limits.seconds
             # called every 10,000 virtual machine steps; a true answer stops the query
@@ -407,7 +414,8 @@ def _run_sql_postgres(url: str, sql: str, params: dict[str, Any], limits: Limits
 def format_result(result: AuditResult, fmt: Format) -> str:
     """The rows as a plain-text table, a JSON array of objects, or CSV with a header."""
     if fmt == "json":
-        return json.dumps(result.as_dicts(), indent=2, ensure_ascii=False, default=_jsonable)
+        rows = [{k: json_value(v) for k, v in row.items()} for row in result.as_dicts()]
+        return json.dumps(rows, indent=2, ensure_ascii=False)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -426,10 +434,17 @@ def format_result(result: AuditResult, fmt: Format) -> str:
     raise AuditError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def _jsonable(value: object) -> object:
-    """What PostgreSQL returns and JSON has no type for: numerics (sums of
-    integers), dates."""
-    if isinstance(value, Decimal):
+def json_value(value: Any) -> Any:
+    """A value of a row as JSON has it: bytes as hex, a float JSON has no number for
+    (an infinity, NaN) as its name, what PostgreSQL returns beyond JSON's types as
+    a number (numerics: sums of integers) or as text (dates)."""
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, Decimal) and value.is_finite():
         return int(value) if value == value.to_integral_value() else float(value)
     return str(value)
 
@@ -455,10 +470,14 @@ def _query(name: str) -> AuditQuery:
 def _execute(
     connection: Any, sql: str, params: dict[str, Any], what: str, limits: Limits = NO_LIMITS
 ) -> AuditResult:
+    truncated = False
+    rows: list[Any] = []
     try:
         cursor = connection.execute(sql, params)
         if not cursor.description:
-            rows = []
+            pass
+        elif limits.max_bytes is not None:
+            rows, truncated = _fetch_within(cursor, limits.max_rows, limits.max_bytes)
         elif limits.max_rows is None:
             rows = cursor.fetchall()
         else:
@@ -472,8 +491,25 @@ def _execute(
             ) from e
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())
-    truncated = limits.max_rows is not None and len(rows) > limits.max_rows
+    truncated = truncated or (limits.max_rows is not None and len(rows) > limits.max_rows)
     return AuditResult(columns=columns, rows=rows[: limits.max_rows], truncated=truncated)
+
+
+def _fetch_within(cursor: Any, max_rows: int | None, max_bytes: int) -> tuple[list[Any], bool]:
+    """Rows until ``max_rows`` (and one more, to know there are more) or until their
+    text and bytes pass ``max_bytes``: whether rows were left unread."""
+    rows: list[Any] = []
+    size = 0
+    while max_rows is None or len(rows) <= max_rows:
+        batch = cursor.fetchmany(256)
+        if not batch:
+            return rows, False
+        for row in batch:
+            size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+            if size > max_bytes:
+                return rows, True
+            rows.append(row)
+    return rows, False
 
 
 def _timed_out(error: Exception) -> bool:

@@ -53,7 +53,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.agent.runlog import answer_question
 from engine.errors import ConfigError
-from engine.runs.audit import QUERIES, AuditError, AuditResult, Limits, run_query, run_sql
+from engine.runs.audit import (
+    QUERIES,
+    AuditError,
+    AuditResult,
+    Limits,
+    json_value,
+    run_query,
+    run_sql,
+)
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
@@ -62,7 +70,6 @@ from events.errors import (
     AutonomyError,
     BlobNotFound,
     ConcurrencyError,
-    EventStoreError,
     RunNotFound,
     StoreUnavailable,
 )
@@ -72,6 +79,9 @@ from projections.summaries import RunSummary, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
+AUDIT_ROWS = 200
+"""The most rows each audit table of a run page shows, as its trace shows 200 steps
+(``TRACE_PAGE``): a link leads to the rest."""
 RETRY_AFTER = 2
 """Seconds a client is told to wait (``Retry-After``) when the log cannot be reached."""
 
@@ -100,6 +110,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The most rows a ``POST /api/sql`` or ``/api/audit`` answer holds (``"truncated":
     true`` when more matched): ``SELECT * FROM events`` of a large log is not read
     into memory whole."""
+    sql_bytes: int = 16 * 1024 * 1024
+    """The most text and bytes a ``POST /api/sql`` answer's rows hold together
+    (``"truncated": true`` past it), and the longest value a query may make."""
     events_page: int = 1_000
     """The most events one ``GET /api/runs/RUN/events`` answer holds (and the most a
     ``limit`` may ask for; a ``Link: <...>; rel="next"`` header points at the rest),
@@ -355,7 +368,7 @@ class _Web:
             if store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
             audit = {
-                name: run_query(cast(Any, store).connection, name, run_id)
+                name: run_query(cast(Any, store).connection, name, run_id, (), AUDIT_ROWS)
                 for name, query in QUERIES.items()
                 if not query.parameters
             }
@@ -504,7 +517,7 @@ class _Web:
                 await anyio.to_thread.run_sync(
                     store.wait_for_append, run_id, after, wait, limiter=self._waiting()
                 )
-        except EventStoreError as e:
+        except AutonomyError as e:  # a log gone, or an event it cannot decode
             # not "error": an EventSource takes that name for its own connection errors
             yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
         finally:
@@ -540,8 +553,15 @@ class _Web:
         sql = body.get("sql")
         if not isinstance(sql, str) or not sql.strip():
             raise HTTPException(400, 'give {"sql": "SELECT ..."} (and optionally "run_id")')
-        params = {"run_id": body["run_id"]} if body.get("run_id") else {}
-        limits = Limits(seconds=self.settings.sql_seconds, max_rows=self.settings.sql_rows)
+        run_id = body.get("run_id")
+        if run_id is not None and not isinstance(run_id, str):
+            raise HTTPException(400, '"run_id" is a run\'s id, a string')
+        params = {"run_id": run_id} if run_id else {}
+        limits = Limits(
+            seconds=self.settings.sql_seconds,
+            max_rows=self.settings.sql_rows,
+            max_bytes=self.settings.sql_bytes,
+        )
         result = await anyio.to_thread.run_sync(run_sql, self.settings.db, sql, params, limits)
         return JSONResponse({**_rows(result), "truncated": result.truncated})
 
@@ -570,8 +590,15 @@ def event_document(event: RecordedEvent) -> dict[str, Any]:
 
 def _read_after(store: EventStore, run_id: str, after: int, limit: int) -> list[RecordedEvent]:
     """At most ``limit`` events after ``after``: a stream holds one page at a time,
-    however long the run (a client starting at 0 of a million events took them all)."""
-    return list(itertools.islice(store.read(run_id, after=after), limit))
+    however long the run (a client starting at 0 of a million events took them all).
+    An event that cannot be read ends the page before it: the next read raises."""
+    events: list[RecordedEvent] = []
+    try:
+        events.extend(itertools.islice(store.read(run_id, after=after), limit))
+    except AutonomyError:
+        if not events:
+            raise
+    return events
 
 
 def _last_lifecycle(store: EventStore, run_id: str) -> str:
@@ -594,7 +621,8 @@ def _query(store: EventStore, sql: str) -> list[dict[str, Any]]:
 
 
 def _rows(result: AuditResult) -> dict[str, Any]:
-    return {"columns": list(result.columns), "rows": result.as_dicts()}
+    rows = [{k: json_value(v) for k, v in row.items()} for row in result.as_dicts()]
+    return {"columns": list(result.columns), "rows": rows}
 
 
 MAX_NUMBER = 2**63 - 1
