@@ -254,24 +254,28 @@ def test_a_command_cannot_read_the_users_credentials(
     workspace = tmp_path / "ws"
     home = workspace / "home"  # in the sandbox, the workspace is bound over its /tmp
     for name, content in ((".ssh/id_rsa", "PRIVATE KEY"), (".aws/credentials", "AWS SECRET"),
-                          (".netrc", "machine x password NETRC"), ("tools/ok.txt", "visible")):  # fmt: skip
+                          (".netrc", "machine x password NETRC"), ("tools/ok.txt", "visible"),
+                          (".pgpass", "db:5432:autonomy:autonomy:PGPASS"),
+                          ("elsewhere/pgpass", "db:5432:autonomy:autonomy:MOVED")):  # fmt: skip
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text(content)
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PGPASSFILE", str(home / "elsewhere/pgpass"))
     store = MemoryEventStore()
     hidden = confine_commands(load_settings(env={}), store).hidden
     assert {home / ".ssh", home / ".aws", home / ".netrc"} <= set(hidden)
     code = textwrap.dedent(
         f"""
         import pathlib
-        for name in (".ssh/id_rsa", ".aws/credentials", ".netrc", "tools/ok.txt"):
+        for name in (".ssh/id_rsa", ".aws/credentials", ".netrc", "tools/ok.txt", ".pgpass",
+                     "elsewhere/pgpass"):
             path = pathlib.Path({str(home)!r}) / name
             print(name, path.read_text() if path.is_file() else "(none)")
         """
     )
     outcome = run(workspace, ["python", "-c", code], bubblewrap(hidden=hidden), allowlist=PYTHON_C)
     assert outcome.ok, outcome.error
-    for secret in ("PRIVATE KEY", "AWS SECRET", "NETRC"):
+    for secret in ("PRIVATE KEY", "AWS SECRET", "NETRC", "PGPASS", "MOVED"):
         assert secret not in outcome.result
     assert "tools/ok.txt visible" in outcome.result
 
@@ -700,3 +704,35 @@ def test_a_stand_in_a_killed_engine_left_is_removed_by_the_next_command(tmp_path
     outcome = run(tmp_path, ["python", "-c", "print('ran')"], bubblewrap(), allowlist=PYTHON_C)
     assert outcome.ok and "ran" in outcome.result
     assert not os.path.lexists(tmp_path / ".git")
+
+
+UNHIDE = textwrap.dedent(
+    """
+    import ctypes, os, pathlib
+    print([line for line in pathlib.Path("/proc/self/status").read_text().splitlines()
+           if line.startswith("CapEff")])
+    libc = ctypes.CDLL(None, use_errno=True)
+    for target in (os.path.abspath(".autonomy"), "/"):
+        if libc.umount2(target.encode(), 2) != 0:  # MNT_DETACH
+            print("umount refused:", target, os.strerror(ctypes.get_errno()))
+    if libc.mount(b"none", b"/", None, 32 | 4096 | 16384, None) != 0:  # MS_REMOUNT|BIND
+        print("remount refused:", os.strerror(ctypes.get_errno()))
+    try:
+        print("LOG:", pathlib.Path(".autonomy/events.db").read_text())
+    except OSError as e:
+        print("log hidden:", type(e).__name__)
+    """
+)
+
+
+def test_a_command_has_no_capabilities_even_when_the_engine_runs_as_root(tmp_path: Path) -> None:
+    """bubblewrap run by root keeps root's capabilities in the sandbox unless told to
+    drop them: a command could unmount what hides the log and the keys, or remount
+    ``/`` writable, and write anywhere on the host."""
+    (tmp_path / ".autonomy").mkdir()
+    (tmp_path / ".autonomy" / "events.db").write_text("SECRET-LOG")
+    (tmp_path / "unhide.py").write_text(UNHIDE)
+    outcome = run(tmp_path, ["python", "unhide.py"], bubblewrap(), allowlist=PYTHON)
+    assert "['CapEff:\\t0000000000000000']" in outcome.result, outcome.result
+    assert "SECRET-LOG" not in outcome.result and "log hidden" in outcome.result
+    assert outcome.result.count("refused") == 3, outcome.result

@@ -5,7 +5,8 @@ The model writes code and then asks to run it (``python -m pytest``), so whateve
 
 - **in bubblewrap** (``bwrap``) where installed and working, the mechanism Codex,
   Claude Code and mini-swe-agent use on Linux: new user, pid, ipc, uts and network
-  namespaces; the whole file system read-only; the workspace and a private ``/tmp``
+  namespaces; no capabilities, even when the engine runs as root; the whole file
+  system read-only; the workspace and a private ``/tmp``
   (a tmpfs) writable; every ``.git`` of the workspace read-only, and none can be
   made at its top (``REPOSITORY``); the run's log (``.autonomy/`` and the
   ``--db`` file wherever it is), the chain key and the user's credentials
@@ -108,7 +109,10 @@ class Confinement:
         the workspace's ``.git`` and ``repositories`` (others inside it) read-only."""
         if self.mechanism != "bubblewrap":
             return list(command)
+        # no capabilities: bubblewrap run by root keeps root's unless told, and with
+        # them a command could unmount what hides the log or remount / writable
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
+        args += ["--cap-drop", "ALL"]
         if self.network:
             args.append("--share-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -245,15 +249,19 @@ def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
 CREDENTIALS = (
     ".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker",
     ".config/gh", ".password-store", ".netrc", ".git-credentials", ".pypirc", ".npmrc",
+    ".pgpass", ".pg_service.conf",
 )  # fmt: skip
 """Where a home directory keeps keys, tokens and passwords (relative to it): hidden
 from commands (``credentials``), which need none of them to build and test a project."""
 
 
 def credentials(home: Path | None = None) -> list[Path]:
-    """The ``CREDENTIALS`` paths of ``home`` (the user's, by default)."""
+    """The ``CREDENTIALS`` paths of ``home`` (the user's, by default), and the files
+    libpq's variables name instead (``PGPASSFILE``, ``PGSERVICEFILE``: a PostgreSQL
+    log's password may be there)."""
     base = home if home is not None else Path.home()
-    return [base / name for name in CREDENTIALS]
+    moved = [Path(os.environ[v]) for v in ("PGPASSFILE", "PGSERVICEFILE") if os.environ.get(v)]
+    return [base / name for name in CREDENTIALS] + moved
 
 
 def _python_paths() -> list[Path]:
