@@ -153,6 +153,8 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
 class SQLiteEventStore(SQLEventStore):
     """Event store in an SQLite file (or ``":memory:"``)."""
 
+    _odd_versions = "sum(typeof(version) != 'integer')"  # SQLite stores any type anywhere
+
     def __init__(
         self,
         path: str | Path = ":memory:",

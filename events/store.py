@@ -97,6 +97,40 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     data: Event
 
 
+class RowExtent(msgspec.Struct, frozen=True):
+    """What the events table holds of one run, counted by the database rather than
+    read along the run's versions: ``verify`` compares it with the chain it walked,
+    so that no row stays where no read goes (a version below 1 or past any bound, a
+    second row at one version). Values are as stored: a tampered row may hold any."""
+
+    run_id: object
+    rows: int
+    first_version: object
+    last_version: object
+    first_position: object
+    odd_versions: int
+    """Rows whose version is not a whole number."""
+
+    def problem(self, chain: int) -> str:
+        """What is wrong for a run whose chain walked versions 1..``chain`` ("" if
+        nothing is)."""
+        if (
+            self.rows == chain
+            and self.first_version == 1
+            and self.last_version == chain
+            and not self.odd_versions
+        ):
+            if isinstance(self.first_position, int) and self.first_position >= 1:
+                return ""
+            return f"a row of this run is at position {self.first_position}, below 1: it was moved"
+        odd = f", {self.odd_versions} of them not whole numbers" if self.odd_versions else ""
+        return (
+            f"the table holds {self.rows} rows of this run (versions {self.first_version} to "
+            f"{self.last_version}{odd}) but its chain is {chain} events: rows were added "
+            "where no read of the run goes (a version below 1, past the last, or twice)"
+        )
+
+
 class Draft(msgspec.Struct, frozen=True, kw_only=True):
     """An event about to be appended: encoded, not yet numbered."""
 
@@ -248,13 +282,20 @@ def keyed_marker(key: ChainKey, position: int) -> str:
 
 def check_keyed_marker(marker: str, key: ChainKey | None) -> tuple[int, str]:
     """The position a ``keyed_marker`` names, and what is wrong with it ("" if
-    nothing, or if only the key could tell and this is not it)."""
+    nothing, or if only a key could tell and there is none)."""
     try:
         position_text, marker_key, _mac = marker.split(" ")
         position = int(position_text)
     except ValueError:
         return 0, f"the log's keyed mark {marker!r} is malformed: it was changed"
-    if key is not None and key.id == marker_key and keyed_marker(key, position) != marker:
+    if key is not None and key.id != marker_key:
+        # the runs keyed with that key fail under this one too, so no genuine log
+        # verifies here with it: a mark naming another key was made to go unchecked
+        return position, (
+            f"the log's keyed mark names key {marker_key}, not this key ({key.id}): it "
+            "cannot be checked (the wrong key, or the mark was changed)"
+        )
+    if key is not None and keyed_marker(key, position) != marker:
         return position, "the log's keyed mark does not match its MAC: it was changed"
     return position, ""
 
@@ -514,6 +555,18 @@ class EventStore(ABC):
     def keyed_marker(self) -> str | None:
         """The mark the first keyed run left (``keyed_marker``), None if none did."""
         return None
+
+    def row_extents(self) -> list[RowExtent]:
+        """Each run's rows as the database counts them (``RowExtent``)."""
+        found: dict[str, list[int]] = {}
+        for row in self.read_all_raw():
+            seen = found.setdefault(row.run_id, [])
+            seen.append(row.version)
+        positions = {info.run_id: info.first_position for info in self.runs()}
+        return [
+            RowExtent(run_id, len(v), min(v), max(v), positions.get(run_id, 0), 0)
+            for run_id, v in found.items()
+        ]
 
     database_checks: str = ""
     """What ``database_problems`` checks, in a few words, for ``verify`` to say."""

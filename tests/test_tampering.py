@@ -6,7 +6,10 @@ store's back: any field of any row, a row or a run's tail deleted, two rows'
 contents swapped, one byte of a blob flipped, triggers dropped. ``verify_log``
 must find every one. ``position`` is the one column the chain does not cover (the
 store assigns it; it orders runs against each other, not a run's events), so it
-is not among the fields changed.
+is not among the fields changed; moving a run below position 1 is. Nor are rows
+only ever changed: a row is added where no read of its run goes (a version below 1
+or past 2**62, a second row at one version), and the keyed mark made to name
+another key.
 
 Crashes: a real run (the demo, against the scripted model server) is recorded
 once to count its writes (appends and blobs); then for each of a spread of
@@ -22,6 +25,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -32,8 +36,9 @@ from engine.runs.verification import verify_log
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import SQLiteEventStore
 from events.checkpoints import take
-from events.schema import AnyEvent, Event, RunStarted
-from events.store import Draft, Row
+from events.errors import CheckpointError
+from events.schema import AnyEvent, Event, RunStarted, UserAnswered
+from events.store import READ_CHUNK, Draft, Row
 from events.strategies import run_events
 from projections import project
 
@@ -85,6 +90,12 @@ def unguard(conn: sqlite3.Connection) -> None:
         conn.execute(f"DROP TRIGGER {name}")
 
 
+def hide_from_the_summaries(conn: sqlite3.Connection) -> None:
+    """What a forger does next: the run summaries (derived, not append-only) are
+    compared with the log only up to their position, so it goes back to 0."""
+    conn.execute("UPDATE projection_positions SET position = 0")
+
+
 def changed(value: Any, draw: st.DrawFn) -> Any:
     """A value of the column's kind that differs from ``value``."""
     if isinstance(value, int):
@@ -101,7 +112,8 @@ def changed(value: Any, draw: st.DrawFn) -> Any:
 def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
     """Apply one drawn tampering to ``conn``; say what it was."""
     rows = conn.execute("SELECT position, run_id, version FROM events ORDER BY position").fetchall()
-    kind = draw(st.sampled_from(["field", "delete", "suffix", "swap", "blob", "triggers"]))
+    kinds = ["field", "delete", "suffix", "swap", "blob", "triggers", "add", "move", "mark"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "triggers":
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
         for name in draw(st.lists(st.sampled_from(names), min_size=1, unique=True)):
@@ -120,6 +132,36 @@ def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
         except sqlite3.IntegrityError:
             assume(False)  # (run_id, version) taken: the database itself refuses it
         return f"{column} of position {position}: {old!r} -> {new!r}"
+    if kind == "add":  # a row where no read of its run goes
+        position, run_id, version = draw(st.sampled_from(rows))
+        at = draw(
+            st.one_of(st.integers(-(2**63), 0), st.integers(2**62 + 1, 2**63 - 1), st.just(version))
+        )
+        if at == version:  # a second row at a version: without the unique index
+            conn.execute("DROP INDEX idx_events_run_id_version")
+            conn.execute("CREATE INDEX idx_events_run_id_version ON events (run_id, version)")
+        conn.execute(
+            f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT run_id, ?, "
+            f"{', '.join(CONTENT)} FROM events WHERE position = ?",
+            (at, position),
+        )
+        hide_from_the_summaries(conn)
+        return f"a copy of position {position} at version {at}"
+    if kind == "move":  # a run's rows before the keyed mark's position
+        _, run_id, _ = draw(st.sampled_from(rows))
+        conn.execute("UPDATE events SET position = -position WHERE run_id = ?", (run_id,))
+        hide_from_the_summaries(conn)
+        return f"{run_id} moved to positions below 1"
+    if kind == "mark":
+        (mark,) = conn.execute("SELECT value FROM store_meta WHERE name = 'keyed_from'").fetchone()
+        position, key_id, mac = mark.split(" ")
+        other = draw(st.text("0123456789abcdef", min_size=16, max_size=16))
+        assume(other != key_id)
+        conn.execute(
+            "UPDATE store_meta SET value = ? WHERE name = 'keyed_from'",
+            (f"{draw(st.sampled_from([position, '999999999']))} {other} {mac}",),
+        )
+        return f"the keyed mark names key {other}"
     if kind == "delete":
         position, _, _ = draw(st.sampled_from(rows))
         conn.execute("DELETE FROM events WHERE position = ?", (position,))
@@ -258,3 +300,92 @@ def test_a_crash_at_any_write_leaves_whole_events_that_verify_and_resume(tmp_pat
                 pipeline = project(store, "r").pipeline
                 assert pipeline.status == "completed", (die_at, total, pipeline.reason)
                 assert verify_log(store).ok
+
+
+# -- rows where no read goes, and a mark naming another key -----------------------------------
+
+
+def keyed_log() -> SQLiteEventStore:
+    store = SQLiteEventStore(":memory:", key=KEY)
+    events = [RunStarted(goal="g", workspace="/w", key_id=store.key_id)]
+    for n in range(3):
+        store.append(f"run-{n}", events, 0)
+    return store
+
+
+@pytest.mark.parametrize("version", [0, -1, -(2**63), 2**62 + 1, 2**63 - 1, "one", 1.5], ids=repr)
+def test_verify_finds_a_row_added_where_no_read_of_its_run_goes(version: object) -> None:
+    """Every read of a run asks for versions 1 to 2**62 and pages by version: a row at
+    0, past 2**62, or a text or real version, was never read, and verify said ok
+    while the audit views showed the forged row."""
+    store = keyed_log()
+    conn = store.connection
+    unguard(conn)
+    conn.execute(
+        f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT run_id, ?, "
+        f"{', '.join(CONTENT)} FROM events WHERE run_id = 'run-1'",
+        (version,),
+    )
+    hide_from_the_summaries(conn)
+    verdict = verify_log(store)
+    assert not verdict.ok
+    (failed,) = [run for run in verdict.runs if not run.ok]
+    assert failed.run_id == "run-1"
+    assert "rows were added where no read of the run goes" in failed.problems[-1].problem
+
+
+def test_verify_finds_a_second_row_at_a_version_a_read_pages_past() -> None:
+    """A read goes in chunks of ``READ_CHUNK`` rows, each after the last version seen:
+    with the unique index gone, a second row at a chunk's last version was skipped."""
+    store = SQLiteEventStore(":memory:", key=KEY)
+    first = RunStarted(goal="g", workspace="/w", key_id=store.key_id)
+    store.append("long", [first, *[UserAnswered(answer=str(n)) for n in range(READ_CHUNK)]], 0)
+    conn = store.connection
+    unguard(conn)
+    conn.execute("DROP INDEX idx_events_run_id_version")
+    conn.execute("CREATE INDEX idx_events_run_id_version ON events (run_id, version)")
+    conn.execute(
+        f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT run_id, version, "
+        f"{', '.join(CONTENT)} FROM events WHERE version = ?",
+        (READ_CHUNK,),
+    )
+    hide_from_the_summaries(conn)
+    (run,) = verify_log(store).runs
+    assert not run.ok and "rows were added" in run.problems[-1].problem
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        conn.execute(
+            f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT run_id, ?, "
+            f"{', '.join(CONTENT)} FROM events WHERE version = 1",
+            (2**62 + 5,),
+        )
+        take(store)
+
+
+def test_verify_finds_a_run_moved_below_the_keyed_mark() -> None:
+    """Positions are not in the chain: a run rewritten without the key (so unkeyed)
+    and moved to positions below 1 sat before the keyed mark, where unkeyed runs
+    are allowed."""
+    store = keyed_log()
+    conn = store.connection
+    unguard(conn)
+    conn.execute("UPDATE events SET position = -position WHERE run_id = 'run-2'")
+    hide_from_the_summaries(conn)
+    verdict = verify_log(store)
+    assert [run.run_id for run in verdict.runs if not run.ok] == ["run-2"]
+
+
+def test_verify_fails_a_keyed_mark_naming_another_key() -> None:
+    """The mark's MAC was checked only when it named verify's key: a forger who named
+    any other key id kept the mark, and with it rewrote a keyed run unkeyed."""
+    store = keyed_log()
+    conn = store.connection
+    unguard(conn)
+    (mark,) = conn.execute("SELECT value FROM store_meta WHERE name = 'keyed_from'").fetchone()
+    _position, _key, mac = mark.split(" ")
+    conn.execute(
+        "UPDATE store_meta SET value = ? WHERE name = 'keyed_from'",
+        (f"999999999 0000000000000000 {mac}",),
+    )
+    verdict = verify_log(store)
+    assert not verdict.ok
+    assert any("names key 0000000000000000, not this key" in p for p in verdict.database)

@@ -9,8 +9,12 @@ What each check proves:
   key (``keyed``), or, without it, checked for structure only (``not
   authenticated``); unkeyed runs (logs from before keys) recomputed with sha256,
   which shows accidents but not a forger (``unkeyed``).
+- **Each run's rows** — as many in the table as its chain has events, at versions
+  1 to its last and positions from 1: no row where no read of the run goes (a
+  version below 1 or past the last, a second row at one version), none moved.
 - **The keyed mark** — once a run was written keyed, every later run must be:
-  an unkeyed one was rewritten by someone without the key.
+  an unkeyed one was rewritten by someone without the key. A mark naming another
+  key than the one verify holds cannot be checked, and fails.
 - **Each event** decodes through the typed decoder, the blobs it refers to are
   present and intact, and the run's state can be rebuilt.
 - **The run summaries** (``projections.summaries``, derived data) — each stored row
@@ -32,7 +36,7 @@ import msgspec
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
 from events.schema import blob_references
-from events.store import EventStore, Problem, check_keyed_marker
+from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
 from projections.summaries import summary_problems
 
@@ -90,8 +94,20 @@ def verify_log(
     blobs = _BlobChecks(store)
     verdicts = []
     states: dict[str, RunState] = {}
+    extents: dict[object, RowExtent] = {e.run_id: e for e in store.row_extents()}
+    if run_ids is None:
+        database += [
+            f"{e.rows} rows have a run id that is not text ({e.run_id!r}): they were added"
+            for e in extents.values()
+            if not isinstance(e.run_id, str)
+        ]
     for run_id in ids:
         verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()), states)
+        extent = extents.get(run_id)
+        if extent is not None and (text := extent.problem(verdict.events)):
+            verdict = msgspec.structs.replace(
+                verdict, problems=(*verdict.problems, Problem(problem=text))
+            )
         first = first_position.get(run_id)
         if (
             keyed_from is not None
