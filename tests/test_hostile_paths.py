@@ -262,8 +262,7 @@ def escapes(root: Path, raw: str) -> bool:
     if "\x00" in raw:
         return True
     ws = (root / "ws").resolve()
-    text = raw.replace("\\", "/")
-    base = Path(text) if os.path.isabs(text) else ws / text
+    base = Path(raw) if os.path.isabs(raw) else ws / raw
     for candidate in (Path(os.path.realpath(base)), Path(os.path.normpath(base))):
         if not candidate.is_relative_to(ws):
             return True

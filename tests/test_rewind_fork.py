@@ -576,3 +576,49 @@ def test_a_file_a_tool_wrote_is_found_in_the_log_by_its_content(
         3,
     )
     assert written_by_a_tool(store, "autonomy.toml", deeper) == ("r", 5)
+
+
+def test_a_backslash_is_a_character_of_a_name_to_a_rewind(tmp_path: Path) -> None:
+    """A command made ``src\\app.py`` (one name on Linux) beside ``src/app.py``; the
+    resolver read the backslash as "/", so a rewind to before the command removed the
+    real ``src/app.py``, and one to after it wrote the other file's content there."""
+    from engine.agent.runlog import RunLog
+    from engine.tools import ToolContext, default_registry, execute
+    from engine.tools.confine import choose
+    from engine.tools.snapshot import WorkspaceDigests
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = MemoryEventStore()
+    log = RunLog.create(store, "r", RunStarted(goal="g", workspace=str(workspace)))
+    real = "APP = 'the real app'\n"
+    ctx = ToolContext(
+        workspace=workspace,
+        blobs=store,
+        confinement=choose("off"),
+        allowlist=(("python",),),
+        digests=WorkspaceDigests(),
+    )
+
+    def call(number: int, tool: str, args: dict[str, Any]) -> ToolExecuted:
+        outcome = execute(default_registry(), tool, args, ctx)
+        executed = ToolExecuted(
+            call_id=f"r/t{number}", tool=tool, ok=outcome.ok, files_changed=outcome.files_changed
+        )
+        log.append(ToolRequested(call_id=f"r/t{number}", tool=tool, arguments=args), executed)
+        return executed
+
+    assert call(1, "create_file", {"path": "src/app.py", "content": real}).ok
+    before = log.version
+    (workspace / "make.py").write_text("open('src\\\\app.py', 'w').write('another file\\n')\n")
+    made = call(2, "run_command", {"argv": ["python", "make.py"]})
+    assert [c.path for c in made.files_changed] == ["src\\app.py"]
+    read = execute(default_registry(), "read_file", {"path": "src\\app.py"}, ctx)
+    assert read.ok and "another file" in read.result
+
+    restore(store, "r", before, workspace)
+    assert (workspace / "src" / "app.py").read_text() == real
+    assert not (workspace / "src\\app.py").exists()
+    restore(store, "r", log.version, workspace)
+    assert (workspace / "src" / "app.py").read_text() == real
+    assert (workspace / "src\\app.py").read_text() == "another file\n"

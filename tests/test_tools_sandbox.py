@@ -105,7 +105,7 @@ def test_absolute_paths_outside_are_refused_even_via_the_outside_dir(
         ("src/new/deeper.py", "src/new/deeper.py"),
         ("alias.py", "src/app.py"),  # a link that stays inside is fine
         (".", "."),
-        ("src\\app.py", "src/app.py"),
+        ("src\\app.py", "src\\app.py"),  # one name, as a command sees it
         (".gitignore", ".gitignore"),  # only the directories themselves are protected
     ],
 )
@@ -204,8 +204,8 @@ def test_the_workspace_itself_may_be_reached_through_a_symlink(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "path",
-    ["d/" * 1500 + "x.txt", "d\\" * 64 + "x.txt", "a" * 1025, "/".join(["d"] * 65)],
-    ids=["1500-levels", "backslashes", "1025-chars", "65-levels"],
+    ["d/" * 1500 + "x.txt", "a" * 1025, "/".join(["d"] * 65)],
+    ids=["1500-levels", "1025-chars", "65-levels"],
 )
 def test_a_path_too_long_or_too_deep_is_refused_before_it_is_used(
     world: tuple[Path, Path], path: str

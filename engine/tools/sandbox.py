@@ -61,15 +61,17 @@ class Sandbox:
             raise PathOutsideWorkspace("empty path: give a path relative to the workspace")
         if "\x00" in raw:
             raise PathOutsideWorkspace(f"path {raw!r} contains a NUL byte")
-        levels = raw.replace("\\", "/").count("/") + 1
+        levels = raw.count(os.sep) + 1
         if len(raw) > MAX_PATH_CHARS or levels > MAX_PATH_DEPTH:
             raise ToolError(
                 f"path {raw[:40]!r}... is too long or too deep ({len(raw)} characters, "
                 f"{levels} levels); a path may have at most {MAX_PATH_CHARS} characters "
                 f"and {MAX_PATH_DEPTH} levels"
             )
-        text = raw.replace("\\", "/") if os.sep == "/" else raw
-        relative = self._lexical_relative(raw, text)
+        # a backslash is a character of a name here, as for the commands and the
+        # snapshots: read as "/", "src\\app.py" (a file a command made) was src/app.py,
+        # and a rewind that restored or removed it removed src/app.py instead
+        relative = self._lexical_relative(raw)
         self._refuse_protected(raw, relative.parts)
         resolved = Path(os.path.realpath(self.root.joinpath(*relative.parts)))
         # The kernel applies '..' after following the link before it ('link/..' is
@@ -77,8 +79,8 @@ class Sandbox:
         # the kernel would read it too, since a command is given the raw text. (Without
         # '..' the two readings are the same path.)
         candidates = [resolved]
-        if ".." in text.split("/"):
-            candidates.append(Path(os.path.realpath(self.root / text)))
+        if ".." in raw.split("/"):
+            candidates.append(Path(os.path.realpath(self.root / raw)))
         for candidate in candidates:
             if not candidate.is_relative_to(self.root):
                 raise PathOutsideWorkspace(
@@ -93,8 +95,8 @@ class Sandbox:
         form; ``.`` for the workspace itself."""
         return PurePosixPath(*path.relative_to(self.root).parts).as_posix() or "."
 
-    def _lexical_relative(self, raw: str, text: str) -> PurePosixPath:
-        candidate = Path(text)
+    def _lexical_relative(self, raw: str) -> PurePosixPath:
+        candidate = Path(raw)
         if candidate.is_absolute():
             normal = Path(os.path.normpath(candidate))
             for base in (self.root, self._given):
@@ -104,7 +106,7 @@ class Sandbox:
                 f"absolute path {raw!r} is outside the workspace; "
                 "use a path relative to the workspace root"
             )
-        normal_text = os.path.normpath(text)
+        normal_text = os.path.normpath(raw)
         if normal_text == ".." or normal_text.startswith("../"):
             raise PathOutsideWorkspace(
                 f"path {raw!r} climbs out of the workspace with '..'; "
