@@ -736,3 +736,64 @@ def test_a_command_has_no_capabilities_even_when_the_engine_runs_as_root(tmp_pat
     assert "['CapEff:\\t0000000000000000']" in outcome.result, outcome.result
     assert "SECRET-LOG" not in outcome.result and "log hidden" in outcome.result
     assert outcome.result.count("refused") == 3, outcome.result
+
+
+DEEP = textwrap.dedent(
+    """
+    import os, pathlib
+    pathlib.Path("app.py").write_text("changed = True\\n")
+    git = pathlib.Path("sub") / ("." + "git")
+    for part in ("objects", "refs"):
+        (git / part).mkdir(parents=True, exist_ok=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\\n")
+    os.chdir(git)
+    for _ in range(3000):  # deeper than Python's recursion limit
+        os.mkdir("d")
+        os.chdir("d")
+    """
+)
+
+
+def test_a_repository_too_deep_for_python_to_remove_is_removed_and_the_changes_kept(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "app.py").write_text("changed = False\n")
+    (tmp_path / "deep.py").write_text(DEEP)
+    outcome = run(tmp_path, ["python", "deep.py"], bubblewrap(), allowlist=PYTHON)
+    assert outcome.ok, (outcome.error, outcome.result)
+    assert "[removed sub/.git: a command may not make" in outcome.result
+    assert not os.path.lexists(tmp_path / "sub" / ".git")
+    assert [c.path for c in outcome.files_changed] == ["app.py"]
+
+
+FILL = textwrap.dedent(
+    """
+    import os
+    chunk = b"x" * (1024 * 1024)
+    for where, mib in (("/tmp/fill", 300), ("/dev/shm/fill", 80), ("/dev/fill", 1)):
+        try:
+            with open(where, "wb") as f:
+                for _ in range(mib):
+                    f.write(chunk)
+                    f.flush()
+            print("filled", where)
+        except OSError as e:
+            print("refused", where, e.strerror)
+        finally:
+            if os.path.exists(where):
+                os.unlink(where)
+    """
+)
+
+
+def test_a_command_cannot_fill_the_machines_memory_through_its_tmpfs(tmp_path: Path) -> None:
+    """/tmp and /dev/shm are in memory that no limit of the command counts: they hold
+    at most its memory limit (/dev/shm 64 MiB), and /dev takes no files."""
+    confinement = bubblewrap(limits=CommandLimits(memory_mb=200))
+    assert confinement.sizes, "this bubblewrap cannot bound a tmpfs (--size: 0.7 and later)"
+    (tmp_path / "fill.py").write_text(FILL)
+    outcome = run(tmp_path, ["python", "fill.py"], confinement, allowlist=PYTHON)
+    assert "refused /tmp/fill No space left on device" in outcome.result, outcome.result
+    assert "refused /dev/shm/fill No space left on device" in outcome.result
+    assert "refused /dev/fill Read-only file system" in outcome.result

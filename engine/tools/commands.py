@@ -23,7 +23,7 @@ import contextlib
 import functools
 import os
 import shlex
-import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,13 +138,21 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     elapsed = time.monotonic() - started
     after = digests.snapshot(root, ctx.blobs)
     made = sorted(set(digests.repositories) - set(repositories))
+    left = _remove(root, made) if made else []
     if made:
-        _remove(root, made)
         after = digests.snapshot(root, ctx.blobs)
     changed = changes(before, after)
     result = f"$ {shown}\n{output}".rstrip("\n")
-    if made:
-        result += f"\n[removed {', '.join(made)}: {REPOSITORY}]"
+    if removed := [name for name in made if name not in left]:
+        result += f"\n[removed {', '.join(removed)}: {REPOSITORY}]"
+    if left:
+        return ToolOutcome(
+            ok=False,
+            error=f"{', '.join(left)} could not be removed: {REPOSITORY}; "
+            "the person running autonomy must remove it before running git there",
+            result=result,
+            files_changed=changed,
+        )
     if changed:
         result += "\n[files changed: " + ", ".join(c.path for c in changed) + "]"
     if digests.unnamed:
@@ -171,15 +179,21 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     )
 
 
-def _remove(root: Path, names: Sequence[str]) -> None:
-    """Remove each ``.git`` a command made (``REPOSITORY``); links are not followed."""
+def _remove(root: Path, names: Sequence[str]) -> list[str]:
+    """Remove each ``.git`` a command made (``REPOSITORY``), links not followed; the
+    names that are still there. ``rm -rf`` rather than ``shutil.rmtree``, which
+    recurses in Python: a tree a few thousand levels deep raised ``RecursionError``
+    and left the repository, and the command's changes unrecorded."""
     for name in names:
         path = root / name
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
+        if path.is_dir() and not path.is_symlink():
+            subprocess.run(
+                ["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True
+            )
+        else:
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+    return [name for name in names if os.path.lexists(root / name)]
 
 
 def _prefix_length(argv: list[str], allowlist: tuple[tuple[str, ...], ...]) -> int:

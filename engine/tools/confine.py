@@ -55,6 +55,7 @@ from engine.tools.sandbox import PROTECTED
 SandboxSetting = Literal["auto", "required", "off"]
 
 MIB = 1024 * 1024
+SHM_BYTES = 64 * MIB
 
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV")
 _PR_SET_PDEATHSIG = 1
@@ -84,6 +85,8 @@ class Confinement:
     hidden: tuple[Path, ...] = ()
     """Files or directories a command must not see (the log, the key)."""
     bwrap: str = ""
+    sizes: bool = False
+    """This bubblewrap bounds its tmpfs mounts' sizes (``--size``)."""
     warning: str = ""
 
     def describe(self) -> str:
@@ -115,7 +118,12 @@ class Confinement:
         args += ["--cap-drop", "ALL"]
         if self.network:
             args.append("--share-net")
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        # /tmp and /dev/shm live in memory, which no limit of the command's counts:
+        # bounded by its memory limit (/dev/shm by 64 MiB, as Docker's), /dev read-only
+        memory = self.limits.memory_mb * MIB
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
+        args += [*self._size(memory), "--tmpfs", "/tmp"]
+        args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/dev/shm"]
         if not self.network:
             args += ["--tmpfs", "/run"]
         for path in _python_paths():  # a venv or checkout under /tmp stays visible
@@ -169,6 +177,9 @@ class Confinement:
                     _end(process, cgroup)
             finally:
                 _release(cgroup)
+
+    def _size(self, size: int) -> list[str]:
+        return ["--size", str(size)] if self.sizes and size > 0 else []
 
     @contextlib.contextmanager
     def _stand_ins(self, workspace: Path) -> Iterator[None]:
@@ -347,8 +358,9 @@ def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:
         process.wait()
 
 
-def _bwrap_works(bwrap: str) -> str:
-    """'' if bubblewrap can confine a command here, else why not.
+def _bwrap_works(bwrap: str) -> tuple[str, bool]:
+    """'' if bubblewrap can confine a command here, else why not; and whether it
+    can bound a tmpfs's size (``--size``, bubblewrap 0.7 and later).
 
     Probed once per process and binary (a run started in ~15 ms, of which the
     probe took 12): the answer is a fact of the machine, not of a run. A binary
@@ -360,18 +372,23 @@ def _bwrap_works(bwrap: str) -> str:
         found = os.stat(bwrap)
         return _probe(bwrap, found.st_ino, found.st_size, found.st_mtime_ns)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
+        return str(e), False
 
 
 @functools.cache
-def _probe(bwrap: str, *identity: int) -> str:
+def _probe(bwrap: str, *identity: int) -> tuple[str, bool]:
     probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    result = subprocess.run(
-        [*probe, "--", "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
-    )
-    if result.returncode != 0:
-        return result.stderr.decode("utf-8", "replace").strip() or f"exit {result.returncode}"
-    return ""
+    sized = ["--size", str(MIB), "--tmpfs", "/tmp"]
+    for args, sizes in ((sized, True), ([], False)):
+        result = subprocess.run(
+            [*probe, *args, "--", "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+        if result.returncode == 0:
+            return "", sizes
+        why = result.stderr.decode("utf-8", "replace").strip() or f"exit {result.returncode}"
+        if not (sizes and "--size" in why):  # else an older bubblewrap: without sizes
+            return why, False
+    return why, False
 
 
 def choose(
@@ -395,9 +412,11 @@ def choose(
     if setting == "off":
         return Confinement(mechanism="none", **common)  # type: ignore[arg-type]
     bwrap = which("bwrap")
-    why = "bubblewrap (bwrap) is not installed" if bwrap is None else _bwrap_works(bwrap)
+    why, sizes = ("bubblewrap (bwrap) is not installed", False)
+    if bwrap is not None:
+        why, sizes = _bwrap_works(bwrap)
     if bwrap is not None and not why:
-        return Confinement(mechanism="bubblewrap", bwrap=bwrap, **common)  # type: ignore[arg-type]
+        return Confinement(mechanism="bubblewrap", bwrap=bwrap, sizes=sizes, **common)  # type: ignore[arg-type]
     if setting == "required":
         raise ConfinementUnavailable(
             f"tools.sandbox is 'required' but commands cannot be confined: {why}. "
