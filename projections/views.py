@@ -218,11 +218,24 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
     ``temp=True`` is for a connection that must not write the file (a read-only
     log): the views the file lacks, or holds in an older form, are created as TEMP
     views, which live in the connection and shadow the file's own."""
-    existing = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'"))
+    names = ", ".join("?" * len(VIEWS))
+    existing = {
+        name: (kind, text)
+        for name, kind, text in connection.execute(
+            f"SELECT name, type, sql FROM sqlite_master WHERE name IN ({names})", tuple(VIEWS)
+        )
+    }
     for name, sql in VIEWS.items():
+        kind, text = existing.get(name, ("view", ""))
+        if kind != "view":  # a table of forged rows in the view's place
+            raise sqlite3.DatabaseError(
+                f"the log has a {kind} named {name} where autonomy keeps an audit view: "
+                "it was changed, and audits of it would read what was put there"
+            )
         # Only touch the schema when a view is missing or changed: opening a log
-        # must not need a write transaction every time.
-        if name in existing and sql.strip() in existing[name]:
+        # must not need a write transaction every time. Changed means any other
+        # text: a view that wraps this one (a filter around it) reads other rows.
+        if text == f'CREATE VIEW "{name}" AS {sql.strip()}':
             continue
         if temp:
             connection.execute(f"CREATE TEMP VIEW IF NOT EXISTS [{name}] AS {sql.strip()}")

@@ -521,3 +521,30 @@ def test_a_model_call_cut_off_by_a_stop_is_interrupted_in_model_usage(
         usage_by_role = state.orchestration.usage_by_role["coder"]
         assert (usage_by_model.calls, usage_by_model.interrupted) == (2, 1)
         assert (usage_by_role.calls, usage_by_role.interrupted) == (2, 1)
+
+
+def test_a_view_wrapped_by_a_forger_is_put_back_and_a_table_in_its_place_refused(
+    audited: SQLiteEventStore,
+) -> None:
+    """A view that held autonomy's SQL anywhere in its text was kept: wrapped in a
+    filter, ``audit tool-failures`` said "(no rows)" for a log with failures."""
+    from engine.runs.audit import run_sql
+    from engine.storage import open_store
+    from events.errors import EventStoreError
+
+    path = audited.path
+    audited.close()
+    forged = f"SELECT * FROM ({VIEWS['tool_calls'].strip()}) WHERE ok IS NOT 0"
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP VIEW tool_calls")
+        raw.execute(f"CREATE VIEW tool_calls AS {forged}")
+    failures = "SELECT call_id FROM tool_calls WHERE ok = 0 AND run_id = 'r1'"
+    assert run_sql(path, failures).rows == [("c1",)]  # read-only: shadowed by the real one
+    with open_store(path) as store:  # a writer: put back
+        assert rows(store, failures) == [{"call_id": "c1"}]
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP VIEW tool_calls")
+        raw.execute("CREATE TABLE tool_calls (run_id, call_id, ok)")
+    for read_only in (True, False):
+        with pytest.raises(EventStoreError, match="a table named tool_calls where autonomy"):
+            open_store(path, read_only=read_only)
