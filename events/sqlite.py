@@ -206,6 +206,15 @@ class SQLiteEventStore(SQLEventStore):
             raise StoreCorrupted(
                 f"{self.path} is an SQLite database, but not an autonomy event log"
             )
+        for name, kind in conn.execute(
+            "SELECT name, type FROM sqlite_master WHERE type != 'table' AND name IN"
+            f" ({', '.join('?' * len(_APPEND_ONLY))})",
+            _APPEND_ONLY,
+        ):
+            raise StoreCorrupted(
+                f"{self.path}: {name} is a {kind} where an autonomy log has its table: the "
+                "log was changed"
+            )
         if self.read_only:
             if "events" not in tables:
                 raise StoreCorrupted(f"{self.path} is an empty database, not an autonomy event log")
@@ -228,39 +237,54 @@ class SQLiteEventStore(SQLEventStore):
                 raise
         self._reinstall_triggers()
 
-    def _missing_triggers(self) -> list[str]:
-        """Append-only triggers missing on tables this log has (an older schema
-        lacks some tables, and with them their triggers)."""
-        present = self._names("trigger")
+    def _trigger_problems(self) -> tuple[list[str], list[str]]:
+        """Append-only triggers missing, or whose text is not autonomy's (one that
+        never fires keeps its name), on tables this log has (an older schema lacks
+        some tables, and with them their triggers); and every trigger that is not
+        autonomy's (one that deletes what a writer appends, say)."""
+        found = dict(
+            self._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        )
         tables = self._names("table")
-        return [
+        wrong = [  # the text as SQLite keeps it; an older autonomy spaced it otherwise
             name
-            for name in _TRIGGERS
-            if name not in present and name.split("_append_only_")[0] in tables
+            for name, sql in _TRIGGERS.items()
+            if " ".join((found.get(name) or "").split()) != sql.replace(" IF NOT EXISTS", "")
+            and name.split("_append_only_")[0] in tables
         ]
+        return wrong, sorted(name for name in found if name not in _TRIGGERS)
 
     def _names(self, kind: str) -> set[str]:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = ?", (kind,))
         return {r[0] for r in rows}
 
     def _reinstall_triggers(self) -> None:
-        """Put back append-only triggers someone dropped, and record it in
-        ``repairs`` (one transaction), so that ``verify`` says they were missing."""
-        missing = self._missing_triggers()
-        if not missing:
+        """Put back append-only triggers someone dropped or changed and remove any
+        other, and record it in ``repairs`` (one transaction), so that ``verify``
+        says what was wrong."""
+        if self._trigger_problems() == ([], []):
             return
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for name in self._missing_triggers():  # another writer may have won
+            wrong, foreign = self._trigger_problems()  # another writer may have won
+            for name in [*wrong, *foreign]:
+                conn.execute(f'DROP TRIGGER IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+            for name in wrong:
                 conn.execute(_TRIGGERS[name])
-            conn.execute(
-                "INSERT INTO repairs (at, what) VALUES (?, ?)",
-                (
-                    format_time(self.clock()),
-                    f"append-only triggers were missing and were reinstalled: {', '.join(missing)}",
-                ),
-            )
+            what = []
+            if wrong:
+                what.append(
+                    "append-only triggers were missing or changed and were reinstalled: "
+                    + ", ".join(wrong)
+                )
+            if foreign:
+                what.append("triggers that were not autonomy's were removed: " + ", ".join(foreign))
+            if what:
+                conn.execute(
+                    "INSERT INTO repairs (at, what) VALUES (?, ?)",
+                    (format_time(self.clock()), "; ".join(what)),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -477,9 +501,11 @@ class SQLiteEventStore(SQLEventStore):
         found = [r[0] for r in self._fetch("PRAGMA integrity_check", (), "checking the database")]
         if found != ["ok"]:
             problems += [f"integrity_check: {text}" for text in found[:20]]
-        missing = self._missing_triggers()
-        if missing:
-            problems.append(f"append-only triggers are missing: {', '.join(missing)}")
+        wrong, foreign = self._trigger_problems()
+        if wrong:
+            problems.append(f"append-only triggers are missing or changed: {', '.join(wrong)}")
+        if foreign:
+            problems.append(f"triggers that are not autonomy's: {', '.join(foreign)}")
         with self._lock:
             has_repairs = "repairs" in self._names("table")  # not in a log from before keys
         repairs = (

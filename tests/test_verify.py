@@ -227,9 +227,50 @@ def test_dropped_triggers_are_put_back_by_a_writer_and_reported(tmp_path: Path) 
         found = verify_log(store)
 
     assert [p.split(":")[0] for p in found.database] == [
-        "append-only triggers were missing and were reinstalled"
+        "append-only triggers were missing or changed and were reinstalled"
     ]
     assert "events_append_only_delete" in found.database[0]
+
+
+def test_triggers_that_keep_their_names_but_not_their_text_and_foreign_ones_are_found(
+    tmp_path: Path,
+) -> None:
+    """Triggers were checked by name: ones that never fire (``WHEN 0``) passed, and a
+    trigger of someone else's that deletes every tool result a writer appends went
+    unnoticed by the writer."""
+    db = build(tmp_path / "e.db")
+    never = [
+        f"CREATE TRIGGER {table}_append_only_{verb} BEFORE {verb} ON {table} WHEN 0 BEGIN "
+        "SELECT 1; END"
+        for table in ("events", "blobs", "store_meta", "repairs")
+        for verb in ("update", "delete")
+    ]
+    forger = (
+        "CREATE TRIGGER quietly AFTER INSERT ON events WHEN new.type = 'tool.executed' "
+        "BEGIN DELETE FROM events WHERE position = new.position; END"
+    )
+    tamper(db, *never, forger)
+    with SQLiteEventStore(db, read_only=True) as reader:
+        problems = reader.database_problems()
+    assert problems[0].startswith("append-only triggers are missing or changed: events_")
+    assert problems[1] == "triggers that are not autonomy's: quietly"
+
+    with SQLiteEventStore(db, key=KEY) as store:  # a writer opens it: puts them right
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            store.connection.execute("DELETE FROM events")
+        store.append("a", [ToolExecuted(call_id="c2", tool="read_file", ok=True)], 3)
+        assert store.last_version("a") == 4
+        found = verify_log(store)
+    assert "append-only triggers were missing or changed and were reinstalled" in found.database[0]
+    assert "triggers that were not autonomy's were removed: quietly" in found.database[0]
+
+
+def test_a_view_in_the_place_of_the_events_table_is_refused(tmp_path: Path) -> None:
+    db = build(tmp_path / "e.db")
+    tamper(db, "ALTER TABLE events RENAME TO kept", "CREATE VIEW events AS SELECT * FROM kept")
+    for read_only in (True, False):
+        with pytest.raises(StoreCorrupted, match="events is a view where an autonomy log"):
+            SQLiteEventStore(db, read_only=read_only)
 
 
 def test_an_index_missing_rows_fails_integrity_check(tmp_path: Path) -> None:
