@@ -11,6 +11,7 @@ decoder, so anything in the log that does not match its schema is found.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from typing import Any
 
@@ -65,9 +66,21 @@ class Codec:
     def decode(
         self, type: str, schema_version: int, data: str | bytes, *, position: int | None = None
     ) -> Event:
-        cls = EVENT_TYPES.get(type)
+        cls = EVENT_TYPES.get(type) if isinstance(type, str) else None
         if cls is None:
-            raise SchemaError(f"unknown event type {type!r}", position=position, type=type)
+            raise SchemaError(f"unknown event type {type!r}", position=position, type=str(type))
+        if isinstance(schema_version, bool) or not isinstance(schema_version, int):
+            raise SchemaError(
+                f"schema version {schema_version!r} is not a whole number: the row was changed",
+                position=position,
+                type=type,
+            )
+        if not isinstance(data, str | bytes):
+            raise SchemaError(
+                f"data is {builtins.type(data).__name__}, not text: the row was changed",
+                position=position,
+                type=type,
+            )
         try:
             if schema_version == cls.schema_version:
                 event = _DECODER.decode(data)
@@ -131,7 +144,10 @@ def key_id(key: bytes) -> str:
 
 
 def hash_key_id(stored_hash: str) -> str:
-    """The key id a stored hash was written under; "" for an unkeyed hash."""
+    """The key id a stored hash was written under; "" for an unkeyed hash (or for
+    what is no hash: a changed row's)."""
+    if not isinstance(stored_hash, str):
+        return ""
     head, sep, _ = stored_hash.partition(KEY_ID_SEPARATOR)
     return head if sep else ""
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from events.store import (
     BEYOND,
+    READABLE,
     RUNS_AFTER_SQL,
     RUNS_SQL,
     EventStore,
@@ -50,7 +51,9 @@ class SQLEventStore(EventStore):
         super().__init_subclass__(**kwargs)
         cls._run_sql = cls.sql(f"SELECT {COLUMNS} {_RUN_WHERE}")
         cls._payloads_sql = cls.sql(f"SELECT version, type, schema_version, data {_RUN_WHERE}")
-        cls._last_version_sql = cls.sql("SELECT max(version) FROM events WHERE run_id = ?")
+        cls._last_version_sql = cls.sql(
+            f"SELECT max(version) FROM events WHERE run_id = ? AND {READABLE}"
+        )
 
     @classmethod
     def sql(cls, text: str) -> str:

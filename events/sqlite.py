@@ -467,7 +467,14 @@ class SQLiteEventStore(SQLEventStore):
             row = self._conn.execute(
                 "SELECT content, size FROM blobs WHERE digest = ?", (digest,)
             ).fetchone()
-        return None if row is None else (bytes(row[0]), row[1])
+        if row is None:
+            return None
+        content, size = row
+        # SQLite keeps any type in any column of a file someone edited: what is not
+        # bytes is checked as bytes (text as its UTF-8, NULL as none), and fails
+        if isinstance(content, str):
+            content = content.encode("utf-8", "surrogateescape")
+        return (bytes(content) if isinstance(content, bytes) else b"", size)
 
     def _blob_digests(self) -> Iterator[str]:
         rows = self._fetch("SELECT digest FROM blobs ORDER BY digest", (), "listing blobs")

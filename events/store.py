@@ -425,11 +425,17 @@ class EventStore(ABC):
         decode = CURRENT.decode
         class_of = EVENT_TYPES.get
         for position, run_id, version, kind, schema, at, causation, digest, data in rows:
+            if type(at) is not str or type(digest) is not str or type(version) is not int:
+                raise StoreCorrupted(
+                    f"the event at position {position} of run {run_id!r} has a version, time "
+                    "or hash of another type than the log writes: the log was changed "
+                    "(autonomy verify says how)"
+                )
             try:
                 event: Event = decode(data)
                 if class_of(kind) is not type(event) or event.schema_version != schema:
                     event = self.codec.decode(kind, schema, data, position=position)
-            except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
+            except (msgspec.MsgspecError, RecursionError, TypeError):  # the codec says how
                 event = self.codec.decode(kind, schema, data, position=position)
             yield RecordedEvent(
                 position, run_id, version, kind, schema, at, causation, digest, event
@@ -608,6 +614,13 @@ class EventStore(ABC):
         recompute = True
         for row in rows:
             checked += 1
+            odd = odd_columns(row)
+            if odd:  # nothing below may meet a value of another type
+                problems.append(_problem(row, f"{odd}: the row was changed"))
+                if type(row.version) is int:
+                    checked = row.version
+                previous = row.hash if type(row.hash) is str else ""
+                continue
             if checked == 1:
                 written_with = hash_key_id(row.hash)
                 key, recompute, text = self._run_key_for_verify(written_with)
@@ -734,12 +747,49 @@ class EventStore(ABC):
 
 
 def _problem(row: StoredEvent, text: str) -> Problem:
-    return Problem(position=row.position, version=row.version, type=row.type, problem=text)
+    return Problem(
+        position=row.position if type(row.position) is int else None,
+        version=row.version if type(row.version) is int else None,
+        type=row.type if type(row.type) is str else repr(row.type),
+        problem=text,
+    )
 
 
+_COLUMN_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("position", (int,)),
+    ("run_id", (str,)),
+    ("version", (int,)),
+    ("type", (str,)),
+    ("schema_version", (int,)),
+    ("recorded_at", (str,)),
+    ("causation", (int, type(None))),
+    ("hash", (str,)),
+    ("data", (str,)),
+)
+
+
+def odd_columns(row: StoredEvent) -> str:
+    """Which of a row's columns hold a value of another type than the log writes
+    ("" if none): SQLite keeps any type in any column of a file someone edited."""
+    odd = [
+        f"its {name} is {type(value).__name__} {value!r:.40}"
+        for name, kinds in _COLUMN_TYPES
+        if type(value := getattr(row, name)) not in kinds
+    ]
+    return "; ".join(odd)
+
+
+BEYOND = 2**62
+"""More than any log's versions, positions or rows: the bound of a read that has none."""
+
+
+READABLE = f"version BETWEEN 1 AND {BEYOND}"
+"""The versions a read of a run reaches (a row elsewhere is one someone added, which
+``verify`` finds by ``row_extents``): a run's last version and the run list say
+only what a read of the run gives."""
 RUNS_SQL = (
     "SELECT run_id, max(version), min(position), max(position), min(recorded_at),"
-    " max(recorded_at) FROM {events} GROUP BY run_id ORDER BY min(position)"
+    f" max(recorded_at) FROM {{events}} WHERE {READABLE} GROUP BY run_id ORDER BY min(position)"
 )
 """What ``runs_after`` asks of an SQL backend (``{events}`` the table, or the rows
 after a position); ``run_infos`` reads its rows."""
@@ -757,10 +807,6 @@ def run_infos(rows: Iterable[Sequence[Any]]) -> list[RunInfo]:
         RunInfo(run_id=r, version=v, first_position=f, last_position=la, started_at=s, last_at=e)
         for (r, v, f, la, s, e) in rows
     ]
-
-
-BEYOND = 2**62
-"""More than any log's versions, positions or rows: the bound of a read that has none."""
 
 
 def chunks(

@@ -330,7 +330,7 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
             kind = type(event)
             if class_of(type_name) is not kind or kind.schema_version != schema_version:
                 event = _decode_row(store, run_id, version)
-        except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
+        except (msgspec.MsgspecError, RecursionError, TypeError):  # the codec says how
             event = _decode_row(store, run_id, version)
         steps = steps_of(type(event))
         if steps is None:

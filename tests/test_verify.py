@@ -347,3 +347,63 @@ def test_an_unreadable_run_is_reported_and_the_runs_after_it_are_checked(tmp_pat
         ("c", True, "keyed"),
     ]
     assert "database disk image is malformed" in found.runs[1].problems[0].problem
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("hash", b"blob"),
+        ("hash", None),
+        ("type", b"model.requested"),
+        ("type", None),
+        ("schema_version", "x"),
+        ("schema_version", None),
+        ("data", None),
+        ("recorded_at", None),
+        ("causation", "x"),
+        ("version", "x"),
+        ("version", 1.5),
+    ],
+    ids=repr,
+)
+def test_a_cell_of_another_type_is_a_finding_never_a_traceback(
+    tmp_path: Path, column: str, value: object
+) -> None:
+    """SQLite keeps any type in any column of a file someone edited (NOT NULL too,
+    once the schema is rewritten): each such cell made verify, events, state or
+    checkpoint end in a TypeError or ValueError."""
+    from engine.runs.verification import verify_log
+    from events.checkpoints import take
+    from events.errors import AutonomyError
+    from projections import project
+
+    db = build(tmp_path / "e.db")
+    tamper(
+        db,
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = replace(sql, 'NOT NULL', '') WHERE name = 'events'",
+        "PRAGMA writable_schema = OFF",
+    )
+    tamper(
+        db, f"UPDATE events SET {column} = ? WHERE run_id = 'a' AND version = 2", params=(value,)
+    )
+    with SQLiteEventStore(db, read_only=True, key=KEY) as store:
+        verdict = verify_log(store)
+        assert not verdict.ok
+        assert [run.run_id for run in verdict.runs if not run.ok] == ["a"]
+        for read in (
+            lambda: list(store.read("a")),
+            lambda: project(store, "a"),
+            lambda: take(store),
+        ):
+            try:
+                read()
+            except AutonomyError:
+                pass  # a clear error; or a read that never reaches the row
+    blob = tmp_path / "b.db"
+    build(blob)
+    for content in (None, "text"):
+        tamper(blob, "DELETE FROM blobs", "INSERT INTO blobs VALUES ('d', 4, ?)", params=(content,))
+        with SQLiteEventStore(blob, read_only=True, key=KEY) as store:
+            with pytest.raises(BlobCorrupt):
+                store.get("d")
