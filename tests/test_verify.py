@@ -8,6 +8,7 @@ tests call ``engine.runs.verification.verify_log``; the CLI tests run the comman
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -396,14 +397,11 @@ def test_a_cell_of_another_type_is_a_finding_never_a_traceback(
             lambda: project(store, "a"),
             lambda: take(store),
         ):
-            try:
+            with contextlib.suppress(AutonomyError):  # a clear error, or no read reaches it
                 read()
-            except AutonomyError:
-                pass  # a clear error; or a read that never reaches the row
     blob = tmp_path / "b.db"
     build(blob)
     for content in (None, "text"):
         tamper(blob, "DELETE FROM blobs", "INSERT INTO blobs VALUES ('d', 4, ?)", params=(content,))
-        with SQLiteEventStore(blob, read_only=True, key=KEY) as store:
-            with pytest.raises(BlobCorrupt):
-                store.get("d")
+        with SQLiteEventStore(blob, read_only=True, key=KEY) as store, pytest.raises(BlobCorrupt):
+            store.get("d")
