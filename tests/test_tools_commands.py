@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 from waiting import lock_is_free, wait_until
 
-from engine.tools import ToolContext, ToolOutcome, default_registry, execute
+from engine.tools import ToolContext, ToolOutcome, commands, default_registry, execute
 from engine.tools.commands import allowed
 from engine.tools.confine import choose
+from engine.tools.snapshot import WorkspaceDigests, changes
 from events import MemoryEventStore
 
 PYTHON_C = (("python", "-c"),)
@@ -267,3 +269,73 @@ def test_files_a_command_creates_changes_and_deletes_are_recorded(tmp_path: Path
     assert changes["gone.txt"].after is None and store.get(changes["gone.txt"].before or "")
     assert changes["new.txt"].before is None and changes["new.txt"].size == 3
     assert "[files changed: changed.txt, gone.txt, new.txt]" in outcome.result
+
+
+def test_files_too_large_to_record_are_named_not_read(tmp_path: Path) -> None:
+    """A command made a hundred sparse files of 255 MB in a hundredth of a second;
+    the snapshot read each whole (minutes, gigabytes of log). Past
+    ``MAX_RECORDED_BYTES`` a file is named, not read; one recorded before that grows
+    past it is neither changed nor gone."""
+    (tmp_path / "grows.bin").write_bytes(b"small\n")
+    code = (
+        "import os; [(open(f'sparse{i}.bin', 'wb').close(), "
+        "os.truncate(f'sparse{i}.bin', 255 * 2**20)) for i in range(3)]; "
+        "os.truncate('grows.bin', 100 * 2**20); "
+        "open('small.txt', 'w').write('kept')"
+    )
+    digests = WorkspaceDigests()
+    store = MemoryEventStore()
+    outcome = run(tmp_path, ["python", "-c", code], store, allowlist=PYTHON_C, digests=digests)
+    assert outcome.ok, outcome.text
+    assert [c.path for c in outcome.files_changed] == ["small.txt"]
+    assert (
+        "[not recorded, so a rewind leaves them as they are: larger than 64 MiB: grows.bin, "
+        "sparse0.bin, sparse1.bin, sparse2.bin]" in outcome.result
+    )
+    assert len(store._blobs) == 2  # small.txt, and grows.bin before it grew
+
+
+def test_what_a_snapshot_cannot_read_is_not_recorded_as_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chmod 000`` on a file or a directory (which root's engine reads anyway, so
+    here the reads fail as they would for anyone else): its files were recorded as
+    deleted, and their new content was never stored."""
+    for name in ("app.py", "pkg/mod.py", "pkg/sub/deep.py", "other.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    digests = WorkspaceDigests()
+    store = MemoryEventStore()
+    before = digests.snapshot(tmp_path, store)
+    (tmp_path / "app.py").write_text("# changed, then unreadable\n")
+    (tmp_path / "other.py").write_text("# changed\n")
+    scandir, read_bytes = os.scandir, Path.read_bytes
+
+    def no_pkg(path: Any) -> Any:
+        if Path(path) == tmp_path / "pkg":
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)
+
+    def no_app(path: Path) -> bytes:
+        if path.name == "app.py":
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(os, "scandir", no_pkg)
+    monkeypatch.setattr(Path, "read_bytes", no_app)
+    after = digests.snapshot(tmp_path, store)
+    assert digests.left_out == {"app.py": "unreadable", "pkg/": "unreadable"}
+    found = changes(before, after, digests.left_out)
+    assert [c.path for c in found] == ["other.py"]
+
+
+def test_a_result_names_at_most_a_hundred_files_of_each_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that made 300,000 files made a result of 48 million characters (the
+    files are all in ``files_changed``, for a rewind)."""
+    monkeypatch.setattr(commands, "LISTED", 2)
+    code = "[open(f'f{i}.txt', 'w').write(str(i)) for i in range(5)]"
+    outcome, _ = run_python(tmp_path, code)
+    assert len(outcome.files_changed) == 5
+    assert "[files changed: f0.txt, f1.txt and 3 more]" in outcome.result

@@ -122,6 +122,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     root = sandbox.root
     before = digests.snapshot(root, ctx.blobs)
     repositories = digests.repositories
+    left_out = digests.left_out
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
         try:
@@ -141,7 +142,8 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     left = _remove(root, made) if made else []
     if made:
         after = digests.snapshot(root, ctx.blobs)
-    changed = changes(before, after)
+    left_out = {**left_out, **digests.left_out}
+    changed = changes(before, after, left_out)
     result = f"$ {shown}\n{output}".rstrip("\n")
     if removed := [name for name in made if name not in left]:
         result += f"\n[removed {', '.join(removed)}: {REPOSITORY}]"
@@ -154,11 +156,15 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
             files_changed=changed,
         )
     if changed:
-        result += "\n[files changed: " + ", ".join(c.path for c in changed) + "]"
-    if digests.unnamed:
+        result += "\n[files changed: " + _listed([c.path for c in changed]) + "]"
+    if left_out:
+        why: dict[str, list[str]] = {}
+        for path, reason in left_out.items():
+            why.setdefault(reason, []).append(path)
         result += (
-            "\n[not recorded, so a rewind leaves them as they are: names that are not "
-            "UTF-8: " + ", ".join(digests.unnamed) + "]"
+            "\n[not recorded, so a rewind leaves them as they are: "
+            + "; ".join(f"{reason}: {_listed(paths)}" for reason, paths in why.items())
+            + "]"
         )
     if finished.timed_out:
         return ToolOutcome(
@@ -177,6 +183,16 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(
         ok=True, result=f"{result}\n[exit code 0 after {elapsed:.1f}s]", files_changed=changed
     )
+
+
+LISTED = 100
+"""The most paths a result names in one list: a command that made 300,000 files
+made a result of 48 million characters."""
+
+
+def _listed(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:LISTED])
+    return shown if len(paths) <= LISTED else f"{shown} and {len(paths) - LISTED:,} more"
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.terminal import unicode_text
@@ -36,25 +36,38 @@ Signature = tuple[int, int, int, int]
 
 _BATCH_BYTES = 16 * 1024 * 1024
 
+MAX_RECORDED_BYTES = 64 * 1024 * 1024
+"""A file larger than this is not recorded (named, not stored): a command made a
+hundred sparse files of 255 MB in a hundredth of a second, which the snapshot then
+read whole, for minutes, into gigabytes of log."""
+
+NOT_UTF8 = "names that are not UTF-8"
+TOO_LARGE = f"larger than {MAX_RECORDED_BYTES // (1024 * 1024)} MiB"
+UNREADABLE = "unreadable"
+"""Why a path is left out of a snapshot (``WorkspaceDigests.left_out``)."""
+
 
 def _files(
-    root: Path, unnamed: list[str], repositories: list[str]
+    root: Path, left_out: dict[str, str], repositories: list[str]
 ) -> Iterator[tuple[str, Signature]]:
-    """Every regular file under ``root`` with its stat signature; a file or directory
-    whose name is not UTF-8 is left out (a log holds Unicode text only, and no restore
-    could write that name back from an escaped one) and named in ``unnamed``; every
-    ``.git`` met (a directory, a worktree's file, a link) is named in ``repositories``."""
+    """Every regular file under ``root`` with its stat signature. What cannot be
+    recorded is left out and named in ``left_out`` with why: a name that is not
+    UTF-8 (a log holds Unicode text only, and no restore could write that name back
+    from an escaped one), a file too large, a file or a directory (``NAME/``) that
+    cannot be read. Every ``.git`` met (a directory, a worktree's file, a link) is
+    named in ``repositories``."""
     stack = [(root, "")]
     while stack:
         directory, prefix = stack.pop()
         try:
             entries = list(os.scandir(directory))
         except OSError:
+            left_out[prefix or "./"] = UNREADABLE
             continue
         for entry in entries:
             name = prefix + entry.name
             if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
-                unnamed.append(unicode_text(name))
+                left_out[unicode_text(name)] = NOT_UTF8
                 continue
             if entry.name.casefold() == ".git":
                 repositories.append(name)
@@ -64,9 +77,12 @@ def _files(
                         stack.append((Path(entry.path), name + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
+                    if st.st_size > MAX_RECORDED_BYTES:
+                        left_out[name] = TOO_LARGE
+                        continue
                     yield name, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             except OSError:
-                continue
+                left_out[name] = UNREADABLE
 
 
 class WorkspaceDigests:
@@ -74,8 +90,9 @@ class WorkspaceDigests:
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[Signature, str]] = {}
-        self.unnamed: tuple[str, ...] = ()
-        """What the last snapshot left out: names that are not UTF-8, shown escaped."""
+        self.left_out: dict[str, str] = {}
+        """What the last snapshot could not record, by path (a directory's ending in
+        ``/``), with why; a name that is not UTF-8 shown escaped."""
         self.repositories: tuple[str, ...] = ()
         """Every ``.git`` the last snapshot met, by path (see ``engine.tools.confine``)."""
 
@@ -86,9 +103,9 @@ class WorkspaceDigests:
         known: dict[str, tuple[Signature, str]] = {}
         pending: list[bytes] = []
         pending_bytes = 0
-        unnamed: list[str] = []
+        left_out: dict[str, str] = {}
         repositories: list[str] = []
-        for name, signature in _files(root, unnamed, repositories):
+        for name, signature in _files(root, left_out, repositories):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
@@ -96,6 +113,7 @@ class WorkspaceDigests:
                 try:
                     content = (root / name).read_bytes()
                 except OSError:
+                    left_out[name] = UNREADABLE
                     continue
                 digest = hashlib.sha256(content).hexdigest()
                 if seen is None or seen[1] != digest:
@@ -109,17 +127,25 @@ class WorkspaceDigests:
         if pending:
             blobs.put_many(pending)
         self._known = known
-        self.unnamed = tuple(sorted(unnamed))
+        self.left_out = dict(sorted(left_out.items()))
         self.repositories = tuple(sorted(repositories))
         return found
 
 
 def changes(
-    before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]]
+    before: dict[str, tuple[str, int]],
+    after: dict[str, tuple[str, int]],
+    left_out: Iterable[str] = (),
 ) -> tuple[FileChange, ...]:
-    """The files created, changed or deleted between two snapshots, by path."""
+    """The files created, changed or deleted between two snapshots, by path; none
+    under ``left_out`` (paths, and directories ending in ``/``): a file either
+    snapshot could not record is not known to have changed, nor to be gone."""
+    paths = set(left_out)
+    directories = tuple("" if d == "./" else d for d in paths if d.endswith("/"))
     found = []
     for path in sorted(before.keys() | after.keys()):
+        if path in paths or path.startswith(directories):
+            continue
         old, new = before.get(path), after.get(path)
         if (old and old[0]) != (new and new[0]):
             found.append(
