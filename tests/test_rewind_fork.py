@@ -578,47 +578,89 @@ def test_a_file_a_tool_wrote_is_found_in_the_log_by_its_content(
     assert written_by_a_tool(store, "autonomy.toml", deeper) == ("r", 5)
 
 
+class ToolLog:
+    """A run's log written by calling the tools directly, as its engine would."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from engine.agent.runlog import RunLog
+        from engine.tools import ToolContext
+        from engine.tools.confine import choose
+        from engine.tools.snapshot import WorkspaceDigests
+
+        self.workspace = tmp_path / "ws"
+        self.workspace.mkdir()
+        self.store = MemoryEventStore()
+        self.log = RunLog.create(
+            self.store, "r", RunStarted(goal="g", workspace=str(self.workspace))
+        )
+        self.ctx = ToolContext(
+            workspace=self.workspace,
+            blobs=self.store,
+            confinement=choose("off"),
+            allowlist=(("python",),),
+            digests=WorkspaceDigests(),
+        )
+        self.calls = 0
+
+    def call(self, tool: str, **args: Any) -> ToolExecuted:
+        from engine.tools import default_registry, execute
+
+        self.calls += 1
+        outcome = execute(default_registry(), tool, args, self.ctx)
+        call_id = f"r/t{self.calls}"
+        executed = ToolExecuted(
+            call_id=call_id, tool=tool, ok=outcome.ok, files_changed=outcome.files_changed
+        )
+        self.log.append(ToolRequested(call_id=call_id, tool=tool, arguments=args), executed)
+        return executed
+
+    def command(self, code: str) -> ToolExecuted:
+        (self.workspace / "command.py").write_text(code)
+        return self.call("run_command", argv=["python", "command.py"])
+
+
+REAL = "APP = 'the real app'\n"
+
+
 def test_a_backslash_is_a_character_of_a_name_to_a_rewind(tmp_path: Path) -> None:
     """A command made ``src\\app.py`` (one name on Linux) beside ``src/app.py``; the
     resolver read the backslash as "/", so a rewind to before the command removed the
     real ``src/app.py``, and one to after it wrote the other file's content there."""
-    from engine.agent.runlog import RunLog
-    from engine.tools import ToolContext, default_registry, execute
-    from engine.tools.confine import choose
-    from engine.tools.snapshot import WorkspaceDigests
+    from engine.tools import default_registry, execute
 
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    store = MemoryEventStore()
-    log = RunLog.create(store, "r", RunStarted(goal="g", workspace=str(workspace)))
-    real = "APP = 'the real app'\n"
-    ctx = ToolContext(
-        workspace=workspace,
-        blobs=store,
-        confinement=choose("off"),
-        allowlist=(("python",),),
-        digests=WorkspaceDigests(),
-    )
-
-    def call(number: int, tool: str, args: dict[str, Any]) -> ToolExecuted:
-        outcome = execute(default_registry(), tool, args, ctx)
-        executed = ToolExecuted(
-            call_id=f"r/t{number}", tool=tool, ok=outcome.ok, files_changed=outcome.files_changed
-        )
-        log.append(ToolRequested(call_id=f"r/t{number}", tool=tool, arguments=args), executed)
-        return executed
-
-    assert call(1, "create_file", {"path": "src/app.py", "content": real}).ok
-    before = log.version
-    (workspace / "make.py").write_text("open('src\\\\app.py', 'w').write('another file\\n')\n")
-    made = call(2, "run_command", {"argv": ["python", "make.py"]})
+    run = ToolLog(tmp_path)
+    workspace, store = run.workspace, run.store
+    assert run.call("create_file", path="src/app.py", content=REAL).ok
+    before = run.log.version
+    made = run.command("open('src\\\\app.py', 'w').write('another file\\n')\n")
     assert [c.path for c in made.files_changed] == ["src\\app.py"]
-    read = execute(default_registry(), "read_file", {"path": "src\\app.py"}, ctx)
+    read = execute(default_registry(), "read_file", {"path": "src\\app.py"}, run.ctx)
     assert read.ok and "another file" in read.result
 
     restore(store, "r", before, workspace)
-    assert (workspace / "src" / "app.py").read_text() == real
+    assert (workspace / "src" / "app.py").read_text() == REAL
     assert not (workspace / "src\\app.py").exists()
-    restore(store, "r", log.version, workspace)
-    assert (workspace / "src" / "app.py").read_text() == real
+    restore(store, "r", run.log.version, workspace)
+    assert (workspace / "src" / "app.py").read_text() == REAL
     assert (workspace / "src\\app.py").read_text() == "another file\n"
+
+
+@pytest.mark.parametrize("replace", ["os.mkfifo('src')", "os.symlink('tests', 'src')"])
+def test_a_rewind_puts_a_directory_back_whatever_a_command_left_in_its_place(
+    tmp_path: Path, replace: str
+) -> None:
+    """A command replaced ``src/`` with what no snapshot records: with a FIFO the
+    rewind stopped half-way (after ``run.rewound``) and so did every resume; through a
+    link to ``tests/`` it wrote ``tests/app.py``. (A link out of the workspace is
+    refused, naming it: ``test_hostile_paths``.)"""
+    run = ToolLog(tmp_path)
+    workspace = run.workspace
+    (workspace / "tests").mkdir()
+    assert run.call("create_file", path="src/app.py", content=REAL).ok
+    before = run.log.version
+    run.command(f"import os, shutil\nshutil.rmtree('src')\n{replace}\n")
+    done = restore(run.store, "r", before, workspace)
+    assert done.written == ("src/app.py",)
+    assert not (workspace / "src").is_symlink() and (workspace / "src").is_dir()
+    assert (workspace / "src" / "app.py").read_text() == REAL
+    assert list((workspace / "tests").iterdir()) == []

@@ -197,21 +197,34 @@ def _check_copyable(source: Path) -> None:
 
 
 def _targets(directory: Path, paths: Iterable[str]) -> dict[str, Path]:
-    """Each recorded path -> where it is inside ``directory``, through the one path
-    resolver the tools use. The log is not trusted: a path that was edited to climb
-    out, to go through a symbolic link that leads out, or to enter ``.autonomy/`` or
-    ``.git/`` is refused, and then nothing at all is written."""
+    """Each recorded path -> where it is inside ``directory``, by its text through
+    the one path resolver the tools use (``Sandbox.lexical``): the log is not trusted,
+    so a path that was edited to climb out, or to enter ``.autonomy/`` or ``.git/``,
+    is refused, and then nothing at all is written. No link on the way is followed:
+    a snapshot never records a path through one, so whatever stands where a recorded
+    path's directory was (a link a command left to another directory, a FIFO, a
+    file) is replaced by the directory (``_directories``); a link that leads out of
+    the workspace is refused, naming it (a person's, perhaps)."""
     sandbox = Sandbox(directory)
     targets = {}
     for path in sorted(paths):
         try:
-            targets[path] = sandbox.resolve(path)
+            targets[path] = sandbox.lexical(path)
         except ToolError as e:  # outside the workspace, or too long or deep to be a path
             raise HistoryError(
                 f"the log names a file outside the workspace {sandbox.root}: {e}; "
                 "nothing was restored (was the log edited?)"
             ) from e
-        if targets[path].is_dir():
+        for parent in targets[path].relative_to(sandbox.root).parents:
+            link = sandbox.root / parent
+            if link.is_symlink() and not link.resolve().is_relative_to(sandbox.root):
+                raise HistoryError(
+                    f"the log names {path!r}, but {parent} is now a symbolic link leading "
+                    f"outside the workspace {sandbox.root}, to {link.resolve()}; nothing was "
+                    "restored (remove the link, or was the log edited?)"
+                )
+        mode = _mode_of(targets[path])
+        if mode is not None and stat.S_ISDIR(mode):  # (_mode_of follows no link)
             raise HistoryError(
                 f"the log names {path!r} as a file, but it is a directory in {sandbox.root}; "
                 "nothing was restored"
@@ -239,10 +252,27 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
             # a link, or a FIFO, socket or device a command left: never written through
             # (writing to a FIFO would wait for a reader for ever)
             target.unlink()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _directories(target)
         target.write_bytes(content)
         written.append(path)
     return Restored(tuple(written), tuple(removed), tuple(unchanged))
+
+
+def _directories(target: Path) -> None:
+    """Make each directory on the way to ``target`` a directory: created where
+    missing, and in place of anything else (a link is removed, never followed)."""
+    mode = _mode_of(target.parent)
+    if mode is not None and stat.S_ISDIR(mode):
+        return
+    for parent in reversed(target.parents):  # from the top: each one's own entry
+        try:
+            mode = parent.lstat().st_mode
+        except FileNotFoundError:
+            parent.mkdir()
+            continue
+        if not stat.S_ISDIR(mode):
+            parent.unlink()
+            parent.mkdir()
 
 
 # -- rewind and fork ---------------------------------------------------------------
@@ -370,11 +400,15 @@ def _digest_of(target: Path) -> str | None:
 
 def _mode_of(target: Path) -> int | None:
     """``target``'s own file type and mode (a link's, not its target's); None when
-    nothing is there."""
+    nothing is there: also when a directory on the way is none, or is a link (what
+    is there is another path's)."""
     try:
-        return target.lstat().st_mode
-    except FileNotFoundError:
+        mode = target.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    if any(p.is_symlink() for p in target.parents):
+        return None
+    return mode
 
 
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:

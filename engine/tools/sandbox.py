@@ -51,12 +51,15 @@ class Sandbox:
         self.root = Path(workspace).resolve(strict=True)
         self._given = Path(os.path.abspath(workspace))
 
-    def resolve(self, raw: str) -> Path:
-        """The absolute, symlink-free path for ``raw``; raises ``PathOutsideWorkspace``
-        (or ``ToolError`` for a path too long or too deep to be a project's).
+    def lexical(self, raw: str) -> Path:
+        """``raw`` inside the workspace by its text alone, links not followed: what a
+        restore writes, replacing whatever stands where the path's directories were
+        (``engine.runs.workspace``). The same refusals as ``resolve`` for the text:
+        empty, too long or too deep, out by ``..`` or an absolute path, protected."""
+        return self.root.joinpath(*self._checked(raw).parts)
 
-        The file need not exist (``create_file``). Relative paths are taken from the
-        workspace; an absolute path is accepted only if it lies inside it."""
+    def _checked(self, raw: str) -> PurePosixPath:
+        """``raw`` relative to the workspace, lexically, after every check of its text."""
         if not raw or not raw.strip():
             raise PathOutsideWorkspace("empty path: give a path relative to the workspace")
         if "\x00" in raw:
@@ -68,11 +71,20 @@ class Sandbox:
                 f"{levels} levels); a path may have at most {MAX_PATH_CHARS} characters "
                 f"and {MAX_PATH_DEPTH} levels"
             )
+        relative = self._lexical_relative(raw)
+        self._refuse_protected(raw, relative.parts)
+        return relative
+
+    def resolve(self, raw: str) -> Path:
+        """The absolute, symlink-free path for ``raw``; raises ``PathOutsideWorkspace``
+        (or ``ToolError`` for a path too long or too deep to be a project's).
+
+        The file need not exist (``create_file``). Relative paths are taken from the
+        workspace; an absolute path is accepted only if it lies inside it."""
         # a backslash is a character of a name here, as for the commands and the
         # snapshots: read as "/", "src\\app.py" (a file a command made) was src/app.py,
         # and a rewind that restored or removed it removed src/app.py instead
-        relative = self._lexical_relative(raw)
-        self._refuse_protected(raw, relative.parts)
+        relative = self._checked(raw)
         resolved = Path(os.path.realpath(self.root.joinpath(*relative.parts)))
         # The kernel applies '..' after following the link before it ('link/..' is
         # the link target's parent), where normpath drops both: check the path as
