@@ -609,7 +609,12 @@ class ToolLog:
         outcome = execute(default_registry(), tool, args, self.ctx)
         call_id = f"r/t{self.calls}"
         executed = ToolExecuted(
-            call_id=call_id, tool=tool, ok=outcome.ok, files_changed=outcome.files_changed
+            call_id=call_id,
+            tool=tool,
+            ok=outcome.ok,
+            result=outcome.result,
+            error=outcome.error,
+            files_changed=outcome.files_changed,
         )
         self.log.append(ToolRequested(call_id=call_id, tool=tool, arguments=args), executed)
         return executed
@@ -664,3 +669,35 @@ def test_a_rewind_puts_a_directory_back_whatever_a_command_left_in_its_place(
     assert not (workspace / "src").is_symlink() and (workspace / "src").is_dir()
     assert (workspace / "src" / "app.py").read_text() == REAL
     assert list((workspace / "tests").iterdir()) == []
+
+
+def test_a_tree_deeper_than_a_path_may_be_is_left_out_and_breaks_nothing(tmp_path: Path) -> None:
+    """A file 70 levels deep was recorded, and then every rewind and fork of the run
+    was refused (the resolver takes 64 levels); directories 1,100 deep made fork and
+    search_code end in ``RecursionError``. What is deeper is now named, not recorded,
+    not copied, not searched."""
+    from engine.runs.workspace import fork, rewind
+    from engine.tools import default_registry, execute
+
+    run = ToolLog(tmp_path)
+    assert run.call("create_file", path="app.py", content=REAL).ok
+    before = run.log.version
+    made = run.command(
+        "import os\n"
+        "os.makedirs('/'.join(['d'] * 70))\n"
+        "open('/'.join(['d'] * 70) + '/f.txt', 'w').write('x')\n"
+        "for _ in range(1100):\n"
+        "    os.mkdir('e'); os.chdir('e')\n"
+    )
+    assert made.ok, (made.error, made.result)
+    assert [c.path for c in made.files_changed] == []
+    outcome = execute(default_registry(), "run_command", {"argv": ["python", "-V"]}, run.ctx)
+    assert "deeper than 64 levels or longer than 1,024 characters: " in outcome.result
+    for tool, args in (("search_code", {"pattern": "x"}), ("list_directory", {"recursive": True})):
+        assert execute(default_registry(), tool, {"path": ".", **args}, run.ctx).ok, tool
+    try:
+        fork(run.store, "r", run.log.version, tmp_path / "fork", new_run_id="f")
+        assert (tmp_path / "fork" / "app.py").read_text() == REAL
+        rewind(run.store, "r", before)
+    finally:  # pytest's own clean-up recurses, and cannot remove such a tree
+        subprocess.run(["rm", "-rf", str(run.workspace / "e")], check=True)

@@ -19,6 +19,7 @@ never touched are not the log's business and are left alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from engine.agent.runlog import RunLog, check_run_id
 from engine.errors import ToolError
-from engine.tools.sandbox import Sandbox, not_a_project
+from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project
 from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
@@ -147,13 +148,19 @@ def copy_workspace(source: Path, target: Path) -> None:
     caches and special files left out), once ``source`` is checked to be a
     project's directory: a log or a queue that names it is not trusted."""
     _check_copyable(source)
-    shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True, ignore=_not_copied)
+    ignore = functools.partial(_not_copied, len(source.resolve().parts))
+    shutil.copytree(source.resolve(), target, dirs_exist_ok=True, symlinks=True, ignore=ignore)
 
 
-def _not_copied(directory: str, names: list[str]) -> list[str]:
-    """What a copy leaves out: the log and caches (``SKIPPED``), and what is neither
-    a file, a directory nor a link (a FIFO, socket or device a command left, which
-    no project holds and which copying would wait on or fail at)."""
+def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:
+    """What a copy leaves out: the log and caches (``SKIPPED``), what is neither a
+    file, a directory nor a link (a FIFO, socket or device a command left, which
+    no project holds and which copying would wait on or fail at), and what is
+    deeper than a path may be (``MAX_PATH_DEPTH``; the copy recurses, and a tree a
+    command made 1,100 levels deep was a ``RecursionError``). ``top``: the number
+    of parts of the copied directory's path."""
+    if len(Path(directory).parts) - top + 1 > MAX_PATH_DEPTH:
+        return names
     left = []
     for name in names:
         try:
@@ -182,8 +189,12 @@ def _check_copyable(source: Path) -> None:
             "nothing was copied (was the log or the queue edited?)"
         )
     files = size = 0
+    top = len(resolved.parts)
     for folder, names, filenames in os.walk(resolved):
-        names[:] = [n for n in names if n not in SKIPPED]
+        deep = len(Path(folder).parts) - top + 1 > MAX_PATH_DEPTH  # as the copy (_not_copied)
+        names[:] = [] if deep else [n for n in names if n not in SKIPPED]
+        if deep:
+            continue
         for name in filenames:
             files += 1
             with contextlib.suppress(OSError):

@@ -24,7 +24,7 @@ import msgspec
 
 from engine.errors import ToolError
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import NOT_THE_PROJECT, Sandbox, is_protected_name
+from engine.tools.sandbox import MAX_PATH_DEPTH, NOT_THE_PROJECT, Sandbox, is_protected_name
 from events.schema import FileChange
 
 Meta = msgspec.Meta
@@ -231,21 +231,37 @@ def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolOutcome:
 
 
 def _walk(top: Path, sandbox: Sandbox, recursive: bool) -> Iterator[Path]:
-    """Entries under ``top``, sorted, never entering protected or noise directories
-    nor following symbolic links out."""
-    try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
-    except OSError as e:
-        raise ToolError(f"cannot list {sandbox.relative(top)}: {e.strerror}") from e
-    for entry in entries:
+    """Entries under ``top``, sorted, depth first, never entering protected or noise
+    directories nor following symbolic links out, nor going deeper than a path may
+    be (``MAX_PATH_DEPTH``). A loop, not a recursion: a tree a command made 1,100
+    levels deep was a ``RecursionError``."""
+    depth = len(top.relative_to(sandbox.root).parts)
+    stack = [iter(_entries(top, sandbox))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
         if is_protected_name(entry.name):
             continue
         path = Path(entry.path)
         if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(sandbox.root):
             continue
         yield path
-        if recursive and entry.is_dir(follow_symlinks=False) and entry.name not in NOT_THE_PROJECT:
-            yield from _walk(path, sandbox, recursive)
+        if (
+            recursive
+            and entry.is_dir(follow_symlinks=False)
+            and entry.name not in NOT_THE_PROJECT
+            and depth + len(stack) < MAX_PATH_DEPTH
+        ):
+            stack.append(iter(_entries(path, sandbox)))
+
+
+def _entries(directory: Path, sandbox: Sandbox) -> list[os.DirEntry[str]]:
+    try:
+        return sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as e:
+        raise ToolError(f"cannot list {sandbox.relative(directory)}: {e.strerror}") from e
 
 
 def list_directory(args: ListDirectoryArgs, ctx: ToolContext) -> ToolOutcome:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from engine.terminal import unicode_text
 from engine.tools.registry import BlobSink
-from engine.tools.sandbox import NOT_THE_PROJECT, PROTECTED
+from engine.tools.sandbox import MAX_PATH_CHARS, MAX_PATH_DEPTH, NOT_THE_PROJECT, PROTECTED
 from events.schema import FileChange
 
 SKIPPED_DIRS = PROTECTED | NOT_THE_PROJECT
@@ -44,6 +44,7 @@ read whole, for minutes, into gigabytes of log."""
 NOT_UTF8 = "names that are not UTF-8"
 TOO_LARGE = f"larger than {MAX_RECORDED_BYTES // (1024 * 1024)} MiB"
 UNREADABLE = "unreadable"
+TOO_DEEP = f"deeper than {MAX_PATH_DEPTH} levels or longer than {MAX_PATH_CHARS:,} characters"
 """Why a path is left out of a snapshot (``WorkspaceDigests.left_out``)."""
 
 
@@ -73,9 +74,16 @@ def _files(
                 repositories.append(name)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.name.casefold() not in SKIPPED_DIRS:
-                        stack.append((Path(entry.path), name + "/"))
+                    if entry.name.casefold() in SKIPPED_DIRS:
+                        continue
+                    if name.count("/") + 2 > MAX_PATH_DEPTH or len(name) >= MAX_PATH_CHARS:
+                        left_out[name + "/"] = TOO_DEEP  # no restore could write it back
+                        continue
+                    stack.append((Path(entry.path), name + "/"))
                 elif entry.is_file(follow_symlinks=False):
+                    if len(name) > MAX_PATH_CHARS:
+                        left_out[name] = TOO_DEEP
+                        continue
                     st = entry.stat(follow_symlinks=False)
                     if st.st_size > MAX_RECORDED_BYTES:
                         left_out[name] = TOO_LARGE
