@@ -607,3 +607,19 @@ def test_a_service_on_another_loopback_address_answers(db: Path) -> None:
     with serving(db, "--host", "127.0.0.2") as url:
         assert url.startswith("http://127.0.0.2:")
         assert httpx.get(f"{url}/api/runs", timeout=30).status_code == 200
+
+
+def test_a_diff_of_contents_too_large_to_compare_links_them_instead(
+    client: TestClient, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model's 9 MB file made its diff link a 73 MB page and 35 s of CPU."""
+    monkeypatch.setattr(web_app, "DIFF_BYTES", 10)
+    with open_store(db) as store:
+        (change,) = [
+            c for e in store.read("done") if isinstance(e.data, ToolExecuted)
+            for c in e.data.files_changed if c.path == "calc.py" and c.before and c.after
+        ][:1]  # fmt: skip
+    page = client.get(f"/runs/done/diff?path=calc.py&before={change.before}&after={change.after}")
+    assert page.status_code == 200
+    assert "Too large to compare here" in page.text and "Return the sum" not in page.text
+    assert f'href="/api/runs/done/blobs/{change.after}">the content after</a>' in page.text

@@ -79,6 +79,8 @@ from projections.summaries import RunSummary, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
+DIFF_BYTES = 1024 * 1024
+"""The largest content a diff page compares: a larger file's versions are linked."""
 AUDIT_ROWS = 200
 """The most rows each audit table of a run page shows, as its trace shows 200 steps
 (``TRACE_PAGE``): a link leads to the rest."""
@@ -380,8 +382,25 @@ class _Web:
         path = request.query_params.get("path", "")
         before, after = (request.query_params.get(k, "") for k in ("before", "after"))
         with self.store() as store:
-            old = store.get(before).decode(errors="replace") if before else ""
-            new = store.get(after).decode(errors="replace") if after else ""
+            old_bytes = store.get(before) if before else b""
+            new_bytes = store.get(after) if after else b""
+        if max(len(old_bytes), len(new_bytes)) > DIFF_BYTES:
+            # a model's 9 MB file made a 73 MB page and 35 s of the service's CPU
+            return self._render(
+                "diff.html",
+                run_id=run_id,
+                path=path,
+                lines=[],
+                new="",
+                too_large=f"{DIFF_BYTES / 1048576:g} MiB",
+                blobs=[
+                    (name, digest)
+                    for name, digest in (("before", before), ("after", after))
+                    if digest
+                ],
+            )
+        old = old_bytes.decode(errors="replace")
+        new = new_bytes.decode(errors="replace")
         lines = list(
             difflib.unified_diff(
                 old.splitlines(keepends=True),
@@ -390,7 +409,9 @@ class _Web:
                 f"b/{path}" if after else "/dev/null",
             )
         )
-        return self._render("diff.html", run_id=run_id, path=path, lines=lines, new=new)
+        return self._render(
+            "diff.html", run_id=run_id, path=path, lines=lines, new=new, too_large="", blobs=[]
+        )
 
     # -- the API -----------------------------------------------------------------------
 
