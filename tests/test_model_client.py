@@ -4,13 +4,13 @@ streamed and not, retries, typed errors, fallbacks, discovery."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from waiting import refusing_url
 
 from engine.errors import (
     ModelError,
@@ -85,14 +85,6 @@ def make_client(http: httpx.Client, sleeps: Sleeps) -> Callable[..., ModelClient
         return ModelClient(http, sleep=sleeps, **kwargs)
 
     return make
-
-
-def refusing_url() -> str:
-    """A loopback URL nobody listens on: bind a port, then close it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def at(server: ScriptedModelServer, api: str = "ollama", model: str = "qwen2.5:14b") -> Endpoint:

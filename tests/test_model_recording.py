@@ -9,7 +9,6 @@ append) and folds with the real projections.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from waiting import refusing_url
 
 from engine.errors import (
     ConfigError,
@@ -144,13 +144,6 @@ def recorder(
 
 def events(log: FakeRunLog) -> list[RecordedEvent]:
     return list(log.store.read(log.run_id))
-
-
-def refusing_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- success ---------------------------------------------------------------------------------

@@ -61,3 +61,18 @@ class Gate:
             self.arrived.set()
             self.opened.wait(timeout=120)
         return self.models(request)
+
+
+_HELD: list[Any] = []
+
+
+def refusing_url() -> str:
+    """A loopback URL that refuses connections for the whole test session: a port
+    bound and never listened on, and kept. (A port bound and closed again was taken
+    by the next test server under load, which then answered the "down" endpoint.)"""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
