@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine.errors import ToolError
-from engine.tools import ToolContext, ToolOutcome, default_registry, execute
+from engine.tools import ToolContext, ToolOutcome, default_registry, execute, files
 from engine.tools.files import apply_edit
 from events import MemoryEventStore
 
@@ -222,6 +222,20 @@ def test_a_pattern_that_backtracks_for_ever_is_stopped_and_the_run_goes_on(
     assert said.startswith("the search for '(a|aa)+$' was stopped after 2s of matching"), said
     assert "nested repetition" in said
     assert next_one.startswith("True ") and next_one.endswith(" b.txt:1: aaa"), next_one
+
+
+def test_a_search_out_of_time_from_reading_files_says_so_not_the_patterns_fault(
+    ctx: ToolContext, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget counted only matching: 20,000 large files took 30 s, and on many
+    small ones a plain pattern was blamed for "nested repetition". Reading counts
+    too, and a search out of time returns what it found, saying where it stopped."""
+    for name in ("a.txt", "b.txt"):
+        (workspace / name).write_text("needle\n")
+    monkeypatch.setattr(files, "SEARCH_SECONDS", 0)
+    outcome = call(ctx, "search_code", pattern="needle")
+    assert outcome.ok, outcome.error
+    assert outcome.result == "[stopped after 0s, 0 files searched; narrow the path or the glob]"
 
 
 # -- create_file -----------------------------------------------------------------------

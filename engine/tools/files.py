@@ -305,6 +305,7 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     else:
         raise ToolError(f"{sandbox.relative(top)} does not exist")
     hits: list[str] = []
+    searched = 0
     for path in files:
         if args.glob and not fnmatch.fnmatch(path.name, args.glob):
             continue
@@ -312,6 +313,13 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
             data = _content(path, "", MAX_SEARCH_FILE_BYTES)
         except ToolError:
             continue  # vanished, unreadable, too large or not a file: a search is best effort
+        if time.monotonic() > deadline:  # reading counts too: 20,000 large files took 30 s
+            hits.append(
+                f"[stopped after {SEARCH_SECONDS:g}s, {searched:,} files searched; "
+                "narrow the path or the glob]"
+            )
+            return ToolOutcome(ok=True, result="\n".join(hits))
+        searched += 1
         if _is_binary(data):
             continue
         rel = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
@@ -325,8 +333,9 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
 
 
 def _matches(matcher: Any, line: str, deadline: float, pattern: str) -> bool:
-    """Whether ``matcher`` finds ``line``; ``ToolError`` once the search has spent its
-    ``SEARCH_SECONDS``."""
+    """Whether ``matcher`` finds ``line``; ``ToolError`` once matching has taken the
+    search past its ``SEARCH_SECONDS`` (the time is the pattern's: the search checks
+    its deadline before each file)."""
     try:
         return matcher.search(line, timeout=max(deadline - time.monotonic(), 0.0)) is not None
     except TimeoutError:
