@@ -479,8 +479,13 @@ def test_a_token_is_required_on_every_request_when_set(db: Path) -> None:
         )
         page = client.get("/?token=s3cret")
         assert page.status_code == 200 and "autonomy_token" in page.headers["set-cookie"]
-        # the cookie set by the page carries the token for the page's own requests
+        # the cookie set by the page opens the page's own requests, and is not the
+        # token: a browser sends it to every port of the host
+        assert "s3cret" not in page.headers["set-cookie"]
         assert client.get("/api/runs").status_code == 200
+        client.cookies.clear()
+        client.cookies.set(next(iter(page.cookies)), "s3cret")
+        assert client.get("/api/runs").status_code == 401
 
 
 def test_every_answer_keeps_text_from_the_log_from_acting_as_the_service(

@@ -250,6 +250,10 @@ class TokenMiddleware:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
+        self.cookie = hmac.new(self.token, b"autonomy service cookie", "sha256").hexdigest()
+        """What the cookie holds: not the token itself, since a browser sends a host's
+        cookies to every port of it (another service there would read it), and the
+        token may open more than this one service."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -258,12 +262,13 @@ class TokenMiddleware:
         request = Request(scope)
         given = request.query_params.get("token", "")
         header = request.headers.get("authorization", "")
-        candidates = [
-            given,
-            header.removeprefix("Bearer ") if header.startswith("Bearer ") else "",
-            request.cookies.get(TOKEN_COOKIE, ""),
-        ]
-        if not any(c and hmac.compare_digest(c.encode(), self.token) for c in candidates):
+        candidates = [given, header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""]
+        name = _cookie_name(scope)
+        cookie = request.cookies.get(name, "")
+        if not (
+            any(c and hmac.compare_digest(c.encode(), self.token) for c in candidates)
+            or (cookie and hmac.compare_digest(cookie.encode(), self.cookie.encode()))
+        ):
             refused = JSONResponse(
                 {"error": "this service needs its token: Authorization: Bearer T, or ?token=T"},
                 status_code=401,
@@ -276,11 +281,19 @@ class TokenMiddleware:
 
         async def with_cookie(message: Any) -> None:
             if message["type"] == "http.response.start":
-                cookie = f"{TOKEN_COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
+                secure = "; Secure" if request.url.scheme == "https" else ""
+                cookie = f"{name}={self.cookie}; Path=/; HttpOnly; SameSite=Strict{secure}"
                 message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
             await send(message)
 
         await self.app(scope, receive, with_cookie)
+
+
+def _cookie_name(scope: Scope) -> str:
+    """The cookie's name, by the port the service listens on: a host's cookies go to
+    all its ports, so two services on one host keep theirs apart."""
+    server = scope.get("server") or ("", None)
+    return f"{TOKEN_COOKIE}_{server[1]}" if server[1] else TOKEN_COOKIE
 
 
 async def _error(request: Request, error: Exception) -> Response:
