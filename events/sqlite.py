@@ -145,6 +145,13 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError as e:
         conn.close()
+        journal = path.with_name(path.name + "-journal")
+        if "readonly" in str(e) and journal.exists():
+            raise EventStoreError(
+                f"{path} has a rollback journal ({journal.name}) that a writer killed "
+                "mid-write left: only a writer can roll it back; open the log for writing "
+                f"once (autonomy runs --rebuild --db {path}), then read it"
+            ) from e
         if "unable to open" not in str(e):
             raise
     return connect("mode=ro&immutable=1")
@@ -221,13 +228,16 @@ class SQLiteEventStore(SQLEventStore):
             # an older schema is read as it is: what it lacks (store_meta, repairs)
             # reads as empty; only a writer brings the schema up to date
             return
+        schema = conn.execute("PRAGMA user_version").fetchone()[0]
+        if schema > SCHEMA_VERSION:  # its tables may hold what this code would not keep
+            raise StoreCorrupted(
+                f"{self.path} was written by a newer autonomy (log schema {schema}; this one "
+                f"knows {SCHEMA_VERSION}): upgrade autonomy to write to it (reading works)"
+            )
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        if (
-            "events" not in tables
-            or conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
-        ):
+        if "events" not in tables or schema < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._create_schema()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,13 +24,15 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from waiting import reaped
 
 from engine.agent.runner import start_run
 from engine.cli import cli
 from engine.config import load_settings
 from engine.runs.demo import GOAL, DemoModels
 from engine.testing import ScriptedModelServer
-from events import SQLiteEventStore
+from events import RunStarted, SQLiteEventStore
+from events.errors import EventStoreError
 
 RUN = "ro-run"
 
@@ -177,3 +180,51 @@ def test_run_refuses_a_db_in_a_directory_that_does_not_exist(tmp_path: Path) -> 
     assert result.exit_code == 1, result.output
     assert "does not exist" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_journal_a_killed_writer_left_is_explained_and_a_writer_rolls_it_back(
+    tmp_path: Path,
+) -> None:
+    """A rollback journal left by a writer killed mid-transaction (a log not in WAL
+    mode yet) made every read fail with "attempt to write a readonly database"."""
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA journal_mode=DELETE")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOT_JOURNAL, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    with reaped(writer):
+        assert writer.stdout is not None and writer.stdout.readline() == "mid-write\n"
+        writer.kill()
+    assert (tmp_path / "events.db-journal").exists()
+    with pytest.raises(EventStoreError, match=r"rollback journal .*autonomy runs --rebuild"):
+        SQLiteEventStore(db, read_only=True)
+    SQLiteEventStore(db).close()  # a writer rolls it back
+    with SQLiteEventStore(db, read_only=True) as reader:
+        assert reader.last_version("r") == 1
+
+
+HOT_JOURNAL = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("CREATE TABLE filler (x)")
+conn.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 4096,) for _ in range(2000)])
+print("mid-write", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_log_of_a_newer_schema_is_read_but_not_written(tmp_path: Path) -> None:
+    """A log whose schema a newer autonomy wrote was taken by writers silently."""
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    with pytest.raises(EventStoreError, match=r"written by a newer autonomy \(log schema 99"):
+        SQLiteEventStore(db)
+    with SQLiteEventStore(db, read_only=True) as reader:
+        assert reader.last_version("r") == 1
