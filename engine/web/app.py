@@ -405,7 +405,11 @@ class _Web:
                 path=path,
                 lines=[],
                 new="",
-                too_large=f"{DIFF_BYTES / 1048576:g} MiB",
+                too_large=(
+                    f"{DIFF_BYTES / 1048576:g} MiB"
+                    if DIFF_BYTES >= 1048576
+                    else f"{DIFF_BYTES:,} bytes"
+                ),
                 blobs=[
                     (name, digest)
                     for name, digest in (("before", before), ("after", after))
