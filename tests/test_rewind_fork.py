@@ -24,6 +24,7 @@ from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
 from events.schema import FileChange, ToolExecuted, ToolRequested
+from events.store import EventStore
 from projections import project
 
 UNTOUCHED = b"notes the run never touches\n"
@@ -317,6 +318,54 @@ def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_aga
     assert not [p for p in tmp_path.iterdir() if ".forking-" in p.name], "the killed one's too"
 
 
+STOPPED_BEFORE_ITS_EVENT = """
+import os, sys
+from engine.cli import main
+from events import RunForked
+from events.sqlite import SQLiteEventStore
+
+real = SQLiteEventStore.append
+
+
+def stopped(self, run_id, events, *args, **kwargs):
+    if isinstance(events[0], RunForked):  # the copy in place, its event not yet written
+        os.kill(os.getpid(), int(sys.argv[1]))
+    return real(self, run_id, events, *args, **kwargs)
+
+
+SQLiteEventStore.append = stopped
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_a_fork_stopped_before_its_event_leaves_no_run_and_can_be_given_again(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path, sig: int
+) -> None:
+    """Stopped between moving its copy into place and writing ``run.forked`` (a Ctrl-C
+    while another writer held the log), a fork left a filled workspace no run had,
+    which the same command then refused as not empty."""
+    db, _, version, then = first_review
+    new = tmp_path / "fork-ws"
+    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f"]
+    args += ["--db", str(db)]
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_BEFORE_ITS_EVENT, str(int(sig)), *args],
+        capture_output=True,
+        timeout=120,
+    )
+    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    assert new.exists() == (sig == signal.SIGKILL), "Ctrl-C removes the workspace it made"
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+
+    code, out = invoke(*args)
+
+    assert code == 0, out
+    assert snapshot(new) == then
+    assert not (new / ".autonomy").exists()
+
+
 def test_two_forks_into_one_workspace_at_once_make_one_fork_and_one_clear_error(
     first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
 ) -> None:
@@ -581,7 +630,7 @@ def test_a_file_a_tool_wrote_is_found_in_the_log_by_its_content(
 class ToolLog:
     """A run's log written by calling the tools directly, as its engine would."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: EventStore | None = None) -> None:
         from engine.agent.runlog import RunLog
         from engine.tools import ToolContext
         from engine.tools.confine import choose
@@ -589,7 +638,7 @@ class ToolLog:
 
         self.workspace = tmp_path / "ws"
         self.workspace.mkdir()
-        self.store = MemoryEventStore()
+        self.store = store if store is not None else MemoryEventStore()
         self.log = RunLog.create(
             self.store, "r", RunStarted(goal="g", workspace=str(self.workspace))
         )
@@ -701,3 +750,73 @@ def test_a_tree_deeper_than_a_path_may_be_is_left_out_and_breaks_nothing(tmp_pat
         rewind(run.store, "r", before)
     finally:  # pytest's own clean-up recurses, and cannot remove such a tree
         subprocess.run(["rm", "-rf", str(run.workspace / "e")], check=True)
+
+
+REWIND_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from engine.runs.workspace import rewind
+from engine.storage import open_store
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; by default it kills
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+with open_store(sys.argv[1]) as store:
+    rewind(store, "r", int(sys.argv[2]))
+"""
+
+
+def test_a_rewind_killed_mid_write_leaves_no_torn_file_and_resume_finishes_it(
+    tmp_path: Path,
+) -> None:
+    """Written in place, a restored file killed mid-write (here by the file size
+    limit's SIGXFSZ, as a kill or a full disk would) was left torn, and the resume
+    that finishes the rewind took it for a file edited by hand and kept it."""
+    from engine.runs.workspace import finish_cut_rewind
+
+    db = tmp_path / "events.db"
+    run = ToolLog(tmp_path, open_store(db))
+    first, second = b"A" * 200_000, b"B" * 200_000
+    run.command(f"open('big.txt', 'wb').write(b'A' * {len(first)})\n")
+    before = run.log.version
+    run.command(f"open('big.txt', 'wb').write(b'B' * {len(second)})\n")
+    run.store.close()
+    killed = subprocess.run(
+        [sys.executable, "-c", REWIND_UNDER_A_FILE_SIZE_LIMIT, str(db), str(before)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    big = run.workspace / "big.txt"
+    assert big.read_bytes() == second  # old or new, never torn
+    with open_store(db) as store:
+        from engine.agent.runlog import RunLog
+
+        said: list[str] = []
+        finish_cut_rewind(RunLog(store, "r"), run.workspace, said.append)
+    assert big.read_bytes() == first, said
+    assert sorted(p.name for p in run.workspace.iterdir()) == ["big.txt", "command.py"]
+
+
+@pytest.mark.parametrize("after", ["an answer", "a second rewind"])
+def test_a_cut_rewind_is_finished_by_the_resume_whatever_came_after_it_but_a_tool(
+    tmp_path: Path, after: str
+) -> None:
+    """Only a ``run.rewound`` that was the log's last event was finished: an answer
+    after it (a rewind to a question), or a second rewind cut the same way, left the
+    files as before, which the run then wrote over ("already exists")."""
+    from engine.runs.workspace import finish_cut_rewind
+    from events import UserAnswered
+
+    run = ToolLog(tmp_path)
+    assert run.call("create_file", path="a.py", content="A = 1\n").ok
+    first = run.log.version
+    assert run.call("create_file", path="b.py", content="B = 1\n").ok
+    middle = run.log.version
+    assert run.call("create_file", path="a.py", content="A = 2\n", overwrite=True).ok
+    # rewinds cut before they wrote anything: their events, the head's files
+    if after == "an answer":
+        run.log.append(RunRewound(to_version=first), UserAnswered(answer="go on"))
+    else:
+        run.log.append(RunRewound(to_version=middle), RunRewound(to_version=first))
+    said: list[str] = []
+    finish_cut_rewind(run.log, run.workspace, said.append)
+    assert (run.workspace / "a.py").read_text() == "A = 1\n", said
+    assert not (run.workspace / "b.py").exists(), said

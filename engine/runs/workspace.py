@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import os
 import re
 import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project
 from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
-from events.store import EventStore
+from events.store import EventStore, RecordedEvent
 from projections.fold import project
 
 SKIPPED = frozenset({".autonomy", ".git", "__pycache__", ".pytest_cache", ".mypy_cache"})
@@ -264,9 +267,29 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
             # (writing to a FIFO would wait for a reader for ever)
             target.unlink()
         _directories(target)
-        target.write_bytes(content)
+        _replace(target, content)
         written.append(path)
     return Restored(tuple(written), tuple(removed), tuple(unchanged))
+
+
+RESTORING = ".autonomy-restoring"
+"""The suffix of a restored file's content on its way in (``_replace``)."""
+
+
+def _replace(target: Path, content: bytes) -> None:
+    """Put ``content`` at ``target`` whole or not at all: written beside it, then
+    renamed over it. Written in place, a rewind killed mid-write (or out of disk)
+    left a torn file, which the resume that finishes the rewind took for one edited
+    by hand and kept."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=RESTORING)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def _directories(target: Path) -> None:
@@ -359,19 +382,23 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     """Finish the restore of a rewind (``run.rewound`` at ``version``) that was cut off.
 
     ``rewind`` appends ``run.rewound`` and then writes the files: a process killed in
-    between leaves files at their content from before the rewind. Exactly those are
-    restored; a file with any other content (edited by hand since) is left alone, and
-    listed in ``unchanged`` when it differs from the rewound state."""
+    between leaves files as they were before it (or before an earlier rewind cut the
+    same way). A file holding any content the log records for it is restored; one
+    with any other content (edited by hand since) is left alone, and listed in
+    ``unchanged`` when it differs from the rewound state."""
     wanted = files_at(store, run_id, version)
-    before = files_at(store, run_id, version - 1)
+    recorded = _recorded_contents(store, run_id, version)
     targets = _targets(workspace, wanted)
     cut: dict[str, Path] = {}
     edited: list[str] = []
     for path, target in targets.items():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*{RESTORING}"):
+            with contextlib.suppress(OSError):  # a restore killed before its rename
+                stale.unlink()
         now = _digest_of(target)
         if now == wanted[path]:
             continue
-        if now == before.get(path):
+        if now in recorded.get(path, ()):
             cut[path] = target
         else:
             edited.append(path)
@@ -380,14 +407,36 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     return Restored(done.written, done.removed, tuple(edited))
 
 
+def _recorded_contents(store: EventStore, run_id: str, upto: int) -> dict[str, set[str | None]]:
+    """Every content the run (and the runs it was forked from) recorded for each path
+    up to ``upto``, before and after each change, absence (None) included."""
+    found: dict[str, set[str | None]] = {}
+    events = store.read(run_id, upto=upto)
+    first = next(events, None)
+    if first is not None and isinstance(first.data, RunForked):
+        found = _recorded_contents(store, first.data.parent_run, first.data.at_version)
+    for event in events if first is None else (first, *events):
+        if isinstance(event.data, ToolExecuted):
+            for change in event.data.files_changed:
+                found.setdefault(change.path, set()).update((change.before, change.after))
+    return found
+
+
 def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], None] | None) -> None:
-    """Before a resume (``resume_run(prepare=...)``): when the run's last event is
-    ``run.rewound``, the files it promised, for a rewind killed before it had
-    written them all (``finish_rewind``); said through ``progress``."""
-    last = next(iter(log.store.read(log.run_id, after=log.version - 1)), None)
-    if last is None or not isinstance(last.data, RunRewound):
+    """Before a resume (``resume_run(prepare=...)``): when no tool has run since the
+    run's latest ``run.rewound`` (an answer may have come since), the files it
+    promised, for a rewind killed before it had written them all
+    (``finish_rewind``); said through ``progress``."""
+    last: RecordedEvent | None = None
+    for event in log.store.read(log.run_id):
+        if isinstance(event.data, RunRewound):
+            last = event
+        elif isinstance(event.data, ToolExecuted):
+            last = None
+    if last is None:
         return
-    done = finish_rewind(log.store, log.run_id, log.version, workspace)
+    assert isinstance(last.data, RunRewound)
+    done = finish_rewind(log.store, log.run_id, last.version, workspace)
     if progress and (done.written or done.removed):
         progress(
             f"restored the workspace to version {last.data.to_version}, which the rewind "
@@ -430,7 +479,14 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     workspace.mkdir(parents=True, exist_ok=True)
     targets = _targets(workspace, wanted)
     store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
-    return _write(targets, contents)
+    try:
+        return _write(targets, contents)
+    except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
+        raise HistoryError(
+            f"the rewind to version {to} is recorded, but its files could not all be "
+            f"restored: {e.strerror or e}; once that is put right, give the same command "
+            f"again (or autonomy resume {run_id}) to finish it"
+        ) from e
 
 
 def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id: str) -> Restored:
@@ -447,6 +503,8 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     if store.last_version(new_run_id) != 0:
         raise HistoryError(f"there is already a run {new_run_id!r} in this log")
     workspace = workspace.resolve()
+    if _abandoned_fork(store, workspace):
+        subprocess.run(["rm", "-rf", "--", str(workspace)], check=False, capture_output=True)
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
         raise HistoryError(f"{workspace} is not an empty directory; a fork needs a new workspace")
     parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
@@ -460,6 +518,8 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     partial.mkdir()
     try:
         restored = restore(store, run_id, at, partial, copy_from=parent_workspace)
+        (partial / FORKING).parent.mkdir(exist_ok=True)
+        (partial / FORKING).write_text(new_run_id)
         try:
             partial.rename(workspace)  # onto an empty directory too
         except OSError as e:  # filled meanwhile (another fork into it), or made a file
@@ -469,9 +529,32 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    store.append(
-        new_run_id,
-        [RunForked(parent_run=run_id, at_version=at, workspace=str(workspace))],
-        0,
-    )
+    try:
+        store.append(
+            new_run_id,
+            [RunForked(parent_run=run_id, at_version=at, workspace=str(workspace))],
+            0,
+        )
+    except BaseException:  # Ctrl-C while the log was busy, another fork as that run...
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
+    (workspace / FORKING).unlink()
+    with contextlib.suppress(OSError):
+        (workspace / FORKING).parent.rmdir()
     return restored
+
+
+FORKING = Path(".autonomy") / "forking"
+"""In a fork's workspace from its copy until its ``run.forked`` is written: the run it
+is for. Killed in between, the fork leaves a workspace that no run has; the same
+command given again finds this and starts over (``_abandoned_fork``). Under
+``.autonomy/``, which no snapshot records and no command sees."""
+
+
+def _abandoned_fork(store: EventStore, workspace: Path) -> bool:
+    """Whether ``workspace`` is a fork's that was killed before its event was written."""
+    try:
+        run_id = (workspace / FORKING).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(run_id) and store.last_version(run_id) == 0
