@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from test_model_recording import refusing_url
+from waiting import refusing_url
 
 from engine.agent.runlog import RunLog
 from engine.agent.runner import resume_run, start_run
@@ -51,6 +51,17 @@ def test_each_server_says_its_window_its_own_way(
     with ScriptedModelServer(context=context, missing=missing) as server, httpx.Client() as http:
         endpoint = Endpoint(base_url=server.url, model="qwen2.5:14b", api=api)  # type: ignore[arg-type]
         assert discover(http, endpoint) == learned
+
+
+@pytest.mark.parametrize(
+    "said", ["9" * 10_000, 10**23, 1, 255], ids=["10k-digits", "10**23", "1", "255"]
+)
+def test_a_window_no_model_has_is_not_learned(said: object) -> None:
+    """``num_ctx`` of 10,000 digits ended ``autonomy run`` with a traceback; 10**23
+    was learned and sent back as num_ctx; 1 fitted every prompt to nothing."""
+    with ScriptedModelServer(context=said) as server, httpx.Client() as http:  # type: ignore[arg-type]
+        found = discover(http, Endpoint(base_url=server.url, model="qwen2.5:14b"))
+    assert found == Learned(trained=32768, source="/api/show")
 
 
 def test_vllm_s_max_model_len_is_the_window() -> None:

@@ -3,10 +3,13 @@ streamed and not, retries, typed errors, fallbacks, discovery."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -574,3 +577,63 @@ def test_request_bodies_are_json_the_servers_can_read(
         make_client().chat(at(server), [Message(role="user", content='ünïcode ✓ "quotes"')])
     assert server.chat_requests[0].body["messages"][0]["content"] == 'ünïcode ✓ "quotes"'
     assert json.dumps(server.chat_requests[0].body)
+
+
+class _Compressing(BaseHTTPRequestHandler):
+    """A server that gzips every answer, asked to or not: 8 MiB of zeros in 8 KB."""
+
+    body = gzip.compress(b"\0" * (8 * 2**20))
+    asked: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def _answer(self) -> None:
+        self.asked.append(self.headers.get("Accept-Encoding"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_compressed_though_asked_not_to_be_is_refused_unpacked(
+    make_client: Callable[..., ModelClient],
+) -> None:
+    """httpx unpacks what it reads, and the cap counted what it unpacked to: a gzip of
+    1,827 bytes (a bomb, twice packed) took the engine to 7 GB. The client asks for
+    no compression, counts the bytes as sent, and refuses a compressed answer; so
+    does the discovery of a model's window."""
+    from engine.model.discovery import discover
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ModelResponseInvalid, match=r"compressed \(gzip"):
+            make_client().chat(Endpoint(base_url=url, model="m"), ASK)
+        with httpx.Client() as http_client:
+            said = discover(http_client, Endpoint(base_url=url, model="m"))
+        assert isinstance(said, str) and "compressed" in said
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+    assert _Compressing.asked and set(_Compressing.asked) == {"identity"}
+
+
+def test_lines_split_from_one_byte_pieces_are_whole() -> None:
+    """A line that arrived a byte at a time was split again at each byte."""
+    from engine.model.client import _lines
+
+    body = b'{"a": 1}\n{"b": 2}\ntail'
+    assert list(_lines(bytes([b]) for b in body)) == [b'{"a": 1}', b'{"b": 2}', b"tail"]

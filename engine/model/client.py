@@ -74,6 +74,7 @@ from engine.model.wire import (
     parse_models,
     parse_stream,
 )
+from engine.terminal import printable
 from events.schema import Message
 
 T = TypeVar("T")
@@ -334,6 +335,7 @@ class ModelClient:
                     timeout=call.bounds.timeouts.for_httpx(remaining),
                     **request,
                 )
+                sent.headers["Accept-Encoding"] = "identity"  # see _pieces
                 response = self.http.send(sent, stream=True)
                 try:
                     chunks = self._pieces(response, call, endpoint)
@@ -351,13 +353,24 @@ class ModelClient:
 
     def _pieces(self, response: httpx.Response, call: _Call, endpoint: Endpoint) -> Iterator[bytes]:
         """The body as it arrives, counted: past the cap or the deadline it stops
-        with the matching error (checked per piece, so a trickle is cut too)."""
+        with the matching error (checked per piece, so a trickle is cut too). The
+        bytes as sent: a body compressed although the request asked for none is
+        refused, since its cap would count what arrived, not what it unpacks to (a
+        gzip of 1,827 bytes unpacked to 1 GiB, and the engine to 7 GB)."""
         limit = call.bounds.max_response_bytes
         declared = response.headers.get("Content-Length", "")
         if response.is_success and declared.isdigit() and int(declared) > limit:
             raise _too_large(endpoint, limit, f"it announced {int(declared)} bytes")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if response.is_success and encoding not in ("", "identity"):
+            raise ModelResponseInvalid(
+                f"{endpoint.label}: the answer is compressed ({printable(encoding)[:40]}) "
+                "though autonomy asks for none (Accept-Encoding: identity)"
+            )
         received = 0
-        for piece in response.iter_bytes():
+        # (a response already read, as an in-process transport gives, is only in memory)
+        pieces = response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
+        for piece in pieces:
             received += len(piece)
             if received > limit and response.is_success:
                 raise _too_large(endpoint, limit, f"more than {limit} bytes arrived")
@@ -481,13 +494,15 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Lines (NDJSON, or server-sent events) from body pieces, as bytes: decoding
     stays with the JSON parser, which reports bad UTF-8 as a bad answer instead of
     raising."""
-    pending = b""
+    pending = bytearray()
     for piece in chunks:
         pending += piece
-        *complete, pending = pending.split(b"\n")
-        yield from complete
+        if b"\n" in piece:  # else no new line: nothing to split (a line of 1-byte pieces
+            *complete, rest = pending.split(b"\n")  # was split again at each, quadratic)
+            yield from map(bytes, complete)
+            pending = bytearray(rest)
     if pending:
-        yield pending
+        yield bytes(pending)
 
 
 @contextlib.contextmanager

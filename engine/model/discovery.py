@@ -31,6 +31,7 @@ server.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ from engine.model.wire import token_count
 from events.schema import ModelContextLearned
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+DEADLINE = 15.0
+"""The longest one discovery request may take once its answer has begun."""
 """Discovery is a courtesy: a server slow to say its window is not waited for."""
 
 MAX_BYTES = 4_000_000
@@ -58,6 +61,15 @@ class Learned(msgspec.Struct, frozen=True, kw_only=True):
     context: int = 0
     trained: int = 0
     source: str = ""
+
+
+MIN_WINDOW = 256
+"""The smallest window a server may say: one of 1 token fitted every prompt to
+nothing."""
+
+
+def _window(tokens: int) -> int:
+    return tokens if tokens >= MIN_WINDOW else 0
 
 
 class _Unanswered(Exception):
@@ -78,9 +90,9 @@ def discover(http: httpx.Client, endpoint: Endpoint) -> Learned | str:
         except _Unanswered as e:
             reasons.append(str(e))
             continue
-        learned = Learned(
-            context=learned.context or found.context,
-            trained=learned.trained or found.trained,
+        learned = Learned(  # a window too small for a system prompt is no window
+            context=learned.context or _window(found.context),
+            trained=learned.trained or _window(found.trained),
             source=learned.source or found.source,
         )
         if learned.context:
@@ -157,7 +169,10 @@ def _ollama_show(http: httpx.Client, endpoint: Endpoint) -> Learned:
         trained = next(
             (token_count(v) for k, v in info.items() if str(k).endswith(".context_length")), 0
         )
-    return Learned(context=int(said.group(1)) if said else 0, trained=trained, source="/api/show")
+    # a number the line says, in the range a window can be (10,000 digits were a
+    # ValueError, a window of 10**23 tokens was learned and sent back as num_ctx)
+    context = token_count(int(said.group(1))) if said and len(said.group(1)) <= 16 else 0
+    return Learned(context=context, trained=trained, source="/api/show")
 
 
 def _props(http: httpx.Client, endpoint: Endpoint) -> Learned:
@@ -193,14 +208,21 @@ def _ask(
 ) -> dict[str, Any]:
     url = endpoint.label + path
     try:
-        with http.stream(method, url, json=body, timeout=TIMEOUT) as response:
+        headers = {"Accept-Encoding": "identity"}  # and only what arrives is counted
+        ends_at = time.monotonic() + DEADLINE
+        with http.stream(method, url, json=body, timeout=TIMEOUT, headers=headers) as response:
             if not response.is_success:
                 raise _Unanswered(f"{path}: HTTP {response.status_code}")
+            if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+                raise _Unanswered(f"{path}: the answer is compressed, though asked not to be")
             content = bytearray()
-            for piece in response.iter_bytes():
+            raw = response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
+            for piece in raw:
                 content += piece
                 if len(content) > MAX_BYTES:
                     raise _Unanswered(f"{path}: the answer is larger than {MAX_BYTES} bytes")
+                if time.monotonic() > ends_at:  # a trickle: discovery is a courtesy
+                    raise _Unanswered(f"{path}: no whole answer within {DEADLINE:g} s")
     except httpx.HTTPError as e:
         raise _Unanswered(f"{path}: {type(e).__name__}: {e}") from e
     try:
