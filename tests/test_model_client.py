@@ -3,8 +3,10 @@ streamed and not, retries, typed errors, fallbacks, discovery."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ import pytest
 from waiting import refusing_url
 
 from engine.errors import (
+    ModelDeadline,
     ModelError,
     ModelHTTPError,
     ModelResponseInvalid,
@@ -206,9 +209,9 @@ def test_model_identity_names_the_weights(make_client: Callable[..., ModelClient
         openai = make_client().chat(at(server, "openai", "qwen2.5-coder:32b"), ASK)
         bare = make_client(identify_models=False).chat(at(server), ASK)
         tags = [r for r in server.requests if r.path == "/api/tags"]
-    digest = next(
-        m.digest for m in make_client().list_models(server.url) if m.name == "qwen2.5:14b"
-    )
+        digest = next(
+            m.digest for m in make_client().list_models(server.url) if m.name == "qwen2.5:14b"
+        )
     assert ollama.model_identity == f"qwen2.5:14b@{digest}"
     assert openai.model_identity == "qwen2.5-coder:32b@fp_scripted"
     assert bare.model_identity == "qwen2.5:14b"
@@ -637,3 +640,44 @@ def test_lines_split_from_one_byte_pieces_are_whole() -> None:
 
     body = b'{"a": 1}\n{"b": 2}\ntail'
     assert list(_lines(bytes([b]) for b in body)) == [b'{"a": 1}', b'{"b": 2}', b"tail"]
+
+
+def _stalling_server(how: str) -> tuple[socket.socket, threading.Event]:
+    """A server that keeps a request waiting, one way or another, until ``stop`` is
+    set, the client goes, or 20 s have passed (so that a client that would wait for
+    ever fails the test instead of hanging it): ``1xx`` sends ``102 Processing`` again
+    and again, ``headers`` sends its status line, then a header a byte at a time."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                if how == "headers":
+                    connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                ends = time.monotonic() + 20
+                while not stop.wait(0.1) and time.monotonic() < ends:
+                    connection.sendall(b"HTTP/1.1 102 Processing\r\n\r\n" if how == "1xx" else b"X")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, stop
+
+
+@pytest.mark.parametrize("how", ["1xx", "headers"])
+def test_the_deadline_ends_a_call_waiting_for_its_answer_to_begin(how: str) -> None:
+    """httpx bounds each read, not the whole: a server that sent ``102 Processing``
+    every second, or its headers a byte at a time, kept a call (and the run) waiting
+    for ever, whatever the role's deadline."""
+    listener, stop = _stalling_server(how)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    client = ModelClient(httpx.Client(), retry=RetryPolicy(attempts=1), deadline=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelDeadline):
+            client.chat(Endpoint(base_url=url, model="m"), ASK)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 30, "ended by the deadline, not by the test"

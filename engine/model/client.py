@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import random as _random
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -80,6 +82,9 @@ from events.schema import Message
 T = TypeVar("T")
 
 ERROR_BODY_LIMIT = 65_536
+LOOKUP_SECONDS = 10.0
+"""The longest the lookup of a model's digest after an answer may take (a courtesy:
+it waited up to the client's default read timeout, ten minutes, on a silent server)."""
 """Bytes of an error body read for its message; the rest is not read."""
 
 
@@ -292,8 +297,9 @@ class ModelClient:
     def _digest(self, endpoint: Endpoint, model: str) -> str:
         key = (endpoint.label, model)
         if key not in self._digests:
+            lookup = _Call(bounds=self.bounds, ends_at=None, budget=LOOKUP_SECONDS)
             try:
-                models = self._list_once(self._call(None), endpoint)
+                models = self._list_once(lookup, endpoint)
             except ModelError:
                 models = ()
             self._digests[key] = next(
@@ -336,14 +342,23 @@ class ModelClient:
                     **request,
                 )
                 sent.headers["Accept-Encoding"] = "identity"  # see _pieces
-                response = self.http.send(sent, stream=True)
-                try:
-                    chunks = self._pieces(response, call, endpoint)
-                    if not response.is_success:
-                        raise _status_error(response, endpoint, _head(chunks, ERROR_BODY_LIMIT))
-                    yield chunks
-                finally:
-                    response.close()
+                with Watchdog(
+                    sent, remaining if remaining is not None else call.budget
+                ) as watchdog:
+                    try:
+                        response = self.http.send(sent, stream=True)
+                        try:
+                            chunks = self._pieces(response, call, endpoint)
+                            if not response.is_success:
+                                head = _head(chunks, ERROR_BODY_LIMIT)
+                                raise _status_error(response, endpoint, head)
+                            yield chunks
+                        finally:
+                            response.close()
+                    except (httpx.HTTPError, OSError) as error:
+                        if watchdog.fired:
+                            raise _deadline_passed(call, endpoint) from error
+                        raise
         except ModelTimeout as error:
             cause = error.__cause__
             phase = _TIMEOUT_PHASES.get(type(cause)) if cause is not None else None
@@ -427,12 +442,52 @@ class ModelClient:
         return retry.delay(failures, self._random)
 
 
+class Watchdog:
+    """Ends an exchange at its deadline, whatever it is waiting for. httpx bounds each
+    read, not the whole: a server that sends ``102 Processing`` every second, or its
+    headers a byte at a time, kept a call (and the run) waiting for ever. The
+    connection is made for this request alone (``Connection: close``), so that its
+    socket is known (httpcore's trace), and shut down when the time is up."""
+
+    def __init__(self, request: httpx.Request, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._streams: list[Any] = []
+        self._timer: threading.Timer | None = None
+        if seconds is not None:
+            request.headers["Connection"] = "close"
+            request.extensions["trace"] = self._trace
+
+    def _trace(self, name: str, info: dict[str, Any]) -> None:
+        if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._streams.append(info.get("return_value"))
+
+    def __enter__(self) -> Watchdog:
+        if self.seconds is not None:
+            self._timer = threading.Timer(max(self.seconds, 0.0), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        self.fired = True
+        for stream in self._streams:
+            with contextlib.suppress(OSError, AttributeError):
+                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # wakes its read
+
+
 @dataclass(frozen=True)
 class _Call:
     """One call's bounds and the clock time its deadline falls at (None: none)."""
 
     bounds: Bounds
     ends_at: float | None
+    budget: float | None = None
+    """Seconds the exchange may take when there is no deadline (``LOOKUP_SECONDS``)."""
 
 
 def _checked(bounds: Bounds) -> Bounds:

@@ -30,6 +30,7 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from engine.model.client import Watchdog
 from engine.model.recording import RunLog
 from engine.model.roles import ROLE_NAMES, Endpoint, Roles
 from engine.model.wire import token_count
@@ -210,7 +212,14 @@ def _ask(
     try:
         headers = {"Accept-Encoding": "identity"}  # and only what arrives is counted
         ends_at = time.monotonic() + DEADLINE
-        with http.stream(method, url, json=body, timeout=TIMEOUT, headers=headers) as response:
+        request = http.build_request(method, url, json=body, timeout=TIMEOUT, headers=headers)
+        with Watchdog(request, DEADLINE) as watchdog:
+            try:
+                response = http.send(request, stream=True)
+            except httpx.HTTPError as e:
+                said = "no answer in time" if watchdog.fired else f"{type(e).__name__}: {e}"
+                raise _Unanswered(f"{path}: {said}") from e
+        with contextlib.closing(response):
             if not response.is_success:
                 raise _Unanswered(f"{path}: HTTP {response.status_code}")
             if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
