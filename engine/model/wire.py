@@ -567,6 +567,8 @@ def parse_openai_stream(
     """
     content: list[str] = []
     calls: dict[int, _CallParts] = {}
+    by_id: dict[str, int] = {}
+    top: int | None = None
     finish = ""
     model = fingerprint = ""
     usage = _OpenAIUsage()
@@ -607,23 +609,28 @@ def parse_openai_stream(
             pieces = [delta.content] if delta.content else []
             content.append(delta.content or "")
             for call in delta.tool_calls or ():
-                index = call.index if call.index is not None else _unindexed(calls, call.id)
-                pieces += calls.setdefault(index, _CallParts()).add(call)
+                index = call.index if call.index is not None else _unindexed(by_id, top, call.id)
+                parts = calls.setdefault(index, _CallParts())
+                pieces += parts.add(call)
+                top = index if top is None else max(top, index)
+                if parts.id:
+                    by_id.setdefault(parts.id, index)
             if on_piece is not None:
                 for piece in pieces:
                     on_piece(piece)
     raise ModelUnavailable("the stream ended before its last event (data: [DONE])")
 
 
-def _unindexed(calls: dict[int, _CallParts], call_id: str | None) -> int:
+def _unindexed(by_id: dict[str, int], top: int | None, call_id: str | None) -> int:
     """Where a delta without an ``index`` (some servers) goes: the call with its id,
-    a new call for a new id, else the last call."""
-    for index, parts in calls.items():
-        if call_id and parts.id == call_id:
-            return index
-    if call_id or not calls:
-        return max(calls, default=-1) + 1
-    return max(calls)
+    a new call for a new id, else the last call (``top``, the highest index so far;
+    None before any). Looked up, not searched: a search per delta made an answer of
+    20,000 such calls take 22 s."""
+    if call_id and call_id in by_id:
+        return by_id[call_id]
+    if top is None:
+        return 0
+    return top + 1 if call_id else top
 
 
 def parse_stream(
