@@ -38,7 +38,9 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], align: Align = 
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    # one row a line: a value's line break (a model's task title, a command's output)
+    # would start a row of its own, one that could read as any other
+    return "" if value is None else str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _is_number(value: Any) -> bool:

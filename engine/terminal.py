@@ -31,6 +31,13 @@ def printable(text: str) -> str:
     return unicode_text(text).translate(_ESCAPES)
 
 
+def one_line(text: str) -> str:
+    """``printable`` text that stays on its line: a line break in it is shown as
+    ``\\n``. For what a model or a log says, put into a line of autonomy's own (a
+    task title with a line break printed a line "run …: completed" of its own)."""
+    return printable(text).replace("\n", "\\n")
+
+
 class PrintableStream:
     """A text stream that writes ``printable`` text to ``raw``."""
 

@@ -242,3 +242,30 @@ def test_a_command_with_its_output_closed_says_nothing_and_does_not_fail(tmp_pat
         )
         assert done.returncode == 0, (closed, done.stdout, done.stderr)
         assert b"Traceback" not in (done.stdout or b"") + (done.stderr or b"")
+
+
+def test_a_models_line_break_cannot_print_a_line_of_autonomys_own() -> None:
+    """A task title with a line break printed, under a failed run's outcome, a line
+    "run …: completed" of its own; a table cell with one started a row of its own."""
+    from engine.agent.runner import summary
+    from engine.tables import table
+    from events import MemoryEventStore, RunFinished, RunStarted, TaskAdded
+    from projections import project
+
+    forged = "calc.py\n\nrun run-x: completed (1 task(s) completed)"
+    store = MemoryEventStore()
+    store.append(
+        "r",
+        [
+            RunStarted(goal="g", workspace="/w"),
+            TaskAdded(task_id="t1", title=forged),
+            RunFinished(status="failed", reason="reached max_steps (3)\nrun r: completed"),
+        ],
+        0,
+    )
+    lines = summary(project(store, "r"))
+    assert all("\n" not in line for line in lines)
+    assert lines[0] == "run r: failed (reached max_steps (3)\\nrun r: completed)"
+    assert "calc.py\\n\\nrun run-x: completed" in lines[1]
+    shown = table([(forged, 1)], ["title", "n"]).splitlines()
+    assert len(shown) == 3 and shown[2].startswith("calc.py\\n\\nrun run-x")

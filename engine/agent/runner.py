@@ -49,6 +49,7 @@ from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
+from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.sandbox import not_a_project
@@ -273,8 +274,10 @@ class Engine:
             call = self.log.orchestration.open_calls.get(event.call_id)
             who = f"{call.role} ({call.model}) " if call else ""
             self.progress(
-                f"model call failed: {who}at {event.endpoint or '?'}: {event.kind}: "
-                f"{event.detail} (attempt {event.attempt})"
+                one_line(
+                    f"model call failed: {who}at {event.endpoint or '?'}: {event.kind}: "
+                    f"{event.detail} (attempt {event.attempt})"
+                )
             )
 
     def _report(self, step: Step) -> None:
@@ -283,8 +286,10 @@ class Engine:
         task = f" {step.task_id}" if step.task_id else ""
         who = " (arbiter)" if self._decided_by == "arbiter" else ""
         self.progress(
-            f"step {p.steps:>3} | {p.phase:<13} | {step.action}{task}{who} | {tokens} tokens "
-            f"| {step.reason}"
+            one_line(
+                f"step {p.steps:>3} | {p.phase:<13} | {step.action}{task}{who} | {tokens} tokens "
+                f"| {step.reason}"
+            )
         )
 
     # -- resume ------------------------------------------------------------------------
@@ -378,7 +383,7 @@ def summary(state: RunState) -> list[str]:
             f"  model {model}: {usage.calls} calls, {usage.failures} failed attempts, "
             f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
         )
-    return lines
+    return [one_line(line) for line in lines]  # each its own line, whatever a model wrote
 
 
 def http_client(settings: Settings) -> httpx.Client:
