@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from waiting import reaped, wait_until
 
 from engine.cli import cli
 from engine.runs.demo import CALC_V1, GOAL, DemoModels
@@ -364,6 +365,38 @@ def test_a_fork_stopped_before_its_event_leaves_no_run_and_can_be_given_again(
     assert code == 0, out
     assert snapshot(new) == then
     assert not (new / ".autonomy").exists()
+
+
+PAUSED_BEFORE_ITS_EVENT = STOPPED_BEFORE_ITS_EVENT.replace(
+    "        os.kill(os.getpid(), int(sys.argv[1]))",
+    "        while not os.path.exists(sys.argv[1]):\n            time.sleep(0.01)",
+).replace("import os, sys", "import os, sys, time")
+
+
+def test_a_fork_about_to_write_its_event_is_not_taken_for_an_abandoned_one(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A second fork into the same workspace found the first one's mark while the
+    first was about to write its event, took its workspace for abandoned, removed it,
+    and both forks were made, sharing one workspace. A mark whose process runs is
+    not abandoned."""
+    db, _, version, then = first_review
+    new, go = tmp_path / "fork-ws", tmp_path / "go"
+    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--db", str(db)]
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_BEFORE_ITS_EVENT, str(go), *args, "--as", "f1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    with reaped(first):
+        wait_until(lambda: (new / ".autonomy" / "forking").exists(), "the first fork is paused")
+        code, out = invoke(*args, "--as", "f2")
+        assert code == 1 and "not an empty directory" in out, out
+        go.write_text("")
+        assert first.wait(timeout=120) == 0
+    assert snapshot(new) == then
+    with open_store(db) as store:
+        assert store.last_version("f1") == 1 and store.last_version("f2") == 0
 
 
 def test_two_forks_into_one_workspace_at_once_make_one_fork_and_one_clear_error(

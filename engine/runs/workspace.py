@@ -351,12 +351,20 @@ def _remove_abandoned_copies(workspace: Path) -> None:
         found = pattern.fullmatch(candidate.name)
         if found is None or not candidate.is_dir() or candidate.is_symlink():
             continue
-        try:
-            os.kill(int(found.group(1)), 0)
-        except ProcessLookupError:
+        if _gone(found.group(1)):
             shutil.rmtree(candidate, ignore_errors=True)
-        except (PermissionError, OverflowError, ValueError):
-            continue  # alive under another user, or no process id at all
+
+
+def _gone(pid: str) -> bool:
+    """Whether no process ``pid`` runs here (one of another user's, or a text that is
+    no process id, is not known to be gone)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return False
 
 
 def _check_version(store: EventStore, run_id: str, version: int) -> int:
@@ -519,7 +527,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     try:
         restored = restore(store, run_id, at, partial, copy_from=parent_workspace)
         (partial / FORKING).parent.mkdir(exist_ok=True)
-        (partial / FORKING).write_text(new_run_id)
+        (partial / FORKING).write_text(f"{new_run_id} {os.getpid()}")
         try:
             partial.rename(workspace)  # onto an empty directory too
         except OSError as e:  # filled meanwhile (another fork into it), or made a file
@@ -546,15 +554,17 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
 
 FORKING = Path(".autonomy") / "forking"
 """In a fork's workspace from its copy until its ``run.forked`` is written: the run it
-is for. Killed in between, the fork leaves a workspace that no run has; the same
+is for, and the forking process's id. Killed in between, the fork leaves a workspace that no run has; the same
 command given again finds this and starts over (``_abandoned_fork``). Under
 ``.autonomy/``, which no snapshot records and no command sees."""
 
 
 def _abandoned_fork(store: EventStore, workspace: Path) -> bool:
-    """Whether ``workspace`` is a fork's that was killed before its event was written."""
+    """Whether ``workspace`` is a fork's that was killed before its event was written:
+    its run is not in the log and its process is gone (one still running is about to
+    write the event: another fork into the same workspace took its workspace away)."""
     try:
-        run_id = (workspace / FORKING).read_text().strip()
-    except (OSError, UnicodeDecodeError):
+        run_id, pid = (workspace / FORKING).read_text().split()
+    except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return bool(run_id) and store.last_version(run_id) == 0
+    return store.last_version(run_id) == 0 and _gone(pid)
