@@ -681,3 +681,24 @@ def test_the_deadline_ends_a_call_waiting_for_its_answer_to_begin(how: str) -> N
         stop.set()
         listener.close()
     assert time.monotonic() - started < 30, "ended by the deadline, not by the test"
+
+
+def test_an_answer_of_more_tool_calls_than_any_needs_is_refused(
+    make_client: Callable[..., ModelClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call past ``max_calls_per_answer`` is refused and recorded: an answer of
+    45,000 calls wrote 90,000 events in one step. Past ``MAX_TOOL_CALLS`` the answer
+    is no answer (here 3, for a small script)."""
+    from engine.model import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_TOOL_CALLS", 3)
+    calls = [("read_file", {"path": f"f{i}.py"}) for i in range(4)]
+    for api in ("ollama", "openai"):
+        with (
+            ScriptedModelServer([Reply.calls(*calls)]) as server,
+            pytest.raises(
+                ModelResponseInvalid,
+                match="holds 4 tool calls; no answer is taken with more than 3",
+            ),
+        ):
+            make_client().chat(at(server, api), ASK)

@@ -82,6 +82,10 @@ from events.schema import Message
 T = TypeVar("T")
 
 ERROR_BODY_LIMIT = 65_536
+MAX_TOOL_CALLS = 1_000
+"""The most tool calls an answer may hold: past ``limits.max_calls_per_answer`` each
+is refused, and recorded (two events), so an answer of 45,000 calls wrote 90,000
+events (44 MB) in one step."""
 LOOKUP_SECONDS = 10.0
 """The longest the lookup of a model's digest after an answer may take (a courtesy:
 it waited up to the client's default read timeout, ten minutes, on a silent server)."""
@@ -226,6 +230,11 @@ class ModelClient:
             else:
                 reply = parse_chat(endpoint.api, b"".join(chunks))
         elapsed_ms = (self._clock() - started) * 1000.0
+        if len(reply.tool_calls) > MAX_TOOL_CALLS:
+            raise ModelResponseInvalid(
+                f"{endpoint.label}: the answer holds {len(reply.tool_calls):,} tool calls; "
+                f"no answer is taken with more than {MAX_TOOL_CALLS:,}"
+            )
         return self._finish(reply, endpoint, tools, elapsed_ms)
 
     def _finish(
