@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from engine.agent.runlog import RunLog, check_run_id
 from engine.errors import ToolError
-from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project
+from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project, remove_tree
 from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
@@ -512,7 +511,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
         raise HistoryError(f"there is already a run {new_run_id!r} in this log")
     workspace = workspace.resolve()
     if _abandoned_fork(store, workspace):
-        subprocess.run(["rm", "-rf", "--", str(workspace)], check=False, capture_output=True)
+        remove_tree(workspace)
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
         raise HistoryError(f"{workspace} is not an empty directory; a fork needs a new workspace")
     parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
@@ -554,9 +553,10 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
 
 FORKING = Path(".autonomy") / "forking"
 """In a fork's workspace from its copy until its ``run.forked`` is written: the run it
-is for, and the forking process's id. Killed in between, the fork leaves a workspace that no run has; the same
-command given again finds this and starts over (``_abandoned_fork``). Under
-``.autonomy/``, which no snapshot records and no command sees."""
+is for, and the forking process's id. Killed in between, the fork leaves a workspace
+that no run has; the same command given again finds this and starts over
+(``_abandoned_fork``). Under ``.autonomy/``, which no snapshot records and no
+command sees."""
 
 
 def _abandoned_fork(store: EventStore, workspace: Path) -> bool:

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import Sandbox
+from engine.tools.sandbox import Sandbox, remove_tree
 from engine.tools.snapshot import WorkspaceDigests, changes
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
@@ -197,15 +196,11 @@ def _listed(paths: Sequence[str]) -> str:
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
     """Remove each ``.git`` a command made (``REPOSITORY``), links not followed; the
-    names that are still there. ``rm -rf`` rather than ``shutil.rmtree``, which
-    recurses in Python: a tree a few thousand levels deep raised ``RecursionError``
-    and left the repository, and the command's changes unrecorded."""
+    names that are still there."""
     for name in names:
         path = root / name
         if path.is_dir() and not path.is_symlink():
-            subprocess.run(
-                ["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True
-            )
+            remove_tree(path)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -15,6 +15,7 @@ are written for the model, since they go back to it as the tool result.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path, PurePosixPath
 
 from engine.errors import PathOutsideWorkspace, ToolError
@@ -163,3 +164,10 @@ def not_a_project(directory: Path) -> str:
     if resolved in SYSTEM_DIRECTORIES or resolved == home or resolved in home.parents:
         return "the file system's root, a system directory or a home directory, no project's"
     return ""
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and all under it, following no link, however deep: ``rm -rf``
+    rather than ``shutil.rmtree``, which recurses in Python (a tree a command made a
+    few thousand levels deep raised ``RecursionError``)."""
+    subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
