@@ -300,6 +300,52 @@ def test_a_run_stopped_by_its_step_limit_replays(
     assert_replays(store, run_id)
 
 
+class Absolute(Quick):
+    """Names its files by absolute paths, plans a task through a link in the
+    workspace: the tools resolve both in the replay's scratch copy."""
+
+    workspace = Path()
+
+    def _plan(self) -> Reply:
+        return Reply.tool(
+            "create_task_plan",
+            tasks=[
+                {"title": "calc", "target_file": str(self.workspace / "calc.py")},
+                {"title": "tests", "target_file": "linked/test_calc.py", "dependencies": ["calc"]},
+            ],
+        )
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        target = str(self.workspace / ("calc.py" if task == "t1" else "test_calc.py"))
+        if done == 0:
+            return Reply.tool("create_file", path=target, content=f"# {task}\n")
+        return Reply.tool("complete_task", task_id=task, summary="written")
+
+
+def test_absolute_paths_and_a_plan_through_a_link_replay_in_the_scratch_copy(
+    tmp_path: Path,
+) -> None:
+    """The recorded workspace's absolute paths name the scratch copy's files, and a
+    plan's target is its text (the engine's own tools read no workspace): both
+    used to diverge, a path under the recorded workspace being outside the copy."""
+    workspace = tmp_path / "ws"
+    (workspace / "real").mkdir(parents=True)
+    (workspace / "linked").symlink_to("real", target_is_directory=True)
+    models = Absolute()
+    models.workspace = workspace
+    store = KillableStore()
+    with ScriptedModelServer(models, models=["m"]) as running:
+        start(store, workspace, running)
+    state = project(store, "r")
+    assert state.pipeline.status == "completed"
+    assert [t.target_file for t in state.pipeline.tasks.values()] == [
+        "calc.py",
+        "linked/test_calc.py",
+    ]
+    assert_replays(store, "r")
+    assert_replays(store, "r", tools="recorded")
+
+
 @settings(
     max_examples=6,
     deadline=None,

@@ -238,3 +238,25 @@ def test_dot_dot_after_a_link_is_read_as_the_kernel_reads_it(tmp_path: Path) -> 
         Sandbox(workspace).resolve("link/..")
     (workspace / "sub").mkdir()
     assert Sandbox(workspace).resolve("sub/..") == workspace.resolve()
+
+
+def test_the_workspace_known_as_the_logs_path_takes_absolute_paths_under_it(
+    tmp_path: Path,
+) -> None:
+    """A replay's tools work in a scratch copy of the workspace; an absolute path the
+    model gave under the recorded workspace names the copy's file, and is read as
+    the kernel would read it there (a link before ``..`` is followed in the copy)."""
+    recorded, copy = tmp_path / "recorded", tmp_path / "copy"
+    (recorded / "src").mkdir(parents=True)
+    (copy / "src").mkdir(parents=True)
+    (copy / "out").symlink_to(tmp_path, target_is_directory=True)
+    sandbox = Sandbox(copy, known_as=recorded)
+    assert sandbox.resolve(str(recorded / "src" / "app.py")) == copy.resolve() / "src" / "app.py"
+    assert sandbox.relative(sandbox.resolve(str(recorded / "src" / ".." / "a.py"))) == "a.py"
+    with pytest.raises(PathOutsideWorkspace, match="symbolic link"):
+        sandbox.resolve(f"{recorded}/out/../x")
+    with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
+        sandbox.resolve(str(tmp_path / "elsewhere.py"))
+    # without the name, the recorded path is outside, as for any run
+    with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
+        Sandbox(copy).resolve(str(recorded / "src" / "app.py"))

@@ -113,6 +113,7 @@ def run_conversation(
         output_cap=settings.tools.output_cap,
         confinement=confinement,
         digests=digests,
+        known_as=log.pipeline.workspace,
     )
     for turn in range(1, limit + 1):
         try:

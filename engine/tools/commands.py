@@ -36,7 +36,7 @@ from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import Sandbox, remove_tree
+from engine.tools.sandbox import remove_tree
 from engine.tools.snapshot import WorkspaceDigests, changes
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
@@ -110,7 +110,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         raise ToolError(f"command not allowed: {shown}. Allowed commands start with: {permitted}")
     if any("\x00" in a for a in argv):
         raise ToolError("an argument contains a NUL byte")
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     check_argv(argv, sandbox, skip=_prefix_length(argv, ctx.allowlist))
     executable = [sys.executable, *argv[1:]] if argv[0] in _PYTHON_NAMES else argv
     timeout = ctx.command_timeout

@@ -201,7 +201,7 @@ def _is_binary(data: bytes) -> bool:
 
 def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Return a text file's content, from ``start_line``, up to ``max_read_bytes``."""
-    _, rel, data = _read_bytes(Sandbox(ctx.workspace), args.path, MAX_TEXT_FILE_BYTES)
+    _, rel, data = _read_bytes(ctx.sandbox(), args.path, MAX_TEXT_FILE_BYTES)
     if _is_binary(data):
         raise ToolError(f"{rel} is a binary file ({len(data)} bytes); only text files can be read")
     lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
@@ -266,7 +266,7 @@ def _entries(directory: Path, sandbox: Sandbox) -> list[os.DirEntry[str]]:
 
 def list_directory(args: ListDirectoryArgs, ctx: ToolContext) -> ToolOutcome:
     """List a directory: one entry per line, directories with a trailing ``/``."""
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     top = sandbox.resolve(args.path)
     rel = sandbox.relative(top)
     if not top.exists():
@@ -288,7 +288,7 @@ def list_directory(args: ListDirectoryArgs, ctx: ToolContext) -> ToolOutcome:
 
 def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     """Find lines matching a substring or regex in the workspace's text files."""
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     top = sandbox.resolve(args.path)
     import regex  # here, not at the top: importing it takes 14 ms of every command's start
 
@@ -397,7 +397,7 @@ def _commit(ctx: ToolContext, path: Path, rel: str, before: bytes | None, text: 
 
 def create_file(args: CreateFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Create a file with the given content (or replace it, with ``overwrite``)."""
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     path = sandbox.resolve(args.path)
     rel = sandbox.relative(path)
     if path.is_dir():
@@ -518,7 +518,7 @@ def apply_edit(
 def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Replace one unique piece of a file (exactly, or ignoring whitespace if that
     match is unique); the file is untouched when the edit cannot be placed."""
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     path, rel, before = _read_bytes(sandbox, args.path, MAX_TEXT_FILE_BYTES)
     try:
         text = before.decode("utf-8")
@@ -537,7 +537,7 @@ def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
 
 def delete_file(args: DeleteFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Delete one file (never a directory); its content stays in the blob store."""
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     path, rel, before = _read_bytes(sandbox, args.path)
     digest = ctx.blobs.put(before)
     try:

@@ -25,6 +25,7 @@ import msgspec
 
 from engine.errors import ToolError
 from engine.terminal import unicode_text
+from engine.tools.sandbox import Sandbox
 from events.schema import Event, FileChange
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ class ToolContext:
     digests: WorkspaceDigests | None = None
     """The run's cache of file digests, so a command's snapshot rehashes only what
     changed; None: hash every file."""
+    known_as: str = ""
+    """The workspace's path as the log records it, where it differs from
+    ``workspace`` (a replay works in a scratch copy): see ``Sandbox``."""
+
+    def sandbox(self) -> Sandbox:
+        """The resolver for every path this call is given."""
+        return Sandbox(self.workspace, known_as=self.known_as)
 
 
 class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,11 +46,17 @@ class Sandbox:
     """One workspace: ``resolve`` turns model paths into safe absolute paths and
     ``relative`` turns them back into the workspace-relative form events record."""
 
-    def __init__(self, workspace: Path | str) -> None:
+    def __init__(self, workspace: Path | str, *, known_as: Path | str = "") -> None:
         # Resolve once: on systems where the temp dir is itself a symlink
         # (/tmp -> /private/tmp) every comparison below uses the real location.
         self.root = Path(workspace).resolve(strict=True)
-        self._given = Path(os.path.abspath(workspace))
+        names = [self.root, Path(os.path.abspath(workspace))]
+        if known_as:
+            # the path the log records for the workspace, where the tools work in a
+            # copy of it (a replay's scratch): an absolute path the model gave under
+            # it named the workspace's file then, and names the copy's now
+            names.append(Path(os.path.abspath(known_as)))
+        self._names = tuple(dict.fromkeys(names))
 
     def lexical(self, raw: str) -> Path:
         """``raw`` inside the workspace by its text alone, links not followed: what a
@@ -93,7 +99,7 @@ class Sandbox:
         # '..' the two readings are the same path.)
         candidates = [resolved]
         if ".." in raw.split("/"):
-            candidates.append(Path(os.path.realpath(self.root / raw)))
+            candidates.append(Path(os.path.realpath(self.root / self._below_name(raw))))
         for candidate in candidates:
             if not candidate.is_relative_to(self.root):
                 raise PathOutsideWorkspace(
@@ -102,6 +108,15 @@ class Sandbox:
                 )
             self._refuse_protected(raw, candidate.relative_to(self.root).parts)
         return resolved
+
+    def _below_name(self, raw: str) -> str:
+        """``raw`` as the kernel would walk it from the workspace: an absolute path
+        written under one of the workspace's names, from there (unnormalised)."""
+        for name in self._names:
+            prefix = f"{name}/"
+            if raw.startswith(prefix):
+                return raw[len(prefix) :]
+        return raw
 
     def relative(self, path: Path) -> str:
         """``path`` (as returned by ``resolve``) relative to the workspace, in POSIX
@@ -112,7 +127,7 @@ class Sandbox:
         candidate = Path(raw)
         if candidate.is_absolute():
             normal = Path(os.path.normpath(candidate))
-            for base in (self.root, self._given):
+            for base in self._names:
                 if normal.is_relative_to(base):
                     return PurePosixPath(*normal.relative_to(base).parts)
             raise PathOutsideWorkspace(

@@ -16,7 +16,6 @@ import msgspec
 from engine.errors import IllegalTransition, ToolError
 from engine.machines.tasks import check_status_change
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import Sandbox
 from events.schema import Event, TaskAdded, TaskUpdated
 
 Meta = msgspec.Meta
@@ -135,7 +134,7 @@ def create_task_plan(args: CreateTaskPlanArgs, ctx: ToolContext) -> ToolOutcome:
     """Add the plan's tasks, numbered after the existing ones."""
     existing = set(ctx.tasks)
     ids = _new_ids(existing, len(args.tasks))
-    sandbox = Sandbox(ctx.workspace)
+    sandbox = ctx.sandbox()
     by_title: dict[str, str] = {}
     events: list[Event] = []
     lines: list[str] = []
@@ -157,7 +156,7 @@ def create_task_plan(args: CreateTaskPlanArgs, ctx: ToolContext) -> ToolOutcome:
                 deps.append(dep)
         target = ""
         if spec.target_file.strip():
-            target = sandbox.relative(sandbox.resolve(spec.target_file.strip()))
+            target = sandbox.relative(sandbox.lexical(spec.target_file.strip()))
         by_title[title] = task_id
         events.append(
             TaskAdded(
