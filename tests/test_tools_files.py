@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.errors import ToolError
 from engine.tools import ToolContext, ToolOutcome, default_registry, execute, files
@@ -402,3 +404,149 @@ def test_delete_file_reports_the_old_hash_and_keeps_the_content(
 def test_delete_file_refuses_directories_and_missing_files(ctx: ToolContext) -> None:
     assert "is a directory" in call(ctx, "delete_file", path="src").error
     assert "does not exist" in call(ctx, "delete_file", path="nope.txt").error
+
+
+# -- bounds on what one call may cost ------------------------------------------------------
+
+
+def test_a_pattern_unrolled_into_millions_of_items_is_refused_before_it_is_compiled(
+    ctx: ToolContext,
+) -> None:
+    """``regex`` writes counted repeats out when it compiles: 33 characters,
+    ``(?:(?:(?:a{40}){40}){40}){40}``, took 400 MB of the engine's memory (kept in the
+    module's cache for the run), a 45-character one 8 GB. The size is read from the
+    text first; a pattern longer than a search needs is refused by its schema."""
+    for pattern in ("(?:(?:(?:a{40}){40}){40}){40}", "(?:a{1000}){1000}", "x{999999999}"):
+        outcome = call(ctx, "search_code", pattern=pattern, regex=True)
+        assert not outcome.ok and "too large once its counted repeats" in outcome.error
+    assert call(ctx, "search_code", pattern="(?:a{100}){100}|hello", regex=True).ok
+    assert call(ctx, "search_code", pattern="(?:(?:a{40}){40}){40}", regex=True).ok
+    # as text, the braces are only characters
+    assert call(ctx, "search_code", pattern="(?:a{1000}){1000}").result == "no matches"
+    too_long = call(ctx, "search_code", pattern="x" * (files.MAX_PATTERN_CHARS + 1))
+    assert not too_long.ok and "length <= 1000" in too_long.error
+
+
+@pytest.mark.parametrize(
+    ("pattern", "size"),
+    [
+        ("abc", 3),
+        ("a{1000}", 1000),
+        ("(?:a{10}){10}", (1 + 10) * 10),  # the group's "?:" counts a little
+        ("[{(]{5}", 5),  # a class is one item, whatever it holds
+        (r"\{5}", 3),  # an escaped brace counts no repeat
+        ("a{,5}b{2,}", 7),
+        ("((a{10}){10}", 100),  # unclosed: as if closed at the end
+        ("a)){9}", 1 + 1 + 9),  # an unopened ")" is a character
+    ],
+)
+def test_the_unrolled_size_of_a_pattern(pattern: str, size: int) -> None:
+    assert files._unrolled_size(pattern) == size
+
+
+@given(st.text(alphabet="ab()[]{}\\,0123456789^*+?|:", max_size=60))
+def test_any_text_has_an_unrolled_size(pattern: str) -> None:
+    assert files._unrolled_size(pattern) >= 0
+
+
+def test_a_search_out_of_time_in_a_tree_without_files_stops(
+    ctx: ToolContext, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget was looked at only once a file had been read: 200,000 empty
+    directories (or files the glob leaves out) were walked whatever it said."""
+    for n in range(5):
+        (workspace / "empty" / f"d{n}").mkdir(parents=True)
+    monkeypatch.setattr(files, "SEARCH_SECONDS", 0)
+    outcome = call(ctx, "search_code", pattern="x", path="empty", glob="*.none")
+    assert outcome.result.startswith("[stopped after 0s, 0 files searched"), outcome.result
+
+
+def test_an_edit_that_would_make_a_file_too_large_is_refused_before_it_is_made(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    """``replace_all`` multiplies: a 100 KB file and a 5 KB new_text wrote a 500 MB
+    file (2 GB of memory, 1 GB of log) that read_file then refused to read. The
+    result's size is worked out first; no tool writes more than read_file reads."""
+    (workspace / "a.txt").write_text("a" * 10_000)
+    outcome = call(
+        ctx, "modify_file", path="a.txt", old_text="a", new_text="b" * 1_000, replace_all=True
+    )
+    assert not outcome.ok and "would be 10,000,000 bytes" in outcome.error
+    assert (workspace / "a.txt").read_text() == "a" * 10_000
+    big = call(ctx, "create_file", path="big.txt", content="x" * (files.MAX_TEXT_FILE_BYTES + 1))
+    assert not big.ok and "at most 8,000,000 bytes" in big.error
+    assert not (workspace / "big.txt").exists()
+
+
+def test_text_found_many_times_names_the_first_lines_only(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    """Every line was named, each counted from the file's start: 150,000 places
+    took 30 s and made an error of a million characters."""
+    (workspace / "a.txt").write_text("x\na\n" * 5_000)
+    outcome = call(ctx, "modify_file", path="a.txt", old_text="a", new_text="b")
+    assert "occurs 5,000 times" in outcome.error
+    assert "(lines 2, 4, 6, 8, 10, 12, 14, 16, 18, 20 and 4,990 more)" in outcome.error
+
+
+def _naive_spans(lines: list[str], old: str) -> list[tuple[int, int]]:
+    want = [files._normal(line) for line in old.splitlines() if line.strip()]
+    have = [(i, files._normal(line)) for i, line in enumerate(lines) if line.strip()]
+    k = len(want)
+    return [
+        (have[j][0], have[j + k - 1][0])
+        for j in range(len(have) - k + 1)
+        if k and [n for _, n in have[j : j + k]] == want
+    ]
+
+
+@given(
+    st.lists(st.sampled_from(["a", " a", "b", "", "a b", "a  b "]), max_size=30),
+    st.lists(st.sampled_from(["a", "b ", "", "a b"]), min_size=1, max_size=5),
+)
+def test_whitespace_tolerant_matching_finds_what_comparing_at_every_line_finds(
+    lines: list[str], old: list[str]
+) -> None:
+    """In one pass now (comparing at every line took 15 s for 40,000 lines and an
+    old_text of 20,000), with the same answers, overlapping matches included."""
+    text = [line + "\n" for line in lines]
+    assert files._tolerant_spans(text, "\n".join(old)) == _naive_spans(text, "\n".join(old))
+
+
+def test_the_closest_line_hint_looks_at_a_bounded_part_of_the_file(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    """difflib's cost grows with the square of a line's length: one line of 48,000
+    characters took 16 s. Lines are cut and counted before they are compared."""
+    (workspace / "a.txt").write_text("value = compute(1)\n" + "q" * 48_000 + "\n")
+    outcome = call(ctx, "modify_file", path="a.txt", old_text="value = compute(2)", new_text="x")
+    assert "the closest line is 1: 'value = compute(1)'" in outcome.error
+    (workspace / "b.txt").write_text("x\n" * files.HINT_LINES + "value = compute(1)\n")
+    beyond = call(ctx, "modify_file", path="b.txt", old_text="value = compute(2)", new_text="x")
+    assert "read the file again and copy the text exactly" in beyond.error
+
+
+def test_a_file_too_large_to_keep_is_neither_deleted_nor_replaced_by_the_file_tools(
+    ctx: ToolContext, workspace: Path
+) -> None:
+    """Their old content goes into the log so that a rewind can put it back: read
+    whole, a sparse 255 MB file a command made was stored twice (768 MB of log),
+    although a command's snapshot leaves such files out."""
+    with open(workspace / "big.dat", "wb") as handle:
+        handle.truncate(files.MAX_RECORDED_BYTES + 1)
+    deleted = call(ctx, "delete_file", path="big.dat")
+    replaced = call(ctx, "create_file", path="big.dat", content="small", overwrite=True)
+    for outcome, verb in ((deleted, "deleted"), (replaced, "replaced")):
+        assert not outcome.ok and f"so it cannot be {verb} by this tool" in outcome.error
+    assert (workspace / "big.dat").stat().st_size == files.MAX_RECORDED_BYTES + 1
+
+
+def test_an_error_quoting_a_huge_argument_is_cut(ctx: ToolContext) -> None:
+    """Errors are kept whole in the log and sent back to the model; several quote
+    the model's argument: a 1 MB command line made a 4 MB error."""
+    unclosed = "echo '" + "\x01" * 30_000
+    outcome = call(ctx, "run_command", argv=unclosed)
+    assert not outcome.ok and "cannot split command" in outcome.error
+    assert len(outcome.error) < 2_100 and outcome.error.endswith("more characters cut]")
+    too_long = call(ctx, "run_command", argv="python " + "x" * 40_000)
+    assert "the command line is 40,007 characters; at most 32,768 are split" in too_long.error

@@ -71,9 +71,19 @@ def allowed(argv: list[str], allowlist: tuple[tuple[str, ...], ...]) -> bool:
     return any(head[: len(prefix)] == list(prefix) for prefix in allowlist)
 
 
+MAX_COMMAND_CHARS = 32_768
+"""The longest command line ``run_command`` splits (``shlex`` takes quadratic time
+on a long word: 1 MB took 22 s of the engine's time)."""
+
+
 def _argv(value: list[str] | str) -> list[str]:
     if isinstance(value, list):
         return value
+    if len(value) > MAX_COMMAND_CHARS:
+        raise ToolError(
+            f"the command line is {len(value):,} characters; at most {MAX_COMMAND_CHARS:,} "
+            "are split. Give argv as a list"
+        )
     # A model that writes a command line gets it split like a shell would split it,
     # but it is still never given to a shell.
     try:

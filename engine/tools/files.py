@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import stat
 import tempfile
 import time
@@ -25,6 +26,7 @@ import msgspec
 from engine.errors import ToolError
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import MAX_PATH_DEPTH, NOT_THE_PROJECT, Sandbox, is_protected_name
+from engine.tools.snapshot import MAX_RECORDED_BYTES, TOO_LARGE
 from events.schema import FileChange
 
 Meta = msgspec.Meta
@@ -35,6 +37,15 @@ MAX_TEXT_FILE_BYTES = 8_000_000
 """The largest file ``read_file`` and ``modify_file`` take: a project's source, not
 a data file a command wrote (up to ``[tools.limits] file_size_mb``), whose lines as
 Python strings would take gigabytes of the engine's memory."""
+MAX_PATTERN_CHARS = 1_000
+"""The longest pattern ``search_code`` takes: compiling is not bounded by its time
+budget (200,000 alternatives took 20 s)."""
+MAX_PATTERN_SIZE = 100_000
+"""How large a pattern may grow once its counted repeats are unrolled
+(``_unrolled_size``): the ``regex`` module writes ``(?:a{1000}){1000}``, 17
+characters, out as a million items at compile time (280 MB of the engine's memory)."""
+SHOWN_LINES = 10
+"""How many line numbers an error names where a text occurs many times."""
 SEARCH_SECONDS = 2.0
 """The longest one search may spend matching, over every file it reads. A pattern
 whose repetition is nested, such as ``(a|aa)+$``, backtracks for longer than any run
@@ -79,6 +90,7 @@ class SearchCodeArgs(Args, frozen=True, kw_only=True):
         str,
         Meta(
             min_length=1,
+            max_length=MAX_PATTERN_CHARS,
             description="Text to find (a Python regular expression if regex is true)",
             examples=["def "],
         ),
@@ -292,8 +304,16 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     top = sandbox.resolve(args.path)
     import regex  # here, not at the top: importing it takes 14 ms of every command's start
 
+    if args.regex and _unrolled_size(args.pattern) > MAX_PATTERN_SIZE:
+        raise ToolError(
+            f"the pattern {args.pattern!r} is too large once its counted repeats (x{{n}}) "
+            f"are written out (more than {MAX_PATTERN_SIZE:,} items); simplify it"
+        )
     try:
-        matcher = regex.compile(args.pattern if args.regex else regex.escape(args.pattern))
+        # not cached: the module's cache would keep every compiled pattern for the run
+        matcher = regex.compile(
+            args.pattern if args.regex else regex.escape(args.pattern), cache_pattern=False
+        )
     except (regex.error, RecursionError, OverflowError, ValueError) as e:
         raise ToolError(f"invalid regular expression {args.pattern!r}: {e}") from e
     deadline = time.monotonic() + SEARCH_SECONDS
@@ -301,24 +321,28 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     if top.is_file():
         files: Iterator[Path] = iter([top])
     elif top.is_dir():
-        files = (p for p in _walk(top, sandbox, recursive=True) if p.is_file())
+        files = _walk(top, sandbox, recursive=True)
     else:
         raise ToolError(f"{sandbox.relative(top)} does not exist")
     hits: list[str] = []
     searched = 0
     for path in files:
-        if args.glob and not fnmatch.fnmatch(path.name, args.glob):
-            continue
-        try:
-            data = _content(path, "", MAX_SEARCH_FILE_BYTES)
-        except ToolError:
-            continue  # vanished, unreadable, too large or not a file: a search is best effort
-        if time.monotonic() > deadline:  # reading counts too: 20,000 large files took 30 s
+        # walking and reading count too: 20,000 large files took 30 s, 200,000 empty
+        # directories 5 s
+        if time.monotonic() > deadline:
             hits.append(
                 f"[stopped after {SEARCH_SECONDS:g}s, {searched:,} files searched; "
                 "narrow the path or the glob]"
             )
             return ToolOutcome(ok=True, result="\n".join(hits))
+        if args.glob and not fnmatch.fnmatch(path.name, args.glob):
+            continue
+        if not path.is_file():
+            continue
+        try:
+            data = _content(path, "", MAX_SEARCH_FILE_BYTES)
+        except ToolError:
+            continue  # vanished, unreadable, too large or not a file: a search is best effort
         searched += 1
         if _is_binary(data):
             continue
@@ -330,6 +354,58 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
                     hits.append(f"[stopped after {limit} matches; narrow the pattern or path]")
                     return ToolOutcome(ok=True, result="\n".join(hits))
     return ToolOutcome(ok=True, result="\n".join(hits) if hits else "no matches")
+
+
+def _unrolled_size(pattern: str) -> int:
+    """About how many items ``pattern`` has once every counted repeat (``x{m,n}``) is
+    written out, as the ``regex`` module compiles it: an upper bound (alternatives
+    add up, a repeat counts its largest bound), read from the text alone, which need
+    not be a valid pattern (compiling says what is wrong with it)."""
+    frames = [[0, 0]]  # per open group: [size of its finished items, size of the last]
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        frame = frames[-1]
+        if c == "(":
+            frames.append([0, 0])
+        elif c == ")" and len(frames) > 1:
+            frames.pop()
+            parent = frames[-1]
+            parent[0] += parent[1]
+            parent[1] = frame[0] + frame[1]
+        elif c == "{" and (counted := _COUNTED.match(pattern, i)):
+            low, high = counted.group(1), counted.group(2)
+            frame[1] *= max(int(low or 0), int(high or 0), 1)
+            i = counted.end()
+            continue
+        else:
+            if c == "[":  # a class is one item
+                i = _class_end(pattern, i)
+            elif c == "\\":
+                i += 1
+            frame[0] += frame[1]
+            frame[1] = 0 if c in "*+?|" else 1
+        i += 1
+    while len(frames) > 1:  # unclosed groups: as if closed at the end
+        last = frames.pop()
+        frames[-1][0] += frames[-1][1]
+        frames[-1][1] = last[0] + last[1]
+    return frames[0][0] + frames[0][1]
+
+
+_COUNTED = re.compile(r"\{(\d{0,9})(?:,(\d{0,9}))?\}")
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing the class opened at ``start`` (or the end)."""
+    i = start + 1
+    if pattern[i : i + 1] == "^":
+        i += 1
+    if pattern[i : i + 1] == "]":
+        i += 1
+    while i < len(pattern) and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return min(i, len(pattern) - 1)
 
 
 def _matches(matcher: Any, line: str, deadline: float, pattern: str) -> bool:
@@ -380,11 +456,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _check_size(rel: str, size: int, verb: str = "would be") -> None:
+    """Refuse to write more than the file tools read (``MAX_TEXT_FILE_BYTES``)."""
+    if size > MAX_TEXT_FILE_BYTES:
+        raise ToolError(
+            f"{rel} {verb} {size:,} bytes; the file tools write files of at most "
+            f"{MAX_TEXT_FILE_BYTES:,} bytes. The file is unchanged."
+        )
+
+
 def _commit(ctx: ToolContext, path: Path, rel: str, before: bytes | None, text: str) -> FileChange:
     """Check, store and write ``text`` to ``path``; the single way tools write."""
+    _check_size(rel, len(text))  # characters: a first check before encoding them
     if path.suffix == ".py":
         check_python(rel, text)
     data = text.encode("utf-8")
+    _check_size(rel, len(data))
     # The old content is stored too, so a rewind can restore files the run found.
     before_digest = ctx.blobs.put(before) if before is not None else None
     after_digest = ctx.blobs.put(data)
@@ -409,7 +496,7 @@ def create_file(args: CreateFileArgs, ctx: ToolContext) -> ToolOutcome:
                 f"{rel} already exists ({path.stat().st_size} bytes); use modify_file to "
                 "change part of it, or create_file with overwrite=true to replace it"
             )
-        before = _content(path, rel)
+        before = _kept(path, rel, "replaced")
     change = _commit(ctx, path, rel, before, args.content)
     verb = "replaced" if before is not None else "created"
     return ToolOutcome(
@@ -417,8 +504,17 @@ def create_file(args: CreateFileArgs, ctx: ToolContext) -> ToolOutcome:
     )
 
 
-def _line_of(text: str, index: int) -> int:
-    return text.count("\n", 0, index) + 1
+def _lines_of(text: str, old: str, count: int) -> str:
+    """The lines where ``old`` starts in ``text`` (it occurs ``count`` times), the
+    first ``SHOWN_LINES`` of them: one pass over the text, however many there are."""
+    shown: list[str] = []
+    line, at, start = 1, 0, text.find(old)
+    while start != -1 and len(shown) < SHOWN_LINES:
+        line += text.count("\n", at, start)
+        shown.append(str(line))
+        at, start = start, text.find(old, start + 1)
+    more = count - len(shown)
+    return ", ".join(shown) + (f" and {more:,} more" if more > 0 else "")
 
 
 def _normal(line: str) -> str:
@@ -428,15 +524,33 @@ def _normal(line: str) -> str:
 def _tolerant_spans(lines: list[str], old: str) -> list[tuple[int, int]]:
     """Line spans (first, last) whose non-blank lines equal ``old``'s non-blank lines
     once runs of whitespace are collapsed: indentation, trailing spaces and blank
-    lines may differ, the words may not."""
+    lines may differ, the words may not. Found in one pass (Knuth-Morris-Pratt over
+    the lines): comparing at every line was lines × old's lines (15 s for a file of
+    40,000 lines)."""
     want = [_normal(line) for line in old.splitlines() if line.strip()]
     have = [(i, _normal(line)) for i, line in enumerate(lines) if line.strip()]
     k = len(want)
-    return [
-        (have[j][0], have[j + k - 1][0])
-        for j in range(len(have) - k + 1)
-        if [n for _, n in have[j : j + k]] == want
-    ]
+    if not k:
+        return []
+    fallback = [0] * k  # the longest proper prefix of want[:j+1] that is also its suffix
+    j = 0
+    for i in range(1, k):
+        while j and want[i] != want[j]:
+            j = fallback[j - 1]
+        if want[i] == want[j]:
+            j += 1
+        fallback[i] = j
+    spans: list[tuple[int, int]] = []
+    j = 0
+    for end, (_, normal) in enumerate(have):
+        while j and normal != want[j]:
+            j = fallback[j - 1]
+        if normal == want[j]:
+            j += 1
+        if j == k:
+            spans.append((have[end - k + 1][0], have[end][0]))
+            j = fallback[j - 1]
+    return spans
 
 
 def _indent(line: str) -> str:
@@ -463,10 +577,17 @@ def _reindent(new: str, old: str, file_line: str) -> str:
     return "".join(out)
 
 
+HINT_LINES = 2_000
+HINT_CHARS = 200
+"""The closest-line hint compares old_text's first line with at most this many of
+the file's lines, each cut to this many characters: difflib's cost grows with their
+product and the square of the length (one line of 48,000 characters took 16 s)."""
+
+
 def _not_found_hint(lines: list[str], old: str) -> str:
     first = next((line.strip() for line in old.splitlines() if line.strip()), "")
-    stripped = [line.strip() for line in lines]
-    close = difflib.get_close_matches(first, stripped, n=1, cutoff=0.6)
+    stripped = [line.strip()[:HINT_CHARS] for line in lines[:HINT_LINES]]
+    close = difflib.get_close_matches(first[:HINT_CHARS], stripped, n=1, cutoff=0.6)
     if not close:
         return "read the file again and copy the text exactly"
     return f"the closest line is {stripped.index(close[0]) + 1}: {close[0]!r}"
@@ -483,15 +604,12 @@ def apply_edit(
         raise ToolError("old_text and new_text are the same; nothing to change")
     count = text.count(old)
     if count == 1 or (count > 1 and replace_all):
+        _check_size(rel, len(text) + count * (len(new) - len(old)), "would be")
         return text.replace(old, new), "exact"
     if count > 1:
-        where, start = [], text.find(old)
-        while start != -1:
-            where.append(str(_line_of(text, start)))
-            start = text.find(old, start + 1)
         raise ToolError(
-            f"old_text occurs {count} times in {rel} (lines {', '.join(where)}); include "
-            "more surrounding lines to make it unique, or set replace_all=true"
+            f"old_text occurs {count:,} times in {rel} (lines {_lines_of(text, old, count)}); "
+            "include more surrounding lines to make it unique, or set replace_all=true"
         )
     lines = text.splitlines(keepends=True)
     spans = _tolerant_spans(lines, old)
@@ -535,11 +653,29 @@ def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
     )
 
 
+def _kept(path: Path, rel: str, verb: str) -> bytes:
+    """The content of a file a tool is about to replace or delete, which the log keeps
+    so that a rewind can put it back: at most what a command's snapshot records
+    (``MAX_RECORDED_BYTES``); a larger file is refused rather than read whole."""
+    try:
+        return _content(path, rel, MAX_RECORDED_BYTES)
+    except ToolError as e:
+        if path.is_file() and path.stat().st_size > MAX_RECORDED_BYTES:
+            raise ToolError(
+                f"{rel} is {TOO_LARGE}, too large for the log to keep a copy, so it cannot "
+                f"be {verb} by this tool (a rewind could not put it back)"
+            ) from e
+        raise
+
+
 def delete_file(args: DeleteFileArgs, ctx: ToolContext) -> ToolOutcome:
     """Delete one file (never a directory); its content stays in the blob store."""
     sandbox = ctx.sandbox()
-    path, rel, before = _read_bytes(sandbox, args.path)
-    digest = ctx.blobs.put(before)
+    path = sandbox.resolve(args.path)
+    rel = sandbox.relative(path)
+    if path.is_dir():
+        raise ToolError(f"{rel} is a directory; delete_file deletes files only")
+    digest = ctx.blobs.put(_kept(path, rel, "deleted"))
     try:
         path.unlink()
     except OSError as e:

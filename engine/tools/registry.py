@@ -271,14 +271,16 @@ def execute(
         args = tool.convert(_as_mapping(arguments))
         outcome = tool.handler(args, ctx)
     except ToolError as e:
-        return ToolOutcome(ok=False, error=str(e))
+        return ToolOutcome(ok=False, error=_capped(str(e)))
     except OSError as e:  # the disk, not the model, but still no reason to crash a run
-        return ToolOutcome(ok=False, error=f"{name}: {e.strerror or e} ({e.filename or ''})")
+        return ToolOutcome(
+            ok=False, error=_capped(f"{name}: {e.strerror or e} ({e.filename or ''})")
+        )
     except Exception as e:
         # A handler bug or an input nobody foresaw: recorded as this call's failure, so
         # the run goes on and a resume does not meet the same crash again.
         return ToolOutcome(
-            ok=False, error=f"{name} failed unexpectedly: {type(e).__name__}: {e}"[:2000]
+            ok=False, error=_capped(f"{name} failed unexpectedly: {type(e).__name__}: {e}")
         )
     if not isinstance(outcome, ToolOutcome):
         raise TypeError(f"tool {name!r} returned {type(outcome).__name__}, not ToolOutcome")
@@ -289,6 +291,18 @@ def execute(
     if result is not outcome.result or error is not outcome.error:
         outcome = msgspec.structs.replace(outcome, result=result, error=error)
     return outcome
+
+
+ERROR_CHARS = 2_000
+"""The longest error a tool call records: an error goes back to the model and into
+the log whole (never moved out to a blob), and many quote the model's own argument
+(a 1 MB pattern made a 4 MB error)."""
+
+
+def _capped(error: str) -> str:
+    if len(error) <= ERROR_CHARS:
+        return error
+    return f"{error[:ERROR_CHARS]}… [{len(error) - ERROR_CHARS:,} more characters cut]"
 
 
 def _as_mapping(arguments: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
