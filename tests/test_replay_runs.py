@@ -34,6 +34,7 @@ from events import MemoryEventStore
 from events.errors import ConcurrencyError
 from events.schema import (
     Event,
+    ModelRequested,
     RunResumed,
     TaskUpdated,
     ToolExecuted,
@@ -346,6 +347,38 @@ def test_absolute_paths_and_a_plan_through_a_link_replay_in_the_scratch_copy(
     assert_replays(store, "r", tools="recorded")
 
 
+class RecoveryWords(Quick):
+    """Reads a file whose name makes the error recovery writes, and one holding the
+    words recovery writes for a file tool it settled."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        steps = [
+            Reply.tool("read_file", path="not applied: x.py"),
+            Reply.tool("read_file", path="words.txt"),
+        ]
+        return steps[done] if done < len(steps) else super()._code(task, done - 2, fixing)
+
+
+def test_a_run_whose_tools_answer_in_recoverys_words_replays(tmp_path: Path) -> None:
+    """A replay knew what recovery settled after a crash by its words, which a model
+    can make: a read of "not applied: x.py" failed with "not applied: x.py does not
+    exist", and the replay stopped its engine there as if the run had been killed,
+    then diverged. Only a log older than ``run.resumed`` is read by its words now."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "words.txt").write_text(
+        "completed before a crash (recovered by comparing the workspace)"
+    )
+    store = KillableStore()
+    with ScriptedModelServer(RecoveryWords(), models=["m"]) as running:
+        start(store, workspace, running)
+    errors = [e.data.error for e in store.read("r") if isinstance(e.data, ToolExecuted)]
+    assert any(error.startswith("not applied: x.py does not exist") for error in errors)
+    assert project(store, "r").pipeline.status == "completed"
+    assert_replays(store, "r")
+    assert_replays(store, "r", tools="recorded")
+
+
 @settings(
     max_examples=6,
     deadline=None,
@@ -593,14 +626,19 @@ def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(
 
 
 def resume_as_before_run_resumed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``resume`` write what it wrote before ``run.resumed`` marked a stop: the
+    """Make the engine write what it wrote before ``run.resumed`` marked a stop: the
     same recovery (settled tools, a cut command's failed task caused by its request),
-    without the marker. ``monkeypatch.undo()`` ends it."""
+    without the marker, and model requests without their tools' schemas
+    (``tools_ref``, new with it). ``monkeypatch.undo()`` ends it."""
     append = RunLog.append
 
     def without_marker(self: RunLog, *events: Event, causation: int | None = None) -> Any:
         if events and all(isinstance(e, RunResumed) for e in events):
             return []
+        events = tuple(
+            msgspec.structs.replace(e, tools_ref="") if isinstance(e, ModelRequested) else e
+            for e in events
+        )
         return append(self, *events, causation=causation)
 
     monkeypatch.setattr(RunLog, "append", without_marker)
@@ -643,8 +681,8 @@ def test_a_command_cut_off_replays_in_a_log_written_before_run_resumed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with ScriptedModelServer(DemoModels(), models=["m"]) as commands:  # its coder runs py_compile
-        store = command_cut_by_a_kill(tmp_path, commands)
         resume_as_before_run_resumed(monkeypatch)
+        store = command_cut_by_a_kill(tmp_path, commands)
         resume(store, "r", commands)
         monkeypatch.undo()
     events = list(store.read("r"))

@@ -339,7 +339,8 @@ def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recor
         cause = recording.event(recorded.causation)
         # a log older than run.resumed: recovery's words say what it wrote
         return cause is not None and (
-            isinstance(cause.data, RunResumed) or settled_by_recovery(data)
+            isinstance(cause.data, RunResumed)
+            or (recording.by_words(recorded.version) and settled_by_recovery(data))
         )
     return False
 

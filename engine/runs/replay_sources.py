@@ -86,14 +86,21 @@ RECOVERY_ERROR_PREFIXES = ("interrupted: the engine stopped while ", "not applie
 """What crash recovery (``Engine.recover``) writes when it settles a tool left
 pending, word for word as resume wrote it before ``run.resumed`` marked a stop: in
 such a log, these texts are how a replay knows that the recorded engine stopped
-before the tool reported. Frozen: old logs keep the words they were written with."""
+before the tool reported. Frozen: old logs keep the words they were written with.
+Only there: a model can make the same words (a file it asks for named "not applied:
+x.py"), and in a log that has ``run.resumed`` the structure says where a stop was
+(``Recording.by_words``)."""
 
 
-def is_stop(event: Event) -> bool:
+def is_stop(event: Event, *, by_words: bool = False) -> bool:
     """Whether ``event`` was written where the recorded run's engine had been stopped
-    from outside: a ``STOPS`` event, a Ctrl-C's ``run.finished``, or what recovery
-    settled after a crash."""
-    return isinstance(event, STOPS) or is_user_stop(event) or settled_by_recovery(event)
+    from outside: a ``STOPS`` event, a Ctrl-C's ``run.finished``, or (``by_words``, in
+    a log older than ``run.resumed``) what recovery settled after a crash."""
+    return (
+        isinstance(event, STOPS)
+        or is_user_stop(event)
+        or (by_words and settled_by_recovery(event))
+    )
 
 
 def settled_by_recovery(event: Event) -> bool:
@@ -173,10 +180,13 @@ class Recording:
         self.calls: list[RecordedCall] = []
         by_id: dict[str, RecordedCall] = {}
         stops: list[int] = []
+        self._words_until = len(self.events) + 1
         # one pass, by the payload's class (the union is closed: no event subclasses one)
         for event in self.events:
             data = event.data
             if type(data) is ModelRequested:
+                if data.tools_ref and self._words_until > event.version:
+                    self._words_until = event.version
                 call = RecordedCall(event, [])
                 self.calls.append(call)
                 by_id[data.call_id] = call
@@ -186,7 +196,7 @@ class Recording:
             elif type(data) is ModelFailed:
                 if data.call_id in by_id:
                     by_id[data.call_id].failures.append(data)
-            elif is_stop(data):
+            elif is_stop(data, by_words=event.version < self._words_until):
                 stops.append(event.version)
         self._stops = frozenset(stops)
         """The versions of the events written where the recorded engine had been stopped."""
@@ -203,6 +213,14 @@ class Recording:
         )
         self._state: RunState = self._start
         self._folded = 0
+
+    def by_words(self, version: int) -> bool:
+        """Whether what recovery settled at ``version`` is known by its words alone
+        (``RECOVERY_ERRORS``): in events written before the code that writes
+        ``run.resumed``: before the run's first model request that records its
+        tools' schemas (``tools_ref``, new with ``run.resumed``). Any text a model
+        words comes after a request of its own."""
+        return version < self._words_until
 
     def event(self, version: int) -> RecordedEvent | None:
         """The recorded event at ``version``, or None past the end (or past ``until``)."""
