@@ -19,6 +19,7 @@ from engine.runs.demo import DemoModels
 from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
+from engine.tools import commands
 from events import EventStore, MemoryEventStore, RunStarted, ToolExecuted
 from projections import project
 
@@ -296,6 +297,47 @@ def test_the_same_failing_call_is_corrected_then_ends_the_task_turn(tmp_path: Pa
     assert "You made this exact read_file call before" in second
     assert "You made this exact" not in first
     assert not any(len(tools) > 2 for tools in model.seen), "the third failure ends the turn"
+
+
+class RepeatsAFailingCommand(PlansOneTask):
+    """Plans one task, then runs the same failing command for ever."""
+
+    title = "compile it"
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
+        return Reply.tool("run_command", argv=["python", "-m", "py_compile", "missing.py"])
+
+
+class Clock:
+    """``time`` for ``engine.tools.commands``: each command takes a different time."""
+
+    def __init__(self) -> None:
+        self.now, self.calls = 0.0, 0
+
+    def monotonic(self) -> float:
+        self.calls += 1
+        self.now += 0.7 * self.calls  # 0.7 s, then 2.1 s, then 3.5 s, ...
+        return self.now
+
+
+def test_a_command_failing_the_same_way_at_another_speed_is_the_same_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """"exit code 1 after 1.4s" and "after 2.5s" were two failures: whether the
+    third strike ended the task depended on the machine's speed, and a replay with
+    live tools decided otherwise than the recorded run."""
+    monkeypatch.setattr(commands, "time", Clock())
+    store, run_id, _ = run(RepeatsAFailingCommand(), tmp_path, max_steps=4, mode="rules")
+    errors = [
+        e.data.error
+        for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted) and e.data.tool == "run_command"
+    ]
+    assert len(set(errors[:3])) == 3, errors  # three speeds
+    task = project(store, run_id).pipeline.tasks["t1"]
+    assert task.errors[0].startswith(
+        "the model repeated the same failing call 3 times: run_command"
+    ), task.errors
 
 
 def test_a_model_server_that_keeps_failing_is_named_live_and_in_the_reason(

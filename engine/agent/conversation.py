@@ -29,6 +29,7 @@ from engine.errors import ModelError, ModelResponseInvalid
 from engine.model.recording import RecordingModel
 from engine.model.stored import stored_arguments
 from engine.model.wire import LENGTH
+from engine.terminal import without_timings
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
 from engine.tools.snapshot import WorkspaceDigests
@@ -194,7 +195,10 @@ def run_conversation(
             if outcome.ok:
                 failures.clear()
             else:
-                key = (*same, outcome.error)
+                # failing "the same way" is what the error says, not how long it took:
+                # "exit code 1 after 1.4s" and "after 2.5s" are one failure, or whether
+                # the third strike ends the task would depend on the machine's speed
+                key = (*same, without_timings(outcome.error))
                 failures[key] = failures.get(key, 0) + 1
                 if failures[key] >= REPEAT_LIMIT:
                     repeated = (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from engine.terminal import without_timings
 from events.schema import Message
 from events.store import RecordedEvent
 
@@ -29,10 +29,6 @@ IGNORED_FIELDS = frozenset(
 hold timings (the texts themselves are compared, normalised; a request, tools
 included, is checked whole before it is answered), and the address of the model
 server (a resume may point at another; the model's name is compared)."""
-
-TIMING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds?)\b")
-"""A duration inside a text ("2 passed in 0.67s", "after 1.2s"): never the same twice."""
-
 
 class Normaliser:
     """Makes a text comparable across runs: the scratch workspace's path becomes the
@@ -49,7 +45,7 @@ class Normaliser:
     def __call__(self, text: str) -> str:
         for path in self.paths:
             text = text.replace(path, self.recorded_workspace)
-        return TIMING.sub("<time>", text)
+        return without_timings(text)
 
 
 def message_diff(
