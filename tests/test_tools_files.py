@@ -415,7 +415,7 @@ def test_a_pattern_unrolled_into_millions_of_items_is_refused_before_it_is_compi
     """``regex`` writes counted repeats out when it compiles: 33 characters,
     ``(?:(?:(?:a{40}){40}){40}){40}``, took 400 MB of the engine's memory (kept in the
     module's cache for the run), a 45-character one 8 GB. The size is read from the
-    text first; a pattern longer than a search needs is refused by its schema."""
+    text first; a pattern longer than a search needs is refused before either."""
     for pattern in ("(?:(?:(?:a{40}){40}){40}){40}", "(?:a{1000}){1000}", "x{999999999}"):
         outcome = call(ctx, "search_code", pattern=pattern, regex=True)
         assert not outcome.ok and "too large once its counted repeats" in outcome.error
@@ -424,7 +424,7 @@ def test_a_pattern_unrolled_into_millions_of_items_is_refused_before_it_is_compi
     # as text, the braces are only characters
     assert call(ctx, "search_code", pattern="(?:a{1000}){1000}").result == "no matches"
     too_long = call(ctx, "search_code", pattern="x" * (files.MAX_PATTERN_CHARS + 1))
-    assert not too_long.ok and "length <= 1000" in too_long.error
+    assert not too_long.ok and "1,001 characters; a search takes at most 1,000" in too_long.error
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,6 @@ class SearchCodeArgs(Args, frozen=True, kw_only=True):
         str,
         Meta(
             min_length=1,
-            max_length=MAX_PATTERN_CHARS,
             description="Text to find (a Python regular expression if regex is true)",
             examples=["def "],
         ),
@@ -304,6 +303,13 @@ def search_code(args: SearchCodeArgs, ctx: ToolContext) -> ToolOutcome:
     top = sandbox.resolve(args.path)
     import regex  # here, not at the top: importing it takes 14 ms of every command's start
 
+    # checked here, not in the schema: a schema is part of every recorded request,
+    # and a changed one makes every run recorded before it diverge on replay
+    if len(args.pattern) > MAX_PATTERN_CHARS:
+        raise ToolError(
+            f"the pattern is {len(args.pattern):,} characters; a search takes at most "
+            f"{MAX_PATTERN_CHARS:,}"
+        )
     if args.regex and _unrolled_size(args.pattern) > MAX_PATTERN_SIZE:
         raise ToolError(
             f"the pattern {args.pattern!r} is too large once its counted repeats (x{{n}}) "
