@@ -17,9 +17,13 @@ recorded in it, ``PATH::replay[RUN_ID]`` (counted in "collected N items"), which
 passes when the replay is identical. Every kind of run replays (answered, killed
 and resumed, rewound, forked, waiting for input); an item is skipped, with the
 reason, only when ``engine.runs.replay`` refuses the run (a run that does not start
-with ``run.started`` or ``run.forked``). ``-k`` selects among them like any test;
-``--replay-tools recorded`` takes tool results from the log instead of running them.
-Names and reports show what the log says escaped (``engine.terminal.printable``).
+with ``run.started`` or ``run.forked``). ``-k`` selects among them like any test, and so
+does naming an item (``pytest --replay-db runs.db 'runs.db::replay[RUN]'``); the log
+is collected wherever it is (``.autonomy/events.db``, in a directory pytest does not
+enter, included), opened read-only. ``--replay-tools recorded`` takes tool results
+from the log instead of running them. A run the replay cannot start (a recorded
+config that no longer loads) fails with the one-line reason. Names and reports show
+what the log says escaped (``engine.terminal.printable``), no two runs named alike.
 
 The hypothesis strategies of ``events.strategies`` are re-exported here, so a
 regression suite needs one import::
@@ -29,6 +33,7 @@ regression suite needs one import::
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 OPTION = "--replay-db"
 TOOLS_OPTION = "--replay-tools"
 _DB = pytest.StashKey[Path]()
+_ENTERED = pytest.StashKey[frozenset[Path]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,12 +77,51 @@ def pytest_configure(config: pytest.Config) -> None:
     from engine.storage import open_store
 
     try:
-        with open_store(path, must_exist=True):
+        with open_store(path, must_exist=True, read_only=True):  # reading changes no log
             pass
     except Exception as e:
         raise pytest.UsageError(f"{OPTION} {db}: {e}") from e
     config.stash[_DB] = path
-    config.args.append(str(path))  # collected like a test file given on the command line
+    config.stash[_ENTERED] = _entered(config, path)
+    if not any(_names(arg, path) for arg in config.args):  # the user may name its runs
+        config.args.append(str(path))  # collected like a test file given on the command line
+
+
+def _names(arg: str, db: Path) -> bool:
+    """Whether a command-line argument names the log or one of its items."""
+    try:
+        return Path(arg.split("::", 1)[0]).resolve() == db
+    except (OSError, ValueError):
+        return False
+
+
+def _entered(config: pytest.Config, db: Path) -> frozenset[Path]:
+    """The directories on the way to the log that pytest would not enter (hidden, a
+    virtualenv, ``norecursedirs``; ``.autonomy/`` holds a workspace's log): entered for
+    the log alone (``pytest_ignore_collect``)."""
+    patterns = config.getini("norecursedirs")
+    chain = list(reversed(db.parents))
+    for n, directory in enumerate(chain):
+        if any(fnmatch.fnmatch(directory.name, p) for p in patterns) or (
+            directory / "pyvenv.cfg"
+        ).is_file():
+            return frozenset(chain[n:])
+    return frozenset()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The log and the directories leading to it are collected wherever it is (a
+    log under ``.autonomy/`` was dropped, its runs never replayed, the session
+    passing); what else those directories hold is not."""
+    db = config.stash.get(_DB, None)
+    if db is None:
+        return None
+    if collection_path == db or collection_path in db.parents:
+        return False
+    if collection_path.parent in config.stash.get(_ENTERED, frozenset()):
+        return True
+    return None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -136,6 +181,10 @@ class ReplayItem(pytest.Item):
     ) -> str | Any:
         if isinstance(excinfo.value, AssertionError):
             return _shown(str(excinfo.value))
+        from events.errors import AutonomyError
+
+        if isinstance(excinfo.value, AutonomyError):  # the log's fault, said in its words
+            return _shown(f"run {self.run_id!r} could not be replayed: {excinfo.value}")
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -150,8 +199,10 @@ def _shown(text: str, *, one_line: bool = False) -> str:
     (a test's name) each line break too."""
     from engine.terminal import printable
 
-    shown = printable(text)
-    return shown.replace("\n", "\\n") if one_line else shown
+    if not one_line:
+        return printable(text)
+    # a backslash doubled first, so that no two run ids get one name ("a\nb", "a\\nb")
+    return printable(text.replace("\\", "\\\\")).replace("\n", "\\n")
 
 
 class ReplayLogFile(pytest.File):

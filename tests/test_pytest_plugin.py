@@ -258,3 +258,63 @@ def test_what_a_log_says_reaches_the_terminal_escaped(
     assert "replay[run\\x1b]52;c;aGk=\\x07\\nsecond line]" in shown
     assert "'ok' \\u202e\\x1b[2J 'evil'" in shown
     result.assert_outcomes(failed=1)
+
+
+def test_a_log_in_a_directory_pytest_skips_is_collected_and_nothing_else_there(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    """``.autonomy/events.db``, a workspace's own log: pytest does not enter hidden
+    directories, and dropped it, replaying nothing while the session passed."""
+    hidden = pytester.path / ".autonomy"
+    hidden.mkdir()
+    (hidden / "events.db").write_bytes(db.read_bytes())
+    (hidden / "test_not_mine.py").write_text("def test_x():\n    assert False\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("--replay-db", ".autonomy/events.db", "-v")
+    result.stdout.fnmatch_lines(["*collected 4 items"])
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    assert sorted(fake_replay) == sorted([GOOD, BAD, FORKED])
+
+
+def test_one_run_is_selected_by_its_node_id_and_the_log_is_not_written(
+    pytester: pytest.Pytester, db: Path, fake_replay: list[str]
+) -> None:
+    """Naming an item still collected every run; and opening the log to check it
+    wrote to it (a log kept in git changed at every session)."""
+    before = db.read_bytes()
+    result = pytester.runpytest("--replay-db", str(db), f"{db}::replay[{GOOD}]")
+    result.assert_outcomes(passed=1)
+    assert fake_replay == [GOOD]
+    assert db.read_bytes() == before
+
+
+def test_run_ids_that_would_show_alike_get_names_of_their_own(
+    pytester: pytest.Pytester, tmp_path: Path, fake_replay: list[str]
+) -> None:
+    db = tmp_path / "alike.db"
+    with open_store(db) as store:
+        for run_id in ("a\nb", "a\\nb"):
+            store.append(run_id, [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+    result = pytester.runpytest("--replay-db", str(db), "-v")
+    result.stdout.fnmatch_lines(["*replay?a\\nb? PASSED*", "*replay?a\\\\nb? PASSED*"])
+
+
+def test_a_run_the_replay_cannot_start_fails_in_one_line(
+    pytester: pytest.Pytester, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log's own fault (a recorded config that no longer loads, a fork's parent
+    gone) was some 900 lines of traceback; ``autonomy replay`` says it in one."""
+    from engine.errors import ConfigError
+
+    def replay(store: object, run_id: str) -> FakeResult:
+        raise ConfigError("limits.max_steps: expected an integer")
+
+    module = types.ModuleType("engine.runs.replay")
+    module.replay = replay  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "engine.runs.replay", module)
+    result = pytester.runpytest("--replay-db", str(db), "-k", "good")
+    result.assert_outcomes(failed=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [f"*run '{GOOD}' could not be replayed: limits.max_steps: expected an integer*"]
+    )
+    assert "Traceback" not in result.stdout.str() and len(result.outlines) < 30
