@@ -29,6 +29,7 @@ from engine.model.roles import Endpoint
 from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
 from engine.runs.workspace import fork, rewind
+from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore
 from events.errors import ConcurrencyError
@@ -462,7 +463,6 @@ def copy_of(db: Path, tmp_path: Path) -> Path:
 
 
 def first_write(db: Path, run_id: str) -> int:
-    from engine.storage import open_store
 
     with open_store(db) as store:
         return next(
@@ -474,7 +474,6 @@ def first_write(db: Path, run_id: str) -> int:
 
 def step_before(db: Path, run_id: str, version: int) -> int:
     """The last version before the step holding ``version``."""
-    from engine.storage import open_store
     from events.schema import ArbiterDecided
 
     with open_store(db) as store:
@@ -521,7 +520,6 @@ def test_live_from_a_model_request_mid_step_goes_live_as_a_resume_would(
 ) -> None:
     """Forked right after a model request: the call left open counts as interrupted,
     and the live engine decides its next step afresh."""
-    from engine.storage import open_store
     from events.schema import ModelRequested, RunResumed
 
     db = copy_of(quick_db, tmp_path)
@@ -595,6 +593,20 @@ def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None
     code, out = cli("diff", "q", "q", "--db", str(quick_db))
     assert code == 0, out
     assert out.splitlines()[0].startswith("q and q took the same ")
+
+
+def test_diff_and_copy_leave_the_log_they_read_as_it_was(tmp_path: Path) -> None:
+    """Both opened the log they only read for writing, which brings a log written by
+    an older autonomy up to date: tests/data/pre_v2.db, kept in git, changed each
+    time it was compared or copied from."""
+    db = tmp_path / "old.db"
+    db.write_bytes((Path(__file__).parent / "data" / "pre_v2.db").read_bytes())
+    before = db.read_bytes()
+    code, out = cli("diff", "pre-v2", "pre-v2", "--db", str(db))
+    assert code == 0, out
+    code, out = cli("copy", "--from", str(db), "--to", str(tmp_path / "other.db"))
+    assert code == 0, out
+    assert db.read_bytes() == before
 
 
 def test_a_changed_tool_schema_is_noticed_in_a_log_without_recorded_schemas(

@@ -179,7 +179,7 @@ def diff_command(run_a: str, run_b: str, as_json: bool, db: Path | None) -> None
     """
     from engine.runs.diff import diff_runs
 
-    with opened_log(db) as store:
+    with opened_log(db, read_only=True) as store:
         result = diff_runs(store, run_a, run_b)
     if as_json:
         click.echo(json.dumps(result.document(), indent=2, ensure_ascii=False))
@@ -395,6 +395,9 @@ def copy(run_ids: tuple[str, ...], source: Path | str, target: Path | str) -> No
     """
     from engine.runs.copy import copy_runs, describe
 
-    with opened_log(source) as from_store, opened_log(target, must_exist=False) as to_store:
+    with (
+        opened_log(source, read_only=True) as from_store,
+        opened_log(target, must_exist=False) as to_store,
+    ):
         for line in describe(copy_runs(from_store, to_store, run_ids)):
             click.echo(line)
