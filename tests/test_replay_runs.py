@@ -21,6 +21,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import refusing_url
 
 from engine.agent.runlog import RunLog
 from engine.agent.runner import ResumeRefused, resume_run, start_run
@@ -587,6 +588,41 @@ def test_live_from_a_version_the_code_does_not_reach_is_refused(
     assert code == 1 and out.startswith("Error: ") and "--continue-live" in out
     code, out = cli("runs", "--db", str(db))
     assert " x " not in out, "nothing was forked"
+
+
+def test_going_live_where_the_branch_could_not_go_on_forks_nothing(
+    quick_db: Path, tmp_path: Path
+) -> None:
+    """The fork was made first: a model server that does not answer, or a fork point
+    where the run had ended, left a branch in the log that the same command then
+    refused as taken ("there is already a run")."""
+    db = copy_of(quick_db, tmp_path)
+    at = step_before(db, "q", first_write(db, "q"))
+    with open_store(db) as store:
+        last = store.last_version("q")
+    for version, url, said in (
+        (at, refusing_url(), "preflight"),
+        (last, "http://127.0.0.1:9", "is completed"),
+    ):
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(version), "--as", "branch"),
+            *("--workspace", str(tmp_path / f"branch-{version}"), "--model-url", url),
+        )
+        assert code == 1 and out.startswith("Error: ") and said in out, out
+        assert " branch " not in cli("runs", "--db", str(db))[1], "nothing was forked"
+        assert not (tmp_path / f"branch-{version}").exists()
+
+
+def test_options_that_mean_nothing_are_refused(quick_db: Path) -> None:
+    """``--until`` past the run's end said "identical"; a counterfactual replay took
+    ``--json``, ``--until`` and ``--tools`` and did without them."""
+    with open_store(quick_db) as store:
+        last = store.last_version("q")
+    code, out = cli("replay", "q", "--db", str(quick_db), "--until", str(last + 1))
+    assert code == 1 and f"has versions 1 to {last}; {last + 1} is not one of them" in out, out
+    for extra in (["--json"], ["--until", "3"], ["--tools", "recorded"]):
+        code, out = cli("replay", "q", "--db", str(quick_db), "--live-from", "3", *extra)
+        assert code == 1 and f"{extra[0]} do not apply to a counterfactual replay" in out, out
 
 
 def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None:

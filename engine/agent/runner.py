@@ -72,6 +72,7 @@ from events.schema import (
 )
 from events.store import EventStore, RecordedEvent
 from projections.fold import RunState
+from projections.pipeline import PipelineState
 
 Progress = Callable[[str], None]
 
@@ -616,6 +617,22 @@ Prepare = Callable[[RunLog, Path, "Progress | None"], None]
 """What ``resume_run`` has done to a run's workspace before its engine starts."""
 
 
+def refuse_unresumable(run_id: str, pipeline: PipelineState) -> None:
+    """``ResumeRefused`` unless a run in this state can be resumed: one waiting for an
+    answer, or finished, cannot."""
+    status = pipeline.status
+    if status == "waiting_for_input":
+        raise ResumeRefused(
+            f"run {run_id} is waiting for an answer to: {pipeline.question}; "
+            f'answer first with: autonomy answer {run_id} "..."'
+        )
+    stopped = status == "stopped" and pipeline.phase not in TERMINAL
+    if status not in ("running", "new") and not stopped:
+        raise ResumeRefused(
+            f"run {run_id} is {status} ({pipeline.reason}); there is nothing to resume"
+        )
+
+
 def _resume(
     store: EventStore,
     run_id: str,
@@ -625,17 +642,7 @@ def _resume(
     prepare: Prepare | None = None,
 ) -> RunLog:
     log = RunLog(store, run_id)
-    status = log.pipeline.status
-    if status == "waiting_for_input":
-        raise ResumeRefused(
-            f"run {run_id} is waiting for an answer to: {log.pipeline.question}; "
-            f'answer first with: autonomy answer {run_id} "..."'
-        )
-    stopped = status == "stopped" and log.pipeline.phase not in TERMINAL
-    if status not in ("running", "new") and not stopped:
-        raise ResumeRefused(
-            f"run {run_id} is {status} ({log.pipeline.reason}); there is nothing to resume"
-        )
+    refuse_unresumable(run_id, log.pipeline)
     workspace = Path(log.pipeline.workspace)
     if problem := not_a_project(workspace):
         raise ResumeRefused(

@@ -106,6 +106,17 @@ def replay(
     from engine.runs.verification import refuse_corrupt_blobs
 
     if live_from is not None or continue_live:
+        given = [flag for flag, value in (("--until", until), ("--json", as_json)) if value]
+        if ctx.get_parameter_source("tools") == click.core.ParameterSource.COMMANDLINE:
+            given.append("--tools")
+        if given:
+            from engine.errors import ConfigError
+
+            raise ConfigError(
+                f"{' and '.join(given)} do not apply to a counterfactual replay (--live-from, "
+                "--continue-live): it replays with tool results from the log up to the fork, "
+                "then continues live; compare the branch with autonomy diff (--json)"
+            )
         _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
         return
     with opened_log(db, read_only=True) as store:

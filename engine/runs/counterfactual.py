@@ -21,7 +21,14 @@ from pathlib import Path
 
 import httpx
 
-from engine.agent.runner import Progress, resume_run
+from engine.agent.runner import (
+    Progress,
+    ResumeRefused,
+    check_models,
+    model_client,
+    refuse_unresumable,
+    resume_run,
+)
 from engine.config import Settings, recorded_settings
 from engine.runs.replay import ReplayRefused, ReplayResult, replay
 from engine.runs.workspace import fork
@@ -74,9 +81,21 @@ def go_live(
     else:
         result = replay(store, run_id, tools="recorded")
         at = _step_start(store, run_id, result)
+    # what would stop the branch once forked is found before it is: a fork point the
+    # run cannot go on from, a model server that does not answer
+    pipeline = project(store, run_id, upto=at).pipeline
+    try:
+        refuse_unresumable(f"{run_id} at version {at}", pipeline)
+    except ResumeRefused as e:
+        raise ReplayRefused(f"{e}; nothing was forked") from e
+    live = settings(recorded_settings(pipeline.config))
+    client = model_client(live, http, None)
+    try:
+        check_models(client, live, None)
+    finally:
+        if http is None:  # made here
+            client.http.close()
     fork(store, run_id, at, workspace, new_run_id=new_run_id)
-    recorded = project(store, new_run_id).pipeline.config
-    live = settings(recorded_settings(recorded))
     if progress:
         progress(f"forked {run_id} at version {at} as {new_run_id}; continuing live")
     resume_run(store, new_run_id, settings=live, http=http, progress=progress)

@@ -146,6 +146,10 @@ def replay(
         raise ReplayRefused(f"tools must be one of {', '.join(TOOL_SOURCES)}, not {tools!r}")
     recording = Recording(store, run_id, until)
     _check_replayable(recording)
+    if until is not None and not 1 <= until <= len(recording.events):
+        raise ReplayRefused(
+            f"run {run_id} has versions 1 to {len(recording.events)}; {until} is not one of them"
+        )
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix="autonomy-replay-") as tmp:
             return _replay(recording, Path(tmp), tools == "live")
