@@ -853,3 +853,30 @@ def test_a_cut_rewind_is_finished_by_the_resume_whatever_came_after_it_but_a_too
     finish_cut_rewind(run.log, run.workspace, said.append)
     assert (run.workspace / "a.py").read_text() == "A = 1\n", said
     assert not (run.workspace / "b.py").exists(), said
+
+
+def test_a_rewind_writes_no_home_directory_nor_a_workspace_that_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workspace replaced by a link to the home directory: ``rewind`` wrote the
+    run's calc.py over the user's own (as root, a link to /etc wrote /etc/calc.py),
+    where ``resume`` refuses that workspace. A workspace deleted was made anew with
+    only the files the log holds. Both are refused, nothing written."""
+    db, workspace, _ = record(tmp_path)
+    to = request_versions(db, "r")[3]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "calc.py").write_text("my own calc.py\n")
+    monkeypatch.setenv("HOME", str(home))
+    workspace.rename(tmp_path / "moved")
+    workspace.symlink_to(home, target_is_directory=True)
+    code, out = invoke("rewind", "r", "--to", str(to), "--db", str(db))
+    assert code == 1 and "a system directory or a home directory" in out, out
+    assert (home / "calc.py").read_text() == "my own calc.py\n"
+    workspace.unlink()
+    code, out = invoke("rewind", "r", "--to", str(to), "--db", str(db))
+    assert code == 1 and "is gone (deleted or moved?); nothing was rewound" in out, out
+    assert f"autonomy fork r --at {to} --workspace NEW_DIR" in out
+    assert not workspace.exists()
+    with open_store(db) as store:
+        assert not any(isinstance(e.data, RunRewound) for e in store.read("r"))

@@ -481,9 +481,23 @@ def _mode_of(target: Path) -> int | None:
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     last = _check_version(store, run_id, to)
     workspace = Path(project(store, run_id).pipeline.workspace)
+    # the checks resume makes: a workspace that leads to a home or system directory
+    # (replaced by a link, or named so in an edited log) is not written, nor is a
+    # missing one made anew with only the files the log holds
+    if problem := not_a_project(workspace):
+        raise HistoryError(
+            f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
+            "nothing was rewound"
+        )
+    if not workspace.is_dir():
+        gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
+        raise HistoryError(
+            f"run {run_id}'s workspace {workspace} is {gone}; nothing was rewound. Put it "
+            f"back, or go on in a new workspace made from the log's files: autonomy fork "
+            f"{run_id} --at {to} --workspace NEW_DIR"
+        )
     wanted = files_at(store, run_id, to)
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
-    workspace.mkdir(parents=True, exist_ok=True)
     targets = _targets(workspace, wanted)
     store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
     try:
