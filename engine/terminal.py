@@ -31,9 +31,14 @@ def without_timings(text: str, placeholder: str = "<time>") -> str:
     what two texts that say the same thing at different speeds have in common."""
     return TIMING.sub(placeholder, text)
 
-_CONTROLS = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]
+
+_C0 = [*range(0x00, 0x09), *range(0x0B, 0x20)]
+_DEL_C1 = [0x7F, *range(0x80, 0xA0)]
 _BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
-_ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _BIDI}
+# DEL and C1 as \u escapes, as bidirectional overrides: JSON and TOML encoders leave
+# them raw in strings, and "\x7f" in a --json answer or a printed config is invalid
+# there, where "\u007f" is the same character escaped (C0 they escape themselves)
+_ESCAPES = {c: f"\\x{c:02x}" for c in _C0} | {c: f"\\u{c:04x}" for c in (*_DEL_C1, *_BIDI)}
 
 
 def printable(text: str) -> str:

@@ -5,6 +5,7 @@ may crash the engine or a command; each is shown escaped, or refused clearly."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -172,3 +173,21 @@ def _hostile(c: str) -> bool:
 
 
 BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
+
+
+@given(st.text(alphabet=HOSTILE_CHARACTERS.filter(lambda c: not 0xD800 <= ord(c) < 0xE000)))
+def test_json_printed_through_the_stream_is_json_of_the_same_text(text: str) -> None:
+    """The CLI's stream escapes what the terminal would obey; JSON encoders leave DEL
+    and C1 raw in strings, and their "\\x9b" made every --json answer (events, state,
+    audit) and the printed config invalid where a model wrote one. They are escaped
+    as JSON and TOML read them."""
+    written: list[str] = []
+
+    class Out:
+        def write(self, part: str) -> int:
+            written.append(part)
+            return len(part)
+
+    PrintableStream(Out()).write(json.dumps({"content": text}, ensure_ascii=False))  # type: ignore[arg-type]
+    shown = "".join(written)
+    assert json.loads(shown) == {"content": text}

@@ -179,7 +179,7 @@ def test_what_a_model_writes_is_shown_and_never_obeyed_by_the_terminal() -> None
     from engine.terminal import printable
 
     assert printable(EVIL) == (
-        "fix\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J\\x1b[H\\u202edone\\x9b31m\\x0d"
+        "fix\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J\\x1b[H\\u202edone\\u009b31m\\x0d"
     )
     assert printable("tabs\tand\nlines, ünïcödé, 中文 ✓") == "tabs\tand\nlines, ünïcödé, 中文 ✓"
     out = io.StringIO()
