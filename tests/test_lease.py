@@ -164,9 +164,15 @@ def test_rewind_takes_the_lease(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["int", "term", "hup"]
+)
 def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
-    tmp_path: Path,
+    tmp_path: Path, sig: signal.Signals
 ) -> None:
+    """SIGTERM (a service manager, ``docker stop``) and SIGHUP (the terminal closed)
+    ended the run with nothing recorded, a run the log called running; they stop it
+    as Ctrl-C does, the shell's exit code for each (128 + its number)."""
     from engine.runs.replay import replay
     from events.schema import RunFinished
 
@@ -180,11 +186,11 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
         with reaped(process):
             try:
                 assert gate.arrived.wait(timeout=60), "the run never asked the model"
-                process.send_signal(signal.SIGINT)
+                process.send_signal(sig)
                 out, err = process.communicate(timeout=60)
             finally:
                 gate.opened.set()
-        assert process.returncode == 130, (out, err)
+        assert process.returncode == 128 + sig, (out, err)
         assert "Traceback" not in err
         (run_id,) = run_ids(db)
         assert f"continue it with: autonomy resume {run_id} --db {db}" in err

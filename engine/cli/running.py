@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,21 +137,38 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
 @contextmanager
 def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     """Ctrl-C: the run has recorded why it stopped; say how to continue it, exit 130
-    (the shell's code for SIGINT) — never a traceback. A log lost in the middle of
-    the run: say so, and how to continue it once it is back; exit 1."""
+    (the shell's code for SIGINT) — never a traceback. SIGTERM (a service manager,
+    ``docker stop``, ``kill``) and SIGHUP (the terminal closed) stop it the same way,
+    exit 128 + the signal's number: they ended it with nothing recorded, a run the
+    log called running for ever. A log lost in the middle of the run: say so, and
+    how to continue it once it is back; exit 1."""
     from engine.agent.runner import RunCutOff, RunInterrupted
 
+    received = [signal.SIGINT]
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum))
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
     try:
         yield
     except RunInterrupted as e:
         click.echo(f"\n{e}; the log says so.", err=True)
         click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(128 + received[-1]) from None
     except RunCutOff as e:
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
         click.echo(f"once the log can be written again, continue it with: {command}", err=True)
         raise click.exceptions.Exit(1) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+STOPPING = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run as Ctrl-C does (recorded, resumable)."""
 
 
 def _resume_command(run_id: str, db: Path | str | None, workspace: Path | None) -> str:
