@@ -64,7 +64,7 @@ def loads(text: str, *, source: str = "checkpoints") -> list[Checkpoint]:
             continue
         try:
             found.append(_DECODER.decode(line))
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, RecursionError) as e:  # nested too deeply: recursion
             raise CheckpointError(f"{source} line {number} is not a checkpoint: {e}") from e
     return found
 

@@ -191,10 +191,14 @@ def redacted(url: str) -> str:
     stays one, its password (in the user part or the query) shown as ``***``; a
     ``key=value`` string loses its password."""
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            password = parts.password
+        except ValueError:  # "Invalid IPv6 URL": no host to keep; nothing after the scheme
+            return url.split("://", 1)[0] + "://(a URL that cannot be read)"
         netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        if password is not None:
+            netloc = netloc.replace(f":{password}@", ":***@", 1)
         query = "&".join(
             "password=***" if pair.split("=", 1)[0] == "password" else pair
             for pair in parts.query.split("&")
@@ -256,9 +260,12 @@ connection exception, a shutdown (admin, crash, starting up), too many
 connections, a full disk. A query that fails for them may succeed when asked again."""
 
 
-def mapped_error(e: psycopg.Error, where: str) -> EventStoreError:
-    """The error of this tree that says what happened (see ``events.errors``)."""
+def mapped_error(e: psycopg.Error, where: str, url: str = "") -> EventStoreError:
+    """The error of this tree that says what happened (see ``events.errors``); the
+    ``url`` connected to, if libpq quotes it (one it cannot parse), without its password."""
     detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
+    if url:
+        detail = detail.replace(url, redacted(url))
     text = f"{where}: {detail}" if where else detail
     state = e.sqlstate or ""
     lost = isinstance(e, psycopg.OperationalError) and not state  # no server answered
@@ -268,7 +275,7 @@ def mapped_error(e: psycopg.Error, where: str) -> EventStoreError:
 
 
 @contextlib.contextmanager
-def _mapped_errors(where: str, pool: str = "") -> Iterator[None]:
+def _mapped_errors(where: str, pool: str = "", url: str = "") -> Iterator[None]:
     try:
         yield
     except psycopg_pool.PoolTimeout as e:
@@ -276,7 +283,9 @@ def _mapped_errors(where: str, pool: str = "") -> Iterator[None]:
         reason = f"the database server cannot be reached: {last}" if last else "no connection"
         raise StoreUnavailable(f"{where}: {reason} ({e})") from e
     except psycopg.Error as e:
-        raise mapped_error(e, where) from e
+        if url and url in str(e):  # libpq quoted it, password and all: not shown as the cause
+            raise mapped_error(e, where, url) from None
+        raise mapped_error(e, where, url) from e
 
 
 class _PoolTrouble(logging.Filter):
@@ -339,7 +348,7 @@ class PostgresEventStore(SQLEventStore):
         self._audit: SQLiteStyle | None = None
         self._audit_lock = threading.Lock()
         self._announcements = Announcements(self._listener)
-        with _mapped_errors(f"opening {self.where}"):
+        with _mapped_errors(f"opening {self.where}", url=self.url):
             with psycopg.connect(url, autocommit=True, connect_timeout=self.connect_timeout) as c:
                 migrate(c)
             self._pool = psycopg_pool.ConnectionPool(
@@ -631,7 +640,7 @@ class PostgresEventStore(SQLEventStore):
             return self._audit
 
     def _audit_connection(self) -> psycopg.Connection[Any]:
-        with _mapped_errors(f"opening {self.where}"):
+        with _mapped_errors(f"opening {self.where}", url=self.url):
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
         _configure(conn)
         return conn

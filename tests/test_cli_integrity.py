@@ -248,3 +248,25 @@ def test_a_log_from_before_keys_verifies_as_unkeyed_and_stays_so(tmp_path: Path)
     assert "pre-v2: ok (95 events, unkeyed)" in out
     code, out = invoke("checkpoint", "pre-v2", "--db", db)
     assert code == 0 and len(loads(out)[0].hash) == 64, "an unkeyed hash: plain sha256"
+
+
+def test_a_checkpoint_file_nested_too_deeply_or_endless_is_a_clean_error(
+    recorded: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line nested 100,000 levels was a RecursionError; /dev/zero was read for ever."""
+    from engine.cli import integrity
+
+    db, _, _ = recorded
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"a":' * 100_000 + "1" + "}" * 100_000 + "\n")
+    code, out = invoke("verify", "--db", db, "--checkpoints", deep)
+    assert code == 1 and f"Error: {deep} line 1 is not a checkpoint" in out, out
+    monkeypatch.setattr(integrity, "CHECKPOINT_FILE_BYTES", 1000)
+    code, out = invoke("verify", "--db", db, "--checkpoints", "/dev/zero")
+    assert code == 1 and "is larger than 1,000 bytes" in out, out
+
+
+def test_a_postgresql_url_libpq_cannot_read_is_an_error_without_its_password() -> None:
+    code, out = invoke("runs", "--db", "postgresql://user:s3cret@[::1/db")
+    assert code == 1 and out.startswith("Error: opening postgresql://"), out
+    assert "s3cret" not in out

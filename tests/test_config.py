@@ -357,3 +357,13 @@ def test_dump_toml_round_trips_any_text_and_numbers(
         models=replace(defaults.models, coding=coding),
     )
     assert settings_from_mapping(tomllib.loads(dump_toml(settings))) == settings
+
+
+def test_toml_nested_too_deeply_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    """tomllib parses nested arrays by recursion: 50,000 levels in a config file (or
+    a workspace's autonomy.toml, or servers.toml) ended every command in a
+    RecursionError."""
+    path = write(tmp_path, "mode = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="not valid TOML: nested too deeply") as caught:
+        read_config(path)
+    assert str(path) in str(caught.value)

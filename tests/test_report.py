@@ -215,3 +215,23 @@ def test_an_unknown_run_is_a_clean_error(db: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no run 'nope'" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_report_that_cannot_be_written_leaves_the_one_there(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was written in place: a full disk left a truncated page where the last
+    good report was, and an error that did not name the file."""
+    out = tmp_path / "r.html"
+    out.write_text("the last good report")
+
+    def full(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = CliRunner().invoke(cli, ["report", RUN, "--html", str(out), "--db", str(db)])
+    assert result.exit_code == 1 and f"cannot write {out}: No space left" in result.output
+    assert out.read_text() == "the last good report"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"], "no partial file is left"

@@ -165,3 +165,11 @@ def test_the_scripted_server_with_a_key_answers_only_requests_that_carry_it(
         keys = keys_file(tmp_path, f'"{server.url}" = "{KEY}"\n')
         result = run(tmp_path, server, keys)
     assert result.exit_code == 0, result.output
+
+
+def test_a_keys_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    keys = keys_file(tmp_path, "x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        result = run(tmp_path, server, keys)
+    assert result.exit_code == 1 and "is nested too deeply" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -165,6 +165,17 @@ def _read(path: Path) -> str:
     from events.errors import CheckpointError
 
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(CHECKPOINT_FILE_BYTES + 1)  # /dev/zero would be read for ever
+        if len(data) > CHECKPOINT_FILE_BYTES:
+            raise CheckpointError(
+                f"the checkpoint file {path} is larger than {CHECKPOINT_FILE_BYTES:,} bytes, "
+                "more than any log's checkpoints"
+            )
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read the checkpoint file {path}: {e}") from e
+
+
+CHECKPOINT_FILE_BYTES = 256 * 1024 * 1024
+"""The largest checkpoint file read: a line of about 200 bytes per run."""

@@ -80,6 +80,8 @@ def load_server_keys(env: Mapping[str, str] | None = None) -> ServerKeys | None:
         table = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"the server keys file {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"the server keys file {path} is nested too deeply") from None
     keys: dict[str, str] = {}
     for url, key in table.items():
         try:
