@@ -85,6 +85,12 @@ class StoreUnavailable(EventStoreError):
     same request may succeed later (a service answers 503)."""
 
 
+class LeaseLost(StoreUnavailable):
+    """The session holding this engine's lease of a run ended (the database server
+    restarted, an administrator's timeout, the network): another engine may take the
+    run now, so this one writes no more. Nothing of this append was written."""
+
+
 class RunNotFound(EventStoreError):
     """No events are recorded for that run."""
 

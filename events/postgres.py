@@ -50,7 +50,7 @@ import psycopg_pool
 from psycopg.types.string import TextLoader
 
 from events.codec import Codec, hash_key_id
-from events.errors import ConcurrencyError, EventStoreError, StoreUnavailable
+from events.errors import ConcurrencyError, EventStoreError, LeaseLost, StoreUnavailable
 from events.lease import refusal
 from events.listener import Announcements
 from events.sql import (
@@ -239,9 +239,27 @@ def _announced(run_id: str) -> str:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Payloads are read as the exact text stored, not parsed into Python objects."""
+    """Payloads are read as the exact text stored, not parsed into Python objects. A
+    transaction left idle (a client gone silent between two statements of a run's
+    first append, which holds the log-wide append lock) is ended by the server after
+    ``IDLE_IN_TRANSACTION``: one silent machine stopped every append of the team's log
+    for as long as TCP took to notice (hours)."""
     conn.adapters.register_loader("json", TextLoader)
     conn.adapters.register_loader("jsonb", TextLoader)
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}s'")
+
+
+IDLE_IN_TRANSACTION = 60
+"""Seconds an append's transaction may wait on its client (which takes milliseconds)."""
+
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""TCP keepalives (libpq's parameters) for connections that sit idle by design, a
+lease's or a worker's claim: a server gone is noticed in about a minute, not hours."""
 
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -345,6 +363,8 @@ class PostgresEventStore(SQLEventStore):
         """Seconds a connection to this log waits for the server (libpq's
         ``connect_timeout``): this store's, and another's to the same log (a worker's)."""
         self._closed = threading.Event()
+        self._held: dict[str, psycopg.Connection[Any]] = {}
+        """The runs whose lease this store holds, with the session holding each."""
         self._audit: SQLiteStyle | None = None
         self._audit_lock = threading.Lock()
         self._announcements = Announcements(self._listener)
@@ -355,7 +375,7 @@ class PostgresEventStore(SQLEventStore):
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
+                kwargs={"autocommit": True, "connect_timeout": self.connect_timeout, **KEEPALIVES},
                 configure=_configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=connect_timeout,
@@ -383,6 +403,7 @@ class PostgresEventStore(SQLEventStore):
         ``autonomy_append`` then takes it, numbers, inserts and commits. A run's first
         append goes through ``_start_run``."""
         where = f"appending to run {run_id!r}"
+        self._check_lease(run_id)
         with self._conn(where) as conn:
             last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
             if last is None:
@@ -600,7 +621,9 @@ class PostgresEventStore(SQLEventStore):
         key = _lease_key(run_id)
         where = f"taking the lease of run {run_id}"
         with _mapped_errors(where):
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self.connect_timeout, **KEEPALIVES
+            )
         held = None
         try:
             with _mapped_errors(where):
@@ -615,8 +638,14 @@ class PostgresEventStore(SQLEventStore):
                     " ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner",
                     (run_id, owner),
                 )
+            # the lease lives as long as this session: an administrator's idle timeout
+            # must not end it while the engine thinks (PostgreSQL 14 and later)
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SET idle_session_timeout = 0")
+            self._held[run_id] = conn
             yield
         finally:
+            self._held.pop(run_id, None)
             with contextlib.suppress(psycopg.Error):
                 if held and held[0]:
                     # closing alone releases it only once the server has seen the
@@ -624,6 +653,24 @@ class PostgresEventStore(SQLEventStore):
                     # has already been refused the lease
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 conn.close()
+
+    def _check_lease(self, run_id: str) -> None:
+        """``LeaseLost`` when this store holds ``run_id``'s lease and the session that
+        holds it has ended: its lock went with it, and another engine may have taken
+        the run (a restarted server, an idle timeout, a cut network); one round trip
+        before each append of a leased run. No lease here (an answer, an import): no
+        check."""
+        conn = self._held.get(run_id)
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error as e:
+            raise LeaseLost(
+                f"appending to run {run_id!r}: the database session holding this engine's "
+                f"lease of the run ended ({str(e).strip() or type(e).__name__}), so another "
+                "engine may run it now; nothing more was written"
+            ) from e
 
     # -- misc ------------------------------------------------------------------------
 

@@ -26,10 +26,11 @@ from engine.errors import ConfigError
 from engine.runs.workers import submit
 from engine.storage import open_store
 from events import ConcurrencyError, RunStarted, TaskAdded, ToolExecuted, ToolRequested
-from events.errors import EventStoreError, LeaseHeld, StoreUnavailable
+from events.errors import EventStoreError, LeaseHeld, LeaseLost, StoreUnavailable
 from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
 
 START = RunStarted(goal="g", workspace="/w", config={})
+TASK = TaskAdded(task_id="t1", title="a task")
 
 
 @pytest.fixture
@@ -164,6 +165,41 @@ def test_a_lease_that_ends_is_free_at_once_however_slowly_the_server_ends_the_se
         monkeypatch.undo()
         for conn in kept:
             conn.close()
+
+
+def test_an_engine_whose_lease_session_ended_writes_no_more(
+    store: PostgresEventStore, pg_url: str
+) -> None:
+    """The lease is a lock held by one session; nothing looked at that session again:
+    a server restarted, an idle timeout or a cut network ended it, the engine went on
+    appending through its pool, and a second engine's resume of the live run was
+    accepted. An append of a leased run first checks the session still holds it."""
+    store.append("r", [START], 0)
+    with store.lease("r", "first engine"):
+        store.append("r", [TASK], 1)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d"
+                " ON d.oid = l.database WHERE l.locktype = 'advisory' AND l.granted"
+                " AND d.datname = current_database()"
+            ).fetchall()
+        assert ended == [(True,)]
+        with pytest.raises(LeaseLost, match="another engine may run it now"):
+            store.append("r", [TASK], 2)
+        with store.lease("r", "second engine"):  # free for another
+            pass
+    assert store.last_version("r") == 2
+    store.append("r", [TASK], 2)  # no lease held: nothing to check
+
+
+def test_a_silent_client_cannot_hold_an_append_transaction_for_ever(
+    store: PostgresEventStore,
+) -> None:
+    """A client gone silent inside a run's first append held the log-wide append
+    lock until TCP noticed (hours): every machine's appends waited."""
+    with store._conn("checking") as conn:
+        (timeout,) = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+    assert timeout == "1min"
 
 
 def test_migrations_are_versioned_and_a_newer_schema_is_refused(

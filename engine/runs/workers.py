@@ -125,14 +125,20 @@ class Worker:
         ``once``: none left at all)."""
         import psycopg
 
-        from events.postgres import mapped_error
+        from events.postgres import KEEPALIVES, mapped_error
 
         where = "taking a queued run"
         try:
             # closed, not left by ``with`` (which rolls back first, and warns when the
             # server is gone): what is not committed ends with the session
             timeout = getattr(self.store, "connect_timeout", None)
-            with contextlib.closing(psycopg.connect(url, connect_timeout=timeout)) as claim:
+            with contextlib.closing(
+                psycopg.connect(url, connect_timeout=timeout, **KEEPALIVES)
+            ) as claim:
+                # the claim's transaction lasts the whole run: an administrator's idle
+                # timeout ending it handed the run to another worker mid-run
+                claim.execute("SET idle_in_transaction_session_timeout = 0")
+                claim.commit()
                 if self._waited:
                     self.progress("worker: the log can be reached again")
                     self._waited = 0.0
