@@ -370,7 +370,7 @@ class PostgresEventStore(SQLEventStore):
         self._announcements = Announcements(self._listener)
         with _mapped_errors(f"opening {self.where}", url=self.url):
             with psycopg.connect(url, autocommit=True, connect_timeout=self.connect_timeout) as c:
-                migrate(c)
+                migrate(c, create=not read_only)
             self._pool = psycopg_pool.ConnectionPool(
                 url,
                 min_size=1,
@@ -806,18 +806,38 @@ class SQLiteStyle:
             raise mapped_error(e, "") from e
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
+def migrate(conn: psycopg.Connection[Any], *, create: bool = True) -> int:
     """Bring the schema of ``conn``'s search path up to ``SCHEMA_VERSION``; returns
     the version found before. Concurrent openers wait for each other. A schema
     already current is only read, so a role that may not create anything (see
-    ``grant_writer``) opens it."""
+    ``grant_writer``) opens it. Without ``create`` (a command that only reads), a
+    schema holding no log is refused, not given one; a schema whose tables have
+    autonomy's names but are not autonomy's is refused in any case."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
         # in the schema CREATE would use, not any on the search path
+        (schema,) = conn.execute("SELECT current_schema()").fetchone() or (None,)
         exists = conn.execute(
             "SELECT to_regclass(format('%I.autonomy_schema', current_schema()))"
         ).fetchone()
         if not (exists and exists[0]):
+            taken = [
+                name
+                for name in ("events", "blobs", "leases", "queue")
+                if (conn.execute("SELECT to_regclass(format('%%I.%%I', current_schema(), %s::text))",
+                                 (name,)).fetchone() or (None,))[0]
+            ]  # fmt: skip
+            if taken:
+                raise EventStoreError(
+                    f"schema {schema!r} of this database holds no autonomy event log but "
+                    f"tables of the same names ({', '.join(taken)}); give the log a schema of "
+                    "its own (?options=-csearch_path%3Dautonomy in the URL)"
+                )
+            if not create:
+                raise EventStoreError(
+                    f"schema {schema!r} of this database holds no autonomy event log; a "
+                    "command that writes one (autonomy run) creates it"
+                )
             conn.execute("CREATE TABLE autonomy_schema (version integer NOT NULL)")
         row = conn.execute("SELECT max(version) FROM autonomy_schema").fetchone()
         found = int(row[0] or 0) if row else 0

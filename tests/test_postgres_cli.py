@@ -261,3 +261,26 @@ def test_the_resume_hint_never_shows_a_password(given: str, shown: str) -> None:
     from engine.cli.running import _resume_command
 
     assert _resume_command("r", given, None) == f"autonomy resume r --db {shown}"
+
+
+def test_reading_a_schema_that_holds_no_log_creates_none(pg_url: str) -> None:
+    """``runs`` and ``verify`` pointed at another application's schema created
+    autonomy's tables in it (and said "no runs"); a writer met a table of its own
+    named ``events`` with "relation already exists". Both are refused, saying why."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id integer)")
+    for command in ("runs", "verify"):
+        code, out = invoke(command, "--db", pg_url)
+        assert code == 1 and "holds no autonomy event log; a command that writes" in out, out
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id integer)")
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() ORDER BY 1"
+        ).fetchall()
+    assert tables == [("customers",), ("events",)], "nothing was created"
+    code, out = invoke("answer", "r", "yes", "--db", pg_url)  # a command that writes
+    assert code == 1 and "tables of the same names (events)" in out, out
+    assert "search_path" in out
