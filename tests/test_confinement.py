@@ -699,6 +699,41 @@ def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -
     assert (workspace / "vendor" / "lib" / ".git" / "config").read_text() == "[core]\n"
 
 
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_git_or_a_log_directory_that_is_a_link_is_kept_read_only_or_hidden(
+    tmp_path: Path, where: str
+) -> None:
+    """bubblewrap mounts on a path, not through a link: a workspace whose ``.git`` or
+    ``.autonomy`` is a link to a directory outside it (a repository or the logs kept
+    elsewhere) made every command fail with bubblewrap's "Can't bind mount", the
+    model told its command failed, the user nothing. What the link leads to is
+    read-only or hidden, wherever it is."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    base = workspace if where == "inside" else tmp_path
+    (base / "repo").mkdir()
+    (base / "repo" / "config").write_text("[core]\n")
+    (base / "logs").mkdir()
+    (base / "logs" / "events.db").write_text("the log")
+    (workspace / ".git").symlink_to(base / "repo", target_is_directory=True)
+    (workspace / ".autonomy").symlink_to(base / "logs", target_is_directory=True)
+    code = textwrap.dedent(
+        """
+        import pathlib
+        try:
+            pathlib.Path(".git/config").write_text("[core]\\n\\tfsmonitor = touch x\\n")
+        except OSError as e:
+            print("refused:", type(e).__name__)
+        print("seen" if pathlib.Path(".autonomy/events.db").exists() else "hidden")
+        """
+    )
+    (workspace / "look.py").write_text(code)
+    outcome = run(workspace, ["python", "look.py"], bubblewrap(), allowlist=PYTHON)
+    assert outcome.ok, outcome.result + outcome.error
+    assert "refused:" in outcome.result and "hidden" in outcome.result, outcome.result
+    assert (base / "repo" / "config").read_text() == "[core]\n"
+
+
 def test_a_stand_in_a_killed_engine_left_is_removed_by_the_next_command(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()  # as an engine killed during a command leaves it
     outcome = run(tmp_path, ["python", "-c", "print('ran')"], bubblewrap(), allowlist=PYTHON_C)

@@ -50,7 +50,7 @@ from typing import IO, Annotated, Literal
 import msgspec
 
 from engine.errors import ConfinementUnavailable
-from engine.tools.sandbox import PROTECTED
+from engine.tools.sandbox import PROTECTED, not_a_project
 
 SandboxSetting = Literal["auto", "required", "off"]
 
@@ -130,11 +130,17 @@ class Confinement:
             if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
                 args += ["--ro-bind", str(path), str(path)]
         args += ["--bind", str(workspace), str(workspace)]
-        for path in sorted({workspace / ".git", *repositories}):
-            if os.path.lexists(path):
+        # bubblewrap mounts on a path, not through a link: a .git or .autonomy that is a
+        # link (to keep a repository or the logs elsewhere) made every command fail with
+        # "Can't bind mount"; what it leads to is made read-only (inside the workspace;
+        # outside, all is) or hidden instead
+        inside = Path(os.path.realpath(workspace))
+        for path in sorted({_real(workspace / ".git"), *map(_real, repositories)}):
+            if os.path.lexists(path) and path.is_relative_to(inside):
                 args += ["--ro-bind", str(path), str(path)]
-        if (workspace / ".autonomy").is_dir():
-            args += ["--tmpfs", str(workspace / ".autonomy")]
+        log = _real(workspace / ".autonomy")
+        if log.is_dir() and not not_a_project(log):
+            args += ["--tmpfs", str(log)]
         for path in self.hidden:  # last, so that no bind above uncovers them
             args += _hide(path)
         args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(workspace), "--", *command]
@@ -299,6 +305,10 @@ def _python_paths() -> list[Path]:
     return sorted(set(found), key=lambda p: len(p.parts))
 
 
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
 def _hide(path: Path) -> list[str]:
     if path.is_dir():
         return ["--tmpfs", str(path)]
@@ -407,7 +417,7 @@ def choose(
     common = {
         "network": network,
         "limits": limits or CommandLimits(),
-        "hidden": tuple(Path(os.path.abspath(p)) for p in hidden),
+        "hidden": tuple(Path(os.path.realpath(p)) for p in hidden),  # where links lead
     }
     if setting == "off":
         return Confinement(mechanism="none", **common)  # type: ignore[arg-type]
