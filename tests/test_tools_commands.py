@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from waiting import lock_is_free, wait_until
 
-from engine.tools import ToolContext, ToolOutcome, commands, default_registry, execute
+from engine.tools import ToolContext, ToolOutcome, commands, default_registry, execute, snapshot
 from engine.tools.commands import allowed
 from engine.tools.confine import choose
 from engine.tools.snapshot import WorkspaceDigests, changes
@@ -293,6 +293,30 @@ def test_files_too_large_to_record_are_named_not_read(tmp_path: Path) -> None:
         "sparse0.bin, sparse1.bin, sparse2.bin]" in outcome.result
     )
     assert len(store._blobs) == 2  # small.txt, and grows.bin before it grew
+
+
+def test_one_command_records_a_bounded_amount_of_content_and_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the limit per file, eight sparse files of 63 MiB put 568 MB into the log
+    from one command, and 100,000 small files one event of 26 MB. What is past a
+    snapshot's budget, or past the changes one command records, is named, not
+    recorded; a later snapshot reads it within its own budget."""
+    monkeypatch.setattr(snapshot, "SNAPSHOT_BYTES", 10)
+    monkeypatch.setattr(commands, "MAX_CHANGES", 3)
+    code = "[open(f'f{i}.txt', 'w').write('1234') for i in range(6)]"
+    digests = WorkspaceDigests()
+    store = MemoryEventStore()
+    outcome = run(tmp_path, ["python", "-c", code], store, allowlist=PYTHON_C, digests=digests)
+    assert outcome.ok, outcome.text
+    assert [c.path for c in outcome.files_changed] == ["f0.txt", "f1.txt"]  # 8 bytes of 10
+    assert "past the 512 MiB one snapshot reads: f2.txt, f3.txt, f4.txt, f5.txt" in outcome.result
+    assert len(store._blobs) == 1  # the same content, once
+    monkeypatch.setattr(snapshot, "SNAPSHOT_BYTES", 10**6)
+    code = "[open(f'g{i}.txt', 'w').write(str(i)) for i in range(5)]"
+    outcome = run(tmp_path, ["python", "-c", code], store, allowlist=PYTHON_C, digests=digests)
+    assert [c.path for c in outcome.files_changed] == ["g0.txt", "g1.txt", "g2.txt"]
+    assert "past the 10,000 changes one command records: g3.txt, g4.txt" in outcome.result
 
 
 def test_what_a_snapshot_cannot_read_is_not_recorded_as_deleted(

@@ -37,7 +37,7 @@ from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import remove_tree
-from engine.tools.snapshot import WorkspaceDigests, changes
+from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
 
@@ -153,6 +153,9 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         after = digests.snapshot(root, ctx.blobs)
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
+    if len(changed) > MAX_CHANGES:
+        left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
+        changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
     if removed := [name for name in made if name not in left]:
         result += f"\n[removed {', '.join(removed)}: {REPOSITORY}]"

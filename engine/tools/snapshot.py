@@ -41,10 +41,22 @@ MAX_RECORDED_BYTES = 64 * 1024 * 1024
 hundred sparse files of 255 MB in a hundredth of a second, which the snapshot then
 read whole, for minutes, into gigabytes of log."""
 
+SNAPSHOT_BYTES = 512 * 1024 * 1024
+"""The most content one snapshot reads anew (to hash it and keep it): a command
+that made eight sparse files of 63 MiB, each under ``MAX_RECORDED_BYTES``, put
+568 MB into the log, and as much again at each command that touched them. What is
+past it is left out, named, and read by a later snapshot within its own."""
+
+MAX_CHANGES = 10_000
+"""The most file changes one command records: a command that made 100,000 small
+files wrote one ``tool.executed`` of 26 MB. The rest are named, not recorded."""
+
 NOT_UTF8 = "names that are not UTF-8"
 TOO_LARGE = f"larger than {MAX_RECORDED_BYTES // (1024 * 1024)} MiB"
 UNREADABLE = "unreadable"
 TOO_DEEP = f"deeper than {MAX_PATH_DEPTH} levels or longer than {MAX_PATH_CHARS:,} characters"
+OVER_BUDGET = f"past the {SNAPSHOT_BYTES // (1024 * 1024)} MiB one snapshot reads"
+TOO_MANY = f"past the {MAX_CHANGES:,} changes one command records"
 """Why a path is left out of a snapshot (``WorkspaceDigests.left_out``)."""
 
 
@@ -61,7 +73,8 @@ def _files(
     while stack:
         directory, prefix = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            # by name: what a budget leaves out is the same in every run and replay
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
         except OSError:
             left_out[prefix or "./"] = UNREADABLE
             continue
@@ -113,11 +126,16 @@ class WorkspaceDigests:
         pending_bytes = 0
         left_out: dict[str, str] = {}
         repositories: list[str] = []
+        budget = SNAPSHOT_BYTES
         for name, signature in _files(root, left_out, repositories):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
+            elif signature[0] > budget:
+                left_out[name] = OVER_BUDGET
+                continue
             else:
+                budget -= signature[0]
                 try:
                     content = (root / name).read_bytes()
                 except OSError:
