@@ -130,6 +130,12 @@ class PreflightFailed(AutonomyError):
     started and nothing was written."""
 
 
+class WorkspaceGone(AutonomyError):
+    """The run's workspace was deleted, moved or replaced by a file while the run
+    ran: the engine stops before its next tool call, which could only fail (and a
+    model told that every tool fails went on to call its tasks done)."""
+
+
 class ToolError(AutonomyError):
     """The tool could not do what was asked."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from engine.tools import commands
-from events import EventStore, MemoryEventStore, RunStarted, ToolExecuted
+from events import EventStore, MemoryEventStore, RunStarted, ToolExecuted, ToolRequested
 from projections import project
 
 
@@ -297,6 +298,41 @@ def test_the_same_failing_call_is_corrected_then_ends_the_task_turn(tmp_path: Pa
     assert "You made this exact read_file call before" in second
     assert "You made this exact" not in first
     assert not any(len(tools) > 2 for tools in model.seen), "the third failure ends the turn"
+
+
+class DeletesTheWorkspace(PlansOneTask):
+    """Plans one task; its coder's first answer comes once the workspace is gone."""
+
+    title = "write x"
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+
+    def work(self, request: ScriptedRequest, offered: set[str]) -> Reply:
+        if "create_file" in offered and self.workspace.exists():
+            shutil.rmtree(self.workspace)
+        return Reply.tool("create_file", path="x.py", content="X = 1\n")
+
+
+def test_a_workspace_deleted_while_the_run_runs_stops_it_before_its_next_tool(
+    tmp_path: Path,
+) -> None:
+    """Every tool failed, the model was told so, called its tasks done, and the run
+    ended "completed" with no files. The run stops, resumable, saying why and how."""
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    with ScriptedModelServer(DeletesTheWorkspace(workspace), models=["m"]) as server:
+        result = CliRunner().invoke(
+            cli,
+            ["run", "build x", "--workspace", str(workspace), "--db", str(db), "--run-id", "r",
+             "--model-url", server.url, "--api", "ollama", "--model", "m"],
+        )  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"run r's workspace {workspace.resolve()} is gone (deleted or moved?)" in result.output
+    assert "autonomy fork r --at " in result.output
+    store, run_id = open_store(db), "r"
+    events = [e.data for e in store.read(run_id)]
+    assert not any(isinstance(e, ToolRequested) and e.tool == "create_file" for e in events)
+    assert project(store, run_id).pipeline.status == "running", "resumable once it is back"
 
 
 class RepeatsAFailingCommand(PlansOneTask):

@@ -25,7 +25,7 @@ import msgspec
 from engine.agent.prompts import NUDGE
 from engine.agent.runlog import RunLog
 from engine.config import Settings
-from engine.errors import ModelError, ModelResponseInvalid
+from engine.errors import ModelError, ModelResponseInvalid, WorkspaceGone
 from engine.model.recording import RecordingModel
 from engine.model.stored import stored_arguments
 from engine.model.wire import LENGTH
@@ -231,6 +231,14 @@ def _run_tool(
     *,
     refusal: str = "",
 ) -> ToolOutcome:
+    if not ctx.workspace.is_dir():
+        gone = "not a directory" if ctx.workspace.exists() else "gone (deleted or moved?)"
+        raise WorkspaceGone(
+            f"run {log.run_id}'s workspace {ctx.workspace} is {gone}; the run stopped before "
+            f"its next tool call, with nothing lost. Put it back and resume the run, or go on "
+            f"in a new workspace made from the log's files: autonomy fork {log.run_id} --at "
+            f"{log.version} --workspace NEW_DIR"
+        )
     call_id = log.next_id("t")
     # a file's content is already a blob (the model's answer carried it): refer to it
     kept, refs = stored_arguments(arguments)
