@@ -104,6 +104,9 @@ def open_store(
     path = Path(db)
     if (must_exist or read_only) and str(db) != ":memory:" and not path.exists():
         raise EventStoreError(f"no event log at {path} (give --db PATH or set {DB_ENV})")
+    if must_exist and path.is_file() and path.stat().st_size == 0:
+        # a command that continues a log (answer, resume, rewind) made an empty file one
+        raise EventStoreError(f"{path}: the file is empty, not an autonomy event log")
     if create_dir and not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     store = SQLiteEventStore(path, synchronous=synchronous, read_only=read_only, key=key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,33 @@ def test_a_run_id_that_is_a_path_or_odd_is_refused_everywhere_one_is_given(
                     out,
                 )
     assert not (tmp_path / "x").exists() and not (tmp_path / "f").exists()
+
+
+def test_what_would_stop_a_run_is_found_before_its_log_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A home directory as the workspace was refused after its log was made there
+    (as root, /.autonomy/events.db); a checkpoint file in no directory was found
+    only after the whole run; --db :memory: ran the run and lost its log; answer,
+    resume or rewind on an empty file made it a log."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    code, out = invoke("run", GOAL, "--workspace", str(home), "--model-url", "http://127.0.0.1:9")
+    assert code == 1 and "a home directory" in out, out
+    assert not (home / ".autonomy").exists(), "no log is left in it"
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    given = ("run", GOAL, "--workspace", str(workspace), "--model-url", "http://127.0.0.1:9")
+    code, out = invoke(*given, "--db", ":memory:")
+    assert code == 1 and "--db :memory: keeps the run's log only until" in out, out
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody reads it: writing it would wait for ever
+    for bad, said in ((tmp_path / "none" / "ck.jsonl", "No such file"), (fifo, "")):
+        code, out = invoke(*given, "--db", str(db), "--checkpoint-file", str(bad))
+        assert code == 1 and "the checkpoint file" in out and said in out, out
+    assert not db.exists() and not workspace.exists(), "nothing was run"
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    code, out = invoke("answer", "r", "yes", "--db", str(empty))
+    assert code == 1 and "the file is empty, not an autonomy event log" in out, out
+    assert empty.stat().st_size == 0

@@ -449,10 +449,7 @@ def start_run(
         )
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
-    if problem := not_a_project(workspace):
-        raise ConfigError(
-            f"the workspace {workspace} is {problem}: give the run a directory of its own"
-        )
+    check_workspace(workspace)
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)
@@ -462,6 +459,15 @@ def start_run(
     with store.lease(run_id, describe_owner()):
         return _start(
             store, run_id, goal, workspace, settings, confinement, client, progress, checked
+        )
+
+
+def check_workspace(workspace: Path) -> None:
+    """``ConfigError`` for a directory no run may have as its workspace
+    (``not_a_project``): before anything is written, a log in it included."""
+    if problem := not_a_project(workspace):
+        raise ConfigError(
+            f"the workspace {workspace} is {problem}: give the run a directory of its own"
         )
 
 

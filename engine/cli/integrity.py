@@ -7,6 +7,7 @@ prints ``events.checkpoints`` lines for the user to keep elsewhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -159,6 +160,25 @@ def append_checkpoint(store: EventStore, run_id: str, path: Path) -> None:
     lines = "".join(dumps(taken) + "\n" for taken in take(store, [run_id]))
     with path.open("a", encoding="utf-8") as out:
         out.write(lines)
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """``CheckpointError`` unless a checkpoint can be appended to ``path``: a regular
+    file (made if missing) in a directory that is there; a FIFO, a device or a
+    directory is refused without waiting on it."""
+    import stat
+
+    from events.errors import CheckpointError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"cannot write the checkpoint file {path}: {e.strerror or e}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"the checkpoint file {path} is not a regular file")
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> str:

@@ -73,9 +73,20 @@ def run(
         autonomy run --workspace ./project --model-url http://localhost:11434 --model qwen2.5-coder:32b
     """
     from engine.agent.progress import run_display
-    from engine.agent.runner import start_run
+    from engine.agent.runner import check_workspace, start_run
     from projections import project
 
+    # what would stop the run is found before its log is made: no log is left in a
+    # home directory, and no run is done for a checkpoint file it then cannot write
+    check_workspace(workspace)
+    if str(db) == ":memory:":
+        raise ConfigError(
+            "--db :memory: keeps the run's log only until the command ends; give a file"
+        )
+    if checkpoint_file is not None:
+        from engine.cli.integrity import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint_file)
     text = read_goal(goal, workspace)
     settings = flags.load(workspace)
     with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
