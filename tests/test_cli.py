@@ -38,6 +38,7 @@ from events import (
     UserAsked,
 )
 from events.codec import chain_hash
+from events.schema import FileChange
 from projections.views import VIEWS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,6 +253,38 @@ def test_state_at_a_version_the_run_never_reached_is_a_clean_error(
     assert_clean_error(result)
     assert f"run build has versions 0 to {len(BUILD)}; 99 is not one of them" in result.stderr
     assert run(runner, "state", "build", "--at", len(BUILD), "--db", db).exit_code == 0
+
+
+def test_state_keeps_what_a_model_wrote_on_its_line_and_shows_its_escapes(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A question or a file name with a line break printed a line of its own in
+    ``state`` ("run r: completed"); piped, click dropped an escape sequence, so the
+    name shown was not the one recorded."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append(
+            "r",
+            [
+                RunStarted(goal="g", workspace=str(tmp_path)),
+                ToolRequested(call_id="r/t2", tool="create_file", arguments={}),
+                ToolExecuted(
+                    call_id="r/t2",
+                    tool="create_file",
+                    ok=True,
+                    files_changed=(
+                        FileChange(path="notes\x1b[8m\nrun r: done.txt", after="0" * 64, size=1),
+                    ),
+                ),
+                UserAsked(question="Which Python?\nrun r: completed (all tasks done)"),
+            ],
+            0,
+        )
+    result = run(runner, "state", "r", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert not [line for line in result.output.splitlines() if line.startswith("run r: ")]
+    assert "waiting for an answer to: Which Python?\\nrun r: completed" in result.output
+    assert "notes\\x1b[8m\\nrun r: done.txt" in result.output
 
 
 def test_events_refuses_an_unknown_type_and_lists_the_known_ones(

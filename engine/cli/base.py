@@ -313,7 +313,10 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 # -- the commands --------------------------------------------------------------------------
 
 
-@click.group(cls=Group)
+# color: click would strip escape sequences from what it prints to a pipe, before the
+# stream shows them escaped (engine.terminal.PrintableStream): a file name holding one
+# was printed as another name; autonomy styles nothing itself
+@click.group(cls=Group, context_settings={"color": True})
 @click.version_option(__version__, prog_name="autonomy")
 def cli() -> None:
     """autonomy: an autonomous coding agent whose every decision is an event in an

@@ -314,6 +314,7 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
 def state_lines(projected: RunState) -> list[str]:
     """The state, readable."""
     from engine.tables import table
+    from engine.terminal import one_line
 
     p, o = projected.pipeline, projected.orchestration
     lines = [
@@ -371,7 +372,9 @@ def state_lines(projected: RunState) -> list[str]:
     if o.open_calls:
         lines += ["", "model calls without an answer:"]
         lines += [f"  {cid} ({c.role}, {c.model})" for cid, c in o.open_calls.items()]
-    return lines
+    # each on its line: a question or a file name a model wrote with a line break in it
+    # printed a line of its own ("run r1: completed")
+    return [one_line(line) for line in lines]
 
 
 @cli.command("copy")
