@@ -37,7 +37,9 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -511,23 +513,39 @@ class PostgresEventStore(SQLEventStore):
 
     # -- integrity -------------------------------------------------------------------
 
-    database_checks = "append-only triggers"
+    database_checks = "append-only triggers and their definitions"
 
     def database_problems(self) -> list[str]:
-        """The append-only triggers of this schema's tables missing or disabled now
-        (PostgreSQL checks its own pages; a superuser can still drop a trigger)."""
+        """The append-only triggers of this schema's tables missing or not firing now
+        (disabled, or firing on replicas only), and every trigger and function of the
+        schema that is not as autonomy makes it: compared, definition by definition,
+        with those of a scratch schema the migrations make in a transaction rolled
+        back (PostgreSQL checks its own pages; an owner or a superuser can still
+        change a trigger's condition, a function's body). A role that may not make
+        that scratch schema gets the first check only, and is told so."""
         rows = self._fetch(
             "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             " WHERE c.relnamespace = to_regnamespace(current_schema())"
-            " AND t.tgname = ANY(%s) AND t.tgenabled <> 'D'",
+            " AND t.tgname = ANY(%s) AND t.tgenabled IN ('O', 'A')",
             (list(APPEND_ONLY_TRIGGERS),),
             "checking the append-only triggers",
         )
         present = {row[0] for row in rows}
         missing = [name for name in APPEND_ONLY_TRIGGERS if name not in present]
+        problems = []
         if missing:
-            return [f"append-only triggers are missing or disabled: {', '.join(missing)}"]
-        return []
+            problems.append(f"append-only triggers are missing or disabled: {', '.join(missing)}")
+        with self._conn("comparing the schema's triggers and functions") as conn:
+            try:
+                differ = _definitions_differ(conn)
+            except psycopg.errors.InsufficientPrivilege:  # said, not a problem of the log
+                differ = []
+                self.database_checks = (
+                    "append-only triggers; their definitions not compared, since this role "
+                    "may not make the scratch schema they are compared in (verify as the owner)"
+                )
+        said = tuple(f"trigger {name} on " for name in missing)  # not twice
+        return problems + [line for line in differ if not line.startswith(said)]
 
     # -- reading ---------------------------------------------------------------------
 
@@ -804,6 +822,57 @@ class SQLiteStyle:
                 return self.reconnect(raw).execute(query, params, prepare=True)
         except psycopg.Error as e:
             raise mapped_error(e, "") from e
+
+
+def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
+    """Each trigger on the tables of ``schema`` (with whether it fires) and each
+    function in it, by kind and name, as PostgreSQL prints it, the schema's name
+    replaced by ``<schema>``."""
+    rows = conn.execute(
+        "SELECT 'trigger ' || t.tgname || ' on ' || c.relname,"
+        " pg_get_triggerdef(t.oid) || ' [' || t.tgenabled::text || ']'"
+        " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal"
+        " UNION ALL"
+        " SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid)"
+        " || ')', pg_get_functiondef(p.oid)"
+        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace",
+        (schema, schema),
+    ).fetchall()
+    quoted = '"' + schema.replace('"', '""') + '"'
+    return {
+        name: text.replace(f"{quoted}.", "<schema>.").replace(f"{schema}.", "<schema>.")
+        for name, text in rows
+    }
+
+
+def _definitions_differ(conn: psycopg.Connection[Any]) -> list[str]:
+    """What differs between the triggers and functions of the current schema and
+    those the migrations make in a fresh one (made, read and rolled back)."""
+    (schema,) = conn.execute("SELECT current_schema()").fetchone() or ("",)
+    have = _definitions(conn, schema)
+    scratch = f"autonomy_verify_{os.getpid()}_{secrets.token_hex(4)}"
+    with conn.transaction(force_rollback=True):
+        conn.execute(f'CREATE SCHEMA "{scratch}"')
+        conn.execute(f"SET LOCAL search_path = \"{scratch}\"")
+        for statement in MIGRATIONS:
+            conn.execute(statement)
+        want = _definitions(conn, scratch)
+    problems = [
+        f"{name} is not as autonomy makes it (changed since it was made)"
+        for name in sorted(want)
+        if name in have and have[name] != want[name]
+    ]
+    problems += [
+        f"{name} is missing" for name in sorted(want.keys() - have.keys())
+        if name.startswith("function ")
+    ]  # fmt: skip
+    problems += [
+        f"{name} is not autonomy's (a foreign one, made since)"
+        for name in sorted(have.keys() - want.keys())
+        if name.startswith("trigger ")
+    ]
+    return problems
 
 
 def migrate(conn: psycopg.Connection[Any], *, create: bool = True) -> int:

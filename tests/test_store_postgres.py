@@ -53,7 +53,7 @@ def test_verify_says_when_an_append_only_trigger_is_gone(
     store.append("r", [START], 0)
     code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
     assert code.exit_code == 0, code.output
-    assert "database: ok (append-only triggers, 0 blobs)" in code.output
+    assert "database: ok (append-only triggers and their definitions, 0 blobs)" in code.output
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema's owner can
         conn.execute(statement)
     name = statement.split("TRIGGER ")[1].split()[0]
@@ -61,6 +61,63 @@ def test_verify_says_when_an_append_only_trigger_is_gone(
     code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
     assert code.exit_code == 1
     assert f"database: FAILED append-only triggers are missing or disabled: {name}" in code.output
+
+
+@pytest.mark.parametrize(
+    ("statements", "said"),
+    [
+        (
+            ["ALTER TABLE events ENABLE REPLICA TRIGGER events_append_only"],
+            "append-only triggers are missing or disabled: events_append_only",
+        ),
+        (
+            [
+                "CREATE OR REPLACE FUNCTION autonomy_append_only() RETURNS trigger"
+                " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+            ],
+            "function autonomy_append_only() is not as autonomy makes it",
+        ),
+        (
+            [
+                "DROP TRIGGER events_append_only ON events",
+                "CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events"
+                " FOR EACH ROW WHEN (false) EXECUTE FUNCTION autonomy_append_only()",
+            ],
+            "trigger events_append_only on events is not as autonomy makes it",
+        ),
+        (
+            [
+                "CREATE OR REPLACE FUNCTION autonomy_append(run text, first_version integer,"
+                " at text, types text[], schema_versions integer[], causations bigint[],"
+                " hashes text[], payloads text[]) RETURNS bigint LANGUAGE sql AS $$ SELECT 0::bigint $$"
+            ],
+            "function autonomy_append(",
+        ),
+        (
+            [
+                "CREATE FUNCTION forget() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+                "CREATE TRIGGER forget BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION forget()",
+            ],
+            "trigger forget on events is not autonomy's",
+        ),
+    ],
+    ids=["replica-only", "no-op function", "when-false", "append dropped", "foreign"],
+)
+def test_verify_compares_every_trigger_and_function_with_autonomys(
+    store: PostgresEventStore, pg_url: str, statements: list[str], said: str
+) -> None:
+    """verify checked the triggers by name and enabled flag only: a trigger firing on
+    replicas only, re-made WHEN (false), its function made a no-op, or autonomy_append
+    made to drop what it is given (acknowledged appends lost) all said "ok"."""
+    store.append("r", [START], 0)
+    assert store.database_problems() == []
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema's owner can
+        for statement in statements:
+            conn.execute(statement)
+    problems = store.database_problems()
+    assert any(said in problem for problem in problems), problems
+    code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
+    assert code.exit_code == 1 and "database: FAILED" in code.output, code.output
 
 
 @pytest.mark.parametrize(
@@ -238,6 +295,9 @@ def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_pat
         digest = store.put(b"content")
         submit(store, "another goal", tmp_path, run_id="queued")
         assert store.verify("r").ok and store.get(digest) == b"content"
+        # a role that may not make the scratch schema is told, and not failed
+        assert store.database_problems() == []
+        assert "definitions not compared" in store.database_checks
         runs = cast(Any, store).connection.execute("SELECT run_id, events FROM runs").fetchall()
         assert runs == [("r", 2)]
     with psycopg.connect(as_writer, autocommit=True) as conn:
