@@ -134,11 +134,13 @@ def open_postgres(url: str, *, key: bytes | None = None, read_only: bool = False
         from events.postgres import PostgresEventStore
         from projections.summaries import maintain
         from projections.views_postgres import install_views as install_postgres_views
+        from projections.views_postgres import view_statements
     except ImportError as e:
         raise EventStoreError(
             f"a PostgreSQL log needs psycopg: pip install 'autonomy[postgres]' ({e})"
         ) from e
     store = PostgresEventStore(url, key=key, read_only=read_only)
+    store.made_with = view_statements()
     try:
         install_postgres_views(store.connection.raw)
         maintain(store)

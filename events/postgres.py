@@ -365,6 +365,9 @@ class PostgresEventStore(SQLEventStore):
         """Seconds a connection to this log waits for the server (libpq's
         ``connect_timeout``): this store's, and another's to the same log (a worker's)."""
         self._closed = threading.Event()
+        self.made_with: tuple[str, ...] = ()
+        """Statements that make the rest of what this log's schema holds (the audit
+        views, by ``engine.storage``): ``verify`` compares what they make too."""
         self._held: dict[str, psycopg.Connection[Any]] = {}
         """The runs whose lease this store holds, with the session holding each."""
         self._audit: SQLiteStyle | None = None
@@ -537,7 +540,7 @@ class PostgresEventStore(SQLEventStore):
             problems.append(f"append-only triggers are missing or disabled: {', '.join(missing)}")
         with self._conn("comparing the schema's triggers and functions") as conn:
             try:
-                differ = _definitions_differ(conn)
+                differ = _definitions_differ(conn, self.made_with)
             except psycopg.errors.InsufficientPrivilege:  # said, not a problem of the log
                 differ = []
                 self.database_checks = (
@@ -825,9 +828,9 @@ class SQLiteStyle:
 
 
 def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
-    """Each trigger on the tables of ``schema`` (with whether it fires) and each
-    function in it, by kind and name, as PostgreSQL prints it, the schema's name
-    replaced by ``<schema>``."""
+    """Each trigger on the tables of ``schema`` (with whether it fires), each
+    function and each view in it, by kind and name, as PostgreSQL prints it, the
+    schema's name replaced by ``<schema>``."""
     rows = conn.execute(
         "SELECT 'trigger ' || t.tgname || ' on ' || c.relname,"
         " pg_get_triggerdef(t.oid) || ' [' || t.tgenabled::text || ']'"
@@ -836,8 +839,11 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
         " UNION ALL"
         " SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid)"
         " || ')', pg_get_functiondef(p.oid)"
-        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace",
-        (schema, schema),
+        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace"
+        " UNION ALL"
+        " SELECT 'view ' || c.relname, pg_get_viewdef(c.oid)"
+        " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = %s::regnamespace",
+        (schema, schema, schema),
     ).fetchall()
     quoted = '"' + schema.replace('"', '""') + '"'
     return {
@@ -846,16 +852,19 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     }
 
 
-def _definitions_differ(conn: psycopg.Connection[Any]) -> list[str]:
-    """What differs between the triggers and functions of the current schema and
-    those the migrations make in a fresh one (made, read and rolled back)."""
+def _definitions_differ(
+    conn: psycopg.Connection[Any], also: Sequence[str] = ()
+) -> list[str]:
+    """What differs between the triggers, functions and views of the current schema
+    and those the migrations (and the statements ``also``: the audit views) make in
+    a fresh one (made, read and rolled back)."""
     (schema,) = conn.execute("SELECT current_schema()").fetchone() or ("",)
     have = _definitions(conn, schema)
     scratch = f"autonomy_verify_{os.getpid()}_{secrets.token_hex(4)}"
     with conn.transaction(force_rollback=True):
         conn.execute(f'CREATE SCHEMA "{scratch}"')
         conn.execute(f"SET LOCAL search_path = \"{scratch}\"")
-        for statement in MIGRATIONS:
+        for statement in (*MIGRATIONS, *also):
             conn.execute(statement)
         want = _definitions(conn, scratch)
     problems = [
@@ -865,7 +874,7 @@ def _definitions_differ(conn: psycopg.Connection[Any]) -> list[str]:
     ]
     problems += [
         f"{name} is missing" for name in sorted(want.keys() - have.keys())
-        if name.startswith("function ")
+        if name.startswith(("function ", "view "))
     ]  # fmt: skip
     problems += [
         f"{name} is not autonomy's (a foreign one, made since)"

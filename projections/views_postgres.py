@@ -224,6 +224,12 @@ def _digest(sql: str) -> str:
     return "autonomy " + hashlib.sha256(sql.strip().encode()).hexdigest()[:16]
 
 
+def view_statements() -> tuple[str, ...]:
+    """The statements that make the audit views (and the function they read payloads
+    through) in an empty schema: what ``verify`` compares the log's with."""
+    return (CLEAN_FUNCTION, *(f"CREATE VIEW {name} AS {sql.strip()}" for name, sql in VIEWS.items()))
+
+
 def install_views(connection: Any) -> None:
     """Create (or replace) every audit view on an autonomy database (a psycopg
     connection in autocommit mode); no write when they are all current."""
@@ -241,7 +247,7 @@ def install_views(connection: Any) -> None:
         # views read each other (effective_spans): all go, then come back in order
         for name in reversed(VIEWS):
             connection.execute(f"DROP VIEW IF EXISTS {name} CASCADE")
-        connection.execute(CLEAN_FUNCTION)
-        for name, sql in VIEWS.items():
-            connection.execute(f"CREATE VIEW {name} AS {sql.strip()}")
-            connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")
+        for name, statement in zip(("", *VIEWS), view_statements(), strict=True):
+            connection.execute(statement)
+            if name:
+                connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")

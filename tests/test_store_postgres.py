@@ -120,6 +120,22 @@ def test_verify_compares_every_trigger_and_function_with_autonomys(
     assert code.exit_code == 1 and "database: FAILED" in code.output, code.output
 
 
+def test_verify_compares_the_audit_views_with_autonomys(pg_url: str) -> None:
+    """A view was checked by the digest in its comment, which its owner may keep: a
+    view emptied with its comment kept made ``audit tool-failures`` say "(no rows)"
+    on a log with failures, and verify "ok"."""
+    with open_store(pg_url) as store:
+        store.append("r", [START], 0)
+        assert store.database_problems() == []
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            (definition,) = conn.execute("SELECT pg_get_viewdef('tool_calls')").fetchone()
+            body = definition.strip().rstrip(";")
+            conn.execute(f"CREATE OR REPLACE VIEW tool_calls AS SELECT * FROM ({body}) x WHERE false")
+        assert "view tool_calls is not as autonomy makes it (changed since it was made)" in (
+            store.database_problems()
+        )
+
+
 @pytest.mark.parametrize(
     "statement",
     [
