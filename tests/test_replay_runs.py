@@ -381,6 +381,31 @@ def test_a_run_whose_tools_answer_in_recoverys_words_replays(tmp_path: Path) -> 
     assert_replays(store, "r", tools="recorded")
 
 
+class Repeats(Quick):
+    """Its coder asks for the same missing file for ever (the third strike ends the task)."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        return Reply.tool("read_file", path="missing.py")
+
+
+def test_where_the_recorded_run_did_something_else_than_ask_the_report_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replayed with a fourth strike allowed, the replay asks the coder again where
+    the recording ended the task: the report compared that request with the
+    recording's next one, of another conversation, at another version."""
+    from engine.agent import conversation
+
+    store = KillableStore()
+    with ScriptedModelServer(Repeats(), models=["m"]) as running:
+        start(store, tmp_path / "ws", running, max_steps=3)
+    assert_replays(store, "r", tools="recorded")
+    monkeypatch.setattr(conversation, "REPEAT_LIMIT", 4)
+    report = replay(store, "r", tools="recorded").report()
+    first = report.splitlines()[0]
+    assert first.endswith(": expected specialist.consulted, got model.requested"), report
+
+
 @settings(
     max_examples=6,
     deadline=None,

@@ -307,6 +307,13 @@ class _Segment:
         ):
             # the request itself is what differs: compare what came before it, then say how
             asked = produced[-1]
+            at = expected[asked.version - 1] if asked.version <= len(expected) else None
+            if at is not None and at.type != asked.type:
+                # the recorded run did something else here (ended the task, say): that is
+                # the divergence, not the next recorded request, of another conversation
+                divergence = compare(expected[: asked.version], produced, normalise)
+                if divergence is not None:
+                    return ReplayResult(run_id, divergence.version, divergence, run_id)
             divergence = compare(expected[: asked.version - 1], produced[:-1], normalise)
             if divergence is None:
                 recorded = (
