@@ -123,6 +123,45 @@ def test_resume_of_a_live_run_is_refused_and_a_dead_ones_is_taken_over(tmp_path:
     assert project(open_store(db), run_id).pipeline.status == "completed"
 
 
+@pytest.mark.slow
+def test_a_second_run_in_a_workspace_in_use_is_refused(tmp_path: Path) -> None:
+    """A run's lease is its own: two runs (or a rewind of one while another ran) in
+    one workspace wrote over each other's files, each recording the other's changes
+    as its own. The workspace is locked by the run working in it; the lock ends
+    with its process."""
+    db, workspace = tmp_path / "events.db", tmp_path / "ws"
+    gate = Gate()
+    with ScriptedModelServer(gate, models=["m"]) as server:
+        model = flags(server)
+        process = autonomy_run(
+            tmp_path, server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        with reaped(process):
+            try:
+                assert gate.arrived.wait(timeout=60), "the run never asked the model"
+                (first,) = run_ids(db)
+                second = CliRunner().invoke(
+                    cli,
+                    ["run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "b.db"),
+                     "--run-id", "second", *model],
+                )  # fmt: skip
+                assert second.exit_code == 1, second.output
+                assert f"the workspace {workspace} is in use by run {first}, pid {process.pid}" in (
+                    second.output
+                )
+                assert not (tmp_path / "b.db").exists() or run_ids(tmp_path / "b.db") == []
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+                gate.opened.set()
+        again = CliRunner().invoke(
+            cli,
+            ["run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "b.db"),
+             "--run-id", "second", *model],
+        )  # fmt: skip
+        assert again.exit_code == 0, again.output
+
+
 def test_an_interrupted_command_is_settled_as_interrupted_never_rerun_and_the_task_told(
     tmp_path: Path,
 ) -> None:

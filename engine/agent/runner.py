@@ -20,10 +20,11 @@ fact it works from is ``log.state``, the projection of the log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,8 +56,8 @@ from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.sandbox import not_a_project
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
-from events.errors import AutonomyError, StoreUnavailable
-from events.lease import describe_owner
+from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
+from events.lease import FileLeases, describe_owner
 from events.schema import (
     ArbiterDecided,
     FileChange,
@@ -456,10 +457,34 @@ def start_run(
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
-    with store.lease(run_id, describe_owner()):
+    with store.lease(run_id, describe_owner()), workspace_lock(workspace, run_id):
         return _start(
             store, run_id, goal, workspace, settings, confinement, client, progress, checked
         )
+
+
+@contextlib.contextmanager
+def workspace_lock(workspace: Path, run_id: str) -> Iterator[None]:
+    """One run at a time in a workspace: a run's lease is its own, and two runs (or a
+    rewind of one while another runs) in one workspace wrote over each other's files,
+    each recording the other's changes as its own. An exclusive ``flock`` on a file
+    in the workspace's ``.autonomy/`` (hidden from commands), released with the
+    process however it ends; ``LeaseHeld`` naming the run that holds it."""
+    directory = workspace / ".autonomy" / "leases"
+    try:
+        directory.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise EventStoreError(f"cannot lock the workspace {workspace}: {e.strerror or e}") from e
+    try:
+        with FileLeases(directory).hold("workspace", f"run {run_id}, {describe_owner()}"):
+            yield
+    except LeaseHeld as e:
+        holder = str(e).split("(", 1)[-1].rsplit(")", 1)[0]
+        raise LeaseHeld(
+            f"the workspace {workspace} is in use by {holder}; two runs in one workspace "
+            "would write over each other's files: wait for it to stop, or give this run a "
+            "workspace of its own"
+        ) from None
 
 
 def check_workspace(workspace: Path) -> None:
@@ -662,6 +687,19 @@ def _resume(
             f"or go on in a new workspace made from the log's files: autonomy fork {run_id} "
             f"--at {log.version} --workspace NEW_DIR, then autonomy resume the new run"
         )
+    with workspace_lock(workspace, run_id):
+        return _resume_in(store, log, workspace, settings, http, progress, prepare)
+
+
+def _resume_in(
+    store: EventStore,
+    log: RunLog,
+    workspace: Path,
+    settings: Settings,
+    http: httpx.Client | None,
+    progress: Progress | None,
+    prepare: Prepare | None,
+) -> RunLog:
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)

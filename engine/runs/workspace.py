@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.runlog import RunLog, check_run_id
+from engine.agent.runner import workspace_lock
 from engine.errors import ToolError
 from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project, remove_tree
 from events.errors import AutonomyError, RunNotFound
@@ -499,15 +500,16 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     wanted = files_at(store, run_id, to)
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
     targets = _targets(workspace, wanted)
-    store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
-    try:
-        return _write(targets, contents)
-    except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
-        raise HistoryError(
-            f"the rewind to version {to} is recorded, but its files could not all be "
-            f"restored: {e.strerror or e}; once that is put right, give the same command "
-            f"again (or autonomy resume {run_id}) to finish it"
-        ) from e
+    with workspace_lock(workspace, run_id):  # no other run is working in it
+        store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
+        try:
+            return _write(targets, contents)
+        except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
+            raise HistoryError(
+                f"the rewind to version {to} is recorded, but its files could not all be "
+                f"restored: {e.strerror or e}; once that is put right, give the same command "
+                f"again (or autonomy resume {run_id}) to finish it"
+            ) from e
 
 
 def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id: str) -> Restored:
