@@ -140,12 +140,27 @@ def test_serve_refuses_a_public_address_without_a_token(db: Path) -> None:
 
 
 def test_a_served_token_is_required_on_every_request(db: Path) -> None:
-    with serving(db, env={**os.environ, "AUTONOMY_TOKEN": "s3cret"}) as url:
+    token = "s3cret-s3cret-s3cret"
+    with serving(db, env={**os.environ, "AUTONOMY_TOKEN": token}) as url:
         assert httpx.get(f"{url}/api/runs").status_code == 401
         assert httpx.get(f"{url}/").status_code == 401
-        bearer = {"Authorization": "Bearer s3cret"}
+        bearer = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{url}/api/runs", headers=bearer).status_code == 200
-        assert httpx.get(f"{url}/?token=s3cret").status_code == 200
+        assert httpx.get(f"{url}/?token={token}").status_code == 200
+
+
+@pytest.mark.parametrize("token", [" ", "s3cret"])
+def test_a_token_anyone_could_guess_is_refused(db: Path, token: str) -> None:
+    """AUTONOMY_TOKEN=' ' was taken for --host 0.0.0.0, and ?token=%20 then read the
+    whole log."""
+    result = subprocess.run(
+        [AUTONOMY, "serve", "--db", str(db), "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "AUTONOMY_TOKEN": token},
+    )
+    assert result.returncode == 1 and "give one of at least 16" in result.stderr, result.stderr
 
 
 # -- the browser -------------------------------------------------------------------------

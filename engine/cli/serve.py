@@ -13,6 +13,8 @@ from engine.cli.base import cli, db_option
 from engine.errors import ConfigError
 
 TOKEN_ENV = "AUTONOMY_TOKEN"
+MIN_TOKEN_CHARS = 16
+"""The shortest token taken: anyone who can reach the service may guess at it."""
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +82,12 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
 
     path = resolve_db(db)
     loopback = is_loopback(host)
+    if token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
+        # " " (or a short word) was taken, and ?token=%20 then read the whole log
+        raise ConfigError(
+            f"the token is {len(token.strip())} characters without its blanks; give one of "
+            f"at least {MIN_TOKEN_CHARS} (openssl rand -hex 16 makes one)"
+        )
     if not loopback and not token:
         raise ConfigError(
             f"--host {host} exposes the log beyond this machine: give --token T "
