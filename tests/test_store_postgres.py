@@ -324,6 +324,19 @@ def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_pat
                 conn.execute(statement)
 
 
+def test_a_run_queued_twice_is_refused_in_one_line(pg_url: str, tmp_path: Path) -> None:
+    """The second submit of one run id printed the driver's "duplicate key value
+    violates unique constraint" with its DETAIL."""
+    with open_store(pg_url) as store:
+        submit(store, "a goal", tmp_path, run_id="job-1")
+    result = CliRunner().invoke(
+        cli, ["submit", "a goal", "--workspace-template", str(tmp_path), "--run-id", "job-1",
+              "--db", pg_url],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == "Error: run job-1 is already queued"
+
+
 def test_a_run_with_an_empty_goal_is_not_queued(pg_url: str, tmp_path: Path) -> None:
     with open_store(pg_url) as store:
         with pytest.raises(ConfigError, match="the goal is empty"):

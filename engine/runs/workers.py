@@ -75,10 +75,15 @@ def submit(store: EventStore, goal: str, template: Path, run_id: str | None = No
     if store.last_version(run_id) > 0:
         raise EventStoreError(f"run {run_id} is already in the log")
     connection = store.connection  # type: ignore[attr-defined]
-    connection.execute(
-        "INSERT INTO queue (run_id, goal, template) VALUES (?, ?, ?)",
+    # one statement, so that two submits of one id at once are one queued run and one
+    # clear refusal (not the driver's "duplicate key value violates...")
+    added = connection.execute(
+        "INSERT INTO queue (run_id, goal, template) VALUES (?, ?, ?)"
+        " ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
         (run_id, goal, str(template.resolve())),
-    )
+    ).fetchall()
+    if not added:
+        raise EventStoreError(f"run {run_id} is already queued")
     return run_id
 
 
