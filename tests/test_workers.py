@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from waiting import Gate, reaped, wait_until
 
 from engine.cli import cli
+from engine.config import load_settings
 from engine.runs.demo import GOAL
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer, ScriptedRequest
@@ -139,3 +140,58 @@ def test_a_worker_whose_log_goes_away_mid_run_waits_and_finishes_the_run_once_it
         assert store.verify("job").ok
         outcome = store.connection.execute("SELECT outcome FROM queue WHERE run_id = 'job'")
         assert outcome.fetchone()[0] == "completed"
+
+
+def test_a_queued_run_finished_elsewhere_is_marked_done_with_how_it_ended(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A worker whose claim was lost finished its run; the next worker "resumed" it,
+    was told there was nothing to resume, and recorded that error as the outcome."""
+    from engine.runs.workers import Worker, submit
+    from events import RunFinished, RunStarted
+
+    said: list[str] = []
+    with open_store(pg_url) as store:
+        submit(store, GOAL, tmp_path, run_id="job")
+        store.append(
+            "job", [RunStarted(goal=GOAL, workspace=str(tmp_path)), RunFinished(status="completed")], 0
+        )
+        worker = Worker(store, tmp_path / "runs", lambda *_: load_settings(env={}), said.append)
+        assert worker.run(once=True) == 1
+        row = store.connection.execute("SELECT outcome FROM queue WHERE run_id = 'job'").fetchone()
+    assert row == ("completed",), said
+    assert said == ["worker: job was completed already"]
+
+
+def test_a_worker_refused_a_queued_run_waits_longer_each_time_and_says_so_once(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed by hand while queued: the worker took it again every 0.2 s, each
+    time projecting it and printing "resuming"."""
+    from engine.runs import workers
+    from events import RunStarted
+
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def sleep(seconds: float, _: object) -> None:
+        waits.append(seconds)
+        if len(waits) == 5:
+            stop.set()
+
+    monkeypatch.setattr(workers, "_sleep", sleep)
+    said: list[str] = []
+    with open_store(pg_url) as store:
+        workers.submit(store, GOAL, tmp_path, run_id="job")
+        store.append("job", [RunStarted(goal=GOAL, workspace=str(tmp_path))], 0)
+        settings = lambda *_: load_settings(env={"AUTONOMY_PREFLIGHT": "false"})  # noqa: E731
+        with store.lease("job", "a person's resume"):
+            workers.Worker(store, tmp_path / "runs", settings, said.append).run(
+                once=False, stop=stop
+            )
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2]
+    assert said == [
+        "worker: resuming job from version 1",
+        "worker: run job is being run by another engine (a person's resume); wait for it to "
+        "stop, or stop it: its lease ends with its process; it stays queued",
+    ]

@@ -29,6 +29,7 @@ from typing import Any
 from engine.agent.runlog import check_run_id
 from engine.agent.runner import check_goal, new_run_id, resume_run, start_run
 from engine.config import Settings
+from engine.machines.phases import TERMINAL
 from engine.runs.workspace import copy_workspace, finish_cut_rewind
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
@@ -96,6 +97,10 @@ class Worker:
     poll: float = 0.2
     _waited: float = field(default=0.0, init=False)
     """The last wait between two tries to reach the log; 0 while it can be reached."""
+    _busy: float = field(default=0.0, init=False)
+    """The last wait for a queued run another engine holds; 0 once one ran."""
+    _held: set[str] = field(default_factory=set, init=False)
+    """Queued runs found held by another engine (said once each)."""
 
     def run(self, *, once: bool, stop: threading.Event | None = None) -> int:
         """Take and run queued runs; with ``once``, return when every queued run is
@@ -119,8 +124,13 @@ class Worker:
             if outcome is _EMPTY:
                 return ran
             if outcome is _BUSY:
-                _sleep(self.poll, stop)
+                # another engine holds the run taken (a resume by hand): it will be a
+                # while; tried again less and less often, not every poll (which
+                # projected the run and printed "resuming" five times a second)
+                self._busy = min(max(self._busy * 2, self.poll), OUTAGE_WAIT)
+                _sleep(self._busy, stop)
                 continue
+            self._busy = 0.0
             ran += 1
         return ran
 
@@ -193,14 +203,25 @@ class Worker:
                 )
             else:
                 state = project(self.store, run_id)
-                self.progress(f"worker: resuming {run_id} from version {state.version}")
+                status = state.pipeline.status
+                stopped = status == "stopped" and state.pipeline.phase not in TERMINAL
+                if status not in ("running", "new", "waiting_for_input") and not stopped:
+                    # finished by another engine (a worker whose claim was lost, a
+                    # resume by hand): done, with how it ended, not "resumed" into an error
+                    self.progress(f"worker: {run_id} was {status} already")
+                    return str(status)
+                if run_id not in self._held:
+                    self.progress(f"worker: resuming {run_id} from version {state.version}")
                 recorded = state.pipeline.config or None
                 settings = self.settings_for(Path(state.pipeline.workspace), recorded)
                 resume_run(
                     self.store, run_id, settings=settings, progress=self.progress,
                     prepare=finish_cut_rewind,
                 )  # fmt: skip
-        except LeaseHeld:
+        except LeaseHeld as e:
+            if run_id not in self._held:
+                self._held.add(run_id)
+                self.progress(f"worker: {e}; it stays queued")
             return None
         except StoreUnavailable:
             raise
