@@ -408,3 +408,35 @@ def test_the_postgres_indexes_are_on_the_expressions_the_views_compare() -> None
     for name in ("call_id", "task_id"):
         bare = f"events(run_id, type, (data->>'{name}'))"
         assert POSTGRES_INDEXES[f"events_{name}"] == nul_safe(bare)
+
+
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+def test_ctrl_c_stops_a_query_that_would_run_for_ever(db: Path) -> None:
+    """Python runs its signal handlers between its own steps: while SQLite ran the
+    query, Ctrl-C waited for it to end, for ever for this one."""
+    import signal
+
+    from waiting import reaped, wait_until
+
+    autonomy = Path(sys.executable).parent / "autonomy"
+    process = subprocess.Popen(
+        [str(autonomy), "audit", "--sql", ENDLESS, "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with reaped(process):
+
+        def computing() -> bool:  # the log open, and a second of the query's CPU spent
+            fds = Path(f"/proc/{process.pid}/fd")
+            opened = any(os.readlink(fd) == str(db) for fd in fds.iterdir())
+            ticks = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[11])
+            return opened and ticks / os.sysconf("SC_CLK_TCK") > 1.5
+
+        wait_until(computing, "the query runs", timeout=60)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert err.strip() == "Error: the SQL query (read-only) failed: interrupted"

@@ -380,10 +380,14 @@ def run_sql(
         connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         if limits.max_bytes is not None:  # no single value longer than all may be
             connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(limits.max_bytes, 1_000))
-        if limits.seconds is not None:
-            deadline = time.monotonic() + limits.seconds
-            # called every 10,000 virtual machine steps; a true answer stops the query
-            connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        deadline = time.monotonic() + limits.seconds if limits.seconds is not None else None
+        # called every 10,000 virtual machine steps; a true answer stops the query. Also
+        # without a deadline: Python runs its signal handlers only between its own steps,
+        # so a Ctrl-C waited for a long query to end (an endless one for ever); in this
+        # handler, the KeyboardInterrupt is raised and the query stops
+        connection.set_progress_handler(
+            lambda: deadline is not None and time.monotonic() > deadline, 10_000
+        )
         return _execute(connection, sql, params or {}, "the SQL query (read-only)", limits)
     finally:
         store.close()
