@@ -184,3 +184,17 @@ def test_what_would_stop_a_run_is_found_before_its_log_is_made(
     code, out = invoke("answer", "r", "yes", "--db", str(empty))
     assert code == 1 and "the file is empty, not an autonomy event log" in out, out
     assert empty.stat().st_size == 0
+
+
+def test_a_goal_file_that_waits_for_its_data_is_not_waited_on(tmp_path: Path) -> None:
+    """Read blocking, a file that waits for data (a FIFO, /proc/kmsg) hung the run."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "goal"
+    os.mkfifo(fifo)
+    code = "import sys; from engine.cli.running import _goal_file; print(repr(_goal_file(__import__('pathlib').Path(sys.argv[1]))))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "''", done.stderr

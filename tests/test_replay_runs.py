@@ -648,6 +648,10 @@ def test_options_that_mean_nothing_are_refused(quick_db: Path) -> None:
     for extra in (["--json"], ["--until", "3"], ["--tools", "recorded"]):
         code, out = cli("replay", "q", "--db", str(quick_db), "--live-from", "3", *extra)
         assert code == 1 and f"{extra[0]} do not apply to a counterfactual replay" in out, out
+    code, out = cli("replay", "q", "--db", str(quick_db), "--as", "branch")
+    assert code == 1 and "--as and --workspace name a counterfactual replay's branch" in out
+    code, out = cli("events", "q", "--db", str(quick_db), "--from", "10", "--to", "5")
+    assert code == 2 and "--from 10 is past --to 5" in out, out
 
 
 def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None:

@@ -105,6 +105,13 @@ def replay(
     from engine.runs.replay import replay as replay_run
     from engine.runs.verification import refuse_corrupt_blobs
 
+    if live_from is None and not continue_live and (new_id or workspace):
+        from engine.errors import ConfigError
+
+        raise ConfigError(
+            "--as and --workspace name a counterfactual replay's branch: give --live-from V "
+            "or --continue-live with them"
+        )
     if live_from is not None or continue_live:
         given = [flag for flag, value in (("--until", until), ("--json", as_json)) if value]
         if ctx.get_parameter_source("tools") == click.core.ParameterSource.COMMANDLINE:

@@ -221,7 +221,9 @@ def _goal_file(path: Path) -> str:
     from engine.agent.runner import MAX_GOAL_CHARS
 
     try:
-        with path.open("rb") as source:
+        # not blocking: a file that waits for its data (/proc/kmsg, a FIFO) hung the run
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as source:
             data = source.read(4 * MAX_GOAL_CHARS + 1)  # UTF-8: at most 4 bytes a character
         if len(data) > 4 * MAX_GOAL_CHARS:
             raise ConfigError(

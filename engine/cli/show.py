@@ -129,6 +129,11 @@ def events(
     """
     import msgspec
 
+    if from_version is not None and to_version is not None and from_version > to_version:
+        raise click.BadParameter(
+            f"--from {from_version} is past --to {to_version}: no event is between them",
+            param_hint="--from",
+        )
     with opened_log(db, read_only=True) as store:
         if store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
