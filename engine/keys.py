@@ -62,12 +62,22 @@ def load_key(env: Mapping[str, str] | None = None, *, create: bool) -> bytes | N
     except FileNotFoundError:
         if not create:
             return None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:  # a directory, unreadable...: say which file, and for what
+        raise ConfigError(
+            f"cannot read the key file {path}: {e.strerror or e} (the chain's key: "
+            f"{KEY_FILE_ENV} names another)"
+        ) from None
     key = secrets.token_bytes(KEY_BYTES)
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return read_secret(path)  # another process created it first: use theirs
+    except OSError as e:
+        raise ConfigError(
+            f"cannot make the key file {path}: {e.strerror or e} (the chain's key: "
+            f"{KEY_FILE_ENV} names another)"
+        ) from None
     with os.fdopen(fd, "wb") as out:
         out.write(key)
     return key

@@ -65,6 +65,18 @@ def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
         load_key({KEY_FILE_ENV: str(path)}, create=True)
 
 
+def test_a_key_file_that_cannot_be_read_or_made_is_named_with_what_it_is_for(
+    tmp_path: Path,
+) -> None:
+    """A directory, or a place no file can be made, was a bare "[Errno 21] Is a
+    directory" naming neither the file's use nor the variable that names it."""
+    (tmp_path / "keydir").mkdir()
+    nowhere = Path("/proc/autonomy-no-such-directory/key")  # no directory can be made there
+    for path, said in ((tmp_path / "keydir", "cannot read"), (nowhere, "cannot make")):
+        with pytest.raises(ConfigError, match=f"{said} the key file .*{KEY_FILE_ENV} names"):
+            load_key({KEY_FILE_ENV: str(path)}, create=True)
+
+
 # -- the keyed chain ----------------------------------------------------------------------
 
 
