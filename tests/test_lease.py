@@ -132,7 +132,10 @@ def test_a_second_run_in_a_workspace_in_use_is_refused(tmp_path: Path) -> None:
     db, workspace = tmp_path / "events.db", tmp_path / "ws"
     gate = Gate()
     with ScriptedModelServer(gate, models=["m"]) as server:
-        model = flags(server)
+        second = [
+            *("run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "b.db")),
+            *("--run-id", "second", *flags(server)),
+        ]
         process = autonomy_run(
             tmp_path, server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -140,25 +143,17 @@ def test_a_second_run_in_a_workspace_in_use_is_refused(tmp_path: Path) -> None:
             try:
                 assert gate.arrived.wait(timeout=60), "the run never asked the model"
                 (first,) = run_ids(db)
-                second = CliRunner().invoke(
-                    cli,
-                    ["run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "b.db"),
-                     "--run-id", "second", *model],
-                )  # fmt: skip
-                assert second.exit_code == 1, second.output
+                refused = CliRunner().invoke(cli, second)
+                assert refused.exit_code == 1, refused.output
                 assert f"the workspace {workspace} is in use by run {first}, pid {process.pid}" in (
-                    second.output
+                    refused.output
                 )
                 assert not (tmp_path / "b.db").exists() or run_ids(tmp_path / "b.db") == []
             finally:
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)
                 gate.opened.set()
-        again = CliRunner().invoke(
-            cli,
-            ["run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "b.db"),
-             "--run-id", "second", *model],
-        )  # fmt: skip
+        again = CliRunner().invoke(cli, second)
         assert again.exit_code == 0, again.output
 
 

@@ -32,6 +32,7 @@ from engine.model.wire import LENGTH
 from engine.terminal import without_timings
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
+from engine.tools.sandbox import workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
 from projections.pipeline import TaskState
@@ -232,13 +233,8 @@ def _run_tool(
     refusal: str = "",
 ) -> ToolOutcome:
     if not ctx.workspace.is_dir():
-        gone = "not a directory" if ctx.workspace.exists() else "gone (deleted or moved?)"
-        raise WorkspaceGone(
-            f"run {log.run_id}'s workspace {ctx.workspace} is {gone}; the run stopped before "
-            f"its next tool call, with nothing lost. Put it back and resume the run, or go on "
-            f"in a new workspace made from the log's files: autonomy fork {log.run_id} --at "
-            f"{log.version} --workspace NEW_DIR"
-        )
+        stopped = "the run stopped before its next tool call, with nothing lost"
+        raise WorkspaceGone(workspace_problem(log.run_id, ctx.workspace, log.version, stopped))
     call_id = log.next_id("t")
     # a file's content is already a blob (the model's answer carried it): refer to it
     kept, refs = stored_arguments(arguments)

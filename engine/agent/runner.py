@@ -53,7 +53,7 @@ from engine.model.roles import ROLE_NAMES
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
-from engine.tools.sandbox import not_a_project
+from engine.tools.sandbox import not_a_project, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -675,18 +675,8 @@ def _resume(
     log = RunLog(store, run_id)
     refuse_unresumable(run_id, log.pipeline)
     workspace = Path(log.pipeline.workspace)
-    if problem := not_a_project(workspace):
-        raise ResumeRefused(
-            f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
-            "nothing was run (was the log edited?)"
-        )
-    if not workspace.is_dir():
-        gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
-        raise ResumeRefused(
-            f"run {run_id}'s workspace {workspace} is {gone}; nothing was run. Put it back, "
-            f"or go on in a new workspace made from the log's files: autonomy fork {run_id} "
-            f"--at {log.version} --workspace NEW_DIR, then autonomy resume the new run"
-        )
+    if problem := workspace_problem(run_id, workspace, log.version, "nothing was run"):
+        raise ResumeRefused(problem)
     with workspace_lock(workspace, run_id):
         return _resume_in(store, log, workspace, settings, http, progress, prepare)
 

@@ -34,7 +34,13 @@ from pathlib import Path
 from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.runner import workspace_lock
 from engine.errors import ToolError
-from engine.tools.sandbox import MAX_PATH_DEPTH, Sandbox, not_a_project, remove_tree
+from engine.tools.sandbox import (
+    MAX_PATH_DEPTH,
+    Sandbox,
+    not_a_project,
+    remove_tree,
+    workspace_problem,
+)
 from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
@@ -485,18 +491,8 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     # the checks resume makes: a workspace that leads to a home or system directory
     # (replaced by a link, or named so in an edited log) is not written, nor is a
     # missing one made anew with only the files the log holds
-    if problem := not_a_project(workspace):
-        raise HistoryError(
-            f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
-            "nothing was rewound"
-        )
-    if not workspace.is_dir():
-        gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
-        raise HistoryError(
-            f"run {run_id}'s workspace {workspace} is {gone}; nothing was rewound. Put it "
-            f"back, or go on in a new workspace made from the log's files: autonomy fork "
-            f"{run_id} --at {to} --workspace NEW_DIR"
-        )
+    if problem := workspace_problem(run_id, workspace, to, "nothing was rewound"):
+        raise HistoryError(problem)
     wanted = files_at(store, run_id, to)
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
     targets = _targets(workspace, wanted)

@@ -181,6 +181,27 @@ def not_a_project(directory: Path) -> str:
     return ""
 
 
+def workspace_problem(run_id: str, workspace: Path, version: int, done: str) -> str:
+    """Why the workspace the log names for ``run_id`` may not be written now ("" when
+    it may): a home or system directory (the log edited, or the workspace replaced by
+    a link), or no directory there, with how to go on elsewhere (a fork at
+    ``version``). ``done``: what was (not) done about it. Resume, rewind, and the
+    engine before each tool call, ask."""
+    if problem := not_a_project(workspace):
+        return (
+            f"run {run_id}'s log names {workspace} as its workspace, which is {problem}; "
+            f"{done} (was the log edited, or the workspace replaced by a link?)"
+        )
+    if workspace.is_dir():
+        return ""
+    gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
+    return (
+        f"run {run_id}'s workspace {workspace} is {gone}; {done}. Put it back, or go on in "
+        f"a new workspace made from the log's files: autonomy fork {run_id} --at {version} "
+        "--workspace NEW_DIR"
+    )
+
+
 def remove_tree(path: Path) -> None:
     """Remove ``path`` and all under it, following no link, however deep: ``rm -rf``
     rather than ``shutil.rmtree``, which recurses in Python (a tree a command made a
