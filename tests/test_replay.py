@@ -196,6 +196,19 @@ def test_a_long_changed_line_is_highlighted_word_by_word(
     assert len(highlighted) < len(original), "only the words around the change are kept"
 
 
+def test_a_line_that_differs_only_in_a_timing_is_no_change_in_a_message_diff() -> None:
+    """Timings are compared as <time>; the diff showed "-after 4.6s +after 2.5s" as a
+    change beside the one that counts."""
+    from engine.runs.divergence import Normaliser, message_diff
+
+    recorded = [Message(role="tool", content="exit code 1 after 4.6s\nAssertionError: 1 != 2")]
+    replayed = [Message(role="tool", content="exit code 1 after 2.5s\nAssertionError: 1 != 3")]
+    shown = "\n".join(message_diff(recorded, replayed, Normaliser()))
+    assert " exit code 1 after <time>" in shown, shown  # context, not a change
+    assert "-AssertionError: 1 != 2" in shown and "+AssertionError: 1 != 3" in shown
+    assert "after 4.6s" not in shown and "after 2.5s" not in shown
+
+
 def test_a_differing_event_type_shows_both_events_fields() -> None:
     from engine.runs.divergence import Normaliser, compare
     from events.schema import TaskAdded, UserAsked
@@ -211,6 +224,24 @@ def test_a_differing_event_type_shows_both_events_fields() -> None:
     assert divergence.title == "expected task.added, got user.asked"
     assert '  recorded task.added:\n    task_id: "t1"' in divergence.diff
     assert '  replayed user.asked:\n    question: "Which Python?"' in divergence.diff
+
+
+def test_a_divergence_is_numbered_by_the_recorded_version_not_its_position() -> None:
+    """A log with a gap in its versions (which verify reports) had its divergence
+    numbered by position: one version off after the gap."""
+    import msgspec
+
+    from engine.runs.divergence import Normaliser, compare
+    from events.schema import TaskAdded
+
+    store = MemoryEventStore()
+    started = RunStarted(goal="g", workspace="/w")
+    written = store.append("x", [started, TaskAdded(task_id="t1", title="a"), TaskAdded(task_id="t2", title="b")], 0)
+    gapped = [*written[:2], msgspec.structs.replace(written[2], version=4)]
+    replayed = [*written[:2], msgspec.structs.replace(written[2], data=TaskAdded(task_id="t2", title="c"))]
+    divergence = compare(gapped, replayed, Normaliser())
+    assert divergence is not None and divergence.version == 4
+    assert compare(gapped[:2], written, Normaliser()).version == 3  # type: ignore[union-attr]
 
 
 def test_a_changed_payload_lists_the_fields_that_changed_with_their_values() -> None:
@@ -310,6 +341,24 @@ def test_a_fork_replays_as_its_parents_prefix_then_its_own_events(
 
     assert code == 0, out
     assert out.strip() == f"identical ({5 + own} events)"
+
+
+def test_a_fork_of_a_fork_that_diverges_in_its_first_ancestor_names_it(
+    recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """It said "(the parent run)" of a run that was the parent's parent."""
+    db = tmp_path / "copy.db"
+    db.write_bytes(recorded.read_bytes())
+    qa = versions_of(db, "r", ModelRequested)[-1]  # a review: the qa prompt was used before
+    for run, at, fork in (("r", qa + 1, "f"), ("f", 1, "ff")):  # a fork counts from 1
+        code, out = invoke(
+            "fork", run, "--at", str(at), "--workspace", str(tmp_path / fork), "--as", fork,
+            "--db", str(db),
+        )  # fmt: skip
+        assert code == 0, out
+    change_prompt(monkeypatch, request, "Review it.")
+    code, out = invoke("replay", "ff", "--db", str(db))
+    assert code == 1 and " of r (a run ff was forked from): " in out.splitlines()[0], out
 
 
 def test_replay_of_an_unknown_run_is_a_clean_error(recorded: Path) -> None:

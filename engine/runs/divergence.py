@@ -78,21 +78,19 @@ def message_diff(
                 f"replayed {_fields(new, normalise).get(key)!r}"
             )
         if "content" in changed:
+            # as compared: a line that differs only in a timing (or the workspace's
+            # path) is no change, and was shown as one beside the change that counts
+            was, now = normalise(old.content), normalise(new.content)
             diff = difflib.unified_diff(
-                old.content.splitlines(),
-                new.content.splitlines(),
+                was.splitlines(),
+                now.splitlines(),
                 fromfile=f"recorded {label}",
                 tofile=f"replayed {label}",
                 lineterm="",
             )
             lines.append(indent("\n".join(diff), 4))
-            if (
-                max(
-                    len(line) for line in (*old.content.splitlines(), *new.content.splitlines(), "")
-                )
-                > LONG
-            ):
-                lines.append("    in words: " + word_diff(old.content, new.content))
+            if max(len(line) for line in (*was.splitlines(), *now.splitlines(), "")) > LONG:
+                lines.append("    in words: " + word_diff(was, now))
     return lines
 
 
@@ -180,18 +178,21 @@ def compare(
     replayed: Sequence[RecordedEvent],
     normalise: Normaliser,
 ) -> Divergence | None:
-    """The first version at which the two differ, or None."""
-    for version, (old, new) in enumerate(zip(recorded, replayed, strict=False), 1):
+    """The first version at which the two differ, or None. Versions are the recorded
+    events' own (a log with a gap in its versions, which verify reports, is not
+    numbered by position)."""
+    for old, new in zip(recorded, replayed, strict=False):
         if old.data == new.data and old.type == new.type and old.causation == new.causation:
             continue  # equal as they are (the common case): nothing to normalise
-        divergence = _difference(version, old, new, normalise)
+        divergence = _difference(old.version, old, new, normalise)
         if divergence is not None:
             return divergence
-    version = min(len(recorded), len(replayed)) + 1
+    common = min(len(recorded), len(replayed))
     if len(replayed) > len(recorded):
-        return _difference(version, None, replayed[version - 1], normalise)
+        after = recorded[-1].version if recorded else 0
+        return _difference(after + 1, None, replayed[common], normalise)
     if len(recorded) > len(replayed):
-        return _difference(version, recorded[version - 1], None, normalise)
+        return _difference(recorded[common].version, recorded[common], None, normalise)
     return None
 
 

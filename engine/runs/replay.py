@@ -115,7 +115,10 @@ class ReplayResult:
             return f"identical ({self.compared} events)"
         d = self.divergence
         where = (
-            f" of {self.diverged_in} (the parent run)" if self.diverged_in != self.run_id else ""
+            # a parent, or a parent's parent: which one is said by its id
+            f" of {self.diverged_in} (a run {self.run_id} was forked from)"
+            if self.diverged_in != self.run_id
+            else ""
         )
         return f"diverged at version {d.version}{where}: {d.title}\n{d.diff}"
 
