@@ -516,6 +516,25 @@ def test_main_is_the_console_script(capsys: pytest.CaptureFixture[str]) -> None:
     assert "stateDiagram" in capsys.readouterr().out
 
 
+def test_ctrl_c_in_any_command_exits_130_saying_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, db: Path
+) -> None:
+    """click printed "Aborted!" and exited 1; a shell expects 130 (128 + SIGINT)."""
+    import projections.summaries
+
+    def interrupted(*args: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(projections.summaries, "summaries_and_problems", interrupted)
+    with pytest.raises(SystemExit) as caught:
+        main(["runs", "--db", str(db)])
+    assert caught.value.code == 130
+    assert "Aborted" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:  # the other exits are click's own
+        main(["runs", "--no-such-option"])
+    assert caught.value.code == 2 and "No such option" in capsys.readouterr().err
+
+
 def test_describe_error_follows_the_cause_chain() -> None:
     try:
         try:

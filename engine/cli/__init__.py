@@ -49,6 +49,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.stdout = PrintableStream(stdout) if stdout is not None else stdout
     sys.stderr = PrintableStream(stderr) if stderr is not None else stderr
     try:
-        cli.main(args=args, prog_name="autonomy")
+        sys.exit(_main(args))
     finally:
         sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(args: list[str]) -> int:
+    """click's own handling, but for Ctrl-C: click printed "Aborted!" and exited 1, where
+    a shell expects 130 (128 + SIGINT) and nothing more (a run says for itself how it
+    stopped, ``engine.cli.running.interrupts``)."""
+    import click
+
+    try:
+        returned = cli.main(args=args, prog_name="autonomy", standalone_mode=False)
+    except click.exceptions.Abort:  # KeyboardInterrupt, or EOF at a prompt
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except OSError as e:  # a closed pipe (``| head``): as click's own handling
+        import errno
+        import sys
+
+        from click.utils import PacifyFlushWrapper
+
+        if e.errno != errno.EPIPE:
+            raise
+        sys.stdout = PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
+        sys.stderr = PacifyFlushWrapper(sys.stderr)  # type: ignore[operator]
+        return 1
+    return returned if isinstance(returned, int) else 0
