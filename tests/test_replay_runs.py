@@ -406,6 +406,41 @@ def test_where_the_recorded_run_did_something_else_than_ask_the_report_says_so(
     assert first.endswith(": expected specialist.consulted, got model.requested"), report
 
 
+class LongOutput(Quick):
+    """Writes a test whose output is longer than the output cap, and runs it."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if task != "t1":
+            return super()._code(task, done, fixing)
+        steps = [
+            Reply.tool("create_file", path="tox.ini", content="[pytest]\n"),
+            Reply.tool(
+                "create_file",
+                path="test_big.py",
+                content="def test_big():\n    print('x' * 30000)\n    assert 0\n",
+            ),
+            Reply.tool("run_command", argv=["python", "-m", "pytest"]),
+            Reply.tool("complete_task", task_id=task, summary="ran"),
+        ]
+        return steps[min(done, len(steps) - 1)]
+
+
+def test_a_cut_output_that_names_the_workspace_replays_with_live_tools(tmp_path: Path) -> None:
+    """pytest's "rootdir:" names the workspace; past the output cap the head and tail
+    are kept, and a scratch path of another length cut them elsewhere: the live
+    replay of a run nothing happened to diverged ("bytes of output omitted")."""
+    store = KillableStore()
+    with ScriptedModelServer(LongOutput(), models=["m"]) as running:
+        start(store, tmp_path / "ws", running)
+    results = [
+        store.get(e.data.result_ref).decode() if e.data.result_ref else e.data.result
+        for e in store.read("r")
+        if isinstance(e.data, ToolExecuted)
+    ]
+    assert any("output omitted" in r and "rootdir:" in r for r in results)
+    assert_replays(store, "r")
+
+
 @settings(
     max_examples=6,
     deadline=None,

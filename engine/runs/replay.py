@@ -149,14 +149,33 @@ def replay(
         raise ReplayRefused(f"tools must be one of {', '.join(TOOL_SOURCES)}, not {tools!r}")
     recording = Recording(store, run_id, until)
     _check_replayable(recording)
+    recorded_workspace = getattr(recording.events[0].data, "workspace", "")
     if until is not None and not 1 <= until <= len(recording.events):
         raise ReplayRefused(
             f"run {run_id} has versions 1 to {len(recording.events)}; {until} is not one of them"
         )
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix="autonomy-replay-") as tmp:
-            return _replay(recording, Path(tmp), tools == "live")
+            return _replay(recording, as_long_as(Path(tmp), recorded_workspace), tools == "live")
     return _replay(recording, scratch, tools == "live")
+
+
+def as_long_as(base: Path, recorded: str) -> Path:
+    """A directory under ``base`` whose path is as long as the ``recorded`` workspace's,
+    where ``base`` is no longer: a command's output that names its directory (pytest's
+    "rootdir:") and is longer than the output cap is cut at the same places, so that
+    it differs from the recorded one only where the path does, which the comparison
+    reads as the same (a scratch path of another length shifted the cut: a divergence
+    in a run nothing happened to)."""
+    pad = len(recorded) - len(str(base)) - 1  # the next name's length, "/" aside
+    path = base
+    while pad > 0:
+        size = min(pad, 200)  # a name may be 255 bytes
+        if pad - size - 1 == 0:  # one character would be left, which no "/name" makes
+            size -= 1
+        path = path / ("w" * size)
+        pad -= size + 1
+    return path
 
 
 def _check_replayable(recording: Recording) -> None:
