@@ -131,9 +131,9 @@ class PreflightFailed(AutonomyError):
 
 
 class WorkspaceGone(AutonomyError):
-    """The run's workspace was deleted, moved or replaced by a file while the run
-    ran: the engine stops before its next tool call, which could only fail (and a
-    model told that every tool fails went on to call its tasks done)."""
+    """The run's workspace was deleted, moved, replaced by a file or made read-only
+    while the run ran: the engine stops before its next tool call, which could only
+    fail (and a model told that every tool fails went on to call its tasks done)."""
 
 
 class ToolError(AutonomyError):

@@ -228,3 +228,30 @@ def test_a_log_of_a_newer_schema_is_read_but_not_written(tmp_path: Path) -> None
         SQLiteEventStore(db)
     with SQLiteEventStore(db, read_only=True) as reader:
         assert reader.last_version("r") == 1
+
+
+def test_a_read_only_workspace_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A run in a read-only workspace (or one made so since) went on with every tool
+    failing, the model told so; nothing it did could be kept. A run, a resume and a
+    rewind are refused, saying so (the engine checks before each tool call too)."""
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    workspace.mkdir()
+    store = SQLiteEventStore(db)
+    store.append(RUN, [RunStarted(goal=GOAL, workspace=str(workspace))], 0)
+    store.close()
+    model = ["--model-url", "http://127.0.0.1:9", "--no-preflight"]
+    said = read_only_cli(
+        workspace,
+        [
+            ["run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "new.db"), *model],
+            ["resume", RUN, "--db", str(db), *model],
+            ["rewind", RUN, "--to", "1", "--db", str(db)],
+        ],
+    )
+    (run_code, run_out, crash), (resume_code, resume_out, _), (rewind_code, rewind_out, _) = said
+    assert run_code == 1 and "is read-only: a run writes its files there" in str(run_out)
+    assert not crash and not (tmp_path / "new.db").exists()
+    assert resume_code == 1 and "is read-only; nothing was run" in str(resume_out), resume_out
+    assert rewind_code == 1 and "is read-only; nothing was rewound" in str(rewind_out)
+    with SQLiteEventStore(db) as store:
+        assert store.last_version(RUN) == 1, "no event was written"

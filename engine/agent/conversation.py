@@ -32,7 +32,7 @@ from engine.model.wire import LENGTH
 from engine.terminal import without_timings
 from engine.tools import ToolContext, ToolOutcome, ToolRegistry, execute
 from engine.tools.confine import Confinement
-from engine.tools.sandbox import workspace_problem
+from engine.tools.sandbox import read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from events.schema import Message, ToolExecuted, ToolRequested
 from projections.pipeline import TaskState
@@ -232,7 +232,7 @@ def _run_tool(
     *,
     refusal: str = "",
 ) -> ToolOutcome:
-    if not ctx.workspace.is_dir():
+    if not ctx.workspace.is_dir() or read_only(ctx.workspace):
         stopped = "the run stopped before its next tool call, with nothing lost"
         raise WorkspaceGone(workspace_problem(log.run_id, ctx.workspace, log.version, stopped))
     call_id = log.next_id("t")

@@ -53,7 +53,7 @@ from engine.model.roles import ROLE_NAMES
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
-from engine.tools.sandbox import not_a_project, workspace_problem
+from engine.tools.sandbox import not_a_project, read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -494,6 +494,8 @@ def check_workspace(workspace: Path) -> None:
         raise ConfigError(
             f"the workspace {workspace} is {problem}: give the run a directory of its own"
         )
+    if workspace.is_dir() and read_only(workspace):
+        raise ConfigError(f"the workspace {workspace} is read-only: a run writes its files there")
 
 
 MAX_GOAL_CHARS = 1_000_000

@@ -193,6 +193,11 @@ def workspace_problem(run_id: str, workspace: Path, version: int, done: str) -> 
             f"{done} (was the log edited, or the workspace replaced by a link?)"
         )
     if workspace.is_dir():
+        if read_only(workspace):
+            return (
+                f"run {run_id}'s workspace {workspace} is read-only; {done}. Make it writable "
+                "again (every tool that writes would fail in it)"
+            )
         return ""
     gone = "not a directory" if workspace.exists() else "gone (deleted or moved?)"
     return (
@@ -200,6 +205,12 @@ def workspace_problem(run_id: str, workspace: Path, version: int, done: str) -> 
         f"a new workspace made from the log's files: autonomy fork {run_id} --at {version} "
         "--workspace NEW_DIR"
     )
+
+
+def read_only(directory: Path) -> bool:
+    """Whether nothing can be written in ``directory`` (a read-only mount, for root
+    too: ``access`` answers EROFS whoever asks)."""
+    return not os.access(directory, os.W_OK | os.X_OK)
 
 
 def remove_tree(path: Path) -> None:
