@@ -881,3 +881,20 @@ def test_a_rewind_writes_no_home_directory_nor_a_workspace_that_is_gone(
     assert not workspace.exists()
     with open_store(db) as store:
         assert not any(isinstance(e.data, RunRewound) for e in store.read("r"))
+
+
+def test_a_restored_file_keeps_its_permissions(tmp_path: Path) -> None:
+    """A restore writes beside a file and renames over it (a killed rewind left torn
+    files): the temporary file's 0600 became the restored file's, and a rewound
+    script was no longer executable, nor readable by anyone else."""
+    from engine.runs.workspace import rewind
+
+    run = ToolLog(tmp_path)
+    script = run.workspace / "run.sh"
+    run.command("open('run.sh', 'w').write('echo one\\n')\n")
+    script.chmod(0o755)
+    before = run.log.version
+    run.command("open('run.sh', 'w').write('echo two\\n')\n")
+    rewind(run.store, "r", before)
+    assert script.read_text() == "echo one\n"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755

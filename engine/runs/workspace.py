@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.runner import workspace_lock
 from engine.errors import ToolError
+from engine.tools.files import write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
     Sandbox,
@@ -273,29 +273,15 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
             # (writing to a FIFO would wait for a reader for ever)
             target.unlink()
         _directories(target)
-        _replace(target, content)
+        # whole or not at all: written in place, a rewind killed mid-write (or out of
+        # disk) left a torn file, which the resume that finishes it took for one edited
+        write_atomically(target, content, suffix=RESTORING)
         written.append(path)
     return Restored(tuple(written), tuple(removed), tuple(unchanged))
 
 
 RESTORING = ".autonomy-restoring"
-"""The suffix of a restored file's content on its way in (``_replace``)."""
-
-
-def _replace(target: Path, content: bytes) -> None:
-    """Put ``content`` at ``target`` whole or not at all: written beside it, then
-    renamed over it. Written in place, a rewind killed mid-write (or out of disk)
-    left a torn file, which the resume that finishes the rewind took for one edited
-    by hand and kept."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=RESTORING)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.replace(name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
+"""The suffix of a restored file's content on its way in (``write_atomically``)."""
 
 
 def _directories(target: Path) -> None:

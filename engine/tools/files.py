@@ -448,17 +448,21 @@ def check_python(rel: str, text: str) -> None:
         raise ToolError(f"{rel} was not written: {e}. The file is unchanged.") from e
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, data: bytes, *, suffix: str = ".tmp") -> None:
+    """``data`` at ``path`` whole or not at all, with the file's own permissions (0644
+    for a new one): written beside it (``.NAME.XXXX`` + ``suffix``), then renamed over
+    it; the file beside it is removed when anything fails. The one way autonomy
+    replaces a file: a tool's write, a rewind's restore, a report."""
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    partial = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)  # mkstemp makes 0600; keep the file's own permissions
-        os.replace(tmp, path)
+        partial.write_bytes(data)
+        os.chmod(partial, mode)  # mkstemp makes 0600; keep the file's own permissions
+        os.replace(partial, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
 
 
@@ -482,7 +486,8 @@ def _commit(ctx: ToolContext, path: Path, rel: str, before: bytes | None, text: 
     before_digest = ctx.blobs.put(before) if before is not None else None
     after_digest = ctx.blobs.put(data)
     try:
-        _write_atomic(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, data)
     except OSError as e:
         raise ToolError(f"cannot write {rel}: {e.strerror}") from e
     return FileChange(path=rel, before=before_digest, after=after_digest, size=len(data))

@@ -19,9 +19,9 @@ for input adds ``answer`` with its question.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from engine.tools.files import write_atomically
 from engine.web.pages import run_page
 from events.store import EventStore
 
@@ -34,13 +34,10 @@ def render_html(store: EventStore, run_id: str) -> str:
 def write_report(store: EventStore, run_id: str, path: Path) -> None:
     """Render the page for ``run_id`` and write it to ``path`` (UTF-8)."""
     page = render_html(store, run_id).encode("utf-8")
-    # beside it, then renamed over it: a write that fails (a full disk) leaves the
-    # report that was there, not a truncated page
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_bytes(page)
-        partial.replace(path)
+        # a write that fails (a full disk) leaves the report that was there, not a
+        # truncated page
+        write_atomically(path, page)
     except OSError as e:
-        partial.unlink(missing_ok=True)
         raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
