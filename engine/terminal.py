@@ -26,10 +26,10 @@ TIMING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds?)\b")
 """A duration inside a text ("2 passed in 0.67s", "after 1.2s"): never the same twice."""
 
 
-def without_timings(text: str, placeholder: str = "<time>") -> str:
-    """``text`` with every duration in it (``TIMING``) replaced by ``placeholder``:
-    what two texts that say the same thing at different speeds have in common."""
-    return TIMING.sub(placeholder, text)
+def without_timings(text: str) -> str:
+    """``text`` with every duration in it (``TIMING``) as ``<time>``: what two texts
+    that say the same thing at different speeds have in common."""
+    return TIMING.sub("<time>", text)
 
 
 _C0 = [*range(0x00, 0x09), *range(0x0B, 0x20)]

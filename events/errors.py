@@ -79,6 +79,11 @@ class WrongKey(EventStoreError):
 class LeaseHeld(EventStoreError):
     """Another engine is running that run; nothing was changed."""
 
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner = owner
+        """Who holds the lease, as it described itself ("" when unknown)."""
+
 
 class StoreUnavailable(EventStoreError):
     """The database cannot be reached, or is busy, now: nothing was changed, and the

@@ -35,7 +35,8 @@ def describe_owner() -> str:
 def refusal(run_id: str, owner: str) -> LeaseHeld:
     return LeaseHeld(
         f"run {run_id} is being run by another engine ({owner or 'owner unknown'}); "
-        "wait for it to stop, or stop it: its lease ends with its process"
+        "wait for it to stop, or stop it: its lease ends with its process",
+        owner,
     )
 
 

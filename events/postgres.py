@@ -517,6 +517,8 @@ class PostgresEventStore(SQLEventStore):
     # -- integrity -------------------------------------------------------------------
 
     database_checks = "append-only triggers and their definitions"
+    """What ``verify`` says it checked (``NOT_COMPARED`` after a call that could not
+    compare the definitions)."""
 
     def database_problems(self) -> list[str]:
         """The append-only triggers of this schema's tables missing or not firing now
@@ -538,15 +540,13 @@ class PostgresEventStore(SQLEventStore):
         problems = []
         if missing:
             problems.append(f"append-only triggers are missing or disabled: {', '.join(missing)}")
+        self.database_checks = type(self).database_checks  # as this call finds it
         with self._conn("comparing the schema's triggers and functions") as conn:
             try:
                 differ = _definitions_differ(conn, self.made_with)
             except psycopg.errors.InsufficientPrivilege:  # said, not a problem of the log
                 differ = []
-                self.database_checks = (
-                    "append-only triggers; their definitions not compared, since this role "
-                    "may not make the scratch schema they are compared in (verify as the owner)"
-                )
+                self.database_checks = NOT_COMPARED
         said = tuple(f"trigger {name} on " for name in missing)  # not twice
         return problems + [line for line in differ if not line.startswith(said)]
 
@@ -825,6 +825,12 @@ class SQLiteStyle:
                 return self.reconnect(raw).execute(query, params, prepare=True)
         except psycopg.Error as e:
             raise mapped_error(e, "") from e
+
+
+NOT_COMPARED = (
+    "append-only triggers; their definitions not compared, since this role may not make "
+    "the scratch schema they are compared in (verify as the owner)"
+)
 
 
 def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:

@@ -281,6 +281,21 @@ main(sys.argv[2:])
 """
 
 
+def stop_a_fork(script: str, sig: int, db: Path, version: int, new: Path) -> list[str]:
+    """``autonomy fork r --at version --workspace new --as f`` run by ``script``, which
+    stops it with ``sig``: it ends without a traceback and no run ``f``. Returns the
+    command's arguments, to give it again."""
+    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f"]
+    args += ["--db", str(db)]
+    stopped = subprocess.run(
+        [sys.executable, "-c", script, str(int(sig)), *args], capture_output=True, timeout=120
+    )
+    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+    return args
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_again(
     first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path, sig: int
@@ -290,27 +305,10 @@ def test_a_fork_stopped_during_its_copy_leaves_no_workspace_and_can_be_given_aga
     same command given again makes the fork (and removes a killed fork's part copy)."""
     db, _, version, then = first_review
     new = tmp_path / "fork-ws"
-    args = [
-        "fork",
-        "r",
-        "--at",
-        str(version),
-        "--workspace",
-        str(new),
-        "--as",
-        "f",
-        "--db",
-        str(db),
-    ]
-    stopped = subprocess.run(
-        [sys.executable, "-c", STOPPED_FORK, str(int(sig)), *args], capture_output=True, timeout=120
-    )
-    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    args = stop_a_fork(STOPPED_FORK, sig, db, version, new)
     assert not new.exists()
     partial = [p for p in tmp_path.iterdir() if p.name.startswith(".fork-ws.forking-")]
     assert len(partial) == (1 if sig == signal.SIGKILL else 0), "Ctrl-C removes the part copied"
-    with open_store(db) as store:
-        assert store.last_version("f") == 0
 
     code, out = invoke(*args)
 
@@ -348,17 +346,8 @@ def test_a_fork_stopped_before_its_event_leaves_no_run_and_can_be_given_again(
     which the same command then refused as not empty."""
     db, _, version, then = first_review
     new = tmp_path / "fork-ws"
-    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f"]
-    args += ["--db", str(db)]
-    stopped = subprocess.run(
-        [sys.executable, "-c", STOPPED_BEFORE_ITS_EVENT, str(int(sig)), *args],
-        capture_output=True,
-        timeout=120,
-    )
-    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    args = stop_a_fork(STOPPED_BEFORE_ITS_EVENT, sig, db, version, new)
     assert new.exists() == (sig == signal.SIGKILL), "Ctrl-C removes the workspace it made"
-    with open_store(db) as store:
-        assert store.last_version("f") == 0
 
     code, out = invoke(*args)
 

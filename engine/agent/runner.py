@@ -479,11 +479,11 @@ def workspace_lock(workspace: Path, run_id: str) -> Iterator[None]:
         with FileLeases(directory).hold("workspace", f"run {run_id}, {describe_owner()}"):
             yield
     except LeaseHeld as e:
-        holder = str(e).split("(", 1)[-1].rsplit(")", 1)[0]
         raise LeaseHeld(
-            f"the workspace {workspace} is in use by {holder}; two runs in one workspace "
-            "would write over each other's files: wait for it to stop, or give this run a "
-            "workspace of its own"
+            f"the workspace {workspace} is in use by {e.owner or 'another run'}; two runs in "
+            "one workspace would write over each other's files: wait for it to stop, or give "
+            "this run a workspace of its own",
+            e.owner,
         ) from None
 
 
@@ -659,11 +659,18 @@ def refuse_unresumable(run_id: str, pipeline: PipelineState) -> None:
             f"run {run_id} is waiting for an answer to: {pipeline.question}; "
             f'answer first with: autonomy answer {run_id} "..."'
         )
-    stopped = status == "stopped" and pipeline.phase not in TERMINAL
-    if status not in ("running", "new") and not stopped:
+    if finished(pipeline):
         raise ResumeRefused(
             f"run {run_id} is {status} ({pipeline.reason}); there is nothing to resume"
         )
+
+
+def finished(pipeline: PipelineState) -> bool:
+    """Whether the run has ended for good: neither running, nor waiting for an
+    answer, nor stopped (Ctrl-C) in a phase it can go on from."""
+    status = pipeline.status
+    stopped = status == "stopped" and pipeline.phase not in TERMINAL
+    return status not in ("running", "new", "waiting_for_input") and not stopped
 
 
 def _resume(

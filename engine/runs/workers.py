@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.agent.runlog import check_run_id
-from engine.agent.runner import check_goal, new_run_id, resume_run, start_run
+from engine.agent.runner import check_goal, finished, new_run_id, resume_run, start_run
 from engine.config import Settings
-from engine.machines.phases import TERMINAL
 from engine.runs.workspace import copy_workspace, finish_cut_rewind
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
@@ -203,11 +202,10 @@ class Worker:
                 )
             else:
                 state = project(self.store, run_id)
-                status = state.pipeline.status
-                stopped = status == "stopped" and state.pipeline.phase not in TERMINAL
-                if status not in ("running", "new", "waiting_for_input") and not stopped:
-                    # finished by another engine (a worker whose claim was lost, a
-                    # resume by hand): done, with how it ended, not "resumed" into an error
+                if finished(state.pipeline):
+                    # by another engine (a worker whose claim was lost, a resume by
+                    # hand): done, with how it ended, not "resumed" into an error
+                    status = state.pipeline.status
                     self.progress(f"worker: {run_id} was {status} already")
                     return str(status)
                 if run_id not in self._held:
