@@ -385,16 +385,14 @@ class ModelClient:
         declared = response.headers.get("Content-Length", "")
         if response.is_success and declared.isdigit() and int(declared) > limit:
             raise _too_large(endpoint, limit, f"it announced {int(declared)} bytes")
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if response.is_success and encoding not in ("", "identity"):
+        encoding = compression(response)
+        if response.is_success and encoding:
             raise ModelResponseInvalid(
                 f"{endpoint.label}: the answer is compressed ({printable(encoding)[:40]}) "
                 "though autonomy asks for none (Accept-Encoding: identity)"
             )
         received = 0
-        # (a response already read, as an in-process transport gives, is only in memory)
-        pieces = response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
-        for piece in pieces:
+        for piece in as_sent(response):
             received += len(piece)
             if received > limit and response.is_success:
                 raise _too_large(endpoint, limit, f"more than {limit} bytes arrived")
@@ -449,6 +447,19 @@ class ModelClient:
         if isinstance(error, ModelHTTPError) and error.retry_after is not None:
             return min(retry.max_delay, max(0.0, error.retry_after))
         return retry.delay(failures, self._random)
+
+
+def compression(response: httpx.Response) -> str:
+    """The compression an answer says it has ("" for none): autonomy asks for none
+    (``Accept-Encoding: identity``), and counts the bytes as sent (``as_sent``)."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    return "" if encoding in ("", "identity") else encoding
+
+
+def as_sent(response: httpx.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive, never unpacked (a response already read, as
+    an in-process transport gives, is only in memory)."""
+    return response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
 
 
 class Watchdog:

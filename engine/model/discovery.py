@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from engine.model.client import Watchdog
+from engine.model.client import Watchdog, as_sent, compression
 from engine.model.recording import RunLog
 from engine.model.roles import ROLE_NAMES, Endpoint, Roles
 from engine.model.wire import token_count
@@ -222,11 +222,10 @@ def _ask(
         with contextlib.closing(response):
             if not response.is_success:
                 raise _Unanswered(f"{path}: HTTP {response.status_code}")
-            if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+            if compression(response):
                 raise _Unanswered(f"{path}: the answer is compressed, though asked not to be")
             content = bytearray()
-            raw = response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
-            for piece in raw:
+            for piece in as_sent(response):
                 content += piece
                 if len(content) > MAX_BYTES:
                     raise _Unanswered(f"{path}: the answer is larger than {MAX_BYTES} bytes")
