@@ -36,7 +36,7 @@ def autonomy() -> list[str]:
     script = Path(sys.executable).with_name("autonomy")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from engine.cli import main; main()"]
+    return [sys.executable, "-c", "from engine.console import main; main()"]
 
 
 def wall(argv: list[str]) -> tuple[float, float]:

@@ -535,6 +535,37 @@ def test_ctrl_c_in_any_command_exits_130_saying_nothing(
     assert caught.value.code == 2 and "No such option" in capsys.readouterr().err
 
 
+_INTERRUPTED_WHILE_STARTING = """
+import importlib.abc, importlib.metadata, os, signal, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    # a real SIGINT while the commands are imported: Ctrl-C as the program starts
+    def find_spec(self, name, path, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+(script,) = importlib.metadata.entry_points(group="console_scripts", name="autonomy")
+script.load()(["graph"])
+"""
+
+
+def test_ctrl_c_while_the_console_script_starts_exits_130_saying_nothing() -> None:
+    """The import of the commands was outside click's handling: a traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_WHILE_STARTING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+
+
 def test_describe_error_follows_the_cause_chain() -> None:
     try:
         try:
