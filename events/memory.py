@@ -30,6 +30,7 @@ from events.store import (
     keyed_marker,
     number,
     refuse_unkeyed_run,
+    unkeyed_runs,
     utc_now,
 )
 
@@ -87,7 +88,8 @@ class MemoryEventStore(EventStore):
                 key=self.key,
             )
             if not stream and self.key is not None and self._marker is None:
-                self._marker = keyed_marker(self.key, rows[0][0])
+                unkeyed = unkeyed_runs(self._first_rows(), run_id)
+                self._marker = keyed_marker(self.key, rows[0][0], unkeyed)
             self._log.extend(rows)
             self._by_run.setdefault(run_id, []).extend(rows)
         return rows
@@ -132,7 +134,8 @@ class MemoryEventStore(EventStore):
             renumbered: list[Kept] = [(first + i, *row[1:]) for i, row in enumerate(rows)]
             self._log.extend(renumbered)
             self._by_run[run_id] = renumbered
-            self._marker = self._import_marker(rows, first, self._marker) or self._marker
+            marker = self._import_marker(run_id, rows, first, self._marker, self._first_rows)
+            self._marker = marker or self._marker
 
     def _rows(self, run_id: str, after: int, upto: int | None) -> Iterator[Row]:
         with self._lock:
@@ -231,3 +234,6 @@ class MemoryEventStore(EventStore):
 
     def keyed_marker(self) -> str | None:
         return self._marker
+
+    def _first_rows(self) -> list[tuple[object, object]]:
+        return [(run_id, rows[0][7]) for run_id, rows in self._by_run.items() if rows]

@@ -71,6 +71,7 @@ from events.store import (
     keyed_marker,
     number,
     refuse_unkeyed_run,
+    unkeyed_runs,
     utc_now,
 )
 
@@ -181,6 +182,11 @@ _BLOB_SQL = "INSERT INTO blobs (digest, size, content) VALUES (%s, %s, %s) ON CO
 
 LISTENER_NAME = "autonomy-listener"
 """The ``application_name`` of ``wait_for_append``'s connection."""
+
+
+def _first_rows(conn: psycopg.Connection[Any]) -> list[tuple[object, object]]:
+    """(run id, hash) of each run's first row: in a transaction, for a keyed mark."""
+    return conn.execute("SELECT run_id, hash FROM events WHERE version = 1").fetchall()
 
 
 def _last_version(conn: psycopg.Connection[Any], run_id: str) -> int:
@@ -465,7 +471,8 @@ class PostgresEventStore(SQLEventStore):
             with conn.cursor() as cursor:
                 cursor.executemany(_INSERT_SQL, rows)
             if self.key is not None and hash_key_id(rows[0][7]):
-                self._mark_keyed(conn, keyed_marker(self.key, first))
+                unkeyed = unkeyed_runs(_first_rows(conn), run_id)
+                self._mark_keyed(conn, keyed_marker(self.key, first, unkeyed))
         return rows
 
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
@@ -475,7 +482,9 @@ class PostgresEventStore(SQLEventStore):
                 cursor.executemany(
                     _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
                 )
-            marker = self._import_marker(rows, first, self._marker(conn))
+            marker = self._import_marker(
+                run_id, rows, first, self._marker(conn), lambda: _first_rows(conn)
+            )
             if marker:
                 self._mark_keyed(conn, marker)
 
@@ -858,9 +867,7 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     }
 
 
-def _definitions_differ(
-    conn: psycopg.Connection[Any], also: Sequence[str] = ()
-) -> list[str]:
+def _definitions_differ(conn: psycopg.Connection[Any], also: Sequence[str] = ()) -> list[str]:
     """What differs between the triggers, functions and views of the current schema
     and those the migrations (and the statements ``also``: the audit views) make in
     a fresh one (made, read and rolled back)."""
@@ -869,7 +876,7 @@ def _definitions_differ(
     scratch = f"autonomy_verify_{os.getpid()}_{secrets.token_hex(4)}"
     with conn.transaction(force_rollback=True):
         conn.execute(f'CREATE SCHEMA "{scratch}"')
-        conn.execute(f"SET LOCAL search_path = \"{scratch}\"")
+        conn.execute(f'SET LOCAL search_path = "{scratch}"')
         for statement in (*MIGRATIONS, *also):
             conn.execute(statement)
         want = _definitions(conn, scratch)

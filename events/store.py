@@ -11,8 +11,9 @@ package never reads the environment). A run's first event decides, for good,
 whether the run is keyed: an unkeyed run (every log before keys) stays unkeyed,
 and a keyed run takes appends only from a store holding the same key. The first
 keyed run also leaves a mark in the log (``keyed_marker``): from that position on,
-every run must be keyed, so a run rewritten with plain sha256 by someone without
-the key is found. What cannot be found from the log alone (the mark deleted and
+every run must be keyed, and the mark names the unkeyed runs the log held then,
+the only ones it may ever hold, so a run rewritten with plain sha256 by someone
+without the key is found wherever its rows are put. What cannot be found from the log alone (the mark deleted and
 every keyed run rewritten) is what checkpoints kept elsewhere are for
 (``events.checkpoints``).
 """
@@ -274,30 +275,80 @@ def refuse_unkeyed_run(run_id: str, marker: str | None) -> None:
         )
 
 
-def keyed_marker(key: ChainKey, position: int) -> str:
+def keyed_marker(key: ChainKey, position: int, unkeyed: Iterable[str]) -> str:
     """The log's mark that runs are keyed from ``position`` on: the position, the
-    key id, and a MAC of both, so that nobody without the key can move it."""
-    return f"{position} {key.id} {key.mac(f'keyed from {position}'.encode())}"
+    key id, a MAC, and the runs the log held then (``unkeyed``), which are the only
+    unkeyed runs it may ever hold. The MAC covers the position and the runs, so that
+    nobody without the key can move the mark or add a run to it. The runs are named
+    because a run's position is not in its chain: a run rewritten without the key
+    and renumbered below the mark's position looked like one from before keys."""
+    listed = msgspec.json.encode(sorted(set(unkeyed))).decode()
+    return f"{position} {key.id} {key.mac(_marked(position, listed))} {listed}"
 
 
-def check_keyed_marker(marker: str, key: ChainKey | None) -> tuple[int, str]:
-    """The position a ``keyed_marker`` names, and what is wrong with it ("" if
-    nothing, or if only a key could tell and there is none)."""
+def _marked(position: int, listed: str | None) -> bytes:
+    if listed is None:  # a mark written before marks named their runs
+        return f"keyed from {position}".encode()
+    return f"keyed from {position}; unkeyed runs {listed}".encode()
+
+
+class KeyedMark(msgspec.Struct, frozen=True):
+    """What a log's keyed mark says (``check_keyed_marker``)."""
+
+    position: int
+    """Runs are keyed from this position on."""
+    unkeyed: frozenset[str] | None
+    """The runs that may be unkeyed; None for a mark from before marks named them,
+    where an unkeyed run is allowed below ``position`` (a weaker check: positions
+    can be renumbered)."""
+    problem: str = ""
+    """What is wrong with the mark ("" if nothing, or if only a key could tell and
+    there is none)."""
+
+    def allows_unkeyed(self, run_id: str, first_position: int | None) -> bool:
+        """Whether run ``run_id`` (whose first row is at ``first_position``) may be
+        unkeyed."""
+        if self.unkeyed is not None:
+            return run_id in self.unkeyed
+        return first_position is None or first_position < self.position
+
+
+def check_keyed_marker(marker: str, key: ChainKey | None) -> KeyedMark:
+    """What a ``keyed_marker`` says, and what is wrong with it."""
+    parts = marker.split(" ", 3)
     try:
-        position_text, marker_key, _mac = marker.split(" ")
+        position_text, marker_key, mac = parts[:3]
         position = int(position_text)
-    except ValueError:
-        return 0, f"the log's keyed mark {marker!r} is malformed: it was changed"
+        listed = parts[3] if len(parts) == 4 else None
+        runs = None if listed is None else msgspec.json.decode(listed, type=list[str])
+    except (ValueError, msgspec.DecodeError):
+        return KeyedMark(
+            0, frozenset(), f"the log's keyed mark {marker!r} is malformed: it was changed"
+        )
+    mark = KeyedMark(position, None if runs is None else frozenset(runs))
     if key is not None and key.id != marker_key:
         # the runs keyed with that key fail under this one too, so no genuine log
         # verifies here with it: a mark naming another key was made to go unchecked
-        return position, (
-            f"the log's keyed mark names key {marker_key}, not this key ({key.id}): it "
-            "cannot be checked (the wrong key, or the mark was changed)"
+        return msgspec.structs.replace(
+            mark,
+            problem=f"the log's keyed mark names key {marker_key}, not this key ({key.id}): it "
+            "cannot be checked (the wrong key, or the mark was changed)",
         )
-    if key is not None and keyed_marker(key, position) != marker:
-        return position, "the log's keyed mark does not match its MAC: it was changed"
-    return position, ""
+    if key is not None and key.mac(_marked(position, listed)) != mac:
+        return msgspec.structs.replace(
+            mark, problem="the log's keyed mark does not match its MAC: it was changed"
+        )
+    return mark
+
+
+def unkeyed_runs(first_rows: Iterable[Sequence[object]], but: str) -> list[str]:
+    """The unkeyed runs among ``first_rows`` ((run id, hash) of each run's first
+    row), ``but`` aside: for a keyed mark (``keyed_marker``)."""
+    return [
+        run_id
+        for run_id, stored_hash in first_rows
+        if isinstance(run_id, str) and run_id != but and not hash_key_id(str(stored_hash))
+    ]
 
 
 class EventStore(ABC):
@@ -723,13 +774,30 @@ class EventStore(ABC):
         if rows:
             self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows])
 
-    def _import_marker(self, rows: Sequence[Row], first_position: int, marker: str | None) -> str:
+    def _import_marker(
+        self,
+        run_id: str,
+        rows: Sequence[Row],
+        first_position: int,
+        marker: str | None,
+        first_rows: Callable[[], Iterable[Sequence[object]]],
+    ) -> str:
         """The keyed mark to write with an imported run ("" for none): a keyed run,
-        written with this store's key, copied into a log that has no mark yet."""
+        written with this store's key, copied into a log that has no mark yet (the
+        runs already there, ``first_rows()``, are named by it). An unkeyed run copied
+        into a log that has a mark is refused (``WrongKey``), as a new unkeyed run is."""
         written_with = hash_key_id(str(rows[0][7])) if rows else ""
-        if not written_with or marker is not None or self.key is None:
+        if not written_with:
+            if rows and marker is not None:
+                raise WrongKey(
+                    f"cannot copy run {run_id!r} here: it is unkeyed, and this log's runs are "
+                    f"keyed from position {marker.split(' ')[0]} on (verify would take it for "
+                    "a run rewritten without the key)"
+                )
             return ""
-        return keyed_marker(self.key, first_position) if self.key.id == written_with else ""
+        if marker is not None or self.key is None or self.key.id != written_with:
+            return ""
+        return keyed_marker(self.key, first_position, unkeyed_runs(first_rows(), run_id))
 
     @abstractmethod
     def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:

@@ -153,12 +153,13 @@ def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
         return f"{run_id} moved to positions below 1"
     if kind == "mark":
         (mark,) = conn.execute("SELECT value FROM store_meta WHERE name = 'keyed_from'").fetchone()
-        position, key_id, mac = mark.split(" ")
+        position, key_id, mac, *runs = mark.split(" ", 3)
         other = draw(st.text("0123456789abcdef", min_size=16, max_size=16))
         assume(other != key_id)
+        moved = draw(st.sampled_from([position, "999999999"]))
         conn.execute(
             "UPDATE store_meta SET value = ? WHERE name = 'keyed_from'",
-            (f"{draw(st.sampled_from([position, '999999999']))} {other} {mac}",),
+            (" ".join([moved, other, mac, *runs]),),
         )
         return f"the keyed mark names key {other}"
     if kind == "delete":
@@ -373,11 +374,100 @@ def test_verify_fails_a_keyed_mark_naming_another_key() -> None:
     conn = store.connection
     unguard(conn)
     (mark,) = conn.execute("SELECT value FROM store_meta WHERE name = 'keyed_from'").fetchone()
-    _position, _key, mac = mark.split(" ")
+    _position, _key, mac, runs = mark.split(" ", 3)
     conn.execute(
         "UPDATE store_meta SET value = ? WHERE name = 'keyed_from'",
-        (f"999999999 0000000000000000 {mac}",),
+        (f"999999999 0000000000000000 {mac} {runs}",),
     )
     verdict = verify_log(store)
     assert not verdict.ok
     assert any("names key 0000000000000000, not this key" in p for p in verdict.database)
+
+
+def _rewritten_unkeyed(conn: sqlite3.Connection, run_id: str) -> None:
+    """A forger without the key: ``run_id``'s chain recomputed with plain sha256, its
+    ``run.started`` naming no key."""
+    import json
+
+    from events.codec import chain_hash
+
+    previous = ""
+    rows = conn.execute(
+        "SELECT position, version, type, schema_version, recorded_at, causation, data"
+        " FROM events WHERE run_id = ? ORDER BY version",
+        (run_id,),
+    ).fetchall()
+    for position, version, kind, schema, at, causation, data in rows:
+        if kind == "run.started":
+            data = json.dumps({**json.loads(data), "key_id": ""})
+        previous = chain_hash(
+            previous,
+            run_id=run_id,
+            version=version,
+            type=kind,
+            schema_version=schema,
+            recorded_at=at,
+            causation=causation,
+            data=data,
+        )
+        conn.execute(
+            "UPDATE events SET hash = ?, data = ? WHERE position = ?", (previous, data, position)
+        )
+
+
+def test_verify_finds_a_keyed_run_rewritten_unkeyed_and_renumbered_before_the_mark() -> None:
+    """Positions are not in the chain: in a log that held unkeyed runs before keys, a
+    keyed run rewritten without the key and renumbered so that it starts below the
+    mark's position passed as one from before keys. The mark names those runs now."""
+    store = SQLiteEventStore(":memory:")
+    events = [RunStarted(goal="g", workspace="/w")]
+    store.append("old", [*events, *events], 0)  # from before keys: positions 1 and 2
+    store.key = keyed = SQLiteEventStore(":memory:", key=KEY).key
+    store.append("new", [RunStarted(goal="g", workspace="/w", key_id=keyed.id if keyed else "")], 0)
+    assert verify_log(store).ok
+    conn = store.connection
+    unguard(conn)
+    _rewritten_unkeyed(conn, "new")
+    # every row one place on, and the rewritten run's first at 1: each run's positions
+    # still rise with its versions
+    conn.execute("UPDATE events SET position = position + 10")
+    conn.execute("UPDATE events SET position = 1 WHERE run_id = 'new'")
+    conn.execute("UPDATE events SET position = position - 8 WHERE run_id = 'old'")
+    hide_from_the_summaries(conn)
+    verdict = verify_log(store)
+    assert [run.run_id for run in verdict.runs if not run.ok] == ["new"]
+    (problem,) = next(run for run in verdict.runs if run.run_id == "new").problems
+    assert "this run's chain is unkeyed: it was rewritten without the key" in problem.problem
+
+
+def test_a_mark_from_before_marks_named_their_runs_still_verifies() -> None:
+    """A log keyed by an earlier autonomy: its mark (position, key id, MAC) is checked
+    as it was written, by position."""
+    store = keyed_log()
+    conn = store.connection
+    unguard(conn)
+    assert store.key is not None
+    old_mark = f"1 {store.key.id} {store.key.mac(b'keyed from 1')}"
+    conn.execute("UPDATE store_meta SET value = ? WHERE name = 'keyed_from'", (old_mark,))
+    verdict = verify_log(store)
+    assert all(run.ok for run in verdict.runs)
+    assert not [p for p in verdict.database if "mark" in p]
+    _rewritten_unkeyed(conn, "run-2")
+    hide_from_the_summaries(conn)
+    verdict = verify_log(store)
+    assert [run.run_id for run in verdict.runs if not run.ok] == ["run-2"]
+    conn.execute("UPDATE store_meta SET value = ? WHERE name = 'keyed_from'", (old_mark + " []",))
+    assert "does not match its MAC" in " ".join(verify_log(store).database)
+
+
+def test_an_unkeyed_run_is_not_copied_into_a_keyed_log() -> None:
+    """verify takes an unkeyed run the mark does not name for one rewritten without the
+    key: copying one in is refused, as starting one without the key is."""
+    from events.errors import WrongKey
+
+    source = SQLiteEventStore(":memory:")
+    source.append("plain", [RunStarted(goal="g", workspace="/w")], 0)
+    target = keyed_log()
+    with pytest.raises(WrongKey, match="cannot copy run 'plain' here: it is unkeyed"):
+        target.import_run("plain", list(source.read_raw("plain")))
+    assert target.last_version("plain") == 0 and verify_log(target).ok

@@ -86,11 +86,9 @@ def verify_log(
     ids = list(run_ids) if run_ids is not None else list(first_position)
     ids += [run_id for run_id in by_run if run_id not in ids and run_ids is None]
     marker = store.keyed_marker()
-    keyed_from: int | None = None
-    if marker is not None:
-        keyed_from, problem = check_keyed_marker(marker, store.key)
-        if problem:
-            database.append(problem)
+    mark = check_keyed_marker(marker, store.key) if marker is not None else None
+    if mark is not None and mark.problem:
+        database.append(mark.problem)
     blobs = _BlobChecks(store)
     verdicts = []
     states: dict[str, RunState] = {}
@@ -112,14 +110,13 @@ def verify_log(
             )
         first = first_position.get(run_id)
         if (
-            keyed_from is not None
-            and first is not None
-            and first >= keyed_from
+            mark is not None
             and verdict.authentication == "unkeyed"
+            and not mark.allows_unkeyed(run_id, first)
         ):
             text = (
-                f"the log is written keyed from position {keyed_from}, but this run's chain "
-                "is unkeyed: it was rewritten without the key"
+                f"the log is written keyed from position {mark.position}, but this run's "
+                "chain is unkeyed: it was rewritten without the key"
             )
             verdict = msgspec.structs.replace(
                 verdict, problems=(*verdict.problems, Problem(position=first, problem=text))
