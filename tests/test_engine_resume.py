@@ -184,3 +184,18 @@ def test_sigkill_in_the_middle_then_resume_loses_and_duplicates_nothing(tmp_path
     # the kill and the resume are in the log: the replay stops and resumes where they did
     result = replay(store, run_id)
     assert result.identical, result.report()
+
+
+def test_a_command_cut_by_a_crash_leaves_no_set_id_file(tmp_path: Path) -> None:
+    """A command's set-id bits are taken off when it ends; one cut by a crash never
+    ended in the engine, so resume takes them off."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    log.append(ToolRequested(call_id="r1/t2", tool="run_command", arguments={"argv": ["x"]}))
+    (workspace / "tool").write_text("#!/bin/sh\n")  # what the command left before the kill
+    (workspace / "tool").chmod(0o4755)
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    assert (workspace / "tool").stat().st_mode & 0o7777 == 0o755

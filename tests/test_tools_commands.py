@@ -363,3 +363,40 @@ def test_a_result_names_at_most_a_hundred_files_of_each_list(
     outcome, _ = run_python(tmp_path, code)
     assert len(outcome.files_changed) == 5
     assert "[files changed: f0.txt, f1.txt and 3 more]" in outcome.result
+
+
+SET_ID = 0o6000
+
+
+def test_a_set_id_file_a_command_leaves_loses_the_bit(tmp_path: Path) -> None:
+    """bubblewrap's nosuid holds inside the sandbox only: a program a command copied
+    and gave ``chmod u+s`` stayed set-user-id on the host (owned by root when autonomy
+    runs as root: a root shell for whoever could reach the workspace)."""
+    code = (
+        "import os\n"
+        "os.makedirs('a/b/c')\n"
+        "for name, mode in (('user', 0o4755), ('group', 0o2750), ('a/b/c/deep', 0o6700)):\n"
+        "    open(name, 'w').write('#!/bin/sh\\n')\n"
+        "    os.chmod(name, mode)\n"
+        "    assert os.stat(name).st_mode & 0o6000, name\n"
+    )
+    outcome, _ = run_python(tmp_path, code)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o7777 for name in ("user", "group")}
+    assert modes == {"user": 0o755, "group": 0o750}
+    assert (tmp_path / "a/b/c/deep").stat().st_mode & 0o7777 == 0o700
+    assert "[set-user-id and set-group-id bits removed from 3 file(s)]" in outcome.result
+
+
+def test_a_rewritten_or_copied_file_never_keeps_a_set_id_bit(tmp_path: Path) -> None:
+    """A file's write kept its mode whole, set-id bits included; a fork's copy too."""
+    from engine.runs.workspace import copy_workspace
+    from engine.tools.files import write_atomically
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "tool").write_text("x")
+    os.chmod(source / "tool", 0o4755)
+    copy_workspace(source, tmp_path / "copy")
+    assert (tmp_path / "copy" / "tool").stat().st_mode & 0o7777 == 0o755
+    write_atomically(source / "tool", b"y")
+    assert (source / "tool").stat().st_mode & 0o7777 == 0o755

@@ -53,7 +53,7 @@ from engine.model.roles import ROLE_NAMES
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
-from engine.tools.sandbox import not_a_project, read_only, workspace_problem
+from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -325,6 +325,7 @@ class Engine:
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
             )
             if command:
+                clear_set_id(self.workspace)  # what the cut command left, as after any
                 for task in self.log.pipeline.tasks.values():
                     if task.status == "in_progress":
                         self._set_status(

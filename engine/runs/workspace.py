@@ -36,6 +36,7 @@ from engine.errors import ToolError
 from engine.tools.files import write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
+    SET_ID,
     Sandbox,
     not_a_project,
     remove_tree,
@@ -158,7 +159,22 @@ def copy_workspace(source: Path, target: Path) -> None:
     project's directory: a log or a queue that names it is not trusted."""
     _check_copyable(source)
     ignore = functools.partial(_not_copied, len(source.resolve().parts))
-    shutil.copytree(source.resolve(), target, dirs_exist_ok=True, symlinks=True, ignore=ignore)
+    shutil.copytree(
+        source.resolve(),
+        target,
+        dirs_exist_ok=True,
+        symlinks=True,
+        ignore=ignore,
+        copy_function=_copy_file,
+    )
+
+
+def _copy_file(source: str, target: str) -> None:
+    """A file as ``copy2`` copies it, but never with a set-id bit (``clear_set_id``)."""
+    shutil.copy2(source, target)
+    mode = os.lstat(target).st_mode
+    if stat.S_ISREG(mode) and mode & SET_ID:
+        os.chmod(target, stat.S_IMODE(mode) & ~SET_ID)
 
 
 def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import remove_tree
+from engine.tools.sandbox import clear_set_id, remove_tree
 from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
@@ -146,6 +146,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
             raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
         output = _capped(out, ctx.output_cap)
     elapsed = time.monotonic() - started
+    set_id = clear_set_id(root)
     after = digests.snapshot(root, ctx.blobs)
     made = sorted(set(digests.repositories) - set(repositories))
     left = _remove(root, made) if made else []
@@ -169,6 +170,8 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         )
     if changed:
         result += "\n[files changed: " + _listed([c.path for c in changed]) + "]"
+    if set_id:
+        result += f"\n[set-user-id and set-group-id bits removed from {set_id} file(s)]"
     if left_out:
         why: dict[str, list[str]] = {}
         for path, reason in left_out.items():

@@ -450,10 +450,11 @@ def check_python(rel: str, text: str) -> None:
 
 def write_atomically(path: Path, data: bytes, *, suffix: str = ".tmp") -> None:
     """``data`` at ``path`` whole or not at all, with the file's own permissions (0644
-    for a new one): written beside it (``.NAME.XXXX`` + ``suffix``), then renamed over
-    it; the file beside it is removed when anything fails. The one way autonomy
-    replaces a file: a tool's write, a rewind's restore, a report."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    for a new one) but never a set-id bit (``clear_set_id``): written beside it
+    (``.NAME.XXXX`` + ``suffix``), then renamed over it; the file beside it is removed
+    when anything fails. The one way autonomy replaces a file: a tool's write, a
+    rewind's restore, a report."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     partial = Path(name)

@@ -15,6 +15,7 @@ are written for the model, since they go back to it as the tool result.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -211,6 +212,37 @@ def read_only(directory: Path) -> bool:
     """Whether nothing can be written in ``directory`` (a read-only mount, for root
     too: ``access`` answers EROFS whoever asks)."""
     return not os.access(directory, os.W_OK | os.X_OK)
+
+
+SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def clear_set_id(root: Path) -> int:
+    """Take the set-user-id and set-group-id bits off every file under ``root`` (no
+    link followed); returns how many files had them. A command runs confined, but
+    the files it leaves are on the host, where a set-id file it made (a copy of a
+    shell given ``chmod u+s``: owned by root when autonomy runs as root) would run
+    with its owner's rights for whoever can reach the workspace. Called once the
+    command's processes are gone, so nothing can set the bit again behind it."""
+    try:
+        found = subprocess.run(
+            ["find", str(root), "-type", "f", "(", "-perm", "-4000", "-o", "-perm", "-2000", ")",
+             "-print0"],
+            stdin=subprocess.DEVNULL, capture_output=True, check=False,
+        ).stdout  # fmt: skip
+        paths = [os.fsdecode(p) for p in found.split(b"\0") if p]
+    except OSError:  # no find here: the same walk, slower
+        paths = [os.path.join(d, name) for d, _, names in os.walk(root) for name in names]
+    cleared = 0
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) and mode & SET_ID:
+                os.chmod(path, stat.S_IMODE(mode) & ~SET_ID)
+                cleared += 1
+        except OSError:
+            continue  # gone, or not ours to change: the walk goes on
+    return cleared
 
 
 def remove_tree(path: Path) -> None:
