@@ -198,3 +198,30 @@ def test_a_goal_file_that_waits_for_its_data_is_not_waited_on(tmp_path: Path) ->
         [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "''", done.stderr
+
+
+def test_a_log_the_model_could_write_beside_is_refused_before_it_is_made(tmp_path: Path) -> None:
+    """A log named inside the workspace (not under .autonomy/, which commands never
+    see): a command planted a rollback journal beside it, and the next open for
+    writing replaced the whole log with the journal's database."""
+    ws = tmp_path / "ws"
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        given = ("--model-url", server.url, "--api", "ollama", "--model", "m")
+        code, out = invoke("run", GOAL, "--workspace", str(ws), "--db", str(ws / "run.db"), *given)
+        assert code == 1 and f"the log {ws / 'run.db'} is inside the workspace" in out, out
+        assert not (ws / "run.db").exists()
+        kept = ws / "sub" / ".autonomy" / "events.db"  # hidden from commands: allowed
+        kept.parent.mkdir(parents=True)
+        code, out = invoke("run", GOAL, "--workspace", str(ws), "--db", str(kept), *given)
+        assert code == 0, out
+    # a log already there (an earlier autonomy allowed it) is not resumed in place
+    from engine.agent.runlog import RunLog
+    from engine.storage import open_store
+    from events import RunStarted
+
+    inside = ws / "logs" / "old.db"
+    inside.parent.mkdir()
+    with open_store(inside) as store:
+        RunLog.create(store, "r", RunStarted(goal=GOAL, workspace=str(ws), mode="rules"))
+    code, out = invoke("resume", "r", "--db", str(inside), "--model-url", "http://127.0.0.1:9")
+    assert code == 1 and "where the model's commands write files beside it" in out, out

@@ -452,6 +452,7 @@ def start_run(
         if progress:  # DeprecationWarning is hidden outside __main__; say it on the CLI too
             progress("note: rules mode is deprecated; orchestrated mode is the default")
     check_workspace(workspace)
+    check_log_place(getattr(store, "path", ""), workspace)
     confinement = confine_commands(settings, store)
     client = model_client(settings, http, progress)
     checked = check_models(client, settings, progress)
@@ -486,6 +487,25 @@ def workspace_lock(workspace: Path, run_id: str) -> Iterator[None]:
             "this run a workspace of its own",
             e.owner,
         ) from None
+
+
+def check_log_place(db: Path | str, workspace: Path) -> None:
+    """``ConfigError`` for a log file inside the workspace but not under a
+    ``.autonomy/`` (where the default log is, and which commands never see): the
+    model's commands write the workspace, and a rollback journal one planted beside
+    the log replaced the whole log when it was next opened for writing."""
+    if not db or str(db) == ":memory:" or "://" in str(db):
+        return
+    try:
+        inside = Path(db).resolve().relative_to(workspace.resolve())
+    except ValueError:
+        return  # outside the workspace
+    if ".autonomy" not in inside.parts[:-1]:
+        raise ConfigError(
+            f"the log {db} is inside the workspace {workspace}, where the model's commands "
+            "write files beside it (and could replace it): keep it outside the workspace, "
+            f"or in {Path(workspace) / '.autonomy'} (the default), which commands never see"
+        )
 
 
 def check_workspace(workspace: Path) -> None:
@@ -687,6 +707,7 @@ def _resume(
     workspace = Path(log.pipeline.workspace)
     if problem := workspace_problem(run_id, workspace, log.version, "nothing was run"):
         raise ResumeRefused(problem)
+    check_log_place(getattr(store, "path", ""), workspace)
     with workspace_lock(workspace, run_id):
         return _resume_in(store, log, workspace, settings, http, progress, prepare)
 

@@ -73,12 +73,14 @@ def run(
         autonomy run --workspace ./project --model-url http://localhost:11434 --model qwen2.5-coder:32b
     """
     from engine.agent.progress import run_display
-    from engine.agent.runner import check_workspace, start_run
+    from engine.agent.runner import check_log_place, check_workspace, start_run
+    from engine.storage import resolve_db
     from projections import project
 
     # what would stop the run is found before its log is made: no log is left in a
     # home directory, and no run is done for a checkpoint file it then cannot write
     check_workspace(workspace)
+    check_log_place(resolve_db(db, workspace), workspace)
     if str(db) == ":memory:":
         raise ConfigError(
             "--db :memory: keeps the run's log only until the command ends; give a file"
