@@ -135,7 +135,10 @@ class SQLEventStore(EventStore):
         rows = self._fetch(
             self.sql(SUMMARY_POSITION_SQL), (), "reading the run summaries' position"
         )
-        return int(rows[0][0]) if rows else 0
+        position = rows[0][0] if rows else 0
+        # derived, and rebuilt from the events when behind: a position that is no
+        # position (an edited log) is read as none, so every run is folded again
+        return position if type(position) is int and position >= 0 else 0
 
     def summary_rows(self, run_ids: Sequence[str] | None = None) -> list[SummaryRow]:
         sql = "SELECT run_id, version, last_position, summary FROM run_summaries"

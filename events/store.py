@@ -476,10 +476,15 @@ class EventStore(ABC):
         decode = CURRENT.decode
         class_of = EVENT_TYPES.get
         for position, run_id, version, kind, schema, at, causation, digest, data in rows:
-            if type(at) is not str or type(digest) is not str or type(version) is not int:
+            if (
+                type(at) is not str
+                or type(digest) is not str
+                or type(version) is not int
+                or (causation is not None and type(causation) is not int)
+            ):
                 raise StoreCorrupted(
-                    f"the event at position {position} of run {run_id!r} has a version, time "
-                    "or hash of another type than the log writes: the log was changed "
+                    f"the event at position {position} of run {run_id!r} has a version, time, "
+                    "cause or hash of another type than the log writes: the log was changed "
                     "(autonomy verify says how)"
                 )
             try:

@@ -236,9 +236,14 @@ def test_a_divergence_is_numbered_by_the_recorded_version_not_its_position() -> 
 
     store = MemoryEventStore()
     started = RunStarted(goal="g", workspace="/w")
-    written = store.append("x", [started, TaskAdded(task_id="t1", title="a"), TaskAdded(task_id="t2", title="b")], 0)
+    written = store.append(
+        "x", [started, TaskAdded(task_id="t1", title="a"), TaskAdded(task_id="t2", title="b")], 0
+    )
     gapped = [*written[:2], msgspec.structs.replace(written[2], version=4)]
-    replayed = [*written[:2], msgspec.structs.replace(written[2], data=TaskAdded(task_id="t2", title="c"))]
+    replayed = [
+        *written[:2],
+        msgspec.structs.replace(written[2], data=TaskAdded(task_id="t2", title="c")),
+    ]
     divergence = compare(gapped, replayed, Normaliser())
     assert divergence is not None and divergence.version == 4
     assert compare(gapped[:2], written, Normaliser()).version == 3  # type: ignore[union-attr]
@@ -430,3 +435,47 @@ def test_a_changed_tool_schema_is_reported_with_what_changed(
     )
     assert "  tool create_file: the description of `path` changed" in out
     assert "+" in out and 'directories are created (relative)"' in out
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "kind"),
+    [("causation", b"", "task.updated"), ("recorded_at", "q", "tool.requested")],
+)
+def test_an_edited_cell_is_a_clear_error_in_replay_and_the_run_page(
+    recorded: Path, tmp_path: Path, column: str, value: object, kind: str
+) -> None:
+    """A causation of bytes made replay's divergence report a TypeError; a time that
+    is no time made the run page's trace (and `report`) a ValueError."""
+    import shutil
+    import sqlite3
+
+    from engine.web.trace import build_trace
+    from events.errors import StoreCorrupted
+
+    db = tmp_path / "edited.db"
+    shutil.copy(recorded, db)
+    with sqlite3.connect(db) as conn:
+        triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        for name, _ in triggers.fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute(
+            f"UPDATE events SET {column} = ? WHERE position = (SELECT max(position) FROM events"
+            " WHERE type = ?)",
+            (value, kind),
+        )
+    with open_store(db, read_only=True) as store:
+        if column == "causation":
+            with pytest.raises(StoreCorrupted, match="cause or hash of another type"):
+                replay(store, "r", tools="recorded")
+        else:
+            trace = build_trace(list(store.read("r")))
+            assert trace.seconds >= 0 and all(step.seconds >= 0 for step in trace.steps)
+            tools = [
+                t
+                for step in trace.steps
+                for m in step.items
+                if hasattr(m, "tools")
+                for t in m.tools
+            ]
+            assert tools and all(tool.seconds >= 0 for tool in tools)
+            assert replay(store, "r", tools="recorded").identical  # times are not compared

@@ -317,3 +317,23 @@ def test_postgres_keeps_the_summaries_in_its_own_table(pg_url: str) -> None:
         assert run_summaries(store) == folded(store)
         verdict = verify_log(store)
         assert verdict.database == ()
+
+
+@pytest.mark.parametrize("position", ["x", -5, 2.5, b"7"])
+def test_a_summary_position_that_is_no_position_is_read_as_none(
+    tmp_path: Path, position: object
+) -> None:
+    """``int()`` of an edited position: a ValueError in verify, runs, audit and every
+    page of the service. The summaries are derived: they are folded again."""
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as bare:
+        failed_run(bare)
+    conn = sqlite3.connect(db)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("UPDATE projection_positions SET position = ?", (position,))
+    conn.commit()
+    conn.close()
+    with open_store(db, read_only=True) as store:
+        assert store.summary_position() == 0
+        assert [s.status for s in run_summaries(store)] == ["failed"]

@@ -362,6 +362,8 @@ def test_an_unreadable_run_is_reported_and_the_runs_after_it_are_checked(tmp_pat
         ("data", None),
         ("recorded_at", None),
         ("causation", "x"),
+        ("causation", b"x"),
+        ("recorded_at", "q"),
         ("version", "x"),
         ("version", 1.5),
     ],
@@ -372,8 +374,11 @@ def test_a_cell_of_another_type_is_a_finding_never_a_traceback(
 ) -> None:
     """SQLite keeps any type in any column of a file someone edited (NOT NULL too,
     once the schema is rewritten): each such cell made verify, events, state or
-    checkpoint end in a TypeError or ValueError."""
+    checkpoint end in a TypeError or ValueError (a replay, the run page's trace: a
+    causation of bytes, a time that is no time)."""
+    from engine.runs.replay import replay
     from engine.runs.verification import verify_log
+    from engine.web.trace import build_trace
     from events.checkpoints import take
     from events.errors import AutonomyError
     from projections import project
@@ -396,6 +401,8 @@ def test_a_cell_of_another_type_is_a_finding_never_a_traceback(
             lambda: list(store.read("a")),
             lambda: project(store, "a"),
             lambda: take(store),
+            lambda: replay(store, "a", tools="recorded"),
+            lambda: build_trace(list(store.read("a"))).seconds,
         ):
             with contextlib.suppress(AutonomyError):  # a clear error, or no read reaches it
                 read()

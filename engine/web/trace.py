@@ -166,12 +166,18 @@ def kind_of(event_type: str) -> str:
 
 
 def seconds_between(start: str, end: str) -> float:
-    """Seconds from one ``recorded_at`` to another (ISO 8601, UTC)."""
-    return (_moment(end) - _moment(start)).total_seconds()
+    """Seconds from one ``recorded_at`` to another (ISO 8601, UTC); 0 when either is
+    no time (an edited log: ``verify`` says where, the page still shows the run)."""
+    first, last = _moment(start), _moment(end)
+    return (last - first).total_seconds() if first and last else 0.0
 
 
-def _moment(recorded_at: str) -> datetime:
-    return datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
+def _moment(recorded_at: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(recorded_at).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None  # naive and aware do not subtract
 
 
 def build_trace(events: list[RecordedEvent]) -> Trace:
