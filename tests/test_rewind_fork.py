@@ -721,13 +721,16 @@ def test_a_backslash_is_a_character_of_a_name_to_a_rewind(tmp_path: Path) -> Non
     assert (workspace / "src\\app.py").read_text() == "another file\n"
 
 
-@pytest.mark.parametrize("replace", ["os.mkfifo('src')", "os.symlink('tests', 'src')"])
+@pytest.mark.parametrize(
+    "replace", ["os.mkfifo('src')", "os.symlink('tests', 'src')", "os.symlink('src', 'src')"]
+)
 def test_a_rewind_puts_a_directory_back_whatever_a_command_left_in_its_place(
     tmp_path: Path, replace: str
 ) -> None:
     """A command replaced ``src/`` with what no snapshot records: with a FIFO the
     rewind stopped half-way (after ``run.rewound``) and so did every resume; through a
-    link to ``tests/`` it wrote ``tests/app.py``. (A link out of the workspace is
+    link to ``tests/`` it wrote ``tests/app.py``; a link to itself was a RuntimeError
+    (a traceback) in rewind, fork and replay. (A link out of the workspace is
     refused, naming it: ``test_hostile_paths``.)"""
     run = ToolLog(tmp_path)
     workspace = run.workspace
@@ -772,6 +775,24 @@ def test_a_tree_deeper_than_a_path_may_be_is_left_out_and_breaks_nothing(tmp_pat
         rewind(run.store, "r", before)
     finally:  # pytest's own clean-up recurses, and cannot remove such a tree
         subprocess.run(["rm", "-rf", str(run.workspace / "e")], check=True)
+
+
+def test_a_scratch_directory_is_removed_however_deep_a_command_made_it() -> None:
+    """A live replay's scratch copy (and a command's own temporary directory) was
+    removed by ``shutil.rmtree``, which recurses: a tree 3,000 levels deep was a
+    ``RecursionError``, and the copy stayed in /tmp."""
+    from engine.tools.sandbox import temporary_directory
+
+    with temporary_directory("autonomy-test-") as scratch:
+        here = os.getcwd()
+        try:
+            os.chdir(scratch)
+            for _ in range(3000):
+                os.mkdir("d")
+                os.chdir("d")
+        finally:
+            os.chdir(here)
+    assert not scratch.exists()
 
 
 REWIND_UNDER_A_FILE_SIZE_LIMIT = """

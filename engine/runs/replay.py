@@ -27,7 +27,6 @@ result is "identical (N events)" or the first divergence with a diff.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +46,7 @@ from engine.runs.replay_sources import (
     settled_by_recovery,
 )
 from engine.runs.workspace import restore
+from engine.tools.sandbox import temporary_directory
 from events.errors import AutonomyError
 from events.memory import MemoryEventStore
 from events.schema import (
@@ -155,8 +155,8 @@ def replay(
             f"run {run_id} has versions 1 to {len(recording.events)}; {until} is not one of them"
         )
     if scratch is None:
-        with tempfile.TemporaryDirectory(prefix="autonomy-replay-") as tmp:
-            return _replay(recording, as_long_as(Path(tmp), recorded_workspace), tools == "live")
+        with temporary_directory("autonomy-replay-") as tmp:
+            return _replay(recording, as_long_as(tmp, recorded_workspace), tools == "live")
     return _replay(recording, scratch, tools == "live")
 
 

@@ -18,7 +18,6 @@ that long (fine for runs of minutes to hours on a log that is only appended to).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from engine.agent.runlog import check_run_id
 from engine.agent.runner import check_goal, finished, new_run_id, resume_run, start_run
 from engine.config import Settings
 from engine.runs.workspace import copy_workspace, finish_cut_rewind
+from engine.tools.sandbox import remove_tree
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
 from events.store import EventStore
 from projections import project
@@ -188,7 +188,7 @@ class Worker:
             if self.store.last_version(run_id) == 0:
                 workspace = self.workdir / run_id
                 if workspace.exists():
-                    shutil.rmtree(workspace)
+                    remove_tree(workspace)
                 copy_workspace(template, workspace)
                 self.progress(f"worker: starting {run_id} in {workspace}")
                 settings = self.settings_for(workspace, None)

@@ -253,10 +253,13 @@ def _targets(directory: Path, paths: Iterable[str]) -> dict[str, Path]:
             ) from e
         for parent in targets[path].relative_to(sandbox.root).parents:
             link = sandbox.root / parent
-            if link.is_symlink() and not link.resolve().is_relative_to(sandbox.root):
+            # realpath, not resolve: a loop of links (src -> src) is no error, only a
+            # link to replace (resolve raised RuntimeError, a traceback)
+            leads = Path(os.path.realpath(link))
+            if link.is_symlink() and not leads.is_relative_to(sandbox.root):
                 raise HistoryError(
                     f"the log names {path!r}, but {parent} is now a symbolic link leading "
-                    f"outside the workspace {sandbox.root}, to {link.resolve()}; nothing was "
+                    f"outside the workspace {sandbox.root}, to {leads}; nothing was "
                     "restored (remove the link, or was the log edited?)"
                 )
         mode = _mode_of(targets[path])
@@ -360,7 +363,7 @@ def _remove_abandoned_copies(workspace: Path) -> None:
         if found is None or not candidate.is_dir() or candidate.is_symlink():
             continue
         if _gone(found.group(1)):
-            shutil.rmtree(candidate, ignore_errors=True)
+            remove_tree(candidate)
 
 
 def _gone(pid: str) -> bool:
@@ -478,13 +481,12 @@ def _mode_of(target: Path) -> int | None:
     """``target``'s own file type and mode (a link's, not its target's); None when
     nothing is there: also when a directory on the way is none, or is a link (what
     is there is another path's)."""
+    if any(p.is_symlink() for p in target.parents):
+        return None  # (one may be a loop of links, which lstat of target fails on)
     try:
-        mode = target.lstat().st_mode
+        return target.lstat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if any(p.is_symlink() for p in target.parents):
-        return None
-    return mode
 
 
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
@@ -548,7 +550,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
                 f"{workspace} was filled while the fork copied its files; nothing was forked"
             ) from e
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         raise
     try:
         store.append(
@@ -557,7 +559,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
             0,
         )
     except BaseException:  # Ctrl-C while the log was busy, another fork as that run...
-        shutil.rmtree(workspace, ignore_errors=True)
+        remove_tree(workspace)
         raise
     (workspace / FORKING).unlink()
     with contextlib.suppress(OSError):

@@ -41,7 +41,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import IO, Annotated, Literal
 import msgspec
 
 from engine.errors import ConfinementUnavailable
-from engine.tools.sandbox import PROTECTED, not_a_project
+from engine.tools.sandbox import PROTECTED, not_a_project, temporary_directory
 
 SandboxSetting = Literal["auto", "required", "off"]
 
@@ -159,15 +158,15 @@ class Confinement:
         whatever it started is ended before this returns. ``OSError`` if it cannot
         start. ``repositories``: the ``.git`` inside the workspace, kept read-only."""
         with (
-            tempfile.TemporaryDirectory(prefix="autonomy-cmd-") as tmp,
+            temporary_directory("autonomy-cmd-") as tmp,
             self._stand_ins(workspace),
         ):
             cgroup = _pids_cgroup(self.limits.processes)
             try:
                 process = subprocess.Popen(
-                    self.argv(command, workspace, Path(tmp), repositories),
+                    self.argv(command, workspace, tmp, repositories),
                     cwd=workspace,
-                    env=self.environment(Path(tmp)),
+                    env=self.environment(tmp),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

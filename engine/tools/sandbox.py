@@ -14,9 +14,12 @@ are written for the model, since they go back to it as the tool result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from engine.errors import PathOutsideWorkspace, ToolError
@@ -250,3 +253,15 @@ def remove_tree(path: Path) -> None:
     rather than ``shutil.rmtree``, which recurses in Python (a tree a command made a
     few thousand levels deep raised ``RecursionError``)."""
     subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+
+
+@contextlib.contextmanager
+def temporary_directory(prefix: str) -> Iterator[Path]:
+    """``tempfile.TemporaryDirectory``, removed by ``remove_tree``: what a command
+    left in it (a tree thousands of levels deep) made its cleanup a ``RecursionError``
+    and left it behind."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        remove_tree(path)
