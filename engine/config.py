@@ -187,7 +187,44 @@ def load_settings(
             layered[key] = _convert(value, key, f"--{key.replace('_', '-')}")
     if config_file is not None and in_workspace:
         check_tightens(settings.tools, config_file, sandbox_given="sandbox" in layered)
+        if "model_url" not in layered:  # else every role's server is the one given
+            check_servers_here(settings.models, config_file)
     return _checked(_apply(settings, layered))
+
+
+def check_servers_here(models: Roles, path: Path) -> None:
+    """``ConfigError`` when the workspace's own config file ``path`` names a model
+    server that is not on this machine. That server gets every prompt and, in them,
+    the project's code; and the workspace is what the model's commands write (a
+    command that changed more files than a command's changes are recorded for left
+    an ``autonomy.toml`` the log could not attribute) and what a project someone
+    else made brings along. A server elsewhere is named by the user: ``--config``,
+    the environment, the flags."""
+    for role in ROLE_NAMES:
+        config = getattr(models, role)
+        for i, endpoint in enumerate(config.endpoints()):
+            if not on_this_machine(endpoint.base_url):
+                key = f"models.{role}." + (f"fallbacks[{i - 1}]." if i else "") + "base_url"
+                raise ConfigError(
+                    f"{path}: {key} = {_shown(endpoint.base_url)!r} is a server not on this "
+                    "machine: a workspace's own autonomy.toml may name only servers on this "
+                    "machine (localhost, 127.0.0.1, ::1), since whoever wrote the workspace "
+                    "(the model's commands, a project's authors) would choose where your "
+                    "prompts and code go; name it with --model-url (or AUTONOMY_MODEL_URL), "
+                    "or name the file with --config (or AUTONOMY_CONFIG)"
+                )
+
+
+def on_this_machine(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback (by name ``localhost``, or
+    a loopback address): not a name that only resolves to one today."""
+    import ipaddress
+
+    try:
+        host = urlsplit(url).hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _SANDBOX_STRENGTH = {"off": 0, "auto": 1, "required": 2}

@@ -367,3 +367,37 @@ def test_toml_nested_too_deeply_is_a_config_error_not_a_traceback(tmp_path: Path
     with pytest.raises(ConfigError, match="not valid TOML: nested too deeply") as caught:
         read_config(path)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "refused"),
+    [
+        ("[models.coding]\nbase_url = 'http://gpu-box:11434'\n", "models.coding.base_url"),
+        (
+            "[models.arbiter]\nfallbacks = [{ base_url = 'https://10.0.0.7:8000', model = 'm' }]\n",
+            "models.arbiter.fallbacks[0].base_url",
+        ),
+        ("[models.coding]\nbase_url = 'http://localhost.example.com:1'\n", "models.coding"),
+        ("[models.coding]\nbase_url = 'http://127.0.0.1:8000'\n", ""),
+        ("[models.coding]\nbase_url = 'http://[::1]:8000'\n", ""),
+        ("[models.coding]\nbase_url = 'http://localhost:8000'\n", ""),
+    ],
+)
+def test_a_workspaces_own_config_names_only_servers_on_this_machine(
+    tmp_path: Path, toml: str, refused: str
+) -> None:
+    """The server gets every prompt and the project's code, and the workspace is
+    written by the model's commands (past what the log can attribute) and by whoever
+    made the project: a server elsewhere is the user's to name."""
+    path = write(tmp_path, toml)
+    if refused:
+        with pytest.raises(ConfigError, match="a server not on this machine") as raised:
+            load_settings(path, env={}, in_workspace=True)
+        assert refused in str(raised.value)
+        given = load_settings(
+            path, env={}, overrides={"model_url": "http://gpu:1"}, in_workspace=True
+        )
+        assert given.models.coding.base_url == "http://gpu:1"
+        assert load_settings(path, env={}).models  # named with --config: the user's choice
+    else:
+        assert load_settings(path, env={}, in_workspace=True).models

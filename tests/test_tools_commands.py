@@ -400,3 +400,14 @@ def test_a_rewritten_or_copied_file_never_keeps_a_set_id_bit(tmp_path: Path) -> 
     assert (tmp_path / "copy" / "tool").stat().st_mode & 0o7777 == 0o755
     write_atomically(source / "tool", b"y")
     assert (source / "tool").stat().st_mode & 0o7777 == 0o755
+
+
+def test_an_autonomy_toml_a_command_writes_is_recorded_past_the_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files sorted before it pushed a config file past the changes one command
+    records: unrecorded, the next run could not tell it was the model's."""
+    monkeypatch.setattr(commands, "MAX_CHANGES", 3)
+    code = "import os\nos.mkdir('z')\n[open(p, 'w').write('x') for p in ('a', 'b', 'c', 'd', 'z/autonomy.toml')]"
+    outcome = run(tmp_path, ["python", "-c", code], allowlist=PYTHON_C)
+    assert [c.path for c in outcome.files_changed] == ["z/autonomy.toml", "a", "b"]

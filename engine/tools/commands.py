@@ -155,6 +155,9 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
+        # a config file autonomy reads from a workspace is recorded whatever the cut:
+        # whose it is must stay known (``refuse_a_config_a_model_wrote``)
+        changed = sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml")
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
