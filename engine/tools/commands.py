@@ -157,7 +157,9 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     if len(changed) > MAX_CHANGES:
         # a config file autonomy reads from a workspace is recorded whatever the cut:
         # whose it is must stay known (``refuse_a_config_a_model_wrote``)
-        changed = sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml")
+        changed = tuple(
+            sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml")
+        )
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
