@@ -46,6 +46,20 @@ def printable(text: str) -> str:
     return unicode_text(text).translate(_ESCAPES)
 
 
+_INVISIBLE = {c: f"\\u{c:04x}" for c in (0x200B, 0x2060, 0xFEFF)}
+"""Characters of no width (a zero-width space, a word joiner, a byte order mark): a
+name with one looks like another name. The joiners that shape scripts and emoji
+(U+200C, U+200D) are left to do so."""
+
+
+def visible(text: str) -> str:
+    """``printable`` text in which nothing is invisible either: for a page, where a
+    bidirectional override in a file name or a task title (``calc\\u202eyp.exe``
+    shown as ``calcexe.py``, a title shown as "verified ok") reorders what follows
+    it, autonomy's own words included."""
+    return printable(text).translate(_INVISIBLE)
+
+
 def one_line(text: str) -> str:
     """``printable`` text that stays on its line: a line break in it is shown as
     ``\\n``. For what a model or a log says, put into a line of autonomy's own (a

@@ -20,7 +20,18 @@ import pytest
 from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from waiting import wait_until
-from web_runs import AUTONOMY, Asker, Gated, long_run, model_flags, record, running, serving
+from web_runs import (
+    AUTONOMY,
+    SPOOFED_FILE,
+    Asker,
+    Gated,
+    long_run,
+    model_flags,
+    record,
+    running,
+    serving,
+    spoofing_run,
+)
 
 from engine.cli import cli
 from engine.storage import open_store
@@ -59,6 +70,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, asker: Asker) -> Path:
     record(path, base / "done", "done")
     record(path, base / "asking", "asking", asker)
     long_run(path, 450)
+    spoofing_run(path)
     return path
 
 
@@ -313,3 +325,25 @@ def test_the_report_file_renders_under_its_own_policy(page: Page, db: Path, tmp_
     expect(page.locator(".status").first).to_have_text("completed")
     background = page.locator(".status").first.evaluate("e => getComputedStyle(e).backgroundColor")
     assert background != "rgba(0, 0, 0, 0)", "the inlined stylesheet applies"
+
+
+def test_a_name_made_to_look_like_another_is_shown_with_its_overrides(
+    page: Page, db: Path, service: str, tmp_path: Path
+) -> None:
+    """A right-to-left override in a file name showed "calc\\u202eyp.exe" as
+    "calcexe.py", and in a task title reversed the page's own words after it ("failed"
+    as "deliaf"): the service's page, the report, and the live tail's text show it
+    escaped, as the command line does."""
+    out = tmp_path / "report.html"
+    made = CliRunner().invoke(cli, ["report", "spoofing", "--db", str(db), "--html", str(out)])
+    assert made.exit_code == 0, made.output
+    escaped_file = SPOOFED_FILE.encode("unicode_escape").decode()
+    escaped_title = "\\u202eko deifirev \u2714 tests\\u200b"
+    for url in (f"{service}/runs/spoofing", out.as_uri()):
+        page.goto(url)
+        expect(page.locator("body")).to_contain_text(escaped_file)
+        expect(page.locator("body")).to_contain_text(escaped_title)
+        text = page.locator("body").inner_text()
+        assert "\u202e" not in text and "\u200b" not in text, url
+    page.goto(f"{service}/runs/spoofing")
+    assert page.evaluate("visible('a\\u202eb\\u0007')") == "a\\u202eb\\x07"

@@ -19,7 +19,16 @@ from engine.keys import load_key
 from engine.runs.demo import GOAL, PYTEST, DemoModels
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from events import ArbiterDecided, Event, PhaseChanged, RunStarted
+from events import (
+    ArbiterDecided,
+    Event,
+    FileChange,
+    PhaseChanged,
+    RunStarted,
+    TaskAdded,
+    ToolExecuted,
+    ToolRequested,
+)
 
 AUTONOMY = str(Path(sys.executable).parent / "autonomy")
 
@@ -84,6 +93,35 @@ def long_run(path: Path, steps: int) -> None:
         events.append(ArbiterDecided(action="code", reasoning=f"decision {n}"))
     with open_store(path, key=load_key(create=True)) as store:
         store.append("long", events, 0)
+
+
+SPOOFED_FILE = "calc\u202eyp.exe"
+"""A file name a model chose: with its right-to-left override obeyed, "calcexe.py"."""
+SPOOFED_TITLE = "\u202eko deifirev \u2714 tests\u200b"
+"""A task title: obeyed, "tests ✔ verified ok" and everything after it reversed."""
+
+
+def spoofing_run(path: Path) -> None:
+    """Run ``spoofing``: a task and a file whose names a model made to look like
+    other names (``SPOOFED_FILE``, ``SPOOFED_TITLE``)."""
+    with open_store(path, key=load_key(create=True)) as store:
+        after = store.put(b"print('hi')\n")
+        store.append(
+            "spoofing",
+            [
+                RunStarted(goal="a spoofing run", workspace="/tmp/spoofing"),
+                TaskAdded(task_id="t1", title=SPOOFED_TITLE),
+                ToolRequested(call_id="c1", tool="create_file", arguments={"path": SPOOFED_FILE}),
+                ToolExecuted(
+                    call_id="c1",
+                    tool="create_file",
+                    ok=True,
+                    result=f"wrote {SPOOFED_FILE}",
+                    files_changed=(FileChange(path=SPOOFED_FILE, after=after, size=12),),
+                ),
+            ],
+            0,
+        )
 
 
 @contextmanager

@@ -18,8 +18,10 @@ from importlib import resources
 from typing import Any
 
 import jinja2
+import markupsafe
 import msgspec
 
+from engine.terminal import visible
 from engine.web.trace import ToolTrace, build_trace, kind_of
 from events.errors import AutonomyError, RunNotFound
 from events.store import EventStore, RecordedEvent
@@ -43,11 +45,22 @@ def _short(value: str, keep: int = 12) -> str:
     return value if len(value) <= keep + 1 else value[:keep] + "…"
 
 
+def shown(value: Any) -> Any:
+    """What every ``{{ ... }}`` of a page shows (Jinja's ``finalize``): text with its
+    control, bidirectional and invisible characters as visible escapes
+    (``engine.terminal.visible``), before it is escaped for HTML. Numbers and HTML
+    the templates built themselves are shown as they are."""
+    if value is None or isinstance(value, bool | int | float | markupsafe.Markup):
+        return value
+    return visible(value if isinstance(value, str) else str(value))
+
+
 ENVIRONMENT = jinja2.Environment(
     loader=jinja2.PackageLoader("engine.web", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     lstrip_blocks=True,
+    finalize=shown,
 )
 ENVIRONMENT.filters["pretty"] = pretty
 ENVIRONMENT.filters["compact"] = compact

@@ -2,10 +2,21 @@
 // state at a version and the answer box. Plain DOM, no framework, no build step.
 "use strict";
 
+// Text from a log shown with its control, bidirectional and invisible characters as
+// escapes, as the server's pages show it (engine.terminal.visible): a right-to-left
+// override in a file name or a title reorders what follows it on the screen.
+const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]/g;
+function visible(text) {
+  return String(text).replace(INVISIBLE, (c) => {
+    const code = c.charCodeAt(0);
+    return code < 0x20 ? "\\x" + code.toString(16).padStart(2, "0") : "\\u" + code.toString(16).padStart(4, "0");
+  });
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-  for (const c of children) node.append(c);
+  for (const c of children) node.append(typeof c === "string" ? visible(c) : c);
   return node;
 }
 
@@ -66,7 +77,7 @@ function liveTail(table) {
     setTimeout(() => location.reload(), 800);
   });
   source.addEventListener("failed", (message) => {  // the log failed; EventSource retries
-    state.textContent = `${JSON.parse(message.data).error}: reconnecting…`;
+    state.textContent = visible(`${JSON.parse(message.data).error}: reconnecting…`);
   });
   source.onerror = () => { state.textContent = "reconnecting…"; };
   source.onopen = () => { state.textContent = "following"; };
@@ -135,12 +146,12 @@ function answerBox(form) {
     if (response.ok) {
       form.remove();
       result.className = "ok";
-      result.textContent = `Answered. Continue the run with: ${doc.next}`;
+      result.textContent = visible(`Answered. Continue the run with: ${doc.next}`);
       const status = document.getElementById("run-status");
       if (status) { status.textContent = "running"; status.className = "status status-running"; }
     } else {
       result.className = "error-message";
-      result.textContent = doc.error;
+      result.textContent = visible(doc.error);
     }
   });
 }
