@@ -647,7 +647,7 @@ class EventStore(ABC):
 
     # -- integrity -------------------------------------------------------------------
 
-    def verify(self, run_id: str) -> VerifyReport:
+    def verify(self, run_id: str, *, upto: int | None = None) -> VerifyReport:
         """Recompute the run's hash chain and report every event that breaks it.
 
         An unkeyed run is recomputed with plain sha256. A keyed run is recomputed
@@ -655,9 +655,10 @@ class EventStore(ABC):
         structure is checked (versions, one key id throughout), and the report
         says it is not authenticated; with another key it fails. A ``run.started``
         that names a key its chain was not written with fails too: that is a keyed
-        run rewritten as plain sha256.
+        run rewritten as plain sha256. ``upto``: the last version to check (what was
+        counted of a run that may be appended to meanwhile).
         """
-        return self.verify_rows(run_id, self.read_raw(run_id))
+        return self.verify_rows(run_id, self.read_raw(run_id, upto=upto))
 
     def verify_rows(self, run_id: str, rows: Iterable[StoredEvent]) -> VerifyReport:
         """``verify`` of ``rows`` (one run, in version order) from anywhere: this

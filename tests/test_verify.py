@@ -412,3 +412,37 @@ def test_a_cell_of_another_type_is_a_finding_never_a_traceback(
         tamper(blob, "DELETE FROM blobs", "INSERT INTO blobs VALUES ('d', 4, ?)", params=(content,))
         with SQLiteEventStore(blob, read_only=True, key=KEY) as store, pytest.raises(BlobCorrupt):
             store.get("d")
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_runs_appended_to_while_verify_reads_are_no_finding(tmp_path: Path, keyed: bool) -> None:
+    """verify counted each run's rows, then walked its chain: a run that appended in
+    between had "rows where no read goes", and a log's first keyed run started in
+    between "a deleted keyed mark" (verify while runs go on exited 1)."""
+    db = tmp_path / "e.db"
+    key = KEY if keyed else None
+    with SQLiteEventStore(db, key=None) as old:
+        old.append("old", [RunStarted(goal="g", workspace="/w")], 0)  # from before keys
+    with SQLiteEventStore(db, key=key) as reader, SQLiteEventStore(db, key=key) as writer:
+        counted = reader.row_extents
+
+        marked = reader.keyed_marker
+
+        def meanwhile() -> list[object]:
+            extents = counted()  # then another process appends, as a run does
+            writer.append("old", [TaskAdded(task_id="t", title="x")], 1)
+            return extents  # type: ignore[return-value]
+
+        def first_keyed_run_meanwhile() -> str | None:
+            marker = marked()  # then the log's first keyed run starts: it writes the mark
+            if writer.last_version("b") == 0:
+                started = RunStarted(goal="g", workspace="/w", key_id=writer.key_id)
+                writer.append("b", [started], 0)
+            return marker
+
+        reader.row_extents = meanwhile  # type: ignore[method-assign]
+        if keyed:
+            reader.keyed_marker = first_keyed_run_meanwhile  # type: ignore[method-assign]
+        verdict = verify_log(reader)
+        assert verdict.ok, (verdict.database, [(r.run_id, r.problems) for r in verdict.runs])
+        assert verify_log(SQLiteEventStore(db, key=key, read_only=True)).ok

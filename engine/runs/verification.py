@@ -85,13 +85,12 @@ def verify_log(
     first_position = {info.run_id: info.first_position for info in infos}
     ids = list(run_ids) if run_ids is not None else list(first_position)
     ids += [run_id for run_id in by_run if run_id not in ids and run_ids is None]
-    marker = store.keyed_marker()
-    mark = check_keyed_marker(marker, store.key) if marker is not None else None
-    if mark is not None and mark.problem:
-        database.append(mark.problem)
     blobs = _BlobChecks(store)
     verdicts = []
     states: dict[str, RunState] = {}
+    # each run's rows are counted first and its chain walked up to the version counted:
+    # a run appended to meanwhile (verify while runs go on) is no run with rows where
+    # no read goes
     extents: dict[object, RowExtent] = {e.run_id: e for e in store.row_extents()}
     if run_ids is None:
         database += [
@@ -102,26 +101,36 @@ def verify_log(
         # a run whose every row is where no read goes is in no listing: it is here
         ids += [r for r in extents if isinstance(r, str) and r not in ids]
     for run_id in ids:
-        verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()), states)
         extent = extents.get(run_id)
+        counted = extent.last_version if extent is not None else None
+        upto = counted if type(counted) is int and counted >= 1 else None
+        verdict = _verify_run(store, run_id, blobs, by_run.get(run_id, ()), states, upto)
         if extent is not None and (text := extent.problem(verdict.events)):
             verdict = msgspec.structs.replace(
                 verdict, problems=(*verdict.problems, Problem(problem=text))
             )
-        first = first_position.get(run_id)
+        verdicts.append(verdict)
+    # the keyed mark is read after the runs: it is written with the first keyed run's
+    # first rows, so a keyed run the walk saw has its mark by now (read before, a first
+    # keyed run started meanwhile was "a deleted mark")
+    marker = store.keyed_marker()
+    mark = check_keyed_marker(marker, store.key) if marker is not None else None
+    if mark is not None and mark.problem:
+        database.append(mark.problem)
+    for i, verdict in enumerate(verdicts):
+        first = first_position.get(verdict.run_id)
         if (
             mark is not None
             and verdict.authentication == "unkeyed"
-            and not mark.allows_unkeyed(run_id, first)
+            and not mark.allows_unkeyed(verdict.run_id, first)
         ):
             text = (
                 f"the log is written keyed from position {mark.position}, but this run's "
                 "chain is unkeyed: it was rewritten without the key"
             )
-            verdict = msgspec.structs.replace(
+            verdicts[i] = msgspec.structs.replace(
                 verdict, problems=(*verdict.problems, Problem(position=first, problem=text))
             )
-        verdicts.append(verdict)
     if marker is None and any(v.authentication != "unkeyed" for v in verdicts):
         database.append("runs are keyed, but the log's keyed mark is missing: it was deleted")
     database += summary_problems(store, run_ids, states)
@@ -141,10 +150,11 @@ def _verify_run(
     blobs: _BlobChecks,
     checkpoints: Sequence[Checkpoint],
     states: dict[str, RunState],
+    upto: int | None = None,
 ) -> RunVerdict:
     problems: list[Problem] = []
     try:
-        report = store.verify(run_id)
+        report = store.verify(run_id, upto=upto)
         problems += report.problems
         authentication, events = report.authentication, report.checked
         decodes = True
