@@ -347,3 +347,23 @@ def test_a_name_made_to_look_like_another_is_shown_with_its_overrides(
         assert "\u202e" not in text and "\u200b" not in text, url
     page.goto(f"{service}/runs/spoofing")
     assert page.evaluate("visible('a\\u202eb\\u0007')") == "a\\u202eb\\x07"
+
+
+def test_serve_gives_the_log_the_indexes_its_audit_tables_need(tmp_path: Path) -> None:
+    """A run page queries the audit views on each view; a log `autonomy run` made has
+    none of their indexes, and a run of 16,000 tool calls took 8 s a page."""
+    import sqlite3
+
+    from engine.runs.audit import INDEXES
+
+    db = tmp_path / "events.db"
+    spoofing_run(db)
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+
+    assert not set(INDEXES) & indexes()
+    with serving(db):
+        made = indexes()
+    assert set(INDEXES) <= made, made

@@ -3,16 +3,13 @@ is imported."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from engine.cli.base import cli, db_option, opened_log
+from engine.cli.base import cli, db_option, opened_log, try_audit_indexes
 from engine.runs.audit import FORMATS
 from engine.terminal import data_stream
 
@@ -76,7 +73,7 @@ def audit(words: tuple[str, ...], fmt: str, sql: str | None, db: Path | None) ->
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
             connection = _sql(store)
-            _try_indexes(db, connection)
+            try_audit_indexes(db, connection)
             result = run_query(connection, name, run_id, arguments)
     text = format_result(result, cast(Format, fmt))
     if fmt == "csv" and sys.stdout is not None:
@@ -95,28 +92,6 @@ def _sql(store: EventStore) -> Any:
     if connection is None:
         raise AuditError("this log has no SQL views to query")
     return connection
-
-
-def _try_indexes(db: Path | str | None, connection: Any) -> None:
-    """Add the audit indexes if the log can take them. On SQLite that is done on a
-    connection of its own (the reading one is read-only), and a log on read-only
-    storage is still queried, only more slowly, and never written to; a PostgreSQL
-    log takes them on its own connection."""
-    from engine.runs.audit import AuditError, ensure_indexes
-    from engine.storage import is_postgres_url, open_store, resolve_db
-    from events.errors import AutonomyError
-
-    path = resolve_db(db)
-    if is_postgres_url(path):
-        with contextlib.suppress(AuditError):
-            ensure_indexes(connection)
-        return
-    with contextlib.suppress(AutonomyError, OSError):
-        path = Path(path)
-        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-            return
-        with closing(open_store(path, must_exist=True)) as store:
-            ensure_indexes(store.connection)  # type: ignore[attr-defined]
 
 
 def _split(words: tuple[str, ...]) -> tuple[str | None, str, tuple[str, ...]]:

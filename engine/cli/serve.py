@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from engine.cli.base import cli, db_option
+from engine.cli.base import cli, db_option, try_audit_indexes
 from engine.errors import ConfigError
 
 TOKEN_ENV = "AUTONOMY_TOKEN"
@@ -99,6 +99,7 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     shared = open_store(path, must_exist=True, read_only=True) if is_postgres_url(path) else None
     if shared is None:
         open_store(path, must_exist=True).close()
+    try_audit_indexes(path, getattr(shared, "connection", None))
     settings = ServiceSettings(
         db=path,
         token=token or "",
@@ -114,15 +115,15 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         raise
     bound = listener.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if listener.family == socket.AF_INET6 else host
-    click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
-    app = create_app(settings, shared)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
     try:
-        server.run(sockets=[listener])
+        click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
+        app = create_app(settings, shared)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
+        uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:
         # Ctrl-C is how the service is stopped: uvicorn has shut down gracefully and
-        # raises it again afterwards; no "Aborted!", no failure status
+        # raises it again afterwards; no "Aborted!", no failure status, however soon
+        # after the line above it comes (before uvicorn's own handler, it was exit 130)
         pass
     finally:
         if shared is not None:
