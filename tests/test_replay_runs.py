@@ -29,7 +29,7 @@ from engine.config import Settings, load_settings
 from engine.model.roles import Endpoint
 from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
-from engine.runs.workspace import fork, rewind
+from engine.runs.workspace import HistoryError, fork, rewind
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer
 from events import MemoryEventStore
@@ -464,7 +464,9 @@ def test_any_run_the_engine_can_produce_replays_identically(
             answer(store, run_id)
         elif data.draw(st.booleans(), label="rewind"):
             to = data.draw(st.integers(1, store.last_version(run_id)), label="to")
-            rewind(store, run_id, to)
+            # refused inside the step that ended the run (its end is one append)
+            with contextlib.suppress(HistoryError):
+                rewind(store, run_id, to)
         store.kill_after = data.draw(kills, label="kill")
         try:
             resume(store, run_id, server, max_steps=steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import signal
 import sqlite3
@@ -212,6 +213,33 @@ def test_rewind_to_a_version_that_does_not_exist_changes_nothing(
 
     assert code == 1 and "100000" in out
     assert rows(db, "r") == before and snapshot(workspace) == files
+
+
+def test_a_version_inside_the_step_that_ended_the_run_is_refused(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """The last phase change and run.finished are written together: a rewind (or a
+    fork) between them made a run running in a terminal phase, and its resume failed
+    the completed run ("no move from 'completed' to 'documentation'")."""
+    db, workspace, _, _ = first_review
+    with open_store(db) as store:
+        events = list(store.read("r"))
+    (inside,) = [
+        e.version
+        for e, after in itertools.pairwise(events)
+        if e.type == "phase.changed" and after.type == "run.finished"
+    ]
+    before, files = rows(db, "r"), snapshot(workspace)
+    for command in (
+        ["rewind", "r", "--to"],
+        ["fork", "r", "--workspace", str(tmp_path / "f"), "--at"],
+    ):
+        code, out = invoke(*command, str(inside), "--db", str(db))
+        assert code == 1 and "is inside the step that ended it" in " ".join(out.split()), out
+    assert rows(db, "r") == before and snapshot(workspace) == files
+    assert not (tmp_path / "f").exists()
+    code, out = invoke("rewind", "r", "--to", str(inside - 1), "--db", str(db))
+    assert code == 0, out
 
 
 def test_fork_leaves_the_parent_untouched_and_resumes_to_completion(

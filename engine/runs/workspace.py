@@ -33,6 +33,7 @@ from pathlib import Path
 from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.runner import workspace_lock
 from engine.errors import ToolError
+from engine.machines.phases import TERMINAL
 from engine.tools.files import write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
@@ -384,6 +385,15 @@ def _check_version(store: EventStore, run_id: str, version: int) -> int:
         raise RunNotFound(run_id)
     if not 1 <= version <= last:
         raise HistoryError(f"run {run_id} has versions 1 to {last}; {version} is not one of them")
+    pipeline = project(store, run_id, upto=version).pipeline
+    if pipeline.status == "running" and pipeline.phase in TERMINAL:
+        # the last phase change and run.finished are appended together: between them
+        # the run is running in a phase with no way out, and a resume failed it
+        raise HistoryError(
+            f"version {version} of run {run_id} is inside the step that ended it (its "
+            f"phase {pipeline.phase} and its end are written together); give {version - 1} "
+            f"or {version + 1}"
+        )
     return last
 
 
