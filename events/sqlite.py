@@ -21,6 +21,7 @@ the default ``.autonomy/`` only.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -125,6 +126,17 @@ def _check_path(target: Path, where: str, read_only: bool) -> None:
         )
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` (device and inode); None for none, or an in-memory log."""
+    if path == ":memory:":
+        return None
+    try:
+        found = os.stat(path)
+    except OSError:
+        return (-1, -1)  # gone: no file is that
+    return (found.st_dev, found.st_ino)
+
+
 def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """A connection that cannot write to ``path``: ``mode=ro``, plus ``immutable=1``
     when SQLite cannot open the file that way (a WAL log in a directory that cannot
@@ -202,6 +214,18 @@ class SQLiteEventStore(SQLEventStore):
         except BaseException:
             self._conn.close()
             raise
+        self._identity = _identity(self.path) if not read_only else None
+
+    def _check_identity(self) -> None:
+        """``EventStoreError`` when the file at the log's path is no longer the one
+        opened: SQLite writes on into a deleted or moved file, and a run whose log was
+        removed under it completed, exit 0, with nothing recorded anywhere."""
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise EventStoreError(
+                f"the log {self.path} was removed or replaced while this process wrote to "
+                "it (deleted, moved, or another file put in its place): what it wrote is "
+                "in that file, if it still exists; nothing more was written"
+            )
 
     def _open(self, synchronous: str) -> None:
         conn = self._conn
@@ -350,6 +374,7 @@ class SQLiteEventStore(SQLEventStore):
         self, run_id: str, drafts: Sequence[Draft], expected_version: int, recorded_at: str
     ) -> list[Row]:
         conn = self._conn
+        self._check_identity()
         with self._lock, _mapped_errors(f"appending to run {run_id!r}"):
             conn.execute("BEGIN IMMEDIATE")
             try:

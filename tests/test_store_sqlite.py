@@ -467,3 +467,21 @@ def test_a_copy_cut_off_half_way_is_finished_by_the_same_copy(tmp_path: Path) ->
             with pytest.raises(EventStoreError, match=r"already has run\(s\) a, with other"):
                 copy_runs(source, other)
             assert other.last_version("b") == 0 and other.last_version("a") == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_an_append_to_a_log_removed_under_it_fails(tmp_path: Path, how: str) -> None:
+    """SQLite writes on into a deleted or moved file: a run whose log's directory was
+    removed mid-run completed, exit 0, and every event of it was gone."""
+    from events import RunStarted, TaskAdded
+    from events.errors import EventStoreError
+
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            SQLiteEventStore(db).close()  # another log at the same path
+        with pytest.raises(EventStoreError, match="was removed or replaced while this process"):
+            store.append("r", [TaskAdded(task_id="t", title="x")], 1)
