@@ -199,3 +199,16 @@ def test_a_command_cut_by_a_crash_leaves_no_set_id_file(tmp_path: Path) -> None:
     with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
     assert (workspace / "tool").stat().st_mode & 0o7777 == 0o755
+
+
+def test_what_a_write_killed_before_its_rename_left_is_removed_on_resume(tmp_path: Path) -> None:
+    """A file tool's write goes beside the file, then is renamed over it: a kill in
+    between left .calc.py.XXXXXXXX.tmp in the workspace for good (and forks copied it)."""
+    store, _, workspace = crashed_run(tmp_path)
+    partial = workspace / ".calc.py.k3x9q2ab.tmp"
+    partial.write_text("X = ")
+    mine = workspace / ".calc.py.mine.tmp"  # not what a write leaves: kept
+    mine.write_text("notes")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    assert not partial.exists() and mine.exists()

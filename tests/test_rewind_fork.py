@@ -215,6 +215,26 @@ def test_rewind_to_a_version_that_does_not_exist_changes_nothing(
     assert rows(db, "r") == before and snapshot(workspace) == files
 
 
+def test_what_killed_writes_left_is_neither_kept_by_a_rewind_nor_copied_by_a_fork(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A rewind killed before a restored file's rename, given again as its error says,
+    left .calc.py.XXXXXXXX.autonomy-restoring behind, and a fork copied it (and the
+    .tmp of a file tool's write killed so)."""
+    db, workspace, version, _ = first_review
+    left = [workspace / ".calc.py.ou30h586.autonomy-restoring", workspace / ".calc.py.g8ds9f4y.tmp"]
+    for path in left:
+        path.write_text("half")
+    code, out = invoke(
+        "fork", "r", "--at", str(version), "--workspace", str(tmp_path / "f"), "--db", str(db)
+    )
+    assert code == 0, out
+    assert not [p.name for p in (tmp_path / "f").iterdir() if p.name.startswith(".calc.py.")]
+    code, out = invoke("rewind", "r", "--to", str(version), "--db", str(db))
+    assert code == 0, out
+    assert not left[0].exists()
+
+
 def test_a_version_inside_the_step_that_ended_the_run_is_refused(
     first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
 ) -> None:

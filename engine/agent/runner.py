@@ -53,6 +53,7 @@ from engine.model.roles import ROLE_NAMES
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
+from engine.tools.files import remove_partials
 from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
@@ -343,6 +344,7 @@ class Engine:
         except ToolError as e:  # outside, too long, too deep: refused as the tool was
             return ToolExecuted(call_id=call_id, tool=tool, ok=False, error=f"not applied: {e}")
         path = sandbox.relative(target)
+        remove_partials(target)  # what the write left if it was killed before its rename
         known = self.log.pipeline.files.get(path)
         before = known.digest if known else None
         try:

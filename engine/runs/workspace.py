@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import hashlib
 import os
 import re
@@ -34,7 +33,7 @@ from engine.agent.runlog import RunLog, check_run_id
 from engine.agent.runner import workspace_lock
 from engine.errors import ToolError
 from engine.machines.phases import TERMINAL
-from engine.tools.files import write_atomically
+from engine.tools.files import PARTIAL, remove_partials, write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
     SET_ID,
@@ -193,7 +192,11 @@ def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:
             mode = os.lstat(os.path.join(directory, name)).st_mode
         except OSError:
             continue  # vanished meanwhile: the copy says so if it matters
-        if name in SKIPPED or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        if (
+            name in SKIPPED
+            or PARTIAL.fullmatch(name)  # what a killed write left: no project's file
+            or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+        ):
             left.append(name)
     return left
 
@@ -294,7 +297,9 @@ def _write(targets: Mapping[str, Path], contents: Mapping[str, bytes]) -> Restor
             target.unlink()
         _directories(target)
         # whole or not at all: written in place, a rewind killed mid-write (or out of
-        # disk) left a torn file, which the resume that finishes it took for one edited
+        # disk) left a torn file, which the resume that finishes it took for one edited;
+        # what a killed one left beside it goes (the same rewind given again)
+        remove_partials(target, suffix=RESTORING)
         write_atomically(target, content, suffix=RESTORING)
         written.append(path)
     return Restored(tuple(written), tuple(removed), tuple(unchanged))
@@ -421,9 +426,7 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     cut: dict[str, Path] = {}
     edited: list[str] = []
     for path, target in targets.items():
-        for stale in target.parent.glob(f".{glob.escape(target.name)}.*{RESTORING}"):
-            with contextlib.suppress(OSError):  # a restore killed before its rename
-                stale.unlink()
+        remove_partials(target, suffix=RESTORING)  # a restore killed before its rename
         now = _digest_of(target)
         if now == wanted[path]:
             continue

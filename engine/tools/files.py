@@ -9,8 +9,10 @@ apart by hash — never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
+import glob
 import os
 import re
 import stat
@@ -446,6 +448,19 @@ def check_python(rel: str, text: str) -> None:
         ) from e
     except ValueError as e:  # e.g. NUL bytes in the source
         raise ToolError(f"{rel} was not written: {e}. The file is unchanged.") from e
+
+
+PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}(?:\.tmp|\.autonomy-restoring)")
+"""The name of a file ``write_atomically`` left when it was killed before its rename
+(``.NAME.XXXXXXXX`` + its suffix): no project's file, so a fork does not copy it."""
+
+
+def remove_partials(path: Path, *, suffix: str = ".tmp") -> None:
+    """Remove what a ``write_atomically`` of ``path`` killed before its rename left
+    beside it: before the write is made again, or settled after a crash."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}{suffix}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def write_atomically(path: Path, data: bytes, *, suffix: str = ".tmp") -> None:
