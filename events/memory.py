@@ -127,13 +127,13 @@ class MemoryEventStore(EventStore):
             self.after_append(self, recorded)
         return recorded
 
-    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+    def _import_rows(self, run_id: str, rows: Sequence[Row], after: int) -> None:
         with self._lock:
-            check_expected(run_id, 0, self.last_version(run_id))
+            check_expected(run_id, after, self.last_version(run_id))
             first = len(self._log) + 1
             renumbered: list[Kept] = [(first + i, *row[1:]) for i, row in enumerate(rows)]
             self._log.extend(renumbered)
-            self._by_run[run_id] = renumbered
+            self._by_run.setdefault(run_id, []).extend(renumbered)
             marker = self._import_marker(run_id, rows, first, self._marker, self._first_rows)
             self._marker = marker or self._marker
 

@@ -475,9 +475,9 @@ class PostgresEventStore(SQLEventStore):
                 self._mark_keyed(conn, keyed_marker(self.key, first, unkeyed))
         return rows
 
-    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+    def _import_rows(self, run_id: str, rows: Sequence[Row], after: int) -> None:
         with self._conn(f"copying run {run_id!r}") as conn, conn.transaction():
-            first = self._lock_for_new_run(conn, run_id)
+            first = self._lock_for_new_run(conn, run_id, after)
             with conn.cursor() as cursor:
                 cursor.executemany(
                     _INSERT_SQL, [(first + i, *row[1:]) for i, row in enumerate(rows)]
@@ -489,11 +489,12 @@ class PostgresEventStore(SQLEventStore):
                 self._mark_keyed(conn, marker)
 
     @staticmethod
-    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str) -> int:
+    def _lock_for_new_run(conn: psycopg.Connection[Any], run_id: str, after: int = 0) -> int:
         """In a transaction: take the append lock (announcing the run), check that
-        the run still has no events, and return the log's next position."""
+        the run still has no events (or ends at ``after``, for the rest of a copied
+        run), and return the log's next position."""
         conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
-        check_expected(run_id, 0, _last_version(conn, run_id))
+        check_expected(run_id, after, _last_version(conn, run_id))
         top = conn.execute("SELECT max(position) FROM events").fetchone()
         return int(top[0] or 0) + 1 if top else 1
 

@@ -411,12 +411,13 @@ class SQLiteEventStore(SQLEventStore):
                 raise
         return rows
 
-    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
+    def _import_rows(self, run_id: str, rows: Sequence[Row], after: int) -> None:
         conn = self._conn
+        self._check_identity()
         with self._lock, _mapped_errors(f"copying run {run_id!r}"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                check_expected(run_id, 0, self.last_version(run_id))
+                check_expected(run_id, after, self.last_version(run_id))
                 top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
                 conn.executemany(
                     _INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)]

@@ -765,20 +765,22 @@ class EventStore(ABC):
         named = getattr(event, "key_id", "")
         return named if isinstance(named, str) else ""
 
-    def import_run(self, run_id: str, rows: Sequence[StoredEvent]) -> None:
+    def import_run(self, run_id: str, rows: Sequence[StoredEvent], *, after: int = 0) -> None:
         """Add a run copied from another log: its rows as they are (versions, times,
-        causations, hashes), at this log's next positions, in one transaction.
+        causations, hashes), at this log's next positions, in one transaction; with
+        ``after``, only the rows past that version, to a run this log has up to it
+        (the same rows: a copy made while the run was written, brought up to date).
 
         ``StoreCorrupted`` (nothing written) when the rows' chain does not verify;
-        ``ConcurrencyError`` when this log already has events of ``run_id``."""
+        ``ConcurrencyError`` when this log's run does not end at ``after``."""
         report = self.verify_rows(run_id, rows)
         if not report.ok:
             raise StoreCorrupted(
                 f"run {run_id!r} does not verify at version {report.first_bad_version}: "
                 f"{report.problem}; nothing was copied"
             )
-        if rows:
-            self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows])
+        if rows[after:]:
+            self._import_rows(run_id, [msgspec.structs.astuple(row) for row in rows[after:]], after)
 
     def _import_marker(
         self,
@@ -793,6 +795,8 @@ class EventStore(ABC):
         runs already there, ``first_rows()``, are named by it). An unkeyed run copied
         into a log that has a mark is refused (``WrongKey``), as a new unkeyed run is."""
         written_with = hash_key_id(str(rows[0][7])) if rows else ""
+        if rows and rows[0][2] != 1:  # the rest of a run this log has: marked (or not) then
+            return ""
         if not written_with:
             if rows and marker is not None:
                 raise WrongKey(
@@ -806,9 +810,10 @@ class EventStore(ABC):
         return keyed_marker(self.key, first_position, unkeyed_runs(first_rows(), run_id))
 
     @abstractmethod
-    def _import_rows(self, run_id: str, rows: Sequence[Row]) -> None:
-        """Store ``rows`` (positions to be replaced by this log's) if the run has no
-        events here, else raise ``ConcurrencyError``; atomically."""
+    def _import_rows(self, run_id: str, rows: Sequence[Row], after: int) -> None:
+        """Store ``rows`` (positions to be replaced by this log's) if the run's last
+        version here is ``after`` (0: it has no events), else raise
+        ``ConcurrencyError``; atomically."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""

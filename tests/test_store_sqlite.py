@@ -463,10 +463,35 @@ def test_a_copy_cut_off_half_way_is_finished_by_the_same_copy(tmp_path: Path) ->
             assert lines[1].startswith("copied b: 2 events")
             assert describe(copy_runs(source, target))[1].endswith("skipped")
         with SQLiteEventStore(tmp_path / "other.db") as other:
-            other.append("a", [START], 0)
+            other.append("a", [task(9)], 0)
             with pytest.raises(EventStoreError, match=r"already has run\(s\) a, with other"):
                 copy_runs(source, other)
             assert other.last_version("b") == 0 and other.last_version("a") == 1
+
+
+def test_a_run_copied_while_it_was_written_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A copy made while the run went on held its first events; the copy given again
+    once it ended was refused ("the target already has run(s) a, with other events"),
+    and the target's run could never get the rest."""
+    from engine.runs.copy import copy_runs, describe
+
+    with (
+        SQLiteEventStore(tmp_path / "source.db") as source,
+        SQLiteEventStore(tmp_path / "target.db") as target,
+    ):
+        source.append("a", [START, task(1)], 0)
+        (line,) = describe(copy_runs(source, target))
+        assert line.startswith("copied a: 2 events, 0 blobs, verified (it was running")
+        source.append("a", [task(2), task(3)], 2)
+        (line,) = describe(copy_runs(source, target))
+        assert line.startswith("copied a: 2 events after the 2 the target had")
+        assert list(target.read_raw("a")) != [] and [r.hash for r in target.read_raw("a")] == [
+            r.hash for r in source.read_raw("a")
+        ]
+        assert target.verify("a").ok
+        target.append("a", [task(4)], 4)  # the target's own event: then no copy of it
+        with pytest.raises(EventStoreError, match="with other events"):
+            copy_runs(source, target)
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])

@@ -5,8 +5,9 @@ at the target's next positions, and with every blob its events name. The rows' h
 chain is verified before anything is written (``EventStore.import_run``) and again
 on the target afterwards. A run the target already has, row for row (the same
 versions and the same last hash, so the same chain), is skipped: a copy cut off
-half-way is finished by the same command. A run the target has otherwise is refused,
-and all of them are checked before the first is copied.
+half-way is finished by the same command, and so is one copied while it was being
+written: the target has its first events, and gets the rest. A run the target has
+otherwise is refused, and all of them are checked before the first is copied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from events.errors import EventStoreError, RunNotFound, StoreCorrupted
 from events.store import EventStore
+from projections import project
 
 _DIGEST = re.compile(r'"([0-9a-f]{64})"')
 """A sha256 in a payload: a blob's digest, or another hash (then not in the blobs)."""
@@ -29,6 +31,10 @@ class Copied:
     blobs: int
     skipped: bool = False
     """The target had the run already, row for row."""
+    had: int = 0
+    """The events the target had of the run before (a copy made while it ran)."""
+    running: bool = False
+    """The run was running when it was copied: its later events are not in the copy."""
 
 
 def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = ()) -> list[Copied]:
@@ -39,45 +45,56 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
         if run_id not in known:
             raise RunNotFound(run_id)
     present = {run_id: head for run_id in wanted if (head := _head(target, run_id))[0] > 0}
-    differing = [run_id for run_id, head in present.items() if head != _head(source, run_id)]
+    # a run the target has the first events of (copied while it was written) is brought
+    # up to date; one it has other events of is no copy of this one
+    differing = [
+        run_id for run_id, head in present.items() if head != _head(source, run_id, head[0])
+    ]
     if differing:
         raise EventStoreError(
             f"the target already has run(s) {', '.join(differing)}, with other events; "
             "nothing was copied"
         )
-    return [
-        Copied(run_id, present[run_id][0], 0, skipped=True)
-        if run_id in present
-        else _copy_one(source, target, run_id)
-        for run_id in wanted
-    ]
+    copied = []
+    for run_id in wanted:
+        had = present.get(run_id, (0, ""))[0]
+        if had and had == source.last_version(run_id):
+            copied.append(Copied(run_id, had, 0, skipped=True))
+        else:
+            copied.append(_copy_one(source, target, run_id, had))
+    return copied
 
 
-def _head(store: EventStore, run_id: str) -> tuple[int, str]:
-    """A run's last version and the hash of its last row: equal heads, equal chains."""
-    last = store.last_version(run_id)
-    row = next(iter(store.read_raw(run_id, after=last - 1)), None) if last else None
-    return last, row.hash if row is not None else ""
+def _head(store: EventStore, run_id: str, at: int | None = None) -> tuple[int, str]:
+    """A run's last version (or version ``at``) and the hash of that row: equal heads,
+    equal chains up to there; (0, "") when there is no such row."""
+    last = store.last_version(run_id) if at is None else at
+    row = next(iter(store.read_raw(run_id, after=last - 1, upto=last)), None) if last else None
+    return (last, row.hash) if row is not None else (0, "")
 
 
-def _copy_one(source: EventStore, target: EventStore, run_id: str) -> Copied:
+def _copy_one(source: EventStore, target: EventStore, run_id: str, had: int = 0) -> Copied:
     rows = list(source.read_raw(run_id))
-    digests = sorted({d for row in rows for d in _DIGEST.findall(row.data)})
+    digests = sorted({d for row in rows[had:] for d in _DIGEST.findall(row.data)})
     blobs = [source.get(d) for d in digests if source.has_blob(d)]
     target.put_many(blobs)  # first: a copied event never names a missing blob
-    target.import_run(run_id, rows)
+    target.import_run(run_id, rows, after=had)
     report = target.verify(run_id)
     if not report.ok or report.checked != len(rows):
         raise StoreCorrupted(
             f"run {run_id!r} does not verify on the target after the copy: {report.problem}"
         )
-    return Copied(run_id=run_id, events=len(rows), blobs=len(blobs))
+    running = project(source, run_id).pipeline.status == "running"
+    return Copied(run_id, len(rows) - had, len(blobs), had=had, running=running)
 
 
 def describe(copied: Iterable[Copied]) -> list[str]:
     return [
         f"{c.run_id}: already in the target, the same {c.events} events; skipped"
         if c.skipped
-        else f"copied {c.run_id}: {c.events} events, {c.blobs} blobs, verified"
+        else f"copied {c.run_id}: {c.events} events"
+        + (f" after the {c.had} the target had" if c.had else "")
+        + f", {c.blobs} blobs, verified"
+        + (" (it was running: copy it again once it ends, for the rest)" if c.running else "")
         for c in copied
     ]
