@@ -628,3 +628,33 @@ def test_a_diff_of_contents_too_large_to_compare_links_them_instead(
     assert page.status_code == 200
     assert "Too large to compare here" in page.text and "Return the sum" not in page.text
     assert f'href="/api/runs/done/blobs/{change.after}">the content after</a>' in page.text
+
+
+def test_a_huge_value_a_model_wrote_is_cut_on_the_page_and_in_the_report(tmp_path: Path) -> None:
+    """Arguments nested in a list stay inline in the log whatever their size: eight of
+    3 MB made a run page of 36 MB, and a report as large."""
+    from engine.keys import load_key
+    from engine.web.report import write_report
+    from events import ModelResponded, RunStarted, ToolCall, ToolRequested
+
+    db = tmp_path / "events.db"
+    huge = {"nested": ["A" * 3_000_000]}
+    with open_store(db, key=load_key(create=True)) as store:
+        store.append(
+            "big",
+            [
+                RunStarted(goal="a big run", workspace="/tmp/big"),
+                ModelResponded(
+                    call_id="m1", tool_calls=(ToolCall(id="x", name="create_file", arguments=huge),)
+                ),
+                ToolRequested(call_id="c1", tool="create_file", arguments=huge),
+            ],
+            0,
+        )
+        write_report(store, "big", tmp_path / "report.html")
+    with client_for(db) as client:
+        page = client.get("/runs/big")
+    assert page.status_code == 200
+    for html in (page.text, (tmp_path / "report.html").read_text()):
+        assert len(html) < 1_000_000
+        assert "more characters not shown: the event holds them all" in html

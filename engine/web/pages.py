@@ -45,14 +45,26 @@ def _short(value: str, keep: int = 12) -> str:
     return value if len(value) <= keep + 1 else value[:keep] + "…"
 
 
+PAGE_TEXT = 100_000
+"""The most characters of one value a page shows. A model's tool-call arguments
+nested in a list stay inline in the log whatever their size: eight of 3 MB made a
+run page of 36 MB (225 MB over 25 steps, which froze the tab when expanded)."""
+
+
 def shown(value: Any) -> Any:
     """What every ``{{ ... }}`` of a page shows (Jinja's ``finalize``): text with its
     control, bidirectional and invisible characters as visible escapes
-    (``engine.terminal.visible``), before it is escaped for HTML. Numbers and HTML
-    the templates built themselves are shown as they are."""
+    (``engine.terminal.visible``), cut at ``PAGE_TEXT`` characters, before it is
+    escaped for HTML. Numbers and HTML the templates built themselves are shown as
+    they are."""
     if value is None or isinstance(value, bool | int | float | markupsafe.Markup):
         return value
-    return visible(value if isinstance(value, str) else str(value))
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > PAGE_TEXT:
+        more = len(text) - PAGE_TEXT
+        cut = f"\n[… {more:,} more characters not shown: the event holds them all]"
+        return visible(text[:PAGE_TEXT]) + cut
+    return visible(text)
 
 
 ENVIRONMENT = jinja2.Environment(
