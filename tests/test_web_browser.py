@@ -367,3 +367,43 @@ def test_serve_gives_the_log_the_indexes_its_audit_tables_need(tmp_path: Path) -
     with serving(db):
         made = indexes()
     assert set(INDEXES) <= made, made
+
+
+SLOW_START = """
+import asyncio, sys, time, uvicorn
+from engine.console import main
+delay = float(sys.argv.pop(1))
+
+def slowly(self):  # a loaded machine: uvicorn makes its event loop before its handler
+    def loop():
+        time.sleep(delay)
+        return asyncio.new_event_loop()
+    return loop
+
+uvicorn.Config.get_loop_factory = slowly
+main()
+"""
+
+
+@pytest.mark.parametrize("start", [0.0, 2.0])
+def test_a_ctrl_c_as_soon_as_serve_says_it_serves_stops_it_cleanly(
+    tmp_path: Path, start: float
+) -> None:
+    """A Ctrl-C between the "serving" line and uvicorn's own handler (a start slowed
+    by a loaded machine) was exit 130, or asyncio's tracebacks on stderr. It is sent
+    the moment the line is read."""
+    import signal
+    import sys
+
+    db = tmp_path / "events.db"
+    spoofing_run(db)
+    argv = [sys.executable, "-c", SLOW_START, str(start), "serve", "--db", str(db), "--port", "0"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and " on http://" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, err) == (0, "")

@@ -4,6 +4,7 @@ the group (``engine.cli.base.cli``) when this module is imported."""
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 from pathlib import Path
 
@@ -115,16 +116,29 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         raise
     bound = listener.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if listener.family == socket.AF_INET6 else host
+    # Ctrl-C is how the service is stopped, gracefully, with no "Aborted!" and no
+    # failure status, however soon after the line below it comes: uvicorn handles it
+    # once it runs; before (or as its event loop is made) it was a KeyboardInterrupt,
+    # exit 130 or asyncio's tracebacks, so it is this handler's until then
+    server: uvicorn.Server | None = None
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        if server is not None:
+            server.should_exit = True
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
         click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
         app = create_app(settings, shared)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-        uvicorn.Server(config).run(sockets=[listener])
+        server = uvicorn.Server(config)
+        server.should_exit = bool(stopped)
+        server.run(sockets=[listener])
     except KeyboardInterrupt:
-        # Ctrl-C is how the service is stopped: uvicorn has shut down gracefully and
-        # raises it again afterwards; no "Aborted!", no failure status, however soon
-        # after the line above it comes (before uvicorn's own handler, it was exit 130)
-        pass
+        pass  # a second Ctrl-C while it stopped
     finally:
+        signal.signal(signal.SIGINT, previous)
         if shared is not None:
             shared.close()  # the app closes it as it stops; not when it never started
