@@ -13,9 +13,9 @@ and a keyed run takes appends only from a store holding the same key. The first
 keyed run also leaves a mark in the log (``keyed_marker``): from that position on,
 every run must be keyed, and the mark names the unkeyed runs the log held then,
 the only ones it may ever hold, so a run rewritten with plain sha256 by someone
-without the key is found wherever its rows are put. What cannot be found from the log alone (the mark deleted and
-every keyed run rewritten) is what checkpoints kept elsewhere are for
-(``events.checkpoints``).
+without the key is found wherever its rows are put. What cannot be found from the
+log alone (the mark deleted and every keyed run rewritten) is what checkpoints kept
+elsewhere are for (``events.checkpoints``).
 """
 
 from __future__ import annotations
