@@ -231,8 +231,10 @@ def _check_copyable(source: Path) -> None:
             if files > COPIED_FILES or size > COPIED_BYTES:
                 raise HistoryError(
                     f"{source} was named as a run's workspace to copy, but it holds more "
-                    f"than {COPIED_FILES:,} files or {COPIED_BYTES >> 30} GiB: too much for "
-                    "a project's; nothing was copied (was the log or the queue edited?)"
+                    f"than {COPIED_FILES:,} files or {COPIED_BYTES >> 30} GiB, more than a "
+                    "project's; nothing was copied. If a command made them (a build, a "
+                    "data set), remove them there and give the command again; if that is "
+                    "no project of yours, the log or the queue was edited"
                 )
 
 
