@@ -658,3 +658,25 @@ def test_a_huge_value_a_model_wrote_is_cut_on_the_page_and_in_the_report(tmp_pat
     for html in (page.text, (tmp_path / "report.html").read_text()):
         assert len(html) < 1_000_000
         assert "more characters not shown: the event holds them all" in html
+
+
+def test_a_run_page_lists_at_most_a_thousand_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100,000 tasks made a run page of 42 MB: the page lists the first ones and says
+    where the rest are."""
+    from engine.keys import load_key
+    from engine.web import pages
+    from events import RunStarted, TaskAdded
+
+    monkeypatch.setattr(pages, "LISTED_ROWS", 30)
+    db = tmp_path / "events.db"
+    tasks = [TaskAdded(task_id=f"t{n}", title=f"task number {n}") for n in range(45)]
+    with open_store(db, key=load_key(create=True)) as store:
+        store.append("many", [RunStarted(goal="g", workspace="/tmp/many"), *tasks], 0)
+    with client_for(db) as client:
+        page = client.get("/runs/many").text
+    section = page[page.index('<section id="tasks">') :]
+    section = section[: section.index("</section>")]
+    assert "task number 29<" in section and "task number 30<" not in section
+    assert "And 15 more tasks: <code>autonomy audit many tasks</code>" in section

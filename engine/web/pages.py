@@ -90,6 +90,10 @@ def stylesheet() -> str:
     return (resources.files("engine.web") / "static" / "app.css").read_text(encoding="utf-8")
 
 
+LISTED_ROWS = 1_000
+"""The most tasks, and phase changes, a run page lists (100,000 tasks made a page of
+42 MB); the audit tables hold them all."""
+
 TRACE_PAGE = 200
 """Steps the service's run page shows at once. A long run's whole trace was a page of
 megabytes (11 MB for 20,000 events) that a browser took seconds to lay out."""
@@ -133,6 +137,7 @@ def run_page(
         "version": events[-1].version,
         "live": is_live(events) and not static,
         "static": static,
+        "rows": LISTED_ROWS,
         "audit": {},
         **extra,
     }
