@@ -479,3 +479,28 @@ def test_an_edited_cell_is_a_clear_error_in_replay_and_the_run_page(
             ]
             assert tools and all(tool.seconds >= 0 for tool in tools)
             assert replay(store, "r", tools="recorded").identical  # times are not compared
+
+
+@pytest.mark.parametrize(
+    ("recorded", "replayed", "same"),
+    [
+        ("[exit code 1 after 4.6s]", "[exit code 1 after 0.2s]", True),
+        ("==== 1 failed, 2 passed in 0.67s ====", "==== 1 failed, 2 passed in 1.02s ====", True),
+        ("3 passed in 61.23s (0:01:01)", "3 passed in 59.80s", True),
+        ("Ran 3 tests in 0.001s", "Ran 3 tests in 0.004s", True),
+        ("request timeout: 5s", "request timeout: 500s", False),
+        ("retry after: 100 ms", "retry after: 9 ms", False),
+        ("wait 5 seconds", "wait 10 seconds", False),
+        ("exit code 1 after 4.6s", "exit code 2 after 4.6s", False),
+    ],
+)
+def test_only_the_durations_commands_print_compare_as_the_same(
+    recorded: str, replayed: str, same: bool
+) -> None:
+    """Every duration-like text compared as <time>: a file the run read holding
+    "timeout: 5s", edited to "500s" since, replayed live as "identical" although the
+    model was shown other text (and a prompt's "wait 5s" changed to "10s" would too)."""
+    from engine.runs.divergence import Normaliser
+
+    normalise = Normaliser()
+    assert (normalise(recorded) == normalise(replayed)) is same
