@@ -510,3 +510,28 @@ def test_an_append_to_a_log_removed_under_it_fails(tmp_path: Path, how: str) -> 
             SQLiteEventStore(db).close()  # another log at the same path
         with pytest.raises(EventStoreError, match="was removed or replaced while this process"):
             store.append("r", [TaskAdded(task_id="t", title="x")], 1)
+
+
+def test_a_fork_is_copied_with_the_runs_it_was_forked_from(tmp_path: Path) -> None:
+    """A fork copied alone said "verified", and the target's verify then failed: "its
+    state cannot be rebuilt: no run 'parent' in this log"."""
+    from engine.runs.copy import copy_runs, describe
+    from engine.runs.verification import verify_log
+    from events import RunForked
+
+    with (
+        SQLiteEventStore(tmp_path / "source.db") as source,
+        SQLiteEventStore(tmp_path / "target.db") as target,
+    ):
+        source.append("parent", [START, task(1)], 0)
+        source.append("child", [RunForked(parent_run="parent", at_version=2, workspace="/f")], 0)
+        source.append(
+            "grandchild", [RunForked(parent_run="child", at_version=1, workspace="/g")], 0
+        )
+        lines = describe(copy_runs(source, target, ["grandchild"]))
+        assert [line.split(":")[0] for line in lines] == [
+            "copied parent",
+            "copied child",
+            "copied grandchild",
+        ]
+        assert verify_log(target).ok

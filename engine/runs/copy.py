@@ -7,7 +7,9 @@ on the target afterwards. A run the target already has, row for row (the same
 versions and the same last hash, so the same chain), is skipped: a copy cut off
 half-way is finished by the same command, and so is one copied while it was being
 written: the target has its first events, and gets the rest. A run the target has
-otherwise is refused, and all of them are checked before the first is copied.
+otherwise is refused, and all of them are checked before the first is copied. A
+fork is copied with the runs it was forked from, without which its state cannot be
+rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from events.errors import EventStoreError, RunNotFound, StoreCorrupted
+from events.schema import RunForked
 from events.store import EventStore
 from projections import project
 
@@ -44,6 +47,7 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
     for run_id in wanted:
         if run_id not in known:
             raise RunNotFound(run_id)
+    wanted = _with_parents(source, wanted)
     present = {run_id: head for run_id in wanted if (head := _head(target, run_id))[0] > 0}
     # a run the target has the first events of (copied while it was written) is brought
     # up to date; one it has other events of is no copy of this one
@@ -63,6 +67,25 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
         else:
             copied.append(_copy_one(source, target, run_id, had))
     return copied
+
+
+def _with_parents(source: EventStore, run_ids: Sequence[str]) -> list[str]:
+    """``run_ids``, each fork preceded by the runs it was forked from: a fork's state
+    is its parent's up to the fork point, so a log holding the fork alone could not
+    rebuild it (``verify``: "its state cannot be rebuilt")."""
+    ordered: list[str] = []
+    for run_id in run_ids:
+        chain = [run_id]
+        while True:
+            first = next(iter(source.read(chain[0], upto=1)), None)
+            data = first.data if first is not None else None
+            if not isinstance(data, RunForked) or data.parent_run in chain:
+                break
+            if source.last_version(data.parent_run) == 0:  # not here: verify says so
+                break
+            chain.insert(0, data.parent_run)
+        ordered += [r for r in chain if r not in ordered]
+    return ordered
 
 
 def _head(store: EventStore, run_id: str, at: int | None = None) -> tuple[int, str]:
