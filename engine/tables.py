@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
+from engine.terminal import one_line
+
 Align = Literal["left", "right", "numbers"]
 
 
@@ -39,8 +41,10 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], align: Align = 
 
 def _cell(value: Any) -> str:
     # one row a line: a value's line break (a model's task title, a command's output)
-    # would start a row of its own, one that could read as any other
-    return "" if value is None else str(value).replace("\r", "\\r").replace("\n", "\\n")
+    # would start a row of its own, one that could read as any other; and escaped
+    # here, as the terminal is shown it, so that its width is the width printed (an
+    # escape sequence measured raw was four characters wider once shown)
+    return "" if value is None else one_line(str(value))
 
 
 def _is_number(value: Any) -> bool:

@@ -35,3 +35,11 @@ def test_every_row_starts_each_column_at_the_same_place(rows: list[list[str]]) -
         assert line[:second].rstrip() == row[0].rstrip()
         assert line[second:third].rstrip() == row[1].rstrip()
         assert line[third:] == row[2].rstrip()
+
+
+def test_a_cell_is_as_wide_as_it_is_shown() -> None:
+    """A value with an escape sequence was measured raw and shown escaped: its rule was
+    narrower than its cell."""
+    lines = table([["waiting: Which\x1b[2J Python?\u202e"]], ["status"]).split("\n")
+    assert lines[2] == "waiting: Which\\x1b[2J Python?\\u202e"
+    assert len(lines[1]) == len(lines[2])

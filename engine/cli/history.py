@@ -247,7 +247,10 @@ def state(run_id: str, at: int | None, as_json: bool, db: Path | None) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--to", "to", type=click.IntRange(min=1), required=True, metavar="V")
+@click.option(
+    "--to", "to", type=click.IntRange(min=1), required=True, metavar="V",
+    help="The version to go back to.",
+)  # fmt: skip
 @click.option("--reason", default="", help="Why, for the log.")
 @db_option
 def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
@@ -278,7 +281,10 @@ def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--at", "at", type=click.IntRange(min=1), required=True, metavar="V")
+@click.option(
+    "--at", "at", type=click.IntRange(min=1), required=True, metavar="V",
+    help="The version of the parent run to start from.",
+)  # fmt: skip
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),
