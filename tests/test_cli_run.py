@@ -225,3 +225,13 @@ def test_a_log_the_model_could_write_beside_is_refused_before_it_is_made(tmp_pat
         RunLog.create(store, "r", RunStarted(goal=GOAL, workspace=str(ws), mode="rules"))
     code, out = invoke("resume", "r", "--db", str(inside), "--model-url", "http://127.0.0.1:9")
     assert code == 1 and "where the model's commands write files beside it" in out, out
+
+
+def test_a_run_that_waits_is_summed_up_without_empty_parentheses() -> None:
+    """A waiting run has no reason: its summary said "waiting_for_input ()"."""
+    from engine.agent.runner import summary
+    from projections.fold import RunState
+    from projections.pipeline import PipelineState
+
+    state = RunState(run_id="r", pipeline=PipelineState(status="waiting_for_input", question="?"))
+    assert summary(state)[0] == "run r: waiting_for_input"

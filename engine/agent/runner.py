@@ -374,7 +374,7 @@ class Engine:
 def summary(state: RunState) -> list[str]:
     """What a person wants to see when a run stops: status, tasks, files, tokens."""
     p = state.pipeline
-    lines = [f"run {state.run_id}: {p.status} ({p.reason})"]
+    lines = [f"run {state.run_id}: {p.status}" + (f" ({p.reason})" if p.reason else "")]
     if p.status == "waiting_for_input":
         lines.append(f"  question: {p.question}")
     for task in p.tasks.values():
