@@ -956,3 +956,16 @@ def test_a_restored_file_keeps_its_permissions(tmp_path: Path) -> None:
     rewind(run.store, "r", before)
     assert script.read_text() == "echo one\n"
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
+
+
+def test_a_scratch_directory_is_removed_without_rm_on_the_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no rm on PATH a live replay ended "Error: No such file or directory: 'rm'"
+    from its clean-up, instead of its result."""
+    from engine.tools.sandbox import temporary_directory
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with temporary_directory("autonomy-test-") as scratch:
+        (scratch / "a" / "b").mkdir(parents=True)
+    assert not scratch.exists()

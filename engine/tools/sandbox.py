@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -252,7 +253,13 @@ def remove_tree(path: Path) -> None:
     """Remove ``path`` and all under it, following no link, however deep: ``rm -rf``
     rather than ``shutil.rmtree``, which recurses in Python (a tree a command made a
     few thousand levels deep raised ``RecursionError``)."""
-    subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    try:
+        subprocess.run(
+            ["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True
+        )
+    except OSError:  # no rm on this PATH: Python's, which a tree that deep defeats
+        with contextlib.suppress(RecursionError):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
