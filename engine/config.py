@@ -351,16 +351,16 @@ answer ran, and a replay of such a run runs them all again."""
 
 CONFINEMENT_KEYS = ("sandbox", "network", "limits")
 """The ``[tools]`` keys that protect the machine commands run on. A log says what a
-run was allowed, not what this machine allows: ``recorded_settings`` never takes
-them from it, so a log (shared, or edited) that says ``sandbox = "off"``, the network
-allowed or no limits gets none of that from a replay, a resume or a worker here.
-They come from the settings given now (config file, environment, flags), else the
-defaults."""
+run was allowed, not what this machine allows: ``recorded_settings`` takes from them
+only what is tighter than the defaults, so a log (shared, or edited) that says
+``sandbox = "off"``, the network allowed or no limits gets none of that from a
+replay, a resume or a worker here. The rest comes from the settings given now
+(config file, environment, flags), else the defaults."""
 
 
 def recorded_settings(config: Mapping[str, Any]) -> Settings:
     """The settings a run recorded (``run.started`` or ``run.resumed`` ``config``),
-    less its confinement (``CONFINEMENT_KEYS``: today's defaults instead).
+    with of its confinement (``CONFINEMENT_KEYS``) only what tightens today's defaults.
 
     A key added since the run was recorded takes the value that reproduces what the
     run did then (``RECORDED_BEFORE``, ``LIMITS_RECORDED_BEFORE``), not today's
@@ -378,8 +378,34 @@ def recorded_settings(config: Mapping[str, Any]) -> Settings:
         layered["limits"] = {**LIMITS_RECORDED_BEFORE, **limits}
     tools = config.get("tools")
     if isinstance(tools, Mapping):
-        layered["tools"] = {k: v for k, v in tools.items() if k not in CONFINEMENT_KEYS}
+        kept = {k: v for k, v in tools.items() if k not in CONFINEMENT_KEYS}
+        layered["tools"] = {**kept, **_tighter_than_default(tools)}
     return settings_from_mapping(layered)
+
+
+def _tighter_than_default(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a run's recorded confinement is tighter than today's defaults: a
+    stronger sandbox, each smaller limit. A log may tighten how commands run here,
+    never loosen it; and a live replay of a run recorded under a 2-second CPU limit
+    ran its commands under 600 s, so a test the limit had killed passed (a
+    divergence in a run nobody changed)."""
+    default = ToolSettings()
+    tighter: dict[str, Any] = {}
+    sandbox = recorded.get("sandbox")
+    if sandbox in _SANDBOX_STRENGTH and (
+        _SANDBOX_STRENGTH[sandbox] > _SANDBOX_STRENGTH[default.sandbox]
+    ):
+        tighter["sandbox"] = sandbox
+    limits = recorded.get("limits")
+    if isinstance(limits, Mapping):
+        smaller = {}
+        for name in default.limits.__struct_fields__:
+            value, limit = limits.get(name), getattr(default.limits, name)
+            if type(value) is int and value > 0 and (limit == 0 or value < limit):
+                smaller[name] = value
+        if smaller:
+            tighter["limits"] = smaller
+    return tighter
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

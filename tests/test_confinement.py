@@ -606,6 +606,24 @@ def test_a_log_never_grants_its_confinement_to_a_resume_or_a_worker() -> None:
     assert settings.tools.command_timeout == 30.0 and settings.limits.max_steps == 7
 
 
+def test_a_log_keeps_what_of_its_confinement_is_tighter_than_the_defaults() -> None:
+    """A live replay of a run recorded under a 2-second CPU limit ran its commands under
+    the default 600 s: a test the limit had killed passed, and the replay diverged in a
+    run nobody changed. A log may tighten, never loosen."""
+    from engine.config import recorded_settings
+
+    logged = {
+        "tools": {
+            "sandbox": "required",
+            "network": True,
+            "limits": {"cpu_seconds": 2, "memory_mb": 0, "processes": 100_000, "file_size_mb": "x"},
+        }
+    }
+    tools = recorded_settings(logged).tools
+    assert tools.sandbox == "required" and tools.network is False
+    assert tools.limits == CommandLimits(cpu_seconds=2)
+
+
 # -- a repository's config runs commands outside any sandbox ------------------------------
 
 PLANT = textwrap.dedent(
