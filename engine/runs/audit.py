@@ -238,8 +238,11 @@ ORDER BY run_id, requested_version""",
 INDEXES: dict[str, str] = {
     "events_call_id": "CREATE INDEX IF NOT EXISTS events_call_id"
     " ON events(run_id, type, json_extract(data, '$.call_id'))",
-    "events_task_id": "CREATE INDEX IF NOT EXISTS events_task_id"
-    " ON events(run_id, type, json_extract(data, '$.task_id'))",
+    # with the version: the tasks view asks each task's latest update (ORDER BY version
+    # DESC LIMIT 1), which without it scanned every update of the run for each task
+    # (the view took 8.9 s for a run of 688 tasks, 0.014 s with it)
+    "events_task_version": "CREATE INDEX IF NOT EXISTS events_task_version"
+    " ON events(run_id, type, json_extract(data, '$.task_id'), version)",
     "events_type_run": "CREATE INDEX IF NOT EXISTS events_type_run ON events(type, run_id, version)",
 }
 
@@ -249,9 +252,14 @@ INDEXES: dict[str, str] = {
 # append of any event holding a NUL character).
 POSTGRES_INDEXES = {
     "events_call_id": "events(run_id, type, (autonomy_clean(data)->>'call_id'))",
-    "events_task_id": "events(run_id, type, (autonomy_clean(data)->>'task_id'))",
+    "events_task_version": "events(run_id, type, (autonomy_clean(data)->>'task_id'), version)",
     "events_type_run": "events(type, run_id, version)",
 }
+
+
+REPLACED_INDEXES = ("events_task_id",)
+"""Audit indexes an earlier autonomy made that others now do better: dropped (each
+costs every append)."""
 
 
 def dialect(connection: Any) -> str:
@@ -272,6 +280,9 @@ def ensure_indexes(connection: Any) -> None:
             "creating the audit indexes",
         )
         definitions = dict(made.rows)
+        for name in REPLACED_INDEXES:
+            if name in definitions:
+                _execute(connection, f"DROP INDEX {name}", {}, "replacing an audit index")
         for name, target in POSTGRES_INDEXES.items():
             old = definitions.get(name, "")
             if "data" in target and old and "autonomy_clean" not in old:
@@ -288,10 +299,13 @@ def ensure_indexes(connection: Any) -> None:
         row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
     }
     missing = [ddl for name, ddl in INDEXES.items() if name not in existing]
-    if not missing:
+    replaced = [name for name in REPLACED_INDEXES if name in existing]
+    if not missing and not replaced:
         return
     try:
         connection.execute("BEGIN IMMEDIATE")
+        for name in replaced:
+            connection.execute(f"DROP INDEX IF EXISTS {name}")
         for ddl in missing:
             connection.execute(ddl)
         connection.execute("COMMIT")
