@@ -36,7 +36,7 @@ from events.schema import Message
 from events.store import RecordedEvent
 from events.strategies import run_events
 from projections import EMPTY, RunState, apply
-from projections.pipeline import PipelineState, TaskState
+from projections.pipeline import FileState, PipelineState, TaskState
 from projections.sequence import Appended, PersistentMap
 
 
@@ -190,3 +190,44 @@ JSON = st.recursive(
 @given(JSON | st.dictionaries(st.integers(), st.text(), max_size=3))
 def test_the_arbiters_json_is_the_encoders_with_sorted_keys(value: Any) -> None:
     assert _json_text(value) == json.dumps(value, sort_keys=True)
+
+
+def test_a_prompt_lists_at_most_forty_tasks_and_files() -> None:
+    """Every task and every file went into the arbiter's prompt and the reasoning
+    specialist's opening: over 4,000 steps the arbiter's grew to 100,000 characters,
+    past its context window, where fitting could only drop what came after it. Past
+    40, the tasks not settled are listed, then how many more there are; a run within
+    40 is asked as before."""
+    from engine.agent.prompts import opening
+
+    def state(count: int, settled: int) -> RunState:
+        tasks = PersistentMap(
+            {
+                f"t{n}": TaskState(
+                    task_id=f"t{n}", title=f"task {n}", status="completed" if n < settled else "new"
+                )
+                for n in range(count)
+            }
+        )
+        files = PersistentMap(
+            {
+                f"f{n:03}.py": FileState(path=f"f{n:03}.py", digest="d", size=1, changed_at=1)
+                for n in range(count)
+            }
+        )
+        return RunState(run_id="r", pipeline=PipelineState(goal="g", tasks=tasks, files=files))
+
+    rules = Step(action="reason", reason="r")
+    small = prompt(state(40, 0), rules, Limits())[1].content
+    assert "- t39 [new]" in small and "more tasks not listed" not in small
+    big = prompt(state(300, 250), rules, Limits())[1].content
+    assert "- t250 [new]" in big and "- t249 [completed]" not in big
+    assert "(260 more tasks not listed: 250 completed, 10 new)" in big
+    assert "(and 10 more)" in big  # the work that can be done now: 50 tasks to code
+    reasoning = opening("reason", state(300, 250).pipeline, None)[1].content
+    assert (
+        "t250 [new]" in reasoning
+        and "(260 more tasks not listed: 250 completed, 10 new)" in reasoning
+    )
+    assert "f039.py (and 260 more files)" in reasoning and "f040.py" not in reasoning
+    assert len(reasoning) < 5_000 and len(big) < 10_000

@@ -30,6 +30,7 @@ import msgspec
 
 from engine.agent.coordinator import Step, agenda, model_trouble
 from engine.agent.coordinator import decide as rules_decide
+from engine.agent.prompts import LISTED, listed_tasks
 from engine.config import Limits
 from engine.errors import ModelError
 from engine.machines.phases import PhaseFacts, PhaseMachine
@@ -171,7 +172,7 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
     if p.tasks:
         lines.append("Tasks:")
         # a task's line is worked out again only when the task changed
-        lines += persistent_map(p.tasks).derived_each(_task_line).values()
+        lines += listed_tasks(p.tasks, persistent_map(p.tasks).derived_each(_task_line))
     else:
         lines.append("Tasks: none yet.")
     if p.files:
@@ -186,14 +187,15 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
         lines += memory
     work = agenda(p.tasks)
     if any(work):
-        lines.append(
-            "Work that can be done now: "
-            + "; ".join(
-                [f"qa {t.task_id}" for t in work.qa]
-                + [f"debug {t.task_id}" for t in work.debug]
-                + [f"code {t.task_id}" for t in work.code]
-            )
+        moves = (
+            [f"qa {t.task_id}" for t in work.qa]
+            + [f"debug {t.task_id}" for t in work.debug]
+            + [f"code {t.task_id}" for t in work.code]
         )
+        shown = "; ".join(moves[:LISTED])
+        if len(moves) > LISTED:
+            shown += f" (and {len(moves) - LISTED} more)"
+        lines.append("Work that can be done now: " + shown)
     name, args = suggestion(rules, p.phase)
     lines.append(f"Suggested next move: {name} {_json_text(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]

@@ -105,6 +105,39 @@ def enhancement(action: str, score: int, attempts: int) -> str:
     return " ".join(parts)
 
 
+LISTED = 40
+"""The most tasks, files or pieces of work a prompt lists. A prompt that listed every
+one grew with the run (the arbiter's to 100,000 characters over 4,000 steps, past its
+context window, where fitting could only drop the conversation after it); a run
+within these counts is asked exactly as before."""
+
+SETTLED = frozenset({"completed", "skipped"})
+
+
+def listed_tasks(tasks: Mapping[str, TaskState], lines: Mapping[str, str]) -> list[str]:
+    """The ``lines`` of ``tasks`` a prompt lists: all of them up to ``LISTED``; past
+    that, the tasks not settled yet, then how many are not listed, by status."""
+    if len(tasks) <= LISTED:
+        return list(lines.values())
+    shown = [key for key, t in tasks.items() if t.status not in SETTLED][:LISTED]
+    left: dict[str, int] = {}
+    for t in tasks.values():
+        left[t.status] = left.get(t.status, 0) + 1
+    for key in shown:
+        left[tasks[key].status] -= 1
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(left.items()) if n)
+    return [lines[key] for key in shown] + [
+        f"({len(tasks) - len(shown)} more tasks not listed: {counts})"
+    ]
+
+
+def listed(names: Sequence[str], what: str) -> str:
+    """``names`` joined, at most ``LISTED`` of them, saying how many more there are."""
+    if len(names) <= LISTED:
+        return ", ".join(names)
+    return ", ".join(names[:LISTED]) + f" (and {len(names) - LISTED} more {what})"
+
+
 def opening(action: str, state: PipelineState, task: TaskState | None) -> list[Message]:
     """The system prompt (base + enhancement) and first user message for one
     conversation."""
@@ -123,11 +156,12 @@ def opening(action: str, state: PipelineState, task: TaskState | None) -> list[M
         )
     tasks: tuple[str, ...] = ()
     if action == "reason":
-        tasks = tuple(
-            f"{t.task_id} [{t.status}] priority {t.priority}: {t.title}"
+        lines = {
+            key: f"{t.task_id} [{t.status}] priority {t.priority}: {t.title}"
             + (f" (last error: {t.last_error[:200]})" if t.last_error else "")
-            for t in state.tasks.values()
-        )
+            for key, t in state.tasks.items()
+        }
+        tasks = tuple(listed_tasks(state.tasks, lines))
     files = tuple(sorted(state.files))
     return list(build_prompt(action, state.goal, task_key, files, score, tasks))
 
@@ -157,7 +191,7 @@ def build_prompt(
     if tasks:
         lines.append("Tasks:\n" + "\n".join(tasks))
     if files:
-        lines.append("Files in the workspace written so far: " + ", ".join(files))
+        lines.append("Files in the workspace written so far: " + listed(files, "files"))
     system = SYSTEM[action]
     extra = enhancement(action, score, attempts)
     if extra:
