@@ -398,7 +398,11 @@ class SQLiteEventStore(SQLEventStore):
                 if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
                     conn.execute(
                         "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
-                        (keyed_marker(self.key, rows[0][0], self._unkeyed_runs(run_id)),),
+                        (
+                            keyed_marker(
+                                self.key, rows[0][0], unkeyed_runs(self._first_rows(), run_id)
+                            ),
+                        ),
                     )
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as e:
@@ -423,7 +427,7 @@ class SQLiteEventStore(SQLEventStore):
                     _INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)]
                 )
                 marker = self._import_marker(
-                    run_id, rows, top + 1, self._marker(), lambda: self._first_rows()
+                    run_id, rows, top + 1, self._marker(), self._first_rows
                 )
                 if marker:
                     conn.execute(
@@ -524,9 +528,6 @@ class SQLiteEventStore(SQLEventStore):
     def _first_rows(self) -> list[tuple[object, object]]:
         """(run id, hash) of each run's first row: in a transaction, for a keyed mark."""
         return self._conn.execute("SELECT run_id, hash FROM events WHERE version = 1").fetchall()
-
-    def _unkeyed_runs(self, run_id: str) -> list[str]:
-        return unkeyed_runs(self._first_rows(), run_id)
 
     def keyed_marker(self) -> str | None:
         with self._lock, _mapped_errors("reading store_meta"):

@@ -30,7 +30,7 @@ import msgspec
 
 from engine.agent.coordinator import Step, agenda, model_trouble
 from engine.agent.coordinator import decide as rules_decide
-from engine.agent.prompts import LISTED, listed_tasks
+from engine.agent.prompts import listed, listed_tasks
 from engine.config import Limits
 from engine.errors import ModelError
 from engine.machines.phases import PhaseFacts, PhaseMachine
@@ -192,10 +192,7 @@ def prompt(state: RunState, rules: Step, limits: Limits) -> list[Message]:
             + [f"debug {t.task_id}" for t in work.debug]
             + [f"code {t.task_id}" for t in work.code]
         )
-        shown = "; ".join(moves[:LISTED])
-        if len(moves) > LISTED:
-            shown += f" (and {len(moves) - LISTED} more)"
-        lines.append("Work that can be done now: " + shown)
+        lines.append("Work that can be done now: " + listed(moves, sep="; "))
     name, args = suggestion(rules, p.phase)
     lines.append(f"Suggested next move: {name} {_json_text(args)}")
     return [Message(role="system", content=SYSTEM), Message(role="user", content="\n".join(lines))]

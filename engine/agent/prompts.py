@@ -131,11 +131,13 @@ def listed_tasks(tasks: Mapping[str, TaskState], lines: Mapping[str, str]) -> li
     ]
 
 
-def listed(names: Sequence[str], what: str) -> str:
-    """``names`` joined, at most ``LISTED`` of them, saying how many more there are."""
+def listed(names: Sequence[str], what: str = "", sep: str = ", ") -> str:
+    """``names`` joined by ``sep``, at most ``LISTED`` of them, saying how many more
+    there are (of ``what``)."""
     if len(names) <= LISTED:
-        return ", ".join(names)
-    return ", ".join(names[:LISTED]) + f" (and {len(names) - LISTED} more {what})"
+        return sep.join(names)
+    more = f"{len(names) - LISTED} more" + (f" {what}" if what else "")
+    return sep.join(names[:LISTED]) + f" (and {more})"
 
 
 def opening(action: str, state: PipelineState, task: TaskState | None) -> list[Message]:

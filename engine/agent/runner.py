@@ -50,6 +50,7 @@ from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
+from engine.storage import is_postgres_url
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.confine import Confinement, choose, credentials
@@ -496,7 +497,7 @@ def check_log_place(db: Path | str, workspace: Path) -> None:
     ``.autonomy/`` (where the default log is, and which commands never see): the
     model's commands write the workspace, and a rollback journal one planted beside
     the log replaced the whole log when it was next opened for writing."""
-    if not db or str(db) == ":memory:" or "://" in str(db):
+    if not db or str(db) == ":memory:" or is_postgres_url(db):
         return
     try:
         inside = Path(db).resolve().relative_to(workspace.resolve())

@@ -36,8 +36,8 @@ from engine.machines.phases import TERMINAL
 from engine.tools.files import PARTIAL, remove_partials, write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
-    SET_ID,
     Sandbox,
+    drop_set_id,
     not_a_project,
     remove_tree,
     workspace_problem,
@@ -172,9 +172,7 @@ def copy_workspace(source: Path, target: Path) -> None:
 def _copy_file(source: str, target: str) -> None:
     """A file as ``copy2`` copies it, but never with a set-id bit (``clear_set_id``)."""
     shutil.copy2(source, target)
-    mode = os.lstat(target).st_mode
-    if stat.S_ISREG(mode) and mode & SET_ID:
-        os.chmod(target, stat.S_IMODE(mode) & ~SET_ID)
+    drop_set_id(target)
 
 
 def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:

@@ -237,16 +237,20 @@ def clear_set_id(root: Path) -> int:
         paths = [os.fsdecode(p) for p in found.split(b"\0") if p]
     except OSError:  # no find here: the same walk, slower
         paths = [os.path.join(d, name) for d, _, names in os.walk(root) for name in names]
-    cleared = 0
-    for path in paths:
-        try:
-            mode = os.lstat(path).st_mode
-            if stat.S_ISREG(mode) and mode & SET_ID:
-                os.chmod(path, stat.S_IMODE(mode) & ~SET_ID)
-                cleared += 1
-        except OSError:
-            continue  # gone, or not ours to change: the walk goes on
-    return cleared
+    return sum(drop_set_id(path) for path in paths)
+
+
+def drop_set_id(path: str) -> bool:
+    """Take the set-id bits off the regular file at ``path`` (a link is not followed);
+    whether it had them. A file gone, or not ours to change, is left."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode) and mode & SET_ID:
+            os.chmod(path, stat.S_IMODE(mode) & ~SET_ID)
+            return True
+    except OSError:
+        pass
+    return False
 
 
 def remove_tree(path: Path) -> None:
