@@ -155,11 +155,12 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
-        from engine.config import CONFIG_FILE  # (engine.config imports the tools)
-
         # a config file autonomy reads from a workspace is recorded whatever the cut:
-        # whose it is must stay known (``refuse_a_config_a_model_wrote``)
-        changed = tuple(sorted(changed, key=lambda c: c.path.rpartition("/")[2] != CONFIG_FILE))
+        # whose it is must stay known (``refuse_a_config_a_model_wrote``); its name is
+        # engine.config.CONFIG_FILE, spelt out: the tools are a layer below the config
+        changed = tuple(
+            sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml")
+        )
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
