@@ -260,3 +260,26 @@ def test_the_workspace_known_as_the_logs_path_takes_absolute_paths_under_it(
     # without the name, the recorded path is outside, as for any run
     with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
         Sandbox(copy).resolve(str(recorded / "src" / "app.py"))
+
+
+def test_removing_a_tree_follows_no_link_out_of_it(tmp_path: Path) -> None:
+    """``remove_tree`` (a replay's scratch copy, a command's temporary directory, an
+    abandoned fork) removes links, never what they point at, whichever remover does
+    it; and a link given as the tree is removed itself."""
+    from engine.tools.sandbox import remove_tree
+
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("kept")
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "to-dir").symlink_to(outside)
+    (tree / "to-file").symlink_to(outside / "keep" / "file")
+    remove_tree(tree)
+    assert not tree.exists()
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    remove_tree(link)
+    assert not os.path.lexists(link)
+    assert (outside / "keep" / "file").read_text() == "kept"
+    remove_tree(tmp_path / "never-was")  # nothing there: nothing to do
