@@ -25,13 +25,14 @@ from typing import IO, Any
 TIMING = re.compile(
     r"(?P<lead>\bexit code -?\d+ after )\d+(?:\.\d+)?s\b"
     r"|(?P<tests>\b(?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|deselected|"
-    r"warnings?|rerun)|no tests ran)\b[^\n]*? in )\d+\.\d+s(?: \(\d+:\d\d:\d\d\))?"
+    r"warnings?|rerun)|(?:\d+/)?\d+ tests? collected|no tests (?:ran|collected))\b[^\n]*? in )"
+    r"\d+\.\d+s(?: \(\d+:\d\d:\d\d\))?"
     r"|(?P<ran>\bRan \d+ tests? in )\d+\.\d+s\b"
 )
 """The durations that the engine and the test runners a command runs print, which
 are never the same twice: ``run_command``'s "exit code 1 after 1.4s", pytest's
-summary "2 passed in 0.67s" (and "(0:01:01)" past a minute), unittest's "Ran 3
-tests in 0.001s". Only these: a pattern of every duration made a file read
+summary "2 passed in 0.67s" (and "(0:01:01)" past a minute) and its collection's
+"3 tests collected in 0.51s", unittest's "Ran 3 tests in 0.001s". Only these: a pattern of every duration made a file read
 holding "timeout: 5s", edited to "500s" since, compare as the same (a replay said
 "identical" of a run whose model was shown other text)."""
 

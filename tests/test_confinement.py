@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -852,3 +853,67 @@ def test_a_command_cannot_fill_the_machines_memory_through_its_tmpfs(tmp_path: P
     assert "refused /tmp/fill No space left on device" in outcome.result, outcome.result
     assert "refused /dev/shm/fill No space left on device" in outcome.result
     assert "refused /dev/fill Read-only file system" in outcome.result
+
+
+SEEN_ELSEWHERE = textwrap.dedent(
+    """
+    import os, pathlib
+    print("cwd", os.getcwd())
+    print("listed", sorted(os.listdir(".")))
+    pathlib.Path("made.txt").write_text("by the command")
+    for target in (".git/config", "original.txt"):
+        try:
+            pathlib.Path(target).write_text("overwritten")
+            print("wrote", target)
+        except OSError as e:
+            print("refused", target, e.strerror)
+    """
+)
+
+
+def test_a_workspace_seen_elsewhere_is_written_there_and_hides_what_is_there(
+    tmp_path: Path,
+) -> None:
+    """A live replay's commands see the scratch copy where the recorded workspace was
+    (``Confinement.seen_at``): what they write lands in the copy, the directory at
+    that place (the user's project) is neither seen nor changed, and the copy's
+    ``.git`` stays read-only there."""
+    copy, place = tmp_path / "copy", Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        (copy / ".git").mkdir(parents=True)
+        (copy / ".git" / "config").write_text("[core]\n")
+        (copy / "seen.py").write_text(SEEN_ELSEWHERE)
+        (place / "original.txt").write_text("the user's")
+        confinement = bubblewrap().seen_at(str(place))
+        assert confinement.seen_as == place
+        outcome = run(copy, ["python", "seen.py"], confinement, allowlist=PYTHON)
+        assert outcome.ok, (outcome.error, outcome.result)
+        assert f"cwd {place}\n" in outcome.result
+        assert "'original.txt'" not in outcome.result and "'seen.py'" in outcome.result
+        assert "refused .git/config Read-only file system" in outcome.result
+        assert "wrote original.txt" in outcome.result
+        assert (copy / "made.txt").read_text() == "by the command"
+        assert (copy / "original.txt").read_text() == "overwritten"
+        assert (place / "original.txt").read_text() == "the user's"
+        assert sorted(p.name for p in place.iterdir()) == ["original.txt"]
+        assert (copy / ".git" / "config").read_text() == "[core]\n"
+    finally:
+        shutil.rmtree(place)
+
+
+def test_a_workspace_is_seen_elsewhere_only_where_bubblewrap_can_mount_it() -> None:
+    """A directory as it is, or a path under the command's own /tmp (a fresh one,
+    where bubblewrap makes it): nowhere else can it mount (a read-only root, a
+    link), and a log may name anything."""
+    confinement = bubblewrap()
+    place = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        link = place / "link"
+        link.symlink_to(place)
+        for kept in ("relative/path", "/", f"{place}/../x", str(link), "/nonexistent/ws"):
+            assert confinement.seen_at(kept).seen_as is None, kept
+        assert confinement.seen_at(str(place)).seen_as == place
+        assert confinement.seen_at("/tmp/gone/ws").seen_as == Path("/tmp/gone/ws")
+        assert choose("off").seen_at(str(place)).seen_as is None  # no mounts without it
+    finally:
+        shutil.rmtree(place)

@@ -488,6 +488,13 @@ def test_an_edited_cell_is_a_clear_error_in_replay_and_the_run_page(
         ("==== 1 failed, 2 passed in 0.67s ====", "==== 1 failed, 2 passed in 1.02s ====", True),
         ("3 passed in 61.23s (0:01:01)", "3 passed in 59.80s", True),
         ("Ran 3 tests in 0.001s", "Ran 3 tests in 0.004s", True),
+        ("== 1 test collected in 0.63s ==", "== 1 test collected in 0.69s ==", True),
+        (
+            "2/3 tests collected (1 deselected) in 0.01s",
+            "2/3 tests collected (1 deselected) in 0.02s",
+            True,
+        ),
+        ("1 test collected in 0.63s", "2 tests collected in 0.63s", False),
         ("request timeout: 5s", "request timeout: 500s", False),
         ("retry after: 100 ms", "retry after: 9 ms", False),
         ("wait 5 seconds", "wait 10 seconds", False),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -439,6 +441,71 @@ def test_a_cut_output_that_names_the_workspace_replays_with_live_tools(tmp_path:
     ]
     assert any("output omitted" in r and "rootdir:" in r for r in results)
     assert_replays(store, "r")
+
+
+class RunsPytest(Quick):
+    """Writes a test and runs pytest on it verbosely: the header names the root
+    directory and the configuration file pytest found."""
+
+    def _code(self, task: str, done: int, fixing: bool) -> Reply:
+        if task != "t1":
+            return super()._code(task, done, fixing)
+        steps = [
+            Reply.tool("create_file", path="test_ok.py", content="def test_ok():\n    pass\n"),
+            Reply.tool("run_command", argv=["python", "-m", "pytest", "-v", "--co"]),
+            Reply.tool("complete_task", task_id=task, summary="ran"),
+        ]
+        return steps[min(done, len(steps) - 1)]
+
+
+def results_of(store: KillableStore, run_id: str = "r") -> list[str]:
+    return [
+        store.get(e.data.result_ref).decode() if e.data.result_ref else e.data.result
+        for e in store.read(run_id)
+        if isinstance(e.data, ToolExecuted)
+    ]
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory outside /tmp, which a confined command sees as it is (its /tmp is
+    a fresh one)."""
+    made = Path(tempfile.mkdtemp(prefix="autonomy-test-", dir="/var/tmp"))
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def test_a_project_configured_above_the_workspace_replays_with_live_tools(
+    outside_tmp: Path,
+) -> None:
+    """A workspace in a larger project (its pytest configuration one directory up):
+    a live replay ran the commands in a scratch copy under /tmp, where pytest found
+    no configuration and named another root, and diverged. The copy is now where
+    the recorded workspace was, for the commands."""
+    (outside_tmp / "tox.ini").write_text("[pytest]\n")
+    store = KillableStore()
+    with ScriptedModelServer(RunsPytest(), models=["m"]) as running:
+        start(store, outside_tmp / "ws", running)
+    ran = [r for r in results_of(store) if "rootdir:" in r]
+    assert ran and f"rootdir: {outside_tmp}\nconfigfile: tox.ini" in ran[0], ran
+    assert_replays(store, "r")
+
+
+def test_a_workspace_path_shorter_than_any_scratch_directory_replays_with_live_tools() -> None:
+    """A recorded workspace with a path shorter than the replay's scratch directory
+    ("/tmp/autonomy-replay-XXXXXXXX") could not be matched in length: an output past
+    the cap that names it was cut elsewhere, and the live replay diverged."""
+    short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
+    try:
+        store = KillableStore()
+        with ScriptedModelServer(LongOutput(), models=["m"]) as running:
+            start(store, short / "w", running)
+        assert any("output omitted" in r and "rootdir:" in r for r in results_of(store))
+        assert_replays(store, "r")
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 @settings(

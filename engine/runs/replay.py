@@ -230,7 +230,11 @@ class _Segment:
         client = ReplayClient(recording, self._normaliser(log.pipeline))
         log.listeners.append(client.observe)
         tools = RecordedTools(recording, log, live=self.live)
-        confinement = confine_commands(self.settings, recording.store) if self.live else None
+        confinement = (
+            confine_commands(self.settings, recording.store).seen_at(log.pipeline.workspace)
+            if self.live
+            else None
+        )
         engine: Engine | None = None
         try:
             while True:

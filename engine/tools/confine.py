@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import resource
@@ -87,12 +88,33 @@ class Confinement:
     sizes: bool = False
     """This bubblewrap bounds its tmpfs mounts' sizes (``--size``)."""
     warning: str = ""
+    seen_as: Path | None = None
+    """Where a command sees the workspace, when not at its own path (bubblewrap only):
+    a live replay runs the commands in a scratch copy, which they see where the
+    recorded run's workspace was (``seen_at``), so that what they print of it (the
+    root directory and configuration pytest found above it) is what they printed."""
 
     def describe(self) -> str:
         net = "network allowed" if self.network else "no network"
         if self.mechanism == "bubblewrap":
             return f"bubblewrap ({net}, resource limits)"
         return "resource limits only (no file-system or network confinement)"
+
+    def seen_at(self, place: str) -> Confinement:
+        """This confinement with commands seeing the workspace at ``place`` (see
+        ``seen_as``) where bubblewrap can mount it there: a directory on this machine
+        as it is (no link on the way), or a path under the command's own ``/tmp``,
+        where bubblewrap makes it. Elsewhere, the workspace stays where it is."""
+        path = Path(place)
+        if (
+            self.mechanism != "bubblewrap"
+            or not path.is_absolute()
+            or os.path.normpath(place) != place
+            or path == Path("/")
+            or not (path.is_relative_to("/tmp") or (_real(path) == path and path.is_dir()))
+        ):
+            return self
+        return dataclasses.replace(self, seen_as=path)
 
     def environment(self, tmp: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
@@ -125,24 +147,33 @@ class Confinement:
         args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/dev/shm"]
         if not self.network:
             args += ["--tmpfs", "/run"]
-        for path in _python_paths():  # a venv or checkout under /tmp stays visible
+        view = self.seen_as or workspace
+        python = _python_paths()
+        for path in python:  # a venv or checkout under /tmp stays visible
             if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
                 args += ["--ro-bind", str(path), str(path)]
-        args += ["--bind", str(workspace), str(workspace)]
+        args += ["--bind", str(workspace), str(view)]
+        for path in python:  # and one where the workspace is seen, which the copy covers
+            if view != workspace and path.is_relative_to(view):
+                args += ["--ro-bind", str(path), str(path)]
         # bubblewrap mounts on a path, not through a link: a .git or .autonomy that is a
         # link (to keep a repository or the logs elsewhere) made every command fail with
         # "Can't bind mount"; what it leads to is made read-only (inside the workspace;
         # outside, all is) or hidden instead
         inside = Path(os.path.realpath(workspace))
+
+        def seen(path: Path) -> str:  # where the command sees what is at ``path``
+            return str(view / path.relative_to(inside) if path.is_relative_to(inside) else path)
+
         for path in sorted({_real(workspace / ".git"), *map(_real, repositories)}):
             if os.path.lexists(path) and path.is_relative_to(inside):
-                args += ["--ro-bind", str(path), str(path)]
+                args += ["--ro-bind", str(path), seen(path)]
         log = _real(workspace / ".autonomy")
         if log.is_dir() and not not_a_project(log):
-            args += ["--tmpfs", str(log)]
+            args += ["--tmpfs", seen(log)]
         for path in self.hidden:  # last, so that no bind above uncovers them
             args += _hide(path)
-        args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(workspace), "--", *command]
+        args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(view), "--", *command]
         return args
 
     def run(
