@@ -180,7 +180,13 @@ def test_the_command_ends_when_the_engine_is_killed(tmp_path: Path) -> None:
         """
     )
     bubblewrap()
-    process = subprocess.Popen([sys.executable, "-c", engine], start_new_session=True)
+    scratch = tmp_path / "tmp"  # where the killed engine leaves its command's directory
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", engine],
+        start_new_session=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
     with reaped(process):
         wait_until(lambda: (tmp_path / "alive.txt").exists(), "the command has started")
         os.kill(process.pid, signal.SIGKILL)
