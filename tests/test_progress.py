@@ -76,6 +76,17 @@ def test_the_bar_counts_steps_from_where_the_run_is() -> None:
     assert re.search(r"steps .* 8/60", rendered(display))
 
 
+def test_the_bar_never_counts_past_its_end() -> None:
+    """A run resumed under a lower step limit than it has taken, or the step that
+    stops a run at its limit, showed "steps ... 4/3"."""
+    display = LiveDisplay(Console(file=io.StringIO()), max_steps=3, steps=2)
+    for _ in range(2):
+        display.event(recorded(ArbiterDecided(action="plan")))
+    assert re.search(r"steps .* 4/4", rendered(display))
+    resumed = LiveDisplay(Console(file=io.StringIO()), max_steps=5, steps=10)
+    assert re.search(r"steps .* 10/10", rendered(resumed))
+
+
 def test_piped_output_is_plain_lines() -> None:
     lines: list[str] = []
     with run_display(60, plain=lines.append, stream=io.StringIO()) as show:

@@ -81,7 +81,8 @@ class LiveDisplay:
             MofNCompleteColumn(),
             console=console,
         )
-        self._task = self._steps.add_task("steps", total=max_steps, completed=steps)
+        self._done, self._total = steps, max_steps
+        self._task = self._steps.add_task("steps", total=max(max_steps, steps), completed=steps)
         self._spinner = Spinner("dots")
         self._live = Live(
             self,
@@ -106,7 +107,10 @@ class LiveDisplay:
         elif isinstance(event, ModelResponded | RunFinished):
             self._call = None
         elif isinstance(event, ArbiterDecided):
-            self._steps.advance(self._task)
+            # past the limit (a resume given a lower one; the step that stops the run)
+            # the bar is full, never "4/3"
+            self._done += 1
+            self._steps.update(self._task, completed=self._done, total=max(self._total, self._done))
 
     def streamed(self, pieces: int) -> None:
         call = self._call
