@@ -421,6 +421,10 @@ def test_a_run_that_skipped_tasks_is_partial_not_completed_and_exits_2(tmp_path:
     assert state.status == "partial", state.reason
     assert state.reason == "1 of 2 task(s) completed; 1 skipped"
     assert result.exit_code == 2, result.output
+    # the step into documentation said "every task is done" of it
+    assert "| document | " in result.output, result.output
+    assert "every task is done" not in result.output
+    assert "every task is settled: 1 completed, 1 skipped" in result.output
 
 
 def test_certificates_are_loaded_only_for_https_model_servers() -> None:

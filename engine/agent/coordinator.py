@@ -202,9 +202,14 @@ def decide(state: PipelineState, limits: Limits, trouble: str = "") -> Step:
         return Step(
             action="finish", status="failed", reason=f"every task was skipped ({found.total})"
         )
-    if state.phase != "documentation":
-        return Step(action="document", reason="every task is done")
     skipped = found.total - completed
+    if state.phase != "documentation":
+        if skipped:  # "every task is done" said of a run that skipped some
+            return Step(
+                action="document",
+                reason=f"every task is settled: {completed} completed, {skipped} skipped",
+            )
+        return Step(action="document", reason="every task is done")
     if skipped:
         # the pipeline reached its end, but not every task was done: "completed"
         # is kept for runs that did all their work
