@@ -183,7 +183,9 @@ class ReplayItem(pytest.Item):
             return _shown(str(excinfo.value))
         from events.errors import AutonomyError
 
-        if isinstance(excinfo.value, AutonomyError):  # the log's fault, said in its words
+        # the log's fault, said in its words; or the system's (a name too long for the
+        # file system, from an edited log): one line, as the command line says it
+        if isinstance(excinfo.value, AutonomyError | OSError):
             return _shown(f"run {self.run_id!r} could not be replayed: {excinfo.value}")
         return super().repr_failure(excinfo, style=style)
 

@@ -916,10 +916,25 @@ def test_a_workspace_is_seen_elsewhere_only_where_bubblewrap_can_mount_it() -> N
     try:
         link = place / "link"
         link.symlink_to(place)
-        for kept in ("relative/path", "/", f"{place}/../x", str(link), "/nonexistent/ws"):
+        odd = ("relative/path", "/", f"{place}/../x", f"{place}/", "/var/tmp/a\0b", "/tmp/a\0b")
+        for kept in (*odd, str(link), "/nonexistent/ws"):
             assert confinement.seen_at(kept).seen_as is None, kept
         assert confinement.seen_at(str(place)).seen_as == place
         assert confinement.seen_at("/tmp/gone/ws").seen_as == Path("/tmp/gone/ws")
         assert choose("off").seen_at(str(place)).seen_as is None  # no mounts without it
     finally:
         shutil.rmtree(place)
+
+
+def test_commands_see_no_more_of_tmp_than_the_interpreter_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine started from a script in /tmp (or by ``python -m`` there) has /tmp
+    first on its import path: it was bound into every command's fresh /tmp, which
+    then saw all of the host's."""
+    from engine.tools import confine
+
+    monkeypatch.setattr(sys, "path", ["/tmp", *sys.path[1:]])
+    assert Path("/tmp") not in confine._python_paths()
+    monkeypatch.setattr(sys, "path", ["", "/tmp", *sys.path[1:]])
+    assert Path("/tmp") not in confine._python_paths()

@@ -19,9 +19,17 @@ import pytest
 from click.testing import CliRunner
 from waiting import reaped, wait_until
 
+from engine.agent import runner
 from engine.cli import cli
 from engine.runs.demo import CALC_V1, GOAL, DemoModels
-from engine.runs.workspace import SKIPPED, Restored, files_at, finish_rewind, restore
+from engine.runs.workspace import (
+    SKIPPED,
+    HistoryError,
+    Restored,
+    files_at,
+    finish_rewind,
+    restore,
+)
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import MemoryEventStore, ModelRequested, RunForked, RunRewound, RunStarted
@@ -584,6 +592,49 @@ def test_a_fork_copies_the_parents_files_but_no_fifo_a_command_left(tmp_path: Pa
     assert restored.unchanged == ("a.txt",)
     assert snapshot(child) == {"a.txt": b"one\n", "notes.md": b"never touched by the run\n"}
     assert not (child / "pipe").exists() and (parent / "pipe").exists()
+
+
+def test_a_copy_leaves_out_what_commands_may_not_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log naming the directory of the chain's key (or of credentials, or of the log
+    itself) as its workspace had them copied into a live replay's scratch directory
+    and a fork's workspace, where the recorded commands could read them: what is
+    hidden from commands is never copied, and a directory inside it is no workspace
+    to copy."""
+    secrets = tmp_path / "secrets"
+    (secrets / "ssh").mkdir(parents=True)
+    (secrets / "key").write_bytes(b"the chain's key")
+    (secrets / "servers.toml").write_bytes(b"[servers]\n")
+    (secrets / "ssh" / "id").write_bytes(b"a credential")
+    (secrets / "notes.md").write_bytes(b"never touched by the run\n")
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(secrets / "key"))
+    monkeypatch.setenv("AUTONOMY_SERVER_KEYS", str(secrets / "servers.toml"))
+    monkeypatch.setattr(runner, "credentials", lambda: [secrets / "ssh"])
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(secrets), mode="rules"))
+    v2 = append(store, changed(store, "a.txt", None, b"one\n"))
+    restore(store, "h", v2, tmp_path / "child", copy_from=secrets)
+    assert snapshot(tmp_path / "child") == {
+        "a.txt": b"one\n",
+        "notes.md": b"never touched by the run\n",
+    }
+    with pytest.raises(HistoryError, match="hidden from commands"):
+        restore(store, "h", v2, tmp_path / "other", copy_from=secrets / "ssh")
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_a_log_naming_a_directory_of_the_kernels_is_refused_before_anything_is_copied(
+    tmp_path: Path,
+) -> None:
+    """``/proc/self`` named as the workspace had the process's own entries (its
+    environment among them) copied, then failed with kilobytes of tuples."""
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace="/proc/self", mode="rules"))
+    for named in ("/proc/self", "/sys/kernel", "/dev/shm"):
+        with pytest.raises(HistoryError, match="system directory"):
+            restore(store, "h", 1, tmp_path / "child", copy_from=Path(named))
+    assert not any((tmp_path / "child").iterdir())
 
 
 def run_with_bound(work: Callable[[], Restored]) -> Restored:

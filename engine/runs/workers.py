@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.agent.runlog import check_run_id
-from engine.agent.runner import check_goal, finished, new_run_id, resume_run, start_run
+from engine.agent.runner import (
+    check_goal,
+    finished,
+    hidden_from_commands,
+    new_run_id,
+    resume_run,
+    start_run,
+)
 from engine.config import Settings
 from engine.runs.workspace import copy_workspace, finish_cut_rewind
 from engine.tools.sandbox import remove_tree
@@ -189,7 +196,7 @@ class Worker:
                 workspace = self.workdir / run_id
                 if workspace.exists():
                     remove_tree(workspace)
-                copy_workspace(template, workspace)
+                copy_workspace(template, workspace, hidden_from_commands(self.store))
                 self.progress(f"worker: starting {run_id} in {workspace}")
                 settings = self.settings_for(workspace, None)
                 start_run(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.runlog import RunLog, check_run_id
-from engine.agent.runner import workspace_lock
+from engine.agent.runner import hidden_from_commands, workspace_lock
 from engine.errors import ToolError
 from engine.machines.phases import TERMINAL
 from engine.tools.files import PARTIAL, remove_partials, write_atomically
@@ -148,17 +148,23 @@ def restore(
     directory.mkdir(parents=True, exist_ok=True)
     targets = _targets(directory, wanted)
     if copy_from is not None and copy_from.is_dir():
-        copy_workspace(copy_from, directory)
+        copy_workspace(copy_from, directory, hidden_from_commands(store))
         targets = _targets(directory, wanted)  # the copy may have brought symlinks
     return _write(targets, contents)
 
 
-def copy_workspace(source: Path, target: Path) -> None:
+def copy_workspace(source: Path, target: Path, hidden: Iterable[Path]) -> None:
     """Copy the workspace ``source`` names into ``target`` (links as links; the log,
     caches and special files left out), once ``source`` is checked to be a
-    project's directory: a log or a queue that names it is not trusted."""
-    _check_copyable(source)
-    ignore = functools.partial(_not_copied, len(source.resolve().parts))
+    project's directory: a log or a queue that names it is not trusted.
+
+    ``hidden``: what commands may not see (``hidden_from_commands``: the chain key,
+    the log, credentials). None of it is copied: in the copy, a command would see it
+    wherever the copy is (a log naming the key's directory as its workspace had the
+    key copied into a replay's scratch directory, and into a fork's workspace)."""
+    left_out = frozenset(os.path.realpath(p) for p in hidden)
+    _check_copyable(source, left_out)
+    ignore = functools.partial(_not_copied, len(source.resolve().parts), left_out)
     shutil.copytree(
         source.resolve(),
         target,
@@ -175,13 +181,14 @@ def _copy_file(source: str, target: str) -> None:
     drop_set_id(target)
 
 
-def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:
-    """What a copy leaves out: the log and caches (``SKIPPED``), what is neither a
-    file, a directory nor a link (a FIFO, socket or device a command left, which
-    no project holds and which copying would wait on or fail at), and what is
-    deeper than a path may be (``MAX_PATH_DEPTH``; the copy recurses, and a tree a
-    command made 1,100 levels deep was a ``RecursionError``). ``top``: the number
-    of parts of the copied directory's path."""
+def _not_copied(top: int, hidden: frozenset[str], directory: str, names: list[str]) -> list[str]:
+    """What a copy leaves out: the log and caches (``SKIPPED``), what commands may not
+    see (``hidden``, real paths), what is neither a file, a directory nor a link (a
+    FIFO, socket or device a command left, which no project holds and which copying
+    would wait on or fail at), and what is deeper than a path may be
+    (``MAX_PATH_DEPTH``; the copy recurses, and a tree a command made 1,100 levels
+    deep was a ``RecursionError``). ``top``: the number of parts of the copied
+    directory's path."""
     if len(Path(directory).parts) - top + 1 > MAX_PATH_DEPTH:
         return names
     left = []
@@ -192,6 +199,7 @@ def _not_copied(top: int, directory: str, names: list[str]) -> list[str]:
             continue  # vanished meanwhile: the copy says so if it matters
         if (
             name in SKIPPED
+            or os.path.join(directory, name) in hidden  # the copy walks real paths
             or PARTIAL.fullmatch(name)  # what a killed write left: no project's file
             or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
         ):
@@ -205,12 +213,16 @@ COPIED_BYTES = 2 << 30
 project's files, never a home directory or a disk."""
 
 
-def _check_copyable(source: Path) -> None:
+def _check_copyable(source: Path, hidden: frozenset[str]) -> None:
     """``source`` is the workspace a log names: the log is not trusted, so it must
-    not be the root, a home directory or anything larger than a project (``COPIED_*``)
-    before a restore copies it; else ``HistoryError`` and nothing is copied."""
+    not be the root, a home directory, inside what commands may not see (``hidden``)
+    or anything larger than a project (``COPIED_*``) before a restore copies it;
+    else ``HistoryError`` and nothing is copied."""
     resolved = source.resolve()
-    if problem := not_a_project(resolved):
+    problem = not_a_project(resolved)
+    if not problem and any(resolved.is_relative_to(h) for h in hidden):
+        problem = "hidden from commands (the chain key, the log or credentials)"
+    if problem:
         raise HistoryError(
             f"{source} was named as a run's workspace to copy, but it is {problem}; "
             "nothing was copied (was the log or the queue edited?)"

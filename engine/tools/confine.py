@@ -50,7 +50,7 @@ from typing import IO, Annotated, Literal
 import msgspec
 
 from engine.errors import ConfinementUnavailable
-from engine.tools.sandbox import PROTECTED, not_a_project, temporary_directory
+from engine.tools.sandbox import PROTECTED, SYSTEM_DIRECTORIES, not_a_project, temporary_directory
 
 SandboxSetting = Literal["auto", "required", "off"]
 
@@ -108,6 +108,7 @@ class Confinement:
         path = Path(place)
         if (
             self.mechanism != "bubblewrap"
+            or "\0" in place  # no file's name: an edited log
             or not path.is_absolute()
             or os.path.normpath(place) != place
             or path == Path("/")
@@ -315,7 +316,9 @@ def _python_paths() -> list[Path]:
     """Where the interpreter that runs ``python -m pytest`` lives and imports from:
     the environment's prefixes and every directory on its import path."""
     candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
-    candidates.update(p for p in sys.path if p)
+    # not the first entry, the directory of the engine's script or the one it was started
+    # in (``python -m``): /tmp itself, for a script there, showed commands all of /tmp
+    candidates.update(p for p in sys.path[1:] if p)
     # autonomy's own packages, wherever an editable install maps them from: pytest
     # loads autonomy's plugin (an entry point) in every test run
     candidates.add(str(Path(__file__).resolve().parents[1]))  # engine/
@@ -327,7 +330,7 @@ def _python_paths() -> list[Path]:
     found = []
     for candidate in sorted(candidates):
         path = Path(os.path.realpath(candidate))
-        if path.is_dir():
+        if path.is_dir() and path not in SYSTEM_DIRECTORIES:  # never all of /tmp
             found.append(path)
             if Path(candidate) != path:  # the link itself too (a venv's bin/python)
                 found.append(Path(os.path.abspath(candidate)))

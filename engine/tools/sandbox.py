@@ -173,6 +173,10 @@ SYSTEM_DIRECTORIES = frozenset(
 )  # fmt: skip
 """Directories no project is: a run confined to one of them could write the system."""
 
+VIRTUAL = (Path("/proc"), Path("/sys"), Path("/dev"), Path("/run"))
+"""The kernel's and the running system's own trees: nothing under them is a project
+(a log naming ``/proc/self`` had a copy of the process's environment made)."""
+
 
 def not_a_project(directory: Path) -> str:
     """Why ``directory`` cannot be a run's workspace ("" when it can): the file
@@ -181,7 +185,12 @@ def not_a_project(directory: Path) -> str:
     (edited, or written by someone else) would hand the agent the machine."""
     resolved = directory.resolve()
     home = Path.home().resolve()
-    if resolved in SYSTEM_DIRECTORIES or resolved == home or resolved in home.parents:
+    if (
+        resolved in SYSTEM_DIRECTORIES
+        or any(resolved.is_relative_to(tree) for tree in VIRTUAL)
+        or resolved == home
+        or resolved in home.parents
+    ):
         return "the file system's root, a system directory or a home directory, no project's"
     return ""
 
