@@ -742,6 +742,72 @@ def test_going_live_where_the_branch_could_not_go_on_forks_nothing(
         assert not (tmp_path / f"branch-{version}").exists()
 
 
+def test_a_live_branch_stopped_by_ctrl_c_says_how_to_continue_it(
+    quick_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the live part of a counterfactual replay printed a traceback (the
+    branch itself was recorded as stopped): it is said as for resume, exit 130."""
+    from engine.model.recording import RecordingModel
+
+    db = copy_of(quick_db, tmp_path)
+    at = step_before(db, "q", first_write(db, "q"))
+
+    real = RecordingModel.chat
+
+    def interrupted(self: RecordingModel, *args: Any, **kwargs: Any) -> Any:
+        if self.runlog.run_id == "cut":  # the live branch's first call, not the replay's
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordingModel, "chat", interrupted)
+    with ScriptedModelServer(Terse(), models=["m"]) as other:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "cut"),
+            *("--workspace", str(tmp_path / "cut"), "--model-url", other.url),
+        )
+    assert code == 130, out
+    assert "run cut was stopped: interrupted by the user (Ctrl-C); the log says so." in out
+    assert f"continue it with: autonomy resume cut --db {db}" in out
+    with open_store(db) as store:
+        assert project(store, "cut").pipeline.status == "stopped"
+
+
+def test_a_live_branch_that_fails_exits_as_a_failed_run_does(
+    quick_db: Path, tmp_path: Path
+) -> None:
+    """The command exited 0 whatever became of the branch: scripts could not tell."""
+    db = copy_of(quick_db, tmp_path)
+    at = step_before(db, "q", first_write(db, "q"))
+    with ScriptedModelServer(Terse(), models=["m"]) as other:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "short"),
+            *("--workspace", str(tmp_path / "short"), "--model-url", other.url),
+            *("--max-steps", str(at // 10 + 1)),
+        )
+    assert "live branch short: failed" in out, out
+    assert code == 1, out
+
+
+def test_going_live_at_a_question_says_where_to_go_live_instead(tmp_path: Path) -> None:
+    """The refusal said 'answer first with: autonomy answer asking at version 15 ...',
+    no command at all (and, as one, it would answer the recorded run)."""
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(Asking(), models=["m"]) as running:
+        code, out = cli(
+            *("run", GOAL, "--workspace", str(tmp_path / "ws"), "--db", str(db)),
+            *("--model-url", running.url, "--api", "ollama", "--model", "m", "--run-id", "a"),
+        )
+        assert code == 0 and "waiting" in out, out
+        with open_store(db) as store:
+            asked = store.last_version("a")
+        code, out = cli(
+            *("replay", "a", "--db", str(db), "--live-from", str(asked), "--as", "b"),
+            *("--model-url", running.url),
+        )
+    assert code == 1 and f"a waits for an answer at version {asked}" in out, out
+    assert "autonomy answer" not in out
+
+
 def test_options_that_mean_nothing_are_refused(quick_db: Path) -> None:
     """``--until`` past the run's end said "identical"; a counterfactual replay took
     ``--json``, ``--until`` and ``--tools`` and did without them."""

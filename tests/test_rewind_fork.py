@@ -412,6 +412,54 @@ def test_a_fork_stopped_before_its_event_leaves_no_run_and_can_be_given_again(
     assert not (new / ".autonomy").exists()
 
 
+STOPPED_AFTER_ITS_EVENT = STOPPED_BEFORE_ITS_EVENT.replace(
+    """        os.kill(os.getpid(), int(sys.argv[1]))
+    return real(self, run_id, events, *args, **kwargs)""",
+    """        written = real(self, run_id, events, *args, **kwargs)
+        os.kill(os.getpid(), int(sys.argv[1]))
+    return real(self, run_id, events, *args, **kwargs)""",
+)
+
+
+def test_a_fork_stopped_once_its_event_is_written_keeps_its_workspace(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A Ctrl-C just after ``run.forked`` was committed (while the run summaries were
+    brought up to date) removed the workspace of a run the log now had: it could not
+    be resumed, and the same command was refused ("there is already a run")."""
+    db, _, version, then = first_review
+    new = tmp_path / "fork-ws"
+    args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f"]
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_AFTER_ITS_EVENT, str(int(signal.SIGINT)), *args,
+         "--db", str(db)],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    with open_store(db) as store:
+        assert store.last_version("f") == 1
+    assert {k: v for k, v in snapshot(new).items() if not k.startswith(".autonomy")} == then
+
+
+def test_a_fork_inside_its_parents_workspace_is_refused(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+) -> None:
+    """A fork (or a counterfactual branch) given a directory inside the recorded
+    run's workspace wrote its files there, copied its own half-made copy into itself,
+    and the recorded run no longer replayed."""
+    db, workspace, version, _ = first_review
+    before = snapshot(workspace)
+    for inside in (workspace / "sub", workspace / "a" / "b"):
+        code, out = invoke(
+            "fork", "r", "--at", str(version), "--workspace", str(inside), "--as", "f",
+            "--db", str(db),
+        )  # fmt: skip
+        assert code == 1 and "not its parent's nor inside it" in out, out
+    assert snapshot(workspace) == before and not (workspace / "sub").exists()
+    with open_store(db) as store:
+        assert store.last_version("f") == 0
+
+
 PAUSED_BEFORE_ITS_EVENT = STOPPED_BEFORE_ITS_EVENT.replace(
     "        os.kill(os.getpid(), int(sys.argv[1]))",
     "        while not os.path.exists(sys.argv[1]):\n            time.sleep(0.01)",

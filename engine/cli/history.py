@@ -148,30 +148,36 @@ def _go_live(
 ) -> None:
     from engine.agent.runlog import check_run_id
     from engine.agent.runner import new_run_id
+    from engine.cli.running import exit_for, interrupts
     from engine.errors import ConfigError
     from engine.runs.counterfactual import go_live
     from projections import project
 
     if live_from is not None and continue_live:
         raise ConfigError("give --live-from V or --continue-live, not both")
-    branch = check_run_id(new_id or f"{run_id}-live-{new_run_id()[-4:]}")
+    # a long run id leaves room for the suffix: a run id is at most 128 characters
+    branch = check_run_id(
+        new_id if new_id is not None else f"{run_id[:118]}-live-{new_run_id()[-4:]}"
+    )
     with opened_log(db) as store:
         if workspace is None:
             own = Path(project(store, run_id).pipeline.workspace)
             workspace = own.with_name(f"{own.name}-{branch}")
-        done = go_live(
-            store,
-            run_id,
-            new_run_id=branch,
-            workspace=workspace,
-            settings=flags.load_over,
-            live_from=live_from,
-            continue_live=continue_live,
-            progress=click.echo,
-        )
+        with interrupts(db, None):  # Ctrl-C in the live part: as for resume
+            done = go_live(
+                store,
+                run_id,
+                new_run_id=branch,
+                workspace=workspace,
+                settings=flags.load_over,
+                live_from=live_from,
+                continue_live=continue_live,
+                progress=click.echo,
+            )
         click.echo(f"replayed: {done.replayed.report().splitlines()[0]}")
         click.echo(f"live branch {done.run_id}: {done.status}, forked at version {done.forked_at}")
         click.echo(f"compare with: autonomy diff {run_id} {done.run_id}")
+    exit_for(done.status)
 
 
 @cli.command(name="diff")

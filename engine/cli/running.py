@@ -23,7 +23,6 @@ from engine.cli.base import (
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from events.store import EventStore
     from projections import RunState
 
 
@@ -91,7 +90,7 @@ def run(
         check_checkpoint_file(checkpoint_file)
     text = read_goal(goal, workspace)
     settings = flags.load(workspace)
-    with opened_log(db, workspace, must_exist=False) as store, interrupts(store, db, workspace):
+    with opened_log(db, workspace, must_exist=False) as store, interrupts(db, workspace):
         if flags.config_file is None:
             refuse_a_config_a_model_wrote(store, workspace)
         with run_display(settings.limits.max_steps, plain=click.echo) as show:
@@ -140,7 +139,7 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
         settings = flags.load_over(recorded_settings(pipeline.config))
         steps = settings.limits.max_steps
         with (
-            interrupts(store, db, None),
+            interrupts(db, None),
             run_display(steps, steps=pipeline.steps, plain=click.echo) as show,
         ):
             resume_run(store, run_id, settings=settings, progress=show, prepare=finish_cut_rewind)
@@ -148,7 +147,7 @@ def resume(run_id: str, db: Path | None, flags: SettingsFlags) -> None:
 
 
 @contextmanager
-def interrupts(store: EventStore, db: Path | str | None, workspace: Path | None) -> Iterator[None]:
+def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     """Ctrl-C: the run has recorded why it stopped; say how to continue it, exit 130
     (the shell's code for SIGINT) — never a traceback. SIGTERM (a service manager,
     ``docker stop``, ``kill``) and SIGHUP (the terminal closed) stop it the same way,
@@ -245,7 +244,12 @@ def _finish(state: RunState) -> None:
     click.echo("")
     for line in run_summary(state):
         click.echo(line)
-    status = state.pipeline.status
+    exit_for(state.pipeline.status)
+
+
+def exit_for(status: str) -> None:
+    """The exit status of a command that ran a run to ``status``: 0 when it completed
+    or waits for an answer, 2 when it ended partial, 1 otherwise."""
     if status == "partial":
         raise click.exceptions.Exit(2)
     if status not in ("completed", "waiting_for_input"):

@@ -84,6 +84,12 @@ def go_live(
     # what would stop the branch once forked is found before it is: a fork point the
     # run cannot go on from, a model server that does not answer
     pipeline = project(store, run_id, upto=at).pipeline
+    if pipeline.status == "waiting_for_input":
+        raise ReplayRefused(
+            f"{run_id} waits for an answer at version {at} ({pipeline.question}): a branch "
+            "from there would wait too; go live from a version before the question or "
+            "after its answer; nothing was forked"
+        )
     try:
         refuse_unresumable(f"{run_id} at version {at}", pipeline)
     except ResumeRefused as e:

@@ -556,8 +556,13 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
         raise HistoryError(f"{workspace} is not an empty directory; a fork needs a new workspace")
     parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
-    if parent_workspace.resolve() == workspace:
-        raise HistoryError("a fork needs its own workspace, not its parent's")
+    parent = parent_workspace.resolve()
+    if workspace.is_relative_to(parent):  # (one holding it is not empty)
+        # inside it, the fork's files were the parent's (its replay then diverged), and
+        # the copy took the fork's own half-made copy into itself
+        raise HistoryError(
+            f"a fork needs a workspace of its own, not its parent's nor inside it ({parent})"
+        )
     # made beside it and moved into place whole: a fork stopped during the copy leaves
     # no half workspace that the same command, given again, would refuse as not empty
     workspace.parent.mkdir(parents=True, exist_ok=True)
@@ -584,12 +589,27 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
             0,
         )
     except BaseException:  # Ctrl-C while the log was busy, another fork as that run...
-        remove_tree(workspace)
+        # a Ctrl-C can come once the event is written (its commit, then the summaries):
+        # the run then keeps its workspace. Not known: kept, with its FORKING mark,
+        # which the same command given again takes for an abandoned fork's
+        with contextlib.suppress(Exception):
+            if not _forked_into(store, new_run_id, workspace):
+                remove_tree(workspace)
         raise
     (workspace / FORKING).unlink()
     with contextlib.suppress(OSError):
         (workspace / FORKING).parent.rmdir()
     return restored
+
+
+def _forked_into(store: EventStore, run_id: str, workspace: Path) -> bool:
+    """Whether the log holds ``run_id`` as a fork into ``workspace``."""
+    first = next(iter(store.read(run_id, upto=1)), None)
+    return (
+        first is not None
+        and isinstance(first.data, RunForked)
+        and first.data.workspace == str(workspace)
+    )
 
 
 FORKING = Path(".autonomy") / "forking"
