@@ -195,3 +195,70 @@ def test_a_worker_refused_a_queued_run_waits_longer_each_time_and_says_so_once(
         "worker: run job is being run by another engine (a person's resume); wait for it to "
         "stop, or stop it: its lease ends with its process; it stays queued",
     ]
+
+
+class HoldEvery:
+    """The demo's models, each request held until the test opens the gate; which
+    jobs have asked."""
+
+    def __init__(self) -> None:
+        from engine.runs.demo import DemoModels
+
+        self.models = DemoModels()
+        self.asked: set[str] = set()
+        self.opened = threading.Event()
+
+    def __call__(self, request: ScriptedRequest) -> Any:
+        body = json.dumps(request.body)
+        self.asked.update(job for job in ("job 1", "job 2") if f"[{job}]" in body)
+        self.opened.wait(timeout=120)
+        return self.models(request)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_run_of_a_worker_with_concurrency(pg_url: str, tmp_path: Path) -> None:
+    """Ctrl-C reached the main thread only: its run was recorded as stopped (with a
+    traceback), and the worker went on, the other thread resuming the run just
+    stopped. Now every run is stopped and recorded, each is said once, exit 130."""
+    template = tmp_path / "template"
+    template.mkdir()
+    for job in (1, 2):
+        result = CliRunner().invoke(
+            cli,
+            [
+                *("submit", f"{GOAL} [job {job}]", "--workspace-template", str(template)),
+                *("--run-id", f"job-{job}", "--db", pg_url),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    autonomy = Path(sys.executable).parent / "autonomy"
+    models = HoldEvery()
+    with ScriptedModelServer(models, models=["m"]) as server:
+        worker = subprocess.Popen(
+            [
+                *(str(autonomy), "worker", "--concurrency", "2", "--db", pg_url),
+                *("--workdir", str(tmp_path / "runs"), "--model-url", server.url),
+                *("--api", "ollama", "--model", "m"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        with reaped(worker):
+            try:
+                wait_until(lambda: len(models.asked) == 2, "both runs ask their model")
+                worker.send_signal(signal.SIGINT)
+                models.opened.set()  # the other thread's call returns: its run stops there
+                output, _ = worker.communicate(timeout=120)
+            finally:
+                models.opened.set()
+    assert worker.returncode == 130, output
+    assert "Traceback" not in output, output
+    for job in ("job-1", "job-2"):
+        assert output.count(f"run {job} was stopped: interrupted by the user") == 1, output
+    assert "resuming" not in output, output
+    with open_store(pg_url) as store:
+        for job in ("job-1", "job-2"):
+            assert project(store, job).pipeline.status == "stopped"
+        queued = store.connection.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
+        assert queued.fetchone()[0] == 2, "both stay queued, for the next worker to resume"

@@ -4,6 +4,7 @@ r"""CLI commands for workers on a PostgreSQL log: ``submit`` and ``worker``
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,9 @@ def worker_command(
     \b
         autonomy worker --db "$URL" --concurrency 2 --model-url http://gpu-1:11434
     """
+    from engine.agent.runner import RunInterrupted
     from engine.cli.base import refuse_a_config_a_model_wrote
+    from engine.cli.running import interrupts
     from engine.config import recorded_settings
     from engine.runs.workers import Worker
 
@@ -91,20 +94,55 @@ def worker_command(
 
     workdir.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []
+    stop, interrupt = threading.Event(), threading.Event()
 
-    def one() -> None:
+    def one(main: bool = False) -> None:
         try:
             with opened_log(db) as store:
-                work = Worker(store, workdir.resolve(), settings_for(store), progress=click.echo)
-                work.run(once=once)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
+                work = Worker(
+                    store,
+                    workdir.resolve(),
+                    settings_for(store),
+                    progress=click.echo,
+                    interrupt=interrupt,
+                )
+                work.run(once=once, stop=stop)
+        except BaseException as e:
+            stop.set()  # one worker's end is all of theirs: no run is taken after it
+            if main:
+                raise
+            errors.append(e)  # reported by the main thread
 
     threads = [threading.Thread(target=one, daemon=True) for _ in range(concurrency - 1)]
     for thread in threads:
         thread.start()
-    one()
+    with interrupts(db, None):  # Ctrl-C, SIGTERM: recorded, said once, exit 128 + signal
+        try:
+            one(main=True)  # a signal reaches this thread only
+            _wait(threads)
+        except (KeyboardInterrupt, RunInterrupted):
+            interrupt.set()  # their runs stop too, at their next step, not left to go on
+            _wait(threads, STOPPING_WAIT)
+            for other in errors:
+                if isinstance(other, RunInterrupted):
+                    click.echo(f"{other}; the log says so.", err=True)
+            raise
+        except BaseException:
+            _wait(threads)  # their runs go on to their end; no other is taken
+            raise
+        if errors:
+            raise errors[0]
+
+
+def _wait(threads: list[threading.Thread], seconds: float | None = None) -> None:
+    """Until ``threads`` end, or ``seconds`` have passed."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+        while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+            thread.join(0.5)  # a bare join would not let a Ctrl-C through
+
+
+STOPPING_WAIT = 30.0
+"""How long a worker stopping waits for its other threads' runs to reach their next
+step and record their stop; a run still in a model call then stays running in the
+log and is resumed by the next worker, as after a crash."""

@@ -107,6 +107,16 @@ class Worker:
     """The last wait for a queued run another engine holds; 0 once one ran."""
     _held: set[str] = field(default_factory=set, init=False)
     """Queued runs found held by another engine (said once each)."""
+    interrupt: threading.Event | None = None
+    """Set: the run in progress stops at its next step, as on Ctrl-C (recorded as
+    stopped, resumable), and ``run`` raises ``RunInterrupted``. What a worker whose
+    other thread got the Ctrl-C does (only one thread gets the signal)."""
+
+    def _said(self, line: str) -> None:
+        """``progress``, and where the run stops when the worker is interrupted."""
+        self.progress(line)
+        if self.interrupt is not None and self.interrupt.is_set():
+            raise KeyboardInterrupt
 
     def run(self, *, once: bool, stop: threading.Event | None = None) -> int:
         """Take and run queued runs; with ``once``, return when every queued run is
@@ -205,7 +215,7 @@ class Worker:
                     workspace=workspace,
                     settings=settings,
                     run_id=run_id,
-                    progress=self.progress,
+                    progress=self._said,
                 )
             else:
                 state = project(self.store, run_id)
@@ -220,7 +230,7 @@ class Worker:
                 recorded = state.pipeline.config or None
                 settings = self.settings_for(Path(state.pipeline.workspace), recorded)
                 resume_run(
-                    self.store, run_id, settings=settings, progress=self.progress,
+                    self.store, run_id, settings=settings, progress=self._said,
                     prepare=finish_cut_rewind,
                 )  # fmt: skip
         except LeaseHeld as e:
