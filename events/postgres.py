@@ -861,11 +861,18 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
         " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = %s::regnamespace",
         (schema, schema, schema),
     ).fetchall()
+    # Read with the schema on the search path (the log's own; the scratch one's SET
+    # LOCAL), PostgreSQL names nothing of it with its schema but a function's own
+    # name and a trigger's table in their CREATE line. Replaced there only: ``u.`` or
+    # ``events.`` elsewhere is a table's alias or name (a log in schema "u" failed
+    # verify as tampered with).
     quoted = '"' + schema.replace('"', '""') + '"'
-    return {
-        name: text.replace(f"{quoted}.", "<schema>.").replace(f"{schema}.", "<schema>.")
-        for name, text in rows
-    }
+    header = re.compile(
+        r"^(CREATE OR REPLACE FUNCTION |CREATE (?:CONSTRAINT )?TRIGGER .*? ON )"
+        rf"(?:{re.escape(quoted)}|{re.escape(schema)})\.",
+        re.M,
+    )
+    return {name: header.sub(r"\1<schema>.", text, count=1) for name, text in rows}
 
 
 def _definitions_differ(conn: psycopg.Connection[Any], also: Sequence[str] = ()) -> list[str]:

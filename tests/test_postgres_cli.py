@@ -284,3 +284,24 @@ def test_reading_a_schema_that_holds_no_log_creates_none(pg_url: str) -> None:
     code, out = invoke("answer", "r", "yes", "--db", pg_url)  # a command that writes
     assert code == 1 and "tables of the same names (events)" in out, out
     assert "search_path" in out
+
+
+@pytest.mark.parametrize("schema", ["u", "e", "t", "events", "runs"])
+def test_verify_holds_in_a_schema_named_like_an_alias_or_a_table(
+    pg_server: Any, schema: str
+) -> None:
+    """The definitions were compared with every "<schema>." replaced: in a schema
+    named "u", "e" or "events" that also rewrote aliases and table names inside
+    views and functions, and verify said the log was tampered with."""
+    import psycopg
+
+    from events import RunStarted
+
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    url = pg_server.url(schema=schema)
+    with open_store(url) as store:
+        store.append("r1", [RunStarted(goal="g", workspace="/tmp/ws")], 0)
+    result = CliRunner().invoke(cli, ["verify", "--db", url])
+    assert result.exit_code == 0 and "FAILED" not in result.output, result.output
