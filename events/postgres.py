@@ -280,10 +280,14 @@ would answer 503 for minutes after the server came back). After that each reques
 that finds no connection has the pool try one: a server back is served again at
 the next request or so."""
 
-UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300", "53100")
+UNAVAILABLE_STATES = (
+    "08", "57P01", "57P02", "57P03", "53300", "53100", "57014", "55P03", "40001", "40P01"
+)  # fmt: skip
 """SQLSTATEs (or their class) of a server that cannot be reached or take us now: a
 connection exception, a shutdown (admin, crash, starting up), too many
-connections, a full disk. A query that fails for them may succeed when asked again."""
+connections, a full disk; a statement cancelled (a DBA's cancel, a
+``statement_timeout``), a lock not had in time (``lock_timeout``), a serialization
+failure or a deadlock. A query that fails for them may succeed when asked again."""
 
 
 def mapped_error(e: psycopg.Error, where: str, url: str = "") -> EventStoreError:

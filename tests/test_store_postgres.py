@@ -565,3 +565,26 @@ def test_a_worker_refuses_a_template_whose_autonomy_toml_a_run_wrote(
         )
         assert store.last_version("job") == 0, "nothing ran"
     assert outcome.startswith("error: ") and "is the file a tool of run first wrote" in outcome
+
+
+def test_an_append_cut_by_a_lock_timeout_is_a_log_not_reachable_now(
+    store: PostgresEventStore, pg_url: str
+) -> None:
+    """A statement cancelled (a lock wait past ``lock_timeout``, a DBA's cancel, a
+    deadlock) failed the append as a plain error: a worker marked the queued run
+    done with it while the log said running, and no worker took it up again. It
+    is the log not taking the append now (``StoreUnavailable``): a run is cut off
+    and resumed, a worker keeps it queued. Nothing was written."""
+    store.append("r", [RunStarted(goal="g", workspace="/tmp/ws")], 0)
+    patience = "options=-clock_timeout%3D200%20"  # and the search path, as before
+    impatient = PostgresEventStore(pg_url.replace("options=", patience))
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(1635087471, 1)")  # the append lock
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                impatient.append("r", [TaskAdded(task_id="t1", title="x")], 1)
+        assert store.last_version("r") == 1
+        impatient.append("r", [TaskAdded(task_id="t1", title="x")], 1)  # free again
+        assert store.last_version("r") == 2
+    finally:
+        impatient.close()
