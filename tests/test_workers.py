@@ -5,6 +5,7 @@ is back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from waiting import Gate, reaped, wait_until
 
 from engine.cli import cli
 from engine.config import load_settings
-from engine.runs.demo import GOAL
+from engine.runs.demo import GOAL, DemoModels
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer, ScriptedRequest
 from projections import project
@@ -262,3 +263,51 @@ def test_ctrl_c_stops_every_run_of_a_worker_with_concurrency(pg_url: str, tmp_pa
             assert project(store, job).pipeline.status == "stopped"
         queued = store.connection.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
         assert queued.fetchone()[0] == 2, "both stay queued, for the next worker to resume"
+
+
+@pytest.mark.slow
+def test_a_queued_run_held_by_a_resume_by_hand_lets_the_runs_after_it_go_first(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The oldest queued run, held by another engine (``autonomy resume`` by hand),
+    was claimed again and again, and every run queued after it waited."""
+    template = tmp_path / "template"
+    template.mkdir()
+    for job in ("a", "b"):
+        result = CliRunner().invoke(
+            cli,
+            [
+                *("submit", f"{GOAL} [job {job}]", "--workspace-template", str(template)),
+                *("--run-id", f"job-{job}", "--db", pg_url),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    autonomy = Path(sys.executable).parent / "autonomy"
+    with open_store(pg_url) as store, ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        held = contextlib.ExitStack()
+        held.enter_context(store.lease("job-a", "a resume by hand"))
+        with held:
+            worker = subprocess.Popen(
+                [
+                    *(str(autonomy), "worker", "--once", "--db", pg_url),
+                    *("--workdir", str(tmp_path / "runs"), "--model-url", server.url),
+                    *("--api", "ollama", "--model", "m"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            with reaped(worker):
+                wait_until(
+                    lambda: (
+                        store.last_version("job-b") > 0
+                        and project(store, "job-b").pipeline.status == "completed"
+                    ),
+                    "the run queued after the held one completes",
+                    timeout=120,
+                )
+                assert store.last_version("job-a") == 0, "the held run was not started"
+                held.close()  # the resume by hand ends: job-a is free
+                output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output
+        assert project(store, "job-a").pipeline.status == "completed", output

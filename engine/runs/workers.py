@@ -59,8 +59,11 @@ SettingsFor = Callable[[Path, Mapping[str, Any] | None], Settings]
 
 _CLAIM_SQL = (
     "SELECT run_id, goal, template FROM queue WHERE done_at IS NULL"
-    " ORDER BY submitted_at, run_id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    " ORDER BY run_id = ANY(%s), submitted_at, run_id LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
+"""The oldest queued run no other worker has claimed, those found held by another
+engine (``Worker._held``: a resume by hand) last: one of them at the head of the
+queue kept every run queued after it waiting."""
 
 
 def _postgres(store: EventStore) -> Any:
@@ -173,7 +176,7 @@ class Worker:
                 if self._waited:
                     self.progress("worker: the log can be reached again")
                     self._waited = 0.0
-                row = claim.execute(_CLAIM_SQL).fetchone()
+                row = claim.execute(_CLAIM_SQL, (sorted(self._held),)).fetchone()
                 if row is None:
                     claim.rollback()
                     left = claim.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
