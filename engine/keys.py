@@ -17,9 +17,12 @@ passes the bytes to the store's constructor.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -68,26 +71,40 @@ def load_key(env: Mapping[str, str] | None = None, *, create: bool) -> bytes | N
             f"{KEY_FILE_ENV} names another)"
         ) from None
     key = secrets.token_bytes(KEY_BYTES)
+    # written whole beside it, then linked into place (which fails if one is there):
+    # a key written in place and cut short (a full disk) left an empty key file that
+    # failed every command after, and another process could read it half written
+    made: str | None = None
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, made = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(made, path)
     except FileExistsError:
-        return read_secret(path)  # another process created it first: use theirs
+        return read_secret(path)  # another process made it first: use theirs
     except OSError as e:
         raise ConfigError(
             f"cannot make the key file {path}: {e.strerror or e} (the chain's key: "
-            f"{KEY_FILE_ENV} names another)"
+            f"{KEY_FILE_ENV} names another); nothing was written"
         ) from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
+    finally:
+        if made is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(made)
     return key
 
 
 def read_secret(path: Path, what: str = "the key file", *, empty_ok: bool = False) -> bytes:
     """The content of the secret file ``path``; ``ConfigError`` when others may read
     it, or when it is empty (unless ``empty_ok``)."""
-    with path.open("rb") as source:
+    # not blocking: a FIFO in its place waited for a writer for ever
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as source:
         mode = os.fstat(source.fileno()).st_mode
+        if not stat.S_ISREG(mode):  # said by the caller, with what the file is for
+            raise OSError(errno.EINVAL, "not a regular file (a directory, FIFO or device)")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
                 f"{what} {path} may be read by others (mode {stat.filemode(mode)}); "

@@ -270,3 +270,57 @@ def test_a_postgresql_url_libpq_cannot_read_is_an_error_without_its_password() -
     code, out = invoke("runs", "--db", "postgresql://user:s3cret@[::1/db")
     assert code == 1 and out.startswith("Error: opening postgresql://"), out
     assert "s3cret" not in out
+
+
+@pytest.mark.parametrize("cut", ["refused", "half"])
+def test_a_checkpoint_the_disk_cannot_take_is_not_left_half_written(
+    recorded: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """A full disk cut the appended line short: every later ``verify --checkpoints``
+    refused the file, and the next checkpoint went on the torn line. The file is
+    left as it was, and the error says the run itself is recorded."""
+    import errno
+    import os
+
+    from engine.cli import integrity
+    from events.errors import CheckpointError
+
+    db, _, checkpoints = recorded
+    before = checkpoints.read_bytes()
+    real = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if cut == "half":
+            return real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with open_store(db) as store, monkeypatch.context() as patched:
+        patched.setattr(integrity.os, "write", full)
+        with pytest.raises(CheckpointError, match="run r is recorded in the log, but its"):
+            integrity.append_checkpoint(store, "r", checkpoints)
+    assert checkpoints.read_bytes() == before
+    code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
+    assert code == 0, out
+
+
+def test_a_checkpoint_fifo_is_read_without_waiting_for_a_writer(
+    recorded: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """``verify --checkpoints FIFO`` waited for a writer for ever; one being written
+    (``<(git show ...)``) is read to its end."""
+    import os
+    import subprocess
+    import sys
+
+    db, _, checkpoints = recorded
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    verify = [sys.executable, "-c", "from engine.console import main; main()", "verify"]
+    verify += ["--db", str(db), "--checkpoints", str(fifo)]
+    alone = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+    assert "r: ok" in alone.stdout, alone.stdout + alone.stderr
+    reading = subprocess.Popen(verify, stdout=subprocess.PIPE, text=True)
+    with open(fifo, "wb") as writer:  # waits for the reader, as a shell's <(...) does
+        writer.write(checkpoints.read_bytes())
+    out, _ = reading.communicate(timeout=60)
+    assert reading.returncode == 0 and "checkpoint at" in out, out

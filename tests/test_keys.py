@@ -153,3 +153,51 @@ def test_a_store_without_a_key_starts_no_run_in_a_keyed_log(tmp_path: Path, back
         with pytest.raises(WrongKey, match="runs are keyed from position 1 on"):
             keyless.append("run-2", [RunStarted(goal="g", workspace="/w")], 0)
         assert [info.run_id for info in keyless.runs()] == ["run-1"]
+
+
+def test_a_key_file_that_could_not_be_written_whole_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the key was first written left an empty key file, and every
+    command after failed on it ("the key file ... is empty") once there was room."""
+    import errno
+
+    path = tmp_path / "config" / "key"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", full)
+        with pytest.raises(ConfigError, match=r"No space left on device .*; nothing was written"):
+            load_key({KEY_FILE_ENV: str(path)}, create=True)
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    key = load_key({KEY_FILE_ENV: str(path)}, create=True)  # room again: made
+    assert key and path.read_bytes() == key
+
+
+def test_a_fifo_in_a_secret_files_place_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Opened to be read, a FIFO waited for a writer for ever."""
+    import threading
+
+    from engine.model.credentials import load_server_keys
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    said: list[str] = []
+
+    def read_both() -> None:
+        for load in (
+            lambda: load_key({KEY_FILE_ENV: str(fifo)}, create=False),
+            lambda: load_server_keys({"AUTONOMY_SERVER_KEYS": str(fifo)}),
+        ):
+            try:
+                load()
+            except ConfigError as e:
+                said.append(str(e))
+
+    reader = threading.Thread(target=read_both, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "it waited on the FIFO"
+    assert len(said) == 2 and all("not a regular file" in s for s in said), said

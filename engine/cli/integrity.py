@@ -7,6 +7,7 @@ prints ``events.checkpoints`` lines for the user to keep elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,12 +155,33 @@ def checkpoint(run_id: str | None, db: Path | None) -> None:
 
 
 def append_checkpoint(store: EventStore, run_id: str, path: Path) -> None:
-    """Append the checkpoint of ``run_id`` to the file at ``path``."""
+    """Append the checkpoint of ``run_id`` to the file at ``path``, whole or not at
+    all: a write cut short (a full disk) left half a line, and every later
+    ``verify --checkpoints`` refused the file. ``CheckpointError`` says so."""
     from events.checkpoints import dumps, take
+    from events.errors import CheckpointError
 
-    lines = "".join(dumps(taken) + "\n" for taken in take(store, [run_id]))
-    with path.open("a", encoding="utf-8") as out:
-        out.write(lines)
+    lines = "".join(dumps(taken) + "\n" for taken in take(store, [run_id])).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, lines)
+                if written != len(lines):
+                    raise OSError(28, "the file took only part of the line (is the disk full?)")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # as it was
+                raise
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise CheckpointError(
+            f"run {run_id} is recorded in the log, but its checkpoint could not be appended "
+            f"to {path}: {e.strerror or e}; nothing was added there (once it can be written: "
+            f"autonomy checkpoint {run_id} >> {path})"
+        ) from None
 
 
 def check_checkpoint_file(path: Path) -> None:
@@ -185,7 +207,11 @@ def _read(path: Path) -> str:
     from events.errors import CheckpointError
 
     try:
-        with open(path, "rb") as f:
+        # opened without waiting: a FIFO no one writes waited for a writer for ever (one
+        # that is written, <(git show ...), is then read to its end as a file is)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             data = f.read(CHECKPOINT_FILE_BYTES + 1)  # /dev/zero would be read for ever
         if len(data) > CHECKPOINT_FILE_BYTES:
             raise CheckpointError(
