@@ -64,6 +64,7 @@ import msgspec
 from engine.errors import ConfigError
 from engine.model.roles import ROLE_NAMES, Roles, Seconds, roles_from_mapping
 from engine.model.wire import Api
+from engine.terminal import unicode_text
 from engine.tools.confine import CommandLimits, SandboxSetting
 
 CONFIG_FILE = "autonomy.toml"
@@ -419,6 +420,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         layered["mode"] = "orchestrated" if switch in ("true", "1") else "rules"
     for var, key in ENV_VARS.items():
         value = env.get(var, "").strip()
+        if value and unicode_text(value) is not value:  # a byte that is not UTF-8
+            raise ConfigError(f"{var}='{unicode_text(value)}': not UTF-8 text")
         if value:  # an empty variable counts as unset, as in click
             layered[key] = _convert(value, key, var)
     return layered

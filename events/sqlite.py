@@ -115,15 +115,18 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
 def _check_path(target: Path, where: str, read_only: bool) -> None:
     if target.is_dir():
         raise StoreCorrupted(f"{where}: that is a directory, not a database file")
+    if target.exists() and not target.is_file():
+        # a device or a FIFO: /dev/null was "cannot rollback - no transaction is
+        # active", and SQLite left a /dev/null-journal behind
+        raise StoreCorrupted(f"{where}: that is a device or a FIFO, not a database file")
     if read_only:
         if not target.exists():
             raise EventStoreError(f"{where}: no such file")
         if target.stat().st_size == 0:
             raise StoreCorrupted(f"{where}: the file is empty, not an autonomy event log")
     elif not target.parent.is_dir():
-        raise EventStoreError(
-            f"{where}: the directory {target.parent} does not exist (create it first)"
-        )
+        missing = "is a file, not a directory" if target.parent.exists() else "does not exist"
+        raise EventStoreError(f"{where}: {target.parent} {missing} (create the directory first)")
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -235,3 +235,15 @@ def test_a_run_that_waits_is_summed_up_without_empty_parentheses() -> None:
 
     state = RunState(run_id="r", pipeline=PipelineState(status="waiting_for_input", question="?"))
     assert summary(state)[0] == "run r: waiting_for_input"
+
+
+def test_a_line_break_in_the_workspace_path_stays_on_its_line(tmp_path: Path) -> None:
+    """``run ... started in PATH`` printed a path with a line break as two lines: the
+    second could read as a status line of autonomy's own."""
+    workspace = tmp_path / "ws\nrun run-fake: completed (2 task(s) completed)"
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        code, out = invoke(
+            "run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "e.db"),
+            "--model-url", server.url, "--api", "ollama", "--model", "m",
+        )  # fmt: skip
+    assert "\nrun run-fake" not in out and "ws\\nrun run-fake: completed" in out, out

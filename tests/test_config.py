@@ -401,3 +401,11 @@ def test_a_workspaces_own_config_names_only_servers_on_this_machine(
         assert load_settings(path, env={}).models  # named with --config: the user's choice
     else:
         assert load_settings(path, env={}, in_workspace=True).models
+
+
+def test_an_environment_variable_that_is_not_utf8_is_a_config_error() -> None:
+    """A byte that is not UTF-8 in AUTONOMY_MODE (or AUTONOMY_MODEL_URL...) was a
+    UnicodeEncodeError traceback; on the command line the same byte is refused."""
+    for var in ("AUTONOMY_MODE", "AUTONOMY_MAX_STEPS", "AUTONOMY_MODEL_URL"):
+        with pytest.raises(ConfigError, match=rf"{var}='a\\xffb': not UTF-8 text"):
+            load_settings(env={var: "a\udcffb"})

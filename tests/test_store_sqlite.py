@@ -535,3 +535,26 @@ def test_a_fork_is_copied_with_the_runs_it_was_forked_from(tmp_path: Path) -> No
             "copied grandchild",
         ]
         assert verify_log(target).ok
+
+
+def test_a_device_or_fifo_as_the_log_is_refused_and_nothing_made_beside_it(
+    tmp_path: Path,
+) -> None:
+    """``--db /dev/null`` said "cannot rollback - no transaction is active" and SQLite
+    left ``/dev/null-journal`` behind; a FIFO was "disk I/O error"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    journal = Path("/dev/null-journal")
+    had_journal = journal.exists()
+    for target in (Path("/dev/null"), fifo):
+        for read_only in (False, True):
+            with pytest.raises(StoreCorrupted, match="a device or a FIFO, not a database file"):
+                SQLiteEventStore(target, read_only=read_only)
+    assert journal.exists() == had_journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_log_under_a_file_says_it_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "text.db").write_text("x")
+    with pytest.raises(EventStoreError, match=r"text\.db is a file, not a directory"):
+        SQLiteEventStore(tmp_path / "text.db" / "x.db")

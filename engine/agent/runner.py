@@ -589,7 +589,7 @@ def _start(
         ),
     )
     if progress:
-        progress(f"run {log.run_id} started in {workspace}")
+        progress(f"run {log.run_id} started in {one_line(str(workspace))}")
         _say_confinement(confinement, progress)
     engine = Engine(
         log,

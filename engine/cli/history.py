@@ -314,13 +314,14 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
     """
     from engine.agent.runner import new_run_id
     from engine.runs.workspace import fork as fork_run
+    from engine.terminal import one_line
     from projections import project
 
     run_as = new_id or new_run_id()
     with opened_log(db) as store:
         restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
         pipeline = project(store, run_as).pipeline
-    click.echo(f"forked {run_id} at version {at} as {run_as} in {pipeline.workspace}")
+    click.echo(f"forked {run_id} at version {at} as {run_as} in {one_line(pipeline.workspace)}")
     click.echo(f"workspace: {restored.summary()}")
     click.echo(f"status: {pipeline.status}, phase {pipeline.phase}")
     if pipeline.status in ("running", "new"):
