@@ -247,3 +247,35 @@ def test_a_line_break_in_the_workspace_path_stays_on_its_line(tmp_path: Path) ->
             "--model-url", server.url, "--api", "ollama", "--model", "m",
         )  # fmt: skip
     assert "\nrun run-fake" not in out and "ws\\nrun run-fake: completed" in out, out
+
+
+def test_a_run_whose_output_pipe_closes_is_recorded_as_stopped(tmp_path: Path) -> None:
+    """``autonomy run ... | head -5``: the first line written after ``head`` left ended
+    the run with nothing recorded, 'running' in the log for ever. It stops as on a
+    signal: recorded, resumable, SIGPIPE's exit status, no traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    from engine.storage import open_store
+    from projections import project
+
+    db = tmp_path / "e.db"
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        run = subprocess.Popen(
+            [sys.executable, "-c", "from engine.console import main; main()", "run", GOAL,
+             "--workspace", str(tmp_path / "ws"), "--db", str(db), "--run-id", "r",
+             "--model-url", server.url, "--api", "ollama", "--model", "m"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert run.stdout is not None and run.stderr is not None
+        first = run.stdout.readline()
+        run.stdout.close()  # as head does once it has its lines
+        said = run.stderr.read()
+        run.wait(timeout=120)
+    assert first.startswith("run r started in"), first
+    assert run.returncode == 128 + signal.SIGPIPE, said
+    assert "Traceback" not in said and "Exception ignored" not in said, said
+    assert "run r was stopped" in said and f"autonomy resume r --db {db}" in said, said
+    with open_store(db) as store:
+        assert project(store, "r").pipeline.status == "stopped"

@@ -588,19 +588,20 @@ def _start(
             preflight=checked,
         ),
     )
-    if progress:
-        progress(f"run {log.run_id} started in {one_line(str(workspace))}")
-        _say_confinement(confinement, progress)
-    engine = Engine(
-        log,
-        settings=settings,
-        client=client,
-        workspace=workspace,
-        progress=progress,
-        confinement=confinement,
-    )
-    learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
-    _run_until_stopped(engine)
+    with _stops_recorded(log):
+        if progress:
+            progress(f"run {log.run_id} started in {one_line(str(workspace))}")
+            _say_confinement(confinement, progress)
+        engine = Engine(
+            log,
+            settings=settings,
+            client=client,
+            workspace=workspace,
+            progress=progress,
+            confinement=confinement,
+        )
+        learn_contexts(log, settings.models, client.http, causation=log.version, progress=progress)
+        engine.run()
     return log
 
 
@@ -638,16 +639,20 @@ class RunCutOff(StoreUnavailable):
         self.run_id = run_id
 
 
-def _run_until_stopped(engine: Engine) -> None:
-    """``engine.run()``; on Ctrl-C, record why the run stopped (from the log as it
-    is: the interrupt may have cut an append short) and raise ``RunInterrupted``. A
-    log that cannot be reached stops the run with ``RunCutOff``."""
+@contextlib.contextmanager
+def _stops_recorded(run: RunLog) -> Iterator[None]:
+    """Around what a run does once its log says it runs (its first event written, or
+    ``run.resumed``): on Ctrl-C, record why the run stopped (from the log as it is:
+    the interrupt may have cut an append short) and raise ``RunInterrupted``; so too
+    when the reader of its output went away (``autonomy run | head``: a line printed
+    before the engine's first step was a run left running, nothing recorded). A log
+    that cannot be reached stops the run with ``RunCutOff``."""
     try:
-        engine.run()
+        yield
     except StoreUnavailable as e:
-        raise RunCutOff(engine.log.run_id, e) from e
-    except KeyboardInterrupt:
-        log = RunLog(engine.log.store, engine.log.run_id)
+        raise RunCutOff(run.run_id, e) from e
+    except (KeyboardInterrupt, BrokenPipeError):
+        log = RunLog(run.store, run.run_id)
         if log.pipeline.status == "running":
             log.append(RunFinished(status="stopped", reason=STOPPED_BY_USER))
         raise RunInterrupted(log.run_id) from None
@@ -739,23 +744,26 @@ def _resume_in(
         progress=progress,
         confinement=confinement,
     )
-    # marks where the previous engine stopped: a replay stops its own engine there
-    resumed = log.append(
-        RunResumed(
-            engine_version=__version__,
-            pending_tools=tuple(log.pipeline.pending_tools),
-            open_calls=tuple(c for c, i in log.orchestration.open_calls.items() if not i.failures),
-            config=msgspec.to_builtins(settings),
-            preflight=checked,
+    with _stops_recorded(log):
+        # marks where the previous engine stopped: a replay stops its own engine there
+        resumed = log.append(
+            RunResumed(
+                engine_version=__version__,
+                pending_tools=tuple(log.pipeline.pending_tools),
+                open_calls=tuple(
+                    c for c, i in log.orchestration.open_calls.items() if not i.failures
+                ),
+                config=msgspec.to_builtins(settings),
+                preflight=checked,
+            )
         )
-    )
-    if resumed:
-        learn_contexts(
-            log, settings.models, engine.model.client.http, causation=resumed[0].version,
-            progress=progress,
-        )  # fmt: skip
-    for note in engine.recover(resumed[0].version if resumed else None):
-        if progress:
-            progress(f"recovered {note}")
-    _run_until_stopped(engine)
+        if resumed:
+            learn_contexts(
+                log, settings.models, engine.model.client.http, causation=resumed[0].version,
+                progress=progress,
+            )  # fmt: skip
+        for note in engine.recover(resumed[0].version if resumed else None):
+            if progress:
+                progress(f"recovered {note}")
+        engine.run()
     return log

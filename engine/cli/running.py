@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,9 +168,15 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     try:
         yield
     except RunInterrupted as e:
-        click.echo(f"\n{e}; the log says so.", err=True)
-        click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
-        raise click.exceptions.Exit(128 + received[-1]) from None
+        # `autonomy run ... | head`: the pipe's reader went away, and the run stopped as
+        # on a signal (SIGPIPE's exit status); stderr may be that pipe too
+        piped = isinstance(e.__context__, BrokenPipeError)
+        if piped:
+            _discard_stdout()
+        with contextlib.suppress(OSError):
+            click.echo(f"\n{e}; the log says so.", err=True)
+            click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
+        raise click.exceptions.Exit(128 + (signal.SIGPIPE if piped else received[-1])) from None
     except RunCutOff as e:
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
@@ -177,6 +185,15 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _discard_stdout() -> None:
+    """What is left to print goes nowhere: the pipe it went to is closed, and Python
+    flushing it at exit printed "Exception ignored ... BrokenPipeError"."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())  # type: ignore[union-attr]
+        os.close(devnull)
 
 
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
