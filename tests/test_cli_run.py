@@ -246,6 +246,7 @@ def test_a_line_break_in_the_workspace_path_stays_on_its_line(tmp_path: Path) ->
             "run", GOAL, "--workspace", str(workspace), "--db", str(tmp_path / "e.db"),
             "--model-url", server.url, "--api", "ollama", "--model", "m",
         )  # fmt: skip
+    assert code == 0, out
     assert "\nrun run-fake" not in out and "ws\\nrun run-fake: completed" in out, out
 
 

@@ -1068,3 +1068,34 @@ def test_a_scratch_directory_is_removed_without_rm_on_the_path(
     with temporary_directory("autonomy-test-") as scratch:
         (scratch / "a" / "b").mkdir(parents=True)
     assert not scratch.exists()
+
+
+def test_a_version_inside_one_write_is_refused_by_rewind_and_fork(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A plan's tasks are written with the tool result that made them, a review's
+    verdict with its task's new state: a fork between them (replay --live-from 9)
+    ran a branch that had only the plan's first task, and completed without the
+    second. Refused, naming the write; its last version is taken."""
+    from events.schema import TaskAdded
+
+    db, _, _, _ = first_review
+    with open_store(db) as store:
+        events = list(store.read("r"))
+    added = [e.version for e in events if isinstance(e.data, TaskAdded)]
+    plan = events[added[0] - 2]  # the tool.executed the tasks were written with
+    assert plan.type == "tool.executed" and len(added) >= 2
+    inside, end = plan.version, added[-1]
+    for command in (
+        ["fork", "r", "--at", str(inside), "--workspace", str(tmp_path / "f"), "--as", "f"],
+        ["rewind", "r", "--to", str(inside)],
+    ):
+        code, out = invoke(*command, "--db", str(db))
+        assert code == 1, out
+        assert f"inside one write: versions {inside} to {end} were written together" in out
+        assert f"give {inside - 1} or {end}" in out
+    code, out = invoke(
+        "fork", "r", "--at", str(end), "--workspace", str(tmp_path / "g"), "--as", "g",
+        "--db", str(db),
+    )  # fmt: skip
+    assert code == 0, out

@@ -411,7 +411,43 @@ def _check_version(store: EventStore, run_id: str, version: int) -> int:
             f"phase {pipeline.phase} and its end are written together); give {version - 1} "
             f"or {version + 1}"
         )
+    if batch := _written_with(store, run_id, version):
+        first, end = batch
+        # a tool's result and what it did (the tasks a plan added, a review's verdict
+        # on its task) are appended together: between them is a state the run was
+        # never in (a branch from inside a plan had only its first task)
+        raise HistoryError(
+            f"version {version} of run {run_id} is inside one write: versions {first} to "
+            f"{end} were written together; give {first - 1} or {end}"
+        )
     return last
+
+
+def _written_with(store: EventStore, run_id: str, version: int) -> tuple[int, int] | None:
+    """The versions written in one append with ``version`` and the one after it, when
+    there is one (an append writes its events with one time and, for what one tool
+    did, one cause); None when ``version`` ends its append."""
+    events = list(store.read(run_id, after=max(version - 1000, 0), upto=version + 1000))
+    by_version = {e.version: e for e in events}
+
+    def together(a: int) -> bool:
+        one, other = by_version.get(a), by_version.get(a + 1)
+        return (
+            one is not None
+            and other is not None
+            and one.recorded_at == other.recorded_at
+            and one.causation == other.causation
+        )
+
+    if not together(version):
+        return None
+    first = version
+    while together(first - 1):
+        first -= 1
+    end = version + 1
+    while together(end):
+        end += 1
+    return first, end
 
 
 def rewind(store: EventStore, run_id: str, to: int, *, reason: str = "") -> Restored:
