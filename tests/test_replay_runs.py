@@ -704,6 +704,32 @@ def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
     assert code == 0 and "took the same" in out, out
 
 
+def test_continue_live_at_a_changed_arbiter_request_forks_just_before_it(
+    quick_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arbiter's request comes before its step's decision: a divergence there
+    forked before the previous step's decision, and the branch drew the plan again
+    live although everything up to the request had replayed identically."""
+    import re
+
+    from engine.agent import arbiter
+
+    db = copy_of(quick_db, tmp_path)
+    monkeypatch.setattr(arbiter, "SYSTEM", arbiter.SYSTEM + " Be careful.")
+    with ScriptedModelServer(Quick(), models=["m"]) as running:
+        code, out = cli(
+            *("replay", "q", "--db", str(db), "--continue-live", "--as", "careful"),
+            *("--workspace", str(tmp_path / "careful"), "--model-url", running.url),
+        )
+    assert code == 0, out
+    diverged = re.search(
+        r"diverged at version (\d+): model request \d+ \(conversation arbiter", out
+    )
+    forked = re.search(r"forked at version (\d+)", out)
+    assert diverged and forked, out
+    assert int(forked.group(1)) == int(diverged.group(1)) - 1, out
+
+
 def test_live_from_a_version_the_code_does_not_reach_is_refused(
     quick_db: Path,
     tmp_path: Path,

@@ -32,7 +32,7 @@ from engine.agent.runner import (
 from engine.config import Settings, recorded_settings
 from engine.runs.replay import ReplayRefused, ReplayResult, replay
 from engine.runs.workspace import fork
-from events.schema import ArbiterDecided
+from events.schema import ArbiterDecided, ModelRequested
 from events.store import EventStore
 from projections.fold import project
 
@@ -109,8 +109,7 @@ def go_live(
 
 
 def _step_start(store: EventStore, run_id: str, result: ReplayResult) -> int:
-    """The last version before the step holding the first divergence (the run's
-    last version when there is none)."""
+    """The last version before the step holding the first divergence."""
     if result.divergence is None:
         raise ReplayRefused(
             f"{result.report()}: nothing diverged; to go on live from a version, "
@@ -122,7 +121,14 @@ def _step_start(store: EventStore, run_id: str, result: ReplayResult) -> int:
             f"continue that one live instead"
         )
     divergent = result.divergence.version
-    decided = [
-        e.version for e in store.read(run_id, upto=divergent) if isinstance(e.data, ArbiterDecided)
-    ]
-    return max((decided[-1] if decided else divergent) - 1, 1)
+    # a step starts with the arbiter's request, or with its decision when the rules
+    # decided it: the divergence may be in that request, before the step's decision
+    # (the previous step was taken again live, its plan re-drawn)
+    start, asked = divergent, None
+    for event in store.read(run_id, upto=divergent):
+        data = event.data
+        if isinstance(data, ModelRequested) and data.conversation.startswith("arbiter:"):
+            asked = asked or event.version
+        elif isinstance(data, ArbiterDecided):
+            start, asked = asked or event.version, None
+    return max((asked or start) - 1, 1)
