@@ -84,11 +84,17 @@ class FileLeases:
             except BlockingIOError:
                 held_by = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                 raise refusal(run_id, held_by) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{owner}\n".encode(), 0)
+            # who holds it, for whoever is refused: the lease holds without it (a full
+            # disk failed resume and rewind with a bare errno)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{owner}\n".encode(), 0)
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                # no error of its own here: it would hide the one that ended the work
+                # (a read-only workspace, said as EPERM)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # releases the flock

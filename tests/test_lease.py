@@ -237,3 +237,36 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     assert project(store, run_id).pipeline.status == "completed"
     result = replay(store, run_id, tools="recorded")
     assert result.identical, result.report()
+
+
+def test_a_lease_file_the_disk_cannot_write_still_leases_and_hides_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing who holds the lease on a full disk failed resume and rewind with a bare
+    "[Errno 28]"; emptying it at the end, on a workspace made read-only meanwhile,
+    replaced the error that had stopped the run with "[Errno 1]"."""
+    import errno
+    import os
+
+    from events import lease
+    from events.errors import LeaseHeld
+    from events.lease import FileLeases
+
+    def refused(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    leases = FileLeases(tmp_path / "leases")
+    with monkeypatch.context() as full:
+        full.setattr(lease.os, "pwrite", refused)
+        full.setattr(lease.os, "ftruncate", refused)
+        with (
+            leases.hold("r", "first"),
+            pytest.raises(LeaseHeld, match="is being run by"),
+            leases.hold("r", "second"),
+        ):
+            pass
+        with pytest.raises(KeyError, match="what stopped the work"), leases.hold("r", "again"):
+            raise KeyError("what stopped the work")
+    with leases.hold("r", "free again"):
+        pass
+    assert os.listdir(tmp_path / "leases")
