@@ -102,10 +102,18 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     text = str(e)
     if isinstance(e, sqlite3.OperationalError) and "locked" in text:
         return StoreUnavailable(f"{where}: the database is locked by another writer ({text})")
-    if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
         # nothing was written (the transaction failed whole): the run goes on from its
         # log once there is room, as after any outage
         return StoreUnavailable(f"{where}: the disk holding the log is full ({text})")
+    if isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+        # the same for a file system that failed or was made read-only under the log:
+        # the transaction failed whole, and the run goes on once the file can be used
+        return StoreUnavailable(
+            f"{where}: the log's file cannot be used now ({text}: a disk failing or full, "
+            "or the file or its file system made read-only?)"
+        )
     if isinstance(e, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
         # ProgrammingError: a misuse such as a closed store, not a damaged file
         return EventStoreError(f"{where}: {text}")

@@ -558,3 +558,25 @@ def test_a_log_under_a_file_says_it_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "text.db").write_text("x")
     with pytest.raises(EventStoreError, match=r"text\.db is a file, not a directory"):
         SQLiteEventStore(tmp_path / "text.db" / "x.db")
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(778, "disk I/O error"), (8, "attempt to write a readonly database")],
+    ids=["ioerr-write", "readonly"],
+)
+def test_a_file_system_failing_under_the_log_is_an_outage_not_a_mistake(
+    code: int, text: str
+) -> None:
+    """A log made unwritable mid-run for another reason than a full disk (a file
+    system remounted read-only, a failing disk, ``chattr +i``) ended the run with a
+    bare "disk I/O error", nothing said of what was kept or how to go on; it is
+    now the log not taking writes now, as a full disk is (the run is cut off, and
+    resumed once the file can be used)."""
+    error = sqlite3.OperationalError(text)
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    translated = events.sqlite._translated(error, "appending to run 'r'")
+    assert isinstance(translated, StoreUnavailable)
+    assert str(translated).startswith(
+        f"appending to run 'r': the log's file cannot be used now ({text}"
+    )
