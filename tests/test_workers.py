@@ -311,3 +311,49 @@ def test_a_queued_run_held_by_a_resume_by_hand_lets_the_runs_after_it_go_first(
                 output, _ = worker.communicate(timeout=120)
         assert worker.returncode == 0, output
         assert project(store, "job-a").pipeline.status == "completed", output
+
+
+@pytest.mark.slow
+def test_a_worker_started_before_its_log_can_be_reached_waits_for_it(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """A worker started while the database server refused connections (a machine
+    booting, a service started before its database) exited at once with the
+    driver's error; a worker that lost its log mid-run waited for it."""
+    url = pg_server.new_url() + "&connect_timeout=2"
+    template = tmp_path / "template"
+    template.mkdir()
+    submitted = CliRunner().invoke(
+        cli, ["submit", GOAL, "--workspace-template", str(template), "--run-id", "job", "--db", url]
+    )
+    assert submitted.exit_code == 0, submitted.output
+    autonomy = Path(sys.executable).parent / "autonomy"
+    lines: list[str] = []
+    refusing = contextlib.ExitStack()
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, refusing:
+        refusing.enter_context(pg_server.refusing())
+        worker = subprocess.Popen(
+            [
+                *(str(autonomy), "worker", "--once", "--db", url),
+                *("--workdir", str(tmp_path / "runs"), "--model-url", server.url),
+                *("--api", "ollama", "--model", "m"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        reader = threading.Thread(target=lambda: lines.extend(worker.stdout or ()), daemon=True)
+        reader.start()
+        with reaped(worker):
+            wait_until(
+                lambda: any("cannot be reached" in line for line in lines),
+                "the worker says it waits for its log",
+                timeout=60,
+            )
+            refusing.close()  # the server takes connections again
+            worker.wait(timeout=240)
+            reader.join(timeout=30)
+    text = "".join(lines)
+    assert worker.returncode == 0, text
+    assert sum("cannot be reached" in line for line in lines) == 1, text
+    assert "worker: the log can be reached again" in text and "worker: job completed" in text

@@ -3,9 +3,10 @@ r"""CLI commands for workers on a PostgreSQL log: ``submit`` and ``worker``
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,8 @@ def worker_command(
 
     def one(main: bool = False) -> None:
         try:
-            with opened_log(db) as store:
+            with contextlib.ExitStack() as opened:
+                store = _reached(lambda: opened.enter_context(opened_log(db)), stop)
                 work = Worker(
                     store,
                     workdir.resolve(),
@@ -132,6 +134,29 @@ def worker_command(
             raise
         if errors:
             raise errors[0]
+
+
+def _reached(open_log: Callable[[], EventStore], stop: threading.Event) -> EventStore:
+    """The log ``open_log`` opens, waiting for it as for a log lost mid-run: a worker
+    started before its database server (a machine booting, a service started first)
+    exited at once with the driver's error."""
+    from engine.runs.workers import OUTAGE_WAIT
+    from events.errors import StoreUnavailable
+
+    waited = 0.0
+    while True:
+        try:
+            store = open_log()
+        except StoreUnavailable as e:
+            if not waited:
+                click.echo(f"worker: the log cannot be reached ({e}); waiting for it")
+            waited = min(max(waited * 2, 0.2), OUTAGE_WAIT)
+            if stop.wait(waited):
+                raise
+            continue
+        if waited:
+            click.echo("worker: the log can be reached again")
+        return store
 
 
 def _wait(threads: list[threading.Thread], seconds: float | None = None) -> None:
