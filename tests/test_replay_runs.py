@@ -843,7 +843,7 @@ def test_options_that_mean_nothing_are_refused(quick_db: Path) -> None:
     assert code == 1 and f"has versions 1 to {last}; {last + 1} is not one of them" in out, out
     for extra in (["--json"], ["--until", "3"], ["--tools", "recorded"]):
         code, out = cli("replay", "q", "--db", str(quick_db), "--live-from", "3", *extra)
-        assert code == 1 and f"{extra[0]} do not apply to a counterfactual replay" in out, out
+        assert code == 1 and f"{extra[0]} does not apply to a counterfactual replay" in out, out
     code, out = cli("replay", "q", "--db", str(quick_db), "--as", "branch")
     assert code == 1 and "--as and --workspace name a counterfactual replay's branch" in out
     code, out = cli("events", "q", "--db", str(quick_db), "--from", "10", "--to", "5")

@@ -120,9 +120,10 @@ def replay(
             from engine.errors import ConfigError
 
             raise ConfigError(
-                f"{' and '.join(given)} do not apply to a counterfactual replay (--live-from, "
-                "--continue-live): it replays with tool results from the log up to the fork, "
-                "then continues live; compare the branch with autonomy diff (--json)"
+                f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a "
+                "counterfactual replay (--live-from, --continue-live): it replays with tool "
+                "results from the log up to the fork, then continues live; compare the branch "
+                "with autonomy diff (--json)"
             )
         _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
         return
