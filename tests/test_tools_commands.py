@@ -396,7 +396,7 @@ def test_a_rewritten_or_copied_file_never_keeps_a_set_id_bit(tmp_path: Path) -> 
     source.mkdir()
     (source / "tool").write_text("x")
     os.chmod(source / "tool", 0o4755)
-    copy_workspace(source, tmp_path / "copy")
+    copy_workspace(source, tmp_path / "copy", ())
     assert (tmp_path / "copy" / "tool").stat().st_mode & 0o7777 == 0o755
     write_atomically(source / "tool", b"y")
     assert (source / "tool").stat().st_mode & 0o7777 == 0o755

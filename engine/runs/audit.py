@@ -500,13 +500,13 @@ def _execute(
             rows = cursor.fetchall()
         else:
             rows = cursor.fetchmany(limits.max_rows + 1)
-    except StoreUnavailable:
-        raise  # not the query's fault: the same query may succeed later
     except (sqlite3.Error, EventStoreError) as e:
-        if _timed_out(e) and limits.seconds is not None:
+        if _timed_out(e) and limits.seconds is not None:  # (a cancel, so "unavailable")
             raise AuditError(
                 f"{what} was stopped after {limits.seconds:g} s, this service's limit"
             ) from e
+        if isinstance(e, StoreUnavailable):
+            raise  # not the query's fault: the same query may succeed later
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())
     truncated = truncated or (limits.max_rows is not None and len(rows) > limits.max_rows)

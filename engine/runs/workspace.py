@@ -593,7 +593,9 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
         raise HistoryError(f"{workspace} is not an empty directory; a fork needs a new workspace")
     parent_workspace = Path(project(store, run_id, upto=at).pipeline.workspace)
     parent = parent_workspace.resolve()
-    if workspace.is_relative_to(parent):  # (one holding it is not empty)
+    # (one holding it is not empty; a parent that is no project's, the root or a home
+    # in an edited log, is refused by the copy, as such)
+    if workspace.is_relative_to(parent) and not not_a_project(parent):
         # inside it, the fork's files were the parent's (its replay then diverged), and
         # the copy took the fork's own half-made copy into itself
         raise HistoryError(
