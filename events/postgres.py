@@ -544,7 +544,7 @@ class PostgresEventStore(SQLEventStore):
         that scratch schema gets the first check only, and is told so."""
         rows = self._fetch(
             "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-            " WHERE c.relnamespace = to_regnamespace(current_schema())"
+            " WHERE c.relnamespace = to_regnamespace(quote_ident(current_schema()))"
             " AND t.tgname = ANY(%s) AND t.tgenabled IN ('O', 'A')",
             (list(APPEND_ONLY_TRIGGERS),),
             "checking the append-only triggers",
@@ -855,14 +855,14 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
         "SELECT 'trigger ' || t.tgname || ' on ' || c.relname,"
         " pg_get_triggerdef(t.oid) || ' [' || t.tgenabled::text || ']'"
         " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-        " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal"
+        " WHERE c.relnamespace = to_regnamespace(quote_ident(%s)) AND NOT t.tgisinternal"
         " UNION ALL"
         " SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid)"
         " || ')', pg_get_functiondef(p.oid)"
-        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace"
+        " FROM pg_proc p WHERE p.pronamespace = to_regnamespace(quote_ident(%s))"
         " UNION ALL"
         " SELECT 'view ' || c.relname, pg_get_viewdef(c.oid)"
-        " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = %s::regnamespace",
+        " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = to_regnamespace(quote_ident(%s))",
         (schema, schema, schema),
     ).fetchall()
     # Read with the schema on the search path (the log's own; the scratch one's SET

@@ -237,7 +237,7 @@ def install_views(connection: Any) -> None:
     current = dict(
         connection.execute(
             "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c"
-            " WHERE c.relkind = 'v' AND c.relnamespace = current_schema()::regnamespace"
+            " WHERE c.relkind = 'v' AND c.relnamespace = to_regnamespace(quote_ident(current_schema()))"
         ).fetchall()
     )
     if all(current.get(name) == digest for name, digest in wanted.items()):

@@ -286,13 +286,15 @@ def test_reading_a_schema_that_holds_no_log_creates_none(pg_url: str) -> None:
     assert "search_path" in out
 
 
-@pytest.mark.parametrize("schema", ["u", "e", "t", "events", "runs"])
+@pytest.mark.parametrize("schema", ["u", "e", "t", "events", "runs", "Team", "team-a"])
 def test_verify_holds_in_a_schema_named_like_an_alias_or_a_table(
     pg_server: Any, schema: str
 ) -> None:
     """The definitions were compared with every "<schema>." replaced: in a schema
     named "u", "e" or "events" that also rewrote aliases and table names inside
-    views and functions, and verify said the log was tampered with."""
+    views and functions, and verify said the log was tampered with. A schema whose
+    name needs quoting ("Team") could hold no log at all: its name was read unquoted
+    ('schema "team" does not exist')."""
     import psycopg
 
     from events import RunStarted
@@ -300,8 +302,9 @@ def test_verify_holds_in_a_schema_named_like_an_alias_or_a_table(
     with psycopg.connect(pg_server.url(), autocommit=True) as admin:
         admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.execute(f'CREATE SCHEMA "{schema}"')
-    url = pg_server.url(schema=schema)
+    url = pg_server.url() + f"&options=-csearch_path%3D%22{schema}%22"  # quoted: its case
     with open_store(url) as store:
         store.append("r1", [RunStarted(goal="g", workspace="/tmp/ws")], 0)
+        assert store.connection.execute("SELECT current_schema()").fetchone()[0] == schema
     result = CliRunner().invoke(cli, ["verify", "--db", url])
     assert result.exit_code == 0 and "FAILED" not in result.output, result.output
