@@ -306,9 +306,11 @@ def _checked(settings: Settings) -> Settings:
     for role in ROLE_NAMES:
         config = getattr(settings.models, role)
         for i, endpoint in enumerate(config.endpoints()):
-            key = f"models.{role}." + (f"fallbacks[{i - 1}]." if i else "") + "base_url"
+            key = f"models.{role}." + (f"fallbacks[{i - 1}]." if i else "")
             if problem := url_problem(endpoint.base_url):
-                raise ConfigError(f"{key}: {problem}")
+                raise ConfigError(f"{key}base_url: {problem}")
+            if not endpoint.model.strip():  # every request would name no model
+                raise ConfigError(f"{key}model: empty; name the model the server serves")
     return settings
 
 
@@ -325,6 +327,8 @@ def url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a model server's address, or None: it must be
     http or https, name a host, have a port that is a number, and carry no user name
     or password (which the log would keep in plain text, in every ``run.started``)."""
+    if any(c.isspace() for c in url):  # urlsplit keeps it; the connection then failed
+        return f"{url!r} holds a space or a line break, which no URL does"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (a port that is not a number raises here)

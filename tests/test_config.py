@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -409,3 +410,21 @@ def test_an_environment_variable_that_is_not_utf8_is_a_config_error() -> None:
     for var in ("AUTONOMY_MODE", "AUTONOMY_MAX_STEPS", "AUTONOMY_MODEL_URL"):
         with pytest.raises(ConfigError, match=rf"{var}='a\\xffb': not UTF-8 text"):
             load_settings(env={var: "a\udcffb"})
+
+
+def test_a_model_server_url_with_a_space_or_an_empty_model_is_refused(tmp_path: Path) -> None:
+    """``base_url = "http://exa mple.com"`` was accepted and then reported as
+    "cannot connect (connection refused)"; ``model = ""`` was accepted, and every
+    request named no model."""
+    for table, said in (
+        (
+            'base_url = "http://exa mple.com"',
+            "models.coding.base_url: 'http://exa mple.com' holds a space",
+        ),
+        ('model = ""', "models.coding.model: empty"),
+    ):
+        (tmp_path / "autonomy.toml").write_text(f"[models.coding]\n{table}\n")
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_settings(tmp_path / "autonomy.toml", env={})
+    with pytest.raises(ConfigError, match="holds a space or a line break"):
+        load_settings(env={}, overrides={"model_url": "http://127.0.0.1:1/\nx"})
