@@ -680,3 +680,35 @@ def test_a_run_page_lists_at_most_a_thousand_tasks(
     section = section[: section.index("</section>")]
     assert "task number 29<" in section and "task number 30<" not in section
     assert "And 15 more tasks: <code>autonomy audit many tasks</code>" in section
+
+
+def test_api_sql_sets_nothing_for_the_process_and_reads_no_pointer(client: TestClient) -> None:
+    """``PRAGMA hard_heap_limit`` (allowed by a read-only connection: it is no write)
+    set the whole process's heap limit, and every later request of the service was a
+    500 MemoryError until it was restarted; ``fts3_tokenizer`` answered with an
+    address in the process's memory, and takes one to register code at. Refused,
+    and the service answers after as before; the pragmas that describe the tables
+    still run."""
+    for sql in (
+        "PRAGMA hard_heap_limit=100000",
+        "PRAGMA soft_heap_limit=1000",
+        "PRAGMA temp_store_directory='/tmp'",
+        "SELECT fts3_tokenizer('simple')",
+        "SELECT hex(fts3_tokenizer('x', x'4141414141414141'))",
+    ):
+        refused = client.post("/api/sql", json={"sql": sql})
+        assert refused.status_code == 400 and "not authorized" in refused.json()["error"], sql
+    assert client.get("/api/runs").status_code == 200
+    rows = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM runs"}).json()
+    assert rows["rows"] == [{"n": 2}]
+    columns = client.post("/api/sql", json={"sql": "PRAGMA table_info(events)"}).json()
+    assert {"name": "run_id"}.items() <= next(
+        r for r in columns["rows"] if r["name"] == "run_id"
+    ).items()
+
+
+def test_a_body_that_is_not_utf8_is_not_json(client: TestClient) -> None:
+    """A byte that is not UTF-8 inside a JSON string was a 500 with the exception."""
+    for path in ("/api/sql", "/api/runs/asking/answer"):
+        answer = client.post(path, content=b'{"sql": "\xff"}', headers=JSON)
+        assert answer.status_code == 400 and "not JSON" in answer.json()["error"], path

@@ -402,9 +402,47 @@ def run_sql(
         connection.set_progress_handler(
             lambda: deadline is not None and time.monotonic() > deadline, 10_000
         )
-        return _execute(connection, sql, params or {}, "the SQL query (read-only)", limits)
+        connection.set_authorizer(_reads_only)
+        try:
+            return _execute(connection, sql, params or {}, "the SQL query (read-only)", limits)
+        except AuditError as e:
+            if "not authorized" not in str(e):
+                raise
+            raise AuditError(
+                f"{e}: a query reads the log; of the pragmas, it may run only "
+                f"{', '.join(sorted(READ_PRAGMAS))}"
+            ) from e
+        finally:
+            connection.set_authorizer(None)
     finally:
         store.close()
+
+
+READ_PRAGMAS = frozenset(
+    {
+        "table_info", "table_xinfo", "table_list", "index_list", "index_info",
+        "index_xinfo", "foreign_key_list", "database_list", "collation_list",
+    }
+)  # fmt: skip
+"""The pragmas a query may run: they describe the log's tables and change nothing.
+Any other is refused, whatever ``query_only`` lets through: some set what the whole
+process does (``hard_heap_limit``, which made every later connection of a service a
+``MemoryError``; ``temp_store_directory``)."""
+
+REFUSED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension"})
+"""Functions a query may not call: ``fts3_tokenizer`` answers with a pointer into
+the process's memory and, given one, registers code at it."""
+
+
+def _reads_only(action: int, first: str | None, second: str | None, *_: object) -> int:
+    """SQLite's authorizer for a query: pragmas other than ``READ_PRAGMAS`` and the
+    functions of ``REFUSED_FUNCTIONS`` are refused (an error naming what was not
+    authorized); all else is left to ``query_only`` and the connection's limits."""
+    if action == sqlite3.SQLITE_PRAGMA and (first or "").lower() not in READ_PRAGMAS:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (second or "").lower() in REFUSED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 def _run_sql_postgres(url: str, sql: str, params: dict[str, Any], limits: Limits) -> AuditResult:

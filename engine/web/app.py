@@ -702,7 +702,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         # msgspec, not json: it refuses a lone surrogate ("\\udcff"), which no log holds
         body = msgspec.json.decode(b"".join(chunks))
-    except (msgspec.DecodeError, RecursionError) as e:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as e:
+        # (a byte that is not UTF-8 in a string: msgspec's UnicodeDecodeError was a 500)
         raise HTTPException(400, f"the request body is not JSON: {e}") from e
     if not isinstance(body, dict):
         raise HTTPException(400, "the request body must be a JSON object")
