@@ -75,6 +75,7 @@ def open_store(
     read_only: bool = False,
     create_dir: bool = False,
     key: bytes | None = None,
+    busy_timeout: float = 30.0,
 ) -> EventStore:
     """Open the log at ``db`` with the audit views installed.
 
@@ -89,7 +90,8 @@ def open_store(
     holds keyed runs takes new runs only from a store with a key. A
     ``postgresql://`` URL opens the log on that server (its schema is created if
     missing; ``read_only``: its run summaries are caught up in memory, never
-    written).
+    written). ``busy_timeout``: how long an SQLite log another process holds locked
+    is waited for (``StoreUnavailable`` after).
     """
     # imported here, not above: the command line's start does not pay for them
     from engine.keys import load_key
@@ -109,7 +111,9 @@ def open_store(
         raise EventStoreError(f"{path}: the file is empty, not an autonomy event log")
     if create_dir and not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    store = SQLiteEventStore(path, synchronous=synchronous, read_only=read_only, key=key)
+    store = SQLiteEventStore(
+        path, synchronous=synchronous, read_only=read_only, key=key, busy_timeout=busy_timeout
+    )
     try:
         install_views(store.connection, temp=read_only)
         if read_only:

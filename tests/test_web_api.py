@@ -712,3 +712,49 @@ def test_a_body_that_is_not_utf8_is_not_json(client: TestClient) -> None:
     for path in ("/api/sql", "/api/runs/asking/answer"):
         answer = client.post(path, content=b'{"sql": "\xff"}', headers=JSON)
         assert answer.status_code == 400 and "not JSON" in answer.json()["error"], path
+
+
+HOLD_THE_LOG = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("CREATE TABLE held (x)")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_log_another_process_holds_is_a_503_soon_not_a_30_s_wait(
+    db: Path, tmp_path: Path
+) -> None:
+    """Requests waited the 30 s a command waits for a locked SQLite log: 45 page
+    requests took the 40 threads, and nothing else was answered until the lock
+    went. The service waits ``busy_seconds``, then answers 503 with Retry-After; it
+    answers as before once the lock is gone."""
+    import subprocess
+    import sys
+
+    copy = tmp_path / "events.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOG, str(copy)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with client_for(copy, busy_seconds=0.2) as client:
+            for path in ("/", "/api/runs"):
+                answer = client.get(path)
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.headers.get("retry-after"), path
+            assert holder.stdin is not None
+            holder.stdin.close()  # the lock goes
+            holder.wait(timeout=30)
+            assert client.get("/").status_code == 200
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()

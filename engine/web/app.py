@@ -105,6 +105,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host headers accepted; loopback names only when serving without a token, so a
     page elsewhere cannot reach the service by rebinding a DNS name to 127.0.0.1."""
+    busy_seconds: float = 2.0
+    """The longest a request waits for an SQLite log another process holds locked
+    before the answer is 503 (``Retry-After``): with the 30 s a command waits, 45 page
+    requests took the 40 threads, and nothing else was answered until the lock went."""
     sql_seconds: float = 10.0
     """The longest a ``POST /api/sql`` query may run: a query that would never end
     (a recursive one without a stop) keeps neither a thread nor a core."""
@@ -363,7 +367,12 @@ class _Web:
         if self.shared is not None:
             yield self.shared
             return
-        store = open_store(self.settings.db, must_exist=True, read_only=not write)
+        store = open_store(
+            self.settings.db,
+            must_exist=True,
+            read_only=not write,
+            busy_timeout=self.settings.busy_seconds,
+        )
         try:
             yield store
         finally:
