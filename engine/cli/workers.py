@@ -140,7 +140,7 @@ def _reached(open_log: Callable[[], EventStore], stop: threading.Event) -> Event
     """The log ``open_log`` opens, waiting for it as for a log lost mid-run: a worker
     started before its database server (a machine booting, a service started first)
     exited at once with the driver's error."""
-    from engine.runs.workers import OUTAGE_WAIT
+    from engine.runs.workers import Worker, log_lost
     from events.errors import StoreUnavailable
 
     waited = 0.0
@@ -148,9 +148,7 @@ def _reached(open_log: Callable[[], EventStore], stop: threading.Event) -> Event
         try:
             store = open_log()
         except StoreUnavailable as e:
-            if not waited:
-                click.echo(f"worker: the log cannot be reached ({e}); waiting for it")
-            waited = min(max(waited * 2, 0.2), OUTAGE_WAIT)
+            waited = log_lost(e, waited, Worker.poll, click.echo)
             if stop.wait(waited):
                 raise
             continue

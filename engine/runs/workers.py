@@ -47,6 +47,16 @@ OUTAGE_WAIT = 5.0
 _RAN, _BUSY, _EMPTY = object(), object(), object()
 
 
+def log_lost(
+    error: StoreUnavailable, waited: float, poll: float, progress: Callable[[str], None]
+) -> float:
+    """The next wait of a worker that cannot reach its log (``poll`` doubled each time,
+    up to ``OUTAGE_WAIT``), after ``waited``; said once, at the first."""
+    if not waited:
+        progress(f"worker: the log cannot be reached ({error}); waiting for it")
+    return min(max(waited * 2, poll), OUTAGE_WAIT)
+
+
 def _sleep(seconds: float, stop: threading.Event | None) -> None:
     if stop is None:
         time.sleep(seconds)
@@ -135,9 +145,7 @@ class Worker:
             try:
                 outcome = self._take(url, once)
             except StoreUnavailable as e:
-                if not self._waited:
-                    self.progress(f"worker: the log cannot be reached ({e}); waiting for it")
-                self._waited = min(max(self._waited * 2, self.poll), OUTAGE_WAIT)
+                self._waited = log_lost(e, self._waited, self.poll, self.progress)
                 _sleep(self._waited, stop)
                 continue
             if outcome is _EMPTY:
