@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
-from web_runs import Asker, long_run, record, serving
+from web_runs import Asker, ended, long_run, record, serving, streams_of
 
 from engine.cli.serve import listen
 from engine.storage import open_store
@@ -758,3 +759,16 @@ def test_a_log_another_process_holds_is_a_503_soon_not_a_30_s_wait(
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def test_ctrl_c_ends_the_live_streams_open_and_says_nothing(tmp_path: Path) -> None:
+    """A live stream never ends by itself: on Ctrl-C the server's grace period ran out
+    and it cancelled each one, a traceback on stderr per open page. ``serving`` checks
+    that it exits 0 saying nothing; each stream is ended properly (its last chunk)."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("live", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    with ExitStack() as opened:
+        with serving(db) as base:
+            streams = streams_of(base, "live", 20, opened)  # more than their threads (16)
+        assert all(ended(stream).endswith(b"0\r\n\r\n") for stream in streams)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 from test_live_tail import WAITERS, backends, in_thread
 from waiting import wait_until
-from web_runs import serving
+from web_runs import ended, serving, streams_of
 
 from engine.cli import cli
 from engine.storage import open_store
@@ -205,3 +206,15 @@ def test_a_log_that_cannot_be_reached_answers_503_and_serves_again_once_it_can(
         assert client.post("/api/runs/r/answer", json={"answer": "yes"}).status_code == 200
     with PostgresEventStore(url) as store:
         assert [e.type for e in store.read("r")][-1] == "user.answered"
+
+
+def test_ctrl_c_ends_the_live_streams_on_a_postgresql_log(pg_server: Any) -> None:
+    """The streams' waits are on the shared store, which the service closes as it
+    stops: Ctrl-C with streams open exits 0 saying nothing (``serving``)."""
+    url = pg_server.new_url()
+    with PostgresEventStore(url) as store:
+        store.append("r", [START], 0)
+    with ExitStack() as opened:
+        with serving(url) as base:  # type: ignore[arg-type]
+            streams = streams_of(base, "r", 6, opened)
+        assert all(ended(stream).endswith(b"0\r\n\r\n") for stream in streams)

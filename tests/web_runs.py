@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,28 @@ def serving(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator
         process.wait()
         raise AssertionError("autonomy serve did not stop on Ctrl-C") from None
     assert process.returncode == 0 and not err.strip(), (process.returncode, err)
+
+
+def streams_of(base: str, run_id: str, count: int, opened: ExitStack) -> list[socket.socket]:
+    """``count`` live streams of ``run_id`` open on the service at ``base``, each
+    once it has sent the run's first event; ``opened`` closes them."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    streams = []
+    for _ in range(count):
+        stream = opened.enter_context(socket.create_connection((host, int(port)), timeout=60))
+        streams.append(stream)
+        stream.sendall(f"GET /api/runs/{run_id}/stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        sent = b""
+        while b"id: 1\n" not in sent:
+            chunk = stream.recv(65536)
+            assert chunk, sent
+            sent += chunk
+    return streams
+
+
+def ended(stream: socket.socket) -> bytes:
+    """What ``stream`` sends until the service closes it."""
+    rest = b""
+    while chunk := stream.recv(65536):
+        rest += chunk
+    return rest

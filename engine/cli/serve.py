@@ -80,6 +80,7 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
 
     from engine.storage import is_postgres_url, open_store, resolve_db
     from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
+    from engine.web.server import Server
 
     path = resolve_db(db)
     loopback = is_loopback(host)
@@ -120,7 +121,7 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     # failure status, however soon after the line below it comes: uvicorn handles it
     # once it runs; before (or as its event loop is made) it was a KeyboardInterrupt,
     # exit 130 or asyncio's tracebacks, so it is this handler's until then
-    server: uvicorn.Server | None = None
+    server: Server | None = None
     stopped: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
@@ -133,7 +134,7 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
         click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
         app = create_app(settings, shared)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-        server = uvicorn.Server(config)
+        server = Server(config, app.state.stop_streams)
         server.should_exit = bool(stopped)
         server.run(sockets=[listener])
     except KeyboardInterrupt:

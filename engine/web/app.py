@@ -157,12 +157,14 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     ]
     if settings.token:
         middleware.append(Middleware(TokenMiddleware, token=settings.token))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={Exception: _error, HTTPException: _error, AutonomyError: _error},
         lifespan=web.lifespan,
     )
+    app.state.stop_streams = web.stop_streams  # for the server, as it is told to stop
+    return app
 
 
 class SameOriginWrites:
@@ -338,6 +340,26 @@ class _Web:
         when the app was handed it)."""
         self._stream_threads: anyio.CapacityLimiter | None = None
         """Where live streams wait (``_waiting``); made in the event loop."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop live streams run in, once one has opened."""
+        self._waits: set[anyio.CancelScope] = set()
+        """The live streams' waits for new events, now."""
+        self.stopping = False
+        """The service is stopping (``stop_streams``): live streams end."""
+
+    def stop_streams(self) -> None:
+        """End every live stream now, and each one opened from now on after its past
+        events: the service is stopping. A live stream never ends by itself, and the
+        server's grace period (``autonomy serve``'s, 1 s) ran out while they waited;
+        it then cancelled each one, which logged a traceback per open page. Safe to
+        call from a signal handler."""
+        self.stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._end_waits)
+
+    def _end_waits(self) -> None:
+        for waiting in list(self._waits):
+            waiting.cancel()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -561,14 +583,35 @@ class _Web:
                     quiet_since, quiet = loop.time(), 0.0
                     yield ": keepalive\n\n"
                 wait = min(self.settings.wait_seconds, self.settings.keepalive_seconds - quiet)
-                await anyio.to_thread.run_sync(
-                    store.wait_for_append, run_id, after, wait, limiter=self._waiting()
-                )
+                if not await self._wait(store, run_id, after, wait):
+                    return  # the service stops: the page's EventSource connects again
         except AutonomyError as e:  # a log gone, or an event it cannot decode
             # not "error": an EventSource takes that name for its own connection errors
             yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
         finally:
             opened.close()
+
+    async def _wait(self, store: EventStore, run_id: str, after: int, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for an event of ``run_id`` past ``after``; False
+        when the service stops (the wait is then left to end in its thread, which a
+        store that closes ends at once)."""
+        self._loop = asyncio.get_running_loop()
+        with anyio.CancelScope() as waiting:
+            if self.stopping:
+                return False
+            self._waits.add(waiting)
+            try:
+                await anyio.to_thread.run_sync(
+                    store.wait_for_append,
+                    run_id,
+                    after,
+                    wait,
+                    limiter=self._waiting(),
+                    abandon_on_cancel=True,
+                )
+            finally:
+                self._waits.discard(waiting)
+        return not self.stopping
 
     def api_blob(self, request: Request) -> Response:
         with self.store() as store:
