@@ -27,6 +27,7 @@ from events import (
     ModelRequested,
     RunFinished,
     RunStarted,
+    TaskAdded,
     ToolExecuted,
     UserAsked,
 )
@@ -772,3 +773,67 @@ def test_ctrl_c_ends_the_live_streams_open_and_says_nothing(tmp_path: Path) -> N
         with serving(db) as base:
             streams = streams_of(base, "live", 20, opened)  # more than their threads (16)
         assert all(ended(stream).endswith(b"0\r\n\r\n") for stream in streams)
+
+
+DEADLINE = """
+import sys
+from engine.console import main
+from engine.web import server
+server.REQUEST_SECONDS = float(sys.argv.pop(1))
+main()
+"""
+
+
+def test_a_request_that_does_not_arrive_in_time_is_dropped_and_a_stream_is_not(
+    tmp_path: Path,
+) -> None:
+    """A slow loris: uvicorn waited for ever on a connection that sent nothing, half a
+    request, or a byte at a time, until such connections held every file descriptor.
+    Each request now has ``REQUEST_SECONDS`` (1 here) to arrive; a live stream, whose
+    request has arrived, goes on; a body cut off, or half sent at Ctrl-C, is quiet
+    (``serving``: exit 0, nothing on stderr)."""
+    import select
+    import sys
+    import time
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("live", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    post = (
+        b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    command = (sys.executable, "-c", DEADLINE, "1")
+    with ExitStack() as opened, serving(db, command=command) as base:
+        (stream,) = streams_of(base, "live", 1, opened)
+        port = int(base.rsplit(":", 1)[1])
+
+        def connect(sent: bytes) -> socket.socket:
+            client = opened.enter_context(socket.create_connection(("127.0.0.1", port)))
+            client.settimeout(60)
+            client.sendall(sent)
+            return client
+
+        slow = [connect(sent) for sent in (b"", b"GET /api/runs HTTP/1.1\r\n", post)]
+        answered = connect(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answered.recv(65536).startswith(b"HTTP/1.1 200")
+        slow.append(answered)  # kept alive: its next request has the deadline too
+        trickled = connect(b"G")
+        started = time.monotonic()
+        for byte in b"ET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n":
+            readable, _, _ = select.select([trickled], [], [], 0.2)
+            if readable or time.monotonic() - started > 30:
+                break  # closed (or something is wrong: the assertion below says what)
+            trickled.sendall(bytes([byte]))
+        slow.append(trickled)
+        closed = [ended(client) for client in slow]  # each is closed
+        assert closed[:3] == [b""] * 3, closed  # with no answer
+        # the stream outlived them all, and still tells what is appended
+        with open_store(db) as store:
+            store.append("live", [TaskAdded(task_id="t1", title="x")], 1)
+        seen = b""
+        while b"id: 2\n" not in seen:
+            chunk = stream.recv(65536)
+            assert chunk, seen
+            seen += chunk
+        connect(post)  # half sent as the service is stopped

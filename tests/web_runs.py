@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,14 @@ def running(db: Path, workspace: Path, run_id: str, server: ScriptedModelServer)
 
 
 @contextmanager
-def serving(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(
+    db: Path, *args: str, env: dict[str, str] | None = None, command: Sequence[str] = (AUTONOMY,)
+) -> Iterator[str]:
     """`autonomy serve` on a free loopback port; yields its base URL. Stopped as a
-    person stops it, with Ctrl-C (SIGINT): it must then exit 0, saying nothing."""
+    person stops it, with Ctrl-C (SIGINT): it must then exit 0, saying nothing.
+    ``command`` runs ``autonomy`` (a script that changes something first, say)."""
     process = subprocess.Popen(
-        [AUTONOMY, "serve", "--db", str(db), "--port", "0", *args],
+        [*command, "serve", "--db", str(db), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -188,8 +191,11 @@ def streams_of(base: str, run_id: str, count: int, opened: ExitStack) -> list[so
 
 
 def ended(stream: socket.socket) -> bytes:
-    """What ``stream`` sends until the service closes it."""
+    """What ``stream`` sends until the service closes it (or resets it)."""
     rest = b""
-    while chunk := stream.recv(65536):
-        rest += chunk
+    try:
+        while chunk := stream.recv(65536):
+            rest += chunk
+    except ConnectionResetError:
+        pass
     return rest

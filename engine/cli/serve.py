@@ -80,7 +80,7 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
 
     from engine.storage import is_postgres_url, open_store, resolve_db
     from engine.web.app import LOOPBACK_HOSTS, ServiceSettings, create_app
-    from engine.web.server import Server
+    from engine.web.server import DeadlineProtocol, Server
 
     path = resolve_db(db)
     loopback = is_loopback(host)
@@ -133,7 +133,9 @@ def serve(host: str, port: int, token: str | None, db: Path | None) -> None:
     try:
         click.echo(f"serving {path} on http://{shown}:{bound}/" + ("?token=…" if token else ""))
         app = create_app(settings, shared)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            app, http=DeadlineProtocol, log_level="warning", timeout_graceful_shutdown=1
+        )
         server = Server(config, app.state.stop_streams)
         server.should_exit = bool(stopped)
         server.run(sockets=[listener])

@@ -45,7 +45,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -746,11 +746,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object, read up to ``MAX_BODY`` bytes (413 beyond)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPException(413, f"the request body is larger than {MAX_BODY:,} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise HTTPException(413, f"the request body is larger than {MAX_BODY:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as e:  # gone, or cut by the server's deadline: a traceback
+        raise HTTPException(400, "the request body did not arrive whole") from e
     try:
         # msgspec, not json: it refuses a lone surrogate ("\\udcff"), which no log holds
         body = msgspec.json.decode(b"".join(chunks))
