@@ -218,3 +218,23 @@ def test_ctrl_c_ends_the_live_streams_on_a_postgresql_log(pg_server: Any) -> Non
         with serving(url) as base:  # type: ignore[arg-type]
             streams = streams_of(base, "r", 6, opened)
         assert all(ended(stream).endswith(b"0\r\n\r\n") for stream in streams)
+
+
+def test_the_service_runs_no_sql_of_its_clients_on_a_postgresql_log(
+    service: tuple[TestClient, str], tmp_path: Any
+) -> None:
+    """A read-only transaction does not make a query read only: as the log's role (a
+    superuser, as a local log's often is) it ran a program on the database's machine,
+    read its files and ended the writers' sessions. The service refuses the SQL."""
+    client, _ = service
+    planted = tmp_path / "ran"
+    for sql in (
+        f"COPY (SELECT 1) TO PROGRAM 'touch {planted}'",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        "SELECT 1",
+    ):
+        refused = client.post("/api/sql", json={"sql": sql})
+        assert refused.status_code == 403, refused.text
+        assert "not offered on a PostgreSQL log" in refused.json()["error"]
+    assert not planted.exists()
+    assert client.get("/api/audit/model-usage?run_id=r").status_code == 200

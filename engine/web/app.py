@@ -9,7 +9,7 @@
     GET  /api/runs/{run_id}/stream          Server-Sent Events while the run is live
     GET  /api/runs/{run_id}/blobs/{digest}  a stored file content
     GET  /api/audit/{query}?run_id=&arg=    a named audit query (``engine.runs.audit``)
-    POST /api/sql                           {"sql": ..., "run_id": ...}, read-only
+    POST /api/sql                           {"sql": ..., "run_id": ...}, read-only (SQLite)
     POST /api/runs/{run_id}/answer          {"answer": ...} for a run waiting for input
 
 On an SQLite log every request opens the log for itself (``open_store``) and closes
@@ -165,6 +165,18 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     )
     app.state.stop_streams = web.stop_streams  # for the server, as it is told to stop
     return app
+
+
+SQL_ON_POSTGRES = (
+    "POST /api/sql is not offered on a PostgreSQL log: a query would run with the "
+    "service's database role, which can do more than read even in a read-only "
+    "transaction (COPY ... TO PROGRAM, pg_read_file, pg_terminate_backend of the "
+    "writers' sessions); use the audit queries (/api/audit/NAME), or `autonomy audit "
+    "--sql` with your own credentials"
+)
+"""Why: SQLite's authorizer lets a query read and nothing else (``engine.runs.audit``);
+PostgreSQL has no such hook, and ``SET ROLE`` is no bound (``set_config('role', ...)``
+in the query undoes it for a session user who may)."""
 
 
 class SameOriginWrites:
@@ -639,6 +651,8 @@ class _Web:
         return JSONResponse({**_rows(result), "truncated": result.truncated})
 
     async def api_sql(self, request: Request) -> JSONResponse:
+        if is_postgres_url(self.settings.db):
+            raise HTTPException(403, SQL_ON_POSTGRES)
         body = await _json_body(request)
         sql = body.get("sql")
         if not isinstance(sql, str) or not sql.strip():
