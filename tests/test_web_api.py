@@ -189,19 +189,11 @@ RUNAWAY = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELEC
 """A query that never ends on its own."""
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_api_sql_stops_a_runaway_query_and_caps_the_rows(
-    backend: str, db: Path, request: pytest.FixtureRequest
-) -> None:
+def test_api_sql_stops_a_runaway_query_and_caps_the_rows(db: Path) -> None:
     """Within the service's limits (here 0.5 s and 3 rows): a query that would never end
     is stopped with a clear error, and a large answer is cut, saying so; the service
     goes on serving."""
-    log: Path | str = db
-    if backend == "postgres":
-        log = request.getfixturevalue("pg_url")
-        with open_store(db) as source, open_store(log) as target:
-            for event in source.read("done"):
-                target.append("done", [event.data], event.version - 1, causation=event.causation)
+    log = db
     with client_for(log, sql_seconds=0.5, sql_rows=3) as client:
         stopped = client.post("/api/sql", json={"sql": RUNAWAY})
         assert stopped.status_code == 400, stopped.text
@@ -837,3 +829,17 @@ def test_a_request_that_does_not_arrive_in_time_is_dropped_and_a_stream_is_not(
             assert chunk, seen
             seen += chunk
         connect(post)  # half sent as the service is stopped
+
+
+def test_run_sql_on_postgresql_keeps_to_its_limits(db: Path, pg_url: str) -> None:
+    """The library's ``run_sql`` on a PostgreSQL log (which the service no longer
+    offers its clients): a runaway query is stopped, a large answer cut."""
+    from engine.runs.audit import AuditError, Limits, run_sql
+
+    with open_store(db) as source, open_store(pg_url) as target:
+        for event in source.read("done"):
+            target.append("done", [event.data], event.version - 1, causation=event.causation)
+    with pytest.raises(AuditError, match=r"stopped after 0\.5 s, this service's limit"):
+        run_sql(pg_url, RUNAWAY, {}, Limits(seconds=0.5))
+    cut = run_sql(pg_url, "SELECT position FROM events ORDER BY position", {}, Limits(max_rows=3))
+    assert (cut.rows, cut.truncated) == ([(1,), (2,), (3,)], True)
