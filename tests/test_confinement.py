@@ -693,18 +693,145 @@ def test_a_command_cannot_make_a_repository_whose_config_git_would_run(
     assert not {c.path for c in outcome.files_changed} & {".git/config", "sub/.git/config"}
 
 
-def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -> None:
-    """The repositories already there, the workspace's own and any inside it, a
-    ``.git`` directory or a worktree's ``.git`` file, stay as they are."""
+BARE = textwrap.dedent(
+    """
+    import pathlib, sys
+    for where in sys.argv[1:]:  # git init --bare, by hand
+        repository = pathlib.Path(where)
+        for part in ("objects", "refs/heads"):
+            (repository / part).mkdir(parents=True, exist_ok=True)
+        (repository / "HEAD").write_text("ref: refs/heads/main\\n")
+        (repository / "config").write_text(f"[core]\\n\\tbare = true\\n\\tfsmonitor = touch {MARKER}\\n")
+        print("planted:", where)
+    """
+)
+
+
+@pytest.mark.parametrize("mechanism", ["bubblewrap", "none"])
+def test_a_command_cannot_make_a_directory_a_bare_repository(
+    tmp_path: Path, mechanism: str
+) -> None:
+    """No ``.git`` is needed: git takes a directory holding ``HEAD``, ``objects/`` and
+    ``refs/`` for a (bare) repository, and ran its config's fsmonitor on the host.
+    Such a directory a command made, the workspace itself included, loses its HEAD."""
     workspace = tmp_path / "ws"
-    (workspace / "vendor" / "lib" / ".git").mkdir(parents=True)
-    (workspace / "vendor" / "lib" / ".git" / "config").write_text("[core]\n")
-    (workspace / ".git").write_text("gitdir: /nowhere/.git/worktrees/ws\n")
+    (workspace / "sub").mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    confinement = bubblewrap() if mechanism == "bubblewrap" else choose("off")
+    (workspace / "bare.py").write_text(f"MARKER = {str(marker)!r}\n{BARE}")
+    outcome = run(workspace, ["python", "bare.py", ".", "sub"], confinement, allowlist=PYTHON)
+    assert "planted: sub" in outcome.result, outcome.result
+    assert "[removed HEAD, sub/HEAD: a command may not make a git repository" in outcome.result
+    assert not os.path.lexists(workspace / "HEAD") and not os.path.lexists(workspace / "sub/HEAD")
+    assert git_status_runs_nothing(workspace, marker)
+    assert git_status_runs_nothing(workspace / "sub", marker)
+
+
+@pytest.mark.parametrize("where", ["node_modules/left-pad", ".venv", "__pycache__", ".tox/py"])
+def test_a_repository_made_among_installed_packages_is_removed_too(
+    tmp_path: Path, where: str
+) -> None:
+    """A snapshot does not record the directories of installed packages and caches;
+    a ``.git`` a command made in one was never seen, so never removed."""
+    workspace = tmp_path / "ws"
+    (workspace / where).mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    (workspace / "plant.py").write_text(f"MARKER = {str(marker)!r}\n{PLANT}")
+    outcome = run(workspace, ["python", "plant.py", where], bubblewrap(), allowlist=PYTHON)
+    assert f"planted: {where}/.git" in outcome.result, outcome.result
+    assert f"[removed {where}/.git: a command may not make a git repository" in outcome.result
+    assert not os.path.lexists(workspace / where / ".git")
+    assert git_status_runs_nothing(workspace / where, marker)
+
+
+def test_a_command_cannot_read_or_change_another_runs_log_in_the_workspace(
+    tmp_path: Path,
+) -> None:
+    """A run whose workspace is a directory of this one keeps its log in that
+    directory's ``.autonomy``: a command read it into its output (to the model) and
+    overwrote it, and no file change said so. It is hidden as the workspace's own."""
+    workspace = tmp_path / "ws"
+    log = workspace / "other" / ".autonomy" / "events.db"
+    log.parent.mkdir(parents=True)
+    log.write_text("ANOTHER RUN'S LOG")
     code = textwrap.dedent(
         """
+        import pathlib
+        path = pathlib.Path("other/.autonomy/events.db")
+        print("read:", path.read_text() if path.exists() else "(none)")
+        try:
+            path.write_text("gone")
+        except OSError as e:
+            print("refused:", e.strerror)
+        """
+    )
+    (workspace / "peek.py").write_text(code)  # (an argument naming .autonomy is refused)
+    outcome = run(workspace, ["python", "peek.py"], bubblewrap(), allowlist=PYTHON)
+    assert "read: (none)" in outcome.result and "ANOTHER RUN" not in outcome.result
+    assert "refused: Read-only file system" in outcome.result, outcome.result
+    assert log.read_text() == "ANOTHER RUN'S LOG"
+
+
+def test_the_engines_own_packages_in_the_workspace_are_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """autonomy's virtualenv in the workspace (``.venv``, where tools put one): a
+    command wrote a ``.pth`` file into its site-packages, which the next start of
+    autonomy ran on the host. The interpreter's directories inside the workspace are
+    as read-only as those outside it."""
+    from engine.tools import confine
+
+    workspace = tmp_path / "ws"
+    site = workspace / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    real = confine._python_paths()
+    monkeypatch.setattr(confine, "_python_paths", lambda: [*real, site])
+    code = textwrap.dedent(
+        """
+        import pathlib
+        for target in (".venv/lib/site-packages/zz.pth", "mine.txt"):
+            try:
+                pathlib.Path(target).write_text("import os")
+                print("wrote", target)
+            except OSError as e:
+                print("refused", target, e.strerror)
+        """
+    )
+    outcome = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert "refused .venv/lib/site-packages/zz.pth Read-only file system" in outcome.result
+    assert "wrote mine.txt" in outcome.result, outcome.result
+    assert not (site / "zz.pth").exists()
+
+
+def test_a_command_leaves_no_cgroup_behind(tmp_path: Path) -> None:
+    """Its pids cgroup was removed at once, while the kernel still counted the killed
+    process in it: most were left behind, hundreds on a machine running tests."""
+    base = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or not os.access(base, os.W_OK):
+        pytest.skip("no pids cgroup this process may make (root, cgroup v1 pids)")
+    for _ in range(5):
+        run(tmp_path, ["python", "-c", "print(1)"], bubblewrap(), allowlist=PYTHON_C)
+    assert not list(base.glob(f"autonomy-{os.getpid()}-*"))
+
+
+def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -> None:
+    """The repositories already there, the workspace's own and any inside it (a
+    ``.git`` directory or a worktree's ``.git`` file, one among installed packages
+    as ``pip install -e git+...`` makes, a bare one), stay as they are."""
+    workspace = tmp_path / "ws"
+    kept = ("vendor/lib/.git/config", ".venv/src/pkg/.git/config", "mirror.git/config")
+    for name in kept:
+        (workspace / name).parent.mkdir(parents=True)
+        (workspace / name).write_text("[core]\n")
+    for part in ("objects", "refs"):
+        (workspace / "mirror.git" / part).mkdir()
+    (workspace / "mirror.git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (workspace / ".git").write_text("gitdir: /nowhere/.git/worktrees/ws\n")
+    code = textwrap.dedent(
+        f"""
         import pathlib, shutil
         for name, text in ((".git", "gitdir: planted\\n"),
-                           ("vendor/lib/.git/config", "[core]\\n\\tfsmonitor = touch x\\n")):
+                           *((name, "[core]\\n\\tfsmonitor = touch x\\n") for name in {kept!r})):
             try:
                 pathlib.Path(name).write_text(text)
             except OSError as e:
@@ -718,10 +845,10 @@ def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -
     )
     (workspace / "change.py").write_text(code)
     outcome = run(workspace, ["python", "change.py"], bubblewrap(), allowlist=PYTHON)
-    assert outcome.result.count("refused:") == 2, outcome.result
+    assert outcome.result.count("refused:") == 4, outcome.result
     assert outcome.result.count("not removed:") == 2, outcome.result
     assert (workspace / ".git").read_text() == "gitdir: /nowhere/.git/worktrees/ws\n"
-    assert (workspace / "vendor" / "lib" / ".git" / "config").read_text() == "[core]\n"
+    assert all((workspace / name).read_text() == "[core]\n" for name in kept)
 
 
 @pytest.mark.parametrize("where", ["inside", "outside"])
@@ -833,7 +960,8 @@ FILL = textwrap.dedent(
     """
     import os
     chunk = b"x" * (1024 * 1024)
-    for where, mib in (("/tmp/fill", 300), ("/dev/shm/fill", 80), ("/dev/fill", 1)):
+    for where, mib in (("/tmp/fill", 300), ("/dev/shm/fill", 80), ("/dev/fill", 1),
+                       ("/run/fill", 80), (".autonomy/fill", 1), ("sub/.autonomy/fill", 1)):
         try:
             with open(where, "wb") as f:
                 for _ in range(mib):
@@ -850,15 +978,21 @@ FILL = textwrap.dedent(
 
 
 def test_a_command_cannot_fill_the_machines_memory_through_its_tmpfs(tmp_path: Path) -> None:
-    """/tmp and /dev/shm are in memory that no limit of the command counts: they hold
-    at most its memory limit (/dev/shm 64 MiB), and /dev takes no files."""
+    """/tmp, /dev/shm and /run are in memory that no limit of the command counts: they
+    hold at most its memory limit (/dev/shm and /run 64 MiB), and /dev takes no files;
+    nor does what stands in for a log (a tmpfs over it, which took gigabytes), the
+    workspace's or another run's in a directory of it."""
     confinement = bubblewrap(limits=CommandLimits(memory_mb=200))
     assert confinement.sizes, "this bubblewrap cannot bound a tmpfs (--size: 0.7 and later)"
     (tmp_path / "fill.py").write_text(FILL)
+    (tmp_path / "sub" / ".autonomy").mkdir(parents=True)
     outcome = run(tmp_path, ["python", "fill.py"], confinement, allowlist=PYTHON)
     assert "refused /tmp/fill No space left on device" in outcome.result, outcome.result
     assert "refused /dev/shm/fill No space left on device" in outcome.result
     assert "refused /dev/fill Read-only file system" in outcome.result
+    assert "refused /run/fill No space left on device" in outcome.result
+    assert "refused .autonomy/fill Read-only file system" in outcome.result
+    assert "refused sub/.autonomy/fill Read-only file system" in outcome.result
 
 
 SEEN_ELSEWHERE = textwrap.dedent(

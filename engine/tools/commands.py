@@ -141,6 +141,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
                 out=out,
                 timeout=timeout,
                 repositories=[root / r for r in repositories],
+                logs=[root / name for name in digests.logs],
             )
         except OSError as e:
             raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
@@ -148,7 +149,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     elapsed = time.monotonic() - started
     set_id = clear_set_id(root)
     after = digests.snapshot(root, ctx.blobs)
-    made = sorted(set(digests.repositories) - set(repositories))
+    made = _made(root, sorted(set(digests.repositories) - set(repositories)))
     left = _remove(root, made) if made else []
     if made:
         after = digests.snapshot(root, ctx.blobs)
@@ -217,8 +218,9 @@ def _listed(paths: Sequence[str]) -> str:
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
-    """Remove each ``.git`` a command made (``REPOSITORY``), links not followed; the
-    names that are still there."""
+    """Undo each repository a command made (``REPOSITORY``), links not followed: a
+    ``.git`` is removed, a directory made a bare repository loses its ``HEAD``,
+    without which git takes it for none (``_made``); the names still there."""
     for name in names:
         path = root / name
         if path.is_dir() and not path.is_symlink():
@@ -227,6 +229,20 @@ def _remove(root: Path, names: Sequence[str]) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return [name for name in names if os.path.lexists(root / name)]
+
+
+def _made(root: Path, repositories: Sequence[str]) -> list[str]:
+    """What to remove of each repository a command made: the ``.git``, or the
+    ``HEAD`` of a directory it made a bare repository (as named in it)."""
+    made = []
+    for name in repositories:
+        if Path(name).name.casefold() == ".git":
+            made.append(name)
+            continue
+        with contextlib.suppress(OSError):
+            head = next(e.name for e in os.scandir(root / name) if e.name.casefold() == "head")
+            made.append(f"{name}/{head}" if name else head)
+    return made
 
 
 def _prefix_length(argv: list[str], allowlist: tuple[tuple[str, ...], ...]) -> int:

@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,12 @@ class Confinement:
         workspace: Path,
         tmp: Path,
         repositories: Sequence[Path] = (),
+        logs: Sequence[Path] = (),
     ) -> list[str]:
         """The argv to execute: ``command`` itself, or wrapped in bubblewrap, with
-        the workspace's ``.git`` and ``repositories`` (others inside it) read-only."""
+        the workspace's ``.git`` and ``repositories`` (others inside it) read-only,
+        and its ``.autonomy`` and ``logs`` (others inside it: another run's, whose
+        workspace is a directory of this one) hidden."""
         if self.mechanism != "bubblewrap":
             return list(command)
         # no capabilities: bubblewrap run by root keeps root's unless told, and with
@@ -146,17 +150,14 @@ class Confinement:
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
         args += [*self._size(memory), "--tmpfs", "/tmp"]
         args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/dev/shm"]
-        if not self.network:
-            args += ["--tmpfs", "/run"]
+        if not self.network:  # sized: it is in memory too
+            args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/run"]
         view = self.seen_as or workspace
         python = _python_paths()
         for path in python:  # a venv or checkout under /tmp stays visible
             if path.is_relative_to("/tmp") and not path.is_relative_to(workspace):
                 args += ["--ro-bind", str(path), str(path)]
         args += ["--bind", str(workspace), str(view)]
-        for path in python:  # and one where the workspace is seen, which the copy covers
-            if view != workspace and path.is_relative_to(view):
-                args += ["--ro-bind", str(path), str(path)]
         # bubblewrap mounts on a path, not through a link: a .git or .autonomy that is a
         # link (to keep a repository or the logs elsewhere) made every command fail with
         # "Can't bind mount"; what it leads to is made read-only (inside the workspace;
@@ -166,12 +167,21 @@ class Confinement:
         def seen(path: Path) -> str:  # where the command sees what is at ``path``
             return str(view / path.relative_to(inside) if path.is_relative_to(inside) else path)
 
-        for path in sorted({_real(workspace / ".git"), *map(_real, repositories)}):
-            if os.path.lexists(path) and path.is_relative_to(inside):
+        for path in python:
+            # the engine's own interpreter and packages in the workspace (a venv there):
+            # a .pth file a command left in them ran at the next start of autonomy
+            if path.is_relative_to(inside) and path != inside:
                 args += ["--ro-bind", str(path), seen(path)]
-        log = _real(workspace / ".autonomy")
-        if log.is_dir() and not not_a_project(log):
-            args += ["--tmpfs", seen(log)]
+            # one where the workspace is seen, which the copy covers
+            elif view != workspace and path.is_relative_to(view):
+                args += ["--ro-bind", str(path), str(path)]
+        for path in sorted({_real(workspace / ".git"), *map(_real, repositories)}):
+            # (a workspace that is itself a bare repository stays writable: see README)
+            if os.path.lexists(path) and path.is_relative_to(inside) and path != inside:
+                args += ["--ro-bind", str(path), seen(path)]
+        for log in sorted({_real(workspace / ".autonomy"), *map(_real, logs)}):
+            if log.is_dir() and log.is_relative_to(inside) and not not_a_project(log):
+                args += _hidden_directory(seen(log))
         for path in self.hidden:  # last, so that no bind above uncovers them
             args += _hide(path)
         args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(view), "--", *command]
@@ -185,6 +195,7 @@ class Confinement:
         out: IO[bytes],
         timeout: float,
         repositories: Sequence[Path] = (),
+        logs: Sequence[Path] = (),
     ) -> Finished:
         """Run ``command`` confined, output to ``out``, for at most ``timeout`` seconds;
         whatever it started is ended before this returns. ``OSError`` if it cannot
@@ -196,7 +207,7 @@ class Confinement:
             cgroup = _pids_cgroup(self.limits.processes)
             try:
                 process = subprocess.Popen(
-                    self.argv(command, workspace, tmp, repositories),
+                    self.argv(command, workspace, tmp, repositories, logs),
                     cwd=workspace,
                     env=self.environment(tmp),
                     stdin=subprocess.DEVNULL,
@@ -344,10 +355,16 @@ def _real(path: Path) -> Path:
 
 def _hide(path: Path) -> list[str]:
     if path.is_dir():
-        return ["--tmpfs", str(path)]
+        return _hidden_directory(str(path))
     if path.exists():
         return ["--ro-bind", "/dev/null", str(path)]
     return []
+
+
+def _hidden_directory(place: str) -> list[str]:
+    """An empty directory, read-only, over ``place``: a tmpfs is memory no limit of
+    the command's counts, and a writable one took gigabytes."""
+    return ["--tmpfs", place, "--remount-ro", place]
 
 
 def _limit(kind: int, value: int) -> None:
@@ -381,10 +398,42 @@ def _pids_cgroup(limit: int) -> Path | None:
     return None
 
 
+RELEASE_SECONDS = 5.0
+"""How long a command's pids cgroup may take to empty once its processes are killed."""
+
+
 def _release(cgroup: Path | None) -> None:
-    if cgroup is not None:
-        with contextlib.suppress(OSError):
+    """Remove ``cgroup`` once the kernel has taken its last (killed) process out:
+    removed at once, it was still busy after most commands, and hundreds were left
+    behind. Also the groups of engines that are gone (killed before their release)."""
+    if cgroup is None:
+        return
+    deadline = time.monotonic() + RELEASE_SECONDS
+    while True:
+        try:
             cgroup.rmdir()
+            break
+        except FileNotFoundError:
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    for group in cgroup.parent.glob("autonomy-*-*"):
+        pid = group.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:

@@ -21,16 +21,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.terminal import unicode_text
 from engine.tools.registry import BlobSink
 from engine.tools.sandbox import MAX_PATH_CHARS, MAX_PATH_DEPTH, NOT_THE_PROJECT, PROTECTED
 from events.schema import FileChange
-
-SKIPPED_DIRS = PROTECTED | NOT_THE_PROJECT
-"""Directory names a snapshot never enters: the tooling's own, its caches and
-installed packages."""
 
 Signature = tuple[int, int, int, int]
 
@@ -60,39 +57,47 @@ TOO_MANY = f"past the {MAX_CHANGES:,} changes one command records"
 """Why a path is left out of a snapshot (``WorkspaceDigests.left_out``)."""
 
 
-def _files(
-    root: Path, left_out: dict[str, str], repositories: list[str]
-) -> Iterator[tuple[str, Signature]]:
+def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple[str, Signature]]:
     """Every regular file under ``root`` with its stat signature. What cannot be
     recorded is left out and named in ``left_out`` with why: a name that is not
     UTF-8 (a log holds Unicode text only, and no restore could write that name back
     from an escaped one), a file too large, a file or a directory (``NAME/``) that
-    cannot be read. Every ``.git`` met (a directory, a worktree's file, a link) is
-    named in ``repositories``."""
-    stack = [(root, "")]
+    cannot be read. Every repository met is named in ``found.repositories``, and
+    every ``.autonomy`` in ``found.logs``, also in the directories of installed
+    packages and caches, which are walked for them only: git takes one there for a
+    repository too (a ``.git`` a command left in ``node_modules/x`` ran its config)."""
+    stack = [(root, "", True)]
     while stack:
-        directory, prefix = stack.pop()
+        directory, prefix, recorded = stack.pop()
+        if not recorded:
+            _walk_unrecorded(directory, prefix, found)
+            continue
         try:
             # by name: what a budget leaves out is the same in every run and replay
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
         except OSError:
             left_out[prefix or "./"] = UNREADABLE
             continue
+        if is_bare_repository(entry.name for entry in entries):
+            found.repositories.append(prefix.removesuffix("/"))
         for entry in entries:
             name = prefix + entry.name
             if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
                 left_out[unicode_text(name)] = NOT_UTF8
                 continue
-            if entry.name.casefold() == ".git":
-                repositories.append(name)
+            folded = entry.name.casefold()
+            if folded == ".git":
+                found.repositories.append(name)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.name.casefold() in SKIPPED_DIRS:
+                    if folded == ".autonomy":
+                        found.logs.append(name)
+                    if folded in PROTECTED:
                         continue
                     if name.count("/") + 2 > MAX_PATH_DEPTH or len(name) >= MAX_PATH_CHARS:
                         left_out[name + "/"] = TOO_DEEP  # no restore could write it back
                         continue
-                    stack.append((Path(entry.path), name + "/"))
+                    stack.append((Path(entry.path), name + "/", folded not in NOT_THE_PROJECT))
                 elif entry.is_file(follow_symlinks=False):
                     if len(name) > MAX_PATH_CHARS:
                         left_out[name] = TOO_DEEP
@@ -106,6 +111,50 @@ def _files(
                 left_out[name] = UNREADABLE
 
 
+def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
+    """The repositories and logs under a directory whose files are not recorded
+    (installed packages, caches): names only, links not followed."""
+    stack: list[tuple[Path | str, str]] = [(directory, prefix)]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        if is_bare_repository(entry.name for entry in entries):
+            found.repositories.append(prefix.removesuffix("/"))
+        for entry in entries:
+            folded = entry.name.casefold()
+            if folded == ".git":
+                found.repositories.append(prefix + entry.name)
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            if folded == ".autonomy":
+                found.logs.append(prefix + entry.name)
+            if folded not in PROTECTED and prefix.count("/") < MAX_PATH_DEPTH:
+                stack.append((entry.path, f"{prefix}{entry.name}/"))
+
+
+def is_bare_repository(names: Iterable[str]) -> bool:
+    """Whether a directory holding entries of these names is a repository to git
+    without a ``.git`` (``git init --bare``: ``HEAD`` with ``objects/`` and ``refs/``,
+    or a worktree's ``HEAD`` with ``commondir``)."""
+    folded = {name.casefold() for name in names}
+    return "head" in folded and ({"objects", "refs"} <= folded or "commondir" in folded)
+
+
+@dataclass
+class Found:
+    """What a walk of the workspace met besides its files (``_files``)."""
+
+    repositories: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+
 class WorkspaceDigests:
     """The workspace's files -> content digests, rehashing only what changed."""
 
@@ -115,7 +164,10 @@ class WorkspaceDigests:
         """What the last snapshot could not record, by path (a directory's ending in
         ``/``), with why; a name that is not UTF-8 shown escaped."""
         self.repositories: tuple[str, ...] = ()
-        """Every ``.git`` the last snapshot met, by path (see ``engine.tools.confine``)."""
+        """Every repository the last snapshot met, by path: a ``.git``, or a directory
+        that is a bare one ("" for the workspace itself; see ``engine.tools.confine``)."""
+        self.logs: tuple[str, ...] = ()
+        """Every ``.autonomy`` directory the last snapshot met, by path."""
 
     def snapshot(self, root: Path, blobs: BlobSink) -> dict[str, tuple[str, int]]:
         """Every regular file under ``root`` -> (sha256 of its content, size), each
@@ -125,9 +177,9 @@ class WorkspaceDigests:
         pending: list[bytes] = []
         pending_bytes = 0
         left_out: dict[str, str] = {}
-        repositories: list[str] = []
+        met = Found()
         budget = SNAPSHOT_BYTES
-        for name, signature in _files(root, left_out, repositories):
+        for name, signature in _files(root, left_out, met):
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
@@ -154,7 +206,8 @@ class WorkspaceDigests:
             blobs.put_many(pending)
         self._known = known
         self.left_out = dict(sorted(left_out.items()))
-        self.repositories = tuple(sorted(repositories))
+        self.repositories = tuple(sorted(met.repositories))
+        self.logs = tuple(sorted(met.logs))
         return found
 
 
