@@ -26,6 +26,8 @@ from engine.web.pages import TRACE_PAGE
 from events import (
     ModelRequested,
     RunFinished,
+    RunResumed,
+    RunRewound,
     RunStarted,
     TaskAdded,
     ToolExecuted,
@@ -302,8 +304,41 @@ def test_a_stream_reads_a_long_run_a_page_at_a_time_and_ends_only_at_its_end(
         body = "".join(response.iter_text())
     ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
     assert ids == list(range(1, last + 1)) and body.endswith("event: end\ndata: " +
-        '{"status":"run.finished"}\n\n')  # fmt: skip
+        '{"status":"completed"}\n\n')  # fmt: skip
     assert max(sizes) == 4 and sum(sizes) == last
+
+
+def test_a_run_going_on_again_is_live_again(tmp_path: Path) -> None:
+    """Live is the run's status as the projection folds it. A run stopped (Ctrl-C)
+    and resumed was running again, but taken for over by a list of lifecycle event
+    types that lacked ``run.resumed``: its stream ended at once, its page had no live
+    tail. So is a run rewound to where it was running; one rewound to where it was
+    stopped is over (it was taken for live, its stream never ended)."""
+    path = tmp_path / "events.db"
+    start = RunStarted(goal="g", workspace=str(tmp_path / "ws"))
+    stopped = RunFinished(status="stopped", reason="interrupted (Ctrl-C)")
+    with open_store(path) as store:
+        store.append("resumed", [start, stopped, RunResumed()], 0)
+        store.append("rewound", [start, RunFinished(status="failed"), RunRewound(to_version=1)], 0)
+        store.append("over", [start, stopped], 0)
+        store.append("undone", [start, stopped, RunResumed(), RunRewound(to_version=2)], 0)
+    with client_for(path) as client:
+        for run_id in ("resumed", "rewound"):
+            assert client.get(f"/api/runs/{run_id}").json()["pipeline"]["status"] == "running"
+            assert 'id="tail"' in client.get(f"/runs/{run_id}").text, run_id
+            with client.stream("GET", f"/api/runs/{run_id}/stream") as response:
+                lines = response.iter_lines()
+                assert "id: 3" in lines  # read up to the run's last event, then
+                with open_store(path) as store:
+                    store.append(run_id, [RunFinished(status="completed")], 3)
+                body = "\n".join(lines)
+            assert "id: 4\n" in body, body  # the stream waited for it
+            assert body.endswith('event: end\ndata: {"status":"completed"}\n'), body
+        for run_id in ("over", "undone"):  # stopped; rewound to where it was stopped
+            assert 'id="tail"' not in client.get(f"/runs/{run_id}").text, run_id
+            with client.stream("GET", f"/api/runs/{run_id}/stream") as response:
+                over = "".join(response.iter_text())
+            assert over.endswith('event: end\ndata: {"status":"stopped"}\n\n'), over
 
 
 def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ from engine.runs.audit import (
 from engine.runs.diff import diff_runs
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
-from engine.web.pages import LIFECYCLE, PAUSED, NoSuchPage, compact, render, run_page
+from engine.web.pages import NoSuchPage, compact, is_live, render, run_page
 from events.errors import (
     AutonomyError,
     BlobNotFound,
@@ -75,7 +75,7 @@ from events.errors import (
 )
 from events.store import EventStore, RecordedEvent
 from projections import project
-from projections.summaries import RunSummary, summaries_and_problems
+from projections.summaries import RunSummary, run_status, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
@@ -567,29 +567,31 @@ class _Web:
         self, opened: ExitStack, store: EventStore, run_id: str, after: int
     ) -> AsyncIterator[str]:
         """The run's events after ``after``, then new ones as they are appended, until
-        the run is no longer live (finished, or waiting for an answer). A log that
+        the run is no longer live (finished, or waiting for an answer: its status as
+        the projection folds it, so a run resumed or rewound is live again). A log that
         fails meanwhile (a server gone) ends it with a ``failed`` event naming why (the
         page's EventSource then connects again, from the last event it got);
         ``opened`` (holding ``store()``'s context) is closed at the end."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         try:
-            lifecycle = await anyio.to_thread.run_sync(_last_lifecycle, store, run_id)
             page = self.settings.events_page
+            status = ""
             while True:
                 events = await anyio.to_thread.run_sync(_read_after, store, run_id, after, page)
                 for event in events:
                     yield f"id: {event.version}\ndata: {compact(event_document(event))}\n\n"
                     after = event.version
-                    if event.type in LIFECYCLE:
-                        lifecycle = event.type
                 if events:
                     quiet_since = loop.time()
                 if len(events) == page:
                     continue  # more already written: the next page, before any end or wait
-                if lifecycle in PAUSED:
-                    yield f"event: end\ndata: {compact({'status': lifecycle})}\n\n"
-                    return
+                if events or not status:  # only an event changes the status
+                    version, status = await anyio.to_thread.run_sync(run_status, store, run_id)
+                    # the status holds at ``version``: an end only once all is sent
+                    if version <= after and not is_live(status):
+                        yield f"event: end\ndata: {compact({'status': status})}\n\n"
+                        return
                 quiet = loop.time() - quiet_since
                 if quiet > self.settings.keepalive_seconds:
                     quiet_since, quiet = loop.time(), 0.0
@@ -703,19 +705,6 @@ def _read_after(store: EventStore, run_id: str, after: int, limit: int) -> list[
         if not events:
             raise
     return events
-
-
-def _last_lifecycle(store: EventStore, run_id: str) -> str:
-    row = (
-        cast(Any, store)
-        .connection.execute(
-            f"SELECT type FROM events WHERE run_id = ? AND type IN ({', '.join('?' * len(LIFECYCLE))})"
-            " ORDER BY version DESC LIMIT 1",
-            (run_id, *LIFECYCLE),
-        )
-        .fetchone()
-    )
-    return str(row[0]) if row else ""
 
 
 def _query(store: EventStore, sql: str) -> list[dict[str, Any]]:

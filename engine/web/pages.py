@@ -27,10 +27,11 @@ from events.errors import AutonomyError, RunNotFound
 from events.store import EventStore, RecordedEvent
 from projections import project
 
-# a run whose last lifecycle event is one of these is not live: its stream ends
-PAUSED = ("run.finished", "user.asked")
-LIFECYCLE = ("run.started", "run.forked", "run.finished", "run.rewound", "user.asked",
-             "user.answered")  # fmt: skip
+LIVE = ("new", "running")
+"""The statuses of a run that is going on (its page has a live tail, its stream waits
+for more), as the projection folds them: read off the last of a list of lifecycle
+event types instead, "live" drifted from the status (a stopped run that was resumed,
+``run.resumed``, was running again but taken for over)."""
 
 
 def pretty(value: Any) -> str:
@@ -113,6 +114,7 @@ def run_page(
     events = list(store.read(run_id))
     if not events:
         raise RunNotFound(run_id)
+    state = project(store, run_id)
     trace = build_trace(events)
     pages = 1 if static else max(-(-len(trace.steps) // TRACE_PAGE), 1)
     if page is not None and not 1 <= page <= pages:
@@ -128,14 +130,14 @@ def run_page(
     window = slice(None) if static else slice((shown - 1) * TRACE_PAGE, shown * TRACE_PAGE)
     context: dict[str, Any] = {
         "run_id": run_id,
-        "state": project(store, run_id),
+        "state": state,
         "trace": trace,
         "steps": trace.steps[window],
         "page": shown,
         "pages": pages,
         "page_of": page_of,
         "version": events[-1].version,
-        "live": is_live(events) and not static,
+        "live": is_live(state.pipeline.status) and not static,
         "static": static,
         "rows": LISTED_ROWS,
         "audit": {},
@@ -148,9 +150,9 @@ def run_page(
     return render("run.html", **context)
 
 
-def is_live(events: list[RecordedEvent]) -> bool:
-    last = next((e.type for e in reversed(events) if e.type in LIFECYCLE), "")
-    return last not in PAUSED
+def is_live(status: str) -> bool:
+    """Whether a run of this status (``PipelineState.status``) is going on."""
+    return status in LIVE
 
 
 def model_failures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
