@@ -659,6 +659,33 @@ def test_a_diff_of_contents_too_large_to_compare_links_them_instead(
     assert f'href="/api/runs/done/blobs/{change.after}">the content after</a>' in page.text
 
 
+def test_a_diff_of_too_many_lines_links_them_and_needs_a_run(tmp_path: Path) -> None:
+    """difflib's time grows with the square of the lines: two files far under
+    ``DIFF_BYTES``, a line inserted after each of 10,000, took 30 s a request while
+    every other request waited. Past ``DIFF_LINES`` lines either side (as difflib
+    counts them: a carriage return ends one too) the contents are linked instead.
+    A run that does not exist has no diff page (it answered 200)."""
+    path = tmp_path / "events.db"
+    most = web_app.DIFF_LINES
+    with open_store(path) as store:
+        store.append("run", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+        fits = store.put(b"".join(b"%d\n" % i for i in range(most)))
+        edited = store.put(b"".join(b"%d\n" % (i or most) for i in range(most)))
+        longer = store.put(b"".join(b"%d\n" % i for i in range(most + 1)))
+        returns = store.put(b"".join(b"%d\r" % i for i in range(most + 1)))
+    with client_for(path) as client:
+        compared = client.get(f"/runs/run/diff?path=f&before={fits}&after={edited}")
+        assert compared.status_code == 200 and f"+{most}\n" in compared.text
+        for large in (longer, returns):
+            page = client.get(f"/runs/run/diff?path=f&before={fits}&after={large}")
+            assert page.status_code == 200
+            assert f"Too large to compare here (over {most:,} lines)" in page.text
+            assert f'href="/api/runs/run/blobs/{large}">the content after</a>' in page.text
+            assert f'href="/api/runs/run/blobs/{fits}">the content before</a>' in page.text
+        unknown = client.get(f"/runs/no-such-run/diff?path=f&before={fits}&after={edited}")
+        assert unknown.status_code == 404 and "no-such-run" in unknown.text
+
+
 def test_a_huge_value_a_model_wrote_is_cut_on_the_page_and_in_the_report(tmp_path: Path) -> None:
     """Arguments nested in a list stay inline in the log whatever their size: eight of
     3 MB made a run page of 36 MB, and a report as large."""

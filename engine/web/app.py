@@ -81,6 +81,11 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
 DIFF_BYTES = 1024 * 1024
 """The largest content a diff page compares: a larger file's versions are linked."""
+DIFF_LINES = 2_000
+"""The most lines either side of a diff page may have, as well: difflib's time grows
+with the square of the lines, and holds the GIL. Two files far under ``DIFF_BYTES``,
+a line inserted after each of 10,000, took 30 s a request while every other request
+waited; at 2,000 lines the worst pair measured takes about half a second."""
 AUDIT_ROWS = 200
 """The most rows each audit table of a run page shows, as its trace shows 200 steps
 (``TRACE_PAGE``): a link leads to the rest."""
@@ -438,39 +443,53 @@ class _Web:
         path = request.query_params.get("path", "")
         before, after = (request.query_params.get(k, "") for k in ("before", "after"))
         with self.store() as store:
+            if store.last_version(run_id) == 0:
+                raise RunNotFound(run_id)
             old_bytes = store.get(before) if before else b""
             new_bytes = store.get(after) if after else b""
-        if max(len(old_bytes), len(new_bytes)) > DIFF_BYTES:
-            # a model's 9 MB file made a 73 MB page and 35 s of the service's CPU
+        # a model's 9 MB file made a 73 MB page and 35 s of the service's CPU
+        too_large = (
+            f"{DIFF_BYTES / 1048576:g} MiB" if DIFF_BYTES >= 1048576 else f"{DIFF_BYTES:,} bytes"
+        )
+        old_lines: list[str] = []
+        new_lines: list[str] = []
+        if max(len(old_bytes), len(new_bytes)) <= DIFF_BYTES:
+            old_lines = old_bytes.decode(errors="replace").splitlines(keepends=True)
+            new_lines = new_bytes.decode(errors="replace").splitlines(keepends=True)
+            # counted as difflib sees them: a file of \r (or \f) has lines without \n
+            too_large = (
+                f"{DIFF_LINES:,} lines" if max(len(old_lines), len(new_lines)) > DIFF_LINES else ""
+            )
+        if too_large:
             return self._render(
                 "diff.html",
                 run_id=run_id,
                 path=path,
                 lines=[],
                 new="",
-                too_large=(
-                    f"{DIFF_BYTES / 1048576:g} MiB"
-                    if DIFF_BYTES >= 1048576
-                    else f"{DIFF_BYTES:,} bytes"
-                ),
+                too_large=too_large,
                 blobs=[
                     (name, digest)
                     for name, digest in (("before", before), ("after", after))
                     if digest
                 ],
             )
-        old = old_bytes.decode(errors="replace")
-        new = new_bytes.decode(errors="replace")
         lines = list(
             difflib.unified_diff(
-                old.splitlines(keepends=True),
-                new.splitlines(keepends=True),
+                old_lines,
+                new_lines,
                 f"a/{path}" if before else "/dev/null",
                 f"b/{path}" if after else "/dev/null",
             )
         )
         return self._render(
-            "diff.html", run_id=run_id, path=path, lines=lines, new=new, too_large="", blobs=[]
+            "diff.html",
+            run_id=run_id,
+            path=path,
+            lines=lines,
+            new="".join(new_lines),
+            too_large="",
+            blobs=[],
         )
 
     # -- the API -----------------------------------------------------------------------
