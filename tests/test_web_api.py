@@ -584,6 +584,51 @@ def test_api_sql_answers_are_bounded_in_bytes_and_say_so(db: Path) -> None:
         assert 0 < sum(len(r["data"]) for r in cut.json()["rows"]) <= 20_000
 
 
+def test_api_sql_bounds_what_one_row_can_hold(client: TestClient) -> None:
+    """SQLite bounds each value, not a row, and a row is held whole before its bytes
+    can be counted: 40 values of 16 MB took the service from 37 MB to 1.25 GB. A row
+    has at most ``SQL_COLUMNS`` columns of at most ``value_limit`` bytes (1 MiB under
+    the 16 MiB cap), and a query past either is a 400 that says so."""
+    from engine.runs.audit import SQL_COLUMNS, value_limit
+
+    longest = value_limit(16 * 1024 * 1024)
+    assert longest == 1024 * 1024 and SQL_COLUMNS * longest <= 4 * 16 * 1024 * 1024
+    values = ", ".join(f"randomblob({longest + 1}) AS c{i}" for i in range(40))
+    wide = ", ".join(f"{i} AS c{i}" for i in range(SQL_COLUMNS + 1))
+    for sql, why in ((f"SELECT {values}", "too big"), (f"SELECT {wide}", "too many columns")):
+        refused = client.post("/api/sql", json={"sql": sql})
+        assert refused.status_code == 400, refused.text[:200]
+        error = refused.json()["error"]
+        assert why in error and f"at most {longest:,} bytes" in error, error
+        assert f"at most {SQL_COLUMNS} columns" in error, error
+    widest = client.post("/api/sql", json={"sql": "SELECT * FROM model_calls JOIN tool_calls"})
+    assert widest.status_code == 200, widest.text[:200]
+    most = client.post("/api/sql", json={"sql": f"SELECT length(randomblob({longest})) AS n"})
+    assert most.json()["rows"] == [{"n": longest}]
+
+
+def test_run_sql_holds_one_row_at_a_time_past_its_byte_cap(db: Path) -> None:
+    """Rows were fetched 256 at a time before their bytes were counted: 256 rows of a
+    16 MB value each, 4 GB held for an answer of 16 MiB."""
+    import tracemalloc
+
+    from engine.runs.audit import Limits, run_sql
+
+    cap = 1024 * 1024
+    sql = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)"
+        " SELECT randomblob(60000) AS b FROM n"
+    )
+    tracemalloc.start()
+    try:
+        cut = run_sql(db, sql, {}, Limits(max_bytes=cap))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cut.truncated and len(cut.rows) == cap // 60000
+    assert peak < 2 * cap, f"{peak:,} bytes held for an answer of {cap:,}"
+
+
 def test_api_sql_answers_values_json_has_no_type_for(client: TestClient) -> None:
     answer = client.post(
         "/api/sql", json={"sql": "SELECT x'00ff' AS b, 1e999 AS inf, -1e999 AS minus"}

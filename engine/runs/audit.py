@@ -341,6 +341,26 @@ class Limits:
 
 NO_LIMITS = Limits()
 
+SQL_COLUMNS = 64
+"""The most columns a query's row may have under a byte limit: three times the widest
+of the log's tables and views (``model_calls``, 20), so a join of two still fits.
+SQLite allows 2,000 and bounds each value (``SQLITE_LIMIT_LENGTH``), not a row, and
+a row is held whole before its bytes can be counted: 40 values of 16 MB took a
+service with a 16 MiB answer cap to 1.25 GB."""
+ROW_SHARE = 4
+"""A row may hold at most this many times the bytes of the whole answer: values are
+bounded to ``ROW_SHARE * max_bytes // SQL_COLUMNS`` (1 MiB for a 16 MiB cap), so a
+row of ``SQL_COLUMNS`` of them is held (by SQLite, then Python) before it is
+refused, and no more."""
+SMALLEST_VALUE = 64 * 1024
+"""...but a value may be this long whatever the cap (a small cap would refuse an
+ordinary event), unless it is longer than the whole answer may be."""
+
+
+def value_limit(max_bytes: int) -> int:
+    """The longest value a query may make under an answer cap of ``max_bytes``."""
+    return min(max(max_bytes, 1_000), max(ROW_SHARE * max_bytes // SQL_COLUMNS, SMALLEST_VALUE))
+
 
 def run_query(
     connection: Any,
@@ -392,8 +412,9 @@ def run_sql(
         connection = store.connection  # type: ignore[attr-defined]  # an SQLite log here
         # query_only covers the log's own file: ATTACH would open (and create) others
         connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        if limits.max_bytes is not None:  # no single value longer than all may be
-            connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(limits.max_bytes, 1_000))
+        if limits.max_bytes is not None:  # a row no larger than a few answers
+            connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_limit(limits.max_bytes))
+            connection.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, SQL_COLUMNS)
         deadline = time.monotonic() + limits.seconds if limits.seconds is not None else None
         # called every 10,000 virtual machine steps; a true answer stops the query. Also
         # without a deadline: Python runs its signal handlers only between its own steps,
@@ -406,17 +427,28 @@ def run_sql(
         try:
             return _execute(connection, sql, params or {}, "the SQL query (read-only)", limits)
         except AuditError as e:
-            if "not authorized" not in str(e):
-                raise
-            raise AuditError(
-                f"{e}: a query reads the log; of the pragmas, it may run only "
-                f"{', '.join(sorted(READ_PRAGMAS))}"
-            ) from e
+            text = str(e)
+            if "not authorized" in text:
+                raise AuditError(
+                    f"{e}: a query reads the log; of the pragmas, it may run only "
+                    f"{', '.join(sorted(READ_PRAGMAS))}"
+                ) from e
+            if limits.max_bytes is not None and any(s in text for s in OVER_LIMITS):
+                raise AuditError(
+                    f"{e}: within this service's limits a value is at most "
+                    f"{value_limit(limits.max_bytes):,} bytes long and a row at most "
+                    f"{SQL_COLUMNS} columns wide"
+                ) from e
+            raise
         finally:
             connection.set_authorizer(None)
     finally:
         store.close()
 
+
+OVER_LIMITS = ("too big", "too many columns", "BY clause")
+"""SQLite's words for a query over the length and column limits (``too many terms
+in ORDER BY clause``, and GROUP BY)."""
 
 READ_PRAGMAS = frozenset(
     {
@@ -557,14 +589,15 @@ def _fetch_within(cursor: Any, max_rows: int | None, max_bytes: int) -> tuple[li
     rows: list[Any] = []
     size = 0
     while max_rows is None or len(rows) <= max_rows:
-        batch = cursor.fetchmany(256)
-        if not batch:
+        # one row at a time: a batch of 256 rows of a 16 MB value each is 4 GB held
+        # before its bytes are counted
+        row = cursor.fetchone()
+        if row is None:
             return rows, False
-        for row in batch:
-            size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
-            if size > max_bytes:
-                return rows, True
-            rows.append(row)
+        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+        if size > max_bytes:
+            return rows, True
+        rows.append(row)
     return rows, False
 
 
