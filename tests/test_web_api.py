@@ -439,6 +439,29 @@ def test_a_body_larger_than_a_mebibyte_is_refused_unread(db: Path, tmp_path: Pat
         assert project(store, "asking").pipeline.status == "waiting_for_input"
 
 
+def test_a_body_announced_larger_than_a_mebibyte_is_refused_at_once(tmp_path: Path) -> None:
+    """The README said "413, the body unread", but the body was waited for: a POST whose
+    ``Content-Length`` said 2,000,000 and that sent nothing got no answer until the
+    connection's deadline closed it. The header is enough: a 413 at once, and the
+    connection closed (a body that does come is not read to its end)."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("run", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    with serving(db) as base, ExitStack() as opened:
+        port = int(base.rsplit(":", 1)[1])
+        for path in ("/api/sql", "/api/runs/run/answer"):
+            client = opened.enter_context(socket.create_connection(("127.0.0.1", port)))
+            client.settimeout(60)
+            client.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {web_app.MAX_BODY + 1}\r\n\r\n".encode()
+            )
+            answer = ended(client)  # no body sent: the answer, then the connection closed
+            assert answer.startswith(b"HTTP/1.1 413 "), answer
+            assert b"connection: close\r\n" in answer.lower(), answer
+            assert answer.endswith(b'"the request body is larger than 1,048,576 bytes"}'), answer
+
+
 def test_open_streams_leave_threads_for_the_pages(tmp_path: Path) -> None:
     """More live streams than the 40 threads requests share, each waiting long for an
     event (here 10 minutes): a request is still answered at once, since the streams wait in

@@ -321,8 +321,10 @@ def _cookie_name(scope: Scope) -> str:
 
 async def _error(request: Request, error: Exception) -> Response:
     """Errors as JSON with a clear message (HTML for a page), never a traceback."""
+    headers: dict[str, str] = {}
     if isinstance(error, HTTPException):
         status, message = error.status_code, str(error.detail)
+        headers.update(error.headers or {})
     elif isinstance(error, RunNotFound | BlobNotFound | NoSuchPage):
         status, message = 404, str(error)
     elif isinstance(error, AuditError | ConfigError):
@@ -336,7 +338,8 @@ async def _error(request: Request, error: Exception) -> Response:
     else:
         status, message = 500, f"internal error: {type(error).__name__}: {error}"
     # a log that cannot be reached now is not a failure of this request: ask again
-    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER)
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     return HTMLResponse(
@@ -765,14 +768,23 @@ MAX_BODY = 1 << 20
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, read up to ``MAX_BODY`` bytes (413 beyond)."""
+    """The request's JSON object, read up to ``MAX_BODY`` bytes (413 beyond: at once,
+    unread, when its ``Content-Length`` says so; the server refuses a malformed one)."""
+    too_large = HTTPException(
+        413,
+        f"the request body is larger than {MAX_BODY:,} bytes",
+        headers={"Connection": "close"},  # not read to its end for the next request
+    )
+    announced = _whole(request.headers.get("content-length", ""))
+    if announced is not None and announced > MAX_BODY:
+        raise too_large  # it was waited for: the connection's whole deadline, if it never came
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_BODY:
-                raise HTTPException(413, f"the request body is larger than {MAX_BODY:,} bytes")
+                raise too_large
             chunks.append(chunk)
     except ClientDisconnect as e:  # gone, or cut by the server's deadline: a traceback
         raise HTTPException(400, "the request body did not arrive whole") from e
