@@ -652,6 +652,24 @@ def test_run_sql_holds_one_row_at_a_time_past_its_byte_cap(db: Path) -> None:
     assert peak < 2 * cap, f"{peak:,} bytes held for an answer of {cap:,}"
 
 
+def test_api_sql_answers_every_value_of_columns_of_one_name(client: TestClient, db: Path) -> None:
+    """Rows were objects keyed by column name: ``SELECT 1 AS a, 2 AS a`` answered
+    ``{"a": 2}``, one value lost (so did ``audit --sql --format json``). A name that
+    repeats is ``a:2``, ``a:3``... (past one a column already has), in "columns" too."""
+    from engine.runs.audit import format_result, run_sql
+
+    sql = 'SELECT 1 AS a, 2 AS a, 3 AS "a:2", 4 AS b, 5 AS a'
+    answer = client.post("/api/sql", json={"sql": sql})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["columns"] == ["a", "a:3", "a:2", "b", "a:4"]
+    assert answer.json()["rows"] == [{"a": 1, "a:3": 2, "a:2": 3, "b": 4, "a:4": 5}]
+    assert list(answer.json()["rows"][0]) == answer.json()["columns"]
+    both = "SELECT a.version, b.version FROM events a JOIN events b USING (run_id) LIMIT 1"
+    joined = client.post("/api/sql", json={"sql": both})
+    assert joined.json()["rows"] == [{"version": 1, "version:2": 1}], joined.text
+    assert json.loads(format_result(run_sql(db, sql), "json")) == answer.json()["rows"]
+
+
 def test_api_sql_answers_values_json_has_no_type_for(client: TestClient) -> None:
     answer = client.post(
         "/api/sql", json={"sql": "SELECT x'00ff' AS b, 1e999 AS inf, -1e999 AS minus"}

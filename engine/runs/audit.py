@@ -69,7 +69,27 @@ class AuditResult:
     """More rows matched than the caller's ``max_rows``: these are the first."""
 
     def as_dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+        """The rows as objects, keyed by ``names``."""
+        names = self.names
+        return [dict(zip(names, row, strict=True)) for row in self.rows]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns, each named once: a name that repeats (``SELECT 1 AS a, 2 AS
+        a``, a join's two ``run_id``) is ``a``, then ``a:2``, ``a:3``..., skipping a
+        name another column has. Keyed by the bare names, the rows as objects kept
+        only the last value of each (``{"a": 2}``)."""
+        taken = set(self.columns)
+        seen: set[str] = set()
+        names: list[str] = []
+        for column in self.columns:
+            name, n = column, 1
+            while name in seen or (n > 1 and name in taken):
+                n += 1
+                name = f"{column}:{n}"
+            seen.add(name)
+            names.append(name)
+        return tuple(names)
 
 
 # The sandbox's refusals (engine/tools/sandbox.py), recognised by their wording.

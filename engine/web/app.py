@@ -737,7 +737,7 @@ def _query(store: EventStore, sql: str) -> list[dict[str, Any]]:
 
 def _rows(result: AuditResult) -> dict[str, Any]:
     rows = [{k: json_value(v) for k, v in row.items()} for row in result.as_dicts()]
-    return {"columns": list(result.columns), "rows": rows}
+    return {"columns": list(result.names), "rows": rows}  # the rows' keys, in order
 
 
 MAX_NUMBER = 2**63 - 1
