@@ -120,22 +120,6 @@ def summaries_and_problems(
     return summaries, problems
 
 
-def run_status(store: EventStore, run_id: str) -> tuple[int, str]:
-    """The last version of ``run_id`` and its status there (``PipelineState.status``),
-    from its stored row and the events after it (not stored): what a live stream of
-    the service asks as events come, "is this run still going on", without folding
-    the whole run each time. ``RunNotFound`` for a run the log lacks."""
-    found = store.summary_position()
-    row = _decoded(store.summary_rows([run_id]) if found is not None else []).get(run_id)
-    if row is not None:
-        events = list(store.read(run_id, after=row.summary.version))
-        if not any(type(e.data) in (RunRewound, RunForked) for e in events):
-            state = fold(events, _state(row))
-            return state.version, state.pipeline.status
-    state = project(store, run_id)  # no row, or a rewind or fork to fold: the whole run
-    return state.version, state.pipeline.status
-
-
 def _first_position(summary: RunSummary) -> int:
     return summary.first_position
 
