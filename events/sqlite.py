@@ -96,6 +96,13 @@ class _mapped_errors:
     def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
         if isinstance(error, sqlite3.DatabaseError):
             raise _translated(error, self.where) from error
+        if isinstance(error, UnicodeDecodeError):
+            # SQLite's error about a damaged schema quotes its bytes, which the driver
+            # cannot decode: a UnicodeDecodeError (and a traceback) from every command
+            raise StoreCorrupted(
+                f"{self.where}: the database is corrupt: SQLite answered with bytes that "
+                f"are not UTF-8 ({error.reason} at {error.start}), as from a damaged schema"
+            ) from error
 
 
 def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:

@@ -580,3 +580,20 @@ def test_a_file_system_failing_under_the_log_is_an_outage_not_a_mistake(
     assert str(translated).startswith(
         f"appending to run 'r': the log's file cannot be used now ({text}"
     )
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_schema_with_a_byte_that_is_not_utf8_is_store_corrupted(
+    tmp_path: Path, read_only: bool
+) -> None:
+    """SQLite's error about a damaged schema quotes its bytes: the driver's decoding
+    of it was a UnicodeDecodeError, and every command a traceback."""
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path):
+        pass
+    data = bytearray(path.read_bytes())
+    trigger = data.find(b"CREATE TRIGGER")
+    data[trigger + 8] = 0x88  # CREATE T\x88IGGER
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupted, match="the database is corrupt: SQLite answered with"):
+        SQLiteEventStore(path, read_only=read_only)
