@@ -212,3 +212,59 @@ def test_what_a_write_killed_before_its_rename_left_is_removed_on_resume(tmp_pat
     with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
         resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
     assert not partial.exists() and mine.exists()
+
+
+def test_what_a_command_cut_by_a_crash_wrote_is_recorded_and_a_rewind_undoes_it(
+    tmp_path: Path,
+) -> None:
+    """A command cut by a kill (or a Ctrl-C) was settled as interrupted with no file
+    changes: what it had written was in no log, and a rewind left it. Resume records
+    what differs from the log's files and what was made since the command's request
+    (not the workspace's older files), and fails the task in the same write."""
+    from waiting import wait_until
+
+    from events import FileChange, TaskAdded, TaskUpdated
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("the person's own file\n")
+    (workspace / "calc.py").write_text("X = 1\n")
+    older = (workspace / "notes.txt").stat().st_ctime
+    # past the slack a file's time is given (engine.tools.commands.CLOCK_SLACK, 0.1 s)
+    wait_until(lambda: time.time() > older + 0.25, "the clock has moved on")
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    calc = store.put(b"X = 1\n")
+    log.append(
+        TaskAdded(task_id="t1", title="calc"),
+        TaskUpdated(task_id="t1", status="in_progress", attempt=1),
+        ToolExecuted(
+            call_id="r1/t1", tool="create_file", ok=True,
+            files_changed=(FileChange(path="calc.py", after=calc, size=6),),
+        ),
+    )  # fmt: skip
+    before = log.version
+    log.append(ToolRequested(call_id="r1/t9", tool="run_command", arguments={"argv": ["x"]}))
+    (workspace / "calc.py").write_text("X = 2\n")  # what the command did before the kill
+    (workspace / "made.py").write_text("Y = 3\n")
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    events = list(store.read("r1"))
+    (settled,) = [
+        e for e in events if isinstance(e.data, ToolExecuted) and e.data.call_id == "r1/t9"
+    ]
+    assert isinstance(settled.data, ToolExecuted) and not settled.data.ok
+    assert {c.path: c.after for c in settled.data.files_changed} == {
+        "calc.py": hashlib.sha256(b"X = 2\n").hexdigest(),
+        "made.py": hashlib.sha256(b"Y = 3\n").hexdigest(),
+    }
+    failed = events[settled.version]  # the task, in the same write
+    assert isinstance(failed.data, TaskUpdated) and failed.data.status == "failed"
+    assert (failed.recorded_at, failed.causation) == (settled.recorded_at, settled.causation)
+    code = CliRunner().invoke(
+        cli, ["rewind", "r1", "--to", str(before), "--db", str(tmp_path / "events.db")]
+    )
+    assert code.exit_code == 0, code.output
+    assert (workspace / "calc.py").read_text() == "X = 1\n"
+    assert not (workspace / "made.py").exists()
+    assert (workspace / "notes.txt").read_text() == "the person's own file\n"

@@ -53,6 +53,7 @@ from engine.model.roles import ROLE_NAMES
 from engine.storage import is_postgres_url
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
+from engine.tools.commands import changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.files import remove_partials
 from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
@@ -62,6 +63,7 @@ from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavai
 from events.lease import FileLeases, describe_owner
 from events.schema import (
     ArbiterDecided,
+    Event,
     FileChange,
     ModelFailed,
     PhaseChanged,
@@ -212,15 +214,15 @@ class Engine:
         self.log.append(*events, RunFinished(status=status, reason=reason), causation=cause)
 
     def _set_status(self, task_id: str, status: str, cause: int, error: str = "") -> None:
+        self.log.append(self._status_event(task_id, status, error), causation=cause)
+
+    def _status_event(self, task_id: str, status: str, error: str = "") -> TaskUpdated:
         task = self.log.pipeline.tasks[task_id]
         limit = self.settings.limits.max_attempts_per_task
         check_status_change(task.status, status, attempts=task.attempts, max_attempts=limit)
         starting = status == "in_progress" and task.status in ("new", "failed", "qa_failed")
         attempt = task.attempts + 1 if starting else task.attempts
-        self.log.append(
-            TaskUpdated(task_id=task_id, status=status, attempt=attempt, error=error),
-            causation=cause,
-        )
+        return TaskUpdated(task_id=task_id, status=status, attempt=attempt, error=error)
 
     # -- work ------------------------------------------------------------------------
 
@@ -304,36 +306,56 @@ class Engine:
         A file tool is settled by comparing the workspace with the hashes the log
         holds. A command is settled as interrupted and never run again: it ended
         with the engine (the run's lease proves that engine is gone, and the
-        confinement ends a command's process tree with its engine). The task it
-        was run for is marked failed with that reason, which the model reads in
-        the task's next prompt; that change is caused by ``resumed`` (the version of
-        ``run.resumed``), which marks it, for a replay, as what the stop brought."""
+        confinement ends a command's process tree with its engine); what it had
+        written is recorded as its file changes (``changes_of_a_cut_command``: they
+        were in no log, and a rewind left them). The task it was run for is marked
+        failed with that reason, which the model reads in the task's next prompt, in
+        the same write (a resume killed in between lost it); both are caused by
+        ``resumed`` (the version of ``run.resumed``), which marks them, for a
+        replay, as what the stop brought."""
         notes = []
         for pending in list(self.log.pipeline.pending_tools.values()):
             path = pending.arguments.get("path")
-            command = pending.tool == "run_command"
+            follow: list[Event] = []
+            cause = pending.version
             if pending.tool in _FILE_TOOLS and isinstance(path, str):
                 event = self._settle_file_tool(pending.call_id, pending.tool, path)
-            else:
-                error = _INTERRUPTED if command else _UNKNOWN
+            elif pending.tool == "run_command":
+                clear_set_id(self.workspace)  # what the cut command left, as after any
                 event = ToolExecuted(
                     call_id=pending.call_id,
                     tool=pending.tool,
                     ok=False,
-                    error=error.format(tool=pending.tool),
+                    error=_INTERRUPTED.format(tool=pending.tool),
+                    files_changed=self._left_by_cut_command(pending.version),
                 )
-            self.log.append(event, causation=pending.version)
+                follow = [
+                    self._status_event(task.task_id, "failed", event.error)
+                    for task in self.log.pipeline.tasks.values()
+                    if task.status == "in_progress"
+                ]
+                cause = resumed or pending.version
+            else:
+                error = _UNKNOWN.format(tool=pending.tool)
+                event = ToolExecuted(
+                    call_id=pending.call_id, tool=pending.tool, ok=False, error=error
+                )
+            self.log.append(event, *follow, causation=cause)
             notes.append(
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
+                + (
+                    f", {len(event.files_changed)} file(s) it changed recorded"
+                    if not event.ok and event.files_changed
+                    else ""
+                )
             )
-            if command:
-                clear_set_id(self.workspace)  # what the cut command left, as after any
-                for task in self.log.pipeline.tasks.values():
-                    if task.status == "in_progress":
-                        self._set_status(
-                            task.task_id, "failed", resumed or pending.version, event.error
-                        )
         return notes
+
+    def _left_by_cut_command(self, requested: int) -> tuple[FileChange, ...]:
+        request = next(self.log.store.read(self.log.run_id, after=requested - 1, upto=requested))
+        at = datetime.fromisoformat(request.recorded_at.replace("Z", "+00:00")).timestamp()
+        known = {path: (f.digest, f.size) for path, f in self.log.pipeline.files.items()}
+        return changes_of_a_cut_command(Sandbox(self.workspace).root, at, known, self.log.store)
 
     def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
         # The path comes from the log: it goes through the same resolver as when the

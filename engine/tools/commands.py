@@ -35,9 +35,10 @@ import msgspec
 from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
-from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
+from engine.tools.registry import Args, BlobSink, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import clear_set_id, remove_tree
 from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes
+from events.schema import FileChange
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
 
@@ -205,6 +206,36 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(
         ok=True, result=f"{result}\n[exit code 0 after {elapsed:.1f}s]", files_changed=changed
     )
+
+
+CLOCK_SLACK = 0.1
+"""Seconds before a cut command's request that a file's change still counts as its:
+the log's clock and the file system's are this machine's, but the kernel stamps
+files with a coarser clock (a tick late, up to 10 ms)."""
+
+
+def changes_of_a_cut_command(
+    root: Path, requested_at: float, known: dict[str, tuple[str, int]], blobs: BlobSink
+) -> tuple[FileChange, ...]:
+    """What a command left in the workspace when a stop cut it off (the engine
+    killed, or stopped, while it ran: its own snapshot after it never came), as far
+    as can be told now: each file the log knows (``known``: path -> digest, size)
+    that is different or gone, and each file it does not know that was created or
+    changed since the command was requested (``requested_at``, seconds since the
+    epoch: a file's ctime, which a command cannot set back). Their contents go into
+    ``blobs``, so that a rewind removes or restores them as any tool's writes."""
+    digests = WorkspaceDigests()
+    now = digests.snapshot(root, blobs)
+    since = requested_at - CLOCK_SLACK
+
+    def recent(name: str) -> bool:
+        try:
+            return os.lstat(root / name).st_ctime >= since
+        except OSError:
+            return False
+
+    after = {path: found for path, found in now.items() if path in known or recent(path)}
+    return changes(known, after, digests.left_out)
 
 
 LISTED = 100
