@@ -7,6 +7,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,12 +160,21 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     from engine.agent.runner import RunCutOff, RunInterrupted
 
     received = [signal.SIGINT]
+    stopping: list[float] = []
 
     def stop(signum: int, frame: object) -> None:
+        # one stop at a time: a second signal (a Ctrl-C as a service manager's SIGTERM
+        # lands) raised in the middle of recording the first, or of the threading code
+        # it had reached, a traceback and no stop recorded. A signal some seconds
+        # later stops again (the first may have landed where it was swallowed)
+        now = time.monotonic()
+        if stopping and now - stopping[-1] < STOP_GRACE:
+            return
+        stopping.append(now)
         received.append(signal.Signals(signum))
         raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, *STOPPING)}
     try:
         yield
     except RunInterrupted as e:
@@ -198,6 +208,9 @@ def _discard_stdout() -> None:
 
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop a run as Ctrl-C does (recorded, resumable)."""
+
+STOP_GRACE = 5.0
+"""Seconds after a stop signal during which another is taken for the same stop."""
 
 
 def _resume_command(run_id: str, db: Path | str | None, workspace: Path | None) -> str:
