@@ -666,6 +666,19 @@ def git_status_runs_nothing(directory: Path, marker: Path) -> bool:
     return not marker.exists()
 
 
+def planted(tmp_path: Path, mechanism: str, script: str) -> tuple[Path, Path, ToolOutcome]:
+    """A command running ``script`` (given ``MARKER``) on a workspace's top and its
+    directory ``sub``, confined by ``mechanism``: the workspace, the marker a
+    repository's config would touch, and the command's outcome."""
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    confinement = bubblewrap() if mechanism == "bubblewrap" else choose("off")
+    (workspace / "plant.py").write_text(f"MARKER = {str(marker)!r}\n{script}")
+    outcome = run(workspace, ["python", "plant.py", ".", "sub"], confinement, allowlist=PYTHON)
+    return workspace, marker, outcome
+
+
 @pytest.mark.parametrize("mechanism", ["bubblewrap", "none"])
 def test_a_command_cannot_make_a_repository_whose_config_git_would_run(
     tmp_path: Path, mechanism: str
@@ -674,12 +687,7 @@ def test_a_command_cannot_make_a_repository_whose_config_git_would_run(
     on a plain ``git status``: a ``.git`` a command leaves in the workspace, at its
     top or in a directory of it, would run the model's code outside the sandbox the
     next time someone (or their shell's prompt) runs git there."""
-    workspace = tmp_path / "ws"
-    (workspace / "sub").mkdir(parents=True)
-    marker = tmp_path / "ran-outside-the-sandbox"
-    confinement = bubblewrap() if mechanism == "bubblewrap" else choose("off")
-    (workspace / "plant.py").write_text(f"MARKER = {str(marker)!r}\n{PLANT}")
-    outcome = run(workspace, ["python", "plant.py", ".", "sub"], confinement, allowlist=PYTHON)
+    workspace, marker, outcome = planted(tmp_path, mechanism, PLANT)
     assert not os.path.lexists(workspace / ".git")
     assert not os.path.lexists(workspace / "sub" / ".git")
     assert git_status_runs_nothing(workspace, marker)
@@ -714,12 +722,7 @@ def test_a_command_cannot_make_a_directory_a_bare_repository(
     """No ``.git`` is needed: git takes a directory holding ``HEAD``, ``objects/`` and
     ``refs/`` for a (bare) repository, and ran its config's fsmonitor on the host.
     Such a directory a command made, the workspace itself included, loses its HEAD."""
-    workspace = tmp_path / "ws"
-    (workspace / "sub").mkdir(parents=True)
-    marker = tmp_path / "ran-outside-the-sandbox"
-    confinement = bubblewrap() if mechanism == "bubblewrap" else choose("off")
-    (workspace / "bare.py").write_text(f"MARKER = {str(marker)!r}\n{BARE}")
-    outcome = run(workspace, ["python", "bare.py", ".", "sub"], confinement, allowlist=PYTHON)
+    workspace, marker, outcome = planted(tmp_path, mechanism, BARE)
     assert "planted: sub" in outcome.result, outcome.result
     assert "[removed HEAD, sub/HEAD: a command may not make a git repository" in outcome.result
     assert not os.path.lexists(workspace / "HEAD") and not os.path.lexists(workspace / "sub/HEAD")
@@ -786,17 +789,7 @@ def test_the_engines_own_packages_in_the_workspace_are_read_only(
     site.mkdir(parents=True)
     real = confine._python_paths()
     monkeypatch.setattr(confine, "_python_paths", lambda: [*real, site])
-    code = textwrap.dedent(
-        """
-        import pathlib
-        for target in (".venv/lib/site-packages/zz.pth", "mine.txt"):
-            try:
-                pathlib.Path(target).write_text("import os")
-                print("wrote", target)
-            except OSError as e:
-                print("refused", target, e.strerror)
-        """
-    )
+    code = tries_to_write(".venv/lib/site-packages/zz.pth", "mine.txt", text="import os")
     outcome = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
     assert "refused .venv/lib/site-packages/zz.pth Read-only file system" in outcome.result
     assert "wrote mine.txt" in outcome.result, outcome.result
@@ -995,20 +988,30 @@ def test_a_command_cannot_fill_the_machines_memory_through_its_tmpfs(tmp_path: P
     assert "refused sub/.autonomy/fill Read-only file system" in outcome.result
 
 
+def tries_to_write(*targets: str, text: str = "overwritten") -> str:
+    """A command's code that writes ``text`` to each of ``targets``, saying for each
+    whether it "wrote" it or was "refused" (and why)."""
+    return textwrap.dedent(
+        f"""
+        import pathlib
+        for target in {targets!r}:
+            try:
+                pathlib.Path(target).write_text({text!r})
+                print("wrote", target)
+            except OSError as e:
+                print("refused", target, e.strerror)
+        """
+    )
+
+
 SEEN_ELSEWHERE = textwrap.dedent(
     """
     import os, pathlib
     print("cwd", os.getcwd())
     print("listed", sorted(os.listdir(".")))
     pathlib.Path("made.txt").write_text("by the command")
-    for target in (".git/config", "original.txt"):
-        try:
-            pathlib.Path(target).write_text("overwritten")
-            print("wrote", target)
-        except OSError as e:
-            print("refused", target, e.strerror)
     """
-)
+) + tries_to_write(".git/config", "original.txt")
 
 
 def test_a_workspace_seen_elsewhere_is_written_there_and_hides_what_is_there(
