@@ -7,12 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from waiting import Gate, reaped
+from waiting import Gate, reaped, wait_until
 
 from engine.agent.prompts import opening
 from engine.agent.runlog import RunLog
@@ -165,6 +166,9 @@ def test_an_interrupted_command_is_settled_as_interrupted_never_rerun_and_the_ta
     (workspace / "test_ran.py").write_text(
         "import pathlib\n\ndef test_x():\n    pathlib.Path('ran.txt').write_text('x')\n"
     )
+    # older than the command (by more than engine.tools.commands.CLOCK_SLACK): not its
+    made = (workspace / "test_ran.py").stat().st_ctime
+    wait_until(lambda: time.time() > made + 0.25, "the clock has moved on")
     store = open_store(tmp_path / "events.db")
     log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
     log.append(
