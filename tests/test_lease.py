@@ -304,3 +304,15 @@ def test_a_second_stop_signal_while_the_first_is_recorded_is_the_same_stop() -> 
             recorded.append("run.finished")
             raise RunInterrupted("r") from None
     assert recorded == ["run.finished"] and stopped.value.exit_code == 128 + signal.SIGTERM
+
+
+def test_a_stop_where_no_run_is_going_exits_with_the_signals_status() -> None:
+    """An idle worker (or a run before its first event) stopped by SIGTERM exited
+    130, the status of a Ctrl-C: a service manager reads 143 as its own stop."""
+    import click
+
+    from engine.cli.running import interrupts
+
+    with pytest.raises(click.exceptions.Exit) as stopped, interrupts(None, None):
+        signal.raise_signal(signal.SIGTERM)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM

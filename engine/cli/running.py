@@ -192,6 +192,10 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         command = _resume_command(e.run_id, db, workspace)
         click.echo(f"once the log can be written again, continue it with: {command}", err=True)
         raise click.exceptions.Exit(1) from None
+    except KeyboardInterrupt:
+        # stopped where no run was going (an idle worker, a run before its first
+        # event): nothing to record or say; the signal's exit status, not always 130
+        raise click.exceptions.Exit(128 + received[-1]) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
