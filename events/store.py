@@ -669,6 +669,7 @@ class EventStore(ABC):
         written_with = ""
         key: ChainKey | None = None
         recompute = True
+        position = 0
         for row in rows:
             checked += 1
             odd = odd_columns(row)
@@ -678,6 +679,15 @@ class EventStore(ABC):
                     checked = row.version
                 previous = row.hash if type(row.hash) is str else ""
                 continue
+            if row.position <= position:
+                # the chain leaves positions out (a copy renumbers them): their order
+                # is what holds, a run's events in the order they were appended
+                text = (
+                    f"at position {row.position}, not after the previous event's "
+                    f"{position}: the rows were moved"
+                )
+                problems.append(_problem(row, text))
+            position = row.position
             if checked == 1:
                 written_with = hash_key_id(row.hash)
                 key, recompute, text = self._run_key_for_verify(written_with)

@@ -120,6 +120,26 @@ def summaries_and_problems(
     return summaries, problems
 
 
+def _expected_row(store: EventStore, state: RunState, info: RunInfo) -> _Row:
+    """The row a fold makes of a run at ``state`` (its latest version, which ``info``
+    describes, or an earlier one, whose events are read for their positions and times)."""
+    if state.version == info.version:
+        first, last, started, updated = (
+            info.first_position,
+            info.last_position,
+            info.started_at,
+            info.last_at,
+        )
+    else:
+        rows = list(store.read_raw(info.run_id, upto=state.version))
+        first, last = rows[0].position, rows[-1].position
+        started = min(r.recorded_at for r in rows)
+        updated = max(r.recorded_at for r in rows)
+    return _row_of(
+        state, first_position=first, last_position=last, started_at=started, updated_at=updated
+    )
+
+
 def _first_position(summary: RunSummary) -> int:
     return summary.first_position
 
@@ -338,23 +358,41 @@ def summary_problems(
             problems.append(f"run summaries: the row of run {run_id!r} cannot be read")
     for run_id, info in infos.items():
         row = decoded.get(run_id)
-        if info.last_position > position or run_id in unreadable:
+        if run_id in unreadable:
             continue
         if row is None:
-            problems.append(f"run summaries: no row for run {run_id!r}")
+            if info.last_position <= position:
+                problems.append(f"run summaries: no row for run {run_id!r}")
+            continue  # else not stored yet: readers catch it up
+        # every row, also one behind its run (a run with events past the position):
+        # readers fold on from it, so a row forged there (and the position set back)
+        # was shown by `autonomy runs` while verify said ok
+        version = row.summary.version
+        if not 1 <= version <= info.version or (
+            info.last_position <= position and version != info.version
+        ):
+            problems.append(
+                f"run summaries: run {run_id!r}: its row is of version {version}, "
+                f"where the run has {info.version} events"
+            )
             continue
         state = (states or {}).get(run_id)
-        if state is None or state.version != info.version:
-            try:  # the run as ``info`` saw it: a writer may have gone on since
-                state = project(store, run_id, upto=info.version)
-            except AutonomyError:
-                continue  # an unreadable run: its own problem, not its summary's
-        expected = summarize(state, info)
+        try:  # the run as the row saw it: a writer may have gone on since
+            if state is None or state.version != version:
+                state = project(store, run_id, upto=version)
+            expected = _expected_row(store, state, info)
+        except AutonomyError:
+            continue  # an unreadable run: its own problem, not its summary's
         wrong = [
             f"{field} {getattr(row.summary, field)!r} where the log says "
-            f"{getattr(expected, field)!r}"
+            f"{getattr(expected.summary, field)!r}"
             for field in RunSummary.__struct_fields__
-            if getattr(row.summary, field) != getattr(expected, field)
+            if getattr(row.summary, field) != getattr(expected.summary, field)
+        ]
+        wrong += [
+            f"the {part} it folds on from differs from the log's"
+            for part in ("pipeline", "open_calls", "usage_by_model")
+            if getattr(row, part) != getattr(expected, part)
         ]
         if wrong:
             problems.append(f"run summaries: run {run_id!r}: {'; '.join(wrong)}")

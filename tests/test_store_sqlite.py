@@ -597,3 +597,29 @@ def test_a_schema_with_a_byte_that_is_not_utf8_is_store_corrupted(
     path.write_bytes(bytes(data))
     with pytest.raises(StoreCorrupted, match="the database is corrupt: SQLite answered with"):
         SQLiteEventStore(path, read_only=read_only)
+
+
+def test_verify_reports_rows_whose_positions_were_swapped(tmp_path: Path) -> None:
+    """The chain leaves positions out (a copy renumbers them): two events of a run
+    swapped in the log's order verified ok."""
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as store:
+        store.append(
+            "r",
+            [
+                RunStarted(goal="g", workspace="/w"),
+                *[TaskAdded(task_id=f"t{i}", title="x") for i in (1, 2)],
+            ],
+            0,
+        )
+    conn = sqlite3.connect(path)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    for sql in ("-2 WHERE version = 2", "2 WHERE version = 3", "3 WHERE position = -2"):
+        conn.execute(f"UPDATE events SET position = {sql}")
+    conn.commit()
+    conn.close()
+    with SQLiteEventStore(path) as store:
+        report = store.verify("r")
+    assert not report.ok
+    assert report.problem == "at position 2, not after the previous event's 3: the rows were moved"

@@ -242,6 +242,40 @@ def test_verify_reports_a_summary_that_disagrees_with_the_log_and_a_rebuild_fixe
     assert runner.invoke(cli, ["verify", "--db", str(db)]).exit_code == 0
 
 
+@pytest.mark.parametrize("position", [0, 2])
+def test_verify_reports_a_forged_row_behind_its_run_whatever_the_position(
+    tmp_path: Path, position: int
+) -> None:
+    """A row is checked at its own version, also when the stored position is behind
+    the run (set back by whoever forged the row): verify skipped such rows, which
+    readers fold on from, and said ok while `autonomy runs` showed the forgery."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        failed_run(store)
+    conn = sqlite3.connect(db)
+    text = conn.execute("SELECT summary FROM run_summaries WHERE run_id = 'a'").fetchone()[0]
+    forged = text.replace('"status":"failed"', '"status":"completed"')
+    conn.execute("UPDATE run_summaries SET summary = ? WHERE run_id = 'a'", (forged,))
+    conn.execute("UPDATE projection_positions SET position = ?", (position,))
+    conn.commit()
+    conn.close()
+    found = CliRunner().invoke(cli, ["verify", "--db", str(db)])
+    assert found.exit_code == 1, found.output
+    assert "run 'a': status 'completed' where the log says 'failed'" in found.output
+
+
+def test_verify_reports_a_row_of_a_version_its_run_does_not_have() -> None:
+    store = MemoryEventStore()
+    store.append("a", [START], 0)
+    run_summaries(store)  # the rows made
+    ((run_id, _, last, text),) = store.summary_rows()
+    forged = (run_id, 7, last, text.replace('"version":1', '"version":7'))
+    store.save_summaries(1, 1, [forged])
+    assert summary_problems(store) == [
+        "run summaries: run 'a': its row is of version 7, where the run has 1 events"
+    ]
+
+
 def test_a_rebuild_drops_rows_of_runs_the_log_does_not_have() -> None:
     store = MemoryEventStore()
     store.append("a", [START], 0)
