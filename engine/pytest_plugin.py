@@ -138,17 +138,20 @@ def replay_run(db: Path | str | EventStore, run_id: str, *, tools: str = "live")
     ``identical`` and ``report()``. ``tools``: ``"live"`` runs the tools in a
     scratch workspace, ``"recorded"`` takes their results from the log. Errors that
     are not divergences (no such run, a run that cannot be replayed) propagate."""
+    from engine.agent.runlog import refuse_tampered
     from engine.runs.replay import replay
     from events.store import EventStore
 
     options: dict[str, Any] = {} if tools == "live" else {"tools": tools}
     if isinstance(db, EventStore):
+        refuse_tampered(db, run_id, None, "nothing was replayed")
         result = replay(db, run_id, **options)
         where = "the given store"
     else:
         from engine.storage import open_store
 
         with open_store(db, read_only=True) as store:
+            refuse_tampered(store, run_id, None, "nothing was replayed")
             result = replay(store, run_id, **options)
         where = str(db)
     if not result.identical:

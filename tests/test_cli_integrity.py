@@ -324,3 +324,39 @@ def test_a_checkpoint_fifo_is_read_without_waiting_for_a_writer(
         writer.write(checkpoints.read_bytes())
     out, _ = reading.communicate(timeout=60)
     assert reading.returncode == 0 and "checkpoint at" in out, out
+
+
+@pytest.mark.parametrize("command", ["fork", "rewind", "replay", "resume"])
+def test_a_command_refuses_to_act_on_an_edited_event(
+    recorded: tuple[Path, Path, Path], tmp_path: Path, command: str
+) -> None:
+    """fork and rewind wrote the content an edited event named into a workspace (and
+    the fork was a new run that verified); replay said identical of what the edit
+    made. Each checks the chain first, and does nothing."""
+    db, workspace, _ = recorded
+    conn = unguarded(db)
+    (edited,) = conn.execute(
+        "SELECT min(version) FROM events WHERE run_id = 'r' AND type = 'tool.executed'"
+    ).fetchone()
+    conn.execute(
+        "UPDATE events SET data = json_set(data, '$.result', 'forged')"
+        " WHERE run_id = 'r' AND version = ?",
+        (edited,),
+    )
+    if command == "resume":  # a run that stopped after the edit, as if killed
+        conn.execute("DELETE FROM events WHERE run_id = 'r' AND version > ?", (edited + 3,))
+    conn.commit()
+    conn.close()
+    before, logged = snapshot(workspace), rows(db)
+    args = {
+        "fork": ("fork", "r", "--at", str(edited + 2), "--workspace", tmp_path / "forked"),
+        "rewind": ("rewind", "r", "--to", str(edited + 2)),
+        "replay": ("replay", "r", "--tools", "recorded"),
+        "resume": ("resume", "r"),
+    }[command]
+    code, out = invoke(*args, "--db", db)
+    assert code == 1, out
+    assert f"run r fails verification at version {edited}: hash does not match" in out, out
+    assert "Traceback" not in out
+    assert snapshot(workspace) == before and not (tmp_path / "forked").exists()
+    assert rows(db) == logged

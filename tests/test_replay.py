@@ -21,6 +21,10 @@ from events import ArbiterDecided, MemoryEventStore, ModelRequested, RunStarted
 from events.schema import Message
 from projections import project
 
+# the module's log is recorded once and forked by its tests, under one key (a fork
+# checks its parent's chain, which another key cannot: "wrong key")
+pytestmark = pytest.mark.usefixtures("session_key")
+
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args))

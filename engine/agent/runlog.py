@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 
 from engine.errors import ConfigError
-from events.schema import Event, UserAnswered
+from events.errors import StoreCorrupted
+from events.schema import Event, RunForked, UserAnswered
 from events.store import EventStore, RecordedEvent
 from projections.fold import RunState, apply, project
 from projections.orchestration import OrchestrationState
@@ -80,6 +81,27 @@ class RunLog:
     def next_id(self, prefix: str) -> str:
         """An id for something the next event introduces: stable across replays."""
         return f"{self.run_id}/{prefix}{self.version + 1}"
+
+
+def refuse_tampered(store: EventStore, run_id: str, upto: int | None, nothing: str) -> None:
+    """``StoreCorrupted`` unless ``run_id``'s events up to ``upto`` (all by default),
+    and those of each run it was forked from up to its fork point, keep their chain
+    (``EventStore.verify``): a command that acts on a run (fork, rewind, resume,
+    replay) acted on an edited event as if it were the log's, and a fork of an
+    edited run was a new run that verified. ``nothing``: what was not done."""
+    seen: set[str] = set()
+    while run_id not in seen:
+        seen.add(run_id)
+        report = store.verify(run_id, upto=upto)
+        if not report.ok:
+            raise StoreCorrupted(
+                f"run {run_id} fails verification at version {report.first_bad_version}: "
+                f"{report.problem}; {nothing} (autonomy verify says more)"
+            )
+        first = next(iter(store.read(run_id, upto=1)), None)
+        if first is None or not isinstance(first.data, RunForked):
+            return
+        run_id, upto = first.data.parent_run, first.data.at_version
 
 
 def answer_question(store: EventStore, run_id: str, text: str) -> str:

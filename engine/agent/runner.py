@@ -37,7 +37,7 @@ from engine.agent.conversation import ToolRunner, run_conversation
 from engine.agent.coordinator import Step, decide, model_trouble
 from engine.agent.progress import watching
 from engine.agent.prompts import digest, opening
-from engine.agent.runlog import RunLog, check_run_id
+from engine.agent.runlog import RunLog, check_run_id, refuse_tampered
 from engine.agent.specialists import specialist_for
 from engine.config import Settings
 from engine.errors import ConfigError, IllegalTransition, ToolError
@@ -734,6 +734,7 @@ def _resume(
 ) -> RunLog:
     log = RunLog(store, run_id)
     refuse_unresumable(run_id, log.pipeline)
+    refuse_tampered(store, run_id, None, "nothing was resumed")
     workspace = Path(log.pipeline.workspace)
     if problem := workspace_problem(run_id, workspace, log.version, "nothing was run"):
         raise ResumeRefused(problem)

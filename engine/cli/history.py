@@ -102,6 +102,7 @@ def replay(
         autonomy replay RUN_ID --until 40 --tools recorded
         autonomy replay RUN_ID --continue-live --as RUN_ID-v2 --model-url http://localhost:11434
     """
+    from engine.agent.runlog import refuse_tampered
     from engine.runs.replay import replay as replay_run
     from engine.runs.verification import refuse_corrupt_blobs
 
@@ -128,6 +129,8 @@ def replay(
         _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
         return
     with opened_log(db, read_only=True) as store:
+        # an edited log replays to what it says: "identical" proves nothing then
+        refuse_tampered(store, run_id, until, "nothing was replayed")
         refuse_corrupt_blobs(store, run_id)  # before anything runs, not when one is read
         result = replay_run(store, run_id, until=until, tools=tools)
     if as_json:

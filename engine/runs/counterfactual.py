@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from engine.agent.runlog import refuse_tampered
 from engine.agent.runner import (
     Progress,
     ResumeRefused,
@@ -69,6 +70,7 @@ def go_live(
     to the fork point."""
     if (live_from is None) == (not continue_live):
         raise ReplayRefused("give either a version to go live from, or continue_live")
+    refuse_tampered(store, run_id, live_from, "nothing was replayed")
     if live_from is not None:
         result = replay(store, run_id, until=live_from, tools="recorded")
         if not result.identical:

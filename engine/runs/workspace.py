@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.agent.runlog import RunLog, check_run_id
+from engine.agent.runlog import RunLog, check_run_id, refuse_tampered
 from engine.agent.runner import hidden_from_commands, workspace_lock
 from engine.errors import ToolError
 from engine.machines.phases import TERMINAL
@@ -552,6 +552,7 @@ def _mode_of(target: Path) -> int | None:
 
 def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     last = _check_version(store, run_id, to)
+    refuse_tampered(store, run_id, None, "nothing was rewound")
     workspace = Path(project(store, run_id).pipeline.workspace)
     # the checks resume makes: a workspace that leads to a home or system directory
     # (replaced by a link, or named so in an edited log) is not written, nor is a
@@ -583,6 +584,7 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     written, a fork leaves no workspace.
     """
     _check_version(store, run_id, at)
+    refuse_tampered(store, run_id, at, "nothing was forked")
     check_run_id(new_run_id)
     if store.last_version(new_run_id) != 0:
         raise HistoryError(f"there is already a run {new_run_id!r} in this log")
