@@ -849,8 +849,9 @@ NOT_COMPARED = (
 
 def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     """Each trigger on the tables of ``schema`` (with whether it fires), each
-    function and each view in it, by kind and name, as PostgreSQL prints it, the
-    schema's name replaced by ``<schema>``."""
+    function and each view in it, each rule, row security policy and constraint on
+    its tables and whether they have row security on, by kind and name, as
+    PostgreSQL prints it, the schema's name replaced by ``<schema>``."""
     rows = conn.execute(
         "SELECT 'trigger ' || t.tgname || ' on ' || c.relname,"
         " pg_get_triggerdef(t.oid) || ' [' || t.tgenabled::text || ']'"
@@ -862,8 +863,30 @@ def _definitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
         " FROM pg_proc p WHERE p.pronamespace = to_regnamespace(quote_ident(%s))"
         " UNION ALL"
         " SELECT 'view ' || c.relname, pg_get_viewdef(c.oid)"
-        " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = to_regnamespace(quote_ident(%s))",
-        (schema, schema, schema),
+        " FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = to_regnamespace(quote_ident(%s))"
+        # a rule can drop an append as a trigger can (DO INSTEAD NOTHING); a row
+        # security policy shows the owner's verify one row and the agents another; a
+        # dropped constraint lets a second row in at a version
+        " UNION ALL"
+        " SELECT 'rule ' || r.rulename || ' on ' || c.relname, pg_get_ruledef(r.oid)"
+        " FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+        " WHERE c.relnamespace = to_regnamespace(quote_ident(%s)) AND r.rulename <> '_RETURN'"
+        " UNION ALL"
+        " SELECT 'policy ' || pol.polname || ' on ' || c.relname, pol.polcmd::text || ' '"
+        " || coalesce(pg_get_expr(pol.polqual, pol.polrelid), '') || ' '"
+        " || coalesce(pg_get_expr(pol.polwithcheck, pol.polrelid), '')"
+        " FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid"
+        " WHERE c.relnamespace = to_regnamespace(quote_ident(%s))"
+        " UNION ALL"
+        " SELECT 'row security of ' || c.relname,"
+        " c.relrowsecurity::text || ' ' || c.relforcerowsecurity::text"
+        " FROM pg_class c WHERE c.relkind IN ('r', 'p')"
+        " AND c.relnamespace = to_regnamespace(quote_ident(%s))"
+        " UNION ALL"
+        " SELECT 'constraint ' || con.conname || ' on ' || c.relname, pg_get_constraintdef(con.oid)"
+        " FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
+        " WHERE c.relnamespace = to_regnamespace(quote_ident(%s))",
+        (schema,) * 7,
     ).fetchall()
     # Read with the schema on the search path (the log's own; the scratch one's SET
     # LOCAL), PostgreSQL names nothing of it with its schema but a function's own
@@ -899,12 +922,12 @@ def _definitions_differ(conn: psycopg.Connection[Any], also: Sequence[str] = ())
     ]
     problems += [
         f"{name} is missing" for name in sorted(want.keys() - have.keys())
-        if name.startswith(("function ", "view "))
+        if name.startswith(("function ", "view ", "constraint ", "row security "))
     ]  # fmt: skip
     problems += [
         f"{name} is not autonomy's (a foreign one, made since)"
         for name in sorted(have.keys() - want.keys())
-        if name.startswith("trigger ")
+        if name.startswith(("trigger ", "rule ", "policy ", "constraint "))
     ]
     return problems
 

@@ -63,6 +63,12 @@ def test_verify_says_when_an_append_only_trigger_is_gone(
     assert f"database: FAILED append-only triggers are missing or disabled: {name}" in code.output
 
 
+IDS = (
+    "replica-only", "no-op function", "when-false", "append dropped", "foreign", "rule",
+    "row security", "constraint",
+)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("statements", "said"),
     [
@@ -100,8 +106,27 @@ def test_verify_says_when_an_append_only_trigger_is_gone(
             ],
             "trigger forget on events is not autonomy's",
         ),
+        (
+            [
+                "CREATE RULE quiet AS ON INSERT TO events WHERE NEW.type = 'run.finished'"
+                " DO INSTEAD NOTHING"
+            ],
+            "rule quiet on events is not autonomy's",
+        ),
+        (
+            [
+                "ALTER TABLE events ENABLE ROW LEVEL SECURITY",
+                "ALTER TABLE events FORCE ROW LEVEL SECURITY",
+                "CREATE POLICY shown ON events FOR SELECT USING (version < 2)",
+            ],
+            "policy shown on events is not autonomy's",
+        ),
+        (
+            ["ALTER TABLE events DROP CONSTRAINT events_run_id_version_key"],
+            "constraint events_run_id_version_key on events is missing",
+        ),
     ],
-    ids=["replica-only", "no-op function", "when-false", "append dropped", "foreign"],
+    ids=IDS,
 )
 def test_verify_compares_every_trigger_and_function_with_autonomys(
     store: PostgresEventStore, pg_url: str, statements: list[str], said: str
