@@ -48,6 +48,10 @@ from events.schema import (
 from events.store import RecordedEvent
 from projections import RunState, project
 
+# the module's logs are recorded once and forked by its counterfactual tests, under one
+# key (a fork checks its parent's chain, which another key cannot: "wrong key")
+pytestmark = pytest.mark.usefixtures("session_key")
+
 
 class Killed(BaseException):
     """The process died."""
