@@ -155,7 +155,9 @@ def test_a_queued_run_finished_elsewhere_is_marked_done_with_how_it_ended(
     with open_store(pg_url) as store:
         submit(store, GOAL, tmp_path, run_id="job")
         store.append(
-            "job", [RunStarted(goal=GOAL, workspace=str(tmp_path)), RunFinished(status="completed")], 0
+            "job",
+            [RunStarted(goal=GOAL, workspace=str(tmp_path)), RunFinished(status="completed")],
+            0,
         )
         worker = Worker(store, tmp_path / "runs", lambda *_: load_settings(env={}), said.append)
         assert worker.run(once=True) == 1
@@ -357,3 +359,44 @@ def test_a_worker_started_before_its_log_can_be_reached_waits_for_it(
     assert worker.returncode == 0, text
     assert sum("cannot be reached" in line for line in lines) == 1, text
     assert "worker: the log can be reached again" in text and "worker: job completed" in text
+
+
+@pytest.mark.parametrize("begun", [False, True], ids=["new", "to-resume"])
+def test_a_worker_whose_model_is_down_leaves_the_runs_queued(
+    pg_url: str, tmp_path: Path, begun: bool
+) -> None:
+    """A worker that could not reach its model marked every queued run done with the
+    preflight's error, in half a second; a run it was to resume too, which the log
+    then called running for ever. The runs stay queued: `--once` ends with the error,
+    a serving worker says it once per run and waits for its model."""
+    import socket
+
+    from engine.errors import PreflightFailed
+    from engine.runs.workers import Worker, submit
+    from events import RunStarted
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = load_settings(
+        env={}, overrides={"model_url": f"http://127.0.0.1:{port}", "api": "ollama", "model": "m"}
+    )
+    said: list[str] = []
+    with open_store(pg_url) as store:
+        submit(store, GOAL, tmp_path, run_id="job")
+        if begun:  # cut off mid-run by a worker that died
+            (tmp_path / "ws").mkdir()
+            store.append("job", [RunStarted(goal=GOAL, workspace=str(tmp_path / "ws"))], 0)
+        worker = Worker(store, tmp_path / "runs", lambda *_: settings, said.append)
+        with pytest.raises(PreflightFailed, match="cannot connect"):
+            worker.run(once=True)
+        stop = threading.Event()
+        serving = threading.Thread(target=worker.run, kwargs={"once": False, "stop": stop})
+        serving.start()
+        wait_until(lambda: any("job stays queued" in line for line in said), "it says so")
+        stop.set()
+        serving.join(timeout=60)
+        (done,) = store.connection.execute(
+            "SELECT done_at FROM queue WHERE run_id = 'job'"
+        ).fetchone()
+        assert done is None and store.last_version("job") == (1 if begun else 0)

@@ -35,6 +35,7 @@ from engine.agent.runner import (
     start_run,
 )
 from engine.config import Settings
+from engine.errors import PreflightFailed
 from engine.runs.workspace import copy_workspace, finish_cut_rewind
 from engine.tools.sandbox import remove_tree
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -193,7 +194,20 @@ class Worker:
                     return _EMPTY if once and none_left else _BUSY
                 run_id, goal, template = row
                 where = f"marking run {run_id} done"
-                outcome = self._one(run_id, goal, Path(template))
+                try:
+                    outcome = self._one(run_id, goal, Path(template))
+                except PreflightFailed as e:
+                    # this worker cannot reach its model (its server down, a model it
+                    # lacks): the run stays queued, for it later or another worker. It
+                    # marked every queued run done with that error, a run it was to
+                    # resume too, which the log then called running for ever
+                    claim.rollback()
+                    if once:
+                        raise
+                    if run_id not in self._held:
+                        self._held.add(run_id)
+                        self.progress(f"worker: {e}; {run_id} stays queued")
+                    return _BUSY
                 if outcome is None:  # another engine runs it (a manual resume)
                     claim.rollback()
                     return _BUSY
@@ -218,7 +232,8 @@ class Worker:
                 if workspace.exists():
                     remove_tree(workspace)
                 copy_workspace(template, workspace, hidden_from_commands(self.store))
-                self.progress(f"worker: starting {run_id} in {workspace}")
+                if run_id not in self._held:
+                    self.progress(f"worker: starting {run_id} in {workspace}")
                 settings = self.settings_for(workspace, None)
                 start_run(
                     self.store,
@@ -249,6 +264,8 @@ class Worker:
                 self._held.add(run_id)
                 self.progress(f"worker: {e}; it stays queued")
             return None
+        except PreflightFailed:
+            raise  # the worker's own trouble, not the run's end (``_take``)
         except StoreUnavailable:
             raise
         except (AutonomyError, OSError) as e:
