@@ -23,7 +23,7 @@ both). Open it with a ``postgresql://`` URL (libpq's: ``?host=/socket/dir``,
 * A store is safe to share between threads: its pool (``pool_size`` connections at
   most, each checked before it is lent, so a server that restarted costs no error
   once it is back), its listener and its audit connection (re-made once lost).
-* Leases are session-level advisory locks on a hash of the run id, each held on a
+* Leases are session-level advisory locks on a hash of the schema and run id, each held on a
   connection of its own; the owner's description is kept in ``leases`` so that a
   refusal names it. The server releases the lock when the session ends, however
   the owner's process ends.
@@ -237,9 +237,12 @@ def _url_connect_timeout(url: str) -> float:
     return seconds if 0 < seconds < math.inf else DEFAULT_CONNECT_TIMEOUT
 
 
-def _lease_key(run_id: str) -> int:
-    """A signed 64-bit advisory lock key for the run."""
-    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
+def _lease_key(schema: str, run_id: str) -> int:
+    """A signed 64-bit advisory lock key for the run of the log in ``schema``: advisory
+    locks are the database's, and a key of the run id alone refused a team's run
+    ``job-1`` while another team's ``job-1``, in its own schema, ran."""
+    named = f"{schema}\0{run_id}".encode()
+    return int.from_bytes(hashlib.sha256(named).digest()[:8], "big", signed=True)
 
 
 def _announced(run_id: str) -> str:
@@ -653,15 +656,17 @@ class PostgresEventStore(SQLEventStore):
         """The run's lease: a session-level advisory lock on a connection of its own,
         released when the context ends (before it ends, so that whoever asks next finds
         it free) or when the session dies."""
-        key = _lease_key(run_id)
         where = f"taking the lease of run {run_id}"
         with _mapped_errors(where):
             conn = psycopg.connect(
                 self.url, autocommit=True, connect_timeout=self.connect_timeout, **KEEPALIVES
             )
         held = None
+        key = 0
         try:
             with _mapped_errors(where):
+                (schema,) = conn.execute("SELECT current_schema()").fetchone() or ("",)
+                key = _lease_key(str(schema), run_id)
                 held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
                 if not (held and held[0]):
                     row = conn.execute(

@@ -155,7 +155,9 @@ def test_verify_compares_the_audit_views_with_autonomys(pg_url: str) -> None:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             (definition,) = conn.execute("SELECT pg_get_viewdef('tool_calls')").fetchone()
             body = definition.strip().rstrip(";")
-            conn.execute(f"CREATE OR REPLACE VIEW tool_calls AS SELECT * FROM ({body}) x WHERE false")
+            conn.execute(
+                f"CREATE OR REPLACE VIEW tool_calls AS SELECT * FROM ({body}) x WHERE false"
+            )
         assert "view tool_calls is not as autonomy makes it (changed since it was made)" in (
             store.database_problems()
         )
@@ -613,3 +615,19 @@ def test_an_append_cut_by_a_lock_timeout_is_a_log_not_reachable_now(
         assert store.last_version("r") == 2
     finally:
         impatient.close()
+
+
+def test_a_lease_is_the_logs_not_every_schemas(pg_server: Any) -> None:
+    """Advisory locks are the database's: a lease keyed by the run id alone refused a
+    team's run job-1 while another team's job-1, in a schema of its own, ran."""
+    from events.errors import LeaseHeld
+
+    with (
+        PostgresEventStore(pg_server.new_url()) as team_a,
+        PostgresEventStore(pg_server.new_url()) as team_b,
+        team_a.lease("job-1", "team a's worker"),
+    ):
+        with team_b.lease("job-1", "team b's worker"):
+            pass
+        with pytest.raises(LeaseHeld, match="team a's worker"), team_a.lease("job-1", "again"):
+            pass

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,19 @@ def test_a_worker_started_before_its_log_can_be_reached_waits_for_it(
     assert "worker: the log can be reached again" in text and "worker: job completed" in text
 
 
+@contextlib.contextmanager
+def serving(worker: Any) -> Iterator[None]:
+    """``worker`` taking runs in a thread of this process until the block ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"once": False, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
 @pytest.mark.parametrize("begun", [False, True], ids=["new", "to-resume"])
 def test_a_worker_whose_model_is_down_leaves_the_runs_queued(
     pg_url: str, tmp_path: Path, begun: bool
@@ -390,13 +404,34 @@ def test_a_worker_whose_model_is_down_leaves_the_runs_queued(
         worker = Worker(store, tmp_path / "runs", lambda *_: settings, said.append)
         with pytest.raises(PreflightFailed, match="cannot connect"):
             worker.run(once=True)
-        stop = threading.Event()
-        serving = threading.Thread(target=worker.run, kwargs={"once": False, "stop": stop})
-        serving.start()
-        wait_until(lambda: any("job stays queued" in line for line in said), "it says so")
-        stop.set()
-        serving.join(timeout=60)
+        with serving(worker):
+            wait_until(lambda: any("job stays queued" in line for line in said), "it says so")
         (done,) = store.connection.execute(
             "SELECT done_at FROM queue WHERE run_id = 'job'"
         ).fetchone()
         assert done is None and store.last_version("job") == (1 if begun else 0)
+
+
+def test_a_worker_leaves_a_workspace_another_run_works_in(pg_url: str, tmp_path: Path) -> None:
+    """Workers of two logs (a schema per team) sharing a workdir: a new run's directory
+    there was removed before it was copied afresh, and it was another team's run's
+    live workspace. One that a run holds is left, and the run stays queued."""
+    from engine.agent.runner import workspace_lock
+    from engine.runs.workers import Worker, submit
+
+    theirs = tmp_path / "runs" / "job"
+    theirs.mkdir(parents=True)
+    (tmp_path / "template").mkdir()
+    (theirs / "their.py").write_text("mine\n")
+    said: list[str] = []
+    with open_store(pg_url) as store, workspace_lock(theirs, "job of another log"):
+        submit(store, GOAL, tmp_path / "template", run_id="job")
+        worker = Worker(store, tmp_path / "runs", lambda *_: load_settings(env={}), said.append)
+        with serving(worker):
+            wait_until(
+                lambda: any("is in use by run job of another log" in s for s in said), "refused"
+            )
+        (done,) = store.connection.execute(
+            "SELECT done_at FROM queue WHERE run_id = 'job'"
+        ).fetchone()
+    assert (theirs / "their.py").read_text() == "mine\n" and done is None

@@ -33,6 +33,7 @@ from engine.agent.runner import (
     new_run_id,
     resume_run,
     start_run,
+    workspace_lock,
 )
 from engine.config import Settings
 from engine.errors import PreflightFailed
@@ -230,6 +231,10 @@ class Worker:
             if self.store.last_version(run_id) == 0:
                 workspace = self.workdir / run_id
                 if workspace.exists():
+                    # another run working in it (a run of another log, whose workers
+                    # share this workdir: a schema per team) is LeaseHeld: not removed
+                    with workspace_lock(workspace, run_id):
+                        pass
                     remove_tree(workspace)
                 copy_workspace(template, workspace, hidden_from_commands(self.store))
                 if run_id not in self._held:
