@@ -775,6 +775,13 @@ def grant_writer(conn: psycopg.Connection[Any], role: str, readable: Iterable[st
     the derived run summaries rewritable, SELECT on ``readable`` (the audit views), never UPDATE, DELETE or TRUNCATE on the
     log (its triggers are the second wall). Run by the schema's owner, after
     ``migrate``; again after an upgrade adds a table."""
+    if role.strip().lower() == "public" or not role.strip():
+        # quoted or not, "public" is PostgreSQL's every role (and "" no role's name):
+        # granting to it said "public may now append" and let every login write the log
+        raise EventStoreError(
+            f"granting to {role!r}: that is no role but every role (PUBLIC) or none; "
+            "give the name of the role the workers connect as"
+        )
     sql = psycopg.sql
 
     def names(tables: Iterable[str]) -> psycopg.sql.Composable:

@@ -464,6 +464,23 @@ def test_grant_writer_names_a_missing_role_in_one_line(pg_url: str) -> None:
     assert "nobody_at_all" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("role", ["public", "Public", "", " "])
+def test_grant_writer_refuses_every_role_or_none(pg_url: str, role: str) -> None:
+    """Quoted, "public" is still PostgreSQL's every role: it said "public may now
+    append to and read the log" and let every login write it; "" was a syntax error
+    over several lines."""
+    result = CliRunner().invoke(cli, ["grant-writer", role, "--db", pg_url])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and "every role (PUBLIC) or none" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    with psycopg.connect(pg_url) as conn:
+        granted = conn.execute(
+            "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = 'PUBLIC'"
+            " AND table_schema = current_schema()"
+        ).fetchone()
+    assert granted == (0,)
+
+
 def test_a_log_is_made_in_the_first_schema_of_the_path_even_when_a_later_has_one(
     pg_url: str,
 ) -> None:
