@@ -258,6 +258,11 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("json", TextLoader)
     conn.adapters.register_loader("jsonb", TextLoader)
     conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}s'")
+    # a pooled connection waits between a run's steps by design: an administrator's
+    # idle_session_timeout ended it there, and the pool then lent no connection for
+    # 10 s, a run stopped and resumed over and over (PostgreSQL 14 and later)
+    with contextlib.suppress(psycopg.errors.UndefinedObject):
+        conn.execute("SET idle_session_timeout = 0")
 
 
 IDLE_IN_TRANSACTION = 60

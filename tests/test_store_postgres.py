@@ -648,3 +648,30 @@ def test_a_lease_is_the_logs_not_every_schemas(pg_server: Any) -> None:
             pass
         with pytest.raises(LeaseHeld, match="team a's worker"), team_a.lease("job-1", "again"):
             pass
+
+
+def test_an_administrators_idle_session_timeout_does_not_take_the_pools_connections(
+    pg_url: str,
+) -> None:
+    """A pooled connection idles between a run's steps by design: ended by the
+    server's idle_session_timeout, it left the pool lending none for 10 s, and a
+    worker's runs stopped and resumed over and over."""
+    from waiting import wait_until
+
+    timed = pg_url + "%20-cidle_session_timeout%3D300"  # 0.3 s, as an administrator sets
+    with PostgresEventStore(timed, connect_timeout=3) as store:
+        store.append("r", [START], 0)
+        other = psycopg.connect(timed, autocommit=True)  # what the timeout does to one
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+
+            def ended() -> bool:
+                found = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                    (other.info.backend_pid,),
+                ).fetchone()
+                return found == (0,)
+
+            wait_until(ended, "the server ends an idle session")
+        other.close()
+        assert store.last_version("r") == 1  # at once: a pooled connection is still there
+        store.append("r", [TASK], 1)
