@@ -353,7 +353,7 @@ class Engine:
 
     def _left_by_cut_command(self, requested: int) -> tuple[FileChange, ...]:
         request = next(self.log.store.read(self.log.run_id, after=requested - 1, upto=requested))
-        at = datetime.fromisoformat(request.recorded_at.replace("Z", "+00:00")).timestamp()
+        at = datetime.fromisoformat(request.recorded_at).timestamp()
         known = {path: (f.digest, f.size) for path, f in self.log.pipeline.files.items()}
         return changes_of_a_cut_command(Sandbox(self.workspace).root, at, known, self.log.store)
 

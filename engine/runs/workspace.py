@@ -39,6 +39,7 @@ from engine.tools.sandbox import (
     Sandbox,
     drop_set_id,
     not_a_project,
+    process_gone,
     remove_tree,
     workspace_problem,
 )
@@ -380,20 +381,8 @@ def _remove_abandoned_copies(workspace: Path) -> None:
         found = pattern.fullmatch(candidate.name)
         if found is None or not candidate.is_dir() or candidate.is_symlink():
             continue
-        if _gone(found.group(1)):
+        if process_gone(found.group(1)):
             remove_tree(candidate)
-
-
-def _gone(pid: str) -> bool:
-    """Whether no process ``pid`` runs here (one of another user's, or a text that is
-    no process id, is not known to be gone)."""
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        pass
-    return False
 
 
 def _check_version(store: EventStore, run_id: str, version: int) -> int:
@@ -668,4 +657,4 @@ def _abandoned_fork(store: EventStore, workspace: Path) -> bool:
         run_id, pid = (workspace / FORKING).read_text().split()
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return store.last_version(run_id) == 0 and _gone(pid)
+    return store.last_version(run_id) == 0 and process_gone(pid)

@@ -51,7 +51,13 @@ from typing import IO, Annotated, Literal
 import msgspec
 
 from engine.errors import ConfinementUnavailable
-from engine.tools.sandbox import PROTECTED, SYSTEM_DIRECTORIES, not_a_project, temporary_directory
+from engine.tools.sandbox import (
+    PROTECTED,
+    SYSTEM_DIRECTORIES,
+    not_a_project,
+    process_gone,
+    temporary_directory,
+)
 
 SandboxSetting = Literal["auto", "required", "off"]
 
@@ -420,20 +426,9 @@ def _release(cgroup: Path | None) -> None:
                 break
             time.sleep(0.01)
     for group in cgroup.parent.glob("autonomy-*-*"):
-        pid = group.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if process_gone(group.name.split("-")[1]):
             with contextlib.suppress(OSError):
                 group.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:

@@ -289,3 +289,15 @@ def temporary_directory(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         remove_tree(path)
+
+
+def process_gone(pid: str) -> bool:
+    """Whether no process ``pid`` runs here (one of another user's, or a text that is
+    no process id, is not known to be gone): whose marks, leftovers or cgroups may go."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return False
