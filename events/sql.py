@@ -19,8 +19,10 @@ from events.store import (
     READABLE,
     RUNS_AFTER_SQL,
     RUNS_SQL,
+    Brief,
     EventStore,
     Payload,
+    RecordedEvent,
     Row,
     RowExtent,
     RunInfo,
@@ -45,12 +47,16 @@ class SQLEventStore(EventStore):
     placeholder: ClassVar[str] = "?"
     _run_sql: ClassVar[str]
     _payloads_sql: ClassVar[str]
+    _brief_sql: ClassVar[str]
     _last_version_sql: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._run_sql = cls.sql(f"SELECT {COLUMNS} {_RUN_WHERE}")
         cls._payloads_sql = cls.sql(f"SELECT version, type, schema_version, data {_RUN_WHERE}")
+        cls._brief_sql = cls.sql(
+            f"SELECT version, type, schema_version, causation, data {_RUN_WHERE}"
+        )
         cls._last_version_sql = cls.sql(
             f"SELECT max(version) FROM events WHERE run_id = ? AND {READABLE}"
         )
@@ -75,6 +81,12 @@ class SQLEventStore(EventStore):
         return itertools.chain.from_iterable(
             self._run_chunks(self._payloads_sql, 0, run_id, after, upto)
         )
+
+    def read_brief(self, run_id: str, *, upto: int | None = None) -> Iterator[RecordedEvent]:
+        rows: Iterator[Brief] = itertools.chain.from_iterable(
+            self._run_chunks(self._brief_sql, 0, run_id, 0, upto)
+        )
+        return self._decode_brief(run_id, rows)
 
     def _run_chunks(
         self, sql: str, version_at: int, run_id: str, after: int, upto: int | None

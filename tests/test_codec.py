@@ -145,6 +145,8 @@ READERS = {
     # the rebuild's own fast path (read_payloads, one C-level decode per row) must
     # refuse exactly what the full decode refuses, with the same error
     "project": project,
+    # a replay's read: fewer columns, the same decode and the same refusals
+    "read_brief": lambda store, run_id: list(store.read_brief(run_id)),
 }
 
 

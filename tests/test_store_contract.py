@@ -282,6 +282,23 @@ class StoreContract(ABC):
         assert payloads == [(r.version, r.type, r.schema_version, r.data) for r in rows]
         assert list(self.store.read_payloads("nobody")) == []
 
+    @pytest.mark.parametrize("upto", [None, 5, 0])
+    def test_a_brief_read_is_the_read_but_for_position_time_and_hash(
+        self, monkeypatch: pytest.MonkeyPatch, upto: int | None
+    ) -> None:
+        monkeypatch.setattr(events.store, "READ_CHUNK", 2)
+        self.store.append("run-a", [START, task(1)], 0)
+        self.store.append("run-a", [*(task(n) for n in range(2, 7))], 2, causation=2)
+        self.store.append("run-b", [START, task(9)], 0)
+
+        def brief(r: RecordedEvent) -> tuple[object, ...]:
+            return (r.run_id, r.version, r.type, r.schema_version, r.causation, r.data)
+
+        read = [brief(r) for r in self.store.read("run-a", upto=upto)]
+        assert [brief(r) for r in self.store.read_brief("run-a", upto=upto)] == read
+        assert len(read) == (7 if upto is None else upto)
+        assert list(self.store.read_brief("nobody")) == []
+
     # -- runs ------------------------------------------------------------------------------------
 
     def test_runs_lists_each_run_in_order_of_first_appearance(self) -> None:

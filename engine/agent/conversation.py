@@ -38,7 +38,10 @@ from events.schema import Message, ToolExecuted, ToolRequested
 from projections.pipeline import TaskState
 
 ToolRunner = Callable[[ToolRegistry, str, Mapping[str, Any], ToolContext], ToolOutcome]
-"""Runs one tool call: ``engine.tools.execute``, or a replay's results from the log."""
+"""Runs one tool call: ``engine.tools.execute``, or a replay's results from the log.
+A runner whose ``in_workspace`` attribute is false runs nothing in the workspace (a
+replay's recorded results): the check that the workspace is still there and
+writable, made before each tool call, is not made for it."""
 
 INVALID = (
     "Your last answer could not be used: {error}. Answer again with one valid tool call "
@@ -232,7 +235,9 @@ def _run_tool(
     *,
     refusal: str = "",
 ) -> ToolOutcome:
-    if not ctx.workspace.is_dir() or read_only(ctx.workspace):
+    if getattr(run_tool, "in_workspace", True) and (
+        not ctx.workspace.is_dir() or read_only(ctx.workspace)
+    ):
         stopped = "the run stopped before its next tool call, with nothing lost"
         raise WorkspaceGone(workspace_problem(log.run_id, ctx.workspace, log.version, stopped))
     call_id = log.next_id("t")

@@ -154,10 +154,12 @@ def replay(
         raise ReplayRefused(
             f"run {run_id} has versions 1 to {len(recording.events)}; {until} is not one of them"
         )
+    live = tools == "live"
     if scratch is None:
         with temporary_directory("autonomy-replay-") as tmp:
-            return _replay(recording, as_long_as(tmp, recorded_workspace), tools == "live")
-    return _replay(recording, scratch, tools == "live")
+            # what a command prints of its directory must be cut where the recorded one was
+            return _replay(recording, as_long_as(tmp, recorded_workspace) if live else tmp, live)
+    return _replay(recording, scratch, live)
 
 
 def as_long_as(base: Path, recorded: str) -> Path:

@@ -174,7 +174,7 @@ class Recording:
         self.store = store
         self.run_id = run_id
         self.until = until
-        self.events = list(store.read(run_id))
+        self.events = list(store.read_brief(run_id))
         if not self.events:
             raise RunNotFound(run_id)
         self.calls: list[RecordedCall] = []
@@ -459,6 +459,8 @@ class RecordedTools:
         self.recording = recording
         self.log = log
         self.live = live
+        self.in_workspace = live
+        """With results from the log nothing runs in the workspace (``ToolRunner``)."""
 
     def __call__(
         self, registry: ToolRegistry, name: str, arguments: Mapping[str, Any], ctx: ToolContext
