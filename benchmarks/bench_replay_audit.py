@@ -37,6 +37,7 @@ This is a script, not a test.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import random
 import secrets
@@ -409,14 +410,23 @@ def replay_throughput(db: Path, workdir: Path, tasks: int, repeat: int, key: byt
             f" recorded in {recorded:.1f} s",
             flush=True,
         )
-        rebuilt = median_seconds(lambda: project(store, run_id), repeat)
-        print(f"rebuild-only        {events / rebuilt:>10,.0f} ev/s", flush=True)
+        cases: dict[str, Callable[[], object]] = {"rebuild": lambda: project(store, run_id)}
         for tools in ("recorded", "live"):
-            result = replay(store, run_id, tools=tools)
-            if not result.identical:
+            result = replay(store, run_id, tools=tools)  # and a first run, untimed
+            if result.identical:
+                cases[tools] = functools.partial(replay, store, run_id, tools=tools)
+            else:
                 print(f"replay --tools {tools} is not identical, not measured:\n{result.report()}")
-                continue
-            replayed = median_seconds(lambda t=tools: replay(store, run_id, tools=t), repeat)
+        # interleaved, so that a machine that speeds up or slows down in the meantime
+        # does so for the replays and their baseline alike
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeat):
+            for name, fn in cases.items():
+                times[name].append(median_seconds(fn, 1))
+        seconds = {name: statistics.median(t) for name, t in times.items()}
+        rebuilt = seconds.pop("rebuild")
+        print(f"rebuild-only        {events / rebuilt:>10,.0f} ev/s", flush=True)
+        for tools, replayed in seconds.items():
             print(
                 f"replay --tools {tools:<8} {events / replayed:>10,.0f} ev/s"
                 f"   replay/rebuild {rebuilt / replayed:.3f}",

@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 from waiting import refusing_url
 
 from engine.agent.runlog import RunLog
-from engine.agent.runner import ResumeRefused, resume_run, start_run
+from engine.agent.runner import STOPPED_BY_USER, ResumeRefused, resume_run, start_run
 from engine.config import Settings, load_settings
 from engine.model.roles import Endpoint
 from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
+from engine.runs.replay_sources import RECOVERY_ERRORS, STOP_TYPES, is_stop
 from engine.runs.workspace import HistoryError, fork, rewind
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer
@@ -39,13 +40,16 @@ from events.errors import ConcurrencyError
 from events.schema import (
     Event,
     ModelRequested,
+    RunFinished,
     RunResumed,
+    RunRewound,
     TaskUpdated,
     ToolExecuted,
     ToolRequested,
     UserAnswered,
 )
 from events.store import RecordedEvent
+from events.strategies import any_event
 from projections import RunState, project
 
 # the module's logs are recorded once and forked by its counterfactual tests, under one
@@ -1009,3 +1013,24 @@ def command_cut_by_a_kill(tmp_path: Path, commands: ScriptedModelServer) -> Kill
         if any(p.tool == "run_command" for p in pending):
             return store
     raise AssertionError("no kill left a command pending")
+
+
+@given(any_event())
+def test_only_the_types_a_recording_looks_at_for_stops_can_be_stops(event: Event) -> None:
+    """``Recording`` asks ``is_stop`` only of ``STOP_TYPES`` (a set lookup for the
+    other events of a run): every event ``is_stop`` is true of must be of one."""
+    assert not is_stop(event, by_words=True) or type(event) in STOP_TYPES
+
+
+def test_every_kind_of_stop_is_of_a_type_a_recording_looks_at() -> None:
+    stops = [
+        RunResumed(),
+        RunRewound(to_version=3),
+        RunFinished(status="stopped", reason=STOPPED_BY_USER),
+        ToolExecuted(
+            call_id="r/t4", tool="run_command", ok=False, error=next(iter(RECOVERY_ERRORS))
+        ),
+        TaskUpdated(task_id="t1", status="failed", error="not applied: x.py"),
+    ]
+    for stop in stops:
+        assert is_stop(stop, by_words=True) and type(stop) in STOP_TYPES, stop

@@ -97,10 +97,12 @@ def is_stop(event: Event, *, by_words: bool = False) -> bool:
     from outside: a ``STOPS`` event, a Ctrl-C's ``run.finished``, or (``by_words``, in
     a log older than ``run.resumed``) what recovery settled after a crash."""
     return (
-        isinstance(event, STOPS)
-        or is_user_stop(event)
-        or (by_words and settled_by_recovery(event))
+        isinstance(event, STOPS) or is_user_stop(event) or (by_words and settled_by_recovery(event))
     )
+
+
+STOP_TYPES = frozenset({*STOPS, RunFinished, ToolExecuted, TaskUpdated})
+"""The only types ``is_stop`` can be true of: a cheap test before it."""
 
 
 def settled_by_recovery(event: Event) -> bool:
@@ -196,7 +198,9 @@ class Recording:
             elif type(data) is ModelFailed:
                 if data.call_id in by_id:
                     by_id[data.call_id].failures.append(data)
-            elif is_stop(data, by_words=event.version < self._words_until):
+            elif type(data) in STOP_TYPES and is_stop(
+                data, by_words=event.version < self._words_until
+            ):
                 stops.append(event.version)
         self._stops = frozenset(stops)
         """The versions of the events written where the recorded engine had been stopped."""
