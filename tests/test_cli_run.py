@@ -258,6 +258,7 @@ def test_a_run_whose_output_pipe_closes_is_recorded_as_stopped(tmp_path: Path) -
     import subprocess
     import sys
 
+    from engine.agent.runner import STOPPED_BY_PIPE
     from engine.storage import open_store
     from projections import project
 
@@ -278,5 +279,7 @@ def test_a_run_whose_output_pipe_closes_is_recorded_as_stopped(tmp_path: Path) -
     assert run.returncode == 128 + signal.SIGPIPE, said
     assert "Traceback" not in said and "Exception ignored" not in said, said
     assert "run r was stopped" in said and f"autonomy resume r --db {db}" in said, said
+    assert "run r was stopped: the reader of its output went away" in said, said
     with open_store(db) as store:
         assert project(store, "r").pipeline.status == "stopped"
+        assert list(store.read("r"))[-1].data.reason == STOPPED_BY_PIPE  # not a Ctrl-C

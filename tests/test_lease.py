@@ -214,6 +214,7 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     ended the run with nothing recorded, a run the log called running; they stop it
     as Ctrl-C does, the shell's exit code for each (128 + its number). Two at once
     (a Ctrl-C as the service manager's SIGTERM lands) are one stop, the first's."""
+    from engine.agent.runner import STOPPED_BY_SIGNAL
     from engine.runs.replay import replay
     from events.schema import RunFinished
 
@@ -244,7 +245,10 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
         assert f"continue it with: autonomy resume {run_id} --db {db}" in err
         last = list(open_store(db).read(run_id))[-1].data
         assert isinstance(last, RunFinished) and last.status == "stopped"
-        assert last.reason == "interrupted by the user (Ctrl-C)"
+        # each cause in its own words: a SIGTERM was recorded as a Ctrl-C
+        reason = STOPPED_BY_SIGNAL[signal.Signals(process.returncode - 128)]
+        assert last.reason == reason
+        assert f"run {run_id} was stopped: {reason}; the log says so." in err
         resumed = CliRunner().invoke(cli, ["resume", run_id, "--db", str(db), *model])
         assert resumed.exit_code == 0, resumed.output
     store = open_store(db)

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from waiting import Gate, reaped, wait_until
 
+from engine.agent.runner import STOPPED_BY_USER, STOPPED_WITH_WORKER
 from engine.cli import cli
 from engine.config import load_settings
 from engine.runs.demo import GOAL, DemoModels
@@ -259,11 +260,14 @@ def test_ctrl_c_stops_every_run_of_a_worker_with_concurrency(pg_url: str, tmp_pa
     assert worker.returncode == 130, output
     assert "Traceback" not in output, output
     for job in ("job-1", "job-2"):
-        assert output.count(f"run {job} was stopped: interrupted by the user") == 1, output
+        assert output.count(f"run {job} was stopped: ") == 1, output
     assert "resuming" not in output, output
     with open_store(pg_url) as store:
         for job in ("job-1", "job-2"):
             assert project(store, job).pipeline.status == "stopped"
+        # the main thread's run by the Ctrl-C, the other's by the worker's stop
+        reasons = {list(store.read(job))[-1].data.reason for job in ("job-1", "job-2")}
+        assert reasons == {STOPPED_BY_USER, STOPPED_WITH_WORKER}, reasons
         queued = store.connection.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
         assert queued.fetchone()[0] == 2, "both stay queued, for the next worker to resume"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -628,25 +629,48 @@ def _start(
 
 
 STOPPED_BY_USER = "interrupted by the user (Ctrl-C)"
+STOPPED_BY_SIGNAL = {
+    signal.SIGINT: STOPPED_BY_USER,
+    signal.SIGTERM: "terminated by SIGTERM (a service manager, docker stop or kill)",
+    signal.SIGHUP: "its terminal was closed (SIGHUP)",
+}
+STOPPED_BY_PIPE = "the reader of its output went away"
+STOPPED_WITH_WORKER = "the worker running it was stopped"
+STOP_REASONS = frozenset({*STOPPED_BY_SIGNAL.values(), STOPPED_BY_PIPE, STOPPED_WITH_WORKER})
+"""What a ``run.finished`` says of a stop from outside the run, each cause in its own
+words (a SIGTERM was once recorded as a Ctrl-C). Frozen: a replay knows such a stop
+by its words (``is_user_stop``), and old logs keep theirs."""
+
+
+class Stop(KeyboardInterrupt):
+    """A stop from outside the run, with the reason its log records (a
+    ``KeyboardInterrupt`` of Python's own, with none, is a Ctrl-C)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def is_user_stop(event: object) -> bool:
-    """Whether ``event`` is the ``run.finished`` a Ctrl-C wrote: an input from the
-    world, like an answer, which a replay takes from the log."""
+    """Whether ``event`` is the ``run.finished`` a stop from outside wrote (Ctrl-C, a
+    signal, a worker stopped): an input from the world, like an answer, which a
+    replay takes from the log."""
     return (
         isinstance(event, RunFinished)
         and event.status == "stopped"
-        and event.reason == STOPPED_BY_USER
+        and event.reason in STOP_REASONS
     )
 
 
 class RunInterrupted(Exception):
-    """The user stopped the run (Ctrl-C); ``run.finished(stopped)`` says so in the log
-    and ``autonomy resume`` continues it. Not an ``AutonomyError``: it is no mistake."""
+    """The run was stopped from outside (Ctrl-C, a signal); ``run.finished(stopped)``
+    says so in the log and ``autonomy resume`` continues it. Not an
+    ``AutonomyError``: it is no mistake."""
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id} was stopped: {STOPPED_BY_USER}")
+    def __init__(self, run_id: str, reason: str = STOPPED_BY_USER) -> None:
+        super().__init__(f"run {run_id} was stopped: {reason}")
         self.run_id = run_id
+        self.reason = reason
 
 
 class RunCutOff(StoreUnavailable):
@@ -673,11 +697,18 @@ def _stops_recorded(run: RunLog) -> Iterator[None]:
         yield
     except StoreUnavailable as e:
         raise RunCutOff(run.run_id, e) from e
-    except (KeyboardInterrupt, BrokenPipeError):
+    except (KeyboardInterrupt, BrokenPipeError) as e:
+        reason = (
+            e.reason
+            if isinstance(e, Stop)
+            else STOPPED_BY_PIPE
+            if isinstance(e, BrokenPipeError)
+            else STOPPED_BY_USER
+        )
         log = RunLog(run.store, run.run_id)
         if log.pipeline.status == "running":
-            log.append(RunFinished(status="stopped", reason=STOPPED_BY_USER))
-        raise RunInterrupted(log.run_id) from None
+            log.append(RunFinished(status="stopped", reason=reason))
+        raise RunInterrupted(log.run_id, reason) from None
 
 
 def resume_run(

@@ -157,7 +157,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     exit 128 + the signal's number: they ended it with nothing recorded, a run the
     log called running for ever. A log lost in the middle of the run: say so, and
     how to continue it once it is back; exit 1."""
-    from engine.agent.runner import RunCutOff, RunInterrupted
+    from engine.agent.runner import STOPPED_BY_SIGNAL, RunCutOff, RunInterrupted, Stop
 
     received = [signal.SIGINT]
     stopping: list[float] = []
@@ -172,7 +172,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
             return
         stopping.append(now)
         received.append(signal.Signals(signum))
-        raise KeyboardInterrupt
+        raise Stop(STOPPED_BY_SIGNAL[received[-1]])
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, *STOPPING)}
     try:

@@ -27,6 +27,8 @@ from typing import Any
 
 from engine.agent.runlog import check_run_id
 from engine.agent.runner import (
+    STOPPED_WITH_WORKER,
+    Stop,
     check_goal,
     finished,
     hidden_from_commands,
@@ -131,7 +133,7 @@ class Worker:
         """``progress``, and where the run stops when the worker is interrupted."""
         self.progress(line)
         if self.interrupt is not None and self.interrupt.is_set():
-            raise KeyboardInterrupt
+            raise Stop(STOPPED_WITH_WORKER)
 
     def run(self, *, once: bool, stop: threading.Event | None = None) -> int:
         """Take and run queued runs; with ``once``, return when every queued run is
