@@ -588,6 +588,14 @@ class SQLiteEventStore(SQLEventStore):
         problems += [f"{what} (at {at})" for at, what in repairs]
         return problems
 
+    def record_repair(self, what: str) -> None:
+        """Record in ``repairs`` what a writer found wrong with the database and is
+        putting right, where ``verify`` reports it."""
+        with self._lock, _mapped_errors("recording a repair"):
+            self._conn.execute(
+                "INSERT INTO repairs (at, what) VALUES (?, ?)", (format_time(self.clock()), what)
+            )
+
     # -- misc ------------------------------------------------------------------------
 
     @property

@@ -26,6 +26,7 @@ events themselves stay in the log: ``SELECT * FROM events``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from collections.abc import Callable
@@ -210,6 +211,87 @@ FROM events e WHERE type = 'arbiter.decided' AND EFFECTIVE(e)
 """,
 }
 VIEWS = {name: with_effective(sql) for name, sql in VIEWS.items()}
+
+MADE_BY_AUTONOMY: dict[str, frozenset[str]] = {
+    "decisions": frozenset(
+        {
+            "86076a6564a254eef7f9f9afb7b19c4171e8430bdbdac48b866c9ace3b5dfc4b",
+            "f82ef184910fb87c78a873199a27b20a483de11ef0a4700786e68ba8a181e680",
+        }
+    ),
+    "effective_spans": frozenset(
+        {
+            "d513b3760fd0f3279de2f5c5e05fd3950b1e665c698c9522268fc542e21f6d5b",
+        }
+    ),
+    "model_calls": frozenset(
+        {
+            "ba8f4e5f53f5e64a51b674708bc6f5cffd7cac9f22fda3e600773b406f92ad89",
+            "bb3440ed4fc6632dbf1410b2baa0729c6d5674e5c4ad83f05c7f2158ab5c4952",
+            "cf6d0f576156a0643cdf25f431bcd6d848abb46c1bfef7d4663ff57a9a0f7a44",
+            "f42371bf0dff46a61c641ecbbc21045dec8e075820c1628d5a80c8cda4e71c4f",
+        }
+    ),
+    "phase_changes": frozenset(
+        {
+            "08dff8e9d4e8d23e474c8ceef5bbda0a298e7bb0609f7b17ef565c2401ee09ca",
+            "42c495b4349a6724c1807ac9b62d14cd5e45114bcef190db35884050c7b41feb",
+        }
+    ),
+    "runs": frozenset(
+        {
+            "410b6703bb279a0d6e38e0ac8b074e6ab9a9caeafa523919c7e437b74013399a",
+            "7fca9c3b6df33de872d03d9afb886d3bbd8c60d9cbbe24ce470465c477521318",
+            "d8bd722cfb0d24e4621c06e78cc358934bb06780db51030e7ec7e4c8ec7df137",
+        }
+    ),
+    "tasks": frozenset(
+        {
+            "809a0257079c372cf484c313c45a7b80eb41fe7186e2b140dec96f1b05509096",
+            "888e12d25fd250b9521161fd0b6c6ce3da42e5972f34bf4a15ca9fd0ea6a91b6",
+            "a59bcce1ea74b0b1ac10925174a52a7d64180f375460fa6fcfdb8339690303f4",
+        }
+    ),
+    "tool_calls": frozenset(
+        {
+            "30c6f034ab7aa3fb8ad9760adfcfe9f7d16d12f4cbcd1aba3af8d9cb977b34a5",
+            "ff6c8d74573ea183fb14730d3c3dc6c27bdaaad39a9164339f326ff051ef2d61",
+        }
+    ),
+}
+"""The sha256 of each audit view's SQL as some autonomy installed it, this one's
+included (``tests/test_views.py`` says so when a view changes): a view of a log
+with any other SQL was made by someone else (``foreign_views``). Frozen, as the
+upcasters are: a log keeps the views it was given until a writer replaces them."""
+
+_CREATE_VIEW = re.compile(
+    r"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:\"(?:[^\"]|\"\")*\"|\[[^\]]*\]|\S+)\s+AS\s+(.*)",
+    re.S | re.I,
+)
+
+
+def view_digest(text: str) -> str:
+    """The sha256 of the SQL a view's ``CREATE VIEW`` statement (as ``sqlite_master``
+    keeps it) gives it."""
+    body = _CREATE_VIEW.fullmatch(text.strip())
+    return hashlib.sha256((body[1] if body else text).strip().encode("utf-8")).hexdigest()
+
+
+def foreign_views(connection: sqlite3.Connection) -> list[str]:
+    """The audit views of the file (its own schema, not the TEMP views a read-only
+    opening adds) whose SQL no autonomy made: someone replaced them, and whoever
+    reads the file with another program (``sqlite3``, Datasette) reads what they
+    were made to show. Views of other names are the user's own."""
+    names = ", ".join("?" * len(MADE_BY_AUTONOMY))
+    rows = connection.execute(
+        f"SELECT name, sql FROM main.sqlite_master WHERE type = 'view' AND name IN ({names})",
+        tuple(MADE_BY_AUTONOMY),
+    )
+    return sorted(
+        name
+        for name, text in rows
+        if not isinstance(text, str) or view_digest(text) not in MADE_BY_AUTONOMY[name]
+    )
 
 
 def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None:

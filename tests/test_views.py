@@ -548,3 +548,18 @@ def test_a_view_wrapped_by_a_forger_is_put_back_and_a_table_in_its_place_refused
     for read_only in (True, False):
         with pytest.raises(EventStoreError, match="a table named tool_calls where autonomy"):
             open_store(path, read_only=read_only)
+
+
+def test_every_view_autonomy_installs_is_one_it_knows_it_made() -> None:
+    """``foreign_views`` knows autonomy's views by their SQL's digest, every version
+    ever installed: a view changed here must add its new digest to
+    ``MADE_BY_AUTONOMY`` (the old ones stay: older logs keep their views)."""
+    from projections.views import MADE_BY_AUTONOMY, view_digest
+
+    assert set(MADE_BY_AUTONOMY) >= set(VIEWS)
+    for name, sql in VIEWS.items():
+        installed = f'CREATE VIEW "{name}" AS {sql.strip()}'  # as sqlite_master keeps it
+        assert view_digest(installed) in MADE_BY_AUTONOMY[name], (
+            f"view {name} changed: add {view_digest(installed)} to MADE_BY_AUTONOMY[{name!r}]"
+        )
+        assert view_digest(f"CREATE VIEW [{name}] AS\n{sql}") == view_digest(installed)

@@ -36,9 +36,11 @@ import msgspec
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
 from events.schema import blob_references
+from events.sqlite import SQLiteEventStore
 from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
 from projections.summaries import summary_problems
+from projections.views import foreign_views
 
 
 class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +83,14 @@ def verify_log(
     for checkpoint in checkpoints:
         by_run.setdefault(checkpoint.run_id, []).append(checkpoint)
     database = list(store.database_problems())
+    checks = store.database_checks
+    if isinstance(store, SQLiteEventStore):  # PostgreSQL's are among its definitions
+        database += [
+            f"audit view {name} is not one autonomy made: whoever reads the file with "
+            "another program (sqlite3, Datasette) reads what it was made to show"
+            for name in foreign_views(store.connection)
+        ]
+        checks += ", audit views"
     infos = store.runs()
     first_position = {info.run_id: info.first_position for info in infos}
     ids = list(run_ids) if run_ids is not None else list(first_position)
@@ -140,7 +150,7 @@ def verify_log(
         database=tuple(database),
         blobs=blobs.count,
         runs=tuple(verdicts),
-        checks=store.database_checks,
+        checks=checks,
     )
 
 
