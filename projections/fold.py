@@ -30,13 +30,13 @@ neither ever changes a state it was given.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 from events.codec import CURRENT
-from events.errors import RunNotFound
+from events.errors import RunNotFound, StoreCorrupted
 from events.schema import EVENT_TYPES, Event, RunForked, RunRewound
 from events.store import EventStore, Payload, RecordedEvent
 from projections.orchestration import (
@@ -298,19 +298,80 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
     parent's state at the fork point, read from the same store. The state's
     history is left in the log (``RunState.logged``).
     """
-    # The rows are read and decoded here rather than through ``store.read``: a row
-    # at its type's current schema version (all of them, but for a log written by
-    # an older autonomy) costs one C-level decode and no objects besides the event.
-    rows = store.read_payloads(run_id, upto=upto)
-    first = next(rows, None)
-    if first is None:
-        if upto is not None and upto <= 0 and store.last_version(run_id) > 0:
-            return RunState(run_id=run_id)
-        raise RunNotFound(run_id)
-    start = EMPTY
-    forked = _decode_payload(store, run_id, first)
-    if isinstance(forked, RunForked):
-        start = project(store, forked.parent_run, upto=forked.at_version)
+    state, lineage = _lineage(store, run_id, upto)
+    for run_id, first, rows in lineage:
+        state = _fold_rows(store, state, run_id, first, rows)
+    return state
+
+
+_Lineage = list[tuple[str, Payload, Iterator[Payload]]]
+
+
+def _lineage(store: EventStore, run_id: str, upto: int | None) -> tuple[RunState, _Lineage]:
+    """The runs whose events make ``run_id``'s state at ``upto``: the run, the one it
+    was forked from up to the fork point, and so on, each with its first row read
+    and the rest to read, farthest first; and the state the farthest starts from.
+    Walked in a loop, not by recursion, and refused (``StoreCorrupted``) when a run
+    descends from itself: a log no autonomy writes, which ended every command that
+    folds runs (``runs``, ``verify``) in a ``RecursionError``."""
+    lineage: _Lineage = []
+    seen: set[str] = set()
+    while True:
+        # The rows are read and decoded here rather than through ``store.read``: a
+        # row at its type's current schema version (all of them, but for a log
+        # written by an older autonomy) costs one C-level decode and no objects
+        # besides the event.
+        rows = store.read_payloads(run_id, upto=upto)
+        first = next(rows, None)
+        if first is None:
+            if upto is not None and upto <= 0 and store.last_version(run_id) > 0:
+                return RunState(run_id=run_id), lineage[::-1]
+            raise RunNotFound(run_id)
+        lineage.append((run_id, first, rows))
+        forked = _decode_payload(store, run_id, first)
+        if not isinstance(forked, RunForked):
+            return EMPTY, lineage[::-1]
+        seen.add(run_id)
+        if forked.parent_run in seen:
+            raise _fork_cycle(run_id, forked.parent_run)
+        run_id, upto = forked.parent_run, forked.at_version
+
+
+def fork_lineage(
+    store: EventStore, run_id: str, upto: int | None = None
+) -> list[tuple[str, int | None]]:
+    """``(run_id, upto)`` and, for a fork, the run it was forked from up to the fork
+    point, and so on: farthest first, each as far as it is in effect. What a walk
+    over a run's effective history reads (a rewind's files, a diff's events), in a
+    loop rather than by recursion; a run missing from the log is listed (its read
+    finds nothing) and ends the lineage. ``StoreCorrupted`` when a run descends from
+    itself, as for ``project``."""
+    lineage: list[tuple[str, int | None]] = [(run_id, upto)]
+    seen: set[str] = set()
+    while upto is None or upto >= 1:
+        first = next(iter(store.read(run_id, upto=1)), None)
+        if first is None or not isinstance(first.data, RunForked):
+            break
+        seen.add(run_id)
+        if first.data.parent_run in seen:
+            raise _fork_cycle(run_id, first.data.parent_run)
+        run_id, upto = first.data.parent_run, first.data.at_version
+        lineage.append((run_id, upto))
+    return lineage[::-1]
+
+
+def _fork_cycle(run_id: str, parent: str) -> StoreCorrupted:
+    return StoreCorrupted(
+        f"run {run_id!r} is forked from {parent!r}, which is itself a fork of it: no "
+        "autonomy writes such a log (it was changed)"
+    )
+
+
+def _fold_rows(
+    store: EventStore, start: RunState, run_id: str, first: Payload, rows: Iterator[Payload]
+) -> RunState:
+    """The state of ``run_id`` folded from ``start`` over its rows ``first`` and
+    ``rows``."""
     run = _RunBuilder(start)
     # The hot loop of a rebuild: ``_decode_payload`` and ``_step`` with their
     # common paths inlined. What the builder folds stays in the log: its history

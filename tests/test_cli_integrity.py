@@ -395,3 +395,26 @@ def test_an_untouched_log_verifies_with_its_audit_views_checked(
     code, out = invoke("verify", "--db", db)
     assert code == 0, out
     assert "audit views" in out, out
+
+
+def test_a_log_with_a_run_forked_from_itself_is_read_run_by_run_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A row someone added (a run forked from itself) made `runs`, `verify`, `replay`
+    and `diff` end in a RecursionError's traceback, for the whole log."""
+    from events.schema import RunForked
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("good", [RunStarted(goal="g", workspace=str(tmp_path), config={})], 0)
+        store.append("x", [RunForked(parent_run="x", at_version=1)], 0)
+    said = "run 'x' is forked from 'x', which is itself a fork of it"
+    code, out = invoke("runs", "--db", db)
+    assert "good" in out and said in out, out
+    code, out = invoke("verify", "--db", db)
+    assert (
+        code != 0 and "good: ok" in out and f"x: FAILED its state cannot be rebuilt: {said}" in out
+    )
+    for command in (["replay", "x"], ["diff", "good", "x"], ["rewind", "x", "--to", "1"]):
+        code, out = invoke(*command, "--db", db)
+        assert code != 0 and said in out, (command, out)

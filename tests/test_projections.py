@@ -635,6 +635,55 @@ def test_a_rewind_inside_a_fork_can_go_back_to_the_fork_point() -> None:
     assert fork.pipeline.workspace == "/work/todo"
 
 
+@pytest.mark.parametrize("cycle", [["x"], ["a", "b"], ["a", "b", "c"]])
+def test_a_run_that_descends_from_itself_is_a_clear_error_not_a_recursion(
+    cycle: list[str],
+) -> None:
+    """A log no autonomy writes (a run forked from itself, two runs forked from each
+    other) ended every fold of them, and every walk of their history, in a
+    ``RecursionError``: ``runs`` and ``verify`` of the whole log with a traceback."""
+    from engine.runs.diff import effective_events
+    from engine.runs.workspace import files_at
+    from events.errors import StoreCorrupted
+    from projections.fold import fork_lineage
+
+    store = MemoryEventStore()
+    for run_id, parent in zip(cycle, [*cycle[1:], cycle[0]], strict=True):
+        record(store, run_id, RunForked(parent_run=parent, at_version=1))
+    for walk in (
+        lambda: project(store, cycle[0]),
+        lambda: fork_lineage(store, cycle[0]),
+        lambda: effective_events(store, cycle[0]),
+        lambda: files_at(store, cycle[0], 1),
+    ):
+        with pytest.raises(StoreCorrupted, match="which is itself a fork of it"):
+            walk()
+
+
+def test_a_fork_of_a_fork_a_thousand_and_more_deep_folds_and_walks() -> None:
+    """Forks were followed by recursion, a level a fork: deeper than Python's
+    recursion limit, a ``RecursionError``. The lineage is walked in a loop."""
+    from engine.runs.diff import effective_events
+    from engine.runs.workspace import files_at
+    from projections.fold import fork_lineage
+
+    store = MemoryEventStore()
+    record(store, "r0", START, TaskAdded(task_id="t1", title="shared"))
+    depth = 1_200
+    for n in range(1, depth + 1):
+        record(store, f"r{n}", RunForked(parent_run=f"r{n - 1}", at_version=2))
+
+    state = project(store, f"r{depth}")
+
+    assert list(state.pipeline.tasks) == ["t1"]
+    assert (state.pipeline.parent_run, state.pipeline.forked_at) == (f"r{depth - 1}", 2)
+    assert [run for run, _ in fork_lineage(store, f"r{depth}")][:2] == ["r0", "r1"]
+    assert [e.data for e in effective_events(store, f"r{depth}")][1] == TaskAdded(
+        task_id="t1", title="shared"
+    )
+    assert files_at(store, f"r{depth}", 1) == {}
+
+
 def test_a_fork_event_in_the_middle_of_a_run_makes_the_state_so_far_its_base() -> None:
     # Not what the engine writes, but the fold must still answer it the same way
     # from the log and from recorded events.

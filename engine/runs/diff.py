@@ -31,6 +31,7 @@ from events.schema import (
     ToolRequested,
 )
 from events.store import EventStore, RecordedEvent
+from projections.fold import fork_lineage
 
 PASSED = re.compile(r"\b(\d+) passed\b")
 
@@ -47,23 +48,20 @@ def effective_events(
     """The events in effect at the end of ``run_id`` (or at ``upto``), oldest first:
     a rewind to W takes the run back to what was in effect at W; a fork starts
     from its parent's events in effect at the fork point."""
-    heads: dict[int, _Node | None] = {0: None}
     head: _Node | None = None
-    found = False
-    for recorded in store.read(run_id, upto=upto):
-        found = True
-        data = recorded.data
-        if isinstance(data, RunForked):
-            for event in effective_events(store, data.parent_run, data.at_version):
-                head = _Node(event, head)
-            heads[0] = head
-        elif isinstance(data, RunRewound):
-            head = heads.get(min(data.to_version, recorded.version - 1))
-        else:
-            head = _Node(recorded, head)
-        heads[recorded.version] = head
-    if not found:
-        raise RunNotFound(run_id)
+    for run, until in fork_lineage(store, run_id, upto):
+        heads: dict[int, _Node | None] = {0: head}  # a fork starts from its parent's
+        found = False
+        for recorded in store.read(run, upto=until):
+            found = True
+            data = recorded.data
+            if isinstance(data, RunRewound):
+                head = heads.get(min(data.to_version, recorded.version - 1))
+            elif not isinstance(data, RunForked):
+                head = _Node(recorded, head)
+            heads[recorded.version] = head
+        if not found:
+            raise RunNotFound(run)
     events: list[RecordedEvent] = []
     while head is not None:
         events.append(head.event)

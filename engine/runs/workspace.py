@@ -47,7 +47,7 @@ from events.errors import AutonomyError, RunNotFound
 from events.lease import describe_owner
 from events.schema import FileChange, RunForked, RunRewound, ToolExecuted
 from events.store import EventStore, RecordedEvent
-from projections.fold import project
+from projections.fold import fork_lineage, project
 
 SKIPPED = frozenset({".autonomy", ".git", "__pycache__", ".pytest_cache", ".mypy_cache"})
 """Directories never copied between workspaces: the log itself and caches."""
@@ -84,33 +84,30 @@ class Restored:
 
 def _in_effect(store: EventStore, run_id: str, upto: int) -> _Changes | None:
     """The file changes in effect at version ``upto`` of ``run_id``, newest first."""
-    heads: dict[int, _Changes | None] = {0: None}
     head: _Changes | None = None
-    for recorded in store.read(run_id, upto=upto):
-        data = recorded.data
-        if isinstance(data, RunForked):
-            head = _in_effect(store, data.parent_run, data.at_version)
-            heads[0] = head  # rewinding a fork to 0 returns to its base, as the fold does
-        elif isinstance(data, RunRewound):
-            head = heads.get(min(data.to_version, recorded.version - 1))
-        elif isinstance(data, ToolExecuted):
-            for change in data.files_changed:
-                head = _Changes(change, head)
-        heads[recorded.version] = head
+    for run, until in fork_lineage(store, run_id, upto):
+        # a fork starts from its parent's changes at the fork point; rewinding it to 0
+        # returns to them, as the fold does
+        heads: dict[int, _Changes | None] = {0: head}
+        for recorded in store.read(run, upto=until):
+            data = recorded.data
+            if isinstance(data, RunRewound):
+                head = heads.get(min(data.to_version, recorded.version - 1))
+            elif isinstance(data, ToolExecuted):
+                for change in data.files_changed:
+                    head = _Changes(change, head)
+            heads[recorded.version] = head
     return head
 
 
 def _first_befores(store: EventStore, run_id: str, into: dict[str, str | None]) -> None:
     """For every path the run (or a run it was forked from) ever changed: its
     content before the first change, in the order the changes happened."""
-    events = store.read(run_id)
-    first = next(events, None)
-    if first is not None and isinstance(first.data, RunForked):
-        _first_befores(store, first.data.parent_run, into)
-    for recorded in events if first is None else (first, *events):
-        if isinstance(recorded.data, ToolExecuted):
-            for change in recorded.data.files_changed:
-                into.setdefault(change.path, change.before)
+    for run, _ in fork_lineage(store, run_id):
+        for recorded in store.read(run):  # a parent's every change, after the fork point too
+            if isinstance(recorded.data, ToolExecuted):
+                for change in recorded.data.files_changed:
+                    into.setdefault(change.path, change.before)
 
 
 def files_at(store: EventStore, run_id: str, version: int) -> dict[str, str | None]:
@@ -480,14 +477,11 @@ def _recorded_contents(store: EventStore, run_id: str, upto: int) -> dict[str, s
     """Every content the run (and the runs it was forked from) recorded for each path
     up to ``upto``, before and after each change, absence (None) included."""
     found: dict[str, set[str | None]] = {}
-    events = store.read(run_id, upto=upto)
-    first = next(events, None)
-    if first is not None and isinstance(first.data, RunForked):
-        found = _recorded_contents(store, first.data.parent_run, first.data.at_version)
-    for event in events if first is None else (first, *events):
-        if isinstance(event.data, ToolExecuted):
-            for change in event.data.files_changed:
-                found.setdefault(change.path, set()).update((change.before, change.after))
+    for run, until in fork_lineage(store, run_id, upto):
+        for event in store.read(run, upto=until):
+            if isinstance(event.data, ToolExecuted):
+                for change in event.data.files_changed:
+                    found.setdefault(change.path, set()).update((change.before, change.after))
     return found
 
 
