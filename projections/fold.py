@@ -29,6 +29,7 @@ neither ever changes a state it was given.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -260,20 +261,46 @@ def _step(run: _RunBuilder, entry: Folded, run_id: str) -> _RunBuilder:
 
 def _refold(state: RunState | _RunBuilder, to_version: int, run_id: str) -> _RunBuilder:
     """The run of ``state`` at ``to_version``, folded again: from its base up to
-    the logged events (read from the log) and on through its history."""
+    the logged events (read from the log) and on through its history.
+
+    A rewind among them takes the run back to a state this fold passed: kept as it
+    passes it, and taken again, not folded again. Folded again, each rewind folded
+    every one before it anew, so a run of rewinds cost twice as much with each one
+    (``autonomy rewind`` to the run's last version, 17 times: minutes)."""
     logged = state.logged
     if logged is not None and to_version > logged.after:
         # the same fold, over the same events, as the history it stands for
         start = project(logged.store, logged.run_id, upto=min(to_version, logged.upto))
     else:
         start = state.base if state.base is not None else EMPTY
+    entries = list(itertools.takewhile(lambda e: e.version <= to_version, state.history))
+    returns = {_return_to(e) for e in entries if type(e.event) is RunRewound}
+    kept: dict[int, RunState] = {}
     target = _RunBuilder(start)
-    for entry in state.history:
-        if entry.version > to_version:
-            break
-        target = _step(target, entry, run_id)
+    for entry in entries:
+        then = kept.get(_return_to(entry)) if type(entry.event) is RunRewound else None
+        if then is not None:
+            target.pipeline = PipelineBuilder(then.pipeline)
+            target.orchestration = OrchestrationBuilder(then.orchestration)
+            target.run_id, target.version = run_id, entry.version
+            target.history.append(entry)
+        else:
+            target = _step(target, entry, run_id)
+            if type(entry.event) is RunForked:
+                kept.clear()  # a rewind to before a fork event returns to its base
+        if entry.version in returns:
+            kept[entry.version] = frozen = target.freeze()
+            target = _RunBuilder(frozen)
     target.pipeline.run_id = run_id
     return target
+
+
+def _return_to(entry: Folded) -> int:
+    """The version a rewind in a run's history takes it back to: its target, or the
+    version before it for a target at or past it (as the rewind is folded)."""
+    event = entry.event
+    assert isinstance(event, RunRewound)
+    return min(event.to_version, entry.version - 1)
 
 
 def fold(events: Iterable[RecordedEvent], state: RunState = EMPTY) -> RunState:
@@ -298,6 +325,32 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
     parent's state at the fork point, read from the same store. The state's
     history is left in the log (``RunState.logged``).
     """
+    # A rewind in the run takes it back to its state at an earlier version, which
+    # this fold works out by folding the run again up to there (``_refold``), whose
+    # rewinds do the same: each such state is worked out once per outermost call.
+    known = _PROJECTED.get()
+    if known is None:
+        token = _PROJECTED.set({})
+        try:
+            return _project(store, run_id, upto)
+        finally:
+            _PROJECTED.reset(token)
+    key = (id(store), run_id, upto)
+    found = known.get(key)
+    if found is None:
+        found = known[key] = _project(store, run_id, upto)
+    return found
+
+
+_PROJECTED: contextvars.ContextVar[dict[tuple[int, str, int | None], RunState] | None] = (
+    contextvars.ContextVar("_PROJECTED", default=None)
+)
+"""The states an outermost ``project`` worked out for the rewinds it met, by
+store, run and version: a version of an append-only log is the same state for
+as long as the call lasts."""
+
+
+def _project(store: EventStore, run_id: str, upto: int | None) -> RunState:
     state, lineage = _lineage(store, run_id, upto)
     for run_id, first, rows in lineage:
         state = _fold_rows(store, state, run_id, first, rows)

@@ -206,3 +206,56 @@ def test_steps_since_progress_counts_decisions_and_resets_on_task_and_file_chang
             steps,
             since_progress,
         )
+
+
+@given(
+    run_events(rewinds=False, max_steps=8),
+    st.lists(st.tuples(st.integers(1, 40), st.integers(-3, 60)), min_size=1, max_size=12),
+)
+def test_rewinds_to_any_version_even_to_rewinds_give_the_fold_of_the_events_in_effect(
+    events: list[Event], rewinds: list[tuple[int, int]]
+) -> None:
+    """Rewinds anywhere in a run, to any version (below 0, past themselves, to
+    another rewind): the state is the fold of the events in effect, as ``diff``
+    finds them (a rewind to V takes back what was in effect at V, and to a version at
+    or past itself, the one before it), however it is folded."""
+    from engine.runs.diff import effective_events
+
+    mixed: list[Event] = list(events)
+    for place, target in rewinds:
+        mixed.insert(min(place, len(mixed)), RunRewound(to_version=target))
+    if isinstance(mixed[0], RunRewound):
+        mixed.insert(0, events[0])
+    store, recorded = logged(mixed)
+
+    in_effect = fold(effective_events(store, "r1"))
+    pipeline = msgspec.structs.replace(in_effect.pipeline, run_id="r1")  # none: nothing folded
+    for state in (project(store, "r1"), fold(recorded), one_by_one(recorded)[-1]):
+        assert (state.pipeline, state.orchestration) == (pipeline, in_effect.orchestration)
+
+
+def test_a_run_of_rewinds_each_to_the_last_version_folds_each_event_a_few_times() -> None:
+    """``autonomy rewind RUN --to <its last version>``, again and again: each rewind
+    folded every one before it anew, so each cost twice the last (17 of them took
+    minutes). Counted in fold steps, not timed: a few per rewind."""
+    import importlib
+
+    folding = importlib.import_module("projections.fold")
+
+    rewinds = 18
+    events: list[Event] = [TaskAdded(task_id="t1", title="x")]
+    events += [RunRewound(to_version=v) for v in range(1, rewinds + 1)]
+    steps = 0
+    step = folding._step
+
+    def counted(*args: object) -> object:
+        nonlocal steps
+        steps += 1
+        return step(*args)  # type: ignore[arg-type]
+
+    with patch.object(folding, "_step", counted):
+        store, recorded = logged(events)
+        states = [project(store, "r1"), fold(recorded), one_by_one(recorded)[-1]]
+
+    assert all(list(s.pipeline.tasks) == ["t1"] for s in states)
+    assert steps < 40 * rewinds, steps  # 2^18 before
