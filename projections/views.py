@@ -63,8 +63,8 @@ WITH RECURSIVE spans(run_id, lo, hi) AS (
   SELECT s.run_id,
     coalesce((SELECT max(w.version) FROM events w
                WHERE w.run_id = s.run_id AND w.type = 'run.rewound'
-                 AND w.version <= json_extract(t.data, '$.to_version')), 0),
-    json_extract(t.data, '$.to_version')
+                 AND w.version <= min(json_extract(t.data, '$.to_version'), s.lo - 1)), 0),
+    min(json_extract(t.data, '$.to_version'), s.lo - 1)
   FROM spans s JOIN events t ON t.run_id = s.run_id AND t.version = s.lo
   WHERE s.lo > 0
 )
@@ -221,6 +221,7 @@ MADE_BY_AUTONOMY: dict[str, frozenset[str]] = {
     ),
     "effective_spans": frozenset(
         {
+            "785a17f6fe0565057afa8cf0c6c7af59511dd99ab911c7a16e018f07e561357c",
             "d513b3760fd0f3279de2f5c5e05fd3950b1e665c698c9522268fc542e21f6d5b",
         }
     ),

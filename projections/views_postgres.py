@@ -40,8 +40,8 @@ WITH RECURSIVE spans(run_id, lo, hi) AS (
   SELECT s.run_id,
     coalesce((SELECT max(w.version) FROM events w
                WHERE w.run_id = s.run_id AND w.type = 'run.rewound'
-                 AND w.version <= (t.data->>'to_version')::bigint), 0)::bigint,
-    (t.data->>'to_version')::bigint
+                 AND w.version <= least((t.data->>'to_version')::bigint, s.lo - 1)), 0)::bigint,
+    least((t.data->>'to_version')::bigint, s.lo - 1)
   FROM spans s JOIN events t ON t.run_id = s.run_id AND t.version = s.lo
   WHERE s.lo > 0
 )

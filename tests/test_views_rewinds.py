@@ -189,3 +189,46 @@ def test_views_of_an_older_release_are_replaced_on_postgres(pg_server: Any) -> N
         append(store, "r", RunStarted(goal="g", workspace="/w"))
         (run,) = rows(store, "SELECT status FROM runs WHERE run_id = ?", "r")
         assert run["status"] == "running"
+
+
+def test_a_rewind_to_its_own_version_or_past_it_ends_and_agrees_with_the_projection(
+    store: EventStore,
+) -> None:
+    """A rewind whose target is its own version or later (a log no autonomy writes,
+    as the fold reads it: back to the version before it) made ``effective_spans``
+    recurse for ever: every audit view of the log spun a core, a service's request
+    thread with it."""
+    if hasattr(store.connection, "set_progress_handler"):  # SQLite: stop a loop, not a test
+        store.connection.set_progress_handler(_bounded(), 100_000)  # type: ignore[attr-defined]
+    else:
+        store.connection.execute("SET statement_timeout = 30000")  # type: ignore[attr-defined]
+    append(
+        store,
+        "past",
+        RunStarted(goal="g", workspace="/w"),  # 1
+        decided("plan"),  # 2
+        RunRewound(to_version=3),  # 3: to itself
+        decided("code"),  # 4
+        RunRewound(to_version=99),  # 5: past itself
+        decided("review"),  # 6
+    )
+    agree_with_the_projection(store, "past")
+    assert [d.action for d in project(store, "past").orchestration.decisions] == [
+        "plan",
+        "code",
+        "review",
+    ]
+    append(store, "past", RunRewound(to_version=-4), decided("again"))  # below the first
+    decisions = rows(store, "SELECT action FROM decisions WHERE run_id = ?", "past")
+    assert [d["action"] for d in decisions] == ["again"]
+
+
+def _bounded() -> Any:
+    calls = 0
+
+    def handler() -> int:
+        nonlocal calls
+        calls += 1
+        return 1 if calls > 2_000 else 0  # 2e8 virtual machine steps: interrupted
+
+    return handler
