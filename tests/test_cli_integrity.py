@@ -418,3 +418,30 @@ def test_a_log_with_a_run_forked_from_itself_is_read_run_by_run_without_a_traceb
     for command in (["replay", "x"], ["diff", "good", "x"], ["rewind", "x", "--to", "1"]):
         code, out = invoke(*command, "--db", db)
         assert code != 0 and said in out, (command, out)
+
+
+def test_a_fork_point_its_parent_never_had_fails_verify_and_diff_reads_a_fork_at_0(
+    tmp_path: Path,
+) -> None:
+    """A fork at a version its parent never had (a row someone wrote) passed verify,
+    its state quietly the parent's last; and `diff` of a fork at 0 (nothing of the
+    parent in it) said the parent, which is there, was not in the log."""
+    from events.schema import PhaseChanged, RunForked
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("p", [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+        store.append(
+            "p", [PhaseChanged(trigger="plan", from_phase="start", to_phase="planning")], 1
+        )
+        for name, at in (("far", 10**15), ("below", -5), ("zero", 0), ("fine", 2)):
+            store.append(name, [RunForked(parent_run="p", at_version=at)], 0)
+    code, out = invoke("verify", "--db", db)
+    assert code != 0, out
+    for name, at in (("far", 10**15), ("below", -5), ("zero", 0)):
+        assert f"forked from p at version {at}, which it never had (its versions are 1 to 2)" in (
+            next(line for line in out.splitlines() if line.startswith(f"{name}:"))
+        ), out
+    assert "fine: ok" in out and "p: ok" in out, out
+    code, out = invoke("diff", "zero", "p", "--db", db)
+    assert code == 0 and "no run" not in out, out

@@ -60,7 +60,7 @@ def effective_events(
             elif not isinstance(data, RunForked):
                 head = _Node(recorded, head)
             heads[recorded.version] = head
-        if not found:
+        if not found and store.last_version(run) == 0:  # a fork at 0 takes none of it
             raise RunNotFound(run)
     events: list[RecordedEvent] = []
     while head is not None:

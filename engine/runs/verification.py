@@ -35,7 +35,7 @@ import msgspec
 
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
-from events.schema import blob_references
+from events.schema import RunForked, blob_references
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
@@ -175,6 +175,12 @@ def _verify_run(
                 problems.append(Problem(problem=str(e)))
                 decodes = False
                 continue
+            if row.version == 1 and isinstance(event, RunForked):
+                problem = _fork_point_problem(store, event)
+                if problem:
+                    problems.append(
+                        Problem(position=row.position, version=1, type=row.type, problem=problem)
+                    )
             for digest in blob_references(event):
                 problem = blobs.check(digest)
                 if problem:
@@ -214,6 +220,18 @@ def _verify_run(
         checkpoint=covered,
         problems=tuple(problems),
     )
+
+
+def _fork_point_problem(store: EventStore, forked: RunForked) -> str:
+    """What is wrong with a fork's point: a version its parent never had (a fork is
+    made at one of them: the fold took the parent's last state for it, unsaid)."""
+    last = store.last_version(forked.parent_run)
+    if last and not 1 <= forked.at_version <= last:
+        return (
+            f"forked from {forked.parent_run} at version {forked.at_version}, which it never "
+            f"had (its versions are 1 to {last})"
+        )
+    return ""  # a parent missing from the log: its state cannot be rebuilt, said below
 
 
 def refuse_corrupt_blobs(store: EventStore, run_id: str) -> None:
