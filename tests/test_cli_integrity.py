@@ -445,3 +445,20 @@ def test_a_fork_point_its_parent_never_had_fails_verify_and_diff_reads_a_fork_at
     assert "fine: ok" in out and "p: ok" in out, out
     code, out = invoke("diff", "zero", "p", "--db", db)
     assert code == 0 and "no run" not in out, out
+
+
+def test_a_second_request_under_one_call_id_fails_verify(tmp_path: Path) -> None:
+    """Two requests with one call id (rows someone wrote) passed verify, and the
+    audits counted each answer twice: `audit model-usage` said 4 calls for 2."""
+    from events.schema import ModelRequested, ModelResponded, Usage
+
+    db = tmp_path / "events.db"
+    asked = ModelRequested(call_id="r/m2", role="coder", model="m", request_digest="d" * 64)
+    with open_store(db) as store:
+        store.append("r", [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+        for version in (1, 3):
+            answered = ModelResponded(call_id="r/m2", usage=Usage(prompt_tokens=10))
+            store.append("r", [asked, answered], version)
+    code, out = invoke("verify", "--db", db)
+    assert code != 0, out
+    assert "(version 4, model.requested): a second request with call id 'r/m2'" in out, out

@@ -35,7 +35,7 @@ import msgspec
 
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
-from events.schema import RunForked, blob_references
+from events.schema import ModelRequested, RunForked, ToolRequested, blob_references
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
@@ -168,6 +168,7 @@ def _verify_run(
         problems += report.problems
         authentication, events = report.authentication, report.checked
         decodes = True
+        requested: set[str] = set()
         for row in store.read_raw(run_id):
             try:
                 event = store.decode(row).data
@@ -175,6 +176,19 @@ def _verify_run(
                 problems.append(Problem(problem=str(e)))
                 decodes = False
                 continue
+            if isinstance(event, ModelRequested | ToolRequested):
+                if event.call_id in requested:
+                    problems.append(
+                        Problem(
+                            position=row.position,
+                            version=row.version,
+                            type=row.type,
+                            problem=f"a second request with call id {event.call_id!r} (a "
+                            "call's id is its request's version: no autonomy writes two; "
+                            "audits count both)",
+                        )
+                    )
+                requested.add(event.call_id)
             if row.version == 1 and isinstance(event, RunForked):
                 problem = _fork_point_problem(store, event)
                 if problem:
