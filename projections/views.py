@@ -285,13 +285,16 @@ def foreign_views(connection: sqlite3.Connection) -> list[str]:
     were made to show. Views of other names are the user's own."""
     names = ", ".join("?" * len(MADE_BY_AUTONOMY))
     rows = connection.execute(
-        f"SELECT name, sql FROM main.sqlite_master WHERE type = 'view' AND name IN ({names})",
+        "SELECT name, sql FROM main.sqlite_master"
+        f" WHERE type = 'view' AND lower(name) IN ({names})",  # "Tool_Calls" is tool_calls
         tuple(MADE_BY_AUTONOMY),
     )
     return sorted(
         name
         for name, text in rows
-        if not isinstance(text, str) or view_digest(text) not in MADE_BY_AUTONOMY[name]
+        if name not in MADE_BY_AUTONOMY
+        or not isinstance(text, str)
+        or view_digest(text) not in MADE_BY_AUTONOMY[name]
     )
 
 
@@ -302,10 +305,11 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
     log): the views the file lacks, or holds in an older form, are created as TEMP
     views, which live in the connection and shadow the file's own."""
     names = ", ".join("?" * len(VIEWS))
-    existing = {
-        name: (kind, text)
+    existing = {  # by SQLite's names, which ignore case: "Tool_Calls" is tool_calls
+        name.lower(): (kind, text)
         for name, kind, text in connection.execute(
-            f"SELECT name, type, sql FROM sqlite_master WHERE name IN ({names})", tuple(VIEWS)
+            f"SELECT name, type, sql FROM sqlite_master WHERE lower(name) IN ({names})",
+            tuple(VIEWS),
         )
     }
     for name, sql in VIEWS.items():
@@ -325,4 +329,7 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
         else:
             import sqlite_utils  # only when a view changes: opening a log stays cheap
 
+            # SQLite's drop ignores case; sqlite-utils' replace looks for the exact name
+            # and kept a "Tool_Calls", in which place no tool_calls could then be made
+            connection.execute(f'DROP VIEW IF EXISTS "{name}"')
             sqlite_utils.Database(connection).create_view(name, sql.strip(), replace=True)
