@@ -208,6 +208,30 @@ def test_api_sql_stops_a_runaway_query_and_caps_the_rows(db: Path) -> None:
         assert whole == {"columns": ["one"], "rows": [{"one": 1}], "truncated": False}
 
 
+def test_a_named_audit_query_that_runs_on_is_stopped_too(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit views once recursed for ever on a log someone wrote; a named query
+    (``GET /api/audit/NAME``) had no limit, and held a request thread for good."""
+    import threading
+
+    import engine.runs.audit as audit
+
+    monkeypatch.setattr(audit, "query_sql", lambda *args: RUNAWAY)
+    answers: list[Any] = []
+    client = client_for(db, sql_seconds=0.5).__enter__()
+    asking = threading.Thread(
+        target=lambda: answers.append(client.get("/api/audit/tasks?run_id=done")),
+        daemon=True,  # without the limit it would never end
+    )
+    asking.start()
+    asking.join(timeout=60)
+    assert answers, "the query was not stopped"  # (the client left open: its thread runs on)
+    client.__exit__(None, None, None)
+    assert answers[0].status_code == 400, answers[0].text
+    assert "stopped after 0.5 s, this service's limit" in answers[0].json()["error"]
+
+
 def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: Path) -> None:
     with open_store(db) as store:
         changes = [

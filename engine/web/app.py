@@ -116,8 +116,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     before the answer is 503 (``Retry-After``): with the 30 s a command waits, 45 page
     requests took the 40 threads, and nothing else was answered until the lock went."""
     sql_seconds: float = 10.0
-    """The longest a ``POST /api/sql`` query may run: a query that would never end
-    (a recursive one without a stop) keeps neither a thread nor a core."""
+    """The longest a ``POST /api/sql`` query, or an ``/api/audit`` one on an SQLite
+    log, may run: a query that would never end (a recursive one without a stop)
+    keeps neither a thread nor a core."""
     sql_rows: int = 10_000
     """The most rows a ``POST /api/sql`` or ``/api/audit`` answer holds (``"truncated":
     true`` when more matched): ``SELECT * FROM events`` of a large log is not read
@@ -675,7 +676,14 @@ class _Web:
             if run_id is not None and store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
             connection = cast(Any, store).connection
-            result = run_query(connection, name, run_id, arguments, self.settings.sql_rows)
+            result = run_query(
+                connection,
+                name,
+                run_id,
+                arguments,
+                self.settings.sql_rows,
+                self.settings.sql_seconds,
+            )
         return JSONResponse({**_rows(result), "truncated": result.truncated})
 
     async def api_sql(self, request: Request) -> JSONResponse:
