@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
-from web_runs import Asker, ended, long_run, record, serving, streams_of
+from web_runs import NUL_URLS, Asker, ended, long_run, record, serving, streams_of
 
 from engine.cli.serve import listen
 from engine.storage import open_store
@@ -230,6 +230,12 @@ def test_a_named_audit_query_that_runs_on_is_stopped_too(
     client.__exit__(None, None, None)
     assert answers[0].status_code == 400, answers[0].text
     assert "stopped after 0.5 s, this service's limit" in answers[0].json()["error"]
+
+
+def test_a_url_with_a_nul_names_nothing_on_sqlite_too(client: TestClient) -> None:
+    for url in NUL_URLS:
+        answer = client.get(url.replace("/r/", "/done/"))
+        assert answer.status_code == 400 and "NUL" in answer.text, (url, answer.text)
 
 
 def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: Path) -> None:

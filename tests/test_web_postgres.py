@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 from test_live_tail import WAITERS, backends, in_thread
 from waiting import wait_until
-from web_runs import ended, serving, streams_of
+from web_runs import NUL_URLS, ended, serving, streams_of
 
 from engine.cli import cli
 from engine.storage import open_store
@@ -238,3 +238,14 @@ def test_the_service_runs_no_sql_of_its_clients_on_a_postgresql_log(
         assert "not offered on a PostgreSQL log" in refused.json()["error"]
     assert not planted.exists()
     assert client.get("/api/audit/model-usage?run_id=r").status_code == 200
+
+
+def test_a_url_with_a_nul_names_nothing_and_says_so(service: tuple[TestClient, str]) -> None:
+    """A PostgreSQL log's text never holds NUL, and asking it for a run or blob whose
+    name did gave 500 ("PostgreSQL text fields cannot contain NUL"): now 400."""
+    client, _ = service
+    for url in NUL_URLS:
+        answer = client.get(url)
+        assert answer.status_code == 400, (url, answer.text)
+        assert "NUL" in answer.text, url
+    assert client.get("/api/runs/r").status_code == 200

@@ -199,3 +199,14 @@ def ended(stream: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return rest
+
+
+NUL_URLS = (
+    "/api/runs/a%00b",
+    "/runs/%00",
+    "/api/runs/%00/events",
+    "/api/runs/%00/stream",
+    "/api/runs/r/blobs/%00",
+    "/api/audit/tasks?run_id=%00",
+)
+"""URLs naming a run or a blob with a NUL in its name, for run ``r``."""

@@ -161,6 +161,7 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts)),
         Middleware(SameOriginWrites),
+        Middleware(NoNulInTheUrl),
     ]
     if settings.token:
         middleware.append(Middleware(TokenMiddleware, token=settings.token))
@@ -184,6 +185,26 @@ SQL_ON_POSTGRES = (
 """Why: SQLite's authorizer lets a query read and nothing else (``engine.runs.audit``);
 PostgreSQL has no such hook, and ``SET ROLE`` is no bound (``set_config('role', ...)``
 in the query undoes it for a session user who may)."""
+
+
+class NoNulInTheUrl:
+    """A URL holding a NUL character (``/api/runs/a%00b``, ``?run_id=%00``) names
+    nothing a log holds (a run id or a digest never has one): 400, before any log is
+    read. A PostgreSQL log could not even be asked (its text never holds NUL), and
+    answered 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+        ):
+            answer = JSONResponse({"error": "a NUL character in the URL names nothing"}, 400)
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class SameOriginWrites:
