@@ -464,3 +464,25 @@ def test_a_second_request_under_one_call_id_fails_verify(tmp_path: Path) -> None
     code, out = invoke("verify", "--db", db)
     assert code != 0, out
     assert "(version 4, model.requested): a second request with call id 'r/m2'" in out, out
+
+
+def test_a_rewind_to_a_version_no_rewind_goes_to_fails_verify(tmp_path: Path) -> None:
+    """A rewind to 0, below, to itself or past it (rows someone wrote) passed verify,
+    though ``autonomy rewind`` takes only 1 to the last version, and the `runs` view
+    then disagreed with the projection about the run's status."""
+    from events.schema import RunFinished, RunRewound
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        for n, to in enumerate((0, -5, 3, 99, 2)):
+            run = f"r{n}"
+            store.append(run, [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+            store.append(run, [RunFinished(status="completed"), RunRewound(to_version=to)], 1)
+    code, out = invoke("verify", "--db", db)
+    assert code != 0, out
+    for n, to in enumerate((0, -5, 3, 99)):
+        line = next(line for line in out.splitlines() if line.startswith(f"r{n}:"))
+        assert f"rewound to version {to}, which no rewind goes to (it goes to one of 1 to 2)" in (
+            line
+        ), out
+    assert "r4: ok" in out, out

@@ -35,7 +35,7 @@ import msgspec
 
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
-from events.schema import ModelRequested, RunForked, ToolRequested, blob_references
+from events.schema import ModelRequested, RunForked, RunRewound, ToolRequested, blob_references
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
@@ -189,6 +189,16 @@ def _verify_run(
                         )
                     )
                 requested.add(event.call_id)
+            if isinstance(event, RunRewound) and not 1 <= event.to_version < row.version:
+                problems.append(
+                    Problem(
+                        position=row.position,
+                        version=row.version,
+                        type=row.type,
+                        problem=f"rewound to version {event.to_version}, which no rewind "
+                        f"goes to (it goes to one of 1 to {row.version - 1})",
+                    )
+                )
             if row.version == 1 and isinstance(event, RunForked):
                 problem = _fork_point_problem(store, event)
                 if problem:
