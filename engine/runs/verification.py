@@ -35,7 +35,14 @@ import msgspec
 
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
-from events.schema import ModelRequested, RunForked, RunRewound, ToolRequested, blob_references
+from events.schema import (
+    Event,
+    ModelRequested,
+    RunForked,
+    RunRewound,
+    ToolRequested,
+    blob_references,
+)
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
@@ -176,46 +183,12 @@ def _verify_run(
                 problems.append(Problem(problem=str(e)))
                 decodes = False
                 continue
-            if isinstance(event, ModelRequested | ToolRequested):
-                if event.call_id in requested:
-                    problems.append(
-                        Problem(
-                            position=row.position,
-                            version=row.version,
-                            type=row.type,
-                            problem=f"a second request with call id {event.call_id!r} (a "
-                            "call's id is its request's version: no autonomy writes two; "
-                            "audits count both)",
-                        )
-                    )
-                requested.add(event.call_id)
-            if isinstance(event, RunRewound) and not 1 <= event.to_version < row.version:
-                problems.append(
-                    Problem(
-                        position=row.position,
-                        version=row.version,
-                        type=row.type,
-                        problem=f"rewound to version {event.to_version}, which no rewind "
-                        f"goes to (it goes to one of 1 to {row.version - 1})",
-                    )
-                )
-            if row.version == 1 and isinstance(event, RunForked):
-                problem = _fork_point_problem(store, event)
-                if problem:
-                    problems.append(
-                        Problem(position=row.position, version=1, type=row.type, problem=problem)
-                    )
-            for digest in blob_references(event):
-                problem = blobs.check(digest)
-                if problem:
-                    problems.append(
-                        Problem(
-                            position=row.position,
-                            version=row.version,
-                            type=row.type,
-                            problem=problem,
-                        )
-                    )
+            texts = _written_by_no_autonomy(store, row.version, event, requested)
+            texts += filter(None, (blobs.check(digest) for digest in blob_references(event)))
+            problems += [
+                Problem(position=row.position, version=row.version, type=row.type, problem=text)
+                for text in texts
+            ]
     except AutonomyError as e:
         # one unreadable run must not hide the others
         return RunVerdict(
@@ -244,6 +217,29 @@ def _verify_run(
         checkpoint=covered,
         problems=tuple(problems),
     )
+
+
+def _written_by_no_autonomy(
+    store: EventStore, version: int, event: Event, requested: set[str]
+) -> list[str]:
+    """What no autonomy writes, in ``event`` at ``version``: a second request under
+    one call id (``requested``: the ids seen so far, this one added), a rewind to a
+    version no rewind goes to, a fork point its parent never had."""
+    if isinstance(event, ModelRequested | ToolRequested):
+        if event.call_id in requested:
+            return [
+                f"a second request with call id {event.call_id!r} (a call's id is its "
+                "request's version: no autonomy writes two; audits count both)"
+            ]
+        requested.add(event.call_id)
+    elif isinstance(event, RunRewound) and not 1 <= event.to_version < version:
+        return [
+            f"rewound to version {event.to_version}, which no rewind goes to (it goes to "
+            f"one of 1 to {version - 1})"
+        ]
+    elif version == 1 and isinstance(event, RunForked):
+        return [problem] if (problem := _fork_point_problem(store, event)) else []
+    return []
 
 
 def _fork_point_problem(store: EventStore, forked: RunForked) -> str:
