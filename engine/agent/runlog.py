@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from engine.errors import ConfigError
 from events.errors import StoreCorrupted
-from events.schema import Event, RunForked, UserAnswered
+from events.schema import Event, UserAnswered
 from events.store import EventStore, RecordedEvent
-from projections.fold import RunState, apply, project
+from projections.fold import RunState, apply, fork_lineage, project
 from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState
 
@@ -89,19 +89,13 @@ def refuse_tampered(store: EventStore, run_id: str, upto: int | None, nothing: s
     (``EventStore.verify``): a command that acts on a run (fork, rewind, resume,
     replay) acted on an edited event as if it were the log's, and a fork of an
     edited run was a new run that verified. ``nothing``: what was not done."""
-    seen: set[str] = set()
-    while run_id not in seen:
-        seen.add(run_id)
-        report = store.verify(run_id, upto=upto)
+    for run, until in reversed(fork_lineage(store, run_id, upto)):  # the run itself first
+        report = store.verify(run, upto=until)
         if not report.ok:
             raise StoreCorrupted(
-                f"run {run_id} fails verification at version {report.first_bad_version}: "
+                f"run {run} fails verification at version {report.first_bad_version}: "
                 f"{report.problem}; {nothing} (autonomy verify says more)"
             )
-        first = next(iter(store.read(run_id, upto=1)), None)
-        if first is None or not isinstance(first.data, RunForked):
-            return
-        run_id, upto = first.data.parent_run, first.data.at_version
 
 
 def answer_question(store: EventStore, run_id: str, text: str) -> str:
