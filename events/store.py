@@ -449,14 +449,15 @@ class EventStore(ABC):
             try:
                 event: Event = decode(data)
                 if class_of(kind) is not type(event) or event.schema_version != schema:
-                    event = self._whole(run_id, version)
+                    event = self.event_at(run_id, version)
             except (msgspec.MsgspecError, RecursionError, TypeError):  # the codec says how
-                event = self._whole(run_id, version)
+                event = self.event_at(run_id, version)
             yield RecordedEvent(0, run_id, version, kind, schema, "", causation, "", event)
 
-    def _whole(self, run_id: str, version: int) -> Event:
-        """The event at ``version``, its row read whole and decoded by the codec (an
-        upcast, or the ``SchemaError`` naming the row)."""
+    def event_at(self, run_id: str, version: int) -> Event:
+        """The event at ``version``, its row read whole and decoded as ``read`` does:
+        where a fast path cannot take a row (an older schema version, broken data),
+        the codec's upcast, or the ``SchemaError`` naming the row."""
         for event in self.read(run_id, after=version - 1, upto=version):
             return event.data
         raise RunNotFound(run_id)  # pragma: no cover - rows are never deleted

@@ -443,9 +443,9 @@ def _fold_rows(
             event = decode_text(data)
             kind = type(event)
             if class_of(type_name) is not kind or kind.schema_version != schema_version:
-                event = _decode_row(store, run_id, version)
+                event = store.event_at(run_id, version)
         except (msgspec.MsgspecError, RecursionError, TypeError):  # the codec says how
-            event = _decode_row(store, run_id, version)
+            event = store.event_at(run_id, version)
         steps = steps_of(type(event))
         if steps is None:
             if previous:  # else the builder is still the state the run starts from
@@ -479,7 +479,7 @@ def _catch_up(run: _RunBuilder, logged: Logged) -> None:
 
 def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> Event:
     """The event of a payload: decoded by the tagged union when it is the row's
-    type at its current schema version, else by the codec (``_decode_row``)."""
+    type at its current schema version, else read whole (``EventStore.event_at``)."""
     version, type_name, schema_version, data = payload
     try:
         event: Event = CURRENT.decode(data)
@@ -487,13 +487,4 @@ def _decode_payload(store: EventStore, run_id: str, payload: Payload) -> Event:
             return event
     except (msgspec.MsgspecError, RecursionError):  # broken data: the codec says how
         pass
-    return _decode_row(store, run_id, version)
-
-
-def _decode_row(store: EventStore, run_id: str, version: int) -> Event:
-    """A row the fast path cannot take (an older schema version, or broken data),
-    read whole and decoded by the codec: upcast, checked against the row's type,
-    or a ``SchemaError`` naming its position."""
-    for row in store.read_raw(run_id, after=version - 1, upto=version):
-        return store.decode(row).data
-    raise RunNotFound(run_id)  # pragma: no cover - rows are never deleted
+    return store.event_at(run_id, version)
