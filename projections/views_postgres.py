@@ -2,7 +2,8 @@
 and the same columns, so the same questions (and ``autonomy audit``) work on both.
 
 SQLite's ``json_extract`` returns typed values; ``->>`` returns text, so numbers are
-cast back (``::bigint``, ``::float8``) and booleans become 0/1 as in SQLite. JSON
+read back (``autonomy_integer``, ``autonomy_real``) and booleans become 0/1 as in
+SQLite (``autonomy_flag``); a value of another type is NULL (``TYPED_FUNCTIONS``). JSON
 values that are objects or arrays (``arguments``, ``parameters``,
 ``files_changed``) are their JSON text, as SQLite gives them.
 
@@ -15,7 +16,7 @@ of it. ``autonomy_clean`` gives the document with each NUL as U+FFFD; the log
 itself is untouched.
 
 ``install_views`` creates them, or replaces them when this module's text changed
-(a comment on each view holds the digest of its SQL).
+(a comment on each view holds the digest of its SQL and of the functions).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ WITH RECURSIVE spans(run_id, lo, hi) AS (
   SELECT s.run_id,
     coalesce((SELECT max(w.version) FROM events w
                WHERE w.run_id = s.run_id AND w.type = 'run.rewound'
-                 AND w.version <= least((t.data->>'to_version')::bigint, s.lo - 1)), 0)::bigint,
-    least((t.data->>'to_version')::bigint, s.lo - 1)
+                 AND w.version <= least(autonomy_integer(t.data->'to_version'), s.lo - 1)), 0)::bigint,
+    least(autonomy_integer(t.data->'to_version'), s.lo - 1)
   FROM spans s JOIN events t ON t.run_id = s.run_id AND t.version = s.lo
   WHERE s.lo > 0
 )
@@ -84,13 +85,13 @@ SELECT a.run_id,
   a.data->>'title' AS title,
   a.data->>'target_file' AS target_file,
   coalesce(
-    (SELECT (u.data->>'priority')::bigint FROM events u
+    (SELECT autonomy_integer(u.data->'priority') FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND u.data->>'task_id' = a.data->>'task_id'
          AND u.data->>'priority' IS NOT NULL
          AND EFFECTIVE(u)
        ORDER BY u.version DESC LIMIT 1),
-    (a.data->>'priority')::bigint) AS priority,
+    autonomy_integer(a.data->'priority')) AS priority,
   coalesce(
     (SELECT u.data->>'status' FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
@@ -99,7 +100,7 @@ SELECT a.run_id,
        ORDER BY u.version DESC LIMIT 1),
     'new') AS status,
   coalesce(
-    (SELECT max((u.data->>'attempt')::bigint) FROM events u
+    (SELECT max(autonomy_integer(u.data->'attempt')) FROM events u
        WHERE u.run_id = a.run_id AND u.type = 'task.updated'
          AND u.data->>'task_id' = a.data->>'task_id'
          AND EFFECTIVE(u)),
@@ -133,13 +134,15 @@ SELECT q.run_id,
        ELSE 'pending' END AS status,
   coalesce(f.failures, 0) AS failures,
   f.last_failure,
-  (r.data#>>'{usage,prompt_tokens}')::bigint AS prompt_tokens,
-  (r.data#>>'{usage,completion_tokens}')::bigint AS completion_tokens,
-  (r.data->>'duration_ms')::float8 AS duration_ms,
+  autonomy_integer(r.data#>'{usage,prompt_tokens}') AS prompt_tokens,
+  autonomy_integer(r.data#>'{usage,completion_tokens}') AS completion_tokens,
+  autonomy_real(r.data->'duration_ms') AS duration_ms,
   r.data->>'done_reason' AS done_reason,
   r.data->>'model_identity' AS model_identity,
-  json_array_length(r.data->'tool_calls') AS tool_calls,
-  (r.data->>'extracted_from_text')::boolean::int AS extracted_from_text,
+  CASE WHEN json_typeof(r.data->'tool_calls') = 'array'
+       THEN json_array_length(r.data->'tool_calls')
+       WHEN r.data->'tool_calls' IS NOT NULL THEN 0 END AS tool_calls,
+  autonomy_flag(r.data->'extracted_from_text') AS extracted_from_text,
   r.data->>'cached_from' AS cached_from
 FROM events q
 LEFT JOIN events r
@@ -164,7 +167,7 @@ SELECT q.run_id,
   q.recorded_at AS requested_at,
   q.data->>'tool' AS tool,
   (q.data->'arguments')::text AS arguments,
-  (x.data->>'ok')::boolean::int AS ok,
+  autonomy_flag(x.data->'ok') AS ok,
   x.data->>'error' AS error,
   x.data->>'result' AS result,
   (x.data->'files_changed')::text AS files_changed
@@ -180,7 +183,7 @@ SELECT run_id, version, recorded_at,
   (data->'parameters')::text AS parameters,
   data->>'reasoning' AS reasoning,
   data->>'decided_by' AS decided_by,
-  (data->>'fallback_used')::boolean::int AS fallback_used,
+  autonomy_flag(data->'fallback_used') AS fallback_used,
   data->>'fallback_reason' AS fallback_reason
 FROM events e WHERE type = 'arbiter.decided' AND EFFECTIVE(e)
 """,
@@ -207,6 +210,36 @@ $$"""
 """``doc``, or when its text holds an escaped NUL (a ``\u0000`` not itself escaped),
 ``doc`` with each one as U+FFFD: a document the JSON operators can read."""
 
+TYPED_FUNCTIONS = (
+    r"""
+CREATE OR REPLACE FUNCTION autonomy_integer(value json) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT substring(value::text from '^-?[0-9]{1,15}$')::bigint
+$$""",
+    r"""
+CREATE OR REPLACE FUNCTION autonomy_real(value json) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT substring(value::text from '^-?[0-9]{1,20}(?:[.][0-9]{1,20})?(?:[eE][-+]?[0-9]{1,2})?$')::float8
+$$""",
+    r"""
+CREATE OR REPLACE FUNCTION autonomy_flag(value json) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE value::text WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
+$$""",
+)
+"""A payload value (``->``, the JSON text of it) as a view's column: an integer of
+at most 15 digits (a count, a version), a number as msgspec writes one, or a boolean
+as 1/0; anything else (a string where a number was, even ``"5"``; ``1e30`` for an
+integer; ``"maybe"``) is NULL, as SQLite's queries take only an integer for a count.
+Each reads its argument once, so that PostgreSQL inlines it (a pattern that matches
+or NULL, then the cast): a check and a cast apart cost a third more. A cast (``::bigint``) failed on such a value, and with
+it every query that looked at the event: with a view, the whole view for every run
+(one run's ``"to_version": "abc"`` and the ``runs`` view failed). Fifteen digits: no
+count reaches them, and sums of them do not overflow."""
+
+FUNCTIONS = (CLEAN_FUNCTION, *TYPED_FUNCTIONS)
+"""What the views read payloads through, made before them."""
+
 _DOCUMENT = re.compile(r"\b((?:\w+\.)?data)(?=->)")
 
 
@@ -221,13 +254,15 @@ _VIEWS_LOCK = (0x6175746F, 3)
 
 
 def _digest(sql: str) -> str:
-    return "autonomy " + hashlib.sha256(sql.strip().encode()).hexdigest()[:16]
+    # the functions too: a view reads through them, and one changed alone was kept
+    made = "\n".join((*FUNCTIONS, sql.strip()))
+    return "autonomy " + hashlib.sha256(made.encode()).hexdigest()[:16]
 
 
 def view_statements() -> tuple[str, ...]:
-    """The statements that make the audit views (and the function they read payloads
+    """The statements that make the audit views (and the functions they read payloads
     through) in an empty schema: what ``verify`` compares the log's with."""
-    return (CLEAN_FUNCTION, *(f"CREATE VIEW {name} AS {sql.strip()}" for name, sql in VIEWS.items()))
+    return (*FUNCTIONS, *(f"CREATE VIEW {name} AS {sql.strip()}" for name, sql in VIEWS.items()))
 
 
 def install_views(connection: Any) -> None:
@@ -247,7 +282,8 @@ def install_views(connection: Any) -> None:
         # views read each other (effective_spans): all go, then come back in order
         for name in reversed(VIEWS):
             connection.execute(f"DROP VIEW IF EXISTS {name} CASCADE")
-        for name, statement in zip(("", *VIEWS), view_statements(), strict=True):
+        functions = ("",) * len(FUNCTIONS)
+        for name, statement in zip((*functions, *VIEWS), view_statements(), strict=True):
             connection.execute(statement)
             if name:
                 connection.execute(f"COMMENT ON VIEW {name} IS '{wanted[name]}'")

@@ -232,6 +232,30 @@ def test_a_named_audit_query_that_runs_on_is_stopped_too(
     assert "stopped after 0.5 s, this service's limit" in answers[0].json()["error"]
 
 
+def test_an_audit_query_that_fails_is_said_in_its_section_and_the_page_stands(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failing query (a sum a log someone wrote overflowed) made the whole run
+    page a 400."""
+    import engine.runs.audit as audit
+
+    real = audit.query_sql
+    overflowing = "SELECT abs(-9223372036854775807 - 1) AS x"
+    monkeypatch.setattr(
+        audit,
+        "query_sql",
+        lambda name, *a: overflowing if name == "model-usage" else real(name, *a),
+    )
+    with client_for(db) as client:
+        page = client.get("/runs/done")
+    assert page.status_code == 200, page.text
+    failed = page.text.split('id="audit-model-usage"')[1].split("</details>")[0]
+    assert "(failed)" in failed
+    assert "audit query model-usage failed: integer overflow" in failed
+    tasks = page.text.split('id="audit-tasks"')[1].split("</details>")[0]
+    assert "<table>" in tasks and "failed:" not in tasks
+
+
 def test_a_url_with_a_nul_names_nothing_on_sqlite_too(client: TestClient) -> None:
     for url in NUL_URLS:
         answer = client.get(url.replace("/r/", "/done/"))

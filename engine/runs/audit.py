@@ -67,6 +67,8 @@ class AuditResult:
     rows: list[tuple[Any, ...]]
     truncated: bool = False
     """More rows matched than the caller's ``max_rows``: these are the first."""
+    error: str = ""
+    """Why the query gave no rows, when it failed (``audited``)."""
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """The rows as objects, keyed by ``names``."""
@@ -164,8 +166,14 @@ SELECT model, role, count(*) AS calls,
   sum(status = 'failed') AS failed_calls,
   sum(failures) AS failed_attempts,
   sum(status = 'interrupted') AS interrupted_calls,
-  coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-  coalesce(sum(completion_tokens), 0) AS completion_tokens,
+  -- a count of at most 15 digits, as PostgreSQL's views read one: a log someone
+  -- wrote with 2^63 - 1 tokens in two calls overflowed the sum
+  coalesce(sum(CASE WHEN typeof(prompt_tokens) = 'integer'
+                     AND prompt_tokens BETWEEN -999999999999999 AND 999999999999999
+                    THEN prompt_tokens END), 0) AS prompt_tokens,
+  coalesce(sum(CASE WHEN typeof(completion_tokens) = 'integer'
+                     AND completion_tokens BETWEEN -999999999999999 AND 999999999999999
+                    THEN completion_tokens END), 0) AS completion_tokens,
   round(coalesce(sum(duration_ms), 0) / 1000.0, 3) AS seconds
 FROM model_calls
 WHERE {run}
@@ -415,6 +423,16 @@ def run_query(
         connection.set_progress_handler(None, 10_000)
 
 
+def audited(connection: Any, name: str, run_id: str, max_rows: int | None = None) -> AuditResult:
+    """``run_query`` of a run's table on a page that shows several: one that fails (a
+    value someone wrote that a view cannot sum) is an empty result saying why, and the
+    others still show."""
+    try:
+        return run_query(connection, name, run_id, (), max_rows)
+    except AuditError as e:
+        return AuditResult(columns=(), rows=[], error=str(e))
+
+
 def run_sql(
     db: Path | str,
     sql: str,
@@ -602,6 +620,14 @@ def _execute(
         else:
             rows = cursor.fetchmany(limits.max_rows + 1)
     except (sqlite3.Error, EventStoreError) as e:
+        if _not_utf8(e) and connection.text_factory is str:
+            # json_extract of a lone surrogate escape ("\udc00", in a log someone
+            # wrote) is text that is not UTF-8: read as it is, each bad byte U+FFFD
+            connection.text_factory = _replacing
+            try:
+                return _execute(connection, sql, params, what, limits)
+            finally:
+                connection.text_factory = str
         if _timed_out(e) and limits.seconds is not None:  # (a cancel, so "unavailable")
             raise AuditError(
                 f"{what} was stopped after {limits.seconds:g} s, this service's limit"
@@ -630,6 +656,15 @@ def _fetch_within(cursor: Any, max_rows: int | None, max_bytes: int) -> tuple[li
             return rows, True
         rows.append(row)
     return rows, False
+
+
+def _not_utf8(error: Exception) -> bool:
+    """SQLite's text that Python could not decode (``sqlite3.OperationalError``)."""
+    return isinstance(error, sqlite3.OperationalError) and "Could not decode to UTF-8" in str(error)
+
+
+def _replacing(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
 
 
 def _timed_out(error: Exception) -> bool:

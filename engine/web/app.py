@@ -58,6 +58,7 @@ from engine.runs.audit import (
     AuditError,
     AuditResult,
     Limits,
+    audited,
     json_value,
     run_query,
     run_sql,
@@ -457,7 +458,7 @@ class _Web:
             if store.last_version(run_id) == 0:
                 raise RunNotFound(run_id)
             audit = {
-                name: run_query(cast(Any, store).connection, name, run_id, (), AUDIT_ROWS)
+                name: audited(cast(Any, store).connection, name, run_id, AUDIT_ROWS)
                 for name, query in QUERIES.items()
                 if not query.parameters
             }
