@@ -837,6 +837,13 @@ class SQLiteStyle:
     ) -> None:
         self.raw = raw
         self.reconnect = reconnect
+        self._turn = threading.RLock()
+        """Held for each statement, and for the whole of a ``limited`` block: no
+        other thread's statement runs inside its transaction (psycopg alone
+        serialises statements, not transactions)."""
+        self._bounded = False
+        """In a ``limited`` block: a statement that finds the connection lost is not
+        run again on a new one, outside the block's limit."""
 
     def execute(
         self, sql: str, params: Sequence[object] | dict[str, object] = ()
@@ -846,16 +853,38 @@ class SQLiteStyle:
             query = _NAMED.sub(lambda m: f"%({m[1]})s" if m[1] in params else m[0], query)
         else:
             query = query.replace("?", "%s")
-        raw = self.raw
-        try:
+        with self._turn:
+            raw = self.raw
             try:
-                return raw.execute(query, params, prepare=True)
-            except psycopg.OperationalError:
-                if self.reconnect is None or not raw.broken:
-                    raise
-                return self.reconnect(raw).execute(query, params, prepare=True)
-        except psycopg.Error as e:
-            raise mapped_error(e, "") from e
+                try:
+                    return raw.execute(query, params, prepare=True)
+                except psycopg.OperationalError:
+                    if self.reconnect is None or not raw.broken or self._bounded:
+                        raise
+                    return self.reconnect(raw).execute(query, params, prepare=True)
+            except psycopg.Error as e:
+                raise mapped_error(e, "") from e
+
+    @contextlib.contextmanager
+    def limited(self, seconds: float) -> Iterator[None]:
+        """Statements of the block are stopped by the server after ``seconds`` each
+        (``statement_timeout``, for one read-only transaction that is rolled back
+        after): a service's named audit query, as SQLite's progress handler bounds
+        it. Other threads' statements wait for the block."""
+        milliseconds = str(max(1, math.ceil(seconds * 1000)))
+        with self._turn:
+            raw = self.raw
+            try:
+                raw.execute("BEGIN READ ONLY")
+                raw.execute("SELECT set_config('statement_timeout', %s, true)", (milliseconds,))
+                self._bounded = True
+                yield
+            except psycopg.Error as e:
+                raise mapped_error(e, "") from e
+            finally:
+                self._bounded = False
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
 
 
 NOT_COMPARED = (

@@ -249,3 +249,49 @@ def test_a_url_with_a_nul_names_nothing_and_says_so(service: tuple[TestClient, s
         assert answer.status_code == 400, (url, answer.text)
         assert "NUL" in answer.text, url
     assert client.get("/api/runs/r").status_code == 200
+
+
+def test_a_named_audit_query_that_runs_on_is_stopped_on_postgresql_too(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /api/audit/NAME`` had no time limit on a PostgreSQL log (SQLite's had
+    one): a query that ran on held a request thread and the service's one audit
+    connection, and every run page waited behind it. The limit is the server's
+    ``statement_timeout`` in a transaction of its own, rolled back after: the
+    connection serves on, with no limit left on it and no transaction open."""
+    import engine.runs.audit as audit
+
+    runaway = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+    )
+    with PostgresEventStore(pg_url) as store:
+        store.append("r", [START, TaskAdded(task_id="t1", title="x")], 0)
+    url, name = named(pg_url)
+    app = create_app(ServiceSettings(db=url, allowed_hosts=("127.0.0.1",), sql_seconds=0.5))
+    # entered by hand: left open when the query is not stopped (its thread runs on)
+    client = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    client.__enter__()
+    real = audit.query_sql
+    monkeypatch.setattr(audit, "query_sql", lambda *args: runaway)
+    answers: list[Any] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(client.get("/api/audit/tasks?run_id=r")),
+        daemon=True,  # without the limit it would never end
+    )
+    asking.start()
+    asking.join(timeout=60)
+    assert answers, "the query was not stopped"
+    assert answers[0].status_code == 400, answers[0].text
+    assert "stopped after 0.5 s, this service's limit" in answers[0].json()["error"]
+
+    monkeypatch.setattr(audit, "query_sql", real)
+    tasks = client.get("/api/audit/tasks?run_id=r")
+    assert tasks.status_code == 200, tasks.text
+    assert [row["task_id"] for row in tasks.json()["rows"]] == ["t1"]
+    assert client.get("/runs/r").status_code == 200
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        states = conn.execute(
+            "SELECT state FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchall()
+    assert states and all(state == "idle" for (state,) in states), states
+    client.__exit__(None, None, None)

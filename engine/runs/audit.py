@@ -399,9 +399,10 @@ def run_query(
     seconds: float | None = None,
 ) -> AuditResult:
     """Run the named query; ``arguments`` fill its ``parameters`` in order. At most
-    ``max_rows`` rows are read (``truncated`` says there were more), and on an SQLite
-    connection for at most ``seconds`` (a service's request: a query that ran on, as
-    the audit views once did on a log someone wrote, held its thread for good)."""
+    ``max_rows`` rows are read (``truncated`` says there were more), for at most
+    ``seconds`` (a service's request: a query that ran on, as the audit views once
+    did on a log someone wrote, held its thread for good; on PostgreSQL, its
+    connection too)."""
     query = _query(name)
     if len(arguments) != len(query.parameters):
         wanted = " ".join(p.upper() for p in query.parameters) or "no arguments"
@@ -413,8 +414,11 @@ def run_query(
         params["run_id"] = run_id
     sql = query_sql(name, run_id, dialect(connection))
     limits = Limits(max_rows=max_rows, seconds=seconds)
-    if seconds is None or not isinstance(connection, sqlite3.Connection):
+    if seconds is None:
         return _execute(connection, sql, params, f"audit query {name}", limits)
+    if not isinstance(connection, sqlite3.Connection):  # PostgreSQL's (SQLiteStyle)
+        with connection.limited(seconds):
+            return _execute(connection, sql, params, f"audit query {name}", limits)
     deadline = time.monotonic() + seconds
     connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     try:
