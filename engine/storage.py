@@ -97,7 +97,7 @@ def open_store(
     from engine.keys import load_key
     from events.sqlite import SQLiteEventStore
     from projections.summaries import maintain
-    from projections.views import foreign_views, install_views
+    from projections.views import install_views
 
     if key is None:
         key = load_key(create=False)
@@ -115,14 +115,9 @@ def open_store(
         path, synchronous=synchronous, read_only=read_only, key=key, busy_timeout=busy_timeout
     )
     try:
-        if not read_only and (foreign := foreign_views(store.connection)):
-            # put back below, as every changed view is: said first, so that verify
-            # tells of it (a view replaced silently was the evidence lost)
-            store.record_repair(
-                "audit views that no autonomy made were replaced by autonomy's: "
-                + ", ".join(foreign)
-            )
-        install_views(store.connection, temp=read_only)
+        # views no autonomy made are put back as every changed view is, and said so,
+        # so that verify tells of it (a view replaced silently was the evidence lost)
+        install_views(store.connection, temp=read_only, repaired=store.record_repair)
         if read_only:
             # mode=ro guards the file; this also refuses writes through ATTACH
             store.connection.execute("PRAGMA query_only = ON")

@@ -298,12 +298,53 @@ def foreign_views(connection: sqlite3.Connection) -> list[str]:
     )
 
 
-def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None:
+def install_views(
+    connection: sqlite3.Connection,
+    *,
+    temp: bool = False,
+    repaired: Callable[[str], None] | None = None,
+) -> None:
     """Create (or replace) every audit view on an autonomy database.
 
     ``temp=True`` is for a connection that must not write the file (a read-only
     log): the views the file lacks, or holds in an older form, are created as TEMP
-    views, which live in the connection and shadow the file's own."""
+    views, which live in the connection and shadow the file's own.
+
+    Otherwise the views are replaced in one write transaction, after looking at them
+    again inside it: writers that open a log at once (workers, after an upgrade)
+    change it once, and none fails (each replaced a view another had just made: "view
+    effective_spans already exists", 69 of 90 openings in rounds of six processes).
+    ``repaired`` is called in that transaction with what was wrong, when views no
+    autonomy made are replaced (``foreign_views``): said once, by the writer that
+    put them back, where ``verify`` tells of it."""
+    if not (stale := _stale(connection)):
+        return  # opening a log must not need a write transaction every time
+    if temp:
+        for name, sql in stale:
+            connection.execute(f"CREATE TEMP VIEW IF NOT EXISTS [{name}] AS {sql}")
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        stale = _stale(connection)  # another writer may have put them right meanwhile
+        if stale and repaired is not None and (foreign := foreign_views(connection)):
+            repaired(
+                "audit views that no autonomy made were replaced by autonomy's: "
+                + ", ".join(foreign)
+            )
+        for name, sql in stale:
+            # SQLite's drop ignores case: a "Tool_Calls" goes too
+            connection.execute(f'DROP VIEW IF EXISTS "{name}"')
+            connection.execute(f'CREATE VIEW "{name}" AS {sql}')
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _stale(connection: sqlite3.Connection) -> list[tuple[str, str]]:
+    """The views (name, SQL) that the file lacks, or holds in another form than this
+    autonomy's. Another form means any other text: a view that wraps this one (a
+    filter around it) reads other rows. A table in a view's place is refused."""
     names = ", ".join("?" * len(VIEWS))
     existing = {  # by SQLite's names, which ignore case: "Tool_Calls" is tool_calls
         name.lower(): (kind, text)
@@ -312,6 +353,7 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
             tuple(VIEWS),
         )
     }
+    stale = []
     for name, sql in VIEWS.items():
         kind, text = existing.get(name, ("view", ""))
         if kind != "view":  # a table of forged rows in the view's place
@@ -319,17 +361,6 @@ def install_views(connection: sqlite3.Connection, *, temp: bool = False) -> None
                 f"the log has a {kind} named {name} where autonomy keeps an audit view: "
                 "it was changed, and audits of it would read what was put there"
             )
-        # Only touch the schema when a view is missing or changed: opening a log
-        # must not need a write transaction every time. Changed means any other
-        # text: a view that wraps this one (a filter around it) reads other rows.
-        if text == f'CREATE VIEW "{name}" AS {sql.strip()}':
-            continue
-        if temp:
-            connection.execute(f"CREATE TEMP VIEW IF NOT EXISTS [{name}] AS {sql.strip()}")
-        else:
-            import sqlite_utils  # only when a view changes: opening a log stays cheap
-
-            # SQLite's drop ignores case; sqlite-utils' replace looks for the exact name
-            # and kept a "Tool_Calls", in which place no tool_calls could then be made
-            connection.execute(f'DROP VIEW IF EXISTS "{name}"')
-            sqlite_utils.Database(connection).create_view(name, sql.strip(), replace=True)
+        if text != f'CREATE VIEW "{name}" AS {sql.strip()}':
+            stale.append((name, sql.strip()))
+    return stale

@@ -34,6 +34,7 @@ from events import (
 )
 from projections import VIEWS, install_views, project
 from projections.fold import apply
+from projections.views import foreign_views
 
 FAILED_TOOL_CALLS = "SELECT call_id, tool, error FROM tool_calls WHERE run_id = ? AND ok = 0"
 SYNTAX_ERROR = "SyntaxError: invalid syntax (parse.py, line 3)"
@@ -563,3 +564,69 @@ def test_every_view_autonomy_installs_is_one_it_knows_it_made() -> None:
             f"view {name} changed: add {view_digest(installed)} to MADE_BY_AUTONOMY[{name!r}]"
         )
         assert view_digest(f"CREATE VIEW [{name}] AS\n{sql}") == view_digest(installed)
+
+
+OPENER = """
+import sys
+from pathlib import Path
+from engine.storage import open_store
+print("ready", flush=True)
+sys.stdin.read(1)  # all at once: the test writes to every opener when all are ready
+try:
+    with open_store(Path(sys.argv[1]), key=bytes.fromhex(sys.argv[2])):
+        print("opened")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_writers_that_open_a_log_at_once_change_its_views_once_and_none_fails(
+    tmp_path: Path,
+) -> None:
+    """Six processes open a log whose views are missing, or one of which a forger
+    replaced (as after an upgrade, or a tampering, when workers start): each made the
+    views, and most failed ("view effective_spans already exists": 32 of 96 openings
+    in 16 rounds), and each recorded the repair (45 records for 8 forgeries)."""
+    from engine.storage import open_store
+
+    path, key = tmp_path / "events.db", bytes(range(32))
+    with open_store(path, key=key) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    for round_ in range(4):
+        with sqlite3.connect(path, isolation_level=None) as lite:
+            if round_ % 2:
+                for name in reversed(list(VIEWS)):
+                    lite.execute(f'DROP VIEW "{name}"')
+            else:
+                lite.execute('DROP VIEW "tool_calls"')
+                lite.execute('CREATE VIEW "tool_calls" AS SELECT * FROM events WHERE 0')
+        lite.close()
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(path), key.hex()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        try:
+            for opener in openers:
+                assert opener.stdout is not None and opener.stdout.readline() == "ready\n"
+            for opener in openers:
+                assert opener.stdin is not None
+                opener.stdin.write("g")
+                opener.stdin.flush()
+            said = [opener.communicate(timeout=60)[0].strip() for opener in openers]
+        finally:
+            for opener in openers:
+                opener.kill()
+                opener.wait()
+        assert said == ["opened"] * 6, said
+    with open_store(path, key=key) as store:
+        assert not foreign_views(store.connection)
+        repairs = store.connection.execute("SELECT what FROM repairs").fetchall()
+    assert (
+        repairs
+        == [("audit views that no autonomy made were replaced by autonomy's: tool_calls",)] * 2
+    )
