@@ -240,11 +240,14 @@ count reaches them, and sums of them do not overflow."""
 FUNCTIONS = (CLEAN_FUNCTION, *TYPED_FUNCTIONS)
 """What the views read payloads through, made before them."""
 
-_DOCUMENT = re.compile(r"\b((?:\w+\.)?data)(?=->)")
+_DOCUMENT = re.compile(r"\b((?:\w+\.)?data)(?=->|#>)")
 
 
 def nul_safe(sql: str) -> str:
-    """``sql`` reading each payload (``data->...``) through ``autonomy_clean``."""
+    """``sql`` reading each payload (``data->...``, ``data#>...``) through
+    ``autonomy_clean``: a path (``#>``) was read from the bare document, and a model's
+    answer holding a NUL failed ``model_calls`` (its token counts) and so
+    ``audit model-usage``."""
     return _DOCUMENT.sub(r"autonomy_clean(\1)", sql)
 
 

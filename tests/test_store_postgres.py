@@ -25,7 +25,16 @@ from engine.cli import cli
 from engine.errors import ConfigError
 from engine.runs.workers import submit
 from engine.storage import open_store
-from events import ConcurrencyError, RunStarted, TaskAdded, ToolExecuted, ToolRequested
+from events import (
+    ConcurrencyError,
+    ModelRequested,
+    ModelResponded,
+    RunStarted,
+    TaskAdded,
+    ToolExecuted,
+    ToolRequested,
+    Usage,
+)
 from events.errors import EventStoreError, LeaseHeld, LeaseLost, StoreUnavailable
 from events.postgres import SCHEMA_VERSION, PostgresEventStore, redacted
 
@@ -399,6 +408,8 @@ def test_text_holding_a_nul_is_kept_and_neither_appends_nor_audits_fail(pg_url: 
                 ToolExecuted(
                     call_id="r/t4", tool="run_command", ok=False, error="e\x00", result="\x00"
                 ),
+                ModelRequested(call_id="r/m5", role="coder", model="m", request_digest="d"),
+                ModelResponded(call_id="r/m5", content="a\x00b", usage=Usage(prompt_tokens=7)),
             ],
             1,
         )
@@ -411,6 +422,9 @@ def test_text_holding_a_nul_is_kept_and_neither_appends_nor_audits_fail(pg_url: 
         assert connection.execute("SELECT goal FROM runs").fetchall() == [("g\ufffdoal",)]
         failed = connection.execute("SELECT error FROM tool_calls WHERE ok = 0").fetchall()
         assert failed == [("e\ufffd",)]
+        # a model's answer holding a NUL: its usage is read past it (``#>`` as ``->``)
+        usage = run_query(connection, "model-usage", "r")
+        assert [row[6] for row in usage.rows] == [7], usage
 
 
 def test_a_worker_refuses_queue_rows_that_name_paths_and_touches_nothing(

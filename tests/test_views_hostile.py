@@ -55,8 +55,9 @@ HOSTILE = [
             ),
         )
     ],
-    ("tool.requested", '{"type":"tool.requested","call_id":"bad/t8","tool":"read_file"}'),
-    ("tool.executed", '{"type":"tool.executed","call_id":"bad/t8","ok":"maybe","error":"e"}'),
+    ("model.failed", '{"type":"model.failed","call_id":"bad/m6","kind":"timeout","attempt":"x"}'),
+    ("tool.requested", '{"type":"tool.requested","call_id":"bad/t9","tool":"read_file"}'),
+    ("tool.executed", '{"type":"tool.executed","call_id":"bad/t9","ok":"maybe","error":"e"}'),
     ("arbiter.decided", '{"type":"arbiter.decided","action":"x","fallback_used":"maybe"}'),
     ("run.rewound", '{"type":"run.rewound","to_version":"abc"}'),
 ]
@@ -139,6 +140,8 @@ def test_no_value_someone_wrote_in_one_run_fails_a_view_or_a_query(db: str) -> N
     assert (usage["calls"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 0, 0)
     ok_usage = before["model-usage"].as_dicts()
     assert [(u["prompt_tokens"], u["completion_tokens"]) for u in ok_usage] == [(10, 5)]
-    assert run_sql(db, "SELECT call_id FROM tool_calls WHERE run_id = 'bad'").rows == [("bad/t8",)]
+    assert run_sql(db, "SELECT call_id FROM tool_calls WHERE run_id = 'bad'").rows == [("bad/t9",)]
+    [failure] = bad["model-failures"].as_dicts()
+    assert (failure["call_id"], failure["kind"]) == ("bad/m6", "timeout")
     statuses = run_sql(db, "SELECT status FROM runs WHERE run_id = 'bad'").rows
     assert statuses == [("running",)]

@@ -140,7 +140,7 @@ SELECT run_id, version, call_id, role, model, endpoint, kind, attempt, detail FR
   SELECT f.run_id, f.version, f.data->>'call_id' AS call_id, c.role, c.model,
     coalesce(nullif(f.data->>'endpoint', ''), c.endpoint) AS endpoint,
     f.data->>'kind' AS kind,
-    (f.data->>'attempt')::bigint AS attempt,
+    autonomy_integer(f.data->'attempt') AS attempt,
     f.data->>'detail' AS detail
   FROM events f
   LEFT JOIN model_calls c ON c.run_id = f.run_id AND c.call_id = f.data->>'call_id'
