@@ -75,15 +75,20 @@ from events.store import (
     utc_now,
 )
 
-_APPEND_LOCK = (0x6175746F, 1)  # "auto", 1: the two-int key space, apart from run leases
-# (migration 4's autonomy_append takes it by value: 1635087471 = 0x6175746F)
+_APPEND_LOCK = 0x61757470  # "autp": the two-int key space, apart from run leases
+"""The append lock's first key; its second is ``hashtext(current_schema())``, worked
+out by the server: one lock per log, not per database (migration 6; before it, the
+key was ``(0x6175746F, 1)`` for every schema, and one team's first append, held
+open by a machine gone silent, stopped every other team's appends too)."""
 _MIGRATION_LOCK = (0x6175746F, 2)
 CHANNEL = "autonomy_events"
 """Where appends are announced; the payload is the run id (its first
 ``_ANNOUNCED_CHARS`` characters: a payload must stay under 8000 bytes)."""
 _ANNOUNCED_CHARS = 1000
 # the lock and the announcement in one round trip; NOTIFY is sent only on commit
-_LOCK_AND_ANNOUNCE = f"SELECT pg_advisory_xact_lock(%s, %s), pg_notify('{CHANNEL}', %s)"
+_LOCK_AND_ANNOUNCE = (
+    f"SELECT pg_advisory_xact_lock(%s, hashtext(current_schema())), pg_notify('{CHANNEL}', %s)"
+)
 
 _APPEND_ONLY = """
 CREATE FUNCTION autonomy_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -171,6 +176,25 @@ END $$;
 """,
     # 5: each run's summary, kept by projections.summaries (derived, rebuilt at will)
     ";\n".join(SUMMARY_TABLES),
+    # 6: the append lock is the log's (its schema's), not the database's (_APPEND_LOCK)
+    """
+CREATE OR REPLACE FUNCTION autonomy_append(run text, first_version integer, at text,
+    types text[], schema_versions integer[], causations bigint[], hashes text[],
+    payloads text[])
+  RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE top bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(1635087472, hashtext(current_schema()));
+  SELECT coalesce(max(position), 0) INTO top FROM events;
+  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
+                      causation, hash, data)
+    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
+      FROM unnest(types, schema_versions, causations, hashes, payloads)
+        WITH ORDINALITY AS u(t, s, c, h, d, n);
+  PERFORM pg_notify('autonomy_events', left(run, 1000));
+  RETURN top + 1;
+END $$;
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -505,7 +529,7 @@ class PostgresEventStore(SQLEventStore):
         """In a transaction: take the append lock (announcing the run), check that
         the run still has no events (or ends at ``after``, for the rest of a copied
         run), and return the log's next position."""
-        conn.execute(_LOCK_AND_ANNOUNCE, (*_APPEND_LOCK, _announced(run_id)))
+        conn.execute(_LOCK_AND_ANNOUNCE, (_APPEND_LOCK, _announced(run_id)))
         check_expected(run_id, after, _last_version(conn, run_id))
         top = conn.execute("SELECT max(position) FROM events").fetchone()
         return int(top[0] or 0) + 1 if top else 1

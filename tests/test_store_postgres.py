@@ -625,6 +625,11 @@ def test_a_worker_refuses_a_template_whose_autonomy_toml_a_run_wrote(
     assert outcome.startswith("error: ") and "is the file a tool of run first wrote" in outcome
 
 
+APPEND_LOCK = "SELECT pg_advisory_lock(1635087472, hashtext(current_schema()))"
+"""The append lock of the log in the connection's schema (``events.postgres``), held
+until the session ends."""
+
+
 def test_an_append_cut_by_a_lock_timeout_is_a_log_not_reachable_now(
     store: PostgresEventStore, pg_url: str
 ) -> None:
@@ -638,7 +643,7 @@ def test_an_append_cut_by_a_lock_timeout_is_a_log_not_reachable_now(
     impatient = PostgresEventStore(pg_url.replace("options=", patience))
     try:
         with psycopg.connect(pg_url, autocommit=True) as holder:
-            holder.execute("SELECT pg_advisory_lock(1635087471, 1)")  # the append lock
+            holder.execute(APPEND_LOCK)
             with pytest.raises(StoreUnavailable, match="lock timeout"):
                 impatient.append("r", [TaskAdded(task_id="t1", title="x")], 1)
         assert store.last_version("r") == 1
@@ -662,6 +667,30 @@ def test_a_lease_is_the_logs_not_every_schemas(pg_server: Any) -> None:
             pass
         with pytest.raises(LeaseHeld, match="team a's worker"), team_a.lease("job-1", "again"):
             pass
+
+
+def test_the_append_lock_is_the_logs_not_every_schemas(pg_server: Any) -> None:
+    """The append lock was one for the database: while one team's first append was
+    held open (a machine gone silent mid-transaction, for up to a minute), every
+    other team's log, in a schema of its own, took no append either."""
+    team_a, team_b = pg_server.new_url(), pg_server.new_url()
+    patience = "options=-clock_timeout%3D2000%20"  # a wait is an error, not a hang
+    with (
+        PostgresEventStore(team_a.replace("options=", patience)) as a,
+        PostgresEventStore(team_b.replace("options=", patience)) as b,
+        psycopg.connect(team_a) as holder,
+    ):
+        a.append("r", [START], 0)
+        # team a's first append of a run, its transaction left open: the lock held
+        PostgresEventStore._lock_for_new_run(holder, "held")
+        b.append("r", [START], 0)  # a first append: in a transaction under the lock
+        b.append("r", [TaskAdded(task_id="t1", title="x")], 1)  # autonomy_append
+        assert b.last_version("r") == 2
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            a.append("r", [TaskAdded(task_id="t1", title="x")], 1)
+        holder.rollback()
+        a.append("r", [TaskAdded(task_id="t1", title="x")], 1)
+        assert a.last_version("r") == 2
 
 
 def test_an_administrators_idle_session_timeout_does_not_take_the_pools_connections(
