@@ -325,7 +325,7 @@ failure or a deadlock. A query that fails for them may succeed when asked again.
 def mapped_error(e: psycopg.Error, where: str, url: str = "") -> EventStoreError:
     """The error of this tree that says what happened (see ``events.errors``); the
     ``url`` connected to, if libpq quotes it (one it cannot parse), without its password."""
-    detail = (getattr(e, "diag", None) and e.diag.message_primary) or str(e)
+    detail = one_line((getattr(e, "diag", None) and e.diag.message_primary) or str(e))
     if url:
         detail = detail.replace(url, redacted(url))
     text = f"{where}: {detail}" if where else detail
@@ -334,6 +334,13 @@ def mapped_error(e: psycopg.Error, where: str, url: str = "") -> EventStoreError
     if lost or state.startswith(UNAVAILABLE_STATES):
         return StoreUnavailable(text)
     return EventStoreError(text)
+
+
+def one_line(text: str) -> str:
+    """libpq's message as one line: it adds a hint on a line of its own ("connection
+    refused" then "Is the server running on that host...?"), which came out as an
+    error line and a stray indented one after it."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
 @contextlib.contextmanager
@@ -367,7 +374,7 @@ class _PoolTrouble(logging.Filter):
             return True
         args = record.args
         if record.msg == "error connecting in %r: %s" and isinstance(args, tuple):
-            self.last[str(args[0])] = str(args[1]).removeprefix("connection failed: ")
+            self.last[str(args[0])] = one_line(str(args[1])).removeprefix("connection failed: ")
         return False
 
 

@@ -56,8 +56,9 @@ def describe_error(error: BaseException) -> str:
     cause = _cause_of(error)
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if str(cause) and str(cause) in lines[0]:
-            # the message already quotes it (TOML errors, for one): say it once
+        if str(cause) and " ".join(str(cause).split()) in " ".join(lines[0].split()):
+            # the message already quotes it (TOML errors, for one; libpq's over two
+            # lines, which the message gives as one): say it once
             cause = _cause_of(cause)
             continue
         kind = type(cause)
