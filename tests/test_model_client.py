@@ -702,3 +702,60 @@ def test_an_answer_of_more_tool_calls_than_any_needs_is_refused(
             ),
         ):
             make_client().chat(at(server, api), ASK)
+
+
+DEEP = b"[" * 50_000 + b"]" * 50_000
+"""An error body that nests past any JSON decoder's recursion."""
+
+
+class _DeeplyNested(BaseHTTPRequestHandler):
+    """A server whose errors nest 50,000 deep: the chat and the model list answer
+    500 with ``DEEP``; with ``chat_ok``, the chat answers and only the list fails."""
+
+    chat_ok: ClassVar[bool] = False
+
+    def do_GET(self) -> None:
+        self._send(500, DEEP)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.chat_ok:
+            answer = {"model": "m", "message": {"content": "hi"}, "done": True}
+            self._send(200, json.dumps(answer).encode())
+        else:
+            self._send(500, DEEP)
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_error_body_nested_past_the_decoders_depth_is_an_http_error_not_a_crash(
+    make_client: Callable[..., ModelClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the message of such a body ended ``autonomy run`` in a RecursionError
+    traceback, the run left running with no failure recorded; so did the preflight's
+    model list, and the digest lookup after a good answer (the answer lost)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DeeplyNested)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = Endpoint(base_url=f"http://127.0.0.1:{server.server_address[1]}", model="m")
+        with pytest.raises(ModelHTTPError, match=r"HTTP 500.*\[\[\[") as failed:
+            make_client(retry=FAST).chat(endpoint, ASK)
+        assert len(str(failed.value)) < 1_000
+        with pytest.raises(ModelHTTPError, match="HTTP 500"):
+            make_client(retry=FAST).list_models(endpoint.base_url)
+        monkeypatch.setattr(_DeeplyNested, "chat_ok", True)
+        reply = make_client(retry=FAST).chat(endpoint, ASK)
+        assert (reply.content, reply.model_identity) == ("hi", "m")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)

@@ -601,13 +601,15 @@ def test_a_call_written_in_text_that_nests_too_deeply_is_no_call() -> None:
         assert extract_tool_call(action, ["create_file"]) is None
 
 
-NONSENSE = [-5, 10**30, 10**400]
-"""Counts and durations no server means: negative, past 64 bits, past a float."""
+NONSENSE = [-5, 10**30, 10**400, None, 1.5, "12", True]
+"""Counts and durations no server means: negative, past 64 bits, past a float, and
+no whole number (null, a fraction, a string, a boolean: refused as the wrong type,
+they made the whole answer invalid)."""
 
 
 @pytest.mark.parametrize("number", NONSENSE)
 def test_a_count_or_duration_that_is_no_number_is_recorded_as_unknown_and_the_answer_kept(
-    number: int,
+    number: object,
 ) -> None:
     """A server reporting nonsense statistics: the answer is kept; the numbers are 0
     (dividing 10**400 ns into ms was an OverflowError that ended the run, and a count
@@ -667,3 +669,50 @@ def test_stream_deltas_without_an_index_join_their_call_by_id_or_the_last_one() 
         ("list_directory", {}),
         ("read_file", {"path": "y.py"}),
     ]
+
+
+def test_texts_a_server_sends_as_null_are_empty_not_an_invalid_answer() -> None:
+    """``"model": null`` or ``"done_reason": null`` made the answer invalid."""
+    nulls = {"model": None, "done_reason": None, "digest": None}
+    reply = parse_ollama(json.dumps({"message": {"content": "Hello"}, "done": True, **nulls}))
+    assert (reply.content, reply.done_reason, reply.model_identity) == ("Hello", "", "")
+    streamed = parse_ollama_stream(
+        [json.dumps({"message": {"content": "Hello"}, "done": True, **nulls})]
+    )
+    assert streamed == reply
+    openai = parse_openai(
+        json.dumps(
+            {"model": None, "choices": [{"message": {"role": "assistant", "content": "Hello"}}]}
+        )
+    )
+    assert (openai.content, openai.model_identity) == ("Hello", "")
+
+
+HUGE = "E" * 3_500_000
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: parse_ollama(json.dumps({"error": HUGE})),
+        lambda: parse_ollama_stream([json.dumps({"error": HUGE})]),
+        lambda: parse_openai_stream(["data: " + json.dumps({"error": {"message": HUGE}})]),
+        lambda: parse_openai_stream(["data: " + json.dumps({"error": [HUGE, {"deep": HUGE}]})]),
+    ],
+)
+def test_an_error_a_200_answer_carries_is_cut_to_a_line(answer: Any) -> None:
+    """An error body (a 500) was cut to 500 characters; one inside a 200 answer, or a
+    stream, was kept whole: 3.5 MB in each failure event and each line saying it (a
+    37 MB log, 17 MB of terminal output for one run)."""
+    with pytest.raises(ModelHTTPError, match="the server reported an error") as failed:
+        answer()
+    assert len(str(failed.value)) < 600
+
+
+def test_an_error_body_nested_past_the_decoders_depth_is_read_as_its_text() -> None:
+    from engine.model.wire import context_overflow
+
+    deep = b"[" * 50_000 + b"]" * 50_000
+    assert error_text(deep) == deep.decode()[:500]
+    assert error_text(b'{"error": ' + deep + b"}").startswith('{"error": [[[')
+    assert context_overflow(deep) is None

@@ -59,16 +59,17 @@ _MOST = 2**53
 (a float's exact integers; 104 days in ns) or below 0, the number is not one."""
 
 
-def _usage(prompt: int, completion: int) -> Usage:
+def _usage(prompt: object, completion: object) -> Usage:
     """The token counts a server reported; one out of range (negative, or too large
     for a log's 64-bit integers and every sum of them) is recorded as 0, unknown,
     and the answer kept."""
     return Usage(prompt_tokens=token_count(prompt), completion_tokens=token_count(completion))
 
 
-def _milliseconds(nanoseconds: int) -> float:
-    """A duration the server reported, in ms; 0.0 (unknown) when out of range."""
-    return nanoseconds / _NS_PER_MS if 0 <= nanoseconds <= _MOST else 0.0
+def _milliseconds(nanoseconds: object) -> float:
+    """A duration the server reported, in ms; 0.0 (unknown) when out of range or no
+    whole number."""
+    return token_count(nanoseconds) / _NS_PER_MS
 
 
 class ChatOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -220,15 +221,18 @@ class _WireMessage(msgspec.Struct):
 
 
 class _OllamaChat(msgspec.Struct):
-    model: str = ""
+    # a count or duration as the server sent it (null, 1.5, "12" too): ``token_count``
+    # and ``_milliseconds`` take what is one and record the rest as unknown, where the
+    # type refused the whole answer over a statistic; a text may be null
+    model: str | None = ""
     message: _WireMessage | None = None
     done: bool = False
-    done_reason: str = ""
-    total_duration: int = 0
-    prompt_eval_count: int = 0
-    eval_count: int = 0
-    digest: str = ""
-    error: str = ""
+    done_reason: str | None = ""
+    total_duration: Any = 0
+    prompt_eval_count: Any = 0
+    eval_count: Any = 0
+    digest: str | None = ""
+    error: Any = ""
 
 
 class _OpenAIChoice(msgspec.Struct):
@@ -237,12 +241,12 @@ class _OpenAIChoice(msgspec.Struct):
 
 
 class _OpenAIUsage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: Any = 0  # as _OllamaChat's counts
+    completion_tokens: Any = 0
 
 
 class _OpenAIChat(msgspec.Struct):
-    model: str = ""
+    model: str | None = ""
     choices: list[_OpenAIChoice] = []
     usage: _OpenAIUsage | None = None
     system_fingerprint: str | None = None
@@ -391,8 +395,8 @@ def _parsed_calls(calls: Iterable[tuple[str, str, Any]], cut: bool) -> tuple[Too
     return tuple(parsed)
 
 
-def _identity(model: str, detail: str | None) -> str:
-    return f"{model}@{detail}" if detail else model
+def _identity(model: str | None, detail: str | None) -> str:
+    return f"{model or ''}@{detail}" if detail else model or ""
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -402,13 +406,13 @@ def parse_ollama(body: bytes | str) -> ModelReply:
     """A non-streamed ``/api/chat`` answer."""
     chat: _OllamaChat = _decode(_OLLAMA, body, "chat reply")
     if chat.error:
-        raise ModelHTTPError(f"the server reported an error: {chat.error}", status=200)
+        raise ModelHTTPError(f"the server reported an error: {said(chat.error)}", status=200)
     if chat.message is None:
         raise ModelResponseInvalid(f"the server's chat reply has no message: {_excerpt(body)}")
     return ModelReply(
         content=chat.message.content or "",
         tool_calls=_tool_calls(chat.message.tool_calls or (), cut=chat.done_reason == LENGTH),
-        done_reason=chat.done_reason,
+        done_reason=chat.done_reason or "",
         usage=_usage(chat.prompt_eval_count, chat.eval_count),
         duration_ms=_milliseconds(chat.total_duration),
         model_identity=_identity(chat.model, chat.digest),
@@ -439,7 +443,7 @@ def parse_ollama_stream(
             # Ollama reports a failure after the 200 status line this way; the
             # model runner crashing is the server's trouble, so another try may work
             raise ModelHTTPError(
-                f"the server reported an error mid-stream: {chunk.error}",
+                f"the server reported an error mid-stream: {said(chunk.error)}",
                 status=200,
                 retryable=True,
             )
@@ -455,7 +459,7 @@ def parse_ollama_stream(
             return ModelReply(
                 content="".join(content),
                 tool_calls=_tool_calls(wire_calls, cut=chunk.done_reason == LENGTH),
-                done_reason=chunk.done_reason,
+                done_reason=chunk.done_reason or "",
                 usage=_usage(chunk.prompt_eval_count, chunk.eval_count),
                 duration_ms=_milliseconds(chunk.total_duration),
                 model_identity=_identity(chunk.model, chunk.digest),
@@ -501,7 +505,7 @@ class _StreamChoice(msgspec.Struct):
 
 
 class _OpenAIChunk(msgspec.Struct):
-    model: str = ""
+    model: str | None = ""
     choices: list[_StreamChoice] = []
     usage: _OpenAIUsage | None = None
     system_fingerprint: str | None = None
@@ -594,9 +598,10 @@ def parse_openai_stream(
             )
         chunk: _OpenAIChunk = _decode(_CHUNK, data, "stream chunk")
         if chunk.error is not None:
-            detail = chunk.error.get("message") if isinstance(chunk.error, dict) else chunk.error
             raise ModelHTTPError(
-                f"the server reported an error mid-stream: {detail}", status=200, retryable=True
+                f"the server reported an error mid-stream: {said(chunk.error)}",
+                status=200,
+                retryable=True,
             )
         model = chunk.model or model
         fingerprint = chunk.system_fingerprint or fingerprint
@@ -689,11 +694,7 @@ def context_overflow(body: bytes) -> Overflow | None:
     ``context_length_exceeded`` ("This model's maximum context length is 8192
     tokens. However, your messages resulted in 9000 tokens"), vLLM's wording of
     the same, and Ollama-style "input length exceeds the context length"."""
-    text = body.decode("utf-8", "replace")
-    try:
-        data = _ANY.decode(text)
-    except msgspec.DecodeError:
-        data = None
+    data = _json_or_none(body.decode("utf-8", "replace"))
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and (
         error.get("type") in _OVERFLOW_TYPES or error.get("code") in _OVERFLOW_TYPES
@@ -731,18 +732,35 @@ def token_count(value: object) -> int:
     return 0
 
 
-def error_text(body: bytes, limit: int = 500) -> str:
+ERROR_CHARS = 500
+"""How much of a server's error message is kept: a line to read, where a 3.5 MB
+``error`` in a 200 answer was 3.5 MB in each failure event and each line saying it."""
+
+
+def error_text(body: bytes, limit: int = ERROR_CHARS) -> str:
     """The human part of an error body: Ollama's ``{"error": "..."}``, OpenAI's
     ``{"error": {"message": ...}}``, or the raw text."""
     text = body.decode("utf-8", "replace")  # a broken error body still says something
-    try:
-        data = _ANY.decode(text)
-    except msgspec.DecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:limit]
-        if isinstance(error, str):
-            return error[:limit]
+    data = _json_or_none(text)
+    if isinstance(data, dict) and "error" in data:
+        return said(data["error"], limit)
     return text.strip()[:limit]
+
+
+def said(error: object, limit: int = ERROR_CHARS) -> str:
+    """What a server's ``error`` value says, at most ``limit`` characters: its text,
+    OpenAI's ``{"message": ...}``, or else its JSON."""
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error = error["message"]
+    if not isinstance(error, str):
+        error = _json_text(error)
+    return error[:limit]
+
+
+def _json_or_none(text: str) -> object:
+    """``text`` as JSON values, or None when it is not JSON, or nests too deeply for
+    the decoder (an error body of 50,000 brackets crashed a run with RecursionError)."""
+    try:
+        return _ANY.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None
