@@ -186,6 +186,18 @@ def test_ollama_tool_call_ids_from_the_server_are_kept() -> None:
     assert parse_ollama(ollama_reply(message=message)).tool_calls[0].id == "call_abc"
 
 
+@pytest.mark.parametrize("garbage", ["\x00" * 1_000_000, "x" * 129, "a\nb", "\u202e"])
+def test_a_tool_call_id_no_server_means_is_made_as_for_none(garbage: str) -> None:
+    """A megabyte-long id went into the answer's event and into every request after
+    it (the conversation echoes it back): a 71 MB log in nine answers."""
+    call = {"id": garbage, "type": "function", "function": {"name": "ls", "arguments": "{}"}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    assert parse_openai(openai_reply(message)).tool_calls[0].id == "call_0"
+    kept = {**call, "id": "x" * 128}
+    kept_message = {**message, "tool_calls": [kept]}
+    assert parse_openai(openai_reply(kept_message)).tool_calls[0].id == "x" * 128
+
+
 def test_openai_reply_decodes_string_arguments_and_reads_usage() -> None:
     message = {
         "role": "assistant",

@@ -373,7 +373,20 @@ def tool_call(index: int, call_id: str, name: str, arguments: object) -> ToolCal
             f"The arguments of your call to {name!r} must be a JSON object, "
             f"not {type(parsed).__name__}: {_excerpt(_json_text(parsed))}."
         )
-    return ToolCall(id=call_id or f"call_{index}", name=name, arguments=parsed)
+    return ToolCall(
+        id=call_id if _usable_id(call_id) else f"call_{index}", name=name, arguments=parsed
+    )
+
+
+MAX_ID_CHARS = 128
+"""The longest tool call id a server's is kept at (theirs are tens of characters):
+an id of a megabyte of NULs went into the answer's event and into every request
+after it, the conversation echoing it back (a 71 MB log in nine answers)."""
+
+
+def _usable_id(call_id: str) -> bool:
+    """Whether a server's tool call id is one to keep; else it is made as for none."""
+    return 0 < len(call_id) <= MAX_ID_CHARS and call_id.isprintable()
 
 
 def _tool_calls(calls: Iterable[_WireToolCall], *, cut: bool = False) -> tuple[ToolCall, ...]:
