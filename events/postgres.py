@@ -114,6 +114,30 @@ APPEND_ONLY_TRIGGERS = (
 )
 """The triggers ``_APPEND_ONLY`` and migration 3 create; ``verify`` checks they are there."""
 
+_APPEND_FUNCTION = """
+CREATE FUNCTION autonomy_append(run text, first_version integer, at text, types text[],
+    schema_versions integer[], causations bigint[], hashes text[], payloads text[])
+  RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE top bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(1635087471, 1);
+  SELECT coalesce(max(position), 0) INTO top FROM events;
+  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
+                      causation, hash, data)
+    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
+      FROM unnest(types, schema_versions, causations, hashes, payloads)
+        WITH ORDINALITY AS u(t, s, c, h, d, n);
+  PERFORM pg_notify('autonomy_events', left(run, 1000));
+  RETURN top + 1;
+END $$;
+"""
+"""Migration 4's ``autonomy_append``: an append to a run that exists, in one statement
+(``_APPEND_CALL``): the append lock is taken, the positions given, the rows inserted
+and the run announced inside it, and an autocommit statement commits at once, so
+the lock is held for no round trip to the client. Migration 6 makes it again with
+the log's own lock."""
+
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the log, the blobs, append-only triggers, lease owners
     """
@@ -153,48 +177,15 @@ CREATE TABLE store_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
   FOR EACH ROW EXECUTE FUNCTION autonomy_append_only();
 """,
-    # 4: an append to a run that exists, in one statement (``_APPEND_CALL``): the append
-    # lock is taken, the positions given, the rows inserted and the run announced
-    # inside it, and an autocommit statement commits at once, so the lock is held for
-    # no round trip to the client
-    """
-CREATE FUNCTION autonomy_append(run text, first_version integer, at text, types text[],
-    schema_versions integer[], causations bigint[], hashes text[], payloads text[])
-  RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE top bigint;
-BEGIN
-  PERFORM pg_advisory_xact_lock(1635087471, 1);
-  SELECT coalesce(max(position), 0) INTO top FROM events;
-  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
-                      causation, hash, data)
-    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
-      FROM unnest(types, schema_versions, causations, hashes, payloads)
-        WITH ORDINALITY AS u(t, s, c, h, d, n);
-  PERFORM pg_notify('autonomy_events', left(run, 1000));
-  RETURN top + 1;
-END $$;
-""",
+    # 4: appends in one statement (``_APPEND_FUNCTION``)
+    _APPEND_FUNCTION,
     # 5: each run's summary, kept by projections.summaries (derived, rebuilt at will)
     ";\n".join(SUMMARY_TABLES),
     # 6: the append lock is the log's (its schema's), not the database's (_APPEND_LOCK)
-    """
-CREATE OR REPLACE FUNCTION autonomy_append(run text, first_version integer, at text,
-    types text[], schema_versions integer[], causations bigint[], hashes text[],
-    payloads text[])
-  RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE top bigint;
-BEGIN
-  PERFORM pg_advisory_xact_lock(1635087472, hashtext(current_schema()));
-  SELECT coalesce(max(position), 0) INTO top FROM events;
-  INSERT INTO events (position, run_id, version, type, schema_version, recorded_at,
-                      causation, hash, data)
-    SELECT top + u.n, run, first_version + u.n::integer - 1, u.t, u.s, at, u.c, u.h, u.d::json
-      FROM unnest(types, schema_versions, causations, hashes, payloads)
-        WITH ORDINALITY AS u(t, s, c, h, d, n);
-  PERFORM pg_notify('autonomy_events', left(run, 1000));
-  RETURN top + 1;
-END $$;
-""",
+    _APPEND_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION").replace(
+        "pg_advisory_xact_lock(1635087471, 1)",
+        "pg_advisory_xact_lock(1635087472, hashtext(current_schema()))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
