@@ -532,6 +532,22 @@ def test_server_sent_data_joins_multi_line_events_and_skips_other_fields() -> No
     assert list(server_sent_data(lines)) == [b"one\ntwo", b"three"]
 
 
+def test_server_sent_events_may_end_their_lines_in_cr_alone() -> None:
+    """The format allows CR, LF or CRLF; a stream of CR-ended lines arrives as one
+    "line" (the client splits at LF) and was an invalid answer."""
+    assert list(server_sent_data([b"data: one\r\rdata: two\rdata: 2\r\r"])) == [
+        b"one",
+        b"two\n2",
+    ]
+    events = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ]
+    stream = "".join(f"data: {json.dumps(e)}\r\r" for e in events) + "data: [DONE]\r\r"
+    reply = parse_openai_stream([stream.encode()])
+    assert (reply.content, reply.done_reason) == ("Hello", "stop")
+
+
 def test_streamed_and_whole_openai_replies_parse_to_the_same_reply() -> None:
     calls = [
         {

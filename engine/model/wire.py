@@ -556,17 +556,19 @@ class _CallParts:
 
 def server_sent_data(lines: Iterable[bytes | str]) -> Iterable[bytes]:
     """The ``data`` of each server-sent event in ``lines``: ``data:`` lines joined
-    by newlines up to a blank line; comments (``:``) and other fields ignored."""
+    by newlines up to a blank line; comments (``:``) and other fields ignored. A line
+    ends in LF, CRLF or, as the format allows, CR alone (a stream of those was one
+    line of trailing characters, an invalid answer)."""
     data: list[bytes] = []
     for raw in lines:
-        line = (raw.encode() if isinstance(raw, str) else raw).rstrip(b"\r")
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
+        for line in (raw.encode() if isinstance(raw, str) else raw).rstrip(b"\r").split(b"\r"):
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
     if data:
         yield b"\n".join(data)
 
