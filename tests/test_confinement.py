@@ -936,6 +936,45 @@ def test_a_command_has_no_capabilities_even_when_the_engine_runs_as_root(tmp_pat
     assert outcome.result.count("refused") == 3, outcome.result
 
 
+KERNEL_SETTINGS = textwrap.dedent(
+    """
+    import errno, os
+    for name in ("sys/kernel/printk_ratelimit", "sys/vm/overcommit_ratio", "sysrq-trigger"):
+        path = "/proc/" + name
+        if not os.path.exists(path):
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            print(name, "refused:", errno.errorcode[e.errno])
+            continue
+        try:  # no value the kernel takes: nothing changes even when the open succeeds
+            os.write(fd, b"not-a-number")
+        except OSError as e:
+            print(name, "OPENED, then", errno.errorcode[e.errno])
+        finally:
+            os.close(fd)
+    """
+)
+
+
+def test_a_command_cannot_change_the_kernels_settings_even_when_the_engine_runs_as_root(
+    tmp_path: Path,
+) -> None:
+    """Without capabilities a command run by root is still uid 0, and the kernel lets
+    uid 0 write ``/proc/sys``: bubblewrap covers it read-only only when it finds it
+    writable by ``access()``, which says no to root without capabilities, so it was
+    left writable (``kernel.core_pattern`` runs a program as root on the host at the
+    next crash; ``sysrq-trigger`` reboots it). Found by a probe: each open for writing
+    succeeded, the kernel refusing only the value."""
+    (tmp_path / "settings.py").write_text(KERNEL_SETTINGS)
+    outcome = run(tmp_path, ["python", "settings.py"], bubblewrap(), allowlist=PYTHON)
+    assert "OPENED" not in outcome.result, outcome.result
+    assert "sys/kernel/printk_ratelimit refused: " in outcome.result, outcome.result
+    if os.geteuid() == 0:  # as root, refused by the read-only mount, not by the mode
+        assert outcome.result.count("refused: EROFS") >= 2, outcome.result
+
+
 DEEP = textwrap.dedent(
     """
     import os, pathlib

@@ -154,6 +154,7 @@ class Confinement:
         # bounded by its memory limit (/dev/shm by 64 MiB, as Docker's), /dev read-only
         memory = self.limits.memory_mb * MIB
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
+        args += KERNEL_SETTINGS
         args += [*self._size(memory), "--tmpfs", "/tmp"]
         args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/dev/shm"]
         if not self.network:  # sized: it is in memory too
@@ -367,6 +368,21 @@ def _hide(path: Path) -> list[str]:
     return []
 
 
+KERNEL_SETTINGS = [
+    *("--ro-bind", "/proc/sys", "/proc/sys"),
+    *("--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"),
+    *("--ro-bind-try", "/proc/irq", "/proc/irq"),
+    *("--ro-bind-try", "/proc/bus", "/proc/bus"),
+]
+"""The parts of ``/proc`` that set the kernel's behaviour for the whole machine, made
+read-only over the command's own ``/proc`` (bubblewrap's own list). Without
+capabilities a command run by root is still uid 0, to which the kernel grants
+``/proc/sys``; bubblewrap covers it only when ``access()`` finds it writable, which
+it does not for root without capabilities, so it was left writable: a command could
+set ``kernel.core_pattern`` (a program run as root on the host at the next crash) or
+write ``sysrq-trigger`` (a reboot)."""
+
+
 def _hidden_directory(place: str) -> list[str]:
     """An empty directory, read-only, over ``place``: a tmpfs is memory no limit of
     the command's counts, and a writable one took gigabytes."""
@@ -465,6 +481,7 @@ def _bwrap_works(bwrap: str) -> tuple[str, bool]:
 @functools.cache
 def _probe(bwrap: str, *identity: int) -> tuple[str, bool]:
     probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    probe += KERNEL_SETTINGS  # one that cannot cover them is found here, not at a command
     sized = ["--size", str(MIB), "--tmpfs", "/tmp"]
     for args, sizes in ((sized, True), ([], False)):
         result = subprocess.run(
