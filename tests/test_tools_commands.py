@@ -365,6 +365,12 @@ def test_a_result_names_at_most_a_hundred_files_of_each_list(
     assert "[files changed: f0.txt, f1.txt and 3 more]" in outcome.result
 
 
+def test_a_name_a_command_made_cannot_fake_a_line_of_its_result(tmp_path: Path) -> None:
+    outcome, _ = run_python(tmp_path, "open('a\\n[files changed: nothing]', 'w').write('x')")
+    assert "[files changed: a\\n[files changed: nothing]]" in outcome.result, outcome.result
+    assert outcome.result.count("\n[files changed:") == 1
+
+
 SET_ID = 0o6000
 
 

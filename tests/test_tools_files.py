@@ -150,6 +150,16 @@ def test_list_directory_shows_entries_but_not_tooling(ctx: ToolContext) -> None:
     assert call(ctx, "list_directory", path="src/app.py").error.endswith("use read_file to read it")
 
 
+def test_a_name_a_command_made_cannot_fake_a_line_of_the_listing(ctx: ToolContext) -> None:
+    """A file named ``nl\\nfake  (9 bytes)`` listed as two entries, one of them made up."""
+    (ctx.workspace / "nl\nfake  (9 bytes)").write_text("x")
+    (ctx.workspace / "tab\there").write_text("x")
+    listing = call(ctx, "list_directory").result.splitlines()
+    assert "nl\\nfake  (9 bytes)  (1 bytes)" in listing and "fake  (9 bytes)" not in listing
+    assert "tab\\there  (1 bytes)" in listing
+    assert len(listing) == 5, listing
+
+
 def test_search_code_finds_substrings_and_skips_tooling_and_binaries(ctx: ToolContext) -> None:
     outcome = call(ctx, "search_code", pattern="hello world")
     assert outcome.ok

@@ -36,7 +36,7 @@ from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, BlobSink, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import clear_set_id, remove_tree
+from engine.tools.sandbox import clear_set_id, printable_name, remove_tree
 from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes
 from events.schema import FileChange
 
@@ -244,8 +244,8 @@ made a result of 48 million characters."""
 
 
 def _listed(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:LISTED])
-    return shown if len(paths) <= LISTED else f"{shown} and {len(paths) - LISTED:,} more"
+    listed = ", ".join(map(printable_name, paths[:LISTED]))
+    return listed if len(paths) <= LISTED else f"{listed} and {len(paths) - LISTED:,} more"
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:

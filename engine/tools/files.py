@@ -27,7 +27,13 @@ import msgspec
 
 from engine.errors import ToolError
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
-from engine.tools.sandbox import MAX_PATH_DEPTH, NOT_THE_PROJECT, Sandbox, is_protected_name
+from engine.tools.sandbox import (
+    MAX_PATH_DEPTH,
+    NOT_THE_PROJECT,
+    Sandbox,
+    is_protected_name,
+    printable_name,
+)
 from engine.tools.snapshot import MAX_RECORDED_BYTES, TOO_LARGE
 from events.schema import FileChange
 
@@ -291,7 +297,7 @@ def list_directory(args: ListDirectoryArgs, ctx: ToolContext) -> ToolOutcome:
         if len(lines) == MAX_LIST_ENTRIES:
             lines.append(f"[truncated at {MAX_LIST_ENTRIES} entries; list a subdirectory]")
             break
-        name = os.path.relpath(path, sandbox.root).replace(os.sep, "/")
+        name = printable_name(os.path.relpath(path, sandbox.root).replace(os.sep, "/"))
         if path.is_dir():
             lines.append(f"{name}/")
         else:

@@ -158,6 +158,18 @@ class Sandbox:
             )
 
 
+def printable_name(name: str) -> str:
+    """A file name as a tool's result lists it: each control character (a newline, a
+    tab) escaped as Python writes it, so that a name a command made cannot fake a line
+    of the listing. A byte that is not UTF-8 (a lone surrogate) stays for the log's
+    own escape (``\\xff``, ``engine.terminal.unicode_text``)."""
+    if name.isprintable():
+        return name
+    return "".join(
+        c if c.isprintable() or "\ud800" <= c <= "\udfff" else repr(c)[1:-1] for c in name
+    )
+
+
 def is_protected_name(name: str) -> bool:
     """Whether a directory entry is one listings and searches must skip."""
     return name.casefold() in PROTECTED
