@@ -257,6 +257,37 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     assert result.identical, result.report()
 
 
+def test_a_second_stop_after_the_first_was_recorded_says_the_first_and_exits_with_its_status() -> (
+    None
+):
+    """Under load a Ctrl-C sent with a SIGTERM was handled more than the grace after
+    it, and stopped again: the log said SIGTERM, the exit status was 130 (found by
+    the signal test above, two suites at once). The stop the log records is the one
+    said, and its signal's status is the exit status."""
+    import click
+
+    from engine.agent.runner import (
+        STOPPED_BY_SIGNAL,
+        STOPPED_BY_USER,
+        RunInterrupted,
+        Stop,
+        _stops_recorded,
+    )
+    from engine.cli.running import interrupts
+    from events.schema import RunFinished
+
+    terminated = STOPPED_BY_SIGNAL[signal.SIGTERM]
+    log = RunLog.create(MemoryEventStore(), "r", RunStarted(goal="g", workspace="/w"))
+    log.append(RunFinished(status="stopped", reason=terminated))
+    with pytest.raises(RunInterrupted) as stopped, _stops_recorded(log):
+        raise Stop(STOPPED_BY_USER)
+    assert stopped.value.reason == terminated
+    assert log.version == 2, "recorded once"
+    with pytest.raises(click.exceptions.Exit) as exited, interrupts(None, None):
+        raise stopped.value
+    assert exited.value.exit_code == 128 + signal.SIGTERM
+
+
 def test_a_lease_file_the_disk_cannot_write_still_leases_and_hides_no_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,7 +327,7 @@ def test_a_second_stop_signal_while_the_first_is_recorded_is_the_same_stop() -> 
     no stop recorded. Within a few seconds of the first, it is taken for the same."""
     import click
 
-    from engine.agent.runner import RunInterrupted
+    from engine.agent.runner import STOPPED_BY_SIGNAL, RunInterrupted
     from engine.cli.running import interrupts
 
     recorded = []
@@ -306,7 +337,7 @@ def test_a_second_stop_signal_while_the_first_is_recorded_is_the_same_stop() -> 
         except KeyboardInterrupt:
             signal.raise_signal(signal.SIGINT)  # as the stop is being recorded
             recorded.append("run.finished")
-            raise RunInterrupted("r") from None
+            raise RunInterrupted("r", STOPPED_BY_SIGNAL[signal.SIGTERM]) from None
     assert recorded == ["run.finished"] and stopped.value.exit_code == 128 + signal.SIGTERM
 
 

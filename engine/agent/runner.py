@@ -708,6 +708,8 @@ def _stops_recorded(run: RunLog) -> Iterator[None]:
         log = RunLog(run.store, run.run_id)
         if log.pipeline.status == "running":
             log.append(RunFinished(status="stopped", reason=reason))
+        elif log.pipeline.status == "stopped" and log.pipeline.reason in STOP_REASONS:
+            reason = log.pipeline.reason  # a stop already recorded it: say that one
         raise RunInterrupted(log.run_id, reason) from None
 
 

@@ -186,7 +186,12 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         with contextlib.suppress(OSError):
             click.echo(f"\n{e}; the log says so.", err=True)
             click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
-        raise click.exceptions.Exit(128 + (signal.SIGPIPE if piped else received[-1])) from None
+        # the status of the stop the log records, not of the last signal: a second one
+        # seconds later (a loaded machine) gave 130 for a run the log said SIGTERM ended
+        by = {text: signum for signum, text in STOPPED_BY_SIGNAL.items()}.get(e.reason)
+        raise click.exceptions.Exit(
+            128 + (signal.SIGPIPE if piped else by or received[-1])
+        ) from None
     except RunCutOff as e:
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
