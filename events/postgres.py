@@ -897,7 +897,14 @@ class SQLiteStyle:
         with self._turn:
             raw = self.raw
             try:
-                raw.execute("BEGIN READ ONLY")
+                try:
+                    raw.execute("BEGIN READ ONLY")
+                except psycopg.OperationalError:
+                    # lost (a restarted server): made again here, as a statement does
+                    if self.reconnect is None or not raw.broken:
+                        raise
+                    raw = self.reconnect(raw)
+                    raw.execute("BEGIN READ ONLY")
                 raw.execute("SELECT set_config('statement_timeout', %s, true)", (milliseconds,))
                 self._bounded = True
                 yield
