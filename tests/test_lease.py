@@ -288,6 +288,35 @@ def test_a_second_stop_after_the_first_was_recorded_says_the_first_and_exits_wit
     assert exited.value.exit_code == 128 + signal.SIGTERM
 
 
+def test_a_stop_signal_that_lands_while_the_end_is_said_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signal test above, two suites at once: a Ctrl-C sent with a SIGTERM was
+    handled seconds after it (past the grace), while the run's end was being said;
+    its KeyboardInterrupt replaced the exit, and the run the log said SIGTERM stopped
+    exited 130. Once the end is said, a stop signal changes nothing."""
+    import click
+
+    import engine.cli.running as running
+    from engine.agent.runner import STOPPED_BY_SIGNAL, RunInterrupted
+
+    monkeypatch.setattr(running, "STOP_GRACE", 0.0)  # as if seconds had passed
+    said: list[str] = []
+
+    def echo(text: str, err: bool = False) -> None:
+        said.append(text)
+        signal.raise_signal(signal.SIGINT)  # lands as the end is said
+
+    monkeypatch.setattr(click, "echo", echo)
+    try:
+        with pytest.raises(click.exceptions.Exit) as exited, running.interrupts(None, None):
+            raise RunInterrupted("r", STOPPED_BY_SIGNAL[signal.SIGTERM])
+    except KeyboardInterrupt as e:  # (not left to end the test session)
+        pytest.fail(f"the late signal replaced the exit: {e!r}")
+    assert exited.value.exit_code == 128 + signal.SIGTERM
+    assert any("continue it with" in line for line in said)
+
+
 def test_a_lease_file_the_disk_cannot_write_still_leases_and_hides_no_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

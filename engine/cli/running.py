@@ -161,14 +161,17 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
 
     received = [signal.SIGINT]
     stopping: list[float] = []
+    ended: list[bool] = []
 
     def stop(signum: int, frame: object) -> None:
         # one stop at a time: a second signal (a Ctrl-C as a service manager's SIGTERM
         # lands) raised in the middle of recording the first, or of the threading code
         # it had reached, a traceback and no stop recorded. A signal some seconds
-        # later stops again (the first may have landed where it was swallowed)
+        # later stops again (the first may have landed where it was swallowed), unless
+        # the run has ended: raised while its end was said, it made the exit status 130
+        # for a run the log said SIGTERM stopped (a loaded machine: seconds between)
         now = time.monotonic()
-        if stopping and now - stopping[-1] < STOP_GRACE:
+        if ended or (stopping and now - stopping[-1] < STOP_GRACE):
             return
         stopping.append(now)
         received.append(signal.Signals(signum))
@@ -178,6 +181,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     try:
         yield
     except RunInterrupted as e:
+        ended.append(True)
         # `autonomy run ... | head`: the pipe's reader went away, and the run stopped as
         # on a signal (SIGPIPE's exit status); stderr may be that pipe too
         piped = isinstance(e.__context__, BrokenPipeError)
@@ -186,13 +190,13 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         with contextlib.suppress(OSError):
             click.echo(f"\n{e}; the log says so.", err=True)
             click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
-        # the status of the stop the log records, not of the last signal: a second one
-        # seconds later (a loaded machine) gave 130 for a run the log said SIGTERM ended
+        # the status of the stop the log records, not of the last signal
         by = {text: signum for signum, text in STOPPED_BY_SIGNAL.items()}.get(e.reason)
         raise click.exceptions.Exit(
             128 + (signal.SIGPIPE if piped else by or received[-1])
         ) from None
     except RunCutOff as e:
+        ended.append(True)
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
         click.echo(f"once the log can be written again, continue it with: {command}", err=True)
