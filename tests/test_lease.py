@@ -247,7 +247,7 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
         assert isinstance(last, RunFinished) and last.status == "stopped"
         # each cause in its own words: a SIGTERM was recorded as a Ctrl-C
         reason = STOPPED_BY_SIGNAL[signal.Signals(process.returncode - 128)]
-        assert last.reason == reason
+        assert last.reason == reason, (process.returncode, err)
         assert f"run {run_id} was stopped: {reason}; the log says so." in err
         resumed = CliRunner().invoke(cli, ["resume", run_id, "--db", str(db), *model])
         assert resumed.exit_code == 0, resumed.output
