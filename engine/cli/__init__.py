@@ -60,10 +60,15 @@ def _main(args: list[str]) -> int:
     stopped, ``engine.cli.running.interrupts``)."""
     import click
 
+    from engine.cli.running import ENDED
+
+    ENDED.clear()  # (this process's command only)
     try:
         returned = cli.main(args=args, prog_name="autonomy", standalone_mode=False)
     except click.exceptions.Abort:  # KeyboardInterrupt, or EOF at a prompt
-        return 130
+        # a stop signal that came as the command was ending a stopped run (its handlers
+        # put back): the exit status stays the one the run's end said
+        return ENDED[-1] if ENDED else 130
     except click.ClickException as e:
         e.show()
         return e.exit_code

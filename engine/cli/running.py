@@ -192,9 +192,8 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
             click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
         # the status of the stop the log records, not of the last signal
         by = {text: signum for signum, text in STOPPED_BY_SIGNAL.items()}.get(e.reason)
-        raise click.exceptions.Exit(
-            128 + (signal.SIGPIPE if piped else by or received[-1])
-        ) from None
+        ENDED.append(128 + (signal.SIGPIPE if piped else by or received[-1]))
+        raise click.exceptions.Exit(ENDED[-1]) from None
     except RunCutOff as e:
         ended.append(True)
         click.echo(f"\nError: {e}", err=True)
@@ -221,6 +220,11 @@ def _discard_stdout() -> None:
 
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop a run as Ctrl-C does (recorded, resumable)."""
+
+ENDED: list[int] = []
+"""The exit status of the run this process stopped (``interrupts``), once it is said:
+a signal handled after that, when Python's own handler is back, ends the command
+with it, not with a Ctrl-C's (found under load: a SIGTERM's stop said, then 130)."""
 
 STOP_GRACE = 5.0
 """Seconds after a stop signal during which another is taken for the same stop."""
