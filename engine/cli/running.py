@@ -161,7 +161,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
 
     received = [signal.SIGINT]
     stopping: list[float] = []
-    ended: list[bool] = []
+    ENDED.clear()  # this command's end only
 
     def stop(signum: int, frame: object) -> None:
         # one stop at a time: a second signal (a Ctrl-C as a service manager's SIGTERM
@@ -171,7 +171,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         # the run has ended: raised while its end was said, it made the exit status 130
         # for a run the log said SIGTERM stopped (a loaded machine: seconds between)
         now = time.monotonic()
-        if ended or (stopping and now - stopping[-1] < STOP_GRACE):
+        if ENDED or (stopping and now - stopping[-1] < STOP_GRACE):
             return
         stopping.append(now)
         received.append(signal.Signals(signum))
@@ -181,25 +181,24 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     try:
         yield
     except RunInterrupted as e:
-        ended.append(True)
         # `autonomy run ... | head`: the pipe's reader went away, and the run stopped as
         # on a signal (SIGPIPE's exit status); stderr may be that pipe too
         piped = isinstance(e.__context__, BrokenPipeError)
+        # the status of the stop the log records, not of the last signal
+        by = {text: signum for signum, text in STOPPED_BY_SIGNAL.items()}.get(e.reason)
+        status = ended(128 + (signal.SIGPIPE if piped else by or received[-1]))
         if piped:
             _discard_stdout()
         with contextlib.suppress(OSError):
             click.echo(f"\n{e}; the log says so.", err=True)
             click.echo(f"continue it with: {_resume_command(e.run_id, db, workspace)}", err=True)
-        # the status of the stop the log records, not of the last signal
-        by = {text: signum for signum, text in STOPPED_BY_SIGNAL.items()}.get(e.reason)
-        ENDED.append(128 + (signal.SIGPIPE if piped else by or received[-1]))
-        raise click.exceptions.Exit(ENDED[-1]) from None
+        raise click.exceptions.Exit(status) from None
     except RunCutOff as e:
-        ended.append(True)
+        status = ended(1)
         click.echo(f"\nError: {e}", err=True)
         command = _resume_command(e.run_id, db, workspace)
         click.echo(f"once the log can be written again, continue it with: {command}", err=True)
-        raise click.exceptions.Exit(1) from None
+        raise click.exceptions.Exit(status) from None
     except KeyboardInterrupt:
         # stopped where no run was going (an idle worker, a run before its first
         # event): nothing to record or say; the signal's exit status, not always 130
@@ -225,6 +224,14 @@ ENDED: list[int] = []
 """The exit status of the run this process stopped (``interrupts``), once it is said:
 a signal handled after that, when Python's own handler is back, ends the command
 with it, not with a Ctrl-C's (found under load: a SIGTERM's stop said, then 130)."""
+
+
+def ended(status: int) -> int:
+    """Note that the run's end is being said, with ``status``: from here no stop
+    signal stops anything (``ENDED``)."""
+    ENDED.append(status)
+    return status
+
 
 STOP_GRACE = 5.0
 """Seconds after a stop signal during which another is taken for the same stop."""
