@@ -79,8 +79,8 @@ def open_store(
 ) -> EventStore:
     """Open the log at ``db`` with the audit views installed.
 
-    ``must_exist=True`` is for commands that continue a log: a missing file is an
-    ``EventStoreError`` instead of a new, empty log. ``read_only=True`` is for
+    ``must_exist=True`` is for commands that continue a log: a missing file, or one
+    without the log's tables, is an error instead of a new, empty log. ``read_only=True`` is for
     commands that only read: the file must exist and be a log, and nothing is
     written to it (``SQLiteEventStore(read_only=True)``; views the file lacks are
     TEMP views; then ``PRAGMA query_only``). A new log is created only in a
@@ -110,9 +110,14 @@ def open_store(
         # a command that continues a log (answer, resume, rewind) made an empty file one
         raise EventStoreError(f"{path}: the file is empty, not an autonomy event log")
     if create_dir and not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_directory(path.parent)
     store = SQLiteEventStore(
-        path, synchronous=synchronous, read_only=read_only, key=key, busy_timeout=busy_timeout
+        path,
+        synchronous=synchronous,
+        read_only=read_only,
+        must_exist=must_exist,
+        key=key,
+        busy_timeout=busy_timeout,
     )
     try:
         # views no autonomy made are put back as every changed view is, and said so,
@@ -130,6 +135,21 @@ def open_store(
         store.close()
         raise
     return store
+
+
+def _make_directory(directory: Path) -> None:
+    """Make the log's default directory; ``EventStoreError`` saying what stands there
+    instead (it was "[Errno 17] File exists" for a link to nowhere)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if directory.is_symlink():
+            what = f"a link to {os.readlink(directory)}, which is not a directory"
+        elif directory.exists() and not directory.is_dir():
+            what = "a file, not a directory"
+        else:
+            what = e.strerror or str(e)
+        raise EventStoreError(f"the log's directory {directory} cannot be made: {what}") from None
 
 
 def open_postgres(url: str, *, key: bytes | None = None, read_only: bool = False) -> EventStore:

@@ -14,13 +14,15 @@ mapped to the project's exception tree in ``_mapped_errors``.
 shared logs (a read-only file, a read-only directory or medium) can be read: the file
 must exist and be an autonomy log (no schema is ever written into an empty file), it
 is opened with ``mode=ro``, and with ``immutable=1`` as well when its directory cannot
-hold the WAL's ``-shm`` file (then a ``-wal`` left beside it is not read: a log closed
-normally has none). A writer never creates missing directories: the caller does, for
-the default ``.autonomy/`` only.
+hold the WAL's ``-shm`` file (read-only, or full); a ``-wal`` that holds writes is then
+refused, since ``immutable=1`` would skip them (a log closed normally has none). A
+writer never creates missing directories: the caller does, for the default
+``.autonomy/`` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -80,6 +82,10 @@ _TRIGGERS = {
 }
 
 
+_UNDECODABLE = "Could not decode to UTF-8"
+"""How the driver begins its error for a value that is not UTF-8 text."""
+
+
 class _mapped_errors:
     """``with _mapped_errors(where):`` turns sqlite3 errors raised inside into the
     project's own, with the driver's as cause. A class rather than a
@@ -95,7 +101,9 @@ class _mapped_errors:
 
     def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
         if isinstance(error, sqlite3.DatabaseError):
-            raise _translated(error, self.where) from error
+            # the driver's decode error quotes the bytes whole: said once, without them
+            cause = None if str(error).startswith(_UNDECODABLE) else error
+            raise _translated(error, self.where) from cause
         if isinstance(error, UnicodeDecodeError):
             # SQLite's error about a damaged schema quotes its bytes, which the driver
             # cannot decode: a UnicodeDecodeError (and a traceback) from every command
@@ -121,6 +129,15 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
             f"{where}: the log's file cannot be used now ({text}: a disk failing or full, "
             "or the file or its file system made read-only?)"
         )
+    if isinstance(e, sqlite3.OperationalError) and text.startswith(_UNDECODABLE):
+        # the driver's, reading a value back: bytes where autonomy writes only text
+        # (a damaged page, or an edit), and its message quoted them all
+        column = text.split(" with text ")[0].removeprefix(_UNDECODABLE).strip()
+        return StoreCorrupted(
+            f"{where}: the log holds bytes that are not UTF-8 text in {column}, where "
+            "autonomy writes only text: a damaged file or an edit (autonomy verify checks "
+            "the database)"
+        )
     if isinstance(e, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
         # ProgrammingError: a misuse such as a closed store, not a damaged file
         return EventStoreError(f"{where}: {text}")
@@ -144,6 +161,22 @@ def _check_path(target: Path, where: str, read_only: bool) -> None:
         raise EventStoreError(f"{where}: {target.parent} {missing} (create the directory first)")
 
 
+def _not_there(path: Path) -> list[Path]:
+    """The log's file and the WAL's side files that do not exist yet, when the log's
+    file does not: what opening it as a new log makes."""
+    files = [path.with_name(path.name + side) for side in ("", "-wal", "-shm")]
+    return [] if os.path.lexists(path) else [f for f in files if not os.path.lexists(f)]
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Remove ``made`` (``_not_there``) when the log's file still holds nothing: a
+    new log that could not be made (a full disk) leaves no empty file behind."""
+    with contextlib.suppress(OSError):
+        if made and made[0].stat().st_size == 0:
+            for file in made:
+                file.unlink(missing_ok=True)
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     """The file at ``path`` (device and inode); None for none, or an in-memory log."""
     if path == ":memory:":
@@ -155,10 +188,17 @@ def _identity(path: str) -> tuple[int, int] | None:
     return (found.st_dev, found.st_ino)
 
 
+_NO_SHM = ("SQLITE_CANTOPEN", "SQLITE_READONLY_DIRECTORY", "SQLITE_IOERR_SHM")
+"""What SQLite answers a reader when it cannot make a WAL log's ``-shm`` file: a
+directory it may not write (``CANTOPEN``, or ``READONLY_DIRECTORY`` as a user other
+than the directory's owner) or a full disk (``IOERR_SHMSIZE``)."""
+
+
 def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """A connection that cannot write to ``path``: ``mode=ro``, plus ``immutable=1``
-    when SQLite cannot open the file that way (a WAL log in a directory that cannot
-    hold its ``-shm``: read-only storage)."""
+    when SQLite cannot open the file that way because it cannot make the WAL's
+    ``-shm`` file beside it (read-only storage, a full disk). ``immutable=1`` reads
+    the main file alone, so a ``-wal`` that holds writes is refused, never skipped."""
     uri = path.resolve().as_uri()
 
     def connect(query: str) -> sqlite3.Connection:
@@ -183,8 +223,17 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
                 "mid-write left: only a writer can roll it back; open the log for writing "
                 f"once (autonomy runs --rebuild --db {path}), then read it"
             ) from e
-        if "unable to open" not in str(e):
+        if not str(getattr(e, "sqlite_errorname", "")).startswith(_NO_SHM):
             raise
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreUnavailable(
+                f"{path}: its {wal.name} file holds writes that are not in the main file "
+                f"yet, and SQLite reads them only through a {path.name}-shm file, which "
+                f"it cannot make in {path.parent} ({e}: a read-only directory or a full "
+                "disk); open the log where it can be written, or copy it with its "
+                f"{wal.name} to such a directory"
+            ) from e
     return connect("mode=ro&immutable=1")
 
 
@@ -202,6 +251,7 @@ class SQLiteEventStore(SQLEventStore):
         codec: Codec | None = None,
         busy_timeout: float = 30.0,
         read_only: bool = False,
+        must_exist: bool = False,
         key: bytes | None = None,
     ) -> None:
         super().__init__(clock=clock, codec=codec, key=key)
@@ -210,6 +260,9 @@ class SQLiteEventStore(SQLEventStore):
         self.path = str(path)
         self.read_only = read_only
         """Opened for reading only: every write is refused by SQLite itself."""
+        self.must_exist = must_exist
+        """A writer that continues a log: a database without the log's tables is
+        refused, never made a log (the main file of a log whose ``-wal`` was lost)."""
         if self.path != ":memory:":
             self._leases = FileLeases(Path(self.path + ".leases"))
         self._lock = threading.RLock()
@@ -219,6 +272,7 @@ class SQLiteEventStore(SQLEventStore):
                 raise EventStoreError(f"{where}: an in-memory log cannot be opened read-only")
         else:
             _check_path(Path(self.path), where, read_only)
+        made = [] if self.path == ":memory:" or read_only else _not_there(Path(self.path))
         with _mapped_errors(where):
             if read_only:
                 self._conn = _connect_read_only(Path(self.path), busy_timeout)
@@ -231,6 +285,7 @@ class SQLiteEventStore(SQLEventStore):
                 self._open(synchronous)
         except BaseException:
             self._conn.close()
+            _remove_if_empty(made)  # a log that could not be made leaves no empty file
             raise
         self._identity = _identity(self.path) if not read_only else None
 
@@ -265,9 +320,9 @@ class SQLiteEventStore(SQLEventStore):
                 f"{self.path}: {name} is a {kind} where an autonomy log has its table: the "
                 "log was changed"
             )
+        if "events" not in tables and (self.read_only or self.must_exist):
+            raise StoreCorrupted(f"{self.path} is an empty database, not an autonomy event log")
         if self.read_only:
-            if "events" not in tables:
-                raise StoreCorrupted(f"{self.path} is an empty database, not an autonomy event log")
             # an older schema is read as it is: what it lacks (store_meta, repairs)
             # reads as empty; only a writer brings the schema up to date
             return

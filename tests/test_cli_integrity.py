@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from engine.storage import open_store
 from engine.testing import ScriptedModelServer
 from events.checkpoints import loads
 from events.schema import ArbiterDecided, ModelRequested, RunStarted, ToolExecuted
+from events.sqlite import SQLiteEventStore
 
 OLD_DB = Path(__file__).parent / "data" / "pre_v2.db"
 LONG_GOAL = GOAL + " Keep it simple." * 300
@@ -486,3 +488,36 @@ def test_a_rewind_to_a_version_no_rewind_goes_to_fails_verify(tmp_path: Path) ->
             line
         ), out
     assert "r4: ok" in out, out
+
+
+def test_a_damaged_page_of_bytes_that_are_not_text_is_said_so_and_verify_keeps_its_findings(
+    tmp_path: Path,
+) -> None:
+    """A page damaged into bytes that are not UTF-8 (the probe flipped bytes in one of
+    ``events``) made ``runs`` say the driver's "Could not decode to UTF-8 column
+    'max(recorded_at)' with text '����…'", and ``verify`` print only that: what its
+    ``integrity_check`` had found (an index missing rows) was lost."""
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    with closing(unguarded(db)) as raw:
+        raw.execute(
+            "INSERT INTO events VALUES (2, 'r', 2, 'run.finished', 1, CAST(x'ff80fe' AS TEXT),"
+            " NULL, 'h', '{}')"
+        )
+        raw.commit()
+        page_size, index_page = raw.execute(
+            "SELECT page_size, rootpage FROM pragma_page_size, sqlite_master"
+            " WHERE name = 'idx_events_type'"
+        ).fetchone()
+    with db.open("r+b") as file:  # the end of the index's page: its cells
+        file.seek(index_page * page_size - 40)
+        file.write(bytes(40))
+    code, out = invoke("runs", "--db", db)
+    assert code == 1 and out.startswith("Error: listing runs: the log holds bytes that are not")
+    assert "UTF-8 text in column 'max(recorded_at)'" in out and "\ufffd" not in out
+    code, out = invoke("verify", "--db", db)
+    assert code == 1 and "Traceback" not in out
+    assert "database: FAILED integrity_check: row 1 missing from index idx_events_type" in out
+    assert "database: FAILED its runs cannot be read (listing runs: the log holds bytes" in out
+    assert "no runs in this log" not in out

@@ -186,6 +186,28 @@ def test_what_would_stop_a_run_is_found_before_its_log_is_made(
     assert empty.stat().st_size == 0
 
 
+@pytest.mark.parametrize("what", ["link to nowhere", "file"])
+def test_a_default_log_directory_that_cannot_be_made_says_what_stands_there(
+    tmp_path: Path, what: str
+) -> None:
+    """A ``.autonomy`` that is a link to nowhere, or a file, was "[Errno 17] File
+    exists" and no more."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    if what == "file":
+        (workspace / ".autonomy").write_text("x")
+        said = "a file, not a directory"
+    else:
+        (workspace / ".autonomy").symlink_to(tmp_path / "gone")
+        said = f"a link to {tmp_path / 'gone'}, which is not a directory"
+    code, out = invoke(
+        "run", GOAL, "--workspace", str(workspace), "--model-url", "http://127.0.0.1:9"
+    )
+    assert code == 1 and out.startswith(f"Error: the log's directory {workspace / '.autonomy'}")
+    assert f"cannot be made: {said}\n" in out and "Errno" not in out, out
+    assert sorted(p.name for p in workspace.iterdir()) == [".autonomy"]
+
+
 def test_a_goal_file_that_waits_for_its_data_is_not_waited_on(tmp_path: Path) -> None:
     """Read blocking, a file that waits for data (a FIFO, /proc/kmsg) hung the run."""
     import subprocess

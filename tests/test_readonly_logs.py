@@ -18,7 +18,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -93,27 +95,63 @@ def unshare_works() -> bool:
     return probe.returncode == 0
 
 
+def cli_under(
+    prefix: Sequence[str], commands: Sequence[list[str]], env: dict[str, str] | None = None
+) -> list[list[object]]:
+    """Run ``commands`` through the CLI in one process started by ``prefix`` (a
+    mount namespace, another user); what each said."""
+    driver = [sys.executable, "-c", DRIVER, json.dumps(list(commands))]
+    done = subprocess.run([*prefix, *driver], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    said: list[list[object]] = json.loads(done.stdout)
+    return said
+
+
 def read_only_cli(mounted: Path, commands: Sequence[list[str]]) -> list[list[object]]:
     """Run ``commands`` through the CLI where ``mounted`` (a directory or a file) is
     read-only: a read-only bind mount in a mount namespace where that works (it
     holds for root too), else permission bits (which hold for everyone but root)."""
-    driver = [sys.executable, "-c", DRIVER, json.dumps(list(commands))]
     if unshare_works():
         script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
-        argv = ["unshare", "-m", "sh", "-c", script, "sh", str(mounted), *driver]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    elif os.geteuid() != 0:
+        return cli_under(["unshare", "-m", "sh", "-c", script, "sh", str(mounted)], commands)
+    if os.geteuid() != 0:
         mode = mounted.stat().st_mode
         mounted.chmod(0o555 if mounted.is_dir() else 0o444)
         try:
-            done = subprocess.run(driver, capture_output=True, text=True, timeout=300)
+            return cli_under([], commands)
         finally:
             mounted.chmod(mode)
-    else:
-        pytest.fail("root without mount namespaces: nothing here can make a file read-only")
-    assert done.returncode == 0, done.stderr
-    said: list[list[object]] = json.loads(done.stdout)
-    return said
+    pytest.fail("root without mount namespaces: nothing here can make a file read-only")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory in /tmp that every user can reach (pytest's own are root's alone)."""
+    made = Path(tempfile.mkdtemp(prefix="autonomy-ro-"))
+    made.chmod(0o755)
+    yield made
+    made.chmod(0o755)
+    shutil.rmtree(made)
+
+
+def as_reader_without_write(directory: Path, commands: Sequence[list[str]]) -> list[list[object]]:
+    """Run ``commands`` through the CLI as a user who may read ``directory`` and its
+    files but not write them: permission bits, not a read-only mount (an archive
+    another user made). Root is not held by permission bits, so under root the CLI
+    runs as ``nobody``; otherwise the directory is made read-only for its owner."""
+    for file in directory.iterdir():
+        file.chmod(0o444)
+    directory.chmod(0o555)
+    env = {  # a user of their own: no key
+        **{
+            k: v for k, v in os.environ.items() if k not in ("AUTONOMY_KEY_FILE", "XDG_CONFIG_HOME")
+        },
+        "HOME": str(directory),
+    }
+    if os.geteuid() == 0:
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        return cli_under(nobody, commands, env)
+    return cli_under([], commands, env)
 
 
 def digest_of(directory: Path) -> dict[str, str]:
@@ -146,6 +184,132 @@ def test_every_read_command_works_on_a_read_only_log(
         assert digest_of(log_dir) == before, "a side file was left in a read-only directory"
 
 
+def test_every_read_command_works_for_a_reader_who_may_not_write_the_logs_directory(
+    log_dir: Path, shared_dir: Path
+) -> None:
+    """SQLite cannot make the WAL's ``-shm`` there, and says "attempt to write a
+    readonly database" (``SQLITE_READONLY_DIRECTORY``) where a read-only mount says
+    "unable to open": only the second was read with ``immutable=1``, and every read
+    command failed on a plain archived log."""
+    archive = shared_dir / "logs"
+    archive.mkdir()
+    db = archive / "events.db"
+    shutil.copy(log_dir / "events.db", db)
+    before = digest_of(archive)
+    commands = read_commands(db, shared_dir / "report.html")
+    # the run's workspace is root's (pytest's directory): a live replay cannot copy it
+    commands[-1] = ["replay", RUN, "--tools", "recorded", "--db", str(db)]
+    live = ["replay", RUN, "--db", str(db)]
+    shared_dir.chmod(0o777)  # the report is written beside the archive
+    said = as_reader_without_write(archive, [*commands, live])
+    for args, (code, output, crash) in zip(commands, said, strict=False):
+        assert (code, crash) == (0, ""), f"autonomy {' '.join(args[:3])}: {output}"
+    assert f"{RUN}: ok" in str(said[2][1]) and "identical" in str(said[8][1])
+    if os.geteuid() == 0:  # it was a PermissionError's "[Errno 13]", and no more
+        code, output, crash = said[-1]
+        assert (code, crash) == (1, "") and "but it cannot be read (Permission denied)" in str(
+            output
+        ), output
+    assert digest_of(archive) == before
+
+
+def test_a_wal_holding_writes_is_refused_where_it_cannot_be_read_never_skipped(
+    shared_dir: Path,
+) -> None:
+    """Where the ``-shm`` cannot be made, the log is read with ``immutable=1``, which
+    reads the main file alone: the events still in the ``-wal`` (a writer killed, or
+    still writing) were left out, and ``verify`` said ok about the rest."""
+    archive = shared_dir / "logs"
+    archive.mkdir()
+    db = archive / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("first", [RunStarted(goal="g", workspace="/w")], 0)
+    writer = SQLiteEventStore(db)  # open: what it appends stays in the -wal
+    try:
+        writer.connection.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.append("second", [RunStarted(goal="g", workspace="/w")], 0)
+        copy = shared_dir / "copy"
+        copy.mkdir()
+        for name in ("events.db", "events.db-wal"):
+            shutil.copy(archive / name, copy / name)
+    finally:
+        writer.close()
+    assert (copy / "events.db-wal").stat().st_size > 0
+    said = as_reader_without_write(
+        copy,
+        [["runs", "--db", str(copy / "events.db")], ["verify", "--db", str(copy / "events.db")]],
+    )
+    for code, output, crash in said:
+        assert (code, crash) == (1, ""), output
+        assert "events.db-wal file holds writes that are not in the main file" in str(output)
+    assert sorted(p.name for p in copy.iterdir()) == ["events.db", "events.db-wal"]
+
+
+def on_full_disk(
+    directory: Path, commands: Sequence[list[str]], log: Path | None = None
+) -> tuple[list[list[object]], list[str]]:
+    """Run ``commands`` through the CLI with a full disk at ``directory``: a 1 MiB
+    tmpfs in a mount namespace, filled (after ``log`` is copied onto it as
+    ``events.db``). What each said, and what the disk held after (the filler aside)."""
+    if not unshare_works():
+        pytest.fail("no mount namespaces here: a full disk cannot be made")
+    listing = directory.with_name(directory.name + ".after")
+    script = (
+        'mount -t tmpfs -o size=1m tmpfs "$1" && { test -z "$2" || cp "$2" "$1"/events.db; }'
+        ' && { dd if=/dev/zero of="$1"/filler bs=4k 2>/dev/null; true; }'
+        ' && test "$(df --output=avail "$1" | tail -1)" -eq 0 || exit 3'
+        ' ; where="$1" after="$3"; shift 3; "$@"; said=$?; ls -A "$where" > "$after"; exit $said'
+    )
+    directory.mkdir(exist_ok=True)
+    copied = str(log) if log is not None else ""
+    prefix = ["unshare", "-m", "sh", "-c", script, "sh", str(directory), copied, str(listing)]
+    said = cli_under(prefix, commands)
+    return said, [n for n in listing.read_text().split() if n != "filler"]
+
+
+def test_every_read_command_works_on_a_log_on_a_full_disk(log_dir: Path, tmp_path: Path) -> None:
+    """A reader makes the ``-shm``, and on a full disk SQLite answered "disk I/O
+    error" (``SQLITE_IOERR_SHMSIZE``): even ``verify`` failed."""
+    full = tmp_path / "full"
+    commands = read_commands(full / "events.db", tmp_path / "report.html")
+    said, _ = on_full_disk(full, commands, log=log_dir / "events.db")
+    for args, (code, output, crash) in zip(commands, said, strict=True):
+        assert (code, crash) == (0, ""), f"autonomy {' '.join(args[:3])}: {output}"
+    assert f"{RUN}: ok" in str(said[2][1]) and "identical" in str(said[8][1])
+
+
+def test_a_fork_or_a_copy_onto_a_full_disk_says_so_and_leaves_nothing(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """A fork whose files did not fit printed shutil's list of tuples, each failed
+    file's paths and errno; a copy to a new log there left an empty file behind."""
+    workspace, db = tmp_path / "ws", tmp_path / "events.db"
+    workspace.mkdir()
+    (workspace / "data.bin").write_bytes(os.urandom(1 << 20))  # not a run's: copied along
+    with SQLiteEventStore(db) as store:
+        store.append("big", [RunStarted(goal="g", workspace=str(workspace))], 0)
+    full = tmp_path / "full"
+    said, left = on_full_disk(
+        full,
+        [
+            ["fork", "big", "--at", "1", "--workspace", str(full / "fork"), "--db", str(db)],
+            ["copy", "--from", str(log_dir / "events.db"), "--to", str(full / "copy.db")],
+            ["run", "g", "--workspace", str(workspace), "--db", str(full / "run.db")],
+        ],
+    )
+    (fork, fork_out, _), (copy, copy_out, _), (run, run_out, _) = said
+    assert fork == 1 and str(fork_out).startswith(f"Error: copying {workspace} into "), fork_out
+    assert "failed for 1 file(s), first " in str(fork_out) and "No space left" in str(fork_out)
+    assert "[(" not in str(fork_out)
+    assert copy == 1 and "the disk holding the log is full" in str(copy_out), copy_out
+    assert run == 1 and "the disk holding the log is full" in str(run_out), run_out
+    assert left == [], "a fork's half copy, or an empty log, was left on the disk"
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("SELECT DISTINCT run_id, max(version) FROM events").fetchall() == [
+            ("big", 1)
+        ]
+
+
 def test_a_command_that_writes_says_so_clearly_on_a_read_only_log(log_dir: Path) -> None:
     db = log_dir / "events.db"
     [(code, output, crash)] = read_only_cli(log_dir, [["answer", RUN, "yes", "--db", str(db)]])
@@ -162,6 +326,46 @@ def test_a_read_command_on_an_empty_file_is_an_error_and_writes_no_schema(
     assert result.exit_code == 1 and "empty" in result.output, result.output
     assert empty.stat().st_size == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["answer", RUN, "yes"],
+        ["rewind", RUN, "--to", "1"],
+        ["resume", RUN, "--no-preflight", "--model-url", "http://127.0.0.1:9"],
+        ["serve", "--port", "0"],
+    ],
+    ids=["answer", "rewind", "resume", "serve"],
+)
+def test_a_command_that_continues_a_log_never_makes_one_of_a_database_that_is_not_one(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """What is left of a log whose ``-wal`` was lost: an SQLite database in WAL mode
+    with no tables. ``runs`` said so, but ``answer``, ``rewind``, ``resume`` and
+    ``serve`` opened it as a writer and wrote a new log's schema into it (``serve``
+    then served it, empty), which makes putting the lost ``-wal`` back harder."""
+    db = tmp_path / "events.db"
+    with closing(sqlite3.connect(db)) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+    before = db.read_bytes()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from engine.console import main; main()",
+            *command,
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("Error:") and "Traceback" not in done.stderr
+    assert "is an empty database, not an autonomy event log" in done.stderr
+    assert db.read_bytes() == before
 
 
 def test_a_read_command_on_a_missing_file_creates_nothing(tmp_path: Path) -> None:

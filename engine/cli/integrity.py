@@ -98,7 +98,7 @@ def verdict_lines(verdict: LogVerdict) -> list[str]:
     if not lines:
         checked = ", ".join(filter(None, (verdict.checks, f"{verdict.blobs} blobs")))
         lines.append(f"database: ok ({checked})")
-    if not verdict.runs:
+    if not verdict.runs and verdict.runs_read:
         lines.append("no runs in this log")
     for run in verdict.runs:
         lines += _run_lines(run)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from events.checkpoints import Checkpoint, check
-from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, SchemaError
+from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, EventStoreError, SchemaError
 from events.schema import (
     Event,
     ModelRequested,
@@ -72,6 +72,9 @@ class LogVerdict(msgspec.Struct, frozen=True, kw_only=True):
     runs: tuple[RunVerdict, ...]
     checks: str = ""
     """What was checked of the database itself (``EventStore.database_checks``)."""
+    runs_read: bool = True
+    """False when the runs could not even be listed (a damaged file): ``runs`` is
+    empty, and the database's problems say why."""
 
     @property
     def ok(self) -> bool:
@@ -98,17 +101,27 @@ def verify_log(
             for name in foreign_views(store.connection)
         ]
         checks += ", audit views"
-    infos = store.runs()
+    try:
+        infos = store.runs()
+        # each run's rows are counted first and its chain walked up to the version
+        # counted: a run appended to meanwhile (verify while runs go on) is no run with
+        # rows where no read goes
+        extents: dict[object, RowExtent] = {e.run_id: e for e in store.row_extents()}
+    except EventStoreError as e:
+        if not database:
+            raise
+        # a damaged file (a page of bytes that are not text): what the database check
+        # found says why, and is the verdict, not lost in the error
+        unread = f"its runs cannot be read ({e})"
+        return LogVerdict(
+            database=(*database, unread), blobs=0, runs=(), checks=checks, runs_read=False
+        )
     first_position = {info.run_id: info.first_position for info in infos}
     ids = list(run_ids) if run_ids is not None else list(first_position)
     ids += [run_id for run_id in by_run if run_id not in ids and run_ids is None]
     blobs = _BlobChecks(store)
     verdicts = []
     states: dict[str, RunState] = {}
-    # each run's rows are counted first and its chain walked up to the version counted:
-    # a run appended to meanwhile (verify while runs go on) is no run with rows where
-    # no read goes
-    extents: dict[object, RowExtent] = {e.run_id: e for e in store.row_extents()}
     if run_ids is None:
         database += [
             f"{e.rows} rows have a run id that is not text ({e.run_id!r}): they were added"

@@ -145,10 +145,22 @@ def restore(
     contents = {path: store.get(digest) for path, digest in wanted.items() if digest is not None}
     directory.mkdir(parents=True, exist_ok=True)
     targets = _targets(directory, wanted)
-    if copy_from is not None and copy_from.is_dir():
+    if copy_from is not None and _a_workspace_to_copy(copy_from):
         copy_workspace(copy_from, directory, hidden_from_commands(store))
         targets = _targets(directory, wanted)  # the copy may have brought symlinks
     return _write(targets, contents)
+
+
+def _a_workspace_to_copy(path: Path) -> bool:
+    """Whether the workspace a log names is there to copy; ``HistoryError`` when it
+    is, but this user may not read it (it was a ``PermissionError``, raw)."""
+    try:
+        return path.is_dir()
+    except OSError as e:
+        raise HistoryError(
+            f"{path} was named as the run's workspace to copy, but it cannot be read "
+            f"({e.strerror}); nothing was copied"
+        ) from e
 
 
 def copy_workspace(source: Path, target: Path, hidden: Iterable[Path]) -> None:
@@ -163,14 +175,24 @@ def copy_workspace(source: Path, target: Path, hidden: Iterable[Path]) -> None:
     left_out = frozenset(os.path.realpath(p) for p in hidden)
     _check_copyable(source, left_out)
     ignore = functools.partial(_not_copied, len(source.resolve().parts), left_out)
-    shutil.copytree(
-        source.resolve(),
-        target,
-        dirs_exist_ok=True,
-        symlinks=True,
-        ignore=ignore,
-        copy_function=_copy_file,
-    )
+    try:
+        shutil.copytree(
+            source.resolve(),
+            target,
+            dirs_exist_ok=True,
+            symlinks=True,
+            ignore=ignore,
+            copy_function=_copy_file,
+        )
+    except shutil.Error as e:  # every file that failed, as a list of tuples: say one
+        failed = e.args[0] if e.args and isinstance(e.args[0], list) else []
+        first = f"{failed[0][0]}: {failed[0][2]}" if failed else str(e)
+        raise HistoryError(
+            f"copying {source} into {target} failed for {len(failed) or 'some'} file(s), "
+            f"first {first}"
+        ) from None  # its text is the whole list again
+    except OSError as e:
+        raise HistoryError(f"copying {source} into {target} failed: {e}") from e
 
 
 def _copy_file(source: str, target: str) -> None:
