@@ -189,6 +189,41 @@ def test_a_rewind_killed_before_its_files_were_restored_is_finished_by_resume(
     assert code == 0 and out.startswith("identical ("), out
 
 
+@pytest.mark.parametrize("when", ["restoring", "before the event"])
+def test_a_rewind_stopped_by_ctrl_c_says_whether_it_is_recorded(
+    first_review: tuple[Path, Path, int, dict[str, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """A Ctrl-C as the rewind wrote the files (it had appended ``run.rewound``) ended it
+    with nothing said: the log at version V, the workspace still partly at the end,
+    and no word of how to finish it. Before the event, nothing is said: nothing was
+    done."""
+    db, workspace, version, then = first_review
+    import engine.runs.workspace as workspace_module
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    target = "_write" if when == "restoring" else "workspace_lock"
+    kept = getattr(workspace_module, target)
+    monkeypatch.setattr(workspace_module, target, ctrl_c)
+    before = rows(db, "r")
+    code, out = invoke("rewind", "r", "--to", str(version), "--db", str(db))
+    assert code == 1 and "Aborted!" in out  # click's, under CliRunner; 130 from a shell
+    recorded = len(rows(db, "r")) > len(before)
+    assert recorded == (when == "restoring")
+    said = (
+        f"stopped: the rewind to version {version} is recorded, but its files may not all "
+        f"be restored; give the same command again (or autonomy resume r) to finish it"
+    )
+    assert (said in out) == recorded, out
+    if recorded:
+        monkeypatch.setattr(workspace_module, target, kept)
+        code, out = invoke("rewind", "r", "--to", str(version), "--db", str(db))
+        assert code == 0 and snapshot(workspace) == then, out
+
+
 @pytest.mark.parametrize(
     ("found", "after", "written", "left"),
     [

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -492,6 +493,48 @@ def test_a_run_copied_while_it_was_written_is_brought_up_to_date(tmp_path: Path)
         target.append("a", [task(4)], 4)  # the target's own event: then no copy of it
         with pytest.raises(EventStoreError, match="with other events"):
             copy_runs(source, target)
+
+
+def test_two_copies_into_one_target_at_once_both_end_well(tmp_path: Path) -> None:
+    """The copy that lost the race to write a run (the other wrote it between this
+    one's look at the target and its write) failed: "run 'a': expected version 0 but
+    the log is at 2; nothing was written". It now looks again: the same rows are the
+    same run, skipped; the rows the other copy lacked (it read the run earlier) are
+    added after them; rows of another run of that name are still refused."""
+    from engine.runs.copy import copy_runs, describe
+
+    with (
+        SQLiteEventStore(tmp_path / "source.db") as source,
+        SQLiteEventStore(tmp_path / "target.db") as target,
+        SQLiteEventStore(tmp_path / "target.db") as theirs,
+    ):
+        meanwhile: list[Any] = []
+        put_many = target.put_many
+
+        def racing(blobs: Any) -> None:  # the other copy writes just before this one
+            while meanwhile:
+                meanwhile.pop()()
+            put_many(blobs)
+
+        target.put_many = racing  # type: ignore[method-assign]
+        source.append("a", [START, task(1)], 0)
+        meanwhile.append(lambda: copy_runs(source, theirs))
+        assert describe(copy_runs(source, target)) == [
+            "a: already in the target, the same 2 events; skipped"
+        ]
+        source.append("b", [START, task(1), task(2)], 0)
+        rows = list(source.read_raw("b"))
+        meanwhile.append(lambda: theirs.import_run("b", rows[:2], after=0))
+        assert describe(copy_runs(source, target, ["b"]))[0].startswith(
+            "copied b: 1 events after the 2 the target had"
+        )
+        assert [r.hash for r in target.read_raw("b")] == [r.hash for r in rows]
+        assert target.verify("a").ok and target.verify("b").ok
+        source.append("c", [START], 0)
+        meanwhile.append(lambda: theirs.append("c", [task(7)], 0))  # no copy of it
+        with pytest.raises(EventStoreError, match="got run c meanwhile, with other events"):
+            copy_runs(source, target, ["c"])
+        assert target.last_version("c") == 1
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])

@@ -281,7 +281,18 @@ def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
     from projections import project
 
     with opened_log(db) as store:
-        restored = rewind_run(store, run_id, to, reason=reason)
+        before = store.last_version(run_id)
+        try:
+            restored = rewind_run(store, run_id, to, reason=reason)
+        except KeyboardInterrupt:
+            if store.last_version(run_id) > before:  # stopped as it wrote the files
+                click.echo(
+                    f"stopped: the rewind to version {to} is recorded, but its files may not "
+                    f"all be restored; give the same command again (or autonomy resume "
+                    f"{run_id}) to finish it",
+                    err=True,
+                )
+            raise
         pipeline = project(store, run_id).pipeline
     click.echo(f"rewound {run_id} to version {to}: {restored.summary()}")
     click.echo(f"status at version {to}: {pipeline.status}, phase {pipeline.phase}")

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from events.errors import EventStoreError, RunNotFound, StoreCorrupted
+from events.errors import ConcurrencyError, EventStoreError, RunNotFound, StoreCorrupted
 from events.schema import RunForked
 from events.store import EventStore
 from projections import project
@@ -59,14 +59,29 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
             f"the target already has run(s) {', '.join(differing)}, with other events; "
             "nothing was copied"
         )
-    copied = []
-    for run_id in wanted:
-        had = present.get(run_id, (0, ""))[0]
+    return [
+        _copy_or_skip(source, target, run_id, present.get(run_id, (0, ""))[0]) for run_id in wanted
+    ]
+
+
+def _copy_or_skip(source: EventStore, target: EventStore, run_id: str, had: int) -> Copied:
+    """Copy what the target lacks of ``run_id`` (it had ``had`` events). Another copy
+    into the same target may write them meanwhile (``ConcurrencyError``): what it
+    wrote is looked at again, as this copy looked before it began, so that the copy
+    that lost the race skips or finishes the run rather than failing."""
+    while True:
         if had and had == source.last_version(run_id):
-            copied.append(Copied(run_id, had, 0, skipped=True))
-        else:
-            copied.append(_copy_one(source, target, run_id, had))
-    return copied
+            return Copied(run_id, had, 0, skipped=True)
+        try:
+            return _copy_one(source, target, run_id, had)
+        except ConcurrencyError as e:
+            head = _head(target, run_id)
+            if head[0] <= had or head != _head(source, run_id, head[0]):
+                raise EventStoreError(
+                    f"the target got run {run_id} meanwhile, with other events (another "
+                    "writer); it was not copied"
+                ) from e
+            had = head[0]
 
 
 def _with_parents(source: EventStore, run_ids: Sequence[str]) -> list[str]:
