@@ -235,3 +235,39 @@ def test_a_report_that_cannot_be_written_leaves_the_one_there(
     assert result.exit_code == 1 and f"cannot write {out}: No space left" in result.output
     assert out.read_text() == "the last good report"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"], "no partial file is left"
+
+
+def test_a_report_never_replaces_the_log_another_database_or_what_is_not_a_file(
+    db: Path, tmp_path: Path
+) -> None:
+    """A report is written beside its place and renamed over it: ``--html`` given the
+    log's own path replaced the whole log with the page (exit 0, "wrote ..."), and as
+    root ``--html /dev/full`` replaced the device with a file. Refused, each saying
+    why, and nothing there changes; a report over an older report is still written."""
+    import os
+    import shutil
+
+    log = tmp_path / "log.db"
+    shutil.copy(db, log)
+    other = tmp_path / "other.db"
+    shutil.copy(db, other)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "dir").mkdir()
+    cases = {
+        log: "is the log's own file",
+        tmp_path / "log.db-wal": "is the log's own file",
+        other: "is an SQLite database (an event log?), which a report would replace",
+        fifo: "is not a regular file (a device, a FIFO or a directory)",
+        Path("/dev/null"): "is not a regular file",
+    }
+    before = {p: p.read_bytes() for p in (log, other)}
+    for path, said in cases.items():
+        result = CliRunner().invoke(cli, ["report", RUN, "--html", str(path), "--db", str(log)])
+        assert result.exit_code in (1, 2) and said in result.output, (path, result.output)
+        assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in (log, other)} == before
+    assert fifo.is_fifo() and Path("/dev/null").is_char_device()
+    older = tmp_path / "log.db.html"  # named after the log, but a report's
+    older.write_text("an older report")
+    assert "summary" in report(log, RUN, older).sections

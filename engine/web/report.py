@@ -19,8 +19,10 @@ for input adds ``answer`` with its question.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+from engine.errors import ConfigError
 from engine.tools.files import write_atomically
 from engine.web.pages import run_page
 from events.store import EventStore
@@ -32,12 +34,53 @@ def render_html(store: EventStore, run_id: str) -> str:
 
 
 def write_report(store: EventStore, run_id: str, path: Path) -> None:
-    """Render the page for ``run_id`` and write it to ``path`` (UTF-8)."""
-    page = render_html(store, run_id).encode("utf-8")
+    """Render the page for ``run_id`` and write it to ``path`` (UTF-8); ``ConfigError``
+    for a path that is no report's (``check_report_path``)."""
     path = Path(path)
+    check_report_path(path, getattr(store, "path", None))
+    page = render_html(store, run_id).encode("utf-8")
     try:
         # a write that fails (a full disk) leaves the report that was there, not a
         # truncated page
         write_atomically(path, page)
     except OSError as e:
         raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_report_path(path: Path, log: str | None) -> None:
+    """``ConfigError`` unless ``path`` may take a report: a report is written beside
+    its place and renamed over it, so whatever was there is gone. ``report --html``
+    given the log's own path replaced the whole log with the page (exit 0), and as
+    root ``--html /dev/full`` replaced the device with a file. Refused: what is not
+    a regular file (a device, a FIFO, a directory), an SQLite
+    database (a log, or anyone's), and the log's own files (``log``: its path)."""
+    real = path.resolve()
+    if log is not None and log != ":memory:":
+        mine = Path(log).resolve()
+        sides = ("", "-wal", "-shm", "-journal", ".leases")
+        if real.parent == mine.parent and real.name in {mine.name + side for side in sides}:
+            raise ConfigError(f"{path} is the log's own file; a report goes to a file of its own")
+    try:
+        mode = real.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(f"cannot write a report to {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"{path} is not a regular file (a device, a FIFO or a directory): a report "
+            "would replace it; give a file's path"
+        )
+    try:
+        with real.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise ConfigError(f"cannot write a report to {path}: {e.strerror or e}") from None
+    if head == SQLITE_HEADER:
+        raise ConfigError(
+            f"{path} is an SQLite database (an event log?), which a report would replace; "
+            "give another file"
+        )
