@@ -63,9 +63,17 @@ def loads(text: str, *, source: str = "checkpoints") -> list[Checkpoint]:
         if not line.strip():
             continue
         try:
-            found.append(_DECODER.decode(line))
+            checkpoint = _DECODER.decode(line)
         except (msgspec.DecodeError, RecursionError) as e:  # nested too deeply: recursion
             raise CheckpointError(f"{source} line {number} is not a checkpoint: {e}") from e
+        if checkpoint.version < 1:  # no run is at 0 (nor below): "events were deleted"
+            raise CheckpointError(
+                f"{source} line {number} is not a checkpoint: version {checkpoint.version} "
+                "(a run's versions begin at 1)"
+            )
+        found.append(checkpoint)
+    if not found:  # checked against nothing, verify said "ok" as if it had been
+        raise CheckpointError(f"{source} holds no checkpoint: nothing to check the runs against")
     return found
 
 
@@ -76,10 +84,11 @@ def check(store: EventStore, checkpoint: Checkpoint) -> Problem | None:
     row = next(store.read_raw(run_id, after=version - 1, upto=version), None)
     if row is None:
         have = store.last_version(run_id)
+        deleted = "events were deleted" if have else "the run was deleted from the log"
         return Problem(
             version=version,
             problem=f"the run has {have} events, but the checkpoint taken at {checkpoint.at} "
-            f"saw {version}: events were deleted",
+            f"saw {version}: {deleted} (or the checkpoint is another log's)",
         )
     if row.hash != checkpoint.hash:
         return Problem(

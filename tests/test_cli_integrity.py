@@ -153,7 +153,42 @@ def test_a_run_deleted_whole_fails_against_its_checkpoint(
 
     code, out = invoke("verify", "--db", db, "--checkpoints", checkpoints)
 
-    assert code == 1 and "r: FAILED at version" in out and "events were deleted" in out
+    # the checkpoint's finding alone: it also said "its state cannot be rebuilt: no run
+    # 'r'" and, falsely, that the run was "rewritten without the key"
+    [taken] = loads(checkpoints.read_text())
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("r:")] == [
+        f"r: FAILED at version {taken.version}: the run has 0 events, but the checkpoint "
+        f"taken at {taken.at} saw {taken.version}: the run was deleted from the log (or the "
+        "checkpoint is another log's)"
+    ], out
+    assert "1 of 1 runs failed verification" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("", "holds no checkpoint: nothing to check the runs against"),
+        ("\n  \n", "holds no checkpoint: nothing to check the runs against"),
+        (
+            '{"run_id": "r", "version": 0, "hash": "h", "at": "t"}',
+            "line 1 is not a checkpoint: version 0",
+        ),
+        (
+            '{"run_id": "r", "version": -1, "hash": "h", "at": "t"}',
+            "line 1 is not a checkpoint: version -1",
+        ),
+    ],
+)
+def test_a_checkpoint_file_that_checks_nothing_is_refused(
+    recorded: tuple[Path, Path, Path], tmp_path: Path, text: str, said: str
+) -> None:
+    """An empty checkpoint file (or a FIFO no one writes) verified "ok", as if the runs
+    had been checked against it; a version below 1 said "events were deleted"."""
+    db = recorded[0]
+    given = tmp_path / "checkpoints.jsonl"
+    given.write_text(text)
+    code, out = invoke("verify", "--db", db, "--checkpoints", given)
+    assert code == 1 and out.startswith("Error: ") and said in out, out
 
 
 def test_a_history_rewritten_with_the_key_fails_against_the_checkpoint(
@@ -309,7 +344,7 @@ def test_a_checkpoint_fifo_is_read_without_waiting_for_a_writer(
     recorded: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     """``verify --checkpoints FIFO`` waited for a writer for ever; one being written
-    (``<(git show ...)``) is read to its end."""
+    (``<(git show ...)``) is read to its end. One no one writes holds no checkpoint."""
     import os
     import subprocess
     import sys
@@ -320,7 +355,7 @@ def test_a_checkpoint_fifo_is_read_without_waiting_for_a_writer(
     verify = [sys.executable, "-c", "from engine.console import main; main()", "verify"]
     verify += ["--db", str(db), "--checkpoints", str(fifo)]
     alone = subprocess.run(verify, capture_output=True, text=True, timeout=60)
-    assert "r: ok" in alone.stdout, alone.stdout + alone.stderr
+    assert alone.returncode == 1 and "holds no checkpoint" in alone.stderr, alone.stderr
     reading = subprocess.Popen(verify, stdout=subprocess.PIPE, text=True)
     with open(fifo, "wb") as writer:  # waits for the reader, as a shell's <(...) does
         writer.write(checkpoints.read_bytes())

@@ -81,6 +81,11 @@ class LogVerdict(msgspec.Struct, frozen=True, kw_only=True):
         return not self.database and all(run.ok for run in self.runs)
 
 
+ABSENT = "absent"
+"""The authentication of a run a checkpoint names and the log has no event of (its
+chain was not keyed nor unkeyed: there is none)."""
+
+
 def verify_log(
     store: EventStore,
     run_ids: Sequence[str] | None = None,
@@ -161,7 +166,7 @@ def verify_log(
             verdicts[i] = msgspec.structs.replace(
                 verdict, problems=(*verdict.problems, Problem(position=first, problem=text))
             )
-    if marker is None and any(v.authentication != "unkeyed" for v in verdicts):
+    if marker is None and any(v.authentication not in ("unkeyed", ABSENT) for v in verdicts):
         database.append("runs are keyed, but the log's keyed mark is missing: it was deleted")
     database += summary_problems(store, run_ids, states)
     if run_ids is None:
@@ -210,7 +215,9 @@ def _verify_run(
             authentication="unreadable",
             problems=(*problems, Problem(problem=f"unreadable: {e}")),
         )
-    if decodes:
+    if not events:  # named by a checkpoint alone: what it saw is the whole verdict
+        authentication = ABSENT
+    elif decodes:
         try:
             states[run_id] = project(store, run_id)  # the state can be rebuilt
         except AutonomyError as e:
