@@ -208,6 +208,29 @@ def test_a_default_log_directory_that_cannot_be_made_says_what_stands_there(
     assert sorted(p.name for p in workspace.iterdir()) == [".autonomy"]
 
 
+@pytest.mark.parametrize("what", ["none", "device", "fifo", "directory", "link to nothing"])
+def test_a_master_plan_that_is_not_a_file_is_said_to_be_so(tmp_path: Path, what: str) -> None:
+    """A MASTER_PLAN.md that is a link to /dev/zero or a FIFO was "no MASTER_PLAN.md"."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    plan = workspace / "MASTER_PLAN.md"
+    if what == "device":
+        plan.symlink_to("/dev/zero")
+    elif what == "fifo":
+        os.mkfifo(plan)
+    elif what == "directory":
+        plan.mkdir()
+    elif what == "link to nothing":
+        plan.symlink_to(tmp_path / "gone")
+    code, out = invoke("run", "--workspace", str(workspace), "--model-url", "http://127.0.0.1:9")
+    said = (
+        f"no GOAL given and no MASTER_PLAN.md in {workspace}"
+        if what == "none"
+        else f"no GOAL given, and {plan} is not a file (a device, a FIFO, a directory or a link"
+    )
+    assert code == 1 and out.startswith(f"Error: {said}"), out
+
+
 def test_a_goal_file_that_waits_for_its_data_is_not_waited_on(tmp_path: Path) -> None:
     """Read blocking, a file that waits for data (a FIFO, /proc/kmsg) hung the run."""
     import subprocess

@@ -644,7 +644,7 @@ def test_live_from_a_version_forks_the_run_and_a_live_model_continues_it(
 
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[0].startswith("first divergent step, after ")
+    assert lines[0].startswith("first difference, after ")
     assert lines[1].startswith('  q: tool create_file {"content": "# t1\\nX = 0')
     assert lines[2].startswith('  terse: tool create_file {"content": "# t1, tersely')
     code, out = cli("diff", "q", "terse", "--db", str(db), "--json")
@@ -709,7 +709,7 @@ def test_continue_live_goes_live_at_the_step_a_changed_prompt_changes(
     assert any(p.endswith("Be brief.") for p in prompts_seen), "the new prompt went live"
 
     code, out = cli("diff", "q", "brief", "--db", str(db))
-    assert code == 0 and "took the same" in out, out
+    assert code == 0 and "are the same in all" in out, out
 
 
 def test_continue_live_at_a_changed_arbiter_request_forks_just_before_it(
@@ -861,7 +861,7 @@ def test_options_that_mean_nothing_are_refused(quick_db: Path) -> None:
 def test_diff_of_a_run_with_itself_has_no_divergent_step(quick_db: Path) -> None:
     code, out = cli("diff", "q", "q", "--db", str(quick_db))
     assert code == 0, out
-    assert out.splitlines()[0].startswith("q and q took the same ")
+    assert out.splitlines()[0].startswith("q and q are the same in all ")
 
 
 def test_diff_and_copy_leave_the_log_they_read_as_it_was(tmp_path: Path) -> None:

@@ -189,6 +189,20 @@ def test_a_rewind_killed_before_its_files_were_restored_is_finished_by_resume(
     assert code == 0 and out.startswith("identical ("), out
 
 
+def test_an_empty_run_id_for_a_fork_or_a_live_branch_is_refused_not_made_up(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """``fork --as ''`` forked under a time-based id, exit 0, as if no id were given."""
+    db = first_review[0]
+    code, out = invoke(
+        "fork", "r", "--at", "3", "--workspace", str(tmp_path / "f"), "--as", "", "--db", str(db)
+    )
+    assert code == 1 and "run id '' is not allowed" in out, out
+    code, out = invoke("replay", "r", "--as", "", "--db", str(db))
+    assert code == 1 and "--as" in out, out
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.parametrize("when", ["restoring", "before the event"])
 def test_a_rewind_stopped_by_ctrl_c_says_whether_it_is_recorded(
     first_review: tuple[Path, Path, int, dict[str, bytes]],

@@ -106,7 +106,7 @@ def replay(
     from engine.runs.replay import replay as replay_run
     from engine.runs.verification import refuse_corrupt_blobs
 
-    if live_from is None and not continue_live and (new_id or workspace):
+    if live_from is None and not continue_live and (new_id is not None or workspace):
         from engine.errors import ConfigError
 
         raise ConfigError(
@@ -332,7 +332,7 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
     from engine.terminal import one_line
     from projections import project
 
-    run_as = new_id or new_run_id()
+    run_as = new_id if new_id is not None else new_run_id()  # "" is refused, as "a/b"
     with opened_log(db) as store:
         restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
         pipeline = project(store, run_as).pipeline

@@ -261,7 +261,13 @@ def read_goal(goal: str | None, workspace: Path) -> str:
     if goal is None:
         plan = workspace / "MASTER_PLAN.md"
         if not plan.is_file():
-            raise ConfigError(f"no GOAL given and no MASTER_PLAN.md in {workspace}")
+            there = plan.exists() or plan.is_symlink()
+            raise ConfigError(
+                f"no GOAL given, and {plan} is not a file (a device, a FIFO, a directory "
+                "or a link to nothing)"
+                if there
+                else f"no GOAL given and no MASTER_PLAN.md in {workspace}"
+            )
         text = _goal_file(plan)
     elif len(goal) < 1024 and "\n" not in goal and Path(goal).is_file():
         text = _goal_file(Path(goal))

@@ -84,6 +84,11 @@ class Step:
         return f"{self.kind} {self.what} (version {self.version} of {self.run_id})"
 
 
+STEPS = "decisions, tool calls and file changes"
+"""What the first difference is looked for among (``steps_of``): not the coordinator's
+steps, which the per-phase table counts, so never called steps where people read."""
+
+
 def steps_of(events: list[RecordedEvent]) -> list[Step]:
     """The decisions, tool calls and file changes of a history, in order."""
     steps: list[Step] = []
@@ -175,11 +180,11 @@ class RunDiff:
     def lines(self) -> list[str]:
         """For people."""
         if self.first is None:
-            head = f"{self.run_a} and {self.run_b} took the same {self.same_steps} steps"
+            head = f"{self.run_a} and {self.run_b} are the same in all {self.same_steps} {STEPS}"
             lines = [head]
         else:
             old, new = self.first
-            lines = [f"first divergent step, after {self.same_steps} in common:"]
+            lines = [f"first difference, after {self.same_steps} {STEPS} in common:"]
             lines.append(f"  {self.run_a}: {old.describe() if old else '(no more steps)'}")
             lines.append(f"  {self.run_b}: {new.describe() if new else '(no more steps)'}")
         rows = []
