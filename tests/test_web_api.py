@@ -208,6 +208,29 @@ def test_api_sql_stops_a_runaway_query_and_caps_the_rows(db: Path) -> None:
         assert whole == {"columns": ["one"], "rows": [{"one": 1}], "truncated": False}
 
 
+def test_api_sql_stops_a_query_whose_one_step_runs_on_and_runs_few_at_once(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite looks at the deadline between the steps of its program only: one
+    ``printf('%.*c', 2000000000, 'x')`` ran 15 s past a 10 s limit and answered 200
+    with a null, and 45 such queries at once held every request thread for minutes.
+    Each query runs in a process of its own, ended at its limit; more queries than
+    the service runs at once are a 503 at once, not a thread waiting."""
+    import engine.web.app as app_module
+
+    burner = "SELECT printf('%.*c', 2000000000, 'x') AS x"
+    with client_for(db, sql_seconds=0.5) as client:
+        stopped = client.post("/api/sql", json={"sql": burner})
+        assert stopped.status_code == 400, stopped.text
+        assert "stopped after 0.5 s, this service's limit" in stopped.json()["error"]
+        assert client.get("/api/runs").status_code == 200
+    monkeypatch.setattr(app_module, "SQL_AT_ONCE", 0)  # as if that many ran now
+    with client_for(db) as client:
+        busy = client.post("/api/sql", json={"sql": "SELECT 1"})
+        assert busy.status_code == 503 and busy.headers["Retry-After"], busy.text
+        assert "runs 0 SQL queries at a time" in busy.json()["error"]
+
+
 def test_a_named_audit_query_that_runs_on_is_stopped_too(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,7 @@ import asyncio
 import difflib
 import hmac
 import itertools
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -61,9 +62,9 @@ from engine.runs.audit import (
     audited,
     json_value,
     run_query,
-    run_sql,
 )
 from engine.runs.diff import diff_runs
+from engine.runs.sql_apart import run_sql_apart
 from engine.runs.state import state_document
 from engine.storage import is_postgres_url, open_store
 from engine.web.pages import NoSuchPage, compact, is_live, render, run_page
@@ -390,6 +391,9 @@ class _Web:
         """The live streams' waits for new events, now."""
         self.stopping = False
         """The service is stopping (``stop_streams``): live streams end."""
+        self._sql_slots = threading.BoundedSemaphore(SQL_AT_ONCE)
+        """``POST /api/sql`` queries running now, each in a process of its own
+        (``run_sql_apart``): more at once are a 503, never a thread waiting."""
 
     def stop_streams(self) -> None:
         """End every live stream now, and each one opened from now on after its past
@@ -724,7 +728,18 @@ class _Web:
             max_rows=self.settings.sql_rows,
             max_bytes=self.settings.sql_bytes,
         )
-        result = await anyio.to_thread.run_sync(run_sql, self.settings.db, sql, params, limits)
+        if not self._sql_slots.acquire(blocking=False):
+            raise HTTPException(
+                503,
+                f"this service runs {SQL_AT_ONCE} SQL queries at a time, and is running as "
+                "many now; try again",
+            )
+        try:
+            result = await anyio.to_thread.run_sync(
+                run_sql_apart, self.settings.db, sql, params, limits
+            )
+        finally:
+            self._sql_slots.release()
         return JSONResponse({**_rows(result), "truncated": result.truncated})
 
     async def api_answer(self, request: Request) -> JSONResponse:
@@ -773,6 +788,11 @@ def _rows(result: AuditResult) -> dict[str, Any]:
     rows = [{k: json_value(v) for k, v in row.items()} for row in result.as_dicts()]
     return {"columns": list(result.names), "rows": rows}  # the rows' keys, in order
 
+
+SQL_AT_ONCE = 2
+"""The most ``POST /api/sql`` queries the service runs at once: each may take a core
+for its whole time limit (``ServiceSettings.sql_seconds``); 45 at once held every
+request thread for minutes."""
 
 MAX_NUMBER = 2**63 - 1
 """The largest version or count a request may name: the log's integers are 64-bit."""
