@@ -294,6 +294,9 @@ def test_blobs_and_diffs_show_the_files_a_tool_changed(client: TestClient, db: P
     modified = next(c for c in changes if c.before and c.after)
     content = client.get(f"/api/runs/done/blobs/{modified.after}").text
     assert "Return the sum" in content
+    # a run the log has not: 404, as every route of a run (it answered any run's blob)
+    nowhere = client.get(f"/api/runs/nope/blobs/{modified.after}")
+    assert nowhere.status_code == 404 and "no run 'nope'" in nowhere.json()["error"]
     diff = client.get(
         f"/runs/done/diff?path=calc.py&before={modified.before}&after={modified.after}"
     ).text

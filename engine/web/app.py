@@ -681,7 +681,10 @@ class _Web:
         return not self.stopping
 
     def api_blob(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
         with self.store() as store:
+            if store.last_version(run_id) == 0:  # as every route of a run: 404
+                raise RunNotFound(run_id)
             content = store.get(request.path_params["digest"])
         return Response(content, media_type="text/plain; charset=utf-8")
 
