@@ -351,6 +351,37 @@ def test_fork_leaves_the_parent_untouched_and_resumes_to_completion(
     assert snapshot(workspace) == parent_files, "the parent's workspace is untouched"
 
 
+def test_a_fork_at_a_command_it_has_not_the_result_of_resumes_and_replays(
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A fork (or a counterfactual branch) cut just after a ``run_command`` request
+    settles it as interrupted when resumed, as a run stopped there does; it read the
+    request at the parent's version in the fork's own events: a ``StopIteration``
+    traceback from every resume, and a run that could never go on."""
+    db = first_review[0]
+    with open_store(db) as store:
+        at = next(
+            e.version
+            for e in store.read("r")
+            if isinstance(e.data, ToolRequested) and e.data.tool == "run_command"
+        )
+    new = tmp_path / "fork-ws"
+    code, out = invoke(
+        "fork", "r", "--at", str(at), "--workspace", str(new), "--as", "f", "--db", str(db)
+    )
+    assert code == 0, out
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        code, out = invoke("resume", "f", "--db", str(db), *flags(server))
+    assert code == 0, out
+    with open_store(db) as store:
+        settled = next(e.data for e in store.read("f") if isinstance(e.data, ToolExecuted))
+        assert project(store, "f").pipeline.status == "completed"
+    assert settled.tool == "run_command" and not settled.ok and "interrupted" in settled.error
+    assert settled.files_changed == ()
+    code, out = invoke("replay", "f", "--db", str(db))
+    assert code == 0 and out.startswith("identical ("), out
+
+
 def test_fork_into_a_non_empty_directory_is_refused(
     first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
 ) -> None:

@@ -328,7 +328,7 @@ class Engine:
                     tool=pending.tool,
                     ok=False,
                     error=_INTERRUPTED.format(tool=pending.tool),
-                    files_changed=self._left_by_cut_command(pending.version),
+                    files_changed=self._left_by_cut_command(pending.version, pending.call_id),
                 )
                 follow = [
                     self._status_event(task.task_id, "failed", event.error)
@@ -352,8 +352,16 @@ class Engine:
             )
         return notes
 
-    def _left_by_cut_command(self, requested: int) -> tuple[FileChange, ...]:
-        request = next(self.log.store.read(self.log.run_id, after=requested - 1, upto=requested))
+    def _left_by_cut_command(self, requested: int, call_id: str) -> tuple[FileChange, ...]:
+        """What the command requested at ``requested`` had written when it was cut. A
+        fork cut at a command it had not the result of (its parent's request, its
+        parent's version): the command never ran in the fork's workspace, which was
+        made from the log, so nothing (it was a ``StopIteration`` from every resume)."""
+        request = next(
+            iter(self.log.store.read(self.log.run_id, after=requested - 1, upto=requested)), None
+        )
+        if request is None or getattr(request.data, "call_id", None) != call_id:
+            return ()
         at = datetime.fromisoformat(request.recorded_at).timestamp()
         known = {path: (f.digest, f.size) for path, f in self.log.pipeline.files.items()}
         return changes_of_a_cut_command(Sandbox(self.workspace).root, at, known, self.log.store)
