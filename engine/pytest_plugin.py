@@ -53,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("autonomy", "autonomy: replay recorded runs")
     group.addoption(
         OPTION,
-        action="store",
+        action="append",  # given twice, said so: "store" kept the last one silently
         metavar="PATH",
         default=None,
         help="Add one test per run recorded in this autonomy event log: the run is "
@@ -70,9 +70,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    db = config.getoption(OPTION)
-    if db is None:
+    given = config.getoption(OPTION)
+    if not given:
         return
+    if len(set(given)) > 1:
+        raise pytest.UsageError(
+            f"{OPTION} is given {len(given)} times ({', '.join(given)}): one log a session; "
+            "run pytest once for each"
+        )
+    db = given[0]
     path = Path(db).resolve()
     from engine.storage import open_store
 
@@ -102,9 +108,10 @@ def _entered(config: pytest.Config, db: Path) -> frozenset[Path]:
     patterns = config.getini("norecursedirs")
     chain = list(reversed(db.parents))
     for n, directory in enumerate(chain):
-        if any(fnmatch.fnmatch(directory.name, p) for p in patterns) or (
-            directory / "pyvenv.cfg"
-        ).is_file():
+        if (
+            any(fnmatch.fnmatch(directory.name, p) for p in patterns)
+            or (directory / "pyvenv.cfg").is_file()
+        ):
             return frozenset(chain[n:])
     return frozenset()
 

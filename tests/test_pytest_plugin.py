@@ -145,6 +145,15 @@ def test_a_replay_db_that_does_not_exist_is_a_usage_error(
     result.stderr.fnmatch_lines(["*--replay-db*missing.db*no event log*"])
 
 
+def test_a_second_replay_db_is_a_usage_error_not_the_first_one_dropped(
+    pytester: pytest.Pytester, db: Path, tmp_path: Path
+) -> None:
+    """Given twice, the second log was collected and the first silently not."""
+    result = pytester.runpytest("--replay-db", str(db), "--replay-db", str(tmp_path / "b.db"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--replay-db is given 2 times*one log a session*"])
+
+
 def test_replay_run_asserts_in_a_users_test(
     pytester: pytest.Pytester, db: Path, fake_replay: list[str]
 ) -> None:
