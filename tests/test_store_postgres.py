@@ -29,6 +29,7 @@ from events import (
     ConcurrencyError,
     ModelRequested,
     ModelResponded,
+    RunFinished,
     RunStarted,
     TaskAdded,
     ToolExecuted,
@@ -72,9 +73,16 @@ def test_verify_says_when_an_append_only_trigger_is_gone(
     assert f"database: FAILED append-only triggers are missing or disabled: {name}" in code.output
 
 
+OVERLOAD = (  # what a writer called: psycopg sends a small number as a smallint
+    "CREATE FUNCTION autonomy_append(run text, first_version smallint, at text, types text[],"
+    " schema_versions integer[], causations bigint[], hashes text[], payloads text[])"
+    " RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$"
+)
+
+
 IDS = (
     "replica-only", "no-op function", "when-false", "append dropped", "foreign", "rule",
-    "row security", "constraint",
+    "row security", "constraint", "overload",
 )  # fmt: skip
 
 
@@ -134,6 +142,12 @@ IDS = (
             ["ALTER TABLE events DROP CONSTRAINT events_run_id_version_key"],
             "constraint events_run_id_version_key on events is missing",
         ),
+        (
+            [OVERLOAD],
+            "function autonomy_append(run text, first_version smallint, at text, types"
+            " text[], schema_versions integer[], causations bigint[], hashes text[], payloads"
+            " text[]) is not autonomy's",
+        ),
     ],
     ids=IDS,
 )
@@ -152,6 +166,20 @@ def test_verify_compares_every_trigger_and_function_with_autonomys(
     assert any(said in problem for problem in problems), problems
     code = CliRunner().invoke(cli, ["verify", "--db", pg_url])
     assert code.exit_code == 1 and "database: FAILED" in code.output, code.output
+
+
+def test_an_overload_of_autonomy_append_is_never_what_a_writer_calls(
+    store: PostgresEventStore, pg_url: str
+) -> None:
+    """Whoever owns the schema made ``autonomy_append`` taking a ``smallint`` version,
+    dropping every ``run.finished``: psycopg sends a small number as one, so every
+    writer called it (the run never ended, "exit 1" with nothing said) and verify
+    said ok. Each argument is cast now (and verify names the foreign function)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(OVERLOAD)
+    store.append("r", [START], 0)
+    store.append("r", [TASK, RunFinished(status="completed")], 1)  # through the function
+    assert [e.type for e in store.read("r")] == ["run.started", "task.added", "run.finished"]
 
 
 def test_verify_compares_the_audit_views_with_autonomys(pg_url: str) -> None:
