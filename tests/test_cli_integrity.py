@@ -556,3 +556,18 @@ def test_a_damaged_page_of_bytes_that_are_not_text_is_said_so_and_verify_keeps_i
     assert "database: FAILED integrity_check: row 1 missing from index idx_events_type" in out
     assert "database: FAILED its runs cannot be read (listing runs: the log holds bytes" in out
     assert "no runs in this log" not in out
+
+
+def test_a_run_id_with_a_line_break_cannot_print_a_line_of_its_own_in_verify(
+    tmp_path: Path,
+) -> None:
+    """A writer may name a run anything: one named "x: ok (115 events, keyed)\\ny"
+    printed a line "x: ok (115 events, keyed)" of its own, for a run the log lacks."""
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("fake: ok (9 events, keyed)\nreal", [RunStarted(goal="g", workspace="/w")], 0)
+    code, out = invoke("verify", "--db", db)
+    lines = out.splitlines()
+    assert code == 0 and "fake: ok (9 events, keyed)" not in lines, out
+    assert not any(line.startswith("real") for line in lines), out
+    assert "fake: ok (9 events, keyed)\\nreal: ok (1 events, unkeyed)" in lines, out

@@ -106,10 +106,18 @@ def verdict_lines(verdict: LogVerdict) -> list[str]:
 
 
 def _run_lines(run: RunVerdict) -> list[str]:
+    """One line for a run that is ok, one per problem: each its own line, whatever the
+    run id holds (a writer's run id with a line break printed an "ok" line of its own
+    for a run the log does not have)."""
+    from engine.terminal import one_line
+
+    run_id = one_line(run.run_id)
     if run.ok:
         checkpointed = f", checkpoint at {run.checkpoint}" if run.checkpoint is not None else ""
-        return [f"{run.run_id}: ok ({run.events} events, {run.authentication}{checkpointed})"]
-    return [f"{run.run_id}: FAILED {_where(problem)}{problem.problem}" for problem in run.problems]
+        return [f"{run_id}: ok ({run.events} events, {run.authentication}{checkpointed})"]
+    return [
+        f"{run_id}: FAILED {_where(problem)}{one_line(problem.problem)}" for problem in run.problems
+    ]
 
 
 def _where(problem: Problem) -> str:
