@@ -1032,6 +1032,14 @@ def migrate(conn: psycopg.Connection[Any], *, create: bool = True) -> int:
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
         # in the schema CREATE would use, not any on the search path
         (schema,) = conn.execute("SELECT current_schema()").fetchone() or (None,)
+        if schema is None:  # PostgreSQL's own words were "null values cannot be
+            # formatted as an SQL identifier", from every command
+            (path,) = conn.execute("SHOW search_path").fetchone() or ("",)
+            raise EventStoreError(
+                f"no schema of the search path ({path}) exists in this database, or this "
+                "role may not use it (USAGE): create it, or grant it, or name another "
+                "(?options=-csearch_path%3DNAME in the URL)"
+            )
         exists = conn.execute(
             "SELECT to_regclass(format('%I.autonomy_schema', current_schema()))"
         ).fetchone()

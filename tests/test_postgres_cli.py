@@ -286,6 +286,17 @@ def test_reading_a_schema_that_holds_no_log_creates_none(pg_url: str) -> None:
     assert "search_path" in out
 
 
+def test_a_schema_that_does_not_exist_is_said_to_be_missing(pg_url: str) -> None:
+    """Every command said PostgreSQL's "null values cannot be formatted as an SQL
+    identifier" for a search path naming no schema there (or one the role may not
+    use)."""
+    missing = re.sub(r"search_path%3D[^&]+", "search_path%3Dnosuch", pg_url)
+    for command in (["runs"], ["verify"], ["answer", "r", "yes"]):
+        code, out = invoke(*command, "--db", missing)
+        assert code == 1 and "no schema of the search path (nosuch) exists" in out, out
+        assert "null values" not in out
+
+
 @pytest.mark.parametrize("schema", ["u", "e", "t", "events", "runs", "Team", "team-a"])
 def test_verify_holds_in_a_schema_named_like_an_alias_or_a_table(
     pg_server: Any, schema: str
