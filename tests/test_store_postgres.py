@@ -388,6 +388,43 @@ def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_pat
                 conn.execute(statement)
 
 
+def test_a_row_a_writer_inserts_takes_the_next_position_whatever_it_gives(
+    pg_url: str,
+) -> None:
+    """A writer role may insert rows (a forged one fails verify). One at position
+    2^63 - 1 made every later append, by any writer or the owner, fail for good with
+    "bigint out of range", and no writer may delete a row. A row's position is the
+    log's next now, whatever the insert gives or the inserter's search path holds."""
+    role = "inserter_" + pg_url.rsplit("%3D", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    granted = CliRunner().invoke(cli, ["grant-writer", role, "--db", pg_url])
+    assert granted.exit_code == 0, granted.output
+    as_writer = pg_url.replace("postgres@", f"{role}@", 1)
+    with open_store(pg_url) as store:
+        store.append("r", [START], 0)
+    with psycopg.connect(as_writer, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events VALUES (9223372036854775807, 'x', 1, 'run.started', 1,"
+            " '2026-01-01T00:00:00Z', NULL, 'h', '{}')"
+        )
+        conn.execute("CREATE TEMPORARY TABLE events (position bigint)")  # shadows, for them
+        conn.execute("INSERT INTO pg_temp.events VALUES (9223372036854775000)")
+        conn.execute(
+            'INSERT INTO "' + pg_url.rsplit("%3D", 1)[1] + "\".events VALUES (5, 'y', 1,"
+            " 'run.started', 1, '2026-01-01T00:00:00Z', NULL, 'h', '{}')"
+        )
+    with open_store(pg_url) as store:
+        store.append("r", [TASK], 1)  # it was "bigint out of range"
+        positions = (
+            cast(Any, store)
+            .connection.execute("SELECT run_id, position FROM events ORDER BY position")
+            .fetchall()
+        )
+        assert positions == [("r", 1), ("x", 2), ("y", 3), ("r", 4)]
+        assert not store.verify("x").ok  # the forged rows are still found out
+
+
 def test_a_run_queued_twice_is_refused_in_one_line(pg_url: str, tmp_path: Path) -> None:
     """The second submit of one run id printed the driver's "duplicate key value
     violates unique constraint" with its DETAIL."""
