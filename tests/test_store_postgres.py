@@ -361,13 +361,18 @@ def test_an_unreachable_server_is_one_clear_error_without_the_password() -> None
     assert "s3cret" not in redacted(url)
 
 
-def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_path: Path) -> None:
-    role = "writer_" + pg_url.rsplit("%3D", 1)[1]  # one per test schema: roles are global
+def writer_url(pg_url: str, prefix: str) -> str:
+    """``pg_url`` as a new role that ``grant-writer`` made a writer of the log."""
+    role = prefix + pg_url.rsplit("%3D", 1)[1]  # one per test schema: roles are global
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {role} LOGIN")
     granted = CliRunner().invoke(cli, ["grant-writer", role, "--db", pg_url])
     assert granted.exit_code == 0, granted.output
-    as_writer = pg_url.replace("postgres@", f"{role}@", 1)
+    return pg_url.replace("postgres@", f"{role}@", 1)
+
+
+def test_a_writer_role_runs_runs_but_may_not_change_the_log(pg_url: str, tmp_path: Path) -> None:
+    as_writer = writer_url(pg_url, "writer_")
 
     with open_store(as_writer) as store:
         with store.lease("r", "a worker"):
@@ -395,12 +400,7 @@ def test_a_row_a_writer_inserts_takes_the_next_position_whatever_it_gives(
     2^63 - 1 made every later append, by any writer or the owner, fail for good with
     "bigint out of range", and no writer may delete a row. A row's position is the
     log's next now, whatever the insert gives or the inserter's search path holds."""
-    role = "inserter_" + pg_url.rsplit("%3D", 1)[1]
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-    granted = CliRunner().invoke(cli, ["grant-writer", role, "--db", pg_url])
-    assert granted.exit_code == 0, granted.output
-    as_writer = pg_url.replace("postgres@", f"{role}@", 1)
+    as_writer = writer_url(pg_url, "inserter_")
     with open_store(pg_url) as store:
         store.append("r", [START], 0)
     with psycopg.connect(as_writer, autocommit=True) as conn:
