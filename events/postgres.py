@@ -141,6 +141,17 @@ the position): ``pg_catalog`` first, then the log's schema, where no writer may
 create anything. (A static query, planned once a session: one ``format``-ed for the
 table of each row cost batched appends 2.7 times their time.)"""
 
+_BLOB_DIGEST = """
+ALTER TABLE blobs ADD CONSTRAINT blobs_digest
+  CHECK (digest = encode(sha256(content), 'hex') AND size = octet_length(content)) NOT VALID;
+"""
+"""Migration 8: a blob row whose digest is not its content's, or whose size is not
+its length, is refused. A writer role may insert blobs, and an append stores each
+with ``ON CONFLICT DO NOTHING``: one stored under the digest of a file a run would
+write later, with other bytes, kept that file's real content out of the log for good
+(verify said the blob was corrupt; the content was nowhere). ``NOT VALID``: rows
+already there are not read again (verify checks them)."""
+
 _APPEND_FUNCTION = """
 CREATE FUNCTION autonomy_append(run text, first_version integer, at text, types text[],
     schema_versions integer[], causations bigint[], hashes text[], payloads text[])
@@ -215,6 +226,8 @@ CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
     ),
     # 7: a row's position is always the log's next (_POSITION)
     _POSITION,
+    # 8: a blob is stored under its own digest only (_BLOB_DIGEST)
+    _BLOB_DIGEST,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -425,6 +425,25 @@ def test_a_row_a_writer_inserts_takes_the_next_position_whatever_it_gives(
         assert not store.verify("x").ok  # the forged rows are still found out
 
 
+def test_a_writer_cannot_store_a_blob_under_another_contents_digest(pg_url: str) -> None:
+    """A writer role's blob under the digest of a file a run would write later, with
+    other bytes, was kept (an append stores blobs ``ON CONFLICT DO NOTHING``): that
+    file's real content was never in the log, and verify only said "corrupt"."""
+    import hashlib
+
+    later = b"the file a run writes later\n"
+    digest = hashlib.sha256(later).hexdigest()
+    with psycopg.connect(writer_url(pg_url, "blobber_"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO blobs VALUES (%s, %s, %s)", (digest, len(later), b"other bytes")
+            )
+        with pytest.raises(psycopg.errors.CheckViolation):  # its size must be its length
+            conn.execute("INSERT INTO blobs VALUES (%s, %s, %s)", (digest, 1, later))
+    with open_store(pg_url) as store:
+        assert store.put(later) == digest and store.get(digest) == later
+
+
 def test_a_run_queued_twice_is_refused_in_one_line(pg_url: str, tmp_path: Path) -> None:
     """The second submit of one run id printed the driver's "duplicate key value
     violates unique constraint" with its DETAIL."""
