@@ -80,7 +80,8 @@ def test_a_killed_workers_run_is_resumed_by_another_and_all_runs_complete(
             assert store.verify(f"job-{job}").ok
         done = store.connection.execute("SELECT count(*) FROM queue WHERE done_at IS NULL")
         assert done.fetchone()[0] == 0
-    assert (tmp_path / "runs" / "job-1" / "calc.py").is_file()
+    schema = pg_url.rsplit("%3D", 1)[1]  # each log's runs in a directory of its own
+    assert (tmp_path / "runs" / schema / "job-1" / "calc.py").is_file()
 
 
 @pytest.mark.slow
@@ -417,13 +418,15 @@ def test_a_worker_whose_model_is_down_leaves_the_runs_queued(
 
 
 def test_a_worker_leaves_a_workspace_another_run_works_in(pg_url: str, tmp_path: Path) -> None:
-    """Workers of two logs (a schema per team) sharing a workdir: a new run's directory
-    there was removed before it was copied afresh, and it was another team's run's
-    live workspace. One that a run holds is left, and the run stays queued."""
+    """Workers of two logs sharing a workdir: a new run's directory there was removed
+    before it was copied afresh, and it was another log's run's live workspace. Each
+    log's runs are made in a directory of its own (its schema's name), but two
+    databases may have schemas of one name: one that a run holds is left, and the run
+    stays queued."""
     from engine.agent.runner import workspace_lock
     from engine.runs.workers import Worker, submit
 
-    theirs = tmp_path / "runs" / "job"
+    theirs = tmp_path / "runs" / pg_url.rsplit("%3D", 1)[1] / "job"
     theirs.mkdir(parents=True)
     (tmp_path / "template").mkdir()
     (theirs / "their.py").write_text("mine\n")
@@ -439,3 +442,33 @@ def test_a_worker_leaves_a_workspace_another_run_works_in(pg_url: str, tmp_path:
             "SELECT done_at FROM queue WHERE run_id = 'job'"
         ).fetchone()
     assert (theirs / "their.py").read_text() == "mine\n" and done is None
+
+
+def test_workers_of_two_logs_sharing_a_workdir_keep_each_others_workspaces(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """Workers of two logs (a schema per team) sharing a workdir both had a ``job``:
+    the second removed the first's finished workspace and ran its own run there, so
+    the first log's completed run named another run's files."""
+    from engine.runs.demo import DemoModels
+    from engine.runs.workers import Worker, submit
+
+    workspaces = []
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        overrides = {"model_url": server.url, "api": "ollama", "model": "m", "mode": "rules"}
+        settings = load_settings(env={}, overrides=overrides)
+        for team in ("a", "b"):
+            template = tmp_path / f"template-{team}"
+            template.mkdir()
+            (template / "team.txt").write_text(team)
+            with open_store(pg_server.new_url()) as store:
+                submit(store, GOAL, template, run_id="job")
+                worker = Worker(store, tmp_path / "runs", lambda *_: settings, lambda _: None)
+                assert worker.run(once=True) == 1
+                state = project(store, "job").pipeline
+                assert state.status == "completed"
+                workspaces.append(Path(state.workspace))
+    first, second = workspaces
+    assert first != second and first.parent.parent == second.parent.parent
+    assert (first / "team.txt").read_text() == "a" and (first / "calc.py").is_file()
+    assert (second / "team.txt").read_text() == "b"

@@ -18,14 +18,15 @@ that long (fine for runs of minutes to hours on a log that is only appended to).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from engine.agent.runlog import check_run_id
+from engine.agent.runlog import RUN_ID, check_run_id
 from engine.agent.runner import (
     STOPPED_WITH_WORKER,
     Stop,
@@ -122,12 +123,28 @@ class Worker:
     """The last wait between two tries to reach the log; 0 while it can be reached."""
     _busy: float = field(default=0.0, init=False)
     """The last wait for a queued run another engine holds; 0 once one ran."""
+    _directory: str = field(default="", init=False)
+    """``_log_directory``, once worked out."""
     _held: set[str] = field(default_factory=set, init=False)
     """Queued runs found held by another engine (said once each)."""
     interrupt: threading.Event | None = None
     """Set: the run in progress stops at its next step, as on Ctrl-C (recorded as
     stopped, resumable), and ``run`` raises ``RunInterrupted``. What a worker whose
     other thread got the Ctrl-C does (only one thread gets the signal)."""
+
+    def _log_directory(self) -> str:
+        """The directory of ``workdir`` this log's new runs are made in: its schema's
+        name (or, for a name that is no file name, a digest of it). Workers of two
+        logs (a schema per team) sharing a workdir both had a ``job-0``: the second
+        removed the first's finished workspace, and ran its own run there, so the
+        other log's completed run named another run's files."""
+        if not self._directory:
+            row = cast(Any, self.store).connection.execute("SELECT current_schema()").fetchone()
+            schema = str(row[0]) if row and row[0] else "log"
+            safe = RUN_ID.fullmatch(schema)
+            digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+            self._directory = schema if safe else f"schema-{digest}"
+        return self._directory
 
     def _said(self, line: str) -> None:
         """``progress``, and where the run stops when the worker is interrupted."""
@@ -231,7 +248,7 @@ class Worker:
             # directory here, so it must not be a path ("../x" was removed, then used)
             check_run_id(run_id)
             if self.store.last_version(run_id) == 0:
-                workspace = self.workdir / run_id
+                workspace = self.workdir / self._log_directory() / run_id
                 if workspace.exists():
                     # another run working in it (a run of another log, whose workers
                     # share this workdir: a schema per team) is LeaseHeld: not removed
