@@ -639,6 +639,10 @@ class PostgresEventStore(SQLEventStore):
             except psycopg.errors.InsufficientPrivilege:  # said, not a problem of the log
                 differ = []
                 self.database_checks = NOT_COMPARED
+            except psycopg.errors.ReadOnlySqlTransaction:  # a standby, or read-only default
+                # transactions: verify failed outright, and checked no run's chain
+                differ = []
+                self.database_checks = NOT_COMPARED_READ_ONLY
         said = tuple(f"trigger {name} on " for name in missing)  # not twice
         return problems + [line for line in differ if not line.startswith(said)]
 
@@ -963,6 +967,12 @@ class SQLiteStyle:
                 with contextlib.suppress(psycopg.Error):
                     raw.execute("ROLLBACK")
 
+
+NOT_COMPARED_READ_ONLY = (
+    "append-only triggers; their definitions not compared, since the server takes no "
+    "write here (a standby, or default_transaction_read_only) and they are compared in "
+    "a scratch schema (verify where it may make one)"
+)
 
 NOT_COMPARED = (
     "append-only triggers; their definitions not compared, since this role may not make "

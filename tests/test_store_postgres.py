@@ -444,6 +444,21 @@ def test_a_writer_cannot_store_a_blob_under_another_contents_digest(pg_url: str)
         assert store.put(later) == digest and store.get(digest) == later
 
 
+def test_verify_on_a_server_that_takes_no_write_checks_the_chains_and_says_what_it_left(
+    pg_url: str,
+) -> None:
+    """With read-only transactions (a standby, ``default_transaction_read_only``),
+    verify failed outright ("cannot execute CREATE SCHEMA in a read-only
+    transaction", from the definitions' scratch schema) and checked no run."""
+    with open_store(pg_url) as store:
+        store.append("r", [START], 0)
+    read_only = pg_url + "%20-cdefault_transaction_read_only%3Don"
+    code = CliRunner().invoke(cli, ["verify", "--db", read_only])
+    assert code.exit_code == 0, code.output
+    assert "definitions not compared, since the server takes no write here" in code.output
+    assert "r: ok (1 events" in code.output
+
+
 def test_a_run_queued_twice_is_refused_in_one_line(pg_url: str, tmp_path: Path) -> None:
     """The second submit of one run id printed the driver's "duplicate key value
     violates unique constraint" with its DETAIL."""
