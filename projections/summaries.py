@@ -322,10 +322,23 @@ def catch_up(store: EventStore) -> None:
 
 def rebuild_summaries(store: EventStore) -> int:
     """Fold every run again and store its summary, dropping every stored row (what
-    ``verify`` found wrong is then right). Returns the number of runs."""
+    ``verify`` found wrong is then right). Returns the number of runs stored. A run
+    that cannot be folded (an event a writer forged) gets no row, which readers then
+    report as unreadable: it made the whole rebuild fail, and no run's row was kept."""
     infos = store.runs()
-    rows = [_stored(_advanced(store, None, info)) for info in infos]
+    rows = []
+    unfolded = []
+    for info in infos:
+        try:
+            rows.append(_stored(_advanced(store, None, info)))
+        except AutonomyError:
+            unfolded.append(info.first_position)
+    # the rows cover the log up to just before the first run that could not be folded:
+    # readers catch up from there, and say that run is unreadable (past it, it was
+    # left out of every listing)
     top = max((info.last_position for info in infos), default=0)
+    if unfolded:
+        top = min(unfolded) - 1
     store.save_summaries(0, top, rows, replace=True)
     return len(rows)
 

@@ -291,6 +291,30 @@ def test_a_rebuild_drops_rows_of_runs_the_log_does_not_have() -> None:
     assert [s.run_id for s in run_summaries(store)] == ["a"]
 
 
+def test_a_rebuild_stores_every_run_it_can_fold_and_leaves_the_one_it_cannot(
+    tmp_path: Path,
+) -> None:
+    """One run that cannot be folded (an event a writer wrote by hand, its data not
+    an event's) made ``runs --rebuild`` fail, and no run's row was stored."""
+
+    from engine.cli import cli
+
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        store.append("a", [START], 0)
+        store.connection.execute(
+            "INSERT INTO events VALUES (2, 'forged', 1, 'run.started', 1,"
+            " '2026-01-01T00:00:00Z', NULL, 'h', '{\"type\": \"run.started\"}')"
+        )
+    result = CliRunner().invoke(cli, ["runs", "--rebuild", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    rows = [line.split()[:2] for line in result.output.splitlines()]
+    assert ["forged", "unreadable"] in rows and ["a", "running"] in rows, result.output
+    assert "Error: run forged:" in result.output and "Traceback" not in result.output
+    with SQLiteEventStore(db, read_only=True) as store:
+        assert [row[0] for row in store.summary_rows(None)] == ["a"]  # its row is kept
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 WRITER = """
