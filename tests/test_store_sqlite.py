@@ -495,6 +495,25 @@ def test_a_run_copied_while_it_was_written_is_brought_up_to_date(tmp_path: Path)
             copy_runs(source, target)
 
 
+def test_a_copy_of_every_run_names_the_run_it_cannot_read(tmp_path: Path) -> None:
+    """One event written by hand (its data not an event's) made a copy of every run
+    fail with the bare decode error, naming no run."""
+    from engine.runs.copy import copy_runs
+
+    with SQLiteEventStore(tmp_path / "source.db") as source:
+        source.append("a", [START], 0)
+        source.connection.execute(
+            "INSERT INTO events VALUES (2, 'forged', 1, 'run.started', 1,"
+            " '2026-01-01T00:00:00Z', NULL, 'h', '{\"type\": \"run.started\"}')"
+        )
+        with SQLiteEventStore(tmp_path / "target.db") as target:
+            with pytest.raises(EventStoreError, match="run 'forged' cannot be copied: .*goal"):
+                copy_runs(source, target)
+            assert target.last_version("a") == 0, "nothing was copied"
+            copy_runs(source, target, ["a"])  # named, the others are copied
+            assert target.last_version("a") == 1
+
+
 def test_two_copies_into_one_target_at_once_both_end_well(tmp_path: Path) -> None:
     """The copy that lost the race to write a run (the other wrote it between this
     one's look at the target and its write) failed: "run 'a': expected version 0 but

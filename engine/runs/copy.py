@@ -18,7 +18,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from events.errors import ConcurrencyError, EventStoreError, RunNotFound, StoreCorrupted
+from events.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    RunNotFound,
+    SchemaError,
+    StoreCorrupted,
+)
 from events.schema import RunForked
 from events.store import EventStore
 from projections import project
@@ -92,7 +98,13 @@ def _with_parents(source: EventStore, run_ids: Sequence[str]) -> list[str]:
     for run_id in run_ids:
         chain = [run_id]
         while True:
-            first = next(iter(source.read(chain[0], upto=1)), None)
+            try:
+                first = next(iter(source.read(chain[0], upto=1)), None)
+            except SchemaError as e:  # it was the bare decode error, naming no run
+                raise EventStoreError(
+                    f"run {chain[0]!r} cannot be copied: {e}; nothing was copied "
+                    "(autonomy verify says more; name the runs to copy to leave it out)"
+                ) from e
             data = first.data if first is not None else None
             if not isinstance(data, RunForked) or data.parent_run in chain:
                 break
