@@ -507,7 +507,7 @@ def test_a_copy_of_every_run_names_the_run_it_cannot_read(tmp_path: Path) -> Non
             " '2026-01-01T00:00:00Z', NULL, 'h', '{\"type\": \"run.started\"}')"
         )
         with SQLiteEventStore(tmp_path / "target.db") as target:
-            with pytest.raises(EventStoreError, match="run 'forged' cannot be copied: .*goal"):
+            with pytest.raises(EventStoreError, match=r"run 'forged' cannot be copied: .*goal"):
                 copy_runs(source, target)
             assert target.last_version("a") == 0, "nothing was copied"
             copy_runs(source, target, ["a"])  # named, the others are copied
