@@ -278,6 +278,7 @@ def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
         autonomy resume RUN_ID
     """
     from engine.runs.workspace import rewind as rewind_run
+    from engine.runs.workspace import rewind_unfinished
     from projections import project
 
     with opened_log(db) as store:
@@ -286,12 +287,8 @@ def rewind(run_id: str, to: int, reason: str, db: Path | None) -> None:
             restored = rewind_run(store, run_id, to, reason=reason)
         except KeyboardInterrupt:
             if store.last_version(run_id) > before:  # stopped as it wrote the files
-                click.echo(
-                    f"stopped: the rewind to version {to} is recorded, but its files may not "
-                    f"all be restored; give the same command again (or autonomy resume "
-                    f"{run_id}) to finish it",
-                    err=True,
-                )
+                said = rewind_unfinished(run_id, to, "may not all be restored;")
+                click.echo(f"stopped: {said}", err=True)
             raise
         pipeline = project(store, run_id).pipeline
     click.echo(f"rewound {run_id} to version {to}: {restored.summary()}")

@@ -573,10 +573,22 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
             return _write(targets, contents)
         except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
             raise HistoryError(
-                f"the rewind to version {to} is recorded, but its files could not all be "
-                f"restored: {e.strerror or e}; once that is put right, give the same command "
-                f"again (or autonomy resume {run_id}) to finish it"
+                rewind_unfinished(
+                    run_id,
+                    to,
+                    f"could not all be restored: {e.strerror or e}; once that is put right,",
+                )
             ) from e
+
+
+def rewind_unfinished(run_id: str, to: int, why: str) -> str:
+    """What to say of a rewind whose ``run.rewound`` is written and whose files are not
+    (``why``: what stopped them, then what to do first): the same command given again,
+    or a resume, finishes it."""
+    return (
+        f"the rewind to version {to} is recorded, but its files {why} give the same command "
+        f"again (or autonomy resume {run_id}) to finish it"
+    )
 
 
 def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id: str) -> Restored:
