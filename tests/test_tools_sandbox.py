@@ -283,3 +283,52 @@ def test_removing_a_tree_follows_no_link_out_of_it(tmp_path: Path) -> None:
     assert not os.path.lexists(link)
     assert (outside / "keep" / "file").read_text() == "kept"
     remove_tree(tmp_path / "never-was")  # nothing there: nothing to do
+
+
+def test_a_temporary_directory_a_killed_process_left_goes_when_the_next_is_made(
+    tmp_path: Path,
+) -> None:
+    """A process killed inside ``temporary_directory`` (a run SIGKILLed during a
+    command) left it for good: hundreds piled up in /tmp. The next one made with the
+    same prefix removes those of processes that are gone; never a live process's,
+    another name's, nor what a link of that name points at."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from engine.tools.sandbox import temporary_directory
+
+    prefix = f"autonomy-test-{secrets.token_hex(4)}-"
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal, sys\n"
+         "from engine.tools.sandbox import temporary_directory\n"
+         "with temporary_directory(sys.argv[1]) as tmp:\n"
+         "    (tmp / 'left').write_text('by a killed process')\n"
+         "    print(tmp, flush=True)\n"
+         "    os.kill(os.getpid(), signal.SIGKILL)\n",
+         prefix],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    left = Path(killed.stdout.strip())
+    assert left.name.startswith(prefix) and (left / "left").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("kept")
+    no_such_pid = 2**22 + 1  # above any pid_max: gone
+    link = Path(tempfile.gettempdir()) / f"{prefix}{no_such_pid}-abcdefgh"
+    link.symlink_to(outside)
+    live = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        with temporary_directory(prefix) as made:
+            assert made.is_dir() and made.name.startswith(f"{prefix}{os.getpid()}-")
+            assert not os.path.lexists(left)
+            assert live.is_dir() and os.path.lexists(link)
+        assert not os.path.lexists(made)
+        assert (outside / "file").read_text() == "kept"
+    finally:
+        link.unlink()
+        live.rmdir()

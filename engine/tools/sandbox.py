@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -295,12 +296,34 @@ def remove_tree(path: Path) -> None:
 def temporary_directory(prefix: str) -> Iterator[Path]:
     """``tempfile.TemporaryDirectory``, removed by ``remove_tree``: what a command
     left in it (a tree thousands of levels deep) made its cleanup a ``RecursionError``
-    and left it behind."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    and left it behind. Its name holds this process's id (``PREFIX<pid>-XXXXXXXX``),
+    and those of processes that are gone (killed before they could remove theirs: a
+    run killed during each of its commands left one each) go when the next is made."""
+    _remove_abandoned(prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
     try:
         yield path
     finally:
         remove_tree(path)
+
+
+def _remove_abandoned(prefix: str) -> None:
+    """Remove the temporary directories named ``prefix`` that processes now gone made:
+    directories only (a link of that name is not followed), and this user's only."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[a-z0-9_]{8}")
+    uid = os.getuid()
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            found = pattern.fullmatch(entry.name)
+            if found is None:
+                continue
+            with contextlib.suppress(OSError):
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == uid
+                    and process_gone(found.group(1))
+                ):
+                    remove_tree(Path(entry.path))
 
 
 def process_gone(pid: str) -> bool:
