@@ -38,9 +38,13 @@ _DECODER = msgspec.json.Decoder(Checkpoint)
 def take(
     store: EventStore, run_ids: Iterable[str] | None = None, *, now: datetime | None = None
 ) -> list[Checkpoint]:
-    """A checkpoint of each run (every run of the log by default) as it is now."""
+    """A checkpoint of each run (every run of the log by default) as it is now; rows
+    whose run id is not text (added by hand: ``verify`` names them) are no run."""
     at = format_time(now or utc_now())
-    ids = [info.run_id for info in store.runs()] if run_ids is None else list(run_ids)
+    if run_ids is None:
+        ids = [info.run_id for info in store.runs() if isinstance(info.run_id, str)]
+    else:
+        ids = list(run_ids)
     taken = []
     for run_id in ids:
         version = store.last_version(run_id)

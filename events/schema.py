@@ -308,10 +308,27 @@ EVENT_TYPES: dict[str, type[Event]] = {cls.type_name(): cls for cls in get_args(
 
 def blob_references(event: Event) -> list[str]:
     """The digests of the blobs ``event`` refers to: file contents before and after
-    a tool changed them, a long tool result, a long message's full content."""
+    a tool changed them, a long tool result, a long message's or answer's full
+    content, a long tool-call argument, the tools' schemas a request offered. Every
+    one: verify checks these, and a blob left out (a request's tools, a long answer)
+    could be deleted or changed with its run still verifying."""
     if isinstance(event, ToolExecuted):
         refs = [d for change in event.files_changed for d in (change.before, change.after) if d]
         return [*refs, event.result_ref] if event.result_ref else refs
     if isinstance(event, ModelRequested):
-        return [m.content_ref for m in event.messages if m.content_ref]
+        refs = [event.tools_ref] if event.tools_ref else []
+        for message in event.messages:
+            if message.content_ref:
+                refs.append(message.content_ref)
+            refs += _call_refs(message.tool_calls)
+        return refs
+    if isinstance(event, ModelResponded):
+        refs = [event.content_ref] if event.content_ref else []
+        return refs + _call_refs(event.tool_calls)
+    if isinstance(event, ToolRequested):
+        return [d for d in event.argument_refs.values() if d]
     return []
+
+
+def _call_refs(calls: tuple[ToolCall, ...]) -> list[str]:
+    return [d for call in calls for d in call.argument_refs.values() if d]

@@ -177,8 +177,21 @@ events_of = structs_of
 # -- value types ------------------------------------------------------------------------
 
 
+def argument_refs() -> SearchStrategy[dict[str, str]]:
+    """A long argument's blob, by the argument's name (``ToolCall.argument_refs``)."""
+    return st.dictionaries(
+        st.sampled_from(("content", "new", "old", "patch")), digests(), max_size=2
+    )
+
+
 def tool_calls() -> SearchStrategy[ToolCall]:
-    return structs_of(ToolCall, id=names(), name=st.sampled_from(TOOLS), arguments=json_objects())
+    return structs_of(
+        ToolCall,
+        id=names(),
+        name=st.sampled_from(TOOLS),
+        arguments=json_objects(),
+        argument_refs=argument_refs(),
+    )
 
 
 def messages() -> SearchStrategy[Message]:
@@ -298,6 +311,7 @@ def model_requested() -> SearchStrategy[ModelRequested]:
         messages=st.lists(messages(), max_size=3).map(tuple),
         tool_names=st.lists(st.sampled_from(TOOLS), max_size=3, unique=True).map(tuple),
         options=json_objects(),
+        tools_ref=st.one_of(st.just(""), digests()),
     )
 
 
@@ -311,6 +325,7 @@ def model_responded() -> SearchStrategy[ModelResponded]:
         duration_ms=st.floats(0, 600_000, allow_nan=False),
         model_identity=st.one_of(st.just(""), digests(), st.just("fp_3b956da36b")),
         cached_from=st.one_of(st.just(""), names()),
+        content_ref=st.one_of(st.just(""), digests()),
     )
 
 
@@ -356,7 +371,11 @@ def specialist_consulted() -> SearchStrategy[SpecialistConsulted]:
 
 def tool_requested() -> SearchStrategy[ToolRequested]:
     return events_of(
-        ToolRequested, call_id=names(), tool=st.sampled_from(TOOLS), arguments=json_objects()
+        ToolRequested,
+        call_id=names(),
+        tool=st.sampled_from(TOOLS),
+        arguments=json_objects(),
+        argument_refs=argument_refs(),
     )
 
 

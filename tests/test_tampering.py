@@ -53,18 +53,23 @@ COLUMNS = (
     "data",
 )
 CONTENT = ("type", "schema_version", "recorded_at", "causation", "hash", "data")
-BLOB_KEYS = {"before", "after", "result_ref", "content_ref"}
+BLOB_KEYS = {"before", "after", "result_ref", "content_ref", "tools_ref"}
 
 
 def with_real_blobs(store: SQLiteEventStore, event: Event) -> Event:
     """``event`` with each blob digest it holds replaced by a stored blob's."""
 
+    def real(digest: str) -> str:
+        return store.put(f"content {digest}".encode())
+
     def swap(value: Any) -> Any:
         if isinstance(value, dict):
             return {
-                k: store.put(f"content {v}".encode()) if k in BLOB_KEYS and v else swap(v)
+                k: real(v) if k in BLOB_KEYS and v
+                else {name: real(d) for name, d in v.items()} if k == "argument_refs"
+                else swap(v)
                 for k, v in value.items()
-            }
+            }  # fmt: skip
         if isinstance(value, list | tuple):
             return [swap(v) for v in value]
         return value
@@ -111,7 +116,9 @@ def changed(value: Any, draw: st.DrawFn) -> Any:
 def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
     """Apply one drawn tampering to ``conn``; say what it was."""
     rows = conn.execute("SELECT position, run_id, version FROM events ORDER BY position").fetchall()
-    kinds = ["field", "delete", "suffix", "swap", "blob", "triggers", "add", "move", "mark"]
+    kinds = [
+        "field", "delete", "suffix", "swap", "blob", "blob-gone", "triggers", "add", "move", "mark",
+    ]  # fmt: skip
     kind = draw(st.sampled_from(kinds))
     if kind == "triggers":
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
@@ -183,6 +190,12 @@ def tamperings(draw: st.DrawFn, conn: sqlite3.Connection) -> str:
         conn.execute(update, (*b, first[0]))
         conn.execute(update, (*a, second[0]))
         return f"swap positions {first[0]} and {second[0]}"
+    if kind == "blob-gone":  # every blob is some event's: a request's tools, an argument's
+        digests = [d for (d,) in conn.execute("SELECT digest FROM blobs ORDER BY digest")]
+        assume(digests)
+        digest = draw(st.sampled_from(digests))
+        conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+        return f"delete blob {digest}"
     blobs = conn.execute("SELECT digest, content FROM blobs WHERE length(content) > 0").fetchall()
     assume(blobs)
     digest, content = draw(st.sampled_from(blobs))
@@ -471,3 +484,53 @@ def test_an_unkeyed_run_is_not_copied_into_a_keyed_log() -> None:
     with pytest.raises(WrongKey, match="cannot copy run 'plain' here: it is unkeyed"):
         target.import_run("plain", list(source.read_raw("plain")))
     assert target.last_version("plain") == 0 and verify_log(target).ok
+
+
+def test_a_run_forged_unkeyed_in_a_keyed_log_is_neither_replayed_nor_forked(
+    tmp_path: Path,
+) -> None:
+    """A run written with a plain sha256 chain into a keyed log (by someone without
+    the key) failed ``verify``, but ``replay`` said "identical" and ``fork`` made a
+    keyed run of it, which then verified on its own. The commands that act on a run
+    check the keyed mark as verify does."""
+    from engine.agent.runlog import refuse_tampered
+    from engine.runs.workspace import fork
+    from events.errors import StoreCorrupted
+
+    store = keyed_log()
+    conn = store.connection
+    unguard(conn)
+    _rewritten_unkeyed(conn, "run-2")
+    assert store.verify("run-2").ok  # its plain chain holds: only the mark tells
+    with pytest.raises(StoreCorrupted, match=r"run run-2's chain is unkeyed.*without the key"):
+        refuse_tampered(store, "run-2", None, "nothing was replayed")
+    with pytest.raises(StoreCorrupted, match="without the key; nothing was forked"):
+        fork(store, "run-2", 1, tmp_path / "ws", new_run_id="laundered")
+    assert store.last_version("laundered") == 0
+    refuse_tampered(store, "run-1", None, "nothing was replayed")  # a keyed run: fine
+
+
+def test_verify_of_a_fork_checks_the_history_it_was_forked_from() -> None:
+    """``verify FORK`` checked the fork's own chain only: a parent edited before the
+    fork point (which the fork's state shows) left the fork "ok"."""
+    from events.schema import RunForked, TaskAdded
+
+    store = SQLiteEventStore(":memory:", key=KEY)
+    started = RunStarted(goal="g", workspace="/w", key_id=store.key_id)
+    store.append("parent", [started, TaskAdded(task_id="t1", title="write it")], 0)
+    store.append("fork", [RunForked(parent_run="parent", at_version=2, workspace="/f")], 0)
+    assert verify_log(store, ["fork"]).ok
+    conn = store.connection
+    unguard(conn)
+    conn.execute(
+        "UPDATE events SET data = replace(data, 'write it', 'rm -rf it')"
+        " WHERE run_id = 'parent' AND version = 2"
+    )
+    hide_from_the_summaries(conn)
+    (fork_verdict,) = verify_log(store, ["fork"]).runs
+    assert [p.problem for p in fork_verdict.problems] == [
+        "the history it was forked from fails: run parent fails verification at version 2: "
+        + store.verify("parent").problem
+    ]
+    whole = verify_log(store)
+    assert not any(run.ok for run in whole.runs)

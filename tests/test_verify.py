@@ -215,6 +215,79 @@ def test_verify_names_a_blob_that_is_missing(tmp_path: Path) -> None:
     assert [p.split(" in this")[0][:7] for p in problems(db)["b"]] == ["no blob"]
 
 
+@pytest.mark.parametrize(
+    "holder",
+    ["a request's tools", "a request's message", "an answer", "an answer's argument",
+     "a tool's argument"],
+)  # fmt: skip
+@pytest.mark.parametrize("change", ["delete", "rewrite"])
+def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, change: str) -> None:
+    """A request's tools (``tools_ref``), a long answer (``content_ref``) and a long
+    tool-call argument (``argument_refs``) were no blob verify checked: deleted, the
+    run still verified (and a replay blamed the engine); changed, ``verify RUN`` said
+    ok. Each is its run's problem now, named at its event."""
+    from events.schema import Message, ModelRequested, ModelResponded, ToolCall, ToolRequested
+
+    db = tmp_path / "e.db"
+    contents = {name: f"{name}: the whole of it\n".encode() for name in (
+        "a request's tools", "a request's message", "an answer", "an answer's argument",
+        "a tool's argument")}  # fmt: skip
+    with SQLiteEventStore(db, key=KEY) as store:
+        ref = {name: store.put(content) for name, content in contents.items()}
+        store.append(
+            "a",
+            [
+                RunStarted(goal="g", workspace="/w", key_id=store.key_id),
+                ModelRequested(
+                    call_id="m1",
+                    role="coding",
+                    model="m",
+                    request_digest="0" * 64,
+                    tools_ref=ref["a request's tools"],
+                    messages=(
+                        Message(role="user", content="pre", content_ref=ref["a request's message"]),
+                    ),
+                ),
+                ModelResponded(
+                    call_id="m1",
+                    content="pre",
+                    content_ref=ref["an answer"],
+                    tool_calls=(
+                        ToolCall(
+                            id="c1",
+                            name="create_file",
+                            argument_refs={"content": ref["an answer's argument"]},
+                        ),
+                    ),
+                ),
+                ToolRequested(
+                    call_id="c1",
+                    tool="create_file",
+                    argument_refs={"content": ref["a tool's argument"]},
+                ),
+            ],
+            0,
+        )
+        assert verify_log(store).ok
+    sql = (
+        "DELETE FROM blobs WHERE digest = ?"
+        if change == "delete"
+        else "UPDATE blobs SET content = CAST('other' AS BLOB) WHERE digest = ?"
+    )
+    tamper(db, sql, params=(ref[holder],))
+
+    for runs in (None, ["a"]):  # the whole log, and `autonomy verify a`
+        found = verdict(db, run_ids=runs)
+        (run,) = found.runs
+        assert not run.ok, (holder, change, runs)
+        assert [p.type for p in run.problems] == [
+            {"a request's tools": "model.requested", "a request's message": "model.requested",
+             "an answer": "model.responded", "an answer's argument": "model.responded",
+             "a tool's argument": "tool.requested"}[holder]
+        ]  # fmt: skip
+        assert ref[holder] in run.problems[0].problem
+
+
 # -- the database --------------------------------------------------------------------------
 
 
@@ -446,3 +519,37 @@ def test_runs_appended_to_while_verify_reads_are_no_finding(tmp_path: Path, keye
         verdict = verify_log(reader)
         assert verdict.ok, (verdict.database, [(r.run_id, r.problems) for r in verdict.runs])
         assert verify_log(SQLiteEventStore(db, key=key, read_only=True)).ok
+
+
+@pytest.mark.parametrize("run_id", ["NULL", "x'72756e'"], ids=["null", "blob"])
+def test_a_run_id_that_is_not_text_is_the_databases_problem_not_a_traceback(
+    tmp_path: Path, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose run id is NULL (the NOT NULL taken off the table) or a BLOB ended
+    ``verify`` in a traceback, and ``checkpoint`` wrote a checkpoint of a "run" named
+    by the blob's base64, sealing the forgery in."""
+    db = build(tmp_path / "e.db")
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = replace(sql, '\"run_id\" TEXT NOT NULL', '\"run_id\" TEXT')"
+        " WHERE name = 'events'"
+    )
+    conn.commit()
+    conn.close()
+    tamper(
+        db,
+        f"INSERT INTO events (run_id, version, type, schema_version, recorded_at, hash, data)"
+        f" SELECT {run_id}, version, type, schema_version, recorded_at, hash, data"
+        " FROM events WHERE run_id = 'a'",
+    )
+    monkeypatch.setenv("AUTONOMY_KEY_FILE", str(tmp_path / "key"))
+    (tmp_path / "key").write_bytes(KEY)
+    (tmp_path / "key").chmod(0o600)
+    code, out = invoke("verify", "--db", db)
+    assert code == 1
+    assert "run id that is not text" in out
+    assert "a: ok" in out and "b: ok" in out
+    code, out = invoke("checkpoint", "--db", db)
+    assert code == 0
+    assert [json.loads(line)["run_id"] for line in out.splitlines()] == ["a", "b"]

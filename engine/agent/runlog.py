@@ -15,7 +15,7 @@ from collections.abc import Callable
 from engine.errors import ConfigError
 from events.errors import StoreCorrupted
 from events.schema import Event, UserAnswered
-from events.store import EventStore, RecordedEvent
+from events.store import EventStore, KeyedMark, RecordedEvent, check_keyed_marker
 from projections.fold import RunState, apply, fork_lineage, project
 from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState
@@ -86,16 +86,46 @@ class RunLog:
 def refuse_tampered(store: EventStore, run_id: str, upto: int | None, nothing: str) -> None:
     """``StoreCorrupted`` unless ``run_id``'s events up to ``upto`` (all by default),
     and those of each run it was forked from up to its fork point, keep their chain
-    (``EventStore.verify``): a command that acts on a run (fork, rewind, resume,
-    replay) acted on an edited event as if it were the log's, and a fork of an
-    edited run was a new run that verified. ``nothing``: what was not done."""
-    for run, until in reversed(fork_lineage(store, run_id, upto)):  # the run itself first
+    (``EventStore.verify``), keyed where the log's keyed mark says they must be: a
+    command that acts on a run (fork, rewind, resume, replay) acted on an edited event
+    as if it were the log's, a fork of an edited run was a new run that verified, and
+    a run forged with a plain sha256 chain in a keyed log was replayed ("identical")
+    and forked into a keyed run. ``nothing``: what was not done."""
+    mark = keyed_mark(store)
+    problems = [f"the log's keyed mark fails: {mark.problem}"] if mark and mark.problem else []
+    problems += lineage_problems(store, fork_lineage(store, run_id, upto)[::-1], mark)
+    if problems:
+        raise StoreCorrupted(f"{problems[0]}; {nothing} (autonomy verify says more)")
+
+
+def keyed_mark(store: EventStore) -> KeyedMark | None:
+    """What the log's keyed mark says (None: no run was ever written keyed)."""
+    marker = store.keyed_marker()
+    return check_keyed_marker(marker, store.key) if marker is not None else None
+
+
+def lineage_problems(
+    store: EventStore, lineage: list[tuple[str, int | None]], mark: KeyedMark | None
+) -> list[str]:
+    """What is wrong with the chains of ``lineage`` (runs, each up to a version, as
+    ``fork_lineage`` lists them), one line per run that fails: its chain broken, or
+    unkeyed where the log's keyed ``mark`` wants it keyed (rewritten without the key)."""
+    problems = []
+    for run, until in lineage:
         report = store.verify(run, upto=until)
         if not report.ok:
-            raise StoreCorrupted(
+            problems.append(
                 f"run {run} fails verification at version {report.first_bad_version}: "
-                f"{report.problem}; {nothing} (autonomy verify says more)"
+                f"{report.problem}"
             )
+        elif mark is not None and report.authentication == "unkeyed" and report.checked:
+            first = next(iter(store.read(run, upto=1)), None)
+            if not mark.allows_unkeyed(run, first.position if first else None):
+                problems.append(
+                    f"run {run}'s chain is unkeyed, but the log is written keyed from position "
+                    f"{mark.position}: it was rewritten without the key"
+                )
+    return problems
 
 
 def answer_question(store: EventStore, run_id: str, text: str) -> str:

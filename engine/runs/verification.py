@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
+from engine.agent.runlog import lineage_problems
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, EventStoreError, SchemaError
 from events.schema import (
@@ -44,8 +45,9 @@ from events.schema import (
     blob_references,
 )
 from events.sqlite import SQLiteEventStore
-from events.store import EventStore, Problem, RowExtent, check_keyed_marker
+from events.store import EventStore, KeyedMark, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
+from projections.fold import fork_lineage
 from projections.summaries import summary_problems
 from projections.views import foreign_views
 
@@ -122,7 +124,10 @@ def verify_log(
             database=(*database, unread), blobs=0, runs=(), checks=checks, runs_read=False
         )
     first_position = {info.run_id: info.first_position for info in infos}
-    ids = list(run_ids) if run_ids is not None else list(first_position)
+    # a run id that is not text is no run autonomy wrote: the database's problem (below)
+    ids = (
+        list(run_ids) if run_ids is not None else [r for r in first_position if isinstance(r, str)]
+    )
     ids += [run_id for run_id in by_run if run_id not in ids and run_ids is None]
     blobs = _BlobChecks(store)
     verdicts = []
@@ -153,6 +158,10 @@ def verify_log(
     if mark is not None and mark.problem:
         database.append(mark.problem)
     for i, verdict in enumerate(verdicts):
+        if inherited := _inherited_problems(store, verdict.run_id, mark):
+            verdicts[i] = verdict = msgspec.structs.replace(
+                verdict, problems=(*verdict.problems, *inherited)
+            )
         first = first_position.get(verdict.run_id)
         if (
             mark is not None
@@ -177,6 +186,21 @@ def verify_log(
         runs=tuple(verdicts),
         checks=checks,
     )
+
+
+def _inherited_problems(store: EventStore, run_id: str, mark: KeyedMark | None) -> list[Problem]:
+    """For a fork: what is wrong with the history it was forked from (each run it
+    descends from, up to its fork point), which its state is made of. ``verify FORK``
+    checked the fork's own chain only, and said ok of a fork whose parent had been
+    edited before the fork point (its state showed the edit)."""
+    try:
+        ancestors = fork_lineage(store, run_id)[:-1]
+    except AutonomyError:  # a cycle: the run's own verdict says so
+        return []
+    return [
+        Problem(problem=f"the history it was forked from fails: {text}")
+        for text in lineage_problems(store, ancestors, mark)
+    ]
 
 
 def _verify_run(
