@@ -145,3 +145,34 @@ def test_a_model_that_answers_garbage_then_hangs_is_recorded_and_the_run_goes_on
     # and the run replays: the recorded failures come back with their kinds
     result = replay(store, log.run_id)
     assert result.identical, result.report()
+
+
+class HugeNumberOnce(DemoModels):
+    """The demo models, but the coder's first call is written as prose holding an
+    integer of 5,000 digits (past what Python's int() takes from text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = False
+
+    def __call__(self, request: ScriptedRequest) -> Reply:
+        reply = super().__call__(request)
+        if not self.sent and any(name == "create_file" for name, _ in reply.tool_calls):
+            self.sent = True
+            return Reply.text(
+                'I will call {"name": "read_file", "arguments": {"path": "calc.py", "n": '
+                + "1" * 5000
+                + "}}"
+            )
+        return reply
+
+
+def test_a_call_written_as_prose_with_a_number_python_refuses_is_prose(tmp_path: Path) -> None:
+    """Such an answer ended the run in a ValueError traceback, the run left "running"."""
+    store = MemoryEventStore()
+    with ScriptedModelServer(HugeNumberOnce(), models=["m"]) as server, httpx.Client() as http:
+        log = start_run(
+            store, goal=GOAL, workspace=tmp_path / "ws", settings=rules(server.url), http=http
+        )
+    assert log.pipeline.status == "completed"
+    assert replay(store, log.run_id, tools="recorded").identical

@@ -54,11 +54,12 @@ def test_each_server_says_its_window_its_own_way(
 
 
 @pytest.mark.parametrize(
-    "said", ["9" * 10_000, 10**23, 1, 255], ids=["10k-digits", "10**23", "1", "255"]
+    "said", ["9" * 10_000, 10**23, 2**53, 1, 255], ids=["10k-digits", "10**23", "2**53", "1", "255"]
 )
 def test_a_window_no_model_has_is_not_learned(said: object) -> None:
     """``num_ctx`` of 10,000 digits ended ``autonomy run`` with a traceback; 10**23
-    was learned and sent back as num_ctx; 1 fitted every prompt to nothing."""
+    was learned and sent back as num_ctx, and so was 2**53; 1 fitted every prompt to
+    nothing."""
     with ScriptedModelServer(context=said) as server, httpx.Client() as http:  # type: ignore[arg-type]
         found = discover(http, Endpoint(base_url=server.url, model="qwen2.5:14b"))
     assert found == Learned(trained=32768, source="/api/show")
@@ -257,3 +258,21 @@ def test_a_server_that_says_only_the_trained_maximum_is_told_in_words_with_what_
         "32768 tokens); each role keeps its default window, or that one if smaller "
         "(num_ctx sets it) (from /api/show)"
     ) in lines
+
+
+def test_a_num_ctx_after_a_million_blank_lines_is_read_in_one_pass() -> None:
+    """Ollama's parameters text was searched with ``^\\s*num_ctx...`` (MULTILINE),
+    quadratic in the blank lines before the line: 400,000 of them, in an answer well
+    under the reply cap, held a run before its first model call for minutes. Bounded
+    by a subprocess: the old search would not have ended for hours."""
+    import subprocess
+    import sys
+
+    code = (
+        "from engine.model.discovery import _num_ctx\n"
+        "assert _num_ctx('\\n' * 1_000_000 + 'num_ctx 4096\\n') == 4096\n"
+        "assert _num_ctx(' \\n' * 1_000_000) == 0\n"
+        "assert _num_ctx('num_ctx \\u0664\\u0660\\u0669\\u0666\\nnum_ctx 8192') == 8192\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, check=False)
+    assert done.returncode == 0

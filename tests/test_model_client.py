@@ -657,19 +657,30 @@ def _stalling_server(how: str) -> tuple[socket.socket, threading.Event]:
                 connection.recv(65536)
                 if how == "headers":
                     connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                if how == "body":  # no length: the body ends when the connection does
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\n\r\n"
+                    )
                 ends = time.monotonic() + 20
                 while not stop.wait(0.1) and time.monotonic() < ends:
-                    connection.sendall(b"HTTP/1.1 102 Processing\r\n\r\n" if how == "1xx" else b"X")
+                    connection.sendall(
+                        b"HTTP/1.1 102 Processing\r\n\r\n" if how == "1xx"
+                        else b'{"message": {"role": "assistant", "content": "' if how == "body"
+                        else b"X"
+                    )  # fmt: skip
 
     threading.Thread(target=serve, daemon=True).start()
     return listener, stop
 
 
-@pytest.mark.parametrize("how", ["1xx", "headers"])
+@pytest.mark.parametrize("how", ["1xx", "headers", "body"])
 def test_the_deadline_ends_a_call_waiting_for_its_answer_to_begin(how: str) -> None:
     """httpx bounds each read, not the whole: a server that sent ``102 Processing``
     every second, or its headers a byte at a time, kept a call (and the run) waiting
-    for ever, whatever the role's deadline."""
+    for ever, whatever the role's deadline. A body of no stated length, still coming
+    at the deadline, ended there as a body that is no JSON: recorded as "invalid"
+    (and the model told its answer could not be used), not as the deadline's."""
     listener, stop = _stalling_server(how)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     client = ModelClient(httpx.Client(), retry=RetryPolicy(attempts=1), deadline=1.0)

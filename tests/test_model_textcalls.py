@@ -111,6 +111,16 @@ NOT_EXTRACTED = [
         '{"type": "function", "function": {"name": "read_file", "arguments": {"path": "a.py"}}}',
     ),
     ("package-json-with-a-name", '{"name": "create_file", "version": "1.0.0"}'),
+    # Python's parser takes these; no model's JSON holds them (recorded as null, or a
+    # ValueError that ended the run in a traceback)
+    ("nan", '{"name": "read_file", "arguments": {"path": "a.py", "n": NaN}}'),
+    ("infinity", '{"name": "read_file", "arguments": {"path": "a.py", "n": -Infinity}}'),
+    ("a-5000-digit-integer", '{"name": "read_file", "arguments": {"n": ' + "1" * 5000 + "}}"),
+    (
+        "react-with-a-5000-digit-integer",
+        'Action: read_file\nAction Input: {"path": "a.py", "n": ' + "1" * 5000 + "}",
+    ),
+    ("react-with-nan", 'Action: read_file\nAction Input: {"path": "a.py", "n": NaN}'),
 ]
 
 

@@ -92,6 +92,24 @@ def test_a_model_that_is_not_pulled_names_the_pull_command_and_what_the_server_h
     assert not server.chat_requests  # nothing was asked of a model
 
 
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_the_models_a_server_lists_are_named_at_a_readable_length(
+    http: httpx.Client, api: str
+) -> None:
+    """A server listing twelve names of 300 KB each made a 3 MB error line (100 KB
+    here: Ollama's listing holds each name twice, under the reply cap)."""
+    names = [f"{n}" + "x" * 100_000 for n in range(12)]
+    with (
+        ScriptedModelServer(models=names, apis=[api]) as server,
+        pytest.raises(PreflightFailed) as caught,
+    ):
+        check(http, roles_at(server.url, "m", api=api))
+    message = str(caught.value)
+    assert len(message) < 2_000, len(message)
+    assert "0" + "x" * 98 + "…, 1" + "x" * 98 + "…" in message
+    assert message.count("…") == 11  # ten names cut, and the two not shown
+
+
 def test_a_url_ending_in_v1_is_told_to_drop_it(http: httpx.Client) -> None:
     with ScriptedModelServer(models=["m"]) as server:
         for api in ("ollama", "openai"):

@@ -364,8 +364,11 @@ class ModelClient:
                             yield chunks
                         finally:
                             response.close()
-                    except (httpx.HTTPError, OSError) as error:
-                        if watchdog.fired:
+                    except (httpx.HTTPError, OSError, ModelError) as error:
+                        # the socket shut at the deadline: a body with no length then
+                        # just ends, and what was read of it is no JSON ("invalid", the
+                        # model blamed) or a stream without its end ("unavailable")
+                        if watchdog.fired and not isinstance(error, ModelDeadline):
                             raise _deadline_passed(call, endpoint) from error
                         raise
         except ModelTimeout as error:

@@ -31,7 +31,6 @@ server.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +53,6 @@ MAX_BYTES = 4_000_000
 """A model description larger than this is not read (Ollama's carries the template
 and licence; the tokenizer's arrays only when asked for, which we never do)."""
 
-_NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)\s*$", re.MULTILINE)
-
 
 class Learned(msgspec.Struct, frozen=True, kw_only=True):
     """What a server said of one model's window; 0 for what it did not say."""
@@ -70,8 +67,29 @@ MIN_WINDOW = 256
 nothing."""
 
 
+MAX_WINDOW = 2**27
+"""The largest window a server may say (134 million tokens; the largest models offer
+ten): 2^53 tokens was learned, printed and sent back as ``num_ctx``."""
+
+
 def _window(tokens: int) -> int:
-    return tokens if tokens >= MIN_WINDOW else 0
+    return tokens if MIN_WINDOW <= tokens <= MAX_WINDOW else 0
+
+
+def _num_ctx(parameters: str) -> int:
+    """The number of the first ``num_ctx N`` line of Ollama's parameters text, 0 if
+    none. Read line by line: the regular expression it was (``^\\s*num_ctx...`` with
+    MULTILINE) took quadratic time in the blank lines before it, and 400,000 of them
+    held a run before its first model call for longer than any bound."""
+    for line in parameters.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "num_ctx":
+            number = words[1]
+            # ASCII digits, in the range a window can be (10,000 digits were a
+            # ValueError, a window of 10**23 tokens was learned and sent back)
+            if number.isascii() and number.isdigit() and len(number) <= 16:
+                return token_count(int(number))
+    return 0
 
 
 class _Unanswered(Exception):
@@ -164,16 +182,13 @@ def _ollama_show(http: httpx.Client, endpoint: Endpoint) -> Learned:
         http, endpoint, "POST", "/api/show", {"model": endpoint.model, "name": endpoint.model}
     )
     parameters = show.get("parameters")
-    said = _NUM_CTX.search(parameters) if isinstance(parameters, str) else None
     info = show.get("model_info")
     trained = 0
     if isinstance(info, dict):
         trained = next(
             (token_count(v) for k, v in info.items() if str(k).endswith(".context_length")), 0
         )
-    # a number the line says, in the range a window can be (10,000 digits were a
-    # ValueError, a window of 10**23 tokens was learned and sent back as num_ctx)
-    context = token_count(int(said.group(1))) if said and len(said.group(1)) <= 16 else 0
+    context = _num_ctx(parameters) if isinstance(parameters, str) else 0
     return Learned(context=context, trained=trained, source="/api/show")
 
 

@@ -201,8 +201,11 @@ def _answers(client: ModelClient, url: str, api: Api, connect: float) -> bool:
 
 
 def _short(error: ModelError) -> str:
-    text = str(error)
-    return text if len(text) <= 200 else text[:199] + "…"
+    return _clipped(str(error), 200)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdict:
@@ -212,7 +215,10 @@ def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdi
     names = [m.name for m in listing]
     if any(same_model(name, endpoint.model) for name in names):
         return _Verdict()
-    served = ", ".join(names[:10]) + (", …" if len(names) > 10 else "") if names else "none"
+    # each name as long as a model's name can be read: ten of 300 KB each made a
+    # 3 MB error line
+    shown = [_clipped(name, 100) for name in names[:10]]
+    served = ", ".join(shown) + (", …" if len(names) > 10 else "") if names else "none"
     if endpoint.api == "ollama":
         return _Verdict(
             problem=f"{where}: not on this server (it has: {served}); "
@@ -221,7 +227,7 @@ def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdi
     if len(names) == 1:
         # llama-server and its kin serve one model and answer to any name
         return _Verdict(
-            warning=f"{where}: the server lists only {names[0]}; it will answer in its "
+            warning=f"{where}: the server lists only {shown[0]}; it will answer in its "
             f"place (servers such as llama-server ignore the name asked for)"
         )
     return _Verdict(

@@ -47,7 +47,17 @@ MAX_ATTEMPTS = 200
 """Opening braces tried before giving up; each try is one C-speed JSON parse."""
 
 _ARGUMENT_KEYS = ("arguments", "parameters")
-_DECODER = json.JSONDecoder()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""Python's parser as a model's JSON is read: ``NaN`` and ``Infinity`` are no JSON
+(taken, they were recorded as ``null``: another call than the model wrote), and an
+integer of more than 4,300 digits a ``ValueError`` (it ended the run in a traceback)
+like any other text that is no JSON."""
 
 
 def json_objects(text: str) -> list[dict[str, Any]]:
@@ -65,7 +75,7 @@ def json_objects(text: str) -> list[dict[str, Any]]:
         attempts += 1
         try:
             value, end = _DECODER.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError is one
             position = text.find("{", position + 1)
             continue
         if isinstance(value, dict) and _well_formed(value):
@@ -116,7 +126,7 @@ def _action_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
     for found in _ACTION.finditer(text):
         try:
             value, _end = _DECODER.raw_decode(text, found.end())
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError is one
             return []  # a broken call is not a call
         if not isinstance(value, dict) or not _well_formed(value):
             return []
