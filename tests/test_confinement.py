@@ -747,6 +747,35 @@ def test_a_repository_made_among_installed_packages_is_removed_too(
     assert git_status_runs_nothing(workspace / where, marker)
 
 
+UNRECORDED_PLACES = {
+    "not-utf8": os.fsdecode(b"bad\xff"),
+    "70-deep": "/".join(["d"] * 70),
+    "1100-chars": "/".join(["n" * 100] * 11),
+}
+
+
+@pytest.mark.parametrize("where", list(UNRECORDED_PLACES), ids=list(UNRECORDED_PLACES))
+def test_a_repository_made_where_a_snapshot_records_nothing_is_removed_too(
+    tmp_path: Path, where: str
+) -> None:
+    """A snapshot leaves out a directory whose name is not UTF-8, or that is too deep
+    or too long to restore: a ``.git`` a command made in one was never looked for,
+    stayed, and the host's ``git status`` there ran its config."""
+    workspace = tmp_path / "ws"
+    place = workspace / UNRECORDED_PLACES[where]
+    place.mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    (workspace / "plant.py").write_text(
+        f"MARKER = {str(marker)!r}\n{PLANT}\n"
+        f"plant(os.fsdecode({os.fsencode(UNRECORDED_PLACES[where])!r}), MARKER)\n"
+    )
+    outcome = run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
+    assert "planted:" in outcome.result, outcome.result
+    assert "[removed " in outcome.result and "/.git: a command may not make" in outcome.result
+    assert not os.path.lexists(place / ".git")
+    assert git_status_runs_nothing(place, marker)
+
+
 def test_a_command_cannot_read_or_change_another_runs_log_in_the_workspace(
     tmp_path: Path,
 ) -> None:

@@ -160,18 +160,16 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         # a config file autonomy reads from a workspace is recorded whatever the cut:
         # whose it is must stay known (``refuse_a_config_a_model_wrote``); its name is
         # engine.config.CONFIG_FILE, spelt out: the tools are a layer below the config
-        changed = tuple(
-            sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml")
-        )
+        changed = tuple(sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml"))
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
     if removed := [name for name in made if name not in left]:
-        result += f"\n[removed {', '.join(removed)}: {REPOSITORY}]"
+        result += f"\n[removed {', '.join(map(printable_name, removed))}: {REPOSITORY}]"
     if left:
         return ToolOutcome(
             ok=False,
-            error=f"{', '.join(left)} could not be removed: {REPOSITORY}; "
+            error=f"{', '.join(map(printable_name, left))} could not be removed: {REPOSITORY}; "
             "the person running autonomy must remove it before running git there",
             result=result,
             files_changed=changed,

@@ -18,6 +18,7 @@ command changes it is already stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -84,6 +85,7 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
             name = prefix + entry.name
             if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
                 left_out[unicode_text(name)] = NOT_UTF8
+                _search_unrecorded(entry, name, found)  # git takes a repository there too
                 continue
             folded = entry.name.casefold()
             if folded == ".git":
@@ -96,6 +98,7 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                         continue
                     if name.count("/") + 2 > MAX_PATH_DEPTH or len(name) >= MAX_PATH_CHARS:
                         left_out[name + "/"] = TOO_DEEP  # no restore could write it back
+                        _search_unrecorded(entry, name, found)
                         continue
                     stack.append((Path(entry.path), name + "/", folded not in NOT_THE_PROJECT))
                 elif entry.is_file(follow_symlinks=False):
@@ -111,9 +114,22 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                 left_out[name] = UNREADABLE
 
 
+def _search_unrecorded(entry: os.DirEntry[str], name: str, found: Found) -> None:
+    """Whether a directory the snapshot leaves out (its name not UTF-8, too deep) holds
+    repositories or logs: a ``.git`` a command made in ``bad\\xff/``, or 70 levels down,
+    was never looked for, stayed, and ran its config in the host's git."""
+    with contextlib.suppress(OSError):
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name.casefold() == ".autonomy":
+                found.logs.append(name)
+            _walk_unrecorded(entry.path, name + "/", found)
+
+
 def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
     """The repositories and logs under a directory whose files are not recorded
-    (installed packages, caches): names only, links not followed."""
+    (installed packages, caches, what a snapshot leaves out): names only, links not
+    followed, as deep as a path can be opened (no depth of its own: past one, a
+    ``.git`` was never found)."""
     stack: list[tuple[Path | str, str]] = [(directory, prefix)]
     while stack:
         directory, prefix = stack.pop()
@@ -135,7 +151,7 @@ def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
                 continue
             if folded == ".autonomy":
                 found.logs.append(prefix + entry.name)
-            if folded not in PROTECTED and prefix.count("/") < MAX_PATH_DEPTH:
+            if folded not in PROTECTED:
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
 
 
