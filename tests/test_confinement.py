@@ -260,31 +260,44 @@ def test_a_command_cannot_read_the_users_credentials(
     places are hidden, and the rest of home (a toolchain, say) is still there."""
     workspace = tmp_path / "ws"
     home = workspace / "home"  # in the sandbox, the workspace is bound over its /tmp
-    for name, content in ((".ssh/id_rsa", "PRIVATE KEY"), (".aws/credentials", "AWS SECRET"),
-                          (".netrc", "machine x password NETRC"), ("tools/ok.txt", "visible"),
-                          (".pgpass", "db:5432:autonomy:autonomy:PGPASS"),
-                          ("elsewhere/pgpass", "db:5432:autonomy:autonomy:MOVED")):  # fmt: skip
+    files = {
+        ".ssh/id_rsa": "PRIVATE KEY", ".aws/credentials": "AWS SECRET",
+        ".netrc": "machine x password NETRC", "tools/ok.txt": "visible",
+        ".pgpass": "db:5432:autonomy:autonomy:PGPASS",
+        "elsewhere/pgpass": "db:5432:autonomy:autonomy:MOVED",
+        # found missing by a probe of the confinement
+        ".cargo/credentials.toml": "CARGO TOKEN", ".my.cnf": "MYSQL PASSWORD",
+        ".cache/huggingface/token": "HF TOKEN", ".ollama/id_ed25519": "OLLAMA KEY",
+        ".vault-token": "VAULT TOKEN", ".bash_history": "HISTORY PASSWORD",
+        "xdg/gh/hosts.yml": "GH TOKEN", "k/one": "KUBE ONE", "k/two": "KUBE TWO",
+        "cargo/credentials.toml": "MOVED CARGO",
+    }  # fmt: skip
+    for name, content in files.items():
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text(content)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("PGPASSFILE", str(home / "elsewhere/pgpass"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg"))
+    monkeypatch.setenv("KUBECONFIG", f"{home / 'k/one'}{os.pathsep}{home / 'k/two'}")
+    monkeypatch.setenv("CARGO_HOME", str(home / "cargo"))
     store = MemoryEventStore()
     hidden = confine_commands(load_settings(env={}), store).hidden
     assert {home / ".ssh", home / ".aws", home / ".netrc"} <= set(hidden)
     code = textwrap.dedent(
         f"""
         import pathlib
-        for name in (".ssh/id_rsa", ".aws/credentials", ".netrc", "tools/ok.txt", ".pgpass",
-                     "elsewhere/pgpass"):
+        for name in {list(files)!r}:
             path = pathlib.Path({str(home)!r}) / name
             print(name, path.read_text() if path.is_file() else "(none)")
         """
     )
     outcome = run(workspace, ["python", "-c", code], bubblewrap(hidden=hidden), allowlist=PYTHON_C)
     assert outcome.ok, outcome.error
-    for secret in ("PRIVATE KEY", "AWS SECRET", "NETRC", "PGPASS", "MOVED"):
-        assert secret not in outcome.result
+    for name, secret in files.items():
+        assert name == "tools/ok.txt" or secret not in outcome.result, name
     assert "tools/ok.txt visible" in outcome.result
+    unhidden = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert all(secret in unhidden.result for secret in files.values()), "a leak must show"
 
 
 def test_required_without_a_mechanism_refuses_and_auto_warns() -> None:
@@ -388,6 +401,35 @@ def test_the_chain_key_and_the_servers_keys_are_hidden_from_commands(
     assert secret.hex() not in outcome.result
     unhidden = run(tmp_path, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
     assert secret.hex() in unhidden.result, "the test must be able to see a leak"
+
+
+def test_a_log_opened_through_a_link_is_hidden_with_its_wal(tmp_path: Path) -> None:
+    """SQLite names the WAL after the file a link leads to: with ``--db`` a link, the
+    link's ``-wal`` was hidden (and is nothing) while the real one, holding the run's
+    events and the files they stored, was readable by the model's commands. (The
+    real log is in the workspace here: only hiding can keep it, as /tmp is hidden.)"""
+    from engine.agent.runner import hidden_from_commands
+    from events import SQLiteEventStore, TaskAdded
+
+    workspace = tmp_path / "ws"
+    (workspace / "data").mkdir(parents=True)
+    link = tmp_path / "link.db"
+    link.symlink_to(workspace / "data" / "events.db")
+    code = (
+        "import pathlib\n"
+        "for name in ('data/events.db-wal', 'data/events.db'):\n"
+        "    try: print(name, pathlib.Path(name).read_bytes().count(b'SECRET-IN-THE-LOG'))\n"
+        "    except OSError as e: print(name, 'refused', e.strerror)\n"
+    )
+    with SQLiteEventStore(str(link)) as store:
+        store.append("r", [TaskAdded(task_id="t1", title="SECRET-IN-THE-LOG")], 0)
+        assert (workspace / "data" / "events.db-wal").stat().st_size > 0  # not checkpointed
+        confinement = bubblewrap(hidden=hidden_from_commands(store))
+        seen = run(workspace, ["python", "-c", code], confinement, allowlist=PYTHON_C)
+        unhidden = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert seen.result.startswith("$ python"), seen.text  # it ran
+    assert "data/events.db-wal 0" in seen.result or "wal refused" in seen.result, seen.result
+    assert "data/events.db-wal 1" in unhidden.result, "the test must be able to see a leak"
 
 
 def test_bubblewrap_is_probed_once_per_binary_and_again_when_it_changes(tmp_path: Path) -> None:

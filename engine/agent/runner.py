@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import secrets
 import signal
 import warnings
@@ -440,7 +441,10 @@ def hidden_from_commands(store: EventStore) -> list[Path]:
     hidden = [key_file(), server_keys_file(), *credentials()]
     db = getattr(store, "path", "")
     if db and db != ":memory:":
-        hidden += [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".leases")]
+        # SQLite names its WAL after the file a link leads to, not the link: with
+        # --db a link, the real -wal (the run's events, files and all) was readable
+        for base in dict.fromkeys((db, os.path.realpath(db))):
+            hidden += [Path(base + s) for s in ("", "-wal", "-shm", "-journal", ".leases")]
     return hidden
 
 

@@ -43,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Literal
@@ -313,21 +313,58 @@ def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
 
 
 CREDENTIALS = (
+    # keys and cloud, cluster and registry logins
     ".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker",
-    ".config/gh", ".password-store", ".netrc", ".git-credentials", ".pypirc", ".npmrc",
-    ".pgpass", ".pg_service.conf",
+    ".config/containers/auth.json", ".oci", ".vault-token", ".terraform.d/credentials.tfrc.json",
+    ".config/doctl", ".s3cfg", ".boto", ".config/rclone",
+    # forges, package registries and toolchains
+    ".config/gh", ".config/hub", ".git-credentials", ".config/git/credentials", ".pypirc",
+    ".config/pip/pip.conf", ".pip/pip.conf", ".npmrc", ".yarnrc.yml", ".cargo/credentials",
+    ".cargo/credentials.toml", ".gem/credentials", ".m2/settings.xml",
+    ".m2/settings-security.xml", ".gradle/gradle.properties", ".nuget/NuGet/NuGet.Config",
+    # databases
+    ".pgpass", ".pg_service.conf", ".my.cnf", ".mylogin.cnf",
+    # model hubs and servers (Ollama's key signs its requests to ollama.com)
+    ".cache/huggingface/token", ".huggingface/token", ".ollama/id_ed25519",
+    # password stores, keyrings, a desktop's session, and what was typed into shells
+    ".password-store", ".netrc", ".local/share/keyrings", ".Xauthority",
+    ".bash_history", ".zsh_history", ".python_history", ".psql_history", ".mysql_history",
 )  # fmt: skip
 """Where a home directory keeps keys, tokens and passwords (relative to it): hidden
-from commands (``credentials``), which need none of them to build and test a project."""
+from commands (``credentials``), which need none of them to build and test a project.
+``.config/...`` is also looked for under ``$XDG_CONFIG_HOME``."""
+
+MOVED_BY: dict[str, str] = {
+    "PGPASSFILE": "", "PGSERVICEFILE": "", "KUBECONFIG": "", "DOCKER_CONFIG": "",
+    "AWS_SHARED_CREDENTIALS_FILE": "", "AWS_CONFIG_FILE": "", "GNUPGHOME": "",
+    "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": "", "AZURE_CONFIG_DIR": "",
+    "NETRC": "", "NPM_CONFIG_USERCONFIG": "", "PIP_CONFIG_FILE": "", "HF_TOKEN_PATH": "",
+    "HF_HOME": "token", "CARGO_HOME": "credentials.toml", "PASSWORD_STORE_DIR": "",
+}  # fmt: skip
+"""Variables that put credentials elsewhere than ``CREDENTIALS`` says: each names the
+file or directory (a list of them, for ``KUBECONFIG``), or the one that holds the
+file named here (``$CARGO_HOME/credentials.toml``)."""
 
 
-def credentials(home: Path | None = None) -> list[Path]:
-    """The ``CREDENTIALS`` paths of ``home`` (the user's, by default), and the files
-    libpq's variables name instead (``PGPASSFILE``, ``PGSERVICEFILE``: a PostgreSQL
-    log's password may be there)."""
+def credentials(home: Path | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The ``CREDENTIALS`` paths of ``home`` (the user's, by default), and those the
+    variables of ``MOVED_BY`` name instead (a PostgreSQL log's password may be in
+    ``PGPASSFILE``'s)."""
     base = home if home is not None else Path.home()
-    moved = [Path(os.environ[v]) for v in ("PGPASSFILE", "PGSERVICEFILE") if os.environ.get(v)]
-    return [base / name for name in CREDENTIALS] + moved
+    env = os.environ if env is None else env
+    found = [base / name for name in CREDENTIALS]
+    if config := env.get("XDG_CONFIG_HOME"):
+        found += [
+            Path(config) / n.removeprefix(".config/")
+            for n in CREDENTIALS
+            if n.startswith(".config/")
+        ]
+    for variable, inside in MOVED_BY.items():
+        for named in filter(None, env.get(variable, "").split(os.pathsep)):
+            found.append(Path(named) / inside if inside else Path(named))
+    if cargo := env.get("CARGO_HOME"):
+        found.append(Path(cargo) / "credentials")
+    return found
 
 
 def _python_paths() -> list[Path]:
