@@ -765,6 +765,34 @@ def test_a_log_naming_a_directory_of_the_kernels_is_refused_before_anything_is_c
     assert not any((tmp_path / "child").iterdir())
 
 
+@pytest.mark.parametrize(
+    "named", ["/etc/ssl", "/usr/local/bin", "/usr/share", "/var/lib", "home/.config/app"]
+)
+def test_a_log_naming_a_directory_in_the_systems_own_trees_is_refused(
+    tmp_path: Path, named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the system directories themselves were refused: an edited log naming
+    ``/etc/ssh`` had a fork copy the host's keys into its workspace, and a resume of
+    one naming ``/usr/local/bin`` would have let commands write there. A home's
+    settings (``~/.config``) are no project either; ``/usr/src`` may hold one."""
+    from engine.tools.sandbox import not_a_project
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if named.startswith("home/"):
+        (tmp_path / named).mkdir(parents=True)
+        named = str(tmp_path / named)
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=named, mode="rules"))
+    with pytest.raises(HistoryError, match="system directory"):
+        restore(store, "h", 1, tmp_path / "child", copy_from=Path(named))
+    assert not (tmp_path / "child").exists() or not any((tmp_path / "child").iterdir())
+    for never in ("/etc/ssh", "/boot/efi", "/usr/lib/x", "/var/log/app", "home/.ssh/keys"):
+        assert not_a_project(tmp_path / never if never.startswith("home/") else Path(never))
+    for project in ("/usr/src/linux", "/usr/local/src/app", "/srv/www/site", "/opt/app"):
+        assert not_a_project(Path(project)) == "", project
+    assert not_a_project(tmp_path / "home" / "code" / ".hidden-but-a-project") == ""
+
+
 def run_with_bound(work: Callable[[], Restored]) -> Restored:
     """``work()`` in a thread, failing the test (not hanging it) if it waits on a FIFO."""
     done: list[Restored] = []

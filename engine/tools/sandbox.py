@@ -190,19 +190,41 @@ VIRTUAL = (Path("/proc"), Path("/sys"), Path("/dev"), Path("/run"))
 """The kernel's and the running system's own trees: nothing under them is a project
 (a log naming ``/proc/self`` had a copy of the process's environment made)."""
 
+SYSTEM_TREES = tuple(
+    Path(p)
+    for p in (
+        "/etc", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
+        "/var/lib", "/var/log", "/var/cache", "/var/spool", "/var/mail", "/var/backups",
+    )
+)  # fmt: skip
+"""The system's own files, in which no directory is a project either: a log naming
+``/etc/ssh`` (edited, unkeyed) had a fork copy the host's keys into its workspace,
+and a resume would have let commands write ``/usr/local/bin``. ``SOURCES`` aside."""
+
+SOURCES = (Path("/usr/src"), Path("/usr/local/src"))
+"""Where sources are built under ``/usr``: projects may be there."""
+
 
 def not_a_project(directory: Path) -> str:
     """Why ``directory`` cannot be a run's workspace ("" when it can): the file
-    system's root, a system directory, or a home directory or one above it. A
-    workspace is what commands may write; a log or a queue naming one of these
-    (edited, or written by someone else) would hand the agent the machine."""
+    system's root, a system directory or one in the system's own trees, or a home
+    directory, one above it or one of its settings (``~/.config``, ``~/.ssh``: a
+    directory of a home whose name starts with a dot). A workspace is what commands
+    may write; a log or a queue naming one of these (edited, or written by someone
+    else) would hand the agent the machine."""
     resolved = directory.resolve()
     home = Path.home().resolve()
+    in_home = resolved.relative_to(home).parts if resolved.is_relative_to(home) else ()
     if (
         resolved in SYSTEM_DIRECTORIES
         or any(resolved.is_relative_to(tree) for tree in VIRTUAL)
+        or (
+            any(resolved.is_relative_to(tree) for tree in SYSTEM_TREES)
+            and not any(resolved.is_relative_to(src) for src in SOURCES)
+        )
         or resolved == home
         or resolved in home.parents
+        or (in_home and in_home[0].startswith("."))
     ):
         return "the file system's root, a system directory or a home directory, no project's"
     return ""
