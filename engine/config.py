@@ -259,11 +259,23 @@ def check_tightens(tools: ToolSettings, path: Path, *, sandbox_given: bool = Fal
         )
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The largest config file read: no settings need more, and a workspace's file larger
+than a snapshot records (64 MiB, padded with comments) was one whose writer the log
+could not say, taken for the user's."""
+
+
 def read_config(path: Path) -> Settings:
     """Settings from one TOML file laid over the defaults (no environment)."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB, which no autonomy config "
+                "is; not read"
+            )
+        raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8 text
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     except RecursionError:  # tomllib parses nested arrays and tables by recursion

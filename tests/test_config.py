@@ -165,6 +165,17 @@ def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"{path}: ")
 
 
+def test_a_config_file_larger_than_any_config_is_not_read(tmp_path: Path) -> None:
+    """A model's command made a valid ``autonomy.toml`` of 64 MiB (comments), larger
+    than a snapshot records: whose it was, the log could not say, and the next run
+    took it for the user's."""
+    path = write(tmp_path, 'mode = "rules"\n' + "# padding\n" * 120_000)
+    with pytest.raises(ConfigError, match="larger than 1024 KiB, which no autonomy config is"):
+        read_config(path)
+    path.write_text('mode = "rules"\n' + "#\n" * 1000)
+    assert read_config(path).mode == "rules"
+
+
 def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         read_config(tmp_path)  # a directory

@@ -788,8 +788,8 @@ def test_a_log_naming_a_directory_in_the_systems_own_trees_is_refused(
     assert not (tmp_path / "child").exists() or not any((tmp_path / "child").iterdir())
     for never in ("/etc/ssh", "/boot/efi", "/usr/lib/x", "/var/log/app", "home/.ssh/keys"):
         assert not_a_project(tmp_path / never if never.startswith("home/") else Path(never))
-    for project in ("/usr/src/linux", "/usr/local/src/app", "/srv/www/site", "/opt/app"):
-        assert not_a_project(Path(project)) == "", project
+    for place in ("/usr/src/linux", "/usr/local/src/app", "/srv/www/site", "/opt/app"):
+        assert not_a_project(Path(place)) == "", place
     assert not_a_project(tmp_path / "home" / "code" / ".hidden-but-a-project") == ""
 
 

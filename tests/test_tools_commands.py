@@ -319,6 +319,27 @@ def test_one_command_records_a_bounded_amount_of_content_and_changes(
     assert "past the 10,000 changes one command records: g3.txt, g4.txt" in outcome.result
 
 
+def test_a_config_file_a_command_writes_is_recorded_past_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that first used up the snapshot's budget (eight sparse files of 64
+    MiB), then wrote an ``autonomy.toml``, left it unrecorded: the next run took the
+    model's config (its allowlist, its model servers) for the user's."""
+    monkeypatch.setattr(snapshot, "SNAPSHOT_BYTES", 10)
+    code = (
+        "import pathlib\n"
+        "[open(f'a{i}.bin', 'w').write('1234') for i in range(4)]\n"
+        "pathlib.Path('sub').mkdir()\n"
+        "for name in ('autonomy.toml', 'sub/autonomy.toml'):\n"
+        "    open(name, 'w').write('[tools]\\nallowlist = [[\"sh\"]]\\n')\n"
+    )
+    outcome = run(tmp_path, ["python", "-c", code], MemoryEventStore(), allowlist=PYTHON_C)
+    assert outcome.ok, outcome.text
+    recorded = [c.path for c in outcome.files_changed]
+    assert {"autonomy.toml", "sub/autonomy.toml"} <= set(recorded), outcome.result
+    assert "a2.bin" not in recorded  # the budget still holds for the rest
+
+
 def test_what_a_snapshot_cannot_read_is_not_recorded_as_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -155,6 +155,17 @@ def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
 
 
+def _is_config(name: str) -> bool:
+    """Whether ``name`` is a config file autonomy reads from a workspace (a run's
+    next one may be any directory of it): read whatever the budget, so that whose it
+    is stays known (``refuse_a_config_a_model_wrote``). A command that first made
+    eight files of 64 MiB, the whole budget, then wrote one, left it unrecorded, and
+    the next run took it for the user's. ``engine.config.CONFIG_FILE``, spelt out:
+    the tools are a layer below the config (``engine.config.MAX_CONFIG_BYTES`` keeps
+    one too large to record from being read at all)."""
+    return name.rpartition("/")[2] == "autonomy.toml"
+
+
 def is_bare_repository(names: Iterable[str]) -> bool:
     """Whether a directory holding entries of these names is a repository to git
     without a ``.git`` (``git init --bare``: ``HEAD`` with ``objects/`` and ``refs/``,
@@ -199,7 +210,7 @@ class WorkspaceDigests:
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
-            elif signature[0] > budget:
+            elif signature[0] > budget and not _is_config(name):
                 left_out[name] = OVER_BUDGET
                 continue
             else:
