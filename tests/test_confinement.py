@@ -237,6 +237,61 @@ def test_resource_limits_stop_a_command(
     assert sign in outcome.result
 
 
+HOLD_TOGETHER = textwrap.dedent(
+    """
+    import os, pathlib, time
+    children = []
+    for n in range(4):
+        pid = os.fork()
+        if pid == 0:
+            held = b"x" * (120 * 1024 * 1024)  # written: resident, not only reserved
+            pathlib.Path(f"held-{n}").write_text("")
+            ends = time.monotonic() + 60  # until all four hold theirs, or one died
+            while time.monotonic() < ends and not pathlib.Path("stop").exists():
+                if len(list(pathlib.Path().glob("held-*"))) == 4:
+                    os._exit(0)
+                time.sleep(0.05)
+            os._exit(3)
+        children.append(pid)
+    codes = []
+    for _ in children:
+        code = os.waitstatus_to_exitcode(os.wait()[1])
+        if code != 0:
+            pathlib.Path("stop").write_text("")
+        codes.append(code)
+    print("codes", sorted(codes))
+    """
+)
+
+
+def test_a_commands_processes_together_hold_no_more_than_its_memory_limit(
+    tmp_path: Path,
+) -> None:
+    """``memory_mb`` bounded each process's address space only: a command of five
+    processes of 3 GiB each took 18 GB of the host's memory. Its processes now share
+    one memory cgroup of that size (root, which the engine runs as here): four of
+    120 MiB cannot all hold theirs under 200 MiB."""
+    outcome = run(
+        tmp_path,
+        ["python", "-c", HOLD_TOGETHER],
+        bubblewrap(limits=CommandLimits(memory_mb=200)),
+        allowlist=PYTHON_C,
+        command_timeout=120,
+    )
+    assert "codes" in outcome.result, outcome.text
+    assert "codes [0, 0, 0, 0]" not in outcome.result
+    assert "-9" in outcome.result  # killed by the cgroup's bound, not refused an allocation
+    (tmp_path / "roomy").mkdir()
+    together = run(
+        tmp_path / "roomy",
+        ["python", "-c", HOLD_TOGETHER],
+        bubblewrap(limits=CommandLimits(memory_mb=2048)),
+        allowlist=PYTHON_C,
+        command_timeout=120,
+    )
+    assert "codes [0, 0, 0, 0]" in together.result, together.text
+
+
 def test_a_command_runs_under_the_largest_limits_the_settings_accept(tmp_path: Path) -> None:
     """Each limit at its ceiling is one ``setrlimit`` takes: the command runs (a cpu
     limit of 10**20 s, before it had a ceiling, failed every command "in preexec_fn")."""
@@ -1081,16 +1136,16 @@ FILL = textwrap.dedent(
     """
     import os
     chunk = b"x" * (1024 * 1024)
-    for where, mib in (("/tmp/fill", 300), ("/dev/shm/fill", 80), ("/dev/fill", 1),
-                       ("/run/fill", 80), (".autonomy/fill", 1), ("sub/.autonomy/fill", 1)):
+    for where, mib in (("/dev/shm/fill", 80), ("/dev/fill", 1), ("/run/fill", 80),
+                       (".autonomy/fill", 1), ("sub/.autonomy/fill", 1), ("/tmp/fill", 300)):
         try:
             with open(where, "wb") as f:
                 for _ in range(mib):
                     f.write(chunk)
                     f.flush()
-            print("filled", where)
+            print("filled", where, flush=True)
         except OSError as e:
-            print("refused", where, e.strerror)
+            print("refused", where, e.strerror, flush=True)
         finally:
             if os.path.exists(where):
                 os.unlink(where)
@@ -1099,16 +1154,22 @@ FILL = textwrap.dedent(
 
 
 def test_a_command_cannot_fill_the_machines_memory_through_its_tmpfs(tmp_path: Path) -> None:
-    """/tmp, /dev/shm and /run are in memory that no limit of the command counts: they
+    """/tmp, /dev/shm and /run are in memory that no rlimit of the command counts: they
     hold at most its memory limit (/dev/shm and /run 64 MiB), and /dev takes no files;
     nor does what stands in for a log (a tmpfs over it, which took gigabytes), the
-    workspace's or another run's in a directory of it."""
+    workspace's or another run's in a directory of it. Where the command has a memory
+    cgroup (root), it counts /tmp's pages too, and ends the command (SIGKILL) before
+    /tmp is full: either way, no more than the limit."""
     confinement = bubblewrap(limits=CommandLimits(memory_mb=200))
     assert confinement.sizes, "this bubblewrap cannot bound a tmpfs (--size: 0.7 and later)"
     (tmp_path / "fill.py").write_text(FILL)
     (tmp_path / "sub" / ".autonomy").mkdir(parents=True)
     outcome = run(tmp_path, ["python", "fill.py"], confinement, allowlist=PYTHON)
-    assert "refused /tmp/fill No space left on device" in outcome.result, outcome.result
+    assert "filled /tmp/fill" not in outcome.result, outcome.result
+    assert (
+        "refused /tmp/fill No space left on device" in outcome.result
+        or "exit code 137" in outcome.error
+    ), outcome.text
     assert "refused /dev/shm/fill No space left on device" in outcome.result
     assert "refused /dev/fill Read-only file system" in outcome.result
     assert "refused /run/fill No space left on device" in outcome.result

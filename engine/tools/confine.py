@@ -211,7 +211,7 @@ class Confinement:
             temporary_directory("autonomy-cmd-") as tmp,
             self._stand_ins(workspace),
         ):
-            cgroup = _pids_cgroup(self.limits.processes)
+            cgroups = _command_cgroups(self.limits)
             try:
                 process = subprocess.Popen(
                     self.argv(command, workspace, tmp, repositories, logs),
@@ -222,16 +222,17 @@ class Confinement:
                     stderr=subprocess.STDOUT,
                     shell=False,
                     start_new_session=True,
-                    preexec_fn=_child_setup(self.limits, cgroup),
+                    preexec_fn=_child_setup(self.limits, cgroups),
                 )
                 try:
                     return Finished(code=_wait(process, timeout), timed_out=False)
                 except subprocess.TimeoutExpired:
                     return Finished(code=None, timed_out=True)
                 finally:  # also when interrupted while waiting: leave nothing behind
-                    _end(process, cgroup)
+                    _end(process, cgroups)
             finally:
-                _release(cgroup)
+                for cgroup in cgroups:
+                    _release(cgroup)
 
     def _size(self, size: int) -> list[str]:
         return ["--size", str(size)] if self.sizes and size > 0 else []
@@ -276,7 +277,7 @@ class Finished:
     timed_out: bool
 
 
-def _child_setup(limits: CommandLimits, cgroup: Path | None) -> Callable[[], None]:
+def _child_setup(limits: CommandLimits, cgroups: Sequence[Path]) -> Callable[[], None]:
     """What the child does before ``exec``: limits, and death with the engine."""
 
     def setup() -> None:
@@ -284,7 +285,7 @@ def _child_setup(limits: CommandLimits, cgroup: Path | None) -> Callable[[], Non
         _limit(resource.RLIMIT_AS, limits.memory_mb * MIB)
         _limit(resource.RLIMIT_FSIZE, limits.file_size_mb * MIB)
         _limit(resource.RLIMIT_NPROC, limits.processes)
-        if cgroup is not None:
+        for cgroup in cgroups:
             with contextlib.suppress(OSError):
                 (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         with contextlib.suppress(OSError, AttributeError):
@@ -436,37 +437,81 @@ def _limit(kind: int, value: int) -> None:
         resource.setrlimit(kind, (value, value))
 
 
-def _pids_cgroup(limit: int) -> Path | None:
-    """A fresh pids cgroup holding at most ``limit`` processes, if this process may
-    make one (cgroup v1 ``pids`` or v2 with the pids controller); else None."""
-    if limit <= 0 or os.geteuid() != 0:  # RLIMIT_NPROC holds for everyone else
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _command_cgroups(limits: CommandLimits) -> list[Path]:
+    """Fresh cgroups for one command, where this process may make them (as root): one
+    holding at most ``limits.processes`` processes (the kernel does not apply
+    ``RLIMIT_NPROC`` to root), one holding its processes to ``limits.memory_mb`` of
+    memory in all (``RLIMIT_AS`` bounds each process: five of 3 GiB each took 18 GB
+    of a host's memory, and its private ``/tmp``, which is memory, more). One group
+    with both under cgroup v2; one per controller's hierarchy under v1. None where
+    none can be made, or a limit is 0."""
+    if os.geteuid() != 0:
+        return []
+    wanted = {
+        "pids": {"pids.max": limits.processes} if limits.processes > 0 else {},
+        "memory": {} if limits.memory_mb <= 0 else {
+            # v2, then v1 (whose swap limit, memsw, is not always there)
+            "memory.max": limits.memory_mb * MIB, "memory.swap.max": 0,
+            "memory.limit_in_bytes": limits.memory_mb * MIB,
+            "memory.memsw.limit_in_bytes": limits.memory_mb * MIB,
+        },
+    }  # fmt: skip
+    if (CGROUPS / "cgroup.controllers").exists():  # v2: a process is in one group only
+        together = {**wanted["pids"], **wanted["memory"]}
+        group = _new_cgroup(CGROUPS, together) if together else None
+        return [group] if group is not None else []
+    made = (
+        _new_cgroup(CGROUPS / name / _own_cgroup(name), settings)
+        for name, settings in wanted.items()
+        if settings
+    )
+    return [group for group in made if group is not None]
+
+
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup in ``controller``'s v1 hierarchy ("" for its root): a
+    command's group is made in it, so that the limits of the groups above it (a
+    container's) still hold for the command."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controller in controllers.split(","):
+                return path.strip("/")
+    return ""
+
+
+def _new_cgroup(base: Path, settings: dict[str, int]) -> Path | None:
+    """A new cgroup under ``base`` with each of ``settings`` the controller takes
+    (those it has no file for are left); None when it takes none."""
+    if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
         return None
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
-            continue
-        group = base / f"autonomy-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            group.mkdir()
-        except OSError:
-            continue
-        try:
-            (group / "pids.max").write_text(str(limit))
-            return group
-        except OSError:
-            _release(group)
+    group = base / f"autonomy-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        group.mkdir()
+    except OSError:
+        return None
+    taken = 0
+    for name, value in settings.items():
+        with contextlib.suppress(OSError):
+            (group / name).write_text(str(value))
+            taken += 1
+    if taken:
+        return group
+    _release(group)
     return None
 
 
 RELEASE_SECONDS = 5.0
-"""How long a command's pids cgroup may take to empty once its processes are killed."""
+"""How long a command's cgroup may take to empty once its processes are killed."""
 
 
-def _release(cgroup: Path | None) -> None:
+def _release(cgroup: Path) -> None:
     """Remove ``cgroup`` once the kernel has taken its last (killed) process out:
     removed at once, it was still busy after most commands, and hundreds were left
     behind. Also the groups of engines that are gone (killed before their release)."""
-    if cgroup is None:
-        return
     deadline = time.monotonic() + RELEASE_SECONDS
     while True:
         try:
@@ -484,12 +529,12 @@ def _release(cgroup: Path | None) -> None:
                 group.rmdir()
 
 
-def _end(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:
+def _end(process: subprocess.Popen[bytes], cgroups: Sequence[Path]) -> None:
     """End what is left of a command's process tree: its process group, and every
-    process in its cgroup (which a ``setsid`` does not leave)."""
+    process in its cgroups (which a ``setsid`` does not leave)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    if cgroup is not None:
+    for cgroup in cgroups:
         with contextlib.suppress(OSError):
             for pid in (cgroup / "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
