@@ -487,6 +487,53 @@ def test_a_log_opened_through_a_link_is_hidden_with_its_wal(tmp_path: Path) -> N
     assert "data/events.db-wal 1" in unhidden.result, "the test must be able to see a leak"
 
 
+KEYRING_READER = textwrap.dedent(
+    """
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    keyctl = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.syscall(keyctl, 11, -3, buf, 4096)  # KEYCTL_READ of the session keyring
+    for i in range(0, max(n, 0), 4):
+        m = libc.syscall(keyctl, 11, int.from_bytes(buf.raw[i:i + 4], "little"), buf, 4096)
+        print("KEY", buf.raw[:max(m, 0)])
+    print("read", max(n, 0) // 4, "keys")
+    """
+)
+
+
+def test_a_command_has_a_session_keyring_of_its_own(tmp_path: Path) -> None:
+    """The engine's session keyring (a login's: Kerberos tickets, fscrypt keys) was
+    the command's to read and to add to. An engine with a secret in its session
+    keyring runs a command that reads its own: it is empty."""
+    engine = textwrap.dedent(
+        f"""
+        import ctypes, os, sys
+        from pathlib import Path
+        sys.path[:0] = {sys.path!r}
+        from engine.tools.confine import CommandLimits, choose
+        from engine.tools import ToolContext, default_registry, execute
+        from events import MemoryEventStore
+        libc = ctypes.CDLL(None, use_errno=True)
+        keyctl, add_key = {{"x86_64": (250, 248), "aarch64": (219, 217)}}[os.uname().machine]
+        assert libc.syscall(keyctl, 1, b"autonomy-test-session") > 0  # JOIN_SESSION_KEYRING
+        secret = b"SECRET-IN-THE-SESSION-KEYRING"
+        assert libc.syscall(add_key, b"user", b"autonomy-test", secret, len(secret), -3) > 0
+        argv = ["python", "-c", {KEYRING_READER!r}]
+        context = ToolContext(workspace=Path({str(tmp_path)!r}), blobs=MemoryEventStore(),
+                              confinement=choose("required"),
+                              allowlist=(("python", "-c"),))
+        print(execute(default_registry(), "run_command", {{"argv": argv}}, context).result)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", engine], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "read 0 keys" in done.stdout, done.stdout
+    assert "SECRET-IN-THE-SESSION-KEYRING" not in done.stdout
+
+
 def test_bubblewrap_is_probed_once_per_binary_and_again_when_it_changes(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
     fake = tmp_path / "bwrap"

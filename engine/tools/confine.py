@@ -66,6 +66,9 @@ SHM_BYTES = 64 * MIB
 
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV")
 _PR_SET_PDEATHSIG = 1
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+"""``keyctl``'s system call number on each architecture (libc has no wrapper)."""
 
 
 class CommandLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -288,8 +291,14 @@ def _child_setup(limits: CommandLimits, cgroups: Sequence[Path]) -> Callable[[],
         for cgroup in cgroups:
             with contextlib.suppress(OSError):
                 (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        libc = ctypes.CDLL(None, use_errno=True)
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # a session keyring of its own, empty: the engine's (a login's Kerberos
+        # tickets, an fscrypt key) was the command's to read, and to add to
+        if (keyctl := _KEYCTL.get(os.uname().machine)) is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)
 
     return setup
 
