@@ -23,6 +23,7 @@ writer never creates missing directories: the caller does, for the default
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -399,47 +400,7 @@ class SQLiteEventStore(SQLEventStore):
             raise
 
     def _create_schema(self) -> None:
-        import sqlite_utils  # only a new log needs it: opening one stays cheap
-
-        db = sqlite_utils.Database(self._conn)
-        db.table("events").create(
-            {
-                "position": int,
-                "run_id": str,
-                "version": int,
-                "type": str,
-                "schema_version": int,
-                "recorded_at": str,
-                "causation": int,
-                "hash": str,
-                "data": str,
-            },
-            pk="position",
-            not_null={"run_id", "version", "type", "schema_version", "recorded_at", "hash", "data"},
-            if_not_exists=True,
-        )
-        db.table("events").create_index(["run_id", "version"], unique=True, if_not_exists=True)
-        db.table("events").create_index(["type"], if_not_exists=True)
-        db.table("blobs").create(
-            {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
-        )
-        # facts about the log itself: "keyed_from" (events.store.keyed_marker)
-        db.table("store_meta").create(
-            {"name": str, "value": str}, pk="name", not_null={"value"}, if_not_exists=True
-        )
-        # what a writer found wrong with the database and put right, for verify
-        db.table("repairs").create(
-            {"id": int, "at": str, "what": str},
-            pk="id",
-            not_null={"at", "what"},
-            if_not_exists=True,
-        )
-        for statement in SUMMARY_TABLES:
-            self._conn.execute(statement)
-        for trigger in _TRIGGERS.values():
-            self._conn.execute(trigger)
-        self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        create_schema(self._conn)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -614,7 +575,7 @@ class SQLiteEventStore(SQLEventStore):
         ).fetchone()
         return str(row[0]) if row else None
 
-    database_checks = "integrity_check, append-only triggers"
+    database_checks = "integrity_check, append-only triggers, tables and indexes"
 
     def database_problems(self) -> list[str]:
         """``PRAGMA integrity_check``'s findings, append-only triggers missing now,
@@ -633,6 +594,8 @@ class SQLiteEventStore(SQLEventStore):
             problems.append(f"append-only triggers are missing or changed: {', '.join(wrong)}")
         if foreign:
             problems.append(f"triggers that are not autonomy's: {', '.join(foreign)}")
+        with self._lock:
+            problems += structure_problems(self._conn)
         with self._lock:
             has_repairs = "repairs" in self._names("table")  # not in a log from before keys
         repairs = (
@@ -661,3 +624,112 @@ class SQLiteEventStore(SQLEventStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The log's tables, indexes and triggers, in the database of ``conn``."""
+    import sqlite_utils  # only a new log needs it: opening one stays cheap
+
+    db = sqlite_utils.Database(conn)
+    db.table("events").create(
+        {
+            "position": int,
+            "run_id": str,
+            "version": int,
+            "type": str,
+            "schema_version": int,
+            "recorded_at": str,
+            "causation": int,
+            "hash": str,
+            "data": str,
+        },
+        pk="position",
+        not_null={"run_id", "version", "type", "schema_version", "recorded_at", "hash", "data"},
+        if_not_exists=True,
+    )
+    db.table("events").create_index(["run_id", "version"], unique=True, if_not_exists=True)
+    db.table("events").create_index(["type"], if_not_exists=True)
+    db.table("blobs").create(
+        {"digest": str, "size": int, "content": bytes}, pk="digest", if_not_exists=True
+    )
+    # facts about the log itself: "keyed_from" (events.store.keyed_marker)
+    db.table("store_meta").create(
+        {"name": str, "value": str}, pk="name", not_null={"value"}, if_not_exists=True
+    )
+    # what a writer found wrong with the database and put right, for verify
+    db.table("repairs").create(
+        {"id": int, "at": str, "what": str},
+        pk="id",
+        not_null={"at", "what"},
+        if_not_exists=True,
+    )
+    for statement in SUMMARY_TABLES:
+        conn.execute(statement)
+    for trigger in _TRIGGERS.values():
+        conn.execute(trigger)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+Structure = dict[str, tuple[object, ...]]
+
+
+def _structure(conn: sqlite3.Connection) -> Structure:
+    """Each table's columns (name, type, NOT NULL, default, primary key) and each of
+    its indexes (unique, partial, its columns), by ``table NAME`` and ``index NAME on
+    TABLE``: what the schema says, read through SQLite's pragmas, so that the way a
+    version of sqlite-utils spaced a CREATE statement does not count."""
+    found: Structure = {}
+    tables = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for (table,) in tables:
+        quoted = '"' + table.replace('"', '""') + '"'
+        columns = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
+        found[f"table {table}"] = tuple(
+            (c[1], str(c[2]).upper(), c[3], c[4], c[5]) for c in columns
+        )
+        for _, index, unique, _origin, partial in conn.execute(f"PRAGMA index_list({quoted})"):
+            keys = conn.execute(f'PRAGMA index_xinfo("{index.replace(chr(34), chr(34) * 2)}")')
+            found[f"index {index} on {table}"] = (
+                unique,
+                partial,
+                tuple((k[2], k[3], k[4]) for k in keys if k[5]),
+            )
+    return found
+
+
+@functools.cache
+def _autonomys_structure() -> Structure:
+    fresh = sqlite3.connect(":memory:")
+    try:
+        create_schema(fresh)
+        return _structure(fresh)
+    finally:
+        fresh.close()
+
+
+def structure_problems(conn: sqlite3.Connection) -> list[str]:
+    """Where the tables and indexes of autonomy's log differ from those it makes: a
+    column's NOT NULL taken off (a row with no run id then went in), an index dropped
+    or made partial under its name, an index that is not autonomy's on its tables.
+    A table a log from an older autonomy lacks is not asked for; one it has must be
+    as autonomy makes it."""
+    have, want = _structure(conn), _autonomys_structure()
+    tables = {name.split(" ", 1)[1] for name in want if name.startswith("table ")}
+    present = {name.split(" ", 1)[1] for name in have if name.startswith("table ")} & tables
+    problems = []
+    for name, shape in want.items():
+        table = name.rsplit(" ", 1)[1]
+        if table not in present:
+            continue
+        if name not in have:
+            problems.append(f"{name} is missing")
+        elif have[name] != shape:
+            problems.append(f"{name} is not as autonomy makes it (changed since it was made)")
+    problems += [
+        f"{name} is not autonomy's (made since)"
+        for name in have
+        if name.startswith("index ") and name not in want and name.rsplit(" ", 1)[1] in present
+    ]
+    return problems

@@ -360,9 +360,17 @@ def summary_problems(
     stored = store.summary_rows(run_ids)
     decoded = _decoded(stored)
     infos = {info.run_id: info for info in store.runs()}
+    problems = []
+    last = max((info.last_position for info in infos.values()), default=0)
+    if position > last:
+        # readers take every run past the position as not stored yet: set past the
+        # log's end, no run written later was ever listed, and verify said ok
+        problems.append(
+            f"run summaries: they say they hold the log up to position {position}, "
+            f"past its last event's ({last}): runs written after would never be listed"
+        )
     if run_ids is not None:
         infos = {run_id: infos[run_id] for run_id in run_ids if run_id in infos}
-    problems = []
     unreadable = {run_id for run_id, *_ in stored if run_id not in decoded}
     for run_id, *_ in stored:
         if run_id not in infos:

@@ -303,7 +303,10 @@ def test_verify_says_ok_for_every_intact_run(runner: CliRunner, db: Path) -> Non
     result = run(runner, "verify", "--db", db)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "database: ok (integrity_check, append-only triggers, audit views, 0 blobs)",
+        (
+            "database: ok (integrity_check, append-only triggers, tables and indexes, audit views,"
+            " 0 blobs)"
+        ),
         "build: ok (12 events, unkeyed)",
         "asking: ok (2 events, unkeyed)",
     ]

@@ -242,6 +242,25 @@ def test_verify_reports_a_summary_that_disagrees_with_the_log_and_a_rebuild_fixe
     assert runner.invoke(cli, ["verify", "--db", str(db)]).exit_code == 0
 
 
+def test_verify_reports_a_summary_position_past_the_logs_end(tmp_path: Path) -> None:
+    """Readers take every run past the summaries' position as not stored yet: set to
+    2^63 - 1, no run written later was ever listed by `autonomy runs`, and verify said
+    ok until one was."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        failed_run(store)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE projection_positions SET position = ?", (2**63 - 1,))
+    conn.commit()
+    conn.close()
+    found = CliRunner().invoke(cli, ["verify", "--db", str(db)])
+    assert found.exit_code == 1, found.output
+    assert (
+        f"run summaries: they say they hold the log up to position {2**63 - 1}, past its "
+        "last event's" in found.output
+    )
+
+
 @pytest.mark.parametrize("position", [0, 2])
 def test_verify_reports_a_forged_row_behind_its_run_whatever_the_position(
     tmp_path: Path, position: int

@@ -291,6 +291,46 @@ def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, ch
 # -- the database --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("DROP INDEX idx_events_type", "index idx_events_type on events is missing"),
+        (
+            "DROP INDEX idx_events_run_id_version;"
+            " CREATE UNIQUE INDEX idx_events_run_id_version ON events (run_id, version)"
+            " WHERE version < 3",
+            "index idx_events_run_id_version on events is not as autonomy makes it",
+        ),
+        ("CREATE INDEX mine ON blobs (size)", "index mine on blobs is not autonomy's"),
+        ("NOT NULL", "table events is not as autonomy makes it"),
+    ],
+    ids=["index-dropped", "unique-index-made-partial", "foreign-index", "not-null-taken-off"],
+)
+def test_verify_compares_the_tables_and_indexes_with_autonomys(
+    tmp_path: Path, change: str, said: str
+) -> None:
+    """A dropped index, a unique index made partial under its name (a second row at
+    a version then went in), a NOT NULL taken off (a row without a run id): verify
+    said ok of each, and of what they let in until it was there."""
+    db = build(tmp_path / "e.db")
+    conn = sqlite3.connect(db)
+    if change == "NOT NULL":
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = replace(sql, '\"run_id\" TEXT NOT NULL',"
+            " '\"run_id\" TEXT') WHERE name = 'events'"
+        )
+    else:
+        conn.executescript(change)
+    conn.commit()
+    conn.close()
+    found = problems(db)
+    assert [p for p in found["database"] if said in p], found["database"]
+    assert all(not runs for name, runs in found.items() if name != "database")
+    intact = problems(build(tmp_path / "intact.db"))
+    assert intact["database"] == []
+
+
 def test_dropped_triggers_are_put_back_by_a_writer_and_reported(tmp_path: Path) -> None:
     db = build(tmp_path / "e.db")
     tamper(db, "SELECT 1")  # drops every trigger
