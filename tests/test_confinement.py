@@ -874,6 +874,52 @@ def test_a_command_cannot_make_a_directory_a_bare_repository(
     assert git_status_runs_nothing(workspace / "sub", marker)
 
 
+SPELLINGS = textwrap.dedent(
+    """
+    import pathlib, sys
+    for where in sys.argv[1:]:  # git init --bare, with HEAD under other spellings beside
+        repository = pathlib.Path(where)
+        for part in ("objects", "refs/heads"):
+            (repository / part).mkdir(parents=True, exist_ok=True)
+        for head in ("hEAD", "HEAD", "HeAD", "head"):
+            (repository / head).write_text("ref: refs/heads/main\\n")
+        (repository / "config").write_text(
+            f"[core]\\n\\tbare = false\\n\\tworktree = .\\n\\tfsmonitor = touch {MARKER}\\n"
+        )
+        print("planted:", where)
+    """
+)
+
+
+def test_a_bare_repository_loses_every_spelling_of_its_head(tmp_path: Path) -> None:
+    """One entry spelt ``head`` in any case was removed, the first listed: ``hEAD``
+    went and git's own ``HEAD`` beside it stayed, and the host's ``git status`` ran
+    the repository's fsmonitor, at the top of the workspace too."""
+    workspace, marker, outcome = planted(tmp_path, "bubblewrap", SPELLINGS)
+    assert "planted: sub" in outcome.result, outcome.result
+    for where in (workspace, workspace / "sub"):
+        assert not [e for e in os.listdir(where) if e.casefold() == "head"]
+        assert git_status_runs_nothing(where, marker)
+
+
+def test_a_repository_made_in_a_log_directory_a_command_made_is_removed(tmp_path: Path) -> None:
+    """A snapshot walked no ``.autonomy`` directory: a command that made
+    ``sub/.autonomy/evil/.git`` left it, and ``git status`` there ran its config."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    marker = tmp_path / "ran-outside-the-sandbox"
+    where = "sub/.autonomy/evil"
+    # named in the code: no argument may name a path in .autonomy/
+    (workspace / "plant.py").write_text(
+        f"MARKER = {str(marker)!r}\n{PLANT}\nplant({where!r}, MARKER)\n"
+    )
+    outcome = run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
+    assert f"planted: {where}/.git" in outcome.result, outcome.result
+    assert f"[removed {where}/.git: a command may not make" in outcome.result
+    assert not os.path.lexists(workspace / where / ".git")
+    assert git_status_runs_nothing(workspace / where, marker)
+
+
 @pytest.mark.parametrize("where", ["node_modules/left-pad", ".venv", "__pycache__", ".tox/py"])
 def test_a_repository_made_among_installed_packages_is_removed_too(
     tmp_path: Path, where: str
@@ -883,8 +929,11 @@ def test_a_repository_made_among_installed_packages_is_removed_too(
     workspace = tmp_path / "ws"
     (workspace / where).mkdir(parents=True)
     marker = tmp_path / "ran-outside-the-sandbox"
-    (workspace / "plant.py").write_text(f"MARKER = {str(marker)!r}\n{PLANT}")
-    outcome = run(workspace, ["python", "plant.py", where], bubblewrap(), allowlist=PYTHON)
+    # named in the code: no argument may name a path in .autonomy/
+    (workspace / "plant.py").write_text(
+        f"MARKER = {str(marker)!r}\n{PLANT}\nplant({where!r}, MARKER)\n"
+    )
+    outcome = run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
     assert f"planted: {where}/.git" in outcome.result, outcome.result
     assert f"[removed {where}/.git: a command may not make a git repository" in outcome.result
     assert not os.path.lexists(workspace / where / ".git")

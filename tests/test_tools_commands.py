@@ -340,6 +340,25 @@ def test_a_config_file_a_command_writes_is_recorded_past_the_budget(
     assert "a2.bin" not in recorded  # the budget still holds for the rest
 
 
+def test_the_workspaces_own_config_is_recorded_before_those_of_its_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Config files were recorded first past the cut of changes, but by path: a
+    command that wrote 10,000 ``NNNNN/autonomy.toml`` first had the workspace's own
+    ``autonomy.toml`` cut, and the next run took it for the user's."""
+    monkeypatch.setattr(commands, "MAX_CHANGES", 3)
+    code = (
+        "import pathlib\n"
+        "for n in range(4):\n"
+        "    pathlib.Path(f'{n:05}').mkdir()\n"
+        "    open(f'{n:05}/autonomy.toml', 'w').write('')\n"
+        "open('autonomy.toml', 'w').write('[tools]\\nallowlist = [[\"sh\"]]\\n')\n"
+    )
+    outcome = run(tmp_path, ["python", "-c", code], MemoryEventStore(), allowlist=PYTHON_C)
+    assert outcome.ok, outcome.text
+    assert outcome.files_changed[0].path == "autonomy.toml", outcome.result
+
+
 def test_what_a_snapshot_cannot_read_is_not_recorded_as_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

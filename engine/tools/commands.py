@@ -160,7 +160,13 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         # a config file autonomy reads from a workspace is recorded whatever the cut:
         # whose it is must stay known (``refuse_a_config_a_model_wrote``); its name is
         # engine.config.CONFIG_FILE, spelt out: the tools are a layer below the config
-        changed = tuple(sorted(changed, key=lambda c: c.path.rpartition("/")[2] != "autonomy.toml"))
+        # (the shallowest first: 10,000 of them a level down cut the workspace's own)
+        changed = tuple(
+            sorted(
+                changed,
+                key=lambda c: (c.path.rpartition("/")[2] != "autonomy.toml", c.path.count("/")),
+            )
+        )
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
@@ -261,16 +267,17 @@ def _remove(root: Path, names: Sequence[str]) -> list[str]:
 
 
 def _made(root: Path, repositories: Sequence[str]) -> list[str]:
-    """What to remove of each repository a command made: the ``.git``, or the
-    ``HEAD`` of a directory it made a bare repository (as named in it)."""
+    """What to remove of each repository a command made: the ``.git``, or every
+    ``HEAD`` of a directory it made a bare repository (each spelling: one, ``hEAD``,
+    was removed, and git's own ``HEAD`` beside it kept)."""
     made = []
     for name in repositories:
         if Path(name).name.casefold() == ".git":
             made.append(name)
             continue
         with contextlib.suppress(OSError):
-            head = next(e.name for e in os.scandir(root / name) if e.name.casefold() == "head")
-            made.append(f"{name}/{head}" if name else head)
+            heads = sorted(e.name for e in os.scandir(root / name) if e.name.casefold() == "head")
+            made += [f"{name}/{head}" if name else head for head in heads]
     return made
 
 

@@ -94,6 +94,9 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                 if entry.is_dir(follow_symlinks=False):
                     if folded == ".autonomy":
                         found.logs.append(name)
+                        # not recorded, but searched: a command that made one (a
+                        # directory of the workspace's) made a repository in it
+                        _walk_unrecorded(entry.path, name + "/", found)
                     if folded in PROTECTED:
                         continue
                     if name.count("/") + 2 > MAX_PATH_DEPTH or len(name) >= MAX_PATH_CHARS:
@@ -151,7 +154,7 @@ def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
                 continue
             if folded == ".autonomy":
                 found.logs.append(prefix + entry.name)
-            if folded not in PROTECTED:
+            if folded != ".git":  # a log's directory too: a repository in it is one
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
 
 
