@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -673,6 +674,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 Structure = dict[str, tuple[object, ...]]
 
+_TABLES_SINCE = (
+    (0, ("events", "blobs")),
+    (2, ("store_meta", "repairs")),
+    (3, ("run_summaries", "projection_positions")),
+)
+"""The tables of each schema version, which a log of that version (or one holding
+any of them) must have: ``repairs`` dropped erased what verify would have said of a
+log's past (triggers put back), and verify said ok."""
+
 
 def _structure(conn: sqlite3.Connection) -> Structure:
     """Each table's columns (name, type, NOT NULL, default, primary key) and each of
@@ -681,13 +691,18 @@ def _structure(conn: sqlite3.Connection) -> Structure:
     version of sqlite-utils spaced a CREATE statement does not count."""
     found: Structure = {}
     tables = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
     ).fetchall()
-    for (table,) in tables:
+    for table, sql in tables:
         quoted = '"' + table.replace('"', '""') + '"'
-        columns = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
-        found[f"table {table}"] = tuple(
-            (c[1], str(c[2]).upper(), c[3], c[4], c[5]) for c in columns
+        # table_xinfo: generated (hidden) columns too; and what no pragma says, a
+        # CHECK (one refusing an event type stopped every run's appends)
+        columns = conn.execute(f"PRAGMA table_xinfo({quoted})").fetchall()
+        references = conn.execute(f"PRAGMA foreign_key_list({quoted})").fetchall()
+        found[f"table {table}"] = (
+            tuple((c[1], str(c[2]).upper(), c[3], c[4], c[5], c[6]) for c in columns),
+            tuple(tuple(r[2:5]) for r in references),
+            bool(re.search(r"\bCHECK\b", str(sql or ""), re.IGNORECASE)),
         )
         for _, index, unique, _origin, partial in conn.execute(f"PRAGMA index_list({quoted})"):
             keys = conn.execute(f'PRAGMA index_xinfo("{index.replace(chr(34), chr(34) * 2)}")')
@@ -713,12 +728,19 @@ def structure_problems(conn: sqlite3.Connection) -> list[str]:
     """Where the tables and indexes of autonomy's log differ from those it makes: a
     column's NOT NULL taken off (a row with no run id then went in), an index dropped
     or made partial under its name, an index that is not autonomy's on its tables.
-    A table a log from an older autonomy lacks is not asked for; one it has must be
-    as autonomy makes it."""
+    A log has the tables of its schema version (``_TABLES_SINCE``), each as autonomy
+    makes it: its columns, their types and constraints, no CHECK, no reference."""
     have, want = _structure(conn), _autonomys_structure()
     tables = {name.split(" ", 1)[1] for name in want if name.startswith("table ")}
     present = {name.split(" ", 1)[1] for name in have if name.startswith("table ")} & tables
-    problems = []
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    problems = [
+        f"table {table} is missing"
+        for since, group in _TABLES_SINCE
+        if version >= since or present & set(group)  # a log that has one has all
+        for table in group
+        if table not in present
+    ]
     for name, shape in want.items():
         table = name.rsplit(" ", 1)[1]
         if table not in present:

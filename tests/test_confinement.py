@@ -326,6 +326,8 @@ def test_a_command_cannot_read_the_users_credentials(
         ".vault-token": "VAULT TOKEN", ".bash_history": "HISTORY PASSWORD",
         "xdg/gh/hosts.yml": "GH TOKEN", "k/one": "KUBE ONE", "k/two": "KUBE TWO",
         "cargo/credentials.toml": "MOVED CARGO",
+        ".mozilla/firefox/x.default/cookies.sqlite": "FIREFOX COOKIE",
+        ".local/share/fish/fish_history": "FISH HISTORY", ".viminfo": "VIM REGISTER",
     }  # fmt: skip
     for name, content in files.items():
         (home / name).parent.mkdir(parents=True, exist_ok=True)
@@ -493,19 +495,33 @@ KEYRING_READER = textwrap.dedent(
     libc = ctypes.CDLL(None, use_errno=True)
     keyctl = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
     buf = ctypes.create_string_buffer(4096)
-    n = libc.syscall(keyctl, 11, -3, buf, 4096)  # KEYCTL_READ of the session keyring
+
+    def read(key):
+        m = libc.syscall(keyctl, 11, ctypes.c_long(key), buf, 4096)  # KEYCTL_READ
+        return buf.raw[:m] if m >= 0 else b""
+
+    n = libc.syscall(keyctl, 11, -3, buf, 4096)  # the session keyring's keys
     for i in range(0, max(n, 0), 4):
-        m = libc.syscall(keyctl, 11, int.from_bytes(buf.raw[i:i + 4], "little"), buf, 4096)
-        print("KEY", buf.raw[:max(m, 0)])
+        print("KEY", read(int.from_bytes(buf.raw[i:i + 4], "little")))
     print("read", max(n, 0) // 4, "keys")
+    try:  # every keyring /proc/keys shows, linked into its own, then searched
+        for line in open("/proc/keys").read().splitlines():
+            if line.split()[7] == "keyring":
+                libc.syscall(keyctl, 8, ctypes.c_long(int(line.split()[0], 16)), ctypes.c_long(-3))
+    except OSError as e:
+        print("no /proc/keys", e)
+    found = libc.syscall(keyctl, 10, ctypes.c_long(-3), b"user", b"autonomy-test", 0)
+    print("SEARCHED", read(found) if found > 0 else b"")
     """
 )
 
 
 def test_a_command_has_a_session_keyring_of_its_own(tmp_path: Path) -> None:
     """The engine's session keyring (a login's: Kerberos tickets, fscrypt keys) was
-    the command's to read and to add to. An engine with a secret in its session
-    keyring runs a command that reads its own: it is empty."""
+    the command's to read and to add to; given one of its own, the command still
+    linked the engine's into it by the id ``/proc/keys`` shows, and read it. An
+    engine with a secret in its session keyring runs a command that tries both: no
+    key management call works."""
     engine = textwrap.dedent(
         f"""
         import ctypes, os, sys
@@ -530,7 +546,7 @@ def test_a_command_has_a_session_keyring_of_its_own(tmp_path: Path) -> None:
         [sys.executable, "-c", engine], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert "read 0 keys" in done.stdout, done.stdout
+    assert "read 0 keys" in done.stdout and "SEARCHED b''" in done.stdout, done.stdout
     assert "SECRET-IN-THE-SESSION-KEYRING" not in done.stdout
 
 
@@ -1045,6 +1061,47 @@ def test_a_commands_cgroup_is_removed_once_empty_and_gone_engines_ones_too(
     confine._release(mine)
     assert len(waits) == 1 and not mine.exists() and not gone.exists()
     assert live.exists() and odd.exists()
+
+
+@pytest.mark.parametrize("hierarchy", ["v1", "v2"])
+def test_a_commands_cgroups_are_made_in_the_engines_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hierarchy: str
+) -> None:
+    """A command's groups were made at the root of the hierarchy: out of the limits
+    of the engine's own group (a container's, a service's MemoryMax). They are made
+    in it; under v2, where it does not hand its controllers down, none is made.
+    (A stand-in for the cgroup file system, in which every limit file takes a write:
+    this machine has one hierarchy or the other.)"""
+    from engine.tools import confine
+
+    root = tmp_path / "cgroup"
+    proc = tmp_path / "cgroup-of-self"
+    monkeypatch.setattr(confine, "CGROUPS", root)
+    monkeypatch.setattr(confine, "PROC_CGROUP", proc)
+    if hierarchy == "v1":
+        proc.write_text("9:pids:/\n4:memory:/service/engine\n0::/\n")
+        for own in ("pids", "memory/service/engine"):
+            (root / own).mkdir(parents=True)
+            (root / own / "cgroup.procs").write_text("")
+    else:
+        proc.write_text("0::/service/engine\n")
+        (root / "service" / "engine").mkdir(parents=True)
+        (root / "cgroup.controllers").write_text("memory pids")
+        (root / "service" / "engine" / "cgroup.procs").write_text("")
+    made = confine._command_cgroups(CommandLimits(memory_mb=100, processes=10))
+    try:
+        if hierarchy == "v1":
+            pids, memory = made
+            assert pids.parent == root / "pids"
+            assert memory.parent == root / "memory" / "service" / "engine"
+            assert (memory / "memory.limit_in_bytes").read_text() == str(100 * 2**20)
+        else:
+            (group,) = made
+            assert group.parent == root / "service" / "engine"
+            assert (group / "pids.max").read_text() == "10"
+    finally:
+        for group in made:
+            shutil.rmtree(group)
 
 
 def test_a_command_cannot_change_a_repository_of_the_workspace(tmp_path: Path) -> None:

@@ -303,9 +303,14 @@ def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, ch
         ),
         ("CREATE INDEX mine ON blobs (size)", "index mine on blobs is not autonomy's"),
         ("NOT NULL", "table events is not as autonomy makes it"),
+        ("CHECK", "table events is not as autonomy makes it"),
+        ("REFERENCES", "table events is not as autonomy makes it"),
+        ("GENERATED", "table events is not as autonomy makes it"),
+        ("DROP TABLE repairs", "table repairs is missing"),
     ],
-    ids=["index-dropped", "unique-index-made-partial", "foreign-index", "not-null-taken-off"],
-)
+    ids=["index-dropped", "unique-index-made-partial", "foreign-index", "not-null-taken-off",
+         "check-added", "reference-added", "generated-column", "repairs-dropped"],
+)  # fmt: skip
 def test_verify_compares_the_tables_and_indexes_with_autonomys(
     tmp_path: Path, change: str, said: str
 ) -> None:
@@ -314,11 +319,18 @@ def test_verify_compares_the_tables_and_indexes_with_autonomys(
     said ok of each, and of what they let in until it was there."""
     db = build(tmp_path / "e.db")
     conn = sqlite3.connect(db)
-    if change == "NOT NULL":
+    rewritten = {  # the events table's CREATE, as writable_schema lets one rewrite it
+        "NOT NULL": '"run_id" TEXT',
+        "CHECK": '"run_id" TEXT NOT NULL CHECK ("run_id" != \'x\')',
+        "REFERENCES": '"run_id" TEXT NOT NULL REFERENCES store_meta (name)',
+        "GENERATED": '"run_id" TEXT NOT NULL, "v" AS (1)',
+    }
+    if change in rewritten:
         conn.execute("PRAGMA writable_schema = ON")
         conn.execute(
-            "UPDATE sqlite_master SET sql = replace(sql, '\"run_id\" TEXT NOT NULL',"
-            " '\"run_id\" TEXT') WHERE name = 'events'"
+            "UPDATE sqlite_master SET sql = replace(sql, '\"run_id\" TEXT NOT NULL', ?)"
+            " WHERE name = 'events'",
+            (rewritten[change],),
         )
     else:
         conn.executescript(change)

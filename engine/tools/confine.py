@@ -40,6 +40,7 @@ import resource
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -66,9 +67,44 @@ SHM_BYTES = 64 * MIB
 
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
 _KEYCTL_JOIN_SESSION_KEYRING = 1
-_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
-"""``keyctl``'s system call number on each architecture (libc has no wrapper)."""
+_KEYS = {  # the audit architecture, then add_key, request_key, keyctl
+    "x86_64": (0xC000003E, (248, 249, 250)),
+    "aarch64": (0xC00000B7, (217, 218, 219)),
+}
+"""The kernel's key management calls on the architectures a filter is made for (libc
+has no wrapper for them)."""
+
+
+def _keys_filter(machine: str) -> bytes:
+    """A seccomp program (classic BPF) that fails the key management calls with
+    EPERM, as Docker's default profile does: a command that joined a session keyring
+    of its own still linked the engine's into it by id (from ``/proc/keys``) and read
+    its keys, and root's user keyring's. A call of another architecture than this
+    one (the same calls under other numbers), or of x32, fails too. "" where there
+    is no filter for ``machine``."""
+    if machine not in _KEYS:
+        return b""
+    arch, calls = _KEYS[machine]
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, refuse = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+    program = [
+        (load, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, refuse),
+        (load, 0, 0, 0),  # seccomp_data.nr
+        (jge, len(calls) + 1, 0, 0x40000000),  # x32
+        *((jeq, len(calls) - i, 0, call) for i, call in enumerate(calls)),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, refuse),
+    ]
+    return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+
+
+_FILTER = _keys_filter(os.uname().machine)
 
 
 class CommandLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -294,11 +330,18 @@ def _child_setup(limits: CommandLimits, cgroups: Sequence[Path]) -> Callable[[],
         libc = ctypes.CDLL(None, use_errno=True)
         with contextlib.suppress(OSError, AttributeError):
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # a session keyring of its own, empty: the engine's (a login's Kerberos
-        # tickets, an fscrypt key) was the command's to read, and to add to
-        if (keyctl := _KEYCTL.get(os.uname().machine)) is not None:
+        # the engine's keyrings (a login's Kerberos tickets, an fscrypt key) were the
+        # command's to read and to add to: a session keyring of its own, empty, and
+        # no key management call at all
+        if _FILTER:
+            keyctl = _KEYS[os.uname().machine][1][2]
             with contextlib.suppress(OSError, AttributeError):
                 libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)
+            program = ctypes.create_string_buffer(_FILTER, len(_FILTER))
+            fprog = struct.pack("HP", len(_FILTER) // 8, ctypes.addressof(program))
+            with contextlib.suppress(OSError, AttributeError):
+                libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog)
 
     return setup
 
@@ -336,9 +379,14 @@ CREDENTIALS = (
     ".pgpass", ".pg_service.conf", ".my.cnf", ".mylogin.cnf",
     # model hubs and servers (Ollama's key signs its requests to ollama.com)
     ".cache/huggingface/token", ".huggingface/token", ".ollama/id_ed25519",
-    # password stores, keyrings, a desktop's session, and what was typed into shells
-    ".password-store", ".netrc", ".local/share/keyrings", ".Xauthority",
-    ".bash_history", ".zsh_history", ".python_history", ".psql_history", ".mysql_history",
+    # password stores, keyrings, a desktop's session, browsers' cookies and passwords
+    ".password-store", ".netrc", ".local/share/keyrings", ".Xauthority", ".env",
+    ".mozilla", ".thunderbird", ".config/google-chrome", ".config/chromium",
+    ".config/BraveSoftware", ".config/microsoft-edge",
+    # what was typed into shells and interpreters
+    ".bash_history", ".zsh_history", ".local/share/fish/fish_history", ".python_history",
+    ".ipython", ".node_repl_history", ".psql_history", ".mysql_history", ".sqlite_history",
+    ".lesshst", ".viminfo",
 )  # fmt: skip
 """Where a home directory keeps keys, tokens and passwords (relative to it): hidden
 from commands (``credentials``), which need none of them to build and test a project.
@@ -447,6 +495,7 @@ def _limit(kind: int, value: int) -> None:
 
 
 CGROUPS = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def _command_cgroups(limits: CommandLimits) -> list[Path]:
@@ -470,7 +519,11 @@ def _command_cgroups(limits: CommandLimits) -> list[Path]:
     }  # fmt: skip
     if (CGROUPS / "cgroup.controllers").exists():  # v2: a process is in one group only
         together = {**wanted["pids"], **wanted["memory"]}
-        group = _new_cgroup(CGROUPS, together) if together else None
+        # in the engine's own group, where it hands its controllers down (a group
+        # holding processes may not, but the root of the hierarchy, a container's
+        # included); never at the real root from below it: out of a service's limits
+        base = CGROUPS / _own_cgroup("")
+        group = _new_cgroup(base, together) if together else None
         return [group] if group is not None else []
     made = (
         _new_cgroup(CGROUPS / name / _own_cgroup(name), settings)
@@ -481,13 +534,13 @@ def _command_cgroups(limits: CommandLimits) -> list[Path]:
 
 
 def _own_cgroup(controller: str) -> str:
-    """This process's cgroup in ``controller``'s v1 hierarchy ("" for its root): a
-    command's group is made in it, so that the limits of the groups above it (a
-    container's) still hold for the command."""
+    """This process's cgroup in ``controller``'s v1 hierarchy, or in the v2 one for
+    "" ("" for its root): a command's group is made in it, so that the limits of the
+    groups above it (a container's, a service's) still hold for the command."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+        for line in PROC_CGROUP.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if controller in controllers.split(","):
+            if controller in controllers.split(",") or controllers == controller == "":
                 return path.strip("/")
     return ""
 
