@@ -79,10 +79,9 @@ class RawLog:
         PostgresEventStore(url).close()  # identical tables, indexes and triggers...
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute("CREATE SEQUENCE IF NOT EXISTS raw_positions")
-        # ...but those that order each insert under the log's lock and check its
-        # positions (migration 9): a hand-written log takes them from its sequence
-        for trigger in ("events_position_lock", "events_position_check"):
-            self.conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON events")
+        # ...but the one that sets each row's position under the log's lock (migration
+        # 7): a hand-written log takes its positions from its sequence, as said above
+        self.conn.execute("DROP TRIGGER IF EXISTS events_position ON events")
 
     def append(self, run_id: str, events: Sequence[Event], expected: int) -> None:
         payloads = encoded(events)

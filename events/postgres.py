@@ -111,10 +111,9 @@ APPEND_ONLY_TRIGGERS = (
     "blobs_append_only",
     "blobs_no_truncate",
     "store_meta_append_only",
-    "events_position_lock",
-    "events_position_check",
+    "events_position",
 )
-"""The triggers ``_APPEND_ONLY`` and migrations 3 and 9 create; ``verify`` checks they
+"""The triggers ``_APPEND_ONLY`` and migrations 3 and 7 create; ``verify`` checks they
 are there."""
 
 _POSITION = """
@@ -141,49 +140,6 @@ path, not the inserter's (a temporary ``events``, a ``+`` of their own could cho
 the position): ``pg_catalog`` first, then the log's schema, where no writer may
 create anything. (A static query, planned once a session: one ``format``-ed for the
 table of each row cost batched appends 2.7 times their time.)"""
-
-_POSITIONS = """
-DROP TRIGGER events_position ON events;
-DROP FUNCTION autonomy_position();
-CREATE FUNCTION autonomy_position_lock() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_advisory_xact_lock(1635087472, hashtext(TG_TABLE_SCHEMA));
-  RETURN NULL;
-END $$;
-CREATE FUNCTION autonomy_position_check() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE low bigint; high bigint; n bigint; below bigint;
-BEGIN
-  SELECT min(position), max(position), count(*) INTO low, high, n FROM added;
-  IF n = 0 THEN
-    RETURN NULL;
-  END IF;
-  SELECT coalesce(max(position), 0) INTO below FROM events WHERE position < low;
-  IF low <> below + 1 OR high - low + 1 <> n
-     OR EXISTS (SELECT 1 FROM events WHERE position > high) THEN
-    RAISE EXCEPTION 'events: a row''s position must be the log''s next (%), not %',
-      below + 1, low USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NULL;
-END $$;
-DO $$ BEGIN
-  EXECUTE format('ALTER FUNCTION autonomy_position_lock() SET search_path = pg_catalog, %I, pg_temp',
-                 current_schema());
-  EXECUTE format('ALTER FUNCTION autonomy_position_check() SET search_path = pg_catalog, %I, pg_temp',
-                 current_schema());
-END $$;
-CREATE TRIGGER events_position_lock BEFORE INSERT ON events
-  FOR EACH STATEMENT EXECUTE FUNCTION autonomy_position_lock();
-CREATE TRIGGER events_position_check AFTER INSERT ON events REFERENCING NEW TABLE AS added
-  FOR EACH STATEMENT EXECUTE FUNCTION autonomy_position_check();
-"""
-"""Migration 9: migration 7's promise (the log's positions are 1, 2, 3... whoever
-inserts), kept per statement instead of per row. Each insert takes the append lock
-before it starts, so it is ordered with every other, and is refused unless the rows
-it added are the log's next positions, without a gap: a writer's row at 2^63 - 1,
-which made every later append fail for good, is refused instead of renumbered.
-Migration 7's row trigger, a PL/pgSQL call per row, cost batched appends 30% of their
-throughput (28,700 events/s against 40,800 without it); two calls per statement cost
-about what one row's did. Both functions have migration 7's search path."""
 
 _BLOB_DIGEST = """
 ALTER TABLE blobs ADD CONSTRAINT blobs_digest
@@ -272,8 +228,6 @@ CREATE TRIGGER store_meta_append_only BEFORE UPDATE OR DELETE ON store_meta
     _POSITION,
     # 8: a blob is stored under its own digest only (_BLOB_DIGEST)
     _BLOB_DIGEST,
-    # 9: migration 7's positions, checked per statement (_POSITIONS)
-    _POSITIONS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
