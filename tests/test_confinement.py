@@ -918,42 +918,34 @@ def test_a_bare_repository_loses_every_spelling_of_its_head(tmp_path: Path) -> N
         assert git_status_runs_nothing(where, marker)
 
 
-def test_a_repository_made_in_a_log_directory_a_command_made_is_removed(tmp_path: Path) -> None:
-    """A snapshot walked no ``.autonomy`` directory: a command that made
-    ``sub/.autonomy/evil/.git`` left it, and ``git status`` there ran its config."""
+def planted_in(tmp_path: Path, where: str) -> tuple[Path, Path, ToolOutcome]:
+    """A command that makes a repository (``PLANT``) in the workspace's directory
+    ``where``, named in its code (no argument may name a path in ``.autonomy/``): the
+    directory, the marker its config would touch, and the command's outcome."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     marker = tmp_path / "ran-outside-the-sandbox"
-    where = "sub/.autonomy/evil"
-    # named in the code: no argument may name a path in .autonomy/
     (workspace / "plant.py").write_text(
         f"MARKER = {str(marker)!r}\n{PLANT}\nplant({where!r}, MARKER)\n"
     )
     outcome = run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
     assert f"planted: {where}/.git" in outcome.result, outcome.result
-    assert f"[removed {where}/.git: a command may not make" in outcome.result
-    assert not os.path.lexists(workspace / where / ".git")
-    assert git_status_runs_nothing(workspace / where, marker)
+    return workspace / where, marker, outcome
 
 
-@pytest.mark.parametrize("where", ["node_modules/left-pad", ".venv", "__pycache__", ".tox/py"])
-def test_a_repository_made_among_installed_packages_is_removed_too(
+@pytest.mark.parametrize(
+    "where", ["node_modules/left-pad", ".venv", "__pycache__", ".tox/py", "sub/.autonomy/evil"]
+)
+def test_a_repository_made_where_no_file_is_recorded_is_removed_too(
     tmp_path: Path, where: str
 ) -> None:
-    """A snapshot does not record the directories of installed packages and caches;
-    a ``.git`` a command made in one was never seen, so never removed."""
-    workspace = tmp_path / "ws"
-    (workspace / where).mkdir(parents=True)
-    marker = tmp_path / "ran-outside-the-sandbox"
-    # named in the code: no argument may name a path in .autonomy/
-    (workspace / "plant.py").write_text(
-        f"MARKER = {str(marker)!r}\n{PLANT}\nplant({where!r}, MARKER)\n"
-    )
-    outcome = run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
-    assert f"planted: {where}/.git" in outcome.result, outcome.result
+    """A snapshot does not record the directories of installed packages and caches,
+    nor a log's: a ``.git`` a command made in one was never seen, so never removed
+    (``sub/.autonomy/evil/.git`` too: no ``.autonomy`` was walked)."""
+    place, marker, outcome = planted_in(tmp_path, where)
     assert f"[removed {where}/.git: a command may not make a git repository" in outcome.result
-    assert not os.path.lexists(workspace / where / ".git")
-    assert git_status_runs_nothing(workspace / where, marker)
+    assert not os.path.lexists(place / ".git")
+    assert git_status_runs_nothing(place, marker)
 
 
 UNRECORDED_PLACES = {
