@@ -368,7 +368,9 @@ def test_a_fork_replays_as_its_parents_prefix_then_its_own_events(
     code, out = invoke("replay", "f", "--db", str(db))
 
     assert code == 0, out
-    assert out.strip() == f"identical ({5 + own} events)"
+    assert out.strip() == (
+        f"identical ({5 + own} events: {own} of f, 5 of the runs it was forked from up to the fork)"
+    )
 
 
 def test_a_fork_of_a_fork_that_diverges_in_its_first_ancestor_names_it(

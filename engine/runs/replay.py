@@ -105,6 +105,8 @@ class ReplayResult:
     divergence: Divergence | None = None
     diverged_in: str = ""
     """The run whose events diverged: ``run_id``, or a parent it was forked from."""
+    inherited: int = 0
+    """How many of ``compared`` are of the runs ``run_id`` was forked from."""
 
     @property
     def identical(self) -> bool:
@@ -112,6 +114,14 @@ class ReplayResult:
 
     def report(self) -> str:
         if self.divergence is None:
+            if self.inherited:
+                # a fork of one event said "identical (41 events)", with no word of
+                # the 40 of its parent that made them 41
+                own = self.compared - self.inherited
+                return (
+                    f"identical ({self.compared} events: {own} of {self.run_id}, "
+                    f"{self.inherited} of the runs it was forked from up to the fork)"
+                )
             return f"identical ({self.compared} events)"
         d = self.divergence
         where = (
@@ -128,6 +138,7 @@ class ReplayResult:
             "run_id": self.run_id,
             "identical": self.identical,
             "compared": self.compared,
+            "inherited": self.inherited,
             "diverged_in": self.diverged_in or None,
             "divergence": self.divergence.document() if self.divergence else None,
         }
@@ -190,14 +201,16 @@ def _replay(recording: Recording, scratch: Path, live: bool) -> ReplayResult:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
     memory = scratch_store()
-    compared = 0
+    compared = inherited = 0
     for segment in _segments(recording, memory, scratch, live):
         segment.drive()
         result = segment.result()
         compared += result.compared
         if not result.identical:
             return ReplayResult(recording.run_id, compared, result.divergence, result.run_id)
-    return ReplayResult(recording.run_id, compared)
+        if segment.recording is not recording:
+            inherited += result.compared
+    return ReplayResult(recording.run_id, compared, inherited=inherited)
 
 
 def _segments(
