@@ -674,6 +674,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 Structure = dict[str, tuple[object, ...]]
 
+_CLAUSES = ("CHECK", "CONFLICT", "COLLATE", "STRICT", "AUTOINCREMENT", "WITHOUT", "REFERENCES")
+"""Clauses of a CREATE TABLE no pragma tells, none of which autonomy's tables have: a
+CHECK refusing an event type stopped every append; ``ON CONFLICT REPLACE`` on the
+position made an insert delete a past event without the DELETE trigger firing."""
+
 _TABLES_SINCE = (
     (0, ("events", "blobs")),
     (2, ("store_meta", "repairs")),
@@ -695,14 +700,14 @@ def _structure(conn: sqlite3.Connection) -> Structure:
     ).fetchall()
     for table, sql in tables:
         quoted = '"' + table.replace('"', '""') + '"'
-        # table_xinfo: generated (hidden) columns too; and what no pragma says, a
-        # CHECK (one refusing an event type stopped every run's appends)
+        # table_xinfo: generated (hidden) columns too; and what no pragma says, the
+        # clauses of _CLAUSES
         columns = conn.execute(f"PRAGMA table_xinfo({quoted})").fetchall()
         references = conn.execute(f"PRAGMA foreign_key_list({quoted})").fetchall()
         found[f"table {table}"] = (
             tuple((c[1], str(c[2]).upper(), c[3], c[4], c[5], c[6]) for c in columns),
             tuple(tuple(r[2:5]) for r in references),
-            bool(re.search(r"\bCHECK\b", str(sql or ""), re.IGNORECASE)),
+            tuple(word for word in _CLAUSES if re.search(rf"\b{word}\b", str(sql or ""), re.I)),
         )
         for _, index, unique, _origin, partial in conn.execute(f"PRAGMA index_list({quoted})"):
             keys = conn.execute(f'PRAGMA index_xinfo("{index.replace(chr(34), chr(34) * 2)}")')

@@ -505,7 +505,9 @@ KEYRING_READER = textwrap.dedent(
         print("KEY", read(int.from_bytes(buf.raw[i:i + 4], "little")))
     print("read", max(n, 0) // 4, "keys")
     try:  # every keyring /proc/keys shows, linked into its own, then searched
-        for line in open("/proc/keys").read().splitlines():
+        listed = open("/proc/keys").read()
+        print("LISTED" if "autonomy-test" in listed else "listed nothing of the engine's")
+        for line in listed.splitlines():
             if line.split()[7] == "keyring":
                 libc.syscall(keyctl, 8, ctypes.c_long(int(line.split()[0], 16)), ctypes.c_long(-3))
     except OSError as e:
@@ -535,19 +537,57 @@ def test_a_command_has_a_session_keyring_of_its_own(tmp_path: Path) -> None:
         assert libc.syscall(keyctl, 1, b"autonomy-test-session") > 0  # JOIN_SESSION_KEYRING
         secret = b"SECRET-IN-THE-SESSION-KEYRING"
         assert libc.syscall(add_key, b"user", b"autonomy-test", secret, len(secret), -3) > 0
-        argv = ["python", "-c", {KEYRING_READER!r}]
+        argv = ["python", "reader.py"]
         context = ToolContext(workspace=Path({str(tmp_path)!r}), blobs=MemoryEventStore(),
                               confinement=choose("required"),
-                              allowlist=(("python", "-c"),))
-        print(execute(default_registry(), "run_command", {{"argv": argv}}, context).result)
+                              allowlist=(("python",),))
+        done = execute(default_registry(), "run_command", {{"argv": argv}}, context)
+        print(done.result or done.error)
         """
     )
+    (tmp_path / "reader.py").write_text(KEYRING_READER)
     done = subprocess.run(
         [sys.executable, "-c", engine], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
     assert "read 0 keys" in done.stdout and "SEARCHED b''" in done.stdout, done.stdout
+    assert "LISTED" not in done.stdout  # /proc/keys is /dev/null's stand-in, unreadable
     assert "SECRET-IN-THE-SESSION-KEYRING" not in done.stdout
+
+
+I386 = """
+.globl _start
+_start:
+  mov $4, %eax; mov $1, %ebx; mov $hello, %ecx; mov $6, %edx; int $0x80
+  mov $288, %eax; mov $0, %ebx; mov $-3, %ecx; mov $0, %edx; int $0x80
+  mov $allowed, %ecx
+  test %eax, %eax
+  jns say
+  mov $refused, %ecx
+say:
+  mov $4, %eax; mov $1, %ebx; mov $8, %edx; int $0x80
+  mov $1, %eax; mov $0, %ebx; int $0x80
+.data
+hello: .ascii "hi32!\\n"
+allowed: .ascii "allowed\\n"
+refused: .ascii "refused\\n"
+"""
+
+
+def test_a_32_bit_program_runs_but_gets_no_key_management_call_either(tmp_path: Path) -> None:
+    """The filter refused every call of another architecture than the machine's: a
+    32-bit program (an i386 toolchain's, a test binary) could not even write. Its
+    calls pass now but for the key management ones, under their i386 numbers."""
+    assert os.uname().machine == "x86_64", "this test's program is i386 assembly"
+    (tmp_path / "hello.s").write_text(I386)
+    for step in (
+        ["as", "--32", "-o", "hello.o", "hello.s"],
+        ["ld", "-m", "elf_i386", "-o", "hello32", "hello.o"],
+    ):
+        subprocess.run(step, cwd=tmp_path, check=True, timeout=60)
+    outcome = run(tmp_path, ["./hello32"], bubblewrap(), allowlist=(("./hello32",),))
+    assert outcome.ok, outcome.text
+    assert "hi32!\nrefused" in outcome.result, outcome.result
 
 
 def test_bubblewrap_is_probed_once_per_binary_and_again_when_it_changes(tmp_path: Path) -> None:
@@ -916,6 +956,39 @@ def test_a_bare_repository_loses_every_spelling_of_its_head(tmp_path: Path) -> N
     for where in (workspace, workspace / "sub"):
         assert not [e for e in os.listdir(where) if e.casefold() == "head"]
         assert git_status_runs_nothing(where, marker)
+
+
+def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_removed(
+    tmp_path: Path,
+) -> None:
+    """Repositories were told apart by path: a command renamed the directory holding
+    the user's repository (its read-only mount goes with it) and made a ``.git`` at
+    the old path. Its own was kept, and the host's ``git status`` there ran its
+    fsmonitor; the user's, at a path new to the engine, was removed with its history.
+    They are told apart by the directory itself now (device and inode)."""
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=workspace / "sub", check=True)
+    (workspace / "sub" / "a.txt").write_text("mine\n")
+    subprocess.run([*git, "add", "a.txt"], cwd=workspace / "sub", check=True)
+    subprocess.run([*git, "commit", "-qm", "the user's history"], cwd=workspace / "sub", check=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    (workspace / "move.py").write_text(
+        f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
+        "os.rename('sub', 'moved')\nplant('sub', MARKER)\n"
+    )
+    outcome = run(workspace, ["python", "move.py"], bubblewrap(), allowlist=PYTHON)
+    assert "planted: sub/.git" in outcome.result, outcome.result
+    assert "[removed sub/.git: a command may not make" in outcome.result
+    assert "moved/.git" not in outcome.result
+    assert not os.path.lexists(workspace / "sub" / ".git")
+    log = subprocess.run(
+        ["git", "log", "--format=%s"], cwd=workspace / "moved", capture_output=True, text=True
+    )
+    assert log.stdout.strip() == "the user's history", log.stderr
+    (workspace / "sub").mkdir(exist_ok=True)
+    assert git_status_runs_nothing(workspace / "sub", marker)
 
 
 def planted_in(tmp_path: Path, where: str) -> tuple[Path, Path, ToolOutcome]:

@@ -306,10 +306,13 @@ def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, ch
         ("CHECK", "table events is not as autonomy makes it"),
         ("REFERENCES", "table events is not as autonomy makes it"),
         ("GENERATED", "table events is not as autonomy makes it"),
+        ("ON CONFLICT", "table events is not as autonomy makes it"),
+        ("COLLATE", "table events is not as autonomy makes it"),
         ("DROP TABLE repairs", "table repairs is missing"),
     ],
     ids=["index-dropped", "unique-index-made-partial", "foreign-index", "not-null-taken-off",
-         "check-added", "reference-added", "generated-column", "repairs-dropped"],
+         "check-added", "reference-added", "generated-column", "replace-on-conflict",
+         "collation", "repairs-dropped"],
 )  # fmt: skip
 def test_verify_compares_the_tables_and_indexes_with_autonomys(
     tmp_path: Path, change: str, said: str
@@ -324,6 +327,9 @@ def test_verify_compares_the_tables_and_indexes_with_autonomys(
         "CHECK": '"run_id" TEXT NOT NULL CHECK ("run_id" != \'x\')',
         "REFERENCES": '"run_id" TEXT NOT NULL REFERENCES store_meta (name)',
         "GENERATED": '"run_id" TEXT NOT NULL, "v" AS (1)',
+        # a row without a run id is then dropped in silence, not refused
+        "ON CONFLICT": '"run_id" TEXT NOT NULL ON CONFLICT IGNORE',
+        "COLLATE": '"run_id" TEXT NOT NULL COLLATE NOCASE',
     }
     if change in rewritten:
         conn.execute("PRAGMA writable_schema = ON")

@@ -132,6 +132,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     root = sandbox.root
     before = digests.snapshot(root, ctx.blobs)
     repositories = digests.repositories
+    theirs = {_identity(root / name) for name in repositories} - {None}
     left_out = digests.left_out
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
@@ -150,7 +151,13 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     elapsed = time.monotonic() - started
     set_id = clear_set_id(root)
     after = digests.snapshot(root, ctx.blobs)
-    made = _made(root, sorted(set(digests.repositories) - set(repositories)))
+    # made by the command: those that are not the very directories (or files) that
+    # were there before, wherever they are now. By path, a command that renamed the
+    # directory holding a repository (its read-only mount goes with it) and made a
+    # .git at the old path had its own kept, and the user's (at its new path) removed
+    made = _made(
+        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in theirs)
+    )
     left = _remove(root, made) if made else []
     if made:
         after = digests.snapshot(root, ctx.blobs)
@@ -264,6 +271,16 @@ def _remove(root: Path, names: Sequence[str]) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return [name for name in names if os.path.lexists(root / name)]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file system's identity of what is at ``path`` (device and inode; a link's
+    own), which a rename keeps; None if nothing can be found there."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _made(root: Path, repositories: Sequence[str]) -> list[str]:

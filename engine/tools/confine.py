@@ -71,35 +71,42 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 _KEYCTL_JOIN_SESSION_KEYRING = 1
-_KEYS = {  # the audit architecture, then add_key, request_key, keyctl
-    "x86_64": (0xC000003E, (248, 249, 250)),
-    "aarch64": (0xC00000B7, (217, 218, 219)),
+_X32 = 0x40000000
+_KEYS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
+    # each audit architecture a process of this machine may call the kernel as, with
+    # the numbers of add_key, request_key and keyctl there (libc wraps none of them)
+    "x86_64": (
+        (0xC000003E, (248, 249, 250, _X32 | 248, _X32 | 249, _X32 | 250)),  # and x32
+        (0x40000003, (286, 287, 288)),  # i386
+    ),
+    "aarch64": ((0xC00000B7, (217, 218, 219)), (0x40000028, (309, 310, 311))),  # and arm
 }
-"""The kernel's key management calls on the architectures a filter is made for (libc
-has no wrapper for them)."""
+"""The kernel's key management calls on the architectures a filter is made for."""
 
 
 def _keys_filter(machine: str) -> bytes:
     """A seccomp program (classic BPF) that fails the key management calls with
-    EPERM, as Docker's default profile does: a command that joined a session keyring
-    of its own still linked the engine's into it by id (from ``/proc/keys``) and read
-    its keys, and root's user keyring's. A call of another architecture than this
-    one (the same calls under other numbers), or of x32, fails too. "" where there
-    is no filter for ``machine``."""
+    EPERM under every architecture a process here may call as (a 32-bit program's
+    calls are numbered otherwise), as Docker's default profile does: a command that
+    joined a session keyring of its own still linked the engine's into it by id (from
+    ``/proc/keys``) and read its keys, and root's user keyring's. Every other call
+    passes (all of a 32-bit program's were refused: it could not even write); a call
+    of an architecture not listed is refused. "" where there is no filter for
+    ``machine``."""
     if machine not in _KEYS:
         return b""
-    arch, calls = _KEYS[machine]
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    load, jeq, ret = 0x20, 0x15, 0x06
     allow, refuse = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+    program: list[tuple[int, int, int, int]] = [(load, 0, 0, 4)]  # seccomp_data.arch
+    for arch, calls in _KEYS[machine]:
+        block = [(load, 0, 0, 0), *((jeq, -1, 0, call) for call in calls), (ret, 0, 0, allow)]
+        program += [(jeq, 0, len(block), arch), *block]  # not this architecture: skip it
+    program.append((ret, 0, 0, refuse))
+    last = len(program) - 1
+    # each call's jump (-1, above) goes to the refusal at the end
     program = [
-        (load, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 1, 0, arch),
-        (ret, 0, 0, refuse),
-        (load, 0, 0, 0),  # seccomp_data.nr
-        (jge, len(calls) + 1, 0, 0x40000000),  # x32
-        *((jeq, len(calls) - i, 0, call) for i, call in enumerate(calls)),
-        (ret, 0, 0, allow),
-        (ret, 0, 0, refuse),
+        (code, last - i - 1 if jt == -1 else jt, jf, k)
+        for i, (code, jt, jf, k) in enumerate(program)
     ]
     return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
 
@@ -194,6 +201,12 @@ class Confinement:
         memory = self.limits.memory_mb * MIB
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
         args += KERNEL_SETTINGS
+        # the keys the engine's user may see, by description and size (what a key is
+        # for: a Kerberos principal), and the ids that a call of the key management
+        # (refused: ``_keys_filter``) would take
+        for listing in ("/proc/keys", "/proc/key-users"):
+            if os.path.exists(listing):
+                args += ["--ro-bind", "/dev/null", listing]
         args += [*self._size(memory), "--tmpfs", "/tmp"]
         args += [*self._size(min(memory, SHM_BYTES) or SHM_BYTES), "--tmpfs", "/dev/shm"]
         if not self.network:  # sized: it is in memory too
@@ -334,7 +347,7 @@ def _child_setup(limits: CommandLimits, cgroups: Sequence[Path]) -> Callable[[],
         # command's to read and to add to: a session keyring of its own, empty, and
         # no key management call at all
         if _FILTER:
-            keyctl = _KEYS[os.uname().machine][1][2]
+            keyctl = _KEYS[os.uname().machine][0][1][2]
             with contextlib.suppress(OSError, AttributeError):
                 libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)
             program = ctypes.create_string_buffer(_FILTER, len(_FILTER))
