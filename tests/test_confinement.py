@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -989,6 +990,97 @@ def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_remov
     assert log.stdout.strip() == "the user's history", log.stderr
     (workspace / "sub").mkdir(exist_ok=True)
     assert git_status_runs_nothing(workspace / "sub", marker)
+
+
+def test_a_repository_a_command_made_around_the_users_loses_its_head_not_their_history(
+    tmp_path: Path,
+) -> None:
+    """A command moved the user's repository (``vendor/lib/.git``) into a ``.git`` it
+    made (``evil/.git/vendor``): the walk never enters a ``.git``, so the user's was
+    not seen, and the made one was removed whole, the user's history with it. It
+    loses its ``HEAD`` only now: no repository to git, and nothing of the user's lost."""
+    workspace = tmp_path / "ws"
+    (workspace / "vendor" / "lib").mkdir(parents=True)
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
+    lib = workspace / "vendor" / "lib"
+    subprocess.run([*git, "init", "-q"], cwd=lib, check=True)
+    (lib / "v.txt").write_text("vendored\n")
+    subprocess.run([*git, "add", "v.txt"], cwd=lib, check=True)
+    subprocess.run([*git, "commit", "-qm", "the user's history"], cwd=lib, check=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    (workspace / "wrap.py").write_text(
+        f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
+        "plant('evil', MARKER)\nos.rename('vendor', 'evil/.git/vendor')\n"
+    )
+    outcome = run(workspace, ["python", "wrap.py"], bubblewrap(), allowlist=PYTHON)
+    assert "planted: evil/.git" in outcome.result, outcome.result
+    assert "[removed evil/.git/HEAD: a command may not make" in outcome.result
+    moved = workspace / "evil" / ".git" / "vendor" / "lib"
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=moved, capture_output=True, text=True)
+    assert log.stdout.strip() == "the user's history", log.stderr
+    assert git_status_runs_nothing(workspace / "evil", marker)
+
+
+@pytest.mark.parametrize("where", ["", "evil/"])
+def test_the_file_tools_cannot_make_a_bare_repository(tmp_path: Path, where: str) -> None:
+    """``create_file`` of ``HEAD``, ``objects/keep``, ``refs/keep`` and a ``config``
+    naming an fsmonitor made a bare repository, at the workspace's top too; the next
+    command's snapshot took it for the user's, kept it, and the host's ``git status``
+    ran the fsmonitor. The write that would complete one is refused."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    marker = tmp_path / "ran-outside-the-sandbox"
+    context = ToolContext(
+        workspace=workspace, blobs=MemoryEventStore(), confinement=bubblewrap(), allowlist=PYTHON
+    )
+    files = {
+        "config": f"[core]\n\tbare = false\n\tworktree = .\n\tfsmonitor = touch {marker}\n",
+        "objects/keep": "",
+        "refs/keep": "",
+        "HEAD": "ref: refs/heads/main\n",
+    }
+    outcomes = [
+        execute(default_registry(), "create_file", {"path": where + name, "content": text}, context)
+        for name, text in files.items()
+    ]
+    assert [o.ok for o in outcomes] == [True, True, True, False], outcomes
+    assert "a git repository" in outcomes[-1].error
+    (workspace / "run.py").write_text("print('ran')\n")
+    ran = execute(default_registry(), "run_command", {"argv": ["python", "run.py"]}, context)
+    assert ran.ok, ran.text
+    assert git_status_runs_nothing(workspace / where, marker)
+
+
+def test_a_directory_that_took_the_users_git_links_inode_is_not_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identity of a repository was its device and inode: a ``.git`` that is a
+    link (to a git directory kept elsewhere) is writable, its target only is mounted
+    read-only. A red team's command removed the link, made directories until one had
+    the freed inode number (ext4 hands one out again at once, but not always: here the
+    reuse is made certain), made it a repository and renamed it ``.git``: it passed
+    for the user's, and the host's ``git status`` ran its fsmonitor."""
+    from engine.tools import commands
+
+    link = tmp_path / ".git"
+    link.symlink_to(tmp_path / "elsewhere.git")
+    users = commands._identity(link)
+    link.unlink()
+    link.mkdir()
+    real_lstat = os.lstat
+
+    def reused(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        found = real_lstat(path, *args, **kwargs)
+        if Path(path) != link:
+            return found
+        fields = list(found)
+        fields[stat.ST_INO] = users[1] if users else 0
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(commands.os, "lstat", reused)
+    made = commands._identity(link)
+    assert made is not None and users is not None and made[:2] == users[:2]  # same number
+    assert made != users
 
 
 def planted_in(tmp_path: Path, where: str) -> tuple[Path, Path, ToolOutcome]:

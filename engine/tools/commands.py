@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import shlex
+import stat
 import sys
 import tempfile
 import time
@@ -158,6 +159,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     made = _made(
         root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in theirs)
     )
+    made = _sparing(root, made, theirs)
     left = _remove(root, made) if made else []
     if made:
         after = digests.snapshot(root, ctx.blobs)
@@ -273,14 +275,54 @@ def _remove(root: Path, names: Sequence[str]) -> list[str]:
     return [name for name in names if os.path.lexists(root / name)]
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The file system's identity of what is at ``path`` (device and inode; a link's
-    own), which a rename keeps; None if nothing can be found there."""
+def _identity(path: Path) -> tuple[int, int, int, str] | None:
+    """The file system's identity of what is at ``path``, which a rename keeps: its
+    device and inode, its kind, and for a link where it leads. None if nothing can be
+    found there. (A ``.git`` that is a link is not mounted read-only, its target is:
+    a command removed it and made a directory, which took the freed inode number at
+    once on ext4, and passed for the user's repository.)"""
     try:
         found = os.lstat(path)
+        target = os.readlink(path) if stat.S_ISLNK(found.st_mode) else ""
     except OSError:
         return None
-    return found.st_dev, found.st_ino
+    return found.st_dev, found.st_ino, stat.S_IFMT(found.st_mode), target
+
+
+def _sparing(root: Path, made: Sequence[str], theirs: set[Any]) -> list[str]:
+    """``made``, but for a ``.git`` the command made that holds a repository that was
+    there before (the user's, moved into it: the directory holding its read-only
+    mount may be renamed), its ``HEAD`` files only, without which git takes it for no
+    repository: removed whole, it took the user's history with it."""
+    spared: list[str] = []
+    for name in made:
+        path = root / name
+        if path.name.casefold() == ".git" and _holds(path, theirs):
+            with contextlib.suppress(OSError):
+                spared += sorted(
+                    f"{name}/{entry.name}"
+                    for entry in os.scandir(path)
+                    if entry.name.casefold() == "head" and not entry.is_dir(follow_symlinks=False)
+                )
+        else:
+            spared.append(name)
+    return spared
+
+
+def _holds(directory: Path, theirs: set[Any]) -> bool:
+    """Whether ``directory`` (a directory, not a link) holds one of ``theirs``, at any
+    depth a path can be opened at; links are not followed."""
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    stack = [str(directory)]
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if _identity(Path(entry.path)) in theirs:
+                    return True
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return False
 
 
 def _made(root: Path, repositories: Sequence[str]) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import msgspec
 
 from engine.errors import ToolError
+from engine.tools.confine import REPOSITORY
 from engine.tools.registry import Args, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
@@ -34,7 +35,7 @@ from engine.tools.sandbox import (
     is_protected_name,
     printable_name,
 )
-from engine.tools.snapshot import MAX_RECORDED_BYTES, TOO_LARGE
+from engine.tools.snapshot import MAX_RECORDED_BYTES, TOO_LARGE, is_bare_repository
 from events.schema import FileChange
 
 Meta = msgspec.Meta
@@ -497,8 +498,30 @@ def _check_size(rel: str, size: int, verb: str = "would be") -> None:
         )
 
 
+def _refuse_a_repository(root: Path, path: Path, rel: str) -> None:
+    """``ToolError`` when writing ``path`` would make a directory of the workspace
+    (its top included) a bare git repository: ``HEAD`` with ``objects/`` and
+    ``refs/`` (or ``commondir``), which the host's git takes for one and whose config
+    it obeys (``engine.tools.confine.REPOSITORY``). Written with the file tools, such
+    a repository was not the command's to remove, and passed for the user's."""
+    directory, parts = root, path.relative_to(root).parts
+    for part in parts:
+        try:
+            names = [entry.name for entry in os.scandir(directory)]
+        except OSError:  # not there yet: it holds only what this write makes
+            names = []
+        if not is_bare_repository(names) and is_bare_repository([*names, part]):
+            where = directory.relative_to(root).as_posix()
+            raise ToolError(
+                f"writing {rel} would make {'the workspace' if where == '.' else where} a "
+                f"git repository: {REPOSITORY}"
+            )
+        directory = directory / part
+
+
 def _commit(ctx: ToolContext, path: Path, rel: str, before: bytes | None, text: str) -> FileChange:
     """Check, store and write ``text`` to ``path``; the single way tools write."""
+    _refuse_a_repository(ctx.sandbox().root, path, rel)
     _check_size(rel, len(text))  # characters: a first check before encoding them
     if path.suffix == ".py":
         check_python(rel, text)
