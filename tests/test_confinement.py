@@ -1051,6 +1051,34 @@ def test_the_file_tools_cannot_make_a_bare_repository(tmp_path: Path, where: str
     assert git_status_runs_nothing(workspace / where, marker)
 
 
+def test_what_a_repositorys_config_makes_git_read_or_run_is_read_only(tmp_path: Path) -> None:
+    """A repository's config may include a file of the project (``include.path``), name
+    a hooks directory of the working tree (``core.hooksPath``), or a program by its
+    path (``core.fsmonitor = scripts/watch.sh``): a command wrote an fsmonitor into
+    the included file, and the host's ``git status`` ran it as the user. Each is
+    read-only for commands now, as the repository itself is."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+    for key, value in (("include.path", "../.gitconfig"), ("core.hooksPath", ".githooks")):
+        subprocess.run(["git", "config", key, value], cwd=workspace, check=True)
+    (workspace / ".gitconfig").write_text("[core]\n\tfsmonitor = scripts/watch.sh\n")
+    (workspace / ".githooks").mkdir()
+    (workspace / "scripts").mkdir()
+    (workspace / "scripts" / "watch.sh").write_text("#!/bin/sh\nexit 1\n")
+    (workspace / "scripts" / "watch.sh").chmod(0o755)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    code = tries_to_write(
+        ".gitconfig", ".githooks/pre-commit", "scripts/watch.sh", "scripts/other.sh",
+        text=f"#!/bin/sh\ntouch {marker}\n",
+    )  # fmt: skip
+    outcome = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    for target in (".gitconfig", ".githooks/pre-commit", "scripts/watch.sh"):
+        assert f"refused {target}" in outcome.result, outcome.result
+    assert "wrote scripts/other.sh" in outcome.result  # the rest of the project is the command's
+    assert git_status_runs_nothing(workspace, marker)
+
+
 def test_a_directory_that_took_the_users_git_links_inode_is_not_the_users(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

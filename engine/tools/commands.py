@@ -23,7 +23,9 @@ import contextlib
 import functools
 import os
 import shlex
+import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,7 +145,8 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
                 workspace=root,
                 out=out,
                 timeout=timeout,
-                repositories=[root / r for r in repositories],
+                # read-only too: what their configs make git read or run
+                repositories=[root / r for r in repositories] + _obeyed(root, repositories),
                 logs=[root / name for name in digests.logs],
             )
         except OSError as e:
@@ -273,6 +276,49 @@ def _remove(root: Path, names: Sequence[str]) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return [name for name in names if os.path.lexists(root / name)]
+
+
+def _obeyed(root: Path, repositories: Sequence[str]) -> list[Path]:
+    """The files and directories of the workspace that the configs of its
+    ``repositories`` make the host's git read or run: a file one includes
+    (``include.path = ../.gitconfig``, a config shared in the project), the hooks'
+    directory (``core.hooksPath``), a program named by its path (``core.fsmonitor =
+    scripts/watch.sh``). A command wrote ``core.fsmonitor`` into an included file, and
+    the host's ``git status`` ran it. As git itself lists them (``git config --list
+    --show-origin --includes``, which reads and runs nothing else); none without git."""
+    git = shutil.which("git")
+    if git is None or not repositories:
+        return []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    found: set[Path] = set()
+    for name in repositories:
+        place = root / name
+        worktree = place.parent if place.name.casefold() == ".git" else place
+        try:
+            listed = subprocess.run(
+                [git, "-C", str(worktree), "config", "--list", "--show-origin", "--includes", "-z"],
+                capture_output=True, stdin=subprocess.DEVNULL, env=env, timeout=30, check=False,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            continue
+        fields = listed.split(b"\0")
+        for origin, entry in zip(fields[0::2], fields[1::2], strict=False):
+            key, _, value = os.fsdecode(entry).partition("\n")
+            # a file only (a value naming a directory, core.worktree say, is no program)
+            named = [(os.fsdecode(origin).removeprefix("file:"), False)]
+            if key.lower() == "core.hookspath":
+                named.append((value, True))
+            elif value.split():
+                named.append((value.split()[0].lstrip("!"), False))
+            for text, directory in named:
+                path = Path(os.path.normpath(worktree / os.path.expanduser(text)))
+                if (
+                    path.is_relative_to(root)
+                    and path != root
+                    and (path.is_dir() if directory else path.is_file())
+                ):
+                    found.add(path)
+    return sorted(found)
 
 
 def _identity(path: Path) -> tuple[int, int, int, str] | None:
