@@ -959,6 +959,24 @@ def test_a_bare_repository_loses_every_spelling_of_its_head(tmp_path: Path) -> N
         assert git_status_runs_nothing(where, marker)
 
 
+def users_repository(directory: Path) -> None:
+    """A repository of the user's in ``directory``, with one commit ("the user's history")."""
+    directory.mkdir(parents=True)
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=directory, check=True)
+    (directory / "a.txt").write_text("mine\n")
+    subprocess.run([*git, "add", "a.txt"], cwd=directory, check=True)
+    subprocess.run([*git, "commit", "-qm", "the user's history"], cwd=directory, check=True)
+
+
+def history_of(directory: Path) -> str:
+    """The subjects of the commits of the repository in ``directory``."""
+    log = subprocess.run(
+        ["git", "log", "--format=%s"], cwd=directory, capture_output=True, text=True, check=False
+    )
+    return log.stdout.strip() or log.stderr
+
+
 def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_removed(
     tmp_path: Path,
 ) -> None:
@@ -968,12 +986,7 @@ def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_remov
     fsmonitor; the user's, at a path new to the engine, was removed with its history.
     They are told apart by the directory itself now (device and inode)."""
     workspace = tmp_path / "ws"
-    (workspace / "sub").mkdir(parents=True)
-    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
-    subprocess.run([*git, "init", "-q"], cwd=workspace / "sub", check=True)
-    (workspace / "sub" / "a.txt").write_text("mine\n")
-    subprocess.run([*git, "add", "a.txt"], cwd=workspace / "sub", check=True)
-    subprocess.run([*git, "commit", "-qm", "the user's history"], cwd=workspace / "sub", check=True)
+    users_repository(workspace / "sub")
     marker = tmp_path / "ran-outside-the-sandbox"
     (workspace / "move.py").write_text(
         f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
@@ -984,10 +997,7 @@ def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_remov
     assert "[removed sub/.git: a command may not make" in outcome.result
     assert "moved/.git" not in outcome.result
     assert not os.path.lexists(workspace / "sub" / ".git")
-    log = subprocess.run(
-        ["git", "log", "--format=%s"], cwd=workspace / "moved", capture_output=True, text=True
-    )
-    assert log.stdout.strip() == "the user's history", log.stderr
+    assert history_of(workspace / "moved") == "the user's history"
     (workspace / "sub").mkdir(exist_ok=True)
     assert git_status_runs_nothing(workspace / "sub", marker)
 
@@ -1000,13 +1010,7 @@ def test_a_repository_a_command_made_around_the_users_loses_its_head_not_their_h
     not seen, and the made one was removed whole, the user's history with it. It
     loses its ``HEAD`` only now: no repository to git, and nothing of the user's lost."""
     workspace = tmp_path / "ws"
-    (workspace / "vendor" / "lib").mkdir(parents=True)
-    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
-    lib = workspace / "vendor" / "lib"
-    subprocess.run([*git, "init", "-q"], cwd=lib, check=True)
-    (lib / "v.txt").write_text("vendored\n")
-    subprocess.run([*git, "add", "v.txt"], cwd=lib, check=True)
-    subprocess.run([*git, "commit", "-qm", "the user's history"], cwd=lib, check=True)
+    users_repository(workspace / "vendor" / "lib")
     marker = tmp_path / "ran-outside-the-sandbox"
     (workspace / "wrap.py").write_text(
         f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
@@ -1015,9 +1019,7 @@ def test_a_repository_a_command_made_around_the_users_loses_its_head_not_their_h
     outcome = run(workspace, ["python", "wrap.py"], bubblewrap(), allowlist=PYTHON)
     assert "planted: evil/.git" in outcome.result, outcome.result
     assert "[removed evil/.git/HEAD: a command may not make" in outcome.result
-    moved = workspace / "evil" / ".git" / "vendor" / "lib"
-    log = subprocess.run(["git", "log", "--format=%s"], cwd=moved, capture_output=True, text=True)
-    assert log.stdout.strip() == "the user's history", log.stderr
+    assert history_of(workspace / "evil" / ".git" / "vendor" / "lib") == "the user's history"
     assert git_status_runs_nothing(workspace / "evil", marker)
 
 
