@@ -40,7 +40,7 @@ from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
 from engine.tools.registry import Args, BlobSink, Tool, ToolContext, ToolOutcome
 from engine.tools.sandbox import clear_set_id, printable_name, remove_tree
-from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes
+from engine.tools.snapshot import MAX_CHANGES, TOO_MANY, WorkspaceDigests, changes, is_config
 from events.schema import FileChange
 
 _PYTHON_NAMES = frozenset({"python", "python3"})
@@ -170,15 +170,9 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
         # a config file autonomy reads from a workspace is recorded whatever the cut:
-        # whose it is must stay known (``refuse_a_config_a_model_wrote``); its name is
-        # engine.config.CONFIG_FILE, spelt out: the tools are a layer below the config
-        # (the shallowest first: 10,000 of them a level down cut the workspace's own)
-        changed = tuple(
-            sorted(
-                changed,
-                key=lambda c: (c.path.rpartition("/")[2] != "autonomy.toml", c.path.count("/")),
-            )
-        )
+        # whose it is must stay known (``refuse_a_config_a_model_wrote``); the
+        # shallowest first: 10,000 of them a level down cut the workspace's own
+        changed = tuple(sorted(changed, key=lambda c: (not is_config(c.path), c.path.count("/"))))
         left_out |= {c.path: TOO_MANY for c in changed[MAX_CHANGES:]}
         changed = changed[:MAX_CHANGES]
     result = f"$ {shown}\n{output}".rstrip("\n")
@@ -321,7 +315,10 @@ def _obeyed(root: Path, repositories: Sequence[str]) -> list[Path]:
     return sorted(found)
 
 
-def _identity(path: Path) -> tuple[int, int, int, str] | None:
+Identity = tuple[int, int, int, str]
+
+
+def _identity(path: Path) -> Identity | None:
     """The file system's identity of what is at ``path``, which a rename keeps: its
     device and inode, its kind, and for a link where it leads. None if nothing can be
     found there. (A ``.git`` that is a link is not mounted read-only, its target is:
@@ -335,7 +332,7 @@ def _identity(path: Path) -> tuple[int, int, int, str] | None:
     return found.st_dev, found.st_ino, stat.S_IFMT(found.st_mode), target
 
 
-def _sparing(root: Path, made: Sequence[str], theirs: set[Any]) -> list[str]:
+def _sparing(root: Path, made: Sequence[str], theirs: set[Identity | None]) -> list[str]:
     """``made``, but for a ``.git`` the command made that holds a repository that was
     there before (the user's, moved into it: the directory holding its read-only
     mount may be renamed), its ``HEAD`` files only, without which git takes it for no
@@ -355,7 +352,7 @@ def _sparing(root: Path, made: Sequence[str], theirs: set[Any]) -> list[str]:
     return spared
 
 
-def _holds(directory: Path, theirs: set[Any]) -> bool:
+def _holds(directory: Path, theirs: set[Identity | None]) -> bool:
     """Whether ``directory`` (a directory, not a link) holds one of ``theirs``, at any
     depth a path can be opened at; links are not followed."""
     if directory.is_symlink() or not directory.is_dir():

@@ -498,6 +498,10 @@ def _check_size(rel: str, size: int, verb: str = "would be") -> None:
         )
 
 
+_REPOSITORY_NAMES = frozenset({"head", "objects", "refs", "commondir"})
+"""The names whose entries make a directory a bare repository (``is_bare_repository``)."""
+
+
 def _refuse_a_repository(root: Path, path: Path, rel: str) -> None:
     """``ToolError`` when writing ``path`` would make a directory of the workspace
     (its top included) a bare git repository: ``HEAD`` with ``objects/`` and
@@ -505,6 +509,8 @@ def _refuse_a_repository(root: Path, path: Path, rel: str) -> None:
     it obeys (``engine.tools.confine.REPOSITORY``). Written with the file tools, such
     a repository was not the command's to remove, and passed for the user's."""
     directory, parts = root, path.relative_to(root).parts
+    if not {part.casefold() for part in parts} & _REPOSITORY_NAMES:
+        return  # no name that makes one: the common write lists no directory
     for part in parts:
         try:
             names = [entry.name for entry in os.scandir(directory)]

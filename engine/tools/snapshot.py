@@ -85,7 +85,11 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
             name = prefix + entry.name
             if not entry.name.isascii() and unicode_text(entry.name) is not entry.name:
                 left_out[unicode_text(name)] = NOT_UTF8
-                _search_unrecorded(entry, name, found)  # git takes a repository there too
+                # not recorded, but searched: a .git a command made in bad\xff/ (or
+                # too deep, below) was never looked for, and ran in the host's git
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        _walk_unrecorded(entry.path, name + "/", found)
                 continue
             folded = entry.name.casefold()
             if folded == ".git":
@@ -101,7 +105,7 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                         continue
                     if name.count("/") + 2 > MAX_PATH_DEPTH or len(name) >= MAX_PATH_CHARS:
                         left_out[name + "/"] = TOO_DEEP  # no restore could write it back
-                        _search_unrecorded(entry, name, found)
+                        _walk_unrecorded(entry.path, name + "/", found)
                         continue
                     stack.append((Path(entry.path), name + "/", folded not in NOT_THE_PROJECT))
                 elif entry.is_file(follow_symlinks=False):
@@ -115,17 +119,6 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                     yield name, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             except OSError:
                 left_out[name] = UNREADABLE
-
-
-def _search_unrecorded(entry: os.DirEntry[str], name: str, found: Found) -> None:
-    """Whether a directory the snapshot leaves out (its name not UTF-8, too deep) holds
-    repositories or logs: a ``.git`` a command made in ``bad\\xff/``, or 70 levels down,
-    was never looked for, stayed, and ran its config in the host's git."""
-    with contextlib.suppress(OSError):
-        if entry.is_dir(follow_symlinks=False):
-            if entry.name.casefold() == ".autonomy":
-                found.logs.append(name)
-            _walk_unrecorded(entry.path, name + "/", found)
 
 
 def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
@@ -158,7 +151,7 @@ def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
 
 
-def _is_config(name: str) -> bool:
+def is_config(name: str) -> bool:
     """Whether ``name`` is a config file autonomy reads from a workspace (a run's
     next one may be any directory of it): read whatever the budget, so that whose it
     is stays known (``refuse_a_config_a_model_wrote``). A command that first made
@@ -213,7 +206,7 @@ class WorkspaceDigests:
             seen = self._known.get(name)
             if seen is not None and seen[0] == signature:
                 digest = seen[1]
-            elif signature[0] > budget and not _is_config(name):
+            elif signature[0] > budget and not is_config(name):
                 left_out[name] = OVER_BUDGET
                 continue
             else:
