@@ -112,6 +112,11 @@ def _keys_filter(machine: str) -> bytes:
 
 
 _FILTER = _keys_filter(os.uname().machine)
+_PROGRAM = ctypes.create_string_buffer(_FILTER, len(_FILTER) or 1)
+_FPROG = struct.pack("HP", len(_FILTER) // 8, ctypes.addressof(_PROGRAM))
+"""The filter as ``prctl`` takes it (``struct sock_fprog``), made once here: a child
+between ``fork`` and ``exec`` should allocate nothing."""
+_KEYCTL = _KEYS[os.uname().machine][0][1][2] if _FILTER else 0
 
 
 class CommandLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -347,14 +352,10 @@ def _child_setup(limits: CommandLimits, cgroups: Sequence[Path]) -> Callable[[],
         # command's to read and to add to: a session keyring of its own, empty, and
         # no key management call at all
         if _FILTER:
-            keyctl = _KEYS[os.uname().machine][0][1][2]
             with contextlib.suppress(OSError, AttributeError):
-                libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)
-            program = ctypes.create_string_buffer(_FILTER, len(_FILTER))
-            fprog = struct.pack("HP", len(_FILTER) // 8, ctypes.addressof(program))
-            with contextlib.suppress(OSError, AttributeError):
+                libc.syscall(_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, None)
                 libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-                libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog)
+                libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, _FPROG)
 
     return setup
 
@@ -405,16 +406,17 @@ CREDENTIALS = (
 from commands (``credentials``), which need none of them to build and test a project.
 ``.config/...`` is also looked for under ``$XDG_CONFIG_HOME``."""
 
-MOVED_BY: dict[str, str] = {
-    "PGPASSFILE": "", "PGSERVICEFILE": "", "KUBECONFIG": "", "DOCKER_CONFIG": "",
-    "AWS_SHARED_CREDENTIALS_FILE": "", "AWS_CONFIG_FILE": "", "GNUPGHOME": "",
-    "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": "", "AZURE_CONFIG_DIR": "",
-    "NETRC": "", "NPM_CONFIG_USERCONFIG": "", "PIP_CONFIG_FILE": "", "HF_TOKEN_PATH": "",
-    "HF_HOME": "token", "CARGO_HOME": "credentials.toml", "PASSWORD_STORE_DIR": "",
+MOVED_BY: dict[str, tuple[str, ...]] = {
+    "PGPASSFILE": (), "PGSERVICEFILE": (), "KUBECONFIG": (), "DOCKER_CONFIG": (),
+    "AWS_SHARED_CREDENTIALS_FILE": (), "AWS_CONFIG_FILE": (), "GNUPGHOME": (),
+    "GOOGLE_APPLICATION_CREDENTIALS": (), "CLOUDSDK_CONFIG": (), "AZURE_CONFIG_DIR": (),
+    "NETRC": (), "NPM_CONFIG_USERCONFIG": (), "PIP_CONFIG_FILE": (), "HF_TOKEN_PATH": (),
+    "HF_HOME": ("token",), "CARGO_HOME": ("credentials.toml", "credentials"),
+    "PASSWORD_STORE_DIR": (),
 }  # fmt: skip
 """Variables that put credentials elsewhere than ``CREDENTIALS`` says: each names the
-file or directory (a list of them, for ``KUBECONFIG``), or the one that holds the
-file named here (``$CARGO_HOME/credentials.toml``)."""
+file or directory (a list of them, for ``KUBECONFIG``), or, with names here, the
+directory holding those files (``$CARGO_HOME/credentials.toml``)."""
 
 
 def credentials(home: Path | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
@@ -432,9 +434,7 @@ def credentials(home: Path | None = None, env: Mapping[str, str] | None = None) 
         ]
     for variable, inside in MOVED_BY.items():
         for named in filter(None, env.get(variable, "").split(os.pathsep)):
-            found.append(Path(named) / inside if inside else Path(named))
-    if cargo := env.get("CARGO_HOME"):
-        found.append(Path(cargo) / "credentials")
+            found += [Path(named) / name for name in inside] if inside else [Path(named)]
     return found
 
 
@@ -553,7 +553,7 @@ def _own_cgroup(controller: str) -> str:
     with contextlib.suppress(OSError):
         for line in PROC_CGROUP.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if controller in controllers.split(",") or controllers == controller == "":
+            if controller in controllers.split(","):  # "" only in v2's line, "0::/path"
                 return path.strip("/")
     return ""
 
