@@ -502,7 +502,10 @@ def test_a_run_forged_unkeyed_in_a_keyed_log_is_neither_replayed_nor_forked(
     unguard(conn)
     _rewritten_unkeyed(conn, "run-2")
     assert store.verify("run-2").ok  # its plain chain holds: only the mark tells
-    with pytest.raises(StoreCorrupted, match=r"run run-2's chain is unkeyed.*without the key"):
+    with pytest.raises(
+        StoreCorrupted,
+        match=r"run run-2: the log is written keyed .* it was rewritten without the key",
+    ):
         refuse_tampered(store, "run-2", None, "nothing was replayed")
     with pytest.raises(StoreCorrupted, match="without the key; nothing was forked"):
         fork(store, "run-2", 1, tmp_path / "ws", new_run_id="laundered")

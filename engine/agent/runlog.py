@@ -120,12 +120,23 @@ def lineage_problems(
             )
         elif mark is not None and report.authentication == "unkeyed" and report.checked:
             first = next(iter(store.read(run, upto=1)), None)
-            if not mark.allows_unkeyed(run, first.position if first else None):
-                problems.append(
-                    f"run {run}'s chain is unkeyed, but the log is written keyed from position "
-                    f"{mark.position}: it was rewritten without the key"
-                )
+            if text := unkeyed_problem(mark, run, "unkeyed", first.position if first else None):
+                problems.append(f"run {run}: {text}")
     return problems
+
+
+def unkeyed_problem(
+    mark: KeyedMark | None, run_id: str, authentication: str, first_position: int | None
+) -> str:
+    """Why run ``run_id`` (whose first row is at ``first_position``) was rewritten
+    without the key: its chain is unkeyed where the log's keyed ``mark`` wants it
+    keyed; "" when it is not so. Verify's rule, and of every command that acts on a run."""
+    if mark is None or authentication != "unkeyed" or mark.allows_unkeyed(run_id, first_position):
+        return ""
+    return (
+        f"the log is written keyed from position {mark.position}, but this run's chain is "
+        "unkeyed: it was rewritten without the key"
+    )
 
 
 def answer_question(store: EventStore, run_id: str, text: str) -> str:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from engine.agent.runlog import lineage_problems
+from engine.agent.runlog import lineage_problems, unkeyed_problem
 from events.checkpoints import Checkpoint, check
 from events.errors import AutonomyError, BlobCorrupt, BlobNotFound, EventStoreError, SchemaError
 from events.schema import (
@@ -158,23 +158,17 @@ def verify_log(
     if mark is not None and mark.problem:
         database.append(mark.problem)
     for i, verdict in enumerate(verdicts):
-        if inherited := _inherited_problems(store, verdict.run_id, mark):
-            verdicts[i] = verdict = msgspec.structs.replace(
-                verdict, problems=(*verdict.problems, *inherited)
-            )
         first = first_position.get(verdict.run_id)
-        if (
-            mark is not None
-            and verdict.authentication == "unkeyed"
-            and not mark.allows_unkeyed(verdict.run_id, first)
-        ):
-            text = (
-                f"the log is written keyed from position {mark.position}, but this run's "
-                "chain is unkeyed: it was rewritten without the key"
-            )
+        if text := unkeyed_problem(mark, verdict.run_id, verdict.authentication, first):
             verdicts[i] = msgspec.structs.replace(
                 verdict, problems=(*verdict.problems, Problem(position=first, problem=text))
             )
+    # a fork's state is made of the history it was forked from: an ancestor whose own
+    # verdict is clean is so up to any fork point, and is not read again
+    clean = {verdict.run_id for verdict in verdicts if verdict.ok}
+    for i, verdict in enumerate(verdicts):
+        if inherited := _inherited_problems(store, verdict.run_id, mark, clean):
+            verdicts[i] = msgspec.structs.replace(verdict, problems=(*verdict.problems, *inherited))
     if marker is None and any(v.authentication not in ("unkeyed", ABSENT) for v in verdicts):
         database.append("runs are keyed, but the log's keyed mark is missing: it was deleted")
     database += summary_problems(store, run_ids, states)
@@ -188,13 +182,15 @@ def verify_log(
     )
 
 
-def _inherited_problems(store: EventStore, run_id: str, mark: KeyedMark | None) -> list[Problem]:
+def _inherited_problems(
+    store: EventStore, run_id: str, mark: KeyedMark | None, clean: set[str]
+) -> list[Problem]:
     """For a fork: what is wrong with the history it was forked from (each run it
-    descends from, up to its fork point), which its state is made of. ``verify FORK``
-    checked the fork's own chain only, and said ok of a fork whose parent had been
-    edited before the fork point (its state showed the edit)."""
+    descends from, up to its fork point, but those of ``clean``, verified whole here),
+    which its state is made of. ``verify FORK`` checked the fork's own chain only, and
+    said ok of a fork whose parent had been edited before the fork point."""
     try:
-        ancestors = fork_lineage(store, run_id)[:-1]
+        ancestors = [(r, at) for r, at in fork_lineage(store, run_id)[:-1] if r not in clean]
     except AutonomyError:  # a cycle: the run's own verdict says so
         return []
     return [
