@@ -84,6 +84,11 @@ def one_line(text: str) -> str:
     return printable(text).replace("\n", "\\n")
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text``, or its first ``limit - 1`` characters and an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class PrintableStream:
     """A text stream that writes ``printable`` text to ``raw``."""
 

@@ -597,7 +597,6 @@ class SQLiteEventStore(SQLEventStore):
             problems.append(f"triggers that are not autonomy's: {', '.join(foreign)}")
         with self._lock:
             problems += structure_problems(self._conn)
-        with self._lock:
             has_repairs = "repairs" in self._names("table")  # not in a log from before keys
         repairs = (
             self._fetch("SELECT at, what FROM repairs ORDER BY id", (), "reading repairs")

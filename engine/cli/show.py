@@ -300,8 +300,9 @@ def _compact(value: Any) -> str:
 
 
 def _short(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    from engine.terminal import clipped
+
+    return clipped(" ".join(text.split()), limit)
 
 
 def _seconds(recorded_at: str) -> str:
