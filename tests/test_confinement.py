@@ -197,6 +197,67 @@ def test_the_command_ends_when_the_engine_is_killed(tmp_path: Path) -> None:
         assert not (tmp_path / "late.txt").exists()
 
 
+CUT = textwrap.dedent(
+    """
+    import os, pathlib, time
+    git = pathlib.Path("sub/.git")
+    for part in ("objects", "refs/heads"):
+        (git / part).mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\\n")
+    (git / "config").write_text(f"[core]\\n\\tfsmonitor = touch {MARKER}\\n")
+    pathlib.Path("tool").write_text("#!/bin/sh\\n")
+    os.chmod("tool", 0o4755)
+    pathlib.Path("made.txt").write_text("")
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_command_a_stop_cut_leaves_no_repository_and_no_set_id_file(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A Ctrl-C, or a service manager's SIGTERM, while a command runs: the command is
+    ended, and what it made that git would run (a ``.git`` in a directory of the
+    workspace) or that would run as its owner (a set-user-id file) is undone as when
+    it ends by itself. Left, the host's next ``git status`` there ran its code."""
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    marker = tmp_path / "ran-outside-the-sandbox"
+    (workspace / "cut.py").write_text(f"MARKER = {str(marker)!r}\n{CUT}")
+    engine = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from engine.cli.running import interrupts
+        from engine.tools import ToolContext, default_registry, execute
+        from engine.tools.confine import choose
+        from events import MemoryEventStore
+        ctx = ToolContext(workspace=Path({str(workspace)!r}), blobs=MemoryEventStore(),
+                          confinement=choose("required"), allowlist=(("python",),),
+                          command_timeout=600)
+        import click
+        try:
+            with interrupts(None, None):
+                execute(default_registry(), "run_command", {{"argv": ["python", "cut.py"]}}, ctx)
+        except click.exceptions.Exit as e:
+            raise SystemExit(e.exit_code)
+        """
+    )
+    bubblewrap()
+    process = subprocess.Popen(
+        [sys.executable, "-c", engine], start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    with reaped(process):
+        wait_until(lambda: (workspace / "made.txt").exists(), "the command has made its repository")
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop, err
+    assert "Traceback" not in err
+    assert not os.path.lexists(workspace / "sub" / ".git")
+    assert git_status_runs_nothing(workspace / "sub", marker)
+    assert (workspace / "tool").stat().st_mode & 0o7777 == 0o755
+
+
 @pytest.mark.parametrize(
     ("limits", "code", "sign"),
     [

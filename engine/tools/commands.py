@@ -151,21 +151,18 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
             )
         except OSError as e:
             raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
+        except BaseException:
+            # a stop (Ctrl-C, SIGTERM) cut it: a set-user-id file it made, and a
+            # repository whose config git would run, stay unless undone here, where it
+            # is known which repositories are the user's
+            with contextlib.suppress(OSError):  # the stop is what is said
+                clear_set_id(root)
+                _undo_repositories(root, digests, theirs, ctx.blobs)
+            raise
         output = _capped(out, ctx.output_cap)
     elapsed = time.monotonic() - started
     set_id = clear_set_id(root)
-    after = digests.snapshot(root, ctx.blobs)
-    # made by the command: those that are not the very directories (or files) that
-    # were there before, wherever they are now. By path, a command that renamed the
-    # directory holding a repository (its read-only mount goes with it) and made a
-    # .git at the old path had its own kept, and the user's (at its new path) removed
-    made = _made(
-        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in theirs)
-    )
-    made = _sparing(root, made, theirs)
-    left = _remove(root, made) if made else []
-    if made:
-        after = digests.snapshot(root, ctx.blobs)
+    made, left, after = _undo_repositories(root, digests, theirs, ctx.blobs)
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
@@ -256,6 +253,26 @@ made a result of 48 million characters."""
 def _listed(paths: Sequence[str]) -> str:
     listed = ", ".join(map(printable_name, paths[:LISTED]))
     return listed if len(paths) <= LISTED else f"{listed} and {len(paths) - LISTED:,} more"
+
+
+def _undo_repositories(
+    root: Path, digests: WorkspaceDigests, theirs: set[Identity | None], blobs: BlobSink
+) -> tuple[list[str], list[str], dict[str, tuple[str, int]]]:
+    """Remove what of each repository in the workspace a command made (``_made``):
+    those that are not the very directories (or files) that were there before
+    (``theirs``), wherever they are now. By path, a command that renamed the directory
+    holding a repository (its read-only mount goes with it) and made a .git at the old
+    path had its own kept, and the user's (at its new path) removed. The names made,
+    those still there, and the workspace's snapshot after."""
+    after = digests.snapshot(root, blobs)
+    made = _made(
+        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in theirs)
+    )
+    made = _sparing(root, made, theirs)
+    left = _remove(root, made) if made else []
+    if made:
+        after = digests.snapshot(root, blobs)
+    return made, left, after
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
