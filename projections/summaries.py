@@ -157,7 +157,14 @@ def _catch_up(
     position = found or 0
     changed = store.runs_after(position)
     wanted = [info.run_id for info in changed] if only_changed else None
-    rows = _decoded(store.summary_rows(wanted) if found is not None else [])
+    stored = store.summary_rows(wanted) if found is not None else []
+    rows = _decoded(stored)
+    # a row that cannot be read (a damaged one, another format) is folded again: its
+    # run, ended long before the position, was otherwise missing from every listing
+    unread = {run_id for run_id, *_ in stored if run_id not in rows}
+    unread -= {info.run_id for info in changed}
+    if unread:
+        changed = changed + [info for info in store.runs() if info.run_id in unread]
     problems: dict[str, AutonomyError] = {}
     updated: list[SummaryRow] = []
     for info in changed:
@@ -170,7 +177,7 @@ def _catch_up(
         rows[info.run_id] = row
         updated.append(_stored(row))
     if changed and found is not None and not problems and not store.read_only:
-        top = max(info.last_position for info in changed)
+        top = max(position, *(info.last_position for info in changed))
         store.save_summaries(position, top, updated)
     return rows, problems
 

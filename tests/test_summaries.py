@@ -242,6 +242,36 @@ def test_verify_reports_a_summary_that_disagrees_with_the_log_and_a_rebuild_fixe
     assert runner.invoke(cli, ["verify", "--db", str(db)]).exit_code == 0
 
 
+@pytest.mark.parametrize("damage", ["unreadable", "another-format"])
+def test_a_row_that_cannot_be_read_is_folded_again_not_left_out(
+    tmp_path: Path, damage: str
+) -> None:
+    """A run's row damaged (or of another format) long after the run ended: readers
+    skipped it, as rows to fold again, but only runs with events past the position
+    were folded, so the run was in no listing (``runs`` said "no runs in this log",
+    exit 0). It is folded and listed; a writer stores it again."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        failed_run(store)
+        store.append("b", [START], 0)
+        expected = folded(store)
+    conn = sqlite3.connect(db)
+    text = conn.execute("SELECT summary FROM run_summaries WHERE run_id = 'a'").fetchone()[0]
+    damaged = "{bad" if damage == "unreadable" else text.replace('"format":1', '"format":99')
+    assert damaged != text
+    conn.execute("UPDATE run_summaries SET summary = ? WHERE run_id = 'a'", (damaged,))
+    conn.commit()
+    conn.close()
+
+    with open_store(db, read_only=True) as store:
+        assert run_summaries(store) == expected
+    listed = CliRunner().invoke(cli, ["runs", "--db", str(db)])
+    assert listed.exit_code == 0 and "failed" in listed.output, listed.output
+    with open_store(db) as store:
+        assert run_summaries(store) == expected
+        assert summary_problems(store) == []  # stored again
+
+
 def test_verify_reports_a_summary_position_past_the_logs_end(tmp_path: Path) -> None:
     """Readers take every run past the summaries' position as not stored yet: set to
     2^63 - 1, no run written later was ever listed by `autonomy runs`, and verify said
