@@ -514,6 +514,27 @@ def test_a_copy_of_every_run_names_the_run_it_cannot_read(tmp_path: Path) -> Non
             assert target.last_version("a") == 1
 
 
+def test_a_run_whose_blobs_are_missing_is_not_copied_as_verified(tmp_path: Path) -> None:
+    """A source run referring to a blob the source lacks (deleted, or never stored)
+    was copied without it and said "verified"; the copy then failed verify on the
+    target as on the source. Nothing is copied now, and the message says why."""
+    from engine.runs.copy import copy_runs
+    from events import FileChange, ToolExecuted
+
+    gone = "ab" * 32
+    with SQLiteEventStore(tmp_path / "source.db") as source:
+        source.append("a", [START], 0)
+        change = FileChange(path="calc.py", after=gone, size=3)
+        source.append("b", [START, ToolExecuted(call_id="b/t2", tool="create_file", ok=True,
+                                                files_changed=(change,))], 0)  # fmt: skip
+        with SQLiteEventStore(tmp_path / "target.db") as target:
+            with pytest.raises(StoreCorrupted, match=f"run b refers to 1 blob.*{gone}.*nothing"):
+                copy_runs(source, target)
+            assert target.last_version("a") == 0 and target.last_version("b") == 0
+            copy_runs(source, target, ["a"])  # named, the others are copied
+            assert target.last_version("a") == 1
+
+
 def test_two_copies_into_one_target_at_once_both_end_well(tmp_path: Path) -> None:
     """The copy that lost the race to write a run (the other wrote it between this
     one's look at the target and its write) failed: "run 'a': expected version 0 but

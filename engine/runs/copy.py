@@ -25,7 +25,7 @@ from events.errors import (
     SchemaError,
     StoreCorrupted,
 )
-from events.schema import RunForked
+from events.schema import RunForked, blob_references
 from events.store import EventStore
 from projections import project
 
@@ -65,9 +65,23 @@ def copy_runs(source: EventStore, target: EventStore, run_ids: Sequence[str] = (
             f"the target already has run(s) {', '.join(differing)}, with other events; "
             "nothing was copied"
         )
+    for run_id in wanted:
+        if missing := _missing_blobs(source, run_id, present.get(run_id, (0, ""))[0]):
+            raise StoreCorrupted(
+                f"run {run_id} refers to {len(missing)} blob(s) the source log does not have "
+                f"(the first: {missing[0]}); a copy would not verify; nothing was copied "
+                "(autonomy verify says more)"
+            )
     return [
         _copy_or_skip(source, target, run_id, present.get(run_id, (0, ""))[0]) for run_id in wanted
     ]
+
+
+def _missing_blobs(source: EventStore, run_id: str, had: int) -> list[str]:
+    """The blobs ``run_id``'s events past ``had`` refer to that ``source`` lacks: the
+    copy was "verified", and failed verify on the target as on the source."""
+    referenced = {d for e in source.read(run_id, after=had) for d in blob_references(e.data)}
+    return sorted(d for d in referenced if not source.has_blob(d))
 
 
 def _copy_or_skip(source: EventStore, target: EventStore, run_id: str, had: int) -> Copied:
