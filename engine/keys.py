@@ -101,10 +101,12 @@ def read_secret(path: Path, what: str = "the key file", *, empty_ok: bool = Fals
     """The content of the secret file ``path``; ``ConfigError`` when others may read
     it, or when it is empty (unless ``empty_ok``)."""
     # not blocking: a FIFO in its place waited for a writer for ever
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as source:
-        mode = os.fstat(source.fileno()).st_mode
-        if not stat.S_ISREG(mode):  # said by the caller, with what the file is for
-            raise OSError(errno.EINVAL, "not a regular file (a directory, FIFO or device)")
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):  # said by the caller, with what the file is for
+        os.close(descriptor)  # before fdopen, whose error named the descriptor ("6")
+        raise OSError(errno.EINVAL, "not a regular file (a directory, FIFO or device)")
+    with os.fdopen(descriptor, "rb") as source:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
                 f"{what} {path} may be read by others (mode {stat.filemode(mode)}); "

@@ -176,6 +176,20 @@ def test_a_key_file_that_could_not_be_written_whole_is_not_left_behind(
     assert key and path.read_bytes() == key
 
 
+def test_a_key_file_that_is_a_directory_is_said_so_naming_it(tmp_path: Path) -> None:
+    """The error's cause named the descriptor the file was opened as ("Is a
+    directory: 6"), not the file."""
+    from engine.model.credentials import load_server_keys
+
+    for load in (
+        lambda: load_key({KEY_FILE_ENV: str(tmp_path)}, create=False),
+        lambda: load_server_keys({"AUTONOMY_SERVER_KEYS": str(tmp_path)}),
+    ):
+        with pytest.raises(ConfigError, match=f"{tmp_path}: not a regular file") as raised:
+            load()
+        assert "Is a directory" not in str(raised.value.__cause__), raised.value.__cause__
+
+
 def test_a_fifo_in_a_secret_files_place_is_refused_without_waiting(tmp_path: Path) -> None:
     """Opened to be read, a FIFO waited for a writer for ever."""
     import threading
