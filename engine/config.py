@@ -155,6 +155,11 @@ def locate_config(config_file: Path | str | None, workspace: Path | str | None) 
         candidate = Path(workspace) / CONFIG_FILE
         if candidate.is_file():
             return candidate
+        if os.path.lexists(candidate):  # it was ignored, and the run took the defaults
+            raise ConfigError(
+                f"{candidate} is not a file (a directory, a link to nothing, a FIFO...): "
+                "the settings are read from a file of that name; make it one, or remove it"
+            )
     return None
 
 

@@ -202,6 +202,19 @@ def test_locate_config_finds_autonomy_toml_in_the_workspace(tmp_path: Path) -> N
     assert locate_config(None, None) is None
 
 
+@pytest.mark.parametrize("kind", ["directory", "dangling link"])
+def test_a_workspace_autonomy_toml_that_is_no_file_is_an_error(tmp_path: Path, kind: str) -> None:
+    """It was passed over, and the run went on with the defaults: the settings the
+    person wrote for it (a smaller model, tighter limits) silently not applied."""
+    path = tmp_path / "autonomy.toml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(ConfigError, match=r"autonomy.toml is not a file .*make it one, or remove"):
+        locate_config(None, tmp_path)
+
+
 def test_an_explicit_config_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         locate_config(tmp_path / "missing.toml", tmp_path)
