@@ -477,3 +477,15 @@ def test_each_tasks_latest_update_is_found_by_an_index(tmp_path: Path) -> None:
             )
         )
         assert "USING INDEX events_task_version (run_id=? AND type=? AND <expr>=?)" in plan
+
+
+@pytest.mark.parametrize(
+    ("query", "given"), [("SELECT ?", "none"), ("SELECT :foo", ":run_id")], ids=["?", "name"]
+)
+def test_a_parameter_without_a_value_says_which_have_one(db: Path, query: str, given: str) -> None:
+    """sqlite3's own words said "you supplied a dictionary (which has only names)"."""
+    result = audit(db, *([OTHER] if given != "none" else []), "--sql", query)
+    assert result.exit_code == 1, result.output
+    assert f"A parameter gets its value by name; those with one: {given} (:run_id is" in (
+        result.output
+    )

@@ -638,6 +638,13 @@ def _execute(
             ) from e
         if isinstance(e, StoreUnavailable):
             raise  # not the query's fault: the same query may succeed later
+        if isinstance(e, sqlite3.ProgrammingError) and "binding" in str(e).lower():
+            # sqlite3's words ("you supplied a dictionary (which has only names)")
+            given = ", ".join(f":{name}" for name in params) or "none"
+            raise AuditError(
+                f"{what} failed: {e} A parameter gets its value by name; those with one: "
+                f"{given} (:run_id is the RUN_ID given)"
+            ) from e
         raise AuditError(f"{what} failed: {e}") from e
     columns = tuple(d[0] for d in cursor.description or ())
     truncated = truncated or (limits.max_rows is not None and len(rows) > limits.max_rows)
