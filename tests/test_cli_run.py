@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.runs.demo import GOAL, DemoModels
+from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer
+from events import ToolExecuted
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -43,6 +45,16 @@ def test_run_shows_progress_and_a_summary_and_exits_zero_when_completed(tmp_path
     assert (ws / ".autonomy" / "events.db").is_file(), "the default log lives in the workspace"
     code, out = invoke("runs", "--db", str(ws / ".autonomy" / "events.db"))
     assert code == 0 and "r1" in out and "completed" in out
+    # and its commands ran: with the log in its default place, every one had failed
+    # (bubblewrap could not hide the log's files inside its hidden directory), and
+    # the demo's run completed all the same
+    with open_store(ws / ".autonomy" / "events.db") as store:
+        commands = [
+            e.data
+            for e in store.read("r1")
+            if isinstance(e.data, ToolExecuted) and e.data.tool == "run_command"
+        ]
+    assert commands and all(c.ok for c in commands), [c.result for c in commands]
 
 
 def test_run_reads_master_plan_when_no_goal_is_given(tmp_path: Path) -> None:

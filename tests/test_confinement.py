@@ -551,6 +551,27 @@ def test_a_log_opened_through_a_link_is_hidden_with_its_wal(tmp_path: Path) -> N
     assert "data/events.db-wal 1" in unhidden.result, "the test must be able to see a leak"
 
 
+def test_a_command_runs_with_the_log_in_its_default_place_and_cannot_see_it(
+    tmp_path: Path,
+) -> None:
+    """The log's files (in ``.autonomy/``, hidden whole by an empty read-only
+    directory) were hidden again one by one, over files bubblewrap could not make
+    in that directory: with the log in its default place, every command failed
+    ("Can't create file at .../.autonomy/events.db: Read-only file system")."""
+    from engine.agent.runner import hidden_from_commands
+    from events import SQLiteEventStore, TaskAdded
+
+    workspace = tmp_path / "ws"
+    (workspace / ".autonomy").mkdir(parents=True)
+    code = "import os; print('seen:', sorted(os.listdir('.autonomy')))"
+    with SQLiteEventStore(str(workspace / ".autonomy" / "events.db")) as store:
+        store.append("r", [TaskAdded(task_id="t1", title="SECRET-IN-THE-LOG")], 0)
+        confinement = bubblewrap(hidden=hidden_from_commands(store))
+        outcome = run(workspace, ["python", "-c", code], confinement, allowlist=PYTHON_C)
+    assert outcome.ok, outcome.result
+    assert "seen: []" in outcome.result, outcome.result
+
+
 KEYRING_READER = textwrap.dedent(
     """
     import ctypes, os

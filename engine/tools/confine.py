@@ -243,11 +243,17 @@ class Confinement:
             # (a workspace that is itself a bare repository stays writable: see README)
             if os.path.lexists(path) and path.is_relative_to(inside) and path != inside:
                 args += ["--ro-bind", str(path), seen(path)]
+        covered = []
         for log in sorted({_real(workspace / ".autonomy"), *map(_real, logs)}):
             if log.is_dir() and log.is_relative_to(inside) and not not_a_project(log):
                 args += _hidden_directory(seen(log))
+                covered.append(Path(seen(log)))
         for path in self.hidden:  # last, so that no bind above uncovers them
-            args += _hide(path)
+            # but not what a hidden directory covers already: the log in .autonomy/,
+            # where bubblewrap cannot make a file to mount over in a read-only empty
+            # directory (every command failed, with the log in its default place)
+            if not any(_real(path).is_relative_to(place) for place in covered):
+                args += _hide(path)
         args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(view), "--", *command]
         return args
 
