@@ -22,7 +22,7 @@ from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
-from events import RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
+from events import FileChange, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
 from projections import project
 
 
@@ -81,6 +81,50 @@ def test_a_tool_that_never_ran_is_recorded_as_not_applied_on_resume(tmp_path: Pa
     assert "not applied" in first.error
     state = project(store, "r1").pipeline
     assert state.status == "completed" and not state.pending_tools
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "on_disk", "applied"),
+    [
+        ("create_file", {"content": "X = 2\n", "overwrite": True}, "X = 2\n", True),
+        ("create_file", {"content": "X = 2\n", "overwrite": True}, "import os\n", False),
+        ("modify_file", {"old_text": "X = 1", "new_text": "X = 3"}, "X = 3\n", True),
+        ("modify_file", {"old_text": "X = 1", "new_text": "X = 3"}, "X = 4\n", False),
+        ("delete_file", {}, None, True),
+    ],
+    ids=["create", "create-then-a-persons-write", "modify", "modify-then-other", "delete"],
+)
+def test_a_file_tool_cut_by_a_crash_is_applied_only_if_its_file_holds_what_it_writes(
+    tmp_path: Path, tool: str, arguments: dict[str, object], on_disk: str | None, applied: bool
+) -> None:
+    """Recovery compared the file with the log's last record of it only: a call cut
+    before its write, then the file written by someone else (an editor, a person),
+    was recorded as the call's own successful write of content it never asked for
+    (and verify, replay and the audit's file history all said so). That write is
+    recorded as found, and the call as not applied."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    old = store.put(b"X = 1\n")
+    log.append(
+        ToolExecuted(call_id="r1/t2", tool="create_file", ok=True,
+                     files_changed=(FileChange(path="calc.py", after=old, size=6),)),
+        ToolRequested(call_id="r1/t3", tool=tool, arguments={"path": "calc.py", **arguments}),
+    )  # fmt: skip
+    if on_disk is not None:
+        (workspace / "calc.py").write_text(on_disk)
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    (settled,) = [
+        e.data for e in store.read("r1")
+        if isinstance(e.data, ToolExecuted) and e.data.call_id == "r1/t3"
+    ]  # fmt: skip
+    assert isinstance(settled, ToolExecuted) and settled.ok is applied, settled
+    after = hashlib.sha256(on_disk.encode()).hexdigest() if on_disk is not None else None
+    assert [(c.path, c.before, c.after) for c in settled.files_changed] == [("calc.py", old, after)]
+    if not applied:
+        assert "something else changed it since (recorded as found); not applied" in (settled.error)
 
 
 @pytest.mark.parametrize("gone", ["deleted", "a file now"])

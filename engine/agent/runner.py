@@ -52,12 +52,13 @@ from engine.model.discovery import learn_contexts
 from engine.model.preflight import preflight
 from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
+from engine.model.stored import full_arguments
 from engine.storage import is_postgres_url
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.commands import changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
-from engine.tools.files import remove_partials
+from engine.tools.files import remove_partials, written_by
 from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
@@ -75,11 +76,12 @@ from events.schema import (
     SpecialistConsulted,
     TaskUpdated,
     ToolExecuted,
+    ToolRequested,
     UserAsked,
 )
 from events.store import EventStore, RecordedEvent
 from projections.fold import RunState
-from projections.pipeline import PipelineState
+from projections.pipeline import PendingTool, PipelineState
 
 Progress = Callable[[str], None]
 
@@ -321,7 +323,7 @@ class Engine:
             follow: list[Event] = []
             cause = pending.version
             if pending.tool in _FILE_TOOLS and isinstance(path, str):
-                event = self._settle_file_tool(pending.call_id, pending.tool, path)
+                event = self._settle_file_tool(pending, path)
             elif pending.tool == "run_command":
                 clear_set_id(self.workspace)  # what the cut command left, as after any
                 event = ToolExecuted(
@@ -346,7 +348,7 @@ class Engine:
             notes.append(
                 f"{pending.call_id} ({pending.tool}): {'applied' if event.ok else 'not applied'}"
                 + (
-                    f", {len(event.files_changed)} file(s) it changed recorded"
+                    f", {len(event.files_changed)} file(s) found changed recorded"
                     if not event.ok and event.files_changed
                     else ""
                 )
@@ -367,7 +369,13 @@ class Engine:
         known = {path: (f.digest, f.size) for path, f in self.log.pipeline.files.items()}
         return changes_of_a_cut_command(Sandbox(self.workspace).root, at, known, self.log.store)
 
-    def _settle_file_tool(self, call_id: str, tool: str, path: str) -> ToolExecuted:
+    def _settle_file_tool(self, pending: PendingTool, path: str) -> ToolExecuted:
+        """A file tool's call cut by a crash, settled by what its file holds now: as
+        the log last recorded it (not applied), what the call writes (applied), or
+        neither: something else wrote it since (an editor, a person), which is
+        recorded as found, so that the log's files are the workspace's, with the call
+        not applied (it was once recorded as the call's own write)."""
+        call_id, tool = pending.call_id, pending.tool
         # The path comes from the log: it goes through the same resolver as when the
         # tool ran, so a path that was refused then (or edited since) is refused
         # again and nothing outside the workspace is read or recorded.
@@ -395,13 +403,42 @@ class Engine:
         if content is not None:
             self.log.store.put(content)
         change = FileChange(path=path, before=before, after=now, size=len(content or b""))
+        if now == self._intended(pending, before):
+            return ToolExecuted(
+                call_id=call_id,
+                tool=tool,
+                ok=True,
+                files_changed=(change,),
+                result="completed before a crash (recovered by comparing the workspace)",
+            )
         return ToolExecuted(
             call_id=call_id,
             tool=tool,
-            ok=True,
+            ok=False,
             files_changed=(change,),
-            result="completed before a crash (recovered by comparing the workspace)",
+            error=(
+                f"interrupted by a crash; {path} holds neither what the log last recorded "
+                "nor what this call writes: something else changed it since (recorded as "
+                "found); not applied"
+            ),
         )
+
+    def _intended(self, pending: PendingTool, before: str | None) -> str | bool | None:
+        """The digest of what ``pending`` leaves at its path, from ``before`` (the
+        digest the log last recorded there): None when it deletes the file, False when
+        that cannot be told (its arguments, or the file before, are not at hand)."""
+        store = self.log.store
+        at = pending.version
+        request = next(iter(store.read(self.log.run_id, after=at - 1, upto=at)), None)
+        if request is None or not isinstance(request.data, ToolRequested):
+            return False
+        try:
+            arguments = full_arguments(request.data.arguments, request.data.argument_refs, store)
+            found = store.get(before) if before is not None else None
+            written = written_by(pending.tool, arguments, found)
+        except (ToolError, AutonomyError, UnicodeError):
+            return False
+        return hashlib.sha256(written).hexdigest() if written is not None else None
 
 
 def summary(state: RunState) -> list[str]:

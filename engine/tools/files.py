@@ -19,7 +19,7 @@ import stat
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -713,6 +713,28 @@ def modify_file(args: ModifyFileArgs, ctx: ToolContext) -> ToolOutcome:
         result=f"modified {rel} (matched {how}; now {change.size} bytes)",
         files_changed=(change,),
     )
+
+
+def written_by(tool: str, arguments: Mapping[str, Any], before: bytes | None) -> bytes | None:
+    """What a call of file tool ``tool`` with ``arguments`` leaves at its path, where
+    ``before`` was (None: no file): the content, or None when it deletes the file.
+    ``ToolError`` when the call could not have written it (an edit that does not
+    apply, arguments the tool does not take). How a crash's recovery tells the call's
+    write from someone else's."""
+    try:
+        if tool == "delete_file":
+            return None
+        if tool == "create_file":
+            return msgspec.convert(arguments, CreateFileArgs).content.encode("utf-8")
+        if tool == "modify_file" and before is not None:
+            edit = msgspec.convert(arguments, ModifyFileArgs)
+            text, _ = apply_edit(
+                before.decode("utf-8"), edit.old_text, edit.new_text, replace_all=edit.replace_all
+            )
+            return text.encode("utf-8")
+    except (msgspec.ValidationError, UnicodeError) as e:
+        raise ToolError(f"{tool} could not have written it: {e}") from e
+    raise ToolError(f"{tool} could not have written it")
 
 
 def _kept(path: Path, rel: str, verb: str) -> bytes:
