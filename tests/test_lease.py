@@ -20,7 +20,7 @@ from engine.agent.runlog import RunLog
 from engine.agent.runner import Engine
 from engine.cli import cli
 from engine.config import load_settings
-from engine.runs.demo import GOAL
+from engine.runs.demo import GOAL, DemoModels
 from engine.runs.workspace import rewind
 from engine.storage import open_store
 from engine.testing import ScriptedModelServer
@@ -255,6 +255,49 @@ def test_ctrl_c_records_why_the_run_stopped_and_resume_and_replay_carry_on(
     assert project(store, run_id).pipeline.status == "completed"
     result = replay(store, run_id, tools="recorded")
     assert result.identical, result.report()
+
+
+SWALLOWED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    fired = []
+
+    def after_fork():  # as Python runs logging's, just after Popen forks
+        if not fired and callable(signal.getsignal(signal.SIGTERM)):  # autonomy's
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # its handler runs here, in the hook: the stop is dropped
+
+    os.register_at_fork(after_in_parent=after_fork)
+    from engine.console import main
+    main(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_stop_that_lands_where_python_swallows_it_still_stops_the_run(tmp_path: Path) -> None:
+    """A SIGTERM (or Ctrl-C) whose handler ran in a hook Python calls itself (the
+    at-fork hooks ``subprocess.Popen`` runs as a command starts) was printed as
+    "Exception ignored" and lost: the run went on to its end, exit 0."""
+    from events.schema import RunFinished
+
+    db = tmp_path / "events.db"
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server:
+        argv = ["run", GOAL, "--workspace", str(tmp_path / "ws"), "--db", str(db)]
+        process = subprocess.Popen(
+            [sys.executable, "-c", SWALLOWED, *argv, *flags(server)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with reaped(process):
+            out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    (run_id,) = run_ids(db)
+    last = list(open_store(db).read(run_id))[-1].data
+    assert isinstance(last, RunFinished) and last.status == "stopped", last
 
 
 def test_a_second_stop_after_the_first_was_recorded_says_the_first_and_exits_with_its_status() -> (

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from engine import __version__
+from engine import __version__, stops
 from engine.agent import arbiter
 from engine.agent.conversation import ToolRunner, run_conversation
 from engine.agent.coordinator import Step, decide, model_trouble
@@ -146,6 +146,7 @@ class Engine:
     def run(self) -> None:
         """Step until the run finishes or waits for input."""
         while self.log.pipeline.status == "running":
+            stops.check()  # one that landed where Python swallowed it
             self.step()
 
     def step(self) -> None:
@@ -747,6 +748,7 @@ def _stops_recorded(run: RunLog) -> Iterator[None]:
     except StoreUnavailable as e:
         raise RunCutOff(run.run_id, e) from e
     except (KeyboardInterrupt, BrokenPipeError) as e:
+        stops.taken()
         reason = (
             e.reason
             if isinstance(e, Stop)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -157,6 +157,7 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
     exit 128 + the signal's number: they ended it with nothing recorded, a run the
     log called running for ever. A log lost in the middle of the run: say so, and
     how to continue it once it is back; exit 1."""
+    from engine import stops
     from engine.agent.runner import STOPPED_BY_SIGNAL, RunCutOff, RunInterrupted, Stop
 
     received = [signal.SIGINT]
@@ -175,9 +176,18 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
             return
         stopping.append(now)
         received.append(signal.Signals(signum))
-        raise Stop(STOPPED_BY_SIGNAL[received[-1]])
+        stop = Stop(STOPPED_BY_SIGNAL[received[-1]])
+        stops.asked(stop)  # in case it lands where Python swallows it (engine.stops)
+        raise stop
+
+    def unraisable(raised: Any) -> None:
+        # a stop Python swallowed (engine.stops): noted, and raised where the run goes
+        # on; not printed as "Exception ignored in: <function _releaseLock ...>"
+        if not isinstance(raised.exc_value, Stop):
+            swallowing(raised)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, *STOPPING)}
+    swallowing, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     except RunInterrupted as e:
@@ -204,6 +214,8 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         # event): nothing to record or say; the signal's exit status, not always 130
         raise click.exceptions.Exit(128 + received[-1]) from None
     finally:
+        stops.taken()
+        sys.unraisablehook = swallowing
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

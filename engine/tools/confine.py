@@ -51,6 +51,7 @@ from typing import IO, Annotated, Literal
 
 import msgspec
 
+from engine import stops
 from engine.errors import ConfinementUnavailable
 from engine.tools.sandbox import (
     PROTECTED,
@@ -288,6 +289,7 @@ class Confinement:
                     preexec_fn=_child_setup(self.limits, cgroups),
                 )
                 try:
+                    stops.check()  # one Popen's at-fork hooks swallowed, ended here
                     return Finished(code=_wait(process, timeout), timed_out=False)
                 except subprocess.TimeoutExpired:
                     return Finished(code=None, timed_out=True)

@@ -1,0 +1,29 @@
+"""Stops from outside (a signal's ``KeyboardInterrupt``) that Python swallowed.
+
+A signal's handler raises its stop wherever the main thread is. Where that is a
+hook Python calls itself (``os.register_at_fork``'s, which ``subprocess.Popen``
+runs just after it forks: logging's; a ``__del__``; a weakref's callback), the
+exception is printed as "Exception ignored" and dropped: the run went on to its
+end, exit 0, its Ctrl-C or SIGTERM lost. So the handler notes each stop here
+before raising it; whoever records a stop takes it, and the places a run goes on
+from (each step, a command just started) raise one still noted."""
+
+from __future__ import annotations
+
+_asked: list[KeyboardInterrupt] = []
+
+
+def asked(stop: KeyboardInterrupt) -> None:
+    """Note ``stop``, about to be raised by a signal's handler."""
+    _asked.append(stop)
+
+
+def taken() -> None:
+    """The noted stops have reached whoever ends the run for them."""
+    _asked.clear()
+
+
+def check() -> None:
+    """Raise the first noted stop that nobody took (it was swallowed)."""
+    if _asked:
+        raise _asked[0]
