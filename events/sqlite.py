@@ -239,6 +239,24 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return connect("mode=ro&immutable=1")
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: ``BEGIN IMMEDIATE`` (the write lock taken first, so that
+    writers queue rather than fail at their first write), committed when the block
+    ends, rolled back when it raises. Begun inside the ``try``: a stop (Ctrl-C,
+    SIGTERM) raised between a ``BEGIN`` and its ``try`` left the transaction open,
+    and recording the stop failed ("cannot start a transaction within a
+    transaction"): the run stayed "running"."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class SQLiteEventStore(SQLEventStore):
     """Event store in an SQLite file (or ``":memory:"``)."""
 
@@ -338,13 +356,8 @@ class SQLiteEventStore(SQLEventStore):
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         if "events" not in tables or schema < SCHEMA_VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 self._create_schema()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         self._reinstall_triggers()
 
     def _trigger_problems(self) -> tuple[list[str], list[str]]:
@@ -375,8 +388,7 @@ class SQLiteEventStore(SQLEventStore):
         if self._trigger_problems() == ([], []):
             return
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             wrong, foreign = self._trigger_problems()  # another writer may have won
             for name in [*wrong, *foreign]:
                 conn.execute(f'DROP TRIGGER IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
@@ -395,10 +407,6 @@ class SQLiteEventStore(SQLEventStore):
                     "INSERT INTO repairs (at, what) VALUES (?, ?)",
                     (format_time(self.clock()), "; ".join(what)),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _create_schema(self) -> None:
         create_schema(self._conn)
@@ -411,92 +419,71 @@ class SQLiteEventStore(SQLEventStore):
         conn = self._conn
         self._check_identity()
         with self._lock, _mapped_errors(f"appending to run {run_id!r}"):
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
-                if last is None:
-                    last = (0, "", conn.execute("SELECT max(position) FROM events").fetchone()[0])
-                last_version, last_hash, top = last
-                check_expected(run_id, expected_version, last_version)
-                if last_version == 0 and self.key is None:
-                    refuse_unkeyed_run(run_id, self._marker())
-                rows = number(
-                    run_id,
-                    drafts,
-                    last_version=last_version,
-                    last_hash=last_hash,
-                    recorded_at=recorded_at,
-                    first_position=(top or 0) + 1,
-                    key=self.key,
-                )
-                conn.executemany(_INSERT_SQL, rows)
-                if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
-                    conn.execute(
-                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
-                        (
-                            keyed_marker(
-                                self.key, rows[0][0], unkeyed_runs(self._first_rows(), run_id)
-                            ),
-                        ),
+                with _immediate(conn):
+                    last = conn.execute(_LAST_SQL, (run_id,)).fetchone()
+                    if last is None:
+                        last = (
+                            0,
+                            "",
+                            conn.execute("SELECT max(position) FROM events").fetchone()[0],
+                        )
+                    last_version, last_hash, top = last
+                    check_expected(run_id, expected_version, last_version)
+                    if last_version == 0 and self.key is None:
+                        refuse_unkeyed_run(run_id, self._marker())
+                    rows = number(
+                        run_id,
+                        drafts,
+                        last_version=last_version,
+                        last_hash=last_hash,
+                        recorded_at=recorded_at,
+                        first_position=(top or 0) + 1,
+                        key=self.key,
                     )
-                conn.execute("COMMIT")
+                    conn.executemany(_INSERT_SQL, rows)
+                    if last_version == 0 and self.key is not None and hash_key_id(rows[0][7]):
+                        conn.execute(
+                            "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                            (
+                                keyed_marker(
+                                    self.key, rows[0][0], unkeyed_runs(self._first_rows(), run_id)
+                                ),
+                            ),
+                        )
             except sqlite3.IntegrityError as e:
-                conn.execute("ROLLBACK")
                 # A writer that bypassed BEGIN IMMEDIATE (or another store) won the race.
                 raise ConcurrencyError(run_id, expected_version, self.last_version(run_id)) from e
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         return rows
 
     def _import_rows(self, run_id: str, rows: Sequence[Row], after: int) -> None:
         conn = self._conn
         self._check_identity()
-        with self._lock, _mapped_errors(f"copying run {run_id!r}"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                check_expected(run_id, after, self.last_version(run_id))
-                top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
-                conn.executemany(
-                    _INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)]
+        with self._lock, _mapped_errors(f"copying run {run_id!r}"), _immediate(conn):
+            check_expected(run_id, after, self.last_version(run_id))
+            top = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+            conn.executemany(_INSERT_SQL, [(top + 1 + i, *row[1:]) for i, row in enumerate(rows)])
+            marker = self._import_marker(run_id, rows, top + 1, self._marker(), self._first_rows)
+            if marker:
+                conn.execute(
+                    "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
+                    (marker,),
                 )
-                marker = self._import_marker(
-                    run_id, rows, top + 1, self._marker(), self._first_rows
-                )
-                if marker:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keyed_from', ?)",
-                        (marker,),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
     def save_summaries(
         self, expected: int, position: int, rows: Sequence[SummaryRow], *, replace: bool = False
     ) -> bool:
         conn = self._conn
-        with self._lock, _mapped_errors("saving the run summaries"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if replace:
-                    conn.execute("DELETE FROM run_summaries")
-                    conn.execute(
-                        "UPDATE projection_positions SET position = ? WHERE name = 'run_summaries'",
-                        (position,),
-                    )
-                elif conn.execute(MOVE_SUMMARY_POSITION_SQL, (position, expected)).rowcount != 1:
-                    conn.execute("ROLLBACK")
-                    return False
-                conn.executemany(SAVE_SUMMARY_SQL, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._lock, _mapped_errors("saving the run summaries"), _immediate(conn):
+            if replace:
+                conn.execute("DELETE FROM run_summaries")
+                conn.execute(
+                    "UPDATE projection_positions SET position = ? WHERE name = 'run_summaries'",
+                    (position,),
+                )
+            elif conn.execute(MOVE_SUMMARY_POSITION_SQL, (position, expected)).rowcount != 1:
+                return False  # another writer moved it first: nothing written
+            conn.executemany(SAVE_SUMMARY_SQL, rows)
         return True
 
     def summary_position(self) -> int | None:
@@ -529,16 +516,11 @@ class SQLiteEventStore(SQLEventStore):
     def _put_blobs(self, items: Sequence[tuple[str, bytes]]) -> None:
         with self._lock, _mapped_errors("storing blobs"):
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 conn.executemany(
                     "INSERT OR IGNORE INTO blobs (digest, size, content) VALUES (?, ?, ?)",
                     [(digest, len(content), content) for digest, content in items],
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     def _get_blob(self, digest: str) -> tuple[bytes, int] | None:
         with self._lock, _mapped_errors("reading a blob"):

@@ -706,3 +706,45 @@ def test_verify_reports_rows_whose_positions_were_swapped(tmp_path: Path) -> Non
         report = store.verify("r")
     assert not report.ok
     assert report.problem == "at position 2, not after the previous event's 3: the rows were moved"
+
+
+class _StopAfterBegin:
+    """A connection on which a stop (a Ctrl-C's ``KeyboardInterrupt``) lands just
+    after the first ``BEGIN IMMEDIATE`` returns, as a signal's handler can."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.fired = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cursor = self.connection.execute(sql, *args)
+        if sql == "BEGIN IMMEDIATE" and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+@pytest.mark.parametrize("write", ["append", "blobs", "summaries"])
+def test_a_stop_just_after_a_transaction_begins_leaves_none_open(
+    tmp_path: Path, write: str
+) -> None:
+    """A SIGTERM landing between ``BEGIN IMMEDIATE`` and the ``try`` that ends it
+    left the transaction open: recording the stop failed ("cannot start a
+    transaction within a transaction", exit 1) and the run stayed "running"."""
+    with SQLiteEventStore(tmp_path / "events.db") as store:
+        store.append("r", [START], 0)
+        position = store.summary_position() or 0
+        writes = {
+            "append": lambda: store.append("r", [task(1)], 1),
+            "blobs": lambda: store.put_many([b"one", b"two"]),
+            "summaries": lambda: store.save_summaries(position, position, []),
+        }
+        store._conn = _StopAfterBegin(store._conn)  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            writes[write]()
+        assert not store._conn.in_transaction
+        store.append("r", [RunFinished(status="stopped")], 1)  # the stop, recorded
+        assert store.last_version("r") == 2
