@@ -186,8 +186,12 @@ def _identity(path: str) -> tuple[int, int] | None:
     try:
         found = os.stat(path)
     except OSError:
-        return (-1, -1)  # gone: no file is that
+        return _GONE
     return (found.st_dev, found.st_ino)
+
+
+_GONE = (-1, -1)
+"""The identity of no file: none is there."""
 
 
 _NO_SHM = ("SQLITE_CANTOPEN", "SQLITE_READONLY_DIRECTORY", "SQLITE_IOERR_SHM")
@@ -308,16 +312,34 @@ class SQLiteEventStore(SQLEventStore):
             _remove_if_empty(made)  # a log that could not be made leaves no empty file
             raise
         self._identity = _identity(self.path) if not read_only else None
+        self._wal: tuple[int, int] | None = None
+        """The write-ahead file this connection writes to, once it is there."""
 
     def _check_identity(self) -> None:
         """``EventStoreError`` when the file at the log's path is no longer the one
         opened: SQLite writes on into a deleted or moved file, and a run whose log was
-        removed under it completed, exit 0, with nothing recorded anywhere."""
-        if self._identity is not None and _identity(self.path) != self._identity:
+        removed under it completed, exit 0, with nothing recorded anywhere. So for
+        its ``-wal``: SQLite wrote on into the removed one, readers saw none of it,
+        and a kill then lost every event not yet copied into the log, those written
+        before the removal too. What it holds is copied into the log first."""
+        if self._identity is None:
+            return
+        if _identity(self.path) != self._identity:
             raise EventStoreError(
                 f"the log {self.path} was removed or replaced while this process wrote to "
                 "it (deleted, moved, or another file put in its place): what it wrote is "
                 "in that file, if it still exists; nothing more was written"
+            )
+        wal = _identity(self.path + "-wal")
+        if self._wal is None:
+            self._wal = wal if wal != _GONE else None
+        elif wal != self._wal:
+            with contextlib.suppress(sqlite3.Error):  # read through the removed file's
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # open descriptor
+            raise EventStoreError(
+                f"the log's write-ahead file {self.path}-wal was removed or replaced while "
+                "this process wrote to it (never remove it: it holds the latest events): "
+                "what it held was copied into the log; nothing more was written"
             )
 
     def _open(self, synchronous: str) -> None:

@@ -595,6 +595,45 @@ def test_an_append_to_a_log_removed_under_it_fails(tmp_path: Path, how: str) -> 
             store.append("r", [TaskAdded(task_id="t", title="x")], 1)
 
 
+KILLED_AFTER_ITS_WAL_WAS_REMOVED = textwrap.dedent(
+    """
+    import os, sys
+    from events import RunStarted, SQLiteEventStore, TaskAdded
+    from events.errors import EventStoreError
+    store = SQLiteEventStore(sys.argv[1])
+    store.connection.execute("PRAGMA wal_autocheckpoint = 0")  # all in the -wal
+    store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    store.append("r", [TaskAdded(task_id=f"t{i}", title="x") for i in range(5)], 1)
+    os.remove(sys.argv[1] + "-wal")
+    try:
+        store.append("r", [TaskAdded(task_id="late", title="x")], 6)
+    except EventStoreError as e:
+        print("refused:", e)
+    os._exit(9)  # killed: nothing closes the log
+    """
+)
+
+
+def test_a_log_whose_wal_is_removed_under_a_writer_loses_nothing_written(tmp_path: Path) -> None:
+    """SQLite wrote on into the removed ``-wal``: readers saw none of the run, and a
+    kill then lost every event not yet copied into the log, those written before the
+    removal too ("events.db is an empty database"). The next append copies what the
+    removed file holds into the log and refuses, as for the log itself removed."""
+    db = tmp_path / "events.db"
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_ITS_WAL_WAS_REMOVED, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 9, done.stderr
+    assert "refused: the log's write-ahead file" in done.stdout, done.stdout
+    assert "what it held was copied into the log" in done.stdout
+    with SQLiteEventStore(db) as store:
+        assert store.last_version("r") == 6
+        assert store.verify("r").ok
+
+
 def test_a_fork_is_copied_with_the_runs_it_was_forked_from(tmp_path: Path) -> None:
     """A fork copied alone said "verified", and the target's verify then failed: "its
     state cannot be rebuilt: no run 'parent' in this log"."""
