@@ -27,3 +27,18 @@ def check() -> None:
     """Raise the first noted stop that nobody took (it was swallowed)."""
     if _asked:
         raise _asked[0]
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as a Ctrl-C is, in a command that records no run
+    (``fork``, ``rewind``, ``copy``...): what it half did is undone or kept as on a
+    Ctrl-C, where the signal's default action ended the process at once (a fork's
+    part copy left behind); the exit status is the signal's (128 + its number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_signalled(signum: int, frame: object) -> None:
+    raise Signalled(signum)

@@ -501,24 +501,42 @@ STOPPED_AFTER_ITS_EVENT = STOPPED_BEFORE_ITS_EVENT.replace(
 )
 
 
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "kill"]
+)
 def test_a_fork_stopped_once_its_event_is_written_keeps_its_workspace(
-    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path
+    first_review: tuple[Path, Path, int, dict[str, bytes]], tmp_path: Path, sig: int
 ) -> None:
     """A Ctrl-C just after ``run.forked`` was committed (while the run summaries were
     brought up to date) removed the workspace of a run the log now had: it could not
-    be resumed, and the same command was refused ("there is already a run")."""
+    be resumed. The same command given again was refused ("there is already a run"),
+    and the fork's mark stayed in its workspace for good; a SIGTERM ended the
+    command at once, and a Ctrl-C said nothing of whether the fork was made."""
     db, _, version, then = first_review
     new = tmp_path / "fork-ws"
     args = ["fork", "r", "--at", str(version), "--workspace", str(new), "--as", "f"]
+    args += ["--db", str(db)]
     stopped = subprocess.run(
-        [sys.executable, "-c", STOPPED_AFTER_ITS_EVENT, str(int(signal.SIGINT)), *args,
-         "--db", str(db)],
-        capture_output=True, timeout=120,
+        [sys.executable, "-c", STOPPED_AFTER_ITS_EVENT, str(int(sig)), *args],
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert stopped.returncode != 0 and b"Traceback" not in stopped.stderr, stopped.stderr
+    assert stopped.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), stopped.stderr
+    assert "Traceback" not in stopped.stderr, stopped.stderr
+    if sig != signal.SIGKILL:
+        assert "stopped: the fork f was made; continue it with: autonomy resume f" in (
+            stopped.stderr
+        )
     with open_store(db) as store:
         assert store.last_version("f") == 1
     assert {k: v for k, v in snapshot(new).items() if not k.startswith(".autonomy")} == then
+
+    code, out = invoke(*args)  # the same command, given again
+
+    assert code == 0, out
+    assert "workspace: made before, by this command cut by a stop" in out
+    assert snapshot(new) == then, "the fork's mark is gone"
+    with open_store(db) as store:
+        assert store.last_version("f") == 1
 
 
 def test_a_fork_inside_its_parents_workspace_is_refused(
@@ -1207,3 +1225,23 @@ def test_a_version_inside_one_write_is_refused_by_rewind_and_fork(
         "--db", str(db),
     )  # fmt: skip
     assert code == 0, out
+
+
+def test_a_resume_takes_off_the_mark_a_fork_cut_once_its_event_was_written_left(
+    tmp_path: Path,
+) -> None:
+    """The fork's mark (``.autonomy/forking``, which says a workspace is a fork's not
+    yet in the log) stayed in its workspace for good once the fork was resumed."""
+    from engine.agent.runlog import RunLog
+    from engine.runs.workspace import FORKING, finish_cut_rewind
+    from events import MemoryEventStore, RunForked, RunStarted
+
+    store = MemoryEventStore()
+    store.append("r", [RunStarted(goal="g", workspace=str(tmp_path / "p"))], 0)
+    store.append("f", [RunForked(parent_run="r", at_version=1, workspace=str(tmp_path))], 0)
+    (tmp_path / FORKING).parent.mkdir()
+    (tmp_path / FORKING).write_text("f 999999")
+    finish_cut_rewind(RunLog(store, "r"), tmp_path, None)  # another run's: kept
+    assert (tmp_path / FORKING).exists()
+    finish_cut_rewind(RunLog(store, "f"), tmp_path, None)
+    assert not (tmp_path / ".autonomy").exists()

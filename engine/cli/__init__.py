@@ -58,17 +58,26 @@ def _main(args: list[str]) -> int:
     """click's own handling, but for Ctrl-C: click printed "Aborted!" and exited 1, where
     a shell expects 130 (128 + SIGINT) and nothing more (a run says for itself how it
     stopped, ``engine.cli.running.interrupts``)."""
+    import signal
+
     import click
 
-    from engine.cli.running import ENDED
+    from engine.cli.running import ENDED, STOPPING
+    from engine.stops import Signalled, raise_signalled
 
     ENDED.clear()  # (this process's command only)
+    # SIGTERM and SIGHUP stop any command as a Ctrl-C does (one that runs a run
+    # records them in its own words: ``engine.cli.running.interrupts``)
+    previous = {signum: signal.signal(signum, raise_signalled) for signum in STOPPING}
     try:
         returned = cli.main(args=args, prog_name="autonomy", standalone_mode=False)
-    except click.exceptions.Abort:  # KeyboardInterrupt, or EOF at a prompt
+    except click.exceptions.Abort as e:  # KeyboardInterrupt, or EOF at a prompt
         # a stop signal that came as the command was ending a stopped run (its handlers
         # put back): the exit status stays the one the run's end said
-        return ENDED[-1] if ENDED else 130
+        if ENDED:
+            return ENDED[-1]
+        cause = e.__cause__ or e.__context__
+        return 128 + cause.signum if isinstance(cause, Signalled) else 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
@@ -83,4 +92,7 @@ def _main(args: list[str]) -> int:
         sys.stdout = PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
         sys.stderr = PacifyFlushWrapper(sys.stderr)  # type: ignore[operator]
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return returned if isinstance(returned, int) else 0

@@ -8,6 +8,7 @@ calls one library function (``engine.runs.replay``, ``projections.project``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -331,7 +332,19 @@ def fork(run_id: str, at: int, workspace: Path, new_id: str | None, db: Path | N
 
     run_as = new_id if new_id is not None else new_run_id()  # "" is refused, as "a/b"
     with opened_log(db) as store:
-        restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
+        try:
+            restored = fork_run(store, run_id, at, workspace, new_run_id=run_as)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: whether there is a fork, said
+            made = False
+            with contextlib.suppress(Exception):
+                made = store.last_version(run_as) != 0
+            click.echo(
+                f"\nstopped: the fork {run_as} was made; continue it with: autonomy resume {run_as}"
+                if made
+                else "\nstopped: nothing was forked",
+                err=True,
+            )
+            raise
         pipeline = project(store, run_as).pipeline
     click.echo(f"forked {run_id} at version {at} as {run_as} in {one_line(pipeline.workspace)}")
     click.echo(f"workspace: {restored.summary()}")

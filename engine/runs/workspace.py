@@ -74,8 +74,12 @@ class Restored:
     written: tuple[str, ...]
     removed: tuple[str, ...]
     unchanged: tuple[str, ...]
+    before: bool = False
+    """Done before: a fork given again after a stop cut it once its run was written."""
 
     def summary(self) -> str:
+        if self.before:
+            return "made before, by this command cut by a stop once its run was written"
         return (
             f"{len(self.written)} file(s) restored, {len(self.removed)} removed, "
             f"{len(self.unchanged)} already as they were"
@@ -511,7 +515,11 @@ def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], No
     """Before a resume (``resume_run(prepare=...)``): when no tool has run since the
     run's latest ``run.rewound`` (an answer may have come since), the files it
     promised, for a rewind killed before it had written them all
-    (``finish_rewind``); said through ``progress``."""
+    (``finish_rewind``); said through ``progress``. And the ``FORKING`` mark of a
+    fork cut once its run was written, which stayed in its workspace for good."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+        if (workspace / FORKING).read_text().split()[0] == log.run_id:
+            _unmark_fork(workspace)
     last: RecordedEvent | None = None
     for event in log.store.read(log.run_id):
         if isinstance(event.data, RunRewound):
@@ -603,9 +611,13 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     _check_version(store, run_id, at)
     refuse_tampered(store, run_id, at, "nothing was forked")
     check_run_id(new_run_id)
-    if store.last_version(new_run_id) != 0:
-        raise HistoryError(f"there is already a run {new_run_id!r} in this log")
     workspace = workspace.resolve()
+    if store.last_version(new_run_id) != 0:
+        if _forked_into(store, new_run_id, workspace, (run_id, at)):
+            # the same fork given again, after a stop cut it once its event was written
+            _unmark_fork(workspace)
+            return Restored((), (), (), before=True)
+        raise HistoryError(f"there is already a run {new_run_id!r} in this log")
     if _abandoned_fork(store, workspace):
         remove_tree(workspace)
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
@@ -653,19 +665,29 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
             if not _forked_into(store, new_run_id, workspace):
                 remove_tree(workspace)
         raise
-    (workspace / FORKING).unlink()
-    with contextlib.suppress(OSError):
-        (workspace / FORKING).parent.rmdir()
+    _unmark_fork(workspace)
     return restored
 
 
-def _forked_into(store: EventStore, run_id: str, workspace: Path) -> bool:
-    """Whether the log holds ``run_id`` as a fork into ``workspace``."""
+def _unmark_fork(workspace: Path) -> None:
+    """Take off the ``FORKING`` mark: the fork's run is in the log."""
+    with contextlib.suppress(FileNotFoundError):
+        (workspace / FORKING).unlink()
+    with contextlib.suppress(OSError):
+        (workspace / FORKING).parent.rmdir()
+
+
+def _forked_into(
+    store: EventStore, run_id: str, workspace: Path, source: tuple[str, int] | None = None
+) -> bool:
+    """Whether the log holds ``run_id`` as a fork into ``workspace`` (of ``source``,
+    a run and a version, when given)."""
     first = next(iter(store.read(run_id, upto=1)), None)
     return (
         first is not None
         and isinstance(first.data, RunForked)
         and first.data.workspace == str(workspace)
+        and (source is None or (first.data.parent_run, first.data.at_version) == source)
     )
 
 
