@@ -255,3 +255,27 @@ def test_the_reasoning_specialist_can_reprioritise_a_task(tmp_path: Path) -> Non
     assert state.pipeline.tasks["t2"].priority == 9
     reasoning = [c for c in state.orchestration.consultations if c.specialist == "reasoning"]
     assert [c.outcome for c in reasoning] == ["finished", "finished"]  # the plan, the re-order
+
+
+def test_an_answer_to_a_run_answered_already_says_so(tmp_path: Path) -> None:
+    """Two answers at once: the one written second was told "expected version 15 but
+    the log is at 16" or "run r is running, not waiting for an answer", neither of
+    which says the question was answered."""
+    from engine.agent.runlog import answer_question
+    from engine.errors import ConfigError
+    from events import MemoryEventStore, RunStarted, UserAnswered, UserAsked
+
+    store = MemoryEventStore()
+    store.append("r", [RunStarted(goal="g", workspace=str(tmp_path)), UserAsked(question="?")], 0)
+    real = store.append
+
+    def racing(run_id: str, events: Any, expected: int, **kwargs: Any) -> Any:
+        store.append = real  # type: ignore[method-assign]
+        real(run_id, [UserAnswered(answer="the other one")], expected)  # written first
+        return real(run_id, events, expected, **kwargs)
+
+    store.append = racing  # type: ignore[method-assign]
+    for _ in range(2):  # while it was written, and after
+        with pytest.raises(ConfigError, match=r"was answered already \('the other one', at "):
+            answer_question(store, "r", "mine")
+    assert project(store, "r").pipeline.answers == ("the other one",)

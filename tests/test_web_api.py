@@ -431,7 +431,8 @@ def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) ->
         assert answered.status_code == 200, answered.text
         assert answered.json()["next"] == "autonomy resume asking"
         again = client.post("/api/runs/asking/answer", json={"answer": "3.11"})
-        assert again.status_code == 400 and "not waiting" in again.json()["error"]
+        assert again.status_code == 400, again.text
+        assert "was answered already ('Python 3.12', at " in again.json()["error"]
         assert client.post("/api/runs/nope/answer", json={"answer": "x"}).status_code == 404
     with open_store(copy) as store:
         assert project(store, "asking").pipeline.answers == ("Python 3.12",)

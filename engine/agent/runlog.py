@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 
 from engine.errors import ConfigError
-from events.errors import StoreCorrupted
+from engine.terminal import clipped, one_line
+from events.errors import ConcurrencyError, StoreCorrupted
 from events.schema import Event, UserAnswered
 from events.store import EventStore, KeyedMark, RecordedEvent, check_keyed_marker
 from projections.fold import RunState, apply, fork_lineage, project
@@ -146,9 +147,28 @@ def answer_question(store: EventStore, run_id: str, text: str) -> str:
     log = RunLog(store, run_id)
     status = log.pipeline.status
     if status != "waiting_for_input":
-        raise ConfigError(f"run {run_id} is {status}, not waiting for an answer")
+        raise ConfigError(
+            _answered_already(log) or f"run {run_id} is {status}, not waiting for an answer"
+        )
     if not text.strip():
         raise ConfigError("the answer is empty")
     question = log.pipeline.question
-    log.append(UserAnswered(answer=text), causation=log.version)
+    try:
+        log.append(UserAnswered(answer=text), causation=log.version)
+    except ConcurrencyError:  # two answers at once: the other was written first
+        if said := _answered_already(RunLog(store, run_id)):
+            raise ConfigError(said) from None
+        raise
     return question
+
+
+def _answered_already(log: RunLog) -> str:
+    """What to say when ``log``'s question was answered (its last event the answer),
+    and the run not resumed since; "" otherwise."""
+    last = next(iter(log.store.read(log.run_id, after=log.version - 1)), None)
+    if last is None or not isinstance(last.data, UserAnswered):
+        return ""
+    return (
+        f"run {log.run_id} was answered already ({clipped(one_line(last.data.answer), 80)!r}, at "
+        f"{last.recorded_at}); it goes on with: autonomy resume {log.run_id}"
+    )
