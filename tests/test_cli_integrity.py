@@ -112,6 +112,25 @@ def test_run_appends_its_checkpoint_and_checkpoint_prints_the_same(
     assert f"r: ok ({written.version} events, keyed, checkpoint at {written.version})" in out
 
 
+def test_no_checkpoint_is_taken_of_a_run_that_fails_verification(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    """``checkpoint`` printed one, exit 0, for a run whose events were edited: kept,
+    it made the edited history the one a later ``verify --checkpoints`` checked
+    against. It takes none of that run, says why, and exits 1."""
+    db, _, _ = recorded
+    conn = unguarded(db)
+    conn.execute("UPDATE events SET data = replace(data, 'add', 'sub') WHERE version = 5")
+    conn.commit()
+    conn.close()
+
+    code, out = invoke("checkpoint", "--db", db)
+
+    assert code == 1
+    assert "Error: run r: run r fails verification at version 5" in out, out
+    assert "no checkpoint was taken" in out and '"run_id"' not in out
+
+
 def test_a_deleted_tail_fails_against_the_checkpoint_naming_run_and_version(
     recorded: tuple[Path, Path, Path],
 ) -> None:

@@ -152,14 +152,26 @@ def checkpoint(run_id: str | None, db: Path | None) -> None:
         autonomy checkpoint >> ~/backup/autonomy.checkpoints
         autonomy verify --checkpoints ~/backup/autonomy.checkpoints
     """
+    from engine.agent.runlog import refuse_tampered
     from events.checkpoints import dumps, take
-    from events.errors import RunNotFound
+    from events.errors import RunNotFound, StoreCorrupted
 
+    refused = 0
     with opened_log(db, read_only=True) as store:
         if run_id is not None and store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
         for taken in take(store, [run_id] if run_id is not None else None):
+            # a checkpoint vouches for the run up to it: none of one that fails
+            # verification, which a later verify would then take for the truth
+            try:
+                refuse_tampered(store, taken.run_id, taken.version, "no checkpoint was taken")
+            except StoreCorrupted as e:
+                click.echo(f"Error: run {taken.run_id}: {e}", err=True)
+                refused += 1
+                continue
             click.echo(dumps(taken))
+    if refused:
+        raise click.exceptions.Exit(1)
 
 
 def append_checkpoint(store: EventStore, run_id: str, path: Path) -> None:
