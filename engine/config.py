@@ -328,6 +328,11 @@ def _checked(settings: Settings) -> Settings:
                 raise ConfigError(f"{key}base_url: {problem}")
             if not endpoint.model.strip():  # every request would name no model
                 raise ConfigError(f"{key}model: empty; name the model the server serves")
+            if any(c < " " or c == "\x7f" for c in endpoint.model):  # a NUL was sent
+                raise ConfigError(
+                    f"{key}model: {endpoint.model!r} holds a control character, which no "
+                    "model's name does"
+                )
     return settings
 
 

@@ -439,13 +439,14 @@ def test_an_environment_variable_that_is_not_utf8_is_a_config_error() -> None:
 def test_a_model_server_url_with_a_space_or_an_empty_model_is_refused(tmp_path: Path) -> None:
     """``base_url = "http://exa mple.com"`` was accepted and then reported as
     "cannot connect (connection refused)"; ``model = ""`` was accepted, and every
-    request named no model."""
+    request named no model; a NUL in a model's name was sent in every request."""
     for table, said in (
         (
             'base_url = "http://exa mple.com"',
             "models.coding.base_url: 'http://exa mple.com' holds a space",
         ),
         ('model = ""', "models.coding.model: empty"),
+        ('model = "a\\u0000b"', "models.coding.model: 'a\\x00b' holds a control character"),
     ):
         (tmp_path / "autonomy.toml").write_text(f"[models.coding]\n{table}\n")
         with pytest.raises(ConfigError, match=re.escape(said)):
