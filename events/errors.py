@@ -100,7 +100,13 @@ class RunNotFound(EventStoreError):
     """No events are recorded for that run."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run {run_id!r} in this log")
+        # an id no run has may be any text: 100,000 characters were said whole
+        shown = (
+            repr(run_id)
+            if len(run_id) <= 200
+            else f"{run_id[:199]!r}… ({len(run_id):,} characters)"
+        )
+        super().__init__(f"no run {shown} in this log")
         self.run_id = run_id
 
 

@@ -243,6 +243,11 @@ def test_events_of_an_unknown_run_is_a_clean_error(runner: CliRunner, db: Path) 
     result = run(runner, "events", "nope", "--db", db)
     assert_clean_error(result)
     assert "no run 'nope' in this log" in result.stderr
+    # an id of any length: 100,000 characters were said whole
+    result = run(runner, "events", "x" * 100_000, "--db", db)
+    assert_clean_error(result)
+    assert f"no run '{'x' * 199}'… (100,000 characters) in this log" in result.stderr
+    assert len(result.stderr) < 1_000
 
 
 def test_state_at_a_version_the_run_never_reached_is_a_clean_error(
