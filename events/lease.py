@@ -15,6 +15,7 @@ owner's session.) In-memory stores keep their leases in the process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -75,8 +76,14 @@ class FileLeases:
             self.directory.mkdir(exist_ok=True)
             fd = os.open(self._file(run_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
+            why = (
+                ": the log's directory cannot be written by this user, so no command that "
+                "writes to the log runs here (those that only read it do)"
+                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                else ""
+            )
             raise EventStoreError(
-                f"cannot take the lease of run {run_id} in {self.directory}: {e.strerror or e}"
+                f"cannot take the lease of run {run_id} in {self.directory}: {e.strerror or e}{why}"
             ) from e
         try:
             try:

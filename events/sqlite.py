@@ -131,6 +131,12 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
             f"{where}: the log's file cannot be used now ({text}: a disk failing or full, "
             "or the file or its file system made read-only?)"
         )
+    if code == sqlite3.SQLITE_CANTOPEN:  # "unable to open database file", no more said
+        return EventStoreError(
+            f"{where}: {text}: the file, or its directory (where SQLite keeps its -wal and "
+            "-shm files), cannot be written by this user, or is gone; the commands that "
+            "only read the log open it read-only"
+        )
     if isinstance(e, sqlite3.OperationalError) and text.startswith(_UNDECODABLE):
         # the driver's, reading a value back: bytes where autonomy writes only text
         # (a damaged page, or an edit), and its message quoted them all

@@ -459,3 +459,32 @@ def test_a_read_only_workspace_is_refused_before_anything_is_written(tmp_path: P
     assert rewind_code == 1 and "is read-only; nothing was rewound" in str(rewind_out)
     with SQLiteEventStore(db) as store:
         assert store.last_version(RUN) == 1, "no event was written"
+
+
+def test_a_writer_that_cannot_open_the_log_or_take_its_lease_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume on a log whose directory this user may not write was told "cannot
+    take the lease ...: Permission denied" with a Python cause, or only "unable to
+    open database file" when SQLite could not make its -shm there."""
+    import errno
+    import os
+
+    from events.errors import EventStoreError
+    from events.lease import FileLeases
+    from events.sqlite import _translated
+
+    try:
+        sqlite3.connect(tmp_path / "gone" / "events.db")
+    except sqlite3.OperationalError as e:
+        said = str(_translated(e, "opening events.db"))
+    assert said.startswith("opening events.db: unable to open database file: the file, or its")
+    assert "cannot be written by this user" in said
+
+    def refused(*args: object, **kwargs: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refused)
+    leases = FileLeases(tmp_path)
+    with pytest.raises(EventStoreError, match="Permission denied: the log's directory cannot be"):
+        leases.hold("r", "me").__enter__()
