@@ -493,6 +493,12 @@ def test_a_page_of_another_site_cannot_answer_a_run(db: Path, tmp_path: Path) ->
             "/api/sql", json={"sql": "SELECT 1"}, headers={"Origin": "https://evil.example"}
         )
         assert sql.status_code == 403
+        # a method no route takes changes nothing: the routes say so (it was told to
+        # send a JSON body, 415)
+        for method in ("DELETE", "PUT", "PATCH", "TRACE"):
+            for path in ("/", "/api/runs/asking/answer"):
+                other = client.request(method, path, headers={"Content-Type": "text/plain"})
+                assert other.status_code == 405, (method, path, other.text)
         with open_store(copy) as store:
             assert project(store, "asking").pipeline.status == "waiting_for_input"
         proxied = {"Origin": "https://runs.example", "X-Forwarded-Host": "runs.example"}

@@ -48,7 +48,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -144,7 +144,7 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     PostgreSQL log before it listens, so that an unreachable server is one clear
     error); None: the app opens what it needs."""
     web = _Web(settings, store)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/", web.run_list),
         Route("/runs/{run_id}/diff", web.diff_page),
         Route("/runs/{run_id}", web.run_page),
@@ -162,7 +162,7 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     middleware = [  # the first is the outermost: every answer gets the headers
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts)),
-        Middleware(SameOriginWrites),
+        Middleware(SameOriginWrites, accepted=_methods(routes)),
         Middleware(NoNulInTheUrl),
     ]
     if settings.token:
@@ -175,6 +175,15 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     )
     app.state.stop_streams = web.stop_streams  # for the server, as it is told to stop
     return app
+
+
+def _methods(routes: list[BaseRoute]) -> frozenset[str]:
+    """Every method a route of ``routes`` takes (a mount's files: GET and HEAD)."""
+    return frozenset(
+        {"GET", "HEAD"}.union(
+            *(route.methods or () for route in routes if isinstance(route, Route))
+        )
+    )
 
 
 SQL_ON_POSTGRES = (
@@ -222,11 +231,15 @@ class SameOriginWrites:
 
     SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, accepted: frozenset[str]) -> None:
         self.app = app
+        self.changing = accepted - self.SAFE
+        """The methods some route takes that may change something: a request by any
+        other changes nothing, and is answered by the routes (405), not refused as
+        one that would (a DELETE was told "send the body as application/json")."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in self.SAFE:
+        if scope["type"] != "http" or scope["method"] not in self.changing:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
