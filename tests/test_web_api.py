@@ -458,6 +458,8 @@ def test_a_body_no_log_could_hold_is_a_400_and_writes_nothing(
         answer = client.post(path, content=body, headers=JSON)
     assert answer.status_code == 400, answer.text
     assert "not JSON" in answer.json()["error"]
+    if b"\\ud" in body:  # said as such, not as msgspec's "Input data was truncated"
+        assert "surrogate" in answer.json()["error"], answer.text
     with open_store(copy) as store:
         assert project(store, "asking").pipeline.status == "waiting_for_input"
 

@@ -33,6 +33,7 @@ import asyncio
 import difflib
 import hmac
 import itertools
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -175,6 +176,15 @@ def create_app(settings: ServiceSettings, store: EventStore | None = None) -> St
     )
     app.state.stop_streams = web.stop_streams  # for the server, as it is told to stop
     return app
+
+
+def _json_of_python(data: bytes) -> bool:
+    """Whether Python's own ``json`` reads ``data`` (it takes lone surrogates)."""
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _methods(routes: list[BaseRoute]) -> frozenset[str]:
@@ -860,12 +870,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
             chunks.append(chunk)
     except ClientDisconnect as e:  # gone, or cut by the server's deadline: a traceback
         raise HTTPException(400, "the request body did not arrive whole") from e
+    data = b"".join(chunks)
     try:
         # msgspec, not json: it refuses a lone surrogate ("\\udcff"), which no log holds
-        body = msgspec.json.decode(b"".join(chunks))
+        body = msgspec.json.decode(data)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as e:
         # (a byte that is not UTF-8 in a string: msgspec's UnicodeDecodeError was a 500)
-        raise HTTPException(400, f"the request body is not JSON: {e}") from e
+        said = str(e)
+        if said == "Input data was truncated" and _json_of_python(data):
+            # msgspec's words for a high surrogate with no low one after it ("\\ud800")
+            said = "a text holds a lone surrogate (\\ud800 to \\udfff), which is no character"
+        raise HTTPException(400, f"the request body is not JSON: {said}") from e
     if not isinstance(body, dict):
         raise HTTPException(400, "the request body must be a JSON object")
     return body
