@@ -1445,6 +1445,42 @@ def test_a_git_or_a_log_directory_that_is_a_link_is_kept_read_only_or_hidden(
     assert (base / "repo" / "config").read_text() == "[core]\n"
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "os.remove('.git')",
+        "os.remove('.git'); os.symlink('/tmp', '.git')",
+        "os.remove('.git'); os.makedirs('.git/objects'); open('.git/HEAD', 'w').write('x')",
+        "os.rename('.git', 'moved')",
+        "os.remove('sub/.git')",
+    ],
+    ids=["removed", "another-link", "own-repository", "moved", "nested"],
+)
+def test_a_command_cannot_take_away_a_repository_kept_through_a_link(
+    tmp_path: Path, code: str
+) -> None:
+    """A ``.git`` that is a link (the repository kept elsewhere) is no mount point: a
+    command removed it, or put its own in its place, and the workspace was no longer
+    the user's repository's ("not a git repository"). The link is put back."""
+    repository = tmp_path / "elsewhere"
+    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=60)
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    (workspace / ".git").symlink_to(repository / ".git")
+    (workspace / "sub" / ".git").symlink_to(repository / ".git")
+    outcome = run(
+        workspace, ["python", "-c", f"import os; {code}"], bubblewrap(), allowlist=PYTHON_C
+    )
+    assert outcome.ok, outcome.result + outcome.error
+    assert "[put back " in outcome.result and "the link to a repository" in outcome.result
+    for link in (workspace / ".git", workspace / "sub" / ".git"):
+        assert os.readlink(link) == str(repository / ".git")
+    found = subprocess.run(
+        ["git", "rev-parse", "--absolute-git-dir"], cwd=workspace, capture_output=True, text=True
+    )
+    assert found.stdout.strip() == str(repository / ".git"), found
+
+
 def test_a_stand_in_a_killed_engine_left_is_removed_by_the_next_command(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()  # as an engine killed during a command leaves it
     outcome = run(tmp_path, ["python", "-c", "print('ran')"], bubblewrap(), allowlist=PYTHON_C)

@@ -135,7 +135,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     root = sandbox.root
     before = digests.snapshot(root, ctx.blobs)
     repositories = digests.repositories
-    theirs = {_identity(root / name) for name in repositories} - {None}
+    theirs = {name: found for name in repositories if (found := _identity(root / name))}
     left_out = digests.left_out
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
@@ -162,7 +162,7 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         output = _capped(out, ctx.output_cap)
     elapsed = time.monotonic() - started
     set_id = clear_set_id(root)
-    made, left, after = _undo_repositories(root, digests, theirs, ctx.blobs)
+    made, left, after, relinked = _undo_repositories(root, digests, theirs, ctx.blobs)
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
@@ -175,6 +175,11 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     result = f"$ {shown}\n{output}".rstrip("\n")
     if removed := [name for name in made if name not in left]:
         result += f"\n[removed {', '.join(map(printable_name, removed))}: {REPOSITORY}]"
+    if relinked:
+        result += (
+            f"\n[put back {', '.join(map(printable_name, relinked))}: the link to a repository "
+            "of the workspace, which a command may not take away]"
+        )
     if left:
         return ToolOutcome(
             ok=False,
@@ -256,23 +261,33 @@ def _listed(paths: Sequence[str]) -> str:
 
 
 def _undo_repositories(
-    root: Path, digests: WorkspaceDigests, theirs: set[Identity | None], blobs: BlobSink
-) -> tuple[list[str], list[str], dict[str, tuple[str, int]]]:
+    root: Path, digests: WorkspaceDigests, theirs: dict[str, Identity], blobs: BlobSink
+) -> tuple[list[str], list[str], dict[str, tuple[str, int]], list[str]]:
     """Remove what of each repository in the workspace a command made (``_made``):
     those that are not the very directories (or files) that were there before
-    (``theirs``), wherever they are now. By path, a command that renamed the directory
-    holding a repository (its read-only mount goes with it) and made a .git at the old
-    path had its own kept, and the user's (at its new path) removed. The names made,
-    those still there, and the workspace's snapshot after."""
+    (``theirs``, by name), wherever they are now. By path, a command that renamed the
+    directory holding a repository (its read-only mount goes with it) and made a .git
+    at the old path had its own kept, and the user's (at its new path) removed. Then
+    put back each of the user's that was a link and is gone: a link (a ``.git`` kept
+    elsewhere) is no mount, and a command removed it, or put its own in its place,
+    and the workspace was no longer the user's repository's. The names made, those
+    still there, the workspace's snapshot after, and the links put back."""
+    known = set(theirs.values())
     after = digests.snapshot(root, blobs)
     made = _made(
-        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in theirs)
+        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in known)
     )
-    made = _sparing(root, made, theirs)
+    made = _sparing(root, made, known)
     left = _remove(root, made) if made else []
-    if made:
+    relinked = []
+    for name, (_, _, kind, target) in theirs.items():
+        if kind == stat.S_IFLNK and not os.path.lexists(root / name):
+            with contextlib.suppress(OSError):
+                os.symlink(target, root / name)
+                relinked.append(name)
+    if made or relinked:
         after = digests.snapshot(root, blobs)
-    return made, left, after
+    return made, left, after, relinked
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
@@ -349,7 +364,7 @@ def _identity(path: Path) -> Identity | None:
     return found.st_dev, found.st_ino, stat.S_IFMT(found.st_mode), target
 
 
-def _sparing(root: Path, made: Sequence[str], theirs: set[Identity | None]) -> list[str]:
+def _sparing(root: Path, made: Sequence[str], theirs: set[Identity]) -> list[str]:
     """``made``, but for a ``.git`` the command made that holds a repository that was
     there before (the user's, moved into it: the directory holding its read-only
     mount may be renamed), its ``HEAD`` files only, without which git takes it for no
@@ -369,7 +384,7 @@ def _sparing(root: Path, made: Sequence[str], theirs: set[Identity | None]) -> l
     return spared
 
 
-def _holds(directory: Path, theirs: set[Identity | None]) -> bool:
+def _holds(directory: Path, theirs: set[Identity]) -> bool:
     """Whether ``directory`` (a directory, not a link) holds one of ``theirs``, at any
     depth a path can be opened at; links are not followed."""
     if directory.is_symlink() or not directory.is_dir():
