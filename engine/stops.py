@@ -10,6 +10,9 @@ from (each step, a command just started) raise one still noted."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 _asked: list[KeyboardInterrupt] = []
 
 
@@ -42,3 +45,24 @@ class Signalled(KeyboardInterrupt):
 
 def raise_signalled(signum: int, frame: object) -> None:
     raise Signalled(signum)
+
+
+_deferring = [0]
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block no stop cuts: one that comes meanwhile is noted (``asked``) and not
+    raised, and raised at the block's end unless an exception already leaves it
+    (then the next ``check`` raises it, unless the stop under way takes it)."""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    check()
+
+
+def deferring() -> bool:
+    """Whether a stop must only be noted now (``deferred``)."""
+    return _deferring[0] > 0

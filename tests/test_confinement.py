@@ -199,7 +199,7 @@ def test_the_command_ends_when_the_engine_is_killed(tmp_path: Path) -> None:
 
 CUT = textwrap.dedent(
     """
-    import os, pathlib, time
+    import os, pathlib, sys, time
     git = pathlib.Path("sub/.git")
     for part in ("objects", "refs/heads"):
         (git / part).mkdir(parents=True)
@@ -208,48 +208,88 @@ CUT = textwrap.dedent(
     pathlib.Path("tool").write_text("#!/bin/sh\\n")
     os.chmod("tool", 0o4755)
     pathlib.Path("made.txt").write_text("")
-    time.sleep(600)
+    time.sleep(float(sys.argv[1]))
     """
 )
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+CUT_ENGINE = textwrap.dedent(
+    """
+    import os, signal, sys, click
+    from pathlib import Path
+    import engine.cli.running
+    import engine.tools.commands as commands
+    from engine.cli.running import interrupts
+    from engine.tools import ToolContext, default_registry, execute
+    from engine.tools.confine import choose
+    from events import MemoryEventStore
+
+    workspace, when, seconds = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    real_clear, real_undo = commands.clear_set_id, commands._undo_repositories
+
+    def clear_set_id(root):  # the command has ended: a stop lands just after
+        if when == "after" and not getattr(clear_set_id, "done", False):
+            clear_set_id.done = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_clear(root)
+
+    def undo(*args):  # a second stop, as a slow undo runs
+        if when == "twice" and not getattr(undo, "done", False):
+            undo.done = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_undo(*args)
+
+    commands.clear_set_id, commands._undo_repositories = clear_set_id, undo
+    engine.cli.running.STOP_GRACE = 0.0  # the second is not taken for the first's
+    ctx = ToolContext(workspace=workspace, blobs=MemoryEventStore(),
+                      confinement=choose("required"), allowlist=(("python",),),
+                      command_timeout=600)
+    try:
+        with interrupts(None, None):
+            execute(default_registry(), "run_command", {"argv": ["python", "cut.py", seconds]}, ctx)
+    except click.exceptions.Exit as e:
+        raise SystemExit(e.exit_code)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("stop", "when"),
+    [
+        (signal.SIGINT, "during"),
+        (signal.SIGTERM, "during"),
+        (signal.SIGTERM, "after"),
+        (signal.SIGTERM, "twice"),
+    ],
+    ids=["ctrl-c", "sigterm", "just-after-it-ended", "a-second-stop-during-the-undo"],
+)
 def test_a_command_a_stop_cut_leaves_no_repository_and_no_set_id_file(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, stop: signal.Signals, when: str
 ) -> None:
     """A Ctrl-C, or a service manager's SIGTERM, while a command runs: the command is
     ended, and what it made that git would run (a ``.git`` in a directory of the
     workspace) or that would run as its owner (a set-user-id file) is undone as when
-    it ends by itself. Left, the host's next ``git status`` there ran its code."""
+    it ends by itself. Left, the host's next ``git status`` there ran its code. So
+    for a stop that lands once the command has ended, before its undo, and for a
+    second stop while a stop's undo runs: each left the repository."""
     workspace = tmp_path / "ws"
     (workspace / "sub").mkdir(parents=True)
     marker = tmp_path / "ran-outside-the-sandbox"
     (workspace / "cut.py").write_text(f"MARKER = {str(marker)!r}\n{CUT}")
-    engine = textwrap.dedent(
-        f"""
-        from pathlib import Path
-        from engine.cli.running import interrupts
-        from engine.tools import ToolContext, default_registry, execute
-        from engine.tools.confine import choose
-        from events import MemoryEventStore
-        ctx = ToolContext(workspace=Path({str(workspace)!r}), blobs=MemoryEventStore(),
-                          confinement=choose("required"), allowlist=(("python",),),
-                          command_timeout=600)
-        import click
-        try:
-            with interrupts(None, None):
-                execute(default_registry(), "run_command", {{"argv": ["python", "cut.py"]}}, ctx)
-        except click.exceptions.Exit as e:
-            raise SystemExit(e.exit_code)
-        """
-    )
     bubblewrap()
+    seconds = "0" if when == "after" else "600"
     process = subprocess.Popen(
-        [sys.executable, "-c", engine], start_new_session=True, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", CUT_ENGINE, str(workspace), when, seconds],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     with reaped(process):
-        wait_until(lambda: (workspace / "made.txt").exists(), "the command has made its repository")
-        process.send_signal(stop)
+        if when != "after":
+            wait_until(
+                lambda: (workspace / "made.txt").exists(), "the command has made its repository"
+            )
+            process.send_signal(stop)
         _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + stop, err
     assert "Traceback" not in err

@@ -178,7 +178,8 @@ def interrupts(db: Path | str | None, workspace: Path | None) -> Iterator[None]:
         received.append(signal.Signals(signum))
         stop = Stop(STOPPED_BY_SIGNAL[received[-1]])
         stops.asked(stop)  # in case it lands where Python swallows it (engine.stops)
-        raise stop
+        if not stops.deferring():
+            raise stop
 
     def unraisable(raised: Any) -> None:
         # a stop Python swallowed (engine.stops): noted, and raised where the run goes

@@ -35,6 +35,7 @@ from typing import IO, Annotated, Any
 
 import msgspec
 
+from engine import stops
 from engine.errors import ToolError
 from engine.tools.argv_policy import check_argv
 from engine.tools.confine import REPOSITORY, Confinement, choose
@@ -138,31 +139,37 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     theirs = {name: found for name in repositories if (found := _identity(root / name))}
     left_out = digests.left_out
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
-        try:
-            finished = confinement.run(
-                executable,
-                workspace=root,
-                out=out,
-                timeout=timeout,
-                # read-only too: what their configs make git read or run
-                repositories=[root / r for r in repositories] + _obeyed(root, repositories),
-                logs=[root / name for name in digests.logs],
-            )
-        except OSError as e:
-            raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
-        except BaseException:
-            # a stop (Ctrl-C, SIGTERM) cut it: a set-user-id file it made, and a
-            # repository whose config git would run, stay unless undone here, where it
-            # is known which repositories are the user's
-            with contextlib.suppress(OSError):  # the stop is what is said
-                clear_set_id(root)
-                _undo_repositories(root, digests, theirs, ctx.blobs)
-            raise
-        output = _capped(out, ctx.output_cap)
-    elapsed = time.monotonic() - started
-    set_id = clear_set_id(root)
-    made, left, after, relinked = _undo_repositories(root, digests, theirs, ctx.blobs)
+    undone = False
+    try:
+        with tempfile.TemporaryFile() as out:
+            try:
+                finished = confinement.run(
+                    executable,
+                    workspace=root,
+                    out=out,
+                    timeout=timeout,
+                    # read-only too: what their configs make git read or run
+                    repositories=[root / r for r in repositories] + _obeyed(root, repositories),
+                    logs=[root / name for name in digests.logs],
+                )
+            except OSError as e:
+                raise ToolError(f"cannot start {shown}: {e.strerror or e}") from e
+            output = _capped(out, ctx.output_cap)
+        elapsed = time.monotonic() - started
+        set_id = clear_set_id(root)
+        made, left, after, relinked = _undo_repositories(root, digests, theirs, ctx.blobs)
+        undone = True
+    finally:
+        if not undone:
+            # a stop (Ctrl-C, SIGTERM) cut it, or what came after it: a set-user-id
+            # file it made, and a repository whose config git would run, stay unless
+            # undone here, where it is known which repositories are the user's; a
+            # second stop meanwhile waits until it is done (engine.stops)
+            with stops.deferred():
+                with contextlib.suppress(OSError):
+                    clear_set_id(root)
+                with contextlib.suppress(OSError):
+                    _undo_repositories(root, digests, theirs, ctx.blobs)
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
