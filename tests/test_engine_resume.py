@@ -20,6 +20,7 @@ from engine.cli import cli
 from engine.config import load_settings
 from engine.runs.demo import GOAL, DemoModels
 from engine.runs.replay import replay
+from engine.runs.workspace import rewind
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import FileChange, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
@@ -125,6 +126,47 @@ def test_a_file_tool_cut_by_a_crash_is_applied_only_if_its_file_holds_what_it_wr
     assert [(c.path, c.before, c.after) for c in settled.files_changed] == [("calc.py", old, after)]
     if not applied:
         assert "something else changed it since (recorded as found); not applied" in (settled.error)
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "on_disk", "recorded"),
+    [
+        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "hello world\n", False),
+        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "bye world\n", False),
+        ("create_file", {"content": "made\n", "overwrite": True}, "made\n", False),
+        ("create_file", {"content": "made\n"}, "made\n", True),
+        ("create_file", {"content": "made\n"}, "the person's\n", False),
+    ],
+    ids=["modify-not-done", "modify-done", "overwrite-done", "create-done", "create-other"],
+)
+def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_be(
+    tmp_path: Path, tool: str, arguments: dict[str, object], on_disk: str, recorded: bool
+) -> None:
+    """A file the person had before the run (the log has no record of it), cut in a
+    file tool's call: recovery recorded it as made by the call (nothing before it),
+    and a rewind to before the call then deleted the person's file. What it held
+    before the call is not known: it is left as it is and not recorded, unless the
+    call can only have made it (a create_file that may not replace a file)."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text(on_disk)
+    store = open_store(tmp_path / "events.db")
+    log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
+    log.append(
+        ToolRequested(call_id="r1/t2", tool=tool, arguments={"path": "notes.txt", **arguments})
+    )
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    (settled,) = [
+        e.data for e in store.read("r1")
+        if isinstance(e.data, ToolExecuted) and e.data.call_id == "r1/t2"
+    ]  # fmt: skip
+    assert isinstance(settled, ToolExecuted)
+    assert settled.ok is recorded and bool(settled.files_changed) is recorded, settled
+    if not recorded:
+        assert "a file the log has no record of" in settled.error
+        rewind(store, "r1", 1)  # to before the call: the person's file stays
+        assert (workspace / "notes.txt").read_text() == on_disk
 
 
 @pytest.mark.parametrize("gone", ["deleted", "a file now"])

@@ -401,10 +401,24 @@ class Engine:
                 ok=False,
                 error="interrupted by a crash before it changed the workspace; not applied",
             )
+        intended = self._intended(pending, before)
+        if known is None and not (now == intended and _creates_only(pending)):
+            # a file the log never recorded, there now: what it held before the call
+            # is not known (absence, recorded, made a rewind delete the person's file)
+            return ToolExecuted(
+                call_id=call_id,
+                tool=tool,
+                ok=False,
+                error=(
+                    f"interrupted by a crash; {path} is a file the log has no record of, so "
+                    "what this call did to it cannot be told: left as it is, not recorded; "
+                    "not applied"
+                ),
+            )
         if content is not None:
             self.log.store.put(content)
         change = FileChange(path=path, before=before, after=now, size=len(content or b""))
-        if now == self._intended(pending, before):
+        if now == intended:
             return ToolExecuted(
                 call_id=call_id,
                 tool=tool,
@@ -440,6 +454,12 @@ class Engine:
         except (ToolError, AutonomyError, UnicodeError):
             return False
         return hashlib.sha256(written).hexdigest() if written is not None else None
+
+
+def _creates_only(pending: PendingTool) -> bool:
+    """Whether ``pending`` writes only where no file was: a ``create_file`` that may
+    not replace one (it fails on a file that is there)."""
+    return pending.tool == "create_file" and pending.arguments.get("overwrite") is not True
 
 
 def summary(state: RunState) -> list[str]:
