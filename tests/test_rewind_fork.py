@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -533,10 +534,13 @@ def test_a_fork_stopped_once_its_event_is_written_keeps_its_workspace(
     code, out = invoke(*args)  # the same command, given again
 
     assert code == 0, out
-    assert "workspace: made before, by this command cut by a stop" in out
+    assert "workspace: made before, by the same command (given again)" in out
     assert snapshot(new) == then, "the fork's mark is gone"
     with open_store(db) as store:
         assert store.last_version("f") == 1
+    shutil.rmtree(new)  # its workspace gone: no fork is made there "before"
+    code, out = invoke(*args)
+    assert code == 1 and "there is already a run 'f' in this log" in out, out
 
 
 def test_a_fork_inside_its_parents_workspace_is_refused(

@@ -75,11 +75,12 @@ class Restored:
     removed: tuple[str, ...]
     unchanged: tuple[str, ...]
     before: bool = False
-    """Done before: a fork given again after a stop cut it once its run was written."""
+    """Done before: the same fork given again (after a stop cut it once its run was
+    written, say)."""
 
     def summary(self) -> str:
         if self.before:
-            return "made before, by this command cut by a stop once its run was written"
+            return "made before, by the same command (given again)"
         return (
             f"{len(self.written)} file(s) restored, {len(self.removed)} removed, "
             f"{len(self.unchanged)} already as they were"
@@ -613,8 +614,8 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     check_run_id(new_run_id)
     workspace = workspace.resolve()
     if store.last_version(new_run_id) != 0:
-        if _forked_into(store, new_run_id, workspace, (run_id, at)):
-            # the same fork given again, after a stop cut it once its event was written
+        if workspace.is_dir() and _forked_into(store, new_run_id, workspace, (run_id, at)):
+            # the same fork given again (after a stop cut it once its event was written)
             _unmark_fork(workspace)
             return Restored((), (), (), before=True)
         raise HistoryError(f"there is already a run {new_run_id!r} in this log")
