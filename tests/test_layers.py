@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "engine.errors": 1,
     "engine.tables": 1,
     "engine.terminal": 1,
+    "engine.stops": 1,
     "engine.keys": 2,
     "engine.storage": 2,
     "engine.machines": 2,
