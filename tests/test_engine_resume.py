@@ -24,6 +24,7 @@ from engine.runs.workspace import rewind
 from engine.storage import open_store
 from engine.testing import Reply, ScriptedModelServer, ScriptedRequest
 from events import FileChange, RunStarted, SQLiteEventStore, ToolExecuted, ToolRequested
+from events.store import EventStore
 from projections import project
 
 
@@ -58,6 +59,19 @@ def crashed_run(tmp_path: Path) -> tuple[SQLiteEventStore, RunLog, Path]:
 
 def settings(server: ScriptedModelServer) -> object:
     return load_settings(env={}, overrides={"model_url": server.url, "api": "ollama", "model": "m"})
+
+
+def settled_on_resume(store: EventStore, call_id: str) -> ToolExecuted:
+    """Resume run ``r1`` (the demo models answering) and return how it settled the
+    tool call ``call_id`` a crash had cut."""
+    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
+        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
+    (settled,) = [
+        e.data for e in store.read("r1")
+        if isinstance(e.data, ToolExecuted) and e.data.call_id == call_id
+    ]  # fmt: skip
+    assert isinstance(settled, ToolExecuted)
+    return settled
 
 
 def test_a_tool_that_ran_before_the_crash_is_recorded_as_applied_on_resume(tmp_path: Path) -> None:
@@ -115,13 +129,8 @@ def test_a_file_tool_cut_by_a_crash_is_applied_only_if_its_file_holds_what_it_wr
     )  # fmt: skip
     if on_disk is not None:
         (workspace / "calc.py").write_text(on_disk)
-    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
-        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
-    (settled,) = [
-        e.data for e in store.read("r1")
-        if isinstance(e.data, ToolExecuted) and e.data.call_id == "r1/t3"
-    ]  # fmt: skip
-    assert isinstance(settled, ToolExecuted) and settled.ok is applied, settled
+    settled = settled_on_resume(store, "r1/t3")
+    assert settled.ok is applied, settled
     after = hashlib.sha256(on_disk.encode()).hexdigest() if on_disk is not None else None
     assert [(c.path, c.before, c.after) for c in settled.files_changed] == [("calc.py", old, after)]
     if not applied:
@@ -155,13 +164,7 @@ def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_b
     log.append(
         ToolRequested(call_id="r1/t2", tool=tool, arguments={"path": "notes.txt", **arguments})
     )
-    with ScriptedModelServer(DemoModels(), models=["m"]) as server, httpx.Client() as http:
-        resume_run(store, "r1", settings=settings(server), http=http)  # type: ignore[arg-type]
-    (settled,) = [
-        e.data for e in store.read("r1")
-        if isinstance(e.data, ToolExecuted) and e.data.call_id == "r1/t2"
-    ]  # fmt: skip
-    assert isinstance(settled, ToolExecuted)
+    settled = settled_on_resume(store, "r1/t2")
     assert settled.ok is recorded and bool(settled.files_changed) is recorded, settled
     if not recorded:
         assert "a file the log has no record of" in settled.error
