@@ -538,9 +538,12 @@ def test_a_fork_stopped_once_its_event_is_written_keeps_its_workspace(
     assert snapshot(new) == then, "the fork's mark is gone"
     with open_store(db) as store:
         assert store.last_version("f") == 1
-    shutil.rmtree(new)  # its workspace gone: no fork is made there "before"
-    code, out = invoke(*args)
-    assert code == 1 and "there is already a run 'f' in this log" in out, out
+    for emptied in (False, True):  # its workspace gone, or emptied: not made "before"
+        shutil.rmtree(new, ignore_errors=True)
+        if emptied:
+            new.mkdir()
+        code, out = invoke(*args)
+        assert code == 1 and "there is already a run 'f' in this log" in out, out
 
 
 def test_a_fork_inside_its_parents_workspace_is_refused(

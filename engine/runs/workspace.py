@@ -614,7 +614,9 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
     check_run_id(new_run_id)
     workspace = workspace.resolve()
     if store.last_version(new_run_id) != 0:
-        if workspace.is_dir() and _forked_into(store, new_run_id, workspace, (run_id, at)):
+        if _forked_into(store, new_run_id, workspace, (run_id, at)) and _holds_its_files(
+            store, new_run_id, workspace
+        ):
             # the same fork given again (after a stop cut it once its event was written)
             _unmark_fork(workspace)
             return Restored((), (), (), before=True)
@@ -668,6 +670,16 @@ def fork(store: EventStore, run_id: str, at: int, workspace: Path, *, new_run_id
         raise
     _unmark_fork(workspace)
     return restored
+
+
+def _holds_its_files(store: EventStore, run_id: str, workspace: Path) -> bool:
+    """Whether ``workspace`` is a directory holding every file the log says run
+    ``run_id`` had at its first event (a fork's: its parent's at the fork point)."""
+    return workspace.is_dir() and all(
+        (workspace / path).is_file()
+        for path, digest in files_at(store, run_id, 1).items()
+        if digest is not None
+    )
 
 
 def _unmark_fork(workspace: Path) -> None:
