@@ -1493,8 +1493,11 @@ def test_a_git_or_a_log_directory_that_is_a_link_is_kept_read_only_or_hidden(
         "os.remove('.git'); os.makedirs('.git/objects'); open('.git/HEAD', 'w').write('x')",
         "os.rename('.git', 'moved')",
         "os.remove('sub/.git')",
+        "os.rename('.git', 't'); os.makedirs('.git'); os.rename('t', '.git/link');"
+        " open('.git/config', 'w').write('[core]')",
+        "os.rename('.git', 't'); os.makedirs('.git'); os.rename('t', '.git/HEAD')",
     ],
-    ids=["removed", "another-link", "own-repository", "moved", "nested"],
+    ids=["removed", "another-link", "own-repository", "moved", "nested", "moved-in", "as-head"],
 )
 def test_a_command_cannot_take_away_a_repository_kept_through_a_link(
     tmp_path: Path, code: str

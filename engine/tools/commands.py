@@ -284,14 +284,18 @@ def _undo_repositories(
     made = _made(
         root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in known)
     )
-    made = _sparing(root, made, known)
+    # what removing would lose: the user's repositories that are directories or
+    # files; a link (moved into a .git the command made, or made its HEAD) is put
+    # back below, whatever happened to it
+    made = _sparing(root, made, {i for i in known if i[2] != stat.S_IFLNK})
     left = _remove(root, made) if made else []
     relinked = []
     for name, (_, _, kind, target) in theirs.items():
-        if kind == stat.S_IFLNK and not os.path.lexists(root / name):
+        if kind == stat.S_IFLNK and _identity(root / name) not in known:
             with contextlib.suppress(OSError):
-                os.symlink(target, root / name)
-                relinked.append(name)
+                if not os.path.lexists(root / name):
+                    os.symlink(target, root / name)
+                    relinked.append(name)
     if made or relinked:
         after = digests.snapshot(root, blobs)
     return made, left, after, relinked
