@@ -138,38 +138,62 @@ def test_a_file_tool_cut_by_a_crash_is_applied_only_if_its_file_holds_what_it_wr
 
 
 @pytest.mark.parametrize(
-    ("tool", "arguments", "on_disk", "recorded"),
+    ("tool", "arguments", "on_disk", "written", "recorded"),
     [
-        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "hello world\n", False),
-        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "bye world\n", False),
-        ("create_file", {"content": "made\n", "overwrite": True}, "made\n", False),
-        ("create_file", {"content": "made\n"}, "made\n", True),
-        ("create_file", {"content": "made\n"}, "the person's\n", False),
+        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "hello world\n", "before", False),
+        ("modify_file", {"old_text": "hello", "new_text": "bye"}, "bye world\n", "after", False),
+        ("create_file", {"content": "made\n", "overwrite": True}, "made\n", "after", False),
+        ("create_file", {"content": "made\n"}, "made\n", "after", True),
+        ("create_file", {"content": "made\n"}, "made\n", "before", False),
+        ("create_file", {"content": "made\n"}, "the person's\n", "after", False),
+        ("delete_file", {}, None, "before", False),
     ],
-    ids=["modify-not-done", "modify-done", "overwrite-done", "create-done", "create-other"],
-)
+    ids=[
+        "modify-not-done", "modify-done", "overwrite-done", "create-done",
+        "create-the-same-as-was-there", "create-other", "delete-gone",
+    ],
+)  # fmt: skip
 def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_be(
-    tmp_path: Path, tool: str, arguments: dict[str, object], on_disk: str, recorded: bool
+    tmp_path: Path,
+    tool: str,
+    arguments: dict[str, object],
+    on_disk: str | None,
+    written: str,
+    recorded: bool,
 ) -> None:
     """A file the person had before the run (the log has no record of it), cut in a
     file tool's call: recovery recorded it as made by the call (nothing before it),
-    and a rewind to before the call then deleted the person's file. What it held
-    before the call is not known: it is left as it is and not recorded, unless the
-    call can only have made it (a create_file that may not replace a file)."""
+    and a rewind to before the call then deleted the person's file; so too for one
+    that held, from before, just what a create_file would write (which then failed);
+    a delete of it, gone, was "interrupted before it changed the workspace". What it
+    held before the call is not known: it is left as it is and not recorded, unless
+    the call can only have made it (a create_file that may not replace a file, the
+    file written since its request)."""
+    from waiting import wait_until
+
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    (workspace / "notes.txt").write_text(on_disk)
+    notes = workspace / "notes.txt"
+    if on_disk is not None and written == "before":
+        notes.write_text(on_disk)
+        older = notes.stat().st_ctime
+        # past the slack a file's time is given (engine.tools.commands.CLOCK_SLACK, 0.1 s)
+        wait_until(lambda: time.time() > older + 0.25, "the clock has moved on")
     store = open_store(tmp_path / "events.db")
     log = RunLog.create(store, "r1", RunStarted(goal=GOAL, workspace=str(workspace), mode="rules"))
     log.append(
         ToolRequested(call_id="r1/t2", tool=tool, arguments={"path": "notes.txt", **arguments})
     )
+    if on_disk is not None and written == "after":
+        notes.write_text(on_disk)
     settled = settled_on_resume(store, "r1/t2")
     assert settled.ok is recorded and bool(settled.files_changed) is recorded, settled
     if not recorded:
-        assert "a file the log has no record of" in settled.error
-        rewind(store, "r1", 1)  # to before the call: the person's file stays
-        assert (workspace / "notes.txt").read_text() == on_disk
+        assert "the log has no record of, so what this call did to it cannot be told" in (
+            settled.error
+        )
+        rewind(store, "r1", 1)  # to before the call: the person's file stays as it is
+        assert (notes.read_text() if notes.exists() else None) == on_disk
 
 
 @pytest.mark.parametrize("gone", ["deleted", "a file now"])

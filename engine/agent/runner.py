@@ -56,7 +56,7 @@ from engine.model.stored import full_arguments
 from engine.storage import is_postgres_url
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
-from engine.tools.commands import changes_of_a_cut_command
+from engine.tools.commands import CLOCK_SLACK, changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.files import remove_partials, written_by
 from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
@@ -375,7 +375,10 @@ class Engine:
         the log last recorded it (not applied), what the call writes (applied), or
         neither: something else wrote it since (an editor, a person), which is
         recorded as found, so that the log's files are the workspace's, with the call
-        not applied (it was once recorded as the call's own write)."""
+        not applied (it was once recorded as the call's own write). A file the log
+        has no record of held what no one knows before the call: left as it is and
+        not recorded (recorded as made by the call, a rewind deleted the person's
+        file), unless the call can only have made it, since its request."""
         call_id, tool = pending.call_id, pending.tool
         # The path comes from the log: it goes through the same resolver as when the
         # tool ran, so a path that was refused then (or edited since) is refused
@@ -394,26 +397,34 @@ class Engine:
         except OSError:
             content = None
         now = hashlib.sha256(content).hexdigest() if content is not None else None
-        if now == before:
+        request = self._request(pending)
+        intended = self._intended(pending, request, before)
+        if known is None and (content is not None or tool == "delete_file"):
+            made = (
+                content is not None
+                and now == intended
+                and _creates_only(pending)
+                and request is not None
+                and _changed_since(target, request)
+            )
+            if not made:
+                there = "is a file" if content is not None else "is gone, and a file"
+                return ToolExecuted(
+                    call_id=call_id,
+                    tool=tool,
+                    ok=False,
+                    error=(
+                        f"interrupted by a crash; {path} {there} the log has no record of, "
+                        "so what this call did to it cannot be told: left as it is, not "
+                        "recorded; not applied"
+                    ),
+                )
+        elif now == before:
             return ToolExecuted(
                 call_id=call_id,
                 tool=tool,
                 ok=False,
                 error="interrupted by a crash before it changed the workspace; not applied",
-            )
-        intended = self._intended(pending, before)
-        if known is None and not (now == intended and _creates_only(pending)):
-            # a file the log never recorded, there now: what it held before the call
-            # is not known (absence, recorded, made a rewind delete the person's file)
-            return ToolExecuted(
-                call_id=call_id,
-                tool=tool,
-                ok=False,
-                error=(
-                    f"interrupted by a crash; {path} is a file the log has no record of, so "
-                    "what this call did to it cannot be told: left as it is, not recorded; "
-                    "not applied"
-                ),
             )
         if content is not None:
             self.log.store.put(content)
@@ -438,13 +449,19 @@ class Engine:
             ),
         )
 
-    def _intended(self, pending: PendingTool, before: str | None) -> str | bool | None:
+    def _request(self, pending: PendingTool) -> RecordedEvent | None:
+        """The ``tool.requested`` of ``pending``, as recorded."""
+        at = pending.version
+        found = next(iter(self.log.store.read(self.log.run_id, after=at - 1, upto=at)), None)
+        return found if found is not None and isinstance(found.data, ToolRequested) else None
+
+    def _intended(
+        self, pending: PendingTool, request: RecordedEvent | None, before: str | None
+    ) -> str | bool | None:
         """The digest of what ``pending`` leaves at its path, from ``before`` (the
         digest the log last recorded there): None when it deletes the file, False when
         that cannot be told (its arguments, or the file before, are not at hand)."""
         store = self.log.store
-        at = pending.version
-        request = next(iter(store.read(self.log.run_id, after=at - 1, upto=at)), None)
         if request is None or not isinstance(request.data, ToolRequested):
             return False
         try:
@@ -454,6 +471,16 @@ class Engine:
         except (ToolError, AutonomyError, UnicodeError):
             return False
         return hashlib.sha256(written).hexdigest() if written is not None else None
+
+
+def _changed_since(target: Path, request: RecordedEvent) -> bool:
+    """Whether the file at ``target`` was written since ``request`` was recorded (its
+    ctime, which no one sets back): an identical file from before was no call's."""
+    at = datetime.fromisoformat(request.recorded_at).timestamp() - CLOCK_SLACK
+    try:
+        return os.lstat(target).st_ctime >= at
+    except OSError:
+        return False
 
 
 def _creates_only(pending: PendingTool) -> bool:
