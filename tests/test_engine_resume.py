@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -145,12 +146,14 @@ def test_a_file_tool_cut_by_a_crash_is_applied_only_if_its_file_holds_what_it_wr
         ("create_file", {"content": "made\n", "overwrite": True}, "made\n", "after", False),
         ("create_file", {"content": "made\n"}, "made\n", "after", True),
         ("create_file", {"content": "made\n"}, "made\n", "before", False),
+        ("create_file", {"content": "made\n"}, "made\n", "linked", False),
         ("create_file", {"content": "made\n"}, "the person's\n", "after", False),
         ("delete_file", {}, None, "before", False),
     ],
     ids=[
         "modify-not-done", "modify-done", "overwrite-done", "create-done",
-        "create-the-same-as-was-there", "create-other", "delete-gone",
+        "create-the-same-as-was-there", "a-hard-link-to-the-same", "create-other",
+        "delete-gone",
     ],
 )  # fmt: skip
 def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_be(
@@ -164,19 +167,19 @@ def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_b
     """A file the person had before the run (the log has no record of it), cut in a
     file tool's call: recovery recorded it as made by the call (nothing before it),
     and a rewind to before the call then deleted the person's file; so too for one
-    that held, from before, just what a create_file would write (which then failed);
-    a delete of it, gone, was "interrupted before it changed the workspace". What it
-    held before the call is not known: it is left as it is and not recorded, unless
-    the call can only have made it (a create_file that may not replace a file, the
-    file written since its request)."""
+    that held, from before, just what a create_file would write (which then failed),
+    its ctime changed since by a chmod or a hard link; a delete of it, gone, was
+    "interrupted before it changed the workspace". What it held before the call is
+    not known: it is left as it is and not recorded, unless the call can only have
+    made it: a create_file that may not replace a file, of a file born since."""
     from waiting import wait_until
 
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    notes = workspace / "notes.txt"
-    if on_disk is not None and written == "before":
-        notes.write_text(on_disk)
-        older = notes.stat().st_ctime
+    notes, old = workspace / "notes.txt", tmp_path / "old.txt"
+    if on_disk is not None and written in ("before", "linked"):
+        (notes if written == "before" else old).write_text(on_disk)
+        older = time.time()
         # past the slack a file's time is given (engine.tools.commands.CLOCK_SLACK, 0.1 s)
         wait_until(lambda: time.time() > older + 0.25, "the clock has moved on")
     store = open_store(tmp_path / "events.db")
@@ -186,14 +189,20 @@ def test_a_file_tool_cut_by_a_crash_on_a_file_the_log_never_recorded_leaves_it_b
     )
     if on_disk is not None and written == "after":
         notes.write_text(on_disk)
+    elif written == "linked":
+        os.link(old, notes)  # a new name, its ctime new, the file old
+    elif on_disk is not None:
+        notes.chmod(0o600)  # its ctime now after the request; its content from before
     settled = settled_on_resume(store, "r1/t2")
     assert settled.ok is recorded and bool(settled.files_changed) is recorded, settled
-    if not recorded:
-        assert "the log has no record of, so what this call did to it cannot be told" in (
-            settled.error
-        )
-        rewind(store, "r1", 1)  # to before the call: the person's file stays as it is
-        assert (notes.read_text() if notes.exists() else None) == on_disk
+    if recorded:
+        assert [(c.before, c.after) for c in settled.files_changed] == [
+            (None, hashlib.sha256(b"made\n").hexdigest())
+        ]
+        return
+    assert "the log has no record of, so what this call did to it cannot be told" in (settled.error)
+    rewind(store, "r1", 1)  # to before the call: the person's file stays as it is
+    assert (notes.read_text() if notes.exists() else None) == on_disk
 
 
 @pytest.mark.parametrize("gone", ["deleted", "a file now"])

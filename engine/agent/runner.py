@@ -59,7 +59,13 @@ from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.commands import CLOCK_SLACK, changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.files import remove_partials, written_by
-from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
+from engine.tools.sandbox import (
+    birth_time,
+    clear_set_id,
+    not_a_project,
+    read_only,
+    workspace_problem,
+)
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -378,7 +384,7 @@ class Engine:
         not applied (it was once recorded as the call's own write). A file the log
         has no record of held what no one knows before the call: left as it is and
         not recorded (recorded as made by the call, a rewind deleted the person's
-        file), unless the call can only have made it, since its request."""
+        file)."""
         call_id, tool = pending.call_id, pending.tool
         # The path comes from the log: it goes through the same resolver as when the
         # tool ran, so a path that was refused then (or edited since) is refused
@@ -397,29 +403,30 @@ class Engine:
         except OSError:
             content = None
         now = hashlib.sha256(content).hexdigest() if content is not None else None
-        request = self._request(pending)
-        intended = self._intended(pending, request, before)
         if known is None and (content is not None or tool == "delete_file"):
-            made = (
-                content is not None
-                and now == intended
-                and _creates_only(pending)
-                and request is not None
-                and _changed_since(target, request)
-            )
-            if not made:
-                there = "is a file" if content is not None else "is gone, and a file"
+            if content is not None and self._made_by(pending, target, now):
                 return ToolExecuted(
                     call_id=call_id,
                     tool=tool,
-                    ok=False,
-                    error=(
-                        f"interrupted by a crash; {path} {there} the log has no record of, "
-                        "so what this call did to it cannot be told: left as it is, not "
-                        "recorded; not applied"
-                    ),
+                    ok=True,
+                    files_changed=(FileChange(path=path, after=now, size=len(content)),),
+                    result="completed before a crash (recovered by comparing the workspace)",
                 )
-        elif now == before:
+            # what it held before the call is not known: neither the same content
+            # (an empty __init__.py the person had) nor its ctime (a chmod, a hard
+            # link) tells that the call made it
+            there = "is a file" if content is not None else "is gone, and a file"
+            return ToolExecuted(
+                call_id=call_id,
+                tool=tool,
+                ok=False,
+                error=(
+                    f"interrupted by a crash; {path} {there} the log has no record of, so "
+                    "what this call did to it cannot be told: left as it is, not recorded; "
+                    "not applied"
+                ),
+            )
+        if now == before:
             return ToolExecuted(
                 call_id=call_id,
                 tool=tool,
@@ -429,7 +436,7 @@ class Engine:
         if content is not None:
             self.log.store.put(content)
         change = FileChange(path=path, before=before, after=now, size=len(content or b""))
-        if now == intended:
+        if now == self._intended(pending, before):
             return ToolExecuted(
                 call_id=call_id,
                 tool=tool,
@@ -449,19 +456,29 @@ class Engine:
             ),
         )
 
-    def _request(self, pending: PendingTool) -> RecordedEvent | None:
-        """The ``tool.requested`` of ``pending``, as recorded."""
+    def _made_by(self, pending: PendingTool, target: Path, digest: str | None) -> bool:
+        """Whether the file at ``target``, which the log has no record of, holding
+        ``digest``, was made by ``pending``: a create_file that may not replace a
+        file (it fails on one that is there), of this content, into a file born
+        after the request (its birth time, which no chmod, touch or hard link
+        changes; where the file system keeps none, it cannot be told)."""
+        if pending.tool != "create_file" or pending.arguments.get("overwrite") is True:
+            return False
+        born = birth_time(target)
         at = pending.version
-        found = next(iter(self.log.store.read(self.log.run_id, after=at - 1, upto=at)), None)
-        return found if found is not None and isinstance(found.data, ToolRequested) else None
+        request = next(iter(self.log.store.read(self.log.run_id, after=at - 1, upto=at)), None)
+        if born is None or request is None:
+            return False
+        asked = datetime.fromisoformat(request.recorded_at).timestamp()
+        return born >= asked - CLOCK_SLACK and digest == self._intended(pending, None)
 
-    def _intended(
-        self, pending: PendingTool, request: RecordedEvent | None, before: str | None
-    ) -> str | bool | None:
+    def _intended(self, pending: PendingTool, before: str | None) -> str | bool | None:
         """The digest of what ``pending`` leaves at its path, from ``before`` (the
         digest the log last recorded there): None when it deletes the file, False when
         that cannot be told (its arguments, or the file before, are not at hand)."""
         store = self.log.store
+        at = pending.version
+        request = next(iter(store.read(self.log.run_id, after=at - 1, upto=at)), None)
         if request is None or not isinstance(request.data, ToolRequested):
             return False
         try:
@@ -471,22 +488,6 @@ class Engine:
         except (ToolError, AutonomyError, UnicodeError):
             return False
         return hashlib.sha256(written).hexdigest() if written is not None else None
-
-
-def _changed_since(target: Path, request: RecordedEvent) -> bool:
-    """Whether the file at ``target`` was written since ``request`` was recorded (its
-    ctime, which no one sets back): an identical file from before was no call's."""
-    at = datetime.fromisoformat(request.recorded_at).timestamp() - CLOCK_SLACK
-    try:
-        return os.lstat(target).st_ctime >= at
-    except OSError:
-        return False
-
-
-def _creates_only(pending: PendingTool) -> bool:
-    """Whether ``pending`` writes only where no file was: a ``create_file`` that may
-    not replace one (it fails on a file that is there)."""
-    return pending.tool == "create_file" and pending.arguments.get("overwrite") is not True
 
 
 def summary(state: RunState) -> list[str]:
