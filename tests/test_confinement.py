@@ -1496,32 +1496,66 @@ def test_a_git_or_a_log_directory_that_is_a_link_is_kept_read_only_or_hidden(
         "os.rename('.git', 't'); os.makedirs('.git'); os.rename('t', '.git/link');"
         " open('.git/config', 'w').write('[core]')",
         "os.rename('.git', 't'); os.makedirs('.git'); os.rename('t', '.git/HEAD')",
+        "os.rename('.git', 't'); os.rename('sub/.git', '.git'); os.rename('t', 'sub/.git')",
+        "os.link('.git', 'sub/t', follow_symlinks=False); os.rename('sub/t', 'sub/.git')",
+        "os.makedirs('x/a'); os.rename('.git', 'x/a/.git')",
     ],
-    ids=["removed", "another-link", "own-repository", "moved", "nested", "moved-in", "as-head"],
-)
+    ids=[
+        "removed", "another-link", "own-repository", "moved", "nested", "moved-in", "as-head",
+        "swapped", "hard-linked-over", "moved-deeper",
+    ],
+)  # fmt: skip
 def test_a_command_cannot_take_away_a_repository_kept_through_a_link(
     tmp_path: Path, code: str
 ) -> None:
     """A ``.git`` that is a link (the repository kept elsewhere) is no mount point: a
-    command removed it, or put its own in its place, and the workspace was no longer
-    the user's repository's ("not a git repository"). The link is put back."""
-    repository = tmp_path / "elsewhere"
-    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=60)
+    command removed it, moved it, put its own in its place or another of the user's
+    links (swapped, hard-linked over it), and the workspace was no longer the user's
+    repository's ("not a git repository"), or another's. Each link is put back at its
+    own name, and none is left at another."""
+    repositories = {".git": tmp_path / "top", "sub/.git": tmp_path / "sub"}
     workspace = tmp_path / "ws"
     (workspace / "sub").mkdir(parents=True)
-    (workspace / ".git").symlink_to(repository / ".git")
-    (workspace / "sub" / ".git").symlink_to(repository / ".git")
+    for name, repository in repositories.items():
+        subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=60)
+        (workspace / name).symlink_to(repository / ".git")
     outcome = run(
         workspace, ["python", "-c", f"import os; {code}"], bubblewrap(), allowlist=PYTHON_C
     )
     assert outcome.ok, outcome.result + outcome.error
     assert "[put back " in outcome.result and "the link to a repository" in outcome.result
-    for link in (workspace / ".git", workspace / "sub" / ".git"):
-        assert os.readlink(link) == str(repository / ".git")
-    found = subprocess.run(
-        ["git", "rev-parse", "--absolute-git-dir"], cwd=workspace, capture_output=True, text=True
+    for name, repository in repositories.items():
+        assert os.readlink(workspace / name) == str(repository / ".git"), name
+        found = subprocess.run(
+            ["git", "rev-parse", "--absolute-git-dir"],
+            cwd=(workspace / name).parent,
+            capture_output=True,
+            text=True,
+        )
+        assert found.stdout.strip() == str(repository / ".git"), (name, found)
+    assert not os.path.lexists(workspace / "x" / "a" / ".git"), "a link left at another name"
+
+
+def test_a_repository_moved_into_a_git_a_command_made_is_kept_and_said(tmp_path: Path) -> None:
+    """The user's repository (a directory) and the link to another, moved into a .git
+    the command made: the .git is kept (removed whole, it took the user's history
+    with it), only its HEAD removed, and the command said nothing of it; the link
+    could not be put back. The outcome now fails, saying what to move back."""
+    linked = tmp_path / "elsewhere"
+    subprocess.run(["git", "init", "-q", str(linked)], check=True, timeout=60)
+    workspace = tmp_path / "ws"
+    subprocess.run(["git", "init", "-q", str(workspace / "real")], check=True, timeout=60)
+    (workspace / ".git").symlink_to(linked / ".git")
+    code = (
+        "import os; os.rename('.git', 'L'); os.makedirs('.git'); os.rename('L', '.git/L');"
+        " os.rename('real', '.git/real'); open('.git/HEAD', 'w').write('ref: refs/heads/x')"
     )
-    assert found.stdout.strip() == str(repository / ".git"), found
+    outcome = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert not outcome.ok
+    assert outcome.error.startswith(".git: a command moved one of the workspace's repositories")
+    assert "must move theirs back" in outcome.error
+    assert (workspace / ".git" / "real" / ".git" / "HEAD").is_file(), "the user's history kept"
+    assert not (workspace / ".git" / "HEAD").exists()
 
 
 def test_a_stand_in_a_killed_engine_left_is_removed_by_the_next_command(tmp_path: Path) -> None:

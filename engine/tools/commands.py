@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -157,7 +157,8 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
             output = _capped(out, ctx.output_cap)
         elapsed = time.monotonic() - started
         set_id = clear_set_id(root)
-        made, left, after, relinked = _undo_repositories(root, digests, theirs, ctx.blobs)
+        done = _undo_repositories(root, digests, theirs, ctx.blobs)
+        made, left, after = done.made, done.left, done.after
         undone = True
     finally:
         if not undone:
@@ -182,10 +183,20 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
     result = f"$ {shown}\n{output}".rstrip("\n")
     if removed := [name for name in made if name not in left]:
         result += f"\n[removed {', '.join(map(printable_name, removed))}: {REPOSITORY}]"
-    if relinked:
+    if done.relinked:
         result += (
-            f"\n[put back {', '.join(map(printable_name, relinked))}: the link to a repository "
-            "of the workspace, which a command may not take away]"
+            f"\n[put back {', '.join(map(printable_name, done.relinked))}: the link to a "
+            "repository of the workspace, which a command may not take away]"
+        )
+    if done.kept:
+        return ToolOutcome(
+            ok=False,
+            error=f"{', '.join(map(printable_name, done.kept))}: a command moved one of the "
+            "workspace's repositories (or the link to one) into a .git it made, which was "
+            "kept so as to lose nothing (without its HEAD: git takes it for no repository); "
+            "the person running autonomy must move theirs back",
+            result=result,
+            files_changed=changed,
         )
     if left:
         return ToolOutcome(
@@ -267,38 +278,60 @@ def _listed(paths: Sequence[str]) -> str:
     return listed if len(paths) <= LISTED else f"{listed} and {len(paths) - LISTED:,} more"
 
 
+class Undone(NamedTuple):
+    """What ``_undo_repositories`` did, and could not do."""
+
+    made: list[str]
+    """What of the repositories the command made was to be removed."""
+    left: list[str]
+    """Of those, what could not be removed."""
+    after: dict[str, tuple[str, int]]
+    """The workspace's snapshot after."""
+    relinked: list[str]
+    """The user's links put back at their names."""
+    kept: list[str]
+    """What could not be set right: a ``.git`` the command made around one of the
+    user's repositories (moved into it), only its ``HEAD`` removed; a link of the
+    user's whose name something else holds."""
+
+
 def _undo_repositories(
     root: Path, digests: WorkspaceDigests, theirs: dict[str, Identity], blobs: BlobSink
-) -> tuple[list[str], list[str], dict[str, tuple[str, int]], list[str]]:
+) -> Undone:
     """Remove what of each repository in the workspace a command made (``_made``):
     those that are not the very directories (or files) that were there before
     (``theirs``, by name), wherever they are now. By path, a command that renamed the
     directory holding a repository (its read-only mount goes with it) and made a .git
     at the old path had its own kept, and the user's (at its new path) removed. Then
-    put back each of the user's that was a link and is gone: a link (a ``.git`` kept
-    elsewhere) is no mount, and a command removed it, or put its own in its place,
-    and the workspace was no longer the user's repository's. The names made, those
-    still there, the workspace's snapshot after, and the links put back."""
+    put back each of the user's that was a link and is not at its name: a link (a
+    ``.git`` kept elsewhere) is no mount, and a command removed it, moved it (into a
+    ``.git`` it made, as its ``HEAD``, over another of the user's), or put its own in
+    its place, and the workspace was no longer the user's repository's. A link of the
+    user's at another name is removed: removing a link loses nothing."""
     known = set(theirs.values())
     after = digests.snapshot(root, blobs)
-    made = _made(
-        root, sorted(r for r in set(digests.repositories) if _identity(root / r) not in known)
+    found = {name: _identity(root / name) for name in set(digests.repositories)}
+    made = _made(root, sorted(name for name, i in found.items() if i not in known))
+    # what removing would lose: the user's repositories that are directories or files
+    made, around = _sparing(root, made, {i for i in known if i[2] != stat.S_IFLNK})
+    strays = sorted(
+        name
+        for name, i in found.items()
+        if i is not None and i[2] == stat.S_IFLNK and i in known and theirs.get(name) != i
     )
-    # what removing would lose: the user's repositories that are directories or
-    # files; a link (moved into a .git the command made, or made its HEAD) is put
-    # back below, whatever happened to it
-    made = _sparing(root, made, {i for i in known if i[2] != stat.S_IFLNK})
-    left = _remove(root, made) if made else []
-    relinked = []
+    left = _remove(root, made + strays) if made or strays else []
+    relinked, kept = [], list(around)
     for name, (_, _, kind, target) in theirs.items():
-        if kind == stat.S_IFLNK and _identity(root / name) not in known:
-            with contextlib.suppress(OSError):
-                if not os.path.lexists(root / name):
-                    os.symlink(target, root / name)
-                    relinked.append(name)
-    if made or relinked:
+        if kind == stat.S_IFLNK and _identity(root / name) != theirs[name]:
+            try:
+                os.symlink(target, root / name)
+                relinked.append(name)
+            except OSError:  # something else there: a .git the command made around one
+                kept.append(name)
+    if made or strays or relinked:
         after = digests.snapshot(root, blobs)
-    return made, left, after, relinked
+    kept = list(dict.fromkeys(kept))
+    return Undone(made, [n for n in left if n not in strays], after, relinked, kept)
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
@@ -375,15 +408,18 @@ def _identity(path: Path) -> Identity | None:
     return found.st_dev, found.st_ino, stat.S_IFMT(found.st_mode), target
 
 
-def _sparing(root: Path, made: Sequence[str], theirs: set[Identity]) -> list[str]:
+def _sparing(root: Path, made: Sequence[str], theirs: set[Identity]) -> tuple[list[str], list[str]]:
     """``made``, but for a ``.git`` the command made that holds a repository that was
     there before (the user's, moved into it: the directory holding its read-only
     mount may be renamed), its ``HEAD`` files only, without which git takes it for no
-    repository: removed whole, it took the user's history with it."""
+    repository: removed whole, it took the user's history with it. And the names of
+    those ``.git``s."""
     spared: list[str] = []
+    around: list[str] = []
     for name in made:
         path = root / name
         if path.name.casefold() == ".git" and _holds(path, theirs):
+            around.append(name)
             with contextlib.suppress(OSError):
                 spared += sorted(
                     f"{name}/{entry.name}"
@@ -392,7 +428,7 @@ def _sparing(root: Path, made: Sequence[str], theirs: set[Identity]) -> list[str
                 )
         else:
             spared.append(name)
-    return spared
+    return spared, around
 
 
 def _holds(directory: Path, theirs: set[Identity]) -> bool:
