@@ -1536,6 +1536,24 @@ def test_a_command_cannot_take_away_a_repository_kept_through_a_link(
     assert not os.path.lexists(workspace / "x" / "a" / ".git"), "a link left at another name"
 
 
+def test_a_link_is_never_put_back_through_a_directory_a_command_made_a_link(
+    tmp_path: Path,
+) -> None:
+    """The engine (root, outside the sandbox) put the user's ``sub/.git`` link back at
+    ``sub/.git`` whatever ``sub`` was: a command that made ``sub`` a link to a
+    directory outside the workspace had the engine make a ``.git`` there."""
+    repository, outside = tmp_path / "elsewhere", tmp_path / "outside"
+    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=60)
+    outside.mkdir()
+    workspace = tmp_path / "ws"
+    (workspace / "sub").mkdir(parents=True)
+    (workspace / "sub" / ".git").symlink_to(repository / ".git")
+    code = f"import os, shutil; shutil.rmtree('sub'); os.symlink({str(outside)!r}, 'sub')"
+    outcome = run(workspace, ["python", "-c", code], bubblewrap(), allowlist=PYTHON_C)
+    assert not os.path.lexists(outside / ".git"), "put back outside the workspace"
+    assert not outcome.ok and outcome.error.startswith("sub/.git: "), outcome.error
+
+
 def test_a_repository_moved_into_a_git_a_command_made_is_kept_and_said(tmp_path: Path) -> None:
     """The user's repository (a directory) and the link to another, moved into a .git
     the command made: the .git is kept (removed whole, it took the user's history

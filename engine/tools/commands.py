@@ -192,9 +192,10 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
         return ToolOutcome(
             ok=False,
             error=f"{', '.join(map(printable_name, done.kept))}: a command moved one of the "
-            "workspace's repositories (or the link to one) into a .git it made, which was "
-            "kept so as to lose nothing (without its HEAD: git takes it for no repository); "
-            "the person running autonomy must move theirs back",
+            "workspace's repositories (or the link to one) where it cannot be set right: "
+            "into a .git it made, which was kept so as to lose nothing (without its HEAD: "
+            "git takes it for no repository), or from a directory it made a link; the "
+            "person running autonomy must move theirs back",
             result=result,
             files_changed=changed,
         )
@@ -323,8 +324,13 @@ def _undo_repositories(
     relinked, kept = [], list(around)
     for name, (_, _, kind, target) in theirs.items():
         if kind == stat.S_IFLNK and _identity(root / name) != theirs[name]:
+            place = root / name
             try:
-                os.symlink(target, root / name)
+                # only where the workspace's own directories lead: a directory on the
+                # way the command replaced by a link (to /etc) would put it there
+                if os.path.realpath(place.parent) != str(place.parent):
+                    raise NotADirectoryError(name)
+                os.symlink(target, place)
                 relinked.append(name)
             except OSError:  # something else there: a .git the command made around one
                 kept.append(name)
