@@ -56,16 +56,10 @@ from engine.model.stored import full_arguments
 from engine.storage import is_postgres_url
 from engine.terminal import one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
-from engine.tools.commands import CLOCK_SLACK, changes_of_a_cut_command
+from engine.tools.commands import changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
 from engine.tools.files import remove_partials, written_by
-from engine.tools.sandbox import (
-    birth_time,
-    clear_set_id,
-    not_a_project,
-    read_only,
-    workspace_problem,
-)
+from engine.tools.sandbox import clear_set_id, not_a_project, read_only, workspace_problem
 from engine.tools.snapshot import WorkspaceDigests
 from engine.tools.workflow import SET_TASK_PRIORITY
 from events.errors import AutonomyError, EventStoreError, LeaseHeld, StoreUnavailable
@@ -404,17 +398,10 @@ class Engine:
             content = None
         now = hashlib.sha256(content).hexdigest() if content is not None else None
         if known is None and (content is not None or tool == "delete_file"):
-            if content is not None and self._made_by(pending, target, now):
-                return ToolExecuted(
-                    call_id=call_id,
-                    tool=tool,
-                    ok=True,
-                    files_changed=(FileChange(path=path, after=now, size=len(content)),),
-                    result="completed before a crash (recovered by comparing the workspace)",
-                )
-            # what it held before the call is not known: neither the same content
-            # (an empty __init__.py the person had) nor its ctime (a chmod, a hard
-            # link) tells that the call made it
+            # what it held before the call is not known: neither the same content (an
+            # empty __init__.py the person had), nor its ctime (a chmod, a hard link),
+            # nor its birth time (an editor's save in the meantime) tells that the
+            # call made it
             there = "is a file" if content is not None else "is gone, and a file"
             return ToolExecuted(
                 call_id=call_id,
@@ -455,22 +442,6 @@ class Engine:
                 "found); not applied"
             ),
         )
-
-    def _made_by(self, pending: PendingTool, target: Path, digest: str | None) -> bool:
-        """Whether the file at ``target``, which the log has no record of, holding
-        ``digest``, was made by ``pending``: a create_file that may not replace a
-        file (it fails on one that is there), of this content, into a file born
-        after the request (its birth time, which no chmod, touch or hard link
-        changes; where the file system keeps none, it cannot be told)."""
-        if pending.tool != "create_file" or pending.arguments.get("overwrite") is True:
-            return False
-        born = birth_time(target)
-        at = pending.version
-        request = next(iter(self.log.store.read(self.log.run_id, after=at - 1, upto=at)), None)
-        if born is None or request is None:
-            return False
-        asked = datetime.fromisoformat(request.recorded_at).timestamp()
-        return born >= asked - CLOCK_SLACK and digest == self._intended(pending, None)
 
     def _intended(self, pending: PendingTool, before: str | None) -> str | bool | None:
         """The digest of what ``pending`` leaves at its path, from ``before`` (the

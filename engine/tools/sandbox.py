@@ -20,7 +20,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -359,29 +358,3 @@ def process_gone(pid: str) -> bool:
     except (PermissionError, OverflowError, ValueError):
         pass
     return False
-
-
-_STATX_BTIME = 0x800
-_AT_FDCWD = -100
-_AT_SYMLINK_NOFOLLOW = 0x100
-
-
-def birth_time(path: Path) -> float | None:
-    """When the file at ``path`` was made (``statx``'s birth time, seconds since the
-    epoch), which neither a write nor a chmod, a touch or a hard link changes; None
-    where the kernel, the C library or the file system does not tell it."""
-    import ctypes  # only when asked: a crash's recovery
-
-    try:
-        statx = ctypes.CDLL(None, use_errno=True).statx
-    except (AttributeError, OSError):
-        return None
-    raw = ctypes.create_string_buffer(256)  # struct statx
-    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, raw) != 0:
-        return None
-    order = sys.byteorder
-    mask = int.from_bytes(raw.raw[0:4], order)  # stx_mask
-    seconds = int.from_bytes(raw.raw[80:88], order, signed=True)  # stx_btime.tv_sec
-    if not mask & _STATX_BTIME or seconds <= 0:  # (tmpfs may say so, and give 0)
-        return None
-    return seconds + int.from_bytes(raw.raw[88:92], order) / 1e9  # and .tv_nsec
