@@ -943,7 +943,14 @@ def test_a_file_tool_cut_off_replays_in_a_log_written_before_run_resumed(
     tmp_path: Path, server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resume_as_before_run_resumed(monkeypatch)
-    store, run_id = killed_when(tmp_path, server, lambda state: bool(state.pipeline.pending_tools))
+
+    def on_a_known_file(state: RunState) -> bool:
+        # a file the log never recorded is left unrecorded now, in words no log
+        # written before run.resumed holds: the cut is one such a log can show
+        files = state.pipeline.files
+        return any(p.arguments.get("path") in files for p in state.pipeline.pending_tools.values())
+
+    store, run_id = killed_when(tmp_path, server, on_a_known_file)
     (pending,) = project(store, run_id).pipeline.pending_tools
     resume(store, run_id, server)
     monkeypatch.undo()
