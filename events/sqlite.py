@@ -249,22 +249,41 @@ def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return connect("mode=ro&immutable=1")
 
 
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: ``BEGIN IMMEDIATE`` (the write lock taken first, so that
-    writers queue rather than fail at their first write), committed when the block
-    ends, rolled back when it raises. Begun inside the ``try``: a stop (Ctrl-C,
-    SIGTERM) raised between a ``BEGIN`` and its ``try`` left the transaction open,
-    and recording the stop failed ("cannot start a transaction within a
-    transaction"): the run stayed "running"."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+class _immediate:
+    """``with _immediate(conn):`` one write transaction: ``BEGIN IMMEDIATE`` (the write
+    lock taken first, so that writers queue rather than fail at their first write),
+    committed when the block ends, rolled back when it raises or when its ``BEGIN``
+    is cut: a stop (Ctrl-C, SIGTERM) raised between a ``BEGIN`` and its ``try`` left
+    the transaction open, and recording the stop failed ("cannot start a
+    transaction within a transaction"): the run stayed "running". A class rather
+    than a ``@contextmanager`` generator, as ``_mapped_errors``: it wraps every
+    append."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if error is not None:
+            self._rollback()
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 class SQLiteEventStore(SQLEventStore):
