@@ -6,11 +6,14 @@ runs just after it forks: logging's; a ``__del__``; a weakref's callback), the
 exception is printed as "Exception ignored" and dropped: the run went on to its
 end, exit 0, its Ctrl-C or SIGTERM lost. So the handler notes each stop here
 before raising it; whoever records a stop takes it, and the places a run goes on
-from (each step, a command just started) raise one still noted."""
+from (each step, a command just started) raise one still noted. All of it is the
+main thread's, where Python runs signal handlers: a worker's other threads stop
+their runs their own way (its ``interrupt``), and neither take nor raise these."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 _asked: list[KeyboardInterrupt] = []
@@ -21,14 +24,19 @@ def asked(stop: KeyboardInterrupt) -> None:
     _asked.append(stop)
 
 
+def _main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def taken() -> None:
     """The noted stops have reached whoever ends the run for them."""
-    _asked.clear()
+    if _main():
+        _asked.clear()
 
 
 def check() -> None:
     """Raise the first noted stop that nobody took (it was swallowed)."""
-    if _asked:
+    if _asked and _main():
         raise _asked[0]
 
 
@@ -55,11 +63,12 @@ def deferred() -> Iterator[None]:
     """A block no stop cuts: one that comes meanwhile is noted (``asked``) and not
     raised, and raised at the block's end unless an exception already leaves it
     (then the next ``check`` raises it, unless the stop under way takes it)."""
-    _deferring[0] += 1
+    main = _main()
+    _deferring[0] += main
     try:
         yield
     finally:
-        _deferring[0] -= 1
+        _deferring[0] -= main
     check()
 
 
