@@ -157,8 +157,11 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
             output = _capped(out, ctx.output_cap)
         elapsed = time.monotonic() - started
         set_id = clear_set_id(root)
-        done = _undo_repositories(root, digests, theirs, ctx.blobs)
-        made, left, after = done.made, done.left, done.after
+        after = digests.snapshot(root, ctx.blobs)  # and the repositories there now
+        done = _undo_repositories(root, digests.repositories, theirs)
+        if done.made or done.relinked:
+            after = digests.snapshot(root, ctx.blobs)
+        made, left = done.made, done.left
         undone = True
     finally:
         if not undone:
@@ -170,7 +173,8 @@ def run_command(args: RunCommandArgs, ctx: ToolContext) -> ToolOutcome:
                 with contextlib.suppress(OSError):
                     clear_set_id(root)
                 with contextlib.suppress(OSError):
-                    _undo_repositories(root, digests, theirs, ctx.blobs)
+                    digests.snapshot(root, ctx.blobs)
+                    _undo_repositories(root, digests.repositories, theirs)
     left_out = {**left_out, **digests.left_out}
     changed = changes(before, after, left_out)
     if len(changed) > MAX_CHANGES:
@@ -286,8 +290,6 @@ class Undone(NamedTuple):
     """What of the repositories the command made was to be removed."""
     left: list[str]
     """Of those, what could not be removed."""
-    after: dict[str, tuple[str, int]]
-    """The workspace's snapshot after."""
     relinked: list[str]
     """The user's links put back at their names."""
     kept: list[str]
@@ -297,7 +299,7 @@ class Undone(NamedTuple):
 
 
 def _undo_repositories(
-    root: Path, digests: WorkspaceDigests, theirs: dict[str, Identity], blobs: BlobSink
+    root: Path, repositories: Sequence[str], theirs: dict[str, Identity]
 ) -> Undone:
     """Remove what of each repository in the workspace a command made (``_made``):
     those that are not the very directories (or files) that were there before
@@ -310,8 +312,7 @@ def _undo_repositories(
     its place, and the workspace was no longer the user's repository's. A link of the
     user's at another name is removed: removing a link loses nothing."""
     known = set(theirs.values())
-    after = digests.snapshot(root, blobs)
-    found = {name: _identity(root / name) for name in set(digests.repositories)}
+    found = {name: _identity(root / name) for name in set(repositories)}
     made = _made(root, sorted(name for name, i in found.items() if i not in known))
     # what removing would lose: the user's repositories that are directories or files
     made, around = _sparing(root, made, {i for i in known if i[2] != stat.S_IFLNK})
@@ -334,10 +335,8 @@ def _undo_repositories(
                 relinked.append(name)
             except OSError:  # something else there: a .git the command made around one
                 kept.append(name)
-    if made or strays or relinked:
-        after = digests.snapshot(root, blobs)
     kept = list(dict.fromkeys(kept))
-    return Undone(made, [n for n in left if n not in strays], after, relinked, kept)
+    return Undone(made, [n for n in left if n not in strays], relinked, kept)
 
 
 def _remove(root: Path, names: Sequence[str]) -> list[str]:
