@@ -1099,6 +1099,13 @@ def history_of(directory: Path) -> str:
     return log.stdout.strip() or log.stderr
 
 
+def planting(workspace: Path, marker: Path, then: str) -> ToolOutcome:
+    """A command (``PLANT``'s ``plant`` at hand, given ``MARKER``) that runs ``then``,
+    confined in ``workspace``."""
+    (workspace / "plant.py").write_text(f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n{then}\n")
+    return run(workspace, ["python", "plant.py"], bubblewrap(), allowlist=PYTHON)
+
+
 def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_removed(
     tmp_path: Path,
 ) -> None:
@@ -1110,11 +1117,7 @@ def test_a_repository_moved_by_a_command_is_kept_and_one_made_in_its_place_remov
     workspace = tmp_path / "ws"
     users_repository(workspace / "sub")
     marker = tmp_path / "ran-outside-the-sandbox"
-    (workspace / "move.py").write_text(
-        f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
-        "os.rename('sub', 'moved')\nplant('sub', MARKER)\n"
-    )
-    outcome = run(workspace, ["python", "move.py"], bubblewrap(), allowlist=PYTHON)
+    outcome = planting(workspace, marker, "os.rename('sub', 'moved')\nplant('sub', MARKER)")
     assert "planted: sub/.git" in outcome.result, outcome.result
     assert "[removed sub/.git: a command may not make" in outcome.result
     assert "moved/.git" not in outcome.result
@@ -1134,11 +1137,9 @@ def test_a_repository_a_command_made_around_the_users_loses_its_head_not_their_h
     workspace = tmp_path / "ws"
     users_repository(workspace / "vendor" / "lib")
     marker = tmp_path / "ran-outside-the-sandbox"
-    (workspace / "wrap.py").write_text(
-        f"import os\nMARKER = {str(marker)!r}\n{PLANT}\n"
-        "plant('evil', MARKER)\nos.rename('vendor', 'evil/.git/vendor')\n"
+    outcome = planting(
+        workspace, marker, "plant('evil', MARKER)\nos.rename('vendor', 'evil/.git/vendor')"
     )
-    outcome = run(workspace, ["python", "wrap.py"], bubblewrap(), allowlist=PYTHON)
     assert "planted: evil/.git" in outcome.result, outcome.result
     assert "[removed evil/.git/HEAD: a command may not make" in outcome.result
     assert history_of(workspace / "evil" / ".git" / "vendor" / "lib") == "the user's history"
