@@ -105,7 +105,9 @@ def test_a_recorded_replay_runs_nothing_in_its_workspace(
 
     assert recorded_tools.identical, recorded_tools.report()
     assert not live.identical
-    assert "the replay stopped before the recorded run's tool.requested" in live.report()
+    assert live.report().startswith(
+        "diverged at version 7: the replayed engine stopped with an error: WorkspaceGone\n"
+    )
 
 
 def test_replay_of_an_orchestrated_run_is_identical(tmp_path: Path) -> None:
@@ -504,6 +506,31 @@ def test_an_edited_cell_is_a_clear_error_in_replay_and_the_run_page(
             ]
             assert tools and all(tool.seconds >= 0 for tool in tools)
             assert replay(store, "r", tools="recorded").identical  # times are not compared
+
+
+def test_a_blob_the_log_lacks_is_named_by_a_replay_that_needs_it(
+    recorded: Path, tmp_path: Path
+) -> None:
+    """A live replay compares each request with the recorded one, whose long tool
+    results are blobs: with one gone it said "the replay stopped before the recorded
+    run's model.responded" and no word of the blob. A recorded replay needs none."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "no-blobs.db"
+    shutil.copy(recorded, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER blobs_append_only_delete")
+        conn.execute("DELETE FROM blobs")
+    with open_store(db, read_only=True) as store:
+        live = replay(store, "r")
+        recorded_tools = replay(store, "r", tools="recorded")
+
+    assert live.divergence is not None
+    assert live.divergence.actual == "(error)"
+    assert live.divergence.title == "the replayed engine stopped with an error: BlobNotFound"
+    assert "no blob '" in live.report() and "autonomy verify" in live.report()
+    assert recorded_tools.identical, recorded_tools.report()
 
 
 @pytest.mark.parametrize(

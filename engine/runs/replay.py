@@ -47,7 +47,7 @@ from engine.runs.replay_sources import (
 )
 from engine.runs.workspace import restore
 from engine.tools.sandbox import temporary_directory
-from events.errors import AutonomyError
+from events.errors import AutonomyError, EventStoreError
 from events.memory import MemoryEventStore
 from events.schema import (
     Event,
@@ -366,15 +366,25 @@ class _Segment:
                 )
             return ReplayResult(run_id, asked.version, divergence, run_id)
         divergence = compare(expected, produced, normalise)
-        if divergence is None and stopped is not None:
+        if stopped is not None and (divergence is None or divergence.version > len(produced)):
+            # what it wrote is the recorded run's: the error is why it wrote no more (a
+            # blob the log lacks was "the replay stopped before the recorded run's
+            # model.responded", with no word of the blob)
+            unwritten = len(produced) + 1
             divergence = Divergence(
-                log.version,
-                "(none)",
+                unwritten,
+                expected[unwritten - 1].type if unwritten <= len(expected) else "(none)",
                 "(error)",
-                f"  {stopped}",
+                f"  {stopped}" + (_LOG_AT_FAULT if isinstance(stopped, EventStoreError) else ""),
                 headline=f"the replayed engine stopped with an error: {type(stopped).__name__}",
             )
         return ReplayResult(run_id, len(expected), divergence, run_id)
+
+
+_LOG_AT_FAULT = (
+    "\n  the log cannot give the replay what the recorded run had: `autonomy verify` "
+    "says what else is missing or changed"
+)
 
 
 def _is_input(recorded: RecordedEvent, pipeline: PipelineState, recording: Recording) -> bool:
