@@ -152,6 +152,22 @@ def _translated(e: sqlite3.DatabaseError, where: str) -> EventStoreError:
     return StoreCorrupted(f"{where}: the database is corrupt or not an SQLite file ({text})")
 
 
+def _wal_gone(path: Path, error: StoreUnavailable) -> StoreUnavailable:
+    """``error``, or what is more likely when the log's ``-shm`` is there without its
+    ``-wal``: another process has the log open and its ``-wal`` was removed, which
+    SQLite says as "disk I/O error" (and this message as a failing disk)."""
+    side, wal = path.with_name(path.name + "-shm"), path.with_name(path.name + "-wal")
+    with contextlib.suppress(OSError):  # SQLite has made an empty one in its place
+        if side.exists() and (not wal.exists() or wal.stat().st_size == 0):
+            return StoreUnavailable(
+                f"opening {path}: its {wal.name} file is gone or empty while its {side.name} "
+                "is there: removed while another process had the log open? That process's "
+                "next write copies what the removed file held into the log and stops; open "
+                f"the log again after it has (SQLite said: {error.__cause__ or error})"
+            )
+    return error
+
+
 def _check_path(target: Path, where: str, read_only: bool) -> None:
     if target.is_dir():
         raise StoreCorrupted(f"{where}: that is a directory, not a database file")
@@ -322,19 +338,27 @@ class SQLiteEventStore(SQLEventStore):
         else:
             _check_path(Path(self.path), where, read_only)
         made = [] if self.path == ":memory:" or read_only else _not_there(Path(self.path))
-        with _mapped_errors(where):
-            if read_only:
-                self._conn = _connect_read_only(Path(self.path), busy_timeout)
-            else:
-                self._conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-                )
+        try:
+            with _mapped_errors(where):
+                if read_only:
+                    self._conn = _connect_read_only(Path(self.path), busy_timeout)
+                else:
+                    self._conn = sqlite3.connect(
+                        self.path,
+                        isolation_level=None,
+                        check_same_thread=False,
+                        timeout=busy_timeout,
+                    )
+        except StoreUnavailable as e:
+            raise _wal_gone(Path(self.path), e) from e.__cause__
         try:
             with _mapped_errors(where):
                 self._open(synchronous)
-        except BaseException:
+        except BaseException as e:
             self._conn.close()
             _remove_if_empty(made)  # a log that could not be made leaves no empty file
+            if isinstance(e, StoreUnavailable):
+                raise _wal_gone(Path(self.path), e) from e.__cause__
             raise
         self._identity = _identity(self.path) if not read_only else None
         self._wal: tuple[int, int] | None = None

@@ -634,6 +634,63 @@ def test_a_log_whose_wal_is_removed_under_a_writer_loses_nothing_written(tmp_pat
         assert store.verify("r").ok
 
 
+WRITES_ON_AFTER_ITS_WAL_WAS_REMOVED = textwrap.dedent(
+    """
+    import os, sys
+    from events import RunStarted, SQLiteEventStore, TaskAdded
+    from events.errors import EventStoreError
+    store = SQLiteEventStore(sys.argv[1])
+    store.connection.execute("PRAGMA wal_autocheckpoint = 0")  # all in the -wal
+    store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
+    store.append("r", [TaskAdded(task_id=f"t{i}", title="x") for i in range(5)], 1)
+    os.remove(sys.argv[1] + "-wal")
+    print("removed", flush=True)
+    sys.stdin.readline()  # the other process opens the log meanwhile
+    try:
+        store.append("r", [TaskAdded(task_id="late", title="x")], 6)
+    except EventStoreError as e:
+        print("refused:", e, flush=True)
+    store.close()
+    """
+)
+
+
+def test_a_log_opened_while_its_wal_is_removed_under_a_writer_says_so(tmp_path: Path) -> None:
+    """A second process opening the log was told "disk I/O error: a disk failing or
+    full, or the file or its file system made read-only?": SQLite's words for a
+    ``-shm`` whose ``-wal`` is gone. It is told what happened, and once the writer has
+    copied what the removed file held into the log, the log opens with all of it."""
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    db = tmp_path / "events.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITES_ON_AFTER_ITS_WAL_WAS_REMOVED, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        assert writer.stdin is not None and writer.stdout is not None
+        assert writer.stdout.readline() == "removed\n"
+        with pytest.raises(StoreUnavailable) as opened:
+            SQLiteEventStore(db)
+        read_only = CliRunner().invoke(cli, ["runs", "--db", str(db)])
+        writer.stdin.write("\n")
+        writer.stdin.close()
+        said = writer.stdout.read()
+        assert writer.wait(timeout=60) == 0
+    assert "events.db-wal file is gone or empty while its events.db-shm is there" in str(
+        opened.value
+    )
+    assert "disk failing" not in str(opened.value)
+    assert read_only.exit_code == 1 and "events.db-wal file is gone" in read_only.output
+    assert "what it held was copied into the log" in said, said
+    with SQLiteEventStore(db) as store:
+        assert store.last_version("r") == 6
+        assert store.verify("r").ok
+
+
 def test_a_fork_is_copied_with_the_runs_it_was_forked_from(tmp_path: Path) -> None:
     """A fork copied alone said "verified", and the target's verify then failed: "its
     state cannot be rebuilt: no run 'parent' in this log"."""
