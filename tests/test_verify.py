@@ -302,6 +302,10 @@ def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, ch
             "index idx_events_run_id_version on events is not as autonomy makes it",
         ),
         ("CREATE INDEX mine ON blobs (size)", "index mine on blobs is not autonomy's"),
+        (
+            "CREATE UNIQUE INDEX events_type_run ON events (type, run_id, version)",
+            "index events_type_run on events is not as autonomy makes it",
+        ),
         ("NOT NULL", "table events is not as autonomy makes it"),
         ("CHECK", "table events is not as autonomy makes it"),
         ("REFERENCES", "table events is not as autonomy makes it"),
@@ -310,7 +314,8 @@ def test_verify_checks_every_blob_an_event_names(tmp_path: Path, holder: str, ch
         ("COLLATE", "table events is not as autonomy makes it"),
         ("DROP TABLE repairs", "table repairs is missing"),
     ],
-    ids=["index-dropped", "unique-index-made-partial", "foreign-index", "not-null-taken-off",
+    ids=["index-dropped", "unique-index-made-partial", "foreign-index",
+         "audit-index-made-unique", "not-null-taken-off",
          "check-added", "reference-added", "generated-column", "replace-on-conflict",
          "collation", "repairs-dropped"],
 )  # fmt: skip
@@ -347,6 +352,29 @@ def test_verify_compares_the_tables_and_indexes_with_autonomys(
     assert all(not runs for name, runs in found.items() if name != "database")
     intact = problems(build(tmp_path / "intact.db"))
     assert intact["database"] == []
+
+
+def test_the_audit_indexes_are_autonomys_own_whichever_autonomy_made_them(
+    tmp_path: Path,
+) -> None:
+    """``audit`` and ``serve`` make the audit views' indexes: verify then said
+    "FAILED index events_type_run on events is not autonomy's (made since)" of an
+    intact log, as of an index an intruder made. So for the index an earlier
+    autonomy made, which the next audit drops."""
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from events.sqlite import REPLACED_AUDIT_INDEXES
+
+    db = build(tmp_path / "e.db")
+    audited = CliRunner().invoke(cli, ["audit", "tasks", "--db", str(db)])
+    assert audited.exit_code == 0, audited.output
+    with sqlite3.connect(db) as conn:
+        made = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"events_type_run", "events_task_version", "events_call_id"} <= made
+        for ddl in REPLACED_AUDIT_INDEXES.values():
+            conn.execute(ddl)
+    assert problems(db)["database"] == []
 
 
 def test_dropped_triggers_are_put_back_by_a_writer_and_reported(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from engine.storage import is_postgres_url, open_store
 from engine.tables import table
 from events.errors import AutonomyError, EventStoreError, StoreUnavailable
+from events.sqlite import AUDIT_INDEXES, REPLACED_AUDIT_INDEXES
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv")
@@ -261,18 +262,9 @@ ORDER BY run_id, requested_version""",
     ),
 }
 
-# The views join events to events on (run_id, type, a json_extract of data): without
-# these, every lookup scans the whole run. Expressions must match the views' text.
-INDEXES: dict[str, str] = {
-    "events_call_id": "CREATE INDEX IF NOT EXISTS events_call_id"
-    " ON events(run_id, type, json_extract(data, '$.call_id'))",
-    # with the version: the tasks view asks each task's latest update (ORDER BY version
-    # DESC LIMIT 1), which without it scanned every update of the run for each task
-    # (the view took 8.9 s for a run of 688 tasks, 0.014 s with it)
-    "events_task_version": "CREATE INDEX IF NOT EXISTS events_task_version"
-    " ON events(run_id, type, json_extract(data, '$.task_id'), version)",
-    "events_type_run": "CREATE INDEX IF NOT EXISTS events_type_run ON events(type, run_id, version)",
-}
+INDEXES = AUDIT_INDEXES
+"""The SQLite log's audit indexes (``events.sqlite.AUDIT_INDEXES``, where verify
+knows them)."""
 
 
 # The same for a log in PostgreSQL, on the expressions its views compare (read
@@ -285,7 +277,7 @@ POSTGRES_INDEXES = {
 }
 
 
-REPLACED_INDEXES = ("events_task_id",)
+REPLACED_INDEXES = tuple(REPLACED_AUDIT_INDEXES)
 """Audit indexes an earlier autonomy made that others now do better: dropped (each
 costs every append)."""
 
