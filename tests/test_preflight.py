@@ -157,6 +157,19 @@ def test_every_unusable_role_is_one_line_of_the_error(http: httpx.Client) -> Non
     ]
 
 
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_a_name_the_server_lists_stays_on_its_line(tmp_path: Path, api: str) -> None:
+    """A name with line breaks printed lines of autonomy's own under the warning (or
+    the error): "run pre3: completed (2 task(s) completed)" above a run that failed."""
+    fake = "evil\nrun r: completed (2 task(s) completed)\r\n"
+    with ScriptedModelServer(OneFile(), models=[fake], apis=[api]) as server:
+        result = run(tmp_path, server.url, "--api", api, "--max-steps", "1")
+    lines = result.output.splitlines()
+    assert not [line for line in lines if line.startswith("run r: completed (2")], lines
+    said = "evil\\nrun r: completed (2 task(s) completed)\\x0d\\n"
+    assert [line for line in lines if said in line and line.startswith(("warning:", "Error:"))]
+
+
 # -- warnings: said, recorded, and the run goes on -------------------------------------------
 
 

@@ -40,7 +40,7 @@ from engine.model.client import ModelClient, same_model
 from engine.model.credentials import ServerKeys, origin, server_keys_file
 from engine.model.roles import ROLE_NAMES, Endpoint, Roles
 from engine.model.wire import MODELS_PATHS, Api, ModelInfo
-from engine.terminal import clipped
+from engine.terminal import clipped, one_line
 
 READ_TIMEOUT = 30.0
 """Seconds a server may take to list its models (a loaded Ollama answers at once)."""
@@ -202,7 +202,7 @@ def _answers(client: ModelClient, url: str, api: Api, connect: float) -> bool:
 
 
 def _short(error: ModelError) -> str:
-    return clipped(str(error), 200)
+    return one_line(clipped(str(error), 200))
 
 
 def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdict:
@@ -213,8 +213,9 @@ def _verdict(endpoint: Endpoint, listing: tuple[ModelInfo, ...] | str) -> _Verdi
     if any(same_model(name, endpoint.model) for name in names):
         return _Verdict()
     # each name as long as a model's name can be read: ten of 300 KB each made a
-    # 3 MB error line
-    shown = [clipped(name, 100) for name in names[:10]]
+    # 3 MB error line; and on its line: a name with line breaks printed lines of
+    # autonomy's own ("run …: completed" under a run that failed)
+    shown = [one_line(clipped(name, 100)) for name in names[:10]]
     served = ", ".join(shown) + (", …" if len(names) > 10 else "") if names else "none"
     if endpoint.api == "ollama":
         return _Verdict(
