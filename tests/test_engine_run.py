@@ -359,7 +359,7 @@ class Clock:
 def test_a_command_failing_the_same_way_at_another_speed_is_the_same_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """"exit code 1 after 1.4s" and "after 2.5s" were two failures: whether the
+    """ "exit code 1 after 1.4s" and "after 2.5s" were two failures: whether the
     third strike ended the task depended on the machine's speed, and a replay with
     live tools decided otherwise than the recorded run."""
     monkeypatch.setattr(commands, "time", Clock())
@@ -505,3 +505,20 @@ def test_a_run_with_an_empty_goal_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match="the goal is empty"):
         start_run(store, goal=goal, workspace=tmp_path / "ws", settings=Settings(preflight=False))
     assert store.runs() == [] and not (tmp_path / "ws").exists()
+
+
+def test_a_runs_summary_shows_a_long_task_title_cut() -> None:
+    """A model's task title has no length cap: one of 3 MB was printed whole at the
+    end of the run (`state` and `audit tasks` show it all)."""
+    from engine.agent.runner import TITLE_SHOWN, summary
+    from events import TaskAdded
+
+    store = MemoryEventStore()
+    title = "build " + "x" * 100_000
+    store.append(
+        "r", [RunStarted(goal="g", workspace="/w"), TaskAdded(task_id="t1", title=title)], 0
+    )
+
+    (line,) = [line for line in summary(project(store, "r")) if "task t1" in line]
+
+    assert line == f"  task t1 [new] {title[: TITLE_SHOWN - 1]}… (attempts: 0)"

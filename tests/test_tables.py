@@ -5,7 +5,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.tables import table
+from engine.tables import WIDEST, table
 
 
 def test_a_table_has_a_header_a_rule_and_aligned_columns() -> None:
@@ -43,3 +43,15 @@ def test_a_cell_is_as_wide_as_it_is_shown() -> None:
     lines = table([["waiting: Which\x1b[2J Python?\u202e"]], ["status"]).split("\n")
     assert lines[2] == "waiting: Which\\x1b[2J Python?\\u202e"
     assert len(lines[1]) == len(lines[2])
+
+
+def test_a_huge_cell_overflows_its_column_in_its_row_alone() -> None:
+    """Every row was padded to the longest cell: a model's 3 MB task title made
+    `audit tasks` of 49 tasks print 153 MB of spaces."""
+    huge = "t" * 1_000_000
+    rows = [[f"t{i}", "x", "done"] for i in range(49)] + [["t49", huge, "done"]]
+    lines = table(rows, ["id", "title", "status"]).split("\n")
+
+    assert len("\n".join(lines)) < len(huge) + 49 * (WIDEST + 20)
+    assert lines[-1] == f"t49   {huge}  done"
+    assert lines[2] == "t0    " + "x".ljust(WIDEST) + "  done"  # the others as wide as allowed

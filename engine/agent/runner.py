@@ -54,7 +54,7 @@ from engine.model.recording import RecordingModel
 from engine.model.roles import ROLE_NAMES
 from engine.model.stored import full_arguments
 from engine.storage import is_postgres_url
-from engine.terminal import one_line
+from engine.terminal import clipped, one_line
 from engine.tools import Sandbox, ToolRegistry, default_registry, execute
 from engine.tools.commands import changes_of_a_cut_command
 from engine.tools.confine import Confinement, choose, credentials
@@ -461,6 +461,11 @@ class Engine:
         return hashlib.sha256(written).hexdigest() if written is not None else None
 
 
+TITLE_SHOWN = 300
+"""How much of a task's title a run's summary shows: a model's title has no length
+cap (one of 3 MB was printed whole); ``state`` and ``audit tasks`` show it all."""
+
+
 def summary(state: RunState) -> list[str]:
     """What a person wants to see when a run stops: status, tasks, files, tokens."""
     p = state.pipeline
@@ -469,7 +474,8 @@ def summary(state: RunState) -> list[str]:
         lines.append(f"  question: {p.question}")
     for task in p.tasks.values():
         lines.append(
-            f"  task {task.task_id} [{task.status}] {task.title} (attempts: {task.attempts})"
+            f"  task {task.task_id} [{task.status}] {clipped(task.title, TITLE_SHOWN)} "
+            f"(attempts: {task.attempts})"
         )
     for path, f in sorted(p.files.items()):
         lines.append(f"  file {path} ({f.size} bytes, sha256 {f.digest[:12]})")
