@@ -5,11 +5,14 @@ someone else's) holds any text. Printed as they are, an escape sequence in them 
 read by the terminal as a command: clear the screen or rewrite a line (a failed run
 shown as completed), set the window title, or, where the terminal allows OSC 52, put
 text on the clipboard. ``printable`` writes every control character (C0 but tab and
-newline, DEL, C1) and every bidirectional override as a visible escape (``\\x1b``,
-``\\u202e``), and ``PrintableStream`` does so for everything the command line prints
-(``engine.cli.main`` puts one on stdout and stderr). The live display draws its own
+newline, DEL, C1), every bidirectional override and every character drawn as nothing
+(a zero-width space: a file name that looks like another) as a visible escape
+(``\\x1b``, ``\\u202e``, ``\\u200b``), and ``PrintableStream`` does so for everything
+the command line prints (``engine.cli.main`` puts one on stdout and stderr); the
+service's pages show text so too. The live display draws its own
 escape sequences on the stream underneath (``raw``) and passes its text through
-``printable``. JSON output is untouched: its encoder already escapes them. CSV
+``printable``. JSON output stays JSON: its encoder escapes C0 itself, and the rest is
+escaped as JSON writes it (``\\u200b``, a surrogate pair past U+FFFF). CSV
 written to a file or a pipe is data, and goes there exactly (``data_stream``).
 
 Text that is not Unicode at all (``unicode_text``: a file name that is not UTF-8, read
@@ -52,29 +55,48 @@ def _no_time(found: re.Match[str]) -> str:
 _C0 = [*range(0x00, 0x09), *range(0x0B, 0x20)]
 _DEL_C1 = [0x7F, *range(0x80, 0xA0)]
 _BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
-# DEL and C1 as \u escapes, as bidirectional overrides: JSON and TOML encoders leave
-# them raw in strings, and "\x7f" in a --json answer or a printed config is invalid
-# there, where "\u007f" is the same character escaped (C0 they escape themselves)
-_ESCAPES = {c: f"\\x{c:02x}" for c in _C0} | {c: f"\\u{c:04x}" for c in (*_DEL_C1, *_BIDI)}
+_INVISIBLE = [
+    # the format characters (Unicode's Cf) but the joiners that shape scripts and
+    # emoji (U+200C, U+200D) and the bidirectional ones above: a zero-width space, a
+    # soft hyphen, an invisible plus, a word joiner, a byte order mark, the tags (the
+    # "ASCII smuggling" of U+E0041 for an invisible "A")...
+    *(0xAD, *range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x180E, 0x200B),
+    *(*range(0x2060, 0x2065), *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFC)),
+    *(0x110BD, 0x110CD, *range(0x13430, 0x13440), *range(0x1BCA0, 0x1BCA4)),
+    *(*range(0x1D173, 0x1D17B), 0xE0001, *range(0xE0020, 0xE0080)),
+    # and what is drawn as nothing: a grapheme joiner, the Hangul fillers
+    *(0x34F, 0x115F, 0x1160, 0x3164, 0xFFA0),
+]
+
+
+def _escape(code: int) -> str:
+    """``\\uXXXX``, as JSON writes a character (two, a surrogate pair, past U+FFFF)."""
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+# DEL, C1 and the rest as \u escapes: JSON and TOML encoders leave them raw in strings,
+# and "\x7f" in a --json answer or a printed config is invalid there, where "\u007f" is
+# the same character escaped (C0 they escape themselves)
+_ESCAPES = {c: f"\\x{c:02x}" for c in _C0} | {
+    c: _escape(c) for c in (*_DEL_C1, *_BIDI, *_INVISIBLE)
+}
+_SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
+_LONE_SELECTOR = re.compile(f"(?<![^\\x00-\\x7f{_SELECTORS}])[{_SELECTORS}]")
+"""A variation selector that follows no character it could vary (the start, ASCII,
+another selector): drawn as nothing, "calc\\ufe0f.py" looked like "calc.py". After an
+emoji or a CJK character it stays, to choose how that is drawn."""
 
 
 def printable(text: str) -> str:
-    """``text`` with each control character and bidirectional override escaped."""
-    return unicode_text(text).translate(_ESCAPES)
-
-
-_INVISIBLE = {c: f"\\u{c:04x}" for c in (0x200B, 0x2060, 0xFEFF)}
-"""Characters of no width (a zero-width space, a word joiner, a byte order mark): a
-name with one looks like another name. The joiners that shape scripts and emoji
-(U+200C, U+200D) are left to do so."""
-
-
-def visible(text: str) -> str:
-    """``printable`` text in which nothing is invisible either: for a page, where a
-    bidirectional override in a file name or a task title (``calc\\u202eyp.exe``
-    shown as ``calcexe.py``, a title shown as "verified ok") reorders what follows
-    it, autonomy's own words included."""
-    return printable(text).translate(_INVISIBLE)
+    """``text`` with each control character, bidirectional override and invisible
+    character escaped: a name with a zero-width space looked like the name without."""
+    text = unicode_text(text).translate(_ESCAPES)
+    if text.isascii():
+        return text
+    return _LONE_SELECTOR.sub(lambda found: _escape(ord(found.group())), text)
 
 
 def one_line(text: str) -> str:

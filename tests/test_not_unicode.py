@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -163,13 +165,55 @@ def test_any_text_is_printed_as_unicode_with_no_control_character(text: str) -> 
     shown = printable(text)
     shown.encode("utf-8")
     assert not any(_hostile(c) for c in shown), shown
-    if not any(_hostile(c) or 0xD800 <= ord(c) < 0xE000 for c in text):
+    assert not re.search(f"(?:^|[\\x00-\\x7f])[{SELECTORS}]", shown), shown
+    if not any(_hostile(c) or 0xD800 <= ord(c) < 0xE000 or _selector(c) for c in text):
         assert shown == text, "text that was fine stays as it was"
 
 
 def _hostile(c: str) -> bool:
-    """A control character (but tab and line break), or a bidirectional override."""
-    return (ord(c) < 0x20 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 or c in BIDI
+    """A control character (but tab and line break), a bidirectional override, or a
+    character drawn as nothing: a format character but the joiners (U+200C, U+200D),
+    a grapheme joiner, a Hangul filler."""
+    return (
+        (ord(c) < 0x20 and c not in "\t\n")
+        or 0x7F <= ord(c) < 0xA0
+        or c in BIDI
+        or (unicodedata.category(c) == "Cf" and c not in "\u200c\u200d")
+        or c in "\u034f\u115f\u1160\u3164\uffa0"
+    )
+
+
+SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
+
+
+def _selector(c: str) -> bool:
+    """A variation selector: escaped where it follows nothing it could vary."""
+    return bool(re.fullmatch(f"[{SELECTORS}]", c))
+
+
+def test_every_character_drawn_as_nothing_is_shown_escaped_as_json_would() -> None:
+    """A file name with a zero-width space, an invisible plus, a soft hyphen or a tag
+    character (U+E0041, an invisible "A") was printed and shown on the pages as the
+    name without it: "calc\\u2064.py" beside "calc.py", the two alike. Each is
+    escaped, as JSON writes it, so JSON printed through the same stream stays JSON."""
+
+    every = [
+        chr(c)
+        for c in range(0x110000)
+        if unicodedata.category(chr(c)) == "Cf" and chr(c) not in "\u200c\u200d"
+    ]
+    for c in every + list("\u034f\u115f\u1160\u3164\uffa0"):
+        shown = printable(f"calc{c}.py")
+        assert shown.isascii() and shown != "calc.py", repr(c)
+        assert json.loads(f'"{shown}"') == f"calc{c}.py"
+    assert printable("calc\ufe0f.py\ufe0e") == "calc\\ufe0f.py\\ufe0e"
+    assert printable("\U000e0100x") == "\\udb40\\udd00x"
+    assert printable("I \u2764\ufe0f it \u845b\U000e0100") == "I \u2764\ufe0f it \u845b\U000e0100"
+    assert printable("\u2764\ufe0f\ufe0f") == "\u2764\ufe0f\\ufe0f"
+    assert printable("\u200b\ufe0f") == "\\u200b\\ufe0f"
+    assert printable("emoji \U0001f469\u200d\U0001f4bb \u0915\u094d\u200d") == (
+        "emoji \U0001f469\u200d\U0001f4bb \u0915\u094d\u200d"
+    )  # the joiners that shape emoji and scripts stay
 
 
 BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}

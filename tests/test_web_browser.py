@@ -347,6 +347,14 @@ def test_a_name_made_to_look_like_another_is_shown_with_its_overrides(
         assert "\u202e" not in text and "\u200b" not in text, url
     page.goto(f"{service}/runs/spoofing")
     assert page.evaluate("visible('a\\u202eb\\u0007')") == "a\\u202eb\\x07"
+    # the live tail's text as the pages': every character of the list, and the
+    # variation selectors that follow nothing they could vary
+    from engine import terminal
+
+    sample = "".join(map(chr, sorted(terminal._ESCAPES))) + (
+        " calc\ufe0f.py \u2764\ufe0f\ufe0f \U000e0100x \u200b\ufe0f \U0001f469\u200d\U0001f4bb"
+    )
+    assert page.evaluate("(text) => visible(text)", sample) == terminal.printable(sample)
 
 
 def test_serve_gives_the_log_the_indexes_its_audit_tables_need(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import jinja2
 import markupsafe
 import msgspec
 
-from engine.terminal import visible
+from engine.terminal import printable
 from engine.web.trace import ToolTrace, build_trace, kind_of
 from events.errors import AutonomyError, RunNotFound
 from events.store import EventStore, RecordedEvent
@@ -55,7 +55,7 @@ run page of 36 MB (225 MB over 25 steps, which froze the tab when expanded)."""
 def shown(value: Any) -> Any:
     """What every ``{{ ... }}`` of a page shows (Jinja's ``finalize``): text with its
     control, bidirectional and invisible characters as visible escapes
-    (``engine.terminal.visible``), cut at ``PAGE_TEXT`` characters, before it is
+    (``engine.terminal.printable``), cut at ``PAGE_TEXT`` characters, before it is
     escaped for HTML. Numbers and HTML the templates built themselves are shown as
     they are."""
     if value is None or isinstance(value, bool | int | float | markupsafe.Markup):
@@ -64,8 +64,8 @@ def shown(value: Any) -> Any:
     if len(text) > PAGE_TEXT:
         more = len(text) - PAGE_TEXT
         cut = f"\n[… {more:,} more characters not shown: the event holds them all]"
-        return visible(text[:PAGE_TEXT]) + cut
-    return visible(text)
+        return printable(text[:PAGE_TEXT]) + cut
+    return printable(text)
 
 
 ENVIRONMENT = jinja2.Environment(
