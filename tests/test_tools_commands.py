@@ -319,6 +319,36 @@ def test_one_command_records_a_bounded_amount_of_content_and_changes(
     assert "past the 10,000 changes one command records: g3.txt, g4.txt" in outcome.result
 
 
+def test_a_snapshot_records_a_bounded_number_of_files_and_still_finds_every_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that made 300,000 empty files made each snapshot take 3 to 6 s and
+    the engine 300 MB (three million: 3 GB, the engine's memory, not the command's).
+    Past the files one snapshot records, the directories left are named, and still
+    searched: a repository the command made there is taken away."""
+    monkeypatch.setattr(snapshot, "MAX_FILES", 4)
+    code = (
+        "import os\n"
+        "for d in 'abc':\n"
+        "    os.mkdir(d)\n"
+        "    [open(f'{d}/f{i}', 'w').write(d) for i in range(3)]\n"
+        "git = 'a/.g' + 'it'\n"  # as a model hides it from the argument check
+        "os.makedirs(git)\n"
+        "open(git + '/HEAD', 'w').write('ref: refs/heads/main')\n"
+    )
+    digests = WorkspaceDigests()
+    outcome = run(
+        tmp_path, ["python", "-c", code], MemoryEventStore(), allowlist=PYTHON_C, digests=digests
+    )
+    assert outcome.ok, outcome.text
+    # walked last name first: c/ whole, then b/ until the fourth file, a/ not at all
+    assert [c.path for c in outcome.files_changed] == ["c/f0", "c/f1", "c/f2"]
+    assert digests.left_out == {"a/": snapshot.TOO_MANY_FILES, "b/": snapshot.TOO_MANY_FILES}
+    assert "files one snapshot records: a/, b/" in outcome.result
+    assert (tmp_path / "a" / "f0").exists()
+    assert not (tmp_path / "a" / ".git").exists()  # made by the command: taken away
+
+
 def test_a_config_file_a_command_writes_is_recorded_past_the_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,12 +49,19 @@ MAX_CHANGES = 10_000
 """The most file changes one command records: a command that made 100,000 small
 files wrote one ``tool.executed`` of 26 MB. The rest are named, not recorded."""
 
+MAX_FILES = 200_000
+"""The most files one snapshot records: a command that made 300,000 empty files
+made each snapshot take 3 to 6 s and the engine (not the command: its memory limit
+is the command's) 300 MB; three million, 3 GB. Past it, the directories left are
+named, not recorded, and still searched for repositories."""
+
 NOT_UTF8 = "names that are not UTF-8"
 TOO_LARGE = f"larger than {MAX_RECORDED_BYTES // (1024 * 1024)} MiB"
 UNREADABLE = "unreadable"
 TOO_DEEP = f"deeper than {MAX_PATH_DEPTH} levels or longer than {MAX_PATH_CHARS:,} characters"
 OVER_BUDGET = f"past the {SNAPSHOT_BYTES // (1024 * 1024)} MiB one snapshot reads"
 TOO_MANY = f"past the {MAX_CHANGES:,} changes one command records"
+TOO_MANY_FILES = f"past the {MAX_FILES:,} files one snapshot records"
 """Why a path is left out of a snapshot (``WorkspaceDigests.left_out``)."""
 
 
@@ -68,9 +75,12 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
     packages and caches, which are walked for them only: git takes one there for a
     repository too (a ``.git`` a command left in ``node_modules/x`` ran its config)."""
     stack = [(root, "", True)]
+    room = MAX_FILES
     while stack:
         directory, prefix, recorded = stack.pop()
-        if not recorded:
+        if recorded and room <= 0 and not _under(prefix, left_out):
+            left_out[prefix or "./"] = TOO_MANY_FILES
+        if not recorded or room <= 0:
             _walk_unrecorded(directory, prefix, found)
             continue
         try:
@@ -109,6 +119,9 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                         continue
                     stack.append((Path(entry.path), name + "/", folded not in NOT_THE_PROJECT))
                 elif entry.is_file(follow_symlinks=False):
+                    if room <= 0:  # the rest of this directory: searched, not recorded
+                        left_out[prefix or "./"] = TOO_MANY_FILES
+                        continue
                     if len(name) > MAX_PATH_CHARS:
                         left_out[name] = TOO_DEEP
                         continue
@@ -116,9 +129,22 @@ def _files(root: Path, left_out: dict[str, str], found: Found) -> Iterator[tuple
                     if st.st_size > MAX_RECORDED_BYTES:
                         left_out[name] = TOO_LARGE
                         continue
+                    room -= 1
                     yield name, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             except OSError:
                 left_out[name] = UNREADABLE
+
+
+def _under(prefix: str, left_out: dict[str, str]) -> bool:
+    """Whether directory ``prefix`` (``a/b/``) is in one ``left_out`` names whole."""
+    if "./" in left_out:
+        return True
+    end = prefix.find("/")
+    while end != -1:
+        if prefix[: end + 1] in left_out:
+            return True
+        end = prefix.find("/", end + 1)
+    return False
 
 
 def _walk_unrecorded(directory: Path | str, prefix: str, found: Found) -> None:
