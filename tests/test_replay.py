@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -249,6 +250,29 @@ def test_a_differing_event_type_shows_both_events_fields() -> None:
     assert divergence.title == "expected task.added, got user.asked"
     assert '  recorded task.added:\n    task_id: "t1"' in divergence.diff
     assert '  replayed user.asked:\n    question: "Which Python?"' in divergence.diff
+
+
+def test_a_payload_nested_deeper_than_python_recurses_is_compared_as_text() -> None:
+    """A model's arguments 900 lists deep (the decoder takes them, and a log someone
+    made verifies) ended a replay, and the pytest plugin's, in a RecursionError."""
+    from engine.runs.divergence import Normaliser, compare
+    from events.schema import ToolRequested
+
+    deep: Any = "x"
+    for _ in range(900):  # deeper, and no encoder writes it
+        deep = [deep]
+    recorded, replayed = MemoryEventStore(), MemoryEventStore()
+    started = RunStarted(goal="g", workspace="/w")
+    call = ToolRequested(call_id="c1", tool="create_file", arguments={"path": "a.py"})
+    deeper = msgspec.structs.replace(call, arguments={"path": "a.py", "deep": deep})
+    recorded.append("x", [started, deeper], 0)
+    replayed.append("x", [started, call], 0)
+
+    divergence = compare(list(recorded.read("x")), list(replayed.read("x")), Normaliser())
+
+    assert divergence is not None and divergence.version == 2
+    assert divergence.title == "tool.requested: data changed"
+    assert "[[[[" in divergence.diff
 
 
 def test_a_divergence_is_numbered_by_the_recorded_version_not_its_position() -> None:

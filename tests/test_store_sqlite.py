@@ -716,6 +716,27 @@ def test_a_fork_is_copied_with_the_runs_it_was_forked_from(tmp_path: Path) -> No
         assert verify_log(target).ok
 
 
+def test_a_run_whose_data_is_stored_as_bytes_is_refused_by_a_copy(tmp_path: Path) -> None:
+    """An event's data edited into a BLOB ended `autonomy copy` in a TypeError (its
+    blob references were looked for in bytes) before the copy's verification."""
+    from engine.runs.copy import copy_runs
+
+    with SQLiteEventStore(tmp_path / "source.db") as source:
+        source.append("r", [START, task(1)], 0)
+    with sqlite3.connect(tmp_path / "source.db") as conn:
+        conn.execute("DROP TRIGGER events_append_only_update")
+        conn.execute("UPDATE events SET data = CAST(data AS BLOB) WHERE version = 2")
+    with (
+        SQLiteEventStore(tmp_path / "source.db") as source,
+        SQLiteEventStore(tmp_path / "target.db") as target,
+    ):
+        with pytest.raises(
+            StoreCorrupted, match=r"version 2: its data is bytes.*nothing was copied"
+        ):
+            copy_runs(source, target)
+        assert target.last_version("r") == 0
+
+
 def test_a_device_or_fifo_as_the_log_is_refused_and_nothing_made_beside_it(
     tmp_path: Path,
 ) -> None:

@@ -139,7 +139,10 @@ def _head(store: EventStore, run_id: str, at: int | None = None) -> tuple[int, s
 
 def _copy_one(source: EventStore, target: EventStore, run_id: str, had: int = 0) -> Copied:
     rows = list(source.read_raw(run_id))
-    digests = sorted({d for row in rows[had:] for d in _DIGEST.findall(row.data)})
+    # data that is no text (an edited row) is refused by the import, which verifies
+    digests = sorted(
+        {d for row in rows[had:] if type(row.data) is str for d in _DIGEST.findall(row.data)}
+    )
     blobs = [source.get(d) for d in digests if source.has_blob(d)]
     target.put_many(blobs)  # first: a copied event never names a missing blob
     target.import_run(run_id, rows, after=had)

@@ -165,12 +165,14 @@ def _clean(value: Any, normalise: Normaliser) -> Any:
 
 
 def comparable(event: RecordedEvent, normalise: Normaliser) -> dict[str, Any]:
-    """What must be equal between a recorded and a replayed event."""
-    return {
-        "type": event.type,
-        "causation": event.causation,
-        "data": _clean(msgspec.to_builtins(event.data), normalise),
-    }
+    """What must be equal between a recorded and a replayed event. A payload nested
+    deeper than Python recurses (a model's arguments, 900 lists deep: the decoder
+    takes them) is compared as its JSON text: it was a RecursionError."""
+    try:
+        data = _clean(msgspec.to_builtins(event.data), normalise)
+    except RecursionError:
+        data = normalise(msgspec.json.encode(event.data).decode())
+    return {"type": event.type, "causation": event.causation, "data": data}
 
 
 def compare(
