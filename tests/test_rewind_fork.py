@@ -257,7 +257,7 @@ def test_finishing_a_rewind_restores_only_files_still_as_before_it(
     v4 = append(store, RunRewound(to_version=v2))
     (tmp_path / "a.txt").write_bytes(found)
     done = finish_rewind(store, "h", v4, tmp_path)
-    assert (done.written, done.unchanged) == (written, left)
+    assert (done.written, done.edited) == (written, left)
     assert (tmp_path / "a.txt").read_bytes() == after
 
 
@@ -692,6 +692,42 @@ def changed(store: MemoryEventStore, path: str, before: bytes | None, after: byt
 
 def append(store: MemoryEventStore, event: Any) -> int:
     return store.append("h", [event], store.last_version("h"))[0].version
+
+
+def test_a_rewind_leaves_what_the_log_never_recorded_for_a_file_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """A rewind wrote over a file edited by hand since the run wrote it, and removed
+    one the run had made and a person had edited since; an edited log naming a
+    person's project (which verifies: a plain chain is anyone's to recompute) had
+    their files rewritten or removed. A file is restored only from a content the log
+    recorded for it; any other is left as it is, and said."""
+    from engine.runs.workspace import rewind
+
+    store = MemoryEventStore()
+    append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    v2 = append(store, changed(store, "a.txt", None, b"one\n"))
+    append(store, changed(store, "a.txt", b"one\n", b"two\n"))
+    append(store, changed(store, "made.txt", None, b"the run's\n"))
+    append(store, changed(store, "kept.txt", None, b"the run's\n"))
+    append(store, changed(store, "theirs.txt", None, b"what the log says\n"))
+    (tmp_path / "a.txt").write_bytes(b"two\n")  # as the run left it
+    (tmp_path / "made.txt").write_bytes(b"the run's\n")
+    (tmp_path / "kept.txt").write_bytes(b"edited by hand\n")
+    (tmp_path / "theirs.txt").write_bytes(b"a person's file\n")  # never the run's
+
+    done = rewind(store, "h", v2)
+
+    assert (tmp_path / "a.txt").read_bytes() == b"one\n"
+    assert not (tmp_path / "made.txt").exists()
+    assert (tmp_path / "kept.txt").read_bytes() == b"edited by hand\n"
+    assert (tmp_path / "theirs.txt").read_bytes() == b"a person's file\n"
+    assert (done.written, done.removed, done.edited) == (
+        ("a.txt",),
+        ("made.txt",),
+        ("kept.txt", "theirs.txt"),
+    )
+    assert "left as they are, holding what the log never recorded for them" in done.summary()
 
 
 def test_a_file_that_existed_before_the_run_gets_its_original_content_back(

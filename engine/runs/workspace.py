@@ -33,6 +33,7 @@ from engine.agent.runlog import RunLog, check_run_id, refuse_tampered
 from engine.agent.runner import hidden_from_commands, workspace_lock
 from engine.errors import ToolError
 from engine.machines.phases import TERMINAL
+from engine.terminal import one_line
 from engine.tools.files import PARTIAL, remove_partials, write_atomically
 from engine.tools.sandbox import (
     MAX_PATH_DEPTH,
@@ -77,14 +78,25 @@ class Restored:
     before: bool = False
     """Done before: the same fork given again (after a stop cut it once its run was
     written, say)."""
+    edited: tuple[str, ...] = ()
+    """Left as they are: each holds what the log never recorded for it (edited by
+    hand since, or a file that was never the run's)."""
 
     def summary(self) -> str:
         if self.before:
             return "made before, by the same command (given again)"
-        return (
+        text = (
             f"{len(self.written)} file(s) restored, {len(self.removed)} removed, "
             f"{len(self.unchanged)} already as they were"
         )
+        if self.edited:
+            shown = ", ".join(one_line(path) for path in self.edited[:10])
+            more = f" and {len(self.edited) - 10} more" if len(self.edited) > 10 else ""
+            text += (
+                f"; left as they are, holding what the log never recorded for them (edited "
+                f"since?): {shown}{more}"
+            )
+        return text
 
 
 def _in_effect(store: EventStore, run_id: str, upto: int) -> _Changes | None:
@@ -482,22 +494,39 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     with any other content (edited by hand since) is left alone, and listed in
     ``unchanged`` when it differs from the rewound state."""
     wanted = files_at(store, run_id, version)
+    return _restore_known(store, run_id, version, wanted, _targets(workspace, wanted))
+
+
+def _restore_known(
+    store: EventStore,
+    run_id: str,
+    version: int,
+    wanted: Mapping[str, str | None],
+    targets: Mapping[str, Path],
+    contents: Mapping[str, bytes] | None = None,
+) -> Restored:
+    """Each of ``targets`` brought to its ``wanted`` content (``contents``, read from
+    the blobs when not given) where it holds a content the log recorded for it up to
+    ``version`` (absence included): the run's own. Any other is left as it is and
+    named in ``edited``: a file edited by hand since (a rewind wrote over it), or one
+    that was never the run's (an edited log naming a person's project)."""
     recorded = _recorded_contents(store, run_id, version)
-    targets = _targets(workspace, wanted)
     cut: dict[str, Path] = {}
+    same: list[str] = []
     edited: list[str] = []
     for path, target in targets.items():
         remove_partials(target, suffix=RESTORING)  # a restore killed before its rename
         now = _digest_of(target)
         if now == wanted[path]:
-            continue
-        if now in recorded.get(path, ()):
+            same.append(path)
+        elif now in recorded.get(path, ()):
             cut[path] = target
         else:
             edited.append(path)
-    contents = {p: store.get(d) for p in cut if (d := wanted[p]) is not None}
+    if contents is None:
+        contents = {p: store.get(d) for p in cut if (d := wanted[p]) is not None}
     done = _write(cut, contents)
-    return Restored(done.written, done.removed, tuple(edited))
+    return Restored(done.written, done.removed, tuple(same), edited=tuple(edited))
 
 
 def _recorded_contents(store: EventStore, run_id: str, upto: int) -> dict[str, set[str | None]]:
@@ -536,10 +565,10 @@ def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], No
             f"restored the workspace to version {last.data.to_version}, which the rewind "
             f"had not finished: {len(done.written)} file(s) written, {len(done.removed)} removed"
         )
-    if progress and done.unchanged:
+    if progress and done.edited:
         progress(
-            f"note: {', '.join(done.unchanged)} changed since the rewind to version "
-            f"{last.data.to_version}; left as they are"
+            f"note: {', '.join(map(one_line, done.edited))} changed since the rewind to "
+            f"version {last.data.to_version}; left as they are"
         )
 
 
@@ -579,7 +608,7 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     with workspace_lock(workspace, run_id):  # no other run is working in it
         store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
         try:
-            return _write(targets, contents)
+            return _restore_known(store, run_id, last + 1, wanted, targets, contents)
         except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
             raise HistoryError(
                 rewind_unfinished(
