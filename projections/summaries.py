@@ -120,6 +120,24 @@ def summaries_and_problems(
     return summaries, problems
 
 
+def status_at_end(store: EventStore, run_id: str) -> tuple[int, str]:
+    """The run's last version, and its status there: folded on from the run's stored
+    row (its events past the row only: at most ``MAINTAIN_EVERY`` or so), as a
+    catch-up does; the whole run when it has no row, or a rewind or a fork is among
+    those events. Nothing is stored. What a live tail asks as it goes: a tail that
+    folded the run itself held a state of several MB for each stream."""
+    row = None
+    if store.summary_position() is not None:
+        row = _decoded(store.summary_rows([run_id])).get(run_id)
+    if row is not None:
+        events = list(store.read(run_id, after=row.summary.version))
+        if not any(type(e.data) in (RunRewound, RunForked) for e in events):
+            state = fold(events, _state(row))
+            return state.version, state.pipeline.status
+    state = project(store, run_id)
+    return state.version, state.pipeline.status
+
+
 def _expected_row(store: EventStore, state: RunState, info: RunInfo) -> _Row:
     """The row a fold makes of a run at ``state`` (its latest version, which ``info``
     describes, or an earlier one, whose events are read for their positions and times)."""

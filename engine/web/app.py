@@ -78,8 +78,7 @@ from events.errors import (
 )
 from events.store import EventStore, RecordedEvent
 from projections import project
-from projections.fold import apply
-from projections.summaries import RunSummary, summaries_and_problems
+from projections.summaries import RunSummary, status_at_end, summaries_and_problems
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "autonomy_token"
@@ -647,27 +646,25 @@ class _Web:
         ``opened`` (holding ``store()``'s context) is closed at the end."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
+        looked = -1  # the version up to which the run's status was looked at
         try:
             page = self.settings.events_page
-            # the run's state as far as the stream has gone, folded on with each event
-            # it sends (so an event it cannot read is met in order, after the others)
-            state = await anyio.to_thread.run_sync(project, store, run_id, max(after, 1))
             while True:
                 events = await anyio.to_thread.run_sync(_read_after, store, run_id, after, page)
                 for event in events:
                     yield f"id: {event.version}\ndata: {compact(event_document(event))}\n\n"
                     after = event.version
-                    if event.version == state.version + 1:
-                        state = apply(state, event)
                 if events:
                     quiet_since = loop.time()
                 if len(events) == page:
                     continue  # more already written: the next page, before any end or wait
-                status = state.pipeline.status
-                # the status holds at ``state.version``: an end only once all is sent
-                if state.version <= after and not is_live(status):
-                    yield f"event: end\ndata: {compact({'status': status})}\n\n"
-                    return
+                if looked != after:  # only an event changes the status
+                    looked = after
+                    version, status = await anyio.to_thread.run_sync(status_at_end, store, run_id)
+                    # the status holds at ``version``: an end only once all is sent
+                    if version <= after and not is_live(status):
+                        yield f"event: end\ndata: {compact({'status': status})}\n\n"
+                        return
                 quiet = loop.time() - quiet_since
                 if quiet > self.settings.keepalive_seconds:
                     quiet_since, quiet = loop.time(), 0.0
