@@ -378,7 +378,7 @@ def test_a_stream_reads_a_long_run_a_page_at_a_time_and_ends_only_at_its_end(
 
     monkeypatch.setattr(web_app, "_read_after", counted)
     with (
-        client_for(db, events_page=4) as client,
+        client_for(db, stream_page=4) as client,
         client.stream("GET", "/api/runs/done/stream") as response,
     ):
         body = "".join(response.iter_text())
@@ -595,6 +595,32 @@ def test_open_streams_leave_threads_for_the_pages(tmp_path: Path) -> None:
                 store.append("live", [RunFinished(status="completed")], 1)
         for _ in range(streams):
             assert ended.acquire(timeout=60), "a stream did not end with its run"
+
+
+def test_live_streams_past_the_most_served_at_once_are_told_to_come_back(tmp_path: Path) -> None:
+    """Each open stream held a connection to the log and its run's fold, and nothing
+    bounded how many: 200 streams nobody read took the service to 1.5 GB, and made a
+    busy run's tail 12 s late. Past ``max_streams`` (64) a stream is a 503 with
+    ``Retry-After``; once clients leave, streams are served again."""
+    import httpx
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("live", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    with serving(db) as base:
+        with ExitStack() as opened:
+            streams_of(base, "live", ServiceSettings(db=db).max_streams, opened)
+            refused = httpx.get(f"{base}/api/runs/live/stream", timeout=30)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "2"
+            assert "64 live streams open, as many as it serves at once" in refused.text
+            assert httpx.get(f"{base}/api/runs", timeout=30).status_code == 200
+
+        def served() -> bool:
+            with httpx.stream("GET", f"{base}/api/runs/live/stream", timeout=30) as again:
+                return again.status_code == 200
+
+        wait_until(served, "a stream is served once the others' clients have left")
 
 
 def test_an_answer_that_loses_a_race_is_a_conflict_not_an_error(
@@ -1005,7 +1031,7 @@ def test_ctrl_c_ends_the_live_streams_open_and_says_nothing(tmp_path: Path) -> N
         store.append("live", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
     with ExitStack() as opened:
         with serving(db) as base:
-            streams = streams_of(base, "live", 20, opened)  # more than their threads (16)
+            streams = streams_of(base, "live", 20, opened)
         assert all(ended(stream).endswith(b"0\r\n\r\n") for stream in streams)
 
 

@@ -31,6 +31,7 @@ from web_runs import (
     running,
     serving,
     spoofing_run,
+    streams_of,
 )
 
 from engine.cli import cli
@@ -238,6 +239,34 @@ def test_the_live_tail_and_the_list_follow_a_run_started_during_the_test(
         expect(page.locator("#run-status")).to_have_text("completed", timeout=60_000)
         # the list, left open, refreshed itself
         expect(listing.locator("tr[data-run=live]")).to_contain_text("completed", timeout=WAIT_MS)
+
+
+def test_a_tail_refused_while_every_stream_is_taken_follows_once_one_is_free(
+    page: Page, tmp_path: Path
+) -> None:
+    """Past the streams a service serves at once, a stream is a 503, and an
+    EventSource refused so gives up for good: the page said "reconnecting…" and never
+    followed the run. It starts another, a little later, from the last event shown."""
+    from contextlib import ExitStack
+
+    from engine.web.app import ServiceSettings
+    from events import RunFinished, RunStarted, TaskAdded
+
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append("busy", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    with serving(db) as base:
+        with ExitStack() as opened:
+            streams_of(base, "busy", ServiceSettings(db=db).max_streams, opened)
+            page.goto(f"{base}/runs/busy")
+            expect(page.locator("#tail-state")).to_have_text("reconnecting…")
+        with open_store(db) as store:
+            store.append("busy", [TaskAdded(task_id="t1", title="after the wait")], 1)
+        expect(page.locator("#tail tbody")).to_contain_text("task.added", timeout=WAIT_MS)
+        expect(page.locator("#tail-state")).to_have_text("following")
+        with open_store(db) as store:  # and the page's own stream ends with the run
+            store.append("busy", [RunFinished(status="completed")], 2)
+        expect(page.locator("#run-status")).to_have_text("completed", timeout=WAIT_MS)
 
 
 ATTACK = """<!doctype html><title>free prizes</title>

@@ -68,27 +68,39 @@ function describe(e) {
 function liveTail(table) {
   const body = table.querySelector("tbody");
   const state = document.getElementById("tail-state");
-  const source = new EventSource(table.dataset.stream);
-  source.onmessage = (message) => {
-    const e = JSON.parse(message.data);
-    const failed = (e.type === "tool.executed" && !e.data.ok) || e.type === "model.failed";
-    body.append(el("tr", { class: failed ? "failed" : "", "data-type": e.type },
-      el("td", { class: "num" }, String(e.version)),
-      el("td", { class: "time" }, shortTime(e.recorded_at).slice(11)),
-      el("td", {}, e.type),
-      el("td", {}, describe(e))));
-    table.parentElement.scrollIntoView({ block: "nearest" });
-  };
-  source.addEventListener("end", () => {
-    source.close();
-    state.textContent = "the run stopped: reloading";
-    setTimeout(() => location.reload(), 800);
-  });
-  source.addEventListener("failed", (message) => {  // the log failed; EventSource retries
-    state.textContent = visible(`${JSON.parse(message.data).error}: reconnecting…`);
-  });
-  source.onerror = () => { state.textContent = "reconnecting…"; };
-  source.onopen = () => { state.textContent = "following"; };
+  let last = 0;  // the last version shown: where a new stream starts
+  function connect() {
+    const url = new URL(table.dataset.stream, location.href);
+    if (last) url.searchParams.set("after", String(last));
+    const source = new EventSource(url);
+    source.onmessage = (message) => {
+      const e = JSON.parse(message.data);
+      last = e.version;
+      const failed = (e.type === "tool.executed" && !e.data.ok) || e.type === "model.failed";
+      body.append(el("tr", { class: failed ? "failed" : "", "data-type": e.type },
+        el("td", { class: "num" }, String(e.version)),
+        el("td", { class: "time" }, shortTime(e.recorded_at).slice(11)),
+        el("td", {}, e.type),
+        el("td", {}, describe(e))));
+      table.parentElement.scrollIntoView({ block: "nearest" });
+    };
+    source.addEventListener("end", () => {
+      source.close();
+      state.textContent = "the run stopped: reloading";
+      setTimeout(() => location.reload(), 800);
+    });
+    source.addEventListener("failed", (message) => {  // the log failed; EventSource retries
+      state.textContent = visible(`${JSON.parse(message.data).error}: reconnecting…`);
+    });
+    source.onerror = () => {
+      state.textContent = "reconnecting…";
+      // refused (a 503: every stream the service serves is taken), an EventSource
+      // gives up for good: another one, a little later, from the last event shown
+      if (source.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+    };
+    source.onopen = () => { state.textContent = "following"; };
+  }
+  connect();
 }
 
 // -- filters --------------------------------------------------------------------------
