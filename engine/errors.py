@@ -32,6 +32,11 @@ class ConfigError(AutonomyError):
     """The configuration is invalid."""
 
 
+class NotWaiting(ConfigError):
+    """An answer to a run that is not waiting for one: answered already (by another
+    person, perhaps at the same moment), running, or ended. The service says 409."""
+
+
 class ConfinementUnavailable(AutonomyError):
     """Commands cannot be confined on this machine."""
 

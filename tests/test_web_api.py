@@ -430,9 +430,13 @@ def test_answering_a_waiting_run_records_the_answer(db: Path, tmp_path: Path) ->
         answered = client.post("/api/runs/asking/answer", json={"answer": "Python 3.12"})
         assert answered.status_code == 200, answered.text
         assert answered.json()["next"] == "autonomy resume asking"
+        # a second answer (a race lost, or late) conflicts with the run's state: 409,
+        # as the README says, not the 400 of a malformed request
         again = client.post("/api/runs/asking/answer", json={"answer": "3.11"})
-        assert again.status_code == 400, again.text
+        assert again.status_code == 409, again.text
         assert "was answered already ('Python 3.12', at " in again.json()["error"]
+        done = client.post("/api/runs/done/answer", json={"answer": "3.11"})
+        assert done.status_code == 409 and "not waiting for an answer" in done.text
         assert client.post("/api/runs/nope/answer", json={"answer": "x"}).status_code == 404
     with open_store(copy) as store:
         assert project(store, "asking").pipeline.answers == ("Python 3.12",)

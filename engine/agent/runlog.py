@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, NotWaiting
 from engine.terminal import clipped, one_line
 from events.errors import ConcurrencyError, StoreCorrupted
 from events.schema import Event, UserAnswered
@@ -143,11 +143,12 @@ def unkeyed_problem(
 def answer_question(store: EventStore, run_id: str, text: str) -> str:
     """Record ``text`` as the answer to the question run ``run_id`` is waiting on
     (a ``user.answered`` event); returns the question. ``ConfigError`` when the run
-    is not waiting or the answer is empty, ``RunNotFound`` for an unknown run."""
+    is not waiting (``NotWaiting``) or the answer is empty, ``RunNotFound`` for an
+    unknown run."""
     log = RunLog(store, run_id)
     status = log.pipeline.status
     if status != "waiting_for_input":
-        raise ConfigError(
+        raise NotWaiting(
             _answered_already(log) or f"run {run_id} is {status}, not waiting for an answer"
         )
     if not text.strip():
@@ -157,7 +158,7 @@ def answer_question(store: EventStore, run_id: str, text: str) -> str:
         log.append(UserAnswered(answer=text), causation=log.version)
     except ConcurrencyError:  # two answers at once: the other was written first
         if said := _answered_already(RunLog(store, run_id)):
-            raise ConfigError(said) from None
+            raise NotWaiting(said) from None
         raise
     return question
 

@@ -53,7 +53,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.agent.runlog import answer_question
-from engine.errors import ConfigError
+from engine.errors import ConfigError, NotWaiting
 from engine.runs.audit import (
     QUERIES,
     AuditError,
@@ -380,6 +380,8 @@ async def _error(request: Request, error: Exception) -> Response:
         headers.update(error.headers or {})
     elif isinstance(error, RunNotFound | BlobNotFound | NoSuchPage):
         status, message = 404, str(error)
+    elif isinstance(error, NotWaiting):  # answered already: a race lost, or late
+        status, message = 409, str(error)
     elif isinstance(error, AuditError | ConfigError):
         status, message = 400, str(error)
     elif isinstance(error, ConcurrencyError):
