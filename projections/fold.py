@@ -29,6 +29,7 @@ neither ever changes a state it was given.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -330,11 +331,10 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
     # rewinds do the same: each such state is worked out once per outermost call.
     known = _PROJECTED.get()
     if known is None:
-        token = _PROJECTED.set({})
-        try:
+        with shared_projections():
             return _project(store, run_id, upto)
-        finally:
-            _PROJECTED.reset(token)
+    if upto is None:  # the latest: not the same state for as long as a sharing lasts
+        return _project(store, run_id, upto)
     key = (id(store), run_id, upto)
     found = known.get(key)
     if found is None:
@@ -345,19 +345,58 @@ def project(store: EventStore, run_id: str, upto: int | None = None) -> RunState
 _PROJECTED: contextvars.ContextVar[dict[tuple[int, str, int | None], RunState] | None] = (
     contextvars.ContextVar("_PROJECTED", default=None)
 )
-"""The states an outermost ``project`` worked out for the rewinds it met, by
-store, run and version: a version of an append-only log is the same state for
-as long as the call lasts."""
+"""The states worked out at a version (for a rewind, or a fork's parent at the fork
+point), by store, run and version, for as long as the outermost ``project`` or
+``shared_projections`` lasts: a version of an append-only log is the same state."""
+
+
+@contextlib.contextmanager
+def shared_projections() -> Iterator[None]:
+    """Within it, every ``project`` shares the states worked out at a version: the
+    parent of each fork at its fork point is folded once, however many runs descend
+    from it. Verifying a log of 1,000 forks of forks folded each run's whole lineage
+    again (quadratic: 68 s and 1.6 GB for a log file of 459 KB)."""
+    if _PROJECTED.get() is not None:
+        yield
+        return
+    token, parents = _PROJECTED.set({}), _PARENTS.set({})
+    try:
+        yield
+    finally:
+        _PROJECTED.reset(token)
+        _PARENTS.reset(parents)
+
+
+_PARENTS: contextvars.ContextVar[dict[tuple[int, str], RunForked | None] | None] = (
+    contextvars.ContextVar("_PARENTS", default=None)
+)
+"""Each run's ``run.forked`` (None: not a fork), read once while ``shared_projections``
+lasts: a walk of each run's lineage read each ancestor's first event again."""
+
+
+def _forked_from(store: EventStore, run_id: str) -> RunForked | None:
+    """The ``run.forked`` that starts ``run_id``, if it is a fork."""
+    known = _PARENTS.get()
+    if known is not None and (id(store), run_id) in known:
+        return known[(id(store), run_id)]
+    first = next(iter(store.read(run_id, upto=1)), None)
+    forked = first.data if first is not None and isinstance(first.data, RunForked) else None
+    if known is not None and first is not None:
+        known[(id(store), run_id)] = forked
+    return forked
 
 
 def _project(store: EventStore, run_id: str, upto: int | None) -> RunState:
     state, lineage = _lineage(store, run_id, upto)
-    for run_id, first, rows in lineage:
+    known = _PROJECTED.get()
+    for run_id, until, first, rows in lineage:
         state = _fold_rows(store, state, run_id, first, rows)
+        if known is not None and until is not None:
+            known[(id(store), run_id, until)] = state
     return state
 
 
-_Lineage = list[tuple[str, Payload, Iterator[Payload]]]
+_Lineage = list[tuple[str, int | None, Payload, Iterator[Payload]]]
 
 
 def _lineage(store: EventStore, run_id: str, upto: int | None) -> tuple[RunState, _Lineage]:
@@ -369,6 +408,7 @@ def _lineage(store: EventStore, run_id: str, upto: int | None) -> tuple[RunState
     folds runs (``runs``, ``verify``) in a ``RecursionError``."""
     lineage: _Lineage = []
     seen: set[str] = set()
+    known = _PROJECTED.get() or {}
     while True:
         # The rows are read and decoded here rather than through ``store.read``: a
         # row at its type's current schema version (all of them, but for a log
@@ -380,7 +420,7 @@ def _lineage(store: EventStore, run_id: str, upto: int | None) -> tuple[RunState
             if upto is not None and upto <= 0 and store.last_version(run_id) > 0:
                 return RunState(run_id=run_id), lineage[::-1]
             raise RunNotFound(run_id)
-        lineage.append((run_id, first, rows))
+        lineage.append((run_id, upto, first, rows))
         forked = _decode_payload(store, run_id, first)
         if not isinstance(forked, RunForked):
             return EMPTY, lineage[::-1]
@@ -388,6 +428,8 @@ def _lineage(store: EventStore, run_id: str, upto: int | None) -> tuple[RunState
         if forked.parent_run in seen:
             raise _fork_cycle(run_id, forked.parent_run)
         run_id, upto = forked.parent_run, forked.at_version
+        if (shared := known.get((id(store), run_id, upto))) is not None:
+            return shared, lineage[::-1]  # the parent at the fork point: worked out
 
 
 def fork_lineage(
@@ -402,13 +444,13 @@ def fork_lineage(
     lineage: list[tuple[str, int | None]] = [(run_id, upto)]
     seen: set[str] = set()
     while upto is None or upto >= 1:
-        first = next(iter(store.read(run_id, upto=1)), None)
-        if first is None or not isinstance(first.data, RunForked):
+        forked = _forked_from(store, run_id)
+        if forked is None:
             break
         seen.add(run_id)
-        if first.data.parent_run in seen:
-            raise _fork_cycle(run_id, first.data.parent_run)
-        run_id, upto = first.data.parent_run, first.data.at_version
+        if forked.parent_run in seen:
+            raise _fork_cycle(run_id, forked.parent_run)
+        run_id, upto = forked.parent_run, forked.at_version
         lineage.append((run_id, upto))
     return lineage[::-1]
 

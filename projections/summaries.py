@@ -41,7 +41,7 @@ import msgspec
 from events.errors import AutonomyError
 from events.schema import RunFinished, RunForked, RunRewound, RunStarted, UserAnswered, UserAsked
 from events.store import EventStore, RecordedEvent, RunInfo, SummaryRow
-from projections.fold import RunState, fold, project
+from projections.fold import RunState, fold, project, shared_projections
 from projections.orchestration import CallInfo, OrchestrationState, Usage
 from projections.pipeline import PipelineState
 from projections.sequence import PersistentMap
@@ -185,15 +185,15 @@ def _catch_up(
         changed = changed + [info for info in store.runs() if info.run_id in unread]
     problems: dict[str, AutonomyError] = {}
     updated: list[SummaryRow] = []
-    for info in changed:
-        try:
-            row = _advanced(store, rows.get(info.run_id), info)
-        except AutonomyError as e:
-            problems[info.run_id] = e
-            rows.pop(info.run_id, None)
-            continue
-        rows[info.run_id] = row
-        updated.append(_stored(row))
+    with shared_projections():  # a fork's parent is folded once, however many forks
+        for info in changed:
+            try:
+                rows[info.run_id] = row = _advanced(store, rows.get(info.run_id), info)
+            except AutonomyError as e:
+                problems[info.run_id] = e
+                rows.pop(info.run_id, None)
+                continue
+            updated.append(_stored(row))
     if changed and found is not None and not problems and not store.read_only:
         top = max(position, *(info.last_position for info in changed))
         store.save_summaries(position, top, updated)

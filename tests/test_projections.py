@@ -684,6 +684,52 @@ def test_a_fork_of_a_fork_a_thousand_and_more_deep_folds_and_walks() -> None:
     assert files_at(store, f"r{depth}", 1) == {}
 
 
+def test_a_log_of_forks_of_forks_is_read_once_a_run_by_the_commands_of_every_run() -> None:
+    """Each run of a log of forks of forks was folded with its whole lineage again,
+    and each ancestor's first event and chain read again: a log file of 459 KB, 1,000
+    forks deep, took ``verify`` 68 s and 1.6 GB, and a replay of its last run more
+    than 3 GB. The parent of a fork at the fork point is folded once, for as long as
+    ``shared_projections`` lasts (verify, the run list, a replay, checkpoints)."""
+    from engine.runs.replay import replay
+    from engine.runs.verification import verify_log
+    from projections.summaries import run_summaries
+
+    store = MemoryEventStore()
+    record(store, "r0", RunStarted(goal="g", workspace="/w"))
+    depth = 300
+    for n in range(1, depth + 1):
+        record(store, f"r{n}", RunForked(parent_run=f"r{n - 1}", at_version=1))
+    reads: list[str] = []
+    for name in ("read", "read_payloads", "read_raw", "read_brief"):
+        method = getattr(store, name)
+
+        def counted(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return _method(*args, **kwargs)
+
+        setattr(store, name, counted)
+
+    for command in (
+        lambda: verify_log(store),
+        lambda: run_summaries(store),
+        lambda: replay(store, f"r{depth}", tools="recorded"),
+    ):
+        reads.clear()
+        command()
+        assert len(reads) < 12 * depth, (command, len(reads))  # (depth**2 / 2 before)
+    assert verify_log(store).ok
+    assert replay(store, f"r{depth}", tools="recorded").identical
+    # a command that checks every run's chain before it acts (checkpoint) walks each once
+    from engine.agent.runlog import refuse_tampered
+
+    verify, walked = store.verify, []
+    store.verify = lambda run_id, upto=None: walked.append(run_id) or verify(run_id, upto=upto)  # type: ignore[method-assign]
+    verified: dict[Any, Any] = {}
+    for n in range(depth + 1):
+        refuse_tampered(store, f"r{n}", None, "nothing was done", verified)
+    assert len(walked) < 3 * depth, len(walked)
+
+
 def test_a_fork_event_in_the_middle_of_a_run_makes_the_state_so_far_its_base() -> None:
     # Not what the engine writes, but the fold must still answer it the same way
     # from the log and from recorded events.

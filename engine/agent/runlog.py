@@ -16,7 +16,7 @@ from engine.errors import ConfigError, NotWaiting
 from engine.terminal import clipped, one_line
 from events.errors import ConcurrencyError, StoreCorrupted
 from events.schema import Event, UserAnswered
-from events.store import EventStore, KeyedMark, RecordedEvent, check_keyed_marker
+from events.store import EventStore, KeyedMark, RecordedEvent, VerifyReport, check_keyed_marker
 from projections.fold import RunState, apply, fork_lineage, project
 from projections.orchestration import OrchestrationState
 from projections.pipeline import PipelineState
@@ -84,17 +84,25 @@ class RunLog:
         return f"{self.run_id}/{prefix}{self.version + 1}"
 
 
-def refuse_tampered(store: EventStore, run_id: str, upto: int | None, nothing: str) -> None:
+def refuse_tampered(
+    store: EventStore,
+    run_id: str,
+    upto: int | None,
+    nothing: str,
+    verified: dict[tuple[str, int | None], VerifyReport] | None = None,
+) -> None:
     """``StoreCorrupted`` unless ``run_id``'s events up to ``upto`` (all by default),
     and those of each run it was forked from up to its fork point, keep their chain
     (``EventStore.verify``), keyed where the log's keyed mark says they must be: a
     command that acts on a run (fork, rewind, resume, replay) acted on an edited event
     as if it were the log's, a fork of an edited run was a new run that verified, and
     a run forged with a plain sha256 chain in a keyed log was replayed ("identical")
-    and forked into a keyed run. ``nothing``: what was not done."""
+    and forked into a keyed run. ``nothing``: what was not done. ``verified``: the
+    reports of the chains already walked, kept by a caller that checks many runs (a
+    log of 1,000 forks of forks walked each ancestor's again for each fork)."""
     mark = keyed_mark(store)
     problems = [f"the log's keyed mark fails: {mark.problem}"] if mark and mark.problem else []
-    problems += lineage_problems(store, fork_lineage(store, run_id, upto)[::-1], mark)
+    problems += lineage_problems(store, fork_lineage(store, run_id, upto)[::-1], mark, verified)
     if problems:
         raise StoreCorrupted(f"{problems[0]}; {nothing} (autonomy verify says more)")
 
@@ -106,14 +114,21 @@ def keyed_mark(store: EventStore) -> KeyedMark | None:
 
 
 def lineage_problems(
-    store: EventStore, lineage: list[tuple[str, int | None]], mark: KeyedMark | None
+    store: EventStore,
+    lineage: list[tuple[str, int | None]],
+    mark: KeyedMark | None,
+    verified: dict[tuple[str, int | None], VerifyReport] | None = None,
 ) -> list[str]:
     """What is wrong with the chains of ``lineage`` (runs, each up to a version, as
     ``fork_lineage`` lists them), one line per run that fails: its chain broken, or
     unkeyed where the log's keyed ``mark`` wants it keyed (rewritten without the key)."""
     problems = []
     for run, until in lineage:
-        report = store.verify(run, upto=until)
+        report = verified.get((run, until)) if verified is not None else None
+        if report is None:
+            report = store.verify(run, upto=until)
+            if verified is not None:
+                verified[(run, until)] = report
         if not report.ok:
             problems.append(
                 f"run {run} fails verification at version {report.first_bad_version}: "

@@ -155,16 +155,21 @@ def checkpoint(run_id: str | None, db: Path | None) -> None:
     from engine.agent.runlog import refuse_tampered
     from events.checkpoints import dumps, take
     from events.errors import RunNotFound, StoreCorrupted
+    from events.store import VerifyReport
+    from projections.fold import shared_projections
 
     refused = 0
-    with opened_log(db, read_only=True) as store:
+    verified: dict[tuple[str, int | None], VerifyReport] = {}  # each chain walked once
+    with opened_log(db, read_only=True) as store, shared_projections():
         if run_id is not None and store.last_version(run_id) == 0:
             raise RunNotFound(run_id)
         for taken in take(store, [run_id] if run_id is not None else None):
             # a checkpoint vouches for the run up to it: none of one that fails
             # verification, which a later verify would then take for the truth
             try:
-                refuse_tampered(store, taken.run_id, taken.version, "no checkpoint was taken")
+                refuse_tampered(
+                    store, taken.run_id, taken.version, "no checkpoint was taken", verified
+                )
             except StoreCorrupted as e:
                 click.echo(f"Error: run {taken.run_id}: {e}", err=True)
                 refused += 1

@@ -61,7 +61,7 @@ from events.schema import (
     UserAnswered,
 )
 from events.store import EventStore, RecordedEvent
-from projections.fold import RunState
+from projections.fold import RunState, shared_projections
 from projections.pipeline import PipelineState
 
 __all__ = [
@@ -158,6 +158,13 @@ def replay(
     ``"live"`` runs the tools, ``"recorded"`` takes their results from the log."""
     if tools not in TOOL_SOURCES:
         raise ReplayRefused(f"tools must be one of {', '.join(TOOL_SOURCES)}, not {tools!r}")
+    with shared_projections():  # a fork's parent is folded once, however many forks
+        return _replay_run(store, run_id, until, scratch, tools)
+
+
+def _replay_run(
+    store: EventStore, run_id: str, until: int | None, scratch: Path | None, tools: ToolSource
+) -> ReplayResult:
     recording = Recording(store, run_id, until)
     _check_replayable(recording)
     recorded_workspace = getattr(recording.events[0].data, "workspace", "")

@@ -47,7 +47,7 @@ from events.schema import (
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore, KeyedMark, Problem, RowExtent, check_keyed_marker
 from projections import RunState, project
-from projections.fold import fork_lineage
+from projections.fold import fork_lineage, shared_projections
 from projections.summaries import summary_problems
 from projections.views import foreign_views
 
@@ -96,6 +96,13 @@ def verify_log(
 ) -> LogVerdict:
     """Check the database and each run (every run by default, and every run a
     checkpoint names, even one the log no longer has)."""
+    with shared_projections():  # a fork's parent is folded once, however many forks
+        return _verify_log(store, run_ids, checkpoints)
+
+
+def _verify_log(
+    store: EventStore, run_ids: Sequence[str] | None, checkpoints: Iterable[Checkpoint]
+) -> LogVerdict:
     by_run: dict[str, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
         by_run.setdefault(checkpoint.run_id, []).append(checkpoint)
