@@ -385,9 +385,11 @@ replay, a resume or a worker here. The rest comes from the settings given now
 (config file, environment, flags), else the defaults."""
 
 
-def recorded_settings(config: Mapping[str, Any]) -> Settings:
+def recorded_settings(config: Mapping[str, Any], here: ToolSettings | None = None) -> Settings:
     """The settings a run recorded (``run.started`` or ``run.resumed`` ``config``),
-    with of its confinement (``CONFINEMENT_KEYS``) only what tightens today's defaults.
+    with of its confinement (``CONFINEMENT_KEYS``) only what tightens today's defaults,
+    or ``here``'s (the confinement this machine's person gave now: a replay's
+    ``--config`` and ``--sandbox``, which it took for flags and then ignored).
 
     A key added since the run was recorded takes the value that reproduces what the
     run did then (``RECORDED_BEFORE``, ``LIMITS_RECORDED_BEFORE``), not today's
@@ -404,20 +406,27 @@ def recorded_settings(config: Mapping[str, Any]) -> Settings:
     if isinstance(limits, Mapping):
         layered["limits"] = {**LIMITS_RECORDED_BEFORE, **limits}
     tools = config.get("tools")
+    given = (
+        {} if here is None else {k: msgspec.to_builtins(getattr(here, k)) for k in CONFINEMENT_KEYS}
+    )
     if isinstance(tools, Mapping):
         kept = {k: v for k, v in tools.items() if k not in CONFINEMENT_KEYS}
-        layered["tools"] = {**kept, **_tighter_than_default(tools)}
+        layered["tools"] = {**kept, **given, **_tighter(tools, here or ToolSettings())}
+    elif given:
+        layered["tools"] = given
     return settings_from_mapping(layered)
 
 
-def _tighter_than_default(recorded: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a run's recorded confinement is tighter than today's defaults: a
-    stronger sandbox, each smaller limit. A log may tighten how commands run here,
-    never loosen it; and a live replay of a run recorded under a 2-second CPU limit
-    ran its commands under 600 s, so a test the limit had killed passed (a
-    divergence in a run nobody changed)."""
-    default = ToolSettings()
+def _tighter(recorded: Mapping[str, Any], default: ToolSettings) -> dict[str, Any]:
+    """What of a run's recorded confinement is tighter than ``default`` (today's
+    defaults, or what was given here): a stronger sandbox, no network where it is
+    allowed, each smaller limit. A log may tighten how commands run here, never
+    loosen it; and a live replay of a run recorded under a 2-second CPU limit ran its
+    commands under 600 s, so a test the limit had killed passed (a divergence in a
+    run nobody changed)."""
     tighter: dict[str, Any] = {}
+    if recorded.get("network") is False and default.network:
+        tighter["network"] = False
     sandbox = recorded.get("sandbox")
     if sandbox in _SANDBOX_STRENGTH and (
         _SANDBOX_STRENGTH[sandbox] > _SANDBOX_STRENGTH[default.sandbox]
@@ -430,8 +439,8 @@ def _tighter_than_default(recorded: Mapping[str, Any]) -> dict[str, Any]:
             value, limit = limits.get(name), getattr(default.limits, name)
             if type(value) is int and value > 0 and (limit == 0 or value < limit):
                 smaller[name] = value
-        if smaller:
-            tighter["limits"] = smaller
+        if smaller:  # the others as ``default`` has them
+            tighter["limits"] = {**msgspec.to_builtins(default.limits), **smaller}
     return tighter
 
 

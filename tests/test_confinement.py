@@ -954,6 +954,26 @@ def test_a_log_keeps_what_of_its_confinement_is_tighter_than_the_defaults() -> N
     assert tools.limits == CommandLimits(cpu_seconds=2)
 
 
+def test_a_replay_keeps_the_tighter_of_the_logs_confinement_and_the_one_given_here() -> None:
+    """`autonomy replay --config mine.toml --sandbox required` took the flags and used
+    the log's confinement alone: a log someone made ran its commands under none of
+    the limits given. The tighter of the two holds, key by key."""
+    from engine.config import ToolSettings, recorded_settings
+
+    logged = {"tools": {"sandbox": "auto", "network": True, "limits": {"cpu_seconds": 2}}}
+    here = ToolSettings(
+        sandbox="required", network=False, limits=CommandLimits(cpu_seconds=60, processes=8)
+    )
+    tools = recorded_settings(logged, here).tools
+    assert (tools.sandbox, tools.network) == ("required", False)
+    assert tools.limits == CommandLimits(cpu_seconds=2, processes=8)
+    # where the log is the tighter, it holds; where given here allows more, not more
+    open_here = ToolSettings(sandbox="off", network=True, limits=CommandLimits(processes=0))
+    tools = recorded_settings({"tools": {"sandbox": "auto", "network": False}}, open_here).tools
+    assert (tools.sandbox, tools.network, tools.limits) == ("auto", False, open_here.limits)
+    assert recorded_settings({}, here).tools.limits == here.limits  # a log that says nothing
+
+
 # -- a repository's config runs commands outside any sandbox ------------------------------
 
 PLANT = textwrap.dedent(

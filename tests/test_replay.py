@@ -111,6 +111,37 @@ def test_a_recorded_replay_runs_nothing_in_its_workspace(
     )
 
 
+def test_a_replay_takes_the_confinement_given_and_refuses_flags_that_decide(
+    recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replay --config mine.toml --sandbox required`, and `--model-url` or `--mode`,
+    were taken and ignored: the commands ran under the log's confinement alone (a log
+    someone made, under none of the limits given), and a flag that would change a
+    decision changed nothing, silently."""
+    import engine.runs.replay as replaying
+
+    config = tmp_path / "mine.toml"
+    config.write_text('[tools]\nsandbox = "required"\n[tools.limits]\ncpu_seconds = 5\n')
+    given: list[Any] = []
+    real = replaying.replay
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs.get("here"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replaying, "replay", spied)
+    code, out = invoke("replay", "r", "--db", str(recorded), "--config", str(config))
+    assert code == 0 and out.startswith("identical"), out
+    (here,) = given
+    assert (here.sandbox, here.limits.cpu_seconds) == ("required", 5)
+
+    code, out = invoke("replay", "r", "--db", str(recorded), "--model-url", "http://127.0.0.1:9")
+    assert code == 1
+    assert "--model-url does not apply to a replay, which decides as the run did" in out
+    code, out = invoke("replay", "r", "--db", str(recorded), "--mode", "rules", "--max-steps", "3")
+    assert code == 1 and "--mode and --max-steps do not apply to a replay" in out
+
+
 def test_replay_of_an_orchestrated_run_is_identical(tmp_path: Path) -> None:
     db = record(tmp_path, mode="orchestrated")
     with open_store(db) as store:

@@ -129,11 +129,30 @@ def replay(
             )
         _go_live(run_id, live_from, continue_live, new_id, workspace, db, flags)
         return
+    deciding = [
+        f"--{name.replace('_', '-')}"
+        for name in ("mode", "max_steps", "model_url", "api", "model", "preflight")
+        if flags.overrides.get(name) is not None
+    ]
+    if deciding:
+        from engine.errors import ConfigError
+
+        raise ConfigError(
+            f"{' and '.join(deciding)} {'does' if len(deciding) == 1 else 'do'} not apply to a "
+            "replay, which decides as the run did, with the answers the log holds; go live "
+            "with them from a version (--live-from V) or from the first divergence "
+            "(--continue-live)"
+        )
+    from engine.config import Settings
+
+    # the commands run confined as given here (--config, --sandbox, the environment)
+    # where that is tighter than the log says
+    here = flags.load_over(Settings()).tools
     with opened_log(db, read_only=True) as store:
         # an edited log replays to what it says: "identical" proves nothing then
         refuse_tampered(store, run_id, until, "nothing was replayed")
         refuse_corrupt_blobs(store, run_id)  # before anything runs, not when one is read
-        result = replay_run(store, run_id, until=until, tools=tools)
+        result = replay_run(store, run_id, until=until, tools=tools, here=here)
     if as_json:
         click.echo(json.dumps(result.document(), indent=2, ensure_ascii=False))
     else:

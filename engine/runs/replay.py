@@ -34,7 +34,7 @@ from typing import Any
 
 from engine.agent.runlog import RunLog
 from engine.agent.runner import Engine, confine_commands, is_user_stop
-from engine.config import Settings, recorded_settings
+from engine.config import Settings, ToolSettings, recorded_settings
 from engine.runs import TOOL_SOURCES, ToolSource
 from engine.runs.divergence import Divergence, Normaliser, compare
 from engine.runs.replay_sources import (
@@ -151,19 +151,27 @@ def replay(
     until: int | None = None,
     scratch: Path | None = None,
     tools: ToolSource = "live",
+    here: ToolSettings | None = None,
 ) -> ReplayResult:
     """Re-execute ``run_id`` with the current code and compare what it writes with
     the log (up to version ``until``, if given). ``scratch`` is the directory the
     tools work in; a temporary one (removed afterwards) by default. ``tools``:
-    ``"live"`` runs the tools, ``"recorded"`` takes their results from the log."""
+    ``"live"`` runs the tools, ``"recorded"`` takes their results from the log.
+    ``here``: how this machine's person would have commands confined (the recorded
+    run's confinement holds only where it is tighter: ``recorded_settings``)."""
     if tools not in TOOL_SOURCES:
         raise ReplayRefused(f"tools must be one of {', '.join(TOOL_SOURCES)}, not {tools!r}")
     with shared_projections():  # a fork's parent is folded once, however many forks
-        return _replay_run(store, run_id, until, scratch, tools)
+        return _replay_run(store, run_id, until, scratch, tools, here)
 
 
 def _replay_run(
-    store: EventStore, run_id: str, until: int | None, scratch: Path | None, tools: ToolSource
+    store: EventStore,
+    run_id: str,
+    until: int | None,
+    scratch: Path | None,
+    tools: ToolSource,
+    here: ToolSettings | None,
 ) -> ReplayResult:
     recording = Recording(store, run_id, until)
     _check_replayable(recording)
@@ -176,8 +184,9 @@ def _replay_run(
     if scratch is None:
         with temporary_directory("autonomy-replay-") as tmp:
             # what a command prints of its directory must be cut where the recorded one was
-            return _replay(recording, as_long_as(tmp, recorded_workspace) if live else tmp, live)
-    return _replay(recording, scratch, live)
+            where = as_long_as(tmp, recorded_workspace) if live else tmp
+            return _replay(recording, where, live, here)
+    return _replay(recording, scratch, live, here)
 
 
 def as_long_as(base: Path, recorded: str) -> Path:
@@ -204,12 +213,14 @@ def _check_replayable(recording: Recording) -> None:
         raise ReplayRefused(f"run {recording.run_id} starts with {recording.events[0].type}")
 
 
-def _replay(recording: Recording, scratch: Path, live: bool) -> ReplayResult:
+def _replay(
+    recording: Recording, scratch: Path, live: bool, here: ToolSettings | None = None
+) -> ReplayResult:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
     memory = scratch_store()
     compared = inherited = 0
-    for segment in _segments(recording, memory, scratch, live):
+    for segment in _segments(recording, memory, scratch, live, here):
         segment.drive()
         result = segment.result()
         compared += result.compared
@@ -221,14 +232,18 @@ def _replay(recording: Recording, scratch: Path, live: bool) -> ReplayResult:
 
 
 def _segments(
-    recording: Recording, memory: MemoryEventStore, scratch: Path, live: bool
+    recording: Recording,
+    memory: MemoryEventStore,
+    scratch: Path,
+    live: bool,
+    here: ToolSettings | None = None,
 ) -> list[_Segment]:
     """The runs to replay in order: a fork's ancestors up to each fork point, then
     the run itself. Their logs are made as each one starts."""
     chain = [recording]
     while (forked := chain[0].forked) is not None:
         chain.insert(0, Recording(recording.store, forked.parent_run, forked.at_version))
-    return [_Segment(r, memory, scratch, live) for r in chain]
+    return [_Segment(r, memory, scratch, live, here) for r in chain]
 
 
 @dataclass
@@ -239,6 +254,8 @@ class _Segment:
     memory: MemoryEventStore
     scratch: Path
     live: bool
+    here: ToolSettings | None = None
+    """The confinement given here: the recorded one holds where it is tighter."""
     settings: Settings = field(default_factory=Settings)
     stopped: AutonomyError | None = None
     log: _ReplayLog | None = None
@@ -314,7 +331,7 @@ class _Segment:
                 )
         log.recording = recording
         config = log.pipeline.config
-        self.settings = recorded_settings(config)
+        self.settings = recorded_settings(config, self.here)
         self.log = log
         if isinstance(first.data, RunForked):
             self._restore(log)
@@ -324,7 +341,7 @@ class _Segment:
         log.take(recorded)
         data = recorded.data
         if isinstance(data, RunResumed) and data.config:
-            self.settings = recorded_settings(data.config)
+            self.settings = recorded_settings(data.config, self.here)
         self._restore(log)
 
     def _restore(self, log: RunLog) -> None:
