@@ -747,8 +747,28 @@ def test_live_from_a_version_the_code_does_not_reach_is_refused(
     db = copy_of(quick_db, tmp_path)
     change_prompt(monkeypatch, request, "code", "Write code.")
     last = first_write(db, "q") + 40
-    code, out = cli("replay", "q", "--db", str(db), "--live-from", str(last), "--as", "x")
+    code, out = cli(
+        *("replay", "q", "--db", str(db), "--live-from", str(last), "--as", "x"),
+        *("--model-url", "http://127.0.0.1:9"),
+    )
     assert code == 1 and out.startswith("Error: ") and "--continue-live" in out
+    code, out = cli("runs", "--db", str(db))
+    assert " x " not in out, "nothing was forked"
+
+
+def test_a_counterfactual_asks_only_a_server_named_here(
+    quick_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --model-url the live branch asked the servers the log names: a log
+    someone made named theirs, and the branch's prompts carry the workspace's files.
+    A server is named here (--model-url, a --config, AUTONOMY_MODEL_URL), or nothing
+    is done."""
+    db = copy_of(quick_db, tmp_path)
+    monkeypatch.delenv("AUTONOMY_MODEL_URL", raising=False)
+    at = step_before(db, "q", first_write(db, "q"))
+    code, out = cli("replay", "q", "--db", str(db), "--live-from", str(at), "--as", "x")
+    assert code == 1, out
+    assert "a counterfactual replay asks a live model: name its server (--model-url" in out
     code, out = cli("runs", "--db", str(db))
     assert " x " not in out, "nothing was forked"
 

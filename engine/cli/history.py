@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,6 +180,18 @@ def _go_live(
 
     if live_from is not None and continue_live:
         raise ConfigError("give --live-from V or --continue-live, not both")
+    if (
+        flags.overrides.get("model_url") is None
+        and flags.config_file is None
+        and not os.environ.get("AUTONOMY_MODEL_URL", "").strip()
+    ):
+        # the log's servers are the log's: one someone made names theirs, and the live
+        # branch's prompts carry the workspace's files
+        raise ConfigError(
+            "a counterfactual replay asks a live model: name its server (--model-url URL, "
+            "or --config FILE that names the models); the servers the log names are not "
+            "asked unless you name them"
+        )
     # a long run id leaves room for the suffix: a run id is at most 128 characters
     branch = check_run_id(
         new_id if new_id is not None else f"{run_id[:118]}-live-{new_run_id()[-4:]}"
