@@ -595,7 +595,7 @@ def test_an_append_to_a_log_removed_under_it_fails(tmp_path: Path, how: str) -> 
             store.append("r", [TaskAdded(task_id="t", title="x")], 1)
 
 
-KILLED_AFTER_ITS_WAL_WAS_REMOVED = textwrap.dedent(
+WAL_REMOVED_UNDER_A_WRITER = textwrap.dedent(
     """
     import os, sys
     from events import RunStarted, SQLiteEventStore, TaskAdded
@@ -605,11 +605,16 @@ KILLED_AFTER_ITS_WAL_WAS_REMOVED = textwrap.dedent(
     store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
     store.append("r", [TaskAdded(task_id=f"t{i}", title="x") for i in range(5)], 1)
     os.remove(sys.argv[1] + "-wal")
+    if sys.argv[2] == "waits":
+        print("removed", flush=True)
+        sys.stdin.readline()  # the other process opens the log meanwhile
     try:
         store.append("r", [TaskAdded(task_id="late", title="x")], 6)
     except EventStoreError as e:
-        print("refused:", e)
-    os._exit(9)  # killed: nothing closes the log
+        print("refused:", e, flush=True)
+    if sys.argv[2] == "killed":
+        os._exit(9)  # killed: nothing closes the log
+    store.close()
     """
 )
 
@@ -621,7 +626,7 @@ def test_a_log_whose_wal_is_removed_under_a_writer_loses_nothing_written(tmp_pat
     removed file holds into the log and refuses, as for the log itself removed."""
     db = tmp_path / "events.db"
     done = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_ITS_WAL_WAS_REMOVED, str(db)],
+        [sys.executable, "-c", WAL_REMOVED_UNDER_A_WRITER, str(db), "killed"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -632,27 +637,6 @@ def test_a_log_whose_wal_is_removed_under_a_writer_loses_nothing_written(tmp_pat
     with SQLiteEventStore(db) as store:
         assert store.last_version("r") == 6
         assert store.verify("r").ok
-
-
-WRITES_ON_AFTER_ITS_WAL_WAS_REMOVED = textwrap.dedent(
-    """
-    import os, sys
-    from events import RunStarted, SQLiteEventStore, TaskAdded
-    from events.errors import EventStoreError
-    store = SQLiteEventStore(sys.argv[1])
-    store.connection.execute("PRAGMA wal_autocheckpoint = 0")  # all in the -wal
-    store.append("r", [RunStarted(goal="g", workspace="/w")], 0)
-    store.append("r", [TaskAdded(task_id=f"t{i}", title="x") for i in range(5)], 1)
-    os.remove(sys.argv[1] + "-wal")
-    print("removed", flush=True)
-    sys.stdin.readline()  # the other process opens the log meanwhile
-    try:
-        store.append("r", [TaskAdded(task_id="late", title="x")], 6)
-    except EventStoreError as e:
-        print("refused:", e, flush=True)
-    store.close()
-    """
-)
 
 
 def test_a_log_opened_while_its_wal_is_removed_under_a_writer_says_so(tmp_path: Path) -> None:
@@ -666,7 +650,7 @@ def test_a_log_opened_while_its_wal_is_removed_under_a_writer_says_so(tmp_path: 
 
     db = tmp_path / "events.db"
     with subprocess.Popen(
-        [sys.executable, "-c", WRITES_ON_AFTER_ITS_WAL_WAS_REMOVED, str(db)],
+        [sys.executable, "-c", WAL_REMOVED_UNDER_A_WRITER, str(db), "waits"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -16,7 +16,17 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 from waiting import wait_until
-from web_runs import NUL_URLS, Asker, ended, long_run, record, serving, streams_of
+from web_runs import (
+    NUL_URLS,
+    Asker,
+    ended,
+    every_stream_taken,
+    long_run,
+    record,
+    serving,
+    started_run,
+    streams_of,
+)
 
 from engine.cli.serve import listen
 from engine.storage import open_store
@@ -608,12 +618,8 @@ def test_live_streams_past_the_most_served_at_once_are_told_to_come_back(tmp_pat
     ``Retry-After``; once clients leave, streams are served again."""
     import httpx
 
-    db = tmp_path / "events.db"
-    with open_store(db) as store:
-        store.append("live", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
-    with serving(db) as base:
-        with ExitStack() as opened:
-            streams_of(base, "live", ServiceSettings(db=db).max_streams, opened)
+    with serving(started_run(tmp_path, "live")) as base:
+        with every_stream_taken(base, "live"):
             refused = httpx.get(f"{base}/api/runs/live/stream", timeout=30)
             assert refused.status_code == 503, refused.text
             assert refused.headers["Retry-After"] == "2"

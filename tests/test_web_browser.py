@@ -25,13 +25,14 @@ from web_runs import (
     SPOOFED_FILE,
     Asker,
     Gated,
+    every_stream_taken,
     long_run,
     model_flags,
     record,
     running,
     serving,
     spoofing_run,
-    streams_of,
+    started_run,
 )
 
 from engine.cli import cli
@@ -247,17 +248,11 @@ def test_a_tail_refused_while_every_stream_is_taken_follows_once_one_is_free(
     """Past the streams a service serves at once, a stream is a 503, and an
     EventSource refused so gives up for good: the page said "reconnecting…" and never
     followed the run. It starts another, a little later, from the last event shown."""
-    from contextlib import ExitStack
+    from events import RunFinished, TaskAdded
 
-    from engine.web.app import ServiceSettings
-    from events import RunFinished, RunStarted, TaskAdded
-
-    db = tmp_path / "events.db"
-    with open_store(db) as store:
-        store.append("busy", [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    db = started_run(tmp_path, "busy")
     with serving(db) as base:
-        with ExitStack() as opened:
-            streams_of(base, "busy", ServiceSettings(db=db).max_streams, opened)
+        with every_stream_taken(base, "busy"):
             page.goto(f"{base}/runs/busy")
             expect(page.locator("#tail-state")).to_have_text("reconnecting…")
         with open_store(db) as store:

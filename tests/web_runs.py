@@ -190,6 +190,25 @@ def streams_of(base: str, run_id: str, count: int, opened: ExitStack) -> list[so
     return streams
 
 
+def started_run(tmp_path: Path, run_id: str) -> Path:
+    """A log under ``tmp_path`` holding run ``run_id``, started and running."""
+    db = tmp_path / "events.db"
+    with open_store(db) as store:
+        store.append(run_id, [RunStarted(goal="g", workspace=str(tmp_path / "ws"))], 0)
+    return db
+
+
+@contextmanager
+def every_stream_taken(base: str, run_id: str) -> Iterator[None]:
+    """As many live streams of ``run_id`` open on the service at ``base`` as it serves
+    at once (``max_streams``), until the block ends."""
+    from engine.web.app import ServiceSettings
+
+    with ExitStack() as opened:
+        streams_of(base, run_id, ServiceSettings(db="").max_streams, opened)
+        yield
+
+
 def ended(stream: socket.socket) -> bytes:
     """What ``stream`` sends until the service closes it (or resets it)."""
     rest = b""
