@@ -56,14 +56,14 @@ _C0 = [*range(0x00, 0x09), *range(0x0B, 0x20)]
 _DEL_C1 = [0x7F, *range(0x80, 0xA0)]
 _BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
 _INVISIBLE = [
-    # the format characters (Unicode's Cf) but the joiners that shape scripts and
-    # emoji (U+200C, U+200D) and the bidirectional ones above: a zero-width space, a
-    # soft hyphen, an invisible plus, a word joiner, a byte order mark, the tags (the
-    # "ASCII smuggling" of U+E0041 for an invisible "A")...
-    *(0xAD, *range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x180E, 0x200B),
-    *(*range(0x2060, 0x2065), *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFC)),
-    *(0x110BD, 0x110CD, *range(0x13430, 0x13440), *range(0x1BCA0, 0x1BCA4)),
-    *(*range(0x1D173, 0x1D17B), 0xE0001, *range(0xE0020, 0xE0080)),
+    # the format characters (Unicode's Cf) drawn as nothing, but the joiners that shape
+    # scripts and emoji (U+200C, U+200D) and the bidirectional ones above: a zero-width
+    # space, a soft hyphen, an invisible plus, a word joiner, a byte order mark... (the
+    # tags: by ``_IN_CONTEXT``; the marks drawn over the digits after them, U+0600 and
+    # its kin, are drawn)
+    *(0xAD, 0x180E, 0x200B, *range(0x2060, 0x2065), *range(0x206A, 0x2070), 0xFEFF),
+    *(*range(0xFFF9, 0xFFFC), *range(0x13430, 0x13440), *range(0x1BCA0, 0x1BCA4)),
+    *(*range(0x1D173, 0x1D17B), 0xE0001),
     # and what is drawn as nothing: a grapheme joiner, the Hangul fillers
     *(0x34F, 0x115F, 0x1160, 0x3164, 0xFFA0),
 ]
@@ -84,10 +84,20 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in _C0} | {
     c: _escape(c) for c in (*_DEL_C1, *_BIDI, *_INVISIBLE)
 }
 _SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
-_LONE_SELECTOR = re.compile(f"(?<![^\\x00-\\x7f{_SELECTORS}])[{_SELECTORS}]")
-"""A variation selector that follows no character it could vary (the start, ASCII,
-another selector): drawn as nothing, "calc\\ufe0f.py" looked like "calc.py". After an
-emoji or a CJK character it stays, to choose how that is drawn."""
+_IN_CONTEXT = re.compile(
+    "(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f|[0-9#*]\ufe0f\u20e3)"
+    f"|(?<![^\\x00-\\x7f{_SELECTORS}])[{_SELECTORS}]|[\U000e0020-\U000e007f]"
+)
+"""What is invisible or not by what stands around it. Kept: a subdivision flag (a
+black flag, tags, a cancel tag: Scotland's) and a keycap (``1\\ufe0f\\u20e3``).
+Escaped: a variation selector that follows no character it could vary (the start,
+ASCII, another selector: "calc\\ufe0f.py" looked like "calc.py"; after an emoji or a
+CJK character it chooses how that is drawn), and a tag anywhere else (the "ASCII
+smuggling" of U+E0041 for an invisible "A")."""
+
+
+def _in_context(found: re.Match[str]) -> str:
+    return found.group() if found.group(1) else _escape(ord(found.group()))
 
 
 def printable(text: str) -> str:
@@ -96,7 +106,7 @@ def printable(text: str) -> str:
     text = unicode_text(text).translate(_ESCAPES)
     if text.isascii():
         return text
-    return _LONE_SELECTOR.sub(lambda found: _escape(ord(found.group())), text)
+    return _IN_CONTEXT.sub(_in_context, text)
 
 
 def one_line(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -453,3 +454,24 @@ def test_a_model_server_url_with_a_space_or_an_empty_model_is_refused(tmp_path: 
             load_settings(tmp_path / "autonomy.toml", env={})
     with pytest.raises(ConfigError, match="holds a space or a line break"):
         load_settings(env={}, overrides={"model_url": "http://127.0.0.1:1/\nx"})
+
+
+def test_the_config_printed_into_a_file_reads_back_whatever_it_holds(tmp_path: Path) -> None:
+    """`autonomy config > autonomy.toml` of a model name holding a tag character
+    (U+E0041) wrote it escaped as for a terminal, a surrogate pair, which no TOML
+    reader takes: the file it prints into is data, written exactly."""
+    import subprocess
+    import sys
+
+    name = "m\U000e0041x \u200b"
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'[models.coding]\nmodel = "{name}"\n', encoding="utf-8")
+    autonomy = Path(sys.executable).parent / "autonomy"
+    printed = subprocess.run(
+        [str(autonomy), "config", "--config", str(config)],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "AUTONOMY_HOME": str(tmp_path / "home")},
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert tomllib.loads(printed.stdout.decode())["models"]["coding"]["model"] == name

@@ -165,8 +165,9 @@ def test_any_text_is_printed_as_unicode_with_no_control_character(text: str) -> 
     shown = printable(text)
     shown.encode("utf-8")
     assert not any(_hostile(c) for c in shown), shown
-    assert not re.search(f"(?:^|[\\x00-\\x7f])[{SELECTORS}]", shown), shown
-    if not any(_hostile(c) or 0xD800 <= ord(c) < 0xE000 or _selector(c) for c in text):
+    assert not re.search(f"(?:^|[\\x00-\\x7f])[{SELECTORS}](?!\u20e3)", shown), shown
+    assert not re.search(f"[{TAGS}]", FLAGS.sub("", shown)), shown  # a tag but in a flag
+    if not any(_hostile(c) or 0xD800 <= ord(c) < 0xE000 or _contextual(c) for c in text):
         assert shown == text, "text that was fine stays as it was"
 
 
@@ -178,17 +179,22 @@ def _hostile(c: str) -> bool:
         (ord(c) < 0x20 and c not in "\t\n")
         or 0x7F <= ord(c) < 0xA0
         or c in BIDI
-        or (unicodedata.category(c) == "Cf" and c not in "\u200c\u200d")
+        or (unicodedata.category(c) == "Cf" and c not in DRAWN and not _contextual(c))
         or c in "\u034f\u115f\u1160\u3164\uffa0"
     )
 
 
+DRAWN = "\u200c\u200d\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
+"""Format characters that are drawn, or shape what is: the joiners, and the marks
+drawn over the digits after them (an Arabic number sign)."""
 SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
+TAGS = "\U000e0020-\U000e007f"
+FLAGS = re.compile(f"\U0001f3f4[{TAGS}]+")
 
 
-def _selector(c: str) -> bool:
-    """A variation selector: escaped where it follows nothing it could vary."""
-    return bool(re.fullmatch(f"[{SELECTORS}]", c))
+def _contextual(c: str) -> bool:
+    """A variation selector or a tag: escaped or not by what stands around it."""
+    return bool(re.fullmatch(f"[{SELECTORS}{TAGS}]", c))
 
 
 def test_every_character_drawn_as_nothing_is_shown_escaped_as_json_would() -> None:
@@ -200,7 +206,7 @@ def test_every_character_drawn_as_nothing_is_shown_escaped_as_json_would() -> No
     every = [
         chr(c)
         for c in range(0x110000)
-        if unicodedata.category(chr(c)) == "Cf" and chr(c) not in "\u200c\u200d"
+        if unicodedata.category(chr(c)) == "Cf" and chr(c) not in DRAWN
     ]
     for c in every + list("\u034f\u115f\u1160\u3164\uffa0"):
         shown = printable(f"calc{c}.py")
@@ -211,6 +217,11 @@ def test_every_character_drawn_as_nothing_is_shown_escaped_as_json_would() -> No
     assert printable("I \u2764\ufe0f it \u845b\U000e0100") == "I \u2764\ufe0f it \u845b\U000e0100"
     assert printable("\u2764\ufe0f\ufe0f") == "\u2764\ufe0f\\ufe0f"
     assert printable("\u200b\ufe0f") == "\\u200b\\ufe0f"
+    # drawn, or part of what is: a keycap, a subdivision flag, an Arabic number sign
+    scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    assert printable(f"1\ufe0f\u20e3 #\ufe0f\u20e3 {scotland} \u0600\u0661") == (
+        f"1\ufe0f\u20e3 #\ufe0f\u20e3 {scotland} \u0600\u0661"
+    )
     assert printable("emoji \U0001f469\u200d\U0001f4bb \u0915\u094d\u200d") == (
         "emoji \U0001f469\u200d\U0001f4bb \u0915\u094d\u200d"
     )  # the joiners that shape emoji and scripts stay

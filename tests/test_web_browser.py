@@ -377,6 +377,8 @@ def test_a_name_made_to_look_like_another_is_shown_with_its_overrides(
 
     sample = "".join(map(chr, sorted(terminal._ESCAPES))) + (
         " calc\ufe0f.py \u2764\ufe0f\ufe0f \U000e0100x \u200b\ufe0f \U0001f469\u200d\U0001f4bb"
+        " 1\ufe0f\u20e3 #\ufe0f\u20e3 \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063"
+        "\U000e0074\U000e007f \U000e0041 \u0600\u0661"
     )
     assert page.evaluate("(text) => visible(text)", sample) == terminal.printable(sample)
 

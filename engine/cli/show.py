@@ -186,19 +186,25 @@ def config(workspace: Path, as_json: bool, flags: SettingsFlags) -> None:
         autonomy config --config autonomy.toml --model-url http://localhost:11434
         autonomy config > autonomy.toml
     """
+    import sys
+
     import msgspec
 
     from engine.config import dump_toml, locate_config
+    from engine.terminal import data_stream
 
     settings = flags.load(workspace)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(settings)).decode())
         return
     source = locate_config(flags.config_file, workspace)
-    click.echo(
-        f"# effective settings: defaults < {source or 'no config file'} < environment < flags"
+    # a file or a pipe gets the TOML exactly (escaped as for a terminal, a character
+    # past U+FFFF was a surrogate pair, which no TOML reader takes); a terminal, escaped
+    out = data_stream(sys.stdout)
+    out.write(
+        f"# effective settings: defaults < {source or 'no config file'} < environment < flags\n"
     )
-    click.echo(dump_toml(settings), nl=False)
+    out.write(dump_toml(settings))
 
 
 def _event_line(event: RecordedEvent) -> str:

@@ -6,9 +6,11 @@
 // escapes, as the server's pages show it (engine.terminal.printable, whose character
 // list this is): a right-to-left override in a file name or a title reorders what
 // follows it on the screen, a zero-width space makes a name look like another.
-const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]/gu;
-// a variation selector after no character it could vary (the start, ASCII, another)
-const LONE_SELECTOR = /(?<![^\u0000-\u007f\ufe00-\ufe0f\u{e0100}-\u{e01ef}])[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
+const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}]/gu;
+// by what stands around them: a subdivision flag and a keycap are kept; a variation
+// selector after no character it could vary (the start, ASCII, another), and a tag
+// anywhere else, are escaped
+const IN_CONTEXT = /(\u{1f3f4}[\u{e0020}-\u{e007e}]+\u{e007f}|[0-9#*]\ufe0f\u20e3)|(?<![^\u0000-\u007f\ufe00-\ufe0f\u{e0100}-\u{e01ef}])[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]|[\u{e0020}-\u{e007f}]/gu;
 function escaped(c) {  // as JSON writes it: each UTF-16 unit, a surrogate pair past U+FFFF
   let out = "";
   for (let i = 0; i < c.length; i++) {
@@ -18,7 +20,8 @@ function escaped(c) {  // as JSON writes it: each UTF-16 unit, a surrogate pair 
   return out;
 }
 function visible(text) {
-  return String(text).replace(INVISIBLE, escaped).replace(LONE_SELECTOR, escaped);
+  return String(text).replace(INVISIBLE, escaped)
+    .replace(IN_CONTEXT, (found, kept) => kept ? found : escaped(found));
 }
 
 function el(tag, attrs, ...children) {
