@@ -619,6 +619,20 @@ def test_live_streams_past_the_most_served_at_once_are_told_to_come_back(tmp_pat
     import httpx
 
     with serving(started_run(tmp_path, "live")) as base:
+        # asked for all at once: each saw the count before any had begun, and 150 of
+        # 64 were let in
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        with ExitStack() as opened:
+            asking = [
+                opened.enter_context(socket.create_connection((host, int(port)), timeout=60))
+                for _ in range(80)
+            ]
+            for stream in asking:
+                stream.sendall(
+                    f"GET /api/runs/live/stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+                )
+            codes = [stream.recv(12)[9:12] for stream in asking]
+            assert codes.count(b"200") == 64 and codes.count(b"503") == 16, codes
         with every_stream_taken(base, "live"):
             refused = httpx.get(f"{base}/api/runs/live/stream", timeout=30)
             assert refused.status_code == 503, refused.text
@@ -631,6 +645,42 @@ def test_live_streams_past_the_most_served_at_once_are_told_to_come_back(tmp_pat
                 return again.status_code == 200
 
         wait_until(served, "a stream is served once the others' clients have left")
+
+
+def test_a_stream_asked_from_past_the_runs_end_starts_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's stale Last-Event-ID (or ``after``) past the run's last version: the
+    stream never saw the events that ended the run, and never ended. Here the run
+    ends just after the stream's first look at its status."""
+    from projections import summaries
+
+    path = tmp_path / "events.db"
+    with open_store(path) as store:
+        store.append("r", [RunStarted(goal="g", workspace=str(tmp_path))], 0)
+    looked = summaries.status_at_end
+
+    def then_the_run_ends(store: Any, run_id: str) -> tuple[int, str]:
+        found = looked(store, run_id)
+        if found[0] == 1:
+            with open_store(path) as writer:
+                writer.append("r", [RunFinished(status="completed")], 1)
+        return found
+
+    monkeypatch.setattr(web_app, "status_at_end", then_the_run_ends)
+    body: list[str] = []
+    with client_for(path, wait_seconds=0.05) as client:
+
+        def follow() -> None:
+            headers = {"Last-Event-ID": "50"}
+            with client.stream("GET", "/api/runs/r/stream", headers=headers) as sent:
+                body.append("".join(sent.iter_text()))
+
+        following = threading.Thread(target=follow, daemon=True)
+        following.start()
+        following.join(timeout=60)
+        assert body, "the stream did not end with its run"
+    assert "id: 2\n" in body[0] and body[0].endswith('event: end\ndata: {"status":"completed"}\n\n')
 
 
 def test_an_answer_that_loses_a_race_is_a_conflict_not_an_error(

@@ -34,7 +34,8 @@ import difflib
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -634,37 +635,65 @@ class _Web:
                 "it serves at once; try again",
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
-        after = _int_param(request, "after")
-        if after is None:
-            last_id = request.headers.get("last-event-id", "0")
-            after = _whole(last_id) or 0
+        # taken before the first wait: streams asked for at once were all let in (150
+        # of 64), each seeing the count before any had begun
+        self._streams += 1
+        release = self._release_once()
         opened = ExitStack()
-        store = await anyio.to_thread.run_sync(opened.enter_context, self.store())
         try:
-            if await anyio.to_thread.run_sync(store.last_version, run_id) == 0:
+            after = _int_param(request, "after")
+            if after is None:
+                last_id = request.headers.get("last-event-id", "0")
+                after = _whole(last_id) or 0
+            store = await anyio.to_thread.run_sync(opened.enter_context, self.store())
+            last = await anyio.to_thread.run_sync(store.last_version, run_id)
+            if last == 0:
                 raise RunNotFound(run_id)
         except BaseException:
             opened.close()
+            release()
             raise
+        # past the run's end, a stream never saw the events that ended it (a client's
+        # stale Last-Event-ID): it starts at the end
+        stream = self._stream(opened, store, run_id, min(after, last), release)
+        weakref.finalize(stream, release)  # a stream whose client left before it began
         return StreamingResponse(
-            self._stream(opened, store, run_id, after),
+            stream,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    def _release_once(self) -> Callable[[], None]:
+        """What gives back the place of one stream: once, whoever calls it first (the
+        stream as it ends, or the collector of a stream that never began)."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._streams -= 1
+
+        return release
+
     async def _stream(
-        self, opened: ExitStack, store: EventStore, run_id: str, after: int
+        self,
+        opened: ExitStack,
+        store: EventStore,
+        run_id: str,
+        after: int,
+        release: Callable[[], None],
     ) -> AsyncIterator[str]:
         """The run's events after ``after``, then new ones as they are appended, until
         the run is no longer live (finished, or waiting for an answer: its status as
         the projection folds it, so a run resumed or rewound is live again). A log that
         fails meanwhile (a server gone) ends it with a ``failed`` event naming why (the
         page's EventSource then connects again, from the last event it got);
-        ``opened`` (holding ``store()``'s context) is closed at the end."""
+        ``opened`` (holding ``store()``'s context) is closed, and ``release`` called, at
+        the end."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         looked = -1  # the version up to which the run's status was looked at
-        self._streams += 1
         try:
             page = self.settings.stream_page
             while True:
@@ -694,7 +723,7 @@ class _Web:
             # not "error": an EventSource takes that name for its own connection errors
             yield f"event: failed\ndata: {compact({'error': str(e)})}\n\n"
         finally:
-            self._streams -= 1
+            release()
             opened.close()
 
     async def _wait(self, store: EventStore, run_id: str, after: int, wait: float) -> bool:
