@@ -700,14 +700,18 @@ def test_a_rewind_leaves_what_the_log_never_recorded_for_a_file_as_it_is(
     """A rewind wrote over a file edited by hand since the run wrote it, and removed
     one the run had made and a person had edited since; an edited log naming a
     person's project (which verifies: a plain chain is anyone's to recompute) had
-    their files rewritten or removed. A file is restored only from a content the log
-    recorded for it; any other is left as it is, and said."""
+    their files rewritten or removed; a person's file standing where the run's
+    directory was was removed to make the directory. A file is restored only from a
+    content the log recorded for it, through directories; any other is left as it is,
+    and said."""
     from engine.runs.workspace import rewind
 
     store = MemoryEventStore()
     append(store, RunStarted(goal="g", workspace=str(tmp_path), mode="rules"))
+    append(store, changed(store, "src/mod.py", None, b"the run's\n"))
     v2 = append(store, changed(store, "a.txt", None, b"one\n"))
     append(store, changed(store, "a.txt", b"one\n", b"two\n"))
+    append(store, changed(store, "src/mod.py", b"the run's\n", None))
     append(store, changed(store, "made.txt", None, b"the run's\n"))
     append(store, changed(store, "kept.txt", None, b"the run's\n"))
     append(store, changed(store, "theirs.txt", None, b"what the log says\n"))
@@ -715,6 +719,7 @@ def test_a_rewind_leaves_what_the_log_never_recorded_for_a_file_as_it_is(
     (tmp_path / "made.txt").write_bytes(b"the run's\n")
     (tmp_path / "kept.txt").write_bytes(b"edited by hand\n")
     (tmp_path / "theirs.txt").write_bytes(b"a person's file\n")  # never the run's
+    (tmp_path / "src").write_bytes(b"a person's notes, where the run's directory was\n")
 
     done = rewind(store, "h", v2)
 
@@ -722,10 +727,11 @@ def test_a_rewind_leaves_what_the_log_never_recorded_for_a_file_as_it_is(
     assert not (tmp_path / "made.txt").exists()
     assert (tmp_path / "kept.txt").read_bytes() == b"edited by hand\n"
     assert (tmp_path / "theirs.txt").read_bytes() == b"a person's file\n"
+    assert (tmp_path / "src").read_bytes().startswith(b"a person's notes")
     assert (done.written, done.removed, done.edited) == (
         ("a.txt",),
         ("made.txt",),
-        ("kept.txt", "theirs.txt"),
+        ("kept.txt", "src/mod.py", "theirs.txt"),
     )
     assert "left as they are, holding what the log never recorded for them" in done.summary()
 

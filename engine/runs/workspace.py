@@ -494,7 +494,7 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     with any other content (edited by hand since) is left alone, and listed in
     ``unchanged`` when it differs from the rewound state."""
     wanted = files_at(store, run_id, version)
-    return _restore_known(store, run_id, version, wanted, _targets(workspace, wanted))
+    return _restore_known(store, run_id, version, wanted, workspace, _targets(workspace, wanted))
 
 
 def _restore_known(
@@ -502,6 +502,7 @@ def _restore_known(
     run_id: str,
     version: int,
     wanted: Mapping[str, str | None],
+    workspace: Path,
     targets: Mapping[str, Path],
     contents: Mapping[str, bytes] | None = None,
 ) -> Restored:
@@ -509,7 +510,9 @@ def _restore_known(
     the blobs when not given) where it holds a content the log recorded for it up to
     ``version`` (absence included): the run's own. Any other is left as it is and
     named in ``edited``: a file edited by hand since (a rewind wrote over it), or one
-    that was never the run's (an edited log naming a person's project)."""
+    that was never the run's (an edited log naming a person's project); and so is a
+    file whose directory is something else now (a person's file, a link: a snapshot
+    records neither), which a restore would remove to make the directory."""
     recorded = _recorded_contents(store, run_id, version)
     cut: dict[str, Path] = {}
     same: list[str] = []
@@ -519,7 +522,7 @@ def _restore_known(
         now = _digest_of(target)
         if now == wanted[path]:
             same.append(path)
-        elif now in recorded.get(path, ()):
+        elif now in recorded.get(path, ()) and not _in_the_way(target, workspace):
             cut[path] = target
         else:
             edited.append(path)
@@ -572,6 +575,19 @@ def finish_cut_rewind(log: RunLog, workspace: Path, progress: Callable[[str], No
         )
 
 
+def _in_the_way(target: Path, workspace: Path) -> bool:
+    """Whether something that is no directory (a file, a link, a FIFO) stands where a
+    directory on the way from ``workspace`` to ``target`` is."""
+    for parent in reversed(target.relative_to(workspace).parents[:-1]):
+        try:
+            mode = (workspace / parent).lstat().st_mode
+        except FileNotFoundError:
+            return False  # nor is anything further down
+        if not stat.S_ISDIR(mode):
+            return True
+    return False
+
+
 def _digest_of(target: Path) -> str | None:
     """The sha256 of the regular file at ``target``; None when nothing is there, ""
     for anything else (a link, a FIFO: never a rewind's content)."""
@@ -608,7 +624,7 @@ def _rewind(store: EventStore, run_id: str, to: int, reason: str) -> Restored:
     with workspace_lock(workspace, run_id):  # no other run is working in it
         store.append(run_id, [RunRewound(to_version=to, reason=reason)], last)
         try:
-            return _restore_known(store, run_id, last + 1, wanted, targets, contents)
+            return _restore_known(store, run_id, last + 1, wanted, workspace, targets, contents)
         except OSError as e:  # out of disk, say: the log says rewound, the files are not yet
             raise HistoryError(
                 rewind_unfinished(
