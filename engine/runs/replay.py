@@ -214,7 +214,7 @@ def _check_replayable(recording: Recording) -> None:
 
 
 def _replay(
-    recording: Recording, scratch: Path, live: bool, here: ToolSettings | None = None
+    recording: Recording, scratch: Path, live: bool, here: ToolSettings | None
 ) -> ReplayResult:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
@@ -236,7 +236,7 @@ def _segments(
     memory: MemoryEventStore,
     scratch: Path,
     live: bool,
-    here: ToolSettings | None = None,
+    here: ToolSettings | None,
 ) -> list[_Segment]:
     """The runs to replay in order: a fork's ancestors up to each fork point, then
     the run itself. Their logs are made as each one starts."""

@@ -492,7 +492,7 @@ def finish_rewind(store: EventStore, run_id: str, version: int, workspace: Path)
     between leaves files as they were before it (or before an earlier rewind cut the
     same way). A file holding any content the log records for it is restored; one
     with any other content (edited by hand since) is left alone, and listed in
-    ``unchanged`` when it differs from the rewound state."""
+    ``edited``, as ``_restore_known`` does for every rewind."""
     wanted = files_at(store, run_id, version)
     return _restore_known(store, run_id, version, wanted, workspace, _targets(workspace, wanted))
 
